@@ -1,0 +1,43 @@
+"""The library's exceptions.
+
+Every error tv_lens raises for bad input is a :class:`TvLensError`, so callers can catch one type.
+Subclasses also derive from the builtin they refine (``ValueError``, ``KeyError`` ...), so code
+written against the builtins keeps working. Messages name the problem and the fix.
+"""
+
+from __future__ import annotations
+
+
+class TvLensError(Exception):
+    """Base class of every exception tv_lens raises for bad input or a failed check."""
+
+
+class ModelNotSupportedError(TvLensError, TypeError):
+    """The object is not a TransformerLens model, or lacks a hook point tv_lens needs."""
+
+
+class HookNotFoundError(TvLensError, KeyError):
+    """A hook name or site that the model does not have."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly instead.
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerOutOfRangeError(TvLensError, IndexError):
+    """A layer or head index outside the model."""
+
+
+class PositionError(TvLensError, IndexError):
+    """A token position outside a prompt, or a prompt longer than the model's context."""
+
+
+class ShapeError(TvLensError, ValueError):
+    """A tensor with the wrong shape or dtype (e.g. a vector whose size is not d_model)."""
+
+
+class InterventionNotAppliedError(TvLensError, RuntimeError):
+    """An intervention that wrote nothing during a forward pass."""
+
+
+class NonFiniteError(TvLensError, ValueError):
+    """NaN or infinite values where finite numbers are required."""
