@@ -35,6 +35,10 @@ class ShapeError(TvLensError, ValueError):
     """A tensor with the wrong shape or dtype (e.g. a vector whose size is not d_model)."""
 
 
+class TaskError(TvLensError, ValueError):
+    """A task, task pool or sampling request that cannot work (unknown op, vocabulary too small ...)."""
+
+
 class InterventionNotAppliedError(TvLensError, RuntimeError):
     """An intervention that wrote nothing during a forward pass."""
 

@@ -1,0 +1,330 @@
+"""One engine for every intervention: write to a hook point, per prompt, and check that it happened.
+
+Task-vector patching, task-vector prompting and head ablation are all "write this at that hook for these
+prompts at these positions". Each is a small :class:`Intervention` made by :func:`replace`, :func:`add` or
+:func:`ablate_head`; :func:`run_with_interventions` runs a batch under a list of them and returns the
+model's output at the answer positions.
+
+Guarantees:
+
+- Every intervention counts the prompts it wrote to; one that wrote nothing raises
+  :class:`~tv_lens.errors.InterventionNotAppliedError` instead of returning an unchanged result.
+- Hooks are attached for the pass only and removed also when an error is raised inside it; hooks the
+  user attached before are left alone.
+- Positions are per prompt (``"answer"`` = each prompt's own answer position), left- or right-padded.
+- Given the clean residual entering block ``l`` and a model whose forward supports ``start_at_layer``, a
+  run whose interventions are all at blocks ≥ ``l`` starts there instead of recomputing blocks ``< l``.
+
+>>> from tv_lens.models import ModelConfig, build_model
+>>> model = build_model(ModelConfig(d_vocab=16, n_layers=2, d_model=32, n_heads=4, n_ctx=32))
+>>> tokens = torch.randint(0, 16, (3, 8))
+>>> run = run_with_interventions(model, tokens, 7, [ablate_head(1, 0), add(0, torch.ones(32))])
+>>> run.logits.shape, run.writes
+(torch.Size([3, 1, 16]), (3, 3))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.errors import InterventionNotAppliedError, LayerOutOfRangeError, PositionError, ShapeError
+from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.running import forward
+from tv_lens.positions import Inputs, PreparedPrompts, as_positions, length_sorted_batches, prepare_prompts
+
+Positions = Literal["answer", "all"] | int | Sequence[int] | Tensor
+Rows = Sequence[int] | Tensor | None
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """What to write at one hook point. Make one with :func:`replace`, :func:`add` or :func:`ablate_head`.
+
+    Attributes:
+        kind: ``"replace"``, ``"add"`` or ``"ablate_head"``.
+        layer: TransformerLens block index (``-1`` = embedding output, residual sites only).
+        site: Residual site (``"resid_post"`` ...) or ``"attn.hook_z"`` for head ablations.
+        values: ``[width]`` for every prompt or ``[n_rows, width]`` per selected prompt; ``None`` writes 0.
+        pos: ``"answer"`` (each prompt's answer position), ``"all"``, an int, or ``[batch]`` per prompt
+            (in the caller's padded layout).
+        rows: Prompts (batch indices) to write to; ``None`` = all.
+        head: Head index for head ablations.
+    """
+
+    kind: Literal["replace", "add", "ablate_head"]
+    layer: int
+    site: str
+    values: Tensor | None
+    pos: Positions
+    rows: Rows = None
+    head: int | None = None
+
+    def __str__(self) -> str:
+        head = f" head {self.head}" if self.head is not None else ""
+        return f"{self.kind}(layer {self.layer}{head}, {self.site}, pos={_short(self.pos)})"
+
+
+def replace(
+    layer: int,
+    vector: Float[Tensor, "*rows d_model"],
+    pos: Positions = "answer",
+    site: str = "resid_post",
+    rows: Rows = None,
+) -> Intervention:
+    """Overwrite the residual stream at ``site`` of block ``layer`` with ``vector`` at ``pos``."""
+    return Intervention("replace", layer, site, torch.as_tensor(vector), pos, rows)
+
+
+def add(
+    layer: int,
+    vector: Float[Tensor, "*rows d_model"],
+    pos: Positions = "answer",
+    site: str = "resid_post",
+    rows: Rows = None,
+) -> Intervention:
+    """Add ``vector`` to the residual stream at ``site`` of block ``layer`` at ``pos``."""
+    return Intervention("add", layer, site, torch.as_tensor(vector), pos, rows)
+
+
+def ablate_head(
+    layer: int,
+    head: int,
+    mode: Literal["zero", "mean"] = "zero",
+    mean: Float[Tensor, "*rows d_head"] | None = None,
+    pos: Positions = "all",
+    rows: Rows = None,
+) -> Intervention:
+    """Zero- or mean-ablate head ``head`` of block ``layer`` (its ``attn.hook_z`` output) at ``pos``.
+
+    ``mode="mean"`` needs ``mean``: the head's mean ``hook_z`` (``[d_head]``, or per prompt).
+    """
+    if mode not in ("zero", "mean"):
+        raise ShapeError(f"ablate_head mode must be 'zero' or 'mean', got {mode!r}.")
+    if (mode == "mean") != (mean is not None):
+        raise ShapeError(
+            "mode='mean' needs mean= (the head's mean attn.hook_z, shape [d_head]); mode='zero' takes no mean."
+        )
+    values = None if mean is None else torch.as_tensor(mean)
+    return Intervention("ablate_head", layer, "attn.hook_z", values, pos, rows, head)
+
+
+@dataclass(frozen=True)
+class InterventionRun:
+    """Output of :func:`run_with_interventions`.
+
+    Attributes:
+        logits: Model output at ``answer_pos + i`` for ``i < n_answer_tokens``: ``[batch, n_answer, d_out]``.
+        writes: Number of prompts each intervention wrote to, in the order given.
+    """
+
+    logits: Float[Tensor, "batch n_answer d_vocab"]
+    writes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """An intervention resolved against a batch: hook name, target rows, positions and values."""
+
+    intervention: Intervention
+    hook_name: str
+    block: int
+    rows: Tensor  # Bool[batch]
+    positions: Tensor | None  # Long[batch] aligned, or None for every position
+    values: Tensor  # [width] for every prompt, or [batch, width]
+
+
+def run_with_interventions(
+    model: Any,
+    inputs: Inputs,
+    answer_pos: int | Sequence[int] | Tensor,
+    interventions: Sequence[Intervention],
+    *,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    n_answer_tokens: int = 1,
+    clean_residual: Float[Tensor, "batch pos d_model"] | None = None,
+    clean_residual_layer: int | None = None,
+    batch_size: int | None = None,
+) -> InterventionRun:
+    """Run ``inputs`` with ``interventions`` applied and return the output at the answer positions.
+
+    Args:
+        model: A TransformerLens model.
+        inputs: Tokens ``[batch, pos]`` or the residual stream entering block 0.
+        answer_pos: Index of the token right before each prompt's answer.
+        interventions: What to write where (an empty list gives the clean run).
+        attention_mask: ``[batch, pos]``, 1 on real tokens; needed for left-padded prompts.
+        n_answer_tokens: Read the output at this many positions from ``answer_pos`` (teacher forcing).
+        clean_residual: The unpatched residual entering block ``clean_residual_layer`` (e.g.
+            ``model(tokens, stop_at_layer=l)``), in the layout of ``inputs``. Used to skip blocks below
+            ``l`` when the model supports ``start_at_layer`` and every intervention is at a block ≥ ``l``.
+        clean_residual_layer: The block ``clean_residual`` enters.
+        batch_size: Prompts per forward pass (``None``: all at once).
+
+    Raises:
+        InterventionNotAppliedError: An intervention wrote to no prompt.
+    """
+    adapter = adapt(model)
+    prompts = prepare_prompts(adapter, inputs, answer_pos, attention_mask, n_answer_tokens)
+    plans = [_resolve(adapter, prompts, intervention, n_answer_tokens) for intervention in interventions]
+    start = _start_layer(adapter, prompts, plans, clean_residual, clean_residual_layer, attention_mask)
+    source = prompts.inputs if start is None else start[1]
+    writes = [0] * len(plans)
+    outputs: list[Tensor] = []
+    batches = length_sorted_batches(prompts.answer_pos + n_answer_tokens, batch_size or len(prompts))
+    for index in batches:
+        last = prompts.answer_pos[index] + n_answer_tokens - 1
+        width = int(last.max()) + 1
+        hooks = [
+            (plan.hook_name, partial(_write, plan=plan, index=index, writes=writes, slot=i))
+            for i, plan in enumerate(plans)
+        ]
+        output = forward(
+            adapter,
+            source[index.to(source.device), :width].to(adapter.device),
+            start_at_layer=None if start is None else start[0],
+            hooks=hooks,
+        )
+        offsets = torch.arange(n_answer_tokens)
+        columns = (prompts.answer_pos[index, None] + offsets).to(output.device)
+        outputs.append(output[torch.arange(len(index), device=output.device)[:, None], columns])
+    order = torch.cat(batches)
+    logits = torch.cat(outputs)[torch.argsort(order).to(outputs[0].device)]
+    for plan, count in zip(plans, writes, strict=True):
+        if count == 0:
+            raise InterventionNotAppliedError(
+                f"{plan.intervention} wrote to no prompt: hook {plan.hook_name!r} never ran on a selected "
+                "row. Check its rows= selection and that the model calls this hook point in its forward pass."
+            )
+    return InterventionRun(logits, tuple(writes))
+
+
+def _resolve(
+    adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Intervention, n_answer_tokens: int
+) -> _Plan:
+    """Check an intervention against the model and batch; expand rows, positions and values per prompt."""
+    if not isinstance(intervention, Intervention):
+        raise ShapeError(
+            f"interventions must be made by replace(), add() or ablate_head(), got {type(intervention).__name__}."
+        )
+    n_prompts = len(prompts)
+    hook_name = adapter.hook_name(intervention.site, intervention.layer)
+    adapter.hook_point(hook_name)
+    if intervention.head is not None and not 0 <= intervention.head < adapter.n_heads:
+        raise LayerOutOfRangeError(
+            f"Head {intervention.head} is out of range: blocks have {adapter.n_heads} heads, so use a head in "
+            f"[0, {adapter.n_heads - 1}]."
+        )
+    rows = torch.ones(n_prompts, dtype=torch.bool)
+    if intervention.rows is not None:
+        selected = torch.as_tensor(intervention.rows, dtype=torch.long).reshape(-1)
+        if selected.numel() and (int(selected.min()) < -n_prompts or int(selected.max()) >= n_prompts):
+            raise PositionError(f"rows= selects prompts outside the batch of {n_prompts}: {selected.tolist()}.")
+        rows = torch.zeros(n_prompts, dtype=torch.bool)
+        rows[selected] = True
+    positions = _positions(prompts, intervention, n_answer_tokens)
+    values = _values(adapter, intervention, rows)
+    block = max(intervention.layer, 0)
+    return _Plan(intervention, hook_name, block, rows, positions, values)
+
+
+def _positions(prompts: PreparedPrompts, intervention: Intervention, n_answer_tokens: int) -> Tensor | None:
+    pos = intervention.pos
+    if isinstance(pos, str):
+        if pos not in ("answer", "all"):
+            raise PositionError(f"pos must be 'answer', 'all', an int or one int per prompt, got {pos!r}.")
+        return prompts.answer_pos.clone() if pos == "answer" else None
+    positions = prompts.to_aligned(as_positions(pos, len(prompts), "pos"))
+    last = prompts.answer_pos + n_answer_tokens - 1
+    bad = (positions < 0) | (positions > last)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        raise PositionError(
+            f"{intervention} writes at position {int(positions[row] + prompts.shift[row])} of prompt {row}, "
+            "which is outside the prompt or after its answer position (a causal model's answer cannot see "
+            "it). Use a position at or before answer_pos."
+        )
+    return positions
+
+
+def _values(adapter: ModelAdapter, intervention: Intervention, rows: Tensor) -> Tensor:
+    head_site = intervention.site == "attn.hook_z"
+    width, name = (adapter.d_head, "d_head") if head_site else (adapter.d_model, "d_model")
+    values = intervention.values
+    if values is None:  # zero ablation
+        return torch.zeros(width, device=adapter.device, dtype=adapter.dtype)
+    n_rows = int(rows.sum())
+    if values.shape[-1:] != (width,) or values.ndim > 2 or (values.ndim == 2 and values.shape[0] != n_rows):
+        raise ShapeError(
+            f"{intervention} got values of shape {tuple(values.shape)}; expected [{name}={width}] for every "
+            f"prompt or [{n_rows}, {width}] for each selected prompt."
+        )
+    if not bool(torch.isfinite(values).all()):
+        raise ShapeError(f"{intervention} got NaN or infinite values; pass a finite vector.")
+    values = values.to(adapter.device, adapter.dtype)
+    if values.ndim == 1:
+        return values
+    full = torch.zeros(len(rows), width, device=values.device, dtype=values.dtype)
+    return full.index_copy(0, rows.nonzero()[:, 0].to(values.device), values)
+
+
+def _start_layer(
+    adapter: ModelAdapter,
+    prompts: PreparedPrompts,
+    plans: list[_Plan],
+    clean_residual: Tensor | None,
+    layer: int | None,
+    attention_mask: Tensor | None,
+) -> tuple[int, Tensor] | None:
+    """(block, aligned residual) to start from, when that is possible and saves work; else None."""
+    if clean_residual is None:
+        return None
+    if layer is None:
+        raise ShapeError("clean_residual needs clean_residual_layer: the block whose input it is.")
+    adapter.check_layer(layer)
+    if clean_residual.shape[:2] != prompts.inputs.shape[:2]:
+        raise ShapeError(
+            f"clean_residual must be [batch, pos, d_model] like the inputs {tuple(prompts.inputs.shape[:2])}, "
+            f"got {tuple(clean_residual.shape)}."
+        )
+    if not adapter.supports_start_at_layer or layer == 0 or any(plan.block < layer for plan in plans):
+        return None
+    aligned = prepare_prompts(adapter, clean_residual, prompts.answer_pos + prompts.shift, attention_mask)
+    return layer, aligned.inputs
+
+
+def _write(activation: Tensor, hook: Any, *, plan: _Plan, index: Tensor, writes: list[int], slot: int) -> Tensor:
+    """Hook body: apply ``plan`` to this batch's activation (out of place, so gradients flow)."""
+    device = activation.device
+    local = plan.rows[index].nonzero()[:, 0].to(device)
+    writes[slot] += len(local)
+    if not len(local):
+        return activation
+    source = index.to(device)[local]
+    new = plan.values if plan.values.ndim == 1 else plan.values[source]
+    if plan.positions is None:
+        target: tuple[Tensor, ...] = (local,)
+        new = new if new.ndim == 1 else new[:, None]
+    else:
+        target = (local, plan.positions.to(device)[source])
+    selected = activation[target]
+    if plan.intervention.kind == "ablate_head":
+        head = torch.tensor([plan.intervention.head], device=device)
+        new = selected.index_copy(-2, head, _broadcast_head(new, selected))
+    accumulate = plan.intervention.kind == "add"
+    return activation.index_put(target, new.expand_as(selected), accumulate=accumulate)
+
+
+def _broadcast_head(new: Tensor, selected: Tensor) -> Tensor:
+    """Values for one head, shaped like ``selected[..., head:head+1, :]``."""
+    return new.unsqueeze(-2).expand(*selected.shape[:-2], 1, selected.shape[-1])
+
+
+def _short(pos: Positions) -> str:
+    return pos if isinstance(pos, str) else ("per-prompt" if not isinstance(pos, int) else str(pos))

@@ -1,0 +1,168 @@
+"""What tv_lens needs of a TransformerLens model, read off by structure.
+
+tv_lens never subclasses or ``isinstance``-checks TransformerLens classes: ``HookedTransformer``
+(TransformerLens ≤ 3) and ``TransformerBridge`` (TransformerLens ≥ 3) both expose a ``cfg`` with the
+model's sizes, a ``hook_dict`` of ``HookPoint`` objects and a forward that accepts ``stop_at_layer``.
+:class:`ModelAdapter` reads those once, names the hook points we use, and detects at run time what the
+forward can do (``start_at_layer`` raises on TransformerLens 3.9's bridge).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tv_lens.errors import HookNotFoundError, LayerOutOfRangeError, ModelNotSupportedError
+
+SUPPORTED_MODELS = (
+    "a TransformerLens HookedTransformer or TransformerBridge (or any module with a TransformerLens `cfg`, "
+    "a `hook_dict` of HookPoints and a forward accepting `stop_at_layer`)"
+)
+
+#: Residual-stream sites (each ``Float[batch, pos, d_model]``) and the hook name of each, per block.
+RESIDUAL_SITES = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+}
+#: Per-head attention output (``Float[batch, pos, n_heads, d_head]``).
+HEAD_SITE = "blocks.{layer}.attn.hook_z"
+#: Layer index that stands for the embedding output (the residual stream entering block 0).
+EMBED_LAYER = -1
+
+_CFG_FIELDS = ("n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_vocab")
+# Capability detected per model object (weak keys: a model that is deleted drops out).
+_START_AT_LAYER: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+@dataclass(eq=False)
+class ModelAdapter:
+    """A TransformerLens model seen through the few things tv_lens uses.
+
+    Build with :meth:`from_model` (or :func:`adapt`, which caches one adapter per model).
+
+    Attributes:
+        model: The wrapped model, unchanged.
+        n_layers: Number of transformer blocks.
+        n_heads: Attention heads per block.
+        d_model: Width of the residual stream.
+        d_head: Width of one head's output (``attn.hook_z``).
+        n_ctx: Longest sequence the model accepts.
+        d_vocab: Vocabulary size (input tokens).
+    """
+
+    model: Any
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    n_ctx: int
+    d_vocab: int
+
+    @classmethod
+    def from_model(cls, model: Any) -> ModelAdapter:
+        """Read the sizes and check the hook points of a TransformerLens model.
+
+        Raises:
+            ModelNotSupportedError: The object has no TransformerLens ``cfg``/``hook_dict``, or lacks a
+                residual-stream hook point of some block.
+        """
+        cfg = getattr(model, "cfg", None)
+        hook_dict = getattr(model, "hook_dict", None)
+        if cfg is None or not isinstance(hook_dict, dict) or not callable(model):
+            raise ModelNotSupportedError(
+                f"tv_lens cannot use a {type(model).__name__}: it has no TransformerLens `cfg` and "
+                f"`hook_dict`. Pass {SUPPORTED_MODELS}; for a HuggingFace model, load it with "
+                "`TransformerBridge.boot_transformers(name)`."
+            )
+        missing_cfg = [name for name in _CFG_FIELDS if not isinstance(getattr(cfg, name, None), int)]
+        if missing_cfg:
+            raise ModelNotSupportedError(
+                f"The model's cfg lacks integer field(s) {missing_cfg}; tv_lens supports {SUPPORTED_MODELS}."
+            )
+        adapter = cls(model, *(int(getattr(cfg, name)) for name in _CFG_FIELDS))
+        for layer in range(adapter.n_layers):
+            for site in ("resid_pre", "resid_post"):
+                adapter.hook_point(adapter.hook_name(site, layer))
+        return adapter
+
+    def check_layer(self, layer: int, *, allow_embed: bool = False) -> int:
+        """Return ``layer`` if it is a block index of this model (or ``EMBED_LAYER`` when allowed)."""
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise LayerOutOfRangeError(f"Layer must be an int block index, got {layer!r}.")
+        low = EMBED_LAYER if allow_embed else 0
+        if not low <= layer < self.n_layers:
+            embed_note = f" ({EMBED_LAYER} = the embedding output)" if allow_embed else ""
+            raise LayerOutOfRangeError(
+                f"Layer {layer} is out of range: this model has {self.n_layers} blocks, so use a layer in "
+                f"[{low}, {self.n_layers - 1}]{embed_note}."
+            )
+        return layer
+
+    def hook_name(self, site: str, layer: int) -> str:
+        """TransformerLens hook name of a residual-stream ``site`` or ``"attn.hook_z"`` at ``layer``.
+
+        ``layer == EMBED_LAYER`` names the embedding output (``blocks.0.hook_resid_pre``) for any residual
+        site.
+        """
+        if site == "attn.hook_z" or site == "z":
+            return HEAD_SITE.format(layer=self.check_layer(layer))
+        if site not in RESIDUAL_SITES:
+            raise HookNotFoundError(
+                f"Unknown site {site!r}. Use one of {[*RESIDUAL_SITES, 'attn.hook_z']} "
+                "(residual-stream sites are read at d_model width, `attn.hook_z` per head)."
+            )
+        if self.check_layer(layer, allow_embed=True) == EMBED_LAYER:
+            return RESIDUAL_SITES["resid_pre"].format(layer=0)
+        return RESIDUAL_SITES[site].format(layer=layer)
+
+    def hook_point(self, name: str) -> Any:
+        """The model's ``HookPoint`` called ``name`` (aliases such as ``hook_resid_post`` resolve)."""
+        hook_point = self.model.hook_dict.get(name)
+        if hook_point is None or not hasattr(hook_point, "add_hook"):
+            raise HookNotFoundError(
+                f"The model has no hook point {name!r}. tv_lens reads `blocks.{{l}}.hook_resid_pre/mid/post`, "
+                f"`blocks.{{l}}.hook_attn_out/mlp_out` and `blocks.{{l}}.attn.hook_z`; it supports "
+                f"{SUPPORTED_MODELS}."
+            )
+        return hook_point
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters (CPU for a parameterless model)."""
+        parameter = next(iter(self.model.parameters()), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the model's parameters."""
+        parameter = next(iter(self.model.parameters()), None)
+        return parameter.dtype if parameter is not None else torch.float32
+
+    @property
+    def supports_start_at_layer(self) -> bool:
+        """Whether ``model(residual, start_at_layer=l)`` works (detected once, by trying it).
+
+        The check runs only the last block on a single zero vector, so no hook before that block fires.
+        """
+        known = _START_AT_LAYER.get(self.model)
+        if known is None:
+            probe = torch.zeros(1, 1, self.d_model, device=self.device, dtype=self.dtype)
+            try:
+                with torch.no_grad():
+                    self.model(probe, start_at_layer=self.n_layers - 1)
+                known = True
+            except (NotImplementedError, TypeError, ValueError, RuntimeError):
+                known = False
+            _START_AT_LAYER[self.model] = known
+        return known
+
+
+def adapt(model: Any) -> ModelAdapter:
+    """The :class:`ModelAdapter` of ``model`` (an adapter is passed through unchanged)."""
+    return model if isinstance(model, ModelAdapter) else ModelAdapter.from_model(model)

@@ -1,0 +1,93 @@
+"""Forward passes with temporary hooks: the one place tv_lens calls a model.
+
+:func:`attached_hooks` adds forward hooks through each ``HookPoint``'s own ``add_hook`` (so the bridge's
+shape conversions apply, e.g. ``attn.hook_z`` as ``[batch, pos, n_heads, d_head]``) and removes exactly
+those handles on exit, also when an exception is raised mid-pass. Hooks the user attached before are never
+touched (unlike ``reset_hooks``, which clears every non-permanent hook).
+
+:func:`forward` runs tokens or a residual stream, starting at a block (``start_at_layer`` where the model
+supports it, else by overwriting that block's input) and stopping after the last block needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.errors import ShapeError
+from tv_lens.models.adapter import ModelAdapter
+
+HookFn = Callable[..., Any]
+
+
+@contextmanager
+def attached_hooks(adapter: ModelAdapter, hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
+    """Attach ``(hook_name, fn)`` forward hooks for the duration of the block, then remove just those.
+
+    ``fn(activation, hook)`` follows TransformerLens's convention: return a tensor to replace the
+    activation, or ``None`` to leave it.
+    """
+    added: list[tuple[Any, Any]] = []
+    try:
+        for name, fn in hooks:
+            hook_point = adapter.hook_point(name)
+            before = list(hook_point.fwd_hooks)
+            hook_point.add_hook(fn, dir="fwd")
+            added.extend(
+                (hook_point, handle) for handle in hook_point.fwd_hooks if not any(handle is old for old in before)
+            )
+        yield
+    finally:
+        for hook_point, handle in reversed(added):
+            handle.hook.remove()
+            hook_point.fwd_hooks = [h for h in hook_point.fwd_hooks if h is not handle]
+
+
+def forward(
+    adapter: ModelAdapter,
+    inputs: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"],
+    *,
+    start_at_layer: int | None = None,
+    stop_at_layer: int | None = None,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+) -> Tensor:
+    """One forward pass of ``adapter.model`` with temporary ``hooks``.
+
+    Args:
+        adapter: The model.
+        inputs: Tokens, or the residual stream entering block ``start_at_layer`` (0 when not given).
+        start_at_layer: Block at which a residual input enters. Uses the model's ``start_at_layer`` where
+            it works; otherwise runs dummy tokens and overwrites ``blocks.{l}.hook_resid_pre`` (same result).
+        stop_at_layer: Return the residual stream entering this block instead of logits (``None`` or
+            ``n_layers`` for the full pass).
+        hooks: ``(hook_name, fn)`` pairs attached for this pass only.
+
+    Returns:
+        Logits ``[batch, pos, d_vocab]``, or the residual ``[batch, pos, d_model]`` when stopping early.
+    """
+    residual_input = inputs.is_floating_point()
+    if residual_input and start_at_layer is None:
+        start_at_layer = 0
+    if stop_at_layer is not None and stop_at_layer >= adapter.n_layers:
+        stop_at_layer = None
+    kwargs: dict[str, Any] = {} if stop_at_layer is None else {"stop_at_layer": stop_at_layer}
+    hooks = list(hooks)
+    if start_at_layer is not None:
+        if not residual_input:
+            raise ShapeError(
+                "start_at_layer needs the residual stream Float[batch, pos, d_model] as input, got integer "
+                "tokens; pass tokens without start_at_layer."
+            )
+        if adapter.supports_start_at_layer:
+            kwargs["start_at_layer"] = start_at_layer
+        else:
+            residual = inputs
+            hooks.insert(0, (adapter.hook_name("resid_pre", start_at_layer), lambda act, hook: residual))
+            inputs = torch.zeros(inputs.shape[:2], dtype=torch.long, device=inputs.device)
+    with attached_hooks(adapter, hooks):
+        return adapter.model(inputs, **kwargs)

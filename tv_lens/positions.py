@@ -1,0 +1,152 @@
+"""Prompts of different lengths and the per-prompt positions read or written in them.
+
+ICL prompts differ in length, so every prompt has its own answer position (the token right before the
+answer). :func:`prepare_prompts` checks inputs and positions and puts every batch into one layout: each
+prompt starts at column 0 (left-padded prompts are shifted left using their attention mask). In a causal
+model a row depends only on the tokens up to it, so the rows at answer positions then equal those of the
+unpadded prompts, whatever padding the caller used, and columns past the last needed position can be
+dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.errors import PositionError, ShapeError
+from tv_lens.models.adapter import ModelAdapter
+
+Inputs = Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"]
+
+
+@dataclass(frozen=True)
+class PreparedPrompts:
+    """Prompts aligned to start at column 0, with validated per-prompt positions.
+
+    Attributes:
+        inputs: Tokens ``[batch, pos]`` or residual stream ``[batch, pos, d_model]``.
+        answer_pos: Per-prompt answer position ``[batch]`` in the aligned layout.
+        shift: How far each prompt was moved left ``[batch]`` (its number of left pads).
+    """
+
+    inputs: Tensor
+    answer_pos: Int[Tensor, " batch"]
+    shift: Int[Tensor, " batch"]
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def to_aligned(self, positions: Int[Tensor, " batch"]) -> Int[Tensor, " batch"]:
+        """Map positions given in the caller's layout to the aligned layout."""
+        return positions - self.shift
+
+
+def as_positions(positions: int | Sequence[int] | Tensor, n_prompts: int, what: str) -> Int[Tensor, " batch"]:
+    """A ``[batch]`` long tensor from an int (same for every prompt), a list or a tensor."""
+    if isinstance(positions, int) and not isinstance(positions, bool):
+        return torch.full((n_prompts,), positions, dtype=torch.long)
+    tensor = torch.as_tensor(positions)
+    if tensor.is_floating_point() or tensor.dtype == torch.bool:
+        raise ShapeError(f"{what} must hold integer token positions, got dtype {tensor.dtype}.")
+    if tensor.shape != (n_prompts,):
+        raise ShapeError(f"{what} must have one position per prompt: shape ({n_prompts},), got {tuple(tensor.shape)}.")
+    return tensor.long().cpu()
+
+
+def prepare_prompts(
+    adapter: ModelAdapter,
+    inputs: Inputs,
+    answer_pos: int | Sequence[int] | Tensor,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    n_answer_tokens: int = 1,
+) -> PreparedPrompts:
+    """Validate ``inputs`` and ``answer_pos`` and shift left-padded prompts to start at column 0.
+
+    Args:
+        adapter: The model the prompts are for (its ``d_model``, ``d_vocab`` and ``n_ctx`` are checked).
+        inputs: Tokens ``[batch, pos]`` or a residual stream ``[batch, pos, d_model]``.
+        answer_pos: Position of the token right before the answer, per prompt (or one int for all).
+        attention_mask: ``[batch, pos]``, 1 on real tokens. Needed only for left-padded prompts; each
+            prompt's real tokens must be contiguous.
+        n_answer_tokens: Positions ``answer_pos .. answer_pos + n_answer_tokens - 1`` are read; all must
+            lie inside the prompt.
+    """
+    if not isinstance(inputs, Tensor):
+        raise ShapeError(f"inputs must be a torch.Tensor of tokens or residuals, got {type(inputs).__name__}.")
+    if inputs.is_floating_point():
+        if inputs.ndim != 3 or inputs.shape[-1] != adapter.d_model:
+            raise ShapeError(
+                f"Residual-stream inputs must be Float[batch, pos, d_model={adapter.d_model}], got shape "
+                f"{tuple(inputs.shape)}."
+            )
+    elif inputs.ndim != 2:
+        raise ShapeError(f"Token inputs must be Int[batch, pos], got shape {tuple(inputs.shape)}.")
+    elif inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= adapter.d_vocab):
+        raise ShapeError(
+            f"Token ids must lie in [0, {adapter.d_vocab}) for this model's vocabulary, got ids in "
+            f"[{int(inputs.min())}, {int(inputs.max())}]. Build the model with a vocabulary the task needs."
+        )
+    n_prompts, width = int(inputs.shape[0]), int(inputs.shape[1])
+    if n_prompts == 0:
+        raise ShapeError("inputs hold no prompts (batch size 0); pass at least one prompt.")
+    positions = as_positions(answer_pos, n_prompts, "answer_pos")
+    shift = torch.zeros(n_prompts, dtype=torch.long)
+    lengths = torch.full((n_prompts,), width, dtype=torch.long)
+    if attention_mask is not None:
+        inputs, shift, lengths = _align_left(inputs, attention_mask)
+        positions = positions - shift
+    last = positions + n_answer_tokens - 1
+    bad = (positions < 0) | (last >= lengths)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        raise PositionError(
+            f"answer_pos {int(positions[row] + shift[row])} of prompt {row} lies outside the prompt's tokens "
+            f"(positions {int(shift[row])}..{int(shift[row] + lengths[row]) - 1}"
+            f"{', with the answer tokens after it' if n_answer_tokens > 1 else ''}). Give the index of the "
+            "token right before the answer, counted from the start of the padded row."
+        )
+    if int(last.max()) >= adapter.n_ctx:
+        row = int(last.argmax())
+        raise PositionError(
+            f"Prompt {row} needs {int(last[row]) + 1} tokens but the model's context is n_ctx="
+            f"{adapter.n_ctx}. Use fewer shots or shorter prompts, or a model with a longer context."
+        )
+    return PreparedPrompts(inputs, positions, shift)
+
+
+def _align_left(inputs: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Move each prompt's real tokens to start at column 0; returns (inputs, shift, lengths)."""
+    mask = torch.as_tensor(attention_mask).to(device="cpu")
+    if mask.shape != inputs.shape[:2]:
+        raise ShapeError(
+            f"attention_mask must have the shape of the prompts {tuple(inputs.shape[:2])}, got {tuple(mask.shape)}."
+        )
+    mask = mask.bool()
+    lengths = mask.sum(dim=1)
+    shift = mask.long().argmax(dim=1)
+    columns = torch.arange(mask.shape[1])
+    contiguous = (mask == ((columns >= shift[:, None]) & (columns < (shift + lengths)[:, None]))).all(dim=1)
+    if not bool(contiguous.all()) or bool((lengths == 0).any()):
+        row = int((~contiguous | (lengths == 0)).nonzero()[0])
+        raise ShapeError(
+            f"attention_mask row {row} is not one contiguous run of real tokens; pad only on the left or "
+            "the right of each prompt."
+        )
+    if not bool(shift.any()):
+        return inputs, shift, lengths
+    gather = (columns[None, :] + shift[:, None]).clamp(max=mask.shape[1] - 1).to(inputs.device)
+    if inputs.ndim == 3:
+        gather = gather[..., None].expand(-1, -1, inputs.shape[-1])
+    return inputs.gather(1, gather), shift, lengths
+
+
+def length_sorted_batches(lengths: Int[Tensor, " batch"], batch_size: int) -> list[Int[Tensor, " chunk"]]:
+    """Prompt indices in batches of similar length (shortest first), so little padding is computed."""
+    if batch_size < 1:
+        raise ShapeError(f"batch_size must be ≥ 1, got {batch_size}.")
+    order = torch.argsort(lengths, stable=True)
+    return list(order.split(batch_size))

@@ -1,0 +1,205 @@
+"""Residual-stream representations at each prompt's answer position, for many layers in one pass.
+
+Task decodability, task vectors and geometry all read the residual stream at the token right before the
+answer. :func:`collect` does that for every requested layer in ONE forward pass: a hook per layer keeps
+only the answer-position row of each prompt (so memory grows with prompts × layers × d_model, not with
+sequence length), the pass stops after the last block needed, prompts are batched by length (padding
+columns past a batch's last answer position are never computed) and left- or right-padded batches give the
+same rows.
+
+>>> from tv_lens.models import ModelConfig, build_model
+>>> model = build_model(ModelConfig(d_vocab=16, n_layers=2, d_model=32, n_heads=4, n_ctx=32))
+>>> reps = collect(model, torch.randint(0, 16, (6, 10)), answer_pos=[9, 9, 8, 7, 9, 5], progress=False)
+>>> reps.activations.shape, reps.layers
+(torch.Size([3, 6, 32]), (-1, 0, 1))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tv_lens.errors import HookNotFoundError, NonFiniteError, ShapeError
+from tv_lens.models.adapter import EMBED_LAYER, RESIDUAL_SITES, ModelAdapter, adapt
+from tv_lens.models.running import forward
+from tv_lens.positions import Inputs, as_positions, prepare_prompts
+
+
+@dataclass(frozen=True)
+class Representations:
+    """Residual-stream rows at answer positions.
+
+    Attributes:
+        activations: ``[layer, prompt, d_model]``.
+        layers: TransformerLens block index of each entry; ``-1`` is the embedding output
+            (``blocks.0.hook_resid_pre``).
+        site: Which residual site was read (``"resid_post"``, ``"resid_pre"``, ...).
+        task_ids: Latent task of each prompt ``[prompt]``, when known.
+    """
+
+    activations: Float[Tensor, "layer prompt d_model"]
+    layers: tuple[int, ...]
+    site: str = "resid_post"
+    task_ids: Int[Tensor, " prompt"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.activations.ndim != 3 or self.activations.shape[0] != len(self.layers):
+            raise ShapeError(
+                f"activations must be [layer={len(self.layers)}, prompt, d_model], got {tuple(self.activations.shape)}."
+            )
+        if self.task_ids is not None and self.task_ids.shape != (self.n_prompts,):
+            raise ShapeError(f"task_ids must be [prompt={self.n_prompts}], got {tuple(self.task_ids.shape)}.")
+
+    @property
+    def n_prompts(self) -> int:
+        """Number of prompts."""
+        return int(self.activations.shape[1])
+
+    @property
+    def layer_labels(self) -> tuple[str, ...]:
+        """Axis labels: ``"embed"`` for the embedding output, else ``"L{block} {site}"``."""
+        return tuple("embed" if layer == EMBED_LAYER else f"L{layer} {self.site}" for layer in self.layers)
+
+    def at(self, layer: int) -> Float[Tensor, "prompt d_model"]:
+        """Rows of one layer (a TransformerLens block index, or -1 for the embedding output)."""
+        if layer not in self.layers:
+            raise HookNotFoundError(f"Layer {layer} was not collected; collected layers are {self.layers}.")
+        return self.activations[self.layers.index(layer)]
+
+    @classmethod
+    def from_cache(
+        cls,
+        cache: Mapping[str, Tensor],
+        answer_pos: int | Sequence[int] | Tensor,
+        layers: Sequence[int] | None = None,
+        site: str = "resid_post",
+        task_ids: Int[Tensor, " prompt"] | None = None,
+    ) -> Representations:
+        """Rows at ``answer_pos`` from a TransformerLens ``ActivationCache`` (or any name → tensor map).
+
+        ``layers=None`` takes every block the cache holds for ``site`` (and the embedding output for
+        ``resid_post`` when ``blocks.0.hook_resid_pre`` is cached). Positions index the cached tensors as
+        they are (left padding included).
+        """
+        if site not in RESIDUAL_SITES:
+            raise HookNotFoundError(f"Unknown site {site!r}; use one of {list(RESIDUAL_SITES)}.")
+        template = RESIDUAL_SITES[site]
+        embed_name = RESIDUAL_SITES["resid_pre"].format(layer=0)
+        if layers is None:
+            blocks: list[int] = []
+            while template.format(layer=len(blocks)) in cache:
+                blocks.append(len(blocks))
+            has_embed = site == "resid_post" and embed_name in cache
+            layers = ([EMBED_LAYER] if has_embed else []) + blocks
+        names = [embed_name if layer == EMBED_LAYER else template.format(layer=layer) for layer in layers]
+        missing = [name for name in names if name not in cache]
+        if missing or not names:
+            raise HookNotFoundError(
+                f"The cache lacks {missing or 'every ' + site + ' hook'}; run the model with "
+                f"`run_with_cache(tokens, names_filter=lambda name: name.endswith('{site}'))` or pass the "
+                "layers it holds."
+            )
+        first = cache[names[0]]
+        positions = as_positions(answer_pos, int(first.shape[0]), "answer_pos")
+        if int(positions.min()) < 0 or int(positions.max()) >= first.shape[1]:
+            raise ShapeError(f"answer_pos must lie in [0, {first.shape[1]}), the cached sequence length.")
+        rows = torch.arange(len(positions))
+        stacked = torch.stack([cache[name][rows, positions.to(first.device)] for name in names])
+        return cls(stacked, tuple(layers), site, task_ids)
+
+
+def collect(
+    model: Any,
+    inputs: Inputs,
+    answer_pos: int | Sequence[int] | Tensor,
+    layers: Sequence[int] | None = None,
+    site: str = "resid_post",
+    *,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    task_ids: Int[Tensor, " batch"] | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Representations:
+    """Residual stream at each prompt's answer position, for many layers, in one forward pass per batch.
+
+    Args:
+        model: A TransformerLens model (HookedTransformer or TransformerBridge).
+        inputs: Tokens ``[batch, pos]`` or the residual stream entering block 0 ``[batch, pos, d_model]``.
+        answer_pos: Index of the token right before each prompt's answer ``[batch]`` (or one int).
+        layers: Block indices to read; ``-1`` is the embedding output. ``None``: every block, plus the
+            embedding output when ``site="resid_post"``.
+        site: ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"`` or ``"mlp_out"``.
+        attention_mask: ``[batch, pos]``, 1 on real tokens; needed for left-padded prompts.
+        task_ids: Latent task per prompt, stored on the result.
+        batch_size: Prompts per forward pass.
+        progress: Show a tqdm bar over batches.
+
+    Returns:
+        :class:`Representations` with ``activations[i, p]`` the row of prompt ``p`` at ``layers[i]``.
+    """
+    adapter = adapt(model)
+    if layers is None:
+        layers = ([EMBED_LAYER] if site == "resid_post" else []) + list(range(adapter.n_layers))
+    layers = tuple(layers)
+    if not layers:
+        raise ShapeError("layers is empty; pass at least one block index (or None for every block).")
+    names = [adapter.hook_name(site, layer) for layer in layers]
+    for name in names:
+        adapter.hook_point(name)
+    if batch_size < 1:
+        raise ShapeError(f"batch_size must be ≥ 1, got {batch_size}.")
+    prompts = prepare_prompts(adapter, inputs, answer_pos, attention_mask)
+    rows = _rows_at_answer(adapter, prompts, sorted(set(names)), max(layers), batch_size, progress)
+    activations = torch.stack([rows[name] for name in names])
+    _check_finite(activations, layers)
+    if task_ids is not None:
+        task_ids = as_positions(task_ids, len(prompts), "task_ids")
+    return Representations(activations, layers, site, task_ids)
+
+
+def _rows_at_answer(
+    adapter: ModelAdapter,
+    prompts: Any,
+    names: list[str],
+    last_layer: int,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, Tensor]:
+    """Run batches of similar-length prompts; keep each hook's answer-position rows, in prompt order."""
+    n_prompts = len(prompts)
+    order = torch.argsort(prompts.answer_pos, stable=True)
+    out = {name: torch.empty(n_prompts, adapter.d_model, dtype=adapter.dtype) for name in names}
+    starts = range(0, n_prompts, batch_size)
+    for start in tqdm(starts, desc="collect", disable=not progress or len(starts) == 1, leave=False):
+        index = order[start : start + batch_size]
+        positions = prompts.answer_pos[index]
+        width = int(positions.max()) + 1
+        batch_inputs = prompts.inputs[index.to(prompts.inputs.device), :width]
+        rows = (torch.arange(len(index), device=adapter.device), positions.to(adapter.device))
+        hooks = [(name, partial(_keep_rows, store=out[name], index=index, rows=rows)) for name in names]
+        with torch.no_grad():
+            forward(adapter, batch_inputs.to(adapter.device), stop_at_layer=max(last_layer, 0) + 1, hooks=hooks)
+    return out
+
+
+def _keep_rows(activation: Tensor, hook: Any, *, store: Tensor, index: Tensor, rows: tuple[Tensor, Tensor]) -> None:
+    """Hook body: copy the answer-position rows of this batch into ``store[index]``."""
+    store[index] = activation[rows].detach().to("cpu", store.dtype)
+
+
+def _check_finite(activations: Tensor, layers: tuple[int, ...]) -> None:
+    finite = torch.isfinite(activations).all(dim=-1)
+    if not bool(finite.all()):
+        bad_layers = [layers[i] for i in range(len(layers)) if not bool(finite[i].all())]
+        n_bad = int((~finite).any(dim=0).sum())
+        raise NonFiniteError(
+            f"NaN or infinite activations at layers {bad_layers} for {n_bad} prompt(s). The model's weights "
+            "or inputs are not finite (a diverged checkpoint?); check them with torch.isfinite."
+        )
