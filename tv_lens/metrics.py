@@ -58,7 +58,8 @@ def token_cross_entropy(
 ) -> Float[Tensor, " batch"]:
     """Cross-entropy of the answer tokens (mean over answer tokens), per prompt."""
     logits, answers = _check_tokens(logits, answers, first_token_only)
-    losses = F.cross_entropy(logits.flatten(0, 1).float(), answers.flatten(), reduction="none")
+    flat = logits.flatten(0, 1)
+    losses = F.cross_entropy(flat if flat.dtype == torch.float64 else flat.float(), answers.flatten(), reduction="none")
     return losses.view(answers.shape).mean(dim=-1)
 
 
@@ -72,7 +73,7 @@ def mse(
             f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} must have the same shape "
             "[batch, ...]; for a scalar output take predictions[..., 0]."
         )
-    return (predictions.float() - targets.float()).pow(2).flatten(1).mean(dim=-1)
+    return (predictions - targets).pow(2).flatten(1).mean(dim=-1)
 
 
 def _check_tokens(logits: Tensor, answers: Tensor, first_token_only: bool) -> tuple[Tensor, Tensor]:

@@ -86,9 +86,12 @@ class ModelAdapter:
                 f"The model's cfg lacks integer field(s) {missing_cfg}; tv_lens supports {SUPPORTED_MODELS}."
             )
         adapter = cls(model, *(int(getattr(cfg, name)) for name in _CFG_FIELDS))
-        for layer in range(adapter.n_layers):
-            for site in ("resid_pre", "resid_post"):
-                adapter.hook_point(adapter.hook_name(site, layer))
+        try:
+            for layer in range(adapter.n_layers):
+                for site in ("resid_pre", "resid_post"):
+                    adapter.hook_point(adapter.hook_name(site, layer))
+        except HookNotFoundError as error:
+            raise ModelNotSupportedError(str(error)) from error
         return adapter
 
     def check_layer(self, layer: int, *, allow_embed: bool = False) -> int:

@@ -37,6 +37,7 @@ class ModelConfig:
         act_fn: MLP activation (a TransformerLens name such as ``"gelu"`` or ``"relu"``).
         normalization_type: ``"LN"`` (LayerNorm) or ``"RMS"``.
         seed: Seed of the weight initialisation (the global RNG is left untouched).
+        dtype: Parameter dtype name (``"float32"``, or ``"float64"`` for exact numerical comparisons).
         backend: ``"hooked"`` (HookedTransformer), ``"bridge"`` (native TransformerBridge) or ``"auto"``.
     """
 
@@ -50,6 +51,7 @@ class ModelConfig:
     act_fn: str = "gelu"
     normalization_type: str = "LN"
     seed: int = 0
+    dtype: str = "float32"
     backend: Backend = "auto"
 
     def __post_init__(self) -> None:
@@ -62,6 +64,8 @@ class ModelConfig:
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; pick sizes that divide "
                 "or set d_head explicitly."
             )
+        if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
+            raise TvLensError(f"dtype must name a torch dtype such as 'float32', got {self.dtype!r}.")
         if self.backend not in ("auto", "hooked", "bridge"):
             raise TvLensError(f"backend must be 'auto', 'hooked' or 'bridge', got {self.backend!r}.")
 
@@ -80,6 +84,7 @@ class ModelConfig:
             "d_mlp": self.d_mlp or 4 * self.d_model,
             "act_fn": self.act_fn,
             "normalization_type": self.normalization_type,
+            "dtype": getattr(torch, self.dtype),
         }
 
 
@@ -134,4 +139,5 @@ def _build_bridge(config: ModelConfig) -> Any:
         from transformer_lens.config import TransformerBridgeConfig
     except ImportError:
         from transformer_lens.model_bridge import TransformerBridgeConfig  # type: ignore[no-redef,attr-defined]
-    return TransformerBridge.boot_native(TransformerBridgeConfig(**config._tl_kwargs()))  # type: ignore[attr-defined]
+    bridge_config = TransformerBridgeConfig(**config._tl_kwargs())
+    return TransformerBridge.boot_native(bridge_config, dtype=getattr(torch, config.dtype))  # type: ignore[attr-defined]

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random TransformerLens models of every kind the installed TransformerLens has."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tv_lens.models import ModelConfig, build_model, hooked_transformer_available
+
+D_VOCAB = 24
+BACKENDS = ["hooked", "bridge"] if hooked_transformer_available() else ["bridge"]
+
+
+def tiny_config(backend: str = "auto", **overrides) -> ModelConfig:
+    base = dict(d_vocab=D_VOCAB, n_layers=3, d_model=32, n_heads=4, n_ctx=40, seed=0, backend=backend)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def model(request):
+    """A 3-layer float64 model per available backend (HookedTransformer on TL ≤ 3, TransformerBridge always).
+
+    float64 so that comparisons against independent computations are exact up to 1e-6 whatever the batch
+    shapes; ``model32`` checks the default precision.
+    """
+    return build_model(tiny_config(request.param, dtype="float64"))
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def model32(request):
+    """The same model in the default float32."""
+    return build_model(tiny_config(request.param))
+
+
+def hook_snapshot(model) -> dict:
+    """Every forward/backward hook attached anywhere in the model, by identity."""
+    snapshot = {}
+    for name, module in model.named_modules():
+        snapshot[name] = (tuple(module._forward_hooks), tuple(module._backward_hooks), tuple(module._forward_pre_hooks))
+    for name, hook_point in model.hook_dict.items():
+        snapshot["hp:" + name] = (tuple(map(id, hook_point.fwd_hooks)), tuple(map(id, hook_point.bwd_hooks)))
+    return snapshot
+
+
+def ragged_prompts(n_prompts: int = 7, width: int = 16, seed: int = 0):
+    """Right-padded random prompts of different lengths: (tokens, answer_pos, lengths)."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(4, width + 1, (n_prompts,), generator=generator)
+    lengths[0] = width
+    tokens = torch.randint(1, D_VOCAB, (n_prompts, width), generator=generator)
+    for row, length in enumerate(lengths):
+        tokens[row, length:] = 0
+    return tokens, lengths - 1, lengths
+
+
+def left_padded(tokens, lengths):
+    """The same prompts, left-padded, with their attention mask and answer positions."""
+    width = tokens.shape[1]
+    left = torch.zeros_like(tokens)
+    mask = torch.zeros_like(tokens)
+    for row, length in enumerate(lengths.tolist()):
+        left[row, width - length :] = tokens[row, :length]
+        mask[row, width - length :] = 1
+    return left, mask, torch.full_like(lengths, width - 1)

@@ -1,0 +1,117 @@
+"""Bad requests raise TaskError with a message that names the problem and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tv_lens.errors import TaskError
+from tv_lens.tasks import (
+    Task,
+    TaskPool,
+    Vocabulary,
+    bitwise_pool,
+    modular_pool,
+    offset_pool,
+    permutation_pool,
+)
+
+
+@pytest.fixture(scope="module")
+def pool() -> TaskPool:
+    return offset_pool(offsets=(1, 2), n_values=8)
+
+
+def test_unknown_ops_list_the_valid_ones() -> None:
+    with pytest.raises(TaskError, match=r"Unknown bitwise op.*'nope'.*'and', 'nand', 'or'"):
+        bitwise_pool(ops=("and", "nope"))
+    with pytest.raises(TaskError, match=r"Unknown modular op.*'div'.*'add', 'sub', 'mul'"):
+        modular_pool(ops=("div",))
+    assert bitwise_pool(ops=("XOR",)).task_names == ("xor", "null")  # case-insensitive
+
+
+# Values of the right type but out of range: always our TaskError.
+@pytest.mark.parametrize("bad", [-1, (2, 1), (-1, 3), range(0), range(-2, 1)])
+def test_bad_shot_counts(pool: TaskPool, bad) -> None:
+    with pytest.raises(TaskError, match="n_shots must be an int >= 0"):
+        pool.sample(n_per_task=2, n_shots=bad, seed=0)
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_bad_n_per_task(pool: TaskPool, bad: int) -> None:
+    with pytest.raises(TaskError, match="n_per_task must be an int >= 1"):
+        pool.sample(n_per_task=bad, n_shots=1, seed=0)
+
+
+# Values of the wrong type: our TaskError, or a TypeError naming the parameter when the tests run under
+# jaxtyping's runtime type checker (--jaxtyping-packages=tv_lens,beartype.beartype).
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_shots": [1, 2]}, r"n_shots must be an int >= 0|parameter 'n_shots'"),
+        ({"n_shots": 1.5}, r"n_shots must be an int >= 0|parameter 'n_shots'"),
+        ({"n_shots": True}, r"n_shots must be an int >= 0|parameter 'n_shots'"),
+        ({"n_per_task": 2.0}, r"n_per_task must be an int >= 1|parameter 'n_per_task'"),
+    ],
+)
+def test_mistyped_sample_arguments(pool: TaskPool, kwargs: dict, match: str) -> None:
+    with pytest.raises((TaskError, TypeError), match=match):
+        pool.sample(**{"n_per_task": 2, "n_shots": 1, "seed": 0, **kwargs})
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, 1.5])
+def test_bad_label_noise(pool: TaskPool, bad: float) -> None:
+    with pytest.raises(TaskError, match=r"label_noise must lie in \[0, 1\)"):
+        pool.sample(n_per_task=2, n_shots=1, seed=0, label_noise=bad)
+
+
+def test_vocabulary_too_small() -> None:
+    with pytest.raises(TaskError, match=r"Vocabulary too small.*needs n_values >= 21, got n_values=16"):
+        offset_pool(offsets=(1, 20), n_values=16)
+    with pytest.raises(TaskError, match=r"Vocabulary too small.*n_values >= 16, got n_values=8"):
+        bitwise_pool(n_bits=4, n_values=8)
+    with pytest.raises(TaskError, match=r"Vocabulary too small.*n_values >= 7"):
+        modular_pool(p=7, n_values=5)
+    with pytest.raises(TaskError, match=r"Vocabulary too small.*Vocabulary\(n_values=8\)"):
+        TaskPool((Task("id", lambda x: x[:, 0]),), Vocabulary(4), n_inputs=1, input_values=8, output_values=8)
+    assert bitwise_pool(n_bits=2, n_values=10).vocab_size == 13  # a larger shared vocabulary is fine
+
+
+def test_empty_pool() -> None:
+    with pytest.raises(TaskError, match="at least one task"):
+        offset_pool(offsets=())
+    with pytest.raises(TaskError, match="at least one task"):
+        TaskPool((), Vocabulary(4), n_inputs=1, input_values=4, output_values=4, null=True)
+    with pytest.raises(TaskError, match="valid ops"):
+        bitwise_pool(ops=())
+
+
+def test_bad_pool_definitions() -> None:
+    rule = Task("id", lambda x: x[:, 0])
+    with pytest.raises(TaskError, match="unique"):
+        TaskPool((rule, rule), Vocabulary(4), n_inputs=1, input_values=4, output_values=4)
+    with pytest.raises(TaskError, match=r"unique.*null"):
+        TaskPool((Task("null", rule.fn),), Vocabulary(4), n_inputs=1, input_values=4, output_values=4, null=True)
+    with pytest.raises((TaskError, TypeError), match=r"Unknown prompt format 'newline'|parameter 'fmt'"):
+        offset_pool(fmt="newline")  # type: ignore[arg-type]
+    with pytest.raises(TaskError, match="power of two"):
+        TaskPool((rule,), Vocabulary(6), n_inputs=1, input_values=6, output_values=6, answer="bits")
+    with pytest.raises(TaskError, match="distinct"):
+        offset_pool(offsets=(1, 1))
+    with pytest.raises(TaskError, match=r"n_tasks must lie in 1 \.\. 3!"):
+        permutation_pool(n_tasks=7, n_values=3)
+    with pytest.raises(TaskError, match="non-empty string"):
+        Task("", rule.fn)
+
+
+def test_task_returning_out_of_range_values() -> None:
+    pool = TaskPool((Task("big", lambda x: x[:, 0] + 100),), Vocabulary(4), 1, 4, 4)
+    with pytest.raises(TaskError, match=r"'big' returned values outside 0 .. 3"):
+        pool.sample(n_per_task=2, n_shots=1, seed=0)
+    pool = TaskPool((Task("shape", lambda x: x),), Vocabulary(4), 1, 4, 4)
+    with pytest.raises((TaskError, TypeError), match=r"returned shape|return value"):
+        pool.sample(n_per_task=2, n_shots=1, seed=0)
+    assert torch.equal(
+        TaskPool((Task("ok", lambda x: x[:, 0]),), Vocabulary(4), 1, 4, 4).tasks[0](torch.ones(2, 1, dtype=torch.long)),
+        torch.ones(2, dtype=torch.long),
+    )

@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+
+from tv_lens.errors import ShapeError
+from tv_lens.metrics import answer_logits, mse, token_accuracy, token_cross_entropy
+
+
+def random_logits(batch=6, n_answer=3, vocab=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, n_answer, vocab, generator=generator, dtype=torch.float64)
+    answers = torch.randint(0, vocab, (batch, n_answer), generator=generator)
+    return logits, answers
+
+
+def test_accuracy_matches_a_python_loop():
+    logits, answers = random_logits()
+    answers[0] = logits[0].argmax(-1)  # one fully correct prompt
+    answers[1, 0] = logits[1, 0].argmax()  # first token right, maybe not the rest
+    expected_all, expected_first = [], []
+    for row in range(len(logits)):
+        hits = [int(logits[row, i].argmax()) == int(answers[row, i]) for i in range(3)]
+        expected_all.append(float(all(hits)))
+        expected_first.append(float(hits[0]))
+    assert token_accuracy(logits, answers).tolist() == expected_all
+    assert token_accuracy(logits, answers, first_token_only=True).tolist() == expected_first
+    assert expected_all[0] == 1.0 and expected_first[1] == 1.0
+
+
+def test_cross_entropy_matches_log_softmax_by_hand():
+    logits, answers = random_logits(seed=1)
+    for row in range(len(logits)):
+        nll = []
+        for i in range(3):
+            row_logits = logits[row, i].tolist()
+            log_z = math.log(sum(math.exp(v) for v in row_logits))
+            nll.append(log_z - row_logits[int(answers[row, i])])
+        assert token_cross_entropy(logits, answers)[row].item() == pytest.approx(sum(nll) / 3, abs=1e-9)
+        first = token_cross_entropy(logits, answers, first_token_only=True)[row].item()
+        assert first == pytest.approx(nll[0], abs=1e-9)
+
+
+def test_single_token_answers_may_be_one_dimensional():
+    logits, answers = random_logits(n_answer=1, seed=2)
+    torch.testing.assert_close(token_cross_entropy(logits, answers[:, 0]), token_cross_entropy(logits, answers))
+
+
+def test_answer_logits_reads_consecutive_positions_per_prompt():
+    full = torch.arange(2 * 6 * 4, dtype=torch.float64).view(2, 6, 4)
+    picked = answer_logits(full, torch.tensor([1, 3]), n_answer_tokens=2)
+    assert torch.equal(picked[0], full[0, 1:3]) and torch.equal(picked[1], full[1, 3:5])
+    with pytest.raises(ShapeError, match=r"must lie in \[0, 6\)"):
+        answer_logits(full, torch.tensor([1, 5]), n_answer_tokens=2)
+
+
+def test_mse_matches_numpy():
+    generator = torch.Generator().manual_seed(3)
+    predictions, targets = torch.randn(4, 2, 3, generator=generator), torch.randn(4, 2, 3, generator=generator)
+    expected = ((predictions.numpy() - targets.numpy()) ** 2).reshape(4, -1).mean(axis=1)
+    torch.testing.assert_close(mse(predictions, targets), torch.from_numpy(expected))
+    with pytest.raises(ShapeError, match="same shape"):
+        mse(predictions, targets[:, 0])
+
+
+def test_bad_answers_are_reported():
+    logits, answers = random_logits()
+    with pytest.raises(ShapeError, match="n_answer_tokens="):
+        token_accuracy(logits, answers[:, :2])
+    with pytest.raises(ShapeError, match=r"token ids in \[0, 5\)"):
+        token_cross_entropy(logits, answers + 5)

@@ -1,0 +1,226 @@
+"""``ICLBatch``: a batch of rendered in-context-learning prompts with their labels and boundaries.
+
+Everything downstream (probes, interventions, metrics, training) reads prompts through this one type,
+so it carries positions rather than rendering rules: analyses never need to know how a task renders.
+
+Layout of prompt ``i`` (right-padded; ``attention_mask`` is 1 on the first ``lengths[i]`` tokens)::
+
+    [prefix, e.g. BOS] [demo 0] [demo 1] ... [demo n_shots[i]-1] [query ... answer tokens] [pad ...]
+                        ^demo_start[i, 0]                         ^query_start[i]
+
+Within the query, ``answer_pos[i]`` is the token right before the first answer token: the position
+whose logits predict ``answers[i, 0]`` and whose residual stream is read as the task representation.
+The answer tokens follow it (``inputs[i, answer_pos[i] + 1 + k] == answers[i, k]``), so one teacher-forced
+pass scores multi-token answers: logits at ``answer_pos + k`` predict ``answers[:, k]``. Each
+demonstration has the same structure: ``demo_answer_pos[i, j]`` is the token before its answer.
+Per-demonstration arrays are padded with ``-1`` beyond ``n_shots[i]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from tv_lens.errors import PositionError, ShapeError, TaskError
+
+__all__ = ["ICLBatch"]
+
+
+@dataclass(frozen=True, eq=False)
+class ICLBatch:
+    """Rendered ICL prompts, their answers, latent task ids and the span of every demonstration.
+
+    Attributes:
+        inputs: Token ids, right-padded with ``pad_token``.
+        attention_mask: 1 on real tokens, 0 on padding.
+        answer_pos: Index of the token right before the query's first answer token.
+        answers: The query's answer tokens (one column per answer token).
+        task_ids: Latent task of each prompt, an index into ``task_names``.
+        task_names: Name of every task id (the Null task, when present, is ``"null"``).
+        n_shots: Number of demonstrations of each prompt.
+        demo_start: First token of each demonstration; ``-1`` beyond ``n_shots``.
+        demo_answer_pos: Token right before each demonstration's answer; ``-1`` beyond ``n_shots``.
+        demo_noisy: Whether each demonstration's label was corrupted by label noise.
+        query_start: First token of the query.
+        pad_token: The padding token id.
+    """
+
+    inputs: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    answer_pos: Int[Tensor, " batch"]
+    answers: Int[Tensor, "batch n_answer"]
+    task_ids: Int[Tensor, " batch"]
+    task_names: tuple[str, ...]
+    n_shots: Int[Tensor, " batch"]
+    demo_start: Int[Tensor, "batch max_shots"]
+    demo_answer_pos: Int[Tensor, "batch max_shots"]
+    demo_noisy: Bool[Tensor, "batch max_shots"]
+    query_start: Int[Tensor, " batch"]
+    pad_token: int
+
+    def __post_init__(self) -> None:
+        self._check_shapes()
+        self._check_positions()
+
+    def _check_shapes(self) -> None:
+        if self.inputs.ndim != 2 or self.inputs.is_floating_point():
+            raise ShapeError(
+                f"ICLBatch.inputs must be an integer tensor [batch, pos], got dtype {self.inputs.dtype} "
+                f"and shape {tuple(self.inputs.shape)}."
+            )
+        b, p = self.inputs.shape
+        n_demo = self.demo_start.shape[-1] if self.demo_start.ndim == 2 else -1
+        expected = {
+            "attention_mask": (b, p),
+            "answer_pos": (b,),
+            "task_ids": (b,),
+            "n_shots": (b,),
+            "query_start": (b,),
+            "demo_start": (b, n_demo),
+            "demo_answer_pos": (b, n_demo),
+            "demo_noisy": (b, n_demo),
+        }
+        for name, shape in expected.items():
+            got = tuple(getattr(self, name).shape)
+            if got != shape:
+                raise ShapeError(
+                    f"ICLBatch.{name} has shape {got} but inputs {tuple(self.inputs.shape)} requires {shape}."
+                )
+        if self.answers.ndim != 2 or self.answers.shape[0] != b or self.answers.shape[1] < 1:
+            raise ShapeError(
+                f"ICLBatch.answers must have shape [batch={b}, n_answer>=1], got "
+                f"{tuple(self.answers.shape)}; use answers[:, None] for single-token answers."
+            )
+        devices = {getattr(self, f.name).device for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        if len(devices) > 1:
+            raise ShapeError(f"ICLBatch tensors are on several devices {devices}; move them with .to(device).")
+
+    def _check_positions(self) -> None:
+        mask = self.attention_mask
+        lengths = mask.sum(-1)
+        if not torch.equal(mask, (torch.arange(mask.shape[-1], device=mask.device) < lengths[:, None]).to(mask)):
+            raise PositionError("ICLBatch.attention_mask must be right-padded: ones, then zeros, in every row.")
+        if (self.n_shots < 0).any() or (self.n_shots > self.demo_start.shape[-1]).any():
+            raise TaskError(
+                f"ICLBatch.n_shots must lie in 0 .. {self.demo_start.shape[-1]} (the demo columns), "
+                f"got {self.n_shots.tolist()}."
+            )
+        if len(self.task_names) == 0 or (self.task_ids < 0).any() or (self.task_ids >= len(self.task_names)).any():
+            raise TaskError(f"ICLBatch.task_ids must index task_names {self.task_names}.")
+        n_answer = self.answers.shape[-1]
+        bad = (self.answer_pos < self.query_start) | (self.answer_pos + n_answer >= lengths)
+        if bad.any():
+            i = int(bad.nonzero()[0, 0])
+            raise PositionError(
+                f"Prompt {i}: answer_pos={int(self.answer_pos[i])} with {n_answer} answer token(s) must lie "
+                f"after query_start={int(self.query_start[i])} and before the end of its "
+                f"{int(lengths[i])} real tokens."
+            )
+        cols = self.answer_pos[:, None] + 1 + torch.arange(n_answer, device=self.inputs.device)
+        if not torch.equal(self.inputs.gather(1, cols), self.answers):
+            raise PositionError("ICLBatch.answers must equal the tokens right after answer_pos in inputs.")
+        is_demo = torch.arange(self.demo_start.shape[-1], device=self.inputs.device) < self.n_shots[:, None]
+        for name in ("demo_start", "demo_answer_pos"):
+            pos = getattr(self, name)
+            if (pos[~is_demo] != -1).any() or (pos[is_demo] < 0).any():
+                raise PositionError(f"ICLBatch.{name} must be >= 0 on the first n_shots columns and -1 after.")
+            if ((pos >= self.query_start[:, None]) & is_demo).any():
+                raise PositionError(f"ICLBatch.{name} must lie before query_start in every prompt.")
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def lengths(self) -> Int[Tensor, " batch"]:
+        """Number of real (non-pad) tokens of each prompt."""
+        return self.attention_mask.sum(-1)
+
+    @property
+    def n_answer_tokens(self) -> int:
+        """Number of answer tokens per prompt (1 for single-token answers)."""
+        return self.answers.shape[-1]
+
+    @property
+    def max_shots(self) -> int:
+        """Width of the per-demonstration arrays (the largest ``n_shots`` in the batch)."""
+        return self.demo_start.shape[-1]
+
+    def to(self, device: torch.device | str) -> ICLBatch:
+        """The same batch with every tensor on ``device``."""
+        moved: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                moved[f.name] = value.to(device)
+        return replace(self, **moved)
+
+    def select(self, indices: Int[Tensor, " n"] | Bool[Tensor, " n"] | Sequence[int] | slice) -> ICLBatch:
+        """A sub-batch of the given prompts, trimmed to its longest prompt; task ids keep their names.
+
+        Args:
+            indices: Prompt indices (tensor, list or slice), or a boolean mask over prompts.
+        """
+        if isinstance(indices, slice):
+            idx = torch.arange(len(self))[indices]
+        else:
+            idx = torch.as_tensor(indices)
+            if idx.dtype == torch.bool:
+                idx = idx.nonzero().flatten()
+        idx = idx.to(self.inputs.device).long()
+        if idx.numel() and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise PositionError(f"ICLBatch.select got indices outside 0 .. {len(self) - 1}.")
+        n_pos = int(self.lengths[idx].max()) if idx.numel() else 0
+        n_demo = int(self.n_shots[idx].max()) if idx.numel() else 0
+        return replace(
+            self,
+            inputs=self.inputs[idx, :n_pos],
+            attention_mask=self.attention_mask[idx, :n_pos],
+            answer_pos=self.answer_pos[idx],
+            answers=self.answers[idx],
+            task_ids=self.task_ids[idx],
+            n_shots=self.n_shots[idx],
+            demo_start=self.demo_start[idx, :n_demo],
+            demo_answer_pos=self.demo_answer_pos[idx, :n_demo],
+            demo_noisy=self.demo_noisy[idx, :n_demo],
+            query_start=self.query_start[idx],
+        )
+
+    def zero_shot(self) -> ICLBatch:
+        """The query-only twin: same queries, answers and task ids, no demonstrations.
+
+        Tokens before the first demonstration (e.g. BOS) are kept; the query and its answer follow them.
+        This is the prompt task-vector prompting injects into.
+        """
+        if len(self) == 0:
+            return self
+        demo0 = self.demo_start[:, 0] if self.max_shots else self.query_start
+        first = torch.where(self.n_shots > 0, demo0, self.query_start)
+        prefix = int(first[0])
+        if not (first == prefix).all():
+            raise PositionError(
+                "zero_shot() needs the same number of tokens before the first demonstration (e.g. one BOS) "
+                f"in every prompt, got {sorted(set(first.tolist()))}."
+            )
+        new_len = prefix + self.lengths - self.query_start
+        pos = torch.arange(int(new_len.max()), device=self.inputs.device)[None, :]
+        src = torch.where(pos < prefix, pos, self.query_start[:, None] + pos - prefix)
+        mask = pos < new_len[:, None]
+        src = torch.where(mask, src, torch.zeros_like(src))
+        inputs = torch.where(mask, self.inputs.gather(1, src), torch.full_like(src, self.pad_token))
+        empty = self.demo_start[:, :0]
+        return replace(
+            self,
+            inputs=inputs,
+            attention_mask=mask.to(self.attention_mask.dtype),
+            answer_pos=self.answer_pos - self.query_start + prefix,
+            n_shots=torch.zeros_like(self.n_shots),
+            demo_start=empty,
+            demo_answer_pos=empty.clone(),
+            demo_noisy=self.demo_noisy[:, :0],
+            query_start=torch.full_like(self.query_start, prefix),
+        )

@@ -1,0 +1,227 @@
+"""Latent tasks and task pools: what a prompt asks, and how a batch of prompts is sampled.
+
+A :class:`Task` is a named rule from input values to an output value. A :class:`TaskPool` holds
+*confusable* tasks: they share one input distribution, one output space and one prompt format, so the
+only thing telling them apart is the latent rule the demonstrations reveal (Han et al.: otherwise task
+decodability is trivial). A pool may add a **Null** task whose outputs are uniformly random and
+independent of the input; its task id is the last one and its name ``"null"``.
+
+Values and tokens: inputs are ``n_inputs`` number tokens, each uniform in ``0 .. input_values - 1``
+(token ``k`` is the value ``k``). Outputs are values in ``0 .. output_values - 1`` rendered either as one
+number token (``answer="token"``) or as its bits, most significant first, one ``0``/``1`` token each
+(``answer="bits"``). Sampling uses a local ``torch.Generator`` seeded by ``seed``: the same call returns the
+same batch, and the global RNG is never touched.
+
+>>> from tv_lens.tasks import offset_pool
+>>> pool = offset_pool(offsets=(1, 2), n_values=8)
+>>> batch = pool.sample(n_per_task=4, n_shots=(1, 3), seed=0)
+>>> len(batch), batch.task_names
+(12, ('offset(1)', 'offset(2)', 'null'))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from tv_lens.errors import TaskError
+from tv_lens.tasks.batch import ICLBatch
+from tv_lens.tasks.render import PromptFormat, check_format, render_prompts
+from tv_lens.tasks.vocabulary import Vocabulary
+
+__all__ = ["NULL_TASK", "AnswerEncoding", "ShotSpec", "Task", "TaskPool"]
+
+NULL_TASK = "null"
+AnswerEncoding = Literal["token", "bits"]
+ShotSpec = int | tuple[int, int] | range
+"""Shots per prompt: a fixed int, an inclusive ``(min, max)`` tuple, or a ``range`` of allowed values."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named rule mapping input values ``[n, n_inputs]`` to output values ``[n]``.
+
+    Attributes:
+        name: Task name, unique within a pool (e.g. ``"xor"``, ``"offset(3)"``).
+        fn: The rule; receives ``Int[Tensor, "n n_inputs"]`` and returns ``Int[Tensor, "n"]``.
+    """
+
+    name: str
+    fn: Callable[[Int[Tensor, "n n_inputs"]], Int[Tensor, " n"]]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise TaskError(f"Task name must be a non-empty string, got {self.name!r}.")
+        if not callable(self.fn):
+            raise TaskError(f"Task {self.name!r}: fn must be callable (inputs [n, n_inputs] -> outputs [n]).")
+
+    def __call__(self, x: Int[Tensor, "n n_inputs"]) -> Int[Tensor, " n"]:
+        """Apply the rule to a batch of inputs."""
+        return self.fn(x)
+
+
+@dataclass(frozen=True)
+class TaskPool:
+    """Confusable tasks sharing one input distribution, output space and prompt format.
+
+    Attributes:
+        tasks: The rules (at least one; names unique, ``"null"`` reserved).
+        vocab: Token vocabulary; a model needs ``d_vocab >= vocab.size``.
+        n_inputs: Number tokens per input x.
+        input_values: Each input token is uniform in ``0 .. input_values - 1``.
+        output_values: Outputs lie in ``0 .. output_values - 1``.
+        fmt: Prompt format, ``"arrow"`` or ``"marker"``.
+        null: Whether to add the Null task (uniformly random outputs).
+        answer: ``"token"`` (one answer token) or ``"bits"`` (one bit token per output bit).
+    """
+
+    tasks: tuple[Task, ...]
+    vocab: Vocabulary
+    n_inputs: int
+    input_values: int
+    output_values: int
+    fmt: PromptFormat = "arrow"
+    null: bool = False
+    answer: AnswerEncoding = "token"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        if not self.tasks:
+            raise TaskError("TaskPool needs at least one task, got none; pass e.g. tasks=(Task('id', fn),).")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names) or (self.null and NULL_TASK in names):
+            raise TaskError(f"Task names must be unique (and not {NULL_TASK!r} when null=True), got {names}.")
+        check_format(self.fmt)
+        if self.answer not in ("token", "bits"):
+            raise TaskError(f"Unknown answer encoding {self.answer!r}; choose 'token' or 'bits'.")
+        if self.n_inputs < 1 or self.input_values < 1 or self.output_values < 2:
+            raise TaskError(
+                f"TaskPool needs n_inputs >= 1, input_values >= 1 and output_values >= 2, got "
+                f"{self.n_inputs}, {self.input_values}, {self.output_values}."
+            )
+        if self.answer == "bits" and self.output_values & (self.output_values - 1):
+            raise TaskError(f"answer='bits' needs output_values a power of two, got {self.output_values}.")
+        needed = max(self.input_values, 2 if self.answer == "bits" else self.output_values)
+        if needed > self.vocab.n_values:
+            raise TaskError(
+                f"Vocabulary too small: this pool uses values up to {needed - 1} but the vocabulary has only "
+                f"n_values={self.vocab.n_values} number tokens; use Vocabulary(n_values={needed}) or more."
+            )
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """Name of every task id; the Null task, when present, is last."""
+        return tuple(t.name for t in self.tasks) + ((NULL_TASK,) if self.null else ())
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a model needs for this pool's prompts (``d_vocab >= vocab_size``)."""
+        return self.vocab.size
+
+    @property
+    def n_answer_tokens(self) -> int:
+        """Answer tokens per prompt: 1, or the number of output bits for ``answer="bits"``."""
+        return (self.output_values - 1).bit_length() if self.answer == "bits" else 1
+
+    def __len__(self) -> int:
+        """Number of task ids, the Null task included."""
+        return len(self.task_names)
+
+    def encode_answers(self, values: Int[Tensor, "*shape"]) -> Int[Tensor, "*shape n_answer"]:
+        """Answer tokens of output values (bits most significant first for ``answer="bits"``)."""
+        if self.answer == "token":
+            return values[..., None]
+        shifts = torch.arange(self.n_answer_tokens - 1, -1, -1, device=values.device)
+        return (values[..., None] >> shifts) & 1
+
+    def decode_answers(self, tokens: Int[Tensor, "*shape n_answer"]) -> Int[Tensor, " *shape"]:
+        """Output values of answer tokens; the inverse of :meth:`encode_answers`."""
+        if self.answer == "token":
+            return tokens[..., 0]
+        shifts = torch.arange(self.n_answer_tokens - 1, -1, -1, device=tokens.device)
+        return (tokens << shifts).sum(-1)
+
+    def sample(self, n_per_task: int, n_shots: ShotSpec, seed: int, label_noise: float = 0.0) -> ICLBatch:
+        """Sample ``n_per_task`` prompts of every task (Null included), ordered by task id.
+
+        Demonstration and query inputs are drawn independently and uniformly. Label noise relabels each
+        demonstration of a non-Null task, with probability ``label_noise``, to a uniformly random *different*
+        output; queries are never corrupted. ``batch.demo_noisy`` records which demonstrations were.
+
+        Args:
+            n_per_task: Prompts per task (>= 1).
+            n_shots: Demonstrations per prompt: an int, an inclusive ``(min, max)`` tuple or a ``range``;
+                drawn uniformly per prompt.
+            seed: Seed of the local generator; the same seed gives an identical batch.
+            label_noise: Probability in ``[0, 1)`` that a demonstration's label is wrong.
+
+        Returns:
+            An :class:`ICLBatch` of ``len(self) * n_per_task`` prompts.
+        """
+        if isinstance(n_per_task, bool) or not isinstance(n_per_task, int) or n_per_task < 1:
+            raise TaskError(f"n_per_task must be an int >= 1, got {n_per_task!r}.")
+        if not 0.0 <= float(label_noise) < 1.0:
+            raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
+        choices = _shot_choices(n_shots)
+        gen = torch.Generator().manual_seed(seed)
+        n_tasks = len(self)
+        b = n_tasks * n_per_task
+        task_ids = torch.arange(n_tasks).repeat_interleave(n_per_task)
+        shots = choices[torch.randint(len(choices), (b,), generator=gen)]
+        n_slot = int(shots.max()) + 1
+        x = torch.randint(self.input_values, (b, n_slot, self.n_inputs), generator=gen)
+        y = torch.randint(self.output_values, (b, n_slot), generator=gen)  # Null task outputs
+        for tid, task in enumerate(self.tasks):
+            rows = task_ids == tid
+            y[rows] = self._apply(task, x[rows].flatten(0, 1)).view(-1, n_slot)
+        is_demo = torch.arange(n_slot)[None, :] < shots[:, None]
+        noisy = (torch.rand((b, n_slot), generator=gen) < label_noise) & is_demo
+        noisy &= (task_ids < len(self.tasks))[:, None]
+        shift = torch.randint(1, self.output_values, (b, n_slot), generator=gen)
+        y = torch.where(noisy, (y + shift) % self.output_values, y)
+        return render_prompts(
+            x=x,
+            y=self.encode_answers(y),
+            n_shots=shots,
+            vocab=self.vocab,
+            fmt=self.fmt,
+            task_ids=task_ids,
+            task_names=self.task_names,
+            demo_noisy=noisy[:, :-1],
+        )
+
+    def _apply(self, task: Task, x: Int[Tensor, "n n_inputs"]) -> Int[Tensor, " n"]:
+        out = torch.as_tensor(task(x)).long()
+        if out.shape != x.shape[:1]:
+            raise TaskError(f"Task {task.name!r} returned shape {tuple(out.shape)}; expected ({x.shape[0]},).")
+        if out.numel() and (out.min() < 0 or out.max() >= self.output_values):
+            raise TaskError(
+                f"Task {task.name!r} returned values outside 0 .. {self.output_values - 1} "
+                f"(got {int(out.min())} .. {int(out.max())}); reduce them mod output_values."
+            )
+        return out
+
+
+def _shot_choices(n_shots: ShotSpec) -> Int[Tensor, " n_choices"]:
+    """Allowed shot counts of a :data:`ShotSpec`, validated."""
+    if isinstance(n_shots, bool):
+        values: list[int] = []
+    elif isinstance(n_shots, int):
+        values = [n_shots]
+    elif isinstance(n_shots, tuple) and len(n_shots) == 2 and all(isinstance(v, int) for v in n_shots):
+        values = list(range(n_shots[0], n_shots[1] + 1))
+    elif isinstance(n_shots, range):
+        values = list(n_shots)
+    else:
+        values = []
+    if not values or min(values) < 0:
+        raise TaskError(
+            f"n_shots must be an int >= 0, an inclusive (min, max) tuple with 0 <= min <= max, or a "
+            f"non-empty range of ints >= 0; got {n_shots!r}."
+        )
+    return torch.tensor(values)
