@@ -156,7 +156,8 @@ def test_gradients_flow_through_a_replaced_vector(model):
 
 def test_an_intervention_that_writes_nothing_raises(model):
     tokens, answer_pos, _ = ragged_prompts()
-    with pytest.raises(InterventionNotAppliedError, match=r"replace\(layer 1, resid_post, pos=answer\) wrote to no prompt"):
+    expected = r"replace\(layer 1, resid_post, pos=answer\) wrote to no prompt"
+    with pytest.raises(InterventionNotAppliedError, match=expected):
         run_with_interventions(model, tokens, answer_pos, [replace(1, torch.zeros(0, 32), rows=[])])
 
 
@@ -165,9 +166,11 @@ def test_a_hook_point_the_forward_never_calls_is_caught(model, monkeypatch):
 
     orphan = HookPoint()  # a hook point that no forward pass calls
     real_hook_point = ModelAdapter.hook_point
-    monkeypatch.setattr(
-        ModelAdapter, "hook_point", lambda self, name: orphan if name.endswith("attn.hook_z") else real_hook_point(self, name)
-    )
+
+    def hook_point(self, name):
+        return orphan if name.endswith("attn.hook_z") else real_hook_point(self, name)
+
+    monkeypatch.setattr(ModelAdapter, "hook_point", hook_point)
     tokens, answer_pos, _ = ragged_prompts()
     with pytest.raises(InterventionNotAppliedError, match=r"ablate_head\(layer 2 head 0.*never ran"):
         run_with_interventions(model, tokens, answer_pos, [add(1, torch.ones(32)), ablate_head(2, 0)])

@@ -26,7 +26,7 @@ def test_start_at_layer_capability_matches_transformer_lens(model):
 
 def test_unknown_site_and_layer_out_of_range_name_the_fix(model):
     adapter = adapt(model)
-    with pytest.raises(HookNotFoundError, match="Unknown site 'resid'.*resid_post"):
+    with pytest.raises(HookNotFoundError, match=r"Unknown site 'resid'.*resid_post"):
         adapter.hook_name("resid", 0)
     with pytest.raises(LayerOutOfRangeError, match=r"Layer 3 is out of range.*\[-1, 2\]"):
         adapter.hook_name("resid_post", 3)
@@ -35,7 +35,7 @@ def test_unknown_site_and_layer_out_of_range_name_the_fix(model):
 
 
 def test_object_without_transformer_lens_hooks_is_rejected():
-    with pytest.raises(ModelNotSupportedError, match="Linear.*HookedTransformer or TransformerBridge"):
+    with pytest.raises(ModelNotSupportedError, match=r"Linear.*HookedTransformer or TransformerBridge"):
         adapt(torch.nn.Linear(3, 3))
 
 
@@ -44,7 +44,8 @@ def test_model_missing_a_hook_gets_an_error_naming_it(model):
         def __init__(self):
             super().__init__()
             self.cfg = model.cfg
-            self.hook_dict = {k: v for k, v in model.hook_dict.items() if k not in {"blocks.1.hook_out", "blocks.1.hook_resid_post"}}
+            dropped = {"blocks.1.hook_out", "blocks.1.hook_resid_post"}
+            self.hook_dict = {k: v for k, v in model.hook_dict.items() if k not in dropped}
 
         def forward(self, tokens):
             return model(tokens)
