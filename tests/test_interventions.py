@@ -86,7 +86,7 @@ def test_head_ablation_equals_a_hand_written_hook(model):
 def test_per_prompt_positions_rows_and_left_padding(model):
     tokens, answer_pos, lengths = ragged_prompts(seed=4)
     positions = answer_pos // 2
-    chosen = torch.tensor([0, 2, 3])
+    chosen = torch.tensor([3, 0, 2])  # values follow this order, not sorted row order
     vectors = torch.randn(3, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
     def edit(act):
@@ -225,6 +225,8 @@ def test_bad_interventions_name_the_problem(model):
         run(add(0, torch.zeros(32), pos=answer_pos + 1))
     with pytest.raises(PositionError, match="outside the batch"):
         run(add(0, torch.zeros(32), rows=[40]))
+    with pytest.raises(PositionError, match="selects a prompt twice"):
+        run(add(0, torch.zeros(2, 32), rows=[1, -6]))
     with pytest.raises(ShapeError, match="NaN"):
         run(add(0, torch.full((32,), float("nan"))))
     with pytest.raises(ShapeError, match="mode='mean' needs mean="):

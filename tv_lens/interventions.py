@@ -221,15 +221,18 @@ def _resolve(
             f"Head {intervention.head} is out of range: blocks have {adapter.n_heads} heads, so use a head in "
             f"[0, {adapter.n_heads - 1}]."
         )
-    rows = torch.ones(n_prompts, dtype=torch.bool)
+    selected = torch.arange(n_prompts)
     if intervention.rows is not None:
         selected = torch.as_tensor(intervention.rows, dtype=torch.long).reshape(-1)
         if selected.numel() and (int(selected.min()) < -n_prompts or int(selected.max()) >= n_prompts):
             raise PositionError(f"rows= selects prompts outside the batch of {n_prompts}: {selected.tolist()}.")
-        rows = torch.zeros(n_prompts, dtype=torch.bool)
-        rows[selected] = True
+        selected = selected % n_prompts
+        if len(selected.unique()) != len(selected):
+            raise PositionError(f"rows= selects a prompt twice: {selected.tolist()}; give each prompt once.")
+    rows = torch.zeros(n_prompts, dtype=torch.bool)
+    rows[selected] = True
     positions = _positions(prompts, intervention, n_answer_tokens)
-    values = _values(adapter, intervention, rows)
+    values = _values(adapter, intervention, selected, n_prompts)
     block = max(intervention.layer, 0)
     return _Plan(intervention, hook_name, block, rows, positions, values)
 
@@ -253,13 +256,14 @@ def _positions(prompts: PreparedPrompts, intervention: Intervention, n_answer_to
     return positions
 
 
-def _values(adapter: ModelAdapter, intervention: Intervention, rows: Tensor) -> Tensor:
+def _values(adapter: ModelAdapter, intervention: Intervention, selected: Tensor, n_prompts: int) -> Tensor:
+    """Values as ``[width]`` (every prompt) or ``[batch, width]`` (row ``selected[i]`` gets ``values[i]``)."""
     head_site = intervention.site == "attn.hook_z"
     width, name = (adapter.d_head, "d_head") if head_site else (adapter.d_model, "d_model")
     values = intervention.values
     if values is None:  # zero ablation
         return torch.zeros(width, device=adapter.device, dtype=adapter.dtype)
-    n_rows = int(rows.sum())
+    n_rows = len(selected)
     if values.shape[-1:] != (width,) or values.ndim > 2 or (values.ndim == 2 and values.shape[0] != n_rows):
         raise ShapeError(
             f"{intervention} got values of shape {tuple(values.shape)}; expected [{name}={width}] for every "
@@ -270,8 +274,8 @@ def _values(adapter: ModelAdapter, intervention: Intervention, rows: Tensor) -> 
     values = values.to(adapter.device, adapter.dtype)
     if values.ndim == 1:
         return values
-    full = torch.zeros(len(rows), width, device=values.device, dtype=values.dtype)
-    return full.index_copy(0, rows.nonzero()[:, 0].to(values.device), values)
+    full = torch.zeros(n_prompts, width, device=values.device, dtype=values.dtype)
+    return full.index_copy(0, selected.to(values.device), values)
 
 
 def _start_layer(
@@ -295,7 +299,9 @@ def _start_layer(
         )
     if not adapter.supports_start_at_layer or layer == 0 or any(plan.block < layer for plan in plans):
         return None
-    aligned = prepare_prompts(adapter, clean_residual, prompts.answer_pos + prompts.shift, attention_mask)
+    aligned = prepare_prompts(
+        adapter, clean_residual, prompts.answer_pos + prompts.shift, attention_mask, residual=True
+    )
     return layer, aligned.inputs
 
 
