@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from benchmarks import representations
+from benchmarks import heads, patching, representations
 from benchmarks.common import FULL, QUICK, print_table
 
 
@@ -25,6 +25,8 @@ def main() -> None:
     for line in representations.memory_report(scale):
         print("  " + line)
     rows = representations.timing_rows(scale, args.device)
+    rows += patching.patching_rows(scale, args.device)
+    rows += heads.heads_rows(scale, args.device)
     print()
     print_table(rows)
 

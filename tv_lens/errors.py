@@ -45,3 +45,19 @@ class InterventionNotAppliedError(TvLensError, RuntimeError):
 
 class NonFiniteError(TvLensError, ValueError):
     """NaN or infinite values where finite numbers are required."""
+
+
+class AnalysisError(TvLensError, ValueError):
+    """Analysis settings that cannot work with the data given (k too large for the prompts, unknown metric ...)."""
+
+
+class ResultFileError(TvLensError, ValueError):
+    """A saved result file that is corrupt, truncated, or holds another kind of result."""
+
+
+class ConfigError(TvLensError, ValueError):
+    """A training setting that cannot work (negative λ, warmup longer than training, unknown mode ...)."""
+
+
+class CheckpointError(TvLensError, ValueError):
+    """A checkpoint that cannot be used: truncated or corrupt, or written by a run with another config."""

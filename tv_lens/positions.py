@@ -20,7 +20,7 @@ from torch import Tensor
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
 
-Inputs = Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"]
+Inputs = Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_input"]
 
 
 @dataclass(frozen=True)
@@ -63,26 +63,38 @@ def prepare_prompts(
     answer_pos: int | Sequence[int] | Tensor,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     n_answer_tokens: int = 1,
+    *,
+    residual: bool = False,
 ) -> PreparedPrompts:
     """Validate ``inputs`` and ``answer_pos`` and shift left-padded prompts to start at column 0.
 
     Args:
-        adapter: The model the prompts are for (its ``d_model``, ``d_vocab`` and ``n_ctx`` are checked).
-        inputs: Tokens ``[batch, pos]`` or a residual stream ``[batch, pos, d_model]``.
+        adapter: The model the prompts are for (its ``d_model``, ``d_vocab``, ``d_in`` and ``n_ctx`` are
+            checked).
+        inputs: Tokens ``[batch, pos]``, a residual stream ``[batch, pos, d_model]``, or for a model that
+            embeds continuous inputs itself (``adapter.d_in`` set) those inputs ``[batch, pos, d_in]``.
         answer_pos: Position of the token right before the answer, per prompt (or one int for all).
         attention_mask: ``[batch, pos]``, 1 on real tokens. Needed only for left-padded prompts; each
             prompt's real tokens must be contiguous.
         n_answer_tokens: Positions ``answer_pos .. answer_pos + n_answer_tokens - 1`` are read; all must
             lie inside the prompt.
+        residual: Float ``inputs`` are a residual stream ``[batch, pos, d_model]`` whatever the model's
+            inputs (e.g. a clean run's residual that a patched run starts from).
     """
     if not isinstance(inputs, Tensor):
         raise ShapeError(f"inputs must be a torch.Tensor of tokens or residuals, got {type(inputs).__name__}.")
     if inputs.is_floating_point():
-        if inputs.ndim != 3 or inputs.shape[-1] != adapter.d_model:
-            raise ShapeError(
-                f"Residual-stream inputs must be Float[batch, pos, d_model={adapter.d_model}], got shape "
-                f"{tuple(inputs.shape)}."
-            )
+        if residual or adapter.d_in is None:
+            width, what = adapter.d_model, "Residual-stream inputs must be Float[batch, pos, d_model"
+        else:
+            width, what = adapter.d_in, "This model embeds continuous inputs: pass Float[batch, pos, d_in"
+        if inputs.ndim != 3 or inputs.shape[-1] != width:
+            raise ShapeError(f"{what}={width}], got shape {tuple(inputs.shape)}.")
+    elif adapter.d_in is not None:
+        raise ShapeError(
+            f"This model embeds continuous inputs: pass Float[batch, pos, d_in={adapter.d_in}], not integer "
+            f"tokens of shape {tuple(inputs.shape)}."
+        )
     elif inputs.ndim != 2:
         raise ShapeError(f"Token inputs must be Int[batch, pos], got shape {tuple(inputs.shape)}.")
     elif inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= adapter.d_vocab):

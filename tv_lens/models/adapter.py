@@ -5,6 +5,10 @@ tv_lens never subclasses or ``isinstance``-checks TransformerLens classes: ``Hoo
 model's sizes, a ``hook_dict`` of ``HookPoint`` objects and a forward that accepts ``stop_at_layer``.
 :class:`ModelAdapter` reads those once, names the hook points we use, and detects at run time what the
 forward can do (``start_at_layer`` raises on TransformerLens 3.9's bridge).
+
+A model whose forward embeds continuous inputs itself (the continuous-input wrapper of
+:mod:`tv_lens.models.continuous`) declares their width as an integer attribute ``d_in``; the adapter
+records it, and float inputs of such a model are read as those inputs rather than as a residual stream.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ class ModelAdapter:
         d_model: Width of the residual stream.
         d_head: Width of one head's output (``attn.hook_z``).
         n_ctx: Longest sequence the model accepts.
-        d_vocab: Vocabulary size (input tokens).
+        d_vocab: Vocabulary size (input tokens), or the output width of a continuous-input model.
+        d_in: Width of the continuous inputs the model embeds itself (``Float[batch, pos, d_in]``), or
+            ``None`` for a token model, whose float inputs are the residual stream entering block 0.
     """
 
     model: Any
@@ -63,6 +69,7 @@ class ModelAdapter:
     d_head: int
     n_ctx: int
     d_vocab: int
+    d_in: int | None = None
 
     @classmethod
     def from_model(cls, model: Any) -> ModelAdapter:
@@ -85,7 +92,14 @@ class ModelAdapter:
             raise ModelNotSupportedError(
                 f"The model's cfg lacks integer field(s) {missing_cfg}; tv_lens supports {SUPPORTED_MODELS}."
             )
-        adapter = cls(model, *(int(getattr(cfg, name)) for name in _CFG_FIELDS))
+        d_in = getattr(model, "d_in", None)
+        if d_in is not None and (isinstance(d_in, bool) or not isinstance(d_in, int) or d_in < 1):
+            raise ModelNotSupportedError(
+                f"The model's `d_in` (width of the continuous inputs it embeds) must be a positive int or absent, "
+                f"got {d_in!r}."
+            )
+        sizes = {name: int(getattr(cfg, name)) for name in _CFG_FIELDS}
+        adapter = cls(model=model, d_in=d_in, **sizes)
         try:
             for layer in range(adapter.n_layers):
                 for site in ("resid_pre", "resid_post"):

@@ -26,18 +26,20 @@ HookFn = Callable[..., Any]
 
 
 @contextmanager
-def attached_hooks(adapter: ModelAdapter, hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
+def attached_hooks(
+    adapter: ModelAdapter, hooks: Sequence[tuple[str, HookFn]], *, prepend: bool = False
+) -> Iterator[None]:
     """Attach ``(hook_name, fn)`` forward hooks for the duration of the block, then remove just those.
 
     ``fn(activation, hook)`` follows TransformerLens's convention: return a tensor to replace the
-    activation, or ``None`` to leave it.
+    activation, or ``None`` to leave it. ``prepend=True`` runs them before the hooks already attached.
     """
     added: list[tuple[Any, Any]] = []
     try:
         for name, fn in hooks:
             hook_point = adapter.hook_point(name)
             before = list(hook_point.fwd_hooks)
-            hook_point.add_hook(fn, dir="fwd")
+            hook_point.add_hook(fn, dir="fwd", prepend=prepend)
             added.extend(
                 (hook_point, handle) for handle in hook_point.fwd_hooks if not any(handle is old for old in before)
             )
@@ -60,7 +62,8 @@ def forward(
 
     Args:
         adapter: The model.
-        inputs: Tokens, or the residual stream entering block ``start_at_layer`` (0 when not given).
+        inputs: Tokens, or the residual stream entering block ``start_at_layer`` (0 when not given), or
+            for a model that embeds continuous inputs itself (``adapter.d_in`` set) those inputs.
         start_at_layer: Block at which a residual input enters. Uses the model's ``start_at_layer`` where
             it works; otherwise runs dummy tokens and overwrites ``blocks.{l}.hook_resid_pre`` (same result).
         stop_at_layer: Return the residual stream entering this block instead of logits (``None`` or
@@ -71,7 +74,7 @@ def forward(
         Logits ``[batch, pos, d_vocab]``, or the residual ``[batch, pos, d_model]`` when stopping early.
     """
     residual_input = inputs.is_floating_point()
-    if residual_input and start_at_layer is None:
+    if residual_input and start_at_layer is None and adapter.d_in is None:
         start_at_layer = 0
     if stop_at_layer is not None and stop_at_layer >= adapter.n_layers:
         stop_at_layer = None

@@ -14,6 +14,10 @@ The answer tokens follow it (``inputs[i, answer_pos[i] + 1 + k] == answers[i, k]
 pass scores multi-token answers: logits at ``answer_pos + k`` predict ``answers[:, k]``. Each
 demonstration has the same structure: ``demo_answer_pos[i, j]`` is the token before its answer.
 Per-demonstration arrays are padded with ``-1`` beyond ``n_shots[i]``.
+
+Answers of different token counts (text tasks) are right-padded with ``-1`` in ``answers``
+(``answer_lengths`` counts the real ones); ``inputs`` is then at least ``answer_pos + n_answer_tokens``
+columns wide, so reading the output at every answer column stays inside every row.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class ICLBatch:
         inputs: Token ids, right-padded with ``pad_token``.
         attention_mask: 1 on real tokens, 0 on padding.
         answer_pos: Index of the token right before the query's first answer token.
-        answers: The query's answer tokens (one column per answer token).
+        answers: The query's answer tokens (one column per answer token; ``-1`` pads shorter answers).
         task_ids: Latent task of each prompt, an index into ``task_names``.
         task_names: Name of every task id (the Null task, when present, is ``"null"``).
         n_shots: Number of demonstrations of each prompt.
@@ -113,7 +117,10 @@ class ICLBatch:
         if len(self.task_names) == 0 or (self.task_ids < 0).any() or (self.task_ids >= len(self.task_names)).any():
             raise TaskError(f"ICLBatch.task_ids must index task_names {self.task_names}.")
         n_answer = self.answers.shape[-1]
-        bad = (self.answer_pos < self.query_start) | (self.answer_pos + n_answer >= lengths)
+        real = self.answers >= 0
+        if not real[:, 0].all() or (real[:, 1:] & ~real[:, :-1]).any():
+            raise ShapeError("ICLBatch.answers must hold at least one token id per prompt, right-padded with -1.")
+        bad = (self.answer_pos < self.query_start) | (self.answer_pos + real.sum(-1) >= lengths)
         if bad.any():
             i = int(bad.nonzero()[0, 0])
             raise PositionError(
@@ -122,7 +129,8 @@ class ICLBatch:
                 f"{int(lengths[i])} real tokens."
             )
         cols = self.answer_pos[:, None] + 1 + torch.arange(n_answer, device=self.inputs.device)
-        if not torch.equal(self.inputs.gather(1, cols), self.answers):
+        in_inputs = self.inputs.gather(1, cols.clamp(max=self.inputs.shape[-1] - 1))
+        if not torch.equal(torch.where(real, in_inputs, -1), self.answers):
             raise PositionError("ICLBatch.answers must equal the tokens right after answer_pos in inputs.")
         is_demo = torch.arange(self.demo_start.shape[-1], device=self.inputs.device) < self.n_shots[:, None]
         for name in ("demo_start", "demo_answer_pos"):
@@ -142,8 +150,18 @@ class ICLBatch:
 
     @property
     def n_answer_tokens(self) -> int:
-        """Number of answer tokens per prompt (1 for single-token answers)."""
+        """Number of answer columns (1 for single-token answers; the longest answer when they differ)."""
         return self.answers.shape[-1]
+
+    @property
+    def answer_lengths(self) -> Int[Tensor, " batch"]:
+        """Number of real (not ``-1``) answer tokens of each prompt."""
+        return (self.answers >= 0).sum(-1)
+
+    @staticmethod
+    def _width(lengths: Tensor, answer_pos: Tensor, n_answer: int) -> int:
+        """Columns that hold every prompt and ``n_answer`` answer columns after each ``answer_pos``."""
+        return max(int(lengths.max()), int((answer_pos + n_answer).max())) if len(lengths) else 0
 
     @property
     def max_shots(self) -> int:
@@ -174,14 +192,15 @@ class ICLBatch:
         idx = idx.to(self.inputs.device).long()
         if idx.numel() and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise PositionError(f"ICLBatch.select got indices outside 0 .. {len(self) - 1}.")
-        n_pos = int(self.lengths[idx].max()) if idx.numel() else 0
+        n_answer = int(self.answer_lengths[idx].max()) if idx.numel() else self.n_answer_tokens
+        n_pos = self._width(self.lengths[idx], self.answer_pos[idx], n_answer)
         n_demo = int(self.n_shots[idx].max()) if idx.numel() else 0
         return replace(
             self,
             inputs=self.inputs[idx, :n_pos],
             attention_mask=self.attention_mask[idx, :n_pos],
             answer_pos=self.answer_pos[idx],
-            answers=self.answers[idx],
+            answers=self.answers[idx, :n_answer],
             task_ids=self.task_ids[idx],
             n_shots=self.n_shots[idx],
             demo_start=self.demo_start[idx, :n_demo],
@@ -207,7 +226,9 @@ class ICLBatch:
                 f"in every prompt, got {sorted(set(first.tolist()))}."
             )
         new_len = prefix + self.lengths - self.query_start
-        pos = torch.arange(int(new_len.max()), device=self.inputs.device)[None, :]
+        new_answer_pos = self.answer_pos - self.query_start + prefix
+        width = self._width(new_len, new_answer_pos, self.n_answer_tokens)
+        pos = torch.arange(width, device=self.inputs.device)[None, :]
         src = torch.where(pos < prefix, pos, self.query_start[:, None] + pos - prefix)
         mask = pos < new_len[:, None]
         src = torch.where(mask, src, torch.zeros_like(src))
@@ -217,7 +238,7 @@ class ICLBatch:
             self,
             inputs=inputs,
             attention_mask=mask.to(self.attention_mask.dtype),
-            answer_pos=self.answer_pos - self.query_start + prefix,
+            answer_pos=new_answer_pos,
             n_shots=torch.zeros_like(self.n_shots),
             demo_start=empty,
             demo_answer_pos=empty.clone(),

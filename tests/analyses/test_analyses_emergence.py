@@ -1,0 +1,134 @@
+"""Emergence: the jump detector on analytic series, and time series equal to per-checkpoint analyses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tv_lens.analyses import Emergence, Geometry, ICLPerformance, TaskDecodability, detect_coupling, detect_jump
+from tv_lens.errors import AnalysisError
+from tv_lens.models import ModelConfig, build_model
+from tv_lens.results import EmergenceResult, Projection, Result
+from tv_lens.tasks import offset_pool
+from tv_lens.training import DataConfig, ScheduleConfig, TrainConfig, list_checkpoints, load_checkpoint, train
+
+STEPS = (0, 100, 200, 300, 400)
+
+
+def test_detect_jump_on_analytic_series():
+    assert detect_jump(STEPS, torch.tensor([0.2, 0.2, 0.9, 0.9, 0.9])) == 200
+    assert detect_jump(STEPS, torch.tensor([0.0, 0.2, 0.4, 0.6, 0.8])) == 200  # half-way to the best value
+    assert detect_jump(STEPS, torch.tensor([0.5, 0.55, 0.6, 0.58, 0.6])) is None  # rise 0.1 < min_rise
+    assert detect_jump(STEPS, torch.tensor([0.5, 0.55, 0.6, 0.58, 0.6]), min_rise=0.05) == 100
+    assert detect_jump(STEPS, torch.tensor([0.9, 0.5, 0.3, 0.2, 0.1])) is None  # only gets worse
+    assert detect_jump(STEPS, torch.tensor([0.2, math.nan, 0.9, 0.9, 0.9])) is None
+    loss = torch.tensor([2.0, 1.9, 1.0, 0.5, 0.4])
+    assert detect_jump(STEPS, loss, higher_is_better=False, relative=True) == 200  # 1.0 is past 1.2, half-way to 0.4
+    assert detect_jump(STEPS, loss, min_rise=0.9, higher_is_better=False, relative=True) is None
+    with pytest.raises(AnalysisError, match="one value per step"):
+        detect_jump(STEPS, torch.ones(3))
+
+
+def test_detect_coupling_pairs_the_jumps_per_task():
+    accuracy = torch.tensor([[0.3, 0.3, 0.3], [0.3, 0.3, 0.3], [0.9, 0.3, 0.3], [0.9, 0.9, 0.3], [0.9, 0.9, 0.3]])
+    td = torch.tensor([[0.2, 0.2, 0.2], [0.2, 0.2, 0.2], [0.9, 0.2, 0.9], [0.9, 0.2, 0.9], [0.9, 0.9, 0.9]])
+    performance_jump, td_jump, coupled = detect_coupling(STEPS, accuracy, td)
+    assert performance_jump == (200, 300, None)
+    assert td_jump == (200, 400, 200)
+    assert coupled == (True, True, False)  # default tolerance: one checkpoint interval (100 steps)
+    assert detect_coupling(STEPS, accuracy, td, tolerance=0)[2] == (True, False, False)
+    with pytest.raises(AnalysisError, match="must both be"):
+        detect_coupling(STEPS, accuracy, td[:, :2])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny model trained for 6 steps with a checkpoint every 2 steps."""
+    pool = offset_pool(offsets=(1, 2), n_values=8, null=True)
+    model_config = ModelConfig(d_vocab=pool.vocab_size, n_layers=2, d_model=32, n_heads=4, n_ctx=24, seed=0)
+    config = TrainConfig(
+        data=DataConfig(n_per_task=4, n_shots=3, eval_n_per_task=4),
+        schedule=ScheduleConfig(max_steps=6, lr=3e-3, min_lr=3e-4, warmup_steps=2),
+        eval_every=6,
+        checkpoint_every=2,
+    )
+    directory = tmp_path_factory.mktemp("checkpoints")
+    train(build_model(model_config), pool, config, model_config=model_config, checkpoint_dir=directory, progress=False)
+    return pool, list_checkpoints(directory)
+
+
+def test_series_equal_the_analyses_run_on_each_checkpoint(run):
+    pool, paths = run
+    emergence = Emergence(analyses=(TaskDecodability(k=3, n_bootstrap=0), Geometry(layers=(1,))), n_shots=3)
+    result = emergence.run(list(reversed(paths)), pool, n_per_task=5, seed=1)
+    assert result.steps == (2, 4, 6) and result.layers == (-1, 0, 1) and result.task_names == pool.task_names
+    for s, path in enumerate(paths):
+        model = load_checkpoint(path).load_model()
+        td = TaskDecodability(k=3, n_bootstrap=0).run(model, pool, n_per_task=5, n_shots=3, seed=1)
+        accuracy = ICLPerformance(shots=(3,), metric="accuracy", n_bootstrap=0).run(model, pool, n_per_task=5, seed=1)
+        loss = ICLPerformance(shots=(3,), metric="cross_entropy", n_bootstrap=0).run(model, pool, n_per_task=5, seed=1)
+        assert torch.equal(result.td[s], td.td) and torch.equal(result.td_per_task[s], td.per_task)
+        assert torch.equal(result.accuracy[s], accuracy.values[:, 0])
+        torch.testing.assert_close(result.loss[s], loss.values[:, 0], atol=1e-6, rtol=0)
+        assert result.snapshots[s]["decodability"] == td
+        assert isinstance(result.snapshots[s]["geometry"], Projection)
+    assert result.best_layer in (0, 1) and result.tolerance == 2 and result.performance == "accuracy"
+    expected = detect_coupling(result.steps, result.accuracy, result.td_at_best_layer, 0.2, 2)
+    assert (result.performance_jump, result.td_jump, result.coupled) == expected
+
+
+def test_model_pairs_frame_figure_and_round_trip(run, tmp_path):
+    pool, paths = run
+    models = [(load_checkpoint(p).step, load_checkpoint(p).load_model()) for p in paths]
+    result = Emergence(analyses=(TaskDecodability(k=3, n_bootstrap=0),), n_shots=2).run(models, pool, n_per_task=4)
+    assert Result.load(result.save(tmp_path / "emergence.safetensors")) == result
+    frame = result.to_frame()
+    assert list(frame.columns) == ["step", "task", "measure", "layer", "value"]
+    n_tasks, n_layers = len(pool), len(result.layers)
+    assert len(frame) == 3 * (2 * n_tasks + n_layers * (n_tasks + 1))
+    rows = frame[(frame.measure == "accuracy") & (frame.task == pool.task_names[0])]
+    assert rows.value.tolist() == result.accuracy[:, 0].tolist()
+    assert list(result.jumps_frame().columns) == ["task", "performance_jump", "td_jump", "coupled"]
+    figure = result.figure()
+    assert len(figure.data) == 2 * n_tasks
+    assert list(figure.data[1].y) == result.td_at_best_layer[:, 0].tolist() and figure.data[1].yaxis == "y2"
+    assert list(figure.data[0].x) == [2, 4, 6]
+
+
+def test_bad_checkpoints_raise_clear_errors(run):
+    pool, paths = run
+    with pytest.raises(AnalysisError, match="distinct steps"):
+        Emergence().run([paths[0], paths[0]], pool, n_per_task=11)
+    with pytest.raises(AnalysisError, match="Unknown checkpoint"):
+        Emergence().run([3.5], pool)
+    with pytest.raises(AnalysisError, match="min_rise"):
+        Emergence(min_rise=0)
+    assert isinstance(Emergence().analyses[0], TaskDecodability)
+    assert isinstance(EmergenceResult, type)
+
+
+def test_jumps_frame_keeps_missing_jumps_as_missing_integers():
+    accuracy = torch.tensor([[0.3, 0.3], [0.9, 0.3], [0.9, 0.3]], dtype=torch.float64)
+    td = torch.tensor([[0.2, 0.2], [0.9, 0.2], [0.9, 0.2]], dtype=torch.float64)
+    performance_jump, td_jump, coupled = detect_coupling((0, 1, 2), accuracy, td)
+    result = EmergenceResult(
+        steps=(0, 1, 2),
+        accuracy=accuracy,
+        loss=-accuracy,
+        td=td.mean(-1, keepdim=True),
+        td_per_task=td[:, None],
+        layers=(0,),
+        task_names=("a", "b"),
+        best_layer=0,
+        performance="accuracy",
+        performance_jump=performance_jump,
+        td_jump=td_jump,
+        coupled=coupled,
+        min_rise=0.2,
+        tolerance=1,
+    )
+    frame = result.jumps_frame()
+    assert frame.performance_jump.tolist()[0] == 1 and frame.performance_jump.isna().tolist() == [False, True]
+    assert frame.coupled.tolist() == [True, False]

@@ -1,0 +1,105 @@
+"""Layer finetuning: variants, TD unchanged below the trained blocks, numbers against direct scoring, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from causal_helpers import POOL, failing_user_hook, hooked_scores, sample
+from conftest import hook_snapshot
+
+from tv_lens.analyses.decodability import TaskDecodability
+from tv_lens.analyses.finetuning import LayerFinetuning, compare_models
+from tv_lens.errors import LayerOutOfRangeError
+from tv_lens.results.base import Result
+from tv_lens.results.finetuning import FinetuningComparison
+from tv_lens.training import DataConfig, LoRAConfig, ScheduleConfig, TrainConfig
+
+CONFIG = LayerFinetuning(
+    k=1,
+    lora=LoRAConfig(rank=2, alpha=2.0, dropout=0.1),
+    train=TrainConfig(
+        data=DataConfig(n_per_task=3, n_shots=3, eval_n_per_task=2),
+        schedule=ScheduleConfig(max_steps=2, lr=1e-2, warmup_steps=1),
+        eval_every=2,
+    ),
+    decodability=TaskDecodability(k=2, n_bootstrap=0),
+    n_per_task=4,
+    n_shots=3,
+    n_bootstrap=20,
+)
+
+
+@pytest.fixture(scope="module")
+def experiment(model):
+    weights = [p.detach().clone() for p in model.parameters()]
+    models, losses = CONFIG.finetune_variants(model, POOL)
+    result = CONFIG.compare(models, losses, POOL, seed=1)  # what run() does after finetune_variants()
+    assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters(), strict=True))  # input untouched
+    return model, models, losses, result
+
+
+def test_variants_train_the_first_and_last_blocks(experiment):
+    model, models, _, result = experiment
+    assert result.variants == ("base", "first:1", "last:1")
+    assert result.blocks == ((), (0,), (2,))
+    assert np.isnan(float(result.final_loss[0])) and torch.isfinite(result.final_loss[1:]).all()
+    assert list(models) == ["base", "first:1", "last:1"] and models["base"] is model
+    tokens = sample(n_per_task=2).inputs
+    with torch.no_grad():
+        base = model.run_with_cache(tokens)[1]
+        first = models["first:1"].run_with_cache(tokens)[1]
+        last = models["last:1"].run_with_cache(tokens)[1]
+    assert torch.equal(last["blocks.1.hook_resid_post"], base["blocks.1.hook_resid_post"])  # blocks 0-1 frozen
+    assert not torch.equal(last["blocks.2.hook_resid_post"], base["blocks.2.hook_resid_post"])
+    assert torch.equal(first["blocks.0.hook_resid_pre"], base["blocks.0.hook_resid_pre"])  # embedding frozen
+    assert not torch.equal(first["blocks.0.hook_resid_post"], base["blocks.0.hook_resid_post"])
+
+
+def test_td_below_the_finetuned_blocks_is_unchanged_by_construction(experiment):
+    _, _, _, result = experiment
+    assert result.layers == (-1, 0, 1, 2)
+    torch.testing.assert_close(result.td_change("last:1")[:3], torch.zeros(3, dtype=torch.float64), atol=0, rtol=0)
+    assert float(result.td_change("first:1")[0]) == 0.0  # the embedding is frozen
+
+
+def test_numbers_equal_direct_scoring_of_each_model(experiment):
+    _, models, _, result = experiment
+    batch = POOL.sample(4, 3, 1)
+    for v, name in enumerate(result.variants):
+        correct, _, _ = hooked_scores(models[name], batch.inputs, batch.answer_pos, batch.answers)
+        for t in range(4):
+            assert float(result.accuracy[v, t]) == pytest.approx(float(correct[batch.task_ids == t].mean()))
+        assert float(result.overall[v]) == pytest.approx(float(correct[batch.task_ids != 3].mean()))
+        td = TaskDecodability(k=2, n_bootstrap=0).run_batch(models[name], batch, seed=1)
+        assert torch.equal(result.td[v], td.td)
+
+
+def test_frame_figure_and_save_load(experiment, tmp_path):
+    _, _, _, result = experiment
+    frame = result.to_frame()
+    assert len(frame) == 3 * 4 and list(frame.variant.unique()) == ["base", "first:1", "last:1"]
+    assert frame[frame.variant == "last:1"].blocks.iloc[0] == "2"
+    accuracy = result.accuracy_frame()
+    assert len(accuracy) == 3 * 5 and accuracy[accuracy.task == "all"].accuracy.tolist() == result.overall.tolist()
+    traces = result.figure().data
+    assert len(traces) == 3 and list(traces[2].y) == result.td[2].tolist()
+    assert result.settings["k"] == 1 and result.settings["lora"]["rank"] == 2
+    path = result.save(tmp_path / "finetuning.safetensors")
+    assert FinetuningComparison.load(path) == result and Result.load(path) == result
+
+
+def test_bad_settings_name_the_problem(model):
+    with pytest.raises(LayerOutOfRangeError, match="k=4 blocks to finetune, but the model has only 3 blocks"):
+        LayerFinetuning(k=4).run(model, POOL)
+    with pytest.raises(LayerOutOfRangeError, match="k must be a positive number of blocks"):
+        LayerFinetuning(k=0)
+
+
+def test_hooks_are_restored_after_a_fault_while_comparing(model):
+    batch = sample(n_per_task=4)
+    with failing_user_hook(model, "blocks.1.hook_resid_post", fail_on_call=1) as calls:
+        before = hook_snapshot(model)
+        with pytest.raises(RuntimeError, match="injected fault"):
+            compare_models({"base": model}, batch, decodability=TaskDecodability(k=2, n_bootstrap=0))
+        assert hook_snapshot(model) == before and calls

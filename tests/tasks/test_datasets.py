@@ -1,0 +1,94 @@
+"""Loaders of the two public JSON layouts of ICL task datasets, read from the shared sample files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from text_tokenizers import byte_bpe, word_level
+
+from tv_lens.errors import TaskError
+from tv_lens.tasks import NULL_TASK, TextPool, load_examples, load_task, load_tasks
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
+DICT_FILE = SHARED / "dict-format" / "antonyms.json"
+RECORDS_FILE = SHARED / "records-format" / "antonym.json"
+needs_samples = pytest.mark.skipif(
+    not (DICT_FILE.is_file() and RECORDS_FILE.is_file()),
+    reason="the sample task files (../shared/datasets/ next to the repository) are not available here",
+)
+
+
+@needs_samples
+def test_dict_and_records_formats_load() -> None:
+    raw_dict = json.loads(DICT_FILE.read_text())
+    raw_records = json.loads(RECORDS_FILE.read_text())
+    pairs = load_examples(DICT_FILE)
+    assert pairs == tuple(raw_dict.items()) and pairs[0] == ("high", "low")
+    records = load_examples(RECORDS_FILE)
+    assert records == tuple((r["input"], r["output"]) for r in raw_records)
+    assert ("ignore", "pay attention") in records  # multi-word outputs survive
+    tasks = load_tasks([DICT_FILE, RECORDS_FILE])
+    assert [t.name for t in tasks] == ["antonyms", "antonym"] and tasks[1].examples == records
+    assert load_task(DICT_FILE, name="opposites").name == "opposites"
+
+
+@needs_samples
+def test_dataset_prompts_follow_their_files() -> None:
+    tokenizer = byte_bpe()
+    tasks = load_tasks([DICT_FILE, RECORDS_FILE])
+    lookup = [dict(t.examples) for t in tasks]
+    pool = TextPool(tasks, tokenizer, template="{x} -> {y}", null=True)
+    assert pool.dropped == ()  # a byte-level tokenizer represents any text
+    batch = pool.sample(n_per_task=15, n_shots=(0, 4), seed=0)
+    n_multi = 0
+    for i in range(len(batch)):
+        ids = batch.inputs[i, : int(batch.lengths[i])].tolist()
+        ap, qs = int(batch.answer_pos[i]), int(batch.query_start[i])
+        query = tokenizer.decode(ids[qs : ap + 1])
+        answer = tokenizer.decode(batch.answers[i, : int(batch.answer_lengths[i])].tolist())
+        assert query.endswith(" ->") and answer.startswith(" ")  # the template's space moves to the answer
+        n_multi += int(batch.answer_lengths[i]) > 1
+        tid = int(batch.task_ids[i])
+        if batch.task_names[tid] != NULL_TASK:
+            assert lookup[tid][query.removesuffix(" ->")] == answer[1:]
+    assert n_multi > 0
+
+
+@needs_samples
+def test_words_the_tokenizer_lacks_are_dropped_or_raise() -> None:
+    pairs = load_examples(DICT_FILE)
+    known = tuple(f"{x} {y}" for x, y in pairs[: len(pairs) // 2])
+    tokenizer = word_level(extra=known)
+    pool = TextPool((load_task(DICT_FILE),), tokenizer)
+    kept = set(pool.examples[0])
+    assert set(pairs[: len(pairs) // 2]) <= kept and len(pool.dropped) > 0
+    assert all(reason == "unknown token" for *_, reason in pool.dropped)
+    assert len(kept) + len(pool.dropped) == len(pairs)
+    with pytest.raises(TaskError, match=r"Task 'antonyms'.*cannot represent example.*unknown token"):
+        TextPool((load_task(DICT_FILE),), tokenizer, filter_examples=False)
+    every_word = tuple(sorted({w for x, y in pairs for w in f"{x} {y}".split()}))
+    with pytest.raises(TaskError, match="can represent none"):
+        TextPool((load_task(DICT_FILE),), word_level(drop=every_word))
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("42", "holds a JSON int"),
+        ('["hot", "cold"]', "record 0 is 'hot', not an object with 'input' and 'output'"),
+        ('[{"input": "hot", "target": "cold"}]', "record 0 .* not an object with 'input' and 'output'"),
+        ('{"hot": ["cold", "chilly"]}', "non-empty strings"),
+        ('{"hot": ""}', "non-empty strings"),
+        ("{}", "holds no example"),
+        ("[]", "holds no example"),
+        ('{"hot": "cold",', "is not valid JSON"),
+    ],
+)
+def test_files_of_neither_format_are_rejected(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "task.json"
+    path.write_text(content)
+    with pytest.raises(TaskError, match=match) as info:
+        load_examples(path)
+    assert "input" in str(info.value)  # every message shows the two accepted layouts or the record's keys

@@ -1,0 +1,251 @@
+"""Text tasks through locally trained tokenizers: rules, positions, seeds, Null, templates, filtering, errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import BACKENDS, tiny_config
+from scipy.stats import chi2_contingency
+from text_tokenizers import byte_bpe, word_level
+
+from tv_lens.errors import PositionError, ShapeError, TaskError
+from tv_lens.interventions import run_with_interventions
+from tv_lens.metrics import answer_logits
+from tv_lens.models import build_model
+from tv_lens.tasks import NULL_TASK, POS_TAGS, ICLBatch, TextPool, TextTask, bitwise_text_tasks, pos_tasks
+from tv_lens.tasks.lexicon import LEXICON, generate_sentences
+
+TAG_OF = {word: tag for tag, words in LEXICON.items() for word in words}
+TOKENIZERS = {"word_level": word_level, "byte_bpe": byte_bpe}
+
+
+def text(tokenizer, ids) -> str:
+    """Decoded ids with whitespace normalised (WordLevel decoding joins tokens with spaces)."""
+    return " ".join(tokenizer.decode([int(i) for i in ids]).replace("->", " -> ").split())
+
+
+def decode(batch: ICLBatch, tokenizer, i: int, bos: bool = False) -> tuple[list[tuple[str, str, bool]], str, str]:
+    """Demonstrations (x, y, noisy), query x and answer of prompt i, read from tokens and boundaries only."""
+    ids = batch.inputs[i, : int(batch.lengths[i])].tolist()
+    n_answer, ap = int(batch.answer_lengths[i]), int(batch.answer_pos[i])
+    assert ids[ap + 1 :] == batch.answers[i, :n_answer].tolist()  # the answer ends the prompt, teacher-forced
+    assert (batch.answers[i, n_answer:] == -1).all()
+    assert text(tokenizer, ids[ap : ap + 1]).endswith(">")  # the token before the answer ends the arrow
+    if bos:
+        assert ids[0] == tokenizer.bos_token_id and int(batch.demo_start[i, 0] if batch.n_shots[i] else 1) == 1
+    starts = [*batch.demo_start[i, : int(batch.n_shots[i])].tolist(), int(batch.query_start[i])]
+    demos = []
+    for j, start in enumerate(starts[:-1]):
+        before = int(batch.demo_answer_pos[i, j])
+        assert start < before < starts[j + 1]
+        x = text(tokenizer, ids[start : before + 1])
+        assert x.endswith(" ->")
+        demos.append(
+            (x.removesuffix(" ->"), text(tokenizer, ids[before + 1 : starts[j + 1]]), bool(batch.demo_noisy[i, j]))
+        )
+    query = text(tokenizer, ids[starts[-1] : ap + 1])
+    assert query.endswith(" ->")
+    return demos, query.removesuffix(" ->"), text(tokenizer, batch.answers[i, :n_answer].tolist())
+
+
+def first_with_tag(sentence: str, tag: str) -> str:
+    return next(word for word in sentence.split() if TAG_OF[word] == tag)
+
+
+def bitwise(task: str, x: str) -> str:
+    a, b = (int(v, 2) for v in x.split())
+    n = len(x.split()[0])
+    z = {"and": a & b, "or": a | b, "xor": a ^ b}[task.removeprefix("n") if task != "xnor" else "xor"]
+    z = z ^ ((1 << n) - 1) if task in ("nand", "nor", "xnor") else z
+    return format(z, f"0{n}b")
+
+
+@pytest.mark.parametrize("tok", sorted(TOKENIZERS))
+@pytest.mark.parametrize("family", ["pos", "bitwise"])
+def test_rule_holds_on_every_prompt(tok: str, family: str) -> None:
+    tokenizer = TOKENIZERS[tok]()
+    tasks = pos_tasks(n_sentences=128) if family == "pos" else bitwise_text_tasks(n_examples=128)
+    rule = first_with_tag if family == "pos" else lambda x, task: bitwise(task, x)
+    pool = TextPool(tasks, tokenizer, null=True)
+    assert pool.dropped == ()  # both tokenizers cover every word and digit
+    batch = pool.sample(n_per_task=12, n_shots=(0, 4), seed=0, label_noise=0.25)
+    assert set(batch.n_shots.tolist()) == set(range(5)) and len(set(batch.lengths.tolist())) > 3
+    n_noisy = 0
+    for i in range(len(batch)):
+        task = batch.task_names[int(batch.task_ids[i])]
+        demos, query, answer = decode(batch, tokenizer, i)
+        if task == NULL_TASK:
+            assert not any(noisy for *_, noisy in demos)
+            continue
+        assert answer == rule(query, task)  # queries are never noisy
+        for x, y, noisy in demos:
+            assert (y == rule(x, task)) != noisy
+            n_noisy += noisy
+    assert n_noisy > 0
+
+
+def test_multi_token_answers_of_different_lengths() -> None:
+    tokenizer = byte_bpe()
+    batch = TextPool(bitwise_text_tasks(n_examples=64), tokenizer).sample(n_per_task=8, n_shots=(0, 2), seed=1)
+    lengths = batch.answer_lengths
+    assert int(lengths.min()) >= 1 and len(set(lengths.tolist())) > 1 and batch.n_answer_tokens == int(lengths.max())
+    assert batch.inputs.shape[1] >= int((batch.answer_pos + batch.n_answer_tokens).max())
+    first = TextPool(bitwise_text_tasks(n_examples=64), tokenizer, answer_tokens="first").sample(8, (0, 2), seed=1)
+    assert first.n_answer_tokens == 1 and torch.equal(first.answers[:, 0], batch.answers[:, 0])
+    assert torch.equal(first.inputs, batch.inputs)  # the whole answer stays in the prompt
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_text_batch_runs_on_a_model(backend: str) -> None:
+    tokenizer = byte_bpe()
+    pool = TextPool(pos_tasks(n_sentences=32), tokenizer, null=True, bos=True)
+    batch = pool.sample(n_per_task=2, n_shots=(0, 2), seed=2)
+    model = build_model(tiny_config(backend, d_vocab=pool.vocab_size, n_layers=1, n_ctx=128, dtype="float64"))
+    # Every answer column lies inside every row, so a teacher-forced run reads all of them.
+    run = run_with_interventions(model, batch.inputs, batch.answer_pos, [], n_answer_tokens=batch.n_answer_tokens)
+    assert run.logits.shape == (len(batch), batch.n_answer_tokens, pool.vocab_size)
+    full = answer_logits(model(batch.inputs), batch.answer_pos, batch.n_answer_tokens)
+    torch.testing.assert_close(run.logits, full, atol=1e-9, rtol=1e-9)
+
+
+def test_same_seed_same_batch() -> None:
+    pool = TextPool(pos_tasks(n_sentences=64), byte_bpe(), null=True)
+    a, b = pool.sample(5, (0, 3), seed=3, label_noise=0.3), pool.sample(5, (0, 3), seed=3, label_noise=0.3)
+    c = pool.sample(5, (0, 3), seed=4, label_noise=0.3)
+    fields = ["inputs", "attention_mask", "answer_pos", "answers", "task_ids", "n_shots", "demo_start"]
+    fields += ["demo_answer_pos", "demo_noisy", "query_start"]
+    assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in fields)
+    assert not torch.equal(a.inputs[:, :20], c.inputs[:, :20])
+
+
+def test_null_answers_are_independent_of_the_query() -> None:
+    tokenizer = byte_bpe()
+    pool = TextPool(bitwise_text_tasks(ops=("and", "or"), n_bits=3, n_examples=64), tokenizer, null=True)
+    batch = pool.sample(n_per_task=500, n_shots=1, seed=5)
+    tables = {name: torch.zeros(2, 2, dtype=torch.long) for name in batch.task_names}
+    for i in range(len(batch)):
+        _, query, answer = decode(batch, tokenizer, i)
+        tables[batch.task_names[int(batch.task_ids[i])]][int(query[0]), int(answer[0])] += 1
+    assert chi2_contingency(tables[NULL_TASK].numpy()).pvalue > 1e-3
+    assert chi2_contingency(tables["and"].numpy()).pvalue < 1e-6  # the statistic does detect dependence
+
+
+def test_zero_shot_twin_keeps_query_and_answer() -> None:
+    tokenizer = byte_bpe()
+    batch = TextPool(pos_tasks(n_sentences=64), tokenizer, null=True, bos=True).sample(4, (0, 3), seed=6)
+    zero = batch.zero_shot()
+    for i in range(len(batch)):
+        qs, ap, n = int(batch.query_start[i]), int(batch.answer_pos[i]), int(batch.answer_lengths[i])
+        expected = [tokenizer.bos_token_id, *batch.inputs[i, qs : ap + 1 + n].tolist()]
+        assert zero.inputs[i, : int(zero.lengths[i])].tolist() == expected
+        assert int(zero.answer_pos[i]) == ap - qs + 1 and int(zero.query_start[i]) == 1
+        _, query, answer = decode(zero, tokenizer, i, bos=True)
+        assert (query, answer) == decode(batch, tokenizer, i, bos=True)[1:]
+    assert torch.equal(zero.answers, batch.answers) and (zero.n_shots == 0).all()
+    assert zero.inputs.shape[1] >= int((zero.answer_pos + zero.n_answer_tokens).max())
+    sub = batch.select(batch.answer_lengths == 1)
+    assert sub.n_answer_tokens == 1 and sub.inputs.shape[1] == int(sub.lengths.max())
+
+
+@pytest.mark.parametrize(("template", "separator"), [("{x} -> {y}", "\n"), ("Q: {x}\nA: {y}.", "\n\n")])
+def test_templates(template: str, separator: str) -> None:
+    tokenizer = byte_bpe()
+    pool = TextPool(pos_tasks(n_sentences=64), tokenizer, template=template, separator=separator)
+    batch = pool.sample(n_per_task=3, n_shots=2, seed=7)
+    for i in range(len(batch)):
+        ids = batch.inputs[i, : int(batch.lengths[i])].tolist()
+        ap, qs = int(batch.answer_pos[i]), int(batch.query_start[i])
+        sentence = tokenizer.decode(ids[qs : ap + 1])
+        answer = tokenizer.decode(batch.answers[i, : int(batch.answer_lengths[i])].tolist())
+        pre, mid = template.split("{x}")[0], template.split("{x}")[1].split("{y}")[0]
+        assert sentence.startswith(pre) and sentence.endswith(mid.rstrip())  # the query prompt, trailing space moved
+        x = sentence.removeprefix(pre).removesuffix(mid.rstrip())
+        assert answer == mid[len(mid.rstrip()) :] + first_with_tag(x, batch.task_names[int(batch.task_ids[i])])
+        assert tokenizer.decode(ids[: batch.demo_start[i, 1]]).endswith(template.split("{y}")[1] + separator)
+
+
+def test_unknown_words_are_dropped_or_raise() -> None:
+    tokenizer = word_level(drop=("dog", "cat"))
+    tasks = pos_tasks(n_sentences=128)
+    pool = TextPool(tasks, tokenizer, null=True)
+    assert pool.dropped and all(reason == "unknown token" for *_, reason in pool.dropped)
+    assert all({"dog", "cat"} & set(f"{x} {y}".split()) for _, x, y, _ in pool.dropped)
+    kept = {x for examples in pool.examples for x, _ in examples}
+    assert kept and not any({"dog", "cat"} & set(x.split()) for x in kept)
+    assert sum(len(e) for e in pool.examples) + len(pool.dropped) == sum(len(t.examples) for t in tasks)
+    batch = pool.sample(n_per_task=20, n_shots=(0, 3), seed=0)
+    assert not (batch.inputs == tokenizer.token_to_id("[UNK]")).any()
+    with pytest.raises(TaskError, match=r"cannot represent example .*\(unknown token\).*filter_examples=True"):
+        TextPool(tasks, tokenizer, filter_examples=False)
+
+
+def test_tokens_spanning_query_and_answer_are_caught() -> None:
+    tasks = bitwise_text_tasks(ops=("and",), n_examples=64)
+    pool = TextPool(tasks, byte_bpe(), template="{x}{y}")  # digits of x and y merge into shared tokens
+    assert pool.dropped and all("spans the end of the query" in reason for *_, reason in pool.dropped)
+    with pytest.raises(TaskError, match="spans the end of the query prompt"):
+        TextPool(tasks, byte_bpe(), template="{x}{y}", filter_examples=False)
+
+
+def test_lexicon_and_generated_sentences() -> None:
+    words = [w for ws in LEXICON.values() for w in ws]
+    assert len(words) == len(set(words))  # every word has one tag
+    sentences = generate_sentences(200, seed=0)
+    assert len(set(sentences)) == 200
+    positions = {tag: set() for tag in POS_TAGS}
+    for sentence in sentences:
+        tags = [tag for _, tag in sentence]
+        assert set(POS_TAGS) <= set(tags) and all(TAG_OF[w] == t for w, t in sentence)
+        for tag in POS_TAGS:
+            positions[tag].add(tags.index(tag))
+    assert all(len(p) > 1 for p in positions.values())  # the answer is not at a fixed position
+
+
+def test_variable_answer_validation() -> None:
+    batch = TextPool(bitwise_text_tasks(n_examples=32), byte_bpe()).sample(4, 1, seed=0)
+    assert (batch.answers == -1).any()
+    hole = batch.answers.clone()
+    hole[:, 0] = -1
+    with pytest.raises(ShapeError, match="right-padded with -1"):
+        replace(batch, answers=hole)
+    short = batch.answer_lengths.argmin()
+    wrong = batch.answers.clone()
+    wrong[short, -1] = 0
+    with pytest.raises(PositionError, match=r"answers must equal|answer_pos"):
+        replace(batch, answers=wrong)
+
+
+def test_bad_requests_name_the_fix() -> None:
+    tokenizer = word_level()
+    tasks = pos_tasks(n_sentences=16)
+    with pytest.raises(TaskError, match=r"template must contain '\{x\}' then '\{y\}'"):
+        TextPool(tasks, tokenizer, template="{y} <- {x}")
+    with pytest.raises(TaskError, match=r"template must contain"):
+        TextPool(tasks, tokenizer, template="{x} ->")
+    with pytest.raises(TaskError, match=r"Unknown POS tag\(s\) \['determiner'\].*'noun'"):
+        pos_tasks(tags=("noun", "determiner"))
+    with pytest.raises(TaskError, match=r"Unknown bitwise op\(s\) \['not'\].*'and'"):
+        bitwise_text_tasks(ops=("not",))
+    with pytest.raises(TaskError, match=r"n_examples must lie in 1 \.\. 16"):
+        bitwise_text_tasks(n_bits=2, n_examples=17)
+    with pytest.raises(TaskError, match="at least one task"):
+        TextPool((), tokenizer)
+    with pytest.raises(TaskError, match="has no examples"):
+        TextTask("empty", ())
+    with pytest.raises(TaskError, match="unique"):
+        TextPool((tasks[0], tasks[0]), tokenizer)
+    pool = TextPool((TextTask("tiny", (("dog", "cat"), ("cat", "dog"), ("big", "small"))),), tokenizer, null=True)
+    with pytest.raises(TaskError, match=r"n_shots must be an int >= 0"):
+        pool.sample(2, n_shots=-1, seed=0)
+    with pytest.raises(TaskError, match=r"needs 4 distinct examples.*'tiny': 3"):
+        pool.sample(2, n_shots=3, seed=0)
+    with pytest.raises(TaskError, match="Cannot tokenize with a dict"):
+        TextPool(tasks, {"dog": 1})
+    with pytest.raises(TaskError, match="no BOS token"):
+        TextPool(tasks, tokenizer, bos=True)
+    with pytest.raises(
+        (TaskError, TypeError), match=r"answer_tokens must be 'all' or 'first'|parameter 'answer_tokens'"
+    ):
+        TextPool(tasks, tokenizer, answer_tokens="last")  # type: ignore[arg-type]

@@ -1,0 +1,173 @@
+"""Checkpoints: bit-exact resume, atomic writes, corrupt files, runs with another config."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BACKENDS
+from training_helpers import (
+    one_thread,  # noqa: F401  (autouse: tiny models run on one thread)
+    parameters_of,
+    tiny_config,
+    tiny_model,
+    tiny_model_config,
+    tiny_pool,
+)
+
+from tv_lens.errors import CheckpointError
+from tv_lens.tasks import offset_pool
+from tv_lens.training import latest_checkpoint, list_checkpoints, load_checkpoint, train
+
+
+def assert_same_optimizer_state(a: dict, b: dict) -> None:
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for index in a["state"]:
+        for key, value in a["state"][index].items():
+            assert torch.equal(value, b["state"][index][key]), (index, key)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_equals_uninterrupted_training(backend: str, tmp_path: Path) -> None:
+    config = tiny_config(max_steps=8, checkpoint_every=4, eval_every=3)
+    model_config = tiny_model_config(backend)
+    full = train(
+        tiny_model(backend),
+        tiny_pool(),
+        config,
+        model_config=model_config,
+        checkpoint_dir=tmp_path / "a",
+        progress=False,
+    )
+    # Killed after step 6: the last checkpoint is step 4, steps 5-6 are lost and redone on resume.
+    killed = train(
+        tiny_model(backend),
+        tiny_pool(),
+        config,
+        model_config=model_config,
+        checkpoint_dir=tmp_path / "b",
+        stop_after=6,
+        progress=False,
+    )
+    assert killed.steps == 6 and [p.name for p in killed.checkpoints] == ["step-0000004.pt"]
+    fresh = tiny_model(backend)  # as in a new process
+    resumed = train(fresh, tiny_pool(), config, model_config=model_config, resume_from=tmp_path / "b", progress=False)
+
+    assert resumed.steps == 8
+    final_full, final_resumed = parameters_of(full.model), parameters_of(resumed.model)
+    assert final_full.keys() == final_resumed.keys()
+    for name in final_full:
+        assert torch.equal(final_full[name], final_resumed[name]), name
+    a, b = load_checkpoint(tmp_path / "a" / "step-0000008.pt"), load_checkpoint(tmp_path / "b" / "step-0000008.pt")
+    assert_same_optimizer_state(a.optimizer, b.optimizer)
+    for name in a.parameters:
+        assert torch.equal(a.parameters[name], b.parameters[name])
+    columns = ["step", "lr", "loss", "loss_icl", "grad_norm"]
+    assert full.history[columns].equals(resumed.history[columns])
+    assert full.evals.equals(resumed.evals)
+    assert [p.name for p in resumed.checkpoints] == ["step-0000004.pt", "step-0000008.pt"]
+
+
+def test_checkpoint_rebuilds_the_model(tmp_path: Path) -> None:
+    model_config = tiny_model_config(BACKENDS[0])
+    result = train(
+        tiny_model(BACKENDS[0]),
+        tiny_pool(),
+        tiny_config(max_steps=4, checkpoint_every=2),
+        model_config=model_config,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    checkpoint = load_checkpoint(result.checkpoints[-1])
+    assert checkpoint.step == 4 and checkpoint.config == result.config and checkpoint.model_config == model_config
+    tokens = tiny_pool().sample(2, 3, seed=1).inputs
+    with torch.no_grad():
+        torch.testing.assert_close(checkpoint.load_model()(tokens), result.model(tokens), rtol=0, atol=0)
+
+
+def test_checkpoint_from_a_different_config(tmp_path: Path) -> None:
+    config = tiny_config(max_steps=4, checkpoint_every=2)
+    train(tiny_model(BACKENDS[0]), tiny_pool(), config, checkpoint_dir=tmp_path, progress=False)
+    other = replace(config, schedule=replace(config.schedule, lr=1e-2))
+    with pytest.raises(CheckpointError, match=r"different config: config\.schedule\.lr = 0\.003 in the checkpoint"):
+        train(tiny_model(BACKENDS[0]), tiny_pool(), other, resume_from=tmp_path, progress=False)
+    other_pool = offset_pool(offsets=(1, 3), n_values=8)
+    with pytest.raises(CheckpointError, match=r"pool\.task_names"):
+        train(tiny_model(BACKENDS[0]), other_pool, config, resume_from=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="model parameters differ"):
+        train(tiny_model(BACKENDS[0], d_mlp=64), tiny_pool(), config, resume_from=tmp_path, progress=False)
+    # Bookkeeping fields may change.
+    train(tiny_model(BACKENDS[0]), tiny_pool(), replace(config, eval_every=1), resume_from=tmp_path, progress=False)
+
+
+def test_truncated_or_corrupt_checkpoint(tmp_path: Path) -> None:
+    result = train(
+        tiny_model(BACKENDS[0]),
+        tiny_pool(),
+        tiny_config(max_steps=2, checkpoint_every=2),
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    good = result.checkpoints[-1].read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(truncated)
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(corrupt)
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    with pytest.raises(CheckpointError, match="No checkpoint file"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_interrupted_write_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save = torch.save
+    calls = []
+
+    def failing_second_save(obj, file, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            file.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError("disk full")
+        return real_save(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_second_save)
+    config = tiny_config(max_steps=4, checkpoint_every=2)
+    with pytest.raises(OSError, match="disk full"):
+        train(tiny_model(BACKENDS[0]), tiny_pool(), config, checkpoint_dir=tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-0000002.pt"]  # no partial file left behind
+    assert load_checkpoint(tmp_path / "step-0000002.pt").step == 2
+    # A crash that leaves a temporary file does not hide or spoil the good checkpoint either.
+    (tmp_path / ".step-0000004.pt.123.tmp").write_bytes(b"partial")
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-0000002.pt"
+    monkeypatch.setattr(torch, "save", real_save)
+    resumed = train(tiny_model(BACKENDS[0]), tiny_pool(), config, resume_from=tmp_path, progress=False)
+    assert resumed.steps == 4 and [p.name for p in list_checkpoints(tmp_path)] == ["step-0000002.pt", "step-0000004.pt"]
+
+
+def test_directory_with_another_runs_checkpoints(tmp_path: Path) -> None:
+    config = tiny_config(max_steps=2, checkpoint_every=2)
+    train(tiny_model(BACKENDS[0]), tiny_pool(), config, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        train(tiny_model(BACKENDS[0]), tiny_pool(), config, checkpoint_dir=tmp_path, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="No checkpoints in"):
+        train(tiny_model(BACKENDS[0]), tiny_pool(), config, resume_from=tmp_path / "empty", progress=False)
+
+
+def test_resume_past_the_end_trains_nothing(tmp_path: Path) -> None:
+    config = tiny_config(max_steps=2, checkpoint_every=2)
+    done = train(tiny_model(BACKENDS[0]), tiny_pool(), config, checkpoint_dir=tmp_path, progress=False)
+    again = train(tiny_model(BACKENDS[0]), tiny_pool(), config, resume_from=tmp_path, progress=False)
+    assert again.steps == 2 and len(again.history) == 2
+    for name, value in parameters_of(done.model).items():
+        assert torch.equal(value, parameters_of(again.model)[name])

@@ -1,0 +1,159 @@
+"""Layer-restricted finetuning (full and LoRA) and LoRA merging, on every backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BACKENDS
+from training_helpers import (
+    one_thread,  # noqa: F401  (autouse: tiny models run on one thread)
+    parameters_of,
+    tiny_config,
+    tiny_model,
+    tiny_model_config,
+    tiny_pool,
+)
+
+from tv_lens.errors import ConfigError
+from tv_lens.training import (
+    FinetuneConfig,
+    LoRAConfig,
+    apply_lora,
+    finetune,
+    load_checkpoint,
+    lora_parameters,
+    merge_lora,
+    select_blocks,
+    train,
+)
+from tv_lens.training.lora import has_lora, weight_targets
+
+
+def block_of(name: str) -> int | None:
+    for prefix in ("blocks.", "layers."):
+        if name.startswith(prefix):
+            return int(name.split(".")[1])
+    return None
+
+
+def test_select_blocks() -> None:
+    assert select_blocks("first:2", 4) == (0, 1)
+    assert select_blocks("last:2", 4) == (2, 3)
+    assert select_blocks("all", 3) == (0, 1, 2)
+    assert select_blocks((3, 1, 1), 4) == (1, 3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("blocks", ["first:1", "last:1"])
+def test_full_finetuning_leaves_every_other_parameter_bit_identical(backend: str, blocks: str) -> None:
+    model = tiny_model(backend)
+    before = parameters_of(model)
+    result = finetune(model, tiny_pool(), tiny_config(max_steps=3), blocks=blocks)
+    chosen = select_blocks(blocks, 2)[0]
+    after = parameters_of(result.model)
+    assert after.keys() == before.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed, "the chosen block did not train"
+    assert all(block_of(name) == chosen for name in changed), changed
+    matrices = [n for n, v in before.items() if block_of(n) == chosen and v.ndim >= 2]
+    assert set(matrices) <= changed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lora_finetuning_freezes_the_base_and_merges_to_an_equivalent_model(backend: str) -> None:
+    model = tiny_model(backend)
+    before = parameters_of(model)
+    weights = {id(getattr(t.module, t.attribute)) for t in weight_targets(model, 1).values()}
+    targets = {name for name, p in model.named_parameters() if id(p) in weights}
+    assert len(targets) == 6
+    lora = LoRAConfig(rank=2, alpha=4.0, dropout=0.2)
+    result = finetune(model, tiny_pool(), tiny_config(max_steps=4), blocks=(1,), lora=lora)
+    assert has_lora(model) and len(lora_parameters(model)) == 2 * 6
+    assert all(p.requires_grad for p in lora_parameters(model))
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    assert any(torch.count_nonzero(p) for p in lora_parameters(model)[1::2]), "B matrices did not train"
+
+    tokens = tiny_pool().sample(3, 4, seed=9).inputs
+    with torch.no_grad():
+        adapted = result.model(tokens)
+    merge_lora(model)
+    assert not has_lora(model)
+    after = parameters_of(model)
+    assert after.keys() == before.keys()
+    for name in before:
+        if name in targets:
+            assert not torch.equal(before[name], after[name]), name
+        else:
+            assert torch.equal(before[name], after[name]), name
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), adapted, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lora_update_has_the_documented_form(backend: str) -> None:
+    """The adapted weight is W + (alpha / rank) A B, laid out as the backend stores W (checked per target)."""
+    model = tiny_model(backend, dtype="float64")
+    targets = weight_targets(model, 0)
+    originals = {name: getattr(t.module, t.attribute).detach().clone() for name, t in targets.items()}
+    config = LoRAConfig(rank=3, alpha=6.0)
+    updates = apply_lora(model, (0,), config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for update in updates:
+            update.lora_B.copy_(torch.randn(update.lora_B.shape, generator=generator, dtype=torch.float64))
+    for name, update in zip(config.targets, updates, strict=True):
+        target = targets[name]
+        low_rank = 2.0 * update.lora_A.detach() @ update.lora_B.detach()  # [d_in, d_out]
+        weight = getattr(target.module, target.attribute).detach()
+        if weight.ndim == 3 and name in ("W_Q", "W_K", "W_V"):  # HookedTransformer [n_heads, d_model, d_head]
+            expected = originals[name] + low_rank.reshape(weight.shape[1], weight.shape[0], -1).permute(1, 0, 2)
+        elif target.layout == "out_in":  # nn.Linear [out, in]
+            expected = originals[name] + low_rank.T
+        else:
+            expected = originals[name] + low_rank.reshape(weight.shape)
+        torch.testing.assert_close(weight, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_lora_twice_and_bad_blocks_are_errors() -> None:
+    model = tiny_model(BACKENDS[0])
+    apply_lora(model, (0,), LoRAConfig(rank=2))
+    with pytest.raises(ConfigError, match="already has LoRA adapters"):
+        apply_lora(model, (1,), LoRAConfig(rank=2))
+    with pytest.raises(ConfigError, match=r"config\.finetune is already set"):
+        finetune(model, tiny_pool(), tiny_config(finetune=FinetuneConfig("all")), blocks="all")
+
+
+def test_lora_finetuning_resumes_bit_exactly(tmp_path: Path) -> None:
+    backend = BACKENDS[0]
+    lora = LoRAConfig(rank=2, dropout=0.5, targets=("W_Q", "W_in"))
+    config = tiny_config(max_steps=6, checkpoint_every=3, finetune=FinetuneConfig("last:1", lora=lora))
+    model_config = tiny_model_config(backend)
+    full = train(
+        tiny_model(backend),
+        tiny_pool(),
+        config,
+        model_config=model_config,
+        checkpoint_dir=tmp_path / "a",
+        progress=False,
+    )
+    killed = tmp_path / "b"
+    train(
+        tiny_model(backend),
+        tiny_pool(),
+        config,
+        model_config=model_config,
+        checkpoint_dir=killed,
+        stop_after=4,
+        progress=False,
+    )
+    resumed = train(
+        tiny_model(backend), tiny_pool(), config, model_config=model_config, resume_from=killed, progress=False
+    )
+    for name, value in parameters_of(full.model).items():
+        assert torch.equal(value, parameters_of(resumed.model)[name]), name
+    rebuilt = load_checkpoint(resumed.checkpoints[-1]).load_model()
+    tokens = tiny_pool().sample(2, 3, seed=1).inputs
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(tokens), resumed.model.eval()(tokens), rtol=0, atol=0)

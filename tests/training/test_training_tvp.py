@@ -1,0 +1,111 @@
+"""TVP-loss: value and gradients against a hand-written TransformerLens hook computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from training_helpers import (
+    one_thread,  # noqa: F401  (autouse: tiny models run on one thread)
+    tiny_config,
+    tiny_model,
+    tiny_pool,
+)
+
+from tv_lens.training import TVPConfig, train, tvp_accuracy, tvp_losses
+
+
+def hand_tvp_losses(model, batch, layer: int, mode: str, detach: bool):
+    """L_ICL and L_TVP computed with plain run_with_hooks: capture, then overwrite/add in the zero-shot pass."""
+    name = f"blocks.{layer}.hook_resid_post"
+    rows = torch.arange(len(batch))
+    store = {}
+
+    def capture(activation, hook):
+        store["vector"] = activation[rows, batch.answer_pos]
+
+    logits = model.run_with_hooks(batch.inputs, fwd_hooks=[(name, capture)])
+    icl_terms = []
+    for i in range(len(batch)):
+        positions = [int(p) for p in batch.demo_answer_pos[i] if p >= 0] + [int(batch.answer_pos[i])]
+        icl_terms += [F.cross_entropy(logits[i, p], batch.inputs[i, p + 1]) for p in positions]
+    vector = store["vector"].detach() if detach else store["vector"]
+    zero_shot = batch.zero_shot()
+
+    def write(activation, hook):
+        activation = activation.clone()
+        if mode == "replace":
+            activation[rows, zero_shot.answer_pos] = vector
+        else:
+            activation[rows, zero_shot.answer_pos] = activation[rows, zero_shot.answer_pos] + vector
+        return activation
+
+    zero_logits = model.run_with_hooks(zero_shot.inputs, fwd_hooks=[(name, write)])
+    answer_logits = zero_logits[rows, zero_shot.answer_pos]
+    return torch.stack(icl_terms).mean(), F.cross_entropy(answer_logits, zero_shot.answers[:, 0]), answer_logits
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return tiny_pool().sample(3, (2, 4), seed=3)
+
+
+def position_embedding(model) -> torch.Tensor:
+    (weight,) = list(model.pos_embed.parameters())
+    return weight
+
+
+@pytest.mark.parametrize("mode", ["replace", "add"])
+def test_tvp_loss_value_and_gradients_match_hand_hooks(model, batch, mode: str) -> None:
+    layer = 1
+    params = [p for _, p in model.named_parameters()]
+    grads = {}
+    for detach in (False, True):
+        losses = tvp_losses(model, batch, TVPConfig(layer=layer, lam=0.7, mode=mode, detach=detach))
+        hand_icl, hand_tvp, _ = hand_tvp_losses(model, batch, layer, mode, detach)
+        torch.testing.assert_close(losses.icl, hand_icl, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(losses.tvp, hand_tvp, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(losses.total, hand_icl + 0.7 * hand_tvp, rtol=1e-10, atol=1e-12)
+        ours = torch.autograd.grad(losses.tvp, params, allow_unused=True)
+        theirs = torch.autograd.grad(hand_tvp, params, allow_unused=True)
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(
+                a if a is not None else torch.zeros(()), b if b is not None else torch.zeros(()), rtol=1e-9, atol=1e-12
+            )
+        grads[detach] = dict(zip([n for n, _ in model.named_parameters()], ours, strict=True))
+
+    # Position rows the zero-shot prompt never uses get gradient only through the extracted vector.
+    zero_shot_length = batch.zero_shot().inputs.shape[1]
+    pos_name = next(n for n, p in model.named_parameters() if p is position_embedding(model))
+    through_vector = grads[False][pos_name][zero_shot_length:]
+    assert through_vector.abs().sum() > 1e-8
+    assert grads[True][pos_name] is None or torch.count_nonzero(grads[True][pos_name][zero_shot_length:]) == 0
+    # Every block up to the extraction layer gets a different gradient when the vector is not detached.
+    for block in range(layer + 1):
+        block_names = {n for n, _ in model.named_parameters() if f"blocks.{block}." in n or f"layers.{block}." in n}
+        differs = [
+            n for n in block_names if grads[True][n] is not None and not torch.allclose(grads[False][n], grads[True][n])
+        ]
+        assert differs, f"block {block} gets no gradient through the task vector"
+
+
+def test_tvp_accuracy_matches_hand_hooks(model, batch) -> None:
+    with torch.no_grad():
+        _, _, answer_logits = hand_tvp_losses(model, batch, 2, "replace", detach=True)
+    expected = (answer_logits.argmax(-1) == batch.answers[:, 0]).double()
+    torch.testing.assert_close(tvp_accuracy(model, batch, layer=2).double(), expected)
+
+
+def test_training_with_tvp_loss_reports_tvp_accuracy() -> None:
+    config = tiny_config(max_steps=3, tvp=TVPConfig(layer=1, lam=0.5))
+    result = train(tiny_model("auto"), tiny_pool(), config, progress=False)
+    history = result.history
+    assert history["loss_tvp"].notna().all()
+    torch.testing.assert_close(
+        torch.tensor(history["loss"].to_numpy()),
+        torch.tensor((history["loss_icl"] + 0.5 * history["loss_tvp"]).to_numpy()),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    assert {"tvp_accuracy", "zero_shot_accuracy"} <= set(result.evals.columns)
+    assert result.evals["tvp_accuracy"].between(0, 1).all()

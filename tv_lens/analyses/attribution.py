@@ -1,0 +1,96 @@
+"""Attribution patching of attention heads: a first-order estimate of every head ablation from one backward.
+
+Ablating head ``h`` of block ``l`` moves its output ``z = attn.hook_z[..., h, :]`` to an ablated value
+``z'`` (zero, or the head's mean) at every position. To first order the answer loss then changes by
+
+    Δloss ≈ Σ_pos ⟨ ∂loss/∂z , z' − z ⟩
+
+(Nanda 2023, "Attribution patching"; Syed et al. 2023). The gradient of every head at every layer comes
+from ONE forward and ONE backward pass over the clean prompts, so the estimate for all heads costs about
+as much as three forward passes, against one (batched) pass per head for the exact ablations. It is a
+screen: the exact effect is nonlinear in the ablation, so :mod:`tv_lens.analyses.heads` reports the
+estimate's Spearman rank agreement with the exact loss changes.
+
+The gradient is taken with respect to a zero tensor added to each ``hook_z`` (the total derivative, with
+every path through later heads kept), so it works whether or not the model's weights require gradients,
+and no weight's ``.grad`` is touched. Each prompt's estimate uses the gradient of its own loss only
+(rows of a batch do not interact), so one backward of the summed loss gives every prompt's estimate.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.analyses.stacking import AlignedPrompts
+from tv_lens.errors import ShapeError
+from tv_lens.metrics import token_cross_entropy
+from tv_lens.models.adapter import adapt
+from tv_lens.models.running import forward
+from tv_lens.positions import length_sorted_batches
+
+__all__ = ["head_attribution"]
+
+
+def head_attribution(
+    model: Any,
+    prompts: AlignedPrompts,
+    answers: Int[Tensor, "prompt n_answer"],
+    ablation_values: Float[Tensor, "layer head d_head"],
+    batch_size: int = 64,
+) -> Float[Tensor, "layer head prompt"]:
+    """First-order estimate of each prompt's answer-loss increase when each head is ablated.
+
+    Args:
+        model: A TransformerLens model.
+        prompts: Aligned prompts (:func:`tv_lens.analyses.stacking.align`).
+        answers: Answer tokens of each prompt.
+        ablation_values: What each head's ``hook_z`` is ablated to, at every position.
+        batch_size: Prompts per forward/backward pass.
+
+    Returns:
+        ``[layer, head, prompt]`` estimates (float64, on the CPU).
+    """
+    adapter = adapt(model)
+    expected = (adapter.n_layers, adapter.n_heads, adapter.d_head)
+    if tuple(ablation_values.shape) != expected:
+        raise ShapeError(
+            f"ablation_values must be [layer, head, d_head]={expected}, got {tuple(ablation_values.shape)}."
+        )
+    if batch_size < 1:
+        raise ShapeError(f"batch_size must be >= 1, got {batch_size}.")
+    n_answer = prompts.n_answer_tokens
+    out = torch.empty(adapter.n_layers, adapter.n_heads, len(prompts), dtype=torch.float64)
+    values = ablation_values.to(adapter.device, adapter.dtype)
+    for index in length_sorted_batches(prompts.answer_pos + n_answer, batch_size):
+        width = int(prompts.answer_pos[index].max()) + n_answer
+        inputs = prompts.inputs[index.to(prompts.inputs.device), :width].to(adapter.device)
+        captured: dict[int, tuple[Tensor, Tensor]] = {}
+        hooks = [
+            (adapter.hook_name("attn.hook_z", layer), partial(_add_zero, store=captured, layer=layer))
+            for layer in range(adapter.n_layers)
+        ]
+        with torch.enable_grad():
+            logits = forward(adapter, inputs, hooks=hooks)
+            columns = (prompts.answer_pos[index, None] + torch.arange(n_answer)).to(logits.device)
+            rows = torch.arange(len(index), device=logits.device)[:, None]
+            losses = token_cross_entropy(logits[rows, columns], answers[index].to(logits.device))
+            layers = sorted(captured)
+            grads = torch.autograd.grad(losses.sum(), [captured[layer][1] for layer in layers], allow_unused=True)
+        for layer, grad in zip(layers, grads, strict=True):
+            clean = captured[layer][0]
+            delta = values[layer][None, None] - clean  # [batch, pos, head, d_head]
+            grad = torch.zeros_like(clean) if grad is None else grad
+            out[layer, :, index] = (grad * delta).sum((1, 3)).T.detach().to("cpu", torch.float64)
+    return out
+
+
+def _add_zero(activation: Tensor, hook: Any, *, store: dict[int, tuple[Tensor, Tensor]], layer: int) -> Tensor:
+    """Hook body: add a zero tensor that requires grad (its gradient is ∂loss/∂hook_z); keep both."""
+    zero = torch.zeros_like(activation, requires_grad=True)
+    store[layer] = (activation.detach(), zero)
+    return activation + zero

@@ -1,0 +1,70 @@
+"""Stratified percentile bootstrap of per-prompt scores: confidence intervals of means per group and overall.
+
+Prompts are resampled with replacement *within each group* (task), so every resample keeps the design's
+number of prompts per task; the overall mean of a resample is the mean over all its prompts. The interval
+is the ``(1 - ci) / 2`` and ``(1 + ci) / 2`` quantiles of the resampled means (linear interpolation). The
+same resampled prompt indices serve every leading entry (e.g. every layer), so intervals of different
+layers are paired. Draws come from a local ``torch.Generator`` seeded with ``seed``: the same call gives
+the same intervals.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.errors import AnalysisError
+
+
+def stratified_bootstrap_ci(
+    values: Float[Tensor, "*lead prompt"],
+    groups: Int[Tensor, " prompt"],
+    n_groups: int,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> tuple[Float[Tensor, "*lead group 2"], Float[Tensor, "*lead 2"]]:
+    """Percentile intervals of the mean of ``values`` per group and over all prompts.
+
+    Args:
+        values: Per-prompt scores (e.g. 1.0 where a prediction is right), any leading dims.
+        groups: Group (task) of each prompt, in ``0 .. n_groups - 1``.
+        n_groups: Number of groups; a group without prompts gets NaN intervals.
+        n_bootstrap: Resamples; 0 gives NaN intervals (no bootstrap).
+        ci: Confidence level in (0, 1).
+        seed: Seed of the local generator.
+
+    Returns:
+        ``(per_group, overall)`` intervals, the last dim holding (low, high).
+    """
+    check_bootstrap(n_bootstrap, ci)
+    values = values.double()
+    lead = values.shape[:-1]
+    per_group = torch.full((*lead, n_groups, 2), float("nan"), dtype=torch.float64)
+    overall = torch.full((*lead, 2), float("nan"), dtype=torch.float64)
+    if n_bootstrap == 0 or not bool(((groups >= 0) & (groups < n_groups)).any()):
+        return per_group, overall
+    generator = torch.Generator().manual_seed(seed)
+    quantiles = torch.tensor([(1 - ci) / 2, (1 + ci) / 2], dtype=torch.float64)
+    total = torch.zeros((*lead, n_bootstrap), dtype=torch.float64)
+    n_total = 0
+    for g in range(n_groups):
+        members = (groups == g).nonzero().flatten()
+        if len(members) == 0:
+            continue
+        draws = members[torch.randint(len(members), (n_bootstrap, len(members)), generator=generator)]
+        sums = values[..., draws].sum(-1)  # [*lead, n_bootstrap]
+        total += sums
+        n_total += len(members)
+        per_group[..., g, :] = torch.quantile(sums / len(members), quantiles, dim=-1).movedim(0, -1)
+    overall[:] = torch.quantile(total / n_total, quantiles, dim=-1).movedim(0, -1)
+    return per_group, overall
+
+
+def check_bootstrap(n_bootstrap: int, ci: float) -> None:
+    """Raise :class:`AnalysisError` for an unusable number of resamples or confidence level."""
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
+        raise AnalysisError(f"n_bootstrap must be an int >= 0 (0: no intervals), got {n_bootstrap!r}.")
+    if not 0 < ci < 1:
+        raise AnalysisError(f"ci is a confidence level in (0, 1), e.g. 0.95; got {ci!r}.")

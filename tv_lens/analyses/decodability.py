@@ -1,0 +1,262 @@
+"""Task decodability (TD): can the latent task be read off a layer's representation of the pre-answer token?
+
+Han et al. (2025, §4 and App. B) sample N prompts of every task of a pool of *confusable* tasks (shared
+input distribution; optionally a Null task with random outputs), read the residual stream at the token
+right before the answer, and score each layer by leave-one-out k-NN: every point's k = 10 nearest other
+points vote for a task, and TD is the fraction of points whose vote is their own task. TD near 1 means
+the layer separates the tasks; near chance (1 / number of tasks) means it does not. The TD curve over all
+layers, its peak, per-task TD and a task × task confusion are reported; with a pool whose tasks differ in
+their inputs, TD is trivially high (Han et al.'s caveat), so use pools of one input distribution.
+
+Choices the paper leaves open are options here, with documented defaults:
+
+- ``metric``: the distance (paper silent; default Euclidean).
+- ``method="probe"``: a cross-validated logistic-regression probe instead of k-NN (a common alternative).
+- Vote ties go to the lowest task id, as in scikit-learn's ``KNeighborsClassifier``
+  (see :mod:`tv_lens.analyses.classifiers`).
+- Equidistant neighbours (identical representations) are taken in a canonical order of the points, so
+  results do not depend on prompt order (see :mod:`tv_lens.analyses.classifiers`).
+- Confidence intervals: stratified percentile bootstrap over prompts of the per-prompt correctness, the
+  predictions held fixed (see :mod:`tv_lens.analyses.bootstrap`); the paper reports none.
+- The best layer passes over the embedding output, which at the pre-answer token sees one token and its
+  position only (see :func:`tv_lens.results.decodability.best_layer`).
+
+Reading TD: leave-one-out k-NN can fall *below* chance when the points cluster by something other than
+the task (e.g. the query value): removing a point from its cluster removes one vote for its own task.
+Below-chance TD therefore means "organised, but not by task", not "worse than guessing".
+
+Every layer (the embedding output included, block index -1) comes from ONE forward pass per batch of
+prompts (:func:`tv_lens.probes.collect`); the k-NN then runs on the cached rows.
+
+>>> import torch
+>>> labels = torch.arange(3).repeat_interleave(12)
+>>> far = torch.nn.functional.one_hot(labels).double() * 100 + torch.randn(36, 3, dtype=torch.float64)
+>>> task_decodability(far, labels, k=5).td
+tensor([1.], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.analyses.classifiers import check_knn, knn_loo_predictions, linear_probe, probe_cv_predictions
+from tv_lens.analyses.inputs import LabelsInput, PromptBatch, PromptPool, RepsInput, labelled_stack, sample_batch
+from tv_lens.errors import AnalysisError
+from tv_lens.probes import Representations, collect
+from tv_lens.results.decodability import Decodability
+from tv_lens.tasks import ShotSpec
+
+__all__ = ["Decodability", "TaskDecodability", "task_decodability"]
+
+Method = Literal["knn", "probe"]
+
+
+def task_decodability(
+    reps: RepsInput,
+    labels: LabelsInput | None = None,
+    k: int = 10,
+    metric: str = "euclidean",
+    *,
+    method: Method = "knn",
+    n_folds: int = 5,
+    probe_c: float = 1.0,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    task_names: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    site: str | None = None,
+    progress: bool = False,
+) -> Decodability:
+    """TD of every layer of ``reps``, per task, with confusion counts and bootstrap intervals.
+
+    Args:
+        reps: ``[layer, prompt, d]`` or ``[prompt, d]`` tensor, or ``Representations`` (labels default to
+            its ``task_ids``; a TransformerLens cache goes through ``Representations.from_cache``).
+        labels: Task id of each prompt.
+        k: Neighbours per vote (Han et al.: 10). Every task needs at least ``k + 1`` prompts.
+        metric: k-NN distance, one of :data:`tv_lens.analyses.classifiers.KNN_METRICS`.
+        method: ``"knn"`` (leave-one-out k-NN) or ``"probe"`` (cross-validated logistic regression).
+        n_folds: Folds of the probe (every task needs at least ``n_folds`` prompts).
+        probe_c: Inverse L2 strength of the probe.
+        n_bootstrap: Bootstrap resamples for the intervals (0: none, NaN intervals).
+        ci: Confidence level of the intervals.
+        seed: Seed of the bootstrap and of the probe's folds.
+        task_names: Name of every task id (default from ``Representations`` callers, else ``"task i"``).
+        layers: Layers to use of ``Representations``, or the block index of each entry of a tensor.
+        site: Site label for a plain tensor.
+        progress: Show a progress bar over layers.
+
+    Returns:
+        A :class:`~tv_lens.results.decodability.Decodability` with a layer axis (of length 1 for ``[prompt, d]``).
+
+    Raises:
+        AnalysisError: Unknown method or metric, ``k < 1``, fewer than two tasks, or a task with too few prompts.
+        ShapeError: Labels and reps of different lengths, or malformed inputs.
+        NonFiniteError: NaN or infinite representations.
+    """
+    check_bootstrap(n_bootstrap, ci)
+    settings = _settings(method, k, metric, n_folds, probe_c)
+    stack = labelled_stack(reps, labels, layers=layers, site=site, task_names=task_names)
+    n_tasks = len(stack.task_names)
+    counts = torch.bincount(stack.labels, minlength=n_tasks)
+    _check_counts(counts, stack.task_names, method, k, n_folds)
+    labels_np = stack.labels.numpy()
+    predictions = torch.empty(stack.activations.shape[:2], dtype=torch.long)
+    for i in tqdm(range(len(stack.layers)), desc="decodability", disable=not progress, leave=False):
+        points = stack.activations[i].numpy()
+        if method == "knn":
+            predicted = knn_loo_predictions(points, labels_np, k, metric)
+        else:
+            predicted = probe_cv_predictions(points, labels_np, n_folds, probe_c, seed)
+        predictions[i] = torch.from_numpy(np.asarray(predicted, dtype=np.int64))
+    return _result(stack, predictions, method, settings, n_bootstrap, ci, seed)
+
+
+@dataclass(frozen=True)
+class TaskDecodability:
+    """Configuration of a TD analysis; :meth:`run` samples prompts, collects all layers in one pass, scores them.
+
+    Attributes:
+        k: Neighbours per vote (Han et al.: 10).
+        metric: k-NN distance (default Euclidean; the paper does not say).
+        method: ``"knn"`` or ``"probe"``.
+        n_folds: Folds of the probe.
+        probe_c: Inverse L2 strength of the probe.
+        layers: Block indices to read (``None``: the embedding output and every block).
+        site: Residual site to read.
+        n_bootstrap: Bootstrap resamples for the intervals.
+        ci: Confidence level.
+        batch_size: Prompts per forward pass.
+        progress: Show progress bars.
+    """
+
+    k: int = 10
+    metric: str = "euclidean"
+    method: Method = "knn"
+    n_folds: int = 5
+    probe_c: float = 1.0
+    layers: tuple[int, ...] | None = None
+    site: str = "resid_post"
+    n_bootstrap: int = 1000
+    ci: float = 0.95
+    batch_size: int = 64
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        _settings(self.method, self.k, self.metric, self.n_folds, self.probe_c)
+        check_bootstrap(self.n_bootstrap, self.ci)
+
+    def run(
+        self, model: Any, pool: PromptPool, n_per_task: int = 100, n_shots: ShotSpec = 4, seed: int = 0
+    ) -> Decodability:
+        """Sample ``n_per_task`` prompts of every task of ``pool`` (seeded) and compute the TD curve."""
+        return self.run_batch(model, sample_batch(pool, n_per_task, n_shots, seed), seed=seed)
+
+    def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> Decodability:
+        """TD curve of a given batch: one forward pass per ``batch_size`` prompts, all layers at once."""
+        reps = collect(
+            model,
+            batch.inputs,
+            batch.answer_pos,
+            self.layers,
+            self.site,
+            attention_mask=batch.attention_mask,
+            task_ids=batch.task_ids,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+        return self.compute(reps, task_names=batch.task_names, seed=seed)
+
+    def compute(
+        self,
+        reps: RepsInput,
+        labels: LabelsInput | None = None,
+        task_names: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> Decodability:
+        """TD of given representations (``Representations``, e.g. from a cache, or a plain tensor)."""
+        layers = self.layers if isinstance(reps, Representations) else None
+        return task_decodability(
+            reps,
+            labels,
+            self.k,
+            self.metric,
+            method=self.method,
+            n_folds=self.n_folds,
+            probe_c=self.probe_c,
+            n_bootstrap=self.n_bootstrap,
+            ci=self.ci,
+            seed=seed,
+            task_names=task_names,
+            layers=layers,
+            progress=self.progress,
+        )
+
+
+def _settings(method: str, k: int, metric: str, n_folds: int, probe_c: float) -> dict[str, Any]:
+    if method == "knn":
+        check_knn(k, metric)
+        return {"k": k, "metric": metric}
+    if method == "probe":
+        linear_probe(n_folds, probe_c)
+        return {"n_folds": n_folds, "C": float(probe_c)}
+    raise AnalysisError(f"Unknown TD method {method!r}; use 'knn' (Han et al.) or 'probe' (logistic regression).")
+
+
+def _check_counts(counts: Tensor, task_names: tuple[str, ...], method: str, k: int, n_folds: int) -> None:
+    present = (counts > 0).nonzero().flatten().tolist()
+    if len(present) < 2:
+        raise AnalysisError(
+            f"TD needs prompts of at least two tasks, got prompts of {len(present)} "
+            f"({[task_names[t] for t in present]}); sample a pool with several tasks."
+        )
+    need = k + 1 if method == "knn" else n_folds
+    short = {task_names[t]: int(counts[t]) for t in present if counts[t] < need}
+    if short:
+        why = (
+            f"leave-one-out k-NN with k={k} needs at least k+1={need} prompts per task (so that a point's k "
+            "nearest other points can all share its task)"
+            if method == "knn"
+            else f"a {n_folds}-fold probe needs at least {n_folds} prompts per task"
+        )
+        raise AnalysisError(f"Too few prompts: {why}, but got {short}. Sample more prompts per task or lower k.")
+
+
+def _result(
+    stack: Any, predictions: Tensor, method: str, settings: dict[str, Any], n_bootstrap: int, ci: float, seed: int
+) -> Decodability:
+    n_tasks = len(stack.task_names)
+    labels = stack.labels
+    correct = (predictions == labels).double()  # [layer, prompt]
+    counts = torch.bincount(labels, minlength=n_tasks).double()
+    one_hot = torch.nn.functional.one_hot(labels, n_tasks).double()  # [prompt, task]
+    per_task = (correct @ one_hot) / counts  # NaN for absent tasks
+    pair = labels * n_tasks + predictions  # [layer, prompt]
+    confusion = torch.stack([torch.bincount(row, minlength=n_tasks * n_tasks) for row in pair])
+    per_task_ci, td_ci = stratified_bootstrap_ci(correct, labels, n_tasks, n_bootstrap, ci, seed)
+    return Decodability(
+        td=correct.mean(-1),
+        td_ci=td_ci,
+        per_task=per_task,
+        per_task_ci=per_task_ci,
+        confusion=confusion.view(-1, n_tasks, n_tasks),
+        predictions=predictions,
+        labels=labels,
+        layers=stack.layers,
+        task_names=stack.task_names,
+        site=stack.site,
+        method=method,
+        settings=settings,
+        ci_level=ci,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )

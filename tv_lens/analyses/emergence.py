@@ -1,0 +1,253 @@
+"""Emergence over training: do ICL performance and task decodability jump together?
+
+Han et al. (§3.3, Figs. 2, 9–11) train a small transformer on a mixture of tasks and follow, over training,
+the loss per task and the TD of every layer: the loss drops and TD jumps at the same time ("coupled
+emergence"). :class:`Emergence` replays that on saved checkpoints: every checkpoint is run on the SAME
+prompts (one seed), through any set of analyses (a :class:`~tv_lens.analyses.suite.Suite`, so the
+representation analyses share one collect pass per checkpoint), plus one clean pass for the query accuracy
+and loss per task. The time series go into an :class:`~tv_lens.results.emergence.EmergenceResult`.
+
+The detector (:func:`detect_jump`) is deliberately simple and documented: a series "jumps" at the first
+checkpoint where it has covered half of the way from its first value to its best value, provided that
+improvement is at least ``min_rise`` (accuracy and TD: absolute, e.g. 0.2; a loss: a fraction of its
+first value). Per task it reports the performance jump (accuracy for token tasks, loss for regression) and
+the jump of that task's TD at the best block of the last checkpoint, and calls them coupled when both
+exist and lie at most ``tolerance`` steps apart (default: the largest gap between checkpoints, i.e. the
+same or adjacent checkpoints). Checkpoints far apart cannot resolve an order; save them densely around
+the transition to test the claim.
+
+>>> detect_jump((0, 100, 200, 300), torch.tensor([0.2, 0.25, 0.9, 0.95]))
+200
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tv_lens.analyses.decodability import TaskDecodability
+from tv_lens.analyses.inputs import PromptPool, sample_batch
+from tv_lens.analyses.performance import clean_outputs, score_outputs
+from tv_lens.analyses.suite import Suite
+from tv_lens.errors import AnalysisError
+from tv_lens.results.decodability import Decodability, best_layer
+from tv_lens.results.emergence import EmergenceResult
+from tv_lens.results.suite import SuiteResult
+
+__all__ = ["Emergence", "EmergenceResult", "detect_coupling", "detect_jump"]
+
+CheckpointLike = str | os.PathLike[str] | Any | tuple[int, Any]
+"""A checkpoint file, a loaded ``tv_lens.training.Checkpoint``, or a ``(step, model)`` pair."""
+
+
+def detect_jump(
+    steps: Sequence[int],
+    values: Float[Tensor, " step"],
+    min_rise: float = 0.2,
+    *,
+    higher_is_better: bool = True,
+    relative: bool = False,
+) -> int | None:
+    """The first step at which ``values`` covered half of the way from its first value to its best value.
+
+    Args:
+        steps: Step of each value, ascending.
+        values: The series (accuracy, TD, or a loss with ``higher_is_better=False``).
+        min_rise: Smallest improvement that counts; below it (or with NaN values) there is no jump.
+        higher_is_better: Whether the series improves upwards.
+        relative: Measure ``min_rise`` as a fraction of ``|first value|`` (for losses).
+
+    Returns:
+        The step of the jump, or ``None``.
+    """
+    series = [float(v) for v in torch.as_tensor(values).flatten()]
+    if len(series) != len(steps):
+        raise AnalysisError(f"detect_jump needs one value per step, got {len(series)} values for {len(steps)} steps.")
+    if not series or any(math.isnan(v) for v in series):
+        return None
+    signed = series if higher_is_better else [-v for v in series]
+    rise = max(signed) - signed[0]
+    needed = min_rise * abs(series[0]) if relative else min_rise
+    if rise <= 0 or rise < needed:
+        return None
+    halfway = signed[0] + rise / 2
+    return int(next(step for step, v in zip(steps, signed, strict=True) if v >= halfway))
+
+
+def detect_coupling(
+    steps: Sequence[int],
+    performance: Float[Tensor, "step task"],
+    td: Float[Tensor, "step task"],
+    min_rise: float = 0.2,
+    tolerance: int | None = None,
+    *,
+    higher_is_better: bool = True,
+) -> tuple[tuple[int | None, ...], tuple[int | None, ...], tuple[bool, ...]]:
+    """Per task: the step performance jumps, the step TD jumps, and whether the two coincide.
+
+    Args:
+        steps: Training step of each row, ascending.
+        performance: Accuracy per task (or a loss with ``higher_is_better=False``, whose ``min_rise`` is then
+            relative to its first value).
+        td: TD per task (at one layer).
+        min_rise: Smallest improvement that counts as a jump (see :func:`detect_jump`).
+        tolerance: Largest step distance of coupled jumps (``None``: the largest gap between steps).
+        higher_is_better: Direction of ``performance``.
+
+    Returns:
+        ``(performance_jump, td_jump, coupled)``, one entry per task; a missing jump is ``None`` and never coupled.
+    """
+    performance, td = torch.as_tensor(performance), torch.as_tensor(td)
+    if performance.ndim != 2 or td.shape != performance.shape or performance.shape[0] != len(steps):
+        raise AnalysisError(
+            f"performance and td must both be [step={len(steps)}, task], got {tuple(performance.shape)} and "
+            f"{tuple(td.shape)}."
+        )
+    if tolerance is None:
+        tolerance = max(_gaps(steps), default=0)
+    performance_jump, td_jump, coupled = [], [], []
+    for t in range(performance.shape[1]):
+        relative = not higher_is_better
+        p = detect_jump(steps, performance[:, t], min_rise, higher_is_better=higher_is_better, relative=relative)
+        d = detect_jump(steps, td[:, t], min_rise)
+        performance_jump.append(p)
+        td_jump.append(d)
+        coupled.append(p is not None and d is not None and abs(p - d) <= tolerance)
+    return tuple(performance_jump), tuple(td_jump), tuple(coupled)
+
+
+@dataclass(frozen=True)
+class Emergence:
+    """Configuration of an emergence analysis over training checkpoints.
+
+    Attributes:
+        analyses: Analyses run at every checkpoint (a :class:`TaskDecodability` is added if none is given).
+        n_shots: Shots per prompt.
+        min_rise: Smallest improvement that counts as a jump (see :func:`detect_jump`).
+        tolerance: Largest step distance of coupled jumps (``None``: the largest gap between checkpoints).
+        batch_size: Prompts per forward pass.
+        progress: Show a progress bar over checkpoints.
+    """
+
+    analyses: tuple[Any, ...] = field(default_factory=lambda: (TaskDecodability(n_bootstrap=0),))
+    n_shots: int = 4
+    min_rise: float = 0.2
+    tolerance: int | None = None
+    batch_size: int = 64
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if not any(isinstance(a, TaskDecodability) for a in self.analyses):
+            object.__setattr__(self, "analyses", (*self.analyses, TaskDecodability(n_bootstrap=0)))
+        if not self.min_rise > 0:
+            raise AnalysisError(f"min_rise must be > 0, got {self.min_rise!r}; 0.2 suits accuracy and TD.")
+        Suite(self.analyses)  # checks the analyses
+
+    def run(
+        self, checkpoints: Sequence[CheckpointLike], pool: PromptPool, n_per_task: int = 100, seed: int = 0
+    ) -> EmergenceResult:
+        """Run every checkpoint on the same ``n_per_task`` prompts per task (seeded) and detect the jumps."""
+        loaded = _sorted_checkpoints(checkpoints)
+        suite = Suite(self.analyses, batch_size=self.batch_size)
+        td_name = next(n for n, a in zip(suite.names or (), suite.analyses, strict=True) if _is_td(a))
+        batch = sample_batch(pool, n_per_task, self.n_shots, seed)
+        regression = bool(batch.answers.is_floating_point())
+        snapshots: list[SuiteResult] = []
+        series: dict[str, list[Tensor]] = {"accuracy": [], "loss": [], "td": [], "td_per_task": []}
+        for _, load in tqdm(loaded, desc="checkpoints", disable=not self.progress):
+            model = load()
+            snapshots.append(suite.run(model, pool, n_per_task=n_per_task, n_shots=self.n_shots, seed=seed))
+            decodability = snapshots[-1][td_name]
+            if not isinstance(decodability, Decodability):
+                raise AnalysisError(f"The analysis {td_name!r} did not return a Decodability result.")
+            outputs = clean_outputs(model, batch, self.batch_size)
+            loss = score_outputs(outputs, batch, "mse" if regression else "cross_entropy")
+            accuracy = torch.full_like(loss, math.nan) if regression else score_outputs(outputs, batch, "accuracy")
+            series["accuracy"].append(_per_task(accuracy, batch.task_ids, len(pool.task_names)))
+            series["loss"].append(_per_task(loss, batch.task_ids, len(pool.task_names)))
+            series["td"].append(decodability.td)
+            series["td_per_task"].append(decodability.per_task)
+            last = decodability
+        steps = tuple(step for step, _ in loaded)
+        stacked = {name: torch.stack(values) for name, values in series.items()}
+        performance = "loss" if regression else "accuracy"
+        layers = last.layers
+        best = best_layer(layers, stacked["td"][-1])
+        tolerance = self.tolerance if self.tolerance is not None else max(_gaps(steps), default=0)
+        performance_jump, td_jump, coupled = detect_coupling(
+            steps,
+            stacked[performance],
+            stacked["td_per_task"][:, layers.index(best)],
+            self.min_rise,
+            tolerance,
+            higher_is_better=not regression,
+        )
+        return EmergenceResult(
+            steps=steps,
+            accuracy=stacked["accuracy"],
+            loss=stacked["loss"],
+            td=stacked["td"],
+            td_per_task=stacked["td_per_task"],
+            layers=layers,
+            task_names=tuple(pool.task_names),
+            best_layer=best,
+            performance=performance,
+            performance_jump=performance_jump,
+            td_jump=td_jump,
+            coupled=coupled,
+            min_rise=float(self.min_rise),
+            tolerance=int(tolerance),
+            site=last.site,
+            snapshots=tuple(snapshots),
+            n_per_task=n_per_task,
+            n_shots=self.n_shots,
+            seed=seed,
+        )
+
+
+def _is_td(analysis: Any) -> bool:
+    return isinstance(analysis, TaskDecodability)
+
+
+def _gaps(steps: Sequence[int]) -> list[int]:
+    return [later - earlier for earlier, later in itertools.pairwise(steps)]
+
+
+def _per_task(scores: Tensor, task_ids: Tensor, n_tasks: int) -> Tensor:
+    task_ids = task_ids.cpu()
+    sums = torch.zeros(n_tasks, dtype=torch.float64).index_add_(0, task_ids, scores.double())
+    return sums / torch.bincount(task_ids, minlength=n_tasks)
+
+
+def _sorted_checkpoints(checkpoints: Sequence[CheckpointLike]) -> list[tuple[int, Any]]:
+    """``(step, load)`` pairs in step order; files are read lazily, one model in memory at a time."""
+    from tv_lens.training import Checkpoint, load_checkpoint
+
+    entries: list[tuple[int, Any]] = []
+    for item in checkpoints:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int):
+            entries.append((item[0], lambda model=item[1]: model))
+        elif isinstance(item, Checkpoint):
+            entries.append((item.step, item.load_model))
+        elif isinstance(item, (str, os.PathLike)):
+            path = Path(item)
+            entries.append((load_checkpoint(path).step, lambda path=path: load_checkpoint(path).load_model()))
+        else:
+            raise AnalysisError(
+                f"Unknown checkpoint {type(item).__name__}; pass checkpoint files (list_checkpoints(dir)), "
+                "loaded Checkpoints, or (step, model) pairs."
+            )
+    steps = [step for step, _ in entries]
+    if not entries or len(set(steps)) != len(steps):
+        raise AnalysisError(f"Emergence needs checkpoints with distinct steps, got steps {steps}.")
+    return sorted(entries, key=lambda entry: entry[0])

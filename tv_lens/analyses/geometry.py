@@ -1,0 +1,172 @@
+"""Geometry of task representations: a 2-D map of every layer's pre-answer residual, coloured by task.
+
+Han et al. (§3.3, Figs. 2, 9–11) plot the representations of 100 prompts per task at each layer and watch
+task clusters appear (with depth, and over training) where task decodability rises. Each layer is
+projected on its own: PCA (always available; the two leading principal components of the centred rows,
+signs fixed by scikit-learn's ``svd_flip``) or UMAP with Han et al.'s ``n_neighbors=15, min_dist=0.1``
+(needs the optional ``umap-learn`` package). A projection is a picture, not a measurement: use
+:mod:`tv_lens.analyses.decodability` for numbers.
+
+>>> import torch
+>>> reps = torch.randn(3, 30, 8)
+>>> project(reps, torch.arange(3).repeat_interleave(10)).coords.shape
+torch.Size([3, 30, 2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tv_lens.analyses.inputs import LabelsInput, PromptBatch, PromptPool, RepsInput, labelled_stack, sample_batch
+from tv_lens.errors import AnalysisError
+from tv_lens.probes import Representations, collect
+from tv_lens.results.geometry import Projection
+from tv_lens.tasks import ShotSpec
+
+__all__ = ["Geometry", "Projection", "project"]
+
+ProjectionMethod = Literal["pca", "umap"]
+
+
+def project(
+    reps: RepsInput,
+    labels: LabelsInput | None = None,
+    method: ProjectionMethod = "pca",
+    *,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    seed: int = 0,
+    task_names: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    site: str | None = None,
+    progress: bool = False,
+) -> Projection:
+    """Project every layer of ``reps`` to 2-D, fitting each layer separately.
+
+    Args:
+        reps: ``[layer, prompt, d]`` / ``[prompt, d]`` tensor or ``Representations`` (labels from its ``task_ids``).
+        labels: Task id of each prompt (colours).
+        method: ``"pca"`` or ``"umap"`` (needs ``pip install umap-learn``).
+        n_neighbors: UMAP neighbourhood size (Han et al.: 15).
+        min_dist: UMAP minimum distance (Han et al.: 0.1).
+        seed: UMAP random state.
+        task_names: Name of every task id.
+        layers: Layers to use of ``Representations``, or the block index of each entry of a tensor.
+        site: Site label for a plain tensor.
+        progress: Show a progress bar over layers.
+    """
+    settings = _settings(method, n_neighbors, min_dist, seed)
+    stack = labelled_stack(reps, labels, layers=layers, site=site, task_names=task_names)
+    n_layers, n_prompts, d = stack.activations.shape
+    if n_prompts < 3 or d < 2:
+        raise AnalysisError(f"A 2-D projection needs at least 3 prompts and 2 features, got {n_prompts} and {d}.")
+    coords = torch.empty(n_layers, n_prompts, 2, dtype=torch.float64)
+    explained = torch.full((n_layers, 2), float("nan"), dtype=torch.float64)
+    for i in tqdm(range(n_layers), desc=f"{method} per layer", disable=not progress, leave=False):
+        points = stack.activations[i].numpy()
+        if method == "pca":
+            from sklearn.decomposition import PCA
+
+            with np.errstate(invalid="ignore", divide="ignore"):  # identical points: variance ratio 0/0 = NaN
+                pca = PCA(n_components=2, svd_solver="full").fit(points)
+            coords[i] = torch.from_numpy(pca.transform(points))
+            explained[i] = torch.from_numpy(np.asarray(pca.explained_variance_ratio_, dtype=np.float64))
+        else:
+            reducer = _umap()(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed)
+            coords[i] = torch.from_numpy(np.asarray(reducer.fit_transform(points), dtype=np.float64))
+    return Projection(coords, stack.labels, explained, stack.layers, stack.task_names, stack.site, method, settings)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Configuration of a per-layer projection analysis.
+
+    Attributes:
+        method: ``"pca"`` or ``"umap"``.
+        n_neighbors: UMAP neighbourhood size.
+        min_dist: UMAP minimum distance.
+        layers: Block indices to read (``None``: embedding output and every block).
+        site: Residual site to read.
+        batch_size: Prompts per forward pass.
+        progress: Show progress bars.
+    """
+
+    method: ProjectionMethod = "pca"
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    layers: tuple[int, ...] | None = None
+    site: str = "resid_post"
+    batch_size: int = 64
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        _settings(self.method, self.n_neighbors, self.min_dist, 0)
+
+    def run(
+        self, model: Any, pool: PromptPool, n_per_task: int = 100, n_shots: ShotSpec = 4, seed: int = 0
+    ) -> Projection:
+        """Sample prompts (seeded), collect every layer in one pass, and project each layer."""
+        return self.run_batch(model, sample_batch(pool, n_per_task, n_shots, seed), seed=seed)
+
+    def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> Projection:
+        """Project the representations of a given batch."""
+        reps = collect(
+            model,
+            batch.inputs,
+            batch.answer_pos,
+            self.layers,
+            self.site,
+            attention_mask=batch.attention_mask,
+            task_ids=batch.task_ids,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+        return self.compute(reps, task_names=batch.task_names, seed=seed)
+
+    def compute(
+        self,
+        reps: RepsInput,
+        labels: LabelsInput | None = None,
+        task_names: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> Projection:
+        """Project given representations (``Representations`` or a plain tensor)."""
+        return project(
+            reps,
+            labels,
+            self.method,
+            n_neighbors=self.n_neighbors,
+            min_dist=self.min_dist,
+            seed=seed,
+            task_names=task_names,
+            layers=self.layers if isinstance(reps, Representations) else None,
+            progress=self.progress,
+        )
+
+
+def _settings(method: str, n_neighbors: int, min_dist: float, seed: int) -> dict[str, Any]:
+    if method == "pca":
+        return {"seed": seed}
+    if method != "umap":
+        raise AnalysisError(f"Unknown projection {method!r}; use 'pca' or 'umap'.")
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors < 2:
+        raise AnalysisError(f"UMAP n_neighbors must be an int >= 2, got {n_neighbors!r} (Han et al.: 15).")
+    if not min_dist >= 0:
+        raise AnalysisError(f"UMAP min_dist must be >= 0, got {min_dist!r} (Han et al.: 0.1).")
+    return {"n_neighbors": n_neighbors, "min_dist": float(min_dist), "seed": seed}
+
+
+def _umap() -> Any:
+    try:
+        import umap
+    except ImportError as error:
+        raise AnalysisError(
+            "method='umap' needs the optional umap-learn package: pip install umap-learn (or use method='pca')."
+        ) from error
+    return umap.UMAP

@@ -1,0 +1,311 @@
+"""Head importance: ablate each attention head, measure what each task loses; shared heads; pruning.
+
+Han et al. (2025, §3.3, App. F) ablate one attention head at a time and measure the change of the task
+metric over ~100 prompts per task: a (layer, head) x task importance table. Tasks that share an
+algorithm share important heads (H: linear, leaky-ReLU and sparse-linear regression do; quadratic does
+not). Removing the least important heads one after another (a pruning curve) shows how few heads a task
+needs.
+
+Choices, exposed as options:
+
+- ``mode``: zero-ablation (default) or mean-ablation of ``blocks.{l}.attn.hook_z[..., h, :]`` at every
+  position (H does not say which). The mean is over every prompt and every position up to the prompt's
+  last answer token.
+- ``metric``: ``"cross_entropy"`` (default; smooth, and what the attribution screen estimates) or
+  ``"accuracy"``. Importance is the *harm*: accuracy drop or loss increase, positive when the head helps.
+- Shared heads: ``"jaccard"`` (default): the Jaccard overlap of each pair of tasks' top-k heads by
+  importance (``top_k`` default: a quarter of the heads); ``"spearman"``: the rank correlation of two
+  tasks' importance vectors over all heads. The Null task is a row like any other.
+- Pruning: heads are ordered by overall importance (least important first, ties by block then head)
+  and removed cumulatively; the curve is the metric after each removal. The order is fixed by the
+  single-head ablations (not re-ranked after each removal), so the removal sets are nested; the metric
+  itself need not be monotone.
+- Overall numbers average over the prompts of every task but Null (random answers).
+
+Speed: every single-head ablation is a cell of a stacked sweep (several heads per forward pass, each
+writing only to its own copy of the prompts; passes start at the ablated block from the clean
+residual where the model allows, :mod:`tv_lens.analyses.stacking`). Attribution patching
+(:mod:`tv_lens.analyses.attribution`) estimates every head's loss change from one forward and one backward
+pass, and its Spearman rank agreement with the exact ablations is reported. Every ablation goes through
+:func:`tv_lens.interventions.run_with_interventions`; the result records how many prompts each wrote to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.analyses.attribution import head_attribution
+from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.analyses.pruning import (
+    SHARED_METHODS,
+    check_count,
+    pruning_curve,
+    pruning_order,
+    shared_heads,
+    spearman,
+    task_mean,
+)
+from tv_lens.analyses.stacking import AlignedPrompts, Cell, Sweep, align, run_sweep
+from tv_lens.errors import AnalysisError, ShapeError, TaskError
+from tv_lens.interventions import ablate_head
+from tv_lens.metrics import token_accuracy, token_cross_entropy
+from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.running import forward
+from tv_lens.positions import length_sorted_batches
+from tv_lens.results.heads import HeadImportance, PruningCurve
+from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
+
+__all__ = ["HeadAblation", "HeadImportance", "PruningCurve", "head_importance", "shared_heads"]
+
+HEAD_METRICS: tuple[str, ...] = ("cross_entropy", "accuracy")
+
+
+def head_importance(
+    model: Any,
+    inputs: Int[Tensor, "batch pos"],
+    answer_pos: Int[Tensor, " batch"],
+    answers: Int[Tensor, "batch n_answer"],
+    task_ids: Int[Tensor, " batch"],
+    task_names: Sequence[str],
+    *,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    mode: Literal["zero", "mean"] = "zero",
+    metric: str = "cross_entropy",
+    shared: str = "jaccard",
+    top_k: int | None = None,
+    prune_steps: int | None = None,
+    attribution: bool = True,
+    null_task: str = NULL_TASK,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    rows_per_pass: int = 512,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> HeadImportance:
+    """Ablate every head (one at a time), then prune cumulatively; estimate all heads by attribution too.
+
+    Args:
+        model: A TransformerLens model.
+        inputs: Prompt tokens.
+        answer_pos: Token right before each answer.
+        answers: Answer tokens ``[batch, n_answer]``.
+        task_ids: Task of each prompt, indexing ``task_names``.
+        task_names: Name of every task id.
+        attention_mask: 1 on real tokens; needed for left-padded prompts.
+        mode: ``"zero"`` or ``"mean"`` ablation.
+        metric: ``"cross_entropy"`` or ``"accuracy"``.
+        shared: ``"jaccard"`` or ``"spearman"`` (see the module docstring).
+        top_k: Heads per task in the Jaccard overlap (default: a quarter of all heads, at least 1).
+        prune_steps: Heads removed in the pruning curve (default: all).
+        attribution: Also compute the attribution-patching estimate (``False``: NaN estimates).
+        null_task: Name of the Null task.
+        n_bootstrap: Bootstrap resamples (0: NaN intervals).
+        ci: Confidence level.
+        seed: Seed of the bootstrap.
+        rows_per_pass: Prompt copies per forward pass.
+        batch_size: Prompts per pass for the mean and the attribution estimate.
+        progress: Show progress bars.
+
+    Raises:
+        AnalysisError: Unknown mode, metric or shared method; ``top_k`` or ``prune_steps`` outside the heads.
+    """
+    adapter = adapt(model)
+    n_heads_total = adapter.n_layers * adapter.n_heads
+    _check_options(mode, metric, shared)
+    top_k = max(1, n_heads_total // 4) if top_k is None else top_k
+    prune_steps = n_heads_total if prune_steps is None else prune_steps
+    check_count(top_k, "top_k", 1, n_heads_total)
+    check_count(prune_steps, "prune_steps", 0, n_heads_total)
+    check_bootstrap(n_bootstrap, ci)
+    answers = torch.as_tensor(answers).cpu().long()
+    answers = answers[:, None] if answers.ndim == 1 else answers
+    prompts = align(model, inputs, answer_pos, attention_mask, answers.shape[1])
+    ids = _task_ids(task_ids, task_names, len(prompts))
+    values = _ablation_values(adapter, prompts, mode, batch_size)
+    heads = [(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
+    cells = [Cell((_ablate(layer, head, mode, values),)) for layer, head in heads]
+    score = partial(_score, answers=answers)
+    sweep = run_sweep(model, prompts, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="heads")
+    shape = (adapter.n_layers, adapter.n_heads, len(prompts))
+    ablated_correct, ablated_loss = sweep.cells[..., 0].view(shape), sweep.cells[..., 1].view(shape)
+    clean_correct, clean_loss = sweep.clean[:, 0], sweep.clean[:, 1]
+    harm = clean_correct - ablated_correct if metric == "accuracy" else ablated_loss - clean_loss
+    real = ids != (list(task_names).index(null_task) if null_task in task_names else -1)
+    n_tasks = len(task_names)
+    boot: dict[str, Any] = {"n_bootstrap": n_bootstrap, "ci": ci, "seed": seed}
+    importance_ci, _ = stratified_bootstrap_ci(harm, ids, n_tasks, **boot)
+    _, overall_ci = stratified_bootstrap_ci(harm[..., real], ids[real], n_tasks, **boot)
+    importance = task_mean(harm, ids, n_tasks)
+    overall = harm[..., real].mean(-1)
+    estimate = (
+        head_attribution(model, prompts, answers, values, batch_size)
+        if attribution
+        else torch.full_like(ablated_loss, float("nan"))
+    )
+    exact = (ablated_loss - clean_loss)[..., real].mean(-1)
+    order = pruning_order(overall, heads, prune_steps)
+    cells = [
+        Cell(tuple(_ablate(layer, head, mode, values) for layer, head in order[:k])) for k in range(1, prune_steps + 1)
+    ]
+    if cells:
+        pruned = run_sweep(model, prompts, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="prune")
+    else:
+        pruned = Sweep(sweep.clean, sweep.cells[:0], (), 0)
+    pruning = pruning_curve(order, sweep.clean, pruned, metric, ids, real, task_names)
+    return HeadImportance(
+        task_names=tuple(task_names),
+        task_ids=ids,
+        clean_correct=clean_correct,
+        clean_loss=clean_loss,
+        ablated_correct=ablated_correct,
+        ablated_loss=ablated_loss,
+        importance=importance,
+        importance_ci=importance_ci,
+        overall=overall,
+        overall_ci=overall_ci,
+        attribution=estimate,
+        attribution_spearman=spearman(estimate[..., real].mean(-1).flatten(), exact.flatten()),
+        shared=shared_heads(importance, shared, top_k),
+        shared_method=shared,
+        top_k=top_k,
+        pruning=pruning,
+        writes=torch.tensor([w[0] for w in sweep.writes], dtype=torch.long).view(adapter.n_layers, adapter.n_heads),
+        ablation_values=values.detach().cpu(),
+        metric=metric,
+        mode=mode,
+        null_task=null_task,
+        ci_level=ci,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+
+
+@dataclass(frozen=True)
+class HeadAblation:
+    """Configuration of a head-importance analysis; :meth:`run` samples prompts and ablates every head.
+
+    Attributes:
+        mode: ``"zero"`` (default) or ``"mean"`` ablation of ``attn.hook_z``.
+        metric: ``"cross_entropy"`` (default) or ``"accuracy"``.
+        shared: ``"jaccard"`` (default) or ``"spearman"``.
+        top_k: Heads per task in the Jaccard overlap (``None``: a quarter of the heads).
+        prune_steps: Heads removed in the pruning curve (``None``: all).
+        attribution: Also compute the attribution-patching screen.
+        n_bootstrap: Bootstrap resamples.
+        ci: Confidence level.
+        rows_per_pass: Prompt copies per forward pass.
+        batch_size: Prompts per pass for the mean and the attribution estimate.
+        progress: Show progress bars.
+    """
+
+    mode: Literal["zero", "mean"] = "zero"
+    metric: str = "cross_entropy"
+    shared: str = "jaccard"
+    top_k: int | None = None
+    prune_steps: int | None = None
+    attribution: bool = True
+    n_bootstrap: int = 1000
+    ci: float = 0.95
+    rows_per_pass: int = 512
+    batch_size: int = 64
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        _check_options(self.mode, self.metric, self.shared)
+        check_bootstrap(self.n_bootstrap, self.ci)
+
+    def run(
+        self, model: Any, pool: TaskPool, n_per_task: int = 100, n_shots: ShotSpec = 4, seed: int = 0
+    ) -> HeadImportance:
+        """Sample ``n_per_task`` prompts per task (seeded) and run :meth:`run_batch`."""
+        return self.run_batch(model, pool.sample(n_per_task, n_shots, seed), seed=seed)
+
+    def run_batch(self, model: Any, batch: ICLBatch, seed: int = 0) -> HeadImportance:
+        """Head importance on a given batch."""
+        return head_importance(
+            model,
+            batch.inputs,
+            batch.answer_pos,
+            batch.answers,
+            batch.task_ids,
+            batch.task_names,
+            attention_mask=batch.attention_mask,
+            mode=self.mode,
+            metric=self.metric,
+            shared=self.shared,
+            top_k=self.top_k,
+            prune_steps=self.prune_steps,
+            attribution=self.attribution,
+            n_bootstrap=self.n_bootstrap,
+            ci=self.ci,
+            seed=seed,
+            rows_per_pass=self.rows_per_pass,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+
+
+def _check_options(mode: str, metric: str, shared: str) -> None:
+    if mode not in ("zero", "mean"):
+        raise AnalysisError(f"Unknown ablation mode {mode!r}; use 'zero' or 'mean'.")
+    if metric not in HEAD_METRICS:
+        raise AnalysisError(f"Unknown head metric {metric!r}; use one of {list(HEAD_METRICS)}.")
+    if shared not in SHARED_METHODS:
+        raise AnalysisError(f"Unknown shared-heads method {shared!r}; use one of {list(SHARED_METHODS)}.")
+
+
+def _task_ids(task_ids: Tensor, task_names: Sequence[str], n: int) -> Tensor:
+    ids = torch.as_tensor(task_ids).cpu().long()
+    if ids.shape != (n,):
+        raise ShapeError(f"task_ids must have one entry per prompt ({n},), got {tuple(ids.shape)}.")
+    if int(ids.min()) < 0 or int(ids.max()) >= len(task_names):
+        raise TaskError(f"task_ids must index task_names {tuple(task_names)}.")
+    return ids
+
+
+def _ablation_values(
+    adapter: ModelAdapter, prompts: AlignedPrompts, mode: str, batch_size: int
+) -> Float[Tensor, "layer head d_head"]:
+    """Zeros, or each head's mean ``hook_z`` over every prompt and position up to its last answer token."""
+    shape = (adapter.n_layers, adapter.n_heads, adapter.d_head)
+    if mode == "zero":
+        return torch.zeros(shape, dtype=adapter.dtype)
+    sums = torch.zeros(shape, dtype=torch.float64)
+    n_answer = prompts.n_answer_tokens
+    total = int((prompts.answer_pos + n_answer).sum())
+
+    def keep(activation: Tensor, hook: Any, *, layer: int, mask: Tensor) -> None:
+        sums[layer] += (activation.double() * mask[:, :, None, None]).sum((0, 1)).cpu()
+
+    for index in length_sorted_batches(prompts.answer_pos + n_answer, batch_size):
+        last = prompts.answer_pos[index] + n_answer
+        width = int(last.max())
+        mask = (torch.arange(width)[None, :] < last[:, None]).double().to(adapter.device)
+        hooks = [
+            (adapter.hook_name("attn.hook_z", layer), partial(keep, layer=layer, mask=mask))
+            for layer in range(adapter.n_layers)
+        ]
+        with torch.no_grad():
+            forward(adapter, prompts.inputs[index.to(prompts.inputs.device), :width].to(adapter.device), hooks=hooks)
+    return (sums / total).to(adapter.dtype)
+
+
+def _ablate(layer: int, head: int, mode: str, values: Tensor) -> Any:
+    if mode == "zero":
+        return ablate_head(layer, head, "zero", pos="all")
+    return ablate_head(layer, head, "mean", mean=values[layer, head], pos="all")
+
+
+def _score(logits: Tensor, index: Tensor, *, answers: Tensor) -> Tensor:
+    target = answers[index].to(logits.device)
+    correct = token_accuracy(logits, target).double()
+    loss = token_cross_entropy(logits, target).double()
+    return torch.stack([correct, loss], dim=1).cpu()

@@ -1,0 +1,172 @@
+"""What analyses take: prompt batches and pools (as protocols), and checked representation inputs.
+
+Analyses read prompts through :class:`PromptBatch` / :class:`PromptPool`, the fields and methods that
+token batches (:class:`~tv_lens.tasks.ICLBatch`) and continuous batches (``RegressionBatch``) share, so
+they run on either without knowing how a task renders.
+
+Every analysis on representations (decodability, geometry) accepts the same things, validated here once:
+a ``[layer, prompt, d]`` or ``[prompt, d]`` tensor with a label per prompt, or a ``Representations``
+(from :func:`tv_lens.probes.collect`, or from a TransformerLens ``ActivationCache`` through
+``Representations.from_cache``) whose ``task_ids`` serve as labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.errors import NonFiniteError, ShapeError
+from tv_lens.probes import Representations
+
+
+class PromptBatch(Protocol):
+    """A batch of rendered ICL prompts (``ICLBatch`` for tokens, ``RegressionBatch`` for vectors)."""
+
+    inputs: Tensor
+    attention_mask: Tensor
+    answer_pos: Tensor
+    answers: Tensor
+    task_ids: Tensor
+    task_names: tuple[str, ...]
+    n_shots: Tensor
+
+    def __len__(self) -> int: ...
+
+    @property
+    def n_answer_tokens(self) -> int:
+        """Answer positions per prompt."""
+        ...
+
+
+class PromptPool(Protocol):
+    """A pool of confusable tasks that samples :class:`PromptBatch` es (``TaskPool``, ``RegressionPool``)."""
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """Name of every task id."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def sample(self, n_per_task: int, n_shots: Any, seed: int) -> Any:
+        """``n_per_task`` prompts of every task, seeded."""
+        ...
+
+
+def sample_batch(pool: PromptPool, n_per_task: int, n_shots: Any, seed: int) -> PromptBatch:
+    """``pool.sample`` typed as a :class:`PromptBatch`."""
+    batch: PromptBatch = pool.sample(n_per_task, n_shots, seed)
+    return batch
+
+
+RepsInput = Representations | Float[Tensor, "layer prompt d"] | Float[Tensor, "prompt d"]
+LabelsInput = Int[Tensor, " prompt"] | Sequence[int] | np.ndarray
+
+
+@dataclass(frozen=True)
+class LabelledStack:
+    """Representations of every layer with one integer label per prompt, checked and in float64.
+
+    Attributes:
+        activations: ``[layer, prompt, d]``, finite, float64.
+        labels: ``[prompt]``, int64 in ``0 .. len(task_names) - 1``.
+        layers: Block index of each layer entry (-1 = embedding output).
+        site: Residual site the rows were read at.
+        task_names: Name of every label.
+    """
+
+    activations: Float[Tensor, "layer prompt d"]
+    labels: Int[Tensor, " prompt"]
+    layers: tuple[int, ...]
+    site: str
+    task_names: tuple[str, ...]
+
+
+def labelled_stack(
+    reps: RepsInput,
+    labels: LabelsInput | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    site: str | None = None,
+    task_names: Sequence[str] | None = None,
+) -> LabelledStack:
+    """Check and normalise representation-analysis inputs.
+
+    Args:
+        reps: ``Representations``, or a tensor ``[layer, prompt, d]`` / ``[prompt, d]`` (one layer).
+        labels: Task of each prompt; defaults to ``reps.task_ids`` for ``Representations``.
+        layers: For ``Representations``, the collected layers to use (default: all). For a plain tensor, the
+            block index of each layer entry (default ``0 .. n - 1``, positions in the stack).
+        site: Residual site label of a plain tensor (default ``"resid_post"``).
+        task_names: Name of every label (default ``"task 0"``, ``"task 1"`` ...).
+    """
+    if isinstance(reps, Representations):
+        site = reps.site
+        if layers is None:
+            activations, layers = reps.activations, reps.layers
+        else:
+            activations = torch.stack([reps.at(int(layer)) for layer in layers])
+        labels = reps.task_ids if labels is None else labels
+    elif isinstance(reps, Tensor):
+        activations = reps[None] if reps.ndim == 2 else reps
+    else:
+        raise ShapeError(
+            f"reps must be a tensor [layer, prompt, d] or [prompt, d], or a tv_lens Representations; got "
+            f"{type(reps).__name__}. For a TransformerLens ActivationCache use Representations.from_cache(cache, "
+            "answer_pos, task_ids=labels)."
+        )
+    if activations.ndim != 3 or not activations.is_floating_point() or 0 in activations.shape:
+        raise ShapeError(
+            f"reps must be a non-empty float tensor [layer, prompt, d] or [prompt, d], got dtype "
+            f"{activations.dtype} and shape {tuple(reps.shape if isinstance(reps, Tensor) else activations.shape)}."
+        )
+    layers = tuple(range(activations.shape[0])) if layers is None else tuple(int(layer) for layer in layers)
+    if len(layers) != activations.shape[0]:
+        raise ShapeError(f"layers has {len(layers)} entries but reps has {activations.shape[0]} layers; pass one each.")
+    activations = activations.detach().to("cpu", torch.float64)
+    _check_finite(activations, layers)
+    checked = _check_labels(labels, activations.shape[1])
+    n_labels = int(checked.max()) + 1
+    names = tuple(f"task {i}" for i in range(n_labels)) if task_names is None else tuple(task_names)
+    if len(names) < n_labels:
+        raise ShapeError(f"labels go up to {n_labels - 1} but only {len(names)} task_names were given; name each.")
+    return LabelledStack(activations, checked, layers, site or "resid_post", names)
+
+
+def _check_labels(labels: LabelsInput | None, n_prompts: int) -> Int[Tensor, " prompt"]:
+    if labels is None:
+        raise ShapeError(
+            "No labels: pass labels= (the task of each prompt), or Representations with task_ids "
+            "(collect(..., task_ids=batch.task_ids))."
+        )
+    tensor = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
+    if tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.ndim != 1:
+        raise ShapeError(
+            f"labels must be a 1-D integer tensor (one task id per prompt), got {tensor.dtype} "
+            f"with shape {tuple(tensor.shape)}."
+        )
+    if len(tensor) != n_prompts:
+        raise ShapeError(
+            f"labels has {len(tensor)} entries but reps has {n_prompts} prompts; pass one task id per prompt "
+            "(in the same order)."
+        )
+    if bool((tensor < 0).any()):
+        raise ShapeError(f"labels must be task ids >= 0, got a minimum of {int(tensor.min())}.")
+    return tensor.to("cpu", torch.long)
+
+
+def _check_finite(activations: Tensor, layers: tuple[int, ...]) -> None:
+    finite = torch.isfinite(activations).all(dim=-1)
+    if not bool(finite.all()):
+        bad = [layers[i] for i in range(len(layers)) if not bool(finite[i].all())]
+        n_bad = int((~finite).any(dim=0).sum())
+        raise NonFiniteError(
+            f"reps hold NaN or infinite values at layers {bad} in {n_bad} prompt(s); drop those prompts or "
+            "check the model (torch.isfinite) before the analysis."
+        )

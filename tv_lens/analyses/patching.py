@@ -1,0 +1,350 @@
+"""Task-vector patching: does writing task t's vector into a prompt of task s make the model do t?
+
+Han et al. (2025, §3.3, §4.1, App. C) test whether the task vector is *causal*: at a layer, patch the
+residual stream at a prompt's answer position with the mean vector of a task (:class:`~tv_lens.task_vectors.
+TaskVectors`) and measure the accuracy / loss change against the unpatched run. A *correct* vector (the
+prompt's own task) should help or keep performance; an *incorrect* one (another task, or the Null task of
+random outputs) should hurt it. Hendel et al. (2023) also count how often the output *follows* the injected
+task ("overriding").
+
+Choices, exposed as options with documented defaults:
+
+- ``mode``: ``"replace"`` overwrites the residual with ``v_t`` (Hendel; default); ``"add"`` adds
+  ``scale * v_t``; ``"add_difference"`` adds ``scale * (v_t - v_s)``, moving the prompt from its own task's
+  mean to the target's (so the correct patch is exactly a no-op). Han et al. mention replace and add.
+  On small models replacing can erase the query itself, so compare modes before concluding.
+- Task vectors come from a separate sample of prompts (seed + 1) in :meth:`TaskVectorPatching.run`, so
+  no prompt is patched with a mean it contributed to; any :class:`TaskVectors` can be passed instead.
+- Correct vs incorrect (per layer): per prompt, the change under its own task's vector, and the mean
+  change over every other target (Null included); then the mean over prompts, with a stratified bootstrap
+  over prompts (by task). Prompts of the Null task are left out of these summaries as sources (their
+  answers are random: no vector can help them) but appear in the full (source x target) tables.
+- Overriding: the patched prediction equals the target task's rule applied to the prompt's query (every
+  answer token, teacher-forced). Undefined (NaN) for targets without a rule (Null) and for prompts where
+  that rule gives the prompt's own answer; the unpatched rate of the same comparison is reported as the
+  chance baseline. The rule outputs need the pool (its tasks are callable rules).
+
+Speed: a sweep is (layers x targets) cells over the same prompts. Cells are stacked on the batch dimension
+(several per forward pass, each writing only to its own copy of the prompts, see
+:mod:`tv_lens.analyses.stacking`), and a resid_post patch at block ``l`` is written at the identical
+resid_pre of block ``l + 1``, so the pass can start there from the clean residual. Every patch goes
+through :func:`tv_lens.interventions.run_with_interventions`; the result records how many prompts each
+(layer, target) intervention wrote to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from tv_lens.analyses.bootstrap import check_bootstrap
+from tv_lens.analyses.patching_summary import summarize_patching
+from tv_lens.analyses.stacking import Cell, align, run_sweep
+from tv_lens.errors import AnalysisError, ShapeError, TaskError
+from tv_lens.interventions import Intervention, add, replace
+from tv_lens.metrics import token_accuracy, token_cross_entropy
+from tv_lens.models.adapter import ModelAdapter
+from tv_lens.results.patching import PatchingEffects
+from tv_lens.task_vectors import Reduce, TaskVectors
+from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
+
+__all__ = [
+    "MODES",
+    "Mode",
+    "PatchingEffects",
+    "TaskVectorPatching",
+    "patch_site",
+    "patch_task_vectors",
+    "rule_answers",
+]
+
+Mode = Literal["replace", "add", "add_difference"]
+MODES: tuple[str, ...] = ("replace", "add", "add_difference")
+
+
+def patch_task_vectors(
+    model: Any,
+    inputs: Int[Tensor, "batch pos"],
+    answer_pos: Int[Tensor, " batch"],
+    answers: Int[Tensor, "batch n_answer"],
+    task_ids: Int[Tensor, " batch"],
+    task_names: Sequence[str],
+    vectors: TaskVectors,
+    *,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    mode: Mode = "replace",
+    layers: Sequence[int] | None = None,
+    targets: Sequence[str] | None = None,
+    scale: float = 1.0,
+    target_answers: Int[Tensor, "target batch n_answer"] | None = None,
+    null_task: str = NULL_TASK,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    rows_per_pass: int = 512,
+    progress: bool = False,
+) -> PatchingEffects:
+    """Patch every target task's vector into every prompt at every layer; summarise the effects.
+
+    Args:
+        model: A TransformerLens model.
+        inputs: Prompt tokens (right- or left-padded).
+        answer_pos: Token right before each prompt's answer.
+        answers: Answer tokens ``[batch, n_answer]`` (teacher-forced after ``answer_pos``).
+        task_ids: Task of each prompt, indexing ``task_names``.
+        task_names: Name of every task id.
+        vectors: Task vectors; their site is the patched site.
+        attention_mask: 1 on real tokens; needed for left-padded prompts.
+        mode: ``"replace"``, ``"add"`` or ``"add_difference"`` (see the module docstring).
+        layers: Blocks to patch (default: every layer of ``vectors``).
+        targets: Tasks whose vectors are injected (default: every task of ``vectors``).
+        scale: Factor on the added vector in the ``add`` modes.
+        target_answers: Answer tokens each target task's rule gives for each prompt's query, ``-1`` where a
+            target has no rule (e.g. Null); ``None``: overriding is not measured (NaN).
+        null_task: Name of the Null task.
+        n_bootstrap: Bootstrap resamples (0: NaN intervals).
+        ci: Confidence level.
+        seed: Seed of the bootstrap.
+        rows_per_pass: Prompt copies per forward pass.
+        progress: Show a progress bar.
+
+    Raises:
+        AnalysisError: Unknown mode or a non-finite scale.
+        TaskError: A target (or, for ``add_difference``, a prompt's own task) without a vector.
+        ShapeError: Vectors of another d_model, or inputs of mismatched lengths.
+        LayerOutOfRangeError: A layer the vectors do not cover.
+    """
+    if mode not in MODES:
+        raise AnalysisError(f"Unknown patching mode {mode!r}; use one of {list(MODES)}.")
+    if not isinstance(scale, (int, float)) or not torch.isfinite(torch.tensor(float(scale))):
+        raise AnalysisError(f"scale must be a finite number, got {scale!r}.")
+    check_bootstrap(n_bootstrap, ci)
+    adapter = vectors.check_model(model)
+    layers = tuple(vectors.layers) if layers is None else tuple(layers)
+    layer_index = [vectors.layer_index(layer) for layer in layers]
+    target_names = tuple(vectors.task_names) if targets is None else tuple(targets)
+    target_index = [vectors.task_index(name) for name in target_names]
+    answers = _answers(answers, len(inputs))
+    prompts = align(model, inputs, answer_pos, attention_mask, answers.shape[1])
+    source_names, sources = _sources(task_ids, task_names, len(prompts))
+    own_vectors = None
+    if mode == "add_difference":
+        missing = [name for name in source_names if name not in vectors.task_names]
+        if missing:
+            raise TaskError(
+                f"mode='add_difference' subtracts each prompt's own task vector, but tasks {missing} have none; "
+                f"build the vectors from prompts of every task (vectors cover {list(vectors.task_names)})."
+            )
+        own_vectors = torch.tensor([vectors.task_index(name) for name in source_names])[sources]
+    cells = [
+        Cell((_patch(adapter, vectors, li, ti, own_vectors, mode, float(scale)),))
+        for li in layer_index
+        for ti in target_index
+    ]
+    sweep = run_sweep(model, prompts, cells, _scorer(answers), rows_per_pass=rows_per_pass, progress=progress)
+    n_l, n_t, n = len(layers), len(target_names), len(prompts)
+    scores = sweep.cells.view(n_l, n_t, n, -1)
+    return summarize_patching(
+        scores[..., 0],
+        scores[..., 1],
+        scores[..., 2:].long(),
+        sweep.clean[:, 0],
+        sweep.clean[:, 1],
+        sweep.clean[:, 2:].long(),
+        answers,
+        sources,
+        source_names,
+        target_names,
+        layers,
+        torch.tensor([w[0] for w in sweep.writes], dtype=torch.long).view(n_l, n_t),
+        target_answers,
+        mode=mode,
+        site=vectors.site,
+        scale=float(scale),
+        null_task=null_task,
+        n_bootstrap=n_bootstrap,
+        ci=ci,
+        seed=seed,
+    )
+
+
+def rule_answers(pool: TaskPool, batch: ICLBatch, task_names: Sequence[str]) -> Int[Tensor, "task batch n_answer"]:
+    """Answer tokens each named task's rule gives for every prompt's query (``-1`` for Null / unknown tasks).
+
+    The query's input values are its number tokens between ``query_start`` and ``answer_pos`` (token ``k``
+    is the value ``k`` in the pools of :mod:`tv_lens.tasks`).
+    """
+    n_values = pool.vocab.n_values
+    out = torch.full((len(task_names), len(batch), pool.n_answer_tokens), -1, dtype=torch.long)
+    if batch.n_answer_tokens != pool.n_answer_tokens:
+        raise TaskError(
+            f"The batch has {batch.n_answer_tokens} answer tokens per prompt but the pool {pool.n_answer_tokens}; "
+            "pass the pool the batch was sampled from."
+        )
+    columns = torch.arange(batch.inputs.shape[1])[None, :]
+    span = (columns >= batch.query_start.cpu()[:, None]) & (columns <= batch.answer_pos.cpu()[:, None])
+    is_value = span & (batch.inputs.cpu() < n_values)
+    counts = is_value.sum(-1)
+    if bool((counts != pool.n_inputs).any()):
+        raise TaskError(
+            f"Could not read the queries' {pool.n_inputs} input value(s) from the batch (found "
+            f"{counts.unique().tolist()} number tokens); pass the pool the batch was sampled from."
+        )
+    x = batch.inputs.cpu()[is_value].view(len(batch), pool.n_inputs)
+    rules = {task.name: task for task in pool.tasks}
+    for t, name in enumerate(task_names):
+        if name in rules:
+            out[t] = pool.encode_answers(torch.as_tensor(rules[name](x)).long())
+    return out
+
+
+@dataclass(frozen=True)
+class TaskVectorPatching:
+    """Configuration of a task-vector patching sweep; :meth:`run` samples prompts, builds vectors, patches.
+
+    Attributes:
+        mode: ``"replace"`` (default), ``"add"`` or ``"add_difference"``.
+        layers: Blocks to patch (``None``: every block).
+        reduce: How task vectors are averaged (see :mod:`tv_lens.task_vectors`).
+        site: Residual site read and patched.
+        scale: Factor on the added vector in the ``add`` modes.
+        n_bootstrap: Bootstrap resamples.
+        ci: Confidence level.
+        rows_per_pass: Prompt copies per forward pass.
+        batch_size: Prompts per forward pass when building task vectors.
+        progress: Show progress bars.
+    """
+
+    mode: Mode = "replace"
+    layers: tuple[int, ...] | None = None
+    reduce: Reduce = "mean_over_prompts"
+    site: str = "resid_post"
+    scale: float = 1.0
+    n_bootstrap: int = 1000
+    ci: float = 0.95
+    rows_per_pass: int = 512
+    batch_size: int = 64
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise AnalysisError(f"Unknown patching mode {self.mode!r}; use one of {list(MODES)}.")
+        check_bootstrap(self.n_bootstrap, self.ci)
+
+    def run(
+        self,
+        model: Any,
+        pool: TaskPool,
+        n_per_task: int = 50,
+        n_shots: ShotSpec = 4,
+        seed: int = 0,
+        vectors: TaskVectors | None = None,
+    ) -> PatchingEffects:
+        """Sample prompts (``seed``) and, unless given, task vectors from a separate sample (``seed + 1``)."""
+        batch = pool.sample(n_per_task, n_shots, seed)
+        if vectors is None:
+            vectors = TaskVectors.from_model(
+                model,
+                pool.sample(n_per_task, n_shots, seed + 1),
+                self.layers,
+                self.reduce,
+                site=self.site,
+                batch_size=self.batch_size,
+                progress=self.progress,
+            )
+        return self.run_batch(model, batch, vectors, pool=pool, seed=seed)
+
+    def run_batch(
+        self, model: Any, batch: ICLBatch, vectors: TaskVectors, pool: TaskPool | None = None, seed: int = 0
+    ) -> PatchingEffects:
+        """Patch ``vectors`` into a given batch; with ``pool`` (its rules), overriding is measured too."""
+        targets = tuple(vectors.task_names)
+        return patch_task_vectors(
+            model,
+            batch.inputs,
+            batch.answer_pos,
+            batch.answers,
+            batch.task_ids,
+            batch.task_names,
+            vectors,
+            attention_mask=batch.attention_mask,
+            mode=self.mode,
+            layers=self.layers,
+            targets=targets,
+            scale=self.scale,
+            target_answers=None if pool is None else rule_answers(pool, batch, targets),
+            n_bootstrap=self.n_bootstrap,
+            ci=self.ci,
+            seed=seed,
+            rows_per_pass=self.rows_per_pass,
+            progress=self.progress,
+        )
+
+
+def patch_site(adapter: ModelAdapter, site: str, layer: int) -> tuple[str, int]:
+    """Where to write a patch of ``site`` at block ``layer``.
+
+    A resid_post patch below the last block is written at the identical resid_pre of the next block, so a
+    pass can start there from the clean residual.
+    """
+    if site == "resid_post" and 0 <= layer < adapter.n_layers - 1:
+        return "resid_pre", layer + 1
+    return site, layer
+
+
+def _patch(
+    adapter: ModelAdapter,
+    vectors: TaskVectors,
+    layer_i: int,
+    target_i: int,
+    own: Tensor | None,
+    mode: str,
+    scale: float,
+) -> Intervention:
+    site, layer = patch_site(adapter, vectors.site, vectors.layers[layer_i])
+    vector = vectors.vectors[target_i, layer_i]
+    if mode == "replace":
+        return replace(layer, vector, pos="answer", site=site)
+    if mode == "add":
+        return add(layer, scale * vector, pos="answer", site=site)
+    own_rows = vectors.vectors[own, layer_i] if own is not None else vector[None, :]
+    return add(layer, scale * (vector[None, :] - own_rows), pos="answer", site=site)
+
+
+def _answers(answers: Tensor, n: int) -> Tensor:
+    answers = torch.as_tensor(answers)
+    if answers.ndim == 1:
+        answers = answers[:, None]
+    if answers.ndim != 2 or answers.shape[0] != n or answers.is_floating_point():
+        raise ShapeError(f"answers must be integer tokens [batch={n}, n_answer], got {tuple(answers.shape)}.")
+    return answers.cpu().long()
+
+
+def _sources(task_ids: Tensor, task_names: Sequence[str], n: int) -> tuple[tuple[str, ...], Tensor]:
+    """Source axis (tasks with prompts, in id order) and each prompt's index on it."""
+    ids = torch.as_tensor(task_ids).cpu().long()
+    if ids.shape != (n,):
+        raise ShapeError(f"task_ids must have one entry per prompt ({n},), got {tuple(ids.shape)}.")
+    if int(ids.min()) < 0 or int(ids.max()) >= len(task_names):
+        raise TaskError(f"task_ids must index task_names {tuple(task_names)}.")
+    present = ids.unique().tolist()
+    remap = torch.full((len(task_names),), -1, dtype=torch.long)
+    remap[torch.tensor(present)] = torch.arange(len(present))
+    return tuple(task_names[t] for t in present), remap[ids]
+
+
+def _scorer(answers: Tensor) -> Any:
+    """Per row: correctness, cross-entropy, and the argmax tokens (as float64)."""
+
+    def score(logits: Tensor, index: Tensor) -> Tensor:
+        target = answers[index].to(logits.device)
+        correct = token_accuracy(logits, target).double()
+        loss = token_cross_entropy(logits, target).double()
+        return torch.cat([correct[:, None], loss[:, None], logits.argmax(-1).double()], dim=1).cpu()
+
+    return score

@@ -1,0 +1,261 @@
+"""ICL performance: how well the model answers each task's query as a function of the number of shots.
+
+For every shot count in a grid, ``n_per_task`` prompts of every task are sampled and run once, with no
+intervention, through the intervention engine (:func:`tv_lens.interventions.run_with_interventions`, the
+same code path as every patched run, so clean and patched numbers are comparable). Each prompt gets a
+score at its answer position(s) — exact-match accuracy of the argmax answer tokens, answer-token
+cross-entropy, or MSE for regression outputs — and the analysis reports the mean per (task, shots) with
+stratified bootstrap intervals. Accuracy rising with shots is the behavioural signature of ICL; Han et
+al. (§4.2) relate it to task decodability (:mod:`tv_lens.analyses.prediction`).
+
+>>> import torch
+>>> scores = torch.tensor([1.0, 0.0, 1.0, 1.0])
+>>> icl_performance(scores, task_ids=[0, 0, 1, 1], n_shots=[2, 2, 2, 2], n_bootstrap=0).values
+tensor([[0.5000],
+        [1.0000]], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.analyses.inputs import PromptBatch, PromptPool, sample_batch
+from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
+from tv_lens.interventions import run_with_interventions
+from tv_lens.metrics import mse, token_accuracy, token_cross_entropy
+from tv_lens.results.performance import Performance
+
+__all__ = [
+    "METRICS",
+    "ICLPerformance",
+    "Performance",
+    "clean_outputs",
+    "icl_performance",
+    "resolve_metric",
+    "score_batch",
+    "score_outputs",
+]
+
+ScoreFn = Callable[[Tensor, PromptBatch], Tensor]
+"""``fn(outputs [batch, n_answer, d_out], batch) -> scores [batch]``: a custom per-prompt metric."""
+
+
+def _accuracy(outputs: Tensor, batch: PromptBatch) -> Tensor:
+    return token_accuracy(outputs, batch.answers)
+
+
+def _cross_entropy(outputs: Tensor, batch: PromptBatch) -> Tensor:
+    return token_cross_entropy(outputs, batch.answers)
+
+
+def _mse(outputs: Tensor, batch: PromptBatch) -> Tensor:
+    targets = batch.answers.to(outputs.dtype)
+    if targets.ndim == 2 and outputs.ndim == 3:  # [batch, d_out] answers: the first answer position's outputs
+        outputs = outputs[:, 0, : targets.shape[-1]]
+    return mse(outputs, targets)
+
+
+METRICS: dict[str, tuple[ScoreFn, bool]] = {
+    "accuracy": (_accuracy, True),
+    "cross_entropy": (_cross_entropy, False),
+    "mse": (_mse, False),
+}
+"""Built-in scores: name → (function, higher is better). ``"mse"`` compares float answers ``[batch, d_out]``
+with the first ``d_out`` outputs at the answer position (or outputs and answers of equal shape)."""
+
+
+def resolve_metric(metric: str | ScoreFn, batch: PromptBatch) -> str | ScoreFn:
+    """``"auto"`` becomes ``"mse"`` for float answers (regression) and ``"accuracy"`` for tokens."""
+    if metric == "auto":
+        return "mse" if batch.answers.is_floating_point() else "accuracy"
+    return metric
+
+
+def icl_performance(
+    scores: Float[Tensor, " prompt"],
+    task_ids: Int[Tensor, " prompt"] | Sequence[int],
+    n_shots: Int[Tensor, " prompt"] | Sequence[int],
+    task_names: Sequence[str] | None = None,
+    *,
+    metric: str = "accuracy",
+    higher_is_better: bool = True,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> Performance:
+    """Mean score per (task, shots) with stratified bootstrap intervals, from per-prompt scores.
+
+    Args:
+        scores: One score per prompt (e.g. 1.0 / 0.0 accuracy).
+        task_ids: Task id of each prompt.
+        n_shots: Number of demonstrations of each prompt; the shots axis is its sorted distinct values.
+        task_names: Name of every task id (default ``"task i"``).
+        metric: Name of the score, for labels.
+        higher_is_better: Whether a larger score is better.
+        n_bootstrap: Bootstrap resamples (0: NaN intervals).
+        ci: Confidence level.
+        seed: Seed of the bootstrap.
+    """
+    check_bootstrap(n_bootstrap, ci)
+    scores = torch.as_tensor(scores).detach().cpu().double()
+    tasks = _ints(task_ids, "task_ids")
+    shots = _ints(n_shots, "n_shots")
+    if scores.ndim != 1 or not (len(scores) == len(tasks) == len(shots)) or len(scores) == 0:
+        raise ShapeError(
+            f"scores, task_ids and n_shots need one entry per prompt; got shapes {tuple(scores.shape)}, "
+            f"{tuple(tasks.shape)}, {tuple(shots.shape)}."
+        )
+    if not bool(torch.isfinite(scores).all()):
+        raise NonFiniteError("scores hold NaN or infinite values; check the model's outputs (torch.isfinite).")
+    names = tuple(task_names) if task_names is not None else tuple(f"task {i}" for i in range(int(tasks.max()) + 1))
+    if int(tasks.min()) < 0 or int(tasks.max()) >= len(names) or int(shots.min()) < 0:
+        raise ShapeError(f"task_ids must lie in 0 .. {len(names) - 1} (one per task name) and n_shots be >= 0.")
+    grid = tuple(sorted(set(shots.tolist())))
+    n_task = len(names)
+    values = torch.full((n_task, len(grid)), float("nan"), dtype=torch.float64)
+    cell_ci = torch.full((n_task, len(grid), 2), float("nan"), dtype=torch.float64)
+    overall = torch.empty(len(grid), dtype=torch.float64)
+    overall_ci = torch.empty(len(grid), 2, dtype=torch.float64)
+    n_prompts = torch.zeros((n_task, len(grid)), dtype=torch.long)
+    for j, s in enumerate(grid):
+        here = shots == s
+        cell_scores, cell_tasks = scores[here], tasks[here]
+        n_prompts[:, j] = torch.bincount(cell_tasks, minlength=n_task)
+        sums = torch.zeros(n_task, dtype=torch.float64).index_add_(0, cell_tasks, cell_scores)
+        values[:, j] = sums / n_prompts[:, j]
+        overall[j] = cell_scores.mean()
+        cell_ci[:, j], overall_ci[j] = stratified_bootstrap_ci(
+            cell_scores, cell_tasks, n_task, n_bootstrap, ci, seed + j
+        )
+    return Performance(
+        values, cell_ci, overall, overall_ci, n_prompts, grid, names, metric, higher_is_better, ci, n_bootstrap, seed
+    )
+
+
+def clean_outputs(model: Any, batch: PromptBatch, batch_size: int | None = 64) -> Float[Tensor, "batch n_answer d_out"]:
+    """The model's outputs at the answer positions of a clean run (no interventions), without gradients."""
+    with torch.no_grad():
+        run = run_with_interventions(
+            model,
+            batch.inputs,
+            batch.answer_pos,
+            [],
+            attention_mask=batch.attention_mask,
+            n_answer_tokens=batch.n_answer_tokens,
+            batch_size=batch_size,
+        )
+    return run.logits
+
+
+def score_outputs(outputs: Tensor, batch: PromptBatch, metric: str | ScoreFn = "auto") -> Float[Tensor, " batch"]:
+    """Per-prompt score of given answer-position outputs (``metric="auto"``: accuracy or MSE)."""
+    fn, _ = _metric(resolve_metric(metric, batch))
+    with torch.no_grad():
+        return fn(outputs, batch).detach().cpu()
+
+
+def score_batch(
+    model: Any,
+    batch: PromptBatch,
+    metric: str | ScoreFn = "auto",
+    batch_size: int | None = 64,
+) -> Float[Tensor, " batch"]:
+    """Per-prompt score of a clean run (no interventions) of ``batch`` through the intervention engine.
+
+    ``metric="auto"``: accuracy for token answers, MSE for float answers.
+    """
+    return score_outputs(clean_outputs(model, batch, batch_size), batch, metric)
+
+
+@dataclass(frozen=True)
+class ICLPerformance:
+    """Configuration of an ICL-performance analysis over a grid of shot counts.
+
+    Attributes:
+        shots: Shot counts to evaluate (0 = query only).
+        metric: ``"auto"`` (accuracy for token answers, MSE for float answers), ``"accuracy"``,
+            ``"cross_entropy"``, ``"mse"`` or a callable ``fn(outputs, batch) -> [batch]``.
+        higher_is_better: For a callable metric, whether larger is better (built-ins know).
+        n_bootstrap: Bootstrap resamples.
+        ci: Confidence level.
+        batch_size: Prompts per forward pass.
+    """
+
+    shots: tuple[int, ...] = (0, 1, 2, 4, 8)
+    metric: str | ScoreFn = "auto"
+    higher_is_better: bool = True
+    n_bootstrap: int = 1000
+    ci: float = 0.95
+    batch_size: int | None = 64
+
+    def __post_init__(self) -> None:
+        if self.metric != "auto":
+            _metric(self.metric)
+        check_bootstrap(self.n_bootstrap, self.ci)
+        if not self.shots or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.shots):
+            raise AnalysisError(f"shots must be a non-empty tuple of ints >= 0, got {self.shots!r}.")
+
+    def run(self, model: Any, pool: PromptPool, n_per_task: int = 100, seed: int = 0) -> Performance:
+        """Sample ``n_per_task`` prompts per task for each shot count (seeded) and score a clean run of each."""
+        scores, tasks, shots = [], [], []
+        metric = self.metric
+        for s in sorted(set(self.shots)):
+            batch = sample_batch(pool, n_per_task, s, seed)
+            metric = resolve_metric(self.metric, batch)
+            scores.append(score_batch(model, batch, metric, self.batch_size))
+            tasks.append(batch.task_ids.cpu())
+            shots.append(batch.n_shots.cpu())
+        return self._summarise(metric, torch.cat(scores), torch.cat(tasks), torch.cat(shots), pool.task_names, seed)
+
+    def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> Performance:
+        """Score a given batch (its prompts' own shot counts form the shots axis)."""
+        metric = resolve_metric(self.metric, batch)
+        scores = score_batch(model, batch, metric, self.batch_size)
+        return self._summarise(metric, scores, batch.task_ids.cpu(), batch.n_shots.cpu(), batch.task_names, seed)
+
+    def _summarise(
+        self, metric: str | ScoreFn, scores: Tensor, tasks: Tensor, shots: Tensor, names: Sequence[str], seed: int
+    ) -> Performance:
+        name, higher = _metric_name(metric, self.higher_is_better)
+        return icl_performance(
+            scores,
+            tasks,
+            shots,
+            names,
+            metric=name,
+            higher_is_better=higher,
+            n_bootstrap=self.n_bootstrap,
+            ci=self.ci,
+            seed=seed,
+        )
+
+
+def _metric(metric: str | ScoreFn) -> tuple[ScoreFn, bool]:
+    if callable(metric):
+        return metric, True
+    if metric not in METRICS:
+        raise AnalysisError(
+            f"Unknown metric {metric!r}; use 'auto', one of {list(METRICS)} or a callable fn(outputs, batch)."
+        )
+    return METRICS[metric]
+
+
+def _metric_name(metric: str | ScoreFn, higher_is_better: bool) -> tuple[str, bool]:
+    if callable(metric):
+        return getattr(metric, "__name__", "custom"), higher_is_better
+    return metric, METRICS[metric][1]
+
+
+def _ints(values: Any, what: str) -> Int[Tensor, " prompt"]:
+    tensor = torch.as_tensor(np.asarray(values) if not isinstance(values, Tensor) else values)
+    if tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.ndim != 1:
+        raise ShapeError(f"{what} must be a 1-D integer tensor, got {tensor.dtype} with shape {tuple(tensor.shape)}.")
+    return tensor.to("cpu", torch.long)

@@ -1,0 +1,352 @@
+"""Task-vector prompting (TVP): can a vector read from an ICL prompt make a query-only prompt do the task?
+
+Hendel et al. (2023) and Yang et al. (2025) read the residual stream at the last token of an in-context
+prompt (the token right before the answer) at layer ``l``, and write it at the same position and layer of
+the *zero-shot* prompt (the query alone, ``batch.zero_shot()``); the rest of the pass then runs on the
+query. If the model compressed the task into that vector, the zero-shot prompt is answered as if the
+demonstrations were there. Sweeping ``l`` gives TVP accuracy per layer, reported next to the ICL accuracy
+(the ceiling) and the plain zero-shot accuracy (the floor); the best layer is where the vector works best.
+
+Options, with defaults after the papers:
+
+- ``source="other_prompt"`` (Hendel; default): each zero-shot prompt gets the vector of *another* ICL prompt
+  of its task (the next one of that task in the batch, cyclically), whose query is a different ("dummy")
+  query, so the vector carries the task but not this query's answer. ``source="same_prompt"``: the vector
+  of its own ICL prompt; that prompt's query is the zero-shot query, so from some layer on the vector
+  already holds the answer (at the last block, replacing gives the ICL output exactly): an upper bound,
+  not a test of task vectors. ``source="task_mean"``: its task's mean vector
+  (:class:`~tv_lens.task_vectors.TaskVectors`; in :meth:`TaskVectorPrompting.run` built from a separate
+  sample, seed + 1, unless given). The result records which ICL prompt each vector came from.
+- ``mode="replace"`` (default) overwrites the zero-shot residual; ``"add"`` adds the vector to it.
+- Overall accuracies leave out the Null task's prompts (their answers are random); per-task ones keep them.
+- Intervals: stratified bootstrap over prompts, by task.
+
+Cost: one pass of the ICL prompts reads every layer's vectors (:func:`tv_lens.probes.collect`), one clean
+pass scores them, and the zero-shot prompts run once clean and once per layer, several layers stacked per
+forward pass (:mod:`tv_lens.analyses.stacking`). Every injection goes through
+:func:`tv_lens.interventions.run_with_interventions`; the result records how many prompts each wrote to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.analyses.patching import patch_site
+from tv_lens.analyses.stacking import Cell, align, run_sweep
+from tv_lens.errors import AnalysisError, ShapeError, TaskError
+from tv_lens.interventions import add, replace, run_with_interventions
+from tv_lens.metrics import token_accuracy, token_cross_entropy
+from tv_lens.models.adapter import adapt
+from tv_lens.probes import collect
+from tv_lens.results.prompting import PromptingAccuracy
+from tv_lens.task_vectors import TaskVectors
+from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
+
+__all__ = ["PromptingAccuracy", "TaskVectorPrompting", "other_prompts", "task_vector_prompting"]
+
+Source = Literal["other_prompt", "same_prompt", "task_mean"]
+SOURCES: tuple[str, ...] = ("other_prompt", "same_prompt", "task_mean")
+INJECT_MODES: tuple[str, ...] = ("replace", "add")
+
+
+def task_vector_prompting(
+    model: Any,
+    icl_inputs: Int[Tensor, "batch pos"],
+    icl_answer_pos: Int[Tensor, " batch"],
+    zero_shot_inputs: Int[Tensor, "batch zs_pos"],
+    zero_shot_answer_pos: Int[Tensor, " batch"],
+    answers: Int[Tensor, "batch n_answer"],
+    task_ids: Int[Tensor, " batch"],
+    task_names: Sequence[str],
+    *,
+    icl_attention_mask: Int[Tensor, "batch pos"] | None = None,
+    zero_shot_attention_mask: Int[Tensor, "batch zs_pos"] | None = None,
+    layers: Sequence[int] | None = None,
+    source: Source = "other_prompt",
+    vectors: TaskVectors | None = None,
+    mode: Literal["replace", "add"] = "replace",
+    site: str = "resid_post",
+    null_task: str = NULL_TASK,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    rows_per_pass: int = 512,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> PromptingAccuracy:
+    """TVP accuracy of every layer, with ICL and zero-shot baselines, from paired ICL / query-only prompts.
+
+    Args:
+        model: A TransformerLens model.
+        icl_inputs: The in-context prompts.
+        icl_answer_pos: Their answer positions (where vectors are read).
+        zero_shot_inputs: The same queries without demonstrations (row ``i`` pairs with ICL row ``i``).
+        zero_shot_answer_pos: Their answer positions (where vectors are written).
+        answers: Answer tokens ``[batch, n_answer]``, shared by both prompts of a pair.
+        task_ids: Task of each pair, indexing ``task_names``.
+        task_names: Name of every task id.
+        icl_attention_mask: Mask of the ICL prompts (left padding).
+        zero_shot_attention_mask: Mask of the zero-shot prompts (left padding).
+        layers: Blocks to inject at (default: every block; -1 = embedding output).
+        source: ``"other_prompt"``, ``"same_prompt"`` or ``"task_mean"`` (see the module docstring).
+        vectors: Task vectors for ``source="task_mean"`` (default: the means over these ICL prompts).
+        mode: ``"replace"`` or ``"add"``.
+        site: Residual site read and written.
+        null_task: Name of the Null task.
+        n_bootstrap: Bootstrap resamples (0: NaN intervals).
+        ci: Confidence level.
+        seed: Seed of the bootstrap.
+        rows_per_pass: Prompt copies per forward pass.
+        batch_size: Prompts per forward pass when reading the ICL prompts.
+        progress: Show progress bars.
+
+    Raises:
+        AnalysisError: Unknown source or mode; ``"other_prompt"`` with a task of a single prompt.
+        TaskError: ``source="task_mean"`` vectors without a prompt's task.
+        ShapeError: Mismatched prompt counts, or vectors of another d_model.
+        LayerOutOfRangeError: A layer outside the model (or the given vectors).
+    """
+    if source not in SOURCES:
+        raise AnalysisError(f"Unknown TVP source {source!r}; use one of {list(SOURCES)}.")
+    if mode not in INJECT_MODES:
+        raise AnalysisError(f"Unknown TVP mode {mode!r}; use one of {list(INJECT_MODES)}.")
+    check_bootstrap(n_bootstrap, ci)
+    adapter = adapt(model)
+    layers = tuple(range(adapter.n_layers)) if layers is None else tuple(layers)
+    for layer in layers:
+        adapter.check_layer(layer, allow_embed=True)
+    n = len(icl_inputs)
+    answers, ids = _pairs(answers, task_ids, task_names, n, len(zero_shot_inputs))
+    with torch.no_grad():
+        clean = run_with_interventions(
+            model, icl_inputs, icl_answer_pos, [], attention_mask=icl_attention_mask, n_answer_tokens=answers.shape[1]
+        )
+    icl_correct, icl_loss = _score(clean.logits, answers)
+    injected, vector_source = _vectors(
+        model,
+        icl_inputs,
+        icl_answer_pos,
+        icl_attention_mask,
+        ids,
+        task_names,
+        layers,
+        site,
+        source,
+        vectors,
+        batch_size,
+    )
+    prompts = align(model, zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, answers.shape[1])
+    make = replace if mode == "replace" else add
+    cells = []
+    for i, layer in enumerate(layers):
+        at_site, at_layer = patch_site(adapter, site, layer)
+        cells.append(Cell((make(at_layer, injected[i], pos="answer", site=at_site),)))
+
+    def score(logits: Tensor, index: Tensor) -> Tensor:
+        return torch.stack(_score(logits, answers[index]), dim=1)
+
+    sweep = run_sweep(model, prompts, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="TVP")
+    real = ids != (task_names.index(null_task) if null_task in task_names else -1)
+    boot: dict[str, Any] = {"n_bootstrap": n_bootstrap, "ci": ci, "seed": seed}
+    tvp_correct, tvp_loss = sweep.cells[..., 0], sweep.cells[..., 1]
+    n_tasks = len(task_names)
+    per_task_ci, _ = stratified_bootstrap_ci(tvp_correct, ids, n_tasks, **boot)
+    _, accuracy_ci = stratified_bootstrap_ci(tvp_correct[:, real], ids[real], n_tasks, **boot)
+    _, icl_ci = stratified_bootstrap_ci(icl_correct[real], ids[real], n_tasks, **boot)
+    _, zero_ci = stratified_bootstrap_ci(sweep.clean[real, 0], ids[real], n_tasks, **boot)
+    one_hot = torch.nn.functional.one_hot(ids, n_tasks).double()
+    return PromptingAccuracy(
+        layers=layers,
+        task_names=tuple(task_names),
+        task_ids=ids,
+        tvp_correct=tvp_correct,
+        tvp_loss=tvp_loss,
+        icl_correct=icl_correct,
+        icl_loss=icl_loss,
+        zero_shot_correct=sweep.clean[:, 0],
+        zero_shot_loss=sweep.clean[:, 1],
+        accuracy=tvp_correct[:, real].mean(-1),
+        accuracy_ci=accuracy_ci,
+        per_task=(tvp_correct @ one_hot) / one_hot.sum(0),
+        per_task_ci=per_task_ci,
+        icl_accuracy=float(icl_correct[real].mean()),
+        icl_ci=icl_ci,
+        zero_shot_accuracy=float(sweep.clean[real, 0].mean()),
+        zero_shot_ci=zero_ci,
+        writes=torch.tensor([w[0] for w in sweep.writes], dtype=torch.long),
+        vector_source=vector_source,
+        source=source,
+        mode=mode,
+        site=site,
+        null_task=null_task,
+        ci_level=ci,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+
+
+@dataclass(frozen=True)
+class TaskVectorPrompting:
+    """Configuration of a TVP sweep; :meth:`run` samples ICL prompts and their zero-shot twins.
+
+    Attributes:
+        layers: Blocks to inject at (``None``: every block).
+        source: ``"other_prompt"`` (default), ``"same_prompt"`` or ``"task_mean"``.
+        mode: ``"replace"`` (default) or ``"add"``.
+        site: Residual site read and written.
+        n_bootstrap: Bootstrap resamples.
+        ci: Confidence level.
+        rows_per_pass: Prompt copies per forward pass.
+        batch_size: Prompts per forward pass when reading vectors.
+        progress: Show progress bars.
+    """
+
+    layers: tuple[int, ...] | None = None
+    source: Source = "other_prompt"
+    mode: Literal["replace", "add"] = "replace"
+    site: str = "resid_post"
+    n_bootstrap: int = 1000
+    ci: float = 0.95
+    rows_per_pass: int = 512
+    batch_size: int = 64
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise AnalysisError(f"Unknown TVP source {self.source!r}; use one of {list(SOURCES)}.")
+        if self.mode not in INJECT_MODES:
+            raise AnalysisError(f"Unknown TVP mode {self.mode!r}; use one of {list(INJECT_MODES)}.")
+        check_bootstrap(self.n_bootstrap, self.ci)
+
+    def run(
+        self, model: Any, pool: TaskPool, n_per_task: int = 50, n_shots: ShotSpec = 4, seed: int = 0
+    ) -> PromptingAccuracy:
+        """Sample ``n_per_task`` ICL prompts per task (``seed``); task-mean vectors come from ``seed + 1``."""
+        vectors = None
+        if self.source == "task_mean":
+            vectors = TaskVectors.from_model(
+                model,
+                pool.sample(n_per_task, n_shots, seed + 1),
+                self.layers,
+                site=self.site,
+                batch_size=self.batch_size,
+            )
+        return self.run_batch(model, pool.sample(n_per_task, n_shots, seed), vectors=vectors, seed=seed)
+
+    def run_batch(
+        self, model: Any, batch: ICLBatch, vectors: TaskVectors | None = None, seed: int = 0
+    ) -> PromptingAccuracy:
+        """TVP on a given batch and its ``batch.zero_shot()`` twin."""
+        zero_shot = batch.zero_shot()
+        return task_vector_prompting(
+            model,
+            batch.inputs,
+            batch.answer_pos,
+            zero_shot.inputs,
+            zero_shot.answer_pos,
+            batch.answers,
+            batch.task_ids,
+            batch.task_names,
+            icl_attention_mask=batch.attention_mask,
+            zero_shot_attention_mask=zero_shot.attention_mask,
+            layers=self.layers,
+            source=self.source,
+            vectors=vectors,
+            mode=self.mode,
+            site=self.site,
+            n_bootstrap=self.n_bootstrap,
+            ci=self.ci,
+            seed=seed,
+            rows_per_pass=self.rows_per_pass,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+
+
+def _pairs(answers: Tensor, task_ids: Tensor, task_names: Sequence[str], n: int, n_zero: int) -> tuple[Tensor, Tensor]:
+    answers = torch.as_tensor(answers).cpu().long()
+    answers = answers[:, None] if answers.ndim == 1 else answers
+    ids = torch.as_tensor(task_ids).cpu().long()
+    if n_zero != n or answers.shape[0] != n or ids.shape != (n,):
+        raise ShapeError(
+            f"ICL prompts ({n}), zero-shot prompts ({n_zero}), answers ({answers.shape[0]}) and task_ids "
+            f"({tuple(ids.shape)}) must pair up one to one; build the zero-shot prompts with batch.zero_shot()."
+        )
+    if int(ids.min()) < 0 or int(ids.max()) >= len(task_names):
+        raise TaskError(f"task_ids must index task_names {tuple(task_names)}.")
+    return answers, ids
+
+
+def _score(logits: Tensor, answers: Tensor) -> tuple[Tensor, Tensor]:
+    answers = answers.to(logits.device)
+    return (
+        token_accuracy(logits, answers).double().cpu(),
+        token_cross_entropy(logits, answers).double().cpu(),
+    )
+
+
+def _vectors(
+    model: Any,
+    inputs: Tensor,
+    answer_pos: Tensor,
+    attention_mask: Tensor | None,
+    ids: Tensor,
+    task_names: Sequence[str],
+    layers: tuple[int, ...],
+    site: str,
+    source: str,
+    vectors: TaskVectors | None,
+    batch_size: int,
+) -> tuple[Tensor, Tensor]:
+    """Each zero-shot prompt's vector per layer ``[layer, prompt, d_model]``, and its ICL prompt (-1: a mean)."""
+    none = torch.full((len(ids),), -1, dtype=torch.long)
+    if source == "task_mean" and vectors is not None:
+        vectors.check_model(model)
+        missing = sorted({task_names[t] for t in ids.tolist()} - set(vectors.task_names))
+        if missing:
+            raise TaskError(
+                f"The task vectors have no vector for tasks {missing} of these prompts (they cover "
+                f"{list(vectors.task_names)}); build them from prompts of every task."
+            )
+        rows = torch.tensor([vectors.task_index(task_names[t]) for t in ids.tolist()])
+        columns = [vectors.layer_index(layer) for layer in layers]
+        return vectors.vectors[rows][:, columns].transpose(0, 1), none
+    partner = other_prompts(ids, task_names) if source == "other_prompt" else torch.arange(len(ids))
+    reps = collect(
+        model, inputs, answer_pos, layers, site, attention_mask=attention_mask, batch_size=batch_size, progress=False
+    )
+    if source == "task_mean":
+        return _task_means(reps.activations, ids, len(task_names)), none
+    return reps.activations[:, partner], partner
+
+
+def other_prompts(task_ids: Int[Tensor, " prompt"], task_names: Sequence[str]) -> Int[Tensor, " prompt"]:
+    """For each prompt, the next prompt of the same task in the batch (cyclically): its dummy-query partner.
+
+    Raises:
+        AnalysisError: A task with a single prompt (it has no other prompt to take a vector from).
+    """
+    partner = torch.empty_like(task_ids)
+    for t in task_ids.unique().tolist():
+        members = (task_ids == t).nonzero().flatten()
+        if len(members) < 2:
+            raise AnalysisError(
+                f"Too few prompts: task {task_names[t]!r} has 1 prompt, but source='other_prompt' takes each "
+                "prompt's vector from another prompt of its task. Sample at least 2 prompts per task."
+            )
+        partner[members] = members.roll(-1)
+    return partner
+
+
+def _task_means(activations: Tensor, ids: Tensor, n_tasks: int) -> Tensor:
+    """Each prompt's task mean of ``activations [layer, prompt, d]`` (float64 sums, cast back)."""
+    one_hot = torch.nn.functional.one_hot(ids, n_tasks).double()  # [prompt, task]
+    means = torch.einsum("lpd,pt->ltd", activations.double(), one_hot) / one_hot.sum(0)[None, :, None]
+    return means[:, ids].to(activations.dtype)

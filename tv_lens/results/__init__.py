@@ -1,0 +1,26 @@
+"""Result objects: frozen dataclasses with ``to_frame()``, ``traces()`` / ``figure()``, ``save()`` / ``load()``.
+
+Every analysis returns one; :meth:`Result.load` reads back any of them (the file records its type).
+"""
+
+from tv_lens.results.axes import LAYER_AXIS_TITLE, layer_axis, layer_label
+from tv_lens.results.base import Result
+from tv_lens.results.decodability import Decodability
+from tv_lens.results.emergence import EmergenceResult
+from tv_lens.results.geometry import Projection
+from tv_lens.results.performance import Performance
+from tv_lens.results.prediction import TdAccuracyFit
+from tv_lens.results.suite import SuiteResult
+
+__all__ = [
+    "LAYER_AXIS_TITLE",
+    "Decodability",
+    "EmergenceResult",
+    "Performance",
+    "Projection",
+    "Result",
+    "SuiteResult",
+    "TdAccuracyFit",
+    "layer_axis",
+    "layer_label",
+]

@@ -1,0 +1,25 @@
+"""Axis labels shared by every result: layers are TransformerLens block indices, -1 the embedding output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tv_lens.models.adapter import EMBED_LAYER
+
+LAYER_AXIS_TITLE = "layer (TransformerLens block index; -1 = embedding output)"
+
+
+def layer_label(layer: int, site: str = "resid_post") -> str:
+    """``"embed"`` for the embedding output (block index -1), else ``"L{block} {site}"``."""
+    return "embed" if layer == EMBED_LAYER else f"L{layer} {site}"
+
+
+def layer_axis(layers: Sequence[int], site: str = "resid_post") -> dict[str, Any]:
+    """A plotly axis for block indices: ticks at each layer, labelled with :func:`layer_label`."""
+    return {
+        "title": {"text": LAYER_AXIS_TITLE},
+        "tickmode": "array",
+        "tickvals": list(layers),
+        "ticktext": [layer_label(layer, site) for layer in layers],
+    }

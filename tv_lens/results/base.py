@@ -1,0 +1,111 @@
+"""The base of every analysis result: a frozen dataclass that tabulates, draws, saves and loads itself.
+
+A new result type declares its fields and writes two methods::
+
+    @dataclass(frozen=True, eq=False)          # eq=False keeps Result's exact, tensor-aware ==
+    class Curve(Result):
+        values: Float[Tensor, " layer"]
+        layers: tuple[int, ...]
+
+        def to_frame(self) -> pd.DataFrame: ...            # tidy: one row per observation
+        def traces(self) -> list[BaseTraceType]: ...       # plotly traces, composable into subplots
+
+and gets ``figure()``, ``save(path)``, ``Result.load(path)`` and ``==`` for free. Fields may be tensors,
+numbers, strings, ``None``, nested results, and tuples / lists / dicts of those; tensors go to safetensors
+and everything else to JSON metadata in the same file (see :mod:`tv_lens.results.storage`).
+
+>>> import torch
+>>> from tv_lens.analyses.decodability import task_decodability
+>>> result = task_decodability(torch.randn(2, 40, 8), torch.arange(4).repeat_interleave(10), k=3)
+>>> result.td.shape, list(result.to_frame().columns)[:3]
+(torch.Size([2]), ['layer', 'layer_label', 'task'])
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from tv_lens.errors import ResultFileError
+from tv_lens.results.storage import equal_values, result_from_bytes, result_to_bytes, write_atomically
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+    from plotly.basedatatypes import BaseTraceType
+
+R = TypeVar("R", bound="Result")
+
+
+class Result:
+    """Base class of analysis results (subclasses are ``@dataclass(frozen=True, eq=False)``)."""
+
+    _registry: ClassVar[dict[str, type[Result]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Result._registry[cls.type_tag()] = cls
+
+    @classmethod
+    def type_tag(cls) -> str:
+        """The name a saved file records for this type: ``module:QualifiedName``."""
+        return f"{cls.__module__}:{cls.__qualname__}"
+
+    def to_frame(self) -> pd.DataFrame:
+        """The result as a tidy table (one row per observation; columns documented by each subclass)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define to_frame().")
+
+    def traces(self) -> list[BaseTraceType]:
+        """The plotly traces of :meth:`figure`, to compose into your own subplots."""
+        raise NotImplementedError(f"{type(self).__name__} does not define traces().")
+
+    def figure_layout(self) -> dict[str, Any]:
+        """Layout (titles, axes) that :meth:`figure` puts around :meth:`traces`."""
+        return {"title": type(self).__name__}
+
+    def figure(self) -> go.Figure:
+        """An interactive plotly figure of the result."""
+        import plotly.graph_objects as go
+
+        return go.Figure(data=self.traces(), layout=self.figure_layout())
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the result to one safetensors file (JSON metadata in its header), atomically.
+
+        The file is first written next to ``path`` and then moved over it, so an existing file at ``path``
+        survives a failed or interrupted save. Parent directories are created.
+
+        Returns:
+            The path written.
+        """
+        return write_atomically(path, result_to_bytes(self))
+
+    @classmethod
+    def load(cls: type[R], path: str | os.PathLike[str]) -> R:
+        """Read a result written by :meth:`save`; tensors come back on the CPU.
+
+        ``Result.load`` returns whatever type the file holds; ``SomeResult.load`` also checks the type.
+
+        Raises:
+            FileNotFoundError: No file at ``path``.
+            ResultFileError: The file is corrupt or truncated, is not a tv_lens result, or holds another type.
+        """
+        source = os.fspath(path)
+        data = Path(path).read_bytes()
+        result = result_from_bytes(data, source, Result._registry)
+        if not isinstance(result, cls):
+            raise ResultFileError(
+                f"{source} holds a {type(result).__name__}, not a {cls.__name__}; load it with "
+                f"{type(result).__name__}.load (or Result.load, which returns whatever the file holds)."
+            )
+        return result
+
+    def __eq__(self, other: object) -> bool:
+        """Exact equality: same type and every field equal (tensors by dtype, shape and values)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(equal_values(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))  # type: ignore[arg-type]
+
+    __hash__ = None  # type: ignore[assignment]

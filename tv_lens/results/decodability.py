@@ -1,0 +1,222 @@
+"""The result of a task-decodability analysis: TD per layer and per task, confusion, bootstrap CIs, figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.errors import LayerOutOfRangeError, ShapeError
+from tv_lens.models.adapter import EMBED_LAYER
+from tv_lens.results.axes import LAYER_AXIS_TITLE, layer_axis, layer_label
+from tv_lens.results.base import Result
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+    from plotly.basedatatypes import BaseTraceType
+
+ALL_TASKS = "all"
+
+
+def best_layer(layers: tuple[int, ...], td: Float[Tensor, " layer"]) -> int:
+    """The block index of highest TD, the earliest on ties, passing over the embedding output (-1).
+
+    In a causal model the embedding output at the pre-answer token depends on that token and its
+    position only, never on the demonstrations, so its TD measures formatting differences between tasks
+    (or tie-breaking among identical points), not a task representation. It is the best layer only when it
+    is the only layer.
+    """
+    blocks = [i for i, layer in enumerate(layers) if layer != EMBED_LAYER] or list(range(len(layers)))
+    return layers[max(blocks, key=lambda i: (float(td[i]), -i))]
+
+
+@dataclass(frozen=True, eq=False)
+class Decodability(Result):
+    """Task decodability (TD) per layer: overall, per task, and the task × task confusion.
+
+    Attributes:
+        td: Fraction of prompts whose predicted task is their true task, per layer ``[layer]``.
+        td_ci: Bootstrap confidence interval (low, high) of ``td`` ``[layer, 2]``.
+        per_task: TD over each task's prompts ``[layer, task]`` (NaN for a task without prompts).
+        per_task_ci: Bootstrap CI of ``per_task`` ``[layer, task, 2]``.
+        confusion: Counts ``[layer, true task, predicted task]``; its diagonal over its row sums is ``per_task``.
+        predictions: Predicted task of each prompt ``[layer, prompt]`` (leave-one-out or cross-validated).
+        labels: True task of each prompt ``[prompt]``.
+        layers: TransformerLens block index of each layer entry; -1 is the embedding output.
+        task_names: Name of every task id.
+        site: Residual site the representations were read at.
+        method: ``"knn"`` (leave-one-out k-NN, Han et al.) or ``"probe"`` (cross-validated logistic regression).
+        settings: The method's parameters (``k``, ``metric`` or ``n_folds``, ``C``).
+        ci_level: Confidence level of the intervals.
+        n_bootstrap: Bootstrap resamples behind the intervals (0: no intervals, NaN).
+        seed: Seed of the bootstrap (and of the probe's folds).
+    """
+
+    td: Float[Tensor, " layer"]
+    td_ci: Float[Tensor, "layer 2"]
+    per_task: Float[Tensor, "layer task"]
+    per_task_ci: Float[Tensor, "layer task 2"]
+    confusion: Int[Tensor, "layer task task"]
+    predictions: Int[Tensor, "layer prompt"]
+    labels: Int[Tensor, " prompt"]
+    layers: tuple[int, ...]
+    task_names: tuple[str, ...]
+    site: str = "resid_post"
+    method: str = "knn"
+    settings: dict[str, Any] = field(default_factory=dict)
+    ci_level: float = 0.95
+    n_bootstrap: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        n_layer, n_task = len(self.layers), len(self.task_names)
+        expected = {
+            "td": (n_layer,),
+            "td_ci": (n_layer, 2),
+            "per_task": (n_layer, n_task),
+            "per_task_ci": (n_layer, n_task, 2),
+            "confusion": (n_layer, n_task, n_task),
+            "predictions": (n_layer, self.labels.shape[0]),
+        }
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ShapeError(
+                    f"Decodability.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}."
+                )
+
+    @property
+    def best_layer(self) -> int:
+        """Block index with the highest TD (the earliest on ties); see :func:`best_layer`."""
+        return best_layer(self.layers, self.td)
+
+    @property
+    def n_per_task(self) -> Int[Tensor, " task"]:
+        """Number of prompts of each task."""
+        return torch.bincount(self.labels, minlength=len(self.task_names))
+
+    @property
+    def chance(self) -> float:
+        """TD of always guessing the most frequent task (1 / number of tasks for a balanced pool)."""
+        return float(self.n_per_task.max()) / len(self.labels)
+
+    @property
+    def confusion_rates(self) -> Float[Tensor, "layer task task"]:
+        """``confusion`` with every row divided by its task's number of prompts (NaN rows for absent tasks)."""
+        counts = self.confusion.double()
+        return counts / counts.sum(-1, keepdim=True)
+
+    def at(self, layer: int) -> int:
+        """Index into the layer axis of a block index (-1 = embedding output)."""
+        if layer not in self.layers:
+            raise LayerOutOfRangeError(f"Layer {layer} is not in this result; its layers are {self.layers}.")
+        return self.layers.index(layer)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy TD table: one row per (layer, task), plus task ``"all"`` for the overall TD.
+
+        Columns: ``layer`` (block index, -1 = embedding output), ``layer_label``, ``task``, ``td``,
+        ``ci_low``, ``ci_high``, ``n_prompts``.
+        """
+        import pandas as pd
+
+        rows = []
+        counts = self.n_per_task.tolist()
+        for i, layer in enumerate(self.layers):
+            label = layer_label(layer, self.site)
+            low, high = self.td_ci[i].tolist()
+            rows.append((layer, label, ALL_TASKS, float(self.td[i]), low, high, len(self.labels)))
+            for t, name in enumerate(self.task_names):
+                low, high = self.per_task_ci[i, t].tolist()
+                rows.append((layer, label, name, float(self.per_task[i, t]), low, high, counts[t]))
+        columns = ["layer", "layer_label", "task", "td", "ci_low", "ci_high", "n_prompts"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def confusion_frame(self) -> pd.DataFrame:
+        """Tidy confusion table.
+
+        Columns: ``layer``, ``layer_label``, ``true_task``, ``predicted_task``, ``count``, ``rate``.
+        """
+        import pandas as pd
+
+        rates = self.confusion_rates
+        rows = [
+            (layer, layer_label(layer, self.site), true, pred, int(self.confusion[i, a, b]), float(rates[i, a, b]))
+            for i, layer in enumerate(self.layers)
+            for a, true in enumerate(self.task_names)
+            for b, pred in enumerate(self.task_names)
+        ]
+        return pd.DataFrame(rows, columns=["layer", "layer_label", "true_task", "predicted_task", "count", "rate"])
+
+    def traces(self) -> list[BaseTraceType]:
+        """Overall TD with CI error bars, one line per task, and the chance level (dashed)."""
+        import plotly.graph_objects as go
+
+        x = list(self.layers)
+        td = self.td.tolist()
+        overall = go.Scatter(
+            x=x,
+            y=td,
+            mode="lines+markers",
+            name="all tasks",
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": (self.td_ci[:, 1] - self.td).tolist(),
+                "arrayminus": (self.td - self.td_ci[:, 0]).tolist(),
+            },
+            line={"width": 3},
+        )
+        per_task = [
+            go.Scatter(x=x, y=self.per_task[:, t].tolist(), mode="lines", name=name, line={"width": 1})
+            for t, name in enumerate(self.task_names)
+        ]
+        chance = go.Scatter(
+            x=x, y=[self.chance] * len(x), mode="lines", name="chance", line={"dash": "dash", "color": "gray"}
+        )
+        return [overall, *per_task, chance]
+
+    def figure_layout(self) -> dict[str, Any]:
+        """TD curve layout: block-index x axis, TD in [0, 1]."""
+        method = "k-NN" if self.method == "knn" else "linear probe"
+        return {
+            "title": {"text": f"Task decodability ({method}, {self.site})"},
+            "xaxis": layer_axis(self.layers, self.site),
+            "yaxis": {"title": {"text": "task decodability"}, "range": [0, 1.05]},
+        }
+
+    def confusion_traces(self, layer: int | None = None) -> list[BaseTraceType]:
+        """A heatmap of confusion rates (rows: true task, columns: predicted) at ``layer`` (default: best)."""
+        import plotly.graph_objects as go
+
+        i = self.at(self.best_layer if layer is None else layer)
+        rates = self.confusion_rates[i]
+        return [
+            go.Heatmap(
+                z=rates.tolist(),
+                x=list(self.task_names),
+                y=list(self.task_names),
+                zmin=0,
+                zmax=1,
+                colorscale="Viridis",
+                text=self.confusion[i].tolist(),
+                hovertemplate="true %{y}<br>predicted %{x}<br>rate %{z:.3f} (n=%{text})<extra></extra>",
+            )
+        ]
+
+    def confusion_figure(self, layer: int | None = None) -> go.Figure:
+        """The confusion heatmap at ``layer`` (default: the best layer) as a figure."""
+        import plotly.graph_objects as go
+
+        chosen = self.best_layer if layer is None else layer
+        return go.Figure(
+            data=self.confusion_traces(chosen),
+            layout={
+                "title": {"text": f"Task confusion at {layer_label(chosen, self.site)} ({LAYER_AXIS_TITLE})"},
+                "xaxis": {"title": {"text": "predicted task"}},
+                "yaxis": {"title": {"text": "true task"}, "autorange": "reversed"},
+            },
+        )

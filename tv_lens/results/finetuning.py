@@ -1,0 +1,147 @@
+"""The result of the layer-finetuning experiment: TD per layer and accuracy, before and after, side by side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from jaxtyping import Float
+from torch import Tensor
+
+from tv_lens.errors import ShapeError
+from tv_lens.results.axes import layer_axis, layer_label
+from tv_lens.results.base import Result
+from tv_lens.results.decodability import ALL_TASKS
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from plotly.basedatatypes import BaseTraceType
+
+
+@dataclass(frozen=True, eq=False)
+class FinetuningComparison(Result):
+    """Task decodability and ICL accuracy of a base model and of its finetuned variants.
+
+    The variant axis is typically ``("base", "first:k", "last:k")``: the model before finetuning, after
+    finetuning its first ``k`` blocks, and after finetuning its last ``k`` blocks (Han et al. §4.4).
+
+    Attributes:
+        variants: Name of every model compared.
+        blocks: Blocks trained in each variant (empty for the base model).
+        layers: Block index of each TD entry (-1 = embedding output).
+        task_names: Name of every task entry.
+        td: Task decodability ``[variant, layer]``.
+        td_ci: Its bootstrap interval ``[variant, layer, 2]``.
+        accuracy: ICL accuracy per task ``[variant, task]``.
+        overall: ICL accuracy over every task but Null ``[variant]``.
+        overall_ci: Its bootstrap interval ``[variant, 2]``.
+        final_loss: Training loss at the last finetuning step ``[variant]`` (NaN for the base model).
+        settings: Finetuning settings (k, steps, LoRA parameters ...).
+        site: Residual site TD was read at.
+    """
+
+    variants: tuple[str, ...]
+    blocks: tuple[tuple[int, ...], ...]
+    layers: tuple[int, ...]
+    task_names: tuple[str, ...]
+    td: Float[Tensor, "variant layer"]
+    td_ci: Float[Tensor, "variant layer 2"]
+    accuracy: Float[Tensor, "variant task"]
+    overall: Float[Tensor, " variant"]
+    overall_ci: Float[Tensor, "variant 2"]
+    final_loss: Float[Tensor, " variant"]
+    settings: dict[str, Any] = field(default_factory=dict)
+    site: str = "resid_post"
+
+    def __post_init__(self) -> None:
+        n_v, n_l, n_t = len(self.variants), len(self.layers), len(self.task_names)
+        expected = {
+            "td": (n_v, n_l),
+            "td_ci": (n_v, n_l, 2),
+            "accuracy": (n_v, n_t),
+            "overall": (n_v,),
+            "overall_ci": (n_v, 2),
+            "final_loss": (n_v,),
+        }
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ShapeError(
+                    f"FinetuningComparison.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}."
+                )
+        if len(self.blocks) != n_v:
+            raise ShapeError(f"FinetuningComparison.blocks needs one entry per variant ({n_v}).")
+
+    def td_change(self, variant: str) -> Float[Tensor, " layer"]:
+        """TD of ``variant`` minus TD of the first variant (the base model), per layer."""
+        return self.td[self.variants.index(variant)] - self.td[0]
+
+    def to_frame(self) -> pd.DataFrame:
+        """TD per (variant, layer).
+
+        Columns: ``variant``, ``blocks`` (trained blocks, e.g. ``"0,1"``), ``layer`` (block index, -1 =
+        embedding output), ``layer_label``, ``td``, ``ci_low``, ``ci_high``, ``td_change`` (vs the base).
+        """
+        import pandas as pd
+
+        rows = []
+        for v, variant in enumerate(self.variants):
+            change = self.td[v] - self.td[0]
+            for i, layer in enumerate(self.layers):
+                rows.append(
+                    (
+                        variant,
+                        ",".join(map(str, self.blocks[v])),
+                        layer,
+                        layer_label(layer, self.site),
+                        float(self.td[v, i]),
+                        *self.td_ci[v, i].tolist(),
+                        float(change[i]),
+                    )
+                )
+        columns = ["variant", "blocks", "layer", "layer_label", "td", "ci_low", "ci_high", "td_change"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def accuracy_frame(self) -> pd.DataFrame:
+        """Accuracy per (variant, task), plus task ``"all"`` (every task but Null).
+
+        Columns: ``variant``, ``task``, ``accuracy``, ``ci_low``, ``ci_high``, ``final_loss``.
+        """
+        import pandas as pd
+
+        rows = []
+        for v, variant in enumerate(self.variants):
+            loss = float(self.final_loss[v])
+            rows.append((variant, ALL_TASKS, float(self.overall[v]), *self.overall_ci[v].tolist(), loss))
+            rows.extend(
+                (variant, name, float(self.accuracy[v, t]), float("nan"), float("nan"), loss)
+                for t, name in enumerate(self.task_names)
+            )
+        return pd.DataFrame(rows, columns=["variant", "task", "accuracy", "ci_low", "ci_high", "final_loss"])
+
+    def traces(self) -> list[BaseTraceType]:
+        """One TD curve per variant (with CI error bars)."""
+        import plotly.graph_objects as go
+
+        return [
+            go.Scatter(
+                x=list(self.layers),
+                y=self.td[v].tolist(),
+                mode="lines+markers",
+                name=f"{variant} (accuracy {float(self.overall[v]):.2f})",
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": (self.td_ci[v, :, 1] - self.td[v]).tolist(),
+                    "arrayminus": (self.td[v] - self.td_ci[v, :, 0]).tolist(),
+                },
+            )
+            for v, variant in enumerate(self.variants)
+        ]
+
+    def figure_layout(self) -> dict[str, Any]:
+        """TD against block index."""
+        return {
+            "title": {"text": "Finetuning early vs late blocks: task decodability per layer"},
+            "xaxis": layer_axis(self.layers, self.site),
+            "yaxis": {"title": {"text": "task decodability"}, "range": [0, 1.05]},
+        }

@@ -1,0 +1,354 @@
+"""The result of task-vector patching: per layer, source task and target task, the effect of the patch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.errors import LayerOutOfRangeError, ShapeError
+from tv_lens.results.axes import LAYER_AXIS_TITLE, layer_axis, layer_label
+from tv_lens.results.base import Result
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+    from plotly.basedatatypes import BaseTraceType
+
+
+@dataclass(frozen=True, eq=False)
+class PatchingEffects(Result):
+    """Accuracy and loss changes from patching task ``t``'s vector into prompts of task ``s``, per layer.
+
+    Per-prompt tensors keep every number the summaries are computed from; ``prompt`` indexes the patched
+    prompts, ``source`` the tasks of those prompts and ``target`` the injected vectors' tasks.
+
+    Attributes:
+        layers: Block index of each patched layer (-1 = embedding output).
+        source_names: Task of each source entry (the prompts' tasks).
+        target_names: Task of each target entry (the injected vectors).
+        task_ids: Source entry of each prompt ``[prompt]``.
+        clean_correct: 1.0 where the unpatched prediction is right ``[prompt]``.
+        clean_loss: Unpatched answer cross-entropy ``[prompt]``.
+        correct: Patched correctness ``[layer, target, prompt]``.
+        loss: Patched cross-entropy ``[layer, target, prompt]``.
+        follows: 1.0 where the patched prediction equals the target task's rule applied to the prompt's
+            query, 0.0 where not; NaN where undefined (no rule, e.g. Null, or the rule gives the prompt's own
+            answer) ``[layer, target, prompt]``.
+        clean_follows: The same for the unpatched prediction ``[target, prompt]``.
+        accuracy_change: Mean of ``correct - clean_correct`` per (layer, source, target).
+        accuracy_change_ci: Its bootstrap interval ``[layer, source, target, 2]``.
+        loss_change: Mean of ``loss - clean_loss`` per (layer, source, target).
+        loss_change_ci: Its bootstrap interval ``[layer, source, target, 2]``.
+        override: Mean of ``follows`` (defined prompts) per (layer, source, target); NaN if none.
+        clean_override: Mean of ``clean_follows`` per (source, target).
+        correct_change: Accuracy change of correct patches (target = source), per layer.
+        correct_change_ci: Its interval ``[layer, 2]``.
+        incorrect_change: Accuracy change of incorrect patches (each prompt's mean over targets ≠ its task).
+        incorrect_change_ci: Its interval ``[layer, 2]``.
+        correct_loss_change: Loss change of correct patches, per layer.
+        correct_loss_change_ci: Its interval ``[layer, 2]``.
+        incorrect_loss_change: Loss change of incorrect patches, per layer.
+        incorrect_loss_change_ci: Its interval ``[layer, 2]``.
+        override_rate: Pooled mean of ``follows`` over prompts and targets ≠ their task, per layer.
+        clean_override_rate: The same for the unpatched predictions (how often the other rules agree by chance).
+        writes: Prompts each (layer, target) intervention wrote to ``[layer, target]``.
+        mode: ``"replace"``, ``"add"`` or ``"add_difference"``.
+        site: Residual site patched.
+        scale: Factor on the added vector (``add`` modes).
+        null_task: Name of the Null task (left out of the correct / incorrect summaries as a source).
+        ci_level: Confidence level.
+        n_bootstrap: Bootstrap resamples (0: NaN intervals).
+        seed: Seed of the bootstrap.
+    """
+
+    layers: tuple[int, ...]
+    source_names: tuple[str, ...]
+    target_names: tuple[str, ...]
+    task_ids: Int[Tensor, " prompt"]
+    clean_correct: Float[Tensor, " prompt"]
+    clean_loss: Float[Tensor, " prompt"]
+    correct: Float[Tensor, "layer target prompt"]
+    loss: Float[Tensor, "layer target prompt"]
+    follows: Float[Tensor, "layer target prompt"]
+    clean_follows: Float[Tensor, "target prompt"]
+    accuracy_change: Float[Tensor, "layer source target"]
+    accuracy_change_ci: Float[Tensor, "layer source target 2"]
+    loss_change: Float[Tensor, "layer source target"]
+    loss_change_ci: Float[Tensor, "layer source target 2"]
+    override: Float[Tensor, "layer source target"]
+    clean_override: Float[Tensor, "source target"]
+    correct_change: Float[Tensor, " layer"]
+    correct_change_ci: Float[Tensor, "layer 2"]
+    incorrect_change: Float[Tensor, " layer"]
+    incorrect_change_ci: Float[Tensor, "layer 2"]
+    correct_loss_change: Float[Tensor, " layer"]
+    correct_loss_change_ci: Float[Tensor, "layer 2"]
+    incorrect_loss_change: Float[Tensor, " layer"]
+    incorrect_loss_change_ci: Float[Tensor, "layer 2"]
+    override_rate: Float[Tensor, " layer"]
+    clean_override_rate: float
+    writes: Int[Tensor, "layer target"]
+    mode: str = "replace"
+    site: str = "resid_post"
+    scale: float = 1.0
+    null_task: str = "null"
+    ci_level: float = 0.95
+    n_bootstrap: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        n_l, n_s, n_t, n_p = len(self.layers), len(self.source_names), len(self.target_names), len(self.task_ids)
+        expected = {
+            "clean_correct": (n_p,),
+            "clean_loss": (n_p,),
+            "correct": (n_l, n_t, n_p),
+            "loss": (n_l, n_t, n_p),
+            "follows": (n_l, n_t, n_p),
+            "clean_follows": (n_t, n_p),
+            "accuracy_change": (n_l, n_s, n_t),
+            "accuracy_change_ci": (n_l, n_s, n_t, 2),
+            "loss_change": (n_l, n_s, n_t),
+            "loss_change_ci": (n_l, n_s, n_t, 2),
+            "override": (n_l, n_s, n_t),
+            "clean_override": (n_s, n_t),
+            "writes": (n_l, n_t),
+        }
+        for name in ("correct_change", "incorrect_change", "correct_loss_change", "incorrect_loss_change"):
+            expected[name] = (n_l,)
+            expected[name + "_ci"] = (n_l, 2)
+        expected["override_rate"] = (n_l,)
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ShapeError(
+                    f"PatchingEffects.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}."
+                )
+
+    @property
+    def clean_accuracy(self) -> Float[Tensor, " source"]:
+        """Unpatched accuracy of each source task."""
+        return _group_mean(self.clean_correct, self.task_ids, len(self.source_names))
+
+    @property
+    def accuracy(self) -> Float[Tensor, "layer source target"]:
+        """Patched accuracy per (layer, source, target)."""
+        return _group_mean(self.correct, self.task_ids, len(self.source_names)).transpose(-1, -2)
+
+    @property
+    def n_prompts(self) -> Int[Tensor, " source"]:
+        """Prompts of each source task."""
+        return torch.bincount(self.task_ids, minlength=len(self.source_names))
+
+    @property
+    def best_layer(self) -> int:
+        """Block index where correct patches beat incorrect ones by the most (accuracy)."""
+        gap = self.correct_change - self.incorrect_change
+        return self.layers[int(torch.argmax(torch.nan_to_num(gap, nan=-torch.inf)))]
+
+    def at(self, layer: int) -> int:
+        """Index into the layer axis of a block index."""
+        if layer not in self.layers:
+            raise LayerOutOfRangeError(f"Layer {layer} was not patched; patched layers are {self.layers}.")
+        return self.layers.index(layer)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (layer, source, target).
+
+        Columns: ``layer`` (block index, -1 = embedding output), ``layer_label``, ``source``, ``target``,
+        ``correct`` (target is the source's own task), ``accuracy``, ``accuracy_change``, ``ci_low``,
+        ``ci_high``, ``loss``, ``loss_change``, ``loss_ci_low``, ``loss_ci_high``, ``override``,
+        ``clean_override``, ``n_prompts``, ``writes``.
+        """
+        import pandas as pd
+
+        accuracy = self.accuracy
+        loss = _group_mean(self.loss, self.task_ids, len(self.source_names)).transpose(-1, -2)
+        counts = self.n_prompts.tolist()
+        rows = []
+        for i, layer in enumerate(self.layers):
+            label = layer_label(layer, self.site)
+            for s, source in enumerate(self.source_names):
+                for t, target in enumerate(self.target_names):
+                    acc_ci = self.accuracy_change_ci[i, s, t].tolist()
+                    loss_ci = self.loss_change_ci[i, s, t].tolist()
+                    rows.append(
+                        (
+                            layer,
+                            label,
+                            source,
+                            target,
+                            source == target,
+                            float(accuracy[i, s, t]),
+                            float(self.accuracy_change[i, s, t]),
+                            *acc_ci,
+                            float(loss[i, s, t]),
+                            float(self.loss_change[i, s, t]),
+                            *loss_ci,
+                            float(self.override[i, s, t]),
+                            float(self.clean_override[s, t]),
+                            counts[s],
+                            int(self.writes[i, t]),
+                        )
+                    )
+        columns = [
+            "layer",
+            "layer_label",
+            "source",
+            "target",
+            "correct",
+            "accuracy",
+            "accuracy_change",
+            "ci_low",
+            "ci_high",
+            "loss",
+            "loss_change",
+            "loss_ci_low",
+            "loss_ci_high",
+            "override",
+            "clean_override",
+            "n_prompts",
+            "writes",
+        ]
+        return pd.DataFrame(rows, columns=columns)
+
+    def summary_frame(self) -> pd.DataFrame:
+        """Correct vs incorrect patches per layer: one row per (layer, comparison).
+
+        Columns: ``layer``, ``layer_label``, ``comparison`` (``"correct"`` or ``"incorrect"``),
+        ``accuracy_change``, ``ci_low``, ``ci_high``, ``loss_change``, ``loss_ci_low``, ``loss_ci_high``,
+        ``override_rate`` (incorrect rows only; NaN for correct).
+        """
+        import pandas as pd
+
+        rows = []
+        for i, layer in enumerate(self.layers):
+            label = layer_label(layer, self.site)
+            rows.append(
+                (
+                    layer,
+                    label,
+                    "correct",
+                    float(self.correct_change[i]),
+                    *self.correct_change_ci[i].tolist(),
+                    float(self.correct_loss_change[i]),
+                    *self.correct_loss_change_ci[i].tolist(),
+                    float("nan"),
+                )
+            )
+            rows.append(
+                (
+                    layer,
+                    label,
+                    "incorrect",
+                    float(self.incorrect_change[i]),
+                    *self.incorrect_change_ci[i].tolist(),
+                    float(self.incorrect_loss_change[i]),
+                    *self.incorrect_loss_change_ci[i].tolist(),
+                    float(self.override_rate[i]),
+                )
+            )
+        columns = [
+            "layer",
+            "layer_label",
+            "comparison",
+            "accuracy_change",
+            "ci_low",
+            "ci_high",
+            "loss_change",
+            "loss_ci_low",
+            "loss_ci_high",
+            "override_rate",
+        ]
+        return pd.DataFrame(rows, columns=columns)
+
+    def traces(self) -> list[BaseTraceType]:
+        """One heatmap of accuracy change (rows: source task, columns: injected task) per layer.
+
+        Only the first is visible; :meth:`figure` adds a layer slider that switches between them.
+        """
+        import plotly.graph_objects as go
+
+        bound = float(torch.nan_to_num(self.accuracy_change.abs(), nan=0.0).max()) or 1.0
+        return [
+            go.Heatmap(
+                z=self.accuracy_change[i].tolist(),
+                x=list(self.target_names),
+                y=list(self.source_names),
+                zmin=-bound,
+                zmax=bound,
+                colorscale="RdBu",
+                name=layer_label(layer, self.site),
+                visible=i == 0,
+                hovertemplate="prompts of %{y}<br>vector of %{x}<br>accuracy change %{z:.3f}<extra></extra>",
+            )
+            for i, layer in enumerate(self.layers)
+        ]
+
+    def figure_layout(self) -> dict[str, Any]:
+        """Heatmap axes and a slider over layers."""
+        n = len(self.layers)
+        steps = [
+            {
+                "method": "update",
+                "label": layer_label(layer, self.site),
+                "args": [{"visible": [j == i for j in range(n)]}],
+            }
+            for i, layer in enumerate(self.layers)
+        ]
+        return {
+            "title": {"text": f"Task-vector patching ({self.mode}, {self.site}): accuracy change"},
+            "xaxis": {"title": {"text": "injected task vector (target)"}},
+            "yaxis": {"title": {"text": "prompt task (source)"}, "autorange": "reversed"},
+            "sliders": [{"active": 0, "currentvalue": {"prefix": "layer: "}, "steps": steps}],
+        }
+
+    def summary_traces(self) -> list[BaseTraceType]:
+        """Accuracy change of correct and incorrect patches (with CI error bars), and the override rate."""
+        import plotly.graph_objects as go
+
+        x = list(self.layers)
+
+        def line(name: str, values: Tensor, ci: Tensor) -> go.Scatter:
+            return go.Scatter(
+                x=x,
+                y=values.tolist(),
+                mode="lines+markers",
+                name=name,
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": (ci[:, 1] - values).tolist(),
+                    "arrayminus": (values - ci[:, 0]).tolist(),
+                },
+            )
+
+        override = go.Scatter(
+            x=x, y=self.override_rate.tolist(), mode="lines+markers", name="override rate", line={"dash": "dot"}
+        )
+        return [
+            line("correct vector", self.correct_change, self.correct_change_ci),
+            line("incorrect vector", self.incorrect_change, self.incorrect_change_ci),
+            override,
+        ]
+
+    def summary_figure(self) -> go.Figure:
+        """Correct vs incorrect accuracy change and override rate against layer."""
+        import plotly.graph_objects as go
+
+        return go.Figure(
+            data=self.summary_traces(),
+            layout={
+                "title": {"text": f"Correct vs incorrect task vectors ({self.mode}, {LAYER_AXIS_TITLE})"},
+                "xaxis": layer_axis(self.layers, self.site),
+                "yaxis": {"title": {"text": "accuracy change / override rate"}},
+            },
+        )
+
+
+def _group_mean(values: Tensor, groups: Tensor, n_groups: int) -> Tensor:
+    """Mean of ``values[..., prompt]`` over each group's prompts: ``[..., group]`` (NaN for empty groups)."""
+    one_hot = torch.nn.functional.one_hot(groups, n_groups).to(torch.float64)
+    return (values.double() @ one_hot) / one_hot.sum(0)

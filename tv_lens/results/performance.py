@@ -1,0 +1,115 @@
+"""The result of an ICL-performance analysis: a metric per task and number of shots, with bootstrap CIs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.errors import ShapeError
+from tv_lens.results.base import Result
+from tv_lens.results.decodability import ALL_TASKS
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from plotly.basedatatypes import BaseTraceType
+
+SHOTS_AXIS_TITLE = "shots (demonstrations in the prompt)"
+
+
+@dataclass(frozen=True, eq=False)
+class Performance(Result):
+    """Mean per-prompt score (accuracy, cross-entropy, MSE ...) per task and number of shots.
+
+    Attributes:
+        values: Mean score ``[task, shots]`` (NaN where a cell has no prompts).
+        ci: Bootstrap interval (low, high) of ``values`` ``[task, shots, 2]``.
+        overall: Mean over all tasks' prompts ``[shots]``.
+        overall_ci: Its interval ``[shots, 2]``.
+        n_prompts: Prompts behind each cell ``[task, shots]``.
+        shots: Number of demonstrations of each column.
+        task_names: Name of every task id.
+        metric: Name of the per-prompt score.
+        higher_is_better: Whether a larger score is better (accuracy) or worse (losses).
+        ci_level: Confidence level.
+        n_bootstrap: Bootstrap resamples (0: NaN intervals).
+        seed: Seed of the prompts and of the bootstrap.
+    """
+
+    values: Float[Tensor, "task shots"]
+    ci: Float[Tensor, "task shots 2"]
+    overall: Float[Tensor, " shots"]
+    overall_ci: Float[Tensor, "shots 2"]
+    n_prompts: Int[Tensor, "task shots"]
+    shots: tuple[int, ...]
+    task_names: tuple[str, ...]
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    ci_level: float = 0.95
+    n_bootstrap: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        n_task, n_shots = len(self.task_names), len(self.shots)
+        expected = {
+            "values": (n_task, n_shots),
+            "ci": (n_task, n_shots, 2),
+            "overall": (n_shots,),
+            "overall_ci": (n_shots, 2),
+            "n_prompts": (n_task, n_shots),
+        }
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ShapeError(f"Performance.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}.")
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy table: one row per (task, shots), plus task ``"all"`` per shots.
+
+        Columns: ``task``, ``shots``, ``metric``, ``value``, ``ci_low``, ``ci_high``, ``n_prompts``.
+        """
+        import pandas as pd
+
+        rows = []
+        for j, shots in enumerate(self.shots):
+            low, high = self.overall_ci[j].tolist()
+            rows.append(
+                (ALL_TASKS, shots, self.metric, float(self.overall[j]), low, high, int(self.n_prompts[:, j].sum()))
+            )
+            for t, name in enumerate(self.task_names):
+                low, high = self.ci[t, j].tolist()
+                rows.append((name, shots, self.metric, float(self.values[t, j]), low, high, int(self.n_prompts[t, j])))
+        return pd.DataFrame(rows, columns=["task", "shots", "metric", "value", "ci_low", "ci_high", "n_prompts"])
+
+    def traces(self) -> list[BaseTraceType]:
+        """One line per task and a thick overall line, each with CI error bars, against shots."""
+        import plotly.graph_objects as go
+
+        x = list(self.shots)
+
+        def line(name: str, values: Tensor, ci: Tensor, width: int) -> go.Scatter:
+            return go.Scatter(
+                x=x,
+                y=values.tolist(),
+                mode="lines+markers",
+                name=name,
+                line={"width": width},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": (ci[:, 1] - values).tolist(),
+                    "arrayminus": (values - ci[:, 0]).tolist(),
+                },
+            )
+
+        tasks = [line(name, self.values[t], self.ci[t], 1) for t, name in enumerate(self.task_names)]
+        return [line("all tasks", self.overall, self.overall_ci, 3), *tasks]
+
+    def figure_layout(self) -> dict[str, Any]:
+        """Score against number of shots."""
+        return {
+            "title": {"text": f"ICL performance ({self.metric})"},
+            "xaxis": {"title": {"text": SHOTS_AXIS_TITLE}, "tickmode": "array", "tickvals": list(self.shots)},
+            "yaxis": {"title": {"text": self.metric}},
+        }

@@ -1,0 +1,133 @@
+"""The result of the TD → accuracy analysis: (task, shots) points, their OLS line, R² and intervals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.errors import ShapeError
+from tv_lens.results.axes import layer_label
+from tv_lens.results.base import Result
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from plotly.basedatatypes import BaseTraceType
+
+
+@dataclass(frozen=True, eq=False)
+class TdAccuracyFit(Result):
+    """Ordinary least squares of a performance score on task decodability over (task, shots) points.
+
+    Attributes:
+        td: TD of each point ``[point]``.
+        score: Performance of each point (accuracy by default) ``[point]``.
+        task_ids: Task of each point ``[point]``.
+        shots: Shot count of each point ``[point]``.
+        task_names: Name of every task id.
+        slope: OLS slope (score per unit TD).
+        intercept: OLS intercept.
+        r2: Coefficient of determination of the fit (NaN when the score is constant).
+        slope_ci: Student-t interval (low, high) of the slope (NaN with fewer than 3 points).
+        intercept_ci: Student-t interval of the intercept.
+        layer: Block index TD was read at (-1 = embedding output).
+        site: Residual site TD was read at.
+        metric: Name of the performance score.
+        ci_level: Confidence level of the intervals.
+        td_by_layer: Mean per-task TD of the point tasks at every collected layer, per shot count
+            ``[shots, layer]`` (the layer choice is its argmax over layers of the mean over shots).
+        layers: Block index of each column of ``td_by_layer``.
+        shot_grid: Shot count of each row of ``td_by_layer``.
+    """
+
+    td: Float[Tensor, " point"]
+    score: Float[Tensor, " point"]
+    task_ids: Int[Tensor, " point"]
+    shots: Int[Tensor, " point"]
+    task_names: tuple[str, ...]
+    slope: float
+    intercept: float
+    r2: float
+    slope_ci: tuple[float, float]
+    intercept_ci: tuple[float, float]
+    layer: int | None = None
+    site: str = "resid_post"
+    metric: str = "accuracy"
+    ci_level: float = 0.95
+    td_by_layer: Float[Tensor, "shots layer"] | None = None
+    layers: tuple[int, ...] = ()
+    shot_grid: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = self.td.shape[0]
+        if any(tuple(t.shape) != (n,) for t in (self.td, self.score, self.task_ids, self.shots)):
+            raise ShapeError("TdAccuracyFit.td, score, task_ids and shots must all be [point] of one length.")
+
+    @property
+    def fitted(self) -> Float[Tensor, " point"]:
+        """The line's prediction at each point's TD."""
+        return self.intercept + self.slope * self.td
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy points: columns ``task``, ``shots``, ``td``, ``score``, ``fitted``, ``residual``, ``layer``."""
+        import pandas as pd
+
+        fitted = self.fitted
+        return pd.DataFrame(
+            {
+                "task": [self.task_names[t] for t in self.task_ids.tolist()],
+                "shots": self.shots.tolist(),
+                "td": self.td.tolist(),
+                "score": self.score.tolist(),
+                "fitted": fitted.tolist(),
+                "residual": (self.score - fitted).tolist(),
+                "layer": [self.layer] * len(self.td),
+            }
+        )
+
+    def traces(self) -> list[BaseTraceType]:
+        """One scatter per task (hover: shots) and the OLS line over the observed TD range."""
+        import plotly.graph_objects as go
+
+        traces: list[BaseTraceType] = []
+        for t, name in enumerate(self.task_names):
+            rows = (self.task_ids == t).nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            traces.append(
+                go.Scatter(
+                    x=self.td[rows].tolist(),
+                    y=self.score[rows].tolist(),
+                    mode="markers+text",
+                    name=name,
+                    text=[f"{s} shots" for s in self.shots[rows].tolist()],
+                    textposition="top center",
+                    marker={"size": 9},
+                )
+            )
+        low, high = float(self.td.min()), float(self.td.max())
+        traces.append(
+            go.Scatter(
+                x=[low, high],
+                y=[self.intercept + self.slope * low, self.intercept + self.slope * high],
+                mode="lines",
+                name=f"OLS (R² = {self.r2:.3f})",
+                line={"dash": "dash", "color": "black"},
+            )
+        )
+        return traces
+
+    def figure_layout(self) -> dict[str, Any]:
+        """Score against TD, with the fit in the title."""
+        where = "" if self.layer is None else f" at {layer_label(self.layer, self.site)} (block index; -1 = embedding)"
+        low, high = self.slope_ci
+        return {
+            "title": {
+                "text": f"TD{where} predicts {self.metric}: slope {self.slope:.3f} "
+                f"[{low:.3f}, {high:.3f}], R² = {self.r2:.3f}, n = {len(self.td)}"
+            },
+            "xaxis": {"title": {"text": "task decodability"}},
+            "yaxis": {"title": {"text": self.metric}},
+        }

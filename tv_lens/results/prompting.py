@@ -1,0 +1,212 @@
+"""The result of task-vector prompting: zero-shot accuracy with an injected task vector, per layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.errors import ShapeError
+from tv_lens.results.axes import layer_axis, layer_label
+from tv_lens.results.base import Result
+from tv_lens.results.decodability import ALL_TASKS
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from plotly.basedatatypes import BaseTraceType
+
+
+@dataclass(frozen=True, eq=False)
+class PromptingAccuracy(Result):
+    """Task-vector prompting (TVP) accuracy per layer, next to ICL and plain zero-shot accuracy.
+
+    Overall numbers (``accuracy``, ``icl_accuracy``, ``zero_shot_accuracy`` and their intervals) are
+    means over the prompts of every task except the Null task (whose answers are random); per-task
+    numbers include it.
+
+    Attributes:
+        layers: Block index of each injection layer (-1 = embedding output).
+        task_names: Name of every task entry.
+        task_ids: Task entry of each prompt ``[prompt]``.
+        tvp_correct: 1.0 where the zero-shot prompt with the injected vector is answered right ``[layer, prompt]``.
+        tvp_loss: Its answer cross-entropy ``[layer, prompt]``.
+        icl_correct: Correctness of the full ICL prompt ``[prompt]``.
+        icl_loss: Its cross-entropy ``[prompt]``.
+        zero_shot_correct: Correctness of the query-only prompt without injection ``[prompt]``.
+        zero_shot_loss: Its cross-entropy ``[prompt]``.
+        accuracy: TVP accuracy per layer.
+        accuracy_ci: Its bootstrap interval ``[layer, 2]``.
+        per_task: TVP accuracy ``[layer, task]``.
+        per_task_ci: Its interval ``[layer, task, 2]``.
+        icl_accuracy: ICL accuracy.
+        icl_ci: Its interval ``[2]``.
+        zero_shot_accuracy: Zero-shot accuracy.
+        zero_shot_ci: Its interval ``[2]``.
+        writes: Prompts each layer's injection wrote to ``[layer]``.
+        vector_source: The ICL prompt each zero-shot prompt's vector was read from ``[prompt]`` (-1: task mean).
+        source: ``"other_prompt"`` (another ICL prompt of the task: a dummy query), ``"same_prompt"`` (its own
+            ICL prompt: an upper bound) or ``"task_mean"`` (its task's mean vector).
+        mode: ``"replace"`` or ``"add"``.
+        site: Residual site read and written.
+        null_task: Name of the Null task.
+        ci_level: Confidence level.
+        n_bootstrap: Bootstrap resamples.
+        seed: Seed of the bootstrap.
+    """
+
+    layers: tuple[int, ...]
+    task_names: tuple[str, ...]
+    task_ids: Int[Tensor, " prompt"]
+    tvp_correct: Float[Tensor, "layer prompt"]
+    tvp_loss: Float[Tensor, "layer prompt"]
+    icl_correct: Float[Tensor, " prompt"]
+    icl_loss: Float[Tensor, " prompt"]
+    zero_shot_correct: Float[Tensor, " prompt"]
+    zero_shot_loss: Float[Tensor, " prompt"]
+    accuracy: Float[Tensor, " layer"]
+    accuracy_ci: Float[Tensor, "layer 2"]
+    per_task: Float[Tensor, "layer task"]
+    per_task_ci: Float[Tensor, "layer task 2"]
+    icl_accuracy: float
+    icl_ci: Float[Tensor, " 2"]
+    zero_shot_accuracy: float
+    zero_shot_ci: Float[Tensor, " 2"]
+    writes: Int[Tensor, " layer"]
+    vector_source: Int[Tensor, " prompt"]
+    source: str = "other_prompt"
+    mode: str = "replace"
+    site: str = "resid_post"
+    null_task: str = "null"
+    ci_level: float = 0.95
+    n_bootstrap: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        n_l, n_t, n_p = len(self.layers), len(self.task_names), len(self.task_ids)
+        expected = {
+            "tvp_correct": (n_l, n_p),
+            "tvp_loss": (n_l, n_p),
+            "icl_correct": (n_p,),
+            "icl_loss": (n_p,),
+            "zero_shot_correct": (n_p,),
+            "zero_shot_loss": (n_p,),
+            "accuracy": (n_l,),
+            "accuracy_ci": (n_l, 2),
+            "per_task": (n_l, n_t),
+            "per_task_ci": (n_l, n_t, 2),
+            "icl_ci": (2,),
+            "zero_shot_ci": (2,),
+            "writes": (n_l,),
+            "vector_source": (n_p,),
+        }
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ShapeError(
+                    f"PromptingAccuracy.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}."
+                )
+
+    @property
+    def best_layer(self) -> int:
+        """Block index with the highest TVP accuracy (the earliest on ties)."""
+        return self.layers[int(torch.argmax(torch.nan_to_num(self.accuracy, nan=-1.0)))]
+
+    @property
+    def best_accuracy(self) -> float:
+        """TVP accuracy at :attr:`best_layer`."""
+        return float(self.accuracy[self.layers.index(self.best_layer)])
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (layer, task), plus task ``"all"`` (every task but Null).
+
+        Columns: ``layer`` (block index, -1 = embedding output), ``layer_label``, ``task``, ``tvp_accuracy``,
+        ``ci_low``, ``ci_high``, ``tvp_loss``, ``icl_accuracy``, ``zero_shot_accuracy``, ``n_prompts``.
+        """
+        import pandas as pd
+
+        one_hot = torch.nn.functional.one_hot(self.task_ids, len(self.task_names)).double()
+        counts = one_hot.sum(0)
+        loss = (self.tvp_loss.double() @ one_hot) / counts
+        icl = (self.icl_correct.double() @ one_hot) / counts
+        zero = (self.zero_shot_correct.double() @ one_hot) / counts
+        real = self._real()
+        rows = []
+        for i, layer in enumerate(self.layers):
+            label = layer_label(layer, self.site)
+            rows.append(
+                (
+                    layer,
+                    label,
+                    ALL_TASKS,
+                    float(self.accuracy[i]),
+                    *self.accuracy_ci[i].tolist(),
+                    float(self.tvp_loss[i, real].double().mean()),
+                    self.icl_accuracy,
+                    self.zero_shot_accuracy,
+                    int(real.sum()),
+                )
+            )
+            for t, name in enumerate(self.task_names):
+                rows.append(
+                    (
+                        layer,
+                        label,
+                        name,
+                        float(self.per_task[i, t]),
+                        *self.per_task_ci[i, t].tolist(),
+                        float(loss[i, t]),
+                        float(icl[t]),
+                        float(zero[t]),
+                        int(counts[t]),
+                    )
+                )
+        columns = [
+            "layer",
+            "layer_label",
+            "task",
+            "tvp_accuracy",
+            "ci_low",
+            "ci_high",
+            "tvp_loss",
+            "icl_accuracy",
+            "zero_shot_accuracy",
+            "n_prompts",
+        ]
+        return pd.DataFrame(rows, columns=columns)
+
+    def _real(self) -> Tensor:
+        null = self.task_names.index(self.null_task) if self.null_task in self.task_names else -1
+        return self.task_ids != null
+
+    def traces(self) -> list[BaseTraceType]:
+        """TVP accuracy against layer (CI error bars), with the ICL and zero-shot accuracies as flat lines."""
+        import plotly.graph_objects as go
+
+        x = list(self.layers)
+        tvp = go.Scatter(
+            x=x,
+            y=self.accuracy.tolist(),
+            mode="lines+markers",
+            name="task-vector prompting",
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": (self.accuracy_ci[:, 1] - self.accuracy).tolist(),
+                "arrayminus": (self.accuracy - self.accuracy_ci[:, 0]).tolist(),
+            },
+        )
+        icl = go.Scatter(x=x, y=[self.icl_accuracy] * len(x), mode="lines", name="ICL", line={"dash": "dash"})
+        zero = go.Scatter(
+            x=x, y=[self.zero_shot_accuracy] * len(x), mode="lines", name="zero-shot", line={"dash": "dot"}
+        )
+        return [tvp, icl, zero]
+
+    def figure_layout(self) -> dict[str, Any]:
+        """Accuracy against block index."""
+        return {
+            "title": {"text": f"Task-vector prompting ({self.source}, {self.mode}); best layer {self.best_layer}"},
+            "xaxis": layer_axis(self.layers, self.site),
+            "yaxis": {"title": {"text": "accuracy"}, "range": [0, 1.05]},
+        }

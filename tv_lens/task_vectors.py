@@ -1,0 +1,393 @@
+"""Task vectors: per task and layer, the mean residual stream at the token right before an answer.
+
+Hendel et al. (2023) and Han et al. (2025, §3.3) summarise what an in-context prompt tells the model about
+its task by one vector in the residual stream: the activation of the token right before the answer (the
+separator ``→``, or the last input token), read at some layer. Averaging it over many prompts of a task
+gives that task's vector at that layer. :class:`TaskVectors` holds one vector per (task, layer), with what
+it was averaged over, saves and loads itself (one safetensors file, written atomically), and is what
+task-vector patching (:mod:`tv_lens.analyses.patching`), task-vector prompting
+(:mod:`tv_lens.analyses.prompting`) and steering consume.
+
+Two reductions (Han et al. describe both; the choice is exposed as ``reduce=``):
+
+- ``"mean_over_prompts"`` (default): the mean over a task's prompts of the residual at each prompt's
+  query answer position. All layers come from one forward pass (:func:`tv_lens.probes.collect`).
+- ``"mean_over_demo_positions"``: for each prompt, the mean of the residual over its demonstrations'
+  pre-answer tokens (``ICLBatch.demo_answer_pos``); then the mean over the task's prompts, so every prompt
+  weighs the same whatever its number of shots. Prompts without demonstrations are left out. Also one
+  forward pass, stopped after the last layer needed; every demonstration position is read in it.
+
+>>> from tv_lens.models import ModelConfig, build_model
+>>> from tv_lens.tasks import offset_pool
+>>> pool = offset_pool(offsets=(1, 2), n_values=8)
+>>> model = build_model(ModelConfig(d_vocab=pool.vocab_size, n_layers=2, d_model=32, n_heads=4, n_ctx=32))
+>>> tv = TaskVectors.from_model(model, pool, layers=(0, 1), n_per_task=5, n_shots=3)
+>>> tv.vectors.shape, tv.task_names
+(torch.Size([3, 2, 32]), ('offset(1)', 'offset(2)', 'null'))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tv_lens.errors import AnalysisError, LayerOutOfRangeError, NonFiniteError, ShapeError, TaskError
+from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.running import forward
+from tv_lens.positions import length_sorted_batches, prepare_prompts
+from tv_lens.probes import Representations, collect
+from tv_lens.results.axes import layer_axis, layer_label
+from tv_lens.results.base import Result
+from tv_lens.tasks import ICLBatch, ShotSpec, TaskPool
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from plotly.basedatatypes import BaseTraceType
+
+__all__ = ["REDUCTIONS", "Reduce", "TaskVectors"]
+
+Reduce = Literal["mean_over_prompts", "mean_over_demo_positions"]
+REDUCTIONS: tuple[str, ...] = ("mean_over_prompts", "mean_over_demo_positions")
+
+
+@dataclass(frozen=True, eq=False)
+class TaskVectors(Result):
+    """One residual-stream vector per task and layer.
+
+    Attributes:
+        vectors: ``[task, layer, d_model]``.
+        layers: TransformerLens block index of each layer entry (-1 = embedding output).
+        task_names: Name of each task entry.
+        n_prompts: Prompts averaged per task ``[task]``.
+        n_positions: Residual rows averaged per task ``[task]`` (prompts, or (prompt, demonstration) pairs).
+        site: Residual site read (``"resid_post"`` ...).
+        reduce: ``"mean_over_prompts"`` or ``"mean_over_demo_positions"``.
+    """
+
+    vectors: Float[Tensor, "task layer d_model"]
+    layers: tuple[int, ...]
+    task_names: tuple[str, ...]
+    n_prompts: Int[Tensor, " task"]
+    n_positions: Int[Tensor, " task"]
+    site: str = "resid_post"
+    reduce: str = "mean_over_prompts"
+
+    def __post_init__(self) -> None:
+        shape = (len(self.task_names), len(self.layers))
+        if self.vectors.ndim != 3 or tuple(self.vectors.shape[:2]) != shape or not self.vectors.is_floating_point():
+            raise ShapeError(
+                f"TaskVectors.vectors must be float [task={shape[0]}, layer={shape[1]}, d_model], got "
+                f"{self.vectors.dtype} {tuple(self.vectors.shape)}."
+            )
+        for name in ("n_prompts", "n_positions"):
+            if tuple(getattr(self, name).shape) != (shape[0],):
+                raise ShapeError(f"TaskVectors.{name} must have shape ({shape[0]},), one count per task.")
+        if len(set(self.task_names)) != len(self.task_names) or len(set(self.layers)) != len(self.layers):
+            raise ShapeError(f"TaskVectors needs distinct task names and layers, got {self.task_names}, {self.layers}.")
+        _check_reduce(self.reduce)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        data: TaskPool | ICLBatch,
+        layers: Sequence[int] | None = None,
+        reduce: Reduce = "mean_over_prompts",
+        *,
+        site: str = "resid_post",
+        tasks: Sequence[str] | None = None,
+        n_per_task: int = 100,
+        n_shots: ShotSpec = 4,
+        seed: int = 0,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> TaskVectors:
+        """Task vectors of ``model`` from a pool (sampled, seeded) or a given batch.
+
+        Args:
+            model: A TransformerLens model.
+            data: A :class:`~tv_lens.tasks.TaskPool` (``n_per_task`` prompts of every task with ``n_shots``
+                demonstrations are sampled with ``seed``) or an :class:`~tv_lens.tasks.ICLBatch`.
+            layers: Block indices (-1 = embedding output); ``None``: every block.
+            reduce: ``"mean_over_prompts"`` or ``"mean_over_demo_positions"``.
+            site: Residual site to read.
+            tasks: Tasks to keep (default: every task with prompts in the batch, in task-id order).
+            n_per_task: Prompts per task when sampling from a pool.
+            n_shots: Demonstrations per prompt when sampling from a pool.
+            seed: Sampling seed.
+            batch_size: Prompts per forward pass.
+            progress: Show a progress bar.
+
+        Raises:
+            AnalysisError: Unknown ``reduce``; a task without demonstrations for ``"mean_over_demo_positions"``.
+            LayerOutOfRangeError: A layer outside the model.
+            TaskError: A task in ``tasks`` with no prompt in the batch.
+        """
+        _check_reduce(reduce)
+        adapter = adapt(model)
+        batch = _as_batch(data, n_per_task, n_shots, seed)
+        layers = tuple(range(adapter.n_layers)) if layers is None else tuple(layers)
+        if not layers:
+            raise LayerOutOfRangeError("layers is empty; pass block indices (or None for every block).")
+        for layer in layers:
+            adapter.check_layer(layer, allow_embed=True)
+        adapter.hook_name(site, 0)
+        keep = _task_ids(batch, tasks)
+        if reduce == "mean_over_prompts":
+            reps = collect(
+                model,
+                batch.inputs,
+                batch.answer_pos,
+                layers,
+                site,
+                attention_mask=batch.attention_mask,
+                task_ids=batch.task_ids,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            per_prompt, weights = reps.activations, torch.ones(len(batch), dtype=torch.long)
+        else:
+            per_prompt, weights = _demo_means(adapter, batch, layers, site, batch_size, progress)
+        return _reduce(per_prompt, weights, batch, keep, layers, site, reduce)
+
+    @classmethod
+    def from_representations(cls, reps: Representations, task_names: Sequence[str] | None = None) -> TaskVectors:
+        """Mean over prompts per task of collected rows (``reps.task_ids`` gives each prompt's task)."""
+        if reps.task_ids is None:
+            raise TaskError("reps has no task_ids; collect with task_ids=batch.task_ids to build task vectors.")
+        ids = reps.task_ids.cpu()
+        names = tuple(task_names) if task_names is not None else tuple(f"task {i}" for i in range(int(ids.max()) + 1))
+        if int(ids.max()) >= len(names):
+            raise TaskError(f"task ids go up to {int(ids.max())} but only {len(names)} task names were given.")
+        present = [t for t in range(len(names)) if bool((ids == t).any())]
+        vectors, counts = _group_means(reps.activations, ids, present, torch.ones(len(ids), dtype=torch.long))
+        return cls(
+            vectors,
+            reps.layers,
+            tuple(names[t] for t in present),
+            counts,
+            counts.clone(),
+            reps.site,
+            "mean_over_prompts",
+        )
+
+    @property
+    def d_model(self) -> int:
+        """Width of the vectors."""
+        return int(self.vectors.shape[-1])
+
+    def task_index(self, task: str) -> int:
+        """Index of ``task`` on the task axis."""
+        if task not in self.task_names:
+            raise TaskError(
+                f"Task {task!r} has no vector; these task vectors cover {list(self.task_names)}. Build them from "
+                "prompts of that task (TaskVectors.from_model on a pool or batch that includes it)."
+            )
+        return self.task_names.index(task)
+
+    def layer_index(self, layer: int) -> int:
+        """Index of block ``layer`` on the layer axis."""
+        if layer not in self.layers:
+            raise LayerOutOfRangeError(
+                f"Layer {layer} has no task vectors; they were read at layers {self.layers}. Build them with "
+                f"layers=(..., {layer}, ...)."
+            )
+        return self.layers.index(layer)
+
+    def get(self, task: str, layer: int) -> Float[Tensor, " d_model"]:
+        """The vector of ``task`` at block ``layer``."""
+        return self.vectors[self.task_index(task), self.layer_index(layer)]
+
+    def at(self, layer: int) -> Float[Tensor, "task d_model"]:
+        """Every task's vector at block ``layer``."""
+        return self.vectors[:, self.layer_index(layer)]
+
+    def select(self, tasks: Sequence[str] | None = None, layers: Sequence[int] | None = None) -> TaskVectors:
+        """A copy restricted to ``tasks`` and ``layers`` (in the order given)."""
+        t = [self.task_index(name) for name in tasks] if tasks is not None else list(range(len(self.task_names)))
+        ls = [self.layer_index(layer) for layer in layers] if layers is not None else list(range(len(self.layers)))
+        return replace(
+            self,
+            vectors=self.vectors[t][:, ls],
+            layers=tuple(self.layers[i] for i in ls),
+            task_names=tuple(self.task_names[i] for i in t),
+            n_prompts=self.n_prompts[t],
+            n_positions=self.n_positions[t],
+        )
+
+    def check_model(self, model: Any) -> ModelAdapter:
+        """Check that the vectors fit ``model`` (``d_model`` and layers); return its adapter."""
+        adapter = adapt(model)
+        if self.d_model != adapter.d_model:
+            raise ShapeError(
+                f"These task vectors have d_model={self.d_model} but the model has d_model={adapter.d_model}; "
+                "build them from this model (TaskVectors.from_model(model, ...))."
+            )
+        for layer in self.layers:
+            adapter.check_layer(layer, allow_embed=True)
+        return adapter
+
+    def cosine(self, layer: int) -> Float[Tensor, "task task"]:
+        """Cosine similarity between the tasks' vectors at block ``layer``."""
+        v = torch.nn.functional.normalize(self.at(layer).double(), dim=-1)
+        return v @ v.T
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (task, layer).
+
+        Columns: ``task``, ``layer`` (block index, -1 = embedding output), ``layer_label``, ``site``,
+        ``reduce``, ``norm`` (L2 norm of the vector), ``n_prompts``, ``n_positions``.
+        """
+        import pandas as pd
+
+        norms = self.vectors.double().norm(dim=-1)
+        rows = [
+            (
+                name,
+                layer,
+                layer_label(layer, self.site),
+                self.site,
+                self.reduce,
+                float(norms[t, i]),
+                int(self.n_prompts[t]),
+                int(self.n_positions[t]),
+            )
+            for t, name in enumerate(self.task_names)
+            for i, layer in enumerate(self.layers)
+        ]
+        columns = ["task", "layer", "layer_label", "site", "reduce", "norm", "n_prompts", "n_positions"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def traces(self) -> list[BaseTraceType]:
+        """The norm of every task's vector against layer, one line per task."""
+        import plotly.graph_objects as go
+
+        norms = self.vectors.double().norm(dim=-1)
+        return [
+            go.Scatter(x=list(self.layers), y=norms[t].tolist(), mode="lines+markers", name=name)
+            for t, name in enumerate(self.task_names)
+        ]
+
+    def figure_layout(self) -> dict[str, Any]:
+        """Norm against block index."""
+        return {
+            "title": {"text": f"Task vector norms ({self.reduce}, {self.site})"},
+            "xaxis": layer_axis(self.layers, self.site),
+            "yaxis": {"title": {"text": "L2 norm"}},
+        }
+
+
+def _check_reduce(reduce: str) -> None:
+    if reduce not in REDUCTIONS:
+        raise AnalysisError(f"Unknown reduce {reduce!r}; use one of {list(REDUCTIONS)}.")
+
+
+def _as_batch(data: TaskPool | ICLBatch, n_per_task: int, n_shots: ShotSpec, seed: int) -> ICLBatch:
+    if isinstance(data, ICLBatch):
+        return data
+    if isinstance(data, TaskPool):
+        return data.sample(n_per_task, n_shots, seed)
+    raise TaskError(f"Pass a TaskPool or an ICLBatch, got {type(data).__name__}.")
+
+
+def _task_ids(batch: ICLBatch, tasks: Sequence[str] | None) -> list[int]:
+    """Task ids to keep: those named (each must have prompts), else every task with prompts."""
+    ids = batch.task_ids.cpu()
+    present = [t for t in range(len(batch.task_names)) if bool((ids == t).any())]
+    if tasks is None:
+        return present
+    if isinstance(tasks, str):
+        tasks = (tasks,)
+    unknown = [name for name in tasks if name not in batch.task_names]
+    missing = [name for name in tasks if name in batch.task_names and batch.task_names.index(name) not in present]
+    if unknown or missing:
+        raise TaskError(
+            f"Tasks {unknown + missing} have no prompt in the batch (its tasks with prompts: "
+            f"{[batch.task_names[t] for t in present]}); sample prompts of them or leave them out of tasks=."
+        )
+    return [batch.task_names.index(name) for name in tasks]
+
+
+def _demo_means(
+    adapter: ModelAdapter, batch: ICLBatch, layers: tuple[int, ...], site: str, batch_size: int, progress: bool
+) -> tuple[Float[Tensor, "layer prompt d_model"], Int[Tensor, " prompt"]]:
+    """Per prompt, the mean residual over its demonstrations' pre-answer tokens; and its number of them."""
+    if batch_size < 1:
+        raise ShapeError(f"batch_size must be >= 1, got {batch_size}.")
+    prompts = prepare_prompts(adapter, batch.inputs, batch.answer_pos, batch.attention_mask)
+    positions = batch.demo_answer_pos.cpu() - prompts.shift[:, None]
+    valid = batch.demo_answer_pos.cpu() >= 0
+    counts = valid.sum(-1)
+    names = [adapter.hook_name(site, layer) for layer in layers]
+    sums = torch.zeros(len(layers), len(batch), adapter.d_model, dtype=torch.float64)
+    has_demo = (counts > 0).nonzero().flatten()
+    last = torch.where(valid, positions, 0).amax(-1)[has_demo] if len(has_demo) else torch.zeros(0, dtype=torch.long)
+    batches = length_sorted_batches(last, batch_size) if len(has_demo) else []
+    stop = max(max(layers), 0) + 1
+    for chunk in tqdm(batches, desc="task vectors", disable=not progress or len(batches) <= 1, leave=False):
+        index = has_demo[chunk]
+        width = int(last[chunk].max()) + 1
+        chunk_pos = positions[index].clamp(min=0).to(adapter.device)
+        chunk_valid = valid[index].to(adapter.device)
+        hooks = [
+            (name, partial(_sum_rows, store=sums[i], index=index, pos=chunk_pos, valid=chunk_valid))
+            for i, name in enumerate(names)
+        ]
+        with torch.no_grad():
+            forward(adapter, prompts.inputs[index, :width].to(adapter.device), stop_at_layer=stop, hooks=hooks)
+    if not bool(torch.isfinite(sums).all()):
+        raise NonFiniteError("NaN or infinite activations at demonstration positions; check the model's weights.")
+    means = sums / counts.clamp(min=1)[None, :, None]
+    return means.to(adapter.dtype), (counts > 0).long()
+
+
+def _sum_rows(activation: Tensor, hook: Any, *, store: Tensor, index: Tensor, pos: Tensor, valid: Tensor) -> None:
+    """Hook body: sum each prompt's rows at its demonstration positions into ``store[index]``."""
+    rows = torch.arange(len(pos), device=activation.device)[:, None]
+    picked = activation[rows, pos] * valid[..., None]  # [chunk, shots, d_model]
+    store[index] = picked.sum(1).detach().to("cpu", torch.float64)
+
+
+def _group_means(
+    per_prompt: Tensor, ids: Tensor, keep: list[int], weights: Tensor
+) -> tuple[Float[Tensor, "task layer d_model"], Int[Tensor, " task"]]:
+    """Mean over the prompts of each kept task (prompts with weight 0 left out), in float64 then cast back."""
+    vectors, counts = [], []
+    for t in keep:
+        members = ((ids == t) & (weights > 0)).nonzero().flatten()
+        counts.append(len(members))
+        vectors.append(per_prompt[:, members].double().mean(1))
+    return torch.stack(vectors).to(per_prompt.dtype), torch.tensor(counts, dtype=torch.long)
+
+
+def _reduce(
+    per_prompt: Tensor,
+    weights: Tensor,
+    batch: ICLBatch,
+    keep: list[int],
+    layers: tuple[int, ...],
+    site: str,
+    reduce: str,
+) -> TaskVectors:
+    ids = batch.task_ids.cpu()
+    names = tuple(batch.task_names[t] for t in keep)
+    empty = [batch.task_names[t] for t in keep if not bool(((ids == t) & (weights > 0)).any())]
+    if empty:
+        raise AnalysisError(
+            f"Tasks {empty} have no prompt with demonstrations, so reduce='mean_over_demo_positions' has nothing "
+            "to average; sample prompts with n_shots >= 1 or use reduce='mean_over_prompts'."
+        )
+    vectors, n_prompts = _group_means(per_prompt, ids, keep, weights)
+    if reduce == "mean_over_prompts":
+        n_positions = n_prompts.clone()
+    else:
+        shots = (batch.demo_answer_pos.cpu() >= 0).sum(-1)
+        n_positions = torch.tensor([int(shots[ids == t].sum()) for t in keep], dtype=torch.long)
+    return TaskVectors(vectors, layers, names, n_prompts, n_positions, site, reduce)

@@ -1,0 +1,94 @@
+"""Tokenizing text prompts with a model's tokenizer, keeping the character span of every token.
+
+Text tasks render whole prompts as strings and tokenize them in one go, so a model sees the tokens it
+would see in use; the character span of each token then tells where every demonstration, answer and
+query starts. :class:`TextEncoder` reads spans from either kind of tokenizer a TransformerLens user has:
+a HuggingFace fast tokenizer (``model.tokenizer``, ``PreTrainedTokenizerFast``) or a ``tokenizers.Tokenizer``.
+Special tokens are never added by encoding; a BOS token, when asked for, is prepended by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tv_lens.errors import TaskError
+
+__all__ = ["Encoded", "TextEncoder"]
+
+_PAD_NAMES = ("<pad>", "[PAD]", "<|pad|>")
+
+
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """Token ids of one string and the character span ``[starts[t], ends[t])`` of each token."""
+
+    ids: list[int]
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def token_at(self, char: int) -> int:
+        """Index of the first token whose span ends after ``char`` (``len(ids)`` if none does)."""
+        return int(np.searchsorted(self.ends, char, side="right"))
+
+
+class TextEncoder:
+    """Batch tokenization with character offsets, for HuggingFace fast tokenizers and ``tokenizers.Tokenizer``.
+
+    Attributes:
+        tokenizer: The wrapped tokenizer.
+        vocab_size: Number of token ids (a model needs ``d_vocab >= vocab_size``).
+        unk_id: Id of the unknown token, or ``None`` if the tokenizer has none.
+        pad_id: Id used to pad prompts (the tokenizer's pad, else EOS, else 0; always masked out).
+        bos_id: Id of the beginning-of-sequence token, or ``None``.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._raw = hasattr(tokenizer, "encode_batch") and hasattr(tokenizer, "get_vocab_size")
+        if self._raw:
+            model = getattr(tokenizer, "model", None)
+            unk = getattr(model, "unk_token", None)
+            self.unk_id: int | None = tokenizer.token_to_id(unk) if unk else None
+            padding = tokenizer.padding or {}
+            pad_ids = [tokenizer.token_to_id(name) for name in _PAD_NAMES]
+            self.pad_id = padding.get("pad_id", next((i for i in pad_ids if i is not None), 0))
+            self.bos_id: int | None = None
+            self.vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
+        elif callable(tokenizer) and hasattr(tokenizer, "convert_ids_to_tokens"):
+            if not getattr(tokenizer, "is_fast", False):
+                raise TaskError(
+                    f"Text tasks need a fast tokenizer (character offsets); got {type(tokenizer).__name__}. Load "
+                    "it with use_fast=True, or wrap a tokenizers.Tokenizer in "
+                    "PreTrainedTokenizerFast(tokenizer_object=...)."
+                )
+            self.unk_id = tokenizer.unk_token_id
+            pad = tokenizer.pad_token_id
+            self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+            self.bos_id = tokenizer.bos_token_id
+            self.vocab_size = len(tokenizer)
+        else:
+            raise TaskError(
+                f"Cannot tokenize with a {type(tokenizer).__name__}: pass a HuggingFace fast tokenizer (e.g. "
+                "model.tokenizer) or a tokenizers.Tokenizer."
+            )
+
+    def encode(self, texts: Sequence[str]) -> list[Encoded]:
+        """Tokenize each string without special tokens."""
+        if not texts:
+            return []
+        if self._raw:
+            pieces = [(e.ids, e.offsets) for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        else:
+            out = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+            pieces = list(zip(out["input_ids"], out["offset_mapping"], strict=True))
+        encoded = []
+        for ids, offsets in pieces:
+            spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+            encoded.append(
+                Encoded(list(ids), spans[:, 0], np.maximum.accumulate(spans[:, 1]) if len(spans) else spans[:, 1])
+            )
+        return encoded

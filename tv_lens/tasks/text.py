@@ -1,0 +1,320 @@
+"""Text ICL tasks through a model's tokenizer, for pretrained language models.
+
+A :class:`TextTask` is a named list of ``(input, output)`` strings. A :class:`TextPool` renders prompts with a
+template (default Hendel et al.'s ``"{x}->{y}"`` lines joined by newlines, the query ``"{x}->"``), tokenizes
+each whole prompt with the model's tokenizer and returns the same :class:`~tv_lens.tasks.batch.ICLBatch` as the
+token pools: ``answer_pos`` is the last token of the query prompt, ``answers`` the tokens of the query's
+output (several for a multi-token output; ``-1`` pads shorter ones).
+
+**Tokenization.** Each prompt is tokenized as one string, so the model sees its natural tokens; character
+offsets locate every demonstration, answer and the query. Whitespace ending the query prompt (template
+``"{x} -> {y}"``) is moved to the start of the answer, as language-model evaluation harnesses do, because BPE
+tokenizers attach a space to the word after it.
+
+**Representable examples.** An example is kept only if the tokenizer can represent it: no unknown token, an
+answer that starts a new token (no token spans the query/answer boundary) and has at least one, and a query
+prompt that tokenizes the same with and without its answer. ``filter_examples=True`` drops the others
+(``pool.dropped`` lists them with the reason); ``False`` raises a :class:`~tv_lens.errors.TaskError` naming
+the first.
+
+**Null task and label noise.** Null prompts pair inputs of the pool's tasks with outputs drawn independently
+(a random example of a random task): outputs from the pool's output distribution that say nothing about
+their inputs. Label noise replaces a demonstration's output by such a random output that differs from it.
+Families: :mod:`tv_lens.tasks.text_families` (bitwise strings, first word with a POS tag) and
+:mod:`tv_lens.tasks.datasets` (public JSON task files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from tv_lens.errors import TaskError
+from tv_lens.tasks.batch import ICLBatch
+from tv_lens.tasks.encoding import Encoded, TextEncoder
+from tv_lens.tasks.pool import NULL_TASK, ShotSpec, _shot_choices
+
+__all__ = ["TextPool", "TextTask"]
+
+Example = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class TextTask:
+    """A named task given by examples.
+
+    Attributes:
+        name: Task name, unique within a pool.
+        examples: ``(input, output)`` string pairs (at least one).
+    """
+
+    name: str
+    examples: tuple[Example, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "examples", tuple((x, y) for x, y in self.examples))
+        if not isinstance(self.name, str) or not self.name:
+            raise TaskError(f"TextTask name must be a non-empty string, got {self.name!r}.")
+        if not self.examples:
+            raise TaskError(f"TextTask {self.name!r} has no examples; pass at least one (input, output) pair.")
+        bad = [e for e in self.examples if not (isinstance(e[0], str) and isinstance(e[1], str) and e[1].strip())]
+        if bad:
+            raise TaskError(f"TextTask {self.name!r}: examples must be (str, non-empty str) pairs, got {bad[0]!r}.")
+
+
+@dataclass(frozen=True, eq=False)
+class TextPool:
+    """Text tasks rendered and tokenized for one tokenizer.
+
+    Attributes:
+        tasks: The tasks (at least one; names unique, ``"null"`` reserved).
+        tokenizer: A HuggingFace fast tokenizer or a ``tokenizers.Tokenizer``.
+        template: One demonstration, with ``{x}`` before ``{y}``, each exactly once.
+        separator: Text between demonstrations (and before the query).
+        null: Whether to add the Null task.
+        bos: Start every prompt with the tokenizer's BOS token.
+        filter_examples: Drop examples the tokenizer cannot represent (``False``: raise instead).
+        answer_tokens: ``"all"`` answer tokens, or only the ``"first"``.
+        examples: Kept examples of each task, after filtering (computed).
+        dropped: ``(task, input, output, reason)`` of every dropped example (computed).
+    """
+
+    tasks: tuple[TextTask, ...]
+    tokenizer: Any
+    template: str = "{x}->{y}"
+    separator: str = "\n"
+    null: bool = False
+    bos: bool = False
+    filter_examples: bool = True
+    answer_tokens: Literal["all", "first"] = "all"
+    examples: tuple[tuple[Example, ...], ...] = field(init=False, repr=False)
+    dropped: tuple[tuple[str, str, str, str], ...] = field(init=False, repr=False)
+    _encoder: TextEncoder = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        if not self.tasks:
+            raise TaskError("TextPool needs at least one task, got none; pass e.g. tasks=(TextTask(name, pairs),).")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names) or (self.null and NULL_TASK in names):
+            raise TaskError(f"Task names must be unique (and not {NULL_TASK!r} when null=True), got {names}.")
+        if self.answer_tokens not in ("all", "first"):
+            raise TaskError(f"answer_tokens must be 'all' or 'first', got {self.answer_tokens!r}.")
+        self._split_template()
+        encoder = TextEncoder(self.tokenizer)
+        if self.bos and encoder.bos_id is None:
+            raise TaskError(
+                "bos=True but the tokenizer has no BOS token; set one (PreTrainedTokenizerFast(..., bos_token=...)) "
+                "or use bos=False."
+            )
+        object.__setattr__(self, "_encoder", encoder)
+        kept, dropped = [], []
+        for task in self.tasks:
+            reasons = self._problems(task.examples)
+            for (x, y), reason in zip(task.examples, reasons, strict=True):
+                if reason and not self.filter_examples:
+                    raise TaskError(
+                        f"Task {task.name!r}: the tokenizer cannot represent example {x!r} -> {y!r} ({reason}). "
+                        "Pass filter_examples=True to drop such examples, or use a tokenizer that covers them."
+                    )
+                if reason:
+                    dropped.append((task.name, x, y, reason))
+            kept.append(tuple(e for e, r in zip(task.examples, reasons, strict=True) if not r))
+            if not kept[-1]:
+                raise TaskError(
+                    f"Task {task.name!r}: the tokenizer can represent none of its {len(task.examples)} examples "
+                    f"(e.g. {dropped[-1][1]!r} -> {dropped[-1][2]!r}: {dropped[-1][3]}); check the tokenizer/template."
+                )
+        object.__setattr__(self, "examples", tuple(kept))
+        object.__setattr__(self, "dropped", tuple(dropped))
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """Name of every task id; the Null task, when present, is last."""
+        return tuple(t.name for t in self.tasks) + ((NULL_TASK,) if self.null else ())
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids of the tokenizer (a model needs ``d_vocab >= vocab_size``)."""
+        return self._encoder.vocab_size
+
+    def __len__(self) -> int:
+        """Number of task ids, the Null task included."""
+        return len(self.task_names)
+
+    def _split_template(self) -> tuple[str, str, str, str]:
+        """``(before x, between x and the answer, whitespace moved to the answer, after y)``."""
+        t = self.template
+        if not isinstance(t, str) or t.count("{x}") != 1 or t.count("{y}") != 1 or t.index("{x}") > t.index("{y}"):
+            raise TaskError(f"template must contain '{{x}}' then '{{y}}', each once, e.g. '{{x}}->{{y}}'; got {t!r}.")
+        pre, rest = t.split("{x}")
+        mid, post = rest.split("{y}")
+        stripped = mid.rstrip()
+        return pre, stripped, mid[len(stripped) :], post
+
+    def _problems(self, examples: Sequence[Example]) -> list[str]:
+        """Why the tokenizer cannot represent each example as a query (``""`` when it can)."""
+        pre, mid, moved, _ = self._split_template()
+        queries = [pre + x + mid for x, _ in examples]
+        fulls = [q + moved + y for q, (_, y) in zip(queries, examples, strict=True)]
+        encoder = self._encoder
+        problems = []
+        for query, full, alone in zip(queries, encoder.encode(fulls), encoder.encode(queries), strict=True):
+            first = full.token_at(len(query))
+            if encoder.unk_id is not None and encoder.unk_id in full.ids:
+                problems.append("unknown token")
+            elif first == 0:
+                problems.append("the query prompt encodes to no token")
+            elif first >= len(full.ids):
+                problems.append("the answer encodes to no token")
+            elif full.starts[first] < len(query):
+                problems.append("a token spans the end of the query prompt and the start of the answer")
+            elif alone.ids != full.ids[:first]:
+                problems.append("the query prompt tokenizes differently without its answer")
+            else:
+                problems.append("")
+        return problems
+
+    def sample(self, n_per_task: int, n_shots: ShotSpec, seed: int, label_noise: float = 0.0) -> ICLBatch:
+        """Sample ``n_per_task`` prompts of every task (Null included), ordered by task id.
+
+        Each prompt's demonstrations and query are distinct examples of its task.
+
+        Args:
+            n_per_task: Prompts per task (>= 1).
+            n_shots: Demonstrations per prompt: an int, an inclusive ``(min, max)`` tuple or a ``range``.
+            seed: Seed of the local generator; the same seed gives an identical batch.
+            label_noise: Probability in ``[0, 1)`` that a demonstration of a real task gets a wrong output.
+        """
+        if isinstance(n_per_task, bool) or not isinstance(n_per_task, int) or n_per_task < 1:
+            raise TaskError(f"n_per_task must be an int >= 1, got {n_per_task!r}.")
+        if not 0.0 <= float(label_noise) < 1.0:
+            raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
+        choices = _shot_choices(n_shots)
+        inputs = tuple(dict.fromkeys(x for examples in self.examples for x, _ in examples))
+        need = int(choices.max()) + 1
+        sizes = {t.name: len(e) for t, e in zip(self.tasks, self.examples, strict=True)}
+        sizes.update({NULL_TASK: len(inputs)} if self.null else {})
+        short = {name: size for name, size in sizes.items() if size < need}
+        if short:
+            raise TaskError(
+                f"n_shots up to {need - 1} needs {need} distinct examples per prompt, but task(s) {short} have fewer "
+                "usable examples; use fewer shots or more examples."
+            )
+        gen = torch.Generator().manual_seed(seed)
+        task_ids = torch.arange(len(self)).repeat_interleave(n_per_task)
+        shots = choices[torch.randint(len(choices), (len(task_ids),), generator=gen)]
+        prompts = [
+            self._draw_prompt(int(tid), int(k) + 1, inputs, label_noise, gen)
+            for tid, k in zip(task_ids.tolist(), shots.tolist(), strict=True)
+        ]
+        return self._render(prompts, task_ids, shots)
+
+    def _random_output(self, gen: torch.Generator) -> str:
+        task = int(torch.randint(len(self.tasks), (1,), generator=gen))
+        return self.examples[task][int(torch.randint(len(self.examples[task]), (1,), generator=gen))][1]
+
+    def _draw_prompt(
+        self, tid: int, k: int, inputs: tuple[str, ...], label_noise: float, gen: torch.Generator
+    ) -> list[tuple[str, str, bool]]:
+        """``k`` (input, output, noisy) triples: ``k - 1`` demonstrations, then the query."""
+        if tid == len(self.tasks):  # Null
+            order = torch.randperm(len(inputs), generator=gen)[:k].tolist()
+            return [(inputs[i], self._random_output(gen), False) for i in order]
+        examples = self.examples[tid]
+        drawn = [(*examples[i], False) for i in torch.randperm(len(examples), generator=gen)[:k].tolist()]
+        for j in range(k - 1):
+            if float(torch.rand((), generator=gen)) < label_noise:
+                for _ in range(8):  # a random output that differs from the right one
+                    wrong = self._random_output(gen)
+                    if wrong != drawn[j][1]:
+                        drawn[j] = (drawn[j][0], wrong, True)
+                        break
+        return drawn
+
+    def _render(
+        self, prompts: list[list[tuple[str, str, bool]]], task_ids: torch.Tensor, shots: torch.Tensor
+    ) -> ICLBatch:
+        """Tokenize whole prompts and locate demonstrations, query and answer by character offsets."""
+        pre, mid, moved, post = self._split_template()
+        texts, marks = [], []
+        for pairs in prompts:
+            text, demo_chars = "", []
+            for x, y, _ in pairs[:-1]:
+                demo_chars.append((len(text), len(text) + len(pre + x + mid + moved)))
+                text += pre + x + mid + moved + y + post + self.separator
+            query = text + pre + pairs[-1][0] + mid
+            marks.append((demo_chars, len(text), len(query)))
+            texts.append(query + moved + pairs[-1][1])
+        encoded = self._encoder.encode(texts)
+        bos_id, pad = self._encoder.bos_id, self._encoder.pad_id
+        prefix = [bos_id] if self.bos and bos_id is not None else []
+        rows, answers, answer_pos, query_start, demos = [], [], [], [], []
+        for i, (enc, (demo_chars, query_char, boundary)) in enumerate(zip(encoded, marks, strict=True)):
+            first = _answer_start(enc, boundary, texts[i])
+            rows.append(prefix + enc.ids)
+            answers.append(enc.ids[first:] if self.answer_tokens == "all" else enc.ids[first : first + 1])
+            answer_pos.append(len(prefix) + first - 1)
+            query_start.append(len(prefix) + enc.token_at(query_char))
+            demos.append([(len(prefix) + enc.token_at(s), len(prefix) + enc.token_at(a) - 1) for s, a in demo_chars])
+        noisy = [[noisy for *_, noisy in pairs[:-1]] for pairs in prompts]
+        return _to_batch(rows, answers, answer_pos, query_start, demos, noisy, task_ids, shots, self.task_names, pad)
+
+
+def _answer_start(enc: Encoded, boundary: int, text: str) -> int:
+    """Index of the query answer's first token; raises if a token spans the query/answer boundary."""
+    first = enc.token_at(boundary)
+    if first >= len(enc.ids) or enc.starts[first] < boundary or first == 0:
+        raise TaskError(
+            f"The tokenizer merges the end of the query prompt with its answer in {text[-80:]!r}; this input and "
+            "output cannot be told apart. Change the template (e.g. '{x} -> {y}') or the separator."
+        )
+    return first
+
+
+def _to_batch(
+    rows: list[list[int]],
+    answers: list[list[int]],
+    answer_pos: list[int],
+    query_start: list[int],
+    demos: list[list[tuple[int, int]]],
+    demo_noisy: list[list[bool]],
+    task_ids: torch.Tensor,
+    shots: torch.Tensor,
+    task_names: tuple[str, ...],
+    pad: int,
+) -> ICLBatch:
+    """Pad token rows, answers (with -1) and demonstration spans into an :class:`ICLBatch`."""
+    b, max_shots = len(rows), int(shots.max())
+    n_answer = max(len(a) for a in answers)
+    width = max(max(len(r) for r in rows), max(p + n_answer for p in answer_pos))
+    inputs = torch.full((b, width), pad, dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
+    answer = torch.full((b, n_answer), -1, dtype=torch.long)
+    demo_start = torch.full((b, max_shots), -1, dtype=torch.long)
+    demo_answer = torch.full((b, max_shots), -1, dtype=torch.long)
+    noisy = torch.zeros((b, max_shots), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        inputs[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        answer[i, : len(answers[i])] = torch.tensor(answers[i])
+        for j, (start, before_answer) in enumerate(demos[i]):
+            demo_start[i, j], demo_answer[i, j] = start, before_answer
+            noisy[i, j] = demo_noisy[i][j]
+    return ICLBatch(
+        inputs=inputs,
+        attention_mask=mask,
+        answer_pos=torch.tensor(answer_pos),
+        answers=answer,
+        task_ids=task_ids,
+        task_names=task_names,
+        n_shots=shots,
+        demo_start=demo_start,
+        demo_answer_pos=demo_answer,
+        demo_noisy=noisy,
+        query_start=torch.tensor(query_start),
+        pad_token=pad,
+    )

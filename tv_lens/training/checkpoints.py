@@ -1,0 +1,262 @@
+"""Checkpoints: everything a run needs to continue exactly where it stopped, written so a crash cannot spoil them.
+
+A checkpoint holds the model's parameters (by name, so it works for every backend and for LoRA-adapted
+models), the optimiser state, the step, the run's config, the model's config (to rebuild the model for
+later analysis), the random state of stochastic modules, and the history so far. Training batches are
+drawn from seeds derived from the step, so with these a resumed run repeats the uninterrupted one
+bit for bit on CPU.
+
+Writing is atomic: the file is written under a temporary name, synced, then renamed over the final
+name (``os.replace``), so a write that fails half-way leaves the previous checkpoints untouched. Every
+checkpoint carries a SHA-256 digest of its contents; a truncated or altered file fails to load with a
+:class:`~tv_lens.errors.CheckpointError` instead of resuming from garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tv_lens.errors import CheckpointError
+from tv_lens.models import ModelConfig, build_model
+from tv_lens.training.config import TrainConfig
+from tv_lens.training.finetune import attach_lora
+
+__all__ = [
+    "Checkpoint",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_parameters",
+    "save_checkpoint",
+]
+
+FORMAT = "tv_lens.training.checkpoint/1"
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+# Fields that do not change the trained weights: a run may be resumed with other values.
+_BOOKKEEPING = ("eval_every", "checkpoint_every")
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """A loaded checkpoint (see :func:`load_checkpoint`).
+
+    Attributes:
+        path: The file it was read from.
+        step: Optimiser steps completed when it was written.
+        config: The run's training config.
+        model_config: The model's config, when the run was given one (``None`` otherwise).
+        pool: Description of the task pool (type, task names, vocabulary size ...).
+        parameters: Model parameters by ``named_parameters()`` name.
+        optimizer: The optimiser's ``state_dict()``.
+        rng: Generator states of stochastic modules, by module name.
+        history: Rows of the per-step history so far.
+        evals: Rows of the evaluation table so far.
+        elapsed_s: Training wall time so far, in seconds.
+    """
+
+    path: Path
+    step: int
+    config: TrainConfig
+    model_config: ModelConfig | None
+    pool: dict[str, Any]
+    parameters: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, Tensor]
+    history: list[dict[str, Any]]
+    evals: list[dict[str, Any]]
+    elapsed_s: float
+
+    def load_model(self, device: str | torch.device = "cpu") -> Any:
+        """Rebuild the model from ``model_config`` (LoRA adapters re-attached) and load the weights."""
+        if self.model_config is None:
+            raise CheckpointError(
+                f"Checkpoint {self.path} has no model config (the run was started without model_config=), so "
+                "the model cannot be rebuilt from it. Build the model yourself and call "
+                "load_parameters(model, checkpoint.parameters)."
+            )
+        model = build_model(self.model_config, device=device)
+        attach_lora(model, self.config.finetune)
+        load_parameters(model, self.parameters, source=str(self.path))
+        return model.eval()
+
+    def check_compatible(
+        self,
+        config: TrainConfig,
+        pool: dict[str, Any],
+        parameter_shapes: dict[str, tuple[int, ...]],
+        model_config: ModelConfig | None,
+    ) -> None:
+        """Raise :class:`CheckpointError` naming every difference between this checkpoint's run and another.
+
+        ``eval_every`` and ``checkpoint_every`` may differ (they do not change the weights).
+        """
+        problems = _differences("config", _plain(self.config.to_dict()), _plain(config.to_dict()), _BOOKKEEPING)
+        problems += _differences("pool", _plain(self.pool), _plain(pool))
+        if self.model_config is not None and model_config is not None:
+            problems += _differences("model_config", self.model_config.to_dict(), model_config.to_dict())
+        saved_shapes = {name: tuple(t.shape) for name, t in self.parameters.items()}
+        if saved_shapes != parameter_shapes:
+            missing = sorted(set(parameter_shapes) - set(saved_shapes))[:3]
+            extra = sorted(set(saved_shapes) - set(parameter_shapes))[:3]
+            reshaped = [n for n in saved_shapes if n in parameter_shapes and saved_shapes[n] != parameter_shapes[n]]
+            problems.append(
+                f"model parameters differ (not in checkpoint: {missing}; only in checkpoint: {extra}; "
+                f"other shapes: {reshaped[:3]})"
+            )
+        if problems:
+            raise CheckpointError(
+                f"Checkpoint {self.path} comes from a run with a different config: {'; '.join(problems)}. Resume "
+                "with the same model, pool and config (load_checkpoint(path).config holds the run's config), "
+                "or start a new run in an empty checkpoint directory."
+            )
+
+
+def checkpoint_path(directory: str | Path, step: int) -> Path:
+    """File name of the checkpoint of ``step`` in ``directory``."""
+    return Path(directory) / f"step-{step:07d}.pt"
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Checkpoint files in ``directory``, oldest step first (temporary files of unfinished writes excluded)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The checkpoint of the highest step in ``directory``, or ``None`` if there is none."""
+    paths = list_checkpoints(directory)
+    return paths[-1] if paths else None
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (see :func:`load_checkpoint` for the keys) atomically, with its digest."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**payload, "format": FORMAT}
+    record["digest"] = _digest(record)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(record, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: The file is missing, truncated, corrupt, or not a tv_lens checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint file at {path}; list a run's checkpoints with list_checkpoints(dir).")
+    fix = "delete it and resume from an earlier checkpoint of the run (list_checkpoints(dir)), or start afresh"
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({error}); {fix}.") from error
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a tv_lens training checkpoint (expected format {FORMAT!r}).")
+    digest = record.pop("digest", None)
+    if digest != _digest(record):
+        raise CheckpointError(f"Checkpoint {path} is corrupt: its contents do not match its digest; {fix}.")
+    try:
+        model_config = record["model_config"]
+        return Checkpoint(
+            path=path,
+            step=int(record["step"]),
+            config=TrainConfig.from_dict(record["config"]),
+            model_config=None if model_config is None else ModelConfig(**model_config),
+            pool=record["pool"],
+            parameters=record["parameters"],
+            optimizer=record["optimizer"],
+            rng=record["rng"],
+            history=record["history"],
+            evals=record["evals"],
+            elapsed_s=float(record["elapsed_s"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"Checkpoint {path} lacks or mangles a field ({error!r}); {fix}.") from error
+
+
+def load_parameters(model: Any, parameters: dict[str, Tensor], source: str = "the checkpoint") -> None:
+    """Copy saved parameters into ``model`` (names must match ``model.named_parameters()`` exactly)."""
+    own = dict(model.named_parameters())
+    if set(own) != set(parameters):
+        missing, extra = sorted(set(own) - set(parameters)), sorted(set(parameters) - set(own))
+        raise CheckpointError(
+            f"The parameters in {source} do not match the model's (missing: {missing[:3]}, unexpected: "
+            f"{extra[:3]}). Load it into a model built from the same ModelConfig and finetune settings."
+        )
+    with torch.no_grad():
+        for name, parameter in own.items():
+            if parameter.shape != parameters[name].shape:
+                raise CheckpointError(
+                    f"Parameter {name} has shape {tuple(parameter.shape)} in the model but "
+                    f"{tuple(parameters[name].shape)} in {source}; build the model from the checkpoint's ModelConfig."
+                )
+            parameter.copy_(parameters[name])
+
+
+def _digest(record: Any) -> str:
+    hasher = hashlib.sha256()
+    _feed(hasher, record)
+    return hasher.hexdigest()
+
+
+def _feed(hasher: Any, value: Any) -> None:
+    """Hash a nest of dicts, lists, tensors and plain values in a canonical order."""
+    if isinstance(value, Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        hasher.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+        hasher.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    elif isinstance(value, dict):
+        hasher.update(b"{")
+        for key in sorted(value, key=repr):
+            hasher.update(repr(key).encode())
+            _feed(hasher, value[key])
+        hasher.update(b"}")
+    elif isinstance(value, list | tuple):
+        hasher.update(b"[")
+        for item in value:
+            _feed(hasher, item)
+        hasher.update(b"]")
+    else:
+        hasher.update(repr(value).encode())
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively, so configs compare equal however they were stored."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _differences(prefix: str, saved: Any, current: Any, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``"prefix.key: checkpoint X, now Y"`` for every leaf that differs."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(current), key=str):
+            if key not in ignore:
+                out += _differences(f"{prefix}.{key}", saved.get(key), current.get(key))
+        return out
+    return [] if saved == current else [f"{prefix} = {saved!r} in the checkpoint but {current!r} now"]

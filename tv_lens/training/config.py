@@ -1,0 +1,298 @@
+"""Training settings as small frozen dataclasses, composed into one :class:`TrainConfig`.
+
+Data (which prompts), optimiser (AdamW), schedule (warmup + cosine learning rate), and the two optional
+variants of a run: the TVP-loss (:class:`TVPConfig`) and layer-restricted finetuning
+(:class:`FinetuneConfig`, optionally with :class:`LoRAConfig`). The model's shape is a
+:class:`~tv_lens.models.ModelConfig`. A config round-trips through plain dicts (``to_dict`` /
+``from_dict``), which is how checkpoints store it and how a resumed run is checked against it.
+
+>>> config = TrainConfig(schedule=ScheduleConfig(max_steps=200, warmup_steps=20))
+>>> TrainConfig.from_dict(config.to_dict()) == config
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from tv_lens.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "FinetuneConfig",
+    "LoRAConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TVPConfig",
+    "TrainConfig",
+]
+
+Shots = int | tuple[int, int]
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_shots(value: Any, name: str) -> None:
+    valid = (_is_int(value) and value >= 0) or (
+        isinstance(value, tuple) and len(value) == 2 and all(_is_int(v) for v in value) and 0 <= value[0] <= value[1]
+    )
+    _check(valid, f"{name} must be an int >= 0 or an inclusive (min, max) tuple, got {value!r}; e.g. {name}=8.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which prompts a run trains and evaluates on.
+
+    Every step samples a fresh batch, ``pool.sample(n_per_task, n_shots, seed=<derived from seed and step>)``;
+    the held-out evaluation prompts are sampled once from a seed stream the training batches never use.
+
+    Attributes:
+        n_per_task: Training prompts per task per step (the batch holds ``n_per_task * len(pool)``).
+        n_shots: Demonstrations per training prompt: an int or an inclusive ``(min, max)``.
+        label_noise: Probability that a training demonstration's label is wrong (left out of the loss).
+        seed: Seed of the training and held-out prompt streams.
+        eval_n_per_task: Held-out prompts per task.
+        eval_n_shots: Demonstrations per held-out prompt (``None``: the largest training ``n_shots``).
+        eval_batch_size: Prompts per forward pass during evaluation.
+    """
+
+    n_per_task: int = 16
+    n_shots: Shots = 8
+    label_noise: float = 0.0
+    seed: int = 0
+    eval_n_per_task: int = 64
+    eval_n_shots: Shots | None = None
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("n_per_task", "eval_n_per_task", "eval_batch_size"):
+            value = getattr(self, name)
+            _check(_is_int(value) and value >= 1, f"DataConfig.{name} must be an int >= 1, got {value!r}.")
+        _check_shots(self.n_shots, "n_shots")
+        if self.eval_n_shots is not None:
+            _check_shots(self.eval_n_shots, "eval_n_shots")
+        _check(0.0 <= self.label_noise < 1.0, f"label_noise must lie in [0, 1), got {self.label_noise!r}.")
+        _check(_is_int(self.seed) and self.seed >= 0, f"DataConfig.seed must be an int >= 0, got {self.seed!r}.")
+
+    @property
+    def held_out_shots(self) -> Shots:
+        """Shots of the held-out prompts (``eval_n_shots``, else the largest training ``n_shots``)."""
+        if self.eval_n_shots is not None:
+            return self.eval_n_shots
+        return self.n_shots if isinstance(self.n_shots, int) else self.n_shots[1]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW settings; weight decay applies to 2-D and larger weights only (not to biases or norms).
+
+    Attributes:
+        weight_decay: Decoupled weight decay of the 2-D+ weights.
+        betas: Adam's moment decay rates.
+        eps: Adam's denominator epsilon.
+        grad_clip: Clip the global gradient norm to this value (``None``: no clipping).
+    """
+
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}.")
+        _check(
+            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+            f"betas must be two numbers in [0, 1), got {self.betas!r}.",
+        )
+        _check(self.eps > 0, f"eps must be > 0, got {self.eps!r}.")
+        _check(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip!r}.")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Length of the run and its learning rate: linear warmup, then cosine decay to ``min_lr``.
+
+    Attributes:
+        max_steps: Optimiser steps of the whole run.
+        lr: Peak learning rate, reached at the end of warmup.
+        min_lr: Learning rate at ``max_steps``.
+        warmup_steps: Steps of linear warmup from ``lr / warmup_steps`` to ``lr``.
+    """
+
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 50
+
+    def __post_init__(self) -> None:
+        _check(
+            _is_int(self.max_steps) and self.max_steps >= 1, f"max_steps must be an int >= 1, got {self.max_steps!r}."
+        )
+        _check(
+            _is_int(self.warmup_steps) and 0 <= self.warmup_steps <= self.max_steps,
+            f"warmup_steps must be an int in [0, max_steps={self.max_steps}], got {self.warmup_steps!r}.",
+        )
+        _check(0 <= self.min_lr <= self.lr, f"Need 0 <= min_lr <= lr, got min_lr={self.min_lr!r}, lr={self.lr!r}.")
+
+
+@dataclass(frozen=True)
+class TVPConfig:
+    """The TVP-loss term ``lam * L_TVP`` (see :mod:`tv_lens.training.tvp_loss`).
+
+    Attributes:
+        layer: Block whose output (``resid_post``) is read at the query's pre-answer position of the context
+            pass and written at the zero-shot query's pre-answer position (TransformerLens block index).
+        lam: The weight λ of the TVP term (>= 0; 0 trains plain ICL but still reports TVP accuracy).
+        mode: ``"replace"`` the zero-shot residual with the vector, or ``"add"`` it.
+        detach: Stop gradients through the extracted vector (default ``False``: they flow into the
+            blocks up to ``layer`` of the context pass).
+    """
+
+    layer: int
+    lam: float = 1.0
+    mode: Literal["replace", "add"] = "replace"
+    detach: bool = False
+
+    def __post_init__(self) -> None:
+        _check(
+            _is_int(self.layer) and self.layer >= 0, f"TVPConfig.layer must be a block index >= 0, got {self.layer!r}."
+        )
+        _check(
+            self.lam >= 0,
+            f"TVP-loss weight lam (λ) must be >= 0, got {self.lam!r}; use lam=0 to train without the TVP term.",
+        )
+        _check(self.mode in ("replace", "add"), f"TVPConfig.mode must be 'replace' or 'add', got {self.mode!r}.")
+
+
+LORA_TARGETS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters ``W + (alpha / rank) · A B`` on the chosen blocks' weight matrices.
+
+    Attributes:
+        rank: Rank of each update.
+        alpha: Scale numerator (the update is multiplied by ``alpha / rank``).
+        dropout: Probability of dropping an input feature of the update (see :mod:`tv_lens.training.lora`).
+        targets: Weight matrices to adapt, among ``W_Q, W_K, W_V, W_O, W_in, W_out``.
+        seed: Seed of the ``A`` initialisation and of the dropout masks.
+    """
+
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = LORA_TARGETS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(_is_int(self.rank) and self.rank >= 1, f"LoRA rank must be an int >= 1, got {self.rank!r}.")
+        _check(self.alpha > 0, f"LoRA alpha must be > 0, got {self.alpha!r}.")
+        _check(0.0 <= self.dropout < 1.0, f"LoRA dropout must lie in [0, 1), got {self.dropout!r}.")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        _check(
+            bool(self.targets) and not unknown,
+            f"Unknown LoRA target(s) {unknown or list(self.targets)}; choose among {list(LORA_TARGETS)}.",
+        )
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Train only some blocks, fully or through LoRA adapters; everything else stays frozen.
+
+    Attributes:
+        blocks: Block indices, or ``"first:k"`` / ``"last:k"`` / ``"all"``.
+        lora: LoRA settings; ``None`` trains every parameter of the chosen blocks.
+    """
+
+    blocks: tuple[int, ...] | str
+    lora: LoRAConfig | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.blocks, list):
+            object.__setattr__(self, "blocks", tuple(self.blocks))
+        if isinstance(self.blocks, str):
+            head, _, count = self.blocks.partition(":")
+            valid = self.blocks == "all" or (head in ("first", "last") and count.isdigit() and int(count) >= 1)
+        else:
+            valid = isinstance(self.blocks, tuple) and bool(self.blocks) and all(_is_int(b) for b in self.blocks)
+        _check(
+            valid,
+            f"FinetuneConfig.blocks must be block indices such as (0, 1), or 'first:k', 'last:k' or 'all'; "
+            f"got {self.blocks!r}.",
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (with the model's config and the task pool).
+
+    Attributes:
+        data: Training and held-out prompts.
+        optim: AdamW settings.
+        schedule: Number of steps and learning-rate schedule.
+        tvp: Add the TVP-loss term (``None``: plain ICL loss).
+        finetune: Train only some blocks (``None``: every parameter).
+        eval_every: Evaluate on the held-out prompts every this many steps (and after the last step).
+        checkpoint_every: Write a checkpoint every this many steps (0: none; needs a checkpoint directory).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    tvp: TVPConfig | None = None
+    finetune: FinetuneConfig | None = None
+    eval_every: int = 100
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            _is_int(self.eval_every) and self.eval_every >= 1,
+            f"eval_every must be an int >= 1, got {self.eval_every!r}.",
+        )
+        _check(
+            _is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
+            f"checkpoint_every must be an int >= 0 (0 = no checkpoints), got {self.checkpoint_every!r}.",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples kept), the form checkpoints store."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict` (lists are read back as tuples)."""
+        nested: dict[str, type] = {
+            "data": DataConfig,
+            "optim": OptimConfig,
+            "schedule": ScheduleConfig,
+            "tvp": TVPConfig,
+            "finetune": FinetuneConfig,
+        }
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        _check(not unknown, f"Unknown TrainConfig field(s) {sorted(unknown)}; known: {sorted(known)}.")
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if name in nested and value is not None:
+                values[name] = _build(nested[name], value)
+            else:
+                values[name] = value
+        return cls(**values)
+
+
+def _build(kind: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config dataclass from its dict, turning lists into tuples and nested LoRA dicts into configs."""
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    lora = values.get("lora")
+    if kind is FinetuneConfig and isinstance(lora, dict):
+        values["lora"] = _build(LoRAConfig, lora)
+    return kind(**values)

@@ -1,0 +1,55 @@
+"""Held-out evaluation during training: query accuracy and loss per task (and TVP accuracy with TVP-loss)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tv_lens.models.adapter import ModelAdapter
+from tv_lens.training.config import TVPConfig
+from tv_lens.training.objectives import Objective
+from tv_lens.training.tvp_loss import tvp_accuracy
+
+__all__ = ["evaluate"]
+
+
+@torch.no_grad()
+def evaluate(
+    adapter: ModelAdapter, objective: Objective, batch: Any, batch_size: int, tvp: TVPConfig | None = None
+) -> list[dict[str, Any]]:
+    """One row per task: ``task``, ``accuracy``, ``loss``, ``n_prompts`` (+ ``tvp_accuracy``, ``zero_shot_accuracy``).
+
+    Runs in eval mode and puts the model back in the mode it was in.
+    """
+    model = adapter.model
+    was_training = model.training
+    model.eval()
+    try:
+        scores: dict[str, list[Tensor]] = {"accuracy": [], "loss": []}
+        if tvp is not None:
+            scores |= {"tvp_accuracy": [], "zero_shot_accuracy": []}
+        for start in range(0, len(batch), batch_size):
+            chunk = batch.select(slice(start, start + batch_size))
+            outputs = objective.query_outputs(adapter, chunk)
+            scores["accuracy"].append(objective.answer_accuracy(outputs, chunk).cpu())
+            scores["loss"].append(objective.answer_loss(outputs, chunk).cpu())
+            if tvp is not None:
+                scores["tvp_accuracy"].append(tvp_accuracy(adapter, chunk, tvp.layer, tvp.mode, objective).cpu())
+                zero_shot = chunk.zero_shot()
+                plain = objective.query_outputs(adapter, zero_shot)
+                scores["zero_shot_accuracy"].append(objective.answer_accuracy(plain, zero_shot).cpu())
+    finally:
+        model.train(was_training)
+    per_prompt = {name: torch.cat(values).double() for name, values in scores.items()}
+    task_ids = batch.task_ids.cpu()
+    rows = []
+    for task_id, task in enumerate(batch.task_names):
+        mask = task_ids == task_id
+        if bool(mask.any()):
+            row: dict[str, Any] = {"task": task}
+            row |= {name: float(values[mask].mean()) for name, values in per_prompt.items()}
+            row["n_prompts"] = int(mask.sum())
+            rows.append(row)
+    return rows

@@ -1,0 +1,131 @@
+"""Layer-restricted finetuning: train only a chosen set of blocks, fully or through LoRA adapters.
+
+Han et al. (§4.4) finetune the first or the last layers of a model with LoRA and compare how task
+decodability and ICL accuracy change: finetuning early layers sharpens task representations, late
+layers do not. Here a :class:`~tv_lens.training.config.FinetuneConfig` names the blocks (``(0, 1)``,
+``"first:2"``, ``"last:2"``); :func:`prepare_model` freezes everything else (embeddings, other blocks,
+final norm, unembedding) and returns the parameters to train. Training checks at the end that every
+frozen parameter is bit-identical to its value at the start (:class:`FrozenCheck`).
+
+>>> select_blocks("last:2", n_layers=3)
+(1, 2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from tv_lens.errors import ConfigError, LayerOutOfRangeError, TvLensError
+from tv_lens.models import adapt
+from tv_lens.training.config import FinetuneConfig, LoRAConfig, TrainConfig
+from tv_lens.training.lora import apply_lora, lora_parameters
+
+if TYPE_CHECKING:
+    from tv_lens.training.result import TrainResult
+
+__all__ = ["FrozenCheck", "attach_lora", "finetune", "prepare_model", "select_blocks"]
+
+
+def select_blocks(blocks: tuple[int, ...] | str, n_layers: int) -> tuple[int, ...]:
+    """Resolve a block selection (indices, ``"first:k"``, ``"last:k"`` or ``"all"``) to sorted indices.
+
+    Raises:
+        LayerOutOfRangeError: A block index or count outside the model's ``n_layers`` blocks.
+    """
+    if isinstance(blocks, str):
+        if blocks == "all":
+            return tuple(range(n_layers))
+        head, _, count = blocks.partition(":")
+        k = int(count)
+        if not 1 <= k <= n_layers:
+            raise LayerOutOfRangeError(
+                f"Block selection {blocks!r} asks for {k} blocks but the model has {n_layers}; use a count in "
+                f"1 .. {n_layers}."
+            )
+        return tuple(range(k)) if head == "first" else tuple(range(n_layers - k, n_layers))
+    bad = [b for b in blocks if not 0 <= b < n_layers]
+    if bad:
+        raise LayerOutOfRangeError(
+            f"Block(s) {bad} out of range: the model has {n_layers} blocks, so finetune blocks in "
+            f"[0, {n_layers - 1}] (or use 'first:k' / 'last:k')."
+        )
+    return tuple(sorted(set(blocks)))
+
+
+def prepare_model(model: Any, config: FinetuneConfig | None) -> list[nn.Parameter]:
+    """Make only the chosen part of ``model`` trainable (attaching LoRA adapters if asked); return it.
+
+    With ``config=None`` every parameter is trained. Otherwise every parameter gets
+    ``requires_grad=False`` except those of the chosen blocks (full finetuning) or the LoRA ``A``/``B``
+    matrices attached to them.
+    """
+    if config is None:
+        return list(model.parameters())
+    blocks = select_blocks(config.blocks, adapt(model).n_layers)
+    attach_lora(model, config)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    if config.lora is not None:
+        trainable = lora_parameters(model)
+    else:
+        trainable = [p for block in blocks for p in model.blocks[block].parameters()]
+    for parameter in trainable:
+        parameter.requires_grad_(True)
+    return trainable
+
+
+def attach_lora(model: Any, config: FinetuneConfig | None) -> None:
+    """Attach the LoRA adapters ``config`` asks for (nothing for full finetuning or ``None``); freezes nothing."""
+    if config is not None and config.lora is not None:
+        apply_lora(model, select_blocks(config.blocks, adapt(model).n_layers), config.lora)
+
+
+class FrozenCheck:
+    """A copy of every frozen parameter, to prove after training that none of them moved."""
+
+    def __init__(self, model: Any, trainable: list[nn.Parameter]) -> None:
+        trained = {id(p) for p in trainable}
+        self._model = model
+        self._frozen: dict[str, Tensor] = {
+            name: p.detach().clone() for name, p in model.named_parameters() if id(p) not in trained
+        }
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names of the frozen parameters."""
+        return tuple(self._frozen)
+
+    def verify(self) -> None:
+        """Raise if any frozen parameter differs (bitwise) from its value when the check was made."""
+        current = dict(self._model.named_parameters())
+        moved = [name for name, value in self._frozen.items() if not torch.equal(current[name], value)]
+        if moved:
+            raise TvLensError(
+                f"Frozen parameters changed during layer-restricted finetuning: {moved[:5]}. Something outside "
+                "the optimiser wrote to the model; run the finetuning on a model nothing else modifies."
+            )
+
+
+def finetune(
+    model: Any,
+    pool: Any,
+    config: TrainConfig,
+    blocks: tuple[int, ...] | str,
+    lora: LoRAConfig | None = None,
+    **train_kwargs: Any,
+) -> TrainResult:
+    """Train only ``blocks`` of ``model`` on ``pool`` (fully, or LoRA if ``lora`` is given).
+
+    Shorthand for ``train(model, pool, replace(config, finetune=FinetuneConfig(blocks, lora)), ...)``;
+    ``train_kwargs`` go to :func:`tv_lens.training.train`. The model keeps its LoRA adapters (fold them
+    in with :func:`tv_lens.training.merge_lora`).
+    """
+    from tv_lens.training.loop import train  # the loop itself uses prepare_model from this module
+
+    if config.finetune is not None:
+        raise ConfigError("config.finetune is already set; pass blocks= and lora= or the config, not both.")
+    return train(model, pool, replace(config, finetune=FinetuneConfig(blocks, lora)), **train_kwargs)

@@ -1,0 +1,211 @@
+"""LoRA: train a low-rank update ``W + (alpha / rank) · A B`` of chosen weight matrices, then merge it.
+
+Each adapted weight is re-parametrised with :func:`torch.nn.utils.parametrize.register_parametrization`:
+the module still reads its weight under the same attribute name, now computed as the frozen original
+plus the low-rank update. That works unchanged on both TransformerLens backends, which hold the weights
+differently:
+
+=========  =================================================  =========================================
+target     HookedTransformer (``blocks.{l}...``)                TransformerBridge (``nn.Linear.weight``)
+=========  =================================================  =========================================
+W_Q/K/V    ``attn.W_Q`` ``[n_heads, d_model, d_head]``           ``attn.q/k/v.weight`` ``[n_heads·d_head, d_model]``
+W_O        ``attn.W_O`` ``[n_heads, d_head, d_model]``           ``attn.o.weight`` ``[d_model, n_heads·d_head]``
+W_in       ``mlp.W_in`` ``[d_model, d_mlp]``                     ``mlp.fc_in.weight`` ``[d_mlp, d_model]``
+W_out      ``mlp.W_out`` ``[d_mlp, d_model]``                    ``mlp.fc_out.weight`` ``[d_model, d_mlp]``
+=========  =================================================  =========================================
+
+Every weight is seen as a map from ``d_in`` input features to ``d_out`` outputs (heads concatenated), so
+an update of a given rank means the same on both backends. ``A`` (``[d_in, rank]``) starts uniform in
+``±1/sqrt(d_in)`` and ``B`` (``[rank, d_out]``) at zero, so the adapted model starts equal to the base one.
+
+Dropout: a parametrisation acts on weights, not activations, so LoRA dropout here zeroes input features
+of the update (rows of ``A``), with one mask per evaluation of the weight (i.e. per forward pass, shared
+by all tokens), rescaled by ``1 / (1 - p)``; standard LoRA draws a mask per token. Off in eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from tv_lens.errors import ConfigError, ModelNotSupportedError
+from tv_lens.training.config import LoRAConfig
+
+__all__ = ["LoRAUpdate", "apply_lora", "has_lora", "lora_parameters", "merge_lora", "weight_targets"]
+
+# (module path inside a block without "_original_component", parameter) -> (target, layout)
+_LAYOUTS = {
+    ("attn", "W_Q"): ("W_Q", "heads_in_out"),
+    ("attn", "W_K"): ("W_K", "heads_in_out"),
+    ("attn", "W_V"): ("W_V", "heads_in_out"),
+    ("attn", "W_O"): ("W_O", "in_out"),
+    ("mlp", "W_in"): ("W_in", "in_out"),
+    ("mlp", "W_out"): ("W_out", "in_out"),
+    ("attn.q", "weight"): ("W_Q", "out_in"),
+    ("attn.k", "weight"): ("W_K", "out_in"),
+    ("attn.v", "weight"): ("W_V", "out_in"),
+    ("attn.o", "weight"): ("W_O", "out_in"),
+    ("mlp.fc_in", "weight"): ("W_in", "out_in"),
+    ("mlp.fc_out", "weight"): ("W_out", "out_in"),
+}
+
+
+@dataclass(frozen=True)
+class WeightTarget:
+    """One weight matrix of a block: the module holding it, the attribute name and its layout."""
+
+    module: nn.Module
+    attribute: str
+    layout: str
+
+
+def weight_targets(model: Any, block: int) -> dict[str, WeightTarget]:
+    """The attention and MLP weight matrices of ``model.blocks[block]``, keyed ``W_Q ... W_out``."""
+    found: dict[str, WeightTarget] = {}
+    seen: list[str] = []
+    for path, module in model.blocks[block].named_modules():
+        canonical = re.sub(r"(^|\.)_original_component", "", path).strip(".")
+        for attribute in _own_weights(module):
+            seen.append(f"{canonical}.{attribute}")
+            if (canonical, attribute) in _LAYOUTS:
+                target, layout = _LAYOUTS[canonical, attribute]
+                found[target] = WeightTarget(module, attribute, layout)
+    if len(found) < len({t for t, _ in _LAYOUTS.values()}):
+        raise ModelNotSupportedError(
+            f"Could not find every attention/MLP weight of block {block} (found {sorted(found)} among "
+            f"{seen}). LoRA supports tv_lens's HookedTransformer and TransformerBridge models "
+            "(tv_lens.models.build_model); merged or fused projections are not supported."
+        )
+    return found
+
+
+def _own_weights(module: nn.Module) -> list[str]:
+    """Names of the weights held directly by ``module`` (parametrised ones included)."""
+    names = [name for name, _ in module.named_parameters(recurse=False)]
+    holder = _parametrizations(module)
+    if holder is not None:
+        names += list(holder.keys())
+    return names
+
+
+def _parametrizations(module: nn.Module) -> nn.ModuleDict | None:
+    """The module's own ``parametrizations`` dict (not one a wrapper forwards from a wrapped module)."""
+    holder = module.__dict__.get("_modules", {}).get("parametrizations")
+    return holder if isinstance(holder, nn.ModuleDict) else None
+
+
+class LoRAUpdate(nn.Module):
+    """Parametrisation ``W ↦ W + (alpha / rank) · A B`` (reshaped to ``W``'s layout).
+
+    Attributes:
+        lora_A: ``[d_in, rank]``.
+        lora_B: ``[rank, d_out]`` (zero at the start).
+        generator: Source of the dropout masks (its state is saved in training checkpoints).
+    """
+
+    def __init__(self, weight: Tensor, layout: str, config: LoRAConfig, seed: int) -> None:
+        super().__init__()
+        self.shape = tuple(weight.shape)
+        self.layout = layout
+        d_in, d_out = _in_out(self.shape, layout)
+        self.generator = torch.Generator().manual_seed(seed)
+        bound = 1.0 / math.sqrt(d_in)
+        initial = (torch.rand(d_in, config.rank, generator=self.generator, dtype=torch.float64) * 2 - 1) * bound
+        self.lora_A = nn.Parameter(initial.to(device=weight.device, dtype=weight.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(config.rank, d_out, device=weight.device, dtype=weight.dtype))
+        self.scale = config.alpha / config.rank
+        self.dropout = config.dropout
+
+    def delta(self) -> Tensor:
+        """The update in the weight's own layout (dropout applied in training mode)."""
+        a: Tensor = self.lora_A
+        if self.training and self.dropout > 0:
+            keep = (torch.rand(a.shape[0], generator=self.generator) >= self.dropout).to(a.device, a.dtype)
+            a = a * (keep / (1.0 - self.dropout))[:, None]
+        update = (a @ self.lora_B) * self.scale  # [d_in, d_out]
+        if self.layout == "out_in":
+            return update.T
+        if self.layout == "heads_in_out":  # [n_heads, d_in, d_head]
+            return update.reshape(self.shape[1], self.shape[0], self.shape[2]).permute(1, 0, 2)
+        return update.reshape(self.shape)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        """The adapted weight."""
+        return weight + self.delta()
+
+
+def _in_out(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
+    if layout == "out_in":
+        return shape[1], shape[0]
+    if layout == "heads_in_out":
+        return shape[1], shape[0] * shape[2]
+    return math.prod(shape[:-1]), shape[-1]
+
+
+def apply_lora(model: Any, blocks: tuple[int, ...], config: LoRAConfig) -> list[LoRAUpdate]:
+    """Attach LoRA updates to ``config.targets`` of each block in ``blocks``; returns them in order.
+
+    The base weights are left as they are (freezing is the caller's job, see
+    :func:`tv_lens.training.finetune.prepare_model`).
+    """
+    if has_lora(model):
+        raise ConfigError(
+            "The model already has LoRA adapters; merge them first (merge_lora(model)) or start from a fresh model."
+        )
+    updates: list[LoRAUpdate] = []
+    for block in blocks:
+        targets = weight_targets(model, block)
+        for index, name in enumerate(config.targets):
+            target = targets[name]
+            weight = getattr(target.module, target.attribute)
+            seed = config.seed * 1_000_003 + block * 64 + index
+            update = LoRAUpdate(weight, target.layout, config, seed)
+            parametrize.register_parametrization(target.module, target.attribute, update)
+            updates.append(update)
+    return updates
+
+
+def _parametrized(model: Any) -> list[tuple[nn.Module, str, LoRAUpdate]]:
+    """``(module, attribute, update)`` of every LoRA parametrisation in the model."""
+    found = []
+    for module in model.modules():
+        holder = _parametrizations(module)
+        for attribute, chain in (holder or {}).items():
+            found += [(module, attribute, p) for p in chain.children() if isinstance(p, LoRAUpdate)]
+    return found
+
+
+def has_lora(model: Any) -> bool:
+    """Whether any weight of the model carries a LoRA update."""
+    return bool(_parametrized(model))
+
+
+def lora_parameters(model: Any) -> list[nn.Parameter]:
+    """The ``A`` and ``B`` matrices of every LoRA update."""
+    return [p for _, _, update in _parametrized(model) for p in (update.lora_A, update.lora_B)]
+
+
+def merge_lora(model: Any) -> Any:
+    """Fold every LoRA update into its base weight and remove the adapters (in place; returns the model).
+
+    The merged model has the parameters (same names and objects) of the model before :func:`apply_lora`,
+    with values ``W + (alpha / rank) · A B``, and computes what the adapted model computes in eval mode.
+    """
+    for module, attribute, update in _parametrized(model):
+        with torch.no_grad():
+            chain: Any = _parametrizations(module)
+            original = chain[attribute].original
+            was_training = update.training
+            update.eval()
+            merged = original + update.delta()
+            update.train(was_training)
+        parametrize.remove_parametrizations(module, attribute, leave_parametrized=False)
+        with torch.no_grad():
+            getattr(module, attribute).copy_(merged)
+    return model

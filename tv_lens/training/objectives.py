@@ -1,0 +1,127 @@
+"""What a training run optimises and how it scores held-out prompts, per kind of task pool.
+
+An ICL prompt holds several (input, answer) pairs; the model should answer every demonstration from
+the ones before it, so the training loss is taken at the answer of *every* demonstration and of the
+query (Garg et al.'s "prefix" loss), not only at the query. Evaluation scores the query only.
+
+:class:`TokenObjective` serves token task pools (cross-entropy on answer tokens, exact-match accuracy).
+The loop talks to an objective through :class:`Objective` only, so a continuous-task objective (MSE on
+regression answers, through the continuous-input wrapper) plugs in beside it: add a class with the same
+methods and a branch in :func:`objective_for`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from tv_lens.errors import ConfigError, PositionError, TaskError
+from tv_lens.metrics import answer_logits, token_accuracy, token_cross_entropy
+from tv_lens.models.adapter import ModelAdapter
+from tv_lens.models.running import HookFn, forward
+from tv_lens.tasks import ICLBatch, TaskPool
+
+__all__ = ["Objective", "TokenObjective", "objective_for"]
+
+
+class Objective(Protocol):
+    """The loss and the scores of one kind of task pool (tokens now; regression can be added)."""
+
+    def check(self, adapter: ModelAdapter, pool: Any, batch: Any) -> None:
+        """Raise a clear error if the model cannot take the pool's prompts (vocabulary, context length)."""
+
+    def context_loss(self, adapter: ModelAdapter, batch: Any, hooks: Sequence[tuple[str, HookFn]] = ()) -> Tensor:
+        """Mean loss over the answers of every demonstration and of the query, in one forward pass."""
+
+    def answer_loss(self, outputs: Tensor, batch: Any) -> Float[Tensor, " batch"]:
+        """Per-prompt loss of the query answer from the outputs at the answer positions."""
+
+    def answer_accuracy(self, outputs: Tensor, batch: Any) -> Float[Tensor, " batch"]:
+        """Per-prompt score of the query answer (1.0 = correct) from the outputs at the answer positions."""
+
+    def query_outputs(self, adapter: ModelAdapter, batch: Any) -> Tensor:
+        """Outputs at the query's answer positions, ``[batch, n_answer, d_out]`` (no hooks)."""
+
+
+class TokenObjective:
+    """Cross-entropy on answer tokens and exact-match accuracy, for token :class:`~tv_lens.tasks.TaskPool` s."""
+
+    def check(self, adapter: ModelAdapter, pool: TaskPool, batch: ICLBatch) -> None:
+        """Check the model's vocabulary and context length against the pool's prompts."""
+        if pool.vocab_size > adapter.d_vocab:
+            raise TaskError(
+                f"The pool's vocabulary does not fit the model: its prompts use {pool.vocab_size} token ids but "
+                f"the model has d_vocab={adapter.d_vocab}. Build the model with "
+                f"ModelConfig(d_vocab=pool.vocab_size) (= {pool.vocab_size}) or larger."
+            )
+        length = int(batch.lengths.max())
+        if length > adapter.n_ctx:
+            raise PositionError(
+                f"Prompts of {length} tokens do not fit the model's context n_ctx={adapter.n_ctx}; use fewer "
+                "shots (DataConfig.n_shots / eval_n_shots) or a model with a larger n_ctx."
+            )
+
+    def context_loss(
+        self, adapter: ModelAdapter, batch: ICLBatch, hooks: Sequence[tuple[str, HookFn]] = ()
+    ) -> Float[Tensor, ""]:
+        """Mean cross-entropy over every answer token of every clean demonstration and of the query.
+
+        Demonstrations whose label was corrupted (``batch.demo_noisy``) are left out: their answer is
+        unpredictable by construction.
+        """
+        logits = forward(adapter, batch.inputs.to(adapter.device), hooks=hooks)
+        rows, columns, targets = answer_targets(batch)
+        device = logits.device
+        picked = logits[rows.to(device), columns.to(device)]
+        picked = picked if picked.dtype == torch.float64 else picked.float()
+        return F.cross_entropy(picked, targets.to(device))
+
+    def answer_loss(self, outputs: Float[Tensor, "batch n_answer d_vocab"], batch: ICLBatch) -> Float[Tensor, " batch"]:
+        """Per-prompt cross-entropy of the query's answer tokens."""
+        return token_cross_entropy(outputs, batch.answers)
+
+    def answer_accuracy(
+        self, outputs: Float[Tensor, "batch n_answer d_vocab"], batch: ICLBatch
+    ) -> Float[Tensor, " batch"]:
+        """Per-prompt exact match of all the query's answer tokens."""
+        return token_accuracy(outputs, batch.answers)
+
+    def query_outputs(self, adapter: ModelAdapter, batch: ICLBatch) -> Float[Tensor, "batch n_answer d_vocab"]:
+        """Logits at the query's answer positions (teacher-forced for multi-token answers)."""
+        logits = forward(adapter, batch.inputs.to(adapter.device))
+        return answer_logits(logits, batch.answer_pos, batch.n_answer_tokens)
+
+
+def answer_targets(batch: ICLBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """Where every answer token of a batch is predicted, and what it is.
+
+    Returns:
+        ``(rows, columns, targets)``, flat and aligned: the logits at ``[rows[i], columns[i]]`` predict the
+        token ``targets[i] = inputs[rows[i], columns[i] + 1]``. Covers each clean demonstration's answer
+        and the query's answer.
+    """
+    pre_answer = torch.cat([batch.demo_answer_pos, batch.answer_pos[:, None]], dim=1)  # [batch, shots + 1]
+    valid = pre_answer >= 0
+    valid[:, :-1] &= ~batch.demo_noisy
+    offsets = torch.arange(batch.n_answer_tokens, device=pre_answer.device)
+    columns = pre_answer[:, :, None] + offsets  # [batch, shots + 1, n_answer]
+    rows = torch.arange(len(batch), device=pre_answer.device)[:, None, None].expand_as(columns)
+    keep = valid[:, :, None].expand_as(columns)
+    rows, columns = rows[keep], columns[keep]
+    return rows, columns, batch.inputs[rows, columns + 1]
+
+
+def objective_for(pool: Any) -> Objective:
+    """The objective of a task pool: :class:`TokenObjective` for token pools."""
+    if isinstance(pool, TaskPool):
+        return TokenObjective()
+    raise ConfigError(
+        f"train() does not know how to train on a {type(pool).__name__}: token TaskPools are supported "
+        "(tv_lens.tasks.offset_pool, bitwise_pool, ...). For another kind of pool, pass objective= an object "
+        "with the methods of tv_lens.training.objectives.Objective."
+    )

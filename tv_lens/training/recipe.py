@@ -1,0 +1,152 @@
+"""Named training recipes: a task pool, a model shape and a training config that are known to work.
+
+``recipes["default"]`` trains the model every demo and analysis uses by default: a 4-block,
+``d_model=128`` model on four offset tasks (``y = x + c mod 16``) plus the Null task, 8 shots, where
+task vectors are expected (Yang et al.'s discrete offset tasks). ICL emerges around step 150-250 and
+the 400 steps end at ≥ 95% held-out ICL accuracy on the offset tasks (measured 99-100% on both
+backends; Null is at chance by construction), in about 80 s of one CPU thread.
+``recipes["quick"]`` is a much smaller run for tests and CI: 2 blocks, 200 steps, about 15 s of one
+CPU thread, ending far above chance (measured 100% on both backends).
+
+>>> sorted(recipes)
+['default', 'quick']
+>>> recipes["default"].model.n_layers
+4
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tv_lens.errors import ConfigError, TvLensError
+from tv_lens.models import ModelConfig, build_model
+from tv_lens.tasks import TaskPool, offset_pool
+from tv_lens.training.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
+from tv_lens.training.loop import train
+from tv_lens.training.result import TrainResult
+
+__all__ = ["Recipe", "RecipeRegistry", "recipes"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A pool factory, a model config and a training config, under a name.
+
+    Attributes:
+        name: Registry key.
+        description: One line on what the recipe trains and what it reaches.
+        pool: Builds the task pool (a factory, so recipes stay cheap to import).
+        model: Shape of the model (``d_vocab`` matches the pool's vocabulary).
+        train: Training settings.
+    """
+
+    name: str
+    description: str
+    pool: Callable[[], TaskPool]
+    model: ModelConfig
+    train: TrainConfig
+
+    def build_pool(self) -> TaskPool:
+        """A fresh task pool."""
+        return self.pool()
+
+    def build_model(self, backend: str | None = None, device: str = "cpu") -> Any:
+        """A freshly initialised model of the recipe's shape (``backend`` overrides the config's)."""
+        return build_model(self.model_config(backend), device=device)
+
+    def model_config(self, backend: str | None = None) -> ModelConfig:
+        """The model config, with ``backend`` replaced if given."""
+        return self.model if backend is None else replace(self.model, backend=backend)  # type: ignore[arg-type]
+
+    def run(
+        self,
+        *,
+        backend: str | None = None,
+        device: str = "cpu",
+        checkpoint_dir: str | Path | None = None,
+        progress: bool = True,
+        **overrides: Any,
+    ) -> TrainResult:
+        """Build the pool and a fresh model and train it; ``overrides`` replace fields of the train config."""
+        model_config = self.model_config(backend)
+        config = replace(self.train, **overrides) if overrides else self.train
+        return train(
+            build_model(model_config, device=device),
+            self.build_pool(),
+            config,
+            model_config=model_config,
+            checkpoint_dir=checkpoint_dir,
+            progress=progress,
+        )
+
+
+class RecipeRegistry(Mapping[str, Recipe]):
+    """Read-only mapping of recipe names to :class:`Recipe` s; :meth:`register` adds one."""
+
+    def __init__(self) -> None:
+        self._recipes: dict[str, Recipe] = {}
+
+    def register(self, recipe: Recipe, *, overwrite: bool = False) -> Recipe:
+        """Add ``recipe`` under ``recipe.name`` (a taken name needs ``overwrite=True``)."""
+        if recipe.name in self._recipes and not overwrite:
+            raise ConfigError(f"A recipe named {recipe.name!r} exists; pass overwrite=True to replace it.")
+        self._recipes[recipe.name] = recipe
+        return recipe
+
+    def __getitem__(self, name: str) -> Recipe:
+        if name not in self._recipes:
+            raise _UnknownRecipeError(f"No recipe named {name!r}; available: {sorted(self._recipes)}.")
+        return self._recipes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._recipes)
+
+    def __len__(self) -> int:
+        return len(self._recipes)
+
+
+class _UnknownRecipeError(TvLensError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _offset_pool_16() -> TaskPool:
+    return offset_pool(offsets=(1, 2, 3, 4), n_values=16, null=True)
+
+
+def _offset_pool_8() -> TaskPool:
+    return offset_pool(offsets=(1, 3), n_values=8, null=True)
+
+
+recipes = RecipeRegistry()
+recipes.register(
+    Recipe(
+        name="default",
+        description="4 blocks, d_model 128, offsets 1-4 mod 16 + Null, 8 shots, 400 steps; >= 95% held-out ICL.",
+        pool=_offset_pool_16,
+        model=ModelConfig(d_vocab=19, n_layers=4, d_model=128, n_heads=4, n_ctx=32, seed=0),
+        train=TrainConfig(
+            data=DataConfig(n_per_task=16, n_shots=8, eval_n_per_task=64),
+            optim=OptimConfig(weight_decay=0.1, grad_clip=1.0),
+            schedule=ScheduleConfig(max_steps=400, lr=2e-3, min_lr=2e-4, warmup_steps=30),
+            eval_every=100,
+        ),
+    )
+)
+recipes.register(
+    Recipe(
+        name="quick",
+        description="2 blocks, d_model 64, offsets 1 and 3 mod 8 + Null, 6 shots, 200 steps; far above chance.",
+        pool=_offset_pool_8,
+        model=ModelConfig(d_vocab=11, n_layers=2, d_model=64, n_heads=4, n_ctx=24, seed=0),
+        train=TrainConfig(
+            data=DataConfig(n_per_task=32, n_shots=6, eval_n_per_task=32),
+            optim=OptimConfig(weight_decay=0.1, grad_clip=1.0),
+            schedule=ScheduleConfig(max_steps=200, lr=3e-3, min_lr=3e-4, warmup_steps=10),
+            eval_every=50,
+        ),
+    )
+)

@@ -1,0 +1,123 @@
+"""A run's state between steps, written to and restored from checkpoints.
+
+Besides weights and optimiser state, a run that resumes needs its step, the tables written so far, the
+elapsed time and the state of every random generator its modules own (LoRA dropout); batches need
+nothing, since they are drawn from seeds derived from the step (:mod:`tv_lens.training.data`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tv_lens.errors import CheckpointError, ConfigError
+from tv_lens.models import ModelConfig
+from tv_lens.training.checkpoints import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    load_parameters,
+    save_checkpoint,
+)
+from tv_lens.training.config import TrainConfig
+
+__all__ = ["RunState", "checkpoint_directory", "describe_pool", "resume_run", "save_run"]
+
+
+@dataclass
+class RunState:
+    """Where a run stands: steps done, history and evaluation rows so far, training time so far."""
+
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def describe_pool(pool: Any) -> dict[str, Any]:
+    """What a checkpoint records of the pool, to recognise a different one on resume."""
+    keys = ("task_names", "vocab_size", "n_answer_tokens", "fmt")
+    return {"type": type(pool).__name__, **{key: getattr(pool, key, None) for key in keys}}
+
+
+def checkpoint_directory(
+    config: TrainConfig, directory: str | Path | None, resume_from: str | Path | None
+) -> Path | None:
+    """The directory checkpoints go to: as given, else that of ``resume_from``; required by ``checkpoint_every``."""
+    if directory is None and resume_from is not None:
+        resume_from = Path(resume_from)
+        directory = resume_from if resume_from.is_dir() else resume_from.parent
+    if config.checkpoint_every and directory is None:
+        raise ConfigError(
+            f"checkpoint_every={config.checkpoint_every} needs a place to write: pass checkpoint_dir=, or set "
+            "checkpoint_every=0."
+        )
+    return None if directory is None else Path(directory)
+
+
+def save_run(
+    directory: Path,
+    state: RunState,
+    config: TrainConfig,
+    model_config: ModelConfig | None,
+    pool: Any,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+) -> Path:
+    """Write the checkpoint of ``state.step`` to ``directory`` (atomically)."""
+    payload = {
+        "step": state.step,
+        "config": config.to_dict(),
+        "model_config": None if model_config is None else model_config.to_dict(),
+        "pool": describe_pool(pool),
+        "parameters": {name: p.detach() for name, p in model.named_parameters()},
+        "optimizer": optimizer.state_dict(),
+        "rng": {name: generator.get_state() for name, generator in _generators(model).items()},
+        "history": state.history,
+        "evals": state.evals,
+        "elapsed_s": state.elapsed_s,
+    }
+    return save_checkpoint(checkpoint_path(directory, state.step), payload)
+
+
+def resume_run(
+    resume_from: str | Path,
+    config: TrainConfig,
+    pool: Any,
+    model: Any,
+    model_config: ModelConfig | None,
+    optimizer: torch.optim.Optimizer,
+) -> RunState:
+    """Load a checkpoint (a file, or a directory's latest), check it is this run's, and restore from it."""
+    path = Path(resume_from)
+    if path.is_dir():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"No checkpoints in {path} to resume from; start without resume_from=.")
+        path = latest
+    checkpoint = load_checkpoint(path)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    checkpoint.check_compatible(config, describe_pool(pool), shapes, model_config)
+    load_parameters(model, checkpoint.parameters, source=str(path))
+    try:
+        optimizer.load_state_dict(checkpoint.optimizer)
+    except (ValueError, KeyError) as error:
+        raise CheckpointError(f"The optimiser state in {path} does not fit this run's parameters ({error}).") from error
+    generators = _generators(model)
+    for name, rng_state in checkpoint.rng.items():
+        if name not in generators:
+            raise CheckpointError(f"{path} has the random state of module {name!r}, which this model lacks.")
+        generators[name].set_state(rng_state)
+    return RunState(checkpoint.step, list(checkpoint.history), list(checkpoint.evals), checkpoint.elapsed_s)
+
+
+def _generators(model: Any) -> dict[str, torch.Generator]:
+    """Random generators owned by the model's modules (e.g. LoRA dropout), by module name."""
+    return {
+        name: module.generator
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "generator", None), torch.Generator)
+    }

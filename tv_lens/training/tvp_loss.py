@@ -1,0 +1,131 @@
+"""TVP-loss: train the model so that one layer's residual at the query carries the task on its own.
+
+Task-vector prompting (Hendel et al.; Yang et al.) reads the residual stream of an ICL prompt at its
+pre-answer position at block ``l`` and writes it into a *zero-shot* prompt (the query alone) at the same
+block and position; if the vector carries the task, the zero-shot prompt is then answered correctly.
+Yang et al. make this an auxiliary objective::
+
+    loss = L_ICL + λ · L_TVP
+
+``L_ICL`` is the usual loss at every answer of the context pass. ``L_TVP`` is the query-answer loss of
+the zero-shot pass (``batch.zero_shot()``) into which the vector is injected. The vector is captured by a
+hook *in the same context pass* that computes ``L_ICL`` (no extra pass), and injected through the one
+intervention engine (:func:`tv_lens.interventions.run_with_interventions`). Unless ``detach=True``,
+gradients of ``L_TVP`` flow back through the vector into the blocks up to ``l`` of the context pass.
+
+Assumptions (Yang et al.'s details were not verified): the vector is the block's output
+(``resid_post``) at the query's own pre-answer position and is injected into the same query; the
+zero-shot answer loss is averaged over all prompts, Null-task ones included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tv_lens.interventions import add, replace, run_with_interventions
+from tv_lens.models import adapt
+from tv_lens.models.adapter import ModelAdapter
+from tv_lens.models.running import forward
+from tv_lens.tasks import ICLBatch
+from tv_lens.training.config import TVPConfig
+from tv_lens.training.objectives import Objective, TokenObjective
+
+__all__ = ["Losses", "training_loss", "tvp_accuracy", "tvp_losses"]
+
+
+@dataclass(frozen=True)
+class Losses:
+    """The loss of one training step and its parts (scalars, attached to the graph).
+
+    Attributes:
+        total: What is minimised: ``icl + λ · tvp`` (or ``icl`` alone).
+        icl: Mean loss at every answer of the context pass.
+        tvp: Query-answer loss of the zero-shot pass with the injected vector (``None`` without TVP-loss).
+    """
+
+    total: Tensor
+    icl: Tensor
+    tvp: Tensor | None = None
+
+
+def training_loss(adapter: ModelAdapter, objective: Objective, batch: Any, tvp: TVPConfig | None) -> Losses:
+    """The loss of one step: plain ICL loss, or ICL + TVP-loss when ``tvp`` is given."""
+    if tvp is None:
+        icl = objective.context_loss(adapter, batch)
+        return Losses(icl, icl)
+    return tvp_losses(adapter, batch, tvp, objective)
+
+
+def tvp_losses(model: Any, batch: ICLBatch, tvp: TVPConfig, objective: Objective | None = None) -> Losses:
+    """``L_ICL``, ``L_TVP`` and ``L_ICL + λ·L_TVP`` of a batch, with gradients through the vector unless detached.
+
+    Args:
+        model: A TransformerLens model (or its adapter).
+        batch: ICL prompts; their zero-shot twins are built with ``batch.zero_shot()``.
+        tvp: Layer, λ, replace/add and detach.
+        objective: How answers are scored (default: token cross-entropy).
+    """
+    adapter = adapt(model)
+    adapter.check_layer(tvp.layer)
+    objective = objective or TokenObjective()
+    captured: list[Tensor] = []
+
+    def grab(activation: Tensor, hook: Any) -> None:
+        rows = torch.arange(activation.shape[0], device=activation.device)
+        captured.append(activation[rows, batch.answer_pos.to(activation.device)])
+
+    name = adapter.hook_name("resid_post", tvp.layer)
+    icl = objective.context_loss(adapter, batch, hooks=[(name, grab)])
+    vectors = captured[0].detach() if tvp.detach else captured[0]
+    zero_shot = batch.zero_shot()
+    outputs = inject(adapter, zero_shot, vectors, tvp.layer, tvp.mode)
+    term = objective.answer_loss(outputs, zero_shot).mean()
+    return Losses(icl + tvp.lam * term, icl, term)
+
+
+def inject(
+    model: Any,
+    zero_shot: ICLBatch,
+    vectors: Float[Tensor, "batch d_model"],
+    layer: int,
+    mode: str = "replace",
+) -> Float[Tensor, "batch n_answer d_vocab"]:
+    """Outputs at the answer positions of ``zero_shot`` with ``vectors`` written at block ``layer``."""
+    make = replace if mode == "replace" else add
+    run = run_with_interventions(
+        model,
+        zero_shot.inputs,
+        zero_shot.answer_pos,
+        [make(layer, vectors, pos="answer", site="resid_post")],
+        n_answer_tokens=zero_shot.n_answer_tokens,
+    )
+    return run.logits
+
+
+@torch.no_grad()
+def tvp_accuracy(
+    model: Any, batch: ICLBatch, layer: int, mode: str = "replace", objective: Objective | None = None
+) -> Float[Tensor, " batch"]:
+    """Per-prompt accuracy of the zero-shot queries with each prompt's own layer-``layer`` vector injected.
+
+    The context pass stops after block ``layer``; the vector is its output at each query's pre-answer
+    position.
+    """
+    adapter = adapt(model)
+    adapter.check_layer(layer)
+    objective = objective or TokenObjective()
+    captured: list[Tensor] = []
+
+    def grab(activation: Tensor, hook: Any) -> None:
+        rows = torch.arange(activation.shape[0], device=activation.device)
+        captured.append(activation[rows, batch.answer_pos.to(activation.device)])
+
+    name = adapter.hook_name("resid_post", layer)
+    forward(adapter, batch.inputs.to(adapter.device), stop_at_layer=layer + 1, hooks=[(name, grab)])
+    zero_shot = batch.zero_shot()
+    return objective.answer_accuracy(inject(adapter, zero_shot, captured[0], layer, mode), zero_shot)
