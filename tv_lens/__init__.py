@@ -1,6 +1,53 @@
-"""tv_lens: task vectors in in-context learning, measured on TransformerLens models."""
+"""tv_lens: task vectors in in-context learning, measured on TransformerLens models.
 
+The names most work starts from are here; each subpackage has the rest:
+:mod:`tv_lens.models` (adapter, builder), :mod:`tv_lens.tasks` (ICL task pools), :mod:`tv_lens.training`
+(small models trained from scratch), :mod:`tv_lens.analyses` (configs and pure functions),
+:mod:`tv_lens.results` (tables, figures, save / load).
+"""
+
+from tv_lens.analyses import (
+    Emergence,
+    Geometry,
+    HeadAblation,
+    ICLPerformance,
+    LayerFinetuning,
+    Suite,
+    TaskDecodability,
+    TaskVectorPatching,
+    TaskVectorPrompting,
+    TdAccuracy,
+    task_decodability,
+)
 from tv_lens.errors import TvLensError
+from tv_lens.models import ModelConfig, adapt, build_model
+from tv_lens.results import Result
+from tv_lens.task_vectors import TaskVectors
+from tv_lens.tasks import TaskPool, bitwise_pool, offset_pool
+from tv_lens.training import recipes, train
 
-__all__ = ["TvLensError"]
+__all__ = [
+    "Emergence",
+    "Geometry",
+    "HeadAblation",
+    "ICLPerformance",
+    "LayerFinetuning",
+    "ModelConfig",
+    "Result",
+    "Suite",
+    "TaskDecodability",
+    "TaskPool",
+    "TaskVectorPatching",
+    "TaskVectorPrompting",
+    "TaskVectors",
+    "TdAccuracy",
+    "TvLensError",
+    "adapt",
+    "bitwise_pool",
+    "build_model",
+    "offset_pool",
+    "recipes",
+    "task_decodability",
+    "train",
+]
 __version__ = "0.1.0"

@@ -2,30 +2,48 @@
 
 Under every config sits a pure function on plain tensors that other tools can call directly:
 :func:`task_decodability`, :func:`icl_performance`, :func:`project`, :func:`fit_td_accuracy`,
-:func:`detect_jump` / :func:`detect_coupling`.
+:func:`detect_jump` / :func:`detect_coupling`, :func:`patch_task_vectors`, :func:`task_vector_prompting`,
+:func:`head_importance`, :func:`head_attribution`, :func:`compare_models`.
 Results live in :mod:`tv_lens.results` (tables, figures, save / load).
 """
 
+from tv_lens.analyses.attribution import head_attribution
 from tv_lens.analyses.decodability import TaskDecodability, task_decodability
 from tv_lens.analyses.emergence import Emergence, detect_coupling, detect_jump
+from tv_lens.analyses.finetuning import LayerFinetuning, compare_models
 from tv_lens.analyses.geometry import Geometry, project
+from tv_lens.analyses.heads import HeadAblation, head_importance
+from tv_lens.analyses.patching import TaskVectorPatching, patch_task_vectors
 from tv_lens.analyses.performance import ICLPerformance, icl_performance, score_batch
 from tv_lens.analyses.prediction import TdAccuracy, fit_td_accuracy, ols
+from tv_lens.analyses.prompting import TaskVectorPrompting, task_vector_prompting
+from tv_lens.analyses.pruning import pruning_curve, shared_heads
 from tv_lens.analyses.suite import Suite
 
 __all__ = [
     "Emergence",
     "Geometry",
+    "HeadAblation",
     "ICLPerformance",
+    "LayerFinetuning",
     "Suite",
     "TaskDecodability",
+    "TaskVectorPatching",
+    "TaskVectorPrompting",
     "TdAccuracy",
+    "compare_models",
     "detect_coupling",
     "detect_jump",
     "fit_td_accuracy",
+    "head_attribution",
+    "head_importance",
     "icl_performance",
     "ols",
+    "patch_task_vectors",
     "project",
+    "pruning_curve",
     "score_batch",
+    "shared_heads",
     "task_decodability",
+    "task_vector_prompting",
 ]

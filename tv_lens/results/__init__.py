@@ -7,17 +7,26 @@ from tv_lens.results.axes import LAYER_AXIS_TITLE, layer_axis, layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import Decodability
 from tv_lens.results.emergence import EmergenceResult
+from tv_lens.results.finetuning import FinetuningComparison
 from tv_lens.results.geometry import Projection
+from tv_lens.results.heads import HeadImportance, PruningCurve
+from tv_lens.results.patching import PatchingEffects
 from tv_lens.results.performance import Performance
 from tv_lens.results.prediction import TdAccuracyFit
+from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.results.suite import SuiteResult
 
 __all__ = [
     "LAYER_AXIS_TITLE",
     "Decodability",
     "EmergenceResult",
+    "FinetuningComparison",
+    "HeadImportance",
+    "PatchingEffects",
     "Performance",
     "Projection",
+    "PromptingAccuracy",
+    "PruningCurve",
     "Result",
     "SuiteResult",
     "TdAccuracyFit",
