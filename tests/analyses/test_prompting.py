@@ -146,7 +146,7 @@ def test_bad_input_names_the_problem(model):
     vectors = TaskVectors.from_model(model, batch, layers=(0,), tasks=("offset(1)",))
     with pytest.raises(TaskError, match="no vector for tasks \\['null', 'offset\\(2\\)', 'offset\\(3\\)'\\]"):
         TaskVectorPrompting(layers=(0,), source="task_mean", n_bootstrap=0).run_batch(model, batch, vectors)
-    with pytest.raises(AnalysisError, match="Too few prompts: task 'offset\\(1\\)' has 1 prompt"):
+    with pytest.raises(TaskError, match="Too few prompts: task 'offset\\(1\\)' has 1 prompt"):
         TaskVectorPrompting(n_bootstrap=0).run_batch(model, sample(n_per_task=1))
     with pytest.raises(ShapeError, match="must pair up one to one"):
         task_vector_prompting(

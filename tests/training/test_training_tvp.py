@@ -13,9 +13,20 @@ from training_helpers import (
 )
 
 from tv_lens.training import TVPConfig, train, tvp_accuracy, tvp_losses
+from tv_lens.training.tvp_loss import vector_sources
 
 
-def hand_tvp_losses(model, batch, layer: int, mode: str, detach: bool):
+def hand_partners(batch) -> torch.Tensor:
+    """Each prompt's partner written out by hand: the next prompt of its task, wrapping around."""
+    partner = torch.arange(len(batch))
+    for t in set(batch.task_ids.tolist()):
+        members = [i for i in range(len(batch)) if int(batch.task_ids[i]) == t]
+        for j, i in enumerate(members):
+            partner[i] = members[(j + 1) % len(members)]
+    return partner
+
+
+def hand_tvp_losses(model, batch, layer: int, mode: str, detach: bool, source: str = "same_prompt"):
     """L_ICL and L_TVP computed with plain run_with_hooks: capture, then overwrite/add in the zero-shot pass."""
     name = f"blocks.{layer}.hook_resid_post"
     rows = torch.arange(len(batch))
@@ -30,6 +41,8 @@ def hand_tvp_losses(model, batch, layer: int, mode: str, detach: bool):
         positions = [int(p) for p in batch.demo_answer_pos[i] if p >= 0] + [int(batch.answer_pos[i])]
         icl_terms += [F.cross_entropy(logits[i, p], batch.inputs[i, p + 1]) for p in positions]
     vector = store["vector"].detach() if detach else store["vector"]
+    if source == "other_prompt":
+        vector = vector[hand_partners(batch)]
     zero_shot = batch.zero_shot()
 
     def write(activation, hook):
@@ -55,14 +68,17 @@ def position_embedding(model) -> torch.Tensor:
     return weight
 
 
-@pytest.mark.parametrize("mode", ["replace", "add"])
-def test_tvp_loss_value_and_gradients_match_hand_hooks(model, batch, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "source"), [("replace", "same_prompt"), ("add", "same_prompt"), ("replace", "other_prompt")]
+)
+def test_tvp_loss_value_and_gradients_match_hand_hooks(model, batch, mode: str, source: str) -> None:
     layer = 1
     params = [p for _, p in model.named_parameters()]
     grads = {}
     for detach in (False, True):
-        losses = tvp_losses(model, batch, TVPConfig(layer=layer, lam=0.7, mode=mode, detach=detach))
-        hand_icl, hand_tvp, _ = hand_tvp_losses(model, batch, layer, mode, detach)
+        config = TVPConfig(layer=layer, lam=0.7, mode=mode, detach=detach, source=source)
+        losses = tvp_losses(model, batch, config)
+        hand_icl, hand_tvp, _ = hand_tvp_losses(model, batch, layer, mode, detach, source)
         torch.testing.assert_close(losses.icl, hand_icl, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(losses.tvp, hand_tvp, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(losses.total, hand_icl + 0.7 * hand_tvp, rtol=1e-10, atol=1e-12)
@@ -89,11 +105,20 @@ def test_tvp_loss_value_and_gradients_match_hand_hooks(model, batch, mode: str) 
         assert differs, f"block {block} gets no gradient through the task vector"
 
 
-def test_tvp_accuracy_matches_hand_hooks(model, batch) -> None:
+@pytest.mark.parametrize("source", ["same_prompt", "other_prompt"])
+def test_tvp_accuracy_matches_hand_hooks(model, batch, source: str) -> None:
     with torch.no_grad():
-        _, _, answer_logits = hand_tvp_losses(model, batch, 2, "replace", detach=True)
+        _, _, answer_logits = hand_tvp_losses(model, batch, 2, "replace", detach=True, source=source)
     expected = (answer_logits.argmax(-1) == batch.answers[:, 0]).double()
-    torch.testing.assert_close(tvp_accuracy(model, batch, layer=2).double(), expected)
+    torch.testing.assert_close(tvp_accuracy(model, batch, layer=2, source=source).double(), expected)
+    in_pieces = tvp_accuracy(model, batch, layer=2, source=source, batch_size=2)
+    torch.testing.assert_close(in_pieces.double(), expected)
+
+
+def test_other_prompt_source_never_pairs_a_prompt_with_itself(batch) -> None:
+    partner = vector_sources(batch, "other_prompt")
+    assert (partner != torch.arange(len(batch))).all()
+    assert torch.equal(batch.task_ids[partner], batch.task_ids)
 
 
 def test_training_with_tvp_loss_reports_tvp_accuracy() -> None:

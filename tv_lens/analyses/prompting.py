@@ -48,6 +48,7 @@ from tv_lens.probes import collect
 from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
+from tv_lens.tasks.partners import other_prompts
 
 __all__ = ["PromptingAccuracy", "TaskVectorPrompting", "other_prompts", "task_vector_prompting"]
 
@@ -325,24 +326,6 @@ def _vectors(
     if source == "task_mean":
         return _task_means(reps.activations, ids, len(task_names)), none
     return reps.activations[:, partner], partner
-
-
-def other_prompts(task_ids: Int[Tensor, " prompt"], task_names: Sequence[str]) -> Int[Tensor, " prompt"]:
-    """For each prompt, the next prompt of the same task in the batch (cyclically): its dummy-query partner.
-
-    Raises:
-        AnalysisError: A task with a single prompt (it has no other prompt to take a vector from).
-    """
-    partner = torch.empty_like(task_ids)
-    for t in task_ids.unique().tolist():
-        members = (task_ids == t).nonzero().flatten()
-        if len(members) < 2:
-            raise AnalysisError(
-                f"Too few prompts: task {task_names[t]!r} has 1 prompt, but source='other_prompt' takes each "
-                "prompt's vector from another prompt of its task. Sample at least 2 prompts per task."
-            )
-        partner[members] = members.roll(-1)
-    return partner
 
 
 def _task_means(activations: Tensor, ids: Tensor, n_tasks: int) -> Tensor:

@@ -154,12 +154,16 @@ class TVPConfig:
         mode: ``"replace"`` the zero-shot residual with the vector, or ``"add"`` it.
         detach: Stop gradients through the extracted vector (default ``False``: they flow into the
             blocks up to ``layer`` of the context pass).
+        source: Whose context pass each zero-shot query gets its vector from: ``"other_prompt"`` (default:
+            another prompt of the same task in the batch, so the vector carries the task but not the query's
+            own answer) or ``"same_prompt"`` (the prompt's own context pass, which also holds its query).
     """
 
     layer: int
     lam: float = 1.0
     mode: Literal["replace", "add"] = "replace"
     detach: bool = False
+    source: Literal["other_prompt", "same_prompt"] = "other_prompt"
 
     def __post_init__(self) -> None:
         _check(
@@ -170,6 +174,10 @@ class TVPConfig:
             f"TVP-loss weight lam (λ) must be >= 0, got {self.lam!r}; use lam=0 to train without the TVP term.",
         )
         _check(self.mode in ("replace", "add"), f"TVPConfig.mode must be 'replace' or 'add', got {self.mode!r}.")
+        _check(
+            self.source in ("other_prompt", "same_prompt"),
+            f"TVPConfig.source must be 'other_prompt' or 'same_prompt', got {self.source!r}.",
+        )
 
 
 LORA_TARGETS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")

@@ -36,10 +36,12 @@ def evaluate(
             scores["accuracy"].append(objective.answer_accuracy(outputs, chunk).cpu())
             scores["loss"].append(objective.answer_loss(outputs, chunk).cpu())
             if tvp is not None:
-                scores["tvp_accuracy"].append(tvp_accuracy(adapter, chunk, tvp.layer, tvp.mode, objective).cpu())
                 zero_shot = chunk.zero_shot()
                 plain = objective.query_outputs(adapter, zero_shot)
                 scores["zero_shot_accuracy"].append(objective.answer_accuracy(plain, zero_shot).cpu())
+        if tvp is not None:
+            tvp_scores = tvp_accuracy(adapter, batch, tvp.layer, tvp.mode, objective, tvp.source, batch_size)
+            scores["tvp_accuracy"] = [tvp_scores.cpu()]
     finally:
         model.train(was_training)
     per_prompt = {name: torch.cat(values).double() for name, values in scores.items()}

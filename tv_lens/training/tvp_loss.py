@@ -13,9 +13,15 @@ hook *in the same context pass* that computes ``L_ICL`` (no extra pass), and inj
 intervention engine (:func:`tv_lens.interventions.run_with_interventions`). Unless ``detach=True``,
 gradients of ``L_TVP`` flow back through the vector into the blocks up to ``l`` of the context pass.
 
-Assumptions (Yang et al.'s details were not verified): the vector is the block's output
-(``resid_post``) at the query's own pre-answer position and is injected into the same query; the
-zero-shot answer loss is averaged over all prompts, Null-task ones included.
+Yang et al. extract the vector from a context pass that does not hold the test query. By default
+(``source="other_prompt"``) each zero-shot query therefore gets the vector of *another* prompt of its
+task in the batch: read at that prompt's pre-answer position, it carries the task, not this query's
+answer, so the loss cannot be lowered by copying an answer through the vector. ``source="same_prompt"``
+takes the prompt's own vector (which also holds its query).
+
+Assumptions (Yang et al.'s details were not verified): the vector is the block's output (``resid_post``)
+at the pre-answer position and is written at the zero-shot query's pre-answer position; the zero-shot
+answer loss is averaged over all prompts, Null-task ones included.
 """
 
 from __future__ import annotations
@@ -24,18 +30,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.interventions import add, replace, run_with_interventions
 from tv_lens.models import adapt
 from tv_lens.models.adapter import ModelAdapter
-from tv_lens.models.running import forward
+from tv_lens.probes import collect
 from tv_lens.tasks import ICLBatch
+from tv_lens.tasks.partners import other_prompts
 from tv_lens.training.config import TVPConfig
 from tv_lens.training.objectives import Objective, TokenObjective
 
-__all__ = ["Losses", "training_loss", "tvp_accuracy", "tvp_losses"]
+__all__ = ["Losses", "training_loss", "tvp_accuracy", "tvp_losses", "vector_sources"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ def tvp_losses(model: Any, batch: ICLBatch, tvp: TVPConfig, objective: Objective
     name = adapter.hook_name("resid_post", tvp.layer)
     icl = objective.context_loss(adapter, batch, hooks=[(name, grab)])
     vectors = captured[0].detach() if tvp.detach else captured[0]
+    vectors = vectors[vector_sources(batch, tvp.source).to(vectors.device)]
     zero_shot = batch.zero_shot()
     outputs = inject(adapter, zero_shot, vectors, tvp.layer, tvp.mode)
     term = objective.answer_loss(outputs, zero_shot).mean()
@@ -109,23 +117,45 @@ def inject(
 
 @torch.no_grad()
 def tvp_accuracy(
-    model: Any, batch: ICLBatch, layer: int, mode: str = "replace", objective: Objective | None = None
+    model: Any,
+    batch: ICLBatch,
+    layer: int,
+    mode: str = "replace",
+    objective: Objective | None = None,
+    source: str = "other_prompt",
+    batch_size: int | None = None,
 ) -> Float[Tensor, " batch"]:
-    """Per-prompt accuracy of the zero-shot queries with each prompt's own layer-``layer`` vector injected.
+    """Per-prompt accuracy of the zero-shot queries with a layer-``layer`` vector injected.
 
-    The context pass stops after block ``layer``; the vector is its output at each query's pre-answer
-    position.
+    Vectors are read in one pass over the whole batch (stopping after block ``layer``) at each prompt's
+    pre-answer position; each query gets the vector of the prompt ``source`` names (see :class:`TVPConfig`).
+    Zero-shot passes run ``batch_size`` prompts at a time (``None``: all at once).
     """
     adapter = adapt(model)
     adapter.check_layer(layer)
     objective = objective or TokenObjective()
-    captured: list[Tensor] = []
-
-    def grab(activation: Tensor, hook: Any) -> None:
-        rows = torch.arange(activation.shape[0], device=activation.device)
-        captured.append(activation[rows, batch.answer_pos.to(activation.device)])
-
-    name = adapter.hook_name("resid_post", layer)
-    forward(adapter, batch.inputs.to(adapter.device), stop_at_layer=layer + 1, hooks=[(name, grab)])
+    reps = collect(
+        adapter,
+        batch.inputs,
+        batch.answer_pos,
+        [layer],
+        attention_mask=batch.attention_mask,
+        batch_size=batch_size or max(len(batch), 1),
+        progress=False,
+    )
+    vectors = reps.activations[0][vector_sources(batch, source)]
     zero_shot = batch.zero_shot()
-    return objective.answer_accuracy(inject(adapter, zero_shot, captured[0], layer, mode), zero_shot)
+    step = batch_size or max(len(batch), 1)
+    scores = [
+        objective.answer_accuracy(inject(adapter, chunk, vectors[start : start + step], layer, mode), chunk)
+        for start in range(0, len(batch), step)
+        for chunk in [zero_shot.select(slice(start, start + step))]
+    ]
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def vector_sources(batch: ICLBatch, source: str) -> Int[Tensor, " batch"]:
+    """Index of the prompt each query takes its vector from: another prompt of its task, or itself."""
+    if source == "same_prompt":
+        return torch.arange(len(batch))
+    return other_prompts(batch.task_ids.cpu(), batch.task_names)
