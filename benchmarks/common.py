@@ -1,11 +1,14 @@
-"""Shared pieces of the benchmarks: the benchmark model and prompts, timing, and the result table."""
+"""Shared pieces of the benchmarks: the benchmark model and prompts, timing, the machine, and the result table."""
 
 from __future__ import annotations
 
-import statistics
+import importlib.metadata
+import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -14,7 +17,11 @@ from tv_lens.models import ModelConfig, build_model
 
 @dataclass(frozen=True)
 class Scale:
-    """Model and prompt sizes of one benchmark run."""
+    """Model and prompt sizes of one benchmark run.
+
+    Each timing is the best of ``rounds`` interleaved rounds; the first round's outputs are the ones
+    checked for equality.
+    """
 
     n_layers: int
     d_model: int
@@ -22,28 +29,40 @@ class Scale:
     n_prompts: int
     prompt_len: int
     d_vocab: int = 64
-    repeats: int = 3
+    rounds: int = 3
+    recipe: str = "default"
 
 
-FULL = Scale(n_layers=6, d_model=256, n_heads=8, n_prompts=400, prompt_len=100)
-QUICK = Scale(n_layers=4, d_model=128, n_heads=4, n_prompts=96, prompt_len=48, repeats=2)
+FULL = Scale(n_layers=6, d_model=256, n_heads=8, n_prompts=400, prompt_len=100, rounds=2)
+QUICK = Scale(n_layers=4, d_model=128, n_heads=4, n_prompts=96, prompt_len=48, rounds=3, recipe="quick")
 
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the table: tv_lens against a baseline, with the target ratio."""
+    """One line of the table: tv_lens against a baseline (``None``: an absolute number), with the target."""
 
     name: str
     ours_s: float
-    baseline_s: float
+    baseline_s: float | None
     baseline: str
     target: str
     passed: bool
     note: str = ""
 
     @property
-    def ratio(self) -> float:
-        return self.ours_s / self.baseline_s
+    def ratio(self) -> float | None:
+        return None if self.baseline_s is None else self.ours_s / self.baseline_s
+
+
+def pass_rows(device: str, prompt_len: int) -> int:
+    """Prompts per forward pass, for tv_lens (``rows_per_pass``) and for the baselines alike.
+
+    On a CPU, small passes are the fastest per token: once a pass's activations outgrow the caches
+    (beyond a few thousand tokens at d_model 128-256) every operation slows down, up to 3-4x per element
+    on the machine of docs/performance.md. So both sides run passes of about 2,000 tokens, rather than
+    the baselines running all prompts at once. A GPU is fastest with large passes.
+    """
+    return 4096 if device.startswith("cuda") else max(1, 2048 // prompt_len)
 
 
 def bench_model(scale: Scale, device: str):
@@ -68,27 +87,64 @@ def bench_prompts(scale: Scale, n_prompts: int | None = None, prompt_len: int | 
     return tokens, answer_pos
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls after one warm-up call (seconds)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure(*fns: Callable[[], Any], rounds: int) -> tuple[list[float], list[Any]]:
+    """Best wall time of each of ``fns`` over ``rounds`` rounds, and the outputs of their first call.
+
+    Calls are interleaved round by round, so that a change of machine load hits every function alike,
+    and the best (least disturbed) round counts: on a shared machine other jobs only ever add time.
+    """
+    times: list[list[float]] = [[] for _ in fns]
+    outputs: list[Any] = []
+    for round_ in range(rounds):
+        for i, fn in enumerate(fns):
+            _sync()
+            start = time.perf_counter()
+            output = fn()
+            _sync()
+            times[i].append(time.perf_counter() - start)
+            if round_ == 0:
+                outputs.append(output)
+    return [min(samples) for samples in times], outputs
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (with its family, model and cache size), or what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            fields = dict(line.split(":", 1) for line in cpuinfo.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    details = [f"{key} {fields[key]}" for key in ("cpu family", "model", "cache size") if key in fields]
+    return f"{fields.get('model name', platform.machine())} ({', '.join(details)})"
+
+
+def machine_lines(device: str) -> list[str]:
+    """The hardware and software the numbers were measured on."""
+    lines = [
+        f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores, torch uses {torch.get_num_threads()} threads",
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformer-lens {importlib.metadata.version('transformer-lens')}",
+        f"device: {device}" + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
+    ]
+    return lines
 
 
 def print_table(rows: list[Row]) -> None:
-    header = f"{'benchmark':<44} {'tv_lens s':>10} {'baseline s':>11} {'ratio':>7}  {'target':<10} {'pass':<5} baseline"
+    header = f"{'benchmark':<48} {'tv_lens s':>10} {'baseline s':>11} {'ratio':>7}  {'target':<11} {'pass':<5} baseline"
     print(header)
     print("-" * len(header))
     for row in rows:
+        baseline = "-" if row.baseline_s is None else f"{row.baseline_s:.3f}"
+        ratio = "-" if row.ratio is None else f"{row.ratio:.2f}"
         print(
-            f"{row.name:<44} {row.ours_s:>10.3f} {row.baseline_s:>11.3f} {row.ratio:>7.2f}  {row.target:<10} "
+            f"{row.name:<48} {row.ours_s:>10.3f} {baseline:>11} {ratio:>7}  {row.target:<11} "
             f"{'yes' if row.passed else 'NO':<5} {row.baseline}"
         )
         if row.note:
-            print(f"{'':<44} note: {row.note}")
+            print(f"{'':<48} note: {row.note}")

@@ -14,27 +14,27 @@ import sys
 
 import torch
 
-from benchmarks.common import Row, Scale, bench_model, bench_prompts, best_time
+from benchmarks.common import Row, Scale, bench_model, bench_prompts, measure, pass_rows
 from tv_lens.probes import collect
 
-BATCH = 64
+MEMORY_BATCH = 64
 
 
-def _usual_way(model, tokens, answer_pos, names):
+def _usual_way(model, tokens, answer_pos, names, batch_size):
     rows = {name: [] for name in names}
-    for chunk, positions in zip(tokens.split(BATCH), answer_pos.split(BATCH), strict=True):
+    for chunk, positions in zip(tokens.split(batch_size), answer_pos.split(batch_size), strict=True):
         _, cache = model.run_with_cache(chunk, names_filter=lambda name: name in names)
         for name in names:
             rows[name].append(cache[name][torch.arange(len(chunk)), positions])
     return torch.stack([torch.cat(rows[name]) for name in names])
 
 
-def _per_layer_loop(model, tokens, answer_pos, names):
-    return torch.stack([_usual_way(model, tokens, answer_pos, [name])[0] for name in names])
+def _per_layer_loop(model, tokens, answer_pos, names, batch_size):
+    return torch.stack([_usual_way(model, tokens, answer_pos, [name], batch_size)[0] for name in names])
 
 
-def _floor(model, tokens):
-    for chunk in tokens.split(BATCH):
+def _floor(model, tokens, batch_size):
+    for chunk in tokens.split(batch_size):
         model(chunk)
 
 
@@ -43,20 +43,25 @@ def timing_rows(scale: Scale, device: str) -> list[Row]:
     tokens, answer_pos = bench_prompts(scale)
     tokens = tokens.to(device)
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(scale.n_layers)]
+    answer_pos_device = answer_pos.to(device)
+    size = pass_rows(device, scale.prompt_len)
+    fns = {
+        "ours": lambda: collect(model, tokens, answer_pos, batch_size=size, progress=False).activations,
+        "floor": lambda: _floor(model, tokens, size),
+        "usual": lambda: _usual_way(model, tokens, answer_pos_device, names, size).cpu(),
+        "loop": lambda: _per_layer_loop(model, tokens, answer_pos_device, names, size).cpu(),
+    }
     with torch.no_grad():
-        ours = collect(model, tokens, answer_pos, batch_size=BATCH, progress=False).activations
-        usual = _usual_way(model, tokens, answer_pos.to(device), names).cpu()
-        torch.testing.assert_close(ours, usual, atol=1e-4, rtol=1e-4)
-        times = {
-            "ours": best_time(
-                lambda: collect(model, tokens, answer_pos, batch_size=BATCH, progress=False), scale.repeats
-            ),
-            "floor": best_time(lambda: _floor(model, tokens), scale.repeats),
-            "usual": best_time(lambda: _usual_way(model, tokens, answer_pos.to(device), names), scale.repeats),
-            "loop": best_time(lambda: _per_layer_loop(model, tokens, answer_pos.to(device), names), scale.repeats),
-        }
+        measured, outputs = measure(*fns.values(), rounds=max(scale.rounds, 3))
+    ours, _, usual, loop = outputs
+    torch.testing.assert_close(ours, usual, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours, loop, atol=1e-4, rtol=1e-4)
+    times = dict(zip(fns, measured, strict=True))
     label = f"representations, {len(names)} layers x {scale.n_prompts} prompts"
-    note = "prompts are trimmed to their answer position and the pass stops before the unembedding"
+    note = (
+        "rows checked equal to run_with_cache's (1e-4) first; prompts are trimmed to their answer position and "
+        "the pass stops before the unembedding"
+    )
     return [
         Row(
             label,
@@ -80,7 +85,7 @@ def _measure(n_prompts: int, prompt_len: int, scale_json: str) -> dict:
     answer_pos = torch.full((n_prompts,), prompt_len - 1)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.no_grad():
-        reps = collect(model, tokens, answer_pos, batch_size=BATCH, progress=False)
+        reps = collect(model, tokens, answer_pos, batch_size=MEMORY_BATCH, progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     return {"peak_mb": peak / 1024, "retained_mb": reps.activations.numel() * reps.activations.element_size() / 2**20}
 
@@ -88,14 +93,20 @@ def _measure(n_prompts: int, prompt_len: int, scale_json: str) -> dict:
 def memory_report(scale: Scale) -> list[str]:
     settings = [(400, 64), (4000, 64), (400, 512)] if scale.n_prompts >= 400 else [(100, 32), (1000, 32), (100, 256)]
     scale_json = json.dumps(scale.__dict__)
-    results = {}
-    for n_prompts, prompt_len in settings:
+    processes = {}
+    for n_prompts, prompt_len in settings:  # one fresh process each (peak RSS is per process), run side by side
         code = (
             "import json, sys; from benchmarks.representations import _measure; "
             f"print(json.dumps(_measure({n_prompts}, {prompt_len}, sys.argv[1])))"
         )
-        out = subprocess.run([sys.executable, "-c", code, scale_json], capture_output=True, text=True, check=True)
-        results[(n_prompts, prompt_len)] = json.loads(out.stdout.strip().splitlines()[-1])
+        command = [sys.executable, "-c", code, scale_json]
+        processes[(n_prompts, prompt_len)] = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    results = {}
+    for setting, process in processes.items():
+        out, _ = process.communicate()
+        if process.returncode:
+            raise RuntimeError(f"measuring the memory of {setting} (prompts, tokens) failed; see the error above")
+        results[setting] = json.loads(out.strip().splitlines()[-1])
     (p0, l0), (p1, _), (_, l1) = settings
     base, more_prompts, longer = results[settings[0]], results[settings[1]], results[settings[2]]
     lines = [f"{'prompts':>8} {'tokens':>7} {'retained MB':>12} {'peak RSS growth MB':>19}"]

@@ -63,3 +63,16 @@ def left_padded(tokens, lengths):
         left[row, width - length :] = tokens[row, :length]
         mask[row, width - length :] = 1
     return left, mask, torch.full_like(lengths, width - 1)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print how many bad inputs the error catalogue (tests/test_errors.py) covered in this run."""
+    reports = [
+        report
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if getattr(report, "when", None) == "call" and "::test_bad_input_is_a_clear_error[" in report.nodeid
+    ]
+    if reports:
+        passed = sum(report.passed for report in reports)
+        terminalreporter.write_line(f"bad-input catalogue: {len(reports)} cases ({passed} passed)")

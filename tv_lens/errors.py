@@ -23,6 +23,16 @@ class HookNotFoundError(TvLensError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownNameError(TvLensError, KeyError):
+    """A name that is not among those available (e.g. an analysis a suite result does not hold)."""
+
+    __str__ = HookNotFoundError.__str__
+
+
+class MissingFileError(TvLensError, FileNotFoundError):
+    """A file to read that does not exist (a saved result ...)."""
+
+
 class LayerOutOfRangeError(TvLensError, IndexError):
     """A layer or head index outside the model."""
 
@@ -56,8 +66,12 @@ class ResultFileError(TvLensError, ValueError):
 
 
 class ConfigError(TvLensError, ValueError):
-    """A training setting that cannot work (negative λ, warmup longer than training, unknown mode ...)."""
+    """A model or training setting that cannot work (d_vocab 0, negative λ, warmup longer than training ...)."""
 
 
 class CheckpointError(TvLensError, ValueError):
     """A checkpoint that cannot be used: truncated or corrupt, or written by a run with another config."""
+
+
+class ArtefactError(TvLensError, ValueError):
+    """Saved artefacts that are missing or do not fit the request (a directory without results or model ...)."""

@@ -14,6 +14,9 @@ Guarantees:
 - Positions are per prompt (``"answer"`` = each prompt's own answer position), left- or right-padded.
 - Given the clean residual entering block ``l`` and a model whose forward supports ``start_at_layer``, a
   run whose interventions are all at blocks ≥ ``l`` starts there instead of recomputing blocks ``< l``.
+- ``blocked_keys`` masks attention on top of the causal mask (through the attention hook points, where the
+  model's softmax reads them: :func:`supports_blocked_keys`), so that several continuations of one prefix
+  can share a row, each attending to the prefix and to itself only.
 
 >>> from tv_lens.models import ModelConfig, build_model
 >>> model = build_model(ModelConfig(d_vocab=16, n_layers=2, d_model=32, n_heads=4, n_ctx=32))
@@ -25,22 +28,42 @@ Guarantees:
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from tv_lens.errors import InterventionNotAppliedError, LayerOutOfRangeError, PositionError, ShapeError
+from tv_lens.errors import (
+    HookNotFoundError,
+    InterventionNotAppliedError,
+    LayerOutOfRangeError,
+    ModelNotSupportedError,
+    NonFiniteError,
+    PositionError,
+    ShapeError,
+)
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import forward
 from tv_lens.positions import Inputs, PreparedPrompts, as_positions, length_sorted_batches, prepare_prompts
 
 Positions = Literal["answer", "all"] | int | Sequence[int] | Tensor
 Rows = Sequence[int] | Tensor | None
+
+#: How a model's attention is masked through hooks: scores set to -inf before the softmax, or the
+#: softmax output with blocked keys zeroed and each row renormalised.
+_MASK_HOOKS = {"scores": "blocks.{layer}.attn.hook_attn_scores", "pattern": "blocks.{layer}.attn.hook_pattern"}
+# Masking strategy found per model object (weak keys: a model that is deleted drops out).
+_MASKING: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+
+
+class BlockedKeysPrecisionError(NonFiniteError):
+    """Blocked keys held (nearly) all of a query's attention, so the renormalised pattern is imprecise."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +173,8 @@ def run_with_interventions(
     n_answer_tokens: int = 1,
     clean_residual: Float[Tensor, "batch pos d_model"] | None = None,
     clean_residual_layer: int | None = None,
+    residual_layer: int | None = None,
+    blocked_keys: Bool[Tensor, "batch pos pos"] | None = None,
     batch_size: int | None = None,
 ) -> InterventionRun:
     """Run ``inputs`` with ``interventions`` applied and return the output at the answer positions.
@@ -165,15 +190,30 @@ def run_with_interventions(
             ``model(tokens, stop_at_layer=l)``), in the layout of ``inputs``. Used to skip blocks below
             ``l`` when the model supports ``start_at_layer`` and every intervention is at a block ≥ ``l``.
         clean_residual_layer: The block ``clean_residual`` enters.
+        residual_layer: ``inputs`` are the residual stream entering this block (not tokens): the run
+            starts there, and every intervention must write at this block or later.
+        blocked_keys: ``[batch, pos, pos]``, True where query position ``q`` must not attend to key
+            position ``k``, on top of the causal mask. Needs prompts that start at column 0 (right
+            padding) and a model whose attention can be masked through hooks
+            (:func:`supports_blocked_keys`).
         batch_size: Prompts per forward pass (``None``: all at once).
 
     Raises:
         InterventionNotAppliedError: An intervention wrote to no prompt.
+        ModelNotSupportedError: ``blocked_keys`` for a model whose attention hooks cannot mask it.
+        BlockedKeysPrecisionError: Blocked keys took (nearly) all of a query's attention weight, which
+            the renormalising mask of some models cannot represent precisely.
     """
     adapter = adapt(model)
-    prompts = prepare_prompts(adapter, inputs, answer_pos, attention_mask, n_answer_tokens)
+    residual = residual_layer is not None
+    prompts = prepare_prompts(adapter, inputs, answer_pos, attention_mask, n_answer_tokens, residual=residual)
     plans = [_resolve(adapter, prompts, intervention, n_answer_tokens) for intervention in interventions]
-    start = _start_layer(adapter, prompts, plans, clean_residual, clean_residual_layer, attention_mask)
+    if residual_layer is not None:
+        _check_entry(adapter, plans, residual_layer, clean_residual)
+        start: tuple[int, Tensor] | None = (residual_layer, prompts.inputs)
+    else:
+        start = _start_layer(adapter, prompts, plans, clean_residual, clean_residual_layer, attention_mask)
+    masking = _blocked_keys(adapter, prompts, blocked_keys)
     source = prompts.inputs if start is None else start[1]
     writes = [0] * len(plans)
     outputs: list[Tensor] = []
@@ -185,6 +225,9 @@ def run_with_interventions(
             (plan.hook_name, partial(_write, plan=plan, index=index, writes=writes, slot=i))
             for i, plan in enumerate(plans)
         ]
+        if masking is not None:
+            blocked = masking[0][index.to(masking[0].device)][:, :width, :width].to(adapter.device)
+            hooks += mask_hooks(adapter, masking[1], blocked, 0 if start is None else start[0])
         output = forward(
             adapter,
             source[index.to(source.device), :width].to(adapter.device),
@@ -303,6 +346,124 @@ def _start_layer(
         adapter, clean_residual, prompts.answer_pos + prompts.shift, attention_mask, residual=True
     )
     return layer, aligned.inputs
+
+
+def _check_entry(adapter: ModelAdapter, plans: list[_Plan], layer: int, clean_residual: Tensor | None) -> None:
+    """Inputs that are the residual entering block ``layer``: no intervention may write below it."""
+    adapter.check_layer(layer)
+    if clean_residual is not None:
+        raise ShapeError("Give residual_layer (the inputs are a residual) or clean_residual, not both.")
+    early = [plan.intervention for plan in plans if plan.block < layer]
+    if early:
+        raise LayerOutOfRangeError(
+            f"{early[0]} writes before block {layer}, where the residual inputs enter; write at block "
+            f">= {layer} or pass the tokens instead."
+        )
+
+
+def _blocked_keys(
+    adapter: ModelAdapter, prompts: PreparedPrompts, blocked_keys: Tensor | None
+) -> tuple[Tensor, str] | None:
+    """Validated ``blocked_keys`` and the way this model's attention is masked, or None."""
+    if blocked_keys is None:
+        return None
+    blocked = torch.as_tensor(blocked_keys)
+    n_prompts, width = prompts.inputs.shape[:2]
+    if blocked.dtype != torch.bool or blocked.shape != (n_prompts, width, width):
+        raise ShapeError(
+            f"blocked_keys must be a bool tensor [batch={n_prompts}, pos={width}, pos={width}], got "
+            f"{blocked.dtype} of shape {tuple(blocked.shape)}."
+        )
+    if bool(prompts.shift.any()):
+        raise ShapeError("blocked_keys needs prompts that start at column 0; right-pad them instead of left-padding.")
+    strategy = masking_strategy(adapter)
+    if strategy is None:
+        raise ModelNotSupportedError(
+            "This model's attention cannot be masked through its hook points (neither attn.hook_attn_scores "
+            "nor attn.hook_pattern feeds its softmax output); run the continuations as separate rows."
+        )
+    return blocked, strategy
+
+
+def supports_blocked_keys(model: Any) -> bool:
+    """Whether ``run_with_interventions(..., blocked_keys=...)`` works for ``model`` (see :func:`masking_strategy`)."""
+    return masking_strategy(adapt(model)) is not None
+
+
+def masking_strategy(adapter: ModelAdapter) -> str | None:
+    """How hooks mask this model's attention: ``"scores"``, ``"pattern"`` or None (detected once per model).
+
+    The check packs two 5-position runs that share a 3-position prefix into one 7-position row, blocks
+    the second run's last two positions from the first's, and compares the outputs with the two runs
+    (positional information rides in the residual input, so a model whose attention itself depends on
+    positions, e.g. rotary, fails it and is not masked).
+    """
+    known = _MASKING.get(adapter.model, "unknown")
+    if known == "unknown":
+        known = _detect_masking(adapter)
+        _MASKING[adapter.model] = known
+    return known
+
+
+def _detect_masking(adapter: ModelAdapter) -> str | None:
+    if adapter.n_ctx < 7 or adapter.dtype not in (torch.float32, torch.float64):
+        return None
+    generator = torch.Generator().manual_seed(0)
+    runs = torch.randn(2, 5, adapter.d_model, generator=generator).to(adapter.device, adapter.dtype)
+    runs[1, :3] = runs[0, :3]
+    packed = torch.cat([runs[0], runs[1, 3:]])[None]
+    blocked = torch.zeros(1, 7, 7, dtype=torch.bool, device=adapter.device)
+    blocked[0, 5:, 3:5] = True
+    with torch.no_grad():
+        expected = forward(adapter, runs, start_at_layer=0)[:, 3:].reshape(1, 4, -1)
+        tolerance = 1e-4 * (1 + float(expected.abs().max()))
+        for strategy in _MASK_HOOKS:
+            try:
+                with warnings.catch_warnings():  # a bridge warns that a post-hoc hook's edit is discarded
+                    warnings.simplefilter("ignore", UserWarning)
+                    output = forward(adapter, packed, start_at_layer=0, hooks=mask_hooks(adapter, strategy, blocked, 0))
+            except (HookNotFoundError, _MaskNotApplied, BlockedKeysPrecisionError):
+                continue
+            if torch.allclose(output[:, 3:], expected, rtol=1e-4, atol=tolerance):
+                return strategy
+    return None
+
+
+def mask_hooks(adapter: ModelAdapter, strategy: str, blocked: Tensor, first_block: int) -> list[tuple[str, Any]]:
+    """Hooks applying ``blocked`` ``[batch, query, key]`` to the attention of blocks ``>= first_block``."""
+    fn = partial(_mask_scores if strategy == "scores" else _mask_pattern, blocked=blocked[:, None])
+    names = [_MASK_HOOKS[strategy].format(layer=layer) for layer in range(first_block, adapter.n_layers)]
+    for name in names:
+        adapter.hook_point(name)
+    return [(name, fn) for name in names]
+
+
+class _MaskNotApplied(Exception):
+    """An attention hook whose tensor is not ``[batch, head, query, key]`` like the mask."""
+
+
+def _check_mask_shape(attention: Tensor, blocked: Tensor) -> None:
+    if attention.ndim != 4 or attention.shape[0] != blocked.shape[0] or attention.shape[2:] != blocked.shape[2:]:
+        raise _MaskNotApplied
+
+
+def _mask_scores(scores: Tensor, hook: Any, *, blocked: Tensor) -> Tensor:
+    """Hook body: blocked keys get score -inf before the softmax (exact)."""
+    _check_mask_shape(scores, blocked)
+    return scores.masked_fill(blocked, float("-inf"))
+
+
+def _mask_pattern(pattern: Tensor, hook: Any, *, blocked: Tensor) -> Tensor:
+    """Hook body: blocked keys get weight 0 after the softmax; each row is renormalised to sum to 1."""
+    _check_mask_shape(pattern, blocked)
+    kept = pattern.masked_fill(blocked, 0.0)
+    total = kept.sum(-1, keepdim=True)
+    if bool((total < torch.finfo(total.dtype).tiny ** 0.5).any()):
+        raise BlockedKeysPrecisionError(
+            "Blocked keys held nearly all of a query's attention weight, so renormalising the rest is "
+            "imprecise on this model; run these continuations as separate rows."
+        )
+    return kept / total
 
 
 def _write(activation: Tensor, hook: Any, *, plan: _Plan, index: Tensor, writes: list[int], slot: int) -> Tensor:

@@ -100,7 +100,8 @@ def prepare_prompts(
     elif inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= adapter.d_vocab):
         raise ShapeError(
             f"Token ids must lie in [0, {adapter.d_vocab}) for this model's vocabulary, got ids in "
-            f"[{int(inputs.min())}, {int(inputs.max())}]. Build the model with a vocabulary the task needs."
+            f"[{int(inputs.min())}, {int(inputs.max())}]. Build the model with a vocabulary the task needs (d_vocab >= "
+            "pool.vocab_size), or tokenize text prompts with the model's own tokenizer."
         )
     n_prompts, width = int(inputs.shape[0]), int(inputs.shape[1])
     if n_prompts == 0:

@@ -5,7 +5,8 @@ answer. :func:`collect` does that for every requested layer in ONE forward pass:
 only the answer-position row of each prompt (so memory grows with prompts × layers × d_model, not with
 sequence length), the pass stops after the last block needed, prompts are batched by length (padding
 columns past a batch's last answer position are never computed) and left- or right-padded batches give the
-same rows.
+same rows. Identical prompts are run once and share their row, and the batches run do not depend on the
+order of the prompts, so reordering them reorders the rows bit for bit.
 
 >>> from tv_lens.models import ModelConfig, build_model
 >>> model = build_model(ModelConfig(d_vocab=16, n_layers=2, d_model=32, n_heads=4, n_ctx=32))
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from tv_lens.errors import HookNotFoundError, NonFiniteError, ShapeError
 from tv_lens.models.adapter import EMBED_LAYER, RESIDUAL_SITES, ModelAdapter, adapt
 from tv_lens.models.running import forward
-from tv_lens.positions import Inputs, as_positions, prepare_prompts
+from tv_lens.positions import Inputs, PreparedPrompts, as_positions, prepare_prompts
 
 
 @dataclass(frozen=True)
@@ -147,21 +148,39 @@ def collect(
     adapter = adapt(model)
     if layers is None:
         layers = ([EMBED_LAYER] if site == "resid_post" else []) + list(range(adapter.n_layers))
-    layers = tuple(layers)
-    if not layers:
-        raise ShapeError("layers is empty; pass at least one block index (or None for every block).")
+    layers = adapter.check_layers(layers, allow_embed=True)
     names = [adapter.hook_name(site, layer) for layer in layers]
     for name in names:
         adapter.hook_point(name)
-    if batch_size < 1:
-        raise ShapeError(f"batch_size must be ≥ 1, got {batch_size}.")
-    prompts = prepare_prompts(adapter, inputs, answer_pos, attention_mask)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ShapeError(f"batch_size must be an int ≥ 1 (prompts per forward pass), got {batch_size!r}.")
+    prompts, copies = _distinct(prepare_prompts(adapter, inputs, answer_pos, attention_mask))
     rows = _rows_at_answer(adapter, prompts, sorted(set(names)), max(layers), batch_size, progress)
-    activations = torch.stack([rows[name] for name in names])
+    activations = torch.stack([rows[name] for name in names])[:, copies]
     _check_finite(activations, layers)
     if task_ids is not None:
-        task_ids = as_positions(task_ids, len(prompts), "task_ids")
+        task_ids = as_positions(task_ids, len(copies), "task_ids")
     return Representations(activations, layers, site, task_ids)
+
+
+def _distinct(prompts: PreparedPrompts) -> tuple[PreparedPrompts, Int[Tensor, " batch"]]:
+    """The distinct prompts (up to their answer positions) in a canonical order, and each prompt's index among them.
+
+    Identical prompts then share one row (bit for bit), and the rows do not depend on the order of the prompts:
+    the batches run are the same whatever order or padding the caller used.
+    """
+    width = int(prompts.answer_pos.max()) + 1
+    inputs = prompts.inputs[:, :width]
+    answer_pos = prompts.answer_pos.to(inputs.device)
+    after_answer = torch.arange(width, device=inputs.device)[None, :] > answer_pos[:, None]
+    masked = inputs.masked_fill(after_answer if inputs.ndim == 2 else after_answer[..., None], 0)  # never read
+    keys = torch.cat([answer_pos[:, None].to(masked.dtype), masked.flatten(1)], dim=1)
+    distinct, copies = torch.unique(keys, dim=0, return_inverse=True)
+    n = len(distinct)
+    unique_prompts = PreparedPrompts(
+        distinct[:, 1:].reshape(n, *inputs.shape[1:]), distinct[:, 0].long().cpu(), torch.zeros(n, dtype=torch.long)
+    )
+    return unique_prompts, copies.cpu()
 
 
 def _rows_at_answer(
@@ -185,7 +204,8 @@ def _rows_at_answer(
         rows = (torch.arange(len(index), device=adapter.device), positions.to(adapter.device))
         hooks = [(name, partial(_keep_rows, store=out[name], index=index, rows=rows)) for name in names]
         with torch.no_grad():
-            forward(adapter, batch_inputs.to(adapter.device), stop_at_layer=max(last_layer, 0) + 1, hooks=hooks)
+            stop = max(last_layer, 0) + 1
+            forward(adapter, batch_inputs.to(adapter.device), stop_at_layer=stop, hooks=hooks, require_hooks=True)
     return out
 
 

@@ -133,11 +133,7 @@ class TaskVectors(Result):
         _check_reduce(reduce)
         adapter = adapt(model)
         batch = _as_batch(data, n_per_task, n_shots, seed)
-        layers = tuple(range(adapter.n_layers)) if layers is None else tuple(layers)
-        if not layers:
-            raise LayerOutOfRangeError("layers is empty; pass block indices (or None for every block).")
-        for layer in layers:
-            adapter.check_layer(layer, allow_embed=True)
+        layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
         adapter.hook_name(site, 0)
         keep = _task_ids(batch, tasks)
         if reduce == "mean_over_prompts":
@@ -341,7 +337,8 @@ def _demo_means(
             for i, name in enumerate(names)
         ]
         with torch.no_grad():
-            forward(adapter, prompts.inputs[index, :width].to(adapter.device), stop_at_layer=stop, hooks=hooks)
+            inputs = prompts.inputs[index, :width].to(adapter.device)
+            forward(adapter, inputs, stop_at_layer=stop, hooks=hooks, require_hooks=True)
     if not bool(torch.isfinite(sums).all()):
         raise NonFiniteError("NaN or infinite activations at demonstration positions; check the model's weights.")
     means = sums / counts.clamp(min=1)[None, :, None]

@@ -27,8 +27,9 @@ import torch
 
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.decodability import TaskDecodability
+from tv_lens.analyses.inputs import check_pool
 from tv_lens.analyses.performance import score_batch
-from tv_lens.errors import LayerOutOfRangeError
+from tv_lens.errors import AnalysisError, LayerOutOfRangeError
 from tv_lens.models.adapter import adapt
 from tv_lens.results.finetuning import FinetuningComparison
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
@@ -67,6 +68,12 @@ def compare_models(
         settings: Recorded on the result.
     """
     check_bootstrap(n_bootstrap, ci)
+    if not isinstance(models, dict) or not models:
+        got = "an empty dict" if isinstance(models, dict) else f"a {type(models).__name__}"
+        raise AnalysisError(
+            f"models must be a non-empty dict of name -> model, got {got}; pass e.g. "
+            "{'base': model, 'finetuned': other} (the base model first)."
+        )
     decodability = decodability or TaskDecodability()
     prompts: Any = batch  # an ICLBatch is a PromptBatch (the protocol's attributes are read here only)
     names = tuple(models)
@@ -174,6 +181,7 @@ class LayerFinetuning:
         Training batches come from a hashed 64-bit seed stream (:mod:`tv_lens.training.data`), so the
         comparison prompts are not training prompts.
         """
+        check_pool(pool)
         models, losses = self.finetune_variants(model, pool)
         return self.compare(models, losses, pool, seed)
 

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from tv_lens.analyses.attribution import head_attribution
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.analyses.inputs import answer_tokens, check_pool, finite_outputs
 from tv_lens.analyses.pruning import (
     SHARED_METHODS,
     check_count,
@@ -125,8 +126,7 @@ def head_importance(
     check_count(top_k, "top_k", 1, n_heads_total)
     check_count(prune_steps, "prune_steps", 0, n_heads_total)
     check_bootstrap(n_bootstrap, ci)
-    answers = torch.as_tensor(answers).cpu().long()
-    answers = answers[:, None] if answers.ndim == 1 else answers
+    answers = answer_tokens(answers, len(inputs))
     prompts = align(model, inputs, answer_pos, attention_mask, answers.shape[1])
     ids = _task_ids(task_ids, task_names, len(prompts))
     values = _ablation_values(adapter, prompts, mode, batch_size)
@@ -226,6 +226,7 @@ class HeadAblation:
         self, model: Any, pool: TaskPool, n_per_task: int = 100, n_shots: ShotSpec = 4, seed: int = 0
     ) -> HeadImportance:
         """Sample ``n_per_task`` prompts per task (seeded) and run :meth:`run_batch`."""
+        check_pool(pool)
         return self.run_batch(model, pool.sample(n_per_task, n_shots, seed), seed=seed)
 
     def run_batch(self, model: Any, batch: ICLBatch, seed: int = 0) -> HeadImportance:
@@ -294,7 +295,8 @@ def _ablation_values(
             for layer in range(adapter.n_layers)
         ]
         with torch.no_grad():
-            forward(adapter, prompts.inputs[index.to(prompts.inputs.device), :width].to(adapter.device), hooks=hooks)
+            inputs = prompts.inputs[index.to(prompts.inputs.device), :width].to(adapter.device)
+            forward(adapter, inputs, hooks=hooks, require_hooks=True)
     return (sums / total).to(adapter.dtype)
 
 
@@ -305,6 +307,7 @@ def _ablate(layer: int, head: int, mode: str, values: Tensor) -> Any:
 
 
 def _score(logits: Tensor, index: Tensor, *, answers: Tensor) -> Tensor:
+    logits = finite_outputs(logits)
     target = answers[index].to(logits.device)
     correct = token_accuracy(logits, target).double()
     loss = token_cross_entropy(logits, target).double()

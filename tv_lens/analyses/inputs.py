@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import NonFiniteError, ShapeError
+from tv_lens.errors import NonFiniteError, ShapeError, TaskError
 from tv_lens.probes import Representations
 
 
@@ -59,10 +59,45 @@ class PromptPool(Protocol):
         ...
 
 
+def check_pool(pool: Any) -> None:
+    """Raise :class:`TaskError` unless ``pool`` can sample prompts (has ``sample(n_per_task, n_shots, seed)``)."""
+    if not callable(getattr(pool, "sample", None)) or not hasattr(pool, "task_names"):
+        raise TaskError(
+            f"Cannot sample prompts from a {type(pool).__name__}; pass a task pool such as "
+            "tv_lens.tasks.offset_pool() (a TaskPool, RegressionPool or TextPool), or use run_batch for a batch."
+        )
+
+
 def sample_batch(pool: PromptPool, n_per_task: int, n_shots: Any, seed: int) -> PromptBatch:
-    """``pool.sample`` typed as a :class:`PromptBatch`."""
+    """``pool.sample`` typed as a :class:`PromptBatch` (the pool is checked first)."""
+    check_pool(pool)
     batch: PromptBatch = pool.sample(n_per_task, n_shots, seed)
     return batch
+
+
+def answer_tokens(answers: Int[Tensor, "batch ..."], n_prompts: int) -> Int[Tensor, "batch n_answer"]:
+    """Answer tokens as ``[batch, n_answer]`` (a ``[batch]`` tensor is one token per prompt), long, on the CPU."""
+    answers = torch.as_tensor(answers)
+    if answers.ndim == 1:
+        answers = answers[:, None]
+    if answers.ndim != 2 or answers.shape[0] != n_prompts or answers.is_floating_point():
+        raise ShapeError(
+            f"answers must be integer tokens [batch={n_prompts}, n_answer], got {answers.dtype} "
+            f"{tuple(answers.shape)}; pass the answers of these prompts (batch.answers)."
+        )
+    return answers.cpu().long()
+
+
+def finite_outputs(outputs: Float[Tensor, "batch n_answer d_out"]) -> Float[Tensor, "batch n_answer d_out"]:
+    """``outputs`` (a model's outputs at answer positions), after checking that none is NaN or infinite."""
+    finite = torch.isfinite(outputs).flatten(1).all(-1)
+    if not bool(finite.all()):
+        raise NonFiniteError(
+            f"The model's outputs at the answer positions are NaN or infinite for {int((~finite).sum())} of "
+            f"{len(finite)} prompt(s): its weights, inputs or intervention values are not finite (a diverged "
+            "checkpoint?). Check them with torch.isfinite."
+        )
+    return outputs
 
 
 RepsInput = Representations | Float[Tensor, "layer prompt d"] | Float[Tensor, "prompt d"]

@@ -43,6 +43,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap
+from tv_lens.analyses.inputs import answer_tokens, check_pool, finite_outputs
 from tv_lens.analyses.patching_summary import summarize_patching
 from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
@@ -125,11 +126,11 @@ def patch_task_vectors(
         raise AnalysisError(f"scale must be a finite number, got {scale!r}.")
     check_bootstrap(n_bootstrap, ci)
     adapter = vectors.check_model(model)
-    layers = tuple(vectors.layers) if layers is None else tuple(layers)
+    layers = tuple(vectors.layers) if layers is None else adapter.check_layers(layers, allow_embed=True)
     layer_index = [vectors.layer_index(layer) for layer in layers]
     target_names = tuple(vectors.task_names) if targets is None else tuple(targets)
     target_index = [vectors.task_index(name) for name in target_names]
-    answers = _answers(answers, len(inputs))
+    answers = answer_tokens(answers, len(inputs))
     prompts = align(model, inputs, answer_pos, attention_mask, answers.shape[1])
     source_names, sources = _sources(task_ids, task_names, len(prompts))
     own_vectors = None
@@ -246,6 +247,7 @@ class TaskVectorPatching:
         vectors: TaskVectors | None = None,
     ) -> PatchingEffects:
         """Sample prompts (``seed``) and, unless given, task vectors from a separate sample (``seed + 1``)."""
+        check_pool(pool)
         batch = pool.sample(n_per_task, n_shots, seed)
         if vectors is None:
             vectors = TaskVectors.from_model(
@@ -316,15 +318,6 @@ def _patch(
     return add(layer, scale * (vector[None, :] - own_rows), pos="answer", site=site)
 
 
-def _answers(answers: Tensor, n: int) -> Tensor:
-    answers = torch.as_tensor(answers)
-    if answers.ndim == 1:
-        answers = answers[:, None]
-    if answers.ndim != 2 or answers.shape[0] != n or answers.is_floating_point():
-        raise ShapeError(f"answers must be integer tokens [batch={n}, n_answer], got {tuple(answers.shape)}.")
-    return answers.cpu().long()
-
-
 def _sources(task_ids: Tensor, task_names: Sequence[str], n: int) -> tuple[tuple[str, ...], Tensor]:
     """Source axis (tasks with prompts, in id order) and each prompt's index on it."""
     ids = torch.as_tensor(task_ids).cpu().long()
@@ -342,6 +335,7 @@ def _scorer(answers: Tensor) -> Any:
     """Per row: correctness, cross-entropy, and the argmax tokens (as float64)."""
 
     def score(logits: Tensor, index: Tensor) -> Tensor:
+        logits = finite_outputs(logits)
         target = answers[index].to(logits.device)
         correct = token_accuracy(logits, target).double()
         loss = token_cross_entropy(logits, target).double()

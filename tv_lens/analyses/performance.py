@@ -27,7 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
-from tv_lens.analyses.inputs import PromptBatch, PromptPool, sample_batch
+from tv_lens.analyses.inputs import PromptBatch, PromptPool, finite_outputs, sample_batch
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions import run_with_interventions
 from tv_lens.metrics import mse, token_accuracy, token_cross_entropy
@@ -152,7 +152,7 @@ def clean_outputs(model: Any, batch: PromptBatch, batch_size: int | None = 64) -
             n_answer_tokens=batch.n_answer_tokens,
             batch_size=batch_size,
         )
-    return run.logits
+    return finite_outputs(run.logits)
 
 
 def score_outputs(outputs: Tensor, batch: PromptBatch, metric: str | ScoreFn = "auto") -> Float[Tensor, " batch"]:

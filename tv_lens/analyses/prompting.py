@@ -38,6 +38,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.analyses.inputs import check_pool, finite_outputs
 from tv_lens.analyses.patching import patch_site
 from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
@@ -120,9 +121,7 @@ def task_vector_prompting(
         raise AnalysisError(f"Unknown TVP mode {mode!r}; use one of {list(INJECT_MODES)}.")
     check_bootstrap(n_bootstrap, ci)
     adapter = adapt(model)
-    layers = tuple(range(adapter.n_layers)) if layers is None else tuple(layers)
-    for layer in layers:
-        adapter.check_layer(layer, allow_embed=True)
+    layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
     n = len(icl_inputs)
     answers, ids = _pairs(answers, task_ids, task_names, n, len(zero_shot_inputs))
     with torch.no_grad():
@@ -230,6 +229,7 @@ class TaskVectorPrompting:
         self, model: Any, pool: TaskPool, n_per_task: int = 50, n_shots: ShotSpec = 4, seed: int = 0
     ) -> PromptingAccuracy:
         """Sample ``n_per_task`` ICL prompts per task (``seed``); task-mean vectors come from ``seed + 1``."""
+        check_pool(pool)
         vectors = None
         if self.source == "task_mean":
             vectors = TaskVectors.from_model(
@@ -286,6 +286,7 @@ def _pairs(answers: Tensor, task_ids: Tensor, task_names: Sequence[str], n: int,
 
 
 def _score(logits: Tensor, answers: Tensor) -> tuple[Tensor, Tensor]:
+    logits = finite_outputs(logits)
     answers = answers.to(logits.device)
     return (
         token_accuracy(logits, answers).double().cpu(),

@@ -8,17 +8,24 @@ repeats the prompts once per cell along the batch dimension and gives every inte
 (:func:`tv_lens.interventions.run_with_interventions`) then evaluates many cells, each equal to a
 separate run of that cell up to float rounding.
 
-Two more savings, both exact:
+More savings, all exact:
 
 - Prompts are aligned (left padding removed) and cut after their last answer position once; batches of
   prompts are formed by length, so padding columns are never computed.
-- Where the model's forward supports ``start_at_layer``, cells whose interventions all write at blocks
-  ``>= l`` run from the clean residual entering block ``l`` (captured in the one clean pass that also
-  gives the unpatched outputs) instead of recomputing blocks ``< l``.
+- Where the model's forward really skips the blocks below ``start_at_layer``, cells whose interventions
+  all write at blocks ``>= l`` run from the clean residual entering block ``l`` (captured in the one
+  clean pass that also gives the unpatched outputs) instead of recomputing blocks ``< l``.
+- Cells that write only at the answer positions (task-vector patching and prompting) leave every earlier
+  position as in the clean run, so they share it: a row holds a prompt's prefix once, followed by one
+  copy of its answer positions per cell, and each copy attends to the prefix and to itself only
+  (``blocked_keys`` of the intervention engine, where the model's attention hooks allow it). A sweep of
+  ``k`` such cells then costs about one pass over ``prefix + k`` positions instead of ``k`` passes over
+  the whole prompt.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -30,15 +37,23 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tv_lens.errors import InterventionNotAppliedError, ShapeError
-from tv_lens.interventions import Intervention, run_with_interventions
+from tv_lens.interventions import (
+    BlockedKeysPrecisionError,
+    Intervention,
+    run_with_interventions,
+    supports_blocked_keys,
+)
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import forward
-from tv_lens.positions import Inputs, length_sorted_batches, prepare_prompts
+from tv_lens.positions import Inputs, as_positions, length_sorted_batches, prepare_prompts
 
-__all__ = ["AlignedPrompts", "Cell", "Score", "Sweep", "align", "run_sweep"]
+__all__ = ["AlignedPrompts", "Cell", "Score", "Sweep", "align", "run_sweep", "start_skips_blocks"]
 
 Score = Callable[[Tensor, Tensor], Tensor]
 """``score(logits [rows, n_answer, d_vocab], prompt_index [rows]) -> [rows, *m]``: what a sweep keeps per row."""
+
+# Whether start_at_layer skips the blocks below, per model object (weak keys: a deleted model drops out).
+_SKIPS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -125,8 +140,9 @@ def run_sweep(
         cells: The cells; each is run on every prompt.
         score: Reduces the output rows of a run to what is kept per prompt.
         rows_per_pass: Rows (prompt copies) per forward pass; cells per pass = rows_per_pass // prompts
-            per pass (at least one).
-        progress: Show a progress bar over passes.
+            per pass (at least one). A pass of cells sharing their prompts' prefix holds as many
+            positions as ``rows_per_pass`` rows of the prompts would.
+        progress: Show a progress bar over cells.
         desc: Label of the progress bar.
 
     Raises:
@@ -138,41 +154,186 @@ def run_sweep(
     n = len(prompts)
     chunk = min(n, rows_per_pass)
     per_pass = max(1, rows_per_pass // chunk)
-    can_start = adapter.supports_start_at_layer
-    order = sorted(range(len(cells)), key=lambda c: cells[c].start if can_start else 0)
-    groups = _groups(order, [cells[c].start if can_start else 0 for c in order], per_pass)
+    skips = start_skips_blocks(adapter)
+    starts = [cell.start if skips else 0 for cell in cells]
+    order = sorted(range(len(cells)), key=lambda c: starts[c])
+    shared = [c for c in order if _writes_after_prefix(cells[c], prompts)] if order else []
+    if shared and not supports_blocked_keys(adapter):
+        shared = []
     chunks = length_sorted_batches(prompts.answer_pos + prompts.n_answer_tokens, chunk)
-    clean_parts: list[tuple[Tensor, Tensor]] = []
-    cell_parts: list[tuple[Tensor, list[int], Tensor]] = []
-    writes = [[0] * len(cell.interventions) for cell in cells]
-    n_passes = 0
+    tally = _Tally(cells)
     n_answer = prompts.n_answer_tokens
-    total = len(chunks) * (1 + len(groups))
+    total = len(chunks) * (1 + len(cells))
     with torch.no_grad(), tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
         for index in chunks:
             width = int(prompts.answer_pos[index].max()) + n_answer
             inputs = prompts.inputs[index.to(prompts.inputs.device), :width].to(adapter.device)
-            answer_pos = prompts.answer_pos[index]
-            blocks = sorted({cells[c].start for c in order if cells[c].start > 0}) if can_start else []
-            logits, residuals = _clean_pass(adapter, inputs, blocks)
-            clean_parts.append((index, score(_answer_rows(logits, answer_pos, n_answer), index)))
-            n_passes += 1
+            batch = _Batch(adapter, inputs, prompts.answer_pos[index], index, n_answer, score)
+            per_row = _copies_per_row(adapter, batch.answer_pos, n_answer, len(shared))
+            packed = [shared[i : i + per_row] for i in range(0, len(shared), per_row)] if per_row > 1 else []
+            rest = [c for c in order if not any(c in group for group in packed)]
+            stacked = _groups(rest, [starts[c] for c in rest], per_pass)
+            blocks = {starts[group[0]] for group in packed} | ({starts[group[0]] for group in stacked} - {0})
+            logits, residuals = _clean_pass(adapter, inputs, sorted(blocks))
+            tally.clean(index, score(_answer_rows(logits, batch.answer_pos, n_answer), index))
             bar.update()
-            for group in groups:
-                start = min(cells[c].start for c in group)
-                out, group_writes = _run_group(
-                    adapter, inputs, answer_pos, index, [cells[c] for c in group], start, residuals, n_answer
-                )
-                k = len(group)
-                scored = score(out, index.repeat(k))
-                cell_parts.append((index, group, scored.view(k, len(index), *scored.shape[1:])))
-                for c, counts in zip(group, group_writes, strict=True):
-                    writes[c] = [a + b for a, b in zip(writes[c], counts, strict=True)]
-                n_passes += 1
-                bar.update()
-    _check_writes(cells, writes, n)
-    clean = _assemble_clean(clean_parts, n)
-    return Sweep(clean, _assemble_cells(cell_parts, clean, len(cells)), _tuples(writes), n_passes)
+            # a block whose entering residual was never seen (its hook never ran) cannot share a prefix
+            stacked += [group for group in packed if starts[group[0]] not in residuals]
+            packed = [group for group in packed if starts[group[0]] in residuals]
+            for group in packed:
+                # rows of prefix + one answer copy per cell, as many positions per pass as rows_per_pass rows
+                rows = max(1, rows_per_pass * width // (int(batch.answer_pos.max()) + len(group) * n_answer))
+                for part in torch.arange(len(index)).split(rows):
+                    sub = batch.part(part)
+                    residual = residuals[starts[group[0]]][part.to(inputs.device)]
+                    done = _run_shared(sub, cells, group, starts[group[0]], residual, n)
+                    if done is None:  # blocked keys would be imprecise on this model: separate rows instead
+                        done = _run_stacked(sub, cells, group, residual, starts, per_pass)
+                    tally.add(sub, done)
+                bar.update(len(group))
+            for group in stacked:
+                start = starts[group[0]]
+                tally.add(batch, _run_stacked(batch, cells, group, residuals.get(start), starts, len(group)))
+                bar.update(len(group))
+    return tally.sweep(n)
+
+
+def start_skips_blocks(model: Any) -> bool:
+    """Whether ``model(residual, start_at_layer=l)`` really skips blocks below ``l`` (detected once per model).
+
+    TransformerLens 4.3's bridge accepts ``start_at_layer`` but runs the blocks below it anyway and
+    discards their output; starting there then saves nothing.
+    """
+    adapter = adapt(model)
+    known = _SKIPS.get(adapter.model)
+    if known is None:
+        known = False
+        if adapter.supports_start_at_layer and adapter.n_layers > 1:
+            calls: list[int] = []
+            probe = torch.zeros(1, 1, adapter.d_model, device=adapter.device, dtype=adapter.dtype)
+            hooks = [(adapter.hook_name("resid_pre", 0), lambda activation, hook: calls.append(1))]
+            forward(adapter, probe, start_at_layer=adapter.n_layers - 1, hooks=hooks)
+            known = not calls
+        _SKIPS[adapter.model] = known
+    return known
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Prompts of one pass (aligned, cut to their last answer position) and how their outputs are scored."""
+
+    adapter: ModelAdapter
+    inputs: Tensor
+    answer_pos: Tensor
+    index: Tensor
+    n_answer: int
+    score: Score
+
+    def part(self, rows: Tensor) -> _Batch:
+        width = int(self.answer_pos[rows].max()) + self.n_answer
+        inputs = self.inputs[rows.to(self.inputs.device), :width]
+        return replace(self, inputs=inputs, answer_pos=self.answer_pos[rows], index=self.index[rows])
+
+
+Done = list[tuple[list[int], Tensor, list[list[int]]]]
+"""Cells run together: (cell ids, output rows ``[cell * prompt, n_answer, d_vocab]``, writes per cell)."""
+
+
+class _Tally:
+    """Scores and write counts of a sweep, gathered pass by pass."""
+
+    def __init__(self, cells: Sequence[Cell]) -> None:
+        self.cells = cells
+        self.clean_parts: list[tuple[Tensor, Tensor]] = []
+        self.cell_parts: list[tuple[Tensor, list[int], Tensor]] = []
+        self.writes = [[0] * len(cell.interventions) for cell in cells]
+        self.n_passes = 0
+
+    def clean(self, index: Tensor, scored: Tensor) -> None:
+        self.clean_parts.append((index, scored))
+        self.n_passes += 1
+
+    def add(self, batch: _Batch, done: Done) -> None:
+        for cell_ids, out, counts in done:
+            k = len(cell_ids)
+            scored = batch.score(out, batch.index.repeat(k))
+            self.cell_parts.append((batch.index, cell_ids, scored.view(k, len(batch.index), *scored.shape[1:])))
+            for c, cell_counts in zip(cell_ids, counts, strict=True):
+                self.writes[c] = [a + b for a, b in zip(self.writes[c], cell_counts, strict=True)]
+            self.n_passes += 1
+
+    def sweep(self, n: int) -> Sweep:
+        _check_writes(self.cells, self.writes, n)
+        clean = _assemble_clean(self.clean_parts, n)
+        cells = _assemble_cells(self.cell_parts, clean, len(self.cells))
+        return Sweep(clean, cells, _tuples(self.writes), self.n_passes)
+
+
+def _writes_after_prefix(cell: Cell, prompts: AlignedPrompts) -> bool:
+    """Whether every intervention of ``cell`` writes only at the answer positions (it leaves the prefix clean)."""
+    for intervention in cell.interventions:
+        if isinstance(intervention.pos, str):
+            if intervention.pos != "answer":
+                return False
+            continue
+        offset = as_positions(intervention.pos, len(prompts), "pos") - prompts.answer_pos
+        if bool(((offset < 0) | (offset >= prompts.n_answer_tokens)).any()):
+            return False
+    return True
+
+
+def _copies_per_row(adapter: ModelAdapter, answer_pos: Tensor, n_answer: int, n_cells: int) -> int:
+    """Cells whose answer positions fit in one row after the longest prefix, within the model's context."""
+    return min(n_cells, (adapter.n_ctx - int(answer_pos.max())) // n_answer)
+
+
+def _run_shared(
+    batch: _Batch, cells: Sequence[Cell], group: list[int], start: int, residual: Tensor, n_prompts: int
+) -> Done | None:
+    """One pass over rows that hold each prompt's prefix once and one copy of its answer positions per cell.
+
+    Copy ``j`` occupies columns ``a + j * n .. a + (j + 1) * n - 1`` (``a``: the prompt's answer position,
+    ``n``: answer tokens) and attends to the prefix and to itself only. None when blocked keys would be
+    imprecise on this model.
+    """
+    k, n = len(group), batch.n_answer
+    answer_pos = batch.answer_pos
+    shared = [cells[c] for c in group]
+    width = int(answer_pos.max()) + k * n
+    columns = torch.arange(width)[None, :]
+    offset = columns - answer_pos[:, None]
+    source = torch.where(offset < 0, columns, answer_pos[:, None] + offset.clamp(min=0) % n)
+    copy = torch.where(offset < 0, -1, offset // n)
+    blocked = (copy[:, :, None] >= 0) & (copy[:, None, :] >= 0) & (copy[:, :, None] != copy[:, None, :])
+    gather = source.to(residual.device)[:, :, None].expand(-1, -1, residual.shape[-1])
+    interventions: list[Intervention] = []
+    for j, cell in enumerate(shared):
+        interventions.extend(_for_shared_copy(i, batch.index, answer_pos, j * n, n_prompts) for i in cell.interventions)
+    try:
+        run = run_with_interventions(
+            batch.adapter,
+            residual.gather(1, gather),
+            answer_pos,
+            interventions,
+            n_answer_tokens=k * n,
+            residual_layer=start,
+            blocked_keys=blocked,
+        )
+    except BlockedKeysPrecisionError:
+        return None
+    logits = run.logits.view(len(answer_pos), k, n, -1).transpose(0, 1).reshape(k * len(answer_pos), n, -1)
+    return [(group, logits, _split(run.writes, [len(cell.interventions) for cell in shared]))]
+
+
+def _run_stacked(
+    batch: _Batch, cells: Sequence[Cell], group: list[int], residual: Tensor | None, starts: list[int], per_pass: int
+) -> Done:
+    """``group`` in passes of ``per_pass`` stacked copies, each from the residual entering the group's start."""
+    done: Done = []
+    for i in range(0, len(group), per_pass):
+        part = group[i : i + per_pass]
+        done.append((part, *_run_group(batch, [cells[c] for c in part], starts[group[0]], residual)))
+    return done
 
 
 def _groups(order: list[int], starts: list[int], per_pass: int) -> list[list[int]]:
@@ -201,40 +362,49 @@ def _clean_pass(adapter: ModelAdapter, inputs: Tensor, blocks: list[int]) -> tup
     return logits, residuals
 
 
-def _run_group(
-    adapter: ModelAdapter,
-    inputs: Tensor,
-    answer_pos: Tensor,
-    index: Tensor,
-    group: list[Cell],
-    start: int,
-    residuals: dict[int, Tensor],
-    n_answer_tokens: int,
-) -> tuple[Tensor, list[list[int]]]:
+def _run_group(batch: _Batch, group: list[Cell], start: int, residual: Tensor | None) -> tuple[Tensor, list[list[int]]]:
     """One engine pass over ``len(group)`` copies of the prompts, cell ``j`` writing to copy ``j``."""
-    n, k = len(index), len(group)
+    n, k = len(batch.index), len(group)
     interventions: list[Intervention] = []
-    sizes: list[int] = []
     for j, cell in enumerate(group):
         rows = torch.arange(j * n, (j + 1) * n)
-        interventions.extend(_for_copy(i, index, rows, k) for i in cell.interventions)
-        sizes.append(len(cell.interventions))
+        interventions.extend(_for_copy(i, batch.index, rows, k) for i in cell.interventions)
+    inputs = batch.inputs
     stacked_inputs = inputs.repeat(k, *([1] * (inputs.ndim - 1)))
-    residual = residuals.get(start)
+    residual = residual if start > 0 else None
     run = run_with_interventions(
-        adapter,
+        batch.adapter,
         stacked_inputs,
-        answer_pos.repeat(k),
+        batch.answer_pos.repeat(k),
         interventions,
-        n_answer_tokens=n_answer_tokens,
-        clean_residual=None if residual is None else residual.repeat(k, 1, 1),
+        n_answer_tokens=batch.n_answer,
+        clean_residual=None if residual is None else residual[:, : inputs.shape[1]].repeat(k, 1, 1),
         clean_residual_layer=None if residual is None else start,
     )
+    return run.logits, _split(run.writes, [len(cell.interventions) for cell in group])
+
+
+def _split(writes: tuple[int, ...], sizes: list[int]) -> list[list[int]]:
+    """Per-intervention write counts of one run, split per cell."""
     counts, offset = [], 0
     for size in sizes:
-        counts.append(list(run.writes[offset : offset + size]))
+        counts.append(list(writes[offset : offset + size]))
         offset += size
-    return run.logits, counts
+    return counts
+
+
+def _for_shared_copy(
+    intervention: Intervention, index: Tensor, answer_pos: Tensor, shift: int, n_prompts: int
+) -> Intervention:
+    """``intervention`` for the prompts ``index``, moved ``shift`` columns right (its copy of the answer positions)."""
+    if intervention.rows is not None:
+        raise ShapeError("Cell interventions apply to every prompt; build them with rows=None.")
+    values = intervention.values
+    if values is not None and values.ndim == 2:
+        values = values[index.to(values.device)]
+    pos = intervention.pos
+    positions = answer_pos if isinstance(pos, str) else as_positions(pos, n_prompts, "pos")[index]
+    return replace(intervention, values=values, pos=positions + shift, rows=None)
 
 
 def _for_copy(intervention: Intervention, index: Tensor, rows: Tensor, k: int) -> Intervention:

@@ -14,6 +14,7 @@ records it, and float inputs of such a model are read as those inputs rather tha
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +121,18 @@ class ModelAdapter:
                 f"[{low}, {self.n_layers - 1}]{embed_note}."
             )
         return layer
+
+    def check_layers(self, layers: Iterable[int], *, allow_embed: bool = False) -> tuple[int, ...]:
+        """Return ``layers`` as a non-empty tuple of block indices of this model (see :meth:`check_layer`)."""
+        if isinstance(layers, (int, str, bytes)) or not isinstance(layers, Iterable):
+            raise LayerOutOfRangeError(
+                f"layers must be a sequence of block indices such as (0, 1), got {layers!r}; for a single layer "
+                f"pass a one-element tuple, e.g. ({layers!r},)."
+            )
+        checked = tuple(self.check_layer(layer, allow_embed=allow_embed) for layer in layers)
+        if not checked:
+            raise LayerOutOfRangeError("layers is empty; pass at least one block index (or None for every block).")
+        return checked
 
     def hook_name(self, site: str, layer: int) -> str:
         """TransformerLens hook name of a residual-stream ``site`` or ``"attn.hook_z"`` at ``layer``.

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 
-from tv_lens.errors import TvLensError
+from tv_lens.errors import ConfigError, TvLensError
 
 Backend = Literal["auto", "hooked", "bridge"]
 
@@ -57,17 +57,17 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("d_vocab", "n_layers", "d_model", "n_heads", "n_ctx"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise TvLensError(f"ModelConfig.{name} must be a positive int, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}.")
         if self.d_head is None and self.d_model % self.n_heads:
-            raise TvLensError(
+            raise ConfigError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; pick sizes that divide "
                 "or set d_head explicitly."
             )
-        if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
-            raise TvLensError(f"dtype must name a torch dtype such as 'float32', got {self.dtype!r}.")
+        if not isinstance(self.dtype, str) or not isinstance(getattr(torch, self.dtype, None), torch.dtype):
+            raise ConfigError(f"dtype must name a torch dtype such as 'float32' (a string), got {self.dtype!r}.")
         if self.backend not in ("auto", "hooked", "bridge"):
-            raise TvLensError(f"backend must be 'auto', 'hooked' or 'bridge', got {self.backend!r}.")
+            raise ConfigError(f"backend must be 'auto', 'hooked' or 'bridge', got {self.backend!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (for checkpoints and saved results)."""

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import ShapeError
+from tv_lens.errors import HookNotFoundError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
 
 HookFn = Callable[..., Any]
@@ -57,6 +58,7 @@ def forward(
     start_at_layer: int | None = None,
     stop_at_layer: int | None = None,
     hooks: Sequence[tuple[str, HookFn]] = (),
+    require_hooks: bool = False,
 ) -> Tensor:
     """One forward pass of ``adapter.model`` with temporary ``hooks``.
 
@@ -69,9 +71,14 @@ def forward(
         stop_at_layer: Return the residual stream entering this block instead of logits (``None`` or
             ``n_layers`` for the full pass).
         hooks: ``(hook_name, fn)`` pairs attached for this pass only.
+        require_hooks: Check that the pass called every one of ``hooks`` (for hooks that read activations, so
+            that a hook point the model never calls cannot leave a read silently empty).
 
     Returns:
         Logits ``[batch, pos, d_vocab]``, or the residual ``[batch, pos, d_model]`` when stopping early.
+
+    Raises:
+        HookNotFoundError: With ``require_hooks``, a hook the pass never called.
     """
     residual_input = inputs.is_floating_point()
     if residual_input and start_at_layer is None and adapter.d_in is None:
@@ -80,6 +87,9 @@ def forward(
         stop_at_layer = None
     kwargs: dict[str, Any] = {} if stop_at_layer is None else {"stop_at_layer": stop_at_layer}
     hooks = list(hooks)
+    calls = [0] * len(hooks)
+    if require_hooks:
+        hooks = [(name, partial(_counted, fn=fn, calls=calls, slot=i)) for i, (name, fn) in enumerate(hooks)]
     if start_at_layer is not None:
         if not residual_input:
             raise ShapeError(
@@ -93,4 +103,18 @@ def forward(
             hooks.insert(0, (adapter.hook_name("resid_pre", start_at_layer), lambda act, hook: residual))
             inputs = torch.zeros(inputs.shape[:2], dtype=torch.long, device=inputs.device)
     with attached_hooks(adapter, hooks):
-        return adapter.model(inputs, **kwargs)
+        output = adapter.model(inputs, **kwargs)
+    silent = sorted({name for (name, _), n in zip(hooks, calls, strict=False) if require_hooks and n == 0})
+    if silent:
+        raise HookNotFoundError(
+            f"The forward pass never called hook point(s) {silent}, so nothing was read there. tv_lens needs a "
+            "model that calls these hook points in its forward pass (every TransformerLens model does); check the "
+            "model's hook_dict and forward."
+        )
+    return output
+
+
+def _counted(activation: Tensor, hook: Any, *, fn: HookFn, calls: list[int], slot: int) -> Any:
+    """Hook body: count the call, then run ``fn``."""
+    calls[slot] += 1
+    return fn(activation, hook)

@@ -28,7 +28,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from tv_lens.errors import ResultFileError
+from tv_lens.errors import MissingFileError, ResultFileError
 from tv_lens.results.storage import equal_values, result_from_bytes, result_to_bytes, write_atomically
 
 if TYPE_CHECKING:
@@ -89,10 +89,18 @@ class Result:
         ``Result.load`` returns whatever type the file holds; ``SomeResult.load`` also checks the type.
 
         Raises:
-            FileNotFoundError: No file at ``path``.
-            ResultFileError: The file is corrupt or truncated, is not a tv_lens result, or holds another type.
+            MissingFileError: No file at ``path`` (also a ``FileNotFoundError``).
+            ResultFileError: The file is corrupt or truncated, is not a tv_lens result, holds another type, or
+                ``path`` is a directory.
         """
         source = os.fspath(path)
+        if Path(path).is_dir():
+            raise ResultFileError(
+                f"{source} is a directory, not a result file; pass the path of a file written by Result.save "
+                "(e.g. a .safetensors file inside it)."
+            )
+        if not Path(path).is_file():
+            raise MissingFileError(f"No result file at {source}; check the path, or save the result there first.")
         data = Path(path).read_bytes()
         result = result_from_bytes(data, source, Result._registry)
         if not isinstance(result, cls):

@@ -4,7 +4,8 @@ A result is written as ONE safetensors file. Its tensors (found anywhere in the 
 tuples, lists, dicts and nested results) are stored under their path (``"td"``, ``"results.1.coords"``);
 the safetensors header metadata holds a JSON document describing every field, with tensors replaced by
 references. Tuples, dicts with non-string keys and nested results are tagged, so loading rebuilds the
-same Python types and the round trip is exact.
+same Python types and the round trip is exact. The header also records a SHA-256 digest of the tensors,
+so a file whose bytes were altered fails to load instead of loading wrong numbers.
 
 Writes go to a temporary file in the target directory, are flushed to disk, then moved over the target
 with ``os.replace`` (atomic on POSIX and Windows): a write that fails or is killed never leaves a partly
@@ -14,6 +15,7 @@ written file under the target name, and never destroys the previous file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -40,6 +42,7 @@ def result_to_bytes(result: Result) -> bytes:
     """The bytes of the safetensors file holding ``result``."""
     tensors: dict[str, Tensor] = {}
     document = {"format": FORMAT_VERSION, "result": _encode(result, tensors, "")}
+    document["digest"] = _digest(tensors)
     metadata = {METADATA_KEY: json.dumps(document, allow_nan=True)}
     return save_safetensors(tensors, metadata=metadata)
 
@@ -51,7 +54,7 @@ def result_from_bytes(data: bytes, source: str, registry: dict[str, type[Result]
     except Exception as error:  # safetensors raises its own error types, or OSError/ValueError on garbage
         raise ResultFileError(
             f"{source} is not a readable result file ({type(error).__name__}: {error}); it is corrupt or "
-            "truncated. Re-run the analysis and save it again."
+            "truncated, or was not written by Result.save. Re-run the analysis and save it again."
         ) from error
     document = _read_metadata(data, source)
     if document.get("format") != FORMAT_VERSION or "result" not in document:
@@ -59,12 +62,22 @@ def result_from_bytes(data: bytes, source: str, registry: dict[str, type[Result]
             f"{source} has result format {document.get('format')!r}, this tv_lens reads format {FORMAT_VERSION}; "
             "save it again with this version."
         )
-    return _decode(document["result"], tensors, registry, source)
+    result = _decode(document["result"], tensors, registry, source)
+    if "digest" in document and document["digest"] != _digest(tensors):
+        raise ResultFileError(
+            f"{source} is corrupt: its tensors do not match the digest recorded when it was saved. Re-run the "
+            "analysis and save it again."
+        )
+    return result
 
 
 def write_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``; parents are created."""
     target = Path(path)
+    if target.is_dir():
+        raise ResultFileError(
+            f"{target} is a directory; save to a file path inside it, e.g. {target / 'result.safetensors'}."
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -177,6 +190,16 @@ def _build(
             f"{source} holds an invalid {cls.__name__} ({type(error).__name__}: {error}); it is corrupt. "
             "Re-run the analysis."
         ) from error
+
+
+def _digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order."""
+    hasher = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].contiguous().reshape(-1)
+        hasher.update(f"{key}|{tensor.dtype}|{tuple(tensors[key].shape)}|".encode())
+        hasher.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return hasher.hexdigest()
 
 
 def _join(path: str, part: str) -> str:

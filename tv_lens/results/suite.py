@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tv_lens.errors import ShapeError
+from tv_lens.errors import ShapeError, UnknownNameError
 from tv_lens.results.base import Result
 
 if TYPE_CHECKING:
@@ -44,7 +44,10 @@ class SuiteResult(Result):
     def __getitem__(self, name: str) -> Result:
         """The result of the analysis called ``name``."""
         if name not in self.results:
-            raise KeyError(f"No analysis {name!r} in this suite; it holds {list(self.results)}.")
+            raise UnknownNameError(
+                f"No analysis {name!r} in this suite; it holds {list(self.results)}. Index it by one of those names, "
+                "or add the analysis to the Suite and run it again."
+            )
         return self.results[name]
 
     def to_frame(self) -> pd.DataFrame:

@@ -168,7 +168,7 @@ class TaskPool:
         if not 0.0 <= float(label_noise) < 1.0:
             raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
         choices = _shot_choices(n_shots)
-        gen = torch.Generator().manual_seed(seed)
+        gen = seeded_generator(seed)
         n_tasks = len(self)
         b = n_tasks * n_per_task
         task_ids = torch.arange(n_tasks).repeat_interleave(n_per_task)
@@ -205,6 +205,13 @@ class TaskPool:
                 f"(got {int(out.min())} .. {int(out.max())}); reduce them mod output_values."
             )
         return out
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``: the only source of randomness of a pool's ``sample``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise TaskError(f"seed must be an int (a 64-bit value), got {seed!r}; the same seed gives the same prompts.")
+    return torch.Generator().manual_seed(seed)
 
 
 def _shot_choices(n_shots: ShotSpec) -> Int[Tensor, " n_choices"]:

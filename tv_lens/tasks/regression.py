@@ -43,7 +43,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tv_lens.errors import TaskError
-from tv_lens.tasks.pool import NULL_TASK, ShotSpec, _shot_choices
+from tv_lens.tasks.pool import NULL_TASK, ShotSpec, _shot_choices, seeded_generator
 from tv_lens.tasks.regression_batch import RegressionBatch
 
 __all__ = [
@@ -211,7 +211,7 @@ class RegressionPool:
         if not 0.0 <= float(label_noise) < 1.0:
             raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
         choices = _shot_choices(n_shots)
-        gen = torch.Generator().manual_seed(seed)
+        gen = seeded_generator(seed)
         n_real, b = len(self.tasks), len(self) * n_per_task
         task_ids = torch.arange(len(self)).repeat_interleave(n_per_task)
         shots = choices[torch.randint(len(choices), (b,), generator=gen)]

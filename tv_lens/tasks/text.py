@@ -35,7 +35,7 @@ import torch
 from tv_lens.errors import TaskError
 from tv_lens.tasks.batch import ICLBatch
 from tv_lens.tasks.encoding import Encoded, TextEncoder
-from tv_lens.tasks.pool import NULL_TASK, ShotSpec, _shot_choices
+from tv_lens.tasks.pool import NULL_TASK, ShotSpec, _shot_choices, seeded_generator
 
 __all__ = ["TextPool", "TextTask"]
 
@@ -204,7 +204,7 @@ class TextPool:
                 f"n_shots up to {need - 1} needs {need} distinct examples per prompt, but task(s) {short} have fewer "
                 "usable examples; use fewer shots or more examples."
             )
-        gen = torch.Generator().manual_seed(seed)
+        gen = seeded_generator(seed)
         task_ids = torch.arange(len(self)).repeat_interleave(n_per_task)
         shots = choices[torch.randint(len(choices), (len(task_ids),), generator=gen)]
         prompts = [

@@ -80,7 +80,12 @@ def train(
             another run's checkpoints.
         NonFiniteError: The loss became NaN or infinite.
     """
-    config = config or TrainConfig()
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(
+            f"config must be a TrainConfig, got {type(config).__name__}; build one, e.g. "
+            "TrainConfig(schedule=ScheduleConfig(max_steps=200)), or TrainConfig.from_dict(d) for a dict."
+        )
     adapter = adapt(model)
     objective = objective or objective_for(pool)
     held_out = held_out_batch(pool, config.data)
@@ -95,7 +100,10 @@ def train(
     chosen = {id(p) for p in prepare_model(model, config.finetune) if p.requires_grad}
     named = [(name, p) for name, p in model.named_parameters() if id(p) in chosen]
     if not named:
-        raise ConfigError("Nothing to train: every parameter of the model is frozen (requires_grad=False).")
+        raise ConfigError(
+            "Nothing to train: every parameter of the model is frozen (requires_grad=False). Unfreeze what should "
+            "train (parameter.requires_grad_(True)), or choose blocks with TrainConfig(finetune=FinetuneConfig(...))."
+        )
     trainable = [p for _, p in named]
     optimizer = make_optimizer(named, config.optim, config.schedule)
     state = RunState()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tv_lens.errors import ConfigError, TvLensError
+from tv_lens.errors import ConfigError, UnknownNameError
 from tv_lens.models import ModelConfig, build_model
 from tv_lens.tasks import TaskPool, offset_pool
 from tv_lens.training.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
@@ -98,7 +98,10 @@ class RecipeRegistry(Mapping[str, Recipe]):
 
     def __getitem__(self, name: str) -> Recipe:
         if name not in self._recipes:
-            raise _UnknownRecipeError(f"No recipe named {name!r}; available: {sorted(self._recipes)}.")
+            raise UnknownNameError(
+                f"No recipe named {name!r}; available: {sorted(self._recipes)}. Use one of those names, or "
+                "recipes.register(Recipe(...)) your own."
+            )
         return self._recipes[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -106,11 +109,6 @@ class RecipeRegistry(Mapping[str, Recipe]):
 
     def __len__(self) -> int:
         return len(self._recipes)
-
-
-class _UnknownRecipeError(TvLensError, KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 def _offset_pool_16() -> TaskPool:

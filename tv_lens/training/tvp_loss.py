@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.errors import HookNotFoundError
 from tv_lens.interventions import add, replace, run_with_interventions
 from tv_lens.models import adapt
 from tv_lens.models.adapter import ModelAdapter
@@ -88,6 +89,11 @@ def tvp_losses(model: Any, batch: ICLBatch, tvp: TVPConfig, objective: Objective
 
     name = adapter.hook_name("resid_post", tvp.layer)
     icl = objective.context_loss(adapter, batch, hooks=[(name, grab)])
+    if not captured:
+        raise HookNotFoundError(
+            f"The context pass never called hook point {name!r}, so no task vector was read for the TVP-loss. "
+            "Train a model that calls it in its forward pass (every TransformerLens model does)."
+        )
     vectors = captured[0].detach() if tvp.detach else captured[0]
     vectors = vectors[vector_sources(batch, tvp.source).to(vectors.device)]
     zero_shot = batch.zero_shot()

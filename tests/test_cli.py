@@ -1,0 +1,298 @@
+"""`tv-lens demo --quick` end to end (run once per session), its saved results and report; the other commands."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from plotly.offline import get_plotlyjs
+
+import tv_lens.demo as demo_module
+from tv_lens.cli import main
+from tv_lens.demo import ANALYSES, DemoConfig, finetuning_pool, train_or_load
+from tv_lens.errors import ArtefactError, ConfigError
+from tv_lens.report import ANALYSIS_NAMES, SECTIONS, headline_numbers, load_results
+from tv_lens.results import (
+    LAYER_AXIS_TITLE,
+    Decodability,
+    EmergenceResult,
+    FinetuningComparison,
+    HeadImportance,
+    PatchingEffects,
+    Performance,
+    Projection,
+    PromptingAccuracy,
+    Result,
+    TdAccuracyFit,
+)
+from tv_lens.tasks import bitwise_pool, offset_pool
+from tv_lens.training import list_checkpoints, load_checkpoint, recipes
+
+RESULT_TYPES = {
+    "decodability": Decodability,
+    "performance": Performance,
+    "geometry": Projection,
+    "td_accuracy": TdAccuracyFit,
+    "patching": PatchingEffects,
+    "prompting": PromptingAccuracy,
+    "heads": HeadImportance,
+    "emergence": EmergenceResult,
+    "finetuning": FinetuningComparison,
+}
+FIGURES_PER_SECTION = {"decodability": 2, "patching": 2, "heads": 3}  # every other section draws one
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """``tv-lens argv`` in this process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(list(argv))
+        except SystemExit as exit_:  # argparse: --help and bad arguments
+            status = int(exit_.code or 0)
+    return status, out.getvalue(), err.getvalue()
+
+
+def fingerprint(directory: Path) -> dict[str, tuple[int, bytes]]:
+    return {path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in sorted(directory.iterdir())}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_torch_threads():
+    """main() sets torch's thread count (--threads); give the rest of the session its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """One real `tv-lens demo --quick` run; the DemoRun it returned is kept through a spy on run_demo."""
+    out = tmp_path_factory.mktemp("demo")
+    runs = []
+    original = demo_module.run_demo
+
+    def spy(*args, **kwargs):
+        runs.append(original(*args, **kwargs))
+        return runs[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo_module, "run_demo", spy)
+        status, stdout, stderr = run_cli("demo", "--quick", "--out", str(out), "--no-progress")
+    assert status == 0, stderr
+    (run,) = runs
+    return {
+        "out": out,
+        "run": run,
+        "stdout": stdout,
+        "report": (out / "report.html").read_text(),
+        "checkpoints": fingerprint(out / "checkpoints"),
+    }
+
+
+def test_every_result_is_saved_and_loads_as_what_the_demo_computed(quick_demo):
+    out, run = quick_demo["out"], quick_demo["run"]
+    assert sorted(p.name for p in (out / "results").iterdir()) == sorted(f"{n}.safetensors" for n in RESULT_TYPES)
+    for name, kind in RESULT_TYPES.items():
+        loaded = Result.load(out / "results" / f"{name}.safetensors")
+        assert type(loaded) is kind and loaded == run.results[name], name
+    assert run.trained.trained_now and run.trained.steps == recipes["quick"].train.schedule.max_steps
+
+
+def test_saved_results_have_the_quick_models_shapes_and_finite_numbers_in_range(quick_demo):
+    results = load_results(quick_demo["out"] / "results")
+    tasks = ("offset(1)", "offset(3)", "null")
+    td = results["decodability"]
+    assert td.layers == (-1, 0, 1) and td.task_names == tasks and td.td.shape == (3,)
+    assert bool(((td.td >= 0) & (td.td <= 1)).all()) and bool((td.td_ci[:, 0] <= td.td_ci[:, 1]).all())
+    performance = results["performance"]
+    assert performance.shots == (0, 1, 2, 4, 6) and performance.values.shape == (3, 5)
+    assert bool(torch.isfinite(performance.values).all()) and bool((performance.n_prompts == 40).all())
+    assert results["geometry"].coords.shape == (3, 3 * 40, 2)
+    assert results["td_accuracy"].shot_grid == (1, 2, 4, 6) and len(results["td_accuracy"].td) == 2 * 4
+    patching = results["patching"]
+    assert patching.layers == (0, 1) and patching.mode == "add" and bool((patching.writes > 0).all())
+    assert bool(torch.isfinite(patching.correct_loss_change).all())
+    assert results["prompting"].layers == (0, 1) and 0 <= results["prompting"].best_accuracy <= 1
+    assert results["heads"].importance.shape == (2, 4, 3) and bool(torch.isfinite(results["heads"].overall).all())
+    assert results["emergence"].steps == tuple(range(20, 201, 20))
+    assert [p.name for p in quick_demo["run"].trained.checkpoints] == [f"step-{s:07d}.pt" for s in range(20, 201, 20)]
+    finetuning = results["finetuning"]
+    assert finetuning.variants == ("base", "first:1", "last:1") and finetuning.blocks == ((), (0,), (1,))
+    assert finetuning.task_names == ("offset(4)", "offset(5)", "null")  # offsets the model never trained on
+    assert bool(((finetuning.overall >= 0) & (finetuning.overall <= 1)).all())
+
+
+def test_headline_icl_accuracy_matches_an_independent_scoring_of_the_trained_model(quick_demo):
+    out, run = quick_demo["out"], quick_demo["run"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(headline_numbers(load_results(out / "results"))))
+    icl = summary["performance"]["icl_accuracy"]
+    performance = run.results["performance"]
+    assert icl == float(performance.values[:2, -1].mean())  # the two offset tasks at 6 shots, Null left out
+    model = load_checkpoint(list_checkpoints(out / "checkpoints")[-1]).load_model()
+    batch = recipes["quick"].build_pool().sample(40, 6, seed=0)
+    with torch.no_grad():
+        logits = model(batch.inputs)
+    predicted = logits[torch.arange(len(batch)), batch.answer_pos].argmax(-1)
+    correct = (predicted == batch.answers[:, 0]).double()
+    assert icl == pytest.approx(float(correct[batch.task_ids < 2].mean()), abs=1e-12)
+    assert f"{icl:.3f} accuracy at 6 shots" in quick_demo["stdout"]
+
+
+def test_quick_model_shows_the_papers_signatures(quick_demo):
+    numbers = quick_demo["run"].numbers
+    assert numbers["performance"]["icl_accuracy"] > 0.9 > numbers["performance"]["zero_shot_accuracy"] + 0.3
+    decodability = numbers["decodability"]
+    assert decodability["best_td_ci"][0] > decodability["chance"] + 0.2  # the task is decodable
+    patching = numbers["patching"]
+    assert patching["incorrect_loss_change_ci"][0] > patching["correct_loss_change_ci"][1]  # H §4.1
+    accuracy = numbers["finetuning"]["accuracy"]
+    assert accuracy["first:1"] > accuracy["last:1"] + 0.1 and accuracy["first:1"] > accuracy["base"]  # H §4.4
+
+
+def test_summary_names_the_report_and_every_analysis(quick_demo):
+    stdout, out = quick_demo["stdout"], quick_demo["out"]
+    assert "model trained, 200 steps" in stdout and str(out / "report.html") in stdout
+    for section in SECTIONS:
+        assert section.title in stdout
+
+
+def test_report_is_self_contained_with_a_section_per_analysis(quick_demo):
+    report = quick_demo["report"]
+    bundle = get_plotlyjs()
+    assert report.count(bundle) == 1  # plotly embedded once
+    rest = report.replace(bundle, "")
+    assert not re.search(r"https?://", rest) and "<script src" not in rest and "<link" not in rest
+    assert re.findall(r'<section id="(\w+)"', rest) == list(ANALYSIS_NAMES)
+    assert rest.count("Plotly.newPlot") == sum(FIGURES_PER_SECTION.get(n, 1) for n in ANALYSIS_NAMES)
+    assert LAYER_AXIS_TITLE in rest and "Tests: H §4.1" in rest
+    assert "recipe <b>quick</b>" in rest
+
+
+def test_second_demo_loads_the_model_instead_of_retraining(quick_demo, monkeypatch):
+    out = quick_demo["out"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the demo retrained a finished model")
+
+    monkeypatch.setattr(demo_module, "train", no_training)
+    status, stdout, stderr = run_cli("demo", "--quick", "--out", str(out), "--only", "performance", "--no-progress")
+    assert status == 0, stderr
+    assert "loaded (already trained, not retrained)" in stdout
+    assert fingerprint(out / "checkpoints") == quick_demo["checkpoints"]
+    assert Result.load(out / "results" / "performance.safetensors") == quick_demo["run"].results["performance"]
+
+
+def test_analyze_uses_the_stored_settings_and_finishes_an_interrupted_training_run(quick_demo, tmp_path):
+    out = quick_demo["out"]
+    (tmp_path / "checkpoints").mkdir()
+    for checkpoint in list_checkpoints(out / "checkpoints")[:5]:  # stopped after step 100 of 200
+        shutil.copy(checkpoint, tmp_path / "checkpoints")
+    shutil.copy(out / "run.json", tmp_path)
+    status, stdout, stderr = run_cli("analyze", "--out", str(tmp_path), "--only", "decodability", "--no-progress")
+    assert status == 0, stderr
+    assert stdout.startswith("tv-lens analyze: done") and "Task decodability across layers" in stdout
+    assert len(list_checkpoints(tmp_path / "checkpoints")) == 10
+    final, original = (load_checkpoint(list_checkpoints(d / "checkpoints")[-1]) for d in (tmp_path, out))
+    assert all(torch.equal(final.parameters[n], p) for n, p in original.parameters.items())  # resumed exactly
+    assert Result.load(tmp_path / "results" / "decodability.safetensors") == quick_demo["run"].results["decodability"]
+    assert re.findall(r'<section id="(\w+)"', (tmp_path / "report.html").read_text()) == ["decodability"]
+
+
+def test_report_command_rebuilds_the_same_report_from_saved_results(quick_demo, tmp_path, monkeypatch):
+    for name in ANALYSES:  # nothing may be recomputed
+        monkeypatch.setitem(ANALYSES, name, None)
+    target = tmp_path / "again.html"
+    status, stdout, stderr = run_cli("report", "--out", str(quick_demo["out"]), "--output", str(target))
+    assert status == 0, stderr
+    assert target.read_text() == quick_demo["report"]
+    assert "Task decodability across layers" in stdout
+
+
+def test_report_shows_other_saved_results_in_their_own_section(quick_demo, tmp_path):
+    shutil.copytree(quick_demo["out"] / "results", tmp_path / "results")
+    quick_demo["run"].results["decodability"].save(tmp_path / "results" / "my_layer_sweep.safetensors")
+    assert run_cli("report", "--out", str(tmp_path))[0] == 0
+    sections = re.findall(r'<section id="(\w+)"', (tmp_path / "report.html").read_text().replace(get_plotlyjs(), ""))
+    assert sections == [*ANALYSIS_NAMES, "my_layer_sweep"]
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ((), ("demo", "train", "analyze", "report")),
+        (("demo",), ("--quick", "--out", "--recipe", "--backend", "--seed", "--only", "--set", "--threads")),
+        (("train",), ("--quick", "--out", "--recipe", "--backend", "--seed", "--set")),
+        (("analyze",), ("--out", "--only", "--no-progress")),
+        (("report",), ("--out", "--output")),
+    ],
+)
+def test_help_lists_every_option(command, options):
+    status, stdout, _ = run_cli(*command, "--help")
+    assert status == 0 and stdout.startswith("usage: tv-lens")
+    assert all(option in stdout for option in options)
+    assert "DIR/report.html" in stdout  # the layout of a demo directory
+
+
+def one_line_error(status: int, stderr: str) -> str:
+    assert status == 1 and stderr.count("\n") == 1 and "Traceback" not in stderr
+    return stderr
+
+
+def test_bad_inputs_end_with_one_line_errors(quick_demo, tmp_path):
+    empty = tmp_path / "empty"
+    assert "No results in" in one_line_error(*run_cli("report", "--out", str(empty))[::2])
+    assert "No trained model in" in one_line_error(*run_cli("analyze", "--out", str(empty))[::2])
+    assert "No recipe named 'nope'" in one_line_error(*run_cli("demo", "--recipe", "nope", "--out", str(empty))[::2])
+    assert "Unknown setting(s) ['foo']" in one_line_error(*run_cli("train", "--set", "foo=1", "--out", str(empty))[::2])
+    assert "n_per_task must be" in one_line_error(*run_cli("demo", "--set", "n_per_task=0", "--out", str(empty))[::2])
+    assert not empty.exists()  # nothing was trained or written
+    other = one_line_error(*run_cli("demo", "--out", str(quick_demo["out"]))[::2])  # the full preset's recipe
+    assert "holds a model trained with recipe='quick'" in other
+    assert run_cli("demo", "--only", "bogus")[0] == 2  # argparse: invalid choice
+
+
+def test_installed_command_reports_errors_without_a_traceback(tmp_path):
+    command = Path(sys.executable).with_name("tv-lens")
+    done = subprocess.run([command, "report", "--out", tmp_path], capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("tv-lens report: error: No results in") and "Traceback" not in done.stderr
+
+
+def test_checkpoints_of_another_run_are_not_reused(quick_demo, tmp_path):
+    shutil.copytree(quick_demo["out"] / "checkpoints", tmp_path / "checkpoints")  # no run.json: only the weights
+    with pytest.raises(ArtefactError, match="come from a run with another model or training config"):
+        train_or_load(tmp_path, DemoConfig.quick(seed=1), progress=False)
+
+
+def test_finetuning_pool_takes_the_offsets_the_model_never_saw():
+    pool = finetuning_pool(recipes["default"].build_pool())
+    assert pool.task_names == ("offset(5)", "offset(6)", "offset(7)", "offset(8)", "null")
+    assert pool.vocab == recipes["default"].build_pool().vocab
+    assert finetuning_pool(offset_pool((1, 3), n_values=8), n_tasks=3).task_names[:3] == (
+        "offset(4)",
+        "offset(5)",
+        "offset(6)",
+    )
+    with pytest.raises(ConfigError, match="is not an offset task"):
+        finetuning_pool(bitwise_pool(("and", "or"), n_bits=2))
+
+
+def test_config_presets_round_trip_and_reject_bad_settings():
+    for config in (DemoConfig.full(), DemoConfig.quick(seed=3)):
+        assert DemoConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert DemoConfig.quick().n_shots == 6 and DemoConfig.full().n_shots == 8
+    with pytest.raises(ConfigError, match="does not divide"):
+        DemoConfig.quick(checkpoint_every=30).train_config()
+    with pytest.raises(ConfigError, match="patching_mode"):
+        DemoConfig(patching_mode="swap")
+    assert tuple(ANALYSES) == ANALYSIS_NAMES  # the report has a section for every analysis the demo runs

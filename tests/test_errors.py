@@ -1,0 +1,875 @@
+"""The bad-input catalogue: each wrong use of the public API raises a TvLensError that names the problem and the fix.
+
+Every row of ``CASES`` is one distinct bad input: the call that makes it, the exception type expected, and
+two regular expressions the message must match: one for what is wrong (the problem) and one for what to do
+instead (the fix). The number of rows is printed at the end of every test run ("bad-input catalogue: N cases").
+The static checks at the bottom keep the library honest where no catalogue row reaches: no bare ``assert``
+guards user input, and every exception the library raises itself is a :class:`TvLensError`.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import copy
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from reliability_helpers import one_thread  # noqa: F401  (autouse: tiny models run on one thread)
+
+from tv_lens.analyses import (
+    Emergence,
+    Geometry,
+    HeadAblation,
+    ICLPerformance,
+    LayerFinetuning,
+    Suite,
+    TaskDecodability,
+    TaskVectorPatching,
+    TaskVectorPrompting,
+    compare_models,
+    head_importance,
+    task_decodability,
+)
+from tv_lens.errors import (
+    AnalysisError,
+    CheckpointError,
+    ConfigError,
+    HookNotFoundError,
+    InterventionNotAppliedError,
+    LayerOutOfRangeError,
+    MissingFileError,
+    ModelNotSupportedError,
+    NonFiniteError,
+    PositionError,
+    ResultFileError,
+    ShapeError,
+    TaskError,
+    TvLensError,
+    UnknownNameError,
+)
+from tv_lens.interventions import ablate_head, add, run_with_interventions
+from tv_lens.interventions import replace as replace_at
+from tv_lens.models import ModelAdapter, ModelConfig, build_model
+from tv_lens.probes import collect
+from tv_lens.results import Performance, Result
+from tv_lens.task_vectors import TaskVectors
+from tv_lens.tasks import TextPool, TextTask, offset_pool
+from tv_lens.training import (
+    DataConfig,
+    LoRAConfig,
+    ScheduleConfig,
+    TrainConfig,
+    TVPConfig,
+    list_checkpoints,
+    load_checkpoint,
+    load_parameters,
+    train,
+    tvp_losses,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL = offset_pool(offsets=(1, 2, 3), n_values=8)  # 3 offsets + Null, 11 tokens
+
+
+def small_model(**overrides: Any) -> Any:
+    config = dict(d_vocab=POOL.vocab_size, n_layers=3, d_model=32, n_heads=4, n_ctx=40)
+    return build_model(ModelConfig(**{**config, **overrides}))
+
+
+def tiny_train_config(**overrides: Any) -> TrainConfig:
+    config = TrainConfig(
+        data=DataConfig(n_per_task=2, n_shots=2, eval_n_per_task=2),
+        schedule=ScheduleConfig(max_steps=2, lr=1e-3, min_lr=1e-4, warmup_steps=1),
+        eval_every=2,
+    )
+    return replace(config, **overrides)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> SimpleNamespace:
+    """Everything the cases misuse: a model, a pool, a batch, task vectors, a saved result, a checkpoint."""
+    files = tmp_path_factory.mktemp("bad-inputs")
+    model = small_model()
+    nan_model = copy.deepcopy(model)
+    with torch.no_grad():
+        next(iter(nan_model.parameters())).fill_(float("nan"))
+    labels = torch.arange(3).repeat_interleave(6)
+    reps = torch.randn(18, 4, generator=torch.Generator().manual_seed(0)) + 5 * labels[:, None]
+    result_file = task_decodability(reps, labels, k=3, n_bootstrap=0).save(files / "td.safetensors")
+    model_config = ModelConfig(d_vocab=POOL.vocab_size, n_layers=1, d_model=16, n_heads=2, n_ctx=24)
+    run = train(
+        build_model(model_config),
+        POOL,
+        tiny_train_config(checkpoint_every=2),
+        model_config=model_config,
+        checkpoint_dir=files / "run",
+        progress=False,
+    )
+    return SimpleNamespace(
+        files=files,
+        model=model,
+        nan_model=nan_model,
+        batch=POOL.sample(4, 3, seed=0),
+        vectors=TaskVectors.from_model(model, POOL, layers=(0, 1), n_per_task=3),
+        result_file=result_file,
+        model_config=model_config,
+        run_dir=files / "run",
+        checkpoint=run.checkpoints[-1],
+    )
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: ``call(w)`` must raise ``error`` with ``problem`` and ``fix`` in its message."""
+
+    id: str
+    call: Callable[[SimpleNamespace], object]
+    error: type[TvLensError]
+    problem: str
+    fix: str
+
+
+def _copy_with(w: SimpleNamespace, name: str, data: bytes) -> Path:
+    path = w.files / name
+    path.write_bytes(data)
+    return path
+
+
+def _flip_middle_byte(path: Path) -> bytes:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    return bytes(data)
+
+
+def _flip_header_byte(path: Path) -> bytes:
+    """A safetensors file with one byte of its JSON header changed."""
+    data = bytearray(path.read_bytes())
+    data[8 + int.from_bytes(data[:8], "little") // 2] ^= 0xFF
+    return bytes(data)
+
+
+def _flip_last_byte(path: Path) -> bytes:
+    """A safetensors file with one byte of its last tensor changed (the header still parses)."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    return bytes(data)
+
+
+def _with_orphan_hook_point(w: SimpleNamespace, name: str) -> None:
+    """Make the adapter hand out a HookPoint no forward pass calls for ``name`` (as if the model skipped it)."""
+    from transformer_lens.hook_points import HookPoint
+
+    orphan = HookPoint()
+    real = ModelAdapter.hook_point
+    w.monkeypatch.setattr(
+        ModelAdapter, "hook_point", lambda self, wanted: orphan if wanted == name else real(self, wanted)
+    )
+
+
+def _word_tokenizer(n_words: int) -> Any:
+    """A word-level tokenizer of ``n_words`` words plus ``[UNK]`` and ``->``: a vocabulary of its own."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "->": 1, **{f"w{i}": i + 2 for i in range(n_words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tokenizer
+
+
+def _text_pool() -> TextPool:
+    tasks = (
+        TextTask("next", tuple((f"w{i}", f"w{i + 1}") for i in range(0, 20, 2))),
+        TextTask("back", tuple((f"w{i + 1}", f"w{i}") for i in range(0, 20, 2))),
+    )
+    return TextPool(tasks, _word_tokenizer(30), template="{x} -> {y}", separator=" ")
+
+
+def _truncated(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[: len(data) // 2]
+
+
+CASES = [
+    # --- models and model configs ---
+    Case(
+        "model-is-a-name",
+        lambda w: TaskDecodability(k=2).run("gpt2", POOL, n_per_task=4),
+        ModelNotSupportedError,
+        r"cannot use a str: it has no TransformerLens `cfg`",
+        r"TransformerBridge\.boot_transformers",
+    ),
+    Case(
+        "model-is-a-plain-torch-module",
+        lambda w: collect(torch.nn.Linear(4, 4), w.batch.inputs, w.batch.answer_pos, progress=False),
+        ModelNotSupportedError,
+        r"cannot use a Linear",
+        r"Pass a TransformerLens HookedTransformer or TransformerBridge",
+    ),
+    Case(
+        "model-config-zero-vocabulary",
+        lambda w: ModelConfig(d_vocab=0),
+        ConfigError,
+        r"ModelConfig\.d_vocab .*got 0",
+        r"must be a positive int",
+    ),
+    Case(
+        "model-config-dtype-object",
+        lambda w: ModelConfig(d_vocab=8, dtype=torch.float32),  # type: ignore[arg-type]
+        ConfigError,
+        r"got torch\.float32",
+        r"such as 'float32' \(a string\)",
+    ),
+    Case(
+        "model-config-heads-do-not-divide",
+        lambda w: ModelConfig(d_vocab=8, d_model=30, n_heads=4),
+        ConfigError,
+        r"d_model=30 is not divisible by n_heads=4",
+        r"set d_head explicitly",
+    ),
+    # --- prompts: types, shapes, positions, lengths, vocabularies ---
+    Case(
+        "tokens-not-a-tensor",
+        lambda w: collect(w.model, [[1, 2, 3]], 2, progress=False),
+        ShapeError,
+        r"got list",
+        r"must be a torch\.Tensor",
+    ),
+    Case(
+        "tokens-one-dimensional",
+        lambda w: collect(w.model, torch.tensor([1, 2, 3, 4, 5]), 4, progress=False),
+        ShapeError,
+        r"got shape \(5,\)",
+        r"Int\[batch, pos\]",
+    ),
+    Case(
+        "answer-positions-float",
+        lambda w: collect(w.model, w.batch.inputs, w.batch.answer_pos.float(), progress=False),
+        ShapeError,
+        r"got dtype torch\.float32",
+        r"must hold integer token positions",
+    ),
+    Case(
+        "answer-position-past-the-prompt",
+        lambda w: collect(w.model, torch.ones(2, 6, dtype=torch.long), 6, progress=False),
+        PositionError,
+        r"answer_pos 6 of prompt 0 lies outside the prompt's tokens",
+        r"index of the token right before the answer",
+    ),
+    Case(
+        "prompt-longer-than-n_ctx",
+        lambda w: TaskDecodability(k=2, n_bootstrap=0).run(w.model, POOL, n_per_task=4, n_shots=30),
+        PositionError,
+        r"needs \d+ tokens but the model's context is n_ctx=40",
+        r"Use fewer shots or shorter prompts, or a model with a longer context",
+    ),
+    Case(
+        "pool-vocabulary-larger-than-the-model",
+        lambda w: TaskDecodability(k=2, n_bootstrap=0).run(small_model(d_vocab=6), POOL, n_per_task=4),
+        ShapeError,
+        r"Token ids must lie in \[0, 6\)",
+        r"d_vocab >= pool\.vocab_size",
+    ),
+    Case(
+        "text-pool-tokenizer-not-the-models",
+        lambda w: TaskDecodability(k=2, n_bootstrap=0).run(w.model, _text_pool(), n_per_task=4, n_shots=2),
+        ShapeError,
+        r"Token ids must lie in \[0, 11\) for this model's vocabulary",
+        r"tokenize text prompts with the model's own tokenizer",
+    ),
+    Case(
+        "attention-mask-of-another-shape",
+        lambda w: collect(w.model, w.batch.inputs, w.batch.answer_pos, attention_mask=torch.ones(3, 3), progress=False),
+        ShapeError,
+        r"got \(3, 3\)",
+        r"must have the shape of the prompts",
+    ),
+    Case(
+        "attention-mask-with-a-hole",
+        lambda w: collect(
+            w.model, torch.ones(1, 5, dtype=torch.long), 4, attention_mask=torch.tensor([[1, 0, 1, 1, 1]])
+        ),
+        ShapeError,
+        r"row 0 is not one contiguous run of real tokens",
+        r"pad only on the left or the right",
+    ),
+    Case(
+        "batch-size-not-an-int",
+        lambda w: collect(w.model, w.batch.inputs, w.batch.answer_pos, batch_size=2.5, progress=False),
+        ShapeError,
+        r"got 2\.5",
+        r"batch_size must be an int ≥ 1",
+    ),
+    # --- layers, heads, sites ---
+    Case(
+        "layer-out-of-range",
+        lambda w: collect(w.model, w.batch.inputs, w.batch.answer_pos, layers=[5], progress=False),
+        LayerOutOfRangeError,
+        r"Layer 5 is out of range: this model has 3 blocks",
+        r"use a layer in \[-1, 2\]",
+    ),
+    Case(
+        "layers-given-as-one-int",
+        lambda w: TaskVectors.from_model(w.model, POOL, layers=1, n_per_task=3),  # type: ignore[arg-type]
+        LayerOutOfRangeError,
+        r"layers must be a sequence of block indices .*got 1",
+        r"one-element tuple, e\.g\. \(1,\)",
+    ),
+    Case(
+        "unknown-site",
+        lambda w: TaskDecodability(k=2, site="resid", n_bootstrap=0).run(w.model, POOL, n_per_task=4),
+        HookNotFoundError,
+        r"Unknown site 'resid'",
+        r"Use one of \['resid_pre', 'resid_mid', 'resid_post'",
+    ),
+    Case(
+        "head-out-of-range",
+        lambda w: run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, [ablate_head(0, 9)]),
+        LayerOutOfRangeError,
+        r"Head 9 is out of range: blocks have 4 heads",
+        r"use a head in \[0, 3\]",
+    ),
+    Case(
+        "tvp-loss-layer-out-of-range",
+        lambda w: train(w.model, POOL, tiny_train_config(tvp=TVPConfig(layer=5)), progress=False),
+        LayerOutOfRangeError,
+        r"Layer 5 is out of range",
+        r"use a layer in \[0, 2\]",
+    ),
+    Case(
+        "finetune-more-blocks-than-the-model-has",
+        lambda w: LayerFinetuning(k=5).run(w.model, POOL),
+        LayerOutOfRangeError,
+        r"k=5 blocks to finetune, but the model has only 3 blocks",
+        r"use k in 1 \.\. 3",
+    ),
+    Case(
+        "task-vectors-of-a-layer-not-read",
+        lambda w: w.vectors.get("offset(1)", 2),
+        LayerOutOfRangeError,
+        r"Layer 2 has no task vectors; they were read at layers \(0, 1\)",
+        r"Build them with layers=",
+    ),
+    # --- NaN and infinities ---
+    Case(
+        "nan-weights-decodability",
+        lambda w: TaskDecodability(k=2, n_bootstrap=0).run(w.nan_model, POOL, n_per_task=4),
+        NonFiniteError,
+        r"NaN or infinite activations at layers",
+        r"check them with torch\.isfinite",
+    ),
+    Case(
+        "nan-weights-performance",
+        lambda w: ICLPerformance(shots=(1,), n_bootstrap=0).run(w.nan_model, POOL, n_per_task=2),
+        NonFiniteError,
+        r"outputs at the answer positions are NaN or infinite for 8 of 8 prompt",
+        r"Check them with torch\.isfinite",
+    ),
+    Case(
+        "nan-weights-patching",
+        lambda w: TaskVectorPatching(n_bootstrap=0).run(w.nan_model, POOL, n_per_task=2, vectors=w.vectors),
+        NonFiniteError,
+        r"outputs at the answer positions are NaN or infinite",
+        r"Check them with torch\.isfinite",
+    ),
+    Case(
+        "nan-weights-head-ablation",
+        lambda w: HeadAblation(n_bootstrap=0, prune_steps=0).run(w.nan_model, POOL, n_per_task=2),
+        NonFiniteError,
+        r"outputs at the answer positions are NaN or infinite",
+        r"Check them with torch\.isfinite",
+    ),
+    Case(
+        "nan-representations",
+        lambda w: task_decodability(torch.full((10, 4), float("nan")), torch.arange(10) % 2, k=2),
+        NonFiniteError,
+        r"reps hold NaN or infinite values at layers \[0\] in 10 prompt",
+        r"drop those prompts or check the model",
+    ),
+    Case(
+        "nan-intervention-vector",
+        lambda w: run_with_interventions(
+            w.model, w.batch.inputs, w.batch.answer_pos, [add(0, torch.full((32,), float("nan")))]
+        ),
+        ShapeError,
+        r"got NaN or infinite values",
+        r"pass a finite vector",
+    ),
+    # --- pools, prompt counts, analysis settings ---
+    Case(
+        "empty-pool",
+        lambda w: offset_pool(offsets=()),
+        TaskError,
+        r"TaskPool needs at least one task, got none",
+        r"pass e\.g\. tasks=",
+    ),
+    Case(
+        "pool-is-not-a-pool",
+        lambda w: TaskDecodability(k=2).run(w.model, "offset", n_per_task=4),  # type: ignore[arg-type]
+        TaskError,
+        r"Cannot sample prompts from a str",
+        r"pass a task pool such as tv_lens\.tasks\.offset_pool\(\)",
+    ),
+    Case(
+        "zero-prompts-per-task",
+        lambda w: HeadAblation(n_bootstrap=0).run(w.model, POOL, n_per_task=0),
+        TaskError,
+        r"got 0",
+        r"n_per_task must be an int >= 1",
+    ),
+    Case(
+        "negative-shot-count",
+        lambda w: POOL.sample(2, n_shots=-1, seed=0),
+        TaskError,
+        r"got -1",
+        r"n_shots must be an int >= 0",
+    ),
+    Case(
+        "seed-not-an-int",
+        lambda w: POOL.sample(2, n_shots=1, seed=1.5),  # type: ignore[arg-type]
+        TaskError,
+        r"got 1\.5",
+        r"seed must be an int",
+    ),
+    Case(
+        "too-few-prompts-per-task-for-knn",
+        lambda w: TaskDecodability(k=10, n_bootstrap=0).run(w.model, POOL, n_per_task=5),
+        AnalysisError,
+        r"k=10 needs at least k\+1=11 prompts per task .*got \{'offset\(1\)': 5",
+        r"Sample more prompts per task or lower k",
+    ),
+    Case(
+        "k-zero",
+        lambda w: TaskDecodability(k=0),
+        AnalysisError,
+        r"got 0",
+        r"k must be an int >= 1",
+    ),
+    Case(
+        "a-single-task",
+        lambda w: task_decodability(torch.randn(10, 4), torch.zeros(10, dtype=torch.long), k=2),
+        AnalysisError,
+        r"TD needs prompts of at least two tasks, got prompts of 1",
+        r"sample a pool with several tasks",
+    ),
+    Case(
+        "labels-of-another-length",
+        lambda w: task_decodability(torch.randn(10, 4), torch.arange(9) % 2, k=2),
+        ShapeError,
+        r"labels has 9 entries but reps has 10 prompts",
+        r"pass one task id per prompt",
+    ),
+    Case(
+        "tvp-with-one-prompt-per-task",
+        lambda w: TaskVectorPrompting(n_bootstrap=0).run(w.model, POOL, n_per_task=1),
+        TaskError,
+        r"task 'offset\(1\)' has 1 prompt",
+        r"Sample at least 2 prompts per task",
+    ),
+    Case(
+        "projection-of-two-prompts",
+        lambda w: Geometry().compute(torch.randn(2, 4), torch.tensor([0, 1])),
+        AnalysisError,
+        r"got 2 and 4",
+        r"needs at least 3 prompts",
+    ),
+    Case(
+        "head-top-k-larger-than-the-heads",
+        lambda w: HeadAblation(top_k=100, n_bootstrap=0).run(w.model, POOL, n_per_task=2),
+        AnalysisError,
+        r"got 100",
+        r"top_k must be an int in \[1, 12\]",
+    ),
+    Case(
+        "unknown-patching-mode",
+        lambda w: TaskVectorPatching(mode="swap"),  # type: ignore[arg-type]
+        AnalysisError,
+        r"Unknown patching mode 'swap'",
+        r"use one of \['replace', 'add', 'add_difference'\]",
+    ),
+    Case(
+        "confidence-level-above-one",
+        lambda w: TaskDecodability(ci=1.5),
+        AnalysisError,
+        r"got 1\.5",
+        r"confidence level in \(0, 1\), e\.g\. 0\.95",
+    ),
+    Case(
+        "answers-of-fewer-prompts",
+        lambda w: head_importance(
+            w.model, w.batch.inputs, w.batch.answer_pos, w.batch.answers[:3], w.batch.task_ids, w.batch.task_names
+        ),
+        ShapeError,
+        r"answers must be integer tokens \[batch=16, n_answer\], got torch\.int64 \(3, 1\)",
+        r"pass the answers of these prompts",
+    ),
+    Case(
+        "task-vectors-from-another-model",
+        lambda w: TaskVectorPatching(n_bootstrap=0).run(
+            w.model, POOL, n_per_task=2, vectors=TaskVectors.from_model(small_model(d_model=16), POOL, n_per_task=2)
+        ),
+        ShapeError,
+        r"task vectors have d_model=16 but the model has d_model=32",
+        r"build them from this model",
+    ),
+    Case(
+        "task-without-a-vector",
+        lambda w: w.vectors.get("xor", 0),
+        TaskError,
+        r"Task 'xor' has no vector",
+        r"Build them from prompts of that task",
+    ),
+    Case(
+        "suite-result-of-an-analysis-not-run",
+        lambda w: Suite((TaskDecodability(k=2, n_bootstrap=0),)).run(w.model, POOL, n_per_task=3)["geometry"],
+        UnknownNameError,
+        r"No analysis 'geometry' in this suite; it holds \['decodability'\]",
+        r"add the analysis to the Suite",
+    ),
+    Case(
+        "suite-run-batch-with-a-model-analysis",
+        lambda w: Suite((ICLPerformance(),)).run_batch(w.model, w.batch),
+        AnalysisError,
+        r"run_batch runs representation analyses only",
+        r"need run\(model, pool, \.\.\.\)",
+    ),
+    Case(
+        "emergence-of-unknown-checkpoints",
+        lambda w: Emergence().run([1, 2], POOL),  # type: ignore[list-item]
+        AnalysisError,
+        r"Unknown checkpoint int",
+        r"pass checkpoint files \(list_checkpoints\(dir\)\)",
+    ),
+    Case(
+        "compare-no-models",
+        lambda w: compare_models({}, w.batch),
+        AnalysisError,
+        r"got an empty dict",
+        r"\{'base': model, 'finetuned': other\}",
+    ),
+    # --- interventions that write nothing, through each entry point that intervenes ---
+    Case(
+        "intervention-selecting-no-prompt",
+        lambda w: run_with_interventions(
+            w.model, w.batch.inputs, w.batch.answer_pos, [replace_at(1, torch.zeros(0, 32), rows=[])]
+        ),
+        InterventionNotAppliedError,
+        r"replace\(layer 1, resid_post, pos=answer\) wrote to no prompt",
+        r"Check its rows= selection",
+    ),
+    Case(
+        "patching-hook-the-model-never-calls",
+        lambda w: (
+            _with_orphan_hook_point(w, "blocks.1.hook_resid_pre"),
+            TaskVectorPatching(layers=(0,), n_bootstrap=0).run(w.model, POOL, n_per_task=2, vectors=w.vectors),
+        ),
+        InterventionNotAppliedError,
+        r"replace\(layer 1, resid_pre, .*\) wrote to no prompt: hook 'blocks\.1\.hook_resid_pre' never ran",
+        r"the model calls this hook point in its forward pass",
+    ),
+    Case(
+        "prompting-hook-the-model-never-calls",
+        lambda w: (
+            _with_orphan_hook_point(w, "blocks.1.hook_resid_pre"),
+            TaskVectorPrompting(layers=(0,), n_bootstrap=0).run(w.model, POOL, n_per_task=2),
+        ),
+        InterventionNotAppliedError,
+        r"replace\(layer 1, resid_pre, .*\) wrote to no prompt",
+        r"the model calls this hook point in its forward pass",
+    ),
+    Case(
+        "head-ablation-hook-the-model-never-calls",
+        lambda w: (
+            _with_orphan_hook_point(w, "blocks.1.attn.hook_z"),
+            HeadAblation(n_bootstrap=0, prune_steps=0, attribution=False).run(w.model, POOL, n_per_task=2),
+        ),
+        InterventionNotAppliedError,
+        r"ablate_head\(layer 1 head 0, attn\.hook_z, .*\) wrote to no prompt",
+        r"the model calls this hook point in its forward pass",
+    ),
+    # --- reads at hook points the model never calls: an error, never rows left empty ---
+    Case(
+        "collect-hook-the-model-never-calls",
+        lambda w: (
+            _with_orphan_hook_point(w, "blocks.1.hook_resid_post"),
+            collect(w.model, w.batch.inputs, w.batch.answer_pos, layers=[0, 1], progress=False),
+        ),
+        HookNotFoundError,
+        r"never called hook point\(s\) \['blocks\.1\.hook_resid_post'\], so nothing was read there",
+        r"a model that calls these hook points in its forward pass",
+    ),
+    Case(
+        "task-vectors-hook-the-model-never-calls",
+        lambda w: (
+            _with_orphan_hook_point(w, "blocks.0.hook_resid_post"),
+            TaskVectors.from_model(w.model, w.batch, layers=(0,), reduce="mean_over_demo_positions"),
+        ),
+        HookNotFoundError,
+        r"never called hook point\(s\) \['blocks\.0\.hook_resid_post'\]",
+        r"a model that calls these hook points in its forward pass",
+    ),
+    Case(
+        "mean-ablation-hook-the-model-never-calls",
+        lambda w: (
+            _with_orphan_hook_point(w, "blocks.2.attn.hook_z"),
+            HeadAblation(mode="mean", n_bootstrap=0, prune_steps=0).run(w.model, POOL, n_per_task=2),
+        ),
+        HookNotFoundError,
+        r"never called hook point\(s\) \['blocks\.2\.attn\.hook_z'\]",
+        r"a model that calls these hook points in its forward pass",
+    ),
+    Case(
+        "tvp-loss-hook-the-model-never-calls",
+        lambda w: (
+            _with_orphan_hook_point(w, "blocks.1.hook_resid_post"),
+            tvp_losses(w.model, w.batch, TVPConfig(layer=1)),
+        ),
+        HookNotFoundError,
+        r"never called hook point 'blocks\.1\.hook_resid_post', so no task vector was read",
+        r"a model that calls it in its forward pass",
+    ),
+    # --- saved results ---
+    Case(
+        "result-file-truncated",
+        lambda w: Result.load(_copy_with(w, "truncated.safetensors", _truncated(w.result_file))),
+        ResultFileError,
+        r"truncated\.safetensors is not a readable result file .*corrupt or truncated",
+        r"Re-run the analysis and save it again",
+    ),
+    Case(
+        "result-file-header-garbled",
+        lambda w: Result.load(_copy_with(w, "garbled.safetensors", _flip_header_byte(w.result_file))),
+        ResultFileError,
+        r"garbled\.safetensors is not a readable result file .*corrupt or truncated",
+        r"Re-run the analysis and save it again",
+    ),
+    Case(
+        "result-file-tensor-bytes-altered",
+        lambda w: Result.load(_copy_with(w, "altered.safetensors", _flip_last_byte(w.result_file))),
+        ResultFileError,
+        r"altered\.safetensors is corrupt: its tensors do not match the digest",
+        r"Re-run the analysis and save it again",
+    ),
+    Case(
+        "result-file-of-another-type",
+        lambda w: Performance.load(w.result_file),
+        ResultFileError,
+        r"holds a Decodability, not a Performance",
+        r"load it with Decodability\.load",
+    ),
+    Case(
+        "result-file-is-a-checkpoint",
+        lambda w: Result.load(w.checkpoint),
+        ResultFileError,
+        r"step-0000002\.pt is not a readable result file",
+        r"was not written by Result\.save",
+    ),
+    Case(
+        "result-file-missing",
+        lambda w: Result.load(w.files / "nowhere.safetensors"),
+        MissingFileError,
+        r"No result file at .*nowhere\.safetensors",
+        r"check the path",
+    ),
+    Case(
+        "result-path-is-a-directory",
+        lambda w: Result.load(w.files),
+        ResultFileError,
+        r"is a directory, not a result file",
+        r"pass the path of a file written by Result\.save",
+    ),
+    Case(
+        "result-saved-onto-a-directory",
+        lambda w: w.vectors.save(w.files),
+        ResultFileError,
+        r"is a directory",
+        r"save to a file path inside it",
+    ),
+    # --- checkpoints ---
+    Case(
+        "checkpoint-truncated",
+        lambda w: load_checkpoint(_copy_with(w, "cut.pt", _truncated(w.checkpoint))),
+        CheckpointError,
+        r"cut\.pt is truncated or corrupt",
+        r"resume from an earlier checkpoint of the run",
+    ),
+    Case(
+        "checkpoint-altered",
+        lambda w: load_checkpoint(_copy_with(w, "altered.pt", _flip_middle_byte(w.checkpoint))),
+        CheckpointError,
+        r"altered\.pt is (truncated or )?corrupt",
+        r"resume from an earlier checkpoint of the run",
+    ),
+    Case(
+        "checkpoint-from-another-config",
+        lambda w: train(
+            build_model(w.model_config),
+            POOL,
+            tiny_train_config(schedule=ScheduleConfig(max_steps=2, lr=5e-3, min_lr=1e-4, warmup_steps=1)),
+            model_config=w.model_config,
+            resume_from=w.run_dir,
+            progress=False,
+        ),
+        CheckpointError,
+        r"comes from a run with a different config: config\.schedule\.lr = 0\.001 in the checkpoint but 0\.005",
+        r"Resume with the same model, pool and config",
+    ),
+    Case(
+        "checkpoint-into-a-model-of-another-shape",
+        lambda w: load_parameters(w.model, load_checkpoint(w.checkpoint).parameters),
+        CheckpointError,
+        r"do not match the model's",
+        r"model built from the same ModelConfig",
+    ),
+    Case(
+        "checkpoint-directory-of-another-run",
+        lambda w: train(
+            build_model(w.model_config), POOL, tiny_train_config(), checkpoint_dir=w.run_dir, progress=False
+        ),
+        CheckpointError,
+        r"already holds checkpoints",
+        r"Pass resume_from= that directory to continue that run, or use an empty directory",
+    ),
+    # --- training settings ---
+    Case(
+        "warmup-longer-than-the-run",
+        lambda w: ScheduleConfig(max_steps=10, warmup_steps=20),
+        ConfigError,
+        r"got 20",
+        r"warmup_steps must be an int in \[0, max_steps=10\]",
+    ),
+    Case(
+        "negative-tvp-loss-weight",
+        lambda w: TVPConfig(layer=0, lam=-1.0),
+        ConfigError,
+        r"lam \(λ\) must be >= 0, got -1\.0",
+        r"use lam=0 to train without the TVP term",
+    ),
+    Case(
+        "train-config-as-a-dict",
+        lambda w: train(w.model, POOL, {"lr": 1e-3}, progress=False),  # type: ignore[arg-type]
+        ConfigError,
+        r"config must be a TrainConfig, got dict",
+        r"TrainConfig\.from_dict",
+    ),
+    Case(
+        "train-config-dict-with-an-unknown-field",
+        lambda w: TrainConfig.from_dict({"learning_rate": 1e-3}),
+        ConfigError,
+        r"Unknown TrainConfig field\(s\) \['learning_rate'\]",
+        r"known: \['checkpoint_every', 'data'",
+    ),
+    Case(
+        "lora-unknown-target",
+        lambda w: LoRAConfig(targets=("W_X",)),
+        ConfigError,
+        r"Unknown LoRA target\(s\) \['W_X'\]",
+        r"choose among \['W_Q'",
+    ),
+    Case(
+        "model-config-not-the-models",
+        lambda w: train(w.model, POOL, tiny_train_config(), model_config=w.model_config, progress=False),
+        ConfigError,
+        r"The model does not match model_config: n_layers=3 \(config: 1\)",
+        r"Pass the config the model was built from",
+    ),
+    Case(
+        "every-parameter-frozen",
+        lambda w: train(_frozen(w.model_config), POOL, tiny_train_config(), progress=False),
+        ConfigError,
+        r"Nothing to train: every parameter of the model is frozen",
+        r"requires_grad_\(True\)",
+    ),
+]
+
+
+def _frozen(config: ModelConfig) -> Any:
+    model = build_model(config)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def test_every_case_is_distinct():
+    ids = [case.id for case in CASES]
+    assert len(ids) == len(set(ids)) and len(ids) >= 25
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_a_clear_error(case: Case, world: SimpleNamespace, monkeypatch: pytest.MonkeyPatch):
+    w = SimpleNamespace(**vars(world), monkeypatch=monkeypatch)
+    with pytest.raises(case.error) as info:
+        case.call(w)
+    message = str(info.value)
+    assert isinstance(info.value, TvLensError)
+    assert re.search(case.problem, message), f"the message does not name the problem:\n{message}"
+    assert re.search(case.fix, message), f"the message does not name the fix:\n{message}"
+
+
+def test_no_checkpoint_was_spoiled_by_the_cases(world: SimpleNamespace):
+    """The cases misuse copies; the run they read from still holds its one good checkpoint."""
+    assert list_checkpoints(world.run_dir) == [world.checkpoint]
+    assert load_checkpoint(world.checkpoint).step == 2
+
+
+def test_the_reliability_page_lists_every_case():
+    """docs/reliability.md tabulates the catalogue: one row per case, no row for a case that does not exist."""
+    page = (ROOT / "docs" / "reliability.md").read_text()
+    rows = re.findall(r"^\| `([a-z0-9_-]+)` \|", page, flags=re.MULTILINE)
+    assert sorted(rows) == sorted(case.id for case in CASES)
+
+
+# --- static checks over the library's source ---
+
+LIBRARY = ROOT / "tv_lens"
+ALLOWED_RAISES = {
+    ("results/base.py", "NotImplementedError"),  # abstract methods a Result subclass must define
+    ("models/__init__.py", "AttributeError"),  # module __getattr__: the protocol requires AttributeError
+}
+
+
+def _library_files() -> list[Path]:
+    return sorted(LIBRARY.rglob("*.py"))
+
+
+def test_no_bare_assert_guards_anything_in_the_library():
+    """``assert`` is stripped by ``python -O``: user input is checked with raised TvLensErrors instead."""
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in _library_files()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Assert)
+    ]
+    assert found == []
+
+
+def test_every_exception_the_library_raises_is_a_tv_lens_error():
+    """Each ``raise SomeError(...)`` in tv_lens names a TvLensError subclass (re-raises pass through)."""
+    foreign = []
+    for path in _library_files():
+        relative = path.relative_to(LIBRARY)
+        module = importlib.import_module(
+            ".".join(("tv_lens", *relative.with_suffix("").parts)).removesuffix(".__init__")
+        )
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                name = ast.unparse(node.exc.func)
+                raised = _resolve(module, name)
+                allowed = (str(relative), name) in ALLOWED_RAISES
+                if not allowed and not (isinstance(raised, type) and issubclass(raised, TvLensError)):
+                    foreign.append(f"{relative}:{node.lineno} raises {name}")
+    assert foreign == []
+
+
+def _resolve(module: Any, dotted: str) -> Any:
+    value: Any = vars(module).get(dotted.split(".")[0], getattr(builtins, dotted.split(".")[0], None))
+    for part in dotted.split(".")[1:]:
+        value = getattr(value, part, None)
+    return value

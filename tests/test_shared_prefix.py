@@ -1,0 +1,185 @@
+"""Runs that share a prompt's prefix: blocked attention keys, residual inputs, and sweeps packed that way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import left_padded, ragged_prompts
+
+import tv_lens.analyses.stacking as stacking
+import tv_lens.interventions as engine
+from tv_lens.analyses.stacking import Cell, align, run_sweep, start_skips_blocks
+from tv_lens.errors import LayerOutOfRangeError, ModelNotSupportedError, ShapeError
+from tv_lens.interventions import (
+    BlockedKeysPrecisionError,
+    ablate_head,
+    add,
+    masking_strategy,
+    replace,
+    run_with_interventions,
+    supports_blocked_keys,
+)
+from tv_lens.models import adapt
+
+
+def embedded(model, tokens):
+    """Reference residual entering block 0 (token + position embedding), from TransformerLens's own cache."""
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == "blocks.0.hook_resid_pre")
+    return cache["blocks.0.hook_resid_pre"]
+
+
+def test_two_continuations_of_one_prefix_share_a_row(model):
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randint(1, 24, (5, 8), generator=generator)
+    second = first.clone()
+    second[:, 6:] = torch.randint(1, 24, (5, 2), generator=generator)
+    packed = torch.cat([embedded(model, first), embedded(model, second)[:, 6:]], dim=1)  # prefix, cont. 1, cont. 2
+    blocked = torch.zeros(5, 10, 10, dtype=torch.bool)
+    blocked[:, 8:, 6:8] = True  # the second continuation may not see the first
+    if not supports_blocked_keys(model):
+        assert type(model).__name__ != "HookedTransformer"
+        with pytest.raises(ModelNotSupportedError, match="cannot be masked through its hook points"):
+            run_with_interventions(model, packed, 6, [], n_answer_tokens=4, residual_layer=0, blocked_keys=blocked)
+        return
+    run = run_with_interventions(model, packed, 6, [], n_answer_tokens=4, residual_layer=0, blocked_keys=blocked)
+    torch.testing.assert_close(run.logits[:, :2], model(first)[:, 6:8], atol=1e-6, rtol=0)
+    torch.testing.assert_close(run.logits[:, 2:], model(second)[:, 6:8], atol=1e-6, rtol=0)
+    unmasked = run_with_interventions(model, packed, 6, [], n_answer_tokens=4, residual_layer=0)
+    assert (unmasked.logits[:, 2:] - model(second)[:, 6:8]).abs().max() > 1e-3  # the mask is what makes it equal
+
+
+def test_hooked_transformers_are_masked_exactly_before_the_softmax(model):
+    strategy = masking_strategy(adapt(model))
+    if type(model).__name__ == "HookedTransformer":
+        assert strategy == "scores"
+    else:
+        assert strategy in ("pattern", None)
+
+
+def test_a_run_can_start_from_a_residual(model):
+    tokens, answer_pos, _ = ragged_prompts(seed=8)
+    vectors = torch.randn(len(tokens), 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    interventions = [replace(2, vectors), ablate_head(1, 3)]
+    full = run_with_interventions(model, tokens, answer_pos, interventions)
+    resumed = run_with_interventions(
+        model, model(tokens, stop_at_layer=1), answer_pos, interventions, residual_layer=1, batch_size=3
+    )
+    torch.testing.assert_close(resumed.logits, full.logits, atol=1e-6, rtol=0)
+    assert resumed.writes == full.writes == (len(tokens), len(tokens))
+
+
+def test_bad_shared_prefix_runs_name_the_problem(model):
+    tokens, answer_pos, lengths = ragged_prompts(seed=9)
+    residual = model(tokens, stop_at_layer=1)
+    with pytest.raises(LayerOutOfRangeError, match="writes before block 1, where the residual inputs enter"):
+        run_with_interventions(model, residual, answer_pos, [add(0, torch.zeros(32))], residual_layer=1)
+    with pytest.raises(ShapeError, match=r"residual_layer .* or clean_residual, not both"):
+        run_with_interventions(
+            model, residual, answer_pos, [], residual_layer=1, clean_residual=residual, clean_residual_layer=1
+        )
+    with pytest.raises(ShapeError, match=r"blocked_keys must be a bool tensor \[batch=7, pos=16, pos=16\]"):
+        run_with_interventions(model, tokens, answer_pos, [], blocked_keys=torch.zeros(7, 16, 15, dtype=torch.bool))
+    left, mask, left_pos = left_padded(tokens, lengths)
+    with pytest.raises(ShapeError, match="right-pad them instead of left-padding"):
+        run_with_interventions(
+            model, left, left_pos, [], attention_mask=mask, blocked_keys=torch.zeros(7, 16, 16, dtype=torch.bool)
+        )
+
+
+def test_start_skips_blocks_tells_whether_the_blocks_below_run(model):
+    calls = []
+    hook_point = model.hook_dict["blocks.0.hook_resid_post"]
+    hook_point.add_hook(lambda activation, hook: calls.append(1))
+    try:
+        model(torch.zeros(1, 3, 32, dtype=torch.float64), start_at_layer=2)
+        runs_below = bool(calls)
+    except NotImplementedError:  # TransformerLens 3.9's bridge has no start_at_layer
+        runs_below = True
+    finally:
+        hook_point.remove_hooks("fwd")
+    assert start_skips_blocks(model) == (not runs_below)
+
+
+def sweep_cells(tokens, answer_pos):
+    """Cells writing at the answer position, at the teacher-forced position after it, and everywhere."""
+    generator = torch.Generator().manual_seed(4)
+    vectors = torch.randn(4, len(tokens), 32, generator=generator, dtype=torch.float64)
+    return [
+        Cell((replace(0, vectors[0], pos="answer"),)),
+        Cell((add(1, vectors[1], pos="answer"), add(2, vectors[2][0], pos=answer_pos + 1))),
+        Cell((ablate_head(2, 1),)),  # every position: never shares a row
+        Cell((replace(-1, vectors[3], pos="answer", site="resid_pre"),)),
+        Cell(()),
+    ]
+
+
+def reference(model, tokens, answer_pos, cell):
+    """The cell's logits at the two read positions, from TransformerLens run_with_hooks per intervention."""
+    rows = torch.arange(len(tokens))
+    hooks = []
+    for intervention in cell.interventions:
+        name = adapt(model).hook_name(intervention.site, intervention.layer)
+        positions = answer_pos if intervention.pos == "answer" else intervention.pos
+
+        def hook(activation, hook, i=intervention, positions=positions):
+            activation = activation.clone()
+            if i.kind == "ablate_head":
+                activation[:, :, i.head] = 0.0
+            elif i.kind == "replace":
+                activation[rows, positions] = i.values
+            else:
+                activation[rows, positions] += i.values
+            return activation
+
+        hooks.append((name, hook))
+    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return logits[rows[:, None], answer_pos[:, None] + torch.arange(2)]
+
+
+def test_sweeps_share_prefixes_where_they_can_and_match_separate_runs(model, monkeypatch):
+    tokens, lengths, _ = ragged_prompts(seed=10)
+    answer_pos = lengths - 2  # two answer tokens, teacher-forced
+    prompts = align(model, tokens, answer_pos, n_answer_tokens=2)
+    cells = sweep_cells(tokens, answer_pos)
+
+    def score(logits, index):
+        return logits.flatten(1).cpu()
+
+    shared = run_sweep(model, prompts, cells, score, rows_per_pass=5)
+    for c, cell in enumerate(cells):
+        expected = reference(model, tokens, answer_pos, cell).flatten(1)
+        torch.testing.assert_close(shared.cells[c], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        shared.clean,
+        model(tokens)[torch.arange(7)[:, None], answer_pos[:, None] + torch.arange(2)].flatten(1),
+        atol=1e-6,
+        rtol=0,
+    )
+    assert shared.writes == ((7,), (7, 7), (7,), (7,), ())
+    monkeypatch.setattr(stacking, "supports_blocked_keys", lambda model: False)
+    stacked = run_sweep(model, prompts, cells, score, rows_per_pass=5)
+    torch.testing.assert_close(stacked.cells, shared.cells, atol=1e-6, rtol=0)
+    if supports_blocked_keys(model):
+        assert shared.n_passes < stacked.n_passes
+
+
+def test_a_shared_row_that_would_be_imprecise_falls_back_to_separate_rows(model, monkeypatch):
+    if not supports_blocked_keys(model):
+        pytest.skip("this model's attention cannot be masked through hooks: sweeps never share rows")
+    tokens, lengths, _ = ragged_prompts(seed=11)
+    prompts = align(model, tokens, lengths - 1)
+    cells = sweep_cells(tokens, lengths - 1)[:1] * 3
+
+    def score(logits, index):
+        return logits[:, 0].cpu()
+
+    expected = run_sweep(model, prompts, cells, score, rows_per_pass=len(prompts))
+
+    def imprecise(*args, **kwargs):
+        raise BlockedKeysPrecisionError("nearly all attention on blocked keys")
+
+    monkeypatch.setattr(engine, "_mask_scores", imprecise)
+    monkeypatch.setattr(engine, "_mask_pattern", imprecise)
+    fallback = run_sweep(model, prompts, cells, score, rows_per_pass=len(prompts))  # one cell per stacked pass
+    torch.testing.assert_close(fallback.cells, expected.cells, atol=1e-6, rtol=0)
+    assert fallback.n_passes > expected.n_passes

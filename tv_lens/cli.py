@@ -1,0 +1,306 @@
+"""The ``tv-lens`` command line: the end-to-end demo, and each of its steps on saved artefacts.
+
+- ``tv-lens demo``: train (or load) a model, run every analysis, save the results, write the HTML report.
+- ``tv-lens train``: only train (or finish training) the model of a demo directory.
+- ``tv-lens analyze``: run the analyses on the model already trained in a demo directory.
+- ``tv-lens report``: rebuild the report from the saved results, recomputing nothing.
+
+Errors the library raises for bad input (:class:`~tv_lens.errors.TvLensError`) end the command with a
+one-line message and exit status 1; bad arguments exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from tv_lens.errors import ConfigError, TvLensError
+from tv_lens.report import ANALYSIS_NAMES
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_OUT = "tv-lens-demo"
+_DESCRIPTION = """\
+Task vectors in in-context learning, measured on TransformerLens models.
+
+`tv-lens demo` trains a small model on synthetic ICL tasks (or loads the one already trained in --out),
+runs every analysis (task decodability, ICL performance, geometry, TD vs accuracy, task-vector patching,
+task-vector prompting, head ablation, emergence over training, early- vs late-layer finetuning), saves
+each result and writes one self-contained HTML report. The other commands run one step on the saved
+artefacts. Layers are TransformerLens block indices throughout (-1 = embedding output).
+"""
+_LAYOUT = """\
+output directory layout:
+  DIR/checkpoints/step-*.pt       training checkpoints (a finished run is loaded, never retrained)
+  DIR/run.json                    the run's settings and training summary
+  DIR/results/NAME.safetensors    one result per analysis (tv_lens.Result.load reads any)
+  DIR/summary.json                the headline numbers
+  DIR/report.html                 the report (opens offline)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tv-lens`` argument parser with its four subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="tv-lens",
+        description=_DESCRIPTION,
+        epilog=_LAYOUT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = _command(
+        commands,
+        "demo",
+        "train or load the model, run every analysis, write the results and the HTML report",
+        "Train the recipe's model into DIR/checkpoints (or load it, if DIR already holds the finished run), run "
+        "every analysis, save each result to DIR/results/, and write DIR/report.html and DIR/summary.json. "
+        "On 2 CPU cores --quick takes under a minute, the full demo a few minutes.",
+    )
+    _training_options(demo)
+    _only_option(demo)
+    _set_option(demo)
+
+    train = _command(
+        commands,
+        "train",
+        "only train (or finish training) the model of a demo directory",
+        "Train the recipe's model into DIR/checkpoints with a checkpoint every few steps (the emergence "
+        "analysis reads them). A finished run in DIR is left as it is; an interrupted one resumes.",
+    )
+    _training_options(train)
+    _set_option(train)
+
+    analyze = _command(
+        commands,
+        "analyze",
+        "run the analyses on the model trained in a demo directory",
+        "Run the analyses (all, or those named with --only) on the model trained in DIR, with the settings "
+        "stored in DIR/run.json, and save each result to DIR/results/; then rebuild DIR/report.html.",
+    )
+    _out_option(analyze)
+    _only_option(analyze)
+    _progress_option(analyze)
+
+    report = _command(
+        commands,
+        "report",
+        "rebuild the HTML report from the saved results (nothing is recomputed)",
+        "Read every result in DIR/results/ and write one self-contained HTML report (plotly embedded, no "
+        "network needed to view it); print the headline numbers.",
+    )
+    _out_option(report)
+    report.add_argument(
+        "--output", type=Path, default=None, metavar="FILE", help="where to write the report (default: DIR/report.html)"
+    )
+    return parser
+
+
+def _command(commands: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, 100),
+        epilog=_LAYOUT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def _out_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", type=Path, default=Path(DEFAULT_OUT), metavar="DIR", help=f"demo directory (default: {DEFAULT_OUT})"
+    )
+
+
+def _progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU threads torch may use (default: 1; the demo's models are small, and more threads mostly add "
+        "overhead, much of it when other processes share the cores)",
+    )
+
+
+def _training_options(parser: argparse.ArgumentParser) -> None:
+    _out_option(parser)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the quick preset: recipe 'quick' (2 blocks, about 15 s of training) and fewer prompts per analysis",
+    )
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        metavar="NAME",
+        help="training recipe (default: 'default', or 'quick' with --quick); see tv_lens.training.recipes",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "hooked", "bridge"),
+        default="auto",
+        help="TransformerLens model class: HookedTransformer ('hooked'), TransformerBridge ('bridge'), or "
+        "'auto' (HookedTransformer where the installed TransformerLens has it) (default: auto)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the model, training and analysis prompts (default: 0)"
+    )
+    _progress_option(parser)
+
+
+def _only_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=ANALYSIS_NAMES,
+        metavar="NAME",
+        help=f"run only these analyses (choices: {', '.join(ANALYSIS_NAMES)}); other saved results stay in the report",
+    )
+
+
+def _set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of tv_lens.demo.DemoConfig, e.g. --set n_per_task=50 or "
+        "--set performance_shots=[0,2,4] (repeatable)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``tv-lens`` with ``argv`` (default: the process's arguments); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        _set_threads(args)
+        if args.command == "demo":
+            _demo(args)
+        elif args.command == "train":
+            _train(args)
+        elif args.command == "analyze":
+            _analyze(args)
+        else:
+            _report(args)
+    except TvLensError as error:
+        print(f"tv-lens {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # output piped into a reader that stopped early (e.g. `| head`)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # keeps Python's exit-time flush quiet
+        return 1
+    except KeyboardInterrupt:
+        print(f"tv-lens {args.command}: interrupted; run the same command again to continue.", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}.")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from tv_lens.demo import DemoConfig
+
+    overrides: dict[str, Any] = {"backend": args.backend, "seed": args.seed}
+    if args.recipe is not None:
+        overrides["recipe"] = args.recipe
+    overrides.update(_parse_settings(args.set))
+    known = [field.name for field in fields(DemoConfig)]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ConfigError(f"Unknown setting(s) {unknown} for --set; the settings of DemoConfig are {known}.")
+    config = DemoConfig.quick(**overrides) if args.quick else DemoConfig.full(**overrides)
+    config.get_recipe()  # unknown recipe names fail here, before any work
+    return config
+
+
+def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes KEY=VALUE, got {pair!r}; e.g. --set n_per_task=50.")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        settings[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return settings
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from tv_lens.demo import run_demo
+
+    config = _config(args)
+    run = run_demo(args.out, config, only=args.only, progress=not args.no_progress)
+    how = "trained" if run.trained.trained_now else "loaded (already trained, not retrained)"
+    print(f"tv-lens demo: done in {run.seconds['total']:.0f} s; model {how}, {run.trained.steps} steps")
+    _print_outputs(args.out, run.report)
+    steps = ", ".join(f"{name} {seconds:.0f}" for name, seconds in run.seconds.items() if name != "total")
+    print(f"  seconds: {steps}")
+    _print_numbers(run.numbers)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from tv_lens.demo import train_or_load
+
+    start = time.perf_counter()
+    trained = train_or_load(args.out, _config(args), progress=not args.no_progress)
+    how = "trained" if trained.trained_now else "already trained (loaded, not retrained)"
+    accuracy = ", ".join(f"{task} {value:.3f}" for task, value in trained.training["accuracy"].items())
+    print(f"tv-lens train: model {how} in {time.perf_counter() - start:.0f} s, {trained.steps} steps")
+    print(f"  checkpoints: {args.out / 'checkpoints'} ({len(trained.checkpoints)} files)")
+    print(f"  held-out accuracy: {accuracy}")
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    from tv_lens.demo import load_trained, run_analyses, write_outputs
+
+    start = time.perf_counter()
+    config, trained = load_trained(args.out, progress=not args.no_progress)
+    run_analyses(args.out, trained, config, only=args.only, progress=not args.no_progress)
+    report, numbers = write_outputs(args.out)
+    print(f"tv-lens analyze: done in {time.perf_counter() - start:.0f} s")
+    _print_outputs(args.out, report)
+    _print_numbers(numbers)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from tv_lens.demo import write_outputs
+
+    report, numbers = write_outputs(args.out, args.output)
+    print("tv-lens report: rebuilt from the saved results (nothing recomputed)")
+    _print_outputs(args.out, report)
+    _print_numbers(numbers)
+
+
+def _print_outputs(out: Path, report: Path) -> None:
+    print(f"  report:  {report}")
+    print(f"  results: {out / 'results'}/ (headline numbers in {out / 'summary.json'})")
+
+
+def _print_numbers(numbers: dict[str, Any]) -> None:
+    from tv_lens.report import summary_lines
+
+    rows = summary_lines(numbers)
+    width = max((len(title) for _, title, _ in rows), default=0)
+    for _, title, line in rows:
+        print(f"  {title:<{width}}  {line}")
