@@ -398,9 +398,30 @@ CASES = [
         lambda w: run_with_interventions(
             w.model, w.batch.inputs, w.batch.answer_pos, [add(0, torch.full((32,), float("nan")))]
         ),
-        ShapeError,
+        NonFiniteError,
         r"got NaN or infinite values",
         r"pass a finite vector",
+    ),
+    Case(
+        "single-intervention-not-in-a-list",
+        lambda w: run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, add(0, torch.ones(32))),
+        ShapeError,
+        r"interventions must be a list of interventions",
+        r"wrap a single one: \[intervention\]",
+    ),
+    Case(
+        "intervention-batch-size-zero",
+        lambda w: run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, [], batch_size=0),
+        ShapeError,
+        r"batch_size must be an int >= 1 \(prompts per pass\)",
+        r"or None for all, got 0",
+    ),
+    Case(
+        "zero-answer-tokens",
+        lambda w: run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, [], n_answer_tokens=0),
+        ShapeError,
+        r"n_answer_tokens must be an int >= 1",
+        r"answer tokens read per prompt\), got 0",
     ),
     # --- pools, prompt counts, analysis settings ---
     Case(

@@ -7,6 +7,7 @@ from tv_lens.errors import (
     HookNotFoundError,
     InterventionNotAppliedError,
     LayerOutOfRangeError,
+    NonFiniteError,
     PositionError,
     ShapeError,
 )
@@ -227,7 +228,7 @@ def test_bad_interventions_name_the_problem(model):
         run(add(0, torch.zeros(32), rows=[40]))
     with pytest.raises(PositionError, match="selects a prompt twice"):
         run(add(0, torch.zeros(2, 32), rows=[1, -6]))
-    with pytest.raises(ShapeError, match="NaN"):
+    with pytest.raises(NonFiniteError, match="NaN"):
         run(add(0, torch.full((32,), float("nan"))))
     with pytest.raises(ShapeError, match="mode='mean' needs mean="):
         ablate_head(0, 0, "mean")

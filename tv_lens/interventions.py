@@ -205,6 +205,10 @@ def run_with_interventions(
             the renormalising mask of some models cannot represent precisely.
     """
     adapter = adapt(model)
+    if isinstance(interventions, Intervention):
+        raise ShapeError("interventions must be a list of interventions; wrap a single one: [intervention].")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ShapeError(f"batch_size must be an int >= 1 (prompts per pass) or None for all, got {batch_size!r}.")
     residual = residual_layer is not None
     prompts = prepare_prompts(adapter, inputs, answer_pos, attention_mask, n_answer_tokens, residual=residual)
     plans = [_resolve(adapter, prompts, intervention, n_answer_tokens) for intervention in interventions]
@@ -313,7 +317,7 @@ def _values(adapter: ModelAdapter, intervention: Intervention, selected: Tensor,
             f"prompt or [{n_rows}, {width}] for each selected prompt."
         )
     if not bool(torch.isfinite(values).all()):
-        raise ShapeError(f"{intervention} got NaN or infinite values; pass a finite vector.")
+        raise NonFiniteError(f"{intervention} got NaN or infinite values; pass a finite vector.")
     values = values.to(adapter.device, adapter.dtype)
     if values.ndim == 1:
         return values

@@ -103,6 +103,10 @@ def prepare_prompts(
             f"[{int(inputs.min())}, {int(inputs.max())}]. Build the model with a vocabulary the task needs (d_vocab >= "
             "pool.vocab_size), or tokenize text prompts with the model's own tokenizer."
         )
+    if isinstance(n_answer_tokens, bool) or not isinstance(n_answer_tokens, int) or n_answer_tokens < 1:
+        raise ShapeError(
+            f"n_answer_tokens must be an int >= 1 (answer tokens read per prompt), got {n_answer_tokens!r}."
+        )
     n_prompts, width = int(inputs.shape[0]), int(inputs.shape[1])
     if n_prompts == 0:
         raise ShapeError("inputs hold no prompts (batch size 0); pass at least one prompt.")
