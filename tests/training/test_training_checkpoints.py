@@ -88,6 +88,24 @@ def test_checkpoint_rebuilds_the_model(tmp_path: Path) -> None:
         torch.testing.assert_close(checkpoint.load_model()(tokens), result.model(tokens), rtol=0, atol=0)
 
 
+@pytest.mark.skipif(len(BACKENDS) < 2, reason="needs TransformerLens 3, where backend='auto' means HookedTransformer")
+def test_auto_backend_checkpoint_rebuilds_the_class_it_was_saved_from(tmp_path: Path) -> None:
+    """A run saved with backend='auto' from a bridge (as under TransformerLens 4) loads as a bridge under 3."""
+    result = train(
+        tiny_model("bridge"),
+        tiny_pool(),
+        tiny_config(max_steps=2, checkpoint_every=2),
+        model_config=tiny_model_config("auto"),
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    loaded = load_checkpoint(result.checkpoints[-1]).load_model()
+    assert type(loaded) is type(result.model)
+    tokens = tiny_pool().sample(2, 3, seed=1).inputs
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), result.model(tokens), rtol=0, atol=0)
+
+
 def test_checkpoint_from_a_different_config(tmp_path: Path) -> None:
     config = tiny_config(max_steps=4, checkpoint_every=2)
     train(tiny_model(BACKENDS[0]), tiny_pool(), config, checkpoint_dir=tmp_path, progress=False)

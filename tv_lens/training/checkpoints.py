@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from tv_lens.errors import CheckpointError
-from tv_lens.models import ModelConfig, build_model
+from tv_lens.models import ModelConfig, build_model, hooked_transformer_available
 from tv_lens.training.config import TrainConfig
 from tv_lens.training.finetune import attach_lora
 
@@ -83,10 +83,27 @@ class Checkpoint:
                 "the model cannot be rebuilt from it. Build the model yourself and call "
                 "load_parameters(model, checkpoint.parameters)."
             )
-        model = build_model(self.model_config, device=device)
+        model = build_model(self.model_config_as_saved(), device=device)
         attach_lora(model, self.config.finetune)
         load_parameters(model, self.parameters, source=str(self.path))
         return model.eval()
+
+    def model_config_as_saved(self) -> ModelConfig:
+        """``model_config`` with ``backend="auto"`` resolved to the model class the weights were saved from.
+
+        ``"auto"`` means HookedTransformer under TransformerLens 3 and TransformerBridge under 4, so a run
+        trained under 4 and loaded under 3 would otherwise rebuild the wrong class.
+        """
+        config = self.model_config
+        if config is None or config.backend != "auto":
+            return config  # type: ignore[return-value]
+        saved = "hooked" if "embed.W_E" in self.parameters else "bridge"
+        if saved == "hooked" and not hooked_transformer_available():
+            raise CheckpointError(
+                f"{self.path} holds HookedTransformer weights, and the installed TransformerLens (4.x) has no "
+                "HookedTransformer. Load it where transformer-lens 3.x is installed, or retrain the run here."
+            )
+        return replace(config, backend=saved)
 
     def check_compatible(
         self,
