@@ -97,13 +97,14 @@ class Checkpoint:
         config = self.model_config
         if config is None or config.backend != "auto":
             return config  # type: ignore[return-value]
-        saved = "hooked" if "embed.W_E" in self.parameters else "bridge"
-        if saved == "hooked" and not hooked_transformer_available():
+        if "embed.W_E" not in self.parameters:
+            return replace(config, backend="bridge")
+        if not hooked_transformer_available():
             raise CheckpointError(
                 f"{self.path} holds HookedTransformer weights, and the installed TransformerLens (4.x) has no "
                 "HookedTransformer. Load it where transformer-lens 3.x is installed, or retrain the run here."
             )
-        return replace(config, backend=saved)
+        return replace(config, backend="hooked")
 
     def check_compatible(
         self,
