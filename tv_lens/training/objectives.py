@@ -4,10 +4,11 @@ An ICL prompt holds several (input, answer) pairs; the model should answer every
 the ones before it, so the training loss is taken at the answer of *every* demonstration and of the
 query (Garg et al.'s "prefix" loss), not only at the query. Evaluation scores the query only.
 
-:class:`TokenObjective` serves token task pools (cross-entropy on answer tokens, exact-match accuracy).
-The loop talks to an objective through :class:`Objective` only, so a continuous-task objective (MSE on
-regression answers, through the continuous-input wrapper) plugs in beside it: add a class with the same
-methods and a branch in :func:`objective_for`.
+:class:`TokenObjective` serves token task pools (cross-entropy on answer tokens, exact-match accuracy);
+:class:`RegressionObjective` serves regression pools through the continuous-input wrapper
+(:func:`tv_lens.models.build_continuous_model`): mean squared error of the prediction at every answer
+position. The loop talks to an objective through :class:`Objective` only; :func:`objective_for` picks one
+by the kind of pool, and ``train(..., objective=...)`` takes any object with the same methods.
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tv_lens.errors import ConfigError, PositionError, TaskError
-from tv_lens.metrics import answer_logits, token_accuracy, token_cross_entropy
+from tv_lens.metrics import answer_logits, mse, token_accuracy, token_cross_entropy
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.running import HookFn, forward
-from tv_lens.tasks import ICLBatch, TaskPool
+from tv_lens.tasks import ICLBatch, RegressionBatch, RegressionPool, TaskPool
 
-__all__ = ["Objective", "TokenObjective", "objective_for"]
+__all__ = ["Objective", "RegressionObjective", "TokenObjective", "objective_for"]
 
 
 class Objective(Protocol):
-    """The loss and the scores of one kind of task pool (tokens now; regression can be added)."""
+    """The loss and the scores of one kind of task pool."""
 
     def check(self, adapter: ModelAdapter, pool: Any, batch: Any) -> None:
         """Raise a clear error if the model cannot take the pool's prompts (vocabulary, context length)."""
@@ -59,12 +60,7 @@ class TokenObjective:
                 f"the model has d_vocab={adapter.d_vocab}. Build the model with "
                 f"ModelConfig(d_vocab=pool.vocab_size) (= {pool.vocab_size}) or larger."
             )
-        length = int(batch.lengths.max())
-        if length > adapter.n_ctx:
-            raise PositionError(
-                f"Prompts of {length} tokens do not fit the model's context n_ctx={adapter.n_ctx}; use fewer "
-                "shots (DataConfig.n_shots / eval_n_shots) or a model with a larger n_ctx."
-            )
+        _check_length(adapter, int(batch.lengths.max()))
 
     def context_loss(
         self, adapter: ModelAdapter, batch: ICLBatch, hooks: Sequence[tuple[str, HookFn]] = ()
@@ -116,12 +112,84 @@ def answer_targets(batch: ICLBatch) -> tuple[Tensor, Tensor, Tensor]:
     return rows, columns, batch.inputs[rows, columns + 1]
 
 
+class RegressionObjective:
+    """Mean squared error on continuous answers, for :class:`~tv_lens.tasks.RegressionPool` s.
+
+    The model is a :class:`~tv_lens.models.ContinuousModel` (``d_in`` = the pool's input width, ``d_out``
+    = its output width); its output at a demonstration's or the query's ``x`` predicts that ``y``.
+
+    Args:
+        tolerance: A query counts as answered (``accuracy`` 1.0) when its squared error, averaged over
+            output coordinates, is at most this. The MSE itself is the run's ``loss``.
+    """
+
+    def __init__(self, tolerance: float = 0.1) -> None:
+        if not 0 < tolerance < float("inf"):
+            raise ConfigError(f"tolerance must be a finite number > 0 (squared error), got {tolerance!r}.")
+        self.tolerance = tolerance
+
+    def check(self, adapter: ModelAdapter, pool: RegressionPool, batch: RegressionBatch) -> None:
+        """Check the model's input and output widths and context length against the pool's prompts."""
+        if adapter.d_in is None:
+            raise TaskError(
+                "Regression prompts are sequences of vectors, and this model reads tokens. Wrap it: "
+                f"build_continuous_model(config, d_in={pool.d_in}, d_out={pool.d_out}) from tv_lens.models."
+            )
+        if (adapter.d_in, adapter.d_vocab) != (pool.d_in, pool.d_out):
+            raise TaskError(
+                f"The pool's vectors do not fit the model: the pool has d_in={pool.d_in}, d_out={pool.d_out}, the "
+                f"model d_in={adapter.d_in}, d_out={adapter.d_vocab}. Build the model with "
+                f"build_continuous_model(config, d_in={pool.d_in}, d_out={pool.d_out})."
+            )
+        _check_length(adapter, int(batch.lengths.max()))
+
+    def context_loss(
+        self, adapter: ModelAdapter, batch: RegressionBatch, hooks: Sequence[tuple[str, HookFn]] = ()
+    ) -> Float[Tensor, ""]:
+        """Mean squared error of the prediction of every clean demonstration's ``y`` and of the query's."""
+        outputs = forward(adapter, batch.inputs.to(adapter.device), hooks=hooks)
+        positions = torch.cat([batch.demo_answer_pos, batch.answer_pos[:, None]], dim=1)  # [batch, shots + 1]
+        targets = torch.cat([batch.demo_answers, batch.answers[:, None]], dim=1)  # [batch, shots + 1, d_out]
+        valid = positions >= 0
+        valid[:, :-1] &= ~batch.demo_noisy
+        rows = torch.arange(len(batch), device=positions.device)[:, None].expand_as(positions)
+        device = outputs.device
+        picked = outputs[rows[valid].to(device), positions[valid].to(device)]
+        picked = picked if picked.dtype == torch.float64 else picked.float()
+        return F.mse_loss(picked, targets[valid].to(device, picked.dtype))
+
+    def answer_loss(self, outputs: Float[Tensor, "batch 1 d_out"], batch: RegressionBatch) -> Float[Tensor, " batch"]:
+        """Per-prompt squared error of the query's prediction (mean over output coordinates)."""
+        return mse(outputs[:, 0], batch.answers.to(outputs.device, outputs.dtype))
+
+    def answer_accuracy(
+        self, outputs: Float[Tensor, "batch 1 d_out"], batch: RegressionBatch
+    ) -> Float[Tensor, " batch"]:
+        """1.0 where the query's squared error is at most ``tolerance``."""
+        return (self.answer_loss(outputs, batch) <= self.tolerance).to(outputs.dtype)
+
+    def query_outputs(self, adapter: ModelAdapter, batch: RegressionBatch) -> Float[Tensor, "batch 1 d_out"]:
+        """Predictions at the query's ``x``."""
+        outputs = forward(adapter, batch.inputs.to(adapter.device))
+        return answer_logits(outputs, batch.answer_pos, 1)
+
+
+def _check_length(adapter: ModelAdapter, length: int) -> None:
+    if length > adapter.n_ctx:
+        raise PositionError(
+            f"Prompts of {length} positions do not fit the model's context n_ctx={adapter.n_ctx}; use fewer "
+            "shots (DataConfig.n_shots / eval_n_shots) or a model with a larger n_ctx."
+        )
+
+
 def objective_for(pool: Any) -> Objective:
-    """The objective of a task pool: :class:`TokenObjective` for token pools."""
+    """The objective of a pool: :class:`TokenObjective` for token pools, :class:`RegressionObjective` for regression."""
     if isinstance(pool, TaskPool):
         return TokenObjective()
+    if isinstance(pool, RegressionPool):
+        return RegressionObjective()
     raise ConfigError(
-        f"train() does not know how to train on a {type(pool).__name__}: token TaskPools are supported "
-        "(tv_lens.tasks.offset_pool, bitwise_pool, ...). For another kind of pool, pass objective= an object "
-        "with the methods of tv_lens.training.objectives.Objective."
+        f"train() does not know how to train on a {type(pool).__name__}: token TaskPools (tv_lens.tasks.offset_pool, "
+        "bitwise_pool, ...) and RegressionPools (regression_pool, sparse_linear_pool) are supported. For another "
+        "kind of pool, pass objective= an object with the methods of tv_lens.training.objectives.Objective."
     )
