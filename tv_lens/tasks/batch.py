@@ -23,14 +23,21 @@ columns wide, so reading the output at every answer column stays inside every ro
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from tv_lens.errors import PositionError, ShapeError, TaskError
+from tv_lens.errors import PositionError, ShapeError
+from tv_lens.tasks.prompt_rows import (
+    check_demonstrations,
+    check_fields,
+    move,
+    row_indices,
+    select_rows,
+    without_demonstrations,
+)
 
 __all__ = ["ICLBatch"]
 
@@ -77,45 +84,17 @@ class ICLBatch:
                 f"ICLBatch.inputs must be an integer tensor [batch, pos], got dtype {self.inputs.dtype} "
                 f"and shape {tuple(self.inputs.shape)}."
             )
-        b, p = self.inputs.shape
-        n_demo = self.demo_start.shape[-1] if self.demo_start.ndim == 2 else -1
-        expected = {
-            "attention_mask": (b, p),
-            "answer_pos": (b,),
-            "task_ids": (b,),
-            "n_shots": (b,),
-            "query_start": (b,),
-            "demo_start": (b, n_demo),
-            "demo_answer_pos": (b, n_demo),
-            "demo_noisy": (b, n_demo),
-        }
-        for name, shape in expected.items():
-            got = tuple(getattr(self, name).shape)
-            if got != shape:
-                raise ShapeError(
-                    f"ICLBatch.{name} has shape {got} but inputs {tuple(self.inputs.shape)} requires {shape}."
-                )
+        check_fields(self, "ICLBatch")
+        b = self.inputs.shape[0]
         if self.answers.ndim != 2 or self.answers.shape[0] != b or self.answers.shape[1] < 1:
             raise ShapeError(
                 f"ICLBatch.answers must have shape [batch={b}, n_answer>=1], got "
                 f"{tuple(self.answers.shape)}; use answers[:, None] for single-token answers."
             )
-        devices = {getattr(self, f.name).device for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
-        if len(devices) > 1:
-            raise ShapeError(f"ICLBatch tensors are on several devices {devices}; move them with .to(device).")
 
     def _check_positions(self) -> None:
-        mask = self.attention_mask
-        lengths = mask.sum(-1)
-        if not torch.equal(mask, (torch.arange(mask.shape[-1], device=mask.device) < lengths[:, None]).to(mask)):
-            raise PositionError("ICLBatch.attention_mask must be right-padded: ones, then zeros, in every row.")
-        if (self.n_shots < 0).any() or (self.n_shots > self.demo_start.shape[-1]).any():
-            raise TaskError(
-                f"ICLBatch.n_shots must lie in 0 .. {self.demo_start.shape[-1]} (the demo columns), "
-                f"got {self.n_shots.tolist()}."
-            )
-        if len(self.task_names) == 0 or (self.task_ids < 0).any() or (self.task_ids >= len(self.task_names)).any():
-            raise TaskError(f"ICLBatch.task_ids must index task_names {self.task_names}.")
+        check_demonstrations(self, "ICLBatch")
+        lengths = self.lengths
         n_answer = self.answers.shape[-1]
         real = self.answers >= 0
         if not real[:, 0].all() or (real[:, 1:] & ~real[:, :-1]).any():
@@ -132,13 +111,6 @@ class ICLBatch:
         in_inputs = self.inputs.gather(1, cols.clamp(max=self.inputs.shape[-1] - 1))
         if not torch.equal(torch.where(real, in_inputs, -1), self.answers):
             raise PositionError("ICLBatch.answers must equal the tokens right after answer_pos in inputs.")
-        is_demo = torch.arange(self.demo_start.shape[-1], device=self.inputs.device) < self.n_shots[:, None]
-        for name in ("demo_start", "demo_answer_pos"):
-            pos = getattr(self, name)
-            if (pos[~is_demo] != -1).any() or (pos[is_demo] < 0).any():
-                raise PositionError(f"ICLBatch.{name} must be >= 0 on the first n_shots columns and -1 after.")
-            if ((pos >= self.query_start[:, None]) & is_demo).any():
-                raise PositionError(f"ICLBatch.{name} must lie before query_start in every prompt.")
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
@@ -170,12 +142,7 @@ class ICLBatch:
 
     def to(self, device: torch.device | str) -> ICLBatch:
         """The same batch with every tensor on ``device``."""
-        moved: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Tensor):
-                moved[f.name] = value.to(device)
-        return replace(self, **moved)
+        return move(self, device)
 
     def select(self, indices: Int[Tensor, " n"] | Bool[Tensor, " n"] | Sequence[int] | slice) -> ICLBatch:
         """A sub-batch of the given prompts, trimmed to its longest prompt; task ids keep their names.
@@ -183,31 +150,10 @@ class ICLBatch:
         Args:
             indices: Prompt indices (tensor, list or slice), or a boolean mask over prompts.
         """
-        if isinstance(indices, slice):
-            idx = torch.arange(len(self))[indices]
-        else:
-            idx = torch.as_tensor(indices)
-            if idx.dtype == torch.bool:
-                idx = idx.nonzero().flatten()
-        idx = idx.to(self.inputs.device).long()
-        if idx.numel() and (idx.min() < -len(self) or idx.max() >= len(self)):
-            raise PositionError(f"ICLBatch.select got indices outside 0 .. {len(self) - 1}.")
+        idx = row_indices(self, indices, "ICLBatch")
         n_answer = int(self.answer_lengths[idx].max()) if idx.numel() else self.n_answer_tokens
         n_pos = self._width(self.lengths[idx], self.answer_pos[idx], n_answer)
-        n_demo = int(self.n_shots[idx].max()) if idx.numel() else 0
-        return replace(
-            self,
-            inputs=self.inputs[idx, :n_pos],
-            attention_mask=self.attention_mask[idx, :n_pos],
-            answer_pos=self.answer_pos[idx],
-            answers=self.answers[idx, :n_answer],
-            task_ids=self.task_ids[idx],
-            n_shots=self.n_shots[idx],
-            demo_start=self.demo_start[idx, :n_demo],
-            demo_answer_pos=self.demo_answer_pos[idx, :n_demo],
-            demo_noisy=self.demo_noisy[idx, :n_demo],
-            query_start=self.query_start[idx],
-        )
+        return select_rows(self, idx, n_pos, answers=self.answers[idx, :n_answer])
 
     def zero_shot(self) -> ICLBatch:
         """The query-only twin: same queries, answers and task ids, no demonstrations.
@@ -233,15 +179,10 @@ class ICLBatch:
         mask = pos < new_len[:, None]
         src = torch.where(mask, src, torch.zeros_like(src))
         inputs = torch.where(mask, self.inputs.gather(1, src), torch.full_like(src, self.pad_token))
-        empty = self.demo_start[:, :0]
-        return replace(
+        return without_demonstrations(
             self,
             inputs=inputs,
             attention_mask=mask.to(self.attention_mask.dtype),
             answer_pos=new_answer_pos,
-            n_shots=torch.zeros_like(self.n_shots),
-            demo_start=empty,
-            demo_answer_pos=empty.clone(),
-            demo_noisy=self.demo_noisy[:, :0],
             query_start=torch.full_like(self.query_start, prefix),
         )

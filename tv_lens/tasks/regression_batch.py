@@ -17,14 +17,21 @@ interventions and analyses read both the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from tv_lens.errors import PositionError, ShapeError, TaskError
+from tv_lens.errors import PositionError, ShapeError
+from tv_lens.tasks.prompt_rows import (
+    check_demonstrations,
+    check_fields,
+    move,
+    row_indices,
+    select_rows,
+    without_demonstrations,
+)
 
 __all__ = ["RegressionBatch"]
 
@@ -72,24 +79,8 @@ class RegressionBatch:
                 f"RegressionBatch.inputs must be a float tensor [batch, pos, d_in], got dtype {self.inputs.dtype} "
                 f"and shape {tuple(self.inputs.shape)}."
             )
-        b, p, d_in = self.inputs.shape
-        n_demo = self.demo_start.shape[-1] if self.demo_start.ndim == 2 else -1
-        expected = {
-            "attention_mask": (b, p),
-            "answer_pos": (b,),
-            "task_ids": (b,),
-            "n_shots": (b,),
-            "query_start": (b,),
-            "demo_start": (b, n_demo),
-            "demo_answer_pos": (b, n_demo),
-            "demo_noisy": (b, n_demo),
-        }
-        for name, shape in expected.items():
-            got = tuple(getattr(self, name).shape)
-            if got != shape:
-                raise ShapeError(
-                    f"RegressionBatch.{name} has shape {got} but inputs [batch={b}, pos={p}] need {shape}."
-                )
+        check_fields(self, "RegressionBatch")
+        b, d_in = self.inputs.shape[0], self.inputs.shape[2]
         if self.answers.ndim != 2 or self.answers.shape[0] != b or not 1 <= self.answers.shape[1] <= d_in:
             raise ShapeError(
                 f"RegressionBatch.answers must be [batch={b}, d_out] with 1 <= d_out <= d_in={d_in}, got "
@@ -97,19 +88,10 @@ class RegressionBatch:
             )
         if self.weights.ndim != 2 or self.weights.shape[0] != b:
             raise ShapeError(f"RegressionBatch.weights must be [batch={b}, d_w], got {tuple(self.weights.shape)}.")
-        devices = {getattr(self, f.name).device for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
-        if len(devices) > 1:
-            raise ShapeError(f"RegressionBatch tensors are on several devices {devices}; move them with .to(device).")
 
     def _check_positions(self) -> None:
-        mask = self.attention_mask
-        lengths = mask.sum(-1)
-        if not torch.equal(mask, (torch.arange(mask.shape[-1], device=mask.device) < lengths[:, None]).to(mask)):
-            raise PositionError("RegressionBatch.attention_mask must be right-padded: ones, then zeros, in every row.")
-        if (self.n_shots < 0).any() or (self.n_shots > self.max_shots).any():
-            raise TaskError(f"RegressionBatch.n_shots must lie in 0 .. {self.max_shots}, got {self.n_shots.tolist()}.")
-        if len(self.task_names) == 0 or (self.task_ids < 0).any() or (self.task_ids >= len(self.task_names)).any():
-            raise TaskError(f"RegressionBatch.task_ids must index task_names {self.task_names}.")
+        check_demonstrations(self, "RegressionBatch")
+        lengths = self.lengths
         bad = (self.answer_pos < self.query_start) | (self.answer_pos + 1 >= lengths)
         if bad.any():
             i = int(bad.nonzero()[0, 0])
@@ -120,13 +102,6 @@ class RegressionBatch:
             )
         if not torch.equal(self._outputs_after(self.answer_pos), self.answers):
             raise PositionError("RegressionBatch.answers must equal the output vector right after answer_pos.")
-        is_demo = torch.arange(self.max_shots, device=self.inputs.device) < self.n_shots[:, None]
-        for name in ("demo_start", "demo_answer_pos"):
-            pos = getattr(self, name)
-            if (pos[~is_demo] != -1).any() or (pos[is_demo] < 0).any():
-                raise PositionError(f"RegressionBatch.{name} must be >= 0 on the first n_shots columns and -1 after.")
-            if ((pos >= self.query_start[:, None]) & is_demo).any():
-                raise PositionError(f"RegressionBatch.{name} must lie before query_start in every prompt.")
 
     @classmethod
     def from_pairs(
@@ -216,38 +191,13 @@ class RegressionBatch:
 
     def to(self, device: torch.device | str) -> RegressionBatch:
         """The same batch with every tensor on ``device``."""
-        moved: dict[str, Any] = {
-            f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)
-        }
-        return replace(self, **moved)
+        return move(self, device)
 
     def select(self, indices: Int[Tensor, " n"] | Bool[Tensor, " n"] | Sequence[int] | slice) -> RegressionBatch:
         """A sub-batch of the given prompts, trimmed to its longest prompt; task ids keep their names."""
-        if isinstance(indices, slice):
-            idx = torch.arange(len(self))[indices]
-        else:
-            idx = torch.as_tensor(indices)
-            if idx.dtype == torch.bool:
-                idx = idx.nonzero().flatten()
-        idx = idx.to(self.inputs.device).long()
-        if idx.numel() and (idx.min() < -len(self) or idx.max() >= len(self)):
-            raise PositionError(f"RegressionBatch.select got indices outside 0 .. {len(self) - 1}.")
+        idx = row_indices(self, indices, "RegressionBatch")
         n_pos = int(self.lengths[idx].max()) if idx.numel() else 0
-        n_demo = int(self.n_shots[idx].max()) if idx.numel() else 0
-        return replace(
-            self,
-            inputs=self.inputs[idx, :n_pos],
-            attention_mask=self.attention_mask[idx, :n_pos],
-            answer_pos=self.answer_pos[idx],
-            answers=self.answers[idx],
-            task_ids=self.task_ids[idx],
-            n_shots=self.n_shots[idx],
-            demo_start=self.demo_start[idx, :n_demo],
-            demo_answer_pos=self.demo_answer_pos[idx, :n_demo],
-            demo_noisy=self.demo_noisy[idx, :n_demo],
-            query_start=self.query_start[idx],
-            weights=self.weights[idx],
-        )
+        return select_rows(self, idx, n_pos, answers=self.answers[idx], weights=self.weights[idx])
 
     def zero_shot(self) -> RegressionBatch:
         """The query-only twin ``x_q, y_q``: same queries, answers, task ids and weights, no demonstrations."""
@@ -257,15 +207,10 @@ class RegressionBatch:
         src = torch.where(mask, self.query_start[:, None] + pos, 0)
         rows = torch.arange(len(self), device=self.inputs.device)[:, None]
         inputs = torch.where(mask[..., None], self.inputs[rows, src], 0.0)
-        empty = self.demo_start[:, :0]
-        return replace(
+        return without_demonstrations(
             self,
             inputs=inputs,
             attention_mask=mask.to(self.attention_mask.dtype),
             answer_pos=self.answer_pos - self.query_start,
-            n_shots=torch.zeros_like(self.n_shots),
-            demo_start=empty,
-            demo_answer_pos=empty.clone(),
-            demo_noisy=self.demo_noisy[:, :0],
             query_start=torch.zeros_like(self.query_start),
         )
