@@ -48,11 +48,15 @@ from tqdm.auto import tqdm
 
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.classifiers import check_knn, knn_loo_predictions, linear_probe, probe_cv_predictions
-from tv_lens.analyses.inputs import LabelsInput, PromptBatch, PromptPool, RepsInput, labelled_stack, sample_batch
+from tv_lens.analyses.inputs import (
+    LabelsInput,
+    RepresentationAnalysis,
+    RepsInput,
+    labelled_stack,
+)
 from tv_lens.errors import AnalysisError
-from tv_lens.probes import Representations, collect
+from tv_lens.probes import Representations
 from tv_lens.results.decodability import Decodability
-from tv_lens.tasks import ShotSpec
 
 __all__ = ["Decodability", "TaskDecodability", "task_decodability"]
 
@@ -122,7 +126,7 @@ def task_decodability(
 
 
 @dataclass(frozen=True)
-class TaskDecodability:
+class TaskDecodability(RepresentationAnalysis[Decodability]):
     """Configuration of a TD analysis; :meth:`run` samples prompts, collects all layers in one pass, scores them.
 
     Attributes:
@@ -154,27 +158,6 @@ class TaskDecodability:
     def __post_init__(self) -> None:
         _settings(self.method, self.k, self.metric, self.n_folds, self.probe_c)
         check_bootstrap(self.n_bootstrap, self.ci)
-
-    def run(
-        self, model: Any, pool: PromptPool, n_per_task: int = 100, n_shots: ShotSpec = 4, seed: int = 0
-    ) -> Decodability:
-        """Sample ``n_per_task`` prompts of every task of ``pool`` (seeded) and compute the TD curve."""
-        return self.run_batch(model, sample_batch(pool, n_per_task, n_shots, seed), seed=seed)
-
-    def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> Decodability:
-        """TD curve of a given batch: one forward pass per ``batch_size`` prompts, all layers at once."""
-        reps = collect(
-            model,
-            batch.inputs,
-            batch.answer_pos,
-            self.layers,
-            self.site,
-            attention_mask=batch.attention_mask,
-            task_ids=batch.task_ids,
-            batch_size=self.batch_size,
-            progress=self.progress,
-        )
-        return self.compute(reps, task_names=batch.task_names, seed=seed)
 
     def compute(
         self,

@@ -23,11 +23,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tv_lens.analyses.inputs import LabelsInput, PromptBatch, PromptPool, RepsInput, labelled_stack, sample_batch
+from tv_lens.analyses.inputs import (
+    LabelsInput,
+    RepresentationAnalysis,
+    RepsInput,
+    labelled_stack,
+)
 from tv_lens.errors import AnalysisError
-from tv_lens.probes import Representations, collect
+from tv_lens.probes import Representations
 from tv_lens.results.geometry import Projection
-from tv_lens.tasks import ShotSpec
 
 __all__ = ["Geometry", "Projection", "project"]
 
@@ -84,7 +88,7 @@ def project(
 
 
 @dataclass(frozen=True)
-class Geometry:
+class Geometry(RepresentationAnalysis[Projection]):
     """Configuration of a per-layer projection analysis.
 
     Attributes:
@@ -107,27 +111,6 @@ class Geometry:
 
     def __post_init__(self) -> None:
         _settings(self.method, self.n_neighbors, self.min_dist, 0)
-
-    def run(
-        self, model: Any, pool: PromptPool, n_per_task: int = 100, n_shots: ShotSpec = 4, seed: int = 0
-    ) -> Projection:
-        """Sample prompts (seeded), collect every layer in one pass, and project each layer."""
-        return self.run_batch(model, sample_batch(pool, n_per_task, n_shots, seed), seed=seed)
-
-    def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> Projection:
-        """Project the representations of a given batch."""
-        reps = collect(
-            model,
-            batch.inputs,
-            batch.answer_pos,
-            self.layers,
-            self.site,
-            attention_mask=batch.attention_mask,
-            task_ids=batch.task_ids,
-            batch_size=self.batch_size,
-            progress=self.progress,
-        )
-        return self.compute(reps, task_names=batch.task_names, seed=seed)
 
     def compute(
         self,

@@ -12,9 +12,10 @@ a ``[layer, prompt, d]`` or ``[prompt, d]`` tensor with a label per prompt, or a
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.errors import NonFiniteError, ShapeError, TaskError
-from tv_lens.probes import Representations
+from tv_lens.probes import Representations, collect
 
 
 class PromptBatch(Protocol):
@@ -57,6 +58,51 @@ class PromptPool(Protocol):
     def sample(self, n_per_task: int, n_shots: Any, seed: int) -> Any:
         """``n_per_task`` prompts of every task, seeded."""
         ...
+
+
+R = TypeVar("R")
+
+
+class RepresentationAnalysis(ABC, Generic[R]):
+    """Base of analyses that read representations at the answer positions in one pass, then compute on them.
+
+    Subclasses are dataclasses with ``layers``, ``site``, ``batch_size`` and ``progress`` fields, and define
+    :meth:`compute` on given representations (``Representations``, e.g. from a cache, or a plain tensor).
+    """
+
+    layers: tuple[int, ...] | None
+    site: str
+    batch_size: int
+    progress: bool
+
+    @abstractmethod
+    def compute(
+        self,
+        reps: RepsInput,
+        labels: LabelsInput | None = None,
+        task_names: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> R:
+        """The result of given representations."""
+
+    def run(self, model: Any, pool: PromptPool, n_per_task: int = 100, n_shots: Any = 4, seed: int = 0) -> R:
+        """Sample ``n_per_task`` prompts of every task of ``pool`` (seeded) and compute on their representations."""
+        return self.run_batch(model, sample_batch(pool, n_per_task, n_shots, seed), seed=seed)
+
+    def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> R:
+        """The result of a given batch: one forward pass per ``batch_size`` prompts, every layer at once."""
+        reps = collect(
+            model,
+            batch.inputs,
+            batch.answer_pos,
+            self.layers,
+            self.site,
+            attention_mask=batch.attention_mask,
+            task_ids=batch.task_ids,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+        return self.compute(reps, task_names=batch.task_names, seed=seed)
 
 
 def check_pool(pool: Any) -> None:
