@@ -38,9 +38,14 @@ N_PER_TASK = 100
 N_SHOTS = 8
 
 
-def trained(directory: Path, steps: int | None = None, every: int = 25, **overrides: Any) -> Any:
-    """The recipe's model trained into ``directory`` for ``steps`` (default: the recipe's); a finished run is reused."""
-    recipe = recipes["default"]
+def marker_pool() -> Any:
+    """The default recipe's tasks in Y's other format: a marker token before each (x, y) pair, no separator."""
+    return offset_pool(offsets=(1, 2, 3, 4), n_values=16, null=True, fmt="marker")
+
+
+def trained(directory: Path, steps: int | None = None, every: int = 25, recipe: Any = None, **overrides: Any) -> Any:
+    """``recipe``'s model (default recipe) trained into ``directory`` for ``steps``; a finished run is reused."""
+    recipe = recipe or recipes["default"]
     schedule = recipe.train.schedule if steps is None else replace(recipe.train.schedule, max_steps=steps)
     last = latest_checkpoint(directory)
     if last is None or load_checkpoint(last).step < schedule.max_steps:
@@ -67,6 +72,11 @@ def noisy_accuracy(model: Any, pool: Any, label_noise: float) -> tuple[float, An
     keep = batch.task_ids != batch.task_names.index("null")
     _, overall = stratified_bootstrap_ci(correct[keep], batch.task_ids[keep], len(batch.task_names))
     return float(correct[keep].mean()), overall
+
+
+def separated(a: Any, b: Any) -> bool:
+    """Whether two (low, high) intervals do not overlap."""
+    return float(a[0]) > float(b[1]) or float(b[0]) > float(a[1])
 
 
 def interval(value: float, ci: Any) -> str:
@@ -220,6 +230,30 @@ def main() -> None:
         float(with_loss.accuracy_ci[0, 0]) > float(plain.accuracy_ci[0, 1])
         and with_loss.icl_accuracy >= plain.icl_accuracy - 0.05,
     )
+    marker_recipe = replace(recipes["default"], name="default-marker", pool=marker_pool)
+    marker_model = trained(args.run.parent / f"{args.run.name}-marker", recipe=marker_recipe)
+    formats = {"x → y (separator)": (model, pool), "marker before each pair": (marker_model, marker_pool())}
+    summaries, texts = [], []
+    for name, (format_model, format_pool) in formats.items():
+        format_td = TaskDecodability().run(format_model, format_pool, n_per_task=N_PER_TASK, n_shots=N_SHOTS)
+        format_tvp = TaskVectorPrompting(source="task_mean", mode="add").run(
+            format_model, format_pool, n_per_task=50, n_shots=N_SHOTS
+        )
+        i, k = format_td.at(format_td.best_layer), format_tvp.layers.index(format_tvp.best_layer)
+        summaries.append((format_td.td_ci[i], format_tvp.accuracy_ci[k]))
+        texts.append(
+            f"{name}: ICL {format_tvp.icl_accuracy:.2f}, TD {interval(float(format_td.td[i]), format_td.td_ci[i])} at "
+            f"block {format_td.best_layer}, TVP {interval(format_tvp.best_accuracy, format_tvp.accuracy_ci[k])} at "
+            f"block {format_tvp.best_layer} (zero-shot {format_tvp.zero_shot_accuracy:.2f})"
+        )
+    (td_a, tvp_a), (td_b, tvp_b) = summaries
+    claim(
+        "Y: whether a task vector forms depends on the prompt format",
+        "best-block TD and TVP (task mean, added; best block) of the default recipe trained on each format, same seed",
+        "; ".join(texts),
+        separated(td_a, td_b) or separated(tvp_a, tvp_b),
+    )
+
     noise = 0.25
     plain_acc, plain_ci = noisy_accuracy(plain_model, pool, noise)
     tvp_acc, tvp_ci = noisy_accuracy(tvp_model, pool, noise)
