@@ -33,6 +33,24 @@ def test_run_equals_a_plain_forward_pass_per_task_and_shots(model):
         assert float(result.overall[j]) == pytest.approx(float(accuracy.mean()), abs=1e-12)
 
 
+def test_label_noise_scores_prompts_with_wrong_demonstration_labels(model):
+    scored = []
+
+    def accuracy_seen(outputs, batch):
+        scored.append(batch)
+        return (outputs[:, 0].argmax(-1) == batch.answers[:, 0]).double()
+
+    config = ICLPerformance(shots=(4,), n_bootstrap=0, label_noise=0.5, metric=accuracy_seen)
+    result = config.run(model, POOL, n_per_task=6, seed=1)
+    batch = POOL.sample(6, 4, 1, label_noise=0.5)
+    assert bool(batch.demo_noisy.any())  # the reference prompts do carry wrong labels
+    assert torch.equal(torch.cat([b.inputs for b in scored]), batch.inputs)
+    accuracy, _ = reference_scores(model, batch)
+    assert float(result.overall[0]) == pytest.approx(float(accuracy.mean()), abs=1e-12)
+    with pytest.raises(AnalysisError, match=r"label_noise must be a probability in \[0, 1\)"):
+        ICLPerformance(label_noise=1.0)
+
+
 def test_cross_entropy_and_callable_metrics(model):
     batch = POOL.sample(4, (1, 4), 2)
     _, cross_entropy = reference_scores(model, batch)

@@ -55,7 +55,7 @@ class PromptPool(Protocol):
 
     def __len__(self) -> int: ...
 
-    def sample(self, n_per_task: int, n_shots: Any, seed: int) -> Any:
+    def sample(self, n_per_task: int, n_shots: Any, seed: int, label_noise: float = 0.0) -> Any:
         """``n_per_task`` prompts of every task, seeded."""
         ...
 
@@ -114,10 +114,13 @@ def check_pool(pool: Any) -> None:
         )
 
 
-def sample_batch(pool: PromptPool, n_per_task: int, n_shots: Any, seed: int) -> PromptBatch:
+def sample_batch(pool: PromptPool, n_per_task: int, n_shots: Any, seed: int, label_noise: float = 0.0) -> PromptBatch:
     """``pool.sample`` typed as a :class:`PromptBatch` (the pool is checked first)."""
     check_pool(pool)
-    batch: PromptBatch = pool.sample(n_per_task, n_shots, seed)
+    if label_noise:
+        batch: PromptBatch = pool.sample(n_per_task, n_shots, seed, label_noise=label_noise)
+    else:  # a pool of the user's own need not know label noise
+        batch = pool.sample(n_per_task, n_shots, seed)
     return batch
 
 

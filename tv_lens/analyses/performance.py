@@ -187,6 +187,8 @@ class ICLPerformance:
         n_bootstrap: Bootstrap resamples.
         ci: Confidence level.
         batch_size: Prompts per forward pass.
+        label_noise: Probability that a demonstration's label is replaced by a wrong one (queries are never
+            corrupted): Yang et al.'s robustness test. 0 (default): clean prompts.
     """
 
     shots: tuple[int, ...] = (0, 1, 2, 4, 8)
@@ -195,8 +197,11 @@ class ICLPerformance:
     n_bootstrap: int = 1000
     ci: float = 0.95
     batch_size: int | None = 64
+    label_noise: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.label_noise < 1:
+            raise AnalysisError(f"label_noise must be a probability in [0, 1), got {self.label_noise!r}.")
         if self.metric != "auto":
             _metric(self.metric)
         check_bootstrap(self.n_bootstrap, self.ci)
@@ -208,7 +213,7 @@ class ICLPerformance:
         scores, tasks, shots = [], [], []
         metric = self.metric
         for s in sorted(set(self.shots)):
-            batch = sample_batch(pool, n_per_task, s, seed)
+            batch = sample_batch(pool, n_per_task, s, seed, self.label_noise)
             metric = resolve_metric(self.metric, batch)
             scores.append(score_batch(model, batch, metric, self.batch_size))
             tasks.append(batch.task_ids.cpu())
