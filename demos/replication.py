@@ -2,10 +2,10 @@
 
 Run with ``python demos/replication.py [--run DIR] [--out FILE]``. It trains ``recipes["default"]`` into
 ``DIR`` with a checkpoint every 25 steps (or reuses the run already there), trains two longer twins without and
-with the TVP-loss, runs one analysis per claim and prints a markdown table: claim, what was measured, the numbers
-with 95% bootstrap confidence intervals, and whether the claim holds on this model. ``docs/replication.md``
-reports a run of it. With every run trained, the analyses take about 10 minutes of CPU; training the three runs
-takes about 30 more.
+with the TVP-loss and one on the pair-marker prompt format, runs one analysis per claim and prints a markdown
+table: claim, what was measured, the numbers with 95% bootstrap confidence intervals, and whether the claim holds
+on this model. ``docs/replication.md`` reports a run of it. With every run trained, the analyses take about 10
+minutes of CPU; training the four runs takes about 35 more.
 """
 
 from __future__ import annotations
