@@ -143,9 +143,12 @@ def _copy_with(w: SimpleNamespace, name: str, data: bytes) -> Path:
     return path
 
 
-def _flip_middle_byte(path: Path) -> bytes:
+def _flip_middle_bytes(path: Path) -> bytes:
+    """Flip a run of bytes in the middle (one byte alone may land in an archive's unused padding)."""
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    middle = len(data) // 2
+    for i in range(middle, middle + 64):
+        data[i] ^= 0xFF
     return bytes(data)
 
 
@@ -723,7 +726,7 @@ CASES = [
     ),
     Case(
         "checkpoint-altered",
-        lambda w: load_checkpoint(_copy_with(w, "altered.pt", _flip_middle_byte(w.checkpoint))),
+        lambda w: load_checkpoint(_copy_with(w, "altered.pt", _flip_middle_bytes(w.checkpoint))),
         CheckpointError,
         r"altered\.pt is (truncated or )?corrupt",
         r"resume from an earlier checkpoint of the run",

@@ -155,6 +155,7 @@ def test_a_killed_checkpoint_write_keeps_the_last_good_checkpoint_and_the_run_re
     resumed = train(tiny_model(), POOL, config, model_config=model_config, resume_from=tmp_path, progress=False)
     straight = train(tiny_model(), POOL, TINY_TRAINING, progress=False)  # no checkpoints, same weights
     assert resumed.steps == 3 and load_checkpoint(tmp_path / "step-0000003.pt").step == 3
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # rewriting step 3 cleared the leftover
     for (name, value), (_, expected) in zip(
         resumed.model.named_parameters(), straight.model.named_parameters(), strict=True
     ):

@@ -16,7 +16,7 @@ from training_helpers import (
     tiny_pool,
 )
 
-from tv_lens.errors import ConfigError
+from tv_lens.errors import CheckpointError, ConfigError
 from tv_lens.training import (
     FinetuneConfig,
     LoRAConfig,
@@ -25,6 +25,7 @@ from tv_lens.training import (
     load_checkpoint,
     lora_parameters,
     merge_lora,
+    remove_lora,
     select_blocks,
     train,
 )
@@ -157,3 +158,25 @@ def test_lora_finetuning_resumes_bit_exactly(tmp_path: Path) -> None:
     tokens = tiny_pool().sample(2, 3, seed=1).inputs
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(tokens), resumed.model.eval()(tokens), rtol=0, atol=0)
+
+
+def test_a_lora_run_that_fails_before_training_hands_back_the_model_as_it_was(tmp_path: Path) -> None:
+    model = tiny_model(BACKENDS[0])
+    names_before = sorted(name for name, _ in model.named_parameters())
+    flags_before = [p.requires_grad for p in model.parameters()]
+    train(
+        tiny_model(BACKENDS[0]),
+        tiny_pool(),
+        tiny_config(max_steps=2, checkpoint_every=2),
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    lora = tiny_config(max_steps=2, finetune=FinetuneConfig("first:1", lora=LoRAConfig(rank=2)))
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        train(model, tiny_pool(), lora, checkpoint_dir=tmp_path, progress=False)
+    assert not has_lora(model)
+    assert sorted(name for name, _ in model.named_parameters()) == names_before
+    assert [p.requires_grad for p in model.parameters()] == flags_before
+    apply_lora(model, (0,), LoRAConfig(rank=2))
+    remove_lora(model)  # undoes apply_lora
+    assert not has_lora(model) and sorted(name for name, _ in model.named_parameters()) == names_before

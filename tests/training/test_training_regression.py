@@ -14,10 +14,18 @@ from training_helpers import (
 )
 
 from tv_lens.errors import ConfigError, TaskError
-from tv_lens.models import ModelConfig, adapt, build_continuous_model, build_model
+from tv_lens.models import ContinuousModel, ModelConfig, adapt, build_continuous_model, build_model
 from tv_lens.tasks import regression_pool, sparse_linear_pool
-from tv_lens.training import DataConfig, TVPConfig, train
-from tv_lens.training.objectives import RegressionObjective, objective_for
+from tv_lens.training import (
+    DataConfig,
+    RegressionObjective,
+    TVPConfig,
+    load_checkpoint,
+    objective_for,
+    train,
+    tvp_accuracy,
+    tvp_losses,
+)
 
 
 def tiny_regression_pool():
@@ -25,9 +33,12 @@ def tiny_regression_pool():
     return sparse_linear_pool(d=4, n_bases=2, null=True)
 
 
+def tiny_regression_model_config(backend: str) -> ModelConfig:
+    return ModelConfig(d_vocab=1, n_layers=2, d_model=32, n_heads=4, n_ctx=24, seed=0, backend=backend)
+
+
 def tiny_regression_model(backend: str, d_in: int = 4):
-    config = ModelConfig(d_vocab=1, n_layers=2, d_model=32, n_heads=4, n_ctx=24, seed=0, backend=backend)
-    return build_continuous_model(config, d_in=d_in, d_out=1)
+    return build_continuous_model(tiny_regression_model_config(backend), d_in=d_in, d_out=1)
 
 
 def regression_config(max_steps: int, **overrides):
@@ -83,6 +94,19 @@ def test_resume_equals_uninterrupted_regression_training(tmp_path: Path):
         assert torch.equal(value, expected[name]), name
 
 
+@pytest.mark.parametrize("backend", [BACKENDS[0], "auto"])
+def test_a_regression_checkpoint_rebuilds_the_wrapped_model(tmp_path: Path, backend: str):
+    pool, model_config = tiny_regression_pool(), tiny_regression_model_config(backend)
+    model = build_continuous_model(model_config, d_in=4, d_out=1)
+    config = regression_config(2, checkpoint_every=2)
+    result = train(model, pool, config, model_config=model_config, checkpoint_dir=tmp_path, progress=False)
+    loaded = load_checkpoint(result.checkpoints[-1]).load_model()
+    assert isinstance(loaded, ContinuousModel) and (loaded.d_in, loaded.d_out) == (4, 1)
+    batch = pool.sample(2, 4, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch.inputs), result.model.eval()(batch.inputs), rtol=0, atol=0)
+
+
 def test_tvp_loss_trains_a_regression_model():
     result = train(
         tiny_regression_model(BACKENDS[0]),
@@ -92,6 +116,12 @@ def test_tvp_loss_trains_a_regression_model():
     )
     assert result.history["loss_tvp"].notna().all()
     assert {"tvp_accuracy", "zero_shot_accuracy"} <= set(result.evals.columns)
+    # called directly on a regression batch, the TVP functions score it by squared error
+    batch = tiny_regression_pool().sample(4, 4, seed=2)
+    losses = tvp_losses(result.model, batch, TVPConfig(layer=1))
+    assert losses.tvp is not None and float(losses.tvp.detach()) >= 0
+    scores = tvp_accuracy(result.model, batch, layer=1)
+    assert scores.shape == (len(batch),) and bool(((scores == 0) | (scores == 1)).all())
 
 
 def test_regression_pools_get_the_mse_objective_and_bad_widths_are_clear_errors():

@@ -1,13 +1,16 @@
 """Train small TransformerLens models on ICL task pools, from scratch, on CPU.
 
 - :func:`train`: the loop (fresh batches per step, loss at every answer, AdamW, warmup + cosine
-  :func:`get_lr`, held-out evaluation per task, atomic checkpoints with bit-exact resume).
+  :func:`get_lr`, held-out evaluation per task, atomic checkpoints with bit-exact resume). Token pools
+  train on cross-entropy, regression pools (a continuous-input model) on squared error
+  (:class:`RegressionObjective`).
 - Configs: :class:`TrainConfig` composed of :class:`DataConfig`, :class:`OptimConfig`,
   :class:`ScheduleConfig`, and optionally :class:`TVPConfig` (TVP-loss) and :class:`FinetuneConfig`
   (layer-restricted finetuning, full or :class:`LoRAConfig`).
 - :data:`recipes`: named, known-good runs (``"default"``, ``"quick"``).
 - Checkpoints: :func:`load_checkpoint`, :func:`list_checkpoints`, :func:`latest_checkpoint`.
-- :func:`tvp_losses` / :func:`tvp_accuracy`; :func:`finetune`, :func:`apply_lora`, :func:`merge_lora`.
+- :func:`tvp_losses` / :func:`tvp_accuracy`; :func:`finetune`, :func:`apply_lora`, :func:`merge_lora`,
+  :func:`remove_lora`.
 
 Train the default model (a few minutes of CPU) and keep a checkpoint every 50 steps::
 
@@ -34,8 +37,8 @@ from tv_lens.training.config import (
 )
 from tv_lens.training.finetune import finetune, prepare_model, select_blocks
 from tv_lens.training.loop import train
-from tv_lens.training.lora import apply_lora, lora_parameters, merge_lora
-from tv_lens.training.objectives import Objective, TokenObjective, objective_for
+from tv_lens.training.lora import apply_lora, lora_parameters, merge_lora, remove_lora
+from tv_lens.training.objectives import Objective, RegressionObjective, TokenObjective, objective_for
 from tv_lens.training.recipe import Recipe, RecipeRegistry, recipes
 from tv_lens.training.result import TrainResult
 from tv_lens.training.schedule import get_lr
@@ -51,6 +54,7 @@ __all__ = [
     "OptimConfig",
     "Recipe",
     "RecipeRegistry",
+    "RegressionObjective",
     "ScheduleConfig",
     "TVPConfig",
     "TokenObjective",
@@ -68,6 +72,7 @@ __all__ = [
     "objective_for",
     "prepare_model",
     "recipes",
+    "remove_lora",
     "select_blocks",
     "train",
     "tvp_accuracy",

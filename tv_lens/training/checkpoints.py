@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from tv_lens.errors import CheckpointError
-from tv_lens.models import ModelConfig, build_model, hooked_transformer_available
+from tv_lens.models import ModelConfig, build_continuous_model, build_model, hooked_transformer_available
 from tv_lens.training.config import TrainConfig
 from tv_lens.training.finetune import attach_lora
 
@@ -43,6 +43,8 @@ FORMAT = "tv_lens.training.checkpoint/1"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 # Fields that do not change the trained weights: a run may be resumed with other values.
 _BOOKKEEPING = ("eval_every", "checkpoint_every")
+# The read-in of a continuous-input model (tv_lens.models.ContinuousModel), which a token model lacks.
+_READ_IN = "read_in.weight"
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,14 +78,23 @@ class Checkpoint:
     elapsed_s: float
 
     def load_model(self, device: str | torch.device = "cpu") -> Any:
-        """Rebuild the model from ``model_config`` (LoRA adapters re-attached) and load the weights."""
+        """Rebuild the model from ``model_config`` (LoRA adapters re-attached) and load the weights.
+
+        A continuous-input model (saved with a ``read_in``) is rebuilt with
+        :func:`~tv_lens.models.build_continuous_model` (``d_in`` from the read-in, ``d_out = d_vocab``).
+        """
         if self.model_config is None:
             raise CheckpointError(
                 f"Checkpoint {self.path} has no model config (the run was started without model_config=), so "
                 "the model cannot be rebuilt from it. Build the model yourself and call "
                 "load_parameters(model, checkpoint.parameters)."
             )
-        model = build_model(self.model_config_as_saved(), device=device)
+        config = self.model_config_as_saved()
+        read_in = self.parameters.get(_READ_IN)
+        if read_in is None:
+            model = build_model(config, device=device)
+        else:
+            model = build_continuous_model(config, d_in=int(read_in.shape[1]), d_out=config.d_vocab, device=device)
         attach_lora(model, self.config.finetune)
         load_parameters(model, self.parameters, source=str(self.path))
         return model.eval()
@@ -97,7 +108,8 @@ class Checkpoint:
         config = self.model_config
         if config is None or config.backend != "auto":
             return config  # type: ignore[return-value]
-        if "embed.W_E" not in self.parameters:
+        inner = "model.embed.W_E" if _READ_IN in self.parameters else "embed.W_E"  # continuous: the wrapped model's
+        if inner not in self.parameters:
             return replace(config, backend="bridge")
         if not hooked_transformer_available():
             raise CheckpointError(
@@ -164,6 +176,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {**payload, "format": FORMAT}
     record["digest"] = _digest(record)
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # of an earlier write of this checkpoint, killed
+        leftover.unlink(missing_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as file:

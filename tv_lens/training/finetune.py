@@ -13,6 +13,8 @@ frozen parameter is bit-identical to its value at the start (:class:`FrozenCheck
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -22,12 +24,12 @@ from torch import Tensor, nn
 from tv_lens.errors import ConfigError, LayerOutOfRangeError, TvLensError
 from tv_lens.models import adapt
 from tv_lens.training.config import FinetuneConfig, LoRAConfig, TrainConfig
-from tv_lens.training.lora import apply_lora, lora_parameters
+from tv_lens.training.lora import apply_lora, has_lora, lora_parameters, remove_lora
 
 if TYPE_CHECKING:
     from tv_lens.training.result import TrainResult
 
-__all__ = ["FrozenCheck", "attach_lora", "finetune", "prepare_model", "select_blocks"]
+__all__ = ["FrozenCheck", "attach_lora", "finetune", "prepare_model", "select_blocks", "undone_on_error"]
 
 
 def select_blocks(blocks: tuple[int, ...] | str, n_layers: int) -> tuple[int, ...]:
@@ -76,6 +78,24 @@ def prepare_model(model: Any, config: FinetuneConfig | None) -> list[nn.Paramete
     for parameter in trainable:
         parameter.requires_grad_(True)
     return trainable
+
+
+@contextmanager
+def undone_on_error(model: Any) -> Iterator[None]:
+    """If the block raises, remove the LoRA adapters it attached and restore every parameter's ``requires_grad``.
+
+    Wraps a run's set-up, so that a run that fails before training hands back the model it was given.
+    """
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    had_lora = has_lora(model)
+    try:
+        yield
+    except BaseException:
+        if not had_lora:
+            remove_lora(model)
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        raise
 
 
 def attach_lora(model: Any, config: FinetuneConfig | None) -> None:

@@ -34,7 +34,7 @@ from tv_lens.training.checkpoints import latest_checkpoint, list_checkpoints
 from tv_lens.training.config import OptimConfig, ScheduleConfig, TrainConfig
 from tv_lens.training.data import held_out_batch, training_batch
 from tv_lens.training.evaluation import evaluate
-from tv_lens.training.finetune import FrozenCheck, prepare_model
+from tv_lens.training.finetune import FrozenCheck, prepare_model, undone_on_error
 from tv_lens.training.objectives import Objective, objective_for
 from tv_lens.training.result import TrainResult
 from tv_lens.training.run_state import RunState, checkpoint_directory, resume_run, save_run
@@ -97,24 +97,26 @@ def train(
     _check_model_config(adapter, model_config)
     checkpoint_dir = checkpoint_directory(config, checkpoint_dir, resume_from)
 
-    chosen = {id(p) for p in prepare_model(model, config.finetune) if p.requires_grad}
-    named = [(name, p) for name, p in model.named_parameters() if id(p) in chosen]
-    if not named:
-        raise ConfigError(
-            "Nothing to train: every parameter of the model is frozen (requires_grad=False). Unfreeze what should "
-            "train (parameter.requires_grad_(True)), or choose blocks with TrainConfig(finetune=FinetuneConfig(...))."
-        )
-    trainable = [p for _, p in named]
-    optimizer = make_optimizer(named, config.optim, config.schedule)
-    state = RunState()
-    if resume_from is not None:
-        state = resume_run(resume_from, config, pool, model, model_config, optimizer)
-    elif checkpoint_dir is not None and list_checkpoints(checkpoint_dir):
-        raise CheckpointError(
-            f"{checkpoint_dir} already holds checkpoints ({latest_checkpoint(checkpoint_dir)} ...). Pass "
-            "resume_from= that directory to continue that run, or use an empty directory for a new one."
-        )
-    frozen = FrozenCheck(model, trainable) if config.finetune is not None else None
+    with undone_on_error(model):  # a run that fails before training hands back the model as it was
+        chosen = {id(p) for p in prepare_model(model, config.finetune) if p.requires_grad}
+        named = [(name, p) for name, p in model.named_parameters() if id(p) in chosen]
+        if not named:
+            raise ConfigError(
+                "Nothing to train: every parameter of the model is frozen (requires_grad=False). Unfreeze what "
+                "should train (parameter.requires_grad_(True)), or choose blocks with "
+                "TrainConfig(finetune=FinetuneConfig(...))."
+            )
+        trainable = [p for _, p in named]
+        optimizer = make_optimizer(named, config.optim, config.schedule)
+        state = RunState()
+        if resume_from is not None:
+            state = resume_run(resume_from, config, pool, model, model_config, optimizer)
+        elif checkpoint_dir is not None and list_checkpoints(checkpoint_dir):
+            raise CheckpointError(
+                f"{checkpoint_dir} already holds checkpoints ({latest_checkpoint(checkpoint_dir)} ...). Pass "
+                "resume_from= that directory to continue that run, or use an empty directory for a new one."
+            )
+        frozen = FrozenCheck(model, trainable) if config.finetune is not None else None
 
     end = config.schedule.max_steps if stop_after is None else min(stop_after, config.schedule.max_steps)
     was_training = model.training

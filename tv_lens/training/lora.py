@@ -37,7 +37,7 @@ from torch.nn.utils import parametrize
 from tv_lens.errors import ConfigError, ModelNotSupportedError
 from tv_lens.training.config import LoRAConfig
 
-__all__ = ["LoRAUpdate", "apply_lora", "has_lora", "lora_parameters", "merge_lora", "weight_targets"]
+__all__ = ["LoRAUpdate", "apply_lora", "has_lora", "lora_parameters", "merge_lora", "remove_lora", "weight_targets"]
 
 # (module path inside a block without "_original_component", parameter) -> (target, layout)
 _LAYOUTS = {
@@ -189,6 +189,13 @@ def has_lora(model: Any) -> bool:
 def lora_parameters(model: Any) -> list[nn.Parameter]:
     """The ``A`` and ``B`` matrices of every LoRA update."""
     return [p for _, _, update in _parametrized(model) for p in (update.lora_A, update.lora_B)]
+
+
+def remove_lora(model: Any) -> Any:
+    """Remove every LoRA adapter without merging it: the weights are the base weights again (in place)."""
+    for module, attribute in {(module, attribute) for module, attribute, _ in _parametrized(model)}:
+        parametrize.remove_parametrizations(module, attribute, leave_parametrized=False)
+    return model
 
 
 def merge_lora(model: Any) -> Any:

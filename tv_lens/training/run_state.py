@@ -39,7 +39,7 @@ class RunState:
 
 def describe_pool(pool: Any) -> dict[str, Any]:
     """What a checkpoint records of the pool, to recognise a different one on resume."""
-    keys = ("task_names", "vocab_size", "n_answer_tokens", "fmt")
+    keys = ("task_names", "vocab_size", "n_answer_tokens", "fmt", "d_in", "noise_std")
     return {"type": type(pool).__name__, **{key: getattr(pool, key, None) for key in keys}}
 
 

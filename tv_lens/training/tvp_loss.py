@@ -38,10 +38,10 @@ from tv_lens.interventions import add, replace, run_with_interventions
 from tv_lens.models import adapt
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.probes import collect
-from tv_lens.tasks import ICLBatch
+from tv_lens.tasks import ICLBatch, RegressionBatch
 from tv_lens.tasks.partners import other_prompts
 from tv_lens.training.config import TVPConfig
-from tv_lens.training.objectives import Objective, TokenObjective
+from tv_lens.training.objectives import Objective, RegressionObjective, TokenObjective
 
 __all__ = ["Losses", "training_loss", "tvp_accuracy", "tvp_losses", "vector_sources"]
 
@@ -76,11 +76,12 @@ def tvp_losses(model: Any, batch: ICLBatch, tvp: TVPConfig, objective: Objective
         model: A TransformerLens model (or its adapter).
         batch: ICL prompts; their zero-shot twins are built with ``batch.zero_shot()``.
         tvp: Layer, λ, replace/add and detach.
-        objective: How answers are scored (default: token cross-entropy).
+        objective: How answers are scored (default: token cross-entropy, or squared error for a
+            :class:`~tv_lens.tasks.RegressionBatch`).
     """
     adapter = adapt(model)
     adapter.check_layer(tvp.layer)
-    objective = objective or TokenObjective()
+    objective = objective or _default_objective(batch)
     captured: list[Tensor] = []
 
     def grab(activation: Tensor, hook: Any) -> None:
@@ -135,11 +136,12 @@ def tvp_accuracy(
 
     Vectors are read in one pass over the whole batch (stopping after block ``layer``) at each prompt's
     pre-answer position; each query gets the vector of the prompt ``source`` names (see :class:`TVPConfig`).
-    Zero-shot passes run ``batch_size`` prompts at a time (``None``: all at once).
+    Zero-shot passes run ``batch_size`` prompts at a time (``None``: all at once). ``objective`` scores the
+    answers (default: exact match of tokens, or :class:`RegressionObjective`'s tolerance for a regression batch).
     """
     adapter = adapt(model)
     adapter.check_layer(layer)
-    objective = objective or TokenObjective()
+    objective = objective or _default_objective(batch)
     reps = collect(
         adapter,
         batch.inputs,
@@ -158,6 +160,10 @@ def tvp_accuracy(
         for chunk in [zero_shot.select(slice(start, start + step))]
     ]
     return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def _default_objective(batch: Any) -> Objective:
+    return RegressionObjective() if isinstance(batch, RegressionBatch) else TokenObjective()
 
 
 def vector_sources(batch: ICLBatch, source: str) -> Int[Tensor, " batch"]:
