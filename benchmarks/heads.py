@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from benchmarks.common import Row, Scale, bench_model, measure, pass_rows
 from benchmarks.patching import bench_batch, floor_note
 from tv_lens.analyses.attribution import head_attribution
-from tv_lens.analyses.heads import head_importance, spearman
+from tv_lens.analyses.heads import HeadAblation, spearman
 from tv_lens.analyses.stacking import align
 
 
@@ -45,18 +45,8 @@ def _usual_loop(model, batch, n_layers: int, n_heads: int, batch_size: int):
 
 
 def _ours(model, batch, rows_per_pass: int):
-    return head_importance(
-        model,
-        batch.inputs,
-        batch.answer_pos,
-        batch.answers,
-        batch.task_ids,
-        batch.task_names,
-        attention_mask=batch.attention_mask,
-        n_bootstrap=0,
-        prune_steps=0,
-        attribution=False,
-        rows_per_pass=rows_per_pass,
+    return HeadAblation(prune_steps=0, attribution=False, n_bootstrap=0, rows_per_pass=rows_per_pass).run_batch(
+        model, batch
     )
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import Row, Scale, bench_model, measure, pass_rows
-from tv_lens.analyses.patching import patch_task_vectors
+from tv_lens.analyses.patching import TaskVectorPatching
 from tv_lens.analyses.stacking import start_skips_blocks
 from tv_lens.interventions import supports_blocked_keys
 from tv_lens.task_vectors import TaskVectors
@@ -82,18 +82,7 @@ def _usual_loop(model, batch, vectors: TaskVectors, batch_size: int):
 
 
 def _ours(model, batch, vectors: TaskVectors, rows_per_pass: int):
-    return patch_task_vectors(
-        model,
-        batch.inputs,
-        batch.answer_pos,
-        batch.answers,
-        batch.task_ids,
-        batch.task_names,
-        vectors,
-        attention_mask=batch.attention_mask,
-        n_bootstrap=0,
-        rows_per_pass=rows_per_pass,
-    )
+    return TaskVectorPatching(n_bootstrap=0, rows_per_pass=rows_per_pass).run_batch(model, batch, vectors)
 
 
 def patching_rows(scale: Scale, device: str) -> list[Row]:

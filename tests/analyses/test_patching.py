@@ -24,6 +24,13 @@ def run(model, batch, vectors, **kwargs):
     return TaskVectorPatching(**kwargs).run_batch(model, batch, vectors, pool=POOL)
 
 
+def patch(model, batch, vectors, **kwargs):
+    """``patch_task_vectors`` on a batch, for the options the config does not expose."""
+    return patch_task_vectors(
+        model, batch.inputs, batch.answer_pos, batch.answers, batch.task_ids, batch.task_names, vectors, **kwargs
+    )
+
+
 @pytest.mark.parametrize("mode", ["replace", "add", "add_difference"])
 def test_cells_equal_a_hand_written_hook(model, mode):
     batch = sample(n_per_task=3, n_shots=(1, 3), seed=0)
@@ -221,16 +228,7 @@ def test_bad_input_names_the_problem(model):
     with pytest.raises(AnalysisError, match="Unknown patching mode 'swap'"):
         TaskVectorPatching(mode="swap")
     with pytest.raises(TaskError, match="Task 'offset\\(5\\)' has no vector"):
-        patch_task_vectors(
-            model,
-            batch.inputs,
-            batch.answer_pos,
-            batch.answers,
-            batch.task_ids,
-            batch.task_names,
-            vectors,
-            targets=("offset(5)",),
-        )
+        patch(model, batch, vectors, targets=("offset(5)",))
     with pytest.raises(LayerOutOfRangeError, match="Layer 2 has no task vectors"):
         run(model, batch, vectors, layers=(2,))
     no_null = vectors.select(tasks=("offset(1)", "offset(2)", "offset(3)"))
@@ -240,16 +238,7 @@ def test_bad_input_names_the_problem(model):
     with pytest.raises(ShapeError, match="d_model=32 but the model has d_model=16"):
         run(narrow, batch, vectors)
     with pytest.raises(AnalysisError, match="scale must be a finite number"):
-        patch_task_vectors(
-            model,
-            batch.inputs,
-            batch.answer_pos,
-            batch.answers,
-            batch.task_ids,
-            batch.task_names,
-            vectors,
-            scale=float("nan"),
-        )
+        patch(model, batch, vectors, scale=float("nan"))
     with pytest.raises(ShapeError, match="answers must be integer tokens"):
         patch_task_vectors(
             model, batch.inputs, batch.answer_pos, batch.answers[:3], batch.task_ids, batch.task_names, vectors

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from tv_lens.analyses.attribution import head_attribution
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
-from tv_lens.analyses.inputs import answer_tokens, check_pool, finite_outputs
+from tv_lens.analyses.inputs import answer_scores, answer_tokens, check_pool, prompt_task_ids
 from tv_lens.analyses.pruning import (
     SHARED_METHODS,
     check_count,
@@ -54,9 +54,8 @@ from tv_lens.analyses.pruning import (
     task_mean,
 )
 from tv_lens.analyses.stacking import AlignedPrompts, Cell, Sweep, align, run_sweep
-from tv_lens.errors import AnalysisError, ShapeError, TaskError
+from tv_lens.errors import AnalysisError
 from tv_lens.interventions import ablate_head
-from tv_lens.metrics import token_accuracy, token_cross_entropy
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import forward
 from tv_lens.positions import length_sorted_batches
@@ -128,7 +127,7 @@ def head_importance(
     check_bootstrap(n_bootstrap, ci)
     answers = answer_tokens(answers, len(inputs))
     prompts = align(model, inputs, answer_pos, attention_mask, answers.shape[1])
-    ids = _task_ids(task_ids, task_names, len(prompts))
+    ids = prompt_task_ids(task_ids, task_names, len(prompts))
     values = _ablation_values(adapter, prompts, mode, batch_size)
     heads = [(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
     cells = [Cell((_ablate(layer, head, mode, values),)) for layer, head in heads]
@@ -263,15 +262,6 @@ def _check_options(mode: str, metric: str, shared: str) -> None:
         raise AnalysisError(f"Unknown shared-heads method {shared!r}; use one of {list(SHARED_METHODS)}.")
 
 
-def _task_ids(task_ids: Tensor, task_names: Sequence[str], n: int) -> Tensor:
-    ids = torch.as_tensor(task_ids).cpu().long()
-    if ids.shape != (n,):
-        raise ShapeError(f"task_ids must have one entry per prompt ({n},), got {tuple(ids.shape)}.")
-    if int(ids.min()) < 0 or int(ids.max()) >= len(task_names):
-        raise TaskError(f"task_ids must index task_names {tuple(task_names)}.")
-    return ids
-
-
 def _ablation_values(
     adapter: ModelAdapter, prompts: AlignedPrompts, mode: str, batch_size: int
 ) -> Float[Tensor, "layer head d_head"]:
@@ -307,8 +297,4 @@ def _ablate(layer: int, head: int, mode: str, values: Tensor) -> Any:
 
 
 def _score(logits: Tensor, index: Tensor, *, answers: Tensor) -> Tensor:
-    logits = finite_outputs(logits)
-    target = answers[index].to(logits.device)
-    correct = token_accuracy(logits, target).double()
-    loss = token_cross_entropy(logits, target).double()
-    return torch.stack([correct, loss], dim=1).cpu()
+    return torch.stack(answer_scores(logits, answers[index]), dim=1).cpu()

@@ -23,6 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.errors import NonFiniteError, ShapeError, TaskError
+from tv_lens.metrics import token_accuracy, token_cross_entropy
 from tv_lens.probes import Representations, collect
 
 
@@ -137,6 +138,18 @@ def answer_tokens(answers: Int[Tensor, "batch ..."], n_prompts: int) -> Int[Tens
     return answers.cpu().long()
 
 
+def prompt_task_ids(
+    task_ids: Int[Tensor, " batch"], task_names: Sequence[str], n_prompts: int
+) -> Int[Tensor, " batch"]:
+    """``task_ids`` as long on the CPU, after checking one per prompt, each indexing ``task_names``."""
+    ids = torch.as_tensor(task_ids).cpu().long()
+    if ids.shape != (n_prompts,):
+        raise ShapeError(f"task_ids must have one entry per prompt ({n_prompts},), got {tuple(ids.shape)}.")
+    if int(ids.min()) < 0 or int(ids.max()) >= len(task_names):
+        raise TaskError(f"task_ids must index task_names {tuple(task_names)}.")
+    return ids
+
+
 def finite_outputs(outputs: Float[Tensor, "batch n_answer d_out"]) -> Float[Tensor, "batch n_answer d_out"]:
     """``outputs`` (a model's outputs at answer positions), after checking that none is NaN or infinite."""
     finite = torch.isfinite(outputs).flatten(1).all(-1)
@@ -147,6 +160,15 @@ def finite_outputs(outputs: Float[Tensor, "batch n_answer d_out"]) -> Float[Tens
             "checkpoint?). Check them with torch.isfinite."
         )
     return outputs
+
+
+def answer_scores(
+    logits: Float[Tensor, "batch n_answer d_vocab"], answers: Int[Tensor, "batch n_answer"]
+) -> tuple[Float[Tensor, " batch"], Float[Tensor, " batch"]]:
+    """Correctness and answer cross-entropy of each prompt (float64, on the logits' device); logits checked finite."""
+    logits = finite_outputs(logits)
+    answers = answers.to(logits.device)
+    return token_accuracy(logits, answers).double(), token_cross_entropy(logits, answers).double()
 
 
 RepsInput = Representations | Float[Tensor, "layer prompt d"] | Float[Tensor, "prompt d"]

@@ -43,12 +43,11 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap
-from tv_lens.analyses.inputs import answer_tokens, check_pool, finite_outputs
+from tv_lens.analyses.inputs import answer_scores, answer_tokens, check_pool, prompt_task_ids
 from tv_lens.analyses.patching_summary import summarize_patching
 from tv_lens.analyses.stacking import Cell, align, run_sweep
-from tv_lens.errors import AnalysisError, ShapeError, TaskError
+from tv_lens.errors import AnalysisError, TaskError
 from tv_lens.interventions import Intervention, add, replace
-from tv_lens.metrics import token_accuracy, token_cross_entropy
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.results.patching import PatchingEffects
 from tv_lens.task_vectors import Reduce, TaskVectors
@@ -120,8 +119,7 @@ def patch_task_vectors(
         ShapeError: Vectors of another d_model, or inputs of mismatched lengths.
         LayerOutOfRangeError: A layer the vectors do not cover.
     """
-    if mode not in MODES:
-        raise AnalysisError(f"Unknown patching mode {mode!r}; use one of {list(MODES)}.")
+    _check_mode(mode)
     if not isinstance(scale, (int, float)) or not torch.isfinite(torch.tensor(float(scale))):
         raise AnalysisError(f"scale must be a finite number, got {scale!r}.")
     check_bootstrap(n_bootstrap, ci)
@@ -233,8 +231,7 @@ class TaskVectorPatching:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise AnalysisError(f"Unknown patching mode {self.mode!r}; use one of {list(MODES)}.")
+        _check_mode(self.mode)
         check_bootstrap(self.n_bootstrap, self.ci)
 
     def run(
@@ -288,6 +285,11 @@ class TaskVectorPatching:
         )
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise AnalysisError(f"Unknown patching mode {mode!r}; use one of {list(MODES)}.")
+
+
 def patch_site(adapter: ModelAdapter, site: str, layer: int) -> tuple[str, int]:
     """Where to write a patch of ``site`` at block ``layer``.
 
@@ -320,11 +322,7 @@ def _patch(
 
 def _sources(task_ids: Tensor, task_names: Sequence[str], n: int) -> tuple[tuple[str, ...], Tensor]:
     """Source axis (tasks with prompts, in id order) and each prompt's index on it."""
-    ids = torch.as_tensor(task_ids).cpu().long()
-    if ids.shape != (n,):
-        raise ShapeError(f"task_ids must have one entry per prompt ({n},), got {tuple(ids.shape)}.")
-    if int(ids.min()) < 0 or int(ids.max()) >= len(task_names):
-        raise TaskError(f"task_ids must index task_names {tuple(task_names)}.")
+    ids = prompt_task_ids(task_ids, task_names, n)
     present = ids.unique().tolist()
     remap = torch.full((len(task_names),), -1, dtype=torch.long)
     remap[torch.tensor(present)] = torch.arange(len(present))
@@ -335,10 +333,7 @@ def _scorer(answers: Tensor) -> Any:
     """Per row: correctness, cross-entropy, and the argmax tokens (as float64)."""
 
     def score(logits: Tensor, index: Tensor) -> Tensor:
-        logits = finite_outputs(logits)
-        target = answers[index].to(logits.device)
-        correct = token_accuracy(logits, target).double()
-        loss = token_cross_entropy(logits, target).double()
+        correct, loss = answer_scores(logits, answers[index])
         return torch.cat([correct[:, None], loss[:, None], logits.argmax(-1).double()], dim=1).cpu()
 
     return score

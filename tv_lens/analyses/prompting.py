@@ -38,12 +38,11 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
-from tv_lens.analyses.inputs import check_pool, finite_outputs
+from tv_lens.analyses.inputs import answer_scores, check_pool, prompt_task_ids
 from tv_lens.analyses.patching import patch_site
 from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
 from tv_lens.interventions import add, replace, run_with_interventions
-from tv_lens.metrics import token_accuracy, token_cross_entropy
 from tv_lens.models.adapter import adapt
 from tv_lens.probes import collect
 from tv_lens.results.prompting import PromptingAccuracy
@@ -115,11 +114,7 @@ def task_vector_prompting(
         ShapeError: Mismatched prompt counts, or vectors of another d_model.
         LayerOutOfRangeError: A layer outside the model (or the given vectors).
     """
-    if source not in SOURCES:
-        raise AnalysisError(f"Unknown TVP source {source!r}; use one of {list(SOURCES)}.")
-    if mode not in INJECT_MODES:
-        raise AnalysisError(f"Unknown TVP mode {mode!r}; use one of {list(INJECT_MODES)}.")
-    check_bootstrap(n_bootstrap, ci)
+    _check_options(source, mode, n_bootstrap, ci)
     adapter = adapt(model)
     layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
     n = len(icl_inputs)
@@ -219,11 +214,7 @@ class TaskVectorPrompting:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise AnalysisError(f"Unknown TVP source {self.source!r}; use one of {list(SOURCES)}.")
-        if self.mode not in INJECT_MODES:
-            raise AnalysisError(f"Unknown TVP mode {self.mode!r}; use one of {list(INJECT_MODES)}.")
-        check_bootstrap(self.n_bootstrap, self.ci)
+        _check_options(self.source, self.mode, self.n_bootstrap, self.ci)
 
     def run(
         self, model: Any, pool: TaskPool, n_per_task: int = 50, n_shots: ShotSpec = 4, seed: int = 0
@@ -271,27 +262,29 @@ class TaskVectorPrompting:
         )
 
 
+def _check_options(source: str, mode: str, n_bootstrap: int, ci: float) -> None:
+    if source not in SOURCES:
+        raise AnalysisError(f"Unknown TVP source {source!r}; use one of {list(SOURCES)}.")
+    if mode not in INJECT_MODES:
+        raise AnalysisError(f"Unknown TVP mode {mode!r}; use one of {list(INJECT_MODES)}.")
+    check_bootstrap(n_bootstrap, ci)
+
+
 def _pairs(answers: Tensor, task_ids: Tensor, task_names: Sequence[str], n: int, n_zero: int) -> tuple[Tensor, Tensor]:
     answers = torch.as_tensor(answers).cpu().long()
     answers = answers[:, None] if answers.ndim == 1 else answers
-    ids = torch.as_tensor(task_ids).cpu().long()
-    if n_zero != n or answers.shape[0] != n or ids.shape != (n,):
+    id_shape = tuple(torch.as_tensor(task_ids).shape)
+    if n_zero != n or answers.shape[0] != n or id_shape != (n,):
         raise ShapeError(
             f"ICL prompts ({n}), zero-shot prompts ({n_zero}), answers ({answers.shape[0]}) and task_ids "
-            f"({tuple(ids.shape)}) must pair up one to one; build the zero-shot prompts with batch.zero_shot()."
+            f"({id_shape}) must pair up one to one; build the zero-shot prompts with batch.zero_shot()."
         )
-    if int(ids.min()) < 0 or int(ids.max()) >= len(task_names):
-        raise TaskError(f"task_ids must index task_names {tuple(task_names)}.")
-    return answers, ids
+    return answers, prompt_task_ids(task_ids, task_names, n)
 
 
 def _score(logits: Tensor, answers: Tensor) -> tuple[Tensor, Tensor]:
-    logits = finite_outputs(logits)
-    answers = answers.to(logits.device)
-    return (
-        token_accuracy(logits, answers).double().cpu(),
-        token_cross_entropy(logits, answers).double().cpu(),
-    )
+    correct, loss = answer_scores(logits, answers)
+    return correct.cpu(), loss.cpu()
 
 
 def _vectors(

@@ -1,9 +1,11 @@
-"""Axis labels shared by every result: layers are TransformerLens block indices, -1 the embedding output."""
+"""Axes and error bars shared by every result: layers are TransformerLens block indices, -1 the embedding output."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from torch import Tensor
 
 from tv_lens.models.adapter import EMBED_LAYER
 
@@ -22,4 +24,14 @@ def layer_axis(layers: Sequence[int], site: str = "resid_post") -> dict[str, Any
         "tickmode": "array",
         "tickvals": list(layers),
         "ticktext": [layer_label(layer, site) for layer in layers],
+    }
+
+
+def error_bars(values: Tensor, ci: Tensor) -> dict[str, Any]:
+    """A plotly ``error_y`` from ``values`` to the interval bounds ``ci[..., 0]`` and ``ci[..., 1]``."""
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": (ci[..., 1] - values).tolist(),
+        "arrayminus": (values - ci[..., 0]).tolist(),
     }

@@ -28,7 +28,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from tv_lens.errors import MissingFileError, ResultFileError
+from tv_lens.errors import MissingFileError, ResultFileError, ShapeError
 from tv_lens.results.storage import equal_values, result_from_bytes, result_to_bytes, write_atomically
 
 if TYPE_CHECKING:
@@ -52,6 +52,13 @@ class Result:
     def type_tag(cls) -> str:
         """The name a saved file records for this type: ``module:QualifiedName``."""
         return f"{cls.__module__}:{cls.__qualname__}"
+
+    def _check_shapes(self, expected: dict[str, tuple[int, ...]]) -> None:
+        """Raise :class:`~tv_lens.errors.ShapeError` unless every named field has its expected shape."""
+        for name, shape in expected.items():
+            got = tuple(getattr(self, name).shape)
+            if got != shape:
+                raise ShapeError(f"{type(self).__name__}.{name} must have shape {shape}, got {got}.")
 
     def to_frame(self) -> pd.DataFrame:
         """The result as a tidy table (one row per observation; columns documented by each subclass)."""

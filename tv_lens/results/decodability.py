@@ -9,9 +9,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import LayerOutOfRangeError, ShapeError
+from tv_lens.errors import LayerOutOfRangeError
 from tv_lens.models.adapter import EMBED_LAYER
-from tv_lens.results.axes import LAYER_AXIS_TITLE, layer_axis, layer_label
+from tv_lens.results.axes import LAYER_AXIS_TITLE, error_bars, layer_axis, layer_label
 from tv_lens.results.base import Result
 
 if TYPE_CHECKING:
@@ -82,11 +82,7 @@ class Decodability(Result):
             "confusion": (n_layer, n_task, n_task),
             "predictions": (n_layer, self.labels.shape[0]),
         }
-        for name, shape in expected.items():
-            if tuple(getattr(self, name).shape) != shape:
-                raise ShapeError(
-                    f"Decodability.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}."
-                )
+        self._check_shapes(expected)
 
     @property
     def best_layer(self) -> int:
@@ -162,12 +158,7 @@ class Decodability(Result):
             y=td,
             mode="lines+markers",
             name="all tasks",
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": (self.td_ci[:, 1] - self.td).tolist(),
-                "arrayminus": (self.td - self.td_ci[:, 0]).tolist(),
-            },
+            error_y=error_bars(self.td, self.td_ci),
             line={"width": 3},
         )
         per_task = [

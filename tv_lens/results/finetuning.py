@@ -9,7 +9,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tv_lens.errors import ShapeError
-from tv_lens.results.axes import layer_axis, layer_label
+from tv_lens.results.axes import error_bars, layer_axis, layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
 
@@ -63,11 +63,7 @@ class FinetuningComparison(Result):
             "overall_ci": (n_v, 2),
             "final_loss": (n_v,),
         }
-        for name, shape in expected.items():
-            if tuple(getattr(self, name).shape) != shape:
-                raise ShapeError(
-                    f"FinetuningComparison.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}."
-                )
+        self._check_shapes(expected)
         if len(self.blocks) != n_v:
             raise ShapeError(f"FinetuningComparison.blocks needs one entry per variant ({n_v}).")
 
@@ -128,12 +124,7 @@ class FinetuningComparison(Result):
                 y=self.td[v].tolist(),
                 mode="lines+markers",
                 name=f"{variant} (accuracy {float(self.overall[v]):.2f})",
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": (self.td_ci[v, :, 1] - self.td[v]).tolist(),
-                    "arrayminus": (self.td[v] - self.td_ci[v, :, 0]).tolist(),
-                },
+                error_y=error_bars(self.td[v], self.td_ci[v]),
             )
             for v, variant in enumerate(self.variants)
         ]

@@ -164,11 +164,7 @@ class HeadImportance(Result):
             "shared": (n_t, n_t),
             "writes": (n_l, n_h),
         }
-        for name, shape in expected.items():
-            if tuple(getattr(self, name).shape) != shape:
-                raise ShapeError(
-                    f"HeadImportance.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}."
-                )
+        self._check_shapes(expected)
 
     @property
     def n_layers(self) -> int:

@@ -9,8 +9,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import LayerOutOfRangeError, ShapeError
-from tv_lens.results.axes import LAYER_AXIS_TITLE, layer_axis, layer_label
+from tv_lens.errors import LayerOutOfRangeError
+from tv_lens.results.axes import LAYER_AXIS_TITLE, error_bars, layer_axis, layer_label
 from tv_lens.results.base import Result
 
 if TYPE_CHECKING:
@@ -121,11 +121,7 @@ class PatchingEffects(Result):
             expected[name] = (n_l,)
             expected[name + "_ci"] = (n_l, 2)
         expected["override_rate"] = (n_l,)
-        for name, shape in expected.items():
-            if tuple(getattr(self, name).shape) != shape:
-                raise ShapeError(
-                    f"PatchingEffects.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}."
-                )
+        self._check_shapes(expected)
 
     @property
     def clean_accuracy(self) -> Float[Tensor, " source"]:
@@ -317,12 +313,7 @@ class PatchingEffects(Result):
                 y=values.tolist(),
                 mode="lines+markers",
                 name=name,
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": (ci[:, 1] - values).tolist(),
-                    "arrayminus": (values - ci[:, 0]).tolist(),
-                },
+                error_y=error_bars(values, ci),
             )
 
         override = go.Scatter(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import ShapeError
+from tv_lens.results.axes import error_bars
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
 
@@ -60,9 +60,7 @@ class Performance(Result):
             "overall_ci": (n_shots, 2),
             "n_prompts": (n_task, n_shots),
         }
-        for name, shape in expected.items():
-            if tuple(getattr(self, name).shape) != shape:
-                raise ShapeError(f"Performance.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}.")
+        self._check_shapes(expected)
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: one row per (task, shots), plus task ``"all"`` per shots.
@@ -95,12 +93,7 @@ class Performance(Result):
                 mode="lines+markers",
                 name=name,
                 line={"width": width},
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": (ci[:, 1] - values).tolist(),
-                    "arrayminus": (values - ci[:, 0]).tolist(),
-                },
+                error_y=error_bars(values, ci),
             )
 
         tasks = [line(name, self.values[t], self.ci[t], 1) for t, name in enumerate(self.task_names)]

@@ -9,8 +9,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import ShapeError
-from tv_lens.results.axes import layer_axis, layer_label
+from tv_lens.results.axes import error_bars, layer_axis, layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
 
@@ -102,11 +101,7 @@ class PromptingAccuracy(Result):
             "writes": (n_l,),
             "vector_source": (n_p,),
         }
-        for name, shape in expected.items():
-            if tuple(getattr(self, name).shape) != shape:
-                raise ShapeError(
-                    f"PromptingAccuracy.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}."
-                )
+        self._check_shapes(expected)
 
     @property
     def best_layer(self) -> int:
@@ -190,12 +185,7 @@ class PromptingAccuracy(Result):
             y=self.accuracy.tolist(),
             mode="lines+markers",
             name="task-vector prompting",
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": (self.accuracy_ci[:, 1] - self.accuracy).tolist(),
-                "arrayminus": (self.accuracy - self.accuracy_ci[:, 0]).tolist(),
-            },
+            error_y=error_bars(self.accuracy, self.accuracy_ci),
         )
         icl = go.Scatter(x=x, y=[self.icl_accuracy] * len(x), mode="lines", name="ICL", line={"dash": "dash"})
         zero = go.Scatter(

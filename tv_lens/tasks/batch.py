@@ -31,9 +31,9 @@ from torch import Tensor
 
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.tasks.prompt_rows import (
+    PromptRows,
     check_demonstrations,
     check_fields,
-    move,
     row_indices,
     select_rows,
     without_demonstrations,
@@ -43,7 +43,7 @@ __all__ = ["ICLBatch"]
 
 
 @dataclass(frozen=True, eq=False)
-class ICLBatch:
+class ICLBatch(PromptRows):
     """Rendered ICL prompts, their answers, latent task ids and the span of every demonstration.
 
     Attributes:
@@ -73,10 +73,6 @@ class ICLBatch:
     demo_noisy: Bool[Tensor, "batch max_shots"]
     query_start: Int[Tensor, " batch"]
     pad_token: int
-
-    def __post_init__(self) -> None:
-        self._check_shapes()
-        self._check_positions()
 
     def _check_shapes(self) -> None:
         if self.inputs.ndim != 2 or self.inputs.is_floating_point():
@@ -112,14 +108,6 @@ class ICLBatch:
         if not torch.equal(torch.where(real, in_inputs, -1), self.answers):
             raise PositionError("ICLBatch.answers must equal the tokens right after answer_pos in inputs.")
 
-    def __len__(self) -> int:
-        return self.inputs.shape[0]
-
-    @property
-    def lengths(self) -> Int[Tensor, " batch"]:
-        """Number of real (non-pad) tokens of each prompt."""
-        return self.attention_mask.sum(-1)
-
     @property
     def n_answer_tokens(self) -> int:
         """Number of answer columns (1 for single-token answers; the longest answer when they differ)."""
@@ -134,15 +122,6 @@ class ICLBatch:
     def _width(lengths: Tensor, answer_pos: Tensor, n_answer: int) -> int:
         """Columns that hold every prompt and ``n_answer`` answer columns after each ``answer_pos``."""
         return max(int(lengths.max()), int((answer_pos + n_answer).max())) if len(lengths) else 0
-
-    @property
-    def max_shots(self) -> int:
-        """Width of the per-demonstration arrays (the largest ``n_shots`` in the batch)."""
-        return self.demo_start.shape[-1]
-
-    def to(self, device: torch.device | str) -> ICLBatch:
-        """The same batch with every tensor on ``device``."""
-        return move(self, device)
 
     def select(self, indices: Int[Tensor, " n"] | Bool[Tensor, " n"] | Sequence[int] | slice) -> ICLBatch:
         """A sub-batch of the given prompts, trimmed to its longest prompt; task ids keep their names.

@@ -3,11 +3,13 @@
 :class:`~tv_lens.tasks.ICLBatch` and :class:`~tv_lens.tasks.RegressionBatch` are both right-padded prompts
 with ``attention_mask [batch, pos]``, per-prompt ``answer_pos``, ``task_ids``, ``n_shots``, ``query_start``
 and per-demonstration ``demo_start``, ``demo_answer_pos``, ``demo_noisy`` (``-1`` / False beyond
-``n_shots``). ``kind`` names the batch class in error messages.
+``n_shots``). ``kind`` names the batch class in error messages. :class:`PromptRows` holds the methods both
+classes share.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from typing import Any, TypeVar
@@ -18,12 +20,58 @@ from torch import Tensor
 
 from tv_lens.errors import PositionError, ShapeError, TaskError
 
-__all__ = ["check_demonstrations", "check_fields", "move", "row_indices", "select_rows", "without_demonstrations"]
+__all__ = [
+    "PromptRows",
+    "check_demonstrations",
+    "check_fields",
+    "move",
+    "row_indices",
+    "select_rows",
+    "without_demonstrations",
+]
 
 Batch = TypeVar("Batch")
+Rows = TypeVar("Rows", bound="PromptRows")
 
 PER_PROMPT = ("answer_pos", "task_ids", "n_shots", "query_start")
 PER_DEMONSTRATION = ("demo_start", "demo_answer_pos", "demo_noisy")
+
+
+class PromptRows(ABC):
+    """Base of the batch dataclasses: checks on creation, length, prompt lengths, shot width and ``to``."""
+
+    inputs: Tensor
+    attention_mask: Tensor
+    demo_start: Tensor
+
+    def __post_init__(self) -> None:
+        self._check_shapes()
+        self._check_positions()
+
+    @abstractmethod
+    def _check_shapes(self) -> None:
+        """Raise :class:`ShapeError` unless every field has a shape and type ``inputs`` implies."""
+
+    @abstractmethod
+    def _check_positions(self) -> None:
+        """Raise :class:`PositionError` unless the padding, demonstrations and answers are consistent."""
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def lengths(self) -> Int[Tensor, " batch"]:
+        """Number of real (non-pad) positions of each prompt."""
+        return self.attention_mask.sum(-1)
+
+    @property
+    def max_shots(self) -> int:
+        """Width of the per-demonstration arrays (the largest ``n_shots`` in the batch)."""
+        return self.demo_start.shape[-1]
+
+    def to(self: Rows, device: torch.device | str) -> Rows:
+        """The same batch with every tensor on ``device``."""
+        return move(self, device)
 
 
 def check_fields(batch: Any, kind: str) -> None:

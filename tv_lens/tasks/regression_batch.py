@@ -25,9 +25,9 @@ from torch import Tensor
 
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.tasks.prompt_rows import (
+    PromptRows,
     check_demonstrations,
     check_fields,
-    move,
     row_indices,
     select_rows,
     without_demonstrations,
@@ -37,7 +37,7 @@ __all__ = ["RegressionBatch"]
 
 
 @dataclass(frozen=True, eq=False)
-class RegressionBatch:
+class RegressionBatch(PromptRows):
     """Continuous ICL prompts, their answers, latent task ids and per-prompt function weights.
 
     Attributes:
@@ -68,10 +68,6 @@ class RegressionBatch:
     demo_noisy: Bool[Tensor, "batch max_shots"]
     query_start: Int[Tensor, " batch"]
     weights: Float[Tensor, "batch d_w"]
-
-    def __post_init__(self) -> None:
-        self._check_shapes()
-        self._check_positions()
 
     def _check_shapes(self) -> None:
         if self.inputs.ndim != 3 or not self.inputs.is_floating_point():
@@ -155,14 +151,6 @@ class RegressionBatch:
         cols = (positions + 1).clamp(0, self.inputs.shape[1] - 1)
         return self.inputs[rows, cols, : self.d_out]
 
-    def __len__(self) -> int:
-        return self.inputs.shape[0]
-
-    @property
-    def lengths(self) -> Int[Tensor, " batch"]:
-        """Number of real (non-pad) positions of each prompt."""
-        return self.attention_mask.sum(-1)
-
     @property
     def d_in(self) -> int:
         """Width of the input vectors."""
@@ -179,19 +167,10 @@ class RegressionBatch:
         return 1
 
     @property
-    def max_shots(self) -> int:
-        """Width of the per-demonstration arrays (the largest ``n_shots`` in the batch)."""
-        return self.demo_start.shape[-1]
-
-    @property
     def demo_answers(self) -> Float[Tensor, "batch max_shots d_out"]:
         """Each demonstration's output ``y_j`` (zeros beyond ``n_shots``): the training target at ``x_j``."""
         is_demo = (self.demo_answer_pos >= 0)[..., None]
         return torch.where(is_demo, self._outputs_after(self.demo_answer_pos), 0.0)
-
-    def to(self, device: torch.device | str) -> RegressionBatch:
-        """The same batch with every tensor on ``device``."""
-        return move(self, device)
 
     def select(self, indices: Int[Tensor, " n"] | Bool[Tensor, " n"] | Sequence[int] | slice) -> RegressionBatch:
         """A sub-batch of the given prompts, trimmed to its longest prompt; task ids keep their names."""
