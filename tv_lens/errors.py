@@ -75,3 +75,7 @@ class CheckpointError(TvLensError, ValueError):
 
 class ArtefactError(TvLensError, ValueError):
     """Saved artefacts that are missing or do not fit the request (a directory without results or model ...)."""
+
+
+class OutOfMemoryError(TvLensError, RuntimeError):
+    """A pass did not fit in the accelerator's memory even with one prompt per pass."""

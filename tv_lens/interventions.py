@@ -49,8 +49,17 @@ from tv_lens.errors import (
     ShapeError,
 )
 from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
-from tv_lens.positions import Inputs, PreparedPrompts, as_positions, length_sorted_batches, prepare_prompts
+from tv_lens.positions import (
+    AnswerLengths,
+    Inputs,
+    PreparedPrompts,
+    answer_columns,
+    as_positions,
+    length_sorted_batches,
+    prepare_prompts,
+)
 
 Positions = Literal["answer", "all"] | int | Sequence[int] | Tensor
 Rows = Sequence[int] | Tensor | None
@@ -144,6 +153,8 @@ class InterventionRun:
 
     Attributes:
         logits: Model output at ``answer_pos + i`` for ``i < n_answer_tokens``: ``[batch, n_answer, d_out]``.
+            With one count per prompt, ``n_answer`` is the largest and a prompt with fewer answer tokens repeats
+            the output at its own last one in the columns after it.
         writes: Number of prompts each intervention wrote to, in the order given.
     """
 
@@ -170,7 +181,7 @@ def run_with_interventions(
     interventions: Sequence[Intervention],
     *,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
-    n_answer_tokens: int = 1,
+    n_answer_tokens: AnswerLengths = 1,
     clean_residual: Float[Tensor, "batch pos d_model"] | None = None,
     clean_residual_layer: int | None = None,
     residual_layer: int | None = None,
@@ -185,7 +196,8 @@ def run_with_interventions(
         answer_pos: Index of the token right before each prompt's answer.
         interventions: What to write where (an empty list gives the clean run).
         attention_mask: ``[batch, pos]``, 1 on real tokens; needed for left-padded prompts.
-        n_answer_tokens: Read the output at this many positions from ``answer_pos`` (teacher forcing).
+        n_answer_tokens: Read the output at this many positions from ``answer_pos`` (teacher forcing): one
+            int, or one count per prompt ``[batch]`` for answers of different token lengths.
         clean_residual: The unpatched residual entering block ``clean_residual_layer`` (e.g.
             ``model(tokens, stop_at_layer=l)``), in the layout of ``inputs``. Used to skip blocks below
             ``l`` when the model supports ``start_at_layer`` and every intervention is at a block ≥ ``l``.
@@ -211,7 +223,9 @@ def run_with_interventions(
         raise ShapeError(f"batch_size must be an int >= 1 (prompts per pass) or None for all, got {batch_size!r}.")
     residual = residual_layer is not None
     prompts = prepare_prompts(adapter, inputs, answer_pos, attention_mask, n_answer_tokens, residual=residual)
-    plans = [_resolve(adapter, prompts, intervention, n_answer_tokens) for intervention in interventions]
+    lengths = prompts.answer_lengths
+    n_answer = int(lengths.max())
+    plans = [_resolve(adapter, prompts, intervention) for intervention in interventions]
     if residual_layer is not None:
         _check_entry(adapter, plans, residual_layer, clean_residual)
         start: tuple[int, Tensor] | None = (residual_layer, prompts.inputs)
@@ -219,30 +233,32 @@ def run_with_interventions(
         start = _start_layer(adapter, prompts, plans, clean_residual, clean_residual_layer, attention_mask)
     masking = _blocked_keys(adapter, prompts, blocked_keys)
     source = prompts.inputs if start is None else start[1]
-    writes = [0] * len(plans)
-    outputs: list[Tensor] = []
-    batches = length_sorted_batches(prompts.answer_pos + n_answer_tokens, batch_size or len(prompts))
-    for index in batches:
-        last = prompts.answer_pos[index] + n_answer_tokens - 1
-        width = int(last.max()) + 1
-        hooks = [
-            (plan.hook_name, partial(_write, plan=plan, index=index, writes=writes, slot=i))
-            for i, plan in enumerate(plans)
-        ]
-        if masking is not None:
-            blocked = masking[0][index.to(masking[0].device)][:, :width, :width].to(adapter.device)
-            hooks += mask_hooks(adapter, masking[1], blocked, 0 if start is None else start[0])
-        output = forward(
-            adapter,
-            source[index.to(source.device), :width].to(adapter.device),
-            start_at_layer=None if start is None else start[0],
-            hooks=hooks,
-        )
-        offsets = torch.arange(n_answer_tokens)
-        columns = (prompts.answer_pos[index, None] + offsets).to(output.device)
-        outputs.append(output[torch.arange(len(index), device=output.device)[:, None], columns])
-    order = torch.cat(batches)
-    logits = torch.cat(outputs)[torch.argsort(order).to(outputs[0].device)]
+
+    def passes(size: int) -> tuple[Tensor, list[int]]:
+        writes = [0] * len(plans)
+        outputs: list[Tensor] = []
+        batches = length_sorted_batches(prompts.ends, size)
+        for index in batches:
+            width = int(prompts.ends[index].max())
+            hooks = [
+                (plan.hook_name, partial(_write, plan=plan, index=index, writes=writes, slot=i))
+                for i, plan in enumerate(plans)
+            ]
+            if masking is not None:
+                blocked = masking[0][index.to(masking[0].device)][:, :width, :width].to(adapter.device)
+                hooks += mask_hooks(adapter, masking[1], blocked, 0 if start is None else start[0])
+            output = forward(
+                adapter,
+                source[index.to(source.device), :width].to(adapter.device),
+                start_at_layer=None if start is None else start[0],
+                hooks=hooks,
+            )
+            columns = answer_columns(prompts.answer_pos[index], lengths[index], n_answer).to(output.device)
+            outputs.append(output[torch.arange(len(index), device=output.device)[:, None], columns])
+        order = torch.cat(batches)
+        return torch.cat(outputs)[torch.argsort(order).to(outputs[0].device)], writes
+
+    (logits, writes), _ = fitting(passes, batch_size or len(prompts), "batch_size")
     for plan, count in zip(plans, writes, strict=True):
         if count == 0:
             raise InterventionNotAppliedError(
@@ -252,9 +268,7 @@ def run_with_interventions(
     return InterventionRun(logits, tuple(writes))
 
 
-def _resolve(
-    adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Intervention, n_answer_tokens: int
-) -> _Plan:
+def _resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Intervention) -> _Plan:
     """Check an intervention against the model and batch; expand rows, positions and values per prompt."""
     if not isinstance(intervention, Intervention):
         raise ShapeError(
@@ -278,21 +292,20 @@ def _resolve(
             raise PositionError(f"rows= selects a prompt twice: {selected.tolist()}; give each prompt once.")
     rows = torch.zeros(n_prompts, dtype=torch.bool)
     rows[selected] = True
-    positions = _positions(prompts, intervention, n_answer_tokens)
+    positions = _positions(prompts, intervention)
     values = _values(adapter, intervention, selected, n_prompts)
     block = max(intervention.layer, 0)
     return _Plan(intervention, hook_name, block, rows, positions, values)
 
 
-def _positions(prompts: PreparedPrompts, intervention: Intervention, n_answer_tokens: int) -> Tensor | None:
+def _positions(prompts: PreparedPrompts, intervention: Intervention) -> Tensor | None:
     pos = intervention.pos
     if isinstance(pos, str):
         if pos not in ("answer", "all"):
             raise PositionError(f"pos must be 'answer', 'all', an int or one int per prompt, got {pos!r}.")
         return prompts.answer_pos.clone() if pos == "answer" else None
     positions = prompts.to_aligned(as_positions(pos, len(prompts), "pos"))
-    last = prompts.answer_pos + n_answer_tokens - 1
-    bad = (positions < 0) | (positions > last)
+    bad = (positions < 0) | (positions >= prompts.ends)
     if bool(bad.any()):
         row = int(bad.nonzero()[0])
         raise PositionError(
@@ -478,7 +491,8 @@ def _write(activation: Tensor, hook: Any, *, plan: _Plan, index: Tensor, writes:
     if not len(local):
         return activation
     source = index.to(device)[local]
-    new = plan.values if plan.values.ndim == 1 else plan.values[source]
+    values = plan.values.to(device, activation.dtype)
+    new = values if values.ndim == 1 else values[source]
     if plan.positions is None:
         target: tuple[Tensor, ...] = (local,)
         new = new if new.ndim == 1 else new[:, None]

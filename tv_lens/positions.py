@@ -31,14 +31,21 @@ class PreparedPrompts:
         inputs: Tokens ``[batch, pos]`` or residual stream ``[batch, pos, d_model]``.
         answer_pos: Per-prompt answer position ``[batch]`` in the aligned layout.
         shift: How far each prompt was moved left ``[batch]`` (its number of left pads).
+        answer_lengths: Answer tokens read from each prompt's answer position on ``[batch]``.
     """
 
     inputs: Tensor
     answer_pos: Int[Tensor, " batch"]
     shift: Int[Tensor, " batch"]
+    answer_lengths: Int[Tensor, " batch"]
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
+
+    @property
+    def ends(self) -> Int[Tensor, " batch"]:
+        """One past each prompt's last answer token: the columns a pass over the prompt must compute."""
+        return self.answer_pos + self.answer_lengths
 
     def to_aligned(self, positions: Int[Tensor, " batch"]) -> Int[Tensor, " batch"]:
         """Map positions given in the caller's layout to the aligned layout."""
@@ -57,12 +64,43 @@ def as_positions(positions: int | Sequence[int] | Tensor, n_prompts: int, what: 
     return tensor.long().cpu()
 
 
+AnswerLengths = int | Sequence[int] | Tensor
+"""Answer tokens read after each answer position: one int for every prompt, or one per prompt ``[batch]``."""
+
+
+def answer_lengths(n_answer_tokens: AnswerLengths, n_prompts: int) -> Int[Tensor, " batch"]:
+    """``n_answer_tokens`` as a ``[batch]`` long tensor of counts >= 1 (an int applies to every prompt)."""
+    if isinstance(n_answer_tokens, bool) or (isinstance(n_answer_tokens, int) and n_answer_tokens < 1):
+        raise ShapeError(
+            f"n_answer_tokens must be an int >= 1 (answer tokens read per prompt), got {n_answer_tokens!r}; "
+            "for answers of different lengths pass one count >= 1 per prompt."
+        )
+    if not isinstance(n_answer_tokens, (int, Tensor, Sequence)) or isinstance(n_answer_tokens, str):
+        raise ShapeError(f"n_answer_tokens must be an int or one int per prompt, got {type(n_answer_tokens).__name__}.")
+    lengths = as_positions(n_answer_tokens, n_prompts, "n_answer_tokens")
+    if len(lengths) and int(lengths.min()) < 1:
+        raise ShapeError(f"n_answer_tokens must be >= 1 for every prompt, got a minimum of {int(lengths.min())}.")
+    return lengths
+
+
+def answer_columns(
+    answer_pos: Int[Tensor, " batch"], lengths: Int[Tensor, " batch"], n_columns: int
+) -> Int[Tensor, "batch n_columns"]:
+    """Columns ``answer_pos + k`` for ``k < n_columns``, each prompt's clamped to its own last answer token.
+
+    Prompts with fewer answer tokens than ``n_columns`` repeat their last one, so reading the output at these
+    columns never leaves a prompt; scores ignore the repeated columns (their answers are padded with ``-1``).
+    """
+    offsets = torch.arange(n_columns, device=answer_pos.device)
+    return answer_pos[:, None] + torch.minimum(offsets[None, :], lengths.to(answer_pos.device)[:, None] - 1)
+
+
 def prepare_prompts(
     adapter: ModelAdapter,
     inputs: Inputs,
     answer_pos: int | Sequence[int] | Tensor,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
-    n_answer_tokens: int = 1,
+    n_answer_tokens: AnswerLengths = 1,
     *,
     residual: bool = False,
 ) -> PreparedPrompts:
@@ -77,7 +115,7 @@ def prepare_prompts(
         attention_mask: ``[batch, pos]``, 1 on real tokens. Needed only for left-padded prompts; each
             prompt's real tokens must be contiguous.
         n_answer_tokens: Positions ``answer_pos .. answer_pos + n_answer_tokens - 1`` are read; all must
-            lie inside the prompt.
+            lie inside the prompt. One int for every prompt, or one per prompt (answers of different lengths).
         residual: Float ``inputs`` are a residual stream ``[batch, pos, d_model]`` whatever the model's
             inputs (e.g. a clean run's residual that a patched run starts from).
     """
@@ -103,27 +141,24 @@ def prepare_prompts(
             f"[{int(inputs.min())}, {int(inputs.max())}]. Build the model with a vocabulary the task needs (d_vocab >= "
             "pool.vocab_size), or tokenize text prompts with the model's own tokenizer."
         )
-    if isinstance(n_answer_tokens, bool) or not isinstance(n_answer_tokens, int) or n_answer_tokens < 1:
-        raise ShapeError(
-            f"n_answer_tokens must be an int >= 1 (answer tokens read per prompt), got {n_answer_tokens!r}."
-        )
     n_prompts, width = int(inputs.shape[0]), int(inputs.shape[1])
     if n_prompts == 0:
         raise ShapeError("inputs hold no prompts (batch size 0); pass at least one prompt.")
+    n_answers = answer_lengths(n_answer_tokens, n_prompts)
     positions = as_positions(answer_pos, n_prompts, "answer_pos")
     shift = torch.zeros(n_prompts, dtype=torch.long)
     lengths = torch.full((n_prompts,), width, dtype=torch.long)
     if attention_mask is not None:
         inputs, shift, lengths = _align_left(inputs, attention_mask)
         positions = positions - shift
-    last = positions + n_answer_tokens - 1
+    last = positions + n_answers - 1
     bad = (positions < 0) | (last >= lengths)
     if bool(bad.any()):
         row = int(bad.nonzero()[0])
         raise PositionError(
             f"answer_pos {int(positions[row] + shift[row])} of prompt {row} lies outside the prompt's tokens "
             f"(positions {int(shift[row])}..{int(shift[row] + lengths[row]) - 1}"
-            f"{', with the answer tokens after it' if n_answer_tokens > 1 else ''}). Give the index of the "
+            f"{', with its answer tokens after it' if int(n_answers[row]) > 1 else ''}). Give the index of the "
             "token right before the answer, counted from the start of the padded row."
         )
     if int(last.max()) >= adapter.n_ctx:
@@ -132,7 +167,7 @@ def prepare_prompts(
             f"Prompt {row} needs {int(last[row]) + 1} tokens but the model's context is n_ctx="
             f"{adapter.n_ctx}. Use fewer shots or shorter prompts, or a model with a longer context."
         )
-    return PreparedPrompts(inputs, positions, shift)
+    return PreparedPrompts(inputs, positions, shift, n_answers)
 
 
 def _align_left(inputs: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from tv_lens.errors import HookNotFoundError, NonFiniteError, ShapeError
 from tv_lens.models.adapter import EMBED_LAYER, RESIDUAL_SITES, ModelAdapter, adapt
-from tv_lens.models.running import forward
+from tv_lens.models.memory import fitting
+from tv_lens.models.running import read_pass
 from tv_lens.positions import Inputs, PreparedPrompts, as_positions, prepare_prompts
 
 
@@ -155,7 +156,9 @@ def collect(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ShapeError(f"batch_size must be an int ≥ 1 (prompts per forward pass), got {batch_size!r}.")
     prompts, copies = _distinct(prepare_prompts(adapter, inputs, answer_pos, attention_mask))
-    rows = _rows_at_answer(adapter, prompts, sorted(set(names)), max(layers), batch_size, progress)
+    rows, _ = fitting(
+        lambda size: _rows_at_answer(adapter, prompts, sorted(set(names)), size, progress), batch_size, "batch_size"
+    )
     activations = torch.stack([rows[name] for name in names])[:, copies]
     _check_finite(activations, layers)
     if task_ids is not None:
@@ -178,7 +181,10 @@ def _distinct(prompts: PreparedPrompts) -> tuple[PreparedPrompts, Int[Tensor, " 
     distinct, copies = torch.unique(keys, dim=0, return_inverse=True)
     n = len(distinct)
     unique_prompts = PreparedPrompts(
-        distinct[:, 1:].reshape(n, *inputs.shape[1:]), distinct[:, 0].long().cpu(), torch.zeros(n, dtype=torch.long)
+        distinct[:, 1:].reshape(n, *inputs.shape[1:]),
+        distinct[:, 0].long().cpu(),
+        torch.zeros(n, dtype=torch.long),
+        torch.ones(n, dtype=torch.long),
     )
     return unique_prompts, copies.cpu()
 
@@ -187,14 +193,14 @@ def _rows_at_answer(
     adapter: ModelAdapter,
     prompts: Any,
     names: list[str],
-    last_layer: int,
     batch_size: int,
     progress: bool,
 ) -> dict[str, Tensor]:
     """Run batches of similar-length prompts; keep each hook's answer-position rows, in prompt order."""
     n_prompts = len(prompts)
     order = torch.argsort(prompts.answer_pos, stable=True)
-    out = {name: torch.empty(n_prompts, adapter.d_model, dtype=adapter.dtype) for name in names}
+    dtype = torch.promote_types(adapter.dtype, torch.float32)  # half-precision models' rows come back as float32
+    out = {name: torch.empty(n_prompts, adapter.d_model, dtype=dtype) for name in names}
     starts = range(0, n_prompts, batch_size)
     for start in tqdm(starts, desc="collect", disable=not progress or len(starts) == 1, leave=False):
         index = order[start : start + batch_size]
@@ -204,8 +210,7 @@ def _rows_at_answer(
         rows = (torch.arange(len(index), device=adapter.device), positions.to(adapter.device))
         hooks = [(name, partial(_keep_rows, store=out[name], index=index, rows=rows)) for name in names]
         with torch.no_grad():
-            stop = max(last_layer, 0) + 1
-            forward(adapter, batch_inputs.to(adapter.device), stop_at_layer=stop, hooks=hooks, require_hooks=True)
+            read_pass(adapter, batch_inputs.to(adapter.device), hooks)
     return out
 
 

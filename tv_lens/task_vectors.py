@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, NonFiniteError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
-from tv_lens.models.running import forward
+from tv_lens.models.running import read_pass
 from tv_lens.positions import length_sorted_batches, prepare_prompts
 from tv_lens.probes import Representations, collect
 from tv_lens.results.axes import layer_axis, layer_label
@@ -326,7 +326,6 @@ def _demo_means(
     has_demo = (counts > 0).nonzero().flatten()
     last = torch.where(valid, positions, 0).amax(-1)[has_demo] if len(has_demo) else torch.zeros(0, dtype=torch.long)
     batches = length_sorted_batches(last, batch_size) if len(has_demo) else []
-    stop = max(max(layers), 0) + 1
     for chunk in tqdm(batches, desc="task vectors", disable=not progress or len(batches) <= 1, leave=False):
         index = has_demo[chunk]
         width = int(last[chunk].max()) + 1
@@ -338,7 +337,7 @@ def _demo_means(
         ]
         with torch.no_grad():
             inputs = prompts.inputs[index, :width].to(adapter.device)
-            forward(adapter, inputs, stop_at_layer=stop, hooks=hooks, require_hooks=True)
+            read_pass(adapter, inputs, hooks)
     if not bool(torch.isfinite(sums).all()):
         raise NonFiniteError("NaN or infinite activations at demonstration positions; check the model's weights.")
     means = sums / counts.clamp(min=1)[None, :, None]

@@ -31,7 +31,7 @@ from tv_lens.errors import ShapeError
 from tv_lens.metrics import token_cross_entropy
 from tv_lens.models.adapter import adapt
 from tv_lens.models.running import forward
-from tv_lens.positions import length_sorted_batches
+from tv_lens.positions import answer_columns, length_sorted_batches
 
 __all__ = ["head_attribution"]
 
@@ -66,8 +66,8 @@ def head_attribution(
     n_answer = prompts.n_answer_tokens
     out = torch.empty(adapter.n_layers, adapter.n_heads, len(prompts), dtype=torch.float64)
     values = ablation_values.to(adapter.device, adapter.dtype)
-    for index in length_sorted_batches(prompts.answer_pos + n_answer, batch_size):
-        width = int(prompts.answer_pos[index].max()) + n_answer
+    for index in length_sorted_batches(prompts.ends, batch_size):
+        width = int(prompts.ends[index].max())
         inputs = prompts.inputs[index.to(prompts.inputs.device), :width].to(adapter.device)
         captured: dict[int, tuple[Tensor, Tensor]] = {}
         hooks = [
@@ -76,7 +76,8 @@ def head_attribution(
         ]
         with torch.enable_grad():
             logits = forward(adapter, inputs, hooks=hooks)
-            columns = (prompts.answer_pos[index, None] + torch.arange(n_answer)).to(logits.device)
+            columns = answer_columns(prompts.answer_pos[index], prompts.answer_lengths[index], n_answer)
+            columns = columns.to(logits.device)
             rows = torch.arange(len(index), device=logits.device)[:, None]
             losses = token_cross_entropy(logits[rows, columns], answers[index].to(logits.device))
             layers = sorted(captured)

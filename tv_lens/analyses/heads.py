@@ -43,7 +43,7 @@ from torch import Tensor
 
 from tv_lens.analyses.attribution import head_attribution
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
-from tv_lens.analyses.inputs import answer_scores, answer_tokens, check_pool, prompt_task_ids
+from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, check_pool, prompt_task_ids
 from tv_lens.analyses.pruning import (
     SHARED_METHODS,
     check_count,
@@ -57,7 +57,7 @@ from tv_lens.analyses.stacking import AlignedPrompts, Cell, Sweep, align, run_sw
 from tv_lens.errors import AnalysisError
 from tv_lens.interventions import ablate_head
 from tv_lens.models.adapter import ModelAdapter, adapt
-from tv_lens.models.running import forward
+from tv_lens.models.running import read_pass
 from tv_lens.positions import length_sorted_batches
 from tv_lens.results.heads import HeadImportance, PruningCurve
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
@@ -126,7 +126,7 @@ def head_importance(
     check_count(prune_steps, "prune_steps", 0, n_heads_total)
     check_bootstrap(n_bootstrap, ci)
     answers = answer_tokens(answers, len(inputs))
-    prompts = align(model, inputs, answer_pos, attention_mask, answers.shape[1])
+    prompts = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
     ids = prompt_task_ids(task_ids, task_names, len(prompts))
     values = _ablation_values(adapter, prompts, mode, batch_size)
     heads = [(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
@@ -157,7 +157,7 @@ def head_importance(
     if cells:
         pruned = run_sweep(model, prompts, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="prune")
     else:
-        pruned = Sweep(sweep.clean, sweep.cells[:0], (), 0)
+        pruned = Sweep(sweep.clean, sweep.cells[:0], (), 0, sweep.rows_per_pass)
     pruning = pruning_curve(order, sweep.clean, pruned, metric, ids, real, task_names)
     return HeadImportance(
         task_names=tuple(task_names),
@@ -270,14 +270,13 @@ def _ablation_values(
     if mode == "zero":
         return torch.zeros(shape, dtype=adapter.dtype)
     sums = torch.zeros(shape, dtype=torch.float64)
-    n_answer = prompts.n_answer_tokens
-    total = int((prompts.answer_pos + n_answer).sum())
+    total = int(prompts.ends.sum())
 
     def keep(activation: Tensor, hook: Any, *, layer: int, mask: Tensor) -> None:
         sums[layer] += (activation.double() * mask[:, :, None, None]).sum((0, 1)).cpu()
 
-    for index in length_sorted_batches(prompts.answer_pos + n_answer, batch_size):
-        last = prompts.answer_pos[index] + n_answer
+    for index in length_sorted_batches(prompts.ends, batch_size):
+        last = prompts.ends[index]
         width = int(last.max())
         mask = (torch.arange(width)[None, :] < last[:, None]).double().to(adapter.device)
         hooks = [
@@ -286,7 +285,7 @@ def _ablation_values(
         ]
         with torch.no_grad():
             inputs = prompts.inputs[index.to(prompts.inputs.device), :width].to(adapter.device)
-            forward(adapter, inputs, hooks=hooks, require_hooks=True)
+            read_pass(adapter, inputs, hooks)
     return (sums / total).to(adapter.dtype)
 
 

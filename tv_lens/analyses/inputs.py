@@ -42,7 +42,12 @@ class PromptBatch(Protocol):
 
     @property
     def n_answer_tokens(self) -> int:
-        """Answer positions per prompt."""
+        """Answer columns per prompt (the longest answer)."""
+        ...
+
+    @property
+    def answer_lengths(self) -> Tensor:
+        """Each prompt's own answer positions ``[batch]``."""
         ...
 
 
@@ -126,7 +131,10 @@ def sample_batch(pool: PromptPool, n_per_task: int, n_shots: Any, seed: int, lab
 
 
 def answer_tokens(answers: Int[Tensor, "batch ..."], n_prompts: int) -> Int[Tensor, "batch n_answer"]:
-    """Answer tokens as ``[batch, n_answer]`` (a ``[batch]`` tensor is one token per prompt), long, on the CPU."""
+    """Answer tokens as ``[batch, n_answer]`` (a ``[batch]`` tensor is one token per prompt), long, on the CPU.
+
+    Answers of different lengths are right-padded with ``-1``; :func:`answer_counts` gives each one's length.
+    """
     answers = torch.as_tensor(answers)
     if answers.ndim == 1:
         answers = answers[:, None]
@@ -136,6 +144,11 @@ def answer_tokens(answers: Int[Tensor, "batch ..."], n_prompts: int) -> Int[Tens
             f"{tuple(answers.shape)}; pass the answers of these prompts (batch.answers)."
         )
     return answers.cpu().long()
+
+
+def answer_counts(answers: Int[Tensor, "batch n_answer"]) -> Int[Tensor, " batch"]:
+    """Each prompt's own answer tokens: the entries before the ``-1`` padding of :func:`answer_tokens`."""
+    return (answers >= 0).sum(-1)
 
 
 def prompt_task_ids(

@@ -43,7 +43,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap
-from tv_lens.analyses.inputs import answer_scores, answer_tokens, check_pool, prompt_task_ids
+from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, check_pool, prompt_task_ids
 from tv_lens.analyses.patching_summary import summarize_patching
 from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import AnalysisError, TaskError
@@ -129,7 +129,7 @@ def patch_task_vectors(
     target_names = tuple(vectors.task_names) if targets is None else tuple(targets)
     target_index = [vectors.task_index(name) for name in target_names]
     answers = answer_tokens(answers, len(inputs))
-    prompts = align(model, inputs, answer_pos, attention_mask, answers.shape[1])
+    prompts = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
     source_names, sources = _sources(task_ids, task_names, len(prompts))
     own_vectors = None
     if mode == "add_difference":
@@ -172,34 +172,21 @@ def patch_task_vectors(
     )
 
 
-def rule_answers(pool: TaskPool, batch: ICLBatch, task_names: Sequence[str]) -> Int[Tensor, "task batch n_answer"]:
-    """Answer tokens each named task's rule gives for every prompt's query (``-1`` for Null / unknown tasks).
+def rule_answers(pool: Any, batch: ICLBatch, task_names: Sequence[str]) -> Int[Tensor, "task batch n_answer"]:
+    """Answer tokens each named task gives for every prompt's query (``-1`` where it gives none, e.g. Null).
 
-    The query's input values are its number tokens between ``query_start`` and ``answer_pos`` (token ``k``
-    is the value ``k`` in the pools of :mod:`tv_lens.tasks`).
+    A :class:`~tv_lens.tasks.TaskPool` applies each task's rule to the query's input values (every answer
+    token); a :class:`~tv_lens.tasks.TextPool` looks the query's input up among each task's examples (the first
+    answer token: later ones are teacher-forced on the prompt's own answer, so they cannot follow another task).
     """
-    n_values = pool.vocab.n_values
-    out = torch.full((len(task_names), len(batch), pool.n_answer_tokens), -1, dtype=torch.long)
-    if batch.n_answer_tokens != pool.n_answer_tokens:
+    target_answers = getattr(pool, "target_answers", None)
+    if not callable(target_answers):
         raise TaskError(
-            f"The batch has {batch.n_answer_tokens} answer tokens per prompt but the pool {pool.n_answer_tokens}; "
-            "pass the pool the batch was sampled from."
+            f"Overriding needs the answers each task gives to a query, which a {type(pool).__name__} cannot "
+            "tell; pass a TaskPool or TextPool (or pool=None to skip overriding)."
         )
-    columns = torch.arange(batch.inputs.shape[1])[None, :]
-    span = (columns >= batch.query_start.cpu()[:, None]) & (columns <= batch.answer_pos.cpu()[:, None])
-    is_value = span & (batch.inputs.cpu() < n_values)
-    counts = is_value.sum(-1)
-    if bool((counts != pool.n_inputs).any()):
-        raise TaskError(
-            f"Could not read the queries' {pool.n_inputs} input value(s) from the batch (found "
-            f"{counts.unique().tolist()} number tokens); pass the pool the batch was sampled from."
-        )
-    x = batch.inputs.cpu()[is_value].view(len(batch), pool.n_inputs)
-    rules = {task.name: task for task in pool.tasks}
-    for t, name in enumerate(task_names):
-        if name in rules:
-            out[t] = pool.encode_answers(torch.as_tensor(rules[name](x)).long())
-    return out
+    answers: Tensor = target_answers(batch, task_names)
+    return answers
 
 
 @dataclass(frozen=True)

@@ -98,24 +98,30 @@ def summarize_patching(
 
 
 def _defined(target_answers: Tensor | None, answers: Tensor, n_t: int, n: int) -> Tensor:
-    """Where overriding is defined: the target has a rule and it differs from the prompt's own answer."""
+    """Where overriding is defined: the target has a rule and it differs from the prompt's own answer.
+
+    ``target_answers`` may hold fewer answer columns than ``answers`` (text tasks give the first token only):
+    the comparison then covers those columns.
+    """
     if target_answers is None:
         return torch.zeros(n_t, n, dtype=torch.bool)
     target_answers = torch.as_tensor(target_answers).cpu()
-    if target_answers.shape != (n_t, *answers.shape):
+    m = target_answers.shape[-1] if target_answers.ndim == 3 else 0
+    if target_answers.ndim != 3 or target_answers.shape[:2] != (n_t, n) or not 1 <= m <= answers.shape[-1]:
         raise ShapeError(
-            f"target_answers must be [target={n_t}, batch, n_answer]={(n_t, *answers.shape)}, got "
+            f"target_answers must be [target={n_t}, batch={n}, n_answer<={answers.shape[-1]}], got "
             f"{tuple(target_answers.shape)}."
         )
     has_rule = (target_answers >= 0).all(-1)
-    return has_rule & (target_answers != answers[None]).any(-1)
+    return has_rule & (target_answers != answers[None, :, :m]).any(-1)
 
 
 def _follows(predicted: Tensor, target_answers: Tensor | None, defined: Tensor) -> Tensor:
     """1.0 / 0.0 where the prediction equals the target rule's answer, NaN where undefined."""
     if target_answers is None:
         return torch.full(predicted.shape[:-1], float("nan"), dtype=torch.float64)
-    same = (predicted == torch.as_tensor(target_answers).cpu()).all(-1).double()
+    target_answers = torch.as_tensor(target_answers).cpu()
+    same = (predicted[..., : target_answers.shape[-1]] == target_answers).all(-1).double()
     return torch.where(defined, same, torch.full_like(same, float("nan")))
 
 

@@ -149,7 +149,7 @@ def clean_outputs(model: Any, batch: PromptBatch, batch_size: int | None = 64) -
             batch.answer_pos,
             [],
             attention_mask=batch.attention_mask,
-            n_answer_tokens=batch.n_answer_tokens,
+            n_answer_tokens=batch.answer_lengths,
             batch_size=batch_size,
         )
     return finite_outputs(run.logits)

@@ -38,7 +38,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
-from tv_lens.analyses.inputs import answer_scores, check_pool, prompt_task_ids
+from tv_lens.analyses.inputs import answer_counts, answer_scores, check_pool, prompt_task_ids
 from tv_lens.analyses.patching import patch_site
 from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
@@ -121,7 +121,12 @@ def task_vector_prompting(
     answers, ids = _pairs(answers, task_ids, task_names, n, len(zero_shot_inputs))
     with torch.no_grad():
         clean = run_with_interventions(
-            model, icl_inputs, icl_answer_pos, [], attention_mask=icl_attention_mask, n_answer_tokens=answers.shape[1]
+            model,
+            icl_inputs,
+            icl_answer_pos,
+            [],
+            attention_mask=icl_attention_mask,
+            n_answer_tokens=answer_counts(answers),
         )
     icl_correct, icl_loss = _score(clean.logits, answers)
     injected, vector_source = _vectors(
@@ -137,7 +142,7 @@ def task_vector_prompting(
         vectors,
         batch_size,
     )
-    prompts = align(model, zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, answers.shape[1])
+    prompts = align(model, zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, answer_counts(answers))
     make = replace if mode == "replace" else add
     cells = []
     for i, layer in enumerate(layers):

@@ -44,8 +44,16 @@ from tv_lens.interventions import (
     supports_blocked_keys,
 )
 from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
-from tv_lens.positions import Inputs, as_positions, length_sorted_batches, prepare_prompts
+from tv_lens.positions import (
+    AnswerLengths,
+    Inputs,
+    answer_columns,
+    as_positions,
+    length_sorted_batches,
+    prepare_prompts,
+)
 
 __all__ = ["AlignedPrompts", "Cell", "Score", "Sweep", "align", "run_sweep", "start_skips_blocks"]
 
@@ -63,15 +71,25 @@ class AlignedPrompts:
     Attributes:
         inputs: Tokens ``[prompt, pos]`` (or residual inputs ``[prompt, pos, d]``).
         answer_pos: Answer position of each prompt in this layout ``[prompt]``.
-        n_answer_tokens: Answer tokens read per prompt.
+        answer_lengths: Answer tokens read from each prompt's answer position on ``[prompt]``.
     """
 
     inputs: Tensor
     answer_pos: Int[Tensor, " prompt"]
-    n_answer_tokens: int = 1
+    answer_lengths: Int[Tensor, " prompt"]
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
+
+    @property
+    def n_answer_tokens(self) -> int:
+        """Answer columns read per prompt: the longest answer (shorter ones repeat their last column)."""
+        return int(self.answer_lengths.max())
+
+    @property
+    def ends(self) -> Int[Tensor, " prompt"]:
+        """One past each prompt's last answer token."""
+        return self.answer_pos + self.answer_lengths
 
 
 def align(
@@ -79,12 +97,15 @@ def align(
     inputs: Inputs,
     answer_pos: int | Sequence[int] | Tensor,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
-    n_answer_tokens: int = 1,
+    n_answer_tokens: AnswerLengths = 1,
 ) -> AlignedPrompts:
-    """Validate prompts (see :func:`tv_lens.positions.prepare_prompts`) and put them in the aligned layout."""
+    """Validate prompts (see :func:`tv_lens.positions.prepare_prompts`) and put them in the aligned layout.
+
+    ``n_answer_tokens``: one count for every prompt, or one per prompt (answers of different lengths).
+    """
     prepared = prepare_prompts(adapt(model), inputs, answer_pos, attention_mask, n_answer_tokens)
-    width = int(prepared.answer_pos.max()) + n_answer_tokens
-    return AlignedPrompts(prepared.inputs[:, :width], prepared.answer_pos, n_answer_tokens)
+    width = int(prepared.ends.max())
+    return AlignedPrompts(prepared.inputs[:, :width], prepared.answer_pos, prepared.answer_lengths)
 
 
 @dataclass(frozen=True)
@@ -114,12 +135,14 @@ class Sweep:
         cells: ``score`` of every cell ``[cell, prompt, *m]``.
         writes: Rows each intervention of each cell wrote to, summed over passes (one tuple per cell).
         n_passes: Forward passes run (the clean passes included).
+        rows_per_pass: Rows per pass used (smaller than asked for when a pass ran out of memory).
     """
 
     clean: Tensor
     cells: Tensor
     writes: tuple[tuple[int, ...], ...]
     n_passes: int
+    rows_per_pass: int
 
 
 def run_sweep(
@@ -147,10 +170,28 @@ def run_sweep(
 
     Raises:
         InterventionNotAppliedError: An intervention wrote to fewer rows than it was given.
+        OutOfMemoryError: Not even one row per pass fits (smaller sizes are tried first, see
+            :func:`tv_lens.models.memory.fitting`).
     """
     if isinstance(rows_per_pass, bool) or not isinstance(rows_per_pass, int) or rows_per_pass < 1:
         raise ShapeError(f"rows_per_pass must be an int >= 1, got {rows_per_pass!r}.")
     adapter = adapt(model)
+    sweep, used = fitting(
+        lambda size: _sweep(adapter, prompts, cells, score, size, progress, desc), rows_per_pass, "rows_per_pass"
+    )
+    return replace(sweep, rows_per_pass=used)
+
+
+def _sweep(
+    adapter: ModelAdapter,
+    prompts: AlignedPrompts,
+    cells: Sequence[Cell],
+    score: Score,
+    rows_per_pass: int,
+    progress: bool,
+    desc: str,
+) -> Sweep:
+    """One attempt at :func:`run_sweep` with ``rows_per_pass`` rows per pass."""
     n = len(prompts)
     chunk = min(n, rows_per_pass)
     per_pass = max(1, rows_per_pass // chunk)
@@ -160,22 +201,23 @@ def run_sweep(
     shared = [c for c in order if _writes_after_prefix(cells[c], prompts)] if order else []
     if shared and not supports_blocked_keys(adapter):
         shared = []
-    chunks = length_sorted_batches(prompts.answer_pos + prompts.n_answer_tokens, chunk)
+    chunks = length_sorted_batches(prompts.ends, chunk)
     tally = _Tally(cells)
     n_answer = prompts.n_answer_tokens
     total = len(chunks) * (1 + len(cells))
     with torch.no_grad(), tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
         for index in chunks:
-            width = int(prompts.answer_pos[index].max()) + n_answer
+            width = int(prompts.ends[index].max())
             inputs = prompts.inputs[index.to(prompts.inputs.device), :width].to(adapter.device)
-            batch = _Batch(adapter, inputs, prompts.answer_pos[index], index, n_answer, score)
+            lengths = prompts.answer_lengths[index]
+            batch = _Batch(adapter, inputs, prompts.answer_pos[index], lengths, index, n_answer, score)
             per_row = _copies_per_row(adapter, batch.answer_pos, n_answer, len(shared))
             packed = [shared[i : i + per_row] for i in range(0, len(shared), per_row)] if per_row > 1 else []
             rest = [c for c in order if not any(c in group for group in packed)]
             stacked = _groups(rest, [starts[c] for c in rest], per_pass)
             blocks = {starts[group[0]] for group in packed} | ({starts[group[0]] for group in stacked} - {0})
             logits, residuals = _clean_pass(adapter, inputs, sorted(blocks))
-            tally.clean(index, score(_answer_rows(logits, batch.answer_pos, n_answer), index))
+            tally.clean(index, score(batch.answer_rows(logits), index))
             bar.update()
             # a block whose entering residual was never seen (its hook never ran) cannot share a prefix
             stacked += [group for group in packed if starts[group[0]] not in residuals]
@@ -195,7 +237,7 @@ def run_sweep(
                 start = starts[group[0]]
                 tally.add(batch, _run_stacked(batch, cells, group, residuals.get(start), starts, len(group)))
                 bar.update(len(group))
-    return tally.sweep(n)
+    return tally.sweep(n, rows_per_pass)
 
 
 def start_skips_blocks(model: Any) -> bool:
@@ -220,19 +262,31 @@ def start_skips_blocks(model: Any) -> bool:
 
 @dataclass(frozen=True)
 class _Batch:
-    """Prompts of one pass (aligned, cut to their last answer position) and how their outputs are scored."""
+    """Prompts of one pass (aligned, cut to their last answer token) and how their outputs are scored.
+
+    ``n_answer`` is the answer columns every output has (the sweep's longest answer); ``lengths`` each
+    prompt's own answer tokens.
+    """
 
     adapter: ModelAdapter
     inputs: Tensor
     answer_pos: Tensor
+    lengths: Tensor
     index: Tensor
     n_answer: int
     score: Score
 
     def part(self, rows: Tensor) -> _Batch:
-        width = int(self.answer_pos[rows].max()) + self.n_answer
+        width = int((self.answer_pos + self.lengths)[rows].max())
         inputs = self.inputs[rows.to(self.inputs.device), :width]
-        return replace(self, inputs=inputs, answer_pos=self.answer_pos[rows], index=self.index[rows])
+        return replace(
+            self, inputs=inputs, answer_pos=self.answer_pos[rows], lengths=self.lengths[rows], index=self.index[rows]
+        )
+
+    def answer_rows(self, logits: Tensor) -> Tensor:
+        """``logits [prompt, pos, d]`` of this batch's prompts at their answer columns ``[prompt, n_answer, d]``."""
+        columns = answer_columns(self.answer_pos, self.lengths, self.n_answer).to(logits.device)
+        return logits[torch.arange(len(self.answer_pos), device=logits.device)[:, None], columns]
 
 
 Done = list[tuple[list[int], Tensor, list[list[int]]]]
@@ -262,11 +316,11 @@ class _Tally:
                 self.writes[c] = [a + b for a, b in zip(self.writes[c], cell_counts, strict=True)]
             self.n_passes += 1
 
-    def sweep(self, n: int) -> Sweep:
+    def sweep(self, n: int, rows_per_pass: int) -> Sweep:
         _check_writes(self.cells, self.writes, n)
         clean = _assemble_clean(self.clean_parts, n)
         cells = _assemble_cells(self.cell_parts, clean, len(self.cells))
-        return Sweep(clean, cells, _tuples(self.writes), self.n_passes)
+        return Sweep(clean, cells, _tuples(self.writes), self.n_passes, rows_per_pass)
 
 
 def _writes_after_prefix(cell: Cell, prompts: AlignedPrompts) -> bool:
@@ -277,7 +331,7 @@ def _writes_after_prefix(cell: Cell, prompts: AlignedPrompts) -> bool:
                 return False
             continue
         offset = as_positions(intervention.pos, len(prompts), "pos") - prompts.answer_pos
-        if bool(((offset < 0) | (offset >= prompts.n_answer_tokens)).any()):
+        if bool(((offset < 0) | (offset >= prompts.answer_lengths)).any()):
             return False
     return True
 
@@ -302,7 +356,9 @@ def _run_shared(
     width = int(answer_pos.max()) + k * n
     columns = torch.arange(width)[None, :]
     offset = columns - answer_pos[:, None]
-    source = torch.where(offset < 0, columns, answer_pos[:, None] + offset.clamp(min=0) % n)
+    # a prompt with fewer answer tokens than n fills the rest of each copy with its last one (never scored)
+    within = torch.minimum(offset.clamp(min=0) % n, batch.lengths[:, None] - 1)
+    source = torch.where(offset < 0, columns, answer_pos[:, None] + within)
     copy = torch.where(offset < 0, -1, offset // n)
     blocked = (copy[:, :, None] >= 0) & (copy[:, None, :] >= 0) & (copy[:, :, None] != copy[:, None, :])
     gather = source.to(residual.device)[:, :, None].expand(-1, -1, residual.shape[-1])
@@ -377,11 +433,13 @@ def _run_group(batch: _Batch, group: list[Cell], start: int, residual: Tensor | 
         stacked_inputs,
         batch.answer_pos.repeat(k),
         interventions,
-        n_answer_tokens=batch.n_answer,
+        n_answer_tokens=batch.lengths.repeat(k),
         clean_residual=None if residual is None else residual[:, : inputs.shape[1]].repeat(k, 1, 1),
         clean_residual_layer=None if residual is None else start,
     )
-    return run.logits, _split(run.writes, [len(cell.interventions) for cell in group])
+    # every output has the sweep's n_answer columns; shorter answers repeat their last one
+    columns = torch.arange(batch.n_answer).clamp(max=run.logits.shape[1] - 1).to(run.logits.device)
+    return run.logits[:, columns], _split(run.writes, [len(cell.interventions) for cell in group])
 
 
 def _split(writes: tuple[int, ...], sizes: list[int]) -> list[list[int]]:
@@ -418,11 +476,6 @@ def _for_copy(intervention: Intervention, index: Tensor, rows: Tensor, k: int) -
     if isinstance(pos, Tensor) or (not isinstance(pos, (str, int))):
         pos = torch.as_tensor(pos)[index].repeat(k)
     return replace(intervention, values=values, pos=pos, rows=rows)
-
-
-def _answer_rows(logits: Tensor, answer_pos: Tensor, n_answer_tokens: int) -> Tensor:
-    columns = (answer_pos[:, None] + torch.arange(n_answer_tokens)).to(logits.device)
-    return logits[torch.arange(len(answer_pos), device=logits.device)[:, None], columns]
 
 
 def _check_writes(cells: Sequence[Cell], writes: list[list[int]], n: int) -> None:

@@ -6,11 +6,19 @@ those handles on exit, also when an exception is raised mid-pass. Hooks the user
 touched (unlike ``reset_hooks``, which clears every non-permanent hook).
 
 :func:`forward` runs tokens or a residual stream, starting at a block (``start_at_layer`` where the model
-supports it, else by overwriting that block's input) and stopping after the last block needed.
+supports it, else by overwriting that block's input). :func:`read_pass` runs hooks that only read and stops
+the pass as soon as each of them has run, so nothing after the last activation read is computed (neither the
+rest of the blocks nor the unembedding).
+
+Token inputs are always passed unpadded (tv_lens aligns prompts to start at column 0 and cuts them after the
+last position needed), so the model must not mask any of them. HookedTransformer (TransformerLens ≤ 3) builds
+its own attention mask from pad tokens when its tokenizer pads on the left, and masks the BOS token out when
+BOS and pad share an id (Qwen2 tokenizers); :func:`forward` passes an all-ones ``attention_mask`` there.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -20,7 +28,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import HookNotFoundError, ShapeError
+from tv_lens.errors import HookNotFoundError, ShapeError, TvLensError
 from tv_lens.models.adapter import ModelAdapter
 
 HookFn = Callable[..., Any]
@@ -87,6 +95,7 @@ def forward(
         stop_at_layer = None
     kwargs: dict[str, Any] = {} if stop_at_layer is None else {"stop_at_layer": stop_at_layer}
     hooks = list(hooks)
+    names = [name for name, _ in hooks]
     calls = [0] * len(hooks)
     if require_hooks:
         hooks = [(name, partial(_counted, fn=fn, calls=calls, slot=i)) for i, (name, fn) in enumerate(hooks)]
@@ -102,9 +111,11 @@ def forward(
             residual = inputs
             hooks.insert(0, (adapter.hook_name("resid_pre", start_at_layer), lambda act, hook: residual))
             inputs = torch.zeros(inputs.shape[:2], dtype=torch.long, device=inputs.device)
+    if not inputs.is_floating_point() and _masks_left_padding(adapter.model):
+        kwargs["attention_mask"] = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
     with attached_hooks(adapter, hooks):
         output = adapter.model(inputs, **kwargs)
-    silent = sorted({name for (name, _), n in zip(hooks, calls, strict=False) if require_hooks and n == 0})
+    silent = sorted({name for name, n in zip(names, calls, strict=True) if require_hooks and n == 0})
     if silent:
         raise HookNotFoundError(
             f"The forward pass never called hook point(s) {silent}, so nothing was read there. tv_lens needs a "
@@ -112,6 +123,56 @@ def forward(
             "model's hook_dict and forward."
         )
     return output
+
+
+def read_pass(
+    adapter: ModelAdapter,
+    inputs: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"],
+    hooks: Sequence[tuple[str, HookFn]],
+) -> None:
+    """Run ``hooks`` that read activations (their return value is ignored) and stop once each has run.
+
+    The pass ends right after the last of the hooks to fire, so the blocks after it and the unembedding are
+    never computed.
+
+    Raises:
+        HookNotFoundError: A hook the pass never called.
+    """
+    hooks = list(hooks)
+    pending = set(range(len(hooks)))
+    reads = [(name, partial(_read_then_stop, fn=fn, pending=pending, slot=i)) for i, (name, fn) in enumerate(hooks)]
+    try:
+        forward(adapter, inputs, hooks=reads, require_hooks=True)
+    except _AllRead:
+        return
+
+
+class _AllRead(TvLensError):
+    """Raised inside a read pass once every read hook has run (caught by :func:`read_pass`)."""
+
+
+def _read_then_stop(activation: Tensor, hook: Any, *, fn: HookFn, pending: set[int], slot: int) -> None:
+    """Hook body: read, then end the pass if this was the last hook still to run."""
+    fn(activation, hook)
+    pending.discard(slot)
+    if not pending:
+        raise _AllRead("every read hook has run")
+
+
+def _masks_left_padding(model: Any) -> bool:
+    """Whether the model may build its own attention mask from pad tokens when given none.
+
+    HookedTransformer does when its tokenizer pads on the left. tv_lens's token inputs never hold padding, so
+    for any model whose tokenizer pads on the left and whose forward takes ``attention_mask``, an all-ones mask
+    is passed (it changes nothing where the model would not have masked).
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    if getattr(tokenizer, "padding_side", None) != "left":
+        return False
+    try:
+        return "attention_mask" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _counted(activation: Tensor, hook: Any, *, fn: HookFn, calls: list[int], slot: int) -> Any:

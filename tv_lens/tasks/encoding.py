@@ -76,6 +76,12 @@ class TextEncoder:
                 "model.tokenizer) or a tokenizers.Tokenizer."
             )
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens and spacing kept as they are."""
+        if self._raw:
+            return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False))
+
     def encode(self, texts: Sequence[str]) -> list[Encoded]:
         """Tokenize each string without special tokens."""
         if not texts:

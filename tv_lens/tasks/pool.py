@@ -21,7 +21,7 @@ same batch, and the global RNG is never touched.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -145,6 +145,34 @@ class TaskPool:
             return tokens[..., 0]
         shifts = torch.arange(self.n_answer_tokens - 1, -1, -1, device=tokens.device)
         return (tokens << shifts).sum(-1)
+
+    def target_answers(self, batch: ICLBatch, task_names: Sequence[str]) -> Int[Tensor, "task batch n_answer"]:
+        """Answer tokens each named task's rule gives for every prompt's query (``-1`` for Null / unknown tasks).
+
+        The query's input values are its number tokens between ``query_start`` and ``answer_pos`` (token ``k``
+        is the value ``k``).
+        """
+        out = torch.full((len(task_names), len(batch), self.n_answer_tokens), -1, dtype=torch.long)
+        if batch.n_answer_tokens != self.n_answer_tokens:
+            raise TaskError(
+                f"The batch has {batch.n_answer_tokens} answer tokens per prompt but the pool {self.n_answer_tokens}; "
+                "pass the pool the batch was sampled from."
+            )
+        columns = torch.arange(batch.inputs.shape[1])[None, :]
+        span = (columns >= batch.query_start.cpu()[:, None]) & (columns <= batch.answer_pos.cpu()[:, None])
+        is_value = span & (batch.inputs.cpu() < self.vocab.n_values)
+        counts = is_value.sum(-1)
+        if bool((counts != self.n_inputs).any()):
+            raise TaskError(
+                f"Could not read the queries' {self.n_inputs} input value(s) from the batch (found "
+                f"{counts.unique().tolist()} number tokens); pass the pool the batch was sampled from."
+            )
+        x = batch.inputs.cpu()[is_value].view(len(batch), self.n_inputs)
+        rules = {task.name: task for task in self.tasks}
+        for t, name in enumerate(task_names):
+            if name in rules:
+                out[t] = self.encode_answers(torch.as_tensor(rules[name](x)).long())
+        return out
 
     def sample(self, n_per_task: int, n_shots: ShotSpec, seed: int, label_noise: float = 0.0) -> ICLBatch:
         """Sample ``n_per_task`` prompts of every task (Null included), ordered by task id.

@@ -167,6 +167,11 @@ class RegressionBatch(PromptRows):
         return 1
 
     @property
+    def answer_lengths(self) -> Int[Tensor, " batch"]:
+        """Output positions read per prompt, per prompt: all 1."""
+        return torch.ones(len(self), dtype=torch.long, device=self.inputs.device)
+
+    @property
     def demo_answers(self) -> Float[Tensor, "batch max_shots d_out"]:
         """Each demonstration's output ``y_j`` (zeros beyond ``n_shots``): the training target at ``x_j``."""
         is_demo = (self.demo_answer_pos >= 0)[..., None]

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Int
+from torch import Tensor
 
 from tv_lens.errors import TaskError
 from tv_lens.tasks.batch import ICLBatch
@@ -178,6 +180,51 @@ class TextPool:
                 problems.append("")
         return problems
 
+    def query_inputs(self, batch: ICLBatch) -> list[str | None]:
+        """The input string of every prompt's query, read back from its tokens.
+
+        ``None`` where the query is not one of this pool's inputs (e.g. a batch of another pool).
+        """
+        pre, mid, _, _ = self._split_template()
+        known = {x for examples in self.examples for x, _ in examples}
+        inputs: list[str | None] = []
+        rows = zip(batch.inputs.tolist(), batch.query_start.tolist(), batch.answer_pos.tolist(), strict=True)
+        for row, start, end in rows:
+            text = self._encoder.decode(row[start : end + 1])
+            candidates = [text, text.lstrip(self.separator)] if self.separator else [text]
+            found = None
+            for candidate in candidates:
+                if candidate.startswith(pre) and candidate.endswith(mid):
+                    x = candidate[len(pre) : len(candidate) - len(mid)]
+                    found = x if x in known else None
+                    if found is not None:
+                        break
+            inputs.append(found)
+        return inputs
+
+    def target_answers(self, batch: ICLBatch, task_names: Sequence[str]) -> Int[Tensor, "task batch 1"]:
+        """The first answer token each named task gives for every prompt's query, ``[task, batch, 1]``.
+
+        A task gives an answer where the query's input is one of its (kept) examples with a single output;
+        ``-1`` elsewhere (the Null task, inputs the task does not cover, or an answer whose first token would
+        merge with the query). Only the first token is given: under teacher forcing the later answer positions
+        read the prompt's own answer, so they cannot follow another task.
+        """
+        pre, mid, moved, _ = self._split_template()
+        queries = self.query_inputs(batch)
+        out = torch.full((len(task_names), len(batch), 1), -1, dtype=torch.long)
+        tables = {task.name: _lookup(examples) for task, examples in zip(self.tasks, self.examples, strict=True)}
+        for t, name in enumerate(task_names):
+            table = tables.get(name, {})
+            rows = [(i, x, y) for i, x in enumerate(queries) if x is not None and (y := table.get(x)) is not None]
+            texts = [pre + x + mid + moved + y for _, x, y in rows]
+            for (i, x, _), encoded in zip(rows, self._encoder.encode(texts), strict=True):
+                boundary = len(pre + x + mid)
+                first = encoded.token_at(boundary)
+                if 0 < first < len(encoded.ids) and encoded.starts[first] >= boundary:
+                    out[t, i, 0] = encoded.ids[first]
+        return out
+
     def sample(self, n_per_task: int, n_shots: ShotSpec, seed: int, label_noise: float = 0.0) -> ICLBatch:
         """Sample ``n_per_task`` prompts of every task (Null included), ordered by task id.
 
@@ -262,6 +309,14 @@ class TextPool:
             demos.append([(len(prefix) + enc.token_at(s), len(prefix) + enc.token_at(a) - 1) for s, a in demo_chars])
         noisy = [[noisy for *_, noisy in pairs[:-1]] for pairs in prompts]
         return _to_batch(rows, answers, answer_pos, query_start, demos, noisy, task_ids, shots, self.task_names, pad)
+
+
+def _lookup(examples: Sequence[Example]) -> dict[str, str | None]:
+    """Input → output of a task's examples; ``None`` for an input listed with two different outputs."""
+    table: dict[str, str | None] = {}
+    for x, y in examples:
+        table[x] = y if table.get(x, y) == y else None
+    return table
 
 
 def _answer_start(enc: Encoded, boundary: int, text: str) -> int:

@@ -90,7 +90,7 @@ class TokenObjective:
     def query_outputs(self, adapter: ModelAdapter, batch: ICLBatch) -> Float[Tensor, "batch n_answer d_vocab"]:
         """Logits at the query's answer positions (teacher-forced for multi-token answers)."""
         logits = forward(adapter, batch.inputs.to(adapter.device))
-        return answer_logits(logits, batch.answer_pos, batch.n_answer_tokens)
+        return answer_logits(logits, batch.answer_pos, batch.answer_lengths)
 
 
 def answer_targets(batch: ICLBatch) -> tuple[Tensor, Tensor, Tensor]:

@@ -117,7 +117,7 @@ def inject(
         zero_shot.inputs,
         zero_shot.answer_pos,
         [make(layer, vectors, pos="answer", site="resid_post")],
-        n_answer_tokens=zero_shot.n_answer_tokens,
+        n_answer_tokens=zero_shot.answer_lengths,
     )
     return run.logits
 

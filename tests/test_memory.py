@@ -1,0 +1,81 @@
+"""Passes that run out of memory are retried with half the prompts, and give the same numbers."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+from conftest import hook_snapshot, ragged_prompts
+
+from tv_lens.analyses.stacking import Cell, align, run_sweep
+from tv_lens.errors import OutOfMemoryError
+from tv_lens.interventions import ablate_head, add, run_with_interventions
+from tv_lens.models.memory import fitting
+from tv_lens.probes import collect
+
+
+@contextmanager
+def memory_limit(model, max_rows: int):
+    """A user hook that raises CUDA's out-of-memory error for passes of more than ``max_rows`` rows."""
+    seen: list[int] = []
+
+    def fail(activation, hook):
+        seen.append(activation.shape[0])
+        if activation.shape[0] > max_rows:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook_point = model.hook_dict["blocks.0.hook_resid_pre"]
+    hook_point.add_hook(fail)
+    try:
+        yield seen
+    finally:
+        hook_point.remove_hooks()
+
+
+def test_sweep_halves_rows_per_pass_and_gives_the_same_scores(model) -> None:
+    tokens, answer_pos, _ = ragged_prompts(n_prompts=6)
+    prompts = align(model, tokens, answer_pos)
+    vector = torch.linspace(-1, 1, model.cfg.d_model, dtype=torch.float64)
+    cells = [Cell((add(layer, vector),)) for layer in range(3)] + [Cell((ablate_head(1, 2),))]
+
+    def score(logits, index):
+        return logits[:, 0].double().cpu()
+
+    expected = run_sweep(model, prompts, cells, score, rows_per_pass=24)
+    before = hook_snapshot(model)
+    with memory_limit(model, 5) as seen, pytest.warns(RuntimeWarning, match="Out of memory with rows_per_pass="):
+        sweep = run_sweep(model, prompts, cells, score, rows_per_pass=24)
+    assert hook_snapshot(model) == before
+    assert sweep.rows_per_pass == 3 and expected.rows_per_pass == 24
+    assert max(seen) > 5 and max(seen[-sweep.n_passes :]) <= 5  # the last attempt fitted
+    torch.testing.assert_close(sweep.clean, expected.clean)
+    torch.testing.assert_close(sweep.cells, expected.cells)
+    assert sweep.writes == expected.writes
+
+
+def test_collect_and_engine_retry_smaller_batches(model) -> None:
+    tokens, answer_pos, _ = ragged_prompts(n_prompts=7)
+    expected_rows = collect(model, tokens, answer_pos, progress=False).activations
+    expected_run = run_with_interventions(model, tokens, answer_pos, [ablate_head(0, 1)])
+    with memory_limit(model, 2), pytest.warns(RuntimeWarning, match="batch_size"):
+        rows = collect(model, tokens, answer_pos, batch_size=8, progress=False).activations
+        run = run_with_interventions(model, tokens, answer_pos, [ablate_head(0, 1)])
+    torch.testing.assert_close(rows, expected_rows)
+    torch.testing.assert_close(run.logits, expected_run.logits)
+    assert run.writes == expected_run.writes == (7,)
+
+
+def test_fitting_gives_up_at_one_and_lets_other_errors_through() -> None:
+    def never_fits(size: int) -> int:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.warns(RuntimeWarning), pytest.raises(OutOfMemoryError, match="batch_size=1"):
+        fitting(never_fits, 4, "batch_size")
+
+    def broken(size: int) -> int:
+        raise ValueError("not about memory")
+
+    with pytest.raises(ValueError, match="not about memory"):
+        fitting(broken, 4, "batch_size")
+    assert fitting(lambda size: size, 4, "batch_size") == (4, 4)
