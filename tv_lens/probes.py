@@ -216,7 +216,8 @@ def _rows_at_answer(
 
 def _keep_rows(activation: Tensor, hook: Any, *, store: Tensor, index: Tensor, rows: tuple[Tensor, Tensor]) -> None:
     """Hook body: copy the answer-position rows of this batch into ``store[index]``."""
-    store[index] = activation[rows].detach().to("cpu", store.dtype)
+    device = activation.device  # blocks of a model spread over devices (device_map) live on several
+    store[index] = activation[rows[0].to(device), rows[1].to(device)].detach().to("cpu", store.dtype)
 
 
 def _check_finite(activations: Tensor, layers: tuple[int, ...]) -> None:

@@ -347,7 +347,7 @@ def _demo_means(
 def _sum_rows(activation: Tensor, hook: Any, *, store: Tensor, index: Tensor, pos: Tensor, valid: Tensor) -> None:
     """Hook body: sum each prompt's rows at its demonstration positions into ``store[index]``."""
     rows = torch.arange(len(pos), device=activation.device)[:, None]
-    picked = activation[rows, pos] * valid[..., None]  # [chunk, shots, d_model]
+    picked = activation[rows, pos.to(activation.device)] * valid[..., None].to(activation.device)
     store[index] = picked.sum(1).detach().to("cpu", torch.float64)
 
 

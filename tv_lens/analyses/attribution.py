@@ -84,7 +84,7 @@ def head_attribution(
             grads = torch.autograd.grad(losses.sum(), [captured[layer][1] for layer in layers], allow_unused=True)
         for layer, grad in zip(layers, grads, strict=True):
             clean = captured[layer][0]
-            delta = values[layer][None, None] - clean  # [batch, pos, head, d_head]
+            delta = values[layer].to(clean.device)[None, None] - clean  # [batch, pos, head, d_head]
             grad = torch.zeros_like(clean) if grad is None else grad
             out[layer, :, index] = (grad * delta).sum((1, 3)).T.detach().to("cpu", torch.float64)
     return out

@@ -273,7 +273,7 @@ def _ablation_values(
     total = int(prompts.ends.sum())
 
     def keep(activation: Tensor, hook: Any, *, layer: int, mask: Tensor) -> None:
-        sums[layer] += (activation.double() * mask[:, :, None, None]).sum((0, 1)).cpu()
+        sums[layer] += (activation.double() * mask[:, :, None, None].to(activation.device)).sum((0, 1)).cpu()
 
     for index in length_sorted_batches(prompts.ends, batch_size):
         last = prompts.ends[index]
