@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from pretrained_helpers import one_thread, pretrained_fixture  # noqa: F401  (fixtures)
+from pretrained_helpers import HOOKED_ARCHITECTURES, loaded, one_thread, pretrained_fixture  # noqa: F401
 
 from tv_lens import (
     Geometry,
@@ -22,7 +22,7 @@ from tv_lens import (
     TaskVectors,
 )
 from tv_lens.analyses import HeadAblation
-from tv_lens.probes import Representations
+from tv_lens.probes import Representations, collect
 from tv_lens.tasks import NULL_TASK, TextPool, TextTask
 
 PAIRS = (
@@ -191,3 +191,20 @@ CHECKS = {
     "suite": _suite,
     "task_vectors": _task_vectors,
 }
+
+
+@pytest.mark.parametrize("arch", HOOKED_ARCHITECTURES)
+def test_hooked_and_bridge_in_compatibility_mode_give_the_same_results(tmp_path_factory, arch: str) -> None:
+    """The same weights through HookedTransformer and the compatibility-mode bridge: equal TD and patching."""
+    hooked, bridge = (loaded(tmp_path_factory, arch, loader).model for loader in ("hooked", "bridge-compat"))
+    pool = TextPool(TASKS, hooked.tokenizer, template="{x} -> {y}", null=True, bos=True)
+    batch = pool.sample(n_per_task=4, n_shots=(1, 2), seed=0)
+    td = TaskDecodability(k=3, n_bootstrap=0, progress=False)
+    rows = [collect(model, batch.inputs, batch.answer_pos, progress=False).activations for model in (hooked, bridge)]
+    torch.testing.assert_close(rows[0], rows[1], atol=1e-4, rtol=1e-4)
+    assert torch.equal(td.run_batch(hooked, batch).td, td.run_batch(bridge, batch).td)
+    vectors = TaskVectors.from_model(hooked, pool.sample(4, (1, 2), seed=1), progress=False)
+    patching = TaskVectorPatching(n_bootstrap=0)
+    effects = [patching.run_batch(model, batch, vectors, pool=pool) for model in (hooked, bridge)]
+    torch.testing.assert_close(effects[0].loss, effects[1].loss, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(effects[0].correct, effects[1].correct)
