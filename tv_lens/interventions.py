@@ -163,7 +163,7 @@ class InterventionRun:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class WritePlan:
     """An intervention resolved against a batch: hook name, target rows, positions and values."""
 
     intervention: Intervention
@@ -225,7 +225,7 @@ def run_with_interventions(
     prompts = prepare_prompts(adapter, inputs, answer_pos, attention_mask, n_answer_tokens, residual=residual)
     lengths = prompts.answer_lengths
     n_answer = int(lengths.max())
-    plans = [_resolve(adapter, prompts, intervention) for intervention in interventions]
+    plans = [resolve(adapter, prompts, intervention) for intervention in interventions]
     if residual_layer is not None:
         _check_entry(adapter, plans, residual_layer, clean_residual)
         start: tuple[int, Tensor] | None = (residual_layer, prompts.inputs)
@@ -268,7 +268,7 @@ def run_with_interventions(
     return InterventionRun(logits, tuple(writes))
 
 
-def _resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Intervention) -> _Plan:
+def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Intervention) -> WritePlan:
     """Check an intervention against the model and batch; expand rows, positions and values per prompt."""
     if not isinstance(intervention, Intervention):
         raise ShapeError(
@@ -295,7 +295,7 @@ def _resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Inte
     positions = _positions(prompts, intervention)
     values = _values(adapter, intervention, selected, n_prompts)
     block = max(intervention.layer, 0)
-    return _Plan(intervention, hook_name, block, rows, positions, values)
+    return WritePlan(intervention, hook_name, block, rows, positions, values)
 
 
 def _positions(prompts: PreparedPrompts, intervention: Intervention) -> Tensor | None:
@@ -341,7 +341,7 @@ def _values(adapter: ModelAdapter, intervention: Intervention, selected: Tensor,
 def _start_layer(
     adapter: ModelAdapter,
     prompts: PreparedPrompts,
-    plans: list[_Plan],
+    plans: list[WritePlan],
     clean_residual: Tensor | None,
     layer: int | None,
     attention_mask: Tensor | None,
@@ -365,7 +365,7 @@ def _start_layer(
     return layer, aligned.inputs
 
 
-def _check_entry(adapter: ModelAdapter, plans: list[_Plan], layer: int, clean_residual: Tensor | None) -> None:
+def _check_entry(adapter: ModelAdapter, plans: list[WritePlan], layer: int, clean_residual: Tensor | None) -> None:
     """Inputs that are the residual entering block ``layer``: no intervention may write below it."""
     adapter.check_layer(layer)
     if clean_residual is not None:
@@ -483,7 +483,7 @@ def _mask_pattern(pattern: Tensor, hook: Any, *, blocked: Tensor) -> Tensor:
     return kept / total
 
 
-def _write(activation: Tensor, hook: Any, *, plan: _Plan, index: Tensor, writes: list[int], slot: int) -> Tensor:
+def _write(activation: Tensor, hook: Any, *, plan: WritePlan, index: Tensor, writes: list[int], slot: int) -> Tensor:
     """Hook body: apply ``plan`` to this batch's activation (out of place, so gradients flow)."""
     device = activation.device
     local = plan.rows[index].nonzero()[:, 0].to(device)
