@@ -22,6 +22,8 @@ from tv_lens import (
     TaskVectors,
 )
 from tv_lens.analyses import HeadAblation
+from tv_lens.generation import answer_texts, exact_match, first_word_match, generate
+from tv_lens.interventions import replace
 from tv_lens.probes import Representations, collect
 from tv_lens.tasks import NULL_TASK, TextPool, TextTask
 
@@ -208,3 +210,26 @@ def test_hooked_and_bridge_in_compatibility_mode_give_the_same_results(tmp_path_
     effects = [patching.run_batch(model, batch, vectors, pool=pool) for model in (hooked, bridge)]
     torch.testing.assert_close(effects[0].loss, effects[1].loss, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(effects[0].correct, effects[1].correct)
+
+
+@pytest.mark.parametrize("scoring", ["exact_match", "first_word"])
+def test_prompting_scored_by_generation(tmp_path_factory, scoring: str) -> None:
+    """TVP scored by greedy generation equals generating with the same vectors and matching the answers' text."""
+    model = loaded(tmp_path_factory, "llama", "bridge").model
+    pool = TextPool(TASKS, model.tokenizer, template="{x} -> {y}", null=True, bos=True)
+    batch = pool.sample(n_per_task=2, n_shots=(1, 2), seed=0)
+    result = TaskVectorPrompting(layers=(0, 1), source="same_prompt", scoring=scoring, n_bootstrap=0).run_batch(
+        model, batch
+    )
+    zero = batch.zero_shot()
+    answers = answer_texts(batch, model.tokenizer)
+    match = exact_match if scoring == "exact_match" else first_word_match
+    rows = collect(model, batch.inputs, batch.answer_pos, layers=(0, 1), progress=False).activations
+    new = int(batch.answer_lengths.max()) + 1
+    for li in range(2):
+        written = [replace(li + 1, rows[li], pos="answer", site="resid_pre")] if li == 0 else [replace(1, rows[li])]
+        generation = generate(model, zero, written, new, stop_tokens=None)
+        assert torch.equal(result.tvp_correct[li], match(generation, answers).double())
+    icl = generate(model, batch, [], new, stop_tokens=None)
+    assert torch.equal(result.icl_correct, match(icl, answers).double())
+    assert result.scoring == scoring

@@ -18,6 +18,11 @@ Options, with defaults after the papers:
   (:class:`~tv_lens.task_vectors.TaskVectors`; in :meth:`TaskVectorPrompting.run` built from a separate
   sample, seed + 1, unless given). The result records which ICL prompt each vector came from.
 - ``mode="replace"`` (default) overwrites the zero-shot residual; ``"add"`` adds the vector to it.
+- ``scoring="teacher_forced"`` (default): a prompt is correct when the argmax of every answer token is right
+  (the answer tokens are in the prompt). ``"exact_match"`` / ``"first_word"``: the model generates greedily
+  from the query (:func:`tv_lens.generation.generate`, the vector written once at the query's last token) and
+  its text, cut at the first newline, is compared with the answer's text (whole, or its first word), as
+  Hendel et al. and Todd et al. evaluate. Losses stay teacher-forced.
 - Overall accuracies leave out the Null task's prompts (their answers are random); per-task ones keep them.
 - Intervals: stratified bootstrap over prompts, by task.
 
@@ -42,6 +47,7 @@ from tv_lens.analyses.inputs import answer_counts, answer_scores, check_pool, pr
 from tv_lens.analyses.patching import patch_site
 from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
+from tv_lens.generation import exact_match, first_word_match, generate
 from tv_lens.interventions import add, replace, run_with_interventions
 from tv_lens.models.adapter import adapt
 from tv_lens.probes import collect
@@ -54,6 +60,8 @@ __all__ = ["PromptingAccuracy", "TaskVectorPrompting", "other_prompts", "task_ve
 
 Source = Literal["other_prompt", "same_prompt", "task_mean"]
 SOURCES: tuple[str, ...] = ("other_prompt", "same_prompt", "task_mean")
+Scoring = Literal["teacher_forced", "exact_match", "first_word"]
+SCORINGS: tuple[str, ...] = ("teacher_forced", "exact_match", "first_word")
 INJECT_MODES: tuple[str, ...] = ("replace", "add")
 
 
@@ -75,6 +83,8 @@ def task_vector_prompting(
     mode: Literal["replace", "add"] = "replace",
     site: str = "resid_post",
     null_task: str = NULL_TASK,
+    scoring: Scoring = "teacher_forced",
+    tokenizer: Any = None,
     n_bootstrap: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
@@ -101,6 +111,8 @@ def task_vector_prompting(
         mode: ``"replace"`` or ``"add"``.
         site: Residual site read and written.
         null_task: Name of the Null task.
+        scoring: ``"teacher_forced"``, ``"exact_match"`` or ``"first_word"`` (see the module docstring).
+        tokenizer: Decodes generated tokens for the generation scorings (default: ``model.tokenizer``).
         n_bootstrap: Bootstrap resamples (0: NaN intervals).
         ci: Confidence level.
         seed: Seed of the bootstrap.
@@ -109,12 +121,13 @@ def task_vector_prompting(
         progress: Show progress bars.
 
     Raises:
-        AnalysisError: Unknown source or mode; ``"other_prompt"`` with a task of a single prompt.
+        AnalysisError: Unknown source, mode or scoring; ``"other_prompt"`` with a task of a single prompt; a
+            generation scoring without a tokenizer.
         TaskError: ``source="task_mean"`` vectors without a prompt's task.
         ShapeError: Mismatched prompt counts, or vectors of another d_model.
         LayerOutOfRangeError: A layer outside the model (or the given vectors).
     """
-    _check_options(source, mode, n_bootstrap, ci)
+    _check_options(source, mode, n_bootstrap, ci, scoring)
     adapter = adapt(model)
     layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
     n = len(icl_inputs)
@@ -156,11 +169,22 @@ def task_vector_prompting(
     real = ids != (task_names.index(null_task) if null_task in task_names else -1)
     boot: dict[str, Any] = {"n_bootstrap": n_bootstrap, "ci": ci, "seed": seed}
     tvp_correct, tvp_loss = sweep.cells[..., 0], sweep.cells[..., 1]
+    zero_correct = sweep.clean[:, 0]
+    if scoring != "teacher_forced":
+        generated = _GeneratedScores(model, answers, scoring, tokenizer, batch_size)
+        icl_correct = generated.score(icl_inputs, icl_answer_pos, icl_attention_mask, [])
+        zero_correct = generated.score(zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, [])
+        tvp_correct = torch.stack(
+            [
+                generated.score(zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, cell.interventions)
+                for cell in cells
+            ]
+        )
     n_tasks = len(task_names)
     per_task_ci, _ = stratified_bootstrap_ci(tvp_correct, ids, n_tasks, **boot)
     _, accuracy_ci = stratified_bootstrap_ci(tvp_correct[:, real], ids[real], n_tasks, **boot)
     _, icl_ci = stratified_bootstrap_ci(icl_correct[real], ids[real], n_tasks, **boot)
-    _, zero_ci = stratified_bootstrap_ci(sweep.clean[real, 0], ids[real], n_tasks, **boot)
+    _, zero_ci = stratified_bootstrap_ci(zero_correct[real], ids[real], n_tasks, **boot)
     one_hot = torch.nn.functional.one_hot(ids, n_tasks).double()
     return PromptingAccuracy(
         layers=layers,
@@ -170,7 +194,7 @@ def task_vector_prompting(
         tvp_loss=tvp_loss,
         icl_correct=icl_correct,
         icl_loss=icl_loss,
-        zero_shot_correct=sweep.clean[:, 0],
+        zero_shot_correct=zero_correct,
         zero_shot_loss=sweep.clean[:, 1],
         accuracy=tvp_correct[:, real].mean(-1),
         accuracy_ci=accuracy_ci,
@@ -178,7 +202,7 @@ def task_vector_prompting(
         per_task_ci=per_task_ci,
         icl_accuracy=float(icl_correct[real].mean()),
         icl_ci=icl_ci,
-        zero_shot_accuracy=float(sweep.clean[real, 0].mean()),
+        zero_shot_accuracy=float(zero_correct[real].mean()),
         zero_shot_ci=zero_ci,
         writes=torch.tensor([w[0] for w in sweep.writes], dtype=torch.long),
         vector_source=vector_source,
@@ -189,7 +213,42 @@ def task_vector_prompting(
         ci_level=ci,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        scoring=scoring,
     )
+
+
+class _GeneratedScores:
+    """Correctness of greedy generations against the answers' text (the generation scorings)."""
+
+    def __init__(self, model: Any, answers: Tensor, scoring: str, tokenizer: Any, batch_size: int) -> None:
+        self.model, self.scoring, self.batch_size = model, scoring, batch_size
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        if self.tokenizer is None:
+            raise AnalysisError(
+                f"scoring={scoring!r} compares generated text with the answers, which needs a tokenizer; pass "
+                "tokenizer= (or use a model with .tokenizer), or scoring='teacher_forced'."
+            )
+        lengths = answer_counts(answers)
+        self.answers = [self.tokenizer.decode(row[:n].tolist()) for row, n in zip(answers, lengths, strict=True)]
+        self.max_new_tokens = int(lengths.max()) + 1
+
+    def score(
+        self, inputs: Tensor, answer_pos: Tensor, attention_mask: Tensor | None, interventions: Sequence[Any]
+    ) -> Tensor:
+        """1.0 / 0.0 per prompt: its greedy generation (with ``interventions``) matches its answer."""
+        generation = generate(
+            self.model,
+            inputs,
+            list(interventions),
+            self.max_new_tokens,
+            answer_pos=answer_pos,
+            attention_mask=attention_mask,
+            stop_tokens=None,
+            tokenizer=self.tokenizer,
+            batch_size=self.batch_size,
+        )
+        match = exact_match if self.scoring == "exact_match" else first_word_match
+        return match(generation, self.answers).double()
 
 
 @dataclass(frozen=True)
@@ -201,6 +260,7 @@ class TaskVectorPrompting:
         source: ``"other_prompt"`` (default), ``"same_prompt"`` or ``"task_mean"``.
         mode: ``"replace"`` (default) or ``"add"``.
         site: Residual site read and written.
+        scoring: ``"teacher_forced"`` (default), or by greedy generation ``"exact_match"`` / ``"first_word"``.
         n_bootstrap: Bootstrap resamples.
         ci: Confidence level.
         rows_per_pass: Prompt copies per forward pass.
@@ -212,6 +272,7 @@ class TaskVectorPrompting:
     source: Source = "other_prompt"
     mode: Literal["replace", "add"] = "replace"
     site: str = "resid_post"
+    scoring: Scoring = "teacher_forced"
     n_bootstrap: int = 1000
     ci: float = 0.95
     rows_per_pass: int = 512
@@ -219,7 +280,7 @@ class TaskVectorPrompting:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        _check_options(self.source, self.mode, self.n_bootstrap, self.ci)
+        _check_options(self.source, self.mode, self.n_bootstrap, self.ci, self.scoring)
 
     def run(
         self, model: Any, pool: TaskPool, n_per_task: int = 50, n_shots: ShotSpec = 4, seed: int = 0
@@ -258,6 +319,7 @@ class TaskVectorPrompting:
             vectors=vectors,
             mode=self.mode,
             site=self.site,
+            scoring=self.scoring,
             n_bootstrap=self.n_bootstrap,
             ci=self.ci,
             seed=seed,
@@ -267,7 +329,9 @@ class TaskVectorPrompting:
         )
 
 
-def _check_options(source: str, mode: str, n_bootstrap: int, ci: float) -> None:
+def _check_options(source: str, mode: str, n_bootstrap: int, ci: float, scoring: str) -> None:
+    if scoring not in SCORINGS:
+        raise AnalysisError(f"Unknown TVP scoring {scoring!r}; use one of {list(SCORINGS)}.")
     if source not in SOURCES:
         raise AnalysisError(f"Unknown TVP source {source!r}; use one of {list(SOURCES)}.")
     if mode not in INJECT_MODES:

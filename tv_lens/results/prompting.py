@@ -54,6 +54,8 @@ class PromptingAccuracy(Result):
         ci_level: Confidence level.
         n_bootstrap: Bootstrap resamples.
         seed: Seed of the bootstrap.
+        scoring: How ``*_correct`` were scored: ``"teacher_forced"`` (argmax of every answer token), or by
+            greedy generation, ``"exact_match"`` / ``"first_word"`` of the generated text against the answer.
     """
 
     layers: tuple[int, ...]
@@ -82,6 +84,7 @@ class PromptingAccuracy(Result):
     ci_level: float = 0.95
     n_bootstrap: int = 1000
     seed: int = 0
+    scoring: str = "teacher_forced"
 
     def __post_init__(self) -> None:
         n_l, n_t, n_p = len(self.layers), len(self.task_names), len(self.task_ids)
