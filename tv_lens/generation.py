@@ -57,6 +57,7 @@ from torch import Tensor
 from tv_lens.errors import InterventionNotAppliedError, ModelNotSupportedError, PositionError, ShapeError, TvLensError
 from tv_lens.interventions import Intervention, WritePlan, resolve
 from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.models.running import attached_hooks, forward
 from tv_lens.positions import PreparedPrompts, length_sorted_batches, prepare_prompts
 from tv_lens.tasks.batch import ICLBatch
@@ -217,7 +218,7 @@ def generate(
     counts = torch.zeros(n_prompts, dtype=torch.long)
     stopped = torch.zeros(n_prompts, dtype=torch.bool)
     step = _cached_batch if kind is not None else _recomputed_batch
-    with torch.no_grad(), attached_hooks(adapter, hooks):
+    with torch.no_grad(), evaluating(adapter.model), attached_hooks(adapter, hooks):
         for index in length_sorted_batches(lengths, batch_size or n_prompts):
             out, count, stop = step(adapter, kind, prepared, lengths, index, max_new_tokens, sampling, stops, state)
             new[index], counts[index], stopped[index] = out, count, stop
@@ -351,9 +352,8 @@ def kv_cache_support(model: Any) -> CacheKind | None:
     key = adapter.model
     if key in _KV_CACHE:
         return _KV_CACHE[key]
-    kind = _detect_cache(adapter)
-    if not _user_hooks(adapter):  # hooks of the user's could have changed the check's passes: check again later
-        _KV_CACHE[key] = kind
+    with user_hooks_detached(adapter.model):  # the user's hooks neither see nor change the check
+        kind = _KV_CACHE[key] = _detect_cache(adapter)
     return kind
 
 

@@ -49,6 +49,7 @@ from tv_lens.errors import (
     ShapeError,
 )
 from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.exclusive import user_hooks_detached
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
 from tv_lens.positions import (
@@ -259,6 +260,13 @@ def run_with_interventions(
         return torch.cat(outputs)[torch.argsort(order).to(outputs[0].device)], writes
 
     (logits, writes), _ = fitting(passes, batch_size or len(prompts), "batch_size")
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).flatten(1).any(-1).sum())
+        raise NonFiniteError(
+            f"The model's outputs at the answer positions are NaN or infinite for {bad} prompt(s) under "
+            f"{[str(i) for i in interventions] or 'no intervention'}; check the model's weights and the values "
+            "written (a huge scale?) with torch.isfinite."
+        )
     for plan, count in zip(plans, writes, strict=True):
         if count == 0:
             raise InterventionNotAppliedError(
@@ -284,7 +292,7 @@ def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Inter
         )
     selected = torch.arange(n_prompts)
     if intervention.rows is not None:
-        selected = torch.as_tensor(intervention.rows, dtype=torch.long).reshape(-1)
+        selected = _selected_rows(intervention, n_prompts)
         if selected.numel() and (int(selected.min()) < -n_prompts or int(selected.max()) >= n_prompts):
             raise PositionError(f"rows= selects prompts outside the batch of {n_prompts}: {selected.tolist()}.")
         selected = selected % n_prompts
@@ -296,6 +304,26 @@ def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Inter
     values = _values(adapter, intervention, selected, n_prompts)
     block = max(intervention.layer, 0)
     return WritePlan(intervention, hook_name, block, rows, positions, values)
+
+
+def _selected_rows(intervention: Intervention, n_prompts: int) -> Tensor:
+    """``rows=`` as prompt indices: integer indices, or a boolean mask with one entry per prompt."""
+    rows = torch.as_tensor(intervention.rows)
+    if rows.numel() == 0:  # an empty list (no prompt selected) is read as no index, whatever its dtype
+        return torch.zeros(0, dtype=torch.long)
+    if rows.dtype == torch.bool:
+        if rows.shape != (n_prompts,):
+            raise PositionError(
+                f"{intervention}: a boolean rows= mask needs one entry per prompt ({n_prompts}), got shape "
+                f"{tuple(rows.shape)}; or pass prompt indices."
+            )
+        return rows.nonzero().flatten().cpu()
+    if rows.is_floating_point() or rows.is_complex() or rows.ndim > 1:
+        raise PositionError(
+            f"{intervention}: rows= must be integer prompt indices (or a boolean mask over prompts), got "
+            f"{rows.dtype} of shape {tuple(rows.shape)}."
+        )
+    return rows.long().reshape(-1).cpu()
 
 
 def _positions(prompts: PreparedPrompts, intervention: Intervention) -> Tensor | None:
@@ -417,7 +445,8 @@ def masking_strategy(adapter: ModelAdapter) -> str | None:
     """
     known = _MASKING.get(adapter.model, "unknown")
     if known == "unknown":
-        known = _detect_masking(adapter)
+        with user_hooks_detached(adapter.model):
+            known = _detect_masking(adapter)
         _MASKING[adapter.model] = known
     return known
 

@@ -151,6 +151,8 @@ def prepare_prompts(
     if attention_mask is not None:
         inputs, shift, lengths = _align_left(inputs, attention_mask)
         positions = positions - shift
+    elif not inputs.is_floating_point():
+        _check_no_left_padding(adapter, inputs)
     last = positions + n_answers - 1
     bad = (positions < 0) | (last >= lengths)
     if bool(bad.any()):
@@ -170,12 +172,37 @@ def prepare_prompts(
     return PreparedPrompts(inputs, positions, shift, n_answers)
 
 
+def _check_no_left_padding(adapter: ModelAdapter, tokens: Tensor) -> None:
+    """Refuse unmasked prompts that start like left-padded ones (the model's pad token first; twice if it is BOS).
+
+    Without a mask the pads would be read as part of the prompt, silently changing every row.
+    """
+    tokenizer = getattr(adapter.model, "tokenizer", None)
+    pad, bos = getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "bos_token_id", None)
+    if not isinstance(pad, int) or tokens.shape[1] < 2:
+        return
+    first = tokens[:, 0] == pad
+    padded = first & (tokens[:, 1] == pad) if pad == bos else first
+    if bool(padded.any()):
+        row = int(padded.nonzero()[0])
+        raise PositionError(
+            f"Prompt {row} starts with the pad token (id {pad}{', twice' if pad == bos else ''}), so it looks "
+            "left-padded, but no attention_mask was given. Pass attention_mask (1 on real tokens) so the padding is "
+            "skipped; if these tokens really belong to the prompt, pass an all-ones attention_mask."
+        )
+
+
 def _align_left(inputs: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Move each prompt's real tokens to start at column 0; returns (inputs, shift, lengths)."""
     mask = torch.as_tensor(attention_mask).to(device="cpu")
     if mask.shape != inputs.shape[:2]:
         raise ShapeError(
             f"attention_mask must have the shape of the prompts {tuple(inputs.shape[:2])}, got {tuple(mask.shape)}."
+        )
+    if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ShapeError(
+            "attention_mask must hold 1 on real tokens and 0 on padding only, got other values; build it as "
+            "(tokens != pad_id).long() or take it from the tokenizer."
         )
     mask = mask.bool()
     lengths = mask.sum(dim=1)

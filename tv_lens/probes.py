@@ -177,16 +177,20 @@ def _distinct(prompts: PreparedPrompts) -> tuple[PreparedPrompts, Int[Tensor, " 
     answer_pos = prompts.answer_pos.to(inputs.device)
     after_answer = torch.arange(width, device=inputs.device)[None, :] > answer_pos[:, None]
     masked = inputs.masked_fill(after_answer if inputs.ndim == 2 else after_answer[..., None], 0)  # never read
-    keys = torch.cat([answer_pos[:, None].to(masked.dtype), masked.flatten(1)], dim=1)
-    distinct, copies = torch.unique(keys, dim=0, return_inverse=True)
-    n = len(distinct)
+    # compare float inputs by their bits: positions must not be cast to a (half-precision) input dtype
+    values = masked if not masked.is_floating_point() else masked.contiguous().view(_BITS[masked.element_size()])
+    keys = torch.cat([answer_pos[:, None], values.flatten(1).long()], dim=1)
+    _, copies = torch.unique(keys, dim=0, return_inverse=True)
+    n = int(copies.max()) + 1
+    first = torch.full((n,), len(keys), dtype=torch.long, device=keys.device)
+    first = first.scatter_reduce(0, copies, torch.arange(len(keys), device=keys.device), "amin")
     unique_prompts = PreparedPrompts(
-        distinct[:, 1:].reshape(n, *inputs.shape[1:]),
-        distinct[:, 0].long().cpu(),
-        torch.zeros(n, dtype=torch.long),
-        torch.ones(n, dtype=torch.long),
+        inputs[first], answer_pos[first].cpu(), torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)
     )
     return unique_prompts, copies.cpu()
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _rows_at_answer(

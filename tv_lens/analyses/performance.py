@@ -31,6 +31,7 @@ from tv_lens.analyses.inputs import PromptBatch, PromptPool, finite_outputs, sam
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions import run_with_interventions
 from tv_lens.metrics import mse, token_accuracy, token_cross_entropy
+from tv_lens.models.exclusive import evaluating
 from tv_lens.results.performance import Performance
 
 __all__ = [
@@ -142,7 +143,7 @@ def icl_performance(
 
 def clean_outputs(model: Any, batch: PromptBatch, batch_size: int | None = 64) -> Float[Tensor, "batch n_answer d_out"]:
     """The model's outputs at the answer positions of a clean run (no interventions), without gradients."""
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(model):
         run = run_with_interventions(
             model,
             batch.inputs,

@@ -50,6 +50,7 @@ from tv_lens.errors import AnalysisError, ShapeError, TaskError
 from tv_lens.generation import exact_match, first_word_match, generate
 from tv_lens.interventions import add, replace, run_with_interventions
 from tv_lens.models.adapter import adapt
+from tv_lens.models.exclusive import evaluating
 from tv_lens.probes import collect
 from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.task_vectors import TaskVectors
@@ -132,7 +133,7 @@ def task_vector_prompting(
     layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
     n = len(icl_inputs)
     answers, ids = _pairs(answers, task_ids, task_names, n, len(zero_shot_inputs))
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(model):
         clean = run_with_interventions(
             model,
             icl_inputs,

@@ -44,6 +44,7 @@ from tv_lens.interventions import (
     supports_blocked_keys,
 )
 from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
 from tv_lens.positions import (
@@ -176,9 +177,10 @@ def run_sweep(
     if isinstance(rows_per_pass, bool) or not isinstance(rows_per_pass, int) or rows_per_pass < 1:
         raise ShapeError(f"rows_per_pass must be an int >= 1, got {rows_per_pass!r}.")
     adapter = adapt(model)
-    sweep, used = fitting(
-        lambda size: _sweep(adapter, prompts, cells, score, size, progress, desc), rows_per_pass, "rows_per_pass"
-    )
+    with evaluating(adapter.model):
+        sweep, used = fitting(
+            lambda size: _sweep(adapter, prompts, cells, score, size, progress, desc), rows_per_pass, "rows_per_pass"
+        )
     return replace(sweep, rows_per_pass=used)
 
 
@@ -254,7 +256,8 @@ def start_skips_blocks(model: Any) -> bool:
             calls: list[int] = []
             probe = torch.zeros(1, 1, adapter.d_model, device=adapter.device, dtype=adapter.dtype)
             hooks = [(adapter.hook_name("resid_pre", 0), lambda activation, hook: calls.append(1))]
-            forward(adapter, probe, start_at_layer=adapter.n_layers - 1, hooks=hooks)
+            with user_hooks_detached(adapter.model):
+                forward(adapter, probe, start_at_layer=adapter.n_layers - 1, hooks=hooks)
             known = not calls
         _SKIPS[adapter.model] = known
     return known
@@ -428,11 +431,13 @@ def _run_group(batch: _Batch, group: list[Cell], start: int, residual: Tensor | 
     inputs = batch.inputs
     stacked_inputs = inputs.repeat(k, *([1] * (inputs.ndim - 1)))
     residual = residual if start > 0 else None
+    every_token = torch.ones(stacked_inputs.shape[:2], dtype=torch.long)  # aligned: no padding before a prompt
     run = run_with_interventions(
         batch.adapter,
         stacked_inputs,
         batch.answer_pos.repeat(k),
         interventions,
+        attention_mask=every_token,
         n_answer_tokens=batch.lengths.repeat(k),
         clean_residual=None if residual is None else residual[:, : inputs.shape[1]].repeat(k, 1, 1),
         clean_residual_layer=None if residual is None else start,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from tv_lens.errors import HookNotFoundError, LayerOutOfRangeError, ModelNotSupportedError
+from tv_lens.models.exclusive import user_hooks_detached
 
 SUPPORTED_MODELS = (
     "a TransformerLens HookedTransformer or TransformerBridge (or any module with a TransformerLens `cfg`, "
@@ -184,7 +185,7 @@ class ModelAdapter:
         if known is None:
             probe = torch.zeros(1, 1, self.d_model, device=self.device, dtype=self.dtype)
             try:
-                with torch.no_grad():
+                with torch.no_grad(), user_hooks_detached(self.model):
                     self.model(probe, start_at_layer=self.n_layers - 1)
                 known = True
             except (NotImplementedError, TypeError, ValueError, RuntimeError):

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from tv_lens.errors import HookNotFoundError, ShapeError, TvLensError
 from tv_lens.models.adapter import ModelAdapter
+from tv_lens.models.exclusive import evaluating, model_lock
 
 HookFn = Callable[..., Any]
 
@@ -42,21 +43,25 @@ def attached_hooks(
 
     ``fn(activation, hook)`` follows TransformerLens's convention: return a tensor to replace the
     activation, or ``None`` to leave it. ``prepend=True`` runs them before the hooks already attached.
+
+    One model, several threads: the block holds the model's lock (one per model, re-entrant), so tv_lens
+    passes from different threads on one model run one after the other and never see each other's hooks.
     """
     added: list[tuple[Any, Any]] = []
-    try:
-        for name, fn in hooks:
-            hook_point = adapter.hook_point(name)
-            before = list(hook_point.fwd_hooks)
-            hook_point.add_hook(fn, dir="fwd", prepend=prepend)
-            added.extend(
-                (hook_point, handle) for handle in hook_point.fwd_hooks if not any(handle is old for old in before)
-            )
-        yield
-    finally:
-        for hook_point, handle in reversed(added):
-            handle.hook.remove()
-            hook_point.fwd_hooks = [h for h in hook_point.fwd_hooks if h is not handle]
+    with model_lock(adapter.model):
+        try:
+            for name, fn in hooks:
+                hook_point = adapter.hook_point(name)
+                before = list(hook_point.fwd_hooks)
+                hook_point.add_hook(fn, dir="fwd", prepend=prepend)
+                added.extend(
+                    (hook_point, handle) for handle in hook_point.fwd_hooks if not any(handle is old for old in before)
+                )
+            yield
+        finally:
+            for hook_point, handle in reversed(added):
+                handle.hook.remove()
+                hook_point.fwd_hooks = [h for h in hook_point.fwd_hooks if h is not handle]
 
 
 def forward(
@@ -142,7 +147,8 @@ def read_pass(
     pending = set(range(len(hooks)))
     reads = [(name, partial(_read_then_stop, fn=fn, pending=pending, slot=i)) for i, (name, fn) in enumerate(hooks)]
     try:
-        forward(adapter, inputs, hooks=reads, require_hooks=True)
+        with evaluating(adapter.model):
+            forward(adapter, inputs, hooks=reads, require_hooks=True)
     except _AllRead:
         return
 

@@ -1,0 +1,79 @@
+"""One model, used safely: a lock per model, capability checks unseen by user hooks, analyses in eval mode.
+
+Two analyses on one model from two threads would attach hooks to the same hook points and read each other's
+rows. Every tv_lens pass holds :func:`model_lock` while its hooks are attached, so passes from different
+threads run one after the other (a pass the user runs without tv_lens takes no lock).
+
+tv_lens checks once per model what its forward can do (``start_at_layer``, attention masking through hooks,
+a KV cache) by running it on a probe input. :func:`user_hooks_detached` keeps the user's own hooks out of
+those runs: they neither see the probe nor, by raising, change what is detected.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The re-entrant lock tv_lens holds on ``model`` while its hooks are attached (one per model object)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+@contextmanager
+def user_hooks_detached(model: Any) -> Iterator[None]:
+    """Hold the model's lock and set aside every forward hook of its hook points for the block; then restore them.
+
+    The hooks' handles stay valid: the same entries are put back into each hook point's hook dictionary.
+    """
+    hook_dict = getattr(model, "hook_dict", None) or {}
+    with model_lock(model):
+        saved = []
+        try:
+            for hook_point in {id(point): point for point in hook_dict.values()}.values():
+                hooks = getattr(hook_point, "_forward_hooks", None)
+                if hooks:
+                    saved.append((hooks, dict(hooks)))
+                    hooks.clear()
+            yield
+        finally:
+            for hooks, entries in saved:
+                hooks.update(entries)
+
+
+@contextmanager
+def evaluating(model: Any) -> Iterator[None]:
+    """Run the block with ``model`` in eval mode (no dropout), then give every submodule back its own mode.
+
+    Analyses measure the model, so a model left in train mode (dropout, LoRA dropout) must not make them random.
+    """
+    modules = _modules(model)
+    modes = [module.training for module in modules]
+    try:
+        for module in modules:
+            module.training = False
+        yield
+    finally:
+        for module, mode in zip(modules, modes, strict=True):
+            module.training = mode
+
+
+def _modules(model: Any) -> list[Any]:
+    """Every submodule of ``model``, and of the source model a bridge wraps outside its module tree."""
+    found: dict[int, Any] = {}
+    for root in (model, getattr(model, "original_model", None)):
+        if isinstance(root, torch.nn.Module):
+            found.update((id(module), module) for module in root.modules())
+    return list(found.values())
