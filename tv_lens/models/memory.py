@@ -56,15 +56,14 @@ def fitting(work: Callable[[int], T], size: int, what: str) -> tuple[T, int]:
                     "with more memory, a lower precision (dtype=torch.bfloat16), shorter prompts, or spread the "
                     "model over devices (device_map)."
                 ) from error
-            _free_cache()
-            smaller = max(1, size // 2)
-            warnings.warn(
-                f"Out of memory with {what}={size}; retrying with {what}={smaller}. Pass {what}={smaller} to "
-                "start there.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            size = smaller
+        _free_cache()  # outside the except block: the failed attempt's tensors went with its traceback
+        smaller = max(1, size // 2)
+        warnings.warn(
+            f"Out of memory with {what}={size}; retrying with {what}={smaller}. Pass {what}={smaller} to start there.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        size = smaller
 
 
 def _free_cache() -> None:
