@@ -12,7 +12,8 @@ A new result type declares its fields and writes two methods::
 
 and gets ``figure()``, ``save(path)``, ``Result.load(path)`` and ``==`` for free. Fields may be tensors,
 numbers, strings, ``None``, nested results, and tuples / lists / dicts of those; tensors go to safetensors
-and everything else to JSON metadata in the same file (see :mod:`tv_lens.results.storage`).
+and everything else to JSON metadata in the same file, under a digest of both that ``load`` checks (see
+:mod:`tv_lens.results.storage`).
 
 >>> import torch
 >>> from tv_lens.analyses.decodability import task_decodability
@@ -82,23 +83,37 @@ class Result:
         """Write the result to one safetensors file (JSON metadata in its header), atomically.
 
         The file is first written next to ``path`` and then moved over it, so an existing file at ``path``
-        survives a failed or interrupted save. Parent directories are created.
+        survives a failed or interrupted save. Parent directories are created. The file records a SHA-256
+        digest of every field and every tensor, checked by :meth:`load`.
 
         Returns:
             The path written.
+
+        Raises:
+            ResultFileError: ``path`` is a directory, or a field holds a value that cannot be saved.
+            ResultWriteError: The file could not be written: a read-only directory, a full disk, or a parent
+                path that is a file (also an ``OSError``; see :mod:`tv_lens.results.storage`).
         """
         return write_atomically(path, result_to_bytes(self))
 
     @classmethod
-    def load(cls: type[R], path: str | os.PathLike[str]) -> R:
-        """Read a result written by :meth:`save`; tensors come back on the CPU.
+    def load(cls: type[R], path: str | os.PathLike[str], *, allow_unverified: bool = False) -> R:
+        """Read a result written by :meth:`save`, checked against its digest; tensors come back on the CPU.
 
         ``Result.load`` returns whatever type the file holds; ``SomeResult.load`` also checks the type.
 
+        Args:
+            path: A file written by :meth:`save`.
+            allow_unverified: Also load a file saved by an earlier tv_lens (result format 1), whose digest, if
+                any, covers only its tensors: its other fields (numbers, layers, task names, settings) cannot be
+                checked, so such a file is refused unless you trust it and pass ``True``. Save it again to
+                rewrite it in the current format. Files of the current format are always checked in full.
+
         Raises:
             MissingFileError: No file at ``path`` (also a ``FileNotFoundError``).
-            ResultFileError: The file is corrupt or truncated, is not a tv_lens result, holds another type, or
-                ``path`` is a directory.
+            ResultFileError: The file is corrupt or truncated, was altered after it was saved (any field or
+                tensor), has no digest, is of an earlier format without ``allow_unverified``, is not a tv_lens
+                result, holds another type, or ``path`` is a directory.
         """
         source = os.fspath(path)
         if Path(path).is_dir():
@@ -109,7 +124,7 @@ class Result:
         if not Path(path).is_file():
             raise MissingFileError(f"No result file at {source}; check the path, or save the result there first.")
         data = Path(path).read_bytes()
-        result = result_from_bytes(data, source, Result._registry)
+        result = result_from_bytes(data, source, Result._registry, allow_unverified=allow_unverified)
         if not isinstance(result, cls):
             raise ResultFileError(
                 f"{source} holds a {type(result).__name__}, not a {cls.__name__}; load it with "

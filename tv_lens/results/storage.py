@@ -4,17 +4,32 @@ A result is written as ONE safetensors file. Its tensors (found anywhere in the 
 tuples, lists, dicts and nested results) are stored under their path (``"td"``, ``"results.1.coords"``);
 the safetensors header metadata holds a JSON document describing every field, with tensors replaced by
 references. Tuples, dicts with non-string keys and nested results are tagged, so loading rebuilds the
-same Python types and the round trip is exact. The header also records a SHA-256 digest of the tensors,
-so a file whose bytes were altered fails to load instead of loading wrong numbers.
+same Python types and the round trip is exact.
+
+Integrity (format 2). The document records ``tensors``, the SHA-256 of every tensor's name, dtype, shape
+and bytes, and ``digest``, the SHA-256 of the canonical JSON of the whole document except ``digest``
+itself (keys sorted, no whitespace, ASCII). The digest therefore covers every field (numbers, names,
+orders, settings, nested results) and, through ``tensors``, every tensor: a file altered anywhere after
+it was saved fails to load instead of loading wrong numbers, and a format-2 file without a digest is
+refused. The digest is a checksum, not a signature: it catches corruption and edits made without
+tv_lens, not someone who deliberately recomputes it.
+
+Format 1 (tv_lens before the format was bumped) recorded a digest of the tensors only, and early files
+none at all, so their other fields cannot be checked. They are refused unless the caller opts in with
+``allow_unverified=True`` (their tensors are still checked where a digest exists); saving such a result
+again writes format 2.
 
 Writes go to a temporary file in the target directory, are flushed to disk, then moved over the target
 with ``os.replace`` (atomic on POSIX and Windows): a write that fails or is killed never leaves a partly
-written file under the target name, and never destroys the previous file.
+written file under the target name, and never destroys the previous file. A write that fails (read-only
+directory, full disk, a parent path that is a file) raises :class:`ResultWriteError`, which is both a
+:class:`~tv_lens.errors.ResultFileError` and an ``OSError``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -33,22 +48,52 @@ from tv_lens.errors import ResultFileError
 if TYPE_CHECKING:
     from tv_lens.results.base import Result
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The result format this version writes: a digest over the whole document."""
+LEGACY_FORMAT_VERSIONS = (1,)
+"""Earlier formats that still load, with ``allow_unverified=True`` (their fields are not covered by a digest)."""
 METADATA_KEY = "tv_lens.result"
 _TAGS = ("__tensor__", "__tuple__", "__dict__", "__result__")
+_RERUN = "Re-run the analysis and save it again."
+
+
+class ResultWriteError(ResultFileError, OSError):
+    """A result file that could not be written (read-only directory, full disk, a parent path that is a file).
+
+    Also an ``OSError``, so code that catches failed writes as ``OSError`` keeps working.
+    """
 
 
 def result_to_bytes(result: Result) -> bytes:
-    """The bytes of the safetensors file holding ``result``."""
+    """The bytes of the safetensors file holding ``result`` (format :data:`FORMAT_VERSION`, with its digest)."""
     tensors: dict[str, Tensor] = {}
-    document = {"format": FORMAT_VERSION, "result": _encode(result, tensors, "")}
-    document["digest"] = _digest(tensors)
-    metadata = {METADATA_KEY: json.dumps(document, allow_nan=True)}
+    document: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "result": _encode(result, tensors, ""),
+        "tensors": tensor_digest(tensors),
+    }
+    document["digest"] = document_digest(document)
+    metadata = {METADATA_KEY: canonical_json(document)}
     return save_safetensors(tensors, metadata=metadata)
 
 
-def result_from_bytes(data: bytes, source: str, registry: dict[str, type[Result]]) -> Result:
-    """Rebuild a result from :func:`result_to_bytes` output; ``source`` names the file in errors."""
+def result_from_bytes(
+    data: bytes, source: str, registry: dict[str, type[Result]], allow_unverified: bool = False
+) -> Result:
+    """Rebuild a result from :func:`result_to_bytes` output, checking it against its digest.
+
+    Args:
+        data: The file's bytes.
+        source: Names the file in errors.
+        registry: Result types by the tag a file records.
+        allow_unverified: Also load a file of an earlier format (:data:`LEGACY_FORMAT_VERSIONS`), whose
+            fields no digest covers (its tensors are still checked where it recorded their digest).
+
+    Raises:
+        ResultFileError: The file is unreadable, not a result, of an unknown format, altered since it was
+            saved (or without a digest), holds fields or a type this version does not know, or is of an
+            earlier format and ``allow_unverified`` is false.
+    """
     try:
         tensors = load_safetensors(data)
     except Exception as error:  # safetensors raises its own error types, or OSError/ValueError on garbage
@@ -57,29 +102,101 @@ def result_from_bytes(data: bytes, source: str, registry: dict[str, type[Result]
             "truncated, or was not written by Result.save. Re-run the analysis and save it again."
         ) from error
     document = _read_metadata(data, source)
-    if document.get("format") != FORMAT_VERSION or "result" not in document:
+    version = document.get("format")
+    known = version == FORMAT_VERSION or version in LEGACY_FORMAT_VERSIONS
+    if isinstance(version, bool) or not known or "result" not in document:
         raise ResultFileError(
-            f"{source} has result format {document.get('format')!r}, this tv_lens reads format {FORMAT_VERSION}; "
-            "save it again with this version."
+            f"{source} has result format {version!r}, this tv_lens reads format {FORMAT_VERSION} (and "
+            f"{', '.join(map(str, LEGACY_FORMAT_VERSIONS))} with allow_unverified=True); save it again with this "
+            "version."
         )
+    # Decoding first names a type or fields this version does not know (which no digest can fix); nothing
+    # decoded is returned before the checks below pass.
     result = _decode(document["result"], tensors, registry, source)
-    if "digest" in document and document["digest"] != _digest(tensors):
+    if version == FORMAT_VERSION:
+        _verify(document, tensors, source)
+        return result
+    if "digest" in document and document["digest"] != tensor_digest(tensors):
         raise ResultFileError(
-            f"{source} is corrupt: its tensors do not match the digest recorded when it was saved. Re-run the "
-            "analysis and save it again."
+            f"{source} is corrupt: its tensors do not match the digest recorded when it was saved. {_RERUN}"
+        )
+    if not allow_unverified:
+        checked = "its tensors are checked but" if "digest" in document else "it has no digest and"
+        raise ResultFileError(
+            f"{source} was saved by an earlier tv_lens (result format {version}): {checked} its other fields "
+            "(numbers such as a Spearman correlation, layers, task names, settings) are covered by no digest, so "
+            "an edit to them cannot be detected and it is not loaded by default. If you trust the file, load it "
+            "with Result.load(path, allow_unverified=True) and save it again, which rewrites it in format "
+            f"{FORMAT_VERSION} with every field checked; otherwise re-run the analysis."
         )
     return result
 
 
+def tensor_digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order (format 1's ``digest``)."""
+    hasher = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].contiguous().reshape(-1)
+        hasher.update(f"{key}|{tensor.dtype}|{tuple(tensors[key].shape)}|".encode())
+        hasher.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return hasher.hexdigest()
+
+
+def canonical_json(document: Any) -> str:
+    """The one JSON text of ``document``: keys sorted, no whitespace, ASCII only, floats as ``repr``.
+
+    Parsing the text and serialising it again gives the same text, so a digest of it depends only on the
+    values the document holds (not on how a file happened to spell them).
+    """
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+
+
+def document_digest(document: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``document`` without its ``digest`` key.
+
+    The document holds every field and the digest of the tensors, so this covers the whole file.
+    """
+    covered = {key: value for key, value in document.items() if key != "digest"}
+    return hashlib.sha256(f"{METADATA_KEY}\n{canonical_json(covered)}".encode("ascii")).hexdigest()
+
+
+def _verify(document: dict[str, Any], tensors: dict[str, Tensor], source: str) -> None:
+    """Raise unless a format-2 document carries a digest and both it and the tensors' digest match."""
+    if "digest" not in document:
+        raise ResultFileError(
+            f"{source} has no digest, which every format-{FORMAT_VERSION} result file records when it is saved: "
+            "the digest was removed, or the file was written by other means than Result.save, so its numbers "
+            f"cannot be checked and it is not loaded. {_RERUN}"
+        )
+    if document.get("tensors") != tensor_digest(tensors):
+        raise ResultFileError(
+            f"{source} is corrupt: its tensors do not match the digest recorded when it was saved. {_RERUN}"
+        )
+    if document["digest"] != document_digest(document):
+        raise ResultFileError(
+            f"{source} is corrupt: its fields (the JSON header with its numbers, layers, task names and settings) "
+            f"do not match the digest recorded when it was saved, so the file was altered after saving. {_RERUN}"
+        )
+
+
 def write_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``; parents are created."""
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``; parents are created.
+
+    Raises:
+        ResultFileError: ``path`` is a directory.
+        ResultWriteError: The file could not be written (the message says why); the previous file at
+            ``path``, if any, is untouched and no temporary file is left.
+    """
     target = Path(path)
     if target.is_dir():
         raise ResultFileError(
             f"{target} is a directory; save to a file path inside it, e.g. {target / 'result.safetensors'}."
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as error:
+        raise ResultWriteError(f"Cannot save {target}: {write_failure(error, target)}.") from error
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
@@ -87,11 +204,50 @@ def write_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
             os.fsync(file.fileno())
         os.chmod(temporary, 0o644)
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise ResultWriteError(
+                f"Cannot save {target}: {write_failure(error, target)}. Any previous file there is untouched."
+            ) from error
         raise
     return target
+
+
+def write_failure(error: OSError, target: Path) -> str:
+    """Why writing ``target`` failed with ``error``, and what to do: read-only, full, a file in the way ...
+
+    Args:
+        error: The error the write raised.
+        target: The file that was being written.
+
+    Returns:
+        A clause naming the problem and the fix, to follow "Cannot save <target>: ".
+    """
+    what = f"{type(error).__name__}: {error}"
+    in_the_way = _file_in_the_way(target)
+    if in_the_way is not None:
+        return (
+            f"{in_the_way} is a file, not a directory, so nothing can be saved under it ({what}); choose a path "
+            "whose parent folders are directories, or move that file away"
+        )
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"the disk holding {target.parent} is full ({what}); free some space, or save to another disk"
+    if isinstance(error, PermissionError) or error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"the directory {target.parent} is not writable ({what}); save to a directory you can write to, or "
+            "make this one writable"
+        )
+    return f"the write failed ({what}); check the path and the disk, then save again"
+
+
+def _file_in_the_way(target: Path) -> Path | None:
+    """The nearest ancestor of ``target`` that exists and is not a directory, if any."""
+    for parent in target.parents:
+        if parent.exists() or parent.is_symlink():
+            return None if parent.is_dir() else parent
+    return None
 
 
 def _read_metadata(data: bytes, source: str) -> dict[str, Any]:
@@ -190,16 +346,6 @@ def _build(
             f"{source} holds an invalid {cls.__name__} ({type(error).__name__}: {error}); it is corrupt. "
             "Re-run the analysis."
         ) from error
-
-
-def _digest(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order."""
-    hasher = hashlib.sha256()
-    for key in sorted(tensors):
-        tensor = tensors[key].contiguous().reshape(-1)
-        hasher.update(f"{key}|{tensor.dtype}|{tuple(tensors[key].shape)}|".encode())
-        hasher.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return hasher.hexdigest()
 
 
 def _join(path: str, part: str) -> str:

@@ -7,16 +7,27 @@ drawn from seeds derived from the step, so with these a resumed run repeats the 
 bit for bit on CPU.
 
 Writing is atomic: the file is written under a temporary name, synced, then renamed over the final
-name (``os.replace``), so a write that fails half-way leaves the previous checkpoints untouched. Every
-checkpoint carries a SHA-256 digest of its contents; a truncated or altered file fails to load with a
-:class:`~tv_lens.errors.CheckpointError` instead of resuming from garbage.
+name (``os.replace``), so a write that fails half-way leaves the previous checkpoints untouched; a write
+that cannot happen (read-only directory, full disk, a path under a file) raises
+:class:`CheckpointWriteError`, and :func:`check_checkpoint_directory` finds an unwritable directory before a
+run starts.
+
+Loading is defensive. The file is unpickled with ``weights_only=True`` (tensors, numbers, strings and
+containers only), so a file that asks to run code on loading is refused as not being a tv_lens checkpoint.
+Every checkpoint carries a SHA-256 digest of its whole contents, which must be present and match, and the
+fields are then checked (a step within the run's schedule, random states a generator accepts ...): a
+truncated, altered or crafted file fails to load with a :class:`~tv_lens.errors.CheckpointError` instead of
+resuming from garbage.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import pickle
 import re
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,11 +37,14 @@ from torch import Tensor
 
 from tv_lens.errors import CheckpointError
 from tv_lens.models import ModelConfig, build_continuous_model, build_model, hooked_transformer_available
+from tv_lens.results.storage import write_failure
 from tv_lens.training.config import TrainConfig
 from tv_lens.training.finetune import attach_lora
 
 __all__ = [
     "Checkpoint",
+    "CheckpointWriteError",
+    "check_checkpoint_directory",
     "checkpoint_path",
     "latest_checkpoint",
     "list_checkpoints",
@@ -45,6 +59,15 @@ _NAME = re.compile(r"^step-(\d+)\.pt$")
 _BOOKKEEPING = ("eval_every", "checkpoint_every")
 # The read-in of a continuous-input model (tv_lens.models.ContinuousModel), which a token model lacks.
 _READ_IN = "read_in.weight"
+# What torch names when a weights_only load meets a global it does not allow (``GLOBAL posix.system``).
+_FORBIDDEN_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint that could not be written (read-only directory, full disk, a parent path that is a file).
+
+    Also an ``OSError``, so code that catches failed writes as ``OSError`` keeps working.
+    """
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,31 +193,83 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return paths[-1] if paths else None
 
 
+def check_checkpoint_directory(directory: str | Path) -> Path:
+    """Create ``directory`` if needed and check that checkpoints can be written there, before a run starts.
+
+    A temporary file is created and removed, so a read-only directory or file system, or a ``directory``
+    that is (or lies under) a file, fails here rather than at the first checkpoint, after training time
+    was spent. A full disk may still only show at a save, which then raises :class:`CheckpointWriteError`.
+
+    Args:
+        directory: Where the run's checkpoints go.
+
+    Returns:
+        ``directory`` as a ``Path``.
+
+    Raises:
+        CheckpointWriteError: Checkpoints cannot be written to ``directory`` (the message says why).
+    """
+    directory = Path(directory)
+    probe = directory / "step-0000000.pt"
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointWriteError(
+            f"The checkpoint directory {directory} is a file, not a directory; pass a directory as "
+            "checkpoint_dir= (it is created if missing)."
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".write-check.", suffix=".tmp")
+        os.close(handle)
+        os.unlink(temporary)
+    except OSError as error:
+        raise CheckpointWriteError(
+            f"Cannot write checkpoints to {directory}: {write_failure(error, probe)}; or pass another "
+            "checkpoint_dir=, or set checkpoint_every=0 to train without checkpoints."
+        ) from error
+    return directory
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (see :func:`load_checkpoint` for the keys) atomically, with its digest."""
+    """Write ``payload`` (see :func:`load_checkpoint` for the keys) atomically, with its digest.
+
+    Raises:
+        CheckpointWriteError: The file could not be written (read-only directory, full disk, a parent path
+            that is a file); earlier checkpoints are untouched and the run can resume from the latest.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {**payload, "format": FORMAT}
     record["digest"] = _digest(record)
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # of an earlier write of this checkpoint, killed
-        leftover.unlink(missing_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "wb") as file:
-            torch.save(record, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # of an earlier write of this checkpoint, killed
+            leftover.unlink(missing_ok=True)
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(record, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+    except OSError as error:
+        raise CheckpointWriteError(
+            f"Cannot save checkpoint {path}: {write_failure(error, path)}. Earlier checkpoints are untouched: "
+            f"fix this, then resume the run with resume_from={str(path.parent)!r}."
+        ) from error
     return path
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and verify a checkpoint written by :func:`save_checkpoint`.
 
+    The file is unpickled with ``weights_only=True``; its digest must be present and match its contents,
+    and its fields must be well formed (a step within the run's schedule, random states a generator
+    accepts, tensors where tensors belong ...).
+
     Raises:
-        CheckpointError: The file is missing, truncated, corrupt, or not a tv_lens checkpoint.
+        CheckpointError: The file is missing, truncated, corrupt, altered, crafted, or not a tv_lens
+            checkpoint (also one that would run code when unpickled: it is never loaded).
     """
     path = Path(path)
     if not path.is_file():
@@ -202,30 +277,96 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     fix = "delete it and resume from an earlier checkpoint of the run (list_checkpoints(dir)), or start afresh"
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        forbidden = _FORBIDDEN_GLOBAL.search(str(error))
+        if forbidden is not None or "allowed global" in str(error):
+            name = forbidden.group(1) if forbidden is not None else "a Python global"
+            raise CheckpointError(
+                f"{path} is not a tv_lens checkpoint and must not be loaded: it asks to import {name} when "
+                "unpickled, which a tv_lens checkpoint never does and which could run code on this machine. It "
+                "was not loaded; delete it (or keep it away from torch.load and pickle), and resume from a "
+                "checkpoint tv_lens wrote."
+            ) from None
+        raise CheckpointError(
+            f"Checkpoint {path} is truncated or corrupt (its pickled data is unreadable); {fix}."
+        ) from None
     except Exception as error:
-        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({error}); {fix}.") from error
+        reason = "" if "weights_only" in str(error) else f" ({error})"  # never repeat torch's advice to unpickle
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt{reason}; {fix}.") from error
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a tv_lens training checkpoint (expected format {FORMAT!r}).")
-    digest = record.pop("digest", None)
+        raise CheckpointError(
+            f"{path} is not a tv_lens training checkpoint (expected format {FORMAT!r}); pass a file that "
+            "tv_lens.training.train wrote (list_checkpoints(dir) lists a run's)."
+        )
+    if "digest" not in record:
+        raise CheckpointError(
+            f"Checkpoint {path} has no digest, which every tv_lens checkpoint records: it was altered or not "
+            f"written by tv_lens, so its contents cannot be checked; {fix}."
+        )
+    digest = record.pop("digest")
     if digest != _digest(record):
         raise CheckpointError(f"Checkpoint {path} is corrupt: its contents do not match its digest; {fix}.")
     try:
-        model_config = record["model_config"]
-        return Checkpoint(
-            path=path,
-            step=int(record["step"]),
-            config=TrainConfig.from_dict(record["config"]),
-            model_config=None if model_config is None else ModelConfig(**model_config),
-            pool=record["pool"],
-            parameters=record["parameters"],
-            optimizer=record["optimizer"],
-            rng=record["rng"],
-            history=record["history"],
-            evals=record["evals"],
-            elapsed_s=float(record["elapsed_s"]),
-        )
+        return _checkpoint_of(path, record, fix)
     except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
         raise CheckpointError(f"Checkpoint {path} lacks or mangles a field ({error!r}); {fix}.") from error
+
+
+def _checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
+    """Build a :class:`Checkpoint` from a verified record, refusing values no run writes."""
+
+    def refuse(problem: str) -> str:
+        return f"Checkpoint {path} {problem}, which no tv_lens run writes: it is corrupt or crafted; {fix}."
+
+    config = TrainConfig.from_dict(record["config"])
+    step = record["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= config.schedule.max_steps:
+        raise CheckpointError(
+            refuse(f"records step {step!r}, outside the run's 0 .. {config.schedule.max_steps} optimiser steps")
+        )
+    elapsed_s = record["elapsed_s"]
+    if isinstance(elapsed_s, bool) or not isinstance(elapsed_s, int | float) or not math.isfinite(elapsed_s):
+        raise CheckpointError(refuse(f"records a training time of {elapsed_s!r} s"))
+    if elapsed_s < 0:
+        raise CheckpointError(refuse(f"records a negative training time ({elapsed_s!r} s)"))
+    for name in ("pool", "parameters", "optimizer", "rng"):
+        if not isinstance(record[name], dict):
+            raise CheckpointError(refuse(f"holds a {type(record[name]).__name__} as its {name!r}, not a dict"))
+    for name in ("history", "evals"):
+        if not isinstance(record[name], list) or not all(isinstance(row, dict) for row in record[name]):
+            raise CheckpointError(refuse(f"holds a {name!r} that is not a list of rows (dicts)"))
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in record["parameters"].items()):
+        raise CheckpointError(refuse("holds parameters that are not tensors by name"))
+    optimizer = record["optimizer"]
+    if not isinstance(optimizer.get("state"), dict) or not isinstance(optimizer.get("param_groups"), list):
+        raise CheckpointError(refuse("holds an optimiser state without 'state' and 'param_groups'"))
+    for module, state in record["rng"].items():
+        problem = None if isinstance(module, str) and isinstance(state, Tensor) else "it is not a tensor"
+        if problem is None:
+            try:
+                torch.Generator().set_state(state.clone())
+            except (RuntimeError, TypeError) as error:
+                problem = str(error)
+        if problem is not None:
+            raise CheckpointError(
+                refuse(f"holds a random state for module {module!r} that no generator accepts ({problem})")
+            )
+    model_config = record["model_config"]
+    return Checkpoint(
+        path=path,
+        step=step,
+        config=config,
+        model_config=None if model_config is None else ModelConfig(**model_config),
+        pool=record["pool"],
+        parameters=record["parameters"],
+        optimizer=optimizer,
+        rng=record["rng"],
+        history=record["history"],
+        evals=record["evals"],
+        elapsed_s=float(elapsed_s),
+    )
 
 
 def load_parameters(model: Any, parameters: dict[str, Tensor], source: str = "the checkpoint") -> None:

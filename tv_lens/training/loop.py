@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from tv_lens.errors import CheckpointError, ConfigError, NonFiniteError
 from tv_lens.models import ModelAdapter, ModelConfig, adapt
-from tv_lens.training.checkpoints import latest_checkpoint, list_checkpoints
+from tv_lens.training.checkpoints import check_checkpoint_directory, latest_checkpoint, list_checkpoints
 from tv_lens.training.config import OptimConfig, ScheduleConfig, TrainConfig
 from tv_lens.training.data import held_out_batch, training_batch
 from tv_lens.training.evaluation import evaluate
@@ -116,6 +116,8 @@ def train(
                 f"{checkpoint_dir} already holds checkpoints ({latest_checkpoint(checkpoint_dir)} ...). Pass "
                 "resume_from= that directory to continue that run, or use an empty directory for a new one."
             )
+        if checkpoint_dir is not None and config.checkpoint_every:
+            check_checkpoint_directory(checkpoint_dir)
         frozen = FrozenCheck(model, trainable) if config.finetune is not None else None
 
     end = config.schedule.max_steps if stop_after is None else min(stop_after, config.schedule.max_steps)
