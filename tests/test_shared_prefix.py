@@ -20,6 +20,7 @@ from tv_lens.interventions import (
     supports_blocked_keys,
 )
 from tv_lens.models import adapt
+from tv_lens.models.running import forward
 
 
 def embedded(model, tokens):
@@ -86,18 +87,20 @@ def test_bad_shared_prefix_runs_name_the_problem(model):
         )
 
 
-def test_start_skips_blocks_tells_whether_the_blocks_below_run(model):
+def test_passes_started_at_a_block_skip_the_blocks_below(model):
+    """tv_lens's own start (block skipping) runs no block below it, on every backend, and equals the full pass."""
+    tokens, _, _ = ragged_prompts()
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
     calls = []
     hook_point = model.hook_dict["blocks.0.hook_resid_post"]
     hook_point.add_hook(lambda activation, hook: calls.append(1))
     try:
-        model(torch.zeros(1, 3, 32, dtype=torch.float64), start_at_layer=2)
-        runs_below = bool(calls)
-    except NotImplementedError:  # TransformerLens 3.9's bridge has no start_at_layer
-        runs_below = True
+        started = forward(adapt(model), cache["blocks.2.hook_resid_pre"], start_at_layer=2)
     finally:
         hook_point.remove_hooks("fwd")
-    assert start_skips_blocks(model) == (not runs_below)
+    assert calls == [] and start_skips_blocks(model)
+    torch.testing.assert_close(started, model(tokens), atol=1e-9, rtol=1e-9)
 
 
 def sweep_cells(tokens, answer_pos):

@@ -49,6 +49,7 @@ from tv_lens.errors import (
     ShapeError,
 )
 from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.block_skipping import supports_block_skipping
 from tv_lens.models.exclusive import user_hooks_detached
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
@@ -385,7 +386,8 @@ def _start_layer(
             f"clean_residual must be [batch, pos, d_model] like the inputs {tuple(prompts.inputs.shape[:2])}, "
             f"got {tuple(clean_residual.shape)}."
         )
-    if not adapter.supports_start_at_layer or layer == 0 or any(plan.block < layer for plan in plans):
+    can_start = adapter.supports_start_at_layer or supports_block_skipping(adapter)
+    if not can_start or layer == 0 or any(plan.block < layer for plan in plans):
         return None
     aligned = prepare_prompts(
         adapter, clean_residual, prompts.answer_pos + prompts.shift, attention_mask, residual=True

@@ -44,6 +44,7 @@ from tv_lens.interventions import (
     supports_blocked_keys,
 )
 from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.block_skipping import supports_block_skipping
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
@@ -245,14 +246,15 @@ def _sweep(
 def start_skips_blocks(model: Any) -> bool:
     """Whether ``model(residual, start_at_layer=l)`` really skips blocks below ``l`` (detected once per model).
 
-    TransformerLens 4.3's bridge accepts ``start_at_layer`` but runs the blocks below it anyway and
-    discards their output; starting there then saves nothing.
+    tv_lens skips them itself where it can (:mod:`tv_lens.models.block_skipping`); otherwise it relies on the
+    model's ``start_at_layer``, which TransformerLens 4.3's bridge accepts but implements by running the blocks
+    below anyway and discarding their output (no saving).
     """
     adapter = adapt(model)
     known = _SKIPS.get(adapter.model)
     if known is None:
-        known = False
-        if adapter.supports_start_at_layer and adapter.n_layers > 1:
+        known = adapter.n_layers > 1 and supports_block_skipping(adapter)
+        if not known and adapter.supports_start_at_layer and adapter.n_layers > 1:
             calls: list[int] = []
             probe = torch.zeros(1, 1, adapter.d_model, device=adapter.device, dtype=adapter.dtype)
             hooks = [(adapter.hook_name("resid_pre", 0), lambda activation, hook: calls.append(1))]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from typing import Any
 
@@ -30,6 +30,7 @@ from torch import Tensor
 
 from tv_lens.errors import HookNotFoundError, ShapeError, TvLensError
 from tv_lens.models.adapter import ModelAdapter
+from tv_lens.models.block_skipping import skipping_blocks, supports_block_skipping
 from tv_lens.models.exclusive import evaluating, model_lock
 
 HookFn = Callable[..., Any]
@@ -79,8 +80,10 @@ def forward(
         adapter: The model.
         inputs: Tokens, or the residual stream entering block ``start_at_layer`` (0 when not given), or
             for a model that embeds continuous inputs itself (``adapter.d_in`` set) those inputs.
-        start_at_layer: Block at which a residual input enters. Uses the model's ``start_at_layer`` where
-            it works; otherwise runs dummy tokens and overwrites ``blocks.{l}.hook_resid_pre`` (same result).
+        start_at_layer: Block at which a residual input enters. The blocks below it are skipped where the model
+            allows it (:mod:`tv_lens.models.block_skipping`: bridges, HookedTransformer); otherwise the model's
+            own ``start_at_layer`` is used, or dummy tokens run and ``blocks.{l}.hook_resid_pre`` is overwritten
+            (the same result, without the saving).
         stop_at_layer: Return the residual stream entering this block instead of logits (``None`` or
             ``n_layers`` for the full pass).
         hooks: ``(hook_name, fn)`` pairs attached for this pass only.
@@ -104,21 +107,27 @@ def forward(
     calls = [0] * len(hooks)
     if require_hooks:
         hooks = [(name, partial(_counted, fn=fn, calls=calls, slot=i)) for i, (name, fn) in enumerate(hooks)]
+    skip_from: int | None = None  # the block a pass that skips the blocks below it starts at
     if start_at_layer is not None:
         if not residual_input:
             raise ShapeError(
                 "start_at_layer needs the residual stream Float[batch, pos, d_model] as input, got integer "
                 "tokens; pass tokens without start_at_layer."
             )
-        if adapter.supports_start_at_layer:
+        if start_at_layer > 0 and supports_block_skipping(adapter):
+            skip_from = start_at_layer
+        elif adapter.supports_start_at_layer:
             kwargs["start_at_layer"] = start_at_layer
         else:
             residual = inputs
             hooks.insert(0, (adapter.hook_name("resid_pre", start_at_layer), lambda act, hook: residual))
             inputs = torch.zeros(inputs.shape[:2], dtype=torch.long, device=inputs.device)
-    if not inputs.is_floating_point() and _masks_left_padding(adapter.model):
-        kwargs["attention_mask"] = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
-    with attached_hooks(adapter, hooks):
+    with ExitStack() as stack:
+        if skip_from is not None:
+            inputs = stack.enter_context(skipping_blocks(adapter, skip_from, inputs, stop_at_layer=stop_at_layer))
+        if not inputs.is_floating_point() and _masks_left_padding(adapter.model):
+            kwargs["attention_mask"] = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
+        stack.enter_context(attached_hooks(adapter, hooks))
         output = adapter.model(inputs, **kwargs)
     silent = sorted({name for name, n in zip(names, calls, strict=True) if require_hooks and n == 0})
     if silent:
