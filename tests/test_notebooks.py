@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "demos").glob("*.ipynb"))
-EXPECTED = {"quickstart", "bring_your_own_model", "emergence", "tvp_loss"}
+EXPECTED = {"quickstart", "bring_your_own_model", "emergence", "tvp_loss", "pretrained"}
 
 
 def code_cells(notebook: nbformat.NotebookNode) -> list[str]:
@@ -49,7 +49,8 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
     )
     # One thread per kernel, as in the training tests: tiny models gain nothing from more, and on a busy machine
     # several threads per process waiting on each other slow them down many times over.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # pretrained.ipynb builds a small local model instead of downloading GPT-2 when TV_LENS_LOCAL_FIXTURE is set.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TV_LENS_LOCAL_FIXTURE": "1"}
     client.execute(env=env)  # raises CellExecutionError, with the cell and its traceback, if any cell fails
     executed = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(cell.execution_count is not None for cell in executed)

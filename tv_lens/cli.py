@@ -2,7 +2,9 @@
 
 - ``tv-lens demo``: train (or load) a model, run every analysis, save the results, write the HTML report.
 - ``tv-lens train``: only train (or finish training) the model of a demo directory.
-- ``tv-lens analyze``: run the analyses on the model already trained in a demo directory.
+- ``tv-lens analyze``: run the analyses on the model already trained in a demo directory, or, with
+  ``--model ID_OR_FOLDER --tasks ...``, on a pretrained HuggingFace model booted through TransformerLens
+  with text tasks (:mod:`tv_lens.pretrained`).
 - ``tv-lens report``: rebuild the report from the saved results, recomputing nothing.
 
 Errors the library raises for bad input (:class:`~tv_lens.errors.TvLensError`) end the command with a
@@ -23,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from tv_lens.errors import ConfigError, TvLensError
+from tv_lens.pretrained import DTYPES, PRETRAINED_ANALYSES, TEXT_FAMILIES, PretrainedConfig
 from tv_lens.report import ANALYSIS_NAMES
 
 __all__ = ["build_parser", "main"]
 
 DEFAULT_OUT = "tv-lens-demo"
+_PRETRAINED_DEFAULTS = {f.name: f.default for f in fields(PretrainedConfig)}
 _DESCRIPTION = """\
 Task vectors in in-context learning, measured on TransformerLens models.
 
@@ -35,7 +39,8 @@ Task vectors in in-context learning, measured on TransformerLens models.
 runs every analysis (task decodability, ICL performance, geometry, TD vs accuracy, task-vector patching,
 task-vector prompting, head ablation, emergence over training, early- vs late-layer finetuning), saves
 each result and writes one self-contained HTML report. The other commands run one step on the saved
-artefacts. Layers are TransformerLens block indices throughout (-1 = embedding output).
+artefacts; `tv-lens analyze --model gpt2 --tasks bitwise` runs the analyses on a pretrained model instead.
+Layers are TransformerLens block indices throughout (-1 = embedding output).
 """
 _LAYOUT = """\
 output directory layout:
@@ -82,13 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = _command(
         commands,
         "analyze",
-        "run the analyses on the model trained in a demo directory",
-        "Run the analyses (all, or those named with --only) on the model trained in DIR, with the settings "
-        "stored in DIR/run.json, and save each result to DIR/results/; then rebuild DIR/report.html.",
+        "run the analyses on a pretrained model (--model), or on the model trained in a demo directory",
+        "With --model and --tasks: boot a HuggingFace model (an id such as gpt2, or a local folder holding "
+        "config.json, the weights and the tokenizer files) through TransformerLens "
+        "(TransformerBridge.boot_transformers), build text ICL prompts of the tasks with the model's tokenizer, "
+        f"run the analyses that apply to a pretrained model ({', '.join(PRETRAINED_ANALYSES)}), save each result "
+        "to DIR/results/ and write DIR/report.html and DIR/summary.json. Without --model: run the analyses on the "
+        "model in DIR with the settings stored in DIR/run.json (the demo's trained model, or the pretrained model "
+        "of an earlier `analyze --model` run).",
     )
-    _out_option(analyze)
-    _only_option(analyze)
-    _progress_option(analyze)
+    _analyze_options(analyze)
 
     report = _command(
         commands,
@@ -130,6 +138,83 @@ def _progress_option(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="CPU threads torch may use (default: 1; the demo's models are small, and more threads mostly add "
         "overhead, much of it when other processes share the cores)",
+    )
+
+
+def _analyze_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"output directory (default: {DEFAULT_OUT}; with --model: tv-lens-<model name>, e.g. tv-lens-gpt2)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="ID_OR_FOLDER",
+        help="a HuggingFace model id (gpt2, EleutherAI/pythia-70m, ...) or a local folder holding config.json, the "
+        "weights and the tokenizer files, booted with TransformerBridge.boot_transformers",
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=None,
+        metavar="TASK",
+        help=f"with --model: built-in text families ({', '.join(TEXT_FAMILIES)}; FAMILY:a,b for some of their "
+        'tasks, e.g. bitwise:and,or,xor or pos:noun,verb) and/or JSON task files ({"input": "output", ...} or '
+        '[{"input": ..., "output": ...}, ...], one task per file, named after it)',
+    )
+    parser.add_argument(
+        "--n-per-task",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"with --model: prompts per task, Null task included (default: {_PRETRAINED_DEFAULTS['n_per_task']})",
+    )
+    parser.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"with --model: demonstrations per prompt (default: {_PRETRAINED_DEFAULTS['n_shots']})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, metavar="N", help="with --model: seed of the prompts (default: 0)"
+    )
+    parser.add_argument(
+        "--template",
+        default=None,
+        metavar="TEXT",
+        help="with --model: one demonstration, {x} before {y} (default: '{x}->{y}'; lines joined by newlines)",
+    )
+    parser.add_argument("--no-null", action="store_true", help="with --model: leave out the Null task (random outputs)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        metavar="DEVICE",
+        help="with --model: cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default=None,
+        help="with --model: parameter dtype (default: float32)",
+    )
+    parser.add_argument(
+        "--compatibility-mode",
+        action="store_true",
+        help="with --model: call enable_compatibility_mode() on the bridge (LayerNorm folded, weights centred: "
+        "HookedTransformer's numerics; logits unchanged, residual-stream rows change)",
+    )
+    _only_option(parser)
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads torch may use (default: 1 for the demo's small model; with --model, torch's default)",
     )
 
 
@@ -272,8 +357,78 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> None:
+    from tv_lens.pretrained import default_out, read_pretrained_config
+
+    given = [f"--{name.replace('_', '-')}" for name in _PRETRAINED_OPTIONS if getattr(args, name) not in (None, False)]
+    if args.model is None:
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} applies to a pretrained model: add --model ID_OR_FOLDER and --tasks; an "
+                "analysis of a directory without --model uses the settings stored in its run.json."
+            )
+        args.out = Path(DEFAULT_OUT) if args.out is None else args.out
+        stored = read_pretrained_config(args.out)
+        if stored is None:
+            _analyze_demo(args)
+        else:
+            _analyze_pretrained(args, stored)
+        return
+    if not args.tasks:
+        raise ConfigError(
+            "--model needs --tasks: built-in text families (bitwise, pos; e.g. --tasks bitwise:and,or,xor) or JSON "
+            "task files."
+        )
+    settings = {
+        "n_per_task": args.n_per_task,
+        "n_shots": args.shots,
+        "seed": args.seed,
+        "template": args.template,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
+    config = PretrainedConfig(
+        model=args.model,
+        tasks=tuple(args.tasks),
+        null=not args.no_null,
+        compatibility_mode=args.compatibility_mode,
+        **{key: value for key, value in settings.items() if value is not None},
+    )
+    args.out = default_out(args.model) if args.out is None else args.out
+    _analyze_pretrained(args, config)
+
+
+# Options of `tv-lens analyze` that describe a pretrained-model run (their attribute names).
+_PRETRAINED_OPTIONS = (
+    "tasks",
+    "n_per_task",
+    "shots",
+    "seed",
+    "template",
+    "no_null",
+    "device",
+    "dtype",
+    "compatibility_mode",
+)
+
+
+def _analyze_pretrained(args: argparse.Namespace, config: PretrainedConfig) -> None:
+    from tv_lens.pretrained import run_pretrained
+
+    run = run_pretrained(args.out, config, only=args.only, progress=not args.no_progress)
+    seconds = ", ".join(f"{name} {value:.0f}" for name, value in run.seconds.items() if name != "total")
+    print(f"tv-lens analyze: done in {run.seconds['total']:.0f} s; model {config.model}, tasks {run.pool.task_names}")
+    _print_outputs(args.out, run.report)
+    print(f"  seconds: {seconds}")
+    _print_numbers(run.numbers)
+
+
+def _analyze_demo(args: argparse.Namespace) -> None:
     from tv_lens.demo import load_trained, run_analyses, write_outputs
 
+    if args.threads is None:  # the demo's models are small: one thread (see --threads)
+        import torch
+
+        torch.set_num_threads(1)
     start = time.perf_counter()
     config, trained = load_trained(args.out, progress=not args.no_progress)
     run_analyses(args.out, trained, config, only=args.only, progress=not args.no_progress)

@@ -494,6 +494,8 @@ def write_report(results: Mapping[str, Result], path: str | Path, run_info: Mapp
 def _run_html(run_info: Mapping[str, Any] | None) -> str:
     if not run_info:
         return ""
+    if "description" in run_info:  # a run that describes itself in lines of plain text (a pretrained model's)
+        return '<p class="note">' + "<br>".join(html.escape(str(line)) for line in run_info["description"]) + "</p>"
     config = run_info.get("config", {})
     training = run_info.get("training", {})
     accuracy = training.get("accuracy", {})
