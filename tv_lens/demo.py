@@ -227,7 +227,13 @@ def read_run_config(out: str | Path) -> DemoConfig | None:
     if not path.is_file():
         return None
     try:
-        return DemoConfig.from_dict(json.loads(path.read_text())["config"])
+        stored = json.loads(path.read_text())
+        if isinstance(stored, dict) and "pretrained" in stored and "config" not in stored:
+            raise ArtefactError(
+                f"{path.parent} holds an analysis of a pretrained model (tv-lens analyze --model), not a demo run; "
+                "rerun it with `tv-lens analyze --out DIR`, or give the demo another output directory."
+            )
+        return DemoConfig.from_dict(stored["config"])
     except (ValueError, KeyError, TypeError) as error:
         raise ArtefactError(f"{path} is unreadable ({error}); delete it, or use another output directory.") from error
 

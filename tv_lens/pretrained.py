@@ -481,17 +481,17 @@ def _patching(model: Any, pool: TextPool, config: PretrainedConfig, progress: bo
         n_bootstrap=config.n_bootstrap,
         progress=progress,
     )
-    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)  # type: ignore[arg-type]
+    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
 
 
 def _prompting(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
     analysis = TaskVectorPrompting(n_bootstrap=config.n_bootstrap, progress=progress)
-    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)  # type: ignore[arg-type]
+    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
 
 
 def _heads(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
     analysis = HeadAblation(n_bootstrap=config.n_bootstrap, progress=progress)
-    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)  # type: ignore[arg-type]
+    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
 
 
 ANALYSES: dict[str, Callable[[Any, TextPool, PretrainedConfig, bool], Result]] = {

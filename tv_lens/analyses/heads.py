@@ -60,7 +60,7 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import read_pass
 from tv_lens.positions import length_sorted_batches
 from tv_lens.results.heads import HeadImportance, PruningCurve
-from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
+from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 
 __all__ = ["HeadAblation", "HeadImportance", "PruningCurve", "head_importance", "shared_heads"]
 
@@ -222,7 +222,7 @@ class HeadAblation:
         check_bootstrap(self.n_bootstrap, self.ci)
 
     def run(
-        self, model: Any, pool: TaskPool, n_per_task: int = 100, n_shots: ShotSpec = 4, seed: int = 0
+        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = 100, n_shots: ShotSpec = 4, seed: int = 0
     ) -> HeadImportance:
         """Sample ``n_per_task`` prompts per task (seeded) and run :meth:`run_batch`."""
         check_pool(pool)

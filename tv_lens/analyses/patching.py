@@ -51,7 +51,7 @@ from tv_lens.interventions import Intervention, add, replace
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.results.patching import PatchingEffects
 from tv_lens.task_vectors import Reduce, TaskVectors
-from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
+from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 
 __all__ = [
     "MODES",
@@ -224,7 +224,7 @@ class TaskVectorPatching:
     def run(
         self,
         model: Any,
-        pool: TaskPool,
+        pool: TaskPool | TextPool,
         n_per_task: int = 50,
         n_shots: ShotSpec = 4,
         seed: int = 0,
@@ -246,7 +246,7 @@ class TaskVectorPatching:
         return self.run_batch(model, batch, vectors, pool=pool, seed=seed)
 
     def run_batch(
-        self, model: Any, batch: ICLBatch, vectors: TaskVectors, pool: TaskPool | None = None, seed: int = 0
+        self, model: Any, batch: ICLBatch, vectors: TaskVectors, pool: TaskPool | TextPool | None = None, seed: int = 0
     ) -> PatchingEffects:
         """Patch ``vectors`` into a given batch; with ``pool`` (its rules), overriding is measured too."""
         targets = tuple(vectors.task_names)

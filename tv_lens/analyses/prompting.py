@@ -54,7 +54,7 @@ from tv_lens.models.exclusive import evaluating
 from tv_lens.probes import collect
 from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.task_vectors import TaskVectors
-from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
+from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 from tv_lens.tasks.partners import other_prompts
 
 __all__ = ["PromptingAccuracy", "TaskVectorPrompting", "other_prompts", "task_vector_prompting"]
@@ -284,7 +284,7 @@ class TaskVectorPrompting:
         _check_options(self.source, self.mode, self.n_bootstrap, self.ci, self.scoring)
 
     def run(
-        self, model: Any, pool: TaskPool, n_per_task: int = 50, n_shots: ShotSpec = 4, seed: int = 0
+        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = 50, n_shots: ShotSpec = 4, seed: int = 0
     ) -> PromptingAccuracy:
         """Sample ``n_per_task`` ICL prompts per task (``seed``); task-mean vectors come from ``seed + 1``."""
         check_pool(pool)
