@@ -61,7 +61,7 @@ from tv_lens.models import ModelAdapter, ModelConfig, build_model
 from tv_lens.probes import collect
 from tv_lens.results import Performance, Result
 from tv_lens.task_vectors import TaskVectors
-from tv_lens.tasks import TextPool, TextTask, offset_pool
+from tv_lens.tasks import Task, TaskPool, TextPool, TextTask, Vocabulary, load_examples, load_tasks, offset_pool
 from tv_lens.training import (
     DataConfig,
     LoRAConfig,
@@ -195,6 +195,20 @@ def _text_pool() -> TextPool:
     return TextPool(tasks, _word_tokenizer(30), template="{x} -> {y}", separator=" ")
 
 
+def _two_files_named_alike(w: SimpleNamespace) -> list[Path]:
+    """``a/antonyms.json`` and ``b/antonyms.json``: two task files whose stems (the default task names) agree."""
+    paths = []
+    for folder in ("a", "b"):
+        (w.files / folder).mkdir(exist_ok=True)
+        paths.append(_copy_with(w, f"{folder}/antonyms.json", b'{"hot": "cold", "up": "down"}'))
+    return paths
+
+
+def _without_cuda(w: SimpleNamespace) -> None:
+    """Make this machine look as if it had no CUDA (the case then means the same with or without a GPU)."""
+    w.monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 def _truncated(path: Path) -> bytes:
     data = path.read_bytes()
     return data[: len(data) // 2]
@@ -236,6 +250,69 @@ CASES = [
         ConfigError,
         r"d_model=30 is not divisible by n_heads=4",
         r"set d_head explicitly",
+    ),
+    Case(
+        "model-config-head-width-zero",
+        lambda w: ModelConfig(d_vocab=8, d_model=32, n_heads=4, d_head=0),
+        ConfigError,
+        r"ModelConfig\.d_head must be a positive int or None .*got 0",
+        r"None \(for d_model // n_heads\)",
+    ),
+    Case(
+        "model-config-mlp-width-zero",
+        lambda w: ModelConfig(d_vocab=8, d_mlp=0),
+        ConfigError,
+        r"ModelConfig\.d_mlp must be a positive int or None .*got 0",
+        r"None \(for 4 \* d_model\)",
+    ),
+    Case(
+        "model-config-unknown-normalization",
+        lambda w: ModelConfig(d_vocab=8, normalization_type="BatchNorm"),
+        ConfigError,
+        r"Unknown normalization_type 'BatchNorm'",
+        r"use one of \['LN', 'LNPre', 'RMS', 'RMSPre', None\]",
+    ),
+    Case(
+        "model-config-integer-dtype",
+        lambda w: ModelConfig(d_vocab=8, dtype="int64"),
+        ConfigError,
+        r"dtype 'int64' cannot hold trainable weights",
+        r"use a floating-point dtype, one of \['float32', 'float64'",
+    ),
+    Case(
+        "model-config-unknown-activation",
+        lambda w: ModelConfig(d_vocab=8, act_fn="tanh"),
+        ConfigError,
+        r"Unknown act_fn 'tanh'",
+        r"use one of \['gelu', 'gelu_new', 'relu', 'silu'",
+    ),
+    Case(
+        "model-config-seed-beyond-64-bits",
+        lambda w: build_model(ModelConfig(d_vocab=8, n_layers=1, d_model=16, n_heads=2, seed=2**70)),
+        ConfigError,
+        r"ModelConfig\.seed must be an int in \[0, 2\*\*64\), got 1180591620717411303424",
+        r"e\.g\. seed=0",
+    ),
+    Case(
+        "model-config-as-a-dict",
+        lambda w: build_model({"d_vocab": 8}),  # type: ignore[arg-type]
+        ConfigError,
+        r"build_model needs a ModelConfig, got dict",
+        r"ModelConfig\(\*\*fields\)",
+    ),
+    Case(
+        "model-on-cuda-without-cuda",
+        lambda w: (_without_cuda(w), build_model(w.model_config, device="cuda")),
+        ConfigError,
+        r"device='cuda' but CUDA is not available here",
+        r"use device='cpu'",
+    ),
+    Case(
+        "model-on-an-unknown-device",
+        lambda w: build_model(w.model_config, device="gpu"),
+        ConfigError,
+        r"Unknown device 'gpu'",
+        r"use e\.g\. 'cpu' or 'cuda'",
     ),
     # --- prompts: types, shapes, positions, lengths, vocabularies ---
     Case(
@@ -372,8 +449,8 @@ CASES = [
         "nan-weights-performance",
         lambda w: ICLPerformance(shots=(1,), n_bootstrap=0).run(w.nan_model, POOL, n_per_task=2),
         NonFiniteError,
-        r"outputs at the answer positions are NaN or infinite for 8 of 8 prompt",
-        r"Check them with torch\.isfinite",
+        r"outputs at the answer positions are NaN or infinite for 8 (of 8 )?prompt",
+        r"[Cc]heck (them|the model's weights .*) with torch\.isfinite",
     ),
     Case(
         "nan-weights-patching",
@@ -461,6 +538,120 @@ CASES = [
         TaskError,
         r"got 1\.5",
         r"seed must be an int",
+    ),
+    Case(
+        "negative-seed",
+        lambda w: TaskDecodability(k=2, method="probe", n_folds=2, n_bootstrap=0).run(
+            w.model, POOL, n_per_task=4, seed=-1
+        ),
+        TaskError,
+        r"seed must be an int in \[0, 2\*\*64\), got -1",
+        r"pass a non-negative int such as seed=0",
+    ),
+    Case(
+        "prompts-that-cannot-fit-in-memory",
+        lambda w: POOL.sample(10**12, n_shots=2, seed=0),
+        TaskError,
+        r"n_per_task=1000000000000 with up to 2 shots asks for 4000000000000 prompts .* need at least .* GiB, but only",
+        r"sample fewer prompts per task or fewer shots",
+    ),
+    Case(
+        "shot-range-that-cannot-fit-in-memory",
+        lambda w: POOL.sample(2, n_shots=(0, 10**15), seed=0),
+        TaskError,
+        r"n_per_task=2 with up to 1000000000000000 shots asks for 8 prompts of up to 1000000000000001 examples",
+        r"sample fewer prompts per task or fewer shots",
+    ),
+    Case(
+        "label-noise-not-a-number",
+        lambda w: POOL.sample(2, n_shots=1, seed=0, label_noise=None),  # type: ignore[arg-type]
+        TaskError,
+        r"got None",
+        r"label_noise must lie in \[0, 1\)",
+    ),
+    Case(
+        "pool-of-task-names-not-tasks",
+        lambda w: TaskPool(("offset(1)",), Vocabulary(8), 1, 8, 8),  # type: ignore[arg-type]
+        TaskError,
+        r"TaskPool tasks must be Task objects, got str 'offset\(1\)'",
+        r"build each with Task\('id', fn\)",
+    ),
+    Case(
+        "task-named-null",
+        lambda w: TaskPool((Task("null", lambda x: x[:, 0]),), Vocabulary(8), 1, 8, 8, null=False),
+        TaskError,
+        r"not 'null', got \['null'\]: 'null' names the Null task",
+        r"Rename the task, and pass null=True for the Null task",
+    ),
+    Case(
+        "text-task-examples-as-a-dict",
+        lambda w: TextTask("directions", {"up": "down", "in": "out"}),  # type: ignore[arg-type]
+        TaskError,
+        r"TextTask 'directions': examples is a dict, but a TextTask takes \(input, output\) pairs",
+        r"TextTask\(name, tuple\(mapping\.items\(\)\)\)",
+    ),
+    Case(
+        "text-task-example-a-two-character-string",
+        lambda w: TextTask("directions", ["up", "in"]),  # type: ignore[list-item]
+        TaskError,
+        r"every example must be an \(input, output\) pair of strings, got 'up'",
+        r"pass e\.g\. \('hot', 'cold'\)",
+    ),
+    Case(
+        "text-task-example-of-three-strings",
+        lambda w: TextTask("antonyms", [("hot", "cold", "warm")]),  # type: ignore[list-item]
+        TaskError,
+        r"got \('hot', 'cold', 'warm'\)",
+        r"every example must be an \(input, output\) pair",
+    ),
+    Case(
+        "task-files-named-alike",
+        lambda w: load_tasks(_two_files_named_alike(w)),
+        TaskError,
+        r"a/antonyms\.json and .*b/antonyms\.json would both be named 'antonyms'",
+        r"rename one file, or load them with load_task\(path, name=\.\.\.\)",
+    ),
+    Case(
+        "task-files-one-path-not-a-list",
+        lambda w: load_tasks(str(_copy_with(w, "one.json", b'{"hot": "cold"}'))),  # type: ignore[arg-type]
+        TaskError,
+        r"load_tasks takes a list of task file paths, got '.*one\.json'",
+        r"wrap one path: \[path\]",
+    ),
+    Case(
+        "task-file-missing",
+        lambda w: load_examples(w.files / "nowhere.json"),
+        MissingFileError,
+        r"No task file at .*nowhere\.json",
+        r"check the path",
+    ),
+    Case(
+        "task-file-is-a-directory",
+        lambda w: load_examples(w.files),
+        TaskError,
+        r"is a directory, not a task file",
+        r"pass the path of a JSON file in it",
+    ),
+    Case(
+        "task-file-not-utf8",
+        lambda w: load_examples(_copy_with(w, "latin1.json", '{"café": "coffee"}'.encode("latin-1"))),
+        TaskError,
+        r"latin1\.json is not UTF-8 text \(byte 5 is b'\\xe9'\)",
+        r"save the task file as UTF-8 JSON",
+    ),
+    Case(
+        "task-file-nested-too-deeply",
+        lambda w: load_examples(_copy_with(w, "deep.json", b"[" * 100_000 + b"]" * 100_000)),
+        TaskError,
+        r"deep\.json nests JSON arrays or objects too deeply to read",
+        r"a task file must be a \{\"input\": \"output\", \.\.\.\} object",
+    ),
+    Case(
+        "task-file-key-given-twice",
+        lambda w: load_examples(_copy_with(w, "repeated.json", b'{"hot": "cold", "big": "small", "hot": "icy"}')),
+        TaskError,
+        r"the key 'hot' appears more than once in one JSON object, so all but its last value would be dropped",
+        r"Give each input once, or use the records format",
     ),
     Case(
         "too-few-prompts-per-task-for-knn",
@@ -791,6 +982,34 @@ CASES = [
         r"known: \['checkpoint_every', 'data'",
     ),
     Case(
+        "train-config-dict-section-not-a-dict",
+        lambda w: TrainConfig.from_dict({"schedule": 200}),
+        ConfigError,
+        r"TrainConfig\.schedule must be a dict of ScheduleConfig fields, got int 200",
+        r"pass a dict of its fields, as TrainConfig\.to_dict\(\) writes it",
+    ),
+    Case(
+        "train-config-dict-with-an-unknown-nested-field",
+        lambda w: TrainConfig.from_dict({"schedule": {"learning_rate": 1e-3}}),
+        ConfigError,
+        r"Unknown TrainConfig\.schedule field\(s\) \['learning_rate'\]",
+        r"known: \['lr', 'max_steps', 'min_lr', 'warmup_steps'\]",
+    ),
+    Case(
+        "train-config-dict-number-as-a-string",
+        lambda w: TrainConfig.from_dict({"schedule": {"lr": "1e-3"}}),
+        ConfigError,
+        r"got min_lr=0\.0001, lr='1e-3'",
+        r"Need numbers 0 <= min_lr <= lr",
+    ),
+    Case(
+        "train-config-dict-without-a-required-field",
+        lambda w: TrainConfig.from_dict({"tvp": {"lam": 1.0}}),
+        ConfigError,
+        r"TrainConfig\.tvp lacks the required field\(s\) \['layer'\]",
+        r"add them \(see TVPConfig\)",
+    ),
+    Case(
         "lora-unknown-target",
         lambda w: LoRAConfig(targets=("W_X",)),
         ConfigError,
@@ -848,6 +1067,7 @@ def test_the_reliability_page_lists_every_case():
     page = (ROOT / "docs" / "reliability.md").read_text()
     rows = re.findall(r"^\| `([a-z0-9_-]+)` \|", page, flags=re.MULTILINE)
     assert sorted(rows) == sorted(case.id for case in CASES)
+    assert f"The catalogue has {len(CASES)} cases" in page
 
 
 # --- static checks over the library's source ---

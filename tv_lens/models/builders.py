@@ -22,6 +22,35 @@ class BackendUnavailableError(TvLensError, ImportError):
     """The requested TransformerLens model class is not in the installed TransformerLens."""
 
 
+ACT_FNS: tuple[str, ...] = (
+    "gelu",
+    "gelu_new",
+    "relu",
+    "silu",
+    "swish",
+    "solu",
+    "solu_ln",
+    "gelu_fast",
+    "gelu_pytorch_tanh",
+    "relu2",
+    "xielu",
+)
+"""MLP activations a TransformerLens backend may build (which ones depends on the backend and version)."""
+
+PORTABLE_ACT_FNS = frozenset({"gelu", "gelu_new", "relu", "silu"})
+"""The activations every backend of every supported TransformerLens builds."""
+
+NORMALIZATION_TYPES: tuple[str | None, ...] = ("LN", "LNPre", "RMS", "RMSPre", None)
+"""TransformerLens normalisations: LayerNorm, LayerNorm without weights, RMSNorm, RMSNorm without weights, none."""
+
+DTYPES: tuple[str, ...] = ("float32", "float64", "float16", "bfloat16")
+"""Parameter dtypes a model can be built in."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of a small GPT-2-style model.
@@ -32,12 +61,12 @@ class ModelConfig:
         d_model: Residual-stream width.
         n_heads: Attention heads per block.
         n_ctx: Longest prompt, in tokens.
-        d_head: Head width; ``None`` means ``d_model // n_heads``.
-        d_mlp: MLP hidden width; ``None`` means ``4 * d_model``.
-        act_fn: MLP activation (a TransformerLens name such as ``"gelu"`` or ``"relu"``).
-        normalization_type: ``"LN"`` (LayerNorm) or ``"RMS"``.
-        seed: Seed of the weight initialisation (the global RNG is left untouched).
-        dtype: Parameter dtype name (``"float32"``, or ``"float64"`` for exact numerical comparisons).
+        d_head: Head width (a positive int); ``None`` means ``d_model // n_heads``.
+        d_mlp: MLP hidden width (a positive int); ``None`` means ``4 * d_model``.
+        act_fn: MLP activation, one of :data:`ACT_FNS` (e.g. ``"gelu"`` or ``"relu"``).
+        normalization_type: ``"LN"`` (LayerNorm), ``"RMS"``, ``"LNPre"``, ``"RMSPre"`` or ``None`` (no norm).
+        seed: Seed of the weight initialisation, an int in ``[0, 2**64)`` (the global RNG is left untouched).
+        dtype: Parameter dtype name, one of :data:`DTYPES` (``"float64"`` for exact numerical comparisons).
         backend: ``"hooked"`` (HookedTransformer), ``"bridge"`` (native TransformerBridge) or ``"auto"``.
     """
 
@@ -49,7 +78,7 @@ class ModelConfig:
     d_head: int | None = None
     d_mlp: int | None = None
     act_fn: str = "gelu"
-    normalization_type: str = "LN"
+    normalization_type: str | None = "LN"
     seed: int = 0
     dtype: str = "float32"
     backend: Backend = "auto"
@@ -57,16 +86,38 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("d_vocab", "n_layers", "d_model", "n_heads", "n_ctx"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}.")
+        for name, default in (("d_head", "d_model // n_heads"), ("d_mlp", "4 * d_model")):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ConfigError(f"ModelConfig.{name} must be a positive int or None (for {default}), got {value!r}.")
         if self.d_head is None and self.d_model % self.n_heads:
             raise ConfigError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; pick sizes that divide "
                 "or set d_head explicitly."
             )
+        if not isinstance(self.act_fn, str) or self.act_fn not in ACT_FNS:
+            raise ConfigError(
+                f"Unknown act_fn {self.act_fn!r}; use one of {list(ACT_FNS)} (names are lower case, e.g. 'gelu')."
+            )
+        if not (self.normalization_type is None or isinstance(self.normalization_type, str)) or (
+            self.normalization_type not in NORMALIZATION_TYPES
+        ):
+            raise ConfigError(
+                f"Unknown normalization_type {self.normalization_type!r}; use one of {list(NORMALIZATION_TYPES)} "
+                "('LN' is LayerNorm, None no normalisation)."
+            )
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**64:
+            raise ConfigError(f"ModelConfig.seed must be an int in [0, 2**64), got {self.seed!r}; e.g. seed=0.")
         if not isinstance(self.dtype, str) or not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ConfigError(f"dtype must name a torch dtype such as 'float32' (a string), got {self.dtype!r}.")
-        if self.backend not in ("auto", "hooked", "bridge"):
+        if self.dtype not in DTYPES:
+            raise ConfigError(
+                f"dtype {self.dtype!r} cannot hold trainable weights; use a floating-point dtype, one of "
+                f"{list(DTYPES)}."
+            )
+        if not isinstance(self.backend, str) or self.backend not in ("auto", "hooked", "bridge"):
             raise ConfigError(f"backend must be 'auto', 'hooked' or 'bridge', got {self.backend!r}.")
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,12 +127,12 @@ class ModelConfig:
     def _tl_kwargs(self) -> dict[str, Any]:
         return {
             "d_model": self.d_model,
-            "d_head": self.d_head or self.d_model // self.n_heads,
+            "d_head": self.d_model // self.n_heads if self.d_head is None else self.d_head,
             "n_layers": self.n_layers,
             "n_ctx": self.n_ctx,
             "n_heads": self.n_heads,
             "d_vocab": self.d_vocab,
-            "d_mlp": self.d_mlp or 4 * self.d_model,
+            "d_mlp": 4 * self.d_model if self.d_mlp is None else self.d_mlp,
             "act_fn": self.act_fn,
             "normalization_type": self.normalization_type,
             "dtype": getattr(torch, self.dtype),
@@ -103,18 +154,81 @@ def build_model(config: ModelConfig, device: str | torch.device = "cpu") -> Any:
     >>> model = build_model(ModelConfig(d_vocab=16, n_layers=2, d_model=32, n_heads=4, n_ctx=32))
     >>> model(torch.zeros(1, 5, dtype=torch.long)).shape
     torch.Size([1, 5, 16])
+
+    Raises:
+        ConfigError: ``config`` is not a :class:`ModelConfig`, its ``act_fn`` is not one the chosen backend
+            builds, or ``device`` names no device this machine has (e.g. ``"cuda"`` without CUDA).
     """
+    if not isinstance(config, ModelConfig):
+        raise ConfigError(
+            f"build_model needs a ModelConfig, got {type(config).__name__}; pass e.g. ModelConfig(d_vocab=16) "
+            "(a dict of fields: ModelConfig(**fields))."
+        )
+    device = _checked_device(device)
     backend = config.backend
     if backend == "auto":
         backend = "hooked" if hooked_transformer_available() else "bridge"
+    _check_activation(config.act_fn, backend)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.manual_seed(config.seed)
         model = _build_hooked(config) if backend == "hooked" else _build_bridge(config)
-    device = torch.device(device)
     if device.type != "cpu":
         model = model.to(device)
     return model.eval()
+
+
+def _checked_device(device: object) -> torch.device:
+    """``device`` as a ``torch.device`` that can hold tensors here, or a :class:`ConfigError` saying why not."""
+    if not isinstance(device, (str, torch.device)):
+        raise ConfigError(f"device must be a string such as 'cpu' or 'cuda' or a torch.device, got {device!r}.")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"Unknown device {device!r} ({error}); use e.g. 'cpu' or 'cuda'.") from error
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device={str(device)!r} but CUDA is not available here (torch.cuda.is_available() is False); "
+                "use device='cpu', or a machine and a torch build with CUDA."
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={str(device)!r} but this machine has {torch.cuda.device_count()} CUDA device(s); use an index "
+                f"in [0, {torch.cuda.device_count() - 1}]."
+            )
+    try:
+        torch.empty(0, device=parsed)
+    except (RuntimeError, AssertionError, ValueError, TypeError) as error:
+        raise ConfigError(
+            f"device={str(device)!r} cannot hold tensors here ({error}); use device='cpu' or an available accelerator."
+        ) from error
+    return parsed
+
+
+def _check_activation(act_fn: str, backend: str) -> None:
+    """Raise a :class:`ConfigError` when the installed TransformerLens cannot build ``act_fn`` with ``backend``."""
+    supported = _backend_activations(backend)
+    if act_fn not in supported:
+        other = "bridge" if backend == "hooked" else "hooked"
+        raise ConfigError(
+            f"act_fn={act_fn!r} is not built by the installed TransformerLens's {backend!r} backend; use one of "
+            f"{sorted(supported)}, or backend={other!r} where it has this activation."
+        )
+
+
+def _backend_activations(backend: str) -> frozenset[str]:
+    """Activation names the backend's model classes accept (the portable four where the table cannot be read)."""
+    try:
+        if backend == "hooked":
+            from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATIONS
+
+            return frozenset(SUPPORTED_ACTIVATIONS)
+        from transformer_lens.model_bridge.sources.native import model as native
+
+        return frozenset(native._ACTIVATIONS)
+    except (ImportError, AttributeError):
+        return PORTABLE_ACT_FNS
 
 
 def _build_hooked(config: ModelConfig) -> Any:

@@ -13,11 +13,13 @@ outputs is stripped (the prompt template decides the spacing). Put the tasks in 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tv_lens.errors import TaskError
+from tv_lens.errors import MissingFileError, TaskError
 from tv_lens.tasks.text import Example, TextTask
 
 __all__ = ["load_examples", "load_task", "load_tasks"]
@@ -29,13 +31,12 @@ def load_examples(path: str | Path) -> tuple[Example, ...]:
     """The ``(input, output)`` pairs of a dict- or records-format JSON file.
 
     Raises:
-        TaskError: The file is not valid JSON, is of neither format, or holds no example.
+        MissingFileError: No file at ``path``.
+        TaskError: ``path`` is a directory or cannot be read, the file is not UTF-8 text or not valid JSON
+            (nested too deeply, an object with a key given twice), is of neither format, or holds no example.
     """
-    path = Path(path)
-    try:
-        data: Any = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise TaskError(f"{path} is not valid JSON ({error}); a task file must be {_FORMATS}.") from error
+    path = _task_path(path)
+    data = _read_json(path)
     if isinstance(data, dict):
         pairs = list(data.items())
     elif isinstance(data, list):
@@ -51,17 +52,83 @@ def load_examples(path: str | Path) -> tuple[Example, ...]:
         raise TaskError(f"{path} holds a JSON {type(data).__name__}; a task file must be {_FORMATS}.")
     bad = [pair for pair in pairs if not all(isinstance(v, str) and v.strip() for v in pair)]
     if bad:
-        raise TaskError(f"{path}: inputs and outputs must be non-empty strings, got {bad[0]!r}.")
+        raise TaskError(f"{path}: inputs and outputs must be non-empty strings, got {bad[0]!r:.120}.")
     if not pairs:
         raise TaskError(f"{path} holds no example; a task file must be a non-empty {_FORMATS}.")
     return tuple((x.strip(), y.strip()) for x, y in pairs)
 
 
+def _task_path(path: object) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise TaskError(f"A task file path must be a str or pathlib.Path, got {type(path).__name__} {path!r:.60}.")
+    return Path(path)
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed JSON of ``path``; every way reading it can fail is a :class:`TvLensError` naming the file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as error:
+        raise MissingFileError(f"No task file at {path}; check the path (a task file is {_FORMATS}).") from error
+    except IsADirectoryError as error:
+        raise TaskError(f"{path} is a directory, not a task file; pass the path of a JSON file in it.") from error
+    except (OSError, ValueError) as error:  # permissions, a path through a file, a NUL byte in the path ...
+        raise TaskError(f"Cannot read the task file {path} ({error}); check the path and its permissions.") from error
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise TaskError(
+            f"{path} is not UTF-8 text (byte {error.start} is {raw[error.start : error.start + 1]!r}); save the task "
+            "file as UTF-8 JSON."
+        ) from error
+    try:
+        return json.loads(text, object_pairs_hook=partial(_object_without_repeats, path))
+    except TaskError:  # a key given twice (raised by the hook)
+        raise
+    except json.JSONDecodeError as error:
+        raise TaskError(f"{path} is not valid JSON ({error}); a task file must be {_FORMATS}.") from error
+    except RecursionError as error:
+        raise TaskError(
+            f"{path} nests JSON arrays or objects too deeply to read; a task file must be {_FORMATS}, nested two "
+            "levels at most."
+        ) from error
+    except ValueError as error:  # e.g. an integer literal too long to convert
+        raise TaskError(f"{path} is not valid JSON ({error}); a task file must be {_FORMATS}.") from error
+
+
+def _object_without_repeats(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice (``json`` would keep only the last value)."""
+    keys = [key for key, _ in pairs]
+    repeated = [key for i, key in enumerate(keys) if key in keys[:i]]
+    if repeated:
+        raise TaskError(
+            f"{path}: the key {repeated[0]!r:.60} appears more than once in one JSON object, so all but its last "
+            "value would be dropped. Give each input once, or use the records format "
+            '[{"input": ..., "output": ...}, ...] to list an input several times.'
+        )
+    return dict(pairs)
+
+
 def load_task(path: str | Path, name: str | None = None) -> TextTask:
     """One task from a JSON file (named after the file's stem unless ``name`` is given)."""
-    return TextTask(name or Path(path).stem, load_examples(path))
+    return TextTask(_task_path(path).stem if name is None else name, load_examples(path))
 
 
 def load_tasks(paths: Sequence[str | Path]) -> tuple[TextTask, ...]:
-    """One task per JSON file, each named after its file's stem (stems must differ)."""
+    """One task per JSON file, each named after its file's stem (stems must differ).
+
+    Raises:
+        TaskError: ``paths`` is one path rather than a sequence of them, or two files have the same stem.
+    """
+    if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Iterable):
+        raise TaskError(f"load_tasks takes a list of task file paths, got {paths!r:.80}; wrap one path: [path].")
+    paths = list(paths)
+    stems = [_task_path(path).stem for path in paths]
+    for i, stem in enumerate(stems):
+        if stem in stems[:i]:
+            first = paths[stems.index(stem)]
+            raise TaskError(
+                f"load_tasks: {first} and {paths[i]} would both be named {stem!r}, and task names must be unique; "
+                "rename one file, or load them with load_task(path, name=...)."
+            )
     return tuple(load_task(path) for path in paths)

@@ -21,9 +21,10 @@ same batch, and the global RNG is never touched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Int
@@ -90,19 +91,26 @@ class TaskPool:
     answer: AnswerEncoding = "token"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "tasks", task_tuple(self.tasks, Task, "TaskPool", "Task('id', fn)"))
         if not self.tasks:
             raise TaskError("TaskPool needs at least one task, got none; pass e.g. tasks=(Task('id', fn),).")
-        names = [t.name for t in self.tasks]
-        if len(set(names)) != len(names) or (self.null and NULL_TASK in names):
-            raise TaskError(f"Task names must be unique (and not {NULL_TASK!r} when null=True), got {names}.")
+        check_task_names([t.name for t in self.tasks])
+        check_flag(self.null, "null", "add the Null task")
         check_format(self.fmt)
         if self.answer not in ("token", "bits"):
             raise TaskError(f"Unknown answer encoding {self.answer!r}; choose 'token' or 'bits'.")
-        if self.n_inputs < 1 or self.input_values < 1 or self.output_values < 2:
+        if not isinstance(self.vocab, Vocabulary):
             raise TaskError(
-                f"TaskPool needs n_inputs >= 1, input_values >= 1 and output_values >= 2, got "
-                f"{self.n_inputs}, {self.input_values}, {self.output_values}."
+                f"TaskPool.vocab must be a Vocabulary, got {type(self.vocab).__name__}; pass e.g. "
+                "Vocabulary(n_values=16)."
+            )
+        sizes = {"n_inputs": self.n_inputs, "input_values": self.input_values, "output_values": self.output_values}
+        if not all(_is_int(value) for value in sizes.values()) or (
+            self.n_inputs < 1 or self.input_values < 1 or self.output_values < 2
+        ):
+            raise TaskError(
+                f"TaskPool needs n_inputs >= 1, input_values >= 1 and output_values >= 2 (ints), got "
+                f"{self.n_inputs!r}, {self.input_values!r}, {self.output_values!r}."
             )
         if self.answer == "bits" and self.output_values & (self.output_values - 1):
             raise TaskError(f"answer='bits' needs output_values a power of two, got {self.output_values}.")
@@ -191,16 +199,15 @@ class TaskPool:
         Returns:
             An :class:`ICLBatch` of ``len(self) * n_per_task`` prompts.
         """
-        if isinstance(n_per_task, bool) or not isinstance(n_per_task, int) or n_per_task < 1:
-            raise TaskError(f"n_per_task must be an int >= 1, got {n_per_task!r}.")
-        if not 0.0 <= float(label_noise) < 1.0:
-            raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
+        check_sample_arguments(n_per_task, label_noise)
         choices = _shot_choices(n_shots)
         gen = seeded_generator(seed)
         n_tasks = len(self)
         b = n_tasks * n_per_task
+        per_slot = self.n_inputs + self.n_answer_tokens + 1  # tokens of one demonstration, at the least
+        check_batch_fits(n_per_task, b, choices.max, 8 * per_slot)
         task_ids = torch.arange(n_tasks).repeat_interleave(n_per_task)
-        shots = choices[torch.randint(len(choices), (b,), generator=gen)]
+        shots = choices.draw(b, gen)
         n_slot = int(shots.max()) + 1
         x = torch.randint(self.input_values, (b, n_slot, self.n_inputs), generator=gen)
         y = torch.randint(self.output_values, (b, n_slot), generator=gen)  # Null task outputs
@@ -235,28 +242,152 @@ class TaskPool:
         return out
 
 
+SEED_RANGE = 2**64
+"""Seeds of prompt sampling are ints in ``[0, SEED_RANGE)`` (the range of a ``torch.Generator`` seed)."""
+
+
 def seeded_generator(seed: int) -> torch.Generator:
-    """A CPU generator seeded with ``seed``: the only source of randomness of a pool's ``sample``."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
-        raise TaskError(f"seed must be an int (a 64-bit value), got {seed!r}; the same seed gives the same prompts.")
+    """A CPU generator seeded with ``seed``: the only source of randomness of a pool's ``sample``.
+
+    Raises:
+        TaskError: ``seed`` is not an int in ``[0, 2**64)`` (a negative seed would be wrapped around silently).
+    """
+    if not _is_int(seed) or not 0 <= seed < SEED_RANGE:
+        raise TaskError(
+            f"seed must be an int in [0, 2**64), got {seed!r}; pass a non-negative int such as seed=0 "
+            "(the same seed gives the same prompts)."
+        )
     return torch.Generator().manual_seed(seed)
 
 
-def _shot_choices(n_shots: ShotSpec) -> Int[Tensor, " n_choices"]:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_flag(value: Any, name: str, meaning: str) -> None:
+    """Raise a :class:`TaskError` unless ``value`` is a bool (a string such as ``"no"`` would count as true)."""
+    if not isinstance(value, bool):
+        raise TaskError(f"{name} must be True or False ({meaning}), got {value!r}.")
+
+
+def task_tuple(tasks: Any, kind: type, pool: str, example: str) -> tuple[Any, ...]:
+    """``tasks`` as a tuple of ``kind`` objects, or a :class:`TaskError` naming the first entry that is not one."""
+    if isinstance(tasks, kind):
+        raise TaskError(f"{pool} takes a sequence of tasks, got one {kind.__name__}; wrap it: tasks=(task,).")
+    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable):
+        raise TaskError(
+            f"{pool} takes a sequence of {kind.__name__} objects, got {type(tasks).__name__}; pass e.g. "
+            f"tasks=({example},)."
+        )
+    tasks = tuple(tasks)
+    wrong = [task for task in tasks if not isinstance(task, kind)]
+    if wrong:
+        raise TaskError(
+            f"{pool} tasks must be {kind.__name__} objects, got {type(wrong[0]).__name__} {wrong[0]!r:.60}; "
+            f"build each with {example}."
+        )
+    return tasks
+
+
+def check_task_names(names: Sequence[str]) -> None:
+    """Task names must be unique, and ``"null"`` is the Null task's alone (analyses treat that name as Null).
+
+    Raises:
+        TaskError: A name appears twice, or a task is named ``"null"``.
+    """
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise TaskError(
+            f"Task names must be unique, got {repeated} more than once in {list(names)}; a task is found by its "
+            "name, so rename the tasks that repeat one."
+        )
+    if NULL_TASK in names:
+        raise TaskError(
+            f"Task names must be unique and not {NULL_TASK!r}, got {list(names)}: {NULL_TASK!r} names the Null task "
+            f"(analyses leave it out as the baseline). Rename the task, and pass null=True for the Null task."
+        )
+
+
+def check_sample_arguments(n_per_task: Any, label_noise: Any) -> None:
+    """Raise a :class:`TaskError` unless ``n_per_task`` is an int >= 1 and ``label_noise`` a number in [0, 1)."""
+    if not _is_int(n_per_task) or n_per_task < 1:
+        raise TaskError(f"n_per_task must be an int >= 1, got {n_per_task!r}.")
+    if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0 <= label_noise < 1:
+        raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still allocate (``MemAvailable``), or ``None`` where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_batch_fits(n_per_task: int, n_prompts: int, max_shots: int, bytes_per_slot: int) -> None:
+    """Raise a :class:`TaskError` when the prompts cannot fit in memory, before anything is allocated.
+
+    Args:
+        n_per_task: Prompts per task asked for.
+        n_prompts: Prompts of the batch, every task included.
+        max_shots: The largest shot count a prompt may get.
+        bytes_per_slot: A lower bound of the bytes one demonstration (or the query) of a prompt takes, so a
+            request is refused only when it certainly does not fit (the allocation would fail, or the process
+            be killed, part-way through sampling).
+    """
+    needed = n_prompts * (max_shots + 1) * bytes_per_slot
+    available = available_memory()
+    if available is not None and needed > available:
+        raise TaskError(
+            f"n_per_task={n_per_task} with up to {max_shots} shots asks for {n_prompts} prompts of up to "
+            f"{max_shots + 1} examples, which need at least {needed / 2**30:.3g} GiB, but only "
+            f"{available / 2**30:.3g} GiB of memory is available; sample fewer prompts per task or fewer shots "
+            "(several calls with different seeds give more prompts)."
+        )
+
+
+@dataclass(frozen=True)
+class _ShotChoices:
+    """The allowed shot counts ``start + step * i`` for ``i`` in ``0 .. count - 1`` (never materialised)."""
+
+    start: int
+    step: int
+    count: int
+
+    @property
+    def last(self) -> int:
+        """The shot count drawn for ``i = count - 1``."""
+        return self.start + self.step * (self.count - 1)
+
+    @property
+    def max(self) -> int:
+        """The largest allowed shot count."""
+        return max(self.start, self.last)
+
+    def draw(self, n: int, gen: torch.Generator) -> Int[Tensor, " n"]:
+        """``n`` shot counts drawn uniformly among the allowed ones."""
+        return self.start + self.step * torch.randint(self.count, (n,), generator=gen)
+
+
+def _shot_choices(n_shots: ShotSpec) -> _ShotChoices:
     """Allowed shot counts of a :data:`ShotSpec`, validated."""
-    if isinstance(n_shots, bool):
-        values: list[int] = []
-    elif isinstance(n_shots, int):
-        values = [n_shots]
-    elif isinstance(n_shots, tuple) and len(n_shots) == 2 and all(isinstance(v, int) for v in n_shots):
-        values = list(range(n_shots[0], n_shots[1] + 1))
-    elif isinstance(n_shots, range):
-        values = list(n_shots)
-    else:
-        values = []
-    if not values or min(values) < 0:
+    choices = None
+    if _is_int(n_shots):
+        choices = _ShotChoices(n_shots, 1, 1)  # type: ignore[arg-type]
+    elif isinstance(n_shots, tuple) and len(n_shots) == 2 and all(_is_int(v) for v in n_shots):
+        choices = _ShotChoices(n_shots[0], 1, n_shots[1] - n_shots[0] + 1)
+    elif isinstance(n_shots, range) and len(n_shots):
+        choices = _ShotChoices(n_shots.start, n_shots.step, len(n_shots))
+    if choices is None or choices.count < 1 or min(choices.start, choices.last) < 0:
         raise TaskError(
             f"n_shots must be an int >= 0, an inclusive (min, max) tuple with 0 <= min <= max, or a "
             f"non-empty range of ints >= 0; got {n_shots!r}."
         )
-    return torch.tensor(values)
+    return choices

@@ -43,7 +43,17 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tv_lens.errors import TaskError
-from tv_lens.tasks.pool import NULL_TASK, ShotSpec, _shot_choices, seeded_generator
+from tv_lens.tasks.pool import (
+    NULL_TASK,
+    ShotSpec,
+    _shot_choices,
+    check_batch_fits,
+    check_flag,
+    check_sample_arguments,
+    check_task_names,
+    seeded_generator,
+    task_tuple,
+)
 from tv_lens.tasks.regression_batch import RegressionBatch
 
 __all__ = [
@@ -82,8 +92,36 @@ class RegressionTask:
             raise TaskError(f"RegressionTask name must be a non-empty string, got {self.name!r}.")
         if not callable(self.fn):
             raise TaskError(f"RegressionTask {self.name!r}: fn must be callable (x [n, k, d], w [n, d]) -> [n, k].")
-        if self.supports is not None and (not self.supports or not all(self.supports)):
-            raise TaskError(f"RegressionTask {self.name!r}: supports must be non-empty coordinate sets, or None.")
+        if self.supports is not None:
+            object.__setattr__(self, "supports", _supports(self.name, self.supports))
+
+
+def _finite_number(value: object) -> bool:
+    """An int or float (not a bool) that is a finite float (not NaN, infinite or an int too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _supports(name: str, supports: object) -> tuple[tuple[int, ...], ...]:
+    """``supports`` as a tuple of non-empty tuples of coordinate indices, or a :class:`TaskError`."""
+    message = (
+        f"RegressionTask {name!r}: supports must be non-empty sets of coordinate indices such as ((0, 1), (2, 3)), "
+        f"or None for every coordinate; got {supports!r:.80}."
+    )
+    if isinstance(supports, (str, bytes)) or not isinstance(supports, Sequence) or not supports:
+        raise TaskError(message)
+    sets = []
+    for support in supports:
+        if isinstance(support, (str, bytes)) or not isinstance(support, Sequence) or not support:
+            raise TaskError(message)
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in support):
+            raise TaskError(message)
+        sets.append(tuple(support))
+    return tuple(sets)
 
 
 def _linear(x: Tensor, w: Tensor) -> Tensor:
@@ -113,6 +151,8 @@ def sparse_linear_task(basis: int | None, n_bases: int = 4, d: int = 16) -> Regr
     Raises:
         TaskError: ``d`` is not a multiple of ``n_bases`` (too small for the blocks), or ``basis`` is out of range.
     """
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n_bases, d)):
+        raise TaskError(f"n_bases and d must be ints, got n_bases={n_bases!r}, d={d!r}; e.g. n_bases=4, d=16.")
     if n_bases < 1 or d < n_bases or d % n_bases:
         raise TaskError(
             f"Input width too small or uneven for the bases: d={d} must be a multiple of n_bases={n_bases} "
@@ -122,7 +162,7 @@ def sparse_linear_task(basis: int | None, n_bases: int = 4, d: int = 16) -> Regr
     blocks = tuple(tuple(range(b * size, (b + 1) * size)) for b in range(n_bases))
     if basis is None:
         return RegressionTask("sparse_linear", _linear, blocks)
-    if not 0 <= basis < n_bases:
+    if isinstance(basis, bool) or not isinstance(basis, int) or not 0 <= basis < n_bases:
         raise TaskError(f"basis must lie in 0 .. {n_bases - 1} (or None for a random one), got {basis}.")
     return RegressionTask(f"sparse_linear({basis})", _linear, (blocks[basis],))
 
@@ -159,12 +199,11 @@ class RegressionPool:
     noise_std: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "tasks", task_tuple(self.tasks, RegressionTask, "RegressionPool", "linear_task()"))
         if not self.tasks:
             raise TaskError("RegressionPool needs at least one task, got none; e.g. tasks=(linear_task(),).")
-        names = [t.name for t in self.tasks]
-        if len(set(names)) != len(names) or (self.null and NULL_TASK in names):
-            raise TaskError(f"Task names must be unique (and not {NULL_TASK!r} when null=True), got {names}.")
+        check_task_names([t.name for t in self.tasks])
+        check_flag(self.null, "null", "add the Null task")
         if isinstance(self.d, bool) or not isinstance(self.d, int) or self.d < 1:
             raise TaskError(f"d (the input width) must be a positive int, got {self.d!r}.")
         for task in self.tasks:
@@ -174,7 +213,8 @@ class RegressionPool:
                     f"Task {task.name!r} puts weights on coordinates up to {max(coords)}, outside d={self.d}; "
                     f"build it for d={self.d} or use a pool with d > {max(coords)}."
                 )
-        if not math.isfinite(self.noise_std) or self.noise_std < 0:
+        noise = self.noise_std
+        if not _finite_number(noise) or noise < 0:
             raise TaskError(f"noise_std must be a finite number >= 0, got {self.noise_std!r}.")
 
     @property
@@ -206,15 +246,13 @@ class RegressionPool:
             label_noise: Probability in ``[0, 1)`` that a demonstration's output of a real task is replaced by
                 a Null-style random output; queries are never corrupted.
         """
-        if isinstance(n_per_task, bool) or not isinstance(n_per_task, int) or n_per_task < 1:
-            raise TaskError(f"n_per_task must be an int >= 1, got {n_per_task!r}.")
-        if not 0.0 <= float(label_noise) < 1.0:
-            raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
+        check_sample_arguments(n_per_task, label_noise)
         choices = _shot_choices(n_shots)
         gen = seeded_generator(seed)
         n_real, b = len(self.tasks), len(self) * n_per_task
+        check_batch_fits(n_per_task, b, choices.max, 4 * 2 * self.d)  # x and x_alt, float32, at the least
         task_ids = torch.arange(len(self)).repeat_interleave(n_per_task)
-        shots = choices[torch.randint(len(choices), (b,), generator=gen)]
+        shots = choices.draw(b, gen)
         n_slot = int(shots.max()) + 1
         # Every draw happens whatever the options, so options change only what they are about.
         x, w = self._draw(b, n_slot, gen)
@@ -284,8 +322,10 @@ def regression_pool(
         null: Add the Null task.
         noise_std: Output noise standard deviation.
     """
+    if not isinstance(families, (str, Sequence)):
+        raise TaskError(f"families must be family names such as ('linear', 'quadratic'), got {families!r:.80}.")
     names = (families,) if isinstance(families, str) else tuple(families)
-    unknown = [name for name in names if name not in _FAMILIES]
+    unknown = [name for name in names if not isinstance(name, str) or name not in _FAMILIES]
     if unknown or not names:
         raise TaskError(f"Unknown regression family {unknown or list(names)}; valid families are {list(_FAMILIES)}.")
     return RegressionPool(tuple(_FAMILIES[name](d) for name in names), d=d, null=null, noise_std=noise_std)

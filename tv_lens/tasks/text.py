@@ -26,7 +26,7 @@ Families: :mod:`tv_lens.tasks.text_families` (bitwise strings, first word with a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,7 +37,17 @@ from torch import Tensor
 from tv_lens.errors import TaskError
 from tv_lens.tasks.batch import ICLBatch
 from tv_lens.tasks.encoding import Encoded, TextEncoder
-from tv_lens.tasks.pool import NULL_TASK, ShotSpec, _shot_choices, seeded_generator
+from tv_lens.tasks.pool import (
+    NULL_TASK,
+    ShotSpec,
+    _shot_choices,
+    check_batch_fits,
+    check_flag,
+    check_sample_arguments,
+    check_task_names,
+    seeded_generator,
+    task_tuple,
+)
 
 __all__ = ["TextPool", "TextTask"]
 
@@ -57,14 +67,54 @@ class TextTask:
     examples: tuple[Example, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "examples", tuple((x, y) for x, y in self.examples))
         if not isinstance(self.name, str) or not self.name:
             raise TaskError(f"TextTask name must be a non-empty string, got {self.name!r}.")
+        object.__setattr__(self, "examples", _example_pairs(self.name, self.examples))
         if not self.examples:
             raise TaskError(f"TextTask {self.name!r} has no examples; pass at least one (input, output) pair.")
-        bad = [e for e in self.examples if not (isinstance(e[0], str) and isinstance(e[1], str) and e[1].strip())]
-        if bad:
-            raise TaskError(f"TextTask {self.name!r}: examples must be (str, non-empty str) pairs, got {bad[0]!r}.")
+
+
+def _example_pairs(name: str, examples: object) -> tuple[Example, ...]:
+    """``examples`` as a tuple of ``(input, output)`` string pairs, or a :class:`TaskError` naming what is not one.
+
+    Only a sequence (or other iterable) of two-element tuples or lists is read: a dict or a string is refused, as
+    iterating it would split each key or string into characters.
+    """
+    if isinstance(examples, Mapping):
+        raise TaskError(
+            f"TextTask {name!r}: examples is a {type(examples).__name__}, but a TextTask takes (input, output) pairs "
+            "(iterating a dict gives its keys only); pass its pairs: TextTask(name, tuple(mapping.items()))."
+        )
+    if isinstance(examples, (str, bytes)) or not isinstance(examples, Iterable):
+        raise TaskError(
+            f"TextTask {name!r}: examples must be a sequence of (input, output) string pairs, got "
+            f"{type(examples).__name__} {examples!r:.60}; pass e.g. (('hot', 'cold'), ('big', 'small'))."
+        )
+    pairs = []
+    for example in examples:
+        if not isinstance(example, (tuple, list)) or len(example) != 2:
+            raise TaskError(
+                f"TextTask {name!r}: every example must be an (input, output) pair of strings, got {example!r:.80}; "
+                "pass e.g. ('hot', 'cold')."
+            )
+        x, y = example
+        if not (isinstance(x, str) and isinstance(y, str) and y.strip()):
+            raise TaskError(f"TextTask {name!r}: examples must be (str, non-empty str) pairs, got {example!r:.80}.")
+        pairs.append((x, y))
+    _check_text(f"TextTask {name!r}: example", [text for pair in pairs for text in pair])
+    return tuple(pairs)
+
+
+def _check_text(what: str, texts: Iterable[str]) -> None:
+    """Raise a :class:`TaskError` for a string no tokenizer can read (a lone surrogate is not Unicode text)."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise TaskError(
+                f"{what} {text!r:.60} holds the lone surrogate {text[error.start]!r}, which is not a Unicode "
+                "character and cannot be tokenized; decode the source text properly (e.g. as UTF-8)."
+            ) from error
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,15 +147,19 @@ class TextPool:
     _encoder: TextEncoder = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "tasks", task_tuple(self.tasks, TextTask, "TextPool", "TextTask(name, pairs)"))
         if not self.tasks:
             raise TaskError("TextPool needs at least one task, got none; pass e.g. tasks=(TextTask(name, pairs),).")
-        names = [t.name for t in self.tasks]
-        if len(set(names)) != len(names) or (self.null and NULL_TASK in names):
-            raise TaskError(f"Task names must be unique (and not {NULL_TASK!r} when null=True), got {names}.")
+        check_task_names([t.name for t in self.tasks])
+        check_flag(self.null, "null", "add the Null task")
+        check_flag(self.bos, "bos", "start every prompt with the BOS token")
+        check_flag(self.filter_examples, "filter_examples", "drop the examples the tokenizer cannot represent")
         if self.answer_tokens not in ("all", "first"):
             raise TaskError(f"answer_tokens must be 'all' or 'first', got {self.answer_tokens!r}.")
+        if not isinstance(self.separator, str):
+            raise TaskError(f"separator must be a string (the text between demonstrations), got {self.separator!r}.")
         self._split_template()
+        _check_text("TextPool: the template or separator", (self.template, self.separator))
         encoder = TextEncoder(self.tokenizer)
         if self.bos and encoder.bos_id is None:
             raise TaskError(
@@ -236,13 +290,10 @@ class TextPool:
             seed: Seed of the local generator; the same seed gives an identical batch.
             label_noise: Probability in ``[0, 1)`` that a demonstration of a real task gets a wrong output.
         """
-        if isinstance(n_per_task, bool) or not isinstance(n_per_task, int) or n_per_task < 1:
-            raise TaskError(f"n_per_task must be an int >= 1, got {n_per_task!r}.")
-        if not 0.0 <= float(label_noise) < 1.0:
-            raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
+        check_sample_arguments(n_per_task, label_noise)
         choices = _shot_choices(n_shots)
         inputs = tuple(dict.fromkeys(x for examples in self.examples for x, _ in examples))
-        need = int(choices.max()) + 1
+        need = choices.max + 1
         sizes = {t.name: len(e) for t, e in zip(self.tasks, self.examples, strict=True)}
         sizes.update({NULL_TASK: len(inputs)} if self.null else {})
         short = {name: size for name, size in sizes.items() if size < need}
@@ -252,8 +303,9 @@ class TextPool:
                 "usable examples; use fewer shots or more examples."
             )
         gen = seeded_generator(seed)
+        check_batch_fits(n_per_task, len(self) * n_per_task, need - 1, 8 * 2)  # two tokens per example, at least
         task_ids = torch.arange(len(self)).repeat_interleave(n_per_task)
-        shots = choices[torch.randint(len(choices), (len(task_ids),), generator=gen)]
+        shots = choices.draw(len(task_ids), gen)
         prompts = [
             self._draw_prompt(int(tid), int(k) + 1, inputs, label_noise, gen)
             for tid, k in zip(task_ids.tolist(), shots.tolist(), strict=True)

@@ -13,7 +13,9 @@ True
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import math
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from tv_lens.errors import ConfigError
@@ -38,6 +40,20 @@ def _check(ok: bool, message: str) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """An int or float that is a finite float (not a bool, a string, NaN or 10**400): comparisons mean what they say."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _is_seed(value: Any) -> bool:
+    return _is_int(value) and 0 <= value < 2**64
 
 
 def _check_shots(value: Any, name: str) -> None:
@@ -79,7 +95,10 @@ class DataConfig:
         _check_shots(self.n_shots, "n_shots")
         if self.eval_n_shots is not None:
             _check_shots(self.eval_n_shots, "eval_n_shots")
-        _check(0.0 <= self.label_noise < 1.0, f"label_noise must lie in [0, 1), got {self.label_noise!r}.")
+        _check(
+            _is_real(self.label_noise) and 0.0 <= self.label_noise < 1.0,
+            f"label_noise must be a number in [0, 1), got {self.label_noise!r}.",
+        )
         _check(_is_int(self.seed) and self.seed >= 0, f"DataConfig.seed must be an int >= 0, got {self.seed!r}.")
 
     @property
@@ -107,13 +126,23 @@ class OptimConfig:
     grad_clip: float | None = 1.0
 
     def __post_init__(self) -> None:
-        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}.")
         _check(
-            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
-            f"betas must be two numbers in [0, 1), got {self.betas!r}.",
+            _is_real(self.weight_decay) and self.weight_decay >= 0,
+            f"weight_decay must be a number >= 0, got {self.weight_decay!r}.",
         )
-        _check(self.eps > 0, f"eps must be > 0, got {self.eps!r}.")
-        _check(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip!r}.")
+        if isinstance(self.betas, list):
+            object.__setattr__(self, "betas", tuple(self.betas))
+        _check(
+            isinstance(self.betas, tuple)
+            and len(self.betas) == 2
+            and all(_is_real(b) and 0.0 <= b < 1.0 for b in self.betas),
+            f"betas must be two numbers in [0, 1), got {self.betas!r}; e.g. betas=(0.9, 0.95).",
+        )
+        _check(_is_real(self.eps) and self.eps > 0, f"eps must be a number > 0, got {self.eps!r}.")
+        _check(
+            self.grad_clip is None or (_is_real(self.grad_clip) and self.grad_clip > 0),
+            f"grad_clip must be a number > 0 or None (no clipping), got {self.grad_clip!r}.",
+        )
 
 
 @dataclass(frozen=True)
@@ -140,7 +169,10 @@ class ScheduleConfig:
             _is_int(self.warmup_steps) and 0 <= self.warmup_steps <= self.max_steps,
             f"warmup_steps must be an int in [0, max_steps={self.max_steps}], got {self.warmup_steps!r}.",
         )
-        _check(0 <= self.min_lr <= self.lr, f"Need 0 <= min_lr <= lr, got min_lr={self.min_lr!r}, lr={self.lr!r}.")
+        _check(
+            _is_real(self.lr) and _is_real(self.min_lr) and 0 <= self.min_lr <= self.lr,
+            f"Need numbers 0 <= min_lr <= lr, got min_lr={self.min_lr!r}, lr={self.lr!r}.",
+        )
 
 
 @dataclass(frozen=True)
@@ -170,8 +202,12 @@ class TVPConfig:
             _is_int(self.layer) and self.layer >= 0, f"TVPConfig.layer must be a block index >= 0, got {self.layer!r}."
         )
         _check(
-            self.lam >= 0,
+            _is_real(self.lam) and self.lam >= 0,
             f"TVP-loss weight lam (λ) must be >= 0, got {self.lam!r}; use lam=0 to train without the TVP term.",
+        )
+        _check(
+            isinstance(self.detach, bool),
+            f"TVPConfig.detach must be True or False (stop gradients through the vector), got {self.detach!r}.",
         )
         _check(self.mode in ("replace", "add"), f"TVPConfig.mode must be 'replace' or 'add', got {self.mode!r}.")
         _check(
@@ -203,9 +239,20 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         _check(_is_int(self.rank) and self.rank >= 1, f"LoRA rank must be an int >= 1, got {self.rank!r}.")
-        _check(self.alpha > 0, f"LoRA alpha must be > 0, got {self.alpha!r}.")
-        _check(0.0 <= self.dropout < 1.0, f"LoRA dropout must lie in [0, 1), got {self.dropout!r}.")
-        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        _check(_is_real(self.alpha) and self.alpha > 0, f"LoRA alpha must be a number > 0, got {self.alpha!r}.")
+        _check(
+            _is_real(self.dropout) and 0.0 <= self.dropout < 1.0,
+            f"LoRA dropout must be a number in [0, 1), got {self.dropout!r}.",
+        )
+        _check(_is_seed(self.seed), f"LoRA seed must be an int in [0, 2**64), got {self.seed!r}; e.g. seed=0.")
+        if isinstance(self.targets, list):
+            object.__setattr__(self, "targets", tuple(self.targets))
+        _check(
+            isinstance(self.targets, tuple),
+            f"LoRA targets must be a tuple of weight names such as ('W_Q', 'W_V'), got {self.targets!r}; "
+            "wrap a single one: ('W_Q',).",
+        )
+        unknown = [t for t in self.targets if not isinstance(t, str) or t not in LORA_TARGETS]
         _check(
             bool(self.targets) and not unknown,
             f"Unknown LoRA target(s) {unknown or list(self.targets)}; choose among {list(LORA_TARGETS)}.",
@@ -237,6 +284,10 @@ class FinetuneConfig:
             f"FinetuneConfig.blocks must be block indices such as (0, 1), or 'first:k', 'last:k' or 'all'; "
             f"got {self.blocks!r}.",
         )
+        _check(
+            self.lora is None or isinstance(self.lora, LoRAConfig),
+            f"FinetuneConfig.lora must be a LoRAConfig or None (train the blocks' weights), got {self.lora!r:.80}.",
+        )
 
 
 @dataclass(frozen=True)
@@ -262,6 +313,15 @@ class TrainConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("data", "optim", "schedule", "tvp", "finetune"):
+            value, kind = getattr(self, name), _NESTED[name]
+            optional = name in ("tvp", "finetune")
+            _check(
+                isinstance(value, kind) or (optional and value is None),
+                f"TrainConfig.{name} must be a {kind.__name__}{' or None' if optional else ''}, got "
+                f"{type(value).__name__} {value!r:.60}; build it with {kind.__name__}(...) (or use "
+                "TrainConfig.from_dict for nested dicts).",
+            )
         _check(
             _is_int(self.eval_every) and self.eval_every >= 1,
             f"eval_every must be an int >= 1, got {self.eval_every!r}.",
@@ -277,30 +337,43 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict` (lists are read back as tuples)."""
-        nested: dict[str, type] = {
-            "data": DataConfig,
-            "optim": OptimConfig,
-            "schedule": ScheduleConfig,
-            "tvp": TVPConfig,
-            "finetune": FinetuneConfig,
-        }
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        _check(not unknown, f"Unknown TrainConfig field(s) {sorted(unknown)}; known: {sorted(known)}.")
-        values: dict[str, Any] = {}
-        for name, value in data.items():
-            if name in nested and value is not None:
-                values[name] = _build(nested[name], value)
-            else:
-                values[name] = value
-        return cls(**values)
+        """Inverse of :meth:`to_dict` (lists are read back as tuples).
+
+        Raises:
+            ConfigError: ``data`` or a nested section is not a dict, has an unknown or missing field, or holds
+                a value its config refuses.
+        """
+        return _build(cls, data, "TrainConfig")
 
 
-def _build(kind: type, data: dict[str, Any]) -> Any:
-    """Rebuild a config dataclass from its dict, turning lists into tuples and nested LoRA dicts into configs."""
-    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    lora = values.get("lora")
-    if kind is FinetuneConfig and isinstance(lora, dict):
-        values["lora"] = _build(LoRAConfig, lora)
+_NESTED: dict[str, type] = {
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "tvp": TVPConfig,
+    "finetune": FinetuneConfig,
+    "lora": LoRAConfig,
+}
+
+
+def _build(kind: type, data: Any, where: str) -> Any:
+    """Rebuild a config dataclass from its dict: lists become tuples, nested dicts become their configs."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{where} must be a dict of {kind.__name__} fields, got {type(data).__name__} {data!r:.60}; pass a "
+            "dict of its fields, as TrainConfig.to_dict() writes it."
+        )
+    known = {f.name: f for f in fields(kind)}
+    unknown = [name for name in data if name not in known]
+    _check(not unknown, f"Unknown {where} field(s) {sorted(unknown, key=repr)}; known: {sorted(known)}.")
+    missing = [
+        name for name, f in known.items() if f.default is MISSING and f.default_factory is MISSING and name not in data
+    ]
+    _check(not missing, f"{where} lacks the required field(s) {missing}; add them (see {kind.__name__}).")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _NESTED and name in known and value is not None:
+            values[name] = _build(_NESTED[name], value, f"{where}.{name}")
+        else:
+            values[name] = tuple(value) if isinstance(value, list) else value
     return kind(**values)
