@@ -312,3 +312,20 @@ def test_sampling_with_any_arguments(pool, n_per_task, n_shots, seed, label_nois
         ),
     }
     _works_or_tv_lens_error(lambda: pools[pool]().sample(n_per_task, n_shots, seed=seed, label_noise=label_noise))
+
+
+def test_probe_folds_take_every_64_bit_seed() -> None:
+    from tv_lens.analyses.classifiers import sklearn_seed
+    from tv_lens.errors import AnalysisError
+
+    assert sklearn_seed(7) == 7 and sklearn_seed(2**32 - 1) == 2**32 - 1
+    big = [sklearn_seed(2**40), sklearn_seed(2**40 + 1), sklearn_seed(2**64 - 1)]
+    assert all(0 <= s < 2**32 for s in big) and len(set(big)) == 3 and sklearn_seed(2**40) == big[0]
+    reps = torch.randn(2, 40, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(4).repeat(10)
+    from tv_lens.analyses.decodability import task_decodability
+
+    result = task_decodability(reps, labels, method="probe", seed=2**40, n_bootstrap=0)
+    assert result.td.shape == (2,)
+    with pytest.raises(AnalysisError, match="seed must be an int"):
+        sklearn_seed(-1)

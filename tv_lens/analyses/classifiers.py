@@ -109,7 +109,18 @@ def linear_probe(n_folds: int = 5, c: float = 1.0, seed: int = 0) -> tuple[objec
     if not c > 0:
         raise AnalysisError(f"The probe's C (inverse regularisation) must be > 0, got {c!r}.")
     estimator = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-    return estimator, StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return estimator, StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=sklearn_seed(seed))
+
+
+def sklearn_seed(seed: int) -> int:
+    """A seed scikit-learn and UMAP accept (``[0, 2**32)``) for any 64-bit seed tv_lens takes.
+
+    Seeds below ``2**32`` are used as they are; larger ones are hashed to 32 bits (``numpy.random.SeedSequence``),
+    so different 64-bit seeds still give different, reproducible folds.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise AnalysisError(f"seed must be an int in [0, 2**64), got {seed!r}; the same seed gives the same result.")
+    return seed if seed < 2**32 else int(np.random.SeedSequence(seed).generate_state(1)[0])
 
 
 def check_knn(k: int, metric: str, n_points: int | None = None) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tv_lens.analyses.classifiers import sklearn_seed
 from tv_lens.analyses.inputs import (
     LabelsInput,
     RepresentationAnalysis,
@@ -82,7 +83,9 @@ def project(
             coords[i] = torch.from_numpy(pca.transform(points))
             explained[i] = torch.from_numpy(np.asarray(pca.explained_variance_ratio_, dtype=np.float64))
         else:
-            reducer = _umap()(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed)
+            reducer = _umap()(
+                n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=sklearn_seed(seed)
+            )
             coords[i] = torch.from_numpy(np.asarray(reducer.fit_transform(points), dtype=np.float64))
     return Projection(coords, stack.labels, explained, stack.layers, stack.task_names, stack.site, method, settings)
 
