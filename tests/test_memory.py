@@ -48,7 +48,7 @@ def test_sweep_halves_rows_per_pass_and_gives_the_same_scores(model) -> None:
         sweep = run_sweep(model, prompts, cells, score, rows_per_pass=24)
     assert hook_snapshot(model) == before
     assert sweep.rows_per_pass == 3 and expected.rows_per_pass == 24
-    assert max(seen) > 5 and max(seen[-sweep.n_passes :]) <= 5  # the last attempt fitted
+    assert max(seen) > 5 and seen[-1] <= 5  # passes ran out of memory, and the last attempt fitted
     torch.testing.assert_close(sweep.clean, expected.clean)
     torch.testing.assert_close(sweep.cells, expected.cells)
     assert sweep.writes == expected.writes
