@@ -244,7 +244,7 @@ def test_help_lists_every_option(command, options):
 
 
 def one_line_error(status: int, stderr: str) -> str:
-    assert status == 1 and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert status == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
     return stderr
 
 
@@ -264,7 +264,7 @@ def test_bad_inputs_end_with_one_line_errors(quick_demo, tmp_path):
 def test_installed_command_reports_errors_without_a_traceback(tmp_path):
     command = Path(sys.executable).with_name("tv-lens")
     done = subprocess.run([command, "report", "--out", tmp_path], capture_output=True, text=True, check=False)
-    assert done.returncode == 1 and done.stdout == ""
+    assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("tv-lens report: error: No results in") and "Traceback" not in done.stderr
 
 

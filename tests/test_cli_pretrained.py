@@ -64,7 +64,7 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 def one_line_error(status: int, stderr: str) -> str:
-    assert status == 1 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert status == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
     return stderr
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import copy
 import importlib
 import re
@@ -40,6 +41,7 @@ from tv_lens.analyses import (
 )
 from tv_lens.errors import (
     AnalysisError,
+    ArtefactError,
     CheckpointError,
     ConfigError,
     HookNotFoundError,
@@ -55,13 +57,25 @@ from tv_lens.errors import (
     TvLensError,
     UnknownNameError,
 )
+from tv_lens.generation import generate
 from tv_lens.interventions import ablate_head, add, run_with_interventions
 from tv_lens.interventions import replace as replace_at
 from tv_lens.models import ModelAdapter, ModelConfig, build_model
+from tv_lens.pretrained import read_pretrained_config
 from tv_lens.probes import collect
 from tv_lens.results import Performance, Result
 from tv_lens.task_vectors import TaskVectors
-from tv_lens.tasks import Task, TaskPool, TextPool, TextTask, Vocabulary, load_examples, load_tasks, offset_pool
+from tv_lens.tasks import (
+    Task,
+    TaskPool,
+    TextPool,
+    TextTask,
+    Vocabulary,
+    load_examples,
+    load_tasks,
+    offset_pool,
+    permutation_pool,
+)
 from tv_lens.training import (
     DataConfig,
     LoRAConfig,
@@ -454,7 +468,12 @@ CASES = [
     ),
     Case(
         "nan-weights-patching",
-        lambda w: TaskVectorPatching(n_bootstrap=0).run(w.nan_model, POOL, n_per_task=2, vectors=w.vectors),
+        lambda w: TaskVectorPatching(n_bootstrap=0).run(
+            w.nan_model,
+            POOL,
+            n_per_task=2,
+            vectors=replace(w.vectors, provenance=None),  # not the NaN model's own
+        ),
         NonFiniteError,
         r"outputs at the answer positions are NaN or infinite",
         r"Check them with torch\.isfinite",
@@ -1030,7 +1049,198 @@ CASES = [
         r"Nothing to train: every parameter of the model is frozen",
         r"requires_grad_\(True\)",
     ),
+    # --- dtypes, devices, grad modes, seeds and other inputs found by fuzzing (tests/fuzz) ---
+    Case(
+        "tokens-of-dtype-uint8",
+        lambda w: collect(w.model, w.batch.inputs.to(torch.uint8), w.batch.answer_pos, progress=False),
+        ShapeError,
+        r"inputs of dtype torch\.uint8 are neither token ids nor a residual stream",
+        r"torch\.long or torch\.int32 \(convert with tokens\.long\(\)\)",
+    ),
+    Case(
+        "tokens-of-dtype-bool",
+        lambda w: run_with_interventions(w.model, w.batch.inputs.bool(), w.batch.answer_pos, []),
+        ShapeError,
+        r"inputs of dtype torch\.bool are neither token ids nor a residual stream",
+        r"convert with tokens\.long\(\)",
+    ),
+    Case(
+        "tokens-on-the-meta-device",
+        lambda w: collect(w.model, w.batch.inputs.to("meta"), w.batch.answer_pos, progress=False),
+        ShapeError,
+        r"inputs is a tensor on the meta device, which has a shape but no values",
+        r"create it on a real device",
+    ),
+    Case(
+        "prompts-of-no-tokens",
+        lambda w: collect(w.model, torch.ones(2, 0, dtype=torch.long), 0, attention_mask=torch.ones(2, 0)),
+        ShapeError,
+        r"inputs hold prompts of no tokens \(shape \(2, 0\)\)",
+        r"pass at least one token each",
+    ),
+    Case(
+        "answer-position-none",
+        lambda w: collect(w.model, w.batch.inputs, None, progress=False),  # type: ignore[arg-type]
+        ShapeError,
+        r"answer_pos must be an int or one int per prompt, got None",
+        r"one int per prompt",
+    ),
+    Case(
+        "answer-position-beyond-64-bits",
+        lambda w: collect(w.model, w.batch.inputs, 2**70, progress=False),
+        ShapeError,
+        r"answer_pos must hold token positions \(64-bit ints\), got 1180591620717411303424",
+        r"token positions \(64-bit ints\)",
+    ),
+    Case(
+        "attention-mask-a-string",
+        lambda w: collect(w.model, w.batch.inputs, w.batch.answer_pos, attention_mask="left", progress=False),
+        ShapeError,
+        r"attention_mask must be a \[batch, pos\] tensor of 0s and 1s, got str",
+        r"tensor of 0s and 1s",
+    ),
+    Case(
+        "collect-per-head-site",
+        lambda w: collect(w.model, w.batch.inputs, w.batch.answer_pos, site="attn.hook_z", progress=False),
+        HookNotFoundError,
+        r"Unknown site 'attn\.hook_z' for reading residual-stream rows\. It names the per-head attention output",
+        r"ablated with ablate_head, not read as a residual row\. Use one of \['resid_pre'",
+    ),
+    Case(
+        "task-vectors-per-head-hook-name",
+        lambda w: TaskVectors.from_model(w.model, POOL, layers=(0,), n_per_task=3, site="blocks.0.attn.hook_z"),
+        HookNotFoundError,
+        r"Unknown site 'blocks\.0\.attn\.hook_z' for reading residual-stream rows",
+        r"ablated with ablate_head, not read as a residual row",
+    ),
+    Case(
+        "head-index-a-float",
+        lambda w: run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, [ablate_head(0, 1.0)]),
+        LayerOutOfRangeError,
+        r"Head must be an int index, got 1\.0 \(float\)",
+        r"use a head in \[0, 3\], e\.g\. ablate_head\(layer, 0\)",
+    ),
+    Case(
+        "head-index-a-bool",
+        lambda w: run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, [ablate_head(0, True)]),
+        LayerOutOfRangeError,
+        r"Head must be an int index, got True \(bool\)",
+        r"use a head in \[0, 3\]",
+    ),
+    Case(
+        "vector-a-string",
+        lambda w: run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, [add(0, "north")]),
+        ShapeError,
+        r"add needs a vector of numbers",
+        r"a float tensor \[d_model\]",
+    ),
+    Case(
+        "vector-of-bools",
+        lambda w: run_with_interventions(
+            w.model, w.batch.inputs, w.batch.answer_pos, [add(0, torch.ones(32, dtype=torch.bool))]
+        ),
+        ShapeError,
+        r"add got a torch\.bool vector",
+        r"pass a float tensor",
+    ),
+    Case(
+        "vector-on-the-meta-device",
+        lambda w: run_with_interventions(
+            w.model, w.batch.inputs, w.batch.answer_pos, [replace_at(0, torch.ones(32, device="meta"))]
+        ),
+        ShapeError,
+        r"replace's vector is a tensor on the meta device",
+        r"create it on a real device",
+    ),
+    Case(
+        "vector-overflowing-a-float16-model",
+        lambda w: run_with_interventions(
+            small_model(dtype="float16"), w.batch.inputs, w.batch.answer_pos, [add(0, torch.full((32,), 1e5))]
+        ),
+        NonFiniteError,
+        r"got values too large for the model's dtype torch\.float16",
+        r"pass a vector within that range",
+    ),
+    Case(
+        "attribution-of-a-model-made-in-inference-mode",
+        lambda w: _in_inference_mode(
+            lambda: HeadAblation(n_bootstrap=0, prune_steps=0).run(small_model(n_layers=1), POOL, n_per_task=2)
+        ),
+        AnalysisError,
+        r"weights were created inside torch\.inference_mode\(\), so no gradient can flow",
+        r"Build or load the model outside inference mode, or pass attribution=False",
+    ),
+    Case(
+        "train-in-inference-mode",
+        lambda w: _in_inference_mode(
+            lambda: train(build_model(w.model_config), POOL, tiny_train_config(), progress=False)
+        ),
+        ConfigError,
+        r"train\(\) was called inside torch\.inference_mode\(\)",
+        r"Call train\(\) outside the inference_mode block",
+    ),
+    Case(
+        "model-on-the-meta-device",
+        lambda w: build_model(w.model_config, device="meta"),
+        ConfigError,
+        r"device='meta' holds no weights",
+        r"use device='cpu' or an available accelerator",
+    ),
+    Case(
+        "bootstrap-seed-beyond-64-bits",
+        lambda w: HeadAblation(n_bootstrap=5, prune_steps=0, attribution=False).run_batch(w.model, w.batch, seed=2**64),
+        TaskError,
+        r"seed must be an int in \[0, 2\*\*64\), got 18446744073709551616",
+        r"pass a non-negative int such as seed=0",
+    ),
+    Case(
+        "bootstrap-seed-negative",
+        lambda w: TaskDecodability(k=2, n_bootstrap=5).run_batch(w.model, w.batch, seed=-1),
+        TaskError,
+        r"seed must be an int in \[0, 2\*\*64\), got -1",
+        r"pass a non-negative int such as seed=0",
+    ),
+    Case(
+        "generation-seed-negative",
+        lambda w: generate(w.model, w.batch, max_new_tokens=1, do_sample=True, seed=-1),
+        TaskError,
+        r"seed must be an int in \[0, 2\*\*64\), got -1",
+        r"pass a non-negative int such as seed=0",
+    ),
+    Case(
+        "permutation-pool-seed-negative",
+        lambda w: permutation_pool(n_tasks=2, n_values=4, seed=-1),
+        TaskError,
+        r"seed must be an int in \[0, 2\*\*64\), got -1",
+        r"pass a non-negative int such as seed=0",
+    ),
+    Case(
+        "confidence-level-a-string",
+        lambda w: TaskDecodability(ci="0.95"),  # type: ignore[arg-type]
+        AnalysisError,
+        r"got '0\.95'",
+        r"confidence level in \(0, 1\), e\.g\. 0\.95",
+    ),
+    Case(
+        "performance-shots-one-int",
+        lambda w: ICLPerformance(shots=3),  # type: ignore[arg-type]
+        AnalysisError,
+        r"shots must be a non-empty tuple of ints >= 0, got 3",
+        r"one-element tuple, e\.g\. shots=\(3,\)",
+    ),
+    Case(
+        "run-file-nested-too-deeply",
+        lambda w: read_pretrained_config(_copy_with(w, "run.json", b"[" * 10_000 + b"]" * 10_000).parent),
+        ArtefactError,
+        r"run\.json is unreadable \(maximum recursion depth exceeded",
+        r"delete it, or use another output directory",
+    ),
 ]
+
+
+def _in_inference_mode(call: Callable[[], object]) -> object:
+    with torch.inference_mode():
+        return call()
 
 
 def _frozen(config: ModelConfig) -> Any:
@@ -1038,6 +1248,42 @@ def _frozen(config: ModelConfig) -> Any:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
+
+
+def test_float_values_and_residuals_follow_the_models_dtype(world: SimpleNamespace):
+    """A float16 vector or residual given to a float32 model is cast to float32, as if the caller had cast it."""
+    w, vector = world, torch.randn(32, generator=torch.Generator().manual_seed(1)).half()
+    cast = run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, [add(0, vector.float())])
+    given = run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, [add(0, vector)])
+    assert torch.equal(given.logits, cast.logits) and given.logits.dtype == torch.float32
+    residual = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(2)).half()
+    half = collect(w.model, residual, 4, layers=[0], progress=False).activations
+    assert torch.equal(half, collect(w.model, residual.float(), 4, layers=[0], progress=False).activations)
+
+
+def test_training_under_no_grad_trains_as_without_it(world: SimpleNamespace):
+    """train() enables gradients itself: under torch.no_grad() it gives the same weights and history."""
+    runs = []
+    for context in (contextlib.nullcontext, torch.no_grad):
+        model = build_model(world.model_config)
+        with context():
+            runs.append(train(model, POOL, tiny_train_config(), progress=False))
+            assert torch.is_grad_enabled() == (context is contextlib.nullcontext)  # the caller's mode is kept
+    plain, no_grad = runs
+    assert plain.history.drop(columns="elapsed_s").equals(no_grad.history.drop(columns="elapsed_s"))
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), no_grad.model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert not torch.equal(next(plain.model.parameters()), next(build_model(world.model_config).parameters()))
+
+
+def test_head_attribution_leaves_inference_mode_for_its_backward_pass(world: SimpleNamespace):
+    """Inside torch.inference_mode() the attribution estimate is what it is outside, and the mode is kept."""
+    analysis = HeadAblation(n_bootstrap=0, prune_steps=0)
+    outside = analysis.run(world.model, POOL, n_per_task=2)
+    with torch.inference_mode():
+        inside = analysis.run(world.model, POOL, n_per_task=2)
+        assert torch.is_inference_mode_enabled()
+    assert torch.isfinite(inside.attribution).all() and inside == outside
 
 
 def test_every_case_is_distinct():

@@ -7,8 +7,11 @@
   with text tasks (:mod:`tv_lens.pretrained`).
 - ``tv-lens report``: rebuild the report from the saved results, recomputing nothing.
 
-Errors the library raises for bad input (:class:`~tv_lens.errors.TvLensError`) end the command with a
-one-line message and exit status 1; bad arguments exit with status 2.
+Bad input ends the command with exit status 2 and one line on stderr naming the problem and the fix, never a
+traceback: bad arguments (argparse), and every error the library raises for bad input
+(:class:`~tv_lens.errors.TvLensError`: a corrupt or wrongly typed run.json or result file, an output path that
+is a file or cannot be written, a ``--set`` value of the wrong type, ``--threads`` outside 1 .. the CPU count).
+Output paths are checked before any work starts. Exit status 1 is left to unexpected failures.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Sequence
@@ -24,13 +28,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from tv_lens.errors import ConfigError, TvLensError
+from tv_lens.errors import ArtefactError, ConfigError, TvLensError
 from tv_lens.pretrained import DTYPES, PRETRAINED_ANALYSES, TEXT_FAMILIES, PretrainedConfig
 from tv_lens.report import ANALYSIS_NAMES
 
 __all__ = ["build_parser", "main"]
 
 DEFAULT_OUT = "tv-lens-demo"
+BAD_INPUT = 2  # exit status of bad input, as argparse uses for bad arguments
 _PRETRAINED_DEFAULTS = {f.name: f.default for f in fields(PretrainedConfig)}
 _DESCRIPTION = """\
 Task vectors in in-context learning, measured on TransformerLens models.
@@ -279,8 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _report(args)
     except TvLensError as error:
-        print(f"tv-lens {args.command}: error: {error}", file=sys.stderr)
-        return 1
+        print(f"tv-lens {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return BAD_INPUT
     except BrokenPipeError:  # output piped into a reader that stopped early (e.g. `| head`)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # keeps Python's exit-time flush quiet
         return 1
@@ -290,15 +295,83 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (a message never spans lines on the terminal)."""
+    return " ".join(str(error).split())
+
+
 def _set_threads(args: argparse.Namespace) -> None:
     threads = getattr(args, "threads", None)
     if threads is None:
         return
-    if threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {threads}.")
+    cpus = os.cpu_count() or 1
+    if not 1 <= threads <= cpus:
+        raise ConfigError(
+            f"--threads must be between 1 and {cpus} (the CPUs of this machine), got {threads}; e.g. --threads 1 "
+            "(the demo's small models gain little from more)."
+        )
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _check_out(out: Path) -> None:
+    """Fail before any work if ``--out`` cannot be an output directory: a file, a path under a file, not writable.
+
+    Nothing is created: the write check makes and removes a temporary file in the nearest existing folder.
+    """
+    if out.exists() and not out.is_dir():
+        raise ArtefactError(
+            f"--out {out} is a file, not a directory; pass a directory (it is created if missing), e.g. "
+            f"--out {out.with_name(out.name + '-run')}."
+        )
+    folder = _nearest_existing(out)
+    if not folder.is_dir():
+        raise ArtefactError(
+            f"--out {out} lies under {folder}, which is a file, not a directory; pass a directory whose parent "
+            "folders are directories."
+        )
+    problem = _unwritable(folder)
+    if problem is not None:
+        raise ArtefactError(
+            f"--out {out} cannot be written to: {folder} is not writable ({problem}); pass a directory you can "
+            "write to, or make that one writable."
+        )
+
+
+def _check_output(path: Path) -> None:
+    """Fail before any work if the report cannot be written to ``--output``."""
+    from tv_lens.report import check_report_target
+
+    check_report_target(path)  # a directory, or a file that is not a report
+    folder = _nearest_existing(path.parent)
+    if not folder.is_dir():
+        raise ArtefactError(
+            f"--output {path} lies under {folder}, which is a file, not a directory; pass a report path whose "
+            "folders are directories."
+        )
+    problem = _unwritable(folder)
+    if problem is not None:
+        raise ArtefactError(
+            f"--output {path} cannot be written: {folder} is not writable ({problem}); pass a path in a directory "
+            "you can write to."
+        )
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (the working directory for a relative path)."""
+    return next((folder for folder in (path, *path.parents) if folder.exists()), Path.cwd())
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (``None`` if one can); the probe file is removed again."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".tv-lens-write-check.", suffix=".tmp")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        return f"{type(error).__name__}: {error.strerror or error}"
+    return None
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -335,6 +408,7 @@ def _demo(args: argparse.Namespace) -> None:
     from tv_lens.demo import run_demo
 
     config = _config(args)
+    _check_out(args.out)
     run = run_demo(args.out, config, only=args.only, progress=not args.no_progress)
     how = "trained" if run.trained.trained_now else "loaded (already trained, not retrained)"
     print(f"tv-lens demo: done in {run.seconds['total']:.0f} s; model {how}, {run.trained.steps} steps")
@@ -348,7 +422,9 @@ def _train(args: argparse.Namespace) -> None:
     from tv_lens.demo import train_or_load
 
     start = time.perf_counter()
-    trained = train_or_load(args.out, _config(args), progress=not args.no_progress)
+    config = _config(args)
+    _check_out(args.out)
+    trained = train_or_load(args.out, config, progress=not args.no_progress)
     how = "trained" if trained.trained_now else "already trained (loaded, not retrained)"
     accuracy = ", ".join(f"{task} {value:.3f}" for task, value in trained.training["accuracy"].items())
     print(f"tv-lens train: model {how} in {time.perf_counter() - start:.0f} s, {trained.steps} steps")
@@ -367,6 +443,7 @@ def _analyze(args: argparse.Namespace) -> None:
                 "analysis of a directory without --model uses the settings stored in its run.json."
             )
         args.out = Path(DEFAULT_OUT) if args.out is None else args.out
+        _check_out(args.out)
         stored = read_pretrained_config(args.out)
         if stored is None:
             _analyze_demo(args)
@@ -394,6 +471,7 @@ def _analyze(args: argparse.Namespace) -> None:
         **{key: value for key, value in settings.items() if value is not None},
     )
     args.out = default_out(args.model) if args.out is None else args.out
+    _check_out(args.out)
     _analyze_pretrained(args, config)
 
 
@@ -441,6 +519,9 @@ def _analyze_demo(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from tv_lens.demo import write_outputs
 
+    _check_out(args.out)
+    if args.output is not None:
+        _check_output(args.output)
     report, numbers = write_outputs(args.out, args.output)
     print("tv-lens report: rebuilt from the saved results (nothing recomputed)")
     _print_outputs(args.out, report)

@@ -42,6 +42,7 @@ from tv_lens.analyses.patching import MODES as PATCHING_MODES
 from tv_lens.errors import ArtefactError, ConfigError
 from tv_lens.models import ModelConfig, build_model
 from tv_lens.report import headline_numbers, load_results, result_path, save_summary, write_report
+from tv_lens.report import read_run_info as report_run_info
 from tv_lens.results import Result
 from tv_lens.tasks import TaskPool, offset_pool
 from tv_lens.training import (
@@ -117,7 +118,20 @@ class DemoConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"DemoConfig.{name} must be an int >= 1, got {value!r}.")
         for name in ("performance_shots", "td_accuracy_shots"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            value = getattr(self, name)
+            if not isinstance(value, list | tuple) or not value or not all(_is_count(s, 0) for s in value):
+                raise ConfigError(
+                    f"DemoConfig.{name} must be a non-empty list of ints >= 0, got {value!r}; e.g. [1, 2, 4]."
+                )
+            object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.recipe, str):
+            raise ConfigError(f"DemoConfig.recipe must be a recipe name (a string), got {self.recipe!r}; e.g. 'quick'.")
+        if not _is_count(self.seed, 0):
+            raise ConfigError(f"DemoConfig.seed must be an int >= 0, got {self.seed!r}; e.g. seed=0.")
+        if not _is_count(self.n_bootstrap, 0):
+            raise ConfigError(
+                f"DemoConfig.n_bootstrap must be an int >= 0 (0: no intervals), got {self.n_bootstrap!r}."
+            )
         if self.patching_mode not in PATCHING_MODES:
             raise ConfigError(f"patching_mode must be one of {list(PATCHING_MODES)}, got {self.patching_mode!r}.")
         if self.backend not in ("auto", "hooked", "bridge"):
@@ -221,14 +235,18 @@ class DemoRun:
     seconds: dict[str, float]
 
 
+def _is_count(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 def read_run_config(out: str | Path) -> DemoConfig | None:
     """The :class:`DemoConfig` stored in ``out/run.json`` (``None`` when there is none)."""
     path = Path(out) / RUN_FILE
-    if not path.is_file():
+    stored = read_run_info(out)
+    if stored is None:
         return None
     try:
-        stored = json.loads(path.read_text())
-        if isinstance(stored, dict) and "pretrained" in stored and "config" not in stored:
+        if "pretrained" in stored and "config" not in stored:
             raise ArtefactError(
                 f"{path.parent} holds an analysis of a pretrained model (tv-lens analyze --model), not a demo run; "
                 "rerun it with `tv-lens analyze --out DIR`, or give the demo another output directory."
@@ -474,12 +492,8 @@ def write_outputs(out: str | Path, report: str | Path | None = None) -> tuple[Pa
 
 
 def read_run_info(out: str | Path) -> dict[str, Any] | None:
-    """The contents of ``out/run.json`` (``None`` when there is none)."""
-    path = Path(out) / RUN_FILE
-    if not path.is_file():
-        return None
-    info: dict[str, Any] = json.loads(path.read_text())
-    return info
+    """The checked contents of ``out/run.json`` (``None`` if absent); see :func:`tv_lens.report.read_run_info`."""
+    return report_run_info(Path(out) / RUN_FILE)
 
 
 def _check_same_training(out: Path, config: DemoConfig) -> None:

@@ -61,6 +61,7 @@ from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.models.running import attached_hooks, forward
 from tv_lens.positions import PreparedPrompts, length_sorted_batches, prepare_prompts
 from tv_lens.tasks.batch import ICLBatch
+from tv_lens.tasks.pool import seeded_generator
 
 __all__ = [
     "Generation",
@@ -200,7 +201,7 @@ def generate(
     kind = _cache_kind(adapter, use_cache)
     uniforms = None
     if do_sample:
-        generator = torch.Generator().manual_seed(seed)
+        generator = seeded_generator(seed)
         uniforms = torch.rand(n_prompts, max_new_tokens, generator=generator, dtype=torch.float64)
     sampling = _Sampling(float(temperature), top_k, uniforms)
     written = torch.zeros(len(plans), n_prompts, dtype=torch.bool)
@@ -255,8 +256,7 @@ def _check_sampling(do_sample: bool, temperature: float, top_k: int | None, seed
         )
     if top_k is not None:
         _check_int(top_k, "top_k", f"tokens sampled among, at most d_vocab={adapter.d_vocab}; None for all")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
-        raise ShapeError(f"seed must be an int (a 64-bit value), got {seed!r}.")
+    seeded_generator(seed)
 
 
 def _inputs(

@@ -554,7 +554,7 @@ def _read_run_json(out: Path) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise ArtefactError(f"{path} is unreadable ({error}); delete it, or use another output directory.") from error
     return data if isinstance(data, dict) else {}
 

@@ -90,8 +90,7 @@ class Representations:
         ``resid_post`` when ``blocks.0.hook_resid_pre`` is cached). Positions index the cached tensors as
         they are (left padding included).
         """
-        if site not in RESIDUAL_SITES:
-            raise HookNotFoundError(f"Unknown site {site!r}; use one of {list(RESIDUAL_SITES)}.")
+        check_residual_site(site)
         template = RESIDUAL_SITES[site]
         embed_name = RESIDUAL_SITES["resid_pre"].format(layer=0)
         if layers is None:
@@ -147,6 +146,7 @@ def collect(
         :class:`Representations` with ``activations[i, p]`` the row of prompt ``p`` at ``layers[i]``.
     """
     adapter = adapt(model)
+    check_residual_site(site)
     if layers is None:
         layers = ([EMBED_LAYER] if site == "resid_post" else []) + list(range(adapter.n_layers))
     layers = adapter.check_layers(layers, allow_embed=True)
@@ -164,6 +164,22 @@ def collect(
     if task_ids is not None:
         task_ids = as_positions(task_ids, len(copies), "task_ids")
     return Representations(activations, layers, site, task_ids)
+
+
+def check_residual_site(site: Any) -> None:
+    """Refuse a ``site`` that is not one of the residual-stream sites read per prompt (``[d_model]`` rows)."""
+    if not isinstance(site, str) or site not in RESIDUAL_SITES:
+        per_head = isinstance(site, str) and site.removeprefix("blocks.").split(".", 1)[-1] in ("attn.hook_z", "z")
+        note = (
+            " It names the per-head attention output ([n_heads, d_head] per position), which is ablated with "
+            "ablate_head, not read as a residual row."
+            if per_head or site in ("attn.hook_z", "z")
+            else ""
+        )
+        raise HookNotFoundError(
+            f"Unknown site {site!r} for reading residual-stream rows.{note} Use one of {list(RESIDUAL_SITES)} "
+            "(each is read at d_model width, at every block given by layers=)."
+        )
 
 
 def _distinct(prompts: PreparedPrompts) -> tuple[PreparedPrompts, Int[Tensor, " batch"]]:

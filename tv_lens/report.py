@@ -9,13 +9,21 @@ headline numbers (:func:`headline_numbers`, also what ``tv-lens demo`` prints an
 ``summary.json``). Result files of other names get a plain section with their own ``figure()``.
 
 Nothing is recomputed: the report of a results directory is the same file however often it is rebuilt.
+
+Every text the report takes from files (task names, result file names, the values of ``run.json``) is
+HTML-escaped, and figure data is embedded as JSON with ``<``, ``>`` and ``/`` escaped, so a name such as
+``<script>`` shows as text and cannot close the page's script tags. A result file of a demo analysis's name
+must hold that analysis's result type, and ``run.json`` must have the shape tv_lens writes: anything else is a
+:class:`~tv_lens.errors.TvLensError` naming the file and the fix, never a half-written report.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +31,22 @@ from typing import Any
 
 import torch
 
-from tv_lens.errors import ArtefactError
-from tv_lens.results import LAYER_AXIS_TITLE, Result, layer_label
+from tv_lens.errors import ArtefactError, ResultFileError
+from tv_lens.results import (
+    LAYER_AXIS_TITLE,
+    Decodability,
+    EmergenceResult,
+    FinetuningComparison,
+    HeadImportance,
+    PatchingEffects,
+    Performance,
+    Projection,
+    PromptingAccuracy,
+    Result,
+    TdAccuracyFit,
+    layer_label,
+)
+from tv_lens.results.storage import write_atomically
 from tv_lens.tasks import NULL_TASK
 
 __all__ = [
@@ -32,8 +54,11 @@ __all__ = [
     "SECTIONS",
     "Section",
     "build_report",
+    "check_report_target",
+    "check_run_info",
     "headline_numbers",
     "load_results",
+    "read_run_info",
     "render_report",
     "result_path",
     "save_summary",
@@ -43,6 +68,7 @@ __all__ = [
 
 RESULT_SUFFIX = ".safetensors"
 SUMMARY_FILE = "summary.json"
+_REPORT_MARK = "<title>tv_lens report</title>"  # in the head of every report: marks a file that may be overwritten
 Numbers = dict[str, Any]
 
 
@@ -56,7 +82,8 @@ def load_results(results_dir: str | Path) -> dict[str, Result]:
 
     Raises:
         ArtefactError: The directory is missing or holds no result files.
-        ResultFileError: A result file is corrupt.
+        ResultFileError: A result file is corrupt, or a file named after a demo analysis holds another type of
+            result.
     """
     results_dir = Path(results_dir)
     paths = sorted(results_dir.glob(f"*{RESULT_SUFFIX}")) if results_dir.is_dir() else []
@@ -68,7 +95,27 @@ def load_results(results_dir: str | Path) -> dict[str, Result]:
         )
     stems = {path.name[: -len(RESULT_SUFFIX)]: path for path in paths}
     order = [name for name in ANALYSIS_NAMES if name in stems] + sorted(set(stems) - set(ANALYSIS_NAMES))
-    return {name: Result.load(stems[name]) for name in order}
+    results = {}
+    for name in order:
+        results[name] = Result.load(stems[name])
+        problem = _wrong_kind(name, results[name])
+        if problem is not None:
+            raise ResultFileError(
+                f"{stems[name]} {problem}: a result was saved under another analysis's name. Re-run that analysis "
+                f"(`tv-lens analyze --out {results_dir.parent} --only {name}`), or rename the file to a name that is "
+                f"no demo analysis's (e.g. my_{name}{RESULT_SUFFIX}) to show it in a section of its own."
+            )
+    return results
+
+
+def _wrong_kind(name: str, result: Result) -> str | None:
+    """Why ``result`` cannot be the result of the demo analysis ``name`` (``None`` when it can, or no such one)."""
+    section = _BY_NAME.get(name)
+    if section is None or isinstance(result, section.kind):
+        return None
+    return (
+        f"holds a {type(result).__name__}, but the report's section {section.title!r} needs a {section.kind.__name__}"
+    )
 
 
 # --- headline numbers ------------------------------------------------------------------------------------
@@ -284,6 +331,7 @@ class Section:
         figures: The result's figures, in order.
         numbers: The headline numbers of the result (JSON-ready).
         line: One line of text from those numbers.
+        kind: The result type of the analysis (a file of this name holding another is refused).
     """
 
     name: str
@@ -293,6 +341,7 @@ class Section:
     figures: Callable[[Any], list[Any]]
     numbers: Callable[[Any], Numbers]
     line: Callable[[Numbers], str]
+    kind: type[Result]
 
 
 SECTIONS: tuple[Section, ...] = (
@@ -308,6 +357,7 @@ SECTIONS: tuple[Section, ...] = (
         lambda r: [r.figure(), r.confusion_figure()],
         _decodability,
         _decodability_line,
+        Decodability,
     ),
     Section(
         "performance",
@@ -319,6 +369,7 @@ SECTIONS: tuple[Section, ...] = (
         lambda r: [r.figure()],
         _performance,
         _performance_line,
+        Performance,
     ),
     Section(
         "geometry",
@@ -329,6 +380,7 @@ SECTIONS: tuple[Section, ...] = (
         lambda r: [r.figure()],
         _geometry,
         _geometry_line,
+        Projection,
     ),
     Section(
         "td_accuracy",
@@ -340,6 +392,7 @@ SECTIONS: tuple[Section, ...] = (
         lambda r: [r.figure()],
         _td_accuracy,
         _td_accuracy_line,
+        TdAccuracyFit,
     ),
     Section(
         "patching",
@@ -354,6 +407,7 @@ SECTIONS: tuple[Section, ...] = (
         lambda r: [r.summary_figure(), _with_layer_slider(r.figure())],
         _patching,
         _patching_line,
+        PatchingEffects,
     ),
     Section(
         "prompting",
@@ -366,6 +420,7 @@ SECTIONS: tuple[Section, ...] = (
         lambda r: [r.figure()],
         _prompting,
         _prompting_line,
+        PromptingAccuracy,
     ),
     Section(
         "heads",
@@ -378,6 +433,7 @@ SECTIONS: tuple[Section, ...] = (
         lambda r: [r.figure(), r.shared_figure(), r.pruning.figure()],
         _heads,
         _heads_line,
+        HeadImportance,
     ),
     Section(
         "emergence",
@@ -389,6 +445,7 @@ SECTIONS: tuple[Section, ...] = (
         lambda r: [r.figure()],
         _emergence,
         _emergence_line,
+        EmergenceResult,
     ),
     Section(
         "finetuning",
@@ -402,6 +459,7 @@ SECTIONS: tuple[Section, ...] = (
         lambda r: [r.figure()],
         _finetuning,
         _finetuning_line,
+        FinetuningComparison,
     ),
 )
 """Every analysis of the demo, in pipeline order."""
@@ -411,7 +469,18 @@ _BY_NAME = {section.name: section for section in SECTIONS}
 
 
 def headline_numbers(results: Mapping[str, Result]) -> dict[str, Numbers]:
-    """The headline numbers of every known result, by analysis name (JSON-ready)."""
+    """The headline numbers of every known result, by analysis name (JSON-ready).
+
+    Raises:
+        ArtefactError: A result under a demo analysis's name is not of that analysis's type.
+    """
+    for name, result in results.items():
+        problem = _wrong_kind(name, result)
+        if problem is not None:
+            raise ArtefactError(
+                f"The result named {name!r} {problem}; pass each demo analysis's result under its own name, and "
+                "other results under other names."
+            )
     return {name: _BY_NAME[name].numbers(result) for name, result in results.items() if name in _BY_NAME}
 
 
@@ -423,10 +492,106 @@ def summary_lines(numbers: Mapping[str, Numbers]) -> list[tuple[str, str, str]]:
 
 
 def save_summary(out: str | Path, numbers: Mapping[str, Numbers]) -> Path:
-    """Write the headline numbers to ``out/summary.json``."""
-    path = Path(out) / SUMMARY_FILE
-    path.write_text(json.dumps(numbers, indent=1) + "\n")
-    return path
+    """Write the headline numbers to ``out/summary.json`` (atomically).
+
+    Raises:
+        ResultWriteError: The file could not be written (the message says why).
+    """
+    return write_atomically(Path(out) / SUMMARY_FILE, (json.dumps(numbers, indent=1) + "\n").encode("utf-8"))
+
+
+# --- run.json ----------------------------------------------------------------------------------------------
+
+
+def read_run_info(path: str | Path) -> dict[str, Any] | None:
+    """The run description a demo or pretrained run wrote to ``path`` (its ``run.json``), checked.
+
+    Returns:
+        The parsed file, or ``None`` when there is no file at ``path``.
+
+    Raises:
+        ArtefactError: The file cannot be read, is not JSON (truncated or corrupt), or a value the report
+            shows has the wrong type (the message names the field).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    fix = (
+        "restore it, or delete it and rerun the `tv-lens demo`, `train` or `analyze --model` command that made this "
+        "directory, which writes it again"
+    )
+    if not path.is_file():
+        raise ArtefactError(f"{path} is not a file, where a run writes its run.json; {fix}.")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ArtefactError(f"{path} cannot be read ({type(error).__name__}: {error}); {fix}.") from error
+    except (ValueError, RecursionError) as error:  # RecursionError: arrays nested thousands deep
+        raise ArtefactError(f"{path} is not valid JSON ({error}): it is truncated or corrupt; {fix}.") from error
+    check_run_info(info, str(path), fix)
+    return info  # type: ignore[no-any-return]
+
+
+def check_run_info(
+    info: Any, source: str = "run_info", fix: str = "pass the contents of a run.json tv_lens wrote"
+) -> None:
+    """Raise an :class:`ArtefactError` unless ``info`` has the shape of a ``run.json`` tv_lens writes.
+
+    Only the values the report shows are checked: a demo run's ``config`` (recipe, backend, seed),
+    ``recipe_description`` and ``training`` summary, or a pretrained run's ``description`` lines.
+    """
+
+    def expect(value: Any, ok: bool, field: str, what: str) -> None:
+        if not ok:
+            raise ArtefactError(
+                f"{source} is not a run file as tv_lens writes it: {field} should be {what}, but it is "
+                f"{type(value).__name__} {_clip(value)}; it was edited or is corrupt; {fix}."
+            )
+
+    expect(info, isinstance(info, dict), "the whole file", "a JSON object")
+    if "description" in info:
+        lines = info["description"]
+        expect(
+            lines,
+            isinstance(lines, list) and all(isinstance(x, str) for x in lines),
+            "'description'",
+            "a list of strings",
+        )
+        return
+    config = info.get("config", {})
+    expect(config, isinstance(config, dict), "'config'", "an object of settings")
+    for key in ("recipe", "backend"):
+        expect(config.get(key), isinstance(config.get(key, ""), str), f"'config.{key}'", "a string")
+    expect(config.get("seed"), _is_int(config.get("seed", 0)), "'config.seed'", "an integer")
+    description = info.get("recipe_description", "")
+    expect(description, isinstance(description, str), "'recipe_description'", "a string")
+    training = info.get("training", {})
+    expect(training, isinstance(training, dict), "'training'", "an object (steps, elapsed_s, eval_step, accuracy)")
+    for key in ("steps", "eval_step"):
+        value = training.get(key)
+        expect(value, value is None or _is_int(value), f"'training.{key}'", "an integer")
+    elapsed = training.get("elapsed_s")
+    expect(elapsed, elapsed is None or _is_number(elapsed), "'training.elapsed_s'", "a number of seconds")
+    accuracy = training.get("accuracy", {})
+    expect(
+        accuracy,
+        isinstance(accuracy, dict) and all(_is_number(v) for v in accuracy.values()),
+        "'training.accuracy'",
+        "an object of task name: accuracy (a number)",
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _clip(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- HTML ------------------------------------------------------------------------------------------------
@@ -446,9 +611,16 @@ table.summary td:first-child { white-space: nowrap; font-weight: 600; }
 
 
 def render_report(results: Mapping[str, Result], run_info: Mapping[str, Any] | None = None) -> str:
-    """The report of ``results`` (name → result) as one HTML document, plotly embedded."""
+    """The report of ``results`` (name → result) as one HTML document, plotly embedded.
+
+    Raises:
+        ArtefactError: ``run_info`` does not have the shape of a ``run.json`` (:func:`check_run_info`), or a
+            result under a demo analysis's name is not of that analysis's type.
+    """
     from plotly.offline import get_plotlyjs
 
+    if run_info:
+        check_run_info(run_info)
     numbers = headline_numbers(results)
     parts = [
         "<!DOCTYPE html>",
@@ -476,7 +648,7 @@ def build_report(
     """Write the report of every result in ``results_dir`` to ``path`` (default: ``report.html`` beside it).
 
     Raises:
-        ArtefactError: No results in ``results_dir``.
+        ArtefactError: No results in ``results_dir``, or ``path`` cannot take the report (see :func:`write_report`).
     """
     results_dir = Path(results_dir)
     target = Path(path) if path is not None else results_dir.parent / "report.html"
@@ -484,10 +656,45 @@ def build_report(
 
 
 def write_report(results: Mapping[str, Result], path: str | Path, run_info: Mapping[str, Any] | None = None) -> Path:
-    """Write the report of ``results`` (name → result) to ``path``; returns the path."""
+    """Write the report of ``results`` (name → result) to ``path`` (atomically); returns the path.
+
+    An existing file at ``path`` is replaced only if it is a tv_lens report.
+
+    Raises:
+        ArtefactError: ``path`` is a directory, or an existing file that is not a tv_lens report.
+        ResultWriteError: The file could not be written (read-only directory, a parent path that is a file,
+            full disk; the message says why).
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render_report(results, run_info), encoding="utf-8")
+    check_report_target(target)
+    return write_atomically(target, render_report(results, run_info).encode("utf-8"))
+
+
+def check_report_target(path: str | Path) -> Path:
+    """Raise an :class:`ArtefactError` if a report cannot be written to ``path`` without harm.
+
+    ``path`` must not be a directory, and an existing file there must be a tv_lens report (a report is
+    rebuilt in place; any other file is left alone rather than overwritten).
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise ArtefactError(
+            f"The report path {target} is a directory; give a file path, e.g. {target / 'report.html'}."
+        )
+    if target.exists():
+        try:
+            with open(target, "rb") as file:
+                head = file.read(4096)
+        except OSError as error:
+            raise ArtefactError(
+                f"The report path {target} exists and cannot be read ({type(error).__name__}: {error}); choose "
+                "another file name for the report."
+            ) from error
+        if _REPORT_MARK.encode() not in head:
+            raise ArtefactError(
+                f"The report path {target} is an existing file that is not a tv_lens report; it is not overwritten. "
+                "Choose another file name for the report (e.g. report.html), or move that file away."
+            )
     return target
 
 
@@ -500,12 +707,16 @@ def _run_html(run_info: Mapping[str, Any] | None) -> str:
     training = run_info.get("training", {})
     accuracy = training.get("accuracy", {})
     held_out = ", ".join(f"{task} {value:.3f}" for task, value in accuracy.items())
+
+    def text(value: Any) -> str:
+        return html.escape(str(value))
+
     facts = [
-        f"Model: recipe <b>{html.escape(str(config.get('recipe')))}</b> "
-        f"({html.escape(str(run_info.get('recipe_description', '')).rstrip('.'))}), backend "
-        f"{html.escape(str(config.get('backend')))}, seed {config.get('seed')}.",
-        f"Trained {training.get('steps')} steps in {training.get('elapsed_s')} s; held-out accuracy at step "
-        f"{training.get('eval_step')}: {html.escape(held_out)}.",
+        f"Model: recipe <b>{text(config.get('recipe'))}</b> "
+        f"({text(str(run_info.get('recipe_description', '')).rstrip('.'))}), backend "
+        f"{text(config.get('backend'))}, seed {text(config.get('seed'))}.",
+        f"Trained {text(training.get('steps'))} steps in {text(training.get('elapsed_s'))} s; held-out accuracy at "
+        f"step {text(training.get('eval_step'))}: {text(held_out)}.",
     ]
     return '<p class="note">' + "<br>".join(facts) + "</p>"
 
@@ -530,10 +741,20 @@ def _section_html(name: str, result: Result, numbers: Numbers | None) -> str:
             f'<p class="claim">Tests: {html.escape(section.claim)}</p>',
             f'<p class="numbers">{html.escape(section.line(numbers))}</p>',
         ]
-    divs = [_figure_html(figure, f"{name}-figure-{i}") for i, figure in enumerate(figures)]
+    divs = [_figure_html(figure, f"{_html_id(name)}-figure-{i}") for i, figure in enumerate(figures)]
     return f'<section id="{html.escape(name)}" class="analysis"><h2>{html.escape(title)}</h2>{"".join(text)}' + (
         "".join(divs) + "</section>"
     )
+
+
+def _html_id(name: str) -> str:
+    """``name`` if it is safe as an HTML id and a JavaScript string, else a stable id derived from it.
+
+    Plotly writes the id of a figure's div unescaped into HTML and into the script that draws it.
+    """
+    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        return name
+    return "result-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
 
 
 def _figure_html(figure: Any, div_id: str) -> str:

@@ -19,6 +19,7 @@ and no weight's ``.grad`` is touched. Each prompt's estimate uses the gradient o
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -27,7 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.analyses.stacking import AlignedPrompts
-from tv_lens.errors import ShapeError
+from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.metrics import token_cross_entropy
 from tv_lens.models.adapter import adapt
 from tv_lens.models.running import forward
@@ -63,6 +64,23 @@ def head_attribution(
         )
     if batch_size < 1:
         raise ShapeError(f"batch_size must be >= 1, got {batch_size}.")
+    if torch.is_inference_mode_enabled():
+        # The estimate needs one backward pass: leave inference mode for it. Tensors made inside it (the
+        # prompts, the ablation values) are read through copies, never kept for the backward pass.
+        if any(parameter.is_inference() for parameter in model.parameters()):
+            raise AnalysisError(
+                "The attribution estimate needs gradients, but this model's weights were created inside "
+                "torch.inference_mode(), so no gradient can flow through them. Build or load the model outside "
+                "inference mode, or pass attribution=False."
+            )
+        with torch.inference_mode(False):
+            copies = replace(
+                prompts,
+                inputs=prompts.inputs.clone(),
+                answer_pos=prompts.answer_pos.clone(),
+                answer_lengths=prompts.answer_lengths.clone(),
+            )
+            return head_attribution(model, copies, answers.clone(), ablation_values.clone(), batch_size)
     n_answer = prompts.n_answer_tokens
     out = torch.empty(adapter.n_layers, adapter.n_heads, len(prompts), dtype=torch.float64)
     values = ablation_values.to(adapter.device, adapter.dtype)

@@ -15,6 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.errors import AnalysisError
+from tv_lens.tasks.pool import seeded_generator
 
 
 def stratified_bootstrap_ci(
@@ -39,13 +40,13 @@ def stratified_bootstrap_ci(
         ``(per_group, overall)`` intervals, the last dim holding (low, high).
     """
     check_bootstrap(n_bootstrap, ci)
+    generator = seeded_generator(seed)  # checked even when unused, so a bad seed is never silently ignored
     values = values.double()
     lead = values.shape[:-1]
     per_group = torch.full((*lead, n_groups, 2), float("nan"), dtype=torch.float64)
     overall = torch.full((*lead, 2), float("nan"), dtype=torch.float64)
     if n_bootstrap == 0 or not bool(((groups >= 0) & (groups < n_groups)).any()):
         return per_group, overall
-    generator = torch.Generator().manual_seed(seed)
     quantiles = torch.tensor([(1 - ci) / 2, (1 + ci) / 2], dtype=torch.float64)
     total = torch.zeros((*lead, n_bootstrap), dtype=torch.float64)
     n_total = 0
@@ -66,5 +67,5 @@ def check_bootstrap(n_bootstrap: int, ci: float) -> None:
     """Raise :class:`AnalysisError` for an unusable number of resamples or confidence level."""
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
         raise AnalysisError(f"n_bootstrap must be an int >= 0 (0: no intervals), got {n_bootstrap!r}.")
-    if not 0 < ci < 1:
+    if isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0 < ci < 1:
         raise AnalysisError(f"ci is a confidence level in (0, 1), e.g. 0.95; got {ci!r}.")

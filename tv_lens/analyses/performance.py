@@ -201,11 +201,18 @@ class ICLPerformance:
     label_noise: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.label_noise, bool) or not isinstance(self.label_noise, (int, float)):
+            raise AnalysisError(f"label_noise must be a probability in [0, 1), got {self.label_noise!r}.")
         if not 0 <= self.label_noise < 1:
             raise AnalysisError(f"label_noise must be a probability in [0, 1), got {self.label_noise!r}.")
         if self.metric != "auto":
             _metric(self.metric)
         check_bootstrap(self.n_bootstrap, self.ci)
+        if isinstance(self.shots, int) or not isinstance(self.shots, (tuple, list)):
+            raise AnalysisError(
+                f"shots must be a non-empty tuple of ints >= 0, got {self.shots!r}; for one shot count pass a "
+                f"one-element tuple, e.g. shots=({self.shots!r},)."
+            )
         if not self.shots or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.shots):
             raise AnalysisError(f"shots must be a non-empty tuple of ints >= 0, got {self.shots!r}.")
 

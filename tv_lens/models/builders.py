@@ -186,6 +186,11 @@ def _checked_device(device: object) -> torch.device:
         parsed = torch.device(device)
     except (RuntimeError, ValueError) as error:
         raise ConfigError(f"Unknown device {device!r} ({error}); use e.g. 'cpu' or 'cuda'.") from error
+    if parsed.type == "meta":
+        raise ConfigError(
+            f"device={str(device)!r} holds no weights (meta tensors have shapes but no values), so the model could "
+            "not run; use device='cpu' or an available accelerator."
+        )
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(

@@ -14,6 +14,10 @@ it was saved fails to load instead of loading wrong numbers, and a format-2 file
 refused. The digest is a checksum, not a signature: it catches corruption and edits made without
 tv_lens, not someone who deliberately recomputes it.
 
+Fields added to a result type later come with a default, and a file saved before they existed loads with
+that default (its digest covers what it holds); a file with a field the type does not know, or without one
+that has no default, was written by another version and is refused.
+
 Format 1 (tv_lens before the format was bumped) recorded a digest of the tensors only, and early files
 none at all, so their other fields cannot be checked. They are refused unless the caller opts in with
 ``allow_unverified=True`` (their tensors are still checked where a digest exists); saving such a result
@@ -34,7 +38,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import fields, is_dataclass
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -333,7 +337,8 @@ def _build(
             "it before loading."
         )
     expected = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
-    if set(encoded) != expected:
+    added = {f.name for f in fields(cls) if f.init and _has_default(f)}  # type: ignore[arg-type]
+    if not set(encoded) <= expected or not expected - set(encoded) <= added:
         raise ResultFileError(
             f"{source} holds a {cls.__name__} with fields {sorted(encoded)}, but {cls.__name__} has "
             f"{sorted(expected)}; it was written by another tv_lens version. Re-run the analysis."
@@ -346,6 +351,11 @@ def _build(
             f"{source} holds an invalid {cls.__name__} ({type(error).__name__}: {error}); it is corrupt. "
             "Re-run the analysis."
         ) from error
+
+
+def _has_default(field: Any) -> bool:
+    """Whether a dataclass field has a default: one added after a file was saved may be missing from it."""
+    return field.default is not MISSING or field.default_factory is not MISSING
 
 
 def _join(path: str, part: str) -> str:

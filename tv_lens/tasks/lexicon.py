@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from tv_lens.errors import TaskError
+from tv_lens.tasks.pool import seeded_generator
 
 __all__ = ["LEXICON", "POS_TAGS", "TaggedSentence", "first_word_with_tag", "generate_sentences", "sentence_text"]
 
@@ -84,7 +85,7 @@ def generate_sentences(n: int, seed: int = 0) -> tuple[TaggedSentence, ...]:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise TaskError(f"n (number of sentences) must be an int >= 1, got {n!r}.")
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(seed)
     sentences: dict[TaggedSentence, None] = {}
     while len(sentences) < n:
         pattern = _PATTERNS[int(torch.randint(len(_PATTERNS), (1,), generator=gen))].split()

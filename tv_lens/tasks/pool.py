@@ -255,7 +255,7 @@ def seeded_generator(seed: int) -> torch.Generator:
     if not _is_int(seed) or not 0 <= seed < SEED_RANGE:
         raise TaskError(
             f"seed must be an int in [0, 2**64), got {seed!r}; pass a non-negative int such as seed=0 "
-            "(the same seed gives the same prompts)."
+            "(the same seed gives the same result)."
         )
     return torch.Generator().manual_seed(seed)
 

@@ -21,6 +21,7 @@ import torch
 
 from tv_lens.errors import TaskError
 from tv_lens.tasks.lexicon import POS_TAGS, first_word_with_tag, generate_sentences, sentence_text
+from tv_lens.tasks.pool import seeded_generator
 from tv_lens.tasks.text import TextTask
 from tv_lens.tasks.tokens import BITWISE_OPS, _bitwise
 
@@ -68,7 +69,7 @@ def bitwise_text_tasks(
     n_pairs = 1 << (2 * n_bits)
     if not 1 <= n_examples <= n_pairs:
         raise TaskError(f"n_examples must lie in 1 .. {n_pairs} (distinct pairs of {n_bits}-bit numbers).")
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(seed)
     codes = torch.randperm(n_pairs, generator=gen)[:n_examples]
     pairs = torch.stack([codes >> n_bits, codes & ((1 << n_bits) - 1)], dim=1)
     inputs = [f"{a:0{n_bits}b} {b:0{n_bits}b}" for a, b in pairs.tolist()]

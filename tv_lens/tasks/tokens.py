@@ -27,7 +27,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tv_lens.errors import TaskError
-from tv_lens.tasks.pool import AnswerEncoding, Task, TaskPool
+from tv_lens.tasks.pool import AnswerEncoding, Task, TaskPool, seeded_generator
 from tv_lens.tasks.render import PromptFormat
 from tv_lens.tasks.vocabulary import Vocabulary
 
@@ -203,7 +203,7 @@ def permutation_pool(
     vocab = _vocab(2, n_values, bos, "permutation_pool")
     if n_tasks < 1 or n_tasks > math.factorial(min(n_values, 20)):
         raise TaskError(f"n_tasks must lie in 1 .. {n_values}! (distinct permutations), got {n_tasks}.")
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(seed)
     tables: list[Tensor] = []
     while len(tables) < n_tasks:
         perm = torch.randperm(n_values, generator=gen)

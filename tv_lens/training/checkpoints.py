@@ -18,6 +18,12 @@ Every checkpoint carries a SHA-256 digest of its whole contents, which must be p
 fields are then checked (a step within the run's schedule, random states a generator accepts ...): a
 truncated, altered or crafted file fails to load with a :class:`~tv_lens.errors.CheckpointError` instead of
 resuming from garbage.
+
+Versions. A checkpoint records the TransformerLens version it was written under. Settings this tv_lens does
+not know (a checkpoint of a newer version) are named in the error; a model whose parameters do not fit the
+model this TransformerLens builds from the same config (TransformerLens 4 and 3 name a bridge's parameters
+differently) is reported as a checkpoint of another TransformerLens version, not as a wrong config; an
+optimiser state whose tensors do not fit the model's parameters is refused on resume.
 """
 
 from __future__ import annotations
@@ -28,17 +34,19 @@ import os
 import pickle
 import re
 import tempfile
-from dataclasses import dataclass, replace
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from tv_lens.errors import CheckpointError
+from tv_lens.errors import CheckpointError, ConfigError, TvLensError
 from tv_lens.models import ModelConfig, build_continuous_model, build_model, hooked_transformer_available
 from tv_lens.results.storage import write_failure
-from tv_lens.training.config import TrainConfig
+from tv_lens.training.config import _NESTED, TrainConfig
 from tv_lens.training.finetune import attach_lora
 
 __all__ = [
@@ -49,6 +57,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_optimizer_state",
     "load_parameters",
     "save_checkpoint",
 ]
@@ -86,6 +95,8 @@ class Checkpoint:
         history: Rows of the per-step history so far.
         evals: Rows of the evaluation table so far.
         elapsed_s: Training wall time so far, in seconds.
+        transformer_lens: The TransformerLens version the checkpoint was written under (``None`` for
+            checkpoints of tv_lens versions that did not record it).
     """
 
     path: Path
@@ -99,6 +110,7 @@ class Checkpoint:
     history: list[dict[str, Any]]
     evals: list[dict[str, Any]]
     elapsed_s: float
+    transformer_lens: str | None = None
 
     def load_model(self, device: str | torch.device = "cpu") -> Any:
         """Rebuild the model from ``model_config`` (LoRA adapters re-attached) and load the weights.
@@ -114,13 +126,42 @@ class Checkpoint:
             )
         config = self.model_config_as_saved()
         read_in = self.parameters.get(_READ_IN)
-        if read_in is None:
-            model = build_model(config, device=device)
-        else:
-            model = build_continuous_model(config, d_in=int(read_in.shape[1]), d_out=config.d_vocab, device=device)
-        attach_lora(model, self.config.finetune)
+        try:
+            if read_in is None:
+                model = build_model(config, device=device)
+            else:
+                model = build_continuous_model(config, d_in=int(read_in.shape[1]), d_out=config.d_vocab, device=device)
+            attach_lora(model, self.config.finetune)
+        except TvLensError as error:
+            other_version = self._other_version_error(str(error))
+            if other_version is None:
+                raise
+            raise other_version from error
+        mismatch = _parameter_mismatch(model, self.parameters)
+        other_version = None if mismatch is None else self._other_version_error(mismatch)
+        if other_version is not None:
+            raise other_version
+        if mismatch is not None and self.transformer_lens is None:
+            raise CheckpointError(
+                f"The parameters in {self.path} do not fit the model built from its ModelConfig ({mismatch}). This "
+                "checkpoint does not record the TransformerLens version it was written under (tv_lens did not "
+                f"before); if that was not the installed {transformer_lens_version()}, load it where that version "
+                "is installed, or retrain the run here."
+            )
         load_parameters(model, self.parameters, source=str(self.path))
         return model.eval()
+
+    def _other_version_error(self, problem: str) -> CheckpointError | None:
+        """The error that blames the TransformerLens version for ``problem``, if the checkpoint's is another."""
+        installed = transformer_lens_version()
+        if self.transformer_lens in (None, installed):
+            return None
+        return CheckpointError(
+            f"{self.path} was written under TransformerLens {self.transformer_lens}, but TransformerLens {installed} "
+            f"is installed, and the model this version builds from the checkpoint's own config does not take its "
+            f"weights ({problem}). Load the checkpoint where TransformerLens {self.transformer_lens} is installed, "
+            "or retrain the run under this version."
+        )
 
     def model_config_as_saved(self) -> ModelConfig:
         """``model_config`` with ``backend="auto"`` resolved to the model class the weights were saved from.
@@ -161,9 +202,16 @@ class Checkpoint:
             missing = sorted(set(parameter_shapes) - set(saved_shapes))[:3]
             extra = sorted(set(saved_shapes) - set(parameter_shapes))[:3]
             reshaped = [n for n in saved_shapes if n in parameter_shapes and saved_shapes[n] != parameter_shapes[n]]
+            installed = transformer_lens_version()
+            version = (
+                f", and the checkpoint was written under TransformerLens {self.transformer_lens}, not the installed "
+                f"{installed}, whose models may name their parameters differently"
+                if self.transformer_lens not in (None, installed)
+                else ""
+            )
             problems.append(
                 f"model parameters differ (not in checkpoint: {missing}; only in checkpoint: {extra}; "
-                f"other shapes: {reshaped[:3]})"
+                f"other shapes: {reshaped[:3]}{version})"
             )
         if problems:
             raise CheckpointError(
@@ -237,7 +285,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
             that is a file); earlier checkpoints are untouched and the run can resume from the latest.
     """
     path = Path(path)
-    record = {**payload, "format": FORMAT}
+    record = {"transformer_lens": transformer_lens_version(), **payload, "format": FORMAT}
     record["digest"] = _digest(record)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -276,7 +324,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"No checkpoint file at {path}; list a run's checkpoints with list_checkpoints(dir).")
     fix = "delete it and resume from an earlier checkpoint of the run (list_checkpoints(dir)), or start afresh"
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: the error says it all
+            warnings.simplefilter("ignore", UserWarning)
+            record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         forbidden = _FORBIDDEN_GLOBAL.search(str(error))
         if forbidden is not None or "allowed global" in str(error):
@@ -286,6 +336,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                 "unpickled, which a tv_lens checkpoint never does and which could run code on this machine. It "
                 "was not loaded; delete it (or keep it away from torch.load and pickle), and resume from a "
                 "checkpoint tv_lens wrote."
+            ) from None
+        if "weights only" in str(error).lower() or "weights_only" in str(error):
+            raise CheckpointError(
+                f"{path} is truncated or corrupt, or not a tv_lens checkpoint at all, and must not be loaded: its "
+                "pickled data holds instructions that no tv_lens checkpoint holds. It was not loaded; delete it (or "
+                "keep it away from torch.load and pickle), and resume from an earlier checkpoint of the run "
+                "(list_checkpoints(dir)), or start afresh."
             ) from None
         raise CheckpointError(
             f"Checkpoint {path} is truncated or corrupt (its pickled data is unreadable); {fix}."
@@ -320,7 +377,24 @@ def _checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
     def refuse(problem: str) -> str:
         return f"Checkpoint {path} {problem}, which no tv_lens run writes: it is corrupt or crafted; {fix}."
 
-    config = TrainConfig.from_dict(record["config"])
+    model_config = record["model_config"]
+    unknown = _unknown_settings(TrainConfig, record["config"], "config")
+    if isinstance(model_config, Mapping):
+        unknown += _unknown_settings(ModelConfig, model_config, "model_config")
+    if unknown:
+        raise CheckpointError(
+            f"Checkpoint {path} records settings this tv_lens does not know: {unknown}. It was written by a newer "
+            "tv_lens (or edited by hand); load it with the tv_lens version that wrote it (or upgrade tv_lens), or "
+            "retrain the run with this version."
+        )
+    version = record.get("transformer_lens")
+    if version is not None and not isinstance(version, str):
+        raise CheckpointError(refuse(f"records TransformerLens version {version!r}, not a version string"))
+    try:
+        config = TrainConfig.from_dict(record["config"])
+        built_model_config = None if model_config is None else ModelConfig(**model_config)
+    except (ConfigError, TypeError) as error:
+        raise CheckpointError(refuse(f"holds a config this tv_lens refuses ({error})")) from error
     step = record["step"]
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= config.schedule.max_steps:
         raise CheckpointError(
@@ -353,12 +427,11 @@ def _checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
             raise CheckpointError(
                 refuse(f"holds a random state for module {module!r} that no generator accepts ({problem})")
             )
-    model_config = record["model_config"]
     return Checkpoint(
         path=path,
         step=step,
         config=config,
-        model_config=None if model_config is None else ModelConfig(**model_config),
+        model_config=built_model_config,
         pool=record["pool"],
         parameters=record["parameters"],
         optimizer=optimizer,
@@ -366,17 +439,39 @@ def _checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
         history=record["history"],
         evals=record["evals"],
         elapsed_s=float(elapsed_s),
+        transformer_lens=version,
     )
+
+
+def _unknown_settings(kind: type, data: Any, where: str) -> list[str]:
+    """Dotted names of the keys of ``data`` (and of its nested config sections) that ``kind`` has no field for."""
+    if not isinstance(data, Mapping):
+        return []
+    known = {f.name for f in fields(kind)}
+    found = [f"{where}.{key}" for key in data if key not in known]
+    for name in sorted(known & set(data)):
+        if name in _NESTED:
+            found += _unknown_settings(_NESTED[name], data[name], f"{where}.{name}")
+    return found
+
+
+def transformer_lens_version() -> str:
+    """The installed TransformerLens version (``"unknown"`` when its package metadata is missing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformer-lens")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def load_parameters(model: Any, parameters: dict[str, Tensor], source: str = "the checkpoint") -> None:
     """Copy saved parameters into ``model`` (names must match ``model.named_parameters()`` exactly)."""
     own = dict(model.named_parameters())
     if set(own) != set(parameters):
-        missing, extra = sorted(set(own) - set(parameters)), sorted(set(parameters) - set(own))
         raise CheckpointError(
-            f"The parameters in {source} do not match the model's (missing: {missing[:3]}, unexpected: "
-            f"{extra[:3]}). Load it into a model built from the same ModelConfig and finetune settings."
+            f"The parameters in {source} do not match the model's ({_parameter_mismatch(model, parameters)}). Load "
+            "it into a model built from the same ModelConfig and finetune settings."
         )
     with torch.no_grad():
         for name, parameter in own.items():
@@ -386,6 +481,74 @@ def load_parameters(model: Any, parameters: dict[str, Tensor], source: str = "th
                     f"{tuple(parameters[name].shape)} in {source}; build the model from the checkpoint's ModelConfig."
                 )
             parameter.copy_(parameters[name])
+
+
+def _parameter_mismatch(model: Any, parameters: dict[str, Tensor]) -> str | None:
+    """How ``parameters`` differ from ``model``'s by name and shape (``None`` when they fit)."""
+    own = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    missing, extra = sorted(set(own) - set(parameters)), sorted(set(parameters) - set(own))
+    if missing or extra:
+        return f"missing: {missing[:3]}, unexpected: {extra[:3]}"
+    reshaped = [
+        f"{name} {tuple(parameters[name].shape)} in the checkpoint, {shape} in the model"
+        for name, shape in own.items()
+        if tuple(parameters[name].shape) != shape
+    ]
+    return f"other shapes: {'; '.join(reshaped[:3])}" if reshaped else None
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], model: Any = None, source: str = "the checkpoint"
+) -> None:
+    """Load a saved optimiser ``state_dict`` into ``optimizer``, after checking its tensors fit the parameters.
+
+    ``torch.optim.Optimizer.load_state_dict`` checks only the number of parameters per group; a state whose
+    moment estimates have other shapes would fail (or broadcast) at the first step. Here each per-parameter
+    tensor must have its parameter's shape.
+
+    Args:
+        optimizer: The run's optimiser, over the model's parameters.
+        state: The saved ``optimizer.state_dict()``.
+        model: The model, to name parameters in errors (optional).
+        source: Names the checkpoint in errors.
+
+    Raises:
+        CheckpointError: The state has other parameter groups, or a tensor whose shape is not its parameter's.
+    """
+    fix = (
+        "resume with the model and optimiser settings the run was started with, or start a new run in an empty "
+        "checkpoint directory"
+    )
+    names = {} if model is None else {id(p): name for name, p in model.named_parameters()}
+    saved_groups = state.get("param_groups") if isinstance(state, Mapping) else None
+    saved_state = state.get("state") if isinstance(state, Mapping) else None
+    same_groups = (
+        isinstance(saved_groups, list)
+        and isinstance(saved_state, Mapping)
+        and len(saved_groups) == len(optimizer.param_groups)
+        and all(
+            isinstance(saved, Mapping) and len(saved.get("params", ())) == len(group["params"])
+            for saved, group in zip(saved_groups, optimizer.param_groups, strict=True)
+        )
+    )
+    if same_groups:  # otherwise load_state_dict below names the difference in groups
+        for saved_group, group in zip(saved_groups, optimizer.param_groups, strict=True):  # type: ignore[arg-type]
+            for index, parameter in zip(saved_group["params"], group["params"], strict=True):
+                entries = saved_state.get(index, {})  # type: ignore[union-attr]
+                for key, value in entries.items() if isinstance(entries, Mapping) else ():
+                    if isinstance(value, Tensor) and value.dim() > 0 and value.shape != parameter.shape:
+                        name = names.get(id(parameter), f"number {index}")
+                        raise CheckpointError(
+                            f"The optimiser state in {source} does not fit this run's parameters: its {key!r} of "
+                            f"parameter {name} has shape {tuple(value.shape)}, the parameter {tuple(parameter.shape)}; "
+                            f"{fix}."
+                        )
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise CheckpointError(
+            f"The optimiser state in {source} does not fit this run's parameters ({error}); {fix}."
+        ) from error
 
 
 def _digest(record: Any) -> str:

@@ -86,6 +86,12 @@ def train(
             f"config must be a TrainConfig, got {type(config).__name__}; build one, e.g. "
             "TrainConfig(schedule=ScheduleConfig(max_steps=200)), or TrainConfig.from_dict(d) for a dict."
         )
+    if torch.is_inference_mode_enabled():
+        raise ConfigError(
+            "train() was called inside torch.inference_mode(), where no gradient can be computed (and inference mode "
+            "cannot be left for the model's weights). Call train() outside the inference_mode block; under "
+            "torch.no_grad() it works (training enables gradients itself)."
+        )
     adapter = adapt(model)
     objective = objective or objective_for(pool)
     held_out = held_out_batch(pool, config.data)
@@ -125,46 +131,47 @@ def train(
     bar = tqdm(total=config.schedule.max_steps, initial=state.step, disable=not progress, desc="train")
     start = time.perf_counter() - state.elapsed_s
     model.train()
-    try:
-        for step in range(state.step, end):
-            lr = get_lr(step, config.schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = training_batch(pool, config.data, step)
-            losses = training_loss(adapter, objective, batch, config.tvp)
-            optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()
-            grad_norm = nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip or math.inf)
-            loss = float(losses.total.detach())
-            if not math.isfinite(loss):
-                raise NonFiniteError(
-                    f"The training loss is {loss} at step {step}; lower the learning rate (schedule.lr) or "
-                    "enable gradient clipping (optim.grad_clip)."
+    with torch.enable_grad():  # a run started under torch.no_grad() trains all the same
+        try:
+            for step in range(state.step, end):
+                lr = get_lr(step, config.schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = training_batch(pool, config.data, step)
+                losses = training_loss(adapter, objective, batch, config.tvp)
+                optimizer.zero_grad(set_to_none=True)
+                losses.total.backward()
+                grad_norm = nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip or math.inf)
+                loss = float(losses.total.detach())
+                if not math.isfinite(loss):
+                    raise NonFiniteError(
+                        f"The training loss is {loss} at step {step}; lower the learning rate (schedule.lr) or "
+                        "enable gradient clipping (optim.grad_clip)."
+                    )
+                optimizer.step()
+                state.step = step + 1
+                state.elapsed_s = time.perf_counter() - start
+                state.history.append(
+                    {
+                        "step": state.step,
+                        "lr": lr,
+                        "loss": loss,
+                        "loss_icl": float(losses.icl.detach()),
+                        "loss_tvp": math.nan if losses.tvp is None else float(losses.tvp.detach()),
+                        "grad_norm": float(grad_norm),
+                        "elapsed_s": state.elapsed_s,
+                    }
                 )
-            optimizer.step()
-            state.step = step + 1
-            state.elapsed_s = time.perf_counter() - start
-            state.history.append(
-                {
-                    "step": state.step,
-                    "lr": lr,
-                    "loss": loss,
-                    "loss_icl": float(losses.icl.detach()),
-                    "loss_tvp": math.nan if losses.tvp is None else float(losses.tvp.detach()),
-                    "grad_norm": float(grad_norm),
-                    "elapsed_s": state.elapsed_s,
-                }
-            )
-            if state.step % config.eval_every == 0 or state.step == config.schedule.max_steps:
-                rows = evaluate(adapter, objective, held_out, config.data.eval_batch_size, config.tvp)
-                state.evals += [{"step": state.step, **row} for row in rows]
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{_mean_accuracy(rows):.3f}")
-            if checkpoint_dir is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                save_run(checkpoint_dir, state, config, model_config, pool, model, optimizer)
-            bar.update(1)
-    finally:
-        bar.close()
-        model.train(was_training)
+                if state.step % config.eval_every == 0 or state.step == config.schedule.max_steps:
+                    rows = evaluate(adapter, objective, held_out, config.data.eval_batch_size, config.tvp)
+                    state.evals += [{"step": state.step, **row} for row in rows]
+                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{_mean_accuracy(rows):.3f}")
+                if checkpoint_dir is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                    save_run(checkpoint_dir, state, config, model_config, pool, model, optimizer)
+                bar.update(1)
+        finally:
+            bar.close()
+            model.train(was_training)
     if frozen is not None:
         frozen.verify()
     return TrainResult(

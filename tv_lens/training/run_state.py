@@ -19,6 +19,7 @@ from tv_lens.training.checkpoints import (
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
+    load_optimizer_state,
     load_parameters,
     save_checkpoint,
 )
@@ -102,10 +103,7 @@ def resume_run(
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     checkpoint.check_compatible(config, describe_pool(pool), shapes, model_config)
     load_parameters(model, checkpoint.parameters, source=str(path))
-    try:
-        optimizer.load_state_dict(checkpoint.optimizer)
-    except (ValueError, KeyError) as error:
-        raise CheckpointError(f"The optimiser state in {path} does not fit this run's parameters ({error}).") from error
+    load_optimizer_state(optimizer, checkpoint.optimizer, model, source=str(path))
     generators = _generators(model)
     for name, rng_state in checkpoint.rng.items():
         if name not in generators:

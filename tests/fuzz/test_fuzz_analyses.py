@@ -1,0 +1,134 @@
+"""Fuzzing every analysis's ``run`` and ``run_batch`` on a tiny model.
+
+Each example draws an analysis with random settings (some out of range), a prompt count, shots, a seed and
+whether to run on a pool or on a sampled batch. The call returns a result whose main numbers have the right
+shape and are finite, or raises a TvLensError; never another exception, and no hook stays attached.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from fuzz_helpers import LAYERS, N_HEADS, N_LAYERS, SEEDS, finite, fuzz_model, fuzz_settings, mostly, outcome
+from hypothesis import given
+from hypothesis import strategies as st
+from reliability_helpers import POOL, one_thread  # noqa: F401  (autouse: tiny models run on one thread)
+
+from tv_lens.analyses import (
+    Geometry,
+    HeadAblation,
+    ICLPerformance,
+    TaskDecodability,
+    TaskVectorPatching,
+    TaskVectorPrompting,
+    TdAccuracy,
+)
+from tv_lens.task_vectors import TaskVectors
+
+N_TASKS = len(POOL.task_names)
+N_PER_TASK = mostly(st.sampled_from([2, 3, 4]), st.sampled_from([0, 1, -1, 10**12, 2.0, None]))
+N_SHOTS = mostly(st.sampled_from([1, 2, (1, 3)]), st.sampled_from([0, -1, (3, 1), 10**6, "4"]))
+N_BOOTSTRAP = mostly(st.sampled_from([0, 5]), st.sampled_from([-1, 1.5]))
+CI = mostly(st.just(0.9), st.sampled_from([0.0, 1.0, float("nan"), "0.9"]))
+
+
+def analyses() -> st.SearchStrategy[Any]:
+    """An analysis config with random settings, or the ValueError-free refusal of a bad one (made inside the call)."""
+    return st.one_of(
+        st.builds(
+            lambda k, method, layers, n_boot, ci: (
+                lambda: TaskDecodability(k=k, method=method, layers=layers, n_bootstrap=n_boot, ci=ci, n_folds=2)
+            ),
+            mostly(st.sampled_from([1, 2]), st.sampled_from([0, 50, 1.0])),
+            mostly(st.sampled_from(["knn", "probe"]), st.just("svm")),
+            LAYERS,
+            N_BOOTSTRAP,
+            CI,
+        ),
+        st.builds(
+            lambda shots, n_boot: lambda: ICLPerformance(shots=shots, n_bootstrap=n_boot),
+            mostly(st.sampled_from([(0, 1), (2,)]), st.sampled_from([(), (-1,), 3, (1.5,)])),
+            N_BOOTSTRAP,
+        ),
+        st.builds(
+            lambda method, layers: lambda: Geometry(method=method, layers=layers),
+            mostly(st.just("pca"), st.sampled_from(["tsne", 3])),
+            LAYERS,
+        ),
+        st.builds(
+            lambda mode, layers, n_boot: lambda: TaskVectorPatching(mode=mode, layers=layers, n_bootstrap=n_boot),
+            mostly(st.sampled_from(["replace", "add", "add_difference"]), st.just("swap")),
+            LAYERS,
+            N_BOOTSTRAP,
+        ),
+        st.builds(
+            lambda layers, n_boot: lambda: TaskVectorPrompting(layers=layers, n_bootstrap=n_boot),
+            LAYERS,
+            N_BOOTSTRAP,
+        ),
+        st.builds(
+            lambda mode, top_k, prune, attribution: (
+                lambda: HeadAblation(mode=mode, top_k=top_k, prune_steps=prune, attribution=attribution, n_bootstrap=0)
+            ),
+            mostly(st.sampled_from(["zero", "mean"]), st.just("random")),
+            mostly(st.sampled_from([None, 1]), st.sampled_from([0, 100])),
+            mostly(st.sampled_from([0, 2]), st.sampled_from([-1, 100])),
+            st.booleans(),
+        ),
+        st.builds(
+            lambda shots: lambda: TdAccuracy(shots=shots),
+            mostly(st.sampled_from([(1, 2), (1, 3)]), st.sampled_from([(), (1,), (-1, 2)])),
+        ),
+    )
+
+
+def check_result(result: Any) -> None:
+    """The main numbers of each result: shaped by the model and the pool, and finite."""
+    name = type(result).__name__
+    if name == "Decodability":
+        assert result.per_task.shape[-1] == N_TASKS and finite(result.td)
+    elif name == "Performance":
+        assert result.values.shape[0] == N_TASKS and finite(result.values)
+    elif name == "Projection":
+        assert result.coords.shape[-1] == 2 and finite(result.coords)
+    elif name == "PatchingEffects":
+        assert finite(result.correct) and finite(result.loss)
+    elif name == "PromptingAccuracy":
+        assert finite(result.accuracy) and finite(result.tvp_loss)
+    elif name == "HeadImportance":
+        assert result.importance.shape[:2] == (N_LAYERS, N_HEADS) and finite(result.importance)
+    elif name == "TdAccuracyFit":
+        assert finite(result.td) and finite(result.score)
+    else:
+        raise AssertionError(f"unexpected result {name}")
+
+
+@fuzz_settings(100)
+@given(
+    make=analyses(),
+    n_per_task=N_PER_TASK,
+    n_shots=N_SHOTS,
+    seed=SEEDS,
+    on_batch=st.booleans(),
+    in_mode=mostly(st.just("plain"), st.sampled_from(["no_grad", "inference_mode"])),
+)
+def test_analysis_run(make: Any, n_per_task: Any, n_shots: Any, seed: Any, on_batch: bool, in_mode: str) -> None:
+    model = fuzz_model()
+
+    def call() -> Any:
+        analysis = make()
+        with {"plain": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[in_mode]():
+            needs_vectors = isinstance(analysis, TaskVectorPatching)
+            vectors = TaskVectors.from_model(model, POOL, n_per_task=3) if needs_vectors else None
+            extra = {"vectors": vectors} if needs_vectors else {}
+            if on_batch and hasattr(analysis, "run_batch"):
+                batch = POOL.sample(n_per_task, n_shots, seed=0)
+                return analysis.run_batch(model, batch, seed=seed, **extra)
+            takes_shots = not isinstance(analysis, (ICLPerformance, TdAccuracy))
+            shots = {"n_shots": n_shots} if takes_shots else {}
+            return analysis.run(model, POOL, n_per_task=n_per_task, seed=seed, **shots, **extra)
+
+    result = outcome(model, call)
+    if result is not None:
+        check_result(result)
