@@ -19,6 +19,7 @@ import yaml
 import tv_lens
 from tv_lens.analyses import (
     Emergence,
+    FunctionVectors,
     Geometry,
     HeadAblation,
     ICLPerformance,
@@ -49,6 +50,7 @@ OPTION_PAGES = {
     "analyses/prompting.md": TaskVectorPrompting,
     "analyses/heads.md": HeadAblation,
     "analyses/finetuning.md": LayerFinetuning,
+    "analyses/function-vectors.md": FunctionVectors,
     "training.md": TVPConfig,
 }
 

@@ -7,7 +7,9 @@ The names most work starts from are here; each subpackage has the rest:
 """
 
 from tv_lens.analyses import (
+    CompareVectors,
     Emergence,
+    FunctionVectors,
     Geometry,
     HeadAblation,
     ICLPerformance,
@@ -22,12 +24,15 @@ from tv_lens.analyses import (
 from tv_lens.errors import TvLensError
 from tv_lens.models import ModelConfig, adapt, build_model
 from tv_lens.results import Result
+from tv_lens.steering import steer, steering
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import TaskPool, bitwise_pool, offset_pool
 from tv_lens.training import recipes, train
 
 __all__ = [
+    "CompareVectors",
     "Emergence",
+    "FunctionVectors",
     "Geometry",
     "HeadAblation",
     "ICLPerformance",
@@ -47,6 +52,8 @@ __all__ = [
     "build_model",
     "offset_pool",
     "recipes",
+    "steer",
+    "steering",
     "task_decodability",
     "train",
 ]

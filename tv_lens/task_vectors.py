@@ -6,7 +6,12 @@ separator ``→``, or the last input token), read at some layer. Averaging it ov
 gives that task's vector at that layer. :class:`TaskVectors` holds one vector per (task, layer), with what
 it was averaged over, saves and loads itself (one safetensors file, written atomically), and is what
 task-vector patching (:mod:`tv_lens.analyses.patching`), task-vector prompting
-(:mod:`tv_lens.analyses.prompting`) and steering consume.
+(:mod:`tv_lens.analyses.prompting`) and steering (:mod:`tv_lens.steering`) consume.
+
+Vectors built by :meth:`TaskVectors.from_model` record where they came from
+(:class:`~tv_lens.results.provenance.VectorProvenance`: the source model's sizes and weight fingerprint, the
+site, the operation they are meant for and the task pool), so a saved file applied to a model of other sizes is
+a clear error and one with other weights a warning (:meth:`TaskVectors.check_model`).
 
 Two reductions (Han et al. describe both; the choice is exposed as ``reduce=``):
 
@@ -42,14 +47,23 @@ from tv_lens.errors import AnalysisError, LayerOutOfRangeError, NonFiniteError, 
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import read_pass
 from tv_lens.positions import length_sorted_batches, prepare_prompts
-from tv_lens.probes import Representations, collect
+from tv_lens.probes import Representations, check_residual_site, collect
 from tv_lens.results.axes import layer_axis, layer_label
 from tv_lens.results.base import Result
+from tv_lens.results.provenance import (
+    ModelSignature,
+    VectorProvenance,
+    check_vector_model,
+    describe_tasks,
+    with_application,
+)
 from tv_lens.tasks import ICLBatch, ShotSpec, TaskPool
 
 if TYPE_CHECKING:
     import pandas as pd
     from plotly.basedatatypes import BaseTraceType
+
+    from tv_lens.results.vector_decoding import VectorDecoding
 
 __all__ = ["REDUCTIONS", "Reduce", "TaskVectors"]
 
@@ -69,6 +83,8 @@ class TaskVectors(Result):
         n_positions: Residual rows averaged per task ``[task]`` (prompts, or (prompt, demonstration) pairs).
         site: Residual site read (``"resid_post"`` ...).
         reduce: ``"mean_over_prompts"`` or ``"mean_over_demo_positions"``.
+        provenance: The source model, the operation the vectors are meant for and the task pool (``None``: not
+            recorded, e.g. vectors from :meth:`from_representations` or saved by an earlier tv_lens).
     """
 
     vectors: Float[Tensor, "task layer d_model"]
@@ -78,6 +94,7 @@ class TaskVectors(Result):
     n_positions: Int[Tensor, " task"]
     site: str = "resid_post"
     reduce: str = "mean_over_prompts"
+    provenance: VectorProvenance | None = None
 
     def __post_init__(self) -> None:
         shape = (len(self.task_names), len(self.layers))
@@ -92,6 +109,16 @@ class TaskVectors(Result):
         if len(set(self.task_names)) != len(self.task_names) or len(set(self.layers)) != len(self.layers):
             raise ShapeError(f"TaskVectors needs distinct task names and layers, got {self.task_names}, {self.layers}.")
         _check_reduce(self.reduce)
+        origin = self.provenance
+        if origin is not None and (
+            not isinstance(origin, VectorProvenance)
+            or origin.site != self.site
+            or not set(origin.layers) <= set(self.layers)
+        ):
+            raise ShapeError(
+                f"TaskVectors.provenance must be a VectorProvenance of site {self.site!r} and layers among "
+                f"{self.layers}, got {origin!r}; set it with applied_as(...)."
+            )
 
     @classmethod
     def from_model(
@@ -108,8 +135,9 @@ class TaskVectors(Result):
         seed: int = 0,
         batch_size: int = 64,
         progress: bool = False,
+        model_name: str | None = None,
     ) -> TaskVectors:
-        """Task vectors of ``model`` from a pool (sampled, seeded) or a given batch.
+        """Task vectors of ``model`` from a pool (sampled, seeded) or a given batch, with their provenance.
 
         Args:
             model: A TransformerLens model.
@@ -124,6 +152,7 @@ class TaskVectors(Result):
             seed: Sampling seed.
             batch_size: Prompts per forward pass.
             progress: Show a progress bar.
+            model_name: A name for the model, recorded in :attr:`provenance` next to its weight fingerprint.
 
         Raises:
             AnalysisError: Unknown ``reduce``; a task without demonstrations for ``"mean_over_demo_positions"``.
@@ -134,7 +163,7 @@ class TaskVectors(Result):
         adapter = adapt(model)
         batch = _as_batch(data, n_per_task, n_shots, seed)
         layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
-        adapter.hook_name(site, 0)
+        check_residual_site(site)
         keep = _task_ids(batch, tasks)
         if reduce == "mean_over_prompts":
             reps = collect(
@@ -151,7 +180,10 @@ class TaskVectors(Result):
             per_prompt, weights = reps.activations, torch.ones(len(batch), dtype=torch.long)
         else:
             per_prompt, weights = _demo_means(adapter, batch, layers, site, batch_size, progress)
-        return _reduce(per_prompt, weights, batch, keep, layers, site, reduce)
+        vectors = _reduce(per_prompt, weights, batch, keep, layers, site, reduce)
+        signature = ModelSignature.of(model, model_name)
+        pool = describe_tasks(batch, vectors.task_names)
+        return replace(vectors, provenance=VectorProvenance(signature, site, (), "replace", 1.0, pool))
 
     @classmethod
     def from_representations(cls, reps: Representations, task_names: Sequence[str] | None = None) -> TaskVectors:
@@ -216,19 +248,48 @@ class TaskVectors(Result):
             task_names=tuple(self.task_names[i] for i in t),
             n_prompts=self.n_prompts[t],
             n_positions=self.n_positions[t],
+            provenance=_kept_layers(self.provenance, tuple(self.layers[i] for i in ls)),
         )
 
+    def applied_as(
+        self, layers: Sequence[int] | None = None, operation: str | None = None, scale: float | None = None
+    ) -> TaskVectors:
+        """A copy whose provenance says how to apply the vectors: at ``layers``, by ``operation``, times ``scale``.
+
+        :func:`tv_lens.steering.steer` uses these as its defaults. Arguments left ``None`` keep the recorded ones.
+
+        Raises:
+            AnalysisError: The vectors have no provenance (build them with :meth:`from_model`), or a bad setting.
+            LayerOutOfRangeError: A layer the vectors were not read at.
+        """
+        for layer in layers or ():
+            self.layer_index(layer)
+        provenance = with_application(self.provenance, layers, operation, scale, "These task vectors")
+        return replace(self, provenance=provenance)
+
     def check_model(self, model: Any) -> ModelAdapter:
-        """Check that the vectors fit ``model`` (``d_model`` and layers); return its adapter."""
+        """Check that the vectors fit ``model`` (``d_model``, layers, the source model's sizes); return its adapter.
+
+        A model of the source model's sizes with other weights (a fine-tune) gets an
+        :class:`~tv_lens.results.provenance.OtherWeightsWarning`, not an error.
+
+        Raises:
+            ShapeError: Another ``d_model``, or a source model of other sizes.
+            LayerOutOfRangeError: A layer outside the model.
+        """
         adapter = adapt(model)
-        if self.d_model != adapter.d_model:
-            raise ShapeError(
-                f"These task vectors have d_model={self.d_model} but the model has d_model={adapter.d_model}; "
-                "build them from this model (TaskVectors.from_model(model, ...))."
-            )
+        check_vector_model(
+            adapter, self.d_model, self.provenance, "These task vectors", "TaskVectors.from_model(model, ...)"
+        )
         for layer in self.layers:
             adapter.check_layer(layer, allow_embed=True)
         return adapter
+
+    def decode(self, model: Any, k: int = 10, *, tokenizer: Any = None) -> VectorDecoding:
+        """Logit lens of every (task, layer) vector: top ``k`` tokens (:func:`tv_lens.analyses.decode_vectors`)."""
+        from tv_lens.analyses.vector_decoding import decode_vectors
+
+        return decode_vectors(model, self, k, tokenizer=tokenizer)
 
     def cosine(self, layer: int) -> Float[Tensor, "task task"]:
         """Cosine similarity between the tasks' vectors at block ``layer``."""
@@ -278,6 +339,13 @@ class TaskVectors(Result):
             "xaxis": layer_axis(self.layers, self.site),
             "yaxis": {"title": {"text": "L2 norm"}},
         }
+
+
+def _kept_layers(provenance: VectorProvenance | None, layers: tuple[int, ...]) -> VectorProvenance | None:
+    """``provenance`` with its layers restricted to ``layers``."""
+    if provenance is None:
+        return None
+    return replace(provenance, layers=tuple(layer for layer in provenance.layers if layer in layers))
 
 
 def _check_reduce(reduce: str) -> None:

@@ -30,13 +30,40 @@ from tv_lens.probes import Representations, collect
 class PromptBatch(Protocol):
     """A batch of rendered ICL prompts (``ICLBatch`` for tokens, ``RegressionBatch`` for vectors)."""
 
-    inputs: Tensor
-    attention_mask: Tensor
-    answer_pos: Tensor
-    answers: Tensor
-    task_ids: Tensor
-    task_names: tuple[str, ...]
-    n_shots: Tensor
+    @property
+    def inputs(self) -> Tensor:
+        """Prompt tokens ``[batch, pos]`` (or continuous inputs ``[batch, pos, d_in]``)."""
+        ...
+
+    @property
+    def attention_mask(self) -> Tensor:
+        """1 for real positions, 0 for padding ``[batch, pos]``."""
+        ...
+
+    @property
+    def answer_pos(self) -> Tensor:
+        """Position whose output predicts the first answer token ``[batch]``."""
+        ...
+
+    @property
+    def answers(self) -> Tensor:
+        """Answer tokens ``[batch, n_answer]`` (``-1`` padded) or values."""
+        ...
+
+    @property
+    def task_ids(self) -> Tensor:
+        """Task index of each prompt ``[batch]``."""
+        ...
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """Name of each task index."""
+        ...
+
+    @property
+    def n_shots(self) -> Tensor:
+        """Demonstrations per prompt ``[batch]``."""
+        ...
 
     def __len__(self) -> int: ...
 

@@ -1,0 +1,117 @@
+"""The logit lens of task and function vectors against a hand computation: ln_final, then W_U and b_U."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from causal_helpers import POOL
+from conftest import hook_snapshot
+
+from tv_lens.analyses import decode_vectors, function_vector, mean_head_activations
+from tv_lens.errors import AnalysisError, ShapeError, TvLensError, UnknownNameError
+from tv_lens.results import Result, VectorDecoding
+from tv_lens.task_vectors import TaskVectors
+
+
+class Letters:
+    """A tokenizer stand-in: token ``i`` decodes to ``"t{i}"``."""
+
+    def decode(self, ids):
+        return "".join(f"t{i}" for i in ids)
+
+
+@pytest.fixture(scope="module")
+def vectors(model):
+    tv = TaskVectors.from_model(model, POOL, layers=(-1, 0, 2), n_per_task=4, n_shots=3, seed=0)
+    clean = POOL.sample(4, 3, 0)
+    means = mean_head_activations(model, clean.inputs, clean.answer_pos, clean.task_ids, clean.task_names)
+    return tv, function_vector(model, means, [(1, 0), (2, 2)])
+
+
+def hand_lens(model, v):
+    """Reference: the model's final norm on the vector alone, then the unembedding by hand (W_U, b_U)."""
+    with torch.no_grad():
+        normed = model.ln_final(v.to(model.W_U.dtype)[None, None])[0, 0]
+        if model.cfg.normalization_type == "LN":  # and that norm by hand: centre, divide by the RMS, weight, bias
+            centred = v.double() - v.double().mean()
+            scale = (centred.pow(2).mean() + model.cfg.eps).sqrt()
+            weight = model.ln_final.w if hasattr(model.ln_final, "w") else model.ln_final.weight
+            bias = model.ln_final.b if hasattr(model.ln_final, "b") else model.ln_final.bias
+            by_hand = centred / scale * weight.double() + bias.double()
+            torch.testing.assert_close(normed.double(), by_hand, atol=1e-10, rtol=0)
+        return (normed @ model.W_U + model.b_U).double()
+
+
+def test_task_and_function_vectors_decode_as_the_hand_computation(model, vectors):
+    tv, fv = vectors
+    decoded = tv.decode(model, k=5, tokenizer=Letters())
+    assert decoded == decode_vectors(model, tv, 5, tokenizer=Letters())
+    assert (
+        decoded.names[:3] == ("offset(1) L-1", "offset(1) L0", "offset(1) L2") and decoded.normalisation == "ln_final"
+    )
+    for i, (task, layer) in enumerate((t, ly) for t in tv.task_names for ly in tv.layers):
+        logits = hand_lens(model, tv.get(task, layer))
+        top = torch.topk(logits, 5)
+        assert decoded.token_ids[i].tolist() == top.indices.tolist()
+        torch.testing.assert_close(decoded.logits[i], top.values, atol=1e-10, rtol=0)
+        assert decoded.tokens[i] == tuple(f"t{t}" for t in top.indices.tolist())
+        assert (decoded.task_names[i], decoded.layers[i]) == (task, layer)
+    by_fv = fv.decode(model, k=3)
+    assert by_fv.names == tuple(f"{task} FV" for task in fv.task_names) and by_fv.tokens is None
+    for t, task in enumerate(fv.task_names):
+        top = torch.topk(hand_lens(model, fv.get(task)), 3)
+        assert by_fv.token_ids[t].tolist() == top.indices.tolist()
+        torch.testing.assert_close(by_fv.logits[t], top.values, atol=1e-10, rtol=0)
+    plain = decode_vectors(model, {"a": fv.get("offset(1)"), "b": tv.get("null", 0)}, 3)
+    assert (
+        torch.equal(plain.token_ids[0], by_fv.token_ids[0])
+        and plain.top("b") == decoded.token_ids[decoded.names.index("null L0"), :3].tolist()
+    )
+
+
+def test_table_figure_and_exact_save_load(model, vectors, tmp_path):
+    tv, _ = vectors
+    decoded = tv.decode(model, k=4, tokenizer=Letters())
+    frame = decoded.to_frame()
+    assert list(frame.columns) == ["vector", "task", "layer", "rank", "token_id", "token", "logit"]
+    assert len(frame) == 4 * 3 * 4 and frame["token"].iloc[0] == decoded.tokens[0][0]
+    assert decoded.figure().data[0].type == "heatmap"
+    assert decoded.top("offset(2) L2") == list(decoded.tokens[decoded.names.index("offset(2) L2")])
+    path = decoded.save(tmp_path / "decoded.safetensors")
+    assert VectorDecoding.load(path) == decoded and Result.load(path) == decoded
+    untokenised = decode_vectors(model, tv.vectors[0, 0], 2)
+    assert untokenised.names == ("vector",) and VectorDecoding.load(untokenised.save(tmp_path / "u")) == untokenised
+
+
+def test_user_hooks_do_not_change_the_decoding_and_stay_attached(model, vectors):
+    tv, _ = vectors
+    expected = decode_vectors(model, tv, 3)
+    before = hook_snapshot(model)
+    name = next(n for n in model.hook_dict if n.startswith("ln_final.hook_normalized"))
+
+    def ruin(activation, hook):
+        return activation * 0
+
+    model.hook_dict[name].add_hook(ruin)
+    try:
+        assert decode_vectors(model, tv, 3) == expected
+        assert hook_snapshot(model) != before  # the user's hook is still there
+    finally:
+        model.reset_hooks()
+    assert hook_snapshot(model) == before
+
+
+def test_bad_input_is_a_clear_error(model, vectors):
+    tv, fv = vectors
+    cases = [
+        (AnalysisError, "k must be", lambda: decode_vectors(model, tv, 0)),
+        (AnalysisError, "k must be", lambda: decode_vectors(model, fv, model.cfg.d_vocab + 1)),
+        (ShapeError, "d_model", lambda: decode_vectors(model, torch.ones(5), 3)),
+        (ShapeError, "dict", lambda: decode_vectors(model, {}, 3)),
+        (ShapeError, "TaskVectors", lambda: decode_vectors(model, "offset(1)", 3)),
+        (UnknownNameError, "No decoded vector", lambda: decode_vectors(model, fv, 2).top("xor")),
+    ]
+    for error, match, call in cases:
+        with pytest.raises(error, match=match) as info:
+            call()
+        assert isinstance(info.value, TvLensError)

@@ -1,0 +1,349 @@
+"""Function vectors (Todd et al. 2024): a few attention heads carry the task; the sum of their outputs is a vector.
+
+Todd et al. find the heads that *transport* an in-context task to the answer position, then sum their average
+outputs into a "function vector" (FV) which, added to the residual stream of a prompt without demonstrations,
+makes the model do the task.
+
+1. **Mean head activations** (:func:`mean_head_activations`): per task, each head's ``attn.hook_z`` at the
+   answer position (the last token before the answer), averaged over clean ICL prompts of that task. On
+   grouped-query-attention models (Llama, Qwen2) ``hook_z`` has one entry per *query* head, so each query head
+   has its own mean.
+2. **Causal indirect effect** (:func:`causal_indirect_effects`): on prompts of task ``t`` whose demonstrations
+   carry wrong labels, write task ``t``'s mean into one head at the answer position, and measure the gain in
+   probability of the right first answer token: ``CIE = P_patched(answer) - P_corrupted(answer)``. Heads whose
+   mean restores the answer carry the task. Todd et al. shuffle the demonstrations' labels; here each
+   demonstration gets a random *wrong* label with probability ``label_noise`` (the pools' own corruption), so
+   the demonstrations show no mapping either way. Multi-token answers (text pools) use the first token for the
+   probability; the teacher-forced loss over every answer token is reported too.
+3. **Function vector** (:func:`function_vector`): per task, ``sum over the top-k heads (by mean CIE over tasks)
+   of mean_z[layer, head] @ W_O[layer, head]``, a ``d_model`` vector.
+4. **Zero-shot layer sweep** (:func:`function_vector_prompting`): add the task's FV to ``resid_post`` of a layer at
+   the answer position of its query-only prompts (no demonstrations) and score the answer, per layer, next to the
+   plain zero-shot accuracy (the floor) and the ICL accuracy (the ceiling); the best layer is reported. This is
+   task-vector prompting (:func:`~tv_lens.analyses.task_vector_prompting`, ``source="task_mean"``,
+   ``mode="add"``) with the FV as every layer's vector, so generation-based scoring comes with it.
+
+The Null task (random answers) has no function to find: :class:`FunctionVectors` leaves its prompts out.
+
+Speed: the mean activations cost one forward pass per batch of clean prompts, stopped after the last block. The
+CIE of every head is a cell of one stacked sweep (:mod:`tv_lens.analyses.stacking`): the patch writes at the
+answer position only, so prompts share their prefix across heads where the model's attention allows, and
+passes start at the patched block from the clean residual. Every patch and injection goes through
+:func:`tv_lens.interventions.run_with_interventions` (a head's ``hook_z`` set to a value is
+:func:`~tv_lens.interventions.ablate_head` with ``mode="mean"``); results record how many prompts each wrote to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tv_lens.analyses.bootstrap import check_bootstrap
+from tv_lens.analyses.indirect_effects import causal_indirect_effects, check_means, mean_head_activations
+from tv_lens.analyses.inputs import check_pool
+from tv_lens.analyses.prompting import SCORINGS, Scoring, task_vector_prompting
+from tv_lens.analyses.pruning import check_count
+from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ModelNotSupportedError, ShapeError, TaskError
+from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.results.function_vector_prompting import FunctionVectorPrompting, FunctionVectorResult
+from tv_lens.results.function_vectors import FunctionVector, IndirectEffects, MeanHeadActivations
+from tv_lens.results.provenance import ModelSignature, VectorProvenance, describe_tasks
+from tv_lens.task_vectors import TaskVectors
+from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
+
+__all__ = [
+    "FunctionVector",
+    "FunctionVectorPrompting",
+    "FunctionVectorResult",
+    "FunctionVectors",
+    "IndirectEffects",
+    "MeanHeadActivations",
+    "causal_indirect_effects",
+    "function_vector",
+    "function_vector_prompting",
+    "mean_head_activations",
+]
+
+
+def function_vector(
+    model: Any,
+    means: MeanHeadActivations,
+    heads: IndirectEffects | Sequence[tuple[int, int]],
+    k: int = 10,
+    *,
+    model_name: str | None = None,
+    pool: str | None = None,
+) -> FunctionVector:
+    """Per task, the sum of ``means[task, layer, head] @ W_O[layer, head]`` over the chosen heads.
+
+    The vector records its provenance: ``model``'s signature, ``"add"`` at ``resid_post`` (no layer chosen yet:
+    :class:`FunctionVectors` records the best layer of its sweep).
+
+    Args:
+        model: The TransformerLens model ``means`` were read from (its ``blocks[l].attn.W_O``).
+        means: Mean head activations.
+        heads: :class:`IndirectEffects` (its top ``k`` heads by mean CIE over tasks) or ``(layer, head)`` pairs.
+        k: Heads summed when ``heads`` are indirect effects.
+        model_name: A name for the model, recorded in the provenance next to its weight fingerprint.
+        pool: The task pool the means came from, in words (default: their task names).
+
+    Raises:
+        AnalysisError: ``k`` outside ``[1, heads in means.layers]``; no heads, or a head twice.
+        LayerOutOfRangeError: A head outside ``means``.
+    """
+    adapter = adapt(model)
+    check_means(adapter, means)
+    if isinstance(heads, IndirectEffects):
+        check_count(k, "k", 1, len(heads.layers) * heads.n_heads)
+        chosen = heads.top_heads(k)
+    else:
+        chosen = tuple((int(layer), int(head)) for layer, head in heads)
+        if not chosen or len(set(chosen)) != len(chosen):
+            raise AnalysisError(f"heads must be distinct (layer, head) pairs, at least one; got {chosen}.")
+    outputs = []
+    for layer, head in chosen:
+        if not 0 <= head < means.n_heads:
+            raise LayerOutOfRangeError(f"Head {head} is out of range: blocks have {means.n_heads} heads.")
+        z = means.activations[:, means.layer_index(layer), head]
+        outputs.append(z.double() @ _output_weights(adapter, layer)[head])
+    head_outputs = torch.stack(outputs, dim=1)  # [task, k, d_model]
+    provenance = VectorProvenance(
+        ModelSignature.of(model, model_name), "resid_post", (), "add", 1.0, pool or f"tasks={list(means.task_names)}"
+    )
+    return FunctionVector(head_outputs.sum(1), means.task_names, chosen, head_outputs, provenance)
+
+
+def _output_weights(adapter: ModelAdapter, layer: int) -> Float[Tensor, "head d_head d_model"]:
+    """``W_O`` of block ``layer`` as ``[n_heads, d_head, d_model]`` float64 on the CPU."""
+    try:
+        weights = adapter.model.blocks[layer].attn.W_O
+    except (AttributeError, IndexError, TypeError) as error:
+        raise ModelNotSupportedError(
+            f"The model has no blocks[{layer}].attn.W_O (per-head output weights), which a function vector sums "
+            "head outputs through; use a HookedTransformer or TransformerBridge."
+        ) from error
+    expected = (adapter.n_heads, adapter.d_head, adapter.d_model)
+    if tuple(weights.shape) != expected:
+        raise ModelNotSupportedError(f"blocks[{layer}].attn.W_O has shape {tuple(weights.shape)}, expected {expected}.")
+    return weights.detach().to("cpu", torch.float64)
+
+
+def function_vector_prompting(
+    model: Any,
+    batch: ICLBatch,
+    vector: FunctionVector,
+    *,
+    layers: Sequence[int] | None = None,
+    scoring: Scoring = "teacher_forced",
+    tokenizer: Any = None,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    rows_per_pass: int = 512,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> FunctionVectorPrompting:
+    """Zero-shot accuracy with each prompt's task FV added to ``resid_post`` of every layer at the answer position.
+
+    Args:
+        model: A TransformerLens model.
+        batch: ICL prompts; their ``batch.zero_shot()`` twins get the vector, they themselves give the ICL baseline.
+        vector: The function vector of every task of ``batch``.
+        layers: Blocks to add at (default: every block; -1 = embedding output).
+        scoring: ``"teacher_forced"`` (argmax of every answer token), or by greedy generation ``"exact_match"`` /
+            ``"first_word"`` (see :func:`~tv_lens.analyses.task_vector_prompting`).
+        tokenizer: Decodes generations for the generation scorings (default: ``model.tokenizer``).
+        n_bootstrap: Bootstrap resamples (0: NaN intervals).
+        ci: Confidence level.
+        seed: Seed of the bootstrap.
+        rows_per_pass: Prompt copies per forward pass.
+        batch_size: Prompts per forward pass of the ICL prompts and of generation.
+        progress: Show progress bars.
+
+    Raises:
+        TaskError: A prompt's task has no function vector.
+        ShapeError: A vector of another ``d_model``.
+        LayerOutOfRangeError: A layer outside the model.
+    """
+    adapter = adapt(model)
+    layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
+    if not isinstance(vector, FunctionVector):
+        raise ShapeError(f"vector must be a FunctionVector (from function_vector), got {type(vector).__name__}.")
+    vector.check_model(model)
+    missing = sorted({batch.task_names[t] for t in batch.task_ids.unique().tolist()} - set(vector.task_names))
+    if missing:
+        raise TaskError(
+            f"No function vector for tasks {missing} of these prompts (it covers {list(vector.task_names)}); build it "
+            "from prompts of every task, or leave those prompts out."
+        )
+    n_tasks = len(vector.task_names)
+    ones = torch.ones(n_tasks, dtype=torch.long)
+    every_layer = vector.vectors[:, None].expand(-1, len(layers), -1).contiguous()
+    vectors = TaskVectors(every_layer, layers, vector.task_names, ones, ones.clone())
+    zero_shot = batch.zero_shot()
+    prompting = task_vector_prompting(
+        model,
+        batch.inputs,
+        batch.answer_pos,
+        zero_shot.inputs,
+        zero_shot.answer_pos,
+        batch.answers,
+        batch.task_ids,
+        batch.task_names,
+        icl_attention_mask=batch.attention_mask,
+        zero_shot_attention_mask=zero_shot.attention_mask,
+        layers=layers,
+        source="task_mean",
+        vectors=vectors,
+        mode="add",
+        scoring=scoring,
+        tokenizer=tokenizer,
+        n_bootstrap=n_bootstrap,
+        ci=ci,
+        seed=seed,
+        rows_per_pass=rows_per_pass,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return FunctionVectorPrompting(prompting, vector.heads)
+
+
+@dataclass(frozen=True)
+class FunctionVectors:
+    """Configuration of the function-vector analysis; :meth:`run` samples clean, corrupted and evaluation prompts.
+
+    Attributes:
+        k: Heads summed into the function vector (top by mean CIE over tasks).
+        label_noise: Probability that a demonstration of a corrupted prompt gets a wrong label.
+        layers: Blocks the vector is added at in the zero-shot sweep (``None``: every block).
+        scoring: ``"teacher_forced"`` (default), or by greedy generation ``"exact_match"`` / ``"first_word"``.
+        n_bootstrap: Bootstrap resamples.
+        ci: Confidence level.
+        rows_per_pass: Prompt copies per forward pass.
+        batch_size: Prompts per forward pass when reading activations and generating.
+        progress: Show progress bars.
+    """
+
+    k: int = 10
+    label_noise: float = 0.99
+    layers: tuple[int, ...] | None = None
+    scoring: Scoring = "teacher_forced"
+    n_bootstrap: int = 1000
+    ci: float = 0.95
+    rows_per_pass: int = 512
+    batch_size: int = 64
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise AnalysisError(f"k (heads summed into the function vector) must be an int >= 1, got {self.k!r}.")
+        noise = self.label_noise
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < 1:
+            raise AnalysisError(
+                f"label_noise must lie in [0, 1) (the share of wrong demonstration labels), got {noise!r}; e.g. 0.99."
+            )
+        if self.scoring not in SCORINGS:
+            raise AnalysisError(f"Unknown scoring {self.scoring!r}; use one of {list(SCORINGS)}.")
+        check_bootstrap(self.n_bootstrap, self.ci)
+
+    def run(
+        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = 20, n_shots: ShotSpec = 4, seed: int = 0
+    ) -> FunctionVectorResult:
+        """Sample clean (``seed``), corrupted (``seed + 1``) and evaluation (``seed + 2``) prompts; run all steps.
+
+        The Null task's prompts are left out.
+        """
+        check_pool(pool)
+        clean = pool.sample(n_per_task, n_shots, seed)
+        corrupted = pool.sample(n_per_task, n_shots, seed + 1, label_noise=self.label_noise)
+        evaluation = pool.sample(n_per_task, n_shots, seed + 2)
+        return self.run_batch(model, clean, corrupted, evaluation, seed=seed)
+
+    def run_batch(
+        self,
+        model: Any,
+        clean: ICLBatch,
+        corrupted: ICLBatch,
+        evaluation: ICLBatch,
+        seed: int = 0,
+        *,
+        model_name: str | None = None,
+    ) -> FunctionVectorResult:
+        """Means from ``clean``, CIE on ``corrupted``, the zero-shot sweep on ``evaluation`` (Null prompts left out).
+
+        The vector's provenance records the model (named ``model_name`` if given), the clean prompts and the best
+        layer of the sweep.
+
+        Raises:
+            AnalysisError: A batch without prompts of a task other than Null; ``k`` above the model's heads.
+        """
+        clean = _without_null(clean, "clean")
+        corrupted = _without_null(corrupted, "corrupted")
+        evaluation = _without_null(evaluation, "evaluation")
+        adapter = adapt(model)
+        check_count(self.k, "k", 1, adapter.n_layers * adapter.n_heads)
+        options: dict[str, Any] = {"rows_per_pass": self.rows_per_pass, "progress": self.progress}
+        boot: dict[str, Any] = {"n_bootstrap": self.n_bootstrap, "ci": self.ci, "seed": seed}
+        means = mean_head_activations(
+            model,
+            clean.inputs,
+            clean.answer_pos,
+            clean.task_ids,
+            clean.task_names,
+            attention_mask=clean.attention_mask,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+        effects = causal_indirect_effects(
+            model,
+            corrupted.inputs,
+            corrupted.answer_pos,
+            corrupted.answers,
+            corrupted.task_ids,
+            corrupted.task_names,
+            means,
+            attention_mask=corrupted.attention_mask,
+            label_noise=self._noise(corrupted),
+            **boot,
+            **options,
+        )
+        described = describe_tasks(clean, clean.task_names)
+        vector = function_vector(model, means, effects, self.k, model_name=model_name, pool=described)
+        prompting = function_vector_prompting(
+            model,
+            evaluation,
+            vector,
+            layers=self.layers,
+            scoring=self.scoring,
+            batch_size=self.batch_size,
+            **boot,
+            **options,
+        )
+        return FunctionVectorResult(means, effects, vector.applied_as(layers=(prompting.best_layer,)), prompting)
+
+    def _noise(self, corrupted: ICLBatch) -> float:
+        """The share of the corrupted batch's demonstrations whose label is wrong."""
+        shots = corrupted.demo_answer_pos >= 0
+        return float(corrupted.demo_noisy[shots].double().mean()) if bool(shots.any()) else 0.0
+
+
+def _without_null(batch: ICLBatch, name: str) -> ICLBatch:
+    """``batch`` without its Null task's prompts."""
+    if not isinstance(batch, ICLBatch):
+        raise TaskError(f"The {name} prompts must be an ICLBatch (pool.sample(...)), got {type(batch).__name__}.")
+    null = batch.task_names.index(NULL_TASK) if NULL_TASK in batch.task_names else -1
+    real = batch.task_ids != null
+    if not bool(real.any()):
+        raise AnalysisError(
+            f"The {name} prompts hold no task but Null (random answers), which has no function to find; sample "
+            "from a pool with at least one real task."
+        )
+    kept = batch if bool(real.all()) else batch.select(real)
+    if null == len(batch.task_names) - 1:  # the Null task is a pool's last: drop its name too
+        kept = replace(kept, task_names=batch.task_names[:-1])
+    return kept

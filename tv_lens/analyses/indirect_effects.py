@@ -1,0 +1,213 @@
+"""Per-head means and causal indirect effects: which heads carry an in-context task to the answer position.
+
+Todd et al. (2024) average each head's output (``attn.hook_z``) at the answer position over clean ICL prompts of a
+task, then write that mean into one head of prompts whose demonstrations carry wrong labels and measure how much it
+restores the right answer: the head's causal indirect effect (CIE). :mod:`tv_lens.analyses.function_vectors` sums
+the heads of largest CIE into a function vector; see it for the method and its options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, prompt_task_ids
+from tv_lens.analyses.pruning import task_mean
+from tv_lens.analyses.stacking import Cell, align, run_sweep
+from tv_lens.errors import ModelNotSupportedError, ShapeError, TaskError
+from tv_lens.interventions import ablate_head
+from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.running import read_pass
+from tv_lens.positions import length_sorted_batches
+from tv_lens.results.function_vectors import IndirectEffects, MeanHeadActivations
+
+__all__ = ["IndirectEffects", "MeanHeadActivations", "causal_indirect_effects", "check_means", "mean_head_activations"]
+
+
+def mean_head_activations(
+    model: Any,
+    inputs: Int[Tensor, "batch pos"],
+    answer_pos: Int[Tensor, " batch"],
+    task_ids: Int[Tensor, " batch"],
+    task_names: Sequence[str],
+    *,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> MeanHeadActivations:
+    """Each head's mean ``attn.hook_z`` at the answer position, per task with prompts (float64 sums).
+
+    Args:
+        model: A TransformerLens model.
+        inputs: Clean ICL prompts.
+        answer_pos: Token right before each answer.
+        task_ids: Task of each prompt, indexing ``task_names``.
+        task_names: Name of every task id; tasks without prompts are left out.
+        attention_mask: 1 on real tokens; needed for left-padded prompts.
+        layers: Blocks to read (default: every block).
+        batch_size: Prompts per forward pass.
+        progress: Show a progress bar.
+
+    Raises:
+        ModelNotSupportedError: The model's ``attn.hook_z`` is not ``[batch, pos, n_heads, d_head]``.
+    """
+    adapter = adapt(model)
+    layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ShapeError(f"batch_size must be an int >= 1 (prompts per forward pass), got {batch_size!r}.")
+    prompts = align(model, inputs, answer_pos, attention_mask)
+    ids = prompt_task_ids(task_ids, task_names, len(prompts))
+    n_tasks = len(task_names)
+    sums = torch.zeros(n_tasks, len(layers), adapter.n_heads, adapter.d_head, dtype=torch.float64)
+    batches = length_sorted_batches(prompts.answer_pos, batch_size)
+    for index in tqdm(batches, desc="head means", disable=not progress or len(batches) <= 1, leave=False):
+        pos = prompts.answer_pos[index]
+        weights = torch.nn.functional.one_hot(ids[index], n_tasks).double()  # [prompt, task]
+        hooks = [
+            (
+                adapter.hook_name("attn.hook_z", layer),
+                partial(_sum_z, adapter=adapter, store=sums[:, i], pos=pos, weights=weights),
+            )
+            for i, layer in enumerate(layers)
+        ]
+        with torch.no_grad():
+            read_pass(
+                adapter, prompts.inputs[index.to(prompts.inputs.device), : int(pos.max()) + 1].to(adapter.device), hooks
+            )
+    counts = torch.bincount(ids, minlength=n_tasks)
+    present = counts.nonzero().flatten()
+    means = sums[present] / counts[present, None, None, None].double()
+    return MeanHeadActivations(means, tuple(task_names[t] for t in present.tolist()), layers, counts[present])
+
+
+def _sum_z(
+    activation: Tensor, hook: Any, *, adapter: ModelAdapter, store: Tensor, pos: Tensor, weights: Tensor
+) -> None:
+    """Hook body: add each prompt's ``hook_z`` at its answer position into its task's sum."""
+    expected = (len(pos), adapter.n_heads, adapter.d_head)
+    if activation.ndim != 4 or (activation.shape[0], *activation.shape[2:]) != expected:
+        raise ModelNotSupportedError(
+            f"{hook.name} has shape {tuple(activation.shape)}, not [batch, pos, n_heads={adapter.n_heads}, "
+            f"d_head={adapter.d_head}] (one entry per query head); function vectors need per-head outputs there."
+        )
+    rows = torch.arange(len(pos), device=activation.device)
+    picked = activation[rows, pos.to(activation.device)].detach().to("cpu", torch.float64)
+    store += torch.einsum("pt,phd->thd", weights, picked)
+
+
+def causal_indirect_effects(
+    model: Any,
+    inputs: Int[Tensor, "batch pos"],
+    answer_pos: Int[Tensor, " batch"],
+    answers: Int[Tensor, "batch n_answer"],
+    task_ids: Int[Tensor, " batch"],
+    task_names: Sequence[str],
+    means: MeanHeadActivations,
+    *,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    label_noise: float = 0.0,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    rows_per_pass: int = 512,
+    progress: bool = False,
+) -> IndirectEffects:
+    """CIE of every head of ``means.layers``: its task mean written at the answer position of corrupted prompts.
+
+    Args:
+        model: A TransformerLens model.
+        inputs: Corrupted ICL prompts (demonstrations with wrong labels).
+        answer_pos: Token right before each answer.
+        answers: The right answer tokens ``[batch, n_answer]`` (``-1`` pads shorter answers).
+        task_ids: Task of each prompt, indexing ``task_names``; every task must have a mean in ``means``.
+        task_names: Name of every task id.
+        means: Mean head activations of clean prompts (:func:`mean_head_activations`).
+        attention_mask: 1 on real tokens; needed for left-padded prompts.
+        label_noise: How the prompts were corrupted (recorded on the result).
+        n_bootstrap: Bootstrap resamples (0: NaN intervals).
+        ci: Confidence level.
+        seed: Seed of the bootstrap.
+        rows_per_pass: Prompt copies per forward pass.
+        progress: Show a progress bar.
+
+    Raises:
+        TaskError: A prompt's task has no mean activation.
+        ShapeError: ``means`` from a model with other head sizes.
+    """
+    adapter = adapt(model)
+    check_bootstrap(n_bootstrap, ci)
+    check_means(adapter, means)
+    answers = answer_tokens(answers, len(inputs))
+    prompts = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
+    ids = _mean_ids(prompt_task_ids(task_ids, task_names, len(prompts)), task_names, means)
+    per_prompt = means.activations[ids]  # [prompt, layer, head, d_head]
+    heads = [(i, layer, head) for i, layer in enumerate(means.layers) for head in range(means.n_heads)]
+    cells = [
+        Cell((ablate_head(layer, head, "mean", mean=per_prompt[:, i, head], pos="answer"),)) for i, layer, head in heads
+    ]
+    score = partial(_score, answers=answers)
+    sweep = run_sweep(model, prompts, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="CIE")
+    shape = (len(means.layers), means.n_heads, len(prompts))
+    patched_prob, patched_loss = sweep.cells[..., 0].reshape(shape), sweep.cells[..., 1].reshape(shape)
+    corrupted_prob, corrupted_loss = sweep.clean[:, 0], sweep.clean[:, 1]
+    effect = patched_prob - corrupted_prob
+    n_tasks = len(means.task_names)
+    cie_ci, overall_ci = stratified_bootstrap_ci(effect, ids, n_tasks, n_bootstrap, ci, seed)
+    return IndirectEffects(
+        layers=means.layers,
+        task_names=means.task_names,
+        task_ids=ids,
+        corrupted_prob=corrupted_prob,
+        corrupted_loss=corrupted_loss,
+        patched_prob=patched_prob,
+        patched_loss=patched_loss,
+        cie=task_mean(effect, ids, n_tasks),
+        cie_ci=cie_ci,
+        overall=effect.mean(-1),
+        overall_ci=overall_ci,
+        writes=torch.tensor([w[0] for w in sweep.writes], dtype=torch.long).view(shape[:2]),
+        label_noise=float(label_noise),
+        ci_level=ci,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+
+
+def _score(logits: Tensor, index: Tensor, *, answers: Tensor) -> Tensor:
+    """Probability of the first answer token and the teacher-forced loss over every answer token (float64)."""
+    target = answers[index].to(logits.device)
+    _, loss = answer_scores(logits, target)
+    prob = logits[:, 0].double().softmax(-1).gather(-1, target[:, :1]).squeeze(-1)
+    return torch.stack([prob, loss], dim=1).cpu()
+
+
+def check_means(adapter: ModelAdapter, means: MeanHeadActivations) -> None:
+    """Raise unless ``means`` are :class:`MeanHeadActivations` of this model's heads and blocks."""
+    if not isinstance(means, MeanHeadActivations):
+        raise ShapeError(f"means must be MeanHeadActivations (from mean_head_activations), got {type(means).__name__}.")
+    if tuple(means.activations.shape[2:]) != (adapter.n_heads, adapter.d_head):
+        raise ShapeError(
+            f"The mean head activations are [head={means.activations.shape[2]}, d_head={means.activations.shape[3]}] "
+            f"but the model has {adapter.n_heads} heads of width {adapter.d_head}; compute them on this model."
+        )
+    adapter.check_layers(means.layers)
+
+
+def _mean_ids(ids: Tensor, task_names: Sequence[str], means: MeanHeadActivations) -> Tensor:
+    """Each prompt's task as an index into ``means.task_names``."""
+    missing = sorted({task_names[t] for t in ids.unique().tolist()} - set(means.task_names))
+    if missing:
+        raise TaskError(
+            f"No mean head activations for tasks {missing} (they cover {list(means.task_names)}); compute them from "
+            "clean prompts of every task, or leave those prompts out."
+        )
+    lookup = torch.tensor([means.task_names.index(name) if name in means.task_names else -1 for name in task_names])
+    return lookup[ids]

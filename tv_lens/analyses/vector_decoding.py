@@ -1,0 +1,122 @@
+"""Decode a task vector or function vector with the logit lens: which tokens does it promote?
+
+Each vector ``v`` (``[d_model]``) is read as if it were the final residual stream at one position: the model's
+own final norm ``ln_final`` is applied to it alone (a LayerNorm centres ``v`` and divides it by its own root
+mean square, then applies the learned weight and bias; an RMSNorm only divides), then the unembedding
+(``W_U`` and ``b_U``): ``logits = unembed(ln_final(v))``, exactly TransformerLens's logit lens of a residual
+vector. A model without a final norm is unembedded directly. The top ``k`` tokens by logit are kept, with
+their strings where the model has a tokenizer.
+
+The computation runs the model's ``ln_final`` and ``unembed`` modules with the user's hooks set aside, so a
+hook attached to the model does not change what is decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError
+from tv_lens.models.adapter import adapt
+from tv_lens.models.exclusive import evaluating, user_hooks_detached
+from tv_lens.results.function_vectors import FunctionVector
+from tv_lens.results.vector_decoding import VectorDecoding
+from tv_lens.task_vectors import TaskVectors
+
+__all__ = ["VectorDecoding", "decode_vectors", "logit_lens"]
+
+Vectors = TaskVectors | FunctionVector | Tensor | Mapping[str, Tensor]
+
+
+def logit_lens(model: Any, vectors: Float[Tensor, "n d_model"]) -> tuple[Float[Tensor, "n d_vocab"], str]:
+    """``unembed(ln_final(v))`` for each row of ``vectors`` (float64, CPU), and the normalisation applied.
+
+    Raises:
+        ShapeError: Rows of another width than ``d_model``.
+        ModelNotSupportedError: The model has no ``unembed`` module.
+    """
+    adapter = adapt(model)
+    if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[-1] != adapter.d_model:
+        shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
+        raise ShapeError(f"The logit lens needs vectors [n, d_model={adapter.d_model}], got {shape}.")
+    unembed = getattr(adapter.model, "unembed", None)
+    if not callable(unembed):
+        raise ModelNotSupportedError(
+            "The model has no `unembed` module, which the logit lens maps vectors to tokens with; use a "
+            "HookedTransformer or TransformerBridge."
+        )
+    norm = getattr(adapter.model, "ln_final", None)
+    x = vectors.detach().to(adapter.device, adapter.dtype)[:, None, :]  # [n, pos=1, d_model]
+    with torch.no_grad(), user_hooks_detached(adapter.model), evaluating(adapter.model):
+        logits = unembed(norm(x) if callable(norm) else x)[:, 0]
+    logits = logits.to("cpu", torch.float64)
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteError("The logit lens gave NaN or infinite logits; check the vectors and the model's weights.")
+    return logits, "ln_final" if callable(norm) else "none"
+
+
+def decode_vectors(model: Any, vectors: Vectors, k: int = 10, *, tokenizer: Any = None) -> VectorDecoding:
+    """Top ``k`` tokens of the logit lens of every vector (see the module docstring for the normalisation).
+
+    Args:
+        model: The TransformerLens model whose final norm and unembedding decode the vectors.
+        vectors: :class:`~tv_lens.task_vectors.TaskVectors` (every (task, layer) vector, named
+            ``"{task} L{layer}"``), a :class:`~tv_lens.results.FunctionVector` (every task, ``"{task} FV"``), one
+            tensor ``[d_model]`` or ``[n, d_model]``, or a dict of named ``[d_model]`` tensors.
+        k: Tokens kept per vector, by decreasing logit (ties: the lower token id first).
+        tokenizer: Decodes the token ids (default: ``model.tokenizer``; none: only ids).
+
+    Raises:
+        AnalysisError: ``k`` outside ``[1, d_vocab]``.
+        ShapeError: Vectors of another width than the model's ``d_model``, or from a model of other sizes.
+    """
+    adapter = adapt(model)
+    names, tasks, layers, stacked = _named_rows(model, vectors)
+    logits, normalisation = logit_lens(model, stacked)
+    n_vocab = int(logits.shape[-1])
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_vocab:
+        raise AnalysisError(f"k must be an int in [1, {n_vocab}] (tokens kept per vector), got {k!r}.")
+    order = torch.argsort(logits, dim=-1, descending=True, stable=True)[:, :k]
+    tokenizer = tokenizer if tokenizer is not None else getattr(adapter.model, "tokenizer", None)
+    decode = getattr(tokenizer, "decode", None)
+    tokens = None
+    if callable(decode):
+        tokens = tuple(tuple(str(decode([token])) for token in row) for row in order.tolist())
+    return VectorDecoding(names, tasks, layers, order, logits.gather(-1, order), tokens, normalisation)
+
+
+def _named_rows(
+    model: Any, vectors: Vectors
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int | None, ...], Float[Tensor, "n d_model"]]:
+    """Names, tasks, layers and the stacked rows of ``vectors``; the source model is checked where recorded."""
+    if isinstance(vectors, TaskVectors):
+        vectors.check_model(model)
+        pairs = [(task, layer) for task in vectors.task_names for layer in vectors.layers]
+        names = tuple(f"{task} L{layer}" for task, layer in pairs)
+        return names, tuple(t for t, _ in pairs), tuple(ly for _, ly in pairs), vectors.vectors.flatten(0, 1)
+    if isinstance(vectors, FunctionVector):
+        vectors.check_model(model)
+        names = tuple(f"{task} FV" for task in vectors.task_names)
+        return names, vectors.task_names, (None,) * len(names), vectors.vectors
+    if isinstance(vectors, Mapping):
+        if not vectors or not all(isinstance(v, Tensor) and v.ndim == 1 for v in vectors.values()):
+            raise ShapeError("A dict of vectors must map names to [d_model] tensors, at least one.")
+        names = tuple(str(name) for name in vectors)
+        return (
+            names,
+            ("",) * len(names),
+            (None,) * len(names),
+            torch.stack([v.detach().cpu() for v in vectors.values()]),
+        )
+    if isinstance(vectors, Tensor) and vectors.ndim in (1, 2) and vectors.is_floating_point():
+        rows = vectors[None] if vectors.ndim == 1 else vectors
+        names = ("vector",) if vectors.ndim == 1 else tuple(f"vector {i}" for i in range(len(rows)))
+        return names, ("",) * len(names), (None,) * len(names), rows
+    raise ShapeError(
+        "vectors must be TaskVectors, a FunctionVector, a float tensor [d_model] or [n, d_model], or a dict of "
+        f"named [d_model] tensors; got {type(vectors).__name__}."
+    )

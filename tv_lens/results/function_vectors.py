@@ -1,0 +1,371 @@
+"""Results of the function-vector analysis: mean head activations, causal indirect effects, the vector itself.
+
+:class:`MeanHeadActivations` holds each head's mean ``attn.hook_z`` at the answer position per task;
+:class:`IndirectEffects` how much writing that mean into one head of a corrupted prompt raises the probability
+of the right answer; :class:`FunctionVector` the sum of the top heads' mean outputs through ``W_O``. The layer
+sweep of the vector and the bundle of all four live in :mod:`tv_lens.results.function_vector_prompting`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, TaskError
+from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.results.base import Result
+from tv_lens.results.decodability import ALL_TASKS
+from tv_lens.results.provenance import VectorProvenance, check_vector_model, with_application
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from plotly.basedatatypes import BaseTraceType
+
+    from tv_lens.results.vector_decoding import VectorDecoding
+
+__all__ = ["FunctionVector", "IndirectEffects", "MeanHeadActivations", "head_label"]
+
+
+def head_label(layer: int, head: int) -> str:
+    """``"L{layer}H{head}"``."""
+    return f"L{layer}H{head}"
+
+
+def _task_index(task_names: tuple[str, ...], task: str, what: str) -> int:
+    if task not in task_names:
+        raise TaskError(f"Task {task!r} has no {what}; these cover {list(task_names)}. Build them from its prompts.")
+    return task_names.index(task)
+
+
+@dataclass(frozen=True, eq=False)
+class MeanHeadActivations(Result):
+    """Each head's ``attn.hook_z`` at the answer position, averaged over a task's clean ICL prompts.
+
+    On grouped-query-attention models ``hook_z`` has one entry per *query* head, so every query head has its own
+    mean even where several share a key/value head.
+
+    Attributes:
+        activations: ``[task, layer, head, d_head]``.
+        task_names: Name of each task entry.
+        layers: TransformerLens block index of each layer entry.
+        n_prompts: Prompts averaged per task ``[task]``.
+    """
+
+    activations: Float[Tensor, "task layer head d_head"]
+    task_names: tuple[str, ...]
+    layers: tuple[int, ...]
+    n_prompts: Int[Tensor, " task"]
+
+    def __post_init__(self) -> None:
+        n_t, n_l = len(self.task_names), len(self.layers)
+        acts = self.activations
+        if acts.ndim != 4 or tuple(acts.shape[:2]) != (n_t, n_l) or not acts.is_floating_point():
+            raise ShapeError(
+                f"MeanHeadActivations.activations must be float [task={n_t}, layer={n_l}, head, d_head], got "
+                f"{acts.dtype} {tuple(acts.shape)}."
+            )
+        self._check_shapes({"n_prompts": (n_t,)})
+        if len(set(self.task_names)) != n_t or len(set(self.layers)) != n_l:
+            raise ShapeError(
+                f"MeanHeadActivations needs distinct tasks and layers, got {self.task_names}, {self.layers}."
+            )
+
+    @property
+    def n_heads(self) -> int:
+        """Heads per block."""
+        return int(self.activations.shape[2])
+
+    def task_index(self, task: str) -> int:
+        """Index of ``task`` on the task axis."""
+        return _task_index(self.task_names, task, "mean head activations")
+
+    def layer_index(self, layer: int) -> int:
+        """Index of block ``layer`` on the layer axis."""
+        if layer not in self.layers:
+            raise LayerOutOfRangeError(f"Layer {layer} has no mean head activations; they cover {self.layers}.")
+        return self.layers.index(layer)
+
+    def get(self, task: str, layer: int, head: int) -> Float[Tensor, " d_head"]:
+        """The mean ``hook_z`` of ``head`` in block ``layer`` for ``task``."""
+        if not 0 <= head < self.n_heads:
+            raise LayerOutOfRangeError(f"Head {head} is out of range; blocks have {self.n_heads} heads.")
+        return self.activations[self.task_index(task), self.layer_index(layer), head]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (task, layer, head). Columns: ``task``, ``layer``, ``head``, ``norm``, ``n_prompts``."""
+        import pandas as pd
+
+        norms = self.activations.double().norm(dim=-1)
+        rows = [
+            (name, layer, head, float(norms[t, i, head]), int(self.n_prompts[t]))
+            for t, name in enumerate(self.task_names)
+            for i, layer in enumerate(self.layers)
+            for head in range(self.n_heads)
+        ]
+        return pd.DataFrame(rows, columns=["task", "layer", "head", "norm", "n_prompts"])
+
+    def traces(self) -> list[BaseTraceType]:
+        """A (layer x head) heatmap of the norm of the mean, averaged over tasks."""
+        norms = self.activations.double().norm(dim=-1).mean(0)
+        return [_heatmap(norms, self.layers, "mean |z|")]
+
+    def figure_layout(self) -> dict[str, Any]:
+        """Heads on x, blocks on y."""
+        return _head_axes("Norm of each head's mean activation at the answer position (mean over tasks)")
+
+
+@dataclass(frozen=True, eq=False)
+class IndirectEffects(Result):
+    """Causal indirect effect (CIE) of every head: its task-mean activation written into corrupted prompts.
+
+    For a prompt of task ``t`` whose demonstrations carry wrong labels, head ``h`` of block ``l`` gets task ``t``'s
+    mean ``hook_z`` at the answer position; the CIE is the probability of the right first answer token with that
+    patch minus without it. Overall numbers are means over every prompt (over tasks when tasks have equal prompts).
+
+    Attributes:
+        layers: Block index of each layer entry.
+        task_names: Name of each task entry.
+        task_ids: Task of each corrupted prompt ``[prompt]``.
+        corrupted_prob: Probability of the right first answer token, unpatched ``[prompt]``.
+        corrupted_loss: Teacher-forced cross-entropy over every answer token, unpatched ``[prompt]``.
+        patched_prob: The same probability with one head patched ``[layer, head, prompt]``.
+        patched_loss: The same loss with one head patched ``[layer, head, prompt]``.
+        cie: Mean CIE per task ``[layer, head, task]``.
+        cie_ci: Its bootstrap interval ``[layer, head, task, 2]``.
+        overall: Mean CIE over every prompt ``[layer, head]``.
+        overall_ci: Its interval ``[layer, head, 2]``.
+        writes: Prompts each head's patch wrote to ``[layer, head]``.
+        label_noise: Probability with which each demonstration of the corrupted prompts got a wrong label.
+        ci_level: Confidence level.
+        n_bootstrap: Bootstrap resamples.
+        seed: Seed of the bootstrap.
+    """
+
+    layers: tuple[int, ...]
+    task_names: tuple[str, ...]
+    task_ids: Int[Tensor, " prompt"]
+    corrupted_prob: Float[Tensor, " prompt"]
+    corrupted_loss: Float[Tensor, " prompt"]
+    patched_prob: Float[Tensor, "layer head prompt"]
+    patched_loss: Float[Tensor, "layer head prompt"]
+    cie: Float[Tensor, "layer head task"]
+    cie_ci: Float[Tensor, "layer head task 2"]
+    overall: Float[Tensor, "layer head"]
+    overall_ci: Float[Tensor, "layer head 2"]
+    writes: Int[Tensor, "layer head"]
+    label_noise: float = 0.0
+    ci_level: float = 0.95
+    n_bootstrap: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        n_l, n_h, n_p = self.patched_prob.shape
+        n_t = len(self.task_names)
+        if n_l != len(self.layers):
+            raise ShapeError(f"IndirectEffects.patched_prob has {n_l} layers but layers has {len(self.layers)}.")
+        self._check_shapes(
+            {
+                "task_ids": (n_p,),
+                "corrupted_prob": (n_p,),
+                "corrupted_loss": (n_p,),
+                "patched_loss": (n_l, n_h, n_p),
+                "cie": (n_l, n_h, n_t),
+                "cie_ci": (n_l, n_h, n_t, 2),
+                "overall": (n_l, n_h),
+                "overall_ci": (n_l, n_h, 2),
+                "writes": (n_l, n_h),
+            }
+        )
+
+    @property
+    def n_heads(self) -> int:
+        """Heads per block."""
+        return int(self.patched_prob.shape[1])
+
+    @property
+    def loss_change(self) -> Float[Tensor, "layer head task"]:
+        """Mean change of the teacher-forced answer loss per task (negative: the patch helps)."""
+        return _task_mean(self.patched_loss - self.corrupted_loss, self.task_ids, len(self.task_names))
+
+    def top_heads(self, k: int = 10, task: str | None = None) -> tuple[tuple[int, int], ...]:
+        """The ``k`` heads of largest mean CIE, overall or for ``task`` (ties: block, then head).
+
+        Raises:
+            AnalysisError: ``k`` is not an int in ``[1, heads]``.
+        """
+        n = len(self.layers) * self.n_heads
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+            raise AnalysisError(f"k must be an int in [1, {n}] (the heads measured), got {k!r}.")
+        scores = self.overall if task is None else self.cie[..., _task_index(self.task_names, task, "CIE")]
+        flat = torch.argsort(torch.nan_to_num(scores.flatten(), nan=-torch.inf), descending=True, stable=True)[:k]
+        return tuple((self.layers[int(i) // self.n_heads], int(i) % self.n_heads) for i in flat)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (layer, head, task), plus task ``"all"``.
+
+        Columns: ``layer``, ``head``, ``task``, ``cie``, ``ci_low``, ``ci_high``, ``loss_change``, ``writes``.
+        """
+        import pandas as pd
+
+        loss = self.loss_change
+        overall_loss = (self.patched_loss - self.corrupted_loss).mean(-1)
+        rows = []
+        for i, layer in enumerate(self.layers):
+            for head in range(self.n_heads):
+                writes = int(self.writes[i, head])
+                overall = (float(self.overall[i, head]), *self.overall_ci[i, head].tolist())
+                rows.append((layer, head, ALL_TASKS, *overall, float(overall_loss[i, head]), writes))
+                for t, name in enumerate(self.task_names):
+                    cie = (float(self.cie[i, head, t]), *self.cie_ci[i, head, t].tolist())
+                    rows.append((layer, head, name, *cie, float(loss[i, head, t]), writes))
+        columns = ["layer", "head", "task", "cie", "ci_low", "ci_high", "loss_change", "writes"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def traces(self) -> list[BaseTraceType]:
+        """A (layer x head) heatmap of the mean CIE over tasks."""
+        return [_heatmap(self.overall, self.layers, "CIE")]
+
+    def task_traces(self, task: str) -> list[BaseTraceType]:
+        """The same heatmap for one task."""
+        return [_heatmap(self.cie[..., _task_index(self.task_names, task, "CIE")], self.layers, "CIE")]
+
+    def figure_layout(self) -> dict[str, Any]:
+        """Heads on x, blocks on y."""
+        return _head_axes("Causal indirect effect of each head (gain in P(answer) on corrupted prompts)")
+
+
+@dataclass(frozen=True, eq=False)
+class FunctionVector(Result):
+    """Per task, the sum over the chosen heads of their mean output ``mean_z @ W_O[layer, head]``.
+
+    Attributes:
+        vectors: ``[task, d_model]``.
+        task_names: Name of each task entry.
+        heads: ``(layer, head)`` of every summed head, by decreasing mean CIE.
+        head_outputs: Each chosen head's mean output ``[task, k, d_model]`` (``vectors`` is their sum).
+        provenance: The source model and how the vector is meant to be applied (added to ``resid_post``; the
+            layer is the best one of the zero-shot sweep when :class:`~tv_lens.analyses.FunctionVectors` built
+            it); ``None``: not recorded.
+    """
+
+    vectors: Float[Tensor, "task d_model"]
+    task_names: tuple[str, ...]
+    heads: tuple[tuple[int, int], ...]
+    head_outputs: Float[Tensor, "task k d_model"]
+    provenance: VectorProvenance | None = None
+
+    def __post_init__(self) -> None:
+        n_t, k = len(self.task_names), len(self.heads)
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != n_t or not self.vectors.is_floating_point():
+            raise ShapeError(
+                f"FunctionVector.vectors must be float [task={n_t}, d_model], got {tuple(self.vectors.shape)}."
+            )
+        self._check_shapes({"head_outputs": (n_t, k, self.d_model)})
+        if len(set(self.heads)) != k or k == 0:
+            raise ShapeError(f"FunctionVector needs at least one head, each once; got {self.heads}.")
+        if self.provenance is not None and not isinstance(self.provenance, VectorProvenance):
+            raise ShapeError(f"FunctionVector.provenance must be a VectorProvenance, got {self.provenance!r}.")
+
+    @property
+    def d_model(self) -> int:
+        """Width of the vectors."""
+        return int(self.vectors.shape[-1])
+
+    @property
+    def k(self) -> int:
+        """Heads summed."""
+        return len(self.heads)
+
+    def get(self, task: str) -> Float[Tensor, " d_model"]:
+        """The function vector of ``task``."""
+        return self.vectors[_task_index(self.task_names, task, "function vector")]
+
+    def applied_as(
+        self, layers: int | tuple[int, ...] | None = None, operation: str | None = None, scale: float | None = None
+    ) -> FunctionVector:
+        """A copy whose provenance says how to apply it: at ``layers``, by ``operation``, times ``scale``.
+
+        :func:`tv_lens.steering.steer` uses these as its defaults; arguments left ``None`` keep the recorded ones.
+        """
+        provenance = with_application(self.provenance, layers, operation, scale, "This function vector")
+        return replace(self, provenance=provenance)
+
+    def check_model(self, model: Any) -> ModelAdapter:
+        """Check that the vector fits ``model`` (``d_model``, the source model's sizes); return its adapter.
+
+        A model of the source model's sizes with other weights gets an
+        :class:`~tv_lens.results.provenance.OtherWeightsWarning`, not an error.
+
+        Raises:
+            ShapeError: Another ``d_model``, or a source model of other sizes.
+        """
+        adapter = adapt(model)
+        check_vector_model(adapter, self.d_model, self.provenance, "This function vector's vectors", _REBUILD)
+        return adapter
+
+    def decode(self, model: Any, k: int = 10, *, tokenizer: Any = None) -> VectorDecoding:
+        """Logit lens of every task's vector: top ``k`` tokens (:func:`tv_lens.analyses.decode_vectors`)."""
+        from tv_lens.analyses.vector_decoding import decode_vectors
+
+        return decode_vectors(model, self, k, tokenizer=tokenizer)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (task, head), plus head ``"all"`` (the vector). Columns: ``task``, ``head``, ``norm``."""
+        import pandas as pd
+
+        rows = []
+        for t, name in enumerate(self.task_names):
+            rows.append((name, ALL_TASKS, float(self.vectors[t].double().norm())))
+            norms = self.head_outputs[t].double().norm(dim=-1)
+            rows.extend((name, head_label(*head), float(norms[j])) for j, head in enumerate(self.heads))
+        return pd.DataFrame(rows, columns=["task", "head", "norm"])
+
+    def traces(self) -> list[BaseTraceType]:
+        """Norm of each chosen head's mean output, one bar group per task."""
+        import plotly.graph_objects as go
+
+        labels = [head_label(*head) for head in self.heads]
+        norms = self.head_outputs.double().norm(dim=-1)
+        return [go.Bar(x=labels, y=norms[t].tolist(), name=name) for t, name in enumerate(self.task_names)]
+
+    def figure_layout(self) -> dict[str, Any]:
+        """Heads on x (by decreasing CIE)."""
+        return {
+            "title": {"text": f"Function vector: norm of each of the top-{self.k} heads' mean output"},
+            "xaxis": {"title": {"text": "head (by decreasing mean CIE)"}},
+            "yaxis": {"title": {"text": "L2 norm of mean z @ W_O"}},
+            "barmode": "group",
+        }
+
+
+_REBUILD = "FunctionVectors().run(model, pool) or function_vector(model, ...)"
+
+
+def _heatmap(values: Tensor, layers: tuple[int, ...], name: str) -> BaseTraceType:
+    import plotly.graph_objects as go
+
+    return go.Heatmap(
+        z=values.tolist(),
+        x=[f"H{h}" for h in range(values.shape[1])],
+        y=[f"L{layer}" for layer in layers],
+        colorscale="RdBu",
+        zmid=0,
+        hovertemplate=f"%{{y}} %{{x}}<br>{name} %{{z:.4f}}<extra></extra>",
+    )
+
+
+def _head_axes(title: str) -> dict[str, Any]:
+    return {
+        "title": {"text": title},
+        "xaxis": {"title": {"text": "head"}},
+        "yaxis": {"title": {"text": "layer (TransformerLens block index)"}},
+    }
+
+
+def _task_mean(values: Tensor, ids: Tensor, n_tasks: int) -> Tensor:
+    one_hot = torch.nn.functional.one_hot(ids, n_tasks).double()
+    return (values.double() @ one_hot) / one_hot.sum(0)
