@@ -2,8 +2,11 @@
 
 Every row checks that tv_lens and its baseline give equal numbers before it reports a ratio, so a run that
 finishes is also a correctness check. ``--quick`` (smaller model, fewer prompts, the quick training recipe)
-runs in under two minutes on two CPU cores; the full run uses the realistic size (6 blocks, d_model 256,
-8 heads, 400 prompts of about 100 tokens) and the default training recipe.
+runs in under two minutes on two CPU cores, plus about a minute for the GPT-2-size rows; the full run uses
+the realistic size (6 blocks, d_model 256, 8 heads, 400 prompts of about 100 tokens) and the default
+training recipe, then the GPT-2-size rows (:mod:`benchmarks.pretrained`: 12 blocks, d_model 768, GPT-2's
+vocabulary, about 200 prompts of 60 tokens). ``--dtype bfloat16`` loads the GPT-2-size model in bfloat16
+(the other rows build or train float32 models).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 
 import torch
 
-from benchmarks import heads, patching, representations, training
+from benchmarks import function_vectors, heads, patching, pretrained, representations, training
 from benchmarks.common import FULL, QUICK, machine_lines, print_table
 from tv_lens.models import hooked_transformer_available
 
@@ -23,6 +26,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller model and fewer prompts (under 2 minutes)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=sorted(pretrained.DTYPES), help="dtype of the GPT-2-size model"
+    )
     args = parser.parse_args()
     if args.threads is not None:
         if args.threads < 1:
@@ -46,11 +52,17 @@ def main() -> None:
         print("  " + line)
     print("\ntimings (each row checks equal numbers first)", flush=True)
     rows = []
+
+    def gpt2_size(scale, device):
+        return pretrained.pretrained_rows(scale, device, args.dtype, say=lambda line: print("    " + line, flush=True))
+
     stages = [
         ("representations", representations.timing_rows),
         ("patching sweep", patching.patching_rows),
         ("all-heads ablation", heads.heads_rows),
+        ("causal indirect effects", function_vectors.cie_rows),
         ("training", training.training_rows),
+        ("GPT-2-size model", gpt2_size),
     ]
     for name, stage in stages:
         stage_start = time.perf_counter()

@@ -3,6 +3,7 @@ import torch
 from conftest import hook_snapshot, left_padded, ragged_prompts
 
 import tv_lens.interventions as engine
+import tv_lens.models.row_logits as row_logits
 from tv_lens.errors import (
     HookNotFoundError,
     InterventionNotAppliedError,
@@ -136,8 +137,10 @@ def test_starting_from_the_cached_residual_equals_the_full_pass(model, monkeypat
     full = run_with_interventions(model, tokens, answer_pos, interventions)
     residual = model(tokens, stop_at_layer=2).detach()
     calls = []
-    original = engine.forward
-    monkeypatch.setattr(engine, "forward", lambda *a, **k: calls.append(k.get("start_at_layer")) or original(*a, **k))
+    original = row_logits.forward  # the engine's passes run through logits_at
+    monkeypatch.setattr(
+        row_logits, "forward", lambda *a, **k: calls.append(k.get("start_at_layer")) or original(*a, **k)
+    )
     resumed = run_with_interventions(
         model, tokens, answer_pos, interventions, clean_residual=residual, clean_residual_layer=2
     )

@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import fields, is_dataclass
 
 import pytest
 import torch
 from conftest import hook_snapshot, ragged_prompts
 
+from tv_lens.analyses import HeadAblation, TaskVectorPatching, TaskVectorPrompting
 from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import OutOfMemoryError
 from tv_lens.interventions import ablate_head, add, run_with_interventions
 from tv_lens.models.memory import fitting
 from tv_lens.probes import collect
+from tv_lens.task_vectors import TaskVectors
+from tv_lens.tasks import offset_pool
 
 
 @contextmanager
-def memory_limit(model, max_rows: int):
-    """A user hook that raises CUDA's out-of-memory error for passes of more than ``max_rows`` rows."""
+def memory_limit(model, max_rows: int, max_positions: int | None = None, at: str = "blocks.0.hook_resid_pre"):
+    """A user hook that raises CUDA's out-of-memory error for passes of more than ``max_rows`` rows (or more than
+    ``max_positions`` rows x positions) at hook point ``at``."""
     seen: list[int] = []
 
     def fail(activation, hook):
         seen.append(activation.shape[0])
-        if activation.shape[0] > max_rows:
+        too_many = max_positions is not None and activation.shape[0] * activation.shape[1] > max_positions
+        if activation.shape[0] > max_rows or too_many:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    hook_point = model.hook_dict["blocks.0.hook_resid_pre"]
+    hook_point = model.hook_dict[at]
     hook_point.add_hook(fail)
     try:
         yield seen
@@ -79,3 +85,42 @@ def test_fitting_gives_up_at_one_and_lets_other_errors_through() -> None:
     with pytest.raises(ValueError, match="not about memory"):
         fitting(broken, 4, "batch_size")
     assert fitting(lambda size: size, 4, "batch_size") == (4, 4)
+
+
+def test_causal_results_record_the_rows_per_pass_that_fitted(model) -> None:
+    """After an out-of-memory retry the result says the size it ran with, and every number is unchanged."""
+    pool = offset_pool(offsets=(1, 2), n_values=8)
+    batch = pool.sample(2, 3, seed=0)
+    vectors = TaskVectors.from_model(model, pool.sample(2, 3, seed=1))
+    analyses = {  # each with a limit (rows x positions) that its sweep's passes exceed at 64 rows per pass
+        "patching": (100, lambda: TaskVectorPatching(n_bootstrap=0, rows_per_pass=64).run_batch(model, batch, vectors)),
+        "prompting": (
+            20,
+            lambda: TaskVectorPrompting(n_bootstrap=0, rows_per_pass=64).run_batch(model, batch, vectors),
+        ),
+        "heads": (100, lambda: HeadAblation(n_bootstrap=0, prune_steps=2, rows_per_pass=64).run_batch(model, batch)),
+    }
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"  # every pass reaches it
+    for name, (limit, run) in analyses.items():
+        expected = run()
+        with memory_limit(model, 64, max_positions=limit, at=last), pytest.warns(RuntimeWarning, match="Out of memory"):
+            result = run()
+        assert expected.rows_per_pass == 64, name
+        assert result.rows_per_pass is not None and result.rows_per_pass < 64, name
+        assert_close_results(result, expected, skip="rows_per_pass", where=name)
+
+
+def assert_close_results(got, want, skip: str, where: str) -> None:
+    """Every field equal, tensors to 1e-12 (batches of other sizes round float64 sums differently), nested too."""
+    for field in fields(want):
+        a, b, name = getattr(got, field.name), getattr(want, field.name), f"{where}.{field.name}"
+        if field.name == skip:
+            continue
+        if isinstance(b, torch.Tensor):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12, equal_nan=True, msg=name)
+        elif is_dataclass(b):
+            assert_close_results(a, b, skip, name)
+        elif isinstance(b, float):
+            assert a == pytest.approx(b, abs=1e-12, nan_ok=True), name
+        else:
+            assert a == b, name

@@ -52,6 +52,7 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.block_skipping import supports_block_skipping
 from tv_lens.models.exclusive import user_hooks_detached
 from tv_lens.models.memory import fitting
+from tv_lens.models.row_logits import logits_at
 from tv_lens.models.running import forward
 from tv_lens.positions import (
     AnswerLengths,
@@ -59,6 +60,7 @@ from tv_lens.positions import (
     PreparedPrompts,
     answer_columns,
     as_positions,
+    check_tensor_data,
     length_sorted_batches,
     prepare_prompts,
 )
@@ -113,7 +115,7 @@ def replace(
     rows: Rows = None,
 ) -> Intervention:
     """Overwrite the residual stream at ``site`` of block ``layer`` with ``vector`` at ``pos``."""
-    return Intervention("replace", layer, site, torch.as_tensor(vector), pos, rows)
+    return Intervention("replace", layer, site, _as_values(vector, "replace", "d_model"), pos, rows)
 
 
 def add(
@@ -124,7 +126,7 @@ def add(
     rows: Rows = None,
 ) -> Intervention:
     """Add ``vector`` to the residual stream at ``site`` of block ``layer`` at ``pos``."""
-    return Intervention("add", layer, site, torch.as_tensor(vector), pos, rows)
+    return Intervention("add", layer, site, _as_values(vector, "add", "d_model"), pos, rows)
 
 
 def ablate_head(
@@ -145,8 +147,38 @@ def ablate_head(
         raise ShapeError(
             "mode='mean' needs mean= (the head's mean attn.hook_z, shape [d_head]); mode='zero' takes no mean."
         )
-    values = None if mean is None else torch.as_tensor(mean)
+    values = None if mean is None else _as_values(mean, "ablate_head mean", "d_head")
     return Intervention("ablate_head", layer, "attn.hook_z", values, pos, rows, head)
+
+
+def _as_values(vector: Any, what: str, width: str) -> Tensor:
+    """``vector`` (a tensor, array or nested list of real numbers) as a tensor; anything else is refused.
+
+    Integer values are numbers too; the dtype is not changed here: values are cast to the activation's
+    dtype when written (a float16 vector written into a float32 model is widened, a float64 one rounded).
+    """
+    if isinstance(vector, (str, bytes)) or vector is None:
+        raise ShapeError(f"{what} needs a vector of numbers (a float tensor [{width}]), got {vector!r}.")
+    try:
+        values = torch.as_tensor(vector)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ShapeError(
+            f"{what} needs a vector of numbers (a float tensor [{width}]), got a {type(vector).__name__} that "
+            f"is not one ({error})."
+        ) from error
+    _check_values(values, what)
+    return values
+
+
+def _check_values(values: Any, what: str) -> None:
+    if not isinstance(values, Tensor):
+        raise ShapeError(f"{what} values must be a tensor of numbers, got {type(values).__name__}.")
+    check_tensor_data(values, f"{what}'s vector")
+    if values.dtype == torch.bool or values.is_complex():
+        raise ShapeError(
+            f"{what} got a {values.dtype} vector; values are real numbers written into the activations, so pass a "
+            "float tensor (a boolean mask or complex numbers have no meaning there)."
+        )
 
 
 @dataclass(frozen=True)
@@ -249,20 +281,21 @@ def run_with_interventions(
             if masking is not None:
                 blocked = masking[0][index.to(masking[0].device)][:, :width, :width].to(adapter.device)
                 hooks += mask_hooks(adapter, masking[1], blocked, 0 if start is None else start[0])
-            output = forward(
-                adapter,
-                source[index.to(source.device), :width].to(adapter.device),
-                start_at_layer=None if start is None else start[0],
-                hooks=hooks,
+            columns = answer_columns(prompts.answer_pos[index], lengths[index], n_answer)
+            outputs.append(
+                logits_at(
+                    adapter,
+                    source[index.to(source.device), :width].to(adapter.device),
+                    columns,
+                    start_at_layer=None if start is None else start[0],
+                    hooks=hooks,
+                )
             )
-            columns = answer_columns(prompts.answer_pos[index], lengths[index], n_answer).to(output.device)
-            outputs.append(output[torch.arange(len(index), device=output.device)[:, None], columns])
-        order = torch.cat(batches)
-        return torch.cat(outputs)[torch.argsort(order).to(outputs[0].device)], writes
+        return _in_prompt_order(outputs, batches), writes
 
     (logits, writes), _ = fitting(passes, batch_size or len(prompts), "batch_size")
-    if not bool(torch.isfinite(logits).all()):
-        bad = int((~torch.isfinite(logits)).flatten(1).any(-1).sum())
+    bad = _non_finite_rows(logits)
+    if bad:
         raise NonFiniteError(
             f"The model's outputs at the answer positions are NaN or infinite for {bad} prompt(s) under "
             f"{[str(i) for i in interventions] or 'no intervention'}; check the model's weights and the values "
@@ -277,6 +310,25 @@ def run_with_interventions(
     return InterventionRun(logits, tuple(writes))
 
 
+def _in_prompt_order(outputs: list[Tensor], batches: list[Tensor]) -> Tensor:
+    """The passes' output rows put back in prompt order, copying them once (a single pass in order: not at all)."""
+    order = torch.cat(batches)
+    if len(outputs) == 1 and bool((order == torch.arange(len(order))).all()):
+        return outputs[0]
+    first = outputs[0]
+    result = first.new_empty((len(order), *first.shape[1:]))
+    for index, output in zip(batches, outputs, strict=True):
+        result[index.to(result.device)] = output
+    return result
+
+
+def _non_finite_rows(logits: Float[Tensor, "batch ... d"], rows_per_check: int = 64) -> int:
+    """Prompts whose ``logits`` hold a NaN or infinity, checked a few output rows at a time (small temporaries)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    finite = torch.cat([torch.isfinite(part).all(-1) for part in flat.split(rows_per_check)])
+    return int((~finite).view(len(logits), -1).any(-1).sum())
+
+
 def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Intervention) -> WritePlan:
     """Check an intervention against the model and batch; expand rows, positions and values per prompt."""
     if not isinstance(intervention, Intervention):
@@ -284,8 +336,26 @@ def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Inter
             f"interventions must be made by replace(), add() or ablate_head(), got {type(intervention).__name__}."
         )
     n_prompts = len(prompts)
+    if intervention.kind not in ("replace", "add", "ablate_head"):
+        raise ShapeError(
+            f"Unknown intervention kind {intervention.kind!r}; make interventions with replace(), add() or "
+            "ablate_head()."
+        )
+    head_site = intervention.site == "attn.hook_z"
+    if head_site != (intervention.kind == "ablate_head") or (intervention.head is None) == head_site:
+        raise ShapeError(
+            f"{intervention}: head ablations write at site 'attn.hook_z' with a head index, replace() and add() at a "
+            "residual site without one; make interventions with replace(), add() or ablate_head()."
+        )
     hook_name = adapter.hook_name(intervention.site, intervention.layer)
     adapter.hook_point(hook_name)
+    if intervention.head is not None and (
+        isinstance(intervention.head, bool) or not isinstance(intervention.head, int)
+    ):
+        raise LayerOutOfRangeError(
+            f"Head must be an int index, got {intervention.head!r} ({type(intervention.head).__name__}); use a head "
+            f"in [0, {adapter.n_heads - 1}], e.g. ablate_head(layer, 0)."
+        )
     if intervention.head is not None and not 0 <= intervention.head < adapter.n_heads:
         raise LayerOutOfRangeError(
             f"Head {intervention.head} is out of range: blocks have {adapter.n_heads} heads, so use a head in "
@@ -352,6 +422,7 @@ def _values(adapter: ModelAdapter, intervention: Intervention, selected: Tensor,
     values = intervention.values
     if values is None:  # zero ablation
         return torch.zeros(width, device=adapter.device, dtype=adapter.dtype)
+    _check_values(values, str(intervention))
     n_rows = len(selected)
     if values.shape[-1:] != (width,) or values.ndim > 2 or (values.ndim == 2 and values.shape[0] != n_rows):
         raise ShapeError(
@@ -361,6 +432,11 @@ def _values(adapter: ModelAdapter, intervention: Intervention, selected: Tensor,
     if not bool(torch.isfinite(values).all()):
         raise NonFiniteError(f"{intervention} got NaN or infinite values; pass a finite vector.")
     values = values.to(adapter.device, adapter.dtype)
+    if not bool(torch.isfinite(values).all()):
+        raise NonFiniteError(
+            f"{intervention} got values too large for the model's dtype {adapter.dtype} (they overflow to infinity "
+            f"when cast to it, up to {torch.finfo(adapter.dtype).max:.3g}); pass a vector within that range."
+        )
     if values.ndim == 1:
         return values
     full = torch.zeros(n_prompts, width, device=values.device, dtype=values.dtype)

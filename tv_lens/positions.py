@@ -21,6 +21,8 @@ from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
 
 Inputs = Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_input"]
+#: Integer dtypes read as token ids (those an embedding takes); other integer, bool and complex inputs are refused.
+TOKEN_DTYPES = (torch.long, torch.int32)
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,34 @@ class PreparedPrompts:
         return positions - self.shift
 
 
+def check_tensor_data(tensor: Tensor, what: str) -> None:
+    """Refuse a tensor whose values cannot be read: one on the ``meta`` device, or a sparse one."""
+    if tensor.device.type == "meta":
+        raise ShapeError(
+            f"{what} is a tensor on the meta device, which has a shape but no values; create it on a real "
+            "device (e.g. torch.tensor(..., device='cpu')) or materialise it first."
+        )
+    if tensor.layout != torch.strided:
+        raise ShapeError(f"{what} is a {tensor.layout} tensor; pass a dense tensor (tensor.to_dense()).")
+
+
 def as_positions(positions: int | Sequence[int] | Tensor, n_prompts: int, what: str) -> Int[Tensor, " batch"]:
     """A ``[batch]`` long tensor from an int (same for every prompt), a list or a tensor."""
     if isinstance(positions, int) and not isinstance(positions, bool):
+        if not -(2**63) <= positions < 2**63:
+            raise ShapeError(f"{what} must hold token positions (64-bit ints), got {positions}.")
         return torch.full((n_prompts,), positions, dtype=torch.long)
-    tensor = torch.as_tensor(positions)
-    if tensor.is_floating_point() or tensor.dtype == torch.bool:
+    if isinstance(positions, (str, bytes)) or positions is None:
+        raise ShapeError(f"{what} must be an int or one int per prompt, got {positions!r}.")
+    try:
+        tensor = torch.as_tensor(positions)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ShapeError(
+            f"{what} must be an int or one int per prompt (a list or a tensor), got {type(positions).__name__} "
+            f"that is not a tensor of ints ({error})."
+        ) from error
+    check_tensor_data(tensor, what)
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
         raise ShapeError(f"{what} must hold integer token positions, got dtype {tensor.dtype}.")
     if tensor.shape != (n_prompts,):
         raise ShapeError(f"{what} must have one position per prompt: shape ({n_prompts},), got {tuple(tensor.shape)}.")
@@ -118,9 +142,19 @@ def prepare_prompts(
             lie inside the prompt. One int for every prompt, or one per prompt (answers of different lengths).
         residual: Float ``inputs`` are a residual stream ``[batch, pos, d_model]`` whatever the model's
             inputs (e.g. a clean run's residual that a patched run starts from).
+
+    Float inputs are cast to the model's dtype (a float16 residual given to a float32 model is widened, a
+    float64 one rounded), as intervention values are cast to the activation's dtype. Token ids must be
+    ``torch.long`` or ``torch.int32``; boolean, complex and other integer dtypes are refused.
     """
     if not isinstance(inputs, Tensor):
         raise ShapeError(f"inputs must be a torch.Tensor of tokens or residuals, got {type(inputs).__name__}.")
+    check_tensor_data(inputs, "inputs")
+    if not inputs.is_floating_point() and inputs.dtype not in TOKEN_DTYPES:
+        raise ShapeError(
+            f"inputs of dtype {inputs.dtype} are neither token ids nor a residual stream: token ids must be "
+            f"torch.long or torch.int32 (convert with tokens.long()), residuals a float tensor."
+        )
     if inputs.is_floating_point():
         if residual or adapter.d_in is None:
             width, what = adapter.d_model, "Residual-stream inputs must be Float[batch, pos, d_model"
@@ -128,6 +162,7 @@ def prepare_prompts(
             width, what = adapter.d_in, "This model embeds continuous inputs: pass Float[batch, pos, d_in"
         if inputs.ndim != 3 or inputs.shape[-1] != width:
             raise ShapeError(f"{what}={width}], got shape {tuple(inputs.shape)}.")
+        inputs = inputs.to(adapter.dtype)  # float inputs follow the model's dtype, as written values do
     elif adapter.d_in is not None:
         raise ShapeError(
             f"This model embeds continuous inputs: pass Float[batch, pos, d_in={adapter.d_in}], not integer "
@@ -144,6 +179,10 @@ def prepare_prompts(
     n_prompts, width = int(inputs.shape[0]), int(inputs.shape[1])
     if n_prompts == 0:
         raise ShapeError("inputs hold no prompts (batch size 0); pass at least one prompt.")
+    if width == 0:
+        raise ShapeError(
+            f"inputs hold prompts of no tokens (shape {tuple(inputs.shape)}); pass at least one token each."
+        )
     n_answers = answer_lengths(n_answer_tokens, n_prompts)
     positions = as_positions(answer_pos, n_prompts, "answer_pos")
     shift = torch.zeros(n_prompts, dtype=torch.long)
@@ -154,7 +193,7 @@ def prepare_prompts(
     elif not inputs.is_floating_point():
         _check_no_left_padding(adapter, inputs)
     last = positions + n_answers - 1
-    bad = (positions < 0) | (last >= lengths)
+    bad = (positions < 0) | (positions >= lengths) | (last >= lengths)  # the first two also catch an overflowed last
     if bool(bad.any()):
         row = int(bad.nonzero()[0])
         raise PositionError(
@@ -194,7 +233,16 @@ def _check_no_left_padding(adapter: ModelAdapter, tokens: Tensor) -> None:
 
 def _align_left(inputs: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Move each prompt's real tokens to start at column 0; returns (inputs, shift, lengths)."""
-    mask = torch.as_tensor(attention_mask).to(device="cpu")
+    if not isinstance(attention_mask, Tensor):
+        try:
+            attention_mask = torch.as_tensor(attention_mask)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+            raise ShapeError(
+                f"attention_mask must be a [batch, pos] tensor of 0s and 1s, got {type(attention_mask).__name__} "
+                f"({error})."
+            ) from error
+    check_tensor_data(attention_mask, "attention_mask")
+    mask = attention_mask.to(device="cpu")
     if mask.shape != inputs.shape[:2]:
         raise ShapeError(
             f"attention_mask must have the shape of the prompts {tuple(inputs.shape[:2])}, got {tuple(mask.shape)}."
@@ -224,8 +272,13 @@ def _align_left(inputs: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor,
 
 
 def length_sorted_batches(lengths: Int[Tensor, " batch"], batch_size: int) -> list[Int[Tensor, " chunk"]]:
-    """Prompt indices in batches of similar length (shortest first), so little padding is computed."""
+    """Prompt indices in batches of similar length (shortest first), so little padding is computed.
+
+    Prompts that fit in one batch stay in their own order (one batch computes the longest prompt's width anyway).
+    """
     if batch_size < 1:
         raise ShapeError(f"batch_size must be ≥ 1, got {batch_size}.")
+    if batch_size >= len(lengths):
+        return [torch.arange(len(lengths))]
     order = torch.argsort(lengths, stable=True)
     return list(order.split(batch_size))

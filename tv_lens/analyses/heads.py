@@ -184,6 +184,7 @@ def head_importance(
         ci_level=ci,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        rows_per_pass=min(sweep.rows_per_pass, pruned.rows_per_pass),
     )
 
 

@@ -169,6 +169,7 @@ def patch_task_vectors(
         n_bootstrap=n_bootstrap,
         ci=ci,
         seed=seed,
+        rows_per_pass=sweep.rows_per_pass,
     )
 
 

@@ -54,7 +54,8 @@ def summarize_patching(
         layers: Block index of each layer entry.
         writes: Prompts each (layer, target) intervention wrote to.
         target_answers: Each target rule's answer tokens per prompt (``-1``: no rule); ``None``: no overriding.
-        **settings: ``mode``, ``site``, ``scale``, ``null_task``, ``n_bootstrap``, ``ci``, ``seed``.
+        **settings: ``mode``, ``site``, ``scale``, ``null_task``, ``n_bootstrap``, ``ci``, ``seed`` and optionally
+            ``rows_per_pass``.
     """
     n_t, n = len(target_names), len(sources)
     defined = _defined(target_answers, answers, n_t, n)
@@ -93,6 +94,7 @@ def summarize_patching(
         scale=settings["scale"],
         null_task=settings["null_task"],
         seed=settings["seed"],
+        rows_per_pass=settings.get("rows_per_pass"),
         **summary,
     )
 

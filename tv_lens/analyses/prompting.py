@@ -215,6 +215,7 @@ def task_vector_prompting(
         n_bootstrap=n_bootstrap,
         seed=seed,
         scoring=scoring,
+        rows_per_pass=sweep.rows_per_pass,
     )
 
 

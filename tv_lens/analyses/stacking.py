@@ -47,6 +47,7 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.block_skipping import supports_block_skipping
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.models.memory import fitting
+from tv_lens.models.row_logits import logits_at
 from tv_lens.models.running import forward
 from tv_lens.positions import (
     AnswerLengths,
@@ -219,8 +220,8 @@ def _sweep(
             rest = [c for c in order if not any(c in group for group in packed)]
             stacked = _groups(rest, [starts[c] for c in rest], per_pass)
             blocks = {starts[group[0]] for group in packed} | ({starts[group[0]] for group in stacked} - {0})
-            logits, residuals = _clean_pass(adapter, inputs, sorted(blocks))
-            tally.clean(index, score(batch.answer_rows(logits), index))
+            logits, residuals = _clean_pass(adapter, inputs, batch.columns(), sorted(blocks))
+            tally.clean(index, score(logits, index))
             bar.update()
             # a block whose entering residual was never seen (its hook never ran) cannot share a prefix
             stacked += [group for group in packed if starts[group[0]] not in residuals]
@@ -235,6 +236,7 @@ def _sweep(
                     if done is None:  # blocked keys would be imprecise on this model: separate rows instead
                         done = _run_stacked(sub, cells, group, residual, starts, per_pass)
                     tally.add(sub, done)
+                    del done  # its logits go before the next pass makes its own
                 bar.update(len(group))
             for group in stacked:
                 start = starts[group[0]]
@@ -288,14 +290,14 @@ class _Batch:
             self, inputs=inputs, answer_pos=self.answer_pos[rows], lengths=self.lengths[rows], index=self.index[rows]
         )
 
-    def answer_rows(self, logits: Tensor) -> Tensor:
-        """``logits [prompt, pos, d]`` of this batch's prompts at their answer columns ``[prompt, n_answer, d]``."""
-        columns = answer_columns(self.answer_pos, self.lengths, self.n_answer).to(logits.device)
-        return logits[torch.arange(len(self.answer_pos), device=logits.device)[:, None], columns]
+    def columns(self) -> Tensor:
+        """Each prompt's answer columns ``[prompt, n_answer]`` (see :func:`~tv_lens.positions.answer_columns`)."""
+        return answer_columns(self.answer_pos, self.lengths, self.n_answer)
 
 
 Done = list[tuple[list[int], Tensor, list[list[int]]]]
-"""Cells run together: (cell ids, output rows ``[cell * prompt, n_answer, d_vocab]``, writes per cell)."""
+"""Cells run together: (cell ids, output rows ``[cell, prompt, n_answer, d_vocab]`` (may be a strided view),
+writes per cell)."""
 
 
 class _Tally:
@@ -314,9 +316,9 @@ class _Tally:
 
     def add(self, batch: _Batch, done: Done) -> None:
         for cell_ids, out, counts in done:
-            k = len(cell_ids)
-            scored = batch.score(out, batch.index.repeat(k))
-            self.cell_parts.append((batch.index, cell_ids, scored.view(k, len(batch.index), *scored.shape[1:])))
+            # one cell at a time: scoring's temporaries (log-softmax) stay the size of one cell's rows
+            scored = torch.stack([batch.score(out[j], batch.index) for j in range(len(cell_ids))])
+            self.cell_parts.append((batch.index, cell_ids, scored))
             for c, cell_counts in zip(cell_ids, counts, strict=True):
                 self.writes[c] = [a + b for a, b in zip(self.writes[c], cell_counts, strict=True)]
             self.n_passes += 1
@@ -382,7 +384,7 @@ def _run_shared(
         )
     except BlockedKeysPrecisionError:
         return None
-    logits = run.logits.view(len(answer_pos), k, n, -1).transpose(0, 1).reshape(k * len(answer_pos), n, -1)
+    logits = run.logits.view(len(answer_pos), k, n, -1).transpose(0, 1)  # [cell, prompt, n, d_vocab], no copy
     return [(group, logits, _split(run.writes, [len(cell.interventions) for cell in shared]))]
 
 
@@ -410,8 +412,10 @@ def _groups(order: list[int], starts: list[int], per_pass: int) -> list[list[int
     return groups
 
 
-def _clean_pass(adapter: ModelAdapter, inputs: Tensor, blocks: list[int]) -> tuple[Tensor, dict[int, Tensor]]:
-    """Logits of the unpatched prompts, and the residual entering each of ``blocks`` (all positions)."""
+def _clean_pass(
+    adapter: ModelAdapter, inputs: Tensor, columns: Tensor, blocks: list[int]
+) -> tuple[Tensor, dict[int, Tensor]]:
+    """Logits of the unpatched prompts at ``columns``, and the residual entering each of ``blocks`` (all positions)."""
     residuals: dict[int, Tensor] = {}
 
     def keep(activation: Tensor, hook: Any, *, block: int) -> None:
@@ -419,12 +423,15 @@ def _clean_pass(adapter: ModelAdapter, inputs: Tensor, blocks: list[int]) -> tup
 
     hooks = [(adapter.hook_name("resid_pre", b), partial(keep, block=b)) for b in blocks]
     with torch.no_grad():
-        logits = forward(adapter, inputs, hooks=hooks)
+        logits = logits_at(adapter, inputs, columns, hooks=hooks)
     return logits, residuals
 
 
 def _run_group(batch: _Batch, group: list[Cell], start: int, residual: Tensor | None) -> tuple[Tensor, list[list[int]]]:
-    """One engine pass over ``len(group)`` copies of the prompts, cell ``j`` writing to copy ``j``."""
+    """One engine pass over ``len(group)`` copies of the prompts, cell ``j`` writing to copy ``j``.
+
+    Returns the output rows ``[cell, prompt, n_answer, d_vocab]`` and the writes per cell.
+    """
     n, k = len(batch.index), len(group)
     interventions: list[Intervention] = []
     for j, cell in enumerate(group):
@@ -445,8 +452,10 @@ def _run_group(batch: _Batch, group: list[Cell], start: int, residual: Tensor | 
         clean_residual_layer=None if residual is None else start,
     )
     # every output has the sweep's n_answer columns; shorter answers repeat their last one
-    columns = torch.arange(batch.n_answer).clamp(max=run.logits.shape[1] - 1).to(run.logits.device)
-    return run.logits[:, columns], _split(run.writes, [len(cell.interventions) for cell in group])
+    logits = run.logits
+    if logits.shape[1] != batch.n_answer:
+        logits = logits[:, torch.arange(batch.n_answer).clamp(max=logits.shape[1] - 1).to(logits.device)]
+    return logits.view(k, n, *logits.shape[1:]), _split(run.writes, [len(cell.interventions) for cell in group])
 
 
 def _split(writes: tuple[int, ...], sizes: list[int]) -> list[list[int]]:

@@ -4,7 +4,8 @@ Analyses take a size per pass (``batch_size`` prompts, ``rows_per_pass`` stacked
 fits a small model can exhaust an accelerator on a 7–9B one; :func:`fitting` runs the work at the requested
 size and, when the accelerator runs out of memory, frees its cache, halves the size and runs the work again
 from the start (nothing is kept from the failed attempt, so the result equals a run at the smaller size). The
-size that fitted is returned so that callers can record it.
+size that fitted is returned so that callers can record it. Work that runs inside other work (an engine pass
+inside a sweep) does not retry on its own: the outermost size halves, so the size recorded is the size that ran.
 
 >>> fitting(lambda size: size * 10, 64, "batch_size")
 (640, 64)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TypeVar
 
 import torch
@@ -21,6 +23,8 @@ import torch
 from tv_lens.errors import OutOfMemoryError
 
 T = TypeVar("T")
+
+_retrying: ContextVar[bool] = ContextVar("tv_lens_retrying", default=False)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -44,7 +48,10 @@ def fitting(work: Callable[[int], T], size: int, what: str) -> tuple[T, int]:
     Raises:
         OutOfMemoryError: The work does not fit even at size 1.
     """
+    if _retrying.get():  # inside other work: its size halves, not this one
+        return work(size), size
     while True:
+        token = _retrying.set(True)
         try:
             return work(size), size
         except Exception as error:
@@ -56,6 +63,8 @@ def fitting(work: Callable[[int], T], size: int, what: str) -> tuple[T, int]:
                     "with more memory, a lower precision (dtype=torch.bfloat16), shorter prompts, or spread the "
                     "model over devices (device_map)."
                 ) from error
+        finally:
+            _retrying.reset(token)
         _free_cache()  # outside the except block: the failed attempt's tensors went with its traceback
         smaller = max(1, size // 2)
         warnings.warn(

@@ -63,6 +63,8 @@ class PatchingEffects(Result):
         ci_level: Confidence level.
         n_bootstrap: Bootstrap resamples (0: NaN intervals).
         seed: Seed of the bootstrap.
+        rows_per_pass: Rows (prompt copies) per forward pass the sweep ran with: the requested ``rows_per_pass``,
+            or less where a pass ran out of memory and was halved (``None``: not recorded).
     """
 
     layers: tuple[int, ...]
@@ -99,6 +101,7 @@ class PatchingEffects(Result):
     ci_level: float = 0.95
     n_bootstrap: int = 1000
     seed: int = 0
+    rows_per_pass: int | None = None
 
     def __post_init__(self) -> None:
         n_l, n_s, n_t, n_p = len(self.layers), len(self.source_names), len(self.target_names), len(self.task_ids)

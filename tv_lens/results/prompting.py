@@ -54,6 +54,8 @@ class PromptingAccuracy(Result):
         ci_level: Confidence level.
         n_bootstrap: Bootstrap resamples.
         seed: Seed of the bootstrap.
+        rows_per_pass: Rows (prompt copies) per forward pass the sweep ran with: the requested ``rows_per_pass``,
+            or less where a pass ran out of memory and was halved (``None``: not recorded).
         scoring: How ``*_correct`` were scored: ``"teacher_forced"`` (argmax of every answer token), or by
             greedy generation, ``"exact_match"`` / ``"first_word"`` of the generated text against the answer.
     """
@@ -84,6 +86,7 @@ class PromptingAccuracy(Result):
     ci_level: float = 0.95
     n_bootstrap: int = 1000
     seed: int = 0
+    rows_per_pass: int | None = None
     scoring: str = "teacher_forced"
 
     def __post_init__(self) -> None:
