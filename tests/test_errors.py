@@ -1082,7 +1082,7 @@ CASES = [
         "answer-position-none",
         lambda w: collect(w.model, w.batch.inputs, None, progress=False),  # type: ignore[arg-type]
         ShapeError,
-        r"answer_pos must be an int or one int per prompt, got None",
+        r"answer_pos must be an int or one int per prompt .*, got None",
         r"one int per prompt",
     ),
     Case(
@@ -1096,7 +1096,7 @@ CASES = [
         "attention-mask-a-string",
         lambda w: collect(w.model, w.batch.inputs, w.batch.answer_pos, attention_mask="left", progress=False),
         ShapeError,
-        r"attention_mask must be a \[batch, pos\] tensor of 0s and 1s, got str",
+        r"attention_mask must be a \[batch, pos\] tensor of 0s and 1s, got 'left'",
         r"tensor of 0s and 1s",
     ),
     Case(
@@ -1131,7 +1131,7 @@ CASES = [
         "vector-a-string",
         lambda w: run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, [add(0, "north")]),
         ShapeError,
-        r"add needs a vector of numbers",
+        r"add's vector must be a vector of numbers",
         r"a float tensor \[d_model\]",
     ),
     Case(

@@ -63,6 +63,7 @@ from tv_lens.positions import (
     check_tensor_data,
     length_sorted_batches,
     prepare_prompts,
+    tensor_of,
 )
 
 Positions = Literal["answer", "all"] | int | Sequence[int] | Tensor
@@ -157,15 +158,7 @@ def _as_values(vector: Any, what: str, width: str) -> Tensor:
     Integer values are numbers too; the dtype is not changed here: values are cast to the activation's
     dtype when written (a float16 vector written into a float32 model is widened, a float64 one rounded).
     """
-    if isinstance(vector, (str, bytes)) or vector is None:
-        raise ShapeError(f"{what} needs a vector of numbers (a float tensor [{width}]), got {vector!r}.")
-    try:
-        values = torch.as_tensor(vector)
-    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
-        raise ShapeError(
-            f"{what} needs a vector of numbers (a float tensor [{width}]), got a {type(vector).__name__} that "
-            f"is not one ({error})."
-        ) from error
+    values = tensor_of(vector, f"{what}'s vector", f"a vector of numbers (a float tensor [{width}])")
     _check_values(values, what)
     return values
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -71,15 +72,7 @@ def as_positions(positions: int | Sequence[int] | Tensor, n_prompts: int, what: 
         if not -(2**63) <= positions < 2**63:
             raise ShapeError(f"{what} must hold token positions (64-bit ints), got {positions}.")
         return torch.full((n_prompts,), positions, dtype=torch.long)
-    if isinstance(positions, (str, bytes)) or positions is None:
-        raise ShapeError(f"{what} must be an int or one int per prompt, got {positions!r}.")
-    try:
-        tensor = torch.as_tensor(positions)
-    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
-        raise ShapeError(
-            f"{what} must be an int or one int per prompt (a list or a tensor), got {type(positions).__name__} "
-            f"that is not a tensor of ints ({error})."
-        ) from error
+    tensor = tensor_of(positions, what, "an int or one int per prompt (a list or a tensor of ints)")
     check_tensor_data(tensor, what)
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
         raise ShapeError(f"{what} must hold integer token positions, got dtype {tensor.dtype}.")
@@ -231,16 +224,25 @@ def _check_no_left_padding(adapter: ModelAdapter, tokens: Tensor) -> None:
         )
 
 
+def tensor_of(value: Any, what: str, expected: str) -> Tensor:
+    """``torch.as_tensor(value)``, or a :class:`ShapeError` saying that ``what`` must be ``expected``.
+
+    Strings, bytes and ``None`` are refused (``torch.as_tensor`` would read a string's length or fail obscurely).
+    """
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ShapeError(f"{what} must be {expected}, got {value!r}.")
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ShapeError(
+            f"{what} must be {expected}, got a {type(value).__name__} that is not one ({error})."
+        ) from error
+
+
 def _align_left(inputs: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Move each prompt's real tokens to start at column 0; returns (inputs, shift, lengths)."""
     if not isinstance(attention_mask, Tensor):
-        try:
-            attention_mask = torch.as_tensor(attention_mask)
-        except (TypeError, ValueError, RuntimeError, OverflowError) as error:
-            raise ShapeError(
-                f"attention_mask must be a [batch, pos] tensor of 0s and 1s, got {type(attention_mask).__name__} "
-                f"({error})."
-            ) from error
+        attention_mask = tensor_of(attention_mask, "attention_mask", "a [batch, pos] tensor of 0s and 1s")
     check_tensor_data(attention_mask, "attention_mask")
     mask = attention_mask.to(device="cpu")
     if mask.shape != inputs.shape[:2]:
