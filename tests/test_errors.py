@@ -64,6 +64,7 @@ from tv_lens.models import ModelAdapter, ModelConfig, build_model
 from tv_lens.pretrained import read_pretrained_config
 from tv_lens.probes import collect
 from tv_lens.results import Performance, Result
+from tv_lens.steering import steering
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import (
     Task,
@@ -1126,6 +1127,13 @@ CASES = [
         LayerOutOfRangeError,
         r"Head must be an int index, got True \(bool\)",
         r"use a head in \[0, 3\]",
+    ),
+    Case(
+        "steering-meta-vector",
+        lambda w: steering(w.model, torch.zeros(32, device="meta"), layer=0).__enter__(),
+        ShapeError,
+        r"steering vector is a tensor on the meta device",
+        r"create it on a real device",
     ),
     Case(
         "vector-a-string",

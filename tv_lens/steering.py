@@ -46,6 +46,7 @@ from tv_lens.generation import _inputs as prompt_inputs
 from tv_lens.interventions import add, replace, run_with_interventions
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import attached_hooks
+from tv_lens.positions import check_tensor_data
 from tv_lens.results.function_vectors import FunctionVector
 from tv_lens.results.provenance import OPERATIONS
 from tv_lens.task_vectors import TaskVectors
@@ -222,6 +223,7 @@ def _plan(
         values = vector.get(task)
     elif isinstance(vector, Tensor):
         adapter = adapt(model)
+        check_tensor_data(vector, "The steering vector")
         if vector.ndim != 1 or vector.shape[0] != adapter.d_model or not vector.is_floating_point():
             raise ShapeError(f"A plain vector must be float [d_model={adapter.d_model}], got {tuple(vector.shape)}.")
         if task is not None:
