@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from reliability_helpers import POOL, one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 from tv_lens.analyses import (
+    FunctionVectors,
     Geometry,
     HeadAblation,
     ICLPerformance,
@@ -77,6 +78,15 @@ def analyses() -> st.SearchStrategy[Any]:
             st.booleans(),
         ),
         st.builds(
+            lambda k, noise, layers, n_boot: (
+                lambda: FunctionVectors(k=k, label_noise=noise, layers=layers, n_bootstrap=n_boot, progress=False)
+            ),
+            mostly(st.sampled_from([1, 2]), st.sampled_from([0, N_LAYERS * N_HEADS + 1, 1.5])),
+            mostly(st.sampled_from([0.5, 0.99]), st.sampled_from([1.0, -0.1, float("nan")])),
+            LAYERS,
+            N_BOOTSTRAP,
+        ),
+        st.builds(
             lambda shots: lambda: TdAccuracy(shots=shots),
             mostly(st.sampled_from([(1, 2), (1, 3)]), st.sampled_from([(), (1,), (-1, 2)])),
         ),
@@ -98,6 +108,9 @@ def check_result(result: Any) -> None:
         assert finite(result.accuracy) and finite(result.tvp_loss)
     elif name == "HeadImportance":
         assert result.importance.shape[:2] == (N_LAYERS, N_HEADS) and finite(result.importance)
+    elif name == "FunctionVectorResult":
+        assert result.effects.cie.shape[:2] == (N_LAYERS, N_HEADS) and finite(result.effects.cie)
+        assert finite(result.vector.vectors) and finite(result.prompting.prompting.accuracy)
     elif name == "TdAccuracyFit":
         assert finite(result.td) and finite(result.score)
     else:
@@ -122,7 +135,8 @@ def test_analysis_run(make: Any, n_per_task: Any, n_shots: Any, seed: Any, on_ba
             needs_vectors = isinstance(analysis, TaskVectorPatching)
             vectors = TaskVectors.from_model(model, POOL, n_per_task=3) if needs_vectors else None
             extra = {"vectors": vectors} if needs_vectors else {}
-            if on_batch and hasattr(analysis, "run_batch"):
+            # FunctionVectors.run_batch takes three batches (clean, corrupted, evaluation): its run is fuzzed
+            if on_batch and hasattr(analysis, "run_batch") and not isinstance(analysis, FunctionVectors):
                 batch = POOL.sample(n_per_task, n_shots, seed=0)
                 return analysis.run_batch(model, batch, seed=seed, **extra)
             takes_shots = not isinstance(analysis, (ICLPerformance, TdAccuracy))
