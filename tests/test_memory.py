@@ -9,7 +9,13 @@ import pytest
 import torch
 from conftest import hook_snapshot, ragged_prompts
 
-from tv_lens.analyses import HeadAblation, TaskVectorPatching, TaskVectorPrompting
+from tv_lens.analyses import (
+    HeadAblation,
+    TaskVectorPatching,
+    TaskVectorPrompting,
+    causal_indirect_effects,
+    mean_head_activations,
+)
 from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import OutOfMemoryError
 from tv_lens.interventions import ablate_head, add, run_with_interventions
@@ -99,7 +105,22 @@ def test_causal_results_record_the_rows_per_pass_that_fitted(model) -> None:
             lambda: TaskVectorPrompting(n_bootstrap=0, rows_per_pass=64).run_batch(model, batch, vectors),
         ),
         "heads": (100, lambda: HeadAblation(n_bootstrap=0, prune_steps=2, rows_per_pass=64).run_batch(model, batch)),
+        "indirect effects": (
+            100,
+            lambda: causal_indirect_effects(
+                model,
+                batch.inputs,
+                batch.answer_pos,
+                batch.answers,
+                batch.task_ids,
+                batch.task_names,
+                means,
+                n_bootstrap=0,
+                rows_per_pass=64,
+            ),
+        ),
     }
+    means = mean_head_activations(model, batch.inputs, batch.answer_pos, batch.task_ids, batch.task_names)
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"  # every pass reaches it
     for name, (limit, run) in analyses.items():
         expected = run()

@@ -178,6 +178,7 @@ def causal_indirect_effects(
         ci_level=ci,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        rows_per_pass=sweep.rows_per_pass,
     )
 
 

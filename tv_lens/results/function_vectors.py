@@ -143,6 +143,8 @@ class IndirectEffects(Result):
         ci_level: Confidence level.
         n_bootstrap: Bootstrap resamples.
         seed: Seed of the bootstrap.
+        rows_per_pass: Rows (prompt copies) per forward pass the sweep ran with: the requested ``rows_per_pass``,
+            or less where a pass ran out of memory and was halved (``None``: not recorded).
     """
 
     layers: tuple[int, ...]
@@ -161,6 +163,7 @@ class IndirectEffects(Result):
     ci_level: float = 0.95
     n_bootstrap: int = 1000
     seed: int = 0
+    rows_per_pass: int | None = None
 
     def __post_init__(self) -> None:
         n_l, n_h, n_p = self.patched_prob.shape
