@@ -52,6 +52,7 @@ from tv_lens.errors import (
     NonFiniteError,
     PositionError,
     ResultFileError,
+    ResultWriteError,
     ShapeError,
     TaskError,
     TvLensError,
@@ -63,6 +64,7 @@ from tv_lens.interventions import replace as replace_at
 from tv_lens.models import ModelAdapter, ModelConfig, build_model
 from tv_lens.pretrained import read_pretrained_config
 from tv_lens.probes import collect
+from tv_lens.report import write_run_info
 from tv_lens.results import Performance, Result
 from tv_lens.steering import steering
 from tv_lens.task_vectors import TaskVectors
@@ -1240,8 +1242,22 @@ CASES = [
         "run-file-nested-too-deeply",
         lambda w: read_pretrained_config(_copy_with(w, "run.json", b"[" * 10_000 + b"]" * 10_000).parent),
         ArtefactError,
-        r"run\.json is unreadable \(maximum recursion depth exceeded",
-        r"delete it, or use another output directory",
+        r"run\.json is not valid JSON \(maximum recursion depth exceeded",
+        r"delete it and rerun the .* command that made this directory",
+    ),
+    Case(
+        "run-file-not-an-object",
+        lambda w: read_pretrained_config(_copy_with(w, "run.json", b"[1, 2]").parent),
+        ArtefactError,
+        r"the whole file should be a JSON object, but it is list",
+        r"delete it and rerun the .* command that made this directory",
+    ),
+    Case(
+        "run-file-cannot-be-written",
+        lambda w: write_run_info(_copy_with(w, "a-file", b"x"), {"description": ["a run"]}),
+        ResultWriteError,
+        r"Cannot save .*a-file/run\.json: .*is a file, not a directory",
+        r"choose a path whose parent folders are directories, or move that file away",
     ),
 ]
 

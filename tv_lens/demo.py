@@ -17,7 +17,6 @@ interrupted run resumes from its last checkpoint. Settings live in :class:`DemoC
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -41,7 +40,15 @@ from tv_lens.analyses import (
 from tv_lens.analyses.patching import MODES as PATCHING_MODES
 from tv_lens.errors import ArtefactError, ConfigError
 from tv_lens.models import ModelConfig, build_model
-from tv_lens.report import headline_numbers, load_results, result_path, save_summary, write_report
+from tv_lens.report import (
+    RUN_FILE,
+    headline_numbers,
+    load_results,
+    result_path,
+    save_summary,
+    write_report,
+    write_run_info,
+)
 from tv_lens.report import read_run_info as report_run_info
 from tv_lens.results import Result
 from tv_lens.tasks import TaskPool, offset_pool
@@ -69,7 +76,6 @@ __all__ = [
 
 CHECKPOINTS = "checkpoints"
 RESULTS = "results"
-RUN_FILE = "run.json"
 REPORT_FILE = "report.html"
 # DemoConfig fields that decide the trained weights: a directory trained with other values cannot be reused.
 TRAINING_FIELDS = ("recipe", "backend", "seed", "checkpoint_every")
@@ -530,5 +536,4 @@ def _training_summary(steps: int, elapsed_s: float, evals: list[dict[str, Any]])
 def _write_run_file(out: Path, config: DemoConfig, training: dict[str, Any]) -> None:
     recipe = config.get_recipe()
     info = {"config": config.to_dict(), "recipe_description": recipe.description, "training": training}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    write_run_info(out, info)

@@ -65,6 +65,13 @@ class ResultFileError(TvLensError, ValueError):
     """A saved result file that is corrupt, truncated, or holds another kind of result."""
 
 
+class ResultWriteError(ResultFileError, OSError):
+    """A file that could not be written (read-only directory, full disk, a parent path that is a file).
+
+    Also an ``OSError``, so code that catches failed writes as ``OSError`` keeps working.
+    """
+
+
 class ConfigError(TvLensError, ValueError):
     """A model or training setting that cannot work (d_vocab 0, negative λ, warmup longer than training ...)."""
 

@@ -23,7 +23,6 @@ optionally restricted to some of its tasks (``bitwise:and,or,xor``), or a JSON t
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import warnings
@@ -54,7 +53,7 @@ from tv_lens.errors import (
     TvLensError,
 )
 from tv_lens.models import adapt
-from tv_lens.report import RESULT_SUFFIX, result_path
+from tv_lens.report import RESULT_SUFFIX, RUN_FILE, read_run_info, result_path, write_run_info
 from tv_lens.results import Result
 from tv_lens.tasks import POS_TAGS, TextPool, TextTask, bitwise_text_tasks, load_task, pos_tasks
 from tv_lens.tasks.tokens import BITWISE_OPS
@@ -80,7 +79,6 @@ __all__ = [
 ]
 
 RESULTS = "results"
-RUN_FILE = "run.json"
 RUN_KEY = "pretrained"  # run.json of a pretrained run: {"pretrained": config, "model": ..., "description": [...]}
 
 PRETRAINED_ANALYSES: tuple[str, ...] = (
@@ -549,14 +547,8 @@ def read_pretrained_config(out: str | Path) -> PretrainedConfig | None:
 
 
 def _read_run_json(out: Path) -> dict[str, Any]:
-    path = out / RUN_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as error:
-        raise ArtefactError(f"{path} is unreadable ({error}); delete it, or use another output directory.") from error
-    return data if isinstance(data, dict) else {}
+    """The checked contents of ``out/run.json``; empty when there is none (a file of another shape is an error)."""
+    return read_run_info(out / RUN_FILE) or {}
 
 
 def _check_same_target(out: Path, config: PretrainedConfig) -> None:
@@ -634,8 +626,7 @@ def _description(config: PretrainedConfig, facts: dict[str, Any], pool: TextPool
 
 def _write_run_file(out: Path, config: PretrainedConfig, facts: dict[str, Any], description: list[str]) -> None:
     info = {RUN_KEY: config.to_dict(), "model": facts, "description": description}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    write_run_info(out, info)
 
 
 def run_pretrained(

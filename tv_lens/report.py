@@ -64,8 +64,10 @@ __all__ = [
     "save_summary",
     "summary_lines",
     "write_report",
+    "write_run_info",
 ]
 
+RUN_FILE = "run.json"
 RESULT_SUFFIX = ".safetensors"
 SUMMARY_FILE = "summary.json"
 _REPORT_MARK = "<title>tv_lens report</title>"  # in the head of every report: marks a file that may be overwritten
@@ -530,6 +532,16 @@ def read_run_info(path: str | Path) -> dict[str, Any] | None:
         raise ArtefactError(f"{path} is not valid JSON ({error}): it is truncated or corrupt; {fix}.") from error
     check_run_info(info, str(path), fix)
     return info  # type: ignore[no-any-return]
+
+
+def write_run_info(out: str | Path, info: Mapping[str, Any]) -> Path:
+    """Write ``info`` as ``out/run.json``, atomically (a failed write leaves the previous file untouched).
+
+    Raises:
+        ResultWriteError: The file could not be written (full disk, no permission: the message says which).
+    """
+    check_run_info(dict(info), "the run description to write", "this is a bug in tv_lens; please report it")
+    return write_atomically(Path(out) / RUN_FILE, (json.dumps(info, indent=1) + "\n").encode("utf-8"))
 
 
 def check_run_info(

@@ -47,7 +47,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from tv_lens.errors import ResultFileError
+from tv_lens.errors import ResultFileError, ResultWriteError
 
 if TYPE_CHECKING:
     from tv_lens.results.base import Result
@@ -59,13 +59,6 @@ LEGACY_FORMAT_VERSIONS = (1,)
 METADATA_KEY = "tv_lens.result"
 _TAGS = ("__tensor__", "__tuple__", "__dict__", "__result__")
 _RERUN = "Re-run the analysis and save it again."
-
-
-class ResultWriteError(ResultFileError, OSError):
-    """A result file that could not be written (read-only directory, full disk, a parent path that is a file).
-
-    Also an ``OSError``, so code that catches failed writes as ``OSError`` keeps working.
-    """
 
 
 def result_to_bytes(result: Result) -> bytes:
