@@ -57,4 +57,4 @@ __all__ = [
     "task_decodability",
     "train",
 ]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is set: the package metadata reads it from here

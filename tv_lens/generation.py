@@ -44,7 +44,6 @@ whole sequences as in a plain forward pass.
 from __future__ import annotations
 
 import inspect
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -57,7 +56,7 @@ from torch import Tensor
 from tv_lens.errors import InterventionNotAppliedError, ModelNotSupportedError, PositionError, ShapeError, TvLensError
 from tv_lens.interventions import Intervention, WritePlan, resolve
 from tv_lens.models.adapter import ModelAdapter, adapt
-from tv_lens.models.exclusive import evaluating, user_hooks_detached
+from tv_lens.models.exclusive import evaluating
 from tv_lens.models.running import attached_hooks, forward
 from tv_lens.positions import PreparedPrompts, length_sorted_batches, prepare_prompts
 from tv_lens.tasks.batch import ICLBatch
@@ -75,9 +74,6 @@ __all__ = [
 
 CacheKind = Literal["hooked", "hf"]
 StopTokens = Literal["eos"] | int | Sequence[int] | None
-
-# KV-cache kind verified per model object (weak keys: a model that is deleted drops out).
-_KV_CACHE: weakref.WeakKeyDictionary[Any, CacheKind | None] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -348,13 +344,7 @@ def kv_cache_support(model: Any) -> CacheKind | None:
     the cache but never fill it (the attention wrappers of several architectures read a keyword that
     ``transformers`` 5 no longer passes), which this check catches.
     """
-    adapter = adapt(model)
-    key = adapter.model
-    if key in _KV_CACHE:
-        return _KV_CACHE[key]
-    with user_hooks_detached(adapter.model):  # the user's hooks neither see nor change the check
-        kind = _KV_CACHE[key] = _detect_cache(adapter)
-    return kind
+    return adapt(model).capability("kv_cache", _detect_cache)
 
 
 def _user_hooks(adapter: ModelAdapter) -> bool:

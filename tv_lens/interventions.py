@@ -29,7 +29,6 @@ Guarantees:
 from __future__ import annotations
 
 import warnings
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -50,7 +49,6 @@ from tv_lens.errors import (
 )
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.block_skipping import supports_block_skipping
-from tv_lens.models.exclusive import user_hooks_detached
 from tv_lens.models.memory import fitting
 from tv_lens.models.row_logits import logits_at
 from tv_lens.models.running import forward
@@ -72,8 +70,6 @@ Rows = Sequence[int] | Tensor | None
 #: How a model's attention is masked through hooks: scores set to -inf before the softmax, or the
 #: softmax output with blocked keys zeroed and each row renormalised.
 _MASK_HOOKS = {"scores": "blocks.{layer}.attn.hook_attn_scores", "pattern": "blocks.{layer}.attn.hook_pattern"}
-# Masking strategy found per model object (weak keys: a model that is deleted drops out).
-_MASKING: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
 
 
 class BlockedKeysPrecisionError(NonFiniteError):
@@ -514,12 +510,7 @@ def masking_strategy(adapter: ModelAdapter) -> str | None:
     (positional information rides in the residual input, so a model whose attention itself depends on
     positions, e.g. rotary, fails it and is not masked).
     """
-    known = _MASKING.get(adapter.model, "unknown")
-    if known == "unknown":
-        with user_hooks_detached(adapter.model):
-            known = _detect_masking(adapter)
-        _MASKING[adapter.model] = known
-    return known
+    return adapter.capability("attention_masking", _detect_masking)
 
 
 def _detect_masking(adapter: ModelAdapter) -> str | None:

@@ -25,7 +25,6 @@ More savings, all exact:
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -45,7 +44,7 @@ from tv_lens.interventions import (
 )
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.block_skipping import supports_block_skipping
-from tv_lens.models.exclusive import evaluating, user_hooks_detached
+from tv_lens.models.exclusive import evaluating
 from tv_lens.models.memory import fitting
 from tv_lens.models.row_logits import logits_at
 from tv_lens.models.running import forward
@@ -62,9 +61,6 @@ __all__ = ["AlignedPrompts", "Cell", "Score", "Sweep", "align", "run_sweep", "st
 
 Score = Callable[[Tensor, Tensor], Tensor]
 """``score(logits [rows, n_answer, d_vocab], prompt_index [rows]) -> [rows, *m]``: what a sweep keeps per row."""
-
-# Whether start_at_layer skips the blocks below, per model object (weak keys: a deleted model drops out).
-_SKIPS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -252,19 +248,21 @@ def start_skips_blocks(model: Any) -> bool:
     model's ``start_at_layer``, which TransformerLens 4.3's bridge accepts but implements by running the blocks
     below anyway and discarding their output (no saving).
     """
-    adapter = adapt(model)
-    known = _SKIPS.get(adapter.model)
-    if known is None:
-        known = adapter.n_layers > 1 and supports_block_skipping(adapter)
-        if not known and adapter.supports_start_at_layer and adapter.n_layers > 1:
-            calls: list[int] = []
-            probe = torch.zeros(1, 1, adapter.d_model, device=adapter.device, dtype=adapter.dtype)
-            hooks = [(adapter.hook_name("resid_pre", 0), lambda activation, hook: calls.append(1))]
-            with user_hooks_detached(adapter.model):
-                forward(adapter, probe, start_at_layer=adapter.n_layers - 1, hooks=hooks)
-            known = not calls
-        _SKIPS[adapter.model] = known
-    return known
+    return adapt(model).capability("start_skips_blocks", _start_skips_blocks)
+
+
+def _start_skips_blocks(adapter: ModelAdapter) -> bool:
+    if adapter.n_layers < 2:
+        return False
+    if supports_block_skipping(adapter):
+        return True
+    if not adapter.supports_start_at_layer:
+        return False
+    calls: list[int] = []
+    probe = torch.zeros(1, 1, adapter.d_model, device=adapter.device, dtype=adapter.dtype)
+    hooks = [(adapter.hook_name("resid_pre", 0), lambda activation, hook: calls.append(1))]
+    forward(adapter, probe, start_at_layer=adapter.n_layers - 1, hooks=hooks)
+    return not calls
 
 
 @dataclass(frozen=True)

@@ -9,19 +9,34 @@ forward can do (``start_at_layer`` raises on TransformerLens 3.9's bridge).
 A model whose forward embeds continuous inputs itself (the continuous-input wrapper of
 :mod:`tv_lens.models.continuous`) declares their width as an integer attribute ``d_in``; the adapter
 records it, and float inputs of such a model are read as those inputs rather than as a residual stream.
+
+What a model's forward can do is found by running it on a probe input, once per model object, through
+:meth:`ModelAdapter.capability` (the one cache of such findings, with weak keys: a deleted model drops out).
+The capabilities tv_lens probes, and where each probe lives:
+
+- ``start_at_layer``: the forward accepts ``start_at_layer`` (:attr:`ModelAdapter.supports_start_at_layer`);
+- ``block_skipping``: tv_lens can skip the blocks below a layer itself
+  (:func:`tv_lens.models.block_skipping.supports_block_skipping`);
+- ``start_skips_blocks``: a pass from a layer really skips the blocks below it
+  (:func:`tv_lens.analyses.stacking.start_skips_blocks`);
+- ``attention_masking``: hooks can block keys from queries (:func:`tv_lens.interventions.masking_strategy`);
+- ``kv_cache``: a KV cache reproduces the full pass (:func:`tv_lens.generation.kv_cache_support`);
+- ``row_unembedding``: final norm + unembedding of residual rows gives the model's logits
+  (:func:`tv_lens.models.row_logits.supports_row_unembedding`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 
 from tv_lens.errors import HookNotFoundError, LayerOutOfRangeError, ModelNotSupportedError
-from tv_lens.models.exclusive import user_hooks_detached
+from tv_lens.models.exclusive import evaluating, user_hooks_detached
 
 SUPPORTED_MODELS = (
     "a TransformerLens HookedTransformer or TransformerBridge (or any module with a TransformerLens `cfg`, "
@@ -42,8 +57,10 @@ HEAD_SITE = "blocks.{layer}.attn.hook_z"
 EMBED_LAYER = -1
 
 _CFG_FIELDS = ("n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_vocab")
-# Capability detected per model object (weak keys: a model that is deleted drops out).
-_START_AT_LAYER: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+# Per model object (weak keys: a model that is deleted drops out): its checked sizes, and what its forward can do.
+_SIZES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_CAPABILITIES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_Found = TypeVar("_Found")
 
 
 @dataclass(eq=False)
@@ -72,6 +89,7 @@ class ModelAdapter:
     n_ctx: int
     d_vocab: int
     d_in: int | None = None
+    _hook_dict: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_model(cls, model: Any) -> ModelAdapter:
@@ -102,6 +120,7 @@ class ModelAdapter:
             )
         sizes = {name: int(getattr(cfg, name)) for name in _CFG_FIELDS}
         adapter = cls(model=model, d_in=d_in, **sizes)
+        adapter._hook_dict = hook_dict
         try:
             for layer in range(adapter.n_layers):
                 for site in ("resid_pre", "resid_post"):
@@ -154,7 +173,9 @@ class ModelAdapter:
 
     def hook_point(self, name: str) -> Any:
         """The model's ``HookPoint`` called ``name`` (aliases such as ``hook_resid_post`` resolve)."""
-        hook_point = self.model.hook_dict.get(name)
+        if self._hook_dict is None:  # read once per adapter: a bridge builds its hook_dict on every access
+            self._hook_dict = self.model.hook_dict
+        hook_point = self._hook_dict.get(name)
         if hook_point is None or not hasattr(hook_point, "add_hook"):
             raise HookNotFoundError(
                 f"The model has no hook point {name!r}. tv_lens reads `blocks.{{l}}.hook_resid_pre/mid/post`, "
@@ -181,19 +202,45 @@ class ModelAdapter:
 
         The check runs only the last block on a single zero vector, so no hook before that block fires.
         """
-        known = _START_AT_LAYER.get(self.model)
-        if known is None:
-            probe = torch.zeros(1, 1, self.d_model, device=self.device, dtype=self.dtype)
-            try:
-                with torch.no_grad(), user_hooks_detached(self.model):
-                    self.model(probe, start_at_layer=self.n_layers - 1)
-                known = True
-            except (NotImplementedError, TypeError, ValueError, RuntimeError):
-                known = False
-            _START_AT_LAYER[self.model] = known
-        return known
+        return self.capability("start_at_layer", _accepts_start_at_layer)
+
+    def capability(self, name: str, detect: Callable[[ModelAdapter], _Found]) -> _Found:
+        """What ``detect(self)`` finds, run once per model object and ``name`` and then remembered.
+
+        ``detect`` runs without gradients, in eval mode and with the user's hooks set aside (all restored
+        afterwards), so the finding does not depend on the state the model happens to be in.
+        """
+        found = _CAPABILITIES.setdefault(self.model, {})
+        if name not in found:
+            with torch.no_grad(), evaluating(self.model), user_hooks_detached(self.model):
+                found[name] = detect(self)
+        return found[name]  # type: ignore[no-any-return]
+
+
+def _accepts_start_at_layer(adapter: ModelAdapter) -> bool:
+    """Run only the last block on a single zero vector, so that no hook before that block fires."""
+    probe = torch.zeros(1, 1, adapter.d_model, device=adapter.device, dtype=adapter.dtype)
+    try:
+        adapter.model(probe, start_at_layer=adapter.n_layers - 1)
+    except (NotImplementedError, TypeError, ValueError, RuntimeError):
+        return False
+    return True
 
 
 def adapt(model: Any) -> ModelAdapter:
-    """The :class:`ModelAdapter` of ``model`` (an adapter is passed through unchanged)."""
-    return model if isinstance(model, ModelAdapter) else ModelAdapter.from_model(model)
+    """The :class:`ModelAdapter` of ``model`` (an adapter is passed through unchanged).
+
+    The sizes and hook points are checked on a model's first ``adapt`` and remembered for that model object.
+    """
+    if isinstance(model, ModelAdapter):
+        return model
+    try:
+        sizes = _SIZES.get(model)
+    except TypeError:  # not weakly referenceable, so not a model: from_model says what is expected
+        sizes = None
+    if sizes is not None:
+        return ModelAdapter(model=model, **sizes)
+    adapter = ModelAdapter.from_model(model)
+    with contextlib.suppress(TypeError):  # a model object that cannot be weakly referenced is checked every time
+        _SIZES[model] = {name: getattr(adapter, name) for name in (*_CFG_FIELDS, "d_in")}
+    return adapter

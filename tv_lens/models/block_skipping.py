@@ -31,7 +31,6 @@ True
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -44,15 +43,12 @@ from torch import Tensor, nn
 
 from tv_lens.errors import LayerOutOfRangeError, ModelNotSupportedError, ShapeError
 from tv_lens.models.adapter import ModelAdapter, adapt
-from tv_lens.models.exclusive import evaluating, model_lock, user_hooks_detached
+from tv_lens.models.exclusive import model_lock
 
 __all__ = ["skipping_blocks", "supports_block_skipping"]
 
 #: Batch and length of the probe input of :func:`supports_block_skipping` (longer than a short sliding window).
 _PROBE_BATCH, _PROBE_POS = 2, 12
-# What each model's blocks return in its own forward pass (``None``: skipping not supported), per model object
-# (weak keys: a deleted model drops out).
-_LAYOUTS: weakref.WeakKeyDictionary[Any, _Layout | None] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -160,16 +156,7 @@ def skipping_blocks(
 
 def _layout(adapter: ModelAdapter) -> _Layout | None:
     """The model's cached :class:`_Layout`, probed on first use (``None``: skipping not supported)."""
-    model = adapter.model
-    try:
-        return _LAYOUTS[model]
-    except KeyError:
-        pass
-    except TypeError:  # not weak-referenceable: probe every time
-        return _probe(adapter)
-    layout = _probe(adapter)
-    _LAYOUTS[model] = layout
-    return layout
+    return adapter.capability("block_skipping", _probe)
 
 
 def _blocks(adapter: ModelAdapter) -> list[nn.Module] | None:
@@ -187,8 +174,7 @@ def _probe(adapter: ModelAdapter) -> _Layout | None:
     if blocks is None:
         return None
     try:
-        with torch.no_grad(), evaluating(adapter.model), user_hooks_detached(adapter.model):
-            return _probe_passes(adapter, blocks)
+        return _probe_passes(adapter, blocks)
     except Exception:  # any failure of the probe means: not supported
         return None
 

@@ -19,7 +19,6 @@ True
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Any
 
 import torch
@@ -28,11 +27,7 @@ from torch import Tensor
 
 from tv_lens.errors import HookNotFoundError, TvLensError
 from tv_lens.models.adapter import ModelAdapter
-from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.models.running import forward
-
-# Capability detected per model object (weak keys: a model that is deleted drops out).
-_ROW_UNEMBEDDING: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def unembed_rows(adapter: ModelAdapter, residual: Float[Tensor, "*rows d_model"]) -> Float[Tensor, "*rows d_vocab"]:
@@ -91,12 +86,7 @@ def supports_row_unembedding(adapter: ModelAdapter) -> bool:
     The probe runs three tokens through the model in eval mode without the user's hooks, both ways, and
     compares to the dtype's rounding. Continuous-input models (``adapter.d_in``) always take the full pass.
     """
-    known = _ROW_UNEMBEDDING.get(adapter.model)
-    if known is None:
-        with evaluating(adapter.model), user_hooks_detached(adapter.model):
-            known = adapter.d_in is None and _probe(adapter)
-        _ROW_UNEMBEDDING[adapter.model] = known
-    return known
+    return adapter.d_in is None and adapter.capability("row_unembedding", _probe)
 
 
 def _probe(adapter: ModelAdapter) -> bool:
