@@ -23,6 +23,7 @@ from torch import Tensor
 from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError
 from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
+from tv_lens.models.row_logits import unembed_rows
 from tv_lens.results.function_vectors import FunctionVector
 from tv_lens.results.vector_decoding import VectorDecoding
 from tv_lens.task_vectors import TaskVectors
@@ -43,20 +44,17 @@ def logit_lens(model: Any, vectors: Float[Tensor, "n d_model"]) -> tuple[Float[T
     if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[-1] != adapter.d_model:
         shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
         raise ShapeError(f"The logit lens needs vectors [n, d_model={adapter.d_model}], got {shape}.")
-    unembed = getattr(adapter.model, "unembed", None)
-    if not callable(unembed):
+    if not callable(getattr(adapter.model, "unembed", None)):
         raise ModelNotSupportedError(
             "The model has no `unembed` module, which the logit lens maps vectors to tokens with; use a "
             "HookedTransformer or TransformerBridge."
         )
-    norm = getattr(adapter.model, "ln_final", None)
-    x = vectors.detach().to(adapter.device, adapter.dtype)[:, None, :]  # [n, pos=1, d_model]
+    x = vectors.detach().to(adapter.device, adapter.dtype)
     with torch.no_grad(), user_hooks_detached(adapter.model), evaluating(adapter.model):
-        logits = unembed(norm(x) if callable(norm) else x)[:, 0]
-    logits = logits.to("cpu", torch.float64)
+        logits = unembed_rows(adapter, x, soft_cap=False).to("cpu", torch.float64)
     if not bool(torch.isfinite(logits).all()):
         raise NonFiniteError("The logit lens gave NaN or infinite logits; check the vectors and the model's weights.")
-    return logits, "ln_final" if callable(norm) else "none"
+    return logits, "ln_final" if callable(getattr(adapter.model, "ln_final", None)) else "none"
 
 
 def decode_vectors(model: Any, vectors: Vectors, k: int = 10, *, tokenizer: Any = None) -> VectorDecoding:

@@ -30,12 +30,19 @@ from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.running import forward
 
 
-def unembed_rows(adapter: ModelAdapter, residual: Float[Tensor, "*rows d_model"]) -> Float[Tensor, "*rows d_vocab"]:
-    """The model's head on residual rows: final norm, unembedding, then the output soft-cap if it has one."""
+def unembed_rows(
+    adapter: ModelAdapter, residual: Float[Tensor, "*rows d_model"], *, soft_cap: bool = True
+) -> Float[Tensor, "*rows d_vocab"]:
+    """The model's head on residual rows: final norm (if the model has one), unembedding, then the output soft-cap.
+
+    ``soft_cap=False`` leaves out the soft-cap of a model that has one (Gemma-2's): it is monotonic, so the logit
+    lens ranks tokens the same without it.
+    """
     model = adapter.model
     rows = residual.reshape(-1, 1, residual.shape[-1])  # [rows, pos=1, d]: the shape the modules expect
-    logits = model.unembed(model.ln_final(rows))
-    cap = _soft_cap(model)
+    norm = getattr(model, "ln_final", None)
+    logits = model.unembed(norm(rows) if callable(norm) else rows)
+    cap = soft_cap and _soft_cap(model)
     if cap:
         logits = cap * torch.tanh(logits / cap)
     return logits.reshape(*residual.shape[:-1], logits.shape[-1])
