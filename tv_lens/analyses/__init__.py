@@ -22,6 +22,7 @@ from tv_lens.analyses.function_vectors import (
 )
 from tv_lens.analyses.geometry import Geometry, project
 from tv_lens.analyses.heads import HeadAblation, head_importance
+from tv_lens.analyses.options import CausalOptions, IntervalOptions, PassOptions
 from tv_lens.analyses.patching import TaskVectorPatching, patch_task_vectors
 from tv_lens.analyses.performance import ICLPerformance, icl_performance, score_batch
 from tv_lens.analyses.prediction import TdAccuracy, fit_td_accuracy, ols
@@ -32,13 +33,16 @@ from tv_lens.analyses.vector_comparison import CompareVectors
 from tv_lens.analyses.vector_decoding import decode_vectors, logit_lens
 
 __all__ = [
+    "CausalOptions",
     "CompareVectors",
     "Emergence",
     "FunctionVectors",
     "Geometry",
     "HeadAblation",
     "ICLPerformance",
+    "IntervalOptions",
     "LayerFinetuning",
+    "PassOptions",
     "Suite",
     "TaskDecodability",
     "TaskVectorPatching",

@@ -54,6 +54,7 @@ from tv_lens.analyses.inputs import (
     RepsInput,
     labelled_stack,
 )
+from tv_lens.analyses.options import IntervalOptions, PassOptions
 from tv_lens.errors import AnalysisError
 from tv_lens.probes import Representations
 from tv_lens.results.decodability import Decodability
@@ -126,7 +127,7 @@ def task_decodability(
 
 
 @dataclass(frozen=True)
-class TaskDecodability(RepresentationAnalysis[Decodability]):
+class TaskDecodability(RepresentationAnalysis[Decodability], IntervalOptions, PassOptions):
     """Configuration of a TD analysis; :meth:`run` samples prompts, collects all layers in one pass, scores them.
 
     Attributes:
@@ -137,10 +138,9 @@ class TaskDecodability(RepresentationAnalysis[Decodability]):
         probe_c: Inverse L2 strength of the probe.
         layers: Block indices to read (``None``: the embedding output and every block).
         site: Residual site to read.
-        n_bootstrap: Bootstrap resamples for the intervals.
-        ci: Confidence level.
-        batch_size: Prompts per forward pass.
-        progress: Show progress bars.
+
+    The keyword-only :class:`~tv_lens.analyses.options.IntervalOptions` (``n_bootstrap``, ``ci``) and
+    :class:`~tv_lens.analyses.options.PassOptions` (``batch_size``, ``progress``) apply too.
     """
 
     k: int = 10
@@ -150,14 +150,10 @@ class TaskDecodability(RepresentationAnalysis[Decodability]):
     probe_c: float = 1.0
     layers: tuple[int, ...] | None = None
     site: str = "resid_post"
-    n_bootstrap: int = 1000
-    ci: float = 0.95
-    batch_size: int = 64
-    progress: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _settings(self.method, self.k, self.metric, self.n_folds, self.probe_c)
-        check_bootstrap(self.n_bootstrap, self.ci)
 
     def compute(
         self,

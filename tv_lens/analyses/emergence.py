@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.inputs import PromptPool, sample_batch
+from tv_lens.analyses.options import PassOptions
 from tv_lens.analyses.performance import clean_outputs, score_outputs
 from tv_lens.analyses.suite import Suite
 from tv_lens.errors import AnalysisError
@@ -127,7 +128,7 @@ def detect_coupling(
 
 
 @dataclass(frozen=True)
-class Emergence:
+class Emergence(PassOptions):
     """Configuration of an emergence analysis over training checkpoints.
 
     Attributes:
@@ -135,16 +136,15 @@ class Emergence:
         n_shots: Shots per prompt.
         min_rise: Smallest improvement that counts as a jump (see :func:`detect_jump`).
         tolerance: Largest step distance of coupled jumps (``None``: the largest gap between checkpoints).
-        batch_size: Prompts per forward pass.
-        progress: Show a progress bar over checkpoints.
+
+    The keyword-only :class:`~tv_lens.analyses.options.PassOptions` (``batch_size``, ``progress`` over
+    checkpoints) apply too.
     """
 
     analyses: tuple[Any, ...] = field(default_factory=lambda: (TaskDecodability(n_bootstrap=0),))
     n_shots: int = 4
     min_rise: float = 0.2
     tolerance: int | None = None
-    batch_size: int = 64
-    progress: bool = False
 
     def __post_init__(self) -> None:
         if not any(isinstance(a, TaskDecodability) for a in self.analyses):

@@ -28,6 +28,7 @@ import torch
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.inputs import check_pool
+from tv_lens.analyses.options import IntervalOptions
 from tv_lens.analyses.performance import score_batch
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError
 from tv_lens.models.adapter import adapt
@@ -119,7 +120,7 @@ def _default_train() -> TrainConfig:
 
 
 @dataclass(frozen=True)
-class LayerFinetuning:
+class LayerFinetuning(IntervalOptions):
     """Configuration of the early- vs late-block finetuning experiment.
 
     Attributes:
@@ -130,9 +131,9 @@ class LayerFinetuning:
         decodability: TD settings for the comparison.
         n_per_task: Held-out prompts per task the models are compared on.
         n_shots: Demonstrations per held-out prompt.
-        n_bootstrap: Bootstrap resamples.
-        ci: Confidence level.
         progress: Show training progress bars.
+
+    The keyword-only :class:`~tv_lens.analyses.options.IntervalOptions` (``n_bootstrap``, ``ci``) apply too.
     """
 
     k: int | None = None
@@ -141,12 +142,10 @@ class LayerFinetuning:
     decodability: TaskDecodability = field(default_factory=TaskDecodability)
     n_per_task: int = 50
     n_shots: ShotSpec = 8
-    n_bootstrap: int = 1000
-    ci: float = 0.95
     progress: bool = False
 
     def __post_init__(self) -> None:
-        check_bootstrap(self.n_bootstrap, self.ci)
+        super().__post_init__()
         if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
             raise LayerOutOfRangeError(f"k must be a positive number of blocks, got {self.k!r}.")
 

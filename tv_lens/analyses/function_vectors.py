@@ -43,9 +43,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tv_lens.analyses.bootstrap import check_bootstrap
 from tv_lens.analyses.indirect_effects import causal_indirect_effects, check_means, mean_head_activations
 from tv_lens.analyses.inputs import check_pool
+from tv_lens.analyses.options import CausalOptions
 from tv_lens.analyses.prompting import SCORINGS, Scoring, task_vector_prompting
 from tv_lens.analyses.pruning import check_count
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ModelNotSupportedError, ShapeError, TaskError
@@ -214,7 +214,7 @@ def function_vector_prompting(
 
 
 @dataclass(frozen=True)
-class FunctionVectors:
+class FunctionVectors(CausalOptions):
     """Configuration of the function-vector analysis; :meth:`run` samples clean, corrupted and evaluation prompts.
 
     Attributes:
@@ -222,24 +222,18 @@ class FunctionVectors:
         label_noise: Probability that a demonstration of a corrupted prompt gets a wrong label.
         layers: Blocks the vector is added at in the zero-shot sweep (``None``: every block).
         scoring: ``"teacher_forced"`` (default), or by greedy generation ``"exact_match"`` / ``"first_word"``.
-        n_bootstrap: Bootstrap resamples.
-        ci: Confidence level.
-        rows_per_pass: Prompt copies per forward pass.
-        batch_size: Prompts per forward pass when reading activations and generating.
-        progress: Show progress bars.
+
+    The keyword-only :class:`~tv_lens.analyses.options.CausalOptions` (``n_bootstrap``, ``ci``, ``rows_per_pass``,
+    ``batch_size`` for reading activations and generating, ``progress``) apply too.
     """
 
     k: int = 10
     label_noise: float = 0.99
     layers: tuple[int, ...] | None = None
     scoring: Scoring = "teacher_forced"
-    n_bootstrap: int = 1000
-    ci: float = 0.95
-    rows_per_pass: int = 512
-    batch_size: int = 64
-    progress: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise AnalysisError(f"k (heads summed into the function vector) must be an int >= 1, got {self.k!r}.")
         noise = self.label_noise
@@ -249,7 +243,6 @@ class FunctionVectors:
             )
         if self.scoring not in SCORINGS:
             raise AnalysisError(f"Unknown scoring {self.scoring!r}; use one of {list(SCORINGS)}.")
-        check_bootstrap(self.n_bootstrap, self.ci)
 
     def run(
         self, model: Any, pool: TaskPool | TextPool, n_per_task: int = 20, n_shots: ShotSpec = 4, seed: int = 0

@@ -30,6 +30,7 @@ from tv_lens.analyses.inputs import (
     RepsInput,
     labelled_stack,
 )
+from tv_lens.analyses.options import PassOptions
 from tv_lens.errors import AnalysisError
 from tv_lens.probes import Representations
 from tv_lens.results.geometry import Projection
@@ -91,7 +92,7 @@ def project(
 
 
 @dataclass(frozen=True)
-class Geometry(RepresentationAnalysis[Projection]):
+class Geometry(RepresentationAnalysis[Projection], PassOptions):
     """Configuration of a per-layer projection analysis.
 
     Attributes:
@@ -100,8 +101,8 @@ class Geometry(RepresentationAnalysis[Projection]):
         min_dist: UMAP minimum distance.
         layers: Block indices to read (``None``: embedding output and every block).
         site: Residual site to read.
-        batch_size: Prompts per forward pass.
-        progress: Show progress bars.
+
+    The keyword-only :class:`~tv_lens.analyses.options.PassOptions` (``batch_size``, ``progress``) apply too.
     """
 
     method: ProjectionMethod = "pca"
@@ -109,8 +110,6 @@ class Geometry(RepresentationAnalysis[Projection]):
     min_dist: float = 0.1
     layers: tuple[int, ...] | None = None
     site: str = "resid_post"
-    batch_size: int = 64
-    progress: bool = False
 
     def __post_init__(self) -> None:
         _settings(self.method, self.n_neighbors, self.min_dist, 0)

@@ -44,6 +44,7 @@ from torch import Tensor
 from tv_lens.analyses.attribution import head_attribution
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, check_pool, prompt_task_ids
+from tv_lens.analyses.options import CausalOptions
 from tv_lens.analyses.pruning import (
     SHARED_METHODS,
     check_count,
@@ -189,7 +190,7 @@ def head_importance(
 
 
 @dataclass(frozen=True)
-class HeadAblation:
+class HeadAblation(CausalOptions):
     """Configuration of a head-importance analysis; :meth:`run` samples prompts and ablates every head.
 
     Attributes:
@@ -199,11 +200,9 @@ class HeadAblation:
         top_k: Heads per task in the Jaccard overlap (``None``: a quarter of the heads).
         prune_steps: Heads removed in the pruning curve (``None``: all).
         attribution: Also compute the attribution-patching screen.
-        n_bootstrap: Bootstrap resamples.
-        ci: Confidence level.
-        rows_per_pass: Prompt copies per forward pass.
-        batch_size: Prompts per pass for the mean and the attribution estimate.
-        progress: Show progress bars.
+
+    The keyword-only :class:`~tv_lens.analyses.options.CausalOptions` (``n_bootstrap``, ``ci``, ``rows_per_pass``,
+    ``batch_size`` for the mean and the attribution estimate, ``progress``) apply too.
     """
 
     mode: Literal["zero", "mean"] = "zero"
@@ -212,15 +211,10 @@ class HeadAblation:
     top_k: int | None = None
     prune_steps: int | None = None
     attribution: bool = True
-    n_bootstrap: int = 1000
-    ci: float = 0.95
-    rows_per_pass: int = 512
-    batch_size: int = 64
-    progress: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_options(self.mode, self.metric, self.shared)
-        check_bootstrap(self.n_bootstrap, self.ci)
 
     def run(
         self, model: Any, pool: TaskPool | TextPool, n_per_task: int = 100, n_shots: ShotSpec = 4, seed: int = 0

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap
 from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, check_pool, prompt_task_ids
+from tv_lens.analyses.options import CausalOptions
 from tv_lens.analyses.patching_summary import summarize_patching
 from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import AnalysisError, TaskError
@@ -191,7 +192,7 @@ def rule_answers(pool: Any, batch: ICLBatch, task_names: Sequence[str]) -> Int[T
 
 
 @dataclass(frozen=True)
-class TaskVectorPatching:
+class TaskVectorPatching(CausalOptions):
     """Configuration of a task-vector patching sweep; :meth:`run` samples prompts, builds vectors, patches.
 
     Attributes:
@@ -200,11 +201,9 @@ class TaskVectorPatching:
         reduce: How task vectors are averaged (see :mod:`tv_lens.task_vectors`).
         site: Residual site read and patched.
         scale: Factor on the added vector in the ``add`` modes.
-        n_bootstrap: Bootstrap resamples.
-        ci: Confidence level.
-        rows_per_pass: Prompt copies per forward pass.
-        batch_size: Prompts per forward pass when building task vectors.
-        progress: Show progress bars.
+
+    The keyword-only :class:`~tv_lens.analyses.options.CausalOptions` (``n_bootstrap``, ``ci``, ``rows_per_pass``,
+    ``batch_size`` for building task vectors, ``progress``) apply too.
     """
 
     mode: Mode = "replace"
@@ -212,15 +211,10 @@ class TaskVectorPatching:
     reduce: Reduce = "mean_over_prompts"
     site: str = "resid_post"
     scale: float = 1.0
-    n_bootstrap: int = 1000
-    ci: float = 0.95
-    rows_per_pass: int = 512
-    batch_size: int = 64
-    progress: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_mode(self.mode)
-        check_bootstrap(self.n_bootstrap, self.ci)
 
     def run(
         self,

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.inputs import PromptBatch, PromptPool, finite_outputs, sample_batch
+from tv_lens.analyses.options import IntervalOptions
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions import run_with_interventions
 from tv_lens.metrics import mse, token_accuracy, token_cross_entropy
@@ -177,7 +178,7 @@ def score_batch(
 
 
 @dataclass(frozen=True)
-class ICLPerformance:
+class ICLPerformance(IntervalOptions):
     """Configuration of an ICL-performance analysis over a grid of shot counts.
 
     Attributes:
@@ -185,29 +186,27 @@ class ICLPerformance:
         metric: ``"auto"`` (accuracy for token answers, MSE for float answers), ``"accuracy"``,
             ``"cross_entropy"``, ``"mse"`` or a callable ``fn(outputs, batch) -> [batch]``.
         higher_is_better: For a callable metric, whether larger is better (built-ins know).
-        n_bootstrap: Bootstrap resamples.
-        ci: Confidence level.
-        batch_size: Prompts per forward pass.
+        batch_size: Prompts per forward pass (``None``: all at once).
         label_noise: Probability that a demonstration's label is replaced by a wrong one (queries are never
             corrupted): Yang et al.'s robustness test. 0 (default): clean prompts.
+
+    The keyword-only :class:`~tv_lens.analyses.options.IntervalOptions` (``n_bootstrap``, ``ci``) apply too.
     """
 
     shots: tuple[int, ...] = (0, 1, 2, 4, 8)
     metric: str | ScoreFn = "auto"
     higher_is_better: bool = True
-    n_bootstrap: int = 1000
-    ci: float = 0.95
     batch_size: int | None = 64
     label_noise: float = 0.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.label_noise, bool) or not isinstance(self.label_noise, (int, float)):
             raise AnalysisError(f"label_noise must be a probability in [0, 1), got {self.label_noise!r}.")
         if not 0 <= self.label_noise < 1:
             raise AnalysisError(f"label_noise must be a probability in [0, 1), got {self.label_noise!r}.")
         if self.metric != "auto":
             _metric(self.metric)
-        check_bootstrap(self.n_bootstrap, self.ci)
         if isinstance(self.shots, int) or not isinstance(self.shots, (tuple, list)):
             raise AnalysisError(
                 f"shots must be a non-empty tuple of ints >= 0, got {self.shots!r}; for one shot count pass a "

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.inputs import answer_counts, answer_scores, check_pool, prompt_task_ids
+from tv_lens.analyses.options import CausalOptions
 from tv_lens.analyses.patching import patch_site
 from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
@@ -254,7 +255,7 @@ class _GeneratedScores:
 
 
 @dataclass(frozen=True)
-class TaskVectorPrompting:
+class TaskVectorPrompting(CausalOptions):
     """Configuration of a TVP sweep; :meth:`run` samples ICL prompts and their zero-shot twins.
 
     Attributes:
@@ -263,11 +264,9 @@ class TaskVectorPrompting:
         mode: ``"replace"`` (default) or ``"add"``.
         site: Residual site read and written.
         scoring: ``"teacher_forced"`` (default), or by greedy generation ``"exact_match"`` / ``"first_word"``.
-        n_bootstrap: Bootstrap resamples.
-        ci: Confidence level.
-        rows_per_pass: Prompt copies per forward pass.
-        batch_size: Prompts per forward pass when reading vectors.
-        progress: Show progress bars.
+
+    The keyword-only :class:`~tv_lens.analyses.options.CausalOptions` (``n_bootstrap``, ``ci``, ``rows_per_pass``,
+    ``batch_size``, ``progress``) apply too.
     """
 
     layers: tuple[int, ...] | None = None
@@ -275,13 +274,9 @@ class TaskVectorPrompting:
     mode: Literal["replace", "add"] = "replace"
     site: str = "resid_post"
     scoring: Scoring = "teacher_forced"
-    n_bootstrap: int = 1000
-    ci: float = 0.95
-    rows_per_pass: int = 512
-    batch_size: int = 64
-    progress: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_options(self.source, self.mode, self.n_bootstrap, self.ci, self.scoring)
 
     def run(

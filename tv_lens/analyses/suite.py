@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.geometry import Geometry
 from tv_lens.analyses.inputs import PromptBatch, PromptPool, sample_batch
+from tv_lens.analyses.options import PassOptions
 from tv_lens.analyses.performance import ICLPerformance
 from tv_lens.analyses.prediction import TdAccuracy
 from tv_lens.errors import AnalysisError
@@ -65,20 +66,19 @@ _DEFAULT_NAMES = {
 
 
 @dataclass(frozen=True)
-class Suite:
+class Suite(PassOptions):
     """Several analyses run together; representation analyses share one collect call per site.
 
     Attributes:
         analyses: The analysis configs.
         names: A name per analysis (default from its type, e.g. ``"decodability"``; repeats get ``_2`` ...).
-        batch_size: Prompts per forward pass of the shared collect.
-        progress: Show progress bars.
+
+    The keyword-only :class:`~tv_lens.analyses.options.PassOptions` (``batch_size`` of the shared collect,
+    ``progress``) apply too.
     """
 
     analyses: tuple[Any, ...]
     names: tuple[str, ...] | None = None
-    batch_size: int = 64
-    progress: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "analyses", tuple(self.analyses))
