@@ -220,6 +220,17 @@ def test_run_samples_three_seeded_batches_and_leaves_null_out(model):
     assert "null" not in result.effects.task_names and result.prompting.layers == (1, 2)
 
 
+def test_shuffled_labels_corrupt_as_todd_et_al_do(model):
+    config = FunctionVectors(k=2, label_noise=0, shuffle_labels=True, n_bootstrap=0, layers=(1,))
+    result = config.run(model, POOL, n_per_task=4, n_shots=3, seed=3)
+    corrupted = POOL.sample(4, 3, 4, shuffle_labels=True)
+    assert result == config.run_batch(model, POOL.sample(4, 3, 3), corrupted, POOL.sample(4, 3, 5), seed=3)
+    real = corrupted.task_names.index("null")
+    moved = corrupted.demo_noisy[corrupted.task_ids != real]
+    assert 0 < result.effects.label_noise == float(moved[corrupted.demo_answer_pos[corrupted.task_ids != real] >= 0]
+        .double().mean())  # fmt: skip
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_gqa_patch_changes_exactly_one_query_head_and_cie_matches(tmp_path_factory, arch):
     pretrained = loaded(tmp_path_factory, arch, "bridge")
@@ -289,6 +300,10 @@ def test_bad_input_is_a_clear_error(model, analysed):
         FunctionVectors(k=0)
     with pytest.raises(AnalysisError, match="label_noise"):
         FunctionVectors(label_noise=1.0)
+    with pytest.raises(AnalysisError, match="leaves the CIE prompts uncorrupted"):
+        FunctionVectors(label_noise=0)
+    with pytest.raises(AnalysisError, match="shuffle_labels must be True or False"):
+        FunctionVectors(shuffle_labels="yes")  # type: ignore[arg-type]
     with pytest.raises(AnalysisError, match="scoring"):
         FunctionVectors(scoring="bleu")
     with pytest.raises(LayerOutOfRangeError, match="out of range"):

@@ -11,10 +11,12 @@ makes the model do the task.
 2. **Causal indirect effect** (:func:`causal_indirect_effects`): on prompts of task ``t`` whose demonstrations
    carry wrong labels, write task ``t``'s mean into one head at the answer position, and measure the gain in
    probability of the right first answer token: ``CIE = P_patched(answer) - P_corrupted(answer)``. Heads whose
-   mean restores the answer carry the task. Todd et al. shuffle the demonstrations' labels; here each
-   demonstration gets a random *wrong* label with probability ``label_noise`` (the pools' own corruption), so
-   the demonstrations show no mapping either way. Multi-token answers (text pools) use the first token for the
-   probability; the teacher-forced loss over every answer token is reported too.
+   mean restores the answer carry the task. By default each demonstration gets a random *wrong* label with
+   probability ``label_noise`` (0.99), so the demonstrations show no mapping either way; Todd et al. instead
+   shuffle each prompt's labels among its demonstrations (``FunctionVectors(label_noise=0, shuffle_labels=True)``),
+   which leaves a label in place by chance (one in ``n_shots`` on average) and so keeps part of the mapping.
+   Multi-token answers (text pools) use the first token for the probability; the teacher-forced loss over every
+   answer token is reported too.
 3. **Function vector** (:func:`function_vector`): per task, ``sum over the top-k heads (by mean CIE over tasks)
    of mean_z[layer, head] @ W_O[layer, head]``, a ``d_model`` vector.
 4. **Zero-shot layer sweep** (:func:`function_vector_prompting`): add the task's FV to ``resid_post`` of a layer at
@@ -35,7 +37,8 @@ passes start at the patched block from the clean residual. Every patch and injec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -93,8 +96,10 @@ def function_vector(
         pool: The task pool the means came from, in words (default: their task names).
 
     Raises:
-        AnalysisError: ``k`` outside ``[1, heads in means.layers]``; no heads, or a head twice.
+        AnalysisError: ``k`` outside ``[1, heads in means.layers]``; no heads, a head twice, or heads that are not
+            ``(layer, head)`` pairs of ints.
         LayerOutOfRangeError: A head outside ``means``.
+        NonFiniteError: ``means`` hold NaN or infinite values.
     """
     adapter = adapt(model)
     check_means(adapter, means)
@@ -102,9 +107,7 @@ def function_vector(
         check_count(k, "k", 1, len(heads.layers) * heads.n_heads)
         chosen = heads.top_heads(k)
     else:
-        chosen = tuple((int(layer), int(head)) for layer, head in heads)
-        if not chosen or len(set(chosen)) != len(chosen):
-            raise AnalysisError(f"heads must be distinct (layer, head) pairs, at least one; got {chosen}.")
+        chosen = _head_pairs(heads)
     outputs = []
     for layer, head in chosen:
         if not 0 <= head < means.n_heads:
@@ -116,6 +119,33 @@ def function_vector(
         ModelSignature.of(model, model_name), "resid_post", (), "add", 1.0, pool or f"tasks={list(means.task_names)}"
     )
     return FunctionVector(head_outputs.sum(1), means.task_names, chosen, head_outputs, provenance)
+
+
+def _head_pairs(heads: Any) -> tuple[tuple[int, int], ...]:
+    """``heads`` as distinct ``(layer, head)`` pairs of ints, at least one (a float or bool index is refused)."""
+    usage = "heads must be IndirectEffects or (layer, head) pairs of int indices, e.g. [(0, 1), (2, 3)]"
+    if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+        raise AnalysisError(f"{usage}; got {heads!r}.")
+    chosen = []
+    for pair in heads:
+        entries = tuple(pair) if isinstance(pair, Iterable) and not isinstance(pair, (str, bytes)) else ()
+        if len(entries) != 2 or not all(_is_index(entry) for entry in entries):
+            raise AnalysisError(f"{usage}; got {pair!r} among them.")
+        chosen.append((operator.index(entries[0]), operator.index(entries[1])))
+    if not chosen or len(set(chosen)) != len(chosen):
+        raise AnalysisError(f"heads must be distinct (layer, head) pairs, at least one; got {tuple(chosen)}.")
+    return tuple(chosen)
+
+
+def _is_index(value: Any) -> bool:
+    """Whether ``value`` is an int index (a Python, NumPy or integer 0-d tensor one), not a bool."""
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _output_weights(adapter: ModelAdapter, layer: int) -> Float[Tensor, "head d_head d_model"]:
@@ -220,6 +250,8 @@ class FunctionVectors(CausalOptions):
     Attributes:
         k: Heads summed into the function vector (top by mean CIE over tasks).
         label_noise: Probability that a demonstration of a corrupted prompt gets a wrong label.
+        shuffle_labels: Also permute each corrupted prompt's demonstration labels (Todd et al.'s corruption;
+            applied before the label noise).
         layers: Blocks the vector is added at in the zero-shot sweep (``None``: every block).
         scoring: ``"teacher_forced"`` (default), or by greedy generation ``"exact_match"`` / ``"first_word"``.
 
@@ -229,6 +261,7 @@ class FunctionVectors(CausalOptions):
 
     k: int = 10
     label_noise: float = 0.99
+    shuffle_labels: bool = False
     layers: tuple[int, ...] | None = None
     scoring: Scoring = "teacher_forced"
 
@@ -240,6 +273,13 @@ class FunctionVectors(CausalOptions):
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < 1:
             raise AnalysisError(
                 f"label_noise must lie in [0, 1) (the share of wrong demonstration labels), got {noise!r}; e.g. 0.99."
+            )
+        if not isinstance(self.shuffle_labels, bool):
+            raise AnalysisError(f"shuffle_labels must be True or False, got {self.shuffle_labels!r}.")
+        if noise == 0 and not self.shuffle_labels:
+            raise AnalysisError(
+                "label_noise=0 without shuffle_labels leaves the CIE prompts uncorrupted, so no head can restore "
+                "anything; use label_noise=0.99 (the default) or shuffle_labels=True."
             )
         if self.scoring not in SCORINGS:
             raise AnalysisError(f"Unknown scoring {self.scoring!r}; use one of {list(SCORINGS)}.")
@@ -253,7 +293,7 @@ class FunctionVectors(CausalOptions):
         """
         check_pool(pool)
         clean = pool.sample(n_per_task, n_shots, seed)
-        corrupted = pool.sample(n_per_task, n_shots, seed + 1, label_noise=self.label_noise)
+        corrupted = pool.sample(n_per_task, n_shots, seed + 1, self.label_noise, shuffle_labels=self.shuffle_labels)
         evaluation = pool.sample(n_per_task, n_shots, seed + 2)
         return self.run_batch(model, clean, corrupted, evaluation, seed=seed)
 

@@ -182,12 +182,16 @@ class TaskPool:
                 out[t] = self.encode_answers(torch.as_tensor(rules[name](x)).long())
         return out
 
-    def sample(self, n_per_task: int, n_shots: ShotSpec, seed: int, label_noise: float = 0.0) -> ICLBatch:
+    def sample(
+        self, n_per_task: int, n_shots: ShotSpec, seed: int, label_noise: float = 0.0, *, shuffle_labels: bool = False
+    ) -> ICLBatch:
         """Sample ``n_per_task`` prompts of every task (Null included), ordered by task id.
 
         Demonstration and query inputs are drawn independently and uniformly. Label noise relabels each
         demonstration of a non-Null task, with probability ``label_noise``, to a uniformly random *different*
-        output; queries are never corrupted. ``batch.demo_noisy`` records which demonstrations were.
+        output; ``shuffle_labels`` permutes the labels of each such prompt's demonstrations among them (Todd et
+        al.'s corruption; applied before the noise). Queries are never corrupted. ``batch.demo_noisy`` records
+        which demonstrations have a wrong label.
 
         Args:
             n_per_task: Prompts per task (>= 1).
@@ -195,11 +199,12 @@ class TaskPool:
                 drawn uniformly per prompt.
             seed: Seed of the local generator; the same seed gives an identical batch.
             label_noise: Probability in ``[0, 1)`` that a demonstration's label is wrong.
+            shuffle_labels: Permute each prompt's demonstration labels.
 
         Returns:
             An :class:`ICLBatch` of ``len(self) * n_per_task`` prompts.
         """
-        check_sample_arguments(n_per_task, label_noise)
+        check_sample_arguments(n_per_task, label_noise, shuffle_labels)
         choices = _shot_choices(n_shots)
         gen = seeded_generator(seed)
         n_tasks = len(self)
@@ -215,10 +220,15 @@ class TaskPool:
             rows = task_ids == tid
             y[rows] = self._apply(task, x[rows].flatten(0, 1)).view(-1, n_slot)
         is_demo = torch.arange(n_slot)[None, :] < shots[:, None]
-        noisy = (torch.rand((b, n_slot), generator=gen) < label_noise) & is_demo
-        noisy &= (task_ids < len(self.tasks))[:, None]
+        real = (task_ids < len(self.tasks))[:, None]
+        noisy = (torch.rand((b, n_slot), generator=gen) < label_noise) & is_demo & real
         shift = torch.randint(1, self.output_values, (b, n_slot), generator=gen)
+        right = y
+        if shuffle_labels:  # demonstrations fill the first slots: a stable sort of random keys permutes only them
+            keys = torch.rand((b, n_slot), generator=gen).masked_fill(~(is_demo & real), float("inf"))
+            y = y.gather(1, keys.argsort(dim=1, stable=True))
         y = torch.where(noisy, (y + shift) % self.output_values, y)
+        noisy = (y != right) & is_demo
         return render_prompts(
             x=x,
             y=self.encode_answers(y),
@@ -308,12 +318,14 @@ def check_task_names(names: Sequence[str]) -> None:
         )
 
 
-def check_sample_arguments(n_per_task: Any, label_noise: Any) -> None:
-    """Raise a :class:`TaskError` unless ``n_per_task`` is an int >= 1 and ``label_noise`` a number in [0, 1)."""
+def check_sample_arguments(n_per_task: Any, label_noise: Any, shuffle_labels: Any = False) -> None:
+    """Raise a :class:`TaskError` unless the sampling arguments are valid (``shuffle_labels`` a bool)."""
     if not _is_int(n_per_task) or n_per_task < 1:
         raise TaskError(f"n_per_task must be an int >= 1, got {n_per_task!r}.")
     if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0 <= label_noise < 1:
         raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
+    if not isinstance(shuffle_labels, bool):
+        raise TaskError(f"shuffle_labels must be True or False, got {shuffle_labels!r}.")
 
 
 def available_memory() -> int | None:

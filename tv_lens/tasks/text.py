@@ -279,18 +279,22 @@ class TextPool:
                     out[t, i, 0] = encoded.ids[first]
         return out
 
-    def sample(self, n_per_task: int, n_shots: ShotSpec, seed: int, label_noise: float = 0.0) -> ICLBatch:
+    def sample(
+        self, n_per_task: int, n_shots: ShotSpec, seed: int, label_noise: float = 0.0, *, shuffle_labels: bool = False
+    ) -> ICLBatch:
         """Sample ``n_per_task`` prompts of every task (Null included), ordered by task id.
 
-        Each prompt's demonstrations and query are distinct examples of its task.
+        Each prompt's demonstrations and query are distinct examples of its task. ``shuffle_labels`` permutes the
+        outputs of a real task's demonstrations among them (Todd et al.'s corruption), before any label noise.
 
         Args:
             n_per_task: Prompts per task (>= 1).
             n_shots: Demonstrations per prompt: an int, an inclusive ``(min, max)`` tuple or a ``range``.
             seed: Seed of the local generator; the same seed gives an identical batch.
             label_noise: Probability in ``[0, 1)`` that a demonstration of a real task gets a wrong output.
+            shuffle_labels: Permute each prompt's demonstration outputs.
         """
-        check_sample_arguments(n_per_task, label_noise)
+        check_sample_arguments(n_per_task, label_noise, shuffle_labels)
         choices = _shot_choices(n_shots)
         inputs = tuple(dict.fromkeys(x for examples in self.examples for x, _ in examples))
         need = choices.max + 1
@@ -307,7 +311,7 @@ class TextPool:
         task_ids = torch.arange(len(self)).repeat_interleave(n_per_task)
         shots = choices.draw(len(task_ids), gen)
         prompts = [
-            self._draw_prompt(int(tid), int(k) + 1, inputs, label_noise, gen)
+            self._draw_prompt(int(tid), int(k) + 1, inputs, label_noise, gen, shuffle_labels)
             for tid, k in zip(task_ids.tolist(), shots.tolist(), strict=True)
         ]
         return self._render(prompts, task_ids, shots)
@@ -317,7 +321,13 @@ class TextPool:
         return self.examples[task][int(torch.randint(len(self.examples[task]), (1,), generator=gen))][1]
 
     def _draw_prompt(
-        self, tid: int, k: int, inputs: tuple[str, ...], label_noise: float, gen: torch.Generator
+        self,
+        tid: int,
+        k: int,
+        inputs: tuple[str, ...],
+        label_noise: float,
+        gen: torch.Generator,
+        shuffle_labels: bool = False,
     ) -> list[tuple[str, str, bool]]:
         """``k`` (input, output, noisy) triples: ``k - 1`` demonstrations, then the query."""
         if tid == len(self.tasks):  # Null
@@ -325,12 +335,16 @@ class TextPool:
             return [(inputs[i], self._random_output(gen), False) for i in order]
         examples = self.examples[tid]
         drawn = [(*examples[i], False) for i in torch.randperm(len(examples), generator=gen)[:k].tolist()]
+        rights = [y for _, y, _ in drawn]
+        if shuffle_labels:
+            order = torch.randperm(k - 1, generator=gen).tolist()
+            drawn[: k - 1] = [(drawn[j][0], rights[i], rights[i] != rights[j]) for j, i in enumerate(order)]
         for j in range(k - 1):
             if float(torch.rand((), generator=gen)) < label_noise:
                 for _ in range(8):  # a random output that differs from the right one
                     wrong = self._random_output(gen)
                     if wrong != drawn[j][1]:
-                        drawn[j] = (drawn[j][0], wrong, True)
+                        drawn[j] = (drawn[j][0], wrong, wrong != rights[j])
                         break
         return drawn
 
