@@ -38,9 +38,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -49,8 +50,16 @@ from torch import Tensor
 
 from tv_lens.errors import ResultFileError, ResultWriteError
 
-if TYPE_CHECKING:
-    from tv_lens.results.base import Result
+
+@runtime_checkable
+class Result(Protocol):
+    """What this module needs of a result (:class:`tv_lens.results.Result`): a dataclass with a stable type tag."""
+
+    @classmethod
+    def type_tag(cls) -> str:
+        """The name a file records for the result's type."""
+        ...
+
 
 FORMAT_VERSION = 2
 """The result format this version writes: a digest over the whole document."""
@@ -75,7 +84,7 @@ def result_to_bytes(result: Result) -> bytes:
 
 
 def result_from_bytes(
-    data: bytes, source: str, registry: dict[str, type[Result]], allow_unverified: bool = False
+    data: bytes, source: str, registry: Mapping[str, type[Result]], allow_unverified: bool = False
 ) -> Result:
     """Rebuild a result from :func:`result_to_bytes` output, checking it against its digest.
 
@@ -263,13 +272,11 @@ def _read_metadata(data: bytes, source: str) -> dict[str, Any]:
 
 
 def _encode(value: Any, tensors: dict[str, Tensor], path: str) -> Any:
-    from tv_lens.results.base import Result
-
     if isinstance(value, Tensor):
         key = path or "tensor"
         tensors[key] = value.detach().to("cpu").contiguous().clone()
         return {"__tensor__": key}
-    if isinstance(value, Result):
+    if isinstance(value, Result) and is_dataclass(value):
         encoded = {
             f.name: _encode(getattr(value, f.name), tensors, _join(path, f.name))
             for f in fields(value)  # type: ignore[arg-type]  # every Result subclass is a dataclass
@@ -295,7 +302,7 @@ def _encode(value: Any, tensors: dict[str, Tensor], path: str) -> Any:
     )
 
 
-def _decode(value: Any, tensors: dict[str, Tensor], registry: dict[str, type[Result]], source: str) -> Any:
+def _decode(value: Any, tensors: dict[str, Tensor], registry: Mapping[str, type[Result]], source: str) -> Any:
     if isinstance(value, list):
         return [_decode(v, tensors, registry, source) for v in value]
     if not isinstance(value, dict):
@@ -321,7 +328,7 @@ def _decode(value: Any, tensors: dict[str, Tensor], registry: dict[str, type[Res
 
 
 def _build(
-    tag: str, encoded: dict[str, Any], tensors: dict[str, Tensor], registry: dict[str, type[Result]], source: str
+    tag: str, encoded: dict[str, Any], tensors: dict[str, Tensor], registry: Mapping[str, type[Result]], source: str
 ) -> Result:
     cls = registry.get(tag)
     if cls is None:

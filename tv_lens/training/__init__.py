@@ -35,8 +35,8 @@ from tv_lens.training.config import (
     TrainConfig,
     TVPConfig,
 )
-from tv_lens.training.finetune import finetune, prepare_model, select_blocks
-from tv_lens.training.loop import train
+from tv_lens.training.finetune import prepare_model, select_blocks
+from tv_lens.training.loop import finetune, train
 from tv_lens.training.lora import apply_lora, lora_parameters, merge_lora, remove_lora
 from tv_lens.training.objectives import Objective, RegressionObjective, TokenObjective, objective_for
 from tv_lens.training.recipe import Recipe, RecipeRegistry, recipes

@@ -15,21 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from tv_lens.errors import ConfigError, LayerOutOfRangeError, TvLensError
+from tv_lens.errors import LayerOutOfRangeError, TvLensError
 from tv_lens.models import adapt
-from tv_lens.training.config import FinetuneConfig, LoRAConfig, TrainConfig
+from tv_lens.training.config import FinetuneConfig
 from tv_lens.training.lora import apply_lora, has_lora, lora_parameters, remove_lora
 
 if TYPE_CHECKING:
-    from tv_lens.training.result import TrainResult
+    pass
 
-__all__ = ["FrozenCheck", "attach_lora", "finetune", "prepare_model", "select_blocks", "undone_on_error"]
+__all__ = ["FrozenCheck", "attach_lora", "prepare_model", "select_blocks", "undone_on_error"]
 
 
 def select_blocks(blocks: tuple[int, ...] | str, n_layers: int) -> tuple[int, ...]:
@@ -128,24 +127,3 @@ class FrozenCheck:
                 f"Frozen parameters changed during layer-restricted finetuning: {moved[:5]}. Something outside "
                 "the optimiser wrote to the model; run the finetuning on a model nothing else modifies."
             )
-
-
-def finetune(
-    model: Any,
-    pool: Any,
-    config: TrainConfig,
-    blocks: tuple[int, ...] | str,
-    lora: LoRAConfig | None = None,
-    **train_kwargs: Any,
-) -> TrainResult:
-    """Train only ``blocks`` of ``model`` on ``pool`` (fully, or LoRA if ``lora`` is given).
-
-    Shorthand for ``train(model, pool, replace(config, finetune=FinetuneConfig(blocks, lora)), ...)``;
-    ``train_kwargs`` go to :func:`tv_lens.training.train`. The model keeps its LoRA adapters (fold them
-    in with :func:`tv_lens.training.merge_lora`).
-    """
-    from tv_lens.training.loop import train  # the loop itself uses prepare_model from this module
-
-    if config.finetune is not None:
-        raise ConfigError("config.finetune is already set; pass blocks= and lora= or the config, not both.")
-    return train(model, pool, replace(config, finetune=FinetuneConfig(blocks, lora)), **train_kwargs)

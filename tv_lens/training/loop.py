@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from tv_lens.errors import CheckpointError, ConfigError, NonFiniteError
 from tv_lens.models import ModelAdapter, ModelConfig, adapt
 from tv_lens.training.checkpoints import check_checkpoint_directory, latest_checkpoint, list_checkpoints
-from tv_lens.training.config import OptimConfig, ScheduleConfig, TrainConfig
+from tv_lens.training.config import FinetuneConfig, LoRAConfig, OptimConfig, ScheduleConfig, TrainConfig
 from tv_lens.training.data import held_out_batch, training_batch
 from tv_lens.training.evaluation import evaluate
 from tv_lens.training.finetune import FrozenCheck, prepare_model, undone_on_error
@@ -41,7 +42,7 @@ from tv_lens.training.run_state import RunState, checkpoint_directory, resume_ru
 from tv_lens.training.schedule import get_lr
 from tv_lens.training.tvp_loss import training_loss
 
-__all__ = ["make_optimizer", "train"]
+__all__ = ["finetune", "make_optimizer", "train"]
 
 
 def train(
@@ -228,3 +229,22 @@ def _check_model_config(adapter: ModelAdapter, model_config: ModelConfig | None)
         raise ConfigError(
             f"The model does not match model_config: {', '.join(wrong)}. Pass the config the model was built from."
         )
+
+
+def finetune(
+    model: Any,
+    pool: Any,
+    config: TrainConfig,
+    blocks: tuple[int, ...] | str,
+    lora: LoRAConfig | None = None,
+    **train_kwargs: Any,
+) -> TrainResult:
+    """Train only ``blocks`` of ``model`` on ``pool`` (fully, or LoRA if ``lora`` is given).
+
+    Shorthand for ``train(model, pool, replace(config, finetune=FinetuneConfig(blocks, lora)), ...)``;
+    ``train_kwargs`` go to :func:`tv_lens.training.train`. The model keeps its LoRA adapters (fold them
+    in with :func:`tv_lens.training.merge_lora`).
+    """
+    if config.finetune is not None:
+        raise ConfigError("config.finetune is already set; pass blocks= and lora= or the config, not both.")
+    return train(model, pool, replace(config, finetune=FinetuneConfig(blocks, lora)), **train_kwargs)
