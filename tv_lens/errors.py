@@ -7,6 +7,27 @@ written against the builtins keeps working. Messages name the problem and the fi
 
 from __future__ import annotations
 
+__all__ = [
+    "AnalysisError",
+    "ArtefactError",
+    "CheckpointError",
+    "ConfigError",
+    "HookNotFoundError",
+    "InterventionNotAppliedError",
+    "LayerOutOfRangeError",
+    "MissingFileError",
+    "ModelNotSupportedError",
+    "NonFiniteError",
+    "OutOfMemoryError",
+    "PositionError",
+    "ResultFileError",
+    "ResultWriteError",
+    "ShapeError",
+    "TaskError",
+    "TvLensError",
+    "UnknownNameError",
+]
+
 
 class TvLensError(Exception):
     """Base class of every exception tv_lens raises for bad input or a failed check."""

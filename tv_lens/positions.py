@@ -21,6 +21,20 @@ from torch import Tensor
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
 
+__all__ = [
+    "TOKEN_DTYPES",
+    "AnswerLengths",
+    "Inputs",
+    "PreparedPrompts",
+    "answer_columns",
+    "answer_lengths",
+    "as_positions",
+    "check_tensor_data",
+    "length_sorted_batches",
+    "prepare_prompts",
+    "tensor_of",
+]
+
 Inputs = Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_input"]
 #: Integer dtypes read as token ids (those an embedding takes); other integer, bool and complex inputs are refused.
 TOKEN_DTYPES = (torch.long, torch.int32)

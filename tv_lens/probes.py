@@ -33,6 +33,8 @@ from tv_lens.models.memory import fitting
 from tv_lens.models.running import read_pass
 from tv_lens.positions import Inputs, PreparedPrompts, as_positions, prepare_prompts
 
+__all__ = ["Representations", "check_residual_site", "collect"]
+
 
 @dataclass(frozen=True)
 class Representations:

@@ -17,6 +17,8 @@ from torch import Tensor
 from tv_lens.errors import AnalysisError
 from tv_lens.tasks.pool import seeded_generator
 
+__all__ = ["check_bootstrap", "stratified_bootstrap_ci"]
+
 
 def stratified_bootstrap_ci(
     values: Float[Tensor, "*lead prompt"],

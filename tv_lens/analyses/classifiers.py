@@ -25,6 +25,16 @@ from jaxtyping import Float, Int
 
 from tv_lens.errors import AnalysisError
 
+__all__ = [
+    "KNN_METRICS",
+    "check_knn",
+    "knn_loo_predictions",
+    "linear_probe",
+    "pairwise_distances",
+    "probe_cv_predictions",
+    "sklearn_seed",
+]
+
 KNN_METRICS = ("euclidean", "cosine", "manhattan", "chebyshev")
 """k-NN distances: Euclidean, cosine (``1 - cos``), Manhattan (L1) and Chebyshev (L∞)."""
 

@@ -38,6 +38,8 @@ import torch
 from tv_lens.errors import HookNotFoundError, LayerOutOfRangeError, ModelNotSupportedError
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 
+__all__ = ["EMBED_LAYER", "HEAD_SITE", "RESIDUAL_SITES", "SUPPORTED_MODELS", "ModelAdapter", "adapt"]
+
 SUPPORTED_MODELS = (
     "a TransformerLens HookedTransformer or TransformerBridge (or any module with a TransformerLens `cfg`, "
     "a `hook_dict` of HookPoints and a forward accepting `stop_at_layer`)"

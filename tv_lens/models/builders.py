@@ -15,6 +15,18 @@ import torch
 
 from tv_lens.errors import ConfigError, TvLensError
 
+__all__ = [
+    "ACT_FNS",
+    "DTYPES",
+    "NORMALIZATION_TYPES",
+    "PORTABLE_ACT_FNS",
+    "Backend",
+    "BackendUnavailableError",
+    "ModelConfig",
+    "build_model",
+    "hooked_transformer_available",
+]
+
 Backend = Literal["auto", "hooked", "bridge"]
 
 

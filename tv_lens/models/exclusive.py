@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+__all__ = ["evaluating", "model_lock", "user_hooks_detached"]
+
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 

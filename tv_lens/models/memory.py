@@ -22,6 +22,8 @@ import torch
 
 from tv_lens.errors import OutOfMemoryError
 
+__all__ = ["fitting", "is_out_of_memory"]
+
 T = TypeVar("T")
 
 _retrying: ContextVar[bool] = ContextVar("tv_lens_retrying", default=False)

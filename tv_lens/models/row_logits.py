@@ -29,6 +29,8 @@ from tv_lens.errors import HookNotFoundError, TvLensError
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.running import forward
 
+__all__ = ["logits_at", "supports_row_unembedding", "unembed_rows"]
+
 
 def unembed_rows(
     adapter: ModelAdapter, residual: Float[Tensor, "*rows d_model"], *, soft_cap: bool = True

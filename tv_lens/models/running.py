@@ -33,6 +33,8 @@ from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.block_skipping import skipping_blocks, supports_block_skipping
 from tv_lens.models.exclusive import evaluating, model_lock
 
+__all__ = ["HookFn", "attached_hooks", "forward", "read_pass"]
+
 HookFn = Callable[..., Any]
 
 

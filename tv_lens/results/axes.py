@@ -9,6 +9,8 @@ from torch import Tensor
 
 from tv_lens.models.adapter import EMBED_LAYER
 
+__all__ = ["LAYER_AXIS_TITLE", "error_bars", "layer_axis", "layer_label"]
+
 LAYER_AXIS_TITLE = "layer (TransformerLens block index; -1 = embedding output)"
 
 

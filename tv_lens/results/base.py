@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
     from plotly.basedatatypes import BaseTraceType
 
+__all__ = ["Result"]
+
 R = TypeVar("R", bound="Result")
 
 

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
     from plotly.basedatatypes import BaseTraceType
 
+__all__ = ["ALL_TASKS", "Decodability", "best_layer"]
+
 ALL_TASKS = "all"
 
 

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from plotly.basedatatypes import BaseTraceType
 
 
+__all__ = ["EmergenceResult"]
+
+
 @dataclass(frozen=True, eq=False)
 class EmergenceResult(Result):
     """Measurements of every checkpoint of a training run, on the same prompts, and when each task emerged.

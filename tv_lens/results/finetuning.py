@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from plotly.basedatatypes import BaseTraceType
 
 
+__all__ = ["FinetuningComparison"]
+
+
 @dataclass(frozen=True, eq=False)
 class FinetuningComparison(Result):
     """Task decodability and ICL accuracy of a base model and of its finetuned variants.

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from plotly.basedatatypes import BaseTraceType
 
 
+__all__ = ["Projection"]
+
+
 @dataclass(frozen=True, eq=False)
 class Projection(Result):
     """2-D coordinates of every prompt's representation at every layer, fitted per layer.

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from plotly.basedatatypes import BaseTraceType
 
 
+__all__ = ["HeadImportance", "PruningCurve"]
+
+
 @dataclass(frozen=True, eq=False)
 class PruningCurve(Result):
     """The metric as heads are ablated cumulatively, least important first.

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from plotly.basedatatypes import BaseTraceType
 
 
+__all__ = ["PatchingEffects"]
+
+
 @dataclass(frozen=True, eq=False)
 class PatchingEffects(Result):
     """Accuracy and loss changes from patching task ``t``'s vector into prompts of task ``s``, per layer.

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from plotly.basedatatypes import BaseTraceType
 
+__all__ = ["SHOTS_AXIS_TITLE", "Performance"]
+
 SHOTS_AXIS_TITLE = "shots (demonstrations in the prompt)"
 
 

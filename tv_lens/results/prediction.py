@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from plotly.basedatatypes import BaseTraceType
 
 
+__all__ = ["TdAccuracyFit"]
+
+
 @dataclass(frozen=True, eq=False)
 class TdAccuracyFit(Result):
     """Ordinary least squares of a performance score on task decodability over (task, shots) points.

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from plotly.basedatatypes import BaseTraceType
 
 
+__all__ = ["PromptingAccuracy"]
+
+
 @dataclass(frozen=True, eq=False)
 class PromptingAccuracy(Result):
     """Task-vector prompting (TVP) accuracy per layer, next to ICL and plain zero-shot accuracy.

@@ -50,9 +50,24 @@ from torch import Tensor
 
 from tv_lens.errors import ResultFileError, ResultWriteError
 
+__all__ = [
+    "FORMAT_VERSION",
+    "LEGACY_FORMAT_VERSIONS",
+    "METADATA_KEY",
+    "Savable",
+    "canonical_json",
+    "document_digest",
+    "equal_values",
+    "result_from_bytes",
+    "result_to_bytes",
+    "tensor_digest",
+    "write_atomically",
+    "write_failure",
+]
+
 
 @runtime_checkable
-class Result(Protocol):
+class Savable(Protocol):
     """What this module needs of a result (:class:`tv_lens.results.Result`): a dataclass with a stable type tag."""
 
     @classmethod
@@ -70,7 +85,7 @@ _TAGS = ("__tensor__", "__tuple__", "__dict__", "__result__")
 _RERUN = "Re-run the analysis and save it again."
 
 
-def result_to_bytes(result: Result) -> bytes:
+def result_to_bytes(result: Savable) -> bytes:
     """The bytes of the safetensors file holding ``result`` (format :data:`FORMAT_VERSION`, with its digest)."""
     tensors: dict[str, Tensor] = {}
     document: dict[str, Any] = {
@@ -84,8 +99,8 @@ def result_to_bytes(result: Result) -> bytes:
 
 
 def result_from_bytes(
-    data: bytes, source: str, registry: Mapping[str, type[Result]], allow_unverified: bool = False
-) -> Result:
+    data: bytes, source: str, registry: Mapping[str, type[Savable]], allow_unverified: bool = False
+) -> Savable:
     """Rebuild a result from :func:`result_to_bytes` output, checking it against its digest.
 
     Args:
@@ -276,10 +291,10 @@ def _encode(value: Any, tensors: dict[str, Tensor], path: str) -> Any:
         key = path or "tensor"
         tensors[key] = value.detach().to("cpu").contiguous().clone()
         return {"__tensor__": key}
-    if isinstance(value, Result) and is_dataclass(value):
+    if isinstance(value, Savable) and is_dataclass(value):
         encoded = {
             f.name: _encode(getattr(value, f.name), tensors, _join(path, f.name))
-            for f in fields(value)  # type: ignore[arg-type]  # every Result subclass is a dataclass
+            for f in fields(value)  # type: ignore[arg-type]  # every result is a dataclass
         }
         return {"__result__": type(value).type_tag(), "fields": encoded}
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -302,7 +317,7 @@ def _encode(value: Any, tensors: dict[str, Tensor], path: str) -> Any:
     )
 
 
-def _decode(value: Any, tensors: dict[str, Tensor], registry: Mapping[str, type[Result]], source: str) -> Any:
+def _decode(value: Any, tensors: dict[str, Tensor], registry: Mapping[str, type[Savable]], source: str) -> Any:
     if isinstance(value, list):
         return [_decode(v, tensors, registry, source) for v in value]
     if not isinstance(value, dict):
@@ -328,8 +343,8 @@ def _decode(value: Any, tensors: dict[str, Tensor], registry: Mapping[str, type[
 
 
 def _build(
-    tag: str, encoded: dict[str, Any], tensors: dict[str, Tensor], registry: Mapping[str, type[Result]], source: str
-) -> Result:
+    tag: str, encoded: dict[str, Any], tensors: dict[str, Tensor], registry: Mapping[str, type[Savable]], source: str
+) -> Savable:
     cls = registry.get(tag)
     if cls is None:
         raise ResultFileError(

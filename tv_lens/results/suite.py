@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from plotly.basedatatypes import BaseTraceType
 
 
+__all__ = ["SuiteResult"]
+
+
 @dataclass(frozen=True, eq=False)
 class SuiteResult(Result):
     """Results of several analyses, by name (``"decodability"``, ``"geometry"``, ``"performance"`` ...).
