@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import importlib.util
 import os
 import pkgutil
@@ -12,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
+import plotly
 import pytest
 import torch
 import yaml
@@ -35,6 +38,9 @@ from tv_lens.training import TVPConfig
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 DOC_FILES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+# The notebooks of demos/ are pages too: docs/notebook_pages.py adds each one as notebooks/NAME.ipynb.
+NOTEBOOK_PAGES = {f"notebooks/{path.name}": path for path in sorted((ROOT / "demos").glob("*.ipynb"))}
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
 FENCE = re.compile(r"^```(\S*)", flags=re.MULTILINE)
 # Languages of code blocks: python blocks run in the tests; the others are shell commands or output.
 BLOCK_LANGUAGES = {"python", "bash", "text"}
@@ -111,7 +117,7 @@ def test_every_page_is_in_the_nav_and_every_module_has_an_api_page():
             yield from pages(value) if isinstance(value, list) else [value]
 
     in_nav = set(pages(config["nav"]))
-    on_disk = {str(path.relative_to(DOCS)) for path in DOCS.rglob("*.md")}
+    on_disk = {str(path.relative_to(DOCS)) for path in DOCS.rglob("*.md")} | set(NOTEBOOK_PAGES)
     assert in_nav == on_disk
     documented = set(re.findall(r"^::: (\S+)", "\n".join(p.read_text() for p in (DOCS / "api").glob("*.md")), re.M))
     modules = {f"tv_lens.{m.name}" for m in pkgutil.iter_modules(tv_lens.__path__) if not m.name.startswith("_")}
@@ -150,6 +156,38 @@ def test_docs_site_builds_strictly(tmp_path):
         html = page.read_text()
         assert ":func:`" not in html and ":class:`" not in html and "<blockquote>" not in html, page
     assert (site / "analyses" / "decodability" / "index.html").exists()
+    check_notebook_pages_and_figures(site)
+
+
+def stored_figures(path: Path) -> list[dict]:
+    notebook = nbformat.read(path, as_version=4)
+    return [
+        o.data[PLOTLY_MIME] for c in notebook.cells for o in c.get("outputs", []) if PLOTLY_MIME in o.get("data", {})
+    ]
+
+
+def check_notebook_pages_and_figures(site: Path) -> None:
+    """Each notebook is a page with its stored outputs and figures; every page with figures loads the site's own
+    plotly.js once, and nothing loads plotly from a CDN."""
+    for page, path in NOTEBOOK_PAGES.items():
+        text = (site / page.removesuffix(".ipynb") / "index.html").read_text()
+        notebook = nbformat.read(path, as_version=4)
+        printed = [o.text.splitlines()[0] for c in notebook.cells for o in c.get("outputs", []) if o.get("text")]
+        assert printed and all(line in html.unescape(text) for line in printed), page
+        assert text.count("Plotly.newPlot(") == len(stored_figures(path)) > 0, page
+    started = (site / "getting-started" / "index.html").read_text()  # the quickstart's figures, as the demo draws
+    assert started.count("Plotly.newPlot(") == len(stored_figures(ROOT / "demos" / "quickstart.ipynb")) >= 3
+    bundle = site / "assets" / "javascripts" / "plotly.min.js"
+    assert bundle.read_bytes() == (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()
+    with_figures = 0
+    for page in site.rglob("*.html"):
+        text = page.read_text()
+        assert "cdn.plot.ly" not in text, page
+        if "Plotly.newPlot(" in text:
+            with_figures += 1
+            sources = re.findall(r'<script src="([^"]*plotly[^"]*)"', text)
+            assert len(sources) == 1 and (page.parent / sources[0]).resolve() == bundle.resolve(), page
+    assert with_figures == len(NOTEBOOK_PAGES) + 1
 
 
 def test_quickstart_script_runs(capsys):
