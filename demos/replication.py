@@ -20,6 +20,7 @@ import torch
 
 from tv_lens.analyses import (
     Emergence,
+    FunctionVectors,
     HeadAblation,
     ICLPerformance,
     LayerFinetuning,
@@ -154,6 +155,17 @@ def main() -> None:
             f"{interval(tvp.zero_shot_accuracy, tvp.zero_shot_ci)}; ICL {interval(tvp.icl_accuracy, tvp.icl_ci)}",
             float(tvp.accuracy_ci[k, 0]) > float(tvp.zero_shot_ci[1]),
         )
+
+    fv = FunctionVectors(k=10).run(model, pool, n_per_task=32, n_shots=N_SHOTS).prompting
+    sweep, k = fv.prompting, fv.layers.index(fv.best_layer)
+    claim(
+        "Todd: a function vector makes a zero-shot prompt do the task",
+        "accuracy of the query-only prompt with the task's FV (top-10 heads by CIE on 8-shot prompts with 99% wrong "
+        "labels) added at the query's separator, best block, 32 prompts per task, Null excluded",
+        f"FV {interval(fv.best_accuracy, fv.accuracy_ci[k])} at block {fv.best_layer}; zero-shot "
+        f"{interval(fv.zero_shot_accuracy, sweep.zero_shot_ci)}; ICL {interval(fv.icl_accuracy, sweep.icl_ci)}",
+        float(fv.accuracy_ci[k, 0]) > float(sweep.zero_shot_ci[1]),
+    )
 
     heads = HeadAblation().run(model, pool, n_per_task=50, n_shots=N_SHOTS)
     tasks = [n for n in heads.task_names if n != heads.null_task]
