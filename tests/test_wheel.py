@@ -24,6 +24,8 @@ from plotly.offline import get_plotlyjs
 
 import tv_lens
 
+pytestmark = pytest.mark.version_independent
+
 ROOT = Path(__file__).resolve().parents[1]
 # Not source: version control, environments, caches, build and demo outputs.
 NOT_SOURCE = (".git", ".venv*", "*_cache", ".hypothesis", "__pycache__", "*.egg-info", "build", "dist", "site", "runs")
