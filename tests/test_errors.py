@@ -26,6 +26,7 @@ import torch
 from reliability_helpers import one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 from tv_lens.analyses import (
+    CompareVectors,
     Emergence,
     Geometry,
     HeadAblation,
@@ -36,8 +37,16 @@ from tv_lens.analyses import (
     TaskVectorPatching,
     TaskVectorPrompting,
     compare_models,
+    decode_vectors,
     head_importance,
     task_decodability,
+)
+from tv_lens.analyses.function_vectors import (
+    IndirectEffects,
+    MeanHeadActivations,
+    causal_indirect_effects,
+    function_vector,
+    mean_head_activations,
 )
 from tv_lens.errors import (
     AnalysisError,
@@ -229,6 +238,35 @@ def _without_cuda(w: SimpleNamespace) -> None:
 def _truncated(path: Path) -> bytes:
     data = path.read_bytes()
     return data[: len(data) // 2]
+
+
+def _means(w: SimpleNamespace, value: float | None = None, device: str = "cpu") -> MeanHeadActivations:
+    """Mean head activations of the world's batch; one entry set to ``value`` if given; on ``device``."""
+    b = w.batch
+    means = mean_head_activations(w.model, b.inputs, b.answer_pos, b.task_ids, b.task_names)
+    activations = means.activations.clone()
+    if value is not None:
+        activations[0, 0, 0, 0] = value
+    return replace(means, activations=activations.to(device))
+
+
+def _indirect_effects(w: SimpleNamespace, **changes: Any) -> IndirectEffects:
+    """The CIE of the world's batch (as if corrupted) with one argument changed."""
+    b = w.batch
+    args = dict(answers=b.answers, task_ids=b.task_ids, label_noise=0.0)
+    args.update(changes)
+    means = _means(w)
+    return causal_indirect_effects(
+        w.model,
+        b.inputs,
+        b.answer_pos,
+        args["answers"],
+        args["task_ids"],
+        b.task_names,
+        means,
+        label_noise=args["label_noise"],
+        n_bootstrap=0,
+    )
 
 
 CASES = [
@@ -1258,6 +1296,127 @@ CASES = [
         ResultWriteError,
         r"Cannot save .*a-file/run\.json: .*is a file, not a directory",
         r"choose a path whose parent folders are directories, or move that file away",
+    ),
+    Case(
+        "function-vector-heads-not-pairs",
+        lambda w: function_vector(w.model, _means(w), [(0,)]),
+        AnalysisError,
+        r"heads must be IndirectEffects or \(layer, head\) pairs of int indices.*got \(0,\) among them",
+        r"e\.g\. \[\(0, 1\), \(2, 3\)\]",
+    ),
+    Case(
+        "function-vector-head-a-float",
+        lambda w: function_vector(w.model, _means(w), [(0, 1.0)]),
+        AnalysisError,
+        r"got \(0, 1\.0\) among them",
+        r"pairs of int indices, e\.g\. \[\(0, 1\), \(2, 3\)\]",
+    ),
+    Case(
+        "mean-head-activations-with-nan",
+        lambda w: function_vector(w.model, _means(w, float("nan")), [(0, 1)]),
+        NonFiniteError,
+        r"The mean head activations hold NaN or infinite values",
+        r"compute them again with mean_head_activations",
+    ),
+    Case(
+        "mean-head-activations-on-the-meta-device",
+        lambda w: function_vector(w.model, _means(w, device="meta"), [(0, 1)]),
+        ShapeError,
+        r"The mean head activations is a tensor on the meta device",
+        r"create it on a real device",
+    ),
+    Case(
+        "answers-none",
+        lambda w: _indirect_effects(w, answers=None),
+        ShapeError,
+        r"answers must be integer tokens \[batch=16, n_answer\] \(batch\.answers\), got None",
+        r"\(batch\.answers\)",
+    ),
+    Case(
+        "answers-on-the-meta-device",
+        lambda w: _indirect_effects(w, answers=w.batch.answers.to("meta")),
+        ShapeError,
+        r"answers is a tensor on the meta device",
+        r"create it on a real device",
+    ),
+    Case(
+        "answers-complex",
+        lambda w: _indirect_effects(w, answers=w.batch.answers.to(torch.complex64)),
+        ShapeError,
+        r"answers must be integer tokens \[batch=16, n_answer\], got torch\.complex64",
+        r"pass the answers of these prompts \(batch\.answers\)",
+    ),
+    Case(
+        "task-ids-a-string",
+        lambda w: _indirect_effects(w, task_ids="0"),
+        ShapeError,
+        r"task_ids must be one integer task id per prompt \(16,\) \(batch\.task_ids\), got '0'",
+        r"\(batch\.task_ids\)",
+    ),
+    Case(
+        "task-ids-on-the-meta-device",
+        lambda w: _indirect_effects(w, task_ids=w.batch.task_ids.to("meta")),
+        ShapeError,
+        r"task_ids is a tensor on the meta device",
+        r"create it on a real device",
+    ),
+    Case(
+        "task-ids-of-floats",
+        lambda w: _indirect_effects(w, task_ids=w.batch.task_ids.float() + 0.5),
+        ShapeError,
+        r"task_ids must be integer indices into task_names, got torch\.float32",
+        r"pass batch\.task_ids",
+    ),
+    Case(
+        "indirect-effects-label-noise-a-string",
+        lambda w: _indirect_effects(w, label_noise="many"),
+        AnalysisError,
+        r"label_noise must be a number in \[0, 1\] .*got 'many'",
+        r"e\.g\. 0\.99",
+    ),
+    Case(
+        "compare-vectors-layers-an-int",
+        lambda w: CompareVectors(layers=0),  # type: ignore[arg-type]
+        LayerOutOfRangeError,
+        r"layers must be a sequence of block indices such as \(0, 1\), got 0",
+        r"pass a one-element tuple, e\.g\. \(0,\)",
+    ),
+    Case(
+        "decode-meta-vector",
+        lambda w: decode_vectors(w.model, torch.zeros(32, device="meta")),
+        ShapeError,
+        r"vectors is a tensor on the meta device",
+        r"create it on a real device",
+    ),
+    Case(
+        "decode-dict-of-different-widths",
+        lambda w: decode_vectors(w.model, {"a": torch.zeros(32), "b": torch.zeros(33)}),
+        ShapeError,
+        r"A dict of vectors must hold \[d_model\] tensors of one width, got widths \[32, 33\]",
+        r"pass vectors of the model's d_model",
+    ),
+    Case(
+        "decode-dict-of-complex-vectors",
+        lambda w: decode_vectors(w.model, {"a": torch.zeros(32, dtype=torch.complex64)}),
+        ShapeError,
+        r"Vector 'a' is torch\.complex64",
+        r"a dict of vectors must hold float tensors",
+    ),
+    Case(
+        "intervention-rows-a-string",
+        lambda w: run_with_interventions(
+            w.model, w.batch.inputs, w.batch.answer_pos, [add(0, torch.zeros(32), rows="0")]
+        ),
+        ShapeError,
+        r"rows= must be prompt indices or a boolean mask over prompts, got '0'",
+        r"prompt indices or a boolean mask",
+    ),
+    Case(
+        "performance-seed-none",
+        lambda w: ICLPerformance(shots=(3,), n_bootstrap=0).run_batch(w.model, w.batch, seed=None),  # type: ignore[arg-type]
+        TaskError,
+        r"seed must be an int in \[0, 2\*\*64\), got None",
+        r"pass a non-negative int such as seed=0",
     ),
 ]
 

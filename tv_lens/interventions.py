@@ -368,7 +368,8 @@ def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Inter
 
 def _selected_rows(intervention: Intervention, n_prompts: int) -> Tensor:
     """``rows=`` as prompt indices: integer indices, or a boolean mask with one entry per prompt."""
-    rows = torch.as_tensor(intervention.rows)
+    rows = tensor_of(intervention.rows, f"{intervention}: rows=", "prompt indices or a boolean mask over prompts")
+    check_tensor_data(rows, f"{intervention}: rows=")
     if rows.numel() == 0:  # an empty list (no prompt selected) is read as no index, whatever its dtype
         return torch.zeros(0, dtype=torch.long)
     if rows.dtype == torch.bool:

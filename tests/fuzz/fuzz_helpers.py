@@ -7,6 +7,11 @@ shape (empty ones, ids outside the vocabulary, negative ids), attention masks (r
 values other than 0 and 1, wrong shapes), positions (ints, tensors, out of range, negative), layers, row
 selections and vectors (wrong shapes, dtypes, NaN and infinities). :func:`outcome` runs one call and checks the
 property; a test then checks the shape and finiteness of what a call returned.
+
+Backends: the model-based tests draw the model's backend with :data:`BACKEND`. Where the installed TransformerLens
+has two (HookedTransformer and TransformerBridge, TL <= 3), the one ``backend="auto"`` builds keeps the test's
+examples and the other gets a third as many on top (:func:`fuzz_settings` with ``backends=True``), so the suite
+grows by a third there, not twice; with one backend nothing changes.
 """
 
 from __future__ import annotations
@@ -16,19 +21,32 @@ from functools import cache
 from typing import Any
 
 import torch
-from conftest import D_VOCAB, hook_snapshot, tiny_config
+from conftest import BACKENDS, D_VOCAB, hook_snapshot, tiny_config
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 
 from tv_lens import TvLensError
-from tv_lens.models import build_model
+from tv_lens.models import build_model, hooked_transformer_available
 
 N_LAYERS, D_MODEL, N_HEADS, N_CTX = 2, 16, 2, 24
 D_HEAD = D_MODEL // N_HEADS
 
 
-def fuzz_settings(max_examples: int) -> settings:
-    """Few examples, no deadline (the first call of a model is slow), the same examples on every run."""
+DEFAULT_BACKEND = "hooked" if hooked_transformer_available() else "bridge"
+"""The backend ``build_model`` picks for ``backend="auto"``: the one users get, fuzzed with every example."""
+OTHER_BACKENDS = tuple(backend for backend in BACKENDS if backend != DEFAULT_BACKEND)
+OTHER_SHARE = 3
+"""The other backend gets ``max_examples // OTHER_SHARE`` examples on top of the default's ``max_examples``."""
+
+
+def fuzz_settings(max_examples: int, *, backends: bool = False) -> settings:
+    """Few examples, no deadline (the first call of a model is slow), the same examples on every run.
+
+    ``backends``: the test draws :data:`BACKEND`; where there is another backend, it gets a third as many examples
+    again (about a quarter of the total), so the default backend keeps about ``max_examples``.
+    """
+    if backends and OTHER_BACKENDS:
+        max_examples += max_examples // OTHER_SHARE
     return settings(
         max_examples=max_examples,
         deadline=None,
@@ -39,9 +57,9 @@ def fuzz_settings(max_examples: int) -> settings:
 
 
 @cache
-def fuzz_model(dtype: str = "float32") -> Any:
-    """A 2-block model of width 16 and 2 heads over the test vocabulary (built once per dtype, run once)."""
-    config = tiny_config(n_layers=N_LAYERS, d_model=D_MODEL, n_heads=N_HEADS, n_ctx=N_CTX, dtype=dtype)
+def fuzz_model(dtype: str = "float32", backend: str = DEFAULT_BACKEND) -> Any:
+    """A 2-block model of width 16 and 2 heads over the test vocabulary (built once per dtype and backend, run once)."""
+    config = tiny_config(backend, n_layers=N_LAYERS, d_model=D_MODEL, n_heads=N_HEADS, n_ctx=N_CTX, dtype=dtype)
     model = build_model(config)
     with torch.no_grad():  # TransformerBridge wires its own permanent capture hooks on the first forward pass
         model(torch.zeros(1, 2, dtype=torch.long))
@@ -67,6 +85,15 @@ def finite(tensor: torch.Tensor) -> bool:
 
 
 # --- strategies ---
+
+BACKEND = (
+    st.integers(0, 7).map(lambda i: OTHER_BACKENDS[0] if i in (2, 5) else DEFAULT_BACKEND)
+    if OTHER_BACKENDS
+    else st.just(DEFAULT_BACKEND)
+)
+"""The model's backend: the default one, or the other one (where installed) in about a quarter of the examples,
+which :func:`fuzz_settings` adds with ``backends=True`` (middle values: hypothesis draws a range's bounds more).
+With one backend it draws nothing, so the examples are those of a test without it."""
 
 
 def mostly(valid: st.SearchStrategy[Any], invalid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from fuzz_helpers import LAYERS, N_HEADS, N_LAYERS, SEEDS, finite, fuzz_model, fuzz_settings, mostly, outcome
+from fuzz_helpers import BACKEND, LAYERS, N_HEADS, N_LAYERS, SEEDS, finite, fuzz_model, fuzz_settings, mostly, outcome
 from hypothesis import given
 from hypothesis import strategies as st
 from reliability_helpers import POOL, one_thread  # noqa: F401  (autouse: tiny models run on one thread)
@@ -98,8 +98,10 @@ def check_result(result: Any) -> None:
     name = type(result).__name__
     if name == "Decodability":
         assert result.per_task.shape[-1] == N_TASKS and finite(result.td)
-    elif name == "Performance":
-        assert result.values.shape[0] == N_TASKS and finite(result.values)
+    elif name == "Performance":  # NaN where a (task, shots) cell has no prompts (e.g. run_batch, other shots)
+        has_prompts = result.n_prompts > 0
+        assert result.values.shape == has_prompts.shape and result.values.shape[0] == N_TASKS
+        assert finite(result.values[has_prompts]) and bool(result.values[~has_prompts].isnan().all())
     elif name == "Projection":
         assert result.coords.shape[-1] == 2 and finite(result.coords)
     elif name == "PatchingEffects":
@@ -117,8 +119,9 @@ def check_result(result: Any) -> None:
         raise AssertionError(f"unexpected result {name}")
 
 
-@fuzz_settings(100)
+@fuzz_settings(100, backends=True)
 @given(
+    backend=BACKEND,
     make=analyses(),
     n_per_task=N_PER_TASK,
     n_shots=N_SHOTS,
@@ -126,8 +129,10 @@ def check_result(result: Any) -> None:
     on_batch=st.booleans(),
     in_mode=mostly(st.just("plain"), st.sampled_from(["no_grad", "inference_mode"])),
 )
-def test_analysis_run(make: Any, n_per_task: Any, n_shots: Any, seed: Any, on_batch: bool, in_mode: str) -> None:
-    model = fuzz_model()
+def test_analysis_run(
+    backend: str, make: Any, n_per_task: Any, n_shots: Any, seed: Any, on_batch: bool, in_mode: str
+) -> None:
+    model = fuzz_model(backend=backend)
 
     def call() -> Any:
         analysis = make()

@@ -157,7 +157,7 @@ def test_run_files(content: bytes) -> None:
 
 def test_run_file_nested_too_deeply_for_pretrained_runs() -> None:
     folder = written(nested(10_000), "run.json").parent
-    with pytest.raises(ArtefactError, match=r"run\.json is unreadable"):
+    with pytest.raises(ArtefactError, match=r"run\.json is not valid JSON"):
         read_pretrained_config(folder)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from conftest import D_VOCAB
 from fuzz_helpers import (
+    BACKEND,
     D_HEAD,
     D_MODEL,
     LAYERS,
@@ -59,15 +60,16 @@ def prompts(draw: Any) -> tuple[Any, Any, Any]:
     return tokens, draw(positions(n_prompts, width)), draw(attention_masks(tokens))
 
 
-@fuzz_settings(120)
+@fuzz_settings(120, backends=True)
 @given(
+    backend=BACKEND,
     prompt=prompts(),
     layers=LAYERS,
     site=SITES,
     batch_size=mostly(st.sampled_from([1, 2, 64]), st.sampled_from([0, 2.5])),
 )
-def test_collect(prompt: tuple[Any, Any, Any], layers: Any, site: Any, batch_size: Any) -> None:
-    model = fuzz_model()
+def test_collect(backend: str, prompt: tuple[Any, Any, Any], layers: Any, site: Any, batch_size: Any) -> None:
+    model = fuzz_model(backend=backend)
     tokens, answer_pos, mask = prompt
     reps = outcome(
         model,
@@ -102,10 +104,15 @@ def interventions(draw: Any, n_prompts: int) -> Any:
     return made
 
 
-@fuzz_settings(120)
-@given(data=st.data(), prompt=prompts(), n_answer=mostly(st.sampled_from([1, 2]), st.sampled_from([0, 30, True])))
-def test_run_with_interventions(data: st.DataObject, prompt: tuple[Any, Any, Any], n_answer: Any) -> None:
-    model = fuzz_model(data.draw(mostly(st.just("float32"), st.sampled_from(["float16", "float64"]))))
+@fuzz_settings(120, backends=True)
+@given(
+    backend=BACKEND,
+    data=st.data(),
+    prompt=prompts(),
+    n_answer=mostly(st.sampled_from([1, 2]), st.sampled_from([0, 30, True])),
+)
+def test_run_with_interventions(backend: str, data: st.DataObject, prompt: tuple[Any, Any, Any], n_answer: Any) -> None:
+    model = fuzz_model(data.draw(mostly(st.just("float32"), st.sampled_from(["float16", "float64"]))), backend)
     tokens, answer_pos, mask = prompt
     n_prompts = int(tokens.shape[0]) if tokens.ndim else 0
     makers = data.draw(interventions(n_prompts))
@@ -122,8 +129,9 @@ def test_run_with_interventions(data: st.DataObject, prompt: tuple[Any, Any, Any
         assert len(run.writes) == len(makers) and all(count > 0 for count in run.writes)
 
 
-@fuzz_settings(40)
+@fuzz_settings(40, backends=True)
 @given(
+    backend=BACKEND,
     n_per_task=mostly(st.sampled_from([1, 2, 3]), st.sampled_from([0, -1, 10**12, 2.0])),
     n_shots=mostly(st.sampled_from([0, 1, 2, (0, 2)]), st.sampled_from([-1, (2, 1), 1000])),
     layers=LAYERS,
@@ -131,10 +139,12 @@ def test_run_with_interventions(data: st.DataObject, prompt: tuple[Any, Any, Any
     site=SITES,
     seed=SEEDS,
 )
-def test_task_vectors(n_per_task: Any, n_shots: Any, layers: Any, reduce: Any, site: Any, seed: Any) -> None:
+def test_task_vectors(
+    backend: str, n_per_task: Any, n_shots: Any, layers: Any, reduce: Any, site: Any, seed: Any
+) -> None:
     from reliability_helpers import POOL
 
-    model = fuzz_model()
+    model = fuzz_model(backend=backend)
     tv = outcome(
         model,
         lambda: TaskVectors.from_model(
@@ -147,8 +157,9 @@ def test_task_vectors(n_per_task: Any, n_shots: Any, layers: Any, reduce: Any, s
         assert finite(tv.vectors)
 
 
-@fuzz_settings(60)
+@fuzz_settings(60, backends=True)
 @given(
+    backend=BACKEND,
     data=st.data(),
     prompt=prompts(),
     max_new=mostly(st.sampled_from([1, 3]), st.sampled_from([0, 100, 2.0])),
@@ -160,11 +171,17 @@ def test_task_vectors(n_per_task: Any, n_shots: Any, layers: Any, reduce: Any, s
     batch=st.booleans(),
 )
 def test_generate(
-    data: st.DataObject, prompt: tuple[Any, Any, Any], max_new: Any, sampling: dict, seed: Any, batch: bool
+    backend: str,
+    data: st.DataObject,
+    prompt: tuple[Any, Any, Any],
+    max_new: Any,
+    sampling: dict,
+    seed: Any,
+    batch: bool,
 ) -> None:
     from reliability_helpers import POOL
 
-    model = fuzz_model()
+    model = fuzz_model(backend=backend)
     tokens, answer_pos, mask = prompt
     n_prompts = int(tokens.shape[0]) if tokens.ndim else 0
     makers = data.draw(interventions(n_prompts))

@@ -6,7 +6,18 @@ from typing import Any
 
 import torch
 from conftest import D_VOCAB
-from fuzz_helpers import D_MODEL, N_LAYERS, finite, fuzz_model, fuzz_settings, mostly, outcome, positions, vectors
+from fuzz_helpers import (
+    BACKEND,
+    D_MODEL,
+    N_LAYERS,
+    finite,
+    fuzz_model,
+    fuzz_settings,
+    mostly,
+    outcome,
+    positions,
+    vectors,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,8 +29,9 @@ OPERATION = mostly(st.sampled_from(["replace", "add"]), st.sampled_from(["ablate
 SCALE = mostly(st.sampled_from([1.0, 0.5, -2, 0]), st.sampled_from([float("nan"), float("inf"), "1", True]))
 
 
-@fuzz_settings(60)
+@fuzz_settings(60, backends=True)
 @given(
+    backend=BACKEND,
     data=st.data(),
     vector=vectors(),
     layer=LAYER,
@@ -28,8 +40,10 @@ SCALE = mostly(st.sampled_from([1.0, 0.5, -2, 0]), st.sampled_from([float("nan")
     n_prompts=st.integers(1, 3),
     width=st.integers(1, 8),
 )
-def test_steer(data: st.DataObject, vector: Any, layer: Any, operation: Any, scale: Any, n_prompts, width) -> None:
-    model = fuzz_model()
+def test_steer(
+    backend: str, data: st.DataObject, vector: Any, layer: Any, operation: Any, scale: Any, n_prompts, width
+) -> None:
+    model = fuzz_model(backend=backend)
     tokens = torch.randint(0, D_VOCAB, (n_prompts, width), generator=torch.Generator().manual_seed(width))
     answer_pos = data.draw(positions(n_prompts, width))
     logits = outcome(
@@ -41,10 +55,15 @@ def test_steer(data: st.DataObject, vector: Any, layer: Any, operation: Any, sca
         assert finite(logits)
 
 
-@fuzz_settings(40)
-@given(vector=vectors(), layer=LAYER, pos=mostly(st.sampled_from([-1, 0, "all"]), st.sampled_from([99, "last", 1.5])))
-def test_steering_context(vector: Any, layer: Any, pos: Any) -> None:
-    model = fuzz_model()
+@fuzz_settings(40, backends=True)
+@given(
+    backend=BACKEND,
+    vector=vectors(),
+    layer=LAYER,
+    pos=mostly(st.sampled_from([-1, 0, "all"]), st.sampled_from([99, "last", 1.5])),
+)
+def test_steering_context(backend: str, vector: Any, layer: Any, pos: Any) -> None:
+    model = fuzz_model(backend=backend)
     tokens = torch.randint(0, D_VOCAB, (2, 5), generator=torch.Generator().manual_seed(0))
 
     def call() -> Any:
@@ -56,13 +75,14 @@ def test_steering_context(vector: Any, layer: Any, pos: Any) -> None:
         assert logits.shape == (2, 5, D_VOCAB)
 
 
-@fuzz_settings(40)
+@fuzz_settings(40, backends=True)
 @given(
+    backend=BACKEND,
     vector=mostly(vectors(), st.dictionaries(st.text(max_size=3), vectors(), max_size=2)),
     k=mostly(st.integers(1, D_VOCAB), st.sampled_from([0, -1, D_VOCAB + 1, 2.0, None])),
 )
-def test_decode_vectors(vector: Any, k: Any) -> None:
-    model = fuzz_model()
+def test_decode_vectors(backend: str, vector: Any, k: Any) -> None:
+    model = fuzz_model(backend=backend)
     decoding = outcome(model, lambda: decode_vectors(model, vector, k))
     if decoding is not None:
         frame = decoding.to_frame()

@@ -21,11 +21,11 @@ from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, prompt_task_ids
 from tv_lens.analyses.pruning import task_mean
 from tv_lens.analyses.stacking import Cell, align, run_sweep
-from tv_lens.errors import ModelNotSupportedError, ShapeError, TaskError
+from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError, TaskError
 from tv_lens.interventions import ablate_head
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import read_pass
-from tv_lens.positions import length_sorted_batches
+from tv_lens.positions import check_tensor_data, length_sorted_batches
 from tv_lens.results.function_vectors import IndirectEffects, MeanHeadActivations
 
 __all__ = ["IndirectEffects", "MeanHeadActivations", "causal_indirect_effects", "check_means", "mean_head_activations"]
@@ -141,10 +141,17 @@ def causal_indirect_effects(
     Raises:
         TaskError: A prompt's task has no mean activation.
         ShapeError: ``means`` from a model with other head sizes.
+        NonFiniteError: ``means`` hold NaN or infinite values.
+        AnalysisError: ``label_noise`` is not a number in ``[0, 1]``.
     """
     adapter = adapt(model)
     check_bootstrap(n_bootstrap, ci)
     check_means(adapter, means)
+    if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0 <= label_noise <= 1:
+        raise AnalysisError(
+            f"label_noise must be a number in [0, 1] (the share of wrong demonstration labels in the corrupted "
+            f"prompts, recorded on the result), got {label_noise!r}; e.g. 0.99."
+        )
     answers = answer_tokens(answers, len(inputs))
     prompts = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
     ids = _mean_ids(prompt_task_ids(task_ids, task_names, len(prompts)), task_names, means)
@@ -191,13 +198,19 @@ def _score(logits: Tensor, index: Tensor, *, answers: Tensor) -> Tensor:
 
 
 def check_means(adapter: ModelAdapter, means: MeanHeadActivations) -> None:
-    """Raise unless ``means`` are :class:`MeanHeadActivations` of this model's heads and blocks."""
+    """Raise unless ``means`` are finite :class:`MeanHeadActivations` of this model's heads and blocks."""
     if not isinstance(means, MeanHeadActivations):
         raise ShapeError(f"means must be MeanHeadActivations (from mean_head_activations), got {type(means).__name__}.")
     if tuple(means.activations.shape[2:]) != (adapter.n_heads, adapter.d_head):
         raise ShapeError(
             f"The mean head activations are [head={means.activations.shape[2]}, d_head={means.activations.shape[3]}] "
             f"but the model has {adapter.n_heads} heads of width {adapter.d_head}; compute them on this model."
+        )
+    check_tensor_data(means.activations, "The mean head activations")
+    if not bool(torch.isfinite(means.activations).all()):
+        raise NonFiniteError(
+            "The mean head activations hold NaN or infinite values; compute them again with mean_head_activations "
+            "from clean prompts of a model whose outputs are finite (check its weights with torch.isfinite)."
         )
     adapter.check_layers(means.layers)
 

@@ -24,7 +24,25 @@ from torch import Tensor
 
 from tv_lens.errors import NonFiniteError, ShapeError, TaskError
 from tv_lens.metrics import token_accuracy, token_cross_entropy
+from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.probes import Representations, collect
+
+__all__ = [
+    "LabelledStack",
+    "LabelsInput",
+    "PromptBatch",
+    "PromptPool",
+    "RepresentationAnalysis",
+    "RepsInput",
+    "answer_counts",
+    "answer_scores",
+    "answer_tokens",
+    "check_pool",
+    "finite_outputs",
+    "labelled_stack",
+    "prompt_task_ids",
+    "sample_batch",
+]
 
 
 class PromptBatch(Protocol):
@@ -162,10 +180,12 @@ def answer_tokens(answers: Int[Tensor, "batch ..."], n_prompts: int) -> Int[Tens
 
     Answers of different lengths are right-padded with ``-1``; :func:`answer_counts` gives each one's length.
     """
-    answers = torch.as_tensor(answers)
+    answers = tensor_of(answers, "answers", f"integer tokens [batch={n_prompts}, n_answer] (batch.answers)")
+    check_tensor_data(answers, "answers")
     if answers.ndim == 1:
         answers = answers[:, None]
-    if answers.ndim != 2 or answers.shape[0] != n_prompts or answers.is_floating_point():
+    integer = not (answers.is_floating_point() or answers.is_complex() or answers.dtype == torch.bool)
+    if answers.ndim != 2 or answers.shape[0] != n_prompts or not integer:
         raise ShapeError(
             f"answers must be integer tokens [batch={n_prompts}, n_answer], got {answers.dtype} "
             f"{tuple(answers.shape)}; pass the answers of these prompts (batch.answers)."
@@ -181,11 +201,15 @@ def answer_counts(answers: Int[Tensor, "batch n_answer"]) -> Int[Tensor, " batch
 def prompt_task_ids(
     task_ids: Int[Tensor, " batch"], task_names: Sequence[str], n_prompts: int
 ) -> Int[Tensor, " batch"]:
-    """``task_ids`` as long on the CPU, after checking one per prompt, each indexing ``task_names``."""
-    ids = torch.as_tensor(task_ids).cpu().long()
+    """``task_ids`` as long on the CPU, after checking one integer per prompt, each indexing ``task_names``."""
+    ids = tensor_of(task_ids, "task_ids", f"one integer task id per prompt ({n_prompts},) (batch.task_ids)")
+    check_tensor_data(ids, "task_ids")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ShapeError(f"task_ids must be integer indices into task_names, got {ids.dtype}; pass batch.task_ids.")
+    ids = ids.cpu().long()
     if ids.shape != (n_prompts,):
         raise ShapeError(f"task_ids must have one entry per prompt ({n_prompts},), got {tuple(ids.shape)}.")
-    if int(ids.min()) < 0 or int(ids.max()) >= len(task_names):
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(task_names)):
         raise TaskError(f"task_ids must index task_names {tuple(task_names)}.")
     return ids
 

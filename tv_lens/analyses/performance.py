@@ -34,6 +34,7 @@ from tv_lens.interventions import run_with_interventions
 from tv_lens.metrics import mse, token_accuracy, token_cross_entropy
 from tv_lens.models.exclusive import evaluating
 from tv_lens.results.performance import Performance
+from tv_lens.tasks.pool import seeded_generator
 
 __all__ = [
     "METRICS",
@@ -107,6 +108,7 @@ def icl_performance(
         seed: Seed of the bootstrap.
     """
     check_bootstrap(n_bootstrap, ci)
+    seeded_generator(seed)  # checks the seed before the seed + j of each shot count below
     scores = torch.as_tensor(scores).detach().cpu().double()
     tasks = _ints(task_ids, "task_ids")
     shots = _ints(n_shots, "n_shots")

@@ -14,6 +14,7 @@ Prompts: ICL prompts sampled with ``seed`` (TD, TVP, and the FV's clean means), 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,7 +22,7 @@ from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.function_vectors import FunctionVectors
 from tv_lens.analyses.inputs import check_pool
 from tv_lens.analyses.prompting import TaskVectorPrompting
-from tv_lens.errors import AnalysisError
+from tv_lens.errors import AnalysisError, LayerOutOfRangeError
 from tv_lens.results.vector_comparison import VectorComparison
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import ICLBatch, ShotSpec, TaskPool, TextPool
@@ -55,6 +56,11 @@ class CompareVectors:
             if not isinstance(getattr(self, name), kind):
                 raise AnalysisError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}.")
         if self.layers is not None:
+            if isinstance(self.layers, (int, str, bytes)) or not isinstance(self.layers, Iterable):
+                raise LayerOutOfRangeError(
+                    f"layers must be a sequence of block indices such as (0, 1), got {self.layers!r}; for a single "
+                    f"layer pass a one-element tuple, e.g. ({self.layers!r},)."
+                )
             object.__setattr__(self, "layers", tuple(self.layers))
 
     def configs(self) -> tuple[TaskDecodability, TaskVectorPrompting, FunctionVectors]:

@@ -24,6 +24,7 @@ from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError
 from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.models.row_logits import unembed_rows
+from tv_lens.positions import check_tensor_data
 from tv_lens.results.function_vectors import FunctionVector
 from tv_lens.results.vector_decoding import VectorDecoding
 from tv_lens.task_vectors import TaskVectors
@@ -103,6 +104,16 @@ def _named_rows(
     if isinstance(vectors, Mapping):
         if not vectors or not all(isinstance(v, Tensor) and v.ndim == 1 for v in vectors.values()):
             raise ShapeError("A dict of vectors must map names to [d_model] tensors, at least one.")
+        for name, vector in vectors.items():
+            check_tensor_data(vector, f"Vector {name!r}")
+            if not vector.is_floating_point():
+                raise ShapeError(f"Vector {name!r} is {vector.dtype}; a dict of vectors must hold float tensors.")
+        widths = sorted({int(vector.shape[0]) for vector in vectors.values()})
+        if len(widths) > 1:
+            raise ShapeError(
+                f"A dict of vectors must hold [d_model] tensors of one width, got widths {widths}; pass vectors of "
+                "the model's d_model."
+            )
         names = tuple(str(name) for name in vectors)
         return (
             names,
@@ -111,6 +122,7 @@ def _named_rows(
             torch.stack([v.detach().cpu() for v in vectors.values()]),
         )
     if isinstance(vectors, Tensor) and vectors.ndim in (1, 2) and vectors.is_floating_point():
+        check_tensor_data(vectors, "vectors")
         rows = vectors[None] if vectors.ndim == 1 else vectors
         names = ("vector",) if vectors.ndim == 1 else tuple(f"vector {i}" for i in range(len(rows)))
         return names, ("",) * len(names), (None,) * len(names), rows
