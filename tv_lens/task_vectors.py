@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from plotly.basedatatypes import BaseTraceType
 
-    from tv_lens.results.vector_decoding import VectorDecoding
+    from tv_lens.results.vector_decoding import NamedRows, VectorDecoding
 
 __all__ = ["REDUCTIONS", "Reduce", "TaskVectors"]
 
@@ -284,6 +284,13 @@ class TaskVectors(Result):
         for layer in self.layers:
             adapter.check_layer(layer, allow_embed=True)
         return adapter
+
+    def named_rows(self, model: Any) -> NamedRows:
+        """Every (task, layer) vector as a row named ``"{task} L{layer}"``, after :meth:`check_model`."""
+        self.check_model(model)
+        pairs = [(task, layer) for task in self.task_names for layer in self.layers]
+        names = tuple(f"{task} L{layer}" for task, layer in pairs)
+        return names, tuple(t for t, _ in pairs), tuple(ly for _, ly in pairs), self.vectors.flatten(0, 1)
 
     def decode(self, model: Any, k: int = 10, *, tokenizer: Any = None) -> VectorDecoding:
         """Logit lens of every (task, layer) vector: top ``k`` tokens (:func:`tv_lens.analyses.decode_vectors`)."""

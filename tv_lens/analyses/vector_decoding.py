@@ -25,13 +25,11 @@ from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.models.row_logits import unembed_rows
 from tv_lens.positions import check_tensor_data
-from tv_lens.results.function_vectors import FunctionVector
-from tv_lens.results.vector_decoding import VectorDecoding
-from tv_lens.task_vectors import TaskVectors
+from tv_lens.results.vector_decoding import NamedRows, NamedVectors, VectorDecoding
 
 __all__ = ["VectorDecoding", "decode_vectors", "logit_lens"]
 
-Vectors = TaskVectors | FunctionVector | Tensor | Mapping[str, Tensor]
+Vectors = NamedVectors | Tensor | Mapping[str, Tensor]
 
 
 def logit_lens(model: Any, vectors: Float[Tensor, "n d_model"]) -> tuple[Float[Tensor, "n d_vocab"], str]:
@@ -88,19 +86,12 @@ def decode_vectors(model: Any, vectors: Vectors, k: int = 10, *, tokenizer: Any 
     return VectorDecoding(names, tasks, layers, order, logits.gather(-1, order), tokens, normalisation)
 
 
-def _named_rows(
-    model: Any, vectors: Vectors
-) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int | None, ...], Float[Tensor, "n d_model"]]:
+def _named_rows(model: Any, vectors: Vectors) -> NamedRows:
     """Names, tasks, layers and the stacked rows of ``vectors``; the source model is checked where recorded."""
-    if isinstance(vectors, TaskVectors):
-        vectors.check_model(model)
-        pairs = [(task, layer) for task in vectors.task_names for layer in vectors.layers]
-        names = tuple(f"{task} L{layer}" for task, layer in pairs)
-        return names, tuple(t for t, _ in pairs), tuple(ly for _, ly in pairs), vectors.vectors.flatten(0, 1)
-    if isinstance(vectors, FunctionVector):
-        vectors.check_model(model)
-        names = tuple(f"{task} FV" for task in vectors.task_names)
-        return names, vectors.task_names, (None,) * len(names), vectors.vectors
+    named_rows = getattr(vectors, "named_rows", None)
+    if callable(named_rows):  # TaskVectors, FunctionVector
+        named: NamedRows = named_rows(model)
+        return named
     if isinstance(vectors, Mapping):
         if not vectors or not all(isinstance(v, Tensor) and v.ndim == 1 for v in vectors.values()):
             raise ShapeError("A dict of vectors must map names to [d_model] tensors, at least one.")

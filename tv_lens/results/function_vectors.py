@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from plotly.basedatatypes import BaseTraceType
 
-    from tv_lens.results.vector_decoding import VectorDecoding
+    from tv_lens.results.vector_decoding import NamedRows, VectorDecoding
 
 __all__ = ["FunctionVector", "IndirectEffects", "MeanHeadActivations", "head_label"]
 
@@ -309,6 +309,12 @@ class FunctionVector(Result):
         adapter = adapt(model)
         check_vector_model(adapter, self.d_model, self.provenance, "This function vector's vectors", _REBUILD)
         return adapter
+
+    def named_rows(self, model: Any) -> NamedRows:
+        """Every task's vector as a row named ``"{task} FV"``, after :meth:`check_model`."""
+        self.check_model(model)
+        names = tuple(f"{task} FV" for task in self.task_names)
+        return names, self.task_names, (None,) * len(names), self.vectors
 
     def decode(self, model: Any, k: int = 10, *, tokenizer: Any = None) -> VectorDecoding:
         """Logit lens of every task's vector: top ``k`` tokens (:func:`tv_lens.analyses.decode_vectors`)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -15,7 +15,19 @@ if TYPE_CHECKING:
     import pandas as pd
     from plotly.basedatatypes import BaseTraceType
 
-__all__ = ["NORMALISATIONS", "VectorDecoding"]
+__all__ = ["NORMALISATIONS", "NamedRows", "NamedVectors", "VectorDecoding"]
+
+NamedRows = tuple[tuple[str, ...], tuple[str, ...], tuple["int | None", ...], Float[Tensor, "n d_model"]]
+"""Names, tasks and layers (``None``: no layer) of vectors, and the vectors stacked as rows."""
+
+
+class NamedVectors(Protocol):
+    """Vectors that name themselves for decoding (:class:`~tv_lens.task_vectors.TaskVectors`, a function vector)."""
+
+    def named_rows(self, model: Any) -> NamedRows:
+        """Every vector as a named row, after checking that ``model`` is one the vectors fit."""
+        ...
+
 
 #: How a vector is normalised before the unembedding: the model's final norm, or none (a model without one).
 NORMALISATIONS = ("ln_final", "none")
