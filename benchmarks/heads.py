@@ -16,7 +16,7 @@ from benchmarks.common import Row, Scale, bench_model, measure, pass_rows
 from benchmarks.patching import bench_batch, floor_note
 from tv_lens.analyses.attribution import head_attribution
 from tv_lens.analyses.heads import HeadAblation, spearman
-from tv_lens.analyses.stacking import align
+from tv_lens.interventions.sweep import align
 
 
 def _usual_loop(model, batch, n_layers: int, n_heads: int, batch_size: int):

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import Row, Scale, bench_model, measure, pass_rows
 from tv_lens.analyses.patching import TaskVectorPatching
-from tv_lens.analyses.stacking import start_skips_blocks
 from tv_lens.interventions import supports_blocked_keys
+from tv_lens.interventions.sweep import start_skips_blocks
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import offset_pool
 

@@ -63,8 +63,8 @@ import torch.nn.functional as F
 from benchmarks.common import QUICK, Row, Scale, machine_lines, pass_rows, print_table
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.patching import TaskVectorPatching
-from tv_lens.analyses.stacking import start_skips_blocks
 from tv_lens.interventions import supports_blocked_keys
+from tv_lens.interventions.sweep import start_skips_blocks
 from tv_lens.models.local_hf import build_tokenizer
 from tv_lens.probes import Representations, collect
 from tv_lens.task_vectors import TaskVectors

@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import hook_snapshot, left_padded, ragged_prompts
 
-import tv_lens.interventions as engine
+import tv_lens.interventions.engine as engine
 import tv_lens.models.row_logits as row_logits
 from tv_lens.errors import (
     HookNotFoundError,

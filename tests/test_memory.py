@@ -16,9 +16,9 @@ from tv_lens.analyses import (
     causal_indirect_effects,
     mean_head_activations,
 )
-from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import OutOfMemoryError
 from tv_lens.interventions import ablate_head, add, run_with_interventions
+from tv_lens.interventions.sweep import Cell, align, run_sweep
 from tv_lens.models.memory import fitting
 from tv_lens.probes import collect
 from tv_lens.task_vectors import TaskVectors

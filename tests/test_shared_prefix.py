@@ -6,9 +6,8 @@ import pytest
 import torch
 from conftest import left_padded, ragged_prompts
 
-import tv_lens.analyses.stacking as stacking
-import tv_lens.interventions as engine
-from tv_lens.analyses.stacking import Cell, align, run_sweep, start_skips_blocks
+import tv_lens.interventions.masking as masking
+import tv_lens.interventions.sweep as stacking
 from tv_lens.errors import LayerOutOfRangeError, ModelNotSupportedError, ShapeError
 from tv_lens.interventions import (
     BlockedKeysPrecisionError,
@@ -19,6 +18,7 @@ from tv_lens.interventions import (
     run_with_interventions,
     supports_blocked_keys,
 )
+from tv_lens.interventions.sweep import Cell, align, run_sweep, start_skips_blocks
 from tv_lens.models import adapt
 from tv_lens.models.running import forward
 
@@ -181,8 +181,8 @@ def test_a_shared_row_that_would_be_imprecise_falls_back_to_separate_rows(model,
     def imprecise(*args, **kwargs):
         raise BlockedKeysPrecisionError("nearly all attention on blocked keys")
 
-    monkeypatch.setattr(engine, "_mask_scores", imprecise)
-    monkeypatch.setattr(engine, "_mask_pattern", imprecise)
+    monkeypatch.setattr(masking, "_mask_scores", imprecise)
+    monkeypatch.setattr(masking, "_mask_pattern", imprecise)
     fallback = run_sweep(model, prompts, cells, score, rows_per_pass=len(prompts))  # one cell per stacked pass
     torch.testing.assert_close(fallback.cells, expected.cells, atol=1e-6, rtol=0)
     assert fallback.n_passes > expected.n_passes

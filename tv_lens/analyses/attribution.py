@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.analyses.stacking import AlignedPrompts
+from tv_lens.interventions.sweep import AlignedPrompts
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.metrics import token_cross_entropy
 from tv_lens.models.adapter import adapt
@@ -48,7 +48,7 @@ def head_attribution(
 
     Args:
         model: A TransformerLens model.
-        prompts: Aligned prompts (:func:`tv_lens.analyses.stacking.align`).
+        prompts: Aligned prompts (:func:`tv_lens.interventions.sweep.align`).
         answers: Answer tokens of each prompt.
         ablation_values: What each head's ``hook_z`` is ablated to, at every position.
         batch_size: Prompts per forward/backward pass.

@@ -28,7 +28,7 @@ makes the model do the task.
 The Null task (random answers) has no function to find: :class:`FunctionVectors` leaves its prompts out.
 
 Speed: the mean activations cost one forward pass per batch of clean prompts, stopped after the last block. The
-CIE of every head is a cell of one stacked sweep (:mod:`tv_lens.analyses.stacking`): the patch writes at the
+CIE of every head is a cell of one stacked sweep (:mod:`tv_lens.interventions.sweep`): the patch writes at the
 answer position only, so prompts share their prefix across heads where the model's attention allows, and
 passes start at the patched block from the clean residual. Every patch and injection goes through
 :func:`tv_lens.interventions.run_with_interventions` (a head's ``hook_z`` set to a value is

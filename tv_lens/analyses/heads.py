@@ -24,7 +24,7 @@ Choices, exposed as options:
 
 Speed: every single-head ablation is a cell of a stacked sweep (several heads per forward pass, each
 writing only to its own copy of the prompts; passes start at the ablated block from the clean
-residual where the model allows, :mod:`tv_lens.analyses.stacking`). Attribution patching
+residual where the model allows, :mod:`tv_lens.interventions.sweep`). Attribution patching
 (:mod:`tv_lens.analyses.attribution`) estimates every head's loss change from one forward and one backward
 pass, and its Spearman rank agreement with the exact ablations is reported. Every ablation goes through
 :func:`tv_lens.interventions.run_with_interventions`; the result records how many prompts each wrote to.
@@ -54,7 +54,7 @@ from tv_lens.analyses.pruning import (
     spearman,
     task_mean,
 )
-from tv_lens.analyses.stacking import AlignedPrompts, Cell, Sweep, align, run_sweep
+from tv_lens.interventions.sweep import AlignedPrompts, Cell, Sweep, align, run_sweep
 from tv_lens.errors import AnalysisError
 from tv_lens.interventions import ablate_head
 from tv_lens.models.adapter import ModelAdapter, adapt

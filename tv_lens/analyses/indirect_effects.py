@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, prompt_task_ids
 from tv_lens.analyses.pruning import task_mean
-from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError, TaskError
 from tv_lens.interventions import ablate_head
+from tv_lens.interventions.sweep import Cell, align, run_sweep
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import read_pass
 from tv_lens.positions import check_tensor_data, length_sorted_batches

@@ -26,7 +26,7 @@ Choices, exposed as options with documented defaults:
 
 Speed: a sweep is (layers x targets) cells over the same prompts. Cells are stacked on the batch dimension
 (several per forward pass, each writing only to its own copy of the prompts, see
-:mod:`tv_lens.analyses.stacking`), and a resid_post patch at block ``l`` is written at the identical
+:mod:`tv_lens.interventions.sweep`), and a resid_post patch at block ``l`` is written at the identical
 resid_pre of block ``l + 1``, so the pass can start there from the clean residual. Every patch goes
 through :func:`tv_lens.interventions.run_with_interventions`; the result records how many prompts each
 (layer, target) intervention wrote to.
@@ -46,9 +46,9 @@ from tv_lens.analyses.bootstrap import check_bootstrap
 from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, check_pool, prompt_task_ids
 from tv_lens.analyses.options import CausalOptions
 from tv_lens.analyses.patching_summary import summarize_patching
-from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import AnalysisError, TaskError
 from tv_lens.interventions import Intervention, add, replace
+from tv_lens.interventions.sweep import Cell, align, run_sweep
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.results.patching import PatchingEffects
 from tv_lens.task_vectors import Reduce, TaskVectors

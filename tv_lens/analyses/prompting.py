@@ -28,7 +28,7 @@ Options, with defaults after the papers:
 
 Cost: one pass of the ICL prompts reads every layer's vectors (:func:`tv_lens.probes.collect`), one clean
 pass scores them, and the zero-shot prompts run once clean and once per layer, several layers stacked per
-forward pass (:mod:`tv_lens.analyses.stacking`). Every injection goes through
+forward pass (:mod:`tv_lens.interventions.sweep`). Every injection goes through
 :func:`tv_lens.interventions.run_with_interventions`; the result records how many prompts each wrote to.
 """
 
@@ -46,10 +46,10 @@ from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.inputs import answer_counts, answer_scores, check_pool, prompt_task_ids
 from tv_lens.analyses.options import CausalOptions
 from tv_lens.analyses.patching import patch_site
-from tv_lens.analyses.stacking import Cell, align, run_sweep
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
 from tv_lens.generation import exact_match, first_word_match, generate
 from tv_lens.interventions import add, replace, run_with_interventions
+from tv_lens.interventions.sweep import Cell, align, run_sweep
 from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating
 from tv_lens.probes import collect

@@ -14,8 +14,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tv_lens.analyses.stacking import Sweep
 from tv_lens.errors import AnalysisError
+from tv_lens.interventions.sweep import Sweep
 from tv_lens.results.heads import PruningCurve
 
 __all__ = ["SHARED_METHODS", "pruning_curve", "pruning_order", "shared_heads", "spearman"]

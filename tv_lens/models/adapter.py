@@ -18,7 +18,7 @@ The capabilities tv_lens probes, and where each probe lives:
 - ``block_skipping``: tv_lens can skip the blocks below a layer itself
   (:func:`tv_lens.models.block_skipping.supports_block_skipping`);
 - ``start_skips_blocks``: a pass from a layer really skips the blocks below it
-  (:func:`tv_lens.analyses.stacking.start_skips_blocks`);
+  (:func:`tv_lens.interventions.sweep.start_skips_blocks`);
 - ``attention_masking``: hooks can block keys from queries (:func:`tv_lens.interventions.masking_strategy`);
 - ``kv_cache``: a KV cache reproduces the full pass (:func:`tv_lens.generation.kv_cache_support`);
 - ``row_unembedding``: final norm + unembedding of residual rows gives the model's logits

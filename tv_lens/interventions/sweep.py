@@ -36,12 +36,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tv_lens.errors import InterventionNotAppliedError, ShapeError
-from tv_lens.interventions import (
-    BlockedKeysPrecisionError,
-    Intervention,
-    run_with_interventions,
-    supports_blocked_keys,
-)
+from tv_lens.interventions.engine import run_with_interventions
+from tv_lens.interventions.masking import BlockedKeysPrecisionError, supports_blocked_keys
+from tv_lens.interventions.specs import Intervention
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.block_skipping import supports_block_skipping
 from tv_lens.models.exclusive import evaluating

@@ -21,6 +21,7 @@ Guarantees:
 >>> from tv_lens.models import ModelConfig, build_model
 >>> model = build_model(ModelConfig(d_vocab=16, n_layers=2, d_model=32, n_heads=4, n_ctx=32))
 >>> tokens = torch.randint(0, 16, (3, 8))
+>>> from tv_lens.interventions import ablate_head, add
 >>> run = run_with_interventions(model, tokens, 7, [ablate_head(1, 0), add(0, torch.ones(32))])
 >>> run.logits.shape, run.writes
 (torch.Size([3, 1, 16]), (3, 3))
@@ -28,30 +29,28 @@ Guarantees:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tv_lens.errors import (
-    HookNotFoundError,
     InterventionNotAppliedError,
     LayerOutOfRangeError,
-    ModelNotSupportedError,
     NonFiniteError,
     PositionError,
     ShapeError,
 )
+from tv_lens.interventions.masking import mask_hooks, validated_blocked_keys
+from tv_lens.interventions.specs import Intervention, _check_values
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.block_skipping import supports_block_skipping
 from tv_lens.models.memory import fitting
 from tv_lens.models.row_logits import logits_at
-from tv_lens.models.running import forward
 from tv_lens.positions import (
     AnswerLengths,
     Inputs,
@@ -64,110 +63,7 @@ from tv_lens.positions import (
     tensor_of,
 )
 
-Positions = Literal["answer", "all"] | int | Sequence[int] | Tensor
-Rows = Sequence[int] | Tensor | None
-
-#: How a model's attention is masked through hooks: scores set to -inf before the softmax, or the
-#: softmax output with blocked keys zeroed and each row renormalised.
-_MASK_HOOKS = {"scores": "blocks.{layer}.attn.hook_attn_scores", "pattern": "blocks.{layer}.attn.hook_pattern"}
-
-
-class BlockedKeysPrecisionError(NonFiniteError):
-    """Blocked keys held (nearly) all of a query's attention, so the renormalised pattern is imprecise."""
-
-
-@dataclass(frozen=True)
-class Intervention:
-    """What to write at one hook point. Make one with :func:`replace`, :func:`add` or :func:`ablate_head`.
-
-    Attributes:
-        kind: ``"replace"``, ``"add"`` or ``"ablate_head"``.
-        layer: TransformerLens block index (``-1`` = embedding output, residual sites only).
-        site: Residual site (``"resid_post"`` ...) or ``"attn.hook_z"`` for head ablations.
-        values: ``[width]`` for every prompt or ``[n_rows, width]`` per selected prompt; ``None`` writes 0.
-        pos: ``"answer"`` (each prompt's answer position), ``"all"``, an int, or ``[batch]`` per prompt
-            (in the caller's padded layout).
-        rows: Prompts (batch indices) to write to; ``None`` = all.
-        head: Head index for head ablations.
-    """
-
-    kind: Literal["replace", "add", "ablate_head"]
-    layer: int
-    site: str
-    values: Tensor | None
-    pos: Positions
-    rows: Rows = None
-    head: int | None = None
-
-    def __str__(self) -> str:
-        head = f" head {self.head}" if self.head is not None else ""
-        return f"{self.kind}(layer {self.layer}{head}, {self.site}, pos={_short(self.pos)})"
-
-
-def replace(
-    layer: int,
-    vector: Float[Tensor, "*rows d_model"],
-    pos: Positions = "answer",
-    site: str = "resid_post",
-    rows: Rows = None,
-) -> Intervention:
-    """Overwrite the residual stream at ``site`` of block ``layer`` with ``vector`` at ``pos``."""
-    return Intervention("replace", layer, site, _as_values(vector, "replace", "d_model"), pos, rows)
-
-
-def add(
-    layer: int,
-    vector: Float[Tensor, "*rows d_model"],
-    pos: Positions = "answer",
-    site: str = "resid_post",
-    rows: Rows = None,
-) -> Intervention:
-    """Add ``vector`` to the residual stream at ``site`` of block ``layer`` at ``pos``."""
-    return Intervention("add", layer, site, _as_values(vector, "add", "d_model"), pos, rows)
-
-
-def ablate_head(
-    layer: int,
-    head: int,
-    mode: Literal["zero", "mean"] = "zero",
-    mean: Float[Tensor, "*rows d_head"] | None = None,
-    pos: Positions = "all",
-    rows: Rows = None,
-) -> Intervention:
-    """Zero- or mean-ablate head ``head`` of block ``layer`` (its ``attn.hook_z`` output) at ``pos``.
-
-    ``mode="mean"`` needs ``mean``: the head's mean ``hook_z`` (``[d_head]``, or per prompt).
-    """
-    if mode not in ("zero", "mean"):
-        raise ShapeError(f"ablate_head mode must be 'zero' or 'mean', got {mode!r}.")
-    if (mode == "mean") != (mean is not None):
-        raise ShapeError(
-            "mode='mean' needs mean= (the head's mean attn.hook_z, shape [d_head]); mode='zero' takes no mean."
-        )
-    values = None if mean is None else _as_values(mean, "ablate_head mean", "d_head")
-    return Intervention("ablate_head", layer, "attn.hook_z", values, pos, rows, head)
-
-
-def _as_values(vector: Any, what: str, width: str) -> Tensor:
-    """``vector`` (a tensor, array or nested list of real numbers) as a tensor; anything else is refused.
-
-    Integer values are numbers too; the dtype is not changed here: values are cast to the activation's
-    dtype when written (a float16 vector written into a float32 model is widened, a float64 one rounded).
-    """
-    values = tensor_of(vector, f"{what}'s vector", f"a vector of numbers (a float tensor [{width}])")
-    _check_values(values, what)
-    return values
-
-
-def _check_values(values: Any, what: str) -> None:
-    if not isinstance(values, Tensor):
-        raise ShapeError(f"{what} values must be a tensor of numbers, got {type(values).__name__}.")
-    check_tensor_data(values, f"{what}'s vector")
-    if values.dtype == torch.bool or values.is_complex():
-        raise ShapeError(
-            f"{what} got a {values.dtype} vector; values are real numbers written into the activations, so pass a "
-            "float tensor (a boolean mask or complex numbers have no meaning there)."
-        )
+__all__ = ["InterventionRun", "WritePlan", "resolve", "run_with_interventions"]
 
 
 @dataclass(frozen=True)
@@ -254,7 +150,7 @@ def run_with_interventions(
         start: tuple[int, Tensor] | None = (residual_layer, prompts.inputs)
     else:
         start = _start_layer(adapter, prompts, plans, clean_residual, clean_residual_layer, attention_mask)
-    masking = _blocked_keys(adapter, prompts, blocked_keys)
+    masking = validated_blocked_keys(adapter, prompts, blocked_keys)
     source = prompts.inputs if start is None else start[1]
 
     def passes(size: int) -> tuple[Tensor, list[int]]:
@@ -474,107 +370,6 @@ def _check_entry(adapter: ModelAdapter, plans: list[WritePlan], layer: int, clea
         )
 
 
-def _blocked_keys(
-    adapter: ModelAdapter, prompts: PreparedPrompts, blocked_keys: Tensor | None
-) -> tuple[Tensor, str] | None:
-    """Validated ``blocked_keys`` and the way this model's attention is masked, or None."""
-    if blocked_keys is None:
-        return None
-    blocked = torch.as_tensor(blocked_keys)
-    n_prompts, width = prompts.inputs.shape[:2]
-    if blocked.dtype != torch.bool or blocked.shape != (n_prompts, width, width):
-        raise ShapeError(
-            f"blocked_keys must be a bool tensor [batch={n_prompts}, pos={width}, pos={width}], got "
-            f"{blocked.dtype} of shape {tuple(blocked.shape)}."
-        )
-    if bool(prompts.shift.any()):
-        raise ShapeError("blocked_keys needs prompts that start at column 0; right-pad them instead of left-padding.")
-    strategy = masking_strategy(adapter)
-    if strategy is None:
-        raise ModelNotSupportedError(
-            "This model's attention cannot be masked through its hook points (neither attn.hook_attn_scores "
-            "nor attn.hook_pattern feeds its softmax output); run the continuations as separate rows."
-        )
-    return blocked, strategy
-
-
-def supports_blocked_keys(model: Any) -> bool:
-    """Whether ``run_with_interventions(..., blocked_keys=...)`` works for ``model`` (see :func:`masking_strategy`)."""
-    return masking_strategy(adapt(model)) is not None
-
-
-def masking_strategy(adapter: ModelAdapter) -> str | None:
-    """How hooks mask this model's attention: ``"scores"``, ``"pattern"`` or None (detected once per model).
-
-    The check packs two 5-position runs that share a 3-position prefix into one 7-position row, blocks
-    the second run's last two positions from the first's, and compares the outputs with the two runs
-    (positional information rides in the residual input, so a model whose attention itself depends on
-    positions, e.g. rotary, fails it and is not masked).
-    """
-    return adapter.capability("attention_masking", _detect_masking)
-
-
-def _detect_masking(adapter: ModelAdapter) -> str | None:
-    if adapter.n_ctx < 7 or adapter.dtype not in (torch.float32, torch.float64):
-        return None
-    generator = torch.Generator().manual_seed(0)
-    runs = torch.randn(2, 5, adapter.d_model, generator=generator).to(adapter.device, adapter.dtype)
-    runs[1, :3] = runs[0, :3]
-    packed = torch.cat([runs[0], runs[1, 3:]])[None]
-    blocked = torch.zeros(1, 7, 7, dtype=torch.bool, device=adapter.device)
-    blocked[0, 5:, 3:5] = True
-    with torch.no_grad():
-        expected = forward(adapter, runs, start_at_layer=0)[:, 3:].reshape(1, 4, -1)
-        tolerance = 1e-4 * (1 + float(expected.abs().max()))
-        for strategy in _MASK_HOOKS:
-            try:
-                with warnings.catch_warnings():  # a bridge warns that a post-hoc hook's edit is discarded
-                    warnings.simplefilter("ignore", UserWarning)
-                    output = forward(adapter, packed, start_at_layer=0, hooks=mask_hooks(adapter, strategy, blocked, 0))
-            except (HookNotFoundError, _MaskNotApplied, BlockedKeysPrecisionError):
-                continue
-            if torch.allclose(output[:, 3:], expected, rtol=1e-4, atol=tolerance):
-                return strategy
-    return None
-
-
-def mask_hooks(adapter: ModelAdapter, strategy: str, blocked: Tensor, first_block: int) -> list[tuple[str, Any]]:
-    """Hooks applying ``blocked`` ``[batch, query, key]`` to the attention of blocks ``>= first_block``."""
-    fn = partial(_mask_scores if strategy == "scores" else _mask_pattern, blocked=blocked[:, None])
-    names = [_MASK_HOOKS[strategy].format(layer=layer) for layer in range(first_block, adapter.n_layers)]
-    for name in names:
-        adapter.hook_point(name)
-    return [(name, fn) for name in names]
-
-
-class _MaskNotApplied(Exception):
-    """An attention hook whose tensor is not ``[batch, head, query, key]`` like the mask."""
-
-
-def _check_mask_shape(attention: Tensor, blocked: Tensor) -> None:
-    if attention.ndim != 4 or attention.shape[0] != blocked.shape[0] or attention.shape[2:] != blocked.shape[2:]:
-        raise _MaskNotApplied
-
-
-def _mask_scores(scores: Tensor, hook: Any, *, blocked: Tensor) -> Tensor:
-    """Hook body: blocked keys get score -inf before the softmax (exact)."""
-    _check_mask_shape(scores, blocked)
-    return scores.masked_fill(blocked, float("-inf"))
-
-
-def _mask_pattern(pattern: Tensor, hook: Any, *, blocked: Tensor) -> Tensor:
-    """Hook body: blocked keys get weight 0 after the softmax; each row is renormalised to sum to 1."""
-    _check_mask_shape(pattern, blocked)
-    kept = pattern.masked_fill(blocked, 0.0)
-    total = kept.sum(-1, keepdim=True)
-    if bool((total < torch.finfo(total.dtype).tiny ** 0.5).any()):
-        raise BlockedKeysPrecisionError(
-            "Blocked keys held nearly all of a query's attention weight, so renormalising the rest is "
-            "imprecise on this model; run these continuations as separate rows."
-        )
-    return kept / total
-
-
 def _write(activation: Tensor, hook: Any, *, plan: WritePlan, index: Tensor, writes: list[int], slot: int) -> Tensor:
     """Hook body: apply ``plan`` to this batch's activation (out of place, so gradients flow)."""
     device = activation.device
@@ -601,7 +396,3 @@ def _write(activation: Tensor, hook: Any, *, plan: WritePlan, index: Tensor, wri
 def _broadcast_head(new: Tensor, selected: Tensor) -> Tensor:
     """Values for one head, shaped like ``selected[..., head:head+1, :]``."""
     return new.unsqueeze(-2).expand(*selected.shape[:-2], 1, selected.shape[-1])
-
-
-def _short(pos: Positions) -> str:
-    return pos if isinstance(pos, str) else ("per-prompt" if not isinstance(pos, int) else str(pos))

@@ -1,0 +1,44 @@
+"""Interventions: write to hook points per prompt, verified, one pass or a sweep of many.
+
+- :mod:`~tv_lens.interventions.specs`: what an intervention is (:func:`replace`, :func:`add`, :func:`ablate_head`).
+- :mod:`~tv_lens.interventions.engine`: :func:`run_with_interventions` runs a batch under a list of them and
+  checks that each one wrote.
+- :mod:`~tv_lens.interventions.masking`: attention masking through hook points (``blocked_keys``), so that
+  several continuations of one prefix share a row.
+- :mod:`~tv_lens.interventions.sweep`: :func:`run_sweep` runs many interventions (cells) over the same prompts,
+  stacked on the batch dimension, the analyses' causal engine.
+"""
+
+from tv_lens.interventions.engine import InterventionRun, WritePlan, resolve, run_with_interventions
+from tv_lens.interventions.masking import (
+    BlockedKeysPrecisionError,
+    mask_hooks,
+    masking_strategy,
+    supports_blocked_keys,
+)
+from tv_lens.interventions.specs import Intervention, Positions, Rows, ablate_head, add, replace
+from tv_lens.interventions.sweep import AlignedPrompts, Cell, Score, Sweep, align, run_sweep, start_skips_blocks
+
+__all__ = [
+    "AlignedPrompts",
+    "BlockedKeysPrecisionError",
+    "Cell",
+    "Intervention",
+    "InterventionRun",
+    "Positions",
+    "Rows",
+    "Score",
+    "Sweep",
+    "WritePlan",
+    "ablate_head",
+    "add",
+    "align",
+    "mask_hooks",
+    "masking_strategy",
+    "replace",
+    "resolve",
+    "run_sweep",
+    "run_with_interventions",
+    "start_skips_blocks",
+    "supports_blocked_keys",
+]

@@ -1,0 +1,128 @@
+"""What an intervention is: a write of values at a hook point, for some prompts at some positions.
+
+:func:`replace`, :func:`add` and :func:`ablate_head` make the :class:`Intervention` s that
+:func:`tv_lens.interventions.run_with_interventions` applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tv_lens.errors import (
+    ShapeError,
+)
+from tv_lens.positions import (
+    check_tensor_data,
+    tensor_of,
+)
+
+__all__ = ["Intervention", "Positions", "Rows", "ablate_head", "add", "replace"]
+
+Positions = Literal["answer", "all"] | int | Sequence[int] | Tensor
+
+
+Rows = Sequence[int] | Tensor | None
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """What to write at one hook point. Make one with :func:`replace`, :func:`add` or :func:`ablate_head`.
+
+    Attributes:
+        kind: ``"replace"``, ``"add"`` or ``"ablate_head"``.
+        layer: TransformerLens block index (``-1`` = embedding output, residual sites only).
+        site: Residual site (``"resid_post"`` ...) or ``"attn.hook_z"`` for head ablations.
+        values: ``[width]`` for every prompt or ``[n_rows, width]`` per selected prompt; ``None`` writes 0.
+        pos: ``"answer"`` (each prompt's answer position), ``"all"``, an int, or ``[batch]`` per prompt
+            (in the caller's padded layout).
+        rows: Prompts (batch indices) to write to; ``None`` = all.
+        head: Head index for head ablations.
+    """
+
+    kind: Literal["replace", "add", "ablate_head"]
+    layer: int
+    site: str
+    values: Tensor | None
+    pos: Positions
+    rows: Rows = None
+    head: int | None = None
+
+    def __str__(self) -> str:
+        head = f" head {self.head}" if self.head is not None else ""
+        return f"{self.kind}(layer {self.layer}{head}, {self.site}, pos={_short(self.pos)})"
+
+
+def replace(
+    layer: int,
+    vector: Float[Tensor, "*rows d_model"],
+    pos: Positions = "answer",
+    site: str = "resid_post",
+    rows: Rows = None,
+) -> Intervention:
+    """Overwrite the residual stream at ``site`` of block ``layer`` with ``vector`` at ``pos``."""
+    return Intervention("replace", layer, site, _as_values(vector, "replace", "d_model"), pos, rows)
+
+
+def add(
+    layer: int,
+    vector: Float[Tensor, "*rows d_model"],
+    pos: Positions = "answer",
+    site: str = "resid_post",
+    rows: Rows = None,
+) -> Intervention:
+    """Add ``vector`` to the residual stream at ``site`` of block ``layer`` at ``pos``."""
+    return Intervention("add", layer, site, _as_values(vector, "add", "d_model"), pos, rows)
+
+
+def ablate_head(
+    layer: int,
+    head: int,
+    mode: Literal["zero", "mean"] = "zero",
+    mean: Float[Tensor, "*rows d_head"] | None = None,
+    pos: Positions = "all",
+    rows: Rows = None,
+) -> Intervention:
+    """Zero- or mean-ablate head ``head`` of block ``layer`` (its ``attn.hook_z`` output) at ``pos``.
+
+    ``mode="mean"`` needs ``mean``: the head's mean ``hook_z`` (``[d_head]``, or per prompt).
+    """
+    if mode not in ("zero", "mean"):
+        raise ShapeError(f"ablate_head mode must be 'zero' or 'mean', got {mode!r}.")
+    if (mode == "mean") != (mean is not None):
+        raise ShapeError(
+            "mode='mean' needs mean= (the head's mean attn.hook_z, shape [d_head]); mode='zero' takes no mean."
+        )
+    values = None if mean is None else _as_values(mean, "ablate_head mean", "d_head")
+    return Intervention("ablate_head", layer, "attn.hook_z", values, pos, rows, head)
+
+
+def _as_values(vector: Any, what: str, width: str) -> Tensor:
+    """``vector`` (a tensor, array or nested list of real numbers) as a tensor; anything else is refused.
+
+    Integer values are numbers too; the dtype is not changed here: values are cast to the activation's
+    dtype when written (a float16 vector written into a float32 model is widened, a float64 one rounded).
+    """
+    values = tensor_of(vector, f"{what}'s vector", f"a vector of numbers (a float tensor [{width}])")
+    _check_values(values, what)
+    return values
+
+
+def _check_values(values: Any, what: str) -> None:
+    if not isinstance(values, Tensor):
+        raise ShapeError(f"{what} values must be a tensor of numbers, got {type(values).__name__}.")
+    check_tensor_data(values, f"{what}'s vector")
+    if values.dtype == torch.bool or values.is_complex():
+        raise ShapeError(
+            f"{what} got a {values.dtype} vector; values are real numbers written into the activations, so pass a "
+            "float tensor (a boolean mask or complex numbers have no meaning there)."
+        )
+
+
+def _short(pos: Positions) -> str:
+    return pos if isinstance(pos, str) else ("per-prompt" if not isinstance(pos, int) else str(pos))
