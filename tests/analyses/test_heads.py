@@ -89,8 +89,11 @@ def _task_mean(values, batch):
     return torch.stack([values[batch.task_ids == t].mean() for t in range(4)])
 
 
-def test_attribution_equals_a_finite_difference_of_the_ablation_direction(analysed):
-    model, batch, result = analysed
+def test_loss_attribution_equals_a_finite_difference_of_the_ablation_direction(analysed):
+    model, batch, default = analysed
+    result = HeadAblation(mode=default.mode, n_bootstrap=0, prune_steps=0, attribution_method="loss").run_batch(
+        model, batch
+    )
     value = torch.zeros(N_LAYERS, N_HEADS, 8, dtype=torch.float64) if result.mode == "zero" else result.ablation_values
     eps = 1e-5
     for layer, head in [(0, 1), (1, 3), (2, 0)]:
@@ -108,6 +111,8 @@ def test_attribution_equals_a_finite_difference_of_the_ablation_direction(analys
     estimate = result.attribution[..., real].mean(-1).flatten().numpy()
     exact = (result.ablated_loss - result.clean_loss)[..., real].mean(-1).flatten().numpy()
     assert abs(result.attribution_spearman - spearmanr(estimate, exact).statistic) < 1e-12
+    estimate = default.attribution[..., real].mean(-1).flatten().numpy()  # the default (log-odds) screen's too
+    assert abs(default.attribution_spearman - spearmanr(estimate, exact).statistic) < 1e-12
 
 
 def test_batched_ablation_equals_one_head_per_pass(model):

@@ -15,6 +15,19 @@ The gradient is taken with respect to a zero tensor added to each ``hook_z`` (th
 every path through later heads kept), so it works whether or not the model's weights require gradients,
 and no weight's ``.grad`` is touched. Each prompt's estimate uses the gradient of its own loss only
 (rows of a batch do not interact), so one backward of the summed loss gives every prompt's estimate.
+
+Saturation (``method``). A trained model predicts its answers with near-certainty, so the clean loss sits
+on the flat floor of the cross-entropy: its gradient is ``1 - p(answer)`` times the logit gradient and
+nearly vanishes, while ablating an important head costs nats. The default ``method="log_odds"`` linearizes
+the answer token's log-odds instead, ``lo = logit[answer] - logsumexp(logit[other tokens])`` (not saturated:
+its gradient does not shrink as ``p(answer) -> 1``), and maps the estimate through the exact loss, which is
+``softplus(-lo)``:
+
+    Δloss ≈ softplus(-(lo + Δlo)) - softplus(-lo),   Δlo = Σ_pos ⟨ ∂lo/∂z , z' − z ⟩
+
+per prompt and answer token (then averaged over the prompt's answer tokens, as the loss is). Its first-order
+term equals the plain estimate's; it costs one backward pass per answer token. ``method="loss"`` is the plain
+first-order estimate of the loss.
 """
 
 from __future__ import annotations
@@ -24,17 +37,20 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.interventions.sweep import AlignedPrompts
 from tv_lens.errors import AnalysisError, ShapeError
+from tv_lens.interventions.sweep import AlignedPrompts
 from tv_lens.metrics import token_cross_entropy
 from tv_lens.models.adapter import adapt
 from tv_lens.models.running import forward
 from tv_lens.positions import answer_columns, length_sorted_batches
 
-__all__ = ["head_attribution"]
+__all__ = ["ATTRIBUTION_METHODS", "head_attribution"]
+
+ATTRIBUTION_METHODS: tuple[str, ...] = ("log_odds", "loss")
 
 
 def head_attribution(
@@ -43,6 +59,7 @@ def head_attribution(
     answers: Int[Tensor, "prompt n_answer"],
     ablation_values: Float[Tensor, "layer head d_head"],
     batch_size: int = 64,
+    method: str = "log_odds",
 ) -> Float[Tensor, "layer head prompt"]:
     """First-order estimate of each prompt's answer-loss increase when each head is ablated.
 
@@ -52,10 +69,17 @@ def head_attribution(
         answers: Answer tokens of each prompt.
         ablation_values: What each head's ``hook_z`` is ablated to, at every position.
         batch_size: Prompts per forward/backward pass.
+        method: ``"log_odds"`` (linearize each answer token's log-odds, map through the exact loss) or
+            ``"loss"`` (linearize the loss); see the module docstring.
 
     Returns:
         ``[layer, head, prompt]`` estimates (float64, on the CPU).
+
+    Raises:
+        AnalysisError: Unknown ``method``, or weights created in inference mode.
     """
+    if method not in ATTRIBUTION_METHODS:
+        raise AnalysisError(f"Unknown attribution method {method!r}; use one of {list(ATTRIBUTION_METHODS)}.")
     adapter = adapt(model)
     expected = (adapter.n_layers, adapter.n_heads, adapter.d_head)
     if tuple(ablation_values.shape) != expected:
@@ -80,7 +104,7 @@ def head_attribution(
                 answer_pos=prompts.answer_pos.clone(),
                 answer_lengths=prompts.answer_lengths.clone(),
             )
-            return head_attribution(model, copies, answers.clone(), ablation_values.clone(), batch_size)
+            return head_attribution(model, copies, answers.clone(), ablation_values.clone(), batch_size, method)
     n_answer = prompts.n_answer_tokens
     out = torch.empty(adapter.n_layers, adapter.n_heads, len(prompts), dtype=torch.float64)
     values = ablation_values.to(adapter.device, adapter.dtype)
@@ -97,15 +121,45 @@ def head_attribution(
             columns = answer_columns(prompts.answer_pos[index], prompts.answer_lengths[index], n_answer)
             columns = columns.to(logits.device)
             rows = torch.arange(len(index), device=logits.device)[:, None]
-            losses = token_cross_entropy(logits[rows, columns], answers[index].to(logits.device))
+            targets = answers[index].to(logits.device)
             layers = sorted(captured)
-            grads = torch.autograd.grad(losses.sum(), [captured[layer][1] for layer in layers], allow_unused=True)
-        for layer, grad in zip(layers, grads, strict=True):
-            clean = captured[layer][0]
-            delta = values[layer].to(clean.device)[None, None] - clean  # [batch, pos, head, d_head]
-            grad = torch.zeros_like(clean) if grad is None else grad
-            out[layer, :, index] = (grad * delta).sum((1, 3)).T.detach().to("cpu", torch.float64)
+            leaves = [captured[layer][1] for layer in layers]
+            if method == "loss":
+                losses = token_cross_entropy(logits[rows, columns], targets)
+                grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
+                for layer, grad in zip(layers, grads, strict=True):
+                    out[layer, :, index] = _directional(grad, captured[layer][0], values[layer])
+                continue
+            odds = _log_odds(logits[rows, columns], targets)  # [batch, n_answer]
+            real = targets >= 0
+            shifts = torch.zeros(adapter.n_layers, adapter.n_heads, len(index), n_answer, dtype=torch.float64)
+            for k in range(n_answer):
+                grads = torch.autograd.grad(odds[:, k].sum(), leaves, allow_unused=True, retain_graph=k + 1 < n_answer)
+                for layer, grad in zip(layers, grads, strict=True):
+                    shifts[layer, :, :, k] = _directional(grad, captured[layer][0], values[layer])
+        odds, real = odds.detach().to("cpu", torch.float64), real.cpu()
+        change = F.softplus(-(odds + shifts)) - F.softplus(-odds)  # [layer, head, batch, n_answer]
+        out[:, :, index] = (change * real).sum(-1) / real.sum(-1)
     return out
+
+
+def _directional(grad: Tensor | None, clean: Tensor, values: Tensor) -> Float[Tensor, "head batch"]:
+    """``Σ_pos ⟨grad, values − clean⟩`` per head and prompt; ``grad``, ``clean``: ``[batch, pos, head, d_head]``."""
+    if grad is None:
+        return torch.zeros(clean.shape[2], clean.shape[0], dtype=torch.float64)
+    delta = values.to(clean.device)[None, None] - clean
+    return (grad * delta).sum((1, 3)).T.detach().to("cpu", torch.float64)
+
+
+def _log_odds(
+    logits: Float[Tensor, "batch n_answer d_vocab"], answers: Int[Tensor, "batch n_answer"]
+) -> Float[Tensor, "batch n_answer"]:
+    """``logit[answer] - logsumexp(logit[every other token])`` (padded answers ``-1`` read token 0)."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    target = answers.clamp(min=0)[..., None]
+    answer = logits.gather(-1, target)[..., 0]
+    others = logits.scatter(-1, target, -torch.inf).logsumexp(-1)
+    return answer - others
 
 
 def _add_zero(activation: Tensor, hook: Any, *, store: dict[int, tuple[Tensor, Tensor]], layer: int) -> Tensor:

@@ -26,7 +26,8 @@ Speed: every single-head ablation is a cell of a stacked sweep (several heads pe
 writing only to its own copy of the prompts; passes start at the ablated block from the clean
 residual where the model allows, :mod:`tv_lens.interventions.sweep`). Attribution patching
 (:mod:`tv_lens.analyses.attribution`) estimates every head's loss change from one forward and one backward
-pass, and its Spearman rank agreement with the exact ablations is reported. Every ablation goes through
+pass (linearizing each answer's log-odds, so a saturated loss does not flatten it), and its Spearman rank
+agreement with the exact ablations is reported. Every ablation goes through
 :func:`tv_lens.interventions.run_with_interventions`; the result records how many prompts each wrote to.
 """
 
@@ -41,7 +42,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.analyses.attribution import head_attribution
+from tv_lens.analyses.attribution import ATTRIBUTION_METHODS, head_attribution
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, check_pool, prompt_task_ids
 from tv_lens.analyses.options import CausalOptions
@@ -54,9 +55,9 @@ from tv_lens.analyses.pruning import (
     spearman,
     task_mean,
 )
-from tv_lens.interventions.sweep import AlignedPrompts, Cell, Sweep, align, run_sweep
 from tv_lens.errors import AnalysisError
 from tv_lens.interventions import ablate_head
+from tv_lens.interventions.sweep import AlignedPrompts, Cell, Sweep, align, run_sweep
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import read_pass
 from tv_lens.positions import length_sorted_batches
@@ -83,6 +84,7 @@ def head_importance(
     top_k: int | None = None,
     prune_steps: int | None = None,
     attribution: bool = True,
+    attribution_method: str = "log_odds",
     null_task: str = NULL_TASK,
     n_bootstrap: int = 1000,
     ci: float = 0.95,
@@ -107,6 +109,8 @@ def head_importance(
         top_k: Heads per task in the Jaccard overlap (default: a quarter of all heads, at least 1).
         prune_steps: Heads removed in the pruning curve (default: all).
         attribution: Also compute the attribution-patching estimate (``False``: NaN estimates).
+        attribution_method: ``"log_odds"`` (default) or ``"loss"``: what the estimate linearizes
+            (:func:`tv_lens.analyses.attribution.head_attribution`).
         null_task: Name of the Null task.
         n_bootstrap: Bootstrap resamples (0: NaN intervals).
         ci: Confidence level.
@@ -116,11 +120,12 @@ def head_importance(
         progress: Show progress bars.
 
     Raises:
-        AnalysisError: Unknown mode, metric or shared method; ``top_k`` or ``prune_steps`` outside the heads.
+        AnalysisError: Unknown mode, metric, shared or attribution method; ``top_k`` or ``prune_steps`` outside
+            the heads.
     """
     adapter = adapt(model)
     n_heads_total = adapter.n_layers * adapter.n_heads
-    _check_options(mode, metric, shared)
+    _check_options(mode, metric, shared, attribution_method)
     top_k = max(1, n_heads_total // 4) if top_k is None else top_k
     prune_steps = n_heads_total if prune_steps is None else prune_steps
     check_count(top_k, "top_k", 1, n_heads_total)
@@ -146,7 +151,7 @@ def head_importance(
     importance = task_mean(harm, ids, n_tasks)
     overall = harm[..., real].mean(-1)
     estimate = (
-        head_attribution(model, prompts, answers, values, batch_size)
+        head_attribution(model, prompts, answers, values, batch_size, attribution_method)
         if attribution
         else torch.full_like(ablated_loss, float("nan"))
     )
@@ -173,6 +178,7 @@ def head_importance(
         overall_ci=overall_ci,
         attribution=estimate,
         attribution_spearman=spearman(estimate[..., real].mean(-1).flatten(), exact.flatten()),
+        attribution_method=attribution_method if attribution else None,
         shared=shared_heads(importance, shared, top_k),
         shared_method=shared,
         top_k=top_k,
@@ -200,6 +206,8 @@ class HeadAblation(CausalOptions):
         top_k: Heads per task in the Jaccard overlap (``None``: a quarter of the heads).
         prune_steps: Heads removed in the pruning curve (``None``: all).
         attribution: Also compute the attribution-patching screen.
+        attribution_method: What the screen linearizes: ``"log_odds"`` (default; each answer token's
+            log-odds, mapped through the exact loss, robust to a saturated loss) or ``"loss"`` (the loss).
 
     The keyword-only :class:`~tv_lens.analyses.options.CausalOptions` (``n_bootstrap``, ``ci``, ``rows_per_pass``,
     ``batch_size`` for the mean and the attribution estimate, ``progress``) apply too.
@@ -211,10 +219,11 @@ class HeadAblation(CausalOptions):
     top_k: int | None = None
     prune_steps: int | None = None
     attribution: bool = True
+    attribution_method: str = "log_odds"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_options(self.mode, self.metric, self.shared)
+        _check_options(self.mode, self.metric, self.shared, self.attribution_method)
 
     def run(
         self, model: Any, pool: TaskPool | TextPool, n_per_task: int = 100, n_shots: ShotSpec = 4, seed: int = 0
@@ -239,6 +248,7 @@ class HeadAblation(CausalOptions):
             top_k=self.top_k,
             prune_steps=self.prune_steps,
             attribution=self.attribution,
+            attribution_method=self.attribution_method,
             n_bootstrap=self.n_bootstrap,
             ci=self.ci,
             seed=seed,
@@ -248,13 +258,17 @@ class HeadAblation(CausalOptions):
         )
 
 
-def _check_options(mode: str, metric: str, shared: str) -> None:
+def _check_options(mode: str, metric: str, shared: str, attribution_method: str) -> None:
     if mode not in ("zero", "mean"):
         raise AnalysisError(f"Unknown ablation mode {mode!r}; use 'zero' or 'mean'.")
     if metric not in HEAD_METRICS:
         raise AnalysisError(f"Unknown head metric {metric!r}; use one of {list(HEAD_METRICS)}.")
     if shared not in SHARED_METHODS:
         raise AnalysisError(f"Unknown shared-heads method {shared!r}; use one of {list(SHARED_METHODS)}.")
+    if attribution_method not in ATTRIBUTION_METHODS:
+        raise AnalysisError(
+            f"Unknown attribution method {attribution_method!r}; use one of {list(ATTRIBUTION_METHODS)}."
+        )
 
 
 def _ablation_values(

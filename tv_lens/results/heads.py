@@ -112,6 +112,7 @@ class HeadImportance(Result):
             (NaN when the screen was not run).
         attribution_spearman: Spearman rank correlation, over heads, of the overall attribution estimate
             with the exact overall loss increase (NaN when the screen was not run).
+        attribution_method: What the estimate linearized: ``"log_odds"`` or ``"loss"`` (``None``: not run).
         shared: Task x task overlap of important heads ``[task, task]``.
         shared_method: ``"jaccard"`` (of each task's top-k heads) or ``"spearman"`` (of importance vectors).
         top_k: Heads per task in the Jaccard overlap.
@@ -153,6 +154,7 @@ class HeadImportance(Result):
     n_bootstrap: int = 1000
     seed: int = 0
     rows_per_pass: int | None = None
+    attribution_method: str | None = "loss"
 
     def __post_init__(self) -> None:
         n_l, n_h, n_p = self.ablated_loss.shape
