@@ -71,9 +71,9 @@ def pytest_collection_modifyitems(config, items) -> None:
     """In CI's second run (older TransformerLens, ``TV_LENS_CI_REPEAT=1``), skip what the first run already checked."""
     if os.environ.get("TV_LENS_CI_REPEAT") != "1":
         return
-    skip = pytest.mark.skip(reason="independent of the TransformerLens version: CI ran it under the newest one")
+    skip = pytest.mark.skip(reason="checked once per CI run: CI ran it under the newest TransformerLens")
     for item in items:
-        if "version_independent" in item.keywords:
+        if "once_per_ci" in item.keywords:
             item.add_marker(skip)
 
 

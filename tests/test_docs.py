@@ -134,7 +134,7 @@ def test_griffe_extension_renders_doctests_and_roles_as_markdown():
     )
 
 
-@pytest.mark.version_independent
+@pytest.mark.once_per_ci
 def test_docs_site_builds_strictly(tmp_path):
     site = tmp_path / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}

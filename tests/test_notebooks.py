@@ -132,6 +132,9 @@ def executed(request) -> tuple[Path, nbformat.NotebookNode]:
     return request.param, runner.execute(request.param)  # raises CellExecutionError, with the traceback, on failure
 
 
+# Executing the notebooks (demos; the library itself is tested under each TransformerLens version by the rest of
+# the suite) is checked once per CI run.
+@pytest.mark.once_per_ci
 def test_notebook_runs_top_to_bottom(executed):
     _, notebook = executed
     cells = code_cells(notebook)
@@ -139,6 +142,7 @@ def test_notebook_runs_top_to_bottom(executed):
     assert not [output for cell in cells for output in cell.outputs if output.output_type == "error"]
 
 
+@pytest.mark.once_per_ci
 def test_stored_outputs_are_current(executed):
     """Re-executing gives the stored numbers (printed text and figure data; not bytes): no stale notebook."""
     path, fresh = executed

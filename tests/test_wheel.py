@@ -24,7 +24,7 @@ from plotly.offline import get_plotlyjs
 
 import tv_lens
 
-pytestmark = pytest.mark.version_independent
+pytestmark = pytest.mark.once_per_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 # Not source: version control, environments, caches, build and demo outputs.
