@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from benchmarks import function_vectors, heads, patching, pretrained, representations, training
+from benchmarks import function_vectors, heads, patching, pretrained, representations, shots_recipe, training
 from benchmarks.common import FULL, QUICK, machine_lines, print_table
 from tv_lens.models import hooked_transformer_available
 
@@ -62,6 +62,7 @@ def main() -> None:
         ("all-heads ablation", heads.heads_rows),
         ("causal indirect effects", function_vectors.cie_rows),
         ("training", training.training_rows),
+        ("recipe where shots matter", shots_recipe.shots_rows),
         ("GPT-2-size model", gpt2_size),
     ]
     for name, stage in stages:

@@ -7,9 +7,14 @@ the 400 steps end at ≥ 95% held-out ICL accuracy on the offset tasks (measured
 backends; Null is at chance by construction), in about 80 s of one CPU thread.
 ``recipes["quick"]`` is a much smaller run for tests and CI: 2 blocks, 200 steps, about 15 s of one
 CPU thread, ending far above chance (measured 100% on both backends).
+``recipes["shots"]`` is a run where the number of shots matters: offsets mod 8 that depend on the parity of
+``x`` (``offset(a,b)``: ``y = x + a`` for even ``x``, ``x + b`` for odd ``x``, ``a, b`` in 1 and 3) plus Null.
+A demonstration shows only the offset of its own parity, so even an ideal reader is right at 1, 2, 4, 8 shots
+only 75%, 87.5%, 97%, 99.8% of the time. The 600 steps (4 blocks, ``d_model=64``, about 90 s of one CPU thread)
+follow that curve: measured 73-75% at 1 shot and ≥ 99% held-out ICL accuracy at 8 shots, on both backends.
 
 >>> sorted(recipes)
-['default', 'quick']
+['default', 'quick', 'shots']
 >>> recipes["default"].model.n_layers
 4
 """
@@ -18,12 +23,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
 from tv_lens.errors import ConfigError, UnknownNameError
 from tv_lens.models import ModelConfig, build_model
-from tv_lens.tasks import TaskPool, offset_pool
+from tv_lens.tasks import Task, TaskPool, Vocabulary, offset_pool
 from tv_lens.training.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
 from tv_lens.training.loop import train
 from tv_lens.training.result import TrainResult
@@ -119,6 +129,25 @@ def _offset_pool_8() -> TaskPool:
     return offset_pool(offsets=(1, 3), n_values=8, null=True)
 
 
+def _parity_offset(x: Int[Tensor, "n 1"], c_even: int, c_odd: int, n_values: int) -> Int[Tensor, " n"]:
+    value = x[:, 0]
+    return (value + torch.where(value % 2 == 0, c_even, c_odd)) % n_values
+
+
+def _parity_offset_pool(offsets: tuple[int, ...] = (1, 3), n_values: int = 8) -> TaskPool:
+    """Offsets that depend on the parity of x: task ``offset(a,b)`` is ``y = x + a`` (x even) or ``x + b`` (x odd).
+
+    One task per pair of ``offsets`` (the pure offsets ``a == b`` included) plus Null, ``mod n_values``.
+    """
+    tasks = tuple(
+        Task(f"offset({a},{b})", partial(_parity_offset, c_even=a, c_odd=b, n_values=n_values))
+        for a in offsets
+        for b in offsets
+    )
+    vocab = Vocabulary(n_values=n_values)
+    return TaskPool(tasks, vocab, n_inputs=1, input_values=n_values, output_values=n_values, null=True)
+
+
 recipes = RecipeRegistry()
 recipes.register(
     Recipe(
@@ -145,6 +174,21 @@ recipes.register(
             optim=OptimConfig(weight_decay=0.1, grad_clip=1.0),
             schedule=ScheduleConfig(max_steps=200, lr=3e-3, min_lr=3e-4, warmup_steps=10),
             eval_every=50,
+        ),
+    )
+)
+recipes.register(
+    Recipe(
+        name="shots",
+        description="4 blocks, d_model 64, parity-dependent offsets 1/3 mod 8 + Null, 8 shots, 600 steps; "
+        ">= 95% held-out ICL at 8 shots, about 75% at 1 shot.",
+        pool=_parity_offset_pool,
+        model=ModelConfig(d_vocab=11, n_layers=4, d_model=64, n_heads=4, n_ctx=32, seed=0),
+        train=TrainConfig(
+            data=DataConfig(n_per_task=16, n_shots=8, eval_n_per_task=256),
+            optim=OptimConfig(weight_decay=0.1, grad_clip=1.0),
+            schedule=ScheduleConfig(max_steps=600, lr=5e-3, min_lr=5e-4, warmup_steps=30),
+            eval_every=100,
         ),
     )
 )
