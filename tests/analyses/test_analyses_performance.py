@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from analyses_helpers import N_TASKS, POOL
 
 from tv_lens.analyses import ICLPerformance, icl_performance, score_batch
+from tv_lens.analyses.bootstrap import stratified_bootstrap_ci
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 
 
@@ -88,6 +89,17 @@ def test_intervals_are_seeded_and_contain_the_estimate():
     assert not torch.equal(first.ci, icl_performance(scores, tasks, shots, n_bootstrap=200, seed=6).ci)
     assert bool(((first.ci[..., 0] <= first.values) & (first.values <= first.ci[..., 1])).all())
     assert bool(((first.overall_ci[:, 0] <= first.overall) & (first.overall <= first.overall_ci[:, 1])).all())
+
+
+def test_each_shot_count_draws_with_the_next_seed_wrapped_into_the_seed_range():
+    generator = torch.Generator().manual_seed(1)
+    scores = (torch.rand(120, generator=generator) < 0.6).double()
+    tasks, shots = torch.arange(3).repeat(40), torch.tensor([1, 4]).repeat_interleave(60)
+    last = icl_performance(scores, tasks, shots, n_bootstrap=100, seed=2**64 - 1)  # shot count 4 draws with seed 0
+    start = icl_performance(scores, tasks, shots, n_bootstrap=100, seed=0)  # shot count 1 draws with seed 0
+    own = stratified_bootstrap_ci(scores[shots == 4], tasks[shots == 4], 3, 100, 0.95, seed=0)
+    torch.testing.assert_close(last.ci[:, 1], own[0], atol=0, rtol=0)
+    assert not torch.equal(last.ci[:, 1], start.ci[:, 1])
 
 
 def test_frame_and_figure():

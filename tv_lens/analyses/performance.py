@@ -34,7 +34,7 @@ from tv_lens.interventions import run_with_interventions
 from tv_lens.metrics import mse, token_accuracy, token_cross_entropy
 from tv_lens.models.exclusive import evaluating
 from tv_lens.results.performance import Performance
-from tv_lens.tasks.pool import seeded_generator
+from tv_lens.tasks.pool import SEED_RANGE, seeded_generator
 
 __all__ = [
     "METRICS",
@@ -108,7 +108,7 @@ def icl_performance(
         seed: Seed of the bootstrap.
     """
     check_bootstrap(n_bootstrap, ci)
-    seeded_generator(seed)  # checks the seed before the seed + j of each shot count below
+    seeded_generator(seed)  # checks the seed; shot count j draws with seed + j, wrapped into the seed range
     scores = torch.as_tensor(scores).detach().cpu().double()
     tasks = _ints(task_ids, "task_ids")
     shots = _ints(n_shots, "n_shots")
@@ -137,7 +137,7 @@ def icl_performance(
         values[:, j] = sums / n_prompts[:, j]
         overall[j] = cell_scores.mean()
         cell_ci[:, j], overall_ci[j] = stratified_bootstrap_ci(
-            cell_scores, cell_tasks, n_task, n_bootstrap, ci, seed + j
+            cell_scores, cell_tasks, n_task, n_bootstrap, ci, (seed + j) % SEED_RANGE
         )
     return Performance(
         values, cell_ci, overall, overall_ci, n_prompts, grid, names, metric, higher_is_better, ci, n_bootstrap, seed
