@@ -212,6 +212,20 @@ def test_left_padding_and_prompt_order_do_not_change_the_numbers(analysed):
     torch.testing.assert_close(means.activations, result.means.activations, atol=1e-8, rtol=0)
 
 
+def test_answer_columns_that_are_padding_in_every_row_change_nothing(analysed):
+    model, _, corrupted, _, result = analysed
+    batch = real(corrupted)
+    padded = torch.cat([batch.answers, torch.full((len(batch), 2), -1)], dim=1)  # as selected from longer answers
+
+    def effects(answers):
+        return causal_indirect_effects(
+            model, batch.inputs, batch.answer_pos, answers, batch.task_ids, batch.task_names, result.means,
+            n_bootstrap=0,
+        )  # fmt: skip
+
+    assert effects(padded) == effects(batch.answers)
+
+
 def test_run_samples_three_seeded_batches_and_leaves_null_out(model):
     config = FunctionVectors(k=2, n_bootstrap=0, layers=(1, 2))
     result = config.run(model, POOL, n_per_task=2, n_shots=2, seed=3)

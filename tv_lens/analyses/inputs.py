@@ -179,6 +179,8 @@ def answer_tokens(answers: Int[Tensor, "batch ..."], n_prompts: int) -> Int[Tens
     """Answer tokens as ``[batch, n_answer]`` (a ``[batch]`` tensor is one token per prompt), long, on the CPU.
 
     Answers of different lengths are right-padded with ``-1``; :func:`answer_counts` gives each one's length.
+    Columns that are padding in every row (e.g. a batch selected out of a pool with longer answers) are dropped:
+    they hold no answer token.
     """
     answers = tensor_of(answers, "answers", f"integer tokens [batch={n_prompts}, n_answer] (batch.answers)")
     check_tensor_data(answers, "answers")
@@ -190,7 +192,9 @@ def answer_tokens(answers: Int[Tensor, "batch ..."], n_prompts: int) -> Int[Tens
             f"answers must be integer tokens [batch={n_prompts}, n_answer], got {answers.dtype} "
             f"{tuple(answers.shape)}; pass the answers of these prompts (batch.answers)."
         )
-    return answers.cpu().long()
+    answers = answers.cpu().long()
+    used = (answers >= 0).any(0).nonzero()  # columns holding a token in some row
+    return answers[:, : int(used.max()) + 1] if len(used) else answers
 
 
 def answer_counts(answers: Int[Tensor, "batch n_answer"]) -> Int[Tensor, " batch"]:
