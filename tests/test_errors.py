@@ -1305,6 +1305,20 @@ CASES = [
         r"e\.g\. \[\(0, 1\), \(2, 3\)\]",
     ),
     Case(
+        "function-vector-pool-not-text",
+        lambda w: function_vector(w.model, _means(w), [(0, 1)], pool=5),  # type: ignore[arg-type]
+        AnalysisError,
+        r"pool is recorded in the vector's provenance as text.*got 5",
+        r"pass a string or None",
+    ),
+    Case(
+        "task-names-one-string",
+        lambda w: mean_head_activations(w.model, w.batch.inputs, w.batch.answer_pos, w.batch.task_ids, "abc"),
+        TaskError,
+        r"task_names must be a sequence of task names \(strings\).*got 'abc'",
+        r"pass batch\.task_names",
+    ),
+    Case(
         "function-vector-head-a-float",
         lambda w: function_vector(w.model, _means(w), [(0, 1.0)]),
         AnalysisError,

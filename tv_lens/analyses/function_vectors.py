@@ -103,6 +103,11 @@ def function_vector(
     """
     adapter = adapt(model)
     check_means(adapter, means)
+    for name, value in (("model_name", model_name), ("pool", pool)):
+        if value is not None and not isinstance(value, str):
+            raise AnalysisError(
+                f"{name} is recorded in the vector's provenance as text: pass a string or None, got {value!r}."
+            )
     if isinstance(heads, IndirectEffects):
         check_count(k, "k", 1, len(heads.layers) * heads.n_heads)
         chosen = heads.top_heads(k)

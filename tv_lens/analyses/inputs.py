@@ -206,6 +206,11 @@ def prompt_task_ids(
     task_ids: Int[Tensor, " batch"], task_names: Sequence[str], n_prompts: int
 ) -> Int[Tensor, " batch"]:
     """``task_ids`` as long on the CPU, after checking one integer per prompt, each indexing ``task_names``."""
+    if isinstance(task_names, (str, bytes)) or not all(isinstance(name, str) for name in task_names):
+        raise TaskError(
+            f"task_names must be a sequence of task names (strings), one per task id, got {task_names!r}; pass "
+            "batch.task_names."
+        )
     ids = tensor_of(task_ids, "task_ids", f"one integer task id per prompt ({n_prompts},) (batch.task_ids)")
     check_tensor_data(ids, "task_ids")
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
