@@ -536,19 +536,23 @@ def read_pretrained_config(out: str | Path) -> PretrainedConfig | None:
     Raises:
         ArtefactError: ``run.json`` is unreadable.
     """
-    path = Path(out) / RUN_FILE
-    stored = _read_run_json(Path(out)).get(RUN_KEY)
+    return _stored_config(_read_run_json(Path(out)), Path(out) / RUN_FILE)
+
+
+def _read_run_json(out: Path) -> dict[str, Any]:
+    """The checked contents of ``out/run.json``; empty when there is none (a file of another shape is an error)."""
+    return read_run_info(out / RUN_FILE) or {}
+
+
+def _stored_config(data: dict[str, Any], path: Path) -> PretrainedConfig | None:
+    """The :class:`PretrainedConfig` in ``data``, the contents of the run file ``path`` (``None``: none there)."""
+    stored = data.get(RUN_KEY)
     if stored is None:
         return None
     try:
         return PretrainedConfig.from_dict(stored)
     except (TypeError, TvLensError) as error:
         raise ArtefactError(f"{path} is unreadable ({error}); delete it, or use another output directory.") from error
-
-
-def _read_run_json(out: Path) -> dict[str, Any]:
-    """The checked contents of ``out/run.json``; empty when there is none (a file of another shape is an error)."""
-    return read_run_info(out / RUN_FILE) or {}
 
 
 def _check_same_target(out: Path, config: PretrainedConfig) -> None:
@@ -561,7 +565,7 @@ def _check_same_target(out: Path, config: PretrainedConfig) -> None:
             f"{out} holds the demo's trained model and its results; use another --out directory for a pretrained "
             f"model (default: {default_out(config.model)})."
         )
-    stored = read_pretrained_config(out)
+    stored = _stored_config(data, out / RUN_FILE)  # the contents read above: run.json is read once
     has_results = any((out / RESULTS).glob(f"*{RESULT_SUFFIX}"))
     if stored is not None and has_results and stored.target() != config.target():
         asked = config.target()
