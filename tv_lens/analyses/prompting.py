@@ -129,7 +129,8 @@ def task_vector_prompting(
         ShapeError: Mismatched prompt counts, or vectors of another d_model.
         LayerOutOfRangeError: A layer outside the model (or the given vectors).
     """
-    _check_options(source, mode, n_bootstrap, ci, scoring)
+    _check_options(source, mode, scoring)
+    check_bootstrap(n_bootstrap, ci)
     adapter = adapt(model)
     layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
     n = len(icl_inputs)
@@ -277,7 +278,7 @@ class TaskVectorPrompting(CausalOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_options(self.source, self.mode, self.n_bootstrap, self.ci, self.scoring)
+        _check_options(self.source, self.mode, self.scoring)  # the bootstrap options: CausalOptions
 
     def run(
         self, model: Any, pool: TaskPool | TextPool, n_per_task: int = 50, n_shots: ShotSpec = 4, seed: int = 0
@@ -326,14 +327,13 @@ class TaskVectorPrompting(CausalOptions):
         )
 
 
-def _check_options(source: str, mode: str, n_bootstrap: int, ci: float, scoring: str) -> None:
+def _check_options(source: str, mode: str, scoring: str) -> None:
     if scoring not in SCORINGS:
         raise AnalysisError(f"Unknown TVP scoring {scoring!r}; use one of {list(SCORINGS)}.")
     if source not in SOURCES:
         raise AnalysisError(f"Unknown TVP source {source!r}; use one of {list(SOURCES)}.")
     if mode not in INJECT_MODES:
         raise AnalysisError(f"Unknown TVP mode {mode!r}; use one of {list(INJECT_MODES)}.")
-    check_bootstrap(n_bootstrap, ci)
 
 
 def _pairs(answers: Tensor, task_ids: Tensor, task_names: Sequence[str], n: int, n_zero: int) -> tuple[Tensor, Tensor]:
