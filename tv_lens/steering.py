@@ -42,7 +42,7 @@ from torch import Tensor
 
 from tv_lens.errors import AnalysisError, PositionError, ShapeError
 from tv_lens.generation import Generation, generate
-from tv_lens.generation import _inputs as prompt_inputs
+from tv_lens.generation.prompts import prompt_inputs
 from tv_lens.interventions import add, replace, run_with_interventions
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import attached_hooks

@@ -1,0 +1,169 @@
+"""The token-by-token loops of generation (recomputing the prefix, or on the KV cache) and the write hook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tv_lens.errors import ModelNotSupportedError
+from tv_lens.generation.kv_cache import CacheKind, CacheRunner
+from tv_lens.interventions import WritePlan
+from tv_lens.models.adapter import ModelAdapter
+from tv_lens.models.running import forward
+from tv_lens.positions import PreparedPrompts
+
+__all__ = ["PassState", "Sampling", "cached_batch", "recomputed_batch", "write_hook"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: greedy, or sampled with the uniform draws ``[n_prompts, max_new_tokens]``."""
+
+    temperature: float
+    top_k: int | None
+    uniforms: Tensor | None
+
+
+class PassState:
+    """What the forward pass under way holds: the prompts of its rows and the position of its column 0."""
+
+    def __init__(self) -> None:
+        self.rows = torch.zeros(0, dtype=torch.long)
+        self.start = 0
+
+
+def recomputed_batch(
+    adapter: ModelAdapter,
+    kind: CacheKind | None,
+    prepared: PreparedPrompts,
+    lengths: Tensor,
+    index: Tensor,
+    max_new_tokens: int,
+    sampling: Sampling,
+    stops: Tensor,
+    state: PassState,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Generate for prompts ``index``, running every unfinished prompt's whole sequence at each step."""
+    n = len(index)
+    own = lengths[index]
+    sequences = _sequences(prepared, index, own, max_new_tokens)
+    new = torch.full((n, max_new_tokens), -1, dtype=torch.long)
+    done = torch.zeros(n, dtype=torch.bool)
+    stopped = torch.zeros(n, dtype=torch.bool)
+    for k in range(max_new_tokens):
+        active = (~done).nonzero()[:, 0]
+        ends = own[active] + k
+        state.rows, state.start = index[active], 0
+        logits = forward(adapter, sequences[active, : int(ends.max())].to(adapter.device))
+        last = logits[torch.arange(len(active), device=logits.device), (ends - 1).to(logits.device)]
+        chosen = _choose(last, index[active], torch.full_like(active, k), sampling)
+        sequences[active, ends] = chosen
+        new[active, k] = chosen
+        hit = torch.isin(chosen, stops)
+        stopped[active[hit]] = True
+        done[active[hit]] = True
+        if bool(done.all()):
+            break
+    counts = (new >= 0).sum(1)
+    return new, counts, stopped
+
+
+def cached_batch(
+    adapter: ModelAdapter,
+    kind: CacheKind | None,
+    prepared: PreparedPrompts,
+    lengths: Tensor,
+    index: Tensor,
+    max_new_tokens: int,
+    sampling: Sampling,
+    stops: Tensor,
+    state: PassState,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Generate for prompts ``index`` on the KV cache, all rows advancing one position per step."""
+    if kind is None:
+        raise ModelNotSupportedError("Generating on a KV cache needs a model whose cache works; use use_cache=False.")
+    n = len(index)
+    own = lengths[index]
+    sequences = _sequences(prepared, index, own, max_new_tokens)
+    new = torch.full((n, max_new_tokens), -1, dtype=torch.long)
+    done = torch.zeros(n, dtype=torch.bool)
+    stopped = torch.zeros(n, dtype=torch.bool)
+    runner = CacheRunner(adapter, kind, n)
+    position = int(own.min()) - 1  # the last position run so far; its logits predict position + 1
+    state.rows, state.start = index, 0
+    logits = runner(sequences[:, : position + 1].to(adapter.device))[:, -1]
+    while True:
+        k = position + 1 - own  # index of the token each row predicts now (negative: still in its prompt)
+        rows = ((k >= 0) & ~done).nonzero()[:, 0]
+        if len(rows):
+            chosen = _choose(logits[rows.to(logits.device)], index[rows], k[rows], sampling)
+            sequences[rows, position + 1] = chosen
+            new[rows, k[rows]] = chosen
+            hit = torch.isin(chosen, stops)
+            stopped[rows[hit]] = True
+            done[rows[hit | (k[rows] == max_new_tokens - 1)]] = True
+        if bool(done.all()):
+            break
+        position += 1
+        state.start = position
+        logits = runner(sequences[:, position : position + 1].to(adapter.device))[:, -1]
+    counts = (new >= 0).sum(1)
+    return new, counts, stopped
+
+
+def _sequences(prepared: PreparedPrompts, index: Tensor, own: Tensor, max_new_tokens: int) -> Tensor:
+    """Prompt tokens of rows ``index`` (aligned, cut after each prompt) with room for the new tokens; 0 elsewhere."""
+    width = int(own.max()) + max_new_tokens
+    sequences = torch.zeros(len(index), width, dtype=torch.long)
+    tokens = prepared.inputs[index.to(prepared.inputs.device)].cpu()
+    columns = torch.arange(tokens.shape[1])
+    kept = torch.where(columns[None, :] < own[:, None], tokens, 0)
+    sequences[:, : min(width, tokens.shape[1])] = kept[:, :width]
+    return sequences
+
+
+def _choose(logits: Float[Tensor, "rows d_vocab"], rows: Tensor, k: Tensor, sampling: Sampling) -> Tensor:
+    """Next token of each row: the argmax, or an inverse-CDF sample with the row's uniform draw ``u[row, k]``."""
+    if sampling.uniforms is None:
+        return logits.argmax(dim=-1).cpu()
+    scores = logits.double().cpu() / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < scores.shape[-1]:
+        kept = scores.topk(sampling.top_k, dim=-1).indices
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, kept, scores.gather(-1, kept))
+    cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1)
+    threshold = sampling.uniforms[rows, k][:, None] * cdf[:, -1:]
+    return (cdf <= threshold).sum(dim=-1).clamp(max=scores.shape[-1] - 1)
+
+
+def write_hook(
+    activation: Tensor, hook: Any, *, plan: WritePlan, state: PassState, written: Tensor, last: Tensor, every: bool
+) -> Tensor:
+    """Hook body: apply ``plan`` at the prompt positions (and generated ones, if ``every``) this pass holds."""
+    rows = state.rows
+    columns = state.start + torch.arange(activation.shape[1])
+    ends = last[rows][:, None]
+    selected = plan.rows[rows][:, None]
+    if plan.positions is None:  # every prompt position
+        prompt = (columns[None, :] <= ends) & selected
+    else:
+        prompt = (columns[None, :] == plan.positions[rows][:, None]) & selected
+    written[rows] |= prompt.any(dim=1)
+    mask = prompt | ((columns[None, :] > ends) & selected) if every else prompt
+    if not bool(mask.any()):
+        return activation
+    device = activation.device
+    values = plan.values.to(device, activation.dtype)
+    values = values if values.ndim == 1 else values[rows.to(device)][:, None]
+    where = mask.to(device)[..., None]
+    if plan.intervention.kind == "ablate_head":
+        head = int(plan.intervention.head)  # type: ignore[arg-type]
+        ablated = activation.clone()
+        ablated[:, :, head] = torch.where(where, values, activation[:, :, head])
+        return ablated
+    if plan.intervention.kind == "add":
+        return torch.where(where, activation + values, activation)
+    return torch.where(where, values, activation)
