@@ -196,12 +196,3 @@ def test_bad_inputs_name_the_fix(cmodel: ContinuousModel) -> None:
         ContinuousModel(build_model(ModelConfig(d_vocab=1, n_layers=1, d_model=8, n_heads=2)), 0)
     with pytest.raises(ShapeError, match="d_out must be a positive int"):
         build_continuous_model(tiny_config(), d_in=3, d_out=0)
-
-
-def test_docstring_example_runs() -> None:
-    import doctest
-
-    import tv_lens.models.continuous as module
-
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

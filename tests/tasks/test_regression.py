@@ -242,12 +242,3 @@ def test_bad_requests_name_the_fix() -> None:
     with pytest.raises(TaskError, match="NaN or infinite"):
         not_finite.sample(2, n_shots=1, seed=0)
     assert issubclass(TaskError, TvLensError)
-
-
-@pytest.mark.parametrize("module", ["tv_lens.tasks.regression", "tv_lens.tasks.lexicon", "tv_lens.tasks.text_families"])
-def test_docstring_examples_run(module: str) -> None:
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

@@ -89,13 +89,3 @@ def test_to_cuda_and_back(batch: ICLBatch) -> None:
     assert zs.inputs.is_cuda and sub.inputs.is_cuda
     assert torch.equal(zs.to("cpu").inputs, batch.zero_shot().inputs)
     assert torch.equal(sub.to("cpu").answers, batch.select(batch.task_ids == 0).answers)
-
-
-@pytest.mark.parametrize("module", ["vocabulary", "pool", "tokens", "__init__"])
-def test_docstring_examples_run(module: str) -> None:
-    import doctest
-    import importlib
-
-    mod = importlib.import_module("tv_lens.tasks" if module == "__init__" else f"tv_lens.tasks.{module}")
-    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
