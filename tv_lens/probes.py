@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens import ActivationCache
 
 from tv_lens.errors import HookNotFoundError, NonFiniteError, ShapeError
 from tv_lens.models.adapter import EMBED_LAYER, RESIDUAL_SITES, ModelAdapter, adapt
@@ -80,7 +81,7 @@ class Representations:
     @classmethod
     def from_cache(
         cls,
-        cache: Mapping[str, Tensor],
+        cache: ActivationCache | Mapping[str, Tensor],
         answer_pos: int | Sequence[int] | Tensor,
         layers: Sequence[int] | None = None,
         site: str = "resid_post",

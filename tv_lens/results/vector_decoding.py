@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -21,6 +21,7 @@ NamedRows = tuple[tuple[str, ...], tuple[str, ...], tuple["int | None", ...], Fl
 """Names, tasks and layers (``None``: no layer) of vectors, and the vectors stacked as rows."""
 
 
+@runtime_checkable
 class NamedVectors(Protocol):
     """Vectors that name themselves for decoding (:class:`~tv_lens.task_vectors.TaskVectors`, a function vector)."""
 

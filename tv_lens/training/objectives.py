@@ -14,7 +14,7 @@ by the kind of pool, and ``train(..., objective=...)`` takes any object with the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from tv_lens.tasks import ICLBatch, RegressionBatch, RegressionPool, TaskPool
 __all__ = ["Objective", "RegressionObjective", "TokenObjective", "objective_for"]
 
 
+@runtime_checkable
 class Objective(Protocol):
     """The loss and the scores of one kind of task pool."""
 
