@@ -6,7 +6,8 @@
 - :mod:`~tv_lens.interventions.masking`: attention masking through hook points (``blocked_keys``), so that
   several continuations of one prefix share a row.
 - :mod:`~tv_lens.interventions.sweep`: :func:`run_sweep` runs many interventions (cells) over the same prompts,
-  stacked on the batch dimension, the analyses' causal engine.
+  stacked on the batch dimension, the analyses' causal engine; :mod:`~tv_lens.interventions.cells` holds what a
+  sweep runs (aligned prompts, cells) and returns, :mod:`~tv_lens.interventions.sweep_passes` its passes.
 """
 
 from tv_lens.interventions.engine import InterventionRun, WritePlan, resolve, run_with_interventions
