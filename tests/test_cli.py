@@ -19,7 +19,7 @@ import tv_lens.demo as demo_module
 from tv_lens.cli import main
 from tv_lens.demo import ANALYSES, DemoConfig, finetuning_pool, train_or_load
 from tv_lens.errors import ArtefactError, ConfigError
-from tv_lens.report import ANALYSIS_NAMES, SECTIONS, headline_numbers, load_results
+from tv_lens.report import ANALYSIS_NAMES, SECTIONS, headline_numbers, load_results, read_run_info
 from tv_lens.results import (
     LAYER_AXIS_TITLE,
     Decodability,
@@ -117,7 +117,7 @@ def test_saved_results_have_the_quick_models_shapes_and_finite_numbers_in_range(
     assert performance.shots == (0, 1, 2, 4, 6) and performance.values.shape == (3, 5)
     assert bool(torch.isfinite(performance.values).all()) and bool((performance.n_prompts == 40).all())
     assert results["geometry"].coords.shape == (3, 3 * 40, 2)
-    assert results["td_accuracy"].shot_grid == (1, 2, 4, 6) and len(results["td_accuracy"].td) == 2 * 4
+    assert results["td_accuracy"].shot_grid == (1, 2) and len(results["td_accuracy"].td) == 2 * 2  # at ceiling
     patching = results["patching"]
     assert patching.layers == (0, 1) and patching.mode == "add" and bool((patching.writes > 0).all())
     assert bool(torch.isfinite(patching.correct_loss_change).all())
@@ -134,7 +134,8 @@ def test_saved_results_have_the_quick_models_shapes_and_finite_numbers_in_range(
 def test_headline_icl_accuracy_matches_an_independent_scoring_of_the_trained_model(quick_demo):
     out, run = quick_demo["out"], quick_demo["run"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary == json.loads(json.dumps(headline_numbers(load_results(out / "results"))))
+    numbers = headline_numbers(load_results(out / "results"), read_run_info(out / "run.json"))
+    assert summary == json.loads(json.dumps(numbers))
     icl = summary["performance"]["icl_accuracy"]
     performance = run.results["performance"]
     assert icl == float(performance.values[:2, -1].mean())  # the two offset tasks at 6 shots, Null left out
@@ -146,6 +147,34 @@ def test_headline_icl_accuracy_matches_an_independent_scoring_of_the_trained_mod
     correct = (predicted == batch.answers[:, 0]).double()
     assert icl == pytest.approx(float(correct[batch.task_ids < 2].mean()), abs=1e-12)
     assert f"{icl:.3f} accuracy at 6 shots" in quick_demo["stdout"]
+
+
+def test_td_accuracy_and_patching_run_at_the_shots_chosen_from_an_independent_accuracy_curve(quick_demo):
+    out, run = quick_demo["out"], quick_demo["run"]
+    chosen = json.loads((out / "run.json").read_text())["analysis_shots"]
+    model = load_checkpoint(list_checkpoints(out / "checkpoints")[-1]).load_model()
+    pool = recipes["quick"].build_pool()
+
+    def clean_run(n_per_task: int, shots: int):
+        batch = pool.sample(n_per_task, shots, seed=0)
+        with torch.no_grad():
+            logits = model(batch.inputs)[torch.arange(len(batch)), batch.answer_pos]
+        return batch, (logits.argmax(-1) == batch.answers[:, 0]).double()
+
+    accuracy = {}
+    for shots in (1, 2, 4, 6):  # the quick preset's candidates; mean over the two offset tasks, Null left out
+        batch, correct = clean_run(40, shots)
+        accuracy[shots] = sum(float(correct[batch.task_ids == t].mean()) for t in (0, 1)) / 2
+    assert chosen["accuracy"] == {str(s): pytest.approx(value, abs=1e-12) for s, value in accuracy.items()}
+    below = [s for s, value in accuracy.items() if value < 0.95]
+    assert below == []  # the quick model is at its ceiling from one shot: the smallest shot counts are taken
+    assert chosen["td_accuracy"] == [1, 2] and chosen["patching"] == 1 and chosen["ceiling"] == 0.95
+    assert run.results["td_accuracy"].shot_grid == (1, 2)
+    batch, correct = clean_run(24, chosen["patching"])  # the patched prompts: their unpatched correctness
+    assert torch.equal(run.results["patching"].clean_correct, correct.to(run.results["patching"].clean_correct))
+    assert run.numbers["patching"]["shots"] == 1 and "(add, 1 shot;" in quick_demo["stdout"]
+    assert "TD → accuracy ran at shots 1, 2 and patching at 1 shot: the smallest shot counts" in quick_demo["report"]
+    assert "over 4 (task, shots) points at shots 1, 2" in quick_demo["stdout"]
 
 
 def test_quick_model_shows_the_papers_signatures(quick_demo):
@@ -190,6 +219,8 @@ def test_second_demo_loads_the_model_instead_of_retraining(quick_demo, monkeypat
     assert "loaded (already trained, not retrained)" in stdout
     assert fingerprint(out / "checkpoints") == quick_demo["checkpoints"]
     assert Result.load(out / "results" / "performance.safetensors") == quick_demo["run"].results["performance"]
+    # run.json is rewritten but keeps the shots the saved TD→accuracy and patching results ran at
+    assert json.loads((out / "run.json").read_text())["analysis_shots"]["td_accuracy"] == [1, 2]
 
 
 def test_analyze_uses_the_stored_settings_and_finishes_an_interrupted_training_run(quick_demo, tmp_path):

@@ -50,7 +50,8 @@ Layers are TransformerLens block indices throughout (-1 = embedding output).
 _LAYOUT = """\
 output directory layout:
   DIR/checkpoints/step-*.pt       training checkpoints (a finished run is loaded, never retrained)
-  DIR/run.json                    the run's settings and training summary
+  DIR/run.json                    the run's settings, training summary and the shots TD vs accuracy
+                                  and patching ran at (where ICL accuracy is below its ceiling)
   DIR/results/NAME.safetensors    one result per analysis (tv_lens.Result.load reads any)
   DIR/summary.json                the headline numbers
   DIR/report.html                 the report (opens offline)
@@ -234,7 +235,7 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
         "--recipe",
         default=None,
         metavar="NAME",
-        help="training recipe (default: 'default', or 'quick' with --quick); see tv_lens.training.recipes",
+        help="training recipe (default: 'shots', or 'quick' with --quick); see tv_lens.training.recipes",
     )
     parser.add_argument(
         "--backend",

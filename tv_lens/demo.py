@@ -3,7 +3,8 @@
 A demo directory holds everything a run produced, so each step can be repeated on its own:
 
 - ``checkpoints/step-*.pt``: the training run (the emergence analysis reads every checkpoint);
-- ``run.json``: the :class:`DemoConfig` of the run and its training summary;
+- ``run.json``: the :class:`DemoConfig` of the run, its training summary and the shots chosen for TD→accuracy
+  and patching (``analysis_shots``);
 - ``results/<name>.safetensors``: one :class:`~tv_lens.results.Result` per analysis (``Result.load`` reads any);
 - ``summary.json``: the headline numbers; ``report.html``: the report (:mod:`tv_lens.report`).
 
@@ -11,8 +12,14 @@ A directory that already holds the finished run is reused: the model is loaded, 
 interrupted run resumes from its last checkpoint. Settings live in :class:`DemoConfig`
 (:meth:`DemoConfig.full` and :meth:`DemoConfig.quick` are the two presets of the command line).
 
+TD → accuracy and correct-vs-incorrect patching only say something where accuracy can move: at shot counts
+where the model is at its ceiling there is no variation for TD to predict, and a correct task vector cannot
+help. So both run at shot counts chosen from the model's ICL accuracy curve (:func:`choose_analysis_shots`):
+those of ``td_accuracy_shots`` whose accuracy on the non-Null tasks is below ``DemoConfig.ceiling``. The
+choice is saved in ``run.json`` (``analysis_shots``) and stated in the report.
+
 >>> DemoConfig.quick().recipe, DemoConfig.full().recipe
-('quick', 'default')
+('quick', 'shots')
 """
 
 from __future__ import annotations
@@ -50,8 +57,8 @@ from tv_lens.report import (
     write_run_info,
 )
 from tv_lens.report import read_run_info as report_run_info
-from tv_lens.results import Result
-from tv_lens.tasks import TaskPool, offset_pool
+from tv_lens.results import Performance, Result
+from tv_lens.tasks import NULL_TASK, TaskPool, offset_pool
 from tv_lens.training import (
     DataConfig,
     Recipe,
@@ -65,12 +72,16 @@ from tv_lens.training import (
 )
 
 __all__ = [
+    "AnalysisShots",
     "DemoConfig",
     "DemoRun",
     "TrainedModel",
+    "analysis_shots",
+    "choose_analysis_shots",
     "finetuning_pool",
     "run_analyses",
     "run_demo",
+    "shots_below_ceiling",
     "train_or_load",
 ]
 
@@ -94,7 +105,9 @@ class DemoConfig:
         causal_n_per_task: Prompts per task for patching, task-vector prompting and head ablation.
         emergence_n_per_task: Prompts per task scored at every checkpoint.
         performance_shots: Shot counts of the ICL-performance curve.
-        td_accuracy_shots: Shot counts whose (task, shots) points the TD→accuracy fit uses.
+        td_accuracy_shots: Candidate shot counts of TD→accuracy and patching: those below ``ceiling`` are used
+            (:func:`choose_analysis_shots`).
+        ceiling: ICL accuracy (mean over the non-Null tasks) from which a shot count is at ceiling.
         n_bootstrap: Bootstrap resamples of every confidence interval.
         patching_mode: How task vectors are patched: ``"replace"``, ``"add"`` or ``"add_difference"``.
         finetune_k: Blocks trained in each variant of the finetuning experiment (first k vs last k).
@@ -102,7 +115,7 @@ class DemoConfig:
         finetune_n_per_task: Held-out prompts per task the finetuned variants are compared on.
     """
 
-    recipe: str = "default"
+    recipe: str = "shots"
     backend: str = "auto"
     seed: int = 0
     checkpoint_every: int = 25
@@ -111,6 +124,7 @@ class DemoConfig:
     emergence_n_per_task: int = 50
     performance_shots: tuple[int, ...] = (0, 1, 2, 4, 8)
     td_accuracy_shots: tuple[int, ...] = (1, 2, 4, 8)
+    ceiling: float = 0.95
     n_bootstrap: int = 1000
     patching_mode: str = "add"
     finetune_k: int = 1
@@ -138,6 +152,11 @@ class DemoConfig:
             raise ConfigError(
                 f"DemoConfig.n_bootstrap must be an int >= 0 (0: no intervals), got {self.n_bootstrap!r}."
             )
+        if isinstance(self.ceiling, bool) or not isinstance(self.ceiling, int | float) or not 0 < self.ceiling <= 1:
+            raise ConfigError(
+                f"DemoConfig.ceiling is an accuracy in (0, 1], got {self.ceiling!r}; e.g. ceiling=0.95 (1: every "
+                "shot count below perfect accuracy counts as below the ceiling)."
+            )
         if self.patching_mode not in PATCHING_MODES:
             raise ConfigError(f"patching_mode must be one of {list(PATCHING_MODES)}, got {self.patching_mode!r}.")
         if self.backend not in ("auto", "hooked", "bridge"):
@@ -145,12 +164,12 @@ class DemoConfig:
 
     @classmethod
     def full(cls, **overrides: Any) -> DemoConfig:
-        """The full demo: ``recipes["default"]`` (4 blocks) and Han et al.'s 100 prompts per task."""
+        """The full demo: ``recipes["shots"]`` (4 blocks, accuracy rising with shots), 100 prompts per task."""
         return cls(**overrides)
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
-        """A minute-scale demo: ``recipes["quick"]`` (2 blocks, 6 shots) and fewer prompts."""
+        """A minute-scale demo: ``recipes["quick"]`` (2 blocks, 6 shots, at ceiling from one shot), fewer prompts."""
         settings: dict[str, Any] = {
             "recipe": "quick",
             "checkpoint_every": 20,
@@ -241,6 +260,94 @@ class DemoRun:
     seconds: dict[str, float]
 
 
+@dataclass(frozen=True)
+class AnalysisShots:
+    """The shot counts TD→accuracy and patching run at, chosen from the ICL accuracy curve.
+
+    Attributes:
+        td_accuracy: Shot counts of the TD→accuracy fit, increasing.
+        patching: Shot count of the patched prompts (and of the prompts their task vectors are read from).
+        accuracy: Mean ICL accuracy over the non-Null tasks at each candidate shot count.
+        ceiling: Accuracy from which a shot count is at ceiling.
+    """
+
+    td_accuracy: tuple[int, ...]
+    patching: int
+    accuracy: dict[int, float]
+    ceiling: float
+
+    @property
+    def below_ceiling(self) -> tuple[int, ...]:
+        """The candidate shot counts whose accuracy is below the ceiling (empty: the model is at ceiling)."""
+        return tuple(s for s, value in sorted(self.accuracy.items()) if value < self.ceiling)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON form (stored in ``run.json`` as ``analysis_shots``)."""
+        return {
+            "td_accuracy": list(self.td_accuracy),
+            "patching": self.patching,
+            "accuracy": {str(s): value for s, value in sorted(self.accuracy.items())},
+            "ceiling": self.ceiling,
+        }
+
+
+def shots_below_ceiling(
+    performance: Performance, candidates: Sequence[int], ceiling: float = 0.95, minimum: int = 2
+) -> tuple[int, ...]:
+    """The ``candidates`` whose ICL accuracy is below ``ceiling``, topped up to ``minimum`` with the smallest others.
+
+    Accuracy is the mean over the non-Null tasks of ``performance.values`` at that shot count (the Null task's
+    answers are random: it is never at ceiling). A fit over shot counts needs at least two of them, so when fewer
+    than ``minimum`` are below the ceiling the smallest remaining candidates are added (a model at its ceiling
+    everywhere gets the smallest ``minimum``).
+
+    >>> import torch
+    >>> curve = Performance(
+    ...     values=torch.tensor([[0.7, 0.9, 0.97, 1.0], [0.8, 0.85, 0.99, 1.0]]), ci=torch.zeros(2, 4, 2),
+    ...     overall=torch.zeros(4), overall_ci=torch.zeros(4, 2), n_prompts=torch.ones(2, 4, dtype=torch.long),
+    ...     shots=(1, 2, 4, 8), task_names=("a", "b"))
+    >>> shots_below_ceiling(curve, (1, 2, 4, 8)), shots_below_ceiling(curve, (1, 2, 4, 8), ceiling=0.5)
+    ((1, 2), (1, 2))
+    >>> shots_below_ceiling(curve, (2, 4, 8), ceiling=0.9), shots_below_ceiling(curve, (1, 2, 4, 8), ceiling=1.0)
+    ((2, 4), (1, 2, 4))
+
+    Raises:
+        ConfigError: A candidate is not a shot count of ``performance``, or it has no task but Null.
+    """
+    accuracy = _real_accuracy(performance, candidates)
+    below = [s for s in sorted(accuracy) if accuracy[s] < ceiling]
+    others = [s for s in sorted(accuracy) if s not in below]
+    return tuple(sorted(below + others[: max(0, minimum - len(below))]))
+
+
+def _real_accuracy(performance: Performance, candidates: Sequence[int]) -> dict[int, float]:
+    """Mean accuracy over the non-Null tasks of ``performance`` at each of the ``candidates`` shot counts."""
+    missing = sorted(set(candidates) - set(performance.shots))
+    real = [t for t, name in enumerate(performance.task_names) if name != NULL_TASK]
+    if missing or not real or not performance.higher_is_better:
+        raise ConfigError(
+            f"Choosing shot counts needs an accuracy curve of the candidates {sorted(set(candidates))} on tasks other "
+            f"than Null; got a {performance.metric} curve at shots {list(performance.shots)} of tasks "
+            f"{list(performance.task_names)}. Run ICLPerformance (metric 'accuracy') at every candidate shot count."
+        )
+    return {s: float(performance.values[real, performance.shots.index(s)].nanmean()) for s in sorted(set(candidates))}
+
+
+def choose_analysis_shots(performance: Performance, config: DemoConfig) -> AnalysisShots:
+    """Where TD→accuracy and patching run: shot counts of ``config.td_accuracy_shots`` below ``config.ceiling``.
+
+    TD→accuracy uses :func:`shots_below_ceiling` (at least two shot counts); patching uses the largest shot count
+    below the ceiling (the prompts carry the most evidence of their task while a correct vector can still help),
+    or, when every candidate is at ceiling, the smallest candidate.
+    """
+    candidates = config.td_accuracy_shots
+    td = shots_below_ceiling(performance, candidates, config.ceiling)
+    accuracy = _real_accuracy(performance, candidates)
+    below = [s for s in sorted(accuracy) if accuracy[s] < config.ceiling]
+    patching = below[-1] if below else min(candidates)
+    return AnalysisShots(td, patching, accuracy, float(config.ceiling))
+
+
 def _is_count(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
@@ -276,6 +383,11 @@ def train_or_load(out: str | Path, config: DemoConfig, progress: bool = True) ->
     _check_same_training(out, config)
     model_config, train_config = config.model_config(), config.train_config()
     pool = config.get_recipe().build_pool()
+    if not isinstance(pool, TaskPool):
+        raise ConfigError(
+            f"The demo runs token-task recipes, but recipe {config.recipe!r} trains on a {type(pool).__name__}; "
+            "pick a token recipe (e.g. 'shots' or 'quick'), or train it with Recipe.run and run analyses yourself."
+        )
     last = latest_checkpoint(directory)
     if last is not None:
         checkpoint = load_checkpoint(last)
@@ -323,22 +435,26 @@ def finetuning_pool(pool: TaskPool, n_tasks: int | None = None) -> TaskPool:
     The finetuning experiment (Han et al. §4.4) needs tasks of the trained family that the base model does
     not do well. For a pool of offset tasks ``y = x + c mod n`` these are the offsets it lacks, taken
     upwards from the largest trained one (``offsets (1, 2, 3, 4) mod 16`` gives ``5, 6, 7, 8``); as many
-    as the pool has (``n_tasks`` to choose), with a Null task if the pool has one.
+    as the pool has (``n_tasks`` to choose), with a Null task if the pool has one. A pool of parity-dependent
+    offsets (:func:`~tv_lens.tasks.parity_offset_pool`) gets the plain offsets that neither parity of any of its
+    tasks uses (``offsets (1, 3) mod 8`` gives ``4, 5, 6, 7``).
 
     Raises:
-        ConfigError: ``pool`` is not a pool of single-input offset tasks, or has no offsets left.
+        ConfigError: ``pool`` is not a pool of single-input (parity-dependent) offset tasks, or has no offsets left.
     """
     n = pool.input_values
     x = torch.arange(n)[:, None]
-    seen = set()
+    parities = [x[:, 0] % 2 == 0, x[:, 0] % 2 == 1]
+    seen: set[int] = set()
     for task in pool.tasks:
         shift = (task(x) - x[:, 0]) % n if pool.n_inputs == 1 and pool.answer == "token" else None
-        if shift is None or not bool((shift == shift[0]).all()):
+        if shift is None or not all(bool((shift[side] == shift[side][0]).all()) for side in parities):
             raise ConfigError(
                 f"The demo's finetuning experiment picks unseen offsets, but task {task.name!r} of the recipe's "
-                "pool is not an offset task (y = x + c mod n); run LayerFinetuning on a pool of your own instead."
+                "pool is not an offset task (y = x + c mod n, c possibly depending on the parity of x); run "
+                "LayerFinetuning on a pool of your own instead."
             )
-        seen.add(int(shift[0]))
+        seen.update(int(shift[side][0]) for side in parities if bool(side.any()))
     top = max(seen)
     unseen = [c for c in (*range(top + 1, n), *range(1, top)) if c not in seen]
     wanted = len(pool.tasks) if n_tasks is None else n_tasks
@@ -347,56 +463,56 @@ def finetuning_pool(pool: TaskPool, n_tasks: int | None = None) -> TaskPool:
     return offset_pool(unseen[:wanted], n_values=n, null=pool.null, fmt=pool.fmt, bos=pool.vocab.bos)
 
 
-def _decodability(trained: TrainedModel, config: DemoConfig, progress: bool) -> Result:
+def _decodability(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
     analysis = TaskDecodability(n_bootstrap=config.n_bootstrap, progress=progress)
     return analysis.run(trained.model, trained.pool, config.n_per_task, config.n_shots, config.seed)
 
 
-def _performance(trained: TrainedModel, config: DemoConfig, progress: bool) -> Result:
+def _performance(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
     analysis = ICLPerformance(shots=config.performance_shots, n_bootstrap=config.n_bootstrap)
     return analysis.run(trained.model, trained.pool, config.n_per_task, config.seed)
 
 
-def _geometry(trained: TrainedModel, config: DemoConfig, progress: bool) -> Result:
+def _geometry(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
     analysis = Geometry(method="pca", progress=progress)
     return analysis.run(trained.model, trained.pool, config.n_per_task, config.n_shots, config.seed)
 
 
-def _td_accuracy(trained: TrainedModel, config: DemoConfig, progress: bool) -> Result:
-    analysis = TdAccuracy(shots=config.td_accuracy_shots)
+def _td_accuracy(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
+    analysis = TdAccuracy(shots=shots.td_accuracy)
     return analysis.run(trained.model, trained.pool, config.n_per_task, config.seed)
 
 
-def _patching(trained: TrainedModel, config: DemoConfig, progress: bool) -> Result:
+def _patching(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
     analysis = TaskVectorPatching(
         mode=config.patching_mode,  # type: ignore[arg-type]
         n_bootstrap=config.n_bootstrap,
         progress=progress,
     )
-    return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
+    return analysis.run(trained.model, trained.pool, config.causal_n_per_task, shots.patching, config.seed)
 
 
-def _prompting(trained: TrainedModel, config: DemoConfig, progress: bool) -> Result:
+def _prompting(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
     analysis = TaskVectorPrompting(n_bootstrap=config.n_bootstrap, progress=progress)
     return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
 
 
-def _heads(trained: TrainedModel, config: DemoConfig, progress: bool) -> Result:
+def _heads(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
     analysis = HeadAblation(n_bootstrap=config.n_bootstrap, progress=progress)
     return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
 
 
-def _emergence(trained: TrainedModel, config: DemoConfig, progress: bool) -> Result:
+def _emergence(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
     analysis = Emergence(n_shots=config.n_shots, progress=progress)
     return analysis.run(trained.checkpoints, trained.pool, config.emergence_n_per_task, config.seed)
 
 
-def _finetuning(trained: TrainedModel, config: DemoConfig, progress: bool) -> Result:
-    shots = config.n_shots
+def _finetuning(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
+    n_shots = config.n_shots
     analysis = LayerFinetuning(
         k=config.finetune_k,
         train=TrainConfig(
-            data=DataConfig(n_per_task=16, n_shots=shots, eval_n_per_task=16, seed=config.seed),
+            data=DataConfig(n_per_task=16, n_shots=n_shots, eval_n_per_task=16, seed=config.seed),
             schedule=ScheduleConfig(
                 max_steps=config.finetune_steps,
                 lr=1e-3,
@@ -407,14 +523,14 @@ def _finetuning(trained: TrainedModel, config: DemoConfig, progress: bool) -> Re
         ),
         decodability=TaskDecodability(n_bootstrap=config.n_bootstrap),
         n_per_task=config.finetune_n_per_task,
-        n_shots=shots,
+        n_shots=n_shots,
         n_bootstrap=config.n_bootstrap,
         progress=progress,
     )
     return analysis.run(trained.model, finetuning_pool(trained.pool), seed=config.seed)
 
 
-ANALYSES: dict[str, Callable[[TrainedModel, DemoConfig, bool], Result]] = {
+ANALYSES: dict[str, Callable[[TrainedModel, DemoConfig, bool, AnalysisShots], Result]] = {
     "decodability": _decodability,
     "performance": _performance,
     "geometry": _geometry,
@@ -425,8 +541,12 @@ ANALYSES: dict[str, Callable[[TrainedModel, DemoConfig, bool], Result]] = {
     "emergence": _emergence,
     "finetuning": _finetuning,
 }
-"""Name (also the result file's stem) → the step that runs that analysis on a trained demo model; the report
-has a section for each (:data:`tv_lens.report.ANALYSIS_NAMES`, the same names in the same order)."""
+"""Name (also the result file's stem) → the step that runs that analysis on a trained demo model (with the shot
+counts of :func:`choose_analysis_shots`); the report has a section for each (:data:`tv_lens.report.ANALYSIS_NAMES`,
+the same names in the same order)."""
+
+CHOSEN_SHOTS = ("td_accuracy", "patching")
+"""The analyses that run at shot counts chosen from the ICL accuracy curve."""
 
 
 def run_analyses(
@@ -438,6 +558,9 @@ def run_analyses(
 ) -> tuple[dict[str, Result], dict[str, float]]:
     """Run the analyses (all, or those in ``only``) and save each to ``out/results/<name>.safetensors``.
 
+    Before TD→accuracy or patching, the shot counts they run at are chosen from the ICL accuracy curve
+    (:func:`choose_analysis_shots`) and recorded in ``out/run.json`` as ``analysis_shots``.
+
     Returns:
         The results by name, and the seconds each took.
 
@@ -447,16 +570,31 @@ def run_analyses(
     names = check_names(only)
     results: dict[str, Result] = {}
     seconds: dict[str, float] = {}
+    shots = analysis_shots(trained, config)
+    if any(name in CHOSEN_SHOTS for name in names):
+        write_run_info(Path(out), {**(read_run_info(out) or {}), "analysis_shots": shots.to_dict()})
     torch.manual_seed(config.seed)  # LoRA dropout and other module randomness draw from the global generator
     bar = tqdm(names, desc="analyses", disable=not progress, unit="analysis")
     for name in bar:
         bar.set_postfix_str(name)
         start = time.perf_counter()
-        results[name] = ANALYSES[name](trained, config, progress)
+        results[name] = ANALYSES[name](trained, config, progress, shots)
         seconds[name] = time.perf_counter() - start
         results[name].save(result_path(Path(out) / RESULTS, name))
     bar.close()
     return results, seconds
+
+
+def analysis_shots(trained: TrainedModel, config: DemoConfig) -> AnalysisShots:
+    """:func:`choose_analysis_shots` on the trained model's ICL accuracy at ``config.td_accuracy_shots``.
+
+    The curve is measured on the prompts the ICL-performance analysis scores (``config.n_per_task`` per task,
+    ``config.seed``; the prompts of a shot count depend only on the seed and the count), so its numbers are that
+    analysis's numbers at the same shot counts.
+    """
+    analysis = ICLPerformance(shots=config.td_accuracy_shots, n_bootstrap=0)
+    curve = analysis.run(trained.model, trained.pool, config.n_per_task, config.seed)
+    return choose_analysis_shots(curve, config)
 
 
 def check_names(only: Sequence[str] | None) -> tuple[str, ...]:
@@ -491,8 +629,9 @@ def write_outputs(out: str | Path, report: str | Path | None = None) -> tuple[Pa
     """
     out = Path(out)
     results = load_results(out / RESULTS)
-    path = write_report(results, out / REPORT_FILE if report is None else report, read_run_info(out))
-    numbers = headline_numbers(results)
+    info = read_run_info(out)
+    path = write_report(results, out / REPORT_FILE if report is None else report, info)
+    numbers = headline_numbers(results, info)
     save_summary(out, numbers)
     return path, numbers
 
@@ -536,4 +675,7 @@ def _training_summary(steps: int, elapsed_s: float, evals: list[dict[str, Any]])
 def _write_run_file(out: Path, config: DemoConfig, training: dict[str, Any]) -> None:
     recipe = config.get_recipe()
     info = {"config": config.to_dict(), "recipe_description": recipe.description, "training": training}
+    stored = read_run_info(out) or {}
+    if "analysis_shots" in stored:  # the shot counts the saved results of TD→accuracy and patching ran at
+        info["analysis_shots"] = stored["analysis_shots"]
     write_run_info(out, info)

@@ -62,6 +62,7 @@ __all__ = [
     "render_report",
     "result_path",
     "save_summary",
+    "shots_sentence",
     "summary_lines",
     "write_report",
     "write_run_info",
@@ -163,6 +164,7 @@ def _geometry(r: Any) -> Numbers:
 
 def _td_accuracy(r: Any) -> Numbers:
     return {
+        "shots": sorted({int(s) for s in r.shots.tolist()}),
         "layer": r.layer,
         "r2": float(r.r2),
         "slope": float(r.slope),
@@ -243,6 +245,10 @@ def _ci(values: list[float]) -> str:
     return f"[{values[0]:.3f}, {values[1]:.3f}]"
 
 
+def _count(n: int | str, noun: str) -> str:
+    return f"{n} {noun}" if int(n) == 1 else f"{n} {noun}s"
+
+
 def _block(layer: int) -> str:
     return layer_label(layer).split(" ")[0]
 
@@ -265,7 +271,8 @@ def _geometry_line(n: Numbers) -> str:
 
 def _td_accuracy_line(n: Numbers) -> str:
     low, high = n["score_range"]
-    where = f"over {n['n_points']} (task, shots) points, TD at {_block(n['layer'])}"
+    shots = f" at shots {', '.join(map(str, n['shots']))}" if "shots" in n else ""
+    where = f"over {n['n_points']} (task, shots) points{shots}, TD at {_block(n['layer'])}"
     if low == high:  # nothing to explain: the fit is undefined
         return f"{n['metric']} is {_f(low)} at every point ({where}): no variation for TD to predict"
     return (
@@ -275,8 +282,9 @@ def _td_accuracy_line(n: Numbers) -> str:
 
 
 def _patching_line(n: Numbers) -> str:
+    shots = f", {_count(n['shots'], 'shot')}" if "shots" in n else ""
     return (
-        f"at {_block(n['layer'])} ({n['mode']}; the layer of largest incorrect - correct loss gap): loss change "
+        f"at {_block(n['layer'])} ({n['mode']}{shots}; the layer of largest incorrect - correct loss gap): loss change "
         f"correct {_f(n['correct_loss_change'])} {_ci(n['correct_loss_change_ci'])} vs incorrect "
         f"{_f(n['incorrect_loss_change'])} {_ci(n['incorrect_loss_change_ci'])}; accuracy change correct "
         f"{_f(n['correct_change'])} vs incorrect {_f(n['incorrect_change'])}"
@@ -470,8 +478,11 @@ ANALYSIS_NAMES: tuple[str, ...] = tuple(section.name for section in SECTIONS)
 _BY_NAME = {section.name: section for section in SECTIONS}
 
 
-def headline_numbers(results: Mapping[str, Result]) -> dict[str, Numbers]:
+def headline_numbers(results: Mapping[str, Result], run_info: Mapping[str, Any] | None = None) -> dict[str, Numbers]:
     """The headline numbers of every known result, by analysis name (JSON-ready).
+
+    With a demo's ``run_info`` (its ``run.json``) that records ``analysis_shots``, the patching numbers also say
+    the shot count the patching ran at (a patching result does not hold it).
 
     Raises:
         ArtefactError: A result under a demo analysis's name is not of that analysis's type.
@@ -483,7 +494,11 @@ def headline_numbers(results: Mapping[str, Result]) -> dict[str, Numbers]:
                 f"The result named {name!r} {problem}; pass each demo analysis's result under its own name, and "
                 "other results under other names."
             )
-    return {name: _BY_NAME[name].numbers(result) for name, result in results.items() if name in _BY_NAME}
+    numbers = {name: _BY_NAME[name].numbers(result) for name, result in results.items() if name in _BY_NAME}
+    chosen = (run_info or {}).get("analysis_shots")
+    if chosen and "patching" in numbers:
+        numbers["patching"] = {"shots": chosen["patching"], **numbers["patching"]}
+    return numbers
 
 
 def summary_lines(numbers: Mapping[str, Numbers]) -> list[tuple[str, str, str]]:
@@ -591,6 +606,26 @@ def check_run_info(
         "'training.accuracy'",
         "an object of task name: accuracy (a number)",
     )
+    if "analysis_shots" in info:
+        chosen = info["analysis_shots"]
+        shape = "an object with td_accuracy (a list of shot counts), patching (a shot count), accuracy and ceiling"
+        expect(chosen, isinstance(chosen, dict), "'analysis_shots'", shape)
+        td, patching = chosen.get("td_accuracy"), chosen.get("patching")
+        expect(
+            td,
+            isinstance(td, list) and bool(td) and all(_is_int(x) for x in td),
+            "'analysis_shots.td_accuracy'",
+            "a non-empty list of shot counts",
+        )
+        expect(patching, _is_int(patching), "'analysis_shots.patching'", "a shot count (an integer)")
+        expect(chosen.get("ceiling"), _is_number(chosen.get("ceiling")), "'analysis_shots.ceiling'", "a number")
+        curve = chosen.get("accuracy")
+        expect(
+            curve,
+            isinstance(curve, dict) and all(_is_number(v) for v in curve.values()),
+            "'analysis_shots.accuracy'",
+            "an object of shot count: accuracy (a number)",
+        )
 
 
 def _is_int(value: Any) -> bool:
@@ -633,7 +668,7 @@ def render_report(results: Mapping[str, Result], run_info: Mapping[str, Any] | N
 
     if run_info:
         check_run_info(run_info)
-    numbers = headline_numbers(results)
+    numbers = headline_numbers(results, run_info)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -730,7 +765,24 @@ def _run_html(run_info: Mapping[str, Any] | None) -> str:
         f"Trained {text(training.get('steps'))} steps in {text(training.get('elapsed_s'))} s; held-out accuracy at "
         f"step {text(training.get('eval_step'))}: {text(held_out)}.",
     ]
+    if "analysis_shots" in run_info:
+        facts.append(text(shots_sentence(run_info["analysis_shots"])))
     return '<p class="note">' + "<br>".join(facts) + "</p>"
+
+
+def shots_sentence(chosen: Mapping[str, Any]) -> str:
+    """One sentence on the shot counts TD→accuracy and patching ran at (``run.json``'s ``analysis_shots``)."""
+    curve = ", ".join(f"{_count(shots, 'shot')} {value:.3f}" for shots, value in chosen["accuracy"].items())
+    ceiling = f"{chosen['ceiling']:.2f}"
+    below = [int(shots) for shots, value in chosen["accuracy"].items() if value < chosen["ceiling"]]
+    why = (
+        f"the shot counts where ICL accuracy on the non-Null tasks is below {ceiling}"
+        if below
+        else f"the smallest shot counts: ICL accuracy on the non-Null tasks is at least {ceiling} at every candidate, "
+        "so TD has little variation to predict and a correct task vector little room to help"
+    )
+    td = ", ".join(map(str, chosen["td_accuracy"]))
+    return f"TD → accuracy ran at shots {td} and patching at {_count(chosen['patching'], 'shot')}: {why} ({curve})."
 
 
 def _summary_html(numbers: Mapping[str, Numbers]) -> str:

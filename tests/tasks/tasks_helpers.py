@@ -10,10 +10,19 @@ from dataclasses import dataclass
 
 import torch
 
-from tv_lens.tasks import ICLBatch, TaskPool, bitwise_pool, modular_pool, offset_pool, permutation_pool
+from tv_lens.tasks import (
+    ICLBatch,
+    TaskPool,
+    bitwise_pool,
+    modular_pool,
+    offset_pool,
+    parity_offset_pool,
+    permutation_pool,
+)
 
 FAMILIES = {
     "offset": lambda fmt, bos: offset_pool(offsets=(1, 2, 5), n_values=8, fmt=fmt, bos=bos),
+    "parity_offset": lambda fmt, bos: parity_offset_pool(offsets=(0, 2, 5), n_values=9, fmt=fmt, bos=bos),
     "bitwise_token": lambda fmt, bos: bitwise_pool(n_bits=3, fmt=fmt, bos=bos),
     "bitwise_bits": lambda fmt, bos: bitwise_pool(n_bits=3, answer="bits", fmt=fmt, bos=bos),
     "modular": lambda fmt, bos: modular_pool(p=5, fmt=fmt, bos=bos),
@@ -87,6 +96,8 @@ def reference(pool: TaskPool, task: str, x: list[int]) -> list[int]:
     n = pool.vocab.n_values
     if m := re.fullmatch(r"offset\((\d+)\)", task):
         return [(x[0] + int(m[1])) % n]
+    if m := re.fullmatch(r"offset\((\d+),(\d+)\)", task):
+        return [(x[0] + int(m[1] if x[0] % 2 == 0 else m[2])) % n]
     if m := re.fullmatch(r"perm\((\d+)\)", task):
         return [int(pool.tasks[int(m[1])](torch.tensor([x]))[0])]
     a, b = x

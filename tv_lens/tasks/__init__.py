@@ -40,6 +40,7 @@ from tv_lens.tasks.tokens import (
     bitwise_pool,
     modular_pool,
     offset_pool,
+    parity_offset_pool,
     permutation_pool,
 )
 from tv_lens.tasks.vocabulary import Vocabulary
@@ -72,6 +73,7 @@ __all__ = [
     "load_tasks",
     "modular_pool",
     "offset_pool",
+    "parity_offset_pool",
     "permutation_pool",
     "pos_tasks",
     "quadratic_task",

@@ -6,6 +6,8 @@ vocabulary (see :mod:`tv_lens.tasks.vocabulary`); it defaults to the smallest th
 larger value lets several families share one vocabulary. A model needs ``pool.vocab_size`` token ids.
 
 - :func:`offset_pool`: ``y = (x + c) mod n_values`` with a latent offset ``c`` (Yang et al.).
+- :func:`parity_offset_pool`: ``y = (x + a) mod n_values`` for even ``x``, ``(x + b) mod n_values`` for odd ``x``:
+  a demonstration shows one of the two offsets only, so accuracy rises with the number of shots.
 - :func:`bitwise_pool`: ``z = op(a, b)`` on two ``n_bits`` numbers, ``op`` in AND, NAND, OR, NOR, XOR,
   XNOR (Han et al.), answered as one token or as ``n_bits`` bit tokens.
 - :func:`modular_pool`: ``z = a op b mod p`` for ``op`` in add, sub, mul.
@@ -31,7 +33,15 @@ from tv_lens.tasks.pool import AnswerEncoding, Task, TaskPool, seeded_generator
 from tv_lens.tasks.render import PromptFormat
 from tv_lens.tasks.vocabulary import Vocabulary
 
-__all__ = ["BITWISE_OPS", "MODULAR_OPS", "bitwise_pool", "modular_pool", "offset_pool", "permutation_pool"]
+__all__ = [
+    "BITWISE_OPS",
+    "MODULAR_OPS",
+    "bitwise_pool",
+    "modular_pool",
+    "offset_pool",
+    "parity_offset_pool",
+    "permutation_pool",
+]
 
 
 def _vocab(needed: int, n_values: int | None, bos: bool, what: str) -> Vocabulary:
@@ -83,6 +93,57 @@ def offset_pool(
     if len(set(offsets)) != len(offsets) or min(offsets, default=0) < 0:
         raise TaskError(f"offsets must be distinct and >= 0, got {offsets}.")
     tasks = tuple(Task(f"offset({c})", partial(_offset, c=c, n_values=n_values)) for c in offsets)
+    return TaskPool(tasks, vocab, n_inputs=1, input_values=n_values, output_values=n_values, fmt=fmt, null=null)
+
+
+# --- parity-dependent offset -----------------------------------------------------------------------------
+
+
+def _parity_offset(x: Int[Tensor, "n 1"], c_even: int, c_odd: int, n_values: int) -> Int[Tensor, " n"]:
+    value = x[:, 0]
+    return (value + torch.where(value % 2 == 0, c_even, c_odd)) % n_values
+
+
+def parity_offset_pool(
+    offsets: Sequence[int] = (1, 3),
+    n_values: int = 8,
+    null: bool = True,
+    fmt: PromptFormat = "arrow",
+    bos: bool = False,
+) -> TaskPool:
+    """Offsets that depend on the parity of x, one task per ordered pair ``(a, b)`` of ``offsets``.
+
+    Task ``offset(a,b)`` is ``y = (x + a) mod n_values`` for even x and ``y = (x + b) mod n_values`` for odd x
+    (``a == b``, a plain offset, included); x is uniform over all values.
+
+    A demonstration shows only the offset of its own parity, so a prompt whose demonstrations all share one parity
+    leaves the other offset open: with ``len(offsets) == 2`` even an ideal reader of the prompt is right with
+    probability ``1 - 0.5 ** (shots + 1)`` (0.75 at one shot), and accuracy rises with the number of shots.
+
+    Args:
+        offsets: Distinct offsets, each in ``0 .. n_values - 1``.
+        n_values: Number tokens (the modulus), at least 2 (both parities).
+        null: Add the Null task.
+        fmt: Prompt format, ``"arrow"`` or ``"marker"``.
+        bos: Start every prompt with ``<bos>``.
+
+    >>> pool = parity_offset_pool(offsets=(1, 3), n_values=8)
+    >>> pool.task_names, pool.vocab_size
+    (('offset(1,1)', 'offset(1,3)', 'offset(3,1)', 'offset(3,3)', 'null'), 11)
+    >>> pool.tasks[1](torch.arange(4)[:, None])  # x = 0, 1, 2, 3: +1 on even x, +3 on odd x
+    tensor([1, 4, 3, 6])
+    """
+    offsets = tuple(offsets)
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in offsets):
+        raise TaskError(f"offsets must be ints, got {offsets}; e.g. offsets=(1, 3).")
+    vocab = _vocab(max((*offsets, 1)) + 1, n_values, bos, f"parity_offset_pool(offsets={offsets})")
+    if len(set(offsets)) != len(offsets) or min(offsets, default=0) < 0:
+        raise TaskError(f"offsets must be distinct and >= 0, got {offsets}; e.g. offsets=(1, 3).")
+    tasks = tuple(
+        Task(f"offset({a},{b})", partial(_parity_offset, c_even=a, c_odd=b, n_values=n_values))
+        for a in offsets
+        for b in offsets
+    )
     return TaskPool(tasks, vocab, n_inputs=1, input_values=n_values, output_values=n_values, fmt=fmt, null=null)
 
 
