@@ -15,11 +15,11 @@ import pytest
 import torch
 from plotly.offline import get_plotlyjs
 
-import tv_lens.demo as demo_module
-from tv_lens.cli import main
-from tv_lens.demo import ANALYSES, DemoConfig, finetuning_pool, train_or_load
+import tv_lens.app.demo as demo_module
+from tv_lens.app.cli import main
+from tv_lens.app.demo import ANALYSES, DemoConfig, finetuning_pool, train_or_load
+from tv_lens.app.report import ANALYSIS_NAMES, SECTIONS, headline_numbers, load_results, read_run_info
 from tv_lens.errors import ArtefactError, ConfigError
-from tv_lens.report import ANALYSIS_NAMES, SECTIONS, headline_numbers, load_results, read_run_info
 from tv_lens.results import (
     LAYER_AXIS_TITLE,
     Decodability,

@@ -29,11 +29,11 @@ from plotly.offline import get_plotlyjs
 from reliability_helpers import POOL, one_thread, tiny_model  # noqa: F401  (one_thread: autouse)
 from test_cli import run_cli
 
-import tv_lens.cli as cli
+import tv_lens.app.cli as cli
 from tv_lens.analyses import TaskDecodability
-from tv_lens.demo import DemoConfig
+from tv_lens.app.demo import DemoConfig
+from tv_lens.app.report import headline_numbers, load_results, read_run_info, render_report
 from tv_lens.errors import ArtefactError, ResultFileError
-from tv_lens.report import headline_numbers, load_results, read_run_info, render_report
 
 HOSTILE_TASK = "</script><script>alert(1)</script>"
 HOSTILE_VALUE = '"><img src=x onerror=alert(2)>'

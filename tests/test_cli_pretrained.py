@@ -18,12 +18,12 @@ import pytest
 import torch
 from plotly.offline import get_plotlyjs
 
-import tv_lens.pretrained as pretrained_module
+import tv_lens.app.pretrained as pretrained_module
 from tv_lens.analyses import ICLPerformance, TaskDecodability, TaskVectorPatching, TaskVectorPrompting
-from tv_lens.cli import main
+from tv_lens.app.cli import main
+from tv_lens.app.pretrained import PRETRAINED_ANALYSES
+from tv_lens.app.report import headline_numbers, load_results
 from tv_lens.models.local_hf import build_local_model
-from tv_lens.pretrained import PRETRAINED_ANALYSES
-from tv_lens.report import headline_numbers, load_results
 from tv_lens.results import (
     Decodability,
     HeadImportance,

@@ -81,3 +81,12 @@ def test_no_import_circles():
 def test_every_implementation_module_declares_its_public_names():
     missing = [name for name, path in MODULES.items() if "__all__" not in path.read_text()]
     assert not missing, f"add __all__ to {missing}"
+
+
+def test_the_library_never_imports_the_application():
+    importers = {
+        name: sorted(m for m in imported_modules(path) if m.startswith("tv_lens.app"))
+        for name, path in MODULES.items()
+        if not name.startswith("tv_lens.app")
+    }
+    assert not {name: found for name, found in importers.items() if found}

@@ -21,10 +21,10 @@ from reliability_helpers import POOL, TINY_TRAINING, one_thread, tiny_model_conf
 
 from tv_lens import TvLensError
 from tv_lens.analyses import task_decodability
-from tv_lens.demo import read_run_config
+from tv_lens.app.demo import read_run_config
+from tv_lens.app.pretrained import read_pretrained_config
 from tv_lens.errors import ArtefactError
 from tv_lens.models import ModelConfig, build_model
-from tv_lens.pretrained import read_pretrained_config
 from tv_lens.results import Result
 from tv_lens.tasks import load_examples, load_task
 from tv_lens.training import TrainConfig, load_checkpoint, train

@@ -6,7 +6,7 @@ A demo directory holds everything a run produced, so each step can be repeated o
 - ``run.json``: the :class:`DemoConfig` of the run, its training summary and the shots chosen for TD→accuracy
   and patching (``analysis_shots``);
 - ``results/<name>.safetensors``: one :class:`~tv_lens.results.Result` per analysis (``Result.load`` reads any);
-- ``summary.json``: the headline numbers; ``report.html``: the report (:mod:`tv_lens.report`).
+- ``summary.json``: the headline numbers; ``report.html``: the report (:mod:`tv_lens.app.report`).
 
 A directory that already holds the finished run is reused: the model is loaded, not retrained; an
 interrupted run resumes from its last checkpoint. Settings live in :class:`DemoConfig`
@@ -45,9 +45,7 @@ from tv_lens.analyses import (
     TdAccuracy,
 )
 from tv_lens.analyses.patching import MODES as PATCHING_MODES
-from tv_lens.errors import ArtefactError, ConfigError
-from tv_lens.models import ModelConfig, build_model
-from tv_lens.report import (
+from tv_lens.app.report import (
     RUN_FILE,
     headline_numbers,
     load_results,
@@ -56,7 +54,9 @@ from tv_lens.report import (
     write_report,
     write_run_info,
 )
-from tv_lens.report import read_run_info as report_run_info
+from tv_lens.app.report import read_run_info as report_run_info
+from tv_lens.errors import ArtefactError, ConfigError
+from tv_lens.models import ModelConfig, build_model
 from tv_lens.results import Performance, Result
 from tv_lens.tasks import NULL_TASK, TaskPool, offset_pool
 from tv_lens.training import (
@@ -542,7 +542,7 @@ ANALYSES: dict[str, Callable[[TrainedModel, DemoConfig, bool, AnalysisShots], Re
     "finetuning": _finetuning,
 }
 """Name (also the result file's stem) → the step that runs that analysis on a trained demo model (with the shot
-counts of :func:`choose_analysis_shots`); the report has a section for each (:data:`tv_lens.report.ANALYSIS_NAMES`,
+counts of :func:`choose_analysis_shots`); the report has a section for each (:data:`tv_lens.app.report.ANALYSIS_NAMES`,
 the same names in the same order)."""
 
 CHOSEN_SHOTS = ("td_accuracy", "patching")
@@ -637,7 +637,7 @@ def write_outputs(out: str | Path, report: str | Path | None = None) -> tuple[Pa
 
 
 def read_run_info(out: str | Path) -> dict[str, Any] | None:
-    """The checked contents of ``out/run.json`` (``None`` if absent); see :func:`tv_lens.report.read_run_info`."""
+    """The checked contents of ``out/run.json`` (``None`` if absent); see :func:`tv_lens.app.report.read_run_info`."""
     return report_run_info(Path(out) / RUN_FILE)
 
 

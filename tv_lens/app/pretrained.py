@@ -6,12 +6,12 @@
 runs the analyses that apply to a model that is not trained here (:data:`PRETRAINED_ANALYSES`: task
 decodability, ICL performance, geometry, TD vs accuracy, task-vector patching, task-vector prompting, head
 ablation), saves each result and writes the same HTML report and ``summary.json`` as the demo
-(:func:`tv_lens.demo.write_outputs`). The output directory:
+(:func:`tv_lens.app.demo.write_outputs`). The output directory:
 
 - ``run.json``: the :class:`PretrainedConfig` of the run (``tv-lens analyze --out DIR`` reruns it) and a
   description of the model and tasks (shown at the top of the report);
 - ``results/<name>.safetensors``: one :class:`~tv_lens.results.Result` per analysis (``Result.load`` reads any);
-- ``summary.json``: the headline numbers; ``report.html``: the report (:mod:`tv_lens.report`).
+- ``summary.json``: the headline numbers; ``report.html``: the report (:mod:`tv_lens.app.report`).
 
 Tasks are named by :func:`text_tasks`: a built-in family (:data:`TEXT_FAMILIES`: ``bitwise``, ``pos``),
 optionally restricted to some of its tasks (``bitwise:and,or,xor``), or a JSON task file in either layout of
@@ -44,6 +44,7 @@ from tv_lens.analyses import (
     TdAccuracy,
 )
 from tv_lens.analyses.patching import MODES as PATCHING_MODES
+from tv_lens.app.report import RESULT_SUFFIX, RUN_FILE, read_run_info, result_path, write_run_info
 from tv_lens.errors import (
     ArtefactError,
     ConfigError,
@@ -53,7 +54,6 @@ from tv_lens.errors import (
     TvLensError,
 )
 from tv_lens.models import adapt
-from tv_lens.report import RESULT_SUFFIX, RUN_FILE, read_run_info, result_path, write_run_info
 from tv_lens.results import Result
 from tv_lens.tasks import POS_TAGS, TextPool, TextTask, bitwise_text_tasks, load_task, pos_tasks
 from tv_lens.tasks.tokens import BITWISE_OPS
@@ -656,7 +656,7 @@ def run_pretrained(
         ArtefactError: ``out`` holds the results of another model or tasks, or of the demo.
         ModelLoadError: TransformerLens could not boot the model.
     """
-    from tv_lens.demo import write_outputs
+    from tv_lens.app.demo import write_outputs
 
     out = Path(out)
     names = check_names(only)

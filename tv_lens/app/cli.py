@@ -4,7 +4,7 @@
 - ``tv-lens train``: only train (or finish training) the model of a demo directory.
 - ``tv-lens analyze``: run the analyses on the model already trained in a demo directory, or, with
   ``--model ID_OR_FOLDER --tasks ...``, on a pretrained HuggingFace model booted through TransformerLens
-  with text tasks (:mod:`tv_lens.pretrained`).
+  with text tasks (:mod:`tv_lens.app.pretrained`).
 - ``tv-lens report``: rebuild the report from the saved results, recomputing nothing.
 
 Bad input ends the command with exit status 2 and one line on stderr naming the problem and the fix, never a
@@ -28,9 +28,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from tv_lens.app.pretrained import DTYPES, PRETRAINED_ANALYSES, TEXT_FAMILIES, PretrainedConfig
+from tv_lens.app.report import ANALYSIS_NAMES
 from tv_lens.errors import ArtefactError, ConfigError, TvLensError
-from tv_lens.pretrained import DTYPES, PRETRAINED_ANALYSES, TEXT_FAMILIES, PretrainedConfig
-from tv_lens.report import ANALYSIS_NAMES
 
 __all__ = ["build_parser", "main"]
 
@@ -266,7 +266,7 @@ def _set_option(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a setting of tv_lens.demo.DemoConfig, e.g. --set n_per_task=50 or "
+        help="override a setting of tv_lens.app.demo.DemoConfig, e.g. --set n_per_task=50 or "
         "--set performance_shots=[0,2,4] (repeatable)",
     )
 
@@ -342,7 +342,7 @@ def _check_out(out: Path) -> None:
 
 def _check_output(path: Path) -> None:
     """Fail before any work if the report cannot be written to ``--output``."""
-    from tv_lens.report import check_report_target
+    from tv_lens.app.report import check_report_target
 
     check_report_target(path)  # a directory, or a file that is not a report
     folder = _nearest_existing(path.parent)
@@ -376,7 +376,7 @@ def _unwritable(folder: Path) -> str | None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from tv_lens.demo import DemoConfig
+    from tv_lens.app.demo import DemoConfig
 
     overrides: dict[str, Any] = {"backend": args.backend, "seed": args.seed}
     if args.recipe is not None:
@@ -406,7 +406,7 @@ def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from tv_lens.demo import run_demo
+    from tv_lens.app.demo import run_demo
 
     config = _config(args)
     _check_out(args.out)
@@ -420,7 +420,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from tv_lens.demo import train_or_load
+    from tv_lens.app.demo import train_or_load
 
     start = time.perf_counter()
     config = _config(args)
@@ -434,7 +434,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> None:
-    from tv_lens.pretrained import default_out, read_pretrained_config
+    from tv_lens.app.pretrained import default_out, read_pretrained_config
 
     given = [f"--{name.replace('_', '-')}" for name in _PRETRAINED_OPTIONS if getattr(args, name) not in (None, False)]
     if args.model is None:
@@ -491,7 +491,7 @@ _PRETRAINED_OPTIONS = (
 
 
 def _analyze_pretrained(args: argparse.Namespace, config: PretrainedConfig) -> None:
-    from tv_lens.pretrained import run_pretrained
+    from tv_lens.app.pretrained import run_pretrained
 
     run = run_pretrained(args.out, config, only=args.only, progress=not args.no_progress)
     seconds = ", ".join(f"{name} {value:.0f}" for name, value in run.seconds.items() if name != "total")
@@ -502,7 +502,7 @@ def _analyze_pretrained(args: argparse.Namespace, config: PretrainedConfig) -> N
 
 
 def _analyze_demo(args: argparse.Namespace) -> None:
-    from tv_lens.demo import load_trained, run_analyses, write_outputs
+    from tv_lens.app.demo import load_trained, run_analyses, write_outputs
 
     if args.threads is None:  # the demo's models are small: one thread (see --threads)
         import torch
@@ -518,7 +518,7 @@ def _analyze_demo(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from tv_lens.demo import write_outputs
+    from tv_lens.app.demo import write_outputs
 
     _check_out(args.out)
     if args.output is not None:
@@ -535,7 +535,7 @@ def _print_outputs(out: Path, report: Path) -> None:
 
 
 def _print_numbers(numbers: dict[str, Any]) -> None:
-    from tv_lens.report import summary_lines
+    from tv_lens.app.report import summary_lines
 
     rows = summary_lines(numbers)
     width = max((len(title) for _, title, _ in rows), default=0)
