@@ -18,7 +18,8 @@ from plotly.offline import get_plotlyjs
 import tv_lens.app.demo as demo_module
 from tv_lens.app.cli import main
 from tv_lens.app.demo import ANALYSES, DemoConfig, finetuning_pool, train_or_load
-from tv_lens.app.report import ANALYSIS_NAMES, SECTIONS, headline_numbers, load_results, read_run_info
+from tv_lens.app.run_files import load_results, read_run_info
+from tv_lens.app.sections import ANALYSIS_NAMES, SECTIONS, headline_numbers
 from tv_lens.errors import ArtefactError, ConfigError
 from tv_lens.results import (
     LAYER_AXIS_TITLE,

@@ -32,7 +32,9 @@ from test_cli import run_cli
 import tv_lens.app.cli as cli
 from tv_lens.analyses import TaskDecodability
 from tv_lens.app.demo import DemoConfig
-from tv_lens.app.report import headline_numbers, load_results, read_run_info, render_report
+from tv_lens.app.report import render_report
+from tv_lens.app.run_files import load_results, read_run_info
+from tv_lens.app.sections import headline_numbers
 from tv_lens.errors import ArtefactError, ResultFileError
 
 HOSTILE_TASK = "</script><script>alert(1)</script>"

@@ -22,7 +22,8 @@ import tv_lens.app.pretrained as pretrained_module
 from tv_lens.analyses import ICLPerformance, TaskDecodability, TaskVectorPatching, TaskVectorPrompting
 from tv_lens.app.cli import main
 from tv_lens.app.pretrained import PRETRAINED_ANALYSES
-from tv_lens.app.report import headline_numbers, load_results
+from tv_lens.app.run_files import load_results
+from tv_lens.app.sections import headline_numbers
 from tv_lens.models.local_hf import build_local_model
 from tv_lens.results import (
     Decodability,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tv_lens.app.demo import AnalysisShots, DemoConfig, choose_analysis_shots, finetuning_pool, shots_below_ceiling
-from tv_lens.app.report import check_run_info, shots_sentence
+from tv_lens.app.report import shots_sentence
+from tv_lens.app.run_files import check_run_info
 from tv_lens.errors import ArtefactError, ConfigError
 from tv_lens.results import Performance
 from tv_lens.tasks import NULL_TASK, parity_offset_pool

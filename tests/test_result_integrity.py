@@ -42,7 +42,7 @@ import tv_lens.results.storage as storage
 import tv_lens.training.checkpoints as checkpoints
 import tv_lens.training.loop as loop
 from tv_lens.analyses import HeadAblation, TaskDecodability, TaskVectorPatching
-from tv_lens.app.report import load_results
+from tv_lens.app.run_files import load_results
 from tv_lens.errors import CheckpointError, ResultFileError, TvLensError
 from tv_lens.results import Decodability, HeadImportance, PatchingEffects, Result
 from tv_lens.task_vectors import TaskVectors

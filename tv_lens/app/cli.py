@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tv_lens.app.pretrained import DTYPES, PRETRAINED_ANALYSES, TEXT_FAMILIES, PretrainedConfig
-from tv_lens.app.report import ANALYSIS_NAMES
+from tv_lens.app.sections import ANALYSIS_NAMES
 from tv_lens.errors import ArtefactError, ConfigError, TvLensError
 
 __all__ = ["build_parser", "main"]
@@ -535,7 +535,7 @@ def _print_outputs(out: Path, report: Path) -> None:
 
 
 def _print_numbers(numbers: dict[str, Any]) -> None:
-    from tv_lens.app.report import summary_lines
+    from tv_lens.app.sections import summary_lines
 
     rows = summary_lines(numbers)
     width = max((len(title) for _, title, _ in rows), default=0)

@@ -45,16 +45,10 @@ from tv_lens.analyses import (
     TdAccuracy,
 )
 from tv_lens.analyses.patching import MODES as PATCHING_MODES
-from tv_lens.app.report import (
-    RUN_FILE,
-    headline_numbers,
-    load_results,
-    result_path,
-    save_summary,
-    write_report,
-    write_run_info,
-)
-from tv_lens.app.report import read_run_info as report_run_info
+from tv_lens.app.report import write_report
+from tv_lens.app.run_files import RUN_FILE, load_results, result_path, save_summary, write_run_info
+from tv_lens.app.run_files import read_run_info as report_run_info
+from tv_lens.app.sections import headline_numbers
 from tv_lens.errors import ArtefactError, ConfigError
 from tv_lens.models import ModelConfig, build_model
 from tv_lens.results import Performance, Result
@@ -542,8 +536,8 @@ ANALYSES: dict[str, Callable[[TrainedModel, DemoConfig, bool, AnalysisShots], Re
     "finetuning": _finetuning,
 }
 """Name (also the result file's stem) → the step that runs that analysis on a trained demo model (with the shot
-counts of :func:`choose_analysis_shots`); the report has a section for each (:data:`tv_lens.app.report.ANALYSIS_NAMES`,
-the same names in the same order)."""
+counts of :func:`choose_analysis_shots`); the report has a section for each
+(:data:`tv_lens.app.sections.ANALYSIS_NAMES`, the same names in the same order)."""
 
 CHOSEN_SHOTS = ("td_accuracy", "patching")
 """The analyses that run at shot counts chosen from the ICL accuracy curve."""
@@ -637,7 +631,7 @@ def write_outputs(out: str | Path, report: str | Path | None = None) -> tuple[Pa
 
 
 def read_run_info(out: str | Path) -> dict[str, Any] | None:
-    """The checked contents of ``out/run.json`` (``None`` if absent); see :func:`tv_lens.app.report.read_run_info`."""
+    """The checked contents of ``out/run.json`` (``None`` if absent): :func:`tv_lens.app.run_files.read_run_info`."""
     return report_run_info(Path(out) / RUN_FILE)
 
 

@@ -44,7 +44,7 @@ from tv_lens.analyses import (
     TdAccuracy,
 )
 from tv_lens.analyses.patching import MODES as PATCHING_MODES
-from tv_lens.app.report import RESULT_SUFFIX, RUN_FILE, read_run_info, result_path, write_run_info
+from tv_lens.app.run_files import RESULT_SUFFIX, RUN_FILE, read_run_info, result_path, write_run_info
 from tv_lens.errors import (
     ArtefactError,
     ConfigError,

@@ -1,0 +1,430 @@
+"""What the report says about each analysis of the demo: its figures, the claim it tests, its headline numbers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tv_lens.errors import ArtefactError
+from tv_lens.results import (
+    LAYER_AXIS_TITLE,
+    Decodability,
+    EmergenceResult,
+    FinetuningComparison,
+    HeadImportance,
+    PatchingEffects,
+    Performance,
+    Projection,
+    PromptingAccuracy,
+    Result,
+    TdAccuracyFit,
+    layer_label,
+)
+from tv_lens.tasks import NULL_TASK
+
+__all__ = ["ANALYSIS_NAMES", "SECTIONS", "Numbers", "Section", "headline_numbers", "summary_lines", "wrong_kind"]
+
+Numbers = dict[str, Any]
+
+
+def wrong_kind(name: str, result: Result) -> str | None:
+    """Why ``result`` cannot be the result of the demo analysis ``name`` (``None`` when it can, or no such one)."""
+    section = SECTIONS_BY_NAME.get(name)
+    if section is None or isinstance(result, section.kind):
+        return None
+    return (
+        f"holds a {type(result).__name__}, but the report's section {section.title!r} needs a {section.kind.__name__}"
+    )
+
+
+def _real_tasks(task_names: tuple[str, ...]) -> list[int]:
+    return [t for t, name in enumerate(task_names) if name != NULL_TASK]
+
+
+def _interval(ci: Any) -> list[float]:
+    return [float(x) for x in ci]
+
+
+def _performance(r: Any) -> Numbers:
+    real = _real_tasks(r.task_names)
+    numbers = {
+        "icl_accuracy": float(r.values[real, -1].mean()),
+        "icl_shots": int(r.shots[-1]),
+        "metric": r.metric,
+    }
+    if r.shots[0] == 0:
+        numbers["zero_shot_accuracy"] = float(r.values[real, 0].mean())
+    return numbers
+
+
+def _decodability(r: Any) -> Numbers:
+    i = r.at(r.best_layer)
+    return {
+        "best_layer": r.best_layer,
+        "best_td": float(r.td[i]),
+        "best_td_ci": _interval(r.td_ci[i]),
+        "chance": r.chance,
+        "td_by_layer": {str(layer): float(v) for layer, v in zip(r.layers, r.td, strict=True)},
+    }
+
+
+def _geometry(r: Any) -> Numbers:
+    return {
+        "layers": list(r.layers),
+        "explained_variance_last_layer": _interval(r.explained_variance[-1]),
+    }
+
+
+def _td_accuracy(r: Any) -> Numbers:
+    return {
+        "shots": sorted({int(s) for s in r.shots.tolist()}),
+        "layer": r.layer,
+        "r2": float(r.r2),
+        "slope": float(r.slope),
+        "slope_ci": _interval(r.slope_ci),
+        "n_points": len(r.td),
+        "score_range": [float(r.score.min()), float(r.score.max())],
+        "metric": r.metric,
+    }
+
+
+def _patching(r: Any) -> Numbers:
+    gap = torch.nan_to_num(r.incorrect_loss_change - r.correct_loss_change, nan=-torch.inf)
+    i = int(torch.argmax(gap))
+    return {
+        "mode": r.mode,
+        "layer": r.layers[i],
+        "correct_change": float(r.correct_change[i]),
+        "correct_change_ci": _interval(r.correct_change_ci[i]),
+        "incorrect_change": float(r.incorrect_change[i]),
+        "incorrect_change_ci": _interval(r.incorrect_change_ci[i]),
+        "correct_loss_change": float(r.correct_loss_change[i]),
+        "correct_loss_change_ci": _interval(r.correct_loss_change_ci[i]),
+        "incorrect_loss_change": float(r.incorrect_loss_change[i]),
+        "incorrect_loss_change_ci": _interval(r.incorrect_loss_change_ci[i]),
+        "override_rate": float(r.override_rate[i]),
+    }
+
+
+def _prompting(r: Any) -> Numbers:
+    return {
+        "best_layer": r.best_layer,
+        "best_accuracy": r.best_accuracy,
+        "best_accuracy_ci": _interval(r.accuracy_ci[r.layers.index(r.best_layer)]),
+        "zero_shot_accuracy": float(r.zero_shot_accuracy),
+        "icl_accuracy": float(r.icl_accuracy),
+    }
+
+
+def _heads(r: Any) -> Numbers:
+    real = _real_tasks(r.task_names)
+    shared = r.shared[real][:, real]
+    off_diagonal = shared[~torch.eye(len(real), dtype=torch.bool)]
+    return {
+        "top_heads": [f"L{layer}H{head}" for layer, head in r.top_heads(3)],
+        "attribution_spearman": float(r.attribution_spearman),
+        "shared_mean": float(off_diagonal.mean()) if len(off_diagonal) else math.nan,
+        "shared_method": r.shared_method,
+        "n_heads": r.n_layers * r.n_heads,
+    }
+
+
+def _emergence(r: Any) -> Numbers:
+    real = _real_tasks(r.task_names)
+    return {
+        "n_checkpoints": len(r.steps),
+        "best_layer": r.best_layer,
+        "coupled": sum(bool(r.coupled[t]) for t in real),
+        "n_tasks": len(real),
+        "performance_jump": {r.task_names[t]: r.performance_jump[t] for t in real},
+        "td_jump": {r.task_names[t]: r.td_jump[t] for t in real},
+    }
+
+
+def _finetuning(r: Any) -> Numbers:
+    return {
+        "tasks": [name for name in r.task_names if name != NULL_TASK],
+        "accuracy": {variant: float(r.overall[v]) for v, variant in enumerate(r.variants)},
+        "td_last_layer": {variant: float(r.td[v, -1]) for v, variant in enumerate(r.variants)},
+        "last_layer": r.layers[-1],
+    }
+
+
+def _f(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _ci(values: list[float]) -> str:
+    return f"[{values[0]:.3f}, {values[1]:.3f}]"
+
+
+def counted(n: int | str, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 (``"1 shot"``, ``"4 shots"``)."""
+    return f"{n} {noun}" if int(n) == 1 else f"{n} {noun}s"
+
+
+def _block(layer: int) -> str:
+    return layer_label(layer).split(" ")[0]
+
+
+def _performance_line(n: Numbers) -> str:
+    zero = f" (0 shots: {_f(n['zero_shot_accuracy'])})" if "zero_shot_accuracy" in n else ""
+    return f"{_f(n['icl_accuracy'])} {n['metric']} at {n['icl_shots']} shots{zero}, Null task left out"
+
+
+def _decodability_line(n: Numbers) -> str:
+    return (
+        f"best layer {_block(n['best_layer'])}: TD {_f(n['best_td'])} {_ci(n['best_td_ci'])} (chance {_f(n['chance'])})"
+    )
+
+
+def _geometry_line(n: Numbers) -> str:
+    first, second = n["explained_variance_last_layer"]
+    return f"PC1 + PC2 explain {first + second:.1%} of the variance at {_block(n['layers'][-1])}"
+
+
+def _td_accuracy_line(n: Numbers) -> str:
+    low, high = n["score_range"]
+    shots = f" at shots {', '.join(map(str, n['shots']))}" if "shots" in n else ""
+    where = f"over {n['n_points']} (task, shots) points{shots}, TD at {_block(n['layer'])}"
+    if low == high:  # nothing to explain: the fit is undefined
+        return f"{n['metric']} is {_f(low)} at every point ({where}): no variation for TD to predict"
+    return (
+        f"R² {_f(n['r2'])}, slope {_f(n['slope'])} {_ci(n['slope_ci'])} {where}; {n['metric']} ranges "
+        f"{_f(low)} to {_f(high)}"
+    )
+
+
+def _patching_line(n: Numbers) -> str:
+    shots = f", {counted(n['shots'], 'shot')}" if "shots" in n else ""
+    return (
+        f"at {_block(n['layer'])} ({n['mode']}{shots}; the layer of largest incorrect - correct loss gap): loss change "
+        f"correct {_f(n['correct_loss_change'])} {_ci(n['correct_loss_change_ci'])} vs incorrect "
+        f"{_f(n['incorrect_loss_change'])} {_ci(n['incorrect_loss_change_ci'])}; accuracy change correct "
+        f"{_f(n['correct_change'])} vs incorrect {_f(n['incorrect_change'])}"
+    )
+
+
+def _prompting_line(n: Numbers) -> str:
+    return (
+        f"best layer {_block(n['best_layer'])}: {_f(n['best_accuracy'])} {_ci(n['best_accuracy_ci'])} "
+        f"(zero-shot {_f(n['zero_shot_accuracy'])}, ICL {_f(n['icl_accuracy'])})"
+    )
+
+
+def _heads_line(n: Numbers) -> str:
+    return (
+        f"most important {', '.join(n['top_heads'])} of {n['n_heads']}; mean {n['shared_method']} overlap of "
+        f"tasks' top heads {_f(n['shared_mean'])}; attribution vs ablation Spearman {_f(n['attribution_spearman'])}"
+    )
+
+
+def _emergence_line(n: Numbers) -> str:
+    jumps = ", ".join(f"{task} {step}" for task, step in n["td_jump"].items())
+    return (
+        f"accuracy and TD jump together in {n['coupled']} of {n['n_tasks']} tasks over {n['n_checkpoints']} "
+        f"checkpoints; TD jump step per task: {jumps}"
+    )
+
+
+def _finetuning_line(n: Numbers) -> str:
+    accuracy = ", ".join(f"{variant} {_f(value)}" for variant, value in n["accuracy"].items())
+    td = ", ".join(f"{variant} {_f(value)}" for variant, value in n["td_last_layer"].items())
+    return f"accuracy on unseen {', '.join(n['tasks'])}: {accuracy}; TD at {_block(n['last_layer'])}: {td}"
+
+
+# --- sections --------------------------------------------------------------------------------------------
+
+
+def _with_layer_slider(figure: Any) -> Any:
+    """Name the layer indexing on a figure's layer slider."""
+    for slider in figure.layout.sliders:
+        slider.currentvalue.prefix = f"{LAYER_AXIS_TITLE}: "
+    return figure
+
+
+@dataclass(frozen=True)
+class Section:
+    """How the report presents one analysis.
+
+    Attributes:
+        name: The result's file stem (``decodability`` ...) and the section's HTML id.
+        title: Section heading.
+        shows: What the figures show.
+        claim: The paper claim it tests.
+        figures: The result's figures, in order.
+        numbers: The headline numbers of the result (JSON-ready).
+        line: One line of text from those numbers.
+        kind: The result type of the analysis (a file of this name holding another is refused).
+    """
+
+    name: str
+    title: str
+    shows: str
+    claim: str
+    figures: Callable[[Any], list[Any]]
+    numbers: Callable[[Any], Numbers]
+    line: Callable[[Numbers], str]
+    kind: type[Result]
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section(
+        "decodability",
+        "Task decodability across layers",
+        "Task decodability (TD) at every layer: leave-one-out 10-nearest-neighbour classification of the latent "
+        "task from the residual stream at the token right before the answer. Thick line: all prompts, with 95% "
+        "bootstrap intervals; thin lines: per task; dashed: chance. The heatmap is the task confusion at the "
+        "best layer (rows: true task, columns: the neighbours' vote).",
+        "H §4: the model encodes the latent task into a representation from which it can be read off (TD well "
+        "above chance), and TD peaks inside the model.",
+        lambda r: [r.figure(), r.confusion_figure()],
+        _decodability,
+        _decodability_line,
+        Decodability,
+    ),
+    Section(
+        "performance",
+        "ICL performance against shots",
+        "Accuracy of the query's answer against the number of demonstrations, per task (thin) and over all "
+        "prompts including the Null task, whose answers are random (thick), with 95% bootstrap intervals. The "
+        "headline leaves the Null task out.",
+        "The model learns in context: accuracy rises with shots. This is the behaviour task vectors explain.",
+        lambda r: [r.figure()],
+        _performance,
+        _performance_line,
+        Performance,
+    ),
+    Section(
+        "geometry",
+        "Geometry of task representations",
+        "PCA of the pre-answer representations of each layer, one point per prompt, coloured by task; the "
+        "slider picks the layer. Where TD is high, the prompts of each task form their own cluster.",
+        "H §3.3 (their Fig. 2, with UMAP): task representations separate by task in the layers that encode it.",
+        lambda r: [r.figure()],
+        _geometry,
+        _geometry_line,
+        Projection,
+    ),
+    Section(
+        "td_accuracy",
+        "Task decodability predicts accuracy",
+        "One point per (task, number of shots): TD at the layer of highest mean TD against accuracy on the "
+        "same prompts; the dashed line is the ordinary-least-squares fit (R² and the slope's 95% interval in "
+        "the title). The Null task is left out.",
+        "H §4.2: TD predicts ICL performance (their R² 0.53 to 0.84 on language models).",
+        lambda r: [r.figure()],
+        _td_accuracy,
+        _td_accuracy_line,
+        TdAccuracyFit,
+    ),
+    Section(
+        "patching",
+        "Task-vector patching: correct vs incorrect vectors",
+        "The residual stream at a prompt's pre-answer token is patched, at one layer at a time, with the mean "
+        "vector of its own task (correct) or of another task (incorrect, Null included); the lines are the "
+        "change in accuracy against the unpatched run with 95% intervals, and the override rate (how often "
+        "the answer follows the injected task). The heatmap shows every (prompt task, injected task) pair at "
+        "the layer the slider picks. On small models, replacing the residual can erase the query itself: "
+        "compare the correct and incorrect lines, not their level.",
+        "H §4.1: task vectors are causal: a correct vector keeps or improves performance, an incorrect one hurts it.",
+        lambda r: [r.summary_figure(), _with_layer_slider(r.figure())],
+        _patching,
+        _patching_line,
+        PatchingEffects,
+    ),
+    Section(
+        "prompting",
+        "Task-vector prompting",
+        "A query-only (zero-shot) prompt gets, at one layer, the pre-answer residual of another in-context "
+        "prompt of its task written in at its own pre-answer token; the line is its accuracy per layer, with "
+        "the in-context accuracy (ceiling) and the plain zero-shot accuracy (floor). The Null task is left out.",
+        "Y, after Hendel et al. (2023): a task vector alone makes a zero-shot prompt do the task; the layer where "
+        "it works best is where the vector is formed.",
+        lambda r: [r.figure()],
+        _prompting,
+        _prompting_line,
+        PromptingAccuracy,
+    ),
+    Section(
+        "heads",
+        "Attention-head importance and pruning",
+        "The loss increase when one attention head's output (attn.hook_z) is zero-ablated, averaged over the "
+        "prompts of every task but Null (heatmap: layer against head); then how much the tasks' most important "
+        "heads overlap (Jaccard, task against task), and the loss as the least important heads are removed "
+        "one after another.",
+        "H §3.3 and App. F: tasks of one family share the heads that carry them, and a few heads suffice.",
+        lambda r: [r.figure(), r.shared_figure(), r.pruning.figure()],
+        _heads,
+        _heads_line,
+        HeadImportance,
+    ),
+    Section(
+        "emergence",
+        "Emergence during training",
+        "At every training checkpoint, on the same prompts: accuracy per task (solid, left axis) and TD per task "
+        "at the best layer of the trained model (dashed, right axis); dotted vertical lines mark the steps where "
+        "TD jumps.",
+        "H §3.3 (Figs. 2, 9-11): accuracy and task decodability rise together during training (coupled emergence).",
+        lambda r: [r.figure()],
+        _emergence,
+        _emergence_line,
+        EmergenceResult,
+    ),
+    Section(
+        "finetuning",
+        "Finetuning early vs late layers",
+        "The trained model is finetuned with LoRA (rank 16) on offset tasks it was not trained on, once on its "
+        "first blocks and once on its last blocks, with the same data; the lines are TD per layer of the base "
+        "model and of both variants on held-out prompts, their accuracy in the legend. TD below the finetuned "
+        "blocks cannot change, by construction.",
+        "H §4.4 (Table 1): finetuning the early layers improves task encoding and accuracy more than finetuning "
+        "the late layers.",
+        lambda r: [r.figure()],
+        _finetuning,
+        _finetuning_line,
+        FinetuningComparison,
+    ),
+)
+"""Every analysis of the demo, in pipeline order."""
+
+ANALYSIS_NAMES: tuple[str, ...] = tuple(section.name for section in SECTIONS)
+SECTIONS_BY_NAME = {section.name: section for section in SECTIONS}
+
+
+def headline_numbers(results: Mapping[str, Result], run_info: Mapping[str, Any] | None = None) -> dict[str, Numbers]:
+    """The headline numbers of every known result, by analysis name (JSON-ready).
+
+    With a demo's ``run_info`` (its ``run.json``) that records ``analysis_shots``, the patching numbers also say
+    the shot count the patching ran at (a patching result does not hold it).
+
+    Raises:
+        ArtefactError: A result under a demo analysis's name is not of that analysis's type.
+    """
+    for name, result in results.items():
+        problem = wrong_kind(name, result)
+        if problem is not None:
+            raise ArtefactError(
+                f"The result named {name!r} {problem}; pass each demo analysis's result under its own name, and "
+                "other results under other names."
+            )
+    numbers = {
+        name: SECTIONS_BY_NAME[name].numbers(result) for name, result in results.items() if name in SECTIONS_BY_NAME
+    }
+    chosen = (run_info or {}).get("analysis_shots")
+    if chosen and "patching" in numbers:
+        numbers["patching"] = {"shots": chosen["patching"], **numbers["patching"]}
+    return numbers
+
+
+def summary_lines(numbers: Mapping[str, Numbers]) -> list[tuple[str, str, str]]:
+    """``(analysis name, section title, one line of numbers)`` for every analysis in ``numbers``, in order."""
+    return [
+        (name, SECTIONS_BY_NAME[name].title, SECTIONS_BY_NAME[name].line(numbers[name]))
+        for name in ANALYSIS_NAMES
+        if name in numbers
+    ]
