@@ -90,3 +90,15 @@ def test_the_library_never_imports_the_application():
         if not name.startswith("tv_lens.app")
     }
     assert not {name: found for name, found in importers.items() if found}
+
+
+def test_the_top_level_names_are_listed_with_a_reason_in_the_api_reference():
+    import re
+
+    import tv_lens
+
+    page = (PACKAGE.parent / "docs" / "api" / "index.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| [`")]
+    listed = {name for row in rows for name in re.findall(r"\[`(\w+)`\]", row.split(" | ")[0])}
+    assert listed == set(tv_lens.__all__)
+    assert all(row.rstrip(" |").split(" | ")[-1].strip() for row in rows)

@@ -22,11 +22,14 @@ from tv_lens.analyses import (
     task_decodability,
 )
 from tv_lens.errors import TvLensError
+from tv_lens.generation import generate
+from tv_lens.interventions import ablate_head, add, replace, run_with_interventions
 from tv_lens.models import ModelConfig, adapt, build_model
+from tv_lens.probes import collect
 from tv_lens.results import Result
 from tv_lens.steering import steer, steering
 from tv_lens.task_vectors import TaskVectors
-from tv_lens.tasks import TaskPool, bitwise_pool, offset_pool
+from tv_lens.tasks import TaskPool, TextPool, bitwise_pool, offset_pool
 from tv_lens.training import recipes, train
 
 __all__ = [
@@ -46,12 +49,19 @@ __all__ = [
     "TaskVectorPrompting",
     "TaskVectors",
     "TdAccuracy",
+    "TextPool",
     "TvLensError",
+    "ablate_head",
     "adapt",
+    "add",
     "bitwise_pool",
     "build_model",
+    "collect",
+    "generate",
     "offset_pool",
     "recipes",
+    "replace",
+    "run_with_interventions",
     "steer",
     "steering",
     "task_decodability",
