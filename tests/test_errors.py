@@ -38,8 +38,14 @@ from tv_lens.analyses import (
     TaskVectorPrompting,
     compare_models,
     decode_vectors,
+    fit_td_accuracy,
+    head_attribution,
     head_importance,
+    icl_performance,
+    ols,
+    patch_task_vectors,
     task_decodability,
+    task_vector_prompting,
 )
 from tv_lens.analyses.function_vectors import (
     IndirectEffects,
@@ -48,6 +54,8 @@ from tv_lens.analyses.function_vectors import (
     function_vector,
     mean_head_activations,
 )
+from tv_lens.app.pretrained import read_pretrained_config
+from tv_lens.app.run_files import write_run_info
 from tv_lens.errors import (
     AnalysisError,
     ArtefactError,
@@ -71,9 +79,7 @@ from tv_lens.generation import generate
 from tv_lens.interventions import ablate_head, add, run_with_interventions
 from tv_lens.interventions import replace as replace_at
 from tv_lens.models import ModelAdapter, ModelConfig, build_model
-from tv_lens.pretrained import read_pretrained_config
 from tv_lens.probes import collect
-from tv_lens.report import write_run_info
 from tv_lens.results import Performance, Result
 from tv_lens.steering import steering
 from tv_lens.task_vectors import TaskVectors
@@ -94,6 +100,7 @@ from tv_lens.training import (
     ScheduleConfig,
     TrainConfig,
     TVPConfig,
+    finetune,
     list_checkpoints,
     load_checkpoint,
     load_parameters,
@@ -267,6 +274,54 @@ def _indirect_effects(w: SimpleNamespace, **changes: Any) -> IndirectEffects:
         label_noise=args["label_noise"],
         n_bootstrap=0,
     )
+
+
+def _separable(n_per_task: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Representations ``[prompt, 4]`` of three well separated tasks, and their labels."""
+    labels = torch.arange(3).repeat_interleave(n_per_task)
+    return torch.randn(len(labels), 4, generator=torch.Generator().manual_seed(0)) + 5 * labels[:, None], labels
+
+
+def _aligned(w: SimpleNamespace) -> tuple[Any, torch.Tensor]:
+    """The world's batch aligned for head attribution, with its answers."""
+    from tv_lens.analyses.inputs import answer_counts, answer_tokens
+    from tv_lens.interventions.sweep import align
+
+    answers = answer_tokens(w.batch.answers, len(w.batch))
+    return align(w.model, w.batch.inputs, w.batch.answer_pos, w.batch.attention_mask, answer_counts(answers)), answers
+
+
+def _retyped_result(w: SimpleNamespace) -> Path:
+    """The saved decodability result with its ``method`` field made a number, both digests recomputed."""
+    import json
+
+    from safetensors.torch import load, save
+
+    from tv_lens.results.storage import METADATA_KEY, canonical_json, document_digest, tensor_digest
+
+    data = w.result_file.read_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    document = json.loads(header["__metadata__"][METADATA_KEY])
+    document["result"]["fields"]["method"] = 3
+    tensors = load(data)
+    document["tensors"] = tensor_digest(tensors)
+    document["digest"] = document_digest(document)
+    return _copy_with(w, "retyped.safetensors", save(tensors, metadata={METADATA_KEY: canonical_json(document)}))
+
+
+def _nan_checkpoint(w: SimpleNamespace) -> Path:
+    """A copy of the world's checkpoint whose first parameter is NaN, its digest recomputed."""
+    from tv_lens.training.checkpoints import _digest
+
+    record = torch.load(w.checkpoint, map_location="cpu", weights_only=True)
+    record.pop("digest")
+    name = next(iter(record["parameters"]))
+    record["parameters"] = {**record["parameters"], name: torch.full_like(record["parameters"][name], float("nan"))}
+    record["digest"] = _digest(record)
+    path = w.files / "nan" / "step-0000002.pt"
+    path.parent.mkdir(exist_ok=True)
+    torch.save(record, path)
+    return path
 
 
 CASES = [
@@ -1431,6 +1486,306 @@ CASES = [
         TaskError,
         r"seed must be an int in \[0, 2\*\*64\), got None",
         r"pass a non-negative int such as seed=0",
+    ),
+    Case(
+        "decodability-layers-not-ints",
+        lambda w: task_decodability(*_separable(), k=2, n_bootstrap=0, layers=3),
+        ShapeError,
+        r"layers must be a sequence of block indices such as \(0, 1\), got 3",
+        r"pass a one-element tuple, e\.g\. \(3,\)",
+    ),
+    Case(
+        "decodability-reps-on-meta",
+        lambda w: task_decodability(_separable()[0].to("meta"), _separable()[1], k=2, n_bootstrap=0),
+        ShapeError,
+        r"reps is a tensor on the meta device",
+        r"create it on a real device",
+    ),
+    Case(
+        "decodability-labels-strings",
+        lambda w: task_decodability(_separable()[0], [f"t{i}" for i in _separable()[1].tolist()], k=2, n_bootstrap=0),
+        ShapeError,
+        r"labels must be a 1-D integer tensor \(one task id per prompt\)",
+        r"torch\.tensor\(\[0, 1, 1\]\)",
+    ),
+    Case(
+        "decodability-labels-huge-without-names",
+        lambda w: task_decodability(_separable()[0], _separable()[1] + 2**40, k=2, n_bootstrap=0),
+        ShapeError,
+        r"labels go up to 1099511627778: without task_names every id up to the largest names a task",
+        r"Pass task_names, or number the tasks from 0",
+    ),
+    Case(
+        "decodability-task-names-a-string",
+        lambda w: task_decodability(*_separable(), k=2, n_bootstrap=0, task_names="abc"),
+        ShapeError,
+        r"task_names must be a sequence of task names \(strings\), one per task id, got 'abc'",
+        r"pass e\.g\. \('task 0', 'task 1'\)",
+    ),
+    Case(
+        "performance-higher-is-better-a-string",
+        lambda w: icl_performance([1.0, 0.0], [0, 1], [1, 1], higher_is_better="no", n_bootstrap=0),  # type: ignore[arg-type]
+        TaskError,
+        r"higher_is_better must be True or False",
+        r"whether a larger score is better",
+    ),
+    Case(
+        "performance-complex-scores",
+        lambda w: icl_performance(torch.ones(2, dtype=torch.complex64), [0, 1], [1, 1], n_bootstrap=0),
+        ShapeError,
+        r"scores must be real numbers \(one score per prompt\), got torch\.complex64",
+        r"pass scores\.real",
+    ),
+    Case(
+        "ols-confidence-a-string",
+        lambda w: ols([0.1, 0.5, 0.9], [0.2, 0.4, 0.9], "0.9"),  # type: ignore[arg-type]
+        AnalysisError,
+        r"ci is a confidence level in \(0, 1\), e\.g\. 0\.95; got '0\.9'",
+        r"e\.g\. 0\.95",
+    ),
+    Case(
+        "ols-values-too-large",
+        lambda w: ols(torch.tensor([1e200, 2e200, 3e200], dtype=torch.float64), [0.2, 0.4, 0.9]),
+        NonFiniteError,
+        r"x and y must be below 1e\+100 in size, or the sums of squares of the fit overflow",
+        r"rescale them",
+    ),
+    Case(
+        "ols-on-meta",
+        lambda w: ols(torch.zeros(3, device="meta"), [0.2, 0.4, 0.9]),
+        ShapeError,
+        r"x is a tensor on the meta device",
+        r"create it on a real device",
+    ),
+    Case(
+        "fit-task-ids-floats",
+        lambda w: fit_td_accuracy([0.1, 0.5, 0.9], [0.2, 0.4, 0.9], task_ids=[0.5, 0.5, 1.5]),
+        ShapeError,
+        r"task_ids must be a 1-D integer tensor \(the task of each point\), got torch\.float32",
+        r"pass integers",
+    ),
+    Case(
+        "fit-negative-shots",
+        lambda w: fit_td_accuracy([0.1, 0.5, 0.9], [0.2, 0.4, 0.9], shots=[1, -1, 2]),
+        ShapeError,
+        r"task ids >= 0 indexing task_names and shots >= 0",
+        r"one entry per point \(3\)",
+    ),
+    Case(
+        "patching-vectors-a-tensor",
+        lambda w: patch_task_vectors(
+            w.model,
+            w.batch.inputs,
+            w.batch.answer_pos,
+            w.batch.answers,
+            w.batch.task_ids,
+            w.batch.task_names,
+            w.vectors.vectors,
+            n_bootstrap=0,
+        ),
+        ShapeError,
+        r"vectors must be TaskVectors, got a Tensor",
+        r"build them with TaskVectors\.from_model",
+    ),
+    Case(
+        "patching-targets-a-string",
+        lambda w: patch_task_vectors(
+            w.model,
+            w.batch.inputs,
+            w.batch.answer_pos,
+            w.batch.answers,
+            w.batch.task_ids,
+            w.batch.task_names,
+            w.vectors,
+            targets="offset(1)",
+            n_bootstrap=0,
+        ),
+        TaskError,
+        r"targets must be a sequence of task names, got 'offset\(1\)'",
+        r"targets=\('offset\(1\)',\)",
+    ),
+    Case(
+        "patching-scale-beyond-float",
+        lambda w: patch_task_vectors(
+            w.model,
+            w.batch.inputs,
+            w.batch.answer_pos,
+            w.batch.answers,
+            w.batch.task_ids,
+            w.batch.task_names,
+            w.vectors,
+            mode="add",
+            scale=10**400,
+            n_bootstrap=0,
+        ),
+        AnalysisError,
+        r"scale must be a finite number",
+        r"finite number",
+    ),
+    Case(
+        "prompting-per-head-site",
+        lambda w: task_vector_prompting(
+            w.model,
+            w.batch.inputs,
+            w.batch.answer_pos,
+            w.batch.zero_shot().inputs,
+            w.batch.zero_shot().answer_pos,
+            w.batch.answers,
+            w.batch.task_ids,
+            w.batch.task_names,
+            zero_shot_attention_mask=w.batch.zero_shot().attention_mask,
+            icl_attention_mask=w.batch.attention_mask,
+            source="task_mean",
+            vectors=w.vectors,
+            layers=(0,),
+            site="z",
+            n_bootstrap=0,
+        ),
+        HookNotFoundError,
+        r"Unknown site 'z' for reading residual-stream rows\. It names the per-head attention output",
+        r"Use one of \[",
+    ),
+    Case(
+        "prompting-inputs-none",
+        lambda w: task_vector_prompting(
+            w.model,
+            None,
+            w.batch.answer_pos,
+            w.batch.inputs,
+            w.batch.answer_pos,
+            w.batch.answers,
+            w.batch.task_ids,
+            w.batch.task_names,
+            n_bootstrap=0,
+        ),
+        ShapeError,
+        r"icl_inputs must be a torch\.Tensor of prompts, tokens \[batch, pos\]",
+        r"pass batch\.inputs",
+    ),
+    Case(
+        "head-importance-attribution-a-string",
+        lambda w: head_importance(
+            w.model,
+            w.batch.inputs,
+            w.batch.answer_pos,
+            w.batch.answers,
+            w.batch.task_ids,
+            w.batch.task_names,
+            attribution="yes",
+            n_bootstrap=0,  # type: ignore[arg-type]
+        ),
+        AnalysisError,
+        r"attribution must be True or False",
+        r"whether to add the gradient estimate",
+    ),
+    Case(
+        "head-importance-batch-size-none",
+        lambda w: head_importance(
+            w.model,
+            w.batch.inputs,
+            w.batch.answer_pos,
+            w.batch.answers,
+            w.batch.task_ids,
+            w.batch.task_names,
+            mode="mean",
+            batch_size=None,
+            n_bootstrap=0,
+            prune_steps=0,  # type: ignore[arg-type]
+        ),
+        ShapeError,
+        r"batch_size must be an int ≥ 1 \(prompts per pass\), got None",
+        r"prompts per pass",
+    ),
+    Case(
+        "attribution-prompts-a-batch",
+        lambda w: head_attribution(w.model, w.batch, _aligned(w)[1], torch.zeros(3, 4, 8)),
+        ShapeError,
+        r"prompts must be AlignedPrompts, got a ICLBatch",
+        r"make them with tv_lens\.interventions\.sweep\.align",
+    ),
+    Case(
+        "attribution-nan-ablation-values",
+        lambda w: head_attribution(w.model, *_aligned(w), torch.full((3, 4, 8), float("nan"))),
+        NonFiniteError,
+        r"ablation_values hold NaN or infinite values",
+        r"pass finite values",
+    ),
+    Case(
+        "attribution-answers-of-another-batch",
+        lambda w: head_attribution(w.model, _aligned(w)[0], _aligned(w)[1][:-1], torch.zeros(3, 4, 8)),
+        ShapeError,
+        r"answers must be the prompts' answer tokens \[prompt=\d+, n_answer=1\], got \(\d+, 1\)",
+        r"pass answer_tokens\(batch\.answers, len\(batch\)\)",
+    ),
+    Case(
+        "compare-models-batch-none",
+        lambda w: compare_models({"base": w.model}, None, n_bootstrap=0),  # type: ignore[arg-type]
+        TaskError,
+        r"batch must be a batch of prompts, got a NoneType without",
+        r"pass pool\.sample\(n_per_task, n_shots, seed\)",
+    ),
+    Case(
+        "compare-models-blocks-of-no-model",
+        lambda w: compare_models({"base": w.model}, w.batch, blocks={"late": (2,)}, n_bootstrap=0),
+        AnalysisError,
+        r"blocks\['late'\] names no model",
+        r"blocks maps names of models \['base'\] to a tuple of block indices",
+    ),
+    Case(
+        "compare-models-final-loss-a-string",
+        lambda w: compare_models({"base": w.model}, w.batch, final_loss={"base": "low"}, n_bootstrap=0),  # type: ignore[dict-item]
+        AnalysisError,
+        r"final_loss\['base'\] holds 'low'",
+        r"to a number, e\.g\. \{'late': 0\.41\}",
+    ),
+    Case(
+        "compare-models-decodability-a-string",
+        lambda w: compare_models({"base": w.model}, w.batch, decodability="knn", n_bootstrap=0),  # type: ignore[arg-type]
+        AnalysisError,
+        r"decodability must be TaskDecodability settings, got 'knn'",
+        r"pass e\.g\. TaskDecodability\(k=10\)",
+    ),
+    Case(
+        "tvp-losses-config-an-int",
+        lambda w: tvp_losses(w.model, w.batch, 1),  # type: ignore[arg-type]
+        ConfigError,
+        r"tvp must be a TVPConfig, got 1",
+        r"TVPConfig\(layer=1, lam=1\.0\)",
+    ),
+    Case(
+        "tvp-losses-tokens-outside-the-vocabulary",
+        lambda w: tvp_losses(small_model(d_vocab=6), w.batch, TVPConfig(layer=0)),
+        ShapeError,
+        r"Token ids must lie in \[0, 6\)",
+        r"Build the model with a vocabulary the task needs",
+    ),
+    Case(
+        "finetune-config-none",
+        lambda w: finetune(small_model(), POOL, None, (0,), progress=False),  # type: ignore[arg-type]
+        ConfigError,
+        r"config must be a TrainConfig, got NoneType",
+        r"TrainConfig\.from_dict\(d\) for a dict",
+    ),
+    Case(
+        "train-stop-after-not-a-count",
+        lambda w: train(small_model(), POOL, tiny_train_config(), stop_after=1.5, progress=False),  # type: ignore[arg-type]
+        ConfigError,
+        r"stop_after must be None \(train to the end\) or a number of steps >= 0, got 1\.5",
+        r"e\.g\. stop_after=100",
+    ),
+    Case(
+        "checkpoint-nan-parameters",
+        lambda w: load_checkpoint(_nan_checkpoint(w)),
+        CheckpointError,
+        r"holds NaN or infinite parameters",
+        r"resume from an earlier checkpoint of the run",
+    ),
+    Case(
+        "result-field-of-the-wrong-type",
+        lambda w: Result.load(_retyped_result(w)),
+        ResultFileError,
+        r"holds a Decodability whose field 'method' is 3, not str; it was edited or crafted",
+        r"Re-run the analysis",
     ),
 ]
 

@@ -292,8 +292,8 @@ def length_sorted_batches(lengths: Int[Tensor, " batch"], batch_size: int) -> li
 
     Prompts that fit in one batch stay in their own order (one batch computes the longest prompt's width anyway).
     """
-    if batch_size < 1:
-        raise ShapeError(f"batch_size must be ≥ 1, got {batch_size}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ShapeError(f"batch_size must be an int ≥ 1 (prompts per pass), got {batch_size!r}.")
     if batch_size >= len(lengths):
         return [torch.arange(len(lengths))]
     order = torch.argsort(lengths, stable=True)

@@ -41,12 +41,12 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import AnalysisError, ShapeError
+from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions.sweep import AlignedPrompts
 from tv_lens.metrics import token_cross_entropy
 from tv_lens.models.adapter import adapt
 from tv_lens.models.running import forward
-from tv_lens.positions import answer_columns, length_sorted_batches
+from tv_lens.positions import answer_columns, check_tensor_data, length_sorted_batches
 
 __all__ = ["ATTRIBUTION_METHODS", "head_attribution"]
 
@@ -81,13 +81,31 @@ def head_attribution(
     if method not in ATTRIBUTION_METHODS:
         raise AnalysisError(f"Unknown attribution method {method!r}; use one of {list(ATTRIBUTION_METHODS)}.")
     adapter = adapt(model)
-    expected = (adapter.n_layers, adapter.n_heads, adapter.d_head)
-    if tuple(ablation_values.shape) != expected:
+    if not isinstance(prompts, AlignedPrompts):
         raise ShapeError(
-            f"ablation_values must be [layer, head, d_head]={expected}, got {tuple(ablation_values.shape)}."
+            f"prompts must be AlignedPrompts, got a {type(prompts).__name__}; make them with "
+            "tv_lens.interventions.sweep.align(model, inputs, answer_pos, attention_mask, n_answer_tokens)."
         )
-    if batch_size < 1:
-        raise ShapeError(f"batch_size must be >= 1, got {batch_size}.")
+    expected = (adapter.n_layers, adapter.n_heads, adapter.d_head)
+    if not isinstance(ablation_values, Tensor) or tuple(ablation_values.shape) != expected:
+        got = tuple(ablation_values.shape) if isinstance(ablation_values, Tensor) else type(ablation_values).__name__
+        raise ShapeError(f"ablation_values must be a tensor [layer, head, d_head]={expected}, got {got}.")
+    check_tensor_data(ablation_values, "ablation_values")
+    if not ablation_values.is_floating_point():
+        raise ShapeError(
+            f"ablation_values must be floats (what each head is ablated to), got {ablation_values.dtype}; pass e.g. "
+            "zeros or each head's mean activation."
+        )
+    if not bool(torch.isfinite(ablation_values).all()):
+        raise NonFiniteError("ablation_values hold NaN or infinite values; pass finite values (zeros, or means).")
+    if not isinstance(answers, Tensor) or tuple(answers.shape) != (len(prompts), prompts.n_answer_tokens):
+        got = tuple(answers.shape) if isinstance(answers, Tensor) else type(answers).__name__
+        raise ShapeError(
+            f"answers must be the prompts' answer tokens [prompt={len(prompts)}, n_answer="
+            f"{prompts.n_answer_tokens}], got {got}; pass answer_tokens(batch.answers, len(batch))."
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ShapeError(f"batch_size must be an int >= 1 (prompts per pass), got {batch_size!r}.")
     if torch.is_inference_mode_enabled():
         # The estimate needs one backward pass: leave inference mode for it. Tensors made inside it (the
         # prompts, the ablation values) are read through copies, never kept for the backward pass.

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.inputs import PromptPool, sample_batch
-from tv_lens.analyses.options import PassOptions
+from tv_lens.analyses.options import N_PER_TASK, PassOptions
 from tv_lens.analyses.performance import clean_outputs, score_outputs
 from tv_lens.analyses.suite import Suite
 from tv_lens.errors import AnalysisError
@@ -154,7 +154,7 @@ class Emergence(PassOptions):
         Suite(self.analyses)  # checks the analyses
 
     def run(
-        self, checkpoints: Sequence[CheckpointLike], pool: PromptPool, n_per_task: int = 100, seed: int = 0
+        self, checkpoints: Sequence[CheckpointLike], pool: PromptPool, n_per_task: int = N_PER_TASK, seed: int = 0
     ) -> EmergenceResult:
         """Run every checkpoint on the same ``n_per_task`` prompts per task (seeded) and detect the jumps."""
         loaded = _sorted_checkpoints(checkpoints)

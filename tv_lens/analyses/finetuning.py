@@ -27,7 +27,7 @@ import torch
 
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.decodability import TaskDecodability
-from tv_lens.analyses.inputs import check_pool
+from tv_lens.analyses.inputs import check_batch, check_pool
 from tv_lens.analyses.options import IntervalOptions
 from tv_lens.analyses.performance import score_batch
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError
@@ -75,7 +75,14 @@ def compare_models(
             f"models must be a non-empty dict of name -> model, got {got}; pass e.g. "
             "{'base': model, 'finetuned': other} (the base model first)."
         )
-    decodability = decodability or TaskDecodability()
+    check_batch(batch)
+    _check_records(models, blocks, final_loss, settings)
+    decodability = TaskDecodability() if decodability is None else decodability
+    if not isinstance(decodability, TaskDecodability):
+        raise AnalysisError(
+            f"decodability must be TaskDecodability settings, got {decodability!r:.60}; pass e.g. "
+            "TaskDecodability(k=10), or None for the defaults."
+        )
     prompts: Any = batch  # an ICLBatch is a PromptBatch (the protocol's attributes are read here only)
     names = tuple(models)
     ids = batch.task_ids.cpu()
@@ -109,6 +116,37 @@ def compare_models(
         settings=settings or {},
         site=decodability.site,
     )
+
+
+def _check_records(models: dict[str, Any], blocks: Any, final_loss: Any, settings: Any) -> None:
+    """Model names are strings; ``blocks`` and ``final_loss`` map some of them to block tuples and numbers."""
+    wrong = [name for name in models if not isinstance(name, str)]
+    if wrong:
+        raise AnalysisError(f"models must be keyed by name (a string), got {wrong[0]!r}; e.g. {{'base': model}}.")
+    for what, records, fits, meaning in (
+        ("blocks", blocks, _is_blocks, "a tuple of block indices, e.g. {'late': (2, 3)}"),
+        ("final_loss", final_loss, _is_number, "a number, e.g. {'late': 0.41}"),
+    ):
+        if records is None:
+            continue
+        if not isinstance(records, dict):
+            raise AnalysisError(f"{what} must be a dict of model name -> {meaning}, got a {type(records).__name__}.")
+        for name, value in records.items():
+            if name not in models or not fits(value):
+                problem = "names no model" if name not in models else f"holds {value!r:.40}"
+                raise AnalysisError(
+                    f"{what}[{name!r}] {problem}: {what} maps names of models {list(models)} to {meaning}."
+                )
+    if settings is not None and not isinstance(settings, dict):
+        raise AnalysisError(f"settings must be a dict (recorded on the result), got a {type(settings).__name__}.")
+
+
+def _is_blocks(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and all(isinstance(b, int) and not isinstance(b, bool) for b in value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _default_train() -> TrainConfig:

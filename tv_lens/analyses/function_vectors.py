@@ -48,7 +48,7 @@ from torch import Tensor
 
 from tv_lens.analyses.indirect_effects import causal_indirect_effects, check_means, mean_head_activations
 from tv_lens.analyses.inputs import check_pool
-from tv_lens.analyses.options import CausalOptions
+from tv_lens.analyses.options import N_PER_TASK, CausalOptions
 from tv_lens.analyses.prompting import SCORINGS, Scoring, task_vector_prompting
 from tv_lens.analyses.pruning import check_count
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ModelNotSupportedError, ShapeError, TaskError
@@ -290,7 +290,7 @@ class FunctionVectors(CausalOptions):
             raise AnalysisError(f"Unknown scoring {self.scoring!r}; use one of {list(SCORINGS)}.")
 
     def run(
-        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = 20, n_shots: ShotSpec = 4, seed: int = 0
+        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
     ) -> FunctionVectorResult:
         """Sample clean (``seed``), corrupted (``seed + 1``) and evaluation (``seed + 2``) prompts; run all steps.
 

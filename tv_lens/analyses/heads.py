@@ -44,8 +44,15 @@ from torch import Tensor
 
 from tv_lens.analyses.attribution import ATTRIBUTION_METHODS, head_attribution
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
-from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, check_pool, prompt_task_ids
-from tv_lens.analyses.options import CausalOptions
+from tv_lens.analyses.inputs import (
+    answer_counts,
+    answer_scores,
+    answer_tokens,
+    check_pool,
+    prompt_count,
+    prompt_task_ids,
+)
+from tv_lens.analyses.options import N_PER_TASK, CausalOptions
 from tv_lens.analyses.pruning import (
     SHARED_METHODS,
     check_count,
@@ -126,12 +133,17 @@ def head_importance(
     adapter = adapt(model)
     n_heads_total = adapter.n_layers * adapter.n_heads
     _check_options(mode, metric, shared, attribution_method)
+    if not isinstance(attribution, bool):
+        raise AnalysisError(
+            f"attribution must be True or False (whether to add the gradient estimate of each head), got "
+            f"{attribution!r}."
+        )
     top_k = max(1, n_heads_total // 4) if top_k is None else top_k
     prune_steps = n_heads_total if prune_steps is None else prune_steps
     check_count(top_k, "top_k", 1, n_heads_total)
     check_count(prune_steps, "prune_steps", 0, n_heads_total)
     check_bootstrap(n_bootstrap, ci)
-    answers = answer_tokens(answers, len(inputs))
+    answers = answer_tokens(answers, prompt_count(inputs))
     prompts = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
     ids = prompt_task_ids(task_ids, task_names, len(prompts))
     values = _ablation_values(adapter, prompts, mode, batch_size)
@@ -226,7 +238,7 @@ class HeadAblation(CausalOptions):
         _check_options(self.mode, self.metric, self.shared, self.attribution_method)
 
     def run(
-        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = 100, n_shots: ShotSpec = 4, seed: int = 0
+        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
     ) -> HeadImportance:
         """Sample ``n_per_task`` prompts per task (seeded) and run :meth:`run_batch`."""
         check_pool(pool)

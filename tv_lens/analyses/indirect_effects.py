@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
-from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, prompt_task_ids
+from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, prompt_count, prompt_task_ids
 from tv_lens.analyses.pruning import task_mean
 from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError, TaskError
 from tv_lens.interventions import ablate_head
@@ -152,7 +152,7 @@ def causal_indirect_effects(
             f"label_noise must be a number in [0, 1] (the share of wrong demonstration labels in the corrupted "
             f"prompts, recorded on the result), got {label_noise!r}; e.g. 0.99."
         )
-    answers = answer_tokens(answers, len(inputs))
+    answers = answer_tokens(answers, prompt_count(inputs))
     prompts = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
     ids = _mean_ids(prompt_task_ids(task_ids, task_names, len(prompts)), task_names, means)
     per_prompt = means.activations[ids]  # [prompt, layer, head, d_head]

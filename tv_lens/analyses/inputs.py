@@ -15,19 +15,21 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.analyses.options import N_PER_TASK
 from tv_lens.errors import NonFiniteError, ShapeError, TaskError
 from tv_lens.metrics import token_accuracy, token_cross_entropy
 from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.probes import Representations, collect
 
 __all__ = [
+    "MAX_UNNAMED_TASKS",
     "LabelledStack",
     "LabelsInput",
     "PromptBatch",
@@ -37,14 +39,19 @@ __all__ = [
     "answer_counts",
     "answer_scores",
     "answer_tokens",
+    "check_batch",
     "check_pool",
     "finite_outputs",
+    "integer_ids",
     "labelled_stack",
+    "named_tasks",
+    "prompt_count",
     "prompt_task_ids",
     "sample_batch",
 ]
 
 
+@runtime_checkable
 class PromptBatch(Protocol):
     """A batch of rendered ICL prompts (``ICLBatch`` for tokens, ``RegressionBatch`` for vectors)."""
 
@@ -96,6 +103,7 @@ class PromptBatch(Protocol):
         ...
 
 
+@runtime_checkable
 class PromptPool(Protocol):
     """A pool of confusable tasks that samples :class:`PromptBatch` es (``TaskPool``, ``RegressionPool``)."""
 
@@ -136,7 +144,7 @@ class RepresentationAnalysis(ABC, Generic[R]):
     ) -> R:
         """The result of given representations."""
 
-    def run(self, model: Any, pool: PromptPool, n_per_task: int = 100, n_shots: Any = 4, seed: int = 0) -> R:
+    def run(self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, n_shots: Any = 4, seed: int = 0) -> R:
         """Sample ``n_per_task`` prompts of every task of ``pool`` (seeded) and compute on their representations."""
         return self.run_batch(model, sample_batch(pool, n_per_task, n_shots, seed), seed=seed)
 
@@ -162,6 +170,17 @@ def check_pool(pool: Any) -> None:
         raise TaskError(
             f"Cannot sample prompts from a {type(pool).__name__}; pass a task pool such as "
             "tv_lens.tasks.offset_pool() (a TaskPool, RegressionPool or TextPool), or use run_batch for a batch."
+        )
+
+
+def check_batch(batch: Any) -> None:
+    """Raise :class:`TaskError` unless ``batch`` is a batch of prompts (has the :class:`PromptBatch` fields)."""
+    fields = ("inputs", "attention_mask", "answer_pos", "answers", "task_ids", "task_names")
+    missing = [name for name in fields if not hasattr(batch, name)]
+    if missing:
+        raise TaskError(
+            f"batch must be a batch of prompts, got a {type(batch).__name__} without {missing}; pass "
+            "pool.sample(n_per_task, n_shots, seed) (an ICLBatch) or a selection of one (batch.select(rows))."
         )
 
 
@@ -195,6 +214,17 @@ def answer_tokens(answers: Int[Tensor, "batch ..."], n_prompts: int) -> Int[Tens
     answers = answers.cpu().long()
     used = (answers >= 0).any(0).nonzero()  # columns holding a token in some row
     return answers[:, : int(used.max()) + 1] if len(used) else answers
+
+
+def prompt_count(inputs: Any, what: str = "inputs") -> int:
+    """The number of prompts of ``inputs`` (a tensor ``[batch, pos]`` or ``[batch, pos, d]``; fully checked later)."""
+    if not isinstance(inputs, Tensor) or inputs.ndim < 2:
+        got = f"shape {tuple(inputs.shape)}" if isinstance(inputs, Tensor) else f"a {type(inputs).__name__}"
+        raise ShapeError(
+            f"{what} must be a torch.Tensor of prompts, tokens [batch, pos] or residuals [batch, pos, d], got {got}; "
+            "pass batch.inputs (for one prompt, tokens[None])."
+        )
+    return int(inputs.shape[0])
 
 
 def answer_counts(answers: Int[Tensor, "batch n_answer"]) -> Int[Tensor, " batch"]:
@@ -285,12 +315,14 @@ def labelled_stack(
         site: Residual site label of a plain tensor (default ``"resid_post"``).
         task_names: Name of every label (default ``"task 0"``, ``"task 1"`` ...).
     """
+    if layers is not None:
+        layers = _layer_labels(layers)
     if isinstance(reps, Representations):
         site = reps.site
         if layers is None:
             activations, layers = reps.activations, reps.layers
         else:
-            activations = torch.stack([reps.at(int(layer)) for layer in layers])
+            activations = torch.stack([reps.at(layer) for layer in layers])
         labels = reps.task_ids if labels is None else labels
     elif isinstance(reps, Tensor):
         activations = reps[None] if reps.ndim == 2 else reps
@@ -300,22 +332,82 @@ def labelled_stack(
             f"{type(reps).__name__}. For a TransformerLens ActivationCache use Representations.from_cache(cache, "
             "answer_pos, task_ids=labels)."
         )
+    check_tensor_data(activations, "reps")
     if activations.ndim != 3 or not activations.is_floating_point() or 0 in activations.shape:
         raise ShapeError(
             f"reps must be a non-empty float tensor [layer, prompt, d] or [prompt, d], got dtype "
             f"{activations.dtype} and shape {tuple(reps.shape if isinstance(reps, Tensor) else activations.shape)}."
         )
-    layers = tuple(range(activations.shape[0])) if layers is None else tuple(int(layer) for layer in layers)
+    layers = tuple(range(activations.shape[0])) if layers is None else layers
     if len(layers) != activations.shape[0]:
         raise ShapeError(f"layers has {len(layers)} entries but reps has {activations.shape[0]} layers; pass one each.")
     activations = activations.detach().to("cpu", torch.float64)
     _check_finite(activations, layers)
     checked = _check_labels(labels, activations.shape[1])
-    n_labels = int(checked.max()) + 1
-    names = tuple(f"task {i}" for i in range(n_labels)) if task_names is None else tuple(task_names)
-    if len(names) < n_labels:
-        raise ShapeError(f"labels go up to {n_labels - 1} but only {len(names)} task_names were given; name each.")
+    names = named_tasks(task_names, checked, "labels")
     return LabelledStack(activations, checked, layers, site or "resid_post", names)
+
+
+MAX_UNNAMED_TASKS = 2**16
+"""Without task names, task ids name ``0 .. max(id)`` tasks ``"task i"``: at most this many."""
+
+
+def integer_ids(values: Any, what: str, meaning: str) -> Int[Tensor, " n"]:
+    """``values`` (a tensor, list or array of ints, one per entry) as a 1-D long tensor on the CPU.
+
+    Raises:
+        ShapeError: Not a 1-D integer tensor (floats would be truncated, bools read as 0 / 1), or on ``meta``.
+    """
+    tensor = tensor_of(values, what, f"a 1-D integer tensor ({meaning}) such as torch.tensor([0, 1, 1])")
+    check_tensor_data(tensor, what)
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool or tensor.ndim != 1:
+        raise ShapeError(
+            f"{what} must be a 1-D integer tensor ({meaning}), got {tensor.dtype} with shape {tuple(tensor.shape)}; "
+            "pass integers, e.g. torch.tensor([0, 1, 1])."
+        )
+    return tensor.to("cpu", torch.long)
+
+
+def named_tasks(task_names: Sequence[str] | None, ids: Int[Tensor, " n"], what: str) -> tuple[str, ...]:
+    """The name of every task id in ``ids`` (ids >= 0, checked by the caller).
+
+    ``task_names`` after checking that it is a sequence of strings naming each id, or ``"task 0"``, ``"task 1"``
+    ... up to the largest id.
+    """
+    n_ids = int(ids.max()) + 1 if ids.numel() else 0
+    if task_names is None:
+        if n_ids > MAX_UNNAMED_TASKS:
+            raise ShapeError(
+                f"{what} go up to {n_ids - 1}: without task_names every id up to the largest names a task, "
+                f"{n_ids} in all (at most {MAX_UNNAMED_TASKS}). Pass task_names, or number the tasks from 0 "
+                "(torch.unique(ids, return_inverse=True))."
+            )
+        return tuple(f"task {i}" for i in range(n_ids))
+    if isinstance(task_names, (str, bytes)) or not all(isinstance(name, str) for name in task_names):
+        raise ShapeError(
+            f"task_names must be a sequence of task names (strings), one per task id, got {task_names!r:.80}; "
+            "pass e.g. ('task 0', 'task 1') or batch.task_names."
+        )
+    names = tuple(task_names)
+    if len(names) < n_ids:
+        raise ShapeError(
+            f"{what} must lie in 0 .. {len(names) - 1} (one per task name), but go up to {n_ids - 1}: only "
+            f"{len(names)} task_names were given; name each task."
+        )
+    return names
+
+
+def _layer_labels(layers: Any) -> tuple[int, ...]:
+    """``layers`` as a tuple of ints (block indices; -1 the embedding output)."""
+    if isinstance(layers, (int, str, bytes)) or not isinstance(layers, Sequence):
+        raise ShapeError(
+            f"layers must be a sequence of block indices such as (0, 1), got {layers!r}; for a single layer pass a "
+            f"one-element tuple, e.g. ({layers!r},)."
+        )
+    wrong = [layer for layer in layers if not isinstance(layer, int) or isinstance(layer, bool)]
+    if wrong:
+        raise ShapeError(f"layers must be int block indices such as (0, 1), got {wrong[0]!r} in {tuple(layers)}.")
+    return tuple(layers)
 
 
 def _check_labels(labels: LabelsInput | None, n_prompts: int) -> Int[Tensor, " prompt"]:
@@ -324,12 +416,7 @@ def _check_labels(labels: LabelsInput | None, n_prompts: int) -> Int[Tensor, " p
             "No labels: pass labels= (the task of each prompt), or Representations with task_ids "
             "(collect(..., task_ids=batch.task_ids))."
         )
-    tensor = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
-    if tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.ndim != 1:
-        raise ShapeError(
-            f"labels must be a 1-D integer tensor (one task id per prompt), got {tensor.dtype} "
-            f"with shape {tuple(tensor.shape)}."
-        )
+    tensor = integer_ids(labels, "labels", "one task id per prompt")
     if len(tensor) != n_prompts:
         raise ShapeError(
             f"labels has {len(tensor)} entries but reps has {n_prompts} prompts; pass one task id per prompt "
@@ -337,7 +424,7 @@ def _check_labels(labels: LabelsInput | None, n_prompts: int) -> Int[Tensor, " p
         )
     if bool((tensor < 0).any()):
         raise ShapeError(f"labels must be task ids >= 0, got a minimum of {int(tensor.min())}.")
-    return tensor.to("cpu", torch.long)
+    return tensor
 
 
 def _check_finite(activations: Tensor, layers: tuple[int, ...]) -> None:

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 from tv_lens.analyses.bootstrap import check_bootstrap
 
-__all__ = ["CausalOptions", "IntervalOptions", "PassOptions"]
+__all__ = ["N_PER_TASK", "CausalOptions", "IntervalOptions", "PassOptions"]
+
+N_PER_TASK = 100
+"""Prompts per task that every analysis's ``run(model, pool, ...)`` samples by default (Han et al.'s 100)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,6 +34,7 @@ through :func:`tv_lens.interventions.run_with_interventions`; the result records
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,10 +44,17 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap
-from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, check_pool, prompt_task_ids
-from tv_lens.analyses.options import CausalOptions
+from tv_lens.analyses.inputs import (
+    answer_counts,
+    answer_scores,
+    answer_tokens,
+    check_pool,
+    prompt_count,
+    prompt_task_ids,
+)
+from tv_lens.analyses.options import N_PER_TASK, CausalOptions
 from tv_lens.analyses.patching_summary import summarize_patching
-from tv_lens.errors import AnalysisError, TaskError
+from tv_lens.errors import AnalysisError, ShapeError, TaskError
 from tv_lens.interventions import Intervention, add, replace
 from tv_lens.interventions.sweep import Cell, align, run_sweep
 from tv_lens.models.adapter import ModelAdapter
@@ -59,6 +67,7 @@ __all__ = [
     "Mode",
     "PatchingEffects",
     "TaskVectorPatching",
+    "check_vectors",
     "patch_site",
     "patch_task_vectors",
     "rule_answers",
@@ -82,7 +91,7 @@ def patch_task_vectors(
     layers: Sequence[int] | None = None,
     targets: Sequence[str] | None = None,
     scale: float = 1.0,
-    target_answers: Int[Tensor, "target batch n_answer"] | None = None,
+    target_answers: Int[Tensor, "target batch n_target_answer"] | None = None,
     null_task: str = NULL_TASK,
     n_bootstrap: int = 1000,
     ci: float = 0.95,
@@ -121,15 +130,20 @@ def patch_task_vectors(
         LayerOutOfRangeError: A layer the vectors do not cover.
     """
     _check_mode(mode)
-    if not isinstance(scale, (int, float)) or not torch.isfinite(torch.tensor(float(scale))):
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not abs(scale) <= sys.float_info.max:
         raise AnalysisError(f"scale must be a finite number, got {scale!r}.")
     check_bootstrap(n_bootstrap, ci)
-    adapter = vectors.check_model(model)
+    adapter = check_vectors(vectors, model)
     layers = tuple(vectors.layers) if layers is None else adapter.check_layers(layers, allow_embed=True)
     layer_index = [vectors.layer_index(layer) for layer in layers]
+    if targets is not None and (isinstance(targets, (str, bytes)) or not isinstance(targets, Sequence)):
+        raise TaskError(
+            f"targets must be a sequence of task names, got {targets!r}; for one task pass a one-element tuple, "
+            f"e.g. targets=({targets!r},)."
+        )
     target_names = tuple(vectors.task_names) if targets is None else tuple(targets)
     target_index = [vectors.task_index(name) for name in target_names]
-    answers = answer_tokens(answers, len(inputs))
+    answers = answer_tokens(answers, prompt_count(inputs))
     prompts = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
     source_names, sources = _sources(task_ids, task_names, len(prompts))
     own_vectors = None
@@ -220,7 +234,7 @@ class TaskVectorPatching(CausalOptions):
         self,
         model: Any,
         pool: TaskPool | TextPool,
-        n_per_task: int = 50,
+        n_per_task: int = N_PER_TASK,
         n_shots: ShotSpec = 4,
         seed: int = 0,
         vectors: TaskVectors | None = None,
@@ -265,6 +279,16 @@ class TaskVectorPatching(CausalOptions):
             rows_per_pass=self.rows_per_pass,
             progress=self.progress,
         )
+
+
+def check_vectors(vectors: Any, model: Any) -> ModelAdapter:
+    """The adapter of ``model`` after checking that ``vectors`` are :class:`TaskVectors` that fit it."""
+    if not isinstance(vectors, TaskVectors):
+        raise ShapeError(
+            f"vectors must be TaskVectors, got a {type(vectors).__name__}; build them with "
+            "TaskVectors.from_model(model, pool_or_batch) (a bare tensor has no task names or layers)."
+        )
+    return vectors.check_model(model)
 
 
 def _check_mode(mode: str) -> None:

@@ -35,7 +35,7 @@ def summarize_patching(
     target_names: tuple[str, ...],
     layers: tuple[int, ...],
     writes: Int[Tensor, "layer target"],
-    target_answers: Int[Tensor, "target prompt n_answer"] | None = None,
+    target_answers: Int[Tensor, "target prompt n_target_answer"] | None = None,
     **settings: Any,
 ) -> PatchingEffects:
     """Effects of a patching sweep from its per-prompt outputs (see :mod:`tv_lens.analyses.patching`).

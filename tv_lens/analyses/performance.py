@@ -21,20 +21,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
-from tv_lens.analyses.inputs import PromptBatch, PromptPool, finite_outputs, sample_batch
-from tv_lens.analyses.options import IntervalOptions
+from tv_lens.analyses.inputs import PromptBatch, PromptPool, finite_outputs, integer_ids, named_tasks, sample_batch
+from tv_lens.analyses.options import N_PER_TASK, IntervalOptions
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions import run_with_interventions
 from tv_lens.metrics import mse, token_accuracy, token_cross_entropy
 from tv_lens.models.exclusive import evaluating
+from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.results.performance import Performance
-from tv_lens.tasks.pool import SEED_RANGE, seeded_generator
+from tv_lens.tasks.pool import SEED_RANGE, check_flag, seeded_generator
 
 __all__ = [
     "METRICS",
@@ -109,9 +109,14 @@ def icl_performance(
     """
     check_bootstrap(n_bootstrap, ci)
     seeded_generator(seed)  # checks the seed; shot count j draws with seed + j, wrapped into the seed range
-    scores = torch.as_tensor(scores).detach().cpu().double()
-    tasks = _ints(task_ids, "task_ids")
-    shots = _ints(n_shots, "n_shots")
+    check_flag(higher_is_better, "higher_is_better", "whether a larger score is better")
+    scores = tensor_of(scores, "scores", "one float score per prompt")
+    check_tensor_data(scores, "scores")
+    if scores.is_complex():
+        raise ShapeError(f"scores must be real numbers (one score per prompt), got {scores.dtype}; pass scores.real.")
+    scores = scores.detach().cpu().double()
+    tasks = integer_ids(task_ids, "task_ids", "the task id of each prompt")
+    shots = integer_ids(n_shots, "n_shots", "the demonstrations of each prompt")
     if scores.ndim != 1 or not (len(scores) == len(tasks) == len(shots)) or len(scores) == 0:
         raise ShapeError(
             f"scores, task_ids and n_shots need one entry per prompt; got shapes {tuple(scores.shape)}, "
@@ -119,9 +124,9 @@ def icl_performance(
         )
     if not bool(torch.isfinite(scores).all()):
         raise NonFiniteError("scores hold NaN or infinite values; check the model's outputs (torch.isfinite).")
-    names = tuple(task_names) if task_names is not None else tuple(f"task {i}" for i in range(int(tasks.max()) + 1))
-    if int(tasks.min()) < 0 or int(tasks.max()) >= len(names) or int(shots.min()) < 0:
-        raise ShapeError(f"task_ids must lie in 0 .. {len(names) - 1} (one per task name) and n_shots be >= 0.")
+    if int(tasks.min()) < 0 or int(shots.min()) < 0:
+        raise ShapeError("task_ids must be task ids >= 0 (one per task name) and n_shots be >= 0.")
+    names = named_tasks(task_names, tasks, "task_ids")
     grid = tuple(sorted(set(shots.tolist())))
     n_task = len(names)
     values = torch.full((n_task, len(grid)), float("nan"), dtype=torch.float64)
@@ -217,7 +222,7 @@ class ICLPerformance(IntervalOptions):
         if not self.shots or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.shots):
             raise AnalysisError(f"shots must be a non-empty tuple of ints >= 0, got {self.shots!r}.")
 
-    def run(self, model: Any, pool: PromptPool, n_per_task: int = 100, seed: int = 0) -> Performance:
+    def run(self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, seed: int = 0) -> Performance:
         """Sample ``n_per_task`` prompts per task for each shot count (seeded) and score a clean run of each."""
         scores, tasks, shots = [], [], []
         metric = self.metric
@@ -266,10 +271,3 @@ def _metric_name(metric: str | ScoreFn, higher_is_better: bool) -> tuple[str, bo
     if callable(metric):
         return getattr(metric, "__name__", "custom"), higher_is_better
     return metric, METRICS[metric][1]
-
-
-def _ints(values: Any, what: str) -> Int[Tensor, " prompt"]:
-    tensor = torch.as_tensor(np.asarray(values) if not isinstance(values, Tensor) else values)
-    if tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.ndim != 1:
-        raise ShapeError(f"{what} must be a 1-D integer tensor, got {tensor.dtype} with shape {tuple(tensor.shape)}.")
-    return tensor.to("cpu", torch.long)

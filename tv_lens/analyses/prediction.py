@@ -29,10 +29,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.analyses.bootstrap import check_bootstrap
 from tv_lens.analyses.decodability import TaskDecodability
-from tv_lens.analyses.inputs import PromptPool, sample_batch
+from tv_lens.analyses.inputs import PromptPool, integer_ids, named_tasks, sample_batch
+from tv_lens.analyses.options import N_PER_TASK
 from tv_lens.analyses.performance import ScoreFn, resolve_metric, score_batch
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
+from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.results.decodability import best_layer
 from tv_lens.results.prediction import TdAccuracyFit
 from tv_lens.tasks import NULL_TASK
@@ -47,14 +50,17 @@ def ols(x: Float[Tensor, " n"], y: Float[Tensor, " n"], ci: float = 0.95) -> dic
         ``{"slope", "intercept", "r2", "slope_ci", "intercept_ci"}``; intervals are NaN for fewer than 3
         points, R² is NaN when ``y`` is constant.
     """
-    x, y = torch.as_tensor(x).double(), torch.as_tensor(y).double()
+    check_bootstrap(0, ci)
+    x, y = _values(x, "x"), _values(y, "y")
     n = len(x)
     if x.shape != (n,) or y.shape != (n,) or n < 2:
         raise ShapeError(f"x and y must be 1-D of one length >= 2, got {tuple(x.shape)} and {tuple(y.shape)}.")
     if not bool(torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise NonFiniteError("x and y must be finite; drop NaN points (e.g. tasks without prompts) first.")
-    if not 0 < ci < 1:
-        raise AnalysisError(f"ci is a confidence level in (0, 1), got {ci!r}.")
+    if not bool((x.abs() < _LARGEST).all() and (y.abs() < _LARGEST).all()):
+        raise NonFiniteError(
+            f"x and y must be below {_LARGEST:.0e} in size, or the sums of squares of the fit overflow; rescale them."
+        )
     dx, dy = x - x.mean(), y - y.mean()
     sxx, sst = float(dx @ dx), float(dy @ dy)
     if sxx == 0:
@@ -63,6 +69,10 @@ def ols(x: Float[Tensor, " n"], y: Float[Tensor, " n"], ci: float = 0.95) -> dic
         )
     slope = float(dx @ dy) / sxx
     intercept = float(y.mean()) - slope * float(x.mean())
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise NonFiniteError(
+            f"The fitted line is not finite (slope {slope}): x varies too little for the size of y; rescale them."
+        )
     sse = float(((y - intercept - slope * x) ** 2).sum())
     r2 = 1 - sse / sst if sst > 0 else math.nan
     slope_ci = intercept_ci = (math.nan, math.nan)
@@ -103,17 +113,35 @@ def fit_td_accuracy(
         layer: Block index TD was read at, for labels.
         site: Residual site TD was read at, for labels.
     """
-    td, score = torch.as_tensor(td).double(), torch.as_tensor(score).double()
+    td, score = _values(td, "td"), _values(score, "score")
     fit = ols(td, score, ci)
     n = len(td)
-    tasks = torch.arange(n) if task_ids is None else torch.as_tensor(task_ids).long()
-    shot_counts = torch.zeros(n, dtype=torch.long) if shots is None else torch.as_tensor(shots).long()
-    names = tuple(task_names) if task_names is not None else tuple(f"task {i}" for i in range(int(tasks.max()) + 1))
-    if tasks.shape != (n,) or shot_counts.shape != (n,) or int(tasks.min()) < 0 or int(tasks.max()) >= len(names):
-        raise ShapeError(f"task_ids and shots need one entry per point ({n}); task_ids must index task_names.")
+    tasks = torch.arange(n) if task_ids is None else integer_ids(task_ids, "task_ids", "the task of each point")
+    shot_counts = (
+        torch.zeros(n, dtype=torch.long) if shots is None else integer_ids(shots, "shots", "the shots of each point")
+    )
+    if tasks.shape != (n,) or shot_counts.shape != (n,) or int(tasks.min()) < 0 or int(shot_counts.min()) < 0:
+        raise ShapeError(
+            f"task_ids and shots need one entry per point ({n}), task ids >= 0 indexing task_names and shots >= 0; "
+            f"got shapes {tuple(tasks.shape)} and {tuple(shot_counts.shape)}."
+        )
+    names = named_tasks(task_names, tasks, "task_ids")
     return TdAccuracyFit(
         td, score, tasks, shot_counts, names, ci_level=ci, metric=metric, layer=layer, site=site, **fit
     )
+
+
+_LARGEST = 1e100
+"""The largest TD or score :func:`ols` fits: squares and sums of squares of larger values overflow float64."""
+
+
+def _values(values: Any, what: str) -> Float[Tensor, " n"]:
+    """``values`` as a float64 CPU tensor (not checked for shape: :func:`ols` does), refusing complex numbers."""
+    tensor = tensor_of(values, what, "a 1-D tensor of real numbers, one per point")
+    check_tensor_data(tensor, what)
+    if tensor.is_complex():
+        raise ShapeError(f"{what} must be real numbers, got {tensor.dtype}; pass {what}.real if that is meant.")
+    return tensor.detach().to("cpu", torch.float64)
 
 
 @dataclass(frozen=True)
@@ -143,7 +171,7 @@ class TdAccuracy:
                 f"shots must be a non-empty tuple of ints >= 0, got {self.shots!r}; Han et al. use (1, 4, 10)."
             )
 
-    def run(self, model: Any, pool: PromptPool, n_per_task: int = 100, seed: int = 0) -> TdAccuracyFit:
+    def run(self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, seed: int = 0) -> TdAccuracyFit:
         """Per shot count: sample prompts (seeded), one collect pass for TD, one clean pass for the score; fit."""
         per_task_td, scores, grid = [], [], sorted(set(self.shots))
         config = self.decodability

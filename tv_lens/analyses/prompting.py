@@ -43,16 +43,16 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
-from tv_lens.analyses.inputs import answer_counts, answer_scores, check_pool, prompt_task_ids
-from tv_lens.analyses.options import CausalOptions
-from tv_lens.analyses.patching import patch_site
+from tv_lens.analyses.inputs import answer_counts, answer_scores, check_pool, prompt_count, prompt_task_ids
+from tv_lens.analyses.options import N_PER_TASK, CausalOptions
+from tv_lens.analyses.patching import check_vectors, patch_site
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
 from tv_lens.generation import exact_match, first_word_match, generate
 from tv_lens.interventions import add, replace, run_with_interventions
 from tv_lens.interventions.sweep import Cell, align, run_sweep
 from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating
-from tv_lens.probes import collect
+from tv_lens.probes import check_residual_site, collect
 from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
@@ -130,11 +130,12 @@ def task_vector_prompting(
         LayerOutOfRangeError: A layer outside the model (or the given vectors).
     """
     _check_options(source, mode, scoring)
+    check_residual_site(site)
     check_bootstrap(n_bootstrap, ci)
     adapter = adapt(model)
     layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
-    n = len(icl_inputs)
-    answers, ids = _pairs(answers, task_ids, task_names, n, len(zero_shot_inputs))
+    n = prompt_count(icl_inputs, "icl_inputs")
+    answers, ids = _pairs(answers, task_ids, task_names, n, prompt_count(zero_shot_inputs, "zero_shot_inputs"))
     with torch.no_grad(), evaluating(model):
         clean = run_with_interventions(
             model,
@@ -281,7 +282,7 @@ class TaskVectorPrompting(CausalOptions):
         _check_options(self.source, self.mode, self.scoring)  # the bootstrap options: CausalOptions
 
     def run(
-        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = 50, n_shots: ShotSpec = 4, seed: int = 0
+        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
     ) -> PromptingAccuracy:
         """Sample ``n_per_task`` ICL prompts per task (``seed``); task-mean vectors come from ``seed + 1``."""
         check_pool(pool)
@@ -369,7 +370,7 @@ def _vectors(
     """Each zero-shot prompt's vector per layer ``[layer, prompt, d_model]``, and its ICL prompt (-1: a mean)."""
     none = torch.full((len(ids),), -1, dtype=torch.long)
     if source == "task_mean" and vectors is not None:
-        vectors.check_model(model)
+        check_vectors(vectors, model)
         missing = sorted({task_names[t] for t in ids.tolist()} - set(vectors.task_names))
         if missing:
             raise TaskError(

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.geometry import Geometry
 from tv_lens.analyses.inputs import PromptBatch, PromptPool, sample_batch
-from tv_lens.analyses.options import PassOptions
+from tv_lens.analyses.options import N_PER_TASK, PassOptions
 from tv_lens.analyses.performance import ICLPerformance
 from tv_lens.analyses.prediction import TdAccuracy
 from tv_lens.errors import AnalysisError
@@ -96,7 +96,7 @@ class Suite(PassOptions):
         object.__setattr__(self, "names", tuple(names))
 
     def run(
-        self, model: Any, pool: PromptPool, n_per_task: int = 100, n_shots: ShotSpec = 4, seed: int = 0
+        self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
     ) -> SuiteResult:
         """Sample one batch (seeded) for the representation analyses and run every analysis."""
         batch = sample_batch(pool, n_per_task, n_shots, seed) if self._representation_analyses() else None

@@ -21,6 +21,7 @@ from typing import Any
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.function_vectors import FunctionVectors
 from tv_lens.analyses.inputs import check_pool
+from tv_lens.analyses.options import N_PER_TASK
 from tv_lens.analyses.prompting import TaskVectorPrompting
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError
 from tv_lens.results.vector_comparison import VectorComparison
@@ -71,7 +72,7 @@ class CompareVectors:
         return tuple(replace(config, layers=self.layers) for config in configs)  # type: ignore[return-value]
 
     def run(
-        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = 50, n_shots: ShotSpec = 4, seed: int = 0
+        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
     ) -> VectorComparison:
         """Sample ICL (``seed``), corrupted (``seed + 1``) and zero-shot evaluation (``seed + 2``) prompts; run all.
 

@@ -38,6 +38,8 @@ import hashlib
 import json
 import os
 import tempfile
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
@@ -359,6 +361,14 @@ def _build(
             f"{sorted(expected)}; it was written by another tv_lens version. Re-run the analysis."
         )
     values = {name: _decode(v, tensors, registry, source) for name, v in encoded.items()}
+    hints = _field_types(cls)
+    wrong = [name for name, value in values.items() if name in hints and not _fits(value, hints[name])]
+    if wrong:
+        name = wrong[0]
+        raise ResultFileError(
+            f"{source} holds a {cls.__name__} whose field {name!r} is {_kind(values[name])}, not "
+            f"{_hint_name(hints[name])}; it was edited or crafted. Re-run the analysis."
+        )
     try:
         return cls(**values)
     except Exception as error:
@@ -366,6 +376,56 @@ def _build(
             f"{source} holds an invalid {cls.__name__} ({type(error).__name__}: {error}); it is corrupt. "
             "Re-run the analysis."
         ) from error
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """The declared type of every field of a result class (none where an annotation cannot be resolved)."""
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        return {}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a decoded field value is of its declared type (tensors by jaxtyping dtype and rank)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is None or hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return not args or (len(args) == len(value) and all(_fits(v, a) for v, a in zip(value, args, strict=True)))
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict) and (
+            not args or all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+        )
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # a typing construct not used by result fields: not checked
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"{value!r:.60}"
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def _has_default(field: Any) -> bool:

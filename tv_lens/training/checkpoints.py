@@ -413,6 +413,9 @@ def _checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
             raise CheckpointError(refuse(f"holds a {name!r} that is not a list of rows (dicts)"))
     if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in record["parameters"].items()):
         raise CheckpointError(refuse("holds parameters that are not tensors by name"))
+    not_finite = [k for k, v in record["parameters"].items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if not_finite:
+        raise CheckpointError(refuse(f"holds NaN or infinite parameters ({not_finite[:3]})"))
     optimizer = record["optimizer"]
     if not isinstance(optimizer.get("state"), dict) or not isinstance(optimizer.get("param_groups"), list):
         raise CheckpointError(refuse("holds an optimiser state without 'state' and 'param_groups'"))

@@ -82,10 +82,11 @@ def train(
         NonFiniteError: The loss became NaN or infinite.
     """
     config = TrainConfig() if config is None else config
-    if not isinstance(config, TrainConfig):
+    _check_config(config)
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0):
         raise ConfigError(
-            f"config must be a TrainConfig, got {type(config).__name__}; build one, e.g. "
-            "TrainConfig(schedule=ScheduleConfig(max_steps=200)), or TrainConfig.from_dict(d) for a dict."
+            f"stop_after must be None (train to the end) or a number of steps >= 0, got {stop_after!r}; e.g. "
+            "stop_after=100."
         )
     if torch.is_inference_mode_enabled():
         raise ConfigError(
@@ -245,6 +246,15 @@ def finetune(
     ``train_kwargs`` go to :func:`tv_lens.training.train`. The model keeps its LoRA adapters (fold them
     in with :func:`tv_lens.training.merge_lora`).
     """
+    _check_config(config)
     if config.finetune is not None:
         raise ConfigError("config.finetune is already set; pass blocks= and lora= or the config, not both.")
     return train(model, pool, replace(config, finetune=FinetuneConfig(blocks, lora)), **train_kwargs)
+
+
+def _check_config(config: Any) -> None:
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(
+            f"config must be a TrainConfig, got {type(config).__name__}; build one, e.g. "
+            "TrainConfig(schedule=ScheduleConfig(max_steps=200)), or TrainConfig.from_dict(d) for a dict."
+        )

@@ -33,10 +33,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import HookNotFoundError
+from tv_lens.errors import ConfigError, HookNotFoundError, TaskError
 from tv_lens.interventions import add, replace, run_with_interventions
 from tv_lens.models import adapt
 from tv_lens.models.adapter import ModelAdapter
+from tv_lens.positions import prepare_prompts
 from tv_lens.probes import collect
 from tv_lens.tasks import ICLBatch, RegressionBatch
 from tv_lens.tasks.partners import other_prompts
@@ -66,7 +67,7 @@ def training_loss(adapter: ModelAdapter, objective: Objective, batch: Any, tvp: 
     if tvp is None:
         icl = objective.context_loss(adapter, batch)
         return Losses(icl, icl)
-    return tvp_losses(adapter, batch, tvp, objective)
+    return _tvp_losses(adapter, batch, tvp, objective)
 
 
 def tvp_losses(model: Any, batch: ICLBatch, tvp: TVPConfig, objective: Objective | None = None) -> Losses:
@@ -79,6 +80,20 @@ def tvp_losses(model: Any, batch: ICLBatch, tvp: TVPConfig, objective: Objective
         objective: How answers are scored (default: token cross-entropy, or squared error for a
             :class:`~tv_lens.tasks.RegressionBatch`).
     """
+    if not isinstance(tvp, TVPConfig):
+        raise ConfigError(f"tvp must be a TVPConfig, got {tvp!r:.60}; build one, e.g. TVPConfig(layer=1, lam=1.0).")
+    if not isinstance(batch, (ICLBatch, RegressionBatch)):
+        raise TaskError(
+            f"batch must be an ICLBatch (or RegressionBatch) of prompts, got a {type(batch).__name__}; pass "
+            "pool.sample(n_per_task, n_shots, seed)."
+        )
+    adapter = adapt(model)
+    prepare_prompts(adapter, batch.inputs, batch.answer_pos, batch.attention_mask)  # ids and length fit the model
+    return _tvp_losses(adapter, batch, tvp, objective)
+
+
+def _tvp_losses(model: Any, batch: ICLBatch, tvp: TVPConfig, objective: Objective | None = None) -> Losses:
+    """:func:`tvp_losses` without checking its arguments (each training step)."""
     adapter = adapt(model)
     adapter.check_layer(tvp.layer)
     objective = objective or _default_objective(batch)
