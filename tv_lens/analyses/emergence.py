@@ -44,6 +44,7 @@ from tv_lens.errors import AnalysisError
 from tv_lens.results.decodability import Decodability, best_layer
 from tv_lens.results.emergence import EmergenceResult
 from tv_lens.results.suite import SuiteResult
+from tv_lens.stats import group_means
 
 __all__ = ["Emergence", "EmergenceResult", "detect_coupling", "detect_jump"]
 
@@ -173,8 +174,8 @@ class Emergence(PassOptions):
             outputs = clean_outputs(model, batch, self.batch_size)
             loss = score_outputs(outputs, batch, "mse" if regression else "cross_entropy")
             accuracy = torch.full_like(loss, math.nan) if regression else score_outputs(outputs, batch, "accuracy")
-            series["accuracy"].append(_per_task(accuracy, batch.task_ids, len(pool.task_names)))
-            series["loss"].append(_per_task(loss, batch.task_ids, len(pool.task_names)))
+            series["accuracy"].append(group_means(accuracy.cpu(), batch.task_ids.cpu(), len(pool.task_names)))
+            series["loss"].append(group_means(loss.cpu(), batch.task_ids.cpu(), len(pool.task_names)))
             series["td"].append(decodability.td)
             series["td_per_task"].append(decodability.per_task)
             last = decodability
@@ -221,12 +222,6 @@ def _is_td(analysis: Any) -> bool:
 
 def _gaps(steps: Sequence[int]) -> list[int]:
     return [later - earlier for earlier, later in itertools.pairwise(steps)]
-
-
-def _per_task(scores: Tensor, task_ids: Tensor, n_tasks: int) -> Tensor:
-    task_ids = task_ids.cpu()
-    sums = torch.zeros(n_tasks, dtype=torch.float64).index_add_(0, task_ids, scores.double())
-    return sums / torch.bincount(task_ids, minlength=n_tasks)
 
 
 def _sorted_checkpoints(checkpoints: Sequence[CheckpointLike]) -> list[tuple[int, Any]]:

@@ -34,6 +34,7 @@ from tv_lens.metrics import mse, token_accuracy, token_cross_entropy
 from tv_lens.models.exclusive import evaluating
 from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.results.performance import Performance
+from tv_lens.stats import group_means
 from tv_lens.tasks.pool import SEED_RANGE, check_flag, seeded_generator
 
 __all__ = [
@@ -138,8 +139,7 @@ def icl_performance(
         here = shots == s
         cell_scores, cell_tasks = scores[here], tasks[here]
         n_prompts[:, j] = torch.bincount(cell_tasks, minlength=n_task)
-        sums = torch.zeros(n_task, dtype=torch.float64).index_add_(0, cell_tasks, cell_scores)
-        values[:, j] = sums / n_prompts[:, j]
+        values[:, j] = group_means(cell_scores, cell_tasks, n_task)
         overall[j] = cell_scores.mean()
         cell_ci[:, j], overall_ci[j] = stratified_bootstrap_ci(
             cell_scores, cell_tasks, n_task, n_bootstrap, ci, (seed + j) % SEED_RANGE

@@ -38,6 +38,7 @@ from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.results.decodability import best_layer
 from tv_lens.results.prediction import TdAccuracyFit
+from tv_lens.stats import group_means
 from tv_lens.tasks import NULL_TASK
 
 __all__ = ["TdAccuracy", "TdAccuracyFit", "fit_td_accuracy", "ols"]
@@ -184,9 +185,7 @@ class TdAccuracy:
             layers = decodability.layers
             metric = resolve_metric(self.metric, batch)
             values = score_batch(model, batch, metric, config.batch_size).double()
-            counts = torch.bincount(batch.task_ids.cpu(), minlength=len(pool))
-            sums = torch.zeros(len(pool), dtype=torch.float64).index_add_(0, batch.task_ids.cpu(), values)
-            scores.append(sums / counts)
+            scores.append(group_means(values.cpu(), batch.task_ids.cpu(), len(pool)))
         td = torch.stack(per_task_td)  # [shots, layer, task]
         keep = [t for t, name in enumerate(pool.task_names) if self.include_null or name != NULL_TASK]
         mean_td = td[:, :, keep].mean(-1)  # [shots, layer], mean of the point tasks' TD

@@ -54,6 +54,7 @@ from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating
 from tv_lens.probes import check_residual_site, collect
 from tv_lens.results.prompting import PromptingAccuracy
+from tv_lens.stats import group_means
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 from tv_lens.tasks.partners import other_prompts
@@ -391,6 +392,5 @@ def _vectors(
 
 def _task_means(activations: Tensor, ids: Tensor, n_tasks: int) -> Tensor:
     """Each prompt's task mean of ``activations [layer, prompt, d]`` (float64 sums, cast back)."""
-    one_hot = torch.nn.functional.one_hot(ids, n_tasks).double()  # [prompt, task]
-    means = torch.einsum("lpd,pt->ltd", activations.double(), one_hot) / one_hot.sum(0)[None, :, None]
-    return means[:, ids].to(activations.dtype)
+    means = group_means(activations.transpose(1, 2), ids, n_tasks).transpose(1, 2)  # [layer, task, d]
+    return means[:, ids.to(means.device)].to(activations.dtype)

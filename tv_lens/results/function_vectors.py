@@ -20,6 +20,7 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
 from tv_lens.results.provenance import VectorProvenance, check_vector_model, with_application
+from tv_lens.stats import group_means
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -192,7 +193,7 @@ class IndirectEffects(Result):
     @property
     def loss_change(self) -> Float[Tensor, "layer head task"]:
         """Mean change of the teacher-forced answer loss per task (negative: the patch helps)."""
-        return _task_mean(self.patched_loss - self.corrupted_loss, self.task_ids, len(self.task_names))
+        return group_means(self.patched_loss - self.corrupted_loss, self.task_ids, len(self.task_names))
 
     def top_heads(self, k: int = 10, task: str | None = None) -> tuple[tuple[int, int], ...]:
         """The ``k`` heads of largest mean CIE, overall or for ``task`` (ties: block, then head).
@@ -373,8 +374,3 @@ def _head_axes(title: str) -> dict[str, Any]:
         "xaxis": {"title": {"text": "head"}},
         "yaxis": {"title": {"text": "layer (TransformerLens block index)"}},
     }
-
-
-def _task_mean(values: Tensor, ids: Tensor, n_tasks: int) -> Tensor:
-    one_hot = torch.nn.functional.one_hot(ids, n_tasks).double()
-    return (values.double() @ one_hot) / one_hot.sum(0)

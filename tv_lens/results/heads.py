@@ -12,6 +12,7 @@ from torch import Tensor
 from tv_lens.errors import ShapeError
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
+from tv_lens.stats import group_means
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -187,12 +188,12 @@ class HeadImportance(Result):
     @property
     def loss_increase(self) -> Float[Tensor, "layer head task"]:
         """Exact mean loss increase per task (what the attribution estimate approximates)."""
-        return _task_mean(self.ablated_loss - self.clean_loss, self.task_ids, len(self.task_names))
+        return group_means(self.ablated_loss - self.clean_loss, self.task_ids, len(self.task_names))
 
     @property
     def attribution_by_task(self) -> Float[Tensor, "layer head task"]:
         """Mean attribution estimate per task."""
-        return _task_mean(self.attribution, self.task_ids, len(self.task_names))
+        return group_means(self.attribution, self.task_ids, len(self.task_names))
 
     def top_heads(self, k: int = 5, task: str | None = None) -> list[tuple[int, int]]:
         """The ``k`` most important ``(layer, head)`` overall or for ``task``."""
@@ -294,8 +295,3 @@ class HeadImportance(Result):
 
         what = f"Jaccard overlap of top-{self.top_k} heads" if self.shared_method == "jaccard" else "Spearman"
         return go.Figure(data=self.shared_traces(), layout={"title": {"text": f"Heads shared across tasks ({what})"}})
-
-
-def _task_mean(values: Tensor, ids: Tensor, n_tasks: int) -> Tensor:
-    one_hot = torch.nn.functional.one_hot(ids, n_tasks).double()
-    return (values.double() @ one_hot) / one_hot.sum(0)
