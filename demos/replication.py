@@ -1,22 +1,40 @@
-"""Test the claims of Han et al. (2025) and Yang et al. (2025) on tv_lens's default model; print the numbers.
+"""Test the claims of Han et al. (2025), Yang et al. (2025) and Todd et al. (2024) over training seeds.
 
-Run with ``python demos/replication.py [--run DIR] [--out FILE]``. It trains ``recipes["default"]`` into
-``DIR`` with a checkpoint every 25 steps (or reuses the run already there), trains two longer twins without and
-with the TVP-loss and one on the pair-marker prompt format, runs one analysis per claim and prints a markdown
-table: claim, what was measured, the numbers with 95% bootstrap confidence intervals, and whether the claim holds
-on this model. ``docs/replication.md`` reports a run of it. With every run trained, the analyses take about 10
-minutes of CPU; training the four runs takes about 35 more.
+Run with ``python demos/replication.py [--runs DIR] [--seeds 0 1 2] [--out FILE]``. For every seed it trains (or
+reuses or resumes, in ``DIR/seed-<seed>/<run>``) five runs: ``recipes["shots"]`` (accuracy grows with shots), and on
+``recipes["default"]`` the model with a checkpoint every 25 steps, two 1200-step twins without and with the
+TVP-loss, and the same recipe on the pair-marker format. A seed sets the model's initialisation and the
+training and held-out prompt streams (``ModelConfig.seed``, ``DataConfig.seed``); the analyses of seed ``s``
+sample their prompts with seed ``10 * s``. Each seed's numbers are written to ``DIR/seed-<seed>/claims.json``
+and reused by later calls (``--fresh`` recomputes them), so seeds can run in separate processes and a last call
+gathers them.
+
+Each claim is one number per seed (a difference, a slope, an overlap ...) with a null value and a claimed
+direction. Over seeds it is reported as the mean with a 95% Student-t interval over the per-seed values
+(``seed_interval``): the interval covers training seeds and, since each seed samples its own prompts, prompts.
+Verdict rule (``verdict``): a claim **holds** when the interval over seeds excludes the null value in the
+claimed direction *and* the claim holds in every seed (that seed's own 95% interval, a bootstrap over prompts or
+an OLS slope's interval, excludes the null value in the claimed direction); **mixed** when only one of the two
+is true; **does not hold** otherwise.
+``docs/replication.md`` reports a run of it. One seed costs about 25 minutes of CPU time on one thread, two
+thirds of it the 1200-step TVP-loss twins (``--skip default-1200 default-tvp-loss-1200`` leaves them and their
+claims out); three seeds in separate processes take about 40 minutes on two free cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from scipy.stats import t as student_t
 
 from tv_lens.analyses import (
     Emergence,
@@ -31,12 +49,111 @@ from tv_lens.analyses import (
     ols,
 )
 from tv_lens.analyses.bootstrap import stratified_bootstrap_ci
+from tv_lens.errors import ConfigError
 from tv_lens.metrics import answer_logits, token_accuracy
+from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import offset_pool
-from tv_lens.training import TVPConfig, latest_checkpoint, list_checkpoints, load_checkpoint, recipes
+from tv_lens.training import (
+    Recipe,
+    TVPConfig,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    recipes,
+    train,
+)
+from tv_lens.training.checkpoints import checkpoint_path
+
+__all__ = ["CLAIMS", "Claim", "SeedNumber", "run_specs", "seed_interval", "seeded", "summarise", "verdict"]
 
 N_PER_TASK = 100
 N_SHOTS = 8
+PATCH_SHOTS = 1  # shots of the patched prompts: the shots recipe is at ~75% there (8 shots: >= 99%)
+TWIN_STEPS = 1200  # both TVP-loss twins train 3x the default recipe's steps: the loss needs them
+TVP_LAYER, TVP_LAM = 2, 0.5
+NOISE = 0.25
+LEVEL = 0.95
+
+Direction = Literal["greater", "less", "differs"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim tested as one number per seed against ``null`` in ``direction``."""
+
+    key: str
+    name: str
+    measured: str
+    statistic: str
+    null: float
+    direction: Direction
+    recipe: str = "default"
+
+
+@dataclass(frozen=True)
+class SeedNumber:
+    """One seed's statistic of a claim, whether the claim holds in that seed, and the numbers behind it."""
+
+    value: float
+    holds: bool
+    numbers: str
+
+
+def seed_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean of per-seed values and its Student-t interval: ``mean ± t_{n-1} · sd / sqrt(n)``.
+
+    >>> [round(v, 3) for v in seed_interval([1.0, 2.0, 3.0])]
+    [2.0, -0.484, 4.484]
+    """
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        raise ConfigError(
+            f"An interval over seeds needs at least 2 finite per-seed values, got {list(values)}; run more seeds "
+            "(e.g. --seeds 0 1 2)."
+        )
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(student_t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def verdict(values: Sequence[float], holds: Sequence[bool], null: float, direction: Direction) -> str:
+    """``"holds"``, ``"mixed"`` or ``"does not hold"`` by the rule of the module docstring.
+
+    ``direction`` ``"differs"`` is two-sided: the interval excludes ``null`` on either side, and every seed
+    must hold on the same side as the mean.
+    """
+    mean, low, high = seed_interval(values)
+    if direction == "greater":
+        excludes = low > null
+    elif direction == "less":
+        excludes = high < null
+    else:
+        excludes = low > null or high < null
+        holds = [h and (v - null) * (mean - null) > 0 for v, h in zip(values, holds, strict=True)]
+    every = all(holds)
+    return "holds" if excludes and every else "mixed" if excludes or every else "does not hold"
+
+
+def summarise(claim: Claim, numbers: Sequence[SeedNumber]) -> dict[str, Any]:
+    """The table row of ``claim`` over seeds: mean and interval, seeds where it holds, verdict."""
+    values = [n.value for n in numbers]
+    mean, low, high = seed_interval(values)
+    return {
+        "claim": claim.name,
+        "measured": claim.measured,
+        "statistic": claim.statistic,
+        "null": claim.null,
+        "direction": claim.direction,
+        "mean": mean,
+        "interval": [low, high],
+        "seeds_holding": sum(n.holds for n in numbers),
+        "n_seeds": len(numbers),
+        "verdict": verdict(values, [n.holds for n in numbers], claim.null, claim.direction),
+    }
+
+
+# --- training -------------------------------------------------------------------------------------------------
 
 
 def marker_pool() -> Any:
@@ -44,14 +161,245 @@ def marker_pool() -> Any:
     return offset_pool(offsets=(1, 2, 3, 4), n_values=16, null=True, fmt="marker")
 
 
-def trained(directory: Path, steps: int | None = None, every: int = 25, recipe: Any = None, **overrides: Any) -> Any:
-    """``recipe``'s model (default recipe) trained into ``directory`` for ``steps``; a finished run is reused."""
-    recipe = recipe or recipes["default"]
-    schedule = recipe.train.schedule if steps is None else replace(recipe.train.schedule, max_steps=steps)
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a seed: a recipe, its steps, its checkpoint spacing and train-config overrides."""
+
+    name: str
+    recipe: Recipe
+    steps: int
+    every: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def seeded(recipe: Recipe, seed: int) -> Recipe:
+    """``recipe`` with ``seed`` for the model initialisation and for the training and held-out prompt streams."""
+    data = replace(recipe.train.data, seed=seed)
+    return replace(recipe, model=replace(recipe.model, seed=seed), train=replace(recipe.train, data=data))
+
+
+def run_specs(seed: int) -> dict[str, RunSpec]:
+    """Every run the claims need, for one seed, by name (the name is also the run's directory)."""
+    default, shots = seeded(recipes["default"], seed), seeded(recipes["shots"], seed)
+    marker = replace(default, name="default-marker", pool=marker_pool)
+    return {
+        "shots": RunSpec("shots", shots, shots.train.schedule.max_steps, 100),
+        "default": RunSpec("default", default, default.train.schedule.max_steps, 25),
+        "default-marker": RunSpec("default-marker", marker, marker.train.schedule.max_steps, 100),
+        f"default-{TWIN_STEPS}": RunSpec(f"default-{TWIN_STEPS}", default, TWIN_STEPS, 200),
+        f"default-tvp-loss-{TWIN_STEPS}": RunSpec(
+            f"default-tvp-loss-{TWIN_STEPS}", default, TWIN_STEPS, 200, {"tvp": TVPConfig(layer=TVP_LAYER, lam=TVP_LAM)}
+        ),
+    }
+
+
+def trained(directory: Path, spec: RunSpec) -> Any:
+    """The model of ``spec`` trained into ``directory``; a finished run there is reused, a stopped one resumed."""
+    schedule = replace(spec.recipe.train.schedule, max_steps=spec.steps)
     last = latest_checkpoint(directory)
-    if last is None or load_checkpoint(last).step < schedule.max_steps:
-        recipe.run(checkpoint_dir=directory, checkpoint_every=every, schedule=schedule, **overrides)
-    return load_checkpoint(latest_checkpoint(directory)).load_model()
+    if last is None or load_checkpoint(last).step < spec.steps:
+        config = replace(spec.recipe.train, schedule=schedule, checkpoint_every=spec.every, **spec.overrides)
+        train(
+            spec.recipe.build_model(),
+            spec.recipe.build_pool(),
+            config,
+            model_config=spec.recipe.model,
+            checkpoint_dir=directory,
+            resume_from=last,
+            progress=False,
+        )
+    return load_checkpoint(checkpoint_path(directory, spec.steps)).load_model()
+
+
+# --- the claims -----------------------------------------------------------------------------------------------
+
+_PATCH = (
+    f"{PATCH_SHOTS}-shot prompts of the shots recipe patched at the answer position with {N_SHOTS}-shot task means "
+    "(a separate sample), at the block of the largest incorrect − correct loss gap; Null prompts excluded"
+)
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "encoding",
+        "H: tasks are encoded (TD well above chance, peaking inside the model)",
+        f"leave-one-out 10-NN TD per layer, {N_PER_TASK} prompts per task, {N_SHOTS} shots; chance 0.20",
+        "best-block TD − chance",
+        0.1,
+        "greater",
+    ),
+    Claim(
+        "td_shots",
+        "H: TD predicts ICL accuracy (over shots)",
+        "OLS of accuracy on TD at the best block over (task, shots in 1, 2, 4, 8), Null excluded, 16 points",
+        "slope",
+        0.0,
+        "greater",
+        "shots",
+    ),
+    Claim(
+        "td_training",
+        "H: TD predicts ICL accuracy (over training)",
+        "OLS of accuracy on TD at the emergence block over (task, checkpoint every 25 steps), Null excluded, 64 points",
+        "slope",
+        0.0,
+        "greater",
+    ),
+    Claim(
+        "emergence",
+        "H: accuracy and TD jump together during training (coupled emergence)",
+        "checkpoint where accuracy and TD at the best block cover half their rise (if ≥ 0.2), per offset task; "
+        "coupled when at most one checkpoint (25 steps) apart",
+        "fraction of tasks whose jumps are coupled",
+        0.5,
+        "greater",
+    ),
+    Claim(
+        "icl_default",
+        "H/Y: the trained model learns in context (default recipe)",
+        "held-out accuracy over all tasks (Null included) by shots",
+        "accuracy at 8 shots − at 0 shots",
+        0.3,
+        "greater",
+    ),
+    Claim(
+        "icl_shots",
+        "H/Y: the trained model learns in context (shots recipe)",
+        "the same, shots recipe",
+        "accuracy at 8 shots − at 0 shots",
+        0.3,
+        "greater",
+        "shots",
+    ),
+    Claim(
+        "patch_replace_correct",
+        "H: a correct task vector helps (replace)",
+        _PATCH + "; vector written in place of the residual",
+        "answer-loss change, own task's vector",
+        0.0,
+        "less",
+        "shots",
+    ),
+    Claim(
+        "patch_replace_incorrect",
+        "H: an incorrect task vector hurts (replace)",
+        "as above",
+        "answer-loss change, mean over other tasks' vectors (Null's included)",
+        0.0,
+        "greater",
+        "shots",
+    ),
+    Claim(
+        "patch_add_correct",
+        "H: a correct task vector helps (add)",
+        _PATCH + "; vector added to the residual",
+        "answer-loss change, own task's vector",
+        0.0,
+        "less",
+        "shots",
+    ),
+    Claim(
+        "patch_add_incorrect",
+        "H: an incorrect task vector hurts (add)",
+        "as above",
+        "answer-loss change, mean over other tasks' vectors (Null's included)",
+        0.0,
+        "greater",
+        "shots",
+    ),
+    Claim(
+        "tvp_other_replace",
+        "Y/Hendel: a task vector alone makes a zero-shot prompt do the task (another prompt's vector, replace)",
+        "accuracy of the query-only prompt with the vector written at the query's separator, best block",
+        "TVP accuracy − zero-shot accuracy",
+        0.0,
+        "greater",
+    ),
+    Claim(
+        "tvp_mean_add",
+        "Y/Hendel: the same with the task's mean vector, added",
+        "as above",
+        "TVP accuracy − zero-shot accuracy",
+        0.0,
+        "greater",
+    ),
+    Claim(
+        "function_vector",
+        "Todd: a function vector makes a zero-shot prompt do the task",
+        "query-only prompt with the task's FV (top-10 heads by CIE on 8-shot prompts with 99% wrong labels) added "
+        "at the query's separator, best block, 32 prompts per task, Null excluded",
+        "FV accuracy − zero-shot accuracy",
+        0.0,
+        "greater",
+    ),
+    Claim(
+        "heads",
+        "H: tasks of one family share important heads",
+        "Jaccard overlap of each pair of offset tasks' top-4 heads (of 16) by zero-ablation loss increase",
+        "mean pairwise overlap − 95th percentile of two random top-4 sets (0.33)",
+        0.0,
+        "greater",
+    ),
+    Claim(
+        "finetuning",
+        "H: finetuning early blocks helps more than late blocks",
+        "LoRA (rank 16, alpha 16, dropout 0.1) on block 0 vs block 3, on offsets 5–8 the base model never saw",
+        "held-out accuracy, first block − last block",
+        0.0,
+        "greater",
+    ),
+    Claim(
+        "tvp_loss_forms",
+        f"Y: TVP-loss forms the task vector at the prescribed block ({TVP_LAYER})",
+        f"TVP accuracy at block {TVP_LAYER} (another prompt's vector, replace); twins trained {TWIN_STEPS} steps "
+        f"without and with the TVP-loss (λ = {TVP_LAM})",
+        "TVP accuracy, with − without TVP-loss",
+        0.0,
+        "greater",
+    ),
+    Claim(
+        "tvp_loss_icl",
+        "Y: … without hurting ICL",
+        "ICL accuracy of the same twins, 8 shots",
+        "ICL accuracy, with − without TVP-loss",
+        -0.05,
+        "greater",
+    ),
+    Claim(
+        "format_td",
+        "Y: whether a task vector forms depends on the prompt format (TD)",
+        "best-block TD of the default recipe trained on each format (separator token, or a marker before each pair)",
+        "TD, marker − separator",
+        0.0,
+        "differs",
+    ),
+    Claim(
+        "format_tvp",
+        "Y: … (TVP)",
+        "TVP accuracy (task mean, added; best block) of the same two models",
+        "TVP accuracy, marker − separator",
+        0.0,
+        "differs",
+    ),
+    Claim(
+        "noise",
+        "Y: TVP-loss makes ICL more robust to label noise",
+        f"held-out ICL accuracy with {NOISE:.0%} of the demonstrations relabelled wrongly, {N_SHOTS} shots, Null "
+        "excluded, the twins above",
+        "accuracy, with − without TVP-loss",
+        0.0,
+        "greater",
+    ),
+)
+
+
+def interval(value: float, ci: Any) -> str:
+    """``value [low, high]`` with three decimals."""
+    low, high = (float(x) for x in ci)
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def above(a: Any, b: Any) -> bool:
+    """Whether interval ``a`` lies entirely above interval ``b`` (both ``(low, high)``)."""
+    return float(a[0]) > float(b[1])
 
 
 def random_jaccard(n: int, k: int, draws: int = 20_000) -> tuple[float, float]:
@@ -64,9 +412,9 @@ def random_jaccard(n: int, k: int, draws: int = 20_000) -> tuple[float, float]:
     return float(jaccard.mean()), float(jaccard.quantile(0.95))
 
 
-def noisy_accuracy(model: Any, pool: Any, label_noise: float) -> tuple[float, Any]:
+def noisy_accuracy(model: Any, pool: Any, label_noise: float, seed: int) -> tuple[float, Any]:
     """Query accuracy (Null excluded) and its 95% bootstrap interval, demonstrations carrying label noise."""
-    batch = pool.sample(n_per_task=N_PER_TASK, n_shots=N_SHOTS, seed=7, label_noise=label_noise)
+    batch = pool.sample(n_per_task=N_PER_TASK, n_shots=N_SHOTS, seed=seed + 7, label_noise=label_noise)
     with torch.no_grad():
         logits = model(batch.inputs)
     correct = token_accuracy(answer_logits(logits, batch.answer_pos, batch.n_answer_tokens), batch.answers)
@@ -75,216 +423,312 @@ def noisy_accuracy(model: Any, pool: Any, label_noise: float) -> tuple[float, An
     return float(correct[keep].mean()), overall
 
 
-def separated(a: Any, b: Any) -> bool:
-    """Whether two (low, high) intervals do not overlap."""
-    return float(a[0]) > float(b[1]) or float(b[0]) > float(a[1])
+Numbers = dict[str, SeedNumber]
 
 
-def interval(value: float, ci: Any) -> str:
-    low, high = (float(x) for x in ci)
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+def encoding(model: Any, pool: Any, seed: int) -> tuple[Numbers, Any]:
+    """TD per layer; the claim and the result (reused by the format claim)."""
+    td = TaskDecodability().run(model, pool, n_per_task=N_PER_TASK, n_shots=N_SHOTS, seed=seed)
+    i = td.at(td.best_layer)
+    text = "TD by layer " + ", ".join(f"{layer}: {float(v):.2f}" for layer, v in zip(td.layers, td.td, strict=True))
+    value = float(td.td[i]) - td.chance
+    holds = float(td.td_ci[i, 0]) > td.chance + 0.1
+    return {"encoding": SeedNumber(value, holds, f"{text}; best block {td.best_layer}")}, td
+
+
+def td_over_shots(model: Any, pool: Any, seed: int) -> Numbers:
+    """OLS of accuracy on TD over (task, shots), shots recipe."""
+    fit = TdAccuracy(shots=(1, 2, 4, 8)).run(model, pool, n_per_task=N_PER_TASK, seed=seed)
+    text = (
+        f"slope {fit.slope:.2f} [{fit.slope_ci[0]:.2f}, {fit.slope_ci[1]:.2f}], R² {fit.r2:.2f} at block {fit.layer}; "
+        f"TD {float(fit.td.min()):.2f}–{float(fit.td.max()):.2f}, accuracy {float(fit.score.min()):.2f}–"
+        f"{float(fit.score.max()):.2f}"
+    )
+    return {"td_shots": SeedNumber(fit.slope, fit.slope_ci[0] > 0, text)}
+
+
+def learns_in_context(model: Any, pool: Any, seed: int, key: str) -> Numbers:
+    """Held-out accuracy by shots (0 to 8), Null included."""
+    performance = ICLPerformance(shots=(0, 1, 2, 4, 8)).run(model, pool, n_per_task=N_PER_TASK, seed=seed)
+    icl, ci = performance.overall, performance.overall_ci
+    text = ", ".join(f"{s}: {float(v):.2f}" for s, v in zip(performance.shots, icl, strict=True))
+    return {key: SeedNumber(float(icl[-1] - icl[0]), float(ci[-1, 0]) > float(ci[0, 1]) + 0.3, f"by shots {text}")}
+
+
+def patching(model: Any, pool: Any, seed: int, mode: Literal["replace", "add"]) -> Numbers:
+    """Correct and incorrect task vectors patched into few-shot prompts (shots recipe)."""
+    analysis = TaskVectorPatching(mode=mode)
+    vectors = TaskVectors.from_model(model, pool.sample(50, N_SHOTS, seed + 1), analysis.layers, analysis.reduce)
+    result = analysis.run(model, pool, n_per_task=50, n_shots=PATCH_SHOTS, seed=seed, vectors=vectors)
+    j = int((result.incorrect_loss_change - result.correct_loss_change).argmax())
+    where, b = f"block {result.layers[j]}", int(result.correct_loss_change.argmin())
+    helpful = interval(float(result.correct_loss_change[b]), result.correct_loss_change_ci[b])
+    correct = (
+        f"loss {interval(float(result.correct_loss_change[j]), result.correct_loss_change_ci[j])}, accuracy "
+        f"{interval(float(result.correct_change[j]), result.correct_change_ci[j])} at {where} (most helpful: "
+        f"block {result.layers[b]}, loss {helpful})"
+    )
+    incorrect = (
+        f"loss {interval(float(result.incorrect_loss_change[j]), result.incorrect_loss_change_ci[j])}, accuracy "
+        f"{interval(float(result.incorrect_change[j]), result.incorrect_change_ci[j])}, override "
+        f"{float(result.override_rate[j]):.2f} at {where}"
+    )
+    return {
+        f"patch_{mode}_correct": SeedNumber(
+            float(result.correct_loss_change[j]), float(result.correct_loss_change_ci[j, 1]) < 0, correct
+        ),
+        f"patch_{mode}_incorrect": SeedNumber(
+            float(result.incorrect_loss_change[j]), float(result.incorrect_loss_change_ci[j, 0]) > 0, incorrect
+        ),
+    }
+
+
+def prompting(model: Any, pool: Any, seed: int, source: str, mode: str, key: str) -> tuple[Numbers, Any]:
+    """Task-vector prompting of query-only prompts at the best block; the claim and the result."""
+    tvp = TaskVectorPrompting(source=source, mode=mode).run(model, pool, n_per_task=50, n_shots=N_SHOTS, seed=seed)  # type: ignore[arg-type]
+    k = tvp.layers.index(tvp.best_layer)
+    text = (
+        f"TVP {interval(tvp.best_accuracy, tvp.accuracy_ci[k])} at block {tvp.best_layer}; zero-shot "
+        f"{interval(tvp.zero_shot_accuracy, tvp.zero_shot_ci)}; ICL {tvp.icl_accuracy:.3f}"
+    )
+    holds = above(tvp.accuracy_ci[k], tvp.zero_shot_ci)
+    return {key: SeedNumber(tvp.best_accuracy - tvp.zero_shot_accuracy, holds, text)}, tvp
+
+
+def function_vector(model: Any, pool: Any, seed: int) -> Numbers:
+    """Todd et al.'s function vector added to query-only prompts."""
+    fv = FunctionVectors(k=10).run(model, pool, n_per_task=32, n_shots=N_SHOTS, seed=seed).prompting
+    sweep, k = fv.prompting, fv.layers.index(fv.best_layer)
+    text = (
+        f"FV {interval(fv.best_accuracy, fv.accuracy_ci[k])} at block {fv.best_layer}; zero-shot "
+        f"{interval(fv.zero_shot_accuracy, sweep.zero_shot_ci)}; ICL {fv.icl_accuracy:.3f}"
+    )
+    holds = above(fv.accuracy_ci[k], sweep.zero_shot_ci)
+    return {"function_vector": SeedNumber(fv.best_accuracy - fv.zero_shot_accuracy, holds, text)}
+
+
+def shared_heads(model: Any, pool: Any, seed: int) -> Numbers:
+    """Overlap of the offset tasks' most important heads against random sets of heads."""
+    heads = HeadAblation().run(model, pool, n_per_task=50, n_shots=N_SHOTS, seed=seed)
+    idx = [heads.task_names.index(n) for n in heads.task_names if n != heads.null_task]
+    shared = heads.shared[idx][:, idx]
+    off_diagonal = shared[~torch.eye(len(idx), dtype=torch.bool)]
+    _, q95 = random_jaccard(heads.n_layers * heads.n_heads, heads.top_k)
+    mean = float(off_diagonal.mean())
+    text = (
+        f"overlap {mean:.2f} (min {float(off_diagonal.min()):.2f}); attribution vs exact ablation Spearman "
+        f"{heads.attribution_spearman:.2f}"
+    )
+    return {"heads": SeedNumber(mean - q95, mean > q95, text)}
+
+
+def finetuning(model: Any, seed: int) -> Numbers:
+    """LoRA on the first vs the last block, on offsets the model never saw."""
+    unseen = offset_pool(offsets=(5, 6, 7, 8), n_values=16, null=True)
+    result = LayerFinetuning(k=1).run(model, unseen, seed=seed)
+    variants = list(result.variants)
+    first, last = variants.index("first:1"), variants.index("last:1")
+    text = ", ".join(f"{v}: {interval(float(result.overall[n]), result.overall_ci[n])}" for n, v in enumerate(variants))
+    value = float(result.overall[first] - result.overall[last])
+    return {"finetuning": SeedNumber(value, above(result.overall_ci[first], result.overall_ci[last]), text)}
+
+
+def emergence(run: Path, pool: Any, seed: int) -> Numbers:
+    """Coupled jumps of accuracy and TD over the checkpoints, and OLS of accuracy on TD over training."""
+    result = Emergence(analyses=(TaskDecodability(n_bootstrap=0),), n_shots=N_SHOTS).run(
+        list_checkpoints(run), pool, n_per_task=50, seed=seed
+    )
+    jumps = "; ".join(
+        f"{name}: {a}/{t}"
+        for name, a, t in zip(result.task_names, result.performance_jump, result.td_jump, strict=True)
+        if name != "null"
+    )
+    tasks = [n for n, name in enumerate(result.task_names) if name != "null"]
+    coupled = [result.coupled[n] for n in tasks]
+    fraction = sum(coupled) / len(coupled)
+    fit = ols(result.td_at_best_layer[:, tasks].flatten(), result.accuracy[:, tasks].flatten())
+    return {
+        "emergence": SeedNumber(
+            fraction, fraction > 0.5, f"steps of the accuracy/TD jumps (block {result.best_layer}) {jumps}"
+        ),
+        "td_training": SeedNumber(
+            fit["slope"],
+            fit["slope_ci"][0] > 0,
+            f"slope {fit['slope']:.2f} [{fit['slope_ci'][0]:.2f}, {fit['slope_ci'][1]:.2f}], R² {fit['r2']:.2f} "
+            f"at block {result.best_layer}",
+        ),
+    }
+
+
+def tvp_loss(plain: Any, with_loss: Any, pool: Any, seed: int) -> Numbers:
+    """The TVP-loss twins: TVP at the prescribed block, ICL accuracy, and ICL under label noise."""
+    at_layer = TaskVectorPrompting(layers=(TVP_LAYER,))
+    a = at_layer.run(plain, pool, n_per_task=50, n_shots=N_SHOTS, seed=seed)
+    b = at_layer.run(with_loss, pool, n_per_task=50, n_shots=N_SHOTS, seed=seed)
+    noisy_a, noisy_a_ci = noisy_accuracy(plain, pool, NOISE, seed)
+    noisy_b, noisy_b_ci = noisy_accuracy(with_loss, pool, NOISE, seed)
+    return {
+        "tvp_loss_forms": SeedNumber(
+            b.best_accuracy - a.best_accuracy,
+            above(b.accuracy_ci[0], a.accuracy_ci[0]),
+            f"TVP {interval(a.best_accuracy, a.accuracy_ci[0])} → {interval(b.best_accuracy, b.accuracy_ci[0])}",
+        ),
+        "tvp_loss_icl": SeedNumber(
+            b.icl_accuracy - a.icl_accuracy,
+            float(b.icl_ci[0]) > float(a.icl_ci[1]) - 0.05,
+            f"ICL {interval(a.icl_accuracy, a.icl_ci)} → {interval(b.icl_accuracy, b.icl_ci)}",
+        ),
+        "noise": SeedNumber(
+            noisy_b - noisy_a,
+            above(noisy_b_ci, noisy_a_ci),
+            f"without {interval(noisy_a, noisy_a_ci)}, with TVP-loss {interval(noisy_b, noisy_b_ci)}",
+        ),
+    }
+
+
+def prompt_format(td: Any, tvp: Any, marker_model: Any, seed: int) -> Numbers:
+    """TD and TVP (task mean, added) of the separator model (``td``, ``tvp``) and of the marker-format twin."""
+    pool = marker_pool()
+    marker_td = TaskDecodability().run(marker_model, pool, n_per_task=N_PER_TASK, n_shots=N_SHOTS, seed=seed)
+    marker_tvp = TaskVectorPrompting(source="task_mean", mode="add").run(
+        marker_model, pool, n_per_task=50, n_shots=N_SHOTS, seed=seed
+    )
+    i, j = td.at(td.best_layer), marker_td.at(marker_td.best_layer)
+    k, m = tvp.layers.index(tvp.best_layer), marker_tvp.layers.index(marker_tvp.best_layer)
+    separated_td = above(td.td_ci[i], marker_td.td_ci[j]) or above(marker_td.td_ci[j], td.td_ci[i])
+    separated_tvp = above(tvp.accuracy_ci[k], marker_tvp.accuracy_ci[m]) or above(
+        marker_tvp.accuracy_ci[m], tvp.accuracy_ci[k]
+    )
+    return {
+        "format_td": SeedNumber(
+            float(marker_td.td[j] - td.td[i]),
+            separated_td,
+            f"separator {interval(float(td.td[i]), td.td_ci[i])} at block {td.best_layer}, marker "
+            f"{interval(float(marker_td.td[j]), marker_td.td_ci[j])} at block {marker_td.best_layer}",
+        ),
+        "format_tvp": SeedNumber(
+            marker_tvp.best_accuracy - tvp.best_accuracy,
+            separated_tvp,
+            f"separator {interval(tvp.best_accuracy, tvp.accuracy_ci[k])} at block {tvp.best_layer}, marker "
+            f"{interval(marker_tvp.best_accuracy, marker_tvp.accuracy_ci[m])} at block {marker_tvp.best_layer} "
+            f"(zero-shot {marker_tvp.zero_shot_accuracy:.2f}), ICL {marker_tvp.icl_accuracy:.2f}",
+        ),
+    }
+
+
+Step = tuple[tuple[str, ...], Callable[[], Numbers]]
+
+
+def seed_steps(root: Path, seed: int) -> dict[str, Step]:
+    """One seed's analyses by name: the runs each needs (trained, or reused, when first needed) and the function."""
+    specs = run_specs(seed)
+    pool, shots_pool, prompts = recipes["default"].build_pool(), recipes["shots"].build_pool(), 10 * seed
+
+    @cache
+    def model(name: str) -> Any:
+        return trained(root / name, specs[name])
+
+    def encoding_td() -> Any:
+        return encoding(model("default"), pool, prompts)
+
+    def tvp(source: str, mode: str, key: str) -> Any:
+        return prompting(model("default"), pool, prompts, source, mode, key)
+
+    kept = cache(encoding_td), cache(tvp)
+    twins = f"default-{TWIN_STEPS}", f"default-tvp-loss-{TWIN_STEPS}"
+    return {
+        "td_shots": (("shots",), lambda: td_over_shots(model("shots"), shots_pool, prompts)),
+        "icl_shots": (("shots",), lambda: learns_in_context(model("shots"), shots_pool, prompts, "icl_shots")),
+        "patch_replace": (("shots",), lambda: patching(model("shots"), shots_pool, prompts, "replace")),
+        "patch_add": (("shots",), lambda: patching(model("shots"), shots_pool, prompts, "add")),
+        "encoding": (("default",), lambda: kept[0]()[0]),
+        "icl_default": (("default",), lambda: learns_in_context(model("default"), pool, prompts, "icl_default")),
+        "tvp_other": (("default",), lambda: kept[1]("other_prompt", "replace", "tvp_other_replace")[0]),
+        "tvp_mean": (("default",), lambda: kept[1]("task_mean", "add", "tvp_mean_add")[0]),
+        "heads": (("default",), lambda: shared_heads(model("default"), pool, prompts)),
+        "function_vector": (("default",), lambda: function_vector(model("default"), pool, prompts)),
+        "emergence": (("default",), lambda: emergence(root / "default", pool, prompts)),
+        "finetuning": (("default",), lambda: finetuning(model("default"), prompts)),
+        "format": (
+            ("default", "default-marker"),
+            lambda: prompt_format(
+                kept[0]()[1], kept[1]("task_mean", "add", "tvp_mean_add")[1], model("default-marker"), prompts
+            ),
+        ),
+        "tvp_loss": (twins, lambda: tvp_loss(model(twins[0]), model(twins[1]), pool, prompts)),
+    }
+
+
+def seed_numbers(root: Path, seed: int, skip: Sequence[str] = (), fresh: bool = False) -> Numbers:
+    """One seed's numbers; each analysis's are kept in ``root/seed-<seed>/claims.json`` and reused unless ``fresh``.
+
+    Analyses that need a run named in ``skip`` are left out (and their claims with them).
+    """
+    path = root / f"seed-{seed}" / "claims.json"
+    done: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() and not fresh else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name, (runs, step) in seed_steps(root / f"seed-{seed}", seed).items():
+        if name in done or set(runs) & set(skip):
+            continue
+        found = step()
+        done[name] = {k: asdict(v) for k, v in found.items()}
+        path.write_text(json.dumps(done, indent=1))
+        print(f"seed {seed}: " + ", ".join(f"{k} {n.value:+.3f}" for k, n in found.items()), flush=True)
+    return {key: SeedNumber(**number) for numbers in done.values() for key, number in numbers.items()}
+
+
+def print_tables(rows: list[dict[str, Any]], per_seed: dict[int, Numbers]) -> None:
+    """The claims over seeds (when there are rows), then each seed's numbers, as markdown."""
+    if rows:
+        print(f"\n| claim | measured | statistic (null) | mean over seeds [{LEVEL:.0%} t-interval] | seeds | verdict |")
+        print("|---|---|---|---|---|---|")
+    for row in rows:
+        low, high = row["interval"]
+        print(
+            f"| {row['claim']} | {row['measured']} | {row['statistic']} ({row['null']:g}, {row['direction']}) | "
+            f"{row['mean']:+.3f} [{low:+.3f}, {high:+.3f}] | {row['seeds_holding']}/{row['n_seeds']} | "
+            f"{row['verdict']} |"
+        )
+    seeds = sorted(per_seed)
+    print("\n| claim | " + " | ".join(f"seed {s}" for s in seeds) + " |\n|---|" + "---|" * len(seeds))
+    for claim in CLAIMS:
+        if all(claim.key in per_seed[s] for s in seeds):
+            cells = [per_seed[s][claim.key] for s in seeds]
+            text = " | ".join(f"{c.value:+.3f} ({'holds' if c.holds else 'no'}): {c.numbers}" for c in cells)
+            print(f"| {claim.name} | {text} |")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", type=Path, default=Path("runs/default"), help="training run directory")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, default=Path("runs/replication"), help="run folders, one per seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (one: no interval)")
     parser.add_argument("--out", type=Path, default=Path("runs/replication.json"), help="numbers as JSON")
+    parser.add_argument(
+        "--skip", nargs="+", default=[], choices=sorted(run_specs(0)), help="runs to leave out, with their claims"
+    )
+    parser.add_argument("--fresh", action="store_true", help="recompute the per-seed numbers kept in --runs")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    pool = recipes["default"].build_pool()
-    model = trained(args.run)
-    rows: list[dict[str, str]] = []
-
-    def claim(name: str, measured: str, numbers: str, holds: bool) -> None:
-        rows.append({"claim": name, "measured": measured, "numbers": numbers, "holds": "yes" if holds else "no"})
-        print(f"{name}: {numbers} -> {'holds' if holds else 'does not hold'}", flush=True)
-
-    td = TaskDecodability().run(model, pool, n_per_task=N_PER_TASK, n_shots=N_SHOTS)
-    best = td.best_layer
-    i = td.at(best)
-    claim(
-        "H: tasks are encoded (TD well above chance, peaking inside the model)",
-        f"leave-one-out 10-NN TD per layer, {N_PER_TASK} prompts per task, {N_SHOTS} shots; chance {td.chance:.2f}",
-        "TD by layer "
-        + ", ".join(f"{layer}: {float(v):.2f}" for layer, v in zip(td.layers, td.td, strict=True))
-        + f"; best block {best}: {interval(float(td.td[i]), td.td_ci[i])}",
-        float(td.td_ci[i, 0]) > td.chance + 0.1,
-    )
-
-    fit = TdAccuracy(shots=(1, 2, 4, 8)).run(model, pool, n_per_task=N_PER_TASK)
-    claim(
-        "H: TD predicts ICL accuracy (over shots)",
-        "OLS of accuracy on TD at the best block over (task, shots in 1, 2, 4, 8), Null excluded",
-        f"R² {fit.r2:.3f}, slope {fit.slope:.2f} [{fit.slope_ci[0]:.2f}, {fit.slope_ci[1]:.2f}]; accuracy "
-        f"ranges {float(fit.score.min()):.2f}-{float(fit.score.max()):.2f}",
-        fit.slope_ci[0] > 0,
-    )
-
-    performance = ICLPerformance(shots=(0, 1, 2, 4, 8)).run(model, pool, n_per_task=N_PER_TASK)
-    icl = performance.overall
-    claim(
-        "H/Y: the trained model learns in context",
-        "held-out accuracy over all tasks (Null included) by shots",
-        ", ".join(f"{s} shots: {float(v):.2f}" for s, v in zip(performance.shots, icl, strict=True)),
-        float(icl[-1]) > float(icl[0]) + 0.3,
-    )
-
-    for mode in ("replace", "add"):
-        patching = TaskVectorPatching(mode=mode).run(model, pool, n_per_task=50, n_shots=N_SHOTS)
-        j = int((patching.incorrect_loss_change - patching.correct_loss_change).argmax())
-        claim(
-            f"H: correct task vectors help, incorrect ones hurt ({mode})",
-            f"change vs unpatched of answer loss and accuracy, patched at the answer position of block "
-            f"{patching.layers[j]} (largest incorrect - correct loss gap); override = answers that follow the "
-            "injected task",
-            f"loss: correct {interval(float(patching.correct_loss_change[j]), patching.correct_loss_change_ci[j])}, "
-            f"incorrect {interval(float(patching.incorrect_loss_change[j]), patching.incorrect_loss_change_ci[j])}; "
-            f"accuracy: correct {interval(float(patching.correct_change[j]), patching.correct_change_ci[j])}, "
-            f"incorrect {interval(float(patching.incorrect_change[j]), patching.incorrect_change_ci[j])}; "
-            f"override {float(patching.override_rate[j]):.2f}",
-            float(patching.correct_loss_change_ci[j, 1]) < 0 < float(patching.incorrect_loss_change_ci[j, 0]),
-        )
-
-    for source, mode in (("other_prompt", "replace"), ("task_mean", "add")):
-        tvp = TaskVectorPrompting(source=source, mode=mode).run(model, pool, n_per_task=50, n_shots=N_SHOTS)
-        k = tvp.layers.index(tvp.best_layer)
-        claim(
-            f"Y/Hendel: a task vector alone makes a zero-shot prompt do the task ({source}, {mode})",
-            "accuracy of the query-only prompt with the vector injected at the query's separator, best block",
-            f"TVP {interval(tvp.best_accuracy, tvp.accuracy_ci[k])} at block {tvp.best_layer}; zero-shot "
-            f"{interval(tvp.zero_shot_accuracy, tvp.zero_shot_ci)}; ICL {interval(tvp.icl_accuracy, tvp.icl_ci)}",
-            float(tvp.accuracy_ci[k, 0]) > float(tvp.zero_shot_ci[1]),
-        )
-
-    fv = FunctionVectors(k=10).run(model, pool, n_per_task=32, n_shots=N_SHOTS).prompting
-    sweep, k = fv.prompting, fv.layers.index(fv.best_layer)
-    claim(
-        "Todd: a function vector makes a zero-shot prompt do the task",
-        "accuracy of the query-only prompt with the task's FV (top-10 heads by CIE on 8-shot prompts with 99% wrong "
-        "labels) added at the query's separator, best block, 32 prompts per task, Null excluded",
-        f"FV {interval(fv.best_accuracy, fv.accuracy_ci[k])} at block {fv.best_layer}; zero-shot "
-        f"{interval(fv.zero_shot_accuracy, sweep.zero_shot_ci)}; ICL {interval(fv.icl_accuracy, sweep.icl_ci)}",
-        float(fv.accuracy_ci[k, 0]) > float(sweep.zero_shot_ci[1]),
-    )
-
-    heads = HeadAblation().run(model, pool, n_per_task=50, n_shots=N_SHOTS)
-    tasks = [n for n in heads.task_names if n != heads.null_task]
-    idx = [heads.task_names.index(n) for n in tasks]
-    shared = heads.shared[idx][:, idx]
-    off_diagonal = shared[~torch.eye(len(idx), dtype=torch.bool)]
-    chance = random_jaccard(heads.n_layers * heads.n_heads, heads.top_k)
-    claim(
-        "H: tasks of one family share important heads",
-        f"Jaccard overlap of each task's top-{heads.top_k} heads (of {heads.n_layers * heads.n_heads}) by "
-        "zero-ablation loss increase, offset tasks, against two random top-k sets (95th percentile)",
-        f"mean pairwise overlap {float(off_diagonal.mean()):.2f} (min {float(off_diagonal.min()):.2f}); random "
-        f"sets: mean {chance[0]:.2f}, 95th percentile {chance[1]:.2f}; attribution vs exact ablation Spearman "
-        f"{heads.attribution_spearman:.2f}",
-        float(off_diagonal.mean()) > chance[1],
-    )
-
-    unseen = offset_pool(offsets=(5, 6, 7, 8), n_values=16, null=True)
-    finetuning = LayerFinetuning(k=1).run(model, unseen)
-    variants = list(finetuning.variants)
-    acc = {v: interval(float(finetuning.overall[n]), finetuning.overall_ci[n]) for n, v in enumerate(variants)}
-    first, last = variants.index("first:1"), variants.index("last:1")
-    claim(
-        "H: finetuning early blocks helps more than late blocks",
-        "LoRA (rank 16) on block 0 vs block 3, on offsets 5-8 the base model never saw; held-out accuracy",
-        ", ".join(f"{v}: {a}" for v, a in acc.items()),
-        float(finetuning.overall_ci[first, 0]) > float(finetuning.overall_ci[last, 1]),
-    )
-
-    emergence = Emergence(analyses=(TaskDecodability(n_bootstrap=0),), n_shots=N_SHOTS).run(
-        list_checkpoints(args.run), pool, n_per_task=50
-    )
-    claim(
-        "H: accuracy and TD jump together during training (coupled emergence)",
-        f"step of the first rise >= {emergence.min_rise} in accuracy and in TD at block {emergence.best_layer}, "
-        "per task",
-        "; ".join(
-            f"{name}: accuracy {a}, TD {t}"
-            for name, a, t in zip(emergence.task_names, emergence.performance_jump, emergence.td_jump, strict=True)
-        ),
-        sum(emergence.coupled) > len(emergence.coupled) / 2,
-    )
-    tasks_only = [n for n, name in enumerate(emergence.task_names) if name != "null"]
-    over_training = ols(
-        emergence.td_at_best_layer[:, tasks_only].flatten(), emergence.accuracy[:, tasks_only].flatten()
-    )
-    claim(
-        "H: TD predicts ICL accuracy (over training)",
-        f"OLS of accuracy on TD at block {emergence.best_layer} over (task, checkpoint), Null excluded",
-        f"R² {over_training['r2']:.3f}, slope {over_training['slope']:.2f} [{over_training['slope_ci'][0]:.2f}, "
-        f"{over_training['slope_ci'][1]:.2f}], {len(tasks_only) * len(emergence.steps)} points",
-        over_training["slope_ci"][0] > 0,
-    )
-
-    # Both twins train 3x the recipe's steps: the TVP-loss needs them to form the vector without costing ICL.
-    tvp_layer, tvp_lam, tvp_steps = 2, 0.5, 1200
-    plain_model = trained(args.run.parent / f"{args.run.name}-{tvp_steps}", steps=tvp_steps, every=200)
-    tvp_model = trained(
-        args.run.parent / f"{args.run.name}-tvp-loss-{tvp_steps}",
-        steps=tvp_steps,
-        every=200,
-        tvp=TVPConfig(layer=tvp_layer, lam=tvp_lam),
-    )
-    at_layer = TaskVectorPrompting(layers=(tvp_layer,))
-    plain = at_layer.run(plain_model, pool, n_per_task=50, n_shots=N_SHOTS)
-    with_loss = at_layer.run(tvp_model, pool, n_per_task=50, n_shots=N_SHOTS)
-    claim(
-        f"Y: TVP-loss forms the task vector at the prescribed block ({tvp_layer}) without hurting ICL",
-        f"TVP accuracy at block {tvp_layer} (other prompt's vector, replace) and ICL accuracy, {tvp_steps} steps "
-        f"without vs with TVP-loss (λ = {tvp_lam}), same seed",
-        f"TVP {interval(plain.best_accuracy, plain.accuracy_ci[0])} → "
-        f"{interval(with_loss.best_accuracy, with_loss.accuracy_ci[0])}; ICL "
-        f"{interval(plain.icl_accuracy, plain.icl_ci)} → {interval(with_loss.icl_accuracy, with_loss.icl_ci)}",
-        float(with_loss.accuracy_ci[0, 0]) > float(plain.accuracy_ci[0, 1])
-        and with_loss.icl_accuracy >= plain.icl_accuracy - 0.05,
-    )
-    marker_recipe = replace(recipes["default"], name="default-marker", pool=marker_pool)
-    marker_model = trained(args.run.parent / f"{args.run.name}-marker", recipe=marker_recipe)
-    formats = {"x → y (separator)": (model, pool), "marker before each pair": (marker_model, marker_pool())}
-    summaries, texts = [], []
-    for name, (format_model, format_pool) in formats.items():
-        format_td = TaskDecodability().run(format_model, format_pool, n_per_task=N_PER_TASK, n_shots=N_SHOTS)
-        format_tvp = TaskVectorPrompting(source="task_mean", mode="add").run(
-            format_model, format_pool, n_per_task=50, n_shots=N_SHOTS
-        )
-        i, k = format_td.at(format_td.best_layer), format_tvp.layers.index(format_tvp.best_layer)
-        summaries.append((format_td.td_ci[i], format_tvp.accuracy_ci[k]))
-        texts.append(
-            f"{name}: ICL {format_tvp.icl_accuracy:.2f}, TD {interval(float(format_td.td[i]), format_td.td_ci[i])} at "
-            f"block {format_td.best_layer}, TVP {interval(format_tvp.best_accuracy, format_tvp.accuracy_ci[k])} at "
-            f"block {format_tvp.best_layer} (zero-shot {format_tvp.zero_shot_accuracy:.2f})"
-        )
-    (td_a, tvp_a), (td_b, tvp_b) = summaries
-    claim(
-        "Y: whether a task vector forms depends on the prompt format",
-        "best-block TD and TVP (task mean, added; best block) of the default recipe trained on each format, same seed",
-        "; ".join(texts),
-        separated(td_a, td_b) or separated(tvp_a, tvp_b),
-    )
-
-    noise = 0.25
-    plain_acc, plain_ci = noisy_accuracy(plain_model, pool, noise)
-    tvp_acc, tvp_ci = noisy_accuracy(tvp_model, pool, noise)
-    claim(
-        "Y: TVP-loss makes ICL more robust to label noise",
-        f"held-out ICL accuracy with {noise:.0%} of the demonstrations relabelled wrongly, {N_SHOTS} shots, Null "
-        "excluded, the twins above",
-        f"without {interval(plain_acc, plain_ci)}, with TVP-loss {interval(tvp_acc, tvp_ci)}",
-        float(tvp_ci[0]) > float(plain_ci[1]),
-    )
-    print_table(rows)
+    wall, cpu = time.time(), time.process_time()
+    seeds = sorted(set(args.seeds))
+    per_seed = {seed: seed_numbers(args.runs, seed, args.skip, args.fresh) for seed in seeds}
+    rows = [
+        summarise(claim, [per_seed[s][claim.key] for s in seeds])
+        for claim in CLAIMS
+        if len(seeds) > 1 and all(claim.key in per_seed[s] for s in seeds)
+    ]
+    print_tables(rows, per_seed)
+    missing = [claim.name for claim in CLAIMS if not all(claim.key in per_seed[s] for s in seeds)]
+    if missing:
+        print("\nNot run in every seed: " + "; ".join(missing))
+    print(f"\n{time.time() - wall:.0f} s wall, {time.process_time() - cpu:.0f} s CPU in this process")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1))
-
-
-def print_table(rows: list[dict[str, str]]) -> None:
-    print("\n| claim | measured | numbers | holds |\n|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['claim']} | {row['measured']} | {row['numbers']} | {row['holds']} |")
+    record = {
+        "seeds": seeds,
+        "level": LEVEL,
+        "claims": rows,
+        "per_seed": {str(s): {k: asdict(v) for k, v in n.items()} for s, n in per_seed.items()},
+    }
+    args.out.write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

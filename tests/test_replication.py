@@ -1,0 +1,143 @@
+"""The pure pieces of demos/replication.py: interval over seeds, verdict rule, seeding, per-seed cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from tv_lens.errors import TvLensError
+from tv_lens.training import TVPConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def replication():
+    spec = importlib.util.spec_from_file_location("replication_demo", ROOT / "demos" / "replication.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["replication_demo"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["replication_demo"]
+
+
+def test_seed_interval_is_the_student_t_interval(replication):
+    values = [0.1, 0.3, 0.5]
+    mean, low, high = replication.seed_interval(values)
+    # By hand: mean 0.3, sd 0.2, t(0.975, 2 df) = 4.302653 from tables.
+    half = 4.302653 * 0.2 / math.sqrt(3)
+    assert mean == pytest.approx(0.3)
+    assert (low, high) == pytest.approx((0.3 - half, 0.3 + half), abs=1e-6)
+    # And against scipy's one-sample t-test interval, an independent implementation.
+    reference = stats.ttest_1samp([0.2, 0.9, 0.4, 0.7], 0.0).confidence_interval(0.95)
+    assert replication.seed_interval([0.2, 0.9, 0.4, 0.7])[1:] == pytest.approx((reference.low, reference.high))
+
+
+@pytest.mark.parametrize("values", [[0.5], [0.1, float("nan")], []])
+def test_seed_interval_needs_two_finite_values(replication, values):
+    with pytest.raises(TvLensError, match="at least 2 finite"):
+        replication.seed_interval(values)
+
+
+@pytest.mark.parametrize(
+    ("values", "holds", "null", "direction", "expected"),
+    [
+        # interval [0.25, 0.35] excludes 0 and every seed holds
+        ([0.28, 0.30, 0.32], [True, True, True], 0.0, "greater", "holds"),
+        # the same interval, one seed's own bootstrap interval reaches 0
+        ([0.28, 0.30, 0.32], [True, False, True], 0.0, "greater", "mixed"),
+        # every seed holds but the seeds disagree so much that the interval covers 0
+        ([0.01, 0.5, 1.0], [True, True, True], 0.0, "greater", "mixed"),
+        ([0.01, 0.5, 1.0], [True, False, True], 0.0, "greater", "does not hold"),
+        # the claimed direction matters: a clear increase is no support for "less"
+        ([0.28, 0.30, 0.32], [True, True, True], 0.0, "less", "mixed"),
+        ([-0.28, -0.30, -0.32], [True, True, True], 0.0, "less", "holds"),
+        # a null value other than 0: above 0.3, not above 0.4
+        ([0.45, 0.5, 0.55], [True, True, True], 0.3, "greater", "holds"),
+        ([0.45, 0.5, 0.55], [True, True, True], 0.4, "greater", "mixed"),
+        # two-sided: excluded on the low side; a seed "holding" on the other side does not count
+        ([-0.2, -0.21, -0.19], [True, True, True], 0.0, "differs", "holds"),
+        ([-0.2, -0.21, 0.05], [True, True, True], 0.0, "differs", "does not hold"),
+    ],
+)
+def test_verdict_rule(replication, values, holds, null, direction, expected):
+    assert replication.verdict(values, holds, null, direction) == expected
+
+
+def test_summarise_reports_mean_interval_and_count(replication):
+    claim = replication.Claim("k", "a claim", "how", "a difference", 0.0, "greater")
+    numbers = [replication.SeedNumber(v, h, "") for v, h in [(0.28, True), (0.30, True), (0.32, False)]]
+    row = replication.summarise(claim, numbers)
+    assert row["mean"] == pytest.approx(0.30)
+    assert row["interval"] == pytest.approx(list(replication.seed_interval([0.28, 0.30, 0.32])[1:]))
+    assert (row["seeds_holding"], row["n_seeds"], row["verdict"]) == (2, 3, "mixed")
+
+
+def test_claim_keys_are_unique(replication):
+    keys = [claim.key for claim in replication.CLAIMS]
+    assert len(keys) == len(set(keys))
+
+
+def test_a_seed_changes_the_init_and_the_data_of_every_run(replication):
+    a, b = replication.run_specs(0), replication.run_specs(1)
+    assert set(a) == {"shots", "default", "default-marker", "default-1200", "default-tvp-loss-1200"}
+    for name in a:
+        assert (a[name].recipe.model.seed, a[name].recipe.train.data.seed) == (0, 0)
+        assert (b[name].recipe.model.seed, b[name].recipe.train.data.seed) == (1, 1)
+        # nothing else of the recipe moves with the seed
+        assert a[name].recipe.train.schedule == b[name].recipe.train.schedule
+    assert a["default-tvp-loss-1200"].overrides == {"tvp": TVPConfig(layer=2, lam=0.5)}
+    assert a["default-1200"].overrides == {} and a["default-1200"].steps == 1200
+    assert a["shots"].recipe.model.d_model == 64
+
+
+def test_seed_numbers_keeps_each_analysis_and_skips_runs(replication, monkeypatch, tmp_path):
+    calls = []
+
+    def fake_steps(root, seed):
+        def step(name, value):
+            def run():
+                calls.append(name)
+                return {name: replication.SeedNumber(value + seed, True, f"{name} at {root.name}")}
+
+            return run
+
+        return {"first": (("shots",), step("first", 0.5)), "second": (("default-marker",), step("second", 1.0))}
+
+    monkeypatch.setattr(replication, "seed_steps", fake_steps)
+    numbers = replication.seed_numbers(tmp_path, 2, skip=("default-marker",))
+    assert calls == ["first"] and set(numbers) == {"first"}
+    assert numbers["first"] == replication.SeedNumber(2.5, True, "first at seed-2")
+    assert set(json.loads((tmp_path / "seed-2" / "claims.json").read_text())) == {"first"}
+    # a later call reuses what is kept and computes only what is missing
+    numbers = replication.seed_numbers(tmp_path, 2)
+    assert calls == ["first", "second"] and numbers["second"].value == 3.0
+    replication.seed_numbers(tmp_path, 2, fresh=True)
+    assert calls == ["first", "second", "first", "second"]
+
+
+def test_trained_reuses_a_finished_run_and_resumes_a_stopped_one(replication, tmp_path):
+    import torch
+
+    from tv_lens.training import list_checkpoints, load_checkpoint, recipes
+
+    torch.set_num_threads(1)
+    spec = replication.RunSpec(
+        "quick-tvp", replication.seeded(recipes["quick"], 3), 12, 6, {"tvp": TVPConfig(layer=1, lam=0.5)}
+    )
+    first = replication.trained(tmp_path / "a", spec)
+    last = load_checkpoint(tmp_path / "a" / "step-0000012.pt")
+    assert (last.config.tvp, last.config.data.seed, last.model_config.seed) == (TVPConfig(layer=1, lam=0.5), 3, 3)
+    written = {p.name: p.stat().st_mtime_ns for p in list_checkpoints(tmp_path / "a")}
+    replication.trained(tmp_path / "a", spec)  # finished: nothing is trained again
+    assert {p.name: p.stat().st_mtime_ns for p in list_checkpoints(tmp_path / "a")} == written
+    (tmp_path / "a" / "step-0000012.pt").unlink()  # stopped after step 6: resumes, and ends where the run did
+    resumed = replication.trained(tmp_path / "a", spec)
+    for (name, a), (_, b) in zip(first.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
