@@ -48,9 +48,9 @@ from tv_lens.analyses import (
     TdAccuracy,
     ols,
 )
-from tv_lens.analyses.bootstrap import stratified_bootstrap_ci
 from tv_lens.errors import ConfigError
 from tv_lens.metrics import answer_logits, token_accuracy
+from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import offset_pool
 from tv_lens.training import (

@@ -315,8 +315,8 @@ def test_sampling_with_any_arguments(pool, n_per_task, n_shots, seed, label_nois
 
 
 def test_probe_folds_take_every_64_bit_seed() -> None:
-    from tv_lens.analyses.classifiers import sklearn_seed
     from tv_lens.errors import AnalysisError
+    from tv_lens.stats.classifiers import sklearn_seed
 
     assert sklearn_seed(7) == 7 and sklearn_seed(2**32 - 1) == 2**32 - 1
     big = [sklearn_seed(2**40), sklearn_seed(2**40 + 1), sklearn_seed(2**64 - 1)]

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from analyses_helpers import N_TASKS, POOL
 
 from tv_lens.analyses import ICLPerformance, icl_performance, score_batch
-from tv_lens.analyses.bootstrap import stratified_bootstrap_ci
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
+from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 
 
 def reference_scores(model, batch):

@@ -13,11 +13,11 @@ Choices the paper leaves open are options here, with documented defaults:
 - ``metric``: the distance (paper silent; default Euclidean).
 - ``method="probe"``: a cross-validated logistic-regression probe instead of k-NN (a common alternative).
 - Vote ties go to the lowest task id, as in scikit-learn's ``KNeighborsClassifier``
-  (see :mod:`tv_lens.analyses.classifiers`).
+  (see :mod:`tv_lens.stats.classifiers`).
 - Equidistant neighbours (identical representations) are taken in a canonical order of the points, so
-  results do not depend on prompt order (see :mod:`tv_lens.analyses.classifiers`).
+  results do not depend on prompt order (see :mod:`tv_lens.stats.classifiers`).
 - Confidence intervals: stratified percentile bootstrap over prompts of the per-prompt correctness, the
-  predictions held fixed (see :mod:`tv_lens.analyses.bootstrap`); the paper reports none.
+  predictions held fixed (see :mod:`tv_lens.stats.bootstrap`); the paper reports none.
 - The best layer passes over the embedding output, which at the pre-answer token sees one token and its
   position only (see :func:`tv_lens.results.decodability.best_layer`).
 
@@ -46,8 +46,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
-from tv_lens.analyses.classifiers import check_knn, knn_loo_predictions, linear_probe, probe_cv_predictions
 from tv_lens.analyses.inputs import (
     LabelsInput,
     RepresentationAnalysis,
@@ -58,6 +56,8 @@ from tv_lens.analyses.options import IntervalOptions, PassOptions
 from tv_lens.errors import AnalysisError
 from tv_lens.probes import Representations
 from tv_lens.results.decodability import Decodability
+from tv_lens.stats.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.stats.classifiers import check_knn, knn_loo_predictions, linear_probe, probe_cv_predictions
 
 __all__ = ["Decodability", "TaskDecodability", "task_decodability"]
 
@@ -88,7 +88,7 @@ def task_decodability(
             its ``task_ids``; a TransformerLens cache goes through ``Representations.from_cache``).
         labels: Task id of each prompt.
         k: Neighbours per vote (Han et al.: 10). Every task needs at least ``k + 1`` prompts.
-        metric: k-NN distance, one of :data:`tv_lens.analyses.classifiers.KNN_METRICS`.
+        metric: k-NN distance, one of :data:`tv_lens.stats.classifiers.KNN_METRICS`.
         method: ``"knn"`` (leave-one-out k-NN) or ``"probe"`` (cross-validated logistic regression).
         n_folds: Folds of the probe (every task needs at least ``n_folds`` prompts).
         probe_c: Inverse L2 strength of the probe.

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.inputs import check_batch, check_pool
 from tv_lens.analyses.options import IntervalOptions
@@ -33,6 +32,7 @@ from tv_lens.analyses.performance import score_batch
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError
 from tv_lens.models.adapter import adapt
 from tv_lens.results.finetuning import FinetuningComparison
+from tv_lens.stats.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
 from tv_lens.training import DataConfig, LoRAConfig, ScheduleConfig, TrainConfig, finetune, select_blocks
 

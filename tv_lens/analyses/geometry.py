@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tv_lens.analyses.classifiers import sklearn_seed
 from tv_lens.analyses.inputs import (
     LabelsInput,
     RepresentationAnalysis,
@@ -34,6 +33,7 @@ from tv_lens.analyses.options import PassOptions
 from tv_lens.errors import AnalysisError
 from tv_lens.probes import Representations
 from tv_lens.results.geometry import Projection
+from tv_lens.stats.classifiers import sklearn_seed
 
 __all__ = ["Geometry", "Projection", "project"]
 

@@ -43,7 +43,6 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.analyses.attribution import ATTRIBUTION_METHODS, head_attribution
-from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.inputs import (
     answer_counts,
     answer_scores,
@@ -69,6 +68,7 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import read_pass
 from tv_lens.positions import length_sorted_batches
 from tv_lens.results.heads import HeadImportance, PruningCurve
+from tv_lens.stats.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 
 __all__ = ["HeadAblation", "HeadImportance", "PruningCurve", "head_importance", "shared_heads"]

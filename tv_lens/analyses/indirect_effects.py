@@ -17,7 +17,6 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, prompt_count, prompt_task_ids
 from tv_lens.analyses.pruning import task_mean
 from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError, TaskError
@@ -27,6 +26,7 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import read_pass
 from tv_lens.positions import check_tensor_data, length_sorted_batches
 from tv_lens.results.function_vectors import IndirectEffects, MeanHeadActivations
+from tv_lens.stats.bootstrap import check_bootstrap, stratified_bootstrap_ci
 
 __all__ = ["IndirectEffects", "MeanHeadActivations", "causal_indirect_effects", "check_means", "mean_head_activations"]
 

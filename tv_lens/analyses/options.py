@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tv_lens.analyses.bootstrap import check_bootstrap
+from tv_lens.stats.bootstrap import check_bootstrap
 
 __all__ = ["N_PER_TASK", "CausalOptions", "IntervalOptions", "PassOptions"]
 

@@ -43,7 +43,6 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from tv_lens.analyses.bootstrap import check_bootstrap
 from tv_lens.analyses.inputs import (
     answer_counts,
     answer_scores,
@@ -59,6 +58,7 @@ from tv_lens.interventions import Intervention, add, replace
 from tv_lens.interventions.sweep import Cell, align, run_sweep
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.results.patching import PatchingEffects
+from tv_lens.stats.bootstrap import check_bootstrap
 from tv_lens.task_vectors import Reduce, TaskVectors
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 

@@ -15,9 +15,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.analyses.bootstrap import stratified_bootstrap_ci
 from tv_lens.errors import ShapeError
 from tv_lens.results.patching import PatchingEffects
+from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 
 __all__ = ["summarize_patching"]
 

@@ -25,7 +25,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.inputs import PromptBatch, PromptPool, finite_outputs, integer_ids, named_tasks, sample_batch
 from tv_lens.analyses.options import N_PER_TASK, IntervalOptions
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
@@ -35,6 +34,7 @@ from tv_lens.models.exclusive import evaluating
 from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.results.performance import Performance
 from tv_lens.stats import group_means
+from tv_lens.stats.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.tasks.pool import SEED_RANGE, check_flag, seeded_generator
 
 __all__ = [

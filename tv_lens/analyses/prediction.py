@@ -29,7 +29,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.analyses.bootstrap import check_bootstrap
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.inputs import PromptPool, integer_ids, named_tasks, sample_batch
 from tv_lens.analyses.options import N_PER_TASK
@@ -39,6 +38,7 @@ from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.results.decodability import best_layer
 from tv_lens.results.prediction import TdAccuracyFit
 from tv_lens.stats import group_means
+from tv_lens.stats.bootstrap import check_bootstrap
 from tv_lens.tasks import NULL_TASK
 
 __all__ = ["TdAccuracy", "TdAccuracyFit", "fit_td_accuracy", "ols"]

@@ -42,7 +42,6 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from tv_lens.analyses.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.analyses.inputs import answer_counts, answer_scores, check_pool, prompt_count, prompt_task_ids
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions
 from tv_lens.analyses.patching import check_vectors, patch_site
@@ -55,6 +54,7 @@ from tv_lens.models.exclusive import evaluating
 from tv_lens.probes import check_residual_site, collect
 from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.stats import group_means
+from tv_lens.stats.bootstrap import check_bootstrap, stratified_bootstrap_ci
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 from tv_lens.tasks.partners import other_prompts
