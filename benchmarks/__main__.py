@@ -16,7 +16,16 @@ import time
 
 import torch
 
-from benchmarks import function_vectors, heads, patching, pretrained, representations, shots_recipe, training
+from benchmarks import (
+    function_vectors,
+    heads,
+    patching,
+    pretrained,
+    regression_recipes,
+    representations,
+    shots_recipe,
+    training,
+)
 from benchmarks.common import FULL, QUICK, machine_lines, print_table
 from tv_lens.models import hooked_transformer_available
 
@@ -63,6 +72,7 @@ def main() -> None:
         ("causal indirect effects", function_vectors.cie_rows),
         ("training", training.training_rows),
         ("recipe where shots matter", shots_recipe.shots_rows),
+        ("regression recipes", regression_recipes.regression_rows),
         ("GPT-2-size model", gpt2_size),
     ]
     for name, stage in stages:

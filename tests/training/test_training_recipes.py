@@ -29,7 +29,7 @@ def test_quick_recipe_is_clearly_above_chance(quick_result) -> None:
 
 def test_registry_lookup_and_registration() -> None:
     assert {"default", "quick"} <= set(recipes)
-    with pytest.raises(KeyError, match=r"No recipe named 'nope'; available: \['default', 'quick'"):
+    with pytest.raises(KeyError, match=r"No recipe named 'nope'; available: \['default', .*'quick'"):
         recipes["nope"]
     with pytest.raises(TvLensError):
         recipes["nope"]

@@ -4,7 +4,8 @@ A :class:`TaskPool` of confusable :class:`Task` rules samples an :class:`ICLBatc
 (tokens, answer positions, answers, latent task ids, demonstration spans). Families of token tasks live
 in :mod:`tv_lens.tasks.tokens`; their shared vocabulary layout in :mod:`tv_lens.tasks.vocabulary`.
 Continuous (regression) tasks: a :class:`RegressionPool` samples a :class:`RegressionBatch`
-(:mod:`tv_lens.tasks.regression`). Text tasks for pretrained models: a :class:`TextPool` of
+(:mod:`tv_lens.tasks.regression`), read against least squares and ridge
+(:mod:`tv_lens.tasks.regression_baselines`). Text tasks for pretrained models: a :class:`TextPool` of
 :class:`TextTask` examples tokenized with the model's tokenizer samples an :class:`ICLBatch`
 (:mod:`tv_lens.tasks.text`, :mod:`tv_lens.tasks.text_families`, :mod:`tv_lens.tasks.datasets`).
 
@@ -30,6 +31,7 @@ from tv_lens.tasks.regression import (
     sparse_linear_pool,
     sparse_linear_task,
 )
+from tv_lens.tasks.regression_baselines import least_squares_predictions, ridge_predictions
 from tv_lens.tasks.regression_batch import RegressionBatch
 from tv_lens.tasks.render import PROMPT_FORMATS, PromptFormat, render_prompts
 from tv_lens.tasks.text import TextPool, TextTask
@@ -67,6 +69,7 @@ __all__ = [
     "bitwise_pool",
     "bitwise_text_tasks",
     "leaky_relu_task",
+    "least_squares_predictions",
     "linear_task",
     "load_examples",
     "load_task",
@@ -79,6 +82,7 @@ __all__ = [
     "quadratic_task",
     "regression_pool",
     "render_prompts",
+    "ridge_predictions",
     "sinusoidal_task",
     "sparse_linear_pool",
     "sparse_linear_task",

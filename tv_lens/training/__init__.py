@@ -7,7 +7,8 @@
 - Configs: :class:`TrainConfig` composed of :class:`DataConfig`, :class:`OptimConfig`,
   :class:`ScheduleConfig`, and optionally :class:`TVPConfig` (TVP-loss) and :class:`FinetuneConfig`
   (layer-restricted finetuning, full or :class:`LoRAConfig`).
-- :data:`recipes`: named, known-good runs (``"default"``, ``"quick"``, ``"shots"``, where shots matter).
+- :data:`recipes`: named, known-good runs (``"default"``, ``"quick"``, ``"shots"``, where shots matter, and
+  ``"linear_regression"``, in-context linear regression).
 - Checkpoints: :func:`load_checkpoint`, :func:`list_checkpoints`, :func:`latest_checkpoint`.
 - :func:`tvp_losses` / :func:`tvp_accuracy`; :func:`finetune`, :func:`apply_lora`, :func:`merge_lora`,
   :func:`remove_lora`.
