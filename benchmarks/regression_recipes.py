@@ -120,8 +120,8 @@ def run_regression_recipe(
     recipe = recipes[name]
     if quick:
         recipe = quick_recipe(recipe)
-    data = replace(recipe.train.data, seed=seed)
-    recipe = replace(recipe, model=replace(recipe.model, seed=seed), train=replace(recipe.train, data=data))
+    recipe = recipe.with_seed(seed)
+    data = recipe.train.data
     start, cpu = time.perf_counter(), time.process_time()
     with torch.enable_grad():
         result = recipe.run(backend=backend, device=device, progress=False)

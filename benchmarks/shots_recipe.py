@@ -107,8 +107,8 @@ def run_shots_recipe(seed: int = 0, backend: str | None = None, device: str = "c
     recipe = recipes[RECIPE]
     if quick:
         recipe = quick_recipe(recipe)
-    data = replace(recipe.train.data, seed=seed)
-    recipe = replace(recipe, model=replace(recipe.model, seed=seed), train=replace(recipe.train, data=data))
+    recipe = recipe.with_seed(seed)
+    data = recipe.train.data
     start, cpu = time.perf_counter(), time.process_time()
     with torch.enable_grad():
         result = recipe.run(backend=backend, device=device, progress=False)

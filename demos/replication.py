@@ -64,7 +64,7 @@ from tv_lens.training import (
 )
 from tv_lens.training.checkpoints import checkpoint_path
 
-__all__ = ["CLAIMS", "Claim", "SeedNumber", "run_specs", "seed_interval", "seeded", "summarise", "verdict"]
+__all__ = ["CLAIMS", "Claim", "SeedNumber", "run_specs", "seed_interval", "summarise", "verdict"]
 
 N_PER_TASK = 100
 N_SHOTS = 8
@@ -172,15 +172,9 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def seeded(recipe: Recipe, seed: int) -> Recipe:
-    """``recipe`` with ``seed`` for the model initialisation and for the training and held-out prompt streams."""
-    data = replace(recipe.train.data, seed=seed)
-    return replace(recipe, model=replace(recipe.model, seed=seed), train=replace(recipe.train, data=data))
-
-
 def run_specs(seed: int) -> dict[str, RunSpec]:
     """Every run the claims need, for one seed, by name (the name is also the run's directory)."""
-    default, shots = seeded(recipes["default"], seed), seeded(recipes["shots"], seed)
+    default, shots = recipes["default"].with_seed(seed), recipes["shots"].with_seed(seed)
     marker = replace(default, name="default-marker", pool=marker_pool)
     return {
         "shots": RunSpec("shots", shots, shots.train.schedule.max_steps, 100),

@@ -128,9 +128,7 @@ def test_trained_reuses_a_finished_run_and_resumes_a_stopped_one(replication, tm
     from tv_lens.training import list_checkpoints, load_checkpoint, recipes
 
     torch.set_num_threads(1)
-    spec = replication.RunSpec(
-        "quick-tvp", replication.seeded(recipes["quick"], 3), 12, 6, {"tvp": TVPConfig(layer=1, lam=0.5)}
-    )
+    spec = replication.RunSpec("quick-tvp", recipes["quick"].with_seed(3), 12, 6, {"tvp": TVPConfig(layer=1, lam=0.5)})
     first = replication.trained(tmp_path / "a", spec)
     last = load_checkpoint(tmp_path / "a" / "step-0000012.pt")
     assert (last.config.tvp, last.config.data.seed, last.model_config.seed) == (TVPConfig(layer=1, lam=0.5), 3, 3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from training_helpers import one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
@@ -52,3 +54,12 @@ def test_default_recipe_is_the_demo_model() -> None:
     default = recipes["default"]
     assert (default.model.n_layers, default.model.d_model) == (4, 128)
     assert default.build_pool().task_names == ("offset(1)", "offset(2)", "offset(3)", "offset(4)", NULL_TASK)
+
+
+def test_with_seed_changes_the_init_and_the_data_seeds_only():
+    recipe = recipes["quick"]
+    seeded = recipe.with_seed(7)
+    assert (seeded.model.seed, seeded.train.data.seed) == (7, 7)
+    assert replace(seeded.model, seed=recipe.model.seed) == recipe.model
+    assert replace(seeded.train.data, seed=recipe.train.data.seed) == recipe.train.data
+    assert (seeded.name, seeded.pool, seeded.train.schedule) == (recipe.name, recipe.pool, recipe.train.schedule)

@@ -73,6 +73,11 @@ class Recipe:
         """A freshly initialised model of the recipe's shape (``backend`` overrides the config's)."""
         return self._build(self.build_pool(), self.model_config(backend), device)
 
+    def with_seed(self, seed: int) -> Recipe:
+        """This recipe with ``seed`` for the model initialisation and the training and held-out prompt streams."""
+        data = replace(self.train.data, seed=seed)
+        return replace(self, model=replace(self.model, seed=seed), train=replace(self.train, data=data))
+
     def model_config(self, backend: str | None = None) -> ModelConfig:
         """The model config, with ``backend`` replaced if given."""
         return self.model if backend is None else replace(self.model, backend=backend)  # type: ignore[arg-type]
