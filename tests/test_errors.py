@@ -1530,6 +1530,20 @@ CASES = [
         r"whether a larger score is better",
     ),
     Case(
+        "performance-config-higher-is-better-a-string",
+        lambda w: ICLPerformance(higher_is_better="no"),  # type: ignore[arg-type]
+        TaskError,
+        r"higher_is_better must be True or False",
+        r"whether a larger score is better",
+    ),
+    Case(
+        "head-ablation-config-attribution-a-string",
+        lambda w: HeadAblation(attribution="yes"),  # type: ignore[arg-type]
+        AnalysisError,
+        r"attribution must be True or False",
+        r"whether to add the gradient estimate",
+    ),
+    Case(
         "performance-complex-scores",
         lambda w: icl_performance(torch.ones(2, dtype=torch.complex64), [0, 1], [1, 1], n_bootstrap=0),
         ShapeError,

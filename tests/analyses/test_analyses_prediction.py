@@ -102,3 +102,10 @@ def test_bad_input_raises_clear_errors():
         fit_td_accuracy(torch.tensor([0.0, 1.0]), torch.ones(2), task_ids=[0, 5], task_names=("a",))
     with pytest.raises(AnalysisError, match="shots must be"):
         TdAccuracy(shots=())
+
+
+def test_python_lists_keep_float64_precision():
+    x, y = [0.1, 0.2, 0.35, 0.4, 1 / 3], [0.3, 0.1, 0.77, 0.5, 2 / 3]
+    as_tensors = ols(torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64))
+    assert ols(x, y) == as_tensors  # exact: a list is not rounded through float32 on the way
+    assert ols(tuple(x), tuple(y)) == as_tensors

@@ -132,12 +132,7 @@ def head_importance(
     """
     adapter = adapt(model)
     n_heads_total = adapter.n_layers * adapter.n_heads
-    _check_options(mode, metric, shared, attribution_method)
-    if not isinstance(attribution, bool):
-        raise AnalysisError(
-            f"attribution must be True or False (whether to add the gradient estimate of each head), got "
-            f"{attribution!r}."
-        )
+    _check_options(mode, metric, shared, attribution, attribution_method)
     top_k = max(1, n_heads_total // 4) if top_k is None else top_k
     prune_steps = n_heads_total if prune_steps is None else prune_steps
     check_count(top_k, "top_k", 1, n_heads_total)
@@ -235,7 +230,7 @@ class HeadAblation(CausalOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_options(self.mode, self.metric, self.shared, self.attribution_method)
+        _check_options(self.mode, self.metric, self.shared, self.attribution, self.attribution_method)
 
     def run(
         self, model: Any, pool: TaskPool | TextPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
@@ -270,7 +265,12 @@ class HeadAblation(CausalOptions):
         )
 
 
-def _check_options(mode: str, metric: str, shared: str, attribution_method: str) -> None:
+def _check_options(mode: str, metric: str, shared: str, attribution: bool, attribution_method: str) -> None:
+    if not isinstance(attribution, bool):
+        raise AnalysisError(
+            f"attribution must be True or False (whether to add the gradient estimate of each head), got "
+            f"{attribution!r}."
+        )
     if mode not in ("zero", "mean"):
         raise AnalysisError(f"Unknown ablation mode {mode!r}; use 'zero' or 'mean'.")
     if metric not in HEAD_METRICS:

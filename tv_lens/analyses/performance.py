@@ -214,6 +214,7 @@ class ICLPerformance(IntervalOptions):
             raise AnalysisError(f"label_noise must be a probability in [0, 1), got {self.label_noise!r}.")
         if self.metric != "auto":
             _metric(self.metric)
+        check_flag(self.higher_is_better, "higher_is_better", "whether a larger score is better")
         if isinstance(self.shots, int) or not isinstance(self.shots, (tuple, list)):
             raise AnalysisError(
                 f"shots must be a non-empty tuple of ints >= 0, got {self.shots!r}; for one shot count pass a "

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -137,7 +138,15 @@ _LARGEST = 1e100
 
 
 def _values(values: Any, what: str) -> Float[Tensor, " n"]:
-    """``values`` as a float64 CPU tensor (not checked for shape: :func:`ols` does), refusing complex numbers."""
+    """``values`` as a float64 CPU tensor (not checked for shape: :func:`ols` does), refusing complex numbers.
+
+    Python sequences go through numpy, so their floats stay float64 (``torch.as_tensor`` would make them float32).
+    """
+    if isinstance(values, (list, tuple)):
+        try:
+            values = np.asarray(values)
+        except (TypeError, ValueError) as error:
+            raise ShapeError(f"{what} must be a 1-D sequence of real numbers, one per point ({error}).") from error
     tensor = tensor_of(values, what, "a 1-D tensor of real numbers, one per point")
     check_tensor_data(tensor, what)
     if tensor.is_complex():
