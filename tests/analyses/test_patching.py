@@ -264,3 +264,17 @@ def test_hooks_are_restored_after_a_fault_mid_sweep(model):
         assert hook_snapshot(model) == before and len(calls) == 3
     assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters(), strict=True))
     run(model, batch, vectors)  # the model still works
+
+
+def test_best_layer_is_the_largest_incorrect_minus_correct_loss_gap_and_the_headline_reads_it(model):
+    # correct_loss_change and incorrect_loss_change are checked against pandas above
+    batch = sample(n_per_task=3, seed=14)
+    vectors = TaskVectors.from_model(model, sample(n_per_task=3, seed=15), layers=LAYERS)
+    result = run(model, batch, vectors, mode="add")
+    gap = (result.incorrect_loss_change - result.correct_loss_change).numpy()
+    assert result.best_layer == LAYERS[int(np.argmax(gap))]
+    headline, i = result.headline(), int(np.argmax(gap))
+    assert (headline["layer"], headline["mode"]) == (LAYERS[i], "add")
+    assert headline["correct_loss_change"] == float(result.correct_loss_change[i])
+    np.testing.assert_array_equal(headline["incorrect_loss_change_ci"], result.incorrect_loss_change_ci[i].numpy())
+    np.testing.assert_array_equal(headline["override_rate"], result.override_rate[i].numpy())

@@ -1,13 +1,13 @@
-"""What the report says about each analysis of the demo: its figures, the claim it tests, its headline numbers."""
+"""What the report says about each analysis of the demo: its figures, the claim it tests, a line of its numbers.
+
+The numbers are each result's own :meth:`~tv_lens.results.Result.headline`; this module only words and orders them.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from tv_lens.errors import ArtefactError
 from tv_lens.results import (
@@ -24,7 +24,6 @@ from tv_lens.results import (
     TdAccuracyFit,
     layer_label,
 )
-from tv_lens.tasks import NULL_TASK
 
 __all__ = ["ANALYSIS_NAMES", "SECTIONS", "Numbers", "Section", "headline_numbers", "summary_lines", "wrong_kind"]
 
@@ -39,119 +38,6 @@ def wrong_kind(name: str, result: Result) -> str | None:
     return (
         f"holds a {type(result).__name__}, but the report's section {section.title!r} needs a {section.kind.__name__}"
     )
-
-
-def _real_tasks(task_names: tuple[str, ...]) -> list[int]:
-    return [t for t, name in enumerate(task_names) if name != NULL_TASK]
-
-
-def _interval(ci: Any) -> list[float]:
-    return [float(x) for x in ci]
-
-
-def _performance(r: Any) -> Numbers:
-    real = _real_tasks(r.task_names)
-    numbers = {
-        "icl_accuracy": float(r.values[real, -1].mean()),
-        "icl_shots": int(r.shots[-1]),
-        "metric": r.metric,
-    }
-    if r.shots[0] == 0:
-        numbers["zero_shot_accuracy"] = float(r.values[real, 0].mean())
-    return numbers
-
-
-def _decodability(r: Any) -> Numbers:
-    i = r.at(r.best_layer)
-    return {
-        "best_layer": r.best_layer,
-        "best_td": float(r.td[i]),
-        "best_td_ci": _interval(r.td_ci[i]),
-        "chance": r.chance,
-        "td_by_layer": {str(layer): float(v) for layer, v in zip(r.layers, r.td, strict=True)},
-    }
-
-
-def _geometry(r: Any) -> Numbers:
-    return {
-        "layers": list(r.layers),
-        "explained_variance_last_layer": _interval(r.explained_variance[-1]),
-    }
-
-
-def _td_accuracy(r: Any) -> Numbers:
-    return {
-        "shots": sorted({int(s) for s in r.shots.tolist()}),
-        "layer": r.layer,
-        "r2": float(r.r2),
-        "slope": float(r.slope),
-        "slope_ci": _interval(r.slope_ci),
-        "n_points": len(r.td),
-        "score_range": [float(r.score.min()), float(r.score.max())],
-        "metric": r.metric,
-    }
-
-
-def _patching(r: Any) -> Numbers:
-    gap = torch.nan_to_num(r.incorrect_loss_change - r.correct_loss_change, nan=-torch.inf)
-    i = int(torch.argmax(gap))
-    return {
-        "mode": r.mode,
-        "layer": r.layers[i],
-        "correct_change": float(r.correct_change[i]),
-        "correct_change_ci": _interval(r.correct_change_ci[i]),
-        "incorrect_change": float(r.incorrect_change[i]),
-        "incorrect_change_ci": _interval(r.incorrect_change_ci[i]),
-        "correct_loss_change": float(r.correct_loss_change[i]),
-        "correct_loss_change_ci": _interval(r.correct_loss_change_ci[i]),
-        "incorrect_loss_change": float(r.incorrect_loss_change[i]),
-        "incorrect_loss_change_ci": _interval(r.incorrect_loss_change_ci[i]),
-        "override_rate": float(r.override_rate[i]),
-    }
-
-
-def _prompting(r: Any) -> Numbers:
-    return {
-        "best_layer": r.best_layer,
-        "best_accuracy": r.best_accuracy,
-        "best_accuracy_ci": _interval(r.accuracy_ci[r.layers.index(r.best_layer)]),
-        "zero_shot_accuracy": float(r.zero_shot_accuracy),
-        "icl_accuracy": float(r.icl_accuracy),
-    }
-
-
-def _heads(r: Any) -> Numbers:
-    real = _real_tasks(r.task_names)
-    shared = r.shared[real][:, real]
-    off_diagonal = shared[~torch.eye(len(real), dtype=torch.bool)]
-    return {
-        "top_heads": [f"L{layer}H{head}" for layer, head in r.top_heads(3)],
-        "attribution_spearman": float(r.attribution_spearman),
-        "shared_mean": float(off_diagonal.mean()) if len(off_diagonal) else math.nan,
-        "shared_method": r.shared_method,
-        "n_heads": r.n_layers * r.n_heads,
-    }
-
-
-def _emergence(r: Any) -> Numbers:
-    real = _real_tasks(r.task_names)
-    return {
-        "n_checkpoints": len(r.steps),
-        "best_layer": r.best_layer,
-        "coupled": sum(bool(r.coupled[t]) for t in real),
-        "n_tasks": len(real),
-        "performance_jump": {r.task_names[t]: r.performance_jump[t] for t in real},
-        "td_jump": {r.task_names[t]: r.td_jump[t] for t in real},
-    }
-
-
-def _finetuning(r: Any) -> Numbers:
-    return {
-        "tasks": [name for name in r.task_names if name != NULL_TASK],
-        "accuracy": {variant: float(r.overall[v]) for v, variant in enumerate(r.variants)},
-        "td_last_layer": {variant: float(r.td[v, -1]) for v, variant in enumerate(r.variants)},
-        "last_layer": r.layers[-1],
-    }
 
 
 def _f(value: float) -> str:
@@ -257,8 +143,7 @@ class Section:
         shows: What the figures show.
         claim: The paper claim it tests.
         figures: The result's figures, in order.
-        numbers: The headline numbers of the result (JSON-ready).
-        line: One line of text from those numbers.
+        line: One line of text from the result's headline numbers (:meth:`~tv_lens.results.Result.headline`).
         kind: The result type of the analysis (a file of this name holding another is refused).
     """
 
@@ -267,7 +152,6 @@ class Section:
     shows: str
     claim: str
     figures: Callable[[Any], list[Any]]
-    numbers: Callable[[Any], Numbers]
     line: Callable[[Numbers], str]
     kind: type[Result]
 
@@ -283,7 +167,6 @@ SECTIONS: tuple[Section, ...] = (
         "H §4: the model encodes the latent task into a representation from which it can be read off (TD well "
         "above chance), and TD peaks inside the model.",
         lambda r: [r.figure(), r.confusion_figure()],
-        _decodability,
         _decodability_line,
         Decodability,
     ),
@@ -295,7 +178,6 @@ SECTIONS: tuple[Section, ...] = (
         "headline leaves the Null task out.",
         "The model learns in context: accuracy rises with shots. This is the behaviour task vectors explain.",
         lambda r: [r.figure()],
-        _performance,
         _performance_line,
         Performance,
     ),
@@ -306,7 +188,6 @@ SECTIONS: tuple[Section, ...] = (
         "slider picks the layer. Where TD is high, the prompts of each task form their own cluster.",
         "H §3.3 (their Fig. 2, with UMAP): task representations separate by task in the layers that encode it.",
         lambda r: [r.figure()],
-        _geometry,
         _geometry_line,
         Projection,
     ),
@@ -318,7 +199,6 @@ SECTIONS: tuple[Section, ...] = (
         "the title). The Null task is left out.",
         "H §4.2: TD predicts ICL performance (their R² 0.53 to 0.84 on language models).",
         lambda r: [r.figure()],
-        _td_accuracy,
         _td_accuracy_line,
         TdAccuracyFit,
     ),
@@ -333,7 +213,6 @@ SECTIONS: tuple[Section, ...] = (
         "compare the correct and incorrect lines, not their level.",
         "H §4.1: task vectors are causal: a correct vector keeps or improves performance, an incorrect one hurts it.",
         lambda r: [r.summary_figure(), _with_layer_slider(r.figure())],
-        _patching,
         _patching_line,
         PatchingEffects,
     ),
@@ -346,7 +225,6 @@ SECTIONS: tuple[Section, ...] = (
         "Y, after Hendel et al. (2023): a task vector alone makes a zero-shot prompt do the task; the layer where "
         "it works best is where the vector is formed.",
         lambda r: [r.figure()],
-        _prompting,
         _prompting_line,
         PromptingAccuracy,
     ),
@@ -359,7 +237,6 @@ SECTIONS: tuple[Section, ...] = (
         "one after another.",
         "H §3.3 and App. F: tasks of one family share the heads that carry them, and a few heads suffice.",
         lambda r: [r.figure(), r.shared_figure(), r.pruning.figure()],
-        _heads,
         _heads_line,
         HeadImportance,
     ),
@@ -371,7 +248,6 @@ SECTIONS: tuple[Section, ...] = (
         "TD jumps.",
         "H §3.3 (Figs. 2, 9-11): accuracy and task decodability rise together during training (coupled emergence).",
         lambda r: [r.figure()],
-        _emergence,
         _emergence_line,
         EmergenceResult,
     ),
@@ -385,7 +261,6 @@ SECTIONS: tuple[Section, ...] = (
         "H §4.4 (Table 1): finetuning the early layers improves task encoding and accuracy more than finetuning "
         "the late layers.",
         lambda r: [r.figure()],
-        _finetuning,
         _finetuning_line,
         FinetuningComparison,
     ),
@@ -412,9 +287,7 @@ def headline_numbers(results: Mapping[str, Result], run_info: Mapping[str, Any] 
                 f"The result named {name!r} {problem}; pass each demo analysis's result under its own name, and "
                 "other results under other names."
             )
-    numbers = {
-        name: SECTIONS_BY_NAME[name].numbers(result) for name, result in results.items() if name in SECTIONS_BY_NAME
-    }
+    numbers = {name: result.headline() for name, result in results.items() if name in SECTIONS_BY_NAME}
     chosen = (run_info or {}).get("analysis_shots")
     if chosen and "patching" in numbers:
         numbers["patching"] = {"shots": chosen["patching"], **numbers["patching"]}

@@ -10,10 +10,10 @@ A new result type declares its fields and writes two methods::
         def to_frame(self) -> pd.DataFrame: ...            # tidy: one row per observation
         def traces(self) -> list[BaseTraceType]: ...       # plotly traces, composable into subplots
 
-and gets ``figure()``, ``save(path)``, ``Result.load(path)`` and ``==`` for free. Fields may be tensors,
-numbers, strings, ``None``, nested results, and tuples / lists / dicts of those; tensors go to safetensors
-and everything else to JSON metadata in the same file, under a digest of both that ``load`` checks (see
-:mod:`tv_lens.results.storage`).
+and, if a report should lead with its numbers, ``headline()``. It gets ``figure()``, ``save(path)``,
+``Result.load(path)`` and ``==`` for free. Fields may be tensors, numbers, strings, ``None``, nested results, and
+tuples / lists / dicts of those; tensors go to safetensors and everything else to JSON metadata in the same file,
+under a digest of both that ``load`` checks (see :mod:`tv_lens.results.storage`).
 
 >>> import torch
 >>> from tv_lens.analyses.decodability import task_decodability
@@ -66,6 +66,10 @@ class Result:
     def to_frame(self) -> pd.DataFrame:
         """The result as a tidy table (one row per observation; columns documented by each subclass)."""
         raise NotImplementedError(f"{type(self).__name__} does not define to_frame().")
+
+    def headline(self) -> dict[str, Any]:
+        """The numbers a report leads with (JSON-ready; documented by each subclass that has them)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define headline().")
 
     def traces(self) -> list[BaseTraceType]:
         """The plotly traces of :meth:`figure`, to compose into your own subplots."""

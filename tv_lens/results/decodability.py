@@ -113,6 +113,17 @@ class Decodability(Result):
             raise LayerOutOfRangeError(f"Layer {layer} is not in this result; its layers are {self.layers}.")
         return self.layers.index(layer)
 
+    def headline(self) -> dict[str, Any]:
+        """TD at the best layer with its interval, chance, and TD by layer."""
+        i = self.at(self.best_layer)
+        return {
+            "best_layer": self.best_layer,
+            "best_td": float(self.td[i]),
+            "best_td_ci": [float(x) for x in self.td_ci[i]],
+            "chance": self.chance,
+            "td_by_layer": {str(layer): float(v) for layer, v in zip(self.layers, self.td, strict=True)},
+        }
+
     def to_frame(self) -> pd.DataFrame:
         """Tidy TD table: one row per (layer, task), plus task ``"all"`` for the overall TD.
 

@@ -13,6 +13,7 @@ from tv_lens.results.axes import layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
 from tv_lens.results.suite import SuiteResult
+from tv_lens.tasks.pool import NULL_TASK
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,6 +90,18 @@ class EmergenceResult(Result):
     def td_at_best_layer(self) -> Float[Tensor, "step task"]:
         """Per-task TD at ``best_layer`` over training."""
         return self.td_per_task[:, self.layers.index(self.best_layer)]
+
+    def headline(self) -> dict[str, Any]:
+        """Checkpoints, the tasks whose accuracy and TD jump together, and each task's jump steps."""
+        real = [t for t, name in enumerate(self.task_names) if name != NULL_TASK]
+        return {
+            "n_checkpoints": len(self.steps),
+            "best_layer": self.best_layer,
+            "coupled": sum(bool(self.coupled[t]) for t in real),
+            "n_tasks": len(real),
+            "performance_jump": {self.task_names[t]: self.performance_jump[t] for t in real},
+            "td_jump": {self.task_names[t]: self.td_jump[t] for t in real},
+        }
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy series: columns ``step``, ``task``, ``measure``, ``layer``, ``value``.

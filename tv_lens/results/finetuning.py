@@ -12,6 +12,7 @@ from tv_lens.errors import ShapeError
 from tv_lens.results.axes import error_bars, layer_axis, layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
+from tv_lens.tasks.pool import NULL_TASK
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,6 +74,15 @@ class FinetuningComparison(Result):
     def td_change(self, variant: str) -> Float[Tensor, " layer"]:
         """TD of ``variant`` minus TD of the first variant (the base model), per layer."""
         return self.td[self.variants.index(variant)] - self.td[0]
+
+    def headline(self) -> dict[str, Any]:
+        """Accuracy and last-layer TD of every variant (base, first blocks, last blocks) on the new tasks."""
+        return {
+            "tasks": [name for name in self.task_names if name != NULL_TASK],
+            "accuracy": {variant: float(self.overall[v]) for v, variant in enumerate(self.variants)},
+            "td_last_layer": {variant: float(self.td[v, -1]) for v, variant in enumerate(self.variants)},
+            "last_layer": self.layers[-1],
+        }
 
     def to_frame(self) -> pd.DataFrame:
         """TD per (variant, layer).

@@ -53,6 +53,13 @@ class Projection(Result):
                 f"{tuple(self.coords.shape)} and {tuple(self.explained_variance.shape)}."
             )
 
+    def headline(self) -> dict[str, Any]:
+        """The layers projected and the variance the two components explain at the last one."""
+        return {
+            "layers": list(self.layers),
+            "explained_variance_last_layer": [float(x) for x in self.explained_variance[-1]],
+        }
+
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: one row per (layer, prompt).
 

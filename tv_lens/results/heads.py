@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from tv_lens.errors import ShapeError
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
 from tv_lens.stats import group_means
+from tv_lens.tasks.pool import NULL_TASK
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -200,6 +202,19 @@ class HeadImportance(Result):
         scores = self.overall if task is None else self.importance[..., self.task_names.index(task)]
         flat = torch.argsort(torch.nan_to_num(scores.flatten(), nan=-torch.inf), descending=True, stable=True)[:k]
         return [(int(i) // self.n_heads, int(i) % self.n_heads) for i in flat]
+
+    def headline(self) -> dict[str, Any]:
+        """The three most important heads, the mean overlap of tasks' top heads, and the screen's Spearman."""
+        real = [t for t, name in enumerate(self.task_names) if name != NULL_TASK]
+        shared = self.shared[real][:, real]
+        off_diagonal = shared[~torch.eye(len(real), dtype=torch.bool)]
+        return {
+            "top_heads": [f"L{layer}H{head}" for layer, head in self.top_heads(3)],
+            "attribution_spearman": float(self.attribution_spearman),
+            "shared_mean": float(off_diagonal.mean()) if len(off_diagonal) else math.nan,
+            "shared_method": self.shared_method,
+            "n_heads": self.n_layers * self.n_heads,
+        }
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, head, task), plus task ``"all"`` (every task but Null).

@@ -146,8 +146,12 @@ class PatchingEffects(Result):
 
     @property
     def best_layer(self) -> int:
-        """Block index where correct patches beat incorrect ones by the most (accuracy)."""
-        gap = self.correct_change - self.incorrect_change
+        """Block index where incorrect patches raise the answer loss most above correct ones.
+
+        The loss separates correct from incorrect vectors also where accuracy is at its ceiling (an accuracy gap
+        would tie there).
+        """
+        gap = self.incorrect_loss_change - self.correct_loss_change
         return self.layers[int(torch.argmax(torch.nan_to_num(gap, nan=-torch.inf)))]
 
     def at(self, layer: int) -> int:
@@ -155,6 +159,23 @@ class PatchingEffects(Result):
         if layer not in self.layers:
             raise LayerOutOfRangeError(f"Layer {layer} was not patched; patched layers are {self.layers}.")
         return self.layers.index(layer)
+
+    def headline(self) -> dict[str, Any]:
+        """Correct vs incorrect changes (accuracy and loss, with intervals) and the override rate at the best layer."""
+        i = self.at(self.best_layer)
+        return {
+            "mode": self.mode,
+            "layer": self.layers[i],
+            "correct_change": float(self.correct_change[i]),
+            "correct_change_ci": [float(x) for x in self.correct_change_ci[i]],
+            "incorrect_change": float(self.incorrect_change[i]),
+            "incorrect_change_ci": [float(x) for x in self.incorrect_change_ci[i]],
+            "correct_loss_change": float(self.correct_loss_change[i]),
+            "correct_loss_change_ci": [float(x) for x in self.correct_loss_change_ci[i]],
+            "incorrect_loss_change": float(self.incorrect_loss_change[i]),
+            "incorrect_loss_change_ci": [float(x) for x in self.incorrect_loss_change_ci[i]],
+            "override_rate": float(self.override_rate[i]),
+        }
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, source, target).

@@ -11,6 +11,7 @@ from torch import Tensor
 from tv_lens.results.axes import error_bars
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
+from tv_lens.tasks.pool import NULL_TASK
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,6 +64,18 @@ class Performance(Result):
             "n_prompts": (n_task, n_shots),
         }
         self._check_shapes(expected)
+
+    def headline(self) -> dict[str, Any]:
+        """ICL accuracy at the most shots (and at 0 shots, if run) over the tasks other than Null."""
+        real = [t for t, name in enumerate(self.task_names) if name != NULL_TASK]
+        numbers: dict[str, Any] = {
+            "icl_accuracy": float(self.values[real, -1].mean()),
+            "icl_shots": int(self.shots[-1]),
+            "metric": self.metric,
+        }
+        if self.shots[0] == 0:
+            numbers["zero_shot_accuracy"] = float(self.values[real, 0].mean())
+        return numbers
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: one row per (task, shots), plus task ``"all"`` per shots.

@@ -73,6 +73,19 @@ class TdAccuracyFit(Result):
         """The line's prediction at each point's TD."""
         return self.intercept + self.slope * self.td
 
+    def headline(self) -> dict[str, Any]:
+        """The fit: shots, layer, R², slope with its interval, points and the range of the score."""
+        return {
+            "shots": sorted({int(s) for s in self.shots.tolist()}),
+            "layer": self.layer,
+            "r2": float(self.r2),
+            "slope": float(self.slope),
+            "slope_ci": [float(x) for x in self.slope_ci],
+            "n_points": len(self.td),
+            "score_range": [float(self.score.min()), float(self.score.max())],
+            "metric": self.metric,
+        }
+
     def to_frame(self) -> pd.DataFrame:
         """Tidy points: columns ``task``, ``shots``, ``td``, ``score``, ``fitted``, ``residual``, ``layer``."""
         import pandas as pd

@@ -122,6 +122,16 @@ class PromptingAccuracy(Result):
         """TVP accuracy at :attr:`best_layer`."""
         return float(self.accuracy[self.layers.index(self.best_layer)])
 
+    def headline(self) -> dict[str, Any]:
+        """TVP accuracy at the best layer with its interval, and the zero-shot and ICL baselines."""
+        return {
+            "best_layer": self.best_layer,
+            "best_accuracy": self.best_accuracy,
+            "best_accuracy_ci": [float(x) for x in self.accuracy_ci[self.layers.index(self.best_layer)]],
+            "zero_shot_accuracy": float(self.zero_shot_accuracy),
+            "icl_accuracy": float(self.icl_accuracy),
+        }
+
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, task), plus task ``"all"`` (every task but Null).
 
