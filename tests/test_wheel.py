@@ -114,7 +114,7 @@ def test_wheel_holds_every_file_of_the_package_and_the_command(artefacts):
     }
     assert package <= names, f"not in the wheel: {sorted(package - names)}"  # code and any data files it reads
     assert {name.split("/")[0] for name in names} == {"tv_lens", info}  # no tests, demos or docs
-    assert re.search(r"^tv-lens = tv_lens\.cli:main$", entry_points, flags=re.M)
+    assert re.search(r"^tv-lens = tv_lens\.app\.cli:main$", entry_points, flags=re.M)
 
 
 ANALYSIS = """
