@@ -1,6 +1,7 @@
 """Benchmark 8: regression recipes that learn in context — train each, then query MSE by shots against references.
 
-``recipes["linear_regression"]`` (Yang et al.'s linear regression in d = 4) trains a continuous-input model from
+``recipes["linear_regression"]`` (Yang et al.'s linear regression in d = 4) and ``recipes["sparse_linear"]`` (Han et
+al.'s sparse linear mixture, scaled down to 2 bases in d = 4, plus Null) each train a continuous-input model from
 scratch (the recipes of :data:`RECIPES`; ``--recipe`` picks one). After training,
 held-out prompts (from the run's held-out seed stream) at 1, 2, 5, 10 and 15 shots are scored by the library's
 own analysis path (:func:`~tv_lens.analyses.performance.score_batch`, squared error of the query) and, on the same
@@ -34,7 +35,7 @@ from tv_lens.tasks.regression_baselines import least_squares_predictions, ridge_
 from tv_lens.training import Recipe, recipes
 from tv_lens.training.data import held_out_seed
 
-RECIPES = ("linear_regression",)
+RECIPES = ("linear_regression", "sparse_linear")
 SHOTS = (1, 2, 5, 10, 15)
 RIDGE_ALPHA = 0.1
 TARGET_RATIO = 0.25
@@ -193,7 +194,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the model and of the prompts")
     parser.add_argument("--backend", default=None, help="'hooked', 'bridge' or the recipe's default")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--recipe", choices=RECIPES, default=None, help="train only this recipe (default: both)")
+    parser.add_argument("--recipe", choices=RECIPES, default=None, help="train only this recipe (default: all)")
     parser.add_argument("--quick", action="store_true", help="a tiny version for 20 steps: the code path only")
     args = parser.parse_args()
     if args.threads < 1:

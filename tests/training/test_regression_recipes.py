@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -14,7 +15,7 @@ from training_helpers import one_thread  # noqa: F401  (autouse: tiny models run
 
 from tv_lens.errors import ConfigError
 from tv_lens.models import ContinuousModel, adapt
-from tv_lens.tasks import RegressionPool, regression_pool, sparse_linear_pool
+from tv_lens.tasks import NULL_TASK, RegressionPool, regression_pool, sparse_linear_pool
 from tv_lens.tasks.regression_baselines import demonstrations, least_squares_predictions, ridge_predictions
 from tv_lens.training import Recipe, RegressionObjective, load_checkpoint, recipes
 
@@ -25,7 +26,15 @@ def sparse_recipe() -> Recipe:
     return replace(linear, name="sparse", pool=partial(sparse_linear_pool, d=8, n_bases=2, null=True))
 
 
-REGRESSION_RECIPES = {"linear_regression": lambda: recipes["linear_regression"], "sparse": sparse_recipe}
+def registered(name: str) -> Recipe:
+    return recipes[name]
+
+
+# every registered recipe on a regression pool (registering one is enough), and one of a user's own
+REGRESSION_RECIPES: dict[str, Callable[[], Recipe]] = {
+    **{name: partial(registered, name) for name in recipes if isinstance(recipes[name].build_pool(), RegressionPool)},
+    "sparse": sparse_recipe,
+}
 
 
 def tiny(recipe: Recipe, steps: int) -> Recipe:
@@ -58,6 +67,14 @@ def test_the_linear_regression_recipe_trains_yang_et_al_s_pool() -> None:
     pool = recipes["linear_regression"].build_pool()
     assert [t.name for t in pool.tasks] == ["linear"] and 4 <= pool.d <= 8 and not pool.null
     assert "linear_regression" in recipes and "linear regression" in recipes["linear_regression"].description
+
+
+def test_the_sparse_linear_recipe_trains_han_et_al_s_mixture_with_null() -> None:
+    pool = recipes["sparse_linear"].build_pool()
+    assert isinstance(pool, RegressionPool) and pool.d == 4
+    assert pool.task_names == ("sparse_linear(0)", "sparse_linear(1)", NULL_TASK)
+    assert {"linear_regression", "sparse_linear"} <= set(REGRESSION_RECIPES)
+    assert "sparse linear regression" in recipes["sparse_linear"].description
 
 
 def test_a_token_recipe_still_builds_a_token_model() -> None:

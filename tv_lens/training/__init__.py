@@ -8,7 +8,7 @@
   :class:`ScheduleConfig`, and optionally :class:`TVPConfig` (TVP-loss) and :class:`FinetuneConfig`
   (layer-restricted finetuning, full or :class:`LoRAConfig`).
 - :data:`recipes`: named, known-good runs (``"default"``, ``"quick"``, ``"shots"``, where shots matter, and
-  ``"linear_regression"``, in-context linear regression).
+  ``"linear_regression"`` and ``"sparse_linear"``, in-context linear and sparse linear regression).
 - Checkpoints: :func:`load_checkpoint`, :func:`list_checkpoints`, :func:`latest_checkpoint`.
 - :func:`tvp_losses` / :func:`tvp_accuracy`; :func:`finetune`, :func:`apply_lora`, :func:`merge_lora`,
   :func:`remove_lora`.
