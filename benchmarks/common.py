@@ -148,3 +148,11 @@ def print_table(rows: list[Row]) -> None:
         )
         if row.note:
             print(f"{'':<48} note: {row.note}")
+
+
+def timed_training(recipe: Any, backend: str | None, device: str) -> tuple[Any, float, float]:
+    """Train ``recipe`` once; return its ``TrainResult``, the wall seconds and the CPU seconds it took."""
+    start, cpu = time.perf_counter(), time.process_time()
+    with torch.enable_grad():
+        result = recipe.run(backend=backend, device=device, progress=False)
+    return result, time.perf_counter() - start, time.process_time() - cpu

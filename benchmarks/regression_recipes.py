@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from benchmarks.common import QUICK, Row, Scale, machine_lines
+from benchmarks.common import QUICK, Row, Scale, machine_lines, timed_training
 from tv_lens.analyses.performance import score_batch
 from tv_lens.tasks import NULL_TASK, RegressionPool
 from tv_lens.tasks.regression_baselines import least_squares_predictions, ridge_predictions
@@ -123,10 +122,7 @@ def run_regression_recipe(
         recipe = quick_recipe(recipe)
     recipe = recipe.with_seed(seed)
     data = recipe.train.data
-    start, cpu = time.perf_counter(), time.process_time()
-    with torch.enable_grad():
-        result = recipe.run(backend=backend, device=device, progress=False)
-    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    result, wall_s, cpu_s = timed_training(recipe, backend, device)
     longest = data.n_shots if isinstance(data.n_shots, int) else data.n_shots[1]
     shots = tuple(s for s in SHOTS if s <= longest)
     pool = recipe.build_pool()

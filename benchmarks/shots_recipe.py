@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import time
 from dataclasses import dataclass, replace
 
 import torch
 
-from benchmarks.common import QUICK, Row, Scale, machine_lines
+from benchmarks.common import QUICK, Row, Scale, machine_lines, timed_training
 from tv_lens.analyses import ICLPerformance
 from tv_lens.tasks import NULL_TASK
 from tv_lens.training import Recipe, recipes
@@ -109,10 +108,7 @@ def run_shots_recipe(seed: int = 0, backend: str | None = None, device: str = "c
         recipe = quick_recipe(recipe)
     recipe = recipe.with_seed(seed)
     data = recipe.train.data
-    start, cpu = time.perf_counter(), time.process_time()
-    with torch.enable_grad():
-        result = recipe.run(backend=backend, device=device, progress=False)
-    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    result, wall_s, cpu_s = timed_training(recipe, backend, device)
     pool = recipe.build_pool()
     analysis = ICLPerformance(shots=SHOTS, n_bootstrap=0)
     performance = analysis.run(result.model, pool, n_per_task=data.eval_n_per_task, seed=held_out_seed(data.seed))
