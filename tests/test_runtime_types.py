@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKED = "TV_LENS_TYPE_CHECKED"
 
 
+@pytest.mark.once_per_ci
 def test_the_equivalence_suite_passes_with_run_time_type_checks(tmp_path):
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     command += ["--jaxtyping-packages=tv_lens,beartype.beartype", str(ROOT / "tests" / "equivalence")]
