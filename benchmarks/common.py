@@ -156,3 +156,12 @@ def timed_training(recipe: Any, backend: str | None, device: str) -> tuple[Any, 
     with torch.enable_grad():
         result = recipe.run(backend=backend, device=device, progress=False)
     return result, time.perf_counter() - start, time.process_time() - cpu
+
+
+def target_lines(targets: list[tuple[str, bool]], quick: bool) -> list[str]:
+    """One line per target: PASS or FAIL, or ``-`` in quick mode, where the short run is not held to them."""
+    suffix = "  (not a target in quick mode)" if quick else ""
+    return [
+        f"{'-' if quick else ('PASS' if passed else 'FAIL'):<4}  {description}{suffix}"
+        for description, passed in targets
+    ]

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import QUICK, Row, Scale, machine_lines, timed_training
+from benchmarks.common import QUICK, Row, Scale, machine_lines, target_lines, timed_training
 from tv_lens.analyses.performance import score_batch
 from tv_lens.tasks import NULL_TASK, RegressionPool
 from tv_lens.tasks.regression_baselines import least_squares_predictions, ridge_predictions
@@ -147,10 +147,7 @@ def report(run: RegressionRun, quick: bool) -> list[str]:
     )
     if run.null_mse:
         lines.append(f"  {'model on Null':<16}" + "".join(f"{run.null_mse[s]:>9.3f}" for s in run.shots))
-    for description, passed in run.targets():
-        verdict = "PASS" if passed else "FAIL"
-        lines.append(f"{'-' if quick else verdict:<4}  {description}" + ("  (not a target in quick mode)" * quick))
-    return lines
+    return lines + target_lines(run.targets(), quick)
 
 
 def regression_rows(scale: Scale, device: str) -> list[Row]:

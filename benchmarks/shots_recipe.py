@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from benchmarks.common import QUICK, Row, Scale, machine_lines, timed_training
+from benchmarks.common import QUICK, Row, Scale, machine_lines, target_lines, timed_training
 from tv_lens.analyses import ICLPerformance
 from tv_lens.tasks import NULL_TASK
 from tv_lens.training import Recipe, recipes
@@ -134,10 +134,7 @@ def report(run: ShotsRun, quick: bool) -> list[str]:
     lines.append("ideal reader:                      " + "  ".join(f"{s}: {ideal_accuracy(s):.3f}" for s in SHOTS))
     agree = "PASS" if run.consistent else "FAIL"
     lines.append(f"{agree}  the analysis's {max(SHOTS)}-shot accuracy per task equals the training loop's evaluation")
-    for description, passed in run.targets():
-        verdict = "PASS" if passed else "FAIL"
-        lines.append(f"{'-' if quick else verdict:<4}  {description}" + ("  (not a target in quick mode)" * quick))
-    return lines
+    return lines + target_lines(run.targets(), quick)
 
 
 def shots_rows(scale: Scale, device: str) -> list[Row]:

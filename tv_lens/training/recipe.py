@@ -224,18 +224,14 @@ def _sparse_linear_pool() -> RegressionPool:
     return sparse_linear_pool(d=4, n_bases=2, null=True)
 
 
-recipes.register(
-    Recipe(
+_LINEAR = recipes["linear_regression"]
+recipes.register(  # the linear recipe's model and schedule, 32 prompts of each of the three tasks per step
+    replace(
+        _LINEAR,
         name="sparse_linear",
         description="4 blocks, d_model 64, sparse linear regression (2 bases in d=4) + Null, 16 shots, 2000 steps; "
         "query MSE at 10+ shots <= 0.25 x the variance of y.",
         pool=_sparse_linear_pool,
-        model=ModelConfig(d_vocab=1, n_layers=4, d_model=64, n_heads=4, n_ctx=34, seed=0),
-        train=TrainConfig(
-            data=DataConfig(n_per_task=32, n_shots=16, eval_n_per_task=256, eval_n_shots=10),
-            optim=OptimConfig(weight_decay=0.0, grad_clip=1.0),
-            schedule=ScheduleConfig(max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100),
-            eval_every=250,
-        ),
+        train=replace(_LINEAR.train, data=replace(_LINEAR.train.data, n_per_task=32)),
     )
 )
