@@ -9,6 +9,8 @@ import torch
 
 from tv_lens.models import ModelConfig, build_model, hooked_transformer_available
 
+pytest_plugins = ("cli_helpers",)  # the quick demo run shared by the session
+
 D_VOCAB = 24
 BACKENDS = ["hooked", "bridge"] if hooked_transformer_available() else ["bridge"]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -13,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import fingerprint, run_cli
 from plotly.offline import get_plotlyjs
 
 import tv_lens.app.demo as demo_module
-from tv_lens.app.cli import main
 from tv_lens.app.demo import ANALYSES, DemoConfig, finetuning_pool, train_or_load
 from tv_lens.app.run_files import load_results, read_run_info
 from tv_lens.app.sections import ANALYSIS_NAMES, SECTIONS, headline_numbers
@@ -51,52 +49,12 @@ RESULT_TYPES = {
 FIGURES_PER_SECTION = {"decodability": 2, "patching": 2, "heads": 3}  # every other section draws one
 
 
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    """``tv-lens argv`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(list(argv))
-        except SystemExit as exit_:  # argparse: --help and bad arguments
-            status = int(exit_.code or 0)
-    return status, out.getvalue(), err.getvalue()
-
-
-def fingerprint(directory: Path) -> dict[str, tuple[int, bytes]]:
-    return {path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in sorted(directory.iterdir())}
-
-
 @pytest.fixture(scope="module", autouse=True)
 def restore_torch_threads():
     """main() sets torch's thread count (--threads); give the rest of the session its own back."""
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    """One real `tv-lens demo --quick` run; the DemoRun it returned is kept through a spy on run_demo."""
-    out = tmp_path_factory.mktemp("demo")
-    runs = []
-    original = demo_module.run_demo
-
-    def spy(*args, **kwargs):
-        runs.append(original(*args, **kwargs))
-        return runs[-1]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(demo_module, "run_demo", spy)
-        status, stdout, stderr = run_cli("demo", "--quick", "--out", str(out), "--no-progress")
-    assert status == 0, stderr
-    (run,) = runs
-    return {
-        "out": out,
-        "run": run,
-        "stdout": stdout,
-        "report": (out / "report.html").read_text(),
-        "checkpoints": fingerprint(out / "checkpoints"),
-    }
 
 
 def test_every_result_is_saved_and_loads_as_what_the_demo_computed(quick_demo):

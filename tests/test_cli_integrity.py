@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 import torch
+from cli_helpers import run_cli
 from plotly.offline import get_plotlyjs
 from reliability_helpers import POOL, one_thread, tiny_model  # noqa: F401  (one_thread: autouse)
-from test_cli import run_cli
 
 import tv_lens.app.cli as cli
 from tv_lens.analyses import TaskDecodability

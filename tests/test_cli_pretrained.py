@@ -8,19 +8,17 @@ a model booted independently and a pool built independently, with the settings t
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import run_cli
 from plotly.offline import get_plotlyjs
 
 import tv_lens.app.pretrained as pretrained_module
 from tv_lens.analyses import ICLPerformance, TaskDecodability, TaskVectorPatching, TaskVectorPrompting
-from tv_lens.app.cli import main
 from tv_lens.app.pretrained import PRETRAINED_ANALYSES
 from tv_lens.app.run_files import load_results
 from tv_lens.app.sections import headline_numbers
@@ -51,17 +49,6 @@ SIZES = {"n_layers": 2, "d_model": 64, "n_heads": 4}
 N, SHOTS, SEED = 12, 3, 0  # prompts per task, demonstrations, seed of every run here
 TAGS = ("noun", "verb", "adjective")  # answers of 1 to 3 tokens with the fixture tokenizer
 OPS = ("and", "or", "xor")
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    """``tv-lens argv`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main([str(arg) for arg in argv])
-        except SystemExit as exit_:  # argparse: --help and bad arguments
-            status = int(exit_.code or 0)
-    return status, out.getvalue(), err.getvalue()
 
 
 def one_line_error(status: int, stderr: str) -> str:

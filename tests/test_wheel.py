@@ -145,10 +145,13 @@ def test_installed_wheel_is_imported_from_its_venv_and_runs_an_analysis(installe
     assert layers.split() == ["-1", "0", "1"]
 
 
-def test_installed_command_runs_the_quick_demo(installed, tmp_path):
+def test_installed_command_runs_the_quick_demo(installed, quick_demo, tmp_path):
     help_text = run([installed / "tv-lens", "--help"], cwd=tmp_path)
     assert help_text.returncode == 0 and all(name in help_text.stdout for name in ("demo", "analyze", "report"))
     out = tmp_path / "demo"
+    # the model the session's quick demo trained (training itself is tested there): this one loads and analyses it
+    shutil.copytree(quick_demo["out"] / "checkpoints", out / "checkpoints")
+    shutil.copy(quick_demo["out"] / "run.json", out)
     command = [installed / "tv-lens", "demo", "--quick", "--only", "decodability", "--no-progress", "--out", out]
     demo = run(command, cwd=tmp_path)
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
