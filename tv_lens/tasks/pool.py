@@ -10,7 +10,9 @@ Values and tokens: inputs are ``n_inputs`` number tokens, each uniform in ``0 ..
 (token ``k`` is the value ``k``). Outputs are values in ``0 .. output_values - 1`` rendered either as one
 number token (``answer="token"``) or as its bits, most significant first, one ``0``/``1`` token each
 (``answer="bits"``). Sampling uses a local ``torch.Generator`` seeded by ``seed``: the same call returns the
-same batch, and the global RNG is never touched.
+same batch, and the global RNG is never touched. What every pool shares (the text and regression pools too) lives
+in :mod:`tv_lens.tasks.pool_checks` (checks of tasks and flags) and :mod:`tv_lens.tasks.sampling` (the seeded
+generator, shot counts, checks of sampling arguments and memory).
 
 >>> from tv_lens.tasks import offset_pool
 >>> pool = offset_pool(offsets=(1, 2), n_values=8)
@@ -21,10 +23,9 @@ same batch, and the global RNG is never touched.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Int
@@ -32,15 +33,37 @@ from torch import Tensor
 
 from tv_lens.errors import TaskError
 from tv_lens.tasks.batch import ICLBatch
+from tv_lens.tasks.pool_checks import NULL_TASK, check_flag, check_task_names, task_tuple
 from tv_lens.tasks.render import PromptFormat, check_format, render_prompts
+from tv_lens.tasks.sampling import (
+    SEED_RANGE,
+    ShotSpec,
+    _is_int,
+    _shot_choices,
+    check_batch_fits,
+    check_sample_arguments,
+    seeded_generator,
+)
 from tv_lens.tasks.vocabulary import Vocabulary
 
-__all__ = ["NULL_TASK", "AnswerEncoding", "ShotSpec", "Task", "TaskPool"]
+# Besides its own names, the checks and sampling helpers that every pool shares (tv_lens.tasks.pool_checks,
+# tv_lens.tasks.sampling) are importable from here, where they were first defined.
+__all__ = [
+    "NULL_TASK",
+    "SEED_RANGE",
+    "AnswerEncoding",
+    "ShotSpec",
+    "Task",
+    "TaskPool",
+    "check_batch_fits",
+    "check_flag",
+    "check_sample_arguments",
+    "check_task_names",
+    "seeded_generator",
+    "task_tuple",
+]
 
-NULL_TASK = "null"
 AnswerEncoding = Literal["token", "bits"]
-ShotSpec = int | tuple[int, int] | range
-"""Shots per prompt: a fixed int, an inclusive ``(min, max)`` tuple, or a ``range`` of allowed values."""
 
 
 @dataclass(frozen=True)
@@ -250,156 +273,3 @@ class TaskPool:
                 f"(got {int(out.min())} .. {int(out.max())}); reduce them mod output_values."
             )
         return out
-
-
-SEED_RANGE = 2**64
-"""Seeds of prompt sampling are ints in ``[0, SEED_RANGE)`` (the range of a ``torch.Generator`` seed)."""
-
-
-def seeded_generator(seed: int) -> torch.Generator:
-    """A CPU generator seeded with ``seed``: the only source of randomness of a pool's ``sample``.
-
-    Raises:
-        TaskError: ``seed`` is not an int in ``[0, 2**64)`` (a negative seed would be wrapped around silently).
-    """
-    if not _is_int(seed) or not 0 <= seed < SEED_RANGE:
-        raise TaskError(
-            f"seed must be an int in [0, 2**64), got {seed!r}; pass a non-negative int such as seed=0 "
-            "(the same seed gives the same result)."
-        )
-    return torch.Generator().manual_seed(seed)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_flag(value: Any, name: str, meaning: str) -> None:
-    """Raise a :class:`TaskError` unless ``value`` is a bool (a string such as ``"no"`` would count as true)."""
-    if not isinstance(value, bool):
-        raise TaskError(f"{name} must be True or False ({meaning}), got {value!r}.")
-
-
-def task_tuple(tasks: Any, kind: type, pool: str, example: str) -> tuple[Any, ...]:
-    """``tasks`` as a tuple of ``kind`` objects, or a :class:`TaskError` naming the first entry that is not one."""
-    if isinstance(tasks, kind):
-        raise TaskError(f"{pool} takes a sequence of tasks, got one {kind.__name__}; wrap it: tasks=(task,).")
-    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable):
-        raise TaskError(
-            f"{pool} takes a sequence of {kind.__name__} objects, got {type(tasks).__name__}; pass e.g. "
-            f"tasks=({example},)."
-        )
-    tasks = tuple(tasks)
-    wrong = [task for task in tasks if not isinstance(task, kind)]
-    if wrong:
-        raise TaskError(
-            f"{pool} tasks must be {kind.__name__} objects, got {type(wrong[0]).__name__} {wrong[0]!r:.60}; "
-            f"build each with {example}."
-        )
-    return tasks
-
-
-def check_task_names(names: Sequence[str]) -> None:
-    """Task names must be unique, and ``"null"`` is the Null task's alone (analyses treat that name as Null).
-
-    Raises:
-        TaskError: A name appears twice, or a task is named ``"null"``.
-    """
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise TaskError(
-            f"Task names must be unique, got {repeated} more than once in {list(names)}; a task is found by its "
-            "name, so rename the tasks that repeat one."
-        )
-    if NULL_TASK in names:
-        raise TaskError(
-            f"Task names must be unique and not {NULL_TASK!r}, got {list(names)}: {NULL_TASK!r} names the Null task "
-            f"(analyses leave it out as the baseline). Rename the task, and pass null=True for the Null task."
-        )
-
-
-def check_sample_arguments(n_per_task: Any, label_noise: Any, shuffle_labels: Any = False) -> None:
-    """Raise a :class:`TaskError` unless the sampling arguments are valid (``shuffle_labels`` a bool)."""
-    if not _is_int(n_per_task) or n_per_task < 1:
-        raise TaskError(f"n_per_task must be an int >= 1, got {n_per_task!r}.")
-    if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0 <= label_noise < 1:
-        raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
-    if not isinstance(shuffle_labels, bool):
-        raise TaskError(f"shuffle_labels must be True or False, got {shuffle_labels!r}.")
-
-
-def available_memory() -> int | None:
-    """Bytes of memory this process can still allocate (``MemAvailable``), or ``None`` where it cannot be read."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def check_batch_fits(n_per_task: int, n_prompts: int, max_shots: int, bytes_per_slot: int) -> None:
-    """Raise a :class:`TaskError` when the prompts cannot fit in memory, before anything is allocated.
-
-    Args:
-        n_per_task: Prompts per task asked for.
-        n_prompts: Prompts of the batch, every task included.
-        max_shots: The largest shot count a prompt may get.
-        bytes_per_slot: A lower bound of the bytes one demonstration (or the query) of a prompt takes, so a
-            request is refused only when it certainly does not fit (the allocation would fail, or the process
-            be killed, part-way through sampling).
-    """
-    needed = n_prompts * (max_shots + 1) * bytes_per_slot
-    available = available_memory()
-    if available is not None and needed > available:
-        raise TaskError(
-            f"n_per_task={n_per_task} with up to {max_shots} shots asks for {n_prompts} prompts of up to "
-            f"{max_shots + 1} examples, which need at least {needed / 2**30:.3g} GiB, but only "
-            f"{available / 2**30:.3g} GiB of memory is available; sample fewer prompts per task or fewer shots "
-            "(several calls with different seeds give more prompts)."
-        )
-
-
-@dataclass(frozen=True)
-class _ShotChoices:
-    """The allowed shot counts ``start + step * i`` for ``i`` in ``0 .. count - 1`` (never materialised)."""
-
-    start: int
-    step: int
-    count: int
-
-    @property
-    def last(self) -> int:
-        """The shot count drawn for ``i = count - 1``."""
-        return self.start + self.step * (self.count - 1)
-
-    @property
-    def max(self) -> int:
-        """The largest allowed shot count."""
-        return max(self.start, self.last)
-
-    def draw(self, n: int, gen: torch.Generator) -> Int[Tensor, " n"]:
-        """``n`` shot counts drawn uniformly among the allowed ones."""
-        return self.start + self.step * torch.randint(self.count, (n,), generator=gen)
-
-
-def _shot_choices(n_shots: ShotSpec) -> _ShotChoices:
-    """Allowed shot counts of a :data:`ShotSpec`, validated."""
-    choices = None
-    if _is_int(n_shots):
-        choices = _ShotChoices(n_shots, 1, 1)  # type: ignore[arg-type]
-    elif isinstance(n_shots, tuple) and len(n_shots) == 2 and all(_is_int(v) for v in n_shots):
-        choices = _ShotChoices(n_shots[0], 1, n_shots[1] - n_shots[0] + 1)
-    elif isinstance(n_shots, range) and len(n_shots):
-        choices = _ShotChoices(n_shots.start, n_shots.step, len(n_shots))
-    if choices is None or choices.count < 1 or min(choices.start, choices.last) < 0:
-        raise TaskError(
-            f"n_shots must be an int >= 0, an inclusive (min, max) tuple with 0 <= min <= max, or a "
-            f"non-empty range of ints >= 0; got {n_shots!r}."
-        )
-    return choices

@@ -21,12 +21,13 @@ the first.
 (a random example of a random task): outputs from the pool's output distribution that say nothing about
 their inputs. Label noise replaces a demonstration's output by such a random output that differs from it.
 Families: :mod:`tv_lens.tasks.text_families` (bitwise strings, first word with a POS tag) and
-:mod:`tv_lens.tasks.datasets` (public JSON task files).
+:mod:`tv_lens.tasks.datasets` (public JSON task files). A :class:`TextTask` and the checks of its examples live in
+:mod:`tv_lens.tasks.text_task`, the padding of tokenized prompts into a batch in :mod:`tv_lens.tasks.text_batch`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,85 +37,13 @@ from torch import Tensor
 
 from tv_lens.errors import TaskError
 from tv_lens.tasks.batch import ICLBatch
-from tv_lens.tasks.encoding import Encoded, TextEncoder
-from tv_lens.tasks.pool import (
-    NULL_TASK,
-    ShotSpec,
-    _shot_choices,
-    check_batch_fits,
-    check_flag,
-    check_sample_arguments,
-    check_task_names,
-    seeded_generator,
-    task_tuple,
-)
+from tv_lens.tasks.encoding import TextEncoder
+from tv_lens.tasks.pool_checks import NULL_TASK, check_flag, check_task_names, task_tuple
+from tv_lens.tasks.sampling import ShotSpec, _shot_choices, check_batch_fits, check_sample_arguments, seeded_generator
+from tv_lens.tasks.text_batch import answer_start, to_batch
+from tv_lens.tasks.text_task import Example, TextTask, check_text
 
 __all__ = ["TextPool", "TextTask"]
-
-Example = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class TextTask:
-    """A named task given by examples.
-
-    Attributes:
-        name: Task name, unique within a pool.
-        examples: ``(input, output)`` string pairs (at least one).
-    """
-
-    name: str
-    examples: tuple[Example, ...]
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise TaskError(f"TextTask name must be a non-empty string, got {self.name!r}.")
-        object.__setattr__(self, "examples", _example_pairs(self.name, self.examples))
-        if not self.examples:
-            raise TaskError(f"TextTask {self.name!r} has no examples; pass at least one (input, output) pair.")
-
-
-def _example_pairs(name: str, examples: object) -> tuple[Example, ...]:
-    """``examples`` as a tuple of ``(input, output)`` string pairs, or a :class:`TaskError` naming what is not one.
-
-    Only a sequence (or other iterable) of two-element tuples or lists is read: a dict or a string is refused, as
-    iterating it would split each key or string into characters.
-    """
-    if isinstance(examples, Mapping):
-        raise TaskError(
-            f"TextTask {name!r}: examples is a {type(examples).__name__}, but a TextTask takes (input, output) pairs "
-            "(iterating a dict gives its keys only); pass its pairs: TextTask(name, tuple(mapping.items()))."
-        )
-    if isinstance(examples, (str, bytes)) or not isinstance(examples, Iterable):
-        raise TaskError(
-            f"TextTask {name!r}: examples must be a sequence of (input, output) string pairs, got "
-            f"{type(examples).__name__} {examples!r:.60}; pass e.g. (('hot', 'cold'), ('big', 'small'))."
-        )
-    pairs = []
-    for example in examples:
-        if not isinstance(example, (tuple, list)) or len(example) != 2:
-            raise TaskError(
-                f"TextTask {name!r}: every example must be an (input, output) pair of strings, got {example!r:.80}; "
-                "pass e.g. ('hot', 'cold')."
-            )
-        x, y = example
-        if not (isinstance(x, str) and isinstance(y, str) and y.strip()):
-            raise TaskError(f"TextTask {name!r}: examples must be (str, non-empty str) pairs, got {example!r:.80}.")
-        pairs.append((x, y))
-    _check_text(f"TextTask {name!r}: example", [text for pair in pairs for text in pair])
-    return tuple(pairs)
-
-
-def _check_text(what: str, texts: Iterable[str]) -> None:
-    """Raise a :class:`TaskError` for a string no tokenizer can read (a lone surrogate is not Unicode text)."""
-    for text in texts:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise TaskError(
-                f"{what} {text!r:.60} holds the lone surrogate {text[error.start]!r}, which is not a Unicode "
-                "character and cannot be tokenized; decode the source text properly (e.g. as UTF-8)."
-            ) from error
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,7 +88,7 @@ class TextPool:
         if not isinstance(self.separator, str):
             raise TaskError(f"separator must be a string (the text between demonstrations), got {self.separator!r}.")
         self._split_template()
-        _check_text("TextPool: the template or separator", (self.template, self.separator))
+        check_text("TextPool: the template or separator", (self.template, self.separator))
         encoder = TextEncoder(self.tokenizer)
         if self.bos and encoder.bos_id is None:
             raise TaskError(
@@ -367,14 +296,14 @@ class TextPool:
         prefix = [bos_id] if self.bos and bos_id is not None else []
         rows, answers, answer_pos, query_start, demos = [], [], [], [], []
         for i, (enc, (demo_chars, query_char, boundary)) in enumerate(zip(encoded, marks, strict=True)):
-            first = _answer_start(enc, boundary, texts[i])
+            first = answer_start(enc, boundary, texts[i])
             rows.append(prefix + enc.ids)
             answers.append(enc.ids[first:] if self.answer_tokens == "all" else enc.ids[first : first + 1])
             answer_pos.append(len(prefix) + first - 1)
             query_start.append(len(prefix) + enc.token_at(query_char))
             demos.append([(len(prefix) + enc.token_at(s), len(prefix) + enc.token_at(a) - 1) for s, a in demo_chars])
         noisy = [[noisy for *_, noisy in pairs[:-1]] for pairs in prompts]
-        return _to_batch(rows, answers, answer_pos, query_start, demos, noisy, task_ids, shots, self.task_names, pad)
+        return to_batch(rows, answers, answer_pos, query_start, demos, noisy, task_ids, shots, self.task_names, pad)
 
 
 def _lookup(examples: Sequence[Example]) -> dict[str, str | None]:
@@ -383,59 +312,3 @@ def _lookup(examples: Sequence[Example]) -> dict[str, str | None]:
     for x, y in examples:
         table[x] = y if table.get(x, y) == y else None
     return table
-
-
-def _answer_start(enc: Encoded, boundary: int, text: str) -> int:
-    """Index of the query answer's first token; raises if a token spans the query/answer boundary."""
-    first = enc.token_at(boundary)
-    if first >= len(enc.ids) or enc.starts[first] < boundary or first == 0:
-        raise TaskError(
-            f"The tokenizer merges the end of the query prompt with its answer in {text[-80:]!r}; this input and "
-            "output cannot be told apart. Change the template (e.g. '{x} -> {y}') or the separator."
-        )
-    return first
-
-
-def _to_batch(
-    rows: list[list[int]],
-    answers: list[list[int]],
-    answer_pos: list[int],
-    query_start: list[int],
-    demos: list[list[tuple[int, int]]],
-    demo_noisy: list[list[bool]],
-    task_ids: torch.Tensor,
-    shots: torch.Tensor,
-    task_names: tuple[str, ...],
-    pad: int,
-) -> ICLBatch:
-    """Pad token rows, answers (with -1) and demonstration spans into an :class:`ICLBatch`."""
-    b, max_shots = len(rows), int(shots.max())
-    n_answer = max(len(a) for a in answers)
-    width = max(max(len(r) for r in rows), max(p + n_answer for p in answer_pos))
-    inputs = torch.full((b, width), pad, dtype=torch.long)
-    mask = torch.zeros((b, width), dtype=torch.long)
-    answer = torch.full((b, n_answer), -1, dtype=torch.long)
-    demo_start = torch.full((b, max_shots), -1, dtype=torch.long)
-    demo_answer = torch.full((b, max_shots), -1, dtype=torch.long)
-    noisy = torch.zeros((b, max_shots), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        inputs[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-        answer[i, : len(answers[i])] = torch.tensor(answers[i])
-        for j, (start, before_answer) in enumerate(demos[i]):
-            demo_start[i, j], demo_answer[i, j] = start, before_answer
-            noisy[i, j] = demo_noisy[i][j]
-    return ICLBatch(
-        inputs=inputs,
-        attention_mask=mask,
-        answer_pos=torch.tensor(answer_pos),
-        answers=answer,
-        task_ids=task_ids,
-        task_names=task_names,
-        n_shots=shots,
-        demo_start=demo_start,
-        demo_answer_pos=demo_answer,
-        demo_noisy=noisy,
-        query_start=torch.tensor(query_start),
-        pad_token=pad,
-    )

@@ -22,6 +22,9 @@ Two reductions (Han et al. describe both; the choice is exposed as ``reduce=``):
   weighs the same whatever its number of shots. Prompts without demonstrations are left out. Also one
   forward pass, stopped after the last layer needed; every demonstration position is read in it.
 
+The means are computed in :mod:`tv_lens.task_vectors.means`, the prompts they average over are chosen in
+:mod:`tv_lens.task_vectors.prompts`.
+
 >>> from tv_lens.models import ModelConfig, build_model
 >>> from tv_lens.tasks import offset_pool
 >>> pool = offset_pool(offsets=(1, 2), n_values=8)
@@ -35,18 +38,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from tv_lens.errors import AnalysisError, LayerOutOfRangeError, NonFiniteError, ShapeError, TaskError
+from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
-from tv_lens.models.running import read_pass
-from tv_lens.positions import length_sorted_batches, prepare_prompts
 from tv_lens.probes import Representations, check_residual_site, collect
 from tv_lens.results.axes import layer_axis, layer_label
 from tv_lens.results.base import Result
@@ -57,6 +56,8 @@ from tv_lens.results.provenance import (
     describe_tasks,
     with_application,
 )
+from tv_lens.task_vectors.means import demo_means, group_means, task_means
+from tv_lens.task_vectors.prompts import as_batch, kept_task_ids
 from tv_lens.tasks import ICLBatch, ShotSpec, TaskPool
 
 if TYPE_CHECKING:
@@ -161,10 +162,10 @@ class TaskVectors(Result):
         """
         _check_reduce(reduce)
         adapter = adapt(model)
-        batch = _as_batch(data, n_per_task, n_shots, seed)
+        batch = as_batch(data, n_per_task, n_shots, seed)
         layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
         check_residual_site(site)
-        keep = _task_ids(batch, tasks)
+        keep = kept_task_ids(batch, tasks)
         if reduce == "mean_over_prompts":
             reps = collect(
                 model,
@@ -179,8 +180,9 @@ class TaskVectors(Result):
             )
             per_prompt, weights = reps.activations, torch.ones(len(batch), dtype=torch.long)
         else:
-            per_prompt, weights = _demo_means(adapter, batch, layers, site, batch_size, progress)
-        vectors = _reduce(per_prompt, weights, batch, keep, layers, site, reduce)
+            per_prompt, weights = demo_means(adapter, batch, layers, site, batch_size, progress)
+        means, names, n_prompts, n_positions = task_means(per_prompt, weights, batch, keep, reduce)
+        vectors = TaskVectors(means, layers, names, n_prompts, n_positions, site, reduce)
         signature = ModelSignature.of(model, model_name)
         pool = describe_tasks(batch, vectors.task_names)
         return replace(vectors, provenance=VectorProvenance(signature, site, (), "replace", 1.0, pool))
@@ -195,7 +197,7 @@ class TaskVectors(Result):
         if int(ids.max()) >= len(names):
             raise TaskError(f"task ids go up to {int(ids.max())} but only {len(names)} task names were given.")
         present = [t for t in range(len(names)) if bool((ids == t).any())]
-        vectors, counts = _group_means(reps.activations, ids, present, torch.ones(len(ids), dtype=torch.long))
+        vectors, counts = group_means(reps.activations, ids, present, torch.ones(len(ids), dtype=torch.long))
         return cls(
             vectors,
             reps.layers,
@@ -358,107 +360,3 @@ def _kept_layers(provenance: VectorProvenance | None, layers: tuple[int, ...]) -
 def _check_reduce(reduce: str) -> None:
     if reduce not in REDUCTIONS:
         raise AnalysisError(f"Unknown reduce {reduce!r}; use one of {list(REDUCTIONS)}.")
-
-
-def _as_batch(data: TaskPool | ICLBatch, n_per_task: int, n_shots: ShotSpec, seed: int) -> ICLBatch:
-    if isinstance(data, ICLBatch):
-        return data
-    if isinstance(data, TaskPool):
-        return data.sample(n_per_task, n_shots, seed)
-    raise TaskError(f"Pass a TaskPool or an ICLBatch, got {type(data).__name__}.")
-
-
-def _task_ids(batch: ICLBatch, tasks: Sequence[str] | None) -> list[int]:
-    """Task ids to keep: those named (each must have prompts), else every task with prompts."""
-    ids = batch.task_ids.cpu()
-    present = [t for t in range(len(batch.task_names)) if bool((ids == t).any())]
-    if tasks is None:
-        return present
-    if isinstance(tasks, str):
-        tasks = (tasks,)
-    unknown = [name for name in tasks if name not in batch.task_names]
-    missing = [name for name in tasks if name in batch.task_names and batch.task_names.index(name) not in present]
-    if unknown or missing:
-        raise TaskError(
-            f"Tasks {unknown + missing} have no prompt in the batch (its tasks with prompts: "
-            f"{[batch.task_names[t] for t in present]}); sample prompts of them or leave them out of tasks=."
-        )
-    return [batch.task_names.index(name) for name in tasks]
-
-
-def _demo_means(
-    adapter: ModelAdapter, batch: ICLBatch, layers: tuple[int, ...], site: str, batch_size: int, progress: bool
-) -> tuple[Float[Tensor, "layer prompt d_model"], Int[Tensor, " prompt"]]:
-    """Per prompt, the mean residual over its demonstrations' pre-answer tokens; and its number of them."""
-    if batch_size < 1:
-        raise ShapeError(f"batch_size must be >= 1, got {batch_size}.")
-    prompts = prepare_prompts(adapter, batch.inputs, batch.answer_pos, batch.attention_mask)
-    positions = batch.demo_answer_pos.cpu() - prompts.shift[:, None]
-    valid = batch.demo_answer_pos.cpu() >= 0
-    counts = valid.sum(-1)
-    names = [adapter.hook_name(site, layer) for layer in layers]
-    sums = torch.zeros(len(layers), len(batch), adapter.d_model, dtype=torch.float64)
-    has_demo = (counts > 0).nonzero().flatten()
-    last = torch.where(valid, positions, 0).amax(-1)[has_demo] if len(has_demo) else torch.zeros(0, dtype=torch.long)
-    batches = length_sorted_batches(last, batch_size) if len(has_demo) else []
-    for chunk in tqdm(batches, desc="task vectors", disable=not progress or len(batches) <= 1, leave=False):
-        index = has_demo[chunk]
-        width = int(last[chunk].max()) + 1
-        chunk_pos = positions[index].clamp(min=0).to(adapter.device)
-        chunk_valid = valid[index].to(adapter.device)
-        hooks = [
-            (name, partial(_sum_rows, store=sums[i], index=index, pos=chunk_pos, valid=chunk_valid))
-            for i, name in enumerate(names)
-        ]
-        with torch.no_grad():
-            inputs = prompts.inputs[index, :width].to(adapter.device)
-            read_pass(adapter, inputs, hooks)
-    if not bool(torch.isfinite(sums).all()):
-        raise NonFiniteError("NaN or infinite activations at demonstration positions; check the model's weights.")
-    means = sums / counts.clamp(min=1)[None, :, None]
-    return means.to(adapter.dtype), (counts > 0).long()
-
-
-def _sum_rows(activation: Tensor, hook: Any, *, store: Tensor, index: Tensor, pos: Tensor, valid: Tensor) -> None:
-    """Hook body: sum each prompt's rows at its demonstration positions into ``store[index]``."""
-    rows = torch.arange(len(pos), device=activation.device)[:, None]
-    picked = activation[rows, pos.to(activation.device)] * valid[..., None].to(activation.device)
-    store[index] = picked.sum(1).detach().to("cpu", torch.float64)
-
-
-def _group_means(
-    per_prompt: Tensor, ids: Tensor, keep: list[int], weights: Tensor
-) -> tuple[Float[Tensor, "task layer d_model"], Int[Tensor, " task"]]:
-    """Mean over the prompts of each kept task (prompts with weight 0 left out), in float64 then cast back."""
-    vectors, counts = [], []
-    for t in keep:
-        members = ((ids == t) & (weights > 0)).nonzero().flatten()
-        counts.append(len(members))
-        vectors.append(per_prompt[:, members].double().mean(1))
-    return torch.stack(vectors).to(per_prompt.dtype), torch.tensor(counts, dtype=torch.long)
-
-
-def _reduce(
-    per_prompt: Tensor,
-    weights: Tensor,
-    batch: ICLBatch,
-    keep: list[int],
-    layers: tuple[int, ...],
-    site: str,
-    reduce: str,
-) -> TaskVectors:
-    ids = batch.task_ids.cpu()
-    names = tuple(batch.task_names[t] for t in keep)
-    empty = [batch.task_names[t] for t in keep if not bool(((ids == t) & (weights > 0)).any())]
-    if empty:
-        raise AnalysisError(
-            f"Tasks {empty} have no prompt with demonstrations, so reduce='mean_over_demo_positions' has nothing "
-            "to average; sample prompts with n_shots >= 1 or use reduce='mean_over_prompts'."
-        )
-    vectors, n_prompts = _group_means(per_prompt, ids, keep, weights)
-    if reduce == "mean_over_prompts":
-        n_positions = n_prompts.clone()
-    else:
-        shots = (batch.demo_answer_pos.cpu() >= 0).sum(-1)
-        n_positions = torch.tensor([int(shots[ids == t].sum()) for t in keep], dtype=torch.long)
-    return TaskVectors(vectors, layers, names, n_prompts, n_positions, site, reduce)

@@ -1,0 +1,48 @@
+r"""Small randomly initialised HuggingFace models of real architectures, built and loaded offline.
+
+Pretrained language models differ from the GPT-2-style models tv_lens trains in ways that matter to hooks:
+rotary positions, grouped-query attention, parallel attention and MLP, RMSNorm, soft-capped logits, sliding-window
+attention. :func:`build_local_model` writes a small model of a real architecture with ``transformers`` from a
+config (random weights, no download) and a byte-level BPE tokenizer trained on a built-in English corpus with the
+``tokenizers`` package, both with ``save_pretrained``; :func:`load_local_model` boots the folder through
+TransformerLens as a ``TransformerBridge`` (any TransformerLens ≥ 3) or a ``HookedTransformer`` (TransformerLens
+≤ 3, for the architectures it can convert from a config).
+
+The parts: the tokenizer and its corpus (:mod:`tv_lens.models.local_hf.tokenizer`), the build
+(:mod:`tv_lens.models.local_hf.build`) and the loaders (:mod:`tv_lens.models.local_hf.load`).
+
+Architectures (:data:`ARCHITECTURES`):
+
+- ``"gpt2"``: ``GPT2LMHeadModel`` (learned positions, LayerNorm, GELU MLP, tied unembedding).
+- ``"gpt_neox"``: ``GPTNeoXForCausalLM`` in Pythia's layout (parallel attention and MLP, partial rotary).
+- ``"llama"``: ``LlamaForCausalLM`` (RoPE, RMSNorm, gated MLP, grouped-query attention).
+- ``"qwen2"``: ``Qwen2ForCausalLM`` (like Llama, with query/key/value biases and grouped-query attention).
+- ``"gemma2"``: ``Gemma2ForCausalLM`` (attention and final-logit soft-capping, sliding-window attention on
+  alternate layers, pre- and post-norms around attention and MLP, grouped-query attention).
+
+The tokenizer has ``<|pad|>``, ``<|bos|>`` and ``<|eos|>`` special tokens (ids 0, 1, 2) and learns whole words
+with their leading space (``" cold"``), the ``"->"`` and newline of ICL prompts and pieces of binary strings.
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     model = load_local_model(build_local_model("llama", Path(tmp) / "llama"), "bridge")
+>>> tokens = model.tokenizer("hot->cold\nbig->", return_tensors="pt")["input_ids"]  # BOS first
+>>> model.tokenizer.convert_ids_to_tokens(tokens[0])
+['<|bos|>', 'hot', '->', 'cold', 'Ċ', 'big', '->']
+>>> model(tokens).shape, model.cfg.n_heads, model.cfg.n_key_value_heads
+(torch.Size([1, 7, 1024]), 4, 2)
+"""
+
+from tv_lens.models.local_hf.build import ARCHITECTURES, build_local_model, local_model_settings
+from tv_lens.models.local_hf.load import LOADERS, load_local_model
+from tv_lens.models.local_hf.tokenizer import build_tokenizer
+
+__all__ = [
+    "ARCHITECTURES",
+    "LOADERS",
+    "build_local_model",
+    "build_tokenizer",
+    "load_local_model",
+    "local_model_settings",
+]

@@ -1,0 +1,97 @@
+"""The averages behind task vectors: residuals at demonstration positions, and means over each task's prompts.
+
+:meth:`tv_lens.task_vectors.TaskVectors.from_model` reads one row per prompt (the query's pre-answer residual, or
+the mean over its demonstrations' pre-answer tokens, :func:`demo_means`) and averages the rows of each task
+(:func:`task_means`), in float64.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
+from tv_lens.models.adapter import ModelAdapter
+from tv_lens.models.running import read_pass
+from tv_lens.positions import length_sorted_batches, prepare_prompts
+from tv_lens.tasks import ICLBatch
+
+__all__ = ["demo_means", "group_means", "task_means"]
+
+
+def demo_means(
+    adapter: ModelAdapter, batch: ICLBatch, layers: tuple[int, ...], site: str, batch_size: int, progress: bool
+) -> tuple[Float[Tensor, "layer prompt d_model"], Int[Tensor, " prompt"]]:
+    """Per prompt, the mean residual over its demonstrations' pre-answer tokens; and its number of them."""
+    if batch_size < 1:
+        raise ShapeError(f"batch_size must be >= 1, got {batch_size}.")
+    prompts = prepare_prompts(adapter, batch.inputs, batch.answer_pos, batch.attention_mask)
+    positions = batch.demo_answer_pos.cpu() - prompts.shift[:, None]
+    valid = batch.demo_answer_pos.cpu() >= 0
+    counts = valid.sum(-1)
+    names = [adapter.hook_name(site, layer) for layer in layers]
+    sums = torch.zeros(len(layers), len(batch), adapter.d_model, dtype=torch.float64)
+    has_demo = (counts > 0).nonzero().flatten()
+    last = torch.where(valid, positions, 0).amax(-1)[has_demo] if len(has_demo) else torch.zeros(0, dtype=torch.long)
+    batches = length_sorted_batches(last, batch_size) if len(has_demo) else []
+    for chunk in tqdm(batches, desc="task vectors", disable=not progress or len(batches) <= 1, leave=False):
+        index = has_demo[chunk]
+        width = int(last[chunk].max()) + 1
+        chunk_pos = positions[index].clamp(min=0).to(adapter.device)
+        chunk_valid = valid[index].to(adapter.device)
+        hooks = [
+            (name, partial(_sum_rows, store=sums[i], index=index, pos=chunk_pos, valid=chunk_valid))
+            for i, name in enumerate(names)
+        ]
+        with torch.no_grad():
+            inputs = prompts.inputs[index, :width].to(adapter.device)
+            read_pass(adapter, inputs, hooks)
+    if not bool(torch.isfinite(sums).all()):
+        raise NonFiniteError("NaN or infinite activations at demonstration positions; check the model's weights.")
+    means = sums / counts.clamp(min=1)[None, :, None]
+    return means.to(adapter.dtype), (counts > 0).long()
+
+
+def _sum_rows(activation: Tensor, hook: Any, *, store: Tensor, index: Tensor, pos: Tensor, valid: Tensor) -> None:
+    """Hook body: sum each prompt's rows at its demonstration positions into ``store[index]``."""
+    rows = torch.arange(len(pos), device=activation.device)[:, None]
+    picked = activation[rows, pos.to(activation.device)] * valid[..., None].to(activation.device)
+    store[index] = picked.sum(1).detach().to("cpu", torch.float64)
+
+
+def group_means(
+    per_prompt: Tensor, ids: Tensor, keep: list[int], weights: Tensor
+) -> tuple[Float[Tensor, "task layer d_model"], Int[Tensor, " task"]]:
+    """Mean over the prompts of each kept task (prompts with weight 0 left out), in float64 then cast back."""
+    vectors, counts = [], []
+    for t in keep:
+        members = ((ids == t) & (weights > 0)).nonzero().flatten()
+        counts.append(len(members))
+        vectors.append(per_prompt[:, members].double().mean(1))
+    return torch.stack(vectors).to(per_prompt.dtype), torch.tensor(counts, dtype=torch.long)
+
+
+def task_means(
+    per_prompt: Tensor, weights: Tensor, batch: ICLBatch, keep: list[int], reduce: str
+) -> tuple[Float[Tensor, "task layer d_model"], tuple[str, ...], Int[Tensor, " task"], Int[Tensor, " task"]]:
+    """Per kept task: the mean of its prompts' rows (weight 0 left out), its name, its prompts and its positions."""
+    ids = batch.task_ids.cpu()
+    names = tuple(batch.task_names[t] for t in keep)
+    empty = [batch.task_names[t] for t in keep if not bool(((ids == t) & (weights > 0)).any())]
+    if empty:
+        raise AnalysisError(
+            f"Tasks {empty} have no prompt with demonstrations, so reduce='mean_over_demo_positions' has nothing "
+            "to average; sample prompts with n_shots >= 1 or use reduce='mean_over_prompts'."
+        )
+    vectors, n_prompts = group_means(per_prompt, ids, keep, weights)
+    if reduce == "mean_over_prompts":
+        n_positions = n_prompts.clone()
+    else:
+        shots = (batch.demo_answer_pos.cpu() >= 0).sum(-1)
+        n_positions = torch.tensor([int(shots[ids == t].sum()) for t in keep], dtype=torch.long)
+    return vectors, names, n_prompts, n_positions

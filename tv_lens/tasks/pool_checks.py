@@ -1,0 +1,56 @@
+"""The checks every task pool runs on its tasks and flags, and the name reserved for the Null task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from tv_lens.errors import TaskError
+
+__all__ = ["NULL_TASK", "check_flag", "check_task_names", "task_tuple"]
+
+NULL_TASK = "null"
+
+
+def check_flag(value: Any, name: str, meaning: str) -> None:
+    """Raise a :class:`TaskError` unless ``value`` is a bool (a string such as ``"no"`` would count as true)."""
+    if not isinstance(value, bool):
+        raise TaskError(f"{name} must be True or False ({meaning}), got {value!r}.")
+
+
+def task_tuple(tasks: Any, kind: type, pool: str, example: str) -> tuple[Any, ...]:
+    """``tasks`` as a tuple of ``kind`` objects, or a :class:`TaskError` naming the first entry that is not one."""
+    if isinstance(tasks, kind):
+        raise TaskError(f"{pool} takes a sequence of tasks, got one {kind.__name__}; wrap it: tasks=(task,).")
+    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable):
+        raise TaskError(
+            f"{pool} takes a sequence of {kind.__name__} objects, got {type(tasks).__name__}; pass e.g. "
+            f"tasks=({example},)."
+        )
+    tasks = tuple(tasks)
+    wrong = [task for task in tasks if not isinstance(task, kind)]
+    if wrong:
+        raise TaskError(
+            f"{pool} tasks must be {kind.__name__} objects, got {type(wrong[0]).__name__} {wrong[0]!r:.60}; "
+            f"build each with {example}."
+        )
+    return tasks
+
+
+def check_task_names(names: Sequence[str]) -> None:
+    """Task names must be unique, and ``"null"`` is the Null task's alone (analyses treat that name as Null).
+
+    Raises:
+        TaskError: A name appears twice, or a task is named ``"null"``.
+    """
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise TaskError(
+            f"Task names must be unique, got {repeated} more than once in {list(names)}; a task is found by its "
+            "name, so rename the tasks that repeat one."
+        )
+    if NULL_TASK in names:
+        raise TaskError(
+            f"Task names must be unique and not {NULL_TASK!r}, got {list(names)}: {NULL_TASK!r} names the Null task "
+            f"(analyses leave it out as the baseline). Rename the task, and pass null=True for the Null task."
+        )

@@ -1,0 +1,67 @@
+"""Tokenized text prompts into an :class:`~tv_lens.tasks.batch.ICLBatch`: where each answer starts, and padding."""
+
+from __future__ import annotations
+
+import torch
+
+from tv_lens.errors import TaskError
+from tv_lens.tasks.batch import ICLBatch
+from tv_lens.tasks.encoding import Encoded
+
+__all__ = ["answer_start", "to_batch"]
+
+
+def answer_start(enc: Encoded, boundary: int, text: str) -> int:
+    """Index of the query answer's first token; raises if a token spans the query/answer boundary."""
+    first = enc.token_at(boundary)
+    if first >= len(enc.ids) or enc.starts[first] < boundary or first == 0:
+        raise TaskError(
+            f"The tokenizer merges the end of the query prompt with its answer in {text[-80:]!r}; this input and "
+            "output cannot be told apart. Change the template (e.g. '{x} -> {y}') or the separator."
+        )
+    return first
+
+
+def to_batch(
+    rows: list[list[int]],
+    answers: list[list[int]],
+    answer_pos: list[int],
+    query_start: list[int],
+    demos: list[list[tuple[int, int]]],
+    demo_noisy: list[list[bool]],
+    task_ids: torch.Tensor,
+    shots: torch.Tensor,
+    task_names: tuple[str, ...],
+    pad: int,
+) -> ICLBatch:
+    """Pad token rows, answers (with -1) and demonstration spans into an :class:`ICLBatch`."""
+    b, max_shots = len(rows), int(shots.max())
+    n_answer = max(len(a) for a in answers)
+    width = max(max(len(r) for r in rows), max(p + n_answer for p in answer_pos))
+    inputs = torch.full((b, width), pad, dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
+    answer = torch.full((b, n_answer), -1, dtype=torch.long)
+    demo_start = torch.full((b, max_shots), -1, dtype=torch.long)
+    demo_answer = torch.full((b, max_shots), -1, dtype=torch.long)
+    noisy = torch.zeros((b, max_shots), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        inputs[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        answer[i, : len(answers[i])] = torch.tensor(answers[i])
+        for j, (start, before_answer) in enumerate(demos[i]):
+            demo_start[i, j], demo_answer[i, j] = start, before_answer
+            noisy[i, j] = demo_noisy[i][j]
+    return ICLBatch(
+        inputs=inputs,
+        attention_mask=mask,
+        answer_pos=torch.tensor(answer_pos),
+        answers=answer,
+        task_ids=task_ids,
+        task_names=task_names,
+        n_shots=shots,
+        demo_start=demo_start,
+        demo_answer_pos=demo_answer,
+        demo_noisy=noisy,
+        query_start=torch.tensor(query_start),
+        pad_token=pad,
+    )
