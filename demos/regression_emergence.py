@@ -1,0 +1,292 @@
+"""Coupled emergence on in-context regression: query MSE and task decodability over training checkpoints.
+
+Han et al. (§3.3, Fig. 2) train a small transformer on a mixture of sparse linear regressions and watch, over
+training, the query MSE drop while the latent task (which sparse basis) becomes decodable from the residual stream,
+with UMAP plots of the representations separating by task. This script replays that on
+``recipes["sparse_linear"]`` (2 bases of 2 coordinates in d = 4, plus Null):
+
+1. train the recipe with a checkpoint every ``--every`` steps into ``OUT/checkpoints`` (a finished run there is
+   reused, a stopped one resumed);
+2. run :class:`~tv_lens.analyses.Emergence` over the initial model (step 0) and every checkpoint, on the same
+   prompts: query MSE per task, TD per layer and task, and a PCA per layer (:class:`~tv_lens.analyses.Geometry`;
+   also UMAP when ``umap-learn`` is installed);
+3. save the result to ``OUT/results/emergence.safetensors`` (``EmergenceResult.load`` reads it back; every
+   checkpoint's TD and projections are in its ``snapshots``), the numbers to ``OUT/summary.json``, and an HTML
+   report to ``OUT/report.html``: MSE and TD against step, then the projections of every checkpoint.
+
+Run with ``python demos/regression_emergence.py --out DIR [--seed 0] [--steps N] [--every K] [--quick]``; the full
+run takes about 10 minutes of one CPU thread (``OMP_NUM_THREADS=1``): 8-9 to train, 1 to analyse 41 checkpoints
+(UMAP, when installed, adds a fit per layer and checkpoint). ``--quick`` trains a 1-block model for 40 steps: the
+code path in seconds, not the science. docs/replication.md reports a full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tv_lens.analyses import Emergence, Geometry, TaskDecodability
+from tv_lens.analyses.inputs import sample_batch
+from tv_lens.app.report import write_report
+from tv_lens.errors import ConfigError
+from tv_lens.metrics import mse
+from tv_lens.results import EmergenceResult, Projection, Result
+from tv_lens.results.storage import write_atomically
+from tv_lens.stats import group_means
+from tv_lens.tasks import NULL_TASK
+from tv_lens.training import Recipe, TrainConfig, latest_checkpoint, list_checkpoints, load_checkpoint, recipes, train
+
+RECIPE = "sparse_linear"
+CHECKPOINTS = "checkpoints"
+RESULT_FILE = Path("results") / "emergence.safetensors"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One run of the script: what to train and how to analyse it.
+
+    Attributes:
+        recipe: The training recipe (seeded).
+        every: Training steps between checkpoints (must divide the recipe's steps).
+        n_per_task: Analysis prompts per task (the same at every checkpoint).
+        n_shots: Shots of the analysis prompts.
+        seed: Seed of the recipe and of the analysis prompts.
+        umap: Also project with UMAP (needs ``umap-learn``).
+    """
+
+    recipe: Recipe
+    every: int = 50
+    n_per_task: int = 100
+    n_shots: int = 10
+    seed: int = 0
+    umap: bool = False
+
+    def __post_init__(self) -> None:
+        steps = self.recipe.train.schedule.max_steps
+        if self.every < 1 or steps % self.every:
+            raise ConfigError(
+                f"The checkpoint interval ({self.every}) must divide the {steps} training steps, so that the last "
+                "step is saved; pick --every (or --steps) accordingly."
+            )
+
+    def train_config(self) -> TrainConfig:
+        """The recipe's training settings with this run's checkpoint interval."""
+        return replace(self.recipe.train, checkpoint_every=self.every)
+
+    def emergence(self) -> Emergence:
+        """The emergence analysis: TD and a PCA (and a UMAP) of every layer at every checkpoint."""
+        projections = (Geometry(method="pca"), Geometry(method="umap")) if self.umap else (Geometry(method="pca"),)
+        return Emergence(analyses=(TaskDecodability(n_bootstrap=0), *projections), n_shots=self.n_shots)
+
+
+def settings(
+    seed: int = 0, steps: int | None = None, every: int | None = None, quick: bool = False, umap: bool | None = None
+) -> Settings:
+    """The settings of a run: the full recipe, or with ``quick`` a 1-block, ``d_model`` 32 model trained 40 steps.
+
+    ``umap=None`` uses UMAP exactly when ``umap-learn`` is installed.
+    """
+    recipe = recipes[RECIPE].with_seed(seed)
+    if quick:
+        recipe = replace(
+            recipe,
+            model=replace(recipe.model, n_layers=1, d_model=32),
+            train=replace(
+                recipe.train,
+                data=replace(recipe.train.data, n_per_task=8, eval_n_per_task=16),
+                schedule=replace(recipe.train.schedule, max_steps=40, warmup_steps=5),
+                eval_every=20,
+            ),
+        )
+    if steps is not None:
+        schedule = recipe.train.schedule
+        warmup = min(schedule.warmup_steps, max(steps // 10, 1))
+        recipe = replace(
+            recipe, train=replace(recipe.train, schedule=replace(schedule, max_steps=steps, warmup_steps=warmup))
+        )
+    if umap is None:
+        umap = importlib.util.find_spec("umap") is not None
+    return Settings(
+        recipe,
+        every=every if every is not None else (10 if quick else 50),
+        n_per_task=16 if quick else 100,
+        seed=seed,
+        umap=umap,
+    )
+
+
+def trained_checkpoints(out: Path, run: Settings, progress: bool = False) -> tuple[list[Path], float]:
+    """The checkpoint files of ``run`` in ``out/checkpoints`` and its training time (s); trains only what is missing.
+
+    Raises:
+        ConfigError: ``out`` holds checkpoints of a run with other settings.
+    """
+    directory = out / CHECKPOINTS
+    config, model_config = run.train_config(), run.recipe.model_config()
+    last = latest_checkpoint(directory)
+    if last is not None:
+        checkpoint = load_checkpoint(last)
+        if checkpoint.config != config or checkpoint.model_config != model_config:
+            raise ConfigError(
+                f"{directory} holds checkpoints of a run with other settings (seed, steps, checkpoint interval or "
+                "model); use another --out directory, or delete those checkpoints."
+            )
+        if checkpoint.step >= config.schedule.max_steps:
+            return list_checkpoints(directory), checkpoint.elapsed_s
+    result = train(
+        run.recipe.build_model(),
+        run.recipe.build_pool(),
+        config,
+        model_config=model_config,
+        checkpoint_dir=directory,
+        resume_from=last,
+        progress=progress,
+    )
+    return list(result.checkpoints), result.elapsed_s
+
+
+def analyse(run: Settings, checkpoints: Sequence[Path], progress: bool = False) -> EmergenceResult:
+    """The emergence analysis of the freshly initialised model (step 0) and every checkpoint."""
+    analysis = replace(run.emergence(), progress=progress)
+    initial = (0, run.recipe.build_model())  # the run's starting point: the recipe's seeded initialisation
+    return analysis.run([initial, *checkpoints], run.recipe.build_pool(), n_per_task=run.n_per_task, seed=run.seed)
+
+
+def projections(result: EmergenceResult) -> dict[str, Projection]:
+    """Every checkpoint's projections, by ``"<method>_step_<step>"`` (``pca_step_00500`` ...), in step order."""
+    found = {}
+    for step, snapshot in zip(result.steps, result.snapshots, strict=True):
+        for projection in snapshot.results.values():
+            if isinstance(projection, Projection):
+                found[f"{projection.method}_step_{step:05d}"] = projection
+    return found
+
+
+def separation(projection: Projection, layer: int) -> float:
+    """Silhouette score of the tasks in the 2-D projection at block ``layer`` (1: apart, 0 or below: mixed)."""
+    from sklearn.metrics import silhouette_score
+
+    coords = projection.coords[projection.layers.index(layer)]
+    return float(silhouette_score(coords.numpy(), projection.labels.numpy()))
+
+
+def mean_predictor_mse(run: Settings) -> torch.Tensor:
+    """Per task, the query MSE of predicting the pool's output mean (0) on the analysis prompts: the mean of y²."""
+    pool = run.recipe.build_pool()
+    batch = sample_batch(pool, run.n_per_task, run.n_shots, run.seed)
+    return group_means(mse(torch.zeros_like(batch.answers), batch.answers), batch.task_ids, len(pool.task_names))
+
+
+def summarise(result: EmergenceResult, reference: torch.Tensor) -> dict[str, Any]:
+    """The numbers of the run: per task the jumps, MSE and TD at the first and last checkpoint; PCA separation."""
+    best = result.layers.index(result.best_layer)
+    pca = [p for name, p in projections(result).items() if name.startswith("pca_")]
+    tasks = {}
+    for t, name in enumerate(result.task_names):
+        tasks[name] = {
+            "mse_jump": result.performance_jump[t],
+            "td_jump": result.td_jump[t],
+            "coupled": result.coupled[t],
+            "mse": [float(result.loss[0, t]), float(result.loss[-1, t])],
+            "mse_over_mean_predictor": [float(result.loss[i, t] / reference[t]) for i in (0, -1)],
+            "td": [float(result.td_per_task[0, best, t]), float(result.td_per_task[-1, best, t])],
+            "td_max": float(result.td_per_task[:, best, t].max()),
+        }
+    return {
+        "steps": list(result.steps),
+        "best_layer": result.best_layer,
+        "tolerance": result.tolerance,
+        "n_per_task": result.n_per_task,
+        "n_shots": result.n_shots,
+        "td": [float(result.td[0, best]), float(result.td[-1, best])],
+        "td_max": float(result.td.max()),
+        "tasks": tasks,
+        "pca_silhouette": {step: separation(p, result.best_layer) for step, p in zip(result.steps, pca, strict=True)},
+    }
+
+
+def description(run: Settings, numbers: dict[str, Any], training_s: float) -> list[str]:
+    """The report's lines on the run and its numbers."""
+    first, last = numbers["steps"][0], numbers["steps"][-1]
+    model = run.recipe.model
+    lines = [
+        f"Recipe {RECIPE!r} (seed {run.seed}): {model.n_layers} blocks, d_model {model.d_model}, sparse linear "
+        f"regression (2 bases of 2 coordinates in d = 4) plus Null, trained {last} steps in {training_s:.0f} s; a "
+        f"checkpoint every {run.every} steps, plus the initial model (step 0).",
+        f"At every checkpoint: {run.n_per_task} prompts per task with {run.n_shots} shots (the same prompts), query "
+        f"MSE per task, TD (10-NN, leave-one-out) per layer and task, and a projection of every layer.",
+        f"Best layer (TD at step {last}): block {numbers['best_layer']}; overall TD there {numbers['td'][0]:.3f} at "
+        f"step {first}, {numbers['td'][1]:.3f} at step {last} (highest at any layer and checkpoint: "
+        f"{numbers['td_max']:.3f}). Jumps: the first checkpoint that covers half the "
+        f"series' improvement; coupled when at most {numbers['tolerance']} steps apart.",
+    ]
+    for name, task in numbers["tasks"].items():
+        if name == NULL_TASK:
+            continue
+        loss, ratio, td = task["mse"], task["mse_over_mean_predictor"], task["td"]
+        lines.append(
+            f"{name}: MSE {loss[0]:.3f} -> {loss[1]:.3f} ({ratio[0]:.2f} -> {ratio[1]:.2f} x the mean predictor's), "
+            f"TD {td[0]:.3f} -> {td[1]:.3f} (highest {task['td_max']:.3f}); jump of the MSE: "
+            f"{_jump(task['mse_jump'])}, of TD: {_jump(task['td_jump'])}; "
+            f"{'coupled' if task['coupled'] else 'not coupled'}."
+        )
+    silhouette = numbers["pca_silhouette"]
+    lines.append(
+        "Silhouette of the tasks in the PCA plane at the best layer: "
+        + ", ".join(f"step {step} {value:.2f}" for step, value in silhouette.items() if step in (first, last))
+        + f" (max {max(silhouette.values()):.2f})."
+    )
+    return lines
+
+
+def _jump(step: int | None) -> str:
+    return "none (it never improved by min_rise)" if step is None else f"step {step}"
+
+
+def report_results(result: EmergenceResult) -> dict[str, Result]:
+    """What the report shows: the emergence figure (MSE and TD against step), then every checkpoint's projections."""
+    return {"mse_and_td": result, **projections(result)}
+
+
+def run_all(out: Path, run: Settings, progress: bool = False) -> tuple[EmergenceResult, dict[str, Any]]:
+    """Train (or reuse), analyse, save the result, the numbers and the report; returns the result and the numbers."""
+    checkpoints, training_s = trained_checkpoints(out, run, progress)
+    start = time.perf_counter()
+    result = analyse(run, checkpoints, progress)
+    analysis_s = time.perf_counter() - start
+    result.save(out / RESULT_FILE)
+    numbers = {**summarise(result, mean_predictor_mse(run)), "training_s": training_s, "analysis_s": analysis_s}
+    write_atomically(out / SUMMARY_FILE, (json.dumps(numbers, indent=1) + "\n").encode("utf-8"))
+    write_report(report_results(result), out / REPORT_FILE, {"description": description(run, numbers, training_s)})
+    return result, numbers
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="directory of the run, results and report")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model, the training data and the prompts")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's 2000)")
+    parser.add_argument("--every", type=int, default=None, help="steps between checkpoints (default 50)")
+    parser.add_argument("--quick", action="store_true", help="a 1-block model, 40 steps: the code path in seconds")
+    parser.add_argument("--no-umap", action="store_true", help="PCA only, even if umap-learn is installed")
+    parser.add_argument("--progress", action="store_true", help="progress bars")
+    args = parser.parse_args(argv)
+    run = settings(args.seed, args.steps, args.every, args.quick, False if args.no_umap else None)
+    _, numbers = run_all(args.out, run, args.progress)
+    for line in description(run, numbers, numbers["training_s"]):
+        print(line)
+    print(f"Analysis: {numbers['analysis_s']:.0f} s. Report: {args.out / REPORT_FILE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""demos/regression_emergence.py on a tiny run: its series, projections, report and saved result, checked by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tv_lens.analyses import Geometry, TaskDecodability
+from tv_lens.errors import ConfigError
+from tv_lens.results import EmergenceResult
+from tv_lens.training import list_checkpoints, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location(
+        "regression_emergence_demo", ROOT / "demos" / "regression_emergence.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["regression_emergence_demo"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["regression_emergence_demo"]
+
+
+@pytest.fixture(scope="module")
+def run(demo, tmp_path_factory):
+    """A 1-block model trained 40 steps with a checkpoint every 10, analysed at 5 steps (0 included)."""
+    out = tmp_path_factory.mktemp("regression-emergence")
+    settings = demo.settings(seed=0, quick=True, umap=False)
+    computed, numbers = demo.run_all(out, settings)
+    loaded = EmergenceResult.load(out / demo.RESULT_FILE)
+    return out, settings, numbers, loaded, computed
+
+
+def models(out, settings):
+    """(step, model) of the initial model and of every checkpoint, loaded afresh."""
+    return [(0, settings.recipe.build_model())] + [
+        (load_checkpoint(path).step, load_checkpoint(path).load_model())
+        for path in list_checkpoints(out / "checkpoints")
+    ]
+
+
+def test_every_checkpoint_is_analysed_on_the_same_prompts(run):
+    out, settings, _, result, _ = run
+    assert result.steps == (0, 10, 20, 30, 40)
+    assert [load_checkpoint(p).step for p in list_checkpoints(out / "checkpoints")] == [10, 20, 30, 40]
+    assert result.performance == "loss"  # regression: the jumps are detected on the query MSE
+    assert result.task_names == ("sparse_linear(0)", "sparse_linear(1)", "null")
+    assert (result.n_per_task, result.n_shots, result.seed) == (settings.n_per_task, settings.n_shots, 0)
+    assert torch.isnan(result.accuracy).all()
+
+
+def test_mse_series_is_the_query_mse_of_each_checkpoint_by_hand(run):
+    out, settings, _, result, _ = run
+    batch = settings.recipe.build_pool().sample(settings.n_per_task, settings.n_shots, seed=settings.seed)
+    for s, (step, model) in enumerate(models(out, settings)):
+        assert result.steps[s] == step
+        with torch.no_grad():
+            outputs = model(batch.inputs)  # [prompt, position, d_out]
+        predicted = outputs[torch.arange(len(batch.answer_pos)), batch.answer_pos]
+        squared = (predicted - batch.answers).pow(2).mean(-1)
+        by_hand = torch.stack([squared[batch.task_ids == t].mean() for t in range(len(result.task_names))])
+        torch.testing.assert_close(result.loss[s], by_hand.to(result.loss.dtype), rtol=1e-4, atol=1e-6)
+    # Training moved the model: the series is not one value repeated.
+    assert not torch.allclose(result.loss[0], result.loss[-1])
+
+
+def test_td_and_projections_are_those_of_the_analyses_run_on_each_checkpoint(run):
+    out, settings, _, result, _ = run
+    pool = settings.recipe.build_pool()
+    for s, (_, model) in enumerate(models(out, settings)):
+        direct = TaskDecodability(n_bootstrap=0).run(model, pool, settings.n_per_task, settings.n_shots, seed=0)
+        assert direct.layers == result.layers
+        torch.testing.assert_close(result.td[s], direct.td.to(result.td.dtype))
+        torch.testing.assert_close(result.td_per_task[s], direct.per_task.to(result.td_per_task.dtype))
+        projection = Geometry().run(model, pool, settings.n_per_task, settings.n_shots, seed=0)
+        torch.testing.assert_close(result.snapshots[s]["geometry"].coords, projection.coords)
+
+
+def test_numbers_match_the_result(demo, run):
+    out, settings, numbers, result, _ = run
+    assert json.loads((out / demo.SUMMARY_FILE).read_text())["tasks"] == json.loads(json.dumps(numbers["tasks"]))
+    best = result.layers.index(result.best_layer)
+    batch = settings.recipe.build_pool().sample(settings.n_per_task, settings.n_shots, seed=settings.seed)
+    for t, name in enumerate(result.task_names):
+        task = numbers["tasks"][name]
+        assert (task["mse_jump"], task["td_jump"], task["coupled"]) == (
+            result.performance_jump[t],
+            result.td_jump[t],
+            result.coupled[t],
+        )
+        assert task["mse"] == pytest.approx([float(result.loss[0, t]), float(result.loss[-1, t])])
+        assert task["td"] == pytest.approx(
+            [float(result.td_per_task[0, best, t]), float(result.td_per_task[-1, best, t])]
+        )
+        variance = float(batch.answers[batch.task_ids == t].pow(2).mean())  # the mean predictor (0)'s query MSE
+        assert task["mse_over_mean_predictor"][1] == pytest.approx(float(result.loss[-1, t]) / variance, rel=1e-5)
+
+
+def test_pca_silhouette_by_hand(run):
+    _, _, numbers, result, _ = run
+    for s, step in enumerate(result.steps):
+        projection = result.snapshots[s]["geometry"]
+        points = projection.coords[projection.layers.index(result.best_layer)]
+        labels = projection.labels
+        distances = torch.cdist(points, points)
+        scores = []
+        for i in range(len(labels)):
+            own = labels == labels[i]
+            a = distances[i, own].sum() / (own.sum() - 1)  # mean distance to the others of its task
+            b = min(distances[i, labels == other].mean() for other in labels.unique() if other != labels[i])
+            scores.append((b - a) / max(a, b))
+        assert numbers["pca_silhouette"][step] == pytest.approx(float(torch.stack(scores).mean()), abs=1e-6)
+
+
+def test_report_has_the_emergence_figure_and_one_projection_per_checkpoint(demo, run):
+    out, _, _, result, _ = run
+    html = (out / demo.REPORT_FILE).read_text()
+    assert html.count("Plotly.newPlot(") == 1 + len(result.steps)  # MSE and TD, then one PCA per checkpoint
+    for step in result.steps:
+        assert f'id="pca_step_{step:05d}"' in html
+    assert "Emergence: loss and TD" in html
+    assert "jump of the MSE: " in html
+
+
+def test_result_loads_back_equal(run):
+    _, _, _, loaded, computed = run
+    assert loaded == computed  # every field, snapshots included
+    assert loaded.snapshots[-1]["geometry"] == computed.snapshots[-1]["geometry"]
+
+
+def test_the_command_reuses_a_finished_run_and_refuses_another(demo, run, capsys):
+    out, _, numbers, result, _ = run
+    before = {path: path.stat().st_mtime_ns for path in list_checkpoints(out / "checkpoints")}
+    demo.main(["--out", str(out), "--quick", "--no-umap"])
+    assert {path: path.stat().st_mtime_ns for path in list_checkpoints(out / "checkpoints")} == before  # no training
+    assert EmergenceResult.load(out / demo.RESULT_FILE) == result
+    printed = capsys.readouterr().out
+    assert f"trained 40 steps in {numbers['training_s']:.0f} s" in printed and "Report: " in printed
+    with pytest.raises(ConfigError, match="other settings"):
+        demo.main(["--out", str(out), "--quick", "--no-umap", "--seed", "1"])
+    with pytest.raises(ConfigError, match="must divide"):
+        demo.settings(quick=True, every=7)
+
+
+class _FakeUMAP:
+    """Stands in for umap.UMAP (not installed here): the first two coordinates, so the wiring can be checked."""
+
+    def __init__(self, n_components, n_neighbors, min_dist, random_state):
+        self.settings = (n_components, n_neighbors, min_dist)
+
+    def fit_transform(self, points):
+        return points[:, :2]
+
+
+def test_umap_projections_join_the_report_when_umap_is_there(demo, run, monkeypatch):
+    out, settings, _, _, _ = run
+    monkeypatch.setitem(sys.modules, "umap", type(sys)("umap"))
+    monkeypatch.setattr(sys.modules["umap"], "UMAP", _FakeUMAP, raising=False)
+    with_umap = demo.settings(seed=0, quick=True, umap=True)
+    result = demo.analyse(with_umap, list_checkpoints(out / "checkpoints")[-1:])
+    shown = demo.report_results(result)
+    assert list(shown) == ["mse_and_td", "pca_step_00000", "umap_step_00000", "pca_step_00040", "umap_step_00040"]
+    umap = shown["umap_step_00040"]
+    assert umap.method == "umap" and umap.settings["n_neighbors"] == 15
+    # The fake keeps the first two residual coordinates: the projection is the residual stream's, read by hand.
+    batch = settings.recipe.build_pool().sample(settings.n_per_task, settings.n_shots, seed=settings.seed)
+    model = load_checkpoint(list_checkpoints(out / "checkpoints")[-1]).load_model()
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch.inputs)
+    rows = torch.arange(len(batch.answer_pos))
+    for i, layer in enumerate(umap.layers):
+        name = "blocks.0.hook_resid_pre" if layer == -1 else f"blocks.{layer}.hook_resid_post"
+        expected = cache[name][rows, batch.answer_pos, :2].double()
+        torch.testing.assert_close(umap.coords[i], expected, rtol=1e-4, atol=1e-5)
