@@ -14,7 +14,7 @@ import torch
 from cli_helpers import fingerprint, run_cli
 from plotly.offline import get_plotlyjs
 
-import tv_lens.app.demo as demo_module
+import tv_lens.app.demo.training as demo_training
 from tv_lens.app.demo import ANALYSES, DemoConfig, finetuning_pool, train_or_load
 from tv_lens.app.run_files import load_results, read_run_info
 from tv_lens.app.sections import ANALYSIS_NAMES, SECTIONS, headline_numbers
@@ -172,7 +172,7 @@ def test_second_demo_loads_the_model_instead_of_retraining(quick_demo, monkeypat
     def no_training(*args, **kwargs):
         raise AssertionError("the demo retrained a finished model")
 
-    monkeypatch.setattr(demo_module, "train", no_training)
+    monkeypatch.setattr(demo_training, "train", no_training)
     status, stdout, stderr = run_cli("demo", "--quick", "--out", str(out), "--only", "performance", "--no-progress")
     assert status == 0, stderr
     assert "loaded (already trained, not retrained)" in stdout

@@ -29,7 +29,7 @@ from cli_helpers import run_cli
 from plotly.offline import get_plotlyjs
 from reliability_helpers import POOL, one_thread, tiny_model  # noqa: F401  (one_thread: autouse)
 
-import tv_lens.app.cli as cli
+import tv_lens.app.cli.paths as cli_paths
 from tv_lens.analyses import TaskDecodability
 from tv_lens.app.demo import DemoConfig
 from tv_lens.app.report import render_report
@@ -212,7 +212,7 @@ def test_report_output_that_is_a_directory_a_foreign_file_or_under_a_file_is_ref
 def test_report_output_in_a_read_only_directory_is_refused_before_writing(copy, tmp_path, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir()
-    monkeypatch.setattr(cli.tempfile, "mkstemp", _unwritable(locked))
+    monkeypatch.setattr(cli_paths.tempfile, "mkstemp", _unwritable(locked))
     message = cli_error("report", "--out", copy, "--output", locked / "report.html")
     assert f"{locked} is not writable (PermissionError" in message and "pass a path in a directory" in message
     assert not (copy / "summary.json").exists() and os.listdir(locked) == []
@@ -242,7 +242,7 @@ def test_out_that_is_a_file_lies_under_a_file_or_is_read_only_is_refused_before_
     assert f"--out {blocker / 'run'} lies under {blocker}, which is a file" in message
     locked = tmp_path / "locked"
     locked.mkdir()
-    monkeypatch.setattr(cli.tempfile, "mkstemp", _unwritable(locked))
+    monkeypatch.setattr(cli_paths.tempfile, "mkstemp", _unwritable(locked))
     message = cli_error(command, "--out", locked / "run", *extra)
     assert f"--out {locked / 'run'} cannot be written to: {locked} is not writable" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "locked"] and os.listdir(locked) == []

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from tv_lens.app.sections import ANALYSIS_NAMES, Numbers, wrong_kind
-from tv_lens.errors import ArtefactError, ResultFileError
+from tv_lens.errors import ArtefactError, ConfigError, ResultFileError
 from tv_lens.results import Result
 from tv_lens.results.storage import write_atomically
 
 __all__ = [
+    "RESULTS",
     "RESULT_SUFFIX",
     "RUN_FILE",
     "SUMMARY_FILE",
     "check_run_info",
+    "check_settings",
     "load_results",
     "read_run_info",
     "result_path",
@@ -25,6 +28,7 @@ __all__ = [
 ]
 
 RUN_FILE = "run.json"
+RESULTS = "results"  # the folder of a run directory that holds its results
 RESULT_SUFFIX = ".safetensors"
 SUMMARY_FILE = "summary.json"
 
@@ -114,6 +118,17 @@ def write_run_info(out: str | Path, info: Mapping[str, Any]) -> Path:
     """
     check_run_info(dict(info), "the run description to write", "this is a bug in tv_lens; please report it")
     return write_atomically(Path(out) / RUN_FILE, (json.dumps(info, indent=1) + "\n").encode("utf-8"))
+
+
+def check_settings(config_class: type[Any], settings: Mapping[str, Any]) -> None:
+    """Raise a :class:`~tv_lens.errors.ConfigError` naming the keys of ``settings`` that ``config_class`` lacks.
+
+    ``config_class`` is a dataclass of settings stored in ``run.json`` (the demo's or a pretrained run's).
+    """
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"Unknown {config_class.__name__} settings {unknown}; known: {sorted(known)}.")
 
 
 def check_run_info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.running import forward
 from tv_lens.positions import PreparedPrompts
 
-__all__ = ["PassState", "Sampling", "cached_batch", "recomputed_batch", "write_hook"]
+__all__ = ["BatchStep", "PassState", "Sampling", "cached_batch", "recomputed_batch", "write_hook"]
 
 
 @dataclass(frozen=True)
@@ -36,83 +37,105 @@ class PassState:
         self.start = 0
 
 
+BatchStep = Callable[
+    [ModelAdapter, "CacheKind | None", PreparedPrompts, Tensor, Tensor, int, Sampling, Tensor, PassState],
+    tuple[Tensor, Tensor, Tensor],
+]
+"""``step(adapter, kind, prepared, lengths, index, max_new_tokens, sampling, stops, state)``: generate for the
+prompts ``index``; returns their new tokens ``[n, max_new_tokens]`` (-1 after the last), counts and stop flags."""
+
+
+class _Batch:
+    """The prompts ``index`` under generation: their tokens with room for the new ones, and what each produced."""
+
+    def __init__(self, prepared: PreparedPrompts, lengths: Tensor, index: Tensor, max_new_tokens: int) -> None:
+        n = len(index)
+        self.index = index
+        self.own = lengths[index]
+        self.max_new_tokens = max_new_tokens
+        self.sequences = _sequences(prepared, index, self.own, max_new_tokens)
+        self.new = torch.full((n, max_new_tokens), -1, dtype=torch.long)
+        self.done = torch.zeros(n, dtype=torch.bool)
+        self.stopped = torch.zeros(n, dtype=torch.bool)
+
+    def record(self, rows: Tensor, columns: Tensor | int, k: Tensor, chosen: Tensor, stops: Tensor) -> None:
+        """Write ``chosen`` (new token ``k`` of ``rows``) at ``columns``; a row ends at a stop or its last new token."""
+        self.sequences[rows, columns] = chosen
+        self.new[rows, k] = chosen
+        hit = torch.isin(chosen, stops)
+        self.stopped[rows[hit]] = True
+        self.done[rows[hit | (k == self.max_new_tokens - 1)]] = True
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The new tokens (-1 after each row's last), how many each row has, and which rows stopped."""
+        return self.new, (self.new >= 0).sum(1), self.stopped
+
+
+def _batch_step(
+    loop: Callable[[_Batch, ModelAdapter, CacheKind | None, Sampling, Tensor, PassState], None],
+) -> BatchStep:
+    """The :data:`BatchStep` that runs ``loop`` on a fresh :class:`_Batch` of the prompts ``index``."""
+
+    def step(
+        adapter: ModelAdapter,
+        kind: CacheKind | None,
+        prepared: PreparedPrompts,
+        lengths: Tensor,
+        index: Tensor,
+        max_new_tokens: int,
+        sampling: Sampling,
+        stops: Tensor,
+        state: PassState,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        batch = _Batch(prepared, lengths, index, max_new_tokens)
+        loop(batch, adapter, kind, sampling, stops, state)
+        return batch.result()
+
+    step.__name__, step.__doc__ = loop.__name__, loop.__doc__
+    return step
+
+
+@_batch_step
 def recomputed_batch(
-    adapter: ModelAdapter,
-    kind: CacheKind | None,
-    prepared: PreparedPrompts,
-    lengths: Tensor,
-    index: Tensor,
-    max_new_tokens: int,
-    sampling: Sampling,
-    stops: Tensor,
-    state: PassState,
-) -> tuple[Tensor, Tensor, Tensor]:
+    batch: _Batch, adapter: ModelAdapter, kind: CacheKind | None, sampling: Sampling, stops: Tensor, state: PassState
+) -> None:
     """Generate for prompts ``index``, running every unfinished prompt's whole sequence at each step."""
-    n = len(index)
-    own = lengths[index]
-    sequences = _sequences(prepared, index, own, max_new_tokens)
-    new = torch.full((n, max_new_tokens), -1, dtype=torch.long)
-    done = torch.zeros(n, dtype=torch.bool)
-    stopped = torch.zeros(n, dtype=torch.bool)
-    for k in range(max_new_tokens):
-        active = (~done).nonzero()[:, 0]
+    index, own = batch.index, batch.own
+    for k in range(batch.max_new_tokens):
+        active = (~batch.done).nonzero()[:, 0]
         ends = own[active] + k
         state.rows, state.start = index[active], 0
-        logits = forward(adapter, sequences[active, : int(ends.max())].to(adapter.device))
+        logits = forward(adapter, batch.sequences[active, : int(ends.max())].to(adapter.device))
         last = logits[torch.arange(len(active), device=logits.device), (ends - 1).to(logits.device)]
-        chosen = _choose(last, index[active], torch.full_like(active, k), sampling)
-        sequences[active, ends] = chosen
-        new[active, k] = chosen
-        hit = torch.isin(chosen, stops)
-        stopped[active[hit]] = True
-        done[active[hit]] = True
-        if bool(done.all()):
+        steps = torch.full_like(active, k)
+        batch.record(active, ends, steps, _choose(last, index[active], steps, sampling), stops)
+        if bool(batch.done.all()):
             break
-    counts = (new >= 0).sum(1)
-    return new, counts, stopped
 
 
+@_batch_step
 def cached_batch(
-    adapter: ModelAdapter,
-    kind: CacheKind | None,
-    prepared: PreparedPrompts,
-    lengths: Tensor,
-    index: Tensor,
-    max_new_tokens: int,
-    sampling: Sampling,
-    stops: Tensor,
-    state: PassState,
-) -> tuple[Tensor, Tensor, Tensor]:
+    batch: _Batch, adapter: ModelAdapter, kind: CacheKind | None, sampling: Sampling, stops: Tensor, state: PassState
+) -> None:
     """Generate for prompts ``index`` on the KV cache, all rows advancing one position per step."""
     if kind is None:
         raise ModelNotSupportedError("Generating on a KV cache needs a model whose cache works; use use_cache=False.")
-    n = len(index)
-    own = lengths[index]
-    sequences = _sequences(prepared, index, own, max_new_tokens)
-    new = torch.full((n, max_new_tokens), -1, dtype=torch.long)
-    done = torch.zeros(n, dtype=torch.bool)
-    stopped = torch.zeros(n, dtype=torch.bool)
-    runner = CacheRunner(adapter, kind, n)
+    index, own = batch.index, batch.own
+    runner = CacheRunner(adapter, kind, len(index))
     position = int(own.min()) - 1  # the last position run so far; its logits predict position + 1
     state.rows, state.start = index, 0
-    logits = runner(sequences[:, : position + 1].to(adapter.device))[:, -1]
+    logits = runner(batch.sequences[:, : position + 1].to(adapter.device))[:, -1]
     while True:
         k = position + 1 - own  # index of the token each row predicts now (negative: still in its prompt)
-        rows = ((k >= 0) & ~done).nonzero()[:, 0]
+        rows = ((k >= 0) & ~batch.done).nonzero()[:, 0]
         if len(rows):
             chosen = _choose(logits[rows.to(logits.device)], index[rows], k[rows], sampling)
-            sequences[rows, position + 1] = chosen
-            new[rows, k[rows]] = chosen
-            hit = torch.isin(chosen, stops)
-            stopped[rows[hit]] = True
-            done[rows[hit | (k[rows] == max_new_tokens - 1)]] = True
-        if bool(done.all()):
+            batch.record(rows, position + 1, k[rows], chosen, stops)
+        if bool(batch.done.all()):
             break
         position += 1
         state.start = position
-        logits = runner(sequences[:, position : position + 1].to(adapter.device))[:, -1]
-    counts = (new >= 0).sum(1)
-    return new, counts, stopped
+        logits = runner(batch.sequences[:, position : position + 1].to(adapter.device))[:, -1]
 
 
 def _sequences(prepared: PreparedPrompts, index: Tensor, own: Tensor, max_new_tokens: int) -> Tensor:

@@ -1,0 +1,151 @@
+"""The whole pretrained-model run, :func:`run_pretrained`: check, boot, build the pool, analyse, report."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tv_lens.app.pipeline import run_and_save, write_outputs
+from tv_lens.app.pretrained.analyses import ANALYSES, check_names
+from tv_lens.app.pretrained.config import RUN_KEY, PretrainedConfig, stored_config
+from tv_lens.app.pretrained.model import boot_model, model_facts, resolve_device
+from tv_lens.app.pretrained.tasks import text_pool, text_tasks
+from tv_lens.app.run_files import RESULT_SUFFIX, RESULTS, RUN_FILE, read_run_info, write_run_info
+from tv_lens.errors import ArtefactError
+from tv_lens.results import Result
+from tv_lens.tasks import TextPool
+
+__all__ = ["PretrainedRun", "default_out", "run_pretrained"]
+
+
+@dataclass(frozen=True, eq=False)
+class PretrainedRun:
+    """What :func:`run_pretrained` produced.
+
+    Attributes:
+        out: The output directory.
+        report: The report's path.
+        results: The results by analysis name.
+        numbers: The headline numbers (``summary.json``).
+        config: The settings of the run.
+        model: The booted TransformerLens model.
+        pool: The text pool of the run.
+        seconds: Seconds each step took (``boot``, each analysis, ``total``).
+    """
+
+    out: Path
+    report: Path
+    results: dict[str, Result]
+    numbers: dict[str, Any]
+    config: PretrainedConfig
+    model: Any
+    pool: TextPool
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def default_out(model: str) -> Path:
+    """The default output directory of ``model``: ``tv-lens-<last part of the id or folder name>``."""
+    stem = Path(model.rstrip("/")).name or "model"
+    return Path("tv-lens-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"))
+
+
+def _check_same_target(out: Path, config: PretrainedConfig) -> None:
+    """Refuse an output directory that holds the results of another model, other tasks or the demo."""
+    data = read_run_info(out / RUN_FILE) or {}
+    if not data:
+        return
+    if RUN_KEY not in data:
+        raise ArtefactError(
+            f"{out} holds the demo's trained model and its results; use another --out directory for a pretrained "
+            f"model (default: {default_out(config.model)})."
+        )
+    stored = stored_config(data, out / RUN_FILE)  # the contents read above: run.json is read once
+    has_results = any((out / RESULTS).glob(f"*{RESULT_SUFFIX}"))
+    if stored is not None and has_results and stored.target() != config.target():
+        asked = config.target()
+        differ = ", ".join(
+            f"{key} {value!r} (asked: {asked[key]!r})" for key, value in stored.target().items() if asked[key] != value
+        )
+        raise ArtefactError(
+            f"{out} holds results of another model or other tasks: {differ}; use another --out directory, or the "
+            "same model, tasks and prompt format."
+        )
+
+
+def _absolute(spec: str, kind: str) -> str:
+    """A local model folder (``kind="model"``) or task file as an absolute path, so a rerun from elsewhere finds it."""
+    path = Path(spec).expanduser()
+    local = path.is_dir() if kind == "model" else path.is_file()
+    return str(path.resolve()) if local else spec
+
+
+def _description(config: PretrainedConfig, facts: dict[str, Any], pool: TextPool, device: Any) -> list[str]:
+    compat = ", compatibility mode" if config.compatibility_mode else ""
+    kept = ", ".join(f"{task.name} {len(examples)}" for task, examples in zip(pool.tasks, pool.examples, strict=True))
+    null = " plus the Null task (random outputs)" if pool.null else ""
+    return [
+        f"Model: {config.model} ({facts['class']} booted with boot_transformers{compat}; {facts['n_layers']} blocks, "
+        f"d_model {facts['d_model']}, {facts['n_heads']} heads; {config.dtype} on {device}; TransformerLens "
+        f"{facts['transformer_lens']}).",
+        f"Tasks: {', '.join(config.tasks)}{null}; usable examples per task: {kept}"
+        + (f" ({len(pool.dropped)} dropped: the tokenizer cannot split them cleanly)" if pool.dropped else "")
+        + ".",
+        f"Prompts: template {config.template!r}, separator {config.separator!r}, BOS {'yes' if pool.bos else 'no'}; "
+        f"{config.n_shots} shots, {config.n_per_task} prompts per task, seed {config.seed}.",
+    ]
+
+
+def _write_run_file(out: Path, config: PretrainedConfig, facts: dict[str, Any], description: list[str]) -> None:
+    info = {RUN_KEY: config.to_dict(), "model": facts, "description": description}
+    write_run_info(out, info)
+
+
+def run_pretrained(
+    out: str | Path,
+    config: PretrainedConfig,
+    only: Sequence[str] | None = None,
+    progress: bool = True,
+) -> PretrainedRun:
+    """Boot ``config.model``, build the text pool, run the analyses, save them, write the report and summary.
+
+    Everything that can be checked without the model (analysis names, tasks, the output directory, a local
+    folder) is checked before the model is booted.
+
+    Args:
+        out: Output directory (created).
+        config: The run's settings.
+        only: Analyses to run (default: all of :data:`PRETRAINED_ANALYSES`); other saved results stay in the report.
+        progress: Show progress bars.
+
+    Raises:
+        ConfigError: An analysis name that does not apply to a pretrained model.
+        TaskError: Unknown task families or unreadable task files; tasks the tokenizer cannot represent.
+        ArtefactError: ``out`` holds the results of another model or tasks, or of the demo.
+        ModelLoadError: TransformerLens could not boot the model.
+    """
+    out = Path(out)
+    names = check_names(only)
+    config = replace(
+        config, model=_absolute(config.model, "model"), tasks=tuple(_absolute(t, "task") for t in config.tasks)
+    )
+    tasks = text_tasks(config.tasks, config.n_examples, config.seed)
+    _check_same_target(out, config)
+    start = time.perf_counter()
+    device = resolve_device(config.device)
+    model = boot_model(config.model, device, config.dtype, config.compatibility_mode, progress)
+    pool = text_pool(model, tasks, config.template, config.separator, config.null)
+    pool.sample(1, config.n_shots, config.seed)  # too many shots for the tasks' examples fails here, before any work
+    seconds = {"boot": time.perf_counter() - start}
+    facts = model_facts(model)
+    _write_run_file(out, config, facts, _description(config, facts, pool, device))
+    results, analysis_seconds = run_and_save(
+        out, names, lambda name: ANALYSES[name](model, pool, config, progress), config.seed, progress
+    )
+    seconds.update(analysis_seconds)
+    report, numbers = write_outputs(out)
+    seconds["total"] = time.perf_counter() - start
+    return PretrainedRun(out, report, results, numbers, config, model, pool, seconds)
