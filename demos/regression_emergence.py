@@ -255,7 +255,7 @@ def _jump(step: int | None) -> str:
 
 def report_results(result: EmergenceResult) -> dict[str, Result]:
     """What the report shows: the emergence figure (MSE and TD against step), then every checkpoint's projections."""
-    return {"mse_and_td": result, **projections(result)}
+    return {"emergence": result, **projections(result)}
 
 
 def run_all(out: Path, run: Settings, progress: bool = False) -> tuple[EmergenceResult, dict[str, Any]]:

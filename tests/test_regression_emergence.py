@@ -168,7 +168,7 @@ def test_umap_projections_join_the_report_when_umap_is_there(demo, run, monkeypa
     with_umap = demo.settings(seed=0, quick=True, umap=True)
     result = demo.analyse(with_umap, list_checkpoints(out / "checkpoints")[-1:])
     shown = demo.report_results(result)
-    assert list(shown) == ["mse_and_td", "pca_step_00000", "umap_step_00000", "pca_step_00040", "umap_step_00040"]
+    assert list(shown) == ["emergence", "pca_step_00000", "umap_step_00000", "pca_step_00040", "umap_step_00040"]
     umap = shown["umap_step_00040"]
     assert umap.method == "umap" and umap.settings["n_neighbors"] == 15
     # The fake keeps the first two residual coordinates: the projection is the residual stream's, read by hand.

@@ -112,7 +112,7 @@ def _heads_line(n: Numbers) -> str:
 def _emergence_line(n: Numbers) -> str:
     jumps = ", ".join(f"{task} {step}" for task, step in n["td_jump"].items())
     return (
-        f"accuracy and TD jump together in {n['coupled']} of {n['n_tasks']} tasks over {n['n_checkpoints']} "
+        f"{n['performance']} and TD jump together in {n['coupled']} of {n['n_tasks']} tasks over {n['n_checkpoints']} "
         f"checkpoints; TD jump step per task: {jumps}"
     )
 
@@ -243,7 +243,8 @@ SECTIONS: tuple[Section, ...] = (
     Section(
         "emergence",
         "Emergence during training",
-        "At every training checkpoint, on the same prompts: accuracy per task (solid, left axis) and TD per task "
+        "At every training checkpoint, on the same prompts: accuracy per task (the query loss for regression "
+        "tasks; solid, left axis) and TD per task "
         "at the best layer of the trained model (dashed, right axis); dotted vertical lines mark the steps where "
         "TD jumps.",
         "H §3.3 (Figs. 2, 9-11): accuracy and task decodability rise together during training (coupled emergence).",
