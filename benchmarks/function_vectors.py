@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.common import Row, Scale, bench_model, measure, pass_rows
 from benchmarks.patching import bench_batch
-from tv_lens.analyses import causal_indirect_effects, mean_head_activations
+from tv_lens.analyses import FunctionVectors, causal_indirect_effects, mean_head_activations
 
 
 def _usual_loop(model, batch, means, n_layers: int, n_heads: int, batch_size: int):
@@ -61,8 +61,7 @@ def _ours(model, batch, means, rows_per_pass: int):
         batch.task_ids,
         batch.task_names,
         means,
-        n_bootstrap=0,
-        rows_per_pass=rows_per_pass,
+        config=FunctionVectors(n_bootstrap=0, rows_per_pass=rows_per_pass),
     )
 
 

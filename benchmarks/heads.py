@@ -66,7 +66,8 @@ def heads_rows(scale: Scale, device: str) -> list[Row]:
     prompts = align(model, batch.inputs, batch.answer_pos, batch.attention_mask)
     values = torch.zeros(scale.n_layers, scale.n_heads, scale.d_model // scale.n_heads)
     (attribution_s,), (estimate,) = measure(
-        lambda: head_attribution(model, prompts, batch.answers, values), rounds=max(scale.rounds, 2)
+        lambda: head_attribution(model, prompts, batch.answers, values, config=HeadAblation()),
+        rounds=max(scale.rounds, 2),
     )
     real = (batch.task_ids != batch.task_names.index("null")).cpu()
     exact = (ours.ablated_loss - ours.clean_loss)[..., real].mean(-1).flatten()

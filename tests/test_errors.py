@@ -48,6 +48,7 @@ from tv_lens.analyses import (
     task_vector_prompting,
 )
 from tv_lens.analyses.function_vectors import (
+    FunctionVectors,
     IndirectEffects,
     MeanHeadActivations,
     causal_indirect_effects,
@@ -136,7 +137,9 @@ def world(tmp_path_factory) -> SimpleNamespace:
         next(iter(nan_model.parameters())).fill_(float("nan"))
     labels = torch.arange(3).repeat_interleave(6)
     reps = torch.randn(18, 4, generator=torch.Generator().manual_seed(0)) + 5 * labels[:, None]
-    result_file = task_decodability(reps, labels, k=3, n_bootstrap=0).save(files / "td.safetensors")
+    result_file = task_decodability(reps, labels, config=TaskDecodability(k=3, n_bootstrap=0)).save(
+        files / "td.safetensors"
+    )
     model_config = ModelConfig(d_vocab=POOL.vocab_size, n_layers=1, d_model=16, n_heads=2, n_ctx=24)
     run = train(
         build_model(model_config),
@@ -272,7 +275,7 @@ def _indirect_effects(w: SimpleNamespace, **changes: Any) -> IndirectEffects:
         b.task_names,
         means,
         label_noise=args["label_noise"],
-        n_bootstrap=0,
+        config=FunctionVectors(n_bootstrap=0),
     )
 
 
@@ -583,7 +586,9 @@ CASES = [
     ),
     Case(
         "nan-representations",
-        lambda w: task_decodability(torch.full((10, 4), float("nan")), torch.arange(10) % 2, k=2),
+        lambda w: task_decodability(
+            torch.full((10, 4), float("nan")), torch.arange(10) % 2, config=TaskDecodability(k=2)
+        ),
         NonFiniteError,
         r"reps hold NaN or infinite values at layers \[0\] in 10 prompt",
         r"drop those prompts or check the model",
@@ -784,14 +789,16 @@ CASES = [
     ),
     Case(
         "a-single-task",
-        lambda w: task_decodability(torch.randn(10, 4), torch.zeros(10, dtype=torch.long), k=2),
+        lambda w: task_decodability(
+            torch.randn(10, 4), torch.zeros(10, dtype=torch.long), config=TaskDecodability(k=2)
+        ),
         AnalysisError,
         r"TD needs prompts of at least two tasks, got prompts of 1",
         r"sample a pool with several tasks",
     ),
     Case(
         "labels-of-another-length",
-        lambda w: task_decodability(torch.randn(10, 4), torch.arange(9) % 2, k=2),
+        lambda w: task_decodability(torch.randn(10, 4), torch.arange(9) % 2, config=TaskDecodability(k=2)),
         ShapeError,
         r"labels has 9 entries but reps has 10 prompts",
         r"pass one task id per prompt",
@@ -1489,42 +1496,53 @@ CASES = [
     ),
     Case(
         "decodability-layers-not-ints",
-        lambda w: task_decodability(*_separable(), k=2, n_bootstrap=0, layers=3),
+        lambda w: task_decodability(*_separable(), layers=3, config=TaskDecodability(k=2, n_bootstrap=0)),
         ShapeError,
         r"layers must be a sequence of block indices such as \(0, 1\), got 3",
         r"pass a one-element tuple, e\.g\. \(3,\)",
     ),
     Case(
         "decodability-reps-on-meta",
-        lambda w: task_decodability(_separable()[0].to("meta"), _separable()[1], k=2, n_bootstrap=0),
+        lambda w: task_decodability(
+            _separable()[0].to("meta"), _separable()[1], config=TaskDecodability(k=2, n_bootstrap=0)
+        ),
         ShapeError,
         r"reps is a tensor on the meta device",
         r"create it on a real device",
     ),
     Case(
         "decodability-labels-strings",
-        lambda w: task_decodability(_separable()[0], [f"t{i}" for i in _separable()[1].tolist()], k=2, n_bootstrap=0),
+        lambda w: task_decodability(
+            _separable()[0], [f"t{i}" for i in _separable()[1].tolist()], config=TaskDecodability(k=2, n_bootstrap=0)
+        ),
         ShapeError,
         r"labels must be a 1-D integer tensor \(one task id per prompt\)",
         r"torch\.tensor\(\[0, 1, 1\]\)",
     ),
     Case(
         "decodability-labels-huge-without-names",
-        lambda w: task_decodability(_separable()[0], _separable()[1] + 2**40, k=2, n_bootstrap=0),
+        lambda w: task_decodability(
+            _separable()[0], _separable()[1] + 2**40, config=TaskDecodability(k=2, n_bootstrap=0)
+        ),
         ShapeError,
         r"labels go up to 1099511627778: without task_names every id up to the largest names a task",
         r"Pass task_names, or number the tasks from 0",
     ),
     Case(
         "decodability-task-names-a-string",
-        lambda w: task_decodability(*_separable(), k=2, n_bootstrap=0, task_names="abc"),
+        lambda w: task_decodability(*_separable(), task_names="abc", config=TaskDecodability(k=2, n_bootstrap=0)),
         ShapeError,
         r"task_names must be a sequence of task names \(strings\), one per task id, got 'abc'",
         r"pass e\.g\. \('task 0', 'task 1'\)",
     ),
     Case(
         "performance-higher-is-better-a-string",
-        lambda w: icl_performance([1.0, 0.0], [0, 1], [1, 1], higher_is_better="no", n_bootstrap=0),  # type: ignore[arg-type]
+        lambda w: icl_performance(
+            [1.0, 0.0],
+            [0, 1],
+            [1, 1],
+            config=ICLPerformance(higher_is_better="no", n_bootstrap=0),  # type: ignore[arg-type]
+        ),
         TaskError,
         r"higher_is_better must be True or False",
         r"whether a larger score is better",
@@ -1545,7 +1563,9 @@ CASES = [
     ),
     Case(
         "performance-complex-scores",
-        lambda w: icl_performance(torch.ones(2, dtype=torch.complex64), [0, 1], [1, 1], n_bootstrap=0),
+        lambda w: icl_performance(
+            torch.ones(2, dtype=torch.complex64), [0, 1], [1, 1], config=ICLPerformance(n_bootstrap=0)
+        ),
         ShapeError,
         r"scores must be real numbers \(one score per prompt\), got torch\.complex64",
         r"pass scores\.real",
@@ -1595,7 +1615,7 @@ CASES = [
             w.batch.task_ids,
             w.batch.task_names,
             w.vectors.vectors,
-            n_bootstrap=0,
+            config=TaskVectorPatching(n_bootstrap=0),
         ),
         ShapeError,
         r"vectors must be TaskVectors, got a Tensor",
@@ -1612,7 +1632,7 @@ CASES = [
             w.batch.task_names,
             w.vectors,
             targets="offset(1)",
-            n_bootstrap=0,
+            config=TaskVectorPatching(n_bootstrap=0),
         ),
         TaskError,
         r"targets must be a sequence of task names, got 'offset\(1\)'",
@@ -1628,9 +1648,7 @@ CASES = [
             w.batch.task_ids,
             w.batch.task_names,
             w.vectors,
-            mode="add",
-            scale=10**400,
-            n_bootstrap=0,
+            config=TaskVectorPatching(mode="add", scale=10**400, n_bootstrap=0),
         ),
         AnalysisError,
         r"scale must be a finite number",
@@ -1649,11 +1667,8 @@ CASES = [
             w.batch.task_names,
             zero_shot_attention_mask=w.batch.zero_shot().attention_mask,
             icl_attention_mask=w.batch.attention_mask,
-            source="task_mean",
             vectors=w.vectors,
-            layers=(0,),
-            site="z",
-            n_bootstrap=0,
+            config=TaskVectorPrompting(source="task_mean", layers=(0,), site="z", n_bootstrap=0),
         ),
         HookNotFoundError,
         r"Unknown site 'z' for reading residual-stream rows\. It names the per-head attention output",
@@ -1670,7 +1685,7 @@ CASES = [
             w.batch.answers,
             w.batch.task_ids,
             w.batch.task_names,
-            n_bootstrap=0,
+            config=TaskVectorPrompting(n_bootstrap=0),
         ),
         ShapeError,
         r"icl_inputs must be a torch\.Tensor of prompts, tokens \[batch, pos\]",
@@ -1685,8 +1700,7 @@ CASES = [
             w.batch.answers,
             w.batch.task_ids,
             w.batch.task_names,
-            attribution="yes",
-            n_bootstrap=0,  # type: ignore[arg-type]
+            config=HeadAblation(attribution="yes", n_bootstrap=0),  # type: ignore[arg-type]
         ),
         AnalysisError,
         r"attribution must be True or False",
@@ -1701,10 +1715,7 @@ CASES = [
             w.batch.answers,
             w.batch.task_ids,
             w.batch.task_names,
-            mode="mean",
-            batch_size=None,
-            n_bootstrap=0,
-            prune_steps=0,  # type: ignore[arg-type]
+            config=HeadAblation(mode="mean", batch_size=None, n_bootstrap=0, prune_steps=0),  # type: ignore[arg-type]
         ),
         ShapeError,
         r"batch_size must be an int ≥ 1 \(prompts per pass\), got None",
@@ -1712,49 +1723,62 @@ CASES = [
     ),
     Case(
         "attribution-prompts-a-batch",
-        lambda w: head_attribution(w.model, w.batch, _aligned(w)[1], torch.zeros(3, 4, 8)),
+        lambda w: head_attribution(w.model, w.batch, _aligned(w)[1], torch.zeros(3, 4, 8), config=HeadAblation()),
         ShapeError,
         r"prompts must be AlignedPrompts, got a ICLBatch",
         r"make them with tv_lens\.interventions\.sweep\.align",
     ),
     Case(
         "attribution-nan-ablation-values",
-        lambda w: head_attribution(w.model, *_aligned(w), torch.full((3, 4, 8), float("nan"))),
+        lambda w: head_attribution(w.model, *_aligned(w), torch.full((3, 4, 8), float("nan")), config=HeadAblation()),
         NonFiniteError,
         r"ablation_values hold NaN or infinite values",
         r"pass finite values",
     ),
     Case(
         "attribution-answers-of-another-batch",
-        lambda w: head_attribution(w.model, _aligned(w)[0], _aligned(w)[1][:-1], torch.zeros(3, 4, 8)),
+        lambda w: head_attribution(
+            w.model, _aligned(w)[0], _aligned(w)[1][:-1], torch.zeros(3, 4, 8), config=HeadAblation()
+        ),
         ShapeError,
         r"answers must be the prompts' answer tokens \[prompt=\d+, n_answer=1\], got \(\d+, 1\)",
         r"pass answer_tokens\(batch\.answers, len\(batch\)\)",
     ),
     Case(
         "compare-models-batch-none",
-        lambda w: compare_models({"base": w.model}, None, n_bootstrap=0),  # type: ignore[arg-type]
+        lambda w: compare_models({"base": w.model}, None, config=LayerFinetuning(n_bootstrap=0)),  # type: ignore[arg-type]
         TaskError,
         r"batch must be a batch of prompts, got a NoneType without",
         r"pass pool\.sample\(n_per_task, n_shots, seed\)",
     ),
     Case(
         "compare-models-blocks-of-no-model",
-        lambda w: compare_models({"base": w.model}, w.batch, blocks={"late": (2,)}, n_bootstrap=0),
+        lambda w: compare_models(
+            {"base": w.model}, w.batch, blocks={"late": (2,)}, config=LayerFinetuning(n_bootstrap=0)
+        ),
         AnalysisError,
         r"blocks\['late'\] names no model",
         r"blocks maps names of models \['base'\] to a tuple of block indices",
     ),
     Case(
         "compare-models-final-loss-a-string",
-        lambda w: compare_models({"base": w.model}, w.batch, final_loss={"base": "low"}, n_bootstrap=0),  # type: ignore[dict-item]
+        lambda w: compare_models(
+            {"base": w.model},
+            w.batch,
+            final_loss={"base": "low"},  # type: ignore[dict-item]
+            config=LayerFinetuning(n_bootstrap=0),
+        ),
         AnalysisError,
         r"final_loss\['base'\] holds 'low'",
         r"to a number, e\.g\. \{'late': 0\.41\}",
     ),
     Case(
         "compare-models-decodability-a-string",
-        lambda w: compare_models({"base": w.model}, w.batch, decodability="knn", n_bootstrap=0),  # type: ignore[arg-type]
+        lambda w: compare_models(
+            {"base": w.model},
+            w.batch,
+            config=LayerFinetuning(decodability="knn", n_bootstrap=0),  # type: ignore[arg-type]
+        ),
         AnalysisError,
         r"decodability must be TaskDecodability settings, got 'knn'",
         r"pass e\.g\. TaskDecodability\(k=10\)",

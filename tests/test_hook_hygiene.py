@@ -128,7 +128,9 @@ ENTRIES = [
     Entry("score_batch", lambda m: score_batch(m, BATCH, batch_size=5)),
     Entry(
         "compare_models",
-        lambda m: compare_models({"base": m}, BATCH, decodability=TaskDecodability(k=2, n_bootstrap=0), n_bootstrap=0),
+        lambda m: compare_models(
+            {"base": m}, BATCH, config=LayerFinetuning(decodability=TaskDecodability(k=2, n_bootstrap=0), n_bootstrap=0)
+        ),
     ),
     Entry(
         "layer_finetuning",

@@ -23,7 +23,15 @@ from reliability_helpers import (
     tiny_model,
 )
 
-from tv_lens.analyses import TaskDecodability, head_importance, patch_task_vectors, task_vector_prompting
+from tv_lens.analyses import (
+    HeadAblation,
+    TaskDecodability,
+    TaskVectorPatching,
+    TaskVectorPrompting,
+    head_importance,
+    patch_task_vectors,
+    task_vector_prompting,
+)
 from tv_lens.interventions import ablate_head, add, run_with_interventions
 from tv_lens.probes import collect
 from tv_lens.task_vectors import TaskVectors
@@ -165,7 +173,7 @@ def test_patching_effects_ignore_padding_order_and_batch_size(setup: Setup, mode
     batch, perm = setup.batch, setup.perm
     vectors = TaskVectors.from_model(setup.model, batch)
 
-    def run(inputs, answer_pos, chosen, **kwargs):
+    def run(inputs, answer_pos, chosen, attention_mask=None, **options):
         return patch_task_vectors(
             setup.model,
             inputs,
@@ -174,9 +182,8 @@ def test_patching_effects_ignore_padding_order_and_batch_size(setup: Setup, mode
             chosen.task_ids,
             chosen.task_names,
             vectors,
-            mode=mode,
-            n_bootstrap=0,
-            **kwargs,
+            attention_mask=attention_mask,
+            config=TaskVectorPatching(mode=mode, n_bootstrap=0, **options),
         )
 
     reference = run(batch.inputs, batch.answer_pos, batch)
@@ -200,7 +207,7 @@ def test_patching_effects_ignore_padding_order_and_batch_size(setup: Setup, mode
 def test_task_vector_prompting_ignores_padding_order_and_batch_size(setup: Setup, source: str, mode: str):
     batch, perm = setup.batch, setup.perm
 
-    def run(chosen: ICLBatch, icl, zero, **kwargs):
+    def run(chosen: ICLBatch, icl, zero, **options):
         return task_vector_prompting(
             setup.model,
             icl[0],
@@ -212,10 +219,7 @@ def test_task_vector_prompting_ignores_padding_order_and_batch_size(setup: Setup
             chosen.task_names,
             icl_attention_mask=icl[1],
             zero_shot_attention_mask=zero[1],
-            source=source,
-            mode=mode,
-            n_bootstrap=0,
-            **kwargs,
+            config=TaskVectorPrompting(source=source, mode=mode, n_bootstrap=0, **options),
         )
 
     def right(chosen: ICLBatch):
@@ -245,7 +249,7 @@ def test_task_vector_prompting_ignores_padding_order_and_batch_size(setup: Setup
 def test_head_importance_ignores_padding_order_and_batch_size(setup: Setup, mode: str):
     batch, perm = setup.batch, setup.perm
 
-    def run(chosen: ICLBatch, inputs, answer_pos, **kwargs):
+    def run(chosen: ICLBatch, inputs, answer_pos, attention_mask=None, **options):
         return head_importance(
             setup.model,
             inputs,
@@ -253,10 +257,8 @@ def test_head_importance_ignores_padding_order_and_batch_size(setup: Setup, mode
             chosen.answers,
             chosen.task_ids,
             chosen.task_names,
-            mode=mode,
-            prune_steps=0,
-            n_bootstrap=0,
-            **kwargs,
+            attention_mask=attention_mask,
+            config=HeadAblation(mode=mode, prune_steps=0, n_bootstrap=0, **options),
         )
 
     reference = run(batch, batch.inputs, batch.answer_pos)

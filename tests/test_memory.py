@@ -10,6 +10,7 @@ import torch
 from conftest import hook_snapshot, ragged_prompts
 
 from tv_lens.analyses import (
+    FunctionVectors,
     HeadAblation,
     TaskVectorPatching,
     TaskVectorPrompting,
@@ -115,8 +116,7 @@ def test_causal_results_record_the_rows_per_pass_that_fitted(model) -> None:
                 batch.task_ids,
                 batch.task_names,
                 means,
-                n_bootstrap=0,
-                rows_per_pass=64,
+                config=FunctionVectors(n_bootstrap=0, rows_per_pass=64),
             ),
         ),
     }

@@ -323,9 +323,9 @@ def test_probe_folds_take_every_64_bit_seed() -> None:
     assert all(0 <= s < 2**32 for s in big) and len(set(big)) == 3 and sklearn_seed(2**40) == big[0]
     reps = torch.randn(2, 40, 8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(4).repeat(10)
-    from tv_lens.analyses.decodability import task_decodability
+    from tv_lens.analyses.decodability import TaskDecodability, task_decodability
 
-    result = task_decodability(reps, labels, method="probe", seed=2**40, n_bootstrap=0)
+    result = task_decodability(reps, labels, seed=2**40, config=TaskDecodability(method="probe", n_bootstrap=0))
     assert result.td.shape == (2,)
     with pytest.raises(AnalysisError, match="seed must be an int"):
         sklearn_seed(-1)

@@ -29,7 +29,7 @@ from reliability_helpers import (
 
 import tv_lens.results.storage as storage
 import tv_lens.training.checkpoints as checkpoints
-from tv_lens.analyses import task_decodability
+from tv_lens.analyses import TaskDecodability, task_decodability
 from tv_lens.errors import MissingFileError
 from tv_lens.results import Result
 from tv_lens.training import latest_checkpoint, list_checkpoints, load_checkpoint, train
@@ -88,7 +88,9 @@ class _HalfThenDie(io.RawIOBase):
 def results(seed: int) -> Result:
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(3).repeat_interleave(5)
-    return task_decodability(torch.randn(2, 15, 6, generator=generator), labels, k=2, n_bootstrap=10)
+    return task_decodability(
+        torch.randn(2, 15, 6, generator=generator), labels, config=TaskDecodability(k=2, n_bootstrap=10)
+    )
 
 
 @pytest.mark.parametrize("previous", [True, False], ids=["over_a_good_file", "first_write"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def ambiguous_points(points: np.ndarray, k: int) -> np.ndarray:
 def test_td_equals_sklearn_leave_one_out_on_model_representations(model, n_shots):
     batch = sample(n_per_task=12, n_shots=n_shots)
     reps = collect_batch(model, batch)
-    result = task_decodability(reps, k=5, n_bootstrap=0, task_names=batch.task_names)
+    result = task_decodability(reps, task_names=batch.task_names, config=TaskDecodability(k=5, n_bootstrap=0))
     labels = batch.task_ids.numpy()
     checked_blocks = 0
     for i, layer in enumerate(reps.layers):
@@ -62,7 +63,7 @@ def test_td_equals_sklearn_leave_one_out_on_model_representations(model, n_shots
 def test_other_metrics_equal_sklearn(model, metric):
     batch = sample(n_per_task=12, seed=1)
     reps = collect_batch(model, batch, layers=[1, 2])
-    result = task_decodability(reps, k=4, metric=metric, n_bootstrap=0)
+    result = task_decodability(reps, config=TaskDecodability(k=4, metric=metric, n_bootstrap=0))
     for i in range(2):
         expected = sklearn_loo(reps.activations[i].numpy(), batch.task_ids.numpy(), 4, metric)
         np.testing.assert_array_equal(result.predictions[i].numpy(), expected)
@@ -82,7 +83,9 @@ def test_td_curve_over_all_layers_costs_one_forward_pass_per_batch(model):
 def test_run_equals_the_pure_function_on_collected_rows(model):
     batch = sample(n_per_task=12, seed=2)
     run = TaskDecodability(k=5, n_bootstrap=50).run(model, POOL, n_per_task=12, n_shots=4, seed=2)
-    direct = task_decodability(collect_batch(model, batch), k=5, n_bootstrap=50, seed=2, task_names=batch.task_names)
+    direct = task_decodability(
+        collect_batch(model, batch), seed=2, task_names=batch.task_names, config=TaskDecodability(k=5, n_bootstrap=50)
+    )
     assert run == direct
     assert run.task_names == POOL.task_names
     assert run.best_layer == int(run.td[1:].argmax())  # the best block: layers are (-1, 0, 1, 2)
@@ -99,14 +102,14 @@ def test_activation_cache_and_plain_tensor_inputs(model):
     via_collect = TaskDecodability(k=5, n_bootstrap=0).run_batch(model, batch)
     assert via_cache.layers == via_collect.layers
     torch.testing.assert_close(via_cache.td, via_collect.td, atol=1e-9, rtol=0)
-    one_layer = task_decodability(from_cache.at(1), batch.task_ids, k=5, n_bootstrap=0)
+    one_layer = task_decodability(from_cache.at(1), batch.task_ids, config=TaskDecodability(k=5, n_bootstrap=0))
     assert one_layer.layers == (0,) and one_layer.td.shape == (1,)
     assert float(one_layer.td[0]) == float(via_cache.td[via_cache.at(1)])
 
 
 def test_per_task_and_confusion_are_consistent_with_overall_td(model):
     batch = sample(n_per_task=12, n_shots=(1, 6), seed=4)
-    result = task_decodability(collect_batch(model, batch), k=5, n_bootstrap=0)
+    result = task_decodability(collect_batch(model, batch), config=TaskDecodability(k=5, n_bootstrap=0))
     counts = torch.bincount(batch.task_ids, minlength=N_TASKS).double()
     confusion = result.confusion.double()
     assert torch.equal(result.confusion.sum((1, 2)), torch.full((4,), len(batch)))
@@ -121,12 +124,12 @@ def test_per_task_and_confusion_are_consistent_with_overall_td(model):
 
 def test_far_clusters_give_td_one_and_identical_points_give_chance():
     points, labels = clusters(n_tasks=4, n_per_task=15)
-    far = task_decodability(points, labels, k=10)
+    far = task_decodability(points, labels, config=TaskDecodability(k=10))
     assert float(far.td[0]) == 1.0 and torch.equal(far.per_task, torch.ones(1, 4, dtype=torch.float64))
     assert far.td_ci.tolist() == [[1.0, 1.0]]
     generator = torch.Generator().manual_seed(0)
     random_labels = torch.randint(0, 4, (80,), generator=generator)
-    same = task_decodability(torch.ones(80, 6, dtype=torch.float64), random_labels, k=10)
+    same = task_decodability(torch.ones(80, 6, dtype=torch.float64), random_labels, config=TaskDecodability(k=10))
     # All points tie: the k neighbours are the first in the canonical order (lowest labels), so every point
     # is predicted as task 0 and TD is the share of task 0, a chance level.
     assert torch.equal(same.predictions, torch.zeros(1, 80, dtype=torch.long))
@@ -137,7 +140,7 @@ def test_far_clusters_give_td_one_and_identical_points_give_chance():
 def test_same_distribution_for_every_task_gives_td_near_chance():
     points = torch.randn(200, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     labels = torch.arange(4).repeat(50)
-    result = task_decodability(points, labels, k=10, seed=3)
+    result = task_decodability(points, labels, seed=3, config=TaskDecodability(k=10))
     low, high = result.td_ci[0].tolist()
     assert low <= 0.25 <= high
     assert abs(float(result.td[0]) - 0.25) < 0.1
@@ -147,8 +150,10 @@ def test_predictions_do_not_depend_on_prompt_order_even_with_identical_points(mo
     batch = sample(n_per_task=12, n_shots=(1, 6), seed=5)
     reps = collect_batch(model, batch)
     perm = torch.randperm(len(batch), generator=torch.Generator().manual_seed(0))
-    base = task_decodability(reps.activations, batch.task_ids, k=5, n_bootstrap=0)
-    shuffled = task_decodability(reps.activations[:, perm], batch.task_ids[perm], k=5, n_bootstrap=0)
+    base = task_decodability(reps.activations, batch.task_ids, config=TaskDecodability(k=5, n_bootstrap=0))
+    shuffled = task_decodability(
+        reps.activations[:, perm], batch.task_ids[perm], config=TaskDecodability(k=5, n_bootstrap=0)
+    )
     assert torch.equal(shuffled.predictions, base.predictions[:, perm])
     assert torch.equal(shuffled.td, base.td)
     duplicates = (reps.activations[0][:, None] == reps.activations[0][None]).all(-1).sum() > len(batch)
@@ -157,9 +162,9 @@ def test_predictions_do_not_depend_on_prompt_order_even_with_identical_points(mo
 
 def test_bootstrap_is_seeded_and_contains_the_estimate():
     points, labels = clusters(n_tasks=3, n_per_task=20, spread=1.5, seed=2)
-    first = task_decodability(points, labels, k=5, n_bootstrap=300, seed=7)
-    again = task_decodability(points, labels, k=5, n_bootstrap=300, seed=7)
-    other = task_decodability(points, labels, k=5, n_bootstrap=300, seed=8)
+    first = task_decodability(points, labels, seed=7, config=TaskDecodability(k=5, n_bootstrap=300))
+    again = task_decodability(points, labels, seed=7, config=TaskDecodability(k=5, n_bootstrap=300))
+    other = task_decodability(points, labels, seed=8, config=TaskDecodability(k=5, n_bootstrap=300))
     assert first == again
     assert not torch.equal(first.td_ci, other.td_ci)
     assert 0 < float(first.td[0]) < 1
@@ -167,7 +172,7 @@ def test_bootstrap_is_seeded_and_contains_the_estimate():
     assert float(first.td_ci[0, 0]) < float(first.td_ci[0, 1])
     inside = (first.per_task_ci[..., 0] <= first.per_task) & (first.per_task <= first.per_task_ci[..., 1])
     assert bool(inside.all())
-    wider = task_decodability(points, labels, k=5, n_bootstrap=300, seed=7, ci=0.99)
+    wider = task_decodability(points, labels, seed=7, config=TaskDecodability(k=5, n_bootstrap=300, ci=0.99))
     assert float(wider.td_ci[0, 1] - wider.td_ci[0, 0]) >= float(first.td_ci[0, 1] - first.td_ci[0, 0])
 
 
@@ -175,7 +180,9 @@ def test_linear_probe_equals_sklearn_cross_val_score(model):
     batch = sample(n_per_task=10, seed=6)
     reps = collect_batch(model, batch, layers=[0, 2])
     with threadpool_limits(1):  # small problems: BLAS threads would only wait on a busy machine
-        result = task_decodability(reps, method="probe", n_folds=5, probe_c=0.5, seed=3, n_bootstrap=0)
+        result = task_decodability(
+            reps, seed=3, config=TaskDecodability(method="probe", n_folds=5, probe_c=0.5, n_bootstrap=0)
+        )
     for i in range(2):
         points, labels = reps.activations[i].numpy(), batch.task_ids.numpy()
         estimator = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000))
@@ -189,7 +196,7 @@ def test_linear_probe_equals_sklearn_cross_val_score(model):
 
 def test_probe_separates_far_clusters():
     points, labels = clusters(n_tasks=3, n_per_task=10)
-    assert float(task_decodability(points, labels, method="probe", n_bootstrap=0).td[0]) == 1.0
+    assert float(task_decodability(points, labels, config=TaskDecodability(method="probe", n_bootstrap=0)).td[0]) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -210,10 +217,12 @@ def test_probe_separates_far_clusters():
     ],
 )
 def test_bad_input_raises_clear_errors(kwargs, error, words):
+    """Options are refused when the TaskDecodability is built, the data (and too few prompts) when it runs."""
     points, labels = clusters(n_tasks=4, n_per_task=15)
-    kwargs = {"labels": labels, **kwargs}
+    options = {name: value for name, value in kwargs.items() if name in {f.name for f in fields(TaskDecodability)}}
+    data = {"labels": labels, **{name: value for name, value in kwargs.items() if name not in options}}
     with pytest.raises(error, match=words.replace("+", r"\+")) as info:
-        task_decodability(points, **kwargs)
+        task_decodability(points, **data, config=TaskDecodability(**options))
     assert isinstance(info.value, TvLensError)
 
 
@@ -222,14 +231,14 @@ def test_a_task_with_one_prompt_and_non_finite_reps_are_rejected():
     labels = labels.clone()
     labels[0] = 3  # task 3 has a single prompt
     with pytest.raises(AnalysisError, match=r"'task 3': 1"):
-        task_decodability(points, labels, k=5)
+        task_decodability(points, labels, config=TaskDecodability(k=5))
     points, labels = clusters(n_tasks=3, n_per_task=12)
     points[4, 2] = float("nan")
     with pytest.raises(NonFiniteError, match="NaN or infinite"):
-        task_decodability(points, labels, k=5)
+        task_decodability(points, labels, config=TaskDecodability(k=5))
     points[4, 2] = float("inf")
     with pytest.raises(NonFiniteError):
-        task_decodability(torch.stack([points, points]), labels, k=5)
+        task_decodability(torch.stack([points, points]), labels, config=TaskDecodability(k=5))
     points, labels = clusters(n_tasks=3, n_per_task=12)
     with pytest.raises(ShapeError, match="No labels"):
         task_decodability(points)
@@ -248,7 +257,9 @@ def test_config_rejects_bad_settings_at_construction():
 
 def test_frame_has_the_documented_tidy_columns():
     points, labels = clusters(n_tasks=3, n_per_task=12, spread=2.0)
-    result = task_decodability(torch.stack([points, points]), labels, k=4, layers=(-1, 1), n_bootstrap=30)
+    result = task_decodability(
+        torch.stack([points, points]), labels, layers=(-1, 1), config=TaskDecodability(k=4, n_bootstrap=30)
+    )
     frame = result.to_frame()
     assert list(frame.columns) == ["layer", "layer_label", "task", "td", "ci_low", "ci_high", "n_prompts"]
     assert len(frame) == 2 * (3 + 1)
@@ -264,7 +275,9 @@ def test_frame_has_the_documented_tidy_columns():
 
 def test_figure_traces_hold_the_curve_its_intervals_and_chance():
     points, labels = clusters(n_tasks=3, n_per_task=12, spread=2.0)
-    result = task_decodability(torch.stack([points * 0, points]), labels, k=4, layers=(-1, 0), n_bootstrap=30)
+    result = task_decodability(
+        torch.stack([points * 0, points]), labels, layers=(-1, 0), config=TaskDecodability(k=4, n_bootstrap=30)
+    )
     figure = result.figure()
     overall, *per_task, chance = figure.data
     assert list(overall.x) == [-1, 0] and list(overall.y) == result.td.tolist()

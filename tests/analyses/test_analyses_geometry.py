@@ -61,7 +61,7 @@ def test_umap_without_the_package_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "umap", None)  # import umap raises ImportError
     points, labels = clusters(n_tasks=3, n_per_task=5)
     with pytest.raises(AnalysisError, match="pip install umap-learn"):
-        project(points, labels, "umap")
+        project(points, labels, config=Geometry(method="umap"))
 
 
 def test_figure_has_one_slider_step_per_layer_showing_that_layer(model):

@@ -71,7 +71,7 @@ def test_pure_function_groups_by_task_and_shots():
     scores = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
     tasks = [0, 0, 1, 1, 0, 1, 1]
     shots = [1, 1, 1, 1, 3, 3, 3]
-    result = icl_performance(scores, tasks, shots, ("a", "b"), n_bootstrap=0)
+    result = icl_performance(scores, tasks, shots, ("a", "b"), config=ICLPerformance(n_bootstrap=0))
     frame = pd.DataFrame({"s": scores.tolist(), "t": tasks, "k": shots})
     expected = frame.groupby(["t", "k"]).s.mean().unstack()
     assert result.values.tolist() == expected.values.tolist()
@@ -84,9 +84,11 @@ def test_intervals_are_seeded_and_contain_the_estimate():
     generator = torch.Generator().manual_seed(0)
     scores = (torch.rand(120, generator=generator) < 0.6).double()
     tasks, shots = torch.arange(3).repeat(40), torch.tensor([1, 4]).repeat_interleave(60)
-    first = icl_performance(scores, tasks, shots, n_bootstrap=200, seed=5)
-    assert first == icl_performance(scores, tasks, shots, n_bootstrap=200, seed=5)
-    assert not torch.equal(first.ci, icl_performance(scores, tasks, shots, n_bootstrap=200, seed=6).ci)
+    first = icl_performance(scores, tasks, shots, seed=5, config=ICLPerformance(n_bootstrap=200))
+    assert first == icl_performance(scores, tasks, shots, seed=5, config=ICLPerformance(n_bootstrap=200))
+    assert not torch.equal(
+        first.ci, icl_performance(scores, tasks, shots, seed=6, config=ICLPerformance(n_bootstrap=200)).ci
+    )
     assert bool(((first.ci[..., 0] <= first.values) & (first.values <= first.ci[..., 1])).all())
     assert bool(((first.overall_ci[:, 0] <= first.overall) & (first.overall <= first.overall_ci[:, 1])).all())
 
@@ -95,15 +97,25 @@ def test_each_shot_count_draws_with_the_next_seed_wrapped_into_the_seed_range():
     generator = torch.Generator().manual_seed(1)
     scores = (torch.rand(120, generator=generator) < 0.6).double()
     tasks, shots = torch.arange(3).repeat(40), torch.tensor([1, 4]).repeat_interleave(60)
-    last = icl_performance(scores, tasks, shots, n_bootstrap=100, seed=2**64 - 1)  # shot count 4 draws with seed 0
-    start = icl_performance(scores, tasks, shots, n_bootstrap=100, seed=0)  # shot count 1 draws with seed 0
+    last = icl_performance(
+        scores, tasks, shots, seed=2**64 - 1, config=ICLPerformance(n_bootstrap=100)
+    )  # shot count 4 draws with seed 0
+    start = icl_performance(
+        scores, tasks, shots, seed=0, config=ICLPerformance(n_bootstrap=100)
+    )  # shot count 1 draws with seed 0
     own = stratified_bootstrap_ci(scores[shots == 4], tasks[shots == 4], 3, 100, 0.95, seed=0)
     torch.testing.assert_close(last.ci[:, 1], own[0], atol=0, rtol=0)
     assert not torch.equal(last.ci[:, 1], start.ci[:, 1])
 
 
 def test_frame_and_figure():
-    result = icl_performance(torch.tensor([1.0, 0.0, 0.5, 1.0]), [0, 1, 0, 1], [0, 0, 2, 2], ("a", "b"), n_bootstrap=10)
+    result = icl_performance(
+        torch.tensor([1.0, 0.0, 0.5, 1.0]),
+        [0, 1, 0, 1],
+        [0, 0, 2, 2],
+        ("a", "b"),
+        config=ICLPerformance(n_bootstrap=10),
+    )
     frame = result.to_frame()
     assert list(frame.columns) == ["task", "shots", "metric", "value", "ci_low", "ci_high", "n_prompts"]
     assert frame.task.tolist() == ["all", "a", "b"] * 2 and frame.shots.tolist() == [0, 0, 0, 2, 2, 2]

@@ -3,19 +3,43 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from analyses_helpers import clusters
+from jaxtyping import Float
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import Tensor
 
 import tv_lens.results.storage as storage
-from tv_lens.analyses import fit_td_accuracy, icl_performance, project, task_decodability
-from tv_lens.errors import ResultFileError, TvLensError
-from tv_lens.results import Decodability, Performance, Projection, Result, SuiteResult, layer_axis
+from tv_lens.analyses import (
+    ICLPerformance,
+    TaskDecodability,
+    fit_td_accuracy,
+    icl_performance,
+    project,
+    task_decodability,
+)
+from tv_lens.errors import LayerOutOfRangeError, ResultFileError, ShapeError, TvLensError
+from tv_lens.results import (
+    Decodability,
+    HeadImportance,
+    IndirectEffects,
+    PatchingEffects,
+    Performance,
+    Projection,
+    PromptingAccuracy,
+    Result,
+    SuiteResult,
+    layer_axis,
+)
+from tv_lens.results.base import _tensor_axes
+from tv_lens.results.shared import real_prompts, real_tasks
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,12 +81,14 @@ def everything() -> Everything:
 
 def decodability() -> Decodability:
     points, labels = clusters(n_tasks=3, n_per_task=12, spread=2.0)
-    return task_decodability(torch.stack([points, points * 2]), labels, k=4, layers=(-1, 0), n_bootstrap=50)
+    return task_decodability(
+        torch.stack([points, points * 2]), labels, layers=(-1, 0), config=TaskDecodability(k=4, n_bootstrap=50)
+    )
 
 
 def all_results() -> list[Result]:
     points, labels = clusters(n_tasks=3, n_per_task=12, spread=2.0)
-    perf = icl_performance(torch.rand(12), [0, 1] * 6, [0, 0, 0, 1, 1, 1] * 2, n_bootstrap=20)
+    perf = icl_performance(torch.rand(12), [0, 1] * 6, [0, 0, 0, 1, 1, 1] * 2, config=ICLPerformance(n_bootstrap=20))
     proj = project(torch.stack([points, points]), labels, layers=(-1, 2))
     fit = fit_td_accuracy(torch.tensor([0.1, 0.5, 0.7, 0.9]), torch.tensor([0.2, 0.3, 0.9, 0.8]), shots=[1, 1, 4, 4])
     suite = SuiteResult({"decodability": decodability(), "performance": perf}, 12, (1, 4), 3, 1)
@@ -202,3 +228,152 @@ def test_layer_axis_labels_block_indices():
 def test_projection_and_decodability_are_the_types_returned():
     assert isinstance(decodability(), Decodability)
     assert isinstance(all_results()[3], Projection)
+
+
+@dataclass(frozen=True, eq=False)
+class Scores(Result):
+    """A result whose tensors name an axis another field fixes (layer), a free one (head) and a number."""
+
+    layers: tuple[int, ...]
+    scores: Float[Tensor, "layer head"]
+    bias: Float[Tensor, "head 2"]
+    total: Float[Tensor, " layer"] | None = None
+
+    def _axes(self) -> dict[str, int]:
+        return {"layer": len(self.layers)}
+
+
+def test_tensor_fields_are_checked_against_the_axes_their_annotations_name():
+    good = {"layers": (0, 1), "scores": torch.zeros(2, 3), "bias": torch.zeros(3, 2)}
+    Scores(**good)  # head is 3 in both tensors; the optional total is left out
+    Scores(**good, total=torch.zeros(2))
+    cases = {
+        "scores must have shape (2, 3), got (3, 3)": {"scores": torch.zeros(3, 3)},  # layer is len(layers)
+        "bias must have shape (3, 2), got (4, 2)": {"bias": torch.zeros(4, 2)},  # head keeps its first size
+        "bias must have shape (3, 2), got (3, 3)": {"bias": torch.zeros(3, 3)},  # a number is that size
+        "scores must have shape (2, head), got (2,)": {"scores": torch.zeros(2)},
+        "total must have shape (2,), got (3,)": {"total": torch.zeros(3)},
+    }
+    for message, change in cases.items():
+        with pytest.raises(ShapeError, match=re.escape(f"Scores.{message}")):
+            Scores(**{**good, **change})
+
+
+def test_every_tensor_field_of_every_result_type_is_shape_checked():
+    """The check reads the annotations, so none may fail to resolve or name its axes in a way it skips."""
+    library = [cls for cls in Result._registry.values() if cls.__module__.startswith("tv_lens.")]
+    assert {PromptingAccuracy, PatchingEffects, HeadImportance, IndirectEffects, Performance} <= set(library)
+    for cls in library:
+        hints = storage.field_types(cls)
+        assert set(hints) >= {f.name for f in fields(cls)}, cls.__name__
+        tensors = {f.name for f in fields(cls) if "Tensor" in str(hints[f.name])}
+        assert set(_tensor_axes(cls)) == tensors, cls.__name__
+
+
+@pytest.mark.parametrize("cls", [Decodability, PromptingAccuracy, PatchingEffects, HeadImportance, IndirectEffects])
+def test_the_shared_settings_keep_their_names_and_defaults_and_follow_the_own_fields(cls):
+    """Files name their fields: the settings declared once keep the names and defaults they were saved under."""
+    shared = {"ci_level": 0.95, "n_bootstrap": 1000, "seed": 0}
+    shared |= {} if cls is Decodability else {"rows_per_pass": None}
+    settings = [f for f in fields(cls) if f.name in shared]
+    assert {f.name: f.default for f in settings} == shared
+    assert all(f.kw_only for f in settings) and not any(f.kw_only for f in fields(cls) if f.name not in shared)
+
+
+def test_a_layer_off_the_axis_names_the_layers_on_it():
+    result = decodability()
+    assert result.at(0) == 1 and result.at(-1) == 0
+    with pytest.raises(LayerOutOfRangeError, match=r"Layer 5 is not among the layers of .*, \(-1, 0\)"):
+        result.at(5)
+    with pytest.raises(LayerOutOfRangeError, match=r"Layer 1 is not among the layers of this projection, \(-1, 2\)"):
+        all_results()[3].traces(1)
+
+
+def test_only_the_null_tasks_prompts_and_tasks_are_left_out():
+    ids = torch.tensor([2, 0, 1, 2, 1])
+    names = ("a", "none", "b")
+    assert real_tasks(names, "none") == [0, 2]
+    assert real_prompts(ids, names, "none").tolist() == [name != "none" for name in (names[i] for i in ids)]
+    assert real_prompts(ids, names).all() and real_tasks(names) == [0, 1, 2]  # no task called "null"
+
+
+def random_fields(cls: type[Result], sizes: dict[str, int], **given: object) -> dict[str, object]:
+    """Random float64 tensors (integer ones for ``writes``, ``vector_source``) of the shapes ``cls`` annotates."""
+    generator = torch.Generator().manual_seed(0)
+    tensors: dict[str, object] = {}
+    for name, dims in _tensor_axes(cls).items():
+        shape = tuple(dim if isinstance(dim, int) else sizes[dim] for dim in dims)
+        integer = name in ("writes", "vector_source")
+        tensors[name] = (
+            torch.randint(0, 5, shape, generator=generator)
+            if integer
+            else torch.rand(shape, generator=generator, dtype=torch.float64)
+        )
+    return tensors | given
+
+
+def test_the_prompting_table_averages_each_tasks_prompts_and_leaves_the_null_task_out_of_all():
+    ids = torch.tensor([0, 2, 1, 1, 0, 2, 0])
+    result = PromptingAccuracy(
+        **random_fields(PromptingAccuracy, {"layer": 2, "task": 3, "prompt": 7}, task_ids=ids),
+        layers=(0, 1),
+        task_names=("a", "none", "b"),
+        icl_accuracy=0.5,
+        zero_shot_accuracy=0.25,
+        null_task="none",
+    )
+    frame = result.to_frame().set_index(["layer", "task"])
+    prompts = pd.DataFrame({"task": [result.task_names[t] for t in ids.tolist()]})
+    for i, layer in enumerate(result.layers):
+        prompts["loss"], prompts["icl"] = result.tvp_loss[i].numpy(), result.icl_correct.numpy()
+        prompts["zero"] = result.zero_shot_correct.numpy()
+        by_task = prompts.groupby("task").agg(["mean", "size"])
+        for task in result.task_names:
+            row = frame.loc[(layer, task)]
+            assert row.tvp_loss == pytest.approx(by_task.loc[task, ("loss", "mean")], rel=1e-12)
+            assert row.icl_accuracy == pytest.approx(by_task.loc[task, ("icl", "mean")], rel=1e-12)
+            assert row.zero_shot_accuracy == pytest.approx(by_task.loc[task, ("zero", "mean")], rel=1e-12)
+            assert row.n_prompts == by_task.loc[task, ("loss", "size")]
+        overall = frame.loc[(layer, "all")]
+        assert overall.tvp_loss == pytest.approx(prompts.loss[prompts.task != "none"].mean(), rel=1e-12)
+        assert overall.n_prompts == 5 and overall.icl_accuracy == 0.5
+
+
+def test_the_patching_tables_and_headline_read_the_fields():
+    ids = torch.tensor([0, 1, 1, 0, 1])
+    result = PatchingEffects(
+        **random_fields(PatchingEffects, {"layer": 2, "source": 2, "target": 3, "prompt": 5}, task_ids=ids),
+        clean_override_rate=0.1,
+        layers=(1, 3),
+        source_names=("a", "b"),
+        target_names=("a", "b", "c"),
+    )
+    frame = result.to_frame().set_index(["layer", "source", "target"])
+    for i, layer in enumerate(result.layers):
+        for s, source in enumerate(result.source_names):
+            for t, target in enumerate(result.target_names):
+                row = frame.loc[(layer, source, target)]
+                assert row.accuracy == pytest.approx(float(result.correct[i, t, ids == s].double().mean()), rel=1e-12)
+                assert row.loss == pytest.approx(float(result.loss[i, t, ids == s].double().mean()), rel=1e-12)
+    summary = result.summary_frame()
+    assert list(zip(summary.layer, summary.comparison, strict=True)) == [
+        (layer, comparison) for layer in (1, 3) for comparison in ("correct", "incorrect")
+    ]
+    for comparison in ("correct", "incorrect"):
+        rows = summary[summary.comparison == comparison]
+        np.testing.assert_array_equal(rows.accuracy_change, getattr(result, f"{comparison}_change").numpy())
+        np.testing.assert_array_equal(
+            rows[["loss_ci_low", "loss_ci_high"]], getattr(result, f"{comparison}_loss_change_ci")
+        )
+    assert (
+        summary.override_rate.tolist()[1::2] == result.override_rate.tolist()
+        and summary.override_rate[::2].isna().all()
+    )
+    headline, i = result.headline(), result.at(result.best_layer)
+    assert list(headline) == ["mode", "layer"] + [
+        f"{name}{ci}"
+        for name in ("correct", "incorrect", "correct_loss", "incorrect_loss")
+        for ci in ("_change", "_change_ci")
+    ] + ["override_rate"]
+    assert headline["incorrect_loss_change_ci"] == result.incorrect_loss_change_ci[i].tolist()
+    assert headline["correct_change"] == float(result.correct_change[i]) and headline["layer"] == result.layers[i]

@@ -101,5 +101,7 @@ def test_hooks_are_restored_after_a_fault_while_comparing(model):
     with failing_user_hook(model, "blocks.1.hook_resid_post", fail_on_call=1) as calls:
         before = hook_snapshot(model)
         with pytest.raises(RuntimeError, match="injected fault"):
-            compare_models({"base": model}, batch, decodability=TaskDecodability(k=2, n_bootstrap=0))
+            compare_models(
+                {"base": model}, batch, config=LayerFinetuning(decodability=TaskDecodability(k=2, n_bootstrap=0))
+            )
         assert hook_snapshot(model) == before and calls

@@ -203,7 +203,7 @@ def test_left_padding_and_prompt_order_do_not_change_the_numbers(analysed):
             batch.task_names,
             result.means,
             attention_mask=mask_,
-            n_bootstrap=0,
+            config=FunctionVectors(n_bootstrap=0),
         )
         torch.testing.assert_close(effects.patched_prob, result.effects.patched_prob[..., order], atol=1e-8, rtol=0)
     clean = real(clean)
@@ -220,7 +220,7 @@ def test_answer_columns_that_are_padding_in_every_row_change_nothing(analysed):
     def effects(answers):
         return causal_indirect_effects(
             model, batch.inputs, batch.answer_pos, answers, batch.task_ids, batch.task_names, result.means,
-            n_bootstrap=0,
+            config=FunctionVectors(n_bootstrap=0),
         )  # fmt: skip
 
     assert effects(padded) == effects(batch.answers)
@@ -288,18 +288,19 @@ def test_gqa_patch_changes_exactly_one_query_head_and_cie_matches(tmp_path_facto
         corrupted.task_ids,
         corrupted.task_names,
         means,
-        n_bootstrap=0,
+        config=FunctionVectors(n_bootstrap=0),
     )
     logits = patched_run(model, corrupted, layer, head, values, one_by_one=True)
     prob, loss = answer_probability(logits, corrupted)
     torch.testing.assert_close(effects.patched_prob[layer, head], prob, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(effects.patched_loss[layer, head], loss, atol=2e-4, rtol=1e-4)
-    vector = function_vector(model, means, effects, k=2)
+    vector = function_vector(model, means, effects, config=FunctionVectors(k=2))
     heads = effects.top_heads(2)
     w_o = {lay: model.blocks[lay].attn.W_O.detach().double() for lay, _ in heads}
     expected_fv = sum(means.activations[:, lay, h] @ w_o[lay][h] for lay, h in heads)
     torch.testing.assert_close(vector.vectors, expected_fv, atol=1e-10, rtol=0)
-    sweep = function_vector_prompting(model, clean, vector, layers=(0,), scoring="exact_match", n_bootstrap=0)
+    config = FunctionVectors(layers=(0,), scoring="exact_match", n_bootstrap=0)
+    sweep = function_vector_prompting(model, clean, vector, config=config)
     assert sweep.prompting.scoring == "exact_match" and sweep.prompting.tvp_correct.shape == (1, len(clean))
 
 
@@ -309,7 +310,7 @@ def test_bad_input_is_a_clear_error(model, analysed):
     with pytest.raises(AnalysisError, match="k must be an int in"):
         FunctionVectors(k=N_LAYERS * N_HEADS + 1, n_bootstrap=0).run_batch(model, clean, corrupted, evaluation)
     with pytest.raises(AnalysisError, match="k must be an int in"):
-        function_vector(model, result.means, result.effects, k=13)
+        function_vector(model, result.means, result.effects, config=FunctionVectors(k=13))
     with pytest.raises(AnalysisError, match="k"):
         FunctionVectors(k=0)
     with pytest.raises(AnalysisError, match="label_noise"):
@@ -367,5 +368,5 @@ def test_no_hook_is_left_after_an_error(model, analysed):
         mean_head_activations(model, batch.inputs, batch.answer_pos, batch.task_ids, batch.task_names)
     assert hook_snapshot(model) == before
     with pytest.raises(LayerOutOfRangeError):
-        function_vector_prompting(model, batch, result.vector, layers=(0, 9))
+        function_vector_prompting(model, batch, result.vector, config=FunctionVectors(layers=(0, 9)))
     assert hook_snapshot(model) == before

@@ -127,14 +127,14 @@ def test_batched_ablation_equals_one_head_per_pass(model):
 
 def test_left_padding_and_prompt_order_do_not_change_the_numbers(model):
     batch = sample(n_per_task=2, n_shots=(0, 3), seed=6)
-    settings = {"n_bootstrap": 0, "prune_steps": 3, "mode": "mean"}
-    reference = HeadAblation(**settings).run_batch(model, batch)
+    config = HeadAblation("mean", prune_steps=3, n_bootstrap=0)
+    reference = config.run_batch(model, batch)
     tokens, mask, answer_pos = left_pad(batch)
     left = head_importance(
-        model, tokens, answer_pos, batch.answers, batch.task_ids, batch.task_names, attention_mask=mask, **settings
+        model, tokens, answer_pos, batch.answers, batch.task_ids, batch.task_names, attention_mask=mask, config=config
     )
     perm = torch.randperm(len(batch), generator=torch.Generator().manual_seed(0))
-    shuffled = HeadAblation(**settings).run_batch(model, batch.select(perm))
+    shuffled = config.run_batch(model, batch.select(perm))
     for name in ("ablated_loss", "attribution"):
         torch.testing.assert_close(getattr(left, name), getattr(reference, name), atol=1e-5, rtol=0)
         torch.testing.assert_close(getattr(shuffled, name), getattr(reference, name)[..., perm], atol=1e-5, rtol=0)
@@ -193,10 +193,17 @@ def test_frame_figures_save_load_and_top_heads(analysed, tmp_path):
     ],
 )
 def test_bad_input_names_the_problem(model, kwargs, words):
+    """Options are refused when the config is built; counts beyond the model's heads when the function runs."""
     batch = sample(n_per_task=1, seed=3)
     with pytest.raises(AnalysisError, match=words):
         head_importance(
-            model, batch.inputs, batch.answer_pos, batch.answers, batch.task_ids, batch.task_names, **kwargs
+            model,
+            batch.inputs,
+            batch.answer_pos,
+            batch.answers,
+            batch.task_ids,
+            batch.task_names,
+            config=HeadAblation(**kwargs),
         )
 
 

@@ -25,7 +25,7 @@ def run(model, batch, vectors, **kwargs):
 
 
 def patch(model, batch, vectors, **kwargs):
-    """``patch_task_vectors`` on a batch, for the options the config does not expose."""
+    """``patch_task_vectors`` on a batch, for the data ``run_batch`` fills in (e.g. ``targets``)."""
     return patch_task_vectors(
         model, batch.inputs, batch.answer_pos, batch.answers, batch.task_ids, batch.task_names, vectors, **kwargs
     )
@@ -194,8 +194,7 @@ def test_left_padding_and_pass_size_do_not_change_the_numbers(model):
         batch.task_names,
         vectors,
         attention_mask=mask,
-        n_bootstrap=0,
-        rows_per_pass=5,
+        config=TaskVectorPatching(n_bootstrap=0, rows_per_pass=5),
     )
     for name in ("loss", "clean_loss", "accuracy_change", "loss_change"):
         torch.testing.assert_close(getattr(shifted, name), getattr(reference, name), atol=1e-5, rtol=0)
@@ -238,7 +237,7 @@ def test_bad_input_names_the_problem(model):
     with pytest.raises(ShapeError, match="d_model=32 but the model has d_model=16"):
         run(narrow, batch, vectors)
     with pytest.raises(AnalysisError, match="scale must be a finite number"):
-        patch(model, batch, vectors, scale=float("nan"))
+        TaskVectorPatching(mode="add", scale=float("nan"))
     with pytest.raises(ShapeError, match="answers must be integer tokens"):
         patch_task_vectors(
             model, batch.inputs, batch.answer_pos, batch.answers[:3], batch.task_ids, batch.task_names, vectors

@@ -127,8 +127,7 @@ def test_left_padding_does_not_change_the_numbers(model):
         batch.task_names,
         icl_attention_mask=icl_mask,
         zero_shot_attention_mask=zs_mask,
-        n_bootstrap=0,
-        rows_per_pass=7,
+        config=TaskVectorPrompting(n_bootstrap=0, rows_per_pass=7),
     )
     for name in ("tvp_loss", "icl_loss", "zero_shot_loss"):
         torch.testing.assert_close(getattr(left, name), getattr(reference, name), atol=1e-5, rtol=0)

@@ -24,7 +24,14 @@ from hypothesis import strategies as st
 from reliability_helpers import POOL, TINY_TRAINING, one_thread, tiny_model_config  # noqa: F401
 
 from tv_lens import TvLensError
-from tv_lens.analyses import fit_td_accuracy, icl_performance, project, task_decodability
+from tv_lens.analyses import (
+    ICLPerformance,
+    TaskDecodability,
+    fit_td_accuracy,
+    icl_performance,
+    project,
+    task_decodability,
+)
 from tv_lens.models import build_model
 from tv_lens.results import Result
 from tv_lens.results.storage import METADATA_KEY, canonical_json, document_digest, result_to_bytes, tensor_digest
@@ -49,8 +56,10 @@ def results() -> dict[str, Result]:
     labels = torch.arange(3).repeat_interleave(4)
     reps = torch.randn(2, 12, 4, generator=torch.Generator().manual_seed(0)) + 3 * labels[None, :, None]
     return {
-        "decodability": task_decodability(reps, labels, k=2, n_bootstrap=4),
-        "performance": icl_performance([1.0, 0.0, 1.0, 1.0], [0, 0, 1, 1], [1, 2, 1, 2], n_bootstrap=4),
+        "decodability": task_decodability(reps, labels, config=TaskDecodability(k=2, n_bootstrap=4)),
+        "performance": icl_performance(
+            [1.0, 0.0, 1.0, 1.0], [0, 0, 1, 1], [1, 2, 1, 2], config=ICLPerformance(n_bootstrap=4)
+        ),
         "projection": project(reps, labels),
         "fit": fit_td_accuracy([0.2, 0.5, 0.9], [0.3, 0.4, 0.8], task_ids=[0, 1, 2], shots=[1, 1, 1]),
     }

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from reliability_helpers import POOL, TINY_TRAINING, one_thread, tiny_model_config  # noqa: F401
 
 from tv_lens import TvLensError
-from tv_lens.analyses import task_decodability
+from tv_lens.analyses import TaskDecodability, task_decodability
 from tv_lens.app.demo import read_run_config
 from tv_lens.app.pretrained import read_pretrained_config
 from tv_lens.errors import ArtefactError
@@ -97,7 +97,9 @@ def saved_files() -> dict[str, bytes]:
     folder = Path(tempfile.mkdtemp(prefix="tv-lens-fuzz-"))
     labels = torch.arange(3).repeat_interleave(4)
     reps = torch.randn(12, 4, generator=torch.Generator().manual_seed(0)) + 3 * labels[:, None]
-    result = task_decodability(reps, labels, k=2, n_bootstrap=0).save(folder / "td.safetensors")
+    result = task_decodability(reps, labels, config=TaskDecodability(k=2, n_bootstrap=0)).save(
+        folder / "td.safetensors"
+    )
     config = tiny_model_config(n_layers=1)
     settings = TrainConfig.from_dict({**TINY_TRAINING.to_dict(), "checkpoint_every": 3})
     run = train(build_model(config), POOL, settings, model_config=config, checkpoint_dir=folder / "run", progress=False)

@@ -76,7 +76,7 @@ def clean_effects(backend: str) -> IndirectEffects:
     batch = POOL.sample(2, 2, seed=1, label_noise=0.99)
     model = fuzz_model(backend=backend)
     args = (batch.inputs, batch.answer_pos, batch.answers, batch.task_ids, batch.task_names, clean_means(backend))
-    return causal_indirect_effects(model, *args, n_bootstrap=0)
+    return causal_indirect_effects(model, *args, config=FunctionVectors(n_bootstrap=0))
 
 
 # --- strategies ---
@@ -260,7 +260,7 @@ def test_mean_head_activations(backend: str, prompts: tuple[Any, ...], layers: A
                 task_names,
                 attention_mask=mask,
                 layers=layers,
-                batch_size=batch_size,
+                config=FunctionVectors(batch_size=batch_size),
             )
 
     means = outcome(model, call)
@@ -316,9 +316,8 @@ def test_causal_indirect_effects(
             used["means"],
             attention_mask=mask,
             label_noise=label_noise,
-            n_bootstrap=n_bootstrap,
             seed=seed,
-            rows_per_pass=rows_per_pass,
+            config=FunctionVectors(n_bootstrap=n_bootstrap, rows_per_pass=rows_per_pass),
         )
 
     effects = outcome(model, call)
@@ -351,7 +350,9 @@ def test_function_vector(backend: str, make_means: Callable[[str], Any], heads: 
     def call() -> Any:
         used["means"] = make_means(backend)
         chosen = clean_effects(backend) if isinstance(heads, str) else heads
-        return function_vector(model, used["means"], chosen, k, model_name=model_name, pool=pool)
+        return function_vector(
+            model, used["means"], chosen, model_name=model_name, pool=pool, config=FunctionVectors(k=k)
+        )
 
     vector = outcome(model, call)
     if vector is not None:

@@ -40,7 +40,13 @@ from reliability_helpers import POOL, one_thread  # noqa: F401  (autouse: tiny m
 
 from tv_lens import TvLensError
 from tv_lens.analyses import (
+    Geometry,
+    HeadAblation,
+    ICLPerformance,
+    LayerFinetuning,
     TaskDecodability,
+    TaskVectorPatching,
+    TaskVectorPrompting,
     compare_models,
     fit_td_accuracy,
     head_attribution,
@@ -167,16 +173,12 @@ def test_task_decodability(data: Any, method: Any) -> None:
         lambda: task_decodability(
             reps,
             labels,
-            k=k,
-            metric=metric,
-            method=method,
-            n_folds=n_folds,
-            probe_c=probe_c,
-            n_bootstrap=n_bootstrap,
-            ci=ci,
             seed=seed,
             task_names=task_names,
             layers=layers,
+            config=TaskDecodability(
+                k=k, metric=metric, method=method, n_folds=n_folds, probe_c=probe_c, n_bootstrap=n_bootstrap, ci=ci
+            ),
         )
     )
     if result is not None:
@@ -193,7 +195,9 @@ def test_project(data: Any, method: Any) -> None:
     task_names = data.draw(task_names_for(3))
     layers = data.draw(layers_for(reps))
     seed = data.draw(SEEDS)
-    result = refused(lambda: project(reps, labels, method, seed=seed, task_names=task_names, layers=layers))
+    result = refused(
+        lambda: project(reps, labels, seed=seed, task_names=task_names, layers=layers, config=Geometry(method=method))
+    )
     if result is not None:
         n_layers = reps.shape[0] if reps.ndim == 3 else 1
         assert result.coords.shape == (n_layers, reps.shape[-2], 2) and finite(result.coords)
@@ -205,7 +209,9 @@ def test_separated_clusters_are_decodable_and_projected_apart() -> None:
     labels = torch.arange(3).repeat_interleave(4)
     reps = torch.randn(2, 12, 5, generator=torch.Generator().manual_seed(0)) + 100 * labels[None, :, None]
     for method in ("knn", "probe"):
-        result = task_decodability(reps, labels.tolist(), k=3, method=method, n_folds=2, n_bootstrap=0)
+        result = task_decodability(
+            reps, labels.tolist(), config=TaskDecodability(k=3, method=method, n_folds=2, n_bootstrap=0)
+        )
         assert result.td.tolist() == [1.0, 1.0]
         assert torch.equal(result.confusion[0], torch.diag(torch.tensor([4, 4, 4])))
     projection = project(reps.double(), labels.numpy())
@@ -289,7 +295,12 @@ def test_icl_performance(data: Any, task_names: Any, n_bootstrap: Any, ci: Any, 
     scores, tasks, shots = data
     result = refused(
         lambda: icl_performance(
-            scores, tasks, shots, task_names, higher_is_better=higher, n_bootstrap=n_bootstrap, ci=ci, seed=seed
+            scores,
+            tasks,
+            shots,
+            task_names,
+            seed=seed,
+            config=ICLPerformance(higher_is_better=higher, n_bootstrap=n_bootstrap, ci=ci),
         )
     )
     if result is not None:
@@ -301,7 +312,9 @@ def test_icl_performance(data: Any, task_names: Any, n_bootstrap: Any, ci: Any, 
 
 def test_icl_performance_means_each_cell() -> None:
     """Four prompts of task 0 at 1 shot (scores 1, 1, 0, 1) and two of task 1 at 3 shots (0, 1)."""
-    result = icl_performance([1.0, 1.0, 0.0, 1.0, 0.0, 1.0], [0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 3, 3], n_bootstrap=0)
+    result = icl_performance(
+        [1.0, 1.0, 0.0, 1.0, 0.0, 1.0], [0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 3, 3], config=ICLPerformance(n_bootstrap=0)
+    )
     assert result.shots == (1, 3)
     assert result.values[0, 0] == 0.75 and result.values[1, 1] == 0.5
     assert result.values[0, 1].isnan() and result.values[1, 0].isnan()
@@ -517,13 +530,11 @@ def test_patch_task_vectors(
             args["task_names"],
             chosen,
             attention_mask=args["attention_mask"],
-            mode=mode,
-            layers=layers,
             targets=targets,
-            scale=scale,
             null_task=null_task,
-            n_bootstrap=n_bootstrap,
-            rows_per_pass=rows_per_pass,
+            config=TaskVectorPatching(
+                mode=mode, layers=layers, scale=scale, n_bootstrap=n_bootstrap, rows_per_pass=rows_per_pass
+            ),
         ),
     )
     if result is not None:
@@ -580,14 +591,16 @@ def test_task_vector_prompting(
             args["task_names"],
             icl_attention_mask=args["attention_mask"],
             zero_shot_attention_mask=zs_mask,
-            layers=layers,
-            source=source,
             vectors=pool_vectors(backend) if use_vectors else None,
-            mode=mode,
-            site=site,
-            n_bootstrap=n_bootstrap,
-            rows_per_pass=rows_per_pass,
-            batch_size=batch_size,
+            config=TaskVectorPrompting(
+                layers=layers,
+                source=source,
+                mode=mode,
+                site=site,
+                n_bootstrap=n_bootstrap,
+                rows_per_pass=rows_per_pass,
+                batch_size=batch_size,
+            ),
         ),
     )
     if result is not None:
@@ -632,15 +645,17 @@ def test_head_importance(
             args["task_ids"],
             args["task_names"],
             attention_mask=args["attention_mask"],
-            mode=mode,
-            metric=metric,
-            top_k=top_k,
-            prune_steps=prune_steps,
-            attribution=attribution,
-            attribution_method=attribution_method,
-            n_bootstrap=n_bootstrap,
-            rows_per_pass=rows_per_pass,
-            batch_size=batch_size,
+            config=HeadAblation(
+                mode=mode,
+                metric=metric,
+                top_k=top_k,
+                prune_steps=prune_steps,
+                attribution=attribution,
+                attribution_method=attribution_method,
+                n_bootstrap=n_bootstrap,
+                rows_per_pass=rows_per_pass,
+                batch_size=batch_size,
+            ),
         ),
     )
     if result is not None:
@@ -703,7 +718,9 @@ def test_head_attribution(
         aligned = align(model, args["inputs"], args["answer_pos"], args["attention_mask"], answer_counts(answers))
         prompts = {"aligned": aligned, "batch": batch, "tensor": batch.inputs}[prompts_kind]
         with GRAD_MODES[in_mode]():
-            return head_attribution(model, prompts, answers, values, batch_size, method)
+            return head_attribution(
+                model, prompts, answers, values, config=HeadAblation(batch_size=batch_size, attribution_method=method)
+            )
 
     result = outcome(model, call)
     if result is not None:
@@ -718,7 +735,13 @@ def test_head_attribution_is_linear_in_the_ablation_values() -> None:
     answers = answer_tokens(batch.answers, len(batch))
     prompts = align(model, batch.inputs, batch.answer_pos, batch.attention_mask, answer_counts(answers))
     zero, one, two = (
-        head_attribution(model, prompts, answers, torch.full((N_LAYERS, N_HEADS, D_HEAD), value), method="loss")
+        head_attribution(
+            model,
+            prompts,
+            answers,
+            torch.full((N_LAYERS, N_HEADS, D_HEAD), value),
+            config=HeadAblation(attribution_method="loss"),
+        )
         for value in (0.0, 1.0, 2.0)
     )
     assert torch.allclose(two - one, one - zero, atol=1e-5) and not torch.allclose(one, zero)
@@ -729,7 +752,8 @@ def test_head_attribution_is_linear_in_the_ablation_values() -> None:
 
 @st.composite
 def comparisons(draw: Any) -> dict[str, Any]:
-    """Arguments of :func:`compare_models`: models, a batch, blocks, final losses, TD settings; one sometimes wrong."""
+    """Arguments of :func:`compare_models` and the TD settings of its config: models, a batch, blocks, final losses,
+    TD settings; one sometimes wrong."""
     field = draw(
         mostly(
             st.just("none"),
@@ -781,7 +805,8 @@ def test_compare_models(backend: str, args: dict[str, Any], n_bootstrap: Any, se
     if isinstance(models, dict):
         models = {name: lookup.get(value, value) if isinstance(value, str) else value for name, value in models.items()}
     call_args = {**args, "models": models}
-    result = outcome(model, lambda: compare_models(**call_args, n_bootstrap=n_bootstrap, seed=seed))
+    options = {"decodability": call_args.pop("decodability"), "n_bootstrap": n_bootstrap}
+    result = outcome(model, lambda: compare_models(**call_args, seed=seed, config=LayerFinetuning(**options)))
     if result is not None:
         assert result.td.shape[0] == len(models) and finite(result.td)
         assert finite(result.overall) and result.accuracy.shape == (len(models), N_TASKS)

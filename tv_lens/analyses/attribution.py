@@ -16,17 +16,17 @@ every path through later heads kept), so it works whether or not the model's wei
 and no weight's ``.grad`` is touched. Each prompt's estimate uses the gradient of its own loss only
 (rows of a batch do not interact), so one backward of the summed loss gives every prompt's estimate.
 
-Saturation (``method``). A trained model predicts its answers with near-certainty, so the clean loss sits
-on the flat floor of the cross-entropy: its gradient is ``1 - p(answer)`` times the logit gradient and
-nearly vanishes, while ablating an important head costs nats. The default ``method="log_odds"`` linearizes
-the answer token's log-odds instead, ``lo = logit[answer] - logsumexp(logit[other tokens])`` (not saturated:
+Saturation (``HeadAblation.attribution_method``). A trained model predicts its answers with near-certainty,
+so the clean loss sits on the flat floor of the cross-entropy: its gradient is ``1 - p(answer)`` times the
+logit gradient and nearly vanishes, while ablating an important head costs nats. The default ``"log_odds"``
+linearizes the answer token's log-odds instead, ``lo = logit[answer] - logsumexp(logit[other tokens])`` (not saturated:
 its gradient does not shrink as ``p(answer) -> 1``), and maps the estimate through the exact loss, which is
 ``softplus(-lo)``:
 
     Δloss ≈ softplus(-(lo + Δlo)) - softplus(-lo),   Δlo = Σ_pos ⟨ ∂lo/∂z , z' − z ⟩
 
 per prompt and answer token (then averaged over the prompt's answer tokens, as the loss is). Its first-order
-term equals the plain estimate's; it costs one backward pass per answer token. ``method="loss"`` is the plain
+term equals the plain estimate's; it costs one backward pass per answer token. ``"loss"`` is the plain
 first-order estimate of the loss.
 """
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,9 @@ from tv_lens.models.adapter import adapt
 from tv_lens.models.running import forward
 from tv_lens.positions import answer_columns, check_tensor_data, length_sorted_batches
 
+if TYPE_CHECKING:
+    from tv_lens.analyses.heads import HeadAblation  # which imports this module
+
 __all__ = ["ATTRIBUTION_METHODS", "head_attribution"]
 
 ATTRIBUTION_METHODS: tuple[str, ...] = ("log_odds", "loss")
@@ -58,28 +61,27 @@ def head_attribution(
     prompts: AlignedPrompts,
     answers: Int[Tensor, "prompt n_answer"],
     ablation_values: Float[Tensor, "layer head d_head"],
-    batch_size: int = 64,
-    method: str = "log_odds",
+    *,
+    config: HeadAblation,
 ) -> Float[Tensor, "layer head prompt"]:
     """First-order estimate of each prompt's answer-loss increase when each head is ablated.
+
+    The options are the attributes of :class:`~tv_lens.analyses.HeadAblation` read here: ``attribution_method``
+    (what the estimate linearizes, see the module docstring) and ``batch_size`` (prompts per forward/backward pass).
 
     Args:
         model: A TransformerLens model.
         prompts: Aligned prompts (:func:`tv_lens.interventions.sweep.align`).
         answers: Answer tokens of each prompt.
         ablation_values: What each head's ``hook_z`` is ablated to, at every position.
-        batch_size: Prompts per forward/backward pass.
-        method: ``"log_odds"`` (linearize each answer token's log-odds, map through the exact loss) or
-            ``"loss"`` (linearize the loss); see the module docstring.
+        config: The options, e.g. ``HeadAblation()`` for the defaults.
 
     Returns:
         ``[layer, head, prompt]`` estimates (float64, on the CPU).
 
     Raises:
-        AnalysisError: Unknown ``method``, or weights created in inference mode.
+        AnalysisError: Weights created in inference mode.
     """
-    if method not in ATTRIBUTION_METHODS:
-        raise AnalysisError(f"Unknown attribution method {method!r}; use one of {list(ATTRIBUTION_METHODS)}.")
     adapter = adapt(model)
     if not isinstance(prompts, AlignedPrompts):
         raise ShapeError(
@@ -104,8 +106,6 @@ def head_attribution(
             f"answers must be the prompts' answer tokens [prompt={len(prompts)}, n_answer="
             f"{prompts.n_answer_tokens}], got {got}; pass answer_tokens(batch.answers, len(batch))."
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ShapeError(f"batch_size must be an int >= 1 (prompts per pass), got {batch_size!r}.")
     if torch.is_inference_mode_enabled():
         # The estimate needs one backward pass: leave inference mode for it. Tensors made inside it (the
         # prompts, the ablation values) are read through copies, never kept for the backward pass.
@@ -122,11 +122,11 @@ def head_attribution(
                 answer_pos=prompts.answer_pos.clone(),
                 answer_lengths=prompts.answer_lengths.clone(),
             )
-            return head_attribution(model, copies, answers.clone(), ablation_values.clone(), batch_size, method)
+            return head_attribution(model, copies, answers.clone(), ablation_values.clone(), config=config)
     n_answer = prompts.n_answer_tokens
     out = torch.empty(adapter.n_layers, adapter.n_heads, len(prompts), dtype=torch.float64)
     values = ablation_values.to(adapter.device, adapter.dtype)
-    for index in length_sorted_batches(prompts.ends, batch_size):
+    for index in length_sorted_batches(prompts.ends, config.batch_size):
         width = int(prompts.ends[index].max())
         inputs = prompts.inputs[index.to(prompts.inputs.device), :width].to(adapter.device)
         captured: dict[int, tuple[Tensor, Tensor]] = {}
@@ -142,7 +142,7 @@ def head_attribution(
             targets = answers[index].to(logits.device)
             layers = sorted(captured)
             leaves = [captured[layer][1] for layer in layers]
-            if method == "loss":
+            if config.attribution_method == "loss":
                 losses = token_cross_entropy(logits[rows, columns], targets)
                 grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
                 for layer, grad in zip(layers, grads, strict=True):

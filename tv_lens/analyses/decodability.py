@@ -31,7 +31,7 @@ prompts (:func:`tv_lens.probes.collect`); the k-NN then runs on the cached rows.
 >>> import torch
 >>> labels = torch.arange(3).repeat_interleave(12)
 >>> far = torch.nn.functional.one_hot(labels).double() * 100 + torch.randn(36, 3, dtype=torch.float64)
->>> task_decodability(far, labels, k=5).td
+>>> task_decodability(far, labels, config=TaskDecodability(k=5)).td
 tensor([1.], dtype=torch.float64)
 """
 
@@ -56,7 +56,7 @@ from tv_lens.analyses.options import IntervalOptions, PassOptions
 from tv_lens.errors import AnalysisError
 from tv_lens.probes import Representations
 from tv_lens.results.decodability import Decodability
-from tv_lens.stats.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.stats.classifiers import check_knn, knn_loo_predictions, linear_probe, probe_cv_predictions
 
 __all__ = ["Decodability", "TaskDecodability", "task_decodability"]
@@ -67,63 +67,52 @@ Method = Literal["knn", "probe"]
 def task_decodability(
     reps: RepsInput,
     labels: LabelsInput | None = None,
-    k: int = 10,
-    metric: str = "euclidean",
     *,
-    method: Method = "knn",
-    n_folds: int = 5,
-    probe_c: float = 1.0,
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
     task_names: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
     site: str | None = None,
-    progress: bool = False,
+    config: TaskDecodability | None = None,
+    seed: int = 0,
 ) -> Decodability:
     """TD of every layer of ``reps``, per task, with confusion counts and bootstrap intervals.
+
+    The options are the attributes of :class:`TaskDecodability` (``layers``, ``site`` and ``batch_size``, which
+    read representations from a model, are not read: the representations are given).
 
     Args:
         reps: ``[layer, prompt, d]`` or ``[prompt, d]`` tensor, or ``Representations`` (labels default to
             its ``task_ids``; a TransformerLens cache goes through ``Representations.from_cache``).
         labels: Task id of each prompt.
-        k: Neighbours per vote (Han et al.: 10). Every task needs at least ``k + 1`` prompts.
-        metric: k-NN distance, one of :data:`tv_lens.stats.classifiers.KNN_METRICS`.
-        method: ``"knn"`` (leave-one-out k-NN) or ``"probe"`` (cross-validated logistic regression).
-        n_folds: Folds of the probe (every task needs at least ``n_folds`` prompts).
-        probe_c: Inverse L2 strength of the probe.
-        n_bootstrap: Bootstrap resamples for the intervals (0: none, NaN intervals).
-        ci: Confidence level of the intervals.
-        seed: Seed of the bootstrap and of the probe's folds.
         task_names: Name of every task id (default from ``Representations`` callers, else ``"task i"``).
         layers: Layers to use of ``Representations``, or the block index of each entry of a tensor.
         site: Site label for a plain tensor.
-        progress: Show a progress bar over layers.
+        config: The options (``None``: ``TaskDecodability()``, Han et al.'s k = 10). Every task needs at least
+            ``k + 1`` prompts for k-NN, ``n_folds`` for the probe.
+        seed: Seed of the bootstrap and of the probe's folds.
 
     Returns:
         A :class:`~tv_lens.results.decodability.Decodability` with a layer axis (of length 1 for ``[prompt, d]``).
 
     Raises:
-        AnalysisError: Unknown method or metric, ``k < 1``, fewer than two tasks, or a task with too few prompts.
+        AnalysisError: Fewer than two tasks, or a task with too few prompts.
         ShapeError: Labels and reps of different lengths, or malformed inputs.
         NonFiniteError: NaN or infinite representations.
     """
-    check_bootstrap(n_bootstrap, ci)
-    settings = _settings(method, k, metric, n_folds, probe_c)
+    config = TaskDecodability() if config is None else config
     stack = labelled_stack(reps, labels, layers=layers, site=site, task_names=task_names)
     n_tasks = len(stack.task_names)
     counts = torch.bincount(stack.labels, minlength=n_tasks)
-    _check_counts(counts, stack.task_names, method, k, n_folds)
+    _check_counts(counts, stack.task_names, config)
     labels_np = stack.labels.numpy()
     predictions = torch.empty(stack.activations.shape[:2], dtype=torch.long)
-    for i in tqdm(range(len(stack.layers)), desc="decodability", disable=not progress, leave=False):
+    for i in tqdm(range(len(stack.layers)), desc="decodability", disable=not config.progress, leave=False):
         points = stack.activations[i].numpy()
-        if method == "knn":
-            predicted = knn_loo_predictions(points, labels_np, k, metric)
+        if config.method == "knn":
+            predicted = knn_loo_predictions(points, labels_np, config.k, config.metric)
         else:
-            predicted = probe_cv_predictions(points, labels_np, n_folds, probe_c, seed)
+            predicted = probe_cv_predictions(points, labels_np, config.n_folds, config.probe_c, seed)
         predictions[i] = torch.from_numpy(np.asarray(predicted, dtype=np.int64))
-    return _result(stack, predictions, method, settings, n_bootstrap, ci, seed)
+    return _result(stack, predictions, config, seed)
 
 
 @dataclass(frozen=True)
@@ -153,7 +142,14 @@ class TaskDecodability(RepresentationAnalysis[Decodability], IntervalOptions, Pa
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _settings(self.method, self.k, self.metric, self.n_folds, self.probe_c)
+        if self.method == "knn":
+            check_knn(self.k, self.metric)
+        elif self.method == "probe":
+            linear_probe(self.n_folds, self.probe_c)
+        else:
+            raise AnalysisError(
+                f"Unknown TD method {self.method!r}; use 'knn' (Han et al.) or 'probe' (logistic regression)."
+            )
 
     def compute(
         self,
@@ -164,40 +160,17 @@ class TaskDecodability(RepresentationAnalysis[Decodability], IntervalOptions, Pa
     ) -> Decodability:
         """TD of given representations (``Representations``, e.g. from a cache, or a plain tensor)."""
         layers = self.layers if isinstance(reps, Representations) else None
-        return task_decodability(
-            reps,
-            labels,
-            self.k,
-            self.metric,
-            method=self.method,
-            n_folds=self.n_folds,
-            probe_c=self.probe_c,
-            n_bootstrap=self.n_bootstrap,
-            ci=self.ci,
-            seed=seed,
-            task_names=task_names,
-            layers=layers,
-            progress=self.progress,
-        )
+        return task_decodability(reps, labels, task_names=task_names, layers=layers, config=self, seed=seed)
 
 
-def _settings(method: str, k: int, metric: str, n_folds: int, probe_c: float) -> dict[str, Any]:
-    if method == "knn":
-        check_knn(k, metric)
-        return {"k": k, "metric": metric}
-    if method == "probe":
-        linear_probe(n_folds, probe_c)
-        return {"n_folds": n_folds, "C": float(probe_c)}
-    raise AnalysisError(f"Unknown TD method {method!r}; use 'knn' (Han et al.) or 'probe' (logistic regression).")
-
-
-def _check_counts(counts: Tensor, task_names: tuple[str, ...], method: str, k: int, n_folds: int) -> None:
+def _check_counts(counts: Tensor, task_names: tuple[str, ...], config: TaskDecodability) -> None:
     present = (counts > 0).nonzero().flatten().tolist()
     if len(present) < 2:
         raise AnalysisError(
             f"TD needs prompts of at least two tasks, got prompts of {len(present)} "
             f"({[task_names[t] for t in present]}); sample a pool with several tasks."
         )
+    method, k, n_folds = config.method, config.k, config.n_folds
     need = k + 1 if method == "knn" else n_folds
     short = {task_names[t]: int(counts[t]) for t in present if counts[t] < need}
     if short:
@@ -210,9 +183,7 @@ def _check_counts(counts: Tensor, task_names: tuple[str, ...], method: str, k: i
         raise AnalysisError(f"Too few prompts: {why}, but got {short}. Sample more prompts per task or lower k.")
 
 
-def _result(
-    stack: Any, predictions: Tensor, method: str, settings: dict[str, Any], n_bootstrap: int, ci: float, seed: int
-) -> Decodability:
+def _result(stack: Any, predictions: Tensor, config: TaskDecodability, seed: int) -> Decodability:
     n_tasks = len(stack.task_names)
     labels = stack.labels
     correct = (predictions == labels).double()  # [layer, prompt]
@@ -221,7 +192,11 @@ def _result(
     per_task = (correct @ one_hot) / counts  # NaN for absent tasks
     pair = labels * n_tasks + predictions  # [layer, prompt]
     confusion = torch.stack([torch.bincount(row, minlength=n_tasks * n_tasks) for row in pair])
-    per_task_ci, td_ci = stratified_bootstrap_ci(correct, labels, n_tasks, n_bootstrap, ci, seed)
+    per_task_ci, td_ci = stratified_bootstrap_ci(correct, labels, n_tasks, config.n_bootstrap, config.ci, seed)
+    if config.method == "knn":
+        settings: dict[str, Any] = {"k": config.k, "metric": config.metric}
+    else:
+        settings = {"n_folds": config.n_folds, "C": float(config.probe_c)}
     return Decodability(
         td=correct.mean(-1),
         td_ci=td_ci,
@@ -233,9 +208,9 @@ def _result(
         layers=stack.layers,
         task_names=stack.task_names,
         site=stack.site,
-        method=method,
+        method=config.method,
         settings=settings,
-        ci_level=ci,
-        n_bootstrap=n_bootstrap,
+        ci_level=config.ci,
+        n_bootstrap=config.n_bootstrap,
         seed=seed,
     )

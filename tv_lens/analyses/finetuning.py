@@ -32,7 +32,7 @@ from tv_lens.analyses.performance import score_batch
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError
 from tv_lens.models.adapter import adapt
 from tv_lens.results.finetuning import FinetuningComparison
-from tv_lens.stats.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
 from tv_lens.training import DataConfig, LoRAConfig, ScheduleConfig, TrainConfig, finetune, select_blocks
 
@@ -47,28 +47,27 @@ def compare_models(
     *,
     blocks: dict[str, tuple[int, ...]] | None = None,
     final_loss: dict[str, float] | None = None,
-    decodability: TaskDecodability | None = None,
-    null_task: str = NULL_TASK,
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
     settings: dict[str, Any] | None = None,
+    null_task: str = NULL_TASK,
+    config: LayerFinetuning | None = None,
+    seed: int = 0,
 ) -> FinetuningComparison:
     """TD per layer and ICL accuracy of several models on the same prompts, side by side.
+
+    The options are the attributes of :class:`LayerFinetuning` read here: ``decodability`` (the TD settings),
+    ``n_bootstrap`` and ``ci`` (the accuracy interval).
 
     Args:
         models: Name → model, the base model first (TD changes are reported against it).
         batch: Held-out prompts every model is scored on.
         blocks: Blocks each model had trained (default: none).
         final_loss: Last training loss of each model (default: NaN).
-        decodability: TD settings (default: ``TaskDecodability()``, Han et al.'s k = 10).
-        null_task: Name of the Null task (left out of the overall accuracy).
-        n_bootstrap: Bootstrap resamples of the accuracy interval.
-        ci: Confidence level.
-        seed: Seed of the bootstraps.
         settings: Recorded on the result.
+        null_task: Name of the Null task (left out of the overall accuracy).
+        config: The options (``None``: ``LayerFinetuning()``).
+        seed: Seed of the bootstraps.
     """
-    check_bootstrap(n_bootstrap, ci)
+    config = LayerFinetuning() if config is None else config
     if not isinstance(models, dict) or not models:
         got = "an empty dict" if isinstance(models, dict) else f"a {type(models).__name__}"
         raise AnalysisError(
@@ -77,12 +76,6 @@ def compare_models(
         )
     check_batch(batch)
     _check_records(models, blocks, final_loss, settings)
-    decodability = TaskDecodability() if decodability is None else decodability
-    if not isinstance(decodability, TaskDecodability):
-        raise AnalysisError(
-            f"decodability must be TaskDecodability settings, got {decodability!r:.60}; pass e.g. "
-            "TaskDecodability(k=10), or None for the defaults."
-        )
     prompts: Any = batch  # an ICLBatch is a PromptBatch (the protocol's attributes are read here only)
     names = tuple(models)
     ids = batch.task_ids.cpu()
@@ -92,14 +85,15 @@ def compare_models(
     tds, td_cis, accuracy, overall, overall_ci = [], [], [], [], []
     layers: tuple[int, ...] = ()
     for name in names:
-        result = decodability.run_batch(models[name], prompts, seed=seed)
+        result = config.decodability.run_batch(models[name], prompts, seed=seed)
         layers = result.layers
         tds.append(result.td)
         td_cis.append(result.td_ci)
         correct = score_batch(models[name], prompts, "accuracy").double()
         accuracy.append((correct @ one_hot) / one_hot.sum(0))
         overall.append(correct[real].mean())
-        overall_ci.append(stratified_bootstrap_ci(correct[real], ids[real], n_tasks, n_bootstrap, ci, seed)[1])
+        interval = stratified_bootstrap_ci(correct[real], ids[real], n_tasks, config.n_bootstrap, config.ci, seed)
+        overall_ci.append(interval[1])
     blocks = blocks or {}
     losses = final_loss or {}
     return FinetuningComparison(
@@ -114,7 +108,7 @@ def compare_models(
         overall_ci=torch.stack(overall_ci),
         final_loss=torch.tensor([float(losses.get(name, float("nan"))) for name in names], dtype=torch.float64),
         settings=settings or {},
-        site=decodability.site,
+        site=config.decodability.site,
     )
 
 
@@ -186,6 +180,11 @@ class LayerFinetuning(IntervalOptions):
         super().__post_init__()
         if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
             raise LayerOutOfRangeError(f"k must be a positive number of blocks, got {self.k!r}.")
+        if not isinstance(self.decodability, TaskDecodability):
+            raise AnalysisError(
+                f"decodability must be TaskDecodability settings, got {self.decodability!r:.60}; pass e.g. "
+                "TaskDecodability(k=10)."
+            )
 
     def blocks(self, n_layers: int) -> dict[str, tuple[int, ...]]:
         """The blocks each variant trains on a model of ``n_layers`` blocks."""
@@ -233,11 +232,9 @@ class LayerFinetuning(IntervalOptions):
             batch,
             blocks=variants,
             final_loss=losses,
-            decodability=self.decodability,
-            n_bootstrap=self.n_bootstrap,
-            ci=self.ci,
-            seed=seed,
             settings=self._settings(variants),
+            config=self,
+            seed=seed,
         )
 
     def _settings(self, variants: dict[str, tuple[int, ...]]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -49,7 +49,7 @@ from torch import Tensor
 from tv_lens.analyses.indirect_effects import causal_indirect_effects, check_means, mean_head_activations
 from tv_lens.analyses.inputs import check_pool
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions
-from tv_lens.analyses.prompting import SCORINGS, Scoring, task_vector_prompting
+from tv_lens.analyses.prompting import SCORINGS, Scoring, TaskVectorPrompting, task_vector_prompting
 from tv_lens.analyses.pruning import check_count
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ModelNotSupportedError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
@@ -77,30 +77,33 @@ def function_vector(
     model: Any,
     means: MeanHeadActivations,
     heads: IndirectEffects | Sequence[tuple[int, int]],
-    k: int = 10,
     *,
     model_name: str | None = None,
     pool: str | None = None,
+    config: FunctionVectors | None = None,
 ) -> FunctionVector:
     """Per task, the sum of ``means[task, layer, head] @ W_O[layer, head]`` over the chosen heads.
 
     The vector records its provenance: ``model``'s signature, ``"add"`` at ``resid_post`` (no layer chosen yet:
-    :class:`FunctionVectors` records the best layer of its sweep).
+    :class:`FunctionVectors` records the best layer of its sweep). The one option read here is
+    :class:`FunctionVectors`'s ``k``.
 
     Args:
         model: The TransformerLens model ``means`` were read from (its ``blocks[l].attn.W_O``).
         means: Mean head activations.
-        heads: :class:`IndirectEffects` (its top ``k`` heads by mean CIE over tasks) or ``(layer, head)`` pairs.
-        k: Heads summed when ``heads`` are indirect effects.
+        heads: :class:`IndirectEffects` (its top ``config.k`` heads by mean CIE over tasks) or ``(layer, head)``
+            pairs.
         model_name: A name for the model, recorded in the provenance next to its weight fingerprint.
         pool: The task pool the means came from, in words (default: their task names).
+        config: The options (``None``: ``FunctionVectors()``).
 
     Raises:
-        AnalysisError: ``k`` outside ``[1, heads in means.layers]``; no heads, a head twice, or heads that are not
-            ``(layer, head)`` pairs of ints.
+        AnalysisError: ``config.k`` above the heads of the indirect effects; no heads, a head twice, or heads that
+            are not ``(layer, head)`` pairs of ints.
         LayerOutOfRangeError: A head outside ``means``.
         NonFiniteError: ``means`` hold NaN or infinite values.
     """
+    config = FunctionVectors() if config is None else config
     adapter = adapt(model)
     check_means(adapter, means)
     for name, value in (("model_name", model_name), ("pool", pool)):
@@ -109,8 +112,8 @@ def function_vector(
                 f"{name} is recorded in the vector's provenance as text: pass a string or None, got {value!r}."
             )
     if isinstance(heads, IndirectEffects):
-        check_count(k, "k", 1, len(heads.layers) * heads.n_heads)
-        chosen = heads.top_heads(k)
+        check_count(config.k, "k", 1, len(heads.layers) * heads.n_heads)
+        chosen = heads.top_heads(config.k)
     else:
         chosen = _head_pairs(heads)
     outputs = []
@@ -173,40 +176,32 @@ def function_vector_prompting(
     batch: ICLBatch,
     vector: FunctionVector,
     *,
-    layers: Sequence[int] | None = None,
-    scoring: Scoring = "teacher_forced",
     tokenizer: Any = None,
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
+    config: FunctionVectors | None = None,
     seed: int = 0,
-    rows_per_pass: int = 512,
-    batch_size: int = 64,
-    progress: bool = False,
 ) -> FunctionVectorPrompting:
     """Zero-shot accuracy with each prompt's task FV added to ``resid_post`` of every layer at the answer position.
+
+    The options are the attributes of :class:`FunctionVectors` (``layers``, ``scoring`` and the
+    :class:`~tv_lens.analyses.options.CausalOptions`); ``k`` and the label corruption are not read.
 
     Args:
         model: A TransformerLens model.
         batch: ICL prompts; their ``batch.zero_shot()`` twins get the vector, they themselves give the ICL baseline.
         vector: The function vector of every task of ``batch``.
-        layers: Blocks to add at (default: every block; -1 = embedding output).
-        scoring: ``"teacher_forced"`` (argmax of every answer token), or by greedy generation ``"exact_match"`` /
-            ``"first_word"`` (see :func:`~tv_lens.analyses.task_vector_prompting`).
         tokenizer: Decodes generations for the generation scorings (default: ``model.tokenizer``).
-        n_bootstrap: Bootstrap resamples (0: NaN intervals).
-        ci: Confidence level.
+        config: The options (``None``: ``FunctionVectors()``).
         seed: Seed of the bootstrap.
-        rows_per_pass: Prompt copies per forward pass.
-        batch_size: Prompts per forward pass of the ICL prompts and of generation.
-        progress: Show progress bars.
 
     Raises:
         TaskError: A prompt's task has no function vector.
         ShapeError: A vector of another ``d_model``.
         LayerOutOfRangeError: A layer outside the model.
     """
+    config = FunctionVectors() if config is None else config
     adapter = adapt(model)
-    layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
+    every = tuple(range(adapter.n_layers))
+    layers = every if config.layers is None else adapter.check_layers(config.layers, allow_embed=True)
     if not isinstance(vector, FunctionVector):
         raise ShapeError(f"vector must be a FunctionVector (from function_vector), got {type(vector).__name__}.")
     vector.check_model(model)
@@ -220,6 +215,7 @@ def function_vector_prompting(
     ones = torch.ones(n_tasks, dtype=torch.long)
     every_layer = vector.vectors[:, None].expand(-1, len(layers), -1).contiguous()
     vectors = TaskVectors(every_layer, layers, vector.task_names, ones, ones.clone())
+    options = {field.name: getattr(config, field.name) for field in fields(CausalOptions)}
     zero_shot = batch.zero_shot()
     prompting = task_vector_prompting(
         model,
@@ -232,18 +228,10 @@ def function_vector_prompting(
         batch.task_names,
         icl_attention_mask=batch.attention_mask,
         zero_shot_attention_mask=zero_shot.attention_mask,
-        layers=layers,
-        source="task_mean",
         vectors=vectors,
-        mode="add",
-        scoring=scoring,
         tokenizer=tokenizer,
-        n_bootstrap=n_bootstrap,
-        ci=ci,
+        config=TaskVectorPrompting(layers=layers, source="task_mean", mode="add", scoring=config.scoring, **options),
         seed=seed,
-        rows_per_pass=rows_per_pass,
-        batch_size=batch_size,
-        progress=progress,
     )
     return FunctionVectorPrompting(prompting, vector.heads)
 
@@ -325,8 +313,6 @@ class FunctionVectors(CausalOptions):
         evaluation = _without_null(evaluation, "evaluation")
         adapter = adapt(model)
         check_count(self.k, "k", 1, adapter.n_layers * adapter.n_heads)
-        options: dict[str, Any] = {"rows_per_pass": self.rows_per_pass, "progress": self.progress}
-        boot: dict[str, Any] = {"n_bootstrap": self.n_bootstrap, "ci": self.ci, "seed": seed}
         means = mean_head_activations(
             model,
             clean.inputs,
@@ -334,8 +320,7 @@ class FunctionVectors(CausalOptions):
             clean.task_ids,
             clean.task_names,
             attention_mask=clean.attention_mask,
-            batch_size=self.batch_size,
-            progress=self.progress,
+            config=self,
         )
         effects = causal_indirect_effects(
             model,
@@ -347,21 +332,12 @@ class FunctionVectors(CausalOptions):
             means,
             attention_mask=corrupted.attention_mask,
             label_noise=self._noise(corrupted),
-            **boot,
-            **options,
+            config=self,
+            seed=seed,
         )
         described = describe_tasks(clean, clean.task_names)
-        vector = function_vector(model, means, effects, self.k, model_name=model_name, pool=described)
-        prompting = function_vector_prompting(
-            model,
-            evaluation,
-            vector,
-            layers=self.layers,
-            scoring=self.scoring,
-            batch_size=self.batch_size,
-            **boot,
-            **options,
-        )
+        vector = function_vector(model, means, effects, model_name=model_name, pool=described, config=self)
+        prompting = function_vector_prompting(model, evaluation, vector, config=self, seed=seed)
         return FunctionVectorResult(means, effects, vector.applied_as(layers=(prompting.best_layer,)), prompting)
 
     def _noise(self, corrupted: ICLBatch) -> float:

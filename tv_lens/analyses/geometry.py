@@ -43,38 +43,39 @@ ProjectionMethod = Literal["pca", "umap"]
 def project(
     reps: RepsInput,
     labels: LabelsInput | None = None,
-    method: ProjectionMethod = "pca",
     *,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    seed: int = 0,
     task_names: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
     site: str | None = None,
-    progress: bool = False,
+    config: Geometry | None = None,
+    seed: int = 0,
 ) -> Projection:
     """Project every layer of ``reps`` to 2-D, fitting each layer separately.
+
+    The options are the attributes of :class:`Geometry` (``layers``, ``site`` and ``batch_size``, which read
+    representations from a model, are not read: the representations are given).
 
     Args:
         reps: ``[layer, prompt, d]`` / ``[prompt, d]`` tensor or ``Representations`` (labels from its ``task_ids``).
         labels: Task id of each prompt (colours).
-        method: ``"pca"`` or ``"umap"`` (needs ``pip install umap-learn``).
-        n_neighbors: UMAP neighbourhood size (Han et al.: 15).
-        min_dist: UMAP minimum distance (Han et al.: 0.1).
-        seed: UMAP random state.
         task_names: Name of every task id.
         layers: Layers to use of ``Representations``, or the block index of each entry of a tensor.
         site: Site label for a plain tensor.
-        progress: Show a progress bar over layers.
+        config: The options (``None``: ``Geometry()``, PCA).
+        seed: UMAP random state.
     """
-    settings = _settings(method, n_neighbors, min_dist, seed)
+    config = Geometry() if config is None else config
+    method = config.method
+    settings: dict[str, Any] = {"seed": seed}
+    if method == "umap":
+        settings = {"n_neighbors": config.n_neighbors, "min_dist": float(config.min_dist), "seed": seed}
     stack = labelled_stack(reps, labels, layers=layers, site=site, task_names=task_names)
     n_layers, n_prompts, d = stack.activations.shape
     if n_prompts < 3 or d < 2:
         raise AnalysisError(f"A 2-D projection needs at least 3 prompts and 2 features, got {n_prompts} and {d}.")
     coords = torch.empty(n_layers, n_prompts, 2, dtype=torch.float64)
     explained = torch.full((n_layers, 2), float("nan"), dtype=torch.float64)
-    for i in tqdm(range(n_layers), desc=f"{method} per layer", disable=not progress, leave=False):
+    for i in tqdm(range(n_layers), desc=f"{method} per layer", disable=not config.progress, leave=False):
         points = stack.activations[i].numpy()
         if method == "pca":
             from sklearn.decomposition import PCA
@@ -85,7 +86,10 @@ def project(
             explained[i] = torch.from_numpy(np.asarray(pca.explained_variance_ratio_, dtype=np.float64))
         else:
             reducer = _umap()(
-                n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=sklearn_seed(seed)
+                n_components=2,
+                n_neighbors=config.n_neighbors,
+                min_dist=config.min_dist,
+                random_state=sklearn_seed(seed),
             )
             coords[i] = torch.from_numpy(np.asarray(reducer.fit_transform(points), dtype=np.float64))
     return Projection(coords, stack.labels, explained, stack.layers, stack.task_names, stack.site, method, settings)
@@ -96,7 +100,7 @@ class Geometry(RepresentationAnalysis[Projection], PassOptions):
     """Configuration of a per-layer projection analysis.
 
     Attributes:
-        method: ``"pca"`` or ``"umap"``.
+        method: ``"pca"`` or ``"umap"`` (needs the optional ``umap-learn`` package).
         n_neighbors: UMAP neighbourhood size.
         min_dist: UMAP minimum distance.
         layers: Block indices to read (``None``: embedding output and every block).
@@ -112,7 +116,15 @@ class Geometry(RepresentationAnalysis[Projection], PassOptions):
     site: str = "resid_post"
 
     def __post_init__(self) -> None:
-        _settings(self.method, self.n_neighbors, self.min_dist, 0)
+        if self.method not in ("pca", "umap"):
+            raise AnalysisError(f"Unknown projection {self.method!r}; use 'pca' or 'umap'.")
+        if self.method == "pca":
+            return
+        n_neighbors = self.n_neighbors
+        if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors < 2:
+            raise AnalysisError(f"UMAP n_neighbors must be an int >= 2, got {n_neighbors!r} (Han et al.: 15).")
+        if not self.min_dist >= 0:
+            raise AnalysisError(f"UMAP min_dist must be >= 0, got {self.min_dist!r} (Han et al.: 0.1).")
 
     def compute(
         self,
@@ -122,29 +134,8 @@ class Geometry(RepresentationAnalysis[Projection], PassOptions):
         seed: int = 0,
     ) -> Projection:
         """Project given representations (``Representations`` or a plain tensor)."""
-        return project(
-            reps,
-            labels,
-            self.method,
-            n_neighbors=self.n_neighbors,
-            min_dist=self.min_dist,
-            seed=seed,
-            task_names=task_names,
-            layers=self.layers if isinstance(reps, Representations) else None,
-            progress=self.progress,
-        )
-
-
-def _settings(method: str, n_neighbors: int, min_dist: float, seed: int) -> dict[str, Any]:
-    if method == "pca":
-        return {"seed": seed}
-    if method != "umap":
-        raise AnalysisError(f"Unknown projection {method!r}; use 'pca' or 'umap'.")
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors < 2:
-        raise AnalysisError(f"UMAP n_neighbors must be an int >= 2, got {n_neighbors!r} (Han et al.: 15).")
-    if not min_dist >= 0:
-        raise AnalysisError(f"UMAP min_dist must be >= 0, got {min_dist!r} (Han et al.: 0.1).")
-    return {"n_neighbors": n_neighbors, "min_dist": float(min_dist), "seed": seed}
+        layers = self.layers if isinstance(reps, Representations) else None
+        return project(reps, labels, task_names=task_names, layers=layers, config=self, seed=seed)
 
 
 def _umap() -> Any:

@@ -68,7 +68,7 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import read_pass
 from tv_lens.positions import length_sorted_batches
 from tv_lens.results.heads import HeadImportance, PruningCurve
-from tv_lens.stats.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 
 __all__ = ["HeadAblation", "HeadImportance", "PruningCurve", "head_importance", "shared_heads"]
@@ -85,22 +85,13 @@ def head_importance(
     task_names: Sequence[str],
     *,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
-    mode: Literal["zero", "mean"] = "zero",
-    metric: str = "cross_entropy",
-    shared: str = "jaccard",
-    top_k: int | None = None,
-    prune_steps: int | None = None,
-    attribution: bool = True,
-    attribution_method: str = "log_odds",
     null_task: str = NULL_TASK,
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
+    config: HeadAblation | None = None,
     seed: int = 0,
-    rows_per_pass: int = 512,
-    batch_size: int = 64,
-    progress: bool = False,
 ) -> HeadImportance:
     """Ablate every head (one at a time), then prune cumulatively; estimate all heads by attribution too.
+
+    The options are the attributes of :class:`HeadAblation`.
 
     Args:
         model: A TransformerLens model.
@@ -110,38 +101,25 @@ def head_importance(
         task_ids: Task of each prompt, indexing ``task_names``.
         task_names: Name of every task id.
         attention_mask: 1 on real tokens; needed for left-padded prompts.
-        mode: ``"zero"`` or ``"mean"`` ablation.
-        metric: ``"cross_entropy"`` or ``"accuracy"``.
-        shared: ``"jaccard"`` or ``"spearman"`` (see the module docstring).
-        top_k: Heads per task in the Jaccard overlap (default: a quarter of all heads, at least 1).
-        prune_steps: Heads removed in the pruning curve (default: all).
-        attribution: Also compute the attribution-patching estimate (``False``: NaN estimates).
-        attribution_method: ``"log_odds"`` (default) or ``"loss"``: what the estimate linearizes
-            (:func:`tv_lens.analyses.attribution.head_attribution`).
-        null_task: Name of the Null task.
-        n_bootstrap: Bootstrap resamples (0: NaN intervals).
-        ci: Confidence level.
+        null_task: Name of the Null task (left out of the overall numbers).
+        config: The options (``None``: ``HeadAblation()``).
         seed: Seed of the bootstrap.
-        rows_per_pass: Prompt copies per forward pass.
-        batch_size: Prompts per pass for the mean and the attribution estimate.
-        progress: Show progress bars.
 
     Raises:
-        AnalysisError: Unknown mode, metric, shared or attribution method; ``top_k`` or ``prune_steps`` outside
-            the heads.
+        AnalysisError: ``config.top_k`` or ``config.prune_steps`` outside the model's heads.
     """
+    config = HeadAblation() if config is None else config
     adapter = adapt(model)
     n_heads_total = adapter.n_layers * adapter.n_heads
-    _check_options(mode, metric, shared, attribution, attribution_method)
-    top_k = max(1, n_heads_total // 4) if top_k is None else top_k
-    prune_steps = n_heads_total if prune_steps is None else prune_steps
+    top_k = max(1, n_heads_total // 4) if config.top_k is None else config.top_k
+    prune_steps = n_heads_total if config.prune_steps is None else config.prune_steps
     check_count(top_k, "top_k", 1, n_heads_total)
     check_count(prune_steps, "prune_steps", 0, n_heads_total)
-    check_bootstrap(n_bootstrap, ci)
+    mode, metric, rows_per_pass, progress = config.mode, config.metric, config.rows_per_pass, config.progress
     answers = answer_tokens(answers, prompt_count(inputs))
     prompts = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
     ids = prompt_task_ids(task_ids, task_names, len(prompts))
-    values = _ablation_values(adapter, prompts, mode, batch_size)
+    values = _ablation_values(adapter, prompts, mode, config.batch_size)
     heads = [(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
     cells = [Cell((_ablate(layer, head, mode, values),)) for layer, head in heads]
     score = partial(_score, answers=answers)
@@ -152,14 +130,14 @@ def head_importance(
     harm = clean_correct - ablated_correct if metric == "accuracy" else ablated_loss - clean_loss
     real = ids != (list(task_names).index(null_task) if null_task in task_names else -1)
     n_tasks = len(task_names)
-    boot: dict[str, Any] = {"n_bootstrap": n_bootstrap, "ci": ci, "seed": seed}
+    boot: dict[str, Any] = {"n_bootstrap": config.n_bootstrap, "ci": config.ci, "seed": seed}
     importance_ci, _ = stratified_bootstrap_ci(harm, ids, n_tasks, **boot)
     _, overall_ci = stratified_bootstrap_ci(harm[..., real], ids[real], n_tasks, **boot)
     importance = task_mean(harm, ids, n_tasks)
     overall = harm[..., real].mean(-1)
     estimate = (
-        head_attribution(model, prompts, answers, values, batch_size, attribution_method)
-        if attribution
+        head_attribution(model, prompts, answers, values, config=config)
+        if config.attribution
         else torch.full_like(ablated_loss, float("nan"))
     )
     exact = (ablated_loss - clean_loss)[..., real].mean(-1)
@@ -185,9 +163,9 @@ def head_importance(
         overall_ci=overall_ci,
         attribution=estimate,
         attribution_spearman=spearman(estimate[..., real].mean(-1).flatten(), exact.flatten()),
-        attribution_method=attribution_method if attribution else None,
-        shared=shared_heads(importance, shared, top_k),
-        shared_method=shared,
+        attribution_method=config.attribution_method if config.attribution else None,
+        shared=shared_heads(importance, config.shared, top_k),
+        shared_method=config.shared,
         top_k=top_k,
         pruning=pruning,
         writes=torch.tensor([w[0] for w in sweep.writes], dtype=torch.long).view(adapter.n_layers, adapter.n_heads),
@@ -195,8 +173,8 @@ def head_importance(
         metric=metric,
         mode=mode,
         null_task=null_task,
-        ci_level=ci,
-        n_bootstrap=n_bootstrap,
+        ci_level=config.ci,
+        n_bootstrap=config.n_bootstrap,
         seed=seed,
         rows_per_pass=min(sweep.rows_per_pass, pruned.rows_per_pass),
     )
@@ -249,19 +227,8 @@ class HeadAblation(CausalOptions):
             batch.task_ids,
             batch.task_names,
             attention_mask=batch.attention_mask,
-            mode=self.mode,
-            metric=self.metric,
-            shared=self.shared,
-            top_k=self.top_k,
-            prune_steps=self.prune_steps,
-            attribution=self.attribution,
-            attribution_method=self.attribution_method,
-            n_bootstrap=self.n_bootstrap,
-            ci=self.ci,
+            config=self,
             seed=seed,
-            rows_per_pass=self.rows_per_pass,
-            batch_size=self.batch_size,
-            progress=self.progress,
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, prompt_count, prompt_task_ids
+from tv_lens.analyses.options import CausalOptions, PassOptions
 from tv_lens.analyses.pruning import task_mean
 from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError, TaskError
 from tv_lens.interventions import ablate_head
@@ -26,7 +27,10 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import read_pass
 from tv_lens.positions import check_tensor_data, length_sorted_batches
 from tv_lens.results.function_vectors import IndirectEffects, MeanHeadActivations
-from tv_lens.stats.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.stats.bootstrap import stratified_bootstrap_ci
+
+if TYPE_CHECKING:
+    from tv_lens.analyses.function_vectors import FunctionVectors  # which imports this module
 
 __all__ = ["IndirectEffects", "MeanHeadActivations", "causal_indirect_effects", "check_means", "mean_head_activations"]
 
@@ -40,10 +44,12 @@ def mean_head_activations(
     *,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     layers: Sequence[int] | None = None,
-    batch_size: int = 64,
-    progress: bool = False,
+    config: FunctionVectors | None = None,
 ) -> MeanHeadActivations:
     """Each head's mean ``attn.hook_z`` at the answer position, per task with prompts (float64 sums).
+
+    The options are the attributes of :class:`~tv_lens.analyses.FunctionVectors` read here: ``batch_size`` and
+    ``progress``.
 
     Args:
         model: A TransformerLens model.
@@ -53,22 +59,20 @@ def mean_head_activations(
         task_names: Name of every task id; tasks without prompts are left out.
         attention_mask: 1 on real tokens; needed for left-padded prompts.
         layers: Blocks to read (default: every block).
-        batch_size: Prompts per forward pass.
-        progress: Show a progress bar.
+        config: The options (``None``: ``FunctionVectors()``).
 
     Raises:
         ModelNotSupportedError: The model's ``attn.hook_z`` is not ``[batch, pos, n_heads, d_head]``.
     """
+    options = PassOptions() if config is None else config  # the defaults of FunctionVectors' pass options
     adapter = adapt(model)
     layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ShapeError(f"batch_size must be an int >= 1 (prompts per forward pass), got {batch_size!r}.")
     prompts = align(model, inputs, answer_pos, attention_mask)
     ids = prompt_task_ids(task_ids, task_names, len(prompts))
     n_tasks = len(task_names)
     sums = torch.zeros(n_tasks, len(layers), adapter.n_heads, adapter.d_head, dtype=torch.float64)
-    batches = length_sorted_batches(prompts.answer_pos, batch_size)
-    for index in tqdm(batches, desc="head means", disable=not progress or len(batches) <= 1, leave=False):
+    batches = length_sorted_batches(prompts.answer_pos, options.batch_size)
+    for index in tqdm(batches, desc="head means", disable=not options.progress or len(batches) <= 1, leave=False):
         pos = prompts.answer_pos[index]
         weights = torch.nn.functional.one_hot(ids[index], n_tasks).double()  # [prompt, task]
         hooks = [
@@ -114,13 +118,13 @@ def causal_indirect_effects(
     *,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     label_noise: float = 0.0,
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
+    config: FunctionVectors | None = None,
     seed: int = 0,
-    rows_per_pass: int = 512,
-    progress: bool = False,
 ) -> IndirectEffects:
     """CIE of every head of ``means.layers``: its task mean written at the answer position of corrupted prompts.
+
+    The options are the attributes of :class:`~tv_lens.analyses.FunctionVectors` read here: ``n_bootstrap``,
+    ``ci``, ``rows_per_pass`` and ``progress``.
 
     Args:
         model: A TransformerLens model.
@@ -131,12 +135,9 @@ def causal_indirect_effects(
         task_names: Name of every task id.
         means: Mean head activations of clean prompts (:func:`mean_head_activations`).
         attention_mask: 1 on real tokens; needed for left-padded prompts.
-        label_noise: How the prompts were corrupted (recorded on the result).
-        n_bootstrap: Bootstrap resamples (0: NaN intervals).
-        ci: Confidence level.
+        label_noise: The share of wrong demonstration labels in the prompts (recorded on the result).
+        config: The options (``None``: ``FunctionVectors()``).
         seed: Seed of the bootstrap.
-        rows_per_pass: Prompt copies per forward pass.
-        progress: Show a progress bar.
 
     Raises:
         TaskError: A prompt's task has no mean activation.
@@ -144,8 +145,8 @@ def causal_indirect_effects(
         NonFiniteError: ``means`` hold NaN or infinite values.
         AnalysisError: ``label_noise`` is not a number in ``[0, 1]``.
     """
+    options = CausalOptions() if config is None else config  # the defaults of FunctionVectors' causal options
     adapter = adapt(model)
-    check_bootstrap(n_bootstrap, ci)
     check_means(adapter, means)
     if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0 <= label_noise <= 1:
         raise AnalysisError(
@@ -161,13 +162,15 @@ def causal_indirect_effects(
         Cell((ablate_head(layer, head, "mean", mean=per_prompt[:, i, head], pos="answer"),)) for i, layer, head in heads
     ]
     score = partial(_score, answers=answers)
-    sweep = run_sweep(model, prompts, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="CIE")
+    sweep = run_sweep(
+        model, prompts, cells, score, rows_per_pass=options.rows_per_pass, progress=options.progress, desc="CIE"
+    )
     shape = (len(means.layers), means.n_heads, len(prompts))
     patched_prob, patched_loss = sweep.cells[..., 0].reshape(shape), sweep.cells[..., 1].reshape(shape)
     corrupted_prob, corrupted_loss = sweep.clean[:, 0], sweep.clean[:, 1]
     effect = patched_prob - corrupted_prob
     n_tasks = len(means.task_names)
-    cie_ci, overall_ci = stratified_bootstrap_ci(effect, ids, n_tasks, n_bootstrap, ci, seed)
+    cie_ci, overall_ci = stratified_bootstrap_ci(effect, ids, n_tasks, options.n_bootstrap, options.ci, seed)
     return IndirectEffects(
         layers=means.layers,
         task_names=means.task_names,
@@ -182,8 +185,8 @@ def causal_indirect_effects(
         overall_ci=overall_ci,
         writes=torch.tensor([w[0] for w in sweep.writes], dtype=torch.long).view(shape[:2]),
         label_noise=float(label_noise),
-        ci_level=ci,
-        n_bootstrap=n_bootstrap,
+        ci_level=options.ci,
+        n_bootstrap=options.n_bootstrap,
         seed=seed,
         rows_per_pass=sweep.rows_per_pass,
     )

@@ -58,7 +58,6 @@ from tv_lens.interventions import Intervention, add, replace
 from tv_lens.interventions.sweep import Cell, align, run_sweep
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.results.patching import PatchingEffects
-from tv_lens.stats.bootstrap import check_bootstrap
 from tv_lens.task_vectors import Reduce, TaskVectors
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 
@@ -87,19 +86,16 @@ def patch_task_vectors(
     vectors: TaskVectors,
     *,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
-    mode: Mode = "replace",
-    layers: Sequence[int] | None = None,
     targets: Sequence[str] | None = None,
-    scale: float = 1.0,
     target_answers: Int[Tensor, "target batch n_target_answer"] | None = None,
     null_task: str = NULL_TASK,
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
+    config: TaskVectorPatching | None = None,
     seed: int = 0,
-    rows_per_pass: int = 512,
-    progress: bool = False,
 ) -> PatchingEffects:
     """Patch every target task's vector into every prompt at every layer; summarise the effects.
+
+    The options are the attributes of :class:`TaskVectorPatching` (``reduce``, ``site`` and ``batch_size``, which
+    build task vectors, are not read: the vectors are given, and their site is the patched one).
 
     Args:
         model: A TransformerLens model.
@@ -110,31 +106,21 @@ def patch_task_vectors(
         task_names: Name of every task id.
         vectors: Task vectors; their site is the patched site.
         attention_mask: 1 on real tokens; needed for left-padded prompts.
-        mode: ``"replace"``, ``"add"`` or ``"add_difference"`` (see the module docstring).
-        layers: Blocks to patch (default: every layer of ``vectors``).
         targets: Tasks whose vectors are injected (default: every task of ``vectors``).
-        scale: Factor on the added vector in the ``add`` modes.
         target_answers: Answer tokens each target task's rule gives for each prompt's query, ``-1`` where a
             target has no rule (e.g. Null); ``None``: overriding is not measured (NaN).
-        null_task: Name of the Null task.
-        n_bootstrap: Bootstrap resamples (0: NaN intervals).
-        ci: Confidence level.
+        null_task: Name of the Null task (left out of the summaries as a source).
+        config: The options (``None``: ``TaskVectorPatching()``).
         seed: Seed of the bootstrap.
-        rows_per_pass: Prompt copies per forward pass.
-        progress: Show a progress bar.
 
     Raises:
-        AnalysisError: Unknown mode or a non-finite scale.
         TaskError: A target (or, for ``add_difference``, a prompt's own task) without a vector.
         ShapeError: Vectors of another d_model, or inputs of mismatched lengths.
         LayerOutOfRangeError: A layer the vectors do not cover.
     """
-    _check_mode(mode)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not abs(scale) <= sys.float_info.max:
-        raise AnalysisError(f"scale must be a finite number, got {scale!r}.")
-    check_bootstrap(n_bootstrap, ci)
+    config = TaskVectorPatching() if config is None else config
     adapter = check_vectors(vectors, model)
-    layers = tuple(vectors.layers) if layers is None else adapter.check_layers(layers, allow_embed=True)
+    layers = tuple(vectors.layers) if config.layers is None else adapter.check_layers(config.layers, allow_embed=True)
     layer_index = [vectors.layer_index(layer) for layer in layers]
     if targets is not None and (isinstance(targets, (str, bytes)) or not isinstance(targets, Sequence)):
         raise TaskError(
@@ -147,7 +133,7 @@ def patch_task_vectors(
     prompts = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
     source_names, sources = _sources(task_ids, task_names, len(prompts))
     own_vectors = None
-    if mode == "add_difference":
+    if config.mode == "add_difference":
         missing = [name for name in source_names if name not in vectors.task_names]
         if missing:
             raise TaskError(
@@ -156,11 +142,13 @@ def patch_task_vectors(
             )
         own_vectors = torch.tensor([vectors.task_index(name) for name in source_names])[sources]
     cells = [
-        Cell((_patch(adapter, vectors, li, ti, own_vectors, mode, float(scale)),))
+        Cell((_patch(adapter, vectors, li, ti, own_vectors, config.mode, float(config.scale)),))
         for li in layer_index
         for ti in target_index
     ]
-    sweep = run_sweep(model, prompts, cells, _scorer(answers), rows_per_pass=rows_per_pass, progress=progress)
+    sweep = run_sweep(
+        model, prompts, cells, _scorer(answers), rows_per_pass=config.rows_per_pass, progress=config.progress
+    )
     n_l, n_t, n = len(layers), len(target_names), len(prompts)
     scores = sweep.cells.view(n_l, n_t, n, -1)
     return summarize_patching(
@@ -177,12 +165,12 @@ def patch_task_vectors(
         layers,
         torch.tensor([w[0] for w in sweep.writes], dtype=torch.long).view(n_l, n_t),
         target_answers,
-        mode=mode,
+        mode=config.mode,
         site=vectors.site,
-        scale=float(scale),
+        scale=float(config.scale),
         null_task=null_task,
-        n_bootstrap=n_bootstrap,
-        ci=ci,
+        n_bootstrap=config.n_bootstrap,
+        ci=config.ci,
         seed=seed,
         rows_per_pass=sweep.rows_per_pass,
     )
@@ -211,7 +199,7 @@ class TaskVectorPatching(CausalOptions):
 
     Attributes:
         mode: ``"replace"`` (default), ``"add"`` or ``"add_difference"``.
-        layers: Blocks to patch (``None``: every block).
+        layers: Blocks to patch (``None``: every block the task vectors cover).
         reduce: How task vectors are averaged (see :mod:`tv_lens.task_vectors`).
         site: Residual site read and patched.
         scale: Factor on the added vector in the ``add`` modes.
@@ -228,7 +216,11 @@ class TaskVectorPatching(CausalOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_mode(self.mode)
+        if self.mode not in MODES:
+            raise AnalysisError(f"Unknown patching mode {self.mode!r}; use one of {list(MODES)}.")
+        scale = self.scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not abs(scale) <= sys.float_info.max:
+            raise AnalysisError(f"scale must be a finite number, got {scale!r}.")
 
     def run(
         self,
@@ -268,16 +260,10 @@ class TaskVectorPatching(CausalOptions):
             batch.task_names,
             vectors,
             attention_mask=batch.attention_mask,
-            mode=self.mode,
-            layers=self.layers,
             targets=targets,
-            scale=self.scale,
             target_answers=None if pool is None else rule_answers(pool, batch, targets),
-            n_bootstrap=self.n_bootstrap,
-            ci=self.ci,
+            config=self,
             seed=seed,
-            rows_per_pass=self.rows_per_pass,
-            progress=self.progress,
         )
 
 
@@ -289,11 +275,6 @@ def check_vectors(vectors: Any, model: Any) -> ModelAdapter:
             "TaskVectors.from_model(model, pool_or_batch) (a bare tensor has no task names or layers)."
         )
     return vectors.check_model(model)
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise AnalysisError(f"Unknown patching mode {mode!r}; use one of {list(MODES)}.")
 
 
 def patch_site(adapter: ModelAdapter, site: str, layer: int) -> tuple[str, int]:

@@ -10,7 +10,7 @@ al. (§4.2) relate it to task decodability (:mod:`tv_lens.analyses.prediction`).
 
 >>> import torch
 >>> scores = torch.tensor([1.0, 0.0, 1.0, 1.0])
->>> icl_performance(scores, task_ids=[0, 0, 1, 1], n_shots=[2, 2, 2, 2], n_bootstrap=0).values
+>>> icl_performance(scores, [0, 0, 1, 1], [2, 2, 2, 2], config=ICLPerformance(n_bootstrap=0)).values
 tensor([[0.5000],
         [1.0000]], dtype=torch.float64)
 """
@@ -18,7 +18,7 @@ tensor([[0.5000],
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -34,7 +34,7 @@ from tv_lens.models.exclusive import evaluating
 from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.results.performance import Performance
 from tv_lens.stats import group_means
-from tv_lens.stats.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.tasks.pool import SEED_RANGE, check_flag, seeded_generator
 
 __all__ = [
@@ -89,28 +89,26 @@ def icl_performance(
     n_shots: Int[Tensor, " prompt"] | Sequence[int],
     task_names: Sequence[str] | None = None,
     *,
-    metric: str = "accuracy",
-    higher_is_better: bool = True,
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
+    config: ICLPerformance | None = None,
     seed: int = 0,
 ) -> Performance:
     """Mean score per (task, shots) with stratified bootstrap intervals, from per-prompt scores.
+
+    The options are the attributes of :class:`ICLPerformance` read here: ``metric`` names the scores (``"auto"``:
+    ``"accuracy"``; a built-in one knows whether higher is better, a callable one reads ``higher_is_better``),
+    ``n_bootstrap`` and ``ci``.
 
     Args:
         scores: One score per prompt (e.g. 1.0 / 0.0 accuracy).
         task_ids: Task id of each prompt.
         n_shots: Number of demonstrations of each prompt; the shots axis is its sorted distinct values.
         task_names: Name of every task id (default ``"task i"``).
-        metric: Name of the score, for labels.
-        higher_is_better: Whether a larger score is better.
-        n_bootstrap: Bootstrap resamples (0: NaN intervals).
-        ci: Confidence level.
+        config: The options (``None``: ``ICLPerformance()``).
         seed: Seed of the bootstrap.
     """
-    check_bootstrap(n_bootstrap, ci)
+    config = ICLPerformance() if config is None else config
     seeded_generator(seed)  # checks the seed; shot count j draws with seed + j, wrapped into the seed range
-    check_flag(higher_is_better, "higher_is_better", "whether a larger score is better")
+    metric, higher = _metric_name(config.metric, config.higher_is_better)
     scores = tensor_of(scores, "scores", "one float score per prompt")
     check_tensor_data(scores, "scores")
     if scores.is_complex():
@@ -142,10 +140,21 @@ def icl_performance(
         values[:, j] = group_means(cell_scores, cell_tasks, n_task)
         overall[j] = cell_scores.mean()
         cell_ci[:, j], overall_ci[j] = stratified_bootstrap_ci(
-            cell_scores, cell_tasks, n_task, n_bootstrap, ci, (seed + j) % SEED_RANGE
+            cell_scores, cell_tasks, n_task, config.n_bootstrap, config.ci, (seed + j) % SEED_RANGE
         )
     return Performance(
-        values, cell_ci, overall, overall_ci, n_prompts, grid, names, metric, higher_is_better, ci, n_bootstrap, seed
+        values,
+        cell_ci,
+        overall,
+        overall_ci,
+        n_prompts,
+        grid,
+        names,
+        metric,
+        higher,
+        config.ci,
+        config.n_bootstrap,
+        seed,
     )
 
 
@@ -244,18 +253,7 @@ class ICLPerformance(IntervalOptions):
     def _summarise(
         self, metric: str | ScoreFn, scores: Tensor, tasks: Tensor, shots: Tensor, names: Sequence[str], seed: int
     ) -> Performance:
-        name, higher = _metric_name(metric, self.higher_is_better)
-        return icl_performance(
-            scores,
-            tasks,
-            shots,
-            names,
-            metric=name,
-            higher_is_better=higher,
-            n_bootstrap=self.n_bootstrap,
-            ci=self.ci,
-            seed=seed,
-        )
+        return icl_performance(scores, tasks, shots, names, config=replace(self, metric=metric), seed=seed)
 
 
 def _metric(metric: str | ScoreFn) -> tuple[ScoreFn, bool]:
@@ -271,4 +269,5 @@ def _metric(metric: str | ScoreFn) -> tuple[ScoreFn, bool]:
 def _metric_name(metric: str | ScoreFn, higher_is_better: bool) -> tuple[str, bool]:
     if callable(metric):
         return getattr(metric, "__name__", "custom"), higher_is_better
-    return metric, METRICS[metric][1]
+    name = "accuracy" if metric == "auto" else metric
+    return name, METRICS[name][1]

@@ -54,7 +54,7 @@ from tv_lens.models.exclusive import evaluating
 from tv_lens.probes import check_residual_site, collect
 from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.stats import group_means
-from tv_lens.stats.bootstrap import check_bootstrap, stratified_bootstrap_ci
+from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 from tv_lens.tasks.partners import other_prompts
@@ -80,22 +80,15 @@ def task_vector_prompting(
     *,
     icl_attention_mask: Int[Tensor, "batch pos"] | None = None,
     zero_shot_attention_mask: Int[Tensor, "batch zs_pos"] | None = None,
-    layers: Sequence[int] | None = None,
-    source: Source = "other_prompt",
     vectors: TaskVectors | None = None,
-    mode: Literal["replace", "add"] = "replace",
-    site: str = "resid_post",
-    null_task: str = NULL_TASK,
-    scoring: Scoring = "teacher_forced",
     tokenizer: Any = None,
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
+    null_task: str = NULL_TASK,
+    config: TaskVectorPrompting | None = None,
     seed: int = 0,
-    rows_per_pass: int = 512,
-    batch_size: int = 64,
-    progress: bool = False,
 ) -> PromptingAccuracy:
     """TVP accuracy of every layer, with ICL and zero-shot baselines, from paired ICL / query-only prompts.
+
+    The options are the attributes of :class:`TaskVectorPrompting`.
 
     Args:
         model: A TransformerLens model.
@@ -108,33 +101,23 @@ def task_vector_prompting(
         task_names: Name of every task id.
         icl_attention_mask: Mask of the ICL prompts (left padding).
         zero_shot_attention_mask: Mask of the zero-shot prompts (left padding).
-        layers: Blocks to inject at (default: every block; -1 = embedding output).
-        source: ``"other_prompt"``, ``"same_prompt"`` or ``"task_mean"`` (see the module docstring).
         vectors: Task vectors for ``source="task_mean"`` (default: the means over these ICL prompts).
-        mode: ``"replace"`` or ``"add"``.
-        site: Residual site read and written.
-        null_task: Name of the Null task.
-        scoring: ``"teacher_forced"``, ``"exact_match"`` or ``"first_word"`` (see the module docstring).
         tokenizer: Decodes generated tokens for the generation scorings (default: ``model.tokenizer``).
-        n_bootstrap: Bootstrap resamples (0: NaN intervals).
-        ci: Confidence level.
+        null_task: Name of the Null task (left out of the overall accuracies).
+        config: The options (``None``: ``TaskVectorPrompting()``).
         seed: Seed of the bootstrap.
-        rows_per_pass: Prompt copies per forward pass.
-        batch_size: Prompts per forward pass when reading the ICL prompts.
-        progress: Show progress bars.
 
     Raises:
-        AnalysisError: Unknown source, mode or scoring; ``"other_prompt"`` with a task of a single prompt; a
-            generation scoring without a tokenizer.
+        AnalysisError: ``"other_prompt"`` with a task of a single prompt; a generation scoring without a tokenizer.
         TaskError: ``source="task_mean"`` vectors without a prompt's task.
         ShapeError: Mismatched prompt counts, or vectors of another d_model.
         LayerOutOfRangeError: A layer outside the model (or the given vectors).
     """
-    _check_options(source, mode, scoring)
-    check_residual_site(site)
-    check_bootstrap(n_bootstrap, ci)
+    config = TaskVectorPrompting() if config is None else config
+    site, source, mode, scoring = config.site, config.source, config.mode, config.scoring
     adapter = adapt(model)
-    layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
+    every = tuple(range(adapter.n_layers))
+    layers = every if config.layers is None else adapter.check_layers(config.layers, allow_embed=True)
     n = prompt_count(icl_inputs, "icl_inputs")
     answers, ids = _pairs(answers, task_ids, task_names, n, prompt_count(zero_shot_inputs, "zero_shot_inputs"))
     with torch.no_grad(), evaluating(model):
@@ -158,7 +141,7 @@ def task_vector_prompting(
         site,
         source,
         vectors,
-        batch_size,
+        config.batch_size,
     )
     prompts = align(model, zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, answer_counts(answers))
     make = replace if mode == "replace" else add
@@ -170,13 +153,15 @@ def task_vector_prompting(
     def score(logits: Tensor, index: Tensor) -> Tensor:
         return torch.stack(_score(logits, answers[index]), dim=1)
 
-    sweep = run_sweep(model, prompts, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="TVP")
+    sweep = run_sweep(
+        model, prompts, cells, score, rows_per_pass=config.rows_per_pass, progress=config.progress, desc="TVP"
+    )
     real = ids != (task_names.index(null_task) if null_task in task_names else -1)
-    boot: dict[str, Any] = {"n_bootstrap": n_bootstrap, "ci": ci, "seed": seed}
+    boot: dict[str, Any] = {"n_bootstrap": config.n_bootstrap, "ci": config.ci, "seed": seed}
     tvp_correct, tvp_loss = sweep.cells[..., 0], sweep.cells[..., 1]
     zero_correct = sweep.clean[:, 0]
     if scoring != "teacher_forced":
-        generated = _GeneratedScores(model, answers, scoring, tokenizer, batch_size)
+        generated = _GeneratedScores(model, answers, scoring, tokenizer, config.batch_size)
         icl_correct = generated.score(icl_inputs, icl_answer_pos, icl_attention_mask, [])
         zero_correct = generated.score(zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, [])
         tvp_correct = torch.stack(
@@ -215,8 +200,8 @@ def task_vector_prompting(
         mode=mode,
         site=site,
         null_task=null_task,
-        ci_level=ci,
-        n_bootstrap=n_bootstrap,
+        ci_level=config.ci,
+        n_bootstrap=config.n_bootstrap,
         seed=seed,
         scoring=scoring,
         rows_per_pass=sweep.rows_per_pass,
@@ -281,6 +266,7 @@ class TaskVectorPrompting(CausalOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_options(self.source, self.mode, self.scoring)  # the bootstrap options: CausalOptions
+        check_residual_site(self.site)
 
     def run(
         self, model: Any, pool: TaskPool | TextPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
@@ -314,18 +300,9 @@ class TaskVectorPrompting(CausalOptions):
             batch.task_names,
             icl_attention_mask=batch.attention_mask,
             zero_shot_attention_mask=zero_shot.attention_mask,
-            layers=self.layers,
-            source=self.source,
             vectors=vectors,
-            mode=self.mode,
-            site=self.site,
-            scoring=self.scoring,
-            n_bootstrap=self.n_bootstrap,
-            ci=self.ci,
+            config=self,
             seed=seed,
-            rows_per_pass=self.rows_per_pass,
-            batch_size=self.batch_size,
-            progress=self.progress,
         )
 
 

@@ -17,12 +17,14 @@ from tv_lens.results.performance import Performance
 from tv_lens.results.prediction import TdAccuracyFit
 from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.results.provenance import ModelSignature, OtherWeightsWarning, VectorProvenance
+from tv_lens.results.shared import BootstrapSettings, SweepSettings
 from tv_lens.results.suite import SuiteResult
 from tv_lens.results.vector_comparison import VectorComparison
 from tv_lens.results.vector_decoding import VectorDecoding
 
 __all__ = [
     "LAYER_AXIS_TITLE",
+    "BootstrapSettings",
     "Decodability",
     "EmergenceResult",
     "FinetuningComparison",
@@ -41,6 +43,7 @@ __all__ = [
     "PruningCurve",
     "Result",
     "SuiteResult",
+    "SweepSettings",
     "TdAccuracyFit",
     "VectorComparison",
     "VectorDecoding",

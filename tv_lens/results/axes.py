@@ -7,9 +7,10 @@ from typing import Any
 
 from torch import Tensor
 
+from tv_lens.errors import LayerOutOfRangeError
 from tv_lens.models.adapter import EMBED_LAYER
 
-__all__ = ["LAYER_AXIS_TITLE", "error_bars", "layer_axis", "layer_label"]
+__all__ = ["LAYER_AXIS_TITLE", "error_bars", "layer_axis", "layer_index", "layer_label"]
 
 LAYER_AXIS_TITLE = "layer (TransformerLens block index; -1 = embedding output)"
 
@@ -27,6 +28,20 @@ def layer_axis(layers: Sequence[int], site: str = "resid_post") -> dict[str, Any
         "tickvals": list(layers),
         "ticktext": [layer_label(layer, site) for layer in layers],
     }
+
+
+def layer_index(layers: Sequence[int], layer: int, what: str) -> int:
+    """Index of block ``layer`` (-1 = embedding output) on the layer axis ``layers`` of ``what`` (e.g. ``"this TD"``).
+
+    Raises:
+        LayerOutOfRangeError: ``layer`` is not on the axis (the message names the layers that are).
+    """
+    if layer not in layers:
+        raise LayerOutOfRangeError(
+            f"Layer {layer} is not among the layers of {what}, {tuple(layers)}; pass one of those, or run the "
+            "analysis again with that layer."
+        )
+    return list(layers).index(layer)
 
 
 def error_bars(values: Tensor, ci: Tensor) -> dict[str, Any]:

@@ -13,24 +13,37 @@ A new result type declares its fields and writes two methods::
 and, if a report should lead with its numbers, ``headline()``. It gets ``figure()``, ``save(path)``,
 ``Result.load(path)`` and ``==`` for free. Fields may be tensors, numbers, strings, ``None``, nested results, and
 tuples / lists / dicts of those; tensors go to safetensors and everything else to JSON metadata in the same file,
-under a digest of both that ``load`` checks (see :mod:`tv_lens.results.storage`).
+under a digest of both that ``load`` checks (see :mod:`tv_lens.results.storage`). A tensor field's annotation
+names its axes, and every result checks its tensors against them on creation: ``values`` above must be as long
+as ``layers`` once the type says so in ``_axes`` (``{"layer": len(self.layers)}``).
 
 >>> import torch
->>> from tv_lens.analyses.decodability import task_decodability
->>> result = task_decodability(torch.randn(2, 40, 8), torch.arange(4).repeat_interleave(10), k=3)
+>>> from tv_lens.analyses.decodability import TaskDecodability, task_decodability
+>>> labels = torch.arange(4).repeat_interleave(10)
+>>> result = task_decodability(torch.randn(2, 40, 8), labels, config=TaskDecodability(k=3))
 >>> result.td.shape, list(result.to_frame().columns)[:3]
 (torch.Size([2]), ['layer', 'layer_label', 'task'])
+>>> from dataclasses import replace
+>>> replace(result, td=torch.zeros(3))
+Traceback (most recent call last):
+    ...
+tv_lens.errors.ShapeError: Decodability.td must have shape (2,), got (3,).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from jaxtyping import AbstractArray
+from torch import Tensor
+
 from tv_lens.errors import MissingFileError, ResultFileError, ShapeError
-from tv_lens.results.storage import equal_values, result_from_bytes, result_to_bytes, write_atomically
+from tv_lens.results.storage import equal_values, field_types, result_from_bytes, result_to_bytes, write_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,12 +69,33 @@ class Result:
         """The name a saved file records for this type: ``module:QualifiedName``."""
         return f"{cls.__module__}:{cls.__qualname__}"
 
-    def _check_shapes(self, expected: dict[str, tuple[int, ...]]) -> None:
-        """Raise :class:`~tv_lens.errors.ShapeError` unless every named field has its expected shape."""
-        for name, shape in expected.items():
-            got = tuple(getattr(self, name).shape)
-            if got != shape:
+    def __post_init__(self) -> None:
+        """Check every tensor field against the axes its annotation names (``Float[Tensor, "layer task 2"]``).
+
+        An axis of :meth:`_axes` has the size given there, a number is that size, and any other name takes the
+        size where it first appears (in field order) and must keep it in every later field.
+
+        Raises:
+            ShapeError: A tensor field of another shape.
+        """
+        sizes = self._axes()
+        for name, dims in _tensor_axes(type(self)).items():  # type: ignore[arg-type]  # the class hashes; its results do not
+            value = getattr(self, name)
+            if not isinstance(value, Tensor):  # an optional tensor left out
+                continue
+            got = tuple(value.shape)
+            if len(got) == len(dims):
+                for dim, size in zip(dims, got, strict=True):
+                    if isinstance(dim, str):
+                        sizes.setdefault(dim, size)
+            expected = tuple(sizes.get(dim, dim) if isinstance(dim, str) else dim for dim in dims)
+            if got != expected:
+                shape = str(expected).replace("'", "")
                 raise ShapeError(f"{type(self).__name__}.{name} must have shape {shape}, got {got}.")
+
+    def _axes(self) -> dict[str, int]:
+        """Sizes of the tensor axes that other fields fix, by axis name (e.g. ``layer``: ``len(self.layers)``)."""
+        return {}
 
     def to_frame(self) -> pd.DataFrame:
         """The result as a tidy table (one row per observation; columns documented by each subclass)."""
@@ -145,3 +179,23 @@ class Result:
         return all(equal_values(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))  # type: ignore[arg-type]
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@functools.cache
+def _tensor_axes(cls: type) -> dict[str, tuple[int | str, ...]]:
+    """The axes of every field annotated with a jaxtyping array of named or numbered axes, by field."""
+    hints = field_types(cls)
+    axes = {}
+    for field in fields(cls):  # type: ignore[arg-type]  # every result is a dataclass
+        hint = hints.get(field.name)
+        array = next((h for h in (hint, *typing.get_args(hint)) if _is_array(h)), None)  # also in ``X | None``
+        if array is None:
+            continue
+        parts = array.dim_str.split()
+        if all(part.isdigit() or (part.isidentifier() and not part.startswith("_")) for part in parts):
+            axes[field.name] = tuple(int(part) if part.isdigit() else part for part in parts)
+    return axes
+
+
+def _is_array(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, AbstractArray)

@@ -9,10 +9,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import LayerOutOfRangeError
 from tv_lens.models.adapter import EMBED_LAYER
-from tv_lens.results.axes import LAYER_AXIS_TITLE, error_bars, layer_axis, layer_label
+from tv_lens.results.axes import LAYER_AXIS_TITLE, error_bars, layer_axis, layer_index, layer_label
 from tv_lens.results.base import Result
+from tv_lens.results.shared import BootstrapSettings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,8 +37,11 @@ def best_layer(layers: tuple[int, ...], td: Float[Tensor, " layer"]) -> int:
 
 
 @dataclass(frozen=True, eq=False)
-class Decodability(Result):
+class Decodability(BootstrapSettings, Result):
     """Task decodability (TD) per layer: overall, per task, and the task × task confusion.
+
+    The bootstrap settings are those of :class:`~tv_lens.results.BootstrapSettings`; ``seed`` also seeds the
+    probe's folds.
 
     Attributes:
         td: Fraction of prompts whose predicted task is their true task, per layer ``[layer]``.
@@ -53,9 +56,6 @@ class Decodability(Result):
         site: Residual site the representations were read at.
         method: ``"knn"`` (leave-one-out k-NN, Han et al.) or ``"probe"`` (cross-validated logistic regression).
         settings: The method's parameters (``k``, ``metric`` or ``n_folds``, ``C``).
-        ci_level: Confidence level of the intervals.
-        n_bootstrap: Bootstrap resamples behind the intervals (0: no intervals, NaN).
-        seed: Seed of the bootstrap (and of the probe's folds).
     """
 
     td: Float[Tensor, " layer"]
@@ -70,21 +70,9 @@ class Decodability(Result):
     site: str = "resid_post"
     method: str = "knn"
     settings: dict[str, Any] = field(default_factory=dict)
-    ci_level: float = 0.95
-    n_bootstrap: int = 1000
-    seed: int = 0
 
-    def __post_init__(self) -> None:
-        n_layer, n_task = len(self.layers), len(self.task_names)
-        expected = {
-            "td": (n_layer,),
-            "td_ci": (n_layer, 2),
-            "per_task": (n_layer, n_task),
-            "per_task_ci": (n_layer, n_task, 2),
-            "confusion": (n_layer, n_task, n_task),
-            "predictions": (n_layer, self.labels.shape[0]),
-        }
-        self._check_shapes(expected)
+    def _axes(self) -> dict[str, int]:
+        return {"layer": len(self.layers), "task": len(self.task_names)}
 
     @property
     def best_layer(self) -> int:
@@ -109,9 +97,7 @@ class Decodability(Result):
 
     def at(self, layer: int) -> int:
         """Index into the layer axis of a block index (-1 = embedding output)."""
-        if layer not in self.layers:
-            raise LayerOutOfRangeError(f"Layer {layer} is not in this result; its layers are {self.layers}.")
-        return self.layers.index(layer)
+        return layer_index(self.layers, layer, "this decodability result")
 
     def headline(self) -> dict[str, Any]:
         """TD at the best layer with its interval, chance, and TD by layer."""

@@ -12,8 +12,8 @@ from tv_lens.errors import ShapeError
 from tv_lens.results.axes import layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
+from tv_lens.results.shared import real_tasks
 from tv_lens.results.suite import SuiteResult
-from tv_lens.tasks.pool import NULL_TASK
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,18 +73,12 @@ class EmergenceResult(Result):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        n_step, n_layer, n_task = len(self.steps), len(self.layers), len(self.task_names)
-        expected = {
-            "accuracy": (n_step, n_task),
-            "loss": (n_step, n_task),
-            "td": (n_step, n_layer),
-            "td_per_task": (n_step, n_layer, n_task),
-        }
-        for name, shape in expected.items():
-            if tuple(getattr(self, name).shape) != shape:
-                raise ShapeError(f"EmergenceResult.{name} must be {shape}, got {tuple(getattr(self, name).shape)}.")
-        if not (len(self.performance_jump) == len(self.td_jump) == len(self.coupled) == n_task):
+        super().__post_init__()
+        if not (len(self.performance_jump) == len(self.td_jump) == len(self.coupled) == len(self.task_names)):
             raise ShapeError("EmergenceResult jumps and coupling need one entry per task.")
+
+    def _axes(self) -> dict[str, int]:
+        return {"step": len(self.steps), "layer": len(self.layers), "task": len(self.task_names)}
 
     @property
     def td_at_best_layer(self) -> Float[Tensor, "step task"]:
@@ -92,9 +86,10 @@ class EmergenceResult(Result):
         return self.td_per_task[:, self.layers.index(self.best_layer)]
 
     def headline(self) -> dict[str, Any]:
-        """Checkpoints, the tasks whose accuracy and TD jump together, and each task's jump steps."""
-        real = [t for t, name in enumerate(self.task_names) if name != NULL_TASK]
+        """Checkpoints, the tasks whose performance (accuracy, or loss) and TD jump together, each task's jump steps."""
+        real = real_tasks(self.task_names)
         return {
+            "performance": self.performance,
             "n_checkpoints": len(self.steps),
             "best_layer": self.best_layer,
             "coupled": sum(bool(self.coupled[t]) for t in real),
@@ -146,30 +141,15 @@ class EmergenceResult(Result):
         import plotly.graph_objects as go
 
         x = list(self.steps)
-        performance, td = self.performance_series(), self.td_at_best_layer
-        traces: list[BaseTraceType] = []
-        for t, task in enumerate(self.task_names):
-            traces.append(
-                go.Scatter(
-                    x=x,
-                    y=performance[:, t].tolist(),
-                    mode="lines+markers",
-                    name=f"{task} {self.performance}",
-                    legendgroup=task,
-                )
-            )
-            traces.append(
-                go.Scatter(
-                    x=x,
-                    y=td[:, t].tolist(),
-                    mode="lines",
-                    name=f"{task} TD",
-                    legendgroup=task,
-                    line={"dash": "dash"},
-                    yaxis="y2",
-                )
-            )
-        return traces
+        series: tuple[tuple[Tensor, str, dict[str, Any]], ...] = (
+            (self.performance_series(), self.performance, {"mode": "lines+markers"}),
+            (self.td_at_best_layer, "TD", {"mode": "lines", "line": {"dash": "dash"}, "yaxis": "y2"}),
+        )
+        return [
+            go.Scatter(x=x, y=values[:, t].tolist(), name=f"{task} {measure}", legendgroup=task, **style)
+            for t, task in enumerate(self.task_names)
+            for values, measure, style in series
+        ]
 
     def figure(self) -> go.Figure:
         """Performance (left axis) and TD at the best layer (right axis) against step; dotted lines mark TD jumps."""

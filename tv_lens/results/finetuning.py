@@ -12,7 +12,7 @@ from tv_lens.errors import ShapeError
 from tv_lens.results.axes import error_bars, layer_axis, layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
-from tv_lens.tasks.pool import NULL_TASK
+from tv_lens.results.shared import real_tasks
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,18 +58,12 @@ class FinetuningComparison(Result):
     site: str = "resid_post"
 
     def __post_init__(self) -> None:
-        n_v, n_l, n_t = len(self.variants), len(self.layers), len(self.task_names)
-        expected = {
-            "td": (n_v, n_l),
-            "td_ci": (n_v, n_l, 2),
-            "accuracy": (n_v, n_t),
-            "overall": (n_v,),
-            "overall_ci": (n_v, 2),
-            "final_loss": (n_v,),
-        }
-        self._check_shapes(expected)
-        if len(self.blocks) != n_v:
-            raise ShapeError(f"FinetuningComparison.blocks needs one entry per variant ({n_v}).")
+        super().__post_init__()
+        if len(self.blocks) != len(self.variants):
+            raise ShapeError(f"FinetuningComparison.blocks needs one entry per variant ({len(self.variants)}).")
+
+    def _axes(self) -> dict[str, int]:
+        return {"variant": len(self.variants), "layer": len(self.layers), "task": len(self.task_names)}
 
     def td_change(self, variant: str) -> Float[Tensor, " layer"]:
         """TD of ``variant`` minus TD of the first variant (the base model), per layer."""
@@ -78,7 +72,7 @@ class FinetuningComparison(Result):
     def headline(self) -> dict[str, Any]:
         """Accuracy and last-layer TD of every variant (base, first blocks, last blocks) on the new tasks."""
         return {
-            "tasks": [name for name in self.task_names if name != NULL_TASK],
+            "tasks": [self.task_names[t] for t in real_tasks(self.task_names)],
             "accuracy": {variant: float(self.overall[v]) for v, variant in enumerate(self.variants)},
             "td_last_layer": {variant: float(self.td[v, -1]) for v, variant in enumerate(self.variants)},
             "last_layer": self.layers[-1],

@@ -17,9 +17,11 @@ from torch import Tensor
 
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.results.axes import layer_index
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
 from tv_lens.results.provenance import VectorProvenance, check_vector_model, with_application
+from tv_lens.results.shared import SweepSettings
 from tv_lens.stats import group_means
 
 if TYPE_CHECKING:
@@ -62,18 +64,16 @@ class MeanHeadActivations(Result):
     n_prompts: Int[Tensor, " task"]
 
     def __post_init__(self) -> None:
-        n_t, n_l = len(self.task_names), len(self.layers)
-        acts = self.activations
-        if acts.ndim != 4 or tuple(acts.shape[:2]) != (n_t, n_l) or not acts.is_floating_point():
-            raise ShapeError(
-                f"MeanHeadActivations.activations must be float [task={n_t}, layer={n_l}, head, d_head], got "
-                f"{acts.dtype} {tuple(acts.shape)}."
-            )
-        self._check_shapes({"n_prompts": (n_t,)})
-        if len(set(self.task_names)) != n_t or len(set(self.layers)) != n_l:
+        super().__post_init__()
+        if not self.activations.is_floating_point():
+            raise ShapeError(f"MeanHeadActivations.activations must be a float tensor, got {self.activations.dtype}.")
+        if len(set(self.task_names)) != len(self.task_names) or len(set(self.layers)) != len(self.layers):
             raise ShapeError(
                 f"MeanHeadActivations needs distinct tasks and layers, got {self.task_names}, {self.layers}."
             )
+
+    def _axes(self) -> dict[str, int]:
+        return {"task": len(self.task_names), "layer": len(self.layers)}
 
     @property
     def n_heads(self) -> int:
@@ -86,9 +86,7 @@ class MeanHeadActivations(Result):
 
     def layer_index(self, layer: int) -> int:
         """Index of block ``layer`` on the layer axis."""
-        if layer not in self.layers:
-            raise LayerOutOfRangeError(f"Layer {layer} has no mean head activations; they cover {self.layers}.")
-        return self.layers.index(layer)
+        return layer_index(self.layers, layer, "these mean head activations")
 
     def get(self, task: str, layer: int, head: int) -> Float[Tensor, " d_head"]:
         """The mean ``hook_z`` of ``head`` in block ``layer`` for ``task``."""
@@ -120,12 +118,13 @@ class MeanHeadActivations(Result):
 
 
 @dataclass(frozen=True, eq=False)
-class IndirectEffects(Result):
+class IndirectEffects(SweepSettings, Result):
     """Causal indirect effect (CIE) of every head: its task-mean activation written into corrupted prompts.
 
     For a prompt of task ``t`` whose demonstrations carry wrong labels, head ``h`` of block ``l`` gets task ``t``'s
     mean ``hook_z`` at the answer position; the CIE is the probability of the right first answer token with that
     patch minus without it. Overall numbers are means over every prompt (over tasks when tasks have equal prompts).
+    The bootstrap and sweep settings are those of :class:`~tv_lens.results.SweepSettings`.
 
     Attributes:
         layers: Block index of each layer entry.
@@ -141,11 +140,6 @@ class IndirectEffects(Result):
         overall_ci: Its interval ``[layer, head, 2]``.
         writes: Prompts each head's patch wrote to ``[layer, head]``.
         label_noise: Probability with which each demonstration of the corrupted prompts got a wrong label.
-        ci_level: Confidence level.
-        n_bootstrap: Bootstrap resamples.
-        seed: Seed of the bootstrap.
-        rows_per_pass: Rows (prompt copies) per forward pass the sweep ran with: the requested ``rows_per_pass``,
-            or less where a pass ran out of memory and was halved (``None``: not recorded).
     """
 
     layers: tuple[int, ...]
@@ -161,29 +155,9 @@ class IndirectEffects(Result):
     overall_ci: Float[Tensor, "layer head 2"]
     writes: Int[Tensor, "layer head"]
     label_noise: float = 0.0
-    ci_level: float = 0.95
-    n_bootstrap: int = 1000
-    seed: int = 0
-    rows_per_pass: int | None = None
 
-    def __post_init__(self) -> None:
-        n_l, n_h, n_p = self.patched_prob.shape
-        n_t = len(self.task_names)
-        if n_l != len(self.layers):
-            raise ShapeError(f"IndirectEffects.patched_prob has {n_l} layers but layers has {len(self.layers)}.")
-        self._check_shapes(
-            {
-                "task_ids": (n_p,),
-                "corrupted_prob": (n_p,),
-                "corrupted_loss": (n_p,),
-                "patched_loss": (n_l, n_h, n_p),
-                "cie": (n_l, n_h, n_t),
-                "cie_ci": (n_l, n_h, n_t, 2),
-                "overall": (n_l, n_h),
-                "overall_ci": (n_l, n_h, 2),
-                "writes": (n_l, n_h),
-            }
-        )
+    def _axes(self) -> dict[str, int]:
+        return {"layer": len(self.layers), "task": len(self.task_names)}
 
     @property
     def n_heads(self) -> int:
@@ -263,16 +237,16 @@ class FunctionVector(Result):
     provenance: VectorProvenance | None = None
 
     def __post_init__(self) -> None:
-        n_t, k = len(self.task_names), len(self.heads)
-        if self.vectors.ndim != 2 or self.vectors.shape[0] != n_t or not self.vectors.is_floating_point():
-            raise ShapeError(
-                f"FunctionVector.vectors must be float [task={n_t}, d_model], got {tuple(self.vectors.shape)}."
-            )
-        self._check_shapes({"head_outputs": (n_t, k, self.d_model)})
-        if len(set(self.heads)) != k or k == 0:
+        super().__post_init__()
+        if not self.vectors.is_floating_point():
+            raise ShapeError(f"FunctionVector.vectors must be a float tensor, got {self.vectors.dtype}.")
+        if len(set(self.heads)) != self.k or self.k == 0:
             raise ShapeError(f"FunctionVector needs at least one head, each once; got {self.heads}.")
         if self.provenance is not None and not isinstance(self.provenance, VectorProvenance):
             raise ShapeError(f"FunctionVector.provenance must be a VectorProvenance, got {self.provenance!r}.")
+
+    def _axes(self) -> dict[str, int]:
+        return {"task": len(self.task_names), "k": len(self.heads)}
 
     @property
     def d_model(self) -> int:

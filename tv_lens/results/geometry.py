@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import LayerOutOfRangeError, ShapeError
-from tv_lens.results.axes import LAYER_AXIS_TITLE, layer_label
+from tv_lens.results.axes import LAYER_AXIS_TITLE, layer_index, layer_label
 from tv_lens.results.base import Result
 
 if TYPE_CHECKING:
@@ -45,13 +44,8 @@ class Projection(Result):
     method: str = "pca"
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        shape = (len(self.layers), self.labels.shape[0], 2)
-        if tuple(self.coords.shape) != shape or tuple(self.explained_variance.shape) != (len(self.layers), 2):
-            raise ShapeError(
-                f"Projection.coords must be {shape} and explained_variance {(len(self.layers), 2)}, got "
-                f"{tuple(self.coords.shape)} and {tuple(self.explained_variance.shape)}."
-            )
+    def _axes(self) -> dict[str, int]:
+        return {"layer": len(self.layers)}
 
     def headline(self) -> dict[str, Any]:
         """The layers projected and the variance the two components explain at the last one."""
@@ -88,10 +82,7 @@ class Projection(Result):
         """One scatter trace per task at ``layer`` (a block index; default: the last layer)."""
         import plotly.graph_objects as go
 
-        chosen = self.layers[-1] if layer is None else layer
-        if chosen not in self.layers:
-            raise LayerOutOfRangeError(f"Layer {chosen} is not in this projection; its layers are {self.layers}.")
-        i = self.layers.index(chosen)
+        i = len(self.layers) - 1 if layer is None else layer_index(self.layers, layer, "this projection")
         traces = []
         for t, name in enumerate(self.task_names):
             rows = (self.labels == t).nonzero().flatten()

@@ -10,11 +10,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import ShapeError
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
+from tv_lens.results.shared import SweepSettings, real_prompts, real_tasks
 from tv_lens.stats import group_means
-from tv_lens.tasks.pool import NULL_TASK
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,13 +46,8 @@ class PruningCurve(Result):
     metric: str = "cross_entropy"
     higher_is_better: bool = False
 
-    def __post_init__(self) -> None:
-        k = len(self.order) + 1
-        if tuple(self.values.shape) != (k, len(self.task_names)) or tuple(self.overall.shape) != (k,):
-            raise ShapeError(
-                f"PruningCurve.values must be [k={k}, task={len(self.task_names)}] and overall [k], got "
-                f"{tuple(self.values.shape)} and {tuple(self.overall.shape)}."
-            )
+    def _axes(self) -> dict[str, int]:
+        return {"k": len(self.order) + 1, "removed": len(self.order), "task": len(self.task_names)}
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (heads removed, task), plus task ``"all"``.
@@ -93,12 +87,12 @@ class PruningCurve(Result):
 
 
 @dataclass(frozen=True, eq=False)
-class HeadImportance(Result):
+class HeadImportance(SweepSettings, Result):
     """How much each attention head matters for each task, measured by ablating it.
 
     ``importance`` is the harm of ablating a head: the metric's change in the bad direction (accuracy
     drop, loss increase), so a positive value means the head helps. Overall values are over the prompts of
-    every task but Null.
+    every task but Null. The bootstrap and sweep settings are those of :class:`~tv_lens.results.SweepSettings`.
 
     Attributes:
         task_names: Name of every task entry.
@@ -125,11 +119,6 @@ class HeadImportance(Result):
         metric: ``"cross_entropy"`` or ``"accuracy"``.
         mode: ``"zero"`` or ``"mean"`` ablation.
         null_task: Name of the Null task.
-        ci_level: Confidence level.
-        n_bootstrap: Bootstrap resamples.
-        seed: Seed of the bootstrap.
-        rows_per_pass: Rows (prompt copies) per forward pass the sweep ran with: the requested ``rows_per_pass``,
-            or less where a pass ran out of memory and was halved (``None``: not recorded).
     """
 
     task_names: tuple[str, ...]
@@ -153,29 +142,10 @@ class HeadImportance(Result):
     metric: str = "cross_entropy"
     mode: str = "zero"
     null_task: str = "null"
-    ci_level: float = 0.95
-    n_bootstrap: int = 1000
-    seed: int = 0
-    rows_per_pass: int | None = None
     attribution_method: str | None = "loss"
 
-    def __post_init__(self) -> None:
-        n_l, n_h, n_p = self.ablated_loss.shape
-        n_t = len(self.task_names)
-        expected = {
-            "task_ids": (n_p,),
-            "clean_correct": (n_p,),
-            "clean_loss": (n_p,),
-            "ablated_correct": (n_l, n_h, n_p),
-            "importance": (n_l, n_h, n_t),
-            "importance_ci": (n_l, n_h, n_t, 2),
-            "overall": (n_l, n_h),
-            "overall_ci": (n_l, n_h, 2),
-            "attribution": (n_l, n_h, n_p),
-            "shared": (n_t, n_t),
-            "writes": (n_l, n_h),
-        }
-        self._check_shapes(expected)
+    def _axes(self) -> dict[str, int]:
+        return {"task": len(self.task_names)}
 
     @property
     def n_layers(self) -> int:
@@ -205,7 +175,7 @@ class HeadImportance(Result):
 
     def headline(self) -> dict[str, Any]:
         """The three most important heads, the mean overlap of tasks' top heads, and the screen's Spearman."""
-        real = [t for t, name in enumerate(self.task_names) if name != NULL_TASK]
+        real = real_tasks(self.task_names, self.null_task)
         shared = self.shared[real][:, real]
         off_diagonal = shared[~torch.eye(len(real), dtype=torch.bool)]
         return {
@@ -226,7 +196,7 @@ class HeadImportance(Result):
 
         loss = self.loss_increase
         attribution = self.attribution_by_task
-        real = self._real()
+        real = real_prompts(self.task_ids, self.task_names, self.null_task)
         rows = []
         for layer in range(self.n_layers):
             for head in range(self.n_heads):
@@ -270,10 +240,6 @@ class HeadImportance(Result):
             "writes",
         ]
         return pd.DataFrame(rows, columns=columns)
-
-    def _real(self) -> Tensor:
-        null = self.task_names.index(self.null_task) if self.null_task in self.task_names else -1
-        return self.task_ids != null
 
     def traces(self) -> list[BaseTraceType]:
         """A (layer x head) heatmap of overall importance."""

@@ -9,9 +9,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import LayerOutOfRangeError
-from tv_lens.results.axes import LAYER_AXIS_TITLE, error_bars, layer_axis, layer_label
+from tv_lens.results.axes import LAYER_AXIS_TITLE, error_bars, layer_axis, layer_index, layer_label
 from tv_lens.results.base import Result
+from tv_lens.results.shared import SweepSettings
+from tv_lens.stats import group_means
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,11 +24,12 @@ __all__ = ["PatchingEffects"]
 
 
 @dataclass(frozen=True, eq=False)
-class PatchingEffects(Result):
+class PatchingEffects(SweepSettings, Result):
     """Accuracy and loss changes from patching task ``t``'s vector into prompts of task ``s``, per layer.
 
     Per-prompt tensors keep every number the summaries are computed from; ``prompt`` indexes the patched
-    prompts, ``source`` the tasks of those prompts and ``target`` the injected vectors' tasks.
+    prompts, ``source`` the tasks of those prompts and ``target`` the injected vectors' tasks. The bootstrap and
+    sweep settings are those of :class:`~tv_lens.results.SweepSettings`.
 
     Attributes:
         layers: Block index of each patched layer (-1 = embedding output).
@@ -63,11 +65,6 @@ class PatchingEffects(Result):
         site: Residual site patched.
         scale: Factor on the added vector (``add`` modes).
         null_task: Name of the Null task (left out of the correct / incorrect summaries as a source).
-        ci_level: Confidence level.
-        n_bootstrap: Bootstrap resamples (0: NaN intervals).
-        seed: Seed of the bootstrap.
-        rows_per_pass: Rows (prompt copies) per forward pass the sweep ran with: the requested ``rows_per_pass``,
-            or less where a pass ran out of memory and was halved (``None``: not recorded).
     """
 
     layers: tuple[int, ...]
@@ -101,43 +98,19 @@ class PatchingEffects(Result):
     site: str = "resid_post"
     scale: float = 1.0
     null_task: str = "null"
-    ci_level: float = 0.95
-    n_bootstrap: int = 1000
-    seed: int = 0
-    rows_per_pass: int | None = None
 
-    def __post_init__(self) -> None:
-        n_l, n_s, n_t, n_p = len(self.layers), len(self.source_names), len(self.target_names), len(self.task_ids)
-        expected = {
-            "clean_correct": (n_p,),
-            "clean_loss": (n_p,),
-            "correct": (n_l, n_t, n_p),
-            "loss": (n_l, n_t, n_p),
-            "follows": (n_l, n_t, n_p),
-            "clean_follows": (n_t, n_p),
-            "accuracy_change": (n_l, n_s, n_t),
-            "accuracy_change_ci": (n_l, n_s, n_t, 2),
-            "loss_change": (n_l, n_s, n_t),
-            "loss_change_ci": (n_l, n_s, n_t, 2),
-            "override": (n_l, n_s, n_t),
-            "clean_override": (n_s, n_t),
-            "writes": (n_l, n_t),
-        }
-        for name in ("correct_change", "incorrect_change", "correct_loss_change", "incorrect_loss_change"):
-            expected[name] = (n_l,)
-            expected[name + "_ci"] = (n_l, 2)
-        expected["override_rate"] = (n_l,)
-        self._check_shapes(expected)
+    def _axes(self) -> dict[str, int]:
+        return {"layer": len(self.layers), "source": len(self.source_names), "target": len(self.target_names)}
 
     @property
     def clean_accuracy(self) -> Float[Tensor, " source"]:
         """Unpatched accuracy of each source task."""
-        return _group_mean(self.clean_correct, self.task_ids, len(self.source_names))
+        return group_means(self.clean_correct, self.task_ids, len(self.source_names))
 
     @property
     def accuracy(self) -> Float[Tensor, "layer source target"]:
         """Patched accuracy per (layer, source, target)."""
-        return _group_mean(self.correct, self.task_ids, len(self.source_names)).transpose(-1, -2)
+        return group_means(self.correct, self.task_ids, len(self.source_names)).transpose(-1, -2)
 
     @property
     def n_prompts(self) -> Int[Tensor, " source"]:
@@ -156,26 +129,16 @@ class PatchingEffects(Result):
 
     def at(self, layer: int) -> int:
         """Index into the layer axis of a block index."""
-        if layer not in self.layers:
-            raise LayerOutOfRangeError(f"Layer {layer} was not patched; patched layers are {self.layers}.")
-        return self.layers.index(layer)
+        return layer_index(self.layers, layer, "this patching result")
 
     def headline(self) -> dict[str, Any]:
         """Correct vs incorrect changes (accuracy and loss, with intervals) and the override rate at the best layer."""
         i = self.at(self.best_layer)
-        return {
-            "mode": self.mode,
-            "layer": self.layers[i],
-            "correct_change": float(self.correct_change[i]),
-            "correct_change_ci": [float(x) for x in self.correct_change_ci[i]],
-            "incorrect_change": float(self.incorrect_change[i]),
-            "incorrect_change_ci": [float(x) for x in self.incorrect_change_ci[i]],
-            "correct_loss_change": float(self.correct_loss_change[i]),
-            "correct_loss_change_ci": [float(x) for x in self.correct_loss_change_ci[i]],
-            "incorrect_loss_change": float(self.incorrect_loss_change[i]),
-            "incorrect_loss_change_ci": [float(x) for x in self.incorrect_loss_change_ci[i]],
-            "override_rate": float(self.override_rate[i]),
-        }
+        numbers: dict[str, Any] = {"mode": self.mode, "layer": self.layers[i]}
+        for name in _SUMMARIES:
+            numbers[name] = float(getattr(self, name)[i])
+            numbers[f"{name}_ci"] = [float(x) for x in getattr(self, f"{name}_ci")[i]]
+        return numbers | {"override_rate": float(self.override_rate[i])}
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, source, target).
@@ -188,7 +151,7 @@ class PatchingEffects(Result):
         import pandas as pd
 
         accuracy = self.accuracy
-        loss = _group_mean(self.loss, self.task_ids, len(self.source_names)).transpose(-1, -2)
+        loss = group_means(self.loss, self.task_ids, len(self.source_names)).transpose(-1, -2)
         counts = self.n_prompts.tolist()
         rows = []
         for i, layer in enumerate(self.layers):
@@ -246,33 +209,35 @@ class PatchingEffects(Result):
         """
         import pandas as pd
 
-        rows = []
-        for i, layer in enumerate(self.layers):
-            label = layer_label(layer, self.site)
-            rows.append(
-                (
-                    layer,
-                    label,
-                    "correct",
-                    float(self.correct_change[i]),
-                    *self.correct_change_ci[i].tolist(),
-                    float(self.correct_loss_change[i]),
-                    *self.correct_loss_change_ci[i].tolist(),
-                    float("nan"),
-                )
+        comparisons = {
+            "correct": (
+                self.correct_change,
+                self.correct_change_ci,
+                self.correct_loss_change,
+                self.correct_loss_change_ci,
+            ),
+            "incorrect": (
+                self.incorrect_change,
+                self.incorrect_change_ci,
+                self.incorrect_loss_change,
+                self.incorrect_loss_change_ci,
+            ),
+        }
+        override = {"correct": torch.full_like(self.override_rate, torch.nan), "incorrect": self.override_rate}
+        rows = [
+            (
+                layer,
+                layer_label(layer, self.site),
+                comparison,
+                float(change[i]),
+                *change_ci[i].tolist(),
+                float(loss[i]),
+                *loss_ci[i].tolist(),
+                float(override[comparison][i]),
             )
-            rows.append(
-                (
-                    layer,
-                    label,
-                    "incorrect",
-                    float(self.incorrect_change[i]),
-                    *self.incorrect_change_ci[i].tolist(),
-                    float(self.incorrect_loss_change[i]),
-                    *self.incorrect_loss_change_ci[i].tolist(),
-                    float(self.override_rate[i]),
-                )
-            )
+            for i, layer in enumerate(self.layers)
+            for comparison, (change, change_ci, loss, loss_ci) in comparisons.items()
+        ]
         columns = [
             "layer",
             "layer_label",
@@ -366,7 +331,5 @@ class PatchingEffects(Result):
         )
 
 
-def _group_mean(values: Tensor, groups: Tensor, n_groups: int) -> Tensor:
-    """Mean of ``values[..., prompt]`` over each group's prompts: ``[..., group]`` (NaN for empty groups)."""
-    one_hot = torch.nn.functional.one_hot(groups, n_groups).to(torch.float64)
-    return (values.double() @ one_hot) / one_hot.sum(0)
+_SUMMARIES = ("correct_change", "incorrect_change", "correct_loss_change", "incorrect_loss_change")
+"""The per-layer summaries of correct and incorrect patches, each with its interval ``<name>_ci``."""

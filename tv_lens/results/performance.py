@@ -11,7 +11,7 @@ from torch import Tensor
 from tv_lens.results.axes import error_bars
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
-from tv_lens.tasks.pool import NULL_TASK
+from tv_lens.results.shared import real_tasks
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,20 +54,12 @@ class Performance(Result):
     n_bootstrap: int = 1000
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        n_task, n_shots = len(self.task_names), len(self.shots)
-        expected = {
-            "values": (n_task, n_shots),
-            "ci": (n_task, n_shots, 2),
-            "overall": (n_shots,),
-            "overall_ci": (n_shots, 2),
-            "n_prompts": (n_task, n_shots),
-        }
-        self._check_shapes(expected)
+    def _axes(self) -> dict[str, int]:
+        return {"task": len(self.task_names), "shots": len(self.shots)}
 
     def headline(self) -> dict[str, Any]:
         """ICL accuracy at the most shots (and at 0 shots, if run) over the tasks other than Null."""
-        real = [t for t, name in enumerate(self.task_names) if name != NULL_TASK]
+        real = real_tasks(self.task_names)
         numbers: dict[str, Any] = {
             "icl_accuracy": float(self.values[real, -1].mean()),
             "icl_shots": int(self.shots[-1]),

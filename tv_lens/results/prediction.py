@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import ShapeError
 from tv_lens.results.axes import layer_label
 from tv_lens.results.base import Result
 
@@ -63,10 +62,8 @@ class TdAccuracyFit(Result):
     layers: tuple[int, ...] = ()
     shot_grid: tuple[int, ...] = ()
 
-    def __post_init__(self) -> None:
-        n = self.td.shape[0]
-        if any(tuple(t.shape) != (n,) for t in (self.td, self.score, self.task_ids, self.shots)):
-            raise ShapeError("TdAccuracyFit.td, score, task_ids and shots must all be [point] of one length.")
+    def _axes(self) -> dict[str, int]:
+        return {"shots": len(self.shot_grid), "layer": len(self.layers)}
 
     @property
     def fitted(self) -> Float[Tensor, " point"]:

@@ -12,6 +12,8 @@ from torch import Tensor
 from tv_lens.results.axes import error_bars, layer_axis, layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
+from tv_lens.results.shared import SweepSettings, real_prompts
+from tv_lens.stats import group_means
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -22,12 +24,12 @@ __all__ = ["PromptingAccuracy"]
 
 
 @dataclass(frozen=True, eq=False)
-class PromptingAccuracy(Result):
+class PromptingAccuracy(SweepSettings, Result):
     """Task-vector prompting (TVP) accuracy per layer, next to ICL and plain zero-shot accuracy.
 
     Overall numbers (``accuracy``, ``icl_accuracy``, ``zero_shot_accuracy`` and their intervals) are
     means over the prompts of every task except the Null task (whose answers are random); per-task
-    numbers include it.
+    numbers include it. The bootstrap and sweep settings are those of :class:`~tv_lens.results.SweepSettings`.
 
     Attributes:
         layers: Block index of each injection layer (-1 = embedding output).
@@ -54,11 +56,6 @@ class PromptingAccuracy(Result):
         mode: ``"replace"`` or ``"add"``.
         site: Residual site read and written.
         null_task: Name of the Null task.
-        ci_level: Confidence level.
-        n_bootstrap: Bootstrap resamples.
-        seed: Seed of the bootstrap.
-        rows_per_pass: Rows (prompt copies) per forward pass the sweep ran with: the requested ``rows_per_pass``,
-            or less where a pass ran out of memory and was halved (``None``: not recorded).
         scoring: How ``*_correct`` were scored: ``"teacher_forced"`` (argmax of every answer token), or by
             greedy generation, ``"exact_match"`` / ``"first_word"`` of the generated text against the answer.
     """
@@ -86,31 +83,10 @@ class PromptingAccuracy(Result):
     mode: str = "replace"
     site: str = "resid_post"
     null_task: str = "null"
-    ci_level: float = 0.95
-    n_bootstrap: int = 1000
-    seed: int = 0
-    rows_per_pass: int | None = None
     scoring: str = "teacher_forced"
 
-    def __post_init__(self) -> None:
-        n_l, n_t, n_p = len(self.layers), len(self.task_names), len(self.task_ids)
-        expected = {
-            "tvp_correct": (n_l, n_p),
-            "tvp_loss": (n_l, n_p),
-            "icl_correct": (n_p,),
-            "icl_loss": (n_p,),
-            "zero_shot_correct": (n_p,),
-            "zero_shot_loss": (n_p,),
-            "accuracy": (n_l,),
-            "accuracy_ci": (n_l, 2),
-            "per_task": (n_l, n_t),
-            "per_task_ci": (n_l, n_t, 2),
-            "icl_ci": (2,),
-            "zero_shot_ci": (2,),
-            "writes": (n_l,),
-            "vector_source": (n_p,),
-        }
-        self._check_shapes(expected)
+    def _axes(self) -> dict[str, int]:
+        return {"layer": len(self.layers), "task": len(self.task_names)}
 
     @property
     def best_layer(self) -> int:
@@ -140,12 +116,12 @@ class PromptingAccuracy(Result):
         """
         import pandas as pd
 
-        one_hot = torch.nn.functional.one_hot(self.task_ids, len(self.task_names)).double()
-        counts = one_hot.sum(0)
-        loss = (self.tvp_loss.double() @ one_hot) / counts
-        icl = (self.icl_correct.double() @ one_hot) / counts
-        zero = (self.zero_shot_correct.double() @ one_hot) / counts
-        real = self._real()
+        n_tasks = len(self.task_names)
+        loss = group_means(self.tvp_loss, self.task_ids, n_tasks)
+        icl = group_means(self.icl_correct, self.task_ids, n_tasks)
+        zero = group_means(self.zero_shot_correct, self.task_ids, n_tasks)
+        counts = torch.bincount(self.task_ids, minlength=n_tasks)
+        real = real_prompts(self.task_ids, self.task_names, self.null_task)
         rows = []
         for i, layer in enumerate(self.layers):
             label = layer_label(layer, self.site)
@@ -189,10 +165,6 @@ class PromptingAccuracy(Result):
             "n_prompts",
         ]
         return pd.DataFrame(rows, columns=columns)
-
-    def _real(self) -> Tensor:
-        null = self.task_names.index(self.null_task) if self.null_task in self.task_names else -1
-        return self.task_ids != null
 
     def traces(self) -> list[BaseTraceType]:
         """TVP accuracy against layer (CI error bars), with the ICL and zero-shot accuracies as flat lines."""

@@ -60,6 +60,7 @@ __all__ = [
     "canonical_json",
     "document_digest",
     "equal_values",
+    "field_types",
     "result_from_bytes",
     "result_to_bytes",
     "tensor_digest",
@@ -361,7 +362,7 @@ def _build(
             f"{sorted(expected)}; it was written by another tv_lens version. Re-run the analysis."
         )
     values = {name: _decode(v, tensors, registry, source) for name, v in encoded.items()}
-    hints = _field_types(cls)
+    hints = field_types(cls)
     wrong = [name for name, value in values.items() if name in hints and not _fits(value, hints[name])]
     if wrong:
         name = wrong[0]
@@ -378,7 +379,7 @@ def _build(
         ) from error
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
     """The declared type of every field of a result class (none where an annotation cannot be resolved)."""
     try:
         return typing.get_type_hints(cls)

@@ -58,16 +58,17 @@ class VectorDecoding(Result):
     normalisation: str = "ln_final"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         n = len(self.names)
-        if self.token_ids.ndim != 2 or self.token_ids.shape[0] != n:
-            raise ShapeError(f"VectorDecoding.token_ids must be [vector={n}, k], got {tuple(self.token_ids.shape)}.")
-        self._check_shapes({"logits": tuple(self.token_ids.shape)})
         if len(self.task_names) != n or len(self.layers) != n or len(set(self.names)) != n:
             raise ShapeError(f"VectorDecoding needs one distinct name, task and layer per vector, got {self.names}.")
         if self.tokens is not None and [len(row) for row in self.tokens] != [self.k] * n:
             raise ShapeError(f"VectorDecoding.tokens must hold {self.k} strings per vector.")
         if self.normalisation not in NORMALISATIONS:
             raise ShapeError(f"Unknown normalisation {self.normalisation!r}; one of {list(NORMALISATIONS)}.")
+
+    def _axes(self) -> dict[str, int]:
+        return {"vector": len(self.names)}
 
     @property
     def k(self) -> int:

@@ -1,0 +1,63 @@
+"""What several results record alike: their bootstrap and sweep settings, and which prompts and tasks count.
+
+A result with bootstrap intervals inherits :class:`BootstrapSettings`; one measured by a sweep of forward passes
+over prompt copies, :class:`SweepSettings`. Their fields are keyword-only, so they come after the result's own
+fields in its constructor whatever their defaults. Overall numbers leave out the Null task, whose answers are
+random: :func:`real_tasks` and :func:`real_prompts` say which tasks and prompts count.
+
+>>> import torch
+>>> real_tasks(("add", "null", "copy")), real_prompts(torch.tensor([0, 1, 2, 1]), ("add", "null", "copy"))
+([0, 2], tensor([ True, False,  True, False]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from tv_lens.tasks.pool import NULL_TASK
+
+__all__ = ["BootstrapSettings", "SweepSettings", "real_prompts", "real_tasks"]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class BootstrapSettings:
+    """The settings of a result's bootstrap intervals (keyword-only fields of every result that has them).
+
+    Attributes:
+        ci_level: Confidence level of the intervals.
+        n_bootstrap: Bootstrap resamples behind the intervals (0: no intervals, NaN).
+        seed: Seed of the bootstrap.
+    """
+
+    ci_level: float = 0.95
+    n_bootstrap: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SweepSettings(BootstrapSettings):
+    """The bootstrap settings of a result measured by a sweep of interventions, and how the sweep ran.
+
+    Attributes:
+        rows_per_pass: Rows (prompt copies) per forward pass the sweep ran with: the requested ``rows_per_pass``,
+            or less where a pass ran out of memory and was halved (``None``: not recorded).
+    """
+
+    rows_per_pass: int | None = None
+
+
+def real_tasks(task_names: Sequence[str], null_task: str = NULL_TASK) -> list[int]:
+    """Indices of every task but the Null task ``null_task``."""
+    return [t for t, name in enumerate(task_names) if name != null_task]
+
+
+def real_prompts(
+    task_ids: Int[Tensor, " prompt"], task_names: Sequence[str], null_task: str = NULL_TASK
+) -> Bool[Tensor, " prompt"]:
+    """Which prompts are of a task other than the Null task ``null_task`` (all, where no task is called that)."""
+    null = list(task_names).index(null_task) if null_task in task_names else -1
+    return task_ids != null
