@@ -4,7 +4,18 @@ import pytest
 import torch
 
 from tv_lens.errors import ShapeError
-from tv_lens.metrics import answer_logits, mse, token_accuracy, token_cross_entropy
+from tv_lens.metrics import (
+    TOLERANCE,
+    answer_correct,
+    answer_logits,
+    answer_loss,
+    answer_scores,
+    mse,
+    squared_error,
+    token_accuracy,
+    token_cross_entropy,
+    tolerance_problem,
+)
 
 
 def random_logits(batch=6, n_answer=3, vocab=5, seed=0):
@@ -69,3 +80,38 @@ def test_bad_answers_are_reported():
         token_accuracy(logits, answers[:, :2])
     with pytest.raises(ShapeError, match=r"token ids in \[0, 5\)"):
         token_cross_entropy(logits, answers + 5)
+
+
+def test_the_scorer_scores_token_answers_by_exact_match_and_cross_entropy():
+    logits, answers = random_logits(seed=4)
+    answers[2, 1:] = -1  # a shorter answer: scored over its own token
+    answers[3] = logits[3].argmax(-1)
+    correct, loss = answer_scores(logits, answers, tolerance=123.0)  # a tolerance is for continuous answers only
+    assert torch.equal(correct, token_accuracy(logits, answers)) and correct[3] == 1.0
+    assert torch.equal(loss, token_cross_entropy(logits, answers))
+    assert torch.equal(answer_correct(logits, answers), correct) and torch.equal(answer_loss(logits, answers), loss)
+
+
+def test_the_scorer_scores_continuous_answers_by_squared_error_within_a_tolerance():
+    generator = torch.Generator().manual_seed(5)
+    outputs = torch.randn(6, 1, 3, generator=generator, dtype=torch.float64)  # the model's d_out = 3
+    answers = torch.randn(6, 2, generator=generator, dtype=torch.float64)  # the task's d_out = 2: first 2 outputs
+    by_hand = [sum((float(outputs[i, 0, j]) - float(answers[i, j])) ** 2 for j in range(2)) / 2 for i in range(6)]
+    tolerance = sorted(by_hand)[2] + 1e-9  # the three smallest errors are within it
+    correct, loss = answer_scores(outputs, answers, tolerance)
+    assert loss.tolist() == pytest.approx(by_hand, abs=1e-12)
+    assert correct.tolist() == [float(e <= tolerance) for e in by_hand] and correct.sum() == 3
+    assert correct.dtype == outputs.dtype
+    assert torch.equal(answer_correct(outputs, answers), (loss <= TOLERANCE).double())
+    assert torch.equal(answer_loss(outputs, answers), squared_error(outputs, answers))
+    same_shape = outputs[:, 0, :2]  # outputs of the answers' shape are compared as they are
+    torch.testing.assert_close(squared_error(same_shape, answers), loss)
+
+
+def test_squared_error_and_tolerance_refuse_what_cannot_be_scored():
+    logits, answers = random_logits()
+    with pytest.raises(ShapeError, match=r"continuous answers .* got torch.int64 token ids"):
+        squared_error(logits, answers)
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "0.1"):
+        assert tolerance_problem(bad).startswith("tolerance must be a finite number > 0 (the squared error up to")
+    assert tolerance_problem(0.5) is None and tolerance_problem(2) is None

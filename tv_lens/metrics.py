@@ -1,4 +1,4 @@
-"""Per-prompt scores of the model's output at the answer positions.
+"""Per-prompt scores of the model's output at the answer positions: the one scorer of answers.
 
 Every function takes the output at the answer positions, ``[batch, n_answer, d_vocab]`` as returned by
 :func:`tv_lens.interventions.run_with_interventions` (or :func:`answer_logits` of a full output), and
@@ -7,14 +7,22 @@ are scored by teacher forcing: the answer tokens are in the prompt, and the outp
 ``answer_pos + i`` predicts answer token ``i``. Answers of different token lengths are right-padded with
 ``-1`` (as in :class:`~tv_lens.tasks.ICLBatch`); each prompt is scored over its own answer tokens only.
 
+:func:`answer_correct`, :func:`answer_loss` and :func:`answer_scores` score a batch's answers of either kind, and
+are what analyses and training use: token answers (integer ids) by exact match of every token's argmax and by
+cross-entropy (:func:`token_accuracy`, :func:`token_cross_entropy`), continuous answers (floats ``[batch, d_out]``,
+as in ``RegressionBatch``) by their squared error (:func:`squared_error`), correct when it is at most a tolerance.
+
 >>> logits = torch.tensor([[[0.0, 2.0, 0.0]], [[3.0, 0.0, 0.0]]])
 >>> token_accuracy(logits, torch.tensor([[1], [1]]))
 tensor([1., 0.])
+>>> answer_scores(torch.tensor([[[0.5]], [[2.0]]]), torch.tensor([[0.4], [1.0]]), tolerance=0.1)
+(tensor([1., 0.]), tensor([0.0100, 1.0000]))
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +32,26 @@ from torch import Tensor
 from tv_lens.errors import ShapeError
 from tv_lens.positions import AnswerLengths, answer_columns, answer_lengths, as_positions
 
-__all__ = ["answer_logits", "mse", "token_accuracy", "token_cross_entropy"]
+__all__ = [
+    "TOLERANCE",
+    "Answers",
+    "answer_correct",
+    "answer_logits",
+    "answer_loss",
+    "answer_scores",
+    "continuous_answers",
+    "mse",
+    "squared_error",
+    "token_accuracy",
+    "token_cross_entropy",
+    "tolerance_problem",
+]
+
+TOLERANCE = 0.1
+"""A continuous answer counts as correct when its squared error (mean over output coordinates) is at most this."""
+
+Answers = Int[Tensor, "batch n_answer"] | Int[Tensor, " batch"] | Float[Tensor, " batch *d_answer"]
+"""Token ids (``-1`` right-padded; ``[batch]`` for one token each) or continuous answers (floats)."""
 
 
 def answer_logits(
@@ -83,6 +110,74 @@ def mse(
             "[batch, ...]; for a scalar output take predictions[..., 0]."
         )
     return (predictions - targets).pow(2).flatten(1).mean(dim=-1)
+
+
+def continuous_answers(answers: Tensor) -> bool:
+    """Whether ``answers`` are continuous values (floats, scored by squared error) rather than token ids."""
+    return torch.as_tensor(answers).is_floating_point()
+
+
+def squared_error(
+    outputs: Float[Tensor, " batch *outputs"], answers: Float[Tensor, " batch *d_answer"]
+) -> Float[Tensor, " batch"]:
+    """Squared error of continuous answers per prompt, averaged over output coordinates.
+
+    Answers ``[batch, d_answer]`` are compared with the first ``d_answer`` outputs at the first answer position
+    of ``outputs [batch, n_answer, d_out]``; outputs and answers of one shape are compared as they are.
+    """
+    if not continuous_answers(answers):
+        raise ShapeError(
+            f"The squared error scores continuous answers (floats, as in a RegressionBatch), got {answers.dtype} "
+            "token ids; score tokens by token_accuracy / token_cross_entropy (metric 'accuracy' or 'cross_entropy')."
+        )
+    targets = answers.to(outputs.device, outputs.dtype)
+    if targets.ndim == 2 and outputs.ndim == 3:  # the first answer position's outputs
+        outputs = outputs[:, 0, : targets.shape[-1]]
+    return mse(outputs, targets)
+
+
+def answer_loss(
+    outputs: Float[Tensor, "batch n_answer d_out"],
+    answers: Answers,
+) -> Float[Tensor, " batch"]:
+    """Each prompt's answer loss: cross-entropy of token answers, squared error of continuous ones."""
+    if continuous_answers(answers):
+        return squared_error(outputs, answers)
+    return token_cross_entropy(outputs, answers)
+
+
+def answer_correct(
+    outputs: Float[Tensor, "batch n_answer d_out"],
+    answers: Answers,
+    tolerance: float = TOLERANCE,
+) -> Float[Tensor, " batch"]:
+    """1.0 where a prompt is answered right, else 0.0.
+
+    Token answers: the argmax of every answer token is right (:func:`token_accuracy`). Continuous answers: the
+    squared error is at most ``tolerance`` (in the outputs' dtype).
+    """
+    if continuous_answers(answers):
+        return (squared_error(outputs, answers) <= tolerance).to(outputs.dtype)
+    return token_accuracy(outputs, answers)
+
+
+def answer_scores(
+    outputs: Float[Tensor, "batch n_answer d_out"],
+    answers: Answers,
+    tolerance: float = TOLERANCE,
+) -> tuple[Float[Tensor, " batch"], Float[Tensor, " batch"]]:
+    """``(correct, loss)`` of each prompt: :func:`answer_correct` and :func:`answer_loss`."""
+    return answer_correct(outputs, answers, tolerance), answer_loss(outputs, answers)
+
+
+def tolerance_problem(tolerance: Any) -> str | None:
+    """Why ``tolerance`` cannot be a squared-error tolerance (a finite number > 0), or ``None`` if it can."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < float("inf"):
+        return (
+            f"tolerance must be a finite number > 0 (the squared error up to which a continuous answer counts as "
+            f"correct), got {tolerance!r}; e.g. tolerance={TOLERANCE}."
+        )
+    return None
 
 
 def _check_tokens(logits: Tensor, answers: Tensor, first_token_only: bool) -> tuple[Tensor, Tensor]:

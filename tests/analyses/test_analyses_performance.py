@@ -158,3 +158,15 @@ def test_regression_batches_are_scored_by_mse_by_default():
         errors = (predictions - batch.answers).pow(2).mean(-1)
         expected = torch.stack([errors[batch.task_ids == t].mean() for t in range(len(pool))])
         torch.testing.assert_close(result.values[:, j], expected, atol=1e-9, rtol=0)
+    # "accuracy" of continuous answers: the fraction within the scorer's tolerance (0.1) of squared error
+    batch = pool.sample(4, 3, 0)
+    accuracy = score_batch(model, batch, "accuracy")
+    with torch.no_grad():
+        predictions = model(batch.inputs)[torch.arange(len(batch)), batch.answer_pos, : pool.d_out]
+    assert torch.equal(accuracy, ((predictions - batch.answers).pow(2).mean(-1) <= 0.1).double())
+    assert 0 < int(accuracy.sum()) < len(batch)
+
+
+def test_mse_refuses_token_answers(model):
+    with pytest.raises(ShapeError, match="squared error scores continuous answers"):
+        score_batch(model, POOL.sample(2, 2, 0), "mse")

@@ -10,9 +10,14 @@ from conftest import hook_snapshot
 
 from tv_lens.analyses.prompting import TaskVectorPrompting, task_vector_prompting
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, TaskError
+from tv_lens.models import ModelConfig, build_continuous_model
 from tv_lens.results.base import Result
 from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.task_vectors import TaskVectors
+from tv_lens.tasks import regression_pool
+from tv_lens.training import RegressionObjective, tvp_accuracy
+
+REGRESSION = regression_pool(("linear",), d=4, null=True)  # y = w·x with a fresh w per prompt, plus Null
 
 
 def icl_rows(model, batch, layer):
@@ -167,3 +172,79 @@ def test_hooks_are_restored_after_a_fault_mid_sweep(model):
         with pytest.raises(RuntimeError, match="injected fault"):
             TaskVectorPrompting(n_bootstrap=0, rows_per_pass=len(batch)).run_batch(model, batch)
         assert hook_snapshot(model) == before and len(calls) == 4
+
+
+@pytest.fixture(scope="module")
+def continuous_model():
+    config = ModelConfig(d_vocab=1, n_layers=2, d_model=16, n_heads=2, n_ctx=16, dtype="float64", seed=3)
+    return build_continuous_model(config, d_in=REGRESSION.d_in, d_out=REGRESSION.d_out)
+
+
+def hand_partners(task_ids):
+    """The next prompt of the same task, wrapping around, written out by hand."""
+    members = {t: [q for q in range(len(task_ids)) if int(task_ids[q]) == t] for t in set(task_ids.tolist())}
+    return [members[int(t)][(members[int(t)].index(p) + 1) % len(members[int(t)])] for p, t in enumerate(task_ids)]
+
+
+@pytest.mark.parametrize(("source", "mode"), [("other_prompt", "replace"), ("same_prompt", "add")])
+def test_regression_prompts_equal_hand_hooks_scored_by_squared_error(continuous_model, source, mode):
+    model, batch = continuous_model, REGRESSION.sample(4, (2, 5), seed=8)
+    zero, rows, tolerance = batch.zero_shot(), torch.arange(len(batch)), 1.0
+    config = TaskVectorPrompting(source=source, mode=mode, tolerance=tolerance, n_bootstrap=0)
+    result = config.run_batch(model, batch)
+    read = {}
+
+    def keeper(layer):
+        def keep(activation, hook):
+            read[layer] = activation[rows, batch.answer_pos].clone()
+
+        return keep
+
+    def errors(inputs, answer_pos, hooks=()):  # squared error of the prediction of y at each prompt's answer position
+        with torch.no_grad():
+            outputs = model.run_with_hooks(inputs, fwd_hooks=list(hooks))
+        return (outputs[rows, answer_pos, 0] - batch.answers[:, 0]).pow(2)
+
+    icl = errors(
+        batch.inputs, batch.answer_pos, [(f"blocks.{layer}.hook_resid_post", keeper(layer)) for layer in (0, 1)]
+    )
+    partner = hand_partners(batch.task_ids) if source == "other_prompt" else list(range(len(batch)))
+    assert result.vector_source.tolist() == partner
+    torch.testing.assert_close(result.icl_loss, icl, atol=1e-10, rtol=0)
+    torch.testing.assert_close(result.zero_shot_loss, errors(zero.inputs, zero.answer_pos), atol=1e-10, rtol=0)
+    assert torch.equal(result.icl_correct, (icl <= tolerance).double())
+    real = batch.task_ids != batch.task_names.index("null")
+    for i, layer in enumerate(result.layers):
+
+        def write(activation, hook, vectors=read[layer][partner]):
+            activation = activation.clone()
+            if mode == "replace":
+                activation[rows, zero.answer_pos] = vectors
+            else:
+                activation[rows, zero.answer_pos] += vectors
+            return activation
+
+        tvp = errors(zero.inputs, zero.answer_pos, [(f"blocks.{layer}.hook_resid_post", write)])
+        torch.testing.assert_close(result.tvp_loss[i], tvp, atol=1e-10, rtol=0)
+        assert torch.equal(result.tvp_correct[i], (tvp <= tolerance).double())
+        assert float(result.accuracy[i]) == pytest.approx(float((tvp[real] <= tolerance).double().mean()))
+        # the TVP-loss's evaluation reads and writes through the same core
+        objective = RegressionObjective(tolerance=tolerance)
+        trained = tvp_accuracy(model, batch, layer, mode=mode, objective=objective, source=source)
+        assert torch.equal(trained.double(), result.tvp_correct[i])
+    scored = torch.cat([result.tvp_correct.flatten(), result.icl_correct, result.zero_shot_correct])
+    assert 0 < float(scored.mean()) < 1  # the tolerance splits the prompts: correctness is not trivially constant
+
+
+def test_regression_pools_run_and_refuse_what_needs_tokens(continuous_model):
+    config = TaskVectorPrompting(n_bootstrap=0)
+    batch = REGRESSION.sample(3, 4, seed=9)
+    assert config.run(continuous_model, REGRESSION, n_per_task=3, n_shots=4, seed=9) == config.run_batch(
+        continuous_model, batch, seed=9
+    )
+    with pytest.raises(AnalysisError, match="continuous \\(regression\\) answers are vectors, not text"):
+        TaskVectorPrompting(scoring="exact_match", n_bootstrap=0).run_batch(continuous_model, batch)
+    with pytest.raises(AnalysisError, match="source='task_mean' reads the task vectors of a separate sample"):
+        TaskVectorPrompting(source="task_mean", n_bootstrap=0).run(continuous_model, REGRESSION, n_per_task=3)
+    with pytest.raises(AnalysisError, match="tolerance must be a finite number > 0"):
+        TaskVectorPrompting(tolerance=0.0)

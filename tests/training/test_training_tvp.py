@@ -12,8 +12,8 @@ from training_helpers import (
     tiny_pool,
 )
 
+from tv_lens.interventions.prompting import vector_sources
 from tv_lens.training import TVPConfig, train, tvp_accuracy, tvp_losses
-from tv_lens.training.tvp_loss import vector_sources
 
 
 def hand_partners(batch) -> torch.Tensor:
@@ -116,7 +116,7 @@ def test_tvp_accuracy_matches_hand_hooks(model, batch, source: str) -> None:
 
 
 def test_other_prompt_source_never_pairs_a_prompt_with_itself(batch) -> None:
-    partner = vector_sources(batch, "other_prompt")
+    partner = vector_sources(batch.task_ids, batch.task_names, "other_prompt")
     assert (partner != torch.arange(len(batch))).all()
     assert torch.equal(batch.task_ids[partner], batch.task_ids)
 

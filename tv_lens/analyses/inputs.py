@@ -24,7 +24,8 @@ from torch import Tensor
 
 from tv_lens.analyses.options import N_PER_TASK
 from tv_lens.errors import NonFiniteError, ShapeError, TaskError
-from tv_lens.metrics import token_accuracy, token_cross_entropy
+from tv_lens.metrics import TOLERANCE, Answers, continuous_answers
+from tv_lens.metrics import answer_scores as scored_answers
 from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.probes import Representations, collect
 
@@ -227,8 +228,13 @@ def prompt_count(inputs: Any, what: str = "inputs") -> int:
     return int(inputs.shape[0])
 
 
-def answer_counts(answers: Int[Tensor, "batch n_answer"]) -> Int[Tensor, " batch"]:
-    """Each prompt's own answer tokens: the entries before the ``-1`` padding of :func:`answer_tokens`."""
+def answer_counts(answers: Int[Tensor, "batch n_answer"] | Float[Tensor, "batch d_answer"]) -> Int[Tensor, " batch"]:
+    """Each prompt's own answer positions: its tokens before the ``-1`` padding of :func:`answer_tokens`.
+
+    A continuous answer (floats ``[batch, d_out]``) is one output vector, read at the answer position: 1.
+    """
+    if continuous_answers(answers):
+        return torch.ones(len(answers), dtype=torch.long, device=answers.device)
     return (answers >= 0).sum(-1)
 
 
@@ -266,12 +272,18 @@ def finite_outputs(outputs: Float[Tensor, "batch n_answer d_out"]) -> Float[Tens
 
 
 def answer_scores(
-    logits: Float[Tensor, "batch n_answer d_vocab"], answers: Int[Tensor, "batch n_answer"]
+    logits: Float[Tensor, "batch n_answer d_vocab"],
+    answers: Answers,
+    tolerance: float = TOLERANCE,
 ) -> tuple[Float[Tensor, " batch"], Float[Tensor, " batch"]]:
-    """Correctness and answer cross-entropy of each prompt (float64, on the logits' device); logits checked finite."""
+    """Correctness and answer loss of each prompt (float64, on the logits' device); logits checked finite.
+
+    Token answers: exact match and cross-entropy; continuous answers: squared error at most ``tolerance`` and the
+    squared error (:func:`tv_lens.metrics.answer_scores`).
+    """
     logits = finite_outputs(logits)
-    answers = answers.to(logits.device)
-    return token_accuracy(logits, answers).double(), token_cross_entropy(logits, answers).double()
+    correct, loss = scored_answers(logits, answers.to(logits.device), tolerance)
+    return correct.double(), loss.double()
 
 
 RepsInput = Representations | Float[Tensor, "layer prompt d"] | Float[Tensor, "prompt d"]

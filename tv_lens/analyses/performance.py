@@ -29,7 +29,7 @@ from tv_lens.analyses.inputs import PromptBatch, PromptPool, finite_outputs, int
 from tv_lens.analyses.options import N_PER_TASK, IntervalOptions
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions import run_with_interventions
-from tv_lens.metrics import mse, token_accuracy, token_cross_entropy
+from tv_lens.metrics import answer_correct, continuous_answers, squared_error, token_cross_entropy
 from tv_lens.models.exclusive import evaluating
 from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.results.performance import Performance
@@ -53,7 +53,7 @@ ScoreFn = Callable[[Tensor, PromptBatch], Tensor]
 
 
 def _accuracy(outputs: Tensor, batch: PromptBatch) -> Tensor:
-    return token_accuracy(outputs, batch.answers)
+    return answer_correct(outputs, batch.answers)
 
 
 def _cross_entropy(outputs: Tensor, batch: PromptBatch) -> Tensor:
@@ -61,10 +61,7 @@ def _cross_entropy(outputs: Tensor, batch: PromptBatch) -> Tensor:
 
 
 def _mse(outputs: Tensor, batch: PromptBatch) -> Tensor:
-    targets = batch.answers.to(outputs.dtype)
-    if targets.ndim == 2 and outputs.ndim == 3:  # [batch, d_out] answers: the first answer position's outputs
-        outputs = outputs[:, 0, : targets.shape[-1]]
-    return mse(outputs, targets)
+    return squared_error(outputs, batch.answers)
 
 
 METRICS: dict[str, tuple[ScoreFn, bool]] = {
@@ -72,14 +69,16 @@ METRICS: dict[str, tuple[ScoreFn, bool]] = {
     "cross_entropy": (_cross_entropy, False),
     "mse": (_mse, False),
 }
-"""Built-in scores: name → (function, higher is better). ``"mse"`` compares float answers ``[batch, d_out]``
-with the first ``d_out`` outputs at the answer position (or outputs and answers of equal shape)."""
+"""Built-in scores: name → (function, higher is better), through the one scorer of answers
+(:mod:`tv_lens.metrics`). ``"accuracy"``: exact match of token answers, or for float answers a squared error of
+at most :data:`~tv_lens.metrics.TOLERANCE`; ``"cross_entropy"``: token answers; ``"mse"``: float answers
+``[batch, d_out]`` against the first ``d_out`` outputs at the answer position (or outputs of their shape)."""
 
 
 def resolve_metric(metric: str | ScoreFn, batch: PromptBatch) -> str | ScoreFn:
     """``"auto"`` becomes ``"mse"`` for float answers (regression) and ``"accuracy"`` for tokens."""
     if metric == "auto":
-        return "mse" if batch.answers.is_floating_point() else "accuracy"
+        return "mse" if continuous_answers(batch.answers) else "accuracy"
     return metric
 
 

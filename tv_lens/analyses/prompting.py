@@ -23,13 +23,18 @@ Options, with defaults after the papers:
   from the query (:func:`tv_lens.generation.generate`, the vector written once at the query's last token) and
   its text, cut at the first newline, is compared with the answer's text (whole, or its first word), as
   Hendel et al. and Todd et al. evaluate. Losses stay teacher-forced.
+- Continuous answers (regression prompts, ``RegressionBatch``; Yang et al.'s linear regression): a prompt is
+  "correct" when the squared error of its prediction is at most ``tolerance``, and its "loss" is that squared
+  error (:func:`tv_lens.metrics.answer_scores`, the scorer training uses too); the generation scorings need text.
 - Overall accuracies leave out the Null task's prompts (their answers are random); per-task ones keep them.
 - Intervals: stratified bootstrap over prompts, by task.
 
 Cost: one pass of the ICL prompts reads every layer's vectors (:func:`tv_lens.probes.collect`), one clean
 pass scores them, and the zero-shot prompts run once clean and once per layer, several layers stacked per
-forward pass (:mod:`tv_lens.interventions.sweep`). Every injection goes through
-:func:`tv_lens.interventions.run_with_interventions`; the result records how many prompts each wrote to.
+forward pass (:mod:`tv_lens.interventions.sweep`). The choice of source, the write and the zero-shot passes
+are the prompting core that the TVP-loss of training uses too (:mod:`tv_lens.interventions.prompting`); every
+injection goes through :func:`tv_lens.interventions.run_with_interventions`, and the result records how many
+prompts each wrote to.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.analyses.inputs import answer_counts, answer_scores, check_pool, prompt_count, prompt_task_ids
@@ -47,8 +52,17 @@ from tv_lens.analyses.options import N_PER_TASK, CausalOptions
 from tv_lens.analyses.patching import check_vectors, patch_site
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
 from tv_lens.generation import exact_match, first_word_match, generate
-from tv_lens.interventions import add, replace, run_with_interventions
-from tv_lens.interventions.sweep import Cell, align, run_sweep
+from tv_lens.interventions import run_with_interventions
+from tv_lens.interventions.prompting import (
+    INJECT_MODES,
+    PROMPT_SOURCES,
+    injection,
+    other_prompts,
+    prompted_sweep,
+    vector_sources,
+)
+from tv_lens.interventions.sweep import align
+from tv_lens.metrics import TOLERANCE, continuous_answers, tolerance_problem
 from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating
 from tv_lens.probes import check_residual_site, collect
@@ -56,25 +70,23 @@ from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.task_vectors import TaskVectors
-from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
-from tv_lens.tasks.partners import other_prompts
+from tv_lens.tasks import NULL_TASK, ICLBatch, RegressionBatch, RegressionPool, ShotSpec, TaskPool, TextPool
 
 __all__ = ["PromptingAccuracy", "TaskVectorPrompting", "other_prompts", "task_vector_prompting"]
 
 Source = Literal["other_prompt", "same_prompt", "task_mean"]
-SOURCES: tuple[str, ...] = ("other_prompt", "same_prompt", "task_mean")
+SOURCES: tuple[str, ...] = (*PROMPT_SOURCES, "task_mean")
 Scoring = Literal["teacher_forced", "exact_match", "first_word"]
 SCORINGS: tuple[str, ...] = ("teacher_forced", "exact_match", "first_word")
-INJECT_MODES: tuple[str, ...] = ("replace", "add")
 
 
 def task_vector_prompting(
     model: Any,
-    icl_inputs: Int[Tensor, "batch pos"],
+    icl_inputs: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_in"],
     icl_answer_pos: Int[Tensor, " batch"],
-    zero_shot_inputs: Int[Tensor, "batch zs_pos"],
+    zero_shot_inputs: Int[Tensor, "batch zs_pos"] | Float[Tensor, "batch zs_pos d_in"],
     zero_shot_answer_pos: Int[Tensor, " batch"],
-    answers: Int[Tensor, "batch n_answer"],
+    answers: Int[Tensor, "batch n_answer"] | Float[Tensor, "batch d_out"],
     task_ids: Int[Tensor, " batch"],
     task_names: Sequence[str],
     *,
@@ -88,15 +100,17 @@ def task_vector_prompting(
 ) -> PromptingAccuracy:
     """TVP accuracy of every layer, with ICL and zero-shot baselines, from paired ICL / query-only prompts.
 
-    The options are the attributes of :class:`TaskVectorPrompting`.
+    The options are the attributes of :class:`TaskVectorPrompting`. Token answers are scored by exact match and
+    cross-entropy, continuous answers (regression) by squared error: "correct" when at most ``tolerance``.
 
     Args:
-        model: A TransformerLens model.
-        icl_inputs: The in-context prompts.
+        model: A TransformerLens model (or a continuous-input one for regression prompts).
+        icl_inputs: The in-context prompts (tokens, or input vectors ``[batch, pos, d_in]``).
         icl_answer_pos: Their answer positions (where vectors are read).
         zero_shot_inputs: The same queries without demonstrations (row ``i`` pairs with ICL row ``i``).
         zero_shot_answer_pos: Their answer positions (where vectors are written).
-        answers: Answer tokens ``[batch, n_answer]``, shared by both prompts of a pair.
+        answers: Answer tokens ``[batch, n_answer]`` (``-1`` padded), or continuous answers ``[batch, d_out]``
+            (floats), shared by both prompts of a pair.
         task_ids: Task of each pair, indexing ``task_names``.
         task_names: Name of every task id.
         icl_attention_mask: Mask of the ICL prompts (left padding).
@@ -108,8 +122,9 @@ def task_vector_prompting(
         seed: Seed of the bootstrap.
 
     Raises:
-        AnalysisError: ``"other_prompt"`` with a task of a single prompt; a generation scoring without a tokenizer.
-        TaskError: ``source="task_mean"`` vectors without a prompt's task.
+        AnalysisError: A generation scoring without a tokenizer, or with continuous answers.
+        TaskError: ``source="task_mean"`` vectors without a prompt's task; ``"other_prompt"`` with a task of a
+            single prompt.
         ShapeError: Mismatched prompt counts, or vectors of another d_model.
         LayerOutOfRangeError: A layer outside the model (or the given vectors).
     """
@@ -120,6 +135,11 @@ def task_vector_prompting(
     layers = every if config.layers is None else adapter.check_layers(config.layers, allow_embed=True)
     n = prompt_count(icl_inputs, "icl_inputs")
     answers, ids = _pairs(answers, task_ids, task_names, n, prompt_count(zero_shot_inputs, "zero_shot_inputs"))
+    if scoring != "teacher_forced" and continuous_answers(answers):
+        raise AnalysisError(
+            f"scoring={scoring!r} compares generated text with the answers, and continuous (regression) answers "
+            "are vectors, not text; use scoring='teacher_forced' (correct: squared error <= tolerance)."
+        )
     with torch.no_grad(), evaluating(model):
         clean = run_with_interventions(
             model,
@@ -129,7 +149,7 @@ def task_vector_prompting(
             attention_mask=icl_attention_mask,
             n_answer_tokens=answer_counts(answers),
         )
-    icl_correct, icl_loss = _score(clean.logits, answers)
+    icl_correct, icl_loss = _score(clean.logits, answers, config.tolerance)
     injected, vector_source = _vectors(
         model,
         icl_inputs,
@@ -144,18 +164,15 @@ def task_vector_prompting(
         config.batch_size,
     )
     prompts = align(model, zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, answer_counts(answers))
-    make = replace if mode == "replace" else add
-    cells = []
+    writes = []
     for i, layer in enumerate(layers):
         at_site, at_layer = patch_site(adapter, site, layer)
-        cells.append(Cell((make(at_layer, injected[i], pos="answer", site=at_site),)))
+        writes.append(injection(at_layer, injected[i], mode, at_site))
 
     def score(logits: Tensor, index: Tensor) -> Tensor:
-        return torch.stack(_score(logits, answers[index]), dim=1)
+        return torch.stack(_score(logits, answers[index], config.tolerance), dim=1)
 
-    sweep = run_sweep(
-        model, prompts, cells, score, rows_per_pass=config.rows_per_pass, progress=config.progress, desc="TVP"
-    )
+    sweep = prompted_sweep(model, prompts, writes, score, rows_per_pass=config.rows_per_pass, progress=config.progress)
     real = ids != (task_names.index(null_task) if null_task in task_names else -1)
     boot: dict[str, Any] = {"n_bootstrap": config.n_bootstrap, "ci": config.ci, "seed": seed}
     tvp_correct, tvp_loss = sweep.cells[..., 0], sweep.cells[..., 1]
@@ -166,8 +183,8 @@ def task_vector_prompting(
         zero_correct = generated.score(zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, [])
         tvp_correct = torch.stack(
             [
-                generated.score(zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, cell.interventions)
-                for cell in cells
+                generated.score(zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, [write])
+                for write in writes
             ]
         )
     n_tasks = len(task_names)
@@ -251,7 +268,11 @@ class TaskVectorPrompting(CausalOptions):
         source: ``"other_prompt"`` (default), ``"same_prompt"`` or ``"task_mean"``.
         mode: ``"replace"`` (default) or ``"add"``.
         site: Residual site read and written.
-        scoring: ``"teacher_forced"`` (default), or by greedy generation ``"exact_match"`` / ``"first_word"``.
+        scoring: ``"teacher_forced"`` (default), or by greedy generation ``"exact_match"`` / ``"first_word"``
+            (token answers only).
+        tolerance: For continuous answers (a ``RegressionPool`` / ``RegressionBatch``): a prompt counts as correct
+            when its squared error (mean over output coordinates) is at most this; the result's ``*_loss`` are then
+            squared errors and its accuracies the fraction correct. Token answers ignore it.
 
     The keyword-only :class:`~tv_lens.analyses.options.CausalOptions` (``n_bootstrap``, ``ci``, ``rows_per_pass``,
     ``batch_size``, ``progress``) apply too.
@@ -262,19 +283,34 @@ class TaskVectorPrompting(CausalOptions):
     mode: Literal["replace", "add"] = "replace"
     site: str = "resid_post"
     scoring: Scoring = "teacher_forced"
+    tolerance: float = TOLERANCE
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_options(self.source, self.mode, self.scoring)  # the bootstrap options: CausalOptions
         check_residual_site(self.site)
+        problem = tolerance_problem(self.tolerance)
+        if problem:
+            raise AnalysisError(problem)
 
     def run(
-        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
+        self,
+        model: Any,
+        pool: TaskPool | TextPool | RegressionPool,
+        n_per_task: int = N_PER_TASK,
+        n_shots: ShotSpec = 4,
+        seed: int = 0,
     ) -> PromptingAccuracy:
         """Sample ``n_per_task`` ICL prompts per task (``seed``); task-mean vectors come from ``seed + 1``."""
         check_pool(pool)
         vectors = None
         if self.source == "task_mean":
+            if isinstance(pool, RegressionPool):
+                raise AnalysisError(
+                    "source='task_mean' reads the task vectors of a separate sample with TaskVectors, which takes "
+                    "token prompts only; for regression prompts use run_batch(model, batch) (the task means over the "
+                    "batch's own prompts) or source='other_prompt'."
+                )
             vectors = TaskVectors.from_model(
                 model,
                 pool.sample(n_per_task, n_shots, seed + 1),
@@ -285,9 +321,9 @@ class TaskVectorPrompting(CausalOptions):
         return self.run_batch(model, pool.sample(n_per_task, n_shots, seed), vectors=vectors, seed=seed)
 
     def run_batch(
-        self, model: Any, batch: ICLBatch, vectors: TaskVectors | None = None, seed: int = 0
+        self, model: Any, batch: ICLBatch | RegressionBatch, vectors: TaskVectors | None = None, seed: int = 0
     ) -> PromptingAccuracy:
-        """TVP on a given batch and its ``batch.zero_shot()`` twin."""
+        """TVP on a given batch and its ``batch.zero_shot()`` twin (token or regression prompts)."""
         zero_shot = batch.zero_shot()
         return task_vector_prompting(
             model,
@@ -316,7 +352,8 @@ def _check_options(source: str, mode: str, scoring: str) -> None:
 
 
 def _pairs(answers: Tensor, task_ids: Tensor, task_names: Sequence[str], n: int, n_zero: int) -> tuple[Tensor, Tensor]:
-    answers = torch.as_tensor(answers).cpu().long()
+    answers = torch.as_tensor(answers).cpu()
+    answers = answers if continuous_answers(answers) else answers.long()
     answers = answers[:, None] if answers.ndim == 1 else answers
     id_shape = tuple(torch.as_tensor(task_ids).shape)
     if n_zero != n or answers.shape[0] != n or id_shape != (n,):
@@ -327,8 +364,8 @@ def _pairs(answers: Tensor, task_ids: Tensor, task_names: Sequence[str], n: int,
     return answers, prompt_task_ids(task_ids, task_names, n)
 
 
-def _score(logits: Tensor, answers: Tensor) -> tuple[Tensor, Tensor]:
-    correct, loss = answer_scores(logits, answers)
+def _score(logits: Tensor, answers: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
+    correct, loss = answer_scores(logits, answers, tolerance)
     return correct.cpu(), loss.cpu()
 
 
@@ -358,12 +395,12 @@ def _vectors(
         rows = torch.tensor([vectors.task_index(task_names[t]) for t in ids.tolist()])
         columns = [vectors.layer_index(layer) for layer in layers]
         return vectors.vectors[rows][:, columns].transpose(0, 1), none
-    partner = other_prompts(ids, task_names) if source == "other_prompt" else torch.arange(len(ids))
+    partner = none if source == "task_mean" else vector_sources(ids, task_names, source)  # before the pass
     reps = collect(
         model, inputs, answer_pos, layers, site, attention_mask=attention_mask, batch_size=batch_size, progress=False
     )
     if source == "task_mean":
-        return _task_means(reps.activations, ids, len(task_names)), none
+        return _task_means(reps.activations, ids, len(task_names)), partner
     return reps.activations[:, partner], partner
 
 

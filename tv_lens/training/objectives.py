@@ -22,7 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tv_lens.errors import ConfigError, PositionError, TaskError
-from tv_lens.metrics import answer_logits, mse, token_accuracy, token_cross_entropy
+from tv_lens.metrics import TOLERANCE, answer_correct, answer_logits, answer_loss, tolerance_problem
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.running import HookFn, forward
 from tv_lens.tasks import ICLBatch, RegressionBatch, RegressionPool, TaskPool
@@ -80,13 +80,13 @@ class TokenObjective:
 
     def answer_loss(self, outputs: Float[Tensor, "batch n_answer d_vocab"], batch: ICLBatch) -> Float[Tensor, " batch"]:
         """Per-prompt cross-entropy of the query's answer tokens."""
-        return token_cross_entropy(outputs, batch.answers)
+        return answer_loss(outputs, batch.answers)
 
     def answer_accuracy(
         self, outputs: Float[Tensor, "batch n_answer d_vocab"], batch: ICLBatch
     ) -> Float[Tensor, " batch"]:
         """Per-prompt exact match of all the query's answer tokens."""
-        return token_accuracy(outputs, batch.answers)
+        return answer_correct(outputs, batch.answers)
 
     def query_outputs(self, adapter: ModelAdapter, batch: ICLBatch) -> Float[Tensor, "batch n_answer d_vocab"]:
         """Logits at the query's answer positions (teacher-forced for multi-token answers)."""
@@ -121,12 +121,14 @@ class RegressionObjective:
 
     Args:
         tolerance: A query counts as answered (``accuracy`` 1.0) when its squared error, averaged over
-            output coordinates, is at most this. The MSE itself is the run's ``loss``.
+            output coordinates, is at most this. The MSE itself is the run's ``loss``. Both are
+            :func:`tv_lens.metrics.answer_scores`, the scorer the analyses use.
     """
 
-    def __init__(self, tolerance: float = 0.1) -> None:
-        if not 0 < tolerance < float("inf"):
-            raise ConfigError(f"tolerance must be a finite number > 0 (squared error), got {tolerance!r}.")
+    def __init__(self, tolerance: float = TOLERANCE) -> None:
+        problem = tolerance_problem(tolerance)
+        if problem:
+            raise ConfigError(problem)
         self.tolerance = tolerance
 
     def check(self, adapter: ModelAdapter, pool: RegressionPool, batch: RegressionBatch) -> None:
@@ -161,13 +163,13 @@ class RegressionObjective:
 
     def answer_loss(self, outputs: Float[Tensor, "batch 1 d_out"], batch: RegressionBatch) -> Float[Tensor, " batch"]:
         """Per-prompt squared error of the query's prediction (mean over output coordinates)."""
-        return mse(outputs[:, 0], batch.answers.to(outputs.device, outputs.dtype))
+        return answer_loss(outputs, batch.answers)
 
     def answer_accuracy(
         self, outputs: Float[Tensor, "batch 1 d_out"], batch: RegressionBatch
     ) -> Float[Tensor, " batch"]:
         """1.0 where the query's squared error is at most ``tolerance``."""
-        return (self.answer_loss(outputs, batch) <= self.tolerance).to(outputs.dtype)
+        return answer_correct(outputs, batch.answers, self.tolerance)
 
     def query_outputs(self, adapter: ModelAdapter, batch: RegressionBatch) -> Float[Tensor, "batch 1 d_out"]:
         """Predictions at the query's ``x``."""

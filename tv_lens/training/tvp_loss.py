@@ -9,9 +9,10 @@ Yang et al. make this an auxiliary objective::
 
 ``L_ICL`` is the usual loss at every answer of the context pass. ``L_TVP`` is the query-answer loss of
 the zero-shot pass (``batch.zero_shot()``) into which the vector is injected. The vector is captured by a
-hook *in the same context pass* that computes ``L_ICL`` (no extra pass), and injected through the one
-intervention engine (:func:`tv_lens.interventions.run_with_interventions`). Unless ``detach=True``,
-gradients of ``L_TVP`` flow back through the vector into the blocks up to ``l`` of the context pass.
+hook *in the same context pass* that computes ``L_ICL`` (no extra pass), and injected by the prompting core the
+TVP analysis uses too (:mod:`tv_lens.interventions.prompting`: which prompt gives each query its vector, the
+write, the zero-shot pass). Unless ``detach=True``, gradients of ``L_TVP`` flow back through the vector into the
+blocks up to ``l`` of the context pass.
 
 Yang et al. extract the vector from a context pass that does not hold the test query. By default
 (``source="other_prompt"``) each zero-shot query therefore gets the vector of *another* prompt of its
@@ -30,21 +31,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from tv_lens.errors import ConfigError, HookNotFoundError, TaskError
-from tv_lens.interventions import add, replace, run_with_interventions
+from tv_lens.interventions.prompting import prompted_outputs, vector_sources
 from tv_lens.models import adapt
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.positions import prepare_prompts
 from tv_lens.probes import collect
 from tv_lens.tasks import ICLBatch, RegressionBatch
-from tv_lens.tasks.partners import other_prompts
 from tv_lens.training.config import TVPConfig
 from tv_lens.training.objectives import Objective, RegressionObjective, TokenObjective
 
-__all__ = ["Losses", "training_loss", "tvp_accuracy", "tvp_losses", "vector_sources"]
+__all__ = ["Losses", "training_loss", "tvp_accuracy", "tvp_losses"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,9 @@ def training_loss(adapter: ModelAdapter, objective: Objective, batch: Any, tvp: 
     return _tvp_losses(adapter, batch, tvp, objective)
 
 
-def tvp_losses(model: Any, batch: ICLBatch, tvp: TVPConfig, objective: Objective | None = None) -> Losses:
+def tvp_losses(
+    model: Any, batch: ICLBatch | RegressionBatch, tvp: TVPConfig, objective: Objective | None = None
+) -> Losses:
     """``L_ICL``, ``L_TVP`` and ``L_ICL + λ·L_TVP`` of a batch, with gradients through the vector unless detached.
 
     Args:
@@ -92,7 +94,9 @@ def tvp_losses(model: Any, batch: ICLBatch, tvp: TVPConfig, objective: Objective
     return _tvp_losses(adapter, batch, tvp, objective)
 
 
-def _tvp_losses(model: Any, batch: ICLBatch, tvp: TVPConfig, objective: Objective | None = None) -> Losses:
+def _tvp_losses(
+    model: Any, batch: ICLBatch | RegressionBatch, tvp: TVPConfig, objective: Objective | None = None
+) -> Losses:
     """:func:`tvp_losses` without checking its arguments (each training step)."""
     adapter = adapt(model)
     adapter.check_layer(tvp.layer)
@@ -111,36 +115,16 @@ def _tvp_losses(model: Any, batch: ICLBatch, tvp: TVPConfig, objective: Objectiv
             "Train a model that calls it in its forward pass (every TransformerLens model does)."
         )
     vectors = captured[0].detach() if tvp.detach else captured[0]
-    vectors = vectors[vector_sources(batch, tvp.source).to(vectors.device)]
+    vectors = vectors[vector_sources(batch.task_ids.cpu(), batch.task_names, tvp.source).to(vectors.device)]
     zero_shot = batch.zero_shot()
-    outputs = inject(adapter, zero_shot, vectors, tvp.layer, tvp.mode)
-    term = objective.answer_loss(outputs, zero_shot).mean()
+    term = objective.answer_loss(prompted_outputs(adapter, zero_shot, vectors, tvp.layer, tvp.mode), zero_shot).mean()
     return Losses(icl + tvp.lam * term, icl, term)
-
-
-def inject(
-    model: Any,
-    zero_shot: ICLBatch,
-    vectors: Float[Tensor, "batch d_model"],
-    layer: int,
-    mode: str = "replace",
-) -> Float[Tensor, "batch n_answer d_vocab"]:
-    """Outputs at the answer positions of ``zero_shot`` with ``vectors`` written at block ``layer``."""
-    make = replace if mode == "replace" else add
-    run = run_with_interventions(
-        model,
-        zero_shot.inputs,
-        zero_shot.answer_pos,
-        [make(layer, vectors, pos="answer", site="resid_post")],
-        n_answer_tokens=zero_shot.answer_lengths,
-    )
-    return run.logits
 
 
 @torch.no_grad()
 def tvp_accuracy(
     model: Any,
-    batch: ICLBatch,
+    batch: ICLBatch | RegressionBatch,
     layer: int,
     mode: str = "replace",
     objective: Objective | None = None,
@@ -166,23 +150,10 @@ def tvp_accuracy(
         batch_size=batch_size or max(len(batch), 1),
         progress=False,
     )
-    vectors = reps.activations[0][vector_sources(batch, source)]
+    vectors = reps.activations[0][vector_sources(batch.task_ids.cpu(), batch.task_names, source)]
     zero_shot = batch.zero_shot()
-    step = batch_size or max(len(batch), 1)
-    scores = [
-        objective.answer_accuracy(inject(adapter, chunk, vectors[start : start + step], layer, mode), chunk)
-        for start in range(0, len(batch), step)
-        for chunk in [zero_shot.select(slice(start, start + step))]
-    ]
-    return torch.cat(scores) if scores else torch.zeros(0)
+    return objective.answer_accuracy(prompted_outputs(adapter, zero_shot, vectors, layer, mode, batch_size), zero_shot)
 
 
 def _default_objective(batch: Any) -> Objective:
     return RegressionObjective() if isinstance(batch, RegressionBatch) else TokenObjective()
-
-
-def vector_sources(batch: ICLBatch, source: str) -> Int[Tensor, " batch"]:
-    """Index of the prompt each query takes its vector from: another prompt of its task, or itself."""
-    if source == "same_prompt":
-        return torch.arange(len(batch))
-    return other_prompts(batch.task_ids.cpu(), batch.task_names)

@@ -1,0 +1,126 @@
+"""Task-vector prompting's core: whose vector each query gets, the write, and the zero-shot pass.
+
+Task-vector prompting (TVP; Hendel et al. 2023, Yang et al. 2025) reads an ICL prompt's residual at its
+pre-answer position at block ``l`` and writes it at the same block and position of the query-only
+("zero-shot") twin of a prompt (``batch.zero_shot()``). The TVP analysis (:mod:`tv_lens.analyses.prompting`) and
+the TVP-loss of training (:mod:`tv_lens.training.tvp_loss`) take these steps from here:
+
+- :func:`vector_sources`: which ICL prompt each zero-shot query takes its vector from (``"other_prompt"``: the
+  next prompt of its task, cyclically, whose query differs; ``"same_prompt"``: its own).
+- :func:`injection`: the intervention that writes one vector per prompt at the zero-shot query's pre-answer
+  position (``"replace"`` or ``"add"``, at a residual site of a block).
+- :func:`prompted_outputs` (one block, with gradients unless under ``torch.no_grad``) and :func:`prompted_sweep`
+  (several blocks, stacked per pass, no gradients): the zero-shot pass with the vectors written.
+
+>>> vector_sources(torch.tensor([0, 1, 0, 1, 0]), ("a", "b"), "other_prompt")
+tensor([2, 3, 4, 1, 0])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tv_lens.errors import TaskError
+from tv_lens.interventions.cells import AlignedPrompts, Cell, Score, Sweep
+from tv_lens.interventions.engine import run_with_interventions
+from tv_lens.interventions.specs import Intervention, add, replace
+from tv_lens.interventions.sweep import run_sweep
+
+__all__ = [
+    "INJECT_MODES",
+    "PROMPT_SOURCES",
+    "injection",
+    "other_prompts",
+    "prompted_outputs",
+    "prompted_sweep",
+    "vector_sources",
+]
+
+PROMPT_SOURCES: tuple[str, ...] = ("other_prompt", "same_prompt")
+"""The ICL prompt whose vector a zero-shot query gets: another prompt of its task, or its own."""
+INJECT_MODES: tuple[str, ...] = ("replace", "add")
+"""How the vector is written: overwrite the zero-shot residual, or add to it."""
+
+
+def other_prompts(task_ids: Int[Tensor, " prompt"], task_names: Sequence[str]) -> Int[Tensor, " prompt"]:
+    """For each prompt, the next prompt of the same task in the batch (cyclically).
+
+    A vector read from that partner carries the task but not the prompt's own query, so a zero-shot pass
+    it is injected into must still read the query itself.
+
+    Raises:
+        TaskError: A task with a single prompt (it has no other prompt to take a vector from).
+    """
+    partner = torch.empty_like(task_ids)
+    for t in task_ids.unique().tolist():
+        members = (task_ids == t).nonzero().flatten()
+        if len(members) < 2:
+            raise TaskError(
+                f"Too few prompts: task {task_names[t]!r} has 1 prompt, but each prompt's task vector is taken "
+                "from another prompt of its task. Sample at least 2 prompts per task."
+            )
+        partner[members] = members.roll(-1)
+    return partner
+
+
+def vector_sources(task_ids: Int[Tensor, " prompt"], task_names: Sequence[str], source: str) -> Int[Tensor, " prompt"]:
+    """Index of the ICL prompt each zero-shot query takes its vector from (``source`` in :data:`PROMPT_SOURCES`)."""
+    if source == "same_prompt":
+        return torch.arange(len(task_ids))
+    return other_prompts(task_ids, task_names)
+
+
+def injection(
+    layer: int, vectors: Float[Tensor, "prompt d_model"], mode: str = "replace", site: str = "resid_post"
+) -> Intervention:
+    """The write of ``vectors`` (one per prompt) at each prompt's pre-answer position, at ``site`` of ``layer``."""
+    make = replace if mode == "replace" else add
+    return make(layer, vectors, pos="answer", site=site)
+
+
+def prompted_outputs(
+    model: Any,
+    zero_shot: Any,
+    vectors: Float[Tensor, "prompt d_model"],
+    layer: int,
+    mode: str = "replace",
+    batch_size: int | None = None,
+) -> Float[Tensor, "prompt n_answer d_out"]:
+    """Outputs at the answer positions of the zero-shot prompts with ``vectors`` written at block ``layer``'s output.
+
+    ``zero_shot`` is a batch of query-only prompts (``batch.zero_shot()``, right-padded); gradients flow into the
+    model and ``vectors`` unless the call is under ``torch.no_grad``. ``batch_size``: prompts per pass (``None``:
+    all at once).
+    """
+    run = run_with_interventions(
+        model,
+        zero_shot.inputs,
+        zero_shot.answer_pos,
+        [injection(layer, vectors, mode)],
+        n_answer_tokens=zero_shot.answer_lengths,
+        batch_size=batch_size,
+    )
+    return run.logits
+
+
+def prompted_sweep(
+    model: Any,
+    prompts: AlignedPrompts,
+    writes: Sequence[Intervention],
+    score: Score,
+    *,
+    rows_per_pass: int = 512,
+    progress: bool = False,
+) -> Sweep:
+    """The zero-shot prompts clean and under each of ``writes`` (one cell each), several per pass, for scoring.
+
+    ``prompts`` are the zero-shot prompts aligned (:func:`~tv_lens.interventions.align`); ``writes`` are
+    :func:`injection` s, typically one per block. See :func:`~tv_lens.interventions.run_sweep`.
+    """
+    cells = [Cell((write,)) for write in writes]
+    return run_sweep(model, prompts, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="TVP")
