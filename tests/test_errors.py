@@ -547,8 +547,8 @@ CASES = [
         "task-vectors-of-a-layer-not-read",
         lambda w: w.vectors.get("offset(1)", 2),
         LayerOutOfRangeError,
-        r"Layer 2 has no task vectors; they were read at layers \(0, 1\)",
-        r"Build them with layers=",
+        r"Layer 2 is not among the layers of these task vectors, \(0, 1\)",
+        r"compute these task vectors again with that layer",
     ),
     # --- NaN and infinities ---
     Case(
@@ -613,7 +613,7 @@ CASES = [
         "intervention-batch-size-zero",
         lambda w: run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, [], batch_size=0),
         ShapeError,
-        r"batch_size must be an int >= 1 \(prompts per pass\)",
+        r"batch_size must be an int ≥ 1 \(prompts per pass\)",
         r"or None for all, got 0",
     ),
     Case(

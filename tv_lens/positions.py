@@ -29,6 +29,7 @@ __all__ = [
     "answer_columns",
     "answer_lengths",
     "as_positions",
+    "check_batch_size",
     "check_tensor_data",
     "length_sorted_batches",
     "prepare_prompts",
@@ -292,9 +293,22 @@ def length_sorted_batches(lengths: Int[Tensor, " batch"], batch_size: int) -> li
 
     Prompts that fit in one batch stay in their own order (one batch computes the longest prompt's width anyway).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ShapeError(f"batch_size must be an int ≥ 1 (prompts per pass), got {batch_size!r}.")
+    check_batch_size(batch_size)
     if batch_size >= len(lengths):
         return [torch.arange(len(lengths))]
     order = torch.argsort(lengths, stable=True)
     return list(order.split(batch_size))
+
+
+def check_batch_size(batch_size: Any, *, all_at_once: bool = False) -> None:
+    """Raise a :class:`ShapeError` unless ``batch_size`` (prompts per pass) is an int >= 1.
+
+    Args:
+        batch_size: The value to check.
+        all_at_once: Also accept ``None``: every prompt in one pass.
+    """
+    if all_at_once and batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        allowed = " or None for all" if all_at_once else ""
+        raise ShapeError(f"batch_size must be an int ≥ 1 (prompts per pass){allowed}, got {batch_size!r}.")

@@ -32,7 +32,8 @@ from tv_lens.errors import HookNotFoundError, NonFiniteError, ShapeError
 from tv_lens.models.adapter import EMBED_LAYER, RESIDUAL_SITES, ModelAdapter, adapt
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import read_pass
-from tv_lens.positions import Inputs, PreparedPrompts, as_positions, prepare_prompts
+from tv_lens.positions import Inputs, PreparedPrompts, as_positions, check_batch_size, prepare_prompts
+from tv_lens.results.axes import layer_label
 
 __all__ = ["Representations", "check_residual_site", "collect"]
 
@@ -70,7 +71,7 @@ class Representations:
     @property
     def layer_labels(self) -> tuple[str, ...]:
         """Axis labels: ``"embed"`` for the embedding output, else ``"L{block} {site}"``."""
-        return tuple("embed" if layer == EMBED_LAYER else f"L{layer} {self.site}" for layer in self.layers)
+        return tuple(layer_label(layer, self.site) for layer in self.layers)
 
     def at(self, layer: int) -> Float[Tensor, "prompt d_model"]:
         """Rows of one layer (a TransformerLens block index, or -1 for the embedding output)."""
@@ -156,8 +157,7 @@ def collect(
     names = [adapter.hook_name(site, layer) for layer in layers]
     for name in names:
         adapter.hook_point(name)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ShapeError(f"batch_size must be an int ≥ 1 (prompts per forward pass), got {batch_size!r}.")
+    check_batch_size(batch_size)
     prompts, copies = _distinct(prepare_prompts(adapter, inputs, answer_pos, attention_mask))
     rows, _ = fitting(
         lambda size: _rows_at_answer(adapter, prompts, sorted(set(names)), size, progress), batch_size, "batch_size"

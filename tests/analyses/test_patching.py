@@ -228,7 +228,7 @@ def test_bad_input_names_the_problem(model):
         TaskVectorPatching(mode="swap")
     with pytest.raises(TaskError, match="Task 'offset\\(5\\)' has no vector"):
         patch(model, batch, vectors, targets=("offset(5)",))
-    with pytest.raises(LayerOutOfRangeError, match="Layer 2 has no task vectors"):
+    with pytest.raises(LayerOutOfRangeError, match="Layer 2 is not among the layers of these task vectors"):
         run(model, batch, vectors, layers=(2,))
     no_null = vectors.select(tasks=("offset(1)", "offset(2)", "offset(3)"))
     with pytest.raises(TaskError, match=r"add_difference.*\['null'\] have none"):

@@ -139,12 +139,18 @@ def test_more_bad_input(model):
     tv = TaskVectors.from_model(model, sample(), layers=(0,))
     with pytest.raises(TaskError, match="has no vector"):
         tv.get("offset(7)", 0)
-    with pytest.raises(LayerOutOfRangeError, match="Layer 2 has no task vectors"):
+    with pytest.raises(LayerOutOfRangeError, match="Layer 2 is not among the layers of these task vectors"):
         tv.at(2)
     with pytest.raises(ShapeError, match="d_model=32 but the model has d_model=16"):
         _wrong_width(tv)
     with pytest.raises(ShapeError, match="must be float"):
         TaskVectors(torch.zeros(2, 1, 4, dtype=torch.long), (0,), ("a", "b"), torch.ones(2), torch.ones(2))
+    with pytest.raises(ShapeError, match=r"TaskVectors.vectors must have shape \(2, 1, 4\), got \(2, 2, 4\)"):
+        TaskVectors(torch.zeros(2, 2, 4), (0,), ("a", "b"), torch.ones(2), torch.ones(2))
+    with pytest.raises(ShapeError, match=r"TaskVectors.vectors must have shape \(2, 1, d_model\), got \(2, 4\)"):
+        TaskVectors(torch.zeros(2, 4), (0,), ("a", "b"), torch.ones(2), torch.ones(2))
+    with pytest.raises(ShapeError, match=r"TaskVectors.n_positions must have shape \(2,\), got \(3,\)"):
+        TaskVectors(torch.zeros(2, 1, 4), (0,), ("a", "b"), torch.ones(2), torch.ones(3))
 
 
 def _wrong_width(tv):

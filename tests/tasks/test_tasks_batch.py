@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import pickle
+from dataclasses import fields, replace
 
 import pytest
 import torch
 
 from tv_lens.errors import PositionError, ShapeError, TaskError, TvLensError
-from tv_lens.tasks import ICLBatch, Vocabulary, modular_pool, offset_pool
+from tv_lens.tasks import ICLBatch, RegressionBatch, Vocabulary, modular_pool, offset_pool, regression_pool
 
 
 @pytest.fixture
@@ -44,6 +45,25 @@ def test_to_moves_every_tensor(batch: ICLBatch) -> None:
     assert moved.inputs.device.type == "cpu" and torch.equal(moved.demo_noisy, batch.demo_noisy)
     with pytest.raises(ShapeError, match="several devices"):
         replace(batch, answers=batch.answers.to("meta"))
+
+
+SHARED = ("attention_mask", "answer_pos", "task_ids", "task_names", "n_shots", "demo_start", "demo_answer_pos")
+
+
+def test_both_batch_classes_keep_their_field_order_and_pickle(batch: ICLBatch) -> None:
+    regression = regression_pool(("linear",), d=3, null=True).sample(n_per_task=2, n_shots=(0, 2), seed=0)
+    for original, own in ((batch, "pad_token"), (regression, "weights")):
+        names = [f.name for f in fields(original)]
+        assert names == ["inputs", *SHARED[:2], "answers", *SHARED[2:], "demo_noisy", "query_start", own]
+        values = [getattr(original, name) for name in names]
+        for copy in (pickle.loads(pickle.dumps(original)), type(original)(*values)):  # positional order unchanged
+            assert type(copy) is type(original)
+            for name, value in zip(names, values, strict=True):  # weights hold NaN for Null prompts
+                if isinstance(value, torch.Tensor):
+                    torch.testing.assert_close(getattr(copy, name), value, rtol=0, atol=0, equal_nan=True)
+                else:
+                    assert getattr(copy, name) == value, name
+    assert isinstance(regression, RegressionBatch) and len(regression.select([0, 3]).weights) == 2
 
 
 def test_batch_is_frozen(batch: ICLBatch) -> None:

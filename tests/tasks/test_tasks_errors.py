@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import pytest
 import torch
+from text_tokenizers import word_level
 
 from tv_lens.errors import TaskError
 from tv_lens.tasks import (
+    RegressionPool,
     Task,
     TaskPool,
+    TextPool,
+    TextTask,
     Vocabulary,
     bitwise_pool,
+    linear_task,
     modular_pool,
     offset_pool,
     permutation_pool,
 )
+
+POOLS = {  # each pool's class, one of its tasks and the rest of its arguments
+    "TaskPool": (
+        TaskPool,
+        Task("id", lambda x: x[:, 0]),
+        {"vocab": Vocabulary(4), "n_inputs": 1, "input_values": 4, "output_values": 4},
+    ),
+    "RegressionPool": (RegressionPool, linear_task(), {"d": 3}),
+    "TextPool": (TextPool, TextTask("swap", (("dog", "cat"), ("cat", "dog"))), {"tokenizer": word_level()}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +99,22 @@ def test_empty_pool() -> None:
         TaskPool((), Vocabulary(4), n_inputs=1, input_values=4, output_values=4, null=True)
     with pytest.raises(TaskError, match="valid ops"):
         bitwise_pool(ops=())
+
+
+@pytest.mark.parametrize("name", list(POOLS))
+def test_every_pool_checks_its_tasks_and_names_them_alike(name: str) -> None:
+    kind, task, others = POOLS[name]
+    pool = kind((task,), **others, null=True)
+    assert pool.task_names == (task.name, "null") and len(pool) == 2
+    assert kind([task], **others).task_names == (task.name,) and len(kind([task], **others)) == 1
+    with pytest.raises(TaskError, match=rf"{name} needs at least one task, got none; pass e\.g\. tasks=\("):
+        kind((), **others)
+    with pytest.raises(TaskError, match=rf"{name} takes a sequence of tasks, got one {type(task).__name__}"):
+        kind(task, **others)
+    with pytest.raises(TaskError, match=rf"unique, got \['{task.name}'\] more than once"):
+        kind((task, task), **others)
+    with pytest.raises(TaskError, match=r"null must be True or False \(add the Null task\), got 'no'"):
+        kind((task,), **others, null="no")
 
 
 def test_bad_pool_definitions() -> None:

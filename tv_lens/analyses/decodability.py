@@ -52,7 +52,7 @@ from tv_lens.analyses.inputs import (
     RepsInput,
     labelled_stack,
 )
-from tv_lens.analyses.options import IntervalOptions, PassOptions
+from tv_lens.analyses.options import IntervalOptions, PassOptions, analysis_config
 from tv_lens.errors import AnalysisError
 from tv_lens.probes import Representations
 from tv_lens.results.decodability import Decodability
@@ -98,7 +98,7 @@ def task_decodability(
         ShapeError: Labels and reps of different lengths, or malformed inputs.
         NonFiniteError: NaN or infinite representations.
     """
-    config = TaskDecodability() if config is None else config
+    config = analysis_config(config, TaskDecodability)
     stack = labelled_stack(reps, labels, layers=layers, site=site, task_names=task_names)
     n_tasks = len(stack.task_names)
     counts = torch.bincount(stack.labels, minlength=n_tasks)

@@ -27,11 +27,12 @@ import torch
 
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.inputs import check_batch, check_pool
-from tv_lens.analyses.options import IntervalOptions
+from tv_lens.analyses.options import IntervalOptions, analysis_config
 from tv_lens.analyses.performance import score_batch
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError
 from tv_lens.models.adapter import adapt
 from tv_lens.results.finetuning import FinetuningComparison
+from tv_lens.results.shared import real_prompts
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
 from tv_lens.training import DataConfig, LoRAConfig, ScheduleConfig, TrainConfig, finetune, select_blocks
@@ -67,7 +68,7 @@ def compare_models(
         config: The options (``None``: ``LayerFinetuning()``).
         seed: Seed of the bootstraps.
     """
-    config = LayerFinetuning() if config is None else config
+    config = analysis_config(config, LayerFinetuning)
     if not isinstance(models, dict) or not models:
         got = "an empty dict" if isinstance(models, dict) else f"a {type(models).__name__}"
         raise AnalysisError(
@@ -80,7 +81,7 @@ def compare_models(
     names = tuple(models)
     ids = batch.task_ids.cpu()
     n_tasks = len(batch.task_names)
-    real = ids != (batch.task_names.index(null_task) if null_task in batch.task_names else -1)
+    real = real_prompts(ids, batch.task_names, null_task)
     one_hot = torch.nn.functional.one_hot(ids, n_tasks).double()
     tds, td_cis, accuracy, overall, overall_ci = [], [], [], [], []
     layers: tuple[int, ...] = ()

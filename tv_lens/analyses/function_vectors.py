@@ -48,7 +48,7 @@ from torch import Tensor
 
 from tv_lens.analyses.indirect_effects import causal_indirect_effects, check_means, mean_head_activations
 from tv_lens.analyses.inputs import check_pool
-from tv_lens.analyses.options import N_PER_TASK, CausalOptions
+from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.prompting import SCORINGS, Scoring, TaskVectorPrompting, task_vector_prompting
 from tv_lens.analyses.pruning import check_count
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ModelNotSupportedError, ShapeError, TaskError
@@ -56,6 +56,7 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.function_vector_prompting import FunctionVectorPrompting, FunctionVectorResult
 from tv_lens.results.function_vectors import FunctionVector, IndirectEffects, MeanHeadActivations
 from tv_lens.results.provenance import ModelSignature, VectorProvenance, describe_tasks
+from tv_lens.results.shared import real_prompts
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 
@@ -103,7 +104,7 @@ def function_vector(
         LayerOutOfRangeError: A head outside ``means``.
         NonFiniteError: ``means`` hold NaN or infinite values.
     """
-    config = FunctionVectors() if config is None else config
+    config = analysis_config(config, FunctionVectors)
     adapter = adapt(model)
     check_means(adapter, means)
     for name, value in (("model_name", model_name), ("pool", pool)):
@@ -198,7 +199,7 @@ def function_vector_prompting(
         ShapeError: A vector of another ``d_model``.
         LayerOutOfRangeError: A layer outside the model.
     """
-    config = FunctionVectors() if config is None else config
+    config = analysis_config(config, FunctionVectors)
     adapter = adapt(model)
     every = tuple(range(adapter.n_layers))
     layers = every if config.layers is None else adapter.check_layers(config.layers, allow_embed=True)
@@ -350,14 +351,13 @@ def _without_null(batch: ICLBatch, name: str) -> ICLBatch:
     """``batch`` without its Null task's prompts."""
     if not isinstance(batch, ICLBatch):
         raise TaskError(f"The {name} prompts must be an ICLBatch (pool.sample(...)), got {type(batch).__name__}.")
-    null = batch.task_names.index(NULL_TASK) if NULL_TASK in batch.task_names else -1
-    real = batch.task_ids != null
+    real = real_prompts(batch.task_ids, batch.task_names)
     if not bool(real.any()):
         raise AnalysisError(
             f"The {name} prompts hold no task but Null (random answers), which has no function to find; sample "
             "from a pool with at least one real task."
         )
     kept = batch if bool(real.all()) else batch.select(real)
-    if null == len(batch.task_names) - 1:  # the Null task is a pool's last: drop its name too
+    if batch.task_names[-1] == NULL_TASK:  # the Null task is a pool's last: drop its name too
         kept = replace(kept, task_names=batch.task_names[:-1])
     return kept

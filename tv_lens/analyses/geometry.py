@@ -29,7 +29,7 @@ from tv_lens.analyses.inputs import (
     RepsInput,
     labelled_stack,
 )
-from tv_lens.analyses.options import PassOptions
+from tv_lens.analyses.options import PassOptions, analysis_config
 from tv_lens.errors import AnalysisError
 from tv_lens.probes import Representations
 from tv_lens.results.geometry import Projection
@@ -64,7 +64,7 @@ def project(
         config: The options (``None``: ``Geometry()``, PCA).
         seed: UMAP random state.
     """
-    config = Geometry() if config is None else config
+    config = analysis_config(config, Geometry)
     method = config.method
     settings: dict[str, Any] = {"seed": seed}
     if method == "umap":
@@ -116,6 +116,7 @@ class Geometry(RepresentationAnalysis[Projection], PassOptions):
     site: str = "resid_post"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.method not in ("pca", "umap"):
             raise AnalysisError(f"Unknown projection {self.method!r}; use 'pca' or 'umap'.")
         if self.method == "pca":

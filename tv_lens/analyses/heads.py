@@ -51,7 +51,7 @@ from tv_lens.analyses.inputs import (
     prompt_count,
     prompt_task_ids,
 )
-from tv_lens.analyses.options import N_PER_TASK, CausalOptions
+from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.pruning import (
     SHARED_METHODS,
     check_count,
@@ -68,6 +68,7 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import read_pass
 from tv_lens.positions import length_sorted_batches
 from tv_lens.results.heads import HeadImportance, PruningCurve
+from tv_lens.results.shared import real_prompts
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 
@@ -108,7 +109,7 @@ def head_importance(
     Raises:
         AnalysisError: ``config.top_k`` or ``config.prune_steps`` outside the model's heads.
     """
-    config = HeadAblation() if config is None else config
+    config = analysis_config(config, HeadAblation)
     adapter = adapt(model)
     n_heads_total = adapter.n_layers * adapter.n_heads
     top_k = max(1, n_heads_total // 4) if config.top_k is None else config.top_k
@@ -128,7 +129,7 @@ def head_importance(
     ablated_correct, ablated_loss = sweep.cells[..., 0].view(shape), sweep.cells[..., 1].view(shape)
     clean_correct, clean_loss = sweep.clean[:, 0], sweep.clean[:, 1]
     harm = clean_correct - ablated_correct if metric == "accuracy" else ablated_loss - clean_loss
-    real = ids != (list(task_names).index(null_task) if null_task in task_names else -1)
+    real = real_prompts(ids, task_names, null_task)
     n_tasks = len(task_names)
     boot: dict[str, Any] = {"n_bootstrap": config.n_bootstrap, "ci": config.ci, "seed": seed}
     importance_ci, _ = stratified_bootstrap_ci(harm, ids, n_tasks, **boot)

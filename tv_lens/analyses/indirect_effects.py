@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, prompt_count, prompt_task_ids
-from tv_lens.analyses.options import CausalOptions, PassOptions
+from tv_lens.analyses.options import CausalOptions, PassOptions, analysis_config
 from tv_lens.analyses.pruning import task_mean
 from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError, TaskError
 from tv_lens.interventions import ablate_head
@@ -64,7 +64,7 @@ def mean_head_activations(
     Raises:
         ModelNotSupportedError: The model's ``attn.hook_z`` is not ``[batch, pos, n_heads, d_head]``.
     """
-    options = PassOptions() if config is None else config  # the defaults of FunctionVectors' pass options
+    options = analysis_config(config, PassOptions, "FunctionVectors")  # None: the defaults of its pass options
     adapter = adapt(model)
     layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers)
     prompts = align(model, inputs, answer_pos, attention_mask)
@@ -145,7 +145,7 @@ def causal_indirect_effects(
         NonFiniteError: ``means`` hold NaN or infinite values.
         AnalysisError: ``label_noise`` is not a number in ``[0, 1]``.
     """
-    options = CausalOptions() if config is None else config  # the defaults of FunctionVectors' causal options
+    options = analysis_config(config, CausalOptions, "FunctionVectors")  # None: the defaults of its causal options
     adapter = adapt(model)
     check_means(adapter, means)
     if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0 <= label_noise <= 1:

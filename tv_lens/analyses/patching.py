@@ -51,7 +51,7 @@ from tv_lens.analyses.inputs import (
     prompt_count,
     prompt_task_ids,
 )
-from tv_lens.analyses.options import N_PER_TASK, CausalOptions
+from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.patching_summary import summarize_patching
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
 from tv_lens.interventions import Intervention, add, replace
@@ -118,7 +118,7 @@ def patch_task_vectors(
         ShapeError: Vectors of another d_model, or inputs of mismatched lengths.
         LayerOutOfRangeError: A layer the vectors do not cover.
     """
-    config = TaskVectorPatching() if config is None else config
+    config = analysis_config(config, TaskVectorPatching)
     adapter = check_vectors(vectors, model)
     layers = tuple(vectors.layers) if config.layers is None else adapter.check_layers(config.layers, allow_embed=True)
     layer_index = [vectors.layer_index(layer) for layer in layers]

@@ -38,9 +38,9 @@ from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.results.decodability import best_layer
 from tv_lens.results.prediction import TdAccuracyFit
+from tv_lens.results.shared import real_tasks
 from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import check_bootstrap
-from tv_lens.tasks import NULL_TASK
 
 __all__ = ["TdAccuracy", "TdAccuracyFit", "fit_td_accuracy", "ols"]
 
@@ -196,7 +196,7 @@ class TdAccuracy:
             values = score_batch(model, batch, metric, config.batch_size).double()
             scores.append(group_means(values.cpu(), batch.task_ids.cpu(), len(pool)))
         td = torch.stack(per_task_td)  # [shots, layer, task]
-        keep = [t for t, name in enumerate(pool.task_names) if self.include_null or name != NULL_TASK]
+        keep = list(range(len(pool.task_names))) if self.include_null else real_tasks(pool.task_names)
         mean_td = td[:, :, keep].mean(-1)  # [shots, layer], mean of the point tasks' TD
         chosen = best_layer(layers, mean_td.mean(0)) if self.layer is None else self.layer
         column = _column(layers, chosen)

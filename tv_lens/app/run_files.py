@@ -12,6 +12,7 @@ from tv_lens.app.sections import ANALYSIS_NAMES, Numbers, wrong_kind
 from tv_lens.errors import ArtefactError, ConfigError, ResultFileError
 from tv_lens.results import Result
 from tv_lens.results.storage import write_atomically
+from tv_lens.tasks.sampling import is_int
 
 __all__ = [
     "RESULTS",
@@ -161,14 +162,14 @@ def check_run_info(
     expect(config, isinstance(config, dict), "'config'", "an object of settings")
     for key in ("recipe", "backend"):
         expect(config.get(key), isinstance(config.get(key, ""), str), f"'config.{key}'", "a string")
-    expect(config.get("seed"), _is_int(config.get("seed", 0)), "'config.seed'", "an integer")
+    expect(config.get("seed"), is_int(config.get("seed", 0)), "'config.seed'", "an integer")
     description = info.get("recipe_description", "")
     expect(description, isinstance(description, str), "'recipe_description'", "a string")
     training = info.get("training", {})
     expect(training, isinstance(training, dict), "'training'", "an object (steps, elapsed_s, eval_step, accuracy)")
     for key in ("steps", "eval_step"):
         value = training.get(key)
-        expect(value, value is None or _is_int(value), f"'training.{key}'", "an integer")
+        expect(value, value is None or is_int(value), f"'training.{key}'", "an integer")
     elapsed = training.get("elapsed_s")
     expect(elapsed, elapsed is None or _is_number(elapsed), "'training.elapsed_s'", "a number of seconds")
     accuracy = training.get("accuracy", {})
@@ -185,11 +186,11 @@ def check_run_info(
         td, patching = chosen.get("td_accuracy"), chosen.get("patching")
         expect(
             td,
-            isinstance(td, list) and bool(td) and all(_is_int(x) for x in td),
+            isinstance(td, list) and bool(td) and all(is_int(x) for x in td),
             "'analysis_shots.td_accuracy'",
             "a non-empty list of shot counts",
         )
-        expect(patching, _is_int(patching), "'analysis_shots.patching'", "a shot count (an integer)")
+        expect(patching, is_int(patching), "'analysis_shots.patching'", "a shot count (an integer)")
         expect(chosen.get("ceiling"), _is_number(chosen.get("ceiling")), "'analysis_shots.ceiling'", "a number")
         curve = chosen.get("accuracy")
         expect(
@@ -198,10 +199,6 @@ def check_run_info(
             "'analysis_shots.accuracy'",
             "an object of shot count: accuracy (a number)",
         )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:

@@ -57,6 +57,7 @@ from tv_lens.positions import (
     PreparedPrompts,
     answer_columns,
     as_positions,
+    check_batch_size,
     check_tensor_data,
     length_sorted_batches,
     prepare_prompts,
@@ -138,8 +139,7 @@ def run_with_interventions(
     adapter = adapt(model)
     if isinstance(interventions, Intervention):
         raise ShapeError("interventions must be a list of interventions; wrap a single one: [intervention].")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ShapeError(f"batch_size must be an int >= 1 (prompts per pass) or None for all, got {batch_size!r}.")
+    check_batch_size(batch_size, all_at_once=True)
     residual = residual_layer is not None
     prompts = prepare_prompts(adapter, inputs, answer_pos, attention_mask, n_answer_tokens, residual=residual)
     lengths = prompts.answer_lengths

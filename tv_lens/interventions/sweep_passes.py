@@ -250,27 +250,25 @@ def _for_shared_copy(
     intervention: Intervention, index: Tensor, answer_pos: Tensor, shift: int, n_prompts: int
 ) -> Intervention:
     """``intervention`` for the prompts ``index``, moved ``shift`` columns right (its copy of the answer positions)."""
-    if intervention.rows is not None:
-        raise ShapeError("Cell interventions apply to every prompt; build them with rows=None.")
-    values = intervention.values
-    if values is not None and values.ndim == 2:
-        values = values[index.to(values.device)]
-    pos = intervention.pos
+    values, pos = _values_of(intervention, index), intervention.pos
     positions = answer_pos if isinstance(pos, str) else as_positions(pos, n_prompts, "pos")[index]
     return replace(intervention, values=values, pos=positions + shift, rows=None)
 
 
 def _for_copy(intervention: Intervention, index: Tensor, rows: Tensor, k: int) -> Intervention:
     """``intervention`` restricted to the prompts ``index`` of one stacked copy (its rows ``rows``)."""
-    if intervention.rows is not None:
-        raise ShapeError("Cell interventions apply to every prompt; build them with rows=None.")
-    values = intervention.values
-    if values is not None and values.ndim == 2:
-        values = values[index.to(values.device)]
-    pos = intervention.pos
+    values, pos = _values_of(intervention, index), intervention.pos
     if isinstance(pos, Tensor) or (not isinstance(pos, (str, int))):
         pos = torch.as_tensor(pos)[index].repeat(k)
     return replace(intervention, values=values, pos=pos, rows=rows)
+
+
+def _values_of(intervention: Intervention, index: Tensor) -> Tensor | None:
+    """The values a cell intervention writes into the prompts ``index`` (per-prompt values are selected)."""
+    if intervention.rows is not None:
+        raise ShapeError("Cell interventions apply to every prompt; build them with rows=None.")
+    values = intervention.values
+    return values[index.to(values.device)] if values is not None and values.ndim == 2 else values
 
 
 def _check_writes(cells: Sequence[Cell], writes: list[list[int]], n: int) -> None:

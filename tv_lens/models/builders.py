@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 
 from tv_lens.errors import ConfigError, TvLensError
+from tv_lens.tasks.sampling import is_int
 
 __all__ = [
     "ACT_FNS",
@@ -59,10 +60,6 @@ DTYPES: tuple[str, ...] = ("float32", "float64", "float16", "bfloat16")
 """Parameter dtypes a model can be built in."""
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of a small GPT-2-style model.
@@ -98,11 +95,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("d_vocab", "n_layers", "d_model", "n_heads", "n_ctx"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}.")
         for name, default in (("d_head", "d_model // n_heads"), ("d_mlp", "4 * d_model")):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ConfigError(f"ModelConfig.{name} must be a positive int or None (for {default}), got {value!r}.")
         if self.d_head is None and self.d_model % self.n_heads:
             raise ConfigError(
@@ -120,7 +117,7 @@ class ModelConfig:
                 f"Unknown normalization_type {self.normalization_type!r}; use one of {list(NORMALIZATION_TYPES)} "
                 "('LN' is LayerNorm, None no normalisation)."
             )
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**64:
+        if not is_int(self.seed) or not 0 <= self.seed < 2**64:
             raise ConfigError(f"ModelConfig.seed must be an int in [0, 2**64), got {self.seed!r}; e.g. seed=0.")
         if not isinstance(self.dtype, str) or not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ConfigError(f"dtype must name a torch dtype such as 'float32' (a string), got {self.dtype!r}.")

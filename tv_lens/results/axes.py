@@ -38,8 +38,8 @@ def layer_index(layers: Sequence[int], layer: int, what: str) -> int:
     """
     if layer not in layers:
         raise LayerOutOfRangeError(
-            f"Layer {layer} is not among the layers of {what}, {tuple(layers)}; pass one of those, or run the "
-            "analysis again with that layer."
+            f"Layer {layer} is not among the layers of {what}, {tuple(layers)}; pass one of those, or compute {what} "
+            "again with that layer."
         )
     return list(layers).index(layer)
 

@@ -44,10 +44,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, TaskError
+from tv_lens.errors import AnalysisError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.probes import Representations, check_residual_site, collect
-from tv_lens.results.axes import layer_axis, layer_label
+from tv_lens.results.axes import layer_axis, layer_index, layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.provenance import (
     ModelSignature,
@@ -98,15 +98,9 @@ class TaskVectors(Result):
     provenance: VectorProvenance | None = None
 
     def __post_init__(self) -> None:
-        shape = (len(self.task_names), len(self.layers))
-        if self.vectors.ndim != 3 or tuple(self.vectors.shape[:2]) != shape or not self.vectors.is_floating_point():
-            raise ShapeError(
-                f"TaskVectors.vectors must be float [task={shape[0]}, layer={shape[1]}, d_model], got "
-                f"{self.vectors.dtype} {tuple(self.vectors.shape)}."
-            )
-        for name in ("n_prompts", "n_positions"):
-            if tuple(getattr(self, name).shape) != (shape[0],):
-                raise ShapeError(f"TaskVectors.{name} must have shape ({shape[0]},), one count per task.")
+        super().__post_init__()
+        if not self.vectors.is_floating_point():
+            raise ShapeError(f"TaskVectors.vectors must be floats, got {self.vectors.dtype}; pass .float() vectors.")
         if len(set(self.task_names)) != len(self.task_names) or len(set(self.layers)) != len(self.layers):
             raise ShapeError(f"TaskVectors needs distinct task names and layers, got {self.task_names}, {self.layers}.")
         _check_reduce(self.reduce)
@@ -120,6 +114,9 @@ class TaskVectors(Result):
                 f"TaskVectors.provenance must be a VectorProvenance of site {self.site!r} and layers among "
                 f"{self.layers}, got {origin!r}; set it with applied_as(...)."
             )
+
+    def _axes(self) -> dict[str, int]:
+        return {"task": len(self.task_names), "layer": len(self.layers)}
 
     @classmethod
     def from_model(
@@ -223,13 +220,12 @@ class TaskVectors(Result):
         return self.task_names.index(task)
 
     def layer_index(self, layer: int) -> int:
-        """Index of block ``layer`` on the layer axis."""
-        if layer not in self.layers:
-            raise LayerOutOfRangeError(
-                f"Layer {layer} has no task vectors; they were read at layers {self.layers}. Build them with "
-                f"layers=(..., {layer}, ...)."
-            )
-        return self.layers.index(layer)
+        """Index of block ``layer`` on the layer axis.
+
+        Raises:
+            LayerOutOfRangeError: The vectors were not read at ``layer``.
+        """
+        return layer_index(self.layers, layer, "these task vectors")
 
     def get(self, task: str, layer: int) -> Float[Tensor, " d_model"]:
         """The vector of ``task`` at block ``layer``."""

@@ -30,14 +30,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from tv_lens.errors import PositionError, ShapeError
-from tv_lens.tasks.prompt_rows import (
-    PromptRows,
-    check_demonstrations,
-    check_fields,
-    row_indices,
-    select_rows,
-    without_demonstrations,
-)
+from tv_lens.tasks.prompt_rows import PromptRows
 
 __all__ = ["ICLBatch"]
 
@@ -62,16 +55,7 @@ class ICLBatch(PromptRows):
     """
 
     inputs: Int[Tensor, "batch pos"]
-    attention_mask: Int[Tensor, "batch pos"]
-    answer_pos: Int[Tensor, " batch"]
     answers: Int[Tensor, "batch n_answer"]
-    task_ids: Int[Tensor, " batch"]
-    task_names: tuple[str, ...]
-    n_shots: Int[Tensor, " batch"]
-    demo_start: Int[Tensor, "batch max_shots"]
-    demo_answer_pos: Int[Tensor, "batch max_shots"]
-    demo_noisy: Bool[Tensor, "batch max_shots"]
-    query_start: Int[Tensor, " batch"]
     pad_token: int
 
     def _check_shapes(self) -> None:
@@ -80,7 +64,7 @@ class ICLBatch(PromptRows):
                 f"ICLBatch.inputs must be an integer tensor [batch, pos], got dtype {self.inputs.dtype} "
                 f"and shape {tuple(self.inputs.shape)}."
             )
-        check_fields(self, "ICLBatch")
+        self._check_fields()
         b = self.inputs.shape[0]
         if self.answers.ndim != 2 or self.answers.shape[0] != b or self.answers.shape[1] < 1:
             raise ShapeError(
@@ -89,7 +73,7 @@ class ICLBatch(PromptRows):
             )
 
     def _check_positions(self) -> None:
-        check_demonstrations(self, "ICLBatch")
+        self._check_demonstrations()
         lengths = self.lengths
         n_answer = self.answers.shape[-1]
         real = self.answers >= 0
@@ -129,10 +113,10 @@ class ICLBatch(PromptRows):
         Args:
             indices: Prompt indices (tensor, list or slice), or a boolean mask over prompts.
         """
-        idx = row_indices(self, indices, "ICLBatch")
+        idx = self._row_indices(indices)
         n_answer = int(self.answer_lengths[idx].max()) if idx.numel() else self.n_answer_tokens
         n_pos = self._width(self.lengths[idx], self.answer_pos[idx], n_answer)
-        return select_rows(self, idx, n_pos, answers=self.answers[idx, :n_answer])
+        return self._select_rows(idx, n_pos, answers=self.answers[idx, :n_answer])
 
     def zero_shot(self) -> ICLBatch:
         """The query-only twin: same queries, answers and task ids, no demonstrations.
@@ -158,8 +142,7 @@ class ICLBatch(PromptRows):
         mask = pos < new_len[:, None]
         src = torch.where(mask, src, torch.zeros_like(src))
         inputs = torch.where(mask, self.inputs.gather(1, src), torch.full_like(src, self.pad_token))
-        return without_demonstrations(
-            self,
+        return self._without_demonstrations(
             inputs=inputs,
             attention_mask=mask.to(self.attention_mask.dtype),
             answer_pos=new_answer_pos,

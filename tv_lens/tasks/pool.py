@@ -11,8 +11,8 @@ Values and tokens: inputs are ``n_inputs`` number tokens, each uniform in ``0 ..
 number token (``answer="token"``) or as its bits, most significant first, one ``0``/``1`` token each
 (``answer="bits"``). Sampling uses a local ``torch.Generator`` seeded by ``seed``: the same call returns the
 same batch, and the global RNG is never touched. What every pool shares (the text and regression pools too) lives
-in :mod:`tv_lens.tasks.pool_checks` (checks of tasks and flags) and :mod:`tv_lens.tasks.sampling` (the seeded
-generator, shot counts, checks of sampling arguments and memory).
+in :mod:`tv_lens.tasks.pool_checks` (the base class with the checks of tasks and flags and the task names) and
+:mod:`tv_lens.tasks.sampling` (the seeded generator, shot counts, checks of sampling arguments and memory).
 
 >>> from tv_lens.tasks import offset_pool
 >>> pool = offset_pool(offsets=(1, 2), n_values=8)
@@ -33,15 +33,15 @@ from torch import Tensor
 
 from tv_lens.errors import TaskError
 from tv_lens.tasks.batch import ICLBatch
-from tv_lens.tasks.pool_checks import NULL_TASK, check_flag, check_task_names, task_tuple
+from tv_lens.tasks.pool_checks import NULL_TASK, PoolTasks, check_flag, check_task_names, task_tuple
 from tv_lens.tasks.render import PromptFormat, check_format, render_prompts
 from tv_lens.tasks.sampling import (
     SEED_RANGE,
     ShotSpec,
-    _is_int,
     _shot_choices,
     check_batch_fits,
     check_sample_arguments,
+    is_int,
     seeded_generator,
 )
 from tv_lens.tasks.vocabulary import Vocabulary
@@ -90,7 +90,7 @@ class Task:
 
 
 @dataclass(frozen=True)
-class TaskPool:
+class TaskPool(PoolTasks):
     """Confusable tasks sharing one input distribution, output space and prompt format.
 
     Attributes:
@@ -114,11 +114,7 @@ class TaskPool:
     answer: AnswerEncoding = "token"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tasks", task_tuple(self.tasks, Task, "TaskPool", "Task('id', fn)"))
-        if not self.tasks:
-            raise TaskError("TaskPool needs at least one task, got none; pass e.g. tasks=(Task('id', fn),).")
-        check_task_names([t.name for t in self.tasks])
-        check_flag(self.null, "null", "add the Null task")
+        self._check_tasks(Task, "Task('id', fn)")
         check_format(self.fmt)
         if self.answer not in ("token", "bits"):
             raise TaskError(f"Unknown answer encoding {self.answer!r}; choose 'token' or 'bits'.")
@@ -128,7 +124,7 @@ class TaskPool:
                 "Vocabulary(n_values=16)."
             )
         sizes = {"n_inputs": self.n_inputs, "input_values": self.input_values, "output_values": self.output_values}
-        if not all(_is_int(value) for value in sizes.values()) or (
+        if not all(is_int(value) for value in sizes.values()) or (
             self.n_inputs < 1 or self.input_values < 1 or self.output_values < 2
         ):
             raise TaskError(
@@ -145,11 +141,6 @@ class TaskPool:
             )
 
     @property
-    def task_names(self) -> tuple[str, ...]:
-        """Name of every task id; the Null task, when present, is last."""
-        return tuple(t.name for t in self.tasks) + ((NULL_TASK,) if self.null else ())
-
-    @property
     def vocab_size(self) -> int:
         """Token ids a model needs for this pool's prompts (``d_vocab >= vocab_size``)."""
         return self.vocab.size
@@ -158,10 +149,6 @@ class TaskPool:
     def n_answer_tokens(self) -> int:
         """Answer tokens per prompt: 1, or the number of output bits for ``answer="bits"``."""
         return (self.output_values - 1).bit_length() if self.answer == "bits" else 1
-
-    def __len__(self) -> int:
-        """Number of task ids, the Null task included."""
-        return len(self.task_names)
 
     def encode_answers(self, values: Int[Tensor, "*shape"]) -> Int[Tensor, "*shape n_answer"]:
         """Answer tokens of output values (bits most significant first for ``answer="bits"``)."""

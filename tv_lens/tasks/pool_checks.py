@@ -1,4 +1,4 @@
-"""The checks every task pool runs on its tasks and flags, and the name reserved for the Null task."""
+"""What every task pool shares: the checks of its tasks and flags, its task names, and the Null task's name."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from tv_lens.errors import TaskError
 
-__all__ = ["NULL_TASK", "check_flag", "check_task_names", "task_tuple"]
+__all__ = ["NULL_TASK", "PoolTasks", "check_flag", "check_task_names", "task_tuple"]
 
 NULL_TASK = "null"
 
@@ -54,3 +54,36 @@ def check_task_names(names: Sequence[str]) -> None:
             f"Task names must be unique and not {NULL_TASK!r}, got {list(names)}: {NULL_TASK!r} names the Null task "
             f"(analyses leave it out as the baseline). Rename the task, and pass null=True for the Null task."
         )
+
+
+class PoolTasks:
+    """Base of the pool dataclasses: their ``tasks``, checked on creation, then the Null task when ``null``.
+
+    A pool calls :meth:`_check_tasks` first in its ``__post_init__``; error messages name the pool class.
+    """
+
+    tasks: tuple[Any, ...]
+    null: bool
+
+    def _check_tasks(self, kind: type, example: str) -> None:
+        """Make ``tasks`` a tuple of ``kind`` objects (at least one, names unique); check the ``null`` flag.
+
+        Args:
+            kind: The task class of the pool.
+            example: How to build one task, for the messages (e.g. ``"linear_task()"``).
+        """
+        pool = type(self).__name__
+        object.__setattr__(self, "tasks", task_tuple(self.tasks, kind, pool, example))
+        if not self.tasks:
+            raise TaskError(f"{pool} needs at least one task, got none; pass e.g. tasks=({example},).")
+        check_task_names([t.name for t in self.tasks])
+        check_flag(self.null, "null", "add the Null task")
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """Name of every task id; the Null task, when present, is last."""
+        return tuple(t.name for t in self.tasks) + ((NULL_TASK,) if self.null else ())
+
+    def __len__(self) -> int:
+        """Number of task ids, the Null task included."""
+        return len(self.task_names)

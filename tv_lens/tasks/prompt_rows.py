@@ -3,15 +3,14 @@
 :class:`~tv_lens.tasks.ICLBatch` and :class:`~tv_lens.tasks.RegressionBatch` are both right-padded prompts
 with ``attention_mask [batch, pos]``, per-prompt ``answer_pos``, ``task_ids``, ``n_shots``, ``query_start``
 and per-demonstration ``demo_start``, ``demo_answer_pos``, ``demo_noisy`` (``-1`` / False beyond
-``n_shots``). ``kind`` names the batch class in error messages. :class:`PromptRows` holds the methods both
-classes share.
+``n_shots``). :class:`PromptRows` declares those fields and holds the methods both classes share.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
 import torch
@@ -20,29 +19,33 @@ from torch import Tensor
 
 from tv_lens.errors import PositionError, ShapeError, TaskError
 
-__all__ = [
-    "PromptRows",
-    "check_demonstrations",
-    "check_fields",
-    "move",
-    "row_indices",
-    "select_rows",
-    "without_demonstrations",
-]
+__all__ = ["PromptRows"]
 
-Batch = TypeVar("Batch")
 Rows = TypeVar("Rows", bound="PromptRows")
 
 PER_PROMPT = ("answer_pos", "task_ids", "n_shots", "query_start")
 PER_DEMONSTRATION = ("demo_start", "demo_answer_pos", "demo_noisy")
 
 
+@dataclass(frozen=True, eq=False)
 class PromptRows(ABC):
-    """Base of the batch dataclasses: checks on creation, length, prompt lengths, shot width and ``to``."""
+    """Base of the batch dataclasses: the fields both share, checks on creation, length, prompt lengths, ``to``.
+
+    Each batch class redeclares ``inputs`` and ``answers`` with its own types, adds a field of its own and
+    documents every field as its prompts lay them out. Error messages name the batch class.
+    """
 
     inputs: Tensor
-    attention_mask: Tensor
-    demo_start: Tensor
+    attention_mask: Int[Tensor, "batch pos"]
+    answer_pos: Int[Tensor, " batch"]
+    answers: Tensor
+    task_ids: Int[Tensor, " batch"]
+    task_names: tuple[str, ...]
+    n_shots: Int[Tensor, " batch"]
+    demo_start: Int[Tensor, "batch max_shots"]
+    demo_answer_pos: Int[Tensor, "batch max_shots"]
+    demo_noisy: Bool[Tensor, "batch max_shots"]
+    query_start: Int[Tensor, " batch"]
 
     def __post_init__(self) -> None:
         self._check_shapes()
@@ -71,97 +74,87 @@ class PromptRows(ABC):
 
     def to(self: Rows, device: torch.device | str) -> Rows:
         """The same batch with every tensor on ``device``."""
-        return move(self, device)
+        moved: dict[str, Any] = {name: value.to(device) for name, value in self._tensors().items()}
+        return replace(self, **moved)
 
+    def _check_fields(self) -> None:
+        """Every shared field has the shape ``inputs`` implies, and every tensor is on one device."""
+        kind = type(self).__name__
+        b, p = self.inputs.shape[:2]
+        n_demo = self.demo_start.shape[-1] if self.demo_start.ndim == 2 else -1
+        expected = {"attention_mask": (b, p)} | {n: (b,) for n in PER_PROMPT}
+        expected |= {n: (b, n_demo) for n in PER_DEMONSTRATION}
+        for name, shape in expected.items():
+            got = tuple(getattr(self, name).shape)
+            if got != shape:
+                raise ShapeError(f"{kind}.{name} has shape {got} but inputs [batch={b}, pos={p}] need {shape}.")
+        devices = {value.device for value in self._tensors().values()}
+        if len(devices) > 1:
+            raise ShapeError(f"{kind} tensors are on several devices {devices}; move them with .to(device).")
 
-def check_fields(batch: Any, kind: str) -> None:
-    """Every shared field has the shape ``inputs`` implies, and every tensor is on one device."""
-    b, p = batch.inputs.shape[:2]
-    n_demo = batch.demo_start.shape[-1] if batch.demo_start.ndim == 2 else -1
-    expected = {"attention_mask": (b, p)} | {n: (b,) for n in PER_PROMPT} | {n: (b, n_demo) for n in PER_DEMONSTRATION}
-    for name, shape in expected.items():
-        got = tuple(getattr(batch, name).shape)
-        if got != shape:
-            raise ShapeError(f"{kind}.{name} has shape {got} but inputs [batch={b}, pos={p}] need {shape}.")
-    devices = {value.device for value in _tensors(batch).values()}
-    if len(devices) > 1:
-        raise ShapeError(f"{kind} tensors are on several devices {devices}; move them with .to(device).")
+    def _check_demonstrations(self) -> None:
+        """Right padding, shot counts, task ids and demonstration positions are consistent."""
+        kind, mask = type(self).__name__, self.attention_mask
+        if not torch.equal(mask, (torch.arange(mask.shape[-1], device=mask.device) < self.lengths[:, None]).to(mask)):
+            raise PositionError(f"{kind}.attention_mask must be right-padded: ones, then zeros, in every row.")
+        max_shots = self.max_shots
+        if (self.n_shots < 0).any() or (self.n_shots > max_shots).any():
+            shots = self.n_shots.tolist()
+            raise TaskError(f"{kind}.n_shots must lie in 0 .. {max_shots} (the demo columns), got {shots}.")
+        task_ids, names = self.task_ids, self.task_names
+        if len(names) == 0 or (task_ids < 0).any() or (task_ids >= len(names)).any():
+            raise TaskError(f"{kind}.task_ids must index task_names {names}.")
+        is_demo = torch.arange(max_shots, device=mask.device) < self.n_shots[:, None]
+        for name in ("demo_start", "demo_answer_pos"):
+            pos = getattr(self, name)
+            if (pos[~is_demo] != -1).any() or (pos[is_demo] < 0).any():
+                raise PositionError(f"{kind}.{name} must be >= 0 on the first n_shots columns and -1 after.")
+            if ((pos >= self.query_start[:, None]) & is_demo).any():
+                raise PositionError(f"{kind}.{name} must lie before query_start in every prompt.")
 
+    def _row_indices(
+        self, indices: Int[Tensor, " n"] | Bool[Tensor, " n"] | Sequence[int] | slice
+    ) -> Int[Tensor, " n"]:
+        """Prompt indices from indices, a boolean mask over prompts or a slice, checked against the batch."""
+        n = len(self)
+        if isinstance(indices, slice):
+            idx = torch.arange(n)[indices]
+        else:
+            idx = torch.as_tensor(indices)
+            if idx.dtype == torch.bool:
+                idx = idx.nonzero().flatten()
+        idx = idx.to(self.inputs.device).long()
+        if idx.numel() and (idx.min() < -n or idx.max() >= n):
+            raise PositionError(f"{type(self).__name__}.select got indices outside 0 .. {n - 1}.")
+        return idx
 
-def check_demonstrations(batch: Any, kind: str) -> None:
-    """Right padding, shot counts, task ids and demonstration positions are consistent."""
-    mask = batch.attention_mask
-    lengths = mask.sum(-1)
-    if not torch.equal(mask, (torch.arange(mask.shape[-1], device=mask.device) < lengths[:, None]).to(mask)):
-        raise PositionError(f"{kind}.attention_mask must be right-padded: ones, then zeros, in every row.")
-    max_shots = batch.demo_start.shape[-1]
-    if (batch.n_shots < 0).any() or (batch.n_shots > max_shots).any():
-        shots = batch.n_shots.tolist()
-        raise TaskError(f"{kind}.n_shots must lie in 0 .. {max_shots} (the demo columns), got {shots}.")
-    task_ids, names = batch.task_ids, batch.task_names
-    if len(names) == 0 or (task_ids < 0).any() or (task_ids >= len(names)).any():
-        raise TaskError(f"{kind}.task_ids must index task_names {names}.")
-    is_demo = torch.arange(max_shots, device=mask.device) < batch.n_shots[:, None]
-    for name in ("demo_start", "demo_answer_pos"):
-        pos = getattr(batch, name)
-        if (pos[~is_demo] != -1).any() or (pos[is_demo] < 0).any():
-            raise PositionError(f"{kind}.{name} must be >= 0 on the first n_shots columns and -1 after.")
-        if ((pos >= batch.query_start[:, None]) & is_demo).any():
-            raise PositionError(f"{kind}.{name} must lie before query_start in every prompt.")
+    def _select_rows(self: Rows, idx: Int[Tensor, " n"], n_pos: int, **other: Any) -> Rows:
+        """The batch cut to the prompts ``idx``, ``n_pos`` positions and their largest ``n_shots``.
 
+        ``other``: the tensor fields only one batch class has, already selected.
+        """
+        n_demo = int(self.n_shots[idx].max()) if idx.numel() else 0
+        shared: dict[str, Any] = {name: getattr(self, name)[idx] for name in PER_PROMPT}
+        shared |= {name: getattr(self, name)[idx, :n_demo] for name in PER_DEMONSTRATION}
+        return replace(
+            self,
+            inputs=self.inputs[idx, :n_pos],
+            attention_mask=self.attention_mask[idx, :n_pos],
+            **shared,
+            **other,
+        )
 
-def move(batch: Batch, device: torch.device | str) -> Batch:
-    """The same batch with every tensor on ``device``."""
-    return replace(batch, **{name: value.to(device) for name, value in _tensors(batch).items()})  # type: ignore[type-var]
+    def _without_demonstrations(self: Rows, **changes: Any) -> Rows:
+        """The batch with no shots and empty per-demonstration columns (a query-only twin), and tensor ``changes``."""
+        return replace(
+            self,
+            n_shots=torch.zeros_like(self.n_shots),
+            demo_start=self.demo_start[:, :0],
+            demo_answer_pos=self.demo_answer_pos[:, :0].clone(),
+            demo_noisy=self.demo_noisy[:, :0],
+            **changes,
+        )
 
-
-def row_indices(
-    batch: Any, indices: Int[Tensor, " n"] | Bool[Tensor, " n"] | Sequence[int] | slice, kind: str
-) -> Int[Tensor, " n"]:
-    """Prompt indices from indices, a boolean mask over prompts or a slice, checked against the batch."""
-    n = len(batch)
-    if isinstance(indices, slice):
-        idx = torch.arange(n)[indices]
-    else:
-        idx = torch.as_tensor(indices)
-        if idx.dtype == torch.bool:
-            idx = idx.nonzero().flatten()
-    idx = idx.to(batch.inputs.device).long()
-    if idx.numel() and (idx.min() < -n or idx.max() >= n):
-        raise PositionError(f"{kind}.select got indices outside 0 .. {n - 1}.")
-    return idx
-
-
-def select_rows(batch: Batch, idx: Int[Tensor, " n"], n_pos: int, **other: Tensor) -> Batch:
-    """``batch`` cut to the prompts ``idx``, ``n_pos`` positions and their largest ``n_shots``.
-
-    ``other``: the fields only one batch class has, already selected.
-    """
-    b: Any = batch
-    n_demo = int(b.n_shots[idx].max()) if idx.numel() else 0
-    shared = {name: getattr(b, name)[idx] for name in PER_PROMPT}
-    shared |= {name: getattr(b, name)[idx, :n_demo] for name in PER_DEMONSTRATION}
-    return replace(  # type: ignore[type-var]
-        b,
-        inputs=b.inputs[idx, :n_pos],
-        attention_mask=b.attention_mask[idx, :n_pos],
-        **shared,
-        **other,
-    )
-
-
-def without_demonstrations(batch: Batch, **changes: Tensor) -> Batch:
-    """``batch`` with no shots and empty per-demonstration columns (a query-only twin), and ``changes``."""
-    b: Any = batch
-    return replace(  # type: ignore[type-var]
-        b,
-        n_shots=torch.zeros_like(b.n_shots),
-        demo_start=b.demo_start[:, :0],
-        demo_answer_pos=b.demo_answer_pos[:, :0].clone(),
-        demo_noisy=b.demo_noisy[:, :0],
-        **changes,
-    )
-
-
-def _tensors(batch: Any) -> dict[str, Tensor]:
-    return {f.name: getattr(batch, f.name) for f in fields(batch) if isinstance(getattr(batch, f.name), Tensor)}
+    def _tensors(self) -> dict[str, Tensor]:
+        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: value for name, value in values.items() if isinstance(value, Tensor)}

@@ -43,17 +43,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tv_lens.errors import TaskError
-from tv_lens.tasks.pool import (
-    NULL_TASK,
-    ShotSpec,
-    _shot_choices,
-    check_batch_fits,
-    check_flag,
-    check_sample_arguments,
-    check_task_names,
-    seeded_generator,
-    task_tuple,
-)
+from tv_lens.tasks.pool import ShotSpec, _shot_choices, check_batch_fits, check_sample_arguments, seeded_generator
+from tv_lens.tasks.pool_checks import PoolTasks
 from tv_lens.tasks.regression_batch import RegressionBatch
 
 __all__ = [
@@ -183,7 +174,7 @@ def sinusoidal_task() -> RegressionTask:
 
 
 @dataclass(frozen=True)
-class RegressionPool:
+class RegressionPool(PoolTasks):
     """Regression tasks sharing one input distribution ``x ~ N(0, I_d)``, plus optionally the Null task.
 
     Attributes:
@@ -199,11 +190,7 @@ class RegressionPool:
     noise_std: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tasks", task_tuple(self.tasks, RegressionTask, "RegressionPool", "linear_task()"))
-        if not self.tasks:
-            raise TaskError("RegressionPool needs at least one task, got none; e.g. tasks=(linear_task(),).")
-        check_task_names([t.name for t in self.tasks])
-        check_flag(self.null, "null", "add the Null task")
+        self._check_tasks(RegressionTask, "linear_task()")
         if isinstance(self.d, bool) or not isinstance(self.d, int) or self.d < 1:
             raise TaskError(f"d (the input width) must be a positive int, got {self.d!r}.")
         for task in self.tasks:
@@ -218,11 +205,6 @@ class RegressionPool:
             raise TaskError(f"noise_std must be a finite number >= 0, got {self.noise_std!r}.")
 
     @property
-    def task_names(self) -> tuple[str, ...]:
-        """Name of every task id; the Null task, when present, is last."""
-        return tuple(t.name for t in self.tasks) + ((NULL_TASK,) if self.null else ())
-
-    @property
     def d_in(self) -> int:
         """Width of the prompt vectors (a model's ``d_in``)."""
         return self.d
@@ -231,10 +213,6 @@ class RegressionPool:
     def d_out(self) -> int:
         """Width of the outputs (a model's ``d_out``): 1."""
         return 1
-
-    def __len__(self) -> int:
-        """Number of task ids, the Null task included."""
-        return len(self.task_names)
 
     def sample(self, n_per_task: int, n_shots: ShotSpec, seed: int, label_noise: float = 0.0) -> RegressionBatch:
         """Sample ``n_per_task`` prompts of every task (Null included), ordered by task id.

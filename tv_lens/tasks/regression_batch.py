@@ -24,14 +24,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tv_lens.errors import PositionError, ShapeError
-from tv_lens.tasks.prompt_rows import (
-    PromptRows,
-    check_demonstrations,
-    check_fields,
-    row_indices,
-    select_rows,
-    without_demonstrations,
-)
+from tv_lens.tasks.prompt_rows import PromptRows
 
 __all__ = ["RegressionBatch"]
 
@@ -57,16 +50,7 @@ class RegressionBatch(PromptRows):
     """
 
     inputs: Float[Tensor, "batch pos d_in"]
-    attention_mask: Int[Tensor, "batch pos"]
-    answer_pos: Int[Tensor, " batch"]
     answers: Float[Tensor, "batch d_out"]
-    task_ids: Int[Tensor, " batch"]
-    task_names: tuple[str, ...]
-    n_shots: Int[Tensor, " batch"]
-    demo_start: Int[Tensor, "batch max_shots"]
-    demo_answer_pos: Int[Tensor, "batch max_shots"]
-    demo_noisy: Bool[Tensor, "batch max_shots"]
-    query_start: Int[Tensor, " batch"]
     weights: Float[Tensor, "batch d_w"]
 
     def _check_shapes(self) -> None:
@@ -75,7 +59,7 @@ class RegressionBatch(PromptRows):
                 f"RegressionBatch.inputs must be a float tensor [batch, pos, d_in], got dtype {self.inputs.dtype} "
                 f"and shape {tuple(self.inputs.shape)}."
             )
-        check_fields(self, "RegressionBatch")
+        self._check_fields()
         b, d_in = self.inputs.shape[0], self.inputs.shape[2]
         if self.answers.ndim != 2 or self.answers.shape[0] != b or not 1 <= self.answers.shape[1] <= d_in:
             raise ShapeError(
@@ -86,7 +70,7 @@ class RegressionBatch(PromptRows):
             raise ShapeError(f"RegressionBatch.weights must be [batch={b}, d_w], got {tuple(self.weights.shape)}.")
 
     def _check_positions(self) -> None:
-        check_demonstrations(self, "RegressionBatch")
+        self._check_demonstrations()
         lengths = self.lengths
         bad = (self.answer_pos < self.query_start) | (self.answer_pos + 1 >= lengths)
         if bad.any():
@@ -179,9 +163,9 @@ class RegressionBatch(PromptRows):
 
     def select(self, indices: Int[Tensor, " n"] | Bool[Tensor, " n"] | Sequence[int] | slice) -> RegressionBatch:
         """A sub-batch of the given prompts, trimmed to its longest prompt; task ids keep their names."""
-        idx = row_indices(self, indices, "RegressionBatch")
+        idx = self._row_indices(indices)
         n_pos = int(self.lengths[idx].max()) if idx.numel() else 0
-        return select_rows(self, idx, n_pos, answers=self.answers[idx], weights=self.weights[idx])
+        return self._select_rows(idx, n_pos, answers=self.answers[idx], weights=self.weights[idx])
 
     def zero_shot(self) -> RegressionBatch:
         """The query-only twin ``x_q, y_q``: same queries, answers, task ids and weights, no demonstrations."""
@@ -191,8 +175,7 @@ class RegressionBatch(PromptRows):
         src = torch.where(mask, self.query_start[:, None] + pos, 0)
         rows = torch.arange(len(self), device=self.inputs.device)[:, None]
         inputs = torch.where(mask[..., None], self.inputs[rows, src], 0.0)
-        return without_demonstrations(
-            self,
+        return self._without_demonstrations(
             inputs=inputs,
             attention_mask=mask.to(self.attention_mask.dtype),
             answer_pos=self.answer_pos - self.query_start,

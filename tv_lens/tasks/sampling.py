@@ -23,6 +23,7 @@ __all__ = [
     "available_memory",
     "check_batch_fits",
     "check_sample_arguments",
+    "is_int",
     "seeded_generator",
 ]
 
@@ -39,7 +40,7 @@ def seeded_generator(seed: int) -> torch.Generator:
     Raises:
         TaskError: ``seed`` is not an int in ``[0, 2**64)`` (a negative seed would be wrapped around silently).
     """
-    if not _is_int(seed) or not 0 <= seed < SEED_RANGE:
+    if not is_int(seed) or not 0 <= seed < SEED_RANGE:
         raise TaskError(
             f"seed must be an int in [0, 2**64), got {seed!r}; pass a non-negative int such as seed=0 "
             "(the same seed gives the same result)."
@@ -47,13 +48,14 @@ def seeded_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an int and not a bool (``True`` would pass ``isinstance(value, int)``)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_sample_arguments(n_per_task: Any, label_noise: Any, shuffle_labels: Any = False) -> None:
     """Raise a :class:`TaskError` unless the sampling arguments are valid (``shuffle_labels`` a bool)."""
-    if not _is_int(n_per_task) or n_per_task < 1:
+    if not is_int(n_per_task) or n_per_task < 1:
         raise TaskError(f"n_per_task must be an int >= 1, got {n_per_task!r}.")
     if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0 <= label_noise < 1:
         raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
@@ -124,9 +126,9 @@ class _ShotChoices:
 def _shot_choices(n_shots: ShotSpec) -> _ShotChoices:
     """Allowed shot counts of a :data:`ShotSpec`, validated."""
     choices = None
-    if _is_int(n_shots):
+    if is_int(n_shots):
         choices = _ShotChoices(n_shots, 1, 1)  # type: ignore[arg-type]
-    elif isinstance(n_shots, tuple) and len(n_shots) == 2 and all(_is_int(v) for v in n_shots):
+    elif isinstance(n_shots, tuple) and len(n_shots) == 2 and all(is_int(v) for v in n_shots):
         choices = _ShotChoices(n_shots[0], 1, n_shots[1] - n_shots[0] + 1)
     elif isinstance(n_shots, range) and len(n_shots):
         choices = _ShotChoices(n_shots.start, n_shots.step, len(n_shots))

@@ -38,7 +38,7 @@ from torch import Tensor
 from tv_lens.errors import TaskError
 from tv_lens.tasks.batch import ICLBatch
 from tv_lens.tasks.encoding import TextEncoder
-from tv_lens.tasks.pool_checks import NULL_TASK, check_flag, check_task_names, task_tuple
+from tv_lens.tasks.pool_checks import NULL_TASK, PoolTasks, check_flag
 from tv_lens.tasks.sampling import ShotSpec, _shot_choices, check_batch_fits, check_sample_arguments, seeded_generator
 from tv_lens.tasks.text_batch import answer_start, to_batch
 from tv_lens.tasks.text_task import Example, TextTask, check_text
@@ -47,7 +47,7 @@ __all__ = ["TextPool", "TextTask"]
 
 
 @dataclass(frozen=True, eq=False)
-class TextPool:
+class TextPool(PoolTasks):
     """Text tasks rendered and tokenized for one tokenizer.
 
     Attributes:
@@ -76,11 +76,7 @@ class TextPool:
     _encoder: TextEncoder = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tasks", task_tuple(self.tasks, TextTask, "TextPool", "TextTask(name, pairs)"))
-        if not self.tasks:
-            raise TaskError("TextPool needs at least one task, got none; pass e.g. tasks=(TextTask(name, pairs),).")
-        check_task_names([t.name for t in self.tasks])
-        check_flag(self.null, "null", "add the Null task")
+        self._check_tasks(TextTask, "TextTask(name, pairs)")
         check_flag(self.bos, "bos", "start every prompt with the BOS token")
         check_flag(self.filter_examples, "filter_examples", "drop the examples the tokenizer cannot represent")
         if self.answer_tokens not in ("all", "first"):
@@ -117,18 +113,9 @@ class TextPool:
         object.__setattr__(self, "dropped", tuple(dropped))
 
     @property
-    def task_names(self) -> tuple[str, ...]:
-        """Name of every task id; the Null task, when present, is last."""
-        return tuple(t.name for t in self.tasks) + ((NULL_TASK,) if self.null else ())
-
-    @property
     def vocab_size(self) -> int:
         """Token ids of the tokenizer (a model needs ``d_vocab >= vocab_size``)."""
         return self._encoder.vocab_size
-
-    def __len__(self) -> int:
-        """Number of task ids, the Null task included."""
-        return len(self.task_names)
 
     def _split_template(self) -> tuple[str, str, str, str]:
         """``(before x, between x and the answer, whitespace moved to the answer, after y)``."""

@@ -19,6 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from tv_lens.errors import ConfigError
+from tv_lens.tasks.sampling import is_int
 
 __all__ = [
     "DataConfig",
@@ -38,10 +39,6 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_real(value: Any) -> bool:
     """An int or float that is a finite float (not a bool, a string, NaN or 10**400): comparisons mean what they say."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -53,12 +50,12 @@ def _is_real(value: Any) -> bool:
 
 
 def _is_seed(value: Any) -> bool:
-    return _is_int(value) and 0 <= value < 2**64
+    return is_int(value) and 0 <= value < 2**64
 
 
 def _check_shots(value: Any, name: str) -> None:
-    valid = (_is_int(value) and value >= 0) or (
-        isinstance(value, tuple) and len(value) == 2 and all(_is_int(v) for v in value) and 0 <= value[0] <= value[1]
+    valid = (is_int(value) and value >= 0) or (
+        isinstance(value, tuple) and len(value) == 2 and all(is_int(v) for v in value) and 0 <= value[0] <= value[1]
     )
     _check(valid, f"{name} must be an int >= 0 or an inclusive (min, max) tuple, got {value!r}; e.g. {name}=8.")
 
@@ -91,7 +88,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         for name in ("n_per_task", "eval_n_per_task", "eval_batch_size"):
             value = getattr(self, name)
-            _check(_is_int(value) and value >= 1, f"DataConfig.{name} must be an int >= 1, got {value!r}.")
+            _check(is_int(value) and value >= 1, f"DataConfig.{name} must be an int >= 1, got {value!r}.")
         _check_shots(self.n_shots, "n_shots")
         if self.eval_n_shots is not None:
             _check_shots(self.eval_n_shots, "eval_n_shots")
@@ -99,7 +96,7 @@ class DataConfig:
             _is_real(self.label_noise) and 0.0 <= self.label_noise < 1.0,
             f"label_noise must be a number in [0, 1), got {self.label_noise!r}.",
         )
-        _check(_is_int(self.seed) and self.seed >= 0, f"DataConfig.seed must be an int >= 0, got {self.seed!r}.")
+        _check(is_int(self.seed) and self.seed >= 0, f"DataConfig.seed must be an int >= 0, got {self.seed!r}.")
 
     @property
     def held_out_shots(self) -> Shots:
@@ -163,10 +160,10 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         _check(
-            _is_int(self.max_steps) and self.max_steps >= 1, f"max_steps must be an int >= 1, got {self.max_steps!r}."
+            is_int(self.max_steps) and self.max_steps >= 1, f"max_steps must be an int >= 1, got {self.max_steps!r}."
         )
         _check(
-            _is_int(self.warmup_steps) and 0 <= self.warmup_steps <= self.max_steps,
+            is_int(self.warmup_steps) and 0 <= self.warmup_steps <= self.max_steps,
             f"warmup_steps must be an int in [0, max_steps={self.max_steps}], got {self.warmup_steps!r}.",
         )
         _check(
@@ -199,7 +196,7 @@ class TVPConfig:
 
     def __post_init__(self) -> None:
         _check(
-            _is_int(self.layer) and self.layer >= 0, f"TVPConfig.layer must be a block index >= 0, got {self.layer!r}."
+            is_int(self.layer) and self.layer >= 0, f"TVPConfig.layer must be a block index >= 0, got {self.layer!r}."
         )
         _check(
             _is_real(self.lam) and self.lam >= 0,
@@ -238,7 +235,7 @@ class LoRAConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(_is_int(self.rank) and self.rank >= 1, f"LoRA rank must be an int >= 1, got {self.rank!r}.")
+        _check(is_int(self.rank) and self.rank >= 1, f"LoRA rank must be an int >= 1, got {self.rank!r}.")
         _check(_is_real(self.alpha) and self.alpha > 0, f"LoRA alpha must be a number > 0, got {self.alpha!r}.")
         _check(
             _is_real(self.dropout) and 0.0 <= self.dropout < 1.0,
@@ -278,7 +275,7 @@ class FinetuneConfig:
             head, _, count = self.blocks.partition(":")
             valid = self.blocks == "all" or (head in ("first", "last") and count.isdigit() and int(count) >= 1)
         else:
-            valid = isinstance(self.blocks, tuple) and bool(self.blocks) and all(_is_int(b) for b in self.blocks)
+            valid = isinstance(self.blocks, tuple) and bool(self.blocks) and all(is_int(b) for b in self.blocks)
         _check(
             valid,
             f"FinetuneConfig.blocks must be block indices such as (0, 1), or 'first:k', 'last:k' or 'all'; "
@@ -323,11 +320,11 @@ class TrainConfig:
                 "TrainConfig.from_dict for nested dicts).",
             )
         _check(
-            _is_int(self.eval_every) and self.eval_every >= 1,
+            is_int(self.eval_every) and self.eval_every >= 1,
             f"eval_every must be an int >= 1, got {self.eval_every!r}.",
         )
         _check(
-            _is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
+            is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
             f"checkpoint_every must be an int >= 0 (0 = no checkpoints), got {self.checkpoint_every!r}.",
         )
 

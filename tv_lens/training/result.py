@@ -10,7 +10,7 @@ import pandas as pd
 
 from tv_lens.errors import ConfigError
 from tv_lens.models import ModelConfig
-from tv_lens.tasks import NULL_TASK
+from tv_lens.results.shared import real_tasks
 from tv_lens.training.config import TrainConfig
 
 __all__ = ["TrainResult"]
@@ -57,5 +57,7 @@ class TrainResult:
 
     def icl_accuracy(self, include_null: bool = False, column: str = "accuracy") -> float:
         """Mean of :meth:`accuracy` over tasks; the Null task (chance by construction) is left out by default."""
-        scores = {t: v for t, v in self.accuracy(column).items() if include_null or t != NULL_TASK}
-        return sum(scores.values()) / len(scores)
+        accuracy = self.accuracy(column)
+        scores = list(accuracy.values())
+        kept = range(len(scores)) if include_null else real_tasks(list(accuracy))
+        return sum(scores[t] for t in kept) / len(kept)

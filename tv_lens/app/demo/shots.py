@@ -11,7 +11,7 @@ from tv_lens.app.demo.config import DemoConfig
 from tv_lens.app.demo.training import TrainedModel
 from tv_lens.errors import ConfigError
 from tv_lens.results import Performance
-from tv_lens.tasks import NULL_TASK
+from tv_lens.results.shared import real_tasks
 
 __all__ = ["AnalysisShots", "analysis_shots", "choose_analysis_shots", "shots_below_ceiling"]
 
@@ -79,7 +79,7 @@ def shots_below_ceiling(
 def _real_accuracy(performance: Performance, candidates: Sequence[int]) -> dict[int, float]:
     """Mean accuracy over the non-Null tasks of ``performance`` at each of the ``candidates`` shot counts."""
     missing = sorted(set(candidates) - set(performance.shots))
-    real = [t for t, name in enumerate(performance.task_names) if name != NULL_TASK]
+    real = real_tasks(performance.task_names)
     if missing or not real or not performance.higher_is_better:
         raise ConfigError(
             f"Choosing shot counts needs an accuracy curve of the candidates {sorted(set(candidates))} on tasks other "
