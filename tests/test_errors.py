@@ -1722,6 +1722,28 @@ CASES = [
         r"prompts per pass",
     ),
     Case(
+        "pure-function-config-of-another-analysis",
+        lambda w: head_importance(
+            w.model,
+            w.batch.inputs,
+            w.batch.answer_pos,
+            w.batch.answers,
+            w.batch.task_ids,
+            w.batch.task_names,
+            config=TaskDecodability(),  # type: ignore[arg-type]
+        ),
+        ConfigError,
+        r"config must be a HeadAblation, got a TaskDecodability",
+        r"pass config=HeadAblation\(\.\.\.\)",
+    ),
+    Case(
+        "config-batch-size-zero",
+        lambda w: Emergence(batch_size=0),
+        ShapeError,
+        r"batch_size must be an int ≥ 1 \(prompts per pass\), got 0",
+        r"prompts per pass",
+    ),
+    Case(
         "attribution-prompts-a-batch",
         lambda w: head_attribution(w.model, w.batch, _aligned(w)[1], torch.zeros(3, 4, 8), config=HeadAblation()),
         ShapeError,

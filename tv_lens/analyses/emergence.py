@@ -148,6 +148,7 @@ class Emergence(PassOptions):
     tolerance: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the shared options
         if not any(isinstance(a, TaskDecodability) for a in self.analyses):
             object.__setattr__(self, "analyses", (*self.analyses, TaskDecodability(n_bootstrap=0)))
         if not self.min_rise > 0:

@@ -26,7 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.analyses.inputs import PromptBatch, PromptPool, finite_outputs, integer_ids, named_tasks, sample_batch
-from tv_lens.analyses.options import N_PER_TASK, IntervalOptions
+from tv_lens.analyses.options import N_PER_TASK, IntervalOptions, analysis_config
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions import run_with_interventions
 from tv_lens.metrics import answer_correct, continuous_answers, squared_error, token_cross_entropy
@@ -105,7 +105,7 @@ def icl_performance(
         config: The options (``None``: ``ICLPerformance()``).
         seed: Seed of the bootstrap.
     """
-    config = ICLPerformance() if config is None else config
+    config = analysis_config(config, ICLPerformance)
     seeded_generator(seed)  # checks the seed; shot count j draws with seed + j, wrapped into the seed range
     metric, higher = _metric_name(config.metric, config.higher_is_better)
     scores = tensor_of(scores, "scores", "one float score per prompt")

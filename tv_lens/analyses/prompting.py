@@ -48,7 +48,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.analyses.inputs import answer_counts, answer_scores, check_pool, prompt_count, prompt_task_ids
-from tv_lens.analyses.options import N_PER_TASK, CausalOptions
+from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.patching import check_vectors, patch_site
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
 from tv_lens.generation import exact_match, first_word_match, generate
@@ -128,7 +128,7 @@ def task_vector_prompting(
         ShapeError: Mismatched prompt counts, or vectors of another d_model.
         LayerOutOfRangeError: A layer outside the model (or the given vectors).
     """
-    config = TaskVectorPrompting() if config is None else config
+    config = analysis_config(config, TaskVectorPrompting)
     site, source, mode, scoring = config.site, config.source, config.mode, config.scoring
     adapter = adapt(model)
     every = tuple(range(adapter.n_layers))

@@ -81,6 +81,7 @@ class Suite(PassOptions):
     names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the shared options
         object.__setattr__(self, "analyses", tuple(self.analyses))
         if not self.analyses:
             raise AnalysisError("A Suite needs at least one analysis, e.g. Suite((TaskDecodability(), Geometry())).")
