@@ -157,7 +157,7 @@ def answer_correct(
     squared error is at most ``tolerance`` (in the outputs' dtype).
     """
     if continuous_answers(answers):
-        return (squared_error(outputs, answers) <= tolerance).to(outputs.dtype)
+        return _within(squared_error(outputs, answers), tolerance, outputs.dtype)
     return token_accuracy(outputs, answers)
 
 
@@ -166,8 +166,16 @@ def answer_scores(
     answers: Answers,
     tolerance: float = TOLERANCE,
 ) -> tuple[Float[Tensor, " batch"], Float[Tensor, " batch"]]:
-    """``(correct, loss)`` of each prompt: :func:`answer_correct` and :func:`answer_loss`."""
-    return answer_correct(outputs, answers, tolerance), answer_loss(outputs, answers)
+    """``(correct, loss)`` of each prompt: :func:`answer_correct` and :func:`answer_loss` (squared errors once)."""
+    loss = answer_loss(outputs, answers)
+    if continuous_answers(answers):
+        return _within(loss, tolerance, outputs.dtype), loss
+    return token_accuracy(outputs, answers), loss
+
+
+def _within(errors: Float[Tensor, " batch"], tolerance: float, dtype: torch.dtype) -> Float[Tensor, " batch"]:
+    """1.0 where a continuous answer's squared error is at most ``tolerance``."""
+    return (errors <= tolerance).to(dtype)
 
 
 def tolerance_problem(tolerance: Any) -> str | None:
