@@ -2,7 +2,7 @@
 
 ``python demos/execute_notebooks.py`` re-executes every notebook; ``python demos/execute_notebooks.py quickstart
 tvp_loss`` only those. Each runs top to bottom in a fresh kernel with the settings of the test suite (one thread, the
-offline stand-in for GPT-2, plotly figures as figure JSON), so ``tests/test_notebooks.py`` reproduces the stored
+offline stand-in for GPT-2, plotly figures as figure JSON), so ``tests/demos/test_notebooks.py`` reproduces the stored
 numbers; the notebook's metadata records the TransformerLens and torch versions they come from. What is stored is
 what a reader needs: printed text, tables and figures; progress bars and warnings (stderr) are left out. Run it
 after changing a notebook or anything that changes the numbers it shows.

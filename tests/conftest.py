@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from tv_lens.models import ModelConfig, build_model, hooked_transformer_available
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))  # the helpers every test folder shares
 pytest_plugins = ("cli_helpers",)  # the quick demo run shared by the session
 
 D_VOCAB = 24

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-if str(Path(__file__).parent / "analyses") not in sys.path:  # the causal tests' helpers
-    sys.path.insert(0, str(Path(__file__).parent / "analyses"))
 from causal_helpers import POOL, editing_hook, failing_user_hook, left_pad
 from conftest import BACKENDS, hook_snapshot, tiny_config
 

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from causal_helpers import POOL, editing_hook, failing_user_hook, left_pad
 from conftest import hook_snapshot
-
-if str(Path(__file__).parents[1] / "pretrained") not in sys.path:  # the pretrained tests' helpers
-    sys.path.insert(0, str(Path(__file__).parents[1] / "pretrained"))
 from pretrained_helpers import loaded, one_thread  # noqa: F401  (fixture)
 
 from tv_lens.analyses import (

@@ -45,7 +45,7 @@ from threadpoolctl import threadpool_limits
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
-for _folder in (TESTS, TESTS / "analyses", TESTS / "pretrained"):
+for _folder in (TESTS, TESTS / "helpers"):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 

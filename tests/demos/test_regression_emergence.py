@@ -15,7 +15,7 @@ from tv_lens.errors import ConfigError
 from tv_lens.results import EmergenceResult
 from tv_lens.training import list_checkpoints, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

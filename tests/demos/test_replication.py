@@ -14,7 +14,7 @@ from scipy import stats
 from tv_lens.errors import TvLensError
 from tv_lens.training import TVPConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import nbformat
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "demos").glob("*.ipynb"))
 EXPECTED = {"quickstart", "bring_your_own_model", "emergence", "tvp_loss", "pretrained"}
 PLOTLY = "application/vnd.plotly.v1+json"
