@@ -46,15 +46,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tv_lens.analyses.inputs import (
-    LabelsInput,
-    RepresentationAnalysis,
-    RepsInput,
-    labelled_stack,
-)
 from tv_lens.analyses.options import IntervalOptions, PassOptions, analysis_config
+from tv_lens.analyses.representations import LabelsInput, RepresentationAnalysis, RepsInput, labelled_stack
 from tv_lens.errors import AnalysisError
-from tv_lens.probes import Representations
 from tv_lens.results.decodability import Decodability
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.stats.classifiers import check_knn, knn_loo_predictions, linear_probe, probe_cv_predictions
@@ -139,6 +133,7 @@ class TaskDecodability(RepresentationAnalysis[Decodability], IntervalOptions, Pa
     probe_c: float = 1.0
     layers: tuple[int, ...] | None = None
     site: str = "resid_post"
+    _function = staticmethod(task_decodability)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -150,17 +145,6 @@ class TaskDecodability(RepresentationAnalysis[Decodability], IntervalOptions, Pa
             raise AnalysisError(
                 f"Unknown TD method {self.method!r}; use 'knn' (Han et al.) or 'probe' (logistic regression)."
             )
-
-    def compute(
-        self,
-        reps: RepsInput,
-        labels: LabelsInput | None = None,
-        task_names: Sequence[str] | None = None,
-        seed: int = 0,
-    ) -> Decodability:
-        """TD of given representations (``Representations``, e.g. from a cache, or a plain tensor)."""
-        layers = self.layers if isinstance(reps, Representations) else None
-        return task_decodability(reps, labels, task_names=task_names, layers=layers, config=self, seed=seed)
 
 
 def _check_counts(counts: Tensor, task_names: tuple[str, ...], config: TaskDecodability) -> None:

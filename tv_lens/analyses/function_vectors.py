@@ -47,9 +47,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tv_lens.analyses.indirect_effects import causal_indirect_effects, check_means, mean_head_activations
-from tv_lens.analyses.inputs import check_pool
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
-from tv_lens.analyses.prompting import SCORINGS, Scoring, TaskVectorPrompting, task_vector_prompting
+from tv_lens.analyses.prompt_batches import check_pool
+from tv_lens.analyses.prompting import SCORINGS, Scoring, TaskVectorPrompting, batch_prompting
 from tv_lens.analyses.pruning import check_count
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ModelNotSupportedError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
@@ -217,23 +217,8 @@ def function_vector_prompting(
     every_layer = vector.vectors[:, None].expand(-1, len(layers), -1).contiguous()
     vectors = TaskVectors(every_layer, layers, vector.task_names, ones, ones.clone())
     options = {field.name: getattr(config, field.name) for field in fields(CausalOptions)}
-    zero_shot = batch.zero_shot()
-    prompting = task_vector_prompting(
-        model,
-        batch.inputs,
-        batch.answer_pos,
-        zero_shot.inputs,
-        zero_shot.answer_pos,
-        batch.answers,
-        batch.task_ids,
-        batch.task_names,
-        icl_attention_mask=batch.attention_mask,
-        zero_shot_attention_mask=zero_shot.attention_mask,
-        vectors=vectors,
-        tokenizer=tokenizer,
-        config=TaskVectorPrompting(layers=layers, source="task_mean", mode="add", scoring=config.scoring, **options),
-        seed=seed,
-    )
+    sweep = TaskVectorPrompting(layers=layers, source="task_mean", mode="add", scoring=config.scoring, **options)
+    prompting = batch_prompting(model, batch, sweep, vectors=vectors, tokenizer=tokenizer, seed=seed)
     return FunctionVectorPrompting(prompting, vector.heads)
 
 

@@ -23,15 +23,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tv_lens.analyses.inputs import (
-    LabelsInput,
-    RepresentationAnalysis,
-    RepsInput,
-    labelled_stack,
-)
 from tv_lens.analyses.options import PassOptions, analysis_config
+from tv_lens.analyses.representations import LabelsInput, RepresentationAnalysis, RepsInput, labelled_stack
 from tv_lens.errors import AnalysisError
-from tv_lens.probes import Representations
 from tv_lens.results.geometry import Projection
 from tv_lens.stats.classifiers import sklearn_seed
 
@@ -114,6 +108,7 @@ class Geometry(RepresentationAnalysis[Projection], PassOptions):
     min_dist: float = 0.1
     layers: tuple[int, ...] | None = None
     site: str = "resid_post"
+    _function = staticmethod(project)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -126,17 +121,6 @@ class Geometry(RepresentationAnalysis[Projection], PassOptions):
             raise AnalysisError(f"UMAP n_neighbors must be an int >= 2, got {n_neighbors!r} (Han et al.: 15).")
         if not self.min_dist >= 0:
             raise AnalysisError(f"UMAP min_dist must be >= 0, got {self.min_dist!r} (Han et al.: 0.1).")
-
-    def compute(
-        self,
-        reps: RepsInput,
-        labels: LabelsInput | None = None,
-        task_names: Sequence[str] | None = None,
-        seed: int = 0,
-    ) -> Projection:
-        """Project given representations (``Representations`` or a plain tensor)."""
-        layers = self.layers if isinstance(reps, Representations) else None
-        return project(reps, labels, task_names=task_names, layers=layers, config=self, seed=seed)
 
 
 def _umap() -> Any:

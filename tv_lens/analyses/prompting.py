@@ -34,7 +34,8 @@ pass scores them, and the zero-shot prompts run once clean and once per layer, s
 forward pass (:mod:`tv_lens.interventions.sweep`). The choice of source, the write and the zero-shot passes
 are the prompting core that the TVP-loss of training uses too (:mod:`tv_lens.interventions.prompting`); every
 injection goes through :func:`tv_lens.interventions.run_with_interventions`, and the result records how many
-prompts each wrote to.
+prompts each wrote to. The vector each source gives is read in :mod:`tv_lens.analyses.prompting_vectors`, the
+generation scorings are :mod:`tv_lens.analyses.generated_scores`.
 """
 
 from __future__ import annotations
@@ -47,32 +48,33 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.analyses.inputs import answer_counts, answer_scores, check_pool, prompt_count, prompt_task_ids
+from tv_lens.analyses.answers import answer_counts, answer_scores, prompt_count, prompt_task_ids
+from tv_lens.analyses.generated_scores import GeneratedScores
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
-from tv_lens.analyses.patching import check_vectors, patch_site
-from tv_lens.errors import AnalysisError, ShapeError, TaskError
-from tv_lens.generation import exact_match, first_word_match, generate
+from tv_lens.analyses.patching import patch_site
+from tv_lens.analyses.prompt_batches import check_pool
+from tv_lens.analyses.prompting_vectors import prompting_vectors
+from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.interventions import run_with_interventions
-from tv_lens.interventions.prompting import (
-    INJECT_MODES,
-    PROMPT_SOURCES,
-    injection,
-    other_prompts,
-    prompted_sweep,
-    vector_sources,
-)
+from tv_lens.interventions.prompting import INJECT_MODES, PROMPT_SOURCES, injection, other_prompts, prompted_sweep
 from tv_lens.interventions.sweep import align
 from tv_lens.metrics import TOLERANCE, continuous_answers, tolerance_problem
 from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating
-from tv_lens.probes import check_residual_site, collect
+from tv_lens.probes import check_residual_site
 from tv_lens.results.prompting import PromptingAccuracy
-from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import NULL_TASK, ICLBatch, RegressionBatch, RegressionPool, ShotSpec, TaskPool, TextPool
 
-__all__ = ["PromptingAccuracy", "TaskVectorPrompting", "other_prompts", "task_vector_prompting"]
+__all__ = [
+    "PromptingAccuracy",
+    "TaskVectorPrompting",
+    "batch_prompting",
+    "held_out_vectors",
+    "other_prompts",
+    "task_vector_prompting",
+]
 
 Source = Literal["other_prompt", "same_prompt", "task_mean"]
 SOURCES: tuple[str, ...] = (*PROMPT_SOURCES, "task_mean")
@@ -150,7 +152,7 @@ def task_vector_prompting(
             n_answer_tokens=answer_counts(answers),
         )
     icl_correct, icl_loss = _score(clean.logits, answers, config.tolerance)
-    injected, vector_source = _vectors(
+    injected, vector_source = prompting_vectors(
         model,
         icl_inputs,
         icl_answer_pos,
@@ -178,7 +180,7 @@ def task_vector_prompting(
     tvp_correct, tvp_loss = sweep.cells[..., 0], sweep.cells[..., 1]
     zero_correct = sweep.clean[:, 0]
     if scoring != "teacher_forced":
-        generated = _GeneratedScores(model, answers, scoring, tokenizer, config.batch_size)
+        generated = GeneratedScores(model, answers, scoring, tokenizer, config.batch_size)
         icl_correct = generated.score(icl_inputs, icl_answer_pos, icl_attention_mask, [])
         zero_correct = generated.score(zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, [])
         tvp_correct = torch.stack(
@@ -225,40 +227,6 @@ def task_vector_prompting(
     )
 
 
-class _GeneratedScores:
-    """Correctness of greedy generations against the answers' text (the generation scorings)."""
-
-    def __init__(self, model: Any, answers: Tensor, scoring: str, tokenizer: Any, batch_size: int) -> None:
-        self.model, self.scoring, self.batch_size = model, scoring, batch_size
-        self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-        if self.tokenizer is None:
-            raise AnalysisError(
-                f"scoring={scoring!r} compares generated text with the answers, which needs a tokenizer; pass "
-                "tokenizer= (or use a model with .tokenizer), or scoring='teacher_forced'."
-            )
-        lengths = answer_counts(answers)
-        self.answers = [self.tokenizer.decode(row[:n].tolist()) for row, n in zip(answers, lengths, strict=True)]
-        self.max_new_tokens = int(lengths.max()) + 1
-
-    def score(
-        self, inputs: Tensor, answer_pos: Tensor, attention_mask: Tensor | None, interventions: Sequence[Any]
-    ) -> Tensor:
-        """1.0 / 0.0 per prompt: its greedy generation (with ``interventions``) matches its answer."""
-        generation = generate(
-            self.model,
-            inputs,
-            list(interventions),
-            self.max_new_tokens,
-            answer_pos=answer_pos,
-            attention_mask=attention_mask,
-            stop_tokens=None,
-            tokenizer=self.tokenizer,
-            batch_size=self.batch_size,
-        )
-        match = exact_match if self.scoring == "exact_match" else first_word_match
-        return match(generation, self.answers).double()
-
-
 @dataclass(frozen=True)
 class TaskVectorPrompting(CausalOptions):
     """Configuration of a TVP sweep; :meth:`run` samples ICL prompts and their zero-shot twins.
@@ -303,43 +271,70 @@ class TaskVectorPrompting(CausalOptions):
     ) -> PromptingAccuracy:
         """Sample ``n_per_task`` ICL prompts per task (``seed``); task-mean vectors come from ``seed + 1``."""
         check_pool(pool)
-        vectors = None
-        if self.source == "task_mean":
-            if isinstance(pool, RegressionPool):
-                raise AnalysisError(
-                    "source='task_mean' reads the task vectors of a separate sample with TaskVectors, which takes "
-                    "token prompts only; for regression prompts use run_batch(model, batch) (the task means over the "
-                    "batch's own prompts) or source='other_prompt'."
-                )
-            vectors = TaskVectors.from_model(
-                model,
-                pool.sample(n_per_task, n_shots, seed + 1),
-                self.layers,
-                site=self.site,
-                batch_size=self.batch_size,
-            )
+        vectors = held_out_vectors(model, pool, self, n_per_task, n_shots, seed)
         return self.run_batch(model, pool.sample(n_per_task, n_shots, seed), vectors=vectors, seed=seed)
 
     def run_batch(
         self, model: Any, batch: ICLBatch | RegressionBatch, vectors: TaskVectors | None = None, seed: int = 0
     ) -> PromptingAccuracy:
         """TVP on a given batch and its ``batch.zero_shot()`` twin (token or regression prompts)."""
-        zero_shot = batch.zero_shot()
-        return task_vector_prompting(
-            model,
-            batch.inputs,
-            batch.answer_pos,
-            zero_shot.inputs,
-            zero_shot.answer_pos,
-            batch.answers,
-            batch.task_ids,
-            batch.task_names,
-            icl_attention_mask=batch.attention_mask,
-            zero_shot_attention_mask=zero_shot.attention_mask,
-            vectors=vectors,
-            config=self,
-            seed=seed,
+        return batch_prompting(model, batch, self, vectors=vectors, seed=seed)
+
+
+def batch_prompting(
+    model: Any,
+    batch: ICLBatch | RegressionBatch,
+    config: TaskVectorPrompting,
+    *,
+    vectors: TaskVectors | None = None,
+    tokenizer: Any = None,
+    seed: int = 0,
+) -> PromptingAccuracy:
+    """:func:`task_vector_prompting` on the prompts of ``batch`` and their ``batch.zero_shot()`` twins."""
+    zero_shot = batch.zero_shot()
+    return task_vector_prompting(
+        model,
+        batch.inputs,
+        batch.answer_pos,
+        zero_shot.inputs,
+        zero_shot.answer_pos,
+        batch.answers,
+        batch.task_ids,
+        batch.task_names,
+        icl_attention_mask=batch.attention_mask,
+        zero_shot_attention_mask=zero_shot.attention_mask,
+        vectors=vectors,
+        tokenizer=tokenizer,
+        config=config,
+        seed=seed,
+    )
+
+
+def held_out_vectors(
+    model: Any,
+    pool: TaskPool | TextPool | RegressionPool,
+    config: TaskVectorPrompting,
+    n_per_task: int,
+    n_shots: ShotSpec,
+    seed: int,
+) -> TaskVectors | None:
+    """``source="task_mean"``'s task vectors, from a sample of ``pool`` separate from the prompts (``seed + 1``).
+
+    ``None`` for the other sources, which read the prompts' own vectors.
+
+    Raises:
+        AnalysisError: ``source="task_mean"`` with a regression pool (task vectors take token prompts only).
+    """
+    if config.source != "task_mean":
+        return None
+    if isinstance(pool, RegressionPool):
+        raise AnalysisError(
+            "source='task_mean' reads the task vectors of a separate sample with TaskVectors, which takes "
+            "token prompts only; for regression prompts use run_batch(model, batch) (the task means over the "
+            "batch's own prompts) or source='other_prompt'."
         )
+    sample = pool.sample(n_per_task, n_shots, seed + 1)
+    return TaskVectors.from_model(model, sample, config.layers, site=config.site, batch_size=config.batch_size)
 
 
 def _check_options(source: str, mode: str, scoring: str) -> None:
@@ -367,44 +362,3 @@ def _pairs(answers: Tensor, task_ids: Tensor, task_names: Sequence[str], n: int,
 def _score(logits: Tensor, answers: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
     correct, loss = answer_scores(logits, answers, tolerance)
     return correct.cpu(), loss.cpu()
-
-
-def _vectors(
-    model: Any,
-    inputs: Tensor,
-    answer_pos: Tensor,
-    attention_mask: Tensor | None,
-    ids: Tensor,
-    task_names: Sequence[str],
-    layers: tuple[int, ...],
-    site: str,
-    source: str,
-    vectors: TaskVectors | None,
-    batch_size: int,
-) -> tuple[Tensor, Tensor]:
-    """Each zero-shot prompt's vector per layer ``[layer, prompt, d_model]``, and its ICL prompt (-1: a mean)."""
-    none = torch.full((len(ids),), -1, dtype=torch.long)
-    if source == "task_mean" and vectors is not None:
-        check_vectors(vectors, model)
-        missing = sorted({task_names[t] for t in ids.tolist()} - set(vectors.task_names))
-        if missing:
-            raise TaskError(
-                f"The task vectors have no vector for tasks {missing} of these prompts (they cover "
-                f"{list(vectors.task_names)}); build them from prompts of every task."
-            )
-        rows = torch.tensor([vectors.task_index(task_names[t]) for t in ids.tolist()])
-        columns = [vectors.layer_index(layer) for layer in layers]
-        return vectors.vectors[rows][:, columns].transpose(0, 1), none
-    partner = none if source == "task_mean" else vector_sources(ids, task_names, source)  # before the pass
-    reps = collect(
-        model, inputs, answer_pos, layers, site, attention_mask=attention_mask, batch_size=batch_size, progress=False
-    )
-    if source == "task_mean":
-        return _task_means(reps.activations, ids, len(task_names)), partner
-    return reps.activations[:, partner], partner
-
-
-def _task_means(activations: Tensor, ids: Tensor, n_tasks: int) -> Tensor:
-    """Each prompt's task mean of ``activations [layer, prompt, d]`` (float64 sums, cast back)."""
-    means = group_means(activations.transpose(1, 2), ids, n_tasks).transpose(1, 2)  # [layer, task, d]
-    return means[:, ids.to(means.device)].to(activations.dtype)

@@ -20,9 +20,9 @@ from typing import Any
 
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.function_vectors import FunctionVectors
-from tv_lens.analyses.inputs import check_pool
 from tv_lens.analyses.options import N_PER_TASK
-from tv_lens.analyses.prompting import TaskVectorPrompting
+from tv_lens.analyses.prompt_batches import check_pool
+from tv_lens.analyses.prompting import TaskVectorPrompting, held_out_vectors
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError
 from tv_lens.results.vector_comparison import VectorComparison
 from tv_lens.task_vectors import TaskVectors
@@ -84,15 +84,7 @@ class CompareVectors:
         batch = pool.sample(n_per_task, n_shots, seed)
         corrupted = pool.sample(n_per_task, n_shots, seed + 1, label_noise=fv.label_noise)
         evaluation = pool.sample(n_per_task, n_shots, seed + 2)
-        vectors = None
-        if prompting.source == "task_mean":
-            vectors = TaskVectors.from_model(
-                model,
-                pool.sample(n_per_task, n_shots, seed + 1),
-                prompting.layers,
-                site=prompting.site,
-                batch_size=prompting.batch_size,
-            )
+        vectors = held_out_vectors(model, pool, prompting, n_per_task, n_shots, seed)
         return self.run_batch(model, batch, corrupted, evaluation, vectors=vectors, seed=seed)
 
     def run_batch(
