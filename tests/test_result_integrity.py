@@ -45,6 +45,7 @@ from tv_lens.analyses import HeadAblation, TaskDecodability, TaskVectorPatching
 from tv_lens.app.run_files import load_results
 from tv_lens.errors import CheckpointError, ResultFileError, TvLensError
 from tv_lens.results import Decodability, HeadImportance, PatchingEffects, Result
+from tv_lens.results.encoding import encode_value
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.training import LoRAConfig, finetune, load_checkpoint, train
 
@@ -115,7 +116,7 @@ def flip_tensor_byte(path: Path) -> Path:
 def format_1_bytes(result: Result, digest: bool = True) -> bytes:
     """A file exactly as the earlier tv_lens wrote it: format 1, digest of the tensors only (or none)."""
     tensors: dict[str, torch.Tensor] = {}
-    document: dict[str, Any] = {"format": 1, "result": storage._encode(result, tensors, "")}
+    document: dict[str, Any] = {"format": 1, "result": encode_value(result, tensors, "")}
     if digest:
         hasher = hashlib.sha256()
         for key in sorted(tensors):

@@ -39,6 +39,7 @@ from tv_lens.results import (
     layer_axis,
 )
 from tv_lens.results.base import _tensor_axes
+from tv_lens.results.encoding import field_types
 from tv_lens.results.shared import real_prompts, real_tasks
 
 
@@ -264,7 +265,7 @@ def test_every_tensor_field_of_every_result_type_is_shape_checked():
     library = [cls for cls in Result._registry.values() if cls.__module__.startswith("tv_lens.")]
     assert {PromptingAccuracy, PatchingEffects, HeadImportance, IndirectEffects, Performance} <= set(library)
     for cls in library:
-        hints = storage.field_types(cls)
+        hints = field_types(cls)
         assert set(hints) >= {f.name for f in fields(cls)}, cls.__name__
         tensors = {f.name for f in fields(cls) if "Tensor" in str(hints[f.name])}
         assert set(_tensor_axes(cls)) == tensors, cls.__name__

@@ -43,7 +43,8 @@ from jaxtyping import AbstractArray
 from torch import Tensor
 
 from tv_lens.errors import MissingFileError, ResultFileError, ShapeError
-from tv_lens.results.storage import equal_values, field_types, result_from_bytes, result_to_bytes, write_atomically
+from tv_lens.results.encoding import equal_values, field_types
+from tv_lens.results.storage import result_from_bytes, result_to_bytes, write_atomically
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -49,19 +49,14 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from tv_lens.errors import ResultFileError, ResultWriteError
-from tv_lens.results.encoding import Savable, equal_values, field_types
-from tv_lens.results.encoding import decode_value as _decode
-from tv_lens.results.encoding import encode_value as _encode
+from tv_lens.results.encoding import Savable, decode_value, encode_value
 
 __all__ = [
     "FORMAT_VERSION",
     "LEGACY_FORMAT_VERSIONS",
     "METADATA_KEY",
-    "Savable",
     "canonical_json",
     "document_digest",
-    "equal_values",
-    "field_types",
     "result_from_bytes",
     "result_to_bytes",
     "tensor_digest",
@@ -83,7 +78,7 @@ def result_to_bytes(result: Savable) -> bytes:
     tensors: dict[str, Tensor] = {}
     document: dict[str, Any] = {
         "format": FORMAT_VERSION,
-        "result": _encode(result, tensors, ""),
+        "result": encode_value(result, tensors, ""),
         "tensors": tensor_digest(tensors),
     }
     document["digest"] = document_digest(document)
@@ -126,7 +121,7 @@ def result_from_bytes(
         )
     # Decoding first names a type or fields this version does not know (which no digest can fix); nothing
     # decoded is returned before the checks below pass.
-    result = _decode(document["result"], tensors, registry, source)
+    result = decode_value(document["result"], tensors, registry, source)
     if version == FORMAT_VERSION:
         _verify(document, tensors, source)
         return result
