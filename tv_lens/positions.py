@@ -10,13 +10,14 @@ dropped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
@@ -33,6 +34,7 @@ __all__ = [
     "check_tensor_data",
     "length_sorted_batches",
     "prepare_prompts",
+    "prompt_batches",
     "tensor_of",
 ]
 
@@ -298,6 +300,27 @@ def length_sorted_batches(lengths: Int[Tensor, " batch"], batch_size: int) -> li
         return [torch.arange(len(lengths))]
     order = torch.argsort(lengths, stable=True)
     return list(order.split(batch_size))
+
+
+def prompt_batches(
+    inputs: Inputs,
+    ends: Int[Tensor, " batch"],
+    batch_size: int,
+    device: torch.device | str,
+    *,
+    desc: str | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[Int[Tensor, " chunk"], Tensor]]:
+    """Per batch of :func:`length_sorted_batches` of ``ends``: its prompt indices ``[chunk]`` and its inputs.
+
+    The inputs are those prompts' rows of ``inputs`` (aligned, starting at column 0) cut to the batch's longest
+    ``end``, ``[chunk, width]`` or ``[chunk, width, d]``, on ``device``. No prompts give no batch. A tqdm bar
+    labelled ``desc`` counts the batches when ``progress`` and there is more than one.
+    """
+    batches = [index for index in length_sorted_batches(ends, batch_size) if len(index)]
+    for index in tqdm(batches, desc=desc, disable=not progress or len(batches) <= 1, leave=False):
+        width = int(ends[index].max())
+        yield index, inputs[index.to(inputs.device), :width].to(device)
 
 
 def check_batch_size(batch_size: Any, *, all_at_once: bool = False) -> None:

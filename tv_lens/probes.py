@@ -25,13 +25,12 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import ActivationCache
 
 from tv_lens.errors import HookNotFoundError, NonFiniteError, ShapeError
 from tv_lens.models.adapter import EMBED_LAYER, RESIDUAL_SITES, ModelAdapter, adapt
 from tv_lens.models.memory import fitting
-from tv_lens.models.running import read_pass
+from tv_lens.models.running import HookFn, read_batches
 from tv_lens.positions import Inputs, PreparedPrompts, as_positions, check_batch_size, prepare_prompts
 from tv_lens.results.axes import layer_label
 
@@ -214,26 +213,20 @@ _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 def _rows_at_answer(
     adapter: ModelAdapter,
-    prompts: Any,
+    prompts: PreparedPrompts,
     names: list[str],
     batch_size: int,
     progress: bool,
 ) -> dict[str, Tensor]:
     """Run batches of similar-length prompts; keep each hook's answer-position rows, in prompt order."""
-    n_prompts = len(prompts)
-    order = torch.argsort(prompts.answer_pos, stable=True)
     dtype = torch.promote_types(adapter.dtype, torch.float32)  # half-precision models' rows come back as float32
-    out = {name: torch.empty(n_prompts, adapter.d_model, dtype=dtype) for name in names}
-    starts = range(0, n_prompts, batch_size)
-    for start in tqdm(starts, desc="collect", disable=not progress or len(starts) == 1, leave=False):
-        index = order[start : start + batch_size]
-        positions = prompts.answer_pos[index]
-        width = int(positions.max()) + 1
-        batch_inputs = prompts.inputs[index.to(prompts.inputs.device), :width]
-        rows = (torch.arange(len(index), device=adapter.device), positions.to(adapter.device))
-        hooks = [(name, partial(_keep_rows, store=out[name], index=index, rows=rows)) for name in names]
-        with torch.no_grad():
-            read_pass(adapter, batch_inputs.to(adapter.device), hooks)
+    out = {name: torch.empty(len(prompts), adapter.d_model, dtype=dtype) for name in names}
+
+    def hooks_for(index: Tensor) -> list[tuple[str, HookFn]]:
+        rows = (torch.arange(len(index), device=adapter.device), prompts.answer_pos[index].to(adapter.device))
+        return [(name, partial(_keep_rows, store=out[name], index=index, rows=rows)) for name in names]
+
+    read_batches(adapter, prompts.inputs, prompts.ends, batch_size, hooks_for, desc="collect", progress=progress)
     return out
 
 

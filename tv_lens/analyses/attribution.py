@@ -46,7 +46,7 @@ from tv_lens.interventions.sweep import AlignedPrompts
 from tv_lens.metrics import token_cross_entropy
 from tv_lens.models.adapter import adapt
 from tv_lens.models.running import forward
-from tv_lens.positions import answer_columns, check_tensor_data, length_sorted_batches
+from tv_lens.positions import answer_columns, check_tensor_data, prompt_batches
 
 if TYPE_CHECKING:
     from tv_lens.analyses.heads import HeadAblation  # which imports this module
@@ -126,9 +126,7 @@ def head_attribution(
     n_answer = prompts.n_answer_tokens
     out = torch.empty(adapter.n_layers, adapter.n_heads, len(prompts), dtype=torch.float64)
     values = ablation_values.to(adapter.device, adapter.dtype)
-    for index in length_sorted_batches(prompts.ends, config.batch_size):
-        width = int(prompts.ends[index].max())
-        inputs = prompts.inputs[index.to(prompts.inputs.device), :width].to(adapter.device)
+    for index, inputs in prompt_batches(prompts.inputs, prompts.ends, config.batch_size, adapter.device):
         captured: dict[int, tuple[Tensor, Tensor]] = {}
         hooks = [
             (adapter.hook_name("attn.hook_z", layer), partial(_add_zero, store=captured, layer=layer))

@@ -65,8 +65,7 @@ from tv_lens.errors import AnalysisError
 from tv_lens.interventions import ablate_head
 from tv_lens.interventions.sweep import AlignedPrompts, Cell, Sweep, align, run_sweep
 from tv_lens.models.adapter import ModelAdapter, adapt
-from tv_lens.models.running import read_pass
-from tv_lens.positions import length_sorted_batches
+from tv_lens.models.running import HookFn, read_batches
 from tv_lens.results.heads import HeadImportance, PruningCurve
 from tv_lens.results.shared import real_prompts
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
@@ -264,17 +263,15 @@ def _ablation_values(
     def keep(activation: Tensor, hook: Any, *, layer: int, mask: Tensor) -> None:
         sums[layer] += (activation.double() * mask[:, :, None, None].to(activation.device)).sum((0, 1)).cpu()
 
-    for index in length_sorted_batches(prompts.ends, batch_size):
+    def hooks_for(index: Tensor) -> list[tuple[str, HookFn]]:
         last = prompts.ends[index]
-        width = int(last.max())
-        mask = (torch.arange(width)[None, :] < last[:, None]).double().to(adapter.device)
-        hooks = [
+        mask = (torch.arange(int(last.max()))[None, :] < last[:, None]).double().to(adapter.device)
+        return [
             (adapter.hook_name("attn.hook_z", layer), partial(keep, layer=layer, mask=mask))
             for layer in range(adapter.n_layers)
         ]
-        with torch.no_grad():
-            inputs = prompts.inputs[index.to(prompts.inputs.device), :width].to(adapter.device)
-            read_pass(adapter, inputs, hooks)
+
+    read_batches(adapter, prompts.inputs, prompts.ends, batch_size, hooks_for)
     return (sums / total).to(adapter.dtype)
 
 

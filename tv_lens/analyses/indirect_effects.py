@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from tv_lens.analyses.inputs import answer_counts, answer_scores, answer_tokens, prompt_count, prompt_task_ids
 from tv_lens.analyses.options import CausalOptions, PassOptions, analysis_config
@@ -24,8 +23,8 @@ from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError
 from tv_lens.interventions import ablate_head
 from tv_lens.interventions.sweep import Cell, align, run_sweep
 from tv_lens.models.adapter import ModelAdapter, adapt
-from tv_lens.models.running import read_pass
-from tv_lens.positions import check_tensor_data, length_sorted_batches
+from tv_lens.models.running import HookFn, read_batches
+from tv_lens.positions import check_tensor_data
 from tv_lens.results.function_vectors import IndirectEffects, MeanHeadActivations
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 
@@ -71,21 +70,22 @@ def mean_head_activations(
     ids = prompt_task_ids(task_ids, task_names, len(prompts))
     n_tasks = len(task_names)
     sums = torch.zeros(n_tasks, len(layers), adapter.n_heads, adapter.d_head, dtype=torch.float64)
-    batches = length_sorted_batches(prompts.answer_pos, options.batch_size)
-    for index in tqdm(batches, desc="head means", disable=not options.progress or len(batches) <= 1, leave=False):
+
+    def hooks_for(index: Tensor) -> list[tuple[str, HookFn]]:
         pos = prompts.answer_pos[index]
         weights = torch.nn.functional.one_hot(ids[index], n_tasks).double()  # [prompt, task]
-        hooks = [
+        return [
             (
                 adapter.hook_name("attn.hook_z", layer),
                 partial(_sum_z, adapter=adapter, store=sums[:, i], pos=pos, weights=weights),
             )
             for i, layer in enumerate(layers)
         ]
-        with torch.no_grad():
-            read_pass(
-                adapter, prompts.inputs[index.to(prompts.inputs.device), : int(pos.max()) + 1].to(adapter.device), hooks
-            )
+
+    ends = prompts.answer_pos + 1
+    read_batches(
+        adapter, prompts.inputs, ends, options.batch_size, hooks_for, desc="head means", progress=options.progress
+    )
     counts = torch.bincount(ids, minlength=n_tasks)
     present = counts.nonzero().flatten()
     means = sums[present] / counts[present, None, None, None].double()

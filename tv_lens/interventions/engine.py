@@ -59,8 +59,8 @@ from tv_lens.positions import (
     as_positions,
     check_batch_size,
     check_tensor_data,
-    length_sorted_batches,
     prepare_prompts,
+    prompt_batches,
     tensor_of,
 )
 
@@ -156,9 +156,10 @@ def run_with_interventions(
     def passes(size: int) -> tuple[Tensor, list[int]]:
         writes = [0] * len(plans)
         outputs: list[Tensor] = []
-        batches = length_sorted_batches(prompts.ends, size)
-        for index in batches:
-            width = int(prompts.ends[index].max())
+        batches: list[Tensor] = []
+        for index, batch_inputs in prompt_batches(source, prompts.ends, size, adapter.device):
+            batches.append(index)
+            width = batch_inputs.shape[1]
             hooks = [
                 (plan.hook_name, partial(_write, plan=plan, index=index, writes=writes, slot=i))
                 for i, plan in enumerate(plans)
@@ -170,7 +171,7 @@ def run_with_interventions(
             outputs.append(
                 logits_at(
                     adapter,
-                    source[index.to(source.device), :width].to(adapter.device),
+                    batch_inputs,
                     columns,
                     start_at_layer=None if start is None else start[0],
                     hooks=hooks,

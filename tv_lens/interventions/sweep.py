@@ -50,9 +50,7 @@ from tv_lens.models.block_skipping import supports_block_skipping
 from tv_lens.models.exclusive import evaluating
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
-from tv_lens.positions import (
-    length_sorted_batches,
-)
+from tv_lens.positions import length_sorted_batches, prompt_batches
 
 __all__ = ["AlignedPrompts", "Cell", "Score", "Sweep", "align", "run_sweep", "start_skips_blocks"]
 
@@ -114,14 +112,12 @@ def _sweep(
     shared = [c for c in order if writes_after_prefix(cells[c], prompts)] if order else []
     if shared and not supports_blocked_keys(adapter):
         shared = []
-    chunks = length_sorted_batches(prompts.ends, chunk)
     tally = Tally(cells)
     n_answer = prompts.n_answer_tokens
-    total = len(chunks) * (1 + len(cells))
+    total = len(length_sorted_batches(prompts.ends, chunk)) * (1 + len(cells))  # a clean pass and the cells per batch
     with torch.no_grad(), tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
-        for index in chunks:
-            width = int(prompts.ends[index].max())
-            inputs = prompts.inputs[index.to(prompts.inputs.device), :width].to(adapter.device)
+        for index, inputs in prompt_batches(prompts.inputs, prompts.ends, chunk, adapter.device):
+            width = inputs.shape[1]
             lengths = prompts.answer_lengths[index]
             batch = SweepBatch(adapter, inputs, prompts.answer_pos[index], lengths, index, n_answer, score)
             per_row = copies_per_row(adapter, batch.answer_pos, n_answer, len(shared))

@@ -8,7 +8,7 @@ touched (unlike ``reset_hooks``, which clears every non-permanent hook).
 :func:`forward` runs tokens or a residual stream, starting at a block (``start_at_layer`` where the model
 supports it, else by overwriting that block's input). :func:`read_pass` runs hooks that only read and stops
 the pass as soon as each of them has run, so nothing after the last activation read is computed (neither the
-rest of the blocks nor the unembedding).
+rest of the blocks nor the unembedding); :func:`read_batches` runs it over prompts in batches of similar length.
 
 Token inputs are always passed unpadded (tv_lens aligns prompts to start at column 0 and cuts them after the
 last position needed), so the model must not mask any of them. HookedTransformer (TransformerLens ≤ 3) builds
@@ -32,8 +32,9 @@ from tv_lens.errors import HookNotFoundError, ShapeError, TvLensError
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.block_skipping import skipping_blocks, supports_block_skipping
 from tv_lens.models.exclusive import evaluating, model_lock
+from tv_lens.positions import Inputs, prompt_batches
 
-__all__ = ["HookFn", "attached_hooks", "forward", "read_pass"]
+__all__ = ["HookFn", "attached_hooks", "forward", "read_batches", "read_pass"]
 
 HookFn = Callable[..., Any]
 
@@ -162,6 +163,33 @@ def read_pass(
             forward(adapter, inputs, hooks=reads, require_hooks=True)
     except _AllRead:
         return
+
+
+def read_batches(
+    adapter: ModelAdapter,
+    inputs: Inputs,
+    ends: Int[Tensor, " batch"],
+    batch_size: int,
+    hooks_for: Callable[[Int[Tensor, " chunk"]], Sequence[tuple[str, HookFn]]],
+    *,
+    desc: str | None = None,
+    progress: bool = False,
+) -> None:
+    """:func:`read_pass` without gradients over the batches of :func:`~tv_lens.positions.prompt_batches`.
+
+    Args:
+        adapter: The model.
+        inputs: Aligned prompts ``[batch, pos]`` or ``[batch, pos, d]``, each read up to its ``end``.
+        ends: One past the last position read in each prompt ``[batch]``.
+        batch_size: Prompts per pass.
+        hooks_for: ``hooks_for(index)``: the read hooks of the batch of prompts ``index`` ``[chunk]``.
+        desc: Label of the progress bar.
+        progress: Show a progress bar over batches (when there is more than one).
+    """
+    for index, batch in prompt_batches(inputs, ends, batch_size, adapter.device, desc=desc, progress=progress):
+        hooks = hooks_for(index)
+        with torch.no_grad():
+            read_pass(adapter, batch, hooks)
 
 
 class _AllRead(TvLensError):

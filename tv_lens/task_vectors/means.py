@@ -13,12 +13,11 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
+from tv_lens.errors import AnalysisError, NonFiniteError
 from tv_lens.models.adapter import ModelAdapter
-from tv_lens.models.running import read_pass
-from tv_lens.positions import length_sorted_batches, prepare_prompts
+from tv_lens.models.running import HookFn, read_batches
+from tv_lens.positions import check_batch_size, prepare_prompts
 from tv_lens.tasks import ICLBatch
 
 __all__ = ["demo_means", "group_means", "task_means"]
@@ -28,8 +27,7 @@ def demo_means(
     adapter: ModelAdapter, batch: ICLBatch, layers: tuple[int, ...], site: str, batch_size: int, progress: bool
 ) -> tuple[Float[Tensor, "layer prompt d_model"], Int[Tensor, " prompt"]]:
     """Per prompt, the mean residual over its demonstrations' pre-answer tokens; and its number of them."""
-    if batch_size < 1:
-        raise ShapeError(f"batch_size must be >= 1, got {batch_size}.")
+    check_batch_size(batch_size)
     prompts = prepare_prompts(adapter, batch.inputs, batch.answer_pos, batch.attention_mask)
     positions = batch.demo_answer_pos.cpu() - prompts.shift[:, None]
     valid = batch.demo_answer_pos.cpu() >= 0
@@ -38,19 +36,16 @@ def demo_means(
     sums = torch.zeros(len(layers), len(batch), adapter.d_model, dtype=torch.float64)
     has_demo = (counts > 0).nonzero().flatten()
     last = torch.where(valid, positions, 0).amax(-1)[has_demo] if len(has_demo) else torch.zeros(0, dtype=torch.long)
-    batches = length_sorted_batches(last, batch_size) if len(has_demo) else []
-    for chunk in tqdm(batches, desc="task vectors", disable=not progress or len(batches) <= 1, leave=False):
+
+    def hooks_for(chunk: Tensor) -> list[tuple[str, HookFn]]:
         index = has_demo[chunk]
-        width = int(last[chunk].max()) + 1
-        chunk_pos = positions[index].clamp(min=0).to(adapter.device)
-        chunk_valid = valid[index].to(adapter.device)
-        hooks = [
-            (name, partial(_sum_rows, store=sums[i], index=index, pos=chunk_pos, valid=chunk_valid))
-            for i, name in enumerate(names)
+        pos, keep = positions[index].clamp(min=0).to(adapter.device), valid[index].to(adapter.device)
+        return [
+            (name, partial(_sum_rows, store=sums[i], index=index, pos=pos, valid=keep)) for i, name in enumerate(names)
         ]
-        with torch.no_grad():
-            inputs = prompts.inputs[index, :width].to(adapter.device)
-            read_pass(adapter, inputs, hooks)
+
+    inputs = prompts.inputs[has_demo.to(prompts.inputs.device)]
+    read_batches(adapter, inputs, last + 1, batch_size, hooks_for, desc="task vectors", progress=progress)
     if not bool(torch.isfinite(sums).all()):
         raise NonFiniteError("NaN or infinite activations at demonstration positions; check the model's weights.")
     means = sums / counts.clamp(min=1)[None, :, None]
