@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from tv_lens.analyses import Emergence, Geometry, TaskDecodability
-from tv_lens.analyses.inputs import sample_batch
+from tv_lens.analyses.prompt_batches import sample_batch
 from tv_lens.app.report import write_report
 from tv_lens.errors import ConfigError
 from tv_lens.metrics import mse

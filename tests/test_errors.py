@@ -287,7 +287,7 @@ def _separable(n_per_task: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _aligned(w: SimpleNamespace) -> tuple[Any, torch.Tensor]:
     """The world's batch aligned for head attribution, with its answers."""
-    from tv_lens.analyses.inputs import answer_counts, answer_tokens
+    from tv_lens.analyses.answers import answer_counts, answer_tokens
     from tv_lens.interventions.sweep import align
 
     answers = answer_tokens(w.batch.answers, len(w.batch))
@@ -590,8 +590,8 @@ CASES = [
             torch.full((10, 4), float("nan")), torch.arange(10) % 2, config=TaskDecodability(k=2)
         ),
         NonFiniteError,
-        r"reps hold NaN or infinite values at layers \[0\] in 10 prompt",
-        r"drop those prompts or check the model",
+        r"NaN or infinite values in reps at layers \[0\] for 10 prompt",
+        r"Drop those prompts or check the model",
     ),
     Case(
         "nan-intervention-vector",

@@ -34,7 +34,7 @@ from tv_lens.models.running import HookFn, read_batches
 from tv_lens.positions import Inputs, PreparedPrompts, as_positions, check_batch_size, prepare_prompts
 from tv_lens.results.axes import layer_label
 
-__all__ = ["Representations", "check_residual_site", "collect"]
+__all__ = ["Representations", "check_finite_rows", "check_residual_site", "collect"]
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,12 @@ def collect(
         lambda size: _rows_at_answer(adapter, prompts, sorted(set(names)), size, progress), batch_size, "batch_size"
     )
     activations = torch.stack([rows[name] for name in names])[:, copies]
-    _check_finite(activations, layers)
+    check_finite_rows(
+        activations,
+        layers,
+        "activations",
+        "The model's weights or inputs are not finite (a diverged checkpoint?); check them with torch.isfinite.",
+    )
     if task_ids is not None:
         task_ids = as_positions(task_ids, len(copies), "task_ids")
     return Representations(activations, layers, site, task_ids)
@@ -236,12 +241,17 @@ def _keep_rows(activation: Tensor, hook: Any, *, store: Tensor, index: Tensor, r
     store[index] = activation[rows[0].to(device), rows[1].to(device)].detach().to("cpu", store.dtype)
 
 
-def _check_finite(activations: Tensor, layers: tuple[int, ...]) -> None:
+def check_finite_rows(activations: Float[Tensor, "layer prompt d"], layers: Sequence[int], what: str, fix: str) -> None:
+    """Raise a :class:`NonFiniteError` naming the layers and the number of prompts whose rows are not finite.
+
+    Args:
+        activations: Rows per layer and prompt.
+        layers: The layer of each entry.
+        what: What holds the rows, for the message (``"activations"``, ``"reps"`` ...).
+        fix: The sentence that tells the user what to do.
+    """
     finite = torch.isfinite(activations).all(dim=-1)
     if not bool(finite.all()):
         bad_layers = [layers[i] for i in range(len(layers)) if not bool(finite[i].all())]
         n_bad = int((~finite).any(dim=0).sum())
-        raise NonFiniteError(
-            f"NaN or infinite activations at layers {bad_layers} for {n_bad} prompt(s). The model's weights "
-            "or inputs are not finite (a diverged checkpoint?); check them with torch.isfinite."
-        )
+        raise NonFiniteError(f"NaN or infinite {what} at layers {bad_layers} for {n_bad} prompt(s). {fix}")

@@ -58,7 +58,7 @@ from tv_lens.analyses import (
     task_decodability,
     task_vector_prompting,
 )
-from tv_lens.analyses.inputs import answer_counts, answer_tokens, prompt_count
+from tv_lens.analyses.answers import answer_counts, answer_tokens, prompt_count
 from tv_lens.interventions.sweep import align
 from tv_lens.task_vectors import TaskVectors
 

@@ -36,9 +36,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tv_lens.analyses.decodability import TaskDecodability
-from tv_lens.analyses.inputs import PromptPool, sample_batch
 from tv_lens.analyses.options import N_PER_TASK, PassOptions
 from tv_lens.analyses.performance import clean_outputs, score_outputs
+from tv_lens.analyses.prompt_batches import PromptPool, sample_batch
 from tv_lens.analyses.suite import Suite
 from tv_lens.errors import AnalysisError
 from tv_lens.results.decodability import Decodability, best_layer

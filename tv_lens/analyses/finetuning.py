@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from tv_lens.analyses.decodability import TaskDecodability
-from tv_lens.analyses.inputs import check_batch, check_pool
 from tv_lens.analyses.options import IntervalOptions, analysis_config
 from tv_lens.analyses.performance import score_batch
+from tv_lens.analyses.prompt_batches import check_batch, check_pool
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError
 from tv_lens.models.adapter import adapt
 from tv_lens.results.finetuning import FinetuningComparison

@@ -42,16 +42,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.analyses.answers import answer_counts, answer_scores, answer_tokens, prompt_count, prompt_task_ids
 from tv_lens.analyses.attribution import ATTRIBUTION_METHODS, head_attribution
-from tv_lens.analyses.inputs import (
-    answer_counts,
-    answer_scores,
-    answer_tokens,
-    check_pool,
-    prompt_count,
-    prompt_task_ids,
-)
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
+from tv_lens.analyses.prompt_batches import check_pool
 from tv_lens.analyses.pruning import (
     SHARED_METHODS,
     check_count,

@@ -43,16 +43,10 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from tv_lens.analyses.inputs import (
-    answer_counts,
-    answer_scores,
-    answer_tokens,
-    check_pool,
-    prompt_count,
-    prompt_task_ids,
-)
+from tv_lens.analyses.answers import answer_counts, answer_scores, answer_tokens, prompt_count, prompt_task_ids
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.patching_summary import summarize_patching
+from tv_lens.analyses.prompt_batches import check_pool
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
 from tv_lens.interventions import Intervention, add, replace
 from tv_lens.interventions.sweep import Cell, align, run_sweep

@@ -25,8 +25,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.analyses.inputs import PromptBatch, PromptPool, finite_outputs, integer_ids, named_tasks, sample_batch
+from tv_lens.analyses.answers import finite_outputs
 from tv_lens.analyses.options import N_PER_TASK, IntervalOptions, analysis_config
+from tv_lens.analyses.prompt_batches import PromptBatch, PromptPool, sample_batch
+from tv_lens.analyses.representations import integer_ids, named_tasks
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions import run_with_interventions
 from tv_lens.metrics import answer_correct, continuous_answers, squared_error, token_cross_entropy

@@ -31,9 +31,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.analyses.decodability import TaskDecodability
-from tv_lens.analyses.inputs import PromptPool, integer_ids, named_tasks, sample_batch
 from tv_lens.analyses.options import N_PER_TASK
 from tv_lens.analyses.performance import ScoreFn, resolve_metric, score_batch
+from tv_lens.analyses.prompt_batches import PromptPool, sample_batch
+from tv_lens.analyses.representations import integer_ids, named_tasks
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.results.decodability import best_layer

@@ -20,9 +20,9 @@ from torch import Tensor
 
 from tv_lens.analyses.options import N_PER_TASK
 from tv_lens.analyses.prompt_batches import PromptBatch, PromptPool, sample_batch
-from tv_lens.errors import NonFiniteError, ShapeError
+from tv_lens.errors import ShapeError
 from tv_lens.positions import check_tensor_data, tensor_of
-from tv_lens.probes import Representations, collect
+from tv_lens.probes import Representations, check_finite_rows, collect
 
 __all__ = [
     "MAX_UNNAMED_TASKS",
@@ -152,7 +152,12 @@ def labelled_stack(
     if len(layers) != activations.shape[0]:
         raise ShapeError(f"layers has {len(layers)} entries but reps has {activations.shape[0]} layers; pass one each.")
     activations = activations.detach().to("cpu", torch.float64)
-    _check_finite(activations, layers)
+    check_finite_rows(
+        activations,
+        layers,
+        "values in reps",
+        "Drop those prompts or check the model (torch.isfinite) before the analysis.",
+    )
     checked = _check_labels(labels, activations.shape[1])
     names = named_tasks(task_names, checked, "labels")
     return LabelledStack(activations, checked, layers, site or "resid_post", names)
@@ -235,14 +240,3 @@ def _check_labels(labels: LabelsInput | None, n_prompts: int) -> Int[Tensor, " p
     if bool((tensor < 0).any()):
         raise ShapeError(f"labels must be task ids >= 0, got a minimum of {int(tensor.min())}.")
     return tensor
-
-
-def _check_finite(activations: Tensor, layers: tuple[int, ...]) -> None:
-    finite = torch.isfinite(activations).all(dim=-1)
-    if not bool(finite.all()):
-        bad = [layers[i] for i in range(len(layers)) if not bool(finite[i].all())]
-        n_bad = int((~finite).any(dim=0).sum())
-        raise NonFiniteError(
-            f"reps hold NaN or infinite values at layers {bad} in {n_bad} prompt(s); drop those prompts or "
-            "check the model (torch.isfinite) before the analysis."
-        )

@@ -22,10 +22,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.geometry import Geometry
-from tv_lens.analyses.inputs import PromptBatch, PromptPool, sample_batch
 from tv_lens.analyses.options import N_PER_TASK, PassOptions
 from tv_lens.analyses.performance import ICLPerformance
 from tv_lens.analyses.prediction import TdAccuracy
+from tv_lens.analyses.prompt_batches import PromptBatch, PromptPool, sample_batch
 from tv_lens.errors import AnalysisError
 from tv_lens.models.adapter import EMBED_LAYER, adapt
 from tv_lens.probes import Representations, collect

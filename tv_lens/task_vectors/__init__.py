@@ -56,7 +56,7 @@ from tv_lens.results.provenance import (
     describe_tasks,
     with_application,
 )
-from tv_lens.task_vectors.means import demo_means, group_means, task_means
+from tv_lens.task_vectors.means import demo_means, kept_task_means, task_means
 from tv_lens.task_vectors.prompts import as_batch, kept_task_ids
 from tv_lens.tasks import ICLBatch, ShotSpec, TaskPool
 
@@ -194,7 +194,7 @@ class TaskVectors(Result):
         if int(ids.max()) >= len(names):
             raise TaskError(f"task ids go up to {int(ids.max())} but only {len(names)} task names were given.")
         present = [t for t in range(len(names)) if bool((ids == t).any())]
-        vectors, counts = group_means(reps.activations, ids, present, torch.ones(len(ids), dtype=torch.long))
+        vectors, counts = kept_task_means(reps.activations, ids, present, torch.ones(len(ids), dtype=torch.long))
         return cls(
             vectors,
             reps.layers,

@@ -18,9 +18,10 @@ from tv_lens.errors import AnalysisError, NonFiniteError
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.running import HookFn, read_batches
 from tv_lens.positions import check_batch_size, prepare_prompts
+from tv_lens.stats import group_means
 from tv_lens.tasks import ICLBatch
 
-__all__ = ["demo_means", "group_means", "task_means"]
+__all__ = ["demo_means", "kept_task_means", "task_means"]
 
 
 def demo_means(
@@ -59,16 +60,15 @@ def _sum_rows(activation: Tensor, hook: Any, *, store: Tensor, index: Tensor, po
     store[index] = picked.sum(1).detach().to("cpu", torch.float64)
 
 
-def group_means(
-    per_prompt: Tensor, ids: Tensor, keep: list[int], weights: Tensor
+def kept_task_means(
+    per_prompt: Float[Tensor, "layer prompt d_model"], ids: Int[Tensor, " prompt"], keep: list[int], weights: Tensor
 ) -> tuple[Float[Tensor, "task layer d_model"], Int[Tensor, " task"]]:
     """Mean over the prompts of each kept task (prompts with weight 0 left out), in float64 then cast back."""
-    vectors, counts = [], []
-    for t in keep:
-        members = ((ids == t) & (weights > 0)).nonzero().flatten()
-        counts.append(len(members))
-        vectors.append(per_prompt[:, members].double().mean(1))
-    return torch.stack(vectors).to(per_prompt.dtype), torch.tensor(counts, dtype=torch.long)
+    members = weights > 0
+    n_tasks = max(int(ids.max()), *keep) + 1
+    means = group_means(per_prompt[:, members].movedim(1, -1), ids[members], n_tasks)  # [layer, d_model, task]
+    counts = torch.bincount(ids[members], minlength=n_tasks)
+    return means[..., keep].permute(2, 0, 1).to(per_prompt.dtype), counts[keep]
 
 
 def task_means(
@@ -83,7 +83,7 @@ def task_means(
             f"Tasks {empty} have no prompt with demonstrations, so reduce='mean_over_demo_positions' has nothing "
             "to average; sample prompts with n_shots >= 1 or use reduce='mean_over_prompts'."
         )
-    vectors, n_prompts = group_means(per_prompt, ids, keep, weights)
+    vectors, n_prompts = kept_task_means(per_prompt, ids, keep, weights)
     if reduce == "mean_over_prompts":
         n_positions = n_prompts.clone()
     else:
