@@ -1,8 +1,9 @@
 """Benchmark 8: regression recipes that learn in context — train each, then query MSE by shots against references.
 
-``recipes["linear_regression"]`` (Yang et al.'s linear regression in d = 4) and ``recipes["sparse_linear"]`` (Han et
-al.'s sparse linear mixture, scaled down to 2 bases in d = 4, plus Null) each train a continuous-input model from
-scratch (the recipes of :data:`RECIPES`; ``--recipe`` picks one). After training,
+``recipes["linear_regression"]`` (Yang et al.'s linear regression in d = 4), ``recipes["sparse_linear"]`` (Han et
+al.'s sparse linear mixture, scaled down to 2 bases in d = 4, plus Null) and ``recipes["shifted_linear"]`` (3 linear
+tasks whose weights differ in their mean, plus Null) each train a continuous-input model from scratch (the recipes
+of :data:`RECIPES`; ``--recipe`` picks one). After training,
 held-out prompts (from the run's held-out seed stream) at 1, 2, 5, 10 and 15 shots are scored by the library's
 own analysis path (:func:`~tv_lens.analyses.performance.score_batch`, squared error of the query) and, on the same
 prompts, by three references: the mean predictor (the pool's output mean, 0: its MSE is the variance of ``y``),
@@ -34,7 +35,7 @@ from tv_lens.tasks.regression_baselines import least_squares_predictions, ridge_
 from tv_lens.training import Recipe, recipes
 from tv_lens.training.data import held_out_seed
 
-RECIPES = ("linear_regression", "sparse_linear")
+RECIPES = ("linear_regression", "sparse_linear", "shifted_linear")
 SHOTS = (1, 2, 5, 10, 15)
 RIDGE_ALPHA = 0.1
 TARGET_RATIO = 0.25

@@ -2,8 +2,9 @@
 
 Han et al. (§3.3, Fig. 2) train a small transformer on a mixture of sparse linear regressions and watch, over
 training, the query MSE drop while the latent task (which sparse basis) becomes decodable from the residual stream,
-with UMAP plots of the representations separating by task. This script replays that on
-``recipes["sparse_linear"]`` (2 bases of 2 coordinates in d = 4, plus Null):
+with UMAP plots of the representations separating by task. This script replays that on a regression recipe:
+``recipes["sparse_linear"]`` (2 bases of 2 coordinates in d = 4, plus Null; the default) or
+``recipes["shifted_linear"]`` (3 tasks whose weights differ in their mean, plus Null):
 
 1. train the recipe with a checkpoint every ``--every`` steps into ``OUT/checkpoints`` (a finished run there is
    reused, a stopped one resumed);
@@ -14,10 +15,10 @@ with UMAP plots of the representations separating by task. This script replays t
    checkpoint's TD and projections are in its ``snapshots``), the numbers to ``OUT/summary.json``, and an HTML
    report to ``OUT/report.html``: MSE and TD against step, then the projections of every checkpoint.
 
-Run with ``python demos/regression_emergence.py --out DIR [--seed 0] [--steps N] [--every K] [--quick]``; the full
-run takes about 10 minutes of one CPU thread (``OMP_NUM_THREADS=1``): 8-9 to train, 1 to analyse 41 checkpoints
-(UMAP, when installed, adds a fit per layer and checkpoint). ``--quick`` trains a 1-block model for 40 steps: the
-code path in seconds, not the science. docs/replication.md reports a full run.
+Run with ``python demos/regression_emergence.py --out DIR [--recipe NAME] [--shots N] [--seed 0] [--steps N]
+[--every K] [--quick]``; a full run takes about 10 minutes of one CPU thread (``OMP_NUM_THREADS=1``): 8-9 to train,
+1 to analyse 41 checkpoints (UMAP, when installed, adds a fit per layer and checkpoint). ``--quick`` trains a
+1-block model for 40 steps: the code path in seconds, not the science. docs/replication.md reports full runs.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from tv_lens.stats import group_means
 from tv_lens.tasks import NULL_TASK
 from tv_lens.training import Recipe, TrainConfig, latest_checkpoint, list_checkpoints, load_checkpoint, recipes, train
 
-RECIPE = "sparse_linear"
+RECIPES = ("sparse_linear", "shifted_linear")
+"""The regression recipes the script runs (the first is the default)."""
 CHECKPOINTS = "checkpoints"
 RESULT_FILE = Path("results") / "emergence.safetensors"
 SUMMARY_FILE = "summary.json"
@@ -90,36 +92,45 @@ class Settings:
 
 
 def settings(
-    seed: int = 0, steps: int | None = None, every: int | None = None, quick: bool = False, umap: bool | None = None
+    seed: int = 0,
+    steps: int | None = None,
+    every: int | None = None,
+    quick: bool = False,
+    umap: bool | None = None,
+    recipe: str = RECIPES[0],
+    n_shots: int = 10,
 ) -> Settings:
     """The settings of a run: the full recipe, or with ``quick`` a 1-block, ``d_model`` 32 model trained 40 steps.
 
     ``umap=None`` uses UMAP exactly when ``umap-learn`` is installed.
     """
-    recipe = recipes[RECIPE].with_seed(seed)
+    if recipe not in RECIPES:
+        raise ConfigError(f"Unknown regression recipe {recipe!r}; pick one of {list(RECIPES)}.")
+    chosen = recipes[recipe].with_seed(seed)
     if quick:
-        recipe = replace(
-            recipe,
-            model=replace(recipe.model, n_layers=1, d_model=32),
+        chosen = replace(
+            chosen,
+            model=replace(chosen.model, n_layers=1, d_model=32),
             train=replace(
-                recipe.train,
-                data=replace(recipe.train.data, n_per_task=8, eval_n_per_task=16),
-                schedule=replace(recipe.train.schedule, max_steps=40, warmup_steps=5),
+                chosen.train,
+                data=replace(chosen.train.data, n_per_task=8, eval_n_per_task=16),
+                schedule=replace(chosen.train.schedule, max_steps=40, warmup_steps=5),
                 eval_every=20,
             ),
         )
     if steps is not None:
-        schedule = recipe.train.schedule
+        schedule = chosen.train.schedule
         warmup = min(schedule.warmup_steps, max(steps // 10, 1))
-        recipe = replace(
-            recipe, train=replace(recipe.train, schedule=replace(schedule, max_steps=steps, warmup_steps=warmup))
+        chosen = replace(
+            chosen, train=replace(chosen.train, schedule=replace(schedule, max_steps=steps, warmup_steps=warmup))
         )
     if umap is None:
         umap = importlib.util.find_spec("umap") is not None
     return Settings(
-        recipe,
+        chosen,
         every=every if every is not None else (10 if quick else 50),
         n_per_task=16 if quick else 100,
+        n_shots=n_shots,
         seed=seed,
         umap=umap,
     )
@@ -220,8 +231,8 @@ def description(run: Settings, numbers: dict[str, Any], training_s: float) -> li
     first, last = numbers["steps"][0], numbers["steps"][-1]
     model = run.recipe.model
     lines = [
-        f"Recipe {RECIPE!r} (seed {run.seed}): {model.n_layers} blocks, d_model {model.d_model}, sparse linear "
-        f"regression (2 bases of 2 coordinates in d = 4) plus Null, trained {last} steps in {training_s:.0f} s; a "
+        f"Recipe {run.recipe.name!r} (seed {run.seed}): {model.n_layers} blocks, d_model {model.d_model}, tasks "
+        f"{', '.join(numbers['tasks'])}, trained {last} steps in {training_s:.0f} s; a "
         f"checkpoint every {run.every} steps, plus the initial model (step 0).",
         f"At every checkpoint: {run.n_per_task} prompts per task with {run.n_shots} shots (the same prompts), query "
         f"MSE per task, TD (10-NN, leave-one-out) per layer and task, and a projection of every layer.",
@@ -274,6 +285,8 @@ def run_all(out: Path, run: Settings, progress: bool = False) -> tuple[Emergence
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory of the run, results and report")
+    parser.add_argument("--recipe", choices=RECIPES, default=RECIPES[0], help="the regression recipe to train")
+    parser.add_argument("--shots", type=int, default=10, help="shots of the analysis prompts (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, the training data and the prompts")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's 2000)")
     parser.add_argument("--every", type=int, default=None, help="steps between checkpoints (default 50)")
@@ -281,7 +294,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-umap", action="store_true", help="PCA only, even if umap-learn is installed")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     args = parser.parse_args(argv)
-    run = settings(args.seed, args.steps, args.every, args.quick, False if args.no_umap else None)
+    run = settings(
+        args.seed, args.steps, args.every, args.quick, False if args.no_umap else None, args.recipe, args.shots
+    )
     _, numbers = run_all(args.out, run, args.progress)
     for line in description(run, numbers, numbers["training_s"]):
         print(line)

@@ -181,3 +181,17 @@ def test_umap_projections_join_the_report_when_umap_is_there(demo, run, monkeypa
         name = "blocks.0.hook_resid_pre" if layer == -1 else f"blocks.{layer}.hook_resid_post"
         expected = cache[name][rows, batch.answer_pos, :2].double()
         torch.testing.assert_close(umap.coords[i], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_shifted_recipe_and_the_shot_count_reach_the_run(demo, tmp_path):
+    settings = demo.settings(seed=0, quick=True, umap=False, recipe="shifted_linear", n_shots=3)
+    assert settings.recipe.name == "shifted_linear" and settings.n_shots == 3
+    assert settings.recipe.model.n_layers == 1  # quick still shrinks the chosen recipe
+    demo.main(["--out", str(tmp_path), "--quick", "--no-umap", "--recipe", "shifted_linear", "--shots", "3"])
+    result = EmergenceResult.load(tmp_path / demo.RESULT_FILE)
+    assert result.task_names == ("shifted_linear(0)", "shifted_linear(1)", "shifted_linear(2)", "null")
+    assert result.n_shots == 3 and result.steps == (0, 10, 20, 30, 40)
+    summary = json.loads((tmp_path / demo.SUMMARY_FILE).read_text())
+    assert summary["n_shots"] == 3 and list(summary["tasks"]) == list(result.task_names)
+    with pytest.raises(ConfigError, match=r"Unknown regression recipe 'default'"):
+        demo.settings(recipe="default")

@@ -17,6 +17,8 @@ from tv_lens.tasks import (
     RegressionTask,
     linear_task,
     regression_pool,
+    shifted_linear_pool,
+    shifted_linear_task,
     sparse_linear_pool,
     sparse_linear_task,
 )
@@ -82,6 +84,26 @@ def test_sparse_mixture_bases_are_disjoint_blocks() -> None:
         assert set(np.flatnonzero(w)) == set(range(4 * tid, 4 * tid + 4))
         x, y = decode(batch, i)
         np.testing.assert_allclose(y, x @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_shifted_tasks_centre_the_weights_on_their_mean() -> None:
+    pool = shifted_linear_pool(d=4, n_tasks=3, shift=3.0)
+    assert pool.task_names == ("shifted_linear(0)", "shifted_linear(1)", "shifted_linear(2)", "null")
+    batch = pool.sample(n_per_task=200, n_shots=6, seed=4)
+    fitted = {t: [] for t in range(3)}
+    for i in range(len(batch)):
+        tid = int(batch.task_ids[i])
+        if tid == 3:
+            continue
+        x, y = decode(batch, i)
+        mean = 3.0 * np.eye(4)[tid]
+        np.testing.assert_allclose(y, x @ (batch.weights[i].double().numpy() + mean), rtol=1e-5, atol=1e-5)
+        fitted[tid].append(np.linalg.lstsq(x[:-1], y[:-1], rcond=None)[0])  # from the demonstrations alone
+    for tid, weights in fitted.items():  # w ~ N(mean, I): 200 prompts put the average within 0.3 of the mean
+        np.testing.assert_allclose(np.mean(weights, axis=0), 3.0 * np.eye(4)[tid], atol=0.3)
+    custom = shifted_linear_task(torch.tensor([1.0, -2.0]), name="custom")
+    x, w = torch.randn(3, 5, 2), torch.randn(3, 2)
+    torch.testing.assert_close(custom.fn(x, w), torch.einsum("nkd,nd->nk", x, w + torch.tensor([1.0, -2.0])))
 
 
 def test_demonstrations_determine_the_answer_of_linear_tasks() -> None:
@@ -226,6 +248,13 @@ def test_bad_requests_name_the_fix() -> None:
         sparse_linear_task(4)
     with pytest.raises(TaskError, match="unique"):
         RegressionPool((linear_task(), linear_task()))
+    with pytest.raises(TaskError, match=r"n_tasks must be an int in 1 \.\. d, got n_tasks=5, d=4"):
+        shifted_linear_pool(d=4, n_tasks=5)
+    with pytest.raises(TaskError, match="shift must be a finite number"):
+        shifted_linear_pool(shift=float("inf"))
+    for mean in ([], [float("nan")], torch.zeros(2, 2), "1,2"):
+        with pytest.raises(TaskError, match="mean must be a non-empty 1-D sequence of finite numbers"):
+            shifted_linear_task(mean)
     with pytest.raises(TaskError, match="noise_std"):
         RegressionPool((linear_task(),), noise_std=-1.0)
     pool = RegressionPool((linear_task(),), d=3)

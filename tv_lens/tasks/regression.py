@@ -18,6 +18,9 @@ Families (``d`` = input width):
 - ``quadratic``: ``y = (x ⊙ x)·w / √3``, scaled to the variance of ``linear`` as in Garg et al.'s code.
 - ``sinusoidal``: ``y = sin(w·x / √d)``, an argument of about unit variance (Yang et al.'s exact
   parametrisation is not verified; documented assumption).
+- ``shifted_linear(t)``: ``y = (w + μ_t)·x``, tasks that differ in the mean of their weights (``μ_t = shift · e_t``
+  in :func:`shifted_linear_pool`): a mixture whose latent task moves ``w`` itself, where the sparse mixture only
+  masks it.
 
 **Null task.** Its outputs are draws of a random real task of the pool (fresh ``w``) at fresh inputs ``x'``
 independent of the prompt's: they follow the pool's output distribution but say nothing about their ``x``, nor
@@ -55,6 +58,8 @@ __all__ = [
     "linear_task",
     "quadratic_task",
     "regression_pool",
+    "shifted_linear_pool",
+    "shifted_linear_task",
     "sinusoidal_task",
     "sparse_linear_pool",
     "sparse_linear_task",
@@ -156,6 +161,27 @@ def sparse_linear_task(basis: int | None, n_bases: int = 4, d: int = 16) -> Regr
     if isinstance(basis, bool) or not isinstance(basis, int) or not 0 <= basis < n_bases:
         raise TaskError(f"basis must lie in 0 .. {n_bases - 1} (or None for a random one), got {basis}.")
     return RegressionTask(f"sparse_linear({basis})", _linear, (blocks[basis],))
+
+
+def _shifted_linear(x: Tensor, w: Tensor, mean: Tensor) -> Tensor:
+    return _linear(x, w + mean.to(w))
+
+
+def shifted_linear_task(mean: Sequence[float] | Tensor, name: str = "shifted_linear") -> RegressionTask:
+    """``y = (w + mean)·x``: linear regression whose weights ``w ~ N(0, I)`` are centred on ``mean`` ``[d]``.
+
+    Raises:
+        TaskError: ``mean`` is not a non-empty 1-D sequence of finite numbers.
+    """
+    if isinstance(mean, Tensor):
+        values = mean.detach().double().flatten().tolist() if mean.ndim == 1 else None
+    elif isinstance(mean, Sequence) and not isinstance(mean, (str, bytes)):
+        values = list(mean)
+    else:
+        values = None
+    if not values or not all(_finite_number(v) for v in values):
+        raise TaskError(f"mean must be a non-empty 1-D sequence of finite numbers (one per input), got {mean!r:.80}.")
+    return RegressionTask(name, partial(_shifted_linear, mean=torch.tensor(values, dtype=torch.float32)))
 
 
 def leaky_relu_task(negative_slope: float = 0.01) -> RegressionTask:
@@ -319,4 +345,30 @@ def sparse_linear_pool(d: int = 16, n_bases: int = 4, null: bool = True, noise_s
         noise_std: Output noise standard deviation (Han et al.: 0.1 or variance 0.01, unstated which).
     """
     tasks = tuple(sparse_linear_task(b, n_bases, d) for b in range(n_bases))
+    return RegressionPool(tasks, d=d, null=null, noise_std=noise_std)
+
+
+def shifted_linear_pool(
+    d: int = 4, n_tasks: int = 3, shift: float = 3.0, null: bool = True, noise_std: float = 0.0
+) -> RegressionPool:
+    """Linear regressions whose weights differ in their mean: task ``t`` draws ``w ~ N(shift · e_t, I)``.
+
+    Args:
+        d: Input width (at least ``n_tasks``).
+        n_tasks: Number of tasks, one per coordinate direction ``e_t``; named ``shifted_linear(t)``.
+        shift: Distance of each task's mean weights from the origin.
+        null: Add the Null task.
+        noise_std: Output noise standard deviation.
+
+    Raises:
+        TaskError: ``d`` or ``n_tasks`` is not an int, ``n_tasks`` is not in ``1 .. d``, or ``shift`` is not a
+            finite number.
+    """
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (d, n_tasks)) or not 1 <= n_tasks <= d:
+        raise TaskError(f"n_tasks must be an int in 1 .. d, got n_tasks={n_tasks!r}, d={d!r}; e.g. d=4, n_tasks=3.")
+    if not _finite_number(shift):
+        raise TaskError(f"shift must be a finite number, got {shift!r}.")
+    tasks = tuple(
+        shifted_linear_task([float(shift) * (i == t) for i in range(d)], f"shifted_linear({t})") for t in range(n_tasks)
+    )
     return RegressionPool(tasks, d=d, null=null, noise_std=noise_std)

@@ -45,8 +45,9 @@ class RegressionBatch(PromptRows):
         demo_answer_pos: Position where each demonstration's ``y`` is predicted (its ``x``); ``-1`` beyond.
         demo_noisy: Whether each demonstration's ``y`` was replaced by a random output (label noise).
         query_start: Position of ``x_q``.
-        weights: The weight vector ``w`` of each prompt's function (masked to its basis for sparse tasks);
-            NaN for Null prompts, whose outputs follow no ``w``.
+        weights: The weight vector ``w ~ N(0, I)`` drawn for each prompt's function (masked to its basis for
+            sparse tasks; before the task's mean is added for shifted ones); NaN for Null prompts, whose outputs
+            follow no ``w``.
     """
 
     inputs: Float[Tensor, "batch pos d_in"]

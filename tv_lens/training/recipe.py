@@ -20,9 +20,12 @@ at 10 and 15 shots of 3-12% of the variance of ``y`` (the mean predictor's MSE),
 ``recipes["sparse_linear"]`` is Han et al.'s sparse linear mixture scaled down (2 bases of 2 coordinates in d = 4,
 plus Null): the same model and schedule with 32 prompts per task and step; the 2000 steps (about 9 minutes of one CPU
 thread) end with a query MSE at 10 and 15 shots of 21-23% of the variance of ``y``, on both backends.
+``recipes["shifted_linear"]`` trains the same model on linear regressions whose weights differ in their mean
+(``w ~ N(3 e_t, I)`` for three tasks in d = 4, plus Null; 24 prompts per task and step): the latent task moves ``w``
+itself, and TD rises from chance with the fall of the query MSE over training (docs/replication.md).
 
 >>> sorted(recipes)
-['default', 'linear_regression', 'quick', 'shots', 'sparse_linear']
+['default', 'linear_regression', 'quick', 'shifted_linear', 'shots', 'sparse_linear']
 >>> recipes["default"].model.n_layers
 4
 """
@@ -36,7 +39,14 @@ from typing import Any
 
 from tv_lens.errors import ConfigError, UnknownNameError
 from tv_lens.models import ModelConfig, build_continuous_model, build_model
-from tv_lens.tasks import RegressionPool, TaskPool, offset_pool, regression_pool, sparse_linear_pool
+from tv_lens.tasks import (
+    RegressionPool,
+    TaskPool,
+    offset_pool,
+    regression_pool,
+    shifted_linear_pool,
+    sparse_linear_pool,
+)
 from tv_lens.tasks import parity_offset_pool as _parity_offset_pool
 from tv_lens.training.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
 from tv_lens.training.loop import train
@@ -233,5 +243,21 @@ recipes.register(  # the linear recipe's model and schedule, 32 prompts of each 
         "query MSE at 10+ shots <= 0.25 x the variance of y.",
         pool=_sparse_linear_pool,
         train=replace(_LINEAR.train, data=replace(_LINEAR.train.data, n_per_task=32)),
+    )
+)
+
+
+def _shifted_linear_pool() -> RegressionPool:
+    return shifted_linear_pool(d=4, n_tasks=3, shift=3.0, null=True)
+
+
+recipes.register(  # the linear recipe's model and schedule, 24 prompts of each of the four tasks per step
+    replace(
+        _LINEAR,
+        name="shifted_linear",
+        description="4 blocks, d_model 64, linear regression in d=4 with weights centred on 3 e_t for 3 tasks + Null, "
+        "16 shots, 2000 steps; the latent task shifts w itself, so it is decodable from an estimate of w.",
+        pool=_shifted_linear_pool,
+        train=replace(_LINEAR.train, data=replace(_LINEAR.train.data, n_per_task=24)),
     )
 )
