@@ -252,7 +252,9 @@ def test_bad_requests_name_the_fix() -> None:
         shifted_linear_pool(d=4, n_tasks=5)
     with pytest.raises(TaskError, match="shift must be a finite number"):
         shifted_linear_pool(shift=float("inf"))
-    for mean in ([], [float("nan")], torch.zeros(2, 2), "1,2"):
+    with pytest.raises(TaskError, match=r"mean has 2 entries but the pool's inputs have d=4"):
+        RegressionPool((shifted_linear_task([1.0, 2.0]),), d=4).sample(2, n_shots=1, seed=0)
+    for mean in ([], [float("nan")], torch.zeros(2, 2), torch.zeros(2, device="meta"), "1,2"):
         with pytest.raises(TaskError, match="mean must be a non-empty 1-D sequence of finite numbers"):
             shifted_linear_task(mean)
     with pytest.raises(TaskError, match="noise_std"):

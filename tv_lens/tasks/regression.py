@@ -164,6 +164,11 @@ def sparse_linear_task(basis: int | None, n_bases: int = 4, d: int = 16) -> Regr
 
 
 def _shifted_linear(x: Tensor, w: Tensor, mean: Tensor) -> Tensor:
+    if len(mean) != w.shape[-1]:
+        raise TaskError(
+            f"A shifted_linear task's mean has {len(mean)} entries but the pool's inputs have d={w.shape[-1]}; "
+            "give one entry per input coordinate (or build the pool with that d)."
+        )
     return _linear(x, w + mean.to(w))
 
 
@@ -174,7 +179,8 @@ def shifted_linear_task(mean: Sequence[float] | Tensor, name: str = "shifted_lin
         TaskError: ``mean`` is not a non-empty 1-D sequence of finite numbers.
     """
     if isinstance(mean, Tensor):
-        values = mean.detach().double().flatten().tolist() if mean.ndim == 1 else None
+        readable = mean.ndim == 1 and not mean.is_meta and not mean.is_complex()
+        values = mean.detach().to("cpu", torch.float64).tolist() if readable else None
     elif isinstance(mean, Sequence) and not isinstance(mean, (str, bytes)):
         values = list(mean)
     else:
