@@ -244,7 +244,23 @@ def test_regression_pools_run_and_refuse_what_needs_tokens(continuous_model):
     )
     with pytest.raises(AnalysisError, match="continuous \\(regression\\) answers are vectors, not text"):
         TaskVectorPrompting(scoring="exact_match", n_bootstrap=0).run_batch(continuous_model, batch)
-    with pytest.raises(AnalysisError, match="source='task_mean' reads the task vectors of a separate sample"):
-        TaskVectorPrompting(source="task_mean", n_bootstrap=0).run(continuous_model, REGRESSION, n_per_task=3)
     with pytest.raises(AnalysisError, match="tolerance must be a finite number > 0"):
         TaskVectorPrompting(tolerance=0.0)
+
+
+def test_task_means_of_regression_prompts_come_from_a_separate_sample(continuous_model):
+    """source="task_mean" on a regression pool: each task's mean read by hand on prompts sampled with seed + 1."""
+    config = TaskVectorPrompting(source="task_mean", n_bootstrap=0, layers=(0, 1))
+    result = config.run(continuous_model, REGRESSION, n_per_task=4, n_shots=5, seed=9)
+    held_out = REGRESSION.sample(4, 5, seed=10)
+    n_tasks = len(REGRESSION.task_names)
+    rows = {layer: icl_rows(continuous_model, held_out, layer) for layer in (0, 1)}
+    by_hand = torch.stack(
+        [torch.stack([rows[layer][held_out.task_ids == t].mean(0) for layer in (0, 1)]) for t in range(n_tasks)]
+    )  # [task, layer, d_model]
+    vectors = TaskVectors.from_model(continuous_model, held_out, layers=(0, 1))
+    assert vectors.task_names == REGRESSION.task_names
+    torch.testing.assert_close(vectors.vectors, by_hand, atol=1e-10, rtol=0)
+    given = config.run_batch(continuous_model, REGRESSION.sample(4, 5, seed=9), vectors=vectors, seed=9)
+    assert result == given
+    assert not torch.equal(result.tvp_loss, result.zero_shot_loss.expand_as(result.tvp_loss))  # the vectors acted

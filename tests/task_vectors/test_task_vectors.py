@@ -134,7 +134,7 @@ def test_bad_input_names_the_problem(model, kwargs, error, words):
 def test_more_bad_input(model):
     with pytest.raises(AnalysisError, match="no prompt with demonstrations"):
         TaskVectors.from_model(model, sample(n_shots=0), reduce="mean_over_demo_positions")
-    with pytest.raises(TaskError, match="Pass a TaskPool or an ICLBatch"):
+    with pytest.raises(TaskError, match="Pass a TaskPool or a RegressionPool, or a batch of one"):
         TaskVectors.from_model(model, "prompts")
     tv = TaskVectors.from_model(model, sample(), layers=(0,))
     with pytest.raises(TaskError, match="has no vector"):
@@ -171,3 +171,30 @@ def test_hooks_are_restored_after_a_fault_inside_a_hook(model):
                 TaskVectors.from_model(model, batch, layers=(0, 1), reduce=reduce, batch_size=5)
             assert hook_snapshot(model) == before and len(calls) == 2
     assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters(), strict=True))
+
+
+def test_regression_prompts_give_task_vectors_of_both_reductions():
+    """A continuous-input model on regression prompts: the task means read by hand from run_with_cache."""
+    from tv_lens.models import ModelConfig, build_continuous_model
+    from tv_lens.tasks import shifted_linear_pool
+
+    pool = shifted_linear_pool(d=4, n_tasks=2)
+    config = ModelConfig(d_vocab=1, n_layers=2, d_model=16, n_heads=2, n_ctx=16, dtype="float64", seed=1)
+    model = build_continuous_model(config, d_in=pool.d_in, d_out=pool.d_out)
+    batch = pool.sample(5, (1, 4), seed=2)  # shots vary, so the demonstration means weigh prompts unequally
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch.inputs)
+    for reduce in ("mean_over_prompts", "mean_over_demo_positions"):
+        vectors = TaskVectors.from_model(model, batch, layers=(0, 1), reduce=reduce)
+        assert vectors.task_names == pool.task_names
+        for t in range(len(pool.task_names)):
+            for i, layer in enumerate((0, 1)):
+                acts = cache[f"blocks.{layer}.hook_resid_post"]
+                rows = []
+                for p in (batch.task_ids == t).nonzero().flatten().tolist():
+                    if reduce == "mean_over_prompts":
+                        rows.append(acts[p, int(batch.answer_pos[p])])
+                    else:
+                        demo = [int(q) for q in batch.demo_answer_pos[p] if q >= 0]
+                        rows.append(acts[p, demo].mean(0))
+                torch.testing.assert_close(vectors.vectors[t, i], torch.stack(rows).mean(0), atol=1e-10, rtol=0)

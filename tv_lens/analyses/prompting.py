@@ -321,18 +321,9 @@ def held_out_vectors(
     """``source="task_mean"``'s task vectors, from a sample of ``pool`` separate from the prompts (``seed + 1``).
 
     ``None`` for the other sources, which read the prompts' own vectors.
-
-    Raises:
-        AnalysisError: ``source="task_mean"`` with a regression pool (task vectors take token prompts only).
     """
     if config.source != "task_mean":
         return None
-    if isinstance(pool, RegressionPool):
-        raise AnalysisError(
-            "source='task_mean' reads the task vectors of a separate sample with TaskVectors, which takes "
-            "token prompts only; for regression prompts use run_batch(model, batch) (the task means over the "
-            "batch's own prompts) or source='other_prompt'."
-        )
     sample = pool.sample(n_per_task, n_shots, seed + 1)
     return TaskVectors.from_model(model, sample, config.layers, site=config.site, batch_size=config.batch_size)
 

@@ -58,7 +58,7 @@ from tv_lens.results.provenance import (
 )
 from tv_lens.task_vectors.means import demo_means, kept_task_means, task_means
 from tv_lens.task_vectors.prompts import as_batch, kept_task_ids
-from tv_lens.tasks import ICLBatch, ShotSpec, TaskPool
+from tv_lens.tasks import ICLBatch, RegressionBatch, RegressionPool, ShotSpec, TaskPool
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -122,7 +122,7 @@ class TaskVectors(Result):
     def from_model(
         cls,
         model: Any,
-        data: TaskPool | ICLBatch,
+        data: TaskPool | RegressionPool | ICLBatch | RegressionBatch,
         layers: Sequence[int] | None = None,
         reduce: Reduce = "mean_over_prompts",
         *,
@@ -139,8 +139,10 @@ class TaskVectors(Result):
 
         Args:
             model: A TransformerLens model.
-            data: A :class:`~tv_lens.tasks.TaskPool` (``n_per_task`` prompts of every task with ``n_shots``
-                demonstrations are sampled with ``seed``) or an :class:`~tv_lens.tasks.ICLBatch`.
+            data: A :class:`~tv_lens.tasks.TaskPool` or :class:`~tv_lens.tasks.RegressionPool` (``n_per_task``
+                prompts of every task with ``n_shots`` demonstrations are sampled with ``seed``), or a batch of one
+                (:class:`~tv_lens.tasks.ICLBatch`, :class:`~tv_lens.tasks.RegressionBatch`; regression prompts need a
+                continuous-input model).
             layers: Block indices (-1 = embedding output); ``None``: every block.
             reduce: ``"mean_over_prompts"`` or ``"mean_over_demo_positions"``.
             site: Residual site to read.

@@ -19,13 +19,18 @@ from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.running import HookFn, read_batches
 from tv_lens.positions import check_batch_size, prepare_prompts
 from tv_lens.stats import group_means
-from tv_lens.tasks import ICLBatch
+from tv_lens.tasks import ICLBatch, RegressionBatch
 
 __all__ = ["demo_means", "kept_task_means", "task_means"]
 
 
 def demo_means(
-    adapter: ModelAdapter, batch: ICLBatch, layers: tuple[int, ...], site: str, batch_size: int, progress: bool
+    adapter: ModelAdapter,
+    batch: ICLBatch | RegressionBatch,
+    layers: tuple[int, ...],
+    site: str,
+    batch_size: int,
+    progress: bool,
 ) -> tuple[Float[Tensor, "layer prompt d_model"], Int[Tensor, " prompt"]]:
     """Per prompt, the mean residual over its demonstrations' pre-answer tokens; and its number of them."""
     check_batch_size(batch_size)
@@ -72,7 +77,7 @@ def kept_task_means(
 
 
 def task_means(
-    per_prompt: Tensor, weights: Tensor, batch: ICLBatch, keep: list[int], reduce: str
+    per_prompt: Tensor, weights: Tensor, batch: ICLBatch | RegressionBatch, keep: list[int], reduce: str
 ) -> tuple[Float[Tensor, "task layer d_model"], tuple[str, ...], Int[Tensor, " task"], Int[Tensor, " task"]]:
     """Per kept task: the mean of its prompts' rows (weight 0 left out), its name, its prompts and its positions."""
     ids = batch.task_ids.cpu()

@@ -5,21 +5,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tv_lens.errors import TaskError
-from tv_lens.tasks import ICLBatch, ShotSpec, TaskPool
+from tv_lens.tasks import ICLBatch, RegressionBatch, RegressionPool, ShotSpec, TaskPool
 
 __all__ = ["as_batch", "kept_task_ids"]
 
 
-def as_batch(data: TaskPool | ICLBatch, n_per_task: int, n_shots: ShotSpec, seed: int) -> ICLBatch:
+def as_batch(
+    data: TaskPool | RegressionPool | ICLBatch | RegressionBatch, n_per_task: int, n_shots: ShotSpec, seed: int
+) -> ICLBatch | RegressionBatch:
     """``data`` if it is a batch, else ``n_per_task`` prompts of every task of the pool, sampled with ``seed``."""
-    if isinstance(data, ICLBatch):
+    if isinstance(data, (ICLBatch, RegressionBatch)):
         return data
-    if isinstance(data, TaskPool):
+    if isinstance(data, (TaskPool, RegressionPool)):
         return data.sample(n_per_task, n_shots, seed)
-    raise TaskError(f"Pass a TaskPool or an ICLBatch, got {type(data).__name__}.")
+    raise TaskError(
+        f"Pass a TaskPool or a RegressionPool, or a batch of one (ICLBatch, RegressionBatch), got "
+        f"{type(data).__name__}."
+    )
 
 
-def kept_task_ids(batch: ICLBatch, tasks: Sequence[str] | None) -> list[int]:
+def kept_task_ids(batch: ICLBatch | RegressionBatch, tasks: Sequence[str] | None) -> list[int]:
     """Task ids to keep: those named (each must have prompts), else every task with prompts."""
     ids = batch.task_ids.cpu()
     present = [t for t in range(len(batch.task_names)) if bool((ids == t).any())]
