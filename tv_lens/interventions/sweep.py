@@ -50,7 +50,7 @@ from tv_lens.models.block_skipping import supports_block_skipping
 from tv_lens.models.exclusive import evaluating
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
-from tv_lens.positions import length_sorted_batches, prompt_batches
+from tv_lens.positions import prompt_batches
 
 __all__ = ["AlignedPrompts", "Cell", "Score", "Sweep", "align", "run_sweep", "start_skips_blocks"]
 
@@ -114,7 +114,8 @@ def _sweep(
         shared = []
     tally = Tally(cells)
     n_answer = prompts.n_answer_tokens
-    total = len(length_sorted_batches(prompts.ends, chunk)) * (1 + len(cells))  # a clean pass and the cells per batch
+    n_batches = -(-len(prompts.ends) // chunk)  # the batches prompt_batches gives (none empty)
+    total = n_batches * (1 + len(cells))  # a clean pass and the cells per batch
     with torch.no_grad(), tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
         for index, inputs in prompt_batches(prompts.inputs, prompts.ends, chunk, adapter.device):
             width = inputs.shape[1]
