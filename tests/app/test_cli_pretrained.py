@@ -21,7 +21,7 @@ import tv_lens.app.pretrained as pretrained_module
 from tv_lens.analyses import ICLPerformance, TaskDecodability, TaskVectorPatching, TaskVectorPrompting
 from tv_lens.app.pretrained import PRETRAINED_ANALYSES
 from tv_lens.app.run_files import load_results
-from tv_lens.app.sections import headline_numbers
+from tv_lens.app.sections import ANALYSIS_NAMES, headline_numbers
 from tv_lens.models.local_hf import build_local_model
 from tv_lens.results import (
     Decodability,
@@ -246,3 +246,8 @@ def test_help_lists_the_pretrained_options():
     assert status == 0
     for option in ("--model", "--tasks", "--n-per-task", "--shots", "--device", "--dtype", "--only", "--no-progress"):
         assert option in stdout
+
+
+def test_pretrained_analyses_are_the_demos_but_the_training_ones_in_the_demos_order():
+    demo_order = tuple(name for name in ANALYSIS_NAMES if name not in ("emergence", "finetuning"))
+    assert demo_order == PRETRAINED_ANALYSES

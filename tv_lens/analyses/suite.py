@@ -33,12 +33,15 @@ from tv_lens.results.base import Result
 from tv_lens.results.suite import SuiteResult
 from tv_lens.tasks import ShotSpec
 
-__all__ = ["ModelAnalysis", "RepresentationAnalysis", "Suite", "SuiteResult"]
+__all__ = ["ModelAnalysis", "RepresentationStep", "Suite", "SuiteResult"]
 
 
 @runtime_checkable
-class RepresentationAnalysis(Protocol):
-    """An analysis of cached answer-position representations."""
+class RepresentationStep(Protocol):
+    """A step of the suite computed on its shared answer-position representations (the ``layers`` of ``site``).
+
+    Every :class:`~tv_lens.analyses.representations.RepresentationAnalysis` (decodability, geometry) is one.
+    """
 
     layers: tuple[int, ...] | None
     site: str
@@ -86,7 +89,7 @@ class Suite(PassOptions):
         if not self.analyses:
             raise AnalysisError("A Suite needs at least one analysis, e.g. Suite((TaskDecodability(), Geometry())).")
         for analysis in self.analyses:
-            if not isinstance(analysis, (RepresentationAnalysis, ModelAnalysis)):
+            if not isinstance(analysis, (RepresentationStep, ModelAnalysis)):
                 raise AnalysisError(
                     f"{type(analysis).__name__} is not an analysis: give configs with compute(reps, ...) and "
                     "layers/site (representation analyses) or run(model, pool, n_per_task, seed)."
@@ -156,7 +159,7 @@ class Suite(PassOptions):
 
 
 def _is_rep(analysis: Any) -> bool:
-    return isinstance(analysis, RepresentationAnalysis)
+    return isinstance(analysis, RepresentationStep)
 
 
 def _default_names(analyses: Sequence[Any]) -> tuple[str, ...]:

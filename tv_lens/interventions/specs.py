@@ -66,7 +66,7 @@ def replace(
     rows: Rows = None,
 ) -> Intervention:
     """Overwrite the residual stream at ``site`` of block ``layer`` with ``vector`` at ``pos``."""
-    return Intervention("replace", layer, site, _as_values(vector, "replace", "d_model"), pos, rows)
+    return _residual_write("replace", layer, vector, pos, site, rows)
 
 
 def add(
@@ -77,7 +77,14 @@ def add(
     rows: Rows = None,
 ) -> Intervention:
     """Add ``vector`` to the residual stream at ``site`` of block ``layer`` at ``pos``."""
-    return Intervention("add", layer, site, _as_values(vector, "add", "d_model"), pos, rows)
+    return _residual_write("add", layer, vector, pos, site, rows)
+
+
+def _residual_write(
+    kind: Literal["replace", "add"], layer: int, vector: Any, pos: Positions, site: str, rows: Rows
+) -> Intervention:
+    """The :func:`replace` or :func:`add` of ``vector`` (checked to be real numbers) at ``site`` of block ``layer``."""
+    return Intervention(kind, layer, site, _as_values(vector, kind, "d_model"), pos, rows)
 
 
 def ablate_head(

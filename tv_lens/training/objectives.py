@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tv_lens.errors import ConfigError, PositionError, TaskError
@@ -61,7 +61,7 @@ class TokenObjective:
                 f"the model has d_vocab={adapter.d_vocab}. Build the model with "
                 f"ModelConfig(d_vocab=pool.vocab_size) (= {pool.vocab_size}) or larger."
             )
-        _check_length(adapter, int(batch.lengths.max()))
+        _check_length(adapter, batch)
 
     def context_loss(
         self, adapter: ModelAdapter, batch: ICLBatch, hooks: Sequence[tuple[str, HookFn]] = ()
@@ -71,12 +71,9 @@ class TokenObjective:
         Demonstrations whose label was corrupted (``batch.demo_noisy``) are left out: their answer is
         unpredictable by construction.
         """
-        logits = forward(adapter, batch.inputs.to(adapter.device), hooks=hooks)
         rows, columns, targets = answer_targets(batch)
-        device = logits.device
-        picked = logits[rows.to(device), columns.to(device)]
-        picked = picked if picked.dtype == torch.float64 else picked.float()
-        return F.cross_entropy(picked, targets.to(device))
+        picked = _outputs_at(adapter, batch, hooks, rows, columns)
+        return F.cross_entropy(picked, targets.to(picked.device))
 
     def answer_loss(self, outputs: Float[Tensor, "batch n_answer d_vocab"], batch: ICLBatch) -> Float[Tensor, " batch"]:
         """Per-prompt cross-entropy of the query's answer tokens."""
@@ -102,9 +99,7 @@ def answer_targets(batch: ICLBatch) -> tuple[Tensor, Tensor, Tensor]:
         token ``targets[i] = inputs[rows[i], columns[i] + 1]``. Covers each clean demonstration's answer
         and the query's answer.
     """
-    pre_answer = torch.cat([batch.demo_answer_pos, batch.answer_pos[:, None]], dim=1)  # [batch, shots + 1]
-    valid = pre_answer >= 0
-    valid[:, :-1] &= ~batch.demo_noisy
+    pre_answer, valid = _scored_answers(batch)
     offsets = torch.arange(batch.n_answer_tokens, device=pre_answer.device)
     columns = pre_answer[:, :, None] + offsets  # [batch, shots + 1, n_answer]
     rows = torch.arange(len(batch), device=pre_answer.device)[:, None, None].expand_as(columns)
@@ -144,22 +139,17 @@ class RegressionObjective:
                 f"model d_in={adapter.d_in}, d_out={adapter.d_vocab}. Build the model with "
                 f"build_continuous_model(config, d_in={pool.d_in}, d_out={pool.d_out})."
             )
-        _check_length(adapter, int(batch.lengths.max()))
+        _check_length(adapter, batch)
 
     def context_loss(
         self, adapter: ModelAdapter, batch: RegressionBatch, hooks: Sequence[tuple[str, HookFn]] = ()
     ) -> Float[Tensor, ""]:
         """Mean squared error of the prediction of every clean demonstration's ``y`` and of the query's."""
-        outputs = forward(adapter, batch.inputs.to(adapter.device), hooks=hooks)
-        positions = torch.cat([batch.demo_answer_pos, batch.answer_pos[:, None]], dim=1)  # [batch, shots + 1]
+        positions, valid = _scored_answers(batch)
         targets = torch.cat([batch.demo_answers, batch.answers[:, None]], dim=1)  # [batch, shots + 1, d_out]
-        valid = positions >= 0
-        valid[:, :-1] &= ~batch.demo_noisy
         rows = torch.arange(len(batch), device=positions.device)[:, None].expand_as(positions)
-        device = outputs.device
-        picked = outputs[rows[valid].to(device), positions[valid].to(device)]
-        picked = picked if picked.dtype == torch.float64 else picked.float()
-        return F.mse_loss(picked, targets[valid].to(device, picked.dtype))
+        picked = _outputs_at(adapter, batch, hooks, rows[valid], positions[valid])
+        return F.mse_loss(picked, targets[valid].to(picked.device, picked.dtype))
 
     def answer_loss(self, outputs: Float[Tensor, "batch 1 d_out"], batch: RegressionBatch) -> Float[Tensor, " batch"]:
         """Per-prompt squared error of the query's prediction (mean over output coordinates)."""
@@ -177,7 +167,34 @@ class RegressionObjective:
         return answer_logits(outputs, batch.answer_pos, 1)
 
 
-def _check_length(adapter: ModelAdapter, length: int) -> None:
+def _scored_answers(
+    batch: ICLBatch | RegressionBatch,
+) -> tuple[Int[Tensor, "batch slots"], Bool[Tensor, "batch slots"]]:
+    """Where each demonstration's answer and the query's is predicted, and which of them the loss scores.
+
+    ``slots`` = shots + 1 (the query last); padding slots (position ``-1``) and noisy demonstrations are not scored.
+    """
+    positions = torch.cat([batch.demo_answer_pos, batch.answer_pos[:, None]], dim=1)
+    scored = positions >= 0
+    scored[:, :-1] &= ~batch.demo_noisy
+    return positions, scored
+
+
+def _outputs_at(
+    adapter: ModelAdapter,
+    batch: ICLBatch | RegressionBatch,
+    hooks: Sequence[tuple[str, HookFn]],
+    rows: Int[Tensor, " n"],
+    columns: Int[Tensor, " n"],
+) -> Float[Tensor, "n d_out"]:
+    """The model's outputs on ``batch`` (run with ``hooks``) at ``[rows[i], columns[i]]``, in float32 or float64."""
+    outputs = forward(adapter, batch.inputs.to(adapter.device), hooks=hooks)
+    picked = outputs[rows.to(outputs.device), columns.to(outputs.device)]
+    return picked if picked.dtype == torch.float64 else picked.float()
+
+
+def _check_length(adapter: ModelAdapter, batch: ICLBatch | RegressionBatch) -> None:
+    length = int(batch.lengths.max())
     if length > adapter.n_ctx:
         raise PositionError(
             f"Prompts of {length} positions do not fit the model's context n_ctx={adapter.n_ctx}; use fewer "

@@ -164,7 +164,7 @@ def _offset_pool_8() -> TaskPool:
 
 
 recipes = RecipeRegistry()
-recipes.register(
+_DEFAULT = recipes.register(
     Recipe(
         name="default",
         description="4 blocks, d_model 128, offsets 1-4 mod 16 + Null, 8 shots, 400 steps; >= 95% held-out ICL.",
@@ -178,32 +178,33 @@ recipes.register(
         ),
     )
 )
-recipes.register(
-    Recipe(
+recipes.register(  # the default recipe scaled down: 2 blocks on offsets mod 8, 6 shots, 200 steps
+    replace(
+        _DEFAULT,
         name="quick",
         description="2 blocks, d_model 64, offsets 1 and 3 mod 8 + Null, 6 shots, 200 steps; far above chance.",
         pool=_offset_pool_8,
-        model=ModelConfig(d_vocab=11, n_layers=2, d_model=64, n_heads=4, n_ctx=24, seed=0),
-        train=TrainConfig(
-            data=DataConfig(n_per_task=32, n_shots=6, eval_n_per_task=32),
-            optim=OptimConfig(weight_decay=0.1, grad_clip=1.0),
+        model=replace(_DEFAULT.model, d_vocab=11, n_layers=2, d_model=64, n_ctx=24),
+        train=replace(
+            _DEFAULT.train,
+            data=replace(_DEFAULT.train.data, n_per_task=32, n_shots=6, eval_n_per_task=32),
             schedule=ScheduleConfig(max_steps=200, lr=3e-3, min_lr=3e-4, warmup_steps=10),
             eval_every=50,
         ),
     )
 )
-recipes.register(
-    Recipe(
+recipes.register(  # the default recipe's blocks, context and batches at d_model 64, evaluated on 256 prompts per task
+    replace(
+        _DEFAULT,
         name="shots",
         description="4 blocks, d_model 64, parity-dependent offsets 1/3 mod 8 + Null, 8 shots, 600 steps; "
         ">= 95% held-out ICL at 8 shots, about 75% at 1 shot.",
         pool=_parity_offset_pool,
-        model=ModelConfig(d_vocab=11, n_layers=4, d_model=64, n_heads=4, n_ctx=32, seed=0),
-        train=TrainConfig(
-            data=DataConfig(n_per_task=16, n_shots=8, eval_n_per_task=256),
-            optim=OptimConfig(weight_decay=0.1, grad_clip=1.0),
+        model=replace(_DEFAULT.model, d_vocab=11, d_model=64),
+        train=replace(
+            _DEFAULT.train,
+            data=replace(_DEFAULT.train.data, eval_n_per_task=256),
             schedule=ScheduleConfig(max_steps=600, lr=5e-3, min_lr=5e-4, warmup_steps=30),
-            eval_every=100,
         ),
     )
 )
@@ -213,7 +214,7 @@ def _linear_regression_pool() -> RegressionPool:
     return regression_pool(("linear",), d=4, null=False)
 
 
-recipes.register(
+_LINEAR = recipes.register(
     Recipe(
         name="linear_regression",
         description="4 blocks, d_model 64, linear regression in d=4, 16 shots, 2000 steps; "
@@ -234,7 +235,6 @@ def _sparse_linear_pool() -> RegressionPool:
     return sparse_linear_pool(d=4, n_bases=2, null=True)
 
 
-_LINEAR = recipes["linear_regression"]
 recipes.register(  # the linear recipe's model and schedule, 32 prompts of each of the three tasks per step
     replace(
         _LINEAR,

@@ -21,18 +21,6 @@ from tv_lens.tasks import TextPool
 
 __all__ = ["ANALYSES", "PRETRAINED_ANALYSES", "check_names"]
 
-PRETRAINED_ANALYSES: tuple[str, ...] = (
-    "decodability",
-    "performance",
-    "geometry",
-    "td_accuracy",
-    "patching",
-    "prompting",
-    "heads",
-)
-"""The analyses :func:`run_pretrained` runs (result file stems, the report's names), in order. The demo's other
-two, emergence over training and layer finetuning, need training runs."""
-
 
 def _decodability(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
     analysis = TaskDecodability(k=config.k, n_bootstrap=config.n_bootstrap, progress=progress)
@@ -82,8 +70,12 @@ ANALYSES: dict[str, Callable[[Any, TextPool, PretrainedConfig, bool], Result]] =
     "prompting": _prompting,
     "heads": _heads,
 }
-"""Name (also the result file's stem) → the step that runs that analysis; the same names as
-:data:`PRETRAINED_ANALYSES`, in the same order."""
+"""Name (also the result file's stem) → the step that runs that analysis, in the demo's order
+(:data:`tv_lens.app.sections.ANALYSIS_NAMES`)."""
+
+PRETRAINED_ANALYSES: tuple[str, ...] = tuple(ANALYSES)
+"""The analyses :func:`run_pretrained` runs (result file stems, the report's names), in order. The demo's other
+two, emergence over training and layer finetuning, need training runs."""
 
 
 def check_names(only: Sequence[str] | None) -> tuple[str, ...]:

@@ -45,7 +45,16 @@ def local_model_settings(
 ) -> dict[str, Any]:
     """The checked settings of a build (what :func:`build_local_model` records next to the weights).
 
-    ``n_kv_heads=None`` means ``n_heads // 2`` for architectures with grouped-query attention, else ``n_heads``.
+    Args:
+        arch: One of :data:`ARCHITECTURES`.
+        n_layers: Transformer blocks.
+        d_model: Residual-stream width.
+        n_heads: Query heads per block (``d_head = d_model // n_heads``).
+        n_kv_heads: Key/value heads (grouped-query attention); ``None`` means ``n_heads // 2`` for architectures
+            with grouped-query attention, else ``n_heads``.
+        vocab_size: Tokenizer and embedding size.
+        n_ctx: Longest sequence (position embeddings, rotary cache).
+        seed: Seed of the weight initialisation (the global RNG is left untouched).
 
     Raises:
         ConfigError: An unknown architecture or sizes that cannot work.
@@ -110,18 +119,7 @@ def _hf_config(settings: dict[str, Any], tokenizer: Any) -> Any:
     )
 
 
-def build_local_model(
-    arch: str,
-    folder: Path | str,
-    *,
-    n_layers: int = 2,
-    d_model: int = 64,
-    n_heads: int = 4,
-    n_kv_heads: int | None = None,
-    vocab_size: int = 1024,
-    n_ctx: int = 256,
-    seed: int = 0,
-) -> Path:
+def build_local_model(arch: str, folder: Path | str, **sizes: Any) -> Path:
     """Write a small random model of ``arch`` and its tokenizer to ``folder`` (``save_pretrained``); return it.
 
     Idempotent: a folder that already holds a complete build with the same settings is returned as it is. A
@@ -130,13 +128,8 @@ def build_local_model(
     Args:
         arch: One of :data:`ARCHITECTURES`.
         folder: Where to write (created; replaced if it holds a build of other settings).
-        n_layers: Transformer blocks.
-        d_model: Residual-stream width.
-        n_heads: Query heads per block (``d_head = d_model // n_heads``).
-        n_kv_heads: Key/value heads (grouped-query attention); see :func:`local_model_settings`.
-        vocab_size: Tokenizer and embedding size.
-        n_ctx: Longest sequence (position embeddings, rotary cache).
-        seed: Seed of the weight initialisation (the global RNG is left untouched).
+        **sizes: The keyword settings of :func:`local_model_settings` (``n_layers``, ``d_model``, ``n_heads``,
+            ``n_kv_heads``, ``vocab_size``, ``n_ctx``, ``seed``), its defaults where left out.
 
     Returns:
         ``folder`` as a ``Path``: ``config.json``, weights, tokenizer files and the build settings.
@@ -147,16 +140,7 @@ def build_local_model(
     """
     import transformers
 
-    settings = local_model_settings(
-        arch,
-        n_layers=n_layers,
-        d_model=d_model,
-        n_heads=n_heads,
-        n_kv_heads=n_kv_heads,
-        vocab_size=vocab_size,
-        n_ctx=n_ctx,
-        seed=seed,
-    )
+    settings = local_model_settings(arch, **sizes)
     record = {"format": _FORMAT, "transformers": transformers.__version__, **settings}
     folder = Path(folder)
     recorded = recorded_settings(folder)
@@ -169,10 +153,10 @@ def build_local_model(
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        tokenizer = build_tokenizer(vocab_size)
+        tokenizer = build_tokenizer(settings["vocab_size"])
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.manual_seed(seed)
+            torch.manual_seed(settings["seed"])
             model = transformers.AutoModelForCausalLM.from_config(_hf_config(settings, tokenizer))
             model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
