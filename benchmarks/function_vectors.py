@@ -54,14 +54,7 @@ def _write_mean(z, hook, *, rows, positions, head, values):
 
 def _ours(model, batch, means, rows_per_pass: int):
     return causal_indirect_effects(
-        model,
-        batch.inputs,
-        batch.answer_pos,
-        batch.answers,
-        batch.task_ids,
-        batch.task_names,
-        means,
-        config=FunctionVectors(n_bootstrap=0, rows_per_pass=rows_per_pass),
+        model, batch, means, config=FunctionVectors(n_bootstrap=0, rows_per_pass=rows_per_pass)
     )
 
 
@@ -75,7 +68,7 @@ def cie_rows(scale: Scale, device: str) -> list[Row]:
     clean = clean.select(clean.task_ids != null).to(device)
     corrupted = corrupted.select(corrupted.task_ids != null).to(device)
     with torch.no_grad():
-        means = mean_head_activations(model, clean.inputs, clean.answer_pos, clean.task_ids, clean.task_names)
+        means = mean_head_activations(model, clean)
         rows = pass_rows(device, scale.prompt_len)
         (ours_s, usual_s), (ours, (usual, usual_clean)) = measure(
             lambda: _ours(model, corrupted, means, rows),

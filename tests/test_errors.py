@@ -32,6 +32,7 @@ from tv_lens.analyses import (
     HeadAblation,
     ICLPerformance,
     LayerFinetuning,
+    Prompts,
     Suite,
     TaskDecodability,
     TaskVectorPatching,
@@ -252,8 +253,7 @@ def _truncated(path: Path) -> bytes:
 
 def _means(w: SimpleNamespace, value: float | None = None, device: str = "cpu") -> MeanHeadActivations:
     """Mean head activations of the world's batch; one entry set to ``value`` if given; on ``device``."""
-    b = w.batch
-    means = mean_head_activations(w.model, b.inputs, b.answer_pos, b.task_ids, b.task_names)
+    means = mean_head_activations(w.model, w.batch)
     activations = means.activations.clone()
     if value is not None:
         activations[0, 0, 0, 0] = value
@@ -265,17 +265,9 @@ def _indirect_effects(w: SimpleNamespace, **changes: Any) -> IndirectEffects:
     b = w.batch
     args = dict(answers=b.answers, task_ids=b.task_ids, label_noise=0.0)
     args.update(changes)
-    means = _means(w)
+    prompts = Prompts(b.inputs, b.answer_pos, args["answers"], args["task_ids"], b.task_names)
     return causal_indirect_effects(
-        w.model,
-        b.inputs,
-        b.answer_pos,
-        args["answers"],
-        args["task_ids"],
-        b.task_names,
-        means,
-        label_noise=args["label_noise"],
-        config=FunctionVectors(n_bootstrap=0),
+        w.model, prompts, _means(w), label_noise=args["label_noise"], config=FunctionVectors(n_bootstrap=0)
     )
 
 
@@ -841,7 +833,8 @@ CASES = [
     Case(
         "answers-of-fewer-prompts",
         lambda w: head_importance(
-            w.model, w.batch.inputs, w.batch.answer_pos, w.batch.answers[:3], w.batch.task_ids, w.batch.task_names
+            w.model,
+            Prompts(w.batch.inputs, w.batch.answer_pos, w.batch.answers[:3], w.batch.task_ids, w.batch.task_names),
         ),
         ShapeError,
         r"answers must be integer tokens \[batch=16, n_answer\], got torch\.int64 \(3, 1\)",
@@ -1375,7 +1368,9 @@ CASES = [
     ),
     Case(
         "task-names-one-string",
-        lambda w: mean_head_activations(w.model, w.batch.inputs, w.batch.answer_pos, w.batch.task_ids, "abc"),
+        lambda w: mean_head_activations(
+            w.model, Prompts(w.batch.inputs, w.batch.answer_pos, None, w.batch.task_ids, "abc")
+        ),
         TaskError,
         r"task_names must be a sequence of task names \(strings\).*got 'abc'",
         r"pass batch\.task_names",
@@ -1607,16 +1602,7 @@ CASES = [
     ),
     Case(
         "patching-vectors-a-tensor",
-        lambda w: patch_task_vectors(
-            w.model,
-            w.batch.inputs,
-            w.batch.answer_pos,
-            w.batch.answers,
-            w.batch.task_ids,
-            w.batch.task_names,
-            w.vectors.vectors,
-            config=TaskVectorPatching(n_bootstrap=0),
-        ),
+        lambda w: patch_task_vectors(w.model, w.batch, w.vectors.vectors, config=TaskVectorPatching(n_bootstrap=0)),
         ShapeError,
         r"vectors must be TaskVectors, got a Tensor",
         r"build them with TaskVectors\.from_model",
@@ -1624,15 +1610,7 @@ CASES = [
     Case(
         "patching-targets-a-string",
         lambda w: patch_task_vectors(
-            w.model,
-            w.batch.inputs,
-            w.batch.answer_pos,
-            w.batch.answers,
-            w.batch.task_ids,
-            w.batch.task_names,
-            w.vectors,
-            targets="offset(1)",
-            config=TaskVectorPatching(n_bootstrap=0),
+            w.model, w.batch, w.vectors, targets="offset(1)", config=TaskVectorPatching(n_bootstrap=0)
         ),
         TaskError,
         r"targets must be a sequence of task names, got 'offset\(1\)'",
@@ -1641,14 +1619,7 @@ CASES = [
     Case(
         "patching-scale-beyond-float",
         lambda w: patch_task_vectors(
-            w.model,
-            w.batch.inputs,
-            w.batch.answer_pos,
-            w.batch.answers,
-            w.batch.task_ids,
-            w.batch.task_names,
-            w.vectors,
-            config=TaskVectorPatching(mode="add", scale=10**400, n_bootstrap=0),
+            w.model, w.batch, w.vectors, config=TaskVectorPatching(mode="add", scale=10**400, n_bootstrap=0)
         ),
         AnalysisError,
         r"scale must be a finite number",
@@ -1658,15 +1629,8 @@ CASES = [
         "prompting-per-head-site",
         lambda w: task_vector_prompting(
             w.model,
-            w.batch.inputs,
-            w.batch.answer_pos,
-            w.batch.zero_shot().inputs,
-            w.batch.zero_shot().answer_pos,
-            w.batch.answers,
-            w.batch.task_ids,
-            w.batch.task_names,
-            zero_shot_attention_mask=w.batch.zero_shot().attention_mask,
-            icl_attention_mask=w.batch.attention_mask,
+            w.batch,
+            w.batch.zero_shot(),
             vectors=w.vectors,
             config=TaskVectorPrompting(source="task_mean", layers=(0,), site="z", n_bootstrap=0),
         ),
@@ -1678,28 +1642,40 @@ CASES = [
         "prompting-inputs-none",
         lambda w: task_vector_prompting(
             w.model,
-            None,
-            w.batch.answer_pos,
-            w.batch.inputs,
-            w.batch.answer_pos,
-            w.batch.answers,
-            w.batch.task_ids,
-            w.batch.task_names,
+            Prompts(None, w.batch.answer_pos, w.batch.answers, w.batch.task_ids, w.batch.task_names),
+            w.batch,
             config=TaskVectorPrompting(n_bootstrap=0),
         ),
         ShapeError,
-        r"icl_inputs must be a torch\.Tensor of prompts, tokens \[batch, pos\]",
+        r"prompts\.inputs must be a torch\.Tensor of prompts, tokens \[batch, pos\]",
         r"pass batch\.inputs",
+    ),
+    Case(
+        "causal-function-prompts-a-tensor",
+        lambda w: head_importance(w.model, w.batch.inputs, config=HeadAblation(n_bootstrap=0)),
+        TaskError,
+        r"prompts must be a batch of prompts or tv_lens\.Prompts, got a Tensor without \['inputs', 'attention_mask'",
+        r"pass pool\.sample\(n_per_task, n_shots, seed\).*tv_lens\.Prompts\(inputs, answer_pos, answers, task_ids",
+    ),
+    Case(
+        "prompting-zero-shot-a-tensor",
+        lambda w: task_vector_prompting(w.model, w.batch, w.batch.zero_shot().inputs),
+        TaskError,
+        r"zero_shot must be a batch of prompts or tv_lens\.Prompts, got a Tensor without",
+        r"tv_lens\.Prompts\(inputs, answer_pos, answers, task_ids, task_names\)",
+    ),
+    Case(
+        "prompting-zero-shot-of-fewer-prompts",
+        lambda w: task_vector_prompting(w.model, w.batch, w.batch.zero_shot().select(slice(3))),
+        ShapeError,
+        r"ICL prompts \(16\), zero-shot prompts \(3\), answers \(16\) and task_ids \(\(16,\)\) must pair up",
+        r"build the zero-shot prompts with batch\.zero_shot\(\)",
     ),
     Case(
         "head-importance-attribution-a-string",
         lambda w: head_importance(
             w.model,
-            w.batch.inputs,
-            w.batch.answer_pos,
-            w.batch.answers,
-            w.batch.task_ids,
-            w.batch.task_names,
+            w.batch,
             config=HeadAblation(attribution="yes", n_bootstrap=0),  # type: ignore[arg-type]
         ),
         AnalysisError,
@@ -1710,11 +1686,7 @@ CASES = [
         "head-importance-batch-size-none",
         lambda w: head_importance(
             w.model,
-            w.batch.inputs,
-            w.batch.answer_pos,
-            w.batch.answers,
-            w.batch.task_ids,
-            w.batch.task_names,
+            w.batch,
             config=HeadAblation(mode="mean", batch_size=None, n_bootstrap=0, prune_steps=0),  # type: ignore[arg-type]
         ),
         ShapeError,
@@ -1725,11 +1697,7 @@ CASES = [
         "pure-function-config-of-another-analysis",
         lambda w: head_importance(
             w.model,
-            w.batch.inputs,
-            w.batch.answer_pos,
-            w.batch.answers,
-            w.batch.task_ids,
-            w.batch.task_names,
+            w.batch,
             config=TaskDecodability(),  # type: ignore[arg-type]
         ),
         ConfigError,

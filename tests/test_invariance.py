@@ -25,6 +25,7 @@ from reliability_helpers import (
 
 from tv_lens.analyses import (
     HeadAblation,
+    Prompts,
     TaskDecodability,
     TaskVectorPatching,
     TaskVectorPrompting,
@@ -174,16 +175,9 @@ def test_patching_effects_ignore_padding_order_and_batch_size(setup: Setup, mode
     vectors = TaskVectors.from_model(setup.model, batch)
 
     def run(inputs, answer_pos, chosen, attention_mask=None, **options):
+        prompts = Prompts(inputs, answer_pos, chosen.answers, chosen.task_ids, chosen.task_names, attention_mask)
         return patch_task_vectors(
-            setup.model,
-            inputs,
-            answer_pos,
-            chosen.answers,
-            chosen.task_ids,
-            chosen.task_names,
-            vectors,
-            attention_mask=attention_mask,
-            config=TaskVectorPatching(mode=mode, n_bootstrap=0, **options),
+            setup.model, prompts, vectors, config=TaskVectorPatching(mode=mode, n_bootstrap=0, **options)
         )
 
     reference = run(batch.inputs, batch.answer_pos, batch)
@@ -208,17 +202,11 @@ def test_task_vector_prompting_ignores_padding_order_and_batch_size(setup: Setup
     batch, perm = setup.batch, setup.perm
 
     def run(chosen: ICLBatch, icl, zero, **options):
+        labels = (chosen.answers, chosen.task_ids, chosen.task_names)
         return task_vector_prompting(
             setup.model,
-            icl[0],
-            icl[2],
-            zero[0],
-            zero[2],
-            chosen.answers,
-            chosen.task_ids,
-            chosen.task_names,
-            icl_attention_mask=icl[1],
-            zero_shot_attention_mask=zero[1],
+            Prompts(icl[0], icl[2], *labels, icl[1]),
+            Prompts(zero[0], zero[2], *labels, zero[1]),
             config=TaskVectorPrompting(source=source, mode=mode, n_bootstrap=0, **options),
         )
 
@@ -250,15 +238,9 @@ def test_head_importance_ignores_padding_order_and_batch_size(setup: Setup, mode
     batch, perm = setup.batch, setup.perm
 
     def run(chosen: ICLBatch, inputs, answer_pos, attention_mask=None, **options):
+        prompts = Prompts(inputs, answer_pos, chosen.answers, chosen.task_ids, chosen.task_names, attention_mask)
         return head_importance(
-            setup.model,
-            inputs,
-            answer_pos,
-            chosen.answers,
-            chosen.task_ids,
-            chosen.task_names,
-            attention_mask=attention_mask,
-            config=HeadAblation(mode=mode, prune_steps=0, n_bootstrap=0, **options),
+            setup.model, prompts, config=HeadAblation(mode=mode, prune_steps=0, n_bootstrap=0, **options)
         )
 
     reference = run(batch, batch.inputs, batch.answer_pos)

@@ -30,7 +30,7 @@ def setup(request):
     model = build_model(tiny_config(request.param, dtype="float64"))
     vectors = TaskVectors.from_model(model, POOL, layers=(0, 1, 2), n_per_task=4, n_shots=3, seed=0)
     clean = POOL.sample(4, 3, 0)
-    means = mean_head_activations(model, clean.inputs, clean.answer_pos, clean.task_ids, clean.task_names)
+    means = mean_head_activations(model, clean)
     fv = function_vector(model, means, [(0, 1), (2, 3)]).applied_as(layers=(1,))
     prompts = POOL.sample(2, (1, 3), 7)  # right-padded, of different lengths
     return model, vectors, fv, prompts

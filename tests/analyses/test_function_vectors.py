@@ -11,6 +11,7 @@ from pretrained_helpers import loaded, one_thread  # noqa: F401  (fixture)
 
 from tv_lens.analyses import (
     FunctionVectors,
+    Prompts,
     causal_indirect_effects,
     function_vector,
     function_vector_prompting,
@@ -188,21 +189,12 @@ def test_left_padding_and_prompt_order_do_not_change_the_numbers(analysed):
         (tokens, mask, answer_pos, torch.arange(len(batch))),
         (batch.inputs[perm], batch.attention_mask[perm], batch.answer_pos[perm], perm),
     ):
-        effects = causal_indirect_effects(
-            model,
-            inputs,
-            positions,
-            batch.answers[order],
-            batch.task_ids[order],
-            batch.task_names,
-            result.means,
-            attention_mask=mask_,
-            config=FunctionVectors(n_bootstrap=0),
-        )
+        prompts = Prompts(inputs, positions, batch.answers[order], batch.task_ids[order], batch.task_names, mask_)
+        effects = causal_indirect_effects(model, prompts, result.means, config=FunctionVectors(n_bootstrap=0))
         torch.testing.assert_close(effects.patched_prob, result.effects.patched_prob[..., order], atol=1e-8, rtol=0)
     clean = real(clean)
     tokens, mask, answer_pos = left_pad(clean)
-    means = mean_head_activations(model, tokens, answer_pos, clean.task_ids, clean.task_names, attention_mask=mask)
+    means = mean_head_activations(model, Prompts(tokens, answer_pos, None, clean.task_ids, clean.task_names, mask))
     torch.testing.assert_close(means.activations, result.means.activations, atol=1e-8, rtol=0)
 
 
@@ -212,10 +204,8 @@ def test_answer_columns_that_are_padding_in_every_row_change_nothing(analysed):
     padded = torch.cat([batch.answers, torch.full((len(batch), 2), -1)], dim=1)  # as selected from longer answers
 
     def effects(answers):
-        return causal_indirect_effects(
-            model, batch.inputs, batch.answer_pos, answers, batch.task_ids, batch.task_names, result.means,
-            config=FunctionVectors(n_bootstrap=0),
-        )  # fmt: skip
+        prompts = Prompts(batch.inputs, batch.answer_pos, answers, batch.task_ids, batch.task_names)
+        return causal_indirect_effects(model, prompts, result.means, config=FunctionVectors(n_bootstrap=0))
 
     assert effects(padded) == effects(batch.answers)
 
@@ -247,7 +237,7 @@ def test_gqa_patch_changes_exactly_one_query_head_and_cie_matches(tmp_path_facto
     clean, corrupted = pool.sample(2, 2, seed=0), pool.sample(2, 2, seed=1, label_noise=0.9)
     corrupted = corrupted.select(torch.argsort(corrupted.answer_pos, stable=True))  # the engine's pass order
     assert len(set(corrupted.answer_lengths.tolist())) > 1
-    means = mean_head_activations(model, clean.inputs, clean.answer_pos, clean.task_ids, clean.task_names)
+    means = mean_head_activations(model, clean)
     assert means.activations.shape == (3, 2, model.cfg.n_heads, model.cfg.d_head)
     # the write: the output projection moves by (mean - z)[head] @ W_O[head] at the answer position only
     values = means.activations[corrupted.task_ids, layer, head]
@@ -274,16 +264,7 @@ def test_gqa_patch_changes_exactly_one_query_head_and_cie_matches(tmp_path_facto
     torch.testing.assert_close(out_patched - out_clean, expected, atol=2e-5, rtol=1e-4)
     assert expected.abs().max() > 1e-3
     # the CIE of that head against one prompt at a time through run_with_hooks
-    effects = causal_indirect_effects(
-        model,
-        corrupted.inputs,
-        corrupted.answer_pos,
-        corrupted.answers,
-        corrupted.task_ids,
-        corrupted.task_names,
-        means,
-        config=FunctionVectors(n_bootstrap=0),
-    )
+    effects = causal_indirect_effects(model, corrupted, means, config=FunctionVectors(n_bootstrap=0))
     logits = patched_run(model, corrupted, layer, head, values, one_by_one=True)
     prob, loss = answer_probability(logits, corrupted)
     torch.testing.assert_close(effects.patched_prob[layer, head], prob, atol=2e-5, rtol=1e-4)
@@ -294,7 +275,7 @@ def test_gqa_patch_changes_exactly_one_query_head_and_cie_matches(tmp_path_facto
     expected_fv = sum(means.activations[:, lay, h] @ w_o[lay][h] for lay, h in heads)
     torch.testing.assert_close(vector.vectors, expected_fv, atol=1e-10, rtol=0)
     config = FunctionVectors(layers=(0,), scoring="exact_match", n_bootstrap=0)
-    sweep = function_vector_prompting(model, clean, vector, config=config)
+    sweep = function_vector_prompting(model, clean, clean.zero_shot(), vector, config=config)
     assert sweep.prompting.scoring == "exact_match" and sweep.prompting.tvp_correct.shape == (1, len(clean))
 
 
@@ -327,17 +308,16 @@ def test_bad_input_is_a_clear_error(model, analysed):
     with pytest.raises(AnalysisError, match="no task but Null"):
         FunctionVectors(n_bootstrap=0).run_batch(model, only_null, corrupted, evaluation)
     with pytest.raises(TaskError, match="No mean head activations"):  # the Null task's prompts have no mean
-        causal_indirect_effects(
-            model, corrupted.inputs, corrupted.answer_pos, corrupted.answers, corrupted.task_ids,
-            corrupted.task_names, result.means,
-        )  # fmt: skip
+        causal_indirect_effects(model, corrupted, result.means)
     other = MeanHeadActivations(torch.zeros(1, 1, 2, 8), ("offset(1)",), (0,), torch.ones(1, dtype=torch.long))
     with pytest.raises(ShapeError, match="heads"):
         function_vector(model, other, [(0, 0)])
     with pytest.raises(TaskError):
         result.vector.get("xor")
     with pytest.raises(TaskError, match="No function vector for tasks \\['null'\\]"):
-        function_vector_prompting(model, clean, result.vector)
+        function_vector_prompting(model, clean, clean.zero_shot(), result.vector)
+    with pytest.raises(TaskError, match="prompts must be a batch of prompts or tv_lens\\.Prompts, got a Tensor"):
+        function_vector_prompting(model, clean.inputs, clean.zero_shot(), result.vector)
     with pytest.raises(AnalysisError, match="k must be an int in"):
         result.effects.top_heads(0)
     assert issubclass(AnalysisError, TvLensError)
@@ -351,16 +331,14 @@ def test_no_hook_is_left_after_an_error(model, analysed):
         failing_user_hook(model, "blocks.1.attn.hook_z", fail_on_call=2),
         pytest.raises(RuntimeError, match="injected"),
     ):
-        causal_indirect_effects(
-            model, batch.inputs, batch.answer_pos, batch.answers, batch.task_ids, batch.task_names, result.means,
-        )  # fmt: skip
+        causal_indirect_effects(model, batch, result.means)
     assert hook_snapshot(model) == before
     with (
         failing_user_hook(model, "blocks.2.attn.hook_z", fail_on_call=1),
         pytest.raises(RuntimeError, match="injected"),
     ):
-        mean_head_activations(model, batch.inputs, batch.answer_pos, batch.task_ids, batch.task_names)
+        mean_head_activations(model, batch)
     assert hook_snapshot(model) == before
     with pytest.raises(LayerOutOfRangeError):
-        function_vector_prompting(model, batch, result.vector, config=FunctionVectors(layers=(0, 9)))
+        function_vector_prompting(model, batch, batch.zero_shot(), result.vector, config=FunctionVectors(layers=(0, 9)))
     assert hook_snapshot(model) == before

@@ -9,6 +9,7 @@ from causal_helpers import editing_hook, failing_user_hook, hooked_scores, left_
 from conftest import hook_snapshot
 from scipy.stats import spearmanr
 
+from tv_lens.analyses import Prompts
 from tv_lens.analyses.heads import HeadAblation, head_importance, shared_heads
 from tv_lens.errors import AnalysisError
 from tv_lens.results.base import Result
@@ -131,7 +132,7 @@ def test_left_padding_and_prompt_order_do_not_change_the_numbers(model):
     reference = config.run_batch(model, batch)
     tokens, mask, answer_pos = left_pad(batch)
     left = head_importance(
-        model, tokens, answer_pos, batch.answers, batch.task_ids, batch.task_names, attention_mask=mask, config=config
+        model, Prompts(tokens, answer_pos, batch.answers, batch.task_ids, batch.task_names, mask), config=config
     )
     perm = torch.randperm(len(batch), generator=torch.Generator().manual_seed(0))
     shuffled = config.run_batch(model, batch.select(perm))
@@ -196,15 +197,7 @@ def test_bad_input_names_the_problem(model, kwargs, words):
     """Options are refused when the config is built; counts beyond the model's heads when the function runs."""
     batch = sample(n_per_task=1, seed=3)
     with pytest.raises(AnalysisError, match=words):
-        head_importance(
-            model,
-            batch.inputs,
-            batch.answer_pos,
-            batch.answers,
-            batch.task_ids,
-            batch.task_names,
-            config=HeadAblation(**kwargs),
-        )
+        head_importance(model, batch, config=HeadAblation(**kwargs))
 
 
 @pytest.mark.parametrize("fail_on_call", [2, 5])

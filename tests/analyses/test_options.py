@@ -60,13 +60,13 @@ WRONG = TaskVectorPatching(n_bootstrap=0)  # the config of another analysis
     [
         (lambda: task_decodability(REPS, LABELS, config=WRONG), "TaskDecodability"),
         (lambda: project(REPS, LABELS, config=WRONG), "Geometry"),
-        (lambda: head_importance(None, None, None, None, None, (), config=WRONG), "HeadAblation"),
-        (lambda: patch_task_vectors(None, None, None, None, None, (), None, config=Geometry()), "TaskVectorPatching"),
+        (lambda: head_importance(None, None, config=WRONG), "HeadAblation"),
+        (lambda: patch_task_vectors(None, None, None, config=Geometry()), "TaskVectorPatching"),
         (lambda: compare_models({}, None, config=WRONG), "LayerFinetuning"),
         (lambda: function_vector(None, None, (), config=WRONG), "FunctionVectors"),
-        (lambda: function_vector_prompting(None, None, None, config=WRONG), "FunctionVectors"),
-        (lambda: mean_head_activations(None, None, None, None, (), config={"batch_size": 8}), "FunctionVectors"),
-        (lambda: causal_indirect_effects(None, None, None, None, None, (), None, config=Geometry()), "FunctionVectors"),
+        (lambda: function_vector_prompting(None, None, None, None, config=WRONG), "FunctionVectors"),
+        (lambda: mean_head_activations(None, None, config={"batch_size": 8}), "FunctionVectors"),
+        (lambda: causal_indirect_effects(None, None, None, config=Geometry()), "FunctionVectors"),
     ],
 )
 def test_a_pure_function_given_another_config_names_the_one_it_takes(call, expected):

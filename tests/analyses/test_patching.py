@@ -9,6 +9,7 @@ import torch
 from causal_helpers import POOL, editing_hook, failing_user_hook, hooked_scores, sample
 from conftest import hook_snapshot, tiny_config
 
+from tv_lens.analyses import Prompts
 from tv_lens.analyses.patching import TaskVectorPatching, patch_task_vectors, rule_answers
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, TaskError
 from tv_lens.models import build_model
@@ -22,13 +23,6 @@ LAYERS = (0, 1, 2)
 def run(model, batch, vectors, **kwargs):
     kwargs.setdefault("n_bootstrap", 0)
     return TaskVectorPatching(**kwargs).run_batch(model, batch, vectors, pool=POOL)
-
-
-def patch(model, batch, vectors, **kwargs):
-    """``patch_task_vectors`` on a batch, for the data ``run_batch`` fills in (e.g. ``targets``)."""
-    return patch_task_vectors(
-        model, batch.inputs, batch.answer_pos, batch.answers, batch.task_ids, batch.task_names, vectors, **kwargs
-    )
 
 
 @pytest.mark.parametrize("mode", ["replace", "add", "add_difference"])
@@ -185,17 +179,8 @@ def test_left_padding_and_pass_size_do_not_change_the_numbers(model):
     for row, length in enumerate(lengths.tolist()):
         left[row, width - length :] = batch.inputs[row, :length]
         mask[row, width - length :] = 1
-    shifted = patch_task_vectors(
-        model,
-        left,
-        batch.answer_pos + width - lengths,
-        batch.answers,
-        batch.task_ids,
-        batch.task_names,
-        vectors,
-        attention_mask=mask,
-        config=TaskVectorPatching(n_bootstrap=0, rows_per_pass=5),
-    )
+    prompts = Prompts(left, batch.answer_pos + width - lengths, batch.answers, batch.task_ids, batch.task_names, mask)
+    shifted = patch_task_vectors(model, prompts, vectors, config=TaskVectorPatching(n_bootstrap=0, rows_per_pass=5))
     for name in ("loss", "clean_loss", "accuracy_change", "loss_change"):
         torch.testing.assert_close(getattr(shifted, name), getattr(reference, name), atol=1e-5, rtol=0)
 
@@ -227,7 +212,7 @@ def test_bad_input_names_the_problem(model):
     with pytest.raises(AnalysisError, match="Unknown patching mode 'swap'"):
         TaskVectorPatching(mode="swap")
     with pytest.raises(TaskError, match="Task 'offset\\(5\\)' has no vector"):
-        patch(model, batch, vectors, targets=("offset(5)",))
+        patch_task_vectors(model, batch, vectors, targets=("offset(5)",))
     with pytest.raises(LayerOutOfRangeError, match="Layer 2 is not among the layers of these task vectors"):
         run(model, batch, vectors, layers=(2,))
     no_null = vectors.select(tasks=("offset(1)", "offset(2)", "offset(3)"))
@@ -240,7 +225,7 @@ def test_bad_input_names_the_problem(model):
         TaskVectorPatching(mode="add", scale=float("nan"))
     with pytest.raises(ShapeError, match="answers must be integer tokens"):
         patch_task_vectors(
-            model, batch.inputs, batch.answer_pos, batch.answers[:3], batch.task_ids, batch.task_names, vectors
+            model, Prompts(batch.inputs, batch.answer_pos, batch.answers[:3], batch.task_ids, batch.task_names), vectors
         )
     with pytest.raises(TaskError, match="Could not read the queries' 2 input value"):
         rule_answers(_other_pool(), batch, POOL.task_names)

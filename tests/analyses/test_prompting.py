@@ -8,6 +8,7 @@ import torch
 from causal_helpers import POOL, editing_hook, failing_user_hook, hooked_scores, left_pad, sample
 from conftest import hook_snapshot
 
+from tv_lens.analyses import Prompts
 from tv_lens.analyses.prompting import TaskVectorPrompting, task_vector_prompting
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, TaskError
 from tv_lens.models import ModelConfig, build_continuous_model
@@ -121,17 +122,11 @@ def test_left_padding_does_not_change_the_numbers(model):
     reference = TaskVectorPrompting(n_bootstrap=0).run_batch(model, batch)
     icl_tokens, icl_mask, icl_pos = left_pad(batch)
     zs_tokens, zs_mask, zs_pos = left_pad(batch, zero.inputs, zero.answer_pos, zero.attention_mask)
+    labels = (batch.answers, batch.task_ids, batch.task_names)
     left = task_vector_prompting(
         model,
-        icl_tokens,
-        icl_pos,
-        zs_tokens,
-        zs_pos,
-        batch.answers,
-        batch.task_ids,
-        batch.task_names,
-        icl_attention_mask=icl_mask,
-        zero_shot_attention_mask=zs_mask,
+        Prompts(icl_tokens, icl_pos, *labels, icl_mask),
+        Prompts(zs_tokens, zs_pos, *labels, zs_mask),
         config=TaskVectorPrompting(n_bootstrap=0, rows_per_pass=7),
     )
     for name in ("tvp_loss", "icl_loss", "zero_shot_loss"):
@@ -152,17 +147,10 @@ def test_bad_input_names_the_problem(model):
         TaskVectorPrompting(layers=(0,), source="task_mean", n_bootstrap=0).run_batch(model, batch, vectors)
     with pytest.raises(TaskError, match="Too few prompts: task 'offset\\(1\\)' has 1 prompt"):
         TaskVectorPrompting(n_bootstrap=0).run_batch(model, sample(n_per_task=1))
-    with pytest.raises(ShapeError, match="must pair up one to one"):
-        task_vector_prompting(
-            model,
-            batch.inputs,
-            batch.answer_pos,
-            zero.inputs[:3],
-            zero.answer_pos[:3],
-            batch.answers,
-            batch.task_ids,
-            batch.task_names,
-        )
+    with pytest.raises(ShapeError, match=r"ICL prompts \(16\), zero-shot prompts \(3\).*must pair up one to one"):
+        task_vector_prompting(model, batch, zero.select(slice(3)))
+    with pytest.raises(TaskError, match=r"zero_shot must be a batch of prompts or tv_lens\.Prompts, got a Tensor"):
+        task_vector_prompting(model, batch, zero.inputs)
 
 
 def test_hooks_are_restored_after_a_fault_mid_sweep(model):

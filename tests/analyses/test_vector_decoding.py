@@ -24,7 +24,7 @@ class Letters:
 def vectors(model):
     tv = TaskVectors.from_model(model, POOL, layers=(-1, 0, 2), n_per_task=4, n_shots=3, seed=0)
     clean = POOL.sample(4, 3, 0)
-    means = mean_head_activations(model, clean.inputs, clean.answer_pos, clean.task_ids, clean.task_names)
+    means = mean_head_activations(model, clean)
     return tv, function_vector(model, means, [(1, 0), (2, 2)])
 
 

@@ -40,7 +40,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from reliability_helpers import POOL, left_pad, one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
-from tv_lens.analyses import CompareVectors, FunctionVectors, TaskDecodability, TaskVectorPrompting
+from tv_lens.analyses import CompareVectors, FunctionVectors, Prompts, TaskDecodability, TaskVectorPrompting
 from tv_lens.analyses.function_vectors import (
     IndirectEffects,
     MeanHeadActivations,
@@ -67,7 +67,7 @@ def clean_means(backend: str) -> MeanHeadActivations:
     """Every head's mean ``hook_z`` over clean prompts of every task of the pool (Null too)."""
     batch = clean_batch()
     model = fuzz_model(backend=backend)
-    return mean_head_activations(model, batch.inputs, batch.answer_pos, batch.task_ids, batch.task_names)
+    return mean_head_activations(model, batch)
 
 
 @cache
@@ -75,8 +75,7 @@ def clean_effects(backend: str) -> IndirectEffects:
     """The CIE of every head with :func:`clean_means`, on corrupted prompts of every task."""
     batch = POOL.sample(2, 2, seed=1, label_noise=0.99)
     model = fuzz_model(backend=backend)
-    args = (batch.inputs, batch.answer_pos, batch.answers, batch.task_ids, batch.task_names, clean_means(backend))
-    return causal_indirect_effects(model, *args, config=FunctionVectors(n_bootstrap=0))
+    return causal_indirect_effects(model, batch, clean_means(backend), config=FunctionVectors(n_bootstrap=0))
 
 
 # --- strategies ---
@@ -245,23 +244,19 @@ def changed_answers(answers: torch.Tensor, change: str) -> Any:
     layers=LAYERS,
     batch_size=mostly(st.sampled_from([1, 2, 64]), st.sampled_from([0, -1, 2.5, True, None])),
     in_mode=MODES,
+    bare=mostly(st.just(False), st.just(True)),
 )
-def test_mean_head_activations(backend: str, prompts: tuple[Any, ...], layers: Any, batch_size: Any, in_mode: str):
+def test_mean_head_activations(
+    backend: str, prompts: tuple[Any, ...], layers: Any, batch_size: Any, in_mode: str, bare: bool
+):
+    """``bare``: the tokens alone instead of prompts (not prompts at all)."""
     model = fuzz_model(backend=backend)
     inputs, answer_pos, task_ids, task_names, mask = prompts
 
     def call() -> MeanHeadActivations:
+        given = inputs if bare else Prompts(inputs, answer_pos, None, task_ids, task_names, mask)
         with GRAD_MODES[in_mode]():
-            return mean_head_activations(
-                model,
-                inputs,
-                answer_pos,
-                task_ids,
-                task_names,
-                attention_mask=mask,
-                layers=layers,
-                config=FunctionVectors(batch_size=batch_size),
-            )
+            return mean_head_activations(model, given, layers=layers, config=FunctionVectors(batch_size=batch_size))
 
     means = outcome(model, call)
     if means is not None:
@@ -308,13 +303,8 @@ def test_causal_indirect_effects(
         answers = changed_answers(batch.answers, answer_change)
         return causal_indirect_effects(
             model,
-            inputs,
-            answer_pos,
-            answers,
-            batch.task_ids,
-            batch.task_names,
+            Prompts(inputs, answer_pos, answers, batch.task_ids, batch.task_names, mask),
             used["means"],
-            attention_mask=mask,
             label_noise=label_noise,
             seed=seed,
             config=FunctionVectors(n_bootstrap=n_bootstrap, rows_per_pass=rows_per_pass),

@@ -44,6 +44,7 @@ from tv_lens.analyses import (
     HeadAblation,
     ICLPerformance,
     LayerFinetuning,
+    Prompts,
     TaskDecodability,
     TaskVectorPatching,
     TaskVectorPrompting,
@@ -446,9 +447,10 @@ def pool_vectors(backend: str) -> TaskVectors:
 
 @st.composite
 def prompt_args(draw: Any) -> dict[str, Any]:
-    """The prompt arguments of a causal function from a sampled batch (some prompts only): ``inputs``,
-    ``answer_pos``, ``answers``, ``task_ids``, ``task_names``, ``attention_mask``; mostly valid, sometimes one of
-    them fuzzed (another length, dtype or device, NaN-free but meaningless values, not a tensor)."""
+    """The prompts of a causal function from a sampled batch (some prompts only): ``prompts``, the batch itself or
+    :class:`Prompts` of its ``inputs``, ``answer_pos``, ``answers``, ``task_ids``, ``task_names``, ``attention_mask``
+    (also in the dict); mostly valid, sometimes one of them fuzzed (another length, dtype or device, NaN-free but
+    meaningless values, not a tensor), or ``prompts`` not prompts at all."""
     batch = POOL.sample(draw(st.integers(1, 3)), draw(st.sampled_from([1, 2, (1, 3)])), draw(st.integers(0, 99)))
     if draw(mostly(st.just(False), st.just(True))):
         batch = batch.select(draw(st.lists(st.integers(0, len(batch) - 1), min_size=1, max_size=5, unique=True)))
@@ -461,7 +463,7 @@ def prompt_args(draw: Any) -> dict[str, Any]:
         "task_names": batch.task_names,
         "attention_mask": batch.attention_mask,
     }
-    field = draw(mostly(st.just("none"), st.sampled_from(["answers", "task_ids", "task_names", "inputs"])))
+    field = draw(mostly(st.just("none"), st.sampled_from(["answers", "task_ids", "task_names", "inputs", "prompts"])))
     if field == "answers":
         answers = batch.answers
         args["answers"] = draw(
@@ -476,6 +478,10 @@ def prompt_args(draw: Any) -> dict[str, Any]:
         args["task_names"] = draw(st.sampled_from([batch.task_names[:1], "abcd", (), (1, 2, 3, 4)]))
     elif field == "inputs":
         args["inputs"] = draw(st.sampled_from([batch.inputs[:-1], batch.inputs[0], batch.inputs.float(), None]))
+    elif field == "prompts":
+        args["prompts"] = draw(st.sampled_from([batch.inputs, (batch.inputs, batch.answer_pos), None]))
+    fields = (args[name] for name in ("inputs", "answer_pos", "answers", "task_ids", "task_names", "attention_mask"))
+    args.setdefault("prompts", batch if field == "none" and draw(st.booleans()) else Prompts(*fields))
     return args
 
 
@@ -523,13 +529,8 @@ def test_patch_task_vectors(
         model,
         lambda: patch_task_vectors(
             model,
-            args["inputs"],
-            args["answer_pos"],
-            args["answers"],
-            args["task_ids"],
-            args["task_names"],
+            args["prompts"],
             chosen,
-            attention_mask=args["attention_mask"],
             targets=targets,
             null_task=null_task,
             config=TaskVectorPatching(
@@ -574,23 +575,16 @@ def test_task_vector_prompting(
     zs_inputs, zs_pos, zs_mask = twin.inputs, twin.answer_pos, twin.attention_mask
     if zero_shot == "fewer":
         zs_inputs, zs_pos, zs_mask = zs_inputs[:-1], zs_pos[:-1], zs_mask[:-1]
-    elif zero_shot == "icl":
-        zs_inputs, zs_pos, zs_mask = args["inputs"], args["answer_pos"], args["attention_mask"]
     elif zero_shot == "float":
         zs_inputs = zs_inputs.float()
+    labels = (args["answers"], args["task_ids"], args["task_names"])
+    zero = args["prompts"] if zero_shot == "icl" else Prompts(zs_inputs, zs_pos, *labels, zs_mask)
     result = outcome(
         model,
         lambda: task_vector_prompting(
             model,
-            args["inputs"],
-            args["answer_pos"],
-            zs_inputs,
-            zs_pos,
-            args["answers"],
-            args["task_ids"],
-            args["task_names"],
-            icl_attention_mask=args["attention_mask"],
-            zero_shot_attention_mask=zs_mask,
+            args["prompts"],
+            zero,
             vectors=pool_vectors(backend) if use_vectors else None,
             config=TaskVectorPrompting(
                 layers=layers,
@@ -639,12 +633,7 @@ def test_head_importance(
         model,
         lambda: head_importance(
             model,
-            args["inputs"],
-            args["answer_pos"],
-            args["answers"],
-            args["task_ids"],
-            args["task_names"],
-            attention_mask=args["attention_mask"],
+            args["prompts"],
             config=HeadAblation(
                 mode=mode,
                 metric=metric,

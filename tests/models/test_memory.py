@@ -109,18 +109,11 @@ def test_causal_results_record_the_rows_per_pass_that_fitted(model) -> None:
         "indirect effects": (
             100,
             lambda: causal_indirect_effects(
-                model,
-                batch.inputs,
-                batch.answer_pos,
-                batch.answers,
-                batch.task_ids,
-                batch.task_names,
-                means,
-                config=FunctionVectors(n_bootstrap=0, rows_per_pass=64),
+                model, batch, means, config=FunctionVectors(n_bootstrap=0, rows_per_pass=64)
             ),
         ),
     }
-    means = mean_head_activations(model, batch.inputs, batch.answer_pos, batch.task_ids, batch.task_names)
+    means = mean_head_activations(model, batch)
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"  # every pass reaches it
     for name, (limit, run) in analyses.items():
         expected = run()

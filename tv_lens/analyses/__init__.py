@@ -5,7 +5,8 @@ Under every config sits a pure function on plain tensors that other tools can ca
 :func:`detect_jump` / :func:`detect_coupling`, :func:`patch_task_vectors`, :func:`task_vector_prompting`,
 :func:`head_importance`, :func:`head_attribution`, :func:`compare_models`, :func:`mean_head_activations` /
 :func:`causal_indirect_effects` / :func:`function_vector` / :func:`function_vector_prompting`,
-:func:`decode_vectors` (the logit lens of a task or function vector).
+:func:`decode_vectors` (the logit lens of a task or function vector). The causal ones take the prompts as one
+:class:`LabelledPrompts`: a batch (``pool.sample(...)``), or :class:`Prompts` built from tensors you tokenised.
 Results live in :mod:`tv_lens.results` (tables, figures, save / load).
 """
 
@@ -26,6 +27,7 @@ from tv_lens.analyses.options import CausalOptions, IntervalOptions, PassOptions
 from tv_lens.analyses.patching import TaskVectorPatching, patch_task_vectors
 from tv_lens.analyses.performance import ICLPerformance, icl_performance, score_batch
 from tv_lens.analyses.prediction import TdAccuracy, fit_td_accuracy, ols
+from tv_lens.analyses.prompt_batches import LabelledPrompts, Prompts
 from tv_lens.analyses.prompting import TaskVectorPrompting, task_vector_prompting
 from tv_lens.analyses.pruning import pruning_curve, shared_heads
 from tv_lens.analyses.suite import Suite
@@ -41,8 +43,10 @@ __all__ = [
     "HeadAblation",
     "ICLPerformance",
     "IntervalOptions",
+    "LabelledPrompts",
     "LayerFinetuning",
     "PassOptions",
+    "Prompts",
     "Suite",
     "TaskDecodability",
     "TaskVectorPatching",

@@ -22,12 +22,12 @@ from tv_lens.positions import check_tensor_data, tensor_of
 __all__ = ["answer_counts", "answer_scores", "answer_tokens", "finite_outputs", "prompt_count", "prompt_task_ids"]
 
 
-def answer_tokens(answers: Int[Tensor, "batch ..."], n_prompts: int) -> Int[Tensor, "batch n_answer"]:
+def answer_tokens(answers: Int[Tensor, "batch ..."] | None, n_prompts: int) -> Int[Tensor, "batch n_answer"]:
     """Answer tokens as ``[batch, n_answer]`` (a ``[batch]`` tensor is one token per prompt), long, on the CPU.
 
     Answers of different lengths are right-padded with ``-1``; :func:`answer_counts` gives each one's length.
     Columns that are padding in every row (e.g. a batch selected out of a pool with longer answers) are dropped:
-    they hold no answer token.
+    they hold no answer token. ``None`` (prompts without answers) is a :class:`ShapeError`.
     """
     answers = tensor_of(answers, "answers", f"integer tokens [batch={n_prompts}, n_answer] (batch.answers)")
     check_tensor_data(answers, "answers")

@@ -46,10 +46,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tv_lens.analyses.answers import prompt_count, prompt_task_ids
 from tv_lens.analyses.indirect_effects import causal_indirect_effects, check_means, mean_head_activations
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
-from tv_lens.analyses.prompt_batches import check_pool
-from tv_lens.analyses.prompting import SCORINGS, Scoring, TaskVectorPrompting, batch_prompting
+from tv_lens.analyses.prompt_batches import LabelledPrompts, check_pool, check_prompts
+from tv_lens.analyses.prompting import SCORINGS, Scoring, TaskVectorPrompting, task_vector_prompting
 from tv_lens.analyses.pruning import check_count
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ModelNotSupportedError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
@@ -174,7 +175,8 @@ def _output_weights(adapter: ModelAdapter, layer: int) -> Float[Tensor, "head d_
 
 def function_vector_prompting(
     model: Any,
-    batch: ICLBatch,
+    prompts: LabelledPrompts,
+    zero_shot: LabelledPrompts,
     vector: FunctionVector,
     *,
     tokenizer: Any = None,
@@ -188,15 +190,18 @@ def function_vector_prompting(
 
     Args:
         model: A TransformerLens model.
-        batch: ICL prompts; their ``batch.zero_shot()`` twins get the vector, they themselves give the ICL baseline.
-        vector: The function vector of every task of ``batch``.
+        prompts: ICL prompts (an ``ICLBatch``, or :class:`~tv_lens.analyses.Prompts`), the ICL baseline; their
+            answers, task ids and names serve ``zero_shot`` too.
+        zero_shot: The same queries without demonstrations (``batch.zero_shot()``), which get the vector.
+        vector: The function vector of every task of ``prompts``.
         tokenizer: Decodes generations for the generation scorings (default: ``model.tokenizer``).
         config: The options (``None``: ``FunctionVectors()``).
         seed: Seed of the bootstrap.
 
     Raises:
-        TaskError: A prompt's task has no function vector.
-        ShapeError: A vector of another ``d_model``.
+        TaskError: A prompt's task has no function vector; ``prompts`` or ``zero_shot`` without a field of
+            :class:`~tv_lens.analyses.LabelledPrompts`.
+        ShapeError: A vector of another ``d_model``, or prompts and zero-shot prompts that do not pair up.
         LayerOutOfRangeError: A layer outside the model.
     """
     config = analysis_config(config, FunctionVectors)
@@ -206,7 +211,10 @@ def function_vector_prompting(
     if not isinstance(vector, FunctionVector):
         raise ShapeError(f"vector must be a FunctionVector (from function_vector), got {type(vector).__name__}.")
     vector.check_model(model)
-    missing = sorted({batch.task_names[t] for t in batch.task_ids.unique().tolist()} - set(vector.task_names))
+    check_prompts(prompts)
+    task_names = prompts.task_names
+    ids = prompt_task_ids(prompts.task_ids, task_names, prompt_count(prompts.inputs, "prompts.inputs"))
+    missing = sorted({task_names[t] for t in ids.unique().tolist()} - set(vector.task_names))
     if missing:
         raise TaskError(
             f"No function vector for tasks {missing} of these prompts (it covers {list(vector.task_names)}); build it "
@@ -218,7 +226,9 @@ def function_vector_prompting(
     vectors = TaskVectors(every_layer, layers, vector.task_names, ones, ones.clone())
     options = {field.name: getattr(config, field.name) for field in fields(CausalOptions)}
     sweep = TaskVectorPrompting(layers=layers, source="task_mean", mode="add", scoring=config.scoring, **options)
-    prompting = batch_prompting(model, batch, sweep, vectors=vectors, tokenizer=tokenizer, seed=seed)
+    prompting = task_vector_prompting(
+        model, prompts, zero_shot, vectors=vectors, tokenizer=tokenizer, config=sweep, seed=seed
+    )
     return FunctionVectorPrompting(prompting, vector.heads)
 
 
@@ -299,31 +309,13 @@ class FunctionVectors(CausalOptions):
         evaluation = _without_null(evaluation, "evaluation")
         adapter = adapt(model)
         check_count(self.k, "k", 1, adapter.n_layers * adapter.n_heads)
-        means = mean_head_activations(
-            model,
-            clean.inputs,
-            clean.answer_pos,
-            clean.task_ids,
-            clean.task_names,
-            attention_mask=clean.attention_mask,
-            config=self,
-        )
+        means = mean_head_activations(model, clean, config=self)
         effects = causal_indirect_effects(
-            model,
-            corrupted.inputs,
-            corrupted.answer_pos,
-            corrupted.answers,
-            corrupted.task_ids,
-            corrupted.task_names,
-            means,
-            attention_mask=corrupted.attention_mask,
-            label_noise=self._noise(corrupted),
-            config=self,
-            seed=seed,
+            model, corrupted, means, label_noise=self._noise(corrupted), config=self, seed=seed
         )
         described = describe_tasks(clean, clean.task_names)
         vector = function_vector(model, means, effects, model_name=model_name, pool=described, config=self)
-        prompting = function_vector_prompting(model, evaluation, vector, config=self, seed=seed)
+        prompting = function_vector_prompting(model, evaluation, evaluation.zero_shot(), vector, config=self, seed=seed)
         return FunctionVectorResult(means, effects, vector.applied_as(layers=(prompting.best_layer,)), prompting)
 
     def _noise(self, corrupted: ICLBatch) -> float:

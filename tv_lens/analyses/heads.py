@@ -33,19 +33,18 @@ agreement with the exact ablations is reported. Every ablation goes through
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
-from tv_lens.analyses.answers import answer_counts, answer_scores, answer_tokens, prompt_count, prompt_task_ids
+from tv_lens.analyses.answers import answer_scores, prompt_task_ids
 from tv_lens.analyses.attribution import ATTRIBUTION_METHODS, head_attribution
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
-from tv_lens.analyses.prompt_batches import check_pool
+from tv_lens.analyses.prompt_batches import LabelledPrompts, aligned_with_answers, check_pool
 from tv_lens.analyses.pruning import (
     SHARED_METHODS,
     check_count,
@@ -53,15 +52,15 @@ from tv_lens.analyses.pruning import (
     pruning_order,
     shared_heads,
     spearman,
-    task_mean,
 )
 from tv_lens.errors import AnalysisError
 from tv_lens.interventions import ablate_head
-from tv_lens.interventions.sweep import AlignedPrompts, Cell, Sweep, align, run_sweep
+from tv_lens.interventions.sweep import AlignedPrompts, Cell, Sweep, run_sweep
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import HookFn, read_batches
 from tv_lens.results.heads import HeadImportance, PruningCurve
 from tv_lens.results.shared import real_prompts
+from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 
@@ -72,13 +71,8 @@ HEAD_METRICS: tuple[str, ...] = ("cross_entropy", "accuracy")
 
 def head_importance(
     model: Any,
-    inputs: Int[Tensor, "batch pos"],
-    answer_pos: Int[Tensor, " batch"],
-    answers: Int[Tensor, "batch n_answer"],
-    task_ids: Int[Tensor, " batch"],
-    task_names: Sequence[str],
+    prompts: LabelledPrompts,
     *,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
     null_task: str = NULL_TASK,
     config: HeadAblation | None = None,
     seed: int = 0,
@@ -89,18 +83,16 @@ def head_importance(
 
     Args:
         model: A TransformerLens model.
-        inputs: Prompt tokens.
-        answer_pos: Token right before each answer.
-        answers: Answer tokens ``[batch, n_answer]``.
-        task_ids: Task of each prompt, indexing ``task_names``.
-        task_names: Name of every task id.
-        attention_mask: 1 on real tokens; needed for left-padded prompts.
+        prompts: The prompts (an ``ICLBatch``, or :class:`~tv_lens.analyses.Prompts`): tokens, answer positions,
+            answer tokens ``[batch, n_answer]``, task ids and names, and the attention mask (needed for left
+            padding).
         null_task: Name of the Null task (left out of the overall numbers).
         config: The options (``None``: ``HeadAblation()``).
         seed: Seed of the bootstrap.
 
     Raises:
         AnalysisError: ``config.top_k`` or ``config.prune_steps`` outside the model's heads.
+        TaskError: ``prompts`` without a field of :class:`~tv_lens.analyses.LabelledPrompts` (e.g. a tensor).
     """
     config = analysis_config(config, HeadAblation)
     adapter = adapt(model)
@@ -110,15 +102,15 @@ def head_importance(
     check_count(top_k, "top_k", 1, n_heads_total)
     check_count(prune_steps, "prune_steps", 0, n_heads_total)
     mode, metric, rows_per_pass, progress = config.mode, config.metric, config.rows_per_pass, config.progress
-    answers = answer_tokens(answers, prompt_count(inputs))
-    prompts = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
-    ids = prompt_task_ids(task_ids, task_names, len(prompts))
-    values = _ablation_values(adapter, prompts, mode, config.batch_size)
+    aligned, answers = aligned_with_answers(model, prompts)
+    task_names = prompts.task_names
+    ids = prompt_task_ids(prompts.task_ids, task_names, len(aligned))
+    values = _ablation_values(adapter, aligned, mode, config.batch_size)
     heads = [(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
     cells = [Cell((_ablate(layer, head, mode, values),)) for layer, head in heads]
     score = partial(_score, answers=answers)
-    sweep = run_sweep(model, prompts, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="heads")
-    shape = (adapter.n_layers, adapter.n_heads, len(prompts))
+    sweep = run_sweep(model, aligned, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="heads")
+    shape = (adapter.n_layers, adapter.n_heads, len(aligned))
     ablated_correct, ablated_loss = sweep.cells[..., 0].view(shape), sweep.cells[..., 1].view(shape)
     clean_correct, clean_loss = sweep.clean[:, 0], sweep.clean[:, 1]
     harm = clean_correct - ablated_correct if metric == "accuracy" else ablated_loss - clean_loss
@@ -127,10 +119,10 @@ def head_importance(
     boot: dict[str, Any] = {"n_bootstrap": config.n_bootstrap, "ci": config.ci, "seed": seed}
     importance_ci, _ = stratified_bootstrap_ci(harm, ids, n_tasks, **boot)
     _, overall_ci = stratified_bootstrap_ci(harm[..., real], ids[real], n_tasks, **boot)
-    importance = task_mean(harm, ids, n_tasks)
+    importance = group_means(harm, ids, n_tasks)
     overall = harm[..., real].mean(-1)
     estimate = (
-        head_attribution(model, prompts, answers, values, config=config)
+        head_attribution(model, aligned, answers, values, config=config)
         if config.attribution
         else torch.full_like(ablated_loss, float("nan"))
     )
@@ -140,7 +132,7 @@ def head_importance(
         Cell(tuple(_ablate(layer, head, mode, values) for layer, head in order[:k])) for k in range(1, prune_steps + 1)
     ]
     if cells:
-        pruned = run_sweep(model, prompts, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="prune")
+        pruned = run_sweep(model, aligned, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="prune")
     else:
         pruned = Sweep(sweep.clean, sweep.cells[:0], (), 0, sweep.rows_per_pass)
     pruning = pruning_curve(order, sweep.clean, pruned, metric, ids, real, task_names)
@@ -213,17 +205,7 @@ class HeadAblation(CausalOptions):
 
     def run_batch(self, model: Any, batch: ICLBatch, seed: int = 0) -> HeadImportance:
         """Head importance on a given batch."""
-        return head_importance(
-            model,
-            batch.inputs,
-            batch.answer_pos,
-            batch.answers,
-            batch.task_ids,
-            batch.task_names,
-            attention_mask=batch.attention_mask,
-            config=self,
-            seed=seed,
-        )
+        return head_importance(model, batch, config=self, seed=seed)
 
 
 def _check_options(mode: str, metric: str, shared: str, attribution: bool, attribution_method: str) -> None:

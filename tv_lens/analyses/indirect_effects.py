@@ -13,12 +13,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Int
 from torch import Tensor
 
-from tv_lens.analyses.answers import answer_counts, answer_scores, answer_tokens, prompt_count, prompt_task_ids
+from tv_lens.analyses.answers import answer_scores, prompt_task_ids
 from tv_lens.analyses.options import CausalOptions, PassOptions, analysis_config
-from tv_lens.analyses.pruning import task_mean
+from tv_lens.analyses.prompt_batches import LabelledPrompts, aligned_with_answers, check_prompts
 from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError, TaskError
 from tv_lens.interventions import ablate_head
 from tv_lens.interventions.sweep import Cell, align, run_sweep
@@ -26,6 +25,7 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import HookFn, read_batches
 from tv_lens.positions import check_tensor_data
 from tv_lens.results.function_vectors import IndirectEffects, MeanHeadActivations
+from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 
 if TYPE_CHECKING:
@@ -36,12 +36,8 @@ __all__ = ["IndirectEffects", "MeanHeadActivations", "causal_indirect_effects", 
 
 def mean_head_activations(
     model: Any,
-    inputs: Int[Tensor, "batch pos"],
-    answer_pos: Int[Tensor, " batch"],
-    task_ids: Int[Tensor, " batch"],
-    task_names: Sequence[str],
+    prompts: LabelledPrompts,
     *,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
     layers: Sequence[int] | None = None,
     config: FunctionVectors | None = None,
 ) -> MeanHeadActivations:
@@ -52,27 +48,28 @@ def mean_head_activations(
 
     Args:
         model: A TransformerLens model.
-        inputs: Clean ICL prompts.
-        answer_pos: Token right before each answer.
-        task_ids: Task of each prompt, indexing ``task_names``.
-        task_names: Name of every task id; tasks without prompts are left out.
-        attention_mask: 1 on real tokens; needed for left-padded prompts.
+        prompts: Clean ICL prompts (an ``ICLBatch``, or :class:`~tv_lens.analyses.Prompts`, whose ``answers`` may be
+            ``None``: none are read): tokens, answer positions, task ids and names (tasks without prompts are left
+            out), and the attention mask (needed for left padding).
         layers: Blocks to read (default: every block).
         config: The options (``None``: ``FunctionVectors()``).
 
     Raises:
         ModelNotSupportedError: The model's ``attn.hook_z`` is not ``[batch, pos, n_heads, d_head]``.
+        TaskError: ``prompts`` without a field of :class:`~tv_lens.analyses.LabelledPrompts` (e.g. a tensor).
     """
     options = analysis_config(config, PassOptions, "FunctionVectors")  # None: the defaults of its pass options
     adapter = adapt(model)
     layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers)
-    prompts = align(model, inputs, answer_pos, attention_mask)
-    ids = prompt_task_ids(task_ids, task_names, len(prompts))
+    check_prompts(prompts)
+    task_names = prompts.task_names
+    aligned = align(model, prompts.inputs, prompts.answer_pos, prompts.attention_mask)
+    ids = prompt_task_ids(prompts.task_ids, task_names, len(aligned))
     n_tasks = len(task_names)
     sums = torch.zeros(n_tasks, len(layers), adapter.n_heads, adapter.d_head, dtype=torch.float64)
 
     def hooks_for(index: Tensor) -> list[tuple[str, HookFn]]:
-        pos = prompts.answer_pos[index]
+        pos = aligned.answer_pos[index]
         weights = torch.nn.functional.one_hot(ids[index], n_tasks).double()  # [prompt, task]
         return [
             (
@@ -82,9 +79,9 @@ def mean_head_activations(
             for i, layer in enumerate(layers)
         ]
 
-    ends = prompts.answer_pos + 1
+    ends = aligned.answer_pos + 1
     read_batches(
-        adapter, prompts.inputs, ends, options.batch_size, hooks_for, desc="head means", progress=options.progress
+        adapter, aligned.inputs, ends, options.batch_size, hooks_for, desc="head means", progress=options.progress
     )
     counts = torch.bincount(ids, minlength=n_tasks)
     present = counts.nonzero().flatten()
@@ -109,14 +106,9 @@ def _sum_z(
 
 def causal_indirect_effects(
     model: Any,
-    inputs: Int[Tensor, "batch pos"],
-    answer_pos: Int[Tensor, " batch"],
-    answers: Int[Tensor, "batch n_answer"],
-    task_ids: Int[Tensor, " batch"],
-    task_names: Sequence[str],
+    prompts: LabelledPrompts,
     means: MeanHeadActivations,
     *,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
     label_noise: float = 0.0,
     config: FunctionVectors | None = None,
     seed: int = 0,
@@ -128,19 +120,18 @@ def causal_indirect_effects(
 
     Args:
         model: A TransformerLens model.
-        inputs: Corrupted ICL prompts (demonstrations with wrong labels).
-        answer_pos: Token right before each answer.
-        answers: The right answer tokens ``[batch, n_answer]`` (``-1`` pads shorter answers).
-        task_ids: Task of each prompt, indexing ``task_names``; every task must have a mean in ``means``.
-        task_names: Name of every task id.
+        prompts: Corrupted ICL prompts (demonstrations with wrong labels; an ``ICLBatch``, or
+            :class:`~tv_lens.analyses.Prompts`): tokens, answer positions, the right answer tokens
+            ``[batch, n_answer]`` (``-1`` pads shorter answers), task ids and names (every task with a mean in
+            ``means``), and the attention mask (needed for left padding).
         means: Mean head activations of clean prompts (:func:`mean_head_activations`).
-        attention_mask: 1 on real tokens; needed for left-padded prompts.
         label_noise: The share of wrong demonstration labels in the prompts (recorded on the result).
         config: The options (``None``: ``FunctionVectors()``).
         seed: Seed of the bootstrap.
 
     Raises:
-        TaskError: A prompt's task has no mean activation.
+        TaskError: A prompt's task has no mean activation; ``prompts`` without a field of
+            :class:`~tv_lens.analyses.LabelledPrompts`.
         ShapeError: ``means`` from a model with other head sizes.
         NonFiniteError: ``means`` hold NaN or infinite values.
         AnalysisError: ``label_noise`` is not a number in ``[0, 1]``.
@@ -153,9 +144,9 @@ def causal_indirect_effects(
             f"label_noise must be a number in [0, 1] (the share of wrong demonstration labels in the corrupted "
             f"prompts, recorded on the result), got {label_noise!r}; e.g. 0.99."
         )
-    answers = answer_tokens(answers, prompt_count(inputs))
-    prompts = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
-    ids = _mean_ids(prompt_task_ids(task_ids, task_names, len(prompts)), task_names, means)
+    aligned, answers = aligned_with_answers(model, prompts)
+    task_names = prompts.task_names
+    ids = _mean_ids(prompt_task_ids(prompts.task_ids, task_names, len(aligned)), task_names, means)
     per_prompt = means.activations[ids]  # [prompt, layer, head, d_head]
     heads = [(i, layer, head) for i, layer in enumerate(means.layers) for head in range(means.n_heads)]
     cells = [
@@ -163,9 +154,9 @@ def causal_indirect_effects(
     ]
     score = partial(_score, answers=answers)
     sweep = run_sweep(
-        model, prompts, cells, score, rows_per_pass=options.rows_per_pass, progress=options.progress, desc="CIE"
+        model, aligned, cells, score, rows_per_pass=options.rows_per_pass, progress=options.progress, desc="CIE"
     )
-    shape = (len(means.layers), means.n_heads, len(prompts))
+    shape = (len(means.layers), means.n_heads, len(aligned))
     patched_prob, patched_loss = sweep.cells[..., 0].reshape(shape), sweep.cells[..., 1].reshape(shape)
     corrupted_prob, corrupted_loss = sweep.clean[:, 0], sweep.clean[:, 1]
     effect = patched_prob - corrupted_prob
@@ -179,7 +170,7 @@ def causal_indirect_effects(
         corrupted_loss=corrupted_loss,
         patched_prob=patched_prob,
         patched_loss=patched_loss,
-        cie=task_mean(effect, ids, n_tasks),
+        cie=group_means(effect, ids, n_tasks),
         cie_ci=cie_ci,
         overall=effect.mean(-1),
         overall_ci=overall_ci,

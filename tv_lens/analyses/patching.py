@@ -43,13 +43,13 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from tv_lens.analyses.answers import answer_counts, answer_scores, answer_tokens, prompt_count, prompt_task_ids
+from tv_lens.analyses.answers import answer_scores, prompt_task_ids
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.patching_summary import summarize_patching
-from tv_lens.analyses.prompt_batches import check_pool
+from tv_lens.analyses.prompt_batches import LabelledPrompts, aligned_with_answers, check_pool
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
 from tv_lens.interventions import Intervention, add, replace
-from tv_lens.interventions.sweep import Cell, align, run_sweep
+from tv_lens.interventions.sweep import Cell, run_sweep
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.results.patching import PatchingEffects
 from tv_lens.task_vectors import Reduce, TaskVectors
@@ -72,14 +72,9 @@ MODES: tuple[str, ...] = ("replace", "add", "add_difference")
 
 def patch_task_vectors(
     model: Any,
-    inputs: Int[Tensor, "batch pos"],
-    answer_pos: Int[Tensor, " batch"],
-    answers: Int[Tensor, "batch n_answer"],
-    task_ids: Int[Tensor, " batch"],
-    task_names: Sequence[str],
+    prompts: LabelledPrompts,
     vectors: TaskVectors,
     *,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
     targets: Sequence[str] | None = None,
     target_answers: Int[Tensor, "target batch n_target_answer"] | None = None,
     null_task: str = NULL_TASK,
@@ -93,13 +88,10 @@ def patch_task_vectors(
 
     Args:
         model: A TransformerLens model.
-        inputs: Prompt tokens (right- or left-padded).
-        answer_pos: Token right before each prompt's answer.
-        answers: Answer tokens ``[batch, n_answer]`` (teacher-forced after ``answer_pos``).
-        task_ids: Task of each prompt, indexing ``task_names``.
-        task_names: Name of every task id.
+        prompts: The prompts (an ``ICLBatch``, or :class:`~tv_lens.analyses.Prompts`): tokens (right- or
+            left-padded, with the attention mask), answer positions, answer tokens ``[batch, n_answer]``
+            (teacher-forced after the answer position), task ids and names.
         vectors: Task vectors; their site is the patched site.
-        attention_mask: 1 on real tokens; needed for left-padded prompts.
         targets: Tasks whose vectors are injected (default: every task of ``vectors``).
         target_answers: Answer tokens each target task's rule gives for each prompt's query, ``-1`` where a
             target has no rule (e.g. Null); ``None``: overriding is not measured (NaN).
@@ -108,7 +100,8 @@ def patch_task_vectors(
         seed: Seed of the bootstrap.
 
     Raises:
-        TaskError: A target (or, for ``add_difference``, a prompt's own task) without a vector.
+        TaskError: A target (or, for ``add_difference``, a prompt's own task) without a vector; ``prompts`` without
+            a field of :class:`~tv_lens.analyses.LabelledPrompts`.
         ShapeError: Vectors of another d_model, or inputs of mismatched lengths.
         LayerOutOfRangeError: A layer the vectors do not cover.
     """
@@ -123,9 +116,8 @@ def patch_task_vectors(
         )
     target_names = tuple(vectors.task_names) if targets is None else tuple(targets)
     target_index = [vectors.task_index(name) for name in target_names]
-    answers = answer_tokens(answers, prompt_count(inputs))
-    prompts = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
-    source_names, sources = _sources(task_ids, task_names, len(prompts))
+    aligned, answers = aligned_with_answers(model, prompts)
+    source_names, sources = _sources(prompts.task_ids, prompts.task_names, len(aligned))
     own_vectors = None
     if config.mode == "add_difference":
         missing = [name for name in source_names if name not in vectors.task_names]
@@ -141,9 +133,9 @@ def patch_task_vectors(
         for ti in target_index
     ]
     sweep = run_sweep(
-        model, prompts, cells, _scorer(answers), rows_per_pass=config.rows_per_pass, progress=config.progress
+        model, aligned, cells, _scorer(answers), rows_per_pass=config.rows_per_pass, progress=config.progress
     )
-    n_l, n_t, n = len(layers), len(target_names), len(prompts)
+    n_l, n_t, n = len(layers), len(target_names), len(aligned)
     scores = sweep.cells.view(n_l, n_t, n, -1)
     return summarize_patching(
         scores[..., 0],
@@ -247,13 +239,8 @@ class TaskVectorPatching(CausalOptions):
         targets = tuple(vectors.task_names)
         return patch_task_vectors(
             model,
-            batch.inputs,
-            batch.answer_pos,
-            batch.answers,
-            batch.task_ids,
-            batch.task_names,
+            batch,
             vectors,
-            attention_mask=batch.attention_mask,
             targets=targets,
             target_answers=None if pool is None else rule_answers(pool, batch, targets),
             config=self,

@@ -2,23 +2,41 @@
 
 Analyses read prompts through :class:`PromptBatch` / :class:`PromptPool`, the fields and methods that
 token batches (:class:`~tv_lens.tasks.ICLBatch`) and continuous batches (``RegressionBatch``) share, so
-they run on either without knowing how a task renders.
+they run on either without knowing how a task renders. The causal functions (head importance, patching,
+prompting, indirect effects) read only :class:`LabelledPrompts`: a batch, or :class:`Prompts` of tokens a user has.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.analyses.answers import answer_counts, answer_tokens, prompt_count
 from tv_lens.errors import TaskError
+from tv_lens.interventions.sweep import AlignedPrompts, align
 
-__all__ = ["PromptBatch", "PromptPool", "check_batch", "check_pool", "sample_batch"]
+__all__ = [
+    "LabelledPrompts",
+    "PromptBatch",
+    "PromptPool",
+    "Prompts",
+    "aligned_with_answers",
+    "check_batch",
+    "check_pool",
+    "check_prompts",
+    "sample_batch",
+]
+
+LABELLED_FIELDS = ("inputs", "attention_mask", "answer_pos", "answers", "task_ids", "task_names")
 
 
 @runtime_checkable
-class PromptBatch(Protocol):
-    """A batch of rendered ICL prompts (``ICLBatch`` for tokens, ``RegressionBatch`` for vectors)."""
+class LabelledPrompts(Protocol):
+    """Prompts with their answers and tasks, what the causal functions read (a batch, or :class:`Prompts`)."""
 
     @property
     def inputs(self) -> Tensor:
@@ -26,8 +44,8 @@ class PromptBatch(Protocol):
         ...
 
     @property
-    def attention_mask(self) -> Tensor:
-        """1 for real positions, 0 for padding ``[batch, pos]``."""
+    def attention_mask(self) -> Tensor | None:
+        """1 for real positions, 0 for padding ``[batch, pos]`` (``None``: every position is real)."""
         ...
 
     @property
@@ -36,13 +54,65 @@ class PromptBatch(Protocol):
         ...
 
     @property
-    def answers(self) -> Tensor:
-        """Answer tokens ``[batch, n_answer]`` (``-1`` padded) or values."""
+    def answers(self) -> Tensor | None:
+        """Answer tokens ``[batch, n_answer]`` (``-1`` padded) or values (``None`` where none are read)."""
         ...
 
     @property
     def task_ids(self) -> Tensor:
         """Task index of each prompt ``[batch]``."""
+        ...
+
+    @property
+    def task_names(self) -> Sequence[str]:
+        """Name of each task index."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class Prompts:
+    """Prompts you tokenised yourself, with their answers and tasks, for the causal functions.
+
+    A container: the functions check its fields as they check a batch's (an ``ICLBatch`` or ``RegressionBatch``
+    serves in its place).
+
+    Attributes:
+        inputs: Prompt tokens ``[batch, pos]`` (or continuous inputs ``[batch, pos, d_in]``), right- or
+            left-padded.
+        answer_pos: Token right before each prompt's first answer token ``[batch]``.
+        answers: Answer tokens ``[batch, n_answer]`` (``-1`` pads shorter answers; the tokens follow
+            ``answer_pos`` in ``inputs``), or continuous answers ``[batch, d_out]``; ``None`` only for
+            :func:`~tv_lens.analyses.mean_head_activations`, which reads no answers.
+        task_ids: Task of each prompt ``[batch]``, indexing ``task_names``.
+        task_names: Name of every task id (stored as a tuple).
+        attention_mask: 1 on real tokens ``[batch, pos]``; needed for left-padded prompts (``None``: all real).
+    """
+
+    inputs: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_in"]
+    answer_pos: Int[Tensor, " batch"]
+    answers: Int[Tensor, "batch n_answer"] | Float[Tensor, "batch d_out"] | None
+    task_ids: Int[Tensor, " batch"]
+    task_names: tuple[str, ...]
+    attention_mask: Int[Tensor, "batch pos"] | None = None
+
+    def __post_init__(self) -> None:
+        names = self.task_names
+        if isinstance(names, Sequence) and not isinstance(names, (str, bytes)):  # a string is refused where read
+            object.__setattr__(self, "task_names", tuple(names))
+
+
+@runtime_checkable
+class PromptBatch(LabelledPrompts, Protocol):
+    """A batch of rendered ICL prompts (``ICLBatch`` for tokens, ``RegressionBatch`` for vectors)."""
+
+    @property
+    def attention_mask(self) -> Tensor:
+        """1 for real positions, 0 for padding ``[batch, pos]``."""
+        ...
+
+    @property
+    def answers(self) -> Tensor:
+        """Answer tokens ``[batch, n_answer]`` (``-1`` padded) or values."""
         ...
 
     @property
@@ -94,13 +164,26 @@ def check_pool(pool: Any) -> None:
 
 
 def check_batch(batch: Any) -> None:
-    """Raise :class:`TaskError` unless ``batch`` is a batch of prompts (has the :class:`PromptBatch` fields)."""
-    fields = ("inputs", "attention_mask", "answer_pos", "answers", "task_ids", "task_names")
-    missing = [name for name in fields if not hasattr(batch, name)]
+    """Raise :class:`TaskError` unless ``batch`` is a batch of prompts (has the :class:`LabelledPrompts` fields)."""
+    _check_fields(batch, "batch", "a batch of prompts", "or a selection of one (batch.select(rows))")
+
+
+def check_prompts(prompts: Any, name: str = "prompts") -> None:
+    """Raise :class:`TaskError` unless ``prompts`` (the argument ``name``) are :class:`LabelledPrompts`."""
+    _check_fields(
+        prompts,
+        name,
+        "a batch of prompts or tv_lens.Prompts",
+        "or prompts you tokenised as tv_lens.Prompts(inputs, answer_pos, answers, task_ids, task_names)",
+    )
+
+
+def _check_fields(value: Any, name: str, expected: str, alternative: str) -> None:
+    missing = [field for field in LABELLED_FIELDS if not hasattr(value, field)]
     if missing:
         raise TaskError(
-            f"batch must be a batch of prompts, got a {type(batch).__name__} without {missing}; pass "
-            "pool.sample(n_per_task, n_shots, seed) (an ICLBatch) or a selection of one (batch.select(rows))."
+            f"{name} must be {expected}, got a {type(value).__name__} without {missing}; pass "
+            f"pool.sample(n_per_task, n_shots, seed) (an ICLBatch) {alternative}."
         )
 
 
@@ -112,3 +195,15 @@ def sample_batch(pool: PromptPool, n_per_task: int, n_shots: Any, seed: int, lab
     else:  # a pool of the user's own need not know label noise
         batch = pool.sample(n_per_task, n_shots, seed)
     return batch
+
+
+def aligned_with_answers(model: Any, prompts: LabelledPrompts) -> tuple[AlignedPrompts, Int[Tensor, "batch n_answer"]]:
+    """``prompts`` checked and aligned for a sweep (:func:`~tv_lens.interventions.sweep.align`), and their answers.
+
+    Raises:
+        TaskError: ``prompts`` without a field of :class:`LabelledPrompts`.
+        ShapeError: Answers that are not integer tokens ``[batch, n_answer]`` (``None`` included).
+    """
+    check_prompts(prompts)
+    answers = answer_tokens(prompts.answers, prompt_count(prompts.inputs))
+    return align(model, prompts.inputs, prompts.answer_pos, prompts.attention_mask, answer_counts(answers)), answers

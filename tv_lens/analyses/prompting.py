@@ -45,14 +45,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.analyses.answers import answer_counts, answer_scores, prompt_count, prompt_task_ids
 from tv_lens.analyses.generated_scores import GeneratedScores
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.patching import patch_site
-from tv_lens.analyses.prompt_batches import check_pool
+from tv_lens.analyses.prompt_batches import LabelledPrompts, check_pool, check_prompts
 from tv_lens.analyses.prompting_vectors import prompting_vectors
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.interventions import run_with_interventions
@@ -61,6 +60,7 @@ from tv_lens.interventions.sweep import align
 from tv_lens.metrics import TOLERANCE, continuous_answers, tolerance_problem
 from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating
+from tv_lens.positions import tensor_of
 from tv_lens.probes import check_residual_site
 from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
@@ -70,7 +70,6 @@ from tv_lens.tasks import NULL_TASK, ICLBatch, RegressionBatch, RegressionPool, 
 __all__ = [
     "PromptingAccuracy",
     "TaskVectorPrompting",
-    "batch_prompting",
     "held_out_vectors",
     "other_prompts",
     "task_vector_prompting",
@@ -84,16 +83,9 @@ SCORINGS: tuple[str, ...] = ("teacher_forced", "exact_match", "first_word")
 
 def task_vector_prompting(
     model: Any,
-    icl_inputs: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_in"],
-    icl_answer_pos: Int[Tensor, " batch"],
-    zero_shot_inputs: Int[Tensor, "batch zs_pos"] | Float[Tensor, "batch zs_pos d_in"],
-    zero_shot_answer_pos: Int[Tensor, " batch"],
-    answers: Int[Tensor, "batch n_answer"] | Float[Tensor, "batch d_out"],
-    task_ids: Int[Tensor, " batch"],
-    task_names: Sequence[str],
+    prompts: LabelledPrompts,
+    zero_shot: LabelledPrompts,
     *,
-    icl_attention_mask: Int[Tensor, "batch pos"] | None = None,
-    zero_shot_attention_mask: Int[Tensor, "batch zs_pos"] | None = None,
     vectors: TaskVectors | None = None,
     tokenizer: Any = None,
     null_task: str = NULL_TASK,
@@ -107,16 +99,13 @@ def task_vector_prompting(
 
     Args:
         model: A TransformerLens model (or a continuous-input one for regression prompts).
-        icl_inputs: The in-context prompts (tokens, or input vectors ``[batch, pos, d_in]``).
-        icl_answer_pos: Their answer positions (where vectors are read).
-        zero_shot_inputs: The same queries without demonstrations (row ``i`` pairs with ICL row ``i``).
-        zero_shot_answer_pos: Their answer positions (where vectors are written).
-        answers: Answer tokens ``[batch, n_answer]`` (``-1`` padded), or continuous answers ``[batch, d_out]``
-            (floats), shared by both prompts of a pair.
-        task_ids: Task of each pair, indexing ``task_names``.
-        task_names: Name of every task id.
-        icl_attention_mask: Mask of the ICL prompts (left padding).
-        zero_shot_attention_mask: Mask of the zero-shot prompts (left padding).
+        prompts: The in-context prompts (an ``ICLBatch`` or ``RegressionBatch``, or
+            :class:`~tv_lens.analyses.Prompts`): tokens or input vectors ``[batch, pos, d_in]``, answer positions
+            (where vectors are read), answer tokens ``[batch, n_answer]`` (``-1`` padded) or continuous answers
+            ``[batch, d_out]`` (floats), task ids and names, and the attention mask (left padding). Their answers,
+            task ids and names serve both prompts of a pair.
+        zero_shot: The same queries without demonstrations (``batch.zero_shot()``; row ``i`` pairs with row ``i``
+            of ``prompts``): their tokens or input vectors, answer positions (where vectors are written) and mask.
         vectors: Task vectors for ``source="task_mean"`` (default: the means over these ICL prompts).
         tokenizer: Decodes generated tokens for the generation scorings (default: ``model.tokenizer``).
         null_task: Name of the Null task (left out of the overall accuracies).
@@ -128,6 +117,7 @@ def task_vector_prompting(
         TaskError: ``source="task_mean"`` vectors without a prompt's task; ``"other_prompt"`` with a task of a
             single prompt.
         ShapeError: Mismatched prompt counts, or vectors of another d_model.
+        TaskError: ``prompts`` or ``zero_shot`` without a field of :class:`~tv_lens.analyses.LabelledPrompts`.
         LayerOutOfRangeError: A layer outside the model (or the given vectors).
     """
     config = analysis_config(config, TaskVectorPrompting)
@@ -135,8 +125,11 @@ def task_vector_prompting(
     adapter = adapt(model)
     every = tuple(range(adapter.n_layers))
     layers = every if config.layers is None else adapter.check_layers(config.layers, allow_embed=True)
-    n = prompt_count(icl_inputs, "icl_inputs")
-    answers, ids = _pairs(answers, task_ids, task_names, n, prompt_count(zero_shot_inputs, "zero_shot_inputs"))
+    check_prompts(prompts)
+    check_prompts(zero_shot, "zero_shot")
+    task_names = prompts.task_names
+    n, n_zero = prompt_count(prompts.inputs, "prompts.inputs"), prompt_count(zero_shot.inputs, "zero_shot.inputs")
+    answers, ids = _pairs(prompts.answers, prompts.task_ids, task_names, n, n_zero)
     if scoring != "teacher_forced" and continuous_answers(answers):
         raise AnalysisError(
             f"scoring={scoring!r} compares generated text with the answers, and continuous (regression) answers "
@@ -145,18 +138,18 @@ def task_vector_prompting(
     with torch.no_grad(), evaluating(model):
         clean = run_with_interventions(
             model,
-            icl_inputs,
-            icl_answer_pos,
+            prompts.inputs,
+            prompts.answer_pos,
             [],
-            attention_mask=icl_attention_mask,
+            attention_mask=prompts.attention_mask,
             n_answer_tokens=answer_counts(answers),
         )
     icl_correct, icl_loss = _score(clean.logits, answers, config.tolerance)
     injected, vector_source = prompting_vectors(
         model,
-        icl_inputs,
-        icl_answer_pos,
-        icl_attention_mask,
+        prompts.inputs,
+        prompts.answer_pos,
+        prompts.attention_mask,
         ids,
         task_names,
         layers,
@@ -165,7 +158,7 @@ def task_vector_prompting(
         vectors,
         config.batch_size,
     )
-    prompts = align(model, zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, answer_counts(answers))
+    aligned = align(model, zero_shot.inputs, zero_shot.answer_pos, zero_shot.attention_mask, answer_counts(answers))
     writes = []
     for i, layer in enumerate(layers):
         at_site, at_layer = patch_site(adapter, site, layer)
@@ -174,18 +167,18 @@ def task_vector_prompting(
     def score(logits: Tensor, index: Tensor) -> Tensor:
         return torch.stack(_score(logits, answers[index], config.tolerance), dim=1)
 
-    sweep = prompted_sweep(model, prompts, writes, score, rows_per_pass=config.rows_per_pass, progress=config.progress)
+    sweep = prompted_sweep(model, aligned, writes, score, rows_per_pass=config.rows_per_pass, progress=config.progress)
     real = ids != (task_names.index(null_task) if null_task in task_names else -1)
     boot: dict[str, Any] = {"n_bootstrap": config.n_bootstrap, "ci": config.ci, "seed": seed}
     tvp_correct, tvp_loss = sweep.cells[..., 0], sweep.cells[..., 1]
     zero_correct = sweep.clean[:, 0]
     if scoring != "teacher_forced":
         generated = GeneratedScores(model, answers, scoring, tokenizer, config.batch_size)
-        icl_correct = generated.score(icl_inputs, icl_answer_pos, icl_attention_mask, [])
-        zero_correct = generated.score(zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, [])
+        icl_correct = generated.score(prompts.inputs, prompts.answer_pos, prompts.attention_mask, [])
+        zero_correct = generated.score(zero_shot.inputs, zero_shot.answer_pos, zero_shot.attention_mask, [])
         tvp_correct = torch.stack(
             [
-                generated.score(zero_shot_inputs, zero_shot_answer_pos, zero_shot_attention_mask, [write])
+                generated.score(zero_shot.inputs, zero_shot.answer_pos, zero_shot.attention_mask, [write])
                 for write in writes
             ]
         )
@@ -278,36 +271,7 @@ class TaskVectorPrompting(CausalOptions):
         self, model: Any, batch: ICLBatch | RegressionBatch, vectors: TaskVectors | None = None, seed: int = 0
     ) -> PromptingAccuracy:
         """TVP on a given batch and its ``batch.zero_shot()`` twin (token or regression prompts)."""
-        return batch_prompting(model, batch, self, vectors=vectors, seed=seed)
-
-
-def batch_prompting(
-    model: Any,
-    batch: ICLBatch | RegressionBatch,
-    config: TaskVectorPrompting,
-    *,
-    vectors: TaskVectors | None = None,
-    tokenizer: Any = None,
-    seed: int = 0,
-) -> PromptingAccuracy:
-    """:func:`task_vector_prompting` on the prompts of ``batch`` and their ``batch.zero_shot()`` twins."""
-    zero_shot = batch.zero_shot()
-    return task_vector_prompting(
-        model,
-        batch.inputs,
-        batch.answer_pos,
-        zero_shot.inputs,
-        zero_shot.answer_pos,
-        batch.answers,
-        batch.task_ids,
-        batch.task_names,
-        icl_attention_mask=batch.attention_mask,
-        zero_shot_attention_mask=zero_shot.attention_mask,
-        vectors=vectors,
-        tokenizer=tokenizer,
-        config=config,
-        seed=seed,
-    )
+        return task_vector_prompting(model, batch, batch.zero_shot(), vectors=vectors, config=self, seed=seed)
 
 
 def held_out_vectors(
@@ -337,8 +301,11 @@ def _check_options(source: str, mode: str, scoring: str) -> None:
         raise AnalysisError(f"Unknown TVP mode {mode!r}; use one of {list(INJECT_MODES)}.")
 
 
-def _pairs(answers: Tensor, task_ids: Tensor, task_names: Sequence[str], n: int, n_zero: int) -> tuple[Tensor, Tensor]:
-    answers = torch.as_tensor(answers).cpu()
+def _pairs(
+    answers: Tensor | None, task_ids: Tensor, task_names: Sequence[str], n: int, n_zero: int
+) -> tuple[Tensor, Tensor]:
+    expected = f"answer tokens [batch={n}, n_answer] or continuous answers [batch={n}, d_out] (batch.answers)"
+    answers = tensor_of(answers, "answers", expected).cpu()
     answers = answers if continuous_answers(answers) else answers.long()
     answers = answers[:, None] if answers.ndim == 1 else answers
     id_shape = tuple(torch.as_tensor(task_ids).shape)

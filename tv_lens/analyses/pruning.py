@@ -17,6 +17,7 @@ from torch import Tensor
 from tv_lens.errors import AnalysisError
 from tv_lens.interventions.sweep import Sweep
 from tv_lens.results.heads import PruningCurve
+from tv_lens.stats import group_means
 
 __all__ = ["SHARED_METHODS", "pruning_curve", "pruning_order", "shared_heads", "spearman"]
 
@@ -77,19 +78,13 @@ def pruning_curve(
     writes = torch.tensor([[0] * steps, *written], dtype=torch.long).view(steps + 1, steps)
     return PruningCurve(
         order=order,
-        values=task_mean(curve, ids, len(task_names)),
+        values=group_means(curve, ids, len(task_names)),
         overall=curve[:, real].mean(-1),
         task_names=tuple(task_names),
         writes=writes,
         metric=metric,
         higher_is_better=metric == "accuracy",
     )
-
-
-def task_mean(values: Tensor, ids: Tensor, n_tasks: int) -> Tensor:
-    """Mean of ``values[..., prompt]`` over each task's prompts: ``[..., task]``."""
-    one_hot = torch.nn.functional.one_hot(ids, n_tasks).double()
-    return (values.double() @ one_hot) / one_hot.sum(0)
 
 
 def check_count(value: int, name: str, low: int, high: int) -> None:
