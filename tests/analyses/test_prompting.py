@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from causal_helpers import POOL, editing_hook, failing_user_hook, hooked_scores, left_pad, sample
 from conftest import hook_snapshot
+from result_files import save_without_field
 
 from tv_lens.analyses import Prompts
 from tv_lens.analyses.prompting import TaskVectorPrompting, task_vector_prompting
@@ -234,6 +237,19 @@ def test_regression_pools_run_and_refuse_what_needs_tokens(continuous_model):
         TaskVectorPrompting(scoring="exact_match", n_bootstrap=0).run_batch(continuous_model, batch)
     with pytest.raises(AnalysisError, match="tolerance must be a finite number > 0"):
         TaskVectorPrompting(tolerance=0.0)
+
+
+def test_results_record_the_tolerance_of_continuous_answers(model, continuous_model, tmp_path):
+    result = TaskVectorPrompting(n_bootstrap=0, tolerance=0.3).run_batch(continuous_model, REGRESSION.sample(3, 4, 9))
+    assert result.tolerance == 0.3
+    assert torch.equal(result.tvp_correct, (result.tvp_loss <= 0.3).to(result.tvp_correct.dtype))
+    assert torch.equal(result.icl_correct, (result.icl_loss <= 0.3).to(result.icl_correct.dtype))
+    assert 0 < float(result.tvp_correct.mean()) < 1  # the tolerance splits the prompts
+    assert PromptingAccuracy.load(result.save(tmp_path / "new.safetensors")) == result
+    old = replace(result, tolerance=None)  # a file saved before the field existed loads with None
+    assert PromptingAccuracy.load(save_without_field(old, "tolerance", tmp_path / "old.safetensors")) == old
+    tokens = TaskVectorPrompting(n_bootstrap=0, layers=(0,)).run_batch(model, sample(n_per_task=2, n_shots=2, seed=0))
+    assert tokens.tolerance is None
 
 
 def test_task_means_of_regression_prompts_come_from_a_separate_sample(continuous_model):

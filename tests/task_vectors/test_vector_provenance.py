@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import replace
 
 import pytest
 import torch
 from causal_helpers import POOL
 from conftest import BACKENDS, tiny_config
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
+from result_files import save_without_field
 
-import tv_lens.results.storage as storage
 from tv_lens import steer
 from tv_lens.analyses import FunctionVectors
 from tv_lens.errors import AnalysisError, ShapeError
@@ -71,15 +68,7 @@ def test_task_vectors_record_their_model_and_save_load_exactly(saved):
 def test_a_file_saved_before_provenance_existed_still_loads(saved, tmp_path):
     _, _, tv, _ = saved
     old = replace(tv, provenance=None)
-    data = storage.result_to_bytes(old)
-    tensors = load_tensors(data)
-    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-    document = json.loads(header["__metadata__"][storage.METADATA_KEY])
-    del document["result"]["fields"]["provenance"]  # what the earlier TaskVectors wrote: no such field
-    document["digest"] = storage.document_digest(document)
-    path = tmp_path / "old.safetensors"
-    path.write_bytes(save_tensors(tensors, metadata={storage.METADATA_KEY: storage.canonical_json(document)}))
-    assert TaskVectors.load(path) == old
+    assert TaskVectors.load(save_without_field(old, "provenance", tmp_path / "old.safetensors")) == old
 
 
 def test_other_sizes_are_an_error_and_other_weights_a_warning(saved):

@@ -216,6 +216,7 @@ def task_vector_prompting(
         n_bootstrap=config.n_bootstrap,
         seed=seed,
         scoring=scoring,
+        tolerance=config.tolerance if continuous_answers(answers) else None,
         rows_per_pass=sweep.rows_per_pass,
     )
 

@@ -36,11 +36,12 @@ class PromptingAccuracy(SweepSettings, Result):
         task_names: Name of every task entry.
         task_ids: Task entry of each prompt ``[prompt]``.
         tvp_correct: 1.0 where the zero-shot prompt with the injected vector is answered right ``[layer, prompt]``.
-        tvp_loss: Its answer cross-entropy ``[layer, prompt]``.
+        tvp_loss: Its answer loss ``[layer, prompt]``: cross-entropy of the answer tokens, or for continuous
+            (regression) answers the squared error of the prediction.
         icl_correct: Correctness of the full ICL prompt ``[prompt]``.
-        icl_loss: Its cross-entropy ``[prompt]``.
+        icl_loss: Its loss ``[prompt]`` (as ``tvp_loss``).
         zero_shot_correct: Correctness of the query-only prompt without injection ``[prompt]``.
-        zero_shot_loss: Its cross-entropy ``[prompt]``.
+        zero_shot_loss: Its loss ``[prompt]`` (as ``tvp_loss``).
         accuracy: TVP accuracy per layer.
         accuracy_ci: Its bootstrap interval ``[layer, 2]``.
         per_task: TVP accuracy ``[layer, task]``.
@@ -58,6 +59,9 @@ class PromptingAccuracy(SweepSettings, Result):
         null_task: Name of the Null task.
         scoring: How ``*_correct`` were scored: ``"teacher_forced"`` (argmax of every answer token), or by
             greedy generation, ``"exact_match"`` / ``"first_word"`` of the generated text against the answer.
+        tolerance: For continuous answers, the squared error up to which a prediction counted as correct
+            (``None`` for token answers, correct when every answer token is the argmax; files saved before this
+            field existed load with ``None``).
     """
 
     layers: tuple[int, ...]
@@ -84,6 +88,7 @@ class PromptingAccuracy(SweepSettings, Result):
     site: str = "resid_post"
     null_task: str = "null"
     scoring: str = "teacher_forced"
+    tolerance: float | None = None
 
     def _axes(self) -> dict[str, int]:
         return {"layer": len(self.layers), "task": len(self.task_names)}
