@@ -115,9 +115,8 @@ def task_vector_prompting(
     Raises:
         AnalysisError: A generation scoring without a tokenizer, or with continuous answers.
         TaskError: ``source="task_mean"`` vectors without a prompt's task; ``"other_prompt"`` with a task of a
-            single prompt.
+            single prompt; ``prompts`` or ``zero_shot`` without a field of :class:`~tv_lens.analyses.LabelledPrompts`.
         ShapeError: Mismatched prompt counts, or vectors of another d_model.
-        TaskError: ``prompts`` or ``zero_shot`` without a field of :class:`~tv_lens.analyses.LabelledPrompts`.
         LayerOutOfRangeError: A layer outside the model (or the given vectors).
     """
     config = analysis_config(config, TaskVectorPrompting)
