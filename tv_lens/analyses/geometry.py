@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -112,7 +112,7 @@ class Geometry(RepresentationAnalysis[Projection], PassOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.method not in ("pca", "umap"):
+        if self.method not in get_args(ProjectionMethod):
             raise AnalysisError(f"Unknown projection {self.method!r}; use 'pca' or 'umap'.")
         if self.method == "pca":
             return

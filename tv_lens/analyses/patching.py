@@ -37,7 +37,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from jaxtyping import Int
@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 Mode = Literal["replace", "add", "add_difference"]
-MODES: tuple[str, ...] = ("replace", "add", "add_difference")
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 def patch_task_vectors(

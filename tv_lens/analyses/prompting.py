@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -54,8 +54,8 @@ from tv_lens.analyses.patching import patch_site
 from tv_lens.analyses.prompt_batches import LabelledPrompts, check_pool, check_prompts
 from tv_lens.analyses.prompting_vectors import prompting_vectors
 from tv_lens.errors import AnalysisError, ShapeError
-from tv_lens.interventions import run_with_interventions
-from tv_lens.interventions.prompting import INJECT_MODES, PROMPT_SOURCES, injection, other_prompts, prompted_sweep
+from tv_lens.interventions import Cell, run_sweep, run_with_interventions
+from tv_lens.interventions.prompting import INJECT_MODES, PROMPT_SOURCES, injection, other_prompts
 from tv_lens.interventions.sweep import align
 from tv_lens.metrics import TOLERANCE, continuous_answers, tolerance_problem
 from tv_lens.models.adapter import adapt
@@ -78,7 +78,7 @@ __all__ = [
 Source = Literal["other_prompt", "same_prompt", "task_mean"]
 SOURCES: tuple[str, ...] = (*PROMPT_SOURCES, "task_mean")
 Scoring = Literal["teacher_forced", "exact_match", "first_word"]
-SCORINGS: tuple[str, ...] = ("teacher_forced", "exact_match", "first_word")
+SCORINGS: tuple[str, ...] = get_args(Scoring)
 
 
 def task_vector_prompting(
@@ -166,7 +166,10 @@ def task_vector_prompting(
     def score(logits: Tensor, index: Tensor) -> Tensor:
         return torch.stack(_score(logits, answers[index], config.tolerance), dim=1)
 
-    sweep = prompted_sweep(model, aligned, writes, score, rows_per_pass=config.rows_per_pass, progress=config.progress)
+    cells = [Cell((write,)) for write in writes]
+    sweep = run_sweep(
+        model, aligned, cells, score, rows_per_pass=config.rows_per_pass, progress=config.progress, desc="TVP"
+    )
     real = ids != (task_names.index(null_task) if null_task in task_names else -1)
     boot: dict[str, Any] = {"n_bootstrap": config.n_bootstrap, "ci": config.ci, "seed": seed}
     tvp_correct, tvp_loss = sweep.cells[..., 0], sweep.cells[..., 1]

@@ -9,8 +9,9 @@ the TVP-loss of training (:mod:`tv_lens.training.tvp_loss`) take these steps fro
   next prompt of its task, cyclically, whose query differs; ``"same_prompt"``: its own).
 - :func:`injection`: the intervention that writes one vector per prompt at the zero-shot query's pre-answer
   position (``"replace"`` or ``"add"``, at a residual site of a block).
-- :func:`prompted_outputs` (one block, with gradients unless under ``torch.no_grad``) and :func:`prompted_sweep`
-  (several blocks, stacked per pass, no gradients): the zero-shot pass with the vectors written.
+- :func:`prompted_outputs`: the zero-shot pass with the vectors written at one block (with gradients unless under
+  ``torch.no_grad``). The analysis sweeps the blocks by giving these injections, one cell each, to
+  :func:`~tv_lens.interventions.run_sweep`.
 
 >>> vector_sources(torch.tensor([0, 1, 0, 1, 0]), ("a", "b"), "other_prompt")
 tensor([2, 3, 4, 1, 0])
@@ -26,10 +27,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.errors import TaskError
-from tv_lens.interventions.cells import AlignedPrompts, Cell, Score, Sweep
 from tv_lens.interventions.engine import run_with_interventions
 from tv_lens.interventions.specs import Intervention, add, replace
-from tv_lens.interventions.sweep import run_sweep
 
 __all__ = [
     "INJECT_MODES",
@@ -37,7 +36,6 @@ __all__ = [
     "injection",
     "other_prompts",
     "prompted_outputs",
-    "prompted_sweep",
     "vector_sources",
 ]
 
@@ -106,21 +104,3 @@ def prompted_outputs(
         batch_size=batch_size,
     )
     return run.logits
-
-
-def prompted_sweep(
-    model: Any,
-    prompts: AlignedPrompts,
-    writes: Sequence[Intervention],
-    score: Score,
-    *,
-    rows_per_pass: int = 512,
-    progress: bool = False,
-) -> Sweep:
-    """The zero-shot prompts clean and under each of ``writes`` (one cell each), several per pass, for scoring.
-
-    ``prompts`` are the zero-shot prompts aligned (:func:`~tv_lens.interventions.align`); ``writes`` are
-    :func:`injection` s, typically one per block. See :func:`~tv_lens.interventions.run_sweep`.
-    """
-    cells = [Cell((write,)) for write in writes]
-    return run_sweep(model, prompts, cells, score, rows_per_pass=rows_per_pass, progress=progress, desc="TVP")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -126,8 +126,8 @@ class ModelConfig:
                 f"dtype {self.dtype!r} cannot hold trainable weights; use a floating-point dtype, one of "
                 f"{list(DTYPES)}."
             )
-        if not isinstance(self.backend, str) or self.backend not in ("auto", "hooked", "bridge"):
-            raise ConfigError(f"backend must be 'auto', 'hooked' or 'bridge', got {self.backend!r}.")
+        if not isinstance(self.backend, str) or self.backend not in get_args(Backend):
+            raise ConfigError(f"backend must be one of {list(get_args(Backend))}, got {self.backend!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (for checkpoints and saved results)."""

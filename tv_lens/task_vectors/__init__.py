@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from jaxtyping import Float, Int
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 __all__ = ["REDUCTIONS", "Reduce", "TaskVectors"]
 
 Reduce = Literal["mean_over_prompts", "mean_over_demo_positions"]
-REDUCTIONS: tuple[str, ...] = ("mean_over_prompts", "mean_over_demo_positions")
+REDUCTIONS: tuple[str, ...] = get_args(Reduce)
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from jaxtyping import Int
@@ -116,7 +116,7 @@ class TaskPool(PoolTasks):
     def __post_init__(self) -> None:
         self._check_tasks(Task, "Task('id', fn)")
         check_format(self.fmt)
-        if self.answer not in ("token", "bits"):
+        if self.answer not in get_args(AnswerEncoding):
             raise TaskError(f"Unknown answer encoding {self.answer!r}; choose 'token' or 'bits'.")
         if not isinstance(self.vocab, Vocabulary):
             raise TaskError(

@@ -39,20 +39,20 @@ from tv_lens.training.config import LoRAConfig
 
 __all__ = ["LoRAUpdate", "apply_lora", "has_lora", "lora_parameters", "merge_lora", "remove_lora", "weight_targets"]
 
+# Each weight LoRA can target -> where a block holds it: its HookedTransformer module (parameter of the same name,
+# in the given layout) and its TransformerBridge module (an ``nn.Linear`` ``weight``, laid out ``[out, in]``).
+_WEIGHTS = {
+    "W_Q": ("attn", "heads_in_out", "attn.q"),
+    "W_K": ("attn", "heads_in_out", "attn.k"),
+    "W_V": ("attn", "heads_in_out", "attn.v"),
+    "W_O": ("attn", "in_out", "attn.o"),
+    "W_in": ("mlp", "in_out", "mlp.fc_in"),
+    "W_out": ("mlp", "in_out", "mlp.fc_out"),
+}
 # (module path inside a block without "_original_component", parameter) -> (target, layout)
 _LAYOUTS = {
-    ("attn", "W_Q"): ("W_Q", "heads_in_out"),
-    ("attn", "W_K"): ("W_K", "heads_in_out"),
-    ("attn", "W_V"): ("W_V", "heads_in_out"),
-    ("attn", "W_O"): ("W_O", "in_out"),
-    ("mlp", "W_in"): ("W_in", "in_out"),
-    ("mlp", "W_out"): ("W_out", "in_out"),
-    ("attn.q", "weight"): ("W_Q", "out_in"),
-    ("attn.k", "weight"): ("W_K", "out_in"),
-    ("attn.v", "weight"): ("W_V", "out_in"),
-    ("attn.o", "weight"): ("W_O", "out_in"),
-    ("mlp.fc_in", "weight"): ("W_in", "out_in"),
-    ("mlp.fc_out", "weight"): ("W_out", "out_in"),
+    **{(hooked, target): (target, layout) for target, (hooked, layout, _) in _WEIGHTS.items()},
+    **{(bridge, "weight"): (target, "out_in") for target, (_, _, bridge) in _WEIGHTS.items()},
 }
 
 
@@ -76,7 +76,7 @@ def weight_targets(model: Any, block: int) -> dict[str, WeightTarget]:
             if (canonical, attribute) in _LAYOUTS:
                 target, layout = _LAYOUTS[canonical, attribute]
                 found[target] = WeightTarget(module, attribute, layout)
-    if len(found) < len({t for t, _ in _LAYOUTS.values()}):
+    if len(found) < len(_WEIGHTS):
         raise ModelNotSupportedError(
             f"Could not find every attention/MLP weight of block {block} (found {sorted(found)} among "
             f"{seen}). LoRA supports tv_lens's HookedTransformer and TransformerBridge models "

@@ -231,33 +231,35 @@ _LINEAR = recipes.register(
 )
 
 
+def _linear_variant(name: str, description: str, pool: Callable[[], RegressionPool], n_per_task: int) -> Recipe:
+    """The linear recipe's model and schedule on another regression pool, ``n_per_task`` prompts per task a step."""
+    data = replace(_LINEAR.train.data, n_per_task=n_per_task)
+    return replace(_LINEAR, name=name, description=description, pool=pool, train=replace(_LINEAR.train, data=data))
+
+
 def _sparse_linear_pool() -> RegressionPool:
     return sparse_linear_pool(d=4, n_bases=2, null=True)
-
-
-recipes.register(  # the linear recipe's model and schedule, 32 prompts of each of the three tasks per step
-    replace(
-        _LINEAR,
-        name="sparse_linear",
-        description="4 blocks, d_model 64, sparse linear regression (2 bases in d=4) + Null, 16 shots, 2000 steps; "
-        "query MSE at 10+ shots <= 0.25 x the variance of y.",
-        pool=_sparse_linear_pool,
-        train=replace(_LINEAR.train, data=replace(_LINEAR.train.data, n_per_task=32)),
-    )
-)
 
 
 def _shifted_linear_pool() -> RegressionPool:
     return shifted_linear_pool(d=4, n_tasks=3, shift=3.0, null=True)
 
 
-recipes.register(  # the linear recipe's model and schedule, 24 prompts of each of the four tasks per step
-    replace(
-        _LINEAR,
-        name="shifted_linear",
-        description="4 blocks, d_model 64, linear regression in d=4 with weights centred on 3 e_t for 3 tasks + Null, "
+recipes.register(
+    _linear_variant(
+        "sparse_linear",
+        "4 blocks, d_model 64, sparse linear regression (2 bases in d=4) + Null, 16 shots, 2000 steps; "
+        "query MSE at 10+ shots <= 0.25 x the variance of y.",
+        _sparse_linear_pool,
+        n_per_task=32,
+    )
+)
+recipes.register(
+    _linear_variant(
+        "shifted_linear",
+        "4 blocks, d_model 64, linear regression in d=4 with weights centred on 3 e_t for 3 tasks + Null, "
         "16 shots, 2000 steps; the latent task shifts w itself, so it is decodable from an estimate of w.",
-        pool=_shifted_linear_pool,
-        train=replace(_LINEAR.train, data=replace(_LINEAR.train.data, n_per_task=24)),
+        _shifted_linear_pool,
+        n_per_task=24,
     )
 )

@@ -6,10 +6,11 @@ import argparse
 import textwrap
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from tv_lens.app.pretrained import DTYPES, PRETRAINED_ANALYSES, TEXT_FAMILIES, PretrainedConfig
 from tv_lens.app.sections import ANALYSIS_NAMES
+from tv_lens.models.builders import Backend
 
 __all__ = ["DEFAULT_OUT", "build_parser"]
 
@@ -217,7 +218,7 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=("auto", "hooked", "bridge"),
+        choices=get_args(Backend),
         default="auto",
         help="TransformerLens model class: HookedTransformer ('hooked'), TransformerBridge ('bridge'), or "
         "'auto' (HookedTransformer where the installed TransformerLens has it) (default: auto)",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, get_args
 
 from tv_lens.analyses.patching import MODES as PATCHING_MODES
 from tv_lens.app.run_files import check_settings
 from tv_lens.errors import ConfigError
 from tv_lens.models import ModelConfig
+from tv_lens.models.builders import Backend
 from tv_lens.training import Recipe, TrainConfig, recipes
 
 __all__ = ["DemoConfig"]
@@ -84,8 +85,8 @@ class DemoConfig:
             )
         if self.patching_mode not in PATCHING_MODES:
             raise ConfigError(f"patching_mode must be one of {list(PATCHING_MODES)}, got {self.patching_mode!r}.")
-        if self.backend not in ("auto", "hooked", "bridge"):
-            raise ConfigError(f"backend must be 'auto', 'hooked' or 'bridge', got {self.backend!r}.")
+        if self.backend not in get_args(Backend):
+            raise ConfigError(f"backend must be one of {list(get_args(Backend))}, got {self.backend!r}.")
 
     @classmethod
     def full(cls, **overrides: Any) -> DemoConfig:

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -20,10 +20,9 @@ from tv_lens.models.local_hf.build import recorded_settings
 
 __all__ = ["LOADERS", "Loader", "load_local_model"]
 
-LOADERS: tuple[str, ...] = ("bridge", "hooked")
-"""How :func:`load_local_model` loads a folder: ``TransformerBridge`` or ``HookedTransformer``."""
-
 Loader = Literal["bridge", "hooked"]
+LOADERS: tuple[str, ...] = get_args(Loader)
+"""How :func:`load_local_model` loads a folder: ``TransformerBridge`` or ``HookedTransformer``."""
 
 
 def load_local_model(
