@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from tv_lens.models.adapter import ModelAdapter
+from tv_lens.stats import group_means
 from tv_lens.training.config import TVPConfig
 from tv_lens.training.objectives import Objective
 from tv_lens.training.tvp_loss import tvp_accuracy
@@ -44,14 +45,11 @@ def evaluate(
             scores["tvp_accuracy"] = [tvp_scores.cpu()]
     finally:
         model.train(was_training)
-    per_prompt = {name: torch.cat(values).double() for name, values in scores.items()}
-    task_ids = batch.task_ids.cpu()
-    rows = []
-    for task_id, task in enumerate(batch.task_names):
-        mask = task_ids == task_id
-        if bool(mask.any()):
-            row: dict[str, Any] = {"task": task}
-            row |= {name: float(values[mask].mean()) for name, values in per_prompt.items()}
-            row["n_prompts"] = int(mask.sum())
-            rows.append(row)
-    return rows
+    task_ids, n_tasks = batch.task_ids.cpu(), len(batch.task_names)
+    means = {name: group_means(torch.cat(values), task_ids, n_tasks) for name, values in scores.items()}
+    counts = torch.bincount(task_ids, minlength=n_tasks)
+    return [
+        {"task": task, **{name: float(mean[t]) for name, mean in means.items()}, "n_prompts": int(counts[t])}
+        for t, task in enumerate(batch.task_names)
+        if counts[t] > 0
+    ]
