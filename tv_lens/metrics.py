@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.checks import is_number
 from tv_lens.errors import ShapeError
 from tv_lens.positions import AnswerLengths, answer_columns, answer_lengths, as_positions
 
@@ -180,7 +181,7 @@ def _within(errors: Float[Tensor, " batch"], tolerance: float, dtype: torch.dtyp
 
 def tolerance_problem(tolerance: Any) -> str | None:
     """Why ``tolerance`` cannot be a squared-error tolerance (a finite number > 0), or ``None`` if it can."""
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < float("inf"):
+    if not is_number(tolerance) or not 0 < tolerance < float("inf"):
         return (
             f"tolerance must be a finite number > 0 (the squared error up to which a continuous answer counts as "
             f"correct), got {tolerance!r}; e.g. tolerance={TOLERANCE}."

@@ -19,6 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tv_lens.checks import is_int
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
 
@@ -85,7 +86,7 @@ def check_tensor_data(tensor: Tensor, what: str) -> None:
 
 def as_positions(positions: int | Sequence[int] | Tensor, n_prompts: int, what: str) -> Int[Tensor, " batch"]:
     """A ``[batch]`` long tensor from an int (same for every prompt), a list or a tensor."""
-    if isinstance(positions, int) and not isinstance(positions, bool):
+    if is_int(positions):
         if not -(2**63) <= positions < 2**63:
             raise ShapeError(f"{what} must hold token positions (64-bit ints), got {positions}.")
         return torch.full((n_prompts,), positions, dtype=torch.long)
@@ -332,6 +333,6 @@ def check_batch_size(batch_size: Any, *, all_at_once: bool = False) -> None:
     """
     if all_at_once and batch_size is None:
         return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         allowed = " or None for all" if all_at_once else ""
         raise ShapeError(f"batch_size must be an int ≥ 1 (prompts per pass){allowed}, got {batch_size!r}.")

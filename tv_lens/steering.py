@@ -40,6 +40,7 @@ from typing import Any, Literal
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import AnalysisError, PositionError, ShapeError
 from tv_lens.generation import Generation, generate
 from tv_lens.generation.prompts import prompt_inputs
@@ -176,7 +177,7 @@ def steering(
     Yields:
         A :class:`Steering` record whose ``writes`` counts the passes written to.
     """
-    if pos != "all" and (isinstance(pos, bool) or not isinstance(pos, int)):
+    if pos != "all" and not is_int(pos):
         raise PositionError(f"pos must be an int position (negative: from the end) or 'all', got {pos!r}.")
     plan = _plan(model, vector, task, layer, operation, scale)
     hook_name = plan.adapter.hook_name(plan.site, plan.layer)
@@ -240,7 +241,7 @@ def _plan(
     if operation not in OPERATIONS:
         raise AnalysisError(f"Unknown operation {operation!r}; use one of {list(OPERATIONS)}.")
     scale = (provenance.scale if provenance else 1.0) if scale is None else scale
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    if not is_number(scale) or not math.isfinite(scale):
         raise AnalysisError(f"scale must be a finite number (the vector's factor), got {scale!r}.")
     scaled = values.detach() if scale == 1 else values.detach() * scale
     return _Plan(adapter, layer, site, operation, scaled)
@@ -258,7 +259,7 @@ def _one(name: str | None, names: tuple[str, ...], what: str, holder: str) -> st
 def _layer(layer: int | None, recorded: tuple[int, ...], available: tuple[int, ...]) -> int:
     """``layer``, else the provenance's only layer, else the vectors' only layer."""
     if layer is not None:
-        if isinstance(layer, bool) or not isinstance(layer, int):
+        if not is_int(layer):
             raise AnalysisError(f"layer must be an int block index, got {layer!r}.")
         return layer
     for candidates in (recorded, available):

@@ -29,6 +29,7 @@ from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.options import IntervalOptions, analysis_config
 from tv_lens.analyses.performance import score_batch
 from tv_lens.analyses.prompt_batches import check_batch, check_pool
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError
 from tv_lens.models.adapter import adapt
 from tv_lens.results.finetuning import FinetuningComparison
@@ -120,7 +121,7 @@ def _check_records(models: dict[str, Any], blocks: Any, final_loss: Any, setting
         raise AnalysisError(f"models must be keyed by name (a string), got {wrong[0]!r}; e.g. {{'base': model}}.")
     for what, records, fits, meaning in (
         ("blocks", blocks, _is_blocks, "a tuple of block indices, e.g. {'late': (2, 3)}"),
-        ("final_loss", final_loss, _is_number, "a number, e.g. {'late': 0.41}"),
+        ("final_loss", final_loss, is_number, "a number, e.g. {'late': 0.41}"),
     ):
         if records is None:
             continue
@@ -137,11 +138,7 @@ def _check_records(models: dict[str, Any], blocks: Any, final_loss: Any, setting
 
 
 def _is_blocks(value: Any) -> bool:
-    return isinstance(value, (tuple, list)) and all(isinstance(b, int) and not isinstance(b, bool) for b in value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (tuple, list)) and all(is_int(b) for b in value)
 
 
 def _default_train() -> TrainConfig:
@@ -179,7 +176,7 @@ class LayerFinetuning(IntervalOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+        if self.k is not None and (not is_int(self.k) or self.k < 1):
             raise LayerOutOfRangeError(f"k must be a positive number of blocks, got {self.k!r}.")
         if not isinstance(self.decodability, TaskDecodability):
             raise AnalysisError(

@@ -52,6 +52,7 @@ from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.prompt_batches import LabelledPrompts, check_pool, check_prompts
 from tv_lens.analyses.prompting import SCORINGS, Scoring, TaskVectorPrompting, task_vector_prompting
 from tv_lens.analyses.pruning import check_count
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ModelNotSupportedError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.function_vector_prompting import FunctionVectorPrompting, FunctionVectorResult
@@ -256,10 +257,10 @@ class FunctionVectors(CausalOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+        if not is_int(self.k) or self.k < 1:
             raise AnalysisError(f"k (heads summed into the function vector) must be an int >= 1, got {self.k!r}.")
         noise = self.label_noise
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < 1:
+        if not is_number(noise) or not 0 <= noise < 1:
             raise AnalysisError(
                 f"label_noise must lie in [0, 1) (the share of wrong demonstration labels), got {noise!r}; e.g. 0.99."
             )

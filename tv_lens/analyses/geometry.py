@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from tv_lens.analyses.options import PassOptions, analysis_config
 from tv_lens.analyses.representations import LabelsInput, RepresentationAnalysis, RepsInput, labelled_stack
+from tv_lens.checks import is_int
 from tv_lens.errors import AnalysisError
 from tv_lens.results.geometry import Projection
 from tv_lens.stats.classifiers import sklearn_seed
@@ -117,7 +118,7 @@ class Geometry(RepresentationAnalysis[Projection], PassOptions):
         if self.method == "pca":
             return
         n_neighbors = self.n_neighbors
-        if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors < 2:
+        if not is_int(n_neighbors) or n_neighbors < 2:
             raise AnalysisError(f"UMAP n_neighbors must be an int >= 2, got {n_neighbors!r} (Han et al.: 15).")
         if not self.min_dist >= 0:
             raise AnalysisError(f"UMAP min_dist must be >= 0, got {self.min_dist!r} (Han et al.: 0.1).")

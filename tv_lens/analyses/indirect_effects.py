@@ -18,6 +18,7 @@ from torch import Tensor
 from tv_lens.analyses.answers import answer_scores, prompt_task_ids
 from tv_lens.analyses.options import CausalOptions, PassOptions, analysis_config
 from tv_lens.analyses.prompt_batches import LabelledPrompts, aligned_with_answers, check_prompts
+from tv_lens.checks import is_number
 from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError, TaskError
 from tv_lens.interventions import ablate_head
 from tv_lens.interventions.sweep import Cell, align, run_sweep
@@ -139,7 +140,7 @@ def causal_indirect_effects(
     options = analysis_config(config, CausalOptions, "FunctionVectors")  # None: the defaults of its causal options
     adapter = adapt(model)
     check_means(adapter, means)
-    if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0 <= label_noise <= 1:
+    if not is_number(label_noise) or not 0 <= label_noise <= 1:
         raise AnalysisError(
             f"label_noise must be a number in [0, 1] (the share of wrong demonstration labels in the corrupted "
             f"prompts, recorded on the result), got {label_noise!r}; e.g. 0.99."

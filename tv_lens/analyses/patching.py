@@ -47,6 +47,7 @@ from tv_lens.analyses.answers import answer_scores, prompt_task_ids
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.patching_summary import summarize_patching
 from tv_lens.analyses.prompt_batches import LabelledPrompts, aligned_with_answers, check_pool
+from tv_lens.checks import is_number
 from tv_lens.errors import AnalysisError, ShapeError, TaskError
 from tv_lens.interventions import Intervention, add, replace
 from tv_lens.interventions.sweep import Cell, run_sweep
@@ -205,7 +206,7 @@ class TaskVectorPatching(CausalOptions):
         if self.mode not in MODES:
             raise AnalysisError(f"Unknown patching mode {self.mode!r}; use one of {list(MODES)}.")
         scale = self.scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not abs(scale) <= sys.float_info.max:
+        if not is_number(scale) or not abs(scale) <= sys.float_info.max:
             raise AnalysisError(f"scale must be a finite number, got {scale!r}.")
 
     def run(

@@ -29,6 +29,7 @@ from tv_lens.analyses.answers import finite_outputs
 from tv_lens.analyses.options import N_PER_TASK, IntervalOptions, analysis_config
 from tv_lens.analyses.prompt_batches import PromptBatch, PromptPool, sample_batch
 from tv_lens.analyses.representations import integer_ids, named_tasks
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions import run_with_interventions
 from tv_lens.metrics import answer_correct, continuous_answers, squared_error, token_cross_entropy
@@ -218,7 +219,7 @@ class ICLPerformance(IntervalOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.label_noise, bool) or not isinstance(self.label_noise, (int, float)):
+        if not is_number(self.label_noise):
             raise AnalysisError(f"label_noise must be a probability in [0, 1), got {self.label_noise!r}.")
         if not 0 <= self.label_noise < 1:
             raise AnalysisError(f"label_noise must be a probability in [0, 1), got {self.label_noise!r}.")
@@ -230,7 +231,7 @@ class ICLPerformance(IntervalOptions):
                 f"shots must be a non-empty tuple of ints >= 0, got {self.shots!r}; for one shot count pass a "
                 f"one-element tuple, e.g. shots=({self.shots!r},)."
             )
-        if not self.shots or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.shots):
+        if not self.shots or any(not is_int(s) or s < 0 for s in self.shots):
             raise AnalysisError(f"shots must be a non-empty tuple of ints >= 0, got {self.shots!r}.")
 
     def run(self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, seed: int = 0) -> Performance:

@@ -35,6 +35,7 @@ from tv_lens.analyses.options import N_PER_TASK
 from tv_lens.analyses.performance import ScoreFn, resolve_metric, score_batch
 from tv_lens.analyses.prompt_batches import PromptPool, sample_batch
 from tv_lens.analyses.representations import integer_ids, named_tasks
+from tv_lens.checks import is_int
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.results.decodability import best_layer
@@ -177,7 +178,7 @@ class TdAccuracy:
     ci: float = 0.95
 
     def __post_init__(self) -> None:
-        if not self.shots or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.shots):
+        if not self.shots or any(not is_int(s) or s < 0 for s in self.shots):
             raise AnalysisError(
                 f"shots must be a non-empty tuple of ints >= 0, got {self.shots!r}; Han et al. use (1, 4, 10)."
             )

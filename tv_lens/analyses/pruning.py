@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tv_lens.checks import is_int
 from tv_lens.errors import AnalysisError
 from tv_lens.interventions.sweep import Sweep
 from tv_lens.results.heads import PruningCurve
@@ -89,5 +90,5 @@ def pruning_curve(
 
 def check_count(value: int, name: str, low: int, high: int) -> None:
     """Raise :class:`AnalysisError` unless ``value`` is an int in ``[low, high]`` (``high`` heads)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if not is_int(value) or not low <= value <= high:
         raise AnalysisError(f"{name} must be an int in [{low}, {high}] (the model has {high} heads), got {value!r}.")

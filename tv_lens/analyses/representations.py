@@ -20,6 +20,7 @@ from torch import Tensor
 
 from tv_lens.analyses.options import N_PER_TASK
 from tv_lens.analyses.prompt_batches import PromptBatch, PromptPool, sample_batch
+from tv_lens.checks import is_int
 from tv_lens.errors import ShapeError
 from tv_lens.positions import check_tensor_data, tensor_of
 from tv_lens.probes import Representations, check_finite_rows, collect
@@ -219,7 +220,7 @@ def _layer_labels(layers: Any) -> tuple[int, ...]:
             f"layers must be a sequence of block indices such as (0, 1), got {layers!r}; for a single layer pass a "
             f"one-element tuple, e.g. ({layers!r},)."
         )
-    wrong = [layer for layer in layers if not isinstance(layer, int) or isinstance(layer, bool)]
+    wrong = [layer for layer in layers if not is_int(layer)]
     if wrong:
         raise ShapeError(f"layers must be int block indices such as (0, 1), got {wrong[0]!r} in {tuple(layers)}.")
     return tuple(layers)

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tv_lens.checks import is_int
 from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError
 from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
@@ -75,7 +76,7 @@ def decode_vectors(model: Any, vectors: Vectors, k: int = 10, *, tokenizer: Any 
     names, tasks, layers, stacked = _named_rows(model, vectors)
     logits, normalisation = logit_lens(model, stacked)
     n_vocab = int(logits.shape[-1])
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_vocab:
+    if not is_int(k) or not 1 <= k <= n_vocab:
         raise AnalysisError(f"k must be an int in [1, {n_vocab}] (tokens kept per vector), got {k!r}.")
     order = torch.argsort(logits, dim=-1, descending=True, stable=True)[:, :k]
     tokenizer = tokenizer if tokenizer is not None else getattr(adapter.model, "tokenizer", None)

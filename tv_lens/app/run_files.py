@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from tv_lens.app.sections import ANALYSIS_NAMES, Numbers, wrong_kind
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import ArtefactError, ConfigError, ResultFileError
 from tv_lens.results import Result
 from tv_lens.results.storage import write_atomically
-from tv_lens.tasks.sampling import is_int
 
 __all__ = [
     "RESULTS",
@@ -171,11 +171,11 @@ def check_run_info(
         value = training.get(key)
         expect(value, value is None or is_int(value), f"'training.{key}'", "an integer")
     elapsed = training.get("elapsed_s")
-    expect(elapsed, elapsed is None or _is_number(elapsed), "'training.elapsed_s'", "a number of seconds")
+    expect(elapsed, elapsed is None or is_number(elapsed), "'training.elapsed_s'", "a number of seconds")
     accuracy = training.get("accuracy", {})
     expect(
         accuracy,
-        isinstance(accuracy, dict) and all(_is_number(v) for v in accuracy.values()),
+        isinstance(accuracy, dict) and all(is_number(v) for v in accuracy.values()),
         "'training.accuracy'",
         "an object of task name: accuracy (a number)",
     )
@@ -191,18 +191,14 @@ def check_run_info(
             "a non-empty list of shot counts",
         )
         expect(patching, is_int(patching), "'analysis_shots.patching'", "a shot count (an integer)")
-        expect(chosen.get("ceiling"), _is_number(chosen.get("ceiling")), "'analysis_shots.ceiling'", "a number")
+        expect(chosen.get("ceiling"), is_number(chosen.get("ceiling")), "'analysis_shots.ceiling'", "a number")
         curve = chosen.get("accuracy")
         expect(
             curve,
-            isinstance(curve, dict) and all(_is_number(v) for v in curve.values()),
+            isinstance(curve, dict) and all(is_number(v) for v in curve.values()),
             "'analysis_shots.accuracy'",
             "an object of shot count: accuracy (a number)",
         )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _clip(value: Any, limit: int = 60) -> str:

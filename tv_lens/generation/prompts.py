@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.tasks.batch import ICLBatch
@@ -21,7 +22,7 @@ StopTokens = Literal["eos"] | int | Sequence[int] | None
 
 def check_count(value: Any, name: str, meaning: str) -> None:
     """Raise a ShapeError unless ``value`` is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ShapeError(f"{name} must be an int >= 1 ({meaning}), got {value!r}.")
 
 
@@ -29,7 +30,7 @@ def check_sampling(do_sample: bool, temperature: float, top_k: int | None, seed:
     """Raise a ShapeError on a sampling option outside its range."""
     if not isinstance(do_sample, bool):
         raise ShapeError(f"do_sample must be True or False, got {do_sample!r}.")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+    if not is_number(temperature) or not temperature > 0:
         raise ShapeError(
             f"temperature must be a number > 0 (1.0 samples the model's distribution), got {temperature!r}."
         )

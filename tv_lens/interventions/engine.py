@@ -38,6 +38,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tv_lens.checks import is_int
 from tv_lens.errors import (
     InterventionNotAppliedError,
     LayerOutOfRangeError,
@@ -235,9 +236,7 @@ def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Inter
         )
     hook_name = adapter.hook_name(intervention.site, intervention.layer)
     adapter.hook_point(hook_name)
-    if intervention.head is not None and (
-        isinstance(intervention.head, bool) or not isinstance(intervention.head, int)
-    ):
+    if intervention.head is not None and not is_int(intervention.head):
         raise LayerOutOfRangeError(
             f"Head must be an int index, got {intervention.head!r} ({type(intervention.head).__name__}); use a head "
             f"in [0, {adapter.n_heads - 1}], e.g. ablate_head(layer, 0)."

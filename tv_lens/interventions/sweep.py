@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from tv_lens.checks import is_int
 from tv_lens.errors import ShapeError
 from tv_lens.interventions.cells import AlignedPrompts, Cell, Score, Sweep, align
 from tv_lens.interventions.masking import supports_blocked_keys
@@ -83,7 +84,7 @@ def run_sweep(
         OutOfMemoryError: Not even one row per pass fits (smaller sizes are tried first, see
             :func:`tv_lens.models.memory.fitting`).
     """
-    if isinstance(rows_per_pass, bool) or not isinstance(rows_per_pass, int) or rows_per_pass < 1:
+    if not is_int(rows_per_pass) or rows_per_pass < 1:
         raise ShapeError(f"rows_per_pass must be an int >= 1, got {rows_per_pass!r}.")
     adapter = adapt(model)
     with evaluating(adapter.model):

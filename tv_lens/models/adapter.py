@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from tv_lens.checks import is_int
 from tv_lens.errors import HookNotFoundError, LayerOutOfRangeError, ModelNotSupportedError
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 
@@ -115,7 +116,7 @@ class ModelAdapter:
                 f"The model's cfg lacks integer field(s) {missing_cfg}; tv_lens supports {SUPPORTED_MODELS}."
             )
         d_in = getattr(model, "d_in", None)
-        if d_in is not None and (isinstance(d_in, bool) or not isinstance(d_in, int) or d_in < 1):
+        if d_in is not None and (not is_int(d_in) or d_in < 1):
             raise ModelNotSupportedError(
                 f"The model's `d_in` (width of the continuous inputs it embeds) must be a positive int or absent, "
                 f"got {d_in!r}."
@@ -133,7 +134,7 @@ class ModelAdapter:
 
     def check_layer(self, layer: int, *, allow_embed: bool = False) -> int:
         """Return ``layer`` if it is a block index of this model (or ``EMBED_LAYER`` when allowed)."""
-        if not isinstance(layer, int) or isinstance(layer, bool):
+        if not is_int(layer):
             raise LayerOutOfRangeError(f"Layer must be an int block index, got {layer!r}.")
         low = EMBED_LAYER if allow_embed else 0
         if not low <= layer < self.n_layers:

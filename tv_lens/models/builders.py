@@ -13,8 +13,8 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from tv_lens.checks import is_int
 from tv_lens.errors import ConfigError, TvLensError
-from tv_lens.tasks.sampling import is_int
 
 __all__ = [
     "ACT_FNS",

@@ -34,6 +34,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from tv_lens.checks import is_int
 from tv_lens.errors import ModelNotSupportedError, PositionError, ShapeError
 from tv_lens.models.adapter import adapt
 from tv_lens.models.builders import ModelConfig, build_model
@@ -75,7 +76,7 @@ class ContinuousModel(HookedRootModule):
         inner = adapt(model)
         if inner.d_in is not None:
             raise ModelNotSupportedError("The model already embeds continuous inputs; wrap a token model instead.")
-        if isinstance(d_in, bool) or not isinstance(d_in, int) or d_in < 1:
+        if not is_int(d_in) or d_in < 1:
             raise ShapeError(f"d_in must be a positive int (the width of the input vectors), got {d_in!r}.")
         self.model = model
         self.d_in = d_in
@@ -216,7 +217,7 @@ def build_continuous_model(
         d_out: Width of the predictions (1 for scalar regression).
         device: Where to put the model.
     """
-    if isinstance(d_out, bool) or not isinstance(d_out, int) or d_out < 1:
+    if not is_int(d_out) or d_out < 1:
         raise ShapeError(f"d_out must be a positive int (the width of the predictions), got {d_out!r}.")
     inner = build_model(replace(config, d_vocab=d_out), device=device)
     return ContinuousModel(inner, d_in, seed=config.seed).eval()

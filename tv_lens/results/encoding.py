@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import ResultFileError
 
 __all__ = ["Savable", "decode_value", "encode_value", "equal_values", "field_types"]
@@ -166,9 +167,9 @@ def _fits(value: Any, hint: Any) -> bool:
             not args or all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
         )
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     if isinstance(hint, type):
         return isinstance(value, hint)
     return True  # a typing construct not used by result fields: not checked

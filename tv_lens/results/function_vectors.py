@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.checks import is_int
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.axes import layer_index
@@ -176,7 +177,7 @@ class IndirectEffects(SweepSettings, Result):
             AnalysisError: ``k`` is not an int in ``[1, heads]``.
         """
         n = len(self.layers) * self.n_heads
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        if not is_int(k) or not 1 <= k <= n:
             raise AnalysisError(f"k must be an int in [1, {n}] (the heads measured), got {k!r}.")
         scores = self.overall if task is None else self.cie[..., _task_index(self.task_names, task, "CIE")]
         flat = torch.argsort(torch.nan_to_num(scores.flatten(), nan=-torch.inf), descending=True, stable=True)[:k]

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tv_lens.checks import is_number
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.base import Result
@@ -211,7 +212,7 @@ class VectorProvenance(Result):
         if self.operation not in OPERATIONS:
             raise AnalysisError(f"Unknown operation {self.operation!r}; use one of {list(OPERATIONS)}.")
         scale = self.scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        if not is_number(scale) or not math.isfinite(scale):
             raise AnalysisError(f"scale must be a finite number (the vector's factor), got {scale!r}.")
         object.__setattr__(self, "scale", float(scale))
         if len(set(self.layers)) != len(self.layers):

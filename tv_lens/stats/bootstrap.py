@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import AnalysisError
 from tv_lens.tasks.pool import seeded_generator
 
@@ -67,7 +68,7 @@ def stratified_bootstrap_ci(
 
 def check_bootstrap(n_bootstrap: int, ci: float) -> None:
     """Raise :class:`AnalysisError` for an unusable number of resamples or confidence level."""
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
+    if not is_int(n_bootstrap) or n_bootstrap < 0:
         raise AnalysisError(f"n_bootstrap must be an int >= 0 (0: no intervals), got {n_bootstrap!r}.")
-    if isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0 < ci < 1:
+    if not is_number(ci) or not 0 < ci < 1:
         raise AnalysisError(f"ci is a confidence level in (0, 1), e.g. 0.95; got {ci!r}.")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
+from tv_lens.checks import is_int
 from tv_lens.errors import AnalysisError
 
 __all__ = [
@@ -114,7 +115,7 @@ def linear_probe(n_folds: int = 5, c: float = 1.0, seed: int = 0) -> tuple[objec
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
+    if not is_int(n_folds) or n_folds < 2:
         raise AnalysisError(f"n_folds must be an int >= 2, got {n_folds!r}; 5 is a common choice.")
     if not c > 0:
         raise AnalysisError(f"The probe's C (inverse regularisation) must be > 0, got {c!r}.")
@@ -128,14 +129,14 @@ def sklearn_seed(seed: int) -> int:
     Seeds below ``2**32`` are used as they are; larger ones are hashed to 32 bits (``numpy.random.SeedSequence``),
     so different 64-bit seeds still give different, reproducible folds.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+    if not is_int(seed) or not 0 <= seed < 2**64:
         raise AnalysisError(f"seed must be an int in [0, 2**64), got {seed!r}; the same seed gives the same result.")
     return seed if seed < 2**32 else int(np.random.SeedSequence(seed).generate_state(1)[0])
 
 
 def check_knn(k: int, metric: str, n_points: int | None = None) -> None:
     """Raise :class:`AnalysisError` for a k or metric the k-NN cannot use."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not is_int(k) or k < 1:
         raise AnalysisError(f"k must be an int >= 1 (neighbours per vote), got {k!r}; Han et al. use k=10.")
     if metric not in KNN_METRICS:
         raise AnalysisError(f"Unknown k-NN metric {metric!r}; use one of {list(KNN_METRICS)}.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from tv_lens.checks import is_int
 from tv_lens.errors import TaskError
 from tv_lens.tasks.pool import seeded_generator
 
@@ -83,7 +84,7 @@ def generate_sentences(n: int, seed: int = 0) -> tuple[TaggedSentence, ...]:
     Raises:
         TaskError: ``n < 1``.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:
         raise TaskError(f"n (number of sentences) must be an int >= 1, got {n!r}.")
     gen = seeded_generator(seed)
     sentences: dict[TaggedSentence, None] = {}

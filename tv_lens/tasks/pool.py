@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from tv_lens.checks import is_int
 from tv_lens.errors import TaskError
 from tv_lens.tasks.batch import ICLBatch
 from tv_lens.tasks.pool_checks import NULL_TASK, PoolTasks, check_flag, check_task_names, task_tuple
@@ -41,7 +42,6 @@ from tv_lens.tasks.sampling import (
     _shot_choices,
     check_batch_fits,
     check_sample_arguments,
-    is_int,
     seeded_generator,
 )
 from tv_lens.tasks.vocabulary import Vocabulary

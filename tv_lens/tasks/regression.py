@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import TaskError
 from tv_lens.tasks.pool import ShotSpec, _shot_choices, check_batch_fits, check_sample_arguments, seeded_generator
 from tv_lens.tasks.pool_checks import PoolTasks
@@ -94,7 +95,7 @@ class RegressionTask:
 
 def _finite_number(value: object) -> bool:
     """An int or float (not a bool) that is a finite float (not NaN, infinite or an int too large for a float)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return False
     try:
         return math.isfinite(float(value))
@@ -114,7 +115,7 @@ def _supports(name: str, supports: object) -> tuple[tuple[int, ...], ...]:
     for support in supports:
         if isinstance(support, (str, bytes)) or not isinstance(support, Sequence) or not support:
             raise TaskError(message)
-        if not all(isinstance(c, int) and not isinstance(c, bool) for c in support):
+        if not all(is_int(c) for c in support):
             raise TaskError(message)
         sets.append(tuple(support))
     return tuple(sets)
@@ -147,7 +148,7 @@ def sparse_linear_task(basis: int | None, n_bases: int = 4, d: int = 16) -> Regr
     Raises:
         TaskError: ``d`` is not a multiple of ``n_bases`` (too small for the blocks), or ``basis`` is out of range.
     """
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n_bases, d)):
+    if not all(is_int(v) for v in (n_bases, d)):
         raise TaskError(f"n_bases and d must be ints, got n_bases={n_bases!r}, d={d!r}; e.g. n_bases=4, d=16.")
     if n_bases < 1 or d < n_bases or d % n_bases:
         raise TaskError(
@@ -158,7 +159,7 @@ def sparse_linear_task(basis: int | None, n_bases: int = 4, d: int = 16) -> Regr
     blocks = tuple(tuple(range(b * size, (b + 1) * size)) for b in range(n_bases))
     if basis is None:
         return RegressionTask("sparse_linear", _linear, blocks)
-    if isinstance(basis, bool) or not isinstance(basis, int) or not 0 <= basis < n_bases:
+    if not is_int(basis) or not 0 <= basis < n_bases:
         raise TaskError(f"basis must lie in 0 .. {n_bases - 1} (or None for a random one), got {basis}.")
     return RegressionTask(f"sparse_linear({basis})", _linear, (blocks[basis],))
 
@@ -223,7 +224,7 @@ class RegressionPool(PoolTasks):
 
     def __post_init__(self) -> None:
         self._check_tasks(RegressionTask, "linear_task()")
-        if isinstance(self.d, bool) or not isinstance(self.d, int) or self.d < 1:
+        if not is_int(self.d) or self.d < 1:
             raise TaskError(f"d (the input width) must be a positive int, got {self.d!r}.")
         for task in self.tasks:
             coords = [c for support in task.supports or () for c in support]
@@ -370,7 +371,7 @@ def shifted_linear_pool(
         TaskError: ``d`` or ``n_tasks`` is not an int, ``n_tasks`` is not in ``1 .. d``, or ``shift`` is not a
             finite number.
     """
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (d, n_tasks)) or not 1 <= n_tasks <= d:
+    if not all(is_int(v) for v in (d, n_tasks)) or not 1 <= n_tasks <= d:
         raise TaskError(f"n_tasks must be an int in 1 .. d, got n_tasks={n_tasks!r}, d={d!r}; e.g. d=4, n_tasks=3.")
     if not _finite_number(shift):
         raise TaskError(f"shift must be a finite number, got {shift!r}.")

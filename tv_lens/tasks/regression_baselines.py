@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tv_lens.checks import is_number
 from tv_lens.errors import ConfigError
 from tv_lens.tasks.regression_batch import RegressionBatch
 
@@ -53,7 +54,7 @@ def ridge_predictions(batch: RegressionBatch, alpha: float) -> Float[Tensor, "ba
     Raises:
         ConfigError: ``alpha`` is not a finite number > 0 (for ``alpha = 0`` use least squares).
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+    if not is_number(alpha) or not 0 < alpha < math.inf:
         raise ConfigError(
             f"ridge alpha must be a finite number > 0, got {alpha!r}; for no regularisation use "
             "least_squares_predictions(batch)."

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import TaskError
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "available_memory",
     "check_batch_fits",
     "check_sample_arguments",
-    "is_int",
     "seeded_generator",
 ]
 
@@ -48,16 +48,11 @@ def seeded_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def is_int(value: Any) -> bool:
-    """Whether ``value`` is an int and not a bool (``True`` would pass ``isinstance(value, int)``)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_sample_arguments(n_per_task: Any, label_noise: Any, shuffle_labels: Any = False) -> None:
     """Raise a :class:`TaskError` unless the sampling arguments are valid (``shuffle_labels`` a bool)."""
     if not is_int(n_per_task) or n_per_task < 1:
         raise TaskError(f"n_per_task must be an int >= 1, got {n_per_task!r}.")
-    if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0 <= label_noise < 1:
+    if not is_number(label_noise) or not 0 <= label_noise < 1:
         raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
     if not isinstance(shuffle_labels, bool):
         raise TaskError(f"shuffle_labels must be True or False, got {shuffle_labels!r}.")

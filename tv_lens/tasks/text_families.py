@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from tv_lens.checks import is_int
 from tv_lens.errors import TaskError
 from tv_lens.tasks.lexicon import POS_TAGS, first_word_with_tag, generate_sentences, sentence_text
 from tv_lens.tasks.pool import seeded_generator
@@ -64,7 +65,7 @@ def bitwise_text_tasks(
         seed: Seed of the pairs.
     """
     names = _names(ops, BITWISE_OPS, "bitwise op(s)")
-    if isinstance(n_bits, bool) or not isinstance(n_bits, int) or not 1 <= n_bits <= 16:
+    if not is_int(n_bits) or not 1 <= n_bits <= 16:
         raise TaskError(f"n_bits must be an int in 1 .. 16, got {n_bits!r}.")
     n_pairs = 1 << (2 * n_bits)
     if not 1 <= n_examples <= n_pairs:

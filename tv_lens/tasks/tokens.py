@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from tv_lens.checks import is_int
 from tv_lens.errors import TaskError
 from tv_lens.tasks.pool import AnswerEncoding, Task, TaskPool, seeded_generator
 from tv_lens.tasks.render import PromptFormat
@@ -134,7 +135,7 @@ def parity_offset_pool(
     tensor([1, 4, 3, 6])
     """
     offsets = tuple(offsets)
-    if not all(isinstance(c, int) and not isinstance(c, bool) for c in offsets):
+    if not all(is_int(c) for c in offsets):
         raise TaskError(f"offsets must be ints, got {offsets}; e.g. offsets=(1, 3).")
     vocab = _vocab(max((*offsets, 1)) + 1, n_values, bos, f"parity_offset_pool(offsets={offsets})")
     if len(set(offsets)) != len(offsets) or min(offsets, default=0) < 0:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from tv_lens.checks import is_int
 from tv_lens.errors import TaskError
 
 __all__ = ["Vocabulary"]
@@ -43,7 +44,7 @@ class Vocabulary:
     bos: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_values, bool) or not isinstance(self.n_values, int) or self.n_values < 2:
+        if not is_int(self.n_values) or self.n_values < 2:
             raise TaskError(
                 f"Vocabulary needs at least 2 number tokens, got n_values={self.n_values!r}; "
                 "pass an int >= 2, e.g. Vocabulary(n_values=16)."

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import CheckpointError, ConfigError
 from tv_lens.models import ModelConfig
 from tv_lens.training.checkpoint_record import Checkpoint
@@ -49,12 +50,12 @@ def checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
     except (ConfigError, TypeError) as error:
         raise CheckpointError(refuse(f"holds a config this tv_lens refuses ({error})")) from error
     step = record["step"]
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= config.schedule.max_steps:
+    if not is_int(step) or not 0 <= step <= config.schedule.max_steps:
         raise CheckpointError(
             refuse(f"records step {step!r}, outside the run's 0 .. {config.schedule.max_steps} optimiser steps")
         )
     elapsed_s = record["elapsed_s"]
-    if isinstance(elapsed_s, bool) or not isinstance(elapsed_s, int | float) or not math.isfinite(elapsed_s):
+    if not is_number(elapsed_s) or not math.isfinite(elapsed_s):
         raise CheckpointError(refuse(f"records a training time of {elapsed_s!r} s"))
     if elapsed_s < 0:
         raise CheckpointError(refuse(f"records a negative training time ({elapsed_s!r} s)"))

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import ConfigError
-from tv_lens.tasks.sampling import is_int
 
 __all__ = [
     "DataConfig",
@@ -41,7 +41,7 @@ def _check(ok: bool, message: str) -> None:
 
 def _is_real(value: Any) -> bool:
     """An int or float that is a finite float (not a bool, a string, NaN or 10**400): comparisons mean what they say."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return False
     try:
         return math.isfinite(float(value))

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tv_lens.checks import is_int
 from tv_lens.errors import CheckpointError, ConfigError, NonFiniteError
 from tv_lens.models import ModelAdapter, ModelConfig, adapt
 from tv_lens.training.checkpoints import check_checkpoint_directory, latest_checkpoint, list_checkpoints
@@ -83,7 +84,7 @@ def train(
     """
     config = TrainConfig() if config is None else config
     _check_config(config)
-    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0):
+    if stop_after is not None and (not is_int(stop_after) or stop_after < 0):
         raise ConfigError(
             f"stop_after must be None (train to the end) or a number of steps >= 0, got {stop_after!r}; e.g. "
             "stop_after=100."

@@ -7,6 +7,7 @@ from typing import Any, get_args
 
 from tv_lens.analyses.patching import MODES as PATCHING_MODES
 from tv_lens.app.run_files import check_settings
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import ConfigError
 from tv_lens.models import ModelConfig
 from tv_lens.models.builders import Backend
@@ -61,7 +62,7 @@ class DemoConfig:
         counts = ("n_per_task", "causal_n_per_task", "emergence_n_per_task", "finetune_n_per_task", "finetune_k")
         for name in (*counts, "checkpoint_every", "finetune_steps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"DemoConfig.{name} must be an int >= 1, got {value!r}.")
         for name in ("performance_shots", "td_accuracy_shots"):
             value = getattr(self, name)
@@ -78,7 +79,7 @@ class DemoConfig:
             raise ConfigError(
                 f"DemoConfig.n_bootstrap must be an int >= 0 (0: no intervals), got {self.n_bootstrap!r}."
             )
-        if isinstance(self.ceiling, bool) or not isinstance(self.ceiling, int | float) or not 0 < self.ceiling <= 1:
+        if not is_number(self.ceiling) or not 0 < self.ceiling <= 1:
             raise ConfigError(
                 f"DemoConfig.ceiling is an accuracy in (0, 1], got {self.ceiling!r}; e.g. ceiling=0.95 (1: every "
                 "shot count below perfect accuracy counts as below the ceiling)."
@@ -151,4 +152,4 @@ class DemoConfig:
 
 
 def _is_count(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+    return is_int(value) and value >= low

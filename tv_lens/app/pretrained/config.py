@@ -10,6 +10,7 @@ import torch
 
 from tv_lens.analyses.patching import MODES as PATCHING_MODES
 from tv_lens.app.run_files import RUN_FILE, check_settings, read_run_info
+from tv_lens.checks import is_int
 from tv_lens.errors import ArtefactError, ConfigError, TvLensError
 
 __all__ = ["DTYPES", "RUN_KEY", "PretrainedConfig", "read_pretrained_config", "stored_config"]
@@ -72,10 +73,10 @@ class PretrainedConfig:
             raise ConfigError("tasks is empty; name a built-in family (e.g. 'bitwise') or a JSON task file.")
         for name in ("n_per_task", "n_shots", "n_examples"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "n_per_task" else 1):
+            if not is_int(value) or value < (2 if name == "n_per_task" else 1):
                 low = 2 if name == "n_per_task" else 1
                 raise ConfigError(f"{name} must be an int >= {low}, got {value!r}.")
-        if isinstance(self.n_bootstrap, bool) or not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 0:
+        if not is_int(self.n_bootstrap) or self.n_bootstrap < 0:
             raise ConfigError(f"n_bootstrap must be an int >= 0, got {self.n_bootstrap!r}.")
         if self.dtype not in DTYPES:
             raise ConfigError(f"Unknown dtype {self.dtype!r}; use one of {list(DTYPES)}.")

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from tv_lens.checks import is_int
 from tv_lens.errors import ArtefactError, ConfigError
 from tv_lens.models.local_hf.tokenizer import build_tokenizer
 
@@ -64,7 +65,7 @@ def local_model_settings(
     sizes = {"n_layers": n_layers, "d_model": d_model, "n_heads": n_heads, "n_ctx": n_ctx}
     lowest = {**dict.fromkeys(sizes, 1), "vocab_size": 260, "seed": 0}  # 260: 256 bytes, 3 special tokens, 1 merge
     for name, value in {**sizes, "vocab_size": vocab_size, "seed": seed}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < lowest[name]:
+        if not is_int(value) or value < lowest[name]:
             raise ConfigError(f"{name} must be an int >= {lowest[name]}, got {value!r}.")
     if d_model % n_heads:
         raise ConfigError(f"d_model={d_model} is not divisible by n_heads={n_heads}; pick sizes that divide.")
@@ -72,7 +73,7 @@ def local_model_settings(
         n_kv_heads = max(n_heads // 2, 1) if arch in _GQA else n_heads
     if arch not in _GQA and n_kv_heads != n_heads:
         raise ConfigError(f"{arch} has no grouped-query attention: leave n_kv_heads unset (it equals n_heads).")
-    if isinstance(n_kv_heads, bool) or not isinstance(n_kv_heads, int) or n_kv_heads < 1 or n_heads % n_kv_heads:
+    if not is_int(n_kv_heads) or n_kv_heads < 1 or n_heads % n_kv_heads:
         raise ConfigError(f"n_kv_heads must be a positive divisor of n_heads={n_heads}, got {n_kv_heads!r}.")
     return {"arch": arch, **sizes, "n_kv_heads": n_kv_heads, "vocab_size": vocab_size, "seed": seed}
 
