@@ -25,7 +25,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.analyses.answers import finite_outputs
 from tv_lens.analyses.options import N_PER_TASK, IntervalOptions, analysis_config
 from tv_lens.analyses.prompt_batches import PromptBatch, PromptPool, sample_batch
 from tv_lens.analyses.representations import integer_ids, named_tasks
@@ -172,7 +171,7 @@ def clean_outputs(model: Any, batch: PromptBatch, batch_size: int | None = 64) -
             n_answer_tokens=batch.answer_lengths,
             batch_size=batch_size,
         )
-    return finite_outputs(run.logits)
+    return run.logits  # the engine refuses NaN or infinite outputs
 
 
 def score_outputs(outputs: Tensor, batch: PromptBatch, metric: str | ScoreFn = "auto") -> Float[Tensor, " batch"]:
