@@ -78,6 +78,18 @@ def test_baselines_equal_plain_runs_and_the_last_layer_reproduces_icl(model):
     assert result.zero_shot_accuracy == float(zs_correct[real].mean())
 
 
+def test_plain_passes_over_the_icl_prompts_take_batch_size_prompts_at_most(model):
+    batch = sample(n_per_task=2, n_shots=4, seed=2)  # 8 ICL prompts, longer than their zero-shot twins
+    zero_shot_width = int(batch.zero_shot().lengths.max())
+    with failing_user_hook(model, "blocks.0.hook_resid_pre", fail_on_call=0, record=lambda act: act.shape) as shapes:
+        result = TaskVectorPrompting(source="same_prompt", n_bootstrap=0, batch_size=3).run_batch(model, batch)
+    icl_passes = [rows for rows, width, _ in shapes if width > zero_shot_width]
+    assert icl_passes and max(icl_passes) <= 3  # the clean ICL run included, not all 8 prompts at once
+    icl_correct, icl_loss, _ = hooked_scores(model, batch.inputs, batch.answer_pos, batch.answers)
+    torch.testing.assert_close(result.icl_loss, icl_loss, atol=1e-5, rtol=0)
+    assert torch.equal(result.icl_correct, icl_correct)
+
+
 def test_task_mean_source_injects_each_prompts_task_vector(model):
     batch = sample(n_per_task=3, seed=2)
     vectors = TaskVectors.from_model(model, sample(n_per_task=3, seed=3), layers=(1,))

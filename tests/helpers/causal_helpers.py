@@ -40,12 +40,15 @@ def editing_hook(edit):
 
 
 @contextmanager
-def failing_user_hook(model, name: str, fail_on_call: int):
-    """Attach the user's own hook at ``name`` that raises on its ``fail_on_call``-th call; remove it after."""
+def failing_user_hook(model, name: str, fail_on_call: int, record=lambda activation: activation.shape[0]):
+    """Attach the user's own hook at ``name`` that raises on its ``fail_on_call``-th call (0: never); remove it after.
+
+    It yields what ``record`` makes of each call's activation (by default its batch size).
+    """
     calls = []
 
     def hook(activation, hook):
-        calls.append(activation.shape[0])
+        calls.append(record(activation))
         if len(calls) == fail_on_call:
             raise RuntimeError("injected fault")
 

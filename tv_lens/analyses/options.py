@@ -61,7 +61,8 @@ class PassOptions(_Checked):
     """How prompts go through the model.
 
     Attributes:
-        batch_size: Prompts per forward pass that reads representations or activations (an int >= 1).
+        batch_size: Prompts per plain forward pass (one that reads representations, activations or the clean
+            outputs; an int >= 1). Intervention sweeps go by ``rows_per_pass``.
         progress: Show progress bars.
     """
 

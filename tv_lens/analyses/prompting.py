@@ -142,6 +142,7 @@ def task_vector_prompting(
             [],
             attention_mask=prompts.attention_mask,
             n_answer_tokens=answer_counts(answers),
+            batch_size=config.batch_size,
         )
     icl_correct, icl_loss = _score(clean.logits, answers, config.tolerance)
     injected, vector_source = prompting_vectors(
