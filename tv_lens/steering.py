@@ -102,6 +102,7 @@ def steer(
     answer_pos: int | Tensor | None = None,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     max_new_tokens: int | None = None,
+    batch_size: int | None = None,
     **generation: Any,
 ) -> Float[Tensor, "batch d_vocab"] | Generation:
     """Run ``prompts`` with ``vector`` written at each prompt's last token (``answer_pos``).
@@ -122,6 +123,8 @@ def steer(
         max_new_tokens: ``None``: one forward pass, returning logits. An int: generate that many tokens with
             :func:`tv_lens.generation.generate` (the vector written once into the prompt) and return its
             :class:`~tv_lens.generation.Generation`.
+        batch_size: Prompts per forward pass, or per batch of generation (``None``: all at once; a pass that runs
+            out of memory is halved).
         **generation: Further options of :func:`~tv_lens.generation.generate` (``do_sample``, ``stop_tokens``,
             ``every_new_token`` ...).
 
@@ -145,6 +148,7 @@ def steer(
             max_new_tokens,
             answer_pos=answer_pos,
             attention_mask=attention_mask,
+            batch_size=batch_size,
             **generation,
         )
     if generation:
@@ -152,7 +156,9 @@ def steer(
             f"Generation options {sorted(generation)} need max_new_tokens=; without it steer runs one forward pass."
         )
     tokens, answer_pos, attention_mask = prompt_inputs(prompts, answer_pos, attention_mask)
-    run = run_with_interventions(model, tokens, answer_pos, [intervention], attention_mask=attention_mask)
+    run = run_with_interventions(
+        model, tokens, answer_pos, [intervention], attention_mask=attention_mask, batch_size=batch_size
+    )
     return run.logits[:, 0]
 
 
