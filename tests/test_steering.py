@@ -99,7 +99,6 @@ def test_forward_equals_a_hand_written_hook(setup):
     torch.testing.assert_close(raw, tripled, atol=0, rtol=0)
 
 
-
 def test_batch_size_bounds_the_prompts_per_pass_and_keeps_the_numbers(setup):
     model, vectors, _, batch = setup  # 8 prompts
     whole = steer(model, vectors, batch, task="offset(2)", layer=1)
@@ -110,6 +109,7 @@ def test_batch_size_bounds_the_prompts_per_pass_and_keeps_the_numbers(setup):
     torch.testing.assert_close(parts, whole, atol=1e-10, rtol=0)
     all_at_once = steer(model, vectors, batch, task="offset(2)", layer=1, max_new_tokens=2)
     assert torch.equal(generated.tokens, all_at_once.tokens)
+
 
 def test_generation_equals_a_hand_written_loop_token_for_token(setup):
     model, vectors, fv, batch = setup
