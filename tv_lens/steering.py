@@ -123,8 +123,7 @@ def steer(
         max_new_tokens: ``None``: one forward pass, returning logits. An int: generate that many tokens with
             :func:`tv_lens.generation.generate` (the vector written once into the prompt) and return its
             :class:`~tv_lens.generation.Generation`.
-        batch_size: Prompts per forward pass, or per batch of generation (``None``: all at once; a pass that runs
-            out of memory is halved).
+        batch_size: Prompts per forward pass, or per batch of generation (``None``: all at once).
         **generation: Further options of :func:`~tv_lens.generation.generate` (``do_sample``, ``stop_tokens``,
             ``every_new_token`` ...).
 
