@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from analyses_helpers import N_TASKS, POOL
 
-from tv_lens.analyses import ICLPerformance, icl_performance, score_batch
+from tv_lens.analyses import ICLPerformance, Prompts, icl_performance, score_batch
+from tv_lens.analyses.performance import clean_outputs
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 
@@ -32,6 +33,17 @@ def test_run_equals_a_plain_forward_pass_per_task_and_shots(model):
         expected = torch.stack([accuracy[batch.task_ids == t].mean() for t in range(N_TASKS)])
         assert torch.equal(result.values[:, j], expected)
         assert float(result.overall[j]) == pytest.approx(float(accuracy.mean()), abs=1e-12)
+
+
+def test_clean_outputs_of_a_batch_or_of_prompts_a_user_tokenised(model):
+    batch = POOL.sample(3, 2, 4)
+    with torch.no_grad():
+        expected = model(batch.inputs)[torch.arange(len(batch)), batch.answer_pos]
+    torch.testing.assert_close(clean_outputs(model, batch, batch_size=5)[:, 0], expected, atol=1e-10, rtol=0)
+    prompts = Prompts(batch.inputs, batch.answer_pos, None, batch.task_ids, batch.task_names)
+    torch.testing.assert_close(clean_outputs(model, prompts, None, batch.answers)[:, 0], expected, atol=1e-10, rtol=0)
+    with pytest.raises(ShapeError, match="give prompts with answers, or answers="):
+        clean_outputs(model, prompts)
 
 
 def test_label_noise_scores_prompts_with_wrong_demonstration_labels(model):

@@ -25,8 +25,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.analyses.answers import answer_counts
 from tv_lens.analyses.options import N_PER_TASK, IntervalOptions, analysis_config
-from tv_lens.analyses.prompt_batches import PromptBatch, PromptPool, sample_batch
+from tv_lens.analyses.prompt_batches import LabelledPrompts, PromptBatch, PromptPool, sample_batch
 from tv_lens.analyses.representations import integer_ids, named_tasks
 from tv_lens.checks import is_int, is_number
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
@@ -159,16 +160,25 @@ def icl_performance(
     )
 
 
-def clean_outputs(model: Any, batch: PromptBatch, batch_size: int | None = 64) -> Float[Tensor, "batch n_answer d_out"]:
-    """The model's outputs at the answer positions of a clean run (no interventions), without gradients."""
+def clean_outputs(
+    model: Any, prompts: LabelledPrompts, batch_size: int | None = 64, answers: Tensor | None = None
+) -> Float[Tensor, "batch n_answer d_out"]:
+    """The model's outputs at the answer positions of a clean run (no interventions), without gradients.
+
+    One output row per answer token of ``answers`` (default ``prompts.answers``: a batch's, ``-1`` padded tokens or
+    continuous values); ``batch_size`` prompts per pass (``None``: all at once).
+    """
+    answers = prompts.answers if answers is None else answers
+    if answers is None:
+        raise ShapeError("clean_outputs reads one output per answer token: give prompts with answers, or answers=.")
     with torch.no_grad(), evaluating(model):
         run = run_with_interventions(
             model,
-            batch.inputs,
-            batch.answer_pos,
+            prompts.inputs,
+            prompts.answer_pos,
             [],
-            attention_mask=batch.attention_mask,
-            n_answer_tokens=batch.answer_lengths,
+            attention_mask=prompts.attention_mask,
+            n_answer_tokens=answer_counts(answers),
             batch_size=batch_size,
         )
     return run.logits  # the engine refuses NaN or infinite outputs

@@ -51,15 +51,15 @@ from tv_lens.analyses.answers import answer_counts, answer_scores, prompt_count,
 from tv_lens.analyses.generated_scores import GeneratedScores
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.patching import patch_site
+from tv_lens.analyses.performance import clean_outputs
 from tv_lens.analyses.prompt_batches import LabelledPrompts, check_pool, check_prompts
 from tv_lens.analyses.prompting_vectors import prompting_vectors
 from tv_lens.errors import AnalysisError, ShapeError
-from tv_lens.interventions import Cell, run_sweep, run_with_interventions
+from tv_lens.interventions import Cell, run_sweep
 from tv_lens.interventions.prompting import INJECT_MODES, PROMPT_SOURCES, injection, other_prompts
 from tv_lens.interventions.sweep import align
 from tv_lens.metrics import TOLERANCE, continuous_answers, tolerance_problem
 from tv_lens.models.adapter import adapt
-from tv_lens.models.exclusive import evaluating
 from tv_lens.positions import tensor_of
 from tv_lens.probes import check_residual_site
 from tv_lens.results.prompting import PromptingAccuracy
@@ -134,17 +134,7 @@ def task_vector_prompting(
             f"scoring={scoring!r} compares generated text with the answers, and continuous (regression) answers "
             "are vectors, not text; use scoring='teacher_forced' (correct: squared error <= tolerance)."
         )
-    with torch.no_grad(), evaluating(model):
-        clean = run_with_interventions(
-            model,
-            prompts.inputs,
-            prompts.answer_pos,
-            [],
-            attention_mask=prompts.attention_mask,
-            n_answer_tokens=answer_counts(answers),
-            batch_size=config.batch_size,
-        )
-    icl_correct, icl_loss = _score(clean.logits, answers, config.tolerance)
+    icl_correct, icl_loss = _score(clean_outputs(model, prompts, config.batch_size, answers), answers, config.tolerance)
     injected, vector_source = prompting_vectors(
         model,
         prompts.inputs,
