@@ -123,7 +123,8 @@ def steer(
         max_new_tokens: ``None``: one forward pass, returning logits. An int: generate that many tokens with
             :func:`tv_lens.generation.generate` (the vector written once into the prompt) and return its
             :class:`~tv_lens.generation.Generation`.
-        batch_size: Prompts per forward pass, or per batch of generation (``None``: all at once).
+        batch_size: Prompts per forward pass, or per batch of generation (``None``: all at once; halved after
+            running out of memory).
         **generation: Further options of :func:`~tv_lens.generation.generate` (``do_sample``, ``stop_tokens``,
             ``every_new_token`` ...).
 

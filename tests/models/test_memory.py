@@ -18,6 +18,7 @@ from tv_lens.analyses import (
     mean_head_activations,
 )
 from tv_lens.errors import OutOfMemoryError
+from tv_lens.generation import generate
 from tv_lens.interventions import ablate_head, add, run_with_interventions
 from tv_lens.interventions.sweep import Cell, align, run_sweep
 from tv_lens.models.memory import fitting
@@ -77,6 +78,21 @@ def test_collect_and_engine_retry_smaller_batches(model) -> None:
     torch.testing.assert_close(rows, expected_rows)
     torch.testing.assert_close(run.logits, expected_run.logits)
     assert run.writes == expected_run.writes == (7,)
+
+
+def test_generation_retries_smaller_batches_and_gives_the_same_tokens(model) -> None:
+    tokens, answer_pos, _ = ragged_prompts(n_prompts=7)
+    interventions = [add(1, torch.linspace(-1, 1, model.cfg.d_model, dtype=torch.float64))]
+    expected = generate(model, tokens, interventions, 3, answer_pos=answer_pos, stop_tokens=None, use_cache=False)
+    sampled = generate(model, tokens, [], 3, answer_pos=answer_pos, do_sample=True, seed=5, stop_tokens=None)
+    before = hook_snapshot(model)
+    with memory_limit(model, 3) as seen, pytest.warns(RuntimeWarning, match="Out of memory with batch_size=7"):
+        out = generate(model, tokens, interventions, 3, answer_pos=answer_pos, stop_tokens=None)
+        again = generate(model, tokens, [], 3, answer_pos=answer_pos, do_sample=True, seed=5, stop_tokens=None)
+    assert max(seen) == 7 and seen[-1] <= 3  # the first pass ran out of memory, the last one fitted
+    assert hook_snapshot(model) == before
+    assert torch.equal(out.tokens, expected.tokens) and out.writes == expected.writes == (7,)
+    assert torch.equal(again.tokens, sampled.tokens)  # the sampling draws do not depend on the batches
 
 
 def test_fitting_gives_up_at_one_and_lets_other_errors_through() -> None:

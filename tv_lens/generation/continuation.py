@@ -25,6 +25,7 @@ from tv_lens.generation.steps import PassState, Sampling, cached_batch, recomput
 from tv_lens.interventions import Intervention, resolve
 from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating
+from tv_lens.models.memory import fitting
 from tv_lens.models.running import attached_hooks
 from tv_lens.positions import length_sorted_batches, prepare_prompts
 from tv_lens.tasks.batch import ICLBatch
@@ -100,8 +101,9 @@ def generate(
             for the tokenizer's EOS token when there is one, an id, a list of ids, or ``None`` to always generate
             ``max_new_tokens`` tokens.
         tokenizer: Tokenizer used for ``"eos"`` and to decode ``texts`` (default: ``model.tokenizer``).
-        batch_size: Prompts per batch of generation (``None``: all at once); prompts of similar length are
-            batched together. Results do not depend on it.
+        batch_size: Prompts per batch of generation (``None``: all at once; halved after running out of memory,
+            see :func:`~tv_lens.models.memory.fitting`); prompts of similar length are batched together. Results do
+            not depend on it.
         use_cache: ``"auto"`` uses the model's KV cache where it is verified to work (:func:`kv_cache_support`)
             and no hooks of the caller's are attached to the model (those then see whole sequences, as in a plain
             forward pass); ``True`` requires the cache, ``False`` recomputes the prefix at every step.
@@ -155,10 +157,14 @@ def generate(
     counts = torch.zeros(n_prompts, dtype=torch.long)
     stopped = torch.zeros(n_prompts, dtype=torch.bool)
     step = cached_batch if kind is not None else recomputed_batch
-    with torch.no_grad(), evaluating(adapter.model), attached_hooks(adapter, hooks):
-        for index in length_sorted_batches(lengths, batch_size or n_prompts):
+
+    def every_batch(size: int) -> None:  # a retry after running out of memory redoes every prompt
+        for index in length_sorted_batches(lengths, size):
             out, count, stop = step(adapter, kind, prepared, lengths, index, max_new_tokens, sampling, stops, state)
             new[index], counts[index], stopped[index] = out, count, stop
+
+    with torch.no_grad(), evaluating(adapter.model), attached_hooks(adapter, hooks):
+        fitting(every_batch, batch_size or n_prompts, "batch_size")
     for plan, row_writes in zip(plans, written, strict=True):
         if not bool(row_writes.any()):
             raise InterventionNotAppliedError(
