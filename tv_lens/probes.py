@@ -29,7 +29,6 @@ from transformer_lens import ActivationCache
 
 from tv_lens.errors import HookNotFoundError, NonFiniteError, ShapeError
 from tv_lens.models.adapter import EMBED_LAYER, RESIDUAL_SITES, ModelAdapter, adapt
-from tv_lens.models.memory import fitting
 from tv_lens.models.running import HookFn, read_batches
 from tv_lens.positions import Inputs, PreparedPrompts, as_positions, check_batch_size, prepare_prompts
 from tv_lens.results.axes import layer_label
@@ -158,9 +157,7 @@ def collect(
         adapter.hook_point(name)
     check_batch_size(batch_size)
     prompts, copies = _distinct(prepare_prompts(adapter, inputs, answer_pos, attention_mask))
-    rows, _ = fitting(
-        lambda size: _rows_at_answer(adapter, prompts, sorted(set(names)), size, progress), batch_size, "batch_size"
-    )
+    rows = _rows_at_answer(adapter, prompts, sorted(set(names)), batch_size, progress)
     activations = torch.stack([rows[name] for name in names])[:, copies]
     check_finite_rows(
         activations,

@@ -80,6 +80,28 @@ def test_collect_and_engine_retry_smaller_batches(model) -> None:
     assert run.writes == expected_run.writes == (7,)
 
 
+def test_summing_reads_start_again_from_zero_with_smaller_batches(model) -> None:
+    """Head means, mean-ablation values and demonstration means add rows into sums: a retry must not add twice.
+
+    Prompts of 1-5 shots go 4 per pass, shortest first: the first passes fit, a longer one runs out of memory, and the
+    reading starts again with 2 per pass.
+    """
+    batch = offset_pool(offsets=(1, 2), n_values=8).sample(4, (1, 5), seed=0)
+    config = FunctionVectors(batch_size=4)
+    ablation = HeadAblation(mode="mean", n_bootstrap=0, prune_steps=0, attribution=False, batch_size=4)
+    expected_means = mean_head_activations(model, batch, config=config)
+    expected_values = ablation.run_batch(model, batch).ablation_values
+    expected_vectors = TaskVectors.from_model(model, batch, reduce="mean_over_demo_positions", batch_size=4)
+    with memory_limit(model, 64, max_positions=50) as seen, pytest.warns(RuntimeWarning, match="Out of memory with"):
+        means = mean_head_activations(model, batch, config=config)
+        values = ablation.run_batch(model, batch).ablation_values
+        vectors = TaskVectors.from_model(model, batch, reduce="mean_over_demo_positions", batch_size=4)
+    assert 4 in seen and 2 in seen  # passes of 4 prompts ran, and the reading started again with 2
+    torch.testing.assert_close(means.activations, expected_means.activations, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(values, expected_values, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(vectors.vectors, expected_vectors.vectors, atol=1e-12, rtol=1e-12)
+
+
 def test_generation_retries_smaller_batches_and_gives_the_same_tokens(model) -> None:
     tokens, answer_pos, _ = ragged_prompts(n_prompts=7)
     interventions = [add(1, torch.linspace(-1, 1, model.cfg.d_model, dtype=torch.float64))]

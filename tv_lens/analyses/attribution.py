@@ -45,6 +45,7 @@ from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions.sweep import AlignedPrompts
 from tv_lens.metrics import token_cross_entropy
 from tv_lens.models.adapter import adapt
+from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
 from tv_lens.positions import answer_columns, check_tensor_data, prompt_batches
 
@@ -126,36 +127,42 @@ def head_attribution(
     n_answer = prompts.n_answer_tokens
     out = torch.empty(adapter.n_layers, adapter.n_heads, len(prompts), dtype=torch.float64)
     values = ablation_values.to(adapter.device, adapter.dtype)
-    for index, inputs in prompt_batches(prompts.inputs, prompts.ends, config.batch_size, adapter.device):
-        captured: dict[int, tuple[Tensor, Tensor]] = {}
-        hooks = [
-            (adapter.hook_name("attn.hook_z", layer), partial(_add_zero, store=captured, layer=layer))
-            for layer in range(adapter.n_layers)
-        ]
-        with torch.enable_grad():
-            logits = forward(adapter, inputs, hooks=hooks)
-            columns = answer_columns(prompts.answer_pos[index], prompts.answer_lengths[index], n_answer)
-            columns = columns.to(logits.device)
-            rows = torch.arange(len(index), device=logits.device)[:, None]
-            targets = answers[index].to(logits.device)
-            layers = sorted(captured)
-            leaves = [captured[layer][1] for layer in layers]
-            if config.attribution_method == "loss":
-                losses = token_cross_entropy(logits[rows, columns], targets)
-                grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
-                for layer, grad in zip(layers, grads, strict=True):
-                    out[layer, :, index] = _directional(grad, captured[layer][0], values[layer])
-                continue
-            odds = _log_odds(logits[rows, columns], targets)  # [batch, n_answer]
-            real = targets >= 0
-            shifts = torch.zeros(adapter.n_layers, adapter.n_heads, len(index), n_answer, dtype=torch.float64)
-            for k in range(n_answer):
-                grads = torch.autograd.grad(odds[:, k].sum(), leaves, allow_unused=True, retain_graph=k + 1 < n_answer)
-                for layer, grad in zip(layers, grads, strict=True):
-                    shifts[layer, :, :, k] = _directional(grad, captured[layer][0], values[layer])
-        odds, real = odds.detach().to("cpu", torch.float64), real.cpu()
-        change = F.softplus(-(odds + shifts)) - F.softplus(-odds)  # [layer, head, batch, n_answer]
-        out[:, :, index] = (change * real).sum(-1) / real.sum(-1)
+
+    def every_batch(size: int) -> None:  # each prompt's entries are written, so a retry redoes them all
+        for index, inputs in prompt_batches(prompts.inputs, prompts.ends, size, adapter.device):
+            captured: dict[int, tuple[Tensor, Tensor]] = {}
+            hooks = [
+                (adapter.hook_name("attn.hook_z", layer), partial(_add_zero, store=captured, layer=layer))
+                for layer in range(adapter.n_layers)
+            ]
+            with torch.enable_grad():
+                logits = forward(adapter, inputs, hooks=hooks)
+                columns = answer_columns(prompts.answer_pos[index], prompts.answer_lengths[index], n_answer)
+                columns = columns.to(logits.device)
+                rows = torch.arange(len(index), device=logits.device)[:, None]
+                targets = answers[index].to(logits.device)
+                layers = sorted(captured)
+                leaves = [captured[layer][1] for layer in layers]
+                if config.attribution_method == "loss":
+                    losses = token_cross_entropy(logits[rows, columns], targets)
+                    grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
+                    for layer, grad in zip(layers, grads, strict=True):
+                        out[layer, :, index] = _directional(grad, captured[layer][0], values[layer])
+                    continue
+                odds = _log_odds(logits[rows, columns], targets)  # [batch, n_answer]
+                real = targets >= 0
+                shifts = torch.zeros(adapter.n_layers, adapter.n_heads, len(index), n_answer, dtype=torch.float64)
+                for k in range(n_answer):
+                    grads = torch.autograd.grad(
+                        odds[:, k].sum(), leaves, allow_unused=True, retain_graph=k + 1 < n_answer
+                    )
+                    for layer, grad in zip(layers, grads, strict=True):
+                        shifts[layer, :, :, k] = _directional(grad, captured[layer][0], values[layer])
+            odds, real = odds.detach().to("cpu", torch.float64), real.cpu()
+            change = F.softplus(-(odds + shifts)) - F.softplus(-odds)  # [layer, head, batch, n_answer]
+            out[:, :, index] = (change * real).sum(-1) / real.sum(-1)
+
+    fitting(every_batch, config.batch_size, "batch_size")
     return out
 
 

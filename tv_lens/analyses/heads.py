@@ -247,7 +247,7 @@ def _ablation_values(
             for layer in range(adapter.n_layers)
         ]
 
-    read_batches(adapter, prompts.inputs, prompts.ends, batch_size, hooks_for)
+    read_batches(adapter, prompts.inputs, prompts.ends, batch_size, hooks_for, stores=(sums,))
     return (sums / total).to(adapter.dtype)
 
 

@@ -82,7 +82,14 @@ def mean_head_activations(
 
     ends = aligned.answer_pos + 1
     read_batches(
-        adapter, aligned.inputs, ends, options.batch_size, hooks_for, desc="head means", progress=options.progress
+        adapter,
+        aligned.inputs,
+        ends,
+        options.batch_size,
+        hooks_for,
+        stores=(sums,),
+        desc="head means",
+        progress=options.progress,
     )
     counts = torch.bincount(ids, minlength=n_tasks)
     present = counts.nonzero().flatten()

@@ -32,6 +32,7 @@ from tv_lens.errors import HookNotFoundError, ShapeError, TvLensError
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.block_skipping import skipping_blocks, supports_block_skipping
 from tv_lens.models.exclusive import evaluating, model_lock
+from tv_lens.models.memory import fitting
 from tv_lens.positions import Inputs, prompt_batches
 
 __all__ = ["HookFn", "attached_hooks", "forward", "read_batches", "read_pass"]
@@ -172,10 +173,14 @@ def read_batches(
     batch_size: int,
     hooks_for: Callable[[Int[Tensor, " chunk"]], Sequence[tuple[str, HookFn]]],
     *,
+    stores: Sequence[Tensor] = (),
     desc: str | None = None,
     progress: bool = False,
 ) -> None:
     """:func:`read_pass` without gradients over the batches of :func:`~tv_lens.positions.prompt_batches`.
+
+    A pass that runs out of memory starts the reading again with half the prompts per pass
+    (:func:`~tv_lens.models.memory.fitting`), after zeroing ``stores``.
 
     Args:
         adapter: The model.
@@ -183,13 +188,21 @@ def read_batches(
         ends: One past the last position read in each prompt ``[batch]``.
         batch_size: Prompts per pass.
         hooks_for: ``hooks_for(index)``: the read hooks of the batch of prompts ``index`` ``[chunk]``.
+        stores: The tensors the hooks add into (zeroed before each attempt); hooks that only assign rows
+            ``store[index] = ...`` need not list theirs.
         desc: Label of the progress bar.
         progress: Show a progress bar over batches (when there is more than one).
     """
-    for index, batch in prompt_batches(inputs, ends, batch_size, adapter.device, desc=desc, progress=progress):
-        hooks = hooks_for(index)
-        with torch.no_grad():
-            read_pass(adapter, batch, hooks)
+
+    def every_batch(size: int) -> None:
+        for store in stores:
+            store.zero_()
+        for index, batch in prompt_batches(inputs, ends, size, adapter.device, desc=desc, progress=progress):
+            hooks = hooks_for(index)
+            with torch.no_grad():
+                read_pass(adapter, batch, hooks)
+
+    fitting(every_batch, batch_size, "batch_size")
 
 
 class _AllRead(TvLensError):
