@@ -62,7 +62,7 @@ class DemoConfig:
         counts = ("n_per_task", "causal_n_per_task", "emergence_n_per_task", "finetune_n_per_task", "finetune_k")
         for name in (*counts, "checkpoint_every", "finetune_steps"):
             value = getattr(self, name)
-            if not is_int(value) or value < 1:
+            if not _is_count(value, 1):
                 raise ConfigError(f"DemoConfig.{name} must be an int >= 1, got {value!r}.")
         for name in ("performance_shots", "td_accuracy_shots"):
             value = getattr(self, name)
