@@ -39,7 +39,7 @@ from tv_lens.training.config import (
 from tv_lens.training.finetune import prepare_model, select_blocks
 from tv_lens.training.loop import finetune, train
 from tv_lens.training.lora import apply_lora, lora_parameters, merge_lora, remove_lora
-from tv_lens.training.objectives import Objective, RegressionObjective, TokenObjective, objective_for
+from tv_lens.training.objectives import Objective, RegressionObjective, TextObjective, TokenObjective, objective_for
 from tv_lens.training.recipe import Recipe, RecipeRegistry, recipes
 from tv_lens.training.result import TrainResult
 from tv_lens.training.schedule import get_lr
@@ -58,6 +58,7 @@ __all__ = [
     "RegressionObjective",
     "ScheduleConfig",
     "TVPConfig",
+    "TextObjective",
     "TokenObjective",
     "TrainConfig",
     "TrainResult",

@@ -213,6 +213,9 @@ class TVPConfig:
         )
 
 
+#: Weight matrices LoRA can adapt; ``W_gate`` exists in gated MLPs only (Llama, Qwen, Gemma).
+LORA_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out")
+#: The default targets: the matrices every block has (add ``"W_gate"`` to adapt a gated MLP's gate too).
 LORA_TARGETS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
 
 
@@ -224,7 +227,8 @@ class LoRAConfig:
         rank: Rank of each update.
         alpha: Scale numerator (the update is multiplied by ``alpha / rank``).
         dropout: Probability of dropping an input feature of the update (see :mod:`tv_lens.training.lora`).
-        targets: Weight matrices to adapt, among ``W_Q, W_K, W_V, W_O, W_in, W_out``.
+        targets: Weight matrices to adapt, among ``W_Q, W_K, W_V, W_O, W_in, W_out`` and, in a gated MLP,
+            ``W_gate`` (default: all but ``W_gate``).
         seed: Seed of the ``A`` initialisation and of the dropout masks.
     """
 
@@ -249,10 +253,10 @@ class LoRAConfig:
             f"LoRA targets must be a tuple of weight names such as ('W_Q', 'W_V'), got {self.targets!r}; "
             "wrap a single one: ('W_Q',).",
         )
-        unknown = [t for t in self.targets if not isinstance(t, str) or t not in LORA_TARGETS]
+        unknown = [t for t in self.targets if not isinstance(t, str) or t not in LORA_WEIGHTS]
         _check(
             bool(self.targets) and not unknown,
-            f"Unknown LoRA target(s) {unknown or list(self.targets)}; choose among {list(LORA_TARGETS)}.",
+            f"Unknown LoRA target(s) {unknown or list(self.targets)}; choose among {list(LORA_WEIGHTS)}.",
         )
 
 

@@ -5,14 +5,19 @@ the module still reads its weight under the same attribute name, now computed as
 plus the low-rank update. That works unchanged on both TransformerLens backends, which hold the weights
 differently:
 
-=========  =================================================  =========================================
-target     HookedTransformer (``blocks.{l}...``)                TransformerBridge (``nn.Linear.weight``)
-=========  =================================================  =========================================
-W_Q/K/V    ``attn.W_Q`` ``[n_heads, d_model, d_head]``           ``attn.q/k/v.weight`` ``[n_heads·d_head, d_model]``
-W_O        ``attn.W_O`` ``[n_heads, d_head, d_model]``           ``attn.o.weight`` ``[d_model, n_heads·d_head]``
-W_in       ``mlp.W_in`` ``[d_model, d_mlp]``                     ``mlp.fc_in.weight`` ``[d_mlp, d_model]``
-W_out      ``mlp.W_out`` ``[d_mlp, d_model]``                    ``mlp.fc_out.weight`` ``[d_model, d_mlp]``
-=========  =================================================  =========================================
+==========  =================================================  ==============================================
+target      HookedTransformer (``blocks.{l}...``)                TransformerBridge (the layer a bridge wraps)
+==========  =================================================  ==============================================
+W_Q/K/V     ``attn.W_Q`` ``[n_heads, d_model, d_head]``           ``attn.q/k/v`` ``[n_heads·d_head, d_model]``
+W_O         ``attn.W_O`` ``[n_heads, d_head, d_model]``           ``attn.o`` ``[d_model, n_heads·d_head]``
+W_in        ``mlp.W_in`` ``[d_model, d_mlp]``                     ``mlp.in`` ``[d_mlp, d_model]``
+W_gate      ``mlp.W_gate`` ``[d_model, d_mlp]``                   ``mlp.gate`` ``[d_mlp, d_model]``
+W_out       ``mlp.W_out`` ``[d_mlp, d_model]``                    ``mlp.out`` ``[d_model, d_mlp]``
+==========  =================================================  ==============================================
+
+The bridge's layers are those of the Hugging Face model: ``nn.Linear`` (``[out, in]``, as above) or GPT-2's
+``Conv1D`` (``[in, out]``); keys and values of grouped-query attention have ``n_key_value_heads`` heads
+(``_W_K`` / ``_W_V`` in a HookedTransformer). ``W_gate`` exists in gated MLPs only (Llama, Qwen, Gemma).
 
 Every weight is seen as a map from ``d_in`` input features to ``d_out`` outputs (heads concatenated), so
 an update of a given rank means the same on both backends. ``A`` (``[d_in, rank]``) starts uniform in
@@ -26,7 +31,6 @@ by all tokens), rescaled by ``1 / (1 - p)``; standard LoRA draws a mask per toke
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,21 +43,20 @@ from tv_lens.training.config import LoRAConfig
 
 __all__ = ["LoRAUpdate", "apply_lora", "has_lora", "lora_parameters", "merge_lora", "remove_lora", "weight_targets"]
 
-# Each weight LoRA can target -> where a block holds it: its HookedTransformer module (parameter of the same name,
-# in the given layout) and its TransformerBridge module (an ``nn.Linear`` ``weight``, laid out ``[out, in]``).
+# Each weight LoRA can target -> where a block holds it. HookedTransformer: the module and the parameter (grouped-query
+# attention keeps its shared key/value weights as _W_K / _W_V), in the given layout. TransformerBridge: the LinearBridge
+# at that path, whose wrapped layer is an nn.Linear ([out, in]) or a GPT-2 style Conv1D ([in, out]).
 _WEIGHTS = {
-    "W_Q": ("attn", "heads_in_out", "attn.q"),
-    "W_K": ("attn", "heads_in_out", "attn.k"),
-    "W_V": ("attn", "heads_in_out", "attn.v"),
-    "W_O": ("attn", "in_out", "attn.o"),
-    "W_in": ("mlp", "in_out", "mlp.fc_in"),
-    "W_out": ("mlp", "in_out", "mlp.fc_out"),
+    "W_Q": ("attn", ("W_Q",), "heads_in_out", "attn.q"),
+    "W_K": ("attn", ("W_K", "_W_K"), "heads_in_out", "attn.k"),
+    "W_V": ("attn", ("W_V", "_W_V"), "heads_in_out", "attn.v"),
+    "W_O": ("attn", ("W_O",), "in_out", "attn.o"),
+    "W_in": ("mlp", ("W_in",), "in_out", "mlp.in"),
+    "W_gate": ("mlp", ("W_gate",), "in_out", "mlp.gate"),
+    "W_out": ("mlp", ("W_out",), "in_out", "mlp.out"),
 }
-# (module path inside a block without "_original_component", parameter) -> (target, layout)
-_LAYOUTS = {
-    **{(hooked, target): (target, layout) for target, (hooked, layout, _) in _WEIGHTS.items()},
-    **{(bridge, "weight"): (target, "out_in") for target, (_, _, bridge) in _WEIGHTS.items()},
-}
+# Layer classes a LinearBridge may wrap -> the layout of their weight.
+_BRIDGED_LAYOUTS = {"Linear": "out_in", "Conv1D": "in_out"}
 
 
 @dataclass(frozen=True)
@@ -66,23 +69,50 @@ class WeightTarget:
 
 
 def weight_targets(model: Any, block: int) -> dict[str, WeightTarget]:
-    """The attention and MLP weight matrices of ``model.blocks[block]``, keyed ``W_Q ... W_out``."""
+    """The attention and MLP weight matrices of ``model.blocks[block]``, keyed ``W_Q ... W_out`` (and ``W_gate``).
+
+    Raises:
+        ModelNotSupportedError: A matrix every block has (all but ``W_gate``) was not found.
+    """
     found: dict[str, WeightTarget] = {}
-    seen: list[str] = []
-    for path, module in model.blocks[block].named_modules():
-        canonical = re.sub(r"(^|\.)_original_component", "", path).strip(".")
-        for attribute in _own_weights(module):
-            seen.append(f"{canonical}.{attribute}")
-            if (canonical, attribute) in _LAYOUTS:
-                target, layout = _LAYOUTS[canonical, attribute]
-                found[target] = WeightTarget(module, attribute, layout)
-    if len(found) < len(_WEIGHTS):
+    for name, (part, parameters, layout, bridged) in _WEIGHTS.items():
+        target = _bridged_target(model.blocks[block], bridged) or _hooked_target(
+            getattr(model.blocks[block], part, None), parameters, layout
+        )
+        if target is not None:
+            found[name] = target
+    missing = [name for name in _WEIGHTS if name != "W_gate" and name not in found]
+    if missing:
         raise ModelNotSupportedError(
-            f"Could not find every attention/MLP weight of block {block} (found {sorted(found)} among "
-            f"{seen}). LoRA supports tv_lens's HookedTransformer and TransformerBridge models "
-            "(tv_lens.models.build_model); merged or fused projections are not supported."
+            f"Could not find the weight(s) {missing} of block {block} (a {type(model.blocks[block]).__name__}). LoRA "
+            "adapts HookedTransformer weights and the nn.Linear / Conv1D layers of a TransformerBridge's attention "
+            "(attn.q, attn.k, attn.v, attn.o) and MLP (mlp.in, mlp.out, mlp.gate); finetune this model without "
+            "LoRA (lora=None) instead."
         )
     return found
+
+
+def _bridged_target(block: nn.Module, path: str) -> WeightTarget | None:
+    """The weight of the layer a TransformerBridge block wraps at ``path`` (e.g. ``attn.q``), if it has one."""
+    bridge: Any = block
+    for step in path.split("."):
+        bridge = getattr(bridge, step, None)
+    layer = getattr(bridge, "original_component", None)
+    layout = _BRIDGED_LAYOUTS.get(type(layer).__name__)
+    if not isinstance(layer, nn.Module) or layout is None or "weight" not in _own_weights(layer):
+        return None
+    return WeightTarget(layer, "weight", layout)
+
+
+def _hooked_target(module: nn.Module | None, parameters: tuple[str, ...], layout: str) -> WeightTarget | None:
+    """The first of ``parameters`` that a HookedTransformer attention or MLP module holds itself."""
+    if not isinstance(module, nn.Module):
+        return None
+    own = _own_weights(module)
+    for parameter in parameters:
+        if parameter in own:
+            return WeightTarget(module, parameter, layout)
+    return None
 
 
 def _own_weights(module: nn.Module) -> list[str]:
@@ -158,9 +188,16 @@ def apply_lora(model: Any, blocks: tuple[int, ...], config: LoRAConfig) -> list[
         raise ConfigError(
             "The model already has LoRA adapters; merge them first (merge_lora(model)) or start from a fresh model."
         )
+    per_block = {block: weight_targets(model, block) for block in blocks}
+    for block, targets in per_block.items():
+        absent = [name for name in config.targets if name not in targets]
+        if absent:
+            raise ConfigError(
+                f"Block {block} has no {absent[0]} (its MLP is not gated); LoRA targets of this model are among "
+                f"{list(targets)}."
+            )
     updates: list[LoRAUpdate] = []
-    for block in blocks:
-        targets = weight_targets(model, block)
+    for block, targets in per_block.items():
         for index, name in enumerate(config.targets):
             target = targets[name]
             weight = getattr(target.module, target.attribute)

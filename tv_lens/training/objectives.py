@@ -5,6 +5,8 @@ the ones before it, so the training loss is taken at the answer of *every* demon
 query (Garg et al.'s "prefix" loss), not only at the query. Evaluation scores the query only.
 
 :class:`TokenObjective` serves token task pools (cross-entropy on answer tokens, exact-match accuracy);
+:class:`TextObjective` serves text pools, i.e. finetuning a pretrained model: the loss is taken on the query's
+answer tokens only (Han et al. §4.4), each prompt over its own answer length;
 :class:`RegressionObjective` serves regression pools through the continuous-input wrapper
 (:func:`tv_lens.models.build_continuous_model`): mean squared error of the prediction at every answer
 position. The loop talks to an objective through :class:`Objective` only; :func:`objective_for` picks one
@@ -25,9 +27,9 @@ from tv_lens.errors import ConfigError, PositionError, TaskError
 from tv_lens.metrics import TOLERANCE, answer_correct, answer_logits, answer_loss, tolerance_problem
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.running import HookFn, forward
-from tv_lens.tasks import ICLBatch, RegressionBatch, RegressionPool, TaskPool
+from tv_lens.tasks import ICLBatch, RegressionBatch, RegressionPool, TaskPool, TextPool
 
-__all__ = ["Objective", "RegressionObjective", "TokenObjective", "objective_for"]
+__all__ = ["Objective", "RegressionObjective", "TextObjective", "TokenObjective", "objective_for"]
 
 
 @runtime_checkable
@@ -106,6 +108,48 @@ def answer_targets(batch: ICLBatch) -> tuple[Tensor, Tensor, Tensor]:
     keep = valid[:, :, None].expand_as(columns)
     rows, columns = rows[keep], columns[keep]
     return rows, columns, batch.inputs[rows, columns + 1]
+
+
+class TextObjective(TokenObjective):
+    """Cross-entropy on the query's answer tokens, for :class:`~tv_lens.tasks.TextPool` s (pretrained models).
+
+    A pretrained model already reads demonstrations as text; as in Han et al.'s finetuning (§4.4, "loss on
+    answer tokens only") the loss is taken on the query's answer tokens, teacher-forced, each prompt over its
+    own answer length, and every other token is context. Scores are those of :class:`TokenObjective`: exact
+    match of every answer token, per-prompt cross-entropy.
+    """
+
+    def check(self, adapter: ModelAdapter, pool: TextPool, batch: ICLBatch) -> None:
+        """Check the tokenizer's ids and the prompts' lengths against the model."""
+        if pool.vocab_size > adapter.d_vocab:
+            raise TaskError(
+                f"The pool's tokenizer has {pool.vocab_size} token ids but the model has d_vocab={adapter.d_vocab}; "
+                "build the TextPool with the model's own tokenizer: TextPool(tasks, model.tokenizer, ...)."
+            )
+        _check_length(adapter, batch)
+
+    def context_loss(
+        self, adapter: ModelAdapter, batch: ICLBatch, hooks: Sequence[tuple[str, HookFn]] = ()
+    ) -> Float[Tensor, ""]:
+        """Mean cross-entropy over every answer token of the query (the demonstrations are context)."""
+        rows, columns, targets = query_targets(batch)
+        picked = _outputs_at(adapter, batch, hooks, rows, columns)
+        return F.cross_entropy(picked, targets.to(picked.device))
+
+
+def query_targets(batch: ICLBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """Where every answer token of each query is predicted, and what it is (``-1`` padding left out).
+
+    Returns:
+        ``(rows, columns, targets)``, flat and aligned as in :func:`answer_targets`: the logits at
+        ``[rows[i], columns[i]]`` predict ``targets[i]``, prompt ``rows[i]``'s answer token.
+    """
+    answers = batch.answers
+    offsets = torch.arange(answers.shape[1], device=answers.device)
+    columns = batch.answer_pos.to(answers.device)[:, None] + offsets
+    rows = torch.arange(len(batch), device=answers.device)[:, None].expand_as(columns)
+    real = answers >= 0
+    return rows[real], columns[real], answers[real]
 
 
 class RegressionObjective:
@@ -203,13 +247,15 @@ def _check_length(adapter: ModelAdapter, batch: ICLBatch | RegressionBatch) -> N
 
 
 def objective_for(pool: Any) -> Objective:
-    """The objective of a pool: :class:`TokenObjective` for token pools, :class:`RegressionObjective` for regression."""
+    """The objective of a pool: :class:`TokenObjective`, :class:`TextObjective` or :class:`RegressionObjective`."""
+    if isinstance(pool, TextPool):
+        return TextObjective()
     if isinstance(pool, TaskPool):
         return TokenObjective()
     if isinstance(pool, RegressionPool):
         return RegressionObjective()
     raise ConfigError(
         f"train() does not know how to train on a {type(pool).__name__}: token TaskPools (tv_lens.tasks.offset_pool, "
-        "bitwise_pool, ...) and RegressionPools (regression_pool, sparse_linear_pool) are supported. For another "
-        "kind of pool, pass objective= an object with the methods of tv_lens.training.objectives.Objective."
+        "bitwise_pool, ...), TextPools and RegressionPools (regression_pool, sparse_linear_pool) are supported. For "
+        "another kind of pool, pass objective= an object with the methods of tv_lens.training.objectives.Objective."
     )

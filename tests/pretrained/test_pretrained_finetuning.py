@@ -1,0 +1,252 @@
+"""LoRA, text-task finetuning and the layer-finetuning experiment on real architectures, through every loader.
+
+LoRA is checked against the model with the update written into its weights by hand: on the bridge without
+compatibility mode, into the Hugging Face model's own layers (GPT-2's fused ``c_attn`` and GPT-NeoX's
+head-interleaved ``query_key_value`` included); on the other loaders, into TransformerLens's weights laid out
+as this file lays them out. The text objective's loss is checked against each prompt run alone.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import BACKENDS
+from pretrained_helpers import (
+    COMBINATIONS,
+    GQA_ARCHITECTURES,
+    HOOKED_ARCHITECTURES,
+    loaded,
+    one_thread,  # noqa: F401  (autouse: tiny models run on one thread)
+    pretrained_fixture,  # noqa: F401  (fixture `pretrained`: every architecture x loader)
+)
+from training_helpers import tiny_config, tiny_model
+
+from tv_lens.analyses import LayerFinetuning, TaskDecodability
+from tv_lens.errors import ConfigError, TaskError
+from tv_lens.models import adapt
+from tv_lens.models.local_hf import ARCHITECTURES
+from tv_lens.tasks import TextPool, TextTask
+from tv_lens.training import (
+    DataConfig,
+    LoRAConfig,
+    ScheduleConfig,
+    TextObjective,
+    TrainConfig,
+    apply_lora,
+    merge_lora,
+    train,
+)
+from tv_lens.training.lora import weight_targets
+
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+GATED = ("llama", "qwen2", "gemma2")
+PAIRS = (("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("good", "bad"), ("old", "new"))
+TASKS = (TextTask("antonym", PAIRS), TextTask("twice", tuple((x, f"{x} {x}") for x, _ in PAIRS)))
+TOKENS = torch.tensor([[1, 17, 230, 5, 99, 42, 7, 300], [2, 64, 64, 11, 8, 150, 3, 9]])
+
+
+def targets_of(arch: str) -> tuple[str, ...]:
+    return ("W_Q", "W_K", "W_V", "W_O", "W_in", *(("W_gate",) if arch in GATED else ()), "W_out")
+
+
+def adapted(model, arch: str):
+    """A copy of ``model`` with LoRA on every weight of both blocks and random (non-zero) ``B`` matrices.
+
+    Returns the copy and ``[(block, target, delta [d_in, d_out])]`` of every update, in the order applied.
+    """
+    copied = copy.deepcopy(model)
+    targets = targets_of(arch)
+    updates = apply_lora(copied, (0, 1), LoRAConfig(rank=2, alpha=3.0, targets=targets, seed=5))
+    generator = torch.Generator().manual_seed(0)
+    deltas = []
+    for index, update in enumerate(updates):
+        with torch.no_grad():
+            update.lora_B.copy_(torch.randn(update.lora_B.shape, generator=generator) * 0.05)
+        deltas.append(
+            (index // len(targets), targets[index % len(targets)], update.scale * update.lora_A @ update.lora_B)
+        )
+    return copied.eval(), deltas
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(TOKENS).double()
+
+
+def edit_huggingface(hf, arch: str, block: int, target: str, delta: torch.Tensor) -> None:
+    """Add ``delta`` (``[d_in, d_out]``, heads concatenated) to the Hugging Face layer that holds ``target``."""
+    base = hf.base_model
+    with torch.no_grad():
+        if arch == "gpt2":  # Conv1D layers, [in, out]; c_attn holds q | k | v side by side
+            layer = base.h[block]
+            d = hf.config.n_embd
+            fused = {"W_Q": slice(0, d), "W_K": slice(d, 2 * d), "W_V": slice(2 * d, 3 * d)}
+            if target in fused:
+                layer.attn.c_attn.weight[:, fused[target]] += delta
+            else:
+                {"W_O": layer.attn.c_proj, "W_in": layer.mlp.c_fc, "W_out": layer.mlp.c_proj}[target].weight += delta
+        elif arch == "gpt_neox":  # nn.Linear, [out, in]; query_key_value rows are [head, (q, k, v), d_head]
+            layer = base.layers[block]
+            if target in ("W_Q", "W_K", "W_V"):
+                n_heads = hf.config.num_attention_heads
+                rows = layer.attention.query_key_value.weight.view(n_heads, 3, -1, delta.shape[0])
+                rows[:, ("W_Q", "W_K", "W_V").index(target)] += delta.T.reshape(n_heads, -1, delta.shape[0])
+            else:
+                module = {
+                    "W_O": layer.attention.dense,
+                    "W_in": layer.mlp.dense_h_to_4h,
+                    "W_out": layer.mlp.dense_4h_to_h,
+                }
+                module[target].weight += delta.T
+        else:  # Llama, Qwen2, Gemma-2: nn.Linear, [out, in]
+            layer = base.layers[block]
+            attention = {"W_Q": "q_proj", "W_K": "k_proj", "W_V": "v_proj", "W_O": "o_proj"}
+            mlp = {"W_in": "up_proj", "W_gate": "gate_proj", "W_out": "down_proj"}
+            module = (
+                getattr(layer.self_attn, attention[target]) if target in attention else getattr(layer.mlp, mlp[target])
+            )
+            module.weight += delta.T
+
+
+def edit_transformer_lens(model, block: int, target: str, delta: torch.Tensor) -> None:
+    """Add ``delta`` (``[d_in, d_out]``) to ``target`` as a HookedTransformer or a bridge's layer holds it."""
+    layer = model.blocks[block]
+    with torch.no_grad():
+        if hasattr(layer.attn, "W_Q") and isinstance(layer.attn.W_Q, torch.nn.Parameter):
+            part = layer.attn if target.startswith(("W_Q", "W_K", "W_V", "W_O")) else layer.mlp
+            name = target if hasattr(part, target) and target in dict(part.named_parameters()) else f"_{target}"
+            weight = getattr(part, name)
+            if target in ("W_Q", "W_K", "W_V"):  # [heads, d_in, d_head]
+                weight += delta.reshape(delta.shape[0], weight.shape[0], weight.shape[2]).permute(1, 0, 2)
+            else:  # W_O [heads, d_head, d_model]; MLP [d_in, d_out]
+                weight += delta.reshape(weight.shape)
+            return
+        path = {"W_Q": "attn.q", "W_K": "attn.k", "W_V": "attn.v", "W_O": "attn.o"}.get(target)
+        path = path or {"W_in": "mlp.in", "W_gate": "mlp.gate", "W_out": "mlp.out"}[target]
+        module = layer.get_submodule(path).original_component
+        module.weight += delta.T if isinstance(module, torch.nn.Linear) else delta
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_lora_equals_the_huggingface_model_with_the_update_in_its_weights(tmp_path_factory, arch):
+    from transformers import AutoModelForCausalLM
+
+    pretrained = loaded(tmp_path_factory, arch, "bridge")
+    model, deltas = adapted(pretrained.model, arch)
+    hf = AutoModelForCausalLM.from_pretrained(pretrained.folder, attn_implementation="eager").eval()
+    for block, target, delta in deltas:
+        edit_huggingface(hf, arch, block, target, delta)
+    with torch.no_grad():
+        expected = hf(TOKENS).logits.double()
+    torch.testing.assert_close(logits(model), expected, **TOL)
+    assert not torch.allclose(logits(pretrained.model), expected, **TOL)
+    torch.testing.assert_close(logits(merge_lora(model)), expected, **TOL)
+
+
+@pytest.mark.parametrize(
+    ("arch", "loader"),
+    [c for c in COMBINATIONS if c[1] != "bridge"],
+    ids=[f"{a}-{loader}" for a, loader in COMBINATIONS if loader != "bridge"],
+)
+def test_lora_equals_the_update_written_into_the_weights(tmp_path_factory, arch, loader):
+    pretrained = loaded(tmp_path_factory, arch, loader)
+    model, deltas = adapted(pretrained.model, arch)
+    edited = copy.deepcopy(pretrained.model)
+    for block, target, delta in deltas:
+        edit_transformer_lens(edited, block, target, delta)
+    expected = logits(edited)
+    torch.testing.assert_close(logits(model), expected, **TOL)
+    assert not torch.allclose(logits(pretrained.model), expected, **TOL)
+    torch.testing.assert_close(logits(merge_lora(model)), expected, **TOL)
+
+
+def test_every_weight_is_found_with_its_grouped_query_shape(pretrained):
+    targets = weight_targets(pretrained.model, 0)
+    assert tuple(targets) == tuple(t for t in ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out") if t in targets)
+    assert set(targets) == set(targets_of(pretrained.arch))
+    cfg = pretrained.model.cfg
+    key = targets["W_K"]
+    weight = getattr(key.module, key.attribute)
+    kv_heads = (cfg.n_key_value_heads or cfg.n_heads) if pretrained.arch in GQA_ARCHITECTURES else cfg.n_heads
+    assert weight.numel() == cfg.d_model * kv_heads * cfg.d_head
+
+
+def test_a_gate_is_refused_where_the_mlp_has_none(tmp_path_factory):
+    model = copy.deepcopy(loaded(tmp_path_factory, "gpt2", "bridge").model)
+    with pytest.raises(ConfigError, match="has no W_gate"):
+        apply_lora(model, (0,), LoRAConfig(targets=("W_Q", "W_gate")))
+    assert weight_targets(model, 0)["W_Q"].module.__dict__.get("_modules", {}).get("parametrizations") is None
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_text_objective_is_the_cross_entropy_of_each_query_answer(tmp_path_factory, arch):
+    pretrained = loaded(tmp_path_factory, arch, "bridge")
+    pool = TextPool(TASKS, pretrained.tokenizer, template="{x} -> {y}", bos=True)
+    batch = pool.sample(3, 2, seed=1)
+    assert len(set(batch.answer_lengths.tolist())) > 1
+    loss = TextObjective().context_loss(adapt(pretrained.model), batch)
+    terms = []
+    for i in range(len(batch)):
+        length, ap, n = int(batch.lengths[i]), int(batch.answer_pos[i]), int(batch.answer_lengths[i])
+        with torch.no_grad():
+            row = pretrained.model(batch.inputs[i : i + 1, :length])[0, ap : ap + n]
+        terms.append(F.cross_entropy(row.double(), batch.answers[i, :n], reduction="none"))
+    torch.testing.assert_close(loss.double(), torch.cat(terms).mean(), atol=2e-5, rtol=1e-5)
+
+
+def test_a_text_pool_of_another_tokenizer_is_refused(tmp_path_factory):
+    """A model whose vocabulary is smaller than the pool's tokenizer: one clear error, before any step."""
+    pool = TextPool(TASKS, loaded(tmp_path_factory, "gpt2", "bridge").tokenizer)
+    model = tiny_model(BACKENDS[-1])
+    with pytest.raises(TaskError, match=r"model's own tokenizer: TextPool\(tasks, model.tokenizer"):
+        train(model, pool, tiny_config(max_steps=2))
+
+
+FINETUNING = [
+    ("gpt2", "bridge"),
+    ("llama", "bridge-compat"),
+    *(("qwen2", "hooked"),) * ("qwen2" in HOOKED_ARCHITECTURES),
+]
+
+
+@pytest.mark.parametrize(("arch", "loader"), FINETUNING, ids=[f"{a}-{loader}" for a, loader in FINETUNING])
+def test_layer_finetuning_runs_on_text_tasks(tmp_path_factory, arch, loader):
+    """Han et al.'s experiment on a real architecture: the model is untouched, each variant trains its own block."""
+    model = loaded(tmp_path_factory, arch, loader).model
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    pool = TextPool(TASKS, model.tokenizer, template="{x} -> {y}", null=True, bos=True)
+    experiment = LayerFinetuning(
+        k=1,
+        lora=LoRAConfig(rank=2, alpha=2.0, dropout=0.1, targets=targets_of(arch)),
+        train=TrainConfig(
+            data=DataConfig(n_per_task=4, n_shots=2, eval_n_per_task=4),
+            schedule=ScheduleConfig(max_steps=3, lr=5e-2, min_lr=5e-3, warmup_steps=1),
+            eval_every=3,
+        ),
+        decodability=TaskDecodability(k=3, n_bootstrap=0),
+        n_per_task=5,
+        n_shots=2,
+        n_bootstrap=0,
+    )
+    models, losses = experiment.finetune_variants(model, pool)
+    comparison = experiment.compare(models, losses, pool, seed=0)
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
+    assert comparison.variants == ("base", "first:1", "last:1")
+    assert comparison.blocks == ((), (0,), (1,))
+    assert comparison.accuracy.shape == (3, len(pool.task_names))
+    assert torch.isfinite(comparison.final_loss[1:]).all()
+    first_block = {name: first_block_output(m, pool) for name, m in models.items()}
+    assert torch.equal(first_block["last:1"], first_block["base"])
+    assert not torch.allclose(first_block["first:1"], first_block["base"])
+    below_last = [i for i, layer in enumerate(comparison.layers) if layer < 1]
+    torch.testing.assert_close(comparison.td[2, below_last], comparison.td[0, below_last], atol=0, rtol=0)
+
+
+def first_block_output(model, pool) -> torch.Tensor:
+    batch = pool.sample(2, 2, seed=3)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch.inputs, names_filter="blocks.0.hook_resid_post")
+    return cache["blocks.0.hook_resid_post"]
