@@ -8,12 +8,14 @@ import torch
 from causal_helpers import POOL, failing_user_hook, hooked_scores, sample
 from conftest import hook_snapshot
 
+from tv_lens.analyses import finetuning
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.finetuning import LayerFinetuning, compare_models
-from tv_lens.errors import LayerOutOfRangeError
+from tv_lens.errors import ConfigError, LayerOutOfRangeError
 from tv_lens.results.base import Result
 from tv_lens.results.finetuning import FinetuningComparison
 from tv_lens.training import DataConfig, LoRAConfig, ScheduleConfig, TrainConfig
+from tv_lens.training.lora import has_lora
 
 CONFIG = LayerFinetuning(
     k=1,
@@ -73,6 +75,46 @@ def test_numbers_equal_direct_scoring_of_each_model(experiment):
         assert float(result.overall[v]) == pytest.approx(float(correct[batch.task_ids != 3].mean()))
         td = TaskDecodability(k=2, n_bootstrap=0).run_batch(models[name], batch, seed=1)
         assert torch.equal(result.td[v], td.td)
+
+
+def test_run_trains_adapters_in_place_with_the_numbers_of_deep_copies(experiment):
+    """run() with LoRA keeps one model: each variant's adapters train on it, are scored, then removed."""
+    model, _, _, result = experiment
+    weights = [p.detach().clone() for p in model.parameters()]
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    assert CONFIG.run(model, POOL, seed=1) == result
+    assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters(), strict=True))
+    assert [p.requires_grad for p in model.parameters()] == flags and model.training == was_training
+    assert not has_lora(model)
+
+
+def test_a_fault_after_a_variant_trained_leaves_the_model_as_it_was(experiment, monkeypatch):
+    model = experiment[0]
+    weights = [p.detach().clone() for p in model.parameters()]
+    flags = [p.requires_grad for p in model.parameters()]
+    scored = []
+
+    def failing_scores(*args, **kwargs):
+        scored.append(has_lora(model))
+        if len(scored) == 2:  # the first variant, its adapters attached
+            raise RuntimeError("injected fault")
+        return real_scores(*args, **kwargs)
+
+    real_scores = finetuning._scores
+    monkeypatch.setattr(finetuning, "_scores", failing_scores)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        CONFIG.run(model, POOL, seed=1)
+    assert scored == [False, True]
+    assert not has_lora(model) and [p.requires_grad for p in model.parameters()] == flags
+    assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters(), strict=True))
+
+
+def test_a_model_with_adapters_is_refused_before_training(experiment):
+    lora_model = experiment[1]["first:1"]
+    assert has_lora(lora_model)
+    with pytest.raises(ConfigError, match=r"already has LoRA adapters; merge them first"):
+        CONFIG.run(lora_model, POOL, seed=1)
 
 
 def test_frame_figure_and_save_load(experiment, tmp_path):

@@ -82,7 +82,7 @@ def test_lora_finetuning_freezes_the_base_and_merges_to_an_equivalent_model(back
     merge_lora(model)
     assert not has_lora(model)
     after = parameters_of(model)
-    assert after.keys() == before.keys()
+    assert list(after) == list(before)  # the same names, in the same order
     for name in before:
         if name in targets:
             assert not torch.equal(before[name], after[name]), name
@@ -115,6 +115,21 @@ def test_lora_update_has_the_documented_form(backend: str) -> None:
         else:
             expected = originals[name] + low_rank.reshape(weight.shape)
         torch.testing.assert_close(weight, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_removing_lora_gives_back_the_parameters_in_their_order(backend: str) -> None:
+    model = tiny_model(backend)
+    before = parameters_of(model)
+    objects = [id(p) for p in model.parameters()]
+    updates = apply_lora(model, (0, 1), LoRAConfig(rank=2))
+    with torch.no_grad():
+        for update in updates:
+            update.lora_B.fill_(0.5)
+    remove_lora(model)
+    after = parameters_of(model)
+    assert list(after) == list(before) and [id(p) for p in model.parameters()] == objects
+    assert all(torch.equal(before[name], after[name]) for name in before)
 
 
 def test_lora_twice_and_bad_blocks_are_errors() -> None:

@@ -4,7 +4,9 @@ Han et al. (2025, §4.4, Table 1) finetune Llama-3.1-8B with LoRA (rank 16, alph
 either its first 10 or its last 10 of 32 layers, on tasks where the base model is weak, with the loss on
 answer tokens only. Finetuning the first layers raised task decodability (TD) and accuracy much more
 than finetuning the last ones. :class:`LayerFinetuning` runs that experiment on any TransformerLens
-model: two copies of the model are finetuned (first ``k`` blocks, last ``k`` blocks) through
+model, on token or text tasks (a pretrained model with a :class:`~tv_lens.tasks.TextPool` trains on the
+loss of the query's answer tokens, :class:`~tv_lens.training.TextObjective`): two copies of the model are
+finetuned (first ``k`` blocks, last ``k`` blocks) through
 :func:`tv_lens.training.finetune` with the same data and settings, and the base model and both variants
 are scored on the same held-out prompts: TD at every layer (:mod:`tv_lens.analyses.decodability`) and
 ICL accuracy per task (:func:`tv_lens.analyses.performance.score_batch`).
@@ -21,9 +23,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
 
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.options import IntervalOptions, analysis_config
@@ -35,8 +38,17 @@ from tv_lens.models.adapter import adapt
 from tv_lens.results.finetuning import FinetuningComparison
 from tv_lens.results.shared import real_prompts
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
-from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool
-from tv_lens.training import DataConfig, LoRAConfig, ScheduleConfig, TrainConfig, finetune, select_blocks
+from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
+from tv_lens.training import (
+    DataConfig,
+    LoRAConfig,
+    ScheduleConfig,
+    TrainConfig,
+    TrainResult,
+    finetune,
+    select_blocks,
+)
+from tv_lens.training.finetune import adapters_removed_after
 
 __all__ = ["FinetuningComparison", "LayerFinetuning", "compare_models"]
 
@@ -78,38 +90,63 @@ def compare_models(
         )
     check_batch(batch)
     _check_records(models, blocks, final_loss, settings)
+    scores = {name: _scores(model, batch, null_task, config, seed) for name, model in models.items()}
+    return _comparison(scores, batch, blocks or {}, final_loss or {}, settings or {}, config)
+
+
+class _Scores(NamedTuple):
+    """One model's numbers on the comparison prompts."""
+
+    layers: tuple[int, ...]
+    td: Tensor
+    td_ci: Tensor
+    accuracy: Tensor
+    overall: Tensor
+    overall_ci: Tensor
+
+
+def _scores(model: Any, batch: ICLBatch, null_task: str, config: LayerFinetuning, seed: int) -> _Scores:
+    """TD per layer, accuracy per task and overall (with its interval) of ``model`` on ``batch``."""
     prompts: Any = batch  # an ICLBatch is a PromptBatch (the protocol's attributes are read here only)
-    names = tuple(models)
     ids = batch.task_ids.cpu()
     n_tasks = len(batch.task_names)
     real = real_prompts(ids, batch.task_names, null_task)
     one_hot = torch.nn.functional.one_hot(ids, n_tasks).double()
-    tds, td_cis, accuracy, overall, overall_ci = [], [], [], [], []
-    layers: tuple[int, ...] = ()
-    for name in names:
-        result = config.decodability.run_batch(models[name], prompts, seed=seed)
-        layers = result.layers
-        tds.append(result.td)
-        td_cis.append(result.td_ci)
-        correct = score_batch(models[name], prompts, "accuracy").double()
-        accuracy.append((correct @ one_hot) / one_hot.sum(0))
-        overall.append(correct[real].mean())
-        interval = stratified_bootstrap_ci(correct[real], ids[real], n_tasks, config.n_bootstrap, config.ci, seed)
-        overall_ci.append(interval[1])
-    blocks = blocks or {}
-    losses = final_loss or {}
+    decodability = config.decodability.run_batch(model, prompts, seed=seed)
+    correct = score_batch(model, prompts, "accuracy").double()
+    interval = stratified_bootstrap_ci(correct[real], ids[real], n_tasks, config.n_bootstrap, config.ci, seed)
+    return _Scores(
+        decodability.layers,
+        decodability.td,
+        decodability.td_ci,
+        (correct @ one_hot) / one_hot.sum(0),
+        correct[real].mean(),
+        interval[1],
+    )
+
+
+def _comparison(
+    scores: dict[str, _Scores],
+    batch: ICLBatch,
+    blocks: dict[str, tuple[int, ...]],
+    final_loss: dict[str, float],
+    settings: dict[str, Any],
+    config: LayerFinetuning,
+) -> FinetuningComparison:
+    """The comparison of the models ``scores`` holds, in its order (the base model first)."""
+    names = tuple(scores)
     return FinetuningComparison(
         variants=names,
         blocks=tuple(tuple(blocks.get(name, ())) for name in names),
-        layers=layers,
+        layers=next(iter(scores.values())).layers,
         task_names=tuple(batch.task_names),
-        td=torch.stack(tds),
-        td_ci=torch.stack(td_cis),
-        accuracy=torch.stack(accuracy),
-        overall=torch.stack(overall),
-        overall_ci=torch.stack(overall_ci),
-        final_loss=torch.tensor([float(losses.get(name, float("nan"))) for name in names], dtype=torch.float64),
-        settings=settings or {},
+        td=torch.stack([scores[name].td for name in names]),
+        td_ci=torch.stack([scores[name].td_ci for name in names]),
+        accuracy=torch.stack([scores[name].accuracy for name in names]),
+        overall=torch.stack([scores[name].overall for name in names]),
+        overall_ci=torch.stack([scores[name].overall_ci for name in names]),
+        final_loss=torch.tensor([float(final_loss.get(name, float("nan"))) for name in names], dtype=torch.float64),
+        settings=settings,
         site=config.decodability.site,
     )
 
@@ -193,7 +230,7 @@ class LayerFinetuning(IntervalOptions):
             )
         return {f"first:{k}": select_blocks(f"first:{k}", n_layers), f"last:{k}": select_blocks(f"last:{k}", n_layers)}
 
-    def finetune_variants(self, model: Any, pool: TaskPool) -> tuple[dict[str, Any], dict[str, float]]:
+    def finetune_variants(self, model: Any, pool: TaskPool | TextPool) -> tuple[dict[str, Any], dict[str, float]]:
         """Deep copies of ``model`` finetuned on ``pool``: ``{"base": model, "first:k": ..., "last:k": ...}``.
 
         Returns:
@@ -206,21 +243,39 @@ class LayerFinetuning(IntervalOptions):
             copied = copy.deepcopy(model)
             run = finetune(copied, pool, self.train, blocks, self.lora, progress=self.progress)
             models[name] = run.model
-            losses[name] = float(run.history["loss"].iloc[-1]) if len(run.history) else float("nan")
+            losses[name] = _final_loss(run)
         return models, losses
 
-    def run(self, model: Any, pool: TaskPool, seed: int = 0) -> FinetuningComparison:
+    def run(self, model: Any, pool: TaskPool | TextPool, seed: int = 0) -> FinetuningComparison:
         """Finetune both variants and compare them with the base model on prompts sampled with ``seed``.
 
         Training batches come from a hashed 64-bit seed stream (:mod:`tv_lens.training.data`), so the
-        comparison prompts are not training prompts.
+        comparison prompts are not training prompts. With LoRA, each variant trains adapters on ``model``
+        itself, is scored, and its adapters are removed: one copy of the model in memory, and the same numbers
+        as :meth:`finetune_variants` then :meth:`compare` (which keep every variant as a deep copy).
         """
         check_pool(pool)
-        models, losses = self.finetune_variants(model, pool)
-        return self.compare(models, losses, pool, seed)
+        if self.lora is None:
+            models, losses = self.finetune_variants(model, pool)
+            return self.compare(models, losses, pool, seed)
+        return self._run_in_place(model, pool, seed)
+
+    def _run_in_place(self, model: Any, pool: TaskPool | TextPool, seed: int) -> FinetuningComparison:
+        """:meth:`run` with LoRA: each variant's adapters train on ``model``, are scored there, then removed."""
+        variants = self.blocks(adapt(model).n_layers)
+        batch = pool.sample(self.n_per_task, self.n_shots, seed)
+        check_batch(batch)
+        scores = {"base": _scores(model, batch, NULL_TASK, self, seed)}
+        losses: dict[str, float] = {}
+        for name, blocks in variants.items():
+            with adapters_removed_after(model):
+                trained = finetune(model, pool, self.train, blocks, self.lora, progress=self.progress)
+                losses[name] = _final_loss(trained)
+                scores[name] = _scores(model, batch, NULL_TASK, self, seed)
+        return _comparison(scores, batch, variants, losses, self._settings(variants), self)
 
     def compare(
-        self, models: dict[str, Any], losses: dict[str, float], pool: TaskPool, seed: int = 0
+        self, models: dict[str, Any], losses: dict[str, float], pool: TaskPool | TextPool, seed: int = 0
     ) -> FinetuningComparison:
         """Score the output of :meth:`finetune_variants` on ``n_per_task`` prompts per task sampled with ``seed``."""
         variants = self.blocks(adapt(models["base"]).n_layers)
@@ -243,3 +298,8 @@ class LayerFinetuning(IntervalOptions):
             "lr": self.train.schedule.lr,
             "lora": lora,
         }
+
+
+def _final_loss(run: TrainResult) -> float:
+    """The training loss at a run's last step (NaN for a run of no steps)."""
+    return float(run.history["loss"].iloc[-1]) if len(run.history) else float("nan")

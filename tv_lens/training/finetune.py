@@ -15,20 +15,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from tv_lens.errors import LayerOutOfRangeError, TvLensError
+from tv_lens.errors import ConfigError, LayerOutOfRangeError, TvLensError
 from tv_lens.models import adapt
 from tv_lens.training.config import FinetuneConfig
 from tv_lens.training.lora import apply_lora, has_lora, lora_parameters, remove_lora
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["FrozenCheck", "attach_lora", "prepare_model", "select_blocks", "undone_on_error"]
+__all__ = [
+    "FrozenCheck",
+    "adapters_removed_after",
+    "attach_lora",
+    "prepare_model",
+    "select_blocks",
+    "undone_on_error",
+]
 
 
 def select_blocks(blocks: tuple[int, ...] | str, n_layers: int) -> tuple[int, ...]:
@@ -85,16 +89,45 @@ def undone_on_error(model: Any) -> Iterator[None]:
 
     Wraps a run's set-up, so that a run that fails before training hands back the model it was given.
     """
+    with _restoring(model, always=False):
+        yield
+
+
+@contextmanager
+def adapters_removed_after(model: Any) -> Iterator[None]:
+    """After the block, however it ends, remove the LoRA adapters it attached and restore ``requires_grad``.
+
+    A LoRA finetuning run inside it leaves the model's weights as they were (the adapters are removed, not merged).
+
+    Raises:
+        ConfigError: The model already carries LoRA adapters (they would be removed too).
+    """
+    if has_lora(model):
+        raise ConfigError(
+            "The model already has LoRA adapters; merge them first (merge_lora(model)) or start from a fresh model."
+        )
+    with _restoring(model, always=True):
+        yield
+
+
+@contextmanager
+def _restoring(model: Any, always: bool) -> Iterator[None]:
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     had_lora = has_lora(model)
     try:
         yield
     except BaseException:
-        if not had_lora:
-            remove_lora(model)
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
+        _restore(model, flags, had_lora)
         raise
+    if always:
+        _restore(model, flags, had_lora)
+
+
+def _restore(model: Any, flags: list[tuple[nn.Parameter, bool]], had_lora: bool) -> None:
+    if not had_lora:
+        remove_lora(model)
+    for parameter, flag in flags:
+        parameter.requires_grad_(flag)
 
 
 def attach_lora(model: Any, config: FinetuneConfig | None) -> None:
@@ -104,13 +137,17 @@ def attach_lora(model: Any, config: FinetuneConfig | None) -> None:
 
 
 class FrozenCheck:
-    """A copy of every frozen parameter, to prove after training that none of them moved."""
+    """A copy of every frozen parameter, to prove after training that none of them moved.
+
+    The copies are kept in CPU memory, so that the check costs no accelerator memory (a frozen 8B model would
+    otherwise need its size again on the GPU while it trains).
+    """
 
     def __init__(self, model: Any, trainable: list[nn.Parameter]) -> None:
         trained = {id(p) for p in trainable}
         self._model = model
         self._frozen: dict[str, Tensor] = {
-            name: p.detach().clone() for name, p in model.named_parameters() if id(p) not in trained
+            name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if id(p) not in trained
         }
 
     @property
@@ -121,7 +158,7 @@ class FrozenCheck:
     def verify(self) -> None:
         """Raise if any frozen parameter differs (bitwise) from its value when the check was made."""
         current = dict(self._model.named_parameters())
-        moved = [name for name, value in self._frozen.items() if not torch.equal(current[name], value)]
+        moved = [name for name, value in self._frozen.items() if not torch.equal(current[name].cpu(), value)]
         if moved:
             raise TvLensError(
                 f"Frozen parameters changed during layer-restricted finetuning: {moved[:5]}. Something outside "

@@ -151,6 +151,8 @@ class LoRAUpdate(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(config.rank, d_out, device=weight.device, dtype=weight.dtype))
         self.scale = config.alpha / config.rank
         self.dropout = config.dropout
+        #: Names of the adapted module's parameters before any adapter, in order (restored on removal).
+        self.order: tuple[str, ...] = ()
 
     def delta(self) -> Tensor:
         """The update in the weight's own layout (dropout applied in training mode)."""
@@ -197,12 +199,14 @@ def apply_lora(model: Any, blocks: tuple[int, ...], config: LoRAConfig) -> list[
                 f"{list(targets)}."
             )
     updates: list[LoRAUpdate] = []
+    orders: dict[nn.Module, tuple[str, ...]] = {}
     for block, targets in per_block.items():
         for index, name in enumerate(config.targets):
             target = targets[name]
             weight = getattr(target.module, target.attribute)
             seed = config.seed * 1_000_003 + block * 64 + index
             update = LoRAUpdate(weight, target.layout, config, seed)
+            update.order = orders.setdefault(target.module, tuple(target.module._parameters))
             parametrize.register_parametrization(target.module, target.attribute, update)
             updates.append(update)
     return updates
@@ -230,8 +234,10 @@ def lora_parameters(model: Any) -> list[nn.Parameter]:
 
 def remove_lora(model: Any) -> Any:
     """Remove every LoRA adapter without merging it: the weights are the base weights again (in place)."""
-    for module, attribute in {(module, attribute) for module, attribute, _ in _parametrized(model)}:
+    found = _parametrized(model)
+    for module, attribute in {(module, attribute) for module, attribute, _ in found}:
         parametrize.remove_parametrizations(module, attribute, leave_parametrized=False)
+    _restore_orders(found)
     return model
 
 
@@ -241,7 +247,8 @@ def merge_lora(model: Any) -> Any:
     The merged model has the parameters (same names and objects) of the model before :func:`apply_lora`,
     with values ``W + (alpha / rank) · A B``, and computes what the adapted model computes in eval mode.
     """
-    for module, attribute, update in _parametrized(model):
+    found = _parametrized(model)
+    for module, attribute, update in found:
         with torch.no_grad():
             chain: Any = _parametrizations(module)
             original = chain[attribute].original
@@ -252,4 +259,14 @@ def merge_lora(model: Any) -> Any:
         parametrize.remove_parametrizations(module, attribute, leave_parametrized=False)
         with torch.no_grad():
             getattr(module, attribute).copy_(merged)
+    _restore_orders(found)
     return model
+
+
+def _restore_orders(found: list[tuple[nn.Module, str, LoRAUpdate]]) -> None:
+    """Put each adapted module's parameters back in their order before the adapters (removal appends them)."""
+    for module, _, update in found:
+        parameters = module._parameters
+        ordered = {name: parameters[name] for name in update.order if name in parameters} | parameters
+        parameters.clear()
+        parameters.update(ordered)

@@ -119,7 +119,7 @@ class TextObjective(TokenObjective):
     match of every answer token, per-prompt cross-entropy.
     """
 
-    def check(self, adapter: ModelAdapter, pool: TextPool, batch: ICLBatch) -> None:
+    def check(self, adapter: ModelAdapter, pool: Any, batch: ICLBatch) -> None:
         """Check the tokenizer's ids and the prompts' lengths against the model."""
         if pool.vocab_size > adapter.d_vocab:
             raise TaskError(
