@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 
 import pytest
 import torch
@@ -97,12 +99,36 @@ def test_model_pairs_frame_figure_and_round_trip(run, tmp_path):
     assert list(figure.data[0].x) == [2, 4, 6]
 
 
+def test_loaders_run_one_model_at_a_time_with_the_numbers_of_models(run):
+    pool, paths = run
+    alive: list[weakref.ref] = []
+    calls = []
+
+    def loader(path):
+        def load():
+            gc.collect()
+            calls.append(sum(ref() is not None for ref in alive))  # models still in memory when this one loads
+            model = load_checkpoint(path).load_model()
+            alive.append(weakref.ref(model))
+            return model
+
+        return load
+
+    emergence = Emergence(analyses=(TaskDecodability(k=3, n_bootstrap=0),), n_shots=2)
+    lazily = emergence.run([(load_checkpoint(p).step, loader(p)) for p in paths], pool, n_per_task=4)
+    assert calls == [0, 0, 0]
+    models = [(load_checkpoint(p).step, load_checkpoint(p).load_model()) for p in paths]
+    assert lazily == emergence.run(models, pool, n_per_task=4)
+
+
 def test_bad_checkpoints_raise_clear_errors(run):
     pool, paths = run
     with pytest.raises(AnalysisError, match="distinct steps"):
         Emergence().run([paths[0], paths[0]], pool, n_per_task=11)
     with pytest.raises(AnalysisError, match="Unknown checkpoint"):
         Emergence().run([3.5], pool)
+    with pytest.raises(AnalysisError, match=r"step 2 holds a str; pair each step with a model or with a function"):
+        Emergence().run([(2, "step2")], pool)
     with pytest.raises(AnalysisError, match="min_rise"):
         Emergence(min_rise=0)
     assert isinstance(Emergence().analyses[0], TaskDecodability)

@@ -132,6 +132,21 @@ def test_removing_lora_gives_back_the_parameters_in_their_order(backend: str) ->
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
+def test_adapters_of_a_bfloat16_model_train_in_float32() -> None:
+    model = tiny_model(BACKENDS[-1], dtype="bfloat16")
+    lora = LoRAConfig(rank=2, alpha=2.0, targets=("W_Q", "W_in"))
+    result = finetune(model, tiny_pool(), tiny_config(max_steps=3), blocks=(0,), lora=lora)
+    adapters = lora_parameters(model)
+    assert {p.dtype for p in adapters} == {torch.float32} and any(torch.count_nonzero(p) for p in adapters[1::2])
+    target = weight_targets(model, 0)["W_Q"]
+    assert getattr(target.module, target.attribute).dtype == torch.bfloat16
+    tokens = tiny_pool().sample(3, 4, seed=9).inputs
+    with torch.no_grad():
+        adapted = result.model(tokens)
+        merged = merge_lora(model)(tokens)
+    assert torch.equal(merged, adapted)
+
+
 def test_lora_twice_and_bad_blocks_are_errors() -> None:
     model = tiny_model(BACKENDS[0])
     apply_lora(model, (0,), LoRAConfig(rank=2))

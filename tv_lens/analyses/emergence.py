@@ -16,6 +16,10 @@ exist and lie at most ``tolerance`` steps apart (default: the largest gap betwee
 same or adjacent checkpoints). Checkpoints far apart cannot resolve an order; save them densely around
 the transition to test the claim.
 
+A pretrained model's own training checkpoints (Pythia's, through ``boot_transformers(name, revision=...)``)
+are ``(step, load)`` pairs: each is loaded when its turn comes and released before the next, so one model is
+in memory at a time.
+
 >>> detect_jump((0, 100, 200, 300), torch.tensor([0.2, 0.25, 0.9, 0.95]))
 200
 """
@@ -25,14 +29,14 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tv_lens.analyses.decodability import TaskDecodability
@@ -40,6 +44,7 @@ from tv_lens.analyses.options import N_PER_TASK, PassOptions
 from tv_lens.analyses.performance import clean_outputs, score_outputs
 from tv_lens.analyses.prompt_batches import PromptPool, sample_batch
 from tv_lens.analyses.suite import Suite
+from tv_lens.checks import is_int
 from tv_lens.errors import AnalysisError
 from tv_lens.results.decodability import Decodability, best_layer
 from tv_lens.results.emergence import EmergenceResult
@@ -49,7 +54,8 @@ from tv_lens.stats import group_means
 __all__ = ["Emergence", "EmergenceResult", "detect_coupling", "detect_jump"]
 
 CheckpointLike = str | os.PathLike[str] | Any | tuple[int, Any]
-"""A checkpoint file, a loaded ``tv_lens.training.Checkpoint``, or a ``(step, model)`` pair."""
+"""A checkpoint file, a loaded ``tv_lens.training.Checkpoint``, a ``(step, model)`` pair, or a ``(step, load)`` pair
+whose ``load()`` returns the model (loaded when its turn comes, e.g. a pretrained model's training checkpoint)."""
 
 
 def detect_jump(
@@ -180,6 +186,7 @@ class Emergence(PassOptions):
             series["td"].append(decodability.td)
             series["td_per_task"].append(decodability.per_task)
             last = decodability
+            del model, outputs  # one model in memory: the next checkpoint loads after this one is released
         steps = tuple(step for step, _ in loaded)
         stacked = {name: torch.stack(values) for name, values in series.items()}
         performance = "loss" if regression else "accuracy"
@@ -225,14 +232,26 @@ def _gaps(steps: Sequence[int]) -> list[int]:
     return [later - earlier for earlier, later in itertools.pairwise(steps)]
 
 
+def _loader(step: int, held: Any) -> Callable[[], Any]:
+    """What loads the model of a ``(step, model)`` or ``(step, load)`` pair."""
+    if isinstance(held, nn.Module):
+        return lambda: held
+    if callable(held):
+        return held
+    raise AnalysisError(
+        f"The checkpoint of step {step} holds a {type(held).__name__}; pair each step with a model or with a "
+        "function of no arguments that loads it, e.g. (1000, lambda: load_my_model(1000))."
+    )
+
+
 def _sorted_checkpoints(checkpoints: Sequence[CheckpointLike]) -> list[tuple[int, Any]]:
     """``(step, load)`` pairs in step order; files are read lazily, one model in memory at a time."""
     from tv_lens.training import Checkpoint, load_checkpoint
 
     entries: list[tuple[int, Any]] = []
     for item in checkpoints:
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int):
-            entries.append((item[0], lambda model=item[1]: model))
+        if isinstance(item, tuple) and len(item) == 2 and is_int(item[0]):
+            entries.append((item[0], _loader(item[0], item[1])))
         elif isinstance(item, Checkpoint):
             entries.append((item.step, item.load_model))
         elif isinstance(item, (str, os.PathLike)):
@@ -241,7 +260,7 @@ def _sorted_checkpoints(checkpoints: Sequence[CheckpointLike]) -> list[tuple[int
         else:
             raise AnalysisError(
                 f"Unknown checkpoint {type(item).__name__}; pass checkpoint files (list_checkpoints(dir)), "
-                "loaded Checkpoints, or (step, model) pairs."
+                "loaded Checkpoints, (step, model) or (step, load) pairs."
             )
     steps = [step for step, _ in entries]
     if not entries or len(set(steps)) != len(steps):

@@ -23,6 +23,9 @@ Every weight is seen as a map from ``d_in`` input features to ``d_out`` outputs 
 an update of a given rank means the same on both backends. ``A`` (``[d_in, rank]``) starts uniform in
 ``±1/sqrt(d_in)`` and ``B`` (``[rank, d_out]``) at zero, so the adapted model starts equal to the base one.
 
+Precision: the adapters of a float16 or bfloat16 weight are float32 (the optimiser updates them in full
+precision), and the update is cast to the weight's dtype when added; other weights keep adapters of their dtype.
+
 Dropout: a parametrisation acts on weights, not activations, so LoRA dropout here zeroes input features
 of the update (rows of ``A``), with one mask per evaluation of the weight (i.e. per forward pass, shared
 by all tokens), rescaled by ``1 / (1 - p)``; standard LoRA draws a mask per token. Off in eval mode.
@@ -55,6 +58,8 @@ _WEIGHTS = {
     "W_gate": ("mlp", ("W_gate",), "in_out", "mlp.gate"),
     "W_out": ("mlp", ("W_out",), "in_out", "mlp.out"),
 }
+# Weight dtypes whose adapters are kept in float32 (the update is cast to the weight's dtype when added).
+_HALF = (torch.float16, torch.bfloat16)
 # Layer classes a LinearBridge may wrap -> the layout of their weight.
 _BRIDGED_LAYOUTS = {"Linear": "out_in", "Conv1D": "in_out"}
 
@@ -98,10 +103,11 @@ def _bridged_target(block: nn.Module, path: str) -> WeightTarget | None:
     for step in path.split("."):
         bridge = getattr(bridge, step, None)
     layer = getattr(bridge, "original_component", None)
-    layout = _BRIDGED_LAYOUTS.get(type(layer).__name__)
-    if not isinstance(layer, nn.Module) or layout is None or "weight" not in _own_weights(layer):
+    if not isinstance(layer, nn.Module) or "weight" not in _own_weights(layer):
         return None
-    return WeightTarget(layer, "weight", layout)
+    kind = type(layer).__bases__[0] if parametrize.is_parametrized(layer) else type(layer)  # a parametrised copy
+    layout = _BRIDGED_LAYOUTS.get(kind.__name__)
+    return None if layout is None else WeightTarget(layer, "weight", layout)
 
 
 def _hooked_target(module: nn.Module | None, parameters: tuple[str, ...], layout: str) -> WeightTarget | None:
@@ -147,8 +153,9 @@ class LoRAUpdate(nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
         bound = 1.0 / math.sqrt(d_in)
         initial = (torch.rand(d_in, config.rank, generator=self.generator, dtype=torch.float64) * 2 - 1) * bound
-        self.lora_A = nn.Parameter(initial.to(device=weight.device, dtype=weight.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(config.rank, d_out, device=weight.device, dtype=weight.dtype))
+        dtype = torch.float32 if weight.dtype in _HALF else weight.dtype
+        self.lora_A = nn.Parameter(initial.to(device=weight.device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(config.rank, d_out, device=weight.device, dtype=dtype))
         self.scale = config.alpha / config.rank
         self.dropout = config.dropout
         #: Names of the adapted module's parameters before any adapter, in order (restored on removal).
@@ -168,8 +175,8 @@ class LoRAUpdate(nn.Module):
         return update.reshape(self.shape)
 
     def forward(self, weight: Tensor) -> Tensor:
-        """The adapted weight."""
-        return weight + self.delta()
+        """The adapted weight, in the weight's dtype."""
+        return weight + self.delta().to(weight.dtype)
 
 
 def _in_out(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
@@ -254,7 +261,7 @@ def merge_lora(model: Any) -> Any:
             original = chain[attribute].original
             was_training = update.training
             update.eval()
-            merged = original + update.delta()
+            merged = update(original)
             update.train(was_training)
         parametrize.remove_parametrizations(module, attribute, leave_parametrized=False)
         with torch.no_grad():
