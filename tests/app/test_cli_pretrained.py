@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,14 @@ from cli_helpers import run_cli
 from plotly.offline import get_plotlyjs
 
 import tv_lens.app.pretrained as pretrained_module
-from tv_lens.analyses import ICLPerformance, TaskDecodability, TaskVectorPatching, TaskVectorPrompting
-from tv_lens.app.pretrained import PRETRAINED_ANALYSES
+from tv_lens.analyses import (
+    ICLPerformance,
+    LayerFinetuning,
+    TaskDecodability,
+    TaskVectorPatching,
+    TaskVectorPrompting,
+)
+from tv_lens.app.pretrained import ANALYSES, ON_REQUEST, PRETRAINED_ANALYSES
 from tv_lens.app.run_files import load_results
 from tv_lens.app.sections import ANALYSIS_NAMES, headline_numbers
 from tv_lens.models.local_hf import build_local_model
@@ -187,6 +194,36 @@ def test_a_llama_folder(folders, tmp_path):
     assert re.findall(r'<section id="(\w+)"', (out / "report.html").read_text()) == ["decodability", "patching"]
 
 
+def test_layer_finetuning_runs_when_named(folders, tmp_path):
+    """`--only finetuning` on a Llama folder equals LayerFinetuning with the documented settings, run directly."""
+    out, steps = tmp_path / "finetuning", 6
+    status, _, stderr = run_cli(
+        "analyze", "--model", folders["llama"], "--tasks", f"bitwise:{','.join(OPS)}", "--only", "finetuning",
+        "--n-per-task", N, "--shots", SHOTS, "--finetune-steps", steps, "--out", out, "--no-progress",
+    )  # fmt: skip
+    assert status == 0, stderr
+    saved = Result.load(out / "results" / "finetuning.safetensors")
+    model = boot(folders["llama"])
+    pool = TextPool(
+        bitwise_text_tasks(ops=OPS, n_bits=5, n_examples=256, seed=SEED), model.tokenizer, null=True, bos=True
+    )
+    defaults = LayerFinetuning().train  # 16 prompts per task, lr 1e-3
+    train = replace(
+        defaults,
+        data=replace(defaults.data, n_shots=SHOTS),
+        schedule=replace(defaults.schedule, max_steps=steps, warmup_steps=steps // 10),
+        eval_every=steps,
+    )
+    direct = LayerFinetuning(
+        train=train, decodability=TaskDecodability(k=10, n_bootstrap=1000), n_per_task=N, n_shots=SHOTS
+    ).run(model, pool, SEED)
+    assert saved == direct and saved.variants == ("base", "first:1", "last:1") and saved.settings["steps"] == steps
+    assert saved.final_loss[1:].isfinite().all() and saved.settings["lora"]["rank"] == 16
+    assert re.findall(r'<section id="(\w+)"', (out / "report.html").read_text()) == ["finetuning"]
+    stored = json.loads((out / "run.json").read_text())["pretrained"]
+    assert stored["finetune_steps"] == steps
+
+
 def test_json_task_files_in_the_records_format(folders, tmp_path):
     countries = {
         "France": ("Paris", "French"), "Germany": ("Berlin", "German"), "Italy": ("Rome", "Italian"),
@@ -244,10 +281,13 @@ def test_bad_inputs_end_with_one_line_errors(folders, gpt2_run, tmp_path):
 def test_help_lists_the_pretrained_options():
     status, stdout, _ = run_cli("analyze", "--help")
     assert status == 0
-    for option in ("--model", "--tasks", "--n-per-task", "--shots", "--device", "--dtype", "--only", "--no-progress"):
+    options = ("--model", "--tasks", "--n-per-task", "--shots", "--device", "--dtype", "--only", "--finetune-steps")
+    for option in (*options, "--no-progress"):
         assert option in stdout
 
 
-def test_pretrained_analyses_are_the_demos_but_the_training_ones_in_the_demos_order():
-    demo_order = tuple(name for name in ANALYSIS_NAMES if name not in ("emergence", "finetuning"))
-    assert demo_order == PRETRAINED_ANALYSES
+def test_pretrained_analyses_are_the_demos_but_emergence_in_the_demos_order():
+    assert tuple(ANALYSES) == tuple(name for name in ANALYSIS_NAMES if name != "emergence")
+    assert tuple(name for name in ANALYSES if name not in ON_REQUEST) == PRETRAINED_ANALYSES and ON_REQUEST == (
+        "finetuning",
+    )

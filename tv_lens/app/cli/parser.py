@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, get_args
 
-from tv_lens.app.pretrained import DTYPES, PRETRAINED_ANALYSES, TEXT_FAMILIES, PretrainedConfig
+from tv_lens.app.pretrained import DTYPES, ON_REQUEST, PRETRAINED_ANALYSES, TEXT_FAMILIES, PretrainedConfig
 from tv_lens.app.sections import ANALYSIS_NAMES
 from tv_lens.models.builders import Backend
 
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         "With --model and --tasks: boot a HuggingFace model (an id such as gpt2, or a local folder holding "
         "config.json, the weights and the tokenizer files) through TransformerLens "
         "(TransformerBridge.boot_transformers), build text ICL prompts of the tasks with the model's tokenizer, "
-        f"run the analyses that apply to a pretrained model ({', '.join(PRETRAINED_ANALYSES)}), save each result "
+        f"run the analyses that apply to a pretrained model ({', '.join(PRETRAINED_ANALYSES)}; with --only "
+        f"{' '.join(ON_REQUEST)}, layer finetuning too), save each result "
         "to DIR/results/ and write DIR/report.html and DIR/summary.json. Without --model: run the analyses on the "
         "model in DIR with the settings stored in DIR/run.json (the demo's trained model, or the pretrained model "
         "of an earlier `analyze --model` run).",
@@ -166,6 +167,14 @@ def _analyze_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seed", type=int, default=None, metavar="N", help="with --model: seed of the prompts (default: 0)"
+    )
+    parser.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --model and --only finetuning: LoRA training steps of each variant (default: "
+        f"{_PRETRAINED_DEFAULTS['finetune_steps']})",
     )
     parser.add_argument(
         "--template",

@@ -5,8 +5,8 @@
 :class:`~tv_lens.tasks.TextPool` of the requested text tasks with the model's own tokenizer (:func:`text_pool`),
 runs the analyses that apply to a model that is not trained here (:data:`PRETRAINED_ANALYSES`: task
 decodability, ICL performance, geometry, TD vs accuracy, task-vector patching, task-vector prompting, head
-ablation), saves each result and writes the same HTML report and ``summary.json`` as the demo
-(:func:`tv_lens.app.pipeline.write_outputs`). The output directory:
+ablation; layer finetuning on request, :data:`ON_REQUEST`), saves each result and writes the same HTML report
+and ``summary.json`` as the demo (:func:`tv_lens.app.pipeline.write_outputs`). The output directory:
 
 - ``run.json``: the :class:`PretrainedConfig` of the run (``tv-lens analyze --out DIR`` reruns it) and a
   description of the model and tasks (shown at the top of the report);
@@ -25,7 +25,7 @@ The parts: the settings (:mod:`tv_lens.app.pretrained.config`), the tasks and th
 ['and', 'xor', 'noun']
 """
 
-from tv_lens.app.pretrained.analyses import ANALYSES, PRETRAINED_ANALYSES, check_names
+from tv_lens.app.pretrained.analyses import ANALYSES, ON_REQUEST, PRETRAINED_ANALYSES, check_names
 from tv_lens.app.pretrained.config import DTYPES, PretrainedConfig, read_pretrained_config
 from tv_lens.app.pretrained.model import ModelLoadError, boot_model, check_model_source, model_facts, resolve_device
 from tv_lens.app.pretrained.run import PretrainedRun, default_out, run_pretrained
@@ -34,6 +34,7 @@ from tv_lens.app.pretrained.tasks import TEXT_FAMILIES, text_pool, text_tasks
 __all__ = [
     "ANALYSES",
     "DTYPES",
+    "ON_REQUEST",
     "PRETRAINED_ANALYSES",
     "TEXT_FAMILIES",
     "ModelLoadError",

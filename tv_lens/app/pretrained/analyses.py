@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tv_lens.analyses import (
     Geometry,
     HeadAblation,
     ICLPerformance,
+    LayerFinetuning,
     TaskDecodability,
     TaskVectorPatching,
     TaskVectorPrompting,
@@ -19,7 +21,7 @@ from tv_lens.errors import ConfigError
 from tv_lens.results import Result
 from tv_lens.tasks import TextPool
 
-__all__ = ["ANALYSES", "PRETRAINED_ANALYSES", "check_names"]
+__all__ = ["ANALYSES", "ON_REQUEST", "PRETRAINED_ANALYSES", "check_names"]
 
 
 def _decodability(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
@@ -61,6 +63,24 @@ def _heads(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool)
     return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
 
 
+def _finetuning(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
+    defaults, steps = LayerFinetuning().train, config.finetune_steps
+    analysis = LayerFinetuning(
+        train=replace(
+            defaults,
+            data=replace(defaults.data, n_shots=config.n_shots),
+            schedule=replace(defaults.schedule, max_steps=steps, warmup_steps=steps // 10),
+            eval_every=steps,
+        ),
+        decodability=TaskDecodability(k=config.k, n_bootstrap=config.n_bootstrap),
+        n_per_task=config.n_per_task,
+        n_shots=config.n_shots,
+        n_bootstrap=config.n_bootstrap,
+        progress=progress,
+    )
+    return analysis.run(model, pool, config.seed)
+
+
 ANALYSES: dict[str, Callable[[Any, TextPool, PretrainedConfig, bool], Result]] = {
     "decodability": _decodability,
     "performance": _performance,
@@ -69,17 +89,23 @@ ANALYSES: dict[str, Callable[[Any, TextPool, PretrainedConfig, bool], Result]] =
     "patching": _patching,
     "prompting": _prompting,
     "heads": _heads,
+    "finetuning": _finetuning,
 }
 """Name (also the result file's stem) → the step that runs that analysis, in the demo's order
 (:data:`tv_lens.app.sections.ANALYSIS_NAMES`)."""
 
-PRETRAINED_ANALYSES: tuple[str, ...] = tuple(ANALYSES)
-"""The analyses :func:`run_pretrained` runs (result file stems, the report's names), in order. The demo's other
-two, emergence over training and layer finetuning, need training runs."""
+ON_REQUEST: tuple[str, ...] = ("finetuning",)
+"""Analyses run only when named (``only=`` / ``--only``): layer finetuning trains the model twice (LayerFinetuning's
+defaults: LoRA rank 16 on a third of the blocks, 16 prompts per task, lr 1e-3; ``finetune_steps`` steps at
+``n_shots``)."""
+
+PRETRAINED_ANALYSES: tuple[str, ...] = tuple(name for name in ANALYSES if name not in ON_REQUEST)
+"""The analyses :func:`run_pretrained` runs by default (result file stems, the report's names), in order. Of the
+demo's others, emergence over training needs training checkpoints, and layer finetuning runs on request."""
 
 
 def check_names(only: Sequence[str] | None) -> tuple[str, ...]:
-    """``only`` as a tuple of :data:`PRETRAINED_ANALYSES` names in pipeline order (all when ``None``).
+    """``only`` as a tuple of :data:`ANALYSES` names in pipeline order (:data:`PRETRAINED_ANALYSES` when ``None``).
 
     Raises:
         ConfigError: A name that is not an analysis of a pretrained model.
@@ -88,10 +114,9 @@ def check_names(only: Sequence[str] | None) -> tuple[str, ...]:
         return PRETRAINED_ANALYSES
     unknown = [name for name in only if name not in ANALYSES]
     if unknown or not only:
-        training = [name for name in unknown if name in ("emergence", "finetuning")]
-        why = f" ({', '.join(training)} needs a model trained by tv-lens demo)" if training else ""
+        why = " (emergence needs training checkpoints: tv_lens.analyses.Emergence)" if "emergence" in unknown else ""
         raise ConfigError(
             f"Analysis name(s) {unknown or list(only)} do not apply to a pretrained model{why}; choose from "
-            f"{list(PRETRAINED_ANALYSES)}."
+            f"{list(ANALYSES)}."
         )
-    return tuple(name for name in PRETRAINED_ANALYSES if name in only)
+    return tuple(name for name in ANALYSES if name in only)

@@ -48,6 +48,7 @@ class PretrainedConfig:
         device: Device to boot the model on (``None``: ``"cuda"`` when available, else ``"cpu"``).
         dtype: Parameter dtype, a key of :data:`DTYPES`.
         compatibility_mode: Call ``enable_compatibility_mode()`` on the bridge (HookedTransformer numerics).
+        finetune_steps: Training steps of each variant of layer finetuning (run on request; warm-up a tenth of them).
     """
 
     model: str
@@ -64,6 +65,7 @@ class PretrainedConfig:
     device: str | None = None
     dtype: str = "float32"
     compatibility_mode: bool = False
+    finetune_steps: int = 200
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks))
@@ -71,7 +73,7 @@ class PretrainedConfig:
             raise ConfigError(f"model must be a HuggingFace model id or a local folder, got {self.model!r}.")
         if not self.tasks:
             raise ConfigError("tasks is empty; name a built-in family (e.g. 'bitwise') or a JSON task file.")
-        for name in ("n_per_task", "n_shots", "n_examples"):
+        for name in ("n_per_task", "n_shots", "n_examples", "finetune_steps"):
             value = getattr(self, name)
             if not is_int(value) or value < (2 if name == "n_per_task" else 1):
                 low = 2 if name == "n_per_task" else 1

@@ -118,7 +118,8 @@ def run_pretrained(
     Args:
         out: Output directory (created).
         config: The run's settings.
-        only: Analyses to run (default: all of :data:`PRETRAINED_ANALYSES`); other saved results stay in the report.
+        only: Analyses to run (default: all of :data:`PRETRAINED_ANALYSES`; layer finetuning, ``"finetuning"``,
+            runs only when named); other saved results stay in the report.
         progress: Show progress bars.
 
     Raises:
