@@ -76,3 +76,23 @@ def left_pad(batch, inputs=None, answer_pos=None, mask=None):
         left[row, width - length :] = inputs[row, :length]
         left_mask[row, width - length :] = 1
     return left, left_mask, answer_pos + width - lengths
+
+
+@contextmanager
+def memory_limit(model, max_rows: int, max_positions: int | None = None, at: str = "blocks.0.hook_resid_pre"):
+    """A user hook that raises CUDA's out-of-memory error for passes of more than ``max_rows`` rows (or more than
+    ``max_positions`` rows x positions) at hook point ``at``."""
+    seen: list[int] = []
+
+    def fail(activation, hook):
+        seen.append(activation.shape[0])
+        too_many = max_positions is not None and activation.shape[0] * activation.shape[1] > max_positions
+        if activation.shape[0] > max_rows or too_many:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook_point = model.hook_dict[at]
+    hook_point.add_hook(fail)
+    try:
+        yield seen
+    finally:
+        hook_point.remove_hooks()

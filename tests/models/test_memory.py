@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
 
 import pytest
 import torch
+from causal_helpers import memory_limit
 from conftest import hook_snapshot, ragged_prompts
 
 from tv_lens.analyses import (
@@ -25,26 +25,6 @@ from tv_lens.models.memory import fitting
 from tv_lens.probes import collect
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import offset_pool
-
-
-@contextmanager
-def memory_limit(model, max_rows: int, max_positions: int | None = None, at: str = "blocks.0.hook_resid_pre"):
-    """A user hook that raises CUDA's out-of-memory error for passes of more than ``max_rows`` rows (or more than
-    ``max_positions`` rows x positions) at hook point ``at``."""
-    seen: list[int] = []
-
-    def fail(activation, hook):
-        seen.append(activation.shape[0])
-        too_many = max_positions is not None and activation.shape[0] * activation.shape[1] > max_positions
-        if activation.shape[0] > max_rows or too_many:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    hook_point = model.hook_dict[at]
-    hook_point.add_hook(fail)
-    try:
-        yield seen
-    finally:
-        hook_point.remove_hooks()
 
 
 def test_sweep_halves_rows_per_pass_and_gives_the_same_scores(model) -> None:

@@ -75,6 +75,10 @@ class DataConfig:
         eval_n_per_task: Held-out prompts per task.
         eval_n_shots: Demonstrations per held-out prompt (``None``: the largest training ``n_shots``).
         eval_batch_size: Prompts per forward pass during evaluation.
+        micro_batch: Prompts per forward and backward pass of a training step (``None``: the whole batch at
+            once). The step's gradient is accumulated over the micro-batches, each weighted by its share of the
+            loss's terms, so it is the whole batch's gradient (up to floating-point summation order; dropout draws
+            its masks per pass). A step that runs out of accelerator memory halves it and starts again.
     """
 
     n_per_task: int = 16
@@ -84,11 +88,15 @@ class DataConfig:
     eval_n_per_task: int = 64
     eval_n_shots: Shots | None = None
     eval_batch_size: int = 256
+    micro_batch: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("n_per_task", "eval_n_per_task", "eval_batch_size"):
+        for name in ("n_per_task", "eval_n_per_task", "eval_batch_size", "micro_batch"):
             value = getattr(self, name)
-            _check(is_int(value) and value >= 1, f"DataConfig.{name} must be an int >= 1, got {value!r}.")
+            _check(
+                (value is None and name == "micro_batch") or (is_int(value) and value >= 1),
+                f"DataConfig.{name} must be an int >= 1{' or None' if name == 'micro_batch' else ''}, got {value!r}.",
+            )
         _check_shots(self.n_shots, "n_shots")
         if self.eval_n_shots is not None:
             _check_shots(self.eval_n_shots, "eval_n_shots")
@@ -326,6 +334,11 @@ class TrainConfig:
         _check(
             is_int(self.eval_every) and self.eval_every >= 1,
             f"eval_every must be an int >= 1, got {self.eval_every!r}.",
+        )
+        _check(
+            self.tvp is None or self.data.micro_batch is None,
+            "DataConfig.micro_batch does not apply with TVP-loss: each zero-shot query takes the vector of another "
+            "prompt of the batch, so the batch cannot be split; set micro_batch=None (or lower n_per_task).",
         )
         _check(
             is_int(self.checkpoint_every) and self.checkpoint_every >= 0,

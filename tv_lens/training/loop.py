@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from tv_lens.checks import is_int
 from tv_lens.errors import CheckpointError, ConfigError, NonFiniteError
 from tv_lens.models import ModelAdapter, ModelConfig, adapt
+from tv_lens.training.accumulation import step_gradients
 from tv_lens.training.checkpoints import check_checkpoint_directory, latest_checkpoint, list_checkpoints
 from tv_lens.training.config import FinetuneConfig, LoRAConfig, OptimConfig, ScheduleConfig, TrainConfig
 from tv_lens.training.data import held_out_batch, training_batch
@@ -41,7 +42,6 @@ from tv_lens.training.objectives import Objective, objective_for
 from tv_lens.training.result import TrainResult
 from tv_lens.training.run_state import RunState, checkpoint_directory, resume_run, save_run
 from tv_lens.training.schedule import get_lr
-from tv_lens.training.tvp_loss import training_loss
 
 __all__ = ["finetune", "make_optimizer", "train"]
 
@@ -133,6 +133,7 @@ def train(
     was_training = model.training
     bar = tqdm(total=config.schedule.max_steps, initial=state.step, disable=not progress, desc="train")
     start = time.perf_counter() - state.elapsed_s
+    micro_batch = config.data.micro_batch  # halves for good after a step runs out of memory
     model.train()
     with torch.enable_grad():  # a run started under torch.no_grad() trains all the same
         try:
@@ -141,9 +142,7 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 batch = training_batch(pool, config.data, step)
-                losses = training_loss(adapter, objective, batch, config.tvp)
-                optimizer.zero_grad(set_to_none=True)
-                losses.total.backward()
+                losses, micro_batch = step_gradients(adapter, objective, batch, config.tvp, micro_batch, trainable)
                 grad_norm = nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip or math.inf)
                 loss = float(losses.total.detach())
                 if not math.isfinite(loss):

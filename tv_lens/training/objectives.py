@@ -51,6 +51,9 @@ class Objective(Protocol):
     def query_outputs(self, adapter: ModelAdapter, batch: Any) -> Tensor:
         """Outputs at the query's answer positions, ``[batch, n_answer, d_out]`` (no hooks)."""
 
+    # Optional: ``loss_terms(batch) -> int``, how many terms context_loss averages over. With it, a training step
+    # can be split into micro-batches (DataConfig.micro_batch; tv_lens.training.accumulation).
+
 
 class TokenObjective:
     """Cross-entropy on answer tokens and exact-match accuracy, for token :class:`~tv_lens.tasks.TaskPool` s."""
@@ -76,6 +79,10 @@ class TokenObjective:
         rows, columns, targets = answer_targets(batch)
         picked = _outputs_at(adapter, batch, hooks, rows, columns)
         return F.cross_entropy(picked, targets.to(picked.device))
+
+    def loss_terms(self, batch: ICLBatch) -> int:
+        """Answer tokens :meth:`context_loss` averages over."""
+        return len(answer_targets(batch)[2])
 
     def answer_loss(self, outputs: Float[Tensor, "batch n_answer d_vocab"], batch: ICLBatch) -> Float[Tensor, " batch"]:
         """Per-prompt cross-entropy of the query's answer tokens."""
@@ -136,6 +143,10 @@ class TextObjective(TokenObjective):
         picked = _outputs_at(adapter, batch, hooks, rows, columns)
         return F.cross_entropy(picked, targets.to(picked.device))
 
+    def loss_terms(self, batch: ICLBatch) -> int:
+        """Query answer tokens :meth:`context_loss` averages over."""
+        return len(query_targets(batch)[2])
+
 
 def query_targets(batch: ICLBatch) -> tuple[Tensor, Tensor, Tensor]:
     """Where every answer token of each query is predicted, and what it is (``-1`` padding left out).
@@ -194,6 +205,10 @@ class RegressionObjective:
         rows = torch.arange(len(batch), device=positions.device)[:, None].expand_as(positions)
         picked = _outputs_at(adapter, batch, hooks, rows[valid], positions[valid])
         return F.mse_loss(picked, targets[valid].to(picked.device, picked.dtype))
+
+    def loss_terms(self, batch: RegressionBatch) -> int:
+        """Predictions :meth:`context_loss` averages over (each a mean over the same output width)."""
+        return int(_scored_answers(batch)[1].sum())
 
     def answer_loss(self, outputs: Float[Tensor, "batch 1 d_out"], batch: RegressionBatch) -> Float[Tensor, " batch"]:
         """Per-prompt squared error of the query's prediction (mean over output coordinates)."""
