@@ -92,3 +92,5 @@ def test_steps_that_cannot_be_split_are_refused_or_run_whole():
     model = tiny_model(BACKENDS[-1])
     with memory_limit(model, 5), pytest.raises(torch.OutOfMemoryError):
         train(model, POOL, shots_range_config(), objective=Uncounted(), progress=False)
+    with pytest.raises(ConfigError, match=r"this Uncounted has no loss_terms\(batch\) method"):
+        train(model, POOL, shots_range_config(micro_batch=4), objective=Uncounted(), progress=False)

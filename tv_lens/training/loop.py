@@ -97,6 +97,12 @@ def train(
         )
     adapter = adapt(model)
     objective = objective or objective_for(pool)
+    if config.data.micro_batch is not None and not callable(getattr(objective, "loss_terms", None)):
+        raise ConfigError(
+            f"DataConfig.micro_batch needs the objective to count its loss terms, and this "
+            f"{type(objective).__name__} has no loss_terms(batch) method; add one (how many terms context_loss "
+            "averages over) or set micro_batch=None."
+        )
     held_out = held_out_batch(pool, config.data)
     longest = config.data.n_shots if isinstance(config.data.n_shots, int) else config.data.n_shots[1]
     objective.check(adapter, pool, held_out)
