@@ -5,18 +5,19 @@ either its first 10 or its last 10 of 32 layers, on tasks where the base model i
 answer tokens only. Finetuning the first layers raised task decodability (TD) and accuracy much more
 than finetuning the last ones. :class:`LayerFinetuning` runs that experiment on any TransformerLens
 model, on token or text tasks (a pretrained model with a :class:`~tv_lens.tasks.TextPool` trains on the
-loss of the query's answer tokens, :class:`~tv_lens.training.TextObjective`): two copies of the model are
-finetuned (first ``k`` blocks, last ``k`` blocks) through
-:func:`tv_lens.training.finetune` with the same data and settings, and the base model and both variants
-are scored on the same held-out prompts: TD at every layer (:mod:`tv_lens.analyses.decodability`) and
-ICL accuracy per task (:func:`tv_lens.analyses.performance.score_batch`).
+loss of the query's answer tokens, :class:`~tv_lens.training.TextObjective`): two variants are finetuned
+(first ``k`` blocks, last ``k`` blocks) through :func:`tv_lens.training.finetune` with the same data and
+settings, and the base model and both variants are scored on the same held-out prompts: TD at every
+layer (:mod:`tv_lens.analyses.decodability`) and ICL accuracy per task
+(:func:`tv_lens.analyses.performance.score_batch`).
 
 Read TD at every layer, not only at its peak: TD read upstream of the finetuned blocks cannot change by
 construction (for the last ``k`` blocks, every layer below them keeps the base model's TD exactly).
 
 Choices, with defaults after the paper: LoRA rank 16, alpha 16, dropout 0.1 (``lora=None`` finetunes
-every weight of the chosen blocks); ``k`` = a third of the blocks (H: 10 of 32). The model passed in is
-never modified (the variants are deep copies).
+every weight of the chosen blocks); ``k`` = a third of the blocks (H: 10 of 32). The model passed in comes
+back as it was: LoRA variants train adapters on it that are removed after scoring (one copy of the model in
+memory), full finetuning trains deep copies.
 """
 
 from __future__ import annotations

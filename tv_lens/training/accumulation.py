@@ -5,9 +5,9 @@ mean loss is scaled by its share of the step's terms before its backward pass, s
 whole batch's gradient (up to floating-point summation order; dropout draws its masks per pass). A step that runs
 out of accelerator memory halves its micro-batch and starts again from zero gradients
 (:func:`tv_lens.models.memory.fitting`), and the later steps start from the size that fitted: the optimisation is
-the same, only the passes are smaller. Steps with
-TVP-loss are not split (each zero-shot query takes the vector of another prompt of the batch), nor are steps of an
-objective that does not count its loss terms (a ``loss_terms(batch)`` method, which the built-in objectives have).
+the same, only the passes are smaller. Steps with TVP-loss are not split (each zero-shot query takes the vector of
+another prompt of the batch), nor are steps of an objective that does not count its loss terms (a
+``loss_terms(batch)`` method, which the built-in objectives have).
 """
 
 from __future__ import annotations
@@ -75,8 +75,7 @@ def _one_pass(
     _zero(parameters)
     losses = training_loss(adapter, objective, batch, tvp)
     losses.total.backward()
-    detached = [None if value is None else value.detach() for value in (losses.total, losses.icl, losses.tvp)]
-    return Losses(*detached)  # type: ignore[arg-type]
+    return Losses(losses.total.detach(), losses.icl.detach(), None if losses.tvp is None else losses.tvp.detach())
 
 
 def _zero(parameters: list[nn.Parameter]) -> None:
