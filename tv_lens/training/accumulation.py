@@ -34,7 +34,7 @@ def step_gradients(
     micro_batch: int | None,
     parameters: list[nn.Parameter],
 ) -> tuple[Losses, int | None]:
-    """Zero the gradients of ``parameters``, then accumulate the step's gradient.
+    """Replace the gradients of ``parameters`` by the step's gradient (left as they were if the step fails).
 
     Args:
         adapter: The model.
@@ -55,14 +55,20 @@ def step_gradients(
     def attempt(size: int) -> Losses:
         if size >= len(batch):
             return _one_pass(adapter, objective, batch, None, parameters)
-        _zero(parameters)
-        loss = torch.zeros((), dtype=torch.float64)
-        for start in range(0, len(batch), size):
-            chunk = batch.select(slice(start, start + size))
-            share = count(chunk) / total
-            part = objective.context_loss(adapter, chunk) * share
-            part.backward()
-            loss += part.detach().double().cpu()
+        before = [parameter.grad for parameter in parameters]  # a failed attempt puts them back
+        try:
+            loss = torch.zeros((), dtype=torch.float64)
+            for start in range(0, len(batch), size):
+                chunk = batch.select(slice(start, start + size))
+                part = objective.context_loss(adapter, chunk) * (count(chunk) / total)
+                if start == 0:
+                    _zero(parameters)
+                part.backward()
+                loss += part.detach().double().cpu()
+        except BaseException:
+            for parameter, grad in zip(parameters, before, strict=True):
+                parameter.grad = grad
+            raise
         return Losses(loss, loss)
 
     losses, size = fitting(attempt, micro_batch or len(batch), "DataConfig.micro_batch")
@@ -72,8 +78,8 @@ def step_gradients(
 def _one_pass(
     adapter: ModelAdapter, objective: Objective, batch: Any, tvp: TVPConfig | None, parameters: list[nn.Parameter]
 ) -> Losses:
+    losses = training_loss(adapter, objective, batch, tvp)  # a fault in the forward pass leaves the gradients
     _zero(parameters)
-    losses = training_loss(adapter, objective, batch, tvp)
     losses.total.backward()
     return Losses(losses.total.detach(), losses.icl.detach(), None if losses.tvp is None else losses.tvp.detach())
 
