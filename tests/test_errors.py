@@ -1133,6 +1133,13 @@ CASES = [
         r"choose among \['W_Q'",
     ),
     Case(
+        "lora-target-twice",
+        lambda w: LoRAConfig(targets=("W_Q", "W_V", "W_Q")),
+        ConfigError,
+        r"LoRA targets must be distinct \(one adapter per weight\), got \['W_Q', 'W_V', 'W_Q'\]",
+        r"name each weight once",
+    ),
+    Case(
         "lora-gate-of-an-mlp-without-one",
         lambda w: apply_lora(copy.deepcopy(w.model), (0,), LoRAConfig(targets=("W_Q", "W_gate"))),
         ConfigError,

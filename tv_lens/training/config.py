@@ -266,6 +266,10 @@ class LoRAConfig:
             bool(self.targets) and not unknown,
             f"Unknown LoRA target(s) {unknown or list(self.targets)}; choose among {list(LORA_WEIGHTS)}.",
         )
+        _check(
+            len(set(self.targets)) == len(self.targets),
+            f"LoRA targets must be distinct (one adapter per weight), got {list(self.targets)}; name each weight once.",
+        )
 
 
 @dataclass(frozen=True)
