@@ -17,6 +17,7 @@ import time
 import torch
 
 from benchmarks import (
+    finetuning,
     function_vectors,
     heads,
     patching,
@@ -58,6 +59,9 @@ def main() -> None:
     print(f"scale: {scale}")
     print("\nmemory of collected representations (CPU, fresh processes)", flush=True)
     for line in representations.memory_report(scale):
+        print("  " + line)
+    print("\nmemory of layer finetuning with LoRA, in place vs deep copies (CPU, fresh processes)", flush=True)
+    for line in finetuning.memory_report():
         print("  " + line)
     print("\ntimings (each row checks equal numbers first)", flush=True)
     rows = []

@@ -16,7 +16,7 @@ from training_helpers import (
     tiny_pool,
 )
 
-from tv_lens.errors import CheckpointError, ConfigError
+from tv_lens.errors import CheckpointError, ConfigError, TvLensError
 from tv_lens.training import (
     FinetuneConfig,
     LoRAConfig,
@@ -29,6 +29,7 @@ from tv_lens.training import (
     select_blocks,
     train,
 )
+from tv_lens.training.finetune import FrozenCheck
 from tv_lens.training.lora import has_lora, weight_targets
 
 
@@ -145,6 +146,23 @@ def test_adapters_of_a_bfloat16_model_train_in_float32() -> None:
         adapted = result.model(tokens)
         merged = merge_lora(model)(tokens)
     assert torch.equal(merged, adapted)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_frozen_check_sees_one_bit_change_and_holds_no_copy(dtype: str) -> None:
+    model = tiny_model(BACKENDS[-1], dtype=dtype)
+    trainable = list(model.blocks[1].parameters())
+    check = FrozenCheck(model, trainable)
+    frozen = [p for p in model.parameters() if all(p is not q for q in trainable)]
+    assert len(check.names) == len(frozen) and not any(isinstance(v, torch.Tensor) for v in vars(check).values())
+    with torch.no_grad():
+        for p in trainable:
+            p.add_(1.0)  # trained parameters may move
+    check.verify()
+    with torch.no_grad():
+        frozen[-1].view(-1).view(torch.uint8)[0] ^= 1  # the lowest bit of one value
+    with pytest.raises(TvLensError, match="Frozen parameters changed during layer-restricted finetuning"):
+        check.verify()
 
 
 def test_lora_twice_and_bad_blocks_are_errors() -> None:

@@ -13,6 +13,7 @@ frozen parameter is bit-identical to its value at the start (:class:`FrozenCheck
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -137,17 +138,18 @@ def attach_lora(model: Any, config: FinetuneConfig | None) -> None:
 
 
 class FrozenCheck:
-    """A copy of every frozen parameter, to prove after training that none of them moved.
+    """A fingerprint of every frozen parameter, to prove after training that none of them moved.
 
-    The copies are kept in CPU memory, so that the check costs no accelerator memory (a frozen 8B model would
-    otherwise need its size again on the GPU while it trains).
+    The fingerprint is a BLAKE2b digest of the parameter's bytes (with its dtype and shape), read one parameter at a
+    time: the check holds no copy of the model (a frozen 8B model would otherwise need its size again in memory while
+    it trains), and any change of a bit changes the digest.
     """
 
     def __init__(self, model: Any, trainable: list[nn.Parameter]) -> None:
         trained = {id(p) for p in trainable}
         self._model = model
-        self._frozen: dict[str, Tensor] = {
-            name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if id(p) not in trained
+        self._frozen: dict[str, bytes] = {
+            name: _fingerprint(p) for name, p in model.named_parameters() if id(p) not in trained
         }
 
     @property
@@ -158,9 +160,17 @@ class FrozenCheck:
     def verify(self) -> None:
         """Raise if any frozen parameter differs (bitwise) from its value when the check was made."""
         current = dict(self._model.named_parameters())
-        moved = [name for name, value in self._frozen.items() if not torch.equal(current[name].cpu(), value)]
+        moved = [name for name, digest in self._frozen.items() if _fingerprint(current[name]) != digest]
         if moved:
             raise TvLensError(
                 f"Frozen parameters changed during layer-restricted finetuning: {moved[:5]}. Something outside "
                 "the optimiser wrote to the model; run the finetuning on a model nothing else modifies."
             )
+
+
+def _fingerprint(parameter: Tensor) -> bytes:
+    """BLAKE2b digest of a tensor's dtype, shape and bytes (moved to the CPU for the read)."""
+    data = parameter.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy()
+    digest = hashlib.blake2b(f"{parameter.dtype}{tuple(parameter.shape)}".encode(), digest_size=32)
+    digest.update(data.data)
+    return digest.digest()
