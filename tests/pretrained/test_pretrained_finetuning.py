@@ -18,6 +18,7 @@ from pretrained_helpers import (
     COMBINATIONS,
     GQA_ARCHITECTURES,
     HOOKED_ARCHITECTURES,
+    load,
     loaded,
     one_thread,  # noqa: F401  (autouse: tiny models run on one thread)
     pretrained_fixture,  # noqa: F401  (fixture `pretrained`: every architecture x loader)
@@ -25,7 +26,7 @@ from pretrained_helpers import (
 from training_helpers import tiny_config, tiny_model
 
 from tv_lens.analyses import LayerFinetuning, TaskDecodability
-from tv_lens.errors import ConfigError, TaskError
+from tv_lens.errors import CheckpointError, ConfigError, TaskError
 from tv_lens.models import adapt
 from tv_lens.models.local_hf import ARCHITECTURES
 from tv_lens.tasks import TextPool, TextTask
@@ -36,12 +37,15 @@ from tv_lens.training import (
     TextObjective,
     TrainConfig,
     apply_lora,
+    attach_lora,
     finetune,
+    list_checkpoints,
+    load_checkpoint,
     lora_parameters,
     merge_lora,
     train,
 )
-from tv_lens.training.lora import weight_targets
+from tv_lens.training.lora import has_lora, weight_targets
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 GATED = ("llama", "qwen2", "gemma2")
@@ -276,3 +280,52 @@ def test_text_finetuning_in_micro_batches_trains_as_the_whole_batch(tmp_path_fac
     for split, whole in zip(runs[1][1], runs[0][1], strict=True):
         torch.testing.assert_close(split, whole, atol=1e-6, rtol=1e-5)
     assert any(torch.count_nonzero(p) for p in runs[0][1][1::2])  # the B matrices trained
+
+
+def test_finetuning_checkpoints_of_a_pretrained_model_hold_what_trains_and_resume_exactly(tmp_path_factory, tmp_path):
+    """The frozen weights are left out (their digests kept); resuming on the model loaded again is bit-exact."""
+    folder = loaded(tmp_path_factory, "llama", "bridge").folder
+    pool = TextPool(TASKS, loaded(tmp_path_factory, "llama", "bridge").tokenizer, template="{x} -> {y}", bos=True)
+    lora = LoRAConfig(rank=2, alpha=2.0, dropout=0.1)
+    config = TrainConfig(
+        data=DataConfig(n_per_task=4, n_shots=2, eval_n_per_task=2),
+        schedule=ScheduleConfig(max_steps=4, lr=5e-2, min_lr=5e-3, warmup_steps=1),
+        eval_every=2,
+        checkpoint_every=2,
+    )
+    whole = finetune(
+        load(folder, "bridge"), pool, config, "first:1", lora, checkpoint_dir=tmp_path / "a", progress=False
+    )
+    first = finetune(
+        load(folder, "bridge"),
+        pool,
+        config,
+        "first:1",
+        lora,
+        checkpoint_dir=tmp_path / "b",
+        stop_after=2,
+        progress=False,
+    )
+    checkpoint = load_checkpoint(list_checkpoints(tmp_path / "b")[0])
+    assert set(checkpoint.parameters) == {n for n, p in first.model.named_parameters() if p.requires_grad}
+    assert all("lora_" in name for name in checkpoint.parameters) and len(checkpoint.frozen) > len(
+        checkpoint.parameters
+    )
+    resumed = finetune(
+        load(folder, "bridge"), pool, config, "first:1", lora, resume_from=tmp_path / "b", progress=False
+    )
+    assert resumed.history["loss"].tolist() == whole.history["loss"].tolist()
+    for ours, theirs in zip(lora_parameters(resumed.model), lora_parameters(whole.model), strict=True):
+        assert torch.equal(ours, theirs)
+
+    fresh = load(folder, "bridge")
+    attach_lora(fresh, checkpoint.config.finetune)
+    checkpoint.load_into(fresh)
+    for ours, theirs in zip(lora_parameters(fresh), lora_parameters(first.model), strict=True):
+        assert torch.equal(ours, theirs)
+    other = load(folder, "bridge")
+    with torch.no_grad():
+        other.blocks[1].mlp.out.original_component.weight.mul_(1.5)  # a frozen weight that is not the run's
+    with pytest.raises(CheckpointError, match="frozen parameters are not the ones that run started from"):
+        finetune(other, pool, config, "first:1", lora, resume_from=tmp_path / "b", progress=False)
+    assert not has_lora(other)  # the failed resume took its adapters off again

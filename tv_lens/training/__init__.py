@@ -10,8 +10,8 @@
 - :data:`recipes`: named, known-good runs (``"default"``, ``"quick"``, ``"shots"``, where shots matter, and
   ``"linear_regression"`` and ``"sparse_linear"``, in-context linear and sparse linear regression).
 - Checkpoints: :func:`load_checkpoint`, :func:`list_checkpoints`, :func:`latest_checkpoint`.
-- :func:`tvp_losses` / :func:`tvp_accuracy`; :func:`finetune`, :func:`apply_lora`, :func:`merge_lora`,
-  :func:`remove_lora`.
+- :func:`tvp_losses` / :func:`tvp_accuracy`; :func:`finetune`, :func:`apply_lora`, :func:`attach_lora`,
+  :func:`merge_lora`, :func:`remove_lora`.
 
 Train the default model (a few minutes of CPU) and keep a checkpoint every 50 steps::
 
@@ -36,7 +36,7 @@ from tv_lens.training.config import (
     TrainConfig,
     TVPConfig,
 )
-from tv_lens.training.finetune import prepare_model, select_blocks
+from tv_lens.training.finetune import attach_lora, prepare_model, select_blocks
 from tv_lens.training.loop import finetune, train
 from tv_lens.training.lora import apply_lora, lora_parameters, merge_lora, remove_lora
 from tv_lens.training.objectives import Objective, RegressionObjective, TextObjective, TokenObjective, objective_for
@@ -63,6 +63,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "apply_lora",
+    "attach_lora",
     "finetune",
     "get_lr",
     "latest_checkpoint",

@@ -70,6 +70,13 @@ def checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
     not_finite = [k for k, v in record["parameters"].items() if v.is_floating_point() and not bool(v.isfinite().all())]
     if not_finite:
         raise CheckpointError(refuse(f"holds NaN or infinite parameters ({not_finite[:3]})"))
+    frozen = record.get("frozen")
+    if frozen is not None and not (
+        isinstance(frozen, dict)
+        and all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in frozen.items())
+        and not set(frozen) & set(record["parameters"])
+    ):
+        raise CheckpointError(refuse("holds frozen-parameter digests that are not 64-digit hex strings by name"))
     optimizer = record["optimizer"]
     if not isinstance(optimizer.get("state"), dict) or not isinstance(optimizer.get("param_groups"), list):
         raise CheckpointError(refuse("holds an optimiser state without 'state' and 'param_groups'"))
@@ -97,6 +104,7 @@ def checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
         evals=record["evals"],
         elapsed_s=float(elapsed_s),
         transformer_lens=version,
+        frozen=frozen,
     )
 
 

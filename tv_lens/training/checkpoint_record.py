@@ -19,7 +19,7 @@ from torch import Tensor
 from tv_lens.errors import CheckpointError, TvLensError
 from tv_lens.models import ModelConfig, build_continuous_model, build_model, hooked_transformer_available
 from tv_lens.training.config import TrainConfig
-from tv_lens.training.finetune import attach_lora
+from tv_lens.training.finetune import attach_lora, parameter_digest
 
 __all__ = ["Checkpoint", "load_parameters", "transformer_lens_version"]
 
@@ -47,6 +47,9 @@ class Checkpoint:
         elapsed_s: Training wall time so far, in seconds.
         transformer_lens: The TransformerLens version the checkpoint was written under (``None`` for
             checkpoints of tv_lens versions that did not record it).
+        frozen: Name → :func:`~tv_lens.training.finetune.parameter_digest` of the frozen parameters that a
+            finetuning run of a model without ``model_config`` (a pretrained model) leaves out of ``parameters``;
+            ``None``: ``parameters`` holds every parameter.
     """
 
     path: Path
@@ -61,6 +64,33 @@ class Checkpoint:
     evals: list[dict[str, Any]]
     elapsed_s: float
     transformer_lens: str | None = None
+    frozen: dict[str, str] | None = None
+
+    def load_into(self, model: Any) -> None:
+        """Copy the checkpoint's parameters into ``model``, built as the run's model was (LoRA adapters attached).
+
+        A checkpoint with ``frozen`` digests holds only what its run trained: the model's other parameters must be
+        the ones the run started from (their digests are checked), and are kept.
+
+        Raises:
+            CheckpointError: The model's frozen parameters are not the run's, or its parameters do not fit.
+        """
+        parameters = dict(self.parameters)
+        if self.frozen is not None:
+            own = dict(model.named_parameters())
+            absent = [name for name in self.frozen if name not in own]
+            other = [
+                name for name, digest in self.frozen.items() if name in own and parameter_digest(own[name]) != digest
+            ]
+            if absent or other:
+                raise CheckpointError(
+                    f"Checkpoint {self.path} holds only the parameters its finetuning run trained, and this model's "
+                    f"frozen parameters are not the ones that run started from (absent: {absent[:3]}; other values: "
+                    f"{other[:3]}). Load the same pretrained model (same weights, dtype and loader) and attach the "
+                    "run's adapters (attach_lora(model, checkpoint.config.finetune)) first."
+                )
+            parameters |= {name: own[name].detach() for name in self.frozen}
+        load_parameters(model, parameters, source=str(self.path))
 
     def load_model(self, device: str | torch.device = "cpu") -> Any:
         """Rebuild the model from ``model_config`` (LoRA adapters re-attached) and load the weights.
@@ -71,8 +101,8 @@ class Checkpoint:
         if self.model_config is None:
             raise CheckpointError(
                 f"Checkpoint {self.path} has no model config (the run was started without model_config=), so "
-                "the model cannot be rebuilt from it. Build the model yourself and call "
-                "load_parameters(model, checkpoint.parameters)."
+                "the model cannot be rebuilt from it. Build or load the model yourself, attach the run's adapters "
+                "(attach_lora(model, checkpoint.config.finetune)) and call checkpoint.load_into(model)."
             )
         config = self.model_config_as_saved()
         read_in = self.parameters.get(_READ_IN)

@@ -30,6 +30,7 @@ __all__ = [
     "FrozenCheck",
     "adapters_removed_after",
     "attach_lora",
+    "parameter_digest",
     "prepare_model",
     "select_blocks",
     "undone_on_error",
@@ -148,8 +149,8 @@ class FrozenCheck:
     def __init__(self, model: Any, trainable: list[nn.Parameter]) -> None:
         trained = {id(p) for p in trainable}
         self._model = model
-        self._frozen: dict[str, bytes] = {
-            name: _fingerprint(p) for name, p in model.named_parameters() if id(p) not in trained
+        self._frozen: dict[str, str] = {
+            name: parameter_digest(p) for name, p in model.named_parameters() if id(p) not in trained
         }
 
     @property
@@ -157,10 +158,15 @@ class FrozenCheck:
         """Names of the frozen parameters."""
         return tuple(self._frozen)
 
+    @property
+    def digests(self) -> dict[str, str]:
+        """Name → :func:`parameter_digest` of every frozen parameter, as the check was made."""
+        return dict(self._frozen)
+
     def verify(self) -> None:
         """Raise if any frozen parameter differs (bitwise) from its value when the check was made."""
         current = dict(self._model.named_parameters())
-        moved = [name for name, digest in self._frozen.items() if _fingerprint(current[name]) != digest]
+        moved = [name for name, digest in self._frozen.items() if parameter_digest(current[name]) != digest]
         if moved:
             raise TvLensError(
                 f"Frozen parameters changed during layer-restricted finetuning: {moved[:5]}. Something outside "
@@ -168,9 +174,9 @@ class FrozenCheck:
             )
 
 
-def _fingerprint(parameter: Tensor) -> bytes:
-    """BLAKE2b digest of a tensor's dtype, shape and bytes (moved to the CPU for the read)."""
+def parameter_digest(parameter: Tensor) -> str:
+    """Hex BLAKE2b digest of a tensor's dtype, shape and bytes (read on the CPU, one tensor at a time)."""
     data = parameter.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy()
     digest = hashlib.blake2b(f"{parameter.dtype}{tuple(parameter.shape)}".encode(), digest_size=32)
     digest.update(data.data)
-    return digest.digest()
+    return digest.hexdigest()

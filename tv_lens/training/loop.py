@@ -134,6 +134,9 @@ def train(
         if checkpoint_dir is not None and config.checkpoint_every:
             check_checkpoint_directory(checkpoint_dir)
         frozen = FrozenCheck(model, trainable) if config.finetune is not None else None
+        # A model not built from a config (a pretrained one) is loaded again to resume: checkpoints of its
+        # finetuning hold what trains, and digests of the rest.
+        left_out = frozen.digests if frozen is not None and model_config is None else None
 
     end = config.schedule.max_steps if stop_after is None else min(stop_after, config.schedule.max_steps)
     was_training = model.training
@@ -175,7 +178,7 @@ def train(
                     state.evals += [{"step": state.step, **row} for row in rows]
                     bar.set_postfix(loss=f"{loss:.3f}", acc=f"{_mean_accuracy(rows):.3f}")
                 if checkpoint_dir is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                    save_run(checkpoint_dir, state, config, model_config, pool, model, optimizer)
+                    save_run(checkpoint_dir, state, config, model_config, pool, model, optimizer, left_out)
                 bar.update(1)
         finally:
             bar.close()

@@ -20,7 +20,6 @@ from tv_lens.training.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     load_optimizer_state,
-    load_parameters,
     save_checkpoint,
 )
 from tv_lens.training.config import TrainConfig
@@ -67,19 +66,25 @@ def save_run(
     pool: Any,
     model: Any,
     optimizer: torch.optim.Optimizer,
+    frozen: dict[str, str] | None = None,
 ) -> Path:
-    """Write the checkpoint of ``state.step`` to ``directory`` (atomically)."""
+    """Write the checkpoint of ``state.step`` to ``directory`` (atomically).
+
+    With ``frozen`` (name → digest of the parameters a finetuning run leaves as they are), those parameters are
+    left out and their digests written instead: a finetuned pretrained model's checkpoint holds what trained.
+    """
     payload = {
         "step": state.step,
         "config": config.to_dict(),
         "model_config": None if model_config is None else model_config.to_dict(),
         "pool": describe_pool(pool),
-        "parameters": {name: p.detach() for name, p in model.named_parameters()},
+        "parameters": {name: p.detach() for name, p in model.named_parameters() if name not in (frozen or {})},
         "optimizer": optimizer.state_dict(),
         "rng": {name: generator.get_state() for name, generator in _generators(model).items()},
         "history": state.history,
         "evals": state.evals,
         "elapsed_s": state.elapsed_s,
+        **({} if frozen is None else {"frozen": dict(frozen)}),
     }
     return save_checkpoint(checkpoint_path(directory, state.step), payload)
 
@@ -100,9 +105,10 @@ def resume_run(
             raise CheckpointError(f"No checkpoints in {path} to resume from; start without resume_from=.")
         path = latest
     checkpoint = load_checkpoint(path)
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    left_out = checkpoint.frozen or {}
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if name not in left_out}
     checkpoint.check_compatible(config, describe_pool(pool), shapes, model_config)
-    load_parameters(model, checkpoint.parameters, source=str(path))
+    checkpoint.load_into(model)
     load_optimizer_state(optimizer, checkpoint.optimizer, model, source=str(path))
     generators = _generators(model)
     for name, rng_state in checkpoint.rng.items():
