@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -165,3 +169,29 @@ def target_lines(targets: list[tuple[str, bool]], quick: bool) -> list[str]:
         f"{'-' if quick else ('PASS' if passed else 'FAIL'):<4}  {description}{suffix}"
         for description, passed in targets
     ]
+
+
+def in_fresh_processes(code: str, runs: dict[Any, list[str]], what: str, env: dict[str, str] | None = None) -> dict:
+    """``python -c code *args`` for every run, side by side, each in a fresh process (peak memory is per process).
+
+    Each process prints a JSON value on its last line of output; returns them by run key. ``env`` adds to the
+    environment; the processes run in the repository root.
+
+    Raises:
+        RuntimeError: A process failed (its error went to stderr); ``what`` names the measurement.
+    """
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, **(env or {})}
+    processes = {
+        key: subprocess.Popen(
+            [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env=environment, cwd=root
+        )
+        for key, args in runs.items()
+    }
+    results = {}
+    for key, process in processes.items():
+        out, _ = process.communicate()
+        if process.returncode:
+            raise RuntimeError(f"measuring {what} ({key}) failed; see the error above")
+        results[key] = json.loads(out.strip().splitlines()[-1])
+    return results

@@ -11,15 +11,11 @@ bit-identity check of finetuning).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.common import in_fresh_processes
 from benchmarks.pretrained import peak_mb
 from tv_lens.analyses import LayerFinetuning, TaskDecodability
 from tv_lens.models import ModelConfig, build_model
@@ -76,18 +72,8 @@ def memory_report() -> list[str]:
     code = (
         "import json, sys; from benchmarks.finetuning import measure_side; print(json.dumps(measure_side(sys.argv[1])))"
     )
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    root = Path(__file__).resolve().parents[1]
-    processes = {
-        side: subprocess.Popen([sys.executable, "-c", code, side], stdout=subprocess.PIPE, text=True, env=env, cwd=root)
-        for side in SIDES
-    }
-    results = {}
-    for side, process in processes.items():
-        out, _ = process.communicate()
-        if process.returncode:
-            raise RuntimeError(f"measuring the memory of layer finetuning ({side}) failed; see the error above")
-        results[side] = json.loads(out.strip().splitlines()[-1])
+    runs = {side: [side] for side in SIDES}
+    results = in_fresh_processes(code, runs, "the memory of layer finetuning", {"MALLOC_MMAP_THRESHOLD_": "131072"})
     if results["in_place"]["numbers"] != results["deep_copies"]["numbers"]:
         raise AssertionError("layer finetuning in place and with deep copies gave different comparisons")
     ours, copies = results["in_place"]["peak_mb"], results["deep_copies"]["peak_mb"]

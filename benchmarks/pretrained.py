@@ -46,11 +46,8 @@ import argparse
 import contextlib
 import gc
 import json
-import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -62,7 +59,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import QUICK, Row, Scale, machine_lines, pass_rows, print_table
+from benchmarks.common import QUICK, Row, Scale, in_fresh_processes, machine_lines, pass_rows, print_table
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.patching import TaskVectorPatching
 from tv_lens.interventions import supports_blocked_keys
@@ -441,13 +438,11 @@ def memory_in_fresh_process(folder: Path, device: str, dtype_name: str) -> dict[
         "import json, sys; from benchmarks.pretrained import measure_memory; "
         "print(json.dumps(measure_memory(*sys.argv[1:])))"
     )
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-c", code, str(folder), device, dtype_name, str(torch.get_num_threads())]
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, cwd=root, check=False)
-    if done.returncode:
-        raise RuntimeError("measuring the peak memory of the GPT-2-size rows failed; see the error above")
-    result: dict[str, dict[str, float | None]] = json.loads(done.stdout.strip().splitlines()[-1])
+    args = [str(folder), device, dtype_name, str(torch.get_num_threads())]
+    env = {"MALLOC_MMAP_THRESHOLD_": "131072", "HF_HUB_OFFLINE": "1"}
+    result: dict[str, dict[str, float | None]] = in_fresh_processes(
+        code, {"GPT-2 size": args}, "the peak memory of the GPT-2-size rows", env
+    )["GPT-2 size"]
     return result
 
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
-import sys
 
 import torch
 
-from benchmarks.common import Row, Scale, bench_model, bench_prompts, measure, pass_rows
+from benchmarks.common import Row, Scale, bench_model, bench_prompts, in_fresh_processes, measure, pass_rows
 from tv_lens.probes import collect
 
 MEMORY_BATCH = 64
@@ -93,20 +91,14 @@ def _measure(n_prompts: int, prompt_len: int, scale_json: str) -> dict:
 def memory_report(scale: Scale) -> list[str]:
     settings = [(400, 64), (4000, 64), (400, 512)] if scale.n_prompts >= 400 else [(100, 32), (1000, 32), (100, 256)]
     scale_json = json.dumps(scale.__dict__)
-    processes = {}
-    for n_prompts, prompt_len in settings:  # one fresh process each (peak RSS is per process), run side by side
-        code = (
-            "import json, sys; from benchmarks.representations import _measure; "
-            f"print(json.dumps(_measure({n_prompts}, {prompt_len}, sys.argv[1])))"
-        )
-        command = [sys.executable, "-c", code, scale_json]
-        processes[(n_prompts, prompt_len)] = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    results = {}
-    for setting, process in processes.items():
-        out, _ = process.communicate()
-        if process.returncode:
-            raise RuntimeError(f"measuring the memory of {setting} (prompts, tokens) failed; see the error above")
-        results[setting] = json.loads(out.strip().splitlines()[-1])
+    runs = {
+        (n_prompts, prompt_len): [str(n_prompts), str(prompt_len), scale_json] for n_prompts, prompt_len in settings
+    }
+    code = (
+        "import json, sys; from benchmarks.representations import _measure; "
+        "print(json.dumps(_measure(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])))"
+    )
+    results = in_fresh_processes(code, runs, "the memory of collected representations (prompts, tokens)")
     (p0, l0), (p1, _), (_, l1) = settings
     base, more_prompts, longer = results[settings[0]], results[settings[1]], results[settings[2]]
     lines = [f"{'prompts':>8} {'tokens':>7} {'retained MB':>12} {'peak RSS growth MB':>19}"]
