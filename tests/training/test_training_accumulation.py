@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import pytest
 import torch
 from causal_helpers import memory_limit
 from conftest import BACKENDS
+from fuzz_helpers import fuzz_settings
+from hypothesis import given
+from hypothesis import strategies as st
 from training_helpers import (
     one_thread,  # noqa: F401  (autouse: tiny models run on one thread)
     parameters_of,
@@ -14,9 +19,10 @@ from training_helpers import (
 )
 
 from tv_lens.errors import ConfigError
-from tv_lens.models import ModelConfig, build_continuous_model
+from tv_lens.models import ModelConfig, adapt, build_continuous_model
 from tv_lens.tasks import offset_pool, sparse_linear_pool
 from tv_lens.training import DataConfig, TrainConfig, TVPConfig, train
+from tv_lens.training.accumulation import step_gradients
 from tv_lens.training.objectives import TokenObjective
 
 POOL = offset_pool(offsets=(1, 2), n_values=8, null=True)
@@ -94,3 +100,31 @@ def test_steps_that_cannot_be_split_are_refused_or_run_whole():
         train(model, POOL, shots_range_config(), objective=Uncounted(), progress=False)
     with pytest.raises(ConfigError, match=r"this Uncounted has no loss_terms\(batch\) method"):
         train(model, POOL, shots_range_config(micro_batch=4), objective=Uncounted(), progress=False)
+
+
+@fuzz_settings(25)
+@given(
+    micro_batch=st.integers(1, 14),
+    shots=st.tuples(st.integers(0, 3), st.integers(0, 3)).map(sorted),
+    label_noise=st.sampled_from([0.0, 0.5]),
+    seed=st.integers(0, 2**16),
+)
+def test_any_micro_batch_gives_the_whole_batch_gradient(micro_batch, shots, label_noise, seed):
+    """Any split, any mix of shots and of noisy demonstrations left out of the loss: the same gradient."""
+    model = accumulation_model()
+    adapter = adapt(model)
+    batch = POOL.sample(3, tuple(shots), seed=seed, label_noise=label_noise)
+    parameters = list(model.parameters())
+    objective = TokenObjective()
+    whole, _ = step_gradients(adapter, objective, batch, None, None, parameters)
+    expected = [p.grad.clone() for p in parameters]
+    split, used = step_gradients(adapter, objective, batch, None, micro_batch, parameters)
+    assert used == micro_batch
+    torch.testing.assert_close(split.total.double(), whole.total.double(), atol=1e-12, rtol=0)
+    for parameter, grad in zip(parameters, expected, strict=True):
+        torch.testing.assert_close(parameter.grad, grad, atol=1e-12, rtol=0)
+
+
+@cache
+def accumulation_model():
+    return tiny_model(BACKENDS[-1], dtype="float64").train()
