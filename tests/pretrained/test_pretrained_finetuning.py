@@ -282,10 +282,16 @@ def test_text_finetuning_in_micro_batches_trains_as_the_whole_batch(tmp_path_fac
     assert any(torch.count_nonzero(p) for p in runs[0][1][1::2])  # the B matrices trained
 
 
-def test_finetuning_checkpoints_of_a_pretrained_model_hold_what_trains_and_resume_exactly(tmp_path_factory, tmp_path):
+CHECKPOINTED = [("llama", "bridge"), *(("qwen2", "hooked"),) * ("qwen2" in HOOKED_ARCHITECTURES)]
+
+
+@pytest.mark.parametrize(("arch", "loader"), CHECKPOINTED, ids=[f"{a}-{loader}" for a, loader in CHECKPOINTED])
+def test_finetuning_checkpoints_of_a_pretrained_model_hold_what_trains_and_resume_exactly(
+    tmp_path_factory, tmp_path, arch, loader
+):
     """The frozen weights are left out (their digests kept); resuming on the model loaded again is bit-exact."""
-    folder = loaded(tmp_path_factory, "llama", "bridge").folder
-    pool = TextPool(TASKS, loaded(tmp_path_factory, "llama", "bridge").tokenizer, template="{x} -> {y}", bos=True)
+    folder = loaded(tmp_path_factory, arch, loader).folder
+    pool = TextPool(TASKS, loaded(tmp_path_factory, arch, loader).tokenizer, template="{x} -> {y}", bos=True)
     lora = LoRAConfig(rank=2, alpha=2.0, dropout=0.1)
     config = TrainConfig(
         data=DataConfig(n_per_task=4, n_shots=2, eval_n_per_task=2),
@@ -293,39 +299,30 @@ def test_finetuning_checkpoints_of_a_pretrained_model_hold_what_trains_and_resum
         eval_every=2,
         checkpoint_every=2,
     )
-    whole = finetune(
-        load(folder, "bridge"), pool, config, "first:1", lora, checkpoint_dir=tmp_path / "a", progress=False
-    )
-    first = finetune(
-        load(folder, "bridge"),
-        pool,
-        config,
-        "first:1",
-        lora,
-        checkpoint_dir=tmp_path / "b",
-        stop_after=2,
-        progress=False,
-    )
+
+    def run(model=None, **options):
+        model = load(folder, loader) if model is None else model
+        return finetune(model, pool, config, "first:1", lora, progress=False, **options)
+
+    whole = run(checkpoint_dir=tmp_path / "a")
+    first = run(checkpoint_dir=tmp_path / "b", stop_after=2)
     checkpoint = load_checkpoint(list_checkpoints(tmp_path / "b")[0])
     assert set(checkpoint.parameters) == {n for n, p in first.model.named_parameters() if p.requires_grad}
-    assert all("lora_" in name for name in checkpoint.parameters) and len(checkpoint.frozen) > len(
-        checkpoint.parameters
-    )
-    resumed = finetune(
-        load(folder, "bridge"), pool, config, "first:1", lora, resume_from=tmp_path / "b", progress=False
-    )
+    assert all("lora_" in name for name in checkpoint.parameters)
+    assert len(checkpoint.frozen) > len(checkpoint.parameters)
+    resumed = run(resume_from=tmp_path / "b")
     assert resumed.history["loss"].tolist() == whole.history["loss"].tolist()
     for ours, theirs in zip(lora_parameters(resumed.model), lora_parameters(whole.model), strict=True):
         assert torch.equal(ours, theirs)
 
-    fresh = load(folder, "bridge")
+    fresh = load(folder, loader)
     attach_lora(fresh, checkpoint.config.finetune)
     checkpoint.load_into(fresh)
     for ours, theirs in zip(lora_parameters(fresh), lora_parameters(first.model), strict=True):
         assert torch.equal(ours, theirs)
-    other = load(folder, "bridge")
+    other = load(folder, loader)
     with torch.no_grad():
-        other.blocks[1].mlp.out.original_component.weight.mul_(1.5)  # a frozen weight that is not the run's
+        dict(other.named_parameters())[sorted(checkpoint.frozen)[-1]].add_(0.5)  # a frozen weight not the run's
     with pytest.raises(CheckpointError, match="frozen parameters are not the ones that run started from"):
-        finetune(other, pool, config, "first:1", lora, resume_from=tmp_path / "b", progress=False)
+        run(other, resume_from=tmp_path / "b")
     assert not has_lora(other)  # the failed resume took its adapters off again
