@@ -12,6 +12,7 @@ another prompt of the batch), nor are steps of an objective that does not count 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from tv_lens.training.config import TVPConfig
 from tv_lens.training.objectives import Objective
 from tv_lens.training.tvp_loss import Losses, training_loss
 
-__all__ = ["step_gradients"]
+__all__ = ["loss_counter", "step_gradients"]
 
 
 def step_gradients(
@@ -47,8 +48,8 @@ def step_gradients(
     Returns:
         The step's losses (detached), and the micro-batch size that fitted (what the next step starts from).
     """
-    count = getattr(objective, "loss_terms", None)
-    if tvp is not None or not callable(count):
+    count = loss_counter(objective)
+    if tvp is not None or count is None:
         return _one_pass(adapter, objective, batch, tvp, parameters), micro_batch
     total = count(batch)
 
@@ -73,6 +74,12 @@ def step_gradients(
 
     losses, size = fitting(attempt, micro_batch or len(batch), "DataConfig.micro_batch")
     return losses, None if micro_batch is None and size >= len(batch) else size
+
+
+def loss_counter(objective: Objective) -> Callable[[Any], int] | None:
+    """The objective's ``loss_terms(batch)`` (how many terms its ``context_loss`` averages over), if it has one."""
+    count = getattr(objective, "loss_terms", None)
+    return count if callable(count) else None
 
 
 def _one_pass(

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from tv_lens.checks import is_int
 from tv_lens.errors import CheckpointError, ConfigError, NonFiniteError
 from tv_lens.models import ModelAdapter, ModelConfig, adapt
-from tv_lens.training.accumulation import step_gradients
+from tv_lens.training.accumulation import loss_counter, step_gradients
 from tv_lens.training.checkpoints import check_checkpoint_directory, latest_checkpoint, list_checkpoints
 from tv_lens.training.config import FinetuneConfig, LoRAConfig, OptimConfig, ScheduleConfig, TrainConfig
 from tv_lens.training.data import held_out_batch, training_batch
@@ -97,7 +97,7 @@ def train(
         )
     adapter = adapt(model)
     objective = objective or objective_for(pool)
-    if config.data.micro_batch is not None and not callable(getattr(objective, "loss_terms", None)):
+    if config.data.micro_batch is not None and loss_counter(objective) is None:
         raise ConfigError(
             f"DataConfig.micro_batch needs the objective to count its loss terms, and this "
             f"{type(objective).__name__} has no loss_terms(batch) method; add one (how many terms context_loss "
