@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -195,3 +197,31 @@ def in_fresh_processes(code: str, runs: dict[Any, list[str]], what: str, env: di
             raise RuntimeError(f"measuring {what} ({key}) failed; see the error above")
         results[key] = json.loads(out.strip().splitlines()[-1])
     return results
+
+
+def _proc_status_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        match = re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE)
+    if match is None:
+        raise OSError(f"/proc/self/status has no {field}")
+    return int(match.group(1)) / 1024
+
+
+def peak_mb(fn: Callable[[], Any], device: str) -> float | None:
+    """Peak memory growth of ``fn()`` in MB (CUDA: allocated; CPU: resident set), or None where unmeasurable."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # reset the peak resident set (VmHWM) to the current one
+        before = _proc_status_mb("VmRSS")
+    except OSError:
+        return None
+    fn()
+    return _proc_status_mb("VmHWM") - before

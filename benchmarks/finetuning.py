@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import in_fresh_processes
-from benchmarks.pretrained import peak_mb
+from benchmarks.common import in_fresh_processes, peak_mb
 from tv_lens.analyses import LayerFinetuning, TaskDecodability
 from tv_lens.models import ModelConfig, build_model
 from tv_lens.tasks import offset_pool

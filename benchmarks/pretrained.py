@@ -44,9 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
-import re
 import statistics
 import tempfile
 import time
@@ -59,7 +57,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import QUICK, Row, Scale, in_fresh_processes, machine_lines, pass_rows, print_table
+from benchmarks.common import QUICK, Row, Scale, in_fresh_processes, machine_lines, pass_rows, peak_mb, print_table
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.patching import TaskVectorPatching
 from tv_lens.interventions import supports_blocked_keys
@@ -372,34 +370,6 @@ def check_sweep(s: Setup, ours: Any, loop: LoopRun, cells: list[tuple[int, int]]
 
 # ----------------------------------------------------------------------------------------------------------------
 # Peak memory
-
-
-def _proc_status_mb(field: str) -> float:
-    with open("/proc/self/status") as status:
-        match = re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE)
-    if match is None:
-        raise OSError(f"/proc/self/status has no {field}")
-    return int(match.group(1)) / 1024
-
-
-def peak_mb(fn: Callable[[], Any], device: str) -> float | None:
-    """Peak memory growth of ``fn()`` in MB (CUDA: allocated; CPU: resident set), or None where unmeasurable."""
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")  # reset the peak resident set (VmHWM) to the current one
-        before = _proc_status_mb("VmRSS")
-    except OSError:
-        return None
-    fn()
-    return _proc_status_mb("VmHWM") - before
 
 
 def measure_memory(folder: str, device: str, dtype_name: str, threads: str) -> dict[str, dict[str, float | None]]:
