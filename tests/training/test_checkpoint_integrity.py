@@ -217,6 +217,24 @@ def test_a_recorded_version_that_is_not_text_is_refused(run, tmp_path):
     assert "records TransformerLens version 4, not a version string" in message
 
 
+@pytest.mark.parametrize(
+    ("digest", "saved_too", "problem"),
+    [
+        ("ab" * 31, False, "frozen-parameter digests that are not 64-digit hex strings by name"),
+        ("zz" * 32, False, "frozen-parameter digests that are not 64-digit hex strings by name"),
+        ("ab" * 32, True, "names parameters both as saved and as frozen (['"),
+    ],
+    ids=["too_short", "not_hex", "also_saved"],
+)
+def test_frozen_digests_no_run_writes_are_refused_by_what_is_wrong(run, tmp_path, digest, saved_too, problem):
+    def frozen(record: dict[str, Any]) -> None:
+        saved = sorted(record["parameters"])[0]
+        record["frozen"] = {saved if saved_too else "not_saved.weight": digest}
+
+    message = message_of(crafted(run, tmp_path, frozen))
+    assert problem in message and "corrupt or crafted" in message, message
+
+
 # --- optimiser state --------------------------------------------------------------------------------------
 
 

@@ -71,12 +71,12 @@ def checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
     if not_finite:
         raise CheckpointError(refuse(f"holds NaN or infinite parameters ({not_finite[:3]})"))
     frozen = record.get("frozen")
-    if frozen is not None and not (
-        isinstance(frozen, dict)
-        and all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in frozen.items())
-        and not set(frozen) & set(record["parameters"])
-    ):
-        raise CheckpointError(refuse("holds frozen-parameter digests that are not 64-digit hex strings by name"))
+    if frozen is not None:
+        if not isinstance(frozen, dict) or not all(isinstance(k, str) and _is_digest(v) for k, v in frozen.items()):
+            raise CheckpointError(refuse("holds frozen-parameter digests that are not 64-digit hex strings by name"))
+        both = sorted(set(frozen) & set(record["parameters"]))
+        if both:
+            raise CheckpointError(refuse(f"names parameters both as saved and as frozen ({both[:3]})"))
     optimizer = record["optimizer"]
     if not isinstance(optimizer.get("state"), dict) or not isinstance(optimizer.get("param_groups"), list):
         raise CheckpointError(refuse("holds an optimiser state without 'state' and 'param_groups'"))
@@ -118,3 +118,8 @@ def _unknown_settings(kind: type, data: Any, where: str) -> list[str]:
         if name in _NESTED:
             found += _unknown_settings(_NESTED[name], data[name], f"{where}.{name}")
     return found
+
+
+def _is_digest(value: Any) -> bool:
+    """Whether ``value`` is a :func:`~tv_lens.training.finetune.parameter_digest`: 64 lowercase hex digits."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
