@@ -378,8 +378,12 @@ LOCAL_MODELS = {
     "llama-bridge": ("llama", "bridge", {}),
     "gpt_neox-bridge": ("gpt_neox", "bridge", {}),
     "gemma2-bridge": ("gemma2", "bridge", {}),
+    "gemma3_text-bridge": ("gemma3_text", "bridge", {}),
+    "mistral-bridge": ("mistral", "bridge", {}),
     # HookedTransformer (TransformerLens <= 3): its own KV cache; Qwen2's BOS doubles as the pad token
     "llama-hooked": ("llama", "hooked", {}),
+    "mistral-hooked": ("mistral", "hooked", {}),  # a sliding window over its KV cache
+    "phi3-hooked": ("phi3", "hooked", {}),
     "qwen2-hooked-bos-pad": ("qwen2", "hooked", {"padding_side": "left", "bos_as_pad": True}),
 }
 

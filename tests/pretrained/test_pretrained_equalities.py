@@ -1,4 +1,6 @@
-"""Real architectures (GPT-2, GPT-NeoX, Llama, Qwen2, Gemma-2) through every loader: tv_lens equals independent paths.
+"""Real architectures (GPT-2, GPT-NeoX, Llama, Qwen2/3, Gemma-2/3, Mistral, Phi-3, OLMo-2) through every loader.
+
+tv_lens equals independent paths.
 
 Every model is float32 and every comparison uses ``atol = rtol = 1e-5``: tv_lens against TransformerLens's own
 passes (``run_with_cache``, hand-written hooks through ``run_with_hooks``), the bridge against HuggingFace's hidden
@@ -74,7 +76,32 @@ def test_models_have_the_architecture_features(pretrained):
         assert hf_config["use_parallel_residual"]
     if pretrained.arch == "gemma2":
         assert hf_config["attn_logit_softcapping"] and hf_config["final_logit_softcapping"]
+    if pretrained.arch in ("gemma2", "gemma3_text", "mistral"):
         assert hf_config["sliding_window"] < max(map(len, prompt_tokens(pretrained.tokenizer)))
+    if pretrained.arch == "gemma3_text":
+        assert set(hf_config["layer_types"]) == {"sliding_attention", "full_attention"}
+
+
+# Weights of block 0 that set an architecture apart from Llama's, with their shapes (d_head 16, 2 key/value heads).
+DISTINCT_WEIGHTS = {
+    "qwen3": {"self_attn.q_norm.weight": (16,), "self_attn.k_norm.weight": (16,)},
+    "gemma3_text": {"self_attn.q_norm.weight": (16,), "pre_feedforward_layernorm.weight": (64,)},
+    "olmo2": {"self_attn.q_norm.weight": (64,), "post_feedforward_layernorm.weight": (64,)},
+    "phi3": {"self_attn.qkv_proj.weight": (128, 64), "mlp.gate_up_proj.weight": (512, 64)},
+}
+
+
+@pytest.mark.parametrize("arch", DISTINCT_WEIGHTS)
+def test_models_have_the_weights_that_set_their_architecture_apart(tmp_path_factory, arch):
+    from safetensors.torch import load_file
+
+    shapes = {
+        name: tuple(w.shape) for name, w in load_file(folder_of(tmp_path_factory, arch) / "model.safetensors").items()
+    }
+    for name, shape in DISTINCT_WEIGHTS[arch].items():
+        assert shapes.get(f"model.layers.0.{name}") == shape, name
+    if arch == "olmo2":  # norms after attention and MLP, none before
+        assert "model.layers.0.input_layernorm.weight" not in shapes
 
 
 @pytest.mark.parametrize("side", SIDES)

@@ -48,7 +48,7 @@ from tv_lens.training import (
 from tv_lens.training.lora import has_lora, weight_targets
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
-GATED = ("llama", "qwen2", "gemma2")
+GATED = ("llama", "qwen2", "gemma2", "qwen3", "gemma3_text", "mistral", "phi3", "olmo2")
 PAIRS = (("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("good", "bad"), ("old", "new"))
 TASKS = (TextTask("antonym", PAIRS), TextTask("twice", tuple((x, f"{x} {x}") for x, _ in PAIRS)))
 TOKENS = torch.tensor([[1, 17, 230, 5, 99, 42, 7, 300], [2, 64, 64, 11, 8, 150, 3, 9]])
@@ -107,7 +107,22 @@ def edit_huggingface(hf, arch: str, block: int, target: str, delta: torch.Tensor
                     "W_out": layer.mlp.dense_4h_to_h,
                 }
                 module[target].weight += delta.T
-        else:  # Llama, Qwen2, Gemma-2: nn.Linear, [out, in]
+        elif arch == "phi3":  # nn.Linear, [out, in]; qkv_proj rows are q | k | v, gate_up_proj rows gate | up
+            layer = base.layers[block]
+            d_q = hf.config.hidden_size
+            d_kv = hf.config.num_key_value_heads * (d_q // hf.config.num_attention_heads)
+            fused = {
+                "W_Q": (layer.self_attn.qkv_proj, slice(0, d_q)),
+                "W_K": (layer.self_attn.qkv_proj, slice(d_q, d_q + d_kv)),
+                "W_V": (layer.self_attn.qkv_proj, slice(d_q + d_kv, d_q + 2 * d_kv)),
+                "W_gate": (layer.mlp.gate_up_proj, slice(0, hf.config.intermediate_size)),
+                "W_in": (layer.mlp.gate_up_proj, slice(hf.config.intermediate_size, None)),
+                "W_O": (layer.self_attn.o_proj, slice(None)),
+                "W_out": (layer.mlp.down_proj, slice(None)),
+            }
+            module, rows = fused[target]
+            module.weight[rows] += delta.T
+        else:  # Llama, Qwen2/3, Gemma-2/3, Mistral, OLMo-2: nn.Linear, [out, in]
             layer = base.layers[block]
             attention = {"W_Q": "q_proj", "W_K": "k_proj", "W_V": "v_proj", "W_O": "o_proj"}
             mlp = {"W_in": "up_proj", "W_gate": "gate_proj", "W_out": "down_proj"}

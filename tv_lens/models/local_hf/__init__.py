@@ -2,11 +2,11 @@ r"""Small randomly initialised HuggingFace models of real architectures, built a
 
 Pretrained language models differ from the GPT-2-style models tv_lens trains in ways that matter to hooks:
 rotary positions, grouped-query attention, parallel attention and MLP, RMSNorm, soft-capped logits, sliding-window
-attention. :func:`build_local_model` writes a small model of a real architecture with ``transformers`` from a
-config (random weights, no download) and a byte-level BPE tokenizer trained on a built-in English corpus with the
-``tokenizers`` package, both with ``save_pretrained``; :func:`load_local_model` boots the folder through
-TransformerLens as a ``TransformerBridge`` (any TransformerLens ≥ 3) or a ``HookedTransformer`` (TransformerLens
-≤ 3, for the architectures it can convert from a config).
+attention, query/key norms, fused weights. :func:`build_local_model` writes a small model of a real architecture
+with ``transformers`` from a config (random weights, no download) and a byte-level BPE tokenizer trained on a
+built-in English corpus with the ``tokenizers`` package, both with ``save_pretrained``; :func:`load_local_model`
+boots the folder through TransformerLens as a ``TransformerBridge`` (any TransformerLens ≥ 3) or a
+``HookedTransformer`` (TransformerLens ≤ 3, for the architectures it can convert from a config).
 
 The parts: the tokenizer and its corpus (:mod:`tv_lens.models.local_hf.tokenizer`), the build
 (:mod:`tv_lens.models.local_hf.build`) and the loaders (:mod:`tv_lens.models.local_hf.load`).
@@ -19,6 +19,16 @@ Architectures (:data:`ARCHITECTURES`):
 - ``"qwen2"``: ``Qwen2ForCausalLM`` (like Llama, with query/key/value biases and grouped-query attention).
 - ``"gemma2"``: ``Gemma2ForCausalLM`` (attention and final-logit soft-capping, sliding-window attention on
   alternate layers, pre- and post-norms around attention and MLP, grouped-query attention).
+- ``"qwen3"``: ``Qwen3ForCausalLM`` (like Qwen2 without the biases, with RMSNorm on each head's queries and keys).
+- ``"gemma3_text"``: ``Gemma3ForCausalLM`` (Gemma-2's norms, query/key norms instead of soft-capping, sliding and
+  global attention layers with their own rotary bases).
+- ``"mistral"``: ``MistralForCausalLM`` (Llama with sliding-window attention on every layer).
+- ``"phi3"``: ``Phi3ForCausalLM`` (one fused query/key/value weight and one fused gate/up weight).
+- ``"olmo2"``: ``Olmo2ForCausalLM`` (norms after attention and MLP instead of before, RMSNorm on the whole
+  query and key vectors).
+
+All but GPT-2 and GPT-NeoX get grouped-query attention (half as many key/value heads as query heads), and every
+sliding window (8 tokens) is shorter than a test prompt, so it masks keys.
 
 The tokenizer has ``<|pad|>``, ``<|bos|>`` and ``<|eos|>`` special tokens (ids 0, 1, 2) and learns whole words
 with their leading space (``" cold"``), the ``"->"`` and newline of ICL prompts and pieces of binary strings.

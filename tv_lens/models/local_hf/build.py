@@ -22,14 +22,25 @@ from tv_lens.models.local_hf.tokenizer import build_tokenizer
 
 __all__ = ["ARCHITECTURES", "build_local_model", "local_model_settings", "recorded_settings"]
 
-ARCHITECTURES: tuple[str, ...] = ("gpt2", "gpt_neox", "llama", "qwen2", "gemma2")
+ARCHITECTURES: tuple[str, ...] = (
+    "gpt2",
+    "gpt_neox",
+    "llama",
+    "qwen2",
+    "gemma2",
+    "qwen3",
+    "gemma3_text",
+    "mistral",
+    "phi3",
+    "olmo2",
+)
 """Architectures :func:`build_local_model` builds (HuggingFace ``model_type`` names)."""
 
-_GQA = ("llama", "qwen2", "gemma2")  # architectures with grouped-query attention
+_GQA = ARCHITECTURES[2:]  # architectures with grouped-query attention (all but GPT-2 and GPT-NeoX)
 _SETTINGS_FILE = "tv_lens_build.json"
 _FORMAT = 1  # bump when what a build writes changes, so old builds are rebuilt
 _INIT_STD = 0.1  # weight init std: larger than HF's 0.02, so attention patterns are far from uniform
-_SLIDING_WINDOW = 8  # Gemma-2's sliding window, shorter than test prompts so that it masks keys
+_SLIDING_WINDOW = 8  # Gemma-2/3's and Mistral's sliding window, shorter than test prompts so that it masks keys
 _SOFTCAP = 5.0  # Gemma-2's attention and final-logit soft-caps, small enough to bind at these sizes
 
 
@@ -106,18 +117,29 @@ def _hf_config(settings: dict[str, Any], tokenizer: Any) -> Any:
     if arch == "gpt_neox":
         return transformers.GPTNeoXConfig(**llama_like, use_parallel_residual=True, **common)
     llama_like["num_key_value_heads"] = settings["n_kv_heads"]
-    if arch == "llama":
-        return transformers.LlamaConfig(**llama_like, **common)
-    if arch == "qwen2":
-        return transformers.Qwen2Config(**llama_like, **common)
-    return transformers.Gemma2Config(
-        **llama_like,
-        head_dim=d_model // n_heads,
-        sliding_window=_SLIDING_WINDOW,
-        attn_logit_softcapping=_SOFTCAP,
-        final_logit_softcapping=_SOFTCAP,
-        **common,
-    )
+    d_head = d_model // n_heads
+    gemma = {"head_dim": d_head, "sliding_window": _SLIDING_WINDOW}
+    config_class, options = {
+        "llama": (transformers.LlamaConfig, {}),
+        "qwen2": (transformers.Qwen2Config, {}),
+        "qwen3": (transformers.Qwen3Config, {"head_dim": d_head}),
+        "mistral": (transformers.MistralConfig, {"sliding_window": _SLIDING_WINDOW}),
+        "phi3": (transformers.Phi3Config, {}),
+        "olmo2": (transformers.Olmo2Config, {}),
+        "gemma2": (
+            transformers.Gemma2Config,
+            {**gemma, "attn_logit_softcapping": _SOFTCAP, "final_logit_softcapping": _SOFTCAP},
+        ),
+        "gemma3_text": (  # sliding and global attention alternate (5 : 1 in Gemma-3's own configs)
+            transformers.Gemma3TextConfig,
+            {
+                **gemma,
+                "query_pre_attn_scalar": d_head,
+                "layer_types": [("sliding_attention", "full_attention")[i % 2] for i in range(n_layers)],
+            },
+        ),
+    }[arch]
+    return config_class(**llama_like, **options, **common)
 
 
 def build_local_model(arch: str, folder: Path | str, **sizes: Any) -> Path:
