@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -425,3 +426,20 @@ def test_local_architectures_match_the_loop_and_the_cache(local_model):
 
     for row in (1, 2):
         assert out.tokens[row].tolist() == reference(local_model, tokens[row, : lengths[row]].tolist(), 4, hooks)
+
+
+def test_the_cache_keyword_transformers_deprecates_warns_no_one(tmp_path):
+    """The bridge passes HuggingFace the cache as ``past_key_values`` (deprecated in transformers 5): no warning
+    about that call of tv_lens's reaches the user, whose warnings may be errors."""
+    local_hf = pytest.importorskip("tv_lens.models.local_hf")
+    from tv_lens.models import hooked_transformer_available
+
+    folder = local_hf.build_local_model("gpt_neox", tmp_path / "neox", n_layers=2, d_model=32, vocab_size=300, n_ctx=64)
+    model = local_hf.load_local_model(folder, "bridge")
+    tokens = model.tokenizer(["hot -> cold\nbig ->", "up ->"], padding=True, return_tensors="pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kind = kv_cache_support(model)
+        out = generate(model, tokens["input_ids"], [], attention_mask=tokens["attention_mask"], max_new_tokens=3)
+    assert kind == (None if hooked_transformer_available() else "hf")  # the 3.9 bridge's forward takes no cache
+    assert out.used_cache == (kind is not None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -111,7 +112,11 @@ class CacheRunner:
             return model(tokens, past_kv_cache=self.cache, attention_mask=mask)
         mask = torch.ones(self.n_rows, self.seen, dtype=torch.long, device=tokens.device)
         extra = {} if self.cache is None else {"past_key_values": self.cache}
-        output = model(tokens, return_type="logits_and_cache", attention_mask=mask, **extra)
+        with warnings.catch_warnings():
+            # The bridge hands HuggingFace the cache as `past_key_values`, which transformers 5 deprecates: a
+            # warning about tv_lens's call, not the user's (and an error where warnings are errors).
+            warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+            output = model(tokens, return_type="logits_and_cache", attention_mask=mask, **extra)
         if not isinstance(output, tuple) or output[1] is None:
             raise _NoCacheError("the model returned no KV cache")
         logits, self.cache = output
