@@ -1,6 +1,6 @@
-"""Real architectures (GPT-2, GPT-NeoX, Llama, Qwen2/3, Gemma-2/3, Mistral, Phi-3, OLMo-2) through every loader.
+"""Real architectures (GPT-2, GPT-NeoX, Llama, Qwen2/3, Gemma-2/3, Mistral, Phi-3, OLMo-2, Mixtral, Qwen3-MoE).
 
-tv_lens equals independent paths.
+Through every loader, tv_lens equals independent paths.
 
 Every model is float32 and every comparison uses ``atol = rtol = 1e-5``: tv_lens against TransformerLens's own
 passes (``run_with_cache``, hand-written hooks through ``run_with_hooks``), the bridge against HuggingFace's hidden
@@ -88,6 +88,8 @@ DISTINCT_WEIGHTS = {
     "gemma3_text": {"self_attn.q_norm.weight": (16,), "pre_feedforward_layernorm.weight": (64,)},
     "olmo2": {"self_attn.q_norm.weight": (64,), "post_feedforward_layernorm.weight": (64,)},
     "phi3": {"self_attn.qkv_proj.weight": (128, 64), "mlp.gate_up_proj.weight": (512, 64)},
+    "mixtral": {"block_sparse_moe.gate.weight": (4, 64), "block_sparse_moe.experts.3.w1.weight": (256, 64)},
+    "qwen3_moe": {"mlp.gate.weight": (4, 64), "mlp.experts.3.up_proj.weight": (128, 64)},
 }
 
 

@@ -48,13 +48,16 @@ from tv_lens.training import (
 from tv_lens.training.lora import has_lora, weight_targets
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
-GATED = ("llama", "qwen2", "gemma2", "qwen3", "gemma3_text", "mistral", "phi3", "olmo2")
+MIXTURES_OF_EXPERTS = ("mixtral", "qwen3_moe")  # no single MLP weight to adapt: LoRA on attention only
+GATED = tuple(arch for arch in ARCHITECTURES[2:] if arch not in MIXTURES_OF_EXPERTS)
 PAIRS = (("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("good", "bad"), ("old", "new"))
 TASKS = (TextTask("antonym", PAIRS), TextTask("twice", tuple((x, f"{x} {x}") for x, _ in PAIRS)))
 TOKENS = torch.tensor([[1, 17, 230, 5, 99, 42, 7, 300], [2, 64, 64, 11, 8, 150, 3, 9]])
 
 
 def targets_of(arch: str) -> tuple[str, ...]:
+    if arch in MIXTURES_OF_EXPERTS:
+        return ("W_Q", "W_K", "W_V", "W_O")
     return ("W_Q", "W_K", "W_V", "W_O", "W_in", *(("W_gate",) if arch in GATED else ()), "W_out")
 
 
@@ -200,6 +203,18 @@ def test_a_gate_is_refused_where_the_mlp_has_none(tmp_path_factory):
     with pytest.raises(ConfigError, match="has no W_gate"):
         apply_lora(model, (0,), LoRAConfig(targets=("W_Q", "W_gate")))
     assert weight_targets(model, 0)["W_Q"].module.__dict__.get("_modules", {}).get("parametrizations") is None
+
+
+@pytest.mark.parametrize("arch", MIXTURES_OF_EXPERTS)
+def test_the_mlp_of_a_mixture_of_experts_is_refused_and_its_attention_adapted(tmp_path_factory, arch):
+    model = copy.deepcopy(loaded(tmp_path_factory, arch, "bridge").model)
+    with pytest.raises(ConfigError) as info:
+        apply_lora(model, (0, 1), LoRAConfig())  # the default targets include W_in and W_out
+    message = str(info.value)
+    assert "Block 0 has no W_in, W_out (its MLP is a mixture of experts" in message, message
+    assert "pass LoRAConfig(targets=('W_Q', 'W_K', 'W_V', 'W_O'))" in message, message
+    assert not has_lora(model)
+    assert len(apply_lora(model, (0, 1), LoRAConfig(targets=("W_Q", "W_K", "W_V", "W_O")))) == 8
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

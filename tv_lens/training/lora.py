@@ -58,6 +58,8 @@ _WEIGHTS = {
     "W_gate": ("mlp", ("W_gate",), "in_out", "mlp.gate"),
     "W_out": ("mlp", ("W_out",), "in_out", "mlp.out"),
 }
+# The matrices every block's attention has (an MLP may be gated, or a mixture of experts with none of its own).
+_ATTENTION_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O")
 # Weight dtypes whose adapters are kept in float32 (the update is cast to the weight's dtype when added).
 _HALF = (torch.float16, torch.bfloat16)
 # Layer classes a LinearBridge may wrap -> the layout of their weight.
@@ -76,8 +78,11 @@ class WeightTarget:
 def weight_targets(model: Any, block: int) -> dict[str, WeightTarget]:
     """The attention and MLP weight matrices of ``model.blocks[block]``, keyed ``W_Q ... W_out`` (and ``W_gate``).
 
+    A mixture-of-experts MLP (Mixtral, Qwen3-MoE) has no single ``W_in`` / ``W_out``: only the attention's
+    matrices are found there.
+
     Raises:
-        ModelNotSupportedError: A matrix every block has (all but ``W_gate``) was not found.
+        ModelNotSupportedError: An attention matrix (``W_Q``, ``W_K``, ``W_V``, ``W_O``) was not found.
     """
     found: dict[str, WeightTarget] = {}
     for name, (part, parameters, layout, bridged) in _WEIGHTS.items():
@@ -86,7 +91,7 @@ def weight_targets(model: Any, block: int) -> dict[str, WeightTarget]:
         )
         if target is not None:
             found[name] = target
-    missing = [name for name in _WEIGHTS if name != "W_gate" and name not in found]
+    missing = [name for name in _ATTENTION_WEIGHTS if name not in found]
     if missing:
         raise ModelNotSupportedError(
             f"Could not find the weight(s) {missing} of block {block} (a {type(model.blocks[block]).__name__}). LoRA "
@@ -201,9 +206,11 @@ def apply_lora(model: Any, blocks: tuple[int, ...], config: LoRAConfig) -> list[
     for block, targets in per_block.items():
         absent = [name for name in config.targets if name not in targets]
         if absent:
+            why = "its MLP is not gated" if "W_in" in targets else "its MLP is a mixture of experts, with no single one"
+            kept = tuple(name for name in config.targets if name in targets)
             raise ConfigError(
-                f"Block {block} has no {absent[0]} (its MLP is not gated); LoRA targets of this model are among "
-                f"{list(targets)}."
+                f"Block {block} has no {', '.join(absent)} ({why}); LoRA targets of this model are among "
+                f"{list(targets)}" + (f": pass LoRAConfig(targets={kept!r})." if kept else ".")
             )
     updates: list[LoRAUpdate] = []
     orders: dict[nn.Module, tuple[str, ...]] = {}

@@ -26,6 +26,9 @@ Architectures (:data:`ARCHITECTURES`):
 - ``"phi3"``: ``Phi3ForCausalLM`` (one fused query/key/value weight and one fused gate/up weight).
 - ``"olmo2"``: ``Olmo2ForCausalLM`` (norms after attention and MLP instead of before, RMSNorm on the whole
   query and key vectors).
+- ``"mixtral"``: ``MixtralForCausalLM`` (Mistral's attention; a mixture of 4 experts, 2 per token, in place of
+  the MLP).
+- ``"qwen3_moe"``: ``Qwen3MoeForCausalLM`` (Qwen3's attention; a mixture of 4 experts, 2 per token).
 
 All but GPT-2 and GPT-NeoX get grouped-query attention (half as many key/value heads as query heads), and every
 sliding window (8 tokens) is shorter than a test prompt, so it masks keys.

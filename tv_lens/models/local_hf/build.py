@@ -33,6 +33,8 @@ ARCHITECTURES: tuple[str, ...] = (
     "mistral",
     "phi3",
     "olmo2",
+    "mixtral",
+    "qwen3_moe",
 )
 """Architectures :func:`build_local_model` builds (HuggingFace ``model_type`` names)."""
 
@@ -126,6 +128,11 @@ def _hf_config(settings: dict[str, Any], tokenizer: Any) -> Any:
         "mistral": (transformers.MistralConfig, {"sliding_window": _SLIDING_WINDOW}),
         "phi3": (transformers.Phi3Config, {}),
         "olmo2": (transformers.Olmo2Config, {}),
+        "mixtral": (transformers.MixtralConfig, {"num_local_experts": 4, "num_experts_per_tok": 2}),
+        "qwen3_moe": (
+            transformers.Qwen3MoeConfig,
+            {"head_dim": d_head, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 2 * d_model},
+        ),
         "gemma2": (
             transformers.Gemma2Config,
             {**gemma, "attn_logit_softcapping": _SOFTCAP, "final_logit_softcapping": _SOFTCAP},
