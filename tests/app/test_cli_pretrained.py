@@ -41,6 +41,7 @@ from tv_lens.results import (
     TdAccuracyFit,
 )
 from tv_lens.tasks import TextPool, bitwise_text_tasks, load_tasks, pos_tasks
+from tv_lens.training import LoRAConfig
 
 RESULT_TYPES = {
     "decodability": Decodability,
@@ -77,7 +78,7 @@ def offline_one_thread():
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.getbasetemp() / "pretrained-models"
-    return {arch: build_local_model(arch, root / arch, **SIZES) for arch in ("gpt2", "llama")}
+    return {arch: build_local_model(arch, root / arch, **SIZES) for arch in ("gpt2", "llama", "mixtral")}
 
 
 def boot(folder: Path):
@@ -194,16 +195,21 @@ def test_a_llama_folder(folders, tmp_path):
     assert re.findall(r'<section id="(\w+)"', (out / "report.html").read_text()) == ["decodability", "patching"]
 
 
-def test_layer_finetuning_runs_when_named(folders, tmp_path):
-    """`--only finetuning` on a Llama folder equals LayerFinetuning with the documented settings, run directly."""
+@pytest.mark.parametrize(
+    ("arch", "targets"),
+    [("llama", ["W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"]), ("mixtral", ["W_Q", "W_K", "W_V", "W_O"])],
+)
+def test_layer_finetuning_runs_when_named(folders, tmp_path, arch, targets):
+    """`--only finetuning` equals LayerFinetuning with the documented settings, run directly; on a mixture of
+    experts (Mixtral), LoRA adapts the attention only."""
     out, steps = tmp_path / "finetuning", 6
     status, _, stderr = run_cli(
-        "analyze", "--model", folders["llama"], "--tasks", f"bitwise:{','.join(OPS)}", "--only", "finetuning",
+        "analyze", "--model", folders[arch], "--tasks", f"bitwise:{','.join(OPS)}", "--only", "finetuning",
         "--n-per-task", N, "--shots", SHOTS, "--finetune-steps", steps, "--out", out, "--no-progress",
     )  # fmt: skip
     assert status == 0, stderr
     saved = Result.load(out / "results" / "finetuning.safetensors")
-    model = boot(folders["llama"])
+    model = boot(folders[arch])
     pool = TextPool(
         bitwise_text_tasks(ops=OPS, n_bits=5, n_examples=256, seed=SEED), model.tokenizer, null=True, bos=True
     )
@@ -215,10 +221,15 @@ def test_layer_finetuning_runs_when_named(folders, tmp_path):
         eval_every=steps,
     )
     direct = LayerFinetuning(
-        train=train, decodability=TaskDecodability(k=10, n_bootstrap=1000), n_per_task=N, n_shots=SHOTS
+        lora=LoRAConfig(rank=16, alpha=16.0, dropout=0.1, targets=tuple(targets)),
+        train=train,
+        decodability=TaskDecodability(k=10, n_bootstrap=1000),
+        n_per_task=N,
+        n_shots=SHOTS,
     ).run(model, pool, SEED)
     assert saved == direct and saved.variants == ("base", "first:1", "last:1") and saved.settings["steps"] == steps
     assert saved.final_loss[1:].isfinite().all() and saved.settings["lora"]["rank"] == 16
+    assert saved.settings["lora"]["targets"] == targets
     assert re.findall(r'<section id="(\w+)"', (out / "report.html").read_text()) == ["finetuning"]
     stored = json.loads((out / "run.json").read_text())["pretrained"]
     assert stored["finetune_steps"] == steps

@@ -292,7 +292,7 @@ class LayerFinetuning(IntervalOptions):
         )
 
     def _settings(self, variants: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-        lora = None if self.lora is None else {k: v for k, v in asdict(self.lora).items() if k != "targets"}
+        lora = None if self.lora is None else {**asdict(self.lora), "targets": list(self.lora.targets)}
         return {
             "k": len(next(iter(variants.values()))),
             "steps": self.train.schedule.max_steps,

@@ -40,7 +40,7 @@ class FinetuningComparison(Result):
         overall: ICL accuracy over every task but Null ``[variant]``.
         overall_ci: Its bootstrap interval ``[variant, 2]``.
         final_loss: Training loss at the last finetuning step ``[variant]`` (NaN for the base model).
-        settings: Finetuning settings (k, steps, LoRA parameters ...).
+        settings: Finetuning settings (``k``, ``steps``, ``lr``, ``lora``: the LoRA parameters and targets).
         site: Residual site TD was read at.
     """
 

@@ -20,6 +20,7 @@ from tv_lens.app.pretrained.config import PretrainedConfig
 from tv_lens.errors import ConfigError
 from tv_lens.results import Result
 from tv_lens.tasks import TextPool
+from tv_lens.training.lora import weight_targets
 
 __all__ = ["ANALYSES", "ON_REQUEST", "PRETRAINED_ANALYSES", "check_names"]
 
@@ -64,8 +65,11 @@ def _heads(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool)
 
 
 def _finetuning(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
-    defaults, steps = LayerFinetuning().train, config.finetune_steps
+    paper, steps = LayerFinetuning(), config.finetune_steps
+    defaults, lora = paper.train, paper.lora
+    found = weight_targets(model, 0)  # a mixture of experts has no MLP weights of its own: its attention's only
     analysis = LayerFinetuning(
+        lora=None if lora is None else replace(lora, targets=tuple(t for t in lora.targets if t in found)),
         train=replace(
             defaults,
             data=replace(defaults.data, n_shots=config.n_shots),
@@ -96,8 +100,8 @@ ANALYSES: dict[str, Callable[[Any, TextPool, PretrainedConfig, bool], Result]] =
 
 ON_REQUEST: tuple[str, ...] = ("finetuning",)
 """Analyses run only when named (``only=`` / ``--only``): layer finetuning trains the model twice (LayerFinetuning's
-defaults: LoRA rank 16 on a third of the blocks, 16 prompts per task, lr 1e-3; ``finetune_steps`` steps at
-``n_shots``)."""
+defaults: LoRA rank 16 on a third of the blocks, on the default targets the model has (a mixture of experts: its
+attention's), 16 prompts per task, lr 1e-3; ``finetune_steps`` steps at ``n_shots``)."""
 
 PRETRAINED_ANALYSES: tuple[str, ...] = tuple(name for name in ANALYSES if name not in ON_REQUEST)
 """The analyses :func:`run_pretrained` runs by default (result file stems, the report's names), in order. Of the
