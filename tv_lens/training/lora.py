@@ -206,7 +206,11 @@ def apply_lora(model: Any, blocks: tuple[int, ...], config: LoRAConfig) -> list[
     for block, targets in per_block.items():
         absent = [name for name in config.targets if name not in targets]
         if absent:
-            why = "its MLP is not gated" if "W_in" in targets else "its MLP is a mixture of experts, with no single one"
+            why = (
+                "its MLP is not gated"
+                if "W_in" in targets
+                else "no MLP weight was found in it: a mixture of experts has none"
+            )
             kept = tuple(name for name in config.targets if name in targets)
             raise ConfigError(
                 f"Block {block} has no {', '.join(absent)} ({why}); LoRA targets of this model are among "

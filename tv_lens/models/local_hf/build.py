@@ -38,7 +38,7 @@ ARCHITECTURES: tuple[str, ...] = (
 )
 """Architectures :func:`build_local_model` builds (HuggingFace ``model_type`` names)."""
 
-_GQA = ARCHITECTURES[2:]  # architectures with grouped-query attention (all but GPT-2 and GPT-NeoX)
+_FULL_HEADS = ("gpt2", "gpt_neox")  # architectures without grouped-query attention (one key/value head per head)
 _SETTINGS_FILE = "tv_lens_build.json"
 _FORMAT = 1  # bump when what a build writes changes, so old builds are rebuilt
 _INIT_STD = 0.1  # weight init std: larger than HF's 0.02, so attention patterns are far from uniform
@@ -83,8 +83,8 @@ def local_model_settings(
     if d_model % n_heads:
         raise ConfigError(f"d_model={d_model} is not divisible by n_heads={n_heads}; pick sizes that divide.")
     if n_kv_heads is None:
-        n_kv_heads = max(n_heads // 2, 1) if arch in _GQA else n_heads
-    if arch not in _GQA and n_kv_heads != n_heads:
+        n_kv_heads = max(n_heads // 2, 1) if arch not in _FULL_HEADS else n_heads
+    if arch in _FULL_HEADS and n_kv_heads != n_heads:
         raise ConfigError(f"{arch} has no grouped-query attention: leave n_kv_heads unset (it equals n_heads).")
     if not is_int(n_kv_heads) or n_kv_heads < 1 or n_heads % n_kv_heads:
         raise ConfigError(f"n_kv_heads must be a positive divisor of n_heads={n_heads}, got {n_kv_heads!r}.")
