@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from causal_helpers import POOL, editing_hook, failing_user_hook, left_pad
 from conftest import hook_snapshot
-from pretrained_helpers import loaded, one_thread  # noqa: F401  (fixture)
+from pretrained_helpers import GQA_ARCHITECTURES, loaded, one_thread  # noqa: F401  (fixture)
 
 from tv_lens.analyses import (
     FunctionVectors,
@@ -229,7 +229,7 @@ def test_shuffled_labels_corrupt_as_todd_et_al_do(model):
         .double().mean())  # fmt: skip
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", GQA_ARCHITECTURES)
 def test_gqa_patch_changes_exactly_one_query_head_and_cie_matches(tmp_path_factory, arch):
     pretrained = loaded(tmp_path_factory, arch, "bridge")
     model, layer, head = pretrained.model, 1, 3
