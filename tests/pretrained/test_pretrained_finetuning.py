@@ -244,6 +244,7 @@ def test_a_text_pool_of_another_tokenizer_is_refused(tmp_path_factory):
 FINETUNING = [
     ("gpt2", "bridge"),
     ("llama", "bridge-compat"),
+    ("mixtral", "bridge"),
     *(("qwen2", "hooked"),) * ("qwen2" in HOOKED_ARCHITECTURES),
 ]
 
@@ -288,7 +289,7 @@ def first_block_output(model, pool) -> torch.Tensor:
     return cache["blocks.0.hook_resid_post"]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_moe"])
 def test_text_finetuning_in_micro_batches_trains_as_the_whole_batch(tmp_path_factory, arch):
     """Answers of different token lengths: each micro-batch weighs by its answer tokens, not by its prompts.
 
@@ -296,7 +297,7 @@ def test_text_finetuning_in_micro_batches_trains_as_the_whole_batch(tmp_path_fac
     """
     model = loaded(tmp_path_factory, arch, "bridge").model
     pool = TextPool(TASKS, model.tokenizer, template="{x} -> {y}", bos=True)
-    lora = LoRAConfig(rank=2, alpha=2.0, dropout=0.0)
+    lora = LoRAConfig(rank=2, alpha=2.0, dropout=0.0, targets=targets_of(arch))
     runs = []
     for micro_batch in (None, 3):
         config = TrainConfig(
