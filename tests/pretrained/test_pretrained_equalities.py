@@ -1,4 +1,4 @@
-"""Real architectures (GPT-2, GPT-NeoX, Llama, Qwen2/3, Gemma-2/3, Mistral, Phi-3, OLMo-2, Mixtral, Qwen3-MoE).
+"""Real architectures (GPT-2, GPT-NeoX, Llama, Qwen2/3, Gemma-2/3, Mistral, Phi-3, OLMo-2, Mixtral, Qwen3-MoE, GPT-OSS).
 
 Through every loader, tv_lens equals independent paths.
 
@@ -76,9 +76,9 @@ def test_models_have_the_architecture_features(pretrained):
         assert hf_config["use_parallel_residual"]
     if pretrained.arch == "gemma2":
         assert hf_config["attn_logit_softcapping"] and hf_config["final_logit_softcapping"]
-    if pretrained.arch in ("gemma2", "gemma3_text", "mistral"):
+    if pretrained.arch in ("gemma2", "gemma3_text", "mistral", "gpt_oss"):
         assert hf_config["sliding_window"] < max(map(len, prompt_tokens(pretrained.tokenizer)))
-    if pretrained.arch == "gemma3_text":
+    if pretrained.arch in ("gemma3_text", "gpt_oss"):
         assert set(hf_config["layer_types"]) == {"sliding_attention", "full_attention"}
 
 
@@ -90,6 +90,7 @@ DISTINCT_WEIGHTS = {
     "phi3": {"self_attn.qkv_proj.weight": (128, 64), "mlp.gate_up_proj.weight": (512, 64)},
     "mixtral": {"block_sparse_moe.gate.weight": (4, 64), "block_sparse_moe.experts.3.w1.weight": (256, 64)},
     "qwen3_moe": {"mlp.gate.weight": (4, 64), "mlp.experts.3.up_proj.weight": (128, 64)},
+    "gpt_oss": {"self_attn.sinks": (4,), "mlp.router.weight": (4, 64), "mlp.experts.gate_up_proj": (4, 64, 512)},
 }
 
 

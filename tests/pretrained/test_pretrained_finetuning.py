@@ -48,7 +48,7 @@ from tv_lens.training import (
 from tv_lens.training.lora import has_lora, weight_targets
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
-MIXTURES_OF_EXPERTS = ("mixtral", "qwen3_moe")  # no single MLP weight to adapt: LoRA on attention only
+MIXTURES_OF_EXPERTS = ("mixtral", "qwen3_moe", "gpt_oss")  # no single MLP weight to adapt: LoRA on attention only
 GATED = tuple(a for a in ARCHITECTURES if a not in ("gpt2", "gpt_neox", *MIXTURES_OF_EXPERTS))  # the rest: gated MLPs
 PAIRS = (("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("good", "bad"), ("old", "new"))
 TASKS = (TextTask("antonym", PAIRS), TextTask("twice", tuple((x, f"{x} {x}") for x, _ in PAIRS)))

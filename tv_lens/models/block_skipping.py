@@ -71,8 +71,9 @@ def supports_block_skipping(model: Any) -> bool:
     hidden states entering the last block, then a pass that skips every block below the last one and feeds it those
     hidden states. It holds when the model has one block module per layer in ``model.blocks``, the model's loop calls
     each of them once, with the hidden states ``[batch, pos, d_model]`` first (or as ``hidden_states=``), and they
-    return the hidden states bare or as a one-element tuple; when no module inside the skipped blocks ran; and when
-    both passes give the same logits. Any error in the probe means ``False``.
+    return the hidden states bare or as a one-element tuple; when no module inside the skipped blocks ran (but those
+    the model also holds outside its blocks, such as a rotary embedding its attention shares); and when both passes
+    give the same logits. Any error in the probe means ``False``.
 
     Args:
         model: A TransformerLens model (``TransformerBridge`` booted from HuggingFace weights or natively,
@@ -198,10 +199,15 @@ def _probe_passes(adapter: ModelAdapter, blocks: list[nn.Module]) -> _Layout | N
     layout = _Layout(tuple_output=tuple(bool(kind) for kind in kinds))
 
     block_calls, inner_calls = [0] * (layer + 1), [0]
+    shared = _shared_modules(model, blocks)
     with ExitStack() as stack:
         for index, block in enumerate(blocks[: layer + 1]):
             stack.callback(block.register_forward_pre_hook(partial(_count, calls=block_calls, slot=index)).remove)
-            inside = [module for module in block.modules() if module is not block] if index < layer else []
+            inside = (
+                [module for module in block.modules() if module is not block and id(module) not in shared]
+                if index < layer
+                else []
+            )
             for module in inside:
                 stack.callback(module.register_forward_pre_hook(partial(_count, calls=inner_calls, slot=0)).remove)
         with _patched(blocks, layer, entering[0], layout):
@@ -212,6 +218,23 @@ def _probe_passes(adapter: ModelAdapter, blocks: list[nn.Module]) -> _Layout | N
         return None
     atol, rtol = (1e-5, 1e-5) if full.dtype in (torch.float32, torch.float64) else (1e-2, 1e-2)
     return layout if torch.allclose(skipped, full, atol=atol, rtol=rtol) else None
+
+
+def _shared_modules(model: nn.Module, blocks: list[nn.Module]) -> set[int]:
+    """Ids of the modules a block holds that the model also holds outside its blocks.
+
+    Such a module runs at the model's level, before the layer loop, when the blocks below the start are skipped too:
+    GPT-OSS's attention keeps a reference to the model's rotary embedding, which computes every layer's positions
+    once.
+    """
+    in_blocks = {id(module) for block in blocks for module in block.modules()}
+    block_ids = {id(block) for block in blocks}
+    shared: set[int] = set()
+    for child in model.children():
+        ids = {id(module) for module in child.modules()}
+        if not ids & block_ids:  # not the blocks' container
+            shared |= ids & in_blocks
+    return shared
 
 
 @contextmanager

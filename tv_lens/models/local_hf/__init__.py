@@ -29,6 +29,8 @@ Architectures (:data:`ARCHITECTURES`):
 - ``"mixtral"``: ``MixtralForCausalLM`` (Mistral's attention; a mixture of 4 experts, 2 per token, in place of
   the MLP).
 - ``"qwen3_moe"``: ``Qwen3MoeForCausalLM`` (Qwen3's attention; a mixture of 4 experts, 2 per token).
+- ``"gpt_oss"``: ``GptOssForCausalLM`` (attention sinks, biases on every projection, sliding and global layers,
+  YaRN rotary positions; a mixture of 4 experts, 2 per token).
 
 All but GPT-2 and GPT-NeoX get grouped-query attention (half as many key/value heads as query heads), and every
 sliding window (8 tokens) is shorter than a test prompt, so it masks keys.

@@ -35,6 +35,7 @@ ARCHITECTURES: tuple[str, ...] = (
     "olmo2",
     "mixtral",
     "qwen3_moe",
+    "gpt_oss",
 )
 """Architectures :func:`build_local_model` builds (HuggingFace ``model_type`` names)."""
 
@@ -42,7 +43,7 @@ _FULL_HEADS = ("gpt2", "gpt_neox")  # architectures without grouped-query attent
 _SETTINGS_FILE = "tv_lens_build.json"
 _FORMAT = 1  # bump when what a build writes changes, so old builds are rebuilt
 _INIT_STD = 0.1  # weight init std: larger than HF's 0.02, so attention patterns are far from uniform
-_SLIDING_WINDOW = 8  # Gemma-2/3's and Mistral's sliding window, shorter than test prompts so that it masks keys
+_SLIDING_WINDOW = 8  # the sliding window (Gemma-2/3, Mistral, GPT-OSS), shorter than test prompts so that it masks keys
 _SOFTCAP = 5.0  # Gemma-2's attention and final-logit soft-caps, small enough to bind at these sizes
 
 
@@ -121,6 +122,7 @@ def _hf_config(settings: dict[str, Any], tokenizer: Any) -> Any:
     llama_like["num_key_value_heads"] = settings["n_kv_heads"]
     d_head = d_model // n_heads
     gemma = {"head_dim": d_head, "sliding_window": _SLIDING_WINDOW}
+    alternating = [("sliding_attention", "full_attention")[i % 2] for i in range(n_layers)]  # Gemma-3, GPT-OSS
     config_class, options = {
         "llama": (transformers.LlamaConfig, {}),
         "qwen2": (transformers.Qwen2Config, {}),
@@ -133,16 +135,30 @@ def _hf_config(settings: dict[str, Any], tokenizer: Any) -> Any:
             transformers.Qwen3MoeConfig,
             {"head_dim": d_head, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 2 * d_model},
         ),
+        "gpt_oss": (  # YaRN rotary stretched 32 times, as GPT-OSS's own config has it, over this context
+            transformers.GptOssConfig,
+            {
+                "head_dim": d_head,
+                "num_local_experts": 4,
+                "num_experts_per_tok": 2,
+                "sliding_window": _SLIDING_WINDOW,
+                "layer_types": alternating,
+                "rope_parameters": {
+                    **transformers.GptOssConfig().rope_parameters,
+                    "original_max_position_embeddings": max(settings["n_ctx"] // 32, 1),
+                },
+            },
+        ),
         "gemma2": (
             transformers.Gemma2Config,
             {**gemma, "attn_logit_softcapping": _SOFTCAP, "final_logit_softcapping": _SOFTCAP},
         ),
-        "gemma3_text": (  # sliding and global attention alternate (5 : 1 in Gemma-3's own configs)
+        "gemma3_text": (  # sliding and global attention alternate here (5 : 1 in Gemma-3's own configs)
             transformers.Gemma3TextConfig,
             {
                 **gemma,
                 "query_pre_attn_scalar": d_head,
-                "layer_types": [("sliding_attention", "full_attention")[i % 2] for i in range(n_layers)],
+                "layer_types": alternating,
             },
         ),
     }[arch]
