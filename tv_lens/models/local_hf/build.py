@@ -144,7 +144,12 @@ def _hf_config(settings: dict[str, Any], tokenizer: Any) -> Any:
                 "sliding_window": _SLIDING_WINDOW,
                 "layer_types": alternating,
                 "rope_parameters": {
-                    **transformers.GptOssConfig().rope_parameters,
+                    "rope_type": "yarn",
+                    "factor": 32.0,
+                    "beta_fast": 32.0,
+                    "beta_slow": 1.0,
+                    "truncate": False,
+                    "rope_theta": 150000.0,
                     "original_max_position_embeddings": max(settings["n_ctx"] // 32, 1),
                 },
             },
