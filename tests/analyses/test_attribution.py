@@ -127,10 +127,10 @@ def test_no_hooks_or_gradients_are_left_after_a_fault_in_the_backward_pass(model
     batch = sample(n_per_task=2, seed=5)
     original = attribution._add_zero
 
-    def faulty(activation, hook, *, store, layer):
+    def faulty(activation, hook, *, layer, **options):
         if layer == 2:
             raise RuntimeError("injected fault")
-        return original(activation, hook, store=store, layer=layer)
+        return original(activation, hook, layer=layer, **options)
 
     monkeypatch.setattr(attribution, "_add_zero", faulty)
     with torch.no_grad():

@@ -44,7 +44,7 @@ from torch import Tensor
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions.sweep import AlignedPrompts
 from tv_lens.metrics import token_cross_entropy
-from tv_lens.models.adapter import adapt
+from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
 from tv_lens.positions import answer_columns, check_tensor_data, prompt_batches
@@ -132,7 +132,10 @@ def head_attribution(
         for index, inputs in prompt_batches(prompts.inputs, prompts.ends, size, adapter.device):
             captured: dict[int, tuple[Tensor, Tensor]] = {}
             hooks = [
-                (adapter.hook_name("attn.hook_z", layer), partial(_add_zero, store=captured, layer=layer))
+                (
+                    adapter.hook_name("attn.hook_z", layer),
+                    partial(_add_zero, adapter=adapter, store=captured, layer=layer),
+                )
                 for layer in range(adapter.n_layers)
             ]
             with torch.enable_grad():
@@ -185,8 +188,11 @@ def _log_odds(
     return answer - others
 
 
-def _add_zero(activation: Tensor, hook: Any, *, store: dict[int, tuple[Tensor, Tensor]], layer: int) -> Tensor:
+def _add_zero(
+    activation: Tensor, hook: Any, *, adapter: ModelAdapter, store: dict[int, tuple[Tensor, Tensor]], layer: int
+) -> Tensor:
     """Hook body: add a zero tensor that requires grad (its gradient is ∂loss/∂hook_z); keep both."""
+    adapter.check_head_outputs(activation, hook.name)
     zero = torch.zeros_like(activation, requires_grad=True)
     store[layer] = (activation.detach(), zero)
     return activation + zero

@@ -237,6 +237,7 @@ def _ablation_values(
     total = int(prompts.ends.sum())
 
     def keep(activation: Tensor, hook: Any, *, layer: int, mask: Tensor) -> None:
+        adapter.check_head_outputs(activation, hook.name)
         sums[layer] += (activation.double() * mask[:, :, None, None].to(activation.device)).sum((0, 1)).cpu()
 
     def hooks_for(index: Tensor) -> list[tuple[str, HookFn]]:

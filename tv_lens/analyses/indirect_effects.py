@@ -19,7 +19,7 @@ from tv_lens.analyses.answers import answer_scores, prompt_task_ids
 from tv_lens.analyses.options import CausalOptions, PassOptions, analysis_config
 from tv_lens.analyses.prompt_batches import LabelledPrompts, aligned_with_answers, check_prompts
 from tv_lens.checks import is_number
-from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError, TaskError
+from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError, TaskError
 from tv_lens.interventions import ablate_head
 from tv_lens.interventions.sweep import Cell, align, run_sweep
 from tv_lens.models.adapter import ModelAdapter, adapt
@@ -101,12 +101,7 @@ def _sum_z(
     activation: Tensor, hook: Any, *, adapter: ModelAdapter, store: Tensor, pos: Tensor, weights: Tensor
 ) -> None:
     """Hook body: add each prompt's ``hook_z`` at its answer position into its task's sum."""
-    expected = (len(pos), adapter.n_heads, adapter.d_head)
-    if activation.ndim != 4 or (activation.shape[0], *activation.shape[2:]) != expected:
-        raise ModelNotSupportedError(
-            f"{hook.name} has shape {tuple(activation.shape)}, not [batch, pos, n_heads={adapter.n_heads}, "
-            f"d_head={adapter.d_head}] (one entry per query head); function vectors need per-head outputs there."
-        )
+    adapter.check_head_outputs(activation, hook.name)
     rows = torch.arange(len(pos), device=activation.device)
     picked = activation[rows, pos.to(activation.device)].detach().to("cpu", torch.float64)
     store += torch.einsum("pt,phd->thd", weights, picked)

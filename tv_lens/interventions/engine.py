@@ -162,7 +162,7 @@ def run_with_interventions(
             batches.append(index)
             width = batch_inputs.shape[1]
             hooks = [
-                (plan.hook_name, partial(_write, plan=plan, index=index, writes=writes, slot=i))
+                (plan.hook_name, partial(_write, adapter=adapter, plan=plan, index=index, writes=writes, slot=i))
                 for i, plan in enumerate(plans)
             ]
             if masking is not None:
@@ -370,8 +370,19 @@ def _check_entry(adapter: ModelAdapter, plans: list[WritePlan], layer: int, clea
         )
 
 
-def _write(activation: Tensor, hook: Any, *, plan: WritePlan, index: Tensor, writes: list[int], slot: int) -> Tensor:
+def _write(
+    activation: Tensor,
+    hook: Any,
+    *,
+    adapter: ModelAdapter,
+    plan: WritePlan,
+    index: Tensor,
+    writes: list[int],
+    slot: int,
+) -> Tensor:
     """Hook body: apply ``plan`` to this batch's activation (out of place, so gradients flow)."""
+    if plan.intervention.kind == "ablate_head":
+        adapter.check_head_outputs(activation, hook.name)
     device = activation.device
     local = plan.rows[index].nonzero()[:, 0].to(device)
     writes[slot] += len(local)

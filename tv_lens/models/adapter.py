@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
+from torch import Tensor
 
 from tv_lens.checks import is_int
 from tv_lens.errors import HookNotFoundError, LayerOutOfRangeError, ModelNotSupportedError
@@ -186,6 +187,21 @@ class ModelAdapter:
                 f"{SUPPORTED_MODELS}."
             )
         return hook_point
+
+    def check_head_outputs(self, activation: Tensor, hook_name: str) -> None:
+        """Raise unless ``activation``, read at ``attn.hook_z``, holds one output per head: ``[batch, pos, head, d]``.
+
+        Raises:
+            ModelNotSupportedError: Another shape: attention whose heads are not the config's ``n_heads`` outputs of
+                ``d_head`` (multi-head latent attention, layers with their own head sizes).
+        """
+        if activation.ndim != 4 or tuple(activation.shape[2:]) != (self.n_heads, self.d_head):
+            raise ModelNotSupportedError(
+                f"{hook_name} has shape {tuple(activation.shape)}, not [batch, pos, n_heads={self.n_heads}, "
+                f"d_head={self.d_head}] (one output per query head). Head ablation, attribution and function vectors "
+                "read and write each head there; this model's attention heads differ from its config (multi-head "
+                "latent attention, or layers with their own head sizes), so these analyses do not apply to it."
+            )
 
     @property
     def device(self) -> torch.device:

@@ -84,7 +84,10 @@ def _named_tensors(model: Any, n_layers: int) -> list[tuple[str, torch.Tensor]]:
         for name in _BLOCK_TENSORS:
             part_of: Any = blocks[layer] if blocks is not None else None
             for part in name.split("."):
-                part_of = getattr(part_of, part, None)
+                try:
+                    part_of = getattr(part_of, part, None)
+                except (NotImplementedError, ValueError):  # a weight the bridge cannot give in TransformerLens's
+                    part_of = None  # layout: DeepSeek's latent attention, Gemma-4's layers of their own head sizes
             if isinstance(part_of, torch.Tensor):
                 found.append((f"blocks.{layer}.{name}", part_of))
     return found
