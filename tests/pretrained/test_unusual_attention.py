@@ -1,12 +1,12 @@
-"""Architectures whose attention heads are not the config's ``n_heads`` outputs of ``d_head``.
+"""Architectures whose attention heads are not the config's ``n_heads`` outputs of ``d_head`` in every block.
 
 DeepSeek-V3's multi-head latent attention (values of another width than the config's ``d_head``, no ``W_Q`` /
-``W_K`` / ``W_V``) and Gemma-4 (its global layers have heads of their own size; every layer also reads the token
-ids, so a pass cannot start from residual rows) are booted through the bridge from small random HuggingFace
-models. What reads or writes the residual stream equals a hand-written TransformerLens hook and runs the analyses
-built on it (task decodability, task-vector patching); what reads or writes single heads (head ablation,
-attribution, function vectors, ``ablate_head``) is refused with a :class:`~tv_lens.errors.ModelNotSupportedError`
-naming the head output's shape, and no hook is left behind.
+``W_K`` / ``W_V``), Gemma-4 (its global layers have heads of their own size; every layer also reads the token ids,
+so a pass cannot start from residual rows) and Qwen3-Next (linear-attention layers, without heads, between the
+attention layers; TransformerLens 4 only) are booted through the bridge from small random HuggingFace models.
+What reads or writes the residual stream equals a hand-written TransformerLens hook and runs the analyses built on
+it; what reads or writes single heads (head ablation, attribution, function vectors, ``ablate_head``) is refused
+with an error naming the head output's shape (or the block without heads), and no hook is left behind.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from pretrained_helpers import one_thread, padded, prompt_tokens  # noqa: F401  
 
 from tv_lens import FunctionVectors, Geometry, TaskDecodability, TaskVectorPatching, TaskVectorPrompting
 from tv_lens.analyses import HeadAblation, head_attribution
-from tv_lens.errors import ModelNotSupportedError
+from tv_lens.errors import HookNotFoundError, ModelNotSupportedError, TvLensError
 from tv_lens.interventions import ablate_head, replace, run_with_interventions
 from tv_lens.interventions.sweep import align
+from tv_lens.models import hooked_transformer_available
 from tv_lens.models.local_hf import build_tokenizer
 from tv_lens.tasks import TextPool, TextTask
 
@@ -58,18 +59,47 @@ def _config(arch: str, tokenizer) -> object:
             n_group=1,
             topk_group=1,
         )
+    if arch == "qwen3_next":
+        return transformers.Qwen3NextConfig(
+            **SIZES,
+            **special,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            layer_types=["linear_attention", "full_attention"],
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+        )
     return transformers.Gemma4TextConfig(**SIZES, **special, num_key_value_heads=2, head_dim=16)
 
 
-@pytest.fixture(scope="module", params=["deepseek_v3", "gemma4_text"])
-def model(request, tmp_path_factory):
+ARCHITECTURES = ("deepseek_v3", "gemma4_text", "qwen3_next")
+#: A block whose attention is unusual: latent (every DeepSeek-V3 block), global (Gemma-4's second), linear (Qwen3-Next's
+#: first).
+UNUSUAL_LAYER = {"deepseek_v3": 1, "gemma4_text": 1, "qwen3_next": 0}
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def model(arch, tmp_path_factory):
     import transformers
 
-    folder = Path(tmp_path_factory.mktemp(request.param))
+    if arch == "qwen3_next" and hooked_transformer_available():
+        pytest.skip("TransformerLens 3.9's bridge cannot run Qwen3-Next's linear attention")
+
+    folder = Path(tmp_path_factory.mktemp(arch))
     tokenizer = build_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        transformers.AutoModelForCausalLM.from_config(_config(request.param, tokenizer)).save_pretrained(folder)
+        transformers.AutoModelForCausalLM.from_config(_config(arch, tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -120,19 +150,24 @@ def _attribution(model, batch):
 @pytest.mark.parametrize(
     "run",
     [
-        lambda m, pool: HeadAblation(n_bootstrap=0).run(m, pool, 3, 2, seed=0),
-        lambda m, pool: HeadAblation(n_bootstrap=0, mode="mean").run(m, pool, 3, 2, seed=0),
-        lambda m, pool: FunctionVectors(k=2, n_bootstrap=0).run(m, pool, 3, 2, seed=0),
-        lambda m, pool: run_with_interventions(m, pool.sample(1, 1, seed=0).inputs, 3, [ablate_head(1, 1)]),
-        lambda m, pool: _attribution(m, pool.sample(2, 1, seed=0)),
+        lambda m, pool, _: HeadAblation(n_bootstrap=0).run(m, pool, 3, 2, seed=0),
+        lambda m, pool, _: HeadAblation(n_bootstrap=0, mode="mean").run(m, pool, 3, 2, seed=0),
+        lambda m, pool, _: FunctionVectors(k=2, n_bootstrap=0).run(m, pool, 3, 2, seed=0),
+        lambda m, pool, layer: run_with_interventions(m, pool.sample(1, 1, seed=0).inputs, 3, [ablate_head(layer, 1)]),
+        lambda m, pool, _: _attribution(m, pool.sample(2, 1, seed=0)),
     ],
     ids=["head_ablation", "mean_ablation", "function_vectors", "ablate_head", "attribution"],
 )
-def test_what_reads_or_writes_single_heads_is_refused(model, run):
+def test_what_reads_or_writes_single_heads_is_refused(arch, model, run):
     pool = TextPool(TASKS, model.tokenizer, template="{x} -> {y}", null=True, bos=True)
-    with pytest.raises(ModelNotSupportedError) as info:
-        run(model, pool)
+    with pytest.raises(TvLensError) as info:
+        run(model, pool, UNUSUAL_LAYER[arch])
     message = str(info.value)
-    assert f"not [batch, pos, n_heads={model.cfg.n_heads}, d_head={model.cfg.d_head}]" in message, message
-    assert "do not apply to it" in message
+    if arch == "qwen3_next":  # block 0 is a linear-attention layer
+        assert isinstance(info.value, HookNotFoundError), message
+        assert "that block has no attention heads" in message and "do not apply to this model" in message, message
+    else:
+        assert isinstance(info.value, ModelNotSupportedError), message
+        assert f"not [batch, pos, n_heads={model.cfg.n_heads}, d_head={model.cfg.d_head}]" in message, message
+        assert "do not apply to it" in message
     assert not any(point.fwd_hooks for point in model.hook_dict.values())
