@@ -30,7 +30,7 @@ from tv_lens.models.local_hf import ARCHITECTURES, build_local_model, load_local
 SIZES = {"n_layers": 2, "d_model": 64, "n_heads": 4}
 GQA_ARCHITECTURES = tuple(arch for arch in ARCHITECTURES if arch not in ("gpt2", "gpt_neox"))
 #: Architectures TransformerLens 3.9's HookedTransformer cannot be built for from a local config.
-HOOKED_UNSUPPORTED = ("gemma2", "gemma3_text", "olmo2", "qwen3_moe")
+HOOKED_UNSUPPORTED = ("gemma2", "gemma3_text", "olmo2", "qwen3_moe", "llama4_text", "smollm3")
 #: Loaders: the bridge with raw HF numerics, the bridge in compatibility mode, HookedTransformer (TL ≤ 3).
 LOADERS = ("bridge", "bridge-compat", *(("hooked",) if hooked_transformer_available() else ()))
 HOOKED_ARCHITECTURES = tuple(a for a in ARCHITECTURES if a not in HOOKED_UNSUPPORTED) if "hooked" in LOADERS else ()
@@ -121,6 +121,12 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, arch: str, loader: str) -> 
 def folder_of(tmp_path_factory: pytest.TempPathFactory, arch: str) -> Path:
     """The session's ``save_pretrained`` folder of ``arch`` (built on first use)."""
     return _folder(_root(tmp_path_factory), arch)
+
+
+def decoder(hf: Any) -> Any:
+    """The decoder stack of a HuggingFace causal LM: its ``base_model`` (Llama-4's, whose prefix names no attribute
+    of the causal LM, is ``model``)."""
+    return hf.base_model if hf.base_model is not hf else hf.model
 
 
 PROMPTS = (

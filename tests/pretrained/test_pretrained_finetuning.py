@@ -18,6 +18,7 @@ from pretrained_helpers import (
     COMBINATIONS,
     GQA_ARCHITECTURES,
     HOOKED_ARCHITECTURES,
+    decoder,
     load,
     loaded,
     one_thread,  # noqa: F401  (autouse: tiny models run on one thread)
@@ -48,7 +49,8 @@ from tv_lens.training import (
 from tv_lens.training.lora import has_lora, weight_targets
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
-MIXTURES_OF_EXPERTS = ("mixtral", "qwen3_moe", "gpt_oss")  # no single MLP weight to adapt: LoRA on attention only
+# No single MLP weight to adapt: LoRA on the attention only.
+MIXTURES_OF_EXPERTS = ("mixtral", "qwen3_moe", "gpt_oss", "llama4_text")
 GATED = tuple(a for a in ARCHITECTURES if a not in ("gpt2", "gpt_neox", *MIXTURES_OF_EXPERTS))  # the rest: gated MLPs
 PAIRS = (("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("good", "bad"), ("old", "new"))
 TASKS = (TextTask("antonym", PAIRS), TextTask("twice", tuple((x, f"{x} {x}") for x, _ in PAIRS)))
@@ -87,7 +89,7 @@ def logits(model) -> torch.Tensor:
 
 def edit_huggingface(hf, arch: str, block: int, target: str, delta: torch.Tensor) -> None:
     """Add ``delta`` (``[d_in, d_out]``, heads concatenated) to the Hugging Face layer that holds ``target``."""
-    base = hf.base_model
+    base = decoder(hf)
     with torch.no_grad():
         if arch == "gpt2":  # Conv1D layers, [in, out]; c_attn holds q | k | v side by side
             layer = base.h[block]

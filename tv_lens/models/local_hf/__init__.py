@@ -31,9 +31,13 @@ Architectures (:data:`ARCHITECTURES`):
 - ``"qwen3_moe"``: ``Qwen3MoeForCausalLM`` (Qwen3's attention; a mixture of 4 experts, 2 per token).
 - ``"gpt_oss"``: ``GptOssForCausalLM`` (attention sinks, biases on every projection, sliding and global layers,
   YaRN rotary positions; a mixture of 4 experts, 2 per token).
+- ``"llama4_text"``: ``Llama4ForCausalLM`` (attention in chunks with rotary positions, then a global layer without
+  them; query/key norms; a mixture of 4 experts, 1 per token, beside a shared expert).
+- ``"olmo3"``: ``Olmo3ForCausalLM`` (OLMo-2's layout with sliding and global layers).
+- ``"smollm3"``: ``SmolLM3ForCausalLM`` (Llama's layout; every other layer without rotary positions).
 
 All but GPT-2 and GPT-NeoX get grouped-query attention (half as many key/value heads as query heads), and every
-sliding window (8 tokens) is shorter than a test prompt, so it masks keys.
+sliding window and attention chunk (8 tokens) is shorter than a test prompt, so it masks keys.
 
 The tokenizer has ``<|pad|>``, ``<|bos|>`` and ``<|eos|>`` special tokens (ids 0, 1, 2) and learns whole words
 with their leading space (``" cold"``), the ``"->"`` and newline of ICL prompts and pieces of binary strings.

@@ -36,6 +36,9 @@ ARCHITECTURES: tuple[str, ...] = (
     "mixtral",
     "qwen3_moe",
     "gpt_oss",
+    "llama4_text",
+    "olmo3",
+    "smollm3",
 )
 """Architectures :func:`build_local_model` builds (HuggingFace ``model_type`` names)."""
 
@@ -43,7 +46,7 @@ _FULL_HEADS = ("gpt2", "gpt_neox")  # architectures without grouped-query attent
 _SETTINGS_FILE = "tv_lens_build.json"
 _FORMAT = 1  # bump when what a build writes changes, so old builds are rebuilt
 _INIT_STD = 0.1  # weight init std: larger than HF's 0.02, so attention patterns are far from uniform
-_SLIDING_WINDOW = 8  # the sliding window (Gemma-2/3, Mistral, GPT-OSS), shorter than test prompts so that it masks keys
+_SLIDING_WINDOW = 8  # sliding windows and attention chunks, shorter than test prompts so that they mask keys
 _SOFTCAP = 5.0  # Gemma-2's attention and final-logit soft-caps, small enough to bind at these sizes
 
 
@@ -122,7 +125,7 @@ def _hf_config(settings: dict[str, Any], tokenizer: Any) -> Any:
     llama_like["num_key_value_heads"] = settings["n_kv_heads"]
     d_head = d_model // n_heads
     gemma = {"head_dim": d_head, "sliding_window": _SLIDING_WINDOW}
-    alternating = [("sliding_attention", "full_attention")[i % 2] for i in range(n_layers)]  # Gemma-3, GPT-OSS
+    alternating = [("sliding_attention", "full_attention")[i % 2] for i in range(n_layers)]  # Gemma-3, GPT-OSS, OLMo-3
     config_class, options = {
         "llama": (transformers.LlamaConfig, {}),
         "qwen2": (transformers.Qwen2Config, {}),
@@ -154,6 +157,20 @@ def _hf_config(settings: dict[str, Any], tokenizer: Any) -> Any:
                 },
             },
         ),
+        "llama4_text": (  # chunked attention with rotary positions, then a global layer without (NoPE)
+            transformers.Llama4TextConfig,
+            {
+                "head_dim": d_head,
+                "num_local_experts": 4,
+                "num_experts_per_tok": 1,
+                "intermediate_size_mlp": 4 * d_model,
+                "attention_chunk_size": _SLIDING_WINDOW,
+                "layer_types": [("chunked_attention", "full_attention")[i % 2] for i in range(n_layers)],
+                "no_rope_layers": [1 - i % 2 for i in range(n_layers)],
+            },
+        ),
+        "olmo3": (transformers.Olmo3Config, {"sliding_window": _SLIDING_WINDOW, "layer_types": alternating}),
+        "smollm3": (transformers.SmolLM3Config, {"no_rope_layers": [1 - i % 2 for i in range(n_layers)]}),
         "gemma2": (
             transformers.Gemma2Config,
             {**gemma, "attn_logit_softcapping": _SOFTCAP, "final_logit_softcapping": _SOFTCAP},
