@@ -180,15 +180,14 @@ class ModelAdapter:
         if self._hook_dict is None:  # read once per adapter: a bridge builds its hook_dict on every access
             self._hook_dict = self.model.hook_dict
         hook_point = self._hook_dict.get(name)
-        heads_elsewhere = name.endswith(".attn.hook_z") and any(key.endswith(".attn.hook_z") for key in self._hook_dict)
-        if (hook_point is None or not hasattr(hook_point, "add_hook")) and heads_elsewhere:
-            raise HookNotFoundError(
-                f"The model has no hook point {name!r}, though other blocks have one: that block has no attention "
-                "heads (a linear-attention or state-space layer of a hybrid model). Head ablation, attribution and "
-                "function vectors read the heads of every block, so they do not apply to this model; the "
-                "residual-stream analyses do."
-            )
         if hook_point is None or not hasattr(hook_point, "add_hook"):
+            if name.endswith(".attn.hook_z") and any(key.endswith(".attn.hook_z") for key in self._hook_dict):
+                raise HookNotFoundError(
+                    f"The model has no hook point {name!r}, though other blocks have one: that block has no "
+                    "attention heads (a linear-attention or state-space layer of a hybrid model). Head ablation, "
+                    "attribution and function vectors read the heads of every block, so they do not apply to this "
+                    "model; the residual-stream analyses do."
+                )
             raise HookNotFoundError(
                 f"The model has no hook point {name!r}. tv_lens reads `blocks.{{l}}.hook_resid_pre/mid/post`, "
                 f"`blocks.{{l}}.hook_attn_out/mlp_out` and `blocks.{{l}}.attn.hook_z`; it supports "
