@@ -2,11 +2,12 @@
 
 DeepSeek-V3's multi-head latent attention (values of another width than the config's ``d_head``, no ``W_Q`` /
 ``W_K`` / ``W_V``), Gemma-4 (its global layers have heads of their own size; every layer also reads the token ids,
-so a pass cannot start from residual rows) and Qwen3-Next (linear-attention layers, without heads, between the
-attention layers; TransformerLens 4 only) are booted through the bridge from small random HuggingFace models.
-What reads or writes the residual stream equals a hand-written TransformerLens hook and runs the analyses built on
-it; what reads or writes single heads (head ablation, attribution, function vectors, ``ablate_head``) is refused
-with an error naming the head output's shape (or the block without heads), and no hook is left behind.
+so a pass cannot start from residual rows), Qwen3-Next (linear-attention layers, without heads, between the
+attention layers; TransformerLens 4 only) and Mamba-2 (no attention at all) are booted through the
+bridge from small random HuggingFace models. What reads or writes the residual stream equals a hand-written
+TransformerLens hook and runs the analyses built on it; what reads or writes single heads (head ablation,
+attribution, function vectors, ``ablate_head``) is refused with an error naming the head output's shape (or the
+block without heads), and no hook is left behind.
 """
 
 from __future__ import annotations
@@ -74,13 +75,17 @@ def _config(arch: str, tokenizer) -> object:
             linear_key_head_dim=16,
             linear_value_head_dim=16,
         )
+    if arch == "mamba2":
+        return transformers.Mamba2Config(
+            **special, hidden_size=64, num_hidden_layers=2, num_heads=4, head_dim=32, state_size=16, n_groups=1
+        )
     return transformers.Gemma4TextConfig(**SIZES, **special, num_key_value_heads=2, head_dim=16)
 
 
-ARCHITECTURES = ("deepseek_v3", "gemma4_text", "qwen3_next")
+ARCHITECTURES = ("deepseek_v3", "gemma4_text", "qwen3_next", "mamba2")
 #: A block whose attention is unusual: latent (every DeepSeek-V3 block), global (Gemma-4's second), linear (Qwen3-Next's
-#: first).
-UNUSUAL_LAYER = {"deepseek_v3": 1, "gemma4_text": 1, "qwen3_next": 0}
+#: first), none (Mamba-2, a state-space model).
+UNUSUAL_LAYER = {"deepseek_v3": 1, "gemma4_text": 1, "qwen3_next": 0, "mamba2": 1}
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
@@ -163,9 +168,10 @@ def test_what_reads_or_writes_single_heads_is_refused(arch, model, run):
     with pytest.raises(TvLensError) as info:
         run(model, pool, UNUSUAL_LAYER[arch])
     message = str(info.value)
-    if arch == "qwen3_next":  # block 0 is a linear-attention layer
+    if arch in ("qwen3_next", "mamba2"):  # a block without heads (Qwen3-Next's first), or no heads at all
         assert isinstance(info.value, HookNotFoundError), message
-        assert "that block has no attention heads" in message and "do not apply to this model" in message, message
+        which = "that block has no attention heads" if arch == "qwen3_next" else "no block of this model has attention"
+        assert which in message and "do not apply to this model" in message, message
     else:
         assert isinstance(info.value, ModelNotSupportedError), message
         assert f"not [batch, pos, n_heads={model.cfg.n_heads}, d_head={model.cfg.d_head}]" in message, message

@@ -181,12 +181,17 @@ class ModelAdapter:
             self._hook_dict = self.model.hook_dict
         hook_point = self._hook_dict.get(name)
         if hook_point is None or not hasattr(hook_point, "add_hook"):
-            if name.endswith(".attn.hook_z") and any(key.endswith(".attn.hook_z") for key in self._hook_dict):
+            if name.endswith(".attn.hook_z"):
+                which = (
+                    "that block has no attention heads, though other blocks have (a linear-attention or state-space "
+                    "layer of a hybrid model)"
+                    if any(key.endswith(".attn.hook_z") for key in self._hook_dict)
+                    else "no block of this model has attention heads (a state-space model such as Mamba)"
+                )
                 raise HookNotFoundError(
-                    f"The model has no hook point {name!r}, though other blocks have one: that block has no "
-                    "attention heads (a linear-attention or state-space layer of a hybrid model). Head ablation, "
-                    "attribution and function vectors read the heads of every block, so they do not apply to this "
-                    "model; the residual-stream analyses do."
+                    f"The model has no hook point {name!r}: {which}. Head ablation, attribution and function vectors "
+                    "read the heads of every block, so they do not apply to this model; the residual-stream analyses "
+                    "do."
                 )
             raise HookNotFoundError(
                 f"The model has no hook point {name!r}. tv_lens reads `blocks.{{l}}.hook_resid_pre/mid/post`, "
