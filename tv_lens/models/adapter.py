@@ -209,10 +209,11 @@ class ModelAdapter:
         """
         if activation.ndim != 4 or tuple(activation.shape[2:]) != (self.n_heads, self.d_head):
             raise ModelNotSupportedError(
-                f"{hook_name} has shape {tuple(activation.shape)}, not [batch, pos, n_heads={self.n_heads}, "
-                f"d_head={self.d_head}] (one output per query head). Head ablation, attribution and function vectors "
-                "read and write each head there; this model's attention heads differ from its config (multi-head "
-                "latent attention, or layers with their own head sizes), so these analyses do not apply to it."
+                f"The heads' output (attn.hook_z, here {hook_name}) has shape {tuple(activation.shape)}, not "
+                f"[batch, pos, n_heads={self.n_heads}, d_head={self.d_head}] (one output per query head). Head "
+                "ablation, attribution and function vectors read and write each head there; this model's attention "
+                "heads differ from its config (multi-head latent attention, or layers with their own head sizes), so "
+                "these analyses do not apply to it."
             )
 
     @property
