@@ -381,10 +381,13 @@ LOCAL_MODELS = {
     "gemma2-bridge": ("gemma2", "bridge", {}),
     "gemma3_text-bridge": ("gemma3_text", "bridge", {}),
     "mistral-bridge": ("mistral", "bridge", {}),
+    "mixtral-bridge": ("mixtral", "bridge", {}),
+    "llama4_text-bridge": ("llama4_text", "bridge", {}),  # chunked attention, a layer without rotary positions
     # HookedTransformer (TransformerLens <= 3): its own KV cache; Qwen2's BOS doubles as the pad token
     "llama-hooked": ("llama", "hooked", {}),
     "mistral-hooked": ("mistral", "hooked", {}),  # a sliding window over its KV cache
     "phi3-hooked": ("phi3", "hooked", {}),
+    "gpt_oss-hooked": ("gpt_oss", "hooked", {}),  # attention sinks and a sliding window over its KV cache
     "qwen2-hooked-bos-pad": ("qwen2", "hooked", {"padding_side": "left", "bos_as_pad": True}),
 }
 
