@@ -186,7 +186,7 @@ def test_hooks_are_removed_after_an_error_inside_a_hook(model, monkeypatch):
     model.hook_dict["blocks.2.hook_resid_post"].add_hook(lambda act, hook: user_calls.append(1))
     try:
         before = hook_snapshot(model)
-        original = engine._write
+        original = engine.apply_plan
         count = {"n": 0}
 
         def faulty(*args, **kwargs):
@@ -195,7 +195,7 @@ def test_hooks_are_removed_after_an_error_inside_a_hook(model, monkeypatch):
                 raise RuntimeError("injected fault")
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(engine, "_write", faulty)
+        monkeypatch.setattr(engine, "apply_plan", faulty)
         weights = [p.detach().clone() for p in model.parameters()]
         with pytest.raises(RuntimeError, match="injected fault"):
             run_with_interventions(model, tokens, answer_pos, [ablate_head(0, 1), add(1, torch.ones(32))])

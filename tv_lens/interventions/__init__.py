@@ -1,6 +1,8 @@
 """Interventions: write to hook points per prompt, verified, one pass or a sweep of many.
 
 - :mod:`~tv_lens.interventions.specs`: what an intervention is (:func:`replace`, :func:`add`, :func:`ablate_head`).
+- :mod:`~tv_lens.interventions.plans`: an intervention resolved against a batch (:func:`resolve`) and the hook
+  that writes it.
 - :mod:`~tv_lens.interventions.engine`: :func:`run_with_interventions` runs a batch under a list of them and
   checks that each one wrote.
 - :mod:`~tv_lens.interventions.masking`: attention masking through hook points (``blocked_keys``), so that
@@ -10,13 +12,14 @@
   sweep runs (aligned prompts, cells) and returns, :mod:`~tv_lens.interventions.sweep_passes` its passes.
 """
 
-from tv_lens.interventions.engine import InterventionRun, WritePlan, resolve, run_with_interventions
+from tv_lens.interventions.engine import InterventionRun, run_with_interventions
 from tv_lens.interventions.masking import (
     BlockedKeysPrecisionError,
     mask_hooks,
     masking_strategy,
     supports_blocked_keys,
 )
+from tv_lens.interventions.plans import WritePlan, resolve
 from tv_lens.interventions.specs import Intervention, Positions, Rows, ablate_head, add, replace
 from tv_lens.interventions.sweep import AlignedPrompts, Cell, Score, Sweep, align, run_sweep, start_skips_blocks
 
