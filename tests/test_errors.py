@@ -103,6 +103,7 @@ from tv_lens.training import (
     TrainConfig,
     TVPConfig,
     apply_lora,
+    export_huggingface,
     finetune,
     list_checkpoints,
     load_checkpoint,
@@ -1145,6 +1146,13 @@ CASES = [
         ConfigError,
         r"Block 0 has no W_gate \(its MLP is not gated\)",
         r"LoRA targets of this model are among \['W_Q'",
+    ),
+    Case(
+        "export-of-a-model-that-wraps-no-huggingface-model",
+        lambda w: export_huggingface(w.model, w.files / "exported"),
+        ModelNotSupportedError,
+        r"export_huggingface writes the Hugging Face model a TransformerBridge wraps, and this \w+ wraps none",
+        r"load the model with TransformerBridge.boot_transformers, finetune it, then export it",
     ),
     Case(
         "text-pool-of-another-tokenizer",

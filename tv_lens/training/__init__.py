@@ -11,7 +11,8 @@
   ``"linear_regression"`` and ``"sparse_linear"``, in-context linear and sparse linear regression).
 - Checkpoints: :func:`load_checkpoint`, :func:`list_checkpoints`, :func:`latest_checkpoint`.
 - :func:`tvp_losses` / :func:`tvp_accuracy`; :func:`finetune`, :func:`apply_lora`, :func:`attach_lora`,
-  :func:`merge_lora`, :func:`remove_lora`.
+  :func:`merge_lora`, :func:`remove_lora`; :func:`export_huggingface` writes a finetuned bridge back as
+  Hugging Face files.
 
 Train the default model (a few minutes of CPU) and keep a checkpoint every 50 steps::
 
@@ -36,6 +37,7 @@ from tv_lens.training.config import (
     TrainConfig,
     TVPConfig,
 )
+from tv_lens.training.export import export_huggingface
 from tv_lens.training.finetune import attach_lora, prepare_model, select_blocks
 from tv_lens.training.loop import finetune, train
 from tv_lens.training.lora import apply_lora, lora_parameters, merge_lora, remove_lora
@@ -64,6 +66,7 @@ __all__ = [
     "TrainResult",
     "apply_lora",
     "attach_lora",
+    "export_huggingface",
     "finetune",
     "get_lr",
     "latest_checkpoint",

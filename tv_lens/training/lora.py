@@ -44,7 +44,16 @@ from torch.nn.utils import parametrize
 from tv_lens.errors import ConfigError, ModelNotSupportedError
 from tv_lens.training.config import LoRAConfig
 
-__all__ = ["LoRAUpdate", "apply_lora", "has_lora", "lora_parameters", "merge_lora", "remove_lora", "weight_targets"]
+__all__ = [
+    "LoRAUpdate",
+    "apply_lora",
+    "has_lora",
+    "lora_parameters",
+    "merge_lora",
+    "own_weights",
+    "remove_lora",
+    "weight_targets",
+]
 
 # Each weight LoRA can target -> where a block holds it. HookedTransformer: the module and the parameter (grouped-query
 # attention keeps its shared key/value weights as _W_K / _W_V), in the given layout. TransformerBridge: the LinearBridge
@@ -108,7 +117,7 @@ def _bridged_target(block: nn.Module, path: str) -> WeightTarget | None:
     for step in path.split("."):
         bridge = getattr(bridge, step, None)
     layer = getattr(bridge, "original_component", None)
-    if not isinstance(layer, nn.Module) or "weight" not in _own_weights(layer):
+    if not isinstance(layer, nn.Module) or "weight" not in own_weights(layer):
         return None
     kind = type(layer).__bases__[0] if parametrize.is_parametrized(layer) else type(layer)  # a parametrised copy
     layout = _BRIDGED_LAYOUTS.get(kind.__name__)
@@ -119,14 +128,14 @@ def _hooked_target(module: nn.Module | None, parameters: tuple[str, ...], layout
     """The first of ``parameters`` that a HookedTransformer attention or MLP module holds itself."""
     if not isinstance(module, nn.Module):
         return None
-    own = _own_weights(module)
+    own = own_weights(module)
     for parameter in parameters:
         if parameter in own:
             return WeightTarget(module, parameter, layout)
     return None
 
 
-def _own_weights(module: nn.Module) -> list[str]:
+def own_weights(module: nn.Module) -> list[str]:
     """Names of the weights held directly by ``module`` (parametrised ones included)."""
     names = [name for name, _ in module.named_parameters(recurse=False)]
     holder = _parametrizations(module)

@@ -1,0 +1,121 @@
+"""LoRA on real architectures, and the independent reference it is checked against: the update written by hand.
+
+``adapted(model, arch)`` puts LoRA with random (non-zero) ``B`` matrices on every weight of both blocks of a copy;
+``edit_huggingface`` writes an update into the Hugging Face model's own layers (GPT-2's fused ``c_attn``, GPT-NeoX's
+head-interleaved ``query_key_value``, Phi-3's fused ``qkv_proj`` and ``gate_up_proj``); ``edit_transformer_lens``
+writes it into the weights a HookedTransformer or a bridge's layer holds.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from pretrained_helpers import decoder
+
+from tv_lens.models.local_hf import ARCHITECTURES
+from tv_lens.training import LoRAConfig, apply_lora
+
+# No single MLP weight to adapt: LoRA on the attention only.
+MIXTURES_OF_EXPERTS = ("mixtral", "qwen3_moe", "gpt_oss", "llama4_text")
+GATED = tuple(a for a in ARCHITECTURES if a not in ("gpt2", "gpt_neox", *MIXTURES_OF_EXPERTS))  # the rest: gated MLPs
+TOKENS = torch.tensor([[1, 17, 230, 5, 99, 42, 7, 300], [2, 64, 64, 11, 8, 150, 3, 9]])
+
+
+def targets_of(arch: str) -> tuple[str, ...]:
+    if arch in MIXTURES_OF_EXPERTS:
+        return ("W_Q", "W_K", "W_V", "W_O")
+    return ("W_Q", "W_K", "W_V", "W_O", "W_in", *(("W_gate",) if arch in GATED else ()), "W_out")
+
+
+def adapted(model, arch: str):
+    """A copy of ``model`` with LoRA on every weight of both blocks and random (non-zero) ``B`` matrices.
+
+    Returns the copy and ``[(block, target, delta [d_in, d_out])]`` of every update, in the order applied.
+    """
+    copied = copy.deepcopy(model)
+    targets = targets_of(arch)
+    updates = apply_lora(copied, (0, 1), LoRAConfig(rank=2, alpha=3.0, targets=targets, seed=5))
+    generator = torch.Generator().manual_seed(0)
+    deltas = []
+    for index, update in enumerate(updates):
+        with torch.no_grad():
+            update.lora_B.copy_(torch.randn(update.lora_B.shape, generator=generator) * 0.05)
+        deltas.append(
+            (index // len(targets), targets[index % len(targets)], update.scale * update.lora_A @ update.lora_B)
+        )
+    return copied.eval(), deltas
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(TOKENS).double()
+
+
+def edit_huggingface(hf, arch: str, block: int, target: str, delta: torch.Tensor) -> None:
+    """Add ``delta`` (``[d_in, d_out]``, heads concatenated) to the Hugging Face layer that holds ``target``."""
+    base = decoder(hf)
+    with torch.no_grad():
+        if arch == "gpt2":  # Conv1D layers, [in, out]; c_attn holds q | k | v side by side
+            layer = base.h[block]
+            d = hf.config.n_embd
+            fused = {"W_Q": slice(0, d), "W_K": slice(d, 2 * d), "W_V": slice(2 * d, 3 * d)}
+            if target in fused:
+                layer.attn.c_attn.weight[:, fused[target]] += delta
+            else:
+                {"W_O": layer.attn.c_proj, "W_in": layer.mlp.c_fc, "W_out": layer.mlp.c_proj}[target].weight += delta
+        elif arch == "gpt_neox":  # nn.Linear, [out, in]; query_key_value rows are [head, (q, k, v), d_head]
+            layer = base.layers[block]
+            if target in ("W_Q", "W_K", "W_V"):
+                n_heads = hf.config.num_attention_heads
+                rows = layer.attention.query_key_value.weight.view(n_heads, 3, -1, delta.shape[0])
+                rows[:, ("W_Q", "W_K", "W_V").index(target)] += delta.T.reshape(n_heads, -1, delta.shape[0])
+            else:
+                module = {
+                    "W_O": layer.attention.dense,
+                    "W_in": layer.mlp.dense_h_to_4h,
+                    "W_out": layer.mlp.dense_4h_to_h,
+                }
+                module[target].weight += delta.T
+        elif arch == "phi3":  # nn.Linear, [out, in]; qkv_proj rows are q | k | v, gate_up_proj rows gate | up
+            layer = base.layers[block]
+            d_q = hf.config.hidden_size
+            d_kv = hf.config.num_key_value_heads * (d_q // hf.config.num_attention_heads)
+            fused = {
+                "W_Q": (layer.self_attn.qkv_proj, slice(0, d_q)),
+                "W_K": (layer.self_attn.qkv_proj, slice(d_q, d_q + d_kv)),
+                "W_V": (layer.self_attn.qkv_proj, slice(d_q + d_kv, d_q + 2 * d_kv)),
+                "W_gate": (layer.mlp.gate_up_proj, slice(0, hf.config.intermediate_size)),
+                "W_in": (layer.mlp.gate_up_proj, slice(hf.config.intermediate_size, None)),
+                "W_O": (layer.self_attn.o_proj, slice(None)),
+                "W_out": (layer.mlp.down_proj, slice(None)),
+            }
+            module, rows = fused[target]
+            module.weight[rows] += delta.T
+        else:  # Llama, Qwen2/3, Gemma-2/3, Mistral, OLMo-2: nn.Linear, [out, in]
+            layer = base.layers[block]
+            attention = {"W_Q": "q_proj", "W_K": "k_proj", "W_V": "v_proj", "W_O": "o_proj"}
+            mlp = {"W_in": "up_proj", "W_gate": "gate_proj", "W_out": "down_proj"}
+            module = (
+                getattr(layer.self_attn, attention[target]) if target in attention else getattr(layer.mlp, mlp[target])
+            )
+            module.weight += delta.T
+
+
+def edit_transformer_lens(model, block: int, target: str, delta: torch.Tensor) -> None:
+    """Add ``delta`` (``[d_in, d_out]``) to ``target`` as a HookedTransformer or a bridge's layer holds it."""
+    layer = model.blocks[block]
+    with torch.no_grad():
+        if hasattr(layer.attn, "W_Q") and isinstance(layer.attn.W_Q, torch.nn.Parameter):
+            part = layer.attn if target.startswith(("W_Q", "W_K", "W_V", "W_O")) else layer.mlp
+            name = target if hasattr(part, target) and target in dict(part.named_parameters()) else f"_{target}"
+            weight = getattr(part, name)
+            if target in ("W_Q", "W_K", "W_V"):  # [heads, d_in, d_head]
+                weight += delta.reshape(delta.shape[0], weight.shape[0], weight.shape[2]).permute(1, 0, 2)
+            else:  # W_O [heads, d_head, d_model]; MLP [d_in, d_out]
+                weight += delta.reshape(weight.shape)
+            return
+        path = {"W_Q": "attn.q", "W_K": "attn.k", "W_V": "attn.v", "W_O": "attn.o"}.get(target)
+        path = path or {"W_in": "mlp.in", "W_gate": "mlp.gate", "W_out": "mlp.out"}[target]
+        module = layer.get_submodule(path).original_component
+        module.weight += delta.T if isinstance(module, torch.nn.Linear) else delta

@@ -1,0 +1,248 @@
+"""Write a finetuned ``TransformerBridge`` back as Hugging Face files, checked to compute what the bridge computes.
+
+A bridge runs the Hugging Face model it wraps, so its weights are Hugging Face's, with two exceptions this module
+undoes: LoRA adapters (their update ``W + (alpha / rank) · A B`` is written into the weight, the model keeps its
+adapters) and fused layers the bridge splits into pieces of its own (GPT-NeoX's head-interleaved
+``query_key_value``, GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` and ``gate_up_proj``): a finetuned piece lives in
+the bridge's copy, so the fused weight is rebuilt from the pieces. Where the pieces come from in the fused
+weight is read off the bridge's own split function, run once on a weight of position numbers.
+
+The weights are loaded (sharing the bridge's tensors where unchanged) into a Hugging Face model of the same class
+built without memory of its own, which is run beside the bridge on a probe batch: only a model whose logits
+agree is written. A bridge whose weights are not Hugging Face's (compatibility mode folds norms and centres
+weights on some architectures) is refused there, nothing written.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor, nn
+
+from tv_lens.errors import ConfigError, ModelNotSupportedError
+from tv_lens.models.exclusive import evaluating, user_hooks_detached
+from tv_lens.training.lora import own_weights
+
+__all__ = ["export_huggingface"]
+
+# The bridge's split functions -> the pieces they return, as children of the bridge component that holds them.
+_SPLITS = {"split_qkv_matrix": ("q", "k", "v"), "split_gate_up_matrix": ("gate", "in")}
+# Largest |logit difference| between the exported model and the bridge, relative to the largest |logit|.
+_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
+_HALF_TOLERANCE = 2e-2
+_PROBE_SHAPE = (2, 16)
+
+
+def export_huggingface(model: Any, folder: Path | str) -> Path:
+    """Save a ``TransformerBridge`` (finetuned, LoRA adapters included) as a Hugging Face folder; returns it.
+
+    The folder holds the config, the weights (safetensors) and the tokenizer, and loads with
+    ``AutoModelForCausalLM.from_pretrained`` and ``TransformerBridge.boot_transformers``. LoRA updates are
+    written merged; ``model`` is left as it is. Before anything is written, the Hugging Face model those files
+    hold is run on a probe batch (two rows of 16 seeded random token ids) and must give the bridge's logits.
+
+    Args:
+        model: A ``TransformerBridge`` (without compatibility mode on the architectures where it processes the
+            weights).
+        folder: A new folder, or an empty one: export never writes over files.
+
+    Raises:
+        ModelNotSupportedError: ``model`` is not a bridge, holds weights that are not in memory, or the written
+            model would not compute what the bridge computes.
+        ConfigError: ``folder`` exists and is not an empty folder.
+    """
+    source = getattr(model, "original_model", None)
+    if not isinstance(source, nn.Module) or not hasattr(source, "save_pretrained"):
+        raise ModelNotSupportedError(
+            f"export_huggingface writes the Hugging Face model a TransformerBridge wraps, and this "
+            f"{type(model).__name__} wraps none. A HookedTransformer holds TransformerLens's processed weights (folded norms, centred "
+            "weights), which Hugging Face files do not describe: load the model with "
+            "TransformerBridge.boot_transformers, finetune it, then export it. A model tv_lens trained from "
+            "scratch is saved by its training checkpoints."
+        )
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ConfigError(
+            f"{folder} exists and is not an empty folder; export writes a new folder and never writes over "
+            "files. Pass a new path."
+        )
+    with user_hooks_detached(model), evaluating(model), torch.no_grad():
+        exported = _empty_model(source)
+        wanted = {name for name, _ in (*exported.named_parameters(), *exported.named_buffers())}
+        weights = _effective_tensors(source, wanted | set(exported.state_dict()))
+        for component in model.modules():
+            _fuse_split_pieces(component, weights)
+        _fill(exported, weights)
+        _check_same_logits(model, exported)
+        return _write(exported, getattr(model, "tokenizer", None), folder)
+
+
+def _effective_tensors(source: nn.Module, wanted: set[str]) -> dict[str, Tensor]:
+    """The ``wanted`` parameters and buffers of the wrapped model, by Hugging Face name, LoRA updates applied.
+
+    The bridge puts its components where the Hugging Face modules were and keeps each original as
+    ``_original_component``: dropping that name from a path gives the Hugging Face one.
+    """
+    found: dict[str, Tensor] = {}
+    for path, module in source.named_modules(remove_duplicate=False):
+        steps = path.split(".")
+        if "parametrizations" in steps:
+            continue
+        for attribute in (*own_weights(module), *module._buffers):
+            name = ".".join(step for step in (*steps, attribute) if step and step != "_original_component")
+            if name in wanted and name not in found:
+                value = getattr(module, attribute)  # a LoRA-parametrised weight is computed here
+                if isinstance(value, Tensor):
+                    found[name] = value.detach()
+    return found
+
+
+class _PositionProbe:
+    """Stands in for a module whose fused layer a bridge splits.
+
+    Each layer it is asked for has weights that hold their own flat positions (float64), so the pieces the split
+    returns say where they came from.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = module
+        self.read: dict[str, nn.Module] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._module, name)
+        layer = getattr(value, "original_component", value)
+        weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
+        if not isinstance(layer, nn.Module) or not isinstance(weight, Tensor):
+            return value
+        self.read[name] = layer
+        return types.SimpleNamespace(
+            weight=_positions(weight), bias=_positions(bias) if isinstance(bias, Tensor) else None
+        )
+
+
+def _positions(tensor: Tensor) -> Tensor:
+    return torch.arange(tensor.numel(), dtype=torch.float64).reshape(tensor.shape)
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    return (a.data_ptr(), a.shape, a.stride()) == (b.data_ptr(), b.shape, b.stride())
+
+
+def _fuse_split_pieces(component: nn.Module, weights: dict[str, Tensor]) -> None:
+    """Rebuild the fused weight (and bias) that ``component`` split into pieces from the pieces as they are now."""
+    for split_name, piece_names in _SPLITS.items():
+        split = getattr(component, split_name, None)
+        original = getattr(component, "original_component", None)
+        if not callable(split) or not isinstance(original, nn.Module):
+            continue
+        probe = _PositionProbe(original)
+        pieces = split(probe)
+        if len(probe.read) != 1:
+            raise ModelNotSupportedError(
+                f"The bridge's {split_name} of {type(original).__name__} read {sorted(probe.read)}, not one fused "
+                "layer; its pieces cannot be written back."
+            )
+        (fused,) = probe.read.values()
+        for attribute in ("weight", "bias"):
+            target = getattr(fused, attribute, None)
+            if not isinstance(target, Tensor):
+                continue
+            rebuilt = target.detach().clone()
+            covered = torch.zeros(target.numel(), dtype=torch.bool)
+            for position_piece, piece_name in zip(pieces, piece_names, strict=True):
+                positions = getattr(position_piece, attribute).detach().flatten()
+                index = positions.long()
+                if (
+                    not torch.equal(index.double(), positions)
+                    or covered[index].any()
+                    or len(index.unique()) < len(index)
+                ):
+                    raise ModelNotSupportedError(
+                        f"The bridge's {split_name} of {type(original).__name__} does not take its pieces from "
+                        "distinct entries of the fused weight; they cannot be written back."
+                    )
+                covered[index] = True
+                layer = getattr(component, piece_name).original_component
+                rebuilt.view(-1)[index.to(rebuilt.device)] = getattr(layer, attribute).detach().flatten()
+            for name, value in weights.items():
+                if _same_tensor(value, target):
+                    weights[name] = rebuilt
+
+
+def _empty_model(source: nn.Module) -> Any:
+    """A Hugging Face model of ``source``'s class, config and generation settings on the meta device (no memory)."""
+    with torch.device("meta"):
+        exported = type(source)(copy.deepcopy(source.config))
+    if getattr(source, "generation_config", None) is not None:
+        exported.generation_config = copy.deepcopy(source.generation_config)
+    return exported
+
+
+def _fill(exported: Any, weights: dict[str, Tensor]) -> None:
+    """Give the empty ``exported`` model ``weights`` (those tensors, not copies), in eval mode."""
+    names = list(exported.state_dict())
+    absent = [name for name in names if name not in weights]
+    if absent:
+        raise ModelNotSupportedError(
+            f"The bridge holds no weight for {absent[:3]} of {type(exported).__name__} ({len(absent)} in all); it "
+            "cannot be written back as this Hugging Face model."
+        )
+    exported.load_state_dict({name: weights[name] for name in names}, strict=True, assign=True)
+    for name, buffer in list(exported.named_buffers()):
+        if buffer.is_meta and name in weights:  # buffers left out of the state dict (rotary frequencies)
+            owner, _, attribute = name.rpartition(".")
+            exported.get_submodule(owner)._buffers[attribute] = weights[name]
+    empty = [name for name, t in (*exported.named_parameters(), *exported.named_buffers()) if t.is_meta]
+    if empty:
+        raise ModelNotSupportedError(
+            f"{empty[:3]} of the model are not in memory (offloaded to disk?): load the bridge with every weight "
+            "on one device to export it."
+        )
+    exported.eval()
+
+
+def _check_same_logits(model: Any, exported: Any) -> None:
+    """Refuse unless ``exported`` gives the bridge's logits on a probe batch of seeded random token ids."""
+    generator = torch.Generator().manual_seed(0)
+    probe: Int[Tensor, "batch pos"] = torch.randint(0, int(model.cfg.d_vocab), _PROBE_SHAPE, generator=generator)
+    tokens = probe.to(next(exported.parameters()).device)
+    expected = model(tokens).double()
+    found = exported(tokens).logits.double()
+    difference = (found - expected).abs().max().item()
+    dtype = next(exported.parameters()).dtype
+    allowed = _TOLERANCE.get(dtype, _HALF_TOLERANCE) * max(expected.abs().max().item(), 1.0)
+    if not difference <= allowed:
+        hint = (
+            " Compatibility mode processed the bridge's weights (folded norms, centred weights): load the model "
+            "without it to finetune and export."
+            if getattr(model, "compatibility_mode", False)
+            else ""
+        )
+        raise ModelNotSupportedError(
+            f"The Hugging Face model these weights make does not compute what the bridge computes (largest logit "
+            f"difference {difference:.3g}, allowed {allowed:.3g}); nothing was written.{hint}"
+        )
+
+
+def _write(exported: Any, tokenizer: Any, folder: Path) -> Path:
+    """Save the model and tokenizer into a new folder beside ``folder``, then move it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        exported.save_pretrained(staging)
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(staging)
+        if folder.exists():
+            folder.rmdir()  # empty: checked above
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
