@@ -85,7 +85,7 @@ def test_the_exported_folder_boots_as_a_bridge_with_the_same_tokenizer(tmp_path_
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_model_that_wraps_no_huggingface_model_is_refused(tmp_path, backend):
     with pytest.raises(
-        ModelNotSupportedError, match="wraps none. A HookedTransformer holds TransformerLens's processed weights"
+        ModelNotSupportedError, match=r"wraps none\. A HookedTransformer holds TransformerLens's processed weights"
     ):
         export_huggingface(tiny_model(backend), tmp_path / "tuned")
     assert not (tmp_path / "tuned").exists()

@@ -9,6 +9,7 @@ as this file lays them out. The text objective's loss is checked against each pr
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -54,6 +55,7 @@ from tv_lens.training import (
     merge_lora,
     train,
 )
+from tv_lens.training.finetune import parameter_digest
 from tv_lens.training.lora import has_lora, weight_targets
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
@@ -220,12 +222,25 @@ def test_text_finetuning_in_micro_batches_trains_as_the_whole_batch(tmp_path_fac
     assert any(torch.count_nonzero(p) for p in runs[0][1][1::2])  # the B matrices trained
 
 
+def digests_taken(monkeypatch) -> list[torch.Tensor]:
+    """From now on, every tensor whose frozen-parameter digest tv_lens takes, in order."""
+    taken: list[torch.Tensor] = []
+
+    def counted(parameter):
+        taken.append(parameter)
+        return parameter_digest(parameter)
+
+    for module in ("tv_lens.training.finetune", "tv_lens.training.checkpoint_record"):
+        monkeypatch.setattr(importlib.import_module(module), "parameter_digest", counted)
+    return taken
+
+
 CHECKPOINTED = [("llama", "bridge"), *(("qwen2", "hooked"),) * ("qwen2" in HOOKED_ARCHITECTURES)]
 
 
 @pytest.mark.parametrize(("arch", "loader"), CHECKPOINTED, ids=[f"{a}-{loader}" for a, loader in CHECKPOINTED])
 def test_finetuning_checkpoints_of_a_pretrained_model_hold_what_trains_and_resume_exactly(
-    tmp_path_factory, tmp_path, arch, loader
+    tmp_path_factory, tmp_path, monkeypatch, arch, loader
 ):
     """The frozen weights are left out (their digests kept); resuming on the model loaded again is bit-exact."""
     folder = loaded(tmp_path_factory, arch, loader).folder
@@ -248,8 +263,14 @@ def test_finetuning_checkpoints_of_a_pretrained_model_hold_what_trains_and_resum
     assert set(checkpoint.parameters) == {n for n, p in first.model.named_parameters() if p.requires_grad}
     assert all("lora_" in name for name in checkpoint.parameters)
     assert len(checkpoint.frozen) > len(checkpoint.parameters)
+    digested = digests_taken(monkeypatch)
     resumed = run(resume_from=tmp_path / "b")
     assert resumed.history["loss"].tolist() == whole.history["loss"].tolist()
+    # Each frozen weight is read when the checkpoint is checked against the model and when the run ends, not again.
+    frozen = {name: p for name, p in resumed.model.named_parameters() if name in checkpoint.frozen}
+    assert len(frozen) == len(checkpoint.frozen)
+    assert sorted(id(t) for t in digested) == sorted(id(p) for p in frozen.values() for _ in range(2))
+    monkeypatch.undo()
     for ours, theirs in zip(lora_parameters(resumed.model), lora_parameters(whole.model), strict=True):
         assert torch.equal(ours, theirs)
 

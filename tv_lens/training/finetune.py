@@ -146,12 +146,19 @@ class FrozenCheck:
     it trains), and any change of a bit changes the digest.
     """
 
-    def __init__(self, model: Any, trainable: list[nn.Parameter]) -> None:
+    def __init__(self, model: Any, trainable: list[nn.Parameter], known: dict[str, str] | None = None) -> None:
+        """Fingerprint the parameters of ``model`` not in ``trainable``.
+
+        ``known``: digests already checked against this model (a resumed run's checkpoint), used as they are when
+        they name exactly the frozen parameters, so that an 8B model is not read twice.
+        """
         trained = {id(p) for p in trainable}
         self._model = model
-        self._frozen: dict[str, str] = {
-            name: parameter_digest(p) for name, p in model.named_parameters() if id(p) not in trained
-        }
+        frozen = {name: p for name, p in model.named_parameters() if id(p) not in trained}
+        if known is not None and known.keys() == frozen.keys():
+            self._frozen = {name: known[name] for name in frozen}
+        else:
+            self._frozen = {name: parameter_digest(p) for name, p in frozen.items()}
 
     @property
     def names(self) -> tuple[str, ...]:

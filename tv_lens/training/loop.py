@@ -133,7 +133,7 @@ def train(
             )
         if checkpoint_dir is not None and config.checkpoint_every:
             check_checkpoint_directory(checkpoint_dir)
-        frozen = FrozenCheck(model, trainable) if config.finetune is not None else None
+        frozen = FrozenCheck(model, trainable, known=state.frozen) if config.finetune is not None else None
         # A model not built from a config (a pretrained one) is loaded again to resume: checkpoints of its
         # finetuning hold what trains, and digests of the rest.
         left_out = frozen.digests if frozen is not None and model_config is None else None

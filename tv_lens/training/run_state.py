@@ -29,12 +29,17 @@ __all__ = ["RunState", "checkpoint_directory", "describe_pool", "resume_run", "s
 
 @dataclass
 class RunState:
-    """Where a run stands: steps done, history and evaluation rows so far, training time so far."""
+    """Where a run stands: steps done, history and evaluation rows so far, training time so far.
+
+    ``frozen``: name → digest of the parameters a resumed finetuning run leaves as they are, checked against the
+    model when the checkpoint was loaded (``None`` for a run that starts, or whose checkpoint holds every parameter).
+    """
 
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    frozen: dict[str, str] | None = None
 
 
 def describe_pool(pool: Any) -> dict[str, Any]:
@@ -115,7 +120,9 @@ def resume_run(
         if name not in generators:
             raise CheckpointError(f"{path} has the random state of module {name!r}, which this model lacks.")
         generators[name].set_state(rng_state)
-    return RunState(checkpoint.step, list(checkpoint.history), list(checkpoint.evals), checkpoint.elapsed_s)
+    return RunState(
+        checkpoint.step, list(checkpoint.history), list(checkpoint.evals), checkpoint.elapsed_s, checkpoint.frozen
+    )
 
 
 def _generators(model: Any) -> dict[str, torch.Generator]:
