@@ -544,6 +544,20 @@ CASES = [
         r"Layer 2 is not among the layers of these task vectors, \(0, 1\)",
         r"compute these task vectors again with that layer",
     ),
+    Case(
+        "task-vectors-combined-from-a-list",
+        lambda w: w.vectors.combine([("offset(1)", 1.0)], "mine"),
+        AnalysisError,
+        r"combine takes a dict of task name -> weight",
+        r"e\.g\. \{'first-antonym': 1\.0, 'last-copy': 1\.0, 'first-copy': -1\.0\}",
+    ),
+    Case(
+        "task-vectors-combining-a-task-they-lack",
+        lambda w: w.vectors.combine({"offset(1)": 1.0, "xor": -1.0}, "mine"),
+        TaskError,
+        r"Task 'xor' has no task vector; these cover \['offset\(1\)'",
+        r"Combine tasks among them",
+    ),
     # --- NaN and infinities ---
     Case(
         "nan-weights-decodability",

@@ -8,6 +8,7 @@ sweep of the vector and the bundle of all four live in :mod:`tv_lens.results.fun
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, Task
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.axes import layer_index
 from tv_lens.results.base import Result
+from tv_lens.results.combination import combination
 from tv_lens.results.decodability import ALL_TASKS
 from tv_lens.results.provenance import VectorProvenance, check_vector_model, with_application
 from tv_lens.results.shared import SweepSettings
@@ -262,6 +264,21 @@ class FunctionVector(Result):
     def get(self, task: str) -> Float[Tensor, " d_model"]:
         """The function vector of ``task``."""
         return self.vectors[_task_index(self.task_names, task, "function vector")]
+
+    def combine(self, weights: Mapping[str, float], name: str) -> FunctionVector:
+        """One function vector ``name``: ``Σ weight · vector`` of the named tasks (each head's output likewise).
+
+        Todd et al.'s vector algebra, e.g. ``combine({"last-copy": 1, "first-antonym": 1, "first-copy": -1},
+        "last-antonym")``; the provenance keeps how to apply it and says what it combines.
+        """
+        combined = combination(self.task_names, weights, name, "function vector")
+        return FunctionVector(
+            vectors=combined.of(self.vectors),
+            task_names=(name,),
+            heads=self.heads,
+            head_outputs=combined.of(self.head_outputs),
+            provenance=combined.provenance(self.provenance),
+        )
 
     def applied_as(
         self, layers: int | tuple[int, ...] | None = None, operation: str | None = None, scale: float | None = None

@@ -36,7 +36,7 @@ The means are computed in :mod:`tv_lens.task_vectors.means`, the prompts they av
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -49,6 +49,7 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.probes import Representations, check_residual_site, collect
 from tv_lens.results.axes import layer_axis, layer_index, layer_label
 from tv_lens.results.base import Result
+from tv_lens.results.combination import combination
 from tv_lens.results.provenance import (
     ModelSignature,
     VectorProvenance,
@@ -249,6 +250,22 @@ class TaskVectors(Result):
             n_prompts=self.n_prompts[t],
             n_positions=self.n_positions[t],
             provenance=_kept_layers(self.provenance, tuple(self.layers[i] for i in ls)),
+        )
+
+    def combine(self, weights: Mapping[str, float], name: str) -> TaskVectors:
+        """One task ``name`` at every layer: ``Σ weight · vector`` of the named tasks (Todd et al.'s vector algebra).
+
+        ``n_prompts`` and ``n_positions`` of the new task count those of every task it combines; the provenance
+        keeps how to apply it and says what it combines.
+        """
+        combined = combination(self.task_names, weights, name, "task vector")
+        return replace(
+            self,
+            vectors=combined.of(self.vectors),
+            task_names=(name,),
+            n_prompts=self.n_prompts[combined.rows].sum().reshape(1),
+            n_positions=self.n_positions[combined.rows].sum().reshape(1),
+            provenance=combined.provenance(self.provenance),
         )
 
     def applied_as(

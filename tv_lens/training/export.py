@@ -62,8 +62,8 @@ def export_huggingface(model: Any, folder: Path | str) -> Path:
     if not isinstance(source, nn.Module) or not hasattr(source, "save_pretrained"):
         raise ModelNotSupportedError(
             f"export_huggingface writes the Hugging Face model a TransformerBridge wraps, and this "
-            f"{type(model).__name__} wraps none. A HookedTransformer holds TransformerLens's processed weights (folded norms, centred "
-            "weights), which Hugging Face files do not describe: load the model with "
+            f"{type(model).__name__} wraps none. A HookedTransformer holds TransformerLens's processed weights "
+            "(folded norms, centred weights), which Hugging Face files do not describe: load the model with "
             "TransformerBridge.boot_transformers, finetune it, then export it. A model tv_lens trained from "
             "scratch is saved by its training checkpoints."
         )
