@@ -1,4 +1,4 @@
-"""Fuzzing the vector tools: steering with a vector and decoding vectors through the logit lens."""
+"""Fuzzing the vector tools: steering with a vector, decoding vectors through the logit lens, vector algebra."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from tv_lens.analyses import decode_vectors
 from tv_lens.steering import steer, steering
+from tv_lens.task_vectors import TaskVectors
 
 LAYER = mostly(st.integers(-1, N_LAYERS - 1), st.sampled_from([N_LAYERS, -2, 0.5, "0", None, True]))
 OPERATION = mostly(st.sampled_from(["replace", "add"]), st.sampled_from(["ablate", "", None, 1]))
@@ -88,3 +89,27 @@ def test_decode_vectors(backend: str, vector: Any, k: Any) -> None:
         frame = decoding.to_frame()
         assert len(frame) > 0 and len(frame) % k == 0
         assert D_MODEL > 0
+
+
+TASKS = ("a", "b", "c")
+WEIGHT = mostly(
+    st.floats(-1e3, 1e3, allow_nan=False), st.sampled_from([float("nan"), float("inf"), 1e308, "1", True, None])
+)
+
+
+@fuzz_settings(60)
+@given(
+    weights=mostly(
+        st.dictionaries(st.sampled_from(TASKS), WEIGHT, min_size=1, max_size=3),
+        st.one_of(st.dictionaries(st.text(max_size=2), WEIGHT, max_size=2), st.lists(st.integers()), st.none()),
+    ),
+    name=mostly(st.text(min_size=1, max_size=4), st.sampled_from(["", None, 3])),
+)
+def test_combine(weights: Any, name: Any) -> None:
+    vectors = torch.randn(3, 2, D_MODEL, generator=torch.Generator().manual_seed(0))
+    tv = TaskVectors(vectors, (0, 1), TASKS, torch.tensor([4, 5, 6]), torch.tensor([4, 5, 6]))
+    combined = outcome(fuzz_model(), lambda: tv.combine(weights, name))  # no model involved: none to hook
+    if combined is not None:
+        expected = sum(w * vectors[TASKS.index(t)].double() for t, w in weights.items())
+        torch.testing.assert_close(combined.vectors[0].double(), expected, atol=1e-4, rtol=1e-5)
+        assert combined.task_names == (name,) and int(combined.n_prompts) == sum(4 + TASKS.index(t) for t in weights)

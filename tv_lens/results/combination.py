@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tv_lens.checks import is_number
-from tv_lens.errors import AnalysisError, TaskError
+from tv_lens.errors import AnalysisError, NonFiniteError, TaskError
 from tv_lens.results.provenance import VectorProvenance
 
 __all__ = ["Combination", "combination"]
@@ -45,7 +45,13 @@ class Combination:
         """``Σ weight · vectors[row]`` over the named rows, in ``vectors``' dtype, as a task axis of length 1."""
         picked = vectors[self.rows].double()
         weights = self.weights.to(picked.device).reshape(-1, *([1] * (picked.ndim - 1)))
-        return (weights * picked).sum(0, keepdim=True).to(vectors.dtype)
+        combined = (weights * picked).sum(0, keepdim=True).to(vectors.dtype)
+        if not bool(torch.isfinite(combined).all()):
+            raise NonFiniteError(
+                f"The combination {self.expression} has NaN or infinite entries in {vectors.dtype}; use weights "
+                "of a size the vectors can take, and check that the vectors are finite."
+            )
+        return combined
 
     def provenance(self, provenance: VectorProvenance | None) -> VectorProvenance | None:
         """``provenance`` whose prompts say that the vector is this combination of the ones they built."""
