@@ -1165,7 +1165,7 @@ CASES = [
         "export-of-a-model-that-wraps-no-huggingface-model",
         lambda w: export_huggingface(w.model, w.files / "exported"),
         ModelNotSupportedError,
-        r"export_huggingface writes the Hugging Face model a TransformerBridge wraps, and this \w+ wraps none",
+        r"Export writes the Hugging Face model a TransformerBridge wraps, and this \w+ wraps none",
         r"load the model with TransformerBridge.boot_transformers, finetune it, then export it",
     ),
     Case(

@@ -119,3 +119,18 @@ def edit_transformer_lens(model, block: int, target: str, delta: torch.Tensor) -
         path = path or {"W_in": "mlp.in", "W_gate": "mlp.gate", "W_out": "mlp.out"}[target]
         module = layer.get_submodule(path).original_component
         module.weight += delta.T if isinstance(module, torch.nn.Linear) else delta
+
+
+def huggingface(folder):
+    """The Hugging Face model of a ``save_pretrained`` folder, eager attention, eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+
+
+def assert_same_weights(found, expected) -> None:
+    """The two models hold the same weights under the same names."""
+    found, expected = found.state_dict(), expected.state_dict()
+    assert found.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(found[name], tensor, atol=1e-6, rtol=1e-6, msg=name)

@@ -13,7 +13,16 @@ import copy
 import pytest
 import torch
 from conftest import BACKENDS
-from lora_helpers import GATED, TOKENS, adapted, edit_huggingface, edit_transformer_lens, logits
+from lora_helpers import (
+    GATED,
+    TOKENS,
+    adapted,
+    assert_same_weights,
+    edit_huggingface,
+    edit_transformer_lens,
+    huggingface,
+    logits,
+)
 from pretrained_helpers import (
     load,
     loaded,
@@ -25,19 +34,6 @@ from tv_lens.errors import ConfigError, ModelNotSupportedError
 from tv_lens.models.local_hf import ARCHITECTURES
 from tv_lens.training import export_huggingface
 from tv_lens.training.lora import has_lora
-
-
-def huggingface(folder):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-
-
-def assert_same_weights(found, expected) -> None:
-    found, expected = found.state_dict(), expected.state_dict()
-    assert found.keys() == expected.keys()
-    for name, tensor in expected.items():
-        torch.testing.assert_close(found[name], tensor, atol=1e-6, rtol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("finetuning", ["lora", "full"])
@@ -110,7 +106,7 @@ def test_weights_that_do_not_compute_what_the_bridge_computes_are_not_written(tm
     from tv_lens.training import export
 
     model, _ = adapted(loaded(tmp_path_factory, "gpt_neox", "bridge").model, "gpt_neox")
-    monkeypatch.setattr(export, "_fuse_split_pieces", lambda component, weights: None)  # the fused weights stay stale
+    monkeypatch.setattr(export, "_fuse", lambda split, weights: None)  # the fused weights stay stale
     with pytest.raises(ModelNotSupportedError, match="does not compute what the bridge computes"):
         export_huggingface(model, tmp_path / "tuned")
     assert list(tmp_path.iterdir()) == []

@@ -274,7 +274,7 @@ class FunctionVector(Result):
         combined = combination(self.task_names, weights, name, "function vector")
         return FunctionVector(
             vectors=combined.of(self.vectors),
-            task_names=(name,),
+            task_names=(combined.name,),
             heads=self.heads,
             head_outputs=combined.of(self.head_outputs),
             provenance=combined.provenance(self.provenance),

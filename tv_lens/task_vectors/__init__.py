@@ -262,7 +262,7 @@ class TaskVectors(Result):
         return replace(
             self,
             vectors=combined.of(self.vectors),
-            task_names=(name,),
+            task_names=(combined.name,),
             n_prompts=self.n_prompts[combined.rows].sum().reshape(1),
             n_positions=self.n_positions[combined.rows].sum().reshape(1),
             provenance=combined.provenance(self.provenance),

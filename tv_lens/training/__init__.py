@@ -12,7 +12,7 @@
 - Checkpoints: :func:`load_checkpoint`, :func:`list_checkpoints`, :func:`latest_checkpoint`.
 - :func:`tvp_losses` / :func:`tvp_accuracy`; :func:`finetune`, :func:`apply_lora`, :func:`attach_lora`,
   :func:`merge_lora`, :func:`remove_lora`; :func:`export_huggingface` writes a finetuned bridge back as
-  Hugging Face files.
+  Hugging Face files, :func:`export_lora_adapter` its LoRA adapters as a PEFT adapter.
 
 Train the default model (a few minutes of CPU) and keep a checkpoint every 50 steps::
 
@@ -41,6 +41,7 @@ from tv_lens.training.export import export_huggingface
 from tv_lens.training.finetune import attach_lora, prepare_model, select_blocks
 from tv_lens.training.loop import finetune, train
 from tv_lens.training.lora import apply_lora, lora_parameters, merge_lora, remove_lora
+from tv_lens.training.lora_export import export_lora_adapter
 from tv_lens.training.objectives import Objective, RegressionObjective, TextObjective, TokenObjective, objective_for
 from tv_lens.training.recipe import Recipe, RecipeRegistry, recipes
 from tv_lens.training.result import TrainResult
@@ -67,6 +68,7 @@ __all__ = [
     "apply_lora",
     "attach_lora",
     "export_huggingface",
+    "export_lora_adapter",
     "finetune",
     "get_lr",
     "latest_checkpoint",

@@ -19,6 +19,8 @@ import copy
 import shutil
 import tempfile
 import types
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,15 @@ from tv_lens.errors import ConfigError, ModelNotSupportedError
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.training.lora import own_weights
 
-__all__ = ["export_huggingface"]
+__all__ = [
+    "SplitLayer",
+    "check_new_folder",
+    "export_huggingface",
+    "huggingface_model",
+    "huggingface_source",
+    "split_layers",
+    "write_new_folder",
+]
 
 # The bridge's split functions -> the pieces they return, as children of the bridge component that holds them.
 _SPLITS = {"split_qkv_matrix": ("q", "k", "v"), "split_gate_up_matrix": ("gate", "in")}
@@ -58,30 +68,70 @@ def export_huggingface(model: Any, folder: Path | str) -> Path:
             model would not compute what the bridge computes.
         ConfigError: ``folder`` exists and is not an empty folder.
     """
+    source = huggingface_source(model)
+    folder = check_new_folder(folder)
+    with user_hooks_detached(model), evaluating(model), torch.no_grad():
+        exported = huggingface_model(model, source)
+        tokenizer = getattr(model, "tokenizer", None)
+
+        def write(staging: Path) -> None:
+            exported.save_pretrained(staging)
+            if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+                tokenizer.save_pretrained(staging)
+
+        return write_new_folder(folder, write)
+
+
+def huggingface_source(model: Any) -> nn.Module:
+    """The Hugging Face model a ``TransformerBridge`` wraps (``model.original_model``).
+
+    Raises:
+        ModelNotSupportedError: ``model`` wraps none (a ``HookedTransformer``, a model tv_lens built).
+    """
     source = getattr(model, "original_model", None)
     if not isinstance(source, nn.Module) or not hasattr(source, "save_pretrained"):
         raise ModelNotSupportedError(
-            f"export_huggingface writes the Hugging Face model a TransformerBridge wraps, and this "
+            f"Export writes the Hugging Face model a TransformerBridge wraps, and this "
             f"{type(model).__name__} wraps none. A HookedTransformer holds TransformerLens's processed weights "
             "(folded norms, centred weights), which Hugging Face files do not describe: load the model with "
             "TransformerBridge.boot_transformers, finetune it, then export it. A model tv_lens trained from "
             "scratch is saved by its training checkpoints."
         )
+    return source
+
+
+def check_new_folder(folder: Path | str) -> Path:
+    """``folder`` as a path, if it does not exist or is an empty folder.
+
+    Raises:
+        ConfigError: It exists and is not an empty folder.
+    """
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ConfigError(
             f"{folder} exists and is not an empty folder; export writes a new folder and never writes over "
             "files. Pass a new path."
         )
-    with user_hooks_detached(model), evaluating(model), torch.no_grad():
-        exported = _empty_model(source)
-        wanted = {name for name, _ in (*exported.named_parameters(), *exported.named_buffers())}
-        weights = _effective_tensors(source, wanted | set(exported.state_dict()))
-        for component in model.modules():
-            _fuse_split_pieces(component, weights)
-        _fill(exported, weights)
-        _check_same_logits(model, exported)
-        return _write(exported, getattr(model, "tokenizer", None), folder)
+    return folder
+
+
+def huggingface_model(model: Any, source: nn.Module) -> Any:
+    """A Hugging Face model of ``source``'s class holding the bridge's weights as they act now, checked on a probe.
+
+    LoRA updates are merged and split layers fused again from their pieces; tensors the bridge holds unchanged are
+    shared, not copied. Call with the bridge in eval mode, without gradients and with the user's hooks set aside.
+
+    Raises:
+        ModelNotSupportedError: A weight is missing or not in memory, or the model does not give the bridge's logits.
+    """
+    exported = _empty_model(source)
+    wanted = {name for name, _ in (*exported.named_parameters(), *exported.named_buffers())}
+    weights = _effective_tensors(source, wanted | set(exported.state_dict()))
+    for split in split_layers(model):
+        _fuse(split, weights)
+    _fill(exported, weights)
+    _check_same_logits(model, exported)
+    return exported
 
 
 def _effective_tensors(source: nn.Module, wanted: set[str]) -> dict[str, Tensor]:
@@ -135,45 +185,78 @@ def _same_tensor(a: Tensor, b: Tensor) -> bool:
     return (a.data_ptr(), a.shape, a.stride()) == (b.data_ptr(), b.shape, b.stride())
 
 
-def _fuse_split_pieces(component: nn.Module, weights: dict[str, Tensor]) -> None:
-    """Rebuild the fused weight (and bias) that ``component`` split into pieces from the pieces as they are now."""
-    for split_name, piece_names in _SPLITS.items():
-        split = getattr(component, split_name, None)
-        original = getattr(component, "original_component", None)
-        if not callable(split) or not isinstance(original, nn.Module):
-            continue
-        probe = _PositionProbe(original)
-        pieces = split(probe)
-        if len(probe.read) != 1:
-            raise ModelNotSupportedError(
-                f"The bridge's {split_name} of {type(original).__name__} read {sorted(probe.read)}, not one fused "
-                "layer; its pieces cannot be written back."
-            )
-        (fused,) = probe.read.values()
-        for attribute in ("weight", "bias"):
-            target = getattr(fused, attribute, None)
-            if not isinstance(target, Tensor):
+@dataclass(frozen=True)
+class SplitLayer:
+    """A fused Hugging Face layer that a bridge component splits into layers of its own (the pieces).
+
+    Attributes:
+        fused: The Hugging Face layer (``nn.Linear``, or GPT-2's ``Conv1D``).
+        pieces: The bridge's layers, in the order the split returns them (``q, k, v`` or ``gate, in``).
+        positions: For ``"weight"`` (and ``"bias"`` where the layer has one), each piece's entries' flat positions
+            in the fused tensor, in the piece's shape.
+    """
+
+    fused: nn.Module
+    pieces: tuple[nn.Module, ...]
+    positions: dict[str, tuple[Tensor, ...]]
+
+
+def split_layers(model: Any) -> list[SplitLayer]:
+    """Every fused layer the bridge ``model`` splits, read off the bridge's own split functions.
+
+    Raises:
+        ModelNotSupportedError: A split reads more than one layer, or takes its pieces from other than distinct
+            entries of the fused one.
+    """
+    found = []
+    for component in model.modules():
+        for split_name, piece_names in _SPLITS.items():
+            split = getattr(component, split_name, None)
+            original = getattr(component, "original_component", None)
+            if not callable(split) or not isinstance(original, nn.Module):
                 continue
-            rebuilt = target.detach().clone()
-            covered = torch.zeros(target.numel(), dtype=torch.bool)
-            for position_piece, piece_name in zip(pieces, piece_names, strict=True):
-                positions = getattr(position_piece, attribute).detach().flatten()
-                index = positions.long()
-                if (
-                    not torch.equal(index.double(), positions)
-                    or covered[index].any()
-                    or len(index.unique()) < len(index)
-                ):
-                    raise ModelNotSupportedError(
-                        f"The bridge's {split_name} of {type(original).__name__} does not take its pieces from "
-                        "distinct entries of the fused weight; they cannot be written back."
+            probe = _PositionProbe(original)
+            position_pieces = split(probe)
+            if len(probe.read) != 1:
+                raise ModelNotSupportedError(
+                    f"The bridge's {split_name} of {type(original).__name__} read {sorted(probe.read)}, not one "
+                    "fused layer; its pieces cannot be written back."
+                )
+            (fused,) = probe.read.values()
+            positions = {}
+            for attribute in ("weight", "bias"):
+                if isinstance(getattr(fused, attribute, None), Tensor):
+                    positions[attribute] = _checked_positions(
+                        [getattr(piece, attribute).detach() for piece in position_pieces],
+                        f"{split_name} of {type(original).__name__}",
                     )
-                covered[index] = True
-                layer = getattr(component, piece_name).original_component
-                rebuilt.view(-1)[index.to(rebuilt.device)] = getattr(layer, attribute).detach().flatten()
-            for name, value in weights.items():
-                if _same_tensor(value, target):
-                    weights[name] = rebuilt
+            pieces = tuple(getattr(component, name).original_component for name in piece_names)
+            found.append(SplitLayer(fused, pieces, positions))
+    return found
+
+
+def _checked_positions(position_tensors: list[Tensor], what: str) -> tuple[Tensor, ...]:
+    """The pieces' positions as integers, refused unless every one is a distinct entry of the fused tensor."""
+    flat = torch.cat([positions.flatten() for positions in position_tensors])
+    index = flat.long()
+    if not torch.equal(index.double(), flat) or len(index.unique()) < len(index):
+        raise ModelNotSupportedError(
+            f"The bridge's {what} does not take its pieces from distinct entries of the fused weight; they cannot "
+            "be written back."
+        )
+    return tuple(positions.long() for positions in position_tensors)
+
+
+def _fuse(split: SplitLayer, weights: dict[str, Tensor]) -> None:
+    """Rebuild ``split``'s fused weight (and bias) in ``weights`` from its pieces as they act now."""
+    for attribute, positions in split.positions.items():
+        target = getattr(split.fused, attribute)
+        rebuilt = target.detach().clone()
+        for piece, index in zip(split.pieces, positions, strict=True):
+            rebuilt.view(-1)[index.flatten().to(rebuilt.device)] = getattr(piece, attribute).detach().flatten()
+        for name, value in weights.items():
+            if _same_tensor(value, target):
+                weights[name] = rebuilt
 
 
 def _empty_model(source: nn.Module) -> Any:
@@ -231,16 +314,17 @@ def _check_same_logits(model: Any, exported: Any) -> None:
         )
 
 
-def _write(exported: Any, tokenizer: Any, folder: Path) -> Path:
-    """Save the model and tokenizer into a new folder beside ``folder``, then move it into place."""
+def write_new_folder(folder: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write`` on a new folder beside ``folder``, then move it into place (an empty ``folder`` is replaced).
+
+    What fails on the way leaves nothing behind.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        exported.save_pretrained(staging)
-        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(staging)
+        write(staging)
         if folder.exists():
-            folder.rmdir()  # empty: checked above
+            folder.rmdir()  # empty: checked before
         staging.rename(folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -48,7 +48,9 @@ __all__ = [
     "LoRAUpdate",
     "apply_lora",
     "has_lora",
+    "layer_layout",
     "lora_parameters",
+    "lora_updates",
     "merge_lora",
     "own_weights",
     "remove_lora",
@@ -119,9 +121,14 @@ def _bridged_target(block: nn.Module, path: str) -> WeightTarget | None:
     layer = getattr(bridge, "original_component", None)
     if not isinstance(layer, nn.Module) or "weight" not in own_weights(layer):
         return None
-    kind = type(layer).__bases__[0] if parametrize.is_parametrized(layer) else type(layer)  # a parametrised copy
-    layout = _BRIDGED_LAYOUTS.get(kind.__name__)
+    layout = layer_layout(layer)
     return None if layout is None else WeightTarget(layer, "weight", layout)
+
+
+def layer_layout(layer: nn.Module) -> str | None:
+    """``"out_in"`` for an ``nn.Linear``, ``"in_out"`` for GPT-2's ``Conv1D`` (LoRA-adapted or not), else ``None``."""
+    kind = type(layer).__bases__[0] if parametrize.is_parametrized(layer) else type(layer)  # a parametrised copy
+    return _BRIDGED_LAYOUTS.get(kind.__name__)
 
 
 def _hooked_target(module: nn.Module | None, parameters: tuple[str, ...], layout: str) -> WeightTarget | None:
@@ -239,7 +246,7 @@ def apply_lora(model: Any, blocks: tuple[int, ...], config: LoRAConfig) -> list[
     return updates
 
 
-def _parametrized(model: Any) -> list[tuple[nn.Module, str, LoRAUpdate]]:
+def lora_updates(model: Any) -> list[tuple[nn.Module, str, LoRAUpdate]]:
     """``(module, attribute, update)`` of every LoRA parametrisation in the model."""
     found = []
     for module in model.modules():
@@ -251,17 +258,17 @@ def _parametrized(model: Any) -> list[tuple[nn.Module, str, LoRAUpdate]]:
 
 def has_lora(model: Any) -> bool:
     """Whether any weight of the model carries a LoRA update."""
-    return bool(_parametrized(model))
+    return bool(lora_updates(model))
 
 
 def lora_parameters(model: Any) -> list[nn.Parameter]:
     """The ``A`` and ``B`` matrices of every LoRA update."""
-    return [p for _, _, update in _parametrized(model) for p in (update.lora_A, update.lora_B)]
+    return [p for _, _, update in lora_updates(model) for p in (update.lora_A, update.lora_B)]
 
 
 def remove_lora(model: Any) -> Any:
     """Remove every LoRA adapter without merging it: the weights are the base weights again (in place)."""
-    found = _parametrized(model)
+    found = lora_updates(model)
     for module, attribute in {(module, attribute) for module, attribute, _ in found}:
         parametrize.remove_parametrizations(module, attribute, leave_parametrized=False)
     _restore_orders(found)
@@ -274,7 +281,7 @@ def merge_lora(model: Any) -> Any:
     The merged model has the parameters (same names and objects) of the model before :func:`apply_lora`,
     with values ``W + (alpha / rank) · A B``, and computes what the adapted model computes in eval mode.
     """
-    found = _parametrized(model)
+    found = lora_updates(model)
     for module, attribute, update in found:
         with torch.no_grad():
             chain: Any = _parametrizations(module)

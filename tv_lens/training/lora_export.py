@@ -1,0 +1,210 @@
+"""Write a bridge's LoRA adapters as a PEFT adapter: the small files ``PeftModel.from_pretrained`` reads.
+
+Each adapted layer's update ``(alpha / rank) · A B`` becomes PEFT's ``lora_A`` / ``lora_B`` of the same Hugging Face
+layer (GPT-2's ``Conv1D`` layers with ``fan_in_fan_out``). Adapters on the pieces of a layer the bridge splits
+(GPT-NeoX's ``query_key_value``, GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` / ``gate_up_proj``) become one adapter of
+the fused layer: their ``A`` stacked, their ``B`` placed in the rows (GPT-2: columns) the pieces come from, so its
+rank is the sum of theirs (``rank_pattern``), with ``alpha`` scaled alike (``alpha_pattern``) so the update keeps
+its scale. Before anything is written, every adapted layer's base weight plus the adapter's update must equal the
+weight of the checked Hugging Face model :func:`~tv_lens.training.export.huggingface_model` builds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from tv_lens.errors import ConfigError, ModelNotSupportedError
+from tv_lens.models.exclusive import evaluating, user_hooks_detached
+from tv_lens.training.export import (
+    SplitLayer,
+    check_new_folder,
+    huggingface_model,
+    huggingface_source,
+    split_layers,
+    write_new_folder,
+)
+from tv_lens.training.lora import LoRAUpdate, layer_layout, lora_updates
+
+__all__ = ["export_lora_adapter"]
+
+_PREFIX = "base_model.model."
+# Largest |difference| between base + update and the checked model's weight, relative to the largest |weight|.
+_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+_HALF_TOLERANCE = 1e-2
+
+
+@dataclass
+class _Adapter:
+    """One Hugging Face layer's PEFT adapter as it is assembled: ``B @ A`` is the update in ``[out, in]``."""
+
+    layer: nn.Module
+    base: Float[Tensor, "out in"]
+    fan_in_fan_out: bool
+    a: list[Tensor] = field(default_factory=list)  # each [rank, in]
+    b: list[Tensor] = field(default_factory=list)  # each [out, rank]
+
+
+def export_lora_adapter(model: Any, folder: Path | str) -> Path:
+    """Save the LoRA adapters of a ``TransformerBridge`` as a PEFT adapter folder; returns it.
+
+    The folder holds ``adapter_config.json`` and ``adapter_model.safetensors``;
+    ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), folder)`` gives the finetuned model, where
+    ``base`` is the model the bridge was booted from (recorded as ``base_model_name_or_path``). Only the adapters are
+    written: weights finetuned in full are not (:func:`~tv_lens.training.export_huggingface` writes the whole model).
+
+    Raises:
+        ModelNotSupportedError: ``model`` is not a bridge, or its adapters are not what it computes with.
+        ConfigError: The model has no LoRA adapters, or ``folder`` exists and is not an empty folder.
+    """
+    source = huggingface_source(model)
+    found = lora_updates(model)
+    if not found:
+        raise ConfigError(
+            "The model has no LoRA adapters to export; finetune it with a LoRAConfig (finetune(..., lora=...)), or "
+            "write the whole model with export_huggingface."
+        )
+    folder = check_new_folder(folder)
+    with user_hooks_detached(model), evaluating(model), torch.no_grad():
+        exported = huggingface_model(model, source)
+        adapters = _adapters(source, exported, found, split_layers(model))
+        update = found[0][2]
+        rank, alpha = update.lora_A.shape[1], update.scale * update.lora_A.shape[1]
+        tensors: dict[str, Tensor] = {}
+        ranks: dict[str, int] = {}
+        for name, adapter in adapters.items():
+            a, b = torch.cat(adapter.a), torch.cat(adapter.b, dim=1)
+            _check_update(name, adapter, a, b, alpha / rank, dict(exported.named_parameters())[f"{name}.weight"])
+            tensors[f"{_PREFIX}{name}.lora_A.weight"] = a.contiguous()
+            tensors[f"{_PREFIX}{name}.lora_B.weight"] = b.contiguous()
+            ranks[name] = a.shape[0]
+        config = {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": getattr(source.config, "_name_or_path", None),
+            "r": rank,
+            "lora_alpha": alpha,
+            "lora_dropout": update.dropout,
+            "target_modules": sorted(adapters),
+            "fan_in_fan_out": any(adapter.fan_in_fan_out for adapter in adapters.values()),
+            "bias": "none",
+            "rank_pattern": {_escaped(name): r for name, r in ranks.items() if r != rank},
+            "alpha_pattern": {_escaped(name): alpha * r / rank for name, r in ranks.items() if r != rank},
+            "inference_mode": True,
+        }
+    return write_new_folder(folder, lambda staging: _write_adapter(config, tensors, staging))
+
+
+def _adapters(
+    source: nn.Module, exported: Any, found: list[tuple[nn.Module, str, LoRAUpdate]], splits: list[SplitLayer]
+) -> dict[str, _Adapter]:
+    """The PEFT adapter of every Hugging Face layer that an update adapts, itself or through a piece of it."""
+    names = _layer_names(source, set(dict(exported.named_modules())))
+    pieces = {id(piece): (split, index) for split in splits for index, piece in enumerate(split.pieces)}
+    rank, scale = found[0][2].lora_A.shape[1], found[0][2].scale
+    adapters: dict[str, _Adapter] = {}
+    for layer, _, update in found:
+        if (update.lora_A.shape[1], update.scale) != (rank, scale):
+            raise ModelNotSupportedError("The model's LoRA adapters differ in rank or alpha; PEFT gives one to all.")
+        a, b = update.lora_A.detach().T, update.lora_B.detach().T  # [rank, in], [out, rank]
+        if id(layer) in names:
+            name, rows = names[id(layer)], None
+            adapted = layer
+        elif id(layer) in pieces:
+            split, index = pieces[id(layer)]
+            name, adapted = names[id(split.fused)], split.fused
+            rows = _fused_rows(split, index)
+        else:
+            raise ModelNotSupportedError(
+                f"A LoRA adapter sits on a {type(layer).__name__} that is neither a Hugging Face layer of the model "
+                "nor a piece of one the bridge splits; it cannot be written as a PEFT adapter."
+            )
+        if name not in adapters:
+            base = _base_weight(adapted)
+            fan_in_fan_out = layer_layout(adapted) == "in_out"
+            adapters[name] = _Adapter(adapted, base.T if fan_in_fan_out else base, fan_in_fan_out)
+        adapter = adapters[name]
+        if rows is not None:  # a piece's B, placed in the fused layer's rows it feeds
+            placed = b.new_zeros(adapter.base.shape[0], b.shape[1])
+            placed[rows.to(b.device)] = b
+            b = placed
+        adapter.a.append(a)
+        adapter.b.append(b)
+    return adapters
+
+
+def _layer_names(source: nn.Module, layers: set[str]) -> dict[int, str]:
+    """Hugging Face name of each layer of the wrapped model (``_original_component`` dropped from its path)."""
+    names: dict[int, str] = {}
+    for path, module in source.named_modules(remove_duplicate=False):
+        name = ".".join(step for step in path.split(".") if step and step != "_original_component")
+        if name in layers:
+            names.setdefault(id(module), name)
+    return names
+
+
+def _fused_rows(split: SplitLayer, index: int) -> Tensor:
+    """The fused layer's output rows (``[out, in]`` view) that piece ``index`` of ``split`` computes, in its order.
+
+    Raises:
+        ModelNotSupportedError: The piece is not whole rows of the fused layer.
+    """
+    positions = split.positions["weight"][index]  # [out_piece, in]: flat positions in the fused weight
+    n_rows, n_columns = _weight(split.fused).shape
+    if layer_layout(split.fused) == "in_out":  # Conv1D [in, out]: a piece row is a fused column
+        rows = positions[:, 0] % n_columns
+        expected = torch.arange(n_rows)[None, :] * n_columns + rows[:, None]
+    else:
+        rows = positions[:, 0] // n_columns
+        expected = rows[:, None] * n_columns + torch.arange(n_columns)[None, :]
+    if not torch.equal(positions, expected):
+        raise ModelNotSupportedError(
+            f"A piece of the {type(split.fused).__name__} the bridge splits is not whole rows of it; its LoRA "
+            "adapter cannot be written as one of the fused layer (export the whole model with export_huggingface)."
+        )
+    return rows
+
+
+def _weight(layer: nn.Module) -> Tensor:
+    return cast(Tensor, layer.weight)
+
+
+def _base_weight(layer: nn.Module) -> Tensor:
+    """The weight of ``layer`` without its LoRA update."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return cast(Any, layer).parametrizations.weight.original.detach()
+    return _weight(layer).detach()
+
+
+def _check_update(name: str, adapter: _Adapter, a: Tensor, b: Tensor, scale: float, weight: Tensor) -> None:
+    """Refuse unless the base weight plus ``scale · B A`` is the checked model's weight of layer ``name``."""
+    update = scale * (b.double() @ a.double())
+    found = adapter.base.double() + update
+    expected = (weight.T if adapter.fan_in_fan_out else weight).double()
+    allowed = _TOLERANCE.get(weight.dtype, _HALF_TOLERANCE) * max(expected.abs().max().item(), 1.0)
+    difference = (found - expected).abs().max().item()
+    if not difference <= allowed:
+        raise ModelNotSupportedError(
+            f"The adapter of {name} does not give the weight the bridge computes with (largest difference "
+            f"{difference:.3g}, allowed {allowed:.3g}): weights besides the adapters were finetuned, or the base "
+            "model changed. Write the whole model with export_huggingface; nothing was written."
+        )
+
+
+def _escaped(name: str) -> str:
+    """``name`` as the regular expression PEFT matches pattern keys with (its dots taken literally)."""
+    return name.replace(".", r"\.")
+
+
+def _write_adapter(config: dict[str, Any], tensors: dict[str, Tensor], staging: Path) -> None:
+    from safetensors.torch import save_file
+
+    (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file({key: value.cpu() for key, value in tensors.items()}, str(staging / "adapter_model.safetensors"))
