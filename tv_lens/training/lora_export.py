@@ -45,7 +45,6 @@ _HALF_TOLERANCE = 1e-2
 class _Adapter:
     """One Hugging Face layer's PEFT adapter as it is assembled: ``B @ A`` is the update in ``[out, in]``."""
 
-    layer: nn.Module
     base: Float[Tensor, "out in"]
     fan_in_fan_out: bool
     a: list[Tensor] = field(default_factory=list)  # each [rank, in]
@@ -75,13 +74,14 @@ def export_lora_adapter(model: Any, folder: Path | str) -> Path:
     with user_hooks_detached(model), evaluating(model), torch.no_grad():
         exported = huggingface_model(model, source)
         adapters = _adapters(source, exported, found, split_layers(model))
-        update = found[0][2]
+        update = found[0][2]  # apply_lora gives every adapter the same rank and alpha
         rank, alpha = update.lora_A.shape[1], update.scale * update.lora_A.shape[1]
+        weights = dict(exported.named_parameters())
         tensors: dict[str, Tensor] = {}
         ranks: dict[str, int] = {}
         for name, adapter in adapters.items():
             a, b = torch.cat(adapter.a), torch.cat(adapter.b, dim=1)
-            _check_update(name, adapter, a, b, alpha / rank, dict(exported.named_parameters())[f"{name}.weight"])
+            _check_update(name, adapter, a, b, update.scale, weights[f"{name}.weight"])
             tensors[f"{_PREFIX}{name}.lora_A.weight"] = a.contiguous()
             tensors[f"{_PREFIX}{name}.lora_B.weight"] = b.contiguous()
             ranks[name] = a.shape[0]
@@ -108,11 +108,8 @@ def _adapters(
     """The PEFT adapter of every Hugging Face layer that an update adapts, itself or through a piece of it."""
     names = _layer_names(source, set(dict(exported.named_modules())))
     pieces = {id(piece): (split, index) for split in splits for index, piece in enumerate(split.pieces)}
-    rank, scale = found[0][2].lora_A.shape[1], found[0][2].scale
     adapters: dict[str, _Adapter] = {}
     for layer, _, update in found:
-        if (update.lora_A.shape[1], update.scale) != (rank, scale):
-            raise ModelNotSupportedError("The model's LoRA adapters differ in rank or alpha; PEFT gives one to all.")
         a, b = update.lora_A.detach().T, update.lora_B.detach().T  # [rank, in], [out, rank]
         if id(layer) in names:
             name, rows = names[id(layer)], None
@@ -129,7 +126,7 @@ def _adapters(
         if name not in adapters:
             base = _base_weight(adapted)
             fan_in_fan_out = layer_layout(adapted) == "in_out"
-            adapters[name] = _Adapter(adapted, base.T if fan_in_fan_out else base, fan_in_fan_out)
+            adapters[name] = _Adapter(base.T if fan_in_fan_out else base, fan_in_fan_out)
         adapter = adapters[name]
         if rows is not None:  # a piece's B, placed in the fused layer's rows it feeds
             placed = b.new_zeros(adapter.base.shape[0], b.shape[1])
