@@ -12,7 +12,8 @@
 - Checkpoints: :func:`load_checkpoint`, :func:`list_checkpoints`, :func:`latest_checkpoint`.
 - :func:`tvp_losses` / :func:`tvp_accuracy`; :func:`finetune`, :func:`apply_lora`, :func:`attach_lora`,
   :func:`merge_lora`, :func:`remove_lora`; :func:`export_huggingface` writes a finetuned bridge back as
-  Hugging Face files, :func:`export_lora_adapter` its LoRA adapters as a PEFT adapter.
+  Hugging Face files, :func:`export_lora_adapter` its LoRA adapters as a PEFT adapter, which
+  :func:`load_lora_adapter` puts on a bridge.
 
 Train the default model (a few minutes of CPU) and keep a checkpoint every 50 steps::
 
@@ -42,6 +43,7 @@ from tv_lens.training.finetune import attach_lora, prepare_model, select_blocks
 from tv_lens.training.loop import finetune, train
 from tv_lens.training.lora import apply_lora, lora_parameters, merge_lora, remove_lora
 from tv_lens.training.lora_export import export_lora_adapter
+from tv_lens.training.lora_import import load_lora_adapter
 from tv_lens.training.objectives import Objective, RegressionObjective, TextObjective, TokenObjective, objective_for
 from tv_lens.training.recipe import Recipe, RecipeRegistry, recipes
 from tv_lens.training.result import TrainResult
@@ -74,6 +76,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_lora_adapter",
     "load_parameters",
     "lora_parameters",
     "merge_lora",

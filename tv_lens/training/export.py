@@ -35,6 +35,7 @@ from tv_lens.training.lora import own_weights
 __all__ = [
     "SplitLayer",
     "check_new_folder",
+    "empty_model",
     "export_huggingface",
     "huggingface_model",
     "huggingface_source",
@@ -124,7 +125,7 @@ def huggingface_model(model: Any, source: nn.Module) -> Any:
     Raises:
         ModelNotSupportedError: A weight is missing or not in memory, or the model does not give the bridge's logits.
     """
-    exported = _empty_model(source)
+    exported = empty_model(source)
     wanted = {name for name, _ in (*exported.named_parameters(), *exported.named_buffers())}
     weights = _effective_tensors(source, wanted | set(exported.state_dict()))
     for split in split_layers(model):
@@ -259,7 +260,7 @@ def _fuse(split: SplitLayer, weights: dict[str, Tensor]) -> None:
                 weights[name] = rebuilt
 
 
-def _empty_model(source: nn.Module) -> Any:
+def empty_model(source: nn.Module) -> Any:
     """A Hugging Face model of ``source``'s class, config and generation settings on the meta device (no memory)."""
     with torch.device("meta"):
         exported = type(source)(copy.deepcopy(source.config))

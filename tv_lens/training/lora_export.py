@@ -12,6 +12,7 @@ weight of the checked Hugging Face model :func:`~tv_lens.training.export.hugging
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -26,6 +27,7 @@ from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.training.export import (
     SplitLayer,
     check_new_folder,
+    empty_model,
     huggingface_model,
     huggingface_source,
     split_layers,
@@ -33,7 +35,7 @@ from tv_lens.training.export import (
 )
 from tv_lens.training.lora import LoRAUpdate, layer_layout, lora_updates
 
-__all__ = ["export_lora_adapter"]
+__all__ = ["export_lora_adapter", "fused_rows", "huggingface_layers"]
 
 _PREFIX = "base_model.model."
 # Largest |difference| between base + update and the checked model's weight, relative to the largest |weight|.
@@ -49,6 +51,13 @@ class _Adapter:
     fan_in_fan_out: bool
     a: list[Tensor] = field(default_factory=list)  # each [rank, in]
     b: list[Tensor] = field(default_factory=list)  # each [out, rank]
+    scales: list[float] = field(default_factory=list)  # each alpha / rank
+
+    def matrices(self) -> tuple[Float[Tensor, "rank in"], Float[Tensor, "out rank"], float]:
+        """``A``, ``B`` and the scale of the layer's one adapter (differing scales folded into ``B``)."""
+        if len(set(self.scales)) == 1:
+            return torch.cat(self.a), torch.cat(self.b, dim=1), self.scales[0]
+        return torch.cat(self.a), torch.cat([b * s for b, s in zip(self.b, self.scales, strict=True)], dim=1), 1.0
 
 
 def export_lora_adapter(model: Any, folder: Path | str) -> Path:
@@ -73,40 +82,40 @@ def export_lora_adapter(model: Any, folder: Path | str) -> Path:
     folder = check_new_folder(folder)
     with user_hooks_detached(model), evaluating(model), torch.no_grad():
         exported = huggingface_model(model, source)
-        adapters = _adapters(source, exported, found, split_layers(model))
-        update = found[0][2]  # apply_lora gives every adapter the same rank and alpha
-        rank, alpha = update.lora_A.shape[1], update.scale * update.lora_A.shape[1]
+        adapters = _adapters(source, found, split_layers(model))
         weights = dict(exported.named_parameters())
         tensors: dict[str, Tensor] = {}
-        ranks: dict[str, int] = {}
+        settings: dict[str, tuple[int, float]] = {}  # per layer: rank and alpha
         for name, adapter in adapters.items():
-            a, b = torch.cat(adapter.a), torch.cat(adapter.b, dim=1)
-            _check_update(name, adapter, a, b, update.scale, weights[f"{name}.weight"])
+            a, b, scale = adapter.matrices()
+            _check_update(name, adapter, a, b, scale, weights[f"{name}.weight"])
             tensors[f"{_PREFIX}{name}.lora_A.weight"] = a.contiguous()
             tensors[f"{_PREFIX}{name}.lora_B.weight"] = b.contiguous()
-            ranks[name] = a.shape[0]
+            settings[name] = (a.shape[0], scale * a.shape[0])
+        rank, alpha = Counter(settings.values()).most_common(1)[0][0]
+        others = {_escaped(name): setting for name, setting in settings.items() if setting != (rank, alpha)}
         config = {
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
             "base_model_name_or_path": getattr(source.config, "_name_or_path", None),
             "r": rank,
             "lora_alpha": alpha,
-            "lora_dropout": update.dropout,
+            "lora_dropout": found[0][2].dropout,
             "target_modules": sorted(adapters),
             "fan_in_fan_out": any(adapter.fan_in_fan_out for adapter in adapters.values()),
             "bias": "none",
-            "rank_pattern": {_escaped(name): r for name, r in ranks.items() if r != rank},
-            "alpha_pattern": {_escaped(name): alpha * r / rank for name, r in ranks.items() if r != rank},
+            "rank_pattern": {pattern: r for pattern, (r, _) in others.items()},
+            "alpha_pattern": {pattern: a for pattern, (_, a) in others.items()},
             "inference_mode": True,
         }
     return write_new_folder(folder, lambda staging: _write_adapter(config, tensors, staging))
 
 
 def _adapters(
-    source: nn.Module, exported: Any, found: list[tuple[nn.Module, str, LoRAUpdate]], splits: list[SplitLayer]
+    source: nn.Module, found: list[tuple[nn.Module, str, LoRAUpdate]], splits: list[SplitLayer]
 ) -> dict[str, _Adapter]:
     """The PEFT adapter of every Hugging Face layer that an update adapts, itself or through a piece of it."""
-    names = _layer_names(source, set(dict(exported.named_modules())))
+    names = {id(layer): name for name, layer in huggingface_layers(source).items()}
     pieces = {id(piece): (split, index) for split in splits for index, piece in enumerate(split.pieces)}
     adapters: dict[str, _Adapter] = {}
     for layer, _, update in found:
@@ -117,7 +126,7 @@ def _adapters(
         elif id(layer) in pieces:
             split, index = pieces[id(layer)]
             name, adapted = names[id(split.fused)], split.fused
-            rows = _fused_rows(split, index)
+            rows = fused_rows(split, index)
         else:
             raise ModelNotSupportedError(
                 f"A LoRA adapter sits on a {type(layer).__name__} that is neither a Hugging Face layer of the model "
@@ -134,20 +143,22 @@ def _adapters(
             b = placed
         adapter.a.append(a)
         adapter.b.append(b)
+        adapter.scales.append(update.scale)
     return adapters
 
 
-def _layer_names(source: nn.Module, layers: set[str]) -> dict[int, str]:
-    """Hugging Face name of each layer of the wrapped model (``_original_component`` dropped from its path)."""
-    names: dict[int, str] = {}
+def huggingface_layers(source: nn.Module) -> dict[str, nn.Module]:
+    """Each module of the wrapped model by its Hugging Face name (``_original_component`` dropped from its path)."""
+    names = set(dict(empty_model(source).named_modules()))
+    layers: dict[str, nn.Module] = {}
     for path, module in source.named_modules(remove_duplicate=False):
         name = ".".join(step for step in path.split(".") if step and step != "_original_component")
-        if name in layers:
-            names.setdefault(id(module), name)
-    return names
+        if name in names:  # a bridge component standing where the Hugging Face module was: the module it wraps
+            layers.setdefault(name, getattr(module, "original_component", module))
+    return layers
 
 
-def _fused_rows(split: SplitLayer, index: int) -> Tensor:
+def fused_rows(split: SplitLayer, index: int) -> Tensor:
     """The fused layer's output rows (``[out, in]`` view) that piece ``index`` of ``split`` computes, in its order.
 
     Raises:

@@ -1,0 +1,119 @@
+"""A PEFT LoRA adapter, made and saved by PEFT itself, put on a bridge: it computes what PEFT's model computes."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from lora_helpers import MIXTURES_OF_EXPERTS, TOKENS, huggingface, logits
+from pretrained_helpers import (
+    loaded,
+    one_thread,  # noqa: F401  (autouse: tiny models run on one thread)
+)
+
+from tv_lens.errors import ArtefactError, ConfigError, MissingFileError, ModelNotSupportedError
+from tv_lens.models.local_hf import ARCHITECTURES
+from tv_lens.training import export_lora_adapter, load_lora_adapter, remove_lora
+from tv_lens.training.lora import has_lora
+
+# The linear layers of each architecture's blocks, by their Hugging Face names.
+TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    **{arch: ["q_proj", "k_proj", "v_proj", "o_proj"] for arch in MIXTURES_OF_EXPERTS},
+}
+GATED_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def peft_adapter(arch: str, folder, saved):
+    """A PEFT model of the architecture with random LoRA matrices (rank 2, rank 3 on the first target), saved."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = TARGETS.get(arch, GATED_LAYERS)
+    config = LoraConfig(
+        r=2,
+        lora_alpha=3,
+        target_modules=targets,
+        rank_pattern={targets[0]: 3},
+        alpha_pattern={targets[0]: 5},
+        fan_in_fan_out=arch == "gpt2",
+        init_lora_weights=False,
+    )
+    model = get_peft_model(huggingface(folder), config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    model.save_pretrained(saved)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_a_peft_adapter_on_the_bridge_computes_what_peft_computes(tmp_path_factory, tmp_path, arch):
+    pretrained = loaded(tmp_path_factory, arch, "bridge")
+    tuned = peft_adapter(arch, pretrained.folder, tmp_path / "adapter")
+    with torch.no_grad():
+        expected = tuned(TOKENS).logits.double()
+    bridge = copy.deepcopy(pretrained.model)
+
+    updates = load_lora_adapter(bridge, tmp_path / "adapter")
+
+    torch.testing.assert_close(logits(bridge), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(expected, logits(pretrained.model), atol=1e-5, rtol=1e-5)
+    assert {update.lora_A.shape[1] for update in updates} == {2, 3}  # the rank pattern kept
+    again = export_lora_adapter(bridge, tmp_path / "again")  # and written back, PEFT reads the same model
+    from peft import PeftModel
+
+    with torch.no_grad():
+        reread = PeftModel.from_pretrained(huggingface(pretrained.folder), again).eval()(TOKENS).logits.double()
+    torch.testing.assert_close(reread, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits(remove_lora(bridge)), logits(pretrained.model), atol=0, rtol=0)
+
+
+@pytest.fixture
+def adapter(tmp_path_factory, tmp_path):
+    """A saved PEFT adapter of the Llama test model, and a fresh bridge of it."""
+    pretrained = loaded(tmp_path_factory, "llama", "bridge")
+    peft_adapter("llama", pretrained.folder, tmp_path / "adapter")
+    return tmp_path / "adapter", copy.deepcopy(pretrained.model)
+
+
+def rewrite_config(folder, **changes) -> None:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(config | changes))
+
+
+def test_an_adapter_of_another_kind_is_refused(adapter):
+    folder, bridge = adapter
+    rewrite_config(folder, use_dora=True)
+    with pytest.raises(ConfigError, match=r"The adapter uses \['use_dora'\], which compute something else"):
+        load_lora_adapter(bridge, folder)
+    rewrite_config(folder, use_dora=False, peft_type="IA3")
+    with pytest.raises(ArtefactError, match="is not the config of a PEFT LoRA adapter"):
+        load_lora_adapter(bridge, folder)
+    assert not has_lora(bridge)
+
+
+def test_an_adapter_of_a_layer_the_model_lacks_attaches_nothing(adapter):
+    from safetensors.torch import load_file, save_file
+
+    folder, bridge = adapter
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    renamed = {key.replace("layers.1.self_attn.o_proj", "layers.7.self_attn.o_proj"): t for key, t in weights.items()}
+    save_file(renamed, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(ModelNotSupportedError, match=r"adapts model\.layers\.7\.self_attn\.o_proj, which is not"):
+        load_lora_adapter(bridge, folder)
+    assert not has_lora(bridge)  # the layers attached before the bad one were taken off again
+
+
+def test_missing_files_and_a_model_with_adapters_are_refused(adapter, tmp_path):
+    folder, bridge = adapter
+    with pytest.raises(MissingFileError, match=r"adapter_config\.json does not exist; a PEFT adapter folder holds"):
+        load_lora_adapter(bridge, tmp_path / "nowhere")
+    load_lora_adapter(bridge, folder)
+    with pytest.raises(ConfigError, match="The model already has LoRA adapters"):
+        load_lora_adapter(bridge, folder)

@@ -1,0 +1,188 @@
+"""Put a PEFT LoRA adapter (trained anywhere) on a ``TransformerBridge`` as tv_lens LoRA adapters.
+
+Each adapted Hugging Face layer gets a :class:`~tv_lens.training.lora.LoRAUpdate` holding PEFT's ``lora_A`` and
+``lora_B`` (and its ``lora_alpha / r``, ``rank_pattern`` and ``alpha_pattern`` included); an adapter of a layer
+the bridge splits into pieces (GPT-NeoX's ``query_key_value``, GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` /
+``gate_up_proj``) goes to the pieces, each with the whole ``A`` and the rows of ``B`` that feed it. The bridge then
+computes the finetuned model, and :func:`~tv_lens.training.remove_lora` gives the base model back, with one copy
+of the weights in memory: analyses of the base and the finetuned model side by side. Before returning, every
+adapted layer's weight as the bridge computes with it is checked against ``base + (alpha / r) · B A``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from tv_lens.errors import ArtefactError, ConfigError, MissingFileError, ModelNotSupportedError
+from tv_lens.models.exclusive import evaluating, user_hooks_detached
+from tv_lens.training.config import LoRAConfig
+from tv_lens.training.export import SplitLayer, huggingface_model, huggingface_source, split_layers
+from tv_lens.training.lora import LoRAUpdate, has_lora, layer_layout, remove_lora
+from tv_lens.training.lora_export import fused_rows, huggingface_layers
+
+__all__ = ["load_lora_adapter"]
+
+_PREFIX = "base_model.model."
+_KEY = re.compile(rf"^{re.escape(_PREFIX)}(.+)\.lora_([AB])\.weight$")
+# PEFT options whose adapters compute something else than base + (alpha / r) · B A.
+_OTHER_KINDS = ("use_dora", "use_rslora", "lora_bias")
+_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+_HALF_TOLERANCE = 1e-2
+
+
+def load_lora_adapter(model: Any, folder: Path | str) -> list[LoRAUpdate]:
+    """Attach the PEFT LoRA adapter in ``folder`` to the bridge ``model`` (in place); returns the updates made.
+
+    ``folder`` holds ``adapter_config.json`` and ``adapter_model.safetensors``, as ``PeftModel.save_pretrained``
+    (or :func:`~tv_lens.training.export_lora_adapter`) writes them, for the model the bridge was booted from.
+
+    Raises:
+        ModelNotSupportedError: ``model`` is not a bridge, the adapter names a layer it lacks or that is not a
+            linear layer, or the adapted bridge would not compute ``base + (alpha / r) · B A``.
+        ConfigError: The model already has LoRA adapters, or the adapter is not a plain LoRA (DoRA, rsLoRA,
+            LoRA biases).
+        MissingFileError, ArtefactError: The folder lacks the files, or they are not a PEFT LoRA adapter.
+    """
+    source = huggingface_source(model)
+    if has_lora(model):
+        raise ConfigError(
+            "The model already has LoRA adapters; merge them (merge_lora) or remove them (remove_lora) first."
+        )
+    config, tensors = _read(Path(folder))
+    by_name = huggingface_layers(source)
+    splits = {id(split.fused): split for split in split_layers(model)}
+    updates: list[LoRAUpdate] = []
+    try:
+        with torch.no_grad():
+            for name, (a, b) in tensors.items():
+                layer = by_name.get(name)
+                layout = None if layer is None else layer_layout(layer)
+                if layer is None or layout is None:
+                    raise ModelNotSupportedError(
+                        f"The adapter adapts {name}, which is not a linear layer of this "
+                        f"{type(source).__name__}; load it on the model it was trained for."
+                    )
+                alpha = _pattern(config, "alpha_pattern", name, config.get("lora_alpha", 8))
+                lora = LoRAConfig(rank=a.shape[0], alpha=float(alpha), dropout=float(config.get("lora_dropout", 0.0)))
+                split = splits.get(id(layer))
+                if split is None:
+                    updates.append(_attach(layer, layout, a, b, lora))
+                else:  # the pieces, each with the rows of B that feed it (a piece is an nn.Linear)
+                    for index, piece in enumerate(split.pieces):
+                        updates.append(_attach(piece, "out_in", a, b[fused_rows(split, index)], lora))
+            with user_hooks_detached(model), evaluating(model):
+                _check(model, source, tensors, config, splits, by_name)
+    except BaseException:
+        remove_lora(model)
+        raise
+    return updates
+
+
+def _read(folder: Path) -> tuple[dict[str, Any], dict[str, tuple[Tensor, Tensor]]]:
+    """The adapter's config and, per adapted layer, PEFT's ``(lora_A [r, in], lora_B [out, r])``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    for path in (config_file, weights_file):
+        if not path.is_file():
+            raise MissingFileError(
+                f"{path} does not exist; a PEFT adapter folder holds adapter_config.json and "
+                "adapter_model.safetensors (PeftModel.save_pretrained writes them)."
+            )
+    try:
+        config = json.loads(config_file.read_text())
+        weights = load_file(str(weights_file))
+    except (ValueError, SafetensorError, OSError) as error:
+        raise ArtefactError(f"{folder} does not hold a readable PEFT adapter ({error}).") from error
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise ArtefactError(f"{config_file} is not the config of a PEFT LoRA adapter (peft_type is not 'LORA').")
+    other = [option for option in _OTHER_KINDS if config.get(option)]
+    if other:
+        raise ConfigError(
+            f"The adapter uses {other}, which compute something else than base + (alpha / r) · B A; tv_lens "
+            "attaches plain LoRA adapters. Merge it with PEFT (merge_and_unload) and boot the merged model instead."
+        )
+    parts: dict[str, dict[str, Tensor]] = {}
+    for key, tensor in weights.items():
+        match = _KEY.match(key)
+        if match is None:
+            raise ArtefactError(
+                f"{weights_file} holds {key!r}, which is not a LoRA matrix of a linear layer "
+                f"({_PREFIX}<layer>.lora_A.weight / lora_B.weight); tv_lens attaches those only."
+            )
+        parts.setdefault(match.group(1), {})[match.group(2)] = tensor
+    tensors = {}
+    for name, pair in parts.items():
+        a, b = pair.get("A"), pair.get("B")
+        if a is None or b is None or a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0]:
+            raise ArtefactError(f"{weights_file} does not hold matching lora_A [r, in] and lora_B [out, r] of {name}.")
+        tensors[name] = (a.double(), b.double())
+    if not tensors:
+        raise ArtefactError(f"{weights_file} holds no LoRA matrices.")
+    return config, tensors
+
+
+def _pattern(config: dict[str, Any], key: str, name: str, default: Any) -> Any:
+    """PEFT's per-layer setting (``rank_pattern`` / ``alpha_pattern``) of layer ``name``, else ``default``."""
+    for pattern, value in (config.get(key) or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", name):
+            return value
+    return default
+
+
+def _attach(layer: nn.Module, layout: str, a: Tensor, b: Tensor, config: LoRAConfig) -> LoRAUpdate:
+    """A LoRA update of ``layer``'s weight (laid out as ``layout``) with PEFT's ``a [r, in]`` and ``b [out, r]``."""
+    weight = cast(Tensor, layer.weight)
+    update = LoRAUpdate(weight, layout, config, seed=0)
+    update.lora_A.copy_(a.T.to(update.lora_A.dtype))
+    update.lora_B.copy_(b.T.to(update.lora_B.dtype))
+    update.order = tuple(layer._parameters)
+    parametrize.register_parametrization(layer, "weight", update)
+    return update
+
+
+def _check(
+    model: Any,
+    source: nn.Module,
+    tensors: dict[str, tuple[Tensor, Tensor]],
+    config: dict[str, Any],
+    splits: dict[int, SplitLayer],
+    by_name: dict[str, nn.Module],
+) -> None:
+    """Refuse unless each adapted layer's weight, as the bridge now computes with it, is base + (alpha / r) · B A."""
+    exported = dict(huggingface_model(model, source).named_parameters())
+    for name, (a, b) in tensors.items():
+        layer = by_name[name]
+        alpha = _pattern(config, "alpha_pattern", name, config.get("lora_alpha", 8))
+        weight = exported[f"{name}.weight"]
+        base = _base(layer, splits.get(id(layer)))
+        update = (alpha / a.shape[0]) * (b @ a)
+        if layer_layout(layer) == "in_out":
+            update = update.T
+        expected = base.double() + update.to(base.device)
+        allowed = _TOLERANCE.get(weight.dtype, _HALF_TOLERANCE) * max(expected.abs().max().item(), 1.0)
+        difference = (weight.double() - expected).abs().max().item()
+        if not difference <= allowed:
+            raise ModelNotSupportedError(
+                f"With the adapter attached, {name} is not base + (alpha / r) · B A as PEFT computes it (largest "
+                f"difference {difference:.3g}, allowed {allowed:.3g}); nothing was attached."
+            )
+
+
+def _base(layer: nn.Module, split: SplitLayer | None) -> Tensor:
+    """The weight of ``layer`` before the adapter: the fused weight rebuilt from its pieces' base weights."""
+    if split is None:
+        return cast(Any, layer).parametrizations.weight.original.detach()
+    base = cast(Tensor, layer.weight).detach().clone()
+    for piece, index in zip(split.pieces, split.positions["weight"], strict=True):
+        original = cast(Any, piece).parametrizations.weight.original.detach()
+        base.view(-1)[index.flatten().to(base.device)] = original.flatten()
+    return base
