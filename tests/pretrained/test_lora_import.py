@@ -117,3 +117,17 @@ def test_missing_files_and_a_model_with_adapters_are_refused(adapter, tmp_path):
     load_lora_adapter(bridge, folder)
     with pytest.raises(ConfigError, match="The model already has LoRA adapters"):
         load_lora_adapter(bridge, folder)
+
+
+def test_pieces_given_the_wrong_rows_are_caught_and_taken_off(tmp_path_factory, tmp_path, monkeypatch):
+    from tv_lens.training import lora_import
+
+    pretrained = loaded(tmp_path_factory, "gpt_neox", "bridge")
+    peft_adapter("gpt_neox", pretrained.folder, tmp_path / "adapter")
+    bridge = copy.deepcopy(pretrained.model)
+    wrong = lora_import.fused_rows
+    monkeypatch.setattr(lora_import, "fused_rows", lambda split, index: wrong(split, index).flip(0))
+    with pytest.raises(ModelNotSupportedError, match=r"query_key_value with is not its base weight plus"):
+        load_lora_adapter(bridge, tmp_path / "adapter")
+    assert not has_lora(bridge)
+    torch.testing.assert_close(logits(bridge), logits(pretrained.model), atol=0, rtol=0)

@@ -35,12 +35,16 @@ from tv_lens.training.export import (
 )
 from tv_lens.training.lora import LoRAUpdate, layer_layout, lora_updates
 
-__all__ = ["export_lora_adapter", "fused_rows", "huggingface_layers"]
+__all__ = ["check_adapter_weight", "export_lora_adapter", "fused_rows", "huggingface_layers"]
 
 _PREFIX = "base_model.model."
 # Largest |difference| between base + update and the checked model's weight, relative to the largest |weight|.
 _TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 _HALF_TOLERANCE = 1e-2
+_NOT_WRITTEN = (
+    "weights besides the adapters were finetuned, or the base model changed. Write the whole model with "
+    "export_huggingface; nothing was written."
+)
 
 
 @dataclass
@@ -88,7 +92,10 @@ def export_lora_adapter(model: Any, folder: Path | str) -> Path:
         settings: dict[str, tuple[int, float]] = {}  # per layer: rank and alpha
         for name, adapter in adapters.items():
             a, b, scale = adapter.matrices()
-            _check_update(name, adapter, a, b, scale, weights[f"{name}.weight"])
+            weight = weights[f"{name}.weight"]
+            check_adapter_weight(
+                name, adapter.base, a, b, scale, weight.T if adapter.fan_in_fan_out else weight, _NOT_WRITTEN
+            )
             tensors[f"{_PREFIX}{name}.lora_A.weight"] = a.contiguous()
             tensors[f"{_PREFIX}{name}.lora_B.weight"] = b.contiguous()
             settings[name] = (a.shape[0], scale * a.shape[0])
@@ -191,18 +198,21 @@ def _base_weight(layer: nn.Module) -> Tensor:
     return _weight(layer).detach()
 
 
-def _check_update(name: str, adapter: _Adapter, a: Tensor, b: Tensor, scale: float, weight: Tensor) -> None:
-    """Refuse unless the base weight plus ``scale · B A`` is the checked model's weight of layer ``name``."""
-    update = scale * (b.double() @ a.double())
-    found = adapter.base.double() + update
-    expected = (weight.T if adapter.fan_in_fan_out else weight).double()
+def check_adapter_weight(
+    name: str, base: Tensor, a: Tensor, b: Tensor, scale: float, weight: Tensor, consequence: str
+) -> None:
+    """Refuse unless ``base + scale · b a`` is ``weight`` (``[out, in]`` both) within its dtype's rounding.
+
+    Raises:
+        ModelNotSupportedError: It is not; ``consequence`` ends the message (what the user should do).
+    """
+    expected = base.double() + scale * (b.double() @ a.double()).to(base.device)
     allowed = _TOLERANCE.get(weight.dtype, _HALF_TOLERANCE) * max(expected.abs().max().item(), 1.0)
-    difference = (found - expected).abs().max().item()
+    difference = (weight.double() - expected).abs().max().item()
     if not difference <= allowed:
         raise ModelNotSupportedError(
-            f"The adapter of {name} does not give the weight the bridge computes with (largest difference "
-            f"{difference:.3g}, allowed {allowed:.3g}): weights besides the adapters were finetuned, or the base "
-            "model changed. Write the whole model with export_huggingface; nothing was written."
+            f"The weight the bridge computes {name} with is not its base weight plus (alpha / r) · B A of the "
+            f"adapter (largest difference {difference:.3g}, allowed {allowed:.3g}); {consequence}"
         )
 
 
