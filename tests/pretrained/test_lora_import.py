@@ -131,3 +131,19 @@ def test_pieces_given_the_wrong_rows_are_caught_and_taken_off(tmp_path_factory, 
         load_lora_adapter(bridge, tmp_path / "adapter")
     assert not has_lora(bridge)
     torch.testing.assert_close(logits(bridge), logits(pretrained.model), atol=0, rtol=0)
+
+
+def test_an_adapter_of_another_model_size_or_settings_is_refused(adapter):
+    from safetensors.torch import load_file, save_file
+
+    folder, bridge = adapter
+    rewrite_config(folder, lora_dropout="none")
+    with pytest.raises(ConfigError, match="dropout"):
+        load_lora_adapter(bridge, folder)
+    rewrite_config(folder, lora_dropout=0.0)
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    key = "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"
+    save_file(weights | {key: weights[key][:, :-1].contiguous()}, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(ModelNotSupportedError, match=r"down_proj map \d+ features to 64, and the layer maps"):
+        load_lora_adapter(bridge, folder)
+    assert not has_lora(bridge)

@@ -67,8 +67,14 @@ def load_lora_adapter(model: Any, folder: Path | str) -> list[LoRAUpdate]:
                         f"The adapter adapts {name}, which is not a linear layer of this "
                         f"{type(source).__name__}; load it on the model it was trained for."
                     )
+                n_out, n_in = cast(Tensor, layer.weight).shape[:: 1 if layout == "out_in" else -1]
+                if (b.shape[0], a.shape[1]) != (n_out, n_in):
+                    raise ModelNotSupportedError(
+                        f"The adapter's matrices of {name} map {a.shape[1]} features to {b.shape[0]}, and the layer "
+                        f"maps {n_in} to {n_out}: it was trained for another model."
+                    )
                 alpha = _pattern(config, "alpha_pattern", name, config.get("lora_alpha", 8))
-                lora = LoRAConfig(rank=a.shape[0], alpha=float(alpha), dropout=float(config.get("lora_dropout", 0.0)))
+                lora = LoRAConfig(rank=a.shape[0], alpha=alpha, dropout=config.get("lora_dropout", 0.0))
                 split = splits.get(id(layer))
                 if split is None:
                     updates.append(_attach(layer, layout, a, b, lora))
