@@ -35,9 +35,10 @@ from tv_lens.training.export import (
 )
 from tv_lens.training.lora import LoRAUpdate, layer_layout, lora_updates
 
-__all__ = ["check_adapter_weight", "export_lora_adapter", "fused_rows", "huggingface_layers"]
+__all__ = ["PEFT_PREFIX", "check_adapter_weight", "export_lora_adapter", "fused_rows", "huggingface_layers"]
 
-_PREFIX = "base_model.model."
+#: What PEFT puts before a layer's name in an adapter's weights file.
+PEFT_PREFIX = "base_model.model."
 # Largest |difference| between base + update and the checked model's weight, relative to the largest |weight|.
 _TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 _HALF_TOLERANCE = 1e-2
@@ -96,8 +97,8 @@ def export_lora_adapter(model: Any, folder: Path | str) -> Path:
             check_adapter_weight(
                 name, adapter.base, a, b, scale, weight.T if adapter.fan_in_fan_out else weight, _NOT_WRITTEN
             )
-            tensors[f"{_PREFIX}{name}.lora_A.weight"] = a.contiguous()
-            tensors[f"{_PREFIX}{name}.lora_B.weight"] = b.contiguous()
+            tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = a.contiguous()
+            tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = b.contiguous()
             settings[name] = (a.shape[0], scale * a.shape[0])
         rank, alpha = Counter(settings.values()).most_common(1)[0][0]
         others = {_escaped(name): setting for name, setting in settings.items() if setting != (rank, alpha)}

@@ -25,12 +25,11 @@ from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.training.config import LoRAConfig
 from tv_lens.training.export import SplitLayer, huggingface_model, huggingface_source, split_layers
 from tv_lens.training.lora import LoRAUpdate, has_lora, layer_layout, remove_lora
-from tv_lens.training.lora_export import check_adapter_weight, fused_rows, huggingface_layers
+from tv_lens.training.lora_export import PEFT_PREFIX, check_adapter_weight, fused_rows, huggingface_layers
 
 __all__ = ["load_lora_adapter"]
 
-_PREFIX = "base_model.model."
-_KEY = re.compile(rf"^{re.escape(_PREFIX)}(.+)\.lora_([AB])\.weight$")
+_KEY = re.compile(rf"^{re.escape(PEFT_PREFIX)}(.+)\.lora_([AB])\.weight$")
 # PEFT options whose adapters compute something else than base + (alpha / r) · B A.
 _OTHER_KINDS = ("use_dora", "use_rslora", "lora_bias")
 
@@ -120,7 +119,7 @@ def _read(folder: Path) -> tuple[dict[str, Any], dict[str, tuple[Tensor, Tensor]
         if match is None:
             raise ArtefactError(
                 f"{weights_file} holds {key!r}, which is not a LoRA matrix of a linear layer "
-                f"({_PREFIX}<layer>.lora_A.weight / lora_B.weight); tv_lens attaches those only."
+                f"({PEFT_PREFIX}<layer>.lora_A.weight / lora_B.weight); tv_lens attaches those only."
             )
         parts.setdefault(match.group(1), {})[match.group(2)] = tensor
     tensors = {}
