@@ -107,6 +107,16 @@ def _read(folder: Path) -> tuple[dict[str, Any], dict[str, tuple[Tensor, Tensor]
         raise ArtefactError(f"{folder} does not hold a readable PEFT adapter ({error}).") from error
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         raise ArtefactError(f"{config_file} is not the config of a PEFT LoRA adapter (peft_type is not 'LORA').")
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict) or not all(isinstance(key, str) for key in patterns):
+        raise ArtefactError(f"{config_file} has an alpha_pattern that is not a dict of layer patterns to alphas.")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ArtefactError(
+                f"{config_file} has an alpha_pattern key {pattern!r} that is no pattern ({error})."
+            ) from error
     other = [option for option in _OTHER_KINDS if config.get(option)]
     if other:
         raise ConfigError(
