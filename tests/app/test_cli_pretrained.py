@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import run_cli
+from lora_helpers import peft_adapter
 from plotly.offline import get_plotlyjs
 
 import tv_lens.app.pretrained as pretrained_module
@@ -41,7 +42,7 @@ from tv_lens.results import (
     TdAccuracyFit,
 )
 from tv_lens.tasks import TextPool, bitwise_text_tasks, load_tasks, pos_tasks
-from tv_lens.training import LoRAConfig
+from tv_lens.training import LoRAConfig, load_lora_adapter
 
 RESULT_TYPES = {
     "decodability": Decodability,
@@ -195,6 +196,34 @@ def test_a_llama_folder(folders, tmp_path):
     assert re.findall(r'<section id="(\w+)"', (out / "report.html").read_text()) == ["decodability", "patching"]
 
 
+def test_a_peft_adapter_is_put_on_the_model_before_the_analyses(folders, tmp_path):
+    """--adapter: the finetuned model is analysed; the reference puts the adapter on by hand."""
+    peft_adapter("llama", folders["llama"], tmp_path / "adapter")  # made and saved by PEFT itself
+    out = tmp_path / "llama-adapted"
+    status, _, stderr = run_cli(
+        "analyze", "--model", folders["llama"], "--adapter", tmp_path / "adapter", "--tasks",
+        f"bitwise:{','.join(OPS)}", "--only", "decodability", "--n-per-task", N, "--shots", SHOTS, "--out", out,
+        "--no-progress",
+    )  # fmt: skip
+    assert status == 0, stderr
+    model = boot(folders["llama"])
+    pool = TextPool(
+        bitwise_text_tasks(ops=OPS, n_bits=5, n_examples=256, seed=SEED), model.tokenizer, null=True, bos=True
+    )
+    base = TaskDecodability(k=10, n_bootstrap=1000).run(model, pool, N, SHOTS, SEED)
+    load_lora_adapter(model, tmp_path / "adapter")
+    adapted = TaskDecodability(k=10, n_bootstrap=1000).run(model, pool, N, SHOTS, SEED)
+    assert Result.load(out / "results" / "decodability.safetensors") == adapted
+    assert not torch.allclose(adapted.td, base.td)
+    assert f"with the PEFT LoRA adapter {tmp_path / 'adapter'}" in (out / "report.html").read_text()
+    missing = run_cli("analyze", "--model", folders["llama"], "--adapter", tmp_path / "none", "--tasks", "bitwise",
+                      "--out", tmp_path / "never")  # fmt: skip
+    assert "adapter_config.json does not exist" in one_line_error(*missing[::2])
+    alone = run_cli("analyze", "--adapter", tmp_path / "adapter", "--out", tmp_path / "never")
+    assert "--adapter applies to a pretrained model" in one_line_error(*alone[::2])
+    assert not (tmp_path / "never").exists()
+
+
 @pytest.mark.parametrize(
     ("arch", "targets"),
     [("llama", ["W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"]), ("mixtral", ["W_Q", "W_K", "W_V", "W_O"])],
@@ -292,8 +321,8 @@ def test_bad_inputs_end_with_one_line_errors(folders, gpt2_run, tmp_path):
 def test_help_lists_the_pretrained_options():
     status, stdout, _ = run_cli("analyze", "--help")
     assert status == 0
-    options = ("--model", "--tasks", "--n-per-task", "--shots", "--device", "--dtype", "--only", "--finetune-steps")
-    for option in (*options, "--no-progress"):
+    options = ("--model", "--adapter", "--tasks", "--n-per-task", "--shots", "--device", "--dtype", "--only")
+    for option in (*options, "--finetune-steps", "--no-progress"):
         assert option in stdout
 
 

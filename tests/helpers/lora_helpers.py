@@ -134,3 +134,37 @@ def assert_same_weights(found, expected) -> None:
     assert found.keys() == expected.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(found[name], tensor, atol=1e-6, rtol=1e-6, msg=name)
+
+
+# The linear layers of each architecture's blocks, by their Hugging Face names.
+TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    **{arch: ["q_proj", "k_proj", "v_proj", "o_proj"] for arch in MIXTURES_OF_EXPERTS},
+}
+GATED_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def peft_adapter(arch: str, folder, saved):
+    """A PEFT model of the architecture with random LoRA matrices (rank 2, rank 3 on the first target), saved."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = TARGETS.get(arch, GATED_LAYERS)
+    config = LoraConfig(
+        r=2,
+        lora_alpha=3,
+        target_modules=targets,
+        rank_pattern={targets[0]: 3},
+        alpha_pattern={targets[0]: 5},
+        fan_in_fan_out=arch == "gpt2",
+        init_lora_weights=False,
+    )
+    model = get_peft_model(huggingface(folder), config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    model.save_pretrained(saved)
+    return model.eval()

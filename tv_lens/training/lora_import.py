@@ -27,7 +27,7 @@ from tv_lens.training.export import SplitLayer, huggingface_model, huggingface_s
 from tv_lens.training.lora import LoRAUpdate, has_lora, layer_layout, remove_lora
 from tv_lens.training.lora_export import PEFT_PREFIX, check_adapter_weight, fused_rows, huggingface_layers
 
-__all__ = ["load_lora_adapter"]
+__all__ = ["adapter_files", "load_lora_adapter"]
 
 _KEY = re.compile(rf"^{re.escape(PEFT_PREFIX)}(.+)\.lora_([AB])\.weight$")
 # PEFT options whose adapters compute something else than base + (alpha / r) · B A.
@@ -88,18 +88,28 @@ def load_lora_adapter(model: Any, folder: Path | str) -> list[LoRAUpdate]:
     return updates
 
 
-def _read(folder: Path) -> tuple[dict[str, Any], dict[str, tuple[Tensor, Tensor]]]:
-    """The adapter's config and, per adapted layer, PEFT's ``(lora_A [r, in], lora_B [out, r])``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def adapter_files(folder: Path | str) -> tuple[Path, Path]:
+    """``adapter_config.json`` and ``adapter_model.safetensors`` of a PEFT adapter folder.
 
-    config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
-    for path in (config_file, weights_file):
+    Raises:
+        MissingFileError: One of them does not exist.
+    """
+    files = Path(folder) / "adapter_config.json", Path(folder) / "adapter_model.safetensors"
+    for path in files:
         if not path.is_file():
             raise MissingFileError(
                 f"{path} does not exist; a PEFT adapter folder holds adapter_config.json and "
                 "adapter_model.safetensors (PeftModel.save_pretrained writes them)."
             )
+    return files
+
+
+def _read(folder: Path) -> tuple[dict[str, Any], dict[str, tuple[Tensor, Tensor]]]:
+    """The adapter's config and, per adapted layer, PEFT's ``(lora_A [r, in], lora_B [out, r])``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config_file, weights_file = adapter_files(folder)
     try:
         config = json.loads(config_file.read_text())
         weights = load_file(str(weights_file))

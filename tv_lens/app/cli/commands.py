@@ -120,6 +120,7 @@ def analyze(args: argparse.Namespace) -> None:
         tasks=tuple(args.tasks),
         null=not args.no_null,
         compatibility_mode=args.compatibility_mode,
+        adapter=args.adapter,
         **{key: value for key, value in settings.items() if value is not None},
     )
     args.out = default_out(args.model) if args.out is None else args.out
@@ -139,6 +140,7 @@ _PRETRAINED_OPTIONS = (
     "device",
     "dtype",
     "compatibility_mode",
+    "adapter",
 )
 
 

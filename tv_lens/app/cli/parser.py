@@ -201,6 +201,12 @@ def _analyze_options(parser: argparse.ArgumentParser) -> None:
         help="with --model: call enable_compatibility_mode() on the bridge (LayerNorm folded, weights centred: "
         "HookedTransformer's numerics; logits unchanged, residual-stream rows change)",
     )
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        metavar="FOLDER",
+        help="with --model: put this PEFT LoRA adapter of the model on it first, and analyse the finetuned model",
+    )
     _only_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     parser.add_argument(

@@ -48,6 +48,8 @@ class PretrainedConfig:
         device: Device to boot the model on (``None``: ``"cuda"`` when available, else ``"cpu"``).
         dtype: Parameter dtype, a key of :data:`DTYPES`.
         compatibility_mode: Call ``enable_compatibility_mode()`` on the bridge (HookedTransformer numerics).
+        adapter: A PEFT LoRA adapter folder of the model, put on it before the analyses
+            (:func:`~tv_lens.training.load_lora_adapter`): the finetuned model is analysed.
         finetune_steps: Training steps of each variant of layer finetuning (run on request; warm-up a tenth of them).
     """
 
@@ -65,12 +67,15 @@ class PretrainedConfig:
     device: str | None = None
     dtype: str = "float32"
     compatibility_mode: bool = False
+    adapter: str | None = None
     finetune_steps: int = 200
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks))
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError(f"model must be a HuggingFace model id or a local folder, got {self.model!r}.")
+        if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter.strip()):
+            raise ConfigError(f"adapter must be the folder of a PEFT LoRA adapter, got {self.adapter!r}.")
         if not self.tasks:
             raise ConfigError("tasks is empty; name a built-in family (e.g. 'bitwise') or a JSON task file.")
         for name in ("n_per_task", "n_shots", "n_examples", "finetune_steps"):
@@ -114,7 +119,7 @@ class PretrainedConfig:
 
     def target(self) -> dict[str, Any]:
         """What is analysed (model, tasks, prompt format): an output directory holds the results of one target."""
-        keys = ("model", "tasks", "template", "separator", "null", "n_examples", "compatibility_mode")
+        keys = ("model", "adapter", "tasks", "template", "separator", "null", "n_examples", "compatibility_mode")
         return {key: getattr(self, key) for key in keys}
 
 

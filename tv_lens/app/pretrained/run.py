@@ -18,6 +18,8 @@ from tv_lens.app.run_files import RESULT_SUFFIX, RESULTS, RUN_FILE, read_run_inf
 from tv_lens.errors import ArtefactError
 from tv_lens.results import Result
 from tv_lens.tasks import TextPool
+from tv_lens.training import load_lora_adapter
+from tv_lens.training.lora_import import adapter_files
 
 __all__ = ["PretrainedRun", "default_out", "run_pretrained"]
 
@@ -77,7 +79,7 @@ def _check_same_target(out: Path, config: PretrainedConfig) -> None:
 
 
 def _absolute(spec: str, kind: str) -> str:
-    """A local model folder (``kind="model"``) or task file as an absolute path, so a rerun from elsewhere finds it."""
+    """A local model or adapter folder (``kind="model"``) or task file as an absolute path, for reruns elsewhere."""
     path = Path(spec).expanduser()
     local = path.is_dir() if kind == "model" else path.is_file()
     return str(path.resolve()) if local else spec
@@ -85,6 +87,7 @@ def _absolute(spec: str, kind: str) -> str:
 
 def _description(config: PretrainedConfig, facts: dict[str, Any], pool: TextPool, device: Any) -> list[str]:
     compat = ", compatibility mode" if config.compatibility_mode else ""
+    compat += f", with the PEFT LoRA adapter {config.adapter}" if config.adapter is not None else ""
     kept = ", ".join(f"{task.name} {len(examples)}" for task, examples in zip(pool.tasks, pool.examples, strict=True))
     null = " plus the Null task (random outputs)" if pool.null else ""
     return [
@@ -131,13 +134,20 @@ def run_pretrained(
     out = Path(out)
     names = check_names(only)
     config = replace(
-        config, model=_absolute(config.model, "model"), tasks=tuple(_absolute(t, "task") for t in config.tasks)
+        config,
+        model=_absolute(config.model, "model"),
+        tasks=tuple(_absolute(t, "task") for t in config.tasks),
+        adapter=None if config.adapter is None else _absolute(config.adapter, "model"),
     )
     tasks = text_tasks(config.tasks, config.n_examples, config.seed)
+    if config.adapter is not None:
+        adapter_files(config.adapter)  # a missing adapter fails here, before the model boots
     _check_same_target(out, config)
     start = time.perf_counter()
     device = resolve_device(config.device)
     model = boot_model(config.model, device, config.dtype, config.compatibility_mode, progress)
+    if config.adapter is not None:
+        load_lora_adapter(model, config.adapter)
     pool = text_pool(model, tasks, config.template, config.separator, config.null)
     pool.sample(1, config.n_shots, config.seed)  # too many shots for the tasks' examples fails here, before any work
     seconds = {"boot": time.perf_counter() - start}
