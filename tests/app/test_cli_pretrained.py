@@ -219,6 +219,9 @@ def test_a_peft_adapter_is_put_on_the_model_before_the_analyses(folders, tmp_pat
     missing = run_cli("analyze", "--model", folders["llama"], "--adapter", tmp_path / "none", "--tasks", "bitwise",
                       "--out", tmp_path / "never")  # fmt: skip
     assert "adapter_config.json does not exist" in one_line_error(*missing[::2])
+    finetuning = run_cli("analyze", "--model", folders["llama"], "--adapter", tmp_path / "adapter", "--tasks",
+                         "bitwise", "--only", "finetuning", "--out", tmp_path / "never")  # fmt: skip
+    assert "Layer finetuning trains LoRA adapters of its own" in one_line_error(*finetuning[::2])
     alone = run_cli("analyze", "--adapter", tmp_path / "adapter", "--out", tmp_path / "never")
     assert "--adapter applies to a pretrained model" in one_line_error(*alone[::2])
     assert not (tmp_path / "never").exists()

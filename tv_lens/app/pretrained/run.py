@@ -15,7 +15,7 @@ from tv_lens.app.pretrained.config import RUN_KEY, PretrainedConfig, stored_conf
 from tv_lens.app.pretrained.model import boot_model, model_facts, resolve_device
 from tv_lens.app.pretrained.tasks import text_pool, text_tasks
 from tv_lens.app.run_files import RESULT_SUFFIX, RESULTS, RUN_FILE, read_run_info, write_run_info
-from tv_lens.errors import ArtefactError
+from tv_lens.errors import ArtefactError, ConfigError
 from tv_lens.results import Result
 from tv_lens.tasks import TextPool
 from tv_lens.training import load_lora_adapter
@@ -126,7 +126,8 @@ def run_pretrained(
         progress: Show progress bars.
 
     Raises:
-        ConfigError: An analysis name that does not apply to a pretrained model.
+        ConfigError: An analysis name that does not apply to a pretrained model; layer finetuning with an adapter.
+        MissingFileError: The adapter folder lacks its files.
         TaskError: Unknown task families or unreadable task files; tasks the tokenizer cannot represent.
         ArtefactError: ``out`` holds the results of another model or tasks, or of the demo.
         ModelLoadError: TransformerLens could not boot the model.
@@ -142,6 +143,11 @@ def run_pretrained(
     tasks = text_tasks(config.tasks, config.n_examples, config.seed)
     if config.adapter is not None:
         adapter_files(config.adapter)  # a missing adapter fails here, before the model boots
+        if "finetuning" in names:
+            raise ConfigError(
+                "Layer finetuning trains LoRA adapters of its own and cannot start from a model that has one; run "
+                "it without --adapter, or write the adapted model out (export_huggingface) and analyse that."
+            )
     _check_same_target(out, config)
     start = time.perf_counter()
     device = resolve_device(config.device)
