@@ -37,7 +37,9 @@ __all__ = [
     "check_new_folder",
     "empty_model",
     "export_huggingface",
+    "fused_from",
     "huggingface_model",
+    "huggingface_name",
     "huggingface_source",
     "split_layers",
     "write_new_folder",
@@ -135,6 +137,11 @@ def huggingface_model(model: Any, source: nn.Module) -> Any:
     return exported
 
 
+def huggingface_name(path: str) -> str:
+    """The Hugging Face name of a path in the wrapped model: the bridge's ``_original_component`` steps dropped."""
+    return ".".join(step for step in path.split(".") if step and step != "_original_component")
+
+
 def _effective_tensors(source: nn.Module, wanted: set[str]) -> dict[str, Tensor]:
     """The ``wanted`` parameters and buffers of the wrapped model, by Hugging Face name, LoRA updates applied.
 
@@ -143,11 +150,10 @@ def _effective_tensors(source: nn.Module, wanted: set[str]) -> dict[str, Tensor]
     """
     found: dict[str, Tensor] = {}
     for path, module in source.named_modules(remove_duplicate=False):
-        steps = path.split(".")
-        if "parametrizations" in steps:
+        if "parametrizations" in path.split("."):
             continue
         for attribute in (*own_weights(module), *module._buffers):
-            name = ".".join(step for step in (*steps, attribute) if step and step != "_original_component")
+            name = huggingface_name(f"{path}.{attribute}")
             if name in wanted and name not in found:
                 value = getattr(module, attribute)  # a LoRA-parametrised weight is computed here
                 if isinstance(value, Tensor):
@@ -248,13 +254,19 @@ def _checked_positions(position_tensors: list[Tensor], what: str) -> tuple[Tenso
     return tuple(positions.long() for positions in position_tensors)
 
 
+def fused_from(split: SplitLayer, attribute: str, pieces: list[Tensor]) -> Tensor:
+    """``split``'s fused ``attribute`` (``"weight"`` / ``"bias"``) with each piece's entries taken from ``pieces``."""
+    fused = getattr(split.fused, attribute).detach().clone()
+    for values, index in zip(pieces, split.positions[attribute], strict=True):
+        fused.view(-1)[index.flatten().to(fused.device)] = values.detach().flatten()
+    return fused
+
+
 def _fuse(split: SplitLayer, weights: dict[str, Tensor]) -> None:
     """Rebuild ``split``'s fused weight (and bias) in ``weights`` from its pieces as they act now."""
-    for attribute, positions in split.positions.items():
+    for attribute in split.positions:
         target = getattr(split.fused, attribute)
-        rebuilt = target.detach().clone()
-        for piece, index in zip(split.pieces, positions, strict=True):
-            rebuilt.view(-1)[index.flatten().to(rebuilt.device)] = getattr(piece, attribute).detach().flatten()
+        rebuilt = fused_from(split, attribute, [getattr(piece, attribute) for piece in split.pieces])
         for name, value in weights.items():
             if _same_tensor(value, target):
                 weights[name] = rebuilt

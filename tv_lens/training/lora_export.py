@@ -29,13 +29,21 @@ from tv_lens.training.export import (
     check_new_folder,
     empty_model,
     huggingface_model,
+    huggingface_name,
     huggingface_source,
     split_layers,
     write_new_folder,
 )
 from tv_lens.training.lora import LoRAUpdate, layer_layout, lora_updates
 
-__all__ = ["PEFT_PREFIX", "check_adapter_weight", "export_lora_adapter", "fused_rows", "huggingface_layers"]
+__all__ = [
+    "PEFT_PREFIX",
+    "base_weight",
+    "check_adapter_weight",
+    "export_lora_adapter",
+    "fused_rows",
+    "huggingface_layers",
+]
 
 #: What PEFT puts before a layer's name in an adapter's weights file.
 PEFT_PREFIX = "base_model.model."
@@ -141,7 +149,7 @@ def _adapters(
                 "nor a piece of one the bridge splits; it cannot be written as a PEFT adapter."
             )
         if name not in adapters:
-            base = _base_weight(adapted)
+            base = base_weight(adapted)
             fan_in_fan_out = layer_layout(adapted) == "in_out"
             adapters[name] = _Adapter(base.T if fan_in_fan_out else base, fan_in_fan_out)
         adapter = adapters[name]
@@ -160,7 +168,7 @@ def huggingface_layers(source: nn.Module) -> dict[str, nn.Module]:
     names = set(dict(empty_model(source).named_modules()))
     layers: dict[str, nn.Module] = {}
     for path, module in source.named_modules(remove_duplicate=False):
-        name = ".".join(step for step in path.split(".") if step and step != "_original_component")
+        name = huggingface_name(path)
         if name in names:  # a bridge component standing where the Hugging Face module was: the module it wraps
             layers.setdefault(name, getattr(module, "original_component", module))
     return layers
@@ -192,7 +200,7 @@ def _weight(layer: nn.Module) -> Tensor:
     return cast(Tensor, layer.weight)
 
 
-def _base_weight(layer: nn.Module) -> Tensor:
+def base_weight(layer: nn.Module) -> Tensor:
     """The weight of ``layer`` without its LoRA update."""
     if parametrize.is_parametrized(layer, "weight"):
         return cast(Any, layer).parametrizations.weight.original.detach()

@@ -23,9 +23,15 @@ from torch.nn.utils import parametrize
 from tv_lens.errors import ArtefactError, ConfigError, MissingFileError, ModelNotSupportedError
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.training.config import LoRAConfig
-from tv_lens.training.export import SplitLayer, huggingface_model, huggingface_source, split_layers
+from tv_lens.training.export import SplitLayer, fused_from, huggingface_model, huggingface_source, split_layers
 from tv_lens.training.lora import LoRAUpdate, has_lora, layer_layout, remove_lora
-from tv_lens.training.lora_export import PEFT_PREFIX, check_adapter_weight, fused_rows, huggingface_layers
+from tv_lens.training.lora_export import (
+    PEFT_PREFIX,
+    base_weight,
+    check_adapter_weight,
+    fused_rows,
+    huggingface_layers,
+)
 
 __all__ = ["adapter_files", "load_lora_adapter"]
 
@@ -56,6 +62,7 @@ def load_lora_adapter(model: Any, folder: Path | str) -> list[LoRAUpdate]:
     by_name = huggingface_layers(source)
     splits = {id(split.fused): split for split in split_layers(model)}
     updates: list[LoRAUpdate] = []
+    scales: dict[str, float] = {}  # per adapted layer: alpha / r
     try:
         with torch.no_grad():
             for name, (a, b) in tensors.items():
@@ -74,6 +81,7 @@ def load_lora_adapter(model: Any, folder: Path | str) -> list[LoRAUpdate]:
                     )
                 alpha = _pattern(config, "alpha_pattern", name, config.get("lora_alpha", 8))
                 lora = LoRAConfig(rank=a.shape[0], alpha=alpha, dropout=config.get("lora_dropout", 0.0))
+                scales[name] = lora.alpha / lora.rank
                 split = splits.get(id(layer))
                 if split is None:
                     updates.append(_attach(layer, layout, a, b, lora))
@@ -81,7 +89,7 @@ def load_lora_adapter(model: Any, folder: Path | str) -> list[LoRAUpdate]:
                     for index, piece in enumerate(split.pieces):
                         updates.append(_attach(piece, "out_in", a, b[fused_rows(split, index)], lora))
             with user_hooks_detached(model), evaluating(model):
-                _check(model, source, tensors, config, splits, by_name)
+                _check(model, source, tensors, scales, splits, by_name)
     except BaseException:
         remove_lora(model)
         raise
@@ -176,7 +184,7 @@ def _check(
     model: Any,
     source: nn.Module,
     tensors: dict[str, tuple[Tensor, Tensor]],
-    config: dict[str, Any],
+    scales: dict[str, float],
     splits: dict[int, SplitLayer],
     by_name: dict[str, nn.Module],
 ) -> None:
@@ -184,19 +192,14 @@ def _check(
     exported = dict(huggingface_model(model, source).named_parameters())
     for name, (a, b) in tensors.items():
         layer = by_name[name]
-        alpha = _pattern(config, "alpha_pattern", name, config.get("lora_alpha", 8))
         base, weight = _base(layer, splits.get(id(layer))), exported[f"{name}.weight"]
         if layer_layout(layer) == "in_out":  # Conv1D [in, out]
             base, weight = base.T, weight.T
-        check_adapter_weight(name, base, a, b, alpha / a.shape[0], weight, "nothing was attached.")
+        check_adapter_weight(name, base, a, b, scales[name], weight, "nothing was attached.")
 
 
 def _base(layer: nn.Module, split: SplitLayer | None) -> Tensor:
     """The weight of ``layer`` before the adapter: the fused weight rebuilt from its pieces' base weights."""
     if split is None:
-        return cast(Any, layer).parametrizations.weight.original.detach()
-    base = cast(Tensor, layer.weight).detach().clone()
-    for piece, index in zip(split.pieces, split.positions["weight"], strict=True):
-        original = cast(Any, piece).parametrizations.weight.original.detach()
-        base.view(-1)[index.flatten().to(base.device)] = original.flatten()
-    return base
+        return base_weight(layer)
+    return fused_from(split, "weight", [base_weight(piece) for piece in split.pieces])

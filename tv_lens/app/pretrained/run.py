@@ -18,8 +18,7 @@ from tv_lens.app.run_files import RESULT_SUFFIX, RESULTS, RUN_FILE, read_run_inf
 from tv_lens.errors import ArtefactError, ConfigError
 from tv_lens.results import Result
 from tv_lens.tasks import TextPool
-from tv_lens.training import load_lora_adapter
-from tv_lens.training.lora_import import adapter_files
+from tv_lens.training.lora_import import adapter_files, load_lora_adapter
 
 __all__ = ["PretrainedRun", "default_out", "run_pretrained"]
 
