@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from tv_lens.tasks import bitwise_text_tasks, pos_tasks
@@ -43,3 +43,39 @@ def byte_bpe(extra: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     )
     tokenizer.train_from_iterator(corpus(extra), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<bos>")
+
+
+@lru_cache(maxsize=1)
+def sentencepiece_like() -> PreTrainedTokenizerFast:
+    """A BPE with SentencePiece's ``▁`` for spaces and single digits (as Llama-2's and Mistral's tokenizers).
+
+    Before a number, the space is a token of its own: ``" 10011"`` is ``▁``, ``1``, ``0``, ``0``, ``1``, ``1``.
+    """
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(prepend_scheme="first"), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tokenizer.decoder = decoders.Metaspace(prepend_scheme="first")
+    alphabet = [chr(c) for c in range(32, 127)] + ["\n"]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "<pad>"], initial_alphabet=alphabet)
+    tokenizer.train_from_iterator(corpus(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", pad_token="<pad>")
+
+
+@lru_cache(maxsize=1)
+def qwen_like() -> PreTrainedTokenizerFast:
+    """A byte-level BPE that splits single digits off the space before them (as Qwen's and Llama-3's tokenizers)."""
+    split = r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(corpus(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>")

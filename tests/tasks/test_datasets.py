@@ -42,18 +42,22 @@ def test_dataset_prompts_follow_their_files() -> None:
     pool = TextPool(tasks, tokenizer, template="{x} -> {y}", null=True)
     assert pool.dropped == ()  # a byte-level tokenizer represents any text
     batch = pool.sample(n_per_task=15, n_shots=(0, 4), seed=0)
-    n_multi = 0
+    n_multi = n_space_token = 0
     for i in range(len(batch)):
         ids = batch.inputs[i, : int(batch.lengths[i])].tolist()
         ap, qs = int(batch.answer_pos[i]), int(batch.query_start[i])
         query = tokenizer.decode(ids[qs : ap + 1])
         answer = tokenizer.decode(batch.answers[i, : int(batch.answer_lengths[i])].tolist())
-        assert query.endswith(" ->") and answer.startswith(" ")  # the template's space moves to the answer
+        # The template's space moves to the answer, unless the tokenizer gives it a token of its own: that token
+        # stays with the query, whose last token then predicts the answer's first character.
+        assert query + answer == query.rstrip() + " " + answer.lstrip() and query.rstrip().endswith(" ->")
+        assert tokenizer.decode(batch.answers[i, :1].tolist()).strip() != ""
+        n_space_token += query.endswith(" ")
         n_multi += int(batch.answer_lengths[i]) > 1
         tid = int(batch.task_ids[i])
         if batch.task_names[tid] != NULL_TASK:
-            assert lookup[tid][query.removesuffix(" ->")] == answer[1:]
-    assert n_multi > 0
+            assert lookup[tid][query.rstrip().removesuffix(" ->")] == answer.lstrip()
+    assert n_multi > 0 and 0 < n_space_token < len(batch)
 
 
 @needs_samples

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import BACKENDS, tiny_config
 from scipy.stats import chi2_contingency
-from text_tokenizers import byte_bpe, word_level
+from text_tokenizers import byte_bpe, qwen_like, sentencepiece_like, word_level
 
 from tv_lens.errors import PositionError, ShapeError, TaskError
 from tv_lens.interventions import run_with_interventions
@@ -160,9 +160,11 @@ def test_templates(template: str, separator: str) -> None:
         sentence = tokenizer.decode(ids[qs : ap + 1])
         answer = tokenizer.decode(batch.answers[i, : int(batch.answer_lengths[i])].tolist())
         pre, mid = template.split("{x}")[0], template.split("{x}")[1].split("{y}")[0]
-        assert sentence.startswith(pre) and sentence.endswith(mid.rstrip())  # the query prompt, trailing space moved
-        x = sentence.removeprefix(pre).removesuffix(mid.rstrip())
-        assert answer == mid[len(mid.rstrip()) :] + first_with_tag(x, batch.task_names[int(batch.task_ids[i])])
+        # The query prompt; its trailing space moves to the answer unless it is a token of its own.
+        assert sentence.startswith(pre) and sentence.rstrip().endswith(mid.rstrip())
+        x = sentence.removeprefix(pre).rstrip().removesuffix(mid.rstrip())
+        assert sentence + answer == pre + x + mid + first_with_tag(x, batch.task_names[int(batch.task_ids[i])])
+        assert tokenizer.decode(batch.answers[i, :1].tolist()).strip() != ""
         assert tokenizer.decode(ids[: batch.demo_start[i, 1]]).endswith(template.split("{y}")[1] + separator)
 
 
@@ -249,3 +251,31 @@ def test_bad_requests_name_the_fix() -> None:
         (TaskError, TypeError), match=r"answer_tokens must be 'all' or 'first'|parameter 'answer_tokens'"
     ):
         TextPool(tasks, tokenizer, answer_tokens="last")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("make", [sentencepiece_like, qwen_like], ids=["sentencepiece", "qwen"])
+def test_a_token_of_the_space_before_the_answer_stays_with_the_prompt(make) -> None:
+    """Where a tokenizer gives the space before digits a token of its own, the prompt ends with it: its last token
+    predicts the answer's first digit, in the query and in every demonstration, and each task's first answer token
+    tells the tasks apart (it would be the space token for every task otherwise)."""
+    tokenizer = make()
+    tasks = bitwise_text_tasks(n_examples=40, seed=0)
+    lookup = {task.name: dict(task.examples) for task in tasks}
+    pool = TextPool(tasks, tokenizer, template="{x} -> {y}", null=False)
+    assert pool.dropped == ()
+    batch = pool.sample(n_per_task=3, n_shots=2, seed=1)
+    targets = pool.target_answers(batch, batch.task_names)
+    n_differ = 0
+    for i in range(len(batch)):
+        row = batch.inputs[i, : int(batch.lengths[i])].tolist()
+        assert tokenizer(tokenizer.decode(row), add_special_tokens=False).input_ids == row  # its natural tokens
+        ap, qs = int(batch.answer_pos[i]), int(batch.query_start[i])
+        spaces = [ap] + [int(p) for p in batch.demo_answer_pos[i] if p >= 0]
+        assert {tokenizer.convert_ids_to_tokens(row[p]) for p in spaces} <= {"▁", "Ġ"}  # the prompt ends with a space
+        x = tokenizer.decode(row[qs : ap + 1]).strip().removesuffix("->").strip()
+        answer = batch.answers[i, : int(batch.answer_lengths[i])].tolist()
+        assert tokenizer.decode(answer) == lookup[batch.task_names[int(batch.task_ids[i])]][x]
+        firsts = [tokenizer.convert_tokens_to_ids(lookup[name][x][0]) for name in batch.task_names]
+        assert targets[:, i, 0].tolist() == firsts  # each task's first digit, not the space
+        n_differ += len(set(firsts)) > 1
+    assert n_differ > 0

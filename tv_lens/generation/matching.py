@@ -19,7 +19,8 @@ __all__ = ["answer_texts", "exact_match", "first_word_match", "token_match"]
 def answer_texts(batch: ICLBatch, tokenizer: Any) -> list[str]:
     """Each prompt's answer as text: its answer tokens (``-1`` padding dropped) decoded with ``tokenizer``.
 
-    For a text pool's batch this is the query's output (with the whitespace the template puts before it).
+    For a text pool's batch this is the query's output, with the whitespace the template puts before it where the
+    tokenizer joins that whitespace to the output's first characters.
     """
     if not isinstance(batch, ICLBatch):
         raise ShapeError(f"answer_texts needs an ICLBatch, got {type(batch).__name__}.")

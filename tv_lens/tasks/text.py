@@ -9,7 +9,10 @@ output (several for a multi-token output; ``-1`` pads shorter ones).
 **Tokenization.** Each prompt is tokenized as one string, so the model sees its natural tokens; character
 offsets locate every demonstration, answer and the query. Whitespace ending the query prompt (template
 ``"{x} -> {y}"``) is moved to the start of the answer, as language-model evaluation harnesses do, because BPE
-tokenizers attach a space to the word after it.
+tokenizers attach a space to the word after it. Where the tokenizer gives that whitespace a token of its own
+(SentencePiece's ``▁``, and Llama-3's or Qwen's ``" "``, before digits), the token stays with the prompt: the answer
+starts at its first token holding a character of the output, so the prompt's last token is the one that predicts
+it, in the query as in every demonstration (:func:`~tv_lens.tasks.text_batch.first_answer_token`).
 
 **Representable examples.** An example is kept only if the tokenizer can represent it: no unknown token, an
 answer that starts a new token (no token spans the query/answer boundary) and has at least one, and a query
@@ -40,7 +43,7 @@ from tv_lens.tasks.batch import ICLBatch
 from tv_lens.tasks.encoding import TextEncoder
 from tv_lens.tasks.pool_checks import NULL_TASK, PoolTasks, check_flag
 from tv_lens.tasks.sampling import ShotSpec, _shot_choices, check_batch_fits, check_sample_arguments, seeded_generator
-from tv_lens.tasks.text_batch import answer_start, to_batch
+from tv_lens.tasks.text_batch import answer_start, first_answer_token, to_batch
 from tv_lens.tasks.text_task import Example, TextTask, check_text
 
 __all__ = ["TextPool", "TextTask"]
@@ -131,11 +134,15 @@ class TextPool(PoolTasks):
         """Why the tokenizer cannot represent each example as a query (``""`` when it can)."""
         pre, mid, moved, _ = self._split_template()
         queries = [pre + x + mid for x, _ in examples]
-        fulls = [q + moved + y for q, (_, y) in zip(queries, examples, strict=True)]
+        texts = [q + moved + y for q, (_, y) in zip(queries, examples, strict=True)]
         encoder = self._encoder
+        fulls = encoder.encode(texts)
+        firsts, prompts = [], []  # the prompt: the query, and any token of only the whitespace before the answer
+        for query, full, text in zip(queries, fulls, texts, strict=True):
+            firsts.append(first_answer_token(full, len(query), text))
+            prompts.append(text[: full.starts[firsts[-1]]] if firsts[-1] < len(full.ids) else text)
         problems = []
-        for query, full, alone in zip(queries, encoder.encode(fulls), encoder.encode(queries), strict=True):
-            first = full.token_at(len(query))
+        for query, full, first, alone in zip(queries, fulls, firsts, encoder.encode(prompts), strict=True):
             if encoder.unk_id is not None and encoder.unk_id in full.ids:
                 problems.append("unknown token")
             elif first == 0:
@@ -163,7 +170,7 @@ class TextPool(PoolTasks):
             text = self._encoder.decode(row[start : end + 1])
             candidates = [text, text.lstrip(self.separator)] if self.separator else [text]
             found = None
-            for candidate in candidates:
+            for candidate in [c for text in candidates for c in dict.fromkeys((text, text.rstrip()))]:
                 if candidate.startswith(pre) and candidate.endswith(mid):
                     x = candidate[len(pre) : len(candidate) - len(mid)]
                     found = x if x in known else None
@@ -188,9 +195,9 @@ class TextPool(PoolTasks):
             table = tables.get(name, {})
             rows = [(i, x, y) for i, x in enumerate(queries) if x is not None and (y := table.get(x)) is not None]
             texts = [pre + x + mid + moved + y for _, x, y in rows]
-            for (i, x, _), encoded in zip(rows, self._encoder.encode(texts), strict=True):
+            for (i, x, _), text, encoded in zip(rows, texts, self._encoder.encode(texts), strict=True):
                 boundary = len(pre + x + mid)
-                first = encoded.token_at(boundary)
+                first = first_answer_token(encoded, boundary, text)
                 if 0 < first < len(encoded.ids) and encoded.starts[first] >= boundary:
                     out[t, i, 0] = encoded.ids[first]
         return out
@@ -273,7 +280,8 @@ class TextPool(PoolTasks):
         for pairs in prompts:
             text, demo_chars = "", []
             for x, y, _ in pairs[:-1]:
-                demo_chars.append((len(text), len(text) + len(pre + x + mid + moved)))
+                answer_char = len(text + pre + x + mid) + len(moved + y) - len((moved + y).lstrip())
+                demo_chars.append((len(text), answer_char))
                 text += pre + x + mid + moved + y + post + self.separator
             query = text + pre + pairs[-1][0] + mid
             marks.append((demo_chars, len(text), len(query)))

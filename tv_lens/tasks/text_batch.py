@@ -8,12 +8,23 @@ from tv_lens.errors import TaskError
 from tv_lens.tasks.batch import ICLBatch
 from tv_lens.tasks.encoding import Encoded
 
-__all__ = ["answer_start", "to_batch"]
+__all__ = ["answer_start", "first_answer_token", "to_batch"]
+
+
+def first_answer_token(enc: Encoded, boundary: int, text: str) -> int:
+    """Index of the first token holding a character of the answer ``text[boundary:]``, past its leading whitespace.
+
+    A token of that whitespace alone (SentencePiece's ``▁`` and Llama-3's or Qwen's ``" "`` before digits) stays with
+    the prompt: the prompt's last token is then the one whose prediction is the answer's first character. A token
+    that holds the whitespace and the answer's first characters (GPT-2's ``" dog"``) is the answer's first token.
+    ``len(enc.ids)`` where no token holds the answer.
+    """
+    return enc.token_at(len(text) - len(text[boundary:].lstrip()))
 
 
 def answer_start(enc: Encoded, boundary: int, text: str) -> int:
-    """Index of the query answer's first token; raises if a token spans the query/answer boundary."""
-    first = enc.token_at(boundary)
+    """:func:`first_answer_token` of the query's answer; raises if a token spans the query/answer boundary."""
+    first = first_answer_token(enc, boundary, text)
     if first >= len(enc.ids) or enc.starts[first] < boundary or first == 0:
         raise TaskError(
             f"The tokenizer merges the end of the query prompt with its answer in {text[-80:]!r}; this input and "
