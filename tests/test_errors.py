@@ -83,6 +83,7 @@ from tv_lens.interventions import replace as replace_at
 from tv_lens.models import ModelAdapter, ModelConfig, build_model
 from tv_lens.probes import collect
 from tv_lens.results import Performance, Result
+from tv_lens.stats import held_out_best
 from tv_lens.steering import steering
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import (
@@ -401,6 +402,13 @@ CASES = [
         r"e\.g\. seed=0",
     ),
     Case(
+        "model-larger-than-memory",
+        lambda w: build_model(ModelConfig(d_vocab=8, n_layers=1, d_model=16, n_heads=2, d_mlp=2**40)),
+        ConfigError,
+        r"A model of this ModelConfig needs at least [\d,.]+ GiB, but only [\d,.]+ GiB of memory is free",
+        r"use smaller sizes \(d_vocab, d_model, d_mlp, n_layers, n_ctx\)",
+    ),
+    Case(
         "model-config-as-a-dict",
         lambda w: build_model({"d_vocab": 8}),  # type: ignore[arg-type]
         ConfigError,
@@ -666,6 +674,13 @@ CASES = [
         TaskError,
         r"got 1\.5",
         r"seed must be an int",
+    ),
+    Case(
+        "probe-c-a-string",
+        lambda w: TaskDecodability(k=2, method="probe", probe_c="1"),  # type: ignore[arg-type]
+        AnalysisError,
+        r"The probe's C \(inverse regularisation\) must be a number > 0, got '1'",
+        r"1\.0 is usual",
     ),
     Case(
         "negative-seed",
@@ -1097,6 +1112,13 @@ CASES = [
         ConfigError,
         r"lam \(λ\) must be >= 0, got -1\.0",
         r"use lam=0 to train without the TVP term",
+    ),
+    Case(
+        "tvp-loss-with-one-prompt-per-task",
+        lambda w: TrainConfig(data=DataConfig(n_per_task=1), tvp=TVPConfig(layer=0)),
+        ConfigError,
+        r"TVP-loss with source='other_prompt' .* every task needs 2 prompts or more; got n_per_task=1",
+        r"Raise them to 2 or more, or use TVPConfig\(source='same_prompt'\)",
     ),
     Case(
         "train-config-as-a-dict",
@@ -1617,6 +1639,20 @@ CASES = [
         r"pass scores\.real",
     ),
     Case(
+        "held-out-groups-out-of-range",
+        lambda w: held_out_best(torch.rand(2, 4), torch.tensor([0, 1, 2, 1]), 2, (0, 1)),
+        ShapeError,
+        r"groups must lie in 0 \.\. n_groups - 1 = 1, got \[0, 1, 2\]",
+        r"pass each prompt's task id",
+    ),
+    Case(
+        "held-out-one-prompt",
+        lambda w: held_out_best(torch.rand(2, 1), torch.tensor([0]), 1, (0, 1)),
+        AnalysisError,
+        r"held_out_best needs at least two prompts \(one half chooses, the other is scored\), got 1",
+        r"pass more prompts",
+    ),
+    Case(
         "ols-confidence-a-string",
         lambda w: ols([0.1, 0.5, 0.9], [0.2, 0.4, 0.9], "0.9"),  # type: ignore[arg-type]
         AnalysisError,
@@ -1952,6 +1988,7 @@ def test_the_reliability_page_lists_every_case():
 LIBRARY = ROOT / "tv_lens"
 ALLOWED_RAISES = {
     ("results/base.py", "NotImplementedError"),  # abstract methods a Result subclass must define
+    ("results/shared.py", "NotImplementedError"),  # the choice of a best layer, defined by the results that have one
     ("models/__init__.py", "AttributeError"),  # module __getattr__: the protocol requires AttributeError
 }
 

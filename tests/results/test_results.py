@@ -375,6 +375,6 @@ def test_the_patching_tables_and_headline_read_the_fields():
         f"{name}{ci}"
         for name in ("correct", "incorrect", "correct_loss", "incorrect_loss")
         for ci in ("_change", "_change_ci")
-    ] + ["override_rate"]
+    ] + ["override_rate", "held_out_layers", "held_out_loss_gap", "held_out_loss_gap_ci"]
     assert headline["incorrect_loss_change_ci"] == result.incorrect_loss_change_ci[i].tolist()
     assert headline["correct_change"] == float(result.correct_change[i]) and headline["layer"] == result.layers[i]

@@ -16,7 +16,7 @@ from training_helpers import (
     tiny_pool,
 )
 
-from tv_lens.errors import CheckpointError, ConfigError, TvLensError
+from tv_lens.errors import CheckpointError, ConfigError, ShapeError, TvLensError
 from tv_lens.training import (
     FinetuneConfig,
     LoRAConfig,
@@ -228,3 +228,27 @@ def test_a_lora_run_that_fails_before_training_hands_back_the_model_as_it_was(tm
     apply_lora(model, (0,), LoRAConfig(rank=2))
     remove_lora(model)  # undoes apply_lora
     assert not has_lora(model) and sorted(name for name, _ in model.named_parameters()) == names_before
+
+
+def test_a_lora_run_whose_first_step_fails_hands_back_the_model_as_it_was() -> None:
+    model = tiny_model(BACKENDS[0])
+    names_before = sorted(name for name, _ in model.named_parameters())
+    flags_before = [p.requires_grad for p in model.parameters()]
+
+    def fail_when_training(activation, hook):
+        if torch.is_grad_enabled():
+            raise ShapeError("injected fault in the first training step")
+        return activation
+
+    lora = tiny_config(max_steps=2, finetune=FinetuneConfig("first:1", lora=LoRAConfig(rank=2)))
+    model.blocks[0].hook_resid_post.add_hook(fail_when_training)
+    try:
+        with pytest.raises(ShapeError, match="injected fault"):
+            train(model, tiny_pool(), lora, progress=False)
+    finally:
+        model.reset_hooks()
+    assert not has_lora(model)
+    assert sorted(name for name, _ in model.named_parameters()) == names_before
+    assert [p.requires_grad for p in model.parameters()] == flags_before
+    trained = train(model, tiny_pool(), lora, progress=False)  # and the model trains as a fresh one
+    assert has_lora(trained.model) and len(trained.history) == 2

@@ -16,7 +16,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.errors import ShapeError
-from tv_lens.results.patching import PatchingEffects
+from tv_lens.results.patching import PatchingEffects, own_and_other_targets, own_targets
+from tv_lens.results.shared import real_prompts
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 
 __all__ = ["summarize_patching"]
@@ -61,8 +62,8 @@ def summarize_patching(
     defined = _defined(target_answers, answers, n_t, n)
     follows = _follows(predicted, target_answers, defined)
     clean_follows = _follows(clean_predicted[None].expand(n_t, -1, -1), target_answers, defined)
-    own = torch.tensor([target_names.index(s) if s in target_names else -1 for s in source_names])[sources]
-    real = torch.tensor([s != settings["null_task"] for s in source_names])[sources]
+    own = own_targets(source_names, target_names, sources)
+    real = real_prompts(sources, source_names, settings["null_task"])
     n_s = len(source_names)
     d_acc, d_loss = correct - clean_correct, loss - clean_loss
     boot = {"n_bootstrap": settings["n_bootstrap"], "ci": settings["ci"], "seed": settings["seed"]}
@@ -149,15 +150,13 @@ def _summary(
     boot: dict[str, Any],
 ) -> dict[str, Any]:
     """Correct vs incorrect changes per layer (means over prompts, bootstrap by task) and override rates."""
-    n_l, n_t, n = d_acc.shape
+    n_l, n_t, _ = d_acc.shape
     others = torch.arange(n_t)[:, None] != own[None, :]  # [target, prompt]
-    n_others = others.sum(0)
     keep_correct = real & (own >= 0)
-    keep_incorrect = real & (n_others > 0)
+    keep_incorrect = real & (others.sum(0) > 0)
     out: dict[str, Any] = {}
     for name, delta in (("change", d_acc), ("loss_change", d_loss)):
-        mine = delta[:, own.clamp(min=0), torch.arange(n)]  # [layer, prompt]
-        other = (delta * others).sum(1) / n_others.clamp(min=1)
+        mine, other = own_and_other_targets(delta, own)  # [layer, prompt] each
         for kind, values, keep in (("correct", mine, keep_correct), ("incorrect", other, keep_incorrect)):
             key = f"{kind}_{name}"
             out[key], out[key + "_ci"] = _mean_ci(values, keep, sources, n_s, boot, n_l)

@@ -62,9 +62,18 @@ def _performance_line(n: Numbers) -> str:
     return f"{_f(n['icl_accuracy'])} {n['metric']} at {n['icl_shots']} shots{zero}, Null task left out"
 
 
+def _held_out(n: Numbers, value: str, what: str = "") -> str:
+    if "held_out_layers" not in n:  # fewer than two prompts to split
+        return ""
+    layers = " and ".join(dict.fromkeys(_block(layer) for layer in n["held_out_layers"]))
+    held_out = f"{what}{_f(n[value])} {_ci(n[f'{value}_ci'])}"
+    return f"; held out (layer chosen on one half of the prompts, scored on the other): {held_out} at {layers}"
+
+
 def _decodability_line(n: Numbers) -> str:
     return (
         f"best layer {_block(n['best_layer'])}: TD {_f(n['best_td'])} {_ci(n['best_td_ci'])} (chance {_f(n['chance'])})"
+        + _held_out(n, "held_out_td")
     )
 
 
@@ -92,13 +101,14 @@ def _patching_line(n: Numbers) -> str:
         f"correct {_f(n['correct_loss_change'])} {_ci(n['correct_loss_change_ci'])} vs incorrect "
         f"{_f(n['incorrect_loss_change'])} {_ci(n['incorrect_loss_change_ci'])}; accuracy change correct "
         f"{_f(n['correct_change'])} vs incorrect {_f(n['incorrect_change'])}"
+        + _held_out(n, "held_out_loss_gap", "loss gap ")
     )
 
 
 def _prompting_line(n: Numbers) -> str:
     return (
         f"best layer {_block(n['best_layer'])}: {_f(n['best_accuracy'])} {_ci(n['best_accuracy_ci'])} "
-        f"(zero-shot {_f(n['zero_shot_accuracy'])}, ICL {_f(n['icl_accuracy'])})"
+        f"(zero-shot {_f(n['zero_shot_accuracy'])}, ICL {_f(n['icl_accuracy'])})" + _held_out(n, "held_out_accuracy")
     )
 
 

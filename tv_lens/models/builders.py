@@ -15,6 +15,7 @@ import torch
 
 from tv_lens.checks import is_int
 from tv_lens.errors import ConfigError, TvLensError
+from tv_lens.tasks.sampling import available_memory
 
 __all__ = [
     "ACT_FNS",
@@ -178,6 +179,7 @@ def build_model(config: ModelConfig, device: str | torch.device = "cpu") -> Any:
     if backend == "auto":
         backend = "hooked" if hooked_transformer_available() else "bridge"
     _check_activation(config.act_fn, backend)
+    _check_fits(config, backend, device)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.manual_seed(config.seed)
@@ -185,6 +187,39 @@ def build_model(config: ModelConfig, device: str | torch.device = "cpu") -> Any:
     if device.type != "cpu":
         model = model.to(device)
     return model.eval()
+
+
+def _check_fits(config: ModelConfig, backend: str, device: torch.device) -> None:
+    """Raise a :class:`ConfigError` for a model that certainly does not fit in memory, before anything is allocated.
+
+    The weights are built on the CPU (then moved), so they must fit there, and on ``device``. The bytes counted are
+    a lower bound of a build's peak: the embedding, unembedding and positional weights and each block's attention
+    and MLP matrices, plus HookedTransformer's boolean causal mask (``n_ctx**2`` bytes per block) or a
+    TransformerBridge's one mask and second copy of its largest matrix while it is initialised (measured). A model is
+    refused only where building it would fail or get the process killed part-way.
+    """
+    sizes = config._tl_kwargs()
+    d_model, n_ctx = sizes["d_model"], sizes["n_ctx"]
+    matrices = {
+        "embed": sizes["d_vocab"] * d_model,
+        "positions": n_ctx * d_model,
+        "attention": sizes["n_heads"] * sizes["d_head"] * d_model,
+        "mlp": d_model * sizes["d_mlp"],
+    }
+    per_block = 4 * matrices["attention"] + 2 * matrices["mlp"]
+    n_weights = 2 * matrices["embed"] + matrices["positions"] + sizes["n_layers"] * per_block
+    width = sizes["dtype"].itemsize
+    # HookedTransformer: a boolean causal mask per block; a bridge: one, and a copy of its largest matrix at init
+    masks = sizes["n_layers"] * n_ctx * n_ctx if backend == "hooked" else n_ctx * n_ctx
+    extra = masks + (0 if backend == "hooked" else max(matrices.values()) * width)
+    needed = n_weights * width + extra
+    free = [available_memory(), torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None]
+    known = [b for b in free if b is not None]
+    if known and needed > min(known):
+        raise ConfigError(
+            f"A model of this ModelConfig needs at least {needed / 2**30:,.1f} GiB, but only {min(known) / 2**30:,.1f} "
+            "GiB of memory is free; use smaller sizes (d_vocab, d_model, d_mlp, n_layers, n_ctx)."
+        )
 
 
 def _checked_device(device: object) -> torch.device:

@@ -12,14 +12,15 @@ from torch import Tensor
 from tv_lens.models.adapter import EMBED_LAYER
 from tv_lens.results.axes import LAYER_AXIS_TITLE, error_bars, layer_axis, layer_index, layer_label
 from tv_lens.results.base import Result
-from tv_lens.results.shared import BootstrapSettings
+from tv_lens.results.shared import BootstrapSettings, HeldOutInputs
+from tv_lens.stats.selection import HeldOutBest
 
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
     from plotly.basedatatypes import BaseTraceType
 
-__all__ = ["ALL_TASKS", "Decodability", "best_layer"]
+__all__ = ["ALL_TASKS", "Decodability", "best_layer", "block_entries"]
 
 ALL_TASKS = "all"
 
@@ -32,8 +33,14 @@ def best_layer(layers: tuple[int, ...], td: Float[Tensor, " layer"]) -> int:
     (or tie-breaking among identical points), not a task representation. It is the best layer only when it
     is the only layer.
     """
-    blocks = [i for i, layer in enumerate(layers) if layer != EMBED_LAYER] or list(range(len(layers)))
+    blocks = [i for i, eligible in enumerate(block_entries(layers)) if eligible]
     return layers[max(blocks, key=lambda i: (float(td[i]), -i))]
+
+
+def block_entries(layers: tuple[int, ...]) -> list[bool]:
+    """Which layer entries may be the best layer: every block, the embedding output (-1) only if it is alone."""
+    blocks = [layer != EMBED_LAYER for layer in layers]
+    return blocks if any(blocks) else [True] * len(layers)
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,13 +106,29 @@ class Decodability(BootstrapSettings, Result):
         """Index into the layer axis of a block index (-1 = embedding output)."""
         return layer_index(self.layers, layer, "this decodability result")
 
+    def held_out_best(self) -> HeldOutBest:
+        """The best layer chosen on half the prompts, its TD read on the other half, and the other way round.
+
+        The best layer's TD is optimistic: the prompts that score the layer also chose it. This chooses it on one
+        half (halves balanced within each task, this result's bootstrap settings and seed) and scores each prompt
+        at the layer the other half chose (:func:`~tv_lens.stats.selection.held_out_best`; the embedding output
+        only where it is the only layer, as :func:`best_layer`). A prompt's prediction still comes from its
+        neighbours among all prompts; only the choice of layer is held out. ``chosen`` holds the two layers.
+        """
+        return self._held_out()
+
+    def _held_out_inputs(self) -> HeldOutInputs:
+        correct = (self.predictions == self.labels).double()
+        return HeldOutInputs(correct, self.labels, len(self.task_names), self.layers, block_entries(self.layers))
+
     def headline(self) -> dict[str, Any]:
-        """TD at the best layer with its interval, chance, and TD by layer."""
+        """TD at the best layer with its interval, the same chosen on held-out prompts, chance, and TD by layer."""
         i = self.at(self.best_layer)
         return {
             "best_layer": self.best_layer,
             "best_td": float(self.td[i]),
             "best_td_ci": [float(x) for x in self.td_ci[i]],
+            **self._held_out_numbers("held_out_td"),
             "chance": self.chance,
             "td_by_layer": {str(layer): float(v) for layer, v in zip(self.layers, self.td, strict=True)},
         }

@@ -12,6 +12,7 @@ from tv_lens.results.axes import layer_axis
 from tv_lens.results.base import Result
 from tv_lens.results.function_vectors import FunctionVector, IndirectEffects, MeanHeadActivations
 from tv_lens.results.prompting import PromptingAccuracy
+from tv_lens.stats.selection import HeldOutBest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,8 +69,12 @@ class FunctionVectorPrompting(Result):
 
     @property
     def best_accuracy(self) -> float:
-        """Accuracy at :attr:`best_layer`."""
+        """Accuracy at :attr:`best_layer`, measured on the prompts that chose it (see :meth:`held_out_best`)."""
         return self.prompting.best_accuracy
+
+    def held_out_best(self) -> HeldOutBest:
+        """The best layer chosen on half the prompts, scored on the other (:meth:`PromptingAccuracy.held_out_best`)."""
+        return self.prompting.held_out_best()
 
     def to_frame(self) -> pd.DataFrame:
         """The sweep's table (:meth:`PromptingAccuracy.to_frame`) with ``tvp_*`` columns named ``fv_*``."""

@@ -11,8 +11,9 @@ from torch import Tensor
 
 from tv_lens.results.axes import LAYER_AXIS_TITLE, error_bars, layer_axis, layer_index, layer_label
 from tv_lens.results.base import Result
-from tv_lens.results.shared import SweepSettings
+from tv_lens.results.shared import HeldOutInputs, SweepSettings, real_prompts
 from tv_lens.stats import group_means
+from tv_lens.stats.selection import HeldOutBest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from plotly.basedatatypes import BaseTraceType
 
 
-__all__ = ["PatchingEffects"]
+__all__ = ["PatchingEffects", "own_and_other_targets", "own_targets"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,6 +128,24 @@ class PatchingEffects(SweepSettings, Result):
         gap = self.incorrect_loss_change - self.correct_loss_change
         return self.layers[int(torch.argmax(torch.nan_to_num(gap, nan=-torch.inf)))]
 
+    def held_out_best(self) -> HeldOutBest:
+        """The layer of :attr:`best_layer`'s criterion chosen on half the prompts, its gap read on the other half.
+
+        :attr:`best_layer` is the layer where incorrect patches raise the loss most above correct ones, and the
+        prompts that measure that gap also chose the layer. This chooses it on one half of the prompts (balanced
+        within each source task, this result's bootstrap settings and seed) and reads each prompt's gap (its mean
+        loss change under every other target minus that under its own task's vector) at the layer the other half
+        chose, and the other way round (:func:`~tv_lens.stats.selection.held_out_best`). ``half`` and ``scores``
+        run over the prompts of every task but Null whose own task is a target and that have another target.
+        """
+        return self._held_out()
+
+    def _held_out_inputs(self) -> HeldOutInputs:
+        own = own_targets(self.source_names, self.target_names, self.task_ids)
+        mine, other = own_and_other_targets(self.loss - self.clean_loss, own)
+        keep = real_prompts(self.task_ids, self.source_names, self.null_task) & (own >= 0) & ~other[0].isnan()
+        return HeldOutInputs((other - mine)[:, keep], self.task_ids[keep], len(self.source_names), self.layers)
+
     def at(self, layer: int) -> int:
         """Index into the layer axis of a block index."""
         return layer_index(self.layers, layer, "this patching result")
@@ -138,7 +157,7 @@ class PatchingEffects(SweepSettings, Result):
         for name in _SUMMARIES:
             numbers[name] = float(getattr(self, name)[i])
             numbers[f"{name}_ci"] = [float(x) for x in getattr(self, f"{name}_ci")[i]]
-        return numbers | {"override_rate": float(self.override_rate[i])}
+        return numbers | {"override_rate": float(self.override_rate[i])} | self._held_out_numbers("held_out_loss_gap")
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, source, target).
@@ -333,3 +352,26 @@ class PatchingEffects(SweepSettings, Result):
 
 _SUMMARIES = ("correct_change", "incorrect_change", "correct_loss_change", "incorrect_loss_change")
 """The per-layer summaries of correct and incorrect patches, each with its interval ``<name>_ci``."""
+
+
+def own_targets(
+    source_names: tuple[str, ...], target_names: tuple[str, ...], sources: Int[Tensor, " prompt"]
+) -> Int[Tensor, " prompt"]:
+    """Each prompt's own task on the target axis (-1 where its task is not a target)."""
+    own = [target_names.index(name) if name in target_names else -1 for name in source_names]
+    return torch.tensor(own, dtype=torch.long)[sources.cpu()]
+
+
+def own_and_other_targets(
+    delta: Float[Tensor, "layer target prompt"], own: Int[Tensor, " prompt"]
+) -> tuple[Float[Tensor, "layer prompt"], Float[Tensor, "layer prompt"]]:
+    """Each prompt's change under its own task's vector (correct), and its mean change under every other target.
+
+    A prompt whose task is not a target gets its target 0's change as its own (mask it with ``own >= 0``); one
+    without another target gets NaN as the other.
+    """
+    n_targets, n = delta.shape[1], delta.shape[2]
+    others = torch.arange(n_targets)[:, None] != own[None, :]  # [target, prompt]
+    mine = delta[:, own.clamp(min=0), torch.arange(n)]
+    other = (delta * others).sum(1) / others.sum(0)
+    return mine, other

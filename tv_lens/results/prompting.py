@@ -12,8 +12,9 @@ from torch import Tensor
 from tv_lens.results.axes import error_bars, layer_axis, layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
-from tv_lens.results.shared import SweepSettings, real_prompts
+from tv_lens.results.shared import HeldOutInputs, SweepSettings, real_prompts
 from tv_lens.stats import group_means
+from tv_lens.stats.selection import HeldOutBest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -100,15 +101,31 @@ class PromptingAccuracy(SweepSettings, Result):
 
     @property
     def best_accuracy(self) -> float:
-        """TVP accuracy at :attr:`best_layer`."""
+        """TVP accuracy at :attr:`best_layer`, measured on the prompts that chose it (see :meth:`held_out_best`)."""
         return float(self.accuracy[self.layers.index(self.best_layer)])
 
+    def held_out_best(self) -> HeldOutBest:
+        """The best layer chosen on half the prompts, its accuracy read on the other half, and the other way round.
+
+        :attr:`best_accuracy` is optimistic: the prompts that score the layer also chose it, and with many layers
+        noise alone lifts the maximum. Hendel et al. choose the layer on a development set; this does so without
+        new prompts (:func:`~tv_lens.stats.selection.held_out_best`: halves balanced within each task, every task
+        but Null, this result's bootstrap settings and seed). ``chosen`` holds the two layers chosen; ``half``
+        and ``scores`` run over the prompts of every task but Null.
+        """
+        return self._held_out()
+
+    def _held_out_inputs(self) -> HeldOutInputs:
+        real = real_prompts(self.task_ids, self.task_names, self.null_task)
+        return HeldOutInputs(self.tvp_correct[:, real], self.task_ids[real], len(self.task_names), self.layers)
+
     def headline(self) -> dict[str, Any]:
-        """TVP accuracy at the best layer with its interval, and the zero-shot and ICL baselines."""
+        """TVP accuracy at the best layer with its interval, the same chosen on held-out prompts, and the baselines."""
         return {
             "best_layer": self.best_layer,
             "best_accuracy": self.best_accuracy,
             "best_accuracy_ci": [float(x) for x in self.accuracy_ci[self.layers.index(self.best_layer)]],
+            **self._held_out_numbers("held_out_accuracy"),
             "zero_shot_accuracy": float(self.zero_shot_accuracy),
             "icl_accuracy": float(self.icl_accuracy),
         }

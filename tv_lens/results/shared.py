@@ -3,7 +3,8 @@
 A result with bootstrap intervals inherits :class:`BootstrapSettings`; one measured by a sweep of forward passes
 over prompt copies, :class:`SweepSettings`. Their fields are keyword-only, so they come after the result's own
 fields in its constructor whatever their defaults. Overall numbers leave out the Null task, whose answers are
-random: :func:`real_tasks` and :func:`real_prompts` say which tasks and prompts count.
+random: :func:`real_tasks` and :func:`real_prompts` say which tasks and prompts count. A result that chooses a best
+layer says what it chooses from (:class:`HeldOutInputs`); its settings then choose it on held-out prompts.
 
 >>> import torch
 >>> real_tasks(("add", "null", "copy")), real_prompts(torch.tensor([0, 1, 2, 1]), ("add", "null", "copy"))
@@ -14,13 +15,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tv_lens.stats.selection import HeldOutBest, held_out_best
 from tv_lens.tasks.pool import NULL_TASK
 
-__all__ = ["BootstrapSettings", "SweepSettings", "real_prompts", "real_tasks"]
+__all__ = ["BootstrapSettings", "HeldOutInputs", "SweepSettings", "real_prompts", "real_tasks"]
+
+
+class HeldOutInputs(NamedTuple):
+    """What a result's best layer is chosen from: arguments of :func:`~tv_lens.stats.selection.held_out_best`."""
+
+    values: Float[Tensor, "layer prompt"]
+    groups: Int[Tensor, " prompt"]
+    n_groups: int
+    layers: tuple[int, ...]
+    eligible: Sequence[bool] | None = None
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -36,6 +49,24 @@ class BootstrapSettings:
     ci_level: float = 0.95
     n_bootstrap: int = 1000
     seed: int = 0
+
+    def _held_out_inputs(self) -> HeldOutInputs:
+        """What a best layer is chosen from (results with one override it)."""
+        raise NotImplementedError(f"{type(self).__name__} chooses no best layer.")
+
+    def _held_out(self, inputs: HeldOutInputs | None = None) -> HeldOutBest:
+        """:func:`~tv_lens.stats.selection.held_out_best` of :meth:`_held_out_inputs`, with these settings and seed."""
+        values, groups, n_groups, layers, eligible = inputs or self._held_out_inputs()
+        settings: dict[str, Any] = {"n_bootstrap": self.n_bootstrap, "ci": self.ci_level, "seed": self.seed}
+        return held_out_best(values, groups, n_groups, layers, eligible=eligible, **settings)
+
+    def _held_out_numbers(self, name: str) -> dict[str, Any]:
+        """Headline entries of :meth:`_held_out`: the layers chosen, ``name`` and ``name_ci`` (none for < 2 prompts)."""
+        inputs = self._held_out_inputs()
+        if inputs.values.shape[-1] < 2:
+            return {}
+        best = self._held_out(inputs)
+        return {"held_out_layers": list(best.chosen), name: best.value, f"{name}_ci": list(best.ci)}
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

@@ -3,8 +3,11 @@
 - :mod:`~tv_lens.stats.groups`: means of per-prompt values within each task (group).
 - :mod:`~tv_lens.stats.bootstrap`: stratified percentile bootstrap intervals of means.
 - :mod:`~tv_lens.stats.classifiers`: the k-NN and linear-probe classifiers behind task decodability.
+- :mod:`~tv_lens.stats.selection`: the best layer chosen on half the prompts and scored on the other half
+  (:func:`held_out_best`), free of the optimism of scoring a choice on the prompts that made it.
 """
 
 from tv_lens.stats.groups import group_means
+from tv_lens.stats.selection import HeldOutBest, held_out_best
 
-__all__ = ["group_means"]
+__all__ = ["HeldOutBest", "group_means", "held_out_best"]

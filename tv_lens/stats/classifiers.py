@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from tv_lens.checks import is_int
+from tv_lens.checks import is_int, is_number
 from tv_lens.errors import AnalysisError
 
 __all__ = [
@@ -117,8 +117,8 @@ def linear_probe(n_folds: int = 5, c: float = 1.0, seed: int = 0) -> tuple[objec
 
     if not is_int(n_folds) or n_folds < 2:
         raise AnalysisError(f"n_folds must be an int >= 2, got {n_folds!r}; 5 is a common choice.")
-    if not c > 0:
-        raise AnalysisError(f"The probe's C (inverse regularisation) must be > 0, got {c!r}.")
+    if not is_number(c) or not c > 0:
+        raise AnalysisError(f"The probe's C (inverse regularisation) must be a number > 0, got {c!r}; 1.0 is usual.")
     estimator = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
     return estimator, StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=sklearn_seed(seed))
 

@@ -344,6 +344,13 @@ class TrainConfig:
             "DataConfig.micro_batch does not apply with TVP-loss: each zero-shot query takes the vector of another "
             "prompt of the batch, so the batch cannot be split; set micro_batch=None (or lower n_per_task).",
         )
+        fewest = min(self.data.n_per_task, self.data.eval_n_per_task)
+        _check(
+            self.tvp is None or self.tvp.source != "other_prompt" or fewest >= 2,
+            "TVP-loss with source='other_prompt' gives each zero-shot query the vector of another prompt of its task, "
+            f"so every task needs 2 prompts or more; got n_per_task={self.data.n_per_task} and eval_n_per_task="
+            f"{self.data.eval_n_per_task}. Raise them to 2 or more, or use TVPConfig(source='same_prompt').",
+        )
         _check(
             is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
             f"checkpoint_every must be an int >= 0 (0 = no checkpoints), got {self.checkpoint_every!r}.",

@@ -14,7 +14,7 @@ frozen parameter is bit-identical to its value at the start (:class:`FrozenCheck
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,8 +32,8 @@ __all__ = [
     "attach_lora",
     "parameter_digest",
     "prepare_model",
+    "restore_point",
     "select_blocks",
-    "undone_on_error",
 ]
 
 
@@ -86,16 +86,6 @@ def prepare_model(model: Any, config: FinetuneConfig | None) -> list[nn.Paramete
 
 
 @contextmanager
-def undone_on_error(model: Any) -> Iterator[None]:
-    """If the block raises, remove the LoRA adapters it attached and restore every parameter's ``requires_grad``.
-
-    Wraps a run's set-up, so that a run that fails before training hands back the model it was given.
-    """
-    with _restoring(model, always=False):
-        yield
-
-
-@contextmanager
 def adapters_removed_after(model: Any) -> Iterator[None]:
     """After the block, however it ends, remove the LoRA adapters it attached and restore ``requires_grad``.
 
@@ -108,28 +98,25 @@ def adapters_removed_after(model: Any) -> Iterator[None]:
         raise ConfigError(
             "The model already has LoRA adapters; merge them first (merge_lora(model)) or start from a fresh model."
         )
-    with _restoring(model, always=True):
-        yield
-
-
-@contextmanager
-def _restoring(model: Any, always: bool) -> Iterator[None]:
-    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
-    had_lora = has_lora(model)
+    restore = restore_point(model)
     try:
         yield
-    except BaseException:
-        _restore(model, flags, had_lora)
-        raise
-    if always:
-        _restore(model, flags, had_lora)
+    finally:
+        restore()
 
 
-def _restore(model: Any, flags: list[tuple[nn.Parameter, bool]], had_lora: bool) -> None:
-    if not had_lora:
-        remove_lora(model)
-    for parameter, flag in flags:
-        parameter.requires_grad_(flag)
+def restore_point(model: Any) -> Callable[[], None]:
+    """A call that removes the LoRA adapters attached after this point and gives back every ``requires_grad``."""
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    had_lora = has_lora(model)
+
+    def restore() -> None:
+        if not had_lora:
+            remove_lora(model)
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+    return restore
 
 
 def attach_lora(model: Any, config: FinetuneConfig | None) -> None:

@@ -37,7 +37,7 @@ from tv_lens.training.checkpoints import check_checkpoint_directory, latest_chec
 from tv_lens.training.config import FinetuneConfig, LoRAConfig, OptimConfig, ScheduleConfig, TrainConfig
 from tv_lens.training.data import held_out_batch, training_batch
 from tv_lens.training.evaluation import evaluate
-from tv_lens.training.finetune import FrozenCheck, prepare_model, undone_on_error
+from tv_lens.training.finetune import FrozenCheck, prepare_model, restore_point
 from tv_lens.training.objectives import Objective, objective_for
 from tv_lens.training.result import TrainResult
 from tv_lens.training.run_state import RunState, checkpoint_directory, resume_run, save_run
@@ -112,7 +112,8 @@ def train(
     _check_model_config(adapter, model_config)
     checkpoint_dir = checkpoint_directory(config, checkpoint_dir, resume_from)
 
-    with undone_on_error(model):  # a run that fails before training hands back the model as it was
+    restore = restore_point(model)  # a run that fails before its first step hands back the model as it was
+    try:
         chosen = {id(p) for p in prepare_model(model, config.finetune) if p.requires_grad}
         named = [(name, p) for name, p in model.named_parameters() if id(p) in chosen]
         if not named:
@@ -137,6 +138,9 @@ def train(
         # A model not built from a config (a pretrained one) is loaded again to resume: checkpoints of its
         # finetuning hold what trains, and digests of the rest.
         left_out = frozen.digests if frozen is not None and model_config is None else None
+    except BaseException:
+        restore()
+        raise
 
     end = config.schedule.max_steps if stop_after is None else min(stop_after, config.schedule.max_steps)
     was_training = model.training
@@ -144,6 +148,7 @@ def train(
     start = time.perf_counter() - state.elapsed_s
     micro_batch = config.data.micro_batch  # halves for good after a step runs out of memory
     model.train()
+    first = state.step
     with torch.enable_grad():  # a run started under torch.no_grad() trains all the same
         try:
             for step in range(state.step, end):
@@ -180,6 +185,10 @@ def train(
                 if checkpoint_dir is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0:
                     save_run(checkpoint_dir, state, config, model_config, pool, model, optimizer, left_out)
                 bar.update(1)
+        except BaseException:
+            if state.step == first:  # no step was taken: the model is as it was before the run
+                restore()
+            raise
         finally:
             bar.close()
             model.train(was_training)

@@ -53,6 +53,7 @@ __all__ = [
     "lora_updates",
     "merge_lora",
     "own_weights",
+    "register_update",
     "remove_lora",
     "weight_targets",
 ]
@@ -237,13 +238,29 @@ def apply_lora(model: Any, blocks: tuple[int, ...], config: LoRAConfig) -> list[
     for block, targets in per_block.items():
         for index, name in enumerate(config.targets):
             target = targets[name]
-            weight = getattr(target.module, target.attribute)
             seed = config.seed * 1_000_003 + block * 64 + index
-            update = LoRAUpdate(weight, target.layout, config, seed)
-            update.order = orders.setdefault(target.module, tuple(target.module._parameters))
-            parametrize.register_parametrization(target.module, target.attribute, update)
-            updates.append(update)
+            order = orders.setdefault(target.module, tuple(target.module._parameters))
+            updates.append(register_update(target.module, target.attribute, target.layout, config, seed, order))
     return updates
+
+
+def register_update(
+    module: nn.Module,
+    attribute: str,
+    layout: str,
+    config: LoRAConfig,
+    seed: int,
+    order: tuple[str, ...] | None = None,
+) -> LoRAUpdate:
+    """A new LoRA update of ``module.attribute`` (laid out as ``layout``), registered as its parametrisation.
+
+    ``order``: the module's parameter names before any of its adapters (default: as they are now), which
+    :func:`remove_lora` and :func:`merge_lora` put back.
+    """
+    update = LoRAUpdate(getattr(module, attribute), layout, config, seed)
+    update.order = tuple(module._parameters) if order is None else order
+    parametrize.register_parametrization(module, attribute, update)
+    return update
 
 
 def lora_updates(model: Any) -> list[tuple[nn.Module, str, LoRAUpdate]]:

@@ -18,13 +18,12 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from tv_lens.errors import ArtefactError, ConfigError, MissingFileError, ModelNotSupportedError
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.training.config import LoRAConfig
 from tv_lens.training.export import SplitLayer, fused_from, huggingface_model, huggingface_source, split_layers
-from tv_lens.training.lora import LoRAUpdate, has_lora, layer_layout, remove_lora
+from tv_lens.training.lora import LoRAUpdate, has_lora, layer_layout, register_update, remove_lora
 from tv_lens.training.lora_export import (
     PEFT_PREFIX,
     base_weight,
@@ -171,12 +170,9 @@ def _pattern(config: dict[str, Any], key: str, name: str, default: Any) -> Any:
 
 def _attach(layer: nn.Module, layout: str, a: Tensor, b: Tensor, config: LoRAConfig) -> LoRAUpdate:
     """A LoRA update of ``layer``'s weight (laid out as ``layout``) with PEFT's ``a [r, in]`` and ``b [out, r]``."""
-    weight = cast(Tensor, layer.weight)
-    update = LoRAUpdate(weight, layout, config, seed=0)
+    update = register_update(layer, "weight", layout, config, seed=0)
     update.lora_A.copy_(a.T.to(update.lora_A.dtype))
     update.lora_B.copy_(b.T.to(update.lora_B.dtype))
-    update.order = tuple(layer._parameters)
-    parametrize.register_parametrization(layer, "weight", update)
     return update
 
 
