@@ -5,13 +5,19 @@ a number checks with these, which refuse a bool: ``n_per_task=True`` is a mistak
 
 >>> is_int(3), is_int(True), is_int(3.0), is_number(0.5), is_number(True)
 (True, False, False, True, False)
+>>> is_finite_number(float("nan")), is_finite_number(10**400), is_seed(-1), is_seed(2**63)
+(False, False, False, True)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeGuard
 
-__all__ = ["is_int", "is_number"]
+__all__ = ["SEED_RANGE", "is_finite_number", "is_int", "is_number", "is_seed"]
+
+SEED_RANGE = 2**64
+"""Seeds are ints in ``[0, SEED_RANGE)``, the range of a ``torch.Generator`` seed."""
 
 
 def is_int(value: Any) -> TypeGuard[int]:
@@ -22,3 +28,21 @@ def is_int(value: Any) -> TypeGuard[int]:
 def is_number(value: Any) -> TypeGuard[int | float]:
     """Whether ``value`` is an int or a float and not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> TypeGuard[int | float]:
+    """Whether ``value`` is a number that is a finite float (not NaN, infinite or an int too large for a float).
+
+    Comparisons with such a value mean what they say.
+    """
+    if not is_number(value):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def is_seed(value: Any) -> TypeGuard[int]:
+    """Whether ``value`` is an int in ``[0, SEED_RANGE)`` (a negative seed would be wrapped around silently)."""
+    return is_int(value) and 0 <= value < SEED_RANGE

@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from tv_lens.checks import is_int
+from tv_lens.checks import is_int, is_seed
 from tv_lens.errors import ConfigError, TvLensError
 from tv_lens.tasks.sampling import available_memory
 
@@ -118,7 +118,7 @@ class ModelConfig:
                 f"Unknown normalization_type {self.normalization_type!r}; use one of {list(NORMALIZATION_TYPES)} "
                 "('LN' is LayerNorm, None no normalisation)."
             )
-        if not is_int(self.seed) or not 0 <= self.seed < 2**64:
+        if not is_seed(self.seed):
             raise ConfigError(f"ModelConfig.seed must be an int in [0, 2**64), got {self.seed!r}; e.g. seed=0.")
         if not isinstance(self.dtype, str) or not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ConfigError(f"dtype must name a torch dtype such as 'float32' (a string), got {self.dtype!r}.")

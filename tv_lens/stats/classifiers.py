@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from tv_lens.checks import is_int, is_number
+from tv_lens.checks import is_int, is_number, is_seed
 from tv_lens.errors import AnalysisError
 
 __all__ = [
@@ -129,7 +129,7 @@ def sklearn_seed(seed: int) -> int:
     Seeds below ``2**32`` are used as they are; larger ones are hashed to 32 bits (``numpy.random.SeedSequence``),
     so different 64-bit seeds still give different, reproducible folds.
     """
-    if not is_int(seed) or not 0 <= seed < 2**64:
+    if not is_seed(seed):
         raise AnalysisError(f"seed must be an int in [0, 2**64), got {seed!r}; the same seed gives the same result.")
     return seed if seed < 2**32 else int(np.random.SeedSequence(seed).generate_state(1)[0])
 

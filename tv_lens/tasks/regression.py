@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from tv_lens.checks import is_int, is_number
+from tv_lens.checks import is_finite_number, is_int
 from tv_lens.errors import TaskError
 from tv_lens.tasks.pool import ShotSpec, _shot_choices, check_batch_fits, check_sample_arguments, seeded_generator
 from tv_lens.tasks.pool_checks import PoolTasks
@@ -91,16 +91,6 @@ class RegressionTask:
             raise TaskError(f"RegressionTask {self.name!r}: fn must be callable (x [n, k, d], w [n, d]) -> [n, k].")
         if self.supports is not None:
             object.__setattr__(self, "supports", _supports(self.name, self.supports))
-
-
-def _finite_number(value: object) -> bool:
-    """An int or float (not a bool) that is a finite float (not NaN, infinite or an int too large for a float)."""
-    if not is_number(value):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
 
 
 def _supports(name: str, supports: object) -> tuple[tuple[int, ...], ...]:
@@ -186,7 +176,7 @@ def shifted_linear_task(mean: Sequence[float] | Tensor, name: str = "shifted_lin
         values = list(mean)
     else:
         values = None
-    if not values or not all(_finite_number(v) for v in values):
+    if not values or not all(is_finite_number(v) for v in values):
         raise TaskError(f"mean must be a non-empty 1-D sequence of finite numbers (one per input), got {mean!r:.80}.")
     return RegressionTask(name, partial(_shifted_linear, mean=torch.tensor(values, dtype=torch.float32)))
 
@@ -234,7 +224,7 @@ class RegressionPool(PoolTasks):
                     f"build it for d={self.d} or use a pool with d > {max(coords)}."
                 )
         noise = self.noise_std
-        if not _finite_number(noise) or noise < 0:
+        if not is_finite_number(noise) or noise < 0:
             raise TaskError(f"noise_std must be a finite number >= 0, got {self.noise_std!r}.")
 
     @property
@@ -373,7 +363,7 @@ def shifted_linear_pool(
     """
     if not all(is_int(v) for v in (d, n_tasks)) or not 1 <= n_tasks <= d:
         raise TaskError(f"n_tasks must be an int in 1 .. d, got n_tasks={n_tasks!r}, d={d!r}; e.g. d=4, n_tasks=3.")
-    if not _finite_number(shift):
+    if not is_finite_number(shift):
         raise TaskError(f"shift must be a finite number, got {shift!r}.")
     tasks = tuple(
         shifted_linear_task([float(shift) * (i == t) for i in range(d)], f"shifted_linear({t})") for t in range(n_tasks)

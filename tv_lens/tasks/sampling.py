@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from tv_lens.checks import is_int, is_number
+from tv_lens.checks import SEED_RANGE, is_int, is_number, is_seed
 from tv_lens.errors import TaskError
 
 __all__ = [
@@ -30,9 +30,6 @@ __all__ = [
 ShotSpec = int | tuple[int, int] | range
 """Shots per prompt: a fixed int, an inclusive ``(min, max)`` tuple, or a ``range`` of allowed values."""
 
-SEED_RANGE = 2**64
-"""Seeds of prompt sampling are ints in ``[0, SEED_RANGE)`` (the range of a ``torch.Generator`` seed)."""
-
 
 def seeded_generator(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``: the only source of randomness of a pool's ``sample``.
@@ -40,7 +37,7 @@ def seeded_generator(seed: int) -> torch.Generator:
     Raises:
         TaskError: ``seed`` is not an int in ``[0, 2**64)`` (a negative seed would be wrapped around silently).
     """
-    if not is_int(seed) or not 0 <= seed < SEED_RANGE:
+    if not is_seed(seed):
         raise TaskError(
             f"seed must be an int in [0, 2**64), got {seed!r}; pass a non-negative int such as seed=0 "
             "(the same seed gives the same result)."

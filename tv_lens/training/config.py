@@ -13,13 +13,14 @@ True
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from tv_lens.checks import is_int, is_number
+from tv_lens.checks import is_finite_number, is_int
 from tv_lens.errors import ConfigError
+from tv_lens.training.config_checks import check, check_shots
+from tv_lens.training.finetune_config import FinetuneConfig, LoRAConfig
 
 __all__ = [
     "DataConfig",
@@ -32,32 +33,6 @@ __all__ = [
 ]
 
 Shots = int | tuple[int, int]
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _is_real(value: Any) -> bool:
-    """An int or float that is a finite float (not a bool, a string, NaN or 10**400): comparisons mean what they say."""
-    if not is_number(value):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-def _is_seed(value: Any) -> bool:
-    return is_int(value) and 0 <= value < 2**64
-
-
-def _check_shots(value: Any, name: str) -> None:
-    valid = (is_int(value) and value >= 0) or (
-        isinstance(value, tuple) and len(value) == 2 and all(is_int(v) for v in value) and 0 <= value[0] <= value[1]
-    )
-    _check(valid, f"{name} must be an int >= 0 or an inclusive (min, max) tuple, got {value!r}; e.g. {name}=8.")
 
 
 @dataclass(frozen=True)
@@ -93,18 +68,18 @@ class DataConfig:
     def __post_init__(self) -> None:
         for name in ("n_per_task", "eval_n_per_task", "eval_batch_size", "micro_batch"):
             value = getattr(self, name)
-            _check(
+            check(
                 (value is None and name == "micro_batch") or (is_int(value) and value >= 1),
                 f"DataConfig.{name} must be an int >= 1{' or None' if name == 'micro_batch' else ''}, got {value!r}.",
             )
-        _check_shots(self.n_shots, "n_shots")
+        check_shots(self.n_shots, "n_shots")
         if self.eval_n_shots is not None:
-            _check_shots(self.eval_n_shots, "eval_n_shots")
-        _check(
-            _is_real(self.label_noise) and 0.0 <= self.label_noise < 1.0,
+            check_shots(self.eval_n_shots, "eval_n_shots")
+        check(
+            is_finite_number(self.label_noise) and 0.0 <= self.label_noise < 1.0,
             f"label_noise must be a number in [0, 1), got {self.label_noise!r}.",
         )
-        _check(is_int(self.seed) and self.seed >= 0, f"DataConfig.seed must be an int >= 0, got {self.seed!r}.")
+        check(is_int(self.seed) and self.seed >= 0, f"DataConfig.seed must be an int >= 0, got {self.seed!r}.")
 
     @property
     def held_out_shots(self) -> Shots:
@@ -131,21 +106,21 @@ class OptimConfig:
     grad_clip: float | None = 1.0
 
     def __post_init__(self) -> None:
-        _check(
-            _is_real(self.weight_decay) and self.weight_decay >= 0,
+        check(
+            is_finite_number(self.weight_decay) and self.weight_decay >= 0,
             f"weight_decay must be a number >= 0, got {self.weight_decay!r}.",
         )
         if isinstance(self.betas, list):
             object.__setattr__(self, "betas", tuple(self.betas))
-        _check(
+        check(
             isinstance(self.betas, tuple)
             and len(self.betas) == 2
-            and all(_is_real(b) and 0.0 <= b < 1.0 for b in self.betas),
+            and all(is_finite_number(b) and 0.0 <= b < 1.0 for b in self.betas),
             f"betas must be two numbers in [0, 1), got {self.betas!r}; e.g. betas=(0.9, 0.95).",
         )
-        _check(_is_real(self.eps) and self.eps > 0, f"eps must be a number > 0, got {self.eps!r}.")
-        _check(
-            self.grad_clip is None or (_is_real(self.grad_clip) and self.grad_clip > 0),
+        check(is_finite_number(self.eps) and self.eps > 0, f"eps must be a number > 0, got {self.eps!r}.")
+        check(
+            self.grad_clip is None or (is_finite_number(self.grad_clip) and self.grad_clip > 0),
             f"grad_clip must be a number > 0 or None (no clipping), got {self.grad_clip!r}.",
         )
 
@@ -167,15 +142,13 @@ class ScheduleConfig:
     warmup_steps: int = 50
 
     def __post_init__(self) -> None:
-        _check(
-            is_int(self.max_steps) and self.max_steps >= 1, f"max_steps must be an int >= 1, got {self.max_steps!r}."
-        )
-        _check(
+        check(is_int(self.max_steps) and self.max_steps >= 1, f"max_steps must be an int >= 1, got {self.max_steps!r}.")
+        check(
             is_int(self.warmup_steps) and 0 <= self.warmup_steps <= self.max_steps,
             f"warmup_steps must be an int in [0, max_steps={self.max_steps}], got {self.warmup_steps!r}.",
         )
-        _check(
-            _is_real(self.lr) and _is_real(self.min_lr) and 0 <= self.min_lr <= self.lr,
+        check(
+            is_finite_number(self.lr) and is_finite_number(self.min_lr) and 0 <= self.min_lr <= self.lr,
             f"Need numbers 0 <= min_lr <= lr, got min_lr={self.min_lr!r}, lr={self.lr!r}.",
         )
 
@@ -203,103 +176,21 @@ class TVPConfig:
     source: Literal["other_prompt", "same_prompt"] = "other_prompt"
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             is_int(self.layer) and self.layer >= 0, f"TVPConfig.layer must be a block index >= 0, got {self.layer!r}."
         )
-        _check(
-            _is_real(self.lam) and self.lam >= 0,
+        check(
+            is_finite_number(self.lam) and self.lam >= 0,
             f"TVP-loss weight lam (λ) must be >= 0, got {self.lam!r}; use lam=0 to train without the TVP term.",
         )
-        _check(
+        check(
             isinstance(self.detach, bool),
             f"TVPConfig.detach must be True or False (stop gradients through the vector), got {self.detach!r}.",
         )
-        _check(self.mode in ("replace", "add"), f"TVPConfig.mode must be 'replace' or 'add', got {self.mode!r}.")
-        _check(
+        check(self.mode in ("replace", "add"), f"TVPConfig.mode must be 'replace' or 'add', got {self.mode!r}.")
+        check(
             self.source in ("other_prompt", "same_prompt"),
             f"TVPConfig.source must be 'other_prompt' or 'same_prompt', got {self.source!r}.",
-        )
-
-
-#: Weight matrices LoRA can adapt; ``W_gate`` exists in gated MLPs only (Llama, Qwen, Gemma).
-LORA_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out")
-#: The default targets: the matrices every block has (add ``"W_gate"`` to adapt a gated MLP's gate too).
-LORA_TARGETS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
-
-
-@dataclass(frozen=True)
-class LoRAConfig:
-    """Low-rank adapters ``W + (alpha / rank) · A B`` on the chosen blocks' weight matrices.
-
-    Attributes:
-        rank: Rank of each update.
-        alpha: Scale numerator (the update is multiplied by ``alpha / rank``).
-        dropout: Probability of dropping an input feature of the update (see :mod:`tv_lens.training.lora`).
-        targets: Weight matrices to adapt, among ``W_Q, W_K, W_V, W_O, W_in, W_out`` and, in a gated MLP,
-            ``W_gate`` (default: all but ``W_gate``).
-        seed: Seed of the ``A`` initialisation and of the dropout masks.
-    """
-
-    rank: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = LORA_TARGETS
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check(is_int(self.rank) and self.rank >= 1, f"LoRA rank must be an int >= 1, got {self.rank!r}.")
-        _check(_is_real(self.alpha) and self.alpha > 0, f"LoRA alpha must be a number > 0, got {self.alpha!r}.")
-        _check(
-            _is_real(self.dropout) and 0.0 <= self.dropout < 1.0,
-            f"LoRA dropout must be a number in [0, 1), got {self.dropout!r}.",
-        )
-        _check(_is_seed(self.seed), f"LoRA seed must be an int in [0, 2**64), got {self.seed!r}; e.g. seed=0.")
-        if isinstance(self.targets, list):
-            object.__setattr__(self, "targets", tuple(self.targets))
-        _check(
-            isinstance(self.targets, tuple),
-            f"LoRA targets must be a tuple of weight names such as ('W_Q', 'W_V'), got {self.targets!r}; "
-            "wrap a single one: ('W_Q',).",
-        )
-        unknown = [t for t in self.targets if not isinstance(t, str) or t not in LORA_WEIGHTS]
-        _check(
-            bool(self.targets) and not unknown,
-            f"Unknown LoRA target(s) {unknown or list(self.targets)}; choose among {list(LORA_WEIGHTS)}.",
-        )
-        _check(
-            len(set(self.targets)) == len(self.targets),
-            f"LoRA targets must be distinct (one adapter per weight), got {list(self.targets)}; name each weight once.",
-        )
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Train only some blocks, fully or through LoRA adapters; everything else stays frozen.
-
-    Attributes:
-        blocks: Block indices, or ``"first:k"`` / ``"last:k"`` / ``"all"``.
-        lora: LoRA settings; ``None`` trains every parameter of the chosen blocks.
-    """
-
-    blocks: tuple[int, ...] | str
-    lora: LoRAConfig | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.blocks, list):
-            object.__setattr__(self, "blocks", tuple(self.blocks))
-        if isinstance(self.blocks, str):
-            head, _, count = self.blocks.partition(":")
-            valid = self.blocks == "all" or (head in ("first", "last") and count.isdigit() and int(count) >= 1)
-        else:
-            valid = isinstance(self.blocks, tuple) and bool(self.blocks) and all(is_int(b) for b in self.blocks)
-        _check(
-            valid,
-            f"FinetuneConfig.blocks must be block indices such as (0, 1), or 'first:k', 'last:k' or 'all'; "
-            f"got {self.blocks!r}.",
-        )
-        _check(
-            self.lora is None or isinstance(self.lora, LoRAConfig),
-            f"FinetuneConfig.lora must be a LoRAConfig or None (train the blocks' weights), got {self.lora!r:.80}.",
         )
 
 
@@ -329,29 +220,29 @@ class TrainConfig:
         for name in ("data", "optim", "schedule", "tvp", "finetune"):
             value, kind = getattr(self, name), _NESTED[name]
             optional = name in ("tvp", "finetune")
-            _check(
+            check(
                 isinstance(value, kind) or (optional and value is None),
                 f"TrainConfig.{name} must be a {kind.__name__}{' or None' if optional else ''}, got "
                 f"{type(value).__name__} {value!r:.60}; build it with {kind.__name__}(...) (or use "
                 "TrainConfig.from_dict for nested dicts).",
             )
-        _check(
+        check(
             is_int(self.eval_every) and self.eval_every >= 1,
             f"eval_every must be an int >= 1, got {self.eval_every!r}.",
         )
-        _check(
+        check(
             self.tvp is None or self.data.micro_batch is None,
             "DataConfig.micro_batch does not apply with TVP-loss: each zero-shot query takes the vector of another "
             "prompt of the batch, so the batch cannot be split; set micro_batch=None (or lower n_per_task).",
         )
         fewest = min(self.data.n_per_task, self.data.eval_n_per_task)
-        _check(
+        check(
             self.tvp is None or self.tvp.source != "other_prompt" or fewest >= 2,
             "TVP-loss with source='other_prompt' gives each zero-shot query the vector of another prompt of its task, "
             f"so every task needs 2 prompts or more; got n_per_task={self.data.n_per_task} and eval_n_per_task="
             f"{self.data.eval_n_per_task}. Raise them to 2 or more, or use TVPConfig(source='same_prompt').",
         )
-        _check(
+        check(
             is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
             f"checkpoint_every must be an int >= 0 (0 = no checkpoints), got {self.checkpoint_every!r}.",
         )
@@ -390,11 +281,11 @@ def _build(kind: type, data: Any, where: str) -> Any:
         )
     known = {f.name: f for f in fields(kind)}
     unknown = [name for name in data if name not in known]
-    _check(not unknown, f"Unknown {where} field(s) {sorted(unknown, key=repr)}; known: {sorted(known)}.")
+    check(not unknown, f"Unknown {where} field(s) {sorted(unknown, key=repr)}; known: {sorted(known)}.")
     missing = [
         name for name, f in known.items() if f.default is MISSING and f.default_factory is MISSING and name not in data
     ]
-    _check(not missing, f"{where} lacks the required field(s) {missing}; add them (see {kind.__name__}).")
+    check(not missing, f"{where} lacks the required field(s) {missing}; add them (see {kind.__name__}).")
     values: dict[str, Any] = {}
     for name, value in data.items():
         if name in _NESTED and name in known and value is not None:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from tv_lens.errors import ConfigError, LayerOutOfRangeError, TvLensError
 from tv_lens.models import adapt
-from tv_lens.training.config import FinetuneConfig
+from tv_lens.training.finetune_config import FinetuneConfig
 from tv_lens.training.lora import apply_lora, has_lora, lora_parameters, remove_lora
 
 __all__ = [

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from tv_lens.errors import ConfigError, ModelNotSupportedError
-from tv_lens.training.config import LoRAConfig
+from tv_lens.training.finetune_config import LoRAConfig
 
 __all__ = [
     "LoRAUpdate",

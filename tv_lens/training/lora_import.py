@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from tv_lens.errors import ArtefactError, ConfigError, MissingFileError, ModelNotSupportedError
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
-from tv_lens.training.config import LoRAConfig
 from tv_lens.training.export import SplitLayer, fused_from, huggingface_model, huggingface_source, split_layers
+from tv_lens.training.finetune_config import LoRAConfig
 from tv_lens.training.lora import LoRAUpdate, has_lora, layer_layout, register_update, remove_lora
 from tv_lens.training.lora_export import (
     PEFT_PREFIX,
