@@ -3,7 +3,7 @@
 Han et al. (§3.3, Figs. 2, 9–11) plot the representations of 100 prompts per task at each layer and watch
 task clusters appear (with depth, and over training) where task decodability rises. Each layer is
 projected on its own: PCA (always available; the two leading principal components of the centred rows,
-signs fixed by scikit-learn's ``svd_flip``) or UMAP with Han et al.'s ``n_neighbors=15, min_dist=0.1``
+signs fixed by scikit-learn's ``svd_flip``, computed in float64) or UMAP with Han et al.'s ``n_neighbors=15, min_dist=0.1``
 (needs the optional ``umap-learn`` package). A projection is a picture, not a measurement: use
 :mod:`tv_lens.analyses.decodability` for numbers.
 
@@ -72,7 +72,8 @@ def project(
     explained = torch.full((n_layers, 2), float("nan"), dtype=torch.float64)
     for i in tqdm(range(n_layers), desc=f"{method} per layer", disable=not config.progress, leave=False):
         points = stack.activations[i].numpy()
-        if method == "pca":
+        if method == "pca":  # in float64: a float32 SVD differs between LAPACK builds in the 4th or 5th digit
+            points = points.astype(np.float64)
             from sklearn.decomposition import PCA
 
             with np.errstate(invalid="ignore", divide="ignore"):  # identical points: variance ratio 0/0 = NaN
