@@ -217,8 +217,11 @@ def test_text_finetuning_in_micro_batches_trains_as_the_whole_batch(tmp_path_fac
         run = finetune(copy.deepcopy(model), pool, config, "first:1", lora, progress=False)
         runs.append((run.history["loss"].to_numpy(), [p.detach().clone() for p in lora_parameters(run.model)]))
     torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-6, rtol=1e-5)
+    # Adam divides by the root of each weight's second moment, so where the gradient is tiny the summation order's
+    # float32 differences reach ~1e-6 in the weights (Hugging Face's norms compute in float32 even in a float64
+    # model); a micro-batch weighed wrongly moves them by the order of a step (lr 5e-2).
     for split, whole in zip(runs[1][1], runs[0][1], strict=True):
-        torch.testing.assert_close(split, whole, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-4)
     assert any(torch.count_nonzero(p) for p in runs[0][1][1::2])  # the B matrices trained
 
 
