@@ -3,9 +3,9 @@
 Han et al. (§3.3, Figs. 2, 9–11) plot the representations of 100 prompts per task at each layer and watch
 task clusters appear (with depth, and over training) where task decodability rises. Each layer is
 projected on its own: PCA (always available; the two leading principal components of the centred rows,
-signs fixed by scikit-learn's ``svd_flip``, computed in float64) or UMAP with Han et al.'s ``n_neighbors=15, min_dist=0.1``
-(needs the optional ``umap-learn`` package). A projection is a picture, not a measurement: use
-:mod:`tv_lens.analyses.decodability` for numbers.
+signs fixed by scikit-learn's ``svd_flip``, computed in float64) or UMAP with Han et al.'s
+``n_neighbors=15, min_dist=0.1`` (needs the optional ``umap-learn`` package). A projection is a picture, not a
+measurement: use :mod:`tv_lens.analyses.decodability` for numbers.
 
 >>> import torch
 >>> reps = torch.randn(3, 30, 8)
