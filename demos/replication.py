@@ -141,6 +141,7 @@ def summarise(claim: Claim, numbers: Sequence[SeedNumber]) -> dict[str, Any]:
     mean, low, high = seed_interval(values)
     return {
         "claim": claim.name,
+        "recipe": claim.recipe,
         "measured": claim.measured,
         "statistic": claim.statistic,
         "null": claim.null,
@@ -216,7 +217,7 @@ CLAIMS: tuple[Claim, ...] = (
         "encoding",
         "H: tasks are encoded (TD well above chance, peaking inside the model)",
         f"leave-one-out 10-NN TD per layer, {N_PER_TASK} prompts per task, {N_SHOTS} shots; chance 0.20",
-        "best-block TD − chance",
+        "TD at the block chosen on the other half of the prompts − chance",
         0.1,
         "greater",
     ),
@@ -302,7 +303,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "tvp_other_replace",
         "Y/Hendel: a task vector alone makes a zero-shot prompt do the task (another prompt's vector, replace)",
-        "accuracy of the query-only prompt with the vector written at the query's separator, best block",
+        "accuracy of the query-only prompt with the vector written at the query's separator, at the block chosen on "
+        "the other half of the prompts",
         "TVP accuracy − zero-shot accuracy",
         0.0,
         "greater",
@@ -319,7 +321,8 @@ CLAIMS: tuple[Claim, ...] = (
         "function_vector",
         "Todd: a function vector makes a zero-shot prompt do the task",
         "query-only prompt with the task's FV (top-10 heads by CIE on 8-shot prompts with 99% wrong labels) added "
-        "at the query's separator, best block, 32 prompts per task, Null excluded",
+        "at the query's separator, at the block chosen on the other half of the prompts, 32 prompts per task, Null "
+        "excluded",
         "FV accuracy − zero-shot accuracy",
         0.0,
         "greater",
@@ -360,7 +363,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "format_td",
         "Y: whether a task vector forms depends on the prompt format (TD)",
-        "best-block TD of the default recipe trained on each format (separator token, or a marker before each pair)",
+        "TD (block chosen on the other half of the prompts) of the default recipe trained on each format (separator "
+        "token, or a marker before each pair)",
         "TD, marker − separator",
         0.0,
         "differs",
@@ -368,7 +372,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "format_tvp",
         "Y: … (TVP)",
-        "TVP accuracy (task mean, added; best block) of the same two models",
+        "TVP accuracy (task mean, added; block chosen on the other half of the prompts) of the same two models",
         "TVP accuracy, marker − separator",
         0.0,
         "differs",
@@ -394,6 +398,15 @@ def interval(value: float, ci: Any) -> str:
 def above(a: Any, b: Any) -> bool:
     """Whether interval ``a`` lies entirely above interval ``b`` (both ``(low, high)``)."""
     return float(a[0]) > float(b[1])
+
+
+def held_out(best: Any, same_prompts: float, layer: int) -> str:
+    """The held-out estimate with the blocks chosen on each half, beside the same-prompt best it corrects."""
+    first, second = best.chosen
+    return (
+        f"{interval(best.value, best.ci)} (blocks {first}, {second} chosen on the halves; same-prompt best "
+        f"{same_prompts:.3f} at block {layer})"
+    )
 
 
 def random_jaccard(n: int, k: int, draws: int = 20_000) -> tuple[float, float]:
@@ -423,11 +436,10 @@ Numbers = dict[str, SeedNumber]
 def encoding(model: Any, pool: Any, seed: int) -> tuple[Numbers, Any]:
     """TD per layer; the claim and the result (reused by the format claim)."""
     td = TaskDecodability().run(model, pool, n_per_task=N_PER_TASK, n_shots=N_SHOTS, seed=seed)
-    i = td.at(td.best_layer)
+    best = td.held_out_best()
     text = "TD by layer " + ", ".join(f"{layer}: {float(v):.2f}" for layer, v in zip(td.layers, td.td, strict=True))
-    value = float(td.td[i]) - td.chance
-    holds = float(td.td_ci[i, 0]) > td.chance + 0.1
-    return {"encoding": SeedNumber(value, holds, f"{text}; best block {td.best_layer}")}, td
+    text += f"; held out {held_out(best, float(td.td[td.at(td.best_layer)]), td.best_layer)}"
+    return {"encoding": SeedNumber(best.value - td.chance, best.ci[0] > td.chance + 0.1, text)}, td
 
 
 def td_over_shots(model: Any, pool: Any, seed: int) -> Numbers:
@@ -478,27 +490,27 @@ def patching(model: Any, pool: Any, seed: int, mode: Literal["replace", "add"]) 
 
 
 def prompting(model: Any, pool: Any, seed: int, source: str, mode: str, key: str) -> tuple[Numbers, Any]:
-    """Task-vector prompting of query-only prompts at the best block; the claim and the result."""
+    """Task-vector prompting of query-only prompts at the block chosen on held-out prompts; the claim and the result."""
     tvp = TaskVectorPrompting(source=source, mode=mode).run(model, pool, n_per_task=50, n_shots=N_SHOTS, seed=seed)  # type: ignore[arg-type]
-    k = tvp.layers.index(tvp.best_layer)
+    best = tvp.held_out_best()
     text = (
-        f"TVP {interval(tvp.best_accuracy, tvp.accuracy_ci[k])} at block {tvp.best_layer}; zero-shot "
+        f"TVP {held_out(best, tvp.best_accuracy, tvp.best_layer)}; zero-shot "
         f"{interval(tvp.zero_shot_accuracy, tvp.zero_shot_ci)}; ICL {tvp.icl_accuracy:.3f}"
     )
-    holds = above(tvp.accuracy_ci[k], tvp.zero_shot_ci)
-    return {key: SeedNumber(tvp.best_accuracy - tvp.zero_shot_accuracy, holds, text)}, tvp
+    holds = above(best.ci, tvp.zero_shot_ci)
+    return {key: SeedNumber(best.value - tvp.zero_shot_accuracy, holds, text)}, tvp
 
 
 def function_vector(model: Any, pool: Any, seed: int) -> Numbers:
     """Todd et al.'s function vector added to query-only prompts."""
     fv = FunctionVectors(k=10).run(model, pool, n_per_task=32, n_shots=N_SHOTS, seed=seed).prompting
-    sweep, k = fv.prompting, fv.layers.index(fv.best_layer)
+    sweep, best = fv.prompting, fv.held_out_best()
     text = (
-        f"FV {interval(fv.best_accuracy, fv.accuracy_ci[k])} at block {fv.best_layer}; zero-shot "
+        f"FV {held_out(best, fv.best_accuracy, fv.best_layer)}; zero-shot "
         f"{interval(fv.zero_shot_accuracy, sweep.zero_shot_ci)}; ICL {fv.icl_accuracy:.3f}"
     )
-    holds = above(fv.accuracy_ci[k], sweep.zero_shot_ci)
-    return {"function_vector": SeedNumber(fv.best_accuracy - fv.zero_shot_accuracy, holds, text)}
+    holds = above(best.ci, sweep.zero_shot_ci)
+    return {"function_vector": SeedNumber(best.value - fv.zero_shot_accuracy, holds, text)}
 
 
 def shared_heads(model: Any, pool: Any, seed: int) -> Numbers:
@@ -587,24 +599,26 @@ def prompt_format(td: Any, tvp: Any, marker_model: Any, seed: int) -> Numbers:
     marker_tvp = TaskVectorPrompting(source="task_mean", mode="add").run(
         marker_model, pool, n_per_task=50, n_shots=N_SHOTS, seed=seed
     )
-    i, j = td.at(td.best_layer), marker_td.at(marker_td.best_layer)
-    k, m = tvp.layers.index(tvp.best_layer), marker_tvp.layers.index(marker_tvp.best_layer)
-    separated_td = above(td.td_ci[i], marker_td.td_ci[j]) or above(marker_td.td_ci[j], td.td_ci[i])
-    separated_tvp = above(tvp.accuracy_ci[k], marker_tvp.accuracy_ci[m]) or above(
-        marker_tvp.accuracy_ci[m], tvp.accuracy_ci[k]
-    )
+    td_best, marker_td_best = td.held_out_best(), marker_td.held_out_best()
+    tvp_best, marker_tvp_best = tvp.held_out_best(), marker_tvp.held_out_best()
+
+    def separated(a: Any, b: Any) -> bool:
+        return above(a.ci, b.ci) or above(b.ci, a.ci)
+
+    def td_text(result: Any, best: Any) -> str:
+        return held_out(best, float(result.td[result.at(result.best_layer)]), result.best_layer)
+
     return {
         "format_td": SeedNumber(
-            float(marker_td.td[j] - td.td[i]),
-            separated_td,
-            f"separator {interval(float(td.td[i]), td.td_ci[i])} at block {td.best_layer}, marker "
-            f"{interval(float(marker_td.td[j]), marker_td.td_ci[j])} at block {marker_td.best_layer}",
+            marker_td_best.value - td_best.value,
+            separated(td_best, marker_td_best),
+            f"separator {td_text(td, td_best)}, marker {td_text(marker_td, marker_td_best)}",
         ),
         "format_tvp": SeedNumber(
-            marker_tvp.best_accuracy - tvp.best_accuracy,
-            separated_tvp,
-            f"separator {interval(tvp.best_accuracy, tvp.accuracy_ci[k])} at block {tvp.best_layer}, marker "
-            f"{interval(marker_tvp.best_accuracy, marker_tvp.accuracy_ci[m])} at block {marker_tvp.best_layer} "
+            marker_tvp_best.value - tvp_best.value,
+            separated(tvp_best, marker_tvp_best),
+            f"separator {held_out(tvp_best, tvp.best_accuracy, tvp.best_layer)}, marker "
+            f"{held_out(marker_tvp_best, marker_tvp.best_accuracy, marker_tvp.best_layer)} "
             f"(zero-shot {marker_tvp.zero_shot_accuracy:.2f}), ICL {marker_tvp.icl_accuracy:.2f}",
         ),
     }
@@ -671,24 +685,30 @@ def seed_numbers(root: Path, seed: int, skip: Sequence[str] = (), fresh: bool = 
     return {key: SeedNumber(**number) for numbers in done.values() for key, number in numbers.items()}
 
 
+SIGNS: dict[Direction, str] = {"greater": ">", "less": "<", "differs": "≠"}
+
+
 def print_tables(rows: list[dict[str, Any]], per_seed: dict[int, Numbers]) -> None:
-    """The claims over seeds (when there are rows), then each seed's numbers, as markdown."""
+    """The claims over seeds (when there are rows), then each seed's numbers: the tables of docs/replication.md."""
     if rows:
-        print(f"\n| claim | measured | statistic (null) | mean over seeds [{LEVEL:.0%} t-interval] | seeds | verdict |")
-        print("|---|---|---|---|---|---|")
+        print(
+            f"\n| claim | recipe | measured | statistic | mean over seeds [{LEVEL:.0%} interval] | seeds where it "
+            "holds | verdict |"
+        )
+        print("|---|---|---|---|---|---|---|")
     for row in rows:
         low, high = row["interval"]
         print(
-            f"| {row['claim']} | {row['measured']} | {row['statistic']} ({row['null']:g}, {row['direction']}) | "
-            f"{row['mean']:+.3f} [{low:+.3f}, {high:+.3f}] | {row['seeds_holding']}/{row['n_seeds']} | "
-            f"{row['verdict']} |"
+            f"| {row['claim']} | {row['recipe']} | {row['measured']} | {row['statistic']} "
+            f"{SIGNS[row['direction']]} {row['null']:g} | {row['mean']:+.3f} [{low:+.3f}, {high:+.3f}] | "
+            f"{row['seeds_holding']}/{row['n_seeds']} | {row['verdict']} |"
         )
     seeds = sorted(per_seed)
     print("\n| claim | " + " | ".join(f"seed {s}" for s in seeds) + " |\n|---|" + "---|" * len(seeds))
     for claim in CLAIMS:
         if all(claim.key in per_seed[s] for s in seeds):
             cells = [per_seed[s][claim.key] for s in seeds]
-            text = " | ".join(f"{c.value:+.3f} ({'holds' if c.holds else 'no'}): {c.numbers}" for c in cells)
+            text = " | ".join(f"**{c.value:+.3f}** ({'holds' if c.holds else 'no'}); {c.numbers}" for c in cells)
             print(f"| {claim.name} | {text} |")
 
 

@@ -77,6 +77,20 @@ def test_summarise_reports_mean_interval_and_count(replication):
     assert row["mean"] == pytest.approx(0.30)
     assert row["interval"] == pytest.approx(list(replication.seed_interval([0.28, 0.30, 0.32])[1:]))
     assert (row["seeds_holding"], row["n_seeds"], row["verdict"]) == (2, 3, "mixed")
+    assert row["recipe"] == "default"
+
+
+def test_tables_are_the_documents_markdown(replication, capsys):
+    claim = replication.CLAIMS[0]
+    numbers = [replication.SeedNumber(v, True, f"n{i}") for i, v in enumerate([0.5, 0.6, 0.7])]
+    replication.print_tables([replication.summarise(claim, numbers)], {s: {claim.key: numbers[s]} for s in range(3)})
+    lines = capsys.readouterr().out.splitlines()
+    low, high = replication.seed_interval([0.5, 0.6, 0.7])[1:]
+    assert (
+        f"| {claim.name} | default | {claim.measured} | {claim.statistic} > 0.1 | +0.600 [{low:+.3f}, {high:+.3f}] | "
+        "3/3 | holds |"
+    ) in lines
+    assert f"| {claim.name} | **+0.500** (holds); n0 | **+0.600** (holds); n1 | **+0.700** (holds); n2 |" in lines
 
 
 def test_claim_keys_are_unique(replication):
