@@ -1653,6 +1653,15 @@ CASES = [
         r"pass more prompts",
     ),
     Case(
+        "result-task-ids-outside-task-names",
+        lambda w: replace(
+            fit_td_accuracy([0.1, 0.5, 0.9], [0.2, 0.4, 0.9], task_ids=[0, 1, 1]), task_ids=torch.tensor([0, 1, 5])
+        ),
+        ShapeError,
+        r"TdAccuracyFit.task_ids holds task ids \[0, 1, 5\], but task_names has 2 names: each id must lie in 0 \.\. 1",
+        r"Name every task in task_names, or re-run the analysis",
+    ),
+    Case(
         "ols-confidence-a-string",
         lambda w: ols([0.1, 0.5, 0.9], [0.2, 0.4, 0.9], "0.9"),  # type: ignore[arg-type]
         AnalysisError,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -197,14 +198,53 @@ def test_a_file_from_another_version_is_rejected(tmp_path):
         Result.load(path)
 
 
+def edited_with_digests(path, edit) -> None:
+    """Apply ``edit(tensors)`` to a saved result and recompute both digests, as a crafted file would."""
+    with safe_open(str(path), "pt") as file:
+        document = json.loads(file.metadata()[storage.METADATA_KEY])
+        tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118
+    edit(tensors)
+    document["tensors"] = storage.tensor_digest(tensors)
+    document["digest"] = storage.document_digest(document)
+    save_file(tensors, str(path), metadata={storage.METADATA_KEY: storage.canonical_json(document)})
+
+
 def test_a_saved_file_whose_fields_fail_validation_is_reported_as_corrupt(tmp_path):
+    path = decodability().save(tmp_path / "r.safetensors")
+    edited_with_digests(path, lambda tensors: tensors.update(td=torch.zeros(5, dtype=torch.float64)))  # 5 layers
+    with pytest.raises(ResultFileError, match="invalid Decodability"):
+        Result.load(path)
+
+
+def test_an_altered_file_is_named_altered_before_its_fields_are_checked(tmp_path):
+    """A changed tensor without new digests is reported as such, not by the check it happens to break."""
     path = decodability().save(tmp_path / "r.safetensors")
     with safe_open(str(path), "pt") as file:
         metadata = file.metadata()
         tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118
-    tensors["td"] = torch.zeros(5, dtype=torch.float64)  # wrong number of layers
+    tensors["td"] = torch.zeros(5, dtype=torch.float64)
     save_file(tensors, str(path), metadata=metadata)
-    with pytest.raises(ResultFileError, match="invalid Decodability"):
+    with pytest.raises(ResultFileError, match="its tensors do not match the digest"):
+        Result.load(path)
+
+
+@pytest.mark.parametrize("ids", [[0, 9], [-1, 0], [0.0, 1.0]], ids=["too-large", "negative", "float"])
+def test_task_ids_outside_the_task_names_are_refused(ids):
+    """Ids are indices into task_names: a result holding others is refused when it is built (and so when loaded)."""
+    fit = fit_td_accuracy([0.2, 0.5], [0.3, 0.4], task_ids=[0, 1], shots=[1, 1])
+    with pytest.raises(ShapeError, match="task_ids"):
+        replace(fit, task_ids=torch.tensor(ids))
+
+
+def test_a_crafted_file_with_task_ids_outside_its_task_names_is_refused(tmp_path):
+    path = decodability().save(tmp_path / "r.safetensors")
+
+    def shift_labels(tensors):
+        (key,) = [key for key in tensors if key.split(".")[-1] == "labels"]
+        tensors[key] = tensors[key] + 100
+
+    edited_with_digests(path, shift_labels)
+    with pytest.raises(ResultFileError, match="task ids"):
         Result.load(path)
 
 

@@ -39,6 +39,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+import torch
 from jaxtyping import AbstractArray
 from torch import Tensor
 
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
 __all__ = ["Result"]
 
 R = TypeVar("R", bound="Result")
+
+TASK_ID_FIELDS = ("task_ids", "labels", "predictions")
+"""Fields that hold task ids: each an index into the result's ``task_names``."""
 
 
 class Result:
@@ -93,6 +97,29 @@ class Result:
             if got != expected:
                 shape = str(expected).replace("'", "")
                 raise ShapeError(f"{type(self).__name__}.{name} must have shape {shape}, got {got}.")
+        self._check_task_ids()
+
+    def _check_task_ids(self) -> None:
+        """Check that every task-id field (:data:`TASK_ID_FIELDS`) holds integer ids of ``task_names``.
+
+        Raises:
+            ShapeError: Ids that are not integers, or lie outside ``0 .. len(task_names) - 1``.
+        """
+        names = getattr(self, "task_names", None)
+        if not isinstance(names, tuple):
+            return
+        for name in TASK_ID_FIELDS:
+            ids = getattr(self, name, None)
+            if not isinstance(ids, Tensor):
+                continue
+            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+                raise ShapeError(f"{type(self).__name__}.{name} must hold integer task ids, got {ids.dtype}.")
+            if ids.numel() and not (int(ids.min()) >= 0 and int(ids.max()) < len(names)):
+                allowed = f"each id must lie in 0 .. {len(names) - 1}" if names else "there can be no ids"
+                raise ShapeError(
+                    f"{type(self).__name__}.{name} holds task ids {ids.unique().tolist()[:8]}, but task_names has "
+                    f"{len(names)} names: {allowed}. Name every task in task_names, or re-run the analysis."
+                )
 
     def _axes(self) -> dict[str, int]:
         """Sizes of the tensor axes that other fields fix, by axis name (e.g. ``layer``: ``len(self.layers)``)."""

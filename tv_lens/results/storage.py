@@ -119,17 +119,16 @@ def result_from_bytes(
             f"{', '.join(map(str, LEGACY_FORMAT_VERSIONS))} with allow_unverified=True); save it again with this "
             "version."
         )
-    # Decoding first names a type or fields this version does not know (which no digest can fix); nothing
-    # decoded is returned before the checks below pass.
-    result = decode_value(document["result"], tensors, registry, source)
+    # The digests first: an altered file is named as such, and no result is built from unchecked values (a
+    # result's own checks would name the symptom of the alteration instead).
     if version == FORMAT_VERSION:
         _verify(document, tensors, source)
-        return result
-    if "digest" in document and document["digest"] != tensor_digest(tensors):
+    elif "digest" in document and document["digest"] != tensor_digest(tensors):
         raise ResultFileError(
             f"{source} is corrupt: its tensors do not match the digest recorded when it was saved. {_RERUN}"
         )
-    if not allow_unverified:
+    result = decode_value(document["result"], tensors, registry, source)
+    if version != FORMAT_VERSION and not allow_unverified:
         checked = "its tensors are checked but" if "digest" in document else "it has no digest and"
         raise ResultFileError(
             f"{source} was saved by an earlier tv_lens (result format {version}): {checked} its other fields "
