@@ -1653,6 +1653,13 @@ CASES = [
         r"pass more prompts",
     ),
     Case(
+        "result-field-of-another-type",
+        lambda w: replace(fit_td_accuracy([0.1, 0.5, 0.9], [0.2, 0.4, 0.9], task_ids=[0, 1, 1]), task_names=("a", 2)),
+        ShapeError,
+        r"A TdAccuracyFit whose field 'task_names' is \('a', 2\), not tuple\[str, \.\.\.\]",
+        r"build results with their analyses or Result.load, or pass values of the declared types",
+    ),
+    Case(
         "result-task-ids-outside-task-names",
         lambda w: replace(
             fit_td_accuracy([0.1, 0.5, 0.9], [0.2, 0.4, 0.9], task_ids=[0, 1, 1]), task_ids=torch.tensor([0, 1, 5])

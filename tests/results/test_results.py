@@ -228,6 +228,21 @@ def test_an_altered_file_is_named_altered_before_its_fields_are_checked(tmp_path
         Result.load(path)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "declared"),
+    [
+        ("layers", None, "tuple[int, ...]"),
+        ("task_names", ("a", 2, "c"), "tuple[str, ...]"),
+        ("site", 3, "str"),
+        ("labels", torch.zeros(36), "Int[Tensor, 'prompt']"),
+    ],
+)
+def test_a_result_built_with_a_field_of_another_type_is_refused(field, value, declared):
+    """Built by hand as when loaded: the declared type of each field is checked (tables once failed deep inside)."""
+    with pytest.raises(ShapeError, match=rf"A Decodability whose field '{field}' is .*, not {re.escape(declared)}"):
+        replace(decodability(), **{field: value})
+
+
 @pytest.mark.parametrize("ids", [[0, 9], [-1, 0], [0.0, 1.0]], ids=["too-large", "negative", "float"])
 def test_task_ids_outside_the_task_names_are_refused(ids):
     """Ids are indices into task_names: a result holding others is refused when it is built (and so when loaded)."""

@@ -44,7 +44,7 @@ from jaxtyping import AbstractArray
 from torch import Tensor
 
 from tv_lens.errors import MissingFileError, ResultFileError, ShapeError
-from tv_lens.results.encoding import equal_values, field_types
+from tv_lens.results.encoding import equal_values, field_types, mistyped_field
 from tv_lens.results.storage import result_from_bytes, result_to_bytes, write_atomically
 
 if TYPE_CHECKING:
@@ -80,12 +80,18 @@ class Result:
         An axis of :meth:`_axes` has the size given there, a number is that size, and any other name takes the
         size where it first appears (in field order) and must keep it in every later field.
 
+        Every other field is first checked against its declared type, as a loaded file is, and every tensor field,
+        once its shape is right, against its declared dtype.
+
         Raises:
-            ShapeError: A tensor field of another shape.
+            ShapeError: A field of another type, or a tensor field of another shape.
         """
+        axes = _tensor_axes(type(self))  # type: ignore[arg-type]  # the class hashes; its results do not
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        self._check_types({name: value for name, value in values.items() if name not in axes})
         sizes = self._axes()
-        for name, dims in _tensor_axes(type(self)).items():  # type: ignore[arg-type]  # the class hashes; its results do not
-            value = getattr(self, name)
+        for name, dims in axes.items():
+            value = values[name]
             if not isinstance(value, Tensor):  # an optional tensor left out
                 continue
             got = tuple(value.shape)
@@ -97,7 +103,17 @@ class Result:
             if got != expected:
                 shape = str(expected).replace("'", "")
                 raise ShapeError(f"{type(self).__name__}.{name} must have shape {shape}, got {got}.")
+        self._check_types({name: values[name] for name in axes})
         self._check_task_ids()
+
+    def _check_types(self, values: dict[str, Any]) -> None:
+        """Raise a :class:`ShapeError` naming the first of ``values`` (by field name) not of its declared type."""
+        wrong = mistyped_field(type(self), values)
+        if wrong:
+            raise ShapeError(
+                f"A {type(self).__name__} whose {wrong}: build results with their analyses or Result.load, or pass "
+                "values of the declared types."
+            )
 
     def _check_task_ids(self) -> None:
         """Check that every task-id field (:data:`TASK_ID_FIELDS`) holds integer ids of ``task_names``.

@@ -22,7 +22,7 @@ from torch import Tensor
 from tv_lens.checks import is_int, is_number
 from tv_lens.errors import ResultFileError
 
-__all__ = ["Savable", "decode_value", "encode_value", "equal_values", "field_types"]
+__all__ = ["Savable", "decode_value", "encode_value", "equal_values", "field_types", "mistyped_field"]
 
 
 @runtime_checkable
@@ -118,13 +118,10 @@ def _build(
             f"{sorted(expected)}; it was written by another tv_lens version. Re-run the analysis."
         )
     values = {name: decode_value(v, tensors, registry, source) for name, v in encoded.items()}
-    hints = field_types(cls)
-    wrong = [name for name, value in values.items() if name in hints and not _fits(value, hints[name])]
+    wrong = mistyped_field(cls, values)
     if wrong:
-        name = wrong[0]
         raise ResultFileError(
-            f"{source} holds a {cls.__name__} whose field {name!r} is {_kind(values[name])}, not "
-            f"{_hint_name(hints[name])}; it was edited or crafted. Re-run the analysis."
+            f"{source} holds a {cls.__name__} whose {wrong}; it was edited or crafted. Re-run the analysis."
         )
     try:
         return cls(**values)
@@ -141,6 +138,18 @@ def field_types(cls: type) -> dict[str, Any]:
         return typing.get_type_hints(cls)
     except (NameError, TypeError):
         return {}
+
+
+def mistyped_field(cls: type, values: Mapping[str, Any]) -> str | None:
+    """The first of ``values`` that is not of its field's declared type, as ``field 'name' is ..., not ...``.
+
+    ``None`` when every value fits (tensors by jaxtyping dtype and rank; a bool is not an int or a float).
+    """
+    hints = field_types(cls)
+    for name, value in values.items():
+        if name in hints and not _fits(value, hints[name]):
+            return f"field {name!r} is {_kind(value)}, not {_hint_name(hints[name])}"
+    return None
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -182,6 +191,9 @@ def _kind(value: Any) -> str:
 
 
 def _hint_name(hint: Any) -> str:
+    """A declared type as written (``tuple[int, ...]``, ``int | None``, ``Float[Tensor, 'layer']``)."""
+    if typing.get_origin(hint) is not None:
+        return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

@@ -68,8 +68,6 @@ class MeanHeadActivations(Result):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.activations.is_floating_point():
-            raise ShapeError(f"MeanHeadActivations.activations must be a float tensor, got {self.activations.dtype}.")
         if len(set(self.task_names)) != len(self.task_names) or len(set(self.layers)) != len(self.layers):
             raise ShapeError(
                 f"MeanHeadActivations needs distinct tasks and layers, got {self.task_names}, {self.layers}."
@@ -241,12 +239,8 @@ class FunctionVector(Result):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.vectors.is_floating_point():
-            raise ShapeError(f"FunctionVector.vectors must be a float tensor, got {self.vectors.dtype}.")
         if len(set(self.heads)) != self.k or self.k == 0:
             raise ShapeError(f"FunctionVector needs at least one head, each once; got {self.heads}.")
-        if self.provenance is not None and not isinstance(self.provenance, VectorProvenance):
-            raise ShapeError(f"FunctionVector.provenance must be a VectorProvenance, got {self.provenance!r}.")
 
     def _axes(self) -> dict[str, int]:
         return {"task": len(self.task_names), "k": len(self.heads)}

@@ -212,6 +212,7 @@ class VectorProvenance(Result):
     pool: str = ""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.operation not in OPERATIONS:
             raise AnalysisError(f"Unknown operation {self.operation!r}; use one of {list(OPERATIONS)}.")
         scale = self.scale

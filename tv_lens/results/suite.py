@@ -38,6 +38,7 @@ class SuiteResult(Result):
     collect_calls: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         bad = [
             name for name, result in self.results.items() if not isinstance(name, str) or not isinstance(result, Result)
         ]

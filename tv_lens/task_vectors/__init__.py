@@ -100,17 +100,11 @@ class TaskVectors(Result):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.vectors.is_floating_point():
-            raise ShapeError(f"TaskVectors.vectors must be floats, got {self.vectors.dtype}; pass .float() vectors.")
         if len(set(self.task_names)) != len(self.task_names) or len(set(self.layers)) != len(self.layers):
             raise ShapeError(f"TaskVectors needs distinct task names and layers, got {self.task_names}, {self.layers}.")
         _check_reduce(self.reduce)
         origin = self.provenance
-        if origin is not None and (
-            not isinstance(origin, VectorProvenance)
-            or origin.site != self.site
-            or not set(origin.layers) <= set(self.layers)
-        ):
+        if origin is not None and (origin.site != self.site or not set(origin.layers) <= set(self.layers)):
             raise ShapeError(
                 f"TaskVectors.provenance must be a VectorProvenance of site {self.site!r} and layers among "
                 f"{self.layers}, got {origin!r}; set it with applied_as(...)."
