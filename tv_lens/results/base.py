@@ -39,7 +39,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import torch
 from jaxtyping import AbstractArray
 from torch import Tensor
 
@@ -116,10 +115,10 @@ class Result:
             )
 
     def _check_task_ids(self) -> None:
-        """Check that every task-id field (:data:`TASK_ID_FIELDS`) holds integer ids of ``task_names``.
+        """Check that every task-id field (:data:`TASK_ID_FIELDS`, integer by its declared type) indexes ``task_names``.
 
         Raises:
-            ShapeError: Ids that are not integers, or lie outside ``0 .. len(task_names) - 1``.
+            ShapeError: Ids outside ``0 .. len(task_names) - 1``.
         """
         names = getattr(self, "task_names", None)
         if not isinstance(names, tuple):
@@ -128,8 +127,6 @@ class Result:
             ids = getattr(self, name, None)
             if not isinstance(ids, Tensor):
                 continue
-            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-                raise ShapeError(f"{type(self).__name__}.{name} must hold integer task ids, got {ids.dtype}.")
             if ids.numel() and not (int(ids.min()) >= 0 and int(ids.max()) < len(names)):
                 allowed = f"each id must lie in 0 .. {len(names) - 1}" if names else "there can be no ids"
                 raise ShapeError(
