@@ -1754,6 +1754,20 @@ CASES = [
         r"pass batch\.inputs",
     ),
     Case(
+        "prompting-answers-on-the-meta-device",
+        lambda w: task_vector_prompting(
+            w.model,
+            Prompts(
+                w.batch.inputs, w.batch.answer_pos, w.batch.answers.to("meta"), w.batch.task_ids, w.batch.task_names
+            ),
+            w.batch.zero_shot(),
+            config=TaskVectorPrompting(n_bootstrap=0),
+        ),
+        ShapeError,
+        r"answers is a tensor on the meta device, which has a shape but no values",
+        r"create it on a real device",
+    ),
+    Case(
         "causal-function-prompts-a-tensor",
         lambda w: head_importance(w.model, w.batch.inputs, config=HeadAblation(n_bootstrap=0)),
         TaskError,

@@ -245,16 +245,19 @@ def _check_no_left_padding(adapter: ModelAdapter, tokens: Tensor) -> None:
 def tensor_of(value: Any, what: str, expected: str) -> Tensor:
     """``torch.as_tensor(value)``, or a :class:`ShapeError` saying that ``what`` must be ``expected``.
 
-    Strings, bytes and ``None`` are refused (``torch.as_tensor`` would read a string's length or fail obscurely).
+    Strings, bytes and ``None`` are refused (``torch.as_tensor`` would read a string's length or fail obscurely),
+    and so are tensors without readable values (:func:`check_tensor_data`).
     """
     if isinstance(value, (str, bytes)) or value is None:
         raise ShapeError(f"{what} must be {expected}, got {value!r}.")
     try:
-        return torch.as_tensor(value)
+        tensor = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:
         raise ShapeError(
             f"{what} must be {expected}, got a {type(value).__name__} that is not one ({error})."
         ) from error
+    check_tensor_data(tensor, what)
+    return tensor
 
 
 def _align_left(inputs: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
