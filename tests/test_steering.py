@@ -173,6 +173,7 @@ def test_bad_input_is_a_clear_error(setup):
         ),
         (AnalysisError, "operation", lambda: steer(model, fv, batch, task="offset(1)", operation="mul")),
         (AnalysisError, "scale", lambda: steer(model, fv, batch, task="offset(1)", scale=float("nan"))),
+        (AnalysisError, "scale", lambda: steer(model, fv, batch, task="offset(1)", scale=10**400)),  # not a float
         (AnalysisError, "max_new_tokens", lambda: steer(model, fv, batch, task="offset(1)", do_sample=True)),
         (ShapeError, "d_model=32", lambda: steer(model, torch.ones(5), batch, layer=0)),
         (AnalysisError, "layer=", lambda: steer(model, torch.ones(32), batch)),

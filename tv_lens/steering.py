@@ -30,7 +30,6 @@ torch.Size([3, 16])
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import Any, Literal
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.checks import is_int, is_number
+from tv_lens.checks import is_finite_number, is_int
 from tv_lens.errors import AnalysisError, PositionError, ShapeError
 from tv_lens.generation import Generation, generate
 from tv_lens.generation.prompts import prompt_inputs
@@ -247,7 +246,7 @@ def _plan(
     if operation not in OPERATIONS:
         raise AnalysisError(f"Unknown operation {operation!r}; use one of {list(OPERATIONS)}.")
     scale = (provenance.scale if provenance else 1.0) if scale is None else scale
-    if not is_number(scale) or not math.isfinite(scale):
+    if not is_finite_number(scale):
         raise AnalysisError(f"scale must be a finite number (the vector's factor), got {scale!r}.")
     scaled = values.detach() if scale == 1 else values.detach() * scale
     return _Plan(adapter, layer, site, operation, scaled)

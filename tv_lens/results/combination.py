@@ -9,7 +9,6 @@ vectors it comes from (how to apply it, and the combination in words).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tv_lens.checks import is_number
+from tv_lens.checks import is_finite_number
 from tv_lens.errors import AnalysisError, NonFiniteError, TaskError
 from tv_lens.results.provenance import VectorProvenance
 
@@ -78,7 +77,7 @@ def combination(task_names: tuple[str, ...], weights: Any, name: Any, what: str)
     for task, weight in weights.items():
         if task not in task_names:
             raise TaskError(f"Task {task!r} has no {what}; these cover {list(task_names)}. Combine tasks among them.")
-        if not is_number(weight) or not math.isfinite(weight):
+        if not is_finite_number(weight):
             raise AnalysisError(f"The weight of {task!r} must be a finite number, got {weight!r}.")
     terms = " ".join(f"{'-' if w < 0 else '+'} {abs(w):g}·{task}" for task, w in weights.items())
     rows = [task_names.index(task) for task in weights]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tv_lens.checks import is_number
+from tv_lens.checks import is_finite_number
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.base import Result
@@ -216,7 +215,7 @@ class VectorProvenance(Result):
         if self.operation not in OPERATIONS:
             raise AnalysisError(f"Unknown operation {self.operation!r}; use one of {list(OPERATIONS)}.")
         scale = self.scale
-        if not is_number(scale) or not math.isfinite(scale):
+        if not is_finite_number(scale):
             raise AnalysisError(f"scale must be a finite number (the vector's factor), got {scale!r}.")
         object.__setattr__(self, "scale", float(scale))
         if len(set(self.layers)) != len(self.layers):

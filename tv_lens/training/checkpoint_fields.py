@@ -7,7 +7,6 @@ refuses them with a :class:`~tv_lens.errors.CheckpointError`, and names the sett
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tv_lens.checks import is_int, is_number
+from tv_lens.checks import is_finite_number, is_int
 from tv_lens.errors import CheckpointError, ConfigError
 from tv_lens.models import ModelConfig
 from tv_lens.training.checkpoint_record import Checkpoint
@@ -55,7 +54,7 @@ def checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
             refuse(f"records step {step!r}, outside the run's 0 .. {config.schedule.max_steps} optimiser steps")
         )
     elapsed_s = record["elapsed_s"]
-    if not is_number(elapsed_s) or not math.isfinite(elapsed_s):
+    if not is_finite_number(elapsed_s):
         raise CheckpointError(refuse(f"records a training time of {elapsed_s!r} s"))
     if elapsed_s < 0:
         raise CheckpointError(refuse(f"records a negative training time ({elapsed_s!r} s)"))
