@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, fields, replace
@@ -13,6 +12,7 @@ import pytest
 import torch
 from analyses_helpers import clusters
 from jaxtyping import Float
+from result_files import with_tensors_edited
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -198,20 +198,9 @@ def test_a_file_from_another_version_is_rejected(tmp_path):
         Result.load(path)
 
 
-def edited_with_digests(path, edit) -> None:
-    """Apply ``edit(tensors)`` to a saved result and recompute both digests, as a crafted file would."""
-    with safe_open(str(path), "pt") as file:
-        document = json.loads(file.metadata()[storage.METADATA_KEY])
-        tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118
-    edit(tensors)
-    document["tensors"] = storage.tensor_digest(tensors)
-    document["digest"] = storage.document_digest(document)
-    save_file(tensors, str(path), metadata={storage.METADATA_KEY: storage.canonical_json(document)})
-
-
 def test_a_saved_file_whose_fields_fail_validation_is_reported_as_corrupt(tmp_path):
     path = decodability().save(tmp_path / "r.safetensors")
-    edited_with_digests(path, lambda tensors: tensors.update(td=torch.zeros(5, dtype=torch.float64)))  # 5 layers
+    with_tensors_edited(path, lambda tensors: tensors.update(td=torch.zeros(5, dtype=torch.float64)))  # 5 layers
     with pytest.raises(ResultFileError, match="invalid Decodability"):
         Result.load(path)
 
@@ -258,7 +247,7 @@ def test_a_crafted_file_with_task_ids_outside_its_task_names_is_refused(tmp_path
         (key,) = [key for key in tensors if key.split(".")[-1] == "labels"]
         tensors[key] = tensors[key] + 100
 
-    edited_with_digests(path, shift_labels)
+    with_tensors_edited(path, shift_labels)
     with pytest.raises(ResultFileError, match="task ids"):
         Result.load(path)
 
