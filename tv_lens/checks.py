@@ -1,4 +1,6 @@
-"""The type checks of user input that every package shares: a count is an int, a number an int or a float.
+"""The checks of user input that every package shares: a count is an int, a number an int or a float.
+
+A tensor must have values to read (:func:`check_tensor_data`: not on ``meta``, not sparse).
 
 ``True`` passes ``isinstance(value, int)`` (``bool`` is a subclass of ``int``), so an option that takes a count or
 a number checks with these, which refuse a bool: ``n_per_task=True`` is a mistake, not one prompt.
@@ -14,7 +16,12 @@ from __future__ import annotations
 import math
 from typing import Any, TypeGuard
 
-__all__ = ["SEED_RANGE", "is_finite_number", "is_int", "is_number", "is_seed"]
+import torch
+from torch import Tensor
+
+from tv_lens.errors import ShapeError
+
+__all__ = ["SEED_RANGE", "check_tensor_data", "is_finite_number", "is_int", "is_number", "is_seed"]
 
 SEED_RANGE = 2**64
 """Seeds are ints in ``[0, SEED_RANGE)``, the range of a ``torch.Generator`` seed."""
@@ -46,3 +53,14 @@ def is_finite_number(value: Any) -> TypeGuard[int | float]:
 def is_seed(value: Any) -> TypeGuard[int]:
     """Whether ``value`` is an int in ``[0, SEED_RANGE)`` (a negative seed would be wrapped around silently)."""
     return is_int(value) and 0 <= value < SEED_RANGE
+
+
+def check_tensor_data(tensor: Tensor, what: str) -> None:
+    """Refuse a tensor whose values cannot be read: one on the ``meta`` device, or a sparse one."""
+    if tensor.device.type == "meta":
+        raise ShapeError(
+            f"{what} is a tensor on the meta device, which has a shape but no values; create it on a real "
+            "device (e.g. torch.tensor(..., device='cpu')) or materialise it first."
+        )
+    if tensor.layout != torch.strided:
+        raise ShapeError(f"{what} is a {tensor.layout} tensor; pass a dense tensor (tensor.to_dense()).")

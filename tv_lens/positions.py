@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tv_lens.checks import is_int
+from tv_lens.checks import check_tensor_data, is_int
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
 
@@ -71,17 +71,6 @@ class PreparedPrompts:
     def to_aligned(self, positions: Int[Tensor, " batch"]) -> Int[Tensor, " batch"]:
         """Map positions given in the caller's layout to the aligned layout."""
         return positions - self.shift
-
-
-def check_tensor_data(tensor: Tensor, what: str) -> None:
-    """Refuse a tensor whose values cannot be read: one on the ``meta`` device, or a sparse one."""
-    if tensor.device.type == "meta":
-        raise ShapeError(
-            f"{what} is a tensor on the meta device, which has a shape but no values; create it on a real "
-            "device (e.g. torch.tensor(..., device='cpu')) or materialise it first."
-        )
-    if tensor.layout != torch.strided:
-        raise ShapeError(f"{what} is a {tensor.layout} tensor; pass a dense tensor (tensor.to_dense()).")
 
 
 def as_positions(positions: int | Sequence[int] | Tensor, n_prompts: int, what: str) -> Int[Tensor, " batch"]:

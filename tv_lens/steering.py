@@ -39,14 +39,13 @@ from typing import Any, Literal
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.checks import is_finite_number, is_int
+from tv_lens.checks import check_tensor_data, is_finite_number, is_int
 from tv_lens.errors import AnalysisError, PositionError, ShapeError
 from tv_lens.generation import Generation, generate
 from tv_lens.generation.prompts import prompt_inputs
 from tv_lens.interventions import add, replace, run_with_interventions
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import attached_hooks
-from tv_lens.positions import check_tensor_data
 from tv_lens.results.function_vectors import FunctionVector
 from tv_lens.results.provenance import OPERATIONS
 from tv_lens.task_vectors import TaskVectors

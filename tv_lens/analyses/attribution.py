@@ -41,13 +41,14 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.checks import check_tensor_data
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions.sweep import AlignedPrompts
 from tv_lens.metrics import token_cross_entropy
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
-from tv_lens.positions import answer_columns, check_tensor_data, prompt_batches
+from tv_lens.positions import answer_columns, prompt_batches
 
 if TYPE_CHECKING:
     from tv_lens.analyses.heads import HeadAblation  # which imports this module

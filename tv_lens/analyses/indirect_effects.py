@@ -18,13 +18,12 @@ from torch import Tensor
 from tv_lens.analyses.answers import answer_scores, prompt_task_ids
 from tv_lens.analyses.options import CausalOptions, PassOptions, analysis_config
 from tv_lens.analyses.prompt_batches import LabelledPrompts, aligned_with_answers, check_prompts
-from tv_lens.checks import is_number
+from tv_lens.checks import check_tensor_data, is_number
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError, TaskError
 from tv_lens.interventions import ablate_head
 from tv_lens.interventions.sweep import Cell, align, run_sweep
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import HookFn, read_batches
-from tv_lens.positions import check_tensor_data
 from tv_lens.results.function_vectors import IndirectEffects, MeanHeadActivations
 from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci

@@ -20,12 +20,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tv_lens.checks import is_int
+from tv_lens.checks import check_tensor_data, is_int
 from tv_lens.errors import AnalysisError, ModelNotSupportedError, NonFiniteError, ShapeError
 from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.models.row_logits import unembed_rows
-from tv_lens.positions import check_tensor_data
 from tv_lens.results.vector_decoding import NamedRows, NamedVectors, VectorDecoding
 
 __all__ = ["VectorDecoding", "decode_vectors", "logit_lens"]

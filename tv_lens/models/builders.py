@@ -15,7 +15,7 @@ import torch
 
 from tv_lens.checks import is_int, is_seed
 from tv_lens.errors import ConfigError, TvLensError
-from tv_lens.tasks.sampling import available_memory
+from tv_lens.memory import available_memory
 
 __all__ = [
     "ACT_FNS",

@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.checks import is_int
+from tv_lens.checks import check_tensor_data, is_int
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.tasks.sampling import seeded_generator
@@ -124,17 +124,19 @@ def held_out_best(
 
 def _check(values: Any, groups: Any, n_groups: Any, options: Any, higher_is_better: Any) -> None:
     """Raise a :class:`ShapeError` or :class:`AnalysisError` naming what of the arguments cannot be used."""
-    if not isinstance(values, Tensor) or values.ndim != 2 or values.is_complex() or values.device.type == "meta":
+    if not isinstance(values, Tensor) or values.ndim != 2 or values.is_complex():
         raise ShapeError(
-            "values must be a real [option, prompt] tensor with values (not on the meta device), got "
+            "values must be a real [option, prompt] tensor, got "
             f"{type(values).__name__} {tuple(getattr(values, 'shape', ()))}."
         )
+    check_tensor_data(values, "values")
     n_options, n_prompts = values.shape
     if not isinstance(groups, Tensor) or groups.shape != (n_prompts,) or groups.is_floating_point():
         raise ShapeError(
             f"groups must be a tensor of one integer group per prompt ({n_prompts}), got {type(groups).__name__} "
             f"{tuple(getattr(groups, 'shape', ()))} of {getattr(groups, 'dtype', None)}."
         )
+    check_tensor_data(groups, "groups")
     if not is_int(n_groups) or n_groups < 1 or groups.dtype == torch.bool or groups.is_complex():
         raise ShapeError(f"n_groups must be an int >= 1 and groups integer ids, got {n_groups!r} and {groups.dtype}.")
     if n_prompts and not bool(((groups >= 0) & (groups < n_groups)).all()):

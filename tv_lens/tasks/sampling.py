@@ -7,7 +7,6 @@ A pool draws all its randomness from :func:`seeded_generator` (never the global 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from tv_lens.checks import SEED_RANGE, is_int, is_number, is_seed
 from tv_lens.errors import TaskError
+from tv_lens.memory import available_memory
 
 __all__ = [
     "SEED_RANGE",
@@ -53,21 +53,6 @@ def check_sample_arguments(n_per_task: Any, label_noise: Any, shuffle_labels: An
         raise TaskError(f"label_noise must lie in [0, 1), got {label_noise!r}; 0 means clean labels.")
     if not isinstance(shuffle_labels, bool):
         raise TaskError(f"shuffle_labels must be True or False, got {shuffle_labels!r}.")
-
-
-def available_memory() -> int | None:
-    """Bytes of memory this process can still allocate (``MemAvailable``), or ``None`` where it cannot be read."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def check_batch_fits(n_per_task: int, n_prompts: int, max_shots: int, bytes_per_slot: int) -> None:
