@@ -7,7 +7,9 @@ TVP-loss, and the same recipe on the pair-marker format. A seed sets the model's
 training and held-out prompt streams (``ModelConfig.seed``, ``DataConfig.seed``); the analyses of seed ``s``
 sample their prompts with seed ``10 * s``. Each seed's numbers are written to ``DIR/seed-<seed>/claims.json``
 and reused by later calls (``--fresh`` recomputes them), so seeds can run in separate processes and a last call
-gathers them.
+gathers them. Everything runs on ``--threads`` torch threads (1 by default): on a CPU the trained weights, and so
+every number, differ between thread counts, so a seed's numbers are kept with the software they were computed
+under (``environment.json``) and a call under another thread count or torch version does not add to them.
 
 Each claim is one number per seed (a difference, a slope, an overlap ...) with a null value and a claimed
 direction. Over seeds it is reported as the mean with a 95% Student-t interval over the per-seed values
@@ -48,6 +50,7 @@ from tv_lens.analyses import (
     TdAccuracy,
     ols,
 )
+from tv_lens.environment import environment_differences, software_environment
 from tv_lens.errors import ConfigError
 from tv_lens.metrics import answer_logits, token_accuracy
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
@@ -667,17 +670,38 @@ def seed_steps(root: Path, seed: int) -> dict[str, Step]:
     }
 
 
+def check_same_environment(claims: Path, kept_environment: Path) -> None:
+    """Refuse to add numbers to ``claims`` computed under other software than those kept (or under unknown)."""
+    if not kept_environment.exists():
+        differences = [f"{kept_environment.name} is missing"]
+    else:
+        differences = environment_differences(json.loads(kept_environment.read_text()), software_environment())
+    if differences:
+        raise ConfigError(
+            f"The numbers kept in {claims} were computed under other or unrecorded software "
+            f"({'; '.join(differences)}); one seed's numbers must come from one environment: run with the recorded "
+            "--threads and versions, or recompute them all with --fresh."
+        )
+
+
 def seed_numbers(root: Path, seed: int, skip: Sequence[str] = (), fresh: bool = False) -> Numbers:
     """One seed's numbers; each analysis's are kept in ``root/seed-<seed>/claims.json`` and reused unless ``fresh``.
 
-    Analyses that need a run named in ``skip`` are left out (and their claims with them).
+    Analyses that need a run named in ``skip`` are left out (and their claims with them). The software they were
+    computed with is kept in ``environment.json`` beside it: a seed's numbers come from one environment, so a call
+    under another torch version or thread count that would add numbers to kept ones is refused (weights and numbers
+    differ between thread counts).
     """
     path = root / f"seed-{seed}" / "claims.json"
     done: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() and not fresh else {}
     path.parent.mkdir(parents=True, exist_ok=True)
+    kept_environment = path.with_name("environment.json")
     for name, (runs, step) in seed_steps(root / f"seed-{seed}", seed).items():
         if name in done or set(runs) & set(skip):
             continue
+        if done:
+            check_same_environment(path, kept_environment)
+        kept_environment.write_text(json.dumps(software_environment(), indent=1))
         found = step()
         done[name] = {k: asdict(v) for k, v in found.items()}
         path.write_text(json.dumps(done, indent=1))
@@ -721,7 +745,11 @@ def main() -> None:
         "--skip", nargs="+", default=[], choices=sorted(run_specs(0)), help="runs to leave out, with their claims"
     )
     parser.add_argument("--fresh", action="store_true", help="recompute the per-seed numbers kept in --runs")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (the tables' numbers hold for one thread count)"
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     wall, cpu = time.time(), time.process_time()
     seeds = sorted(set(args.seeds))
     per_seed = {seed: seed_numbers(args.runs, seed, args.skip, args.fresh) for seed in seeds}
@@ -741,6 +769,11 @@ def main() -> None:
         "level": LEVEL,
         "claims": rows,
         "per_seed": {str(s): {k: asdict(v) for k, v in n.items()} for s, n in per_seed.items()},
+        "environment": {
+            str(s): json.loads((args.runs / f"seed-{s}" / "environment.json").read_text())
+            for s in seeds
+            if (args.runs / f"seed-{s}" / "environment.json").exists()
+        },
     }
     args.out.write_text(json.dumps(record, indent=1))
 

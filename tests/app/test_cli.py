@@ -14,6 +14,7 @@ import torch
 from cli_helpers import fingerprint, run_cli
 from plotly.offline import get_plotlyjs
 
+import tv_lens
 import tv_lens.app.demo.training as demo_training
 from tv_lens.app.demo import ANALYSES, DemoConfig, finetuning_pool, train_or_load
 from tv_lens.app.run_files import load_results, read_run_info
@@ -106,6 +107,13 @@ def test_headline_icl_accuracy_matches_an_independent_scoring_of_the_trained_mod
     correct = (predicted == batch.answers[:, 0]).double()
     assert icl == pytest.approx(float(correct[batch.task_ids < 2].mean()), abs=1e-12)
     assert f"{icl:.3f} accuracy at 6 shots" in quick_demo["stdout"]
+
+
+def test_run_json_records_the_software_the_model_was_trained_with_as_its_checkpoints_do(quick_demo):
+    out = quick_demo["out"]
+    recorded = read_run_info(out / "run.json")["training"]["environment"]  # type: ignore[index]
+    assert recorded == load_checkpoint(list_checkpoints(out / "checkpoints")[-1]).environment
+    assert recorded["torch"] == str(torch.__version__) and recorded["tv_lens"] == tv_lens.__version__
 
 
 def test_td_accuracy_and_patching_run_at_the_shots_chosen_from_an_independent_accuracy_curve(quick_demo):

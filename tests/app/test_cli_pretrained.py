@@ -30,6 +30,7 @@ from tv_lens.analyses import (
 from tv_lens.app.pretrained import ANALYSES, ON_REQUEST, PRETRAINED_ANALYSES
 from tv_lens.app.run_files import load_results
 from tv_lens.app.sections import ANALYSIS_NAMES, headline_numbers
+from tv_lens.environment import package_version, software_environment
 from tv_lens.models.local_hf import build_local_model
 from tv_lens.results import (
     Decodability,
@@ -131,6 +132,12 @@ def test_every_result_is_saved_with_the_report_and_summary(gpt2_run):
     assert run.pool.task_names == (*TAGS, "null")
     stored = json.loads((out / "run.json").read_text())
     assert Path(stored["pretrained"]["model"]).is_absolute() and stored["model"]["n_layers"] == 2
+    environment = software_environment()  # the software the numbers were computed with
+    assert set(stored["environment"]) == set(environment)
+    assert [stored["environment"][k] for k in ("torch", "transformer_lens")] == [
+        str(torch.__version__),
+        package_version("transformer-lens"),
+    ]
     assert gpt2_run["stdout"].startswith("tv-lens analyze: done") and str(out / "report.html") in gpt2_run["stdout"]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from tv_lens.errors import TvLensError
+from tv_lens.errors import ConfigError, TvLensError
 from tv_lens.training import TVPConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,6 +134,32 @@ def test_seed_numbers_keeps_each_analysis_and_skips_runs(replication, monkeypatc
     assert calls == ["first", "second"] and numbers["second"].value == 3.0
     replication.seed_numbers(tmp_path, 2, fresh=True)
     assert calls == ["first", "second", "first", "second"]
+
+
+def test_numbers_kept_under_other_threads_are_not_added_to(replication, monkeypatch, tmp_path):
+    import torch
+
+    def fake_steps(root, seed):
+        return {
+            name: (("shots",), lambda name=name: {name: replication.SeedNumber(1.0, True, name)})
+            for name in ("first", "second")
+        }
+
+    monkeypatch.setattr(replication, "seed_steps", fake_steps)
+    replication.seed_numbers(tmp_path, 0, skip=())
+    kept = tmp_path / "seed-0" / "environment.json"
+    recorded = json.loads(kept.read_text())
+    assert recorded["torch_threads"] == torch.get_num_threads() and recorded["torch"] == str(torch.__version__)
+    claims = tmp_path / "seed-0" / "claims.json"
+    claims.write_text(json.dumps({"first": json.loads(claims.read_text())["first"]}))  # "second" still to compute
+    kept.write_text(json.dumps({**recorded, "torch_threads": recorded["torch_threads"] + 1}))
+    with pytest.raises(ConfigError, match=r"torch_threads \d+ there, \d+ here.*--threads.*--fresh"):
+        replication.seed_numbers(tmp_path, 0)
+    kept.unlink()
+    with pytest.raises(ConfigError, match=r"environment\.json is missing"):
+        replication.seed_numbers(tmp_path, 0)
+    assert set(replication.seed_numbers(tmp_path, 0, fresh=True)) == {"first", "second"}
+    assert json.loads(kept.read_text()) == recorded
 
 
 def test_trained_reuses_a_finished_run_and_resumes_a_stopped_one(replication, tmp_path):

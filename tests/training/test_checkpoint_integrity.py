@@ -31,6 +31,7 @@ from training_helpers import (
 )
 
 import tv_lens.training.checkpoints as checkpoints
+from tv_lens.environment import OtherEnvironmentWarning, software_environment
 from tv_lens.errors import CheckpointError
 from tv_lens.training import load_checkpoint, train
 from tv_lens.training.checkpoints import load_optimizer_state
@@ -53,6 +54,18 @@ def run(tmp_path_factory) -> Path:
         progress=False,
     )
     return directory / "step-0000002.pt"
+
+
+def resume_run(directory: Path) -> Any:
+    """Resume the 2-step run of ``run`` on a fresh tiny model from the checkpoints in ``directory``."""
+    return train(
+        tiny_model(BACKEND),
+        tiny_pool(),
+        tiny_config(max_steps=2, checkpoint_every=2),
+        model_config=tiny_model_config(BACKEND),
+        resume_from=directory,
+        progress=False,
+    )
 
 
 def crafted(source: Path, directory: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
@@ -177,17 +190,7 @@ def test_resuming_from_another_transformer_lens_version_names_the_version(run, t
         renamed_parameter(record)
 
     crafted(run, tmp_path, other_version)
-    message = message_of(
-        tmp_path,
-        lambda directory: train(
-            tiny_model(BACKEND),
-            tiny_pool(),
-            tiny_config(max_steps=2, checkpoint_every=2),
-            model_config=tiny_model_config(BACKEND),
-            resume_from=directory,
-            progress=False,
-        ),
-    )
+    message = message_of(tmp_path, resume_run)
     assert "model parameters differ" in message
     assert f"written under TransformerLens 0.9.9, not the installed {INSTALLED}" in message
 
@@ -215,6 +218,42 @@ def test_weights_that_do_not_fit_under_the_same_version_are_not_blamed_on_the_ve
 def test_a_recorded_version_that_is_not_text_is_refused(run, tmp_path):
     message = message_of(crafted(run, tmp_path, lambda r: r.__setitem__("transformer_lens", 4)))
     assert "records TransformerLens version 4, not a version string" in message
+
+
+# --- the software environment ------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_records_the_software_environment_it_was_written_in(run):
+    assert load_checkpoint(run).environment == software_environment()
+    assert load_checkpoint(run).environment["torch_threads"] == 1  # the tests' runs train on one thread
+
+
+def test_resuming_under_other_torch_threads_warns_that_the_run_is_not_continued_bit_for_bit(run, tmp_path):
+    crafted(run, tmp_path, lambda r: r["environment"].__setitem__("torch_threads", 7))
+    with pytest.warns(OtherEnvironmentWarning, match=r"torch_threads 7 there, 1 here.*not be bit-identical"):
+        resume_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda r: r["environment"].__setitem__("python", "3.0.0"),  # what ran, not what changes numbers
+        lambda r: r.pop("environment"),  # a checkpoint of a tv_lens that did not record it
+    ],
+    ids=["another-python", "not-recorded"],
+)
+def test_resuming_where_the_numeric_environment_matches_or_is_unknown_does_not_warn(run, tmp_path, edit):
+    crafted(run, tmp_path, edit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OtherEnvironmentWarning)
+        resume_run(tmp_path)
+    assert load_checkpoint(next(tmp_path.glob("step-*.pt"))).environment != software_environment()
+
+
+@pytest.mark.parametrize("environment", [["torch", "2.0"], {"torch": 2.0}, {3: "x"}])
+def test_a_recorded_environment_that_is_not_versions_and_counts_is_refused(run, tmp_path, environment):
+    message = message_of(crafted(run, tmp_path, lambda r: r.__setitem__("environment", environment)))
+    assert "records a software environment that is not versions and counts by name" in message
 
 
 @pytest.mark.parametrize(
@@ -247,18 +286,7 @@ def _shrink_first_moment(record: dict[str, Any]) -> None:
 
 def test_an_optimiser_state_of_other_shapes_is_refused_on_resume_before_any_step(run, tmp_path):
     crafted(run, tmp_path, lambda r: (_shrink_first_moment(r), r.__setitem__("step", 1)))
-    model = tiny_model(BACKEND)
-    message = message_of(
-        tmp_path,
-        lambda directory: train(
-            model,
-            tiny_pool(),
-            tiny_config(max_steps=2, checkpoint_every=2),
-            model_config=tiny_model_config(BACKEND),
-            resume_from=directory,
-            progress=False,
-        ),
-    )
+    message = message_of(tmp_path, resume_run)
     assert re.search(r"The optimiser state in .*step-0000002\.pt does not fit this run's parameters", message)
     assert re.search(r"its 'exp_avg' of parameter \S+ has shape \(3,\), the parameter \(\d+(, \d+)*\)", message)
     assert "resume with the model and optimiser settings the run was started with" in message

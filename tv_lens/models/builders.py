@@ -14,8 +14,8 @@ from typing import Any, Literal, get_args
 import torch
 
 from tv_lens.checks import is_int, is_seed
+from tv_lens.environment import available_memory
 from tv_lens.errors import ConfigError, TvLensError
-from tv_lens.memory import available_memory
 
 __all__ = [
     "ACT_FNS",

@@ -15,8 +15,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tv_lens.checks import SEED_RANGE, is_int, is_number, is_seed
+from tv_lens.environment import available_memory
 from tv_lens.errors import TaskError
-from tv_lens.memory import available_memory
 
 __all__ = [
     "SEED_RANGE",

@@ -69,6 +69,12 @@ def checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
     not_finite = [k for k, v in record["parameters"].items() if v.is_floating_point() and not bool(v.isfinite().all())]
     if not_finite:
         raise CheckpointError(refuse(f"holds NaN or infinite parameters ({not_finite[:3]})"))
+    environment = record.get("environment")
+    if environment is not None and not (
+        isinstance(environment, dict)
+        and all(isinstance(k, str) and isinstance(v, str | int) for k, v in environment.items())
+    ):
+        raise CheckpointError(refuse("records a software environment that is not versions and counts by name"))
     frozen = record.get("frozen")
     if frozen is not None:
         if not isinstance(frozen, dict) or not all(isinstance(k, str) and _is_digest(v) for k, v in frozen.items()):
@@ -104,6 +110,7 @@ def checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
         elapsed_s=float(elapsed_s),
         transformer_lens=version,
         frozen=frozen,
+        environment=environment,
     )
 
 

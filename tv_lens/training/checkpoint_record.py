@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tv_lens.environment import package_version
 from tv_lens.errors import CheckpointError, TvLensError
 from tv_lens.models import ModelConfig, build_continuous_model, build_model, hooked_transformer_available
 from tv_lens.training.config import TrainConfig
@@ -50,6 +51,8 @@ class Checkpoint:
         frozen: Name → :func:`~tv_lens.training.finetune.parameter_digest` of the frozen parameters that a
             finetuning run of a model without ``model_config`` (a pretrained model) leaves out of ``parameters``;
             ``None``: ``parameters`` holds every parameter.
+        environment: The :func:`~tv_lens.environment.software_environment` the checkpoint was written in
+            (``None`` for checkpoints of tv_lens versions that did not record it).
     """
 
     path: Path
@@ -65,6 +68,7 @@ class Checkpoint:
     elapsed_s: float
     transformer_lens: str | None = None
     frozen: dict[str, str] | None = None
+    environment: dict[str, str | int] | None = None
 
     def load_into(self, model: Any) -> None:
         """Copy the checkpoint's parameters into ``model``, built as the run's model was (LoRA adapters attached).
@@ -203,12 +207,7 @@ class Checkpoint:
 
 def transformer_lens_version() -> str:
     """The installed TransformerLens version (``"unknown"`` when its package metadata is missing)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("transformer-lens")
-    except PackageNotFoundError:
-        return "unknown"
+    return package_version("transformer-lens")
 
 
 def load_parameters(model: Any, parameters: dict[str, Tensor], source: str = "the checkpoint") -> None:

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tv_lens.environment import software_environment
 from tv_lens.errors import CheckpointError
 from tv_lens.results.storage import write_failure
 from tv_lens.training.checkpoint_fields import checkpoint_of
@@ -141,7 +142,12 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
             that is a file); earlier checkpoints are untouched and the run can resume from the latest.
     """
     path = Path(path)
-    record = {"transformer_lens": transformer_lens_version(), **payload, "format": FORMAT}
+    record = {
+        "transformer_lens": transformer_lens_version(),
+        "environment": software_environment(),
+        **payload,
+        "format": FORMAT,
+    }
     record["digest"] = _digest(record)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -7,14 +7,17 @@ nothing, since they are drawn from seeds derived from the step (:mod:`tv_lens.tr
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tv_lens.environment import OtherEnvironmentWarning, environment_differences, software_environment
 from tv_lens.errors import CheckpointError, ConfigError
 from tv_lens.models import ModelConfig
+from tv_lens.training.checkpoint_record import Checkpoint
 from tv_lens.training.checkpoints import (
     checkpoint_path,
     latest_checkpoint,
@@ -110,6 +113,7 @@ def resume_run(
             raise CheckpointError(f"No checkpoints in {path} to resume from; start without resume_from=.")
         path = latest
     checkpoint = load_checkpoint(path)
+    warn_other_environment(checkpoint)
     left_out = checkpoint.frozen or {}
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if name not in left_out}
     checkpoint.check_compatible(config, describe_pool(pool), shapes, model_config)
@@ -123,6 +127,22 @@ def resume_run(
     return RunState(
         checkpoint.step, list(checkpoint.history), list(checkpoint.evals), checkpoint.elapsed_s, checkpoint.frozen
     )
+
+
+def warn_other_environment(checkpoint: Checkpoint) -> None:
+    """Warn when a run resumes under other software or torch threads than its checkpoint was written under.
+
+    The run continues correctly, but not bit for bit as it would have uninterrupted (see :mod:`tv_lens.environment`).
+    """
+    differences = environment_differences(checkpoint.environment or {}, software_environment())
+    if differences:
+        warnings.warn(
+            f"Resuming {checkpoint.path} under other software than it was written under ({'; '.join(differences)}): "
+            "the run continues, but its weights will not be bit-identical to an uninterrupted run's. To continue it "
+            "exactly, resume where those match (torch.set_num_threads for the threads).",
+            OtherEnvironmentWarning,
+            stacklevel=4,
+        )
 
 
 def _generators(model: Any) -> dict[str, torch.Generator]:

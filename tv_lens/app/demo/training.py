@@ -8,6 +8,7 @@ from typing import Any
 
 from tv_lens.app.demo.config import DemoConfig
 from tv_lens.app.run_files import RUN_FILE, read_run_info, write_run_info
+from tv_lens.environment import software_environment
 from tv_lens.errors import ArtefactError, ConfigError
 from tv_lens.models import ModelConfig, build_model
 from tv_lens.tasks import TaskPool
@@ -80,7 +81,9 @@ def train_or_load(out: str | Path, config: DemoConfig, progress: bool = True) ->
         checkpoint = load_checkpoint(last)
         _check_checkpoint(checkpoint, model_config, train_config, out)
         if checkpoint.step >= train_config.schedule.max_steps:
-            training = _training_summary(checkpoint.step, checkpoint.elapsed_s, checkpoint.evals)
+            training = _training_summary(
+                checkpoint.step, checkpoint.elapsed_s, checkpoint.evals, checkpoint.environment
+            )
             model = checkpoint.load_model()
             _write_run_file(out, config, training)
             return TrainedModel(model, pool, tuple(list_checkpoints(directory)), checkpoint.step, False, training)
@@ -93,7 +96,7 @@ def train_or_load(out: str | Path, config: DemoConfig, progress: bool = True) ->
         resume_from=directory if last is not None else None,
         progress=progress,
     )
-    training = _training_summary(run.steps, run.elapsed_s, run.evals.to_dict("records"))
+    training = _training_summary(run.steps, run.elapsed_s, run.evals.to_dict("records"), software_environment())
     _write_run_file(out, config, training)
     return TrainedModel(run.model, pool, run.checkpoints, run.steps, True, training)
 
@@ -141,10 +144,14 @@ def _describe(settings: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value!r}" for key, value in settings.items())
 
 
-def _training_summary(steps: int, elapsed_s: float, evals: list[dict[str, Any]]) -> dict[str, Any]:
+def _training_summary(
+    steps: int, elapsed_s: float, evals: list[dict[str, Any]], environment: dict[str, str | int] | None
+) -> dict[str, Any]:
+    """What run.json keeps of the training: steps, time, the last held-out accuracy, and the software it ran on."""
     last = max((row["step"] for row in evals), default=None)
     accuracy = {str(row["task"]): float(row["accuracy"]) for row in evals if row["step"] == last}
-    return {"steps": steps, "elapsed_s": round(float(elapsed_s), 2), "eval_step": last, "accuracy": accuracy}
+    summary = {"steps": steps, "elapsed_s": round(float(elapsed_s), 2), "eval_step": last, "accuracy": accuracy}
+    return summary if environment is None else {**summary, "environment": environment}
 
 
 def _write_run_file(out: Path, config: DemoConfig, training: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from tv_lens.app.messages import one_line
 from tv_lens.app.pretrained.config import DTYPES
+from tv_lens.environment import package_version
 from tv_lens.errors import ArtefactError, ConfigError, MissingFileError, TvLensError
 from tv_lens.models import adapt
 
@@ -125,15 +126,6 @@ def resolve_device(device: str | torch.device | None) -> str | torch.device:
     return device
 
 
-def _tl_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("transformer-lens")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def model_facts(model: Any) -> dict[str, Any]:
     """Class, sizes and TransformerLens version of a booted model (stored in ``run.json``)."""
     adapter = adapt(model)
@@ -143,5 +135,5 @@ def model_facts(model: Any) -> dict[str, Any]:
         "n_heads": adapter.n_heads,
         "d_model": adapter.d_model,
         "d_vocab": int(model.cfg.d_vocab),
-        "transformer_lens": _tl_version(),
+        "transformer_lens": package_version("transformer-lens"),
     }

@@ -15,6 +15,7 @@ from tv_lens.app.pretrained.config import RUN_KEY, PretrainedConfig, stored_conf
 from tv_lens.app.pretrained.model import boot_model, model_facts, resolve_device
 from tv_lens.app.pretrained.tasks import text_pool, text_tasks
 from tv_lens.app.run_files import RESULT_SUFFIX, RESULTS, RUN_FILE, read_run_info, write_run_info
+from tv_lens.environment import software_environment
 from tv_lens.errors import ArtefactError, ConfigError
 from tv_lens.results import Result
 from tv_lens.tasks import TextPool
@@ -102,7 +103,12 @@ def _description(config: PretrainedConfig, facts: dict[str, Any], pool: TextPool
 
 
 def _write_run_file(out: Path, config: PretrainedConfig, facts: dict[str, Any], description: list[str]) -> None:
-    info = {RUN_KEY: config.to_dict(), "model": facts, "description": description}
+    info = {
+        RUN_KEY: config.to_dict(),
+        "model": facts,
+        "description": description,
+        "environment": software_environment(),
+    }
     write_run_info(out, info)
 
 

@@ -1,0 +1,52 @@
+"""The facts of the machine and software that checkpoints and run.json record, against what they read."""
+
+from __future__ import annotations
+
+import pathlib
+import platform
+from importlib.metadata import version
+
+import torch
+
+import tv_lens
+from tv_lens.environment import (
+    NUMERIC_ENVIRONMENT,
+    available_memory,
+    environment_differences,
+    package_version,
+    software_environment,
+)
+
+
+def test_the_environment_names_the_installed_versions_and_the_threads_torch_uses_now():
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            environment = software_environment()
+            assert environment["torch_threads"] == threads
+    finally:
+        torch.set_num_threads(before)
+    assert environment["torch"] == torch.__version__ and environment["python"] == platform.python_version()
+    assert environment["transformer_lens"] == version("transformer-lens")
+    assert environment["transformers"] == version("transformers")
+    assert environment["tv_lens"] == tv_lens.__version__
+    assert set(NUMERIC_ENVIRONMENT) < set(environment)
+
+
+def test_a_package_that_is_not_installed_has_an_unknown_version():
+    assert package_version("no-such-distribution-tv-lens") == "unknown"
+
+
+def test_differences_name_only_the_entries_that_change_numbers_and_that_both_record():
+    here = {"python": "3.11.0", "torch": "2.13.0", "torch_threads": 2, "transformers": "5.0.0"}
+    there = {"python": "3.12.0", "torch": "2.12.0", "torch_threads": 2, "transformer_lens": "4.3.0"}
+    assert environment_differences(there, here) == ["torch 2.12.0 there, 2.13.0 here"]
+    assert environment_differences({}, here) == [] and environment_differences(here, here) == []
+
+
+def test_available_memory_is_at_most_the_machines_memory():
+    meminfo = pathlib.Path("/proc/meminfo").read_text(encoding="ascii")
+    total = dict(line.split(":", 1) for line in meminfo.splitlines())["MemTotal"].split()[0]
+    available = available_memory()
+    assert available is not None and 0 < available <= int(total) * 1024

@@ -1,0 +1,83 @@
+"""Facts of the machine and software a run happens on: memory left to allocate, and what numbers depend on.
+
+:func:`available_memory` is what sampling and :func:`~tv_lens.models.build_model` check a request against before
+allocating. :func:`software_environment` is what checkpoints and the application's ``run.json`` record: on a CPU,
+numbers are bit-identical for one torch version and one number of torch threads only (a matrix product split over
+another number of threads sums in another order, and training amplifies the last-bit differences: one recipe and
+seed trained on one and on two threads ends with weights that differ in the second decimal).
+
+>>> sorted(software_environment())
+['python', 'torch', 'torch_threads', 'transformer_lens', 'transformers', 'tv_lens']
+>>> environment_differences({"torch": "2.0.0", "torch_threads": 1}, {"torch": "2.0.0", "torch_threads": 2})
+['torch_threads 1 there, 2 here']
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import torch
+
+__all__ = [
+    "NUMERIC_ENVIRONMENT",
+    "OtherEnvironmentWarning",
+    "available_memory",
+    "environment_differences",
+    "package_version",
+    "software_environment",
+]
+
+#: The entries of :func:`software_environment` that change computed numbers (the others say what ran).
+NUMERIC_ENVIRONMENT = ("torch", "torch_threads", "transformer_lens", "transformers")
+
+
+class OtherEnvironmentWarning(UserWarning):
+    """A run resumes under other software or torch threads than it was checkpointed under (not bit for bit)."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still allocate (``MemAvailable``), or ``None`` where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def package_version(name: str) -> str:
+    """The installed version of the distribution ``name`` (``"unknown"`` when its metadata is missing)."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def software_environment() -> dict[str, str | int]:
+    """Python, torch, TransformerLens, transformers and tv_lens versions, and torch's CPU threads now."""
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),  # a str subclass that checkpoints (weights_only) cannot hold
+        "torch_threads": torch.get_num_threads(),
+        "transformer_lens": package_version("transformer-lens"),
+        "transformers": package_version("transformers"),
+        "tv_lens": package_version("tv_lens"),
+    }
+
+
+def environment_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The entries of :data:`NUMERIC_ENVIRONMENT` that both record and that differ, as ``"name A there, B here"``."""
+    return [
+        f"{name} {recorded[name]} there, {current[name]} here"
+        for name in NUMERIC_ENVIRONMENT
+        if name in recorded and name in current and recorded[name] != current[name]
+    ]
