@@ -45,27 +45,21 @@ INSTALLED = version("transformer-lens")
 def run(tmp_path_factory) -> Path:
     """A finished 2-step run of a tiny model with its model config; its checkpoint (copy before editing)."""
     directory = tmp_path_factory.mktemp("run")
-    train(
-        tiny_model(BACKEND),
-        tiny_pool(),
-        tiny_config(max_steps=2, checkpoint_every=2),
-        model_config=tiny_model_config(BACKEND),
-        checkpoint_dir=directory,
-        progress=False,
-    )
+    tiny_run(checkpoint_dir=directory)
     return directory / "step-0000002.pt"
 
 
-def resume_run(directory: Path) -> Any:
-    """Resume the 2-step run of ``run`` on a fresh tiny model from the checkpoints in ``directory``."""
+def tiny_run(**where: Path) -> Any:
+    """The 2-step run of ``run`` on a fresh tiny model, into ``checkpoint_dir=`` or resumed ``resume_from=``."""
+    config = tiny_config(max_steps=2, checkpoint_every=2)
     return train(
-        tiny_model(BACKEND),
-        tiny_pool(),
-        tiny_config(max_steps=2, checkpoint_every=2),
-        model_config=tiny_model_config(BACKEND),
-        resume_from=directory,
-        progress=False,
+        tiny_model(BACKEND), tiny_pool(), config, model_config=tiny_model_config(BACKEND), progress=False, **where
     )
+
+
+def resume_run(directory: Path) -> Any:
+    """Resume the 2-step run of ``run`` from the checkpoints in ``directory``."""
+    return tiny_run(resume_from=directory)
 
 
 def crafted(source: Path, directory: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
