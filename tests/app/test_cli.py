@@ -114,6 +114,8 @@ def test_run_json_records_the_software_the_model_was_trained_with_as_its_checkpo
     recorded = read_run_info(out / "run.json")["training"]["environment"]  # type: ignore[index]
     assert recorded == load_checkpoint(list_checkpoints(out / "checkpoints")[-1]).environment
     assert recorded["torch"] == str(torch.__version__) and recorded["tv_lens"] == tv_lens.__version__
+    sentence = f"Computed with torch {torch.__version__}, TransformerLens {recorded['transformer_lens']}"
+    assert sentence in (out / "report.html").read_text()
 
 
 def test_td_accuracy_and_patching_run_at_the_shots_chosen_from_an_independent_accuracy_curve(quick_demo):

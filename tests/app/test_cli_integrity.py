@@ -32,7 +32,7 @@ from reliability_helpers import POOL, one_thread, tiny_model  # noqa: F401  (one
 import tv_lens.app.cli.paths as cli_paths
 from tv_lens.analyses import TaskDecodability
 from tv_lens.app.demo import DemoConfig
-from tv_lens.app.report import render_report
+from tv_lens.app.report import environment_sentence, render_report
 from tv_lens.app.run_files import load_results, read_run_info
 from tv_lens.app.sections import headline_numbers
 from tv_lens.errors import ArtefactError, ResultFileError
@@ -113,6 +113,10 @@ RUN_JSON_EDITS = {
     "steps_is_text": (_set("training.steps", "200"), r"'training\.steps' should be an integer"),
     "seed_is_text": (_set("config.seed", "0"), r"'config\.seed' should be an integer"),
     "whole_file_a_list": (lambda info: [info], r"the whole file should be a JSON object"),
+    "threads_are_text": (
+        _set("training.environment", {"torch": "2.13.0", "torch_threads": "1"}),
+        r"'training\.environment' should be an object of versions \(strings\) and torch_threads \(an integer\)",
+    ),
 }
 
 
@@ -341,3 +345,18 @@ def test_the_report_shows_names_and_run_json_values_from_files_as_text(copy, dec
     ids = [value for name, value in parsed.attributes if name == "id"]
     assert all(value is not None and re.fullmatch(r"[\w\-]+", value) for value in ids if value != HOSTILE_FILE), ids
     assert HOSTILE_FILE in ids  # the section of the extra result keeps its name as its (escaped) id
+
+
+def test_the_environment_sentence_names_what_was_recorded_and_says_what_reproduces_numbers():
+    environment = {"torch": "2.13.0", "torch_threads": 1, "transformer_lens": "4.3.0", "tv_lens": "0.1.0"}
+    assert environment_sentence(environment) == (
+        "Computed with torch 2.13.0, TransformerLens 4.3.0 on 1 CPU thread, tv_lens 0.1.0; on a CPU, numbers are "
+        "bit-identical only under the same torch version and thread count."
+    )
+    assert environment_sentence({"torch_threads": 2}).startswith("Computed with unrecorded versions on 2 CPU threads;")
+
+
+def test_a_pretrained_runs_report_adds_the_environment_to_its_description(decodability):
+    info = {"description": ["Model: m."], "environment": {"torch": "2.13.0", "torch_threads": 3}}
+    page = render_report({"decodability": decodability}, info)
+    assert "Model: m.<br>Computed with torch 2.13.0 on 3 CPU threads;" in page

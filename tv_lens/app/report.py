@@ -35,7 +35,14 @@ from tv_lens.results import (
 )
 from tv_lens.results.storage import write_atomically
 
-__all__ = ["build_report", "check_report_target", "render_report", "shots_sentence", "write_report"]
+__all__ = [
+    "build_report",
+    "check_report_target",
+    "environment_sentence",
+    "render_report",
+    "shots_sentence",
+    "write_report",
+]
 
 _REPORT_MARK = "<title>tv_lens report</title>"  # in the head of every report: marks a file that may be overwritten
 
@@ -145,10 +152,13 @@ def check_report_target(path: str | Path) -> Path:
 def _run_html(run_info: Mapping[str, Any] | None) -> str:
     if not run_info:
         return ""
-    if "description" in run_info:  # a run that describes itself in lines of plain text (a pretrained model's)
-        return '<p class="note">' + "<br>".join(html.escape(str(line)) for line in run_info["description"]) + "</p>"
-    config = run_info.get("config", {})
     training = run_info.get("training", {})
+    environment = run_info.get("environment", training.get("environment"))
+    software = [] if environment is None else [html.escape(environment_sentence(environment))]
+    if "description" in run_info:  # a run that describes itself in lines of plain text (a pretrained model's)
+        lines = [html.escape(str(line)) for line in run_info["description"]]
+        return '<p class="note">' + "<br>".join(lines + software) + "</p>"
+    config = run_info.get("config", {})
     accuracy = training.get("accuracy", {})
     held_out = ", ".join(f"{task} {value:.3f}" for task, value in accuracy.items())
 
@@ -164,7 +174,27 @@ def _run_html(run_info: Mapping[str, Any] | None) -> str:
     ]
     if "analysis_shots" in run_info:
         facts.append(text(shots_sentence(run_info["analysis_shots"])))
-    return '<p class="note">' + "<br>".join(facts) + "</p>"
+    return '<p class="note">' + "<br>".join(facts + software) + "</p>"
+
+
+def environment_sentence(environment: Mapping[str, Any]) -> str:
+    """One sentence on the software a run computed with (``run.json``'s environment; entries may be missing)."""
+    parts = [
+        f"{label} {environment[key]}"
+        for key, label in (
+            ("torch", "torch"),
+            ("transformer_lens", "TransformerLens"),
+            ("transformers", "transformers"),
+        )
+        if key in environment
+    ]
+    threads = environment.get("torch_threads")
+    on = "" if threads is None else f" on {counted(threads, 'CPU thread')}"
+    version = f", tv_lens {environment['tv_lens']}" if "tv_lens" in environment else ""
+    return (
+        f"Computed with {', '.join(parts) or 'unrecorded versions'}{on}{version}; on a CPU, numbers are bit-identical "
+        "only under the same torch version and thread count."
+    )
 
 
 def shots_sentence(chosen: Mapping[str, Any]) -> str:

@@ -149,6 +149,19 @@ def check_run_info(
             )
 
     expect(info, isinstance(info, dict), "the whole file", "a JSON object")
+
+    def expect_environment(environment: Any, field: str) -> None:
+        expect(
+            environment,
+            isinstance(environment, dict)
+            and all(isinstance(v, str) or is_int(v) for v in environment.values())
+            and is_int(environment.get("torch_threads", 0)),
+            field,
+            "an object of versions (strings) and torch_threads (an integer)",
+        )
+
+    if "environment" in info:
+        expect_environment(info["environment"], "'environment'")
     if "description" in info:
         lines = info["description"]
         expect(
@@ -172,6 +185,8 @@ def check_run_info(
         expect(value, value is None or is_int(value), f"'training.{key}'", "an integer")
     elapsed = training.get("elapsed_s")
     expect(elapsed, elapsed is None or is_number(elapsed), "'training.elapsed_s'", "a number of seconds")
+    if "environment" in training:
+        expect_environment(training["environment"], "'training.environment'")
     accuracy = training.get("accuracy", {})
     expect(
         accuracy,
