@@ -701,7 +701,8 @@ def seed_numbers(root: Path, seed: int, skip: Sequence[str] = (), fresh: bool = 
             continue
         if done:
             check_same_environment(path, kept_environment)
-        kept_environment.write_text(json.dumps(software_environment(), indent=1))
+        else:  # the first numbers of this seed: they and all later ones come from this environment
+            kept_environment.write_text(json.dumps(software_environment(), indent=1))
         found = step()
         done[name] = {k: asdict(v) for k, v in found.items()}
         path.write_text(json.dumps(done, indent=1))
@@ -764,16 +765,13 @@ def main() -> None:
         print("\nNot run in every seed: " + "; ".join(missing))
     print(f"\n{time.time() - wall:.0f} s wall, {time.process_time() - cpu:.0f} s CPU in this process")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    environments = {s: args.runs / f"seed-{s}" / "environment.json" for s in seeds}
     record = {
         "seeds": seeds,
         "level": LEVEL,
         "claims": rows,
         "per_seed": {str(s): {k: asdict(v) for k, v in n.items()} for s, n in per_seed.items()},
-        "environment": {
-            str(s): json.loads((args.runs / f"seed-{s}" / "environment.json").read_text())
-            for s in seeds
-            if (args.runs / f"seed-{s}" / "environment.json").exists()
-        },
+        "environment": {str(s): json.loads(path.read_text()) for s, path in environments.items() if path.exists()},
     }
     args.out.write_text(json.dumps(record, indent=1))
 

@@ -13,6 +13,7 @@ from tv_lens.environment import (
     NUMERIC_ENVIRONMENT,
     available_memory,
     environment_differences,
+    is_environment,
     package_version,
     software_environment,
 )
@@ -50,3 +51,9 @@ def test_available_memory_is_at_most_the_machines_memory():
     total = dict(line.split(":", 1) for line in meminfo.splitlines())["MemTotal"].split()[0]
     available = available_memory()
     assert available is not None and 0 < available <= int(total) * 1024
+
+
+def test_a_recorded_environment_is_versions_by_name_with_an_integer_thread_count():
+    assert is_environment(software_environment()) and is_environment({})
+    for value in ([("torch", "2.0")], {"torch": 2.0}, {3: "x"}, {"torch": True}, {"torch_threads": "1"}):
+        assert not is_environment(value), value

@@ -22,11 +22,14 @@ from typing import Any
 
 import torch
 
+from tv_lens.checks import is_int
+
 __all__ = [
     "NUMERIC_ENVIRONMENT",
     "OtherEnvironmentWarning",
     "available_memory",
     "environment_differences",
+    "is_environment",
     "package_version",
     "software_environment",
 ]
@@ -72,6 +75,15 @@ def software_environment() -> dict[str, str | int]:
         "transformers": package_version("transformers"),
         "tv_lens": package_version("tv_lens"),
     }
+
+
+def is_environment(value: Any) -> bool:
+    """Whether ``value`` has the shape of a recorded environment: versions (str) by name, ``torch_threads`` an int."""
+    return (
+        isinstance(value, dict)
+        and all(isinstance(k, str) and (isinstance(v, str) or is_int(v)) for k, v in value.items())
+        and is_int(value.get("torch_threads", 0))
+    )
 
 
 def environment_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

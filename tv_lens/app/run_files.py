@@ -10,6 +10,7 @@ from typing import Any
 
 from tv_lens.app.sections import ANALYSIS_NAMES, Numbers, wrong_kind
 from tv_lens.checks import is_int, is_number
+from tv_lens.environment import is_environment
 from tv_lens.errors import ArtefactError, ConfigError, ResultFileError
 from tv_lens.results import Result
 from tv_lens.results.storage import write_atomically
@@ -153,9 +154,7 @@ def check_run_info(
     def expect_environment(environment: Any, field: str) -> None:
         expect(
             environment,
-            isinstance(environment, dict)
-            and all(isinstance(v, str) or is_int(v) for v in environment.values())
-            and is_int(environment.get("torch_threads", 0)),
+            is_environment(environment),
             field,
             "an object of versions (strings) and torch_threads (an integer)",
         )

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from tv_lens.checks import is_finite_number, is_int
+from tv_lens.environment import is_environment
 from tv_lens.errors import CheckpointError, ConfigError
 from tv_lens.models import ModelConfig
 from tv_lens.training.checkpoint_record import Checkpoint
@@ -70,10 +71,7 @@ def checkpoint_of(path: Path, record: dict[str, Any], fix: str) -> Checkpoint:
     if not_finite:
         raise CheckpointError(refuse(f"holds NaN or infinite parameters ({not_finite[:3]})"))
     environment = record.get("environment")
-    if environment is not None and not (
-        isinstance(environment, dict)
-        and all(isinstance(k, str) and isinstance(v, str | int) for k, v in environment.items())
-    ):
+    if environment is not None and not is_environment(environment):
         raise CheckpointError(refuse("records a software environment that is not versions and counts by name"))
     frozen = record.get("frozen")
     if frozen is not None:

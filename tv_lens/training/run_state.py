@@ -113,7 +113,6 @@ def resume_run(
             raise CheckpointError(f"No checkpoints in {path} to resume from; start without resume_from=.")
         path = latest
     checkpoint = load_checkpoint(path)
-    warn_other_environment(checkpoint)
     left_out = checkpoint.frozen or {}
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if name not in left_out}
     checkpoint.check_compatible(config, describe_pool(pool), shapes, model_config)
@@ -124,6 +123,7 @@ def resume_run(
         if name not in generators:
             raise CheckpointError(f"{path} has the random state of module {name!r}, which this model lacks.")
         generators[name].set_state(rng_state)
+    warn_other_environment(checkpoint)
     return RunState(
         checkpoint.step, list(checkpoint.history), list(checkpoint.evals), checkpoint.elapsed_s, checkpoint.frozen
     )
