@@ -553,7 +553,7 @@ def pretrained_rows(
             f"{lengths.mean():.1f} tokens on average ({int(lengths.min())}-{int(lengths.max())}); "
             f"{s.size} prompts per pass on both sides"
         )
-        for line in _memory_lines(folder, device, dtype_name):
+        for line in _memory_lines(folder, device, dtype_name, quick=gpt2 == GPT2_QUICK):
             say(line)
         with torch.no_grad():
             return _rows(s, vectors, say)
@@ -660,7 +660,7 @@ def _rows(s: Setup, vectors: TaskVectors, say: Callable[[str], None]) -> list[Ro
     return rows
 
 
-def _memory_lines(folder: Path, device: str, dtype_name: str) -> list[str]:
+def _memory_lines(folder: Path, device: str, dtype_name: str, quick: bool) -> list[str]:
     memory = memory_in_fresh_process(folder, device, dtype_name)
     td, sweep = memory["td"], memory["sweep"]
     what = "allocated (CUDA)" if device.startswith("cuda") else "resident-set growth over the loaded model"
@@ -671,8 +671,10 @@ def _memory_lines(folder: Path, device: str, dtype_name: str) -> list[str]:
         f"  patching sweep: tv_lens {_mb(sweep['tv_lens'])}, run_with_hooks loop {_mb(sweep['loop'])}",
     ]
     if sweep["tv_lens"] is not None and sweep["loop"] is not None:
-        verdict = "pass" if sweep["tv_lens"] <= sweep["loop"] else "FAIL"
         ratio = sweep["tv_lens"] / sweep["loop"]
+        # At the quick size the model is small next to the process, so the ratio measures nothing.
+        passed = "pass" if sweep["tv_lens"] <= sweep["loop"] else "FAIL"
+        verdict = "- (not a target in quick mode)" if quick else passed
         lines.append(f"  patching sweep peak memory {ratio:.2f}x the loop's (target <= 1) -> {verdict}")
     return lines
 
