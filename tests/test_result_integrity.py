@@ -43,7 +43,8 @@ import tv_lens.training.checkpoints as checkpoints
 import tv_lens.training.loop as loop
 from tv_lens.analyses import HeadAblation, TaskDecodability, TaskVectorPatching
 from tv_lens.app.run_files import load_results
-from tv_lens.errors import CheckpointError, ResultFileError, TvLensError
+from tv_lens.environment import software_environment
+from tv_lens.errors import CheckpointError, MissingFileError, ResultFileError, TvLensError
 from tv_lens.results import Decodability, HeadImportance, PatchingEffects, Result
 from tv_lens.results.encoding import encode_value
 from tv_lens.task_vectors import TaskVectors
@@ -304,6 +305,62 @@ def test_an_unknown_format_names_the_formats_this_version_reads(results, tmp_pat
     document, tensors = document_and_tensors(path)
     document["format"] = True  # JSON true is not format 1
     refused(rewrite(path, document, tensors), r"has result format True, this tv_lens reads format 2", r"save it")
+
+
+# --- the software a result was saved with ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_result_records_the_software_and_threads_of_the_process_that_saved_it(results, threads, tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        path = saved(results, "decodability", tmp_path)
+        expected = software_environment()
+    finally:
+        torch.set_num_threads(before)
+    assert expected["torch_threads"] == threads
+    assert Result.saved_environment(path) == expected == document_and_tensors(path)[0]["environment"]
+    assert Result.load(path) == results["decodability"]
+
+
+def test_an_edited_environment_is_refused_like_any_field(results, tmp_path):
+    path = saved(results, "patching", tmp_path)
+    document, tensors = document_and_tensors(path)
+    document["environment"]["torch_threads"] += 1  # claims other threads than it was computed on
+    rewrite(path, document, tensors)
+    refused(path, FIELDS_ALTERED)
+    with pytest.raises(ResultFileError, match=FIELDS_ALTERED):
+        Result.saved_environment(path)
+
+
+def test_a_file_saved_before_environments_were_recorded_loads_and_records_none(results, tmp_path):
+    path = saved(results, "heads", tmp_path)
+    document, tensors = document_and_tensors(path)
+    del document["environment"]
+    document["digest"] = storage.document_digest(document)
+    rewrite(path, document, tensors)
+    assert Result.load(path) == results["heads"] and Result.saved_environment(path) is None
+    old = tmp_path / "old.safetensors"
+    old.write_bytes(format_1_bytes(results["heads"]))
+    assert Result.saved_environment(old) is None
+
+
+@pytest.mark.parametrize("environment", [["torch", "2.0"], {"torch": 2.0}, {"torch_threads": "2"}])
+def test_a_malformed_environment_under_a_recomputed_digest_is_refused(results, environment, tmp_path):
+    path = saved(results, "decodability", tmp_path)
+    document, tensors = document_and_tensors(path)
+    document["environment"] = environment
+    document["digest"] = storage.document_digest(document)
+    with pytest.raises(ResultFileError, match=r"malformed environment .* not written by Result.save"):
+        Result.saved_environment(rewrite(path, document, tensors))
+
+
+def test_the_saved_environment_of_no_file_or_a_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(MissingFileError, match=r"No result file at .*check the path"):
+        Result.saved_environment(tmp_path / "none.safetensors")
+    with pytest.raises(ResultFileError, match=r"is a directory, not a result file"):
+        Result.saved_environment(tmp_path)
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------

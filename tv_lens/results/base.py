@@ -44,7 +44,7 @@ from torch import Tensor
 
 from tv_lens.errors import MissingFileError, ResultFileError, ShapeError
 from tv_lens.results.encoding import equal_values, field_types, mistyped_field
-from tv_lens.results.storage import result_from_bytes, result_to_bytes, write_atomically
+from tv_lens.results.storage import environment_from_bytes, result_from_bytes, result_to_bytes, write_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -196,15 +196,7 @@ class Result:
                 tensor), has no digest, is of an earlier format without ``allow_unverified``, is not a tv_lens
                 result, holds another type, or ``path`` is a directory.
         """
-        source = os.fspath(path)
-        if Path(path).is_dir():
-            raise ResultFileError(
-                f"{source} is a directory, not a result file; pass the path of a file written by Result.save "
-                "(e.g. a .safetensors file inside it)."
-            )
-        if not Path(path).is_file():
-            raise MissingFileError(f"No result file at {source}; check the path, or save the result there first.")
-        data = Path(path).read_bytes()
+        source, data = _read_result_file(path)
         result = result_from_bytes(data, source, Result._registry, allow_unverified=allow_unverified)
         if not isinstance(result, cls):
             raise ResultFileError(
@@ -213,6 +205,24 @@ class Result:
             )
         return result
 
+    @staticmethod
+    def saved_environment(path: str | os.PathLike[str]) -> dict[str, str | int] | None:
+        """The software and torch threads of the process that saved the result file at ``path``.
+
+        On a CPU, numbers are bit-identical for one torch version and one number of torch threads only: compare
+        this with :func:`tv_lens.environment.software_environment` before expecting a re-run to match to the bit.
+
+        Returns:
+            Python, torch, TransformerLens, transformers and tv_lens versions and ``torch_threads`` (checked
+            against the file's digest), or ``None`` for a file saved before result files recorded them.
+
+        Raises:
+            MissingFileError: No file at ``path``.
+            ResultFileError: The file is not a readable result, or was altered after it was saved.
+        """
+        source, data = _read_result_file(path)
+        return environment_from_bytes(data, source)
+
     def __eq__(self, other: object) -> bool:
         """Exact equality: same type and every field equal (tensors by dtype, shape and values)."""
         if type(other) is not type(self):
@@ -220,6 +230,19 @@ class Result:
         return all(equal_values(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))  # type: ignore[arg-type]
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _read_result_file(path: str | os.PathLike[str]) -> tuple[str, bytes]:
+    """The name of the file at ``path`` for messages, and its bytes (a clear error for a folder or no file)."""
+    source = os.fspath(path)
+    if Path(path).is_dir():
+        raise ResultFileError(
+            f"{source} is a directory, not a result file; pass the path of a file written by Result.save "
+            "(e.g. a .safetensors file inside it)."
+        )
+    if not Path(path).is_file():
+        raise MissingFileError(f"No result file at {source}; check the path, or save the result there first.")
+    return source, Path(path).read_bytes()
 
 
 @functools.cache

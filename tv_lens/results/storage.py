@@ -15,6 +15,11 @@ it was saved fails to load instead of loading wrong numbers, and a format-2 file
 refused. The digest is a checksum, not a signature: it catches corruption and edits made without
 tv_lens, not someone who deliberately recomputes it.
 
+The document also records ``environment``, the :func:`~tv_lens.environment.software_environment` of the process
+that saved the file (Python, torch, TransformerLens, transformers and tv_lens versions, and torch's CPU threads),
+covered by the digest: :meth:`Result.saved_environment <tv_lens.results.Result.saved_environment>` reads it back.
+Files saved before it was recorded load as before and record none.
+
 Fields added to a result type later come with a default, and a file saved before they existed loads with
 that default (its digest covers what it holds); a file with a field the type does not know, or without one
 that has no default, was written by another version and is refused.
@@ -48,6 +53,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
+from tv_lens.environment import is_environment, software_environment
 from tv_lens.errors import ResultFileError, ResultWriteError
 from tv_lens.results.encoding import Savable, decode_value, encode_value
 
@@ -57,6 +63,7 @@ __all__ = [
     "METADATA_KEY",
     "canonical_json",
     "document_digest",
+    "environment_from_bytes",
     "result_from_bytes",
     "result_to_bytes",
     "tensor_digest",
@@ -80,6 +87,7 @@ def result_to_bytes(result: Savable) -> bytes:
         "format": FORMAT_VERSION,
         "result": encode_value(result, tensors, ""),
         "tensors": tensor_digest(tensors),
+        "environment": software_environment(),
     }
     document["digest"] = document_digest(document)
     metadata = {METADATA_KEY: canonical_json(document)}
@@ -103,6 +111,50 @@ def result_from_bytes(
             saved (or without a digest), holds fields or a type this version does not know, or is of an
             earlier format and ``allow_unverified`` is false.
     """
+    document, tensors = _checked_document(data, source)
+    version = document["format"]
+    result = decode_value(document["result"], tensors, registry, source)
+    if version != FORMAT_VERSION and not allow_unverified:
+        checked = "its tensors are checked but" if "digest" in document else "it has no digest and"
+        raise ResultFileError(
+            f"{source} was saved by an earlier tv_lens (result format {version}): {checked} its other fields "
+            "(numbers such as a Spearman correlation, layers, task names, settings) are covered by no digest, so "
+            "an edit to them cannot be detected and it is not loaded by default. If you trust the file, load it "
+            "with Result.load(path, allow_unverified=True) and save it again, which rewrites it in format "
+            f"{FORMAT_VERSION} with every field checked; otherwise re-run the analysis."
+        )
+    return result
+
+
+def environment_from_bytes(data: bytes, source: str) -> dict[str, str | int] | None:
+    """The software and torch threads recorded by the process that saved a result file, checked against its digest.
+
+    Args:
+        data: The file's bytes.
+        source: Names the file in errors.
+
+    Returns:
+        The :func:`~tv_lens.environment.software_environment` at the time of saving, or ``None`` for a file
+        saved before result files recorded it (every file of an earlier format, and early format-2 files).
+
+    Raises:
+        ResultFileError: The file is not a readable result, is of an unknown format, or was altered since it
+            was saved (the environment is covered by the digest like every field).
+    """
+    document, _ = _checked_document(data, source)
+    if document["format"] != FORMAT_VERSION or "environment" not in document:
+        return None
+    environment = document["environment"]
+    if not is_environment(environment):
+        raise ResultFileError(
+            f"{source} records a malformed environment {environment!r} (versions by name and an int torch_threads "
+            f"are expected); the file was not written by Result.save. {_RERUN}"
+        )
+    return dict(environment)
+
+
+def _checked_document(data: bytes, source: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A result file's header document and tensors, of a known format, checked against the digests it records."""
     try:
         tensors = load_safetensors(data)
     except Exception as error:  # safetensors raises its own error types, or OSError/ValueError on garbage
@@ -127,17 +179,7 @@ def result_from_bytes(
         raise ResultFileError(
             f"{source} is corrupt: its tensors do not match the digest recorded when it was saved. {_RERUN}"
         )
-    result = decode_value(document["result"], tensors, registry, source)
-    if version != FORMAT_VERSION and not allow_unverified:
-        checked = "its tensors are checked but" if "digest" in document else "it has no digest and"
-        raise ResultFileError(
-            f"{source} was saved by an earlier tv_lens (result format {version}): {checked} its other fields "
-            "(numbers such as a Spearman correlation, layers, task names, settings) are covered by no digest, so "
-            "an edit to them cannot be detected and it is not loaded by default. If you trust the file, load it "
-            "with Result.load(path, allow_unverified=True) and save it again, which rewrites it in format "
-            f"{FORMAT_VERSION} with every field checked; otherwise re-run the analysis."
-        )
-    return result
+    return document, tensors
 
 
 def tensor_digest(tensors: dict[str, Tensor]) -> str:
