@@ -80,6 +80,7 @@ from tv_lens.errors import (
 from tv_lens.generation import generate
 from tv_lens.interventions import ablate_head, add, run_with_interventions
 from tv_lens.interventions import replace as replace_at
+from tv_lens.metrics import token_accuracy
 from tv_lens.models import ModelAdapter, ModelConfig, build_model
 from tv_lens.probes import collect
 from tv_lens.results import Performance, Result
@@ -1931,6 +1932,20 @@ CASES = [
         ResultFileError,
         r"holds a Decodability whose field 'method' is 3, not str; it was edited or crafted",
         r"Re-run the analysis",
+    ),
+    Case(
+        "batch-select-float-indices",
+        lambda w: w.batch.select([0.7, 1.2]),
+        PositionError,
+        r"ICLBatch\.select indices must be .* got torch\.float32",
+        r"a sequence of prompt indices, a bool mask of \d+ prompts or a slice",
+    ),
+    Case(
+        "token-accuracy-text-answers",
+        lambda w: token_accuracy(torch.zeros(2, 1, 5), "cold"),
+        ShapeError,
+        r"answers must be integer token ids .* got 'cold'",
+        r"batch\.answers",
     ),
 ]
 

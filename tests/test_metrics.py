@@ -80,6 +80,11 @@ def test_bad_answers_are_reported():
         token_accuracy(logits, answers[:, :2])
     with pytest.raises(ShapeError, match=r"token ids in \[0, 5\)"):
         token_cross_entropy(logits, answers + 5)
+    for not_tokens in ("cold", None, [["a"]], answers > 0, answers.float()):  # were torch errors
+        with pytest.raises(ShapeError, match=r"answers must be integer token ids"):
+            token_accuracy(logits, not_tokens)
+    with pytest.raises(ShapeError, match=r"logits must be floating point, got torch.int64"):
+        token_cross_entropy(logits.long(), answers)
 
 
 def test_the_scorer_scores_token_answers_by_exact_match_and_cross_entropy():

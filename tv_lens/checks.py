@@ -1,6 +1,7 @@
 """The checks of user input that every package shares: a count is an int, a number an int or a float.
 
-A tensor must have values to read (:func:`check_tensor_data`: not on ``meta``, not sparse).
+A tensor must have values to read (:func:`check_tensor_data`: not on ``meta``, not sparse); :func:`tensor_of` turns
+a value into one or says what was expected.
 
 ``True`` passes ``isinstance(value, int)`` (``bool`` is a subclass of ``int``), so an option that takes a count or
 a number checks with these, which refuse a bool: ``n_per_task=True`` is a mistake, not one prompt.
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from tv_lens.errors import ShapeError
 
-__all__ = ["SEED_RANGE", "check_tensor_data", "is_finite_number", "is_int", "is_number", "is_seed"]
+__all__ = ["SEED_RANGE", "check_tensor_data", "is_finite_number", "is_int", "is_number", "is_seed", "tensor_of"]
 
 SEED_RANGE = 2**64
 """Seeds are ints in ``[0, SEED_RANGE)``, the range of a ``torch.Generator`` seed."""
@@ -64,3 +65,21 @@ def check_tensor_data(tensor: Tensor, what: str) -> None:
         )
     if tensor.layout != torch.strided:
         raise ShapeError(f"{what} is a {tensor.layout} tensor; pass a dense tensor (tensor.to_dense()).")
+
+
+def tensor_of(value: Any, what: str, expected: str) -> Tensor:
+    """``torch.as_tensor(value)``, or a :class:`ShapeError` saying that ``what`` must be ``expected``.
+
+    Strings, bytes and ``None`` are refused (``torch.as_tensor`` would read a string's length or fail obscurely),
+    and so are tensors without readable values (:func:`check_tensor_data`).
+    """
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ShapeError(f"{what} must be {expected}, got {value!r}.")
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ShapeError(
+            f"{what} must be {expected}, got a {type(value).__name__} that is not one ({error})."
+        ) from error
+    check_tensor_data(tensor, what)
+    return tensor

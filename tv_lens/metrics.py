@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.checks import is_number
+from tv_lens.checks import is_number, tensor_of
 from tv_lens.errors import ShapeError
 from tv_lens.positions import AnswerLengths, answer_columns, answer_lengths, as_positions
 
@@ -190,7 +190,8 @@ def tolerance_problem(tolerance: Any) -> str | None:
 
 
 def _check_tokens(logits: Tensor, answers: Tensor, first_token_only: bool) -> tuple[Tensor, Tensor]:
-    answers = torch.as_tensor(answers)
+    logits = tensor_of(logits, "logits", "a [batch, n_answer, d_vocab] tensor (the logits at the answer positions)")
+    answers = tensor_of(answers, "answers", "integer token ids [batch, n_answer] or [batch] (batch.answers)")
     if answers.ndim == 1:
         answers = answers[:, None]
     if logits.ndim != 3 or answers.ndim != 2 or logits.shape[:2] != answers.shape:
@@ -199,7 +200,14 @@ def _check_tokens(logits: Tensor, answers: Tensor, first_token_only: bool) -> tu
             f"n_answer; got {tuple(logits.shape)} and {tuple(answers.shape)}. Pass n_answer_tokens= to the run "
             "that produced the logits."
         )
-    if answers.is_floating_point() or int(answers.max()) >= logits.shape[-1] or int(answers[:, 0].min()) < 0:
+    if not logits.is_floating_point():
+        raise ShapeError(f"logits must be floating point, got {logits.dtype}; pass the model's logits.")
+    if answers.is_floating_point() or answers.is_complex() or answers.dtype == torch.bool or answers.shape[1] == 0:
+        raise ShapeError(
+            f"answers must be integer token ids, at least one per prompt, got {answers.dtype} of shape "
+            f"{tuple(answers.shape)}; pass batch.answers."
+        )
+    if answers.numel() and (int(answers.max()) >= logits.shape[-1] or int(answers[:, 0].min()) < 0):
         raise ShapeError(
             f"answers must be integer token ids in [0, {logits.shape[-1]}), at least one per prompt, right-padded "
             "with -1 where answers have different lengths."

@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tv_lens.checks import check_tensor_data, is_int
+from tv_lens.checks import check_tensor_data, is_int, tensor_of
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
 
@@ -229,24 +229,6 @@ def _check_no_left_padding(adapter: ModelAdapter, tokens: Tensor) -> None:
             "left-padded, but no attention_mask was given. Pass attention_mask (1 on real tokens) so the padding is "
             "skipped; if these tokens really belong to the prompt, pass an all-ones attention_mask."
         )
-
-
-def tensor_of(value: Any, what: str, expected: str) -> Tensor:
-    """``torch.as_tensor(value)``, or a :class:`ShapeError` saying that ``what`` must be ``expected``.
-
-    Strings, bytes and ``None`` are refused (``torch.as_tensor`` would read a string's length or fail obscurely),
-    and so are tensors without readable values (:func:`check_tensor_data`).
-    """
-    if isinstance(value, (str, bytes)) or value is None:
-        raise ShapeError(f"{what} must be {expected}, got {value!r}.")
-    try:
-        tensor = torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
-        raise ShapeError(
-            f"{what} must be {expected}, got a {type(value).__name__} that is not one ({error})."
-        ) from error
-    check_tensor_data(tensor, what)
-    return tensor
 
 
 def _align_left(inputs: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:

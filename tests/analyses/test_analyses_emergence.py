@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tv_lens.analyses import Emergence, Geometry, ICLPerformance, TaskDecodability, detect_coupling, detect_jump
-from tv_lens.errors import AnalysisError
+from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.models import ModelConfig, build_model
 from tv_lens.results import EmergenceResult, Projection, Result
 from tv_lens.tasks import offset_pool
@@ -31,6 +31,8 @@ def test_detect_jump_on_analytic_series():
     assert detect_jump(STEPS, loss, min_rise=0.9, higher_is_better=False, relative=True) is None
     with pytest.raises(AnalysisError, match="one value per step"):
         detect_jump(STEPS, torch.ones(3))
+    with pytest.raises(ShapeError, match="values must be one number per step, got 'accuracy'"):
+        detect_jump(STEPS, "accuracy")  # was a TypeError
 
 
 def test_detect_coupling_pairs_the_jumps_per_task():
@@ -43,6 +45,8 @@ def test_detect_coupling_pairs_the_jumps_per_task():
     assert detect_coupling(STEPS, accuracy, td, tolerance=0)[2] == (True, False, False)
     with pytest.raises(AnalysisError, match="must both be"):
         detect_coupling(STEPS, accuracy, td[:, :2])
+    with pytest.raises(ShapeError, match=r"td must be a \[step=5, task\] tensor of numbers, got None"):
+        detect_coupling(STEPS, accuracy, None)
 
 
 @pytest.fixture(scope="module")

@@ -164,6 +164,9 @@ def test_bad_input_names_the_problem(model):
         TaskVectorPrompting(n_bootstrap=0).run_batch(model, sample(n_per_task=1))
     with pytest.raises(ShapeError, match=r"ICL prompts \(16\), zero-shot prompts \(3\).*must pair up one to one"):
         task_vector_prompting(model, batch, zero.select(slice(3)))
+    text_ids = Prompts(batch.inputs, batch.answer_pos, batch.answers, "0", batch.task_names, batch.attention_mask)
+    with pytest.raises(ShapeError, match=r"task_ids must be one integer task id per prompt \(16,\).*got '0'"):
+        task_vector_prompting(model, text_ids, zero)  # was a TypeError from torch
     with pytest.raises(TaskError, match=r"zero_shot must be a batch of prompts or tv_lens\.Prompts, got a Tensor"):
         task_vector_prompting(model, batch, zero.inputs)
 

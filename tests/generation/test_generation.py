@@ -255,6 +255,8 @@ def test_icl_batch_inputs_and_token_match(model):
     expected = (out.tokens[:, : batch.answers.shape[1]] == batch.answers).all(1).float()
     assert torch.equal(token_match(out, batch.answers), expected)
     assert token_match(out, out.tokens[:, :1]).tolist() == [1.0] * len(batch)
+    with pytest.raises(ShapeError, match=r"answers must be integer token ids \[batch=9, n_answer\].*got 'cold'"):
+        token_match(out, "cold")  # text answers are exact_match's
 
 
 def bpe_tokenizer():
@@ -347,6 +349,7 @@ BAD_INPUTS = {
     "top_k zero": ({"do_sample": True, "top_k": 0}, ShapeError, "top_k"),
     "use_cache typo": ({"use_cache": "yes"}, ShapeError, "use_cache must be"),
     "stop token outside vocab": ({"stop_tokens": [10_000]}, ShapeError, "stop_tokens must be token ids"),
+    "stop tokens as words": ({"stop_tokens": ["\n"]}, ShapeError, "stop_tokens must be 'eos', a token id"),
     "one intervention, not a list": ({"interventions": replace(1, torch.zeros(D_MODEL))}, ShapeError, "wrap"),
     "write after the prompt": ({"interventions": [replace(1, torch.zeros(D_MODEL), pos=11)]}, PositionError, "pos"),
     "answer_pos outside": ({"answer_pos": 12}, PositionError, "answer_pos"),

@@ -80,6 +80,8 @@ def test_bad_shared_prefix_runs_name_the_problem(model):
         )
     with pytest.raises(ShapeError, match=r"blocked_keys must be a bool tensor \[batch=7, pos=16, pos=16\]"):
         run_with_interventions(model, tokens, answer_pos, [], blocked_keys=torch.zeros(7, 16, 15, dtype=torch.bool))
+    with pytest.raises(ShapeError, match=r"blocked_keys must be a bool tensor \[batch=7, pos=16, pos=16\], got 'x'"):
+        run_with_interventions(model, tokens, answer_pos, [], blocked_keys="x")  # was a TypeError
     left, mask, left_pos = left_padded(tokens, lengths)
     with pytest.raises(ShapeError, match="right-pad them instead of left-padding"):
         run_with_interventions(

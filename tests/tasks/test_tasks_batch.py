@@ -38,6 +38,23 @@ def test_select_subsets_and_trims(batch: ICLBatch) -> None:
     assert len(batch.select(slice(1, 4))) == 3
     with pytest.raises(PositionError, match="outside"):
         batch.select([len(batch)])
+    assert len(batch.select([])) == 0
+
+
+@pytest.mark.parametrize(
+    ("indices", "problem"),
+    [
+        ([0.7, 1.2], r"got torch.float32 of shape \(2,\)"),  # was truncated to prompts 0 and 1
+        ([True, False], r"bool mask of shape \(2,\); it needs one entry per prompt"),  # was prompt 0 of a short mask
+        (3, r"one prompt: \[i\]\), got torch.int64 of shape \(\)"),  # was a TypeError
+        ([[0, 1]], r"got torch.int64 of shape \(1, 2\)"),
+        ("01", r"got '01'"),
+    ],
+    ids=["floats", "a-short-mask", "an-int", "2-d", "text"],
+)
+def test_select_refuses_what_is_not_prompt_indices(batch: ICLBatch, indices, problem) -> None:
+    with pytest.raises((PositionError, ShapeError), match=r"ICLBatch.select indices .*" + problem):
+        batch.select(indices)
 
 
 def test_to_moves_every_tensor(batch: ICLBatch) -> None:

@@ -14,11 +14,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.checks import check_tensor_data
+from tv_lens.checks import check_tensor_data, tensor_of
 from tv_lens.errors import NonFiniteError, ShapeError, TaskError
 from tv_lens.metrics import TOLERANCE, Answers, continuous_answers
 from tv_lens.metrics import answer_scores as scored_answers
-from tv_lens.positions import tensor_of
 
 __all__ = ["answer_counts", "answer_scores", "answer_tokens", "finite_outputs", "prompt_count", "prompt_task_ids"]
 

@@ -44,7 +44,7 @@ from tv_lens.analyses.options import N_PER_TASK, PassOptions
 from tv_lens.analyses.performance import clean_outputs, score_outputs
 from tv_lens.analyses.prompt_batches import PromptPool, sample_batch
 from tv_lens.analyses.suite import Suite
-from tv_lens.checks import is_int
+from tv_lens.checks import is_int, tensor_of
 from tv_lens.errors import AnalysisError
 from tv_lens.results.decodability import Decodability, best_layer
 from tv_lens.results.emergence import EmergenceResult
@@ -78,7 +78,7 @@ def detect_jump(
     Returns:
         The step of the jump, or ``None``.
     """
-    series = [float(v) for v in torch.as_tensor(values).flatten()]
+    series = [float(v) for v in tensor_of(values, "values", "one number per step").flatten()]
     if len(series) != len(steps):
         raise AnalysisError(f"detect_jump needs one value per step, got {len(series)} values for {len(steps)} steps.")
     if not series or any(math.isnan(v) for v in series):
@@ -115,7 +115,8 @@ def detect_coupling(
     Returns:
         ``(performance_jump, td_jump, coupled)``, one entry per task; a missing jump is ``None`` and never coupled.
     """
-    performance, td = torch.as_tensor(performance), torch.as_tensor(td)
+    expected = f"a [step={len(steps)}, task] tensor of numbers"
+    performance, td = tensor_of(performance, "performance", expected), tensor_of(td, "td", expected)
     if performance.ndim != 2 or td.shape != performance.shape or performance.shape[0] != len(steps):
         raise AnalysisError(
             f"performance and td must both be [step={len(steps)}, task], got {tuple(performance.shape)} and "

@@ -29,12 +29,11 @@ from tv_lens.analyses.answers import answer_counts
 from tv_lens.analyses.options import N_PER_TASK, IntervalOptions, analysis_config
 from tv_lens.analyses.prompt_batches import LabelledPrompts, PromptBatch, PromptPool, sample_batch
 from tv_lens.analyses.representations import integer_ids, named_tasks
-from tv_lens.checks import check_tensor_data, is_int, is_number
+from tv_lens.checks import check_tensor_data, is_int, is_number, tensor_of
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions import run_with_interventions
 from tv_lens.metrics import answer_correct, continuous_answers, squared_error, token_cross_entropy
 from tv_lens.models.exclusive import evaluating
-from tv_lens.positions import tensor_of
 from tv_lens.results.performance import Performance
 from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci

@@ -35,9 +35,8 @@ from tv_lens.analyses.options import N_PER_TASK
 from tv_lens.analyses.performance import ScoreFn, resolve_metric, score_batch
 from tv_lens.analyses.prompt_batches import PromptPool, sample_batch
 from tv_lens.analyses.representations import integer_ids, named_tasks
-from tv_lens.checks import check_tensor_data, is_int
+from tv_lens.checks import check_tensor_data, is_int, tensor_of
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
-from tv_lens.positions import tensor_of
 from tv_lens.results.decodability import best_layer
 from tv_lens.results.prediction import TdAccuracyFit
 from tv_lens.results.shared import real_tasks

@@ -54,13 +54,13 @@ from tv_lens.analyses.patching import patch_site
 from tv_lens.analyses.performance import clean_outputs
 from tv_lens.analyses.prompt_batches import LabelledPrompts, check_pool, check_prompts
 from tv_lens.analyses.prompting_vectors import prompting_vectors
+from tv_lens.checks import tensor_of
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.interventions import Cell, run_sweep
 from tv_lens.interventions.prompting import INJECT_MODES, PROMPT_SOURCES, injection, other_prompts
 from tv_lens.interventions.sweep import align
 from tv_lens.metrics import TOLERANCE, continuous_answers, tolerance_problem
 from tv_lens.models.adapter import adapt
-from tv_lens.positions import tensor_of
 from tv_lens.probes import check_residual_site
 from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
@@ -302,7 +302,7 @@ def _pairs(
     answers = tensor_of(answers, "answers", expected).cpu()
     answers = answers if continuous_answers(answers) else answers.long()
     answers = answers[:, None] if answers.ndim == 1 else answers
-    id_shape = tuple(torch.as_tensor(task_ids).shape)
+    id_shape = tuple(tensor_of(task_ids, "task_ids", f"one integer task id per prompt ({n},) (batch.task_ids)").shape)
     if n_zero != n or answers.shape[0] != n or id_shape != (n,):
         raise ShapeError(
             f"ICL prompts ({n}), zero-shot prompts ({n_zero}), answers ({answers.shape[0]}) and task_ids "

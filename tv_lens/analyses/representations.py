@@ -20,9 +20,8 @@ from torch import Tensor
 
 from tv_lens.analyses.options import N_PER_TASK
 from tv_lens.analyses.prompt_batches import PromptBatch, PromptPool, sample_batch
-from tv_lens.checks import check_tensor_data, is_int
+from tv_lens.checks import check_tensor_data, is_int, tensor_of
 from tv_lens.errors import ShapeError
-from tv_lens.positions import tensor_of
 from tv_lens.probes import Representations, check_finite_rows, collect
 
 __all__ = [

@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.checks import tensor_of
 from tv_lens.errors import ShapeError
 from tv_lens.generation.continuation import Generation
 from tv_lens.tasks.batch import ICLBatch
@@ -37,7 +38,8 @@ def token_match(generation: Generation, answers: Int[Tensor, "batch n_answer"]) 
     Tokens generated after the answer are ignored, so a model that goes on with the next demonstration still
     counts as correct.
     """
-    answers = torch.as_tensor(answers).cpu()
+    expected = f"integer token ids [batch={len(generation)}, n_answer] (-1 pads shorter answers)"
+    answers = tensor_of(answers, "answers", expected).cpu()
     answers = answers[:, None] if answers.ndim == 1 else answers
     if answers.ndim != 2 or answers.shape[0] != len(generation) or answers.is_floating_point():
         raise ShapeError(

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from tv_lens.checks import is_int, is_number
+from tv_lens.checks import is_int, is_number, tensor_of
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.tasks.batch import ICLBatch
@@ -92,7 +92,7 @@ def stop_token_ids(stop_tokens: StopTokens, tokenizer: Any, adapter: ModelAdapte
             raise ShapeError(f"stop_tokens must be 'eos', a token id, a list of ids or None, got {stop_tokens!r}.")
         eos = getattr(tokenizer, "eos_token_id", None)
         return torch.tensor([eos] if isinstance(eos, int) else [], dtype=torch.long)
-    ids = torch.as_tensor(stop_tokens).reshape(-1)
+    ids = tensor_of(stop_tokens, "stop_tokens", "'eos', a token id, a list of ids or None").reshape(-1)
     if (
         ids.is_floating_point()
         or ids.dtype == torch.bool

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tv_lens.checks import tensor_of
 from tv_lens.errors import (
     HookNotFoundError,
     ModelNotSupportedError,
@@ -49,8 +50,8 @@ def validated_blocked_keys(
     """Validated ``blocked_keys`` and the way this model's attention is masked, or None."""
     if blocked_keys is None:
         return None
-    blocked = torch.as_tensor(blocked_keys)
     n_prompts, width = prompts.inputs.shape[:2]
+    blocked = tensor_of(blocked_keys, "blocked_keys", f"a bool tensor [batch={n_prompts}, pos={width}, pos={width}]")
     if blocked.dtype != torch.bool or blocked.shape != (n_prompts, width, width):
         raise ShapeError(
             f"blocked_keys must be a bool tensor [batch={n_prompts}, pos={width}, pos={width}], got "

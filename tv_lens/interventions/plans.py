@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tv_lens.checks import check_tensor_data, is_int
+from tv_lens.checks import check_tensor_data, is_int, tensor_of
 from tv_lens.errors import LayerOutOfRangeError, NonFiniteError, PositionError, ShapeError
 from tv_lens.interventions.specs import Intervention, _check_values
 from tv_lens.models.adapter import ModelAdapter
-from tv_lens.positions import PreparedPrompts, as_positions, tensor_of
+from tv_lens.positions import PreparedPrompts, as_positions
 
 __all__ = ["WritePlan", "apply_plan", "resolve"]
 

@@ -14,11 +14,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tv_lens.checks import check_tensor_data
+from tv_lens.checks import check_tensor_data, tensor_of
 from tv_lens.errors import (
     ShapeError,
 )
-from tv_lens.positions import tensor_of
 
 __all__ = ["Intervention", "Positions", "Rows", "ablate_head", "add", "replace"]
 

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from tv_lens.checks import tensor_of
 from tv_lens.errors import PositionError, ShapeError, TaskError
 
 __all__ = ["PromptRows"]
@@ -120,7 +121,15 @@ class PromptRows(ABC):
         if isinstance(indices, slice):
             idx = torch.arange(n)[indices]
         else:
-            idx = torch.as_tensor(indices)
+            name = f"{type(self).__name__}.select indices"
+            expected = f"a sequence of prompt indices, a bool mask of {n} prompts or a slice (one prompt: [i])"
+            idx = tensor_of(indices, name, expected)
+            if idx.dtype == torch.bool and idx.shape != (n,):
+                raise PositionError(
+                    f"{name} are a bool mask of shape {tuple(idx.shape)}; it needs one entry per prompt: ({n},)."
+                )
+            if idx.ndim != 1 or (idx.numel() and (idx.is_floating_point() or idx.is_complex())):  # [] is a float tensor
+                raise PositionError(f"{name} must be {expected}, got {idx.dtype} of shape {tuple(idx.shape)}.")
             if idx.dtype == torch.bool:
                 idx = idx.nonzero().flatten()
         idx = idx.to(self.inputs.device).long()
