@@ -3,9 +3,9 @@
 ``python demos/execute_notebooks.py`` re-executes every notebook; ``python demos/execute_notebooks.py quickstart
 tvp_loss`` only those. Each runs top to bottom in a fresh kernel with the settings of the test suite (one thread, the
 offline stand-in for GPT-2, plotly figures as figure JSON), so ``tests/demos/test_notebooks.py`` reproduces the stored
-numbers; the notebook's metadata records the TransformerLens and torch versions they come from. What is stored is
-what a reader needs: printed text, tables and figures; progress bars and warnings (stderr) are left out. Run it
-after changing a notebook or anything that changes the numbers it shows.
+numbers; the notebook's metadata records the TransformerLens and torch versions and the kind of CPU they come
+from. What is stored is what a reader needs: printed text, tables and figures; progress bars and warnings (stderr)
+are left out. Run it after changing a notebook or anything that changes the numbers it shows.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+from tv_lens.environment import cpu_kind
 
 DEMOS = Path(__file__).resolve().parent
 ENV = {
@@ -48,8 +50,11 @@ def notebook_paths(names: Sequence[str] = ()) -> list[Path]:
 
 
 def versions() -> dict[str, str]:
-    """The versions of the packages the stored numbers depend on."""
-    return {name: importlib.metadata.version(name) for name in ("transformer-lens", "torch")}
+    """The versions of the packages the stored numbers depend on, and the kind of CPU that computed them."""
+    return {
+        **{name: importlib.metadata.version(name) for name in ("transformer-lens", "torch")},
+        "cpu": cpu_kind(),
+    }
 
 
 def execute(path: Path) -> nbformat.NotebookNode:

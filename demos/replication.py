@@ -678,9 +678,9 @@ def check_same_environment(claims: Path, kept_environment: Path) -> None:
         differences = environment_differences(json.loads(kept_environment.read_text()), software_environment())
     if differences:
         raise ConfigError(
-            f"The numbers kept in {claims} were computed under other or unrecorded software "
+            f"The numbers kept in {claims} were computed in another or an unrecorded environment "
             f"({'; '.join(differences)}); one seed's numbers must come from one environment: run with the recorded "
-            "--threads and versions, or recompute them all with --fresh."
+            "--threads and versions on the same kind of CPU, or recompute them all with --fresh."
         )
 
 

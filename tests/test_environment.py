@@ -12,6 +12,7 @@ import tv_lens
 from tv_lens.environment import (
     NUMERIC_ENVIRONMENT,
     available_memory,
+    cpu_kind,
     environment_differences,
     is_environment,
     package_version,
@@ -32,6 +33,7 @@ def test_the_environment_names_the_installed_versions_and_the_threads_torch_uses
     assert environment["transformer_lens"] == version("transformer-lens")
     assert environment["transformers"] == version("transformers")
     assert environment["tv_lens"] == tv_lens.__version__
+    assert environment["cpu"] == cpu_kind() and cpu_kind().endswith(f", {torch.backends.cpu.get_cpu_capability()}")
     assert set(NUMERIC_ENVIRONMENT) < set(environment)
 
 

@@ -1,19 +1,22 @@
 """Facts of the machine and software a run happens on: memory left to allocate, and what numbers depend on.
 
 :func:`available_memory` is what sampling and :func:`~tv_lens.models.build_model` check a request against before
-allocating. :func:`software_environment` is what checkpoints and the application's ``run.json`` record: on a CPU,
-numbers are bit-identical for one torch version and one number of torch threads only (a matrix product split over
-another number of threads sums in another order, and training amplifies the last-bit differences: one recipe and
-seed trained on one and on two threads ends with weights that differ in the second decimal).
+allocating. :func:`software_environment` is what checkpoints, result files and the application's ``run.json``
+record: on a CPU, numbers are bit-identical for one torch version, one number of torch threads and one kind of CPU
+only. A matrix product split over another number of threads sums in another order, and another CPU kind (another
+vendor's math library paths, or other vector instructions: AVX2, AVX-512) rounds differently; training amplifies
+the last-bit differences (one recipe and seed trained on one and on two threads ends with weights that differ in
+the second decimal, and a small model trained on two CPU kinds differs in the fifth).
 
 >>> sorted(software_environment())
-['python', 'torch', 'torch_threads', 'transformer_lens', 'transformers', 'tv_lens']
+['cpu', 'python', 'torch', 'torch_threads', 'transformer_lens', 'transformers', 'tv_lens']
 >>> environment_differences({"torch": "2.0.0", "torch_threads": 1}, {"torch": "2.0.0", "torch_threads": 2})
 ['torch_threads 1 there, 2 here']
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from collections.abc import Mapping
@@ -28,6 +31,7 @@ __all__ = [
     "NUMERIC_ENVIRONMENT",
     "OtherEnvironmentWarning",
     "available_memory",
+    "cpu_kind",
     "environment_differences",
     "is_environment",
     "package_version",
@@ -35,7 +39,7 @@ __all__ = [
 ]
 
 #: The entries of :func:`software_environment` that change computed numbers (the others say what ran).
-NUMERIC_ENVIRONMENT = ("torch", "torch_threads", "transformer_lens", "transformers")
+NUMERIC_ENVIRONMENT = ("torch", "torch_threads", "cpu", "transformer_lens", "transformers")
 
 
 class OtherEnvironmentWarning(UserWarning):
@@ -65,12 +69,22 @@ def package_version(name: str) -> str:
         return "unknown"
 
 
+def cpu_kind() -> str:
+    """The CPU's model name and the vector instructions torch's kernels use on it, e.g. ``"AMD EPYC, AVX512"``."""
+    name = platform.processor() or platform.machine() or "unknown CPU"
+    with contextlib.suppress(OSError, UnicodeDecodeError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+        name = names[0] if names else name
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def software_environment() -> dict[str, str | int]:
-    """Python, torch, TransformerLens, transformers and tv_lens versions, and torch's CPU threads now."""
+    """Python, torch, TransformerLens, transformers and tv_lens versions, torch's CPU threads now and the CPU kind."""
     return {
         "python": platform.python_version(),
         "torch": str(torch.__version__),  # a str subclass that checkpoints (weights_only) cannot hold
         "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_kind(),
         "transformer_lens": package_version("transformer-lens"),
         "transformers": package_version("transformers"),
         "tv_lens": package_version("tv_lens"),

@@ -351,8 +351,10 @@ def test_the_environment_sentence_names_what_was_recorded_and_says_what_reproduc
     environment = {"torch": "2.13.0", "torch_threads": 1, "transformer_lens": "4.3.0", "tv_lens": "0.1.0"}
     assert environment_sentence(environment) == (
         "Computed with torch 2.13.0, TransformerLens 4.3.0 on 1 CPU thread, tv_lens 0.1.0; on a CPU, numbers are "
-        "bit-identical only under the same torch version and thread count."
+        "bit-identical only under the same torch version, thread count and kind of CPU."
     )
+    environment["cpu"] = "AMD EPYC, AVX512"
+    assert "on 1 CPU thread (AMD EPYC, AVX512), tv_lens 0.1.0;" in environment_sentence(environment)
     assert environment_sentence({"torch_threads": 2}).startswith("Computed with unrecorded versions on 2 CPU threads;")
 
 

@@ -79,15 +79,25 @@ def digest(cell: nbformat.NotebookNode) -> list[tuple[str, list[float]]]:
     return outputs
 
 
-def differences(stored: list[tuple[str, list[float]]], fresh: list[tuple[str, list[float]]]) -> str:
-    """What differs between two digests ("" if they agree: same outputs, numbers within rel 1e-4 / abs 1e-6)."""
+# Numbers within rel 1e-4 / abs 1e-6 of those stored when the notebook was executed on this kind of CPU. On another
+# kind (another vendor's math library paths, other vector instructions) the small models the notebooks train end up
+# with weights that differ in the last bits, which training and PCA amplify: one figure's coordinates moved by up to
+# 2e-3 between two CPU kinds. There the numbers must agree within 1e-2: a change of the code still shows.
+SAME_CPU = {"rel_tol": 1e-4, "abs_tol": 1e-6}
+OTHER_CPU = {"rel_tol": 1e-2, "abs_tol": 1e-2}
+
+
+def differences(
+    stored: list[tuple[str, list[float]]], fresh: list[tuple[str, list[float]]], tolerance: dict[str, float] = SAME_CPU
+) -> str:
+    """What differs between two digests ("" if they agree: same outputs, numbers within ``tolerance``)."""
     if [kind for kind, _ in stored] != [kind for kind, _ in fresh]:
         return f"outputs {[kind for kind, _ in stored]} stored, {[kind for kind, _ in fresh]} now"
     for (kind, old), (_, new) in zip(stored, fresh, strict=True):
         if len(old) != len(new):
             return f"{kind}: {len(old)} numbers stored, {len(new)} now"
         for position, (a, b) in enumerate(zip(old, new, strict=True)):
-            if not (math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) or (math.isnan(a) and math.isnan(b))):
+            if not (math.isclose(a, b, **tolerance) or (math.isnan(a) and math.isnan(b))):
                 return f"{kind}: number {position} is {a!r} stored, {b!r} now"
     return ""
 
@@ -150,15 +160,17 @@ def test_stored_outputs_are_current(executed):
     reason = comparable(stored)
     if reason:
         pytest.skip(f"{path.name}: {reason}; its numbers depend on these versions")
+    stored_on = stored.metadata["tv_lens"]["executed_with"].get("cpu")
+    tolerance = SAME_CPU if stored_on == runner.versions()["cpu"] else OTHER_CPU
     stale = []
     for index, (old, new) in enumerate(zip(code_cells(stored), code_cells(fresh), strict=True)):
-        difference = differences(digest(old), digest(new))
+        difference = differences(digest(old), digest(new), tolerance)
         if difference:
             first_line = old.source.strip().splitlines()[0] if old.source.strip() else ""
             stale.append(f"code cell {index} ({first_line!r}): {difference}")
     assert not stale, (
-        f"{path.name} holds stale outputs; re-execute it with `python demos/execute_notebooks.py {path.stem}`:\n"
-        + "\n".join(stale)
+        f"{path.name} holds stale outputs (executed on {stored_on or 'an unrecorded CPU'}, compared within "
+        f"{tolerance}); re-execute it with `python demos/execute_notebooks.py {path.stem}`:\n" + "\n".join(stale)
     )
 
 
@@ -171,6 +183,8 @@ def test_digest_sees_a_changed_number_and_ignores_ids():
     same.outputs = [nbformat.v4.new_output("stream", name="stdout", text="TD 0.93 at block 1 in /tmp/tmpq01zz2k\n")]
     assert digest(cell) == [("stream stdout", [0.93, 1.0])]
     assert differences(digest(cell), digest(same)) == ""
-    assert "0.93" in differences(digest(cell), digest(changed))
+    assert "0.93" in differences(digest(cell), digest(changed)) and "0.93" in differences(
+        digest(cell), digest(changed), OTHER_CPU
+    )
     packed = {"dtype": "f8", "bdata": base64.b64encode(np.array([0.5, 0.25]).tobytes()).decode()}
     assert numbers_in({"data": [{"y": packed, "x": [1, 2], "showlegend": True}]}) == [1.0, 2.0, 0.5, 0.25]

@@ -207,14 +207,15 @@ class Result:
 
     @staticmethod
     def saved_environment(path: str | os.PathLike[str]) -> dict[str, str | int] | None:
-        """The software and torch threads of the process that saved the result file at ``path``.
+        """The software, torch threads and CPU kind of the process that saved the result file at ``path``.
 
-        On a CPU, numbers are bit-identical for one torch version and one number of torch threads only: compare
-        this with :func:`tv_lens.environment.software_environment` before expecting a re-run to match to the bit.
+        On a CPU, numbers are bit-identical for one torch version, number of torch threads and kind of CPU only:
+        compare this with :func:`tv_lens.environment.software_environment` before expecting a re-run to match to
+        the bit.
 
         Returns:
-            Python, torch, TransformerLens, transformers and tv_lens versions and ``torch_threads`` (checked
-            against the file's digest), or ``None`` for a file saved before result files recorded them.
+            Python, torch, TransformerLens, transformers and tv_lens versions, ``torch_threads`` and ``cpu``
+            (checked against the file's digest), or ``None`` for a file saved before result files recorded them.
 
         Raises:
             MissingFileError: No file at ``path``.

@@ -16,9 +16,9 @@ refused. The digest is a checksum, not a signature: it catches corruption and ed
 tv_lens, not someone who deliberately recomputes it.
 
 The document also records ``environment``, the :func:`~tv_lens.environment.software_environment` of the process
-that saved the file (Python, torch, TransformerLens, transformers and tv_lens versions, and torch's CPU threads),
-covered by the digest: :meth:`Result.saved_environment <tv_lens.results.Result.saved_environment>` reads it back.
-Files saved before it was recorded load as before and record none.
+that saved the file (Python, torch, TransformerLens, transformers and tv_lens versions, torch's CPU threads and the
+CPU kind), covered by the digest: :meth:`Result.saved_environment <tv_lens.results.Result.saved_environment>`
+reads it back. Files saved before it was recorded load as before and record none.
 
 Fields added to a result type later come with a default, and a file saved before they existed loads with
 that default (its digest covers what it holds); a file with a field the type does not know, or without one
@@ -127,7 +127,7 @@ def result_from_bytes(
 
 
 def environment_from_bytes(data: bytes, source: str) -> dict[str, str | int] | None:
-    """The software and torch threads recorded by the process that saved a result file, checked against its digest.
+    """The software, torch threads and CPU kind of the process that saved a result file, checked against its digest.
 
     Args:
         data: The file's bytes.

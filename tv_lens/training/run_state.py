@@ -130,16 +130,16 @@ def resume_run(
 
 
 def warn_other_environment(checkpoint: Checkpoint) -> None:
-    """Warn when a run resumes under other software or torch threads than its checkpoint was written under.
+    """Warn when a run resumes under other software, torch threads or CPU kind than its checkpoint was written under.
 
     The run continues correctly, but not bit for bit as it would have uninterrupted (see :mod:`tv_lens.environment`).
     """
     differences = environment_differences(checkpoint.environment or {}, software_environment())
     if differences:
         warnings.warn(
-            f"Resuming {checkpoint.path} under other software than it was written under ({'; '.join(differences)}): "
+            f"Resuming {checkpoint.path} in another environment than it was written in ({'; '.join(differences)}): "
             "the run continues, but its weights will not be bit-identical to an uninterrupted run's. To continue it "
-            "exactly, resume where those match (torch.set_num_threads for the threads).",
+            "exactly, resume where those match (torch.set_num_threads for the threads, the same kind of CPU).",
             OtherEnvironmentWarning,
             stacklevel=4,
         )
