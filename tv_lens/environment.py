@@ -6,7 +6,7 @@ record: on a CPU, numbers are bit-identical for one torch version, one number of
 only. A matrix product split over another number of threads sums in another order, and another CPU kind (another
 vendor's math library paths, or other vector instructions: AVX2, AVX-512) rounds differently; training amplifies
 the last-bit differences (one recipe and seed trained on one and on two threads ends with weights that differ in
-the second decimal, and a small model trained on two CPU kinds differs in the fifth).
+the second decimal; the quick recipe trained with torch's AVX2 and with its AVX-512 kernels, in the third).
 
 >>> sorted(software_environment())
 ['cpu', 'python', 'torch', 'torch_threads', 'transformer_lens', 'transformers', 'tv_lens']
