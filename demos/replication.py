@@ -8,8 +8,9 @@ training and held-out prompt streams (``ModelConfig.seed``, ``DataConfig.seed``)
 sample their prompts with seed ``10 * s``. Each seed's numbers are written to ``DIR/seed-<seed>/claims.json``
 and reused by later calls (``--fresh`` recomputes them), so seeds can run in separate processes and a last call
 gathers them. Everything runs on ``--threads`` torch threads (1 by default): on a CPU the trained weights, and so
-every number, differ between thread counts, so a seed's numbers are kept with the software they were computed
-under (``environment.json``) and a call under another thread count or torch version does not add to them.
+every number, differ between thread counts and between kinds of CPU, so a seed's numbers are kept with the
+environment they were computed in (``environment.json``) and a call under another thread count, torch version or
+CPU kind does not add to them.
 
 Each claim is one number per seed (a difference, a slope, an overlap ...) with a null value and a claimed
 direction. Over seeds it is reported as the mean with a 95% Student-t interval over the per-seed values
@@ -689,8 +690,8 @@ def seed_numbers(root: Path, seed: int, skip: Sequence[str] = (), fresh: bool = 
 
     Analyses that need a run named in ``skip`` are left out (and their claims with them). The software they were
     computed with is kept in ``environment.json`` beside it: a seed's numbers come from one environment, so a call
-    under another torch version or thread count that would add numbers to kept ones is refused (weights and numbers
-    differ between thread counts).
+    under another torch version, thread count or CPU kind that would add numbers to kept ones is refused (weights
+    and numbers differ between them).
     """
     path = root / f"seed-{seed}" / "claims.json"
     done: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() and not fresh else {}
