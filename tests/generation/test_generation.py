@@ -350,6 +350,7 @@ BAD_INPUTS = {
     "use_cache typo": ({"use_cache": "yes"}, ShapeError, "use_cache must be"),
     "stop token outside vocab": ({"stop_tokens": [10_000]}, ShapeError, "stop_tokens must be token ids"),
     "stop tokens as words": ({"stop_tokens": ["\n"]}, ShapeError, "stop_tokens must be 'eos', a token id"),
+    "mask as text": ({"attention_mask": "x", "answer_pos": None}, ShapeError, "attention_mask must be a .* 0s and 1s"),
     "one intervention, not a list": ({"interventions": replace(1, torch.zeros(D_MODEL))}, ShapeError, "wrap"),
     "write after the prompt": ({"interventions": [replace(1, torch.zeros(D_MODEL), pos=11)]}, PositionError, "pos"),
     "answer_pos outside": ({"answer_pos": 12}, PositionError, "answer_pos"),

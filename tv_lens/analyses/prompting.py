@@ -300,6 +300,8 @@ def _pairs(
 ) -> tuple[Tensor, Tensor]:
     expected = f"answer tokens [batch={n}, n_answer] or continuous answers [batch={n}, d_out] (batch.answers)"
     answers = tensor_of(answers, "answers", expected).cpu()
+    if answers.dtype == torch.bool or answers.is_complex():
+        raise ShapeError(f"answers must be {expected}, got {answers.dtype}.")
     answers = answers if continuous_answers(answers) else answers.long()
     answers = answers[:, None] if answers.ndim == 1 else answers
     id_shape = tuple(tensor_of(task_ids, "task_ids", f"one integer task id per prompt ({n},) (batch.task_ids)").shape)

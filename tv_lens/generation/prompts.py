@@ -60,7 +60,7 @@ def prompt_inputs(
         if attention_mask is None:
             answer_pos = prompts.shape[1] - 1
         else:
-            mask = torch.as_tensor(attention_mask).cpu().long()
+            mask = tensor_of(attention_mask, "attention_mask", "a [batch, pos] tensor of 0s and 1s").cpu().long()
             if mask.shape != prompts.shape:
                 raise ShapeError(
                     f"attention_mask must have the shape of the prompts {tuple(prompts.shape)}, got "
