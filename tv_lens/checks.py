@@ -22,7 +22,16 @@ from torch import Tensor
 
 from tv_lens.errors import ShapeError
 
-__all__ = ["SEED_RANGE", "check_tensor_data", "is_finite_number", "is_int", "is_number", "is_seed", "tensor_of"]
+__all__ = [
+    "SEED_RANGE",
+    "check_tensor_data",
+    "is_finite_number",
+    "is_int",
+    "is_integer_tensor",
+    "is_number",
+    "is_seed",
+    "tensor_of",
+]
 
 SEED_RANGE = 2**64
 """Seeds are ints in ``[0, SEED_RANGE)``, the range of a ``torch.Generator`` seed."""
@@ -65,6 +74,11 @@ def check_tensor_data(tensor: Tensor, what: str) -> None:
         )
     if tensor.layout != torch.strided:
         raise ShapeError(f"{what} is a {tensor.layout} tensor; pass a dense tensor (tensor.to_dense()).")
+
+
+def is_integer_tensor(tensor: Tensor) -> bool:
+    """Whether ``tensor`` holds integers: not floats, complex numbers or bools (which would read as 0 / 1)."""
+    return not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
 
 
 def tensor_of(value: Any, what: str, expected: str) -> Tensor:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.checks import is_number, tensor_of
+from tv_lens.checks import is_integer_tensor, is_number, tensor_of
 from tv_lens.errors import ShapeError
 from tv_lens.positions import AnswerLengths, answer_columns, answer_lengths, as_positions
 
@@ -202,7 +202,7 @@ def _check_tokens(logits: Tensor, answers: Tensor, first_token_only: bool) -> tu
         )
     if not logits.is_floating_point():
         raise ShapeError(f"logits must be floating point, got {logits.dtype}; pass the model's logits.")
-    if answers.is_floating_point() or answers.is_complex() or answers.dtype == torch.bool or answers.shape[1] == 0:
+    if not is_integer_tensor(answers) or answers.shape[1] == 0:
         raise ShapeError(
             f"answers must be integer token ids, at least one per prompt, got {answers.dtype} of shape "
             f"{tuple(answers.shape)}; pass batch.answers."

@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tv_lens.checks import check_tensor_data, is_int, tensor_of
+from tv_lens.checks import check_tensor_data, is_int, is_integer_tensor, tensor_of
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
 
@@ -80,8 +80,7 @@ def as_positions(positions: int | Sequence[int] | Tensor, n_prompts: int, what: 
             raise ShapeError(f"{what} must hold token positions (64-bit ints), got {positions}.")
         return torch.full((n_prompts,), positions, dtype=torch.long)
     tensor = tensor_of(positions, what, "an int or one int per prompt (a list or a tensor of ints)")
-    check_tensor_data(tensor, what)
-    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+    if not is_integer_tensor(tensor):
         raise ShapeError(f"{what} must hold integer token positions, got dtype {tensor.dtype}.")
     if tensor.shape != (n_prompts,):
         raise ShapeError(f"{what} must have one position per prompt: shape ({n_prompts},), got {tuple(tensor.shape)}.")

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.checks import check_tensor_data, tensor_of
+from tv_lens.checks import is_integer_tensor, tensor_of
 from tv_lens.errors import NonFiniteError, ShapeError, TaskError
 from tv_lens.metrics import TOLERANCE, Answers, continuous_answers
 from tv_lens.metrics import answer_scores as scored_answers
@@ -30,11 +30,9 @@ def answer_tokens(answers: Int[Tensor, "batch ..."] | None, n_prompts: int) -> I
     they hold no answer token. ``None`` (prompts without answers) is a :class:`ShapeError`.
     """
     answers = tensor_of(answers, "answers", f"integer tokens [batch={n_prompts}, n_answer] (batch.answers)")
-    check_tensor_data(answers, "answers")
     if answers.ndim == 1:
         answers = answers[:, None]
-    integer = not (answers.is_floating_point() or answers.is_complex() or answers.dtype == torch.bool)
-    if answers.ndim != 2 or answers.shape[0] != n_prompts or not integer:
+    if answers.ndim != 2 or answers.shape[0] != n_prompts or not is_integer_tensor(answers):
         raise ShapeError(
             f"answers must be integer tokens [batch={n_prompts}, n_answer], got {answers.dtype} "
             f"{tuple(answers.shape)}; pass the answers of these prompts (batch.answers)."
@@ -75,8 +73,7 @@ def prompt_task_ids(
             "batch.task_names."
         )
     ids = tensor_of(task_ids, "task_ids", f"one integer task id per prompt ({n_prompts},) (batch.task_ids)")
-    check_tensor_data(ids, "task_ids")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+    if not is_integer_tensor(ids):
         raise ShapeError(f"task_ids must be integer indices into task_names, got {ids.dtype}; pass batch.task_ids.")
     ids = ids.cpu().long()
     if ids.shape != (n_prompts,):

@@ -29,7 +29,7 @@ from tv_lens.analyses.answers import answer_counts
 from tv_lens.analyses.options import N_PER_TASK, IntervalOptions, analysis_config
 from tv_lens.analyses.prompt_batches import LabelledPrompts, PromptBatch, PromptPool, sample_batch
 from tv_lens.analyses.representations import integer_ids, named_tasks
-from tv_lens.checks import check_tensor_data, is_int, is_number, tensor_of
+from tv_lens.checks import is_int, is_number, tensor_of
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions import run_with_interventions
 from tv_lens.metrics import answer_correct, continuous_answers, squared_error, token_cross_entropy
@@ -111,7 +111,6 @@ def icl_performance(
     seeded_generator(seed)  # checks the seed; shot count j draws with seed + j, wrapped into the seed range
     metric, higher = _metric_name(config.metric, config.higher_is_better)
     scores = tensor_of(scores, "scores", "one float score per prompt")
-    check_tensor_data(scores, "scores")
     if scores.is_complex():
         raise ShapeError(f"scores must be real numbers (one score per prompt), got {scores.dtype}; pass scores.real.")
     scores = scores.detach().cpu().double()

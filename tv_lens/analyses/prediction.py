@@ -35,7 +35,7 @@ from tv_lens.analyses.options import N_PER_TASK
 from tv_lens.analyses.performance import ScoreFn, resolve_metric, score_batch
 from tv_lens.analyses.prompt_batches import PromptPool, sample_batch
 from tv_lens.analyses.representations import integer_ids, named_tasks
-from tv_lens.checks import check_tensor_data, is_int, tensor_of
+from tv_lens.checks import is_int, tensor_of
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.results.decodability import best_layer
 from tv_lens.results.prediction import TdAccuracyFit
@@ -149,7 +149,6 @@ def _values(values: Any, what: str) -> Float[Tensor, " n"]:
         except (TypeError, ValueError) as error:
             raise ShapeError(f"{what} must be a 1-D sequence of real numbers, one per point ({error}).") from error
     tensor = tensor_of(values, what, "a 1-D tensor of real numbers, one per point")
-    check_tensor_data(tensor, what)
     if tensor.is_complex():
         raise ShapeError(f"{what} must be real numbers, got {tensor.dtype}; pass {what}.real if that is meant.")
     return tensor.detach().to("cpu", torch.float64)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from tv_lens.analyses.options import N_PER_TASK
 from tv_lens.analyses.prompt_batches import PromptBatch, PromptPool, sample_batch
-from tv_lens.checks import check_tensor_data, is_int, tensor_of
+from tv_lens.checks import check_tensor_data, is_int, is_integer_tensor, tensor_of
 from tv_lens.errors import ShapeError
 from tv_lens.probes import Representations, check_finite_rows, collect
 
@@ -174,8 +174,7 @@ def integer_ids(values: Any, what: str, meaning: str) -> Int[Tensor, " n"]:
         ShapeError: Not a 1-D integer tensor (floats would be truncated, bools read as 0 / 1), or on ``meta``.
     """
     tensor = tensor_of(values, what, f"a 1-D integer tensor ({meaning}) such as torch.tensor([0, 1, 1])")
-    check_tensor_data(tensor, what)
-    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool or tensor.ndim != 1:
+    if not is_integer_tensor(tensor) or tensor.ndim != 1:
         raise ShapeError(
             f"{what} must be a 1-D integer tensor ({meaning}), got {tensor.dtype} with shape {tuple(tensor.shape)}; "
             "pass integers, e.g. torch.tensor([0, 1, 1])."

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tv_lens.checks import check_tensor_data, is_int, tensor_of
+from tv_lens.checks import is_int, tensor_of
 from tv_lens.errors import LayerOutOfRangeError, NonFiniteError, PositionError, ShapeError
 from tv_lens.interventions.specs import Intervention, _check_values
 from tv_lens.models.adapter import ModelAdapter
@@ -84,7 +84,6 @@ def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Inter
 def _selected_rows(intervention: Intervention, n_prompts: int) -> Tensor:
     """``rows=`` as prompt indices: integer indices, or a boolean mask with one entry per prompt."""
     rows = tensor_of(intervention.rows, f"{intervention}: rows=", "prompt indices or a boolean mask over prompts")
-    check_tensor_data(rows, f"{intervention}: rows=")
     if rows.numel() == 0:  # an empty list (no prompt selected) is read as no index, whatever its dtype
         return torch.zeros(0, dtype=torch.long)
     if rows.dtype == torch.bool:
