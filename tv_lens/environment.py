@@ -17,6 +17,7 @@ the second decimal; the quick recipe trained with torch's AVX2 and with its AVX-
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 from collections.abc import Mapping
@@ -69,8 +70,12 @@ def package_version(name: str) -> str:
         return "unknown"
 
 
+@functools.cache
 def cpu_kind() -> str:
-    """The CPU's model name and the vector instructions torch's kernels use on it, e.g. ``"AMD EPYC, AVX512"``."""
+    """The CPU's model name and the vector instructions torch's kernels use on it, e.g. ``"AMD EPYC, AVX512"``.
+
+    Read once per process (both are fixed once torch is loaded): every result saved records it.
+    """
     name = platform.processor() or platform.machine() or "unknown CPU"
     with contextlib.suppress(OSError, UnicodeDecodeError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
