@@ -14,6 +14,7 @@ from tv_lens.environment import (
     available_memory,
     cpu_kind,
     environment_differences,
+    gpu_kind,
     is_environment,
     package_version,
     software_environment,
@@ -35,6 +36,22 @@ def test_the_environment_names_the_installed_versions_and_the_threads_torch_uses
     assert environment["tv_lens"] == tv_lens.__version__
     assert environment["cpu"] == cpu_kind() and cpu_kind().endswith(f", {torch.backends.cpu.get_cpu_capability()}")
     assert set(NUMERIC_ENVIRONMENT) < set(environment)
+
+
+def test_the_gpus_are_named_only_when_this_process_has_used_cuda(monkeypatch):
+    if not torch.cuda.is_initialized():
+        assert gpu_kind() == "none" and software_environment()["gpu"] == "none"
+        assert not torch.cuda.is_initialized()  # asking did not create a CUDA context
+    names = ["NVIDIA H200", "NVIDIA A100", "NVIDIA H200"]
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(names))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: names[index])
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert gpu_kind() == "NVIDIA A100 x1, NVIDIA H200 x2, CUDA 12.8"
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert software_environment()["gpu"] == "NVIDIA A100 x1, NVIDIA H200 x2, ROCm 6.2"
+    assert "gpu" not in NUMERIC_ENVIRONMENT  # said, not compared
 
 
 def test_a_package_that_is_not_installed_has_an_unknown_version():

@@ -6,10 +6,12 @@ record: on a CPU, numbers are bit-identical for one torch version, one number of
 only. A matrix product split over another number of threads sums in another order, and another CPU kind (another
 vendor's math library paths, or other vector instructions: AVX2, AVX-512) rounds differently; training amplifies
 the last-bit differences (one recipe and seed trained on one and on two threads ends with weights that differ in
-the second decimal; the quick recipe trained with torch's AVX2 and with its AVX-512 kernels, in the third).
+the second decimal; the quick recipe trained with torch's AVX2 and with its AVX-512 kernels, in the third). The
+GPUs a process used (:func:`gpu_kind`) are recorded to say what ran, not compared: whether a GPU computed a number
+depends on where its model was, which the environment does not know.
 
 >>> sorted(software_environment())
-['cpu', 'python', 'torch', 'torch_threads', 'transformer_lens', 'transformers', 'tv_lens']
+['cpu', 'gpu', 'python', 'torch', 'torch_threads', 'transformer_lens', 'transformers', 'tv_lens']
 >>> environment_differences({"torch": "2.0.0", "torch_threads": 1}, {"torch": "2.0.0", "torch_threads": 2})
 ['torch_threads 1 there, 2 here']
 """
@@ -20,6 +22,7 @@ import contextlib
 import functools
 import os
 import platform
+from collections import Counter
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -34,6 +37,7 @@ __all__ = [
     "available_memory",
     "cpu_kind",
     "environment_differences",
+    "gpu_kind",
     "is_environment",
     "package_version",
     "software_environment",
@@ -83,13 +87,27 @@ def cpu_kind() -> str:
     return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
 
 
+def gpu_kind() -> str:
+    """The GPUs this process has used, by name and count, and torch's CUDA (or ROCm) version; ``"none"`` if none.
+
+    E.g. ``"NVIDIA H200 x1, CUDA 12.8"``. Only a process that has initialised CUDA is asked: asking would otherwise
+    create a CUDA context (memory on every GPU) in a run that computes on the CPU.
+    """
+    if not torch.cuda.is_initialized():
+        return "none"
+    names = Counter(torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count()))
+    toolkit = f"CUDA {torch.version.cuda}" if torch.version.cuda else f"ROCm {torch.version.hip}"
+    return ", ".join([*(f"{name} x{count}" for name, count in sorted(names.items())), toolkit])
+
+
 def software_environment() -> dict[str, str | int]:
-    """Python, torch, TransformerLens, transformers and tv_lens versions, torch's CPU threads now and the CPU kind."""
+    """Python, torch, TransformerLens, transformers and tv_lens versions, torch's CPU threads now, CPU and GPUs."""
     return {
         "python": platform.python_version(),
         "torch": str(torch.__version__),  # a str subclass that checkpoints (weights_only) cannot hold
         "torch_threads": torch.get_num_threads(),
         "cpu": cpu_kind(),
+        "gpu": gpu_kind(),
         "transformer_lens": package_version("transformer-lens"),
         "transformers": package_version("transformers"),
         "tv_lens": package_version("tv_lens"),

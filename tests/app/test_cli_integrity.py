@@ -355,6 +355,10 @@ def test_the_environment_sentence_names_what_was_recorded_and_says_what_reproduc
     )
     environment["cpu"] = "AMD EPYC, AVX512"
     assert "on 1 CPU thread (AMD EPYC, AVX512), tv_lens 0.1.0;" in environment_sentence(environment)
+    environment["gpu"] = "none"  # a run that used no GPU says nothing of one
+    assert "on 1 CPU thread (AMD EPYC, AVX512), tv_lens 0.1.0;" in environment_sentence(environment)
+    environment["gpu"] = "NVIDIA H200 x1, CUDA 12.8"
+    assert "(AMD EPYC, AVX512), GPU NVIDIA H200 x1, CUDA 12.8, tv_lens 0.1.0;" in environment_sentence(environment)
     assert environment_sentence({"torch_threads": 2}).startswith("Computed with unrecorded versions on 2 CPU threads;")
 
 

@@ -191,9 +191,10 @@ def environment_sentence(environment: Mapping[str, Any]) -> str:
     threads = environment.get("torch_threads")
     on = "" if threads is None else f" on {counted(threads, 'CPU thread')}"
     cpu = f" ({environment['cpu']})" if "cpu" in environment else ""
+    gpu = f", GPU {environment['gpu']}" if environment.get("gpu", "none") != "none" else ""
     version = f", tv_lens {environment['tv_lens']}" if "tv_lens" in environment else ""
     return (
-        f"Computed with {', '.join(parts) or 'unrecorded versions'}{on}{cpu}{version}; on a CPU, numbers are "
+        f"Computed with {', '.join(parts) or 'unrecorded versions'}{on}{cpu}{gpu}{version}; on a CPU, numbers are "
         "bit-identical only under the same torch version, thread count and kind of CPU."
     )
 
