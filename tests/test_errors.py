@@ -77,7 +77,7 @@ from tv_lens.errors import (
     TvLensError,
     UnknownNameError,
 )
-from tv_lens.generation import generate
+from tv_lens.generation import Generation, generate, token_match
 from tv_lens.interventions import ablate_head, add, run_with_interventions
 from tv_lens.interventions import replace as replace_at
 from tv_lens.metrics import token_accuracy
@@ -869,7 +869,7 @@ CASES = [
             Prompts(w.batch.inputs, w.batch.answer_pos, w.batch.answers[:3], w.batch.task_ids, w.batch.task_names),
         ),
         ShapeError,
-        r"answers must be integer tokens \[batch=16, n_answer\], got torch\.int64 \(3, 1\)",
+        r"answers must be integer token ids \[batch=16, n_answer\] \(batch\.answers.*\), got torch\.int64 \(3, 1\)",
         r"pass the answers of these prompts",
     ),
     Case(
@@ -1474,8 +1474,8 @@ CASES = [
         "answers-none",
         lambda w: _indirect_effects(w, answers=None),
         ShapeError,
-        r"answers must be integer tokens \[batch=16, n_answer\] \(batch\.answers\), got None",
-        r"\(batch\.answers\)",
+        r"answers must be integer token ids \[batch=16, n_answer\] \(batch\.answers; .*\), got None",
+        r"\(batch\.answers",
     ),
     Case(
         "answers-on-the-meta-device",
@@ -1488,8 +1488,8 @@ CASES = [
         "answers-complex",
         lambda w: _indirect_effects(w, answers=w.batch.answers.to(torch.complex64)),
         ShapeError,
-        r"answers must be integer tokens \[batch=16, n_answer\], got torch\.complex64",
-        r"pass the answers of these prompts \(batch\.answers\)",
+        r"answers must be integer token ids \[batch=16, n_answer\] .*, got torch\.complex64",
+        r"pass the answers of these prompts",
     ),
     Case(
         "task-ids-a-string",
@@ -1786,7 +1786,7 @@ CASES = [
         "prompting-zero-shot-of-fewer-prompts",
         lambda w: task_vector_prompting(w.model, w.batch, w.batch.zero_shot().select(slice(3))),
         ShapeError,
-        r"ICL prompts \(16\), zero-shot prompts \(3\), answers \(16\) and task_ids \(\(16,\)\) must pair up",
+        r"ICL prompts \(16\), zero-shot prompts \(3\) and task_ids \(\(16,\)\) must pair up",
         r"build the zero-shot prompts with batch\.zero_shot\(\)",
     ),
     Case(
@@ -1946,6 +1946,18 @@ CASES = [
         ShapeError,
         r"answers must be integer token ids .* got 'cold'",
         r"batch\.answers",
+    ),
+    Case(
+        "token-match-padding-only-answer",
+        lambda w: token_match(
+            Generation(
+                torch.tensor([[3]]), torch.tensor([1]), torch.tensor([False]), None, torch.tensor([4]), (), True
+            ),
+            torch.tensor([[-1]]),
+        ),
+        ShapeError,
+        r"answers must be token ids >= 0, at least one per prompt",
+        r"pass batch\.answers",
     ),
 ]
 

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from tv_lens.analyses.answers import answer_tokens
 from tv_lens.errors import ShapeError
 from tv_lens.metrics import (
     TOLERANCE,
@@ -10,6 +11,7 @@ from tv_lens.metrics import (
     answer_logits,
     answer_loss,
     answer_scores,
+    checked_answers,
     mse,
     squared_error,
     token_accuracy,
@@ -85,6 +87,35 @@ def test_bad_answers_are_reported():
             token_accuracy(logits, not_tokens)
     with pytest.raises(ShapeError, match=r"logits must be floating point, got torch.int64"):
         token_cross_entropy(logits.long(), answers)
+
+
+def test_one_check_of_answers_serves_every_scorer():
+    tokens = torch.tensor([[3, 1], [2, -1], [4, 0]], dtype=torch.int32)
+    assert torch.equal(checked_answers(tokens, 3), tokens.long()) and checked_answers(tokens).dtype == torch.long
+    assert checked_answers(torch.tensor([3, 2]), 2).tolist() == [[3], [2]]  # one token per prompt
+    values = torch.randn(3, 2)
+    assert checked_answers(values, 3, continuous=True) is values
+    assert checked_answers(values[:, 0], 3, continuous=True).shape == (3, 1)
+    wrong = {
+        "a padding gap": torch.tensor([[3, -1, 1]]),
+        "no token": torch.tensor([[-1, -1]]),
+        "below -1": torch.tensor([[3, -2]]),
+        "no column": torch.zeros(1, 0, dtype=torch.long),
+    }
+    for answers in wrong.values():
+        with pytest.raises(ShapeError, match=r"answers must be"):
+            checked_answers(answers)
+        logits = torch.zeros(1, max(answers.shape[1], 1), 5)
+        with pytest.raises(ShapeError, match=r"answers must be"):  # the scorers refuse the same
+            token_accuracy(logits[:, : answers.shape[1]], answers)
+        with pytest.raises(ShapeError, match=r"answers must be"):
+            answer_tokens(answers, 1)
+    with pytest.raises(ShapeError, match=r"\[batch=4, n_answer\].*got torch\.int32 \(3, 2\)"):
+        checked_answers(tokens, 4)
+    with pytest.raises(ShapeError, match=r"got torch\.float32"):
+        checked_answers(values)  # floats are token ids only where continuous answers are allowed
+    with pytest.raises(ShapeError, match=r"or continuous answers \[batch=3, d_out\].*got torch\.bool"):
+        checked_answers(values > 0, 3, continuous=True)
 
 
 def test_the_scorer_scores_token_answers_by_exact_match_and_cross_entropy():

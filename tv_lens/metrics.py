@@ -40,6 +40,7 @@ __all__ = [
     "answer_logits",
     "answer_loss",
     "answer_scores",
+    "checked_answers",
     "continuous_answers",
     "mse",
     "squared_error",
@@ -189,12 +190,49 @@ def tolerance_problem(tolerance: Any) -> str | None:
     return None
 
 
+def checked_answers(
+    answers: Any, n_prompts: int | None = None, *, continuous: bool = False
+) -> Int[Tensor, "batch n_answer"] | Float[Tensor, "batch d_answer"]:
+    """``answers`` as ``[batch, n_answer]`` long token ids (a ``[batch]`` tensor is one token per prompt), checked.
+
+    Token ids are integers, at least one per prompt, ``-1`` only as right padding after a prompt's own tokens. With
+    ``continuous``, float answers pass too (``[batch, d_out]``; ``[batch]`` is one output each). ``n_prompts``, when
+    given, is the batch the answers must have. The one check of answers before they are scored; any other input is
+    a :class:`ShapeError`.
+    """
+    batch = "batch" if n_prompts is None else f"batch={n_prompts}"
+    kinds = f"integer token ids [{batch}, n_answer]" + (
+        f" or continuous answers [{batch}, d_out]" if continuous else ""
+    )
+    expected = f"{kinds} (batch.answers; -1 right-pads shorter token answers)"
+    answers = tensor_of(answers, "answers", expected)
+    answers = answers[:, None] if answers.ndim == 1 else answers
+    floats = continuous and answers.is_floating_point()
+    if (
+        answers.ndim != 2
+        or answers.shape[1] == 0
+        or (n_prompts is not None and answers.shape[0] != n_prompts)
+        or not (floats or is_integer_tensor(answers))
+    ):
+        raise ShapeError(
+            f"answers must be {expected}, got {answers.dtype} {tuple(answers.shape)}; pass the answers of these "
+            "prompts."
+        )
+    if floats:
+        return answers
+    real = answers >= 0
+    if bool((answers < -1).any()) or not bool(real[:, 0].all()) or bool((real[:, 1:] & ~real[:, :-1]).any()):
+        raise ShapeError(
+            "answers must be token ids >= 0, at least one per prompt, with -1 only as right padding after a "
+            "prompt's own answer tokens; pass batch.answers."
+        )
+    return answers.long()
+
+
 def _check_tokens(logits: Tensor, answers: Tensor, first_token_only: bool) -> tuple[Tensor, Tensor]:
     logits = tensor_of(logits, "logits", "a [batch, n_answer, d_vocab] tensor (the logits at the answer positions)")
-    answers = tensor_of(answers, "answers", "integer token ids [batch, n_answer] or [batch] (batch.answers)")
-    if answers.ndim == 1:
-        answers = answers[:, None]
-    if logits.ndim != 3 or answers.ndim != 2 or logits.shape[:2] != answers.shape:
+    answers = checked_answers(answers)
+    if logits.ndim != 3 or logits.shape[:2] != answers.shape:
         raise ShapeError(
             f"logits must be [batch, n_answer, d_vocab] and answers [batch, n_answer] with matching batch and "
             f"n_answer; got {tuple(logits.shape)} and {tuple(answers.shape)}. Pass n_answer_tokens= to the run "
@@ -202,18 +240,7 @@ def _check_tokens(logits: Tensor, answers: Tensor, first_token_only: bool) -> tu
         )
     if not logits.is_floating_point():
         raise ShapeError(f"logits must be floating point, got {logits.dtype}; pass the model's logits.")
-    if not is_integer_tensor(answers) or answers.shape[1] == 0:
-        raise ShapeError(
-            f"answers must be integer token ids, at least one per prompt, got {answers.dtype} of shape "
-            f"{tuple(answers.shape)}; pass batch.answers."
-        )
-    if answers.numel() and (int(answers.max()) >= logits.shape[-1] or int(answers[:, 0].min()) < 0):
-        raise ShapeError(
-            f"answers must be integer token ids in [0, {logits.shape[-1]}), at least one per prompt, right-padded "
-            "with -1 where answers have different lengths."
-        )
-    real = answers >= 0
-    if bool((answers < -1).any()) or bool((real[:, 1:] & ~real[:, :-1]).any()):
-        raise ShapeError("answers may hold -1 only as right padding after a prompt's own answer tokens.")
+    if answers.numel() and int(answers.max()) >= logits.shape[-1]:
+        raise ShapeError(f"answers must be token ids in [0, {logits.shape[-1]}) (the model's vocabulary).")
     answers = answers.to(logits.device)
     return (logits[:, :1], answers[:, :1]) if first_token_only else (logits, answers)

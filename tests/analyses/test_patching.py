@@ -223,7 +223,9 @@ def test_bad_input_names_the_problem(model):
         run(narrow, batch, vectors)
     with pytest.raises(AnalysisError, match="scale must be a finite number"):
         TaskVectorPatching(mode="add", scale=float("nan"))
-    with pytest.raises(ShapeError, match="answers must be integer tokens"):
+    with pytest.raises(
+        ShapeError, match=r"answers must be integer token ids \[batch=16, n_answer\].*got torch\.int64 \(3, 1\)"
+    ):
         patch_task_vectors(
             model, Prompts(batch.inputs, batch.answer_pos, batch.answers[:3], batch.task_ids, batch.task_names), vectors
         )

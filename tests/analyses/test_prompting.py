@@ -168,7 +168,7 @@ def test_bad_input_names_the_problem(model):
     with pytest.raises(ShapeError, match=r"task_ids must be one integer task id per prompt \(16,\).*got '0'"):
         task_vector_prompting(model, text_ids, zero)  # was a TypeError from torch
     flags = Prompts(batch.inputs, batch.answer_pos, batch.answers > 0, batch.task_ids, batch.task_names)
-    with pytest.raises(ShapeError, match=r"answers must be answer tokens .* got torch\.bool"):
+    with pytest.raises(ShapeError, match=r"answers must be integer token ids .* got torch\.bool"):
         task_vector_prompting(model, flags, zero)  # was read as tokens 0 and 1, and scored
     with pytest.raises(TaskError, match=r"zero_shot must be a batch of prompts or tv_lens\.Prompts, got a Tensor"):
         task_vector_prompting(model, batch, zero.inputs)

@@ -109,7 +109,9 @@ def test_what_is_not_prompts_is_refused_naming_what_to_pass(model, call):
 
 def test_prompts_without_answers_serve_only_the_head_means(model):
     batch = sample(n_per_task=1)
-    with pytest.raises(ShapeError, match=r"answers must be integer tokens \[batch=4, n_answer\].*got None"):
+    with pytest.raises(ShapeError, match=r"answers must be integer token ids \[batch=4, n_answer\].*got None"):
         head_importance(model, tensors_of(batch, answers=False), config=HeadAblation(n_bootstrap=0))
-    with pytest.raises(ShapeError, match=r"answers must be answer tokens \[batch=4, n_answer\].*got None"):
+    with pytest.raises(
+        ShapeError, match=r"answers must be integer token ids \[batch=4, n_answer\] or continuous.*got None"
+    ):
         task_vector_prompting(model, tensors_of(batch, answers=False), batch.zero_shot())

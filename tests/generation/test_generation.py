@@ -257,6 +257,10 @@ def test_icl_batch_inputs_and_token_match(model):
     assert token_match(out, out.tokens[:, :1]).tolist() == [1.0] * len(batch)
     with pytest.raises(ShapeError, match=r"answers must be integer token ids \[batch=9, n_answer\].*got 'cold'"):
         token_match(out, "cold")  # text answers are exact_match's
+    no_answer = batch.answers.clone()
+    no_answer[0] = -1
+    with pytest.raises(ShapeError, match=r"at least one per prompt, with -1 only as right padding"):
+        token_match(out, no_answer)  # was scored 1.0: a row of padding matched anything
 
 
 def bpe_tokenizer():

@@ -16,28 +16,20 @@ from torch import Tensor
 
 from tv_lens.checks import is_integer_tensor, tensor_of
 from tv_lens.errors import NonFiniteError, ShapeError, TaskError
-from tv_lens.metrics import TOLERANCE, Answers, continuous_answers
+from tv_lens.metrics import TOLERANCE, Answers, checked_answers, continuous_answers
 from tv_lens.metrics import answer_scores as scored_answers
 
 __all__ = ["answer_counts", "answer_scores", "answer_tokens", "finite_outputs", "prompt_count", "prompt_task_ids"]
 
 
 def answer_tokens(answers: Int[Tensor, "batch ..."] | None, n_prompts: int) -> Int[Tensor, "batch n_answer"]:
-    """Answer tokens as ``[batch, n_answer]`` (a ``[batch]`` tensor is one token per prompt), long, on the CPU.
+    """Answer tokens as ``[batch, n_answer]`` (:func:`~tv_lens.metrics.checked_answers`), long, on the CPU.
 
     Answers of different lengths are right-padded with ``-1``; :func:`answer_counts` gives each one's length.
     Columns that are padding in every row (e.g. a batch selected out of a pool with longer answers) are dropped:
     they hold no answer token. ``None`` (prompts without answers) is a :class:`ShapeError`.
     """
-    answers = tensor_of(answers, "answers", f"integer tokens [batch={n_prompts}, n_answer] (batch.answers)")
-    if answers.ndim == 1:
-        answers = answers[:, None]
-    if answers.ndim != 2 or answers.shape[0] != n_prompts or not is_integer_tensor(answers):
-        raise ShapeError(
-            f"answers must be integer tokens [batch={n_prompts}, n_answer], got {answers.dtype} "
-            f"{tuple(answers.shape)}; pass the answers of these prompts (batch.answers)."
-        )
-    answers = answers.cpu().long()
+    answers = checked_answers(answers, n_prompts).cpu()
     used = (answers >= 0).any(0).nonzero()  # columns holding a token in some row
     return answers[:, : int(used.max()) + 1] if len(used) else answers
 

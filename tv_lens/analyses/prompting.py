@@ -59,7 +59,7 @@ from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.interventions import Cell, run_sweep
 from tv_lens.interventions.prompting import INJECT_MODES, PROMPT_SOURCES, injection, other_prompts
 from tv_lens.interventions.sweep import align
-from tv_lens.metrics import TOLERANCE, continuous_answers, tolerance_problem
+from tv_lens.metrics import TOLERANCE, checked_answers, continuous_answers, tolerance_problem
 from tv_lens.models.adapter import adapt
 from tv_lens.probes import check_residual_site
 from tv_lens.results.prompting import PromptingAccuracy
@@ -298,17 +298,12 @@ def _check_options(source: str, mode: str, scoring: str) -> None:
 def _pairs(
     answers: Tensor | None, task_ids: Tensor, task_names: Sequence[str], n: int, n_zero: int
 ) -> tuple[Tensor, Tensor]:
-    expected = f"answer tokens [batch={n}, n_answer] or continuous answers [batch={n}, d_out] (batch.answers)"
-    answers = tensor_of(answers, "answers", expected).cpu()
-    if answers.dtype == torch.bool or answers.is_complex():
-        raise ShapeError(f"answers must be {expected}, got {answers.dtype}.")
-    answers = answers if continuous_answers(answers) else answers.long()
-    answers = answers[:, None] if answers.ndim == 1 else answers
+    answers = checked_answers(answers, n, continuous=True).cpu()
     id_shape = tuple(tensor_of(task_ids, "task_ids", f"one integer task id per prompt ({n},) (batch.task_ids)").shape)
-    if n_zero != n or answers.shape[0] != n or id_shape != (n,):
+    if n_zero != n or id_shape != (n,):
         raise ShapeError(
-            f"ICL prompts ({n}), zero-shot prompts ({n_zero}), answers ({answers.shape[0]}) and task_ids "
-            f"({id_shape}) must pair up one to one; build the zero-shot prompts with batch.zero_shot()."
+            f"ICL prompts ({n}), zero-shot prompts ({n_zero}) and task_ids ({id_shape}) must pair up one to one; "
+            "build the zero-shot prompts with batch.zero_shot()."
         )
     return answers, prompt_task_ids(task_ids, task_names, n)
 

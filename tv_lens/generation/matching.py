@@ -9,9 +9,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.checks import tensor_of
 from tv_lens.errors import ShapeError
 from tv_lens.generation.continuation import Generation
+from tv_lens.metrics import checked_answers
 from tv_lens.tasks.batch import ICLBatch
 
 __all__ = ["answer_texts", "exact_match", "first_word_match", "token_match"]
@@ -38,14 +38,7 @@ def token_match(generation: Generation, answers: Int[Tensor, "batch n_answer"]) 
     Tokens generated after the answer are ignored, so a model that goes on with the next demonstration still
     counts as correct.
     """
-    expected = f"integer token ids [batch={len(generation)}, n_answer] (-1 pads shorter answers)"
-    answers = tensor_of(answers, "answers", expected).cpu()
-    answers = answers[:, None] if answers.ndim == 1 else answers
-    if answers.ndim != 2 or answers.shape[0] != len(generation) or answers.is_floating_point():
-        raise ShapeError(
-            f"answers must be integer token ids [batch={len(generation)}, n_answer] (-1 pads shorter answers), "
-            f"got {tuple(answers.shape)}."
-        )
+    answers = checked_answers(answers, len(generation)).cpu()
     width = answers.shape[1]
     generated = torch.full((len(generation), width), -1, dtype=torch.long)
     n = min(width, generation.tokens.shape[1])
