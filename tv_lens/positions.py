@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -33,6 +33,7 @@ __all__ = [
     "as_positions",
     "check_batch_size",
     "check_tensor_data",
+    "checked_mask",
     "length_sorted_batches",
     "prepare_prompts",
     "prompt_batches",
@@ -230,22 +231,22 @@ def _check_no_left_padding(adapter: ModelAdapter, tokens: Tensor) -> None:
         )
 
 
-def _align_left(inputs: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Move each prompt's real tokens to start at column 0; returns (inputs, shift, lengths)."""
-    if not isinstance(attention_mask, Tensor):
-        attention_mask = tensor_of(attention_mask, "attention_mask", "a [batch, pos] tensor of 0s and 1s")
-    check_tensor_data(attention_mask, "attention_mask")
-    mask = attention_mask.to(device="cpu")
-    if mask.shape != inputs.shape[:2]:
-        raise ShapeError(
-            f"attention_mask must have the shape of the prompts {tuple(inputs.shape[:2])}, got {tuple(mask.shape)}."
-        )
+def checked_mask(attention_mask: Any, shape: tuple[int, ...]) -> Bool[Tensor, "batch pos"]:
+    """``attention_mask`` as a bool tensor on the CPU, after checking it has ``shape`` and holds only 0s and 1s."""
+    mask = tensor_of(attention_mask, "attention_mask", "a [batch, pos] tensor of 0s and 1s").to(device="cpu")
+    if tuple(mask.shape) != tuple(shape):
+        raise ShapeError(f"attention_mask must have the shape of the prompts {tuple(shape)}, got {tuple(mask.shape)}.")
     if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
         raise ShapeError(
             "attention_mask must hold 1 on real tokens and 0 on padding only, got other values; build it as "
             "(tokens != pad_id).long() or take it from the tokenizer."
         )
-    mask = mask.bool()
+    return mask.bool()
+
+
+def _align_left(inputs: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Move each prompt's real tokens to start at column 0; returns (inputs, shift, lengths)."""
+    mask = checked_mask(attention_mask, tuple(inputs.shape[:2]))
     lengths = mask.sum(dim=1)
     shift = mask.long().argmax(dim=1)
     columns = torch.arange(mask.shape[1])

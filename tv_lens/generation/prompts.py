@@ -11,6 +11,7 @@ from torch import Tensor
 from tv_lens.checks import is_int, is_number, tensor_of
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
+from tv_lens.positions import checked_mask
 from tv_lens.tasks.batch import ICLBatch
 from tv_lens.tasks.pool import seeded_generator
 
@@ -60,14 +61,8 @@ def prompt_inputs(
         if attention_mask is None:
             answer_pos = prompts.shape[1] - 1
         else:
-            mask = tensor_of(attention_mask, "attention_mask", "a [batch, pos] tensor of 0s and 1s").cpu().long()
-            if mask.shape != prompts.shape:
-                raise ShapeError(
-                    f"attention_mask must have the shape of the prompts {tuple(prompts.shape)}, got "
-                    f"{tuple(mask.shape)}."
-                )
-            columns = torch.arange(mask.shape[1])
-            answer_pos = torch.where(mask.bool(), columns, -1).max(dim=1).values
+            mask = checked_mask(attention_mask, tuple(prompts.shape))
+            answer_pos = torch.where(mask, torch.arange(mask.shape[1]), -1).max(dim=1).values
     return prompts, answer_pos, attention_mask
 
 
