@@ -1,6 +1,6 @@
 """Test the claims of Han et al. (2025), Yang et al. (2025) and Todd et al. (2024) over training seeds.
 
-Run with ``python demos/replication.py [--runs DIR] [--seeds 0 1 2] [--out FILE]``. For every seed it trains (or
+Run with ``python demos/replication.py [--runs DIR] [--seeds 0 1 2 3 4 5 6] [--out FILE]``. For every seed it trains (or
 reuses or resumes, in ``DIR/seed-<seed>/<run>``) five runs: ``recipes["shots"]`` (accuracy grows with shots), and on
 ``recipes["default"]`` the model with a checkpoint every 25 steps, two 1200-step twins without and with the
 TVP-loss, and the same recipe on the pair-marker format. A seed sets the model's initialisation and the
@@ -19,9 +19,9 @@ Verdict rule (``verdict``): a claim **holds** when the interval over seeds exclu
 claimed direction *and* the claim holds in every seed (that seed's own 95% interval, a bootstrap over prompts or
 an OLS slope's interval, excludes the null value in the claimed direction); **mixed** when only one of the two
 is true; **does not hold** otherwise.
-``docs/replication.md`` reports a run of it. One seed costs about 25 minutes of CPU time on one thread, two
-thirds of it the 1200-step TVP-loss twins (``--skip default-1200 default-tvp-loss-1200`` leaves them and their
-claims out); three seeds in separate processes take about 40 minutes on two free cores.
+``docs/replication.md`` reports a run of it over seven seeds. One seed costs about 12 minutes of CPU time on one
+thread, much of it the 1200-step TVP-loss twins (``--skip default-1200 default-tvp-loss-1200`` leaves them and
+their claims out); seven seeds in three processes took 51 minutes on two shared cores.
 """
 
 from __future__ import annotations
@@ -741,7 +741,9 @@ def print_tables(rows: list[dict[str, Any]], per_seed: dict[int, Numbers]) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=Path("runs/replication"), help="run folders, one per seed")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (one: no interval)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5, 6], help="training seeds (one: no interval)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/replication.json"), help="numbers as JSON")
     parser.add_argument(
         "--skip", nargs="+", default=[], choices=sorted(run_specs(0)), help="runs to leave out, with their claims"
