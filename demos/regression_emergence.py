@@ -16,9 +16,11 @@ with UMAP plots of the representations separating by task. This script replays t
    report to ``OUT/report.html``: MSE and TD against step, then the projections of every checkpoint.
 
 Run with ``python demos/regression_emergence.py --out DIR [--recipe NAME] [--shots N] [--seed 0] [--steps N]
-[--every K] [--quick]``; a full run takes about 10 minutes of one CPU thread (``OMP_NUM_THREADS=1``): 8-9 to train,
-1 to analyse 41 checkpoints (UMAP, when installed, adds a fit per layer and checkpoint). ``--quick`` trains a
-1-block model for 40 steps: the code path in seconds, not the science. docs/replication.md reports full runs.
+[--every K] [--quick]``; ``--gather DIR [DIR ...]`` then prints the tables of docs/replication.md from several
+seeds' runs (each task's numbers, and the claims over seeds by :mod:`tv_lens.stats.seeds`' verdict rule); a full run
+takes about 10 minutes of one CPU thread (``OMP_NUM_THREADS=1``): 8-9 to train, 1 to analyse 41 checkpoints (UMAP,
+when installed, adds a fit per layer and checkpoint). ``--quick`` trains a 1-block model for 40 steps: the code path
+in seconds, not the science. docs/replication.md reports full runs.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from tv_lens.errors import ConfigError
 from tv_lens.metrics import mse
 from tv_lens.results import EmergenceResult, Projection, Result
 from tv_lens.results.storage import write_atomically
-from tv_lens.stats import group_means
+from tv_lens.stats import group_means, seed_interval, seed_verdict
 from tv_lens.tasks import NULL_TASK
 from tv_lens.training import Recipe, TrainConfig, latest_checkpoint, list_checkpoints, load_checkpoint, recipes, train
 
@@ -276,15 +278,85 @@ def run_all(out: Path, run: Settings, progress: bool = False) -> tuple[Emergence
     result = analyse(run, checkpoints, progress)
     analysis_s = time.perf_counter() - start
     result.save(out / RESULT_FILE)
-    numbers = {**summarise(result, mean_predictor_mse(run)), "training_s": training_s, "analysis_s": analysis_s}
+    numbers = {
+        "seed": run.seed,
+        **summarise(result, mean_predictor_mse(run)),
+        "training_s": training_s,
+        "analysis_s": analysis_s,
+    }
     write_atomically(out / SUMMARY_FILE, (json.dumps(numbers, indent=1) + "\n").encode("utf-8"))
     write_report(report_results(result), out / REPORT_FILE, {"description": description(run, numbers, training_s)})
     return result, numbers
 
 
+def gather(runs: Sequence[Path]) -> list[str]:
+    """The markdown tables of docs/replication.md from several seeds' runs: each task's numbers, then the claims.
+
+    Claims over seeds (Null excluded from the coupling): the overall TD at the best block rises from the first to
+    the last checkpoint (> 0), and the MSE and TD jumps of more than half of the tasks are coupled (> 0.5).
+
+    Raises:
+        ConfigError: Fewer than two runs, a run without its ``summary.json`` (or from before it named its seed), or
+            two runs of one seed.
+    """
+    summaries = []
+    for folder in runs:
+        path = Path(folder) / SUMMARY_FILE
+        summary = json.loads(path.read_text()) if path.exists() else {}
+        if "seed" not in summary:
+            raise ConfigError(
+                f"{path} is missing or does not name its seed; run this script with --out {folder} (a finished run "
+                "is reused, only analysed)."
+            )
+        summaries.append(summary)
+    seeds = [summary["seed"] for summary in summaries]
+    if len(set(seeds)) != len(seeds) or len(seeds) < 2:
+        raise ConfigError(f"--gather needs the runs of two or more different seeds, got seeds {seeds}.")
+    rows = [
+        "| seed | overall TD at the best block, first → last step | task | MSE / mean, first → last step | TD, first → "
+        "last step (highest) | MSE jump | TD jump | coupled |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rises, coupled = [], []
+    for summary in summaries:
+        tasks = {name: task for name, task in summary["tasks"].items() if name != NULL_TASK}
+        for i, (name, task) in enumerate(tasks.items()):
+            first = (summary["seed"], f"{summary['td'][0]:.3f} → {summary['td'][1]:.3f}") if i == 0 else ("", "")
+            ratio, td = task["mse_over_mean_predictor"], task["td"]
+            rows.append(
+                f"| {first[0]} | {first[1]} | {name} | {ratio[0]:.2f} → {ratio[1]:.2f} | {td[0]:.2f} → {td[1]:.2f} "
+                f"({task['td_max']:.2f}) | {_table_step(task['mse_jump'])} | {_table_step(task['td_jump'])} | "
+                f"{'yes' if task['coupled'] else 'no'} |"
+            )
+        rises.append(summary["td"][1] - summary["td"][0])
+        coupled.append(sum(task["coupled"] for task in tasks.values()) / len(tasks))
+    rows += [
+        "",
+        "| claim | statistic | mean over seeds [95% interval] | seeds where it holds | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for claim, statistic, values, null in (
+        ("TD rises with training", "overall TD at the best block, last step − first step > 0", rises, 0.0),
+        ("MSE and TD jump together", "fraction of tasks whose jumps are coupled > 0.5", coupled, 0.5),
+    ):
+        mean, low, high = seed_interval(values)
+        holds = [value > null for value in values]
+        rows.append(
+            f"| {claim} | {statistic} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] | {sum(holds)}/{len(holds)} | "
+            f"{seed_verdict(values, holds, null, 'greater')} |"
+        )
+    return rows
+
+
+def _table_step(step: int | None) -> str:
+    return "none" if step is None else f"step {step}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="directory of the run, results and report")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="directory of the run, results and report")
+    where.add_argument("--gather", type=Path, nargs="+", help="run directories of several seeds: print the tables")
     parser.add_argument("--recipe", choices=RECIPES, default=RECIPES[0], help="the regression recipe to train")
     parser.add_argument("--shots", type=int, default=10, help="shots of the analysis prompts (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, the training data and the prompts")
@@ -294,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-umap", action="store_true", help="PCA only, even if umap-learn is installed")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     args = parser.parse_args(argv)
+    if args.gather:
+        print("\n".join(gather(args.gather)))
+        return
     run = settings(
         args.seed, args.steps, args.every, args.quick, False if args.no_umap else None, args.recipe, args.shots
     )

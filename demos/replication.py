@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -37,7 +36,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from scipy.stats import t as student_t
 
 from tv_lens.analyses import (
     Emergence,
@@ -55,6 +53,8 @@ from tv_lens.environment import environment_differences, software_environment
 from tv_lens.errors import ConfigError
 from tv_lens.metrics import answer_logits, token_accuracy
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
+from tv_lens.stats.seeds import Direction, seed_interval
+from tv_lens.stats.seeds import seed_verdict as verdict
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import offset_pool
 from tv_lens.training import (
@@ -78,8 +78,6 @@ TVP_LAYER, TVP_LAM = 2, 0.5
 NOISE = 0.25
 LEVEL = 0.95
 
-Direction = Literal["greater", "less", "differs"]
-
 
 @dataclass(frozen=True)
 class Claim:
@@ -101,42 +99,6 @@ class SeedNumber:
     value: float
     holds: bool
     numbers: str
-
-
-def seed_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
-    """Mean of per-seed values and its Student-t interval: ``mean ± t_{n-1} · sd / sqrt(n)``.
-
-    >>> [round(v, 3) for v in seed_interval([1.0, 2.0, 3.0])]
-    [2.0, -0.484, 4.484]
-    """
-    if len(values) < 2 or not all(math.isfinite(v) for v in values):
-        raise ConfigError(
-            f"An interval over seeds needs at least 2 finite per-seed values, got {list(values)}; run more seeds "
-            "(e.g. --seeds 0 1 2)."
-        )
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(student_t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
-def verdict(values: Sequence[float], holds: Sequence[bool], null: float, direction: Direction) -> str:
-    """``"holds"``, ``"mixed"`` or ``"does not hold"`` by the rule of the module docstring.
-
-    ``direction`` ``"differs"`` is two-sided: the interval excludes ``null`` on either side, and every seed
-    must hold on the same side as the mean.
-    """
-    mean, low, high = seed_interval(values)
-    if direction == "greater":
-        excludes = low > null
-    elif direction == "less":
-        excludes = high < null
-    else:
-        excludes = low > null or high < null
-        holds = [h and (v - null) * (mean - null) > 0 for v, h in zip(values, holds, strict=True)]
-    every = all(holds)
-    return "holds" if excludes and every else "mixed" if excludes or every else "does not hold"
 
 
 def summarise(claim: Claim, numbers: Sequence[SeedNumber]) -> dict[str, Any]:

@@ -195,3 +195,54 @@ def test_the_shifted_recipe_and_the_shot_count_reach_the_run(demo, tmp_path):
     assert summary["n_shots"] == 3 and list(summary["tasks"]) == list(result.task_names)
     with pytest.raises(ConfigError, match=r"Unknown regression recipe 'default'"):
         demo.settings(recipe="default")
+
+
+def _summary(seed, td, tasks):
+    """A run's summary.json as the script writes it, with the fields the tables read."""
+    return {
+        "seed": seed,
+        "td": td,
+        "tasks": {
+            name: {
+                "mse_jump": mse_jump,
+                "td_jump": td_jump,
+                "coupled": coupled,
+                "mse_over_mean_predictor": [1.0, 0.25],
+                "td": [0.25, 0.5],
+                "td_max": 0.55,
+            }
+            for name, (mse_jump, td_jump, coupled) in tasks.items()
+        },
+    }
+
+
+def test_gather_prints_each_task_and_the_claims_over_seeds_by_the_verdict_rule(demo, run, tmp_path, capsys):
+    out, _, numbers, _, _ = run
+    assert numbers["seed"] == 0 and json.loads((out / demo.SUMMARY_FILE).read_text())["seed"] == 0
+    coupling = {  # per seed: two tasks and Null (never counted), coupled in 2, 1 and 2 of the two tasks
+        1: {"a": (100, 100, True), "b": (200, 200, True), "null": (None, None, False)},
+        2: {"a": (100, 500, False), "b": (200, 200, True), "null": (None, 300, False)},
+        3: {"a": (100, 100, True), "b": (300, None, True), "null": (None, None, False)},
+    }
+    folders = []
+    for seed, tasks in coupling.items():
+        folders.append(tmp_path / f"seed-{seed}")
+        folders[-1].mkdir()
+        td = [0.25, 0.45 + 0.02 * (seed - 1)]  # rises 0.20, 0.22, 0.24
+        (folders[-1] / demo.SUMMARY_FILE).write_text(json.dumps(_summary(seed, td, tasks)))
+    demo.main(["--gather", *map(str, folders)])
+    lines = capsys.readouterr().out.splitlines()
+    assert "| 2 | 0.250 → 0.470 | a | 1.00 → 0.25 | 0.25 → 0.50 (0.55) | step 100 | step 500 | no |" in lines
+    assert "|  |  | b | 1.00 → 0.25 | 0.25 → 0.50 (0.55) | step 300 | none | yes |" in lines
+    assert not any("| null |" in line for line in lines)
+    # By hand: rises 0.20, 0.22, 0.24: mean 0.22, sd 0.02, t(0.975, 2) = 4.302653; every seed above 0.
+    half = 4.302653 * 0.02 / 3**0.5
+    claim = "| TD rises with training | overall TD at the best block, last step − first step > 0 |"
+    assert f"{claim} +0.220 [{0.22 - half:+.3f}, {0.22 + half:+.3f}] | 3/3 | holds |" in lines
+    # Coupled fractions 1, 0.5, 1: seed 2 is not above one half, and the interval reaches below it.
+    mean, half = 2.5 / 3, 4.302653 * (1 / 12) ** 0.5 / 3**0.5
+    assert f"| +{mean:.3f} [{mean - half:+.3f}, {mean + half:+.3f}] | 2/3 | does not hold |" in lines[-1]
+    with pytest.raises(ConfigError, match="two or more different seeds"):
+        demo.gather(folders[:1] + folders[:1])
+    with pytest.raises(ConfigError, match=r"does not name its seed; run this script with --out"):
+        demo.gather([folders[0], tmp_path])

@@ -1,17 +1,15 @@
-"""The pure pieces of demos/replication.py: interval over seeds, verdict rule, seeding, per-seed cache."""
+"""The pure pieces of demos/replication.py: claims over seeds, tables, seeding, per-seed cache."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import sys
 from pathlib import Path
 
 import pytest
-from scipy import stats
 
-from tv_lens.errors import ConfigError, TvLensError
+from tv_lens.errors import ConfigError
 from tv_lens.training import TVPConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,49 +23,6 @@ def replication():
     spec.loader.exec_module(module)
     yield module
     del sys.modules["replication_demo"]
-
-
-def test_seed_interval_is_the_student_t_interval(replication):
-    values = [0.1, 0.3, 0.5]
-    mean, low, high = replication.seed_interval(values)
-    # By hand: mean 0.3, sd 0.2, t(0.975, 2 df) = 4.302653 from tables.
-    half = 4.302653 * 0.2 / math.sqrt(3)
-    assert mean == pytest.approx(0.3)
-    assert (low, high) == pytest.approx((0.3 - half, 0.3 + half), abs=1e-6)
-    # And against scipy's one-sample t-test interval, an independent implementation.
-    reference = stats.ttest_1samp([0.2, 0.9, 0.4, 0.7], 0.0).confidence_interval(0.95)
-    assert replication.seed_interval([0.2, 0.9, 0.4, 0.7])[1:] == pytest.approx((reference.low, reference.high))
-
-
-@pytest.mark.parametrize("values", [[0.5], [0.1, float("nan")], []])
-def test_seed_interval_needs_two_finite_values(replication, values):
-    with pytest.raises(TvLensError, match="at least 2 finite"):
-        replication.seed_interval(values)
-
-
-@pytest.mark.parametrize(
-    ("values", "holds", "null", "direction", "expected"),
-    [
-        # interval [0.25, 0.35] excludes 0 and every seed holds
-        ([0.28, 0.30, 0.32], [True, True, True], 0.0, "greater", "holds"),
-        # the same interval, one seed's own bootstrap interval reaches 0
-        ([0.28, 0.30, 0.32], [True, False, True], 0.0, "greater", "mixed"),
-        # every seed holds but the seeds disagree so much that the interval covers 0
-        ([0.01, 0.5, 1.0], [True, True, True], 0.0, "greater", "mixed"),
-        ([0.01, 0.5, 1.0], [True, False, True], 0.0, "greater", "does not hold"),
-        # the claimed direction matters: a clear increase is no support for "less"
-        ([0.28, 0.30, 0.32], [True, True, True], 0.0, "less", "mixed"),
-        ([-0.28, -0.30, -0.32], [True, True, True], 0.0, "less", "holds"),
-        # a null value other than 0: above 0.3, not above 0.4
-        ([0.45, 0.5, 0.55], [True, True, True], 0.3, "greater", "holds"),
-        ([0.45, 0.5, 0.55], [True, True, True], 0.4, "greater", "mixed"),
-        # two-sided: excluded on the low side; a seed "holding" on the other side does not count
-        ([-0.2, -0.21, -0.19], [True, True, True], 0.0, "differs", "holds"),
-        ([-0.2, -0.21, 0.05], [True, True, True], 0.0, "differs", "does not hold"),
-    ],
-)
-def test_verdict_rule(replication, values, holds, null, direction, expected):
-    assert replication.verdict(values, holds, null, direction) == expected
 
 
 def test_summarise_reports_mean_interval_and_count(replication):
