@@ -262,8 +262,8 @@ def description(run: Settings, numbers: dict[str, Any], training_s: float) -> li
     return lines
 
 
-def _jump(step: int | None) -> str:
-    return "none (it never improved by min_rise)" if step is None else f"step {step}"
+def _jump(step: int | None, why: str = " (it never improved by min_rise)") -> str:
+    return f"none{why}" if step is None else f"step {step}"
 
 
 def report_results(result: EmergenceResult) -> dict[str, Result]:
@@ -325,7 +325,7 @@ def gather(runs: Sequence[Path]) -> list[str]:
             ratio, td = task["mse_over_mean_predictor"], task["td"]
             rows.append(
                 f"| {first[0]} | {first[1]} | {name} | {ratio[0]:.2f} → {ratio[1]:.2f} | {td[0]:.2f} → {td[1]:.2f} "
-                f"({task['td_max']:.2f}) | {_table_step(task['mse_jump'])} | {_table_step(task['td_jump'])} | "
+                f"({task['td_max']:.2f}) | {_jump(task['mse_jump'], '')} | {_jump(task['td_jump'], '')} | "
                 f"{'yes' if task['coupled'] else 'no'} |"
             )
         rises.append(summary["td"][1] - summary["td"][0])
@@ -346,10 +346,6 @@ def gather(runs: Sequence[Path]) -> list[str]:
             f"{seed_verdict(values, holds, null, 'greater')} |"
         )
     return rows
-
-
-def _table_step(step: int | None) -> str:
-    return "none" if step is None else f"step {step}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -104,7 +104,7 @@ class SeedNumber:
 def summarise(claim: Claim, numbers: Sequence[SeedNumber]) -> dict[str, Any]:
     """The table row of ``claim`` over seeds: mean and interval, seeds where it holds, verdict."""
     values = [n.value for n in numbers]
-    mean, low, high = seed_interval(values)
+    mean, low, high = seed_interval(values, LEVEL)
     return {
         "claim": claim.name,
         "recipe": claim.recipe,
@@ -116,7 +116,7 @@ def summarise(claim: Claim, numbers: Sequence[SeedNumber]) -> dict[str, Any]:
         "interval": [low, high],
         "seeds_holding": sum(n.holds for n in numbers),
         "n_seeds": len(numbers),
-        "verdict": verdict(values, [n.holds for n in numbers], claim.null, claim.direction),
+        "verdict": verdict(values, [n.holds for n in numbers], claim.null, claim.direction, LEVEL),
     }
 
 
