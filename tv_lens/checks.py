@@ -18,6 +18,7 @@ import math
 from typing import Any, TypeGuard
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
 from tv_lens.errors import ShapeError
@@ -29,6 +30,7 @@ __all__ = [
     "is_int",
     "is_integer_tensor",
     "is_number",
+    "is_right_padded",
     "is_seed",
     "tensor_of",
 ]
@@ -79,6 +81,12 @@ def check_tensor_data(tensor: Tensor, what: str) -> None:
 def is_integer_tensor(tensor: Tensor) -> bool:
     """Whether ``tensor`` holds integers: not floats, complex numbers or bools (which would read as 0 / 1)."""
     return not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+
+
+def is_right_padded(answers: Int[Tensor, "batch n_answer"]) -> bool:
+    """Whether each row of ``answers`` (at least one column) holds token ids (>= 0), then only ``-1`` padding."""
+    real = answers >= 0
+    return not bool((answers < -1).any()) and bool(real[:, 0].all()) and not bool((real[:, 1:] & ~real[:, :-1]).any())
 
 
 def tensor_of(value: Any, what: str, expected: str) -> Tensor:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.checks import is_integer_tensor, is_number, tensor_of
+from tv_lens.checks import is_integer_tensor, is_number, is_right_padded, tensor_of
 from tv_lens.errors import ShapeError
 from tv_lens.positions import AnswerLengths, answer_columns, answer_lengths, as_positions
 
@@ -220,8 +220,7 @@ def checked_answers(
         )
     if floats:
         return answers
-    real = answers >= 0
-    if bool((answers < -1).any()) or not bool(real[:, 0].all()) or bool((real[:, 1:] & ~real[:, :-1]).any()):
+    if not is_right_padded(answers):
         raise ShapeError(
             "answers must be token ids >= 0, at least one per prompt, with -1 only as right padding after a "
             "prompt's own answer tokens; pass batch.answers."

@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from tv_lens.checks import is_right_padded
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.tasks.prompt_rows import PromptRows
 
@@ -76,9 +77,9 @@ class ICLBatch(PromptRows):
         self._check_demonstrations()
         lengths = self.lengths
         n_answer = self.answers.shape[-1]
-        real = self.answers >= 0
-        if not real[:, 0].all() or (real[:, 1:] & ~real[:, :-1]).any():
+        if not is_right_padded(self.answers):
             raise ShapeError("ICLBatch.answers must hold at least one token id per prompt, right-padded with -1.")
+        real = self.answers >= 0
         bad = (self.answer_pos < self.query_start) | (self.answer_pos + real.sum(-1) >= lengths)
         if bad.any():
             i = int(bad.nonzero()[0, 0])
