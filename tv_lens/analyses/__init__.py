@@ -5,11 +5,13 @@ Under every config sits a pure function on plain tensors that other tools can ca
 :func:`detect_jump` / :func:`detect_coupling`, :func:`patch_task_vectors`, :func:`task_vector_prompting`,
 :func:`head_importance`, :func:`head_attribution`, :func:`compare_models`, :func:`mean_head_activations` /
 :func:`causal_indirect_effects` / :func:`function_vector` / :func:`function_vector_prompting`,
-:func:`decode_vectors` (the logit lens of a task or function vector). The causal ones take the prompts as one
+:func:`decode_vectors` (the logit lens of a task or function vector), :func:`role_attention` (where each head
+looks from the answer position). The causal ones take the prompts as one
 :class:`LabelledPrompts`: a batch (``pool.sample(...)``), or :class:`Prompts` built from tensors you tokenised.
 Results live in :mod:`tv_lens.results` (tables, figures, save / load).
 """
 
+from tv_lens.analyses.attention import HeadAttention, role_attention
 from tv_lens.analyses.attribution import head_attribution
 from tv_lens.analyses.decodability import TaskDecodability, task_decodability
 from tv_lens.analyses.emergence import Emergence, detect_coupling, detect_jump
@@ -41,6 +43,7 @@ __all__ = [
     "FunctionVectors",
     "Geometry",
     "HeadAblation",
+    "HeadAttention",
     "ICLPerformance",
     "IntervalOptions",
     "LabelledPrompts",
@@ -69,6 +72,7 @@ __all__ = [
     "patch_task_vectors",
     "project",
     "pruning_curve",
+    "role_attention",
     "score_batch",
     "shared_heads",
     "task_decodability",

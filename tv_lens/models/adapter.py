@@ -40,7 +40,15 @@ from tv_lens.checks import is_int
 from tv_lens.errors import HookNotFoundError, LayerOutOfRangeError, ModelNotSupportedError
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 
-__all__ = ["EMBED_LAYER", "HEAD_SITE", "RESIDUAL_SITES", "SUPPORTED_MODELS", "ModelAdapter", "adapt"]
+__all__ = [
+    "EMBED_LAYER",
+    "HEAD_SITE",
+    "PATTERN_SITE",
+    "RESIDUAL_SITES",
+    "SUPPORTED_MODELS",
+    "ModelAdapter",
+    "adapt",
+]
 
 SUPPORTED_MODELS = (
     "a TransformerLens HookedTransformer or TransformerBridge (or any module with a TransformerLens `cfg`, "
@@ -57,6 +65,8 @@ RESIDUAL_SITES = {
 }
 #: Per-head attention output (``Float[batch, pos, n_heads, d_head]``).
 HEAD_SITE = "blocks.{layer}.attn.hook_z"
+#: Attention weights of every query head (``Float[batch, head, query_pos, key_pos]``).
+PATTERN_SITE = "blocks.{layer}.attn.hook_pattern"
 #: Layer index that stands for the embedding output (the residual stream entering block 0).
 EMBED_LAYER = -1
 
@@ -159,13 +169,15 @@ class ModelAdapter:
         return checked
 
     def hook_name(self, site: str, layer: int) -> str:
-        """TransformerLens hook name of a residual-stream ``site`` or ``"attn.hook_z"`` at ``layer``.
+        """TransformerLens hook name at ``layer`` of a residual ``site``, ``"attn.hook_z"`` or ``"attn.hook_pattern"``.
 
         ``layer == EMBED_LAYER`` names the embedding output (``blocks.0.hook_resid_pre``) for any residual
         site.
         """
         if site == "attn.hook_z" or site == "z":
             return HEAD_SITE.format(layer=self.check_layer(layer))
+        if site == "attn.hook_pattern":
+            return PATTERN_SITE.format(layer=self.check_layer(layer))
         if site not in RESIDUAL_SITES:
             raise HookNotFoundError(
                 f"Unknown site {site!r}. Use one of {[*RESIDUAL_SITES, 'attn.hook_z']} "
@@ -181,17 +193,21 @@ class ModelAdapter:
             self._hook_dict = self.model.hook_dict
         hook_point = self._hook_dict.get(name)
         if hook_point is None or not hasattr(hook_point, "add_hook"):
-            if name.endswith(".attn.hook_z"):
-                which = (
-                    "that block has no attention heads, though other blocks have (a linear-attention or state-space "
-                    "layer of a hybrid model)"
-                    if any(key.endswith(".attn.hook_z") for key in self._hook_dict)
-                    else "no block of this model has attention heads (a state-space model such as Mamba)"
-                )
+            head_site = next((site for site in (".attn.hook_z", ".attn.hook_pattern") if name.endswith(site)), None)
+            if head_site is not None:
+                if any(key.endswith(head_site) for key in self._hook_dict):
+                    which = (
+                        "that block has no attention heads, though other blocks have (a linear-attention or "
+                        "state-space layer of a hybrid model)"
+                    )
+                elif any(key.endswith(".attn.hook_z") for key in self._hook_dict):
+                    which = "its attention gives no attention weights (no attn.hook_pattern in any block)"
+                else:
+                    which = "no block of this model has attention heads (a state-space model such as Mamba)"
                 raise HookNotFoundError(
-                    f"The model has no hook point {name!r}: {which}. Head ablation, attribution and function vectors "
-                    "read the heads of every block, so they do not apply to this model; the residual-stream analyses "
-                    "do."
+                    f"The model has no hook point {name!r}: {which}. Head ablation, attribution, function vectors and "
+                    "head attention read the heads of every block, so they do not apply to this model; the "
+                    "residual-stream analyses do."
                 )
             raise HookNotFoundError(
                 f"The model has no hook point {name!r}. tv_lens reads `blocks.{{l}}.hook_resid_pre/mid/post`, "

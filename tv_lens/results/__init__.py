@@ -3,6 +3,7 @@
 Every analysis returns one; :meth:`Result.load` reads back any of them (the file records its type).
 """
 
+from tv_lens.results.attention import RoleAttention
 from tv_lens.results.axes import LAYER_AXIS_TITLE, layer_axis, layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import Decodability
@@ -42,6 +43,7 @@ __all__ = [
     "PromptingAccuracy",
     "PruningCurve",
     "Result",
+    "RoleAttention",
     "SuiteResult",
     "SweepSettings",
     "TdAccuracyFit",

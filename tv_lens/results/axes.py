@@ -1,16 +1,31 @@
-"""Axes and error bars shared by every result: layers are TransformerLens block indices, -1 the embedding output."""
+"""Axes and error bars shared by every result: layers are TransformerLens block indices, -1 the embedding output.
+
+Per-head results draw a (block x head) heatmap: :func:`head_heatmap` inside :func:`head_axes`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from tv_lens.errors import LayerOutOfRangeError
 from tv_lens.models.adapter import EMBED_LAYER
 
-__all__ = ["LAYER_AXIS_TITLE", "error_bars", "layer_axis", "layer_index", "layer_label"]
+if TYPE_CHECKING:
+    from plotly.basedatatypes import BaseTraceType
+
+__all__ = [
+    "LAYER_AXIS_TITLE",
+    "error_bars",
+    "head_axes",
+    "head_heatmap",
+    "head_label",
+    "layer_axis",
+    "layer_index",
+    "layer_label",
+]
 
 LAYER_AXIS_TITLE = "layer (TransformerLens block index; -1 = embedding output)"
 
@@ -51,4 +66,34 @@ def error_bars(values: Tensor, ci: Tensor) -> dict[str, Any]:
         "symmetric": False,
         "array": (ci[..., 1] - values).tolist(),
         "arrayminus": (values - ci[..., 0]).tolist(),
+    }
+
+
+def head_label(layer: int, head: int) -> str:
+    """``"L{layer}H{head}"``."""
+    return f"L{layer}H{head}"
+
+
+def head_heatmap(
+    values: Tensor, layers: Sequence[int], name: str, *, colorscale: str = "RdBu", zmid: float | None = 0.0
+) -> BaseTraceType:
+    """A heatmap of one number per head ``values [layer, head]``: heads on x, the blocks ``layers`` on y."""
+    import plotly.graph_objects as go
+
+    return go.Heatmap(
+        z=values.tolist(),
+        x=[f"H{h}" for h in range(values.shape[1])],
+        y=[f"L{layer}" for layer in layers],
+        colorscale=colorscale,
+        zmid=zmid,
+        hovertemplate=f"%{{y}} %{{x}}<br>{name} %{{z:.4f}}<extra></extra>",
+    )
+
+
+def head_axes(title: str) -> dict[str, Any]:
+    """The layout of a :func:`head_heatmap`: ``title``, heads on x, blocks on y."""
+    return {
+        "title": {"text": title},
+        "xaxis": {"title": {"text": "head"}},
+        "yaxis": {"title": {"text": "layer (TransformerLens block index)"}},
     }

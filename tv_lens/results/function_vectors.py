@@ -12,20 +12,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.checks import is_int
-from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, TaskError
+from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError
 from tv_lens.models.adapter import ModelAdapter, adapt
-from tv_lens.results.axes import layer_index
+from tv_lens.results.axes import head_axes, head_heatmap, head_label, layer_index
 from tv_lens.results.base import Result
 from tv_lens.results.combination import combination
 from tv_lens.results.decodability import ALL_TASKS
 from tv_lens.results.provenance import VectorProvenance, check_vector_model, with_application
-from tv_lens.results.shared import SweepSettings
+from tv_lens.results.shared import SweepSettings, task_index
 from tv_lens.stats import group_means
+from tv_lens.stats.selection import ranked_heads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,18 +33,7 @@ if TYPE_CHECKING:
 
     from tv_lens.results.vector_decoding import NamedRows, VectorDecoding
 
-__all__ = ["FunctionVector", "IndirectEffects", "MeanHeadActivations", "head_label"]
-
-
-def head_label(layer: int, head: int) -> str:
-    """``"L{layer}H{head}"``."""
-    return f"L{layer}H{head}"
-
-
-def _task_index(task_names: tuple[str, ...], task: str, what: str) -> int:
-    if task not in task_names:
-        raise TaskError(f"Task {task!r} has no {what}; these cover {list(task_names)}. Build them from its prompts.")
-    return task_names.index(task)
+__all__ = ["FunctionVector", "IndirectEffects", "MeanHeadActivations"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +72,7 @@ class MeanHeadActivations(Result):
 
     def task_index(self, task: str) -> int:
         """Index of ``task`` on the task axis."""
-        return _task_index(self.task_names, task, "mean head activations")
+        return task_index(self.task_names, task, "mean head activations")
 
     def layer_index(self, layer: int) -> int:
         """Index of block ``layer`` on the layer axis."""
@@ -111,11 +100,11 @@ class MeanHeadActivations(Result):
     def traces(self) -> list[BaseTraceType]:
         """A (layer x head) heatmap of the norm of the mean, averaged over tasks."""
         norms = self.activations.double().norm(dim=-1).mean(0)
-        return [_heatmap(norms, self.layers, "mean |z|")]
+        return [head_heatmap(norms, self.layers, "mean |z|")]
 
     def figure_layout(self) -> dict[str, Any]:
         """Heads on x, blocks on y."""
-        return _head_axes("Norm of each head's mean activation at the answer position (mean over tasks)")
+        return head_axes("Norm of each head's mean activation at the answer position (mean over tasks)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,9 +168,8 @@ class IndirectEffects(SweepSettings, Result):
         n = len(self.layers) * self.n_heads
         if not is_int(k) or not 1 <= k <= n:
             raise AnalysisError(f"k must be an int in [1, {n}] (the heads measured), got {k!r}.")
-        scores = self.overall if task is None else self.cie[..., _task_index(self.task_names, task, "CIE")]
-        flat = torch.argsort(torch.nan_to_num(scores.flatten(), nan=-torch.inf), descending=True, stable=True)[:k]
-        return tuple((self.layers[int(i) // self.n_heads], int(i) % self.n_heads) for i in flat)
+        scores = self.overall if task is None else self.cie[..., task_index(self.task_names, task, "CIE")]
+        return ranked_heads(scores, self.layers)[:k]
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, head, task), plus task ``"all"``.
@@ -206,15 +194,15 @@ class IndirectEffects(SweepSettings, Result):
 
     def traces(self) -> list[BaseTraceType]:
         """A (layer x head) heatmap of the mean CIE over tasks."""
-        return [_heatmap(self.overall, self.layers, "CIE")]
+        return [head_heatmap(self.overall, self.layers, "CIE")]
 
     def task_traces(self, task: str) -> list[BaseTraceType]:
         """The same heatmap for one task."""
-        return [_heatmap(self.cie[..., _task_index(self.task_names, task, "CIE")], self.layers, "CIE")]
+        return [head_heatmap(self.cie[..., task_index(self.task_names, task, "CIE")], self.layers, "CIE")]
 
     def figure_layout(self) -> dict[str, Any]:
         """Heads on x, blocks on y."""
-        return _head_axes("Causal indirect effect of each head (gain in P(answer) on corrupted prompts)")
+        return head_axes("Causal indirect effect of each head (gain in P(answer) on corrupted prompts)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -257,7 +245,7 @@ class FunctionVector(Result):
 
     def get(self, task: str) -> Float[Tensor, " d_model"]:
         """The function vector of ``task``."""
-        return self.vectors[_task_index(self.task_names, task, "function vector")]
+        return self.vectors[task_index(self.task_names, task, "function vector")]
 
     def combine(self, weights: Mapping[str, float], name: str) -> FunctionVector:
         """One function vector ``name``: ``Σ weight · vector`` of the named tasks (each head's output likewise).
@@ -339,24 +327,3 @@ class FunctionVector(Result):
 
 
 _REBUILD = "FunctionVectors().run(model, pool) or function_vector(model, ...)"
-
-
-def _heatmap(values: Tensor, layers: tuple[int, ...], name: str) -> BaseTraceType:
-    import plotly.graph_objects as go
-
-    return go.Heatmap(
-        z=values.tolist(),
-        x=[f"H{h}" for h in range(values.shape[1])],
-        y=[f"L{layer}" for layer in layers],
-        colorscale="RdBu",
-        zmid=0,
-        hovertemplate=f"%{{y}} %{{x}}<br>{name} %{{z:.4f}}<extra></extra>",
-    )
-
-
-def _head_axes(title: str) -> dict[str, Any]:
-    return {
-        "title": {"text": title},
-        "xaxis": {"title": {"text": "head"}},
-        "yaxis": {"title": {"text": "layer (TransformerLens block index)"}},
-    }

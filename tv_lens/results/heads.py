@@ -10,10 +10,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.results.axes import head_axes, head_heatmap
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
-from tv_lens.results.shared import SweepSettings, real_prompts, real_tasks
+from tv_lens.results.shared import SweepSettings, real_prompts, real_tasks, task_index
 from tv_lens.stats import group_means
+from tv_lens.stats.selection import ranked_heads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -169,9 +171,8 @@ class HeadImportance(SweepSettings, Result):
 
     def top_heads(self, k: int = 5, task: str | None = None) -> list[tuple[int, int]]:
         """The ``k`` most important ``(layer, head)`` overall or for ``task``."""
-        scores = self.overall if task is None else self.importance[..., self.task_names.index(task)]
-        flat = torch.argsort(torch.nan_to_num(scores.flatten(), nan=-torch.inf), descending=True, stable=True)[:k]
-        return [(int(i) // self.n_heads, int(i) % self.n_heads) for i in flat]
+        scores = self.overall if task is None else self.importance[..., task_index(self.task_names, task, "importance")]
+        return list(ranked_heads(scores)[:k])
 
     def headline(self) -> dict[str, Any]:
         """The three most important heads, the mean overlap of tasks' top heads, and the screen's Spearman."""
@@ -243,25 +244,11 @@ class HeadImportance(SweepSettings, Result):
 
     def traces(self) -> list[BaseTraceType]:
         """A (layer x head) heatmap of overall importance."""
-        import plotly.graph_objects as go
-
-        return [
-            go.Heatmap(
-                z=self.overall.tolist(),
-                x=[f"H{h}" for h in range(self.n_heads)],
-                y=[f"L{layer}" for layer in range(self.n_layers)],
-                colorscale="Viridis",
-                hovertemplate="%{y} %{x}<br>importance %{z:.4f}<extra></extra>",
-            )
-        ]
+        return [head_heatmap(self.overall, range(self.n_layers), "importance", colorscale="Viridis", zmid=None)]
 
     def figure_layout(self) -> dict[str, Any]:
         """Heads on x, blocks on y."""
-        return {
-            "title": {"text": f"Head importance ({self.mode} ablation, {self.metric} harm)"},
-            "xaxis": {"title": {"text": "head"}},
-            "yaxis": {"title": {"text": "layer (TransformerLens block index)"}},
-        }
+        return head_axes(f"Head importance ({self.mode} ablation, {self.metric} harm)")
 
     def shared_traces(self) -> list[BaseTraceType]:
         """A task x task heatmap of :attr:`shared`."""

@@ -20,10 +20,11 @@ from typing import Any, NamedTuple
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tv_lens.errors import TaskError
 from tv_lens.stats.selection import HeldOutBest, held_out_best
 from tv_lens.tasks.pool import NULL_TASK
 
-__all__ = ["BootstrapSettings", "HeldOutInputs", "SweepSettings", "real_prompts", "real_tasks"]
+__all__ = ["BootstrapSettings", "HeldOutInputs", "SweepSettings", "real_prompts", "real_tasks", "task_index"]
 
 
 class HeldOutInputs(NamedTuple):
@@ -92,3 +93,14 @@ def real_prompts(
     """Which prompts are of a task other than the Null task ``null_task`` (all, where no task is called that)."""
     null = list(task_names).index(null_task) if null_task in task_names else -1
     return task_ids != null
+
+
+def task_index(task_names: Sequence[str], task: str, what: str) -> int:
+    """Index of ``task`` in ``task_names``; ``what`` names what the result holds per task (for the message).
+
+    Raises:
+        TaskError: ``task`` is not one of ``task_names``.
+    """
+    if task not in task_names:
+        raise TaskError(f"Task {task!r} has no {what}; these cover {list(task_names)}. Build them from its prompts.")
+    return list(task_names).index(task)

@@ -30,7 +30,7 @@ from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.tasks.sampling import seeded_generator
 
-__all__ = ["HeldOutBest", "held_out_best", "split_halves"]
+__all__ = ["HeldOutBest", "held_out_best", "ranked_heads", "split_halves"]
 
 
 @dataclass(frozen=True)
@@ -148,3 +148,18 @@ def _check(values: Any, groups: Any, n_groups: Any, options: Any, higher_is_bett
         raise ShapeError(f"options must name every option: a sequence of {n_options}, got {options!r}.")
     if not isinstance(higher_is_better, bool):
         raise AnalysisError(f"higher_is_better must be a bool, got {higher_is_better!r}.")
+
+
+def ranked_heads(
+    scores: Float[Tensor, "layer head"], layers: Sequence[int] | None = None
+) -> tuple[tuple[int, int], ...]:
+    """Every ``(layer, head)`` by its score, largest first (NaN last; ties: block, then head).
+
+    Args:
+        scores: One score per head.
+        layers: Block index of each row of ``scores`` (default ``0, 1, ...``).
+    """
+    blocks = range(scores.shape[0]) if layers is None else layers
+    n_heads = scores.shape[1]
+    order = torch.argsort(torch.nan_to_num(scores.flatten(), nan=-torch.inf), descending=True, stable=True)
+    return tuple((blocks[int(i) // n_heads], int(i) % n_heads) for i in order)

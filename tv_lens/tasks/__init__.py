@@ -36,6 +36,7 @@ from tv_lens.tasks.regression import (
 from tv_lens.tasks.regression_baselines import least_squares_predictions, ridge_predictions
 from tv_lens.tasks.regression_batch import RegressionBatch
 from tv_lens.tasks.render import PROMPT_FORMATS, PromptFormat, render_prompts
+from tv_lens.tasks.roles import PROMPT_ROLES, position_roles
 from tv_lens.tasks.text import TextPool, TextTask
 from tv_lens.tasks.text_families import bitwise_text_tasks, pos_tasks
 from tv_lens.tasks.tokens import (
@@ -55,6 +56,7 @@ __all__ = [
     "NULL_TASK",
     "POS_TAGS",
     "PROMPT_FORMATS",
+    "PROMPT_ROLES",
     "REGRESSION_FAMILIES",
     "AnswerEncoding",
     "ICLBatch",
@@ -81,6 +83,7 @@ __all__ = [
     "parity_offset_pool",
     "permutation_pool",
     "pos_tasks",
+    "position_roles",
     "quadratic_task",
     "regression_pool",
     "render_prompts",

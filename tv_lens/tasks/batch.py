@@ -127,8 +127,7 @@ class ICLBatch(PromptRows):
         """
         if len(self) == 0:
             return self
-        demo0 = self.demo_start[:, 0] if self.max_shots else self.query_start
-        first = torch.where(self.n_shots > 0, demo0, self.query_start)
+        first = self.prefix_lengths
         prefix = int(first[0])
         if not (first == prefix).all():
             raise PositionError(

@@ -73,6 +73,12 @@ class PromptRows(ABC):
         """Width of the per-demonstration arrays (the largest ``n_shots`` in the batch)."""
         return self.demo_start.shape[-1]
 
+    @property
+    def prefix_lengths(self) -> Int[Tensor, " batch"]:
+        """Tokens before the first demonstration (before the query in a prompt without demonstrations), e.g. BOS."""
+        first = self.demo_start[:, 0] if self.max_shots else self.query_start
+        return torch.where(self.n_shots > 0, first, self.query_start)
+
     def to(self: Rows, device: torch.device | str) -> Rows:
         """The same batch with every tensor on ``device``."""
         moved: dict[str, Any] = {name: value.to(device) for name, value in self._tensors().items()}
