@@ -25,6 +25,7 @@ from tv_lens.analyses import (
     Emergence,
     Geometry,
     HeadAblation,
+    HeadAttention,
     ICLPerformance,
     LayerFinetuning,
     Suite,
@@ -60,6 +61,7 @@ ANALYSES: dict[str, Callable[[Callable[[], Any], int], Any]] = {
     "heads": lambda build, seed: HeadAblation(mode="mean", prune_steps=3, n_bootstrap=20).run(
         build(), POOL, n_per_task=3, seed=seed
     ),
+    "attention": lambda build, seed: HeadAttention(n_bootstrap=20).run(build(), POOL, n_per_task=3, seed=seed),
     "finetuning": lambda build, seed: LayerFinetuning(
         k=1, lora=LoRAConfig(rank=2, dropout=0.1), train=TINY_TRAINING, decodability=TD, n_per_task=4, n_bootstrap=20
     ).run(build(), POOL, seed=seed),

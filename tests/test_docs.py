@@ -25,6 +25,7 @@ from tv_lens.analyses import (
     FunctionVectors,
     Geometry,
     HeadAblation,
+    HeadAttention,
     ICLPerformance,
     LayerFinetuning,
     Suite,
@@ -57,6 +58,7 @@ OPTION_PAGES = {
     "analyses/heads.md": HeadAblation,
     "analyses/finetuning.md": LayerFinetuning,
     "analyses/function-vectors.md": FunctionVectors,
+    "analyses/attention.md": HeadAttention,
     "training.md": TVPConfig,
 }
 

@@ -45,6 +45,7 @@ from tv_lens.analyses import (
     icl_performance,
     ols,
     patch_task_vectors,
+    role_attention,
     task_decodability,
     task_vector_prompting,
 )
@@ -1958,6 +1959,38 @@ CASES = [
         ShapeError,
         r"answers must be token ids >= 0, at least one per prompt",
         r"pass batch\.answers",
+    ),
+    Case(
+        "role-attention-prompts-without-roles",
+        lambda w: role_attention(
+            w.model, Prompts(w.batch.inputs, w.batch.answer_pos, None, w.batch.task_ids, w.batch.task_names)
+        ),
+        TaskError,
+        r"Prompts prompts carry no demonstration spans to read roles from",
+        r"pass roles \(a role id per position \[batch, pos\]\) and role_names",
+    ),
+    Case(
+        "role-attention-role-outside-the-names",
+        lambda w: role_attention(w.model, w.batch, torch.ones_like(w.batch.inputs), role_names=("answers",)),
+        TaskError,
+        r"roles\[0, 0\] is 1",
+        r"needs a role id in 0 \.\. 0 \(role_names \('answers',\)\)",
+    ),
+    Case(
+        "role-attention-roles-without-names",
+        lambda w: role_attention(w.model, w.batch, torch.zeros_like(w.batch.inputs)),
+        ConfigError,
+        r"roles need role_names",
+        r"the name of every role id",
+    ),
+    Case(
+        "head-importance-unknown-task",
+        lambda w: head_importance(w.model, w.batch, config=HeadAblation(n_bootstrap=0, prune_steps=0)).top_heads(
+            task="copy"
+        ),
+        TaskError,
+        r"Task 'copy' has no importance",
+        r"these cover \[",
     ),
 ]
 

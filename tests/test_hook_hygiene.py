@@ -28,6 +28,7 @@ from tv_lens.analyses import (
     Emergence,
     Geometry,
     HeadAblation,
+    HeadAttention,
     ICLPerformance,
     LayerFinetuning,
     Suite,
@@ -126,6 +127,7 @@ ENTRIES = [
         lambda m: HeadAblation(mode="mean", prune_steps=2, n_bootstrap=0, rows_per_pass=12).run(m, POOL, 2),
     ),
     Entry("score_batch", lambda m: score_batch(m, BATCH, batch_size=5)),
+    Entry("head_attention", lambda m: HeadAttention(n_bootstrap=0, batch_size=5).run(m, POOL, n_per_task=3)),
     Entry(
         "compare_models",
         lambda m: compare_models(

@@ -23,12 +23,12 @@ from tv_lens import (
     TaskVectorPrompting,
     TaskVectors,
 )
-from tv_lens.analyses import HeadAblation
+from tv_lens.analyses import HeadAblation, HeadAttention
 from tv_lens.generation import answer_texts, exact_match, first_word_match, generate
 from tv_lens.interventions import replace
 from tv_lens.probes import Representations, collect
 from tv_lens.results.provenance import OtherWeightsWarning
-from tv_lens.tasks import NULL_TASK, TextPool, TextTask
+from tv_lens.tasks import NULL_TASK, PROMPT_ROLES, TextPool, TextTask, position_roles
 
 PAIRS = (
     ("hot", "cold"),
@@ -45,7 +45,17 @@ TASKS = (
     TextTask("same", tuple((x, x) for x, _ in PAIRS)),
     TextTask("twice", tuple((x, f"{x} {x}") for x, _ in PAIRS)),
 )
-ANALYSES = ("decodability", "performance", "geometry", "patching", "prompting", "heads", "suite", "task_vectors")
+ANALYSES = (
+    "decodability",
+    "performance",
+    "geometry",
+    "patching",
+    "prompting",
+    "heads",
+    "attention",
+    "suite",
+    "task_vectors",
+)
 TOLERANCE = {"atol": 2e-4, "rtol": 1e-4}  # float32, batched vs one prompt at a time
 
 
@@ -177,6 +187,22 @@ def _heads(model, pool, batch) -> None:
         torch.testing.assert_close(result.clean_loss[i], loss_alone(model, batch, i), **TOLERANCE)
 
 
+def _attention(model, pool, batch) -> None:
+    result = HeadAttention(n_bootstrap=0).run_batch(model, batch)
+    roles = position_roles(batch)
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    for i in range(len(batch)):
+        length, ap = int(batch.lengths[i]), int(batch.answer_pos[i])
+        with torch.no_grad():
+            _, cache = model.run_with_cache(batch.inputs[i : i + 1, :length], names_filter=lambda name: name in names)
+        for layer, name in enumerate(names):
+            row = cache[name][0, :, ap, : ap + 1].double()  # [head, key]
+            by_role = torch.stack([row[:, roles[i, : ap + 1] == r].sum(-1) for r in range(len(PROMPT_ROLES))], dim=-1)
+            torch.testing.assert_close(result.attention[layer, :, :, i], by_role, **TOLERANCE)
+    sums = result.attention.sum(2)  # one, less what an attention sink takes (GPT-OSS)
+    assert bool((sums <= 1 + 1e-5).all()) and bool((sums > 0).all())
+
+
 def _suite(model, pool, batch) -> None:
     td = TaskDecodability(k=2, n_bootstrap=0, progress=False)
     suite = Suite(analyses=(td, Geometry(progress=False)), names=("td", "geometry"), progress=False)
@@ -193,6 +219,7 @@ CHECKS = {
     "patching": _patching,
     "prompting": _prompting,
     "heads": _heads,
+    "attention": _attention,
     "suite": _suite,
     "task_vectors": _task_vectors,
 }

@@ -49,7 +49,7 @@ from tv_lens.results.attention import RoleAttention
 from tv_lens.results.shared import real_prompts
 from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
-from tv_lens.tasks import NULL_TASK, ICLBatch, RegressionPool, ShotSpec, TaskPool, TextPool
+from tv_lens.tasks import NULL_TASK, ICLBatch, RegressionBatch, RegressionPool, ShotSpec, TaskPool, TextPool
 from tv_lens.tasks.prompt_rows import PromptRows
 from tv_lens.tasks.roles import PROMPT_ROLES, position_roles
 
@@ -168,7 +168,7 @@ class HeadAttention(IntervalOptions, PassOptions):
         check_pool(pool)
         return self.run_batch(model, pool.sample(n_per_task, n_shots, seed), seed=seed)
 
-    def run_batch(self, model: Any, batch: ICLBatch, seed: int = 0) -> RoleAttention:
+    def run_batch(self, model: Any, batch: ICLBatch | RegressionBatch, seed: int = 0) -> RoleAttention:
         """Head attention by role on a given batch (the roles of :func:`~tv_lens.tasks.position_roles`)."""
         return role_attention(model, batch, config=self, seed=seed)
 

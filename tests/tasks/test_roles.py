@@ -1,0 +1,75 @@
+"""Prompt roles: the role of every position of token, text and regression prompts, against their known layouts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_text import bitwise, text
+from text_tokenizers import byte_bpe
+
+from tv_lens.tasks import (
+    NULL_TASK,
+    PROMPT_ROLES,
+    TextPool,
+    bitwise_text_tasks,
+    offset_pool,
+    position_roles,
+    regression_pool,
+)
+
+PREFIX, DEMO_INPUT, DEMO_ANSWER, QUERY, ANSWER = range(len(PROMPT_ROLES))
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "marker"])
+@pytest.mark.parametrize("bos", [False, True])
+def test_token_prompts_repeat_input_input_answer_per_demonstration(fmt: str, bos: bool) -> None:
+    """Every pair is ``x → y`` or ``<m> x y``: two input positions (the second right before the answer), one answer."""
+    batch = offset_pool(offsets=(1, 2), n_values=8, fmt=fmt, bos=bos).sample(6, n_shots=(0, 3), seed=2)
+    roles = position_roles(batch)
+    for i in range(len(batch)):
+        n_shots = int(batch.n_shots[i])
+        expected = [PREFIX] * bos + [DEMO_INPUT, DEMO_INPUT, DEMO_ANSWER] * n_shots + [QUERY, ANSWER]
+        expected += [-1] * (roles.shape[1] - len(expected))
+        assert roles[i].tolist() == expected
+
+
+def test_regression_prompts_have_no_query_before_the_answer_position() -> None:
+    """``x_0 y_0 ... x_q y_q``: each x is a demonstration's input and the position its answer is predicted at."""
+    batch = regression_pool(("linear", "quadratic"), d=3).sample(4, n_shots=(1, 3), seed=0)
+    roles = position_roles(batch)
+    for i in range(len(batch)):
+        expected = [DEMO_INPUT, DEMO_ANSWER] * int(batch.n_shots[i]) + [ANSWER]
+        assert roles[i].tolist() == expected + [-1] * (roles.shape[1] - len(expected))
+
+
+def test_text_demonstrations_split_into_their_input_and_their_answer() -> None:
+    """Read from the roles alone, every demonstration's answer is the task's rule applied to its input."""
+    tokenizer = byte_bpe()
+    pool = TextPool(bitwise_text_tasks(n_examples=64), tokenizer, null=True, bos=True)
+    batch = pool.sample(n_per_task=4, n_shots=(0, 3), seed=1)
+    roles = position_roles(batch)
+    checked = 0
+    for i in range(len(batch)):
+        ids, row = batch.inputs[i].tolist(), roles[i].tolist()
+        assert row[0] == PREFIX and row.count(ANSWER) == 1 and row.index(ANSWER) == int(batch.answer_pos[i])
+        assert text(tokenizer, [t for t, r in zip(ids, row, strict=True) if r in (QUERY, ANSWER)]).endswith(" ->")
+        task = batch.task_names[int(batch.task_ids[i])]
+        spans: list[list[int]] = []  # alternating runs of demo_input and demo_answer positions
+        for pos, role in enumerate(row):
+            if role in (DEMO_INPUT, DEMO_ANSWER):
+                if not spans or row[pos - 1] != role:
+                    spans.append([])
+                spans[-1].append(ids[pos])
+        assert len(spans) == 2 * int(batch.n_shots[i])
+        for x_ids, y_ids in zip(spans[::2], spans[1::2], strict=True):
+            x, y = text(tokenizer, x_ids).removesuffix(" ->"), text(tokenizer, y_ids)
+            if task != NULL_TASK:
+                assert y == bitwise(task, x)
+                checked += 1
+    assert checked > 10
+
+
+def test_a_zero_shot_twin_keeps_its_prefix_and_query() -> None:
+    batch = offset_pool(offsets=(1,), n_values=8, bos=True).sample(3, n_shots=2, seed=0).zero_shot()
+    assert position_roles(batch).tolist() == [[PREFIX, QUERY, ANSWER, -1]] * len(batch)
+    assert torch.equal(batch.prefix_lengths, torch.ones(len(batch), dtype=torch.long))
