@@ -124,9 +124,7 @@ def test_table_figure_headline_and_file(analysed, tmp_path):
     row = frame[(frame["layer"] == 1) & (frame["head"] == 2) & (frame["role"] == "query") & (frame["task"] == "all")]
     assert float(row.share.iloc[0]) == float(result.overall[1, 2, PROMPT_ROLES.index("query")])
     share = result.share("demo_answer")
-    ranked = sorted(
-        (float(share[layer, head]), -layer, -head) for layer in range(n_layers) for head in range(n_heads)
-    )
+    ranked = sorted((float(share[layer, head]), -layer, -head) for layer in range(n_layers) for head in range(n_heads))
     expected = [(-layer, -head) for _, layer, head in reversed(ranked[-3:])]
     assert result.top_heads("demo_answer", 3) == expected
     headline = result.headline()
