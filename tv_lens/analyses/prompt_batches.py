@@ -82,7 +82,8 @@ class Prompts:
         answer_pos: Token right before each prompt's first answer token ``[batch]``.
         answers: Answer tokens ``[batch, n_answer]`` (``-1`` pads shorter answers; the tokens follow
             ``answer_pos`` in ``inputs``), or continuous answers ``[batch, d_out]``; ``None`` only for
-            :func:`~tv_lens.analyses.mean_head_activations`, which reads no answers.
+            :func:`~tv_lens.analyses.mean_head_activations` and :func:`~tv_lens.analyses.role_attention`, which read
+            no answers.
         task_ids: Task of each prompt ``[batch]``, indexing ``task_names``.
         task_names: Name of every task id (stored as a tuple).
         attention_mask: 1 on real tokens ``[batch, pos]``; needed for left-padded prompts (``None``: all real).
