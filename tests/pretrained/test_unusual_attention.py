@@ -7,7 +7,8 @@ attention layers; TransformerLens 4 only) and Mamba-2 (no attention at all) are 
 bridge from small random HuggingFace models. What reads or writes the residual stream equals a hand-written
 TransformerLens hook and runs the analyses built on it; what reads or writes single heads (head ablation,
 attribution, function vectors, ``ablate_head``) is refused with an error naming the head output's shape (or the
-block without heads), and no hook is left behind.
+block without heads), and no hook is left behind. Head attention reads each query head's weights, which latent and
+per-layer heads have too; it names the blocks that have heads where some have none.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import torch
 from pretrained_helpers import one_thread, padded, prompt_tokens  # noqa: F401  (autouse: one thread)
 
 from tv_lens import FunctionVectors, Geometry, TaskDecodability, TaskVectorPatching, TaskVectorPrompting
-from tv_lens.analyses import HeadAblation, head_attribution
+from tv_lens.analyses import HeadAblation, HeadAttention, head_attribution
 from tv_lens.errors import HookNotFoundError, ModelNotSupportedError, TvLensError
 from tv_lens.interventions import ablate_head, replace, run_with_interventions
 from tv_lens.interventions.sweep import align
 from tv_lens.models import hooked_transformer_available
 from tv_lens.models.local_hf import build_tokenizer
-from tv_lens.tasks import TextPool, TextTask
+from tv_lens.tasks import PROMPT_ROLES, TextPool, TextTask, position_roles
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 PAIRS = (("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("good", "bad"), ("old", "new"))
@@ -177,3 +178,28 @@ def test_what_reads_or_writes_single_heads_is_refused(arch, model, run):
         assert f"not [batch, pos, n_heads={model.cfg.n_heads}, d_head={model.cfg.d_head}]" in message, message
         assert "do not apply to it" in message
     assert not any(point.fwd_hooks for point in model.hook_dict.values())
+
+
+def test_head_attention_reads_every_block_with_attention_weights(arch, model):
+    """Latent and per-layer heads have one pattern per query head; a block without heads is named, with the fix."""
+    pool = TextPool(TASKS, model.tokenizer, template="{x} -> {y}", null=True, bos=True)
+    batch = pool.sample(2, 2, seed=0)
+    if arch in ("qwen3_next", "mamba2"):
+        with pytest.raises(HookNotFoundError) as info:
+            HeadAttention(n_bootstrap=0).run_batch(model, batch)
+        fix = "pass layers=(1,) (with heads)" if arch == "qwen3_next" else "Head attention does not apply to this model"
+        assert fix in str(info.value), str(info.value)
+        assert not any(point.fwd_hooks for point in model.hook_dict.values())
+        if arch == "mamba2":
+            return
+    layers = (1,) if arch == "qwen3_next" else tuple(range(model.cfg.n_layers))
+    result = HeadAttention(layers=layers, n_bootstrap=0).run_batch(model, batch)
+    roles = position_roles(batch)
+    for i in range(len(batch)):
+        length, ap = int(batch.lengths[i]), int(batch.answer_pos[i])
+        with torch.no_grad():
+            _, cache = model.run_with_cache(batch.inputs[i : i + 1, :length])
+        for entry, layer in enumerate(layers):
+            row = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, ap, : ap + 1].double()
+            by_role = torch.stack([row[:, roles[i, : ap + 1] == r].sum(-1) for r in range(len(PROMPT_ROLES))], dim=-1)
+            torch.testing.assert_close(result.attention[entry, :, :, i], by_role, **TOL)

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from tv_lens.analyses.answers import prompt_task_ids
 from tv_lens.analyses.options import N_PER_TASK, IntervalOptions, PassOptions, analysis_config
-from tv_lens.analyses.prompt_batches import LabelledPrompts, check_pool, check_prompts
+from tv_lens.analyses.prompt_batches import LabelledPrompts, PromptBatch, PromptPool, check_prompts, sample_batch
 from tv_lens.checks import is_integer_tensor, tensor_of
 from tv_lens.errors import ConfigError, ModelNotSupportedError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
@@ -49,7 +49,7 @@ from tv_lens.results.attention import RoleAttention
 from tv_lens.results.shared import real_prompts
 from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
-from tv_lens.tasks import NULL_TASK, ICLBatch, RegressionBatch, RegressionPool, ShotSpec, TaskPool, TextPool
+from tv_lens.tasks import NULL_TASK, ShotSpec
 from tv_lens.tasks.prompt_rows import PromptRows
 from tv_lens.tasks.roles import PROMPT_ROLES, position_roles
 
@@ -157,18 +157,12 @@ class HeadAttention(IntervalOptions, PassOptions):
     layers: tuple[int, ...] | None = None
 
     def run(
-        self,
-        model: Any,
-        pool: TaskPool | TextPool | RegressionPool,
-        n_per_task: int = N_PER_TASK,
-        n_shots: ShotSpec = 4,
-        seed: int = 0,
+        self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
     ) -> RoleAttention:
-        """Sample ``n_per_task`` prompts per task (seeded) and run :meth:`run_batch`."""
-        check_pool(pool)
-        return self.run_batch(model, pool.sample(n_per_task, n_shots, seed), seed=seed)
+        """Sample ``n_per_task`` prompts per task of a token, text or regression pool (seeded); :meth:`run_batch`."""
+        return self.run_batch(model, sample_batch(pool, n_per_task, n_shots, seed), seed=seed)
 
-    def run_batch(self, model: Any, batch: ICLBatch | RegressionBatch, seed: int = 0) -> RoleAttention:
+    def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> RoleAttention:
         """Head attention by role on a given batch (the roles of :func:`~tv_lens.tasks.position_roles`)."""
         return role_attention(model, batch, config=self, seed=seed)
 

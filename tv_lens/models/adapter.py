@@ -180,7 +180,7 @@ class ModelAdapter:
             return PATTERN_SITE.format(layer=self.check_layer(layer))
         if site not in RESIDUAL_SITES:
             raise HookNotFoundError(
-                f"Unknown site {site!r}. Use one of {[*RESIDUAL_SITES, 'attn.hook_z']} "
+                f"Unknown site {site!r}. Use one of {[*RESIDUAL_SITES, 'attn.hook_z', 'attn.hook_pattern']} "
                 "(residual-stream sites are read at d_model width, `attn.hook_z` per head)."
             )
         if self.check_layer(layer, allow_embed=True) == EMBED_LAYER:
@@ -195,7 +195,8 @@ class ModelAdapter:
         if hook_point is None or not hasattr(hook_point, "add_hook"):
             head_site = next((site for site in (".attn.hook_z", ".attn.hook_pattern") if name.endswith(site)), None)
             if head_site is not None:
-                if any(key.endswith(head_site) for key in self._hook_dict):
+                with_site = [key for key in self._hook_dict if key.endswith(head_site)]
+                if with_site:
                     which = (
                         "that block has no attention heads, though other blocks have (a linear-attention or "
                         "state-space layer of a hybrid model)"
@@ -204,11 +205,17 @@ class ModelAdapter:
                     which = "its attention gives no attention weights (no attn.hook_pattern in any block)"
                 else:
                     which = "no block of this model has attention heads (a state-space model such as Mamba)"
-                raise HookNotFoundError(
-                    f"The model has no hook point {name!r}: {which}. Head ablation, attribution, function vectors and "
-                    "head attention read the heads of every block, so they do not apply to this model; the "
-                    "residual-stream analyses do."
-                )
+                if head_site == ".attn.hook_z":
+                    fix = (
+                        "Head ablation, attribution and function vectors read the heads of every block, so they do "
+                        "not apply to this model; the residual-stream analyses do."
+                    )
+                elif with_site:
+                    blocks = sorted(int(key.split(".")[1]) for key in with_site)
+                    fix = f"Head attention reads the blocks of its layers: pass layers={tuple(blocks)} (with heads)."
+                else:
+                    fix = "Head attention does not apply to this model; the residual-stream analyses do."
+                raise HookNotFoundError(f"The model has no hook point {name!r}: {which}. {fix}")
             raise HookNotFoundError(
                 f"The model has no hook point {name!r}. tv_lens reads `blocks.{{l}}.hook_resid_pre/mid/post`, "
                 f"`blocks.{{l}}.hook_attn_out/mlp_out` and `blocks.{{l}}.attn.hook_z`; it supports "
