@@ -31,6 +31,7 @@ from tv_lens.results import (
     Projection,
     PromptingAccuracy,
     Result,
+    RoleAttention,
     TdAccuracyFit,
 )
 from tv_lens.tasks import bitwise_pool, offset_pool
@@ -44,6 +45,7 @@ RESULT_TYPES = {
     "patching": PatchingEffects,
     "prompting": PromptingAccuracy,
     "heads": HeadImportance,
+    "attention": RoleAttention,
     "emergence": EmergenceResult,
     "finetuning": FinetuningComparison,
 }

@@ -40,6 +40,7 @@ from tv_lens.results import (
     Projection,
     PromptingAccuracy,
     Result,
+    RoleAttention,
     TdAccuracyFit,
 )
 from tv_lens.tasks import TextPool, bitwise_text_tasks, load_tasks, pos_tasks
@@ -53,6 +54,7 @@ RESULT_TYPES = {
     "patching": PatchingEffects,
     "prompting": PromptingAccuracy,
     "heads": HeadImportance,
+    "attention": RoleAttention,
 }
 # The same sizes as tests/pretrained, under the same session folder: a model built there is reused here.
 SIZES = {"n_layers": 2, "d_model": 64, "n_heads": 4}

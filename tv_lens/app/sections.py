@@ -21,6 +21,7 @@ from tv_lens.results import (
     Projection,
     PromptingAccuracy,
     Result,
+    RoleAttention,
     TdAccuracyFit,
     layer_label,
 )
@@ -117,6 +118,12 @@ def _heads_line(n: Numbers) -> str:
         f"most important {', '.join(n['top_heads'])} of {n['n_heads']}; mean {n['shared_method']} overlap of "
         f"tasks' top heads {_f(n['shared_mean'])}; attribution vs ablation Spearman {_f(n['attribution_spearman'])}"
     )
+
+
+def _attention_line(n: Numbers) -> str:
+    top = ", ".join(f"{head} {_f(share)}" for head, share in zip(n["top_heads"], n["top_shares"], strict=True))
+    shares = ", ".join(f"{role} {_f(share)}" for role, share in n["mean_share"].items())
+    return f"most attention on {n['role']}: {top}; mean share over all heads: {shares}"
 
 
 def _emergence_line(n: Numbers) -> str:
@@ -249,6 +256,19 @@ SECTIONS: tuple[Section, ...] = (
         lambda r: [r.figure(), r.shared_figure(), r.pruning.figure()],
         _heads_line,
         HeadImportance,
+    ),
+    Section(
+        "attention",
+        "Where attention heads look from the answer position",
+        "The share of each head's attention at the token right before the answer that falls on each role of the "
+        "prompt: before the demonstrations, the demonstrations' inputs, their answers, the query, the answer position "
+        "itself (heatmap: layer against head; the menu picks the role, the demonstrations' answers first), averaged "
+        "over the prompts of every task but Null.",
+        "Todd et al. (2024), after Wang et al. (2023): the heads that carry the task to the answer position read the "
+        "demonstrations' answers; compare them with the important heads above.",
+        lambda r: [r.figure()],
+        _attention_line,
+        RoleAttention,
     ),
     Section(
         "emergence",

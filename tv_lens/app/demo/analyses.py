@@ -11,6 +11,7 @@ from tv_lens.analyses import (
     Emergence,
     Geometry,
     HeadAblation,
+    HeadAttention,
     ICLPerformance,
     LayerFinetuning,
     TaskDecodability,
@@ -104,6 +105,11 @@ def _heads(trained: TrainedModel, config: DemoConfig, progress: bool, shots: Ana
     return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
 
 
+def _attention(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
+    analysis = HeadAttention(n_bootstrap=config.n_bootstrap, progress=progress)
+    return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
+
+
 def _emergence(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
     analysis = Emergence(n_shots=config.n_shots, progress=progress)
     return analysis.run(trained.checkpoints, trained.pool, config.emergence_n_per_task, config.seed)
@@ -140,6 +146,7 @@ ANALYSES: dict[str, Callable[[TrainedModel, DemoConfig, bool, AnalysisShots], Re
     "patching": _patching,
     "prompting": _prompting,
     "heads": _heads,
+    "attention": _attention,
     "emergence": _emergence,
     "finetuning": _finetuning,
 }

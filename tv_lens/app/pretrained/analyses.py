@@ -9,6 +9,7 @@ from typing import Any
 from tv_lens.analyses import (
     Geometry,
     HeadAblation,
+    HeadAttention,
     ICLPerformance,
     LayerFinetuning,
     TaskDecodability,
@@ -64,6 +65,11 @@ def _heads(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool)
     return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
 
 
+def _attention(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
+    analysis = HeadAttention(n_bootstrap=config.n_bootstrap, progress=progress)
+    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
+
+
 def _finetuning(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
     paper, steps = LayerFinetuning(), config.finetune_steps
     defaults, lora = paper.train, paper.lora
@@ -93,6 +99,7 @@ ANALYSES: dict[str, Callable[[Any, TextPool, PretrainedConfig, bool], Result]] =
     "patching": _patching,
     "prompting": _prompting,
     "heads": _heads,
+    "attention": _attention,
     "finetuning": _finetuning,
 }
 """Name (also the result file's stem) → the step that runs that analysis, in the demo's order
