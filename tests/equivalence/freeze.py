@@ -58,6 +58,7 @@ from tv_lens import (  # noqa: E402
     Emergence,
     Geometry,
     HeadAblation,
+    HeadAttention,
     ICLPerformance,
     LayerFinetuning,
     Suite,
@@ -68,12 +69,19 @@ from tv_lens import (  # noqa: E402
     TdAccuracy,
     train,
 )
-from tv_lens.analyses import fit_td_accuracy, ols, shared_heads  # noqa: E402
+from tv_lens.analyses import fit_td_accuracy, ols, role_attention, shared_heads  # noqa: E402
 from tv_lens.generation import generate  # noqa: E402
 from tv_lens.interventions import ablate_head, add, replace, run_with_interventions  # noqa: E402
 from tv_lens.models import ModelConfig, build_continuous_model, build_model  # noqa: E402
 from tv_lens.models.local_hf import build_local_model, build_tokenizer, load_local_model  # noqa: E402
-from tv_lens.tasks import TextPool, TextTask, bitwise_text_tasks, sparse_linear_pool  # noqa: E402
+from tv_lens.tasks import (  # noqa: E402
+    PROMPT_ROLES,
+    TextPool,
+    TextTask,
+    bitwise_text_tasks,
+    position_roles,
+    sparse_linear_pool,
+)
 from tv_lens.training import DataConfig, LoRAConfig, ScheduleConfig, TrainConfig, TVPConfig, tvp_accuracy, tvp_losses  # noqa: E402
 
 FROZEN = HERE / "frozen.json"
@@ -317,6 +325,21 @@ def pruning(fx: Fixtures) -> Any:
         "curve": result.pruning,
         "jaccard_3": shared_heads(result.importance, "jaccard", top_k=3),
         "spearman": shared_heads(result.importance, "spearman"),
+    }
+
+
+@entry(
+    "HeadAttention(n_bootstrap=20).run(model, POOL, 4, (1, 3), seed=3); role_attention of its batch with two roles "
+    "of our own (the demonstrations' answers, the rest) on blocks (2, 0)"
+)
+def attention(fx: Fixtures) -> Any:
+    batch = POOL.sample(4, (1, 3), SEED)
+    roles = position_roles(batch)
+    own = torch.where(roles == PROMPT_ROLES.index("demo_answer"), 0, torch.where(roles >= 0, 1, -1))
+    config = HeadAttention(layers=(2, 0), n_bootstrap=20)
+    return {
+        "roles": HeadAttention(n_bootstrap=20).run(fx.model, POOL, n_per_task=4, n_shots=(1, 3), seed=SEED),
+        "own": role_attention(fx.model, batch, own, role_names=("answers", "rest"), config=config, seed=SEED),
     }
 
 
