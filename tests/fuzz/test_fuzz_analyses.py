@@ -19,13 +19,16 @@ from tv_lens.analyses import (
     FunctionVectors,
     Geometry,
     HeadAblation,
+    HeadAttention,
     ICLPerformance,
     TaskDecodability,
     TaskVectorPatching,
     TaskVectorPrompting,
     TdAccuracy,
 )
+from tv_lens.analyses.attention import role_attention
 from tv_lens.task_vectors import TaskVectors
+from tv_lens.tasks import PROMPT_ROLES, position_roles
 
 N_TASKS = len(POOL.task_names)
 N_PER_TASK = mostly(st.sampled_from([2, 3, 4]), st.sampled_from([0, 1, -1, 10**12, 2.0, None]))
@@ -87,6 +90,15 @@ def analyses() -> st.SearchStrategy[Any]:
             N_BOOTSTRAP,
         ),
         st.builds(
+            lambda layers, n_boot, ci, batch_size: (
+                lambda: HeadAttention(layers=layers, n_bootstrap=n_boot, ci=ci, batch_size=batch_size)
+            ),
+            LAYERS,
+            N_BOOTSTRAP,
+            CI,
+            mostly(st.sampled_from([1, 3, 64]), st.sampled_from([0, -2, 1.5, None])),
+        ),
+        st.builds(
             lambda shots: lambda: TdAccuracy(shots=shots),
             mostly(st.sampled_from([(1, 2), (1, 3)]), st.sampled_from([(), (1,), (-1, 2)])),
         ),
@@ -113,6 +125,10 @@ def check_result(result: Any) -> None:
     elif name == "FunctionVectorResult":
         assert result.effects.cie.shape[:2] == (N_LAYERS, N_HEADS) and finite(result.effects.cie)
         assert finite(result.vector.vectors) and finite(result.prompting.prompting.accuracy)
+    elif name == "RoleAttention":
+        sums = result.attention.sum(2)
+        assert result.attention.shape[1:3] == (N_HEADS, len(PROMPT_ROLES)) and finite(result.attention)
+        assert bool(((sums - 1).abs() < 1e-5).all())
     elif name == "TdAccuracyFit":
         assert finite(result.td) and finite(result.score)
     else:
@@ -151,3 +167,44 @@ def test_analysis_run(
     result = outcome(model, call)
     if result is not None:
         check_result(result)
+
+
+def own_roles() -> st.SearchStrategy[Any]:
+    """Roles of one's own for the batch of ``test_role_attention_with_roles_of_ones_own``: the batch's roles merged
+    into ``k`` ids, or spoilt (an id outside the names or ``-1`` where the answer position attends, another dtype or
+    shape, a list, a string)."""
+
+    @st.composite
+    def draw_roles(draw: Any) -> tuple[Any, Any]:
+        batch = POOL.sample(2, (1, 3), seed=0)
+        k = draw(st.integers(1, len(PROMPT_ROLES)))
+        roles = torch.where(position_roles(batch) >= 0, position_roles(batch) % k, -1)
+        names: Any = tuple(f"role{i}" for i in range(k))
+        spoil = draw(mostly(st.just("none"), st.sampled_from(["outside", "minus", "float", "short", "list", "text"])))
+        row, column = draw(st.integers(0, len(batch) - 1)), draw(st.integers(0, 3))  # every prompt has 4 positions
+        if spoil in ("outside", "minus"):
+            roles[row, column] = k if spoil == "outside" else -1
+        converted = {"float": lambda r: r.double(), "short": lambda r: r[:, :-1], "list": lambda r: r.tolist()}
+        given: Any = converted.get(spoil, lambda r: r)(roles)
+        if spoil == "text":
+            given, names = "demo_answer", "demo_answer"
+        return given, draw(mostly(st.just(names), st.sampled_from([None, (), ("a", "a"), (1, 2)])))
+
+    return draw_roles()
+
+
+@fuzz_settings(40, backends=True)
+@given(backend=BACKEND, roles_and_names=own_roles(), layers=LAYERS)
+def test_role_attention_with_roles_of_ones_own(backend: str, roles_and_names: Any, layers: Any) -> None:
+    model = fuzz_model(backend=backend)
+    roles, names = roles_and_names
+    batch = POOL.sample(2, (1, 3), seed=0)
+
+    def call() -> Any:
+        config = HeadAttention(layers=layers, n_bootstrap=0)
+        return role_attention(model, batch, roles, role_names=names, config=config)
+
+    result = outcome(model, call)
+    if result is not None:
+        sums = result.attention.sum(2)
+        assert result.attention.shape[2] == len(names) and bool(((sums - 1).abs() < 1e-5).all())

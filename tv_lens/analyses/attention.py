@@ -101,7 +101,7 @@ def role_attention(
     prepared = prepare_prompts(adapter, prompts.inputs, prompts.answer_pos, prompts.attention_mask)
     task_names = tuple(prompts.task_names)
     ids = prompt_task_ids(prompts.task_ids, task_names, len(prepared))
-    weights = _role_weights(roles, prepared.shift, prepared.answer_pos, names)  # [prompt, pos, role]
+    weights = _role_weights(roles, prepared.shift, prepared.answer_pos, names)  # [prompt, width, role]
     shares = torch.zeros(len(prepared), len(layers), adapter.n_heads, len(names), dtype=torch.float64)
 
     def hooks_for(index: Tensor) -> list[tuple[str, HookFn]]:
@@ -204,8 +204,8 @@ def _role_weights(
     shift: Int[Tensor, " batch"],
     answer_pos: Int[Tensor, " batch"],
     names: tuple[str, ...],
-) -> Float[Tensor, "batch pos role"]:
-    """One-hot role of every aligned position up to the answer position (zero rows after it).
+) -> Float[Tensor, "batch width role"]:
+    """One-hot role of every aligned position up to the last answer position (``width``; zero rows after each prompt's).
 
     Raises:
         TaskError: A role id outside ``names`` at a position up to the answer position.
