@@ -41,6 +41,7 @@ from tv_lens.analyses import (
     Emergence,
     FunctionVectors,
     HeadAblation,
+    HeadAttention,
     ICLPerformance,
     LayerFinetuning,
     TaskDecodability,
@@ -302,6 +303,16 @@ CLAIMS: tuple[Claim, ...] = (
         "greater",
     ),
     Claim(
+        "fv_heads_attention",
+        "Todd: the heads that carry the task attend to the demonstrations' answers",
+        "share of each head's attention at the query's separator on the demonstrations' answer tokens, "
+        f"{N_PER_TASK} prompts per task, {N_SHOTS} shots, Null excluded; the top-10 heads by CIE of the "
+        "function-vector claim against the other heads",
+        "mean share, top-10 CIE heads − other heads",
+        0.0,
+        "greater",
+    ),
+    Claim(
         "heads",
         "H: tasks of one family share important heads",
         "Jaccard overlap of each pair of offset tasks' top-4 heads (of 16) by zero-ablation loss increase",
@@ -475,14 +486,15 @@ def prompting(model: Any, pool: Any, seed: int, source: str, mode: str, key: str
     return {key: SeedNumber(best.value - tvp.zero_shot_accuracy, holds, text)}, tvp
 
 
-def function_vector(model: Any, pool: Any, seed: int, shuffled: bool = False) -> Numbers:
-    """Todd et al.'s function vector added to query-only prompts.
+def function_vector(model: Any, pool: Any, seed: int, shuffled: bool = False) -> tuple[Numbers, Any]:
+    """Todd et al.'s function vector added to query-only prompts; the claim and the result.
 
     Heads are ranked by their CIE on prompts with 99% wrong labels, or (``shuffled``) with Todd et al.'s corruption:
-    each prompt's labels shuffled among its demonstrations.
+    each prompt's labels shuffled among its demonstrations. The result's heads serve :func:`fv_heads_attention`.
     """
     config = FunctionVectors(k=10, label_noise=0.0, shuffle_labels=True) if shuffled else FunctionVectors(k=10)
-    fv = config.run(model, pool, n_per_task=32, n_shots=N_SHOTS, seed=seed).prompting
+    result = config.run(model, pool, n_per_task=32, n_shots=N_SHOTS, seed=seed)
+    fv = result.prompting
     sweep, best = fv.prompting, fv.held_out_best()
     text = (
         f"FV {held_out(best, fv.best_accuracy, fv.best_layer)}; zero-shot "
@@ -490,7 +502,24 @@ def function_vector(model: Any, pool: Any, seed: int, shuffled: bool = False) ->
     )
     holds = above(best.ci, sweep.zero_shot_ci)
     key = "function_vector_shuffled" if shuffled else "function_vector"
-    return {key: SeedNumber(best.value - fv.zero_shot_accuracy, holds, text)}
+    return {key: SeedNumber(best.value - fv.zero_shot_accuracy, holds, text)}, result
+
+
+def fv_heads_attention(model: Any, pool: Any, seed: int, heads: Sequence[tuple[int, int]]) -> Numbers:
+    """How much more attention the function-vector ``heads`` put on the demonstrations' answers than the others."""
+    attention = HeadAttention().run(model, pool, n_per_task=N_PER_TASK, n_shots=N_SHOTS, seed=seed)
+    shares = attention.attention[:, :, attention.role_index("demo_answer")]  # [layer, head, prompt]
+    top = torch.zeros(shares.shape[:2], dtype=torch.bool)
+    top[tuple(torch.tensor(heads).T)] = True
+    keep = attention.task_ids != attention.task_names.index(attention.null_task)
+    difference = (shares[top].mean(0) - shares[~top].mean(0))[keep]
+    _, ci = stratified_bootstrap_ci(difference, attention.task_ids[keep], len(attention.task_names))
+    on_top, on_others = float(shares[top][:, keep].mean()), float(shares[~top][:, keep].mean())
+    text = (
+        f"top-10 CIE heads {on_top:.3f}, other heads {on_others:.3f}; difference "
+        f"{interval(float(difference.mean()), ci)}; heads {', '.join(f'L{a}H{b}' for a, b in heads)}"
+    )
+    return {"fv_heads_attention": SeedNumber(float(difference.mean()), float(ci[0]) > 0, text)}
 
 
 def shared_heads(model: Any, pool: Any, seed: int) -> Numbers:
@@ -622,6 +651,10 @@ def seed_steps(root: Path, seed: int) -> dict[str, Step]:
     def tvp(source: str, mode: str, key: str) -> Any:
         return prompting(model("default"), pool, prompts, source, mode, key)
 
+    @cache
+    def fv(shuffled: bool) -> tuple[Numbers, Any]:
+        return function_vector(model("default"), pool, prompts, shuffled)
+
     kept = cache(encoding_td), cache(tvp)
     twins = f"default-{TWIN_STEPS}", f"default-tvp-loss-{TWIN_STEPS}"
     return {
@@ -634,10 +667,11 @@ def seed_steps(root: Path, seed: int) -> dict[str, Step]:
         "tvp_other": (("default",), lambda: kept[1]("other_prompt", "replace", "tvp_other_replace")[0]),
         "tvp_mean": (("default",), lambda: kept[1]("task_mean", "add", "tvp_mean_add")[0]),
         "heads": (("default",), lambda: shared_heads(model("default"), pool, prompts)),
-        "function_vector": (("default",), lambda: function_vector(model("default"), pool, prompts)),
-        "function_vector_shuffled": (
+        "function_vector": (("default",), lambda: fv(False)[0]),
+        "function_vector_shuffled": (("default",), lambda: fv(True)[0]),
+        "fv_heads_attention": (
             ("default",),
-            lambda: function_vector(model("default"), pool, prompts, shuffled=True),
+            lambda: fv_heads_attention(model("default"), pool, prompts, fv(False)[1].effects.top_heads(10)),
         ),
         "emergence": (("default",), lambda: emergence(root / "default", pool, prompts)),
         "finetuning": (("default",), lambda: finetuning(model("default"), prompts)),

@@ -134,3 +134,21 @@ def test_trained_reuses_a_finished_run_and_resumes_a_stopped_one(replication, tm
     resumed = replication.trained(tmp_path / "a", spec)
     for (name, a), (_, b) in zip(first.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_fv_heads_attention_compares_the_chosen_heads_with_the_others(replication, monkeypatch):
+    from tv_lens import ModelConfig, build_model, offset_pool
+    from tv_lens.analyses import HeadAttention
+
+    monkeypatch.setattr(replication, "N_PER_TASK", 6)
+    monkeypatch.setattr(replication, "N_SHOTS", 3)
+    pool = offset_pool(offsets=(1, 2), n_values=8)
+    model = build_model(ModelConfig(d_vocab=pool.vocab_size, n_layers=2, d_model=16, n_heads=2, n_ctx=32))
+    heads = [(1, 0), (0, 1)]
+    number = replication.fv_heads_attention(model, pool, 5, heads)["fv_heads_attention"]
+    result = HeadAttention().run(model, pool, n_per_task=6, n_shots=3, seed=5)
+    answers = result.attention[:, :, 2]  # [layer, head, prompt]: the demonstrations' answers
+    real = [i for i, t in enumerate(result.task_ids.tolist()) if result.task_names[t] != "null"]
+    per_prompt = [(answers[1, 0, i] + answers[0, 1, i]) / 2 - (answers[0, 0, i] + answers[1, 1, i]) / 2 for i in real]
+    assert number.value == pytest.approx(float(sum(per_prompt) / len(per_prompt)), abs=1e-12)
+    assert "L1H0, L0H1" in number.numbers
