@@ -17,6 +17,7 @@ import time
 import torch
 
 from benchmarks import (
+    attention,
     finetuning,
     function_vectors,
     heads,
@@ -74,6 +75,7 @@ def main() -> None:
         ("patching sweep", patching.patching_rows),
         ("all-heads ablation", heads.heads_rows),
         ("causal indirect effects", function_vectors.cie_rows),
+        ("head attention", attention.attention_rows),
         ("training", training.training_rows),
         ("recipe where shots matter", shots_recipe.shots_rows),
         ("regression recipes", regression_recipes.regression_rows),
