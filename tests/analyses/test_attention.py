@@ -8,7 +8,7 @@ from causal_helpers import POOL, failing_user_hook, left_pad, sample
 from conftest import hook_snapshot
 
 from tv_lens.analyses import HeadAttention, Prompts, role_attention
-from tv_lens.errors import ConfigError, LayerOutOfRangeError, ShapeError, TaskError
+from tv_lens.errors import AnalysisError, ConfigError, LayerOutOfRangeError, ShapeError, TaskError
 from tv_lens.models import ModelConfig
 from tv_lens.models.continuous import build_continuous_model
 from tv_lens.results import Result, RoleAttention
@@ -139,12 +139,14 @@ def test_table_figure_headline_and_file(analysed, tmp_path):
     assert isinstance(loaded, RoleAttention) and loaded == result
 
 
-def test_unknown_role_or_task_names_the_known_ones(analysed):
+def test_unknown_role_or_task_or_a_bad_count_names_the_known_ones(analysed):
     _, _, result = analysed
-    with pytest.raises(TaskError, match="demo_input"):
+    with pytest.raises(TaskError, match=r"No role 'label' in this result; its roles are .*demo_input"):
         result.share("label")
     with pytest.raises(TaskError, match="null"):
         result.share("demo_answer", task="copy")
+    with pytest.raises(AnalysisError, match=r"k must be an int in \[1, 12\]"):
+        result.top_heads("query", k=13)
 
 
 @pytest.mark.parametrize(

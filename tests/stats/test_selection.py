@@ -14,7 +14,7 @@ from tv_lens.app.sections import SECTIONS_BY_NAME
 from tv_lens.errors import AnalysisError, ShapeError, TvLensError
 from tv_lens.stats import held_out_best
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
-from tv_lens.stats.selection import split_halves
+from tv_lens.stats.selection import ranked_heads, split_halves
 
 
 def reference(values, groups, half, higher_is_better=True, eligible=None):
@@ -173,3 +173,12 @@ def test_where_every_eligible_mean_is_nan_the_earliest_eligible_option_is_chosen
     values[0] = 1.0  # the only defined option is not eligible
     best = held_out_best(values, torch.zeros(4, dtype=torch.long), 1, (5, 6, 7), eligible=[False, True, True])
     assert best.chosen == (6, 6)
+
+
+def test_ranked_heads_order_by_score_then_block_then_head_with_nan_last():
+    scores = torch.tensor([[0.5, float("nan"), 0.9], [0.9, 0.1, 0.5]])
+    assert ranked_heads(scores) == ((0, 2), (1, 0), (0, 0), (1, 2), (1, 1), (0, 1))
+    assert ranked_heads(scores, layers=(3, 7), k=2) == ((3, 2), (7, 0))
+    for k in (0, 7, 1.5, True):
+        with pytest.raises(AnalysisError, match=r"k must be an int in \[1, 6\]"):
+            ranked_heads(scores, k=k)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.errors import TaskError
 from tv_lens.results.axes import head_axes, head_heatmap, head_label
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
@@ -76,7 +77,9 @@ class RoleAttention(BootstrapSettings, Result):
         Raises:
             TaskError: ``role`` is not one of :attr:`role_names`.
         """
-        return task_index(self.role_names, role, "attention share (it is no role of these prompts)")
+        if role not in self.role_names:
+            raise TaskError(f"No role {role!r} in this result; its roles are {list(self.role_names)}.")
+        return self.role_names.index(role)
 
     def share(self, role: str, task: str | None = None) -> Float[Tensor, "layer head"]:
         """Each head's mean attention share on ``role``, over every task but Null or for ``task``."""
@@ -86,8 +89,13 @@ class RoleAttention(BootstrapSettings, Result):
         return self.per_task[:, :, r, task_index(self.task_names, task, "attention share")]
 
     def top_heads(self, role: str = "demo_answer", k: int = 5, task: str | None = None) -> list[tuple[int, int]]:
-        """The ``k`` heads that attend most to ``role`` (ties: block, then head), overall or for ``task``."""
-        return list(ranked_heads(self.share(role, task), self.layers)[:k])
+        """The ``k`` heads that attend most to ``role`` (ties: block, then head), overall or for ``task``.
+
+        Raises:
+            AnalysisError: ``k`` is not an int in ``[1, heads]``.
+            TaskError: An unknown role or task.
+        """
+        return list(ranked_heads(self.share(role, task), self.layers, k))
 
     def headline(self) -> dict[str, Any]:
         """The mean share of every role over all heads, and the three heads that attend most to the lead role.
@@ -97,7 +105,7 @@ class RoleAttention(BootstrapSettings, Result):
         shares).
         """
         role = self.role_names[self._lead_role()]
-        heads = self.top_heads(role, 3)
+        heads = self.top_heads(role, min(3, len(self.layers) * self.n_heads))
         share = self.share(role)
         rows = {layer: i for i, layer in enumerate(self.layers)}
         return {

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.checks import is_int
-from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError
+from tv_lens.errors import LayerOutOfRangeError, ShapeError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.axes import head_axes, head_heatmap, head_label, layer_index
 from tv_lens.results.base import Result
@@ -165,11 +164,8 @@ class IndirectEffects(SweepSettings, Result):
         Raises:
             AnalysisError: ``k`` is not an int in ``[1, heads]``.
         """
-        n = len(self.layers) * self.n_heads
-        if not is_int(k) or not 1 <= k <= n:
-            raise AnalysisError(f"k must be an int in [1, {n}] (the heads measured), got {k!r}.")
         scores = self.overall if task is None else self.cie[..., task_index(self.task_names, task, "CIE")]
-        return ranked_heads(scores, self.layers)[:k]
+        return ranked_heads(scores, self.layers, k)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, head, task), plus task ``"all"``.

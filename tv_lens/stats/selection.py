@@ -151,15 +151,21 @@ def _check(values: Any, groups: Any, n_groups: Any, options: Any, higher_is_bett
 
 
 def ranked_heads(
-    scores: Float[Tensor, "layer head"], layers: Sequence[int] | None = None
+    scores: Float[Tensor, "layer head"], layers: Sequence[int] | None = None, k: int | None = None
 ) -> tuple[tuple[int, int], ...]:
-    """Every ``(layer, head)`` by its score, largest first (NaN last; ties: block, then head).
+    """The ``k`` (``None``: every) ``(layer, head)`` of largest score, largest first (NaN last; ties: block, then head).
 
     Args:
         scores: One score per head.
         layers: Block index of each row of ``scores`` (default ``0, 1, ...``).
+        k: How many heads.
+
+    Raises:
+        AnalysisError: ``k`` is not an int in ``[1, heads]``.
     """
     blocks = range(scores.shape[0]) if layers is None else layers
     n_heads = scores.shape[1]
+    if k is not None and (not is_int(k) or not 1 <= k <= scores.numel()):
+        raise AnalysisError(f"k must be an int in [1, {scores.numel()}] (the heads measured), got {k!r}.")
     order = torch.argsort(torch.nan_to_num(scores.flatten(), nan=-torch.inf), descending=True, stable=True)
-    return tuple((blocks[int(i) // n_heads], int(i) % n_heads) for i in order)
+    return tuple((blocks[int(i) // n_heads], int(i) % n_heads) for i in order[:k])
