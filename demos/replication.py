@@ -515,9 +515,16 @@ def fv_heads_attention(model: Any, pool: Any, seed: int, heads: Sequence[tuple[i
     difference = (shares[top].mean(0) - shares[~top].mean(0))[keep]
     _, ci = stratified_bootstrap_ci(difference, attention.task_ids[keep], len(attention.task_names))
     on_top, on_others = float(shares[top][:, keep].mean()), float(shares[~top][:, keep].mean())
+    per_head = shares[..., keep].mean(-1)  # [layer, head]
+    both = [layer for layer in range(len(top)) if top[layer].any() and not top[layer].all()]
+    within = ", ".join(
+        f"L{layer} {float(per_head[layer][top[layer]].mean()):.2f} vs {float(per_head[layer][~top[layer]].mean()):.2f}"
+        for layer in both
+    )
     text = (
         f"top-10 CIE heads {on_top:.3f}, other heads {on_others:.3f}; difference "
-        f"{interval(float(difference.mean()), ci)}; heads {', '.join(f'L{a}H{b}' for a, b in heads)}"
+        f"{interval(float(difference.mean()), ci)}; in blocks with both, top vs other: {within or 'none'}; heads "
+        f"{', '.join(f'L{a}H{b}' for a, b in heads)}"
     )
     return {"fv_heads_attention": SeedNumber(float(difference.mean()), float(ci[0]) > 0, text)}
 
