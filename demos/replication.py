@@ -53,6 +53,7 @@ from tv_lens.analyses import (
 from tv_lens.environment import environment_differences, software_environment
 from tv_lens.errors import ConfigError
 from tv_lens.metrics import answer_logits, token_accuracy
+from tv_lens.results.shared import real_prompts
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.stats.seeds import Direction, seed_interval
 from tv_lens.stats.seeds import seed_verdict as verdict
@@ -511,7 +512,7 @@ def fv_heads_attention(model: Any, pool: Any, seed: int, heads: Sequence[tuple[i
     shares = attention.attention[:, :, attention.role_index("demo_answer")]  # [layer, head, prompt]
     top = torch.zeros(shares.shape[:2], dtype=torch.bool)
     top[tuple(torch.tensor(heads).T)] = True
-    keep = attention.task_ids != attention.task_names.index(attention.null_task)
+    keep = real_prompts(attention.task_ids, attention.task_names, attention.null_task)
     difference = (shares[top].mean(0) - shares[~top].mean(0))[keep]
     _, ci = stratified_bootstrap_ci(difference, attention.task_ids[keep], len(attention.task_names))
     on_top, on_others = float(shares[top][:, keep].mean()), float(shares[~top][:, keep].mean())
