@@ -12,7 +12,7 @@ from tv_lens.errors import AnalysisError, ConfigError, LayerOutOfRangeError, Sha
 from tv_lens.models import ModelConfig
 from tv_lens.models.continuous import build_continuous_model
 from tv_lens.results import Result, RoleAttention
-from tv_lens.tasks import PROMPT_ROLES, position_roles, regression_pool
+from tv_lens.tasks import PROMPT_ROLES, demonstration_roles, position_roles, regression_pool
 
 TOL = {"atol": 1e-9, "rtol": 1e-9}  # the float64 test models
 
@@ -92,6 +92,22 @@ def test_own_roles_sum_the_roles_they_merge(analysed):
     torch.testing.assert_close(own.attention[:, :, 1], result.attention[:, :, rest].sum(2), **TOL)
 
 
+def test_each_demonstration_apart_sums_to_the_roles_of_all_demonstrations(analysed, tmp_path):
+    model, batch, result = analysed
+    split = HeadAttention(by_demonstration=True, n_bootstrap=0, batch_size=4).run_batch(model, batch)
+    roles, names = demonstration_roles(batch)
+    assert split.role_names == names and len(names) == 2 * batch.max_shots + 3
+    torch.testing.assert_close(split.attention, cached_shares(model, batch, roles, len(names)), **TOL)
+    for part in ("demo_input", "demo_answer"):
+        mine = [r for r, name in enumerate(names) if name.startswith(f"{part}[")]
+        torch.testing.assert_close(split.attention[:, :, mine].sum(2), result.attention[:, :, PROMPT_ROLES.index(part)])
+    last = split.share("demo_answer[-1]")
+    layer, head = split.top_heads(k=1)[0]  # the lead role: the last demonstration's answer
+    assert split.headline()["role"] == "demo_answer[-1]" and last[layer, head] == last.max()
+    assert result.top_heads(k=3) == result.top_heads("demo_answer", k=3)
+    assert Result.load(split.save(tmp_path / "split.safetensors")) == split
+
+
 def test_layers_read_only_the_blocks_asked_for(analysed):
     model, batch, result = analysed
     last = model.cfg.n_layers - 1
@@ -147,6 +163,9 @@ def test_unknown_role_or_task_or_a_bad_count_names_the_known_ones(analysed):
         result.share("demo_answer", task="copy")
     with pytest.raises(AnalysisError, match=r"k must be an int in \[1, 12\]"):
         result.top_heads("query", k=13)
+    for value in (1, "yes", None):
+        with pytest.raises(AnalysisError, match=f"by_demonstration must be True or False.*got {value!r}"):
+            HeadAttention(by_demonstration=value)
 
 
 @pytest.mark.parametrize(
@@ -162,6 +181,7 @@ def test_unknown_role_or_task_or_a_bad_count_names_the_known_ones(analysed):
         ({"prompts": "own"}, TaskError, "no demonstration spans"),
         ({"config": HeadAttention(layers=(7,))}, LayerOutOfRangeError, "7"),
         ({"config": "wrong"}, ConfigError, "config must be a HeadAttention"),
+        ({"roles": "own", "role_names": ("a", "b", "c"), "config": "split"}, ConfigError, "by_demonstration splits"),
     ],
 )
 def test_bad_roles_and_options_are_refused_before_any_hook(analysed, change, error, message):
@@ -171,6 +191,8 @@ def test_bad_roles_and_options_are_refused_before_any_hook(analysed, change, err
     given = {"own": roles, "narrow": roles[:, :-1], "float": roles.double()}
     arguments = {"prompts": batch, "roles": None, "role_names": None, "config": HeadAttention(n_bootstrap=0)}
     arguments |= change
+    if arguments["config"] == "split":
+        arguments["config"] = HeadAttention(by_demonstration=True, n_bootstrap=0)
     if isinstance(arguments["roles"], str):
         arguments["roles"] = given[arguments["roles"]]
     if arguments["prompts"] == "own":

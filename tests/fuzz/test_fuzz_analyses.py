@@ -90,13 +90,16 @@ def analyses() -> st.SearchStrategy[Any]:
             N_BOOTSTRAP,
         ),
         st.builds(
-            lambda layers, n_boot, ci, batch_size: (
-                lambda: HeadAttention(layers=layers, n_bootstrap=n_boot, ci=ci, batch_size=batch_size)
+            lambda layers, n_boot, ci, batch_size, split: (
+                lambda: HeadAttention(
+                    layers=layers, n_bootstrap=n_boot, ci=ci, batch_size=batch_size, by_demonstration=split
+                )
             ),
             LAYERS,
             N_BOOTSTRAP,
             CI,
             mostly(st.sampled_from([1, 3, 64]), st.sampled_from([0, -2, 1.5, None])),
+            mostly(st.booleans(), st.sampled_from([0, 1, "yes", None])),
         ),
         st.builds(
             lambda shots: lambda: TdAccuracy(shots=shots),
@@ -127,7 +130,9 @@ def check_result(result: Any) -> None:
         assert finite(result.vector.vectors) and finite(result.prompting.prompting.accuracy)
     elif name == "RoleAttention":
         sums = result.attention.sum(2)
-        assert result.attention.shape[1:3] == (N_HEADS, len(PROMPT_ROLES)) and finite(result.attention)
+        names = result.role_names  # PROMPT_ROLES, or each demonstration apart between the prefix and the query
+        assert (names[0], *names[-2:]) == (PROMPT_ROLES[0], *PROMPT_ROLES[-2:]) and len(names) % 2 == 1
+        assert result.attention.shape[1:3] == (N_HEADS, len(names)) and finite(result.attention)
         assert bool(((sums - 1).abs() < 1e-5).all())
     elif name == "TdAccuracyFit":
         assert finite(result.td) and finite(result.score)

@@ -12,6 +12,7 @@ from tv_lens.tasks import (
     PROMPT_ROLES,
     TextPool,
     bitwise_text_tasks,
+    demonstration_roles,
     offset_pool,
     position_roles,
     regression_pool,
@@ -73,3 +74,40 @@ def test_a_zero_shot_twin_keeps_its_prefix_and_query() -> None:
     batch = offset_pool(offsets=(1,), n_values=8, bos=True).sample(3, n_shots=2, seed=0).zero_shot()
     assert position_roles(batch).tolist() == [[PREFIX, QUERY, ANSWER, -1]] * len(batch)
     assert torch.equal(batch.prefix_lengths, torch.ones(len(batch), dtype=torch.long))
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "marker"])
+def test_each_demonstration_is_its_own_role_counted_back_from_the_query(fmt: str) -> None:
+    """With 0 to 3 shots: ``x → y`` per demonstration, the last one always ``[-1]``; merged back, the plain roles."""
+    batch = offset_pool(offsets=(1, 2), n_values=8, fmt=fmt, bos=True).sample(6, n_shots=(0, 3), seed=2)
+    roles, names = demonstration_roles(batch)
+    assert names == (
+        "prefix",
+        *("demo_input[-3]", "demo_answer[-3]", "demo_input[-2]", "demo_answer[-2]"),
+        *("demo_input[-1]", "demo_answer[-1]", "query", "answer_pos"),
+    )
+    assert {int(n) for n in batch.n_shots} == {0, 1, 2, 3}
+    for i in range(len(batch)):
+        n_shots = int(batch.n_shots[i])
+        expected = [names.index("prefix")]
+        for back in range(n_shots, 0, -1):
+            expected += [names.index(f"demo_input[-{back}]")] * 2 + [names.index(f"demo_answer[-{back}]")]
+        expected += [names.index("query"), names.index("answer_pos")]
+        assert roles[i].tolist() == expected + [-1] * (roles.shape[1] - len(expected))
+    plain = [PROMPT_ROLES.index(name.split("[")[0]) for name in names]
+    merged = torch.where(roles >= 0, torch.tensor(plain)[roles.clamp(min=0)], -1)
+    assert torch.equal(merged, position_roles(batch))
+
+
+def test_regression_and_zero_shot_prompts_count_demonstrations_back_too() -> None:
+    batch = regression_pool(("linear",), d=2).sample(3, n_shots=2, seed=0)
+    roles, names = demonstration_roles(batch)
+    for row in roles.tolist():  # x_0 y_0 x_1 y_1 x_q y_q
+        assert [names[r] if r >= 0 else None for r in row] == [
+            *("demo_input[-2]", "demo_answer[-2]", "demo_input[-1]", "demo_answer[-1]", "answer_pos", None)
+        ]
+    zero = offset_pool(offsets=(1,), n_values=8).sample(2, n_shots=0, seed=0)
+    roles, names = demonstration_roles(zero)
+    assert names == ("prefix", "query", "answer_pos")
+    for row in roles.tolist():
+        assert [names[r] if r >= 0 else None for r in row] == ["query", "answer_pos", None]

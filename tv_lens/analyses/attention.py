@@ -9,8 +9,9 @@ answers. :func:`role_attention` reads every head's attention weights at the answ
 (:func:`~tv_lens.tasks.position_roles`: prefix, demonstration input, demonstration answer, query, the answer position
 itself), per prompt; means per task and over every task but Null, with stratified bootstrap intervals, follow.
 
-The roles of a batch follow from its demonstration spans. Prompts of your own (:class:`~tv_lens.analyses.Prompts`)
-carry none: give ``roles``, a role id per position, and their ``role_names``.
+The roles of a batch follow from its demonstration spans; ``by_demonstration=True`` keeps every demonstration apart,
+counted back from the query (:func:`~tv_lens.tasks.demonstration_roles`). Prompts of your own
+(:class:`~tv_lens.analyses.Prompts`) carry no spans: give ``roles``, a role id per position, and their ``role_names``.
 
 Speed: one forward pass per batch of prompts, stopped after the last block read; only each prompt's answer row of
 each pattern is kept. On grouped-query-attention models every query head has its own pattern.
@@ -40,7 +41,7 @@ from tv_lens.analyses.answers import prompt_task_ids
 from tv_lens.analyses.options import N_PER_TASK, IntervalOptions, PassOptions, analysis_config
 from tv_lens.analyses.prompt_batches import LabelledPrompts, PromptBatch, PromptPool, check_prompts, sample_batch
 from tv_lens.checks import is_integer_tensor, tensor_of
-from tv_lens.errors import ConfigError, ModelNotSupportedError, ShapeError, TaskError
+from tv_lens.errors import AnalysisError, ConfigError, ModelNotSupportedError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import HookFn, read_batches
 from tv_lens.positions import prepare_prompts
@@ -51,7 +52,7 @@ from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.tasks import NULL_TASK, ShotSpec
 from tv_lens.tasks.prompt_rows import PromptRows
-from tv_lens.tasks.roles import PROMPT_ROLES, position_roles
+from tv_lens.tasks.roles import PROMPT_ROLES, demonstration_roles, position_roles
 
 __all__ = ["HeadAttention", "RoleAttention", "role_attention"]
 
@@ -77,7 +78,8 @@ def role_attention(
             attention mask (needed for left padding).
         roles: The role id of every position ``[batch, pos]``, in the layout of ``prompts.inputs``: an index into
             ``role_names`` at every real position up to the answer position (any value after it). ``None``: the
-            roles of a batch, :func:`~tv_lens.tasks.position_roles`.
+            roles of a batch, :func:`~tv_lens.tasks.position_roles` (:func:`~tv_lens.tasks.demonstration_roles`
+            with ``by_demonstration``).
         role_names: The name of every role id (with ``roles``).
         null_task: Name of the Null task (left out of the overall numbers).
         config: The options (``None``: ``HeadAttention()``).
@@ -88,8 +90,8 @@ def role_attention(
             demonstration spans and no ``roles``, or a role id outside ``role_names`` at a position the answer
             position attends to.
         ShapeError: ``roles`` not integer ids of the shape of the prompts.
-        ConfigError: ``roles`` without ``role_names`` or the other way round, or role names that are not distinct
-            strings.
+        ConfigError: ``roles`` without ``role_names`` or the other way round, role names that are not distinct
+            strings, or ``roles`` with ``by_demonstration``.
         ModelNotSupportedError: ``attn.hook_pattern`` is not ``[batch, n_heads, pos, pos]``.
         NonFiniteError: NaN or infinite attention weights.
     """
@@ -97,7 +99,7 @@ def role_attention(
     adapter = adapt(model)
     layers = tuple(range(adapter.n_layers)) if config.layers is None else adapter.check_layers(config.layers)
     check_prompts(prompts)
-    roles, names = _roles(prompts, roles, role_names)
+    roles, names = _roles(prompts, roles, role_names, config.by_demonstration)
     prepared = prepare_prompts(adapter, prompts.inputs, prompts.answer_pos, prompts.attention_mask)
     task_names = tuple(prompts.task_names)
     ids = prompt_task_ids(prompts.task_ids, task_names, len(prepared))
@@ -149,12 +151,24 @@ class HeadAttention(IntervalOptions, PassOptions):
 
     Attributes:
         layers: Blocks to read (``None``: every block).
+        by_demonstration: Keep every demonstration's input and answer apart, counted back from the query
+            (:func:`~tv_lens.tasks.demonstration_roles`), instead of one role for all demonstrations' inputs and one
+            for their answers.
 
     The keyword-only :class:`~tv_lens.analyses.options.IntervalOptions` (``n_bootstrap``, ``ci``) and
     :class:`~tv_lens.analyses.options.PassOptions` (``batch_size``, ``progress``) apply too.
     """
 
     layers: tuple[int, ...] | None = None
+    by_demonstration: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.by_demonstration, bool):
+            raise AnalysisError(
+                f"by_demonstration must be True or False (whether every demonstration is a role of its own), got "
+                f"{self.by_demonstration!r}."
+            )
 
     def run(
         self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
@@ -163,14 +177,19 @@ class HeadAttention(IntervalOptions, PassOptions):
         return self.run_batch(model, sample_batch(pool, n_per_task, n_shots, seed), seed=seed)
 
     def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> RoleAttention:
-        """Head attention by role on a given batch (the roles of :func:`~tv_lens.tasks.position_roles`)."""
+        """Head attention by role on a given batch (the roles its demonstration spans give)."""
         return role_attention(model, batch, config=self, seed=seed)
 
 
 def _roles(
-    prompts: LabelledPrompts, roles: Any, role_names: Sequence[str] | None
+    prompts: LabelledPrompts, roles: Any, role_names: Sequence[str] | None, by_demonstration: bool
 ) -> tuple[Int[Tensor, "batch pos"], tuple[str, ...]]:
     """The role ids ``[batch, pos]`` on the CPU and their names: given, or those of a batch."""
+    if roles is not None and by_demonstration:
+        raise ConfigError(
+            "by_demonstration splits the roles of a batch, not roles of your own: give every demonstration its own "
+            "role id in roles, or pass roles=None."
+        )
     if roles is None:
         if role_names is not None:
             raise ConfigError(
@@ -182,6 +201,9 @@ def _roles(
                 f"{type(prompts).__name__} prompts carry no demonstration spans to read roles from: pass roles (a "
                 "role id per position [batch, pos]) and role_names, or a batch of a task pool (pool.sample(...))."
             )
+        if by_demonstration:
+            ids, names = demonstration_roles(prompts)
+            return ids.cpu(), names
         return position_roles(prompts).cpu(), PROMPT_ROLES
     if role_names is None:
         raise ConfigError("roles need role_names, the name of every role id (e.g. ('demo_answer', 'other')).")

@@ -88,21 +88,24 @@ class RoleAttention(BootstrapSettings, Result):
             return self.overall[:, :, r]
         return self.per_task[:, :, r, task_index(self.task_names, task, "attention share")]
 
-    def top_heads(self, role: str = "demo_answer", k: int = 5, task: str | None = None) -> list[tuple[int, int]]:
+    def top_heads(self, role: str | None = None, k: int = 5, task: str | None = None) -> list[tuple[int, int]]:
         """The ``k`` heads that attend most to ``role`` (ties: block, then head), overall or for ``task``.
+
+        ``role=None`` is the lead role of :meth:`headline`: the demonstrations' answers.
 
         Raises:
             AnalysisError: ``k`` is not an int in ``[1, heads]``.
             TaskError: An unknown role or task.
         """
-        return list(ranked_heads(self.share(role, task), self.layers, k))
+        chosen = self.role_names[self._lead_role()] if role is None else role
+        return list(ranked_heads(self.share(chosen, task), self.layers, k))
 
     def headline(self) -> dict[str, Any]:
         """The mean share of every role over all heads, and the three heads that attend most to the lead role.
 
         Keys: ``mean_share`` (role name to its mean share over heads), ``role`` (the lead role: ``"demo_answer"``
-        where the roles have it, else the first), ``top_heads`` (``"L{layer}H{head}"``) and ``top_shares`` (their
-        shares).
+        where the roles have it, else ``"demo_answer[-1]"``, else the first), ``top_heads`` (``"L{layer}H{head}"``)
+        and ``top_shares`` (their shares).
         """
         role = self.role_names[self._lead_role()]
         heads = self.top_heads(role, min(3, len(self.layers) * self.n_heads))
@@ -164,7 +167,10 @@ class RoleAttention(BootstrapSettings, Result):
 
     def _lead_role(self) -> int:
         """The role a report leads with and the figure shows first: the demonstrations' answers, else the first."""
-        return self.role_names.index("demo_answer") if "demo_answer" in self.role_names else 0
+        for role in ("demo_answer", "demo_answer[-1]"):
+            if role in self.role_names:
+                return self.role_names.index(role)
+        return 0
 
     @staticmethod
     def _title(role: str) -> str:

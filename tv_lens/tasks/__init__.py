@@ -36,7 +36,7 @@ from tv_lens.tasks.regression import (
 from tv_lens.tasks.regression_baselines import least_squares_predictions, ridge_predictions
 from tv_lens.tasks.regression_batch import RegressionBatch
 from tv_lens.tasks.render import PROMPT_FORMATS, PromptFormat, render_prompts
-from tv_lens.tasks.roles import PROMPT_ROLES, position_roles
+from tv_lens.tasks.roles import PROMPT_ROLES, demonstration_roles, position_roles
 from tv_lens.tasks.text import TextPool, TextTask
 from tv_lens.tasks.text_families import bitwise_text_tasks, pos_tasks
 from tv_lens.tasks.tokens import (
@@ -72,6 +72,7 @@ __all__ = [
     "Vocabulary",
     "bitwise_pool",
     "bitwise_text_tasks",
+    "demonstration_roles",
     "leaky_relu_task",
     "least_squares_predictions",
     "linear_task",
