@@ -411,7 +411,7 @@ def noisy_accuracy(model: Any, pool: Any, label_noise: float, seed: int) -> tupl
     with torch.no_grad():
         logits = model(batch.inputs)
     correct = token_accuracy(answer_logits(logits, batch.answer_pos, batch.n_answer_tokens), batch.answers)
-    keep = batch.task_ids != batch.task_names.index("null")
+    keep = real_prompts(batch.task_ids, batch.task_names)
     _, overall = stratified_bootstrap_ci(correct[keep], batch.task_ids[keep], len(batch.task_names))
     return float(correct[keep].mean()), overall
 

@@ -70,6 +70,25 @@ def test_text_demonstrations_split_into_their_input_and_their_answer() -> None:
     assert checked > 10
 
 
+def test_text_demonstrations_apart_are_the_spans_of_the_plain_roles_in_order() -> None:
+    """Demonstration j of n, from its start to the next one's (or the query's): input, then answer, ``[-(n-j)]``."""
+    pool = TextPool(bitwise_text_tasks(n_examples=64), byte_bpe(), null=True, bos=True)
+    batch = pool.sample(n_per_task=3, n_shots=(0, 3), seed=4)
+    roles, names = demonstration_roles(batch)
+    plain = position_roles(batch)
+    for i in range(len(batch)):
+        n_shots, row = int(batch.n_shots[i]), [names[r] if r >= 0 else None for r in roles[i].tolist()]
+        starts = [*batch.demo_start[i, :n_shots].tolist(), int(batch.query_start[i])]
+        for j in range(n_shots):
+            span = row[starts[j] : starts[j + 1]]
+            n_input = span.count(f"demo_input[-{n_shots - j}]")
+            assert n_input > 0 and span == [f"demo_input[-{n_shots - j}]"] * n_input + [
+                f"demo_answer[-{n_shots - j}]"
+            ] * (len(span) - n_input)
+        outside = [*range(starts[0]), *range(starts[-1], len(row))]  # prefix, query, answer position, the rest
+        assert [row[p] for p in outside] == [PROMPT_ROLES[r] if r >= 0 else None for r in plain[i, outside].tolist()]
+
+
 def test_a_zero_shot_twin_keeps_its_prefix_and_query() -> None:
     batch = offset_pool(offsets=(1,), n_values=8, bos=True).sample(3, n_shots=2, seed=0).zero_shot()
     assert position_roles(batch).tolist() == [[PREFIX, QUERY, ANSWER, -1]] * len(batch)
