@@ -96,9 +96,9 @@ def test_each_demonstration_apart_sums_to_the_roles_of_all_demonstrations(analys
     model, batch, result = analysed
     split = HeadAttention(by_demonstration=True, n_bootstrap=0, batch_size=4).run_batch(model, batch)
     roles, names = demonstration_roles(batch)
-    assert split.role_names == names and len(names) == 2 * batch.max_shots + 3
+    assert split.role_names == names and len(names) == 3 * batch.max_shots + 3
     torch.testing.assert_close(split.attention, cached_shares(model, batch, roles, len(names)), **TOL)
-    for part in ("demo_input", "demo_answer"):
+    for part in ("demo_input", "demo_answer", "separator"):
         mine = [r for r, name in enumerate(names) if name.startswith(f"{part}[")]
         torch.testing.assert_close(split.attention[:, :, mine].sum(2), result.attention[:, :, PROMPT_ROLES.index(part)])
     last = split.share("demo_answer[-1]")

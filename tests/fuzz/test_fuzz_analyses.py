@@ -131,7 +131,7 @@ def check_result(result: Any) -> None:
     elif name == "RoleAttention":
         sums = result.attention.sum(2)
         names = result.role_names  # PROMPT_ROLES, or each demonstration apart between the prefix and the query
-        assert (names[0], *names[-2:]) == (PROMPT_ROLES[0], *PROMPT_ROLES[-2:]) and len(names) % 2 == 1
+        assert (names[0], *names[-2:]) == (PROMPT_ROLES[0], *PROMPT_ROLES[-2:]) and len(names) % 3 == 0
         assert result.attention.shape[1:3] == (N_HEADS, len(names)) and finite(result.attention)
         assert bool(((sums - 1).abs() < 1e-5).all())
     elif name == "TdAccuracyFit":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_text import bitwise, text
-from text_tokenizers import byte_bpe
+from text_tokenizers import byte_bpe, qwen_like, sentencepiece_like
 
 from tv_lens.tasks import (
     NULL_TASK,
@@ -18,18 +18,20 @@ from tv_lens.tasks import (
     regression_pool,
 )
 
-PREFIX, DEMO_INPUT, DEMO_ANSWER, QUERY, ANSWER = range(len(PROMPT_ROLES))
+PREFIX, DEMO_INPUT, DEMO_ANSWER, SEPARATOR, QUERY, ANSWER = range(len(PROMPT_ROLES))
 
 
 @pytest.mark.parametrize("fmt", ["arrow", "marker"])
 @pytest.mark.parametrize("bos", [False, True])
 def test_token_prompts_repeat_input_input_answer_per_demonstration(fmt: str, bos: bool) -> None:
-    """Every pair is ``x → y`` or ``<m> x y``: two input positions (the second right before the answer), one answer."""
+    """Every pair is ``x → y`` or ``<m> x y``: two input positions (the second right before the answer), one answer,
+    no separator."""
     batch = offset_pool(offsets=(1, 2), n_values=8, fmt=fmt, bos=bos).sample(6, n_shots=(0, 3), seed=2)
     roles = position_roles(batch)
     for i in range(len(batch)):
         n_shots = int(batch.n_shots[i])
         expected = [PREFIX] * bos + [DEMO_INPUT, DEMO_INPUT, DEMO_ANSWER] * n_shots + [QUERY, ANSWER]
+        assert SEPARATOR not in roles[i].tolist()
         expected += [-1] * (roles.shape[1] - len(expected))
         assert roles[i].tolist() == expected
 
@@ -43,27 +45,35 @@ def test_regression_prompts_have_no_query_before_the_answer_position() -> None:
         assert roles[i].tolist() == expected + [-1] * (roles.shape[1] - len(expected))
 
 
-def test_text_demonstrations_split_into_their_input_and_their_answer() -> None:
-    """Read from the roles alone, every demonstration's answer is the task's rule applied to its input."""
-    tokenizer = byte_bpe()
-    pool = TextPool(bitwise_text_tasks(n_examples=64), tokenizer, null=True, bos=True)
+@pytest.mark.parametrize(
+    ("make_tokenizer", "template"),
+    [(byte_bpe, "{x}->{y}"), (byte_bpe, "Q: {x}\nA: {y}"), (sentencepiece_like, "{x}->{y}"), (qwen_like, "{x}->{y}")],
+)
+def test_text_demonstrations_split_into_their_input_their_answer_and_the_newline(make_tokenizer, template) -> None:
+    """Read from the roles alone, every demonstration's answer is the task's rule applied to its input, and the
+    newline between demonstrations is their separator (GPT-2-, SentencePiece- and Qwen-style tokenizers)."""
+    tokenizer = make_tokenizer()
+    bos = tokenizer.bos_token is not None
+    pool = TextPool(bitwise_text_tasks(n_examples=64), tokenizer, null=True, bos=bos, template=template)
     batch = pool.sample(n_per_task=4, n_shots=(0, 3), seed=1)
     roles = position_roles(batch)
+    before, after = ("", " ->") if template == "{x}->{y}" else ("Q: ", " A:")  # around x, whitespace folded
     checked = 0
     for i in range(len(batch)):
         ids, row = batch.inputs[i].tolist(), roles[i].tolist()
-        assert row[0] == PREFIX and row.count(ANSWER) == 1 and row.index(ANSWER) == int(batch.answer_pos[i])
-        assert text(tokenizer, [t for t, r in zip(ids, row, strict=True) if r in (QUERY, ANSWER)]).endswith(" ->")
+        assert (row[0] == PREFIX) == bos and row.count(ANSWER) == 1 and row.index(ANSWER) == int(batch.answer_pos[i])
+        assert text(tokenizer, [t for t, r in zip(ids, row, strict=True) if r in (QUERY, ANSWER)]).endswith(after)
         task = batch.task_names[int(batch.task_ids[i])]
-        spans: list[list[int]] = []  # alternating runs of demo_input and demo_answer positions
+        spans: list[list[int]] = []  # runs of demo_input, demo_answer and separator positions, in turn
         for pos, role in enumerate(row):
-            if role in (DEMO_INPUT, DEMO_ANSWER):
+            if role in (DEMO_INPUT, DEMO_ANSWER, SEPARATOR):
                 if not spans or row[pos - 1] != role:
                     spans.append([])
                 spans[-1].append(ids[pos])
-        assert len(spans) == 2 * int(batch.n_shots[i])
-        for x_ids, y_ids in zip(spans[::2], spans[1::2], strict=True):
-            x, y = text(tokenizer, x_ids).removesuffix(" ->"), text(tokenizer, y_ids)
+        assert len(spans) == 3 * int(batch.n_shots[i])
+        for x_ids, y_ids, separator in zip(spans[::3], spans[1::3], spans[2::3], strict=True):
+            assert tokenizer.decode(separator) == pool.separator
+            x, y = text(tokenizer, x_ids).removeprefix(before).removesuffix(after), tokenizer.decode(y_ids).strip()
             if task != NULL_TASK:
                 assert y == bitwise(task, x)
                 checked += 1
@@ -71,7 +81,7 @@ def test_text_demonstrations_split_into_their_input_and_their_answer() -> None:
 
 
 def test_text_demonstrations_apart_are_the_spans_of_the_plain_roles_in_order() -> None:
-    """Demonstration j of n, from its start to the next one's (or the query's): input, then answer, ``[-(n-j)]``."""
+    """Demonstration j of n, up to the next one (or the query): input, answer, separator, ``[-(n-j)]``."""
     pool = TextPool(bitwise_text_tasks(n_examples=64), byte_bpe(), null=True, bos=True)
     batch = pool.sample(n_per_task=3, n_shots=(0, 3), seed=4)
     roles, names = demonstration_roles(batch)
@@ -80,11 +90,14 @@ def test_text_demonstrations_apart_are_the_spans_of_the_plain_roles_in_order() -
         n_shots, row = int(batch.n_shots[i]), [names[r] if r >= 0 else None for r in roles[i].tolist()]
         starts = [*batch.demo_start[i, :n_shots].tolist(), int(batch.query_start[i])]
         for j in range(n_shots):
-            span = row[starts[j] : starts[j + 1]]
-            n_input = span.count(f"demo_input[-{n_shots - j}]")
-            assert n_input > 0 and span == [f"demo_input[-{n_shots - j}]"] * n_input + [
-                f"demo_answer[-{n_shots - j}]"
-            ] * (len(span) - n_input)
+            span, back = row[starts[j] : starts[j + 1]], n_shots - j
+            counts = [span.count(f"{part}[-{back}]") for part in ("demo_input", "demo_answer", "separator")]
+            assert min(counts) > 0 and sum(counts) == len(span)
+            assert span == [
+                f"{part}[-{back}]"
+                for part, n in zip(("demo_input", "demo_answer", "separator"), counts, strict=True)
+                for _ in range(n)
+            ]
         outside = [*range(starts[0]), *range(starts[-1], len(row))]  # prefix, query, answer position, the rest
         assert [row[p] for p in outside] == [PROMPT_ROLES[r] if r >= 0 else None for r in plain[i, outside].tolist()]
 
@@ -100,11 +113,8 @@ def test_each_demonstration_is_its_own_role_counted_back_from_the_query(fmt: str
     """With 0 to 3 shots: ``x → y`` per demonstration, the last one always ``[-1]``; merged back, the plain roles."""
     batch = offset_pool(offsets=(1, 2), n_values=8, fmt=fmt, bos=True).sample(6, n_shots=(0, 3), seed=2)
     roles, names = demonstration_roles(batch)
-    assert names == (
-        "prefix",
-        *("demo_input[-3]", "demo_answer[-3]", "demo_input[-2]", "demo_answer[-2]"),
-        *("demo_input[-1]", "demo_answer[-1]", "query", "answer_pos"),
-    )
+    parts = ("demo_input", "demo_answer", "separator")
+    assert names == ("prefix", *(f"{part}[-{n}]" for n in (3, 2, 1) for part in parts), "query", "answer_pos")
     assert {int(n) for n in batch.n_shots} == {0, 1, 2, 3}
     for i in range(len(batch)):
         n_shots = int(batch.n_shots[i])

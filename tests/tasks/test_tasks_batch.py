@@ -65,15 +65,18 @@ def test_to_moves_every_tensor(batch: ICLBatch) -> None:
 
 
 SHARED = ("attention_mask", "answer_pos", "task_ids", "task_names", "n_shots", "demo_start", "demo_answer_pos")
+KEYWORD = "demo_answer_end"  # keyword-only: positional construction keeps its order
 
 
 def test_both_batch_classes_keep_their_field_order_and_pickle(batch: ICLBatch) -> None:
     regression = regression_pool(("linear",), d=3, null=True).sample(n_per_task=2, n_shots=(0, 2), seed=0)
     for original, own in ((batch, "pad_token"), (regression, "weights")):
         names = [f.name for f in fields(original)]
-        assert names == ["inputs", *SHARED[:2], "answers", *SHARED[2:], "demo_noisy", "query_start", own]
+        assert names == ["inputs", *SHARED[:2], "answers", *SHARED[2:], "demo_noisy", "query_start", KEYWORD, own]
         values = [getattr(original, name) for name in names]
-        for copy in (pickle.loads(pickle.dumps(original)), type(original)(*values)):  # positional order unchanged
+        positional = [value for name, value in zip(names, values, strict=True) if name != KEYWORD]
+        built = type(original)(*positional, demo_answer_end=original.demo_answer_end)  # positional order unchanged
+        for copy in (pickle.loads(pickle.dumps(original)), built):
             assert type(copy) is type(original)
             for name, value in zip(names, values, strict=True):  # weights hold NaN for Null prompts
                 if isinstance(value, torch.Tensor):
@@ -81,6 +84,16 @@ def test_both_batch_classes_keep_their_field_order_and_pickle(batch: ICLBatch) -
                 else:
                     assert getattr(copy, name) == value, name
     assert isinstance(regression, RegressionBatch) and len(regression.select([0, 3]).weights) == 2
+
+
+def test_answer_ends_default_to_the_next_demonstration_also_for_a_batch_pickled_without_them(batch: ICLBatch) -> None:
+    assert batch.n_shots.max() > 1 and torch.equal(batch.demo_answer_end, batch.demonstration_ends)
+    given = {f.name: getattr(batch, f.name) for f in fields(batch) if f.name != KEYWORD}
+    assert torch.equal(ICLBatch(**given).demo_answer_end, batch.demonstration_ends)
+    older = pickle.loads(pickle.dumps(batch))
+    del older.__dict__[KEYWORD]  # as a batch pickled before the field existed
+    restored = pickle.loads(pickle.dumps(older))
+    assert torch.equal(restored.demo_answer_end, batch.demonstration_ends)
 
 
 def test_batch_is_frozen(batch: ICLBatch) -> None:
@@ -100,6 +113,13 @@ def test_batch_is_frozen(batch: ICLBatch) -> None:
         (lambda b: {"task_ids": b.task_ids + 10}, TaskError, "task_ids"),
         (lambda b: {"n_shots": b.n_shots + 5}, TaskError, "n_shots"),
         (lambda b: {"demo_start": b.demo_start * 0 + 1}, PositionError, "demo_start"),
+        (lambda b: {"demo_answer_end": b.demo_answer_pos}, PositionError, "demo_answer_end must lie after"),
+        (
+            lambda b: {"demo_answer_end": torch.where(b.demo_answer_end >= 0, b.demo_answer_end + 1, -1)},
+            PositionError,
+            "at most at the next demonstration",
+        ),
+        (lambda b: {"demo_answer_end": b.demo_answer_end[:, :-1]}, ShapeError, "demo_answer_end"),
         (lambda b: {"inputs": b.inputs.float()}, ShapeError, "integer|parameter 'inputs'"),
     ],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from conftest import BACKENDS, tiny_config
@@ -15,7 +16,9 @@ from tv_lens.interventions import run_with_interventions
 from tv_lens.metrics import answer_logits
 from tv_lens.models import build_model
 from tv_lens.tasks import NULL_TASK, POS_TAGS, ICLBatch, TextPool, TextTask, bitwise_text_tasks, pos_tasks
+from tv_lens.tasks.encoding import Encoded
 from tv_lens.tasks.lexicon import LEXICON, generate_sentences
+from tv_lens.tasks.text import _demonstration_tokens
 
 TAG_OF = {word: tag for tag, words in LEXICON.items() for word in words}
 TOKENIZERS = {"word_level": word_level, "byte_bpe": byte_bpe}
@@ -279,3 +282,24 @@ def test_a_token_of_the_space_before_the_answer_stays_with_the_prompt(make) -> N
         assert targets[:, i, 0].tolist() == firsts  # each task's first digit, not the space
         n_differ += len(set(firsts)) > 1
     assert n_differ > 0
+
+
+@pytest.mark.parametrize(
+    ("pieces", "expected"),
+    [
+        # "a->b\n" "c->d\n" "e->": each answer one token, the newline a token of its own
+        (["a", "->", "b", "\n", "c", "->", "d", "\n", "e", "->"], [(0, 1, 3), (4, 5, 7)]),
+        # the answer's last character and the newline in one token: the token is the answer's
+        (["a", "->", "b\n", "c", "->", "d\n", "e", "->"], [(0, 1, 3), (3, 4, 6)]),
+        # the answer, the newline and the next input in one token: the answer ends where the next one starts
+        (["a", "->", "b\nc", "->", "d\ne", "->"], [(0, 1, 2), (2, 3, 4)]),
+    ],
+)
+def test_an_answer_ends_after_the_token_of_its_last_character(pieces: list[str], expected: list[tuple[int, ...]]):
+    """Demonstration spans from character offsets, where tokens split or merge the answer and the newline."""
+    ends = np.cumsum([len(piece) for piece in pieces])
+    encoded = Encoded(list(range(len(pieces))), ends - [len(piece) for piece in pieces], ends)
+    demo_chars = [(0, 3, 4), (5, 8, 9)]  # (demonstration start, answer start, answer end) in "a->b\nc->d\ne->"
+    assert _demonstration_tokens(encoded, demo_chars, query_char=10, shift=1) == [
+        tuple(position + 1 for position in span) for span in expected
+    ]

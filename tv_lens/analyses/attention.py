@@ -6,8 +6,8 @@ information of a demonstration flows through its label tokens, and Todd et al. (
 carries the task (function-vector heads, :mod:`tv_lens.analyses.function_vectors`) attend to the demonstrations'
 answers. :func:`role_attention` reads every head's attention weights at the answer position
 (``blocks.{l}.attn.hook_pattern``) and sums them over the positions of each role of the prompt
-(:func:`~tv_lens.tasks.position_roles`: prefix, demonstration input, demonstration answer, query, the answer position
-itself), per prompt; means per task and over every task but Null, with stratified bootstrap intervals, follow.
+(:func:`~tv_lens.tasks.position_roles`: prefix, demonstration input, answer and separator, query, the answer
+position itself), per prompt; means per task and over every task but Null, with stratified bootstrap intervals, follow.
 
 The roles of a batch follow from its demonstration spans; ``by_demonstration=True`` keeps every demonstration apart,
 counted back from the query (:func:`~tv_lens.tasks.demonstration_roles`). Prompts of your own
@@ -21,7 +21,7 @@ each pattern is kept. On grouped-query-attention models every query head has its
 >>> model = build_model(ModelConfig(d_vocab=pool.vocab_size, n_layers=2, d_model=32, n_heads=4, n_ctx=64))
 >>> result = HeadAttention(n_bootstrap=0).run(model, pool, n_per_task=4, n_shots=3)
 >>> result.attention.shape, result.role_names  # [layer, head, role, prompt]
-(torch.Size([2, 4, 5, 12]), ('prefix', 'demo_input', 'demo_answer', 'query', 'answer_pos'))
+(torch.Size([2, 4, 6, 12]), ('prefix', 'demo_input', 'demo_answer', 'separator', 'query', 'answer_pos'))
 >>> bool(torch.allclose(result.attention.sum(2), torch.ones(2, 4, 12, dtype=torch.float64)))
 True
 """

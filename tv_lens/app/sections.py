@@ -261,9 +261,9 @@ SECTIONS: tuple[Section, ...] = (
         "attention",
         "Where attention heads look from the answer position",
         "The share of each head's attention at the token right before the answer that falls on each role of the "
-        "prompt: before the demonstrations, the demonstrations' inputs, their answers, the query, the answer position "
-        "itself (heatmap: layer against head; the menu picks the role, the demonstrations' answers first), averaged "
-        "over the prompts of every task but Null.",
+        "prompt: before the demonstrations, the demonstrations' inputs, their answers, what separates them (a text "
+        "prompt's newline), the query, the answer position itself (heatmap: layer against head; the menu picks the "
+        "role, the demonstrations' answers first), averaged over the prompts of every task but Null.",
         "Todd et al. (2024), after Wang et al. (2023): the heads that carry the task to the answer position read the "
         "demonstrations' answers; compare them with the important heads above.",
         lambda r: [r.figure()],

@@ -12,7 +12,8 @@ Within the query, ``answer_pos[i]`` is the token right before the first answer t
 whose logits predict ``answers[i, 0]`` and whose residual stream is read as the task representation.
 The answer tokens follow it (``inputs[i, answer_pos[i] + 1 + k] == answers[i, k]``), so one teacher-forced
 pass scores multi-token answers: logits at ``answer_pos + k`` predict ``answers[:, k]``. Each
-demonstration has the same structure: ``demo_answer_pos[i, j]`` is the token before its answer.
+demonstration has the same structure: ``demo_answer_pos[i, j]`` is the token before its answer and
+``demo_answer_end[i, j]`` the token after it (any delimiter up to the next demonstration follows).
 Per-demonstration arrays are padded with ``-1`` beyond ``n_shots[i]``.
 
 Answers of different token counts (text tasks) are right-padded with ``-1`` in ``answers``
@@ -50,6 +51,9 @@ class ICLBatch(PromptRows):
         n_shots: Number of demonstrations of each prompt.
         demo_start: First token of each demonstration; ``-1`` beyond ``n_shots``.
         demo_answer_pos: Token right before each demonstration's answer; ``-1`` beyond ``n_shots``.
+        demo_answer_end: One past each demonstration's last answer token (a delimiter after the answer, such as a
+            newline, lies from there to the next demonstration); ``-1`` beyond ``n_shots``. Keyword-only; not
+            given, each answer runs up to the next demonstration (the query after the last).
         demo_noisy: Whether each demonstration's label was corrupted by label noise.
         query_start: First token of the query.
         pad_token: The padding token id.

@@ -2,15 +2,15 @@
 
 :class:`~tv_lens.tasks.ICLBatch` and :class:`~tv_lens.tasks.RegressionBatch` are both right-padded prompts
 with ``attention_mask [batch, pos]``, per-prompt ``answer_pos``, ``task_ids``, ``n_shots``, ``query_start``
-and per-demonstration ``demo_start``, ``demo_answer_pos``, ``demo_noisy`` (``-1`` / False beyond
-``n_shots``). :class:`PromptRows` declares those fields and holds the methods both classes share.
+and per-demonstration ``demo_start``, ``demo_answer_pos``, ``demo_answer_end``, ``demo_noisy`` (``-1`` / False
+beyond ``n_shots``). :class:`PromptRows` declares those fields and holds the methods both classes share.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 import torch
@@ -25,7 +25,7 @@ __all__ = ["PromptRows"]
 Rows = TypeVar("Rows", bound="PromptRows")
 
 PER_PROMPT = ("answer_pos", "task_ids", "n_shots", "query_start")
-PER_DEMONSTRATION = ("demo_start", "demo_answer_pos", "demo_noisy")
+PER_DEMONSTRATION = ("demo_start", "demo_answer_pos", "demo_answer_end", "demo_noisy")
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,10 +47,19 @@ class PromptRows(ABC):
     demo_answer_pos: Int[Tensor, "batch max_shots"]
     demo_noisy: Bool[Tensor, "batch max_shots"]
     query_start: Int[Tensor, " batch"]
+    demo_answer_end: Int[Tensor, "batch max_shots"] | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         self._check_shapes()
+        if self.demo_answer_end is None:  # not given: every answer runs up to the next demonstration
+            object.__setattr__(self, "demo_answer_end", self.demonstration_ends)
         self._check_positions()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, giving a batch pickled before ``demo_answer_end`` existed the default of :meth:`__post_init__`."""
+        self.__dict__.update(state)
+        if state.get("demo_answer_end") is None:
+            object.__setattr__(self, "demo_answer_end", self.demonstration_ends)
 
     @abstractmethod
     def _check_shapes(self) -> None:
@@ -79,6 +88,13 @@ class PromptRows(ABC):
         first = self.demo_start[:, 0] if self.max_shots else self.query_start
         return torch.where(self.n_shots > 0, first, self.query_start)
 
+    @property
+    def demonstration_ends(self) -> Int[Tensor, "batch max_shots"]:
+        """Where each demonstration's span ends: the next one's start, the query's after the last (-1 beyond)."""
+        following = torch.cat([self.demo_start[:, 1:], torch.full_like(self.demo_start[:, :1], -1)], dim=1)
+        ends = torch.where(following >= 0, following, self.query_start[:, None])
+        return torch.where(self.demo_start >= 0, ends, -1)
+
     def to(self: Rows, device: torch.device | str) -> Rows:
         """The same batch with every tensor on ``device``."""
         moved: dict[str, Any] = {name: value.to(device) for name, value in self._tensors().items()}
@@ -90,7 +106,7 @@ class PromptRows(ABC):
         b, p = self.inputs.shape[:2]
         n_demo = self.demo_start.shape[-1] if self.demo_start.ndim == 2 else -1
         expected = {"attention_mask": (b, p)} | {n: (b,) for n in PER_PROMPT}
-        expected |= {n: (b, n_demo) for n in PER_DEMONSTRATION}
+        expected |= {n: (b, n_demo) for n in PER_DEMONSTRATION if getattr(self, n) is not None}
         for name, shape in expected.items():
             got = tuple(getattr(self, name).shape)
             if got != shape:
@@ -112,12 +128,20 @@ class PromptRows(ABC):
         if len(names) == 0 or (task_ids < 0).any() or (task_ids >= len(names)).any():
             raise TaskError(f"{kind}.task_ids must index task_names {names}.")
         is_demo = torch.arange(max_shots, device=mask.device) < self.n_shots[:, None]
-        for name in ("demo_start", "demo_answer_pos"):
+        for name in ("demo_start", "demo_answer_pos", "demo_answer_end"):
             pos = getattr(self, name)
             if (pos[~is_demo] != -1).any() or (pos[is_demo] < 0).any():
                 raise PositionError(f"{kind}.{name} must be >= 0 on the first n_shots columns and -1 after.")
-            if ((pos >= self.query_start[:, None]) & is_demo).any():
+            if ((pos >= self.query_start[:, None]) & is_demo).any() and name != "demo_answer_end":
                 raise PositionError(f"{kind}.{name} must lie before query_start in every prompt.")
+        answer_end = self.demo_answer_end
+        assert answer_end is not None  # set by __post_init__
+        inside = (self.demo_answer_pos < answer_end) & (answer_end <= self.demonstration_ends)
+        if (is_demo & ~inside).any():
+            raise PositionError(
+                f"{kind}.demo_answer_end must lie after demo_answer_pos and at most at the next demonstration's start "
+                "(the query's after the last): one past each demonstration's last answer token."
+            )
 
     def _row_indices(
         self, indices: Int[Tensor, " n"] | Bool[Tensor, " n"] | Sequence[int] | slice
@@ -166,6 +190,7 @@ class PromptRows(ABC):
             n_shots=torch.zeros_like(self.n_shots),
             demo_start=self.demo_start[:, :0],
             demo_answer_pos=self.demo_answer_pos[:, :0].clone(),
+            demo_answer_end=None,
             demo_noisy=self.demo_noisy[:, :0],
             **changes,
         )

@@ -43,6 +43,7 @@ class RegressionBatch(PromptRows):
         n_shots: Number of demonstrations of each prompt.
         demo_start: Position of each demonstration's ``x``; ``-1`` beyond ``n_shots``.
         demo_answer_pos: Position where each demonstration's ``y`` is predicted (its ``x``); ``-1`` beyond.
+        demo_answer_end: One past each demonstration's ``y`` (the next ``x``); ``-1`` beyond.
         demo_noisy: Whether each demonstration's ``y`` was replaced by a random output (label noise).
         query_start: Position of ``x_q``.
         weights: The weight vector ``w ~ N(0, I)`` drawn for each prompt's function (masked to its basis for
@@ -125,6 +126,7 @@ class RegressionBatch(PromptRows):
             n_shots=n_shots,
             demo_start=demo_pos,
             demo_answer_pos=demo_pos.clone(),
+            demo_answer_end=torch.where(is_demo, demo_pos + 2, -1),
             demo_noisy=demo_noisy & is_demo,
             query_start=2 * n_shots,
             weights=weights,

@@ -92,6 +92,7 @@ def render_prompts(
         n_shots=n_shots,
         demo_start=demo_start,
         demo_answer_pos=torch.where(is_demo, demo_start + n_in, -1),
+        demo_answer_end=torch.where(is_demo, demo_start + pair_len, -1),
         demo_noisy=demo_noisy & is_demo,
         query_start=query_start,
         pad_token=vocab.pad,

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from tv_lens.errors import TaskError
 from tv_lens.tasks.batch import ICLBatch
-from tv_lens.tasks.encoding import TextEncoder
+from tv_lens.tasks.encoding import Encoded, TextEncoder
 from tv_lens.tasks.pool_checks import NULL_TASK, PoolTasks, check_flag
 from tv_lens.tasks.sampling import ShotSpec, _shot_choices, check_batch_fits, check_sample_arguments, seeded_generator
 from tv_lens.tasks.text_batch import answer_start, first_answer_token, to_batch
@@ -281,7 +281,7 @@ class TextPool(PoolTasks):
             text, demo_chars = "", []
             for x, y, _ in pairs[:-1]:
                 answer_char = len(text + pre + x + mid) + len(moved + y) - len((moved + y).lstrip())
-                demo_chars.append((len(text), answer_char))
+                demo_chars.append((len(text), answer_char, len(text + pre + x + mid + moved + y)))
                 text += pre + x + mid + moved + y + post + self.separator
             query = text + pre + pairs[-1][0] + mid
             marks.append((demo_chars, len(text), len(query)))
@@ -296,9 +296,24 @@ class TextPool(PoolTasks):
             answers.append(enc.ids[first:] if self.answer_tokens == "all" else enc.ids[first : first + 1])
             answer_pos.append(len(prefix) + first - 1)
             query_start.append(len(prefix) + enc.token_at(query_char))
-            demos.append([(len(prefix) + enc.token_at(s), len(prefix) + enc.token_at(a) - 1) for s, a in demo_chars])
+            demos.append(_demonstration_tokens(enc, demo_chars, query_char, len(prefix)))
         noisy = [[noisy for *_, noisy in pairs[:-1]] for pairs in prompts]
         return to_batch(rows, answers, answer_pos, query_start, demos, noisy, task_ids, shots, self.task_names, pad)
+
+
+def _demonstration_tokens(
+    enc: Encoded, demo_chars: list[tuple[int, int, int]], query_char: int, shift: int
+) -> list[tuple[int, int, int]]:
+    """Each demonstration's (first token, token before its answer, one past its answer) from character offsets.
+
+    The answer ends after the token that holds its last character, or at the next demonstration's (or the query's)
+    first token where the tokenizer merged the two.
+    """
+    starts = [enc.token_at(start) for start, _, _ in demo_chars] + [enc.token_at(query_char)]
+    return [
+        (shift + first, shift + enc.token_at(answer) - 1, shift + min(enc.token_at(end - 1) + 1, following))
+        for (_, answer, end), first, following in zip(demo_chars, starts[:-1], starts[1:], strict=True)
+    ]
 
 
 def _lookup(examples: Sequence[Example]) -> dict[str, str | None]:

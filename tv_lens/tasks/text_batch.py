@@ -38,14 +38,17 @@ def to_batch(
     answers: list[list[int]],
     answer_pos: list[int],
     query_start: list[int],
-    demos: list[list[tuple[int, int]]],
+    demos: list[list[tuple[int, int, int]]],
     demo_noisy: list[list[bool]],
     task_ids: torch.Tensor,
     shots: torch.Tensor,
     task_names: tuple[str, ...],
     pad: int,
 ) -> ICLBatch:
-    """Pad token rows, answers (with -1) and demonstration spans into an :class:`ICLBatch`."""
+    """Pad token rows, answers (with -1) and demonstration spans into an :class:`ICLBatch`.
+
+    ``demos[i]`` holds prompt ``i``'s demonstrations as (first token, token before the answer, one past the answer).
+    """
     b, max_shots = len(rows), int(shots.max())
     n_answer = max(len(a) for a in answers)
     width = max(max(len(r) for r in rows), max(p + n_answer for p in answer_pos))
@@ -54,13 +57,14 @@ def to_batch(
     answer = torch.full((b, n_answer), -1, dtype=torch.long)
     demo_start = torch.full((b, max_shots), -1, dtype=torch.long)
     demo_answer = torch.full((b, max_shots), -1, dtype=torch.long)
+    demo_end = torch.full((b, max_shots), -1, dtype=torch.long)
     noisy = torch.zeros((b, max_shots), dtype=torch.bool)
     for i, row in enumerate(rows):
         inputs[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
         answer[i, : len(answers[i])] = torch.tensor(answers[i])
-        for j, (start, before_answer) in enumerate(demos[i]):
-            demo_start[i, j], demo_answer[i, j] = start, before_answer
+        for j, (start, before_answer, answer_end) in enumerate(demos[i]):
+            demo_start[i, j], demo_answer[i, j], demo_end[i, j] = start, before_answer, answer_end
             noisy[i, j] = demo_noisy[i][j]
     return ICLBatch(
         inputs=inputs,
@@ -72,6 +76,7 @@ def to_batch(
         n_shots=shots,
         demo_start=demo_start,
         demo_answer_pos=demo_answer,
+        demo_answer_end=demo_end,
         demo_noisy=noisy,
         query_start=torch.tensor(query_start),
         pad_token=pad,
