@@ -7,7 +7,7 @@ import torch
 from analyses_helpers import N_TASKS, POOL, count_forward_passes, sample
 
 import tv_lens.analyses.suite as suite_module
-from tv_lens.analyses import Geometry, ICLPerformance, Suite, TaskDecodability
+from tv_lens.analyses import Geometry, HeadAttention, ICLPerformance, Suite, TaskDecodability
 from tv_lens.errors import AnalysisError
 from tv_lens.results import Result, SuiteResult
 
@@ -42,6 +42,14 @@ def test_model_analyses_run_with_the_suite_seed_and_the_result_round_trips(model
     figure = result.figure()
     assert len(figure.data) == sum(len(r.traces()) for r in result.results.values())
     assert [a.text for a in figure.layout.annotations] == ["td", "icl", "pca"]
+
+
+def test_model_analyses_that_take_shots_get_the_suite_shots(model, tmp_path):
+    attention = HeadAttention(n_bootstrap=0)
+    result = Suite((attention, ICLPerformance(shots=(0, 2), n_bootstrap=0))).run(model, POOL, 3, n_shots=2, seed=4)
+    assert result["attention"] == attention.run(model, POOL, n_per_task=3, n_shots=2, seed=4)
+    assert result["attention"] != attention.run(model, POOL, n_per_task=3, seed=4)  # not the default 4 shots
+    assert Result.load(result.save(tmp_path / "suite.safetensors")) == result
 
 
 def test_run_batch_and_errors(model):

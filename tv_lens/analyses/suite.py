@@ -5,8 +5,9 @@ Representation analyses (task decodability, geometry, and any object with ``laye
 positions. The suite samples the prompts once and calls :func:`tv_lens.probes.collect` once per residual
 site with the union of the layers they need, then hands each analysis its layers of the shared
 representations: one forward pass per batch of prompts, however many such analyses run. Analyses that
-need model outputs over their own prompt grid (ICL performance, TD → accuracy) run as usual with the
-suite's ``n_per_task`` and ``seed``.
+run the model on prompts of their own (ICL performance, TD → accuracy, the causal analyses, head attention) run
+as usual with the suite's ``n_per_task`` and ``seed``, and its ``n_shots`` where their ``run`` takes one (the
+others set their shots in their config).
 
 >>> from tv_lens.analyses import Geometry, TaskDecodability
 >>> suite = Suite((TaskDecodability(k=3), Geometry()))
@@ -16,10 +17,12 @@ suite's ``n_per_task`` and ``seed``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from tv_lens.analyses.attention import HeadAttention
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.geometry import Geometry
 from tv_lens.analyses.options import N_PER_TASK, PassOptions
@@ -53,7 +56,7 @@ class RepresentationStep(Protocol):
 
 @runtime_checkable
 class ModelAnalysis(Protocol):
-    """An analysis that runs the model on prompts of its own."""
+    """An analysis that runs the model on prompts of its own (its ``run`` may also take ``n_shots``)."""
 
     def run(self, model: Any, pool: PromptPool, n_per_task: int = ..., seed: int = ...) -> Result:
         """The result on ``model`` and ``pool``."""
@@ -61,6 +64,7 @@ class ModelAnalysis(Protocol):
 
 
 _DEFAULT_NAMES = {
+    HeadAttention: "attention",
     TaskDecodability: "decodability",
     Geometry: "geometry",
     ICLPerformance: "performance",
@@ -131,7 +135,8 @@ class Suite(PassOptions):
             if _is_rep(analysis) and batch is not None:
                 results[name] = analysis.compute(shared[analysis.site], task_names=batch.task_names, seed=seed)
             else:
-                results[name] = analysis.run(model, pool, n_per_task=n_per_task, seed=seed)
+                shots = {"n_shots": n_shots} if "n_shots" in inspect.signature(analysis.run).parameters else {}
+                results[name] = analysis.run(model, pool, n_per_task=n_per_task, seed=seed, **shots)
         shots = list(n_shots) if isinstance(n_shots, range) else n_shots
         return SuiteResult(results, n_per_task, shots, seed, len(shared))
 
