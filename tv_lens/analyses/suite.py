@@ -135,8 +135,9 @@ class Suite(PassOptions):
             if _is_rep(analysis) and batch is not None:
                 results[name] = analysis.compute(shared[analysis.site], task_names=batch.task_names, seed=seed)
             else:
-                shots = {"n_shots": n_shots} if "n_shots" in inspect.signature(analysis.run).parameters else {}
-                results[name] = analysis.run(model, pool, n_per_task=n_per_task, seed=seed, **shots)
+                takes_shots = "n_shots" in inspect.signature(analysis.run).parameters
+                own = {"n_shots": n_shots} if takes_shots else {}
+                results[name] = analysis.run(model, pool, n_per_task=n_per_task, seed=seed, **own)
         shots = list(n_shots) if isinstance(n_shots, range) else n_shots
         return SuiteResult(results, n_per_task, shots, seed, len(shared))
 
