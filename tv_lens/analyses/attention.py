@@ -151,9 +151,9 @@ class HeadAttention(IntervalOptions, PassOptions):
 
     Attributes:
         layers: Blocks to read (``None``: every block).
-        by_demonstration: Keep every demonstration's input and answer apart, counted back from the query
-            (:func:`~tv_lens.tasks.demonstration_roles`), instead of one role for all demonstrations' inputs and one
-            for their answers.
+        by_demonstration: Keep every demonstration's input, answer and separator apart, counted back from the query
+            (:func:`~tv_lens.tasks.demonstration_roles`), instead of one role each for all demonstrations' inputs,
+            answers and separators.
 
     The keyword-only :class:`~tv_lens.analyses.options.IntervalOptions` (``n_bootstrap``, ``ci``) and
     :class:`~tv_lens.analyses.options.PassOptions` (``batch_size``, ``progress``) apply too.

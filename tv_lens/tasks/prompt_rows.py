@@ -132,7 +132,8 @@ class PromptRows(ABC):
             pos = getattr(self, name)
             if (pos[~is_demo] != -1).any() or (pos[is_demo] < 0).any():
                 raise PositionError(f"{kind}.{name} must be >= 0 on the first n_shots columns and -1 after.")
-            if ((pos >= self.query_start[:, None]) & is_demo).any() and name != "demo_answer_end":
+        for name in ("demo_start", "demo_answer_pos"):
+            if ((getattr(self, name) >= self.query_start[:, None]) & is_demo).any():
                 raise PositionError(f"{kind}.{name} must lie before query_start in every prompt.")
         answer_end = self.demo_answer_end
         assert answer_end is not None  # set by __post_init__
