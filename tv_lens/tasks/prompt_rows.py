@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from jaxtyping import Bool, Int
@@ -135,8 +135,7 @@ class PromptRows(ABC):
         for name in ("demo_start", "demo_answer_pos"):
             if ((getattr(self, name) >= self.query_start[:, None]) & is_demo).any():
                 raise PositionError(f"{kind}.{name} must lie before query_start in every prompt.")
-        answer_end = self.demo_answer_end
-        assert answer_end is not None  # set by __post_init__
+        answer_end = cast(Tensor, self.demo_answer_end)  # set by __post_init__
         inside = (self.demo_answer_pos < answer_end) & (answer_end <= self.demonstration_ends)
         if (is_demo & ~inside).any():
             raise PositionError(

@@ -31,6 +31,8 @@ last demonstration's answer), for how attention falls off with a demonstration's
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from jaxtyping import Int
 from torch import Tensor
@@ -59,8 +61,7 @@ def position_roles(batch: PromptRows) -> Int[Tensor, "batch pos"]:
     roles = torch.full((len(batch), pos.shape[1]), -1, dtype=torch.long, device=pos.device)
     is_demo = batch.demo_start >= 0
     roles[pos < batch.prefix_lengths[:, None]] = prefix
-    ends, answer_end = batch.demonstration_ends, batch.demo_answer_end
-    assert answer_end is not None  # set when the batch is made
+    ends, answer_end = batch.demonstration_ends, cast(Tensor, batch.demo_answer_end)  # set when the batch is made
     for j in range(batch.max_shots):
         start, before, after = (field[:, j, None] for field in (batch.demo_start, batch.demo_answer_pos, answer_end))
         shown = is_demo[:, j, None]
