@@ -51,14 +51,17 @@ class PromptRows(ABC):
 
     def __post_init__(self) -> None:
         self._check_shapes()
-        if self.demo_answer_end is None:  # not given: every answer runs up to the next demonstration
-            object.__setattr__(self, "demo_answer_end", self.demonstration_ends)
+        self._default_answer_ends()
         self._check_positions()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle, giving a batch pickled before ``demo_answer_end`` existed the default of :meth:`__post_init__`."""
         self.__dict__.update(state)
-        if state.get("demo_answer_end") is None:
+        self._default_answer_ends()
+
+    def _default_answer_ends(self) -> None:
+        """Where ``demo_answer_end`` was not given, every answer runs up to the next demonstration (or the query)."""
+        if self.__dict__.get("demo_answer_end") is None:
             object.__setattr__(self, "demo_answer_end", self.demonstration_ends)
 
     @abstractmethod

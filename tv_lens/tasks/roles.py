@@ -56,21 +56,7 @@ def position_roles(batch: PromptRows) -> Int[Tensor, "batch pos"]:
     Returns:
         Role ids ``[batch, pos]`` on the batch's device.
     """
-    prefix, demo_input, demo_answer, separator, query, answer = range(len(PROMPT_ROLES))
-    pos = torch.arange(batch.inputs.shape[1], device=batch.answer_pos.device)[None, :]
-    roles = torch.full((len(batch), pos.shape[1]), -1, dtype=torch.long, device=pos.device)
-    is_demo = batch.demo_start >= 0
-    roles[pos < batch.prefix_lengths[:, None]] = prefix
-    ends, answer_end = batch.demonstration_ends, cast(Tensor, batch.demo_answer_end)  # set when the batch is made
-    for j in range(batch.max_shots):
-        start, before, after = (field[:, j, None] for field in (batch.demo_start, batch.demo_answer_pos, answer_end))
-        shown = is_demo[:, j, None]
-        roles[shown & (pos >= start) & (pos <= before)] = demo_input
-        roles[shown & (pos > before) & (pos < after)] = demo_answer
-        roles[shown & (pos >= after) & (pos < ends[:, j, None])] = separator
-    roles[(pos >= batch.query_start[:, None]) & (pos < batch.answer_pos[:, None])] = query
-    roles[pos == batch.answer_pos[:, None]] = answer
-    return roles
+    return _roles_and_demonstrations(batch)[0]
 
 
 def demonstration_roles(batch: PromptRows) -> tuple[Int[Tensor, "batch pos"], tuple[str, ...]]:
@@ -88,15 +74,33 @@ def demonstration_roles(batch: PromptRows) -> tuple[Int[Tensor, "batch pos"], tu
     Returns:
         Role ids ``[batch, pos]`` on the batch's device (``-1`` after ``answer_pos``) and the name of every id.
     """
-    roles = position_roles(batch)
+    roles, demo = _roles_and_demonstrations(batch)
     k, parts = batch.max_shots, len(_DEMONSTRATION_PARTS)
-    pos = torch.arange(roles.shape[1], device=roles.device)[None, :, None]
-    starts = batch.demo_start.to(roles.device)[:, None, :]
-    demo = ((starts >= 0) & (starts <= pos)).sum(-1) - 1  # [batch, pos]: the demonstration a position lies in
-    back = batch.n_shots.to(roles.device)[:, None] - demo  # 1 for the last demonstration
+    back = batch.n_shots[:, None] - demo  # 1 for the last demonstration
     part = roles - 1  # 0, 1, 2 within a demonstration
     in_demo = (part >= 0) & (part < parts)
     ids = torch.where(in_demo, 1 + parts * (k - back) + part, roles)
     ids = torch.where(roles > parts, roles + parts * (k - 1), ids)  # the query and the answer position
     names = [f"{name}[-{n}]" for n in range(k, 0, -1) for name in _DEMONSTRATION_PARTS]
     return ids, (PROMPT_ROLES[0], *names, *PROMPT_ROLES[1 + parts :])
+
+
+def _roles_and_demonstrations(batch: PromptRows) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """The role id of every position and the demonstration its span belongs to (``-1`` outside every span)."""
+    prefix, demo_input, demo_answer, separator, query, answer = range(len(PROMPT_ROLES))
+    pos = torch.arange(batch.inputs.shape[1], device=batch.answer_pos.device)[None, :]
+    roles = torch.full((len(batch), pos.shape[1]), -1, dtype=torch.long, device=pos.device)
+    demo = torch.full_like(roles, -1)
+    is_demo = batch.demo_start >= 0
+    roles[pos < batch.prefix_lengths[:, None]] = prefix
+    ends, answer_end = batch.demonstration_ends, cast(Tensor, batch.demo_answer_end)  # set when the batch is made
+    for j in range(batch.max_shots):
+        start, before, after = (field[:, j, None] for field in (batch.demo_start, batch.demo_answer_pos, answer_end))
+        shown = is_demo[:, j, None]
+        roles[shown & (pos >= start) & (pos <= before)] = demo_input
+        roles[shown & (pos > before) & (pos < after)] = demo_answer
+        roles[shown & (pos >= after) & (pos < ends[:, j, None])] = separator
+        demo[shown & (pos >= start) & (pos < ends[:, j, None])] = j
+    roles[(pos >= batch.query_start[:, None]) & (pos < batch.answer_pos[:, None])] = query
+    roles[pos == batch.answer_pos[:, None]] = answer
+    return roles, demo
