@@ -7,6 +7,7 @@ The names most work starts from are here; each subpackage has the rest:
 """
 
 from tv_lens.analyses import (
+    AttentionKnockout,
     CompareVectors,
     Emergence,
     FunctionVectors,
@@ -26,7 +27,7 @@ from tv_lens.analyses import (
 )
 from tv_lens.errors import TvLensError
 from tv_lens.generation import generate
-from tv_lens.interventions import ablate_head, add, replace, run_with_interventions
+from tv_lens.interventions import ablate_head, add, knockout, replace, run_with_interventions
 from tv_lens.models import ModelConfig, adapt, build_model
 from tv_lens.probes import collect
 from tv_lens.results import Result
@@ -36,6 +37,7 @@ from tv_lens.tasks import TaskPool, TextPool, bitwise_pool, offset_pool
 from tv_lens.training import recipes, train
 
 __all__ = [
+    "AttentionKnockout",
     "CompareVectors",
     "Emergence",
     "FunctionVectors",
@@ -64,6 +66,7 @@ __all__ = [
     "build_model",
     "collect",
     "generate",
+    "knockout",
     "offset_pool",
     "recipes",
     "replace",

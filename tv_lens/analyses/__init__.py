@@ -6,9 +6,9 @@ Under every config sits a pure function on plain tensors that other tools can ca
 :func:`head_importance`, :func:`head_attribution`, :func:`compare_models`, :func:`mean_head_activations` /
 :func:`causal_indirect_effects` / :func:`function_vector` / :func:`function_vector_prompting`,
 :func:`decode_vectors` (the logit lens of a task or function vector), :func:`role_attention` (where each head
-looks from the answer position). The causal ones take the prompts as one
-:class:`LabelledPrompts`: a batch (``pool.sample(...)``), or :class:`Prompts` built from tensors you tokenised.
-Results live in :mod:`tv_lens.results` (tables, figures, save / load).
+looks from the answer position), :func:`attention_knockout` (what the answer needs of it). The causal ones take
+the prompts as one :class:`LabelledPrompts`: a batch (``pool.sample(...)``), or :class:`Prompts` built from tensors
+you tokenised. Results live in :mod:`tv_lens.results` (tables, figures, save / load).
 """
 
 from tv_lens.analyses.attention import HeadAttention, role_attention
@@ -25,6 +25,7 @@ from tv_lens.analyses.function_vectors import (
 )
 from tv_lens.analyses.geometry import Geometry, project
 from tv_lens.analyses.heads import HeadAblation, head_importance
+from tv_lens.analyses.knockout import AttentionKnockout, attention_knockout
 from tv_lens.analyses.options import CausalOptions, IntervalOptions, PassOptions
 from tv_lens.analyses.patching import TaskVectorPatching, patch_task_vectors
 from tv_lens.analyses.performance import ICLPerformance, icl_performance, score_batch
@@ -37,6 +38,7 @@ from tv_lens.analyses.vector_comparison import CompareVectors
 from tv_lens.analyses.vector_decoding import decode_vectors, logit_lens
 
 __all__ = [
+    "AttentionKnockout",
     "CausalOptions",
     "CompareVectors",
     "Emergence",
@@ -55,6 +57,7 @@ __all__ = [
     "TaskVectorPatching",
     "TaskVectorPrompting",
     "TdAccuracy",
+    "attention_knockout",
     "causal_indirect_effects",
     "compare_models",
     "decode_vectors",

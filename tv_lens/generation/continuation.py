@@ -133,6 +133,12 @@ def generate(
     n_prompts = len(prepared)
     lengths = prepared.answer_pos + 1
     check_context(adapter, lengths, max_new_tokens)
+    knockouts = [str(i) for i in interventions if isinstance(i, Intervention) and i.kind == "knockout"]
+    if knockouts:
+        raise ShapeError(
+            f"generate() writes residual and head interventions, not attention knockouts ({knockouts[0]}); run a "
+            "knockout on the prompts with run_with_interventions."
+        )
     plans = [resolve(adapter, prepared, intervention) for intervention in interventions]
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     stops = stop_token_ids(stop_tokens, tokenizer, adapter)

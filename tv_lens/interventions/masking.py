@@ -1,8 +1,10 @@
-"""Attention masking through hook points: several continuations of one prefix share a row.
+"""Attention masking through hook points: several continuations of one prefix share a row; attention knockout.
 
 Each continuation attends to the prefix and to itself only: ``blocked_keys`` marks, per prompt, the (query, key)
-pairs masked on top of the causal mask. How a model's attention can be masked is probed once per model
-(:func:`masking_strategy`).
+pairs masked on top of the causal mask. How a model's attention can be masked is probed once per model: for packing
+continuations (:func:`masking_strategy`, which also needs attention that does not depend on absolute positions) and
+for knocking out attention edges in place (:func:`knockout_strategy`, any attention that reads its scores or pattern
+from the hook points; :func:`~tv_lens.interventions.knockout`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from tv_lens.checks import tensor_of
@@ -29,6 +32,8 @@ from tv_lens.positions import (
 
 __all__ = [
     "BlockedKeysPrecisionError",
+    "knockout_strategy",
+    "mask_attention",
     "mask_hooks",
     "masking_strategy",
     "supports_blocked_keys",
@@ -37,7 +42,7 @@ __all__ = [
 
 #: How a model's attention is masked through hooks: scores set to -inf before the softmax, or the
 #: softmax output with blocked keys zeroed and each row renormalised.
-_MASK_HOOKS = {"scores": "blocks.{layer}.attn.hook_attn_scores", "pattern": "blocks.{layer}.attn.hook_pattern"}
+MASK_HOOKS = {"scores": "blocks.{layer}.attn.hook_attn_scores", "pattern": "blocks.{layer}.attn.hook_pattern"}
 
 
 class BlockedKeysPrecisionError(NonFiniteError):
@@ -99,7 +104,7 @@ def _detect_masking(adapter: ModelAdapter) -> str | None:
         except Exception:  # a model that cannot start from residual rows (Gemma-4 reads its token ids per layer)
             return None
         tolerance = 1e-4 * (1 + float(expected.abs().max()))
-        for strategy in _MASK_HOOKS:
+        for strategy in MASK_HOOKS:
             try:
                 with warnings.catch_warnings():  # a bridge warns that a post-hoc hook's edit is discarded
                     warnings.simplefilter("ignore", UserWarning)
@@ -111,10 +116,59 @@ def _detect_masking(adapter: ModelAdapter) -> str | None:
     return None
 
 
+def knockout_strategy(adapter: ModelAdapter) -> str | None:
+    """How hooks knock out attention edges of this model: ``"scores"``, ``"pattern"`` or None (detected once per model).
+
+    The check blocks one position from every later query in every block and changes that position's input: the
+    outputs after it must not change (they do without the block). It runs the model as it is, on tokens (or on the
+    continuous inputs of a model that embeds them), so rotary and other position-dependent attention pass it.
+    """
+    return adapter.capability("attention_knockout", _detect_knockout)
+
+
+def _detect_knockout(adapter: ModelAdapter) -> str | None:
+    if adapter.n_ctx < 6:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    if adapter.d_in is not None:
+        inputs = torch.randn(1, 6, adapter.d_in, generator=generator).to(adapter.dtype)
+        changed = inputs.clone()
+        changed[0, 2] = -changed[0, 2] + 1
+    else:
+        inputs = torch.randint(adapter.d_vocab, (1, 6), generator=generator)
+        changed = inputs.clone()
+        changed[0, 2] = (changed[0, 2] + 1) % adapter.d_vocab
+    pair = torch.cat([inputs, changed]).to(adapter.device)
+    blocked = torch.zeros(2, 6, 6, dtype=torch.bool, device=adapter.device)
+    blocked[:, 3:, 2] = True  # every later query is blocked from position 2, in every block
+    with torch.no_grad():
+        free = forward(adapter, pair)[:, 3:].double()
+        tolerance = 1e-3 * (1 + float(free.abs().max()))
+        if bool(((free[0] - free[1]).abs() <= tolerance).all()):
+            return None  # the change does not reach the outputs: the check cannot tell
+        for strategy in MASK_HOOKS:
+            try:
+                with warnings.catch_warnings():  # a bridge warns that a post-hoc hook's edit is discarded
+                    warnings.simplefilter("ignore", UserWarning)
+                    output = forward(adapter, pair, hooks=mask_hooks(adapter, strategy, blocked, 0))[:, 3:].double()
+            except (HookNotFoundError, _MaskNotApplied, BlockedKeysPrecisionError):
+                continue
+            if bool(((output[0] - output[1]).abs() <= tolerance * 1e-2).all()):
+                return strategy
+    return None
+
+
+def mask_attention(
+    attention: Float[Tensor, "batch head query key"], strategy: str, blocked: Bool[Tensor, "..."]
+) -> Float[Tensor, "batch head query key"]:
+    """``attention`` (scores or pattern, by ``strategy``) with the ``blocked`` (query, key) pairs masked."""
+    return (_mask_scores if strategy == "scores" else _mask_pattern)(attention, None, blocked=blocked)
+
+
 def mask_hooks(adapter: ModelAdapter, strategy: str, blocked: Tensor, first_block: int) -> list[tuple[str, Any]]:
     """Hooks applying ``blocked`` ``[batch, query, key]`` to the attention of blocks ``>= first_block``."""
     fn = partial(_mask_scores if strategy == "scores" else _mask_pattern, blocked=blocked[:, None])
-    names = [_MASK_HOOKS[strategy].format(layer=layer) for layer in range(first_block, adapter.n_layers)]
+    names = [MASK_HOOKS[strategy].format(layer=layer) for layer in range(first_block, adapter.n_layers)]
     for name in names:
         adapter.hook_point(name)
     return [(name, fn) for name in names]
@@ -136,13 +190,17 @@ def _mask_scores(scores: Tensor, hook: Any, *, blocked: Tensor) -> Tensor:
 
 
 def _mask_pattern(pattern: Tensor, hook: Any, *, blocked: Tensor) -> Tensor:
-    """Hook body: blocked keys get weight 0 after the softmax; each row is renormalised to sum to 1."""
+    """Hook body: blocked keys get weight 0 after the softmax; each row with a blocked key is renormalised to sum to 1.
+
+    Rows without a blocked key are left as they are (not divided by their sum, which is 1 up to rounding).
+    """
     _check_mask_shape(pattern, blocked)
     kept = pattern.masked_fill(blocked, 0.0)
     total = kept.sum(-1, keepdim=True)
-    if bool((total < torch.finfo(total.dtype).tiny ** 0.5).any()):
+    touched = blocked.any(-1, keepdim=True).expand_as(total)
+    if bool((touched & (total < torch.finfo(total.dtype).tiny ** 0.5)).any()):
         raise BlockedKeysPrecisionError(
             "Blocked keys held nearly all of a query's attention weight, so renormalising the rest is "
             "imprecise on this model; run these continuations as separate rows."
         )
-    return kept / total
+    return torch.where(touched, kept / total, pattern)

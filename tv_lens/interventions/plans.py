@@ -16,6 +16,7 @@ from torch import Tensor
 
 from tv_lens.checks import is_int, tensor_of
 from tv_lens.errors import LayerOutOfRangeError, NonFiniteError, PositionError, ShapeError
+from tv_lens.interventions.knockouts import knocked_out, knockout_hook_name, knockout_keys
 from tv_lens.interventions.specs import Intervention, _check_values
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.positions import PreparedPrompts, as_positions
@@ -25,35 +26,34 @@ __all__ = ["WritePlan", "apply_plan", "resolve"]
 
 @dataclass(frozen=True)
 class WritePlan:
-    """An intervention resolved against a batch: hook name, target rows, positions and values."""
+    """An intervention resolved against a batch: hook name, target rows, positions and values (a knockout's keys)."""
 
     intervention: Intervention
     hook_name: str
     block: int
     rows: Tensor  # Bool[batch]
     positions: Tensor | None  # Long[batch] aligned, or None for every position
-    values: Tensor  # [width] for every prompt, or [batch, width]
+    values: Tensor  # [width] for every prompt, or [batch, width]; a knockout's keys: Bool[batch, pos] aligned
 
 
 def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Intervention) -> WritePlan:
     """Check an intervention against the model and batch; expand rows, positions and values per prompt."""
     if not isinstance(intervention, Intervention):
         raise ShapeError(
-            f"interventions must be made by replace(), add() or ablate_head(), got {type(intervention).__name__}."
+            f"interventions must be made by replace(), add(), ablate_head() or knockout(), got "
+            f"{type(intervention).__name__}."
         )
     n_prompts = len(prompts)
-    if intervention.kind not in ("replace", "add", "ablate_head"):
+    if intervention.kind not in ("replace", "add", "ablate_head", "knockout"):
         raise ShapeError(
-            f"Unknown intervention kind {intervention.kind!r}; make interventions with replace(), add() or "
-            "ablate_head()."
+            f"Unknown intervention kind {intervention.kind!r}; make interventions with replace(), add(), "
+            "ablate_head() or knockout()."
         )
-    head_site = intervention.site == "attn.hook_z"
-    if head_site != (intervention.kind == "ablate_head") or (intervention.head is None) == head_site:
-        raise ShapeError(
-            f"{intervention}: head ablations write at site 'attn.hook_z' with a head index, replace() and add() at a "
-            "residual site without one; make interventions with replace(), add() or ablate_head()."
-        )
-    hook_name = adapter.hook_name(intervention.site, intervention.layer)
+    _check_site(intervention)
+    if intervention.kind == "knockout":
+        hook_name = knockout_hook_name(adapter, intervention)
+    else:
+        hook_name = adapter.hook_name(intervention.site, intervention.layer)
     adapter.hook_point(hook_name)
     if intervention.head is not None and not is_int(intervention.head):
         raise LayerOutOfRangeError(
@@ -76,9 +76,27 @@ def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Inter
     rows = torch.zeros(n_prompts, dtype=torch.bool)
     rows[selected] = True
     positions = _positions(prompts, intervention)
-    values = _values(adapter, intervention, selected, n_prompts)
+    if intervention.kind == "knockout":
+        values = knockout_keys(prompts, intervention, selected, positions)
+    else:
+        values = _values(adapter, intervention, selected, n_prompts)
     block = max(intervention.layer, 0)
     return WritePlan(intervention, hook_name, block, rows, positions, values)
+
+
+def _check_site(intervention: Intervention) -> None:
+    """Each kind writes at its own site: residual writes at a residual site, head ablations at ``attn.hook_z``."""
+    kind, site, head = intervention.kind, intervention.site, intervention.head
+    if kind == "knockout":
+        if site != "attn":
+            raise ShapeError(f"{intervention}: a knockout masks attention at site 'attn'; make it with knockout().")
+        return
+    head_site = site == "attn.hook_z"
+    if head_site != (kind == "ablate_head") or (head is None) == head_site:
+        raise ShapeError(
+            f"{intervention}: head ablations write at site 'attn.hook_z' with a head index, replace() and add() at a "
+            "residual site without one; make interventions with replace(), add() or ablate_head()."
+        )
 
 
 def _selected_rows(intervention: Intervention, n_prompts: int) -> Tensor:
@@ -166,6 +184,11 @@ def apply_plan(
     if not len(local):
         return activation
     source = index.to(device)[local]
+    if plan.intervention.kind == "knockout":
+        queries = None if plan.positions is None else plan.positions.to(device)[source]
+        return knocked_out(
+            activation, plan.hook_name, plan.values.to(device)[source], queries, plan.intervention.head, local
+        )
     values = plan.values.to(device, activation.dtype)
     new = values if values.ndim == 1 else values[source]
     if plan.positions is None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from tv_lens.checks import check_tensor_data, tensor_of
@@ -19,7 +19,7 @@ from tv_lens.errors import (
     ShapeError,
 )
 
-__all__ = ["Intervention", "Positions", "Rows", "ablate_head", "add", "replace"]
+__all__ = ["Intervention", "Positions", "Rows", "ablate_head", "add", "knockout", "replace"]
 
 Positions = Literal["answer", "all"] | int | Sequence[int] | Tensor
 
@@ -29,20 +29,22 @@ Rows = Sequence[int] | Tensor | None
 
 @dataclass(frozen=True)
 class Intervention:
-    """What to write at one hook point. Make one with :func:`replace`, :func:`add` or :func:`ablate_head`.
+    """What to write at one hook point: made by :func:`replace`, :func:`add`, :func:`ablate_head` or :func:`knockout`.
 
     Attributes:
-        kind: ``"replace"``, ``"add"`` or ``"ablate_head"``.
+        kind: ``"replace"``, ``"add"``, ``"ablate_head"`` or ``"knockout"``.
         layer: TransformerLens block index (``-1`` = embedding output, residual sites only).
-        site: Residual site (``"resid_post"`` ...) or ``"attn.hook_z"`` for head ablations.
-        values: ``[width]`` for every prompt or ``[n_rows, width]`` per selected prompt; ``None`` writes 0.
+        site: Residual site (``"resid_post"`` ...), ``"attn.hook_z"`` for head ablations, ``"attn"`` for knockouts
+            (written where the model's attention can be masked: its scores or its pattern).
+        values: ``[width]`` for every prompt or ``[n_rows, width]`` per selected prompt; ``None`` writes 0. For a
+            knockout, the blocked keys: a bool mask ``[pos]`` or ``[n_rows, pos]``.
         pos: ``"answer"`` (each prompt's answer position), ``"all"``, an int, or ``[batch]`` per prompt
-            (in the caller's padded layout).
+            (in the caller's padded layout). For a knockout, the query positions.
         rows: Prompts (batch indices) to write to; ``None`` = all.
-        head: Head index for head ablations.
+        head: Head index for head ablations (and a knockout of one head; ``None``: every head).
     """
 
-    kind: Literal["replace", "add", "ablate_head"]
+    kind: Literal["replace", "add", "ablate_head", "knockout"]
     layer: int
     site: str
     values: Tensor | None
@@ -104,6 +106,46 @@ def ablate_head(
         )
     values = None if mean is None else _as_values(mean, "ablate_head mean", "d_head")
     return Intervention("ablate_head", layer, "attn.hook_z", values, pos, rows, head)
+
+
+def knockout(
+    layer: int,
+    keys: Bool[Tensor, "*rows pos"] | Sequence[int],
+    pos: Literal["answer", "all"] | int | Sequence[int] | Tensor = "answer",
+    head: int | None = None,
+    rows: Rows = None,
+) -> Intervention:
+    """Block attention from the query at ``pos`` to the ``keys`` positions in block ``layer`` (attention knockout).
+
+    The blocked keys get no attention weight (their scores are set to -inf before the softmax, or, on a model whose
+    scores cannot be edited, their weights are zeroed and the rest renormalised), in every head or in ``head`` only.
+
+    Args:
+        layer: The block.
+        keys: Key positions to block, in the caller's padded layout: a bool mask ``[pos]`` for every prompt or
+            ``[n_rows, pos]`` per selected prompt, or a list of positions.
+        pos: The query: ``"answer"`` (each prompt's answer position), an int or ``[batch]`` per prompt; ``"all"``:
+            every query after each blocked key (the keys' information reaches no later position in this block).
+        head: Block the keys for this head only (``None``: every head).
+        rows: Prompts (batch indices) to apply it to; ``None`` = all.
+    """
+    mask = tensor_of(keys, "knockout keys", "a bool mask of key positions [pos] (or [n_rows, pos]), or a list of them")
+    if mask.numel() == 0:  # an empty list blocks no key
+        mask = torch.zeros(mask.shape, dtype=torch.bool)
+    if mask.dtype != torch.bool:
+        if mask.is_floating_point() or mask.is_complex() or mask.ndim != 1:
+            raise ShapeError(
+                f"knockout keys must be a bool mask of key positions [pos] or [n_rows, pos], or a list of positions, "
+                f"got {mask.dtype} of shape {tuple(mask.shape)}."
+            )
+        positions = mask.long()
+        if bool((positions < 0).any()):
+            raise ShapeError(f"knockout key positions must be >= 0, got {positions.tolist()}.")
+        mask = torch.zeros(int(positions.max()) + 1 if len(positions) else 0, dtype=torch.bool)
+        mask[positions] = True
+    if mask.ndim not in (1, 2):
+        raise ShapeError(f"knockout keys must be a mask [pos] or [n_rows, pos], got shape {tuple(mask.shape)}.")
+    return Intervention("knockout", layer, "attn", mask, pos, rows, head)
 
 
 def _as_values(vector: Any, what: str, width: str) -> Tensor:

@@ -103,8 +103,13 @@ class Tally:
 
 
 def writes_after_prefix(cell: Cell, prompts: AlignedPrompts) -> bool:
-    """Whether every intervention of ``cell`` writes only at the answer positions (it leaves the prefix clean)."""
+    """Whether every intervention of ``cell`` writes only at the answer positions (it leaves the prefix clean).
+
+    A knockout never does: the keys it blocks lie in the prefix, which a shared row holds once for every cell.
+    """
     for intervention in cell.interventions:
+        if intervention.kind == "knockout":
+            return False
         if isinstance(intervention.pos, str):
             if intervention.pos != "answer":
                 return False
@@ -215,7 +220,7 @@ def _run_group(
     interventions: list[Intervention] = []
     for j, cell in enumerate(group):
         rows = torch.arange(j * n, (j + 1) * n)
-        interventions.extend(_for_copy(i, batch.index, rows, k) for i in cell.interventions)
+        interventions.extend(_for_copy(i, batch.index, rows, k, batch.inputs.shape[1]) for i in cell.interventions)
     inputs = batch.inputs
     stacked_inputs = inputs.repeat(k, *([1] * (inputs.ndim - 1)))
     residual = residual if start > 0 else None
@@ -255,9 +260,11 @@ def _for_shared_copy(
     return replace(intervention, values=values, pos=positions + shift, rows=None)
 
 
-def _for_copy(intervention: Intervention, index: Tensor, rows: Tensor, k: int) -> Intervention:
-    """``intervention`` restricted to the prompts ``index`` of one stacked copy (its rows ``rows``)."""
+def _for_copy(intervention: Intervention, index: Tensor, rows: Tensor, k: int, width: int) -> Intervention:
+    """``intervention`` for the prompts ``index`` of one stacked copy (its rows ``rows``, ``width`` columns)."""
     values, pos = _values_of(intervention, index), intervention.pos
+    if intervention.kind == "knockout" and values is not None:
+        values = values[..., :width]  # the keys of prompts cut after their last answer token
     if isinstance(pos, Tensor) or (not isinstance(pos, (str, int))):
         pos = torch.as_tensor(pos)[index].repeat(k)
     return replace(intervention, values=values, pos=pos, rows=rows)

@@ -13,6 +13,7 @@ from tv_lens.results.function_vector_prompting import FunctionVectorPrompting, F
 from tv_lens.results.function_vectors import FunctionVector, IndirectEffects, MeanHeadActivations
 from tv_lens.results.geometry import Projection
 from tv_lens.results.heads import HeadImportance, PruningCurve
+from tv_lens.results.knockout import KnockoutEffects
 from tv_lens.results.patching import PatchingEffects
 from tv_lens.results.performance import Performance
 from tv_lens.results.prediction import TdAccuracyFit
@@ -34,6 +35,7 @@ __all__ = [
     "FunctionVectorResult",
     "HeadImportance",
     "IndirectEffects",
+    "KnockoutEffects",
     "MeanHeadActivations",
     "ModelSignature",
     "OtherWeightsWarning",

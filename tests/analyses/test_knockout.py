@@ -1,0 +1,126 @@
+"""Attention knockout: the harm of blocking the answer position from each prompt role, against hand-written hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tv_lens import Result, offset_pool
+from tv_lens.analyses import AttentionKnockout, Prompts, attention_knockout
+from tv_lens.errors import AnalysisError, TaskError
+from tv_lens.interventions import knockout_strategy
+from tv_lens.models import adapt
+from tv_lens.tasks import PROMPT_ROLES, position_roles
+
+POOL = offset_pool(offsets=(1, 2), n_values=8)
+
+
+def batch_of(n_per_task: int = 3, seed: int = 0):
+    return POOL.sample(n_per_task, 3, seed)
+
+
+def hand_knocked_loss(model, batch, blocks, role):
+    """Independent reference: run_with_hooks masking the answer row's ``role`` keys in ``blocks``, per prompt."""
+    strategy = knockout_strategy(adapt(model))
+    roles = position_roles(batch)
+    losses = []
+    for p in range(len(batch.inputs)):
+        answer = int(batch.answer_pos[p])
+        keys = (roles[p] == PROMPT_ROLES.index(role)).nonzero().flatten().tolist()
+
+        def scores_hook(scores, hook, keys=keys, answer=answer):
+            scores = scores.clone()
+            scores[:, :, answer, keys] = float("-inf")
+            return scores
+
+        def pattern_hook(pattern, hook, keys=keys, answer=answer):
+            pattern = pattern.clone()
+            pattern[:, :, answer, keys] = 0.0
+            pattern[:, :, answer] = pattern[:, :, answer] / pattern[:, :, answer].sum(-1, keepdim=True)
+            return pattern
+
+        site, hook = ("hook_attn_scores", scores_hook) if strategy == "scores" else ("hook_pattern", pattern_hook)
+        hooks = [(f"blocks.{block}.attn.{site}", hook) for block in blocks] if keys else []
+        tokens = batch.inputs[p : p + 1, : answer + 1]
+        with torch.no_grad():
+            logits = model.run_with_hooks(tokens, fwd_hooks=hooks)[0, answer].double()
+        losses.append(-torch.log_softmax(logits, -1)[int(batch.answers[p, 0])])
+    return torch.stack(losses)
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_knocked_losses_equal_hand_written_hooks(model, window):
+    batch = batch_of()
+    result = AttentionKnockout(window=window, n_bootstrap=0).run_batch(model, batch)
+    assert result.windows == tuple(tuple(range(s, s + window)) for s in range(3 - window + 1))
+    changed = False
+    for w, blocks in enumerate(result.windows):
+        for r, role in enumerate(result.role_names):
+            expected = hand_knocked_loss(model, batch, blocks, role)
+            torch.testing.assert_close(result.knocked_loss[w, r], expected, atol=1e-6, rtol=1e-6)
+            changed |= bool((expected - result.clean_loss).abs().max() > 1e-4)
+    assert changed, "no knockout changed a loss: the comparison says nothing"
+    assert bool((result.writes == len(batch.inputs)).all())
+
+
+def test_harm_is_the_loss_increase_or_accuracy_drop_averaged_per_task(model):
+    batch = batch_of(n_per_task=4)
+    loss = AttentionKnockout(n_bootstrap=20).run_batch(model, batch, seed=3)
+    harm = loss.knocked_loss - loss.clean_loss
+    ids = loss.task_ids
+    for t in range(len(loss.task_names)):
+        torch.testing.assert_close(loss.effect[..., t], harm[..., ids == t].mean(-1))
+    real = torch.tensor([loss.task_names[i] != loss.null_task for i in ids.tolist()])
+    torch.testing.assert_close(loss.overall, harm[..., real].mean(-1))
+    assert bool((loss.overall_ci[..., 0] <= loss.overall + 1e-12).all())
+    accuracy = AttentionKnockout(metric="accuracy", n_bootstrap=0).run_batch(model, batch)
+    torch.testing.assert_close(accuracy.knocked_correct, loss.knocked_correct)
+    drop = accuracy.clean_correct - accuracy.knocked_correct
+    torch.testing.assert_close(accuracy.overall, drop[..., real].mean(-1))
+
+
+def test_a_role_without_positions_changes_nothing(model):
+    """Token prompts have no separator: its knockout blocks no key, so every output is the clean one."""
+    result = AttentionKnockout(roles=("separator", "demo_answer"), n_bootstrap=0).run_batch(model, batch_of())
+    assert torch.equal(result.knocked_loss[:, 0], result.clean_loss.expand(len(result.windows), -1))
+    assert bool((result.overall[:, 0] == 0).all())
+
+
+def test_result_tabulates_draws_and_saves_exactly(model, tmp_path):
+    result = AttentionKnockout(n_bootstrap=10).run_batch(model, batch_of())
+    frame = result.to_frame()
+    assert len(frame) == len(result.windows) * len(result.role_names) * (len(result.task_names) + 1)
+    row = frame[(frame.role == "demo_answer") & (frame.task == "all") & (frame.start == 1)].iloc[0]
+    assert row.harm == pytest.approx(float(result.harm("demo_answer")[1]))
+    assert [trace.name for trace in result.figure().data] == list(result.role_names)
+    headline = result.headline()
+    assert headline["harm"] == pytest.approx(float(result.overall.max()))
+    result.save(tmp_path / "knockout.safetensors")
+    assert Result.load(tmp_path / "knockout.safetensors") == result
+    with pytest.raises(TaskError, match="No role 'prefix'"):
+        result.harm("prefix")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"window": 0}, "window must be an int >= 1"),
+        ({"window": 1.5}, "window must be an int >= 1"),
+        ({"roles": "demo_answer"}, "roles must be a non-empty tuple"),
+        ({"roles": ("demo_answer", "label")}, "'label' is not a role"),
+        ({"roles": ("query", "query")}, "a role twice"),
+        ({"metric": "kl"}, "Unknown knockout metric 'kl'"),
+    ],
+)
+def test_bad_options_name_the_problem(options, match):
+    with pytest.raises(AnalysisError, match=match):
+        AttentionKnockout(**options)
+
+
+def test_bad_inputs_name_the_problem(model):
+    with pytest.raises(AnalysisError, match="window must be at most the model's 3 blocks"):
+        AttentionKnockout(window=4).run_batch(model, batch_of())
+    batch = batch_of()
+    prompts = Prompts(batch.inputs, batch.answer_pos, batch.answers, batch.task_ids, batch.task_names)
+    with pytest.raises(TaskError, match="carry no demonstration spans"):
+        attention_knockout(model, prompts)

@@ -1,0 +1,190 @@
+"""Attention knockout: what the answer loses when its position may not attend to a prompt role in some blocks.
+
+Head attention (:mod:`tv_lens.analyses.attention`) says where the heads at the answer position look; a knockout
+says whether the answer needs it. Wang et al. (2023, "Label words are anchors") block the attention from the answer
+position to the demonstrations' label words in a window of blocks: in the first blocks the model's predictions
+change much, in the last blocks little, so the information of the demonstrations gathers on the label words early
+and is read from them late. Geva et al. (2023) slide such a window over the blocks. :func:`attention_knockout`
+slides a window of ``window`` consecutive blocks over the model and, for each role of the prompt
+(:func:`~tv_lens.tasks.position_roles`), blocks the answer position's attention to every position of that role in
+every head of the window's blocks (:func:`~tv_lens.interventions.knockout`); the harm is the answer's loss increase
+or accuracy drop, per prompt, with means per task and over every task but Null and their bootstrap intervals.
+
+Speed: every (window, role) is a cell of a stacked sweep (:mod:`tv_lens.interventions.sweep`): several cells per
+forward pass, each starting at its window's first block from the clean residual where the model allows.
+
+>>> from tv_lens import ModelConfig, build_model, offset_pool
+>>> pool = offset_pool(offsets=(1, 2), n_values=8)
+>>> model = build_model(ModelConfig(d_vocab=pool.vocab_size, n_layers=2, d_model=32, n_heads=4, n_ctx=64))
+>>> result = AttentionKnockout(n_bootstrap=0).run(model, pool, n_per_task=4, n_shots=3)
+>>> result.windows, result.role_names
+(((0,), (1,)), ('demo_input', 'demo_answer', 'separator', 'query'))
+>>> result.knocked_loss.shape  # [window, role, prompt]
+torch.Size([2, 4, 12])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+
+from tv_lens.analyses.answers import answer_scores, prompt_task_ids
+from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
+from tv_lens.analyses.prompt_batches import LabelledPrompts, aligned_with_answers, check_pool
+from tv_lens.checks import is_int
+from tv_lens.errors import AnalysisError, TaskError
+from tv_lens.interventions import knockout
+from tv_lens.interventions.sweep import Cell, run_sweep
+from tv_lens.models.adapter import adapt
+from tv_lens.positions import prepare_prompts
+from tv_lens.results.knockout import KnockoutEffects
+from tv_lens.results.shared import real_prompts
+from tv_lens.stats import group_means
+from tv_lens.stats.bootstrap import stratified_bootstrap_ci
+from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
+from tv_lens.tasks.prompt_rows import PromptRows
+from tv_lens.tasks.roles import PROMPT_ROLES, position_roles
+
+__all__ = ["AttentionKnockout", "KnockoutEffects", "attention_knockout"]
+
+KNOCKOUT_METRICS: tuple[str, ...] = ("cross_entropy", "accuracy")
+
+
+def attention_knockout(
+    model: Any,
+    prompts: LabelledPrompts,
+    *,
+    null_task: str = NULL_TASK,
+    config: AttentionKnockout | None = None,
+    seed: int = 0,
+) -> KnockoutEffects:
+    """Block the answer position's attention to each role in each window of blocks; the harm to the answer.
+
+    The options are the attributes of :class:`AttentionKnockout`.
+
+    Args:
+        model: A TransformerLens model.
+        prompts: A batch of a task pool (an ``ICLBatch``): its demonstration spans give the roles.
+        null_task: Name of the Null task (left out of the overall numbers).
+        config: The options (``None``: ``AttentionKnockout()``).
+        seed: Seed of the bootstrap.
+
+    Raises:
+        TaskError: ``prompts`` that are not a batch of a task pool (no demonstration spans).
+        AnalysisError: A window longer than the model.
+        ModelNotSupportedError: A model whose attention cannot be knocked out through its hook points
+            (:func:`~tv_lens.interventions.knockout_strategy`).
+    """
+    config = analysis_config(config, AttentionKnockout)
+    adapter = adapt(model)
+    if config.window > adapter.n_layers:
+        raise AnalysisError(f"window must be at most the model's {adapter.n_layers} blocks, got {config.window}.")
+    if not isinstance(prompts, PromptRows):
+        raise TaskError(
+            f"{type(prompts).__name__} prompts carry no demonstration spans to read roles from; pass a batch of a "
+            "task pool (pool.sample(...)), or knock out positions of your own with tv_lens.interventions.knockout."
+        )
+    aligned, answers = aligned_with_answers(model, prompts)
+    task_names = tuple(prompts.task_names)
+    ids = prompt_task_ids(prompts.task_ids, task_names, len(aligned))
+    keys = _role_keys(adapter, prompts, aligned.inputs.shape[1], config.roles)
+    windows = tuple(tuple(range(start, start + config.window)) for start in range(adapter.n_layers - config.window + 1))
+    cells = [Cell(tuple(knockout(layer, role_keys) for layer in window)) for window in windows for role_keys in keys]
+
+    def score(logits: Tensor, index: Tensor) -> Tensor:
+        return torch.stack(answer_scores(logits, answers[index]), dim=1).cpu()
+
+    sweep = run_sweep(
+        model, aligned, cells, score, rows_per_pass=config.rows_per_pass, progress=config.progress, desc="knockout"
+    )
+    shape = (len(windows), len(config.roles), len(aligned))
+    knocked_correct, knocked_loss = sweep.cells[..., 0].view(shape), sweep.cells[..., 1].view(shape)
+    clean_correct, clean_loss = sweep.clean[:, 0], sweep.clean[:, 1]
+    harm = clean_correct - knocked_correct if config.metric == "accuracy" else knocked_loss - clean_loss
+    real = real_prompts(ids, task_names, null_task)
+    boot: dict[str, Any] = {"n_bootstrap": config.n_bootstrap, "ci": config.ci, "seed": seed}
+    effect_ci, _ = stratified_bootstrap_ci(harm, ids, len(task_names), **boot)
+    _, overall_ci = stratified_bootstrap_ci(harm[..., real], ids[real], len(task_names), **boot)
+    return KnockoutEffects(
+        windows=windows,
+        role_names=config.roles,
+        task_names=task_names,
+        task_ids=ids,
+        clean_correct=clean_correct,
+        clean_loss=clean_loss,
+        knocked_correct=knocked_correct,
+        knocked_loss=knocked_loss,
+        effect=group_means(harm, ids, len(task_names)),
+        effect_ci=effect_ci,
+        overall=harm[..., real].mean(-1),
+        overall_ci=overall_ci,
+        writes=torch.tensor([counts[0] for counts in sweep.writes], dtype=torch.long).view(shape[:2]),
+        metric=config.metric,
+        null_task=null_task,
+        ci_level=config.ci,
+        n_bootstrap=config.n_bootstrap,
+        seed=seed,
+        rows_per_pass=sweep.rows_per_pass,
+    )
+
+
+@dataclass(frozen=True)
+class AttentionKnockout(CausalOptions):
+    """Configuration of an attention-knockout analysis; :meth:`run` samples prompts and knocks out every role.
+
+    Attributes:
+        window: Consecutive blocks knocked out together; the window slides one block at a time.
+        roles: The prompt roles knocked out, each in a cell of its own (names of
+            :data:`~tv_lens.tasks.PROMPT_ROLES`; ``"answer_pos"`` blocks the answer position from itself).
+        metric: The harm: ``"cross_entropy"`` (default; the answer loss increase) or ``"accuracy"`` (its drop).
+
+    The keyword-only :class:`~tv_lens.analyses.options.CausalOptions` (``n_bootstrap``, ``ci``, ``rows_per_pass``,
+    ``batch_size``, ``progress``) apply too.
+    """
+
+    window: int = 1
+    roles: tuple[str, ...] = ("demo_input", "demo_answer", "separator", "query")
+    metric: str = "cross_entropy"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not is_int(self.window) or self.window < 1:
+            raise AnalysisError(
+                f"window must be an int >= 1 (consecutive blocks knocked out together), got {self.window!r}."
+            )
+        if isinstance(self.roles, (str, bytes)) or not isinstance(self.roles, tuple) or not self.roles:
+            raise AnalysisError(
+                f"roles must be a non-empty tuple of role names from {list(PROMPT_ROLES)}, got {self.roles!r}."
+            )
+        unknown = [role for role in self.roles if role not in PROMPT_ROLES]
+        if unknown or len(set(self.roles)) != len(self.roles):
+            raise AnalysisError(
+                f"roles must be distinct names from {list(PROMPT_ROLES)}, got {list(self.roles)}"
+                + (f" ({unknown[0]!r} is not a role)." if unknown else " (a role twice).")
+            )
+        if self.metric not in KNOCKOUT_METRICS:
+            raise AnalysisError(f"Unknown knockout metric {self.metric!r}; use one of {list(KNOCKOUT_METRICS)}.")
+
+    def run(
+        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
+    ) -> KnockoutEffects:
+        """Sample ``n_per_task`` prompts per task (seeded) and run :meth:`run_batch`."""
+        check_pool(pool)
+        return self.run_batch(model, pool.sample(n_per_task, n_shots, seed), seed=seed)
+
+    def run_batch(self, model: Any, batch: ICLBatch, seed: int = 0) -> KnockoutEffects:
+        """Attention knockout on a given batch."""
+        return attention_knockout(model, batch, config=self, seed=seed)
+
+
+def _role_keys(adapter: Any, batch: PromptRows, width: int, roles: tuple[str, ...]) -> list[Bool[Tensor, "prompt pos"]]:
+    """For each role, its positions up to each prompt's answer position, in the aligned layout ``[prompt, width]``."""
+    shift = prepare_prompts(adapter, batch.inputs, batch.answer_pos, batch.attention_mask).shift
+    ids = position_roles(batch).cpu()
+    columns = torch.arange(width)[None, :] + shift[:, None]
+    aligned = ids.gather(1, columns.clamp(max=ids.shape[1] - 1)).masked_fill(columns >= ids.shape[1], -1)
+    return [aligned == PROMPT_ROLES.index(role) for role in roles]
