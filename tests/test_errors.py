@@ -26,6 +26,7 @@ import torch
 from reliability_helpers import one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 from tv_lens.analyses import (
+    AttentionKnockout,
     CompareVectors,
     Emergence,
     Geometry,
@@ -80,7 +81,7 @@ from tv_lens.errors import (
     UnknownNameError,
 )
 from tv_lens.generation import Generation, generate, token_match
-from tv_lens.interventions import ablate_head, add, run_with_interventions
+from tv_lens.interventions import ablate_head, add, knockout, run_with_interventions
 from tv_lens.interventions import replace as replace_at
 from tv_lens.metrics import token_accuracy
 from tv_lens.models import ModelAdapter, ModelConfig, build_model
@@ -290,6 +291,11 @@ def _aligned(w: SimpleNamespace) -> tuple[Any, torch.Tensor]:
 
     answers = answer_tokens(w.batch.answers, len(w.batch))
     return align(w.model, w.batch.inputs, w.batch.answer_pos, w.batch.attention_mask, answer_counts(answers)), answers
+
+
+def _up_to_the_answer(batch: Any) -> torch.Tensor:
+    """Every position up to each prompt's answer position ``[batch, pos]``."""
+    return torch.arange(batch.inputs.shape[1])[None, :] <= batch.answer_pos[:, None]
 
 
 def _retyped_result(w: SimpleNamespace) -> Path:
@@ -2003,6 +2009,52 @@ CASES = [
         AnalysisError,
         r"by_demonstration must be True or False",
         r"whether every demonstration is a role of its own",
+    ),
+    Case(
+        "knockout-key-after-the-query",
+        lambda w: run_with_interventions(
+            w.model, w.batch.inputs, w.batch.answer_pos, [knockout(0, [int(w.batch.answer_pos[0]) + 1])]
+        ),
+        PositionError,
+        r"blocks position \d+ of prompt 0, after its query",
+        r"Block keys at or before the query",
+    ),
+    Case(
+        "knockout-every-key",
+        lambda w: run_with_interventions(
+            w.model, w.batch.inputs, w.batch.answer_pos, [knockout(0, _up_to_the_answer(w.batch))]
+        ),
+        PositionError,
+        r"blocks every position the query of prompt 0 attends to",
+        r"keep at least one",
+    ),
+    Case(
+        "knockout-float-keys",
+        lambda w: knockout(0, torch.rand(5)),
+        ShapeError,
+        r"knockout keys must be a bool mask of key positions",
+        r"or a list of positions",
+    ),
+    Case(
+        "generate-with-a-knockout",
+        lambda w: generate(w.model, w.batch, [knockout(0, [0])], max_new_tokens=1),
+        ShapeError,
+        r"not attention knockouts",
+        r"run a knockout on the prompts with run_with_interventions",
+    ),
+    Case(
+        "attention-knockout-window-longer-than-the-model",
+        lambda w: AttentionKnockout(window=5, n_bootstrap=0).run_batch(w.model, w.batch),
+        AnalysisError,
+        r"window must be at most the model's 3 blocks",
+        r"a shorter window",
+    ),
+    Case(
+        "attention-knockout-unknown-role",
+        lambda w: AttentionKnockout(roles=("label",)),
+        AnalysisError,
+        r"'label' is not a role",
+        r"roles must be distinct names from \[",
     ),
     Case(
         "head-importance-unknown-task",

@@ -7,7 +7,7 @@ import torch
 from analyses_helpers import N_TASKS, POOL, count_forward_passes, sample
 
 import tv_lens.analyses.suite as suite_module
-from tv_lens.analyses import Geometry, HeadAttention, ICLPerformance, Suite, TaskDecodability
+from tv_lens.analyses import AttentionKnockout, Geometry, HeadAttention, ICLPerformance, Suite, TaskDecodability
 from tv_lens.errors import AnalysisError
 from tv_lens.results import Result, SuiteResult
 
@@ -50,6 +50,13 @@ def test_model_analyses_that_take_shots_get_the_suite_shots(model, tmp_path):
     assert result["attention"] == attention.run(model, POOL, n_per_task=3, n_shots=2, seed=4)
     assert result["attention"] != attention.run(model, POOL, n_per_task=3, seed=4)  # not the default 4 shots
     assert Result.load(result.save(tmp_path / "suite.safetensors")) == result
+
+
+def test_attention_knockout_in_a_suite_is_named_knockout_and_gets_the_suite_shots(model):
+    knockout = AttentionKnockout(roles=("demo_answer",), n_bootstrap=0)
+    result = Suite((knockout,)).run(model, POOL, 2, n_shots=2, seed=1)
+    assert tuple(result.results) == ("knockout",)
+    assert result["knockout"] == knockout.run(model, POOL, n_per_task=2, n_shots=2, seed=1)
 
 
 def test_run_batch_and_errors(model):

@@ -82,7 +82,10 @@ def attention_knockout(
     config = analysis_config(config, AttentionKnockout)
     adapter = adapt(model)
     if config.window > adapter.n_layers:
-        raise AnalysisError(f"window must be at most the model's {adapter.n_layers} blocks, got {config.window}.")
+        raise AnalysisError(
+            f"window must be at most the model's {adapter.n_layers} blocks, got {config.window}; knock out a shorter "
+            "window."
+        )
     if not isinstance(prompts, PromptRows):
         raise TaskError(
             f"{type(prompts).__name__} prompts carry no demonstration spans to read roles from; pass a batch of a "

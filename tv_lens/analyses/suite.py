@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 from tv_lens.analyses.attention import HeadAttention
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.geometry import Geometry
+from tv_lens.analyses.knockout import AttentionKnockout
 from tv_lens.analyses.options import N_PER_TASK, PassOptions
 from tv_lens.analyses.performance import ICLPerformance
 from tv_lens.analyses.prediction import TdAccuracy
@@ -64,6 +65,7 @@ class ModelAnalysis(Protocol):
 
 
 _DEFAULT_NAMES = {
+    AttentionKnockout: "knockout",
     HeadAttention: "attention",
     TaskDecodability: "decodability",
     Geometry: "geometry",

@@ -153,9 +153,26 @@ def _detect_knockout(adapter: ModelAdapter) -> str | None:
                     output = forward(adapter, pair, hooks=mask_hooks(adapter, strategy, blocked, 0))[:, 3:].double()
             except (HookNotFoundError, _MaskNotApplied, BlockedKeysPrecisionError):
                 continue
-            if bool(((output[0] - output[1]).abs() <= tolerance * 1e-2).all()):
+            if bool(((output[0] - output[1]).abs() <= tolerance * 1e-2).all()) and (
+                strategy == "scores" or _rows_sum_to_one(adapter, pair)
+            ):
                 return strategy
     return None
+
+
+def _rows_sum_to_one(adapter: ModelAdapter, inputs: Tensor) -> bool:
+    """Whether every attention row sums to one over the positions (no attention sink takes a share).
+
+    Renormalising a pattern after blocking keys is exact only then; with a sink, only the scores can be masked.
+    """
+    sums: list[Tensor] = []
+
+    def keep(pattern: Tensor, hook: Any) -> None:
+        sums.append(pattern.detach().double().sum(-1))
+
+    hooks = [(MASK_HOOKS["pattern"].format(layer=layer), keep) for layer in range(adapter.n_layers)]
+    forward(adapter, inputs, hooks=hooks)
+    return bool(sums) and all(bool(((total - 1).abs() < 1e-3).all()) for total in sums)
 
 
 def mask_attention(
