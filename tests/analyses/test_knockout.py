@@ -10,7 +10,7 @@ from tv_lens.analyses import AttentionKnockout, Prompts, attention_knockout
 from tv_lens.errors import AnalysisError, TaskError
 from tv_lens.interventions import knockout_strategy
 from tv_lens.models import adapt
-from tv_lens.tasks import PROMPT_ROLES, position_roles
+from tv_lens.tasks import PROMPT_ROLES, demonstration_roles, position_roles
 
 POOL = offset_pool(offsets=(1, 2), n_values=8)
 
@@ -19,14 +19,14 @@ def batch_of(n_per_task: int = 3, seed: int = 0):
     return POOL.sample(n_per_task, 3, seed)
 
 
-def hand_knocked_loss(model, batch, blocks, role):
+def hand_knocked_loss(model, batch, blocks, role, roles=None, names=PROMPT_ROLES):
     """Independent reference: run_with_hooks masking the answer row's ``role`` keys in ``blocks``, per prompt."""
     strategy = knockout_strategy(adapt(model))
-    roles = position_roles(batch)
+    roles = position_roles(batch) if roles is None else roles
     losses = []
     for p in range(len(batch.inputs)):
         answer = int(batch.answer_pos[p])
-        keys = (roles[p] == PROMPT_ROLES.index(role)).nonzero().flatten().tolist()
+        keys = (roles[p] == names.index(role)).nonzero().flatten().tolist()
 
         def scores_hook(scores, hook, keys=keys, answer=answer):
             scores = scores.clone()
@@ -61,6 +61,22 @@ def test_knocked_losses_equal_hand_written_hooks(model, window):
             changed |= bool((expected - result.clean_loss).abs().max() > 1e-4)
     assert changed, "no knockout changed a loss: the comparison says nothing"
     assert bool((result.writes == len(batch.inputs)).all())
+
+
+def test_by_demonstration_knocks_out_each_demonstration_apart(model):
+    batch = POOL.sample(3, (2, 3), seed=1)  # two or three shots
+    result = AttentionKnockout(roles=("demo_answer", "query"), by_demonstration=True, n_bootstrap=0).run_batch(
+        model, batch
+    )
+    assert result.role_names == ("demo_answer[-3]", "demo_answer[-2]", "demo_answer[-1]", "query")
+    roles, names = demonstration_roles(batch)
+    for r, role in enumerate(result.role_names):
+        expected = hand_knocked_loss(model, batch, (1,), role, roles, names)
+        torch.testing.assert_close(result.knocked_loss[1, r], expected, atol=1e-6, rtol=1e-6)
+    two_shots = batch.n_shots == 2  # no third demonstration from the query: nothing to knock out
+    assert torch.equal(result.knocked_loss[:, 0, two_shots], result.clean_loss[two_shots].expand(3, -1))
+    with pytest.raises(TaskError, match="no demonstration parts of the roles"):
+        AttentionKnockout(roles=("demo_answer",), by_demonstration=True).run_batch(model, POOL.sample(2, 0, seed=0))
 
 
 def test_harm_is_the_loss_increase_or_accuracy_drop_averaged_per_task(model):
@@ -110,6 +126,7 @@ def test_result_tabulates_draws_and_saves_exactly(model, tmp_path):
         ({"roles": ("demo_answer", "label")}, "'label' is not a role"),
         ({"roles": ("query", "query")}, "a role twice"),
         ({"metric": "kl"}, "Unknown knockout metric 'kl'"),
+        ({"by_demonstration": "yes"}, "by_demonstration must be True or False"),
     ],
 )
 def test_bad_options_name_the_problem(options, match):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from reliability_helpers import POOL, one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 from tv_lens.analyses import (
+    AttentionKnockout,
     FunctionVectors,
     Geometry,
     HeadAblation,
@@ -102,6 +103,20 @@ def analyses() -> st.SearchStrategy[Any]:
             mostly(st.booleans(), st.sampled_from([0, 1, "yes", None])),
         ),
         st.builds(
+            lambda window, roles, metric, split: (
+                lambda: AttentionKnockout(
+                    window=window, roles=roles, metric=metric, by_demonstration=split, n_bootstrap=0
+                )
+            ),
+            mostly(st.sampled_from([1, 2]), st.sampled_from([0, N_LAYERS + 1, 1.5, None])),
+            mostly(
+                st.sampled_from([("demo_answer",), ("demo_input", "separator", "query"), ("prefix", "answer_pos")]),
+                st.sampled_from([(), "demo_answer", ("label",), ("query", "query"), None]),
+            ),
+            mostly(st.sampled_from(["cross_entropy", "accuracy"]), st.sampled_from(["kl", None])),
+            mostly(st.booleans(), st.sampled_from([0, "yes"])),
+        ),
+        st.builds(
             lambda shots: lambda: TdAccuracy(shots=shots),
             mostly(st.sampled_from([(1, 2), (1, 3)]), st.sampled_from([(), (1,), (-1, 2)])),
         ),
@@ -134,6 +149,10 @@ def check_result(result: Any) -> None:
         assert (names[0], *names[-2:]) == (PROMPT_ROLES[0], *PROMPT_ROLES[-2:]) and len(names) % 3 == 0
         assert result.attention.shape[1:3] == (N_HEADS, len(names)) and finite(result.attention)
         assert bool(((sums - 1).abs() < 1e-5).all())
+    elif name == "KnockoutEffects":
+        assert result.knocked_loss.shape[:2] == (len(result.windows), len(result.role_names))
+        assert finite(result.knocked_loss) and finite(result.overall)
+        assert all(len(window) == len(result.windows[0]) for window in result.windows)
     elif name == "TdAccuracyFit":
         assert finite(result.td) and finite(result.score)
     else:

@@ -47,7 +47,7 @@ from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 from tv_lens.tasks.prompt_rows import PromptRows
-from tv_lens.tasks.roles import PROMPT_ROLES, position_roles
+from tv_lens.tasks.roles import PROMPT_ROLES, demonstration_roles, position_roles
 
 __all__ = ["AttentionKnockout", "KnockoutEffects", "attention_knockout"]
 
@@ -94,7 +94,7 @@ def attention_knockout(
     aligned, answers = aligned_with_answers(model, prompts)
     task_names = tuple(prompts.task_names)
     ids = prompt_task_ids(prompts.task_ids, task_names, len(aligned))
-    keys = _role_keys(adapter, prompts, aligned.inputs.shape[1], config.roles)
+    role_names, keys = _role_keys(adapter, prompts, aligned.inputs.shape[1], config.roles, config.by_demonstration)
     windows = tuple(tuple(range(start, start + config.window)) for start in range(adapter.n_layers - config.window + 1))
     cells = [Cell(tuple(knockout(layer, role_keys) for layer in window)) for window in windows for role_keys in keys]
 
@@ -104,7 +104,7 @@ def attention_knockout(
     sweep = run_sweep(
         model, aligned, cells, score, rows_per_pass=config.rows_per_pass, progress=config.progress, desc="knockout"
     )
-    shape = (len(windows), len(config.roles), len(aligned))
+    shape = (len(windows), len(role_names), len(aligned))
     knocked_correct, knocked_loss = sweep.cells[..., 0].view(shape), sweep.cells[..., 1].view(shape)
     clean_correct, clean_loss = sweep.clean[:, 0], sweep.clean[:, 1]
     harm = clean_correct - knocked_correct if config.metric == "accuracy" else knocked_loss - clean_loss
@@ -114,7 +114,7 @@ def attention_knockout(
     _, overall_ci = stratified_bootstrap_ci(harm[..., real], ids[real], len(task_names), **boot)
     return KnockoutEffects(
         windows=windows,
-        role_names=config.roles,
+        role_names=role_names,
         task_names=task_names,
         task_ids=ids,
         clean_correct=clean_correct,
@@ -144,6 +144,9 @@ class AttentionKnockout(CausalOptions):
         roles: The prompt roles knocked out, each in a cell of its own (names of
             :data:`~tv_lens.tasks.PROMPT_ROLES`; ``"answer_pos"`` blocks the answer position from itself).
         metric: The harm: ``"cross_entropy"`` (default; the answer loss increase) or ``"accuracy"`` (its drop).
+        by_demonstration: Knock out every demonstration's input, answer or separator apart, counted back from the
+            query (``"demo_answer[-1]"``: the last demonstration's answer; :func:`~tv_lens.tasks.demonstration_roles`),
+            instead of the role in all demonstrations at once.
 
     The keyword-only :class:`~tv_lens.analyses.options.CausalOptions` (``n_bootstrap``, ``ci``, ``rows_per_pass``,
     ``batch_size``, ``progress``) apply too.
@@ -152,6 +155,7 @@ class AttentionKnockout(CausalOptions):
     window: int = 1
     roles: tuple[str, ...] = ("demo_input", "demo_answer", "separator", "query")
     metric: str = "cross_entropy"
+    by_demonstration: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -169,6 +173,11 @@ class AttentionKnockout(CausalOptions):
                 f"roles must be distinct names from {list(PROMPT_ROLES)}, got {list(self.roles)}"
                 + (f" ({unknown[0]!r} is not a role)." if unknown else " (a role twice).")
             )
+        if not isinstance(self.by_demonstration, bool):
+            raise AnalysisError(
+                f"by_demonstration must be True or False (whether every demonstration is knocked out apart), got "
+                f"{self.by_demonstration!r}."
+            )
         if self.metric not in KNOCKOUT_METRICS:
             raise AnalysisError(f"Unknown knockout metric {self.metric!r}; use one of {list(KNOCKOUT_METRICS)}.")
 
@@ -184,10 +193,25 @@ class AttentionKnockout(CausalOptions):
         return attention_knockout(model, batch, config=self, seed=seed)
 
 
-def _role_keys(adapter: Any, batch: PromptRows, width: int, roles: tuple[str, ...]) -> list[Bool[Tensor, "prompt pos"]]:
-    """For each role, its positions up to each prompt's answer position, in the aligned layout ``[prompt, width]``."""
+def _role_keys(
+    adapter: Any, batch: PromptRows, width: int, roles: tuple[str, ...], by_demonstration: bool
+) -> tuple[tuple[str, ...], list[Bool[Tensor, "prompt pos"]]]:
+    """The roles knocked out and, for each, its positions in the aligned layout ``[prompt, width]``.
+
+    With ``by_demonstration``, every demonstration's part of a chosen role is a role of its own (prompt order).
+    """
+    if by_demonstration:
+        ids, names = demonstration_roles(batch)
+        chosen = tuple(name for name in names if name.split("[")[0] in roles)
+        if not chosen:
+            raise TaskError(
+                f"The prompts have no demonstration parts of the roles {list(roles)} to knock out one by one (their "
+                "most shots is 0); sample prompts with shots, or knock the roles out with by_demonstration=False."
+            )
+    else:
+        ids, names, chosen = position_roles(batch), PROMPT_ROLES, roles
     shift = prepare_prompts(adapter, batch.inputs, batch.answer_pos, batch.attention_mask).shift
-    ids = position_roles(batch).cpu()
+    ids = ids.cpu()
     columns = torch.arange(width)[None, :] + shift[:, None]
     aligned = ids.gather(1, columns.clamp(max=ids.shape[1] - 1)).masked_fill(columns >= ids.shape[1], -1)
-    return [aligned == PROMPT_ROLES.index(role) for role in roles]
+    return chosen, [aligned == names.index(name) for name in chosen]
