@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import hook_snapshot
 
+import tv_lens.interventions.knockouts as knockouts
 from tv_lens import Result, offset_pool
 from tv_lens.analyses import AttentionKnockout, Prompts, attention_knockout
-from tv_lens.errors import AnalysisError, TaskError
+from tv_lens.errors import AnalysisError, ModelNotSupportedError, TaskError
 from tv_lens.interventions import knockout_strategy
 from tv_lens.models import adapt
 from tv_lens.tasks import PROMPT_ROLES, demonstration_roles, position_roles
 
 POOL = offset_pool(offsets=(1, 2), n_values=8)
+
+
+@pytest.fixture
+def model(model):
+    """The shared model where its attention can be knocked out (not on TransformerLens 3.9's bridge)."""
+    if knockout_strategy(adapt(model)) is None:
+        pytest.skip(f"{type(model).__name__}: its attention runs past the hooks here")
+    return model
 
 
 def batch_of(n_per_task: int = 3, seed: int = 0):
@@ -132,6 +142,14 @@ def test_result_tabulates_draws_and_saves_exactly(model, tmp_path):
 def test_bad_options_name_the_problem(options, match):
     with pytest.raises(AnalysisError, match=match):
         AttentionKnockout(**options)
+
+
+def test_a_model_whose_attention_cannot_be_knocked_out_is_refused_and_keeps_no_hook(model, monkeypatch):
+    monkeypatch.setattr(knockouts, "knockout_strategy", lambda adapter: None)
+    before = hook_snapshot(model)
+    with pytest.raises(ModelNotSupportedError, match="cannot be knocked out through its hook points"):
+        AttentionKnockout(n_bootstrap=0).run_batch(model, batch_of())
+    assert hook_snapshot(model) == before
 
 
 def test_bad_inputs_name_the_problem(model):

@@ -26,6 +26,7 @@ from tv_lens.results import (
     EmergenceResult,
     FinetuningComparison,
     HeadImportance,
+    KnockoutEffects,
     PatchingEffects,
     Performance,
     Projection,
@@ -46,6 +47,7 @@ RESULT_TYPES = {
     "prompting": PromptingAccuracy,
     "heads": HeadImportance,
     "attention": RoleAttention,
+    "knockout": KnockoutEffects,
     "emergence": EmergenceResult,
     "finetuning": FinetuningComparison,
 }

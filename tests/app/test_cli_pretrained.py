@@ -21,6 +21,7 @@ from plotly.offline import get_plotlyjs
 
 import tv_lens.app.pretrained as pretrained_module
 from tv_lens.analyses import (
+    AttentionKnockout,
     ICLPerformance,
     LayerFinetuning,
     TaskDecodability,
@@ -28,13 +29,15 @@ from tv_lens.analyses import (
     TaskVectorPrompting,
 )
 from tv_lens.app.pretrained import ANALYSES, ON_REQUEST, PRETRAINED_ANALYSES
+from tv_lens.app.pretrained.analyses import applicable
 from tv_lens.app.run_files import load_results
 from tv_lens.app.sections import ANALYSIS_NAMES, headline_numbers
 from tv_lens.environment import package_version, software_environment
-from tv_lens.models.local_hf import build_local_model
+from tv_lens.models.local_hf import build_local_model, load_local_model
 from tv_lens.results import (
     Decodability,
     HeadImportance,
+    KnockoutEffects,
     PatchingEffects,
     Performance,
     Projection,
@@ -55,6 +58,7 @@ RESULT_TYPES = {
     "prompting": PromptingAccuracy,
     "heads": HeadImportance,
     "attention": RoleAttention,
+    "knockout": KnockoutEffects,
 }
 # The same sizes as tests/pretrained, under the same session folder: a model built there is reused here.
 SIZES = {"n_layers": 2, "d_model": 64, "n_heads": 4}
@@ -167,12 +171,22 @@ def test_saved_results_equal_direct_calls_on_an_independently_booted_model(gpt2_
         "performance": ICLPerformance(shots=(0, 1, SHOTS), n_bootstrap=1000).run(model, pool, N, SEED),
         "patching": TaskVectorPatching(n_bootstrap=1000).run(model, pool, N, SHOTS, SEED),
         "prompting": TaskVectorPrompting(n_bootstrap=1000).run(model, pool, N, SHOTS, SEED),
+        "knockout": AttentionKnockout(n_bootstrap=1000).run(model, pool, N, SHOTS, SEED),
     }
     for name, result in direct.items():
         assert results[name] == result, name
     assert bool(torch.isfinite(results["patching"].correct_loss_change).all())
     assert float(results["patching"].correct_loss_change.abs().sum()) > 0  # real numbers, not a run that did nothing
     assert bool((results["patching"].writes > 0).all())
+
+
+def test_a_default_run_leaves_out_the_knockout_of_a_model_whose_attention_the_hooks_cannot_block(tmp_path):
+    """Llama 4's attention runs in the Hugging Face module, past the hooks; naming the knockout fails instead."""
+    model = load_local_model(build_local_model("llama4_text", tmp_path / "llama4", **SIZES), "bridge")
+    names, lines = applicable(PRETRAINED_ANALYSES, None, model)
+    assert names == tuple(name for name in PRETRAINED_ANALYSES if name != "knockout")
+    assert len(lines) == 1 and "runs past TransformerLens's attention hooks" in lines[0]
+    assert applicable(("knockout",), ("knockout",), model) == (("knockout",), [])
 
 
 def test_analyze_without_model_reruns_the_stored_pretrained_run(gpt2_run):

@@ -16,6 +16,7 @@ from tv_lens.results import (
     EmergenceResult,
     FinetuningComparison,
     HeadImportance,
+    KnockoutEffects,
     PatchingEffects,
     Performance,
     Projection,
@@ -124,6 +125,17 @@ def _attention_line(n: Numbers) -> str:
     top = ", ".join(f"{head} {_f(share)}" for head, share in zip(n["top_heads"], n["top_shares"], strict=True))
     shares = ", ".join(f"{role} {_f(share)}" for role, share in n["mean_share"].items())
     return f"most attention on {n['role']}: {top}; mean share over all heads: {shares}"
+
+
+def _knockout_line(n: Numbers) -> str:
+    first, last = n["blocks"][0], n["blocks"][-1]
+    blocks = f"L{first}" if first == last else f"L{first}-L{last}"
+    harm = "loss increase" if n["metric"] == "cross_entropy" else "accuracy drop"
+    largest = ", ".join(f"{role} {_f(value)}" for role, value in n["max_harm"].items())
+    return (
+        f"most harm blocking {n['role']} at {blocks}: {harm} {_f(n['harm'])} {_ci(n['harm_ci'])}; largest harm per "
+        f"role: {largest}"
+    )
 
 
 def _emergence_line(n: Numbers) -> str:
@@ -269,6 +281,19 @@ SECTIONS: tuple[Section, ...] = (
         lambda r: [r.figure()],
         _attention_line,
         RoleAttention,
+    ),
+    Section(
+        "knockout",
+        "What the answer needs of what it attends to",
+        "The loss increase when the token right before the answer may not attend to the positions of one role of the "
+        "prompt (the demonstrations' inputs, their answers, what separates them, the query) in one block, in every "
+        "head (the other attention runs as usual), against the block; a line per role, averaged over the prompts of "
+        "every task but Null.",
+        "Wang et al. (2023): blocking the answer position from the demonstrations' answers (label words) harms most in "
+        "the early blocks, where the demonstrations' information gathers on them, and little in the late ones.",
+        lambda r: [r.figure()],
+        _knockout_line,
+        KnockoutEffects,
     ),
     Section(
         "emergence",

@@ -32,9 +32,9 @@ def knockout_hook_name(adapter: ModelAdapter, intervention: Intervention) -> str
     if strategy is None:
         raise ModelNotSupportedError(
             f"{intervention}: this model's attention cannot be knocked out through its hook points (blocking a "
-            "position through attn.hook_attn_scores or attn.hook_pattern does not keep it from later positions), "
-            "so a knockout would silently change nothing; load the model through TransformerLens so that its "
-            "attention runs through those hooks."
+            "position through attn.hook_attn_scores or attn.hook_pattern does not keep it from later positions: "
+            "its attention is computed past them), so a knockout would silently change nothing; use a "
+            "HookedTransformer where TransformerLens has one for this architecture, or another model."
         )
     return MASK_HOOKS[strategy].format(layer=layer)
 
@@ -59,19 +59,16 @@ def knockout_keys(
             f"[{len(selected)}, pos] for each selected prompt."
         )
     given = mask.cpu().expand(len(selected), -1)
-    if given.shape[1] > width:
-        if bool(given[:, width:].any()):
-            raise PositionError(f"{intervention} blocks a key past the prompts' {width} positions.")
-        given = given[:, :width]
-    full = torch.zeros(n_prompts, width, dtype=torch.bool)
+    span = max(width, given.shape[1])  # a mask wider than the prompts is checked like the rest, then cut
+    full = torch.zeros(n_prompts, span, dtype=torch.bool)
     full[selected, : given.shape[1]] = given
-    columns = torch.arange(width)
+    columns = torch.arange(span)
     padding = full & (columns[None, :] < prompts.shift[:, None])
     if bool(padding.any()):
         row, column = (int(i) for i in padding.nonzero()[0])
         raise PositionError(f"{intervention} blocks position {column} of prompt {row}, which is left padding.")
     source = columns[None, :] + prompts.shift[:, None]
-    keys = full.gather(1, source.clamp(max=width - 1)) & (source < width)
+    keys = full.gather(1, source.clamp(max=span - 1)) & (source < span)
     limit = prompts.ends - 1 if queries is None else queries
     after = keys & (columns[None, :] > limit[:, None])
     if bool(after.any()):
@@ -94,7 +91,7 @@ def knockout_keys(
                 f"{intervention} blocks every position the query of prompt {row} attends to, which leaves its "
                 "attention undefined; keep at least one (e.g. the query itself)."
             )
-    return keys
+    return keys[:, :width]
 
 
 def knocked_out(

@@ -220,7 +220,7 @@ def _run_group(
     interventions: list[Intervention] = []
     for j, cell in enumerate(group):
         rows = torch.arange(j * n, (j + 1) * n)
-        interventions.extend(_for_copy(i, batch.index, rows, k, batch.inputs.shape[1]) for i in cell.interventions)
+        interventions.extend(_for_copy(i, batch.index, rows, k) for i in cell.interventions)
     inputs = batch.inputs
     stacked_inputs = inputs.repeat(k, *([1] * (inputs.ndim - 1)))
     residual = residual if start > 0 else None
@@ -260,11 +260,9 @@ def _for_shared_copy(
     return replace(intervention, values=values, pos=positions + shift, rows=None)
 
 
-def _for_copy(intervention: Intervention, index: Tensor, rows: Tensor, k: int, width: int) -> Intervention:
-    """``intervention`` for the prompts ``index`` of one stacked copy (its rows ``rows``, ``width`` columns)."""
+def _for_copy(intervention: Intervention, index: Tensor, rows: Tensor, k: int) -> Intervention:
+    """``intervention`` restricted to the prompts ``index`` of one stacked copy (its rows ``rows``)."""
     values, pos = _values_of(intervention, index), intervention.pos
-    if intervention.kind == "knockout" and values is not None:
-        values = values[..., :width]  # the keys of prompts cut after their last answer token
     if isinstance(pos, Tensor) or (not isinstance(pos, (str, int))):
         pos = torch.as_tensor(pos)[index].repeat(k)
     return replace(intervention, values=values, pos=pos, rows=rows)

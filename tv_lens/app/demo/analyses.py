@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from tv_lens.analyses import (
+    AttentionKnockout,
     Emergence,
     Geometry,
     HeadAblation,
@@ -110,6 +111,11 @@ def _attention(trained: TrainedModel, config: DemoConfig, progress: bool, shots:
     return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
 
 
+def _knockout(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
+    analysis = AttentionKnockout(n_bootstrap=config.n_bootstrap, progress=progress)
+    return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
+
+
 def _emergence(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
     analysis = Emergence(n_shots=config.n_shots, progress=progress)
     return analysis.run(trained.checkpoints, trained.pool, config.emergence_n_per_task, config.seed)
@@ -147,6 +153,7 @@ ANALYSES: dict[str, Callable[[TrainedModel, DemoConfig, bool, AnalysisShots], Re
     "prompting": _prompting,
     "heads": _heads,
     "attention": _attention,
+    "knockout": _knockout,
     "emergence": _emergence,
     "finetuning": _finetuning,
 }

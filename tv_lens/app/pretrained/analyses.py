@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from tv_lens.analyses import (
+    AttentionKnockout,
     Geometry,
     HeadAblation,
     HeadAttention,
@@ -19,11 +20,13 @@ from tv_lens.analyses import (
 )
 from tv_lens.app.pretrained.config import PretrainedConfig
 from tv_lens.errors import ConfigError
+from tv_lens.interventions import knockout_strategy
+from tv_lens.models import adapt
 from tv_lens.results import Result
 from tv_lens.tasks import TextPool
 from tv_lens.training.lora import weight_targets
 
-__all__ = ["ANALYSES", "ON_REQUEST", "PRETRAINED_ANALYSES", "check_names"]
+__all__ = ["ANALYSES", "ON_REQUEST", "PRETRAINED_ANALYSES", "applicable", "check_names"]
 
 
 def _decodability(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
@@ -70,6 +73,11 @@ def _attention(model: Any, pool: TextPool, config: PretrainedConfig, progress: b
     return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
 
 
+def _knockout(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
+    analysis = AttentionKnockout(n_bootstrap=config.n_bootstrap, progress=progress)
+    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
+
+
 def _finetuning(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
     paper, steps = LayerFinetuning(), config.finetune_steps
     defaults, lora = paper.train, paper.lora
@@ -100,6 +108,7 @@ ANALYSES: dict[str, Callable[[Any, TextPool, PretrainedConfig, bool], Result]] =
     "prompting": _prompting,
     "heads": _heads,
     "attention": _attention,
+    "knockout": _knockout,
     "finetuning": _finetuning,
 }
 """Name (also the result file's stem) → the step that runs that analysis, in the demo's order
@@ -131,3 +140,18 @@ def check_names(only: Sequence[str] | None) -> tuple[str, ...]:
             f"{list(ANALYSES)}."
         )
     return tuple(name for name in ANALYSES if name in only)
+
+
+def applicable(names: tuple[str, ...], only: Sequence[str] | None, model: Any) -> tuple[tuple[str, ...], list[str]]:
+    """The analyses to run on ``model``, and a line for each default one left out because it cannot run there.
+
+    Attention knockout needs attention that the hooks can mask (:func:`~tv_lens.interventions.knockout_strategy`);
+    a default run leaves it out of a model whose attention runs past them, a run that names it fails.
+    """
+    if only is not None or "knockout" not in names or knockout_strategy(adapt(model)) is not None:
+        return names, []
+    line = (
+        "Attention knockout: left out, this model's attention runs past TransformerLens's attention hooks, so they "
+        "cannot block it (tv_lens.interventions.knockout_strategy)."
+    )
+    return tuple(name for name in names if name != "knockout"), [line]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tv_lens.app.pipeline import run_and_save, write_outputs
-from tv_lens.app.pretrained.analyses import ANALYSES, check_names
+from tv_lens.app.pretrained.analyses import ANALYSES, applicable, check_names
 from tv_lens.app.pretrained.config import RUN_KEY, PretrainedConfig, stored_config
 from tv_lens.app.pretrained.model import boot_model, model_facts, resolve_device
 from tv_lens.app.pretrained.tasks import text_pool, text_tasks
@@ -162,8 +162,9 @@ def run_pretrained(
     pool = text_pool(model, tasks, config.template, config.separator, config.null)
     pool.sample(1, config.n_shots, config.seed)  # too many shots for the tasks' examples fails here, before any work
     seconds = {"boot": time.perf_counter() - start}
+    names, skipped = applicable(names, only, model)
     facts = model_facts(model)
-    _write_run_file(out, config, facts, _description(config, facts, pool, device))
+    _write_run_file(out, config, facts, _description(config, facts, pool, device) + skipped)
     results, analysis_seconds = run_and_save(
         out, names, lambda name: ANALYSES[name](model, pool, config, progress), config.seed, progress
     )
