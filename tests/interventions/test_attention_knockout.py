@@ -234,6 +234,11 @@ def test_bad_knockouts_name_the_problem_and_leave_no_hook(model):
             lambda: run_with_interventions(model, tokens, answer_pos, [knockout(1, [20])]),
         ),
         (
+            PositionError,
+            r"knockout key positions must be >= 0 \(from the start\), got \[3, -1\]",
+            lambda: knockout(1, [3, -1]),
+        ),
+        (
             ShapeError,
             r"knockout keys must be a bool mask .* got torch.float32 of shape \(2,\)",
             lambda: knockout(1, torch.tensor([0.0, 1.0])),

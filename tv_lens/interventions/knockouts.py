@@ -123,11 +123,7 @@ def knocked_out(
         query_rows = columns[None, :, None] > columns[None, None, :]  # every query after the key
     else:
         query_rows = columns[None, :, None] == queries.to(device)[:, None, None]
-    blocked = torch.zeros(
-        len(attention), 1 if head is None else attention.shape[1], width, width, dtype=torch.bool, device=device
-    )
-    if head is None:
-        blocked[local.to(device), 0] = query_rows & keys[:, None, :]
-    else:
-        blocked[local.to(device), head] = query_rows & keys[:, None, :]
+    heads = 1 if head is None else attention.shape[1]  # every head alike, or one of them
+    blocked = torch.zeros(len(attention), heads, width, width, dtype=torch.bool, device=device)
+    blocked[local.to(device), 0 if head is None else head] = query_rows & keys[:, None, :]
     return mask_attention(attention, "scores" if hook_name.endswith("hook_attn_scores") else "pattern", blocked)

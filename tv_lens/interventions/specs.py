@@ -15,9 +15,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from tv_lens.checks import check_tensor_data, tensor_of
-from tv_lens.errors import (
-    ShapeError,
-)
+from tv_lens.errors import PositionError, ShapeError
 
 __all__ = ["Intervention", "Positions", "Rows", "ablate_head", "add", "knockout", "replace"]
 
@@ -140,8 +138,8 @@ def knockout(
             )
         positions = mask.long()
         if bool((positions < 0).any()):
-            raise ShapeError(f"knockout key positions must be >= 0, got {positions.tolist()}.")
-        mask = torch.zeros(int(positions.max()) + 1 if len(positions) else 0, dtype=torch.bool)
+            raise PositionError(f"knockout key positions must be >= 0 (from the start), got {positions.tolist()}.")
+        mask = torch.zeros(int(positions.max()) + 1, dtype=torch.bool)
         mask[positions] = True
     if mask.ndim not in (1, 2):
         raise ShapeError(f"knockout keys must be a mask [pos] or [n_rows, pos], got shape {tuple(mask.shape)}.")
