@@ -39,7 +39,7 @@ def _usual_loop(model, batch, roles, strategy: str, batch_size: int):
         for r, role in enumerate(ROLES):
             keys = roles[index] == PROMPT_ROLES.index(role)  # [prompt, key]
 
-            def mask(attention, hook, keys=keys):
+            def mask(attention, hook, keys=keys, rows=rows, positions=positions):
                 row = attention[rows, :, positions]  # [prompt, head, key]
                 if strategy == "scores":
                     row = row.masked_fill(keys[:, None, :], float("-inf"))

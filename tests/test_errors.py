@@ -2025,7 +2025,7 @@ CASES = [
             w.model, w.batch.inputs, w.batch.answer_pos, [knockout(0, _up_to_the_answer(w.batch))]
         ),
         PositionError,
-        r"blocks every position the query of prompt 0 attends to",
+        r"blocks every position the query at \d+ of prompt 0 attends to",
         r"keep at least one",
     ),
     Case(

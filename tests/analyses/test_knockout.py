@@ -29,33 +29,60 @@ def batch_of(n_per_task: int = 3, seed: int = 0):
     return POOL.sample(n_per_task, 3, seed)
 
 
-def hand_knocked_loss(model, batch, blocks, role, roles=None, names=PROMPT_ROLES):
-    """Independent reference: run_with_hooks masking the answer row's ``role`` keys in ``blocks``, per prompt."""
+def hand_knocked_loss(model, batch, blocks, role, roles=None, names=PROMPT_ROLES, labels=False):
+    """Independent reference: run_with_hooks keeping the query rows from the ``role`` keys in ``blocks``, per prompt.
+
+    The query is the answer position, or with ``labels`` every demonstration answer token (kept from the keys at or
+    before it).
+    """
     strategy = knockout_strategy(adapt(model))
-    roles = position_roles(batch) if roles is None else roles
+    plain = position_roles(batch)
+    roles = plain if roles is None else roles
     losses = []
     for p in range(len(batch.inputs)):
         answer = int(batch.answer_pos[p])
         keys = (roles[p] == names.index(role)).nonzero().flatten().tolist()
+        queries = (plain[p] == PROMPT_ROLES.index("demo_answer")).nonzero().flatten().tolist() if labels else [answer]
+        edges = [(q, [k for k in keys if k <= q]) for q in queries]
 
-        def scores_hook(scores, hook, keys=keys, answer=answer):
+        def scores_hook(scores, hook, edges=edges):
             scores = scores.clone()
-            scores[:, :, answer, keys] = float("-inf")
+            for q, blocked in edges:
+                scores[:, :, q, blocked] = float("-inf")
             return scores
 
-        def pattern_hook(pattern, hook, keys=keys, answer=answer):
+        def pattern_hook(pattern, hook, edges=edges):
             pattern = pattern.clone()
-            pattern[:, :, answer, keys] = 0.0
-            pattern[:, :, answer] = pattern[:, :, answer] / pattern[:, :, answer].sum(-1, keepdim=True)
+            for q, blocked in edges:
+                pattern[:, :, q, blocked] = 0.0
+                pattern[:, :, q] = pattern[:, :, q] / pattern[:, :, q].sum(-1, keepdim=True)
             return pattern
 
         site, hook = ("hook_attn_scores", scores_hook) if strategy == "scores" else ("hook_pattern", pattern_hook)
-        hooks = [(f"blocks.{block}.attn.{site}", hook) for block in blocks] if keys else []
+        hooks = [(f"blocks.{block}.attn.{site}", hook) for block in blocks] if keys and queries else []
         tokens = batch.inputs[p : p + 1, : answer + 1]
         with torch.no_grad():
             logits = model.run_with_hooks(tokens, fwd_hooks=hooks)[0, answer].double()
         losses.append(-torch.log_softmax(logits, -1)[int(batch.answers[p, 0])])
     return torch.stack(losses)
+
+
+def test_knocking_out_the_labels_equals_hand_written_hooks(model):
+    """query="demo_answer": every demonstration's answer token is kept from the role's positions at or before it."""
+    batch = POOL.sample(3, (0, 3), seed=2)  # zero-shot prompts have no label to knock out: their loss stays clean
+    result = AttentionKnockout(query="demo_answer", n_bootstrap=0).run_batch(model, batch)
+    assert result.role_names == ("prefix", "demo_input", "demo_answer", "separator") and result.query == "demo_answer"
+    changed = False
+    for r, role in enumerate(result.role_names):
+        expected = hand_knocked_loss(model, batch, (0,), role, labels=True)
+        torch.testing.assert_close(result.knocked_loss[0, r], expected, atol=1e-6, rtol=1e-6)
+        changed |= bool((expected - result.clean_loss).abs().max() > 1e-4)
+    assert changed
+    assert bool((result.knocked_loss[-1] == result.clean_loss).all())  # after the last block no one reads a label
+    zero_shot = batch.n_shots == 0
+    assert bool(zero_shot.any()) and torch.equal(
+        result.knocked_loss[..., zero_shot], result.clean_loss[zero_shot].expand(3, 4, -1)
+    )
 
 
 @pytest.mark.parametrize("window", [1, 2])
@@ -137,6 +164,7 @@ def test_result_tabulates_draws_and_saves_exactly(model, tmp_path):
         ({"roles": ("query", "query")}, "a role twice"),
         ({"metric": "kl"}, "Unknown knockout metric 'kl'"),
         ({"by_demonstration": "yes"}, "by_demonstration must be True or False"),
+        ({"query": "label"}, "Unknown knockout query 'label'"),
     ],
 )
 def test_bad_options_name_the_problem(options, match):

@@ -188,6 +188,63 @@ def test_knockout_of_every_later_query_equals_a_hand_written_hook(model):
     torch.testing.assert_close(run.logits, expected, **TOL)
 
 
+@pytest.mark.parametrize("per_prompt", [False, True])
+def test_a_mask_of_queries_equals_a_hand_written_hook(model, per_prompt):
+    """Several queries per prompt, each kept from the keys at or before it (keys after a query stay open to it)."""
+    strategy = strategy_of(model)
+    tokens, answer_pos, lengths = ragged_prompts(seed=11)
+    left, mask, left_pos = left_padded(tokens, lengths)
+    shift = tokens.shape[1] - lengths
+    rows = torch.arange(len(tokens))
+    queries = torch.zeros(tokens.shape, dtype=torch.bool)
+    queries[rows, shift + 2] = True
+    queries[rows, left_pos] = True  # the answer position too
+    if not per_prompt:  # the same columns in every prompt: right-padded prompts, a mask [pos]
+        left, mask, left_pos, shift = tokens, None, answer_pos, torch.zeros_like(shift)
+        queries = torch.zeros(tokens.shape[1], dtype=torch.bool)
+        queries[[2, int(answer_pos.min())]] = True
+    keys = torch.zeros(len(tokens), tokens.shape[1], dtype=torch.bool)
+    keys[rows, shift + 1] = True
+    keys[rows, shift + 3] = True  # after the first query: blocked for the answer position only
+    marked = queries if per_prompt else queries.expand(len(tokens), -1)
+    edges = [
+        (row, None, q, [k for k in keys[row].nonzero()[:, 0].tolist() if k <= q])
+        for row in range(len(tokens))
+        for q in marked[row].nonzero()[:, 0].tolist()
+    ]
+    with torch.no_grad():
+        run = run_with_interventions(model, left, left_pos, [knockout(1, keys, pos=queries)], attention_mask=mask)
+        clean = run_with_interventions(model, left, left_pos, [], attention_mask=mask).logits
+    expected = at(hand_knockout_logits(model, left, [1], edges, strategy, attention_mask=mask), left_pos)
+    torch.testing.assert_close(run.logits, expected, **TOL)
+    assert (run.logits - clean).abs().max() > 1e-4
+
+
+def test_bad_query_masks_name_the_problem(model):
+    strategy_of(model)
+    tokens, answer_pos, lengths = ragged_prompts(seed=12)
+    left, mask, left_pos = left_padded(tokens, lengths)
+    queries = torch.zeros(tokens.shape, dtype=torch.bool)
+    queries[:, -1] = True
+    before = hook_snapshot(model)
+    with pytest.raises(ShapeError, match=r"got a query mask of shape \(3, 16\); expected \[pos\] for every prompt"):
+        run_with_interventions(model, tokens, answer_pos, [knockout(0, [0], pos=queries[:3])])
+    shortest = int(lengths.argmin())
+    on_pad = torch.zeros(tokens.shape, dtype=torch.bool)
+    on_pad[shortest, 0] = True
+    with pytest.raises(
+        PositionError, match=rf"marks a query at position 0 of prompt {shortest}, which is left padding"
+    ):
+        run_with_interventions(model, left, left_pos, [knockout(0, [15], pos=on_pad)], attention_mask=mask)
+    with pytest.raises(PositionError, match=r"marks a query at position 15 of prompt 1, after the prompt's last"):
+        run_with_interventions(model, tokens, answer_pos, [knockout(0, [0], pos=queries)])
+    first = torch.zeros(tokens.shape[1], dtype=torch.bool)
+    first[[0, 4]] = True
+    with pytest.raises(PositionError, match=r"blocks every position the query at 0 of prompt 0 attends to"):
+        run_with_interventions(model, tokens, answer_pos, [knockout(0, [0], pos=first)])
+    assert hook_snapshot(model) == before
+
+
 def test_blocking_a_key_from_every_later_query_in_every_block_hides_its_token(model):
     strategy_of(model)
     generator = torch.Generator().manual_seed(8)
@@ -220,7 +277,7 @@ def test_bad_knockouts_name_the_problem_and_leave_no_hook(model):
         ),
         (
             PositionError,
-            "blocks every position the query of prompt 0 attends to",
+            r"blocks every position the query at \d+ of prompt 0 attends to",
             lambda: run_with_interventions(model, tokens, answer_pos, [knockout(1, [0, 1, 2], pos=2)]),
         ),
         (

@@ -1,14 +1,16 @@
-"""Attention knockout: what the answer loses when its position may not attend to a prompt role in some blocks.
+"""Attention knockout: what the answer loses when a position may not attend to a prompt role in some blocks.
 
 Head attention (:mod:`tv_lens.analyses.attention`) says where the heads at the answer position look; a knockout
-says whether the answer needs it. Wang et al. (2023, "Label words are anchors") block the attention from the answer
-position to the demonstrations' label words in a window of blocks: in the first blocks the model's predictions
-change much, in the last blocks little, so the information of the demonstrations gathers on the label words early
-and is read from them late. Geva et al. (2023) slide such a window over the blocks. :func:`attention_knockout`
-slides a window of ``window`` consecutive blocks over the model and, for each role of the prompt
-(:func:`~tv_lens.tasks.position_roles`), blocks the answer position's attention to every position of that role in
-every head of the window's blocks (:func:`~tv_lens.interventions.knockout`); the harm is the answer's loss increase
-or accuracy drop, per prompt, with means per task and over every task but Null and their bootstrap intervals.
+says whether the answer needs it. Geva et al. (2023) block the attention of the last position to chosen positions in
+a window of blocks and slide the window over the model. Wang et al. (2023, "Label words are anchors") use such
+knockouts on in-context prompts: kept from the text before them in the first blocks, the demonstrations' label words
+cannot gather the demonstrations' information and the predictions change much; in the last blocks, little. The
+answer position then reads the labels in the deep blocks. :func:`attention_knockout` slides a window of ``window``
+consecutive blocks over the model and, for each role of the prompt (:func:`~tv_lens.tasks.position_roles`), blocks
+the attention of the query (the answer position, or with ``query="demo_answer"`` every demonstration's answer
+tokens) to every position of that role in every head of the window's blocks (:func:`~tv_lens.interventions.knockout`);
+the harm is the answer's loss increase or accuracy drop, per prompt, with means per task and over every task but Null
+and their bootstrap intervals.
 
 Speed: every (window, role) is a cell of a stacked sweep (:mod:`tv_lens.interventions.sweep`): several cells per
 forward pass, each starting at its window's first block from the clean residual where the model allows.
@@ -53,6 +55,12 @@ __all__ = ["AttentionKnockout", "KnockoutEffects", "attention_knockout"]
 
 KNOCKOUT_METRICS: tuple[str, ...] = ("cross_entropy", "accuracy")
 
+DEFAULT_ROLES: dict[str, tuple[str, ...]] = {
+    "answer": ("demo_input", "demo_answer", "separator", "query"),
+    "demo_answer": ("prefix", "demo_input", "demo_answer", "separator"),
+}
+"""The roles knocked out by default, for each query: what the query may attend to (what comes before it)."""
+
 
 def attention_knockout(
     model: Any,
@@ -62,7 +70,7 @@ def attention_knockout(
     config: AttentionKnockout | None = None,
     seed: int = 0,
 ) -> KnockoutEffects:
-    """Block the answer position's attention to each role in each window of blocks; the harm to the answer.
+    """Block the answer position's (or the labels') attention to each role in each window of blocks; the answer's harm.
 
     The options are the attributes of :class:`AttentionKnockout`.
 
@@ -94,9 +102,18 @@ def attention_knockout(
     aligned, answers = aligned_with_answers(model, prompts)
     task_names = tuple(prompts.task_names)
     ids = prompt_task_ids(prompts.task_ids, task_names, len(aligned))
-    role_names, keys = _role_keys(adapter, prompts, aligned.inputs.shape[1], config.roles, config.by_demonstration)
+    width = aligned.inputs.shape[1]
+    roles = config.roles if config.roles is not None else DEFAULT_ROLES[config.query]
+    role_names, keys = _role_keys(adapter, prompts, width, roles, config.by_demonstration)
+    queries: Any = "answer"
+    if config.query == "demo_answer":  # every demonstration's answer tokens, a mask [prompt, width]
+        queries = _role_keys(adapter, prompts, width, ("demo_answer",), False)[1][0]
     windows = tuple(tuple(range(start, start + config.window)) for start in range(adapter.n_layers - config.window + 1))
-    cells = [Cell(tuple(knockout(layer, role_keys) for layer in window)) for window in windows for role_keys in keys]
+    cells = [
+        Cell(tuple(knockout(layer, role_keys, pos=queries) for layer in window))
+        for window in windows
+        for role_keys in keys
+    ]
 
     def score(logits: Tensor, index: Tensor) -> Tensor:
         return torch.stack(answer_scores(logits, answers[index]), dim=1).cpu()
@@ -127,6 +144,7 @@ def attention_knockout(
         overall_ci=overall_ci,
         writes=torch.tensor([counts[0] for counts in sweep.writes], dtype=torch.long).view(shape[:2]),
         metric=config.metric,
+        query=config.query,
         null_task=null_task,
         ci_level=config.ci,
         n_bootstrap=config.n_bootstrap,
@@ -142,20 +160,25 @@ class AttentionKnockout(CausalOptions):
     Attributes:
         window: Consecutive blocks knocked out together; the window slides one block at a time.
         roles: The prompt roles knocked out, each in a cell of its own (names of
-            :data:`~tv_lens.tasks.PROMPT_ROLES`; ``"answer_pos"`` blocks the answer position from itself).
+            :data:`~tv_lens.tasks.PROMPT_ROLES`; ``"answer_pos"`` blocks the answer position from itself). ``None``:
+            what the query may attend to (:data:`DEFAULT_ROLES`).
         metric: The harm: ``"cross_entropy"`` (default; the answer loss increase) or ``"accuracy"`` (its drop).
         by_demonstration: Knock out every demonstration's input, answer or separator apart, counted back from the
             query (``"demo_answer[-1]"``: the last demonstration's answer; :func:`~tv_lens.tasks.demonstration_roles`),
             instead of the role in all demonstrations at once.
+        query: Whose attention is blocked: ``"answer"`` (default; the answer position, where the answer is read) or
+            ``"demo_answer"`` (every demonstration's answer tokens, Wang et al.'s label words, each kept from the
+            role's positions at or before it: whether the labels must gather what precedes them).
 
     The keyword-only :class:`~tv_lens.analyses.options.CausalOptions` (``n_bootstrap``, ``ci``, ``rows_per_pass``,
-    ``batch_size``, ``progress``) apply too.
+    ``progress``) apply too.
     """
 
     window: int = 1
-    roles: tuple[str, ...] = ("demo_input", "demo_answer", "separator", "query")
+    roles: tuple[str, ...] | None = None
     metric: str = "cross_entropy"
     by_demonstration: bool = False
+    query: str = "answer"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -163,16 +186,13 @@ class AttentionKnockout(CausalOptions):
             raise AnalysisError(
                 f"window must be an int >= 1 (consecutive blocks knocked out together), got {self.window!r}."
             )
-        if isinstance(self.roles, (str, bytes)) or not isinstance(self.roles, tuple) or not self.roles:
+        if self.query not in DEFAULT_ROLES:
             raise AnalysisError(
-                f"roles must be a non-empty tuple of role names from {list(PROMPT_ROLES)}, got {self.roles!r}."
+                f"Unknown knockout query {self.query!r}; use 'answer' (the answer position) or 'demo_answer' (the "
+                "demonstrations' answer tokens)."
             )
-        unknown = [role for role in self.roles if role not in PROMPT_ROLES]
-        if unknown or len(set(self.roles)) != len(self.roles):
-            raise AnalysisError(
-                f"roles must be distinct names from {list(PROMPT_ROLES)}, got {list(self.roles)}"
-                + (f" ({unknown[0]!r} is not a role)." if unknown else " (a role twice).")
-            )
+        if self.roles is not None:
+            _check_roles(self.roles)
         if not isinstance(self.by_demonstration, bool):
             raise AnalysisError(
                 f"by_demonstration must be True or False (whether every demonstration is knocked out apart), got "
@@ -191,6 +211,17 @@ class AttentionKnockout(CausalOptions):
     def run_batch(self, model: Any, batch: ICLBatch, seed: int = 0) -> KnockoutEffects:
         """Attention knockout on a given batch."""
         return attention_knockout(model, batch, config=self, seed=seed)
+
+
+def _check_roles(roles: Any) -> None:
+    if isinstance(roles, (str, bytes)) or not isinstance(roles, tuple) or not roles:
+        raise AnalysisError(f"roles must be a non-empty tuple of role names from {list(PROMPT_ROLES)}, got {roles!r}.")
+    unknown = [role for role in roles if role not in PROMPT_ROLES]
+    if unknown or len(set(roles)) != len(roles):
+        raise AnalysisError(
+            f"roles must be distinct names from {list(PROMPT_ROLES)}, got {list(roles)}"
+            + (f" ({unknown[0]!r} is not a role)." if unknown else " (a role twice).")
+        )
 
 
 def _role_keys(

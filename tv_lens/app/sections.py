@@ -289,8 +289,8 @@ SECTIONS: tuple[Section, ...] = (
         "prompt (the demonstrations' inputs, their answers, what separates them, the query) in one block, in every "
         "head (the other attention runs as usual), against the block; a line per role, averaged over the prompts of "
         "every task but Null.",
-        "Wang et al. (2023): blocking the answer position from the demonstrations' answers (label words) harms most in "
-        "the early blocks, where the demonstrations' information gathers on them, and little in the late ones.",
+        "Wang et al. (2023): the answer position reads the demonstrations' answers (label words) in the deep blocks, "
+        "so blocking it from them should harm most there; Geva et al. (2023) slide such knockouts over the blocks.",
         lambda r: [r.figure()],
         _knockout_line,
         KnockoutEffects,

@@ -1,12 +1,15 @@
 """Attention knockout resolved against a batch and applied in a hook: the keys each query may not attend to.
 
-:func:`~tv_lens.interventions.knockout` names a block, the query (each prompt's answer position, a position, or every
-later query) and the keys; :func:`knockout_hook_name` picks the hook point the model's attention is masked at
-(:func:`~tv_lens.interventions.masking.knockout_strategy`), :func:`knockout_keys` puts the keys in the aligned layout
-and checks them against the queries, and :func:`knocked_out` masks one pass's scores or pattern.
+:func:`~tv_lens.interventions.knockout` names a block, the queries (each prompt's answer position, a position, a mask
+of positions, or every later query) and the keys; :func:`knockout_hook_name` picks the hook point the model's
+attention is masked at (:func:`~tv_lens.interventions.masking.knockout_strategy`), :func:`query_mask` and
+:func:`knockout_keys` put the queries and keys in the aligned layout and check them, and :func:`knocked_out` masks one
+pass's scores or pattern.
 """
 
 from __future__ import annotations
+
+from typing import Any, cast
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -18,7 +21,7 @@ from tv_lens.interventions.specs import Intervention
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.positions import PreparedPrompts
 
-__all__ = ["knocked_out", "knockout_hook_name", "knockout_keys"]
+__all__ = ["is_query_mask", "knocked_out", "knockout_hook_name", "knockout_keys", "query_mask"]
 
 
 def knockout_hook_name(adapter: ModelAdapter, intervention: Intervention) -> str:
@@ -39,59 +42,123 @@ def knockout_hook_name(adapter: ModelAdapter, intervention: Intervention) -> str
     return MASK_HOOKS[strategy].format(layer=layer)
 
 
+_OUTSIDE = "outside the prompt: a causal query cannot see it. Block keys within the prompt"
+_AFTER = "after its query (position {query}): a causal query cannot see it. Block keys at or before the query"
+
+
+def is_query_mask(pos: Any) -> bool:
+    """Whether a knockout's ``pos`` is a bool mask of query positions (not ``"answer"``, ``"all"`` or positions)."""
+    return isinstance(pos, Tensor) and pos.dtype == torch.bool
+
+
+def query_mask(prompts: PreparedPrompts, intervention: Intervention) -> Bool[Tensor, "batch width"]:
+    """A knockout's bool mask of query positions (``[pos]`` or ``[batch, pos]``, padded layout) in the aligned layout.
+
+    Raises:
+        ShapeError: A mask of another shape.
+        PositionError: A query on left padding or after the prompt's last answer token.
+    """
+    pos = intervention.pos
+    mask = cast(Tensor, pos).cpu()
+    n_prompts = len(prompts)
+    if mask.ndim not in (1, 2) or (mask.ndim == 2 and mask.shape[0] != n_prompts):
+        raise ShapeError(
+            f"{intervention} got a query mask of shape {tuple(mask.shape)}; expected [pos] for every prompt or "
+            f"[{n_prompts}, pos], one row per prompt."
+        )
+    return _aligned(
+        prompts,
+        intervention,
+        mask.expand(n_prompts, -1),
+        prompts.ends - 1,
+        "marks a query at position",
+        "after the prompt's last answer token: mark queries within the prompt",
+    )
+
+
 def knockout_keys(
     prompts: PreparedPrompts, intervention: Intervention, selected: Int[Tensor, " rows"], queries: Tensor | None
 ) -> Bool[Tensor, "batch width"]:
     """The blocked keys of every prompt in the aligned layout (none for prompts not selected), checked.
 
+    ``queries``: each prompt's query ``[batch]``, a mask of queries ``[batch, width]``, or None for every later query
+    (all aligned).
+
     Raises:
         ShapeError: A per-prompt mask without one row per selected prompt.
-        PositionError: A key on left padding or outside the prompt, after its query, or keys that leave a query
-            nothing to attend to.
+        PositionError: A key on left padding or outside the prompt, after its (last) query, or keys that leave a
+            query nothing to attend to.
     """
     mask = intervention.values
     if mask is None or mask.dtype != torch.bool:
         raise ShapeError(f"{intervention}: the blocked keys must be a bool mask; make the knockout with knockout().")
-    n_prompts, width = len(prompts), prompts.inputs.shape[1]
     if mask.ndim == 2 and mask.shape[0] != len(selected):
         raise ShapeError(
             f"{intervention} got keys of shape {tuple(mask.shape)}; expected [pos] for every prompt or "
             f"[{len(selected)}, pos] for each selected prompt."
         )
     given = mask.cpu().expand(len(selected), -1)
-    span = max(width, given.shape[1])  # a mask wider than the prompts is checked like the rest, then cut
-    full = torch.zeros(n_prompts, span, dtype=torch.bool)
-    full[selected, : given.shape[1]] = given
+    full = torch.zeros(len(prompts), given.shape[1], dtype=torch.bool)
+    full[selected] = given
+    if queries is None or queries.dtype == torch.bool:  # keys anywhere in the prompt
+        keys = _aligned(prompts, intervention, full, prompts.ends - 1, "blocks position", _OUTSIDE)
+    else:
+        keys = _aligned(prompts, intervention, full, queries, "blocks position", _AFTER)
+    if queries is not None:
+        seen = _query_rows(queries, keys.shape[1])  # [batch, query, key]: the keys each query sees
+        open_keys = (seen & ~keys[:, None, :]).any(-1)
+        stuck = seen.any(-1) & ~open_keys & keys.any(-1)[:, None]
+        if bool(stuck.any()):
+            row, query = (int(i) for i in stuck.nonzero()[0])
+            raise PositionError(
+                f"{intervention} blocks every position the query at {query + int(prompts.shift[row])} of prompt {row} "
+                "attends to, which leaves its attention undefined; keep at least one (e.g. the query itself)."
+            )
+    return keys
+
+
+def _aligned(
+    prompts: PreparedPrompts, intervention: Intervention, mask: Tensor, last: Tensor, what: str, beyond: str
+) -> Bool[Tensor, "batch width"]:
+    """``mask`` ``[batch, pos]`` (padded layout) in the aligned layout, cut to the prompts' width.
+
+    ``what`` and ``beyond`` word the errors (``beyond`` may name ``{query}``, the position ``last`` stands for).
+
+    Raises:
+        PositionError: A marked position on left padding, or after ``last`` (aligned, per prompt).
+    """
+    width = prompts.inputs.shape[1]
+    span = max(width, mask.shape[1])  # a mask wider than the prompts is checked like the rest, then cut
+    full = torch.zeros(len(prompts), span, dtype=torch.bool)
+    full[:, : mask.shape[1]] = mask
     columns = torch.arange(span)
     padding = full & (columns[None, :] < prompts.shift[:, None])
     if bool(padding.any()):
         row, column = (int(i) for i in padding.nonzero()[0])
-        raise PositionError(f"{intervention} blocks position {column} of prompt {row}, which is left padding.")
+        raise PositionError(f"{intervention} {what} {column} of prompt {row}, which is left padding.")
     source = columns[None, :] + prompts.shift[:, None]
-    keys = full.gather(1, source.clamp(max=span - 1)) & (source < span)
-    limit = prompts.ends - 1 if queries is None else queries
-    after = keys & (columns[None, :] > limit[:, None])
+    aligned = full.gather(1, source.clamp(max=span - 1)) & (source < span)
+    after = aligned & (columns[None, :] > last[:, None])
     if bool(after.any()):
         row, column = (int(i) for i in after.nonzero()[0])
-        where = (
-            "outside the prompt"
-            if queries is None
-            else f"after its query (position {int(limit[row] + prompts.shift[row])})"
-        )
-        raise PositionError(
-            f"{intervention} blocks position {column + int(prompts.shift[row])} of prompt {row}, {where}: a causal "
-            "query cannot see it. Block keys at or before the query."
-        )
-    if queries is not None:
-        seen = columns[None, :] <= queries[:, None]
-        every = (keys | ~seen).all(1) & full.any(1)
-        if bool(every.any()):
-            row = int(every.nonzero()[0])
-            raise PositionError(
-                f"{intervention} blocks every position the query of prompt {row} attends to, which leaves its "
-                "attention undefined; keep at least one (e.g. the query itself)."
-            )
-    return keys[:, :width]
+        where = beyond.format(query=int(last[row] + prompts.shift[row]))
+        raise PositionError(f"{intervention} {what} {column + int(prompts.shift[row])} of prompt {row}, {where}.")
+    return aligned[:, :width]
+
+
+def _query_rows(queries: Tensor | None, width: int, device: Any = None) -> Bool[Tensor, "batch query key"]:
+    """The (query, key) pairs a knockout's queries may block ``[batch, query, key]``.
+
+    Every key at or before each query (``[batch]`` positions or a ``[batch, width]`` mask), or every key before each
+    later query (``None``: ``[1, query, key]``).
+    """
+    columns = torch.arange(width, device=device)
+    if queries is None:
+        return (columns[:, None] > columns[None, :])[None]
+    causal = columns[:, None] >= columns[None, :]
+    if queries.dtype == torch.bool:
+        return queries[:, :width, None] & causal
+    return (columns[None, :, None] == queries[:, None, None]) & causal
 
 
 def knocked_out(
@@ -118,12 +185,8 @@ def knocked_out(
         )
     width, device = attention.shape[-1], attention.device
     keys = keys[:, :width].to(device)
-    columns = torch.arange(width, device=device)
-    if queries is None:
-        query_rows = columns[None, :, None] > columns[None, None, :]  # every query after the key
-    else:
-        query_rows = columns[None, :, None] == queries.to(device)[:, None, None]
+    pairs = _query_rows(None if queries is None else queries.to(device), width, device) & keys[:, None, :]
     heads = 1 if head is None else attention.shape[1]  # every head alike, or one of them
     blocked = torch.zeros(len(attention), heads, width, width, dtype=torch.bool, device=device)
-    blocked[local.to(device), 0 if head is None else head] = query_rows & keys[:, None, :]
+    blocked[local.to(device), 0 if head is None else head] = pairs
     return mask_attention(attention, "scores" if hook_name.endswith("hook_attn_scores") else "pattern", blocked)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from tv_lens.checks import is_int, tensor_of
 from tv_lens.errors import LayerOutOfRangeError, NonFiniteError, PositionError, ShapeError
-from tv_lens.interventions.knockouts import knocked_out, knockout_hook_name, knockout_keys
+from tv_lens.interventions.knockouts import is_query_mask, knocked_out, knockout_hook_name, knockout_keys, query_mask
 from tv_lens.interventions.specs import Intervention, _check_values
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.positions import PreparedPrompts, as_positions
@@ -32,7 +32,7 @@ class WritePlan:
     hook_name: str
     block: int
     rows: Tensor  # Bool[batch]
-    positions: Tensor | None  # Long[batch] aligned, or None for every position
+    positions: Tensor | None  # Long[batch] aligned, None for every position; a knockout's may be Bool[batch, pos]
     values: Tensor  # [width] for every prompt, or [batch, width]; a knockout's keys: Bool[batch, pos] aligned
 
 
@@ -75,10 +75,13 @@ def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Inter
             raise PositionError(f"rows= selects a prompt twice: {selected.tolist()}; give each prompt once.")
     rows = torch.zeros(n_prompts, dtype=torch.bool)
     rows[selected] = True
-    positions = _positions(prompts, intervention)
     if intervention.kind == "knockout":
+        positions = (
+            query_mask(prompts, intervention) if is_query_mask(intervention.pos) else _positions(prompts, intervention)
+        )
         values = knockout_keys(prompts, intervention, selected, positions)
     else:
+        positions = _positions(prompts, intervention)
         values = _values(adapter, intervention, selected, n_prompts)
     block = max(intervention.layer, 0)
     return WritePlan(intervention, hook_name, block, rows, positions, values)

@@ -113,7 +113,7 @@ def knockout(
     head: int | None = None,
     rows: Rows = None,
 ) -> Intervention:
-    """Block attention from the query at ``pos`` to the ``keys`` positions in block ``layer`` (attention knockout).
+    """Block attention from the queries at ``pos`` to the ``keys`` positions in block ``layer`` (attention knockout).
 
     The blocked keys get no attention weight (their scores are set to -inf before the softmax, or, on a model whose
     scores cannot be edited, their weights are zeroed and the rest renormalised), in every head or in ``head`` only.
@@ -122,8 +122,10 @@ def knockout(
         layer: The block.
         keys: Key positions to block, in the caller's padded layout: a bool mask ``[pos]`` for every prompt or
             ``[n_rows, pos]`` per selected prompt, or a list of positions.
-        pos: The query: ``"answer"`` (each prompt's answer position), an int or ``[batch]`` per prompt; ``"all"``:
-            every query after each blocked key (the keys' information reaches no later position in this block).
+        pos: The queries: ``"answer"`` (each prompt's answer position), an int, ``[batch]`` one per prompt, or a bool
+            mask of query positions (``[pos]`` for every prompt or ``[batch, pos]``: each marked query is kept from
+            the keys at or before it); ``"all"``: every query after each blocked key (the keys' information reaches
+            no later position in this block).
         head: Block the keys for this head only (``None``: every head).
         rows: Prompts (batch indices) to apply it to; ``None`` = all.
     """

@@ -264,7 +264,9 @@ def _for_copy(intervention: Intervention, index: Tensor, rows: Tensor, k: int) -
     """``intervention`` restricted to the prompts ``index`` of one stacked copy (its rows ``rows``)."""
     values, pos = _values_of(intervention, index), intervention.pos
     if isinstance(pos, Tensor) or (not isinstance(pos, (str, int))):
-        pos = torch.as_tensor(pos)[index].repeat(k)
+        per_prompt = torch.as_tensor(pos)
+        if per_prompt.dtype != torch.bool or per_prompt.ndim == 2:  # a knockout's query mask [pos] fits every prompt
+            pos = per_prompt[index].repeat(k, *([1] * (per_prompt.ndim - 1)))
     return replace(intervention, values=values, pos=pos, rows=rows)
 
 

@@ -21,16 +21,18 @@ if TYPE_CHECKING:
 
 __all__ = ["KnockoutEffects"]
 
+_QUERIES = {"answer": "the answer position", "demo_answer": "the demonstrations' answers"}
+
 
 @dataclass(frozen=True, eq=False)
 class KnockoutEffects(SweepSettings, Result):
     """The harm of blocking the answer position's attention to each prompt role, in each window of blocks.
 
-    A window's knockout keeps the answer position (the query) from every position of one role in every head of its
-    blocks; the rest of the prompt runs as usual. The harm is the loss increase (``metric="cross_entropy"``) or the
-    accuracy drop (``"accuracy"``), positive where the answer needs what flows from that role in that window. Overall
-    numbers average over the prompts of every task but Null. The bootstrap settings and ``rows_per_pass`` are those
-    of :class:`~tv_lens.results.SweepSettings`.
+    A window's knockout keeps the answer position (or, with ``query="demo_answer"``, every demonstration's answer
+    tokens) from every position of one role in every head of its blocks; the rest of the prompt runs as usual. The
+    harm is the loss increase (``metric="cross_entropy"``) or the accuracy drop (``"accuracy"``), positive where the
+    answer needs what flows from that role in that window. Overall numbers average over the prompts of every task but
+    Null. The bootstrap settings and ``rows_per_pass`` are those of :class:`~tv_lens.results.SweepSettings`.
 
     Attributes:
         windows: The blocks of every window (consecutive blocks, one window per first block).
@@ -47,6 +49,8 @@ class KnockoutEffects(SweepSettings, Result):
         overall_ci: Its interval ``[window, role, 2]``.
         writes: Prompts each knockout reached ``[window, role]``.
         metric: ``"cross_entropy"`` or ``"accuracy"``.
+        query: Whose attention was blocked: ``"answer"`` (the answer position) or ``"demo_answer"`` (every
+            demonstration's answer tokens).
         null_task: Name of the Null task.
     """
 
@@ -64,6 +68,7 @@ class KnockoutEffects(SweepSettings, Result):
     overall_ci: Float[Tensor, "window role 2"]
     writes: Int[Tensor, "window role"]
     metric: str = "cross_entropy"
+    query: str = "answer"
     null_task: str = NULL_TASK
 
     def _axes(self) -> dict[str, int]:
@@ -144,7 +149,7 @@ class KnockoutEffects(SweepSettings, Result):
         size = len(self.windows[0]) if self.windows else 1
         harm = "loss increase" if self.metric == "cross_entropy" else "accuracy drop"
         return {
-            "title": {"text": f"Attention knockout from the answer position ({size} block(s) per window)"},
+            "title": {"text": f"Attention knockout from {_QUERIES[self.query]} ({size} block(s) per window)"},
             "xaxis": {
                 "title": {"text": "first block of the window"},
                 "tickmode": "array",
