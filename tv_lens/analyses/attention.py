@@ -48,8 +48,7 @@ from tv_lens.positions import prepare_prompts
 from tv_lens.probes import check_finite_rows
 from tv_lens.results.attention import RoleAttention
 from tv_lens.results.shared import real_prompts
-from tv_lens.stats import group_means
-from tv_lens.stats.bootstrap import stratified_bootstrap_ci
+from tv_lens.stats.bootstrap import task_means
 from tv_lens.tasks import NULL_TASK, ShotSpec
 from tv_lens.tasks.prompt_rows import PromptRows
 from tv_lens.tasks.roles import PROMPT_ROLES, demonstration_roles, position_roles
@@ -125,19 +124,17 @@ def role_attention(
         attention.flatten(1, 2).transpose(1, 2), layers, "attention weights", "Check the model's weights and inputs."
     )
     real = real_prompts(ids, task_names, null_task)
-    boot: dict[str, Any] = {"n_bootstrap": config.n_bootstrap, "ci": config.ci, "seed": seed}
-    per_task_ci, _ = stratified_bootstrap_ci(attention, ids, len(task_names), **boot)
-    _, overall_ci = stratified_bootstrap_ci(attention[..., real], ids[real], len(task_names), **boot)
+    means = task_means(attention, ids, len(task_names), real, config.n_bootstrap, config.ci, seed)
     return RoleAttention(
         layers=layers,
         role_names=names,
         task_names=task_names,
         task_ids=ids,
         attention=attention,
-        per_task=group_means(attention, ids, len(task_names)),
-        per_task_ci=per_task_ci,
-        overall=attention[..., real].mean(-1),
-        overall_ci=overall_ci,
+        per_task=means.per_task,
+        per_task_ci=means.per_task_ci,
+        overall=means.overall,
+        overall_ci=means.overall_ci,
         null_task=null_task,
         ci_level=config.ci,
         n_bootstrap=config.n_bootstrap,

@@ -60,8 +60,7 @@ from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import HookFn, read_batches
 from tv_lens.results.heads import HeadImportance, PruningCurve
 from tv_lens.results.shared import real_prompts
-from tv_lens.stats import group_means
-from tv_lens.stats.bootstrap import stratified_bootstrap_ci
+from tv_lens.stats.bootstrap import task_means
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 
 __all__ = ["HeadAblation", "HeadImportance", "PruningCurve", "head_importance", "shared_heads"]
@@ -115,19 +114,14 @@ def head_importance(
     clean_correct, clean_loss = sweep.clean[:, 0], sweep.clean[:, 1]
     harm = clean_correct - ablated_correct if metric == "accuracy" else ablated_loss - clean_loss
     real = real_prompts(ids, task_names, null_task)
-    n_tasks = len(task_names)
-    boot: dict[str, Any] = {"n_bootstrap": config.n_bootstrap, "ci": config.ci, "seed": seed}
-    importance_ci, _ = stratified_bootstrap_ci(harm, ids, n_tasks, **boot)
-    _, overall_ci = stratified_bootstrap_ci(harm[..., real], ids[real], n_tasks, **boot)
-    importance = group_means(harm, ids, n_tasks)
-    overall = harm[..., real].mean(-1)
+    means = task_means(harm, ids, len(task_names), real, config.n_bootstrap, config.ci, seed)
     estimate = (
         head_attribution(model, aligned, answers, values, config=config)
         if config.attribution
         else torch.full_like(ablated_loss, float("nan"))
     )
     exact = (ablated_loss - clean_loss)[..., real].mean(-1)
-    order = pruning_order(overall, heads, prune_steps)
+    order = pruning_order(means.overall, heads, prune_steps)
     cells = [
         Cell(tuple(_ablate(layer, head, mode, values) for layer, head in order[:k])) for k in range(1, prune_steps + 1)
     ]
@@ -143,14 +137,14 @@ def head_importance(
         clean_loss=clean_loss,
         ablated_correct=ablated_correct,
         ablated_loss=ablated_loss,
-        importance=importance,
-        importance_ci=importance_ci,
-        overall=overall,
-        overall_ci=overall_ci,
+        importance=means.per_task,
+        importance_ci=means.per_task_ci,
+        overall=means.overall,
+        overall_ci=means.overall_ci,
         attribution=estimate,
         attribution_spearman=spearman(estimate[..., real].mean(-1).flatten(), exact.flatten()),
         attribution_method=config.attribution_method if config.attribution else None,
-        shared=shared_heads(importance, config.shared, top_k),
+        shared=shared_heads(means.per_task, config.shared, top_k),
         shared_method=config.shared,
         top_k=top_k,
         pruning=pruning,

@@ -45,8 +45,7 @@ from tv_lens.models.adapter import adapt
 from tv_lens.positions import prepare_prompts
 from tv_lens.results.knockout import KnockoutEffects
 from tv_lens.results.shared import real_prompts
-from tv_lens.stats import group_means
-from tv_lens.stats.bootstrap import stratified_bootstrap_ci
+from tv_lens.stats.bootstrap import task_means
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
 from tv_lens.tasks.prompt_rows import PromptRows
 from tv_lens.tasks.roles import PROMPT_ROLES, demonstration_roles, position_roles
@@ -126,9 +125,7 @@ def attention_knockout(
     clean_correct, clean_loss = sweep.clean[:, 0], sweep.clean[:, 1]
     harm = clean_correct - knocked_correct if config.metric == "accuracy" else knocked_loss - clean_loss
     real = real_prompts(ids, task_names, null_task)
-    boot: dict[str, Any] = {"n_bootstrap": config.n_bootstrap, "ci": config.ci, "seed": seed}
-    effect_ci, _ = stratified_bootstrap_ci(harm, ids, len(task_names), **boot)
-    _, overall_ci = stratified_bootstrap_ci(harm[..., real], ids[real], len(task_names), **boot)
+    means = task_means(harm, ids, len(task_names), real, config.n_bootstrap, config.ci, seed)
     return KnockoutEffects(
         windows=windows,
         role_names=role_names,
@@ -138,10 +135,10 @@ def attention_knockout(
         clean_loss=clean_loss,
         knocked_correct=knocked_correct,
         knocked_loss=knocked_loss,
-        effect=group_means(harm, ids, len(task_names)),
-        effect_ci=effect_ci,
-        overall=harm[..., real].mean(-1),
-        overall_ci=overall_ci,
+        effect=means.per_task,
+        effect_ci=means.per_task_ci,
+        overall=means.overall,
+        overall_ci=means.overall_ci,
         writes=torch.tensor([counts[0] for counts in sweep.writes], dtype=torch.long).view(shape[:2]),
         metric=config.metric,
         query=config.query,

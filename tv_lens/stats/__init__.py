@@ -1,7 +1,8 @@
 """Numerics on plain tensors that the analyses and the results share.
 
 - :mod:`~tv_lens.stats.groups`: means of per-prompt values within each task (group).
-- :mod:`~tv_lens.stats.bootstrap`: stratified percentile bootstrap intervals of means.
+- :mod:`~tv_lens.stats.bootstrap`: stratified percentile bootstrap intervals of means, and the means per task and
+  over the chosen prompts with their intervals that most results report (``task_means``).
 - :mod:`~tv_lens.stats.classifiers`: the k-NN and linear-probe classifiers behind task decodability.
 - :mod:`~tv_lens.stats.selection`: the best layer chosen on half the prompts and scored on the other half
   (:func:`held_out_best`), free of the optimism of scoring a choice on the prompts that made it.

@@ -10,15 +10,47 @@ the same intervals.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tv_lens.checks import is_int, is_number
 from tv_lens.errors import AnalysisError
+from tv_lens.stats.groups import group_means
 from tv_lens.tasks.pool import seeded_generator
 
-__all__ = ["check_bootstrap", "stratified_bootstrap_ci"]
+__all__ = ["TaskMeans", "check_bootstrap", "stratified_bootstrap_ci", "task_means"]
+
+
+class TaskMeans(NamedTuple):
+    """Means of per-prompt values per task and over the chosen prompts, with their bootstrap intervals."""
+
+    per_task: Float[Tensor, "*lead task"]
+    per_task_ci: Float[Tensor, "*lead task 2"]
+    overall: Float[Tensor, "*lead"]
+    overall_ci: Float[Tensor, "*lead 2"]
+
+
+def task_means(
+    values: Float[Tensor, "*lead prompt"],
+    groups: Int[Tensor, " prompt"],
+    n_groups: int,
+    overall_of: Bool[Tensor, " prompt"],
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> TaskMeans:
+    """The mean of ``values`` per task (every prompt) and over the prompts ``overall_of`` (e.g. every task but Null).
+
+    The intervals are :func:`stratified_bootstrap_ci`'s, with the same settings and seed for both.
+    """
+    per_task_ci, _ = stratified_bootstrap_ci(values, groups, n_groups, n_bootstrap, ci, seed)
+    _, overall_ci = stratified_bootstrap_ci(
+        values[..., overall_of], groups[overall_of], n_groups, n_bootstrap, ci, seed
+    )
+    return TaskMeans(group_means(values, groups, n_groups), per_task_ci, values[..., overall_of].mean(-1), overall_ci)
 
 
 def stratified_bootstrap_ci(
