@@ -9,6 +9,8 @@ from analyses_helpers import N_TASKS, POOL, count_forward_passes, sample
 import tv_lens.analyses.suite as suite_module
 from tv_lens.analyses import AttentionKnockout, Geometry, HeadAttention, ICLPerformance, Suite, TaskDecodability
 from tv_lens.errors import AnalysisError
+from tv_lens.interventions import knockout_strategy
+from tv_lens.models import adapt
 from tv_lens.results import Result, SuiteResult
 
 
@@ -53,6 +55,8 @@ def test_model_analyses_that_take_shots_get_the_suite_shots(model, tmp_path):
 
 
 def test_attention_knockout_in_a_suite_is_named_knockout_and_gets_the_suite_shots(model):
+    if knockout_strategy(adapt(model)) is None:
+        pytest.skip("TransformerLens 3.9's bridge computes this model's attention past its hooks: no knockout")
     knockout = AttentionKnockout(roles=("demo_answer",), n_bootstrap=0)
     result = Suite((knockout,)).run(model, POOL, 2, n_shots=2, seed=1)
     assert tuple(result.results) == ("knockout",)
