@@ -122,7 +122,7 @@ def test_harm_is_the_loss_increase_or_accuracy_drop_averaged_per_task(model):
     harm = loss.knocked_loss - loss.clean_loss
     ids = loss.task_ids
     for t in range(len(loss.task_names)):
-        torch.testing.assert_close(loss.effect[..., t], harm[..., ids == t].mean(-1))
+        torch.testing.assert_close(loss.per_task[..., t], harm[..., ids == t].mean(-1))
     real = torch.tensor([loss.task_names[i] != loss.null_task for i in ids.tolist()])
     torch.testing.assert_close(loss.overall, harm[..., real].mean(-1))
     assert bool((loss.overall_ci[..., 0] <= loss.overall + 1e-12).all())

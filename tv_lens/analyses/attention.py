@@ -131,14 +131,9 @@ def role_attention(
         task_names=task_names,
         task_ids=ids,
         attention=attention,
-        per_task=means.per_task,
-        per_task_ci=means.per_task_ci,
-        overall=means.overall,
-        overall_ci=means.overall_ci,
+        **means._asdict(),
         null_task=null_task,
-        ci_level=config.ci,
-        n_bootstrap=config.n_bootstrap,
-        seed=seed,
+        **config.interval_settings(seed),
     )
 
 

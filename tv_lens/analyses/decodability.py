@@ -194,7 +194,5 @@ def _result(stack: Any, predictions: Tensor, config: TaskDecodability, seed: int
         site=stack.site,
         method=config.method,
         settings=settings,
-        ci_level=config.ci,
-        n_bootstrap=config.n_bootstrap,
-        seed=seed,
+        **config.interval_settings(seed),
     )

@@ -153,9 +153,7 @@ def head_importance(
         metric=metric,
         mode=mode,
         null_task=null_task,
-        ci_level=config.ci,
-        n_bootstrap=config.n_bootstrap,
-        seed=seed,
+        **config.interval_settings(seed),
         rows_per_pass=min(sweep.rows_per_pass, pruned.rows_per_pass),
     )
 

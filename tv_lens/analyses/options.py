@@ -90,6 +90,13 @@ class IntervalOptions(_Checked):
         check_bootstrap(self.n_bootstrap, self.ci)
         super().__post_init__()
 
+    def interval_settings(self, seed: int) -> dict[str, Any]:
+        """The bootstrap fields of a result computed with these options and ``seed``.
+
+        ``ci_level``, ``n_bootstrap`` and ``seed`` (:class:`~tv_lens.results.BootstrapSettings`).
+        """
+        return {"ci_level": self.ci, "n_bootstrap": self.n_bootstrap, "seed": seed}
+
 
 @dataclass(frozen=True, kw_only=True)
 class CausalOptions(IntervalOptions, PassOptions):

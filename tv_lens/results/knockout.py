@@ -43,8 +43,8 @@ class KnockoutEffects(SweepSettings, Result):
         clean_loss: Its answer loss ``[prompt]``.
         knocked_correct: The same under each knockout ``[window, role, prompt]``.
         knocked_loss: The loss under each knockout ``[window, role, prompt]``.
-        effect: Mean harm per task ``[window, role, task]``.
-        effect_ci: Its bootstrap interval ``[window, role, task, 2]``.
+        per_task: Mean harm per task ``[window, role, task]``.
+        per_task_ci: Its bootstrap interval ``[window, role, task, 2]``.
         overall: Mean harm over the prompts of every task but Null ``[window, role]``.
         overall_ci: Its interval ``[window, role, 2]``.
         writes: Prompts each knockout reached ``[window, role]``.
@@ -62,8 +62,8 @@ class KnockoutEffects(SweepSettings, Result):
     clean_loss: Float[Tensor, " prompt"]
     knocked_correct: Float[Tensor, "window role prompt"]
     knocked_loss: Float[Tensor, "window role prompt"]
-    effect: Float[Tensor, "window role task"]
-    effect_ci: Float[Tensor, "window role task 2"]
+    per_task: Float[Tensor, "window role task"]
+    per_task_ci: Float[Tensor, "window role task 2"]
     overall: Float[Tensor, "window role"]
     overall_ci: Float[Tensor, "window role 2"]
     writes: Int[Tensor, "window role"]
@@ -90,7 +90,7 @@ class KnockoutEffects(SweepSettings, Result):
         r = self.role_names.index(role)
         if task is None:
             return self.overall[:, r]
-        return self.effect[:, r, task_index(self.task_names, task, "knockout harm")]
+        return self.per_task[:, r, task_index(self.task_names, task, "knockout harm")]
 
     def headline(self) -> dict[str, Any]:
         """The knockout that harms most: its role, window and harm with its interval, and the harm of every role.
@@ -121,10 +121,10 @@ class KnockoutEffects(SweepSettings, Result):
         for w, window in enumerate(self.windows):
             blocks = ",".join(str(block) for block in window)
             for r, role in enumerate(self.role_names):
-                overall, per_task = self.overall_ci[w, r].tolist(), self.effect_ci[w, r].tolist()
+                overall, per_task = self.overall_ci[w, r].tolist(), self.per_task_ci[w, r].tolist()
                 rows.append((window[0], blocks, role, ALL_TASKS, float(self.overall[w, r]), *overall))
                 rows.extend(
-                    (window[0], blocks, role, name, float(self.effect[w, r, t]), *per_task[t])
+                    (window[0], blocks, role, name, float(self.per_task[w, r, t]), *per_task[t])
                     for t, name in enumerate(self.task_names)
                 )
         return pd.DataFrame(rows, columns=["start", "blocks", "role", "task", "harm", "ci_low", "ci_high"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -96,24 +97,14 @@ def _patching(trained: TrainedModel, config: DemoConfig, progress: bool, shots: 
     return analysis.run(trained.model, trained.pool, config.causal_n_per_task, shots.patching, config.seed)
 
 
-def _prompting(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
-    analysis = TaskVectorPrompting(n_bootstrap=config.n_bootstrap, progress=progress)
-    return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
+def _sampled(kind: Callable[..., Any]) -> Callable[[TrainedModel, DemoConfig, bool, AnalysisShots], Result]:
+    """The step of an analysis that samples the causal prompts at the demo's shots, with its defaults otherwise."""
 
+    def step(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
+        analysis = kind(n_bootstrap=config.n_bootstrap, progress=progress)
+        return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
 
-def _heads(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
-    analysis = HeadAblation(n_bootstrap=config.n_bootstrap, progress=progress)
-    return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
-
-
-def _attention(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
-    analysis = HeadAttention(n_bootstrap=config.n_bootstrap, progress=progress)
-    return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
-
-
-def _knockout(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
-    analysis = AttentionKnockout(n_bootstrap=config.n_bootstrap, progress=progress)
-    return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
+    return step
 
 
 def _emergence(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
@@ -150,10 +141,10 @@ ANALYSES: dict[str, Callable[[TrainedModel, DemoConfig, bool, AnalysisShots], Re
     "geometry": _geometry,
     "td_accuracy": _td_accuracy,
     "patching": _patching,
-    "prompting": _prompting,
-    "heads": _heads,
-    "attention": _attention,
-    "knockout": _knockout,
+    "prompting": _sampled(TaskVectorPrompting),
+    "heads": _sampled(HeadAblation),
+    "attention": _sampled(HeadAttention),
+    "knockout": _sampled(AttentionKnockout),
     "emergence": _emergence,
     "finetuning": _finetuning,
 }

@@ -58,24 +58,14 @@ def _patching(model: Any, pool: TextPool, config: PretrainedConfig, progress: bo
     return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
 
 
-def _prompting(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
-    analysis = TaskVectorPrompting(n_bootstrap=config.n_bootstrap, progress=progress)
-    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
+def _sampled(kind: Callable[..., Any]) -> Callable[[Any, TextPool, PretrainedConfig, bool], Result]:
+    """The step of an analysis that samples the run's prompts at its shots, with its defaults otherwise."""
 
+    def step(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
+        analysis = kind(n_bootstrap=config.n_bootstrap, progress=progress)
+        return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
 
-def _heads(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
-    analysis = HeadAblation(n_bootstrap=config.n_bootstrap, progress=progress)
-    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
-
-
-def _attention(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
-    analysis = HeadAttention(n_bootstrap=config.n_bootstrap, progress=progress)
-    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
-
-
-def _knockout(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
-    analysis = AttentionKnockout(n_bootstrap=config.n_bootstrap, progress=progress)
-    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
+    return step
 
 
 def _finetuning(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
@@ -105,10 +95,10 @@ ANALYSES: dict[str, Callable[[Any, TextPool, PretrainedConfig, bool], Result]] =
     "geometry": _geometry,
     "td_accuracy": _td_accuracy,
     "patching": _patching,
-    "prompting": _prompting,
-    "heads": _heads,
-    "attention": _attention,
-    "knockout": _knockout,
+    "prompting": _sampled(TaskVectorPrompting),
+    "heads": _sampled(HeadAblation),
+    "attention": _sampled(HeadAttention),
+    "knockout": _sampled(AttentionKnockout),
     "finetuning": _finetuning,
 }
 """Name (also the result file's stem) → the step that runs that analysis, in the demo's order
