@@ -1857,7 +1857,8 @@ CASES = [
             w.model, _aligned(w)[0], _aligned(w)[1][:-1], torch.zeros(3, 4, 8), config=HeadAblation()
         ),
         ShapeError,
-        r"answers must be the prompts' answer tokens \[prompt=\d+, n_answer=1\], got \(\d+, 1\)",
+        r"answers must be the prompts' answer tokens \[prompt=\d+, n_answer=1\] or continuous answers "
+        r"\[prompt=\d+, d_out\], got \(\d+, 1\)",
         r"pass answer_tokens\(batch\.answers, len\(batch\)\)",
     ),
     Case(

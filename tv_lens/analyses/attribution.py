@@ -27,7 +27,9 @@ its gradient does not shrink as ``p(answer) -> 1``), and maps the estimate throu
 
 per prompt and answer token (then averaged over the prompt's answer tokens, as the loss is). Its first-order
 term equals the plain estimate's; it costs one backward pass per answer token. ``"loss"`` is the plain
-first-order estimate of the loss.
+first-order estimate of the loss. A continuous answer (a regression prompt's) has no log-odds: ``"log_odds"``
+linearizes each output coordinate at the answer position and maps it through the exact squared error,
+``mean((e + Δo)² − e²)`` with ``e`` the clean error; ``"loss"`` linearizes the squared error.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from torch import Tensor
 from tv_lens.checks import check_tensor_data
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions.sweep import AlignedPrompts
-from tv_lens.metrics import token_cross_entropy
+from tv_lens.metrics import continuous_answers, token_cross_entropy
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
@@ -74,7 +76,7 @@ def head_attribution(
     Args:
         model: A TransformerLens model.
         prompts: Aligned prompts (:func:`tv_lens.interventions.sweep.align`).
-        answers: Answer tokens of each prompt.
+        answers: Answer tokens of each prompt, or continuous answers ``[prompt, d_out]`` (a regression batch's).
         ablation_values: What each head's ``hook_z`` is ablated to, at every position.
         config: The options, e.g. ``HeadAblation()`` for the defaults.
 
@@ -102,11 +104,14 @@ def head_attribution(
         )
     if not bool(torch.isfinite(ablation_values).all()):
         raise NonFiniteError("ablation_values hold NaN or infinite values; pass finite values (zeros, or means).")
-    if not isinstance(answers, Tensor) or tuple(answers.shape) != (len(prompts), prompts.n_answer_tokens):
+    continuous = isinstance(answers, Tensor) and continuous_answers(answers)
+    tokens_fit = isinstance(answers, Tensor) and tuple(answers.shape) == (len(prompts), prompts.n_answer_tokens)
+    if not (tokens_fit or (continuous and answers.ndim == 2 and len(answers) == len(prompts))):
         got = tuple(answers.shape) if isinstance(answers, Tensor) else type(answers).__name__
         raise ShapeError(
             f"answers must be the prompts' answer tokens [prompt={len(prompts)}, n_answer="
-            f"{prompts.n_answer_tokens}], got {got}; pass answer_tokens(batch.answers, len(batch))."
+            f"{prompts.n_answer_tokens}] or continuous answers [prompt={len(prompts)}, d_out], got {got}; pass "
+            "answer_tokens(batch.answers, len(batch)), or a regression batch's answers."
         )
     if torch.is_inference_mode_enabled():
         # The estimate needs one backward pass: leave inference mode for it. Tensors made inside it (the
@@ -147,6 +152,13 @@ def head_attribution(
                 targets = answers[index].to(logits.device)
                 layers = sorted(captured)
                 leaves = [captured[layer][1] for layer in layers]
+                if continuous:  # the outputs at the answer position, as the squared error reads them
+                    outputs = logits[rows, columns][:, 0, : targets.shape[-1]]
+                    method = config.attribution_method
+                    out[:, :, index] = _squared_error_estimate(
+                        outputs, targets, leaves, layers, captured, values, method
+                    )
+                    continue
                 if config.attribution_method == "loss":
                     losses = token_cross_entropy(logits[rows, columns], targets)
                     grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
@@ -168,6 +180,39 @@ def head_attribution(
 
     fitting(every_batch, config.batch_size, "batch_size")
     return out
+
+
+def _squared_error_estimate(
+    outputs: Float[Tensor, "batch d_out"],
+    targets: Float[Tensor, "batch d_out"],
+    leaves: list[Tensor],
+    layers: list[int],
+    captured: dict[int, tuple[Tensor, Tensor]],
+    values: Tensor,
+    method: str,
+) -> Float[Tensor, "layer head batch"]:
+    """Estimated squared-error increase of each prompt's continuous answer when each head is ablated.
+
+    ``"log_odds"`` (the default, named for token answers): every output coordinate is linearized (one backward pass
+    each) and the estimate mapped through the exact squared error, ``mean((e + Δo)² − e²)``; ``"loss"``: the plain
+    first-order estimate of the squared error.
+    """
+    n_layers, n_heads = values.shape[0], values.shape[1]
+    error = outputs - targets.to(outputs.dtype)
+    if method == "loss":
+        grads = torch.autograd.grad(error.pow(2).mean(-1).sum(), leaves, allow_unused=True)
+        estimate = torch.zeros(n_layers, n_heads, len(outputs), dtype=torch.float64)
+        for layer, grad in zip(layers, grads, strict=True):
+            estimate[layer] = _directional(grad, captured[layer][0], values[layer])
+        return estimate
+    d_out = outputs.shape[-1]
+    shifts = torch.zeros(n_layers, n_heads, len(outputs), d_out, dtype=torch.float64)
+    for j in range(d_out):
+        grads = torch.autograd.grad(outputs[:, j].sum(), leaves, allow_unused=True, retain_graph=j + 1 < d_out)
+        for layer, grad in zip(layers, grads, strict=True):
+            shifts[layer, :, :, j] = _directional(grad, captured[layer][0], values[layer])
+    clean = error.detach().to("cpu", torch.float64)
+    return ((clean + shifts).pow(2) - clean.pow(2)).mean(-1)
 
 
 def _directional(grad: Tensor | None, clean: Tensor, values: Tensor) -> Float[Tensor, "head batch"]:

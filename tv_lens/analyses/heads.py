@@ -101,7 +101,7 @@ def head_importance(
     check_count(top_k, "top_k", 1, n_heads_total)
     check_count(prune_steps, "prune_steps", 0, n_heads_total)
     mode, metric, rows_per_pass, progress = config.mode, config.metric, config.rows_per_pass, config.progress
-    aligned, answers = aligned_with_answers(model, prompts)
+    aligned, answers = aligned_with_answers(model, prompts, continuous=True)
     task_names = prompts.task_names
     ids = prompt_task_ids(prompts.task_ids, task_names, len(aligned))
     values = _ablation_values(adapter, aligned, mode, config.batch_size)
@@ -164,7 +164,8 @@ class HeadAblation(CausalOptions):
 
     Attributes:
         mode: ``"zero"`` (default) or ``"mean"`` ablation of ``attn.hook_z``.
-        metric: ``"cross_entropy"`` (default) or ``"accuracy"``.
+        metric: ``"cross_entropy"`` (default; the answer loss, the squared error of a continuous answer) or
+            ``"accuracy"``.
         shared: ``"jaccard"`` (default) or ``"spearman"``.
         top_k: Heads per task in the Jaccard overlap (``None``: a quarter of the heads).
         prune_steps: Heads removed in the pruning curve (``None``: all).

@@ -98,7 +98,7 @@ def attention_knockout(
             f"{type(prompts).__name__} prompts carry no demonstration spans to read roles from; pass a batch of a "
             "task pool (pool.sample(...)), or knock out positions of your own with tv_lens.interventions.knockout."
         )
-    aligned, answers = aligned_with_answers(model, prompts)
+    aligned, answers = aligned_with_answers(model, prompts, continuous=True)
     task_names = tuple(prompts.task_names)
     ids = prompt_task_ids(prompts.task_ids, task_names, len(aligned))
     width = aligned.inputs.shape[1]

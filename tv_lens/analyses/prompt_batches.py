@@ -18,6 +18,7 @@ from torch import Tensor
 from tv_lens.analyses.answers import answer_counts, answer_tokens, prompt_count
 from tv_lens.errors import TaskError
 from tv_lens.interventions.sweep import AlignedPrompts, align
+from tv_lens.metrics import checked_answers, continuous_answers
 
 __all__ = [
     "LabelledPrompts",
@@ -198,13 +199,23 @@ def sample_batch(pool: PromptPool, n_per_task: int, n_shots: Any, seed: int, lab
     return batch
 
 
-def aligned_with_answers(model: Any, prompts: LabelledPrompts) -> tuple[AlignedPrompts, Int[Tensor, "batch n_answer"]]:
+def aligned_with_answers(
+    model: Any, prompts: LabelledPrompts, *, continuous: bool = False
+) -> tuple[AlignedPrompts, Int[Tensor, "batch n_answer"] | Float[Tensor, "batch d_out"]]:
     """``prompts`` checked and aligned for a sweep (:func:`~tv_lens.interventions.sweep.align`), and their answers.
+
+    ``continuous``: the caller scores continuous answers too (a regression batch's floats ``[batch, d_out]``, read at
+    the answer position).
 
     Raises:
         TaskError: ``prompts`` without a field of :class:`LabelledPrompts`.
-        ShapeError: Answers that are not integer tokens ``[batch, n_answer]`` (``None`` included).
+        ShapeError: Answers that are not integer tokens ``[batch, n_answer]`` (nor, with ``continuous``, floats
+            ``[batch, d_out]``; ``None`` included).
     """
     check_prompts(prompts)
-    answers = answer_tokens(prompts.answers, prompt_count(prompts.inputs))
+    n_prompts = prompt_count(prompts.inputs)
+    if continuous and isinstance(prompts.answers, Tensor) and continuous_answers(prompts.answers):
+        answers = checked_answers(prompts.answers, n_prompts, continuous=True).cpu()
+    else:
+        answers = answer_tokens(prompts.answers, n_prompts)
     return align(model, prompts.inputs, prompts.answer_pos, prompts.attention_mask, answer_counts(answers)), answers
