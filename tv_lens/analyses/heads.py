@@ -44,7 +44,7 @@ from torch import Tensor
 from tv_lens.analyses.answers import answer_scores, prompt_task_ids
 from tv_lens.analyses.attribution import ATTRIBUTION_METHODS, head_attribution
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
-from tv_lens.analyses.prompt_batches import LabelledPrompts, aligned_with_answers, check_pool
+from tv_lens.analyses.prompt_batches import LabelledPrompts, PromptBatch, PromptPool, aligned_with_answers, check_pool
 from tv_lens.analyses.pruning import (
     SHARED_METHODS,
     check_count,
@@ -61,7 +61,7 @@ from tv_lens.models.running import HookFn, read_batches
 from tv_lens.results.heads import HeadImportance, PruningCurve
 from tv_lens.results.shared import real_prompts
 from tv_lens.stats.bootstrap import task_means
-from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
+from tv_lens.tasks import NULL_TASK, ShotSpec
 
 __all__ = ["HeadAblation", "HeadImportance", "PruningCurve", "head_importance", "shared_heads"]
 
@@ -82,9 +82,9 @@ def head_importance(
 
     Args:
         model: A TransformerLens model.
-        prompts: The prompts (an ``ICLBatch``, or :class:`~tv_lens.analyses.Prompts`): tokens, answer positions,
-            answer tokens ``[batch, n_answer]``, task ids and names, and the attention mask (needed for left
-            padding).
+        prompts: The prompts (an ``ICLBatch`` or ``RegressionBatch``, or :class:`~tv_lens.analyses.Prompts`): inputs,
+            answer positions, answer tokens ``[batch, n_answer]`` (or continuous answers ``[batch, d_out]``), task
+            ids and names, and the attention mask (needed for left padding).
         null_task: Name of the Null task (left out of the overall numbers).
         config: The options (``None``: ``HeadAblation()``).
         seed: Seed of the bootstrap.
@@ -190,13 +190,13 @@ class HeadAblation(CausalOptions):
         _check_options(self.mode, self.metric, self.shared, self.attribution, self.attribution_method)
 
     def run(
-        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
+        self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
     ) -> HeadImportance:
-        """Sample ``n_per_task`` prompts per task (seeded) and run :meth:`run_batch`."""
+        """Sample ``n_per_task`` prompts per task of a token, text or regression pool (seeded); :meth:`run_batch`."""
         check_pool(pool)
         return self.run_batch(model, pool.sample(n_per_task, n_shots, seed), seed=seed)
 
-    def run_batch(self, model: Any, batch: ICLBatch, seed: int = 0) -> HeadImportance:
+    def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> HeadImportance:
         """Head importance on a given batch."""
         return head_importance(model, batch, config=self, seed=seed)
 

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from tv_lens.analyses.answers import answer_scores, prompt_task_ids
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
-from tv_lens.analyses.prompt_batches import LabelledPrompts, aligned_with_answers, check_pool
+from tv_lens.analyses.prompt_batches import LabelledPrompts, PromptBatch, PromptPool, aligned_with_answers, check_pool
 from tv_lens.checks import is_int
 from tv_lens.errors import AnalysisError, TaskError
 from tv_lens.interventions import knockout
@@ -46,7 +46,7 @@ from tv_lens.positions import prepare_prompts
 from tv_lens.results.knockout import KnockoutEffects
 from tv_lens.results.shared import real_prompts
 from tv_lens.stats.bootstrap import task_means
-from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
+from tv_lens.tasks import NULL_TASK, ShotSpec
 from tv_lens.tasks.prompt_rows import PromptRows
 from tv_lens.tasks.roles import PROMPT_ROLES, demonstration_roles, position_roles
 
@@ -75,7 +75,8 @@ def attention_knockout(
 
     Args:
         model: A TransformerLens model.
-        prompts: A batch of a task pool (an ``ICLBatch``): its demonstration spans give the roles.
+        prompts: A batch of a task pool (an ``ICLBatch`` or ``RegressionBatch``): its demonstration spans give the
+            roles.
         null_task: Name of the Null task (left out of the overall numbers).
         config: The options (``None``: ``AttentionKnockout()``).
         seed: Seed of the bootstrap.
@@ -194,13 +195,13 @@ class AttentionKnockout(CausalOptions):
             raise AnalysisError(f"Unknown knockout metric {self.metric!r}; use one of {list(KNOCKOUT_METRICS)}.")
 
     def run(
-        self, model: Any, pool: TaskPool | TextPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
+        self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
     ) -> KnockoutEffects:
-        """Sample ``n_per_task`` prompts per task (seeded) and run :meth:`run_batch`."""
+        """Sample ``n_per_task`` prompts per task of a token, text or regression pool (seeded); :meth:`run_batch`."""
         check_pool(pool)
         return self.run_batch(model, pool.sample(n_per_task, n_shots, seed), seed=seed)
 
-    def run_batch(self, model: Any, batch: ICLBatch, seed: int = 0) -> KnockoutEffects:
+    def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> KnockoutEffects:
         """Attention knockout on a given batch."""
         return attention_knockout(model, batch, config=self, seed=seed)
 
