@@ -31,16 +31,20 @@ def batch():
     return POOL.sample(3, n_shots=(2, 4), seed=0)
 
 
-def squared_errors(model, batch, hooks=()):
-    """Each prompt alone through ``run_with_hooks``: its squared error at the answer position."""
-    errors = []
+def answer_outputs(model, batch, hooks=()):
+    """Each prompt alone through ``run_with_hooks``: its outputs at the answer position ``[prompt, d_out]``."""
+    rows = []
     for p in range(len(batch.inputs)):
         length, answer = int(batch.attention_mask[p].sum()), int(batch.answer_pos[p])
         with torch.no_grad():
             outputs = model.run_with_hooks(batch.inputs[p : p + 1, :length], fwd_hooks=list(hooks))
-        target = batch.answers[p].double()
-        errors.append((outputs[0, answer, : len(target)].double() - target).pow(2).mean())
-    return torch.stack(errors)
+        rows.append(outputs[0, answer, : batch.answers.shape[1]].double())
+    return torch.stack(rows)
+
+
+def squared_errors(model, batch, hooks=()):
+    """Each prompt's squared error at the answer position (mean over the output coordinates)."""
+    return (answer_outputs(model, batch, hooks) - batch.answers.double()).pow(2).mean(-1)
 
 
 def zero_head(layer, head):
@@ -82,21 +86,11 @@ def test_the_attribution_estimate_of_a_continuous_answer_is_its_first_order_chan
         if method == "loss":  # the first-order change of the squared error
             expected = (stepped - clean) / step
         else:  # the outputs' first-order change, through the exact squared error
-            outputs = _answer_outputs(model, batch)
-            moved = _answer_outputs(model, batch, [(f"blocks.{layer}.attn.hook_z", scaled)])
+            outputs = answer_outputs(model, batch)
+            moved = answer_outputs(model, batch, [(f"blocks.{layer}.attn.hook_z", scaled)])
             error = outputs - batch.answers.double()
             expected = ((error + (moved - outputs) / step).pow(2) - error.pow(2)).mean(-1)
         torch.testing.assert_close(estimate[layer, head], expected, atol=1e-5, rtol=1e-4)
-
-
-def _answer_outputs(model, batch, hooks=()):
-    rows = []
-    for p in range(len(batch.inputs)):
-        length, answer = int(batch.attention_mask[p].sum()), int(batch.answer_pos[p])
-        with torch.no_grad():
-            outputs = model.run_with_hooks(batch.inputs[p : p + 1, :length], fwd_hooks=list(hooks))
-        rows.append(outputs[0, answer, : batch.answers.shape[1]].double())
-    return torch.stack(rows)
 
 
 def test_attention_knockout_on_regression_is_the_squared_error_increase(model, batch):
