@@ -133,8 +133,8 @@ def _knockout_line(n: Numbers) -> str:
     harm = "loss increase" if n["metric"] == "cross_entropy" else "accuracy drop"
     largest = ", ".join(f"{role} {_f(value)}" for role, value in n["max_harm"].items())
     return (
-        f"most harm blocking {n['role']} at {blocks}: {harm} {_f(n['harm'])} {_ci(n['harm_ci'])}; largest harm per "
-        f"role: {largest}"
+        f"most harm blocking {n['query']} from {n['role']} at {blocks}: {harm} {_f(n['harm'])} {_ci(n['harm_ci'])}; "
+        f"largest harm per role: {largest}"
     )
 
 

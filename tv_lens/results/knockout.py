@@ -95,8 +95,8 @@ class KnockoutEffects(SweepSettings, Result):
     def headline(self) -> dict[str, Any]:
         """The knockout that harms most: its role, window and harm with its interval, and the harm of every role.
 
-        Keys: ``role``, ``blocks`` (the window's blocks), ``harm``, ``harm_ci``, ``metric`` and ``max_harm`` (role name
-        to its largest harm over the windows).
+        Keys: ``role``, ``blocks`` (the window's blocks), ``harm``, ``harm_ci``, ``metric``, ``query`` (whose attention
+        was blocked) and ``max_harm`` (role name to its largest harm over the windows).
         """
         flat = int(self.overall.flatten().argmax())
         w, r = divmod(flat, len(self.role_names))
@@ -106,6 +106,7 @@ class KnockoutEffects(SweepSettings, Result):
             "harm": float(self.overall[w, r]),
             "harm_ci": self.overall_ci[w, r].tolist(),
             "metric": self.metric,
+            "query": _QUERIES[self.query],
             "max_harm": {name: float(self.overall[:, i].max()) for i, name in enumerate(self.role_names)},
         }
 
