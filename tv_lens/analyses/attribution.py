@@ -46,7 +46,7 @@ from torch import Tensor
 from tv_lens.checks import check_tensor_data
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions.sweep import AlignedPrompts
-from tv_lens.metrics import continuous_answers, token_cross_entropy
+from tv_lens.metrics import answer_loss, continuous_answers
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
@@ -152,18 +152,15 @@ def head_attribution(
                 targets = answers[index].to(logits.device)
                 layers = sorted(captured)
                 leaves = [captured[layer][1] for layer in layers]
-                if continuous:  # the outputs at the answer position, as the squared error reads them
-                    outputs = logits[rows, columns][:, 0, : targets.shape[-1]]
-                    method = config.attribution_method
-                    out[:, :, index] = _squared_error_estimate(
-                        outputs, targets, leaves, layers, captured, values, method
-                    )
-                    continue
-                if config.attribution_method == "loss":
-                    losses = token_cross_entropy(logits[rows, columns], targets)
+                if config.attribution_method == "loss":  # cross-entropy, or a continuous answer's squared error
+                    losses = answer_loss(logits[rows, columns], targets)
                     grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
                     for layer, grad in zip(layers, grads, strict=True):
                         out[layer, :, index] = _directional(grad, captured[layer][0], values[layer])
+                    continue
+                if continuous:  # the outputs at the answer position, as the squared error reads them
+                    outputs = logits[rows, columns][:, 0, : targets.shape[-1]]
+                    out[:, :, index] = _squared_error_estimate(outputs, targets, leaves, layers, captured, values)
                     continue
                 odds = _log_odds(logits[rows, columns], targets)  # [batch, n_answer]
                 real = targets >= 0
@@ -189,29 +186,19 @@ def _squared_error_estimate(
     layers: list[int],
     captured: dict[int, tuple[Tensor, Tensor]],
     values: Tensor,
-    method: str,
 ) -> Float[Tensor, "layer head batch"]:
-    """Estimated squared-error increase of each prompt's continuous answer when each head is ablated.
+    """Estimated squared-error increase of each prompt's continuous answer when each head is ablated (``"log_odds"``).
 
-    ``"log_odds"`` (the default, named for token answers): every output coordinate is linearized (one backward pass
-    each) and the estimate mapped through the exact squared error, ``mean((e + Δo)² − e²)``; ``"loss"``: the plain
-    first-order estimate of the squared error.
+    Every output coordinate is linearized (one backward pass each) and the estimate mapped through the exact squared
+    error, ``mean((e + Δo)² − e²)``.
     """
-    n_layers, n_heads = values.shape[0], values.shape[1]
-    error = outputs - targets.to(outputs.dtype)
-    if method == "loss":
-        grads = torch.autograd.grad(error.pow(2).mean(-1).sum(), leaves, allow_unused=True)
-        estimate = torch.zeros(n_layers, n_heads, len(outputs), dtype=torch.float64)
-        for layer, grad in zip(layers, grads, strict=True):
-            estimate[layer] = _directional(grad, captured[layer][0], values[layer])
-        return estimate
     d_out = outputs.shape[-1]
-    shifts = torch.zeros(n_layers, n_heads, len(outputs), d_out, dtype=torch.float64)
+    shifts = torch.zeros(values.shape[0], values.shape[1], len(outputs), d_out, dtype=torch.float64)
     for j in range(d_out):
         grads = torch.autograd.grad(outputs[:, j].sum(), leaves, allow_unused=True, retain_graph=j + 1 < d_out)
         for layer, grad in zip(layers, grads, strict=True):
             shifts[layer, :, :, j] = _directional(grad, captured[layer][0], values[layer])
-    clean = error.detach().to("cpu", torch.float64)
+    clean = (outputs - targets.to(outputs.dtype)).detach().to("cpu", torch.float64)
     return ((clean + shifts).pow(2) - clean.pow(2)).mean(-1)
 
 

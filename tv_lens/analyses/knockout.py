@@ -104,10 +104,8 @@ def attention_knockout(
     ids = prompt_task_ids(prompts.task_ids, task_names, len(aligned))
     width = aligned.inputs.shape[1]
     roles = config.roles if config.roles is not None else DEFAULT_ROLES[config.query]
-    role_names, keys = _role_keys(adapter, prompts, width, roles, config.by_demonstration)
-    queries: Any = "answer"
-    if config.query == "demo_answer":  # every demonstration's answer tokens, a mask [prompt, width]
-        queries = _role_keys(adapter, prompts, width, ("demo_answer",), False)[1][0]
+    role_names, keys, labels = _role_keys(adapter, prompts, width, roles, config.by_demonstration)
+    queries: Any = "answer" if config.query == "answer" else labels
     windows = tuple(tuple(range(start, start + config.window)) for start in range(adapter.n_layers - config.window + 1))
     cells = [
         Cell(tuple(knockout(layer, role_keys, pos=queries) for layer in window))
@@ -219,10 +217,11 @@ def _check_roles(roles: Any) -> None:
 
 def _role_keys(
     adapter: Any, batch: PromptRows, width: int, roles: tuple[str, ...], by_demonstration: bool
-) -> tuple[tuple[str, ...], list[Bool[Tensor, "prompt pos"]]]:
-    """The roles knocked out and, for each, its positions in the aligned layout ``[prompt, width]``.
+) -> tuple[tuple[str, ...], list[Bool[Tensor, "prompt pos"]], Bool[Tensor, "prompt pos"]]:
+    """The roles knocked out, each one's positions, and every demonstration's answer tokens (the labels).
 
-    With ``by_demonstration``, every demonstration's part of a chosen role is a role of its own (prompt order).
+    All in the aligned layout ``[prompt, width]``. With ``by_demonstration``, every demonstration's part of a chosen
+    role is a role of its own (prompt order).
     """
     if by_demonstration:
         ids, names = demonstration_roles(batch)
@@ -238,4 +237,5 @@ def _role_keys(
     ids = ids.cpu()
     columns = torch.arange(width)[None, :] + shift[:, None]
     aligned = ids.gather(1, columns.clamp(max=ids.shape[1] - 1)).masked_fill(columns >= ids.shape[1], -1)
-    return chosen, [aligned == names.index(name) for name in chosen]
+    label_ids = torch.tensor([i for i, name in enumerate(names) if name.split("[")[0] == "demo_answer"])
+    return chosen, [aligned == names.index(name) for name in chosen], torch.isin(aligned, label_ids)
