@@ -56,14 +56,34 @@ def test_the_roles_share_all_of_the_attention(analysed):
     assert zero_shot.any() and float(result.attention[:, :, demo_roles][..., zero_shot].abs().max()) == 0.0
 
 
-def test_means_per_task_and_overall_leave_out_null(analysed):
+def role_means(attention, batch, roles, n_roles, rows):
+    """Reference: the mean share on each role over the prompts of ``rows`` that have a position of it."""
+    means = torch.full(attention.shape[:3], float("nan"), dtype=torch.float64)
+    for r in range(n_roles):
+        has = torch.tensor([bool((roles[i, : int(batch.answer_pos[i]) + 1] == r).any()) for i in range(len(batch))])
+        if bool((has & rows).any()):
+            means[:, :, r] = attention[:, :, r][..., has & rows].mean(-1)
+    return means
+
+
+def test_means_per_task_and_overall_leave_out_null_and_the_prompts_without_the_role(analysed):
     _, batch, result = analysed
+    roles = position_roles(batch)
     for t in range(len(batch.task_names)):
         rows = batch.task_ids == t
-        torch.testing.assert_close(result.per_task[..., t], result.attention[..., rows].mean(-1), **TOL)
+        expected = role_means(result.attention, batch, roles, len(PROMPT_ROLES), rows)
+        torch.testing.assert_close(result.per_task[..., t], expected, equal_nan=True, **TOL)
     real = torch.tensor([batch.task_names[int(t)] != "null" for t in batch.task_ids])
     assert not real.all()
-    torch.testing.assert_close(result.overall, result.attention[..., real].mean(-1), **TOL)
+    expected = role_means(result.attention, batch, roles, len(PROMPT_ROLES), real)
+    torch.testing.assert_close(result.overall, expected, equal_nan=True, **TOL)
+    assert bool(result.overall[:, :, PROMPT_ROLES.index("prefix")].isnan().all())  # no prompt has a prefix
+    demo = PROMPT_ROLES.index("demo_answer")  # the zero-shot prompts have none: left out, not counted as zero
+    zero_shot = batch.n_shots == 0
+    assert zero_shot.any() and not bool(result.present[demo][zero_shot].any())
+    assert bool(result.present[demo][~zero_shot].all()) and bool(result.present[PROMPT_ROLES.index("query")].all())
+    diluted = result.attention[:, :, demo][..., real].mean(-1)
+    assert bool((result.overall[:, :, demo] > diluted).all())
 
 
 def test_left_padding_and_batch_size_give_the_same_shares(analysed):
@@ -101,6 +121,10 @@ def test_each_demonstration_apart_sums_to_the_roles_of_all_demonstrations(analys
     for part in ("demo_input", "demo_answer", "separator"):
         mine = [r for r, name in enumerate(names) if name.startswith(f"{part}[")]
         torch.testing.assert_close(split.attention[:, :, mine].sum(2), result.attention[:, :, PROMPT_ROLES.index(part)])
+    far = names.index("demo_answer[-3]")  # only the three-shot prompts have it; the means leave out the others
+    three = (batch.n_shots == 3) & torch.tensor([name != "null" for name in batch.task_names])[batch.task_ids]
+    assert torch.equal(split.present[far], batch.n_shots == 3) and bool((batch.n_shots < 3).any())
+    torch.testing.assert_close(split.overall[:, :, far], split.attention[:, :, far][..., three].mean(-1), **TOL)
     last = split.share("demo_answer[-1]")
     layer, head = split.top_heads(k=1)[0]  # the lead role: the last demonstration's answer
     assert split.headline()["role"] == "demo_answer[-1]" and last[layer, head] == last.max()
@@ -126,7 +150,10 @@ def test_run_samples_the_batch_run_batch_gets(model):
 def test_intervals_hold_their_means(model):
     result = HeadAttention(n_bootstrap=200).run(model, POOL, n_per_task=6, n_shots=2)
     low, high = result.overall_ci[..., 0], result.overall_ci[..., 1]
-    assert bool((low <= result.overall + 1e-12).all()) and bool((result.overall <= high + 1e-12).all())
+    absent = ~result.present.any(-1)  # roles no prompt has (the prefix, the separator): no mean, no interval
+    assert absent.any() and bool(result.overall[:, :, absent].isnan().all() and low[:, :, absent].isnan().all())
+    low, high, overall = low[:, :, ~absent], high[:, :, ~absent], result.overall[:, :, ~absent]
+    assert bool((low <= overall + 1e-12).all()) and bool((overall <= high + 1e-12).all())
     assert bool((high > low).any())
     assert result.n_bootstrap == 200 and result.ci_level == 0.95
 
@@ -219,4 +246,5 @@ def test_regression_prompts_on_a_continuous_model():
     result = HeadAttention(n_bootstrap=0).run_batch(model, batch)
     expected = cached_shares(model, batch, position_roles(batch), len(PROMPT_ROLES))
     torch.testing.assert_close(result.attention, expected, **TOL)
-    assert float(result.share("query").abs().max()) == 0.0  # the query's x is the answer position itself
+    assert float(result.attention[:, :, PROMPT_ROLES.index("query")].abs().max()) == 0.0  # the query's x is the
+    assert bool(result.share("query").isnan().all())  # answer position itself: no prompt has a query role

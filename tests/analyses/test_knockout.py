@@ -9,6 +9,7 @@ from conftest import hook_snapshot
 import tv_lens.interventions.knockouts as knockouts
 from tv_lens import Result, offset_pool
 from tv_lens.analyses import AttentionKnockout, Prompts, attention_knockout
+from tv_lens.app.sections import headline_numbers, summary_lines
 from tv_lens.errors import AnalysisError, ModelNotSupportedError, TaskError
 from tv_lens.interventions import knockout_strategy
 from tv_lens.models import adapt
@@ -27,6 +28,27 @@ def model(model):
 
 def batch_of(n_per_task: int = 3, seed: int = 0):
     return POOL.sample(n_per_task, 3, seed)
+
+
+def has_role(batch, role, roles=None, names=PROMPT_ROLES, labels=False):
+    """Reference: whether each prompt has a position of ``role`` up to its answer (``labels``: up to its last label)."""
+    roles = position_roles(batch) if roles is None else roles
+    plain = position_roles(batch)
+    rows = []
+    for p in range(len(batch.inputs)):
+        demo_answers = (plain[p] == PROMPT_ROLES.index("demo_answer")).nonzero().flatten()
+        end = (int(demo_answers.max()) if len(demo_answers) else -1) if labels else int(batch.answer_pos[p])
+        rows.append(bool((roles[p, : end + 1] == names.index(role)).any()))
+    return torch.tensor(rows)
+
+
+def means_where_present(harm, present, rows):
+    """Reference: the mean of ``harm [window, role, prompt]`` over ``rows`` that have the role (NaN where none)."""
+    means = torch.full(harm.shape[:2], float("nan"), dtype=torch.float64)
+    for r in range(harm.shape[1]):
+        if bool((present[r] & rows).any()):
+            means[:, r] = harm[:, r][:, present[r] & rows].double().mean(-1)
+    return means
 
 
 def hand_knocked_loss(model, batch, blocks, role, roles=None, names=PROMPT_ROLES, labels=False):
@@ -83,6 +105,8 @@ def test_knocking_out_the_labels_equals_hand_written_hooks(model):
     assert bool(zero_shot.any()) and torch.equal(
         result.knocked_loss[..., zero_shot], result.clean_loss[zero_shot].expand(3, 4, -1)
     )
+    expected = torch.stack([has_role(batch, role, labels=True) for role in result.role_names])
+    assert torch.equal(result.present, expected) and not bool(result.present[:, zero_shot].any())
 
 
 @pytest.mark.parametrize("window", [1, 2])
@@ -112,6 +136,12 @@ def test_by_demonstration_knocks_out_each_demonstration_apart(model):
         torch.testing.assert_close(result.knocked_loss[1, r], expected, atol=1e-6, rtol=1e-6)
     two_shots = batch.n_shots == 2  # no third demonstration from the query: nothing to knock out
     assert torch.equal(result.knocked_loss[:, 0, two_shots], result.clean_loss[two_shots].expand(3, -1))
+    assert torch.equal(result.present[0], ~two_shots) and bool(result.present[1:].all())
+    harm = result.knocked_loss - result.clean_loss  # the far demonstration's mean leaves out the prompts without it
+    real = torch.tensor([result.task_names[i] != result.null_task for i in result.task_ids.tolist()])
+    torch.testing.assert_close(result.overall[:, 0], harm[:, 0, ~two_shots & real].double().mean(-1))
+    assert bool((two_shots & real).any())
+    assert not torch.allclose(result.overall[:, 0], harm[:, 0, real].double().mean(-1))
     with pytest.raises(TaskError, match="no demonstration parts of the roles"):
         AttentionKnockout(roles=("demo_answer",), by_demonstration=True).run_batch(model, POOL.sample(2, 0, seed=0))
 
@@ -121,22 +151,31 @@ def test_harm_is_the_loss_increase_or_accuracy_drop_averaged_per_task(model):
     loss = AttentionKnockout(n_bootstrap=20).run_batch(model, batch, seed=3)
     harm = loss.knocked_loss - loss.clean_loss
     ids = loss.task_ids
+    present = torch.stack([has_role(batch, role) for role in loss.role_names])
+    assert torch.equal(loss.present, present) and not bool(present[loss.role_names.index("separator")].any())
     for t in range(len(loss.task_names)):
-        torch.testing.assert_close(loss.per_task[..., t], harm[..., ids == t].mean(-1))
+        expected = means_where_present(harm, present, ids == t)
+        torch.testing.assert_close(loss.per_task[..., t], expected, equal_nan=True)
     real = torch.tensor([loss.task_names[i] != loss.null_task for i in ids.tolist()])
-    torch.testing.assert_close(loss.overall, harm[..., real].mean(-1))
-    assert bool((loss.overall_ci[..., 0] <= loss.overall + 1e-12).all())
+    torch.testing.assert_close(loss.overall, means_where_present(harm, present, real), equal_nan=True)
+    measured = loss.overall.isfinite()
+    assert bool((loss.overall_ci[..., 0][measured] <= loss.overall[measured] + 1e-12).all())
     accuracy = AttentionKnockout(metric="accuracy", n_bootstrap=0).run_batch(model, batch)
     torch.testing.assert_close(accuracy.knocked_correct, loss.knocked_correct)
     drop = accuracy.clean_correct - accuracy.knocked_correct
-    torch.testing.assert_close(accuracy.overall, drop[..., real].mean(-1))
+    torch.testing.assert_close(accuracy.overall, means_where_present(drop, present, real), equal_nan=True)
 
 
-def test_a_role_without_positions_changes_nothing(model):
+def test_a_role_without_positions_changes_nothing_and_has_no_mean(model):
     """Token prompts have no separator: its knockout blocks no key, so every output is the clean one."""
-    result = AttentionKnockout(roles=("separator", "demo_answer"), n_bootstrap=0).run_batch(model, batch_of())
+    result = AttentionKnockout(roles=("separator", "demo_answer"), n_bootstrap=10).run_batch(model, batch_of())
     assert torch.equal(result.knocked_loss[:, 0], result.clean_loss.expand(len(result.windows), -1))
-    assert bool((result.overall[:, 0] == 0).all())
+    assert not bool(result.present[0].any()) and bool(result.present[1].all())
+    assert bool(result.overall[:, 0].isnan().all() and result.overall_ci[:, 0].isnan().all())
+    assert bool(result.overall[:, 1].isfinite().all() and result.overall_ci[:, 1].isfinite().all())
+    assert result.headline()["role"] == "demo_answer"  # the role no prompt has is never the largest harm
+    ((_, _, line),) = summary_lines(headline_numbers({"knockout": result}))
+    assert "largest harm per role: separator absent, demo_answer " in line
 
 
 def test_result_tabulates_draws_and_saves_exactly(model, tmp_path):
@@ -147,7 +186,7 @@ def test_result_tabulates_draws_and_saves_exactly(model, tmp_path):
     assert row.harm == pytest.approx(float(result.harm("demo_answer")[1]))
     assert [trace.name for trace in result.figure().data] == list(result.role_names)
     headline = result.headline()
-    assert headline["harm"] == pytest.approx(float(result.overall.max()))
+    assert headline["harm"] == pytest.approx(float(result.overall.nan_to_num(nan=-1.0).max()))
     result.save(tmp_path / "knockout.safetensors")
     assert Result.load(tmp_path / "knockout.safetensors") == result
     with pytest.raises(TaskError, match="No role 'prefix'"):

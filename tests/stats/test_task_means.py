@@ -21,3 +21,39 @@ def test_task_means_are_plain_means_and_the_bootstrap_intervals_of_the_chosen_pr
     assert torch.equal(means.per_task_ci, per_task_ci) and torch.equal(means.overall_ci, overall_ci)
     assert bool((means.overall_ci[..., 0] < means.overall).all() and (means.overall < means.overall_ci[..., 1]).all())
     assert bool(means.per_task_ci[..., 2, :].isfinite().all())  # the left-out task keeps its own interval
+
+
+def test_values_that_do_not_count_are_left_out_of_the_means_and_the_intervals():
+    generator = torch.Generator().manual_seed(1)
+    values = torch.randn(2, 3, 30, generator=generator)  # [layer, role, prompt]
+    groups = torch.arange(3).repeat(10)
+    chosen = groups != 2
+    present = torch.rand(3, 30, generator=generator) > 0.4  # [role, prompt]: which prompts have each role
+    present[2] = False  # a role no prompt has
+    same = task_means(values, groups, 3, chosen, n_bootstrap=50, seed=2, present=torch.ones(3, 30, dtype=torch.bool))
+    plain = task_means(values, groups, 3, chosen, n_bootstrap=50, seed=2)
+    for name in ("per_task", "per_task_ci", "overall_ci"):
+        assert torch.equal(getattr(same, name), getattr(plain, name))
+    torch.testing.assert_close(same.overall, plain.overall.double())
+    means = task_means(values, groups, 3, chosen, n_bootstrap=200, seed=2, present=present)
+    for r in range(2):
+        for t in range(3):
+            rows = present[r] & (groups == t)
+            torch.testing.assert_close(means.per_task[:, r, t], values[:, r, rows].double().mean(-1))
+        torch.testing.assert_close(means.overall[:, r], values[:, r, present[r] & chosen].double().mean(-1))
+    assert bool(means.per_task[:, 2].isnan().all() and means.per_task_ci[:, 2].isnan().all())
+    assert bool(means.overall[:, 2].isnan().all() and means.overall_ci[:, 2].isnan().all())
+    low, high = means.overall_ci[:, :2].unbind(-1)
+    assert bool((low < means.overall[:, :2]).all() and (means.overall[:, :2] < high).all())
+
+
+def test_an_interval_over_equal_counted_values_is_that_value_whatever_the_others_hold():
+    values = torch.full((2, 12), 0.25, dtype=torch.float64)
+    present = torch.tensor([[True, False] * 6, [False] * 11 + [True]])
+    values[~present] = torch.tensor([float("nan"), 7.0], dtype=torch.float64).repeat(9)[: int((~present).sum())]
+    groups = torch.tensor([0, 1] * 6)
+    per_task_ci, overall_ci = stratified_bootstrap_ci(values, groups, 2, 100, 0.9, 0, present)
+    assert torch.equal(per_task_ci[0, 0], torch.tensor([0.25, 0.25], dtype=torch.float64))
+    assert bool(per_task_ci[0, 1].isnan().all())  # the first row counts no prompt of the second group
+    assert torch.equal(overall_ci, torch.full((2, 2), 0.25, dtype=torch.float64))
+    assert torch.equal(per_task_ci[1, 1], torch.tensor([0.25, 0.25], dtype=torch.float64))

@@ -124,7 +124,8 @@ def role_attention(
         attention.flatten(1, 2).transpose(1, 2), layers, "attention weights", "Check the model's weights and inputs."
     )
     real = real_prompts(ids, task_names, null_task)
-    means = task_means(attention, ids, len(task_names), real, config.n_bootstrap, config.ci, seed)
+    present = weights.any(1).T  # [role, prompt]: the prompt has a position of the role
+    means = task_means(attention, ids, len(task_names), real, config.n_bootstrap, config.ci, seed, present)
     return RoleAttention(
         layers=layers,
         role_names=names,
@@ -132,6 +133,7 @@ def role_attention(
         task_ids=ids,
         attention=attention,
         **means._asdict(),
+        present=present,
         null_task=null_task,
         **config.interval_settings(seed),
     )

@@ -124,7 +124,8 @@ def attention_knockout(
     clean_correct, clean_loss = sweep.clean[:, 0], sweep.clean[:, 1]
     harm = clean_correct - knocked_correct if config.metric == "accuracy" else knocked_loss - clean_loss
     real = real_prompts(ids, task_names, null_task)
-    means = task_means(harm, ids, len(task_names), real, config.n_bootstrap, config.ci, seed)
+    present = _knocked_somewhere(keys, labels, config.query)
+    means = task_means(harm, ids, len(task_names), real, config.n_bootstrap, config.ci, seed, present)
     return KnockoutEffects(
         windows=windows,
         role_names=role_names,
@@ -138,6 +139,7 @@ def attention_knockout(
         writes=torch.tensor([counts[0] for counts in sweep.writes], dtype=torch.long).view(shape[:2]),
         metric=config.metric,
         query=config.query,
+        present=present,
         null_task=null_task,
         **config.interval_settings(seed),
         rows_per_pass=sweep.rows_per_pass,
@@ -239,3 +241,14 @@ def _role_keys(
     aligned = ids.gather(1, columns.clamp(max=ids.shape[1] - 1)).masked_fill(columns >= ids.shape[1], -1)
     label_ids = torch.tensor([i for i, name in enumerate(names) if name.split("[")[0] == "demo_answer"])
     return chosen, [aligned == names.index(name) for name in chosen], torch.isin(aligned, label_ids)
+
+
+def _knocked_somewhere(
+    keys: list[Bool[Tensor, "prompt pos"]], labels: Bool[Tensor, "prompt pos"], query: str
+) -> Bool[Tensor, "role prompt"]:
+    """Whether a query of each prompt is kept from a position of each role (at or before it): something to knock out."""
+    if query == "answer":  # every position of a role comes before the answer position
+        return torch.stack([role_keys.any(-1) for role_keys in keys])
+    columns = torch.arange(labels.shape[1])
+    last_label = torch.where(labels, columns, -1).amax(-1, keepdim=True)  # -1: no demonstration
+    return torch.stack([(role_keys & (columns <= last_label)).any(-1) for role_keys in keys])

@@ -5,6 +5,7 @@ The numbers are each result's own :meth:`~tv_lens.results.Result.headline`; this
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,11 @@ def wrong_kind(name: str, result: Result) -> str | None:
 
 def _f(value: float) -> str:
     return f"{value:.3f}"
+
+
+def _f_or_absent(value: float) -> str:
+    """A role's number, or ``absent`` where no prompt has the role (NaN)."""
+    return "absent" if math.isnan(value) else _f(value)
 
 
 def _ci(values: list[float]) -> str:
@@ -123,7 +129,7 @@ def _heads_line(n: Numbers) -> str:
 
 def _attention_line(n: Numbers) -> str:
     top = ", ".join(f"{head} {_f(share)}" for head, share in zip(n["top_heads"], n["top_shares"], strict=True))
-    shares = ", ".join(f"{role} {_f(share)}" for role, share in n["mean_share"].items())
+    shares = ", ".join(f"{role} {_f_or_absent(share)}" for role, share in n["mean_share"].items())
     return f"most attention on {n['role']}: {top}; mean share over all heads: {shares}"
 
 
@@ -131,7 +137,7 @@ def _knockout_line(n: Numbers) -> str:
     first, last = n["blocks"][0], n["blocks"][-1]
     blocks = f"L{first}" if first == last else f"L{first}-L{last}"
     harm = "loss increase" if n["metric"] == "cross_entropy" else "accuracy drop"
-    largest = ", ".join(f"{role} {_f(value)}" for role, value in n["max_harm"].items())
+    largest = ", ".join(f"{role} {_f_or_absent(value)}" for role, value in n["max_harm"].items())
     return (
         f"most harm blocking {n['query']} from {n['role']} at {blocks}: {harm} {_f(n['harm'])} {_ci(n['harm_ci'])}; "
         f"largest harm per role: {largest}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tv_lens.errors import TaskError
@@ -32,7 +32,9 @@ class RoleAttention(BootstrapSettings, Result):
     :func:`~tv_lens.tasks.position_roles`). Heads that carry the task to the answer position (function-vector heads)
     are expected to look at the demonstrations' answers. On a model with attention sinks (GPT-OSS) part of the
     attention goes to the sink, on no position: :attr:`unattended`. Overall numbers average over the prompts of every
-    task but Null. The bootstrap settings are those of :class:`~tv_lens.results.BootstrapSettings`.
+    task but Null. A prompt without a position of a role (a far demonstration in a prompt with fewer shots, the
+    prefix of prompts that have none) has a share of zero on it; the means on that role leave such prompts out
+    (:attr:`present`). The bootstrap settings are those of :class:`~tv_lens.results.BootstrapSettings`.
 
     Attributes:
         layers: Block index of each entry of the layer axis.
@@ -40,11 +42,14 @@ class RoleAttention(BootstrapSettings, Result):
         task_names: Name of every task entry.
         task_ids: Task entry of each prompt ``[prompt]``.
         attention: Share of each head's attention on each role, per prompt ``[layer, head, role, prompt]``.
-        per_task: Its mean per task ``[layer, head, role, task]``.
+        per_task: Its mean per task over the prompts that have the role ``[layer, head, role, task]`` (NaN where none
+            has).
         per_task_ci: Its bootstrap interval ``[layer, head, role, task, 2]``.
-        overall: Its mean over the prompts of every task but Null ``[layer, head, role]``.
+        overall: Its mean over the prompts of every task but Null that have the role ``[layer, head, role]``.
         overall_ci: Its interval ``[layer, head, role, 2]``.
         null_task: Name of the Null task.
+        present: Whether each prompt has a position of each role ``[role, prompt]`` (``None`` in files saved before
+            this field existed, whose means count every prompt).
     """
 
     layers: tuple[int, ...]
@@ -57,6 +62,7 @@ class RoleAttention(BootstrapSettings, Result):
     overall: Float[Tensor, "layer head role"]
     overall_ci: Float[Tensor, "layer head role 2"]
     null_task: str = NULL_TASK
+    present: Bool[Tensor, "role prompt"] | None = None
 
     def _axes(self) -> dict[str, int]:
         return {"layer": len(self.layers), "role": len(self.role_names), "task": len(self.task_names)}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jaxtyping import Float, Int
+import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tv_lens.errors import TaskError
@@ -32,7 +33,10 @@ class KnockoutEffects(SweepSettings, Result):
     tokens) from every position of one role in every head of its blocks; the rest of the prompt runs as usual. The
     harm is the loss increase (``metric="cross_entropy"``) or the accuracy drop (``"accuracy"``), positive where the
     answer needs what flows from that role in that window. Overall numbers average over the prompts of every task but
-    Null. The bootstrap settings and ``rows_per_pass`` are those of :class:`~tv_lens.results.SweepSettings`.
+    Null. A prompt with nothing of a role to knock out (a far demonstration in a prompt with fewer shots; with
+    ``query="demo_answer"``, a role after its last demonstration's answer) has a harm of zero there; the means on
+    that role leave such prompts out (:attr:`present`). The bootstrap settings and ``rows_per_pass`` are those of
+    :class:`~tv_lens.results.SweepSettings`.
 
     Attributes:
         windows: The blocks of every window (consecutive blocks, one window per first block).
@@ -43,15 +47,18 @@ class KnockoutEffects(SweepSettings, Result):
         clean_loss: Its answer loss ``[prompt]``.
         knocked_correct: The same under each knockout ``[window, role, prompt]``.
         knocked_loss: The loss under each knockout ``[window, role, prompt]``.
-        per_task: Mean harm per task ``[window, role, task]``.
+        per_task: Mean harm per task over the prompts that have the role ``[window, role, task]`` (NaN where none
+            has).
         per_task_ci: Its bootstrap interval ``[window, role, task, 2]``.
-        overall: Mean harm over the prompts of every task but Null ``[window, role]``.
+        overall: Mean harm over the prompts of every task but Null that have the role ``[window, role]``.
         overall_ci: Its interval ``[window, role, 2]``.
         writes: Prompts each knockout reached ``[window, role]``.
         metric: ``"cross_entropy"`` or ``"accuracy"``.
         query: Whose attention was blocked: ``"answer"`` (the answer position) or ``"demo_answer"`` (every
             demonstration's answer tokens).
         null_task: Name of the Null task.
+        present: Whether each prompt has a position of each role that a blocked query reads ``[role, prompt]``
+            (``None`` in files saved before this field existed, whose means count every prompt).
     """
 
     windows: tuple[tuple[int, ...], ...]
@@ -70,6 +77,7 @@ class KnockoutEffects(SweepSettings, Result):
     metric: str = "cross_entropy"
     query: str = "answer"
     null_task: str = NULL_TASK
+    present: Bool[Tensor, "role prompt"] | None = None
 
     def _axes(self) -> dict[str, int]:
         return {"window": len(self.windows), "role": len(self.role_names), "task": len(self.task_names)}
@@ -98,7 +106,7 @@ class KnockoutEffects(SweepSettings, Result):
         Keys: ``role``, ``blocks`` (the window's blocks), ``harm``, ``harm_ci``, ``metric``, ``query`` (whose attention
         was blocked) and ``max_harm`` (role name to its largest harm over the windows).
         """
-        flat = int(self.overall.flatten().argmax())
+        flat = int(self.overall.nan_to_num(nan=-torch.inf).flatten().argmax())  # a role no prompt has: NaN
         w, r = divmod(flat, len(self.role_names))
         return {
             "role": self.role_names[r],

@@ -41,16 +41,23 @@ def task_means(
     n_bootstrap: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
+    present: Bool[Tensor, "*lead prompt"] | None = None,
 ) -> TaskMeans:
     """The mean of ``values`` per task (every prompt) and over the prompts ``overall_of`` (e.g. every task but Null).
 
-    The intervals are :func:`stratified_bootstrap_ci`'s, with the same settings and seed for both.
+    The intervals are :func:`stratified_bootstrap_ci`'s, with the same settings and seed for both. ``present``
+    (broadcastable to ``values``; ``None``: all) says which values count: each mean is over the prompts it marks.
     """
-    per_task_ci, _ = stratified_bootstrap_ci(values, groups, n_groups, n_bootstrap, ci, seed)
+    per_task_ci, _ = stratified_bootstrap_ci(values, groups, n_groups, n_bootstrap, ci, seed, present)
+    chosen = None if present is None else present[..., overall_of]
     _, overall_ci = stratified_bootstrap_ci(
-        values[..., overall_of], groups[overall_of], n_groups, n_bootstrap, ci, seed
+        values[..., overall_of], groups[overall_of], n_groups, n_bootstrap, ci, seed, chosen
     )
-    return TaskMeans(group_means(values, groups, n_groups), per_task_ci, values[..., overall_of].mean(-1), overall_ci)
+    if chosen is None:
+        overall = values[..., overall_of].mean(-1)
+    else:
+        overall = group_means(values[..., overall_of], torch.zeros_like(groups[overall_of]), 1, chosen)[..., 0]
+    return TaskMeans(group_means(values, groups, n_groups, present), per_task_ci, overall, overall_ci)
 
 
 def stratified_bootstrap_ci(
@@ -60,6 +67,7 @@ def stratified_bootstrap_ci(
     n_bootstrap: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
+    present: Bool[Tensor, "*lead prompt"] | None = None,
 ) -> tuple[Float[Tensor, "*lead group 2"], Float[Tensor, "*lead 2"]]:
     """Percentile intervals of the mean of ``values`` per group and over all prompts.
 
@@ -70,6 +78,9 @@ def stratified_bootstrap_ci(
         n_bootstrap: Resamples; 0 gives NaN intervals (no bootstrap).
         ci: Confidence level in (0, 1).
         seed: Seed of the local generator.
+        present: Which values count, broadcastable to ``values`` (``None``: all). A resample's mean is over the
+            values it drew that count; resamples that drew none are left out of the quantiles, and an entry with no
+            value that counts gets NaN.
 
     Returns:
         ``(per_group, overall)`` intervals, the last dim holding (low, high).
@@ -82,19 +93,24 @@ def stratified_bootstrap_ci(
     overall = torch.full((*lead, 2), float("nan"), dtype=torch.float64)
     if n_bootstrap == 0 or not bool(((groups >= 0) & (groups < n_groups)).any()):
         return per_group, overall
+    weights = None if present is None else present.expand(values.shape).double()
+    if weights is not None:
+        values = torch.where(weights > 0, values, 0.0)  # a value that does not count adds nothing, even NaN
+    quantile = torch.quantile if weights is None else torch.nanquantile
     quantiles = torch.tensor([(1 - ci) / 2, (1 + ci) / 2], dtype=torch.float64)
     total = torch.zeros((*lead, n_bootstrap), dtype=torch.float64)
-    n_total = 0
+    n_total: Tensor | int = 0
     for g in range(n_groups):
         members = (groups == g).nonzero().flatten()
         if len(members) == 0:
             continue
         draws = members[torch.randint(len(members), (n_bootstrap, len(members)), generator=generator)]
         sums = values[..., draws].sum(-1)  # [*lead, n_bootstrap]
+        counted = len(members) if weights is None else weights[..., draws].sum(-1)
         total += sums
-        n_total += len(members)
-        per_group[..., g, :] = torch.quantile(sums / len(members), quantiles, dim=-1).movedim(0, -1)
-    overall[:] = torch.quantile(total / n_total, quantiles, dim=-1).movedim(0, -1)
+        n_total = n_total + counted
+        per_group[..., g, :] = quantile(sums / counted, quantiles, dim=-1).movedim(0, -1)
+    overall[:] = quantile(total / n_total, quantiles, dim=-1).movedim(0, -1)
     return per_group, overall
 
 

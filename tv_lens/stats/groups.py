@@ -8,14 +8,17 @@ tensor([[2.0000, 3.5000,    nan]], dtype=torch.float64)
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 __all__ = ["group_means"]
 
 
 def group_means(
-    values: Float[Tensor, "*batch item"], ids: Int[Tensor, " item"], n_groups: int
+    values: Float[Tensor, "*batch item"],
+    ids: Int[Tensor, " item"],
+    n_groups: int,
+    present: Bool[Tensor, "*batch item"] | None = None,
 ) -> Float[Tensor, "*batch group"]:
     """The mean of ``values`` over the items (last dimension) of each group, summed in float64.
 
@@ -23,11 +26,17 @@ def group_means(
         values: One value per item in the last dimension (any leading dimensions).
         ids: The group of each item, in ``[0, n_groups)``.
         n_groups: Number of groups; a group without items gets NaN.
+        present: Which values count, broadcastable to ``values`` (``None``: all); a group none of whose values
+            count gets NaN.
 
     Returns:
         ``[*batch, n_groups]`` float64 means, on the device of ``values``.
     """
     ids = ids.to(values.device)
     sums = torch.zeros(*values.shape[:-1], n_groups, dtype=torch.float64, device=values.device)
-    sums.index_add_(-1, ids, values.double())
-    return sums / torch.bincount(ids, minlength=n_groups).to(sums.device)
+    if present is None:
+        sums.index_add_(-1, ids, values.double())
+        return sums / torch.bincount(ids, minlength=n_groups).to(sums.device)
+    weights = present.to(values.device).expand(values.shape).double()
+    sums.index_add_(-1, ids, torch.where(weights > 0, values.double(), 0.0))
+    return sums / torch.zeros_like(sums).index_add_(-1, ids, weights)
