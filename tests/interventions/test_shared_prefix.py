@@ -8,11 +8,13 @@ from conftest import left_padded, ragged_prompts
 
 import tv_lens.interventions.masking as masking
 import tv_lens.interventions.sweep as stacking
-from tv_lens.errors import LayerOutOfRangeError, ModelNotSupportedError, ShapeError
+from tv_lens.errors import LayerOutOfRangeError, ModelNotSupportedError, PositionError, ShapeError
 from tv_lens.interventions import (
     BlockedKeysPrecisionError,
     ablate_head,
     add,
+    knockout,
+    knockout_strategy,
     masking_strategy,
     replace,
     run_with_interventions,
@@ -87,6 +89,31 @@ def test_bad_shared_prefix_runs_name_the_problem(model):
         run_with_interventions(
             model, left, left_pos, [], attention_mask=mask, blocked_keys=torch.zeros(7, 16, 16, dtype=torch.bool)
         )
+
+
+@pytest.mark.parametrize("rows_per_pass", [512, 2])
+def test_a_sweep_names_a_bad_prompt_by_its_index_in_the_whole_input_before_any_pass(model, monkeypatch, rows_per_pass):
+    """Passes hold some prompts (and copies of them): the check runs once on all of them, before the first pass."""
+    tokens, answer_pos, _ = ragged_prompts(seed=3)
+    prompts = align(model, tokens, answer_pos)
+    positions = prompts.answer_pos.clone()
+    positions[5] += 1  # after prompt 5's answer position
+    passes = []
+    monkeypatch.setattr(stacking, "clean_pass", lambda *args: passes.append(1))
+    score = lambda logits, index: logits[:, 0]  # noqa: E731
+    with pytest.raises(
+        PositionError, match=r"writes at position \d+ of prompt 5, which is outside the prompt or after"
+    ):
+        run_sweep(model, prompts, [Cell((add(1, torch.zeros(32), pos=positions),))], score, rows_per_pass=rows_per_pass)
+    keys = torch.zeros(len(prompts), prompts.inputs.shape[1], dtype=torch.bool)
+    if knockout_strategy(adapt(model)) is not None:  # none on TransformerLens 3.9's bridge
+        with pytest.raises(PositionError, match=r"of prompt 5, which is outside the prompt or after"):
+            run_sweep(model, prompts, [Cell((knockout(0, keys, pos=positions),))], score, rows_per_pass=rows_per_pass)
+    with pytest.raises(
+        ShapeError, match=r"add\(layer 1.*cell interventions apply to every prompt; build them with rows=None"
+    ):
+        run_sweep(model, prompts, [Cell((add(1, torch.zeros(32), rows=[6]),))], score, rows_per_pass=rows_per_pass)
+    assert not passes
 
 
 def test_passes_started_at_a_block_skip_the_blocks_below(model):

@@ -36,6 +36,8 @@ from tv_lens.checks import is_int
 from tv_lens.errors import ShapeError
 from tv_lens.interventions.cells import AlignedPrompts, Cell, Score, Sweep, align
 from tv_lens.interventions.masking import supports_blocked_keys
+from tv_lens.interventions.plans import resolve
+from tv_lens.interventions.specs import Intervention
 from tv_lens.interventions.sweep_passes import (
     SweepBatch,
     Tally,
@@ -51,7 +53,7 @@ from tv_lens.models.block_skipping import supports_block_skipping
 from tv_lens.models.exclusive import evaluating
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
-from tv_lens.positions import prompt_batches
+from tv_lens.positions import prepare_prompts, prompt_batches
 
 __all__ = ["AlignedPrompts", "Cell", "Score", "Sweep", "align", "run_sweep", "start_skips_blocks"]
 
@@ -80,6 +82,8 @@ def run_sweep(
         desc: Label of the progress bar.
 
     Raises:
+        PositionError, ShapeError: An intervention that does not fit the prompts (checked before any pass; the
+            error names the prompt by its index in ``prompts``).
         InterventionNotAppliedError: An intervention wrote to fewer rows than it was given.
         OutOfMemoryError: Not even one row per pass fits (smaller sizes are tried first, see
             :func:`tv_lens.models.memory.fitting`).
@@ -87,11 +91,30 @@ def run_sweep(
     if not is_int(rows_per_pass) or rows_per_pass < 1:
         raise ShapeError(f"rows_per_pass must be an int >= 1, got {rows_per_pass!r}.")
     adapter = adapt(model)
+    _check_cells(adapter, prompts, cells)
     with evaluating(adapter.model):
         sweep, used = fitting(
             lambda size: _sweep(adapter, prompts, cells, score, size, progress, desc), rows_per_pass, "rows_per_pass"
         )
     return replace(sweep, rows_per_pass=used)
+
+
+def _check_cells(adapter: ModelAdapter, prompts: AlignedPrompts, cells: Sequence[Cell]) -> None:
+    """Check every cell's interventions against all the prompts before any pass.
+
+    A pass holds some of the prompts (and copies of them); checked here, an error names the prompt's index in
+    ``prompts`` and comes before any compute.
+
+    Raises:
+        ShapeError: An intervention with ``rows=`` (cell interventions apply to every prompt).
+        PositionError: A position outside a prompt or after its answer position (and the engine's other checks).
+    """
+    prepared = prepare_prompts(adapter, prompts.inputs, prompts.answer_pos, None, prompts.answer_lengths)
+    distinct = {id(intervention): intervention for cell in cells for intervention in cell.interventions}
+    for intervention in distinct.values():
+        if isinstance(intervention, Intervention) and intervention.rows is not None:
+            raise ShapeError(f"{intervention}: cell interventions apply to every prompt; build them with rows=None.")
+        resolve(adapter, prepared, intervention)
 
 
 def _sweep(

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tv_lens.errors import InterventionNotAppliedError, ShapeError
+from tv_lens.errors import InterventionNotAppliedError
 from tv_lens.interventions.cells import AlignedPrompts, Cell, Score, Sweep
 from tv_lens.interventions.engine import run_with_interventions
 from tv_lens.interventions.masking import BlockedKeysPrecisionError
@@ -272,8 +272,6 @@ def _for_copy(intervention: Intervention, index: Tensor, rows: Tensor, k: int) -
 
 def _values_of(intervention: Intervention, index: Tensor) -> Tensor | None:
     """The values a cell intervention writes into the prompts ``index`` (per-prompt values are selected)."""
-    if intervention.rows is not None:
-        raise ShapeError("Cell interventions apply to every prompt; build them with rows=None.")
     values = intervention.values
     return values[index.to(values.device)] if values is not None and values.ndim == 2 else values
 
