@@ -109,9 +109,9 @@ class RoleAttention(BootstrapSettings, Result):
     def headline(self) -> dict[str, Any]:
         """The mean share of every role over all heads, and the three heads that attend most to the lead role.
 
-        Keys: ``mean_share`` (role name to its mean share over heads), ``role`` (the lead role: ``"demo_answer"``
-        where the roles have it, else ``"demo_answer[-1]"``, else the first), ``top_heads`` (``"L{layer}H{head}"``)
-        and ``top_shares`` (their shares).
+        Keys: ``mean_share`` (role name to its mean share over heads; NaN for a role no prompt has), ``role`` (the lead
+        role: ``"demo_answer"`` where the roles have it, else ``"demo_answer[-1]"``, else the first), ``top_heads``
+        (``"L{layer}H{head}"``) and ``top_shares`` (their shares).
         """
         role = self.role_names[self._lead_role()]
         heads = self.top_heads(role, min(3, len(self.layers) * self.n_heads))

@@ -104,7 +104,7 @@ class KnockoutEffects(SweepSettings, Result):
         """The knockout that harms most: its role, window and harm with its interval, and the harm of every role.
 
         Keys: ``role``, ``blocks`` (the window's blocks), ``harm``, ``harm_ci``, ``metric``, ``query`` (whose attention
-        was blocked) and ``max_harm`` (role name to its largest harm over the windows).
+        was blocked) and ``max_harm`` (role name to its largest harm over the windows; NaN for a role no prompt has).
         """
         flat = int(self.overall.nan_to_num(nan=-torch.inf).flatten().argmax())  # a role no prompt has: NaN
         w, r = divmod(flat, len(self.role_names))
