@@ -4,28 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from tv_lens.analyses import (
-    AttentionKnockout,
-    Emergence,
-    Geometry,
-    HeadAblation,
-    HeadAttention,
-    ICLPerformance,
-    LayerFinetuning,
-    TaskDecodability,
-    TaskVectorPatching,
-    TaskVectorPrompting,
-    TdAccuracy,
-)
+from tv_lens.analyses import Emergence, LayerFinetuning, TaskDecodability
 from tv_lens.app.demo.config import DemoConfig
 from tv_lens.app.demo.shots import AnalysisShots, analysis_shots
 from tv_lens.app.demo.training import TrainedModel
 from tv_lens.app.pipeline import run_and_save
 from tv_lens.app.run_files import RUN_FILE, read_run_info, write_run_info
+from tv_lens.app.steps import SHARED_STEPS, RunSettings, Step
 from tv_lens.errors import ConfigError
 from tv_lens.results import Result
 from tv_lens.tasks import TaskPool, offset_pool
@@ -68,43 +56,23 @@ def finetuning_pool(pool: TaskPool, n_tasks: int | None = None) -> TaskPool:
     return offset_pool(unseen[:wanted], n_values=n, null=pool.null, fmt=pool.fmt, bos=pool.vocab.bos)
 
 
-def _decodability(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
-    analysis = TaskDecodability(n_bootstrap=config.n_bootstrap, progress=progress)
-    return analysis.run(trained.model, trained.pool, config.n_per_task, config.n_shots, config.seed)
+def _shared(step: Step) -> Callable[[TrainedModel, DemoConfig, bool, AnalysisShots], Result]:
+    """A shared step on the trained model, with the demo's sizes and the shot counts chosen for it."""
 
+    def run(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
+        settings = RunSettings.of(
+            config,
+            trained.model,
+            trained.pool,
+            progress,
+            causal_n_per_task=config.causal_n_per_task,
+            patching_shots=shots.patching,
+            td_accuracy_shots=shots.td_accuracy,
+            k=TaskDecodability.k,
+        )
+        return step(settings)
 
-def _performance(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
-    analysis = ICLPerformance(shots=config.performance_shots, n_bootstrap=config.n_bootstrap)
-    return analysis.run(trained.model, trained.pool, config.n_per_task, config.seed)
-
-
-def _geometry(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
-    analysis = Geometry(method="pca", progress=progress)
-    return analysis.run(trained.model, trained.pool, config.n_per_task, config.n_shots, config.seed)
-
-
-def _td_accuracy(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
-    analysis = TdAccuracy(shots=shots.td_accuracy)
-    return analysis.run(trained.model, trained.pool, config.n_per_task, config.seed)
-
-
-def _patching(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
-    analysis = TaskVectorPatching(
-        mode=config.patching_mode,  # type: ignore[arg-type]
-        n_bootstrap=config.n_bootstrap,
-        progress=progress,
-    )
-    return analysis.run(trained.model, trained.pool, config.causal_n_per_task, shots.patching, config.seed)
-
-
-def _sampled(kind: Callable[..., Any]) -> Callable[[TrainedModel, DemoConfig, bool, AnalysisShots], Result]:
-    """The step of an analysis that samples the causal prompts at the demo's shots, with its defaults otherwise."""
-
-    def step(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
-        analysis = kind(n_bootstrap=config.n_bootstrap, progress=progress)
-        return analysis.run(trained.model, trained.pool, config.causal_n_per_task, config.n_shots, config.seed)
-
-    return step
+    return run
 
 
 def _emergence(trained: TrainedModel, config: DemoConfig, progress: bool, shots: AnalysisShots) -> Result:
@@ -136,15 +104,7 @@ def _finetuning(trained: TrainedModel, config: DemoConfig, progress: bool, shots
 
 
 ANALYSES: dict[str, Callable[[TrainedModel, DemoConfig, bool, AnalysisShots], Result]] = {
-    "decodability": _decodability,
-    "performance": _performance,
-    "geometry": _geometry,
-    "td_accuracy": _td_accuracy,
-    "patching": _patching,
-    "prompting": _sampled(TaskVectorPrompting),
-    "heads": _sampled(HeadAblation),
-    "attention": _sampled(HeadAttention),
-    "knockout": _sampled(AttentionKnockout),
+    **{name: _shared(step) for name, step in SHARED_STEPS.items()},
     "emergence": _emergence,
     "finetuning": _finetuning,
 }

@@ -6,19 +6,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from tv_lens.analyses import (
-    AttentionKnockout,
-    Geometry,
-    HeadAblation,
-    HeadAttention,
-    ICLPerformance,
-    LayerFinetuning,
-    TaskDecodability,
-    TaskVectorPatching,
-    TaskVectorPrompting,
-    TdAccuracy,
-)
+from tv_lens.analyses import LayerFinetuning, TaskDecodability
 from tv_lens.app.pretrained.config import PretrainedConfig
+from tv_lens.app.steps import SHARED_STEPS, RunSettings, Step
 from tv_lens.errors import ConfigError
 from tv_lens.interventions import knockout_strategy
 from tv_lens.models import adapt
@@ -29,43 +19,23 @@ from tv_lens.training.lora import weight_targets
 __all__ = ["ANALYSES", "ON_REQUEST", "PRETRAINED_ANALYSES", "applicable", "check_names"]
 
 
-def _decodability(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
-    analysis = TaskDecodability(k=config.k, n_bootstrap=config.n_bootstrap, progress=progress)
-    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
+def _shared(step: Step) -> Callable[[Any, TextPool, PretrainedConfig, bool], Result]:
+    """A shared step on the model, with the run's sizes (every analysis at ``n_per_task`` and ``n_shots``)."""
 
+    def run(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
+        settings = RunSettings.of(
+            config,
+            model,
+            pool,
+            progress,
+            causal_n_per_task=config.n_per_task,
+            patching_shots=config.n_shots,
+            td_accuracy_shots=config.td_accuracy_shots,
+            k=config.k,
+        )
+        return step(settings)
 
-def _performance(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
-    analysis = ICLPerformance(shots=config.performance_shots, n_bootstrap=config.n_bootstrap)
-    return analysis.run(model, pool, config.n_per_task, config.seed)
-
-
-def _geometry(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
-    analysis = Geometry(method="pca", progress=progress)
-    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
-
-
-def _td_accuracy(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
-    analysis = TdAccuracy(shots=config.td_accuracy_shots, decodability=TaskDecodability(k=config.k, n_bootstrap=0))
-    return analysis.run(model, pool, config.n_per_task, config.seed)
-
-
-def _patching(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
-    analysis = TaskVectorPatching(
-        mode=config.patching_mode,  # type: ignore[arg-type]
-        n_bootstrap=config.n_bootstrap,
-        progress=progress,
-    )
-    return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
-
-
-def _sampled(kind: Callable[..., Any]) -> Callable[[Any, TextPool, PretrainedConfig, bool], Result]:
-    """The step of an analysis that samples the run's prompts at its shots, with its defaults otherwise."""
-
-    def step(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
-        analysis = kind(n_bootstrap=config.n_bootstrap, progress=progress)
-        return analysis.run(model, pool, config.n_per_task, config.n_shots, config.seed)
-
-    return step
+    return run
 
 
 def _finetuning(model: Any, pool: TextPool, config: PretrainedConfig, progress: bool) -> Result:
@@ -90,15 +60,7 @@ def _finetuning(model: Any, pool: TextPool, config: PretrainedConfig, progress: 
 
 
 ANALYSES: dict[str, Callable[[Any, TextPool, PretrainedConfig, bool], Result]] = {
-    "decodability": _decodability,
-    "performance": _performance,
-    "geometry": _geometry,
-    "td_accuracy": _td_accuracy,
-    "patching": _patching,
-    "prompting": _sampled(TaskVectorPrompting),
-    "heads": _sampled(HeadAblation),
-    "attention": _sampled(HeadAttention),
-    "knockout": _sampled(AttentionKnockout),
+    **{name: _shared(step) for name, step in SHARED_STEPS.items()},
     "finetuning": _finetuning,
 }
 """Name (also the result file's stem) → the step that runs that analysis, in the demo's order
