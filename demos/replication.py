@@ -1,4 +1,4 @@
-"""Test the claims of Han et al. (2025), Yang et al. (2025) and Todd et al. (2024) over training seeds.
+"""Test the claims of Han et al. (2025), Yang et al. (2025), Todd et al. (2024) and Wang et al. (2023) over seeds.
 
 Run with ``python demos/replication.py [--runs DIR] [--seeds 0 1 2 3 4 5 6] [--out FILE]``. For every seed it trains (or
 reuses or resumes, in ``DIR/seed-<seed>/<run>``) five runs: ``recipes["shots"]`` (accuracy grows with shots), and on
@@ -38,6 +38,7 @@ from typing import Any, Literal
 import torch
 
 from tv_lens.analyses import (
+    AttentionKnockout,
     Emergence,
     FunctionVectors,
     HeadAblation,
@@ -78,6 +79,7 @@ PATCH_SHOTS = 1  # shots of the patched prompts: the shots recipe is at ~75% the
 TWIN_STEPS = 1200  # both TVP-loss twins train 3x the default recipe's steps: the loss needs them
 TVP_LAYER, TVP_LAM = 2, 0.5
 NOISE = 0.25
+KNOCKOUT_WINDOW = 2  # of the default recipe's 4 blocks: windows 0-1, 1-2 and 2-3
 LEVEL = 0.95
 
 
@@ -314,6 +316,25 @@ CLAIMS: tuple[Claim, ...] = (
         "greater",
     ),
     Claim(
+        "labels_gather",
+        "Wang: the demonstrations' answers gather their demonstrations in the shallow blocks",
+        f"answer-loss increase when every demonstration's answer token is kept from the demonstrations' inputs in "
+        f"every head of {KNOCKOUT_WINDOW} consecutive blocks (windows 0–1, 1–2, 2–3), {N_PER_TASK} prompts per task, "
+        f"{N_SHOTS} shots, Null excluded",
+        "loss increase, first window − last window",
+        0.0,
+        "greater",
+    ),
+    Claim(
+        "answer_reads_labels",
+        "Wang: the answer reads the demonstrations' answers in the deep blocks",
+        "answer-loss increase when the query's separator (the answer position) is kept from the demonstrations' "
+        "answer tokens, windows as above",
+        "loss increase, last window − first window",
+        0.0,
+        "greater",
+    ),
+    Claim(
         "heads",
         "H: tasks of one family share important heads",
         "Jaccard overlap of each pair of offset tasks' top-4 heads (of 16) by zero-ablation loss increase",
@@ -530,6 +551,22 @@ def fv_heads_attention(model: Any, pool: Any, seed: int, heads: Sequence[tuple[i
     return {"fv_heads_attention": SeedNumber(float(difference.mean()), float(ci[0]) > 0, text)}
 
 
+def label_words(model: Any, pool: Any, seed: int) -> Numbers:
+    """Wang et al.'s information flow: the labels gather their demonstrations early, the answer reads them late."""
+    gather = AttentionKnockout(window=KNOCKOUT_WINDOW, roles=("demo_input",), query="demo_answer")
+    read = AttentionKnockout(window=KNOCKOUT_WINDOW, roles=("demo_answer",))
+    numbers: Numbers = {}
+    for key, config, deep_first in (("labels_gather", gather, False), ("answer_reads_labels", read, True)):
+        result = config.run(model, pool, n_per_task=N_PER_TASK, n_shots=N_SHOTS, seed=seed)
+        harm, ci = result.overall[:, 0], result.overall_ci[:, 0]  # [window]: the one role knocked out
+        high, low = (len(harm) - 1, 0) if deep_first else (0, len(harm) - 1)
+        text = "loss increase by window " + ", ".join(
+            f"{window[0]}–{window[-1]}: {interval(float(harm[w]), ci[w])}" for w, window in enumerate(result.windows)
+        )
+        numbers[key] = SeedNumber(float(harm[high] - harm[low]), above(ci[high], ci[low]), text)
+    return numbers
+
+
 def shared_heads(model: Any, pool: Any, seed: int) -> Numbers:
     """Overlap of the offset tasks' most important heads against random sets of heads."""
     heads = HeadAblation().run(model, pool, n_per_task=50, n_shots=N_SHOTS, seed=seed)
@@ -681,6 +718,7 @@ def seed_steps(root: Path, seed: int) -> dict[str, Step]:
             ("default",),
             lambda: fv_heads_attention(model("default"), pool, prompts, fv(False)[1].effects.top_heads(10)),
         ),
+        "label_words": (("default",), lambda: label_words(model("default"), pool, prompts)),
         "emergence": (("default",), lambda: emergence(root / "default", pool, prompts)),
         "finetuning": (("default",), lambda: finetuning(model("default"), prompts)),
         "format": (

@@ -152,3 +152,27 @@ def test_fv_heads_attention_compares_the_chosen_heads_with_the_others(replicatio
     per_prompt = [(answers[1, 0, i] + answers[0, 1, i]) / 2 - (answers[0, 0, i] + answers[1, 1, i]) / 2 for i in real]
     assert number.value == pytest.approx(float(sum(per_prompt) / len(per_prompt)), abs=1e-12)
     assert "L1H0, L0H1" in number.numbers
+
+
+def test_label_words_compare_the_first_and_last_windows_of_each_knockout(replication, monkeypatch):
+    from tv_lens import ModelConfig, build_model, offset_pool
+    from tv_lens.analyses import AttentionKnockout
+    from tv_lens.interventions import knockout_strategy
+    from tv_lens.models import adapt
+
+    monkeypatch.setattr(replication, "N_PER_TASK", 4)
+    monkeypatch.setattr(replication, "N_SHOTS", 3)
+    pool = offset_pool(offsets=(1, 2), n_values=8)
+    model = build_model(ModelConfig(d_vocab=pool.vocab_size, n_layers=3, d_model=16, n_heads=2, n_ctx=32))
+    if knockout_strategy(adapt(model)) is None:
+        pytest.skip("this model's attention runs past the hooks here")
+    numbers = replication.label_words(model, pool, 5)
+    gather = AttentionKnockout(window=2, roles=("demo_input",), query="demo_answer").run(model, pool, 4, 3, 5)
+    read = AttentionKnockout(window=2, roles=("demo_answer",)).run(model, pool, 4, 3, 5)
+    assert gather.windows == ((0, 1), (1, 2))
+    first_minus_last = float(gather.overall[0, 0] - gather.overall[1, 0])
+    assert numbers["labels_gather"].value == pytest.approx(first_minus_last, abs=1e-12)
+    last_minus_first = float(read.overall[1, 0] - read.overall[0, 0])
+    assert numbers["answer_reads_labels"].value == pytest.approx(last_minus_first, abs=1e-12)
+    holds = float(read.overall_ci[1, 0, 0]) > float(read.overall_ci[0, 0, 1])
+    assert numbers["answer_reads_labels"].holds == holds
