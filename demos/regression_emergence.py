@@ -11,9 +11,12 @@ with UMAP plots of the representations separating by task. This script replays t
 2. run :class:`~tv_lens.analyses.Emergence` over the initial model (step 0) and every checkpoint, on the same
    prompts: query MSE per task, TD per layer and task, and a PCA per layer (:class:`~tv_lens.analyses.Geometry`;
    also UMAP when ``umap-learn`` is installed);
-3. save the result to ``OUT/results/emergence.safetensors`` (``EmergenceResult.load`` reads it back; every
-   checkpoint's TD and projections are in its ``snapshots``), the numbers to ``OUT/summary.json``, and an HTML
-   report to ``OUT/report.html``: MSE and TD against step, then the projections of every checkpoint.
+3. run :class:`~tv_lens.analyses.HeadAblation` on the last checkpoint: do the tasks share their most important
+   heads (Han et al.'s shared heads, on a regression family), beyond two random sets of as many heads?
+4. save the results to ``OUT/results/emergence.safetensors`` (``EmergenceResult.load`` reads it back; every
+   checkpoint's TD and projections are in its ``snapshots``) and ``OUT/results/heads.safetensors``, the numbers to
+   ``OUT/summary.json``, and an HTML report to ``OUT/report.html``: MSE and TD against step, the heads, then the
+   projections of every checkpoint.
 
 Run with ``python demos/regression_emergence.py --out DIR [--recipe NAME] [--shots N] [--seed 0] [--steps N]
 [--every K] [--quick]``; ``--gather DIR [DIR ...]`` then prints the tables of docs/replication.md from several
@@ -36,12 +39,12 @@ from typing import Any
 
 import torch
 
-from tv_lens.analyses import Emergence, Geometry, TaskDecodability
+from tv_lens.analyses import Emergence, Geometry, HeadAblation, TaskDecodability
 from tv_lens.analyses.prompt_batches import sample_batch
 from tv_lens.app.report import write_report
 from tv_lens.errors import ConfigError
 from tv_lens.metrics import mse
-from tv_lens.results import EmergenceResult, Projection, Result
+from tv_lens.results import EmergenceResult, HeadImportance, Projection, Result
 from tv_lens.results.storage import write_atomically
 from tv_lens.stats import group_means, seed_interval, seed_verdict
 from tv_lens.tasks import NULL_TASK
@@ -51,6 +54,7 @@ RECIPES = ("sparse_linear", "shifted_linear")
 """The regression recipes the script runs (the first is the default)."""
 CHECKPOINTS = "checkpoints"
 RESULT_FILE = Path("results") / "emergence.safetensors"
+HEADS_FILE = Path("results") / "heads.safetensors"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 
@@ -175,6 +179,28 @@ def analyse(run: Settings, checkpoints: Sequence[Path], progress: bool = False) 
     return analysis.run([initial, *checkpoints], run.recipe.build_pool(), n_per_task=run.n_per_task, seed=run.seed)
 
 
+def head_importance(run: Settings, last: Path) -> HeadImportance:
+    """Zero-ablation importance of every head of the last checkpoint, on the analysis prompts' sizes and seed."""
+    model = load_checkpoint(last).load_model()
+    pool = run.recipe.build_pool()
+    return HeadAblation().run(model, pool, n_per_task=run.n_per_task, n_shots=run.n_shots, seed=run.seed)
+
+
+def shared_heads_numbers(heads: HeadImportance) -> dict[str, Any]:
+    """The tasks' (Null left out) mean pairwise overlap of top-k heads, and two random top-k sets' 95th percentile."""
+    real = [t for t, name in enumerate(heads.task_names) if name != heads.null_task]
+    pairs = heads.shared[real][:, real][~torch.eye(len(real), dtype=torch.bool)]
+    _, q95 = heads.chance_overlap()
+    return {
+        "top_k": heads.top_k,
+        "n_heads": heads.n_layers * heads.n_heads,
+        "overlap": float(pairs.mean()),
+        "min_overlap": float(pairs.min()),
+        "chance_q95": q95,
+        "top_heads": [f"L{layer}H{head}" for layer, head in heads.top_heads(heads.top_k)],
+    }
+
+
 def projections(result: EmergenceResult) -> dict[str, Projection]:
     """Every checkpoint's projections, by ``"<method>_step_<step>"`` (``pca_step_00500`` ...), in step order."""
     found = {}
@@ -253,6 +279,13 @@ def description(run: Settings, numbers: dict[str, Any], training_s: float) -> li
             f"{_jump(task['mse_jump'])}, of TD: {_jump(task['td_jump'])}; "
             f"{'coupled' if task['coupled'] else 'not coupled'}."
         )
+    heads = numbers["heads"]
+    lines.append(
+        f"Heads of the last checkpoint (zero ablation): the tasks' top-{heads['top_k']} heads of {heads['n_heads']} "
+        f"overlap {heads['overlap']:.2f} on average (Jaccard; least {heads['min_overlap']:.2f}); two random sets of "
+        f"{heads['top_k']}: 95th percentile {heads['chance_q95']:.2f}. Most important overall: "
+        f"{', '.join(heads['top_heads'])}."
+    )
     silhouette = numbers["pca_silhouette"]
     lines.append(
         "Silhouette of the tasks in the PCA plane at the best layer: "
@@ -266,9 +299,9 @@ def _jump(step: int | None, why: str = " (it never improved by min_rise)") -> st
     return f"none{why}" if step is None else f"step {step}"
 
 
-def report_results(result: EmergenceResult) -> dict[str, Result]:
-    """What the report shows: the emergence figure (MSE and TD against step), then every checkpoint's projections."""
-    return {"emergence": result, **projections(result)}
+def report_results(result: EmergenceResult, heads: HeadImportance) -> dict[str, Result]:
+    """What the report shows: the emergence figure (MSE and TD against step), the heads, then the projections."""
+    return {"emergence": result, "heads": heads, **projections(result)}
 
 
 def run_all(out: Path, run: Settings, progress: bool = False) -> tuple[EmergenceResult, dict[str, Any]]:
@@ -276,16 +309,20 @@ def run_all(out: Path, run: Settings, progress: bool = False) -> tuple[Emergence
     checkpoints, training_s = trained_checkpoints(out, run, progress)
     start = time.perf_counter()
     result = analyse(run, checkpoints, progress)
+    heads = head_importance(run, checkpoints[-1])
     analysis_s = time.perf_counter() - start
     result.save(out / RESULT_FILE)
+    heads.save(out / HEADS_FILE)
     numbers = {
         "seed": run.seed,
         **summarise(result, mean_predictor_mse(run)),
+        "heads": shared_heads_numbers(heads),
         "training_s": training_s,
         "analysis_s": analysis_s,
     }
     write_atomically(out / SUMMARY_FILE, (json.dumps(numbers, indent=1) + "\n").encode("utf-8"))
-    write_report(report_results(result), out / REPORT_FILE, {"description": description(run, numbers, training_s)})
+    report = report_results(result, heads)
+    write_report(report, out / REPORT_FILE, {"description": description(run, numbers, training_s)})
     return result, numbers
 
 
@@ -293,7 +330,8 @@ def gather(runs: Sequence[Path]) -> list[str]:
     """The markdown tables of docs/replication.md from several seeds' runs: each task's numbers, then the claims.
 
     Claims over seeds (Null excluded from the coupling): the overall TD at the best block rises from the first to
-    the last checkpoint (> 0), and the MSE and TD jumps of more than half of the tasks are coupled (> 0.5).
+    the last checkpoint (> 0), and the MSE and TD jumps of more than half of the tasks are coupled (> 0.5); where
+    every run has them, the tasks' mean overlap of top-k heads exceeds two random top-k sets' 95th percentile (> 0).
 
     Raises:
         ConfigError: Fewer than two runs, a run without its ``summary.json`` (or from before it named its seed), or
@@ -335,10 +373,22 @@ def gather(runs: Sequence[Path]) -> list[str]:
         "| claim | statistic | mean over seeds [95% interval] | seeds where it holds | verdict |",
         "|---|---|---|---|---|",
     ]
-    for claim, statistic, values, null in (
+    claims = [
         ("TD rises with training", "overall TD at the best block, last step − first step > 0", rises, 0.0),
         ("MSE and TD jump together", "fraction of tasks whose jumps are coupled > 0.5", coupled, 0.5),
-    ):
+    ]
+    if all("heads" in summary for summary in summaries):
+        heads = [summary["heads"] for summary in summaries]
+        claims.append(
+            (
+                "Tasks share important heads",
+                f"mean pairwise overlap of the tasks' top-{heads[0]['top_k']} heads − 95th percentile of two random "
+                f"sets ({heads[0]['chance_q95']:.2f}) > 0",
+                [h["overlap"] - h["chance_q95"] for h in heads],
+                0.0,
+            )
+        )
+    for claim, statistic, values, null in claims:
         mean, low, high = seed_interval(values)
         holds = [value > null for value in values]
         rows.append(

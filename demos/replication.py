@@ -416,16 +416,6 @@ def held_out(best: Any, same_prompts: float, layer: int) -> str:
     )
 
 
-def random_jaccard(n: int, k: int, draws: int = 20_000) -> tuple[float, float]:
-    """Mean and 95th percentile of the Jaccard overlap of two random ``k``-subsets of ``n`` heads."""
-    generator = torch.Generator().manual_seed(0)
-    a = torch.rand(draws, n, generator=generator).argsort(-1)[:, :k]
-    b = torch.rand(draws, n, generator=generator).argsort(-1)[:, :k]
-    common = (a[:, :, None] == b[:, None, :]).sum((1, 2)).double()
-    jaccard = common / (2 * k - common)
-    return float(jaccard.mean()), float(jaccard.quantile(0.95))
-
-
 def noisy_accuracy(model: Any, pool: Any, label_noise: float, seed: int) -> tuple[float, Any]:
     """Query accuracy (Null excluded) and its 95% bootstrap interval, demonstrations carrying label noise."""
     batch = pool.sample(n_per_task=N_PER_TASK, n_shots=N_SHOTS, seed=seed + 7, label_noise=label_noise)
@@ -573,7 +563,7 @@ def shared_heads(model: Any, pool: Any, seed: int) -> Numbers:
     idx = [heads.task_names.index(n) for n in heads.task_names if n != heads.null_task]
     shared = heads.shared[idx][:, idx]
     off_diagonal = shared[~torch.eye(len(idx), dtype=torch.bool)]
-    _, q95 = random_jaccard(heads.n_layers * heads.n_heads, heads.top_k)
+    _, q95 = heads.chance_overlap()
     mean = float(off_diagonal.mean())
     text = (
         f"overlap {mean:.2f} (min {float(off_diagonal.min()):.2f}); attribution vs exact ablation Spearman "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from tv_lens.analyses.heads import HeadAblation, head_importance, shared_heads
 from tv_lens.errors import AnalysisError
 from tv_lens.results.base import Result
 from tv_lens.results.heads import HeadImportance, PruningCurve
+from tv_lens.stats import chance_jaccard
 
 N_LAYERS, N_HEADS = 3, 4
 
@@ -163,6 +166,15 @@ def test_shared_heads_equal_set_and_scipy_computations():
             assert float(jaccard[a, b]) == pytest.approx(len(tops[a] & tops[b]) / len(tops[a] | tops[b]))
     rank = shared_heads(importance, "spearman")
     np.testing.assert_allclose(rank.numpy(), spearmanr(flat).statistic, atol=1e-12)
+
+
+def test_chance_overlap_is_that_of_two_random_sets_of_the_results_top_k_heads(analysed):
+    model, _, result = analysed
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    assert result.top_k == n_heads // 4 and result.chance_overlap(0.9) == chance_jaccard(n_heads, result.top_k, 0.9)
+    correlations = replace(result, shared_method="spearman")
+    with pytest.raises(AnalysisError, match="shared heads are 'spearman' correlations"):
+        correlations.chance_overlap()
 
 
 def test_frame_figures_save_load_and_top_heads(analysed, tmp_path):

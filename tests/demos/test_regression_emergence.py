@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tv_lens.analyses import Geometry, TaskDecodability
+from tv_lens.analyses import Geometry, HeadAblation, TaskDecodability
 from tv_lens.errors import ConfigError
-from tv_lens.results import EmergenceResult
+from tv_lens.results import EmergenceResult, HeadImportance
 from tv_lens.training import list_checkpoints, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,11 +124,26 @@ def test_pca_silhouette_by_hand(run):
 def test_report_has_the_emergence_figure_and_one_projection_per_checkpoint(demo, run):
     out, _, _, result, _ = run
     html = (out / demo.REPORT_FILE).read_text()
-    assert html.count("Plotly.newPlot(") == 1 + len(result.steps)  # MSE and TD, then one PCA per checkpoint
+    # MSE and TD; the heads' importance, shared heads and pruning curve; then one PCA per checkpoint
+    assert html.count("Plotly.newPlot(") == 1 + 3 + len(result.steps)
     for step in result.steps:
         assert f'id="pca_step_{step:05d}"' in html
     assert "Emergence: loss and TD" in html
     assert "jump of the MSE: " in html
+
+
+def test_heads_are_the_last_checkpoints_and_their_overlap_is_read_against_chance(demo, run):
+    out, settings, numbers, _, _ = run
+    model = load_checkpoint(list_checkpoints(out / "checkpoints")[-1]).load_model()
+    pool = settings.recipe.build_pool()
+    direct = HeadAblation().run(model, pool, n_per_task=settings.n_per_task, n_shots=settings.n_shots, seed=0)
+    saved = HeadImportance.load(out / demo.HEADS_FILE)
+    assert saved == direct
+    shared = direct.shared[:2, :2]  # the two sparse tasks; Null (the last) left out
+    heads = numbers["heads"]
+    assert heads["overlap"] == pytest.approx(float(shared[0, 1]), abs=1e-12)
+    assert (heads["top_k"], heads["n_heads"]) == (direct.top_k, model.cfg.n_layers * model.cfg.n_heads)
+    assert heads["chance_q95"] == direct.chance_overlap()[1]
 
 
 def test_result_loads_back_equal(run):
@@ -167,8 +182,9 @@ def test_umap_projections_join_the_report_when_umap_is_there(demo, run, monkeypa
     monkeypatch.setattr(sys.modules["umap"], "UMAP", _FakeUMAP, raising=False)
     with_umap = demo.settings(seed=0, quick=True, umap=True)
     result = demo.analyse(with_umap, list_checkpoints(out / "checkpoints")[-1:])
-    shown = demo.report_results(result)
-    assert list(shown) == ["emergence", "pca_step_00000", "umap_step_00000", "pca_step_00040", "umap_step_00040"]
+    shown = demo.report_results(result, HeadImportance.load(out / demo.HEADS_FILE))
+    projections = ["pca_step_00000", "umap_step_00000", "pca_step_00040", "umap_step_00040"]
+    assert list(shown) == ["emergence", "heads", *projections]
     umap = shown["umap_step_00040"]
     assert umap.method == "umap" and umap.settings["n_neighbors"] == 15
     # The fake keeps the first two residual coordinates: the projection is the residual stream's, read by hand.
@@ -242,7 +258,28 @@ def test_gather_prints_each_task_and_the_claims_over_seeds_by_the_verdict_rule(d
     # Coupled fractions 1, 0.5, 1: seed 2 is not above one half, and the interval reaches below it.
     mean, half = 2.5 / 3, 4.302653 * (1 / 12) ** 0.5 / 3**0.5
     assert f"| +{mean:.3f} [{mean - half:+.3f}, {mean + half:+.3f}] | 2/3 | does not hold |" in lines[-1]
+    assert not any("share important heads" in line for line in lines)  # these runs did not measure the heads
     with pytest.raises(ConfigError, match="two or more different seeds"):
         demo.gather(folders[:1] + folders[:1])
     with pytest.raises(ConfigError, match=r"does not name its seed; run this script with --out"):
         demo.gather([folders[0], tmp_path])
+
+
+def test_gather_reads_the_shared_heads_against_chance_where_every_run_has_them(demo, tmp_path, capsys):
+    import statistics
+
+    folders = []
+    for seed, overlap in ((1, 0.5), (2, 0.6), (3, 0.3)):
+        folders.append(tmp_path / f"seed-{seed}")
+        folders[-1].mkdir()
+        summary = _summary(seed, [0.25, 0.45], {"a": (100, 100, True)})
+        summary["heads"] = {"top_k": 4, "n_heads": 16, "overlap": overlap, "min_overlap": overlap, "chance_q95": 1 / 3}
+        (folders[-1] / demo.SUMMARY_FILE).write_text(json.dumps(summary))
+    demo.main(["--gather", *map(str, folders)])
+    line = capsys.readouterr().out.splitlines()[-1]
+    values = [0.5 - 1 / 3, 0.6 - 1 / 3, 0.3 - 1 / 3]  # seed 3 below chance
+    mean, half = statistics.mean(values), 4.302653 * statistics.stdev(values) / 3**0.5
+    assert line == (
+        "| Tasks share important heads | mean pairwise overlap of the tasks' top-4 heads − 95th percentile of two "
+        f"random sets (0.33) > 0 | {mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] | 2/3 | does not hold |"
+    )

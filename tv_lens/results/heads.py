@@ -10,11 +10,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.errors import AnalysisError
 from tv_lens.results.axes import head_axes, head_heatmap
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
 from tv_lens.results.shared import SweepSettings, real_prompts, real_tasks, task_index
 from tv_lens.stats import group_means
+from tv_lens.stats.overlap import chance_jaccard
 from tv_lens.stats.selection import ranked_heads
 
 if TYPE_CHECKING:
@@ -173,6 +175,22 @@ class HeadImportance(SweepSettings, Result):
         """The ``k`` most important ``(layer, head)`` overall or for ``task``."""
         scores = self.overall if task is None else self.importance[..., task_index(self.task_names, task, "importance")]
         return list(ranked_heads(scores)[:k])
+
+    def chance_overlap(self, q: float = 0.95) -> tuple[float, float]:
+        """Mean and ``q``-quantile of the overlap of two random sets of ``top_k`` heads: the baseline of :attr:`shared`.
+
+        Tasks share important heads beyond chance where their overlap exceeds the quantile
+        (:func:`~tv_lens.stats.overlap.chance_jaccard`, exact).
+
+        Raises:
+            AnalysisError: ``shared_method`` is ``"spearman"`` (no top-k sets), or ``q`` outside ``(0, 1)``.
+        """
+        if self.shared_method != "jaccard":
+            raise AnalysisError(
+                f"The chance overlap is that of top-k sets; this result's shared heads are {self.shared_method!r} "
+                "correlations. Run HeadAblation(shared='jaccard') for top-k overlaps."
+            )
+        return chance_jaccard(self.n_layers * self.n_heads, self.top_k, q)
 
     def headline(self) -> dict[str, Any]:
         """The three most important heads, the mean overlap of tasks' top heads, and the screen's Spearman."""
