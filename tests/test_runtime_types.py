@@ -32,6 +32,21 @@ def test_the_equivalence_suite_passes_with_run_time_type_checks(tmp_path):
     assert " passed" in run.stdout and "skipped" not in run.stdout
 
 
+@pytest.mark.once_per_ci
+def test_the_analyses_outside_the_frozen_suite_pass_with_run_time_type_checks(tmp_path):
+    """Attention knockout and the causal analyses of regression prompts, which the frozen numbers do not cover.
+
+    Their bad-input tests are left out: the checks refuse such input before tv_lens's own errors can name it.
+    """
+    files = ("analyses/test_knockout.py", "interventions/test_attention_knockout.py")
+    files += ("analyses/test_regression_causal.py",)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not bad"]
+    command += ["--jaxtyping-packages=tv_lens,beartype.beartype", *(str(ROOT / "tests" / name) for name in files)]
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout
+
+
 @pytest.mark.skipif(not os.environ.get(CHECKED), reason="runs inside the type-checked run above")
 def test_the_checks_are_on():
     from jaxtyping import TypeCheckError

@@ -63,7 +63,7 @@ ATTRIBUTION_METHODS: tuple[str, ...] = ("log_odds", "loss")
 def head_attribution(
     model: Any,
     prompts: AlignedPrompts,
-    answers: Int[Tensor, "prompt n_answer"],
+    answers: Int[Tensor, "prompt n_answer"] | Float[Tensor, "prompt d_out"],
     ablation_values: Float[Tensor, "layer head d_head"],
     *,
     config: HeadAblation,

@@ -165,7 +165,7 @@ def knocked_out(
     attention: Float[Tensor, "batch head query key"],
     hook_name: str,
     keys: Bool[Tensor, "rows width"],
-    queries: Int[Tensor, " rows"] | None,
+    queries: Int[Tensor, " rows"] | Bool[Tensor, "rows width"] | None,
     head: int | None,
     local: Int[Tensor, " rows"],
 ) -> Float[Tensor, "batch head query key"]:

@@ -41,7 +41,7 @@ def task_means(
     n_bootstrap: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
-    present: Bool[Tensor, "*lead prompt"] | None = None,
+    present: Bool[Tensor, "*#lead prompt"] | None = None,
 ) -> TaskMeans:
     """The mean of ``values`` per task (every prompt) and over the prompts ``overall_of`` (e.g. every task but Null).
 
@@ -67,7 +67,7 @@ def stratified_bootstrap_ci(
     n_bootstrap: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
-    present: Bool[Tensor, "*lead prompt"] | None = None,
+    present: Bool[Tensor, "*#lead prompt"] | None = None,
 ) -> tuple[Float[Tensor, "*lead group 2"], Float[Tensor, "*lead 2"]]:
     """Percentile intervals of the mean of ``values`` per group and over all prompts.
 

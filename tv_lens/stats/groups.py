@@ -18,7 +18,7 @@ def group_means(
     values: Float[Tensor, "*batch item"],
     ids: Int[Tensor, " item"],
     n_groups: int,
-    present: Bool[Tensor, "*batch item"] | None = None,
+    present: Bool[Tensor, "*#batch item"] | None = None,
 ) -> Float[Tensor, "*batch group"]:
     """The mean of ``values`` over the items (last dimension) of each group, summed in float64.
 
