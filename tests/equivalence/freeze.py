@@ -55,6 +55,7 @@ from pretrained_helpers import SIZES  # noqa: E402
 from reliability_helpers import TINY_TRAINING  # noqa: E402
 
 from tv_lens import (  # noqa: E402
+    AttentionKnockout,
     Emergence,
     Geometry,
     HeadAblation,
@@ -492,6 +493,23 @@ def text_gpt2(fx: Fixtures) -> Any:
         "performance": ICLPerformance(shots=(1, 2), n_bootstrap=10).run(model, pool, n_per_task=3, seed=SEED),
         "prompting": TaskVectorPrompting(n_bootstrap=10).run(model, pool, n_per_task=2, n_shots=2, seed=SEED),
         "heads": HeadAblation(n_bootstrap=10).run(model, pool, n_per_task=2, n_shots=2, seed=SEED),
+    }
+
+
+@entry(
+    "local GPT-2 as above on TextPool(antonym, same, twice), 3 prompts per task, 1 to 3 shots, seed 3: "
+    "AttentionKnockout(n_bootstrap=10) (the answer, windows of one block) and AttentionKnockout(query='demo_answer', "
+    "roles=('demo_input',), by_demonstration=True, window=2, n_bootstrap=10)",
+    FLOAT32,
+)
+def knockout(fx: Fixtures) -> Any:
+    model, pool = fx.gpt2
+    labels = AttentionKnockout(
+        query="demo_answer", roles=("demo_input",), by_demonstration=True, window=2, n_bootstrap=10
+    )
+    return {
+        "answer": AttentionKnockout(n_bootstrap=10).run(model, pool, n_per_task=3, n_shots=(1, 3), seed=SEED),
+        "labels": labels.run(model, pool, n_per_task=3, n_shots=(1, 3), seed=SEED),
     }
 
 
