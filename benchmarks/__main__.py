@@ -18,6 +18,7 @@ import torch
 
 from benchmarks import (
     attention,
+    bootstrap,
     finetuning,
     function_vectors,
     heads,
@@ -78,6 +79,7 @@ def main() -> None:
         ("causal indirect effects", function_vectors.cie_rows),
         ("head attention", attention.attention_rows),
         ("attention knockout", knockout.knockout_rows),
+        ("bootstrap intervals", bootstrap.bootstrap_rows),
         ("training", training.training_rows),
         ("recipe where shots matter", shots_recipe.shots_rows),
         ("regression recipes", regression_recipes.regression_rows),

@@ -57,3 +57,41 @@ def test_an_interval_over_equal_counted_values_is_that_value_whatever_the_others
     assert bool(per_task_ci[0, 1].isnan().all())  # the first row counts no prompt of the second group
     assert torch.equal(overall_ci, torch.full((2, 2), 0.25, dtype=torch.float64))
     assert torch.equal(per_task_ci[1, 1], torch.tensor([0.25, 0.25], dtype=torch.float64))
+
+
+def resampled_reference(values, groups, n_groups, n_bootstrap, ci, seed, present=None):
+    """Independent reference: every resample drawn (the documented draws: per group, in order, from one generator
+    seeded with ``seed``) and its means taken one by one over the prompts that count."""
+    generator = torch.Generator().manual_seed(seed)
+    present = torch.ones(values.shape, dtype=torch.bool) if present is None else present.expand(values.shape)
+    quantiles = torch.tensor([(1 - ci) / 2, (1 + ci) / 2], dtype=torch.float64)
+    per_group = torch.full((*values.shape[:-1], n_groups, 2), float("nan"), dtype=torch.float64)
+    chosen = [[] for _ in range(n_bootstrap)]
+    for g in range(n_groups):
+        members = (groups == g).nonzero().flatten()
+        draws = torch.randint(len(members), (n_bootstrap, len(members)), generator=generator)
+        means = []
+        for b in range(n_bootstrap):
+            rows = members[draws[b]]
+            chosen[b].append(rows)
+            counted = present[..., rows].double()
+            means.append((values[..., rows].double() * counted).sum(-1) / counted.sum(-1))
+        per_group[..., g, :] = torch.stack(means, -1).nanquantile(quantiles, -1).movedim(0, -1)
+    overall = []
+    for rows in chosen:
+        rows = torch.cat(rows)
+        counted = present[..., rows].double()
+        overall.append((values[..., rows].double() * counted).sum(-1) / counted.sum(-1))
+    return per_group, torch.stack(overall, -1).nanquantile(quantiles, -1).movedim(0, -1)
+
+
+def test_the_intervals_are_those_of_every_resample_taken_one_by_one():
+    generator = torch.Generator().manual_seed(5)
+    values = torch.randn(2, 3, 24, generator=generator)  # [layer, role, prompt]
+    groups = torch.tensor([0, 1, 2] * 8)
+    present = torch.rand(3, 24, generator=generator) > 0.3
+    for mask in (None, present):
+        got = stratified_bootstrap_ci(values, groups, 3, 60, 0.9, 9, mask)
+        want = resampled_reference(values, groups, 3, 60, 0.9, 9, mask)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0, equal_nan=True)

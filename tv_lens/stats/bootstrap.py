@@ -5,7 +5,8 @@ number of prompts per task; the overall mean of a resample is the mean over all 
 is the ``(1 - ci) / 2`` and ``(1 + ci) / 2`` quantiles of the resampled means (linear interpolation). The
 same resampled prompt indices serve every leading entry (e.g. every layer), so intervals of different
 layers are paired. Draws come from a local ``torch.Generator`` seeded with ``seed``: the same call gives
-the same intervals.
+the same intervals. A resample's sum is the product of the values with how often it drew each prompt, so no
+``[*lead, resample, prompt]`` copy of the values is made.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def stratified_bootstrap_ci(
     overall = torch.full((*lead, 2), float("nan"), dtype=torch.float64)
     if n_bootstrap == 0 or not bool(((groups >= 0) & (groups < n_groups)).any()):
         return per_group, overall
-    weights = None if present is None else present.expand(values.shape).double()
+    weights = None if present is None else present.to(values.device, torch.float64)  # broadcast against values
     if weights is not None:
         values = torch.where(weights > 0, values, 0.0)  # a value that does not count adds nothing, even NaN
     quantile = torch.quantile if weights is None else torch.nanquantile
@@ -104,9 +105,13 @@ def stratified_bootstrap_ci(
         members = (groups == g).nonzero().flatten()
         if len(members) == 0:
             continue
-        draws = members[torch.randint(len(members), (n_bootstrap, len(members)), generator=generator)]
-        sums = values[..., draws].sum(-1)  # [*lead, n_bootstrap]
-        counted = len(members) if weights is None else weights[..., draws].sum(-1)
+        draws = torch.randint(len(members), (n_bootstrap, len(members)), generator=generator)
+        # how often each resample drew each member [member, n_bootstrap]: a resample's sum is a product with it,
+        # without a [*lead, n_bootstrap, member] copy of the values
+        times = torch.zeros(n_bootstrap, len(members), dtype=torch.float64)
+        times = times.scatter_add_(1, draws, torch.ones_like(times)).T.to(values.device)
+        sums = values[..., members] @ times  # [*lead, n_bootstrap]
+        counted = len(members) if weights is None else weights[..., members] @ times
         total += sums
         n_total = n_total + counted
         per_group[..., g, :] = quantile(sums / counted, quantiles, dim=-1).movedim(0, -1)
