@@ -2,7 +2,7 @@
 
 Two sets of ``k`` heads drawn at random from ``n`` share ``i`` heads with the hypergeometric probability
 ``C(k, i) C(n - k, k - i) / C(n, k)``; their Jaccard overlap is ``i / (2k - i)``. :func:`chance_jaccard` gives that
-distribution's mean and quantile exactly, the baseline a tasks' overlap of top heads is compared with.
+distribution's mean and quantile exactly: the baseline for the overlap of two tasks' top heads.
 
 >>> mean, q95 = chance_jaccard(16, 4)
 >>> round(mean, 4), round(q95, 4)
