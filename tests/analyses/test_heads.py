@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -13,6 +14,7 @@ from scipy.stats import spearmanr
 
 from tv_lens.analyses import Prompts
 from tv_lens.analyses.heads import HeadAblation, head_importance, shared_heads
+from tv_lens.app.sections import headline_numbers, summary_lines
 from tv_lens.errors import AnalysisError
 from tv_lens.results.base import Result
 from tv_lens.results.heads import HeadImportance, PruningCurve
@@ -175,6 +177,12 @@ def test_chance_overlap_is_that_of_two_random_sets_of_the_results_top_k_heads(an
     correlations = replace(result, shared_method="spearman")
     with pytest.raises(AnalysisError, match="shared heads are 'spearman' correlations"):
         correlations.chance_overlap()
+    assert result.headline()["shared_chance"] == result.chance_overlap()[1]
+    ((_, _, line),) = summary_lines(headline_numbers({"heads": result}))
+    assert f"(two random sets: 95th percentile {result.chance_overlap()[1]:.3f});" in line
+    assert math.isnan(correlations.headline()["shared_chance"])
+    ((_, _, line),) = summary_lines(headline_numbers({"heads": correlations}))
+    assert "random sets" not in line and "mean spearman overlap" in line
 
 
 def test_frame_figures_save_load_and_top_heads(analysed, tmp_path):

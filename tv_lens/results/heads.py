@@ -193,7 +193,11 @@ class HeadImportance(SweepSettings, Result):
         return chance_jaccard(self.n_layers * self.n_heads, self.top_k, q)
 
     def headline(self) -> dict[str, Any]:
-        """The three most important heads, the mean overlap of tasks' top heads, and the screen's Spearman."""
+        """The three most important heads, the mean overlap of tasks' top heads, and the screen's Spearman.
+
+        ``shared_chance`` is the 95th percentile of two random top-k sets' overlap (:meth:`chance_overlap`; NaN for
+        Spearman correlations), the level above which the tasks share heads beyond chance.
+        """
         real = real_tasks(self.task_names, self.null_task)
         shared = self.shared[real][:, real]
         off_diagonal = shared[~torch.eye(len(real), dtype=torch.bool)]
@@ -202,6 +206,7 @@ class HeadImportance(SweepSettings, Result):
             "attribution_spearman": float(self.attribution_spearman),
             "shared_mean": float(off_diagonal.mean()) if len(off_diagonal) else math.nan,
             "shared_method": self.shared_method,
+            "shared_chance": self.chance_overlap()[1] if self.shared_method == "jaccard" else math.nan,
             "n_heads": self.n_layers * self.n_heads,
         }
 
