@@ -188,8 +188,7 @@ def head_importance(run: Settings, last: Path) -> HeadImportance:
 
 def shared_heads_numbers(heads: HeadImportance) -> dict[str, Any]:
     """The tasks' (Null left out) mean pairwise overlap of top-k heads, and two random top-k sets' 95th percentile."""
-    real = [t for t, name in enumerate(heads.task_names) if name != heads.null_task]
-    pairs = heads.shared[real][:, real][~torch.eye(len(real), dtype=torch.bool)]
+    pairs = heads.task_overlaps()
     _, q95 = heads.chance_overlap()
     return {
         "top_k": heads.top_k,

@@ -560,9 +560,7 @@ def label_words(model: Any, pool: Any, seed: int) -> Numbers:
 def shared_heads(model: Any, pool: Any, seed: int) -> Numbers:
     """Overlap of the offset tasks' most important heads against random sets of heads."""
     heads = HeadAblation().run(model, pool, n_per_task=50, n_shots=N_SHOTS, seed=seed)
-    idx = [heads.task_names.index(n) for n in heads.task_names if n != heads.null_task]
-    shared = heads.shared[idx][:, idx]
-    off_diagonal = shared[~torch.eye(len(idx), dtype=torch.bool)]
+    off_diagonal = heads.task_overlaps()
     _, q95 = heads.chance_overlap()
     mean = float(off_diagonal.mean())
     text = (

@@ -178,6 +178,11 @@ def test_chance_overlap_is_that_of_two_random_sets_of_the_results_top_k_heads(an
     with pytest.raises(AnalysisError, match="shared heads are 'spearman' correlations"):
         correlations.chance_overlap()
     assert result.headline()["shared_chance"] == result.chance_overlap()[1]
+    real = [t for t, name in enumerate(result.task_names) if name != result.null_task]
+    by_hand = [float(result.shared[a, b]) for a in real for b in real if a != b]
+    assert result.task_overlaps().tolist() == by_hand and result.headline()["shared_mean"] == pytest.approx(
+        sum(by_hand) / len(by_hand)
+    )
     ((_, _, line),) = summary_lines(headline_numbers({"heads": result}))
     assert f"(two random sets: 95th percentile {result.chance_overlap()[1]:.3f});" in line
     assert math.isnan(correlations.headline()["shared_chance"])

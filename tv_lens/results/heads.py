@@ -176,6 +176,11 @@ class HeadImportance(SweepSettings, Result):
         scores = self.overall if task is None else self.importance[..., task_index(self.task_names, task, "importance")]
         return list(ranked_heads(scores)[:k])
 
+    def task_overlaps(self) -> Float[Tensor, " pair"]:
+        """The overlap (:attr:`shared`) of every ordered pair of two different tasks, Null left out."""
+        real = real_tasks(self.task_names, self.null_task)
+        return self.shared[real][:, real][~torch.eye(len(real), dtype=torch.bool)]
+
     def chance_overlap(self, q: float = 0.95) -> tuple[float, float]:
         """Mean and ``q``-quantile of the overlap of two random sets of ``top_k`` heads: the baseline of :attr:`shared`.
 
@@ -198,9 +203,7 @@ class HeadImportance(SweepSettings, Result):
         ``shared_chance`` is the 95th percentile of two random top-k sets' overlap (:meth:`chance_overlap`; NaN for
         Spearman correlations), the level above which the tasks share heads beyond chance.
         """
-        real = real_tasks(self.task_names, self.null_task)
-        shared = self.shared[real][:, real]
-        off_diagonal = shared[~torch.eye(len(real), dtype=torch.bool)]
+        off_diagonal = self.task_overlaps()
         return {
             "top_heads": [f"L{layer}H{head}" for layer, head in self.top_heads(3)],
             "attribution_spearman": float(self.attribution_spearman),
