@@ -17,6 +17,7 @@ import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -85,6 +86,7 @@ from tv_lens.interventions import ablate_head, add, knockout, run_with_intervent
 from tv_lens.interventions import replace as replace_at
 from tv_lens.metrics import token_accuracy
 from tv_lens.models import ModelAdapter, ModelConfig, build_model
+from tv_lens.models.local_hf import build_local_model, load_local_model
 from tv_lens.probes import collect
 from tv_lens.results import Performance, Result
 from tv_lens.stats import held_out_best
@@ -296,6 +298,12 @@ def _aligned(w: SimpleNamespace) -> tuple[Any, torch.Tensor]:
 def _up_to_the_answer(batch: Any) -> torch.Tensor:
     """Every position up to each prompt's answer position ``[batch, pos]``."""
     return torch.arange(batch.inputs.shape[1])[None, :] <= batch.answer_pos[:, None]
+
+
+@cache
+def _sliding_window_model(folder: Path) -> Any:
+    """A one-block Mistral of random weights, through the bridge: its attention sees the last 8 positions only."""
+    return load_local_model(build_local_model("mistral", folder, n_layers=1, d_model=32, n_heads=2), "bridge")
 
 
 def _retyped_result(w: SimpleNamespace) -> Path:
@@ -2028,6 +2036,15 @@ CASES = [
         PositionError,
         r"blocks every position the query at \d+ of prompt 0 attends to",
         r"keep at least one",
+    ),
+    Case(
+        "knockout-every-key-in-a-sliding-window",
+        lambda w: run_with_interventions(
+            _sliding_window_model(w.files / "mistral"), torch.arange(3, 23)[None], 19, [knockout(0, range(12, 20))]
+        ),
+        PositionError,
+        r"blocks every key the query at position 19 of prompt 0 sees in block 0: the model masks the keys it leaves",
+        r"keep at least one key within the window",
     ),
     Case(
         "knockout-float-keys",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import left_padded, ragged_prompts
+from conftest import hook_snapshot, left_padded, ragged_prompts
 
 import tv_lens.interventions.masking as masking
 import tv_lens.interventions.sweep as stacking
 from tv_lens.errors import LayerOutOfRangeError, ModelNotSupportedError, PositionError, ShapeError
 from tv_lens.interventions import (
     BlockedKeysPrecisionError,
+    WindowedRowError,
     ablate_head,
     add,
     knockout,
@@ -21,7 +22,7 @@ from tv_lens.interventions import (
     supports_blocked_keys,
 )
 from tv_lens.interventions.sweep import Cell, align, run_sweep, start_skips_blocks
-from tv_lens.models import adapt
+from tv_lens.models import adapt, hooked_transformer_available
 from tv_lens.models.running import forward
 
 
@@ -215,3 +216,57 @@ def test_a_shared_row_that_would_be_imprecise_falls_back_to_separate_rows(model,
     fallback = run_sweep(model, prompts, cells, score, rows_per_pass=len(prompts))  # one cell per stacked pass
     torch.testing.assert_close(fallback.cells, expected.cells, atol=1e-6, rtol=0)
     assert fallback.n_passes > expected.n_passes
+
+
+@pytest.fixture(scope="module")
+def local_attention():
+    """A HookedTransformer with GPT-Neo's local attention (a window of 8 positions in block 1), float64."""
+    if not hooked_transformer_available():
+        pytest.skip("HookedTransformer (TransformerLens <= 3) builds local attention from a config")
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    config = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_ctx=40, d_head=8, n_heads=4, d_vocab=24, act_fn="gelu_new", seed=0,
+        use_local_attn=True, attn_types=["global", "local"], window_size=8, dtype=torch.float64,
+    )  # fmt: skip
+    return HookedTransformer(config).eval()
+
+
+@pytest.mark.parametrize("n_cells", [2, 6])
+def test_a_sweep_on_local_attention_equals_hand_written_hooks_whether_its_rows_fit_the_window(local_attention, n_cells):
+    """Prompts of 6 tokens, one cell per vector replacing the answer's residual. Two cells pack into rows of 7
+    positions, within the window; six would make rows of 11, where the window hides the prefix from the last copies
+    (their outputs used to differ from the cells run alone), so those passes run the cells as separate rows."""
+    model = local_attention
+    assert masking_strategy(adapt(model)) == "scores"
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, 24, (4, 6), generator=generator)
+    vectors = torch.randn(n_cells, 4, 32, generator=generator, dtype=torch.float64)
+    cells = [Cell((replace(0, vector, pos="answer"),)) for vector in vectors]
+    sweep = run_sweep(model, align(model, tokens, 5), cells, lambda logits, index: logits[:, 0], rows_per_pass=64)
+
+    def replaced(vector):  # hand-written: the answer's residual after block 0 replaced
+        def hook(activation, hook):
+            activation = activation.clone()
+            activation[:, 5] = vector
+            return activation
+
+        return model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_post", hook)])[:, 5]
+
+    with torch.no_grad():
+        expected = torch.stack([replaced(vector) for vector in vectors])
+    torch.testing.assert_close(sweep.cells, expected, atol=1e-9, rtol=0)
+
+
+def test_a_packed_row_wider_than_a_sliding_window_is_refused(local_attention):
+    """Two continuations of a 7-token prefix packed into one row of 11 positions: the window hides the prefix's start
+    from the second continuation, which blocked_keys cannot restore."""
+    model = local_attention
+    before = hook_snapshot(model)
+    generator = torch.Generator().manual_seed(1)
+    residual = torch.randn(1, 11, 32, generator=generator, dtype=torch.float64)
+    blocked = torch.zeros(1, 11, 11, dtype=torch.bool)
+    blocked[:, 9:, 7:9] = True
+    with pytest.raises(WindowedRowError, match="hides keys a packed row leaves its continuations"):
+        run_with_interventions(model, residual, 7, [], n_answer_tokens=4, residual_layer=0, blocked_keys=blocked)
+    assert hook_snapshot(model) == before

@@ -1,12 +1,16 @@
-"""Attention knockout on every real architecture and loader: it hides a position, and equals a hand-written hook."""
+"""Attention knockout on every real architecture and loader: it hides a position, equals a hand-written hook, and
+refuses to leave a query no key inside its sliding window."""
 
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import pytest
 import torch
+from conftest import hook_snapshot
 from pretrained_helpers import (
+    loaded,
     one_thread,  # noqa: F401  (autouse: tiny models run on one thread)
     padded,
     pretrained_fixture,  # noqa: F401  (fixture `pretrained`: every architecture x loader)
@@ -14,7 +18,8 @@ from pretrained_helpers import (
 )
 
 from tv_lens.errors import ModelNotSupportedError
-from tv_lens.interventions import knockout, knockout_strategy, run_with_interventions
+from tv_lens.interventions import Cell, align, knockout, knockout_strategy, run_sweep, run_with_interventions
+from tv_lens.interventions.knockouts import HiddenKeysError
 from tv_lens.models import adapt
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
@@ -110,3 +115,66 @@ def test_knockout_at_the_answer_in_the_last_block_equals_a_hand_written_hook(pre
     torch.testing.assert_close(run.logits[:, 0], hooked[batch, answer_pos], **TOL)
     assert run.writes == (len(tokens),)
     assert (run.logits[:, 0] - clean).abs().max() > 1e-3
+
+
+#: Architectures whose test models have sliding-window attention in some block (window of 8 tokens).
+SLIDING = ("gemma2", "gemma3_text", "mistral", "gpt_oss", "olmo3")
+
+
+def sees_the_first_key(model, tokens, query):
+    """Independent check, per block: whether the model's own attention gives the first key any weight at ``query``
+    of the first prompt (a block with a sliding window shorter than ``query`` gives it none in every head)."""
+    patterns = []
+    hooks = [(HOOKS["pattern"].format(b), lambda act, hook: patterns.append(act)) for b in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        model.run_with_hooks(tokens[:1], fwd_hooks=hooks)
+    return [bool((pattern[0, :, query, 0] > 0).any()) for pattern in patterns]
+
+
+def window_prompts(model):
+    """Three left-padded prompts of 16, 20 and 18 random tokens; the last 8 positions of prompt 2 blocked."""
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, model.cfg.d_vocab, (n,), generator=generator).tolist() for n in (16, 20, 18)]
+    tokens, mask, answer_pos = padded(rows, 0, "left")
+    keys = torch.zeros(tokens.shape, dtype=torch.bool)
+    keys[2, -8:] = True  # every key a window of 8 lets the last query see
+    return tokens, mask, answer_pos, keys
+
+
+def test_a_knockout_of_every_key_in_a_sliding_window_names_the_prompt_and_position(pretrained):
+    """In a block whose own mask hides the keys before the window, blocking every key in the window raises
+    HiddenKeysError (it used to spread the query's attention over keys the model never lets it see); in a block
+    without a window the same knockout runs. The error names the prompt and position as given, though the prompt
+    ran alone in its pass and was shifted left; no hook is left behind."""
+    strategy_of(pretrained)
+    model = pretrained.model
+    before = hook_snapshot(model)
+    tokens, mask, answer_pos, keys = window_prompts(model)
+    sees = sees_the_first_key(model, tokens[1:2], 19)
+    if pretrained.arch in SLIDING and pretrained.loader != "hooked":
+        assert not all(sees), f"{pretrained}: no block has a window, though the architecture was built with one"
+    for block, global_attention in enumerate(sees):
+        run = partial(run_with_interventions, model, tokens, answer_pos, [knockout(block, keys)], attention_mask=mask)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            if global_attention:
+                assert run(batch_size=1).writes == (3,)
+                continue
+            with pytest.raises(HiddenKeysError, match=rf"position 19 of prompt 2 sees in block {block}:") as error:
+                run(batch_size=1)
+            assert (error.value.prompt, error.value.position) == (2, 19)
+            assert hook_snapshot(model) == before
+
+
+def test_a_sweep_names_the_prompt_and_the_cell_knockout_a_sliding_window_leaves_no_key(tmp_path_factory):
+    """Through run_sweep, whose passes hold one prompt (stacked once per cell): the error names the prompt by its
+    index in the sweep's prompts and the cell's own knockout, not the copy a pass ran."""
+    model = loaded(tmp_path_factory, "mistral", "bridge").model
+    tokens, mask, answer_pos, keys = window_prompts(model)
+    prompts = align(model, tokens, answer_pos, attention_mask=mask)
+    aligned_keys = torch.stack([row.roll(-int(pads)) for row, pads in zip(keys, mask.argmax(1), strict=True)])
+    blocked = knockout(0, aligned_keys)
+    cells = [Cell((knockout(0, [0]),)), Cell((blocked,))]
+    with torch.no_grad(), pytest.raises(HiddenKeysError, match="position 17 of prompt 2 sees in block 0") as error:
+        run_sweep(model, prompts, cells, lambda logits, index: logits[:, 0, 0], rows_per_pass=1)
+    assert error.value.intervention is blocked

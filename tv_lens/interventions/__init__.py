@@ -15,8 +15,10 @@
 """
 
 from tv_lens.interventions.engine import InterventionRun, run_with_interventions
+from tv_lens.interventions.knockouts import HiddenKeysError
 from tv_lens.interventions.masking import (
     BlockedKeysPrecisionError,
+    WindowedRowError,
     knockout_strategy,
     mask_hooks,
     masking_strategy,
@@ -30,12 +32,14 @@ __all__ = [
     "AlignedPrompts",
     "BlockedKeysPrecisionError",
     "Cell",
+    "HiddenKeysError",
     "Intervention",
     "InterventionRun",
     "Positions",
     "Rows",
     "Score",
     "Sweep",
+    "WindowedRowError",
     "WritePlan",
     "ablate_head",
     "add",

@@ -120,6 +120,7 @@ def run_with_interventions(
         ModelNotSupportedError: ``blocked_keys`` for a model whose attention hooks cannot mask it.
         BlockedKeysPrecisionError: Blocked keys took (nearly) all of a query's attention weight, which
             the renormalising mask of some models cannot represent precisely.
+        WindowedRowError: The model's own mask (a sliding window) hides a key that ``blocked_keys`` leaves open.
     """
     adapter = adapt(model)
     if isinstance(interventions, Intervention):

@@ -4,7 +4,8 @@
 of positions, or every later query) and the keys; :func:`knockout_hook_name` picks the hook point the model's
 attention is masked at (:func:`~tv_lens.interventions.masking.knockout_strategy`), :func:`query_mask` and
 :func:`knockout_keys` put the queries and keys in the aligned layout and check them, and :func:`knocked_out` masks one
-pass's scores or pattern.
+pass's scores or pattern, or raises :class:`HiddenKeysError` where the model's own mask (a sliding window) hides every
+key the knockout leaves a query.
 """
 
 from __future__ import annotations
@@ -16,12 +17,31 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tv_lens.errors import ModelNotSupportedError, PositionError, ShapeError
-from tv_lens.interventions.masking import MASK_HOOKS, knockout_strategy, mask_attention
+from tv_lens.interventions.masking import MASK_HOOKS, knockout_strategy, mask_attention, model_hidden
 from tv_lens.interventions.specs import Intervention
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.positions import PreparedPrompts
 
-__all__ = ["is_query_mask", "knocked_out", "knockout_hook_name", "knockout_keys", "query_mask"]
+__all__ = ["HiddenKeysError", "is_query_mask", "knocked_out", "knockout_hook_name", "knockout_keys", "query_mask"]
+
+
+class HiddenKeysError(PositionError):
+    """A knockout blocked every key a query sees, and the model's own mask hides the rest (a sliding window).
+
+    Attributes:
+        intervention: The knockout.
+        prompt: The prompt's index (in the input of the call that raised it).
+        position: The query's position in that prompt.
+    """
+
+    def __init__(self, intervention: Intervention, prompt: int, position: int) -> None:
+        self.intervention, self.prompt, self.position = intervention, prompt, position
+        super().__init__(
+            f"{intervention} blocks every key the query at position {position} of prompt {prompt} sees in block "
+            f"{intervention.layer}: the model masks the keys it leaves open (a sliding window or an attention chunk "
+            "hides keys far before the query), which leaves that query's attention undefined; keep at least one key "
+            "within the window (e.g. the query itself)."
+        )
 
 
 def knockout_hook_name(adapter: ModelAdapter, intervention: Intervention) -> str:
@@ -164,16 +184,19 @@ def _query_rows(queries: Tensor | None, width: int, device: Any = None) -> Bool[
 def knocked_out(
     attention: Float[Tensor, "batch head query key"],
     hook_name: str,
+    intervention: Intervention,
     keys: Bool[Tensor, "rows width"],
     queries: Int[Tensor, " rows"] | Bool[Tensor, "rows width"] | None,
-    head: int | None,
     local: Int[Tensor, " rows"],
 ) -> Float[Tensor, "batch head query key"]:
     """``attention`` with rows ``local`` kept from their ``keys`` at their query (every later query for ``None``).
 
     Raises:
         ModelNotSupportedError: The hooked tensor is not ``[batch, head, query, key]``.
+        HiddenKeysError: A query is left no key the model lets it see (it names the row of ``attention`` and the
+            column of the query).
     """
+    head = intervention.head
     if (
         attention.ndim != 4
         or attention.shape[2] != attention.shape[3]
@@ -189,4 +212,16 @@ def knocked_out(
     heads = 1 if head is None else attention.shape[1]  # every head alike, or one of them
     blocked = torch.zeros(len(attention), heads, width, width, dtype=torch.bool, device=device)
     blocked[local.to(device), 0 if head is None else head] = pairs
-    return mask_attention(attention, "scores" if hook_name.endswith("hook_attn_scores") else "pattern", blocked)
+    strategy = "scores" if hook_name.endswith("hook_attn_scores") else "pattern"
+    _check_keys_left(attention, strategy, blocked, intervention)
+    return mask_attention(attention, strategy, blocked)
+
+
+def _check_keys_left(
+    attention: Tensor, strategy: str, blocked: Bool[Tensor, "batch head query key"], intervention: Intervention
+) -> None:
+    """Raise :class:`HiddenKeysError` where a blocked query keeps no key the model's own mask lets it see."""
+    stuck = blocked.any(-1) & ~(~model_hidden(attention, strategy) & ~blocked).any(-1)  # [batch, head, query]
+    if bool(stuck.any()):
+        row, _, query = (int(i) for i in stuck.nonzero()[0])
+        raise HiddenKeysError(intervention, row, query)

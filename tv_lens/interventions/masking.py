@@ -1,10 +1,13 @@
 """Attention masking through hook points: several continuations of one prefix share a row; attention knockout.
 
 Each continuation attends to the prefix and to itself only: ``blocked_keys`` marks, per prompt, the (query, key)
-pairs masked on top of the causal mask. How a model's attention can be masked is probed once per model: for packing
-continuations (:func:`masking_strategy`, which also needs attention that does not depend on absolute positions) and
-for knocking out attention edges in place (:func:`knockout_strategy`, any attention that reads its scores or pattern
-from the hook points; :func:`~tv_lens.interventions.knockout`).
+pairs masked on top of the causal mask. A packed row is exact only where the model's own mask hides no key that
+``blocked_keys`` leaves open: a sliding window shorter than the row (GPT-Neo's local attention) would hide the
+prefix from a continuation packed far from it, so the pass raises :class:`WindowedRowError` instead. How a model's
+attention can be masked is probed once per model: for packing continuations (:func:`masking_strategy`, which also
+needs attention that does not depend on absolute positions) and for knocking out attention edges in place
+(:func:`knockout_strategy`, any attention that reads its scores or pattern from the hook points;
+:func:`~tv_lens.interventions.knockout`).
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from tv_lens.positions import (
 
 __all__ = [
     "BlockedKeysPrecisionError",
+    "WindowedRowError",
     "knockout_strategy",
     "mask_attention",
     "mask_hooks",
     "masking_strategy",
+    "model_hidden",
     "supports_blocked_keys",
     "validated_blocked_keys",
 ]
@@ -47,6 +52,10 @@ MASK_HOOKS = {"scores": "blocks.{layer}.attn.hook_attn_scores", "pattern": "bloc
 
 class BlockedKeysPrecisionError(NonFiniteError):
     """Blocked keys held (nearly) all of a query's attention, so the renormalised pattern is imprecise."""
+
+
+class WindowedRowError(ModelNotSupportedError):
+    """The model's own attention mask (a sliding window) hides a key that ``blocked_keys`` leaves a query open."""
 
 
 def validated_blocked_keys(
@@ -109,7 +118,7 @@ def _detect_masking(adapter: ModelAdapter) -> str | None:
                 with warnings.catch_warnings():  # a bridge warns that a post-hoc hook's edit is discarded
                     warnings.simplefilter("ignore", UserWarning)
                     output = forward(adapter, packed, start_at_layer=0, hooks=mask_hooks(adapter, strategy, blocked, 0))
-            except (HookNotFoundError, _MaskNotApplied, BlockedKeysPrecisionError):
+            except (HookNotFoundError, _MaskNotApplied, BlockedKeysPrecisionError, WindowedRowError):
                 continue
             if torch.allclose(output[:, 3:], expected, rtol=1e-4, atol=tolerance):
                 return strategy
@@ -150,7 +159,8 @@ def _detect_knockout(adapter: ModelAdapter) -> str | None:
             try:
                 with warnings.catch_warnings():  # a bridge warns that a post-hoc hook's edit is discarded
                     warnings.simplefilter("ignore", UserWarning)
-                    output = forward(adapter, pair, hooks=mask_hooks(adapter, strategy, blocked, 0))[:, 3:].double()
+                    output = forward(adapter, pair, hooks=mask_hooks(adapter, strategy, blocked, 0, packed=False))
+                output = output[:, 3:].double()
             except (HookNotFoundError, _MaskNotApplied, BlockedKeysPrecisionError):
                 continue
             if bool(((output[0] - output[1]).abs() <= tolerance * 1e-2).all()) and (
@@ -182,9 +192,16 @@ def mask_attention(
     return (_mask_scores if strategy == "scores" else _mask_pattern)(attention, None, blocked=blocked)
 
 
-def mask_hooks(adapter: ModelAdapter, strategy: str, blocked: Tensor, first_block: int) -> list[tuple[str, Any]]:
-    """Hooks applying ``blocked`` ``[batch, query, key]`` to the attention of blocks ``>= first_block``."""
-    fn = partial(_mask_scores if strategy == "scores" else _mask_pattern, blocked=blocked[:, None])
+def mask_hooks(
+    adapter: ModelAdapter, strategy: str, blocked: Tensor, first_block: int, *, packed: bool = True
+) -> list[tuple[str, Any]]:
+    """Hooks applying ``blocked`` ``[batch, query, key]`` to the attention of blocks ``>= first_block``.
+
+    ``packed``: the rows pack continuations, so every key ``blocked`` leaves a query (at or before it) must be one the
+    model's own mask lets it see (:class:`WindowedRowError` otherwise).
+    """
+    body = partial(_mask_scores if strategy == "scores" else _mask_pattern, blocked=blocked[:, None])
+    fn = partial(_packed_mask, mask=body, strategy=strategy, blocked=blocked[:, None]) if packed else body
     names = [MASK_HOOKS[strategy].format(layer=layer) for layer in range(first_block, adapter.n_layers)]
     for name in names:
         adapter.hook_point(name)
@@ -198,6 +215,29 @@ class _MaskNotApplied(Exception):
 def _check_mask_shape(attention: Tensor, blocked: Tensor) -> None:
     if attention.ndim != 4 or attention.shape[0] != blocked.shape[0] or attention.shape[2:] != blocked.shape[2:]:
         raise _MaskNotApplied
+
+
+def _packed_mask(attention: Tensor, hook: Any, *, mask: Any, strategy: str, blocked: Tensor) -> Tensor:
+    """Hook body: ``mask`` applied to a packed row, once the model's own mask is seen to hide no key left open."""
+    _check_mask_shape(attention, blocked)
+    width = attention.shape[-1]
+    earlier = torch.ones(width, width, dtype=torch.bool, device=attention.device).tril()
+    hidden = model_hidden(attention, strategy) & earlier & ~blocked
+    if bool(hidden.any()):
+        raise WindowedRowError(
+            "The model's own attention mask hides keys a packed row leaves its continuations (a sliding window "
+            "shorter than the row), so the row would differ from its continuations run alone; run these "
+            "continuations as separate rows."
+        )
+    return mask(attention, hook)
+
+
+def model_hidden(attention: Float[Tensor, "*batch query key"], strategy: str) -> Bool[Tensor, "*batch query key"]:
+    """The (query, key) pairs the model's own mask hides in its ``"scores"`` or ``"pattern"``.
+
+    A score of -inf (TransformerLens) or of the dtype's lowest value (HuggingFace), a weight of 0.
+    """
+    return attention <= torch.finfo(attention.dtype).min / 2 if strategy == "scores" else attention <= 0
 
 
 def _mask_scores(scores: Tensor, hook: Any, *, blocked: Tensor) -> Tensor:

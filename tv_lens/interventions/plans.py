@@ -16,7 +16,14 @@ from torch import Tensor
 
 from tv_lens.checks import is_int, tensor_of
 from tv_lens.errors import LayerOutOfRangeError, NonFiniteError, PositionError, ShapeError
-from tv_lens.interventions.knockouts import is_query_mask, knocked_out, knockout_hook_name, knockout_keys, query_mask
+from tv_lens.interventions.knockouts import (
+    HiddenKeysError,
+    is_query_mask,
+    knocked_out,
+    knockout_hook_name,
+    knockout_keys,
+    query_mask,
+)
 from tv_lens.interventions.specs import Intervention, _check_values
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.positions import PreparedPrompts, as_positions
@@ -34,6 +41,7 @@ class WritePlan:
     rows: Tensor  # Bool[batch]
     positions: Tensor | None  # Long[batch] aligned, None for every position; a knockout's may be Bool[batch, pos]
     values: Tensor  # [width] for every prompt, or [batch, width]; a knockout's keys: Bool[batch, pos] aligned
+    shift: Tensor  # Long[batch]: each prompt's left padding (aligned column + shift = the position as given)
 
 
 def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Intervention) -> WritePlan:
@@ -84,7 +92,7 @@ def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Inter
         positions = _positions(prompts, intervention)
         values = _values(adapter, intervention, selected, n_prompts)
     block = max(intervention.layer, 0)
-    return WritePlan(intervention, hook_name, block, rows, positions, values)
+    return WritePlan(intervention, hook_name, block, rows, positions, values, prompts.shift)
 
 
 def _check_site(intervention: Intervention) -> None:
@@ -189,9 +197,12 @@ def apply_plan(
     source = index.to(device)[local]
     if plan.intervention.kind == "knockout":
         queries = None if plan.positions is None else plan.positions.to(device)[source]
-        return knocked_out(
-            activation, plan.hook_name, plan.values.to(device)[source], queries, plan.intervention.head, local
-        )
+        try:
+            keys = plan.values.to(device)[source]
+            return knocked_out(activation, plan.hook_name, plan.intervention, keys, queries, local)
+        except HiddenKeysError as error:  # name the prompt by its index in the call's input, its position as given
+            prompt = int(index[error.prompt])
+            raise HiddenKeysError(plan.intervention, prompt, error.position + int(plan.shift[prompt])) from None
     values = plan.values.to(device, activation.dtype)
     new = values if values.ndim == 1 else values[source]
     if plan.positions is None:

@@ -117,6 +117,9 @@ def knockout(
 
     The blocked keys get no attention weight (their scores are set to -inf before the softmax, or, on a model whose
     scores cannot be edited, their weights are zeroed and the rest renormalised), in every head or in ``head`` only.
+    A query must keep a key it sees: one before the query, and in a block with a sliding window (Gemma-2, Mistral ...)
+    or attention chunks, one within its window (:class:`~tv_lens.interventions.knockouts.HiddenKeysError` otherwise,
+    raised during the pass, where the model's mask shows; a key outside the window is hidden already).
 
     Args:
         layer: The block.

@@ -163,7 +163,7 @@ def _sweep(
                     sub = batch.part(part)
                     residual = residuals[starts[group[0]]][part.to(inputs.device)]
                     done = run_shared(sub, cells, group, starts[group[0]], residual, n)
-                    if done is None:  # blocked keys would be imprecise on this model: separate rows instead
+                    if done is None:  # imprecise or windowed on this model: separate rows instead
                         done = run_stacked(sub, cells, group, residual, starts, per_pass)
                     tally.add(sub, done)
                     del done  # its logits go before the next pass makes its own

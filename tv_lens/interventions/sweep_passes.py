@@ -13,7 +13,8 @@ from torch import Tensor
 from tv_lens.errors import InterventionNotAppliedError
 from tv_lens.interventions.cells import AlignedPrompts, Cell, Score, Sweep
 from tv_lens.interventions.engine import run_with_interventions
-from tv_lens.interventions.masking import BlockedKeysPrecisionError
+from tv_lens.interventions.knockouts import HiddenKeysError
+from tv_lens.interventions.masking import BlockedKeysPrecisionError, WindowedRowError
 from tv_lens.interventions.specs import Intervention
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.row_logits import logits_at
@@ -132,7 +133,7 @@ def run_shared(
 
     Copy ``j`` occupies columns ``a + j * n .. a + (j + 1) * n - 1`` (``a``: the prompt's answer position,
     ``n``: answer tokens) and attends to the prefix and to itself only. None when blocked keys would be
-    imprecise on this model.
+    imprecise on this model, or its sliding window would hide the prefix from a copy packed far from it.
     """
     k, n = len(group), batch.n_answer
     answer_pos = batch.answer_pos
@@ -159,7 +160,7 @@ def run_shared(
             residual_layer=start,
             blocked_keys=blocked,
         )
-    except BlockedKeysPrecisionError:
+    except (BlockedKeysPrecisionError, WindowedRowError):
         return None
     logits = run.logits.view(len(answer_pos), k, n, -1).transpose(0, 1)  # [cell, prompt, n, d_vocab], no copy
     return [(group, logits, _split(run.writes, [len(cell.interventions) for cell in shared]))]
@@ -218,23 +219,29 @@ def _run_group(
     """
     n, k = len(batch.index), len(group)
     interventions: list[Intervention] = []
+    given: list[Intervention] = []  # the cell's own intervention behind each of its copy's
     for j, cell in enumerate(group):
         rows = torch.arange(j * n, (j + 1) * n)
         interventions.extend(_for_copy(i, batch.index, rows, k) for i in cell.interventions)
+        given.extend(cell.interventions)
     inputs = batch.inputs
     stacked_inputs = inputs.repeat(k, *([1] * (inputs.ndim - 1)))
     residual = residual if start > 0 else None
     every_token = torch.ones(stacked_inputs.shape[:2], dtype=torch.long)  # aligned: no padding before a prompt
-    run = run_with_interventions(
-        batch.adapter,
-        stacked_inputs,
-        batch.answer_pos.repeat(k),
-        interventions,
-        attention_mask=every_token,
-        n_answer_tokens=batch.lengths.repeat(k),
-        clean_residual=None if residual is None else residual[:, : inputs.shape[1]].repeat(k, 1, 1),
-        clean_residual_layer=None if residual is None else start,
-    )
+    try:
+        run = run_with_interventions(
+            batch.adapter,
+            stacked_inputs,
+            batch.answer_pos.repeat(k),
+            interventions,
+            attention_mask=every_token,
+            n_answer_tokens=batch.lengths.repeat(k),
+            clean_residual=None if residual is None else residual[:, : inputs.shape[1]].repeat(k, 1, 1),
+            clean_residual_layer=None if residual is None else start,
+        )
+    except HiddenKeysError as error:  # name the prompt by its index in the sweep's prompts, the cell's knockout
+        knockout = given[next(i for i, copy in enumerate(interventions) if copy is error.intervention)]
+        raise HiddenKeysError(knockout, int(batch.index[error.prompt % n]), error.position) from None
     # every output has the sweep's n_answer columns; shorter answers repeat their last one
     logits = run.logits
     if logits.shape[1] != batch.n_answer:
