@@ -229,8 +229,10 @@ def test_shuffled_labels_corrupt_as_todd_et_al_do(model):
         .double().mean())  # fmt: skip
 
 
-@pytest.mark.parametrize("arch", GQA_ARCHITECTURES)
-def test_gqa_patch_changes_exactly_one_query_head_and_cie_matches(tmp_path_factory, arch):
+@pytest.mark.parametrize("arch", [*GQA_ARCHITECTURES, "gptj", "gpt_neo"])
+def test_a_head_patch_changes_exactly_that_query_head_and_cie_matches(tmp_path_factory, arch):
+    """On every architecture with grouped-query attention (a key/value head shared by query heads), and on GPT-J, the
+    model of Todd et al.'s function vectors, and GPT-Neo, through the bridge."""
     pretrained = loaded(tmp_path_factory, arch, "bridge")
     model, layer, head = pretrained.model, 1, 3
     pool = TextPool(TEXT_TASKS, pretrained.tokenizer, template="{x} -> {y}", bos=True)
@@ -256,7 +258,8 @@ def test_gqa_patch_changes_exactly_one_query_head_and_cie_matches(tmp_path_facto
         intervention = ablate_head(layer, head, "mean", mean=values, pos="answer")
         run_with_interventions(model, corrupted.inputs, corrupted.answer_pos, [intervention])
         out_patched = seen[out_name]
-    assert z_clean.shape[2] == model.cfg.n_heads > model.cfg.n_key_value_heads
+    assert z_clean.shape[2] == model.cfg.n_heads
+    assert (model.cfg.n_key_value_heads or model.cfg.n_heads) < model.cfg.n_heads or arch not in GQA_ARCHITECTURES
     rows = torch.arange(len(corrupted))
     delta = torch.zeros_like(z_clean)
     delta[rows, corrupted.answer_pos, head] = values.float() - z_clean[rows, corrupted.answer_pos, head]

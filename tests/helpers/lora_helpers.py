@@ -2,7 +2,8 @@
 
 ``adapted(model, arch)`` puts LoRA with random (non-zero) ``B`` matrices on every weight of both blocks of a copy;
 ``edit_huggingface`` writes an update into the Hugging Face model's own layers (GPT-2's fused ``c_attn``, GPT-NeoX's
-head-interleaved ``query_key_value``, Phi-3's fused ``qkv_proj`` and ``gate_up_proj``); ``edit_transformer_lens``
+head-interleaved ``query_key_value``, Phi-3's fused ``qkv_proj`` and ``gate_up_proj``, GPT-J's and GPT-Neo's own
+names); ``edit_transformer_lens``
 writes it into the weights a HookedTransformer or a bridge's layer holds.
 """
 
@@ -18,7 +19,8 @@ from tv_lens.training import LoRAConfig, apply_lora
 
 # No single MLP weight to adapt: LoRA on the attention only.
 MIXTURES_OF_EXPERTS = ("mixtral", "qwen3_moe", "gpt_oss", "llama4_text")
-GATED = tuple(a for a in ARCHITECTURES if a not in ("gpt2", "gpt_neox", *MIXTURES_OF_EXPERTS))  # the rest: gated MLPs
+UNGATED = ("gpt2", "gpt_neox", "gptj", "gpt_neo")  # an MLP of two weights
+GATED = tuple(a for a in ARCHITECTURES if a not in (*UNGATED, *MIXTURES_OF_EXPERTS))  # the rest: gated MLPs
 TOKENS = torch.tensor([[1, 17, 230, 5, 99, 42, 7, 300], [2, 64, 64, 11, 8, 150, 3, 9]])
 
 
@@ -77,6 +79,13 @@ def edit_huggingface(hf, arch: str, block: int, target: str, delta: torch.Tensor
                     "W_out": layer.mlp.dense_4h_to_h,
                 }
                 module[target].weight += delta.T
+        elif arch in ("gptj", "gpt_neo"):  # nn.Linear, [out, in]; GPT-Neo's projections sit in attn.attention
+            layer = base.h[block]
+            attention = layer.attn if arch == "gptj" else layer.attn.attention
+            names = {"W_Q": "q_proj", "W_K": "k_proj", "W_V": "v_proj", "W_O": "out_proj"}
+            mlp = {"W_in": "fc_in", "W_out": "fc_out"} if arch == "gptj" else {"W_in": "c_fc", "W_out": "c_proj"}
+            module = getattr(attention, names[target]) if target in names else getattr(layer.mlp, mlp[target])
+            module.weight += delta.T
         elif arch == "phi3":  # nn.Linear, [out, in]; qkv_proj rows are q | k | v, gate_up_proj rows gate | up
             layer = base.layers[block]
             d_q = hf.config.hidden_size
@@ -141,6 +150,8 @@ TARGETS = {
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "gptj": ["q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"],
+    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
     **{arch: ["q_proj", "k_proj", "v_proj", "o_proj"] for arch in MIXTURES_OF_EXPERTS},
 }
 GATED_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -28,7 +28,7 @@ from tv_lens.models.local_hf import ARCHITECTURES, build_local_model, load_local
 #: Sizes of every test model: 2 blocks, d_model 64, 4 query heads (2 key/value heads where the architecture
 #: has grouped-query attention), 1024 tokens.
 SIZES = {"n_layers": 2, "d_model": 64, "n_heads": 4}
-GQA_ARCHITECTURES = tuple(arch for arch in ARCHITECTURES if arch not in ("gpt2", "gpt_neox"))
+GQA_ARCHITECTURES = tuple(arch for arch in ARCHITECTURES if arch not in ("gpt2", "gpt_neox", "gptj", "gpt_neo"))
 #: Architectures TransformerLens 3.9's HookedTransformer cannot be built for from a local config.
 HOOKED_UNSUPPORTED = ("gemma2", "gemma3_text", "olmo2", "qwen3_moe", "llama4_text", "smollm3")
 #: Loaders: the bridge with raw HF numerics, the bridge in compatibility mode, HookedTransformer (TL ≤ 3).

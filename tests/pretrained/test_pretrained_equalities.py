@@ -69,7 +69,8 @@ def test_models_have_the_architecture_features(pretrained):
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads) == (SIZES["n_layers"], SIZES["d_model"], SIZES["n_heads"])
     hf_config = json.loads((pretrained.folder / "config.json").read_text())
     assert hf_config["model_type"] == pretrained.arch
-    kv_heads = hf_config.get("num_key_value_heads", hf_config.get("n_head", hf_config.get("num_attention_heads")))
+    heads = hf_config.get("n_head", hf_config.get("num_attention_heads", hf_config.get("num_heads")))
+    kv_heads = hf_config.get("num_key_value_heads", heads)
     assert (kv_heads < cfg.n_heads) == (pretrained.arch in GQA_ARCHITECTURES)
     if pretrained.arch in GQA_ARCHITECTURES:  # TransformerLens sees the grouped-query attention
         assert cfg.n_key_value_heads == kv_heads
@@ -86,6 +87,10 @@ def test_models_have_the_architecture_features(pretrained):
         assert hf_config["attention_chunk_size"] < longest and hf_config["no_rope_layers"] == [1, 0]
     if pretrained.arch == "smollm3":
         assert hf_config["no_rope_layers"] == [1, 0]
+    if pretrained.arch == "gptj":  # rotary on part of each head
+        assert hf_config["rotary_dim"] < cfg.d_head
+    if pretrained.arch == "gpt_neo":  # global and local (sliding-window) attention alternate
+        assert hf_config["attention_layers"] == ["global", "local"] and hf_config["window_size"] < longest
 
 
 # Weights of block 0 that set an architecture apart from Llama's, with their shapes (d_head 16, 2 key/value heads).

@@ -56,11 +56,12 @@ class _Layout:
     """How the model's layer loop calls its blocks.
 
     Attributes:
-        tuple_output: Per block, whether it returns a one-element tuple ``(hidden_states,)`` (TransformerLens's
-            native blocks) rather than the bare hidden states (HuggingFace decoder layers in transformers ≥ 5).
+        tuple_output: Per block, the length of the tuple it returns with the hidden states first:
+            ``(hidden_states,)`` from TransformerLens's native blocks, ``(hidden_states, attention_weights)`` from
+            GPT-Neo's; 0 for the bare hidden states (HuggingFace decoder layers in transformers ≥ 5).
     """
 
-    tuple_output: tuple[bool, ...]
+    tuple_output: tuple[int, ...]
 
 
 def supports_block_skipping(model: Any) -> bool:
@@ -196,7 +197,7 @@ def _probe_passes(adapter: ModelAdapter, blocks: list[nn.Module]) -> _Layout | N
     kinds = [_tuple_output(calls[0]) if len(calls) == 1 else None for calls in outputs]
     if len(entering) != 1 or any(kind is None for kind in kinds):
         return None
-    layout = _Layout(tuple_output=tuple(bool(kind) for kind in kinds))
+    layout = _Layout(tuple_output=tuple(int(kind or 0) for kind in kinds))
 
     block_calls, inner_calls = [0] * (layer + 1), [0]
     shared = _shared_modules(model, blocks)
@@ -262,8 +263,8 @@ def _patched(blocks: list[nn.Module], layer: int, residual: Tensor, layout: _Lay
                 block.__dict__["forward"] = previous
 
 
-def _pass_through(as_tuple: bool) -> Callable[..., Any]:
-    """A block forward that returns its input hidden states, bare or as ``(hidden_states,)``."""
+def _pass_through(length: int) -> Callable[..., Any]:
+    """A block forward returning its input hidden states: bare (``length`` 0) or first of ``length`` (the rest None)."""
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         hidden = _hidden_states(args, kwargs)
@@ -272,7 +273,7 @@ def _pass_through(as_tuple: bool) -> Callable[..., Any]:
                 "A skipped block was called without hidden states [batch, pos, d_model] as its first argument or "
                 "`hidden_states=`; this model cannot skip blocks."
             )
-        return (hidden,) if as_tuple else hidden
+        return (hidden, *(None,) * (length - 1)) if length else hidden
 
     return forward
 
@@ -324,10 +325,10 @@ def _hidden_states(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | No
     return hidden if isinstance(hidden, Tensor) else None
 
 
-def _tuple_output(output: Any) -> bool | None:
-    """Whether a block's output is ``(hidden_states,)`` (``True``) or bare (``False``); ``None``: neither."""
+def _tuple_output(output: Any) -> int | None:
+    """The length of a block's output tuple, hidden states first (0: bare hidden states; ``None``: neither)."""
     if isinstance(output, Tensor):
-        return False
-    if isinstance(output, tuple) and len(output) == 1 and isinstance(output[0], Tensor):
-        return True
+        return 0
+    if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+        return len(output)
     return None

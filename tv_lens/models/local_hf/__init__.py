@@ -35,9 +35,12 @@ Architectures (:data:`ARCHITECTURES`):
   them; query/key norms; a mixture of 4 experts, 1 per token, beside a shared expert).
 - ``"olmo3"``: ``Olmo3ForCausalLM`` (OLMo-2's layout with sliding and global layers).
 - ``"smollm3"``: ``SmolLM3ForCausalLM`` (Llama's layout; every other layer without rotary positions).
+- ``"gptj"``: ``GPTJForCausalLM`` (attention and MLP in parallel, rotary on part of each head, an unembedding with a
+  bias; Todd et al.'s and Hendel et al.'s model).
+- ``"gpt_neo"``: ``GPTNeoForCausalLM`` (learned positions; global and local, sliding-window, attention alternating).
 
-All but GPT-2 and GPT-NeoX get grouped-query attention (half as many key/value heads as query heads), and every
-sliding window and attention chunk (8 tokens) is shorter than a test prompt, so it masks keys.
+All but GPT-2, GPT-NeoX, GPT-J and GPT-Neo get grouped-query attention (half as many key/value heads as query
+heads), and every sliding window and attention chunk (8 tokens) is shorter than a test prompt, so it masks keys.
 
 The tokenizer has ``<|pad|>``, ``<|bos|>`` and ``<|eos|>`` special tokens (ids 0, 1, 2) and learns whole words
 with their leading space (``" cold"``), the ``"->"`` and newline of ICL prompts and pieces of binary strings.

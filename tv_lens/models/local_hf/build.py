@@ -39,10 +39,13 @@ ARCHITECTURES: tuple[str, ...] = (
     "llama4_text",
     "olmo3",
     "smollm3",
+    "gptj",
+    "gpt_neo",
 )
 """Architectures :func:`build_local_model` builds (HuggingFace ``model_type`` names)."""
 
-_FULL_HEADS = ("gpt2", "gpt_neox")  # architectures without grouped-query attention (one key/value head per head)
+#: Architectures without grouped-query attention (one key/value head per head).
+_FULL_HEADS = ("gpt2", "gpt_neox", "gptj", "gpt_neo")
 _SETTINGS_FILE = "tv_lens_build.json"
 _FORMAT = 1  # bump when what a build writes changes, so old builds are rebuilt
 _INIT_STD = 0.1  # weight init std: larger than HF's 0.02, so attention patterns are far from uniform
@@ -112,6 +115,27 @@ def _hf_config(settings: dict[str, Any], tokenizer: Any) -> Any:
         common["n_ctx"] = settings["n_ctx"]  # GPT-2's config.json also has the legacy n_ctx, which TL 3.x reads
         return transformers.GPT2Config(
             n_positions=settings["n_ctx"], n_embd=d_model, n_layer=n_layers, n_head=n_heads, **common
+        )
+    if arch == "gptj":  # GPT-J: parallel attention and MLP, rotary on part of each head, untied unembedding with bias
+        return transformers.GPTJConfig(
+            n_positions=settings["n_ctx"],
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=n_heads,
+            rotary_dim=max(d_model // n_heads // 4 * 2, 2),  # half of each head, even
+            tie_word_embeddings=False,
+            **common,
+        )
+    if arch == "gpt_neo":  # GPT-Neo: learned positions, global and local (sliding-window) attention alternating
+        neo_layers = [[["global", "local"], n_layers // 2], [["global"], n_layers % 2]]
+        return transformers.GPTNeoConfig(
+            max_position_embeddings=settings["n_ctx"],
+            hidden_size=d_model,
+            num_layers=n_layers,
+            num_heads=n_heads,
+            attention_types=neo_layers,
+            window_size=_SLIDING_WINDOW,
+            **common,
         )
     llama_like = {
         "hidden_size": d_model,
