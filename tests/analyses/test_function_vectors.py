@@ -259,7 +259,8 @@ def test_a_head_patch_changes_exactly_that_query_head_and_cie_matches(tmp_path_f
         run_with_interventions(model, corrupted.inputs, corrupted.answer_pos, [intervention])
         out_patched = seen[out_name]
     assert z_clean.shape[2] == model.cfg.n_heads
-    assert (model.cfg.n_key_value_heads or model.cfg.n_heads) < model.cfg.n_heads or arch not in GQA_ARCHITECTURES
+    if arch in GQA_ARCHITECTURES:
+        assert model.cfg.n_key_value_heads < model.cfg.n_heads
     rows = torch.arange(len(corrupted))
     delta = torch.zeros_like(z_clean)
     delta[rows, corrupted.answer_pos, head] = values.float() - z_clean[rows, corrupted.answer_pos, head]

@@ -3,8 +3,7 @@
 ``adapted(model, arch)`` puts LoRA with random (non-zero) ``B`` matrices on every weight of both blocks of a copy;
 ``edit_huggingface`` writes an update into the Hugging Face model's own layers (GPT-2's fused ``c_attn``, GPT-NeoX's
 head-interleaved ``query_key_value``, Phi-3's fused ``qkv_proj`` and ``gate_up_proj``, GPT-J's and GPT-Neo's own
-names); ``edit_transformer_lens``
-writes it into the weights a HookedTransformer or a bridge's layer holds.
+names); ``edit_transformer_lens`` writes it into the weights a HookedTransformer or a bridge's layer holds.
 """
 
 from __future__ import annotations
