@@ -403,19 +403,20 @@ def test_a_sweep_rejects_a_key_after_a_short_prompts_query_whatever_rows_per_pas
 def test_a_query_left_only_keys_its_model_hides_raises_on_scores_and_patterns(hidden):
     """Analytic: one query sees keys 1..3 of 4 (key 0 is hidden by the model's own mask, as a sliding window hides it,
     with -inf like TransformerLens or the dtype's lowest value like HuggingFace). Blocking keys 1..3 leaves it
-    nothing, on scores and on patterns; blocking 1..2 leaves key 3 and gives it every weight."""
+    nothing, on scores and on patterns (the error names the row's prompt, 7, and the query's position past its 2 left
+    pads, 5); blocking 1..2 leaves key 3 and gives it every weight."""
     scores = torch.tensor([hidden, 0.5, -1.0, 2.0]).expand(1, 2, 4, 4).clone()
     pattern = torch.softmax(scores, -1)
-    query, local = torch.tensor([3]), torch.tensor([0])
+    query, local, prompt, shift = torch.tensor([3]), torch.tensor([0]), torch.tensor([7]), torch.tensor([2])
     for name, attention in (("scores", scores), ("pattern", pattern)):
         hook_name = HOOKS[name].format(0)
         every_seen = torch.tensor([[False, True, True, True]])
         blocked = knockout(0, every_seen)
-        with pytest.raises(knockouts.HiddenKeysError, match="position 3 of prompt 0 sees in block 0") as error:
-            knockouts.knocked_out(attention, hook_name, blocked, every_seen, query, local)
+        with pytest.raises(knockouts.HiddenKeysError, match="position 5 of prompt 7 sees in block 0") as error:
+            knockouts.knocked_out(attention, hook_name, blocked, every_seen, query, local, prompt, shift)
         assert error.value.intervention is blocked
         one_left = torch.tensor([[False, True, True, False]])
-        out = knockouts.knocked_out(attention, hook_name, knockout(0, one_left), one_left, query, local)
+        out = knockouts.knocked_out(attention, hook_name, knockout(0, one_left), one_left, query, local, prompt, shift)
         weights = torch.softmax(out, -1) if name == "scores" else out
         torch.testing.assert_close(weights[0, :, 3], torch.tensor([[0.0, 0.0, 0.0, 1.0]] * 2))
         torch.testing.assert_close(out[0, :, :3], attention[0, :, :3])  # other queries untouched

@@ -188,13 +188,16 @@ def knocked_out(
     keys: Bool[Tensor, "rows width"],
     queries: Int[Tensor, " rows"] | Bool[Tensor, "rows width"] | None,
     local: Int[Tensor, " rows"],
+    prompts: Int[Tensor, " rows"],
+    shift: Int[Tensor, " rows"],
 ) -> Float[Tensor, "batch head query key"]:
     """``attention`` with rows ``local`` kept from their ``keys`` at their query (every later query for ``None``).
 
+    ``prompts`` and ``shift``: each row's prompt index and left padding, which name a query in an error.
+
     Raises:
         ModelNotSupportedError: The hooked tensor is not ``[batch, head, query, key]``.
-        HiddenKeysError: A query is left no key the model lets it see (it names the row of ``attention`` and the
-            column of the query).
+        HiddenKeysError: A query is left no key the model lets it see.
     """
     head = intervention.head
     if (
@@ -213,15 +216,9 @@ def knocked_out(
     blocked = torch.zeros(len(attention), heads, width, width, dtype=torch.bool, device=device)
     blocked[local.to(device), 0 if head is None else head] = pairs
     strategy = "scores" if hook_name.endswith("hook_attn_scores") else "pattern"
-    _check_keys_left(attention, strategy, blocked, intervention)
-    return mask_attention(attention, strategy, blocked)
-
-
-def _check_keys_left(
-    attention: Tensor, strategy: str, blocked: Bool[Tensor, "batch head query key"], intervention: Intervention
-) -> None:
-    """Raise :class:`HiddenKeysError` where a blocked query keeps no key the model's own mask lets it see."""
     stuck = blocked.any(-1) & ~(~model_hidden(attention, strategy) & ~blocked).any(-1)  # [batch, head, query]
-    if bool(stuck.any()):
+    if bool(stuck.any()):  # the model's own mask (a sliding window) hides every key the knockout leaves
         row, _, query = (int(i) for i in stuck.nonzero()[0])
-        raise HiddenKeysError(intervention, row, query)
+        i = int((local.to(device) == row).nonzero()[0])
+        raise HiddenKeysError(intervention, int(prompts[i]), query + int(shift[i]))
+    return mask_attention(attention, strategy, blocked)

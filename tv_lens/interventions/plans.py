@@ -16,14 +16,7 @@ from torch import Tensor
 
 from tv_lens.checks import is_int, tensor_of
 from tv_lens.errors import LayerOutOfRangeError, NonFiniteError, PositionError, ShapeError
-from tv_lens.interventions.knockouts import (
-    HiddenKeysError,
-    is_query_mask,
-    knocked_out,
-    knockout_hook_name,
-    knockout_keys,
-    query_mask,
-)
+from tv_lens.interventions.knockouts import is_query_mask, knocked_out, knockout_hook_name, knockout_keys, query_mask
 from tv_lens.interventions.specs import Intervention, _check_values
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.positions import PreparedPrompts, as_positions
@@ -197,12 +190,10 @@ def apply_plan(
     source = index.to(device)[local]
     if plan.intervention.kind == "knockout":
         queries = None if plan.positions is None else plan.positions.to(device)[source]
-        try:
-            keys = plan.values.to(device)[source]
-            return knocked_out(activation, plan.hook_name, plan.intervention, keys, queries, local)
-        except HiddenKeysError as error:  # name the prompt by its index in the call's input, its position as given
-            prompt = int(index[error.prompt])
-            raise HiddenKeysError(plan.intervention, prompt, error.position + int(plan.shift[prompt])) from None
+        keys, prompts = plan.values.to(device)[source], source.cpu()
+        return knocked_out(
+            activation, plan.hook_name, plan.intervention, keys, queries, local, prompts, plan.shift[prompts]
+        )
     values = plan.values.to(device, activation.dtype)
     new = values if values.ndim == 1 else values[source]
     if plan.positions is None:
