@@ -200,8 +200,13 @@ def mask_hooks(
     ``packed``: the rows pack continuations, so every key ``blocked`` leaves a query (at or before it) must be one the
     model's own mask lets it see (:class:`WindowedRowError` otherwise).
     """
-    body = partial(_mask_scores if strategy == "scores" else _mask_pattern, blocked=blocked[:, None])
-    fn = partial(_packed_mask, mask=body, strategy=strategy, blocked=blocked[:, None]) if packed else body
+    if packed:  # the (query, key) pairs a packed row leaves open, found once for every block's hook
+        width = blocked.shape[-1]
+        earlier = torch.ones(width, width, dtype=torch.bool, device=blocked.device).tril()
+        open_pairs = (earlier & ~blocked)[:, None]
+        fn = partial(_packed_mask, strategy=strategy, blocked=blocked[:, None], open_pairs=open_pairs)
+    else:
+        fn = partial(_mask_scores if strategy == "scores" else _mask_pattern, blocked=blocked[:, None])
     names = [MASK_HOOKS[strategy].format(layer=layer) for layer in range(first_block, adapter.n_layers)]
     for name in names:
         adapter.hook_point(name)
@@ -217,19 +222,16 @@ def _check_mask_shape(attention: Tensor, blocked: Tensor) -> None:
         raise _MaskNotApplied
 
 
-def _packed_mask(attention: Tensor, hook: Any, *, mask: Any, strategy: str, blocked: Tensor) -> Tensor:
-    """Hook body: ``mask`` applied to a packed row, once the model's own mask is seen to hide no key left open."""
+def _packed_mask(attention: Tensor, hook: Any, *, strategy: str, blocked: Tensor, open_pairs: Tensor) -> Tensor:
+    """Hook body: ``blocked`` masked in a packed row, once the model's own mask is seen to hide no ``open_pairs``."""
     _check_mask_shape(attention, blocked)
-    width = attention.shape[-1]
-    earlier = torch.ones(width, width, dtype=torch.bool, device=attention.device).tril()
-    hidden = model_hidden(attention, strategy) & earlier & ~blocked
-    if bool(hidden.any()):
+    if bool((model_hidden(attention, strategy) & open_pairs).any()):
         raise WindowedRowError(
             "The model's own attention mask hides keys a packed row leaves its continuations (a sliding window "
             "shorter than the row), so the row would differ from its continuations run alone; run these "
             "continuations as separate rows."
         )
-    return mask(attention, hook)
+    return mask_attention(attention, strategy, blocked)
 
 
 def model_hidden(attention: Float[Tensor, "*batch query key"], strategy: str) -> Bool[Tensor, "*batch query key"]:
