@@ -42,10 +42,10 @@ import torch
 from tv_lens.analyses import Emergence, Geometry, HeadAblation, TaskDecodability
 from tv_lens.analyses.prompt_batches import sample_batch
 from tv_lens.app.report import write_report
+from tv_lens.app.run_files import SUMMARY_FILE, save_summary
 from tv_lens.errors import ConfigError
 from tv_lens.metrics import mse
 from tv_lens.results import EmergenceResult, HeadImportance, Projection, Result
-from tv_lens.results.storage import write_atomically
 from tv_lens.stats import group_means, seed_interval, seed_verdict
 from tv_lens.tasks import NULL_TASK
 from tv_lens.training import Recipe, TrainConfig, latest_checkpoint, list_checkpoints, load_checkpoint, recipes, train
@@ -55,7 +55,6 @@ RECIPES = ("sparse_linear", "shifted_linear")
 CHECKPOINTS = "checkpoints"
 RESULT_FILE = Path("results") / "emergence.safetensors"
 HEADS_FILE = Path("results") / "heads.safetensors"
-SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 
 
@@ -319,7 +318,7 @@ def run_all(out: Path, run: Settings, progress: bool = False) -> tuple[Emergence
         "training_s": training_s,
         "analysis_s": analysis_s,
     }
-    write_atomically(out / SUMMARY_FILE, (json.dumps(numbers, indent=1) + "\n").encode("utf-8"))
+    save_summary(out, numbers)
     report = report_results(result, heads)
     write_report(report, out / REPORT_FILE, {"description": description(run, numbers, training_s)})
     return result, numbers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -72,12 +73,27 @@ def load_results(results_dir: str | Path) -> dict[str, Result]:
 
 
 def save_summary(out: str | Path, numbers: Mapping[str, Numbers]) -> Path:
-    """Write the headline numbers to ``out/summary.json`` (atomically).
+    """Write the headline numbers to ``out/summary.json`` (atomically), as standard JSON.
+
+    A number that is not finite (the R² of scores that never vary, the mean of a role no prompt has) is written
+    as ``null``: JSON has no NaN or infinity, and readers other than Python's refuse them.
 
     Raises:
         ResultWriteError: The file could not be written (the message says why).
     """
-    return write_atomically(Path(out) / SUMMARY_FILE, (json.dumps(numbers, indent=1) + "\n").encode("utf-8"))
+    text = json.dumps(_finite_or_null(numbers), indent=1, allow_nan=False)
+    return write_atomically(Path(out) / SUMMARY_FILE, (text + "\n").encode("utf-8"))
+
+
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every float that is not finite, at any depth of its dicts, lists and tuples, as ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 # --- run.json ----------------------------------------------------------------------------------------------
