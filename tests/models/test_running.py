@@ -9,7 +9,7 @@ from conftest import hook_snapshot, ragged_prompts
 import tv_lens.positions as positions
 from tv_lens.errors import ShapeError
 from tv_lens.models import adapt
-from tv_lens.models.running import read_batches
+from tv_lens.models.running import forward, read_batches
 from tv_lens.positions import length_sorted_batches, prompt_batches
 
 
@@ -96,3 +96,18 @@ def test_read_batches_rows_equal_run_with_cache(model, batch_size):
     for name in names:
         for row, length in enumerate(lengths.tolist()):
             torch.testing.assert_close(read[name][row, :length], cache[name][row, :length].double(), atol=1e-6, rtol=0)
+
+
+def test_a_residual_input_is_what_the_users_hooks_on_the_entry_block_see(model):
+    """Where the pass starts by overwriting ``blocks.0.hook_resid_pre`` (TL 3.9's bridge), a user hook there
+    sees, and changes, the residual given, as it does where the model itself starts at the block."""
+    tokens, _, _ = ragged_prompts(n_prompts=3, seed=1)
+    adapter = adapt(model)
+    shift = torch.linspace(-1, 1, adapter.d_model, dtype=torch.float64)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=["blocks.0.hook_resid_pre"])
+        residual = cache["blocks.0.hook_resid_pre"]
+        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: act + shift)]):
+            expected = model(tokens)
+            got = forward(adapter, residual)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)

@@ -87,7 +87,7 @@ def forward(
         start_at_layer: Block at which a residual input enters. The blocks below it are skipped where the model
             allows it (:mod:`tv_lens.models.block_skipping`: bridges, HookedTransformer); otherwise the model's
             own ``start_at_layer`` is used, or dummy tokens run and ``blocks.{l}.hook_resid_pre`` is overwritten
-            (the same result, without the saving).
+            before any other hook there sees it (the same result, without the saving).
         stop_at_layer: Return the residual stream entering this block instead of logits (``None`` or
             ``n_layers`` for the full pass).
         hooks: ``(hook_name, fn)`` pairs attached for this pass only.
@@ -112,6 +112,7 @@ def forward(
     if require_hooks:
         hooks = [(name, partial(_counted, fn=fn, calls=calls, slot=i)) for i, (name, fn) in enumerate(hooks)]
     skip_from: int | None = None  # the block a pass that skips the blocks below it starts at
+    entry: list[tuple[str, HookFn]] = []  # overwrites the input of the start block, before any other hook there
     if start_at_layer is not None:
         if not residual_input:
             raise ShapeError(
@@ -124,7 +125,7 @@ def forward(
             kwargs["start_at_layer"] = start_at_layer
         else:
             residual = inputs
-            hooks.insert(0, (adapter.hook_name("resid_pre", start_at_layer), lambda act, hook: residual))
+            entry.append((adapter.hook_name("resid_pre", start_at_layer), lambda act, hook: residual))
             inputs = torch.zeros(inputs.shape[:2], dtype=torch.long, device=inputs.device)
     with ExitStack() as stack:
         if skip_from is not None:
@@ -132,6 +133,7 @@ def forward(
         if not inputs.is_floating_point() and _masks_left_padding(adapter.model):
             kwargs["attention_mask"] = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
         stack.enter_context(attached_hooks(adapter, hooks))
+        stack.enter_context(attached_hooks(adapter, entry, prepend=True))
         output = adapter.model(inputs, **kwargs)
     silent = sorted({name for name, n in zip(names, calls, strict=True) if require_hooks and n == 0})
     if silent:
