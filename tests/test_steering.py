@@ -6,6 +6,7 @@ import pytest
 import torch
 from causal_helpers import POOL, editing_hook, failing_user_hook, left_pad
 from conftest import BACKENDS, hook_snapshot, tiny_config
+from pretrained_helpers import loaded
 
 from tv_lens import steer, steering
 from tv_lens.analyses import function_vector, mean_head_activations
@@ -187,3 +188,23 @@ def test_bad_input_is_a_clear_error(setup):
             call()
         assert isinstance(info.value, TvLensError)
     assert hook_snapshot(model) == before
+
+
+def test_steer_runs_a_model_left_in_train_mode_without_dropout(tmp_path_factory):
+    """A HuggingFace GPT-2 with dropout 0.1, in train mode: the logits are the eval-mode ones of a hand-written hook
+    (as the generated tokens are), and every module keeps its own mode."""
+    model = loaded(tmp_path_factory, "gpt2", "bridge").model
+    tokens = torch.randint(0, 1024, (3, 7), generator=torch.Generator().manual_seed(0))
+    v = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    last = torch.full((3,), 6)
+    expected = hand_logits(model, tokens, last, 0, v, "add")  # the model is in eval mode here
+    model.train()
+    model.blocks[1].eval()  # a module in a mode of its own
+    try:
+        logits = steer(model, v, tokens, layer=0, operation="add")
+        modes = {name: module.training for name, module in model.named_modules()}
+    finally:
+        model.eval()
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+    assert not any(modes[name] for name in modes if name == "blocks.1" or name.startswith("blocks.1."))
+    assert modes[""] and modes["blocks.0"]

@@ -10,7 +10,8 @@ same sizes with other weights a warning (:mod:`tv_lens.results.provenance`).
 
 - :func:`steer` runs prompts with the vector written at each prompt's last token and returns the logits
   there, or, with ``max_new_tokens``, greedy (or sampled) continuations from
-  :func:`tv_lens.generation.generate` with the vector written once into the prompt.
+  :func:`tv_lens.generation.generate` with the vector written once into the prompt. Either way the model runs in
+  eval mode (no dropout), and every module gets its own mode back.
 - :func:`steering` is a context manager that keeps the vector's hook on the model for your own calls
   (``model(tokens)``, ``model.run_with_cache``, ``model.run_with_hooks``): written at position ``pos`` of every
   pass (default ``-1``, the last token; ``"all"``: every position). The hook is removed on exit, also when an
@@ -45,6 +46,7 @@ from tv_lens.generation import Generation, generate
 from tv_lens.generation.prompts import prompt_inputs
 from tv_lens.interventions import add, replace, run_with_interventions
 from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.exclusive import evaluating
 from tv_lens.models.running import attached_hooks
 from tv_lens.results.function_vectors import FunctionVector
 from tv_lens.results.provenance import OPERATIONS
@@ -154,9 +156,10 @@ def steer(
             f"Generation options {sorted(generation)} need max_new_tokens=; without it steer runs one forward pass."
         )
     tokens, answer_pos, attention_mask = prompt_inputs(prompts, answer_pos, attention_mask)
-    run = run_with_interventions(
-        model, tokens, answer_pos, [intervention], attention_mask=attention_mask, batch_size=batch_size
-    )
+    with evaluating(plan.adapter.model):  # as generation: no dropout of a model left in train mode
+        run = run_with_interventions(
+            model, tokens, answer_pos, [intervention], attention_mask=attention_mask, batch_size=batch_size
+        )
     return run.logits[:, 0]
 
 
