@@ -55,6 +55,22 @@ def test_a_write_at_the_last_block_is_in_the_rows(model):
     torch.testing.assert_close(run.logits, expected, atol=1e-10, rtol=1e-10)
 
 
+def test_a_users_hook_on_the_final_norm_or_unembedding_sees_the_full_pass(model):
+    """A hook there that changes one position (here the first) changes the logits as in a plain forward pass."""
+    tokens, answer_pos, _ = ragged_prompts(seed=6)
+
+    def first_position_zeroed(activation, hook):
+        activation = activation.clone()
+        activation[:, 0] = 0
+        return activation
+
+    for name in ("ln_final.hook_normalized", "unembed.hook_out"):
+        with torch.no_grad(), model.hooks(fwd_hooks=[(name, first_position_zeroed)]):
+            expected = full_rows(model, tokens, answer_pos[:, None])
+            run = run_with_interventions(model, tokens, answer_pos, [])
+        torch.testing.assert_close(run.logits, expected, atol=1e-10, rtol=1e-10)
+
+
 def test_a_model_whose_logits_are_not_the_composition_gets_the_full_pass(model):
     """A model that changes its logits after the unembedding fails the probe; its rows still equal its logits."""
 

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from tv_lens.errors import ModelNotSupportedError, ShapeError, TvLensError
 from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.exclusive import hooks_attached
 from tv_lens.models.running import forward
 
 __all__ = ["CacheKind", "CacheRunner", "cache_kind", "kv_cache_support"]
@@ -23,7 +24,7 @@ def cache_kind(adapter: ModelAdapter, use_cache: bool | str) -> CacheKind | None
     """The cache a generation runs on under ``use_cache`` (``None``: recompute the prefix at every step)."""
     if use_cache not in (True, False, "auto"):
         raise ShapeError(f"use_cache must be 'auto', True or False, got {use_cache!r}.")
-    if use_cache is False or (use_cache == "auto" and _user_hooks(adapter)):
+    if use_cache is False or (use_cache == "auto" and hooks_attached(adapter.model)):
         return None
     kind = kv_cache_support(adapter.model)
     if kind is None and use_cache is True:
@@ -46,11 +47,6 @@ def kv_cache_support(model: Any) -> CacheKind | None:
     ``transformers`` 5 no longer passes), which this check catches.
     """
     return adapt(model).capability("kv_cache", _detect_cache)
-
-
-def _user_hooks(adapter: ModelAdapter) -> bool:
-    """Whether forward hooks are attached to any of the model's hook points."""
-    return any(getattr(point, "fwd_hooks", None) for point in adapter.model.hook_dict.values())
 
 
 def _detect_cache(adapter: ModelAdapter) -> CacheKind | None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-__all__ = ["evaluating", "model_lock", "user_hooks_detached"]
+__all__ = ["evaluating", "hooks_attached", "model_lock", "user_hooks_detached"]
 
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -53,6 +53,15 @@ def user_hooks_detached(model: Any) -> Iterator[None]:
         finally:
             for hooks, entries in saved:
                 hooks.update(entries)
+
+
+def hooks_attached(model: Any, within: Sequence[Any] | None = None) -> bool:
+    """Whether forward hooks are attached to any hook point of ``model`` (``within``: of those modules only)."""
+    points = {id(point): point for point in (getattr(model, "hook_dict", None) or {}).values()}
+    if within is not None:
+        inside = {id(module) for part in within for module in part.modules()}
+        points = {key: point for key, point in points.items() if key in inside}
+    return any(getattr(point, "fwd_hooks", None) for point in points.values())
 
 
 @contextmanager

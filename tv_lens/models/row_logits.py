@@ -7,7 +7,9 @@ gathers the answer rows and applies the model's final norm, unembedding and outp
 
 Whether a model's logits are exactly that composition is checked once per model, by running a short probe
 both ways (the user's hooks set aside); a model where they differ, or that lacks a piece, gets the full pass
-and the same rows gathered from its logits. Either way the rows equal the full pass's at those positions.
+and the same rows gathered from its logits, and so does a pass while hooks are attached to the final norm or the
+unembedding (they see every position, as in a plain forward pass). Either way the rows equal the full pass's at
+those positions.
 
 >>> from tv_lens.models import ModelConfig, build_model
 >>> model = build_model(ModelConfig(d_vocab=16, n_layers=2, d_model=32, n_heads=4, n_ctx=32))
@@ -27,6 +29,7 @@ from torch import Tensor
 
 from tv_lens.errors import HookNotFoundError, TvLensError
 from tv_lens.models.adapter import ModelAdapter
+from tv_lens.models.exclusive import hooks_attached
 from tv_lens.models.running import forward
 
 __all__ = ["logits_at", "supports_row_unembedding", "unembed_rows"]
@@ -65,7 +68,7 @@ def logits_at(
         **forward_options: ``start_at_layer`` and ``hooks`` of ``forward``.
     """
     rows = torch.arange(inputs.shape[0], device=columns.device)[:, None]
-    if not supports_row_unembedding(adapter):
+    if not supports_row_unembedding(adapter) or _head_hooked(adapter):
         logits = forward(adapter, inputs, **forward_options)
         return logits[rows.to(logits.device), columns.to(logits.device)]
     last: list[Tensor] = []
@@ -83,6 +86,12 @@ def logits_at(
             "needs a model that calls it (every TransformerLens model does)."
         )
     return unembed_rows(adapter, last[0])
+
+
+def _head_hooked(adapter: ModelAdapter) -> bool:
+    """Whether hooks are attached inside the final norm or the unembedding (they must see the full pass's shapes)."""
+    head = [getattr(adapter.model, name, None) for name in ("ln_final", "unembed")]
+    return hooks_attached(adapter.model, [part for part in head if isinstance(part, torch.nn.Module)])
 
 
 class _LastBlockDone(TvLensError):
