@@ -208,3 +208,33 @@ def test_steer_runs_a_model_left_in_train_mode_without_dropout(tmp_path_factory)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
     assert not any(modes[name] for name in modes if name == "blocks.1" or name.startswith("blocks.1."))
     assert modes[""] and modes["blocks.0"]
+
+
+def test_a_vector_that_requires_grad_gets_the_gradient_of_a_hand_written_hook(setup):
+    """Optimising a steering vector: steer's logits and a pass inside steering() carry the vector's gradient."""
+    model, vectors, _, batch = setup
+    start = vectors.get("offset(1)", 1)
+    weights = torch.linspace(-1, 1, model.cfg.d_vocab, dtype=torch.float64)
+    rows = torch.arange(len(batch))
+    tokens = batch.inputs[:, :5]
+
+    def hand_gradient(positions, inputs):
+        v = start.clone().requires_grad_(True)
+
+        def edit(resid):
+            resid[rows, positions] = resid[rows, positions] + 2 * v
+
+        logits = model.run_with_hooks(
+            inputs, fwd_hooks=[("blocks.1.hook_resid_post", editing_hook(edit))], attention_mask=torch.ones_like(inputs)
+        )
+        (logits[rows, positions] @ weights).sum().backward()
+        return v.grad
+
+    v = start.clone().requires_grad_(True)
+    (steer(model, v, batch, layer=1, operation="add", scale=2.0) @ weights).sum().backward()
+    torch.testing.assert_close(v.grad, hand_gradient(batch.answer_pos, batch.inputs), atol=1e-8, rtol=1e-8)
+    v = start.clone().requires_grad_(True)
+    with steering(model, v, layer=1, operation="add", scale=2.0):
+        (model(tokens)[:, -1] @ weights).sum().backward()
+    torch.testing.assert_close(v.grad, hand_gradient(torch.full((len(batch),), 4), tokens), atol=1e-8, rtol=1e-8)
+    model.zero_grad(set_to_none=True)

@@ -17,6 +17,9 @@ same sizes with other weights a warning (:mod:`tv_lens.results.provenance`).
   pass (default ``-1``, the last token; ``"all"``: every position). The hook is removed on exit, also when an
   error is raised inside the block; hooks you attached are left alone.
 
+Gradients flow into a plain tensor that requires grad, through :func:`steer`'s logits and the passes inside
+:func:`steering` (to optimise a steering vector), unless the call is under ``torch.no_grad``.
+
 >>> import torch
 >>> from tv_lens.models import ModelConfig, build_model
 >>> model = build_model(ModelConfig(d_vocab=16, n_layers=2, d_model=32, n_heads=4, n_ctx=32))
@@ -250,7 +253,7 @@ def _plan(
     scale = (provenance.scale if provenance else 1.0) if scale is None else scale
     if not is_finite_number(scale):
         raise AnalysisError(f"scale must be a finite number (the vector's factor), got {scale!r}.")
-    scaled = values.detach() if scale == 1 else values.detach() * scale
+    scaled = values if scale == 1 else values * scale  # a vector that requires grad gets its gradient
     return _Plan(adapter, layer, site, operation, scaled)
 
 
