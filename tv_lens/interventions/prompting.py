@@ -100,6 +100,7 @@ def prompted_outputs(
         zero_shot.inputs,
         zero_shot.answer_pos,
         [injection(layer, vectors, mode)],
+        attention_mask=zero_shot.attention_mask,
         n_answer_tokens=zero_shot.answer_lengths,
         batch_size=batch_size,
     )

@@ -109,7 +109,8 @@ def _check_cells(adapter: ModelAdapter, prompts: AlignedPrompts, cells: Sequence
         ShapeError: An intervention with ``rows=`` (cell interventions apply to every prompt).
         PositionError: A position outside a prompt or after its answer position (and the engine's other checks).
     """
-    prepared = prepare_prompts(adapter, prompts.inputs, prompts.answer_pos, None, prompts.answer_lengths)
+    every_token = torch.ones(prompts.inputs.shape[:2], dtype=torch.long)  # aligned: no padding before a prompt
+    prepared = prepare_prompts(adapter, prompts.inputs, prompts.answer_pos, every_token, prompts.answer_lengths)
     distinct = {id(intervention): intervention for cell in cells for intervention in cell.interventions}
     for intervention in distinct.values():
         if isinstance(intervention, Intervention) and intervention.rows is not None:
