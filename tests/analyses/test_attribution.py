@@ -7,12 +7,14 @@ import torch
 import torch.nn.functional as F
 from causal_helpers import editing_hook, hooked_scores, sample
 from conftest import BACKENDS, hook_snapshot, tiny_config
+from pretrained_helpers import loaded
 
 from tv_lens.analyses.attribution import head_attribution
 from tv_lens.analyses.heads import HeadAblation
 from tv_lens.errors import AnalysisError
 from tv_lens.interventions.sweep import align
 from tv_lens.models import build_model
+from tv_lens.tasks import offset_pool
 
 
 def _log_odds(logits):
@@ -140,3 +142,23 @@ def test_no_hooks_or_gradients_are_left_after_a_fault_in_the_backward_pass(model
         HeadAblation(n_bootstrap=0, attribution_method=method).run_batch(model, batch)
     assert hook_snapshot(model) == before
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_model_left_in_train_mode_is_estimated_without_dropout(tmp_path_factory):
+    """A HuggingFace GPT-2 with dropout 0.1, in train mode: the estimates are those of eval mode, and every module
+    keeps its own mode."""
+    model = loaded(tmp_path_factory, "gpt2", "bridge").model
+    batch = offset_pool(offsets=(1, 2), n_values=6).sample(3, 2, seed=2)
+    prompts = align(model, batch.inputs, batch.answer_pos, batch.attention_mask)
+    values = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head)
+    config = HeadAblation(n_bootstrap=0)
+    expected = head_attribution(model, prompts, batch.answers, values, config=config)  # in eval mode here
+    model.train()
+    model.blocks[1].eval()  # a module in a mode of its own
+    try:
+        got = head_attribution(model, prompts, batch.answers, values, config=config)
+        modes = {name: module.training for name, module in model.named_modules()}
+    finally:
+        model.eval()
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert modes[""] and modes["blocks.0"] and not modes["blocks.1"]

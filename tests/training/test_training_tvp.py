@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from pretrained_helpers import loaded
 from training_helpers import (
     one_thread,  # noqa: F401  (autouse: tiny models run on one thread)
     tiny_config,
@@ -13,7 +14,9 @@ from training_helpers import (
 )
 
 from tv_lens.interventions.prompting import vector_sources
+from tv_lens.tasks import offset_pool
 from tv_lens.training import TVPConfig, train, tvp_accuracy, tvp_losses
+from tv_lens.training.objectives import TokenObjective
 
 
 def hand_partners(batch) -> torch.Tensor:
@@ -134,3 +137,25 @@ def test_training_with_tvp_loss_reports_tvp_accuracy() -> None:
     )
     assert {"tvp_accuracy", "zero_shot_accuracy"} <= set(result.evals.columns)
     assert result.evals["tvp_accuracy"].between(0, 1).all()
+
+
+def test_tvp_accuracy_runs_a_model_left_in_train_mode_without_dropout(tmp_path_factory) -> None:
+    """A HuggingFace GPT-2 with dropout 0.1, in train mode: the zero-shot outputs are those of eval mode (scored here
+    by their largest logit, which any dropout would move), and every module keeps its own mode."""
+    model = loaded(tmp_path_factory, "gpt2", "bridge").model
+    batch = offset_pool(offsets=(1, 2), n_values=6).sample(4, 2, seed=1)
+
+    class LargestLogit(TokenObjective):
+        def answer_accuracy(self, outputs, batch):
+            return outputs[:, 0].max(-1).values
+
+    expected = tvp_accuracy(model, batch, 0, objective=LargestLogit())  # the model is in eval mode here
+    model.train()
+    model.blocks[1].eval()  # a module in a mode of its own
+    try:
+        got = tvp_accuracy(model, batch, 0, objective=LargestLogit())
+        modes = {name: module.training for name, module in model.named_modules()}
+    finally:
+        model.eval()
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert modes[""] and modes["blocks.0"] and not modes["blocks.1"]

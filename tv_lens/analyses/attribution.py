@@ -48,6 +48,7 @@ from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.interventions.sweep import AlignedPrompts
 from tv_lens.metrics import answer_loss, continuous_answers
 from tv_lens.models.adapter import ModelAdapter, adapt
+from tv_lens.models.exclusive import evaluating
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import forward
 from tv_lens.positions import answer_columns, prompt_batches
@@ -68,7 +69,7 @@ def head_attribution(
     *,
     config: HeadAblation,
 ) -> Float[Tensor, "layer head prompt"]:
-    """First-order estimate of each prompt's answer-loss increase when each head is ablated.
+    """First-order estimate of each prompt's answer-loss increase when each head is ablated (model in eval mode).
 
     The options are the attributes of :class:`~tv_lens.analyses.HeadAblation` read here: ``attribution_method``
     (what the estimate linearizes, see the module docstring) and ``batch_size`` (prompts per forward/backward pass).
@@ -175,7 +176,8 @@ def head_attribution(
             change = F.softplus(-(odds + shifts)) - F.softplus(-odds)  # [layer, head, batch, n_answer]
             out[:, :, index] = (change * real).sum(-1) / real.sum(-1)
 
-    fitting(every_batch, config.batch_size, "batch_size")
+    with evaluating(adapter.model):
+        fitting(every_batch, config.batch_size, "batch_size")
     return out
 
 

@@ -38,6 +38,7 @@ from tv_lens.errors import ConfigError, HookNotFoundError, TaskError
 from tv_lens.interventions.prompting import prompted_outputs, vector_sources
 from tv_lens.models import adapt
 from tv_lens.models.adapter import ModelAdapter
+from tv_lens.models.exclusive import evaluating
 from tv_lens.positions import prepare_prompts
 from tv_lens.probes import collect
 from tv_lens.tasks import ICLBatch, RegressionBatch
@@ -137,6 +138,7 @@ def tvp_accuracy(
     pre-answer position; each query gets the vector of the prompt ``source`` names (see :class:`TVPConfig`).
     Zero-shot passes run ``batch_size`` prompts at a time (``None``: all at once). ``objective`` scores the
     answers (default: exact match of tokens, or :class:`RegressionObjective`'s tolerance for a regression batch).
+    The model runs in eval mode (no dropout), and every module gets its own mode back.
     """
     adapter = adapt(model)
     adapter.check_layer(layer)
@@ -152,7 +154,9 @@ def tvp_accuracy(
     )
     vectors = reps.activations[0][vector_sources(batch.task_ids.cpu(), batch.task_names, source)]
     zero_shot = batch.zero_shot()
-    return objective.answer_accuracy(prompted_outputs(adapter, zero_shot, vectors, layer, mode, batch_size), zero_shot)
+    with evaluating(adapter.model):  # as the vectors were read: no dropout of a model left in train mode
+        outputs = prompted_outputs(adapter, zero_shot, vectors, layer, mode, batch_size)
+    return objective.answer_accuracy(outputs, zero_shot)
 
 
 def _default_objective(batch: Any) -> Objective:
