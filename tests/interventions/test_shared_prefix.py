@@ -196,6 +196,28 @@ def test_sweeps_share_prefixes_where_they_can_and_match_separate_runs(model, mon
         assert shared.n_passes < stacked.n_passes
 
 
+def test_a_users_hooks_where_cells_start_apply_once_as_in_separate_runs(model, monkeypatch):
+    """Cells start from the clean residual entering their block; the user's hooks at that block's hook_resid_pre
+    must change it once there, as in a full pass, not once in the clean pass and again in the cell's."""
+    tokens, lengths, _ = ragged_prompts(seed=12)
+    answer_pos = lengths - 2
+    prompts = align(model, tokens, answer_pos, n_answer_tokens=2)
+    cells = sweep_cells(tokens, answer_pos)
+    shift = torch.linspace(-1, 1, 32, dtype=torch.float64)
+    user_hooks = [(f"blocks.{block}.hook_resid_pre", lambda act, hook: act + shift) for block in range(3)]
+
+    def score(logits, index):
+        return logits.flatten(1).cpu()
+
+    with torch.no_grad(), model.hooks(fwd_hooks=user_hooks):
+        expected = torch.stack([reference(model, tokens, answer_pos, cell).flatten(1) for cell in cells])
+        shared = run_sweep(model, prompts, cells, score, rows_per_pass=5)
+        monkeypatch.setattr(stacking, "supports_blocked_keys", lambda model: False)
+        stacked = run_sweep(model, prompts, cells, score, rows_per_pass=5)
+    torch.testing.assert_close(shared.cells, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(stacked.cells, expected, atol=1e-6, rtol=0)
+
+
 def test_a_shared_row_that_would_be_imprecise_falls_back_to_separate_rows(model, monkeypatch):
     if not supports_blocked_keys(model):
         pytest.skip("this model's attention cannot be masked through hooks: sweeps never share rows")

@@ -18,6 +18,7 @@ from tv_lens.interventions.masking import BlockedKeysPrecisionError, WindowedRow
 from tv_lens.interventions.specs import Intervention
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.row_logits import logits_at
+from tv_lens.models.running import attached_hooks
 from tv_lens.positions import (
     answer_columns,
     as_positions,
@@ -198,15 +199,19 @@ def stack_groups(order: list[int], starts: list[int], per_pass: int) -> list[lis
 def clean_pass(
     adapter: ModelAdapter, inputs: Tensor, columns: Tensor, blocks: list[int]
 ) -> tuple[Tensor, dict[int, Tensor]]:
-    """Logits of the unpatched prompts at ``columns``, and the residual entering each of ``blocks`` (all positions)."""
+    """Logits of the unpatched prompts at ``columns``, and the residual entering each of ``blocks`` (all positions).
+
+    Each residual is read before the hooks already attached at ``blocks.{b}.hook_resid_pre`` (the user's): a pass
+    started from it runs them itself, as the full pass does once.
+    """
     residuals: dict[int, Tensor] = {}
 
     def keep(activation: Tensor, hook: Any, *, block: int) -> None:
         residuals[block] = activation.detach()
 
     hooks = [(adapter.hook_name("resid_pre", b), partial(keep, block=b)) for b in blocks]
-    with torch.no_grad():
-        logits = logits_at(adapter, inputs, columns, hooks=hooks)
+    with torch.no_grad(), attached_hooks(adapter, hooks, prepend=True):
+        logits = logits_at(adapter, inputs, columns)
     return logits, residuals
 
 
