@@ -45,6 +45,20 @@ def test_loss_decreases_on_a_tiny_pool(backend: str) -> None:
     assert not model.training  # handed back in eval mode, as build_model made it
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_gives_every_module_its_own_mode_back(backend: str) -> None:
+    model = tiny_model(backend)
+    model.train()
+    model.blocks[0].eval()  # dropout of one block switched off by hand: a model whose modules differ in mode
+    modes = {name: module.training for name, module in model.named_modules()}
+    seen: list[bool] = []
+    model.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    config = tiny_config(max_steps=2, eval_every=1, data=DataConfig(n_per_task=4, n_shots=2, eval_n_per_task=4))
+    train(model, tiny_pool(), config, progress=False)
+    assert {name: module.training for name, module in model.named_modules()} == modes
+    assert True in seen and False in seen  # trained in train mode, evaluated in eval mode
+
+
 def test_get_lr_matches_a_hand_computation() -> None:
     schedule = ScheduleConfig(max_steps=100, lr=1e-3, min_lr=1e-4, warmup_steps=10)
     assert get_lr(0, schedule) == pytest.approx(1e-4)  # 1e-3 * 1 / 10

@@ -14,12 +14,12 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
 
-__all__ = ["evaluating", "hooks_attached", "model_lock", "user_hooks_detached"]
+__all__ = ["evaluating", "hooks_attached", "in_mode", "model_lock", "user_hooks_detached"]
 
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -64,17 +64,25 @@ def hooks_attached(model: Any, within: Sequence[Any] | None = None) -> bool:
     return any(getattr(point, "fwd_hooks", None) for point in points.values())
 
 
-@contextmanager
-def evaluating(model: Any) -> Iterator[None]:
+def evaluating(model: Any) -> AbstractContextManager[None]:
     """Run the block with ``model`` in eval mode (no dropout), then give every submodule back its own mode.
 
     Analyses measure the model, so a model left in train mode (dropout, LoRA dropout) must not make them random.
+    """
+    return in_mode(model, training=False)
+
+
+@contextmanager
+def in_mode(model: Any, *, training: bool) -> Iterator[None]:
+    """Run the block with every submodule of ``model`` in train or eval mode, then give each its own mode back.
+
+    A model whose modules had different modes (dropout switched off by hand) keeps them.
     """
     modules = _modules(model)
     modes = [module.training for module in modules]
     try:
         for module in modules:
-            module.training = False
+            module.training = training
         yield
     finally:
         for module, mode in zip(modules, modes, strict=True):

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from tv_lens.models.adapter import ModelAdapter
+from tv_lens.models.exclusive import evaluating
 from tv_lens.stats import group_means
 from tv_lens.training.config import TVPConfig
 from tv_lens.training.objectives import Objective
@@ -22,12 +23,9 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """One row per task: ``task``, ``accuracy``, ``loss``, ``n_prompts`` (+ ``tvp_accuracy``, ``zero_shot_accuracy``).
 
-    Runs in eval mode and puts the model back in the mode it was in.
+    Runs in eval mode and gives every module of the model back its own mode.
     """
-    model = adapter.model
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(adapter.model):
         scores: dict[str, list[Tensor]] = {"accuracy": [], "loss": []}
         if tvp is not None:
             scores |= {"tvp_accuracy": [], "zero_shot_accuracy": []}
@@ -43,8 +41,6 @@ def evaluate(
         if tvp is not None:
             tvp_scores = tvp_accuracy(adapter, batch, tvp.layer, tvp.mode, objective, tvp.source, batch_size)
             scores["tvp_accuracy"] = [tvp_scores.cpu()]
-    finally:
-        model.train(was_training)
     task_ids, n_tasks = batch.task_ids.cpu(), len(batch.task_names)
     means = {name: group_means(torch.cat(values), task_ids, n_tasks) for name, values in scores.items()}
     counts = torch.bincount(task_ids, minlength=n_tasks)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from tv_lens.checks import is_int
 from tv_lens.errors import CheckpointError, ConfigError, NonFiniteError
 from tv_lens.models import ModelAdapter, ModelConfig, adapt
+from tv_lens.models.exclusive import in_mode
 from tv_lens.training.accumulation import loss_counter, step_gradients
 from tv_lens.training.checkpoints import check_checkpoint_directory, latest_checkpoint, list_checkpoints
 from tv_lens.training.config import FinetuneConfig, LoRAConfig, OptimConfig, ScheduleConfig, TrainConfig
@@ -143,13 +144,12 @@ def train(
         raise
 
     end = config.schedule.max_steps if stop_after is None else min(stop_after, config.schedule.max_steps)
-    was_training = model.training
     bar = tqdm(total=config.schedule.max_steps, initial=state.step, disable=not progress, desc="train")
     start = time.perf_counter() - state.elapsed_s
     micro_batch = config.data.micro_batch  # halves for good after a step runs out of memory
-    model.train()
     first = state.step
-    with torch.enable_grad():  # a run started under torch.no_grad() trains all the same
+    # a run started under torch.no_grad() trains all the same; every module gets its own mode back after it
+    with torch.enable_grad(), in_mode(model, training=True):
         try:
             for step in range(state.step, end):
                 lr = get_lr(step, config.schedule)
@@ -191,7 +191,6 @@ def train(
             raise
         finally:
             bar.close()
-            model.train(was_training)
     if frozen is not None:
         frozen.verify()
     return TrainResult(
