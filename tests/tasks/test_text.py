@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from conftest import BACKENDS, tiny_config
 from scipy.stats import chi2_contingency
 from text_tokenizers import byte_bpe, qwen_like, sentencepiece_like, word_level
+from tokenizers import processors
 
 from tv_lens.errors import PositionError, ShapeError, TaskError
 from tv_lens.interventions import run_with_interventions
@@ -282,6 +284,28 @@ def test_a_token_of_the_space_before_the_answer_stays_with_the_prompt(make) -> N
         assert targets[:, i, 0].tolist() == firsts  # each task's first digit, not the space
         n_differ += len(set(firsts)) > 1
     assert n_differ > 0
+
+
+@pytest.mark.parametrize("template", ["{x} -> {y}", "Q: {x}\nA: {y}", "{x} {y}"])
+def test_a_tokenizer_that_trims_offsets_gives_the_same_examples_and_prompts(template: str) -> None:
+    """GPT-NeoX's tokenizer (Pythia's) trims the space before a word out of the word's offsets (the ByteLevel
+    post-processor's ``trim_offsets``): the same tokens, so the same kept examples and the same prompts. Before,
+    nearly every example whose answer follows a space was dropped ("tokenizes differently without its answer")."""
+    trimmed = copy.deepcopy(byte_bpe())
+    trimmed.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    spans = [
+        tokenizer("hot -> cold", return_offsets_mapping=True)["offset_mapping"] for tokenizer in (byte_bpe(), trimmed)
+    ]
+    moved = [(a, b) for a, b in zip(*spans, strict=True) if a != b]
+    assert moved and all(b == (a[0] + 1, a[1]) for a, b in moved)  # the spans of " ->", " c...": after the space
+    tasks = (*pos_tasks(n_sentences=64)[:2], *bitwise_text_tasks(ops=("and", "xor"), n_bits=4))
+    pools = [TextPool(tasks, tokenizer, template=template, null=True) for tokenizer in (byte_bpe(), trimmed)]
+    assert pools[0].dropped == pools[1].dropped == ()
+    assert pools[0].examples == pools[1].examples
+    batches = [pool.sample(n_per_task=4, n_shots=(0, 3), seed=0) for pool in pools]
+    for name in ("inputs", "answers", "answer_pos", "query_start", "demo_start", "demo_answer_pos", "demo_answer_end"):
+        assert torch.equal(getattr(batches[0], name), getattr(batches[1], name)), name
+    assert pools[0].query_inputs(batches[0]) == pools[1].query_inputs(batches[1])
 
 
 @pytest.mark.parametrize(

@@ -139,8 +139,10 @@ class TextPool(PoolTasks):
         fulls = encoder.encode(texts)
         firsts, prompts = [], []  # the prompt: the query, and any token of only the whitespace before the answer
         for query, full, text in zip(queries, fulls, texts, strict=True):
-            firsts.append(first_answer_token(full, len(query), text))
-            prompts.append(text[: full.starts[firsts[-1]]] if firsts[-1] < len(full.ids) else text)
+            firsts.append(first := first_answer_token(full, len(query), text))
+            # up to the end of the prompt's last token: the answer's first token may start at its leading space,
+            # which a tokenizer that trims offsets (GPT-NeoX's) leaves out of that token's span
+            prompts.append(text[: full.ends[first - 1]] if 0 < first < len(full.ids) else text)
         problems = []
         for query, full, first, alone in zip(queries, fulls, firsts, encoder.encode(prompts), strict=True):
             if encoder.unk_id is not None and encoder.unk_id in full.ids:
