@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import unicodedata
 from dataclasses import replace
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from conftest import BACKENDS, tiny_config
 from scipy.stats import chi2_contingency
 from text_tokenizers import byte_bpe, qwen_like, sentencepiece_like, word_level
-from tokenizers import processors
+from tokenizers import normalizers, processors
 
 from tv_lens.errors import PositionError, ShapeError, TaskError
 from tv_lens.interventions import run_with_interventions
@@ -306,6 +307,30 @@ def test_a_tokenizer_that_trims_offsets_gives_the_same_examples_and_prompts(temp
     for name in ("inputs", "answers", "answer_pos", "query_start", "demo_start", "demo_answer_pos", "demo_answer_end"):
         assert torch.equal(getattr(batches[0], name), getattr(batches[1], name)), name
     assert pools[0].query_inputs(batches[0]) == pools[1].query_inputs(batches[1])
+
+
+def test_queries_are_read_back_through_a_tokenizer_that_normalizes_them() -> None:
+    """GPT-NeoX's and Qwen2's tokenizers compose accents (NFC): an input written decomposed (NFD) decodes to another
+    string, and is still its query's input, so each task's answer to it is known (overriding reads it). Two inputs
+    with the same tokens give no input."""
+    tokenizer = copy.deepcopy(byte_bpe())
+    tokenizer.backend_tokenizer.normalizer = normalizers.NFC()
+    words = ("café", "naïve", "résumé", "über", "señor", "crème", "brûlée", "déjà")
+    decomposed = [unicodedata.normalize("NFD", word) for word in words]
+    assert all(word != twin for word, twin in zip(words, decomposed, strict=True))
+    upper = TextTask("upper", tuple((x, x.upper()) for x in decomposed))
+    pool = TextPool((upper, TextTask("same", tuple((x, x) for x in decomposed))), tokenizer, template="{x} -> {y}")
+    batch = pool.sample(n_per_task=4, n_shots=2, seed=0)
+    queries = pool.query_inputs(batch)
+    assert set(queries) <= set(decomposed)  # every query found, as it was given
+    for i, x in enumerate(queries):
+        prompt = tokenizer.decode(batch.inputs[i, : int(batch.answer_pos[i]) + 1].tolist())
+        assert prompt.rstrip().endswith(unicodedata.normalize("NFC", x) + " ->")
+    assert torch.equal(
+        pool.target_answers(batch, batch.task_names)[batch.task_ids, torch.arange(len(batch)), 0], batch.answers[:, 0]
+    )
+    both = TextPool((TextTask("same", (("café", "a"), (decomposed[0], "b"), ("big", "c"))),), tokenizer)
+    assert set(both.query_inputs(both.sample(n_per_task=6, n_shots=0, seed=0))) == {None, "big"}
 
 
 @pytest.mark.parametrize(

@@ -162,10 +162,11 @@ class TextPool(PoolTasks):
     def query_inputs(self, batch: ICLBatch) -> list[str | None]:
         """The input string of every prompt's query, read back from its tokens.
 
-        ``None`` where the query is not one of this pool's inputs (e.g. a batch of another pool).
+        ``None`` where the query is not one of this pool's inputs (e.g. a batch of another pool), or where two inputs
+        have the same tokens.
         """
         pre, mid, _, _ = self._split_template()
-        known = {x for examples in self.examples for x, _ in examples}
+        known = self._inputs_by_text()
         inputs: list[str | None] = []
         rows = zip(batch.inputs.tolist(), batch.query_start.tolist(), batch.answer_pos.tolist(), strict=True)
         for row, start, end in rows:
@@ -174,12 +175,24 @@ class TextPool(PoolTasks):
             found = None
             for candidate in [c for text in candidates for c in dict.fromkeys((text, text.rstrip()))]:
                 if candidate.startswith(pre) and candidate.endswith(mid):
-                    x = candidate[len(pre) : len(candidate) - len(mid)]
-                    found = x if x in known else None
+                    found = known.get(candidate[len(pre) : len(candidate) - len(mid)])
                     if found is not None:
                         break
             inputs.append(found)
         return inputs
+
+    def _inputs_by_text(self) -> dict[str, str | None]:
+        """Every kept input, keyed by itself and by the text its tokens decode to (``None``: two inputs share a key).
+
+        A tokenizer's normalizer changes the text it encodes (GPT-NeoX's and Qwen2's compose accents, NFC), so a
+        query's tokens can decode to another string than its input, and two inputs to the same tokens.
+        """
+        inputs = list(dict.fromkeys(x for examples in self.examples for x, _ in examples))
+        table: dict[str, str | None] = {}
+        for x, encoded in zip(inputs, self._encoder.encode(inputs), strict=True):
+            for key in {x, self._encoder.decode(encoded.ids)}:
+                table[key] = x if table.get(key, x) == x else None
+        return table
 
     def target_answers(self, batch: ICLBatch, task_names: Sequence[str]) -> Int[Tensor, "task batch 1"]:
         """The first answer token each named task gives for every prompt's query, ``[task, batch, 1]``.
