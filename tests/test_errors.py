@@ -476,6 +476,13 @@ CASES = [
         r"index of the token right before the answer",
     ),
     Case(
+        "answer-tokens-past-the-prompt",
+        lambda w: run_with_interventions(w.model, torch.ones(2, 6, dtype=torch.long), 4, [], n_answer_tokens=3),
+        PositionError,
+        r"Prompt 0's answer has 3 tokens, but the prompt \(positions 0\.\.5\) stops 1 token\(s\) short of them",
+        r"put the answer's tokens in the prompt right after answer_pos",
+    ),
+    Case(
         "prompt-longer-than-n_ctx",
         lambda w: TaskDecodability(k=2, n_bootstrap=0).run(w.model, POOL, n_per_task=4, n_shots=30),
         PositionError,

@@ -193,14 +193,22 @@ def prepare_prompts(
     elif not inputs.is_floating_point():
         _check_no_left_padding(adapter, inputs)
     last = positions + n_answers - 1
-    bad = (positions < 0) | (positions >= lengths) | (last >= lengths)  # the first two also catch an overflowed last
+    outside = (positions < 0) | (positions >= lengths)
+    bad = outside | (last >= lengths)  # the first two also catch an overflowed last
     if bool(bad.any()):
         row = int(bad.nonzero()[0])
+        where = f"(positions {int(shift[row])}..{int(shift[row] + lengths[row]) - 1})"
+        if not bool(outside[row]):
+            raise PositionError(
+                f"Prompt {row}'s answer has {int(n_answers[row])} tokens, but the prompt {where} stops "
+                f"{int(last[row] - lengths[row]) + 1} token(s) short of them after answer_pos "
+                f"{int(positions[row] + shift[row])}. An answer of several tokens is scored by teacher forcing: the "
+                "model reads each answer token but the last from the prompt, so put the answer's tokens in the "
+                "prompt right after answer_pos (tokenize the prompt with its answer), or score its first token only."
+            )
         raise PositionError(
             f"answer_pos {int(positions[row] + shift[row])} of prompt {row} lies outside the prompt's tokens "
-            f"(positions {int(shift[row])}..{int(shift[row] + lengths[row]) - 1}"
-            f"{', with its answer tokens after it' if int(n_answers[row]) > 1 else ''}). Give the index of the "
-            "token right before the answer, counted from the start of the padded row."
+            f"{where}. Give the index of the token right before the answer, counted from the start of the padded row."
         )
     if int(last.max()) >= adapter.n_ctx:
         row = int(last.argmax())
