@@ -483,6 +483,23 @@ CASES = [
         r"put the answer's tokens in the prompt right after answer_pos",
     ),
     Case(
+        "answer-tokens-not-the-prompts",
+        lambda w: head_importance(
+            w.model,
+            Prompts(
+                w.batch.inputs,
+                w.batch.answer_pos,
+                torch.stack([(w.batch.answers[:, 0] + 1) % POOL.vocab_size, w.batch.answers[:, 0]], dim=1),
+                w.batch.task_ids,
+                w.batch.task_names,
+            ),
+            config=HeadAblation(n_bootstrap=0),
+        ),
+        PositionError,
+        r"Prompt 0's answer token 0 is id \d+, but the prompt holds id \d+ in its place \(1 after answer_pos\)",
+        r"answers must be the prompt's own tokens after answer_pos",
+    ),
+    Case(
         "prompt-longer-than-n_ctx",
         lambda w: TaskDecodability(k=2, n_bootstrap=0).run(w.model, POOL, n_per_task=4, n_shots=30),
         PositionError,

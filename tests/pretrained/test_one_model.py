@@ -8,7 +8,9 @@ import pytest
 import torch
 from pretrained_helpers import loaded, one_thread  # noqa: F401  (fixture)
 
-from tv_lens import TaskVectorPatching, TaskVectors
+from tv_lens import Prompts, TaskVectorPatching, TaskVectors
+from tv_lens.analyses import HeadAblation, head_importance, patch_task_vectors, task_vector_prompting
+from tv_lens.analyses.performance import clean_outputs
 from tv_lens.errors import NonFiniteError, PositionError, ShapeError
 from tv_lens.interventions import add, masking_strategy, replace, run_with_interventions
 from tv_lens.models import ModelConfig, build_model
@@ -112,6 +114,36 @@ def test_inputs_are_not_reinterpreted(gpt2) -> None:
             collect(model, tokens, answer_pos, attention_mask=bad, progress=False)
     with pytest.raises(NonFiniteError, match="NaN or infinite"):
         run_with_interventions(model, tokens, answer_pos, [replace(0, torch.full((d,), 3e38))], attention_mask=mask)
+
+
+def test_answers_tokenized_apart_from_their_prompts_are_refused(gpt2) -> None:
+    """An answer tokenized alone loses the space before it (``hot``, not `` hot``): scored by teacher forcing, the
+    model would read the prompt's tokens while being scored on others. Every scoring path refuses it."""
+    model, _ = gpt2
+    twice = TextTask("twice", tuple((x, f"{x} {x}") for x, _ in PAIRS))
+    pool = TextPool((twice, TASKS[1]), model.tokenizer, template="{x} -> {y}", null=False, bos=True)
+    batch = pool.sample(n_per_task=3, n_shots=1, seed=0)
+    outputs = dict(pool.examples[0] + pool.examples[1])
+    alone = torch.full_like(batch.answers, -1)
+    for i, x in enumerate(pool.query_inputs(batch)):
+        ids = model.tokenizer(outputs[x] if batch.task_ids[i] == 1 else f"{x} {x}", add_special_tokens=False).input_ids
+        alone[i, : len(ids)] = torch.tensor(ids)
+    assert bool((alone[batch.task_ids == 0, 1] >= 0).all()) and not torch.equal(alone, batch.answers)
+    own = Prompts(batch.inputs, batch.answer_pos, batch.answers, batch.task_ids, batch.task_names, batch.attention_mask)
+    apart = Prompts(batch.inputs, batch.answer_pos, alone, batch.task_ids, batch.task_names, batch.attention_mask)
+    vectors = TaskVectors.from_model(model, batch, layers=(0,))
+    config = HeadAblation(n_bootstrap=0, prune_steps=0)
+    head_importance(model, own, config=config)
+    match = r"answer token 0 is id \d+, but the prompt holds id \d+ in its place .*the prompt's own tokens"
+    calls = (
+        lambda prompts: head_importance(model, prompts, config=config),
+        lambda prompts: patch_task_vectors(model, prompts, vectors),
+        lambda prompts: task_vector_prompting(model, prompts, batch.zero_shot(), vectors=vectors),
+        lambda prompts: clean_outputs(model, prompts),
+    )
+    for call in calls:
+        with pytest.raises(PositionError, match=match):
+            call(apart)
 
 
 def test_left_padding_without_a_mask_is_refused(gpt2) -> None:

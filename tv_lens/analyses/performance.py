@@ -27,7 +27,7 @@ from torch import Tensor
 
 from tv_lens.analyses.answers import answer_counts
 from tv_lens.analyses.options import N_PER_TASK, IntervalOptions, analysis_config
-from tv_lens.analyses.prompt_batches import LabelledPrompts, PromptBatch, PromptPool, sample_batch
+from tv_lens.analyses.prompt_batches import LabelledPrompts, PromptBatch, PromptPool, align_answers, sample_batch
 from tv_lens.analyses.representations import integer_ids, named_tasks
 from tv_lens.checks import is_int, is_number, tensor_of
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
@@ -169,6 +169,7 @@ def clean_outputs(
     answers = prompts.answers if answers is None else answers
     if answers is None:
         raise ShapeError("clean_outputs reads one output per answer token: give prompts with answers, or answers=.")
+    align_answers(model, prompts.inputs, prompts.answer_pos, prompts.attention_mask, answers)  # the prompts hold them
     with torch.no_grad(), evaluating(model):
         run = run_with_interventions(
             model,

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.analyses.answers import answer_counts, answer_tokens, prompt_count
-from tv_lens.errors import TaskError
+from tv_lens.errors import PositionError, TaskError
 from tv_lens.interventions.sweep import AlignedPrompts, align
 from tv_lens.metrics import checked_answers, continuous_answers
 
@@ -25,6 +26,7 @@ __all__ = [
     "PromptBatch",
     "PromptPool",
     "Prompts",
+    "align_answers",
     "aligned_with_answers",
     "check_batch",
     "check_pool",
@@ -218,4 +220,39 @@ def aligned_with_answers(
         answers = checked_answers(prompts.answers, n_prompts, continuous=True).cpu()
     else:
         answers = answer_tokens(prompts.answers, n_prompts)
-    return align(model, prompts.inputs, prompts.answer_pos, prompts.attention_mask, answer_counts(answers)), answers
+    return align_answers(model, prompts.inputs, prompts.answer_pos, prompts.attention_mask, answers), answers
+
+
+def align_answers(
+    model: Any,
+    inputs: Tensor,
+    answer_pos: Any,
+    attention_mask: Int[Tensor, "batch pos"] | None,
+    answers: Int[Tensor, "batch n_answer"] | Float[Tensor, "batch d_out"],
+) -> AlignedPrompts:
+    """Prompts aligned to read ``answers`` (:func:`~tv_lens.interventions.sweep.align`), checked to hold them.
+
+    An answer of several tokens is scored by teacher forcing: the model reads each of its tokens but the last from
+    the prompt, right after ``answer_pos``, so those must be the prompt's own tokens there.
+
+    Raises:
+        PositionError: A token the model reads that is not the answer's (an answer tokenized apart from its prompt).
+    """
+    aligned = align(model, inputs, answer_pos, attention_mask, answer_counts(answers))
+    if continuous_answers(answers):
+        return aligned
+    read = aligned.answer_lengths - 1  # answer tokens the model reads from the prompt
+    offsets = torch.arange(int(read.max()) if len(read) else 0)
+    columns = (aligned.answer_pos[:, None] + 1 + offsets).clamp(max=aligned.inputs.shape[1] - 1)
+    held = aligned.inputs.gather(1, columns.to(aligned.inputs.device)).cpu()
+    wrong = (offsets < read[:, None]) & (held != answers[:, : len(offsets)].to("cpu", held.dtype))
+    if bool(wrong.any()):
+        row, token = (int(i) for i in wrong.nonzero()[0])
+        raise PositionError(
+            f"Prompt {row}'s answer token {token} is id {int(answers[row, token])}, but the prompt holds id "
+            f"{int(held[row, token])} in its place ({token + 1} after answer_pos). An answer of several tokens is "
+            "scored by teacher forcing: the model reads each answer token but the last from the prompt, so the "
+            "answers must be the prompt's own tokens after answer_pos. Take them from the tokens of the prompt with "
+            "its answer (an answer tokenized alone can split otherwise, e.g. without the space before it)."
+        )
+    return aligned

@@ -47,18 +47,17 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from tv_lens.analyses.answers import answer_counts, answer_scores, prompt_count, prompt_task_ids
+from tv_lens.analyses.answers import answer_scores, prompt_count, prompt_task_ids
 from tv_lens.analyses.generated_scores import GeneratedScores
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.patching import patch_site
 from tv_lens.analyses.performance import clean_outputs
-from tv_lens.analyses.prompt_batches import LabelledPrompts, check_pool, check_prompts
+from tv_lens.analyses.prompt_batches import LabelledPrompts, align_answers, check_pool, check_prompts
 from tv_lens.analyses.prompting_vectors import prompting_vectors
 from tv_lens.checks import tensor_of
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.interventions import Cell, run_sweep
 from tv_lens.interventions.prompting import INJECT_MODES, PROMPT_SOURCES, injection, other_prompts
-from tv_lens.interventions.sweep import align
 from tv_lens.metrics import TOLERANCE, checked_answers, continuous_answers, tolerance_problem
 from tv_lens.models.adapter import adapt
 from tv_lens.probes import check_residual_site
@@ -148,7 +147,7 @@ def task_vector_prompting(
         vectors,
         config.batch_size,
     )
-    aligned = align(model, zero_shot.inputs, zero_shot.answer_pos, zero_shot.attention_mask, answer_counts(answers))
+    aligned = align_answers(model, zero_shot.inputs, zero_shot.answer_pos, zero_shot.attention_mask, answers)
     writes = []
     for i, layer in enumerate(layers):
         at_site, at_layer = patch_site(adapter, site, layer)
