@@ -137,7 +137,8 @@ def prepare_prompts(
             embeds continuous inputs itself (``adapter.d_in`` set) those inputs ``[batch, pos, d_in]``.
         answer_pos: Position of the token right before the answer, per prompt (or one int for all).
         attention_mask: ``[batch, pos]``, 1 on real tokens. Needed only for left-padded prompts; each
-            prompt's real tokens must be contiguous.
+            prompt's real tokens must be contiguous. The ids of padding are never read (any id, such as a pad
+            token the model's vocabulary lacks, runs as 0).
         n_answer_tokens: Positions ``answer_pos .. answer_pos + n_answer_tokens - 1`` are read; all must
             lie inside the prompt. One int for every prompt, or one per prompt (answers of different lengths).
         residual: Float ``inputs`` are a residual stream ``[batch, pos, d_model]`` whatever the model's
@@ -170,7 +171,10 @@ def prepare_prompts(
         )
     elif inputs.ndim != 2:
         raise ShapeError(f"Token inputs must be Int[batch, pos], got shape {tuple(inputs.shape)}.")
-    elif inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= adapter.d_vocab):
+    if not inputs.is_floating_point() and attention_mask is not None:
+        # padding is never read: its ids (a pad token added to the tokenizer, not to the model) become 0
+        inputs = inputs.masked_fill(~checked_mask(attention_mask, tuple(inputs.shape)).to(inputs.device), 0)
+    if not inputs.is_floating_point() and inputs.numel() and (inputs.min() < 0 or inputs.max() >= adapter.d_vocab):
         raise ShapeError(
             f"Token ids must lie in [0, {adapter.d_vocab}) for this model's vocabulary, got ids in "
             f"[{int(inputs.min())}, {int(inputs.max())}]. Build the model with a vocabulary the task needs (d_vocab >= "

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
 import torch
 from pretrained_helpers import loaded, one_thread  # noqa: F401  (fixture)
 
-from tv_lens import Prompts, TaskVectorPatching, TaskVectors
+from tv_lens import ICLPerformance, Prompts, TaskDecodability, TaskVectorPatching, TaskVectors, generate
 from tv_lens.analyses import HeadAblation, head_importance, patch_task_vectors, task_vector_prompting
 from tv_lens.analyses.performance import clean_outputs
 from tv_lens.errors import NonFiniteError, PositionError, ShapeError
@@ -144,6 +145,30 @@ def test_answers_tokenized_apart_from_their_prompts_are_refused(gpt2) -> None:
     for call in calls:
         with pytest.raises(PositionError, match=match):
             call(apart)
+
+
+def test_a_pad_token_the_model_lacks_is_never_read(gpt2) -> None:
+    """A pad token added to the tokenizer (``add_special_tokens({"pad_token": "[PAD]"})``, the usual way to batch with
+    Llama's tokenizer) has an id past the model's vocabulary. It only pads the prompts, so the analyses give what the
+    tokenizer without it gives; before, every run was refused for a token id outside the vocabulary."""
+    model, pool = gpt2
+    tokenizer = copy.deepcopy(model.tokenizer)
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    assert tokenizer.pad_token_id >= model.cfg.d_vocab
+    padded = TextPool(TASKS, tokenizer, template="{x} -> {y}", null=True, bos=True)
+    batches = [each.sample(n_per_task=3, n_shots=(1, 3), seed=0) for each in (pool, padded)]
+    real = batches[0].attention_mask.bool()
+    assert torch.equal(batches[0].inputs[real], batches[1].inputs[real])
+    assert bool((batches[1].inputs[~real] == tokenizer.pad_token_id).all()) and bool((~real).any())
+    for analysis in (TaskDecodability(k=2, n_bootstrap=0), TaskVectorPatching(n_bootstrap=0)):
+        assert analysis.run(model, padded, n_per_task=3, n_shots=(1, 3)) == analysis.run(
+            model, pool, n_per_task=3, n_shots=(1, 3)
+        )
+    performance = ICLPerformance(shots=(0, 2), n_bootstrap=0)
+    assert performance.run(model, padded, n_per_task=3) == performance.run(model, pool, n_per_task=3)
+    assert torch.equal(
+        generate(model, batches[1], max_new_tokens=2).tokens, generate(model, batches[0], max_new_tokens=2).tokens
+    )
 
 
 def test_left_padding_without_a_mask_is_refused(gpt2) -> None:
