@@ -667,6 +667,13 @@ CASES = [
         r"wrap a single one: \[intervention\]",
     ),
     Case(
+        "interventions-a-number",
+        lambda w: generate(w.model, w.batch.inputs, 5),
+        ShapeError,
+        r"interventions must be a list of interventions .*got int 5",
+        r"pass \[\] for none, and the options after it by keyword \(e\.g\. max_new_tokens=5\)",
+    ),
+    Case(
         "intervention-batch-size-zero",
         lambda w: run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, [], batch_size=0),
         ShapeError,

@@ -23,6 +23,7 @@ from tv_lens.generation.prompts import (
 )
 from tv_lens.generation.steps import PassState, Sampling, cached_batch, recomputed_batch, write_hook
 from tv_lens.interventions import Intervention, resolve
+from tv_lens.interventions.specs import intervention_list
 from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating
 from tv_lens.models.memory import fitting
@@ -120,8 +121,7 @@ def generate(
         InterventionNotAppliedError: An intervention wrote to no prompt.
     """
     adapter = adapt(model)
-    if isinstance(interventions, Intervention):
-        raise ShapeError("interventions must be a list of interventions; wrap a single one: [intervention].")
+    interventions = intervention_list(interventions)
     check_count(max_new_tokens, "max_new_tokens", "tokens generated per prompt")
     if batch_size is not None:
         check_count(batch_size, "batch_size", "prompts per batch, or None for all at once")

@@ -46,7 +46,7 @@ from tv_lens.errors import (
 )
 from tv_lens.interventions.masking import mask_hooks, validated_blocked_keys
 from tv_lens.interventions.plans import WritePlan, apply_plan, resolve
-from tv_lens.interventions.specs import Intervention
+from tv_lens.interventions.specs import Intervention, intervention_list
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.block_skipping import supports_block_skipping
 from tv_lens.models.memory import fitting
@@ -123,8 +123,7 @@ def run_with_interventions(
         WindowedRowError: The model's own mask (a sliding window) hides a key that ``blocked_keys`` leaves open.
     """
     adapter = adapt(model)
-    if isinstance(interventions, Intervention):
-        raise ShapeError("interventions must be a list of interventions; wrap a single one: [intervention].")
+    interventions = intervention_list(interventions)
     check_batch_size(batch_size, all_at_once=True)
     residual = residual_layer is not None
     prompts = prepare_prompts(adapter, inputs, answer_pos, attention_mask, n_answer_tokens, residual=residual)

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,7 +17,7 @@ from torch import Tensor
 from tv_lens.checks import check_tensor_data, tensor_of
 from tv_lens.errors import PositionError, ShapeError
 
-__all__ = ["Intervention", "Positions", "Rows", "ablate_head", "add", "knockout", "replace"]
+__all__ = ["Intervention", "Positions", "Rows", "ablate_head", "add", "intervention_list", "knockout", "replace"]
 
 Positions = Literal["answer", "all"] | int | Sequence[int] | Tensor
 
@@ -149,6 +149,23 @@ def knockout(
     if mask.ndim not in (1, 2):
         raise ShapeError(f"knockout keys must be a mask [pos] or [n_rows, pos], got shape {tuple(mask.shape)}.")
     return Intervention("knockout", layer, "attn", mask, pos, rows, head)
+
+
+def intervention_list(interventions: Any) -> list[Any]:
+    """``interventions`` as a list, after checking it is a collection of them (its items are checked when resolved).
+
+    Raises:
+        ShapeError: A single intervention, or what is no collection (a number passed in its place).
+    """
+    if isinstance(interventions, Intervention):
+        raise ShapeError("interventions must be a list of interventions; wrap a single one: [intervention].")
+    if not isinstance(interventions, Iterable):
+        raise ShapeError(
+            f"interventions must be a list of interventions (replace(), add(), ablate_head(), knockout()), got "
+            f"{type(interventions).__name__} {interventions!r:.40}; pass [] for none, and the options after it by "
+            "keyword (e.g. max_new_tokens=5)."
+        )
+    return list(interventions)
 
 
 def _as_values(vector: Any, what: str, width: str) -> Tensor:
