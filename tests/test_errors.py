@@ -521,6 +521,15 @@ CASES = [
         r"tokenize text prompts with the model's own tokenizer",
     ),
     Case(
+        "text-pool-of-another-tokenizer-within-the-vocabulary",
+        lambda w: TaskDecodability(k=2, n_bootstrap=0).run(
+            _sliding_window_model(w.files / "mistral"), _text_pool(), n_per_task=4, n_shots=2
+        ),
+        TaskError,
+        r"The TextPool's tokenizer splits 'w0 -> w1' into the ids \[2, 1, 3\] but the model's tokenizer into",
+        r"Build the pool with the model's own tokenizer, TextPool\(tasks, model\.tokenizer, \.\.\.\)",
+    ),
+    Case(
         "attention-mask-of-another-shape",
         lambda w: collect(w.model, w.batch.inputs, w.batch.answer_pos, attention_mask=torch.ones(3, 3), progress=False),
         ShapeError,

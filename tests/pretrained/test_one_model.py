@@ -12,10 +12,11 @@ from pretrained_helpers import loaded, one_thread  # noqa: F401  (fixture)
 from tv_lens import ICLPerformance, Prompts, TaskDecodability, TaskVectorPatching, TaskVectors, generate
 from tv_lens.analyses import HeadAblation, head_importance, patch_task_vectors, task_vector_prompting
 from tv_lens.analyses.performance import clean_outputs
-from tv_lens.errors import NonFiniteError, PositionError, ShapeError
+from tv_lens.errors import NonFiniteError, PositionError, ShapeError, TaskError
 from tv_lens.interventions import add, masking_strategy, replace, run_with_interventions
 from tv_lens.models import ModelConfig, build_model
 from tv_lens.models.adapter import ModelAdapter
+from tv_lens.models.local_hf import build_tokenizer
 from tv_lens.probes import collect
 from tv_lens.tasks import TextPool, TextTask
 
@@ -169,6 +170,28 @@ def test_a_pad_token_the_model_lacks_is_never_read(gpt2) -> None:
     assert torch.equal(
         generate(model, batches[1], max_new_tokens=2).tokens, generate(model, batches[0], max_new_tokens=2).tokens
     )
+
+
+def test_a_text_pool_of_another_tokenizer_is_refused(gpt2) -> None:
+    """One pool run on two models: the second model's tokenizer splits the text otherwise, and the pool's ids (all
+    within its vocabulary) would be read as other tokens. Refused; the model's tokenizer loaded apart is accepted."""
+    model, pool = gpt2
+    other = build_tokenizer(512)
+    foreign = TextPool(TASKS, other, template="{x} -> {y}", null=True, bos=True)
+    assert foreign.vocab_size <= model.cfg.d_vocab
+    analyses = (
+        TaskDecodability(k=2, n_bootstrap=0),
+        TaskVectorPatching(n_bootstrap=0),
+        HeadAblation(n_bootstrap=0, prune_steps=0),
+        ICLPerformance(shots=(0, 1), n_bootstrap=0),
+    )
+    for analysis in analyses:
+        with pytest.raises(TaskError, match=r"Build the pool with the model's own tokenizer"):
+            analysis.run(model, foreign, n_per_task=3)
+    apart = copy.deepcopy(model.tokenizer)
+    same = TextPool(TASKS, apart, template="{x} -> {y}", null=True, bos=True)
+    decodability = TaskDecodability(k=2, n_bootstrap=0)
+    assert decodability.run(model, same, n_per_task=3) == decodability.run(model, pool, n_per_task=3)
 
 
 def test_left_padding_without_a_mask_is_refused(gpt2) -> None:

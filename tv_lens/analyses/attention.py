@@ -168,7 +168,7 @@ class HeadAttention(IntervalOptions, PassOptions):
         self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
     ) -> RoleAttention:
         """Sample ``n_per_task`` prompts per task of a token, text or regression pool (seeded); :meth:`run_batch`."""
-        return self.run_batch(model, sample_batch(pool, n_per_task, n_shots, seed), seed=seed)
+        return self.run_batch(model, sample_batch(pool, n_per_task, n_shots, seed, model=model), seed=seed)
 
     def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> RoleAttention:
         """Head attention by role on a given batch (the roles its demonstration spans give)."""

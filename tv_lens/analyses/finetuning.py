@@ -255,7 +255,7 @@ class LayerFinetuning(IntervalOptions):
         itself, is scored, and its adapters are removed: one copy of the model in memory, and the same numbers
         as :meth:`finetune_variants` then :meth:`compare` (which keep every variant as a deep copy).
         """
-        check_pool(pool)
+        check_pool(pool, model)
         if self.lora is None:
             models, losses = self.finetune_variants(model, pool)
             return self.compare(models, losses, pool, seed)

@@ -281,7 +281,7 @@ class FunctionVectors(CausalOptions):
 
         The Null task's prompts are left out.
         """
-        check_pool(pool)
+        check_pool(pool, model)
         clean = pool.sample(n_per_task, n_shots, seed)
         corrupted = pool.sample(n_per_task, n_shots, seed + 1, self.label_noise, shuffle_labels=self.shuffle_labels)
         evaluation = pool.sample(n_per_task, n_shots, seed + 2)

@@ -198,7 +198,7 @@ class AttentionKnockout(CausalOptions):
         self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
     ) -> KnockoutEffects:
         """Sample ``n_per_task`` prompts per task of a token, text or regression pool (seeded); :meth:`run_batch`."""
-        check_pool(pool)
+        check_pool(pool, model)
         return self.run_batch(model, pool.sample(n_per_task, n_shots, seed), seed=seed)
 
     def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> KnockoutEffects:

@@ -219,7 +219,7 @@ class TaskVectorPatching(CausalOptions):
         vectors: TaskVectors | None = None,
     ) -> PatchingEffects:
         """Sample prompts (``seed``) and, unless given, task vectors from a separate sample (``seed + 1``)."""
-        check_pool(pool)
+        check_pool(pool, model)
         batch = pool.sample(n_per_task, n_shots, seed)
         if vectors is None:
             vectors = TaskVectors.from_model(

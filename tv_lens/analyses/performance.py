@@ -247,7 +247,7 @@ class ICLPerformance(IntervalOptions):
         scores, tasks, shots = [], [], []
         metric = self.metric
         for s in sorted(set(self.shots)):
-            batch = sample_batch(pool, n_per_task, s, seed, self.label_noise)
+            batch = sample_batch(pool, n_per_task, s, seed, self.label_noise, model=model)
             metric = resolve_metric(self.metric, batch)
             scores.append(score_batch(model, batch, metric, self.batch_size))
             tasks.append(batch.task_ids.cpu())

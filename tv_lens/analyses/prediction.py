@@ -188,7 +188,7 @@ class TdAccuracy:
         layers: tuple[int, ...] = ()
         site, metric = config.site, self.metric
         for s in grid:
-            batch = sample_batch(pool, n_per_task, s, seed)
+            batch = sample_batch(pool, n_per_task, s, seed, model=model)
             decodability = config.run_batch(model, batch, seed=seed)  # one collect pass, every layer
             per_task_td.append(decodability.per_task)  # [layer, task]
             layers = decodability.layers

@@ -158,13 +158,20 @@ class PromptPool(Protocol):
         ...
 
 
-def check_pool(pool: Any) -> None:
-    """Raise :class:`TaskError` unless ``pool`` can sample prompts (has ``sample(n_per_task, n_shots, seed)``)."""
+def check_pool(pool: Any, model: Any = None) -> None:
+    """Raise :class:`TaskError` unless ``pool`` can sample prompts (has ``sample(n_per_task, n_shots, seed)``).
+
+    With ``model``, a :class:`~tv_lens.tasks.TextPool` must tokenize as the model's tokenizer does
+    (:meth:`~tv_lens.tasks.TextPool.check_tokenizer`).
+    """
     if not callable(getattr(pool, "sample", None)) or not hasattr(pool, "task_names"):
         raise TaskError(
             f"Cannot sample prompts from a {type(pool).__name__}; pass a task pool such as "
             "tv_lens.tasks.offset_pool() (a TaskPool, RegressionPool or TextPool), or use run_batch for a batch."
         )
+    check_tokenizer = getattr(pool, "check_tokenizer", None)
+    if model is not None and callable(check_tokenizer):
+        check_tokenizer(getattr(model, "tokenizer", None))
 
 
 def check_batch(batch: Any) -> None:
@@ -191,9 +198,11 @@ def _check_fields(value: Any, name: str, expected: str, alternative: str) -> Non
         )
 
 
-def sample_batch(pool: PromptPool, n_per_task: int, n_shots: Any, seed: int, label_noise: float = 0.0) -> PromptBatch:
-    """``pool.sample`` typed as a :class:`PromptBatch` (the pool is checked first)."""
-    check_pool(pool)
+def sample_batch(
+    pool: PromptPool, n_per_task: int, n_shots: Any, seed: int, label_noise: float = 0.0, *, model: Any = None
+) -> PromptBatch:
+    """``pool.sample`` typed as a :class:`PromptBatch` (the pool is checked first, for ``model`` where given)."""
+    check_pool(pool, model)
     if label_noise:
         batch: PromptBatch = pool.sample(n_per_task, n_shots, seed, label_noise=label_noise)
     else:  # a pool of the user's own need not know label noise

@@ -254,7 +254,7 @@ class TaskVectorPrompting(CausalOptions):
         seed: int = 0,
     ) -> PromptingAccuracy:
         """Sample ``n_per_task`` ICL prompts per task (``seed``); task-mean vectors come from ``seed + 1``."""
-        check_pool(pool)
+        check_pool(pool, model)
         vectors = held_out_vectors(model, pool, self, n_per_task, n_shots, seed)
         return self.run_batch(model, pool.sample(n_per_task, n_shots, seed), vectors=vectors, seed=seed)
 

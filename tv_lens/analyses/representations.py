@@ -70,7 +70,7 @@ class RepresentationAnalysis(Generic[R]):
 
     def run(self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, n_shots: Any = 4, seed: int = 0) -> R:
         """Sample ``n_per_task`` prompts of every task of ``pool`` (seeded) and compute on their representations."""
-        return self.run_batch(model, sample_batch(pool, n_per_task, n_shots, seed), seed=seed)
+        return self.run_batch(model, sample_batch(pool, n_per_task, n_shots, seed, model=model), seed=seed)
 
     def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> R:
         """The result of a given batch: one forward pass per ``batch_size`` prompts, every layer at once."""

@@ -109,7 +109,7 @@ class Suite(PassOptions):
         self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, n_shots: ShotSpec = 4, seed: int = 0
     ) -> SuiteResult:
         """Sample one batch (seeded) for the representation analyses and run every analysis."""
-        batch = sample_batch(pool, n_per_task, n_shots, seed) if self._representation_analyses() else None
+        batch = sample_batch(pool, n_per_task, n_shots, seed, model=model) if self._representation_analyses() else None
         return self._run(model, pool, batch, n_per_task, n_shots, seed)
 
     def run_batch(self, model: Any, batch: PromptBatch, seed: int = 0) -> SuiteResult:

@@ -80,7 +80,7 @@ class CompareVectors:
         :meth:`TaskVectorPrompting.run`.
         """
         _, prompting, fv = self.configs()
-        check_pool(pool)
+        check_pool(pool, model)
         batch = pool.sample(n_per_task, n_shots, seed)
         corrupted = pool.sample(n_per_task, n_shots, seed + 1, label_noise=fv.label_noise)
         evaluation = pool.sample(n_per_task, n_shots, seed + 2)

@@ -159,6 +159,28 @@ class TextPool(PoolTasks):
                 problems.append("")
         return problems
 
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """Raise a :class:`TaskError` where ``tokenizer`` (a model's) splits the pool's text into other tokens.
+
+        Prompts are token ids, so a pool built with another tokenizer would give a model ids of another vocabulary.
+        Up to 16 examples of each task are compared; a tokenizer tv_lens cannot read is not compared.
+        """
+        if tokenizer is None or tokenizer is self.tokenizer:
+            return
+        try:
+            other = TextEncoder(tokenizer)
+        except TaskError:
+            return
+        pre, mid, moved, _ = self._split_template()
+        texts = [pre + x + mid + moved + y for examples in self.examples for x, y in examples[:16]]
+        for text, ours, theirs in zip(texts, self._encoder.encode(texts), other.encode(texts), strict=True):
+            if ours.ids != theirs.ids:
+                raise TaskError(
+                    f"The TextPool's tokenizer splits {text!r:.60} into the ids {ours.ids[:8]} but the model's "
+                    f"tokenizer into {theirs.ids[:8]}: the model would read the ids of another vocabulary. Build the "
+                    "pool with the model's own tokenizer, TextPool(tasks, model.tokenizer, ...), one pool per model."
+                )
+
     def query_inputs(self, batch: ICLBatch) -> list[str | None]:
         """The input string of every prompt's query, read back from its tokens.
 
