@@ -188,10 +188,21 @@ def test_a_text_pool_of_another_tokenizer_is_refused(gpt2) -> None:
     for analysis in analyses:
         with pytest.raises(TaskError, match=r"Build the pool with the model's own tokenizer"):
             analysis.run(model, foreign, n_per_task=3)
+    with pytest.raises(TaskError, match=r"Build the pool with the model's own tokenizer"):
+        TaskVectors.from_model(model, foreign, layers=(0,), n_per_task=3)
     apart = copy.deepcopy(model.tokenizer)
     same = TextPool(TASKS, apart, template="{x} -> {y}", null=True, bos=True)
     decodability = TaskDecodability(k=2, n_bootstrap=0)
     assert decodability.run(model, same, n_per_task=3) == decodability.run(model, pool, n_per_task=3)
+
+
+def test_task_vectors_of_a_text_pool_are_those_of_its_batch(gpt2) -> None:
+    """``TaskVectors.from_model`` samples a text pool as it samples a token pool (it refused a ``TextPool``)."""
+    model, pool = gpt2
+    from_pool = TaskVectors.from_model(model, pool, layers=(0, 1), n_per_task=3, n_shots=2, seed=4)
+    from_batch = TaskVectors.from_model(model, pool.sample(3, 2, seed=4), layers=(0, 1))
+    assert from_pool.task_names == from_batch.task_names
+    assert torch.equal(from_pool.vectors, from_batch.vectors)
 
 
 def test_left_padding_without_a_mask_is_refused(gpt2) -> None:

@@ -134,7 +134,7 @@ def test_bad_input_names_the_problem(model, kwargs, error, words):
 def test_more_bad_input(model):
     with pytest.raises(AnalysisError, match="no prompt with demonstrations"):
         TaskVectors.from_model(model, sample(n_shots=0), reduce="mean_over_demo_positions")
-    with pytest.raises(TaskError, match="Pass a TaskPool or a RegressionPool, or a batch of one"):
+    with pytest.raises(TaskError, match="Pass a TaskPool, TextPool or RegressionPool, or a batch of one"):
         TaskVectors.from_model(model, "prompts")
     tv = TaskVectors.from_model(model, sample(), layers=(0,))
     with pytest.raises(TaskError, match="has no vector"):

@@ -59,7 +59,7 @@ from tv_lens.results.provenance import (
 )
 from tv_lens.task_vectors.means import demo_means, kept_task_means, task_means
 from tv_lens.task_vectors.prompts import as_batch, kept_task_ids
-from tv_lens.tasks import ICLBatch, RegressionBatch, RegressionPool, ShotSpec, TaskPool
+from tv_lens.tasks import ICLBatch, RegressionBatch, RegressionPool, ShotSpec, TaskPool, TextPool
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,7 +117,7 @@ class TaskVectors(Result):
     def from_model(
         cls,
         model: Any,
-        data: TaskPool | RegressionPool | ICLBatch | RegressionBatch,
+        data: TaskPool | TextPool | RegressionPool | ICLBatch | RegressionBatch,
         layers: Sequence[int] | None = None,
         reduce: Reduce = "mean_over_prompts",
         *,
@@ -134,8 +134,9 @@ class TaskVectors(Result):
 
         Args:
             model: A TransformerLens model.
-            data: A :class:`~tv_lens.tasks.TaskPool` or :class:`~tv_lens.tasks.RegressionPool` (``n_per_task``
-                prompts of every task with ``n_shots`` demonstrations are sampled with ``seed``), or a batch of one
+            data: A :class:`~tv_lens.tasks.TaskPool`, :class:`~tv_lens.tasks.TextPool` (of the model's tokenizer) or
+                :class:`~tv_lens.tasks.RegressionPool` (``n_per_task`` prompts of every task with ``n_shots``
+                demonstrations are sampled with ``seed``), or a batch of one
                 (:class:`~tv_lens.tasks.ICLBatch`, :class:`~tv_lens.tasks.RegressionBatch`; regression prompts need a
                 continuous-input model).
             layers: Block indices (-1 = embedding output); ``None``: every block.
@@ -156,7 +157,7 @@ class TaskVectors(Result):
         """
         _check_reduce(reduce)
         adapter = adapt(model)
-        batch = as_batch(data, n_per_task, n_shots, seed)
+        batch = as_batch(data, n_per_task, n_shots, seed, getattr(model, "tokenizer", None))
         layers = tuple(range(adapter.n_layers)) if layers is None else adapter.check_layers(layers, allow_embed=True)
         check_residual_site(site)
         keep = kept_task_ids(batch, tasks)

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from tv_lens.errors import TaskError
-from tv_lens.tasks import ICLBatch, RegressionBatch, RegressionPool, ShotSpec, TaskPool
+from tv_lens.tasks import ICLBatch, RegressionBatch, RegressionPool, ShotSpec, TaskPool, TextPool
 
 __all__ = ["as_batch", "kept_task_ids"]
 
 
 def as_batch(
-    data: TaskPool | RegressionPool | ICLBatch | RegressionBatch, n_per_task: int, n_shots: ShotSpec, seed: int
+    data: TaskPool | TextPool | RegressionPool | ICLBatch | RegressionBatch,
+    n_per_task: int,
+    n_shots: ShotSpec,
+    seed: int,
+    tokenizer: Any = None,
 ) -> ICLBatch | RegressionBatch:
-    """``data`` if it is a batch, else ``n_per_task`` prompts of every task of the pool, sampled with ``seed``."""
+    """``data`` if it is a batch, else ``n_per_task`` prompts of every task of the pool, sampled with ``seed``.
+
+    A :class:`~tv_lens.tasks.TextPool` is checked to tokenize as ``tokenizer`` (the model's) does.
+    """
     if isinstance(data, (ICLBatch, RegressionBatch)):
         return data
-    if isinstance(data, (TaskPool, RegressionPool)):
+    if isinstance(data, TextPool):
+        data.check_tokenizer(tokenizer)
+    if isinstance(data, (TaskPool, TextPool, RegressionPool)):
         return data.sample(n_per_task, n_shots, seed)
     raise TaskError(
-        f"Pass a TaskPool or a RegressionPool, or a batch of one (ICLBatch, RegressionBatch), got "
+        f"Pass a TaskPool, TextPool or RegressionPool, or a batch of one (ICLBatch, RegressionBatch), got "
         f"{type(data).__name__}."
     )
 
