@@ -38,7 +38,7 @@ from training_helpers import tiny_config, tiny_model
 from tv_lens.analyses import LayerFinetuning, TaskDecodability
 from tv_lens.errors import CheckpointError, ConfigError, TaskError
 from tv_lens.models import adapt
-from tv_lens.models.local_hf import ARCHITECTURES
+from tv_lens.models.local_hf import ARCHITECTURES, build_tokenizer
 from tv_lens.tasks import TextPool, TextTask
 from tv_lens.training import (
     DataConfig,
@@ -148,6 +148,11 @@ def test_a_text_pool_of_another_tokenizer_is_refused(tmp_path_factory):
     model = tiny_model(BACKENDS[-1])
     with pytest.raises(TaskError, match=r"model's own tokenizer: TextPool\(tasks, model.tokenizer"):
         train(model, pool, tiny_config(max_steps=2))
+    pretrained = copy.deepcopy(loaded(tmp_path_factory, "gpt2", "bridge").model)  # ids of another tokenizer, all fit
+    before = {name: p.detach().clone() for name, p in pretrained.named_parameters()}
+    with pytest.raises(TaskError, match=r"Build the pool with the model's own tokenizer"):
+        train(pretrained, TextPool(TASKS, build_tokenizer(512)), tiny_config(max_steps=2))
+    assert all(torch.equal(p, before[name]) for name, p in pretrained.named_parameters())
 
 
 FINETUNING = [

@@ -133,6 +133,7 @@ class TextObjective(TokenObjective):
                 f"The pool's tokenizer has {pool.vocab_size} token ids but the model has d_vocab={adapter.d_vocab}; "
                 "build the TextPool with the model's own tokenizer: TextPool(tasks, model.tokenizer, ...)."
             )
+        pool.check_tokenizer(getattr(adapter.model, "tokenizer", None))
         _check_length(adapter, batch)
 
     def context_loss(
