@@ -60,7 +60,7 @@ from tv_lens.analyses.function_vectors import (
     function_vector,
     mean_head_activations,
 )
-from tv_lens.app.pretrained import read_pretrained_config
+from tv_lens.app.pretrained import PretrainedConfig, read_pretrained_config
 from tv_lens.app.run_files import write_run_info
 from tv_lens.errors import (
     AnalysisError,
@@ -519,6 +519,13 @@ CASES = [
         ShapeError,
         r"Token ids must lie in \[0, 11\) for this model's vocabulary",
         r"tokenize text prompts with the model's own tokenizer",
+    ),
+    Case(
+        "pretrained-template-with-an-escape-as-text",
+        lambda w: PretrainedConfig(model="gpt2", tasks=("bitwise",), template="Q: {x}\\nA: {y}"),
+        ConfigError,
+        r"template 'Q: \{x\}\\\\nA: \{y\}' holds '\\\\n': a backslash and a letter",
+        r"Write the character itself, e\.g\. in bash --template \$'Q: \{x\}\\nA: \{y\}'",
     ),
     Case(
         "text-pool-of-another-tokenizer-within-the-vocabulary",

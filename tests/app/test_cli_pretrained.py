@@ -340,6 +340,8 @@ def test_bad_inputs_end_with_one_line_errors(folders, gpt2_run, tmp_path):
     training = run_cli("analyze", "--model", gpt2, "--tasks", "bitwise", "--only", "emergence", "--out", out)
     assert "do not apply to a pretrained model" in one_line_error(*training[::2])
     assert "--model needs --tasks" in one_line_error(*run_cli("analyze", "--model", gpt2, "--out", out)[::2])
+    escaped = run_cli("analyze", "--model", gpt2, "--tasks", "bitwise", "--template", r"Q: {x}\nA: {y}", "--out", out)
+    assert "a backslash and a letter, not the character they stand for" in one_line_error(*escaped[::2])
     assert "add --model" in one_line_error(*run_cli("analyze", "--tasks", "bitwise", "--out", out)[::2])
     other = run_cli("analyze", "--model", gpt2, "--tasks", "bitwise", "--out", gpt2_run["out"])
     assert "holds results of another model or other tasks" in one_line_error(*other[::2])

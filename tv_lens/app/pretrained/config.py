@@ -89,6 +89,15 @@ class PretrainedConfig:
             raise ConfigError(f"Unknown dtype {self.dtype!r}; use one of {list(DTYPES)}.")
         if self.patching_mode not in PATCHING_MODES:
             raise ConfigError(f"patching_mode must be one of {list(PATCHING_MODES)}, got {self.patching_mode!r}.")
+        for name in ("template", "separator"):
+            text = getattr(self, name)
+            escape = next((code for code in ("\\n", "\\t", "\\r") if isinstance(text, str) and code in text), None)
+            if escape is not None:
+                raise ConfigError(
+                    f"{name} {text!r} holds {escape!r}: a backslash and a letter, not the character they stand for (a "
+                    "shell passes the backslash as it is). Write the character itself, e.g. in bash --template "
+                    "$'Q: {x}\\nA: {y}'."
+                )
 
     @property
     def k(self) -> int:
