@@ -98,6 +98,7 @@ from tv_lens.tasks import (
     TextPool,
     TextTask,
     Vocabulary,
+    bitwise_text_tasks,
     load_examples,
     load_tasks,
     offset_pool,
@@ -526,6 +527,13 @@ CASES = [
         ConfigError,
         r"template 'Q: \{x\}\\\\nA: \{y\}' holds '\\\\n': a backslash and a letter",
         r"Write the character itself, e\.g\. in bash --template \$'Q: \{x\}\\nA: \{y\}'",
+    ),
+    Case(
+        "bitwise-text-tasks-more-examples-than-pairs",
+        lambda w: bitwise_text_tasks(n_bits=3),
+        TaskError,
+        r"n_examples must be an int in 1 \.\. 64 \(the distinct pairs of 3-bit numbers\), got 256",
+        r"pass n_examples=64 or fewer, or more bits",
     ),
     Case(
         "text-pool-of-another-tokenizer-within-the-vocabulary",

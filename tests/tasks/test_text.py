@@ -236,7 +236,7 @@ def test_bad_requests_name_the_fix() -> None:
         pos_tasks(tags=("noun", "determiner"))
     with pytest.raises(TaskError, match=r"Unknown bitwise op\(s\) \['not'\].*'and'"):
         bitwise_text_tasks(ops=("not",))
-    with pytest.raises(TaskError, match=r"n_examples must lie in 1 \.\. 16"):
+    with pytest.raises(TaskError, match=r"n_examples must be an int in 1 \.\. 16 .*, got 17; pass n_examples=16"):
         bitwise_text_tasks(n_bits=2, n_examples=17)
     with pytest.raises(TaskError, match="at least one task"):
         TextPool((), tokenizer)

@@ -68,8 +68,12 @@ def bitwise_text_tasks(
     if not is_int(n_bits) or not 1 <= n_bits <= 16:
         raise TaskError(f"n_bits must be an int in 1 .. 16, got {n_bits!r}.")
     n_pairs = 1 << (2 * n_bits)
-    if not 1 <= n_examples <= n_pairs:
-        raise TaskError(f"n_examples must lie in 1 .. {n_pairs} (distinct pairs of {n_bits}-bit numbers).")
+    if not is_int(n_examples) or not 1 <= n_examples <= n_pairs:
+        raise TaskError(
+            f"n_examples must be an int in 1 .. {n_pairs} (the distinct pairs of {n_bits}-bit numbers), got "
+            f"{n_examples!r}; pass n_examples={min(n_pairs, 256)} or fewer, or more bits (n_examples=256, the "
+            "default, needs n_bits >= 4)."
+        )
     gen = seeded_generator(seed)
     codes = torch.randperm(n_pairs, generator=gen)[:n_examples]
     pairs = torch.stack([codes >> n_bits, codes & ((1 << n_bits) - 1)], dim=1)
