@@ -261,6 +261,12 @@ def _truncated(path: Path) -> bytes:
     return data[: len(data) // 2]
 
 
+def _inside_steering(w: SimpleNamespace, call: Callable[[], Any]) -> Any:
+    """``call()`` inside a steering block that writes at the last position of every pass."""
+    with steering(w.model, torch.zeros(32), layer=0, pos=-1):
+        return call()
+
+
 def _means(w: SimpleNamespace, value: float | None = None, device: str = "cpu") -> MeanHeadActivations:
     """Mean head activations of the world's batch; one entry set to ``value`` if given; on ``device``."""
     means = mean_head_activations(w.model, w.batch)
@@ -1374,6 +1380,13 @@ CASES = [
         ShapeError,
         r"steering vector is a tensor on the meta device",
         r"create it on a real device",
+    ),
+    Case(
+        "tv-lens-pass-inside-steering-at-one-position",
+        lambda w: _inside_steering(w, lambda: collect(w.model, w.batch.inputs, w.batch.answer_pos, progress=False)),
+        PositionError,
+        r"steering block writes at one position of every pass .* not each prompt's own token",
+        r"outside the block, or steer them with steering\(\.\.\., pos='all'\)",
     ),
     Case(
         "vector-a-string",

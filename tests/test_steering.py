@@ -8,9 +8,10 @@ from causal_helpers import POOL, editing_hook, failing_user_hook, left_pad
 from conftest import BACKENDS, hook_snapshot, tiny_config
 from pretrained_helpers import loaded
 
-from tv_lens import steer, steering
-from tv_lens.analyses import function_vector, mean_head_activations
+from tv_lens import collect, steer, steering
+from tv_lens.analyses import TaskDecodability, function_vector, mean_head_activations
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, PositionError, ShapeError, TaskError, TvLensError
+from tv_lens.generation import generate
 from tv_lens.models import build_model
 from tv_lens.task_vectors import TaskVectors
 
@@ -143,6 +144,29 @@ def test_steering_context_keeps_the_hook_for_own_calls_and_removes_it(setup):
     with steering(model, v, layer=0, operation="replace", pos="all"), torch.no_grad():
         everywhere = model.run_with_cache(tokens)[1]["blocks.0.hook_resid_post"]
     assert torch.equal(everywhere, v.expand_as(everywhere))
+
+
+def test_tv_lens_passes_refuse_a_steering_block_at_one_position_and_run_under_every_position(setup):
+    model, vectors, _, prompts = setup
+    v = vectors.get("offset(3)", 0)
+    before = hook_snapshot(model)
+    calls = {
+        "collect": lambda: collect(model, prompts.inputs, prompts.answer_pos, layers=(1,), progress=False),
+        "analysis": lambda: TaskDecodability(n_bootstrap=0).run(model, POOL, n_per_task=4, n_shots=2, seed=0),
+        "generation": lambda: generate(model, prompts.inputs[:1, :4], [], max_new_tokens=2, use_cache=False),
+    }
+    with steering(model, v, layer=0, operation="add", pos=-1) as steered, torch.no_grad():
+        for call in calls.values():
+            with pytest.raises(PositionError, match=r"(?s)one position of every pass.*pos='all'"):
+                call()
+        own = model(prompts.inputs[:, :4])  # the user's own calls are still steered
+    assert steered.writes == 1 and hook_snapshot(model) == before
+    torch.testing.assert_close(
+        own[:, -1], hand_logits(model, prompts.inputs[:, :4], torch.full((len(prompts),), 3), 0, v, "add")
+    )
+    with steering(model, v, layer=0, operation="replace", pos="all"), torch.no_grad():
+        rows = collect(model, prompts.inputs, prompts.answer_pos, layers=(0,), progress=False)
+    torch.testing.assert_close(rows.activations[0], v.expand(len(prompts), -1).to(rows.activations.dtype))
 
 
 def test_no_hook_is_left_after_an_error(setup):

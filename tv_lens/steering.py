@@ -35,7 +35,7 @@ torch.Size([3, 16])
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -50,7 +50,7 @@ from tv_lens.generation.prompts import prompt_inputs
 from tv_lens.interventions import add, replace, run_with_interventions
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.exclusive import evaluating
-from tv_lens.models.running import attached_hooks
+from tv_lens.models.running import attached_hooks, positioned_writes
 from tv_lens.results.function_vectors import FunctionVector
 from tv_lens.results.provenance import OPERATIONS
 from tv_lens.task_vectors import TaskVectors
@@ -182,7 +182,9 @@ def steering(
     Arguments as :func:`steer`; ``pos`` is the position written in each pass (``-1``: the last token, ``"all"``:
     every position). A pass too short to hold ``pos`` is left unchanged. With a KV cache (each step of
     ``model.generate`` runs only the new token), ``pos=-1`` writes at every generated token; use
-    ``steer(..., max_new_tokens=...)`` to write into the prompt once.
+    ``steer(..., max_new_tokens=...)`` to write into the prompt once. tv_lens's own analyses, probes and
+    generation batch prompts by length and pad them, so inside a block with an int ``pos`` they raise a
+    :class:`~tv_lens.errors.PositionError` (with ``pos="all"`` they run steered).
 
     Yields:
         A :class:`Steering` record whose ``writes`` counts the passes written to.
@@ -193,7 +195,9 @@ def steering(
     hook_name = plan.adapter.hook_name(plan.site, plan.layer)
     state = Steering(plan.layer, plan.site, hook_name, plan.operation, plan.values, pos)
     hook = partial(_write, values=plan.values, pos=pos, accumulate=plan.operation == "add", state=state)
-    with attached_hooks(plan.adapter, [(hook_name, hook)]):
+    with attached_hooks(plan.adapter, [(hook_name, hook)]), ExitStack() as stack:
+        if pos != "all":  # one column of every pass: tv_lens's own batched passes refuse to run under it
+            stack.enter_context(positioned_writes(plan.adapter, hook_name))
         yield state
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from tv_lens.errors import ModelNotSupportedError, ShapeError, TvLensError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.exclusive import hooks_attached
-from tv_lens.models.running import forward
+from tv_lens.models.running import check_no_positioned_writes, forward
 
 __all__ = ["CacheKind", "CacheRunner", "cache_kind", "kv_cache_support"]
 
@@ -101,6 +101,7 @@ class CacheRunner:
 
     def __call__(self, tokens: Tensor) -> Tensor:
         """Logits ``[rows, new, d_vocab]`` of ``tokens`` ``[rows, new]`` following every token run before."""
+        check_no_positioned_writes(self.adapter)
         model, width = self.adapter.model, tokens.shape[1]
         self.seen += width
         if self.kind == "hooked":

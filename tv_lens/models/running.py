@@ -19,6 +19,7 @@ BOS and pad share an id (Qwen2 tokenizers); :func:`forward` passes an all-ones `
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import partial
@@ -28,14 +29,25 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import HookNotFoundError, ShapeError, TvLensError
+from tv_lens.errors import HookNotFoundError, PositionError, ShapeError, TvLensError
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.block_skipping import skipping_blocks, supports_block_skipping
 from tv_lens.models.exclusive import evaluating, model_lock
 from tv_lens.models.memory import fitting
 from tv_lens.positions import Inputs, prompt_batches
 
-__all__ = ["HookFn", "attached_hooks", "forward", "read_batches", "read_pass"]
+__all__ = [
+    "HookFn",
+    "attached_hooks",
+    "check_no_positioned_writes",
+    "forward",
+    "positioned_writes",
+    "read_batches",
+    "read_pass",
+]
+
+#: Per model, the hook points holding a hook that writes at one position of every pass (an open ``steering`` block).
+_POSITIONED: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
 
 HookFn = Callable[..., Any]
 
@@ -69,6 +81,35 @@ def attached_hooks(
                 hook_point.fwd_hooks = [h for h in hook_point.fwd_hooks if h is not handle]
 
 
+@contextmanager
+def positioned_writes(adapter: ModelAdapter, hook_name: str) -> Iterator[None]:
+    """Record for the block that ``hook_name`` holds a hook writing at one position of every pass.
+
+    tv_lens's own passes refuse to run while such a hook is attached (:func:`forward`): they batch prompts by
+    length and pad them, so one column of a pass is not each prompt's own token, and the numbers would depend on
+    the batch size.
+    """
+    names = _POSITIONED.setdefault(adapter.model, [])
+    names.append(hook_name)
+    try:
+        yield
+    finally:
+        names.remove(hook_name)
+
+
+def check_no_positioned_writes(adapter: ModelAdapter) -> None:
+    """Raise if a hook that writes at one position of every pass is attached (see :func:`positioned_writes`)."""
+    for name in _POSITIONED.get(adapter.model, ()):
+        if adapter.hook_point(name).fwd_hooks:  # set aside while tv_lens probes what the model can do
+            raise PositionError(
+                f"A steering block writes at one position of every pass ({name}), but tv_lens batches prompts by "
+                "length and pads them, so that column is not each prompt's own token and the numbers would depend "
+                "on batch_size. Run tv_lens's analyses, probes and generation outside the block, or steer them with "
+                "steering(..., pos='all'), or write at each prompt's own position with steer(model, vector, "
+                "prompts) or run_with_interventions(model, tokens, answer_pos, [add(layer, vector)])."
+            )
+
+
 def forward(
     adapter: ModelAdapter,
     inputs: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"],
@@ -99,7 +140,9 @@ def forward(
 
     Raises:
         HookNotFoundError: With ``require_hooks``, a hook the pass never called.
+        PositionError: A ``steering`` block that writes at one position of every pass is open on the model.
     """
+    check_no_positioned_writes(adapter)
     residual_input = inputs.is_floating_point()
     if residual_input and start_at_layer is None and adapter.d_in is None:
         start_at_layer = 0
