@@ -12,7 +12,7 @@ import torch
 from conftest import BACKENDS, tiny_config
 from scipy.stats import chi2_contingency
 from text_tokenizers import byte_bpe, qwen_like, sentencepiece_like, word_level
-from tokenizers import normalizers, processors
+from tokenizers import normalizers, pre_tokenizers, processors
 
 from tv_lens.errors import PositionError, ShapeError, TaskError
 from tv_lens.interventions import run_with_interventions
@@ -352,3 +352,21 @@ def test_an_answer_ends_after_the_token_of_its_last_character(pieces: list[str],
     assert _demonstration_tokens(encoded, demo_chars, query_char=10, shift=1) == [
         tuple(position + 1 for position in span) for span in expected
     ]
+
+
+def test_zero_shot_queries_are_read_back_through_a_tokenizer_that_adds_a_prefix_space() -> None:
+    """A byte-level BPE with ``add_prefix_space=True`` (RoBERTa's) puts a space before the text it encodes, so the
+    query of a zero-shot prompt decodes as " Q: ...": it is still its query's input, so the tasks' answers to it are
+    known."""
+    tokenizer = copy.deepcopy(byte_bpe())
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    pool = TextPool(bitwise_text_tasks(ops=("and", "xor"), n_bits=4), tokenizer, template="Q: {x}\nA: {y}", null=False)
+    for n_shots in (0, 2):
+        batch = pool.sample(n_per_task=6, n_shots=n_shots, seed=0)
+        queries = pool.query_inputs(batch)
+        assert None not in queries
+        spans = zip(batch.query_start.tolist(), batch.answer_pos.tolist(), strict=True)
+        for i, (x, (start, end)) in enumerate(zip(queries, spans, strict=True)):
+            assert tokenizer.decode(batch.inputs[i, start : end + 1].tolist()).strip() == f"Q: {x}\nA:"
+        targets = pool.target_answers(batch, batch.task_names)[batch.task_ids, torch.arange(len(batch)), 0]
+        assert torch.equal(targets, batch.answers[:, 0])

@@ -194,6 +194,7 @@ class TextPool(PoolTasks):
         for row, start, end in rows:
             text = self._encoder.decode(row[start : end + 1])
             candidates = [text, text.lstrip(self.separator)] if self.separator else [text]
+            candidates += [c[1:] for c in candidates if c.startswith(" ")]  # a tokenizer's prefix space (RoBERTa's)
             found = None
             for candidate in [c for text in candidates for c in dict.fromkeys((text, text.rstrip()))]:
                 if candidate.startswith(pre) and candidate.endswith(mid):
