@@ -46,6 +46,7 @@ from tv_lens.training import (
     ScheduleConfig,
     TextObjective,
     TrainConfig,
+    TVPConfig,
     apply_lora,
     attach_lora,
     finetune,
@@ -153,6 +154,36 @@ def test_a_text_pool_of_another_tokenizer_is_refused(tmp_path_factory):
     with pytest.raises(TaskError, match=r"Build the pool with the model's own tokenizer"):
         train(pretrained, TextPool(TASKS, build_tokenizer(512)), tiny_config(max_steps=2))
     assert all(torch.equal(p, before[name]) for name, p in pretrained.named_parameters())
+
+
+def test_a_pad_token_the_model_lacks_trains_as_the_model_tokenizer_does(tmp_path_factory):
+    """A pad token added to the tokenizer (an id past the model's vocabulary) only pads the prompts, which are never
+    read: training (with TVP-loss, and its evaluations) gives what the model's own tokenizer gives, as the analyses
+    do. Before, it was refused as a tokenizer of another model. A tokenizer with another id past the vocabulary still
+    is."""
+    pretrained = loaded(tmp_path_factory, "llama", "bridge")
+    tokenizer = copy.deepcopy(pretrained.tokenizer)
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    assert tokenizer.pad_token_id == pretrained.model.cfg.d_vocab
+    config = TrainConfig(
+        data=DataConfig(n_per_task=3, n_shots=(1, 2), eval_n_per_task=3),
+        schedule=ScheduleConfig(max_steps=2, lr=5e-2, warmup_steps=1),
+        eval_every=2,
+        tvp=TVPConfig(layer=0),
+    )
+    runs = []
+    for each in (pretrained.tokenizer, tokenizer):
+        pool = TextPool(TASKS, each, template="{x} -> {y}", null=True, bos=True)
+        assert (pool.sample(3, (1, 2), seed=0).inputs == each.pad_token_id).any()
+        lora = LoRAConfig(rank=2, alpha=2.0, dropout=0.0)
+        runs.append(finetune(copy.deepcopy(pretrained.model), pool, config, "first:1", lora, progress=False))
+    assert runs[0].history.drop(columns="elapsed_s").equals(runs[1].history.drop(columns="elapsed_s"))
+    assert runs[0].evals.equals(runs[1].evals)
+    for ours, theirs in zip(lora_parameters(runs[0].model), lora_parameters(runs[1].model), strict=True):
+        assert torch.equal(ours, theirs)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[SEP2]"]})
+    with pytest.raises(TaskError, match=r"has 1026 token ids but the model has d_vocab=1024"):
+        train(copy.deepcopy(pretrained.model), TextPool(TASKS, tokenizer), tiny_config(max_steps=2))
 
 
 FINETUNING = [

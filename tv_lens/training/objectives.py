@@ -96,8 +96,17 @@ class TokenObjective:
 
     def query_outputs(self, adapter: ModelAdapter, batch: ICLBatch) -> Float[Tensor, "batch n_answer d_vocab"]:
         """Logits at the query's answer positions (teacher-forced for multi-token answers)."""
-        logits = forward(adapter, batch.inputs.to(adapter.device))
+        logits = forward(adapter, model_tokens(batch).to(adapter.device))
         return answer_logits(logits, batch.answer_pos, batch.answer_lengths)
+
+
+def model_tokens(batch: ICLBatch) -> Int[Tensor, "batch pos"]:
+    """The batch's tokens as the model runs them: padding (right of each prompt, never read) as id 0.
+
+    So a pad token added to a tokenizer and not to the model (an id past its vocabulary) can pad text prompts, as
+    in the analyses (:func:`tv_lens.positions.prepare_prompts`).
+    """
+    return batch.inputs.masked_fill(batch.attention_mask == 0, 0)
 
 
 def answer_targets(batch: ICLBatch) -> tuple[Tensor, Tensor, Tensor]:
@@ -128,7 +137,9 @@ class TextObjective(TokenObjective):
 
     def check(self, adapter: ModelAdapter, pool: Any, batch: ICLBatch) -> None:
         """Check the tokenizer's ids and the prompts' lengths against the model."""
-        if pool.vocab_size > adapter.d_vocab:
+        # padding is never read: a pad token added to the tokenizer (past the model's vocabulary) is no problem
+        padding_past = 1 if adapter.d_vocab <= batch.pad_token < pool.vocab_size else 0
+        if pool.vocab_size - padding_past > adapter.d_vocab:
             raise TaskError(
                 f"The pool's tokenizer has {pool.vocab_size} token ids but the model has d_vocab={adapter.d_vocab}; "
                 "build the TextPool with the model's own tokenizer: TextPool(tasks, model.tokenizer, ...)."
@@ -248,7 +259,8 @@ def _outputs_at(
     columns: Int[Tensor, " n"],
 ) -> Float[Tensor, "n d_out"]:
     """The model's outputs on ``batch`` (run with ``hooks``) at ``[rows[i], columns[i]]``, in float32 or float64."""
-    outputs = forward(adapter, batch.inputs.to(adapter.device), hooks=hooks)
+    inputs = model_tokens(batch) if isinstance(batch, ICLBatch) else batch.inputs
+    outputs = forward(adapter, inputs.to(adapter.device), hooks=hooks)
     picked = outputs[rows.to(outputs.device), columns.to(outputs.device)]
     return picked if picked.dtype == torch.float64 else picked.float()
 
