@@ -36,9 +36,9 @@ from pretrained_helpers import (
 from training_helpers import tiny_config, tiny_model
 
 from tv_lens.analyses import LayerFinetuning, TaskDecodability
-from tv_lens.errors import CheckpointError, ConfigError, TaskError
+from tv_lens.errors import CheckpointError, ConfigError, PositionError, TaskError
 from tv_lens.models import adapt
-from tv_lens.models.local_hf import ARCHITECTURES, build_tokenizer
+from tv_lens.models.local_hf import ARCHITECTURES, build_local_model, build_tokenizer
 from tv_lens.tasks import TextPool, TextTask
 from tv_lens.training import (
     DataConfig,
@@ -56,6 +56,7 @@ from tv_lens.training import (
     merge_lora,
     train,
 )
+from tv_lens.training.data import held_out_batch, training_batch
 from tv_lens.training.finetune import parameter_digest
 from tv_lens.training.lora import has_lora, weight_targets
 
@@ -184,6 +185,31 @@ def test_a_pad_token_the_model_lacks_trains_as_the_model_tokenizer_does(tmp_path
     tokenizer.add_special_tokens({"additional_special_tokens": ["[SEP2]"]})
     with pytest.raises(TaskError, match=r"has 1026 token ids but the model has d_vocab=1024"):
         train(copy.deepcopy(pretrained.model), TextPool(TASKS, tokenizer), tiny_config(max_steps=2))
+
+
+@pytest.mark.parametrize("loader", BACKENDS)
+def test_a_training_batch_longer_than_the_context_is_a_position_error(tmp_path, loader):
+    """A text pool's prompts vary in length with their examples: a training batch can be longer than the prompts
+    checked before the run. It is a PositionError naming the fix, and the model is handed back as it was; before,
+    the model's own IndexError or RuntimeError."""
+    model = load(build_local_model("gpt2", tmp_path / "gpt2", n_layers=1, d_model=32, n_heads=2, n_ctx=30), loader)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    long = ("extraordinarily long phrase here", "another extraordinarily long answer phrase")
+    pool = TextPool((TextTask("upper", (*((c, c.upper()) for c in "abcdefghijklmnopqrstu"), long)),), model.tokenizer)
+    config = TrainConfig(
+        data=DataConfig(n_per_task=8, n_shots=3, eval_n_per_task=2, seed=1),
+        schedule=ScheduleConfig(max_steps=2, warmup_steps=1),
+        eval_every=2,
+    )
+    checked = [held_out_batch(pool, config.data), pool.sample(1, 3, seed=0)]  # what train() checks before a step
+    assert (
+        max(int(batch.lengths.max()) for batch in checked)
+        <= 30
+        < int(training_batch(pool, config.data, 0).lengths.max())
+    )
+    with pytest.raises(PositionError, match=r"Prompts of \d+ positions do not fit the model's context n_ctx=30"):
+        train(model, pool, config, progress=False)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
 
 
 FINETUNING = [

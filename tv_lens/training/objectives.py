@@ -96,6 +96,7 @@ class TokenObjective:
 
     def query_outputs(self, adapter: ModelAdapter, batch: ICLBatch) -> Float[Tensor, "batch n_answer d_vocab"]:
         """Logits at the query's answer positions (teacher-forced for multi-token answers)."""
+        _check_length(adapter, batch)
         logits = forward(adapter, model_tokens(batch).to(adapter.device))
         return answer_logits(logits, batch.answer_pos, batch.answer_lengths)
 
@@ -258,7 +259,13 @@ def _outputs_at(
     rows: Int[Tensor, " n"],
     columns: Int[Tensor, " n"],
 ) -> Float[Tensor, "n d_out"]:
-    """The model's outputs on ``batch`` (run with ``hooks``) at ``[rows[i], columns[i]]``, in float32 or float64."""
+    """The model's outputs on ``batch`` (run with ``hooks``) at ``[rows[i], columns[i]]``, in float32 or float64.
+
+    Raises:
+        PositionError: The batch's prompts are longer than the model's context (a text pool's prompts vary in
+            length, so a training batch can be longer than those checked before the run).
+    """
+    _check_length(adapter, batch)
     inputs = model_tokens(batch) if isinstance(batch, ICLBatch) else batch.inputs
     outputs = forward(adapter, inputs.to(adapter.device), hooks=hooks)
     picked = outputs[rows.to(outputs.device), columns.to(outputs.device)]
