@@ -18,14 +18,18 @@ from tv_lens.models import ContinuousModel, ModelConfig, adapt, build_continuous
 from tv_lens.tasks import regression_pool, sparse_linear_pool
 from tv_lens.training import (
     DataConfig,
+    LoRAConfig,
     RegressionObjective,
     TVPConfig,
+    finetune,
     load_checkpoint,
+    lora_parameters,
     objective_for,
     train,
     tvp_accuracy,
     tvp_losses,
 )
+from tv_lens.training.lora import has_lora
 
 
 def tiny_regression_pool():
@@ -105,6 +109,28 @@ def test_a_regression_checkpoint_rebuilds_the_wrapped_model(tmp_path: Path, back
     batch = pool.sample(2, 4, seed=5)
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch.inputs), result.model.eval()(batch.inputs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("lora", [None, LoRAConfig(rank=2, alpha=2.0)], ids=["full", "lora"])
+def test_finetuning_a_block_of_a_regression_model(tmp_path: Path, backend: str, lora):
+    """The wrapper's blocks are its TransformerLens model's: only the chosen block moves (or its adapters, which the
+    checkpoint puts back on the rebuilt model). Before, finetune() failed with the wrapper's AttributeError."""
+    pool, model_config = tiny_regression_pool(), tiny_regression_model_config(backend)
+    model = build_continuous_model(model_config, d_in=4, d_out=1)
+    before = parameters_of(model)
+    config = regression_config(2, checkpoint_every=2)
+    run = finetune(model, pool, config, "last:1", lora, model_config=model_config, checkpoint_dir=tmp_path)
+    moved = {name for name, p in model.named_parameters() if name in before and not torch.equal(p, before[name])}
+    in_last = {name for name in before if name.startswith("model.blocks.1.")}
+    assert moved <= in_last and (moved if lora is None else lora_parameters(model))
+    assert has_lora(model) == (lora is not None)
+    assert all(torch.count_nonzero(p) for p in lora_parameters(model)[1::2])  # the B matrices trained
+    batch = pool.sample(2, 4, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_checkpoint(run.checkpoints[-1]).load_model()(batch.inputs), model.eval()(batch.inputs), rtol=0, atol=0
+        )
 
 
 def test_tvp_loss_trains_a_regression_model():

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tv_lens.errors import ConfigError, LayerOutOfRangeError, TvLensError
 from tv_lens.models import adapt
 from tv_lens.training.finetune_config import FinetuneConfig
-from tv_lens.training.lora import apply_lora, has_lora, lora_parameters, remove_lora
+from tv_lens.training.lora import apply_lora, has_lora, lora_parameters, model_blocks, remove_lora
 
 __all__ = [
     "FrozenCheck",
@@ -79,7 +79,7 @@ def prepare_model(model: Any, config: FinetuneConfig | None) -> list[nn.Paramete
     if config.lora is not None:
         trainable = lora_parameters(model)
     else:
-        trainable = [p for block in blocks for p in model.blocks[block].parameters()]
+        trainable = [p for block in blocks for p in model_blocks(model)[block].parameters()]
     for parameter in trainable:
         parameter.requires_grad_(True)
     return trainable

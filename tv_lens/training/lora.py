@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from tv_lens.errors import ConfigError, ModelNotSupportedError
+from tv_lens.models.continuous import ContinuousModel
 from tv_lens.training.finetune_config import LoRAConfig
 
 __all__ = [
@@ -97,21 +98,25 @@ def weight_targets(model: Any, block: int) -> dict[str, WeightTarget]:
         ModelNotSupportedError: An attention matrix (``W_Q``, ``W_K``, ``W_V``, ``W_O``) was not found.
     """
     found: dict[str, WeightTarget] = {}
+    module = model_blocks(model)[block]
     for name, (part, parameters, layout, bridged) in _WEIGHTS.items():
-        target = _bridged_target(model.blocks[block], bridged) or _hooked_target(
-            getattr(model.blocks[block], part, None), parameters, layout
-        )
+        target = _bridged_target(module, bridged) or _hooked_target(getattr(module, part, None), parameters, layout)
         if target is not None:
             found[name] = target
     missing = [name for name in _ATTENTION_WEIGHTS if name not in found]
     if missing:
         raise ModelNotSupportedError(
-            f"Could not find the weight(s) {missing} of block {block} (a {type(model.blocks[block]).__name__}). LoRA "
+            f"Could not find the weight(s) {missing} of block {block} (a {type(module).__name__}). LoRA "
             "adapts HookedTransformer weights and the nn.Linear / Conv1D layers of a TransformerBridge's attention "
             "(attn.q, attn.k, attn.v, attn.o) and MLP (mlp.in, mlp.out, mlp.gate); finetune this model without "
             "LoRA (lora=None) instead."
         )
     return found
+
+
+def model_blocks(model: Any) -> nn.ModuleList:
+    """The blocks of ``model``: its own, or those of the TransformerLens model a continuous-input model wraps."""
+    return (model.model if isinstance(model, ContinuousModel) else model).blocks
 
 
 def _bridged_target(block: nn.Module, path: str) -> WeightTarget | None:
