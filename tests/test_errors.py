@@ -138,6 +138,14 @@ def tiny_train_config(**overrides: Any) -> TrainConfig:
     return replace(config, **overrides)
 
 
+def resume_before_the_latest(directory: Path) -> Any:
+    """Resume a run that wrote steps 2 and 4 from step 2, into its own directory (step 4 would be written over)."""
+    model_config = ModelConfig(d_vocab=POOL.vocab_size, n_layers=1, d_model=16, n_heads=2, n_ctx=24)
+    config = tiny_train_config(schedule=ScheduleConfig(max_steps=4, warmup_steps=1), checkpoint_every=2)
+    run = train(build_model(model_config), POOL, config, checkpoint_dir=directory, progress=False)
+    return train(build_model(model_config), POOL, config, resume_from=run.checkpoints[0], progress=False)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> SimpleNamespace:
     """Everything the cases misuse: a model, a pool, a batch, task vectors, a saved result, a checkpoint."""
@@ -1175,6 +1183,13 @@ CASES = [
         CheckpointError,
         r"already holds checkpoints",
         r"Pass resume_from= that directory to continue that run, or use an empty directory",
+    ),
+    Case(
+        "resume-before-later-checkpoints",
+        lambda w: resume_before_the_latest(w.files / "three-checkpoints"),
+        CheckpointError,
+        r"holds checkpoints later than step 2, the one resumed from \(step-0000004\.pt\)",
+        r"Resume from the latest \(resume_from= the directory\), or .*checkpoint_dir= a new directory",
     ),
     # --- training settings ---
     Case(

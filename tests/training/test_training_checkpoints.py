@@ -71,6 +71,25 @@ def test_resume_equals_uninterrupted_training(backend: str, tmp_path: Path) -> N
     assert [p.name for p in resumed.checkpoints] == ["step-0000004.pt", "step-0000008.pt"]
 
 
+def test_resuming_from_an_earlier_checkpoint_never_writes_over_the_later_ones(tmp_path: Path) -> None:
+    """Resumed from step 2 of a run that wrote steps 2, 4 and 6, a run writing to that directory would replace
+    steps 4 and 6 (under other software or threads, with other weights): it is refused before the model is touched,
+    every file kept byte for byte. Written elsewhere, it continues as the run did."""
+    config = tiny_config(6, checkpoint_every=2)
+    full = train(tiny_model(BACKENDS[0]), tiny_pool(), config, checkpoint_dir=tmp_path / "run", progress=False)
+    saved = {path: path.read_bytes() for path in list_checkpoints(tmp_path / "run")}
+    model = tiny_model(BACKENDS[0])
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(CheckpointError, match=r"later than step 2.*step-0000004\.pt, step-0000006\.pt.*new directory"):
+        train(model, tiny_pool(), config, resume_from=full.checkpoints[0], progress=False)
+    assert {path: path.read_bytes() for path in list_checkpoints(tmp_path / "run")} == saved
+    assert all(torch.equal(p, old) for p, old in zip(model.parameters(), before, strict=True))
+    elsewhere = train(
+        model, tiny_pool(), config, resume_from=full.checkpoints[0], checkpoint_dir=tmp_path / "b", progress=False
+    )
+    assert all(torch.equal(p, q) for p, q in zip(elsewhere.model.parameters(), full.model.parameters(), strict=True))
+
+
 def test_checkpoint_rebuilds_the_model(tmp_path: Path) -> None:
     model_config = tiny_model_config(BACKENDS[0])
     result = train(

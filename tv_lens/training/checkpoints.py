@@ -83,6 +83,14 @@ def checkpoint_path(directory: str | Path, step: int) -> Path:
     return Path(directory) / f"step-{step:07d}.pt"
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The step of a checkpoint file named by :func:`checkpoint_path` (``step-0000100.pt`` → 100)."""
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise CheckpointError(f"{path} is not named as a checkpoint (step-0000100.pt); pass a checkpoint file.")
+    return int(match.group(1))
+
+
 def list_checkpoints(directory: str | Path) -> list[Path]:
     """Checkpoint files in ``directory``, oldest step first (temporary files of unfinished writes excluded)."""
     directory = Path(directory)

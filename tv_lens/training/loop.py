@@ -127,7 +127,7 @@ def train(
         optimizer = make_optimizer(named, config.optim, config.schedule)
         state = RunState()
         if resume_from is not None:
-            state = resume_run(resume_from, config, pool, model, model_config, optimizer)
+            state = resume_run(resume_from, config, pool, model, model_config, optimizer, checkpoint_dir)
         elif checkpoint_dir is not None and list_checkpoints(checkpoint_dir):
             raise CheckpointError(
                 f"{checkpoint_dir} already holds checkpoints ({latest_checkpoint(checkpoint_dir)} ...). Pass "

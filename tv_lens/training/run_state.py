@@ -20,14 +20,16 @@ from tv_lens.models import ModelConfig
 from tv_lens.training.checkpoint_record import Checkpoint
 from tv_lens.training.checkpoints import (
     checkpoint_path,
+    checkpoint_step,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     load_optimizer_state,
     save_checkpoint,
 )
 from tv_lens.training.config import TrainConfig
 
-__all__ = ["RunState", "checkpoint_directory", "describe_pool", "resume_run", "save_run"]
+__all__ = ["RunState", "check_nothing_later", "checkpoint_directory", "describe_pool", "resume_run", "save_run"]
 
 
 @dataclass
@@ -104,8 +106,12 @@ def resume_run(
     model: Any,
     model_config: ModelConfig | None,
     optimizer: torch.optim.Optimizer,
+    directory: Path | None = None,
 ) -> RunState:
-    """Load a checkpoint (a file, or a directory's latest), check it is this run's, and restore from it."""
+    """Load a checkpoint (a file, or a directory's latest), check it is this run's, and restore from it.
+
+    ``directory``: where the resumed run writes its checkpoints; it must hold none later than the one resumed from.
+    """
     path = Path(resume_from)
     if path.is_dir():
         latest = latest_checkpoint(path)
@@ -113,6 +119,7 @@ def resume_run(
             raise CheckpointError(f"No checkpoints in {path} to resume from; start without resume_from=.")
         path = latest
     checkpoint = load_checkpoint(path)
+    check_nothing_later(directory, path, checkpoint.step, config)
     left_out = checkpoint.frozen or {}
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if name not in left_out}
     checkpoint.check_compatible(config, describe_pool(pool), shapes, model_config)
@@ -127,6 +134,23 @@ def resume_run(
     return RunState(
         checkpoint.step, list(checkpoint.history), list(checkpoint.evals), checkpoint.elapsed_s, checkpoint.frozen
     )
+
+
+def check_nothing_later(directory: Path | None, resumed: Path, step: int, config: TrainConfig) -> None:
+    """Refuse a run resumed at ``step`` from ``resumed`` writing to ``directory`` while it holds later checkpoints."""
+    if directory is None or not config.checkpoint_every:
+        return
+    later = [
+        path
+        for path in list_checkpoints(directory)
+        if checkpoint_step(path) > step and path.resolve() != resumed.resolve()
+    ]
+    if later:
+        raise CheckpointError(
+            f"{directory} holds checkpoints later than step {step}, the one resumed from "
+            f"({', '.join(path.name for path in later[:3])}), which the resumed run would write over. Resume from the "
+            "latest (resume_from= the directory), or write the resumed run elsewhere: checkpoint_dir= a new directory."
+        )
 
 
 def warn_other_environment(checkpoint: Checkpoint) -> None:
