@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,7 +13,7 @@ from tv_lens.app.demo.config import DemoConfig
 from tv_lens.app.demo.shots import AnalysisShots, analysis_shots
 from tv_lens.app.demo.training import TrainedModel
 from tv_lens.app.pipeline import run_and_save
-from tv_lens.app.run_files import RUN_FILE, read_run_info, write_run_info
+from tv_lens.app.run_files import RESULTS, RUN_FILE, read_run_info, result_path, write_run_info
 from tv_lens.app.steps import SHARED_STEPS, RunSettings, Step
 from tv_lens.errors import ConfigError
 from tv_lens.results import Result
@@ -132,16 +133,37 @@ def run_analyses(
         The results by name, and the seconds each took.
 
     Raises:
-        ConfigError: An unknown analysis name in ``only``.
+        ConfigError: An unknown analysis name in ``only``, or one of TD→accuracy and patching run alone at other
+            shot counts than the saved result of the other ran at (``run.json`` holds one choice for both).
     """
     out = Path(out)
     names = check_names(only)
     shots = analysis_shots(trained, config)
     if any(name in CHOSEN_SHOTS for name in names):
-        write_run_info(out, {**(read_run_info(out / RUN_FILE) or {}), "analysis_shots": shots.to_dict()})
+        stored = read_run_info(out / RUN_FILE) or {}
+        _check_kept_shots(out, names, stored.get("analysis_shots"), shots)
+        write_run_info(out, {**stored, "analysis_shots": shots.to_dict()})
     return run_and_save(
         out, names, lambda name: ANALYSES[name](trained, config, progress, shots), config.seed, progress
     )
+
+
+def _check_kept_shots(out: Path, names: Sequence[str], stored: dict[str, Any] | None, shots: AnalysisShots) -> None:
+    """Raise a :class:`ConfigError` if ``shots`` would misstate the shots of a saved result not re-run now.
+
+    ``stored`` is ``run.json``'s ``analysis_shots`` (``None`` if it has none).
+    """
+    chosen = shots.to_dict()
+    for name in CHOSEN_SHOTS:
+        if name in names or not result_path(out / RESULTS, name).exists():
+            continue
+        before = "at shot counts run.json does not record" if stored is None else f"at shots {stored[name]}"
+        if stored is None or stored[name] != chosen[name]:
+            raise ConfigError(
+                f"The saved {name} result ran {before}, but these settings choose shots {chosen[name]} for it, "
+                f"which run.json would then state; run {name} too (e.g. --only {' '.join(CHOSEN_SHOTS)}), or keep "
+                "the td_accuracy_shots and ceiling of the earlier run."
+            )
 
 
 def check_names(only: Sequence[str] | None) -> tuple[str, ...]:
