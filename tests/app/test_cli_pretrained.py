@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -250,6 +251,22 @@ def test_a_peft_adapter_is_put_on_the_model_before_the_analyses(folders, tmp_pat
     alone = run_cli("analyze", "--adapter", tmp_path / "adapter", "--out", tmp_path / "never")
     assert "--adapter applies to a pretrained model" in one_line_error(*alone[::2])
     assert not (tmp_path / "never").exists()
+
+
+def test_one_analysis_at_other_shots_than_the_saved_others_ran_at_is_refused(folders, gpt2_run, tmp_path):
+    """The report states the shots, prompts, seed and dtype once for all results: a run of some at others is refused."""
+    out = tmp_path / "gpt2"
+    shutil.copytree(gpt2_run["out"], out)
+    before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in out.rglob("*") if path.is_file()}
+    common = ("analyze", "--model", folders["gpt2"], "--tasks", f"pos:{','.join(TAGS)}", "--out", out, "--no-progress")
+    status, _, stderr = run_cli(*common, "--n-per-task", N, "--shots", SHOTS + 1, "--only", "decodability")
+    error = one_line_error(status, stderr)
+    assert "holds results of performance, geometry, td_accuracy" in error and f"n_shots {SHOTS} (asked: 4)" in error
+    assert f"Run them too (--only {' '.join(PRETRAINED_ANALYSES)})" in error
+    after = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in out.rglob("*") if path.is_file()}
+    assert after == before  # refused before anything is written
+    seed = run_cli(*common, "--n-per-task", N, "--shots", SHOTS, "--seed", 1, "--only", "geometry", "heads")
+    assert "seed 0 (asked: 1)" in one_line_error(*seed[::2])
 
 
 @pytest.mark.parametrize(

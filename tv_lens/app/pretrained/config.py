@@ -131,6 +131,10 @@ class PretrainedConfig:
         keys = ("model", "adapter", "tasks", "template", "separator", "null", "n_examples", "compatibility_mode")
         return {key: getattr(self, key) for key in keys}
 
+    def stated(self) -> dict[str, Any]:
+        """The settings the report states once for all of a directory's results: shots, prompts, seed, dtype."""
+        return {key: getattr(self, key) for key in ("n_shots", "n_per_task", "seed", "dtype")}
+
 
 def read_pretrained_config(out: str | Path) -> PretrainedConfig | None:
     """The :class:`PretrainedConfig` stored in ``out/run.json`` (``None`` when it holds no pretrained run).

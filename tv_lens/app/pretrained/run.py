@@ -14,7 +14,7 @@ from tv_lens.app.pretrained.analyses import ANALYSES, applicable, check_names
 from tv_lens.app.pretrained.config import RUN_KEY, PretrainedConfig, stored_config
 from tv_lens.app.pretrained.model import boot_model, model_facts, resolve_device
 from tv_lens.app.pretrained.tasks import text_pool, text_tasks
-from tv_lens.app.run_files import RESULT_SUFFIX, RESULTS, RUN_FILE, read_run_info, write_run_info
+from tv_lens.app.run_files import RESULT_SUFFIX, RESULTS, RUN_FILE, read_run_info, result_path, write_run_info
 from tv_lens.environment import software_environment
 from tv_lens.errors import ArtefactError, ConfigError
 from tv_lens.results import Result
@@ -55,8 +55,11 @@ def default_out(model: str) -> Path:
     return Path("tv-lens-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"))
 
 
-def _check_same_target(out: Path, config: PretrainedConfig) -> None:
-    """Refuse an output directory that holds the results of another model, other tasks or the demo."""
+def _check_same_target(out: Path, config: PretrainedConfig, names: Sequence[str]) -> None:
+    """Refuse a directory of another model's, other tasks' or the demo's results, or of results run otherwise.
+
+    Saved results not re-run now (not in ``names``) must share ``config``'s shots, prompts, seed and dtype.
+    """
     data = read_run_info(out / RUN_FILE) or {}
     if not data:
         return
@@ -67,15 +70,28 @@ def _check_same_target(out: Path, config: PretrainedConfig) -> None:
         )
     stored = stored_config(data, out / RUN_FILE)  # the contents read above: run.json is read once
     has_results = any((out / RESULTS).glob(f"*{RESULT_SUFFIX}"))
-    if stored is not None and has_results and stored.target() != config.target():
-        asked = config.target()
-        differ = ", ".join(
-            f"{key} {value!r} (asked: {asked[key]!r})" for key, value in stored.target().items() if asked[key] != value
-        )
+    if stored is None or not has_results:
+        return
+    differ = _differences(stored.target(), config.target())
+    if differ:
         raise ArtefactError(
             f"{out} holds results of another model or other tasks: {differ}; use another --out directory, or the "
             "same model, tasks and prompt format."
         )
+    kept = [name for name in ANALYSES if name not in names and result_path(out / RESULTS, name).exists()]
+    differ = _differences(stored.stated(), config.stated())
+    if kept and differ:
+        both = " ".join(name for name in ANALYSES if name in names or name in kept)
+        raise ArtefactError(
+            f"{out} holds results of {', '.join(kept)} that ran with other settings: {differ}; its report states "
+            f"one setting for all its results. Run them too (--only {both}), use another --out directory, or the "
+            "settings of its run.json."
+        )
+
+
+def _differences(stored: dict[str, Any], asked: dict[str, Any]) -> str:
+    """The settings of ``stored`` that ``asked`` changes, as ``key stored (asked: new)``, comma-separated."""
+    return ", ".join(f"{key} {value!r} (asked: {asked[key]!r})" for key, value in stored.items() if asked[key] != value)
 
 
 def _absolute(spec: str, kind: str) -> str:
@@ -153,7 +169,7 @@ def run_pretrained(
                 "Layer finetuning trains LoRA adapters of its own and cannot start from a model that has one; run "
                 "it without --adapter, or write the adapted model out (export_huggingface) and analyse that."
             )
-    _check_same_target(out, config)
+    _check_same_target(out, config, names)
     start = time.perf_counter()
     device = resolve_device(config.device)
     model = boot_model(config.model, device, config.dtype, config.compatibility_mode, progress)
