@@ -150,7 +150,8 @@ def run_pretrained(
         ConfigError: An analysis name that does not apply to a pretrained model; layer finetuning with an adapter.
         MissingFileError: The adapter folder lacks its files.
         TaskError: Unknown task families or unreadable task files; tasks the tokenizer cannot represent.
-        ArtefactError: ``out`` holds the results of another model or tasks, or of the demo.
+        ArtefactError: ``out`` holds the results of another model or tasks, or of the demo, or results not re-run
+            now of other shots, prompts per task, seed or dtype.
         ModelLoadError: TransformerLens could not boot the model.
     """
     out = Path(out)
