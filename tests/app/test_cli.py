@@ -281,6 +281,17 @@ def test_bad_inputs_end_with_one_line_errors(quick_demo, tmp_path):
     assert run_cli("demo", "--only", "bogus")[0] == 2  # argparse: invalid choice
 
 
+def test_demo_into_a_pretrained_models_directory_names_it_and_keeps_its_run_json(tmp_path):
+    run_json = tmp_path / "run.json"
+    run_json.write_text(json.dumps({"pretrained": {"model": "gpt2"}, "description": ["Model: gpt2."]}))
+    before = run_json.read_text()
+    for command in ("demo", "train"):
+        error = one_line_error(*run_cli(command, "--quick", "--out", tmp_path, "--no-progress")[::2])
+        assert "holds an analysis of a pretrained model" in error and f"tv-lens analyze --out {tmp_path}`" in error
+        assert "unreadable" not in error and "delete it" not in error  # a valid run.json is not to be deleted
+    assert run_json.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
 def test_installed_command_reports_errors_without_a_traceback(tmp_path):
     command = Path(sys.executable).with_name("tv-lens")
     done = subprocess.run([command, "report", "--out", tmp_path], capture_output=True, text=True, check=False)

@@ -46,12 +46,12 @@ def read_run_config(out: str | Path) -> DemoConfig | None:
     stored = read_run_info(path)
     if stored is None:
         return None
+    if "pretrained" in stored and "config" not in stored:  # not in the try: an ArtefactError is a ValueError
+        raise ArtefactError(
+            f"{path.parent} holds an analysis of a pretrained model (tv-lens analyze --model), not a demo run; "
+            f"rerun it with `tv-lens analyze --out {path.parent}`, or give the demo another output directory."
+        )
     try:
-        if "pretrained" in stored and "config" not in stored:
-            raise ArtefactError(
-                f"{path.parent} holds an analysis of a pretrained model (tv-lens analyze --model), not a demo run; "
-                "rerun it with `tv-lens analyze --out DIR`, or give the demo another output directory."
-            )
         return DemoConfig.from_dict(stored["config"])
     except (ValueError, KeyError, TypeError) as error:
         raise ArtefactError(f"{path} is unreadable ({error}); delete it, or use another output directory.") from error
