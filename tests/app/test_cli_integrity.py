@@ -280,6 +280,24 @@ def test_set_with_a_value_of_the_wrong_type_or_an_unknown_key_is_refused_before_
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        (("--set", "seed=1", "--set", "seed=2"), r"--set seed is given twice \('seed=2' the second time\)"),
+        (("--seed", "3", "--set", "seed=5"), r"--seed 3 and --set seed=5 both set seed; give it once"),
+        (("--seed", "0", "--set", "seed=0"), r"--seed 0 and --set seed=0 both set seed"),
+        (("--backend", "hooked", "--set", "backend=bridge"), r"--backend hooked and --set backend='bridge' both set"),
+        (("--recipe", "quick", "--set", "recipe=shots"), r"--recipe quick and --set recipe='shots' both set recipe"),
+    ],
+)
+@pytest.mark.parametrize("command", ["demo", "train"])
+def test_a_setting_given_twice_is_refused_not_the_last_one_taken(command, given, problem, tmp_path):
+    out = tmp_path / "out"
+    message = cli_error(command, "--quick", "--out", out, *given, "--no-progress")
+    assert re.search(problem, message), message
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("threads", ["0", "-3", str(10**9)])
 @pytest.mark.parametrize("command", ["demo", "analyze"])
 def test_threads_outside_one_to_the_cpu_count_are_refused(command, threads, tmp_path):

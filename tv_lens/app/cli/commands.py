@@ -25,10 +25,15 @@ __all__ = ["analyze", "demo", "report", "train"]
 def _config(args: argparse.Namespace) -> Any:
     from tv_lens.app.demo import DemoConfig
 
-    overrides: dict[str, Any] = {"backend": args.backend, "seed": args.seed}
-    if args.recipe is not None:
-        overrides["recipe"] = args.recipe
-    overrides.update(_parse_settings(args.set))
+    options = {name: getattr(args, name) for name in ("recipe", "backend", "seed") if getattr(args, name) is not None}
+    settings = _parse_settings(args.set)
+    both = sorted(set(options) & set(settings))
+    if both:
+        name = both[0]
+        raise ConfigError(
+            f"--{name} {options[name]} and --set {name}={settings[name]!r} both set {name}; give it once."
+        )
+    overrides: dict[str, Any] = {**options, **settings}
     known = [field.name for field in fields(DemoConfig)]
     unknown = sorted(set(overrides) - set(known))
     if unknown:
@@ -48,6 +53,8 @@ def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
             value = json.loads(text)
         except ValueError:
             value = text
+        if key.strip() in settings:
+            raise ConfigError(f"--set {key.strip()} is given twice ({pair!r} the second time); give each setting once.")
         settings[key.strip()] = tuple(value) if isinstance(value, list) else value
     return settings
 

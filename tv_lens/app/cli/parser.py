@@ -234,12 +234,16 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         choices=get_args(Backend),
-        default="auto",
+        default=None,
         help="TransformerLens model class: HookedTransformer ('hooked'), TransformerBridge ('bridge'), or "
         "'auto' (HookedTransformer where the installed TransformerLens has it) (default: auto)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, metavar="N", help="seed of the model, training and analysis prompts (default: 0)"
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed of the model, training and analysis prompts (default: 0)",
     )
     _progress_option(parser)
 
