@@ -318,6 +318,10 @@ def test_bad_input_is_a_clear_error(model, analysed):
         function_vector(model, other, [(0, 0)])
     with pytest.raises(TaskError):
         result.vector.get("xor")
+    for head in (1.0, N_HEADS, -1):
+        with pytest.raises(LayerOutOfRangeError, match=rf"Head {head!r} is not a head index.*\[0, {N_HEADS - 1}\]"):
+            result.means.get("offset(1)", 0, head)
+    assert torch.equal(result.means.get("offset(1)", 0, 1), result.means.activations[0, 0, 1])
     with pytest.raises(TaskError, match="No function vector for tasks \\['null'\\]"):
         function_vector_prompting(model, clean, clean.zero_shot(), result.vector)
     with pytest.raises(TaskError, match="prompts must be a batch of prompts or tv_lens\\.Prompts, got a Tensor"):

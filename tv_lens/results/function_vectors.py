@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.checks import is_int
 from tv_lens.errors import LayerOutOfRangeError, ShapeError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.axes import head_axes, head_heatmap, head_label, layer_index
@@ -79,8 +80,11 @@ class MeanHeadActivations(Result):
 
     def get(self, task: str, layer: int, head: int) -> Float[Tensor, " d_head"]:
         """The mean ``hook_z`` of ``head`` in block ``layer`` for ``task``."""
-        if not 0 <= head < self.n_heads:
-            raise LayerOutOfRangeError(f"Head {head} is out of range; blocks have {self.n_heads} heads.")
+        if not is_int(head) or not 0 <= head < self.n_heads:
+            raise LayerOutOfRangeError(
+                f"Head {head!r} is not a head index: blocks have {self.n_heads} heads, so pass an int in "
+                f"[0, {self.n_heads - 1}]."
+            )
         return self.activations[self.task_index(task), self.layer_index(layer), head]
 
     def to_frame(self) -> pd.DataFrame:
