@@ -197,6 +197,7 @@ def test_bad_input_is_a_clear_error(setup):
             lambda: steer(model, vectors.select(layers=(0, 1)), batch, task="null", layer=2),
         ),
         (AnalysisError, "operation", lambda: steer(model, fv, batch, task="offset(1)", operation="mul")),
+        (ShapeError, "^steer needs integer tokens", lambda: steer(model, fv, batch.inputs.double(), task="offset(1)")),
         (AnalysisError, "scale", lambda: steer(model, fv, batch, task="offset(1)", scale=float("nan"))),
         (AnalysisError, "scale", lambda: steer(model, fv, batch, task="offset(1)", scale=10**400)),  # not a float
         (AnalysisError, "max_new_tokens", lambda: steer(model, fv, batch, task="offset(1)", do_sample=True)),

@@ -158,7 +158,7 @@ def steer(
         raise AnalysisError(
             f"Generation options {sorted(generation)} need max_new_tokens=; without it steer runs one forward pass."
         )
-    tokens, answer_pos, attention_mask = prompt_inputs(prompts, answer_pos, attention_mask)
+    tokens, answer_pos, attention_mask = prompt_inputs(prompts, answer_pos, attention_mask, "steer")
     with evaluating(plan.adapter.model):  # as generation: no dropout of a model left in train mode
         run = run_with_interventions(
             model, tokens, answer_pos, [intervention], attention_mask=attention_mask, batch_size=batch_size

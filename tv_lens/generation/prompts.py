@@ -41,9 +41,9 @@ def check_sampling(do_sample: bool, temperature: float, top_k: int | None, seed:
 
 
 def prompt_inputs(
-    prompts: Tensor | ICLBatch, answer_pos: Any, attention_mask: Tensor | None
+    prompts: Tensor | ICLBatch, answer_pos: Any, attention_mask: Tensor | None, caller: str = "generate"
 ) -> tuple[Tensor, Any, Tensor | None]:
-    """Tokens, answer positions and mask of ``prompts`` (an ``ICLBatch`` brings its own)."""
+    """Tokens, answer positions and mask of ``prompts`` (an ``ICLBatch`` brings its own) for ``caller``."""
     if isinstance(prompts, ICLBatch):
         if answer_pos is not None or attention_mask is not None:
             raise ShapeError(
@@ -54,7 +54,7 @@ def prompt_inputs(
     if not isinstance(prompts, Tensor) or prompts.is_floating_point() or prompts.ndim != 2:
         shape = tuple(prompts.shape) if isinstance(prompts, Tensor) else type(prompts).__name__
         raise ShapeError(
-            f"generate needs integer tokens Int[batch, pos] or an ICLBatch, got {shape}"
+            f"{caller} needs integer tokens Int[batch, pos] or an ICLBatch, got {shape}"
             f"{' (float)' if isinstance(prompts, Tensor) and prompts.is_floating_point() else ''}."
         )
     if answer_pos is None:
