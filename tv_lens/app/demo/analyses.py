@@ -11,9 +11,9 @@ import torch
 from tv_lens.analyses import Emergence, LayerFinetuning, TaskDecodability
 from tv_lens.app.demo.config import DemoConfig
 from tv_lens.app.demo.shots import AnalysisShots, analysis_shots
-from tv_lens.app.demo.training import TrainedModel
+from tv_lens.app.demo.training import TrainedModel, record_run
 from tv_lens.app.pipeline import run_and_save
-from tv_lens.app.run_files import RESULTS, RUN_FILE, read_run_info, result_path, write_run_info
+from tv_lens.app.run_files import RESULTS, RUN_FILE, read_run_info, result_path
 from tv_lens.app.steps import SHARED_STEPS, RunSettings, Step
 from tv_lens.errors import ConfigError
 from tv_lens.results import Result
@@ -127,7 +127,8 @@ def run_analyses(
     """Run the analyses (all, or those in ``only``) and save each to ``out/results/<name>.safetensors``.
 
     Before TD→accuracy or patching, the shot counts they run at are chosen from the ICL accuracy curve
-    (:func:`choose_analysis_shots`) and recorded in ``out/run.json`` as ``analysis_shots``.
+    (:func:`choose_analysis_shots`) and recorded in ``out/run.json`` as ``analysis_shots``. ``run.json`` takes
+    ``config`` once that choice is checked against the saved results: a refused run leaves it as it was.
 
     Returns:
         The results by name, and the seconds each took.
@@ -139,10 +140,11 @@ def run_analyses(
     out = Path(out)
     names = check_names(only)
     shots = analysis_shots(trained, config)
-    if any(name in CHOSEN_SHOTS for name in names):
+    chosen = any(name in CHOSEN_SHOTS for name in names)
+    if chosen:
         stored = read_run_info(out / RUN_FILE) or {}
         _check_kept_shots(out, names, stored.get("analysis_shots"), shots)
-        write_run_info(out, {**stored, "analysis_shots": shots.to_dict()})
+    record_run(out, config, trained.training, shots.to_dict() if chosen else None)
     return run_and_save(
         out, names, lambda name: ANALYSES[name](trained, config, progress, shots), config.seed, progress
     )

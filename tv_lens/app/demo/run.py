@@ -34,7 +34,7 @@ def run_demo(out: str | Path, config: DemoConfig, only: Sequence[str] | None = N
     out = Path(out)
     check_names(only)
     start = time.perf_counter()
-    trained = train_or_load(out, config, progress)
+    trained = train_or_load(out, config, progress, record=False)  # run_analyses records it after its checks
     seconds = {"train": time.perf_counter() - start}
     results, analysis_seconds = run_analyses(out, trained, config, only, progress)
     seconds.update(analysis_seconds)

@@ -14,7 +14,7 @@ from tv_lens.models import ModelConfig, build_model
 from tv_lens.tasks import TaskPool
 from tv_lens.training import TrainConfig, latest_checkpoint, list_checkpoints, load_checkpoint, train
 
-__all__ = ["TrainedModel", "load_trained", "read_run_config", "train_or_load"]
+__all__ = ["TrainedModel", "load_trained", "read_run_config", "record_run", "train_or_load"]
 
 CHECKPOINTS = "checkpoints"
 
@@ -57,10 +57,12 @@ def read_run_config(out: str | Path) -> DemoConfig | None:
         raise ArtefactError(f"{path} is unreadable ({error}); delete it, or use another output directory.") from error
 
 
-def train_or_load(out: str | Path, config: DemoConfig, progress: bool = True) -> TrainedModel:
+def train_or_load(out: str | Path, config: DemoConfig, progress: bool = True, record: bool = True) -> TrainedModel:
     """Train ``config``'s recipe into ``out/checkpoints``, or load the model already trained there.
 
-    A finished run is loaded (no training); an interrupted one resumes from its last checkpoint.
+    A finished run is loaded (no training); an interrupted one resumes from its last checkpoint. Training writes
+    ``config`` to ``out/run.json``; loading writes it only with ``record`` (a caller that checks the settings
+    against saved results first passes ``False`` and calls :func:`record_run` once they pass).
 
     Raises:
         ArtefactError: ``out`` holds a run trained with other settings (recipe, backend, seed, checkpoints).
@@ -85,7 +87,8 @@ def train_or_load(out: str | Path, config: DemoConfig, progress: bool = True) ->
                 checkpoint.step, checkpoint.elapsed_s, checkpoint.evals, checkpoint.environment
             )
             model = checkpoint.load_model()
-            _write_run_file(out, config, training)
+            if record or read_run_info(out / RUN_FILE) is None:
+                record_run(out, config, training)
             return TrainedModel(model, pool, tuple(list_checkpoints(directory)), checkpoint.step, False, training)
     run = train(
         build_model(model_config),
@@ -97,7 +100,7 @@ def train_or_load(out: str | Path, config: DemoConfig, progress: bool = True) ->
         progress=progress,
     )
     training = _training_summary(run.steps, run.elapsed_s, run.evals.to_dict("records"), software_environment())
-    _write_run_file(out, config, training)
+    record_run(out, config, training)
     return TrainedModel(run.model, pool, run.checkpoints, run.steps, True, training)
 
 
@@ -154,10 +157,18 @@ def _training_summary(
     return summary if environment is None else {**summary, "environment": environment}
 
 
-def _write_run_file(out: Path, config: DemoConfig, training: dict[str, Any]) -> None:
+def record_run(
+    out: Path, config: DemoConfig, training: dict[str, Any], analysis_shots: dict[str, Any] | None = None
+) -> None:
+    """Write ``out/run.json``: ``config``, its recipe, ``training`` and the shots TD→accuracy and patching ran at.
+
+    ``analysis_shots`` of ``None`` keeps those of the stored file (the shots its saved results ran at).
+    """
     recipe = config.get_recipe()
     info = {"config": config.to_dict(), "recipe_description": recipe.description, "training": training}
     stored = read_run_info(out / RUN_FILE) or {}
-    if "analysis_shots" in stored:  # the shot counts the saved results of TD→accuracy and patching ran at
-        info["analysis_shots"] = stored["analysis_shots"]
+    if analysis_shots is None:
+        analysis_shots = stored.get("analysis_shots")
+    if analysis_shots is not None:
+        info["analysis_shots"] = analysis_shots
     write_run_info(out, info)
