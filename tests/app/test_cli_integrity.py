@@ -203,6 +203,9 @@ def test_report_output_that_is_a_directory_a_foreign_file_or_under_a_file_is_ref
     assert json.loads((copy / "run.json").read_text()) == json.loads(json.dumps(demo_run_json()))
     message = cli_error("report", "--out", copy, "--output", copy / "results")
     assert f"{copy / 'results'} is a directory; give a file path, e.g. {copy / 'results' / 'report.html'}" in message
+    message = cli_error("report", "--out", copy, "--output", copy / "results" / "report.safetensors")
+    assert "ends in .safetensors, the suffix of result files" in message and "report.html" in message
+    assert not (copy / "results" / "report.safetensors").exists()
     message = cli_error("report", "--out", copy, "--output", foreign / "sub" / "report.html")
     assert f"lies under {foreign}, which is a file, not a directory" in message
     assert not (copy / "summary.json").exists()

@@ -33,8 +33,15 @@ def check_out(out: Path) -> None:
 def check_output(path: Path) -> None:
     """Fail before any work if the report cannot be written to ``--output``."""
     from tv_lens.app.report import check_report_target
+    from tv_lens.app.run_files import RESULT_SUFFIX
 
     check_report_target(path)  # a directory, or a file that is not a report
+    if path.name.endswith(RESULT_SUFFIX):
+        raise ArtefactError(
+            f"--output {path} ends in {RESULT_SUFFIX}, the suffix of result files: a report there is HTML that the "
+            f"next `tv-lens report` would try to read as a result; name the report .html, e.g. "
+            f"--output {path.with_suffix('.html')}."
+        )
     _check_folder(
         f"--output {path}",
         path.parent,
