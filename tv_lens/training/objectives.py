@@ -96,9 +96,7 @@ class TokenObjective:
 
     def query_outputs(self, adapter: ModelAdapter, batch: ICLBatch) -> Float[Tensor, "batch n_answer d_vocab"]:
         """Logits at the query's answer positions (teacher-forced for multi-token answers)."""
-        _check_length(adapter, batch)
-        logits = forward(adapter, model_tokens(batch).to(adapter.device))
-        return answer_logits(logits, batch.answer_pos, batch.answer_lengths)
+        return answer_logits(_run_batch(adapter, batch), batch.answer_pos, batch.answer_lengths)
 
 
 def model_tokens(batch: ICLBatch) -> Int[Tensor, "batch pos"]:
@@ -235,8 +233,7 @@ class RegressionObjective:
 
     def query_outputs(self, adapter: ModelAdapter, batch: RegressionBatch) -> Float[Tensor, "batch 1 d_out"]:
         """Predictions at the query's ``x``."""
-        outputs = forward(adapter, batch.inputs.to(adapter.device))
-        return answer_logits(outputs, batch.answer_pos, 1)
+        return answer_logits(_run_batch(adapter, batch), batch.answer_pos, 1)
 
 
 def _scored_answers(
@@ -265,11 +262,22 @@ def _outputs_at(
         PositionError: The batch's prompts are longer than the model's context (a text pool's prompts vary in
             length, so a training batch can be longer than those checked before the run).
     """
-    _check_length(adapter, batch)
-    inputs = model_tokens(batch) if isinstance(batch, ICLBatch) else batch.inputs
-    outputs = forward(adapter, inputs.to(adapter.device), hooks=hooks)
+    outputs = _run_batch(adapter, batch, hooks)
     picked = outputs[rows.to(outputs.device), columns.to(outputs.device)]
     return picked if picked.dtype == torch.float64 else picked.float()
+
+
+def _run_batch(
+    adapter: ModelAdapter, batch: ICLBatch | RegressionBatch, hooks: Sequence[tuple[str, HookFn]] = ()
+) -> Float[Tensor, "batch pos d_out"]:
+    """The model's outputs on ``batch``'s prompts (run with ``hooks``), token padding as id 0 (:func:`model_tokens`).
+
+    Raises:
+        PositionError: The batch's prompts are longer than the model's context.
+    """
+    _check_length(adapter, batch)
+    inputs = model_tokens(batch) if isinstance(batch, ICLBatch) else batch.inputs
+    return forward(adapter, inputs.to(adapter.device), hooks=hooks)
 
 
 def _check_length(adapter: ModelAdapter, batch: ICLBatch | RegressionBatch) -> None:
