@@ -156,8 +156,11 @@ TARGETS = {
 GATED_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def peft_adapter(arch: str, folder, saved):
-    """A PEFT model of the architecture with random LoRA matrices (rank 2, rank 3 on the first target), saved."""
+def peft_adapter(arch: str, folder, saved, **options):
+    """A PEFT model of the architecture with random LoRA matrices (rank 2, rank 3 on the first target), saved.
+
+    ``options`` go to PEFT's ``LoraConfig`` (e.g. ``use_rslora=True``).
+    """
     from peft import LoraConfig, get_peft_model
 
     targets = TARGETS.get(arch, GATED_LAYERS)
@@ -169,6 +172,7 @@ def peft_adapter(arch: str, folder, saved):
         alpha_pattern={targets[0]: 5},
         fan_in_fan_out=arch == "gpt2",
         init_lora_weights=False,
+        **options,
     )
     model = get_peft_model(huggingface(folder), config)
     generator = torch.Generator().manual_seed(0)

@@ -1,17 +1,19 @@
 """Put a PEFT LoRA adapter (trained anywhere) on a ``TransformerBridge`` as tv_lens LoRA adapters.
 
 Each adapted Hugging Face layer gets a :class:`~tv_lens.training.lora.LoRAUpdate` holding PEFT's ``lora_A`` and
-``lora_B`` (and its ``lora_alpha / r``, ``rank_pattern`` and ``alpha_pattern`` included); an adapter of a layer
-the bridge splits into pieces (GPT-NeoX's ``query_key_value``, GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` /
-``gate_up_proj``) goes to the pieces, each with the whole ``A`` and the rows of ``B`` that feed it. The bridge then
-computes the finetuned model, and :func:`~tv_lens.training.remove_lora` gives the base model back, with one copy
-of the weights in memory: analyses of the base and the finetuned model side by side. Before returning, every
-adapted layer's weight as the bridge computes with it is checked against ``base + (alpha / r) · B A``.
+``lora_B`` (and its ``lora_alpha / r``, or ``lora_alpha / sqrt(r)`` for rsLoRA, ``rank_pattern`` and
+``alpha_pattern`` included); an adapter of a layer the bridge splits into pieces (GPT-NeoX's ``query_key_value``,
+GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` / ``gate_up_proj``) goes to the pieces, each with the whole ``A`` and the
+rows of ``B`` that feed it. The bridge then computes the finetuned model, and :func:`~tv_lens.training.remove_lora`
+gives the base model back, with one copy of the weights in memory: analyses of the base and the finetuned model side
+by side. Before returning, every adapted layer's weight as the bridge computes with it is checked against
+``base + scale · B A``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, cast
@@ -35,8 +37,19 @@ from tv_lens.training.lora_export import (
 __all__ = ["adapter_files", "load_lora_adapter"]
 
 _KEY = re.compile(rf"^{re.escape(PEFT_PREFIX)}(.+)\.lora_([AB])\.weight$")
-# PEFT options whose adapters compute something else than base + (alpha / r) · B A.
-_OTHER_KINDS = ("use_dora", "use_rslora", "lora_bias")
+# PEFT options whose adapters compute something else than base + scale · B A (scale: alpha / r, or alpha / sqrt(r)).
+_OTHER_KINDS = (
+    "use_dora",
+    "lora_bias",
+    "alora_invocation_tokens",  # active only after the invocation tokens
+    "layer_replication",  # a stack of repeated layers
+    "use_bdlora",  # block-diagonal A or B, saved as their blocks
+    "arrow_config",  # routing among several adapters
+    "kasa_config",  # B diag A
+    "use_qalora",  # A reads pooled groups of inputs
+)
+# PEFT initialisations that move part of the base weights into B A: such an adapter needs the base they left.
+_BASE_CHANGING_STARTS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 
 
 def load_lora_adapter(model: Any, folder: Path | str) -> list[LoRAUpdate]:
@@ -47,9 +60,10 @@ def load_lora_adapter(model: Any, folder: Path | str) -> list[LoRAUpdate]:
 
     Raises:
         ModelNotSupportedError: ``model`` is not a bridge, the adapter names a layer it lacks or that is not a
-            linear layer, or the adapted bridge would not compute ``base + (alpha / r) · B A``.
-        ConfigError: The model already has LoRA adapters, or the adapter is not a plain LoRA (DoRA, rsLoRA,
-            LoRA biases).
+            linear layer, or the adapted bridge would not compute ``base + scale · B A``.
+        ConfigError: The model already has LoRA adapters, or the adapter is not a plain LoRA of the original
+            weights (DoRA, LoRA biases and other variants; PiSSA, OLoRA, CorDA, LoftQ and LoRA-GA adapters
+            not converted by PEFT).
         MissingFileError, ArtefactError: The folder lacks the files, or they are not a PEFT LoRA adapter.
     """
     source = huggingface_source(model)
@@ -79,6 +93,8 @@ def load_lora_adapter(model: Any, folder: Path | str) -> list[LoRAUpdate]:
                         f"maps {n_in} to {n_out}: it was trained for another model."
                     )
                 alpha = _pattern(config, "alpha_pattern", name, config.get("lora_alpha", 8))
+                if config.get("use_rslora"):  # rsLoRA scales by alpha / sqrt(r): the same as alpha·sqrt(r) / r
+                    alpha = alpha * math.sqrt(a.shape[0])
                 lora = LoRAConfig(rank=a.shape[0], alpha=alpha, dropout=config.get("lora_dropout", 0.0))
                 scales[name] = lora.alpha / lora.rank
                 split = splits.get(id(layer))
@@ -137,8 +153,16 @@ def _read(folder: Path) -> tuple[dict[str, Any], dict[str, tuple[Tensor, Tensor]
     other = [option for option in _OTHER_KINDS if config.get(option)]
     if other:
         raise ConfigError(
-            f"The adapter uses {other}, which compute something else than base + (alpha / r) · B A; tv_lens "
+            f"The adapter uses {other}, which compute something else than base + scale · B A; tv_lens "
             "attaches plain LoRA adapters. Merge it with PEFT (merge_and_unload) and boot the merged model instead."
+        )
+    start = str(config.get("init_lora_weights", True))
+    if start.lower().startswith(_BASE_CHANGING_STARTS):
+        raise ConfigError(
+            f"The adapter was started with init_lora_weights={start!r}, which moves part of the base weights into the "
+            "adapter: it computes its model only with the base weights that start left, not the original ones. "
+            "Save it with PEFT's save_pretrained(..., path_initial_model_for_weight_conversion=...), which makes "
+            "it a plain LoRA of the original weights, or merge it (merge_and_unload) and boot the merged model."
         )
     parts: dict[str, dict[str, Tensor]] = {}
     for key, tensor in weights.items():
@@ -184,7 +208,7 @@ def _check(
     splits: dict[int, SplitLayer],
     by_name: dict[str, nn.Module],
 ) -> None:
-    """Refuse unless each adapted layer's weight, as the bridge now computes with it, is base + (alpha / r) · B A."""
+    """Refuse unless each adapted layer's weight, as the bridge now computes with it, is base + scale · B A."""
     exported = dict(huggingface_model(model, source).named_parameters())
     for name, (a, b) in tensors.items():
         layer = by_name[name]
