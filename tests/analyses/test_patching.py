@@ -11,6 +11,7 @@ from conftest import hook_snapshot, tiny_config
 
 from tv_lens.analyses import Prompts
 from tv_lens.analyses.patching import TaskVectorPatching, patch_task_vectors, rule_answers
+from tv_lens.app.sections import headline_numbers, summary_lines
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, TaskError
 from tv_lens.models import build_model
 from tv_lens.results.base import Result
@@ -264,3 +265,19 @@ def test_best_layer_is_the_largest_incorrect_minus_correct_loss_gap_and_the_head
     assert headline["correct_loss_change"] == float(result.correct_loss_change[i])
     np.testing.assert_array_equal(headline["incorrect_loss_change_ci"], result.incorrect_loss_change_ci[i].numpy())
     np.testing.assert_array_equal(headline["override_rate"], result.override_rate[i].numpy())
+
+
+def test_without_incorrect_vectors_no_best_layer_is_claimed(model):
+    """Prompts of one task patched with that task's vector only: nothing to compare, so no layer is 'best'."""
+    batch = sample(n_per_task=3, seed=14)
+    vectors = TaskVectors.from_model(model, sample(n_per_task=3, seed=15), layers=LAYERS)
+    own = batch.select(batch.task_ids == 0)
+    result = patch_task_vectors(model, own, vectors, targets=(batch.task_names[0],), config=TaskVectorPatching())
+    assert torch.isfinite(result.correct_loss_change).all() and result.incorrect_loss_change.isnan().all()
+    assert not result.compared
+    with pytest.raises(AnalysisError, match="no layer where both correct and incorrect vectors were patched"):
+        _ = result.best_layer
+    assert result.headline() == {"mode": "replace", "layer": None}
+    ((_, _, line),) = summary_lines(headline_numbers({"patching": result}))
+    assert line.startswith("no comparison (replace): no layer has both correct and incorrect vectors patched")
+    assert run(model, batch, vectors).compared  # every task's vector in every prompt: both to compare

@@ -104,6 +104,11 @@ def _td_accuracy_line(n: Numbers) -> str:
 
 def _patching_line(n: Numbers) -> str:
     shots = f", {counted(n['shots'], 'shot')}" if "shots" in n else ""
+    if n["layer"] is None:
+        return (
+            f"no comparison ({n['mode']}{shots}): no layer has both correct and incorrect vectors patched (one task "
+            "and no Null task?); the changes per layer are in the figure"
+        )
     return (
         f"at {_block(n['layer'])} ({n['mode']}{shots}; the layer of largest incorrect - correct loss gap): loss change "
         f"correct {_f(n['correct_loss_change'])} {_ci(n['correct_loss_change_ci'])} vs incorrect "

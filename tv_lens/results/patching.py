@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tv_lens.errors import AnalysisError
 from tv_lens.results.axes import LAYER_AXIS_TITLE, error_bars, layer_axis, layer_index, layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.shared import HeldOutInputs, SweepSettings, real_prompts
@@ -124,9 +125,27 @@ class PatchingEffects(SweepSettings, Result):
 
         The loss separates correct from incorrect vectors also where accuracy is at its ceiling (an accuracy gap
         would tie there).
+
+        Raises:
+            AnalysisError: No layer has both correct and incorrect patches to compare (:attr:`compared` is False).
         """
-        gap = self.incorrect_loss_change - self.correct_loss_change
-        return self.layers[int(torch.argmax(torch.nan_to_num(gap, nan=-torch.inf)))]
+        if not self.compared:
+            raise AnalysisError(
+                "This patching result has no layer where both correct and incorrect vectors were patched (one task "
+                "and no Null task, or targets that are all, or none, of the prompts' own tasks), so no layer "
+                "separates them; read the changes per layer (to_frame(), figure()), or patch with the vectors of "
+                "another task or of the Null task too."
+            )
+        return self.layers[int(torch.argmax(torch.nan_to_num(self._gap, nan=-torch.inf)))]
+
+    @property
+    def compared(self) -> bool:
+        """Whether some layer has both correct and incorrect patches, whose loss changes :attr:`best_layer` compares."""
+        return not bool(self._gap.isnan().all())
+
+    @property
+    def _gap(self) -> Float[Tensor, " layer"]:
+        return self.incorrect_loss_change - self.correct_loss_change
 
     def held_out_best(self) -> HeldOutBest:
         """The layer of :attr:`best_layer`'s criterion chosen on half the prompts, its gap read on the other half.
@@ -151,7 +170,12 @@ class PatchingEffects(SweepSettings, Result):
         return layer_index(self.layers, layer, "this patching result")
 
     def headline(self) -> dict[str, Any]:
-        """Correct vs incorrect changes (accuracy and loss, with intervals) and the override rate at the best layer."""
+        """Correct vs incorrect changes (accuracy and loss, with intervals) and the override rate at the best layer.
+
+        Without both to compare (:attr:`compared` is False) the headline is the mode and a ``layer`` of ``None``.
+        """
+        if not self.compared:
+            return {"mode": self.mode, "layer": None}
         i = self.at(self.best_layer)
         numbers: dict[str, Any] = {"mode": self.mode, "layer": self.layers[i]}
         for name in _SUMMARIES:
