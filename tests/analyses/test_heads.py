@@ -190,6 +190,21 @@ def test_chance_overlap_is_that_of_two_random_sets_of_the_results_top_k_heads(an
     assert "random sets" not in line and "mean spearman overlap" in line
 
 
+def test_tasks_without_prompts_overlap_nothing_and_one_task_states_no_overlap(model):
+    batch = sample(n_per_task=3, seed=0)
+    null = batch.task_names.index("null")
+    one = batch.select((batch.task_ids == 0) | (batch.task_ids == null))
+    result = HeadAblation(n_bootstrap=0, prune_steps=0).run_batch(model, one)
+    assert len(result.task_overlaps()) == 0 and math.isnan(result.headline()["shared_mean"])
+    ((_, _, line),) = summary_lines(headline_numbers({"heads": result}))
+    assert "overlap of tasks' top heads not measured (fewer than two tasks besides Null);" in line
+    # Tasks without prompts overlap nothing; the pairs of the tasks with prompts are theirs alone.
+    two = HeadAblation(n_bootstrap=0, prune_steps=0).run_batch(model, batch.select(batch.task_ids != 2))
+    assert two.shared[2].isnan().all() and two.shared[:, 2].isnan().all()
+    alone = shared_heads(two.importance[..., [0, 1]], "jaccard", two.top_k)
+    assert two.task_overlaps().tolist() == [float(alone[0, 1]), float(alone[1, 0])]
+
+
 def test_frame_figures_save_load_and_top_heads(analysed, tmp_path):
     _, batch, result = analysed
     frame = result.to_frame()

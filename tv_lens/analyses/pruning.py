@@ -32,6 +32,7 @@ def shared_heads(
 
     ``"jaccard"``: ``|A ∩ B| / |A ∪ B|`` of the tasks' ``top_k`` heads by importance (ties by block, head).
     ``"spearman"``: rank correlation of the tasks' importance vectors over all heads (average ranks on ties).
+    A task whose importance is NaN at every head (no prompts of it) overlaps nothing: its row and column are NaN.
     """
     if method not in SHARED_METHODS:
         raise AnalysisError(f"Unknown shared-heads method {method!r}; use one of {list(SHARED_METHODS)}.")
@@ -46,7 +47,10 @@ def shared_heads(
     member = torch.zeros(n_heads, n_tasks, dtype=torch.float64)
     member.scatter_(0, order, 1.0)
     both = member.T @ member
-    return both / (2 * top_k - both)
+    overlap = both / (2 * top_k - both)
+    absent = flat.isnan().all(dim=0)  # its ties would make a "top k" of the first heads
+    overlap[absent, :] = overlap[:, absent] = torch.nan
+    return overlap
 
 
 def spearman(a: Tensor, b: Tensor) -> float:

@@ -128,10 +128,12 @@ def _prompting_line(n: Numbers) -> str:
 def _heads_line(n: Numbers) -> str:
     chance = n.get("shared_chance", math.nan)  # absent from summaries written before it was
     beyond = "" if math.isnan(chance) else f" (two random sets: 95th percentile {_f(chance)})"
+    shared = f"{_f(n['shared_mean'])}{beyond}"
+    if math.isnan(n["shared_mean"]):  # no two tasks besides Null
+        shared = "not measured (fewer than two tasks besides Null)"
     return (
         f"most important {', '.join(n['top_heads'])} of {n['n_heads']}; mean {n['shared_method']} overlap of "
-        f"tasks' top heads {_f(n['shared_mean'])}{beyond}; attribution vs ablation Spearman "
-        f"{_f(n['attribution_spearman'])}"
+        f"tasks' top heads {shared}; attribution vs ablation Spearman {_f(n['attribution_spearman'])}"
     )
 
 

@@ -177,8 +177,9 @@ class HeadImportance(SweepSettings, Result):
         return list(ranked_heads(scores)[:k])
 
     def task_overlaps(self) -> Float[Tensor, " pair"]:
-        """The overlap (:attr:`shared`) of every ordered pair of two different tasks, Null left out."""
-        real = real_tasks(self.task_names, self.null_task)
+        """The overlap (:attr:`shared`) of every ordered pair of two different tasks with prompts, Null left out."""
+        counts = torch.bincount(self.task_ids, minlength=len(self.task_names))
+        real = [t for t in real_tasks(self.task_names, self.null_task) if counts[t] > 0]
         return self.shared[real][:, real][~torch.eye(len(real), dtype=torch.bool)]
 
     def chance_overlap(self, q: float = 0.95) -> tuple[float, float]:
