@@ -360,6 +360,9 @@ def test_bad_inputs_end_with_one_line_errors(folders, gpt2_run, tmp_path):
     escaped = run_cli("analyze", "--model", gpt2, "--tasks", "bitwise", "--template", r"Q: {x}\nA: {y}", "--out", out)
     assert "a backslash and a letter, not the character they stand for" in one_line_error(*escaped[::2])
     assert "add --model" in one_line_error(*run_cli("analyze", "--tasks", "bitwise", "--out", out)[::2])
+    alone = run_cli("analyze", "--model", tmp_path / "missing", "--tasks", "bitwise:and", "--no-null", "--out", out)
+    message = one_line_error(*alone[::2])  # refused before the model boots (that folder does not exist)
+    assert "decodability, td_accuracy decode which task a prompt is of (TD)" in message and "drop --no-null" in message
     other = run_cli("analyze", "--model", gpt2, "--tasks", "bitwise", "--out", gpt2_run["out"])
     assert "holds results of another model or other tasks" in one_line_error(*other[::2])
     assert not out.exists()  # nothing was written

@@ -16,7 +16,15 @@ from tv_lens.results import Result
 from tv_lens.tasks import TextPool
 from tv_lens.training.lora import weight_targets
 
-__all__ = ["ANALYSES", "ON_REQUEST", "PRETRAINED_ANALYSES", "applicable", "check_names"]
+__all__ = [
+    "ANALYSES",
+    "COMPARING_TASKS",
+    "ON_REQUEST",
+    "PRETRAINED_ANALYSES",
+    "applicable",
+    "check_names",
+    "check_task_count",
+]
 
 
 def _shared(step: Step) -> Callable[[Any, TextPool, PretrainedConfig, bool], Result]:
@@ -74,6 +82,26 @@ attention's), 16 prompts per task, lr 1e-3; ``finetune_steps`` steps at ``n_shot
 PRETRAINED_ANALYSES: tuple[str, ...] = tuple(name for name in ANALYSES if name not in ON_REQUEST)
 """The analyses :func:`run_pretrained` runs by default (result file stems, the report's names), in order. Of the
 demo's others, emergence over training needs training checkpoints, and layer finetuning runs on request."""
+
+
+COMPARING_TASKS: tuple[str, ...] = ("decodability", "td_accuracy", "finetuning")
+"""Analyses that decode the task from the representations (TD), so need prompts of at least two tasks."""
+
+
+def check_task_count(names: Sequence[str], n_tasks: int) -> None:
+    """Refuse analyses of :data:`COMPARING_TASKS` among ``names`` with fewer than two tasks (Null counted).
+
+    Raises:
+        ConfigError: One task and no Null task, and an analysis that needs two.
+    """
+    comparing = [name for name in names if name in COMPARING_TASKS]
+    if n_tasks < 2 and comparing:
+        others = [name for name in PRETRAINED_ANALYSES if name not in COMPARING_TASKS]
+        raise ConfigError(
+            f"{', '.join(comparing)} decode which task a prompt is of (TD), which needs prompts of at least two "
+            f"tasks, and this run has {n_tasks}; add a task to --tasks, drop --no-null (the Null task counts), or "
+            f"run the analyses of one task (--only {' '.join(others)})."
+        )
 
 
 def check_names(only: Sequence[str] | None) -> tuple[str, ...]:

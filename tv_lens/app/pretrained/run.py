@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tv_lens.app.pipeline import run_and_save, write_outputs
-from tv_lens.app.pretrained.analyses import ANALYSES, applicable, check_names
+from tv_lens.app.pretrained.analyses import ANALYSES, applicable, check_names, check_task_count
 from tv_lens.app.pretrained.config import RUN_KEY, PretrainedConfig, stored_config
 from tv_lens.app.pretrained.model import boot_model, model_facts, resolve_device
 from tv_lens.app.pretrained.tasks import text_pool, text_tasks
@@ -147,7 +147,8 @@ def run_pretrained(
         progress: Show progress bars.
 
     Raises:
-        ConfigError: An analysis name that does not apply to a pretrained model; layer finetuning with an adapter.
+        ConfigError: An analysis name that does not apply to a pretrained model; layer finetuning with an adapter;
+            an analysis that decodes the task (TD) with one task and no Null task.
         MissingFileError: The adapter folder lacks its files.
         TaskError: Unknown task families or unreadable task files; tasks the tokenizer cannot represent.
         ArtefactError: ``out`` holds the results of another model or tasks, or of the demo, or results not re-run
@@ -163,6 +164,7 @@ def run_pretrained(
         adapter=None if config.adapter is None else _absolute(config.adapter, "model"),
     )
     tasks = text_tasks(config.tasks, config.n_examples, config.seed)
+    check_task_count(names, len(tasks) + config.null)
     if config.adapter is not None:
         adapter_files(config.adapter)  # a missing adapter fails here, before the model boots
         if "finetuning" in names:
