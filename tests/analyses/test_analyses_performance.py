@@ -10,6 +10,7 @@ from analyses_helpers import N_TASKS, POOL
 
 from tv_lens.analyses import ICLPerformance, Prompts, icl_performance, score_batch
 from tv_lens.analyses.performance import clean_outputs
+from tv_lens.app.sections import headline_numbers, summary_lines
 from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 
@@ -90,6 +91,9 @@ def test_pure_function_groups_by_task_and_shots():
     assert result.overall.tolist() == frame.groupby("k").s.mean().tolist()
     assert result.n_prompts.tolist() == [[2, 1], [2, 2]]
     assert torch.isnan(result.ci).all()  # no bootstrap requested
+    one = icl_performance(scores[:4], tasks[:4], shots[:4], ("a", "b"), config=ICLPerformance(n_bootstrap=0))
+    ((_, _, line),) = summary_lines(headline_numbers({"performance": one}))
+    assert line == f"{float(one.values[:, 0].mean()):.3f} accuracy at 1 shot, Null task left out"
 
 
 def test_intervals_are_seeded_and_contain_the_estimate():

@@ -67,7 +67,7 @@ def _block(layer: int) -> str:
 
 def _performance_line(n: Numbers) -> str:
     zero = f" (0 shots: {_f(n['zero_shot_accuracy'])})" if "zero_shot_accuracy" in n else ""
-    return f"{_f(n['icl_accuracy'])} {n['metric']} at {n['icl_shots']} shots{zero}, Null task left out"
+    return f"{_f(n['icl_accuracy'])} {n['metric']} at {counted(n['icl_shots'], 'shot')}{zero}, Null task left out"
 
 
 def _held_out(n: Numbers, value: str, what: str = "") -> str:
