@@ -1619,6 +1619,15 @@ CASES = [
         r"e\.g\. 0\.99",
     ),
     Case(
+        "indirect-effects-top-heads-of-a-task-without-prompts",
+        lambda w: causal_indirect_effects(
+            w.model, w.batch.select(w.batch.task_ids == 0), _means(w), config=FunctionVectors(n_bootstrap=0)
+        ).top_heads(2, task=w.batch.task_names[1]),
+        TaskError,
+        r"Task '.*' has no corrupted prompts in these indirect effects, so its CIE is NaN for every head",
+        r"compute them on prompts of that task too, or ask for the top heads of another task",
+    ),
+    Case(
         "compare-vectors-layers-an-int",
         lambda w: CompareVectors(layers=0),  # type: ignore[arg-type]
         LayerOutOfRangeError,

@@ -16,7 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.checks import is_int
-from tv_lens.errors import LayerOutOfRangeError, ShapeError
+from tv_lens.errors import LayerOutOfRangeError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.axes import head_axes, head_heatmap, head_label, layer_index
 from tv_lens.results.base import Result
@@ -167,9 +167,19 @@ class IndirectEffects(SweepSettings, Result):
 
         Raises:
             AnalysisError: ``k`` is not an int in ``[1, heads]``.
+            TaskError: ``task`` is not a task of the result, or none of the corrupted prompts is of that task (its
+                CIE is NaN, so no head ranks above another).
         """
-        scores = self.overall if task is None else self.cie[..., task_index(self.task_names, task, "CIE")]
-        return ranked_heads(scores, self.layers, k)
+        if task is None:
+            return ranked_heads(self.overall, self.layers, k)
+        t = task_index(self.task_names, task, "CIE")
+        if not bool((self.task_ids == t).any()):
+            raise TaskError(
+                f"Task {task!r} has no corrupted prompts in these indirect effects, so its CIE is NaN for every head "
+                "and no head ranks above another; compute them on prompts of that task too, or ask for the top heads "
+                "of another task or over every prompt (task=None)."
+            )
+        return ranked_heads(self.cie[..., t], self.layers, k)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, head, task), plus task ``"all"``.
