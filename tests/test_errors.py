@@ -1619,6 +1619,13 @@ CASES = [
         r"e\.g\. 0\.99",
     ),
     Case(
+        "function-vectors-corrupted-prompts-without-demonstrations",
+        lambda w: FunctionVectors(k=2, n_bootstrap=0).run(w.model, POOL, n_per_task=2, n_shots=0),
+        AnalysisError,
+        r"None of the corrupted prompts' demonstrations has a wrong label .*so they are not corrupted",
+        r"sample them with demonstrations \(n_shots >= 1 with label_noise, n_shots >= 2 with shuffle_labels\)",
+    ),
+    Case(
         "indirect-effects-top-heads-of-a-task-without-prompts",
         lambda w: causal_indirect_effects(
             w.model, w.batch.select(w.batch.task_ids == 0), _means(w), config=FunctionVectors(n_bootstrap=0)

@@ -285,7 +285,8 @@ def test_a_head_patch_changes_exactly_that_query_head_and_cie_matches(tmp_path_f
 
 def test_bad_input_is_a_clear_error(model, analysed):
     *_, result = analysed
-    clean, corrupted, evaluation = (POOL.sample(2, 2, seed) for seed in (0, 1, 2))
+    clean, evaluation = POOL.sample(2, 2, 0), POOL.sample(2, 2, 2)
+    corrupted = POOL.sample(2, 2, 1, label_noise=0.9)
     with pytest.raises(AnalysisError, match="k must be an int in"):
         FunctionVectors(k=N_LAYERS * N_HEADS + 1, n_bootstrap=0).run_batch(model, clean, corrupted, evaluation)
     with pytest.raises(AnalysisError, match="k must be an int in"):
@@ -308,6 +309,9 @@ def test_bad_input_is_a_clear_error(model, analysed):
         function_vector(model, result.means, [(0, 9)])
     with pytest.raises(AnalysisError, match="distinct"):
         function_vector(model, result.means, [(0, 1), (0, 1)])
+    shuffled_once = FunctionVectors(k=2, label_noise=0, shuffle_labels=True, n_bootstrap=0)
+    with pytest.raises(AnalysisError, match="None of the corrupted prompts' demonstrations has a wrong label"):
+        shuffled_once.run_batch(model, clean, POOL.sample(2, 1, 1, shuffle_labels=True), evaluation)
     only_null = clean.select(clean.task_ids == 3)
     with pytest.raises(AnalysisError, match="no task but Null"):
         FunctionVectors(n_bootstrap=0).run_batch(model, only_null, corrupted, evaluation)

@@ -279,7 +279,8 @@ class FunctionVectors(CausalOptions):
     ) -> FunctionVectorResult:
         """Sample clean (``seed``), corrupted (``seed + 1``) and evaluation (``seed + 2``) prompts; run all steps.
 
-        The Null task's prompts are left out.
+        The Null task's prompts are left out. ``n_shots`` must give the corrupted prompts demonstrations to corrupt
+        (at least two each for ``shuffle_labels`` alone); see :meth:`run_batch`.
         """
         check_pool(pool, model)
         clean = pool.sample(n_per_task, n_shots, seed)
@@ -303,17 +304,25 @@ class FunctionVectors(CausalOptions):
         layer of the sweep.
 
         Raises:
-            AnalysisError: A batch without prompts of a task other than Null; ``k`` above the model's heads.
+            AnalysisError: A batch without prompts of a task other than Null; ``k`` above the model's heads;
+                corrupted prompts none of whose demonstrations has a wrong label (no demonstrations, or labels
+                shuffled among a single one), which leave no mapping for a head to restore.
         """
         clean = _without_null(clean, "clean")
         corrupted = _without_null(corrupted, "corrupted")
         evaluation = _without_null(evaluation, "evaluation")
         adapter = adapt(model)
         check_count(self.k, "k", 1, adapter.n_layers * adapter.n_heads)
+        noise = self._noise(corrupted)
+        if noise == 0:
+            raise AnalysisError(
+                "None of the corrupted prompts' demonstrations has a wrong label (they have no demonstrations, or "
+                "their labels were shuffled among a single one), so they are not corrupted and no head can restore "
+                "anything; sample them with demonstrations (n_shots >= 1 with label_noise, n_shots >= 2 with "
+                "shuffle_labels), or call causal_indirect_effects on prompts you corrupted yourself."
+            )
         means = mean_head_activations(model, clean, config=self)
-        effects = causal_indirect_effects(
-            model, corrupted, means, label_noise=self._noise(corrupted), config=self, seed=seed
-        )
+        effects = causal_indirect_effects(model, corrupted, means, label_noise=noise, config=self, seed=seed)
         described = describe_tasks(clean, clean.task_names)
         vector = function_vector(model, means, effects, model_name=model_name, pool=described, config=self)
         prompting = function_vector_prompting(model, evaluation, evaluation.zero_shot(), vector, config=self, seed=seed)
