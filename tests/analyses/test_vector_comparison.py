@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from causal_helpers import POOL
 
@@ -46,6 +48,20 @@ def test_shared_layers_and_task_mean_vectors_match_the_analyses_alone(model):
     prompting = TaskVectorPrompting(source="task_mean", n_bootstrap=0, layers=(1, 2))
     assert result.prompting == prompting.run(model, POOL, n_per_task=4, n_shots=3, seed=0)
     assert result.decodability.layers == result.prompting.layers == result.function_vectors.prompting.layers == (1, 2)
+
+
+def test_the_function_vectors_are_corrupted_as_configured(model):
+    """Todd et al.'s corruption (labels shuffled among the demonstrations, no label noise) as the analysis alone."""
+    function_vectors = FunctionVectors(k=2, label_noise=0, shuffle_labels=True, n_bootstrap=0)
+    config = CompareVectors(
+        decodability=TaskDecodability(k=3, n_bootstrap=0),
+        prompting=TaskVectorPrompting(n_bootstrap=0),
+        function_vectors=function_vectors,
+        layers=(1,),
+    )
+    result = config.run(model, POOL, n_per_task=4, n_shots=3, seed=0)
+    alone = replace(function_vectors, layers=(1,)).run(model, POOL, n_per_task=4, n_shots=3, seed=0)
+    assert result.function_vectors == alone and alone.effects.label_noise > 0
 
 
 def test_table_figure_and_exact_save_load(compared, tmp_path):

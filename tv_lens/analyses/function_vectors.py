@@ -284,9 +284,13 @@ class FunctionVectors(CausalOptions):
         """
         check_pool(pool, model)
         clean = pool.sample(n_per_task, n_shots, seed)
-        corrupted = pool.sample(n_per_task, n_shots, seed + 1, self.label_noise, shuffle_labels=self.shuffle_labels)
+        corrupted = self.sample_corrupted(pool, n_per_task, n_shots, seed + 1)
         evaluation = pool.sample(n_per_task, n_shots, seed + 2)
         return self.run_batch(model, clean, corrupted, evaluation, seed=seed)
+
+    def sample_corrupted(self, pool: TaskPool | TextPool, n_per_task: int, n_shots: ShotSpec, seed: int) -> ICLBatch:
+        """The CIE's corrupted prompts: ``pool.sample`` with this configuration's label corruption."""
+        return pool.sample(n_per_task, n_shots, seed, self.label_noise, shuffle_labels=self.shuffle_labels)
 
     def run_batch(
         self,

@@ -82,7 +82,7 @@ class CompareVectors:
         _, prompting, fv = self.configs()
         check_pool(pool, model)
         batch = pool.sample(n_per_task, n_shots, seed)
-        corrupted = pool.sample(n_per_task, n_shots, seed + 1, label_noise=fv.label_noise)
+        corrupted = fv.sample_corrupted(pool, n_per_task, n_shots, seed + 1)
         evaluation = pool.sample(n_per_task, n_shots, seed + 2)
         vectors = held_out_vectors(model, pool, prompting, n_per_task, n_shots, seed)
         return self.run_batch(model, batch, corrupted, evaluation, vectors=vectors, seed=seed)
