@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -333,6 +335,24 @@ def test_bad_input_is_a_clear_error(model, analysed):
     with pytest.raises(AnalysisError, match="k must be an int in"):
         result.effects.top_heads(0)
     assert issubclass(AnalysisError, TvLensError)
+
+
+def test_options_of_the_last_step_are_refused_before_the_first_pass(model):
+    """A bad sweep layer or a generation scoring without a tokenizer must not cost the means and the CIE sweep."""
+    clean, evaluation = POOL.sample(2, 2, 0), POOL.sample(2, 2, 2)
+    corrupted = POOL.sample(2, 2, 1, label_noise=0.9)
+    assert getattr(model, "tokenizer", None) is None
+    for config, error, message in (
+        (FunctionVectors(layers=(7,)), LayerOutOfRangeError, "Layer 7 is out of range"),
+        (FunctionVectors(layers=(1, 1)), LayerOutOfRangeError, r"layers names a block twice, \(1, 1\)"),
+        (FunctionVectors(scoring="exact_match"), AnalysisError, "which needs a tokenizer"),
+    ):
+        with (
+            failing_user_hook(model, "blocks.0.attn.hook_z", fail_on_call=0) as passes,
+            pytest.raises(error, match=message),
+        ):
+            replace(config, k=2, n_bootstrap=0).run_batch(model, clean, corrupted, evaluation)
+        assert passes == []
 
 
 def test_no_hook_is_left_after_an_error(model, analysed):

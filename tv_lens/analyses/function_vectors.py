@@ -47,6 +47,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tv_lens.analyses.answers import prompt_count, prompt_task_ids
+from tv_lens.analyses.generated_scores import scoring_tokenizer
 from tv_lens.analyses.indirect_effects import causal_indirect_effects, check_means, mean_head_activations
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.prompt_batches import LabelledPrompts, check_pool, check_prompts
@@ -207,8 +208,7 @@ def function_vector_prompting(
     """
     config = analysis_config(config, FunctionVectors)
     adapter = adapt(model)
-    every = tuple(range(adapter.n_layers))
-    layers = every if config.layers is None else adapter.check_layers(config.layers, allow_embed=True)
+    layers = _sweep_layers(adapter, config)
     if not isinstance(vector, FunctionVector):
         raise ShapeError(f"vector must be a FunctionVector (from function_vector), got {type(vector).__name__}.")
     vector.check_model(model)
@@ -307,16 +307,23 @@ class FunctionVectors(CausalOptions):
         The vector's provenance records the model (named ``model_name`` if given), the clean prompts and the best
         layer of the sweep.
 
+        Every option is checked before the first pass, ``layers`` and ``scoring`` of the last step too.
+
         Raises:
             AnalysisError: A batch without prompts of a task other than Null; ``k`` above the model's heads;
                 corrupted prompts none of whose demonstrations has a wrong label (no demonstrations, or labels
-                shuffled among a single one), which leave no mapping for a head to restore.
+                shuffled among a single one), which leave no mapping for a head to restore; a generation scoring
+                for a model without a tokenizer.
+            LayerOutOfRangeError: ``layers`` outside the model, or a block twice.
         """
         clean = _without_null(clean, "clean")
         corrupted = _without_null(corrupted, "corrupted")
         evaluation = _without_null(evaluation, "evaluation")
         adapter = adapt(model)
         check_count(self.k, "k", 1, adapter.n_layers * adapter.n_heads)
+        _sweep_layers(adapter, self)
+        if self.scoring != "teacher_forced":
+            scoring_tokenizer(model, self.scoring)
         noise = self._noise(corrupted)
         if noise == 0:
             raise AnalysisError(
@@ -336,6 +343,16 @@ class FunctionVectors(CausalOptions):
         """The share of the corrupted batch's demonstrations whose label is wrong."""
         shots = corrupted.demo_answer_pos >= 0
         return float(corrupted.demo_noisy[shots].double().mean()) if bool(shots.any()) else 0.0
+
+
+def _sweep_layers(adapter: ModelAdapter, config: FunctionVectors) -> tuple[int, ...]:
+    """The blocks of the zero-shot sweep: ``config.layers``, checked, each once (``None``: every block)."""
+    if config.layers is None:
+        return tuple(range(adapter.n_layers))
+    layers = adapter.check_layers(config.layers, allow_embed=True)
+    if len(set(layers)) != len(layers):
+        raise LayerOutOfRangeError(f"layers names a block twice, {layers}; pass each block once.")
+    return layers
 
 
 def _without_null(batch: ICLBatch, name: str) -> ICLBatch:

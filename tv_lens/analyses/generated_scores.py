@@ -18,7 +18,22 @@ from tv_lens.analyses.answers import answer_counts
 from tv_lens.errors import AnalysisError
 from tv_lens.generation import exact_match, first_word_match, generate
 
-__all__ = ["GeneratedScores"]
+__all__ = ["GeneratedScores", "scoring_tokenizer"]
+
+
+def scoring_tokenizer(model: Any, scoring: str, tokenizer: Any = None) -> Any:
+    """The tokenizer a generation scoring decodes with: ``tokenizer``, else ``model.tokenizer``.
+
+    Raises:
+        AnalysisError: Neither is there.
+    """
+    found = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if found is None:
+        raise AnalysisError(
+            f"scoring={scoring!r} compares generated text with the answers, which needs a tokenizer; pass "
+            "tokenizer= (or use a model with .tokenizer), or scoring='teacher_forced'."
+        )
+    return found
 
 
 class GeneratedScores:
@@ -39,12 +54,7 @@ class GeneratedScores:
         self, model: Any, answers: Int[Tensor, "batch n_answer"], scoring: str, tokenizer: Any, batch_size: int
     ) -> None:
         self.model, self.scoring, self.batch_size = model, scoring, batch_size
-        self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-        if self.tokenizer is None:
-            raise AnalysisError(
-                f"scoring={scoring!r} compares generated text with the answers, which needs a tokenizer; pass "
-                "tokenizer= (or use a model with .tokenizer), or scoring='teacher_forced'."
-            )
+        self.tokenizer = scoring_tokenizer(model, scoring, tokenizer)
         lengths = answer_counts(answers)
         self.answers = [self.tokenizer.decode(row[:n].tolist()) for row, n in zip(answers, lengths, strict=True)]
         self.max_new_tokens = int(lengths.max()) + 1
