@@ -1619,6 +1619,13 @@ CASES = [
         r"e\.g\. 0\.99",
     ),
     Case(
+        "applied-as-layer-a-float",
+        lambda w: function_vector(w.model, _means(w), [(0, 1)]).applied_as(layers=(1.7,)),
+        AnalysisError,
+        r"layers must be a block index or a sequence of block indices \(ints\).*got \(1\.7,\)",
+        r"e\.g\. 2 or \(1, 2\)",
+    ),
+    Case(
         "function-vectors-corrupted-prompts-without-demonstrations",
         lambda w: FunctionVectors(k=2, n_bootstrap=0).run(w.model, POOL, n_per_task=2, n_shots=0),
         AnalysisError,

@@ -15,6 +15,7 @@ a number checks with these, which refuse a bool: ``n_per_task=True`` is a mistak
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, TypeGuard
 
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "SEED_RANGE",
     "check_tensor_data",
     "is_finite_number",
+    "is_index",
     "is_int",
     "is_integer_tensor",
     "is_number",
@@ -42,6 +44,17 @@ SEED_RANGE = 2**64
 def is_int(value: Any) -> TypeGuard[int]:
     """Whether ``value`` is an int and not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_index(value: Any) -> bool:
+    """Whether ``value`` is an int index (a Python, NumPy or integer 0-d tensor one), not a bool or a float."""
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def is_number(value: Any) -> TypeGuard[int | float]:

@@ -53,7 +53,7 @@ from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.prompt_batches import LabelledPrompts, check_pool, check_prompts
 from tv_lens.analyses.prompting import SCORINGS, Scoring, TaskVectorPrompting, task_vector_prompting
 from tv_lens.analyses.pruning import check_count
-from tv_lens.checks import is_int, is_number
+from tv_lens.checks import is_index, is_int, is_number
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ModelNotSupportedError, ShapeError, TaskError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.function_vector_prompting import FunctionVectorPrompting, FunctionVectorResult
@@ -141,23 +141,12 @@ def _head_pairs(heads: Any) -> tuple[tuple[int, int], ...]:
     chosen = []
     for pair in heads:
         entries = tuple(pair) if isinstance(pair, Iterable) and not isinstance(pair, (str, bytes)) else ()
-        if len(entries) != 2 or not all(_is_index(entry) for entry in entries):
+        if len(entries) != 2 or not all(is_index(entry) for entry in entries):
             raise AnalysisError(f"{usage}; got {pair!r} among them.")
         chosen.append((operator.index(entries[0]), operator.index(entries[1])))
     if not chosen or len(set(chosen)) != len(chosen):
         raise AnalysisError(f"heads must be distinct (layer, head) pairs, at least one; got {tuple(chosen)}.")
     return tuple(chosen)
-
-
-def _is_index(value: Any) -> bool:
-    """Whether ``value`` is an int index (a Python, NumPy or integer 0-d tensor one), not a bool."""
-    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
 
 
 def _output_weights(adapter: ModelAdapter, layer: int) -> Float[Tensor, "head d_head d_model"]:

@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import operator
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tv_lens.checks import is_finite_number
+from tv_lens.checks import is_finite_number, is_index
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.base import Result
@@ -315,7 +316,14 @@ def with_application(
         )
     changes: dict[str, Any] = {}
     if layers is not None:
-        changes["layers"] = tuple(int(layer) for layer in ([layers] if isinstance(layers, int) else layers))
+        given: Any = layers
+        iterable = isinstance(given, Iterable) and not isinstance(given, (str, bytes))
+        entries: list[Any] = [given] if is_index(given) else list(given) if iterable else [None]
+        if not all(map(is_index, entries)):
+            raise AnalysisError(
+                f"layers must be a block index or a sequence of block indices (ints), e.g. 2 or (1, 2); got {layers!r}."
+            )
+        changes["layers"] = tuple(operator.index(layer) for layer in entries)
     if operation is not None:
         changes["operation"] = operation
     if scale is not None:
