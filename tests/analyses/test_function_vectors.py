@@ -338,7 +338,8 @@ def test_bad_input_is_a_clear_error(model, analysed):
 
 
 def test_options_of_the_last_step_are_refused_before_the_first_pass(model):
-    """A bad sweep layer or a generation scoring without a tokenizer must not cost the means and the CIE sweep."""
+    """A bad sweep layer, a generation scoring without a tokenizer or prompts of a task without clean prompts must
+    not cost the means and the CIE sweep."""
     clean, evaluation = POOL.sample(2, 2, 0), POOL.sample(2, 2, 2)
     corrupted = POOL.sample(2, 2, 1, label_noise=0.9)
     assert getattr(model, "tokenizer", None) is None
@@ -352,6 +353,17 @@ def test_options_of_the_last_step_are_refused_before_the_first_pass(model):
             pytest.raises(error, match=message),
         ):
             replace(config, k=2, n_bootstrap=0).run_batch(model, clean, corrupted, evaluation)
+        assert passes == []
+    without_offset_2 = clean.select(clean.task_ids != 1)
+    for batches in (
+        (without_offset_2, corrupted, evaluation),
+        (without_offset_2, corrupted.select(corrupted.task_ids != 1), evaluation),
+    ):
+        with (
+            failing_user_hook(model, "blocks.0.attn.hook_z", fail_on_call=0) as passes,
+            pytest.raises(TaskError, match=r"have tasks \['offset\(2\)'\] that no clean prompt has"),
+        ):
+            FunctionVectors(k=2, n_bootstrap=0).run_batch(model, *batches)
         assert passes == []
 
 

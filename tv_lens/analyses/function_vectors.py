@@ -304,10 +304,13 @@ class FunctionVectors(CausalOptions):
                 shuffled among a single one), which leave no mapping for a head to restore; a generation scoring
                 for a model without a tokenizer.
             LayerOutOfRangeError: ``layers`` outside the model, or a block twice.
+            TaskError: Corrupted or evaluation prompts of a task that no clean prompt has.
         """
         clean = _without_null(clean, "clean")
         corrupted = _without_null(corrupted, "corrupted")
         evaluation = _without_null(evaluation, "evaluation")
+        for batch, name in ((corrupted, "corrupted"), (evaluation, "evaluation")):
+            _check_covered(clean, batch, name)
         adapter = adapt(model)
         check_count(self.k, "k", 1, adapter.n_layers * adapter.n_heads)
         _sweep_layers(adapter, self)
@@ -332,6 +335,23 @@ class FunctionVectors(CausalOptions):
         """The share of the corrupted batch's demonstrations whose label is wrong."""
         shots = corrupted.demo_answer_pos >= 0
         return float(corrupted.demo_noisy[shots].double().mean()) if bool(shots.any()) else 0.0
+
+
+def _check_covered(clean: ICLBatch, batch: ICLBatch, name: str) -> None:
+    """Raise unless every task with prompts in ``batch`` has clean prompts (its means and vector come from them)."""
+    covered = _tasks_present(clean)
+    missing = sorted(_tasks_present(batch) - covered)
+    if missing:
+        raise TaskError(
+            f"The {name} prompts have tasks {missing} that no clean prompt has (the clean prompts cover "
+            f"{sorted(covered)}), so they would get no mean head activations or function vector; sample the three "
+            "batches from one pool, or leave those prompts out."
+        )
+
+
+def _tasks_present(batch: ICLBatch) -> set[str]:
+    """Names of the tasks with prompts in ``batch``."""
+    return {batch.task_names[t] for t in batch.task_ids.unique().tolist()}
 
 
 def _sweep_layers(adapter: ModelAdapter, config: FunctionVectors) -> tuple[int, ...]:
