@@ -103,6 +103,7 @@ from tv_lens.tasks import (
     load_tasks,
     offset_pool,
     permutation_pool,
+    regression_pool,
 )
 from tv_lens.training import (
     DataConfig,
@@ -1624,6 +1625,13 @@ CASES = [
         AnalysisError,
         r"layers must be a block index or a sequence of block indices \(ints\).*got \(1\.7,\)",
         r"e\.g\. 2 or \(1, 2\)",
+    ),
+    Case(
+        "function-vectors-on-a-regression-pool",
+        lambda w: FunctionVectors(k=2, n_bootstrap=0).run(w.model, regression_pool(("linear",), d=2), n_per_task=2),
+        TaskError,
+        r"Function vectors measure each head by the probability of the answer's token, and a RegressionPool's",
+        r"use a TaskPool or a TextPool",
     ),
     Case(
         "function-vectors-corrupted-prompts-without-demonstrations",

@@ -61,7 +61,7 @@ from tv_lens.results.function_vectors import FunctionVector, IndirectEffects, Me
 from tv_lens.results.provenance import ModelSignature, VectorProvenance, describe_tasks
 from tv_lens.results.shared import real_prompts
 from tv_lens.task_vectors import TaskVectors
-from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
+from tv_lens.tasks import NULL_TASK, ICLBatch, RegressionPool, ShotSpec, TaskPool, TextPool
 
 __all__ = [
     "FunctionVector",
@@ -278,7 +278,17 @@ class FunctionVectors(CausalOptions):
         return self.run_batch(model, clean, corrupted, evaluation, seed=seed)
 
     def sample_corrupted(self, pool: TaskPool | TextPool, n_per_task: int, n_shots: ShotSpec, seed: int) -> ICLBatch:
-        """The CIE's corrupted prompts: ``pool.sample`` with this configuration's label corruption."""
+        """The CIE's corrupted prompts: ``pool.sample`` with this configuration's label corruption.
+
+        Raises:
+            TaskError: A regression pool (the CIE is the probability of an answer token).
+        """
+        if isinstance(pool, RegressionPool):
+            raise TaskError(
+                "Function vectors measure each head by the probability of the answer's token, and a RegressionPool's "
+                "answers are vectors; use a TaskPool or a TextPool (the representation analyses, ICL performance and "
+                "task-vector prompting take regression pools)."
+            )
         return pool.sample(n_per_task, n_shots, seed, self.label_noise, shuffle_labels=self.shuffle_labels)
 
     def run_batch(
