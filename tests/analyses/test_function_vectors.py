@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from causal_helpers import POOL, editing_hook, failing_user_hook, left_pad
 from conftest import hook_snapshot
-from pretrained_helpers import GQA_ARCHITECTURES, loaded, one_thread  # noqa: F401  (fixture)
+from pretrained_helpers import GQA_ARCHITECTURES, folder_of, load, loaded, one_thread  # noqa: F401  (fixture)
 
 from tv_lens.analyses import (
     FunctionVectors,
@@ -283,6 +283,40 @@ def test_a_head_patch_changes_exactly_that_query_head_and_cie_matches(tmp_path_f
     config = FunctionVectors(layers=(0,), scoring="exact_match", n_bootstrap=0)
     sweep = function_vector_prompting(model, clean, clean.zero_shot(), vector, config=config)
     assert sweep.prompting.scoring == "exact_match" and sweep.prompting.tvp_correct.shape == (1, len(clean))
+
+
+def test_folded_value_biases_leave_the_cie_and_take_b_v_out_of_the_means(tmp_path_factory):
+    """As the function-vector page says: compatibility mode (as HookedTransformer) folds each head's value bias, with
+    LayerNorm's bias through W_V, into b_O, so its means are the raw bridge's minus that bias; the CIE is the same."""
+    import transformers
+
+    folder = tmp_path_factory.mktemp("gpt2-biases")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder_of(tmp_path_factory, "gpt2"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in hf.named_parameters():
+            if name.endswith("bias"):  # random initialisation leaves them zero
+                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    hf.save_pretrained(folder)
+    for file in folder_of(tmp_path_factory, "gpt2").iterdir():
+        if not (folder / file.name).exists():
+            (folder / file.name).write_bytes(file.read_bytes())
+    raw, folded = load(folder, "bridge"), load(folder, "bridge-compat")
+    pool = TextPool(TEXT_TASKS, raw.tokenizer, template="{x} -> {y}", bos=True)
+    clean, corrupted = pool.sample(2, 2, seed=0), pool.sample(2, 2, seed=1, label_noise=0.9)
+    means = {kind: mean_head_activations(model, clean) for kind, model in (("raw", raw), ("folded", folded))}
+    d_model, n_heads = hf.config.n_embd, hf.config.n_head
+    for layer, block in enumerate(hf.transformer.h):
+        w_v = block.attn.c_attn.weight[:, 2 * d_model :].detach().double()  # Conv1D: [d_in, d_out]
+        b_v = block.attn.c_attn.bias[2 * d_model :].detach().double() + block.ln_1.bias.detach().double() @ w_v
+        gap = means["raw"].activations[:, layer] - means["folded"].activations[:, layer]
+        torch.testing.assert_close(gap, b_v.view(n_heads, -1).expand_as(gap), atol=2e-6, rtol=0)
+        assert b_v.abs().max() > 0.1
+    effects = [
+        causal_indirect_effects(model, corrupted, means[kind], config=FunctionVectors(n_bootstrap=0))
+        for kind, model in (("raw", raw), ("folded", folded))
+    ]
+    torch.testing.assert_close(effects[0].patched_prob, effects[1].patched_prob, atol=1e-6, rtol=0)
 
 
 def test_bad_input_is_a_clear_error(model, analysed):
