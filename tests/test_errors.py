@@ -1646,8 +1646,8 @@ CASES = [
             w.model, w.batch.select(w.batch.task_ids == 0), _means(w), config=FunctionVectors(n_bootstrap=0)
         ).top_heads(2, task=w.batch.task_names[1]),
         TaskError,
-        r"Task '.*' has no corrupted prompts in these indirect effects, so its CIE is NaN for every head",
-        r"compute them on prompts of that task too, or ask for the top heads of another task",
+        r"Task '.*' has no prompts in this result, so its CIE is NaN for every head",
+        r"compute the result on prompts of that task too, or ask for the top heads of another task",
     ),
     Case(
         "compare-vectors-layers-an-int",

@@ -190,6 +190,15 @@ def test_unknown_role_or_task_or_a_bad_count_names_the_known_ones(analysed):
         result.share("demo_answer", task="copy")
     with pytest.raises(AnalysisError, match=r"k must be an int in \[1, 12\]"):
         result.top_heads("query", k=13)
+
+
+def test_top_heads_of_a_task_without_prompts_is_refused(model):
+    batch = sample(n_per_task=2, seed=0)
+    result = HeadAttention(n_bootstrap=0).run_batch(model, batch.select(batch.task_ids != 1))
+    with pytest.raises(TaskError, match=r"no prompts in this result, so its attention share is NaN for every head"):
+        result.top_heads("query", 3, task=batch.task_names[1])  # the first heads in block order, before
+    assert result.share("query", batch.task_names[1]).isnan().all()
+    assert len(result.top_heads("query", 3, task=batch.task_names[0])) == 3
     for value in (1, "yes", None):
         with pytest.raises(AnalysisError, match=f"by_demonstration must be True or False.*got {value!r}"):
             HeadAttention(by_demonstration=value)

@@ -15,10 +15,11 @@ from scipy.stats import spearmanr
 from tv_lens.analyses import Prompts
 from tv_lens.analyses.heads import HeadAblation, head_importance, shared_heads
 from tv_lens.app.sections import headline_numbers, summary_lines
-from tv_lens.errors import AnalysisError
+from tv_lens.errors import AnalysisError, TaskError
 from tv_lens.results.base import Result
 from tv_lens.results.heads import HeadImportance, PruningCurve
 from tv_lens.stats import chance_jaccard
+from tv_lens.stats.selection import ranked_heads
 
 N_LAYERS, N_HEADS = 3, 4
 
@@ -203,6 +204,9 @@ def test_tasks_without_prompts_overlap_nothing_and_one_task_states_no_overlap(mo
     assert two.shared[2].isnan().all() and two.shared[:, 2].isnan().all()
     alone = shared_heads(two.importance[..., [0, 1]], "jaccard", two.top_k)
     assert two.task_overlaps().tolist() == [float(alone[0, 1]), float(alone[1, 0])]
+    with pytest.raises(TaskError, match=r"no prompts in this result, so its importance is NaN for every head"):
+        two.top_heads(3, task=batch.task_names[2])  # the first heads in block order, before
+    assert two.top_heads(3, task=batch.task_names[1]) == list(ranked_heads(two.importance[..., 1])[:3])
 
 
 def test_frame_figures_save_load_and_top_heads(analysed, tmp_path):

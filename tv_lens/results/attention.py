@@ -12,7 +12,7 @@ from tv_lens.errors import TaskError
 from tv_lens.results.axes import head_axes, head_heatmap, head_label
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
-from tv_lens.results.shared import BootstrapSettings, task_index
+from tv_lens.results.shared import BootstrapSettings, ranked_task, task_index
 from tv_lens.stats.selection import ranked_heads
 from tv_lens.tasks.pool import NULL_TASK
 
@@ -101,9 +101,11 @@ class RoleAttention(BootstrapSettings, Result):
 
         Raises:
             AnalysisError: ``k`` is not an int in ``[1, heads]``.
-            TaskError: An unknown role or task.
+            TaskError: An unknown role or task, or a task no prompt is of.
         """
         chosen = self.role_names[self._lead_role()] if role is None else role
+        if task is not None:
+            ranked_task(self.task_names, self.task_ids, task, "attention share")
         return list(ranked_heads(self.share(chosen, task), self.layers, k))
 
     def headline(self) -> dict[str, Any]:

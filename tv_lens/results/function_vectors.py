@@ -16,14 +16,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tv_lens.checks import is_int
-from tv_lens.errors import LayerOutOfRangeError, ShapeError, TaskError
+from tv_lens.errors import LayerOutOfRangeError, ShapeError
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.results.axes import head_axes, head_heatmap, head_label, layer_index
 from tv_lens.results.base import Result
 from tv_lens.results.combination import combination
 from tv_lens.results.decodability import ALL_TASKS
 from tv_lens.results.provenance import VectorProvenance, check_vector_model, with_application
-from tv_lens.results.shared import SweepSettings, task_index
+from tv_lens.results.shared import SweepSettings, ranked_task, task_index
 from tv_lens.stats import group_means
 from tv_lens.stats.selection import ranked_heads
 
@@ -172,14 +172,7 @@ class IndirectEffects(SweepSettings, Result):
         """
         if task is None:
             return ranked_heads(self.overall, self.layers, k)
-        t = task_index(self.task_names, task, "CIE")
-        if not bool((self.task_ids == t).any()):
-            raise TaskError(
-                f"Task {task!r} has no corrupted prompts in these indirect effects, so its CIE is NaN for every head "
-                "and no head ranks above another; compute them on prompts of that task too, or ask for the top heads "
-                "of another task or over every prompt (task=None)."
-            )
-        return ranked_heads(self.cie[..., t], self.layers, k)
+        return ranked_heads(self.cie[..., ranked_task(self.task_names, self.task_ids, task, "CIE")], self.layers, k)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, head, task), plus task ``"all"``.

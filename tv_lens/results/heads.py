@@ -14,7 +14,7 @@ from tv_lens.errors import AnalysisError
 from tv_lens.results.axes import head_axes, head_heatmap
 from tv_lens.results.base import Result
 from tv_lens.results.decodability import ALL_TASKS
-from tv_lens.results.shared import SweepSettings, real_prompts, real_tasks, task_index
+from tv_lens.results.shared import SweepSettings, ranked_task, real_prompts, real_tasks
 from tv_lens.stats import group_means
 from tv_lens.stats.overlap import chance_jaccard
 from tv_lens.stats.selection import ranked_heads
@@ -172,9 +172,16 @@ class HeadImportance(SweepSettings, Result):
         return group_means(self.attribution, self.task_ids, len(self.task_names))
 
     def top_heads(self, k: int = 5, task: str | None = None) -> list[tuple[int, int]]:
-        """The ``k`` most important ``(layer, head)`` overall or for ``task``."""
-        scores = self.overall if task is None else self.importance[..., task_index(self.task_names, task, "importance")]
-        return list(ranked_heads(scores)[:k])
+        """The ``k`` most important ``(layer, head)`` overall or for ``task``.
+
+        Raises:
+            TaskError: ``task`` is not a task of the result, or no prompt is of it.
+        """
+        if task is None:
+            return list(ranked_heads(self.overall)[:k])
+        return list(
+            ranked_heads(self.importance[..., ranked_task(self.task_names, self.task_ids, task, "importance")])[:k]
+        )
 
     def task_overlaps(self) -> Float[Tensor, " pair"]:
         """The overlap (:attr:`shared`) of every ordered pair of two different tasks with prompts, Null left out."""

@@ -104,3 +104,20 @@ def task_index(task_names: Sequence[str], task: str, what: str) -> int:
     if task not in task_names:
         raise TaskError(f"Task {task!r} has no {what}; these cover {list(task_names)}. Build them from its prompts.")
     return list(task_names).index(task)
+
+
+def ranked_task(task_names: Sequence[str], task_ids: Int[Tensor, " prompt"], task: str, what: str) -> int:
+    """Index of ``task`` (:func:`task_index`) whose heads are to be ranked by their ``what``.
+
+    Raises:
+        TaskError: ``task`` is not one of ``task_names``, or no prompt is of it: its ``what`` is NaN for every
+            head, so no head ranks above another (the first heads in block order would be its "top" heads).
+    """
+    t = task_index(task_names, task, what)
+    if not bool((task_ids == t).any()):
+        raise TaskError(
+            f"Task {task!r} has no prompts in this result, so its {what} is NaN for every head and no head ranks "
+            "above another; compute the result on prompts of that task too, or ask for the top heads of another "
+            "task or over every prompt (task=None)."
+        )
+    return t
