@@ -139,6 +139,18 @@ def test_bad_checkpoints_raise_clear_errors(run):
     assert isinstance(EmergenceResult, type)
 
 
+def test_checkpoints_of_models_of_other_sizes_are_refused(run):
+    pool, paths = run
+    model = load_checkpoint(paths[0]).load_model()
+    deeper = build_model(ModelConfig(d_vocab=pool.vocab_size, n_layers=3, d_model=32, n_heads=4, n_ctx=24, seed=0))
+    emergence = Emergence(analyses=(TaskDecodability(k=3, n_bootstrap=0),), n_shots=2)
+    with pytest.raises(AnalysisError, match="not of one model: n_layers 2 at step 2, 3 at step 4"):
+        emergence.run([(4, deeper), (2, model)], pool, n_per_task=4)  # was torch.stack's RuntimeError
+    wider = build_model(ModelConfig(d_vocab=pool.vocab_size, n_layers=2, d_model=16, n_heads=4, n_ctx=24, seed=0))
+    with pytest.raises(AnalysisError, match="d_model 32 at step 2, 16 at step 4"):
+        emergence.run([(2, model), (4, wider)], pool, n_per_task=4)  # ran, mixing two models' series
+
+
 def test_jumps_frame_keeps_missing_jumps_as_missing_integers():
     accuracy = torch.tensor([[0.3, 0.3], [0.9, 0.3], [0.9, 0.3]], dtype=torch.float64)
     td = torch.tensor([[0.2, 0.2], [0.9, 0.2], [0.9, 0.2]], dtype=torch.float64)

@@ -46,6 +46,7 @@ from tv_lens.analyses.prompt_batches import PromptPool, sample_batch
 from tv_lens.analyses.suite import Suite
 from tv_lens.checks import is_int, tensor_of
 from tv_lens.errors import AnalysisError
+from tv_lens.models.adapter import adapt
 from tv_lens.results.decodability import Decodability, best_layer
 from tv_lens.results.emergence import EmergenceResult
 from tv_lens.results.suite import SuiteResult
@@ -165,7 +166,12 @@ class Emergence(PassOptions):
     def run(
         self, checkpoints: Sequence[CheckpointLike], pool: PromptPool, n_per_task: int = N_PER_TASK, seed: int = 0
     ) -> EmergenceResult:
-        """Run every checkpoint on the same ``n_per_task`` prompts per task (seeded) and detect the jumps."""
+        """Run every checkpoint on the same ``n_per_task`` prompts per task (seeded) and detect the jumps.
+
+        Raises:
+            AnalysisError: Checkpoints without distinct steps, or of models of other sizes (``n_layers``,
+                ``d_model``, ``n_heads``, ``d_vocab``): the checkpoints of one run are expected.
+        """
         loaded = _sorted_checkpoints(checkpoints)
         suite = Suite(self.analyses, batch_size=self.batch_size)
         td_name = next(n for n, a in zip(suite.names or (), suite.analyses, strict=True) if _is_td(a))
@@ -173,8 +179,10 @@ class Emergence(PassOptions):
         regression = bool(batch.answers.is_floating_point())
         snapshots: list[SuiteResult] = []
         series: dict[str, list[Tensor]] = {"accuracy": [], "loss": [], "td": [], "td_per_task": []}
-        for _, load in tqdm(loaded, desc="checkpoints", disable=not self.progress):
+        first: tuple[int, dict[str, int]] | None = None
+        for step, load in tqdm(loaded, desc="checkpoints", disable=not self.progress):
             model = load()
+            first = _same_sizes(first, step, model)
             snapshots.append(suite.run(model, pool, n_per_task=n_per_task, n_shots=self.n_shots, seed=seed))
             decodability = snapshots[-1][td_name]
             if not isinstance(decodability, Decodability):
@@ -223,6 +231,26 @@ class Emergence(PassOptions):
             n_shots=self.n_shots,
             seed=seed,
         )
+
+
+def _same_sizes(first: tuple[int, dict[str, int]] | None, step: int, model: Any) -> tuple[int, dict[str, int]]:
+    """The first checkpoint's step and sizes; raise :class:`AnalysisError` if ``model`` has other sizes."""
+    adapter = adapt(model)
+    sizes = {name: getattr(adapter, name) for name in ("n_layers", "d_model", "n_heads", "d_vocab")}
+    if first is None:
+        return step, sizes
+    first_step, first_sizes = first
+    differ = [
+        f"{key} {value} at step {first_step}, {sizes[key]} at step {step}"
+        for key, value in first_sizes.items()
+        if sizes[key] != value
+    ]
+    if differ:
+        raise AnalysisError(
+            f"The checkpoints are not of one model: {'; '.join(differ)}. Emergence follows one model over training; "
+            "pass the checkpoints of one run."
+        )
+    return first
 
 
 def _is_td(analysis: Any) -> bool:
