@@ -10,8 +10,8 @@ import torch
 from analyses_helpers import POOL
 from scipy import stats
 
-from tv_lens.analyses import ICLPerformance, TaskDecodability, TdAccuracy, fit_td_accuracy, ols
-from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError
+from tv_lens.analyses import Geometry, ICLPerformance, TaskDecodability, TdAccuracy, fit_td_accuracy, ols
+from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError, TaskError
 from tv_lens.tasks import NULL_TASK
 
 
@@ -102,6 +102,24 @@ def test_bad_input_raises_clear_errors():
         fit_td_accuracy(torch.tensor([0.0, 1.0]), torch.ones(2), task_ids=[0, 5], task_names=("a",))
     with pytest.raises(AnalysisError, match="shots must be"):
         TdAccuracy(shots=())
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "words"),
+    [
+        ({"shots": 4}, AnalysisError, r"got 4; for one shot count pass a one-element tuple, e\.g\. shots=\(4,\)"),
+        ({"decodability": Geometry()}, AnalysisError, r"decodability must be TaskDecodability settings"),
+        ({"metric": "r2"}, AnalysisError, r"Unknown metric 'r2'"),
+        ({"layer": "3"}, AnalysisError, r"layer must be a block index"),
+        ({"include_null": "no"}, TaskError, r"include_null must be True or False"),
+        ({"ci": 95}, AnalysisError, r"ci is a confidence level in \(0, 1\)"),
+    ],
+)
+def test_options_are_checked_when_the_config_is_built(options, error, words):
+    # shots=4 was a TypeError, a Geometry an AttributeError after every pass, the others surfaced after the passes
+    # (or, for include_null="no", read as True)
+    with pytest.raises(error, match=words):
+        TdAccuracy(**options)
 
 
 def test_python_lists_keep_float64_precision():

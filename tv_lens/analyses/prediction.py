@@ -32,7 +32,7 @@ from torch import Tensor
 
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.options import N_PER_TASK
-from tv_lens.analyses.performance import ScoreFn, resolve_metric, score_batch
+from tv_lens.analyses.performance import ScoreFn, _metric, resolve_metric, score_batch
 from tv_lens.analyses.prompt_batches import PromptPool, sample_batch
 from tv_lens.analyses.representations import integer_ids, named_tasks
 from tv_lens.checks import is_int, tensor_of
@@ -42,6 +42,7 @@ from tv_lens.results.prediction import TdAccuracyFit
 from tv_lens.results.shared import real_tasks
 from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import check_bootstrap
+from tv_lens.tasks.pool import check_flag
 
 __all__ = ["TdAccuracy", "TdAccuracyFit", "fit_td_accuracy", "ols"]
 
@@ -176,10 +177,29 @@ class TdAccuracy:
     ci: float = 0.95
 
     def __post_init__(self) -> None:
+        if isinstance(self.shots, int) or not isinstance(self.shots, (tuple, list)):
+            raise AnalysisError(
+                f"shots must be a non-empty tuple of ints >= 0, got {self.shots!r}; for one shot count pass a "
+                f"one-element tuple, e.g. shots=({self.shots!r},) (Han et al. use (1, 4, 10))."
+            )
         if not self.shots or any(not is_int(s) or s < 0 for s in self.shots):
             raise AnalysisError(
                 f"shots must be a non-empty tuple of ints >= 0, got {self.shots!r}; Han et al. use (1, 4, 10)."
             )
+        if self.layer is not None and not is_int(self.layer):
+            raise AnalysisError(
+                f"layer must be a block index (an int, -1 = the embedding output) or None (the block of highest "
+                f"TD), got {self.layer!r}."
+            )
+        if not isinstance(self.decodability, TaskDecodability):
+            raise AnalysisError(
+                f"decodability must be TaskDecodability settings, got {self.decodability!r:.60}; pass e.g. "
+                "TaskDecodability(k=10, n_bootstrap=0)."
+            )
+        if self.metric != "auto":
+            _metric(self.metric)
+        check_flag(self.include_null, "include_null", "whether the Null task is a point of the fit")
+        check_bootstrap(0, self.ci)
 
     def run(self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, seed: int = 0) -> TdAccuracyFit:
         """Per shot count: sample prompts (seeded), one collect pass for TD, one clean pass for the score; fit."""
