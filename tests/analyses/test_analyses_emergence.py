@@ -135,6 +135,18 @@ def test_bad_checkpoints_raise_clear_errors(run):
         Emergence().run([(2, "step2")], pool)
     with pytest.raises(AnalysisError, match="min_rise"):
         Emergence(min_rise=0)
+    # each was a TypeError (min_rise, analyses), an error after every checkpoint ran (tolerance="x"), or no coupling
+    # ever (tolerance=-5, min_rise=inf)
+    with pytest.raises(AnalysisError, match=r"min_rise must be a finite number > 0, got '0\.2'"):
+        Emergence(min_rise="0.2")
+    with pytest.raises(AnalysisError, match=r"min_rise must be a finite number > 0, got inf"):
+        Emergence(min_rise=math.inf)
+    with pytest.raises(AnalysisError, match=r"Emergence takes a tuple of analyses, got a TaskDecodability; wrap"):
+        Emergence(analyses=TaskDecodability())
+    for tolerance in ("x", -5, 2.5):
+        with pytest.raises(AnalysisError, match=rf"tolerance must be an int >= 0 .*, got {tolerance!r}"):
+            Emergence(tolerance=tolerance)
+    assert Emergence(tolerance=0).tolerance == 0
     assert isinstance(Emergence().analyses[0], TaskDecodability)
     assert isinstance(EmergenceResult, type)
 

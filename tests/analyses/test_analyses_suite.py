@@ -73,6 +73,8 @@ def test_run_batch_and_errors(model):
         Suite((object(),))
     with pytest.raises(AnalysisError, match="at least one analysis"):
         Suite(())
+    with pytest.raises(AnalysisError, match=r"got a TaskDecodability; wrap a single one: analyses=\(TaskDecodability"):
+        Suite(TaskDecodability())  # was a TypeError: 'TaskDecodability' object is not iterable
     with pytest.raises(AnalysisError, match="distinct name"):
         Suite((Geometry(), Geometry()), names=("a", "a"))
     assert Suite((Geometry(), Geometry())).names == ("geometry", "geometry_2")

@@ -43,8 +43,8 @@ from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.options import N_PER_TASK, PassOptions
 from tv_lens.analyses.performance import clean_outputs, score_outputs
 from tv_lens.analyses.prompt_batches import PromptPool, sample_batch
-from tv_lens.analyses.suite import Suite
-from tv_lens.checks import is_int, tensor_of
+from tv_lens.analyses.suite import Suite, analysis_tuple
+from tv_lens.checks import is_finite_number, is_int, tensor_of
 from tv_lens.errors import AnalysisError
 from tv_lens.models.adapter import adapt
 from tv_lens.results.decodability import Decodability, best_layer
@@ -157,10 +157,19 @@ class Emergence(PassOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the shared options
-        if not any(isinstance(a, TaskDecodability) for a in self.analyses):
-            object.__setattr__(self, "analyses", (*self.analyses, TaskDecodability(n_bootstrap=0)))
-        if not self.min_rise > 0:
-            raise AnalysisError(f"min_rise must be > 0, got {self.min_rise!r}; 0.2 suits accuracy and TD.")
+        analyses = analysis_tuple(self.analyses, "Emergence")
+        if not any(isinstance(a, TaskDecodability) for a in analyses):
+            analyses = (*analyses, TaskDecodability(n_bootstrap=0))
+        object.__setattr__(self, "analyses", analyses)
+        if not is_finite_number(self.min_rise) or not self.min_rise > 0:
+            raise AnalysisError(
+                f"min_rise must be a finite number > 0, got {self.min_rise!r}; 0.2 suits accuracy and TD."
+            )
+        if self.tolerance is not None and (not is_int(self.tolerance) or self.tolerance < 0):
+            raise AnalysisError(
+                f"tolerance must be an int >= 0 (training steps between coupled jumps) or None (the largest gap "
+                f"between checkpoints), got {self.tolerance!r}."
+            )
         Suite(self.analyses)  # checks the analyses
 
     def run(

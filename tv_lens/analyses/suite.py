@@ -74,6 +74,16 @@ _DEFAULT_NAMES = {
 }
 
 
+def analysis_tuple(analyses: Any, owner: str) -> tuple[Any, ...]:
+    """``analyses`` (a tuple or list of analysis configs) as a tuple; a single config is refused, naming the fix."""
+    if not isinstance(analyses, (tuple, list)):
+        raise AnalysisError(
+            f"{owner} takes a tuple of analyses, got a {type(analyses).__name__}; wrap a single one: "
+            f"analyses=({type(analyses).__name__}(...),)."
+        )
+    return tuple(analyses)
+
+
 @dataclass(frozen=True)
 class Suite(PassOptions):
     """Several analyses run together; representation analyses share one collect call per site.
@@ -91,7 +101,7 @@ class Suite(PassOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the shared options
-        object.__setattr__(self, "analyses", tuple(self.analyses))
+        object.__setattr__(self, "analyses", analysis_tuple(self.analyses, "Suite"))
         if not self.analyses:
             raise AnalysisError("A Suite needs at least one analysis, e.g. Suite((TaskDecodability(), Geometry())).")
         for analysis in self.analyses:
