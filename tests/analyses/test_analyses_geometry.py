@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 
@@ -98,5 +99,10 @@ def test_bad_settings_raise_clear_errors():
         Geometry(method="tsne")
     with pytest.raises(AnalysisError, match="n_neighbors"):
         Geometry(method="umap", n_neighbors=1)
+    # a string was a TypeError; above 1 (UMAP's spread) was umap-learn's ValueError at the first layer's fit
+    for min_dist in ("0.1", 1.5, math.inf, -0.1):
+        with pytest.raises(AnalysisError, match=rf"min_dist must be a number in \[0, 1\] .*, got {min_dist!r}"):
+            Geometry(method="umap", min_dist=min_dist)
+    assert Geometry(method="umap", min_dist=1).min_dist == 1
     with pytest.raises(AnalysisError, match="at least 3 prompts"):
         project(torch.ones(2, 4), [0, 1])

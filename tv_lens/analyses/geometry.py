@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from tv_lens.analyses.options import PassOptions, analysis_config
 from tv_lens.analyses.representations import LabelsInput, RepresentationAnalysis, RepsInput, labelled_stack
-from tv_lens.checks import is_int
+from tv_lens.checks import is_finite_number, is_int
 from tv_lens.errors import AnalysisError
 from tv_lens.results.geometry import Projection
 from tv_lens.stats.classifiers import sklearn_seed
@@ -98,7 +98,7 @@ class Geometry(RepresentationAnalysis[Projection], PassOptions):
     Attributes:
         method: ``"pca"`` or ``"umap"`` (needs the optional ``umap-learn`` package).
         n_neighbors: UMAP neighbourhood size.
-        min_dist: UMAP minimum distance.
+        min_dist: UMAP minimum distance, in ``[0, 1]`` (at most UMAP's ``spread``, 1.0).
         layers: Block indices to read (``None``: embedding output and every block).
         site: Residual site to read.
 
@@ -121,8 +121,11 @@ class Geometry(RepresentationAnalysis[Projection], PassOptions):
         n_neighbors = self.n_neighbors
         if not is_int(n_neighbors) or n_neighbors < 2:
             raise AnalysisError(f"UMAP n_neighbors must be an int >= 2, got {n_neighbors!r} (Han et al.: 15).")
-        if not self.min_dist >= 0:
-            raise AnalysisError(f"UMAP min_dist must be >= 0, got {self.min_dist!r} (Han et al.: 0.1).")
+        if not is_finite_number(self.min_dist) or not 0 <= self.min_dist <= 1:
+            raise AnalysisError(
+                f"UMAP min_dist must be a number in [0, 1] (at most UMAP's spread, 1.0), got {self.min_dist!r} "
+                "(Han et al.: 0.1)."
+            )
 
 
 def _umap() -> Any:
