@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 from causal_helpers import POOL, failing_user_hook, hooked_scores, sample
-from conftest import hook_snapshot
+from conftest import hook_snapshot, tiny_config
 
 from tv_lens.analyses import finetuning
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.finetuning import LayerFinetuning, compare_models
-from tv_lens.errors import ConfigError, LayerOutOfRangeError
+from tv_lens.errors import AnalysisError, ConfigError, LayerOutOfRangeError
+from tv_lens.models import build_model
 from tv_lens.results.base import Result
 from tv_lens.results.finetuning import FinetuningComparison
 from tv_lens.training import DataConfig, LoRAConfig, ScheduleConfig, TrainConfig
@@ -136,6 +137,18 @@ def test_bad_settings_name_the_problem(model):
         LayerFinetuning(k=4).run(model, POOL)
     with pytest.raises(LayerOutOfRangeError, match="k must be a positive number of blocks"):
         LayerFinetuning(k=0)
+
+
+def test_models_of_other_depths_are_refused_unless_the_td_layers_are_shared(model):
+    batch = sample(n_per_task=4)
+    shallower = build_model(tiny_config(dtype="float64", n_layers=2))
+    config = LayerFinetuning(decodability=TaskDecodability(k=2, n_bootstrap=0), n_bootstrap=0)
+    with pytest.raises(AnalysisError, match=r"different numbers of blocks \(\{'base': 3, 'small': 2\}\)"):
+        compare_models({"base": model, "small": shallower}, batch, config=config)  # was torch.stack's RuntimeError
+    shared = LayerFinetuning(decodability=TaskDecodability(k=2, n_bootstrap=0, layers=(0, 1)), n_bootstrap=0)
+    result = compare_models({"base": model, "small": shallower}, batch, config=shared)
+    alone = compare_models({"small": shallower}, batch, config=shared)
+    assert result.layers == (0, 1) and torch.equal(result.td[1], alone.td[0])
 
 
 def test_hooks_are_restored_after_a_fault_while_comparing(model):

@@ -81,6 +81,9 @@ def compare_models(
         null_task: Name of the Null task (left out of the overall accuracy).
         config: The options (``None``: ``LayerFinetuning()``).
         seed: Seed of the bootstraps.
+
+    Raises:
+        AnalysisError: Models of other numbers of blocks with every layer read (``decodability.layers=None``).
     """
     config = analysis_config(config, LayerFinetuning)
     if not isinstance(models, dict) or not models:
@@ -91,6 +94,7 @@ def compare_models(
         )
     check_batch(batch)
     _check_records(models, blocks, final_loss, settings)
+    _check_depths(models, config.decodability)
     scores = {name: _scores(model, batch, null_task, config, seed) for name, model in models.items()}
     return _comparison(scores, batch, blocks or {}, final_loss or {}, settings or {}, config)
 
@@ -173,6 +177,19 @@ def _check_records(models: dict[str, Any], blocks: Any, final_loss: Any, setting
                 )
     if settings is not None and not isinstance(settings, dict):
         raise AnalysisError(f"settings must be a dict (recorded on the result), got a {type(settings).__name__}.")
+
+
+def _check_depths(models: dict[str, Any], decodability: TaskDecodability) -> None:
+    """Models of other numbers of blocks have no common layer axis, unless the TD layers are chosen (and shared)."""
+    if decodability.layers is not None:  # collect refuses a layer a model lacks
+        return
+    depths = {name: adapt(model).n_layers for name, model in models.items()}
+    if len(set(depths.values())) > 1:
+        raise AnalysisError(
+            f"The models have different numbers of blocks ({depths}), so their TD curves share no layer axis; compare "
+            "models of one architecture, or read TD at blocks every model has: "
+            "decodability=TaskDecodability(layers=(...))."
+        )
 
 
 def _is_blocks(value: Any) -> bool:
