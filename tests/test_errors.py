@@ -1026,7 +1026,7 @@ CASES = [
         "prompting-hook-the-model-never-calls",
         lambda w: (
             _with_orphan_hook_point(w, "blocks.1.hook_resid_pre"),
-            TaskVectorPrompting(layers=(0,), n_bootstrap=0).run(w.model, POOL, n_per_task=2),
+            TaskVectorPrompting(layers=(0,), n_bootstrap=0).run(w.model, POOL, n_per_task=3),
         ),
         InterventionNotAppliedError,
         r"replace\(layer 1, resid_pre, .*\) wrote to no prompt",

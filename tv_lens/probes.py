@@ -33,7 +33,7 @@ from tv_lens.models.running import HookFn, read_batches
 from tv_lens.positions import Inputs, PreparedPrompts, as_positions, check_batch_size, prepare_prompts
 from tv_lens.results.axes import layer_label
 
-__all__ = ["Representations", "check_finite_rows", "check_residual_site", "collect"]
+__all__ = ["Representations", "check_finite_rows", "check_residual_site", "collect", "prompt_ids"]
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,20 @@ def check_residual_site(site: Any) -> None:
             f"Unknown site {site!r} for reading residual-stream rows.{note} Use one of {list(RESIDUAL_SITES)} "
             "(each is read at d_model width, at every block given by layers=)."
         )
+
+
+def prompt_ids(
+    model: Any,
+    inputs: Inputs,
+    answer_pos: int | Sequence[int] | Tensor,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+) -> Int[Tensor, " batch"]:
+    """An id per prompt, the same for exactly the prompts whose inputs up to their answer positions are the same.
+
+    Padding is left aside (a left-padded prompt has the id of the same prompt right-padded); the ids are those
+    :func:`collect` runs each prompt under, numbered in a canonical order of the distinct prompts.
+    """
+    return _distinct(prepare_prompts(adapt(model), inputs, answer_pos, attention_mask))[1]
 
 
 def _distinct(prompts: PreparedPrompts) -> tuple[PreparedPrompts, Int[Tensor, " batch"]]:

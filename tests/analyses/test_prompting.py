@@ -14,6 +14,7 @@ from result_files import save_without_field
 from tv_lens.analyses import Prompts
 from tv_lens.analyses.prompting import TaskVectorPrompting, task_vector_prompting
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, TaskError
+from tv_lens.interventions.prompting import other_prompts
 from tv_lens.models import ModelConfig, build_continuous_model
 from tv_lens.results.base import Result
 from tv_lens.results.prompting import PromptingAccuracy
@@ -38,10 +39,14 @@ def test_injection_equals_a_hand_written_hook_on_the_zero_shot_prompts(model, mo
         model, batch
     )
     rows = torch.arange(len(batch))
-    partner = []  # Hendel's dummy query: the next prompt of the same task, cyclically
+    query = [tuple(zero.inputs[p, : int(zero.answer_pos[p]) + 1].tolist()) for p in range(len(batch))]
+    partner = []  # Hendel's dummy query: the next prompt of the same task, cyclically, of another query
     for p, task in enumerate(batch.task_ids.tolist()):
         members = [q for q in range(len(batch)) if int(batch.task_ids[q]) == task]
-        partner.append(members[(members.index(p) + 1) % len(members)])
+        later = [members[(members.index(p) + step) % len(members)] for step in range(1, len(members))]
+        partner.append(next(q for q in later if query[q] != query[p]))
+    next_of_task = other_prompts(batch.task_ids, batch.task_names).tolist()  # whatever its query
+    assert partner != next_of_task  # this batch has a prompt whose next prompt of its task has its query
     assert result.vector_source.tolist() == partner and result.source == "other_prompt"
     for i, layer in enumerate(result.layers):
         vectors = icl_rows(model, batch, layer)[partner]
@@ -162,6 +167,9 @@ def test_bad_input_names_the_problem(model):
         TaskVectorPrompting(layers=(0,), source="task_mean", n_bootstrap=0).run_batch(model, batch, vectors)
     with pytest.raises(TaskError, match="Too few prompts: task 'offset\\(1\\)' has 1 prompt"):
         TaskVectorPrompting(n_bootstrap=0).run_batch(model, sample(n_per_task=1))
+    one_query = batch.select(torch.tensor([0, 0, 0, 4, 5, 6, 7, 8, 9]))  # offset(1)'s prompt 0 three times
+    with pytest.raises(TaskError, match=r"Every prompt of task 'offset\(1\)' has the query of prompt 0.*task_mean"):
+        TaskVectorPrompting(n_bootstrap=0).run_batch(model, one_query)  # each took the vector of its own query
     with pytest.raises(ShapeError, match=r"ICL prompts \(16\), zero-shot prompts \(3\).*must pair up one to one"):
         task_vector_prompting(model, batch, zero.select(slice(3)))
     text_ids = Prompts(batch.inputs, batch.answer_pos, batch.answers, "0", batch.task_names, batch.attention_mask)

@@ -21,14 +21,15 @@ CONFIG = CompareVectors(
 
 @pytest.fixture(scope="module")
 def compared(model):
-    return model, CONFIG.run(model, POOL, n_per_task=4, n_shots=3, seed=1)
+    # seed 2: seed 1 draws one query for all four prompts of a task, which other_prompt TVP refuses
+    return model, CONFIG.run(model, POOL, n_per_task=4, n_shots=3, seed=2)
 
 
 def test_numbers_equal_each_analysis_run_alone(compared):
     model, result = compared
-    assert result.decodability == CONFIG.decodability.run(model, POOL, n_per_task=4, n_shots=3, seed=1)
-    assert result.prompting == CONFIG.prompting.run(model, POOL, n_per_task=4, n_shots=3, seed=1)
-    assert result.function_vectors == CONFIG.function_vectors.run(model, POOL, n_per_task=4, n_shots=3, seed=1)
+    assert result.decodability == CONFIG.decodability.run(model, POOL, n_per_task=4, n_shots=3, seed=2)
+    assert result.prompting == CONFIG.prompting.run(model, POOL, n_per_task=4, n_shots=3, seed=2)
+    assert result.function_vectors == CONFIG.function_vectors.run(model, POOL, n_per_task=4, n_shots=3, seed=2)
     curves = result.curves()
     assert (
         curves["TD"][1] is result.decodability.td

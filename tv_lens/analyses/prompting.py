@@ -10,8 +10,9 @@ demonstrations were there. Sweeping ``l`` gives TVP accuracy per layer, reported
 Options, with defaults after the papers:
 
 - ``source="other_prompt"`` (Hendel; default): each zero-shot prompt gets the vector of *another* ICL prompt
-  of its task (the next one of that task in the batch, cyclically), whose query is a different ("dummy")
-  query, so the vector carries the task but not this query's answer. ``source="same_prompt"``: the vector
+  of its task (the next one of that task in the batch, cyclically, whose query differs from this prompt's, as
+  Hendel et al.'s "dummy" query excludes the test input), so the vector carries the task but not this query's
+  answer. ``source="same_prompt"``: the vector
   of its own ICL prompt; that prompt's query is the zero-shot query, so from some layer on the vector
   already holds the answer (at the last block, replacing gives the ICL output exactly): an upper bound,
   not a test of task vectors. ``source="task_mean"``: its task's mean vector
@@ -60,7 +61,7 @@ from tv_lens.interventions import Cell, run_sweep
 from tv_lens.interventions.prompting import INJECT_MODES, PROMPT_SOURCES, injection, other_prompts
 from tv_lens.metrics import TOLERANCE, checked_answers, continuous_answers, tolerance_problem
 from tv_lens.models.adapter import adapt
-from tv_lens.probes import check_residual_site
+from tv_lens.probes import check_residual_site, prompt_ids
 from tv_lens.results.prompting import PromptingAccuracy
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.task_vectors import TaskVectors
@@ -114,7 +115,8 @@ def task_vector_prompting(
     Raises:
         AnalysisError: A generation scoring without a tokenizer, or with continuous answers.
         TaskError: ``source="task_mean"`` vectors without a prompt's task; ``"other_prompt"`` with a task of a
-            single prompt; ``prompts`` or ``zero_shot`` without a field of :class:`~tv_lens.analyses.LabelledPrompts`.
+            single prompt, or whose prompts all share one query; ``prompts`` or ``zero_shot`` without a field of
+            :class:`~tv_lens.analyses.LabelledPrompts`.
         ShapeError: Mismatched prompt counts, or vectors of another d_model.
         LayerOutOfRangeError: A layer outside the model (or the given vectors).
     """
@@ -134,6 +136,7 @@ def task_vector_prompting(
             "are vectors, not text; use scoring='teacher_forced' (correct: squared error <= tolerance)."
         )
     icl_correct, icl_loss = _score(clean_outputs(model, prompts, config.batch_size, answers), answers, config.tolerance)
+    queries = prompt_ids(model, zero_shot.inputs, zero_shot.answer_pos, zero_shot.attention_mask)
     injected, vector_source = prompting_vectors(
         model,
         prompts.inputs,
@@ -146,6 +149,7 @@ def task_vector_prompting(
         source,
         vectors,
         config.batch_size,
+        queries,
     )
     aligned = align_answers(model, zero_shot.inputs, zero_shot.answer_pos, zero_shot.attention_mask, answers)
     writes = []

@@ -37,14 +37,17 @@ def prompting_vectors(
     source: str,
     vectors: TaskVectors | None,
     batch_size: int,
+    queries: Int[Tensor, " batch"] | None = None,
 ) -> tuple[Float[Tensor, "layer batch d_model"], Int[Tensor, " batch"]]:
     """Each zero-shot prompt's vector per layer ``[layer, prompt, d_model]``, and its ICL prompt (-1: a mean).
 
     ``inputs``, ``answer_pos`` and ``attention_mask`` are the ICL prompts, ``ids`` their tasks (checked);
-    ``vectors`` serve ``source="task_mean"`` when given (else the task means of these prompts).
+    ``vectors`` serve ``source="task_mean"`` when given (else the task means of these prompts); ``queries`` (an id
+    per prompt's query) make ``"other_prompt"`` take the vector of a prompt of another query.
 
     Raises:
-        TaskError: ``vectors`` without a prompt's task.
+        TaskError: ``vectors`` without a prompt's task; ``"other_prompt"`` without another prompt of the task (of
+            another query).
         ShapeError: ``vectors`` that are not ``TaskVectors`` or do not fit the model.
     """
     none = torch.full((len(ids),), -1, dtype=torch.long)
@@ -59,7 +62,7 @@ def prompting_vectors(
         rows = torch.tensor([vectors.task_index(task_names[t]) for t in ids.tolist()])
         columns = [vectors.layer_index(layer) for layer in layers]
         return vectors.vectors[rows][:, columns].transpose(0, 1), none
-    partner = none if source == "task_mean" else vector_sources(ids, task_names, source)  # before the pass
+    partner = none if source == "task_mean" else vector_sources(ids, task_names, source, queries)  # before the pass
     reps = collect(
         model, inputs, answer_pos, layers, site, attention_mask=attention_mask, batch_size=batch_size, progress=False
     )

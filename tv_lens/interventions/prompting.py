@@ -6,7 +6,8 @@ pre-answer position at block ``l`` and writes it at the same block and position 
 the TVP-loss of training (:mod:`tv_lens.training.tvp_loss`) take these steps from here:
 
 - :func:`vector_sources`: which ICL prompt each zero-shot query takes its vector from (``"other_prompt"``: the
-  next prompt of its task, cyclically, whose query differs; ``"same_prompt"``: its own).
+  next prompt of its task, cyclically, whose query differs where the queries are given; ``"same_prompt"``: its
+  own).
 - :func:`injection`: the intervention that writes one vector per prompt at the zero-shot query's pre-answer
   position (``"replace"`` or ``"add"``, at a residual site of a block).
 - :func:`prompted_outputs`: the zero-shot pass with the vectors written at one block (with gradients unless under
@@ -45,14 +46,20 @@ INJECT_MODES: tuple[str, ...] = ("replace", "add")
 """How the vector is written: overwrite the zero-shot residual, or add to it."""
 
 
-def other_prompts(task_ids: Int[Tensor, " prompt"], task_names: Sequence[str]) -> Int[Tensor, " prompt"]:
-    """For each prompt, the next prompt of the same task in the batch (cyclically).
+def other_prompts(
+    task_ids: Int[Tensor, " prompt"], task_names: Sequence[str], queries: Int[Tensor, " prompt"] | None = None
+) -> Int[Tensor, " prompt"]:
+    """For each prompt, the next prompt of the same task in the batch (cyclically) whose query differs.
 
     A vector read from that partner carries the task but not the prompt's own query, so a zero-shot pass
-    it is injected into must still read the query itself.
+    it is injected into must still read the query itself. ``queries`` (an id per prompt, equal for prompts of one
+    query, e.g. :func:`~tv_lens.probes.prompt_ids` of the zero-shot prompts) makes the partner one with another
+    query, as Hendel et al.'s dummy query excludes the test input; ``None``: the next prompt of the task, whatever
+    its query.
 
     Raises:
-        TaskError: A task with a single prompt (it has no other prompt to take a vector from).
+        TaskError: A task with a single prompt (it has no other prompt to take a vector from), or, with ``queries``,
+            a prompt whose task has no other prompt of another query.
     """
     partner = torch.empty_like(task_ids)
     for t in task_ids.unique().tolist():
@@ -63,14 +70,35 @@ def other_prompts(task_ids: Int[Tensor, " prompt"], task_names: Sequence[str]) -
                 "from another prompt of its task. Sample at least 2 prompts per task."
             )
         partner[members] = members.roll(-1)
+        if queries is None:
+            continue
+        own = queries[members]
+        for k in range(len(members)):
+            later = [(k + step) % len(members) for step in range(1, len(members))]
+            other = next((j for j in later if own[j] != own[k]), None)
+            if other is None:
+                raise TaskError(
+                    f"Every prompt of task {task_names[t]!r} has the query of prompt {int(members[k])}, so no other "
+                    "prompt's vector leaves that query out. Sample more prompts per task (or a pool of more inputs), "
+                    "or use source='task_mean'."
+                )
+            partner[members[k]] = members[other]
     return partner
 
 
-def vector_sources(task_ids: Int[Tensor, " prompt"], task_names: Sequence[str], source: str) -> Int[Tensor, " prompt"]:
-    """Index of the ICL prompt each zero-shot query takes its vector from (``source`` in :data:`PROMPT_SOURCES`)."""
+def vector_sources(
+    task_ids: Int[Tensor, " prompt"],
+    task_names: Sequence[str],
+    source: str,
+    queries: Int[Tensor, " prompt"] | None = None,
+) -> Int[Tensor, " prompt"]:
+    """Index of the ICL prompt each zero-shot query takes its vector from (``source`` in :data:`PROMPT_SOURCES`).
+
+    ``queries``: an id per prompt's query, for ``"other_prompt"`` (see :func:`other_prompts`).
+    """
     if source == "same_prompt":
         return torch.arange(len(task_ids))
-    return other_prompts(task_ids, task_names)
+    return other_prompts(task_ids, task_names, queries)
 
 
 def injection(

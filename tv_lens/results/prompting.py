@@ -53,8 +53,8 @@ class PromptingAccuracy(SweepSettings, Result):
         zero_shot_ci: Its interval ``[2]``.
         writes: Prompts each layer's injection wrote to ``[layer]``.
         vector_source: The ICL prompt each zero-shot prompt's vector was read from ``[prompt]`` (-1: task mean).
-        source: ``"other_prompt"`` (another ICL prompt of the task: a dummy query), ``"same_prompt"`` (its own
-            ICL prompt: an upper bound) or ``"task_mean"`` (its task's mean vector).
+        source: ``"other_prompt"`` (another ICL prompt of the task, of another query: a dummy query),
+            ``"same_prompt"`` (its own ICL prompt: an upper bound) or ``"task_mean"`` (its task's mean vector).
         mode: ``"replace"`` or ``"add"``.
         site: Residual site read and written.
         null_task: Name of the Null task.
