@@ -56,9 +56,9 @@ def test_the_verdict_rule(values, holds, null, direction, expected):
 
 def test_a_level_and_a_direction_are_checked():
     assert seed_interval([0.1, 0.3, 0.5], level=0.5)[1] > seed_interval([0.1, 0.3, 0.5])[1]  # narrower
-    for level in (0.0, 1.0, 95):
+    for level in (0.0, 1.0, 95, "0.95", None, math.nan):  # a string or None was a TypeError
         with pytest.raises(ConfigError, match=r"level must lie in \(0, 1\)"):
-            seed_interval([0.1, 0.3], level=level)
+            seed_interval([0.1, 0.3], level=level)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="direction must be 'greater', 'less' or 'differs'"):
         seed_verdict([0.1, 0.3], [True, True], 0.0, "above")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"holds needs one entry per seed \(2\), got 3"):

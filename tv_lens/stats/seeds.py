@@ -34,7 +34,7 @@ Direction = Literal["greater", "less", "differs"]
 
 def seed_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean of per-seed values and its Student-t interval, ``mean ± t_{n-1} · sd / √n``."""
-    if not 0 < level < 1:
+    if not is_number(level) or not 0 < level < 1:
         raise ConfigError(f"level must lie in (0, 1), got {level!r}; e.g. 0.95.")
     if len(values) < 2 or not all(is_number(v) and math.isfinite(v) for v in values):
         raise ConfigError(
