@@ -33,6 +33,10 @@ def test_detect_jump_on_analytic_series():
         detect_jump(STEPS, torch.ones(3))
     with pytest.raises(ShapeError, match="values must be one number per step, got 'accuracy'"):
         detect_jump(STEPS, "accuracy")  # was a TypeError
+    assert detect_jump(STEPS, torch.tensor([0.5, 0.5, 0.51, 0.5, 0.5]), min_rise=0) == 200  # any improvement
+    for min_rise in ("0.2", -0.1, math.nan, None):  # a string or None was a TypeError, -0.1 and NaN were taken
+        with pytest.raises(AnalysisError, match=rf"min_rise must be a finite number >= 0, got {min_rise!r}"):
+            detect_jump(STEPS, torch.ones(5), min_rise=min_rise)
 
 
 def test_detect_coupling_pairs_the_jumps_per_task():
@@ -47,6 +51,9 @@ def test_detect_coupling_pairs_the_jumps_per_task():
         detect_coupling(STEPS, accuracy, td[:, :2])
     with pytest.raises(ShapeError, match=r"td must be a \[step=5, task\] tensor of numbers, got None"):
         detect_coupling(STEPS, accuracy, None)
+    for tolerance in ("100", -1, 1.5):  # "100" was a TypeError once a task had both jumps, -1 coupled nothing
+        with pytest.raises(AnalysisError, match=rf"tolerance must be an int >= 0 .*, got {tolerance!r}"):
+            detect_coupling(STEPS, accuracy, td, tolerance=tolerance)
 
 
 @pytest.fixture(scope="module")

@@ -79,6 +79,7 @@ def detect_jump(
     Returns:
         The step of the jump, or ``None``.
     """
+    _check_min_rise(min_rise, zero=True)
     series = [float(v) for v in tensor_of(values, "values", "one number per step").flatten()]
     if len(series) != len(steps):
         raise AnalysisError(f"detect_jump needs one value per step, got {len(series)} values for {len(steps)} steps.")
@@ -123,6 +124,7 @@ def detect_coupling(
             f"performance and td must both be [step={len(steps)}, task], got {tuple(performance.shape)} and "
             f"{tuple(td.shape)}."
         )
+    _check_tolerance(tolerance)
     if tolerance is None:
         tolerance = max(_gaps(steps), default=0)
     performance_jump, td_jump, coupled = [], [], []
@@ -161,15 +163,8 @@ class Emergence(PassOptions):
         if not any(isinstance(a, TaskDecodability) for a in analyses):
             analyses = (*analyses, TaskDecodability(n_bootstrap=0))
         object.__setattr__(self, "analyses", analyses)
-        if not is_finite_number(self.min_rise) or not self.min_rise > 0:
-            raise AnalysisError(
-                f"min_rise must be a finite number > 0, got {self.min_rise!r}; 0.2 suits accuracy and TD."
-            )
-        if self.tolerance is not None and (not is_int(self.tolerance) or self.tolerance < 0):
-            raise AnalysisError(
-                f"tolerance must be an int >= 0 (training steps between coupled jumps) or None (the largest gap "
-                f"between checkpoints), got {self.tolerance!r}."
-            )
+        _check_min_rise(self.min_rise)
+        _check_tolerance(self.tolerance)
         Suite(self.analyses)  # checks the analyses
 
     def run(
@@ -260,6 +255,22 @@ def _same_sizes(first: tuple[int, dict[str, int]] | None, step: int, model: Any)
             "pass the checkpoints of one run."
         )
     return first
+
+
+def _check_min_rise(min_rise: Any, *, zero: bool = False) -> None:
+    """Refuse a ``min_rise`` that is not a finite number > 0 (``zero``: >= 0, any improvement counting)."""
+    if not is_finite_number(min_rise) or not (min_rise >= 0 if zero else min_rise > 0):
+        raise AnalysisError(
+            f"min_rise must be a finite number {'>=' if zero else '>'} 0, got {min_rise!r}; 0.2 suits accuracy and TD."
+        )
+
+
+def _check_tolerance(tolerance: Any) -> None:
+    if tolerance is not None and (not is_int(tolerance) or tolerance < 0):
+        raise AnalysisError(
+            f"tolerance must be an int >= 0 (training steps between coupled jumps) or None (the largest gap "
+            f"between checkpoints), got {tolerance!r}."
+        )
 
 
 def _is_td(analysis: Any) -> bool:
