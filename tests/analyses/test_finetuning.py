@@ -11,7 +11,7 @@ from conftest import hook_snapshot, tiny_config
 from tv_lens.analyses import finetuning
 from tv_lens.analyses.decodability import TaskDecodability
 from tv_lens.analyses.finetuning import LayerFinetuning, compare_models
-from tv_lens.errors import AnalysisError, ConfigError, LayerOutOfRangeError
+from tv_lens.errors import AnalysisError, ConfigError, LayerOutOfRangeError, TaskError
 from tv_lens.models import build_model
 from tv_lens.results.base import Result
 from tv_lens.results.finetuning import FinetuningComparison
@@ -137,6 +137,13 @@ def test_bad_settings_name_the_problem(model):
         LayerFinetuning(k=4).run(model, POOL)
     with pytest.raises(LayerOutOfRangeError, match="k must be a positive number of blocks"):
         LayerFinetuning(k=0)
+    # the comparison prompts are sampled after the variants train: these failed only after both had trained
+    with pytest.raises(TaskError, match="n_per_task must be an int >= 1, got 0"):
+        LayerFinetuning(n_per_task=0)
+    with pytest.raises(TaskError, match=r"n_shots must be an int >= 0.*got -1"):
+        LayerFinetuning(n_shots=-1)
+    with pytest.raises(TaskError, match=r"progress must be True or False \(show training progress bars\), got 'no'"):
+        LayerFinetuning(progress="no")  # was read as True
 
 
 def test_models_of_other_depths_are_refused_unless_the_td_layers_are_shared(model):

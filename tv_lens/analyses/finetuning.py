@@ -40,6 +40,8 @@ from tv_lens.results.finetuning import FinetuningComparison
 from tv_lens.results.shared import real_prompts
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.tasks import NULL_TASK, ICLBatch, ShotSpec, TaskPool, TextPool
+from tv_lens.tasks.pool import check_flag
+from tv_lens.tasks.sampling import _shot_choices, check_sample_arguments
 from tv_lens.training import (
     DataConfig,
     LoRAConfig,
@@ -238,6 +240,9 @@ class LayerFinetuning(IntervalOptions):
                 f"decodability must be TaskDecodability settings, got {self.decodability!r:.60}; pass e.g. "
                 "TaskDecodability(k=10)."
             )
+        check_sample_arguments(self.n_per_task, 0.0)  # the comparison prompts, sampled after the training
+        _shot_choices(self.n_shots)
+        check_flag(self.progress, "progress", "show training progress bars")
 
     def blocks(self, n_layers: int) -> dict[str, tuple[int, ...]]:
         """The blocks each variant trains on a model of ``n_layers`` blocks."""
