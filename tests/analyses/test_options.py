@@ -24,7 +24,7 @@ from tv_lens.analyses.function_vectors import (
     function_vector_prompting,
     mean_head_activations,
 )
-from tv_lens.errors import AnalysisError, ConfigError, ShapeError
+from tv_lens.errors import AnalysisError, ConfigError, ShapeError, TaskError
 
 REPS, LABELS = torch.randn(2, 36, 4), torch.arange(3).repeat_interleave(12)
 
@@ -42,6 +42,22 @@ REPS, LABELS = torch.randn(2, 36, 4), torch.arange(3).repeat_interleave(12)
 def test_every_config_with_pass_options_refuses_a_batch_size_that_is_not_a_positive_int(build, size):
     with pytest.raises(ShapeError, match=rf"batch_size must be an int ≥ 1 \(prompts per pass\), got {size!r}\."):
         build(size)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda flag: TaskDecodability(progress=flag),
+        lambda flag: Geometry(progress=flag),
+        lambda flag: HeadAblation(progress=flag),
+        lambda flag: FunctionVectors(progress=flag),
+    ],
+)
+@pytest.mark.parametrize("flag", ["no", 0, None])
+def test_every_config_with_pass_options_refuses_a_progress_that_is_not_a_bool(build, flag):
+    # was taken as it was: progress="no" showed the bars
+    with pytest.raises(TaskError, match=rf"progress must be True or False \(show progress bars\), got {flag!r}\."):
+        build(flag)
 
 
 def test_the_option_groups_check_their_values_in_turn():

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from tv_lens.errors import ConfigError
 from tv_lens.positions import check_batch_size
 from tv_lens.stats.bootstrap import check_bootstrap
+from tv_lens.tasks.pool import check_flag
 
 __all__ = ["N_PER_TASK", "CausalOptions", "IntervalOptions", "PassOptions", "analysis_config"]
 
@@ -71,6 +72,7 @@ class PassOptions(_Checked):
 
     def __post_init__(self) -> None:
         check_batch_size(self.batch_size)
+        check_flag(self.progress, "progress", "show progress bars")
         super().__post_init__()
 
 
