@@ -113,6 +113,11 @@ def test_bad_input_raises_clear_errors():
         ({"layer": "3"}, AnalysisError, r"layer must be a block index"),
         ({"include_null": "no"}, TaskError, r"include_null must be True or False"),
         ({"ci": 95}, AnalysisError, r"ci is a confidence level in \(0, 1\)"),
+        (
+            {"layer": 2, "decodability": TaskDecodability(layers=(0, 1))},
+            AnalysisError,
+            r"layer=2 was not collected; the decodability config reads layers \(0, 1\)",
+        ),
     ],
 )
 def test_options_are_checked_when_the_config_is_built(options, error, words):

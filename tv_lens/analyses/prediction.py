@@ -196,6 +196,9 @@ class TdAccuracy:
                 f"decodability must be TaskDecodability settings, got {self.decodability!r:.60}; pass e.g. "
                 "TaskDecodability(k=10, n_bootstrap=0)."
             )
+        read = self.decodability.layers
+        if self.layer is not None and read is not None:
+            _column(tuple(read), self.layer)  # a layer the decodability config does not read: before any pass
         if self.metric != "auto":
             _metric(self.metric)
         check_flag(self.include_null, "include_null", "whether the Null task is a point of the fit")
