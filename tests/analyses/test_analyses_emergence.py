@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import weakref
+from dataclasses import replace
 
 import pytest
 import torch
@@ -168,6 +169,26 @@ def test_checkpoints_of_models_of_other_sizes_are_refused(run):
     wider = build_model(ModelConfig(d_vocab=pool.vocab_size, n_layers=2, d_model=16, n_heads=4, n_ctx=24, seed=0))
     with pytest.raises(AnalysisError, match="d_model 32 at step 2, 16 at step 4"):
         emergence.run([(2, model), (4, wider)], pool, n_per_task=4)  # ran, mixing two models' series
+
+
+def test_checkpoints_of_two_training_runs_are_refused(run, tmp_path):
+    pool, paths = run
+    first = load_checkpoint(paths[0])
+    model_config = replace(first.model_config, seed=1)  # the same model and training, another initialisation
+    train(
+        build_model(model_config),
+        pool,
+        first.config,
+        model_config=model_config,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    other = list_checkpoints(tmp_path)
+    emergence = Emergence(analyses=(TaskDecodability(k=3, n_bootstrap=0),), n_shots=2)
+    with pytest.raises(AnalysisError, match=r"steps 2 and 4 come from different training runs .*model_config\.seed"):
+        emergence.run([paths[0], other[1], paths[2]], pool, n_per_task=4)  # ran, mixing the two runs' series
+    with pytest.raises(AnalysisError, match="different training runs"):
+        emergence.run([first, load_checkpoint(other[1])], pool, n_per_task=4)
 
 
 def test_jumps_frame_keeps_missing_jumps_as_missing_integers():
