@@ -158,7 +158,9 @@ def test_patching_reads_each_prompts_loss_gap_at_the_layer_the_other_half_chose(
 
 
 def test_with_fewer_than_two_prompts_the_headline_and_report_leave_the_held_out_numbers_out(model):
-    tvp = TaskVectorPrompting(layers=(0, 1), n_bootstrap=10).run_batch(model, sample(n_per_task=2, n_shots=3, seed=1))
+    # each prompt's own vector: with two prompts per task, other_prompt refuses a task whose two queries are one
+    config = TaskVectorPrompting(layers=(0, 1), source="same_prompt", n_bootstrap=10)
+    tvp = config.run_batch(model, sample(n_per_task=2, n_shots=3, seed=1))
     null = tvp.task_names.index("null")
     one_real = replace(tvp, task_ids=torch.where(torch.arange(len(tvp.task_ids)) == 0, tvp.task_ids, null))
     assert one_real.task_ids[0] != null and "held_out_accuracy" in tvp.headline()
