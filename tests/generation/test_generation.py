@@ -454,3 +454,33 @@ def test_the_cache_keyword_transformers_deprecates_warns_no_one(tmp_path):
         out = generate(model, tokens["input_ids"], [], attention_mask=tokens["attention_mask"], max_new_tokens=3)
     assert kind == (None if hooked_transformer_available() else "hf")  # the 3.9 bridge's forward takes no cache
     assert out.used_cache == (kind is not None)
+
+
+def test_a_plain_pytorch_hook_of_the_users_is_seen_like_a_hook_points(tmp_path):
+    """A ``register_forward_hook`` on a block (as steering libraries attach them) is a hook of the user's: the KV-cache
+    check sets it aside, so the finding survives it, and ``use_cache="auto"`` recomputes while it is attached."""
+    local_hf = pytest.importorskip("tv_lens.models.local_hf")
+    from tv_lens.models import hooked_transformer_available
+
+    folder = local_hf.build_local_model("gpt_neox", tmp_path / "neox", n_layers=2, d_model=32, vocab_size=300, n_ctx=64)
+    model = local_hf.load_local_model(folder, "hooked" if hooked_transformer_available() else "bridge")
+    tokens = model.tokenizer(["hot -> cold\nbig ->", "up ->"], padding=True, return_tensors="pt")
+    value = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)) * 8
+
+    def last_token(module, inputs, output):  # writes at the last position of every pass
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden.clone()
+        hidden[:, -1] += value
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    options = {"attention_mask": tokens["attention_mask"], "max_new_tokens": 4, "stop_tokens": None}
+    handle = model.blocks[0].register_forward_hook(last_token)
+    try:
+        auto = generate(model, tokens["input_ids"], [], **options)
+        recomputed = generate(model, tokens["input_ids"], [], use_cache=False, **options)
+        assert len(model.blocks[0]._forward_hooks) == 1  # left alone
+    finally:
+        handle.remove()
+    assert not auto.used_cache and torch.equal(auto.tokens, recomputed.tokens)
+    assert kv_cache_support(model) is not None  # checked with the hook attached, set aside for the check
+    assert generate(model, tokens["input_ids"], [], **options).used_cache

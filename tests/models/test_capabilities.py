@@ -42,6 +42,9 @@ def test_the_probe_sees_the_model_in_eval_mode_without_grad_or_user_hooks(fresh_
     fired = []
     hook_point = fresh_model.hook_dict["blocks.0.hook_resid_post"]
     hook_point.add_hook(lambda activation, hook: fired.append(1))
+    block = fresh_model.blocks[0]  # plain PyTorch hooks of the user's, next to those the model installs itself
+    internal = {**block._forward_pre_hooks}
+    handle = block.register_forward_pre_hook(lambda module, args: fired.append(2))
     fresh_model.train()
     seen = {}
 
@@ -54,12 +57,14 @@ def test_the_probe_sees_the_model_in_eval_mode_without_grad_or_user_hooks(fresh_
     try:
         adapt(fresh_model).capability("neutral_state", detect)
         assert seen == {"training": False, "grad": False}
-        assert fired == []  # the user's hook was set aside during the probe ...
+        assert fired == []  # the user's hooks were set aside during the probe ...
         fresh_model(torch.zeros(1, 3, dtype=torch.long))
-        assert fired == [1]  # ... and is back afterwards
+        assert sorted(fired) == [1, 2]  # ... and are back afterwards, in their order
+        assert list(block._forward_pre_hooks) == [*internal, handle.id]
         assert all(module.training for module in fresh_model.modules())
     finally:
         hook_point.remove_hooks()
+        handle.remove()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -22,18 +22,22 @@ def full_rows(model, tokens, columns, fwd_hooks=()):
     return logits[torch.arange(len(tokens))[:, None], columns]
 
 
-def test_rows_equal_the_full_pass_and_only_they_are_unembedded(model):
+def test_rows_equal_the_full_pass_and_only_they_are_unembedded(model, monkeypatch):
     tokens, answer_pos, _ = ragged_prompts(seed=3)
     columns = torch.stack([answer_pos - 1, answer_pos], dim=1)
     adapter = adapt(model)
     assert supports_row_unembedding(adapter)
     shapes: list[tuple[int, ...]] = []
-    handle = model.unembed.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
-    try:
-        with torch.no_grad():
-            ours = logits_at(adapter, tokens, columns)
-    finally:
-        handle.remove()
+    unembed = type(model.unembed).forward
+
+    def spy(module, residual, *args, **kwargs):  # not a hook: a hook of the user's there would get the full pass
+        shapes.append(tuple(residual.shape))
+        return unembed(module, residual, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.unembed), "forward", spy)
+    with torch.no_grad():
+        ours = logits_at(adapter, tokens, columns)
+    monkeypatch.undo()
     torch.testing.assert_close(ours, full_rows(model, tokens, columns), atol=1e-10, rtol=1e-10)
     assert shapes == [(len(tokens) * 2, 1, model.cfg.d_model)]  # the answer rows only
 
@@ -69,6 +73,14 @@ def test_a_users_hook_on_the_final_norm_or_unembedding_sees_the_full_pass(model)
             expected = full_rows(model, tokens, answer_pos[:, None])
             run = run_with_interventions(model, tokens, answer_pos, [])
         torch.testing.assert_close(run.logits, expected, atol=1e-10, rtol=1e-10)
+    # a plain PyTorch hook on the unembedding module, as well
+    handle = model.unembed.register_forward_pre_hook(lambda module, args: (first_position_zeroed(args[0], None),))
+    try:
+        expected = full_rows(model, tokens, answer_pos[:, None])
+        run = run_with_interventions(model, tokens, answer_pos, [])
+    finally:
+        handle.remove()
+    torch.testing.assert_close(run.logits, expected, atol=1e-10, rtol=1e-10)
 
 
 def test_a_model_whose_logits_are_not_the_composition_gets_the_full_pass(model):

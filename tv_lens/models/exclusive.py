@@ -6,7 +6,11 @@ threads run one after the other (a pass the user runs without tv_lens takes no l
 
 tv_lens checks once per model what its forward can do (``start_at_layer``, attention masking through hooks,
 a KV cache) by running it on a probe input. :func:`user_hooks_detached` keeps the user's own hooks out of
-those runs: they neither see the probe nor, by raising, change what is detected.
+those runs: they neither see the probe nor, by raising, change what is detected. The user's hooks are those on
+TransformerLens's hook points, and plain PyTorch forward hooks and pre-hooks on any other module (a block's
+``register_forward_hook``, as steering libraries attach them), the source model a bridge wraps included; the hooks
+TransformerLens, HuggingFace ``transformers``, ``accelerate`` and tv_lens install on modules themselves are part of
+the model.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,34 +39,70 @@ def model_lock(model: Any) -> threading.RLock:
         return lock
 
 
+#: Packages whose PyTorch hooks on modules are the model's own machinery (a bridge's and HuggingFace's capture hooks,
+#: tv_lens's probes), not hooks of the user's.
+_LIBRARY_PACKAGES = frozenset({"accelerate", "torch", "transformer_lens", "transformers", "tv_lens"})
+
+
 @contextmanager
 def user_hooks_detached(model: Any) -> Iterator[None]:
-    """Hold the model's lock and set aside every forward hook of its hook points for the block; then restore them.
+    """Hold the model's lock and set aside the user's forward hooks and pre-hooks for the block; then restore them.
 
-    The hooks' handles stay valid: the same entries are put back into each hook point's hook dictionary.
+    Every hook of a hook point, and a plain PyTorch hook of the user's on any module (see the module docstring). The
+    hooks' handles stay valid: the same entries are put back into each module's hook dictionaries, in their order.
     """
-    hook_dict = getattr(model, "hook_dict", None) or {}
     with model_lock(model):
         saved = []
         try:
-            for hook_point in {id(point): point for point in hook_dict.values()}.values():
-                hooks = getattr(hook_point, "_forward_hooks", None)
-                if hooks:
-                    saved.append((hooks, dict(hooks)))
-                    hooks.clear()
+            for hooks, keys in _user_hooks(model):
+                saved.append((hooks, dict(hooks), keys))
+                for key in keys:
+                    del hooks[key]
             yield
         finally:
-            for hooks, entries in saved:
-                hooks.update(entries)
+            for hooks, before, keys in saved:
+                now = dict(hooks)
+                hooks.clear()
+                hooks.update((key, fn) for key, fn in before.items() if key in keys or key in now)
+                hooks.update((key, fn) for key, fn in now.items() if key not in before)
 
 
 def hooks_attached(model: Any, within: Sequence[Any] | None = None) -> bool:
-    """Whether forward hooks are attached to any hook point of ``model`` (``within``: of those modules only)."""
+    """Whether hooks of the user's are attached to ``model`` (``within``: to those modules only).
+
+    Any hook of a hook point counts, and a plain PyTorch forward hook or pre-hook of the user's on any other module
+    (which would, like a hook point's, see one token per step of a KV-cache pass).
+    """
+    inside = None if within is None else {id(module) for part in within for module in part.modules()}
+    return any(inside is None or id(module) in inside for module, _, _ in _user_hook_entries(model))
+
+
+def _user_hooks(model: Any) -> list[tuple[dict[Any, Any], set[Any]]]:
+    """Each hook dictionary of ``model``'s modules that holds hooks of the user's, with their keys."""
+    found: dict[int, tuple[dict[Any, Any], set[Any]]] = {}
+    for _, hooks, key in _user_hook_entries(model):
+        found.setdefault(id(hooks), (hooks, set()))[1].add(key)
+    return list(found.values())
+
+
+def _user_hook_entries(model: Any) -> Iterator[tuple[Any, dict[Any, Any], Any]]:
+    """``(module, hook dictionary, key)`` of every hook of the user's on ``model``'s modules."""
     points = {id(point): point for point in (getattr(model, "hook_dict", None) or {}).values()}
-    if within is not None:
-        inside = {id(module) for part in within for module in part.modules()}
-        points = {key: point for key, point in points.items() if key in inside}
-    return any(getattr(point, "fwd_hooks", None) for point in points.values())
+    modules = {id(module): module for module in _modules(model)} | points
+    for key_module, module in modules.items():
+        for name in ("_forward_hooks", "_forward_pre_hooks"):
+            hooks: dict[Any, Any] = getattr(module, name, None) or {}
+            for key, fn in list(hooks.items()):
+                if key_module in points or _users_hook(fn):
+                    yield module, hooks, key
+
+
+def _users_hook(fn: Any) -> bool:
+    """Whether a PyTorch hook function is the user's, not installed by a library the model is made of."""
+    while isinstance(fn, partial):
+        fn = fn.func
+    module = getattr(fn, "__module__", None)
+    return not isinstance(module, str) or module.split(".")[0] not in _LIBRARY_PACKAGES
 
 
 def evaluating(model: Any) -> AbstractContextManager[None]:
