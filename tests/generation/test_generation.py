@@ -244,6 +244,8 @@ def test_stop_tokens_end_a_row_and_pad_it(model):
         assert (out.tokens[row, length:] == -1).all()
     assert out.tokens.shape[1] == int(out.lengths.max())
     assert int(out.lengths[0]) <= 2
+    for none in ([], (), torch.zeros(0, dtype=torch.long)):  # an empty list of stop tokens stops nothing, as None
+        assert torch.equal(generate(model, tokens, [], 5, answer_pos=answer_pos, stop_tokens=none).tokens, free.tokens)
 
 
 def test_icl_batch_inputs_and_token_match(model):

@@ -88,11 +88,9 @@ def stop_token_ids(stop_tokens: StopTokens, tokenizer: Any, adapter: ModelAdapte
         eos = getattr(tokenizer, "eos_token_id", None)
         return torch.tensor([eos] if isinstance(eos, int) else [], dtype=torch.long)
     ids = tensor_of(stop_tokens, "stop_tokens", "'eos', a token id, a list of ids or None").reshape(-1)
-    if (
-        ids.is_floating_point()
-        or ids.dtype == torch.bool
-        or (ids.numel() and (ids.min() < 0 or ids.max() >= adapter.d_vocab))
-    ):
+    if not ids.numel():  # an empty list holds no ids (torch reads it as float): no stop token, as None
+        return torch.zeros(0, dtype=torch.long)
+    if ids.is_floating_point() or ids.dtype == torch.bool or ids.min() < 0 or ids.max() >= adapter.d_vocab:
         raise ShapeError(
             f"stop_tokens must be token ids in [0, {adapter.d_vocab}) (an int or a list), got {stop_tokens!r}."
         )
