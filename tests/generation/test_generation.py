@@ -154,6 +154,12 @@ def test_sampling_equals_a_hand_written_loop_with_the_documented_draws(model):
     assert torch.equal(again.tokens, out.tokens)
     other = generate(model, tokens, [replace(0, vector())], 3, answer_pos=answer_pos, **{**options, "seed": 12})
     assert not torch.equal(other.tokens, out.tokens)
+    greedy = generate(model, tokens, [replace(0, vector())], 3, answer_pos=answer_pos)
+    for temperature in (1e-3, 1e-300, 1e-320):  # towards 0, sampling is greedy (the scores must not overflow)
+        cold = {**options, "temperature": temperature}
+        assert torch.equal(
+            generate(model, tokens, [replace(0, vector())], 3, answer_pos=answer_pos, **cold).tokens, greedy.tokens
+        )
 
 
 def test_samples_follow_the_tempered_top_k_distribution(model):

@@ -153,7 +153,10 @@ def _choose(logits: Float[Tensor, "rows d_vocab"], rows: Tensor, k: Tensor, samp
     """Next token of each row: the argmax, or an inverse-CDF sample with the row's uniform draw ``u[row, k]``."""
     if sampling.uniforms is None:
         return logits.argmax(dim=-1).cpu()
-    scores = logits.double().cpu() / sampling.temperature
+    scores = logits.double().cpu()
+    # Shifted to a maximum of 0 before dividing: a tiny temperature then sends the others to -inf (the greedy token),
+    # where dividing first overflows every score to inf and the softmax to NaN.
+    scores = (scores - scores.max(dim=-1, keepdim=True).values) / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < scores.shape[-1]:
         kept = scores.topk(sampling.top_k, dim=-1).indices
         scores = torch.full_like(scores, float("-inf")).scatter(-1, kept, scores.gather(-1, kept))
