@@ -492,3 +492,33 @@ def test_a_plain_pytorch_hook_of_the_users_is_seen_like_a_hook_points(tmp_path):
     assert not auto.used_cache and torch.equal(auto.tokens, recomputed.tokens)
     assert kv_cache_support(model) is not None  # checked with the hook attached, set aside for the check
     assert generate(model, tokens["input_ids"], [], **options).used_cache
+
+
+def test_a_users_hook_that_indexes_positions_sees_each_prompt_unpadded(model):
+    """Recomputing with a hook of the caller's attached, each pass holds prompts of one length: a hook that writes
+    at the last position writes at each prompt's own last token, as in a loop over the prompts one at a time."""
+    tokens, answer_pos, lengths = prompts(4, 12, seed=2)
+    value = vector(7, 1.0)
+
+    def last_position(activation, hook):
+        activation = activation.clone()
+        activation[:, -1] += value
+        return activation
+
+    hook_point = model.hook_dict["blocks.0.hook_resid_post"]
+    hook_point.add_hook(last_position)
+    try:
+        out = generate(model, tokens, [add(1, vector(8))], 4, answer_pos=answer_pos)
+        one_by_one = generate(model, tokens, [add(1, vector(8))], 4, answer_pos=answer_pos, batch_size=1)
+    finally:
+        hook_point.remove_hooks("fwd")
+    assert not out.used_cache and torch.equal(out.tokens, one_by_one.tokens)
+
+    def hooks(n):  # the reference adds the user's hook itself
+        return [
+            ("blocks.0.hook_resid_post", last_position),
+            ("blocks.1.hook_resid_post", writer("add", lambda width: [n - 1], vector(8))),
+        ]
+
+    for row in range(4):
+        assert out.tokens[row].tolist() == reference(model, tokens[row, : lengths[row]].tolist(), 4, hooks)

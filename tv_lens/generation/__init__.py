@@ -29,7 +29,8 @@ recomputes the whole prefix, and a position-specific write simply happens again 
 which equals writing it once with a cache. With the cache, all prompts of a batch advance one position per
 step from the shortest prompt's end (a longer prompt's next token is its own), so no padding is ever needed.
 While hooks of the caller's are attached to the model, ``use_cache="auto"`` recomputes, so that those hooks see
-whole sequences as in a plain forward pass.
+whole sequences as in a plain forward pass, each prompt's own: the passes then hold prompts of one length, never
+padding.
 
 >>> import torch
 >>> from tv_lens.interventions import add

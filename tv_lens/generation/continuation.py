@@ -25,7 +25,7 @@ from tv_lens.generation.steps import PassState, Sampling, cached_batch, recomput
 from tv_lens.interventions import Intervention, resolve
 from tv_lens.interventions.specs import intervention_list
 from tv_lens.models.adapter import adapt
-from tv_lens.models.exclusive import evaluating
+from tv_lens.models.exclusive import evaluating, hooks_attached
 from tv_lens.models.memory import fitting
 from tv_lens.models.running import attached_hooks
 from tv_lens.positions import length_sorted_batches, prepare_prompts
@@ -107,7 +107,8 @@ def generate(
             not depend on it.
         use_cache: ``"auto"`` uses the model's KV cache where it is verified to work (:func:`kv_cache_support`)
             and no hooks of the caller's are attached to the model (those then see whole sequences, as in a plain
-            forward pass); ``True`` requires the cache, ``False`` recomputes the prefix at every step.
+            forward pass on each prompt alone: passes of prompts of one length, unpadded); ``True`` requires the
+            cache, ``False`` recomputes the prefix at every step.
 
     Returns:
         The generated tokens, their lengths and text, and how many prompts each intervention wrote to.
@@ -143,13 +144,15 @@ def generate(
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     stops = stop_token_ids(stop_tokens, tokenizer, adapter)
     kind = cache_kind(adapter, use_cache)
+    # Recomputing with hooks of the caller's attached: those see each prompt's own sequence, never padding.
+    unpadded = kind is None and hooks_attached(adapter.model)
     uniforms = None
     if do_sample:
         generator = seeded_generator(seed)
         uniforms = torch.rand(n_prompts, max_new_tokens, generator=generator, dtype=torch.float64)
     sampling = Sampling(float(temperature), top_k, uniforms)
     written = torch.zeros(len(plans), n_prompts, dtype=torch.bool)
-    state = PassState()
+    state = PassState(unpadded)
     hooks = [
         (
             plan.hook_name,

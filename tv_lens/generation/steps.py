@@ -30,11 +30,16 @@ class Sampling:
 
 
 class PassState:
-    """What the forward pass under way holds: the prompts of its rows and the position of its column 0."""
+    """What the forward pass under way holds: the prompts of its rows and the position of its column 0.
 
-    def __init__(self) -> None:
+    ``unpadded``: recompute each step in passes of prompts of one length, so that no row of a pass is padded (hooks
+    of the caller's on the model, which may index positions, then see each prompt's own sequence).
+    """
+
+    def __init__(self, unpadded: bool = False) -> None:
         self.rows = torch.zeros(0, dtype=torch.long)
         self.start = 0
+        self.unpadded = unpadded
 
 
 BatchStep = Callable[
@@ -103,12 +108,15 @@ def recomputed_batch(
     index, own = batch.index, batch.own
     for k in range(batch.max_new_tokens):
         active = (~batch.done).nonzero()[:, 0]
-        ends = own[active] + k
-        state.rows, state.start = index[active], 0
-        logits = forward(adapter, batch.sequences[active, : int(ends.max())].to(adapter.device))
-        last = logits[torch.arange(len(active), device=logits.device), (ends - 1).to(logits.device)]
-        steps = torch.full_like(active, k)
-        batch.record(active, ends, steps, _choose(last, index[active], steps, sampling), stops)
+        lengths = own[active]
+        passes = [active[lengths == n] for n in lengths.unique()] if state.unpadded else [active]
+        for rows in passes:
+            ends = own[rows] + k
+            state.rows, state.start = index[rows], 0
+            logits = forward(adapter, batch.sequences[rows, : int(ends.max())].to(adapter.device))
+            last = logits[torch.arange(len(rows), device=logits.device), (ends - 1).to(logits.device)]
+            steps = torch.full_like(rows, k)
+            batch.record(rows, ends, steps, _choose(last, index[rows], steps, sampling), stops)
         if bool(batch.done.all()):
             break
 
