@@ -358,6 +358,7 @@ BAD_INPUTS = {
     "prompt longer than n_ctx": ({"prompts": torch.ones(2, N_CTX + 1, dtype=torch.long)}, PositionError, "n_ctx"),
     "float prompts": ({"prompts": torch.zeros(2, 5, D_MODEL)}, ShapeError, "integer tokens"),
     "zero temperature": ({"do_sample": True, "temperature": 0.0}, ShapeError, "temperature must be"),
+    "infinite temperature": ({"do_sample": True, "temperature": float("inf")}, ShapeError, "a finite number > 0"),
     "top_k zero": ({"do_sample": True, "top_k": 0}, ShapeError, "top_k"),
     "use_cache typo": ({"use_cache": "yes"}, ShapeError, "use_cache must be"),
     "stop token outside vocab": ({"stop_tokens": [10_000]}, ShapeError, "stop_tokens must be token ids"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -31,9 +32,9 @@ def check_sampling(do_sample: bool, temperature: float, top_k: int | None, seed:
     """Raise a ShapeError on a sampling option outside its range."""
     if not isinstance(do_sample, bool):
         raise ShapeError(f"do_sample must be True or False, got {do_sample!r}.")
-    if not is_number(temperature) or not temperature > 0:
+    if not is_number(temperature) or not 0 < temperature < math.inf:
         raise ShapeError(
-            f"temperature must be a number > 0 (1.0 samples the model's distribution), got {temperature!r}."
+            f"temperature must be a finite number > 0 (1.0 samples the model's distribution), got {temperature!r}."
         )
     if top_k is not None:
         check_count(top_k, "top_k", f"tokens sampled among, at most d_vocab={adapter.d_vocab}; None for all")
