@@ -25,6 +25,7 @@ from tv_lens.generation import (
     kv_cache_support,
     token_match,
 )
+from tv_lens.generation.matching import decoded_answers
 from tv_lens.interventions import ablate_head, add, replace, run_with_interventions
 from tv_lens.models import build_model
 from tv_lens.tasks import offset_pool
@@ -308,6 +309,21 @@ def test_texts_exclude_the_stop_token_and_text_prompts_run_end_to_end():
     assert exact_match(generated, answers).shape == first_word_match(generated, answers).shape == (3,)
     with pytest.raises(ShapeError, match="token_match"):
         exact_match(generate(model, tokens, [], 1, attention_mask=mask), ["a", "b"])
+
+
+def test_generation_scorings_decode_answers_as_generated_texts_are():
+    """A raw ``tokenizers.Tokenizer`` drops special tokens by default; answers keep them, as generated texts do."""
+    from text_tokenizers import word_level
+
+    from tv_lens.analyses.generated_scores import GeneratedScores
+
+    tokenizer = word_level()
+    cold, unknown = tokenizer.token_to_id("cold"), tokenizer.token_to_id("[UNK]")
+    answers = torch.tensor([[cold, unknown], [cold, -1]])
+    assert tokenizer.decode([cold, unknown]) == "cold"  # the tokenizer's default, which the scoring used
+    scores = GeneratedScores(None, answers, "exact_match", tokenizer, batch_size=2)
+    expected = [tokenizer.decode([cold, unknown], skip_special_tokens=False), "cold"]
+    assert scores.answers == decoded_answers(answers, tokenizer) == expected and expected[0] != "cold"
 
 
 def test_text_scores():

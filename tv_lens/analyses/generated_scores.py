@@ -17,6 +17,7 @@ from torch import Tensor
 from tv_lens.analyses.answers import answer_counts
 from tv_lens.errors import AnalysisError
 from tv_lens.generation import exact_match, first_word_match, generate
+from tv_lens.generation.matching import decoded_answers
 
 __all__ = ["GeneratedScores", "scoring_tokenizer"]
 
@@ -56,7 +57,7 @@ class GeneratedScores:
         self.model, self.scoring, self.batch_size = model, scoring, batch_size
         self.tokenizer = scoring_tokenizer(model, scoring, tokenizer)
         lengths = answer_counts(answers)
-        self.answers = [self.tokenizer.decode(row[:n].tolist()) for row, n in zip(answers, lengths, strict=True)]
+        self.answers = decoded_answers(answers, self.tokenizer)
         self.max_new_tokens = int(lengths.max()) + 1
 
     def score(

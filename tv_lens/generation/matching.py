@@ -14,7 +14,7 @@ from tv_lens.generation.continuation import Generation
 from tv_lens.metrics import checked_answers
 from tv_lens.tasks.batch import ICLBatch
 
-__all__ = ["answer_texts", "exact_match", "first_word_match", "token_match"]
+__all__ = ["answer_texts", "decoded_answers", "exact_match", "first_word_match", "token_match"]
 
 
 def answer_texts(batch: ICLBatch, tokenizer: Any) -> list[str]:
@@ -29,7 +29,12 @@ def answer_texts(batch: ICLBatch, tokenizer: Any) -> list[str]:
         raise ShapeError(
             f"answer_texts needs a tokenizer with decode() (e.g. model.tokenizer), got {type(tokenizer).__name__}."
         )
-    return [str(tokenizer.decode(row[row >= 0].tolist(), skip_special_tokens=False)) for row in batch.answers.cpu()]
+    return decoded_answers(batch.answers, tokenizer)
+
+
+def decoded_answers(answers: Int[Tensor, "batch n_answer"], tokenizer: Any) -> list[str]:
+    """Answer tokens (``-1`` padding dropped) as text, decoded as generated texts are (special tokens kept)."""
+    return [str(tokenizer.decode(row[row >= 0].tolist(), skip_special_tokens=False)) for row in answers.cpu()]
 
 
 def token_match(generation: Generation, answers: Int[Tensor, "batch n_answer"]) -> Float[Tensor, " batch"]:
