@@ -884,6 +884,13 @@ CASES = [
         r"Give each input once, or use the records format",
     ),
     Case(
+        "task-file-one-record-not-in-a-list",
+        lambda w: load_examples(_copy_with(w, "record.json", b'{"input": "hot", "output": "cold"}')),
+        TaskError,
+        r"record\.json is one JSON object with 'input' and 'output' keys: one record",
+        r"wrap it in a list, \[\{\"input\": \.\.\., \"output\": \.\.\.\}\]",
+    ),
+    Case(
         "too-few-prompts-per-task-for-knn",
         lambda w: TaskDecodability(k=10, n_bootstrap=0).run(w.model, POOL, n_per_task=5),
         AnalysisError,

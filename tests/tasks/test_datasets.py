@@ -85,6 +85,8 @@ def test_words_the_tokenizer_lacks_are_dropped_or_raise() -> None:
         ('[{"input": "hot", "target": "cold"}]', "record 0 .* not an object with 'input' and 'output'"),
         ('{"hot": ["cold", "chilly"]}', "non-empty strings"),
         ('{"hot": ""}', "non-empty strings"),
+        ('{"input": "hot", "output": "cold"}', r"one record, which the dict format would read as the examples"),
+        ('{"input": ["hot", "big"], "output": ["cold", "small"]}', r"columns of inputs and outputs"),
         ("{}", "holds no example"),
         ("[]", "holds no example"),
         ('{"hot": "cold",', "is not valid JSON"),

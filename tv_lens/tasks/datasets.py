@@ -33,11 +33,13 @@ def load_examples(path: str | Path) -> tuple[Example, ...]:
     Raises:
         MissingFileError: No file at ``path``.
         TaskError: ``path`` is a directory or cannot be read, the file is not UTF-8 text or not valid JSON
-            (nested too deeply, an object with a key given twice), is of neither format, or holds no example.
+            (nested too deeply, an object with a key given twice), is of neither format (among them one object
+            with ``"input"`` and ``"output"`` keys: a record not in a list, or columns), or holds no example.
     """
     path = _task_path(path)
     data = _read_json(path)
     if isinstance(data, dict):
+        _check_not_a_record(path, data)
         pairs = list(data.items())
     elif isinstance(data, list):
         pairs = []
@@ -56,6 +58,27 @@ def load_examples(path: str | Path) -> tuple[Example, ...]:
     if not pairs:
         raise TaskError(f"{path} holds no example; a task file must be a non-empty {_FORMATS}.")
     return tuple((x.strip(), y.strip()) for x, y in pairs)
+
+
+def _check_not_a_record(path: Path, data: dict[str, Any]) -> None:
+    """Refuse an object with ``"input"`` and ``"output"`` keys: one record, or columns, not an input → output map.
+
+    Read as the dict format, ``{"input": "hot", "output": "cold"}`` would be two examples, ``input -> hot`` and
+    ``output -> cold``.
+    """
+    if "input" in data and "output" in data:
+        columns = isinstance(data["input"], list) and isinstance(data["output"], list)
+        shape = "columns of inputs and outputs" if columns else "one record"
+        fix = (
+            'write one record per example, [{"input": ..., "output": ...}, ...]'
+            if columns
+            else 'wrap it in a list, [{"input": ..., "output": ...}], to load it as the records format'
+        )
+        raise TaskError(
+            f"{path} is one JSON object with 'input' and 'output' keys: {shape}, which the dict format would read "
+            f"as the examples 'input' -> ... and 'output' -> ...; {fix}. (If 'input' and 'output' are inputs of "
+            "your task, build it with TextTask(name, pairs).)"
+        )
 
 
 def _task_path(path: object) -> Path:
