@@ -247,7 +247,7 @@ def test_bad_requests_name_the_fix() -> None:
     pool = TextPool((TextTask("tiny", (("dog", "cat"), ("cat", "dog"), ("big", "small"))),), tokenizer, null=True)
     with pytest.raises(TaskError, match=r"n_shots must be an int >= 0"):
         pool.sample(2, n_shots=-1, seed=0)
-    with pytest.raises(TaskError, match=r"needs 4 distinct examples.*'tiny': 3"):
+    with pytest.raises(TaskError, match=r"needs 4 distinct examples.*'tiny': 3.* have fewer usable inputs"):
         pool.sample(2, n_shots=3, seed=0)
     with pytest.raises(TaskError, match="Cannot tokenize with a dict"):
         TextPool(tasks, {"dog": 1})
@@ -370,3 +370,23 @@ def test_zero_shot_queries_are_read_back_through_a_tokenizer_that_adds_a_prefix_
             assert tokenizer.decode(batch.inputs[i, start : end + 1].tolist()).strip() == f"Q: {x}\nA:"
         targets = pool.target_answers(batch, batch.task_names)[batch.task_ids, torch.arange(len(batch)), 0]
         assert torch.equal(targets, batch.answers[:, 0])
+
+
+def test_no_demonstration_shows_the_query_input_of_a_task_that_lists_an_input_twice() -> None:
+    """An input listed twice (the same pair again, or another output) never appears twice in one prompt."""
+    tokenizer = byte_bpe()
+    examples = (("dog", "cat"), ("big", "small"), ("dog", "cat"), ("big", "tiny"), ("red", "green"), ("old", "young"))
+    examples += (("tall", "tiny"),)
+    pool = TextPool((TextTask("repeats", examples),), tokenizer)
+    batch = pool.sample(60, n_shots=4, seed=0)
+    outputs_of_big = set()
+    for i in range(len(batch)):
+        demos, query, answer = decode(batch, tokenizer, i)
+        inputs = [x for x, _, _ in demos] + [query]
+        assert len(set(inputs)) == len(inputs) == 5, inputs
+        pairs = [(x, y) for x, y, _ in demos] + [(query, answer)]
+        assert set(pairs) <= set(examples)
+        outputs_of_big |= {y for x, y in pairs if x == "big"}
+    assert outputs_of_big == {"small", "tiny"}  # each output of an input listed twice is drawn
+    with pytest.raises(TaskError, match=r"needs 6 distinct examples.*'repeats': 5\} have fewer usable inputs"):
+        pool.sample(2, n_shots=5, seed=0)

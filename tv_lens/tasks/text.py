@@ -245,8 +245,10 @@ class TextPool(PoolTasks):
     ) -> ICLBatch:
         """Sample ``n_per_task`` prompts of every task (Null included), ordered by task id.
 
-        Each prompt's demonstrations and query are distinct examples of its task. ``shuffle_labels`` permutes the
-        outputs of a real task's demonstrations among them (Todd et al.'s corruption), before any label noise.
+        Each prompt's demonstrations and query are examples of its task with distinct inputs, so no demonstration
+        shows the query's input (an input listed with several outputs gives one of them, drawn at random).
+        ``shuffle_labels`` permutes the outputs of a real task's demonstrations among them (Todd et al.'s
+        corruption), before any label noise.
 
         Args:
             n_per_task: Prompts per task (>= 1).
@@ -259,20 +261,22 @@ class TextPool(PoolTasks):
         choices = _shot_choices(n_shots)
         inputs = tuple(dict.fromkeys(x for examples in self.examples for x, _ in examples))
         need = choices.max + 1
-        sizes = {t.name: len(e) for t, e in zip(self.tasks, self.examples, strict=True)}
+        groups = [_by_input(examples) for examples in self.examples]
+        sizes = {t.name: len(g) for t, g in zip(self.tasks, groups, strict=True)}
         sizes.update({NULL_TASK: len(inputs)} if self.null else {})
         short = {name: size for name, size in sizes.items() if size < need}
         if short:
             raise TaskError(
-                f"n_shots up to {need - 1} needs {need} distinct examples per prompt, but task(s) {short} have fewer "
-                "usable examples; use fewer shots or more examples."
+                f"n_shots up to {need - 1} needs {need} distinct examples per prompt (examples of distinct inputs, so "
+                f"no demonstration shows the query's input), but task(s) {short} have fewer usable inputs; use fewer "
+                "shots or more examples."
             )
         gen = seeded_generator(seed)
         check_batch_fits(n_per_task, len(self) * n_per_task, need - 1, 8 * 2)  # two tokens per example, at least
         task_ids = torch.arange(len(self)).repeat_interleave(n_per_task)
         shots = choices.draw(len(task_ids), gen)
         prompts = [
-            self._draw_prompt(int(tid), int(k) + 1, inputs, label_noise, gen, shuffle_labels)
+            self._draw_prompt(int(tid), int(k) + 1, inputs, groups, label_noise, gen, shuffle_labels)
             for tid, k in zip(task_ids.tolist(), shots.tolist(), strict=True)
         ]
         return self._render(prompts, task_ids, shots)
@@ -286,16 +290,27 @@ class TextPool(PoolTasks):
         tid: int,
         k: int,
         inputs: tuple[str, ...],
+        groups: list[list[list[int]]],
         label_noise: float,
         gen: torch.Generator,
         shuffle_labels: bool = False,
     ) -> list[tuple[str, str, bool]]:
-        """``k`` (input, output, noisy) triples: ``k - 1`` demonstrations, then the query."""
+        """``k`` (input, output, noisy) triples of distinct inputs: ``k - 1`` demonstrations, then the query.
+
+        ``groups[tid]`` lists the indices of the task's examples of each distinct input.
+        """
         if tid == len(self.tasks):  # Null
             order = torch.randperm(len(inputs), generator=gen)[:k].tolist()
             return [(inputs[i], self._random_output(gen), False) for i in order]
-        examples = self.examples[tid]
-        drawn = [(*examples[i], False) for i in torch.randperm(len(examples), generator=gen)[:k].tolist()]
+        examples, by_input = self.examples[tid], groups[tid]
+        picked = [by_input[i] for i in torch.randperm(len(by_input), generator=gen)[:k].tolist()]
+        # one example of each drawn input; a random one where the input has several (no draw where it has one, so a
+        # task of distinct inputs draws exactly as it would from its examples)
+        chosen = [
+            group[int(torch.randint(len(group), (1,), generator=gen))] if len(group) > 1 else group[0]
+            for group in picked
+        ]
+        drawn = [(*examples[i], False) for i in chosen]
         rights = [y for _, y, _ in drawn]
         if shuffle_labels:
             order = torch.randperm(k - 1, generator=gen).tolist()
@@ -352,6 +367,14 @@ def _demonstration_tokens(
         (shift + first, shift + enc.token_at(answer) - 1, shift + min(enc.token_at(end - 1) + 1, following))
         for (_, answer, end), first, following in zip(demo_chars, starts[:-1], starts[1:], strict=True)
     ]
+
+
+def _by_input(examples: Sequence[Example]) -> list[list[int]]:
+    """The indices of the examples of each distinct input, in the order the inputs first appear."""
+    groups: dict[str, list[int]] = {}
+    for i, (x, _) in enumerate(examples):
+        groups.setdefault(x, []).append(i)
+    return list(groups.values())
 
 
 def _lookup(examples: Sequence[Example]) -> dict[str, str | None]:
