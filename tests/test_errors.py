@@ -814,6 +814,13 @@ CASES = [
         r"Rename the task, and pass null=True for the Null task",
     ),
     Case(
+        "offset-pool-offset-a-float",
+        lambda w: offset_pool(offsets=(1.5, 2), n_values=8),
+        TaskError,
+        r"offsets must be ints, got \(1\.5, 2\)",
+        r"e\.g\. offsets=\(1, 3\)",
+    ),
+    Case(
         "text-task-examples-as-a-dict",
         lambda w: TextTask("directions", {"up": "down", "in": "out"}),  # type: ignore[arg-type]
         TaskError,

@@ -129,10 +129,32 @@ def test_bad_pool_definitions() -> None:
         TaskPool((rule,), Vocabulary(6), n_inputs=1, input_values=6, output_values=6, answer="bits")
     with pytest.raises(TaskError, match="distinct"):
         offset_pool(offsets=(1, 1))
-    with pytest.raises(TaskError, match=r"n_tasks must lie in 1 \.\. 3!"):
+    with pytest.raises(TaskError, match=r"n_tasks must be an int in 1 \.\. 3!"):
         permutation_pool(n_tasks=7, n_values=3)
     with pytest.raises(TaskError, match="non-empty string"):
         Task("", rule.fn)
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: offset_pool(offsets=(1.5, 2), n_values=5), r"offsets must be ints, got \(1\.5, 2\)"),
+        (lambda: offset_pool(offsets=(True, 2), n_values=5), r"offsets must be ints, got \(True, 2\)"),
+        (lambda: offset_pool(offsets="12"), r"offsets must be a sequence of ints, got '12'; e\.g\. offsets=\(1, 3\)"),
+        (lambda: offset_pool(offsets=3), r"offsets must be a sequence of ints, got 3"),
+        (lambda: bitwise_pool(ops=("and",), n_bits=2.5), r"n_bits must be an int in 1 \.\. 16, got 2\.5"),
+        (lambda: bitwise_pool(ops=("and",), n_bits=True), r"n_bits must be an int in 1 \.\. 16, got True"),
+        (lambda: bitwise_pool(ops=(1,)), r"bitwise ops must be op names \(strings\) among \['and'"),
+        (lambda: modular_pool(p=3.5), r"Modulus p must be an int >= 2, got 3\.5"),
+        (lambda: modular_pool(p="7"), r"Modulus p must be an int >= 2, got '7'"),
+        (lambda: permutation_pool(n_tasks=2.5, n_values=4), r"n_tasks must be an int in 1 \.\. 4!.*got 2\.5"),
+        (lambda: permutation_pool(n_tasks=True, n_values=4), r"n_tasks must be an int in 1 \.\. 4!.*got True"),
+    ],
+)
+def test_family_arguments_of_the_wrong_type(build, match: str) -> None:
+    """A float offset (whose rule would truncate x + 1.5), a bool count, a string: TaskError, never another number."""
+    with pytest.raises(TaskError, match=match):
+        build()
 
 
 def test_task_returning_out_of_range_values() -> None:

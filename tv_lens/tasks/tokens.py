@@ -21,7 +21,7 @@ larger value lets several families share one vocabulary. A model needs ``pool.vo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 import torch
@@ -59,11 +59,23 @@ def _vocab(needed: int, n_values: int | None, bos: bool, what: str) -> Vocabular
 def _check_ops(ops: Sequence[str], valid: tuple[str, ...], family: str) -> tuple[str, ...]:
     if isinstance(ops, str):
         ops = (ops,)
+    if not isinstance(ops, Iterable) or not all(isinstance(op, str) for op in ops):
+        raise TaskError(f"{family} ops must be op names (strings) among {list(valid)}, got {ops!r:.80}.")
     names = tuple(op.lower() for op in ops)
     unknown = [op for op in names if op not in valid]
     if unknown or not names:
         raise TaskError(f"Unknown {family} op(s) {unknown or list(ops)}; valid ops are {list(valid)}.")
     return names
+
+
+def _check_offsets(offsets: Sequence[int]) -> tuple[int, ...]:
+    """``offsets`` as a tuple of ints; a float (``1.5``: its task would truncate ``x + 1.5``) or a bool is refused."""
+    if isinstance(offsets, (str, bytes)) or not isinstance(offsets, Iterable):
+        raise TaskError(f"offsets must be a sequence of ints, got {offsets!r:.60}; e.g. offsets=(1, 3).")
+    offsets = tuple(offsets)
+    if not all(is_int(c) for c in offsets):
+        raise TaskError(f"offsets must be ints, got {offsets}; e.g. offsets=(1, 3).")
+    return offsets
 
 
 # --- offset ----------------------------------------------------------------------------------------------
@@ -89,7 +101,7 @@ def offset_pool(
         fmt: Prompt format, ``"arrow"`` or ``"marker"``.
         bos: Start every prompt with ``<bos>``.
     """
-    offsets = tuple(offsets)
+    offsets = _check_offsets(offsets)
     vocab = _vocab(max((*offsets, 1)) + 1, n_values, bos, f"offset_pool(offsets={offsets})")
     if len(set(offsets)) != len(offsets) or min(offsets, default=0) < 0:
         raise TaskError(f"offsets must be distinct and >= 0, got {offsets}.")
@@ -134,9 +146,7 @@ def parity_offset_pool(
     >>> pool.tasks[1](torch.arange(4)[:, None])  # x = 0, 1, 2, 3: +1 on even x, +3 on odd x
     tensor([1, 4, 3, 6])
     """
-    offsets = tuple(offsets)
-    if not all(is_int(c) for c in offsets):
-        raise TaskError(f"offsets must be ints, got {offsets}; e.g. offsets=(1, 3).")
+    offsets = _check_offsets(offsets)
     vocab = _vocab(max((*offsets, 1)) + 1, n_values, bos, f"parity_offset_pool(offsets={offsets})")
     if len(set(offsets)) != len(offsets) or min(offsets, default=0) < 0:
         raise TaskError(f"offsets must be distinct and >= 0, got {offsets}; e.g. offsets=(1, 3).")
@@ -190,8 +200,8 @@ def bitwise_pool(
         bos: Start every prompt with ``<bos>``.
     """
     names = _check_ops(ops, BITWISE_OPS, "bitwise")
-    if not 1 <= n_bits <= 16:
-        raise TaskError(f"n_bits must lie in 1 .. 16, got {n_bits}.")
+    if not is_int(n_bits) or not 1 <= n_bits <= 16:
+        raise TaskError(f"n_bits must be an int in 1 .. 16, got {n_bits!r}.")
     size = 1 << n_bits
     vocab = _vocab(size, n_values, bos, f"bitwise_pool(n_bits={n_bits})")
     tasks = tuple(Task(op, partial(_bitwise, op=op, n_bits=n_bits)) for op in names)
@@ -230,8 +240,8 @@ def modular_pool(
         bos: Start every prompt with ``<bos>``.
     """
     names = _check_ops(ops, MODULAR_OPS, "modular")
-    if p < 2:
-        raise TaskError(f"Modulus p must be >= 2, got {p}.")
+    if not is_int(p) or p < 2:
+        raise TaskError(f"Modulus p must be an int >= 2, got {p!r}.")
     vocab = _vocab(p, n_values, bos, f"modular_pool(p={p})")
     tasks = tuple(Task(op, partial(_modular, op=op, p=p)) for op in names)
     return TaskPool(tasks, vocab, n_inputs=2, input_values=p, output_values=p, fmt=fmt, null=null)
@@ -263,8 +273,8 @@ def permutation_pool(
         bos: Start every prompt with ``<bos>``.
     """
     vocab = _vocab(2, n_values, bos, "permutation_pool")
-    if n_tasks < 1 or n_tasks > math.factorial(min(n_values, 20)):
-        raise TaskError(f"n_tasks must lie in 1 .. {n_values}! (distinct permutations), got {n_tasks}.")
+    if not is_int(n_tasks) or not 1 <= n_tasks <= math.factorial(min(n_values, 20)):
+        raise TaskError(f"n_tasks must be an int in 1 .. {n_values}! (distinct permutations), got {n_tasks!r}.")
     gen = seeded_generator(seed)
     tables: list[Tensor] = []
     while len(tables) < n_tasks:
