@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,42 @@ def test_files_of_neither_format_are_rejected(tmp_path: Path, content: str, matc
     with pytest.raises(TaskError, match=match) as info:
         load_examples(path)
     assert "input" in str(info.value)  # every message shows the two accepted layouts or the record's keys
+
+
+def test_a_dict_file_of_many_inputs_loads_in_linear_time(tmp_path: Path) -> None:
+    """300 000 inputs: the check for a key given twice looks at each key once (pairwise: hours, not a second)."""
+    n = 300_000
+    path = tmp_path / "lexicon.json"
+    path.write_text(json.dumps({f"word{i}": f"mot{i}" for i in range(n)}))
+    code = (
+        "import sys; from tv_lens.tasks import load_examples; "
+        "pairs = load_examples(sys.argv[1]); print(len(pairs), pairs[-1][0])"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120, cwd=root, check=True
+    )
+    assert done.stdout.split() == [str(n), f"word{n - 1}"]
+    path.write_text(json.dumps({f"word{i}": f"mot{i}" for i in range(n)})[:-1] + ', "word7": "again"}')
+    with pytest.raises(TaskError, match=r"the key 'word7' appears more than once"):
+        load_examples(path)
+
+
+def test_thousands_of_task_names_and_files_are_checked_in_linear_time() -> None:
+    """200 000 task names or task files, one name given twice at the end: found in one pass (pairwise: hours)."""
+    code = (
+        "from tv_lens.errors import TaskError; from tv_lens.tasks import load_tasks; "
+        "from tv_lens.tasks.pool_checks import check_task_names\n"
+        "names = [f'task{i}' for i in range(200_000)]\n"
+        "check_task_names(names)\n"
+        "for call in (lambda: check_task_names(names + ['task5']), "
+        "lambda: load_tasks([f'{name}.json' for name in names] + ['elsewhere/task5.json'])):\n"
+        "    try:\n        call()\n    except TaskError as error:\n        print(str(error)[:90])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root, check=True
+    )
+    first, second = done.stdout.splitlines()
+    assert first.startswith("Task names must be unique, got ['task5'] more than once")
+    assert second.startswith("load_tasks: task5.json and elsewhere/task5.json would both be named 'task5'")

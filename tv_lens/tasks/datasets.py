@@ -120,15 +120,19 @@ def _read_json(path: Path) -> Any:
 
 
 def _object_without_repeats(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object as a dict, refusing a key given twice (``json`` would keep only the last value)."""
-    keys = [key for key, _ in pairs]
-    repeated = [key for i, key in enumerate(keys) if key in keys[:i]]
-    if repeated:
-        raise TaskError(
-            f"{path}: the key {repeated[0]!r:.60} appears more than once in one JSON object, so all but its last "
-            "value would be dropped. Give each input once, or use the records format "
-            '[{"input": ..., "output": ...}, ...] to list an input several times.'
-        )
+    """A JSON object as a dict, refusing a key given twice (``json`` would keep only the last value).
+
+    One pass over the keys, so a file that maps hundreds of thousands of inputs reads in linear time.
+    """
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise TaskError(
+                f"{path}: the key {key!r:.60} appears more than once in one JSON object, so all but its last "
+                "value would be dropped. Give each input once, or use the records format "
+                '[{"input": ..., "output": ...}, ...] to list an input several times.'
+            )
+        seen.add(key)
     return dict(pairs)
 
 
@@ -146,12 +150,13 @@ def load_tasks(paths: Sequence[str | Path]) -> tuple[TextTask, ...]:
     if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Iterable):
         raise TaskError(f"load_tasks takes a list of task file paths, got {paths!r:.80}; wrap one path: [path].")
     paths = list(paths)
-    stems = [_task_path(path).stem for path in paths]
-    for i, stem in enumerate(stems):
-        if stem in stems[:i]:
-            first = paths[stems.index(stem)]
+    first_of: dict[str, int] = {}  # the index of each stem's first path: one pass, for thousands of files
+    for i, path in enumerate(paths):
+        stem = _task_path(path).stem
+        first = first_of.setdefault(stem, i)
+        if first != i:
             raise TaskError(
-                f"load_tasks: {first} and {paths[i]} would both be named {stem!r}, and task names must be unique; "
+                f"load_tasks: {paths[first]} and {path} would both be named {stem!r}, and task names must be unique; "
                 "rename one file, or load them with load_task(path, name=...)."
             )
     return tuple(load_task(path) for path in paths)
