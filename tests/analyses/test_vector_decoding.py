@@ -6,6 +6,7 @@ import pytest
 import torch
 from causal_helpers import POOL
 from conftest import hook_snapshot
+from text_tokenizers import byte_bpe, word_level
 
 from tv_lens.analyses import decode_vectors, function_vector, mean_head_activations
 from tv_lens.errors import AnalysisError, ShapeError, TvLensError, UnknownNameError
@@ -115,3 +116,18 @@ def test_bad_input_is_a_clear_error(model, vectors):
         with pytest.raises(error, match=match) as info:
             call()
         assert isinstance(info.value, TvLensError)
+
+
+@pytest.mark.parametrize("make", [word_level, byte_bpe], ids=["tokenizers.Tokenizer", "PreTrainedTokenizerFast"])
+def test_special_tokens_decode_as_themselves(model, make):
+    """``[PAD]`` reads ``"[PAD]"``, not the ``""`` a ``tokenizers.Tokenizer`` decodes it to by default."""
+    tokenizer = make()
+    vector = torch.randn(model.cfg.d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    decoded = decode_vectors(model, vector, k=model.cfg.d_vocab, tokenizer=tokenizer)  # every token, in some order
+    by_id = {i: token for token, i in tokenizer.get_vocab().items()}
+    special = {"[UNK]", "[PAD]", "<pad>", "<bos>"}
+    ids = decoded.token_ids[0].tolist()
+    assert {by_id[i] for i in ids} & special  # the check reaches special tokens
+    for i, token in zip(ids, decoded.tokens[0], strict=True):
+        if make is word_level or by_id[i] in special:  # a word-level token is its own string
+            assert token == by_id[i]

@@ -26,6 +26,7 @@ from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.models.row_logits import unembed_rows
 from tv_lens.results.vector_decoding import NamedRows, NamedVectors, VectorDecoding
+from tv_lens.tasks.encoding import decode_ids
 
 __all__ = ["VectorDecoding", "decode_vectors", "logit_lens"]
 
@@ -65,7 +66,8 @@ def decode_vectors(model: Any, vectors: Vectors, k: int = 10, *, tokenizer: Any 
             ``"{task} L{layer}"``), a :class:`~tv_lens.results.FunctionVector` (every task, ``"{task} FV"``), one
             tensor ``[d_model]`` or ``[n, d_model]``, or a dict of named ``[d_model]`` tensors.
         k: Tokens kept per vector, by decreasing logit (ties: the lower token id first).
-        tokenizer: Decodes the token ids (default: ``model.tokenizer``; none: only ids).
+        tokenizer: Decodes the token ids, one at a time, special tokens and spaces kept as they are (default:
+            ``model.tokenizer``; none: only ids).
 
     Raises:
         AnalysisError: ``k`` outside ``[1, d_vocab]``.
@@ -79,10 +81,9 @@ def decode_vectors(model: Any, vectors: Vectors, k: int = 10, *, tokenizer: Any 
         raise AnalysisError(f"k must be an int in [1, {n_vocab}] (tokens kept per vector), got {k!r}.")
     order = torch.argsort(logits, dim=-1, descending=True, stable=True)[:, :k]
     tokenizer = tokenizer if tokenizer is not None else getattr(adapter.model, "tokenizer", None)
-    decode = getattr(tokenizer, "decode", None)
     tokens = None
-    if callable(decode):
-        tokens = tuple(tuple(str(decode([token])) for token in row) for row in order.tolist())
+    if callable(getattr(tokenizer, "decode", None)):  # special tokens and spaces kept: "[PAD]", not ""
+        tokens = tuple(tuple(decode_ids(tokenizer, [token]) for token in row) for row in order.tolist())
     return VectorDecoding(names, tasks, layers, order, logits.gather(-1, order), tokens, normalisation)
 
 

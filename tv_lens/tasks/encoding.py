@@ -17,7 +17,7 @@ import numpy as np
 
 from tv_lens.errors import TaskError
 
-__all__ = ["Encoded", "TextEncoder"]
+__all__ = ["Encoded", "TextEncoder", "decode_ids"]
 
 _PAD_NAMES = ("<pad>", "[PAD]", "<|pad|>")
 
@@ -35,6 +35,30 @@ class Encoded:
         return int(np.searchsorted(self.ends, char, side="right"))
 
 
+def _is_raw(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` is a ``tokenizers.Tokenizer`` (not a HuggingFace ``transformers`` tokenizer)."""
+    return hasattr(tokenizer, "encode_batch") and hasattr(tokenizer, "get_vocab_size")
+
+
+def _is_transformers(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` is a HuggingFace ``transformers`` tokenizer (callable, with ``convert_ids_to_tokens``)."""
+    return callable(tokenizer) and hasattr(tokenizer, "convert_ids_to_tokens")
+
+
+def decode_ids(tokenizer: Any, ids: Sequence[int]) -> str:
+    """The text of token ids, special tokens and spacing kept as they are.
+
+    A ``tokenizers.Tokenizer`` skips special tokens unless told not to (``[PAD]`` would decode to ``""``), and a
+    ``transformers`` tokenizer may clean up the spaces before punctuation (``" ."`` to ``"."``); both are told
+    not to. Any other object is asked for ``tokenizer.decode(ids)``.
+    """
+    if _is_raw(tokenizer):
+        return str(tokenizer.decode(list(ids), skip_special_tokens=False))
+    if _is_transformers(tokenizer):
+        return str(tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False))
+    return str(tokenizer.decode(list(ids)))
+
+
 class TextEncoder:
     """Batch tokenization with character offsets, for HuggingFace fast tokenizers and ``tokenizers.Tokenizer``.
 
@@ -48,7 +72,7 @@ class TextEncoder:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self._raw = hasattr(tokenizer, "encode_batch") and hasattr(tokenizer, "get_vocab_size")
+        self._raw = _is_raw(tokenizer)
         if self._raw:
             model = getattr(tokenizer, "model", None)
             unk = getattr(model, "unk_token", None)
@@ -58,7 +82,7 @@ class TextEncoder:
             self.pad_id = padding.get("pad_id", next((i for i in pad_ids if i is not None), 0))
             self.bos_id: int | None = None
             self.vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
-        elif callable(tokenizer) and hasattr(tokenizer, "convert_ids_to_tokens"):
+        elif _is_transformers(tokenizer):
             if not getattr(tokenizer, "is_fast", False):
                 raise TaskError(
                     f"Text tasks need a fast tokenizer (character offsets); got {type(tokenizer).__name__}. Load "
@@ -77,10 +101,8 @@ class TextEncoder:
             )
 
     def decode(self, ids: Sequence[int]) -> str:
-        """The text of token ids, special tokens and spacing kept as they are."""
-        if self._raw:
-            return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        """The text of token ids, special tokens and spacing kept as they are (:func:`decode_ids`)."""
+        return decode_ids(self.tokenizer, ids)
 
     def encode(self, texts: Sequence[str]) -> list[Encoded]:
         """Tokenize each string without special tokens."""
