@@ -390,3 +390,22 @@ def test_no_demonstration_shows_the_query_input_of_a_task_that_lists_an_input_tw
     assert outputs_of_big == {"small", "tiny"}  # each output of an input listed twice is drawn
     with pytest.raises(TaskError, match=r"needs 6 distinct examples.*'repeats': 5\} have fewer usable inputs"):
         pool.sample(2, n_shots=5, seed=0)
+
+
+def test_label_noise_reaches_its_share_when_one_output_dominates() -> None:
+    """19 of 20 examples answer "good": a wrong label is still drawn for the share of demonstrations asked for."""
+    tokenizer = byte_bpe()
+    words = LEXICON["noun"]
+    right = {x: "bad" if i == 0 else "good" for i, x in enumerate(words)}
+    pool = TextPool((TextTask("sentiment", tuple(right.items())),), tokenizer)
+    batch = pool.sample(200, n_shots=4, seed=0, label_noise=0.5)
+    flags = []
+    for i in range(len(batch)):
+        demos, _, _ = decode(batch, tokenizer, i)
+        assert all(noisy == (y != right[x]) for x, y, noisy in demos)  # the flag says which label is wrong
+        flags += [noisy for _, _, noisy in demos]
+    share, n = float(np.mean(flags)), len(flags)
+    assert abs(share - 0.5) < 4 * (0.25 / n) ** 0.5, share  # within 4 binomial standard errors of the noise asked
+    same = TextPool((TextTask("same", tuple((x, "yes") for x in words)),), tokenizer)
+    with pytest.raises(TaskError, match=r"every example has the output 'yes', so none would change.*label_noise=0"):
+        same.sample(2, n_shots=2, seed=0, label_noise=0.5)

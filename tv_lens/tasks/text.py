@@ -254,12 +254,20 @@ class TextPool(PoolTasks):
             n_per_task: Prompts per task (>= 1).
             n_shots: Demonstrations per prompt: an int, an inclusive ``(min, max)`` tuple or a ``range``.
             seed: Seed of the local generator; the same seed gives an identical batch.
-            label_noise: Probability in ``[0, 1)`` that a demonstration of a real task gets a wrong output.
+            label_noise: Probability in ``[0, 1)`` that a demonstration of a real task gets a wrong output (another
+                output of the pool's tasks, drawn as the Null task draws them until it differs).
             shuffle_labels: Permute each prompt's demonstration outputs.
         """
         check_sample_arguments(n_per_task, label_noise, shuffle_labels)
         choices = _shot_choices(n_shots)
         inputs = tuple(dict.fromkeys(x for examples in self.examples for x, _ in examples))
+        outputs = tuple(dict.fromkeys(y for examples in self.examples for _, y in examples))
+        if label_noise > 0 and len(outputs) < 2:
+            raise TaskError(
+                f"label_noise={label_noise} replaces demonstration outputs by other outputs of the pool's tasks, but "
+                f"every example has the output {outputs[0]!r:.40}, so none would change; add tasks or examples with "
+                "other outputs, or sample with label_noise=0."
+            )
         need = choices.max + 1
         groups = [_by_input(examples) for examples in self.examples]
         sizes = {t.name: len(g) for t, g in zip(self.tasks, groups, strict=True)}
@@ -317,11 +325,12 @@ class TextPool(PoolTasks):
             drawn[: k - 1] = [(drawn[j][0], rights[i], rights[i] != rights[j]) for j, i in enumerate(order)]
         for j in range(k - 1):
             if float(torch.rand((), generator=gen)) < label_noise:
-                for _ in range(8):  # a random output that differs from the right one
+                # a random output that differs from the one shown: drawn again until it does (sample checked that the
+                # pool has another output), so the share of wrong labels is label_noise however skewed the outputs
+                wrong = self._random_output(gen)
+                while wrong == drawn[j][1]:
                     wrong = self._random_output(gen)
-                    if wrong != drawn[j][1]:
-                        drawn[j] = (drawn[j][0], wrong, wrong != rights[j])
-                        break
+                drawn[j] = (drawn[j][0], wrong, wrong != rights[j])
         return drawn
 
     def _render(
