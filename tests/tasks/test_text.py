@@ -409,3 +409,30 @@ def test_label_noise_reaches_its_share_when_one_output_dominates() -> None:
     same = TextPool((TextTask("same", tuple((x, "yes") for x in words)),), tokenizer)
     with pytest.raises(TaskError, match=r"every example has the output 'yes', so none would change.*label_noise=0"):
         same.sample(2, n_shots=2, seed=0, label_noise=0.5)
+
+
+@pytest.mark.parametrize(
+    ("make", "template", "tasks"),
+    [
+        (sentencepiece_like, " {x} {y} ", bitwise_text_tasks(ops=("and", "xor"), n_bits=4, n_examples=24)),
+        (
+            qwen_like,
+            "{x}\t{y}",
+            (
+                TextTask("plural", tuple((f"{word} ", f"{word}s") for word in LEXICON["noun"])),
+                TextTask("prefix", tuple((f"{word} ", word[:2]) for word in LEXICON["noun"])),
+            ),
+        ),
+    ],
+    ids=["decoder-drops-the-template's-leading-space", "input-ending-in-a-space"],
+)
+def test_queries_are_read_back_up_to_whitespace_at_their_ends(make, template: str, tasks) -> None:
+    """A SentencePiece decoder drops the space the template starts with; a whitespace token holds an input's trailing
+    space with the template's tab: each query is still its input, so the tasks' answers to it are known."""
+    pool = TextPool(tasks, make(), template=template, null=False)
+    assert pool.dropped == ()
+    for n_shots in (0, 2):
+        batch = pool.sample(n_per_task=6, n_shots=n_shots, seed=0)
+        assert None not in pool.query_inputs(batch)
+        targets = pool.target_answers(batch, batch.task_names)[batch.task_ids, torch.arange(len(batch)), 0]
+        assert torch.equal(targets, batch.answers[:, 0])

@@ -184,24 +184,24 @@ class TextPool(PoolTasks):
     def query_inputs(self, batch: ICLBatch) -> list[str | None]:
         """The input string of every prompt's query, read back from its tokens.
 
+        A query is matched up to whitespace at its ends: a decoder may drop the space a template starts with
+        (SentencePiece's leading ``▁``), and a whitespace token may hold an input's trailing space with the template's.
         ``None`` where the query is not one of this pool's inputs (e.g. a batch of another pool), or where two inputs
-        have the same tokens.
+        have the same tokens (or differ only in whitespace at their ends).
         """
         pre, mid, _, _ = self._split_template()
-        known = self._inputs_by_text()
+        known: dict[str, str | None] = {}
+        for key, x in self._inputs_by_text().items():
+            query = (pre + key + mid).strip()
+            known[query] = x if known.get(query, x) == x else None
         inputs: list[str | None] = []
         rows = zip(batch.inputs.tolist(), batch.query_start.tolist(), batch.answer_pos.tolist(), strict=True)
         for row, start, end in rows:
             text = self._encoder.decode(row[start : end + 1])
+            # up to whitespace at its ends (a tokenizer's prefix space, RoBERTa's, too), without any of the separator
+            # merged into the query's first token
             candidates = [text, text.lstrip(self.separator)] if self.separator else [text]
-            candidates += [c[1:] for c in candidates if c.startswith(" ")]  # a tokenizer's prefix space (RoBERTa's)
-            found = None
-            for candidate in [c for text in candidates for c in dict.fromkeys((text, text.rstrip()))]:
-                if candidate.startswith(pre) and candidate.endswith(mid):
-                    found = known.get(candidate[len(pre) : len(candidate) - len(mid)])
-                    if found is not None:
-                        break
-            inputs.append(found)
+            inputs.append(next((x for c in candidates if (x := known.get(c.strip())) is not None), None))
         return inputs
 
     def _inputs_by_text(self) -> dict[str, str | None]:
