@@ -102,6 +102,19 @@ def test_files_of_neither_format_are_rejected(tmp_path: Path, content: str, matc
     assert "input" in str(info.value)  # every message shows the two accepted layouts or the record's keys
 
 
+@pytest.mark.parametrize(
+    "content",
+    ['{"seven": 7}', '[{"input": 1, "output": "one"}]', '{"hot": ["cold", "chilly"]}', '{"hot": null}', '{" ": "x"}'],
+)
+def test_values_that_are_not_non_empty_strings_name_the_fix(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "task.json"
+    path.write_text(content)
+    with pytest.raises(
+        TaskError, match=r"must be non-empty strings, got .*Write numbers and other values as JSON strings"
+    ):
+        load_examples(path)
+
+
 def test_a_dict_file_of_many_inputs_loads_in_linear_time(tmp_path: Path) -> None:
     """300 000 inputs: the check for a key given twice looks at each key once (pairwise: hours, not a second)."""
     n = 300_000

@@ -54,7 +54,11 @@ def load_examples(path: str | Path) -> tuple[Example, ...]:
         raise TaskError(f"{path} holds a JSON {type(data).__name__}; a task file must be {_FORMATS}.")
     bad = [pair for pair in pairs if not all(isinstance(v, str) and v.strip() for v in pair)]
     if bad:
-        raise TaskError(f"{path}: inputs and outputs must be non-empty strings, got {bad[0]!r:.120}.")
+        raise TaskError(
+            f"{path}: inputs and outputs must be non-empty strings, got {bad[0]!r:.120}. Write numbers and other "
+            'values as JSON strings ("7", not 7), drop empty examples, and give each output as one string (several '
+            'valid answers: one record per answer, [{"input": ..., "output": ...}, ...]).'
+        )
     if not pairs:
         raise TaskError(f"{path} holds no example; a task file must be a non-empty {_FORMATS}.")
     return tuple((x.strip(), y.strip()) for x, y in pairs)
