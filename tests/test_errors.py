@@ -814,6 +814,13 @@ CASES = [
         r"Rename the task, and pass null=True for the Null task",
     ),
     Case(
+        "task-rule-returns-floats",
+        lambda w: TaskPool((Task("half", lambda x: x[:, 0] / 2),), Vocabulary(8), 1, 8, 8).sample(2, 1, seed=0),
+        TaskError,
+        r"Task 'half' returned torch\.float32 values; a rule must return integer outputs",
+        r"use integer operations \(x // 2\) or \.long\(\)",
+    ),
+    Case(
         "offset-pool-offset-a-float",
         lambda w: offset_pool(offsets=(1.5, 2), n_values=8),
         TaskError,

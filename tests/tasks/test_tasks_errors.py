@@ -157,6 +157,20 @@ def test_family_arguments_of_the_wrong_type(build, match: str) -> None:
         build()
 
 
+@pytest.mark.parametrize(
+    ("rule", "dtype"), [(lambda x: x[:, 0] / 2, "torch.float32"), (lambda x: x[:, 0] % 2 == 0, "torch.bool")]
+)
+def test_task_returning_values_that_are_not_integers(rule, dtype: str) -> None:
+    """x / 2 would be truncated to x // 2 and a bool read as 0 / 1: refused, in sampling and in target answers."""
+    pool = TaskPool((Task("rule", rule), Task("copy", lambda x: x[:, 0])), Vocabulary(8), 1, 8, 8)
+    match = rf"Task 'rule' returned {dtype} values; a rule must return integer outputs .*x // 2"
+    with pytest.raises(TaskError, match=match):
+        pool.sample(n_per_task=2, n_shots=1, seed=0)
+    batch = TaskPool((pool.tasks[1],), Vocabulary(8), 1, 8, 8).sample(n_per_task=2, n_shots=1, seed=0)
+    with pytest.raises(TaskError, match=match):
+        pool.target_answers(batch, ["rule"])
+
+
 def test_task_returning_out_of_range_values() -> None:
     pool = TaskPool((Task("big", lambda x: x[:, 0] + 100),), Vocabulary(4), 1, 4, 4)
     with pytest.raises(TaskError, match=r"'big' returned values outside 0 .. 3"):

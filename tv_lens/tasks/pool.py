@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from tv_lens.checks import is_int
+from tv_lens.checks import is_int, is_integer_tensor
 from tv_lens.errors import TaskError
 from tv_lens.tasks.batch import ICLBatch
 from tv_lens.tasks.pool_checks import NULL_TASK, PoolTasks, check_flag, check_task_names, task_tuple
@@ -189,7 +189,7 @@ class TaskPool(PoolTasks):
         rules = {task.name: task for task in self.tasks}
         for t, name in enumerate(task_names):
             if name in rules:
-                out[t] = self.encode_answers(torch.as_tensor(rules[name](x)).long())
+                out[t] = self.encode_answers(self._apply(rules[name], x))
         return out
 
     def sample(
@@ -251,7 +251,14 @@ class TaskPool(PoolTasks):
         )
 
     def _apply(self, task: Task, x: Int[Tensor, "n n_inputs"]) -> Int[Tensor, " n"]:
-        out = torch.as_tensor(task(x)).long()
+        """The task's outputs for inputs ``x``, checked: integers (not truncated floats), one per input, in range."""
+        out = torch.as_tensor(task(x))
+        if not is_integer_tensor(out):
+            raise TaskError(
+                f"Task {task.name!r} returned {out.dtype} values; a rule must return integer outputs (a float such as "
+                "x / 2 would be truncated, a bool read as 0 / 1): use integer operations (x // 2) or .long()."
+            )
+        out = out.long()
         if out.shape != x.shape[:1]:
             raise TaskError(f"Task {task.name!r} returned shape {tuple(out.shape)}; expected ({x.shape[0]},).")
         if out.numel() and (out.min() < 0 or out.max() >= self.output_values):
