@@ -15,10 +15,12 @@ from tv_lens.tasks import (
     TextTask,
     Vocabulary,
     bitwise_pool,
+    bitwise_text_tasks,
     linear_task,
     modular_pool,
     offset_pool,
     permutation_pool,
+    pos_tasks,
 )
 
 POOLS = {  # each pool's class, one of its tasks and the rest of its arguments
@@ -97,7 +99,7 @@ def test_empty_pool() -> None:
         offset_pool(offsets=())
     with pytest.raises(TaskError, match="at least one task"):
         TaskPool((), Vocabulary(4), n_inputs=1, input_values=4, output_values=4, null=True)
-    with pytest.raises(TaskError, match="valid ops"):
+    with pytest.raises(TaskError, match=r"Unknown bitwise op\(s\) \[\]; valid ones are \[.and."):
         bitwise_pool(ops=())
 
 
@@ -144,7 +146,12 @@ def test_bad_pool_definitions() -> None:
         (lambda: offset_pool(offsets=3), r"offsets must be a sequence of ints, got 3"),
         (lambda: bitwise_pool(ops=("and",), n_bits=2.5), r"n_bits must be an int in 1 \.\. 16, got 2\.5"),
         (lambda: bitwise_pool(ops=("and",), n_bits=True), r"n_bits must be an int in 1 \.\. 16, got True"),
-        (lambda: bitwise_pool(ops=(1,)), r"bitwise ops must be op names \(strings\) among \['and'"),
+        (lambda: bitwise_pool(ops=(1,)), r"The bitwise op\(s\) must be names \(strings\) among \['and'"),
+        (lambda: bitwise_pool(ops=("xor", "XOR")), r"The bitwise op\(s\) \['xor', 'XOR'\] name one twice"),
+        (lambda: modular_pool(ops=None), r"The modular op\(s\) must be names \(strings\) among \['add'"),
+        (lambda: pos_tasks(tags=(1,)), r"The POS tag\(s\) must be names \(strings\) among \['noun'"),
+        (lambda: pos_tasks(tags=("noun", "Noun")), r"The POS tag\(s\) \['noun', 'Noun'\] name one twice"),
+        (lambda: bitwise_text_tasks(ops=None), r"The bitwise op\(s\) must be names \(strings\).*got None"),
         (lambda: modular_pool(p=3.5), r"Modulus p must be an int >= 2, got 3\.5"),
         (lambda: modular_pool(p="7"), r"Modulus p must be an int >= 2, got '7'"),
         (lambda: permutation_pool(n_tasks=2.5, n_values=4), r"n_tasks must be an int in 1 \.\. 4!.*got 2\.5"),

@@ -24,18 +24,9 @@ from tv_lens.errors import TaskError
 from tv_lens.tasks.lexicon import POS_TAGS, first_word_with_tag, generate_sentences, sentence_text
 from tv_lens.tasks.pool import seeded_generator
 from tv_lens.tasks.text import TextTask
-from tv_lens.tasks.tokens import BITWISE_OPS, _bitwise
+from tv_lens.tasks.tokens import BITWISE_OPS, _bitwise, check_names
 
 __all__ = ["bitwise_text_tasks", "pos_tasks"]
-
-
-def _names(requested: Sequence[str], valid: tuple[str, ...], what: str) -> tuple[str, ...]:
-    names = (requested,) if isinstance(requested, str) else tuple(requested)
-    names = tuple(name.lower() for name in names)
-    unknown = [name for name in names if name not in valid]
-    if unknown or not names:
-        raise TaskError(f"Unknown {what} {unknown or list(requested)}; valid ones are {list(valid)}.")
-    return names
 
 
 def pos_tasks(tags: Sequence[str] = POS_TAGS, n_sentences: int = 256, seed: int = 0) -> tuple[TextTask, ...]:
@@ -46,7 +37,7 @@ def pos_tasks(tags: Sequence[str] = POS_TAGS, n_sentences: int = 256, seed: int 
         n_sentences: Distinct generated sentences (every task's inputs).
         seed: Seed of the sentence generator.
     """
-    names = _names(tags, POS_TAGS, "POS tag(s)")
+    names = check_names(tags, POS_TAGS, "POS tag(s)")
     sentences = generate_sentences(n_sentences, seed)
     return tuple(
         TextTask(tag, tuple((sentence_text(s), first_word_with_tag(s, tag)) for s in sentences)) for tag in names
@@ -64,7 +55,7 @@ def bitwise_text_tasks(
         n_examples: Distinct ``(a, b)`` pairs shared by every task (at most ``4**n_bits``).
         seed: Seed of the pairs.
     """
-    names = _names(ops, BITWISE_OPS, "bitwise op(s)")
+    names = check_names(ops, BITWISE_OPS, "bitwise op(s)")
     if not is_int(n_bits) or not 1 <= n_bits <= 16:
         raise TaskError(f"n_bits must be an int in 1 .. 16, got {n_bits!r}.")
     n_pairs = 1 << (2 * n_bits)

@@ -56,15 +56,23 @@ def _vocab(needed: int, n_values: int | None, bos: bool, what: str) -> Vocabular
     return Vocabulary(n_values=n, bos=bos)
 
 
-def _check_ops(ops: Sequence[str], valid: tuple[str, ...], family: str) -> tuple[str, ...]:
-    if isinstance(ops, str):
-        ops = (ops,)
-    if not isinstance(ops, Iterable) or not all(isinstance(op, str) for op in ops):
-        raise TaskError(f"{family} ops must be op names (strings) among {list(valid)}, got {ops!r:.80}.")
-    names = tuple(op.lower() for op in ops)
-    unknown = [op for op in names if op not in valid]
+def check_names(requested: Sequence[str] | str, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """``requested`` (one name or a sequence of them) as lower-case names among ``valid``, or a :class:`TaskError`.
+
+    Args:
+        requested: The names asked for (case-insensitive).
+        valid: The names there are.
+        what: What they name, for the message (e.g. ``"bitwise op(s)"``).
+    """
+    names = (requested,) if isinstance(requested, str) else requested
+    if not isinstance(names, Iterable) or not all(isinstance(name, str) for name in names):
+        raise TaskError(f"The {what} must be names (strings) among {list(valid)}, got {requested!r:.80}.")
+    names = tuple(name.lower() for name in names)
+    unknown = [name for name in names if name not in valid]
     if unknown or not names:
-        raise TaskError(f"Unknown {family} op(s) {unknown or list(ops)}; valid ops are {list(valid)}.")
+        raise TaskError(f"Unknown {what} {unknown or list(names)}; valid ones are {list(valid)}.")
+    if len(set(names)) < len(names):  # "xor" and "XOR": one task twice
+        raise TaskError(f"The {what} {list(requested)} name one twice (case-insensitive); give each once.")
     return names
 
 
@@ -199,7 +207,7 @@ def bitwise_pool(
         fmt: Prompt format, ``"arrow"`` or ``"marker"``.
         bos: Start every prompt with ``<bos>``.
     """
-    names = _check_ops(ops, BITWISE_OPS, "bitwise")
+    names = check_names(ops, BITWISE_OPS, "bitwise op(s)")
     if not is_int(n_bits) or not 1 <= n_bits <= 16:
         raise TaskError(f"n_bits must be an int in 1 .. 16, got {n_bits!r}.")
     size = 1 << n_bits
@@ -239,7 +247,7 @@ def modular_pool(
         fmt: Prompt format, ``"arrow"`` or ``"marker"``.
         bos: Start every prompt with ``<bos>``.
     """
-    names = _check_ops(ops, MODULAR_OPS, "modular")
+    names = check_names(ops, MODULAR_OPS, "modular op(s)")
     if not is_int(p) or p < 2:
         raise TaskError(f"Modulus p must be an int >= 2, got {p!r}.")
     vocab = _vocab(p, n_values, bos, f"modular_pool(p={p})")
