@@ -89,6 +89,8 @@ def test_words_the_tokenizer_lacks_are_dropped_or_raise() -> None:
         ('{"hot": ""}', "non-empty strings"),
         ('{"input": "hot", "output": "cold"}', r"one record, which the dict format would read as the examples"),
         ('{"input": ["hot", "big"], "output": ["cold", "small"]}', r"columns of inputs and outputs"),
+        ('{"train": [{"input": "hot", "output": "cold"}], "test": []}', r"one JSON object of lists of objects"),
+        ('{"antonyms": {"hot": "cold"}}', r"one JSON object of objects \('antonyms': \.\.\.\), not an input -> output"),
         ("{}", "holds no example"),
         ("[]", "holds no example"),
         ('{"hot": "cold",', "is not valid JSON"),

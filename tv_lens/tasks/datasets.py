@@ -65,10 +65,11 @@ def load_examples(path: str | Path) -> tuple[Example, ...]:
 
 
 def _check_not_a_record(path: Path, data: dict[str, Any]) -> None:
-    """Refuse an object with ``"input"`` and ``"output"`` keys: one record, or columns, not an input → output map.
+    """Refuse a JSON object that is not an input → output map, though the dict format would read it as one.
 
-    Read as the dict format, ``{"input": "hot", "output": "cold"}`` would be two examples, ``input -> hot`` and
-    ``output -> cold``.
+    That is an object with ``"input"`` and ``"output"`` keys (one record, or columns), or one of objects or lists of
+    records (a wrapper such as ``{"train": [...]}``). Read as the dict format, ``{"input": "hot", "output": "cold"}``
+    would be two examples, ``input -> hot`` and ``output -> cold``.
     """
     if "input" in data and "output" in data:
         columns = isinstance(data["input"], list) and isinstance(data["output"], list)
@@ -83,6 +84,22 @@ def _check_not_a_record(path: Path, data: dict[str, Any]) -> None:
             f"as the examples 'input' -> ... and 'output' -> ...; {fix}. (If 'input' and 'output' are inputs of "
             "your task, build it with TextTask(name, pairs).)"
         )
+    parts = [value for value in data.values() if value != []]  # a wrapper may hold an empty split
+    if parts and all(_holds_examples(value) for value in parts):
+        key = next(key for key, value in data.items() if value != [])
+        raise TaskError(
+            f"{path} is one JSON object of {'objects' if isinstance(data[key], dict) else 'lists of objects'} "
+            f"({key!r:.40}: ...), not an input -> output map: a wrapper around the examples (such as "
+            f'{{"train": [...], "test": [...]}}) is neither task-file layout. Save the part to load on its own, as '
+            f"{_FORMATS}."
+        )
+
+
+def _holds_examples(value: Any) -> bool:
+    """Whether a JSON value is an object, or a non-empty list of objects (records): a wrapper's part, not an output."""
+    return isinstance(value, dict) or (
+        isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+    )
 
 
 def _task_path(path: object) -> Path:
