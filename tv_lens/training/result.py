@@ -21,7 +21,8 @@ class TrainResult:
     """A finished (or stopped) training run.
 
     Attributes:
-        model: The trained model (the object passed to ``train``, trained in place, in eval mode).
+        model: The trained model (the object passed to ``train``, trained in place; every module back in the
+            train or eval mode it had before the run).
         config: The run's training config.
         model_config: The model's config, if the run was given one.
         history: One row per step: ``step`` (optimiser steps done), ``lr``, ``loss``, ``loss_icl``,
