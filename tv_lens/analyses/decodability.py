@@ -119,7 +119,7 @@ class TaskDecodability(RepresentationAnalysis[Decodability], IntervalOptions, Pa
         method: ``"knn"`` or ``"probe"``.
         n_folds: Folds of the probe.
         probe_c: Inverse L2 strength of the probe.
-        layers: Block indices to read (``None``: the embedding output and every block).
+        layers: Block indices to read (``None``: every block, and the embedding output for ``site="resid_post"``).
         site: Residual site to read.
 
     The keyword-only :class:`~tv_lens.analyses.options.IntervalOptions` (``n_bootstrap``, ``ci``) and

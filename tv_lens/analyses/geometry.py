@@ -99,7 +99,7 @@ class Geometry(RepresentationAnalysis[Projection], PassOptions):
         method: ``"pca"`` or ``"umap"`` (needs the optional ``umap-learn`` package).
         n_neighbors: UMAP neighbourhood size.
         min_dist: UMAP minimum distance, in ``[0, 1]`` (at most UMAP's ``spread``, 1.0).
-        layers: Block indices to read (``None``: embedding output and every block).
+        layers: Block indices to read (``None``: every block, and the embedding output for ``site="resid_post"``).
         site: Residual site to read.
 
     The keyword-only :class:`~tv_lens.analyses.options.PassOptions` (``batch_size``, ``progress``) apply too.
