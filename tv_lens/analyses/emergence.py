@@ -299,18 +299,18 @@ def _sorted_checkpoints(checkpoints: Sequence[CheckpointLike]) -> list[tuple[int
     from tv_lens.training import Checkpoint, load_checkpoint
 
     entries: list[tuple[int, Any]] = []
-    runs: list[tuple[int, dict[str, Any]]] = []  # the run of each checkpoint record
+    records: list[Any] = []  # the checkpoint records, to check that they are of one run
     for item in checkpoints:
         if isinstance(item, tuple) and len(item) == 2 and is_int(item[0]):
             entries.append((item[0], _loader(item[0], item[1])))
         elif isinstance(item, Checkpoint):
             entries.append((item.step, item.load_model))
-            runs.append((item.step, _run_of(item)))
+            records.append(item)
         elif isinstance(item, (str, os.PathLike)):
             path = Path(item)
             record = load_checkpoint(path)
             entries.append((record.step, lambda path=path: load_checkpoint(path).load_model()))
-            runs.append((record.step, _run_of(record)))
+            records.append(record)
         else:
             raise AnalysisError(
                 f"Unknown checkpoint {type(item).__name__}; pass checkpoint files (list_checkpoints(dir)), "
@@ -319,29 +319,13 @@ def _sorted_checkpoints(checkpoints: Sequence[CheckpointLike]) -> list[tuple[int
     steps = [step for step, _ in entries]
     if not entries or len(set(steps)) != len(steps):
         raise AnalysisError(f"Emergence needs checkpoints with distinct steps, got steps {steps}.")
-    for step, run in runs[1:]:
-        differ = _differing_keys(runs[0][1], run)
+    for record in records[1:]:
+        differ = records[0].run_differences(record)
         if differ:
             raise AnalysisError(
-                f"The checkpoints of steps {runs[0][0]} and {step} come from different training runs (they differ in "
+                f"The checkpoints of steps {records[0].step} and {record.step} come from different training runs (they "
+                "differ in "
                 f"{', '.join(differ[:4])}); Emergence follows one run: pass the checkpoints of one directory "
                 "(list_checkpoints(dir))."
             )
     return sorted(entries, key=lambda entry: entry[0])
-
-
-def _run_of(record: Any) -> dict[str, Any]:
-    """What one training run's checkpoints share: its config (but how often it evaluated and saved) and model."""
-    from tv_lens.training.checkpoint_record import _BOOKKEEPING, _plain
-
-    config = {key: value for key, value in record.config.to_dict().items() if key not in _BOOKKEEPING}
-    model = None if record.model_config is None else record.model_config.to_dict()
-    return _plain({"config": config, "model_config": model})
-
-
-def _differing_keys(first: Any, other: Any, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two nested dicts."""
-    if isinstance(first, dict) and isinstance(other, dict):
-        keys = sorted(set(first) | set(other), key=str)
-        return [d for key in keys for d in _differing_keys(first.get(key), other.get(key), f"{prefix}{key}.")]
-    return [] if first == other else [prefix.rstrip(".")]

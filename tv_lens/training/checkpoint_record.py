@@ -166,6 +166,17 @@ class Checkpoint:
             )
         return replace(config, backend="hooked")
 
+    def run_differences(self, other: Checkpoint) -> list[str]:
+        """The dotted keys of the training and model configs in which ``other``'s run differs from this one's.
+
+        Empty for two checkpoints of one run; ``eval_every`` and ``checkpoint_every`` may differ.
+        """
+        config = _leaf_differences(
+            "config", _plain(self.config.to_dict()), _plain(other.config.to_dict()), _BOOKKEEPING
+        )
+        model = _leaf_differences("model_config", _model_config(self), _model_config(other))
+        return [key for key, _, _ in config + model]
+
     def check_compatible(
         self,
         config: TrainConfig,
@@ -242,6 +253,10 @@ def _parameter_mismatch(model: Any, parameters: dict[str, Tensor]) -> str | None
     return f"other shapes: {'; '.join(reshaped[:3])}" if reshaped else None
 
 
+def _model_config(checkpoint: Checkpoint) -> Any:
+    return None if checkpoint.model_config is None else _plain(checkpoint.model_config.to_dict())
+
+
 def _plain(value: Any) -> Any:
     """Tuples as lists, recursively, so configs compare equal however they were stored."""
     if isinstance(value, dict):
@@ -252,11 +267,21 @@ def _plain(value: Any) -> Any:
 
 
 def _differences(prefix: str, saved: Any, current: Any, ignore: tuple[str, ...] = ()) -> list[str]:
-    """``"prefix.key: checkpoint X, now Y"`` for every leaf that differs."""
+    """``"prefix.key = X in the checkpoint but Y now"`` for every leaf that differs."""
+    return [
+        f"{key} = {old!r} in the checkpoint but {new!r} now"
+        for key, old, new in _leaf_differences(prefix, saved, current, ignore)
+    ]
+
+
+def _leaf_differences(
+    prefix: str, saved: Any, current: Any, ignore: tuple[str, ...] = ()
+) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved, current)`` of each differing leaf of two nested dicts (top-level ``ignore`` not read)."""
     if isinstance(saved, dict) and isinstance(current, dict):
-        out: list[str] = []
+        out: list[tuple[str, Any, Any]] = []
         for key in sorted(set(saved) | set(current), key=str):
             if key not in ignore:
-                out += _differences(f"{prefix}.{key}", saved.get(key), current.get(key))
+                out += _leaf_differences(f"{prefix}.{key}", saved.get(key), current.get(key))
         return out
-    return [] if saved == current else [f"{prefix} = {saved!r} in the checkpoint but {current!r} now"]
+    return [] if saved == current else [(prefix, saved, current)]
