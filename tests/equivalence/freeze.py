@@ -482,7 +482,7 @@ def text_pool(fx: Fixtures) -> Any:
 
 @entry(
     "local GPT-2 (2 blocks, width 64, 4 heads, seed 0; float32 bridge) on TextPool(antonym, same, twice) of its "
-    "tokenizer: TD(k=3, n_bootstrap=10), ICLPerformance(shots=(1, 2)), TaskVectorPrompting, "
+    "tokenizer: TD(k=3, n_bootstrap=10), ICLPerformance(shots=(1, 2)), TaskVectorPrompting at 3 prompts per task, "
     "HeadAblation(zero, attribution) at 2 prompts per task, seed 3",
     FLOAT32,
 )
@@ -491,7 +491,7 @@ def text_gpt2(fx: Fixtures) -> Any:
     return {
         "decodability": TaskDecodability(k=3, n_bootstrap=10).run(model, pool, n_per_task=4, n_shots=(1, 2), seed=SEED),
         "performance": ICLPerformance(shots=(1, 2), n_bootstrap=10).run(model, pool, n_per_task=3, seed=SEED),
-        "prompting": TaskVectorPrompting(n_bootstrap=10).run(model, pool, n_per_task=2, n_shots=2, seed=SEED),
+        "prompting": TaskVectorPrompting(n_bootstrap=10).run(model, pool, n_per_task=3, n_shots=2, seed=SEED),
         "heads": HeadAblation(n_bootstrap=10).run(model, pool, n_per_task=2, n_shots=2, seed=SEED),
     }
 
