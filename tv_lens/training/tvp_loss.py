@@ -16,9 +16,9 @@ blocks up to ``l`` of the context pass.
 
 Yang et al. extract the vector from a context pass that does not hold the test query. By default
 (``source="other_prompt"``) each zero-shot query therefore gets the vector of *another* prompt of its
-task in the batch: read at that prompt's pre-answer position, it carries the task, not this query's
-answer, so the loss cannot be lowered by copying an answer through the vector. ``source="same_prompt"``
-takes the prompt's own vector (which also holds its query).
+task in the batch (the next one): read at that prompt's pre-answer position, it carries the task and, only where
+that prompt has the same query, this query's answer (the analysis's ``other_prompt`` skips such prompts; the loss
+does not yet). ``source="same_prompt"`` takes the prompt's own vector (which also holds its query).
 
 Assumptions (Yang et al.'s details were not verified): the vector is the block's output (``resid_post``)
 at the pre-answer position and is written at the zero-shot query's pre-answer position; the zero-shot
