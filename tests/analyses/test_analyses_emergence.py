@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tv_lens.analyses import Emergence, Geometry, ICLPerformance, TaskDecodability, detect_coupling, detect_jump
+from tv_lens.app.sections import headline_numbers, summary_lines
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.models import ModelConfig, build_model
 from tv_lens.results import EmergenceResult, Projection, Result
@@ -213,4 +214,6 @@ def test_jumps_frame_keeps_missing_jumps_as_missing_integers():
     )
     frame = result.jumps_frame()
     assert frame.performance_jump.tolist()[0] == 1 and frame.performance_jump.isna().tolist() == [False, True]
+    ((_, _, line),) = summary_lines(headline_numbers({"emergence": result}))
+    assert line.endswith("TD jump step per task: a 1, b none")
     assert frame.coupled.tolist() == [True, False]
