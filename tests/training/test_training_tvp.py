@@ -17,15 +17,20 @@ from tv_lens.interventions.prompting import vector_sources
 from tv_lens.tasks import offset_pool
 from tv_lens.training import TVPConfig, train, tvp_accuracy, tvp_losses
 from tv_lens.training.objectives import TokenObjective
+from tv_lens.training.tvp_loss import vector_partners
 
 
 def hand_partners(batch) -> torch.Tensor:
-    """Each prompt's partner written out by hand: the next prompt of its task, wrapping around."""
-    partner = torch.arange(len(batch))
+    """Each prompt's partner written out by hand: the next prompt of its task (wrapping around) whose query differs
+    from its own, -1 where there is none."""
+    zero_shot = batch.zero_shot()
+    query = [tuple(zero_shot.inputs[i, : int(zero_shot.answer_pos[i]) + 1].tolist()) for i in range(len(batch))]
+    partner = torch.full((len(batch),), -1)
     for t in set(batch.task_ids.tolist()):
         members = [i for i in range(len(batch)) if int(batch.task_ids[i]) == t]
         for j, i in enumerate(members):
-            partner[i] = members[(j + 1) % len(members)]
+            later = [members[(j + step) % len(members)] for step in range(1, len(members))]
+            partner[i] = next((k for k in later if query[k] != query[i]), -1)
     return partner
 
 
@@ -44,9 +49,11 @@ def hand_tvp_losses(model, batch, layer: int, mode: str, detach: bool, source: s
         positions = [int(p) for p in batch.demo_answer_pos[i] if p >= 0] + [int(batch.answer_pos[i])]
         icl_terms += [F.cross_entropy(logits[i, p], batch.inputs[i, p + 1]) for p in positions]
     vector = store["vector"].detach() if detach else store["vector"]
-    if source == "other_prompt":
-        vector = vector[hand_partners(batch)]
     zero_shot = batch.zero_shot()
+    if source == "other_prompt":  # prompts without a partner of another query have no TVP term
+        partner = hand_partners(batch)
+        vector, zero_shot = vector[partner[partner >= 0]], zero_shot.select(partner >= 0)
+        rows = torch.arange(len(zero_shot))
 
     def write(activation, hook):
         activation = activation.clone()
@@ -112,7 +119,9 @@ def test_tvp_loss_value_and_gradients_match_hand_hooks(model, batch, mode: str, 
 def test_tvp_accuracy_matches_hand_hooks(model, batch, source: str) -> None:
     with torch.no_grad():
         _, _, answer_logits = hand_tvp_losses(model, batch, 2, "replace", detach=True, source=source)
-    expected = (answer_logits.argmax(-1) == batch.answers[:, 0]).double()
+    paired = hand_partners(batch) >= 0 if source == "other_prompt" else torch.ones(len(batch), dtype=torch.bool)
+    expected = torch.full((len(batch),), torch.nan, dtype=torch.float64)
+    expected[paired] = (answer_logits.argmax(-1) == batch.answers[paired, 0]).double()
     torch.testing.assert_close(tvp_accuracy(model, batch, layer=2, source=source).double(), expected)
     in_pieces = tvp_accuracy(model, batch, layer=2, source=source, batch_size=2)
     torch.testing.assert_close(in_pieces.double(), expected)
@@ -122,6 +131,36 @@ def test_other_prompt_source_never_pairs_a_prompt_with_itself(batch) -> None:
     partner = vector_sources(batch.task_ids, batch.task_names, "other_prompt")
     assert (partner != torch.arange(len(batch))).all()
     assert torch.equal(batch.task_ids[partner], batch.task_ids)
+
+
+def test_the_tvp_loss_pairs_prompts_of_other_queries_only(model, batch) -> None:
+    """A partner of the same query carries the answer: such prompts are not paired, others get another query's."""
+    partner = hand_partners(batch)
+    assert (partner >= 0).any() and torch.equal(
+        vector_partners(model, batch, batch.zero_shot(), "other_prompt"), partner
+    )
+    assert batch.task_ids[0] != batch.task_ids[3]
+    twice = batch.select(torch.tensor([0, 0, 3, 3]))  # two tasks whose two prompts share their query
+    assert (vector_partners(model, twice, twice.zero_shot(), "other_prompt") == -1).all()
+    losses = tvp_losses(model, twice, TVPConfig(layer=1, lam=0.5))
+    assert losses.tvp is not None and losses.tvp.isnan() and torch.equal(losses.total, losses.icl)
+    assert tvp_accuracy(model, twice, layer=1).isnan().all()
+
+
+def test_tvp_loss_and_accuracy_skip_partners_of_the_same_query(model, batch) -> None:
+    """Repeated prompts: each gets the vector of the next prompt of its task with another query (hand-written)."""
+    mixed = batch.select(torch.tensor([0, 0, 1, 3, 3, 4, 5]))
+    partner = hand_partners(mixed)
+    assert partner.tolist()[:3] == [2, 2, 0] and (partner >= 0).all()
+    config = TVPConfig(layer=1, lam=0.7, source="other_prompt")
+    hand_icl, hand_tvp, _ = hand_tvp_losses(model, mixed, 1, "replace", detach=False, source="other_prompt")
+    losses = tvp_losses(model, mixed, config)
+    torch.testing.assert_close(losses.tvp, hand_tvp, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(losses.total, hand_icl + 0.7 * hand_tvp, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        _, _, answer_logits = hand_tvp_losses(model, mixed, 1, "replace", detach=True, source="other_prompt")
+    expected = (answer_logits.argmax(-1) == mixed.answers[:, 0]).double()
+    torch.testing.assert_close(tvp_accuracy(model, mixed, layer=1), expected)
 
 
 def test_training_with_tvp_loss_reports_tvp_accuracy() -> None:

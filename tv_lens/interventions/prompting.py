@@ -47,7 +47,11 @@ INJECT_MODES: tuple[str, ...] = ("replace", "add")
 
 
 def other_prompts(
-    task_ids: Int[Tensor, " prompt"], task_names: Sequence[str], queries: Int[Tensor, " prompt"] | None = None
+    task_ids: Int[Tensor, " prompt"],
+    task_names: Sequence[str],
+    queries: Int[Tensor, " prompt"] | None = None,
+    *,
+    unpaired: bool = False,
 ) -> Int[Tensor, " prompt"]:
     """For each prompt, the next prompt of the same task in the batch (cyclically) whose query differs.
 
@@ -55,11 +59,12 @@ def other_prompts(
     it is injected into must still read the query itself. ``queries`` (an id per prompt, equal for prompts of one
     query, e.g. :func:`~tv_lens.probes.prompt_ids` of the zero-shot prompts) makes the partner one with another
     query, as Hendel et al.'s dummy query excludes the test input; ``None``: the next prompt of the task, whatever
-    its query.
+    its query. ``unpaired``: a prompt whose task has no prompt of another query gets ``-1`` (no partner), not an
+    error (a training batch drawn at random).
 
     Raises:
-        TaskError: A task with a single prompt (it has no other prompt to take a vector from), or, with ``queries``,
-            a prompt whose task has no other prompt of another query.
+        TaskError: A task with a single prompt (it has no other prompt to take a vector from), or, with ``queries``
+            and not ``unpaired``, a prompt whose task has no other prompt of another query.
     """
     partner = torch.empty_like(task_ids)
     for t in task_ids.unique().tolist():
@@ -76,6 +81,9 @@ def other_prompts(
         for k in range(len(members)):
             later = [(k + step) % len(members) for step in range(1, len(members))]
             other = next((j for j in later if own[j] != own[k]), None)
+            if other is None and unpaired:
+                partner[members[k]] = -1
+                continue
             if other is None:
                 raise TaskError(
                     f"Every prompt of task {task_names[t]!r} has the query of prompt {int(members[k])}, so no other "
@@ -91,14 +99,16 @@ def vector_sources(
     task_names: Sequence[str],
     source: str,
     queries: Int[Tensor, " prompt"] | None = None,
+    *,
+    unpaired: bool = False,
 ) -> Int[Tensor, " prompt"]:
     """Index of the ICL prompt each zero-shot query takes its vector from (``source`` in :data:`PROMPT_SOURCES`).
 
-    ``queries``: an id per prompt's query, for ``"other_prompt"`` (see :func:`other_prompts`).
+    ``queries`` and ``unpaired``: for ``"other_prompt"`` (see :func:`other_prompts`; ``-1``: no partner).
     """
     if source == "same_prompt":
         return torch.arange(len(task_ids))
-    return other_prompts(task_ids, task_names, queries)
+    return other_prompts(task_ids, task_names, queries, unpaired=unpaired)
 
 
 def injection(

@@ -165,8 +165,9 @@ class TVPConfig:
         detach: Stop gradients through the extracted vector (default ``False``: they flow into the
             blocks up to ``layer`` of the context pass).
         source: Whose context pass each zero-shot query gets its vector from: ``"other_prompt"`` (default:
-            the next prompt of the same task in the batch, whose vector carries the task, and the query's own
-            answer where that prompt has the same query) or ``"same_prompt"`` (the prompt's own context pass).
+            the next prompt of the same task in the batch whose query differs, so the vector carries the task but
+            not the query's own answer) or ``"same_prompt"`` (the prompt's own context pass, which also holds its
+            query).
     """
 
     layer: int

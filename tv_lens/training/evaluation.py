@@ -42,10 +42,16 @@ def evaluate(
             tvp_scores = tvp_accuracy(adapter, batch, tvp.layer, tvp.mode, objective, tvp.source, batch_size)
             scores["tvp_accuracy"] = [tvp_scores.cpu()]
     task_ids, n_tasks = batch.task_ids.cpu(), len(batch.task_names)
-    means = {name: group_means(torch.cat(values), task_ids, n_tasks) for name, values in scores.items()}
+    # a prompt without a TVP partner (NaN) is left out of its task's TVP accuracy
+    means = {name: _task_means(torch.cat(values), task_ids, n_tasks) for name, values in scores.items()}
     counts = torch.bincount(task_ids, minlength=n_tasks)
     return [
         {"task": task, **{name: float(mean[t]) for name, mean in means.items()}, "n_prompts": int(counts[t])}
         for t, task in enumerate(batch.task_names)
         if counts[t] > 0
     ]
+
+
+def _task_means(values: Tensor, task_ids: Tensor, n_tasks: int) -> Tensor:
+    """Each task's mean over its prompts with a value (not NaN); NaN for a task without one."""
+    return group_means(values, task_ids, n_tasks, present=~values.isnan())

@@ -16,9 +16,10 @@ blocks up to ``l`` of the context pass.
 
 Yang et al. extract the vector from a context pass that does not hold the test query. By default
 (``source="other_prompt"``) each zero-shot query therefore gets the vector of *another* prompt of its
-task in the batch (the next one): read at that prompt's pre-answer position, it carries the task and, only where
-that prompt has the same query, this query's answer (the analysis's ``other_prompt`` skips such prompts; the loss
-does not yet). ``source="same_prompt"`` takes the prompt's own vector (which also holds its query).
+task in the batch, the next one whose query differs (:func:`vector_partners`): read at that prompt's pre-answer
+position, it carries the task, not this query's answer, so the loss cannot be lowered by copying an answer through the
+vector. A prompt whose task has no prompt of another query in the batch has no TVP term. ``source="same_prompt"``
+takes the prompt's own vector (which also holds its query).
 
 Assumptions (Yang et al.'s details were not verified): the vector is the block's output (``resid_post``)
 at the pre-answer position and is written at the zero-shot query's pre-answer position; the zero-shot
@@ -40,7 +41,7 @@ from tv_lens.models import adapt
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.exclusive import evaluating
 from tv_lens.positions import prepare_prompts
-from tv_lens.probes import collect
+from tv_lens.probes import collect, prompt_ids
 from tv_lens.tasks import ICLBatch, RegressionBatch
 from tv_lens.training.config import TVPConfig
 from tv_lens.training.objectives import Objective, RegressionObjective, TokenObjective
@@ -116,10 +117,30 @@ def _tvp_losses(
             "Train a model that calls it in its forward pass (every TransformerLens model does)."
         )
     vectors = captured[0].detach() if tvp.detach else captured[0]
-    vectors = vectors[vector_sources(batch.task_ids.cpu(), batch.task_names, tvp.source).to(vectors.device)]
     zero_shot = batch.zero_shot()
+    partner = vector_partners(adapter, batch, zero_shot, tvp.source)
+    paired = partner >= 0
+    if not bool(paired.any()):  # every prompt's task shares one query: no vector leaves a query out
+        return Losses(icl, icl, torch.full((), torch.nan))
+    zero_shot = zero_shot.select(paired)
+    vectors = vectors[partner[paired].to(vectors.device)]
     term = objective.answer_loss(prompted_outputs(adapter, zero_shot, vectors, tvp.layer, tvp.mode), zero_shot).mean()
     return Losses(icl + tvp.lam * term, icl, term)
+
+
+def vector_partners(
+    model: Any, batch: ICLBatch | RegressionBatch, zero_shot: ICLBatch | RegressionBatch, source: str
+) -> Tensor:
+    """The ICL prompt each zero-shot query gets its vector from: ``-1`` where ``"other_prompt"`` finds none.
+
+    ``"other_prompt"`` takes the next prompt of the task whose query differs (a prompt of the same query would carry
+    its answer), as the analysis does; a prompt without one has no TVP term (a batch drawn at random can hold a task
+    whose prompts all share a query).
+    """
+    queries = None
+    if source == "other_prompt":
+        queries = prompt_ids(model, zero_shot.inputs, zero_shot.answer_pos, zero_shot.attention_mask)
+    return vector_sources(batch.task_ids.cpu(), batch.task_names, source, queries, unpaired=True)
 
 
 @torch.no_grad()
@@ -138,7 +159,8 @@ def tvp_accuracy(
     pre-answer position; each query gets the vector of the prompt ``source`` names (see :class:`TVPConfig`).
     Zero-shot passes run ``batch_size`` prompts at a time (``None``: all at once). ``objective`` scores the
     answers (default: exact match of tokens, or :class:`RegressionObjective`'s tolerance for a regression batch).
-    The model runs in eval mode (no dropout), and every module gets its own mode back.
+    The model runs in eval mode (no dropout), and every module gets its own mode back. NaN for a prompt without a
+    partner (``"other_prompt"``: its task has no prompt of another query in ``batch``).
     """
     adapter = adapt(model)
     adapter.check_layer(layer)
@@ -152,11 +174,18 @@ def tvp_accuracy(
         batch_size=batch_size or max(len(batch), 1),
         progress=False,
     )
-    vectors = reps.activations[0][vector_sources(batch.task_ids.cpu(), batch.task_names, source)]
     zero_shot = batch.zero_shot()
+    partner = vector_partners(adapter, batch, zero_shot, source)
+    paired = partner >= 0
+    accuracy = torch.full((len(batch),), torch.nan, dtype=torch.float64)
+    if not bool(paired.any()):
+        return accuracy
+    zero_shot = zero_shot.select(paired)
+    vectors = reps.activations[0][partner[paired]]
     with evaluating(adapter.model):  # as the vectors were read: no dropout of a model left in train mode
         outputs = prompted_outputs(adapter, zero_shot, vectors, layer, mode, batch_size)
-    return objective.answer_accuracy(outputs, zero_shot)
+    accuracy[paired] = objective.answer_accuracy(outputs, zero_shot).cpu().double()
+    return accuracy
 
 
 def _default_objective(batch: Any) -> Objective:
