@@ -77,12 +77,17 @@ def check_names(requested: Sequence[str] | str, valid: tuple[str, ...], what: st
 
 
 def _check_offsets(offsets: Sequence[int]) -> tuple[int, ...]:
-    """``offsets`` as a tuple of ints; a float (``1.5``: its task would truncate ``x + 1.5``) or a bool is refused."""
+    """``offsets`` as a tuple of distinct ints >= 0.
+
+    A float (``1.5``: its task would truncate ``x + 1.5``) or a bool is refused.
+    """
     if isinstance(offsets, (str, bytes)) or not isinstance(offsets, Iterable):
         raise TaskError(f"offsets must be a sequence of ints, got {offsets!r:.60}; e.g. offsets=(1, 3).")
     offsets = tuple(offsets)
     if not all(is_int(c) for c in offsets):
         raise TaskError(f"offsets must be ints, got {offsets}; e.g. offsets=(1, 3).")
+    if len(set(offsets)) != len(offsets) or min(offsets, default=0) < 0:
+        raise TaskError(f"offsets must be distinct and >= 0, got {offsets}; e.g. offsets=(1, 3).")
     return offsets
 
 
@@ -111,8 +116,6 @@ def offset_pool(
     """
     offsets = _check_offsets(offsets)
     vocab = _vocab(max((*offsets, 1)) + 1, n_values, bos, f"offset_pool(offsets={offsets})")
-    if len(set(offsets)) != len(offsets) or min(offsets, default=0) < 0:
-        raise TaskError(f"offsets must be distinct and >= 0, got {offsets}.")
     tasks = tuple(Task(f"offset({c})", partial(_offset, c=c, n_values=n_values)) for c in offsets)
     return TaskPool(tasks, vocab, n_inputs=1, input_values=n_values, output_values=n_values, fmt=fmt, null=null)
 
@@ -156,8 +159,6 @@ def parity_offset_pool(
     """
     offsets = _check_offsets(offsets)
     vocab = _vocab(max((*offsets, 1)) + 1, n_values, bos, f"parity_offset_pool(offsets={offsets})")
-    if len(set(offsets)) != len(offsets) or min(offsets, default=0) < 0:
-        raise TaskError(f"offsets must be distinct and >= 0, got {offsets}; e.g. offsets=(1, 3).")
     tasks = tuple(
         Task(f"offset({a},{b})", partial(_parity_offset, c_even=a, c_odd=b, n_values=n_values))
         for a in offsets
