@@ -136,16 +136,13 @@ class PatchingEffects(SweepSettings, Result):
                 "separates them; read the changes per layer (to_frame(), figure()), or patch with the vectors of "
                 "another task or of the Null task too."
             )
-        return self.layers[int(torch.argmax(torch.nan_to_num(self._gap, nan=-torch.inf)))]
+        gap = self.incorrect_loss_change - self.correct_loss_change
+        return self.layers[int(torch.argmax(torch.nan_to_num(gap, nan=-torch.inf)))]
 
     @property
     def compared(self) -> bool:
         """Whether some layer has both correct and incorrect patches, whose loss changes :attr:`best_layer` compares."""
-        return not bool(self._gap.isnan().all())
-
-    @property
-    def _gap(self) -> Float[Tensor, " layer"]:
-        return self.incorrect_loss_change - self.correct_loss_change
+        return not bool((self.incorrect_loss_change - self.correct_loss_change).isnan().all())
 
     def held_out_best(self) -> HeldOutBest:
         """The layer of :attr:`best_layer`'s criterion chosen on half the prompts, its gap read on the other half.
