@@ -919,6 +919,41 @@ CASES = [
         r"k must be an int >= 1",
     ),
     Case(
+        "td-unknown-repeats",
+        lambda w: TaskDecodability(repeats="drop"),
+        AnalysisError,
+        r"Unknown repeats='drop'",
+        r"use 'keep' .* or 'leave_out'",
+    ),
+    Case(
+        "td-leave-out-repeats-without-prompt-ids",
+        lambda w: task_decodability(
+            torch.randn(10, 4), torch.arange(10) % 2, config=TaskDecodability(k=2, repeats="leave_out")
+        ),
+        AnalysisError,
+        r"repeats='leave_out' needs to know which prompts are identical",
+        r"pass Representations from tv_lens\.probes\.collect, or prompt_ids=",
+    ),
+    Case(
+        "td-leave-out-a-group-too-large",
+        lambda w: task_decodability(
+            torch.randn(10, 4),
+            torch.arange(10) % 2,
+            prompt_ids=(torch.arange(10) < 9).long(),
+            config=TaskDecodability(k=2, repeats="leave_out"),
+        ),
+        AnalysisError,
+        r"k=2 needs k points outside every group, but a group holds 9 of the 10 points",
+        r"sample more distinct prompts or lower k",
+    ),
+    Case(
+        "td-prompt-ids-of-another-length",
+        lambda w: task_decodability(torch.randn(10, 4), torch.arange(10) % 2, prompt_ids=torch.arange(4)),
+        ShapeError,
+        r"prompt_ids has 4 entries but reps has 10 prompts",
+        r"pass one prompt id per prompt",
+    ),
+    Case(
         "a-single-task",
         lambda w: task_decodability(
             torch.randn(10, 4), torch.zeros(10, dtype=torch.long), config=TaskDecodability(k=2)

@@ -46,20 +46,25 @@ class Representations:
             (``blocks.0.hook_resid_pre``).
         site: Which residual site was read (``"resid_post"``, ``"resid_pre"``, ...).
         task_ids: Latent task of each prompt ``[prompt]``, when known.
+        prompt_ids: An id per prompt, shared by exactly the identical prompts (:func:`prompt_ids`), when known
+            (:func:`collect` sets it; rows read from a cache do not have it).
     """
 
     activations: Float[Tensor, "layer prompt d_model"]
     layers: tuple[int, ...]
     site: str = "resid_post"
     task_ids: Int[Tensor, " prompt"] | None = None
+    prompt_ids: Int[Tensor, " prompt"] | None = None
 
     def __post_init__(self) -> None:
         if self.activations.ndim != 3 or self.activations.shape[0] != len(self.layers):
             raise ShapeError(
                 f"activations must be [layer={len(self.layers)}, prompt, d_model], got {tuple(self.activations.shape)}."
             )
-        if self.task_ids is not None and self.task_ids.shape != (self.n_prompts,):
-            raise ShapeError(f"task_ids must be [prompt={self.n_prompts}], got {tuple(self.task_ids.shape)}.")
+        for name in ("task_ids", "prompt_ids"):
+            ids = getattr(self, name)
+            if ids is not None and ids.shape != (self.n_prompts,):
+                raise ShapeError(f"{name} must be [prompt={self.n_prompts}], got {tuple(ids.shape)}.")
 
     @property
     def n_prompts(self) -> int:
@@ -167,7 +172,7 @@ def collect(
     )
     if task_ids is not None:
         task_ids = as_positions(task_ids, len(copies), "task_ids")
-    return Representations(activations, layers, site, task_ids)
+    return Representations(activations, layers, site, task_ids, prompt_ids=copies)
 
 
 def check_residual_site(site: Any) -> None:

@@ -191,7 +191,7 @@ def test_linear_probe_equals_sklearn_cross_val_score(model):
             scores = cross_val_score(estimator, points, labels, cv=folds)
         sizes = [len(test) for _, test in folds.split(points, labels)]
         assert abs(float(result.td[i]) - float(np.average(scores, weights=sizes))) <= 1e-9
-    assert result.method == "probe" and result.settings == {"n_folds": 5, "C": 0.5}
+    assert result.method == "probe" and result.settings == {"n_folds": 5, "C": 0.5, "repeats": "keep"}
 
 
 def test_probe_separates_far_clusters():

@@ -20,6 +20,13 @@ Choices the paper leaves open are options here, with documented defaults:
   predictions held fixed (see :mod:`tv_lens.stats.bootstrap`); the paper reports none.
 - The best layer passes over the embedding output, which at the pre-answer token sees one token and its
   position only (see :func:`tv_lens.results.decodability.best_layer`).
+- ``repeats``: what a prompt's identical copies in the sample do. A pool with few distinct prompts (one or two
+  shots over a few inputs) samples some prompts more than once, and a copy sits at distance 0 with its
+  prompt's task. ``"keep"`` (default, the paper's estimator) lets copies vote: TD is then the k-NN accuracy on
+  a fresh prompt of the same distribution, which can coincide with a sampled one. ``"leave_out"`` keeps every
+  copy of a prompt out of its vote (and, for the probe, in its fold): the accuracy on a prompt the classifier
+  has not seen, which a lookup of identical prompts cannot raise. The result counts the prompts that repeat
+  one of their task (:attr:`~tv_lens.results.decodability.Decodability.n_repeated`).
 
 Reading TD: leave-one-out k-NN can fall *below* chance when the points cluster by something other than
 the task (e.g. the query value): removing a point from its cluster removes one vote for its own task.
@@ -56,6 +63,7 @@ from tv_lens.stats.classifiers import check_knn, knn_loo_predictions, linear_pro
 __all__ = ["Decodability", "TaskDecodability", "task_decodability"]
 
 Method = Literal["knn", "probe"]
+Repeats = Literal["keep", "leave_out"]
 
 
 def task_decodability(
@@ -67,6 +75,7 @@ def task_decodability(
     site: str | None = None,
     config: TaskDecodability | None = None,
     seed: int = 0,
+    prompt_ids: LabelsInput | None = None,
 ) -> Decodability:
     """TD of every layer of ``reps``, per task, with confusion counts and bootstrap intervals.
 
@@ -83,28 +92,32 @@ def task_decodability(
         config: The options (``None``: ``TaskDecodability()``, Han et al.'s k = 10). Every task needs at least
             ``k + 1`` prompts for k-NN, ``n_folds`` for the probe.
         seed: Seed of the bootstrap and of the probe's folds.
+        prompt_ids: An id per prompt, shared by exactly the identical prompts (default: those of
+            ``Representations`` from :func:`~tv_lens.probes.collect`); needed for ``repeats="leave_out"``.
 
     Returns:
         A :class:`~tv_lens.results.decodability.Decodability` with a layer axis (of length 1 for ``[prompt, d]``).
 
     Raises:
-        AnalysisError: Fewer than two tasks, or a task with too few prompts.
+        AnalysisError: Fewer than two tasks, a task with too few prompts, or ``repeats="leave_out"`` without
+            prompt ids.
         ShapeError: Labels and reps of different lengths, or malformed inputs.
         NonFiniteError: NaN or infinite representations.
     """
     config = analysis_config(config, TaskDecodability)
-    stack = labelled_stack(reps, labels, layers=layers, site=site, task_names=task_names)
+    stack = labelled_stack(reps, labels, layers=layers, site=site, task_names=task_names, prompt_ids=prompt_ids)
     n_tasks = len(stack.task_names)
     counts = torch.bincount(stack.labels, minlength=n_tasks)
     _check_counts(counts, stack.task_names, config)
     labels_np = stack.labels.numpy()
+    groups = _copy_groups(stack, config.repeats)
     predictions = torch.empty(stack.activations.shape[:2], dtype=torch.long)
     for i in tqdm(range(len(stack.layers)), desc="decodability", disable=not config.progress, leave=False):
         points = stack.activations[i].numpy()
         if config.method == "knn":
-            predicted = knn_loo_predictions(points, labels_np, config.k, config.metric)
+            predicted = knn_loo_predictions(points, labels_np, config.k, config.metric, groups)
         else:
-            predicted = probe_cv_predictions(points, labels_np, config.n_folds, config.probe_c, seed)
+            predicted = probe_cv_predictions(points, labels_np, config.n_folds, config.probe_c, seed, groups)
         predictions[i] = torch.from_numpy(np.asarray(predicted, dtype=np.int64))
     return _result(stack, predictions, config, seed)
 
@@ -121,6 +134,8 @@ class TaskDecodability(RepresentationAnalysis[Decodability], IntervalOptions, Pa
         probe_c: Inverse L2 strength of the probe.
         layers: Block indices to read (``None``: every block, and the embedding output for ``site="resid_post"``).
         site: Residual site to read.
+        repeats: ``"keep"`` (a prompt's identical copies vote, the paper's estimator) or ``"leave_out"`` (they do
+            not; see the module docstring).
 
     The keyword-only :class:`~tv_lens.analyses.options.IntervalOptions` (``n_bootstrap``, ``ci``) and
     :class:`~tv_lens.analyses.options.PassOptions` (``batch_size``, ``progress``) apply too.
@@ -133,10 +148,16 @@ class TaskDecodability(RepresentationAnalysis[Decodability], IntervalOptions, Pa
     probe_c: float = 1.0
     layers: tuple[int, ...] | None = None
     site: str = "resid_post"
+    repeats: Repeats = "keep"
     _function = staticmethod(task_decodability)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.repeats not in ("keep", "leave_out"):
+            raise AnalysisError(
+                f"Unknown repeats={self.repeats!r}; use 'keep' (identical prompts vote for each other, Han et al.'s "
+                "estimator) or 'leave_out' (a prompt's copies are left out of its vote)."
+            )
         if self.method == "knn":
             check_knn(self.k, self.metric)
         elif self.method == "probe":
@@ -167,6 +188,19 @@ def _check_counts(counts: Tensor, task_names: tuple[str, ...], config: TaskDecod
         raise AnalysisError(f"Too few prompts: {why}, but got {short}. Sample more prompts per task or lower k.")
 
 
+def _copy_groups(stack: Any, repeats: Repeats) -> np.ndarray | None:
+    """The prompt ids to leave out together (``repeats="leave_out"``), else ``None``."""
+    if repeats == "keep":
+        return None
+    if stack.prompt_ids is None:
+        raise AnalysisError(
+            "repeats='leave_out' needs to know which prompts are identical, but the representations came without "
+            "prompt ids; pass Representations from tv_lens.probes.collect, or prompt_ids= "
+            "(tv_lens.probes.prompt_ids(model, inputs, answer_pos))."
+        )
+    return stack.prompt_ids.numpy()
+
+
 def _result(stack: Any, predictions: Tensor, config: TaskDecodability, seed: int) -> Decodability:
     n_tasks = len(stack.task_names)
     labels = stack.labels
@@ -181,6 +215,7 @@ def _result(stack: Any, predictions: Tensor, config: TaskDecodability, seed: int
         settings: dict[str, Any] = {"k": config.k, "metric": config.metric}
     else:
         settings = {"n_folds": config.n_folds, "C": float(config.probe_c)}
+    settings["repeats"] = config.repeats
     return Decodability(
         td=correct.mean(-1),
         td_ci=td_ci,
@@ -194,5 +229,6 @@ def _result(stack: Any, predictions: Tensor, config: TaskDecodability, seed: int
         site=stack.site,
         method=config.method,
         settings=settings,
+        prompt_ids=stack.prompt_ids,
         **config.interval_settings(seed),
     )

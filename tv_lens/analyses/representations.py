@@ -98,6 +98,7 @@ class LabelledStack:
         layers: Block index of each layer entry (-1 = embedding output).
         site: Residual site the rows were read at.
         task_names: Name of every label.
+        prompt_ids: An id per prompt shared by exactly the identical prompts, when known.
     """
 
     activations: Float[Tensor, "layer prompt d"]
@@ -105,6 +106,7 @@ class LabelledStack:
     layers: tuple[int, ...]
     site: str
     task_names: tuple[str, ...]
+    prompt_ids: Int[Tensor, " prompt"] | None = None
 
 
 def labelled_stack(
@@ -114,6 +116,7 @@ def labelled_stack(
     layers: Sequence[int] | None = None,
     site: str | None = None,
     task_names: Sequence[str] | None = None,
+    prompt_ids: LabelsInput | None = None,
 ) -> LabelledStack:
     """Check and normalise representation-analysis inputs.
 
@@ -124,6 +127,8 @@ def labelled_stack(
             block index of each layer entry (default ``0 .. n - 1``, positions in the stack).
         site: Residual site label of a plain tensor (default ``"resid_post"``).
         task_names: Name of every label (default ``"task 0"``, ``"task 1"`` ...).
+        prompt_ids: An id per prompt shared by exactly the identical prompts; defaults to ``reps.prompt_ids``
+            for ``Representations``.
     """
     if layers is not None:
         layers = _layer_labels(layers)
@@ -134,6 +139,7 @@ def labelled_stack(
         else:
             activations = torch.stack([reps.at(layer) for layer in layers])
         labels = reps.task_ids if labels is None else labels
+        prompt_ids = reps.prompt_ids if prompt_ids is None else prompt_ids
     elif isinstance(reps, Tensor):
         activations = reps[None] if reps.ndim == 2 else reps
     else:
@@ -160,7 +166,8 @@ def labelled_stack(
     )
     checked = _check_labels(labels, activations.shape[1])
     names = named_tasks(task_names, checked, "labels")
-    return LabelledStack(activations, checked, layers, site or "resid_post", names)
+    copies = None if prompt_ids is None else _per_prompt(prompt_ids, "prompt_ids", "prompt id", len(checked))
+    return LabelledStack(activations, checked, layers, site or "resid_post", names, copies)
 
 
 MAX_UNNAMED_TASKS = 2**16
@@ -230,12 +237,18 @@ def _check_labels(labels: LabelsInput | None, n_prompts: int) -> Int[Tensor, " p
             "No labels: pass labels= (the task of each prompt), or Representations with task_ids "
             "(collect(..., task_ids=batch.task_ids))."
         )
-    tensor = integer_ids(labels, "labels", "one task id per prompt")
-    if len(tensor) != n_prompts:
-        raise ShapeError(
-            f"labels has {len(tensor)} entries but reps has {n_prompts} prompts; pass one task id per prompt "
-            "(in the same order)."
-        )
+    tensor = _per_prompt(labels, "labels", "task id", n_prompts)
     if bool((tensor < 0).any()):
         raise ShapeError(f"labels must be task ids >= 0, got a minimum of {int(tensor.min())}.")
+    return tensor
+
+
+def _per_prompt(values: LabelsInput, what: str, meaning: str, n_prompts: int) -> Int[Tensor, " prompt"]:
+    """``values`` as one integer id per prompt (a 1-D long tensor of ``n_prompts`` entries)."""
+    tensor = integer_ids(values, what, f"one {meaning} per prompt")
+    if len(tensor) != n_prompts:
+        raise ShapeError(
+            f"{what} has {len(tensor)} entries but reps has {n_prompts} prompts; pass one {meaning} per prompt "
+            "(in the same order)."
+        )
     return tensor

@@ -82,7 +82,15 @@ def _decodability_line(n: Numbers) -> str:
     return (
         f"best layer {_block(n['best_layer'])}: TD {_f(n['best_td'])} {_ci(n['best_td_ci'])} (chance {_f(n['chance'])})"
         + _held_out(n, "held_out_td")
+        + _repeats(n)
     )
+
+
+def _repeats(n: Numbers) -> str:
+    if not n.get("repeated_prompts"):  # none, or not known
+        return ""
+    voted = "left out of each other's votes" if n.get("repeats") == "leave_out" else "voting for each other"
+    return f"; {counted(n['repeated_prompts'], 'prompt')} with a copy of their task in the sample, {voted}"
 
 
 def _geometry_line(n: Numbers) -> str:

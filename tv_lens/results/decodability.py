@@ -62,7 +62,10 @@ class Decodability(BootstrapSettings, Result):
         task_names: Name of every task id.
         site: Residual site the representations were read at.
         method: ``"knn"`` (leave-one-out k-NN, Han et al.) or ``"probe"`` (cross-validated logistic regression).
-        settings: The method's parameters (``k``, ``metric`` or ``n_folds``, ``C``).
+        settings: The method's parameters (``k``, ``metric`` or ``n_folds``, ``C``; ``repeats``, absent in files
+            saved before that option existed, where it was ``"keep"``).
+        prompt_ids: An id per prompt shared by exactly the identical prompts ``[prompt]`` (``None`` where the
+            representations came without them, or in files saved before this field existed).
     """
 
     td: Float[Tensor, " layer"]
@@ -77,6 +80,7 @@ class Decodability(BootstrapSettings, Result):
     site: str = "resid_post"
     method: str = "knn"
     settings: dict[str, Any] = field(default_factory=dict)
+    prompt_ids: Int[Tensor, " prompt"] | None = None
 
     def _axes(self) -> dict[str, int]:
         return {"layer": len(self.layers), "task": len(self.task_names)}
@@ -90,6 +94,19 @@ class Decodability(BootstrapSettings, Result):
     def n_per_task(self) -> Int[Tensor, " task"]:
         """Number of prompts of each task."""
         return torch.bincount(self.labels, minlength=len(self.task_names))
+
+    @property
+    def n_repeated(self) -> int | None:
+        """Prompts with an identical prompt of their own task in the sample (``None``: not known).
+
+        Under ``settings["repeats"] == "keep"`` each such prompt has a copy of its task at distance 0 among its
+        neighbours (see :mod:`tv_lens.analyses.decodability`).
+        """
+        if self.prompt_ids is None:
+            return None
+        keys = self.prompt_ids * len(self.task_names) + self.labels
+        _, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+        return int((counts[inverse] > 1).sum())
 
     @property
     def chance(self) -> float:
@@ -122,7 +139,7 @@ class Decodability(BootstrapSettings, Result):
         return HeldOutInputs(correct, self.labels, len(self.task_names), self.layers, block_entries(self.layers))
 
     def headline(self) -> dict[str, Any]:
-        """TD at the best layer with its interval, the same chosen on held-out prompts, chance, and TD by layer."""
+        """TD at the best layer with its interval, the same chosen on held-out prompts, chance, repeats, TD by layer."""
         i = self.at(self.best_layer)
         return {
             "best_layer": self.best_layer,
@@ -130,6 +147,8 @@ class Decodability(BootstrapSettings, Result):
             "best_td_ci": [float(x) for x in self.td_ci[i]],
             **self._held_out_numbers("held_out_td"),
             "chance": self.chance,
+            "repeated_prompts": self.n_repeated,
+            "repeats": self.settings.get("repeats", "keep"),
             "td_by_layer": {str(layer): float(v) for layer, v in zip(self.layers, self.td, strict=True)},
         }
 

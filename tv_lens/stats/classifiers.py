@@ -45,6 +45,7 @@ def knn_loo_predictions(
     labels: Int[np.ndarray, " n"],
     k: int = 10,
     metric: str = "euclidean",
+    groups: Int[np.ndarray, " n"] | None = None,
 ) -> Int[np.ndarray, " n"]:
     """Leave-one-out k-NN prediction of every point's label.
 
@@ -53,9 +54,11 @@ def knn_loo_predictions(
         labels: Integer label of each point (``>= 0``).
         k: Neighbours per vote.
         metric: One of :data:`KNN_METRICS`.
+        groups: A group id per point; a point's neighbours are then taken outside its group (leave one group
+            out), e.g. to keep a prompt's identical copies out of its vote. ``None``: each point is its own group.
 
     Returns:
-        The label most common among each point's ``k`` nearest other points (lowest label on ties).
+        The label most common among each point's ``k`` nearest points outside its group (lowest label on ties).
     """
     check_knn(k, metric, len(points))
     x = torch.as_tensor(np.asarray(points, dtype=np.float64))
@@ -63,6 +66,9 @@ def knn_loo_predictions(
     canonical = torch.from_numpy(np.lexsort((y.numpy(), *x.numpy().T[::-1])))  # first coordinate is primary
     distances = pairwise_distances(x[canonical], metric)
     distances.fill_diagonal_(float("inf"))  # leave one out
+    if groups is not None:
+        g = _checked_groups(groups, len(x), k)[canonical]
+        distances.masked_fill_(g[:, None] == g[None, :], float("inf"))  # leave its group out
     nearest = torch.sort(distances, dim=1, stable=True).indices[:, :k]  # ties keep the canonical order
     votes = y[canonical][nearest]  # [n, k]
     counts = torch.nn.functional.one_hot(votes, int(y.max()) + 1).sum(dim=1)
@@ -89,6 +95,7 @@ def probe_cv_predictions(
     n_folds: int = 5,
     c: float = 1.0,
     seed: int = 0,
+    groups: Int[np.ndarray, " n"] | None = None,
 ) -> Int[np.ndarray, " n"]:
     """Cross-validated logistic-regression prediction of every point's label.
 
@@ -98,14 +105,25 @@ def probe_cv_predictions(
         n_folds: Stratified folds (shuffled with ``seed``); every label needs at least ``n_folds`` points.
         c: Inverse L2 regularisation strength of the logistic regression.
         seed: Seed of the fold assignment.
+        groups: A group id per point; a group's points then share one fold (scikit-learn's
+            ``StratifiedGroupKFold``), so no point is predicted by a probe trained on its group.
 
     Returns:
         Each point's label as predicted by the probe trained on the other folds.
     """
-    from sklearn.model_selection import cross_val_predict
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
     estimator, folds = linear_probe(n_folds, c, seed)
-    return cross_val_predict(estimator, np.asarray(points, np.float64), labels, cv=folds)
+    if groups is None:
+        return cross_val_predict(estimator, np.asarray(points, np.float64), labels, cv=folds)
+    g = _checked_groups(groups, len(points), 0).numpy()
+    grouped = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=sklearn_seed(seed))
+    if len(np.unique(g)) < n_folds:
+        raise AnalysisError(
+            f"A {n_folds}-fold probe that keeps each group in one fold needs at least {n_folds} groups, got "
+            f"{len(np.unique(g))}; sample more distinct prompts or lower n_folds."
+        )
+    return cross_val_predict(estimator, np.asarray(points, np.float64), labels, groups=g, cv=grouped)
 
 
 def linear_probe(n_folds: int = 5, c: float = 1.0, seed: int = 0) -> tuple[object, object]:
@@ -132,6 +150,23 @@ def sklearn_seed(seed: int) -> int:
     if not is_seed(seed):
         raise AnalysisError(f"seed must be an int in [0, 2**64), got {seed!r}; the same seed gives the same result.")
     return seed if seed < 2**32 else int(np.random.SeedSequence(seed).generate_state(1)[0])
+
+
+def _checked_groups(groups: Int[np.ndarray, " n"], n_points: int, k: int) -> Int[torch.Tensor, " n"]:
+    """``groups`` as a long tensor, after checking one per point and, for k-NN, ``k`` points outside each group."""
+    g = torch.as_tensor(np.asarray(groups))
+    if g.shape != (n_points,) or g.is_floating_point() or g.dtype == torch.bool:
+        raise AnalysisError(
+            f"groups must hold one integer group id per point ({n_points}), got {g.dtype} with shape "
+            f"{tuple(g.shape)}; pass e.g. the prompt ids of collect (Representations.prompt_ids)."
+        )
+    largest = int(torch.unique(g, return_counts=True)[1].max())
+    if n_points - largest < k:
+        raise AnalysisError(
+            f"Leave-one-group-out k-NN with k={k} needs k points outside every group, but a group holds "
+            f"{largest} of the {n_points} points; sample more distinct prompts or lower k."
+        )
+    return g.long()
 
 
 def check_knn(k: int, metric: str, n_points: int | None = None) -> None:
