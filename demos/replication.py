@@ -201,6 +201,15 @@ CLAIMS: tuple[Claim, ...] = (
         "shots",
     ),
     Claim(
+        "td_shots_distinct",
+        "H: the same, a prompt's copies left out of its TD vote",
+        'as above, TD with repeats="leave_out" (at 1 and 2 shots the sample repeats prompts: 8 inputs)',
+        "slope",
+        0.0,
+        "greater",
+        "shots",
+    ),
+    Claim(
         "td_training",
         "H: TD predicts ICL accuracy (over training)",
         "OLS of accuracy on TD at the emergence block over (task, checkpoint every 25 steps), Null excluded, 64 points",
@@ -439,15 +448,17 @@ def encoding(model: Any, pool: Any, seed: int) -> tuple[Numbers, Any]:
     return {"encoding": SeedNumber(best.value - td.chance, best.ci[0] > td.chance + 0.1, text)}, td
 
 
-def td_over_shots(model: Any, pool: Any, seed: int) -> Numbers:
-    """OLS of accuracy on TD over (task, shots), shots recipe."""
-    fit = TdAccuracy(shots=(1, 2, 4, 8)).run(model, pool, n_per_task=N_PER_TASK, seed=seed)
+def td_over_shots(model: Any, pool: Any, seed: int, repeats: Literal["keep", "leave_out"] = "keep") -> Numbers:
+    """OLS of accuracy on TD over (task, shots), shots recipe; ``repeats="leave_out"`` keeps copies out of votes."""
+    td = TaskDecodability(n_bootstrap=0, repeats=repeats)
+    fit = TdAccuracy(shots=(1, 2, 4, 8), decodability=td).run(model, pool, n_per_task=N_PER_TASK, seed=seed)
     text = (
         f"slope {fit.slope:.2f} [{fit.slope_ci[0]:.2f}, {fit.slope_ci[1]:.2f}], R² {fit.r2:.2f} at block {fit.layer}; "
         f"TD {float(fit.td.min()):.2f}–{float(fit.td.max()):.2f}, accuracy {float(fit.score.min()):.2f}–"
         f"{float(fit.score.max()):.2f}"
     )
-    return {"td_shots": SeedNumber(fit.slope, fit.slope_ci[0] > 0, text)}
+    key = "td_shots" if repeats == "keep" else "td_shots_distinct"
+    return {key: SeedNumber(fit.slope, fit.slope_ci[0] > 0, text)}
 
 
 def learns_in_context(model: Any, pool: Any, seed: int, key: str) -> Numbers:
@@ -692,6 +703,10 @@ def seed_steps(root: Path, seed: int) -> dict[str, Step]:
     twins = f"default-{TWIN_STEPS}", f"default-tvp-loss-{TWIN_STEPS}"
     return {
         "td_shots": (("shots",), lambda: td_over_shots(model("shots"), shots_pool, prompts)),
+        "td_shots_distinct": (
+            ("shots",),
+            lambda: td_over_shots(model("shots"), shots_pool, prompts, repeats="leave_out"),
+        ),
         "icl_shots": (("shots",), lambda: learns_in_context(model("shots"), shots_pool, prompts, "icl_shots")),
         "patch_replace": (("shots",), lambda: patching(model("shots"), shots_pool, prompts, "replace")),
         "patch_add": (("shots",), lambda: patching(model("shots"), shots_pool, prompts, "add")),
