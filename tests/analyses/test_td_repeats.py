@@ -12,11 +12,12 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tv_lens.analyses import TaskDecodability, task_decodability
+from tv_lens.analyses import TaskDecodability, TdAccuracy, task_decodability
 from tv_lens.app.sections import SECTIONS_BY_NAME
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.probes import collect
 from tv_lens.results.decodability import Decodability
+from tv_lens.results.prediction import TdAccuracyFit
 from tv_lens.stats.classifiers import knn_loo_predictions, probe_cv_predictions
 
 
@@ -152,3 +153,17 @@ def test_the_report_line_says_how_many_prompts_repeat_and_whether_they_voted(mod
         )
     distinct = TaskDecodability(k=3, n_bootstrap=0, progress=False).run(model, POOL, 12, 4)
     assert distinct.n_repeated == 0 and "copy" not in line(distinct.headline())
+
+
+def test_td_over_shots_counts_the_repeats_of_each_shot_count(model, tmp_path):
+    config = TaskDecodability(k=3, n_bootstrap=0, progress=False)
+    fit = TdAccuracy(shots=(1, 4), decodability=config).run(model, POOL, n_per_task=40, seed=3)
+    alone = [config.run(model, POOL, 40, shots, seed=3).n_repeated for shots in (1, 4)]
+    assert fit.repeated is not None and fit.repeated.tolist() == alone and alone[0] > 0
+    assert fit.headline()["repeated_prompts"] == {"1": alone[0], "4": alone[1]}
+    line = SECTIONS_BY_NAME["td_accuracy"].line(fit.headline())
+    assert f"prompts with a copy of their task in TD's sample (1 shot: {alone[0]}" in line
+    assert "voting for each other" in line
+    fit.save(tmp_path / "fit.safetensors")
+    loaded = TdAccuracyFit.load(tmp_path / "fit.safetensors")
+    assert loaded == fit and loaded.repeated is not None and loaded.repeated.tolist() == alone

@@ -206,7 +206,7 @@ class TdAccuracy:
 
     def run(self, model: Any, pool: PromptPool, n_per_task: int = N_PER_TASK, seed: int = 0) -> TdAccuracyFit:
         """Per shot count: sample prompts (seeded), one collect pass for TD, one clean pass for the score; fit."""
-        per_task_td, scores, grid = [], [], sorted(set(self.shots))
+        per_task_td, scores, repeated, grid = [], [], [], sorted(set(self.shots))
         config = self.decodability
         layers: tuple[int, ...] = ()
         site, metric = config.site, self.metric
@@ -214,6 +214,7 @@ class TdAccuracy:
             batch = sample_batch(pool, n_per_task, s, seed, model=model)
             decodability = config.run_batch(model, batch, seed=seed)  # one collect pass, every layer
             per_task_td.append(decodability.per_task)  # [layer, task]
+            repeated.append(decodability.n_repeated)
             layers = decodability.layers
             metric = resolve_metric(self.metric, batch)
             values = score_batch(model, batch, metric, config.batch_size).double()
@@ -237,7 +238,15 @@ class TdAccuracy:
             layer=layers[column],
             site=site,
         )
-        return replace(fit, td_by_layer=mean_td, layers=tuple(layers), shot_grid=tuple(grid))
+        counts = None if None in repeated else torch.tensor(repeated)
+        return replace(
+            fit,
+            td_by_layer=mean_td,
+            layers=tuple(layers),
+            shot_grid=tuple(grid),
+            repeated=counts,
+            repeats=config.repeats,
+        )
 
 
 def _column(layers: tuple[int, ...], layer: int) -> int:

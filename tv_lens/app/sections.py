@@ -87,10 +87,13 @@ def _decodability_line(n: Numbers) -> str:
 
 
 def _repeats(n: Numbers) -> str:
-    if not n.get("repeated_prompts"):  # none, or not known
-        return ""
+    """How many prompts had a copy of their task in TD's sample (one count, or one per shot count), if any."""
+    repeated = n.get("repeated_prompts")
     voted = "left out of each other's votes" if n.get("repeats") == "leave_out" else "voting for each other"
-    return f"; {counted(n['repeated_prompts'], 'prompt')} with a copy of their task in the sample, {voted}"
+    if isinstance(repeated, dict):
+        by_shots = ", ".join(f"{counted(shots, 'shot')}: {k}" for shots, k in repeated.items() if k)
+        return f"; prompts with a copy of their task in TD's sample ({by_shots}), {voted}" if by_shots else ""
+    return f"; {counted(repeated, 'prompt')} with a copy of their task in the sample, {voted}" if repeated else ""
 
 
 def _geometry_line(n: Numbers) -> str:
@@ -106,7 +109,7 @@ def _td_accuracy_line(n: Numbers) -> str:
         return f"{n['metric']} is {_f(low)} at every point ({where}): no variation for TD to predict"
     return (
         f"R² {_f(n['r2'])}, slope {_f(n['slope'])} {_ci(n['slope_ci'])} {where}; {n['metric']} ranges "
-        f"{_f(low)} to {_f(high)}"
+        f"{_f(low)} to {_f(high)}" + _repeats(n)
     )
 
 

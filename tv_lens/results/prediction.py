@@ -42,6 +42,9 @@ class TdAccuracyFit(Result):
             ``[shots, layer]`` (the layer choice is its argmax over layers of the mean over shots).
         layers: Block index of each column of ``td_by_layer``.
         shot_grid: Shot count of each row of ``td_by_layer``.
+        repeated: Prompts with an identical prompt of their task in the sample, per shot count of ``shot_grid``
+            (``None`` in fits of given points and in files saved before this field existed).
+        repeats: Whether a prompt's copies voted in its TD (``"keep"``) or were left out (``"leave_out"``).
     """
 
     td: Float[Tensor, " point"]
@@ -61,6 +64,8 @@ class TdAccuracyFit(Result):
     td_by_layer: Float[Tensor, "shots layer"] | None = None
     layers: tuple[int, ...] = ()
     shot_grid: tuple[int, ...] = ()
+    repeated: Int[Tensor, " shots"] | None = None
+    repeats: str = "keep"
 
     def _axes(self) -> dict[str, int]:
         return {"shots": len(self.shot_grid), "layer": len(self.layers)}
@@ -71,7 +76,7 @@ class TdAccuracyFit(Result):
         return self.intercept + self.slope * self.td
 
     def headline(self) -> dict[str, Any]:
-        """The fit: shots, layer, R², slope with its interval, points and the range of the score."""
+        """The fit: shots, layer, R², slope with its interval, points, the score's range, repeated prompts."""
         return {
             "shots": sorted({int(s) for s in self.shots.tolist()}),
             "layer": self.layer,
@@ -81,6 +86,10 @@ class TdAccuracyFit(Result):
             "n_points": len(self.td),
             "score_range": [float(self.score.min()), float(self.score.max())],
             "metric": self.metric,
+            "repeated_prompts": None
+            if self.repeated is None
+            else {str(shots): n for shots, n in zip(self.shot_grid, self.repeated.tolist(), strict=True)},
+            "repeats": self.repeats,
         }
 
     def to_frame(self) -> pd.DataFrame:
