@@ -1248,6 +1248,21 @@ CASES = [
         r"holds checkpoints later than step 2, the one resumed from \(step-0000004\.pt\)",
         r"Resume from the latest \(resume_from= the directory\), or .*checkpoint_dir= a new directory",
     ),
+    Case(
+        "resume-past-stop-after",
+        lambda w: train(
+            build_model(w.model_config),
+            POOL,
+            tiny_train_config(checkpoint_every=2),
+            model_config=w.model_config,
+            resume_from=w.run_dir,
+            stop_after=1,
+            progress=False,
+        ),
+        ConfigError,
+        r"step-0000002\.pt is the checkpoint of step 2, past stop_after=1",
+        r"Pass stop_after= a step after 2 \(or None, to train to the end\), or resume from a checkpoint of step 1",
+    ),
     # --- training settings ---
     Case(
         "warmup-longer-than-the-run",

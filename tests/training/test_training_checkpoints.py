@@ -17,7 +17,7 @@ from training_helpers import (
     tiny_pool,
 )
 
-from tv_lens.errors import CheckpointError
+from tv_lens.errors import CheckpointError, ConfigError
 from tv_lens.tasks import offset_pool
 from tv_lens.training import latest_checkpoint, list_checkpoints, load_checkpoint, train
 
@@ -208,3 +208,28 @@ def test_resume_past_the_end_trains_nothing(tmp_path: Path) -> None:
     assert again.steps == 2 and len(again.history) == 2
     for name, value in parameters_of(done.model).items():
         assert torch.equal(value, parameters_of(again.model)[name])
+
+
+def test_resuming_past_stop_after_is_refused_and_at_it_says_so(tmp_path: Path) -> None:
+    """A checkpoint past stop_after cannot be trained back to it: refused before the model or the directory is
+    touched. One at stop_after (short of the schedule's end) comes back as it is, with a warning that nothing
+    trained."""
+    config = tiny_config(max_steps=6, checkpoint_every=2)
+    cut = train(tiny_model(BACKENDS[0]), tiny_pool(), config, checkpoint_dir=tmp_path, stop_after=4, progress=False)
+    saved = {path: path.read_bytes() for path in list_checkpoints(tmp_path)}
+    model = tiny_model(BACKENDS[0])
+    before = parameters_of(model)
+    with pytest.raises(
+        ConfigError,
+        match=r"step-0000004\.pt is the checkpoint of step 4, past stop_after=2.*"
+        r"Pass stop_after= a step after 4 \(or None",
+    ):
+        train(model, tiny_pool(), config, resume_from=tmp_path, stop_after=2, progress=False)
+    assert all(torch.equal(value, parameters_of(model)[name]) for name, value in before.items())
+    assert {path: path.read_bytes() for path in list_checkpoints(tmp_path)} == saved
+    with pytest.warns(UserWarning, match=r"checkpoint of step 4, with stop_after=4: no step was trained") as caught:
+        at = train(model, tiny_pool(), config, resume_from=tmp_path, stop_after=4, progress=False)
+    assert len(caught) == 1 and caught[0].filename == __file__  # points at the call
+    assert at.steps == 4 and at.history.equals(cut.history)
+    assert all(torch.equal(value, parameters_of(at.model)[name]) for name, value in parameters_of(cut.model).items())
+    assert {path: path.read_bytes() for path in list_checkpoints(tmp_path)} == saved

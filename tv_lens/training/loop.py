@@ -72,11 +72,13 @@ def train(
         resume_from: A checkpoint file, or a directory (its latest checkpoint), to continue from. The
             model, pool and config must be those of the run that wrote it.
         stop_after: Stop once this many steps are done, as if interrupted (no extra checkpoint or
-            evaluation); the schedule still runs to ``config.schedule.max_steps``.
+            evaluation); the schedule still runs to ``config.schedule.max_steps``. A run resumed from the
+            checkpoint of step ``stop_after`` trains nothing and says so (a ``UserWarning``).
         progress: Show a tqdm progress bar.
         objective: Loss and scores (default: :func:`~tv_lens.training.objectives.objective_for` the pool).
 
     Raises:
+        ConfigError: A setting that cannot work, e.g. ``stop_after`` before the step of the checkpoint resumed from.
         TaskError: The pool's vocabulary does not fit the model.
         LayerOutOfRangeError: A TVP layer or finetuned block outside the model.
         CheckpointError: ``resume_from`` is corrupt or from a different run, or ``checkpoint_dir`` holds
@@ -127,7 +129,7 @@ def train(
         optimizer = make_optimizer(named, config.optim, config.schedule)
         state = RunState()
         if resume_from is not None:
-            state = resume_run(resume_from, config, pool, model, model_config, optimizer, checkpoint_dir)
+            state = resume_run(resume_from, config, pool, model, model_config, optimizer, checkpoint_dir, stop_after)
         elif checkpoint_dir is not None and list_checkpoints(checkpoint_dir):
             raise CheckpointError(
                 f"{checkpoint_dir} already holds checkpoints ({latest_checkpoint(checkpoint_dir)} ...). Pass "

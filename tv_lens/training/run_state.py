@@ -29,7 +29,15 @@ from tv_lens.training.checkpoints import (
 )
 from tv_lens.training.config import TrainConfig
 
-__all__ = ["RunState", "check_nothing_later", "checkpoint_directory", "describe_pool", "resume_run", "save_run"]
+__all__ = [
+    "RunState",
+    "check_nothing_later",
+    "check_stop_after",
+    "checkpoint_directory",
+    "describe_pool",
+    "resume_run",
+    "save_run",
+]
 
 
 @dataclass
@@ -107,10 +115,13 @@ def resume_run(
     model_config: ModelConfig | None,
     optimizer: torch.optim.Optimizer,
     directory: Path | None = None,
+    stop_after: int | None = None,
 ) -> RunState:
     """Load a checkpoint (a file, or a directory's latest), check it is this run's, and restore from it.
 
     ``directory``: where the resumed run writes its checkpoints; it must hold none later than the one resumed from.
+    ``stop_after``: the step the resumed run stops after; a checkpoint past it is refused before the model is
+    touched, and one at it (short of the schedule's end: nothing left to train) is restored with a warning.
     """
     path = Path(resume_from)
     if path.is_dir():
@@ -119,6 +130,7 @@ def resume_run(
             raise CheckpointError(f"No checkpoints in {path} to resume from; start without resume_from=.")
         path = latest
     checkpoint = load_checkpoint(path)
+    check_stop_after(path, checkpoint.step, stop_after)
     check_nothing_later(directory, path, checkpoint.step, config)
     left_out = checkpoint.frozen or {}
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if name not in left_out}
@@ -131,9 +143,28 @@ def resume_run(
             raise CheckpointError(f"{path} has the random state of module {name!r}, which this model lacks.")
         generators[name].set_state(rng_state)
     warn_other_environment(checkpoint)
+    if stop_after is not None and checkpoint.step == stop_after < config.schedule.max_steps:
+        warnings.warn(
+            f"Resumed from {path}, the checkpoint of step {checkpoint.step}, with stop_after={stop_after}: no step "
+            "was trained, and the run comes back as that checkpoint left it. To train on, pass a later stop_after= "
+            f"(or None, to train to step {config.schedule.max_steps}).",
+            UserWarning,
+            stacklevel=3,
+        )
     return RunState(
         checkpoint.step, list(checkpoint.history), list(checkpoint.evals), checkpoint.elapsed_s, checkpoint.frozen
     )
+
+
+def check_stop_after(path: Path, step: int, stop_after: int | None) -> None:
+    """Refuse to resume from the checkpoint of ``step`` a run that should stop after an earlier step."""
+    if stop_after is not None and step > stop_after:
+        raise ConfigError(
+            f"{path} is the checkpoint of step {step}, past stop_after={stop_after}: a run cannot be resumed back to "
+            f"an earlier step, so nothing would be trained and the model would be that of step {step}. Pass "
+            f"stop_after= a step after {step} (or None, to train to the end), or resume from a checkpoint of step "
+            f"{stop_after} or earlier (a file of list_checkpoints(dir)) with checkpoint_dir= a new directory."
+        )
 
 
 def check_nothing_later(directory: Path | None, resumed: Path, step: int, config: TrainConfig) -> None:
