@@ -16,7 +16,7 @@ from tv_lens.models import build_model
 from tv_lens.results.base import Result
 from tv_lens.results.finetuning import FinetuningComparison
 from tv_lens.training import DataConfig, LoRAConfig, ScheduleConfig, TrainConfig
-from tv_lens.training.lora import has_lora
+from tv_lens.training.lora import has_lora, lora_parameters
 
 CONFIG = LayerFinetuning(
     k=1,
@@ -57,6 +57,16 @@ def test_variants_train_the_first_and_last_blocks(experiment):
     assert not torch.equal(last["blocks.2.hook_resid_post"], base["blocks.2.hook_resid_post"])
     assert torch.equal(first["blocks.0.hook_resid_pre"], base["blocks.0.hook_resid_pre"])  # embedding frozen
     assert not torch.equal(first["blocks.0.hook_resid_post"], base["blocks.0.hook_resid_post"])
+
+
+def test_variants_come_back_with_the_requires_grad_of_the_base_model(experiment):
+    """Finetuning freezes the blocks it leaves out for its run only; each variant's adapters stay trainable."""
+    model, models, _, _ = experiment
+    flags = sorted(p.requires_grad for p in model.parameters())
+    for name in ("first:1", "last:1"):
+        adapters = {id(p) for p in lora_parameters(models[name])}
+        assert adapters and all(p.requires_grad for p in lora_parameters(models[name]))
+        assert sorted(p.requires_grad for p in models[name].parameters() if id(p) not in adapters) == flags
 
 
 def test_td_below_the_finetuned_blocks_is_unchanged_by_construction(experiment):

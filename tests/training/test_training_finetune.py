@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BACKENDS
+from conftest import BACKENDS, hook_snapshot
 from training_helpers import (
     one_thread,  # noqa: F401  (autouse: tiny models run on one thread)
     parameters_of,
@@ -23,6 +23,7 @@ from tv_lens.training import (
     apply_lora,
     finetune,
     load_checkpoint,
+    loop,
     lora_parameters,
     merge_lora,
     remove_lora,
@@ -74,7 +75,7 @@ def test_lora_finetuning_freezes_the_base_and_merges_to_an_equivalent_model(back
     result = finetune(model, tiny_pool(), tiny_config(max_steps=4), blocks=(1,), lora=lora)
     assert has_lora(model) and len(lora_parameters(model)) == 2 * 6
     assert all(p.requires_grad for p in lora_parameters(model))
-    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)  # as before the run
     assert any(torch.count_nonzero(p) for p in lora_parameters(model)[1::2]), "B matrices did not train"
 
     tokens = tiny_pool().sample(3, 4, seed=9).inputs
@@ -252,3 +253,60 @@ def test_a_lora_run_whose_first_step_fails_hands_back_the_model_as_it_was() -> N
     assert [p.requires_grad for p in model.parameters()] == flags_before
     trained = train(model, tiny_pool(), lora, progress=False)  # and the model trains as a fresh one
     assert has_lora(trained.model) and len(trained.history) == 2
+
+
+def requires_grad_of(model) -> dict[int, bool]:
+    """``requires_grad`` of every parameter, by the parameter's identity (LoRA renames the weights it adapts)."""
+    return {id(p): p.requires_grad for p in model.parameters()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("lora", [None, LoRAConfig(rank=2)], ids=["full", "lora"])
+def test_finetuning_gives_every_parameter_its_requires_grad_back(backend: str, lora: LoRAConfig | None) -> None:
+    """The blocks left out are frozen for the run only: the model comes back with the user's flags (a parameter
+    the user froze, in or out of the finetuned block, stays frozen), its new adapters trainable."""
+    model = tiny_model(backend)
+    for block in (0, 1):
+        next(model.blocks[block].parameters()).requires_grad_(False)
+    flags = requires_grad_of(model)
+    finetune(model, tiny_pool(), tiny_config(max_steps=2), blocks="last:1", lora=lora)
+    after = requires_grad_of(model)
+    assert {key: after[key] for key in flags} == flags
+    adapters = after.keys() - flags.keys()
+    assert len(adapters) == (0 if lora is None else 2 * 6) and all(after[key] for key in adapters)
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    train(model, tiny_pool(), tiny_config(max_steps=2), progress=False)  # a plain run after it trains it all
+    changed = {id(p) for p in model.parameters() if not torch.equal(p, before[id(p)])}
+    assert changed == {key for key, flag in after.items() if flag}
+
+
+@pytest.mark.parametrize("fault", ["evaluation", "frozen-check"])
+@pytest.mark.parametrize("lora", [None, LoRAConfig(rank=2)], ids=["full", "lora"])
+def test_a_finetuning_run_that_fails_after_its_first_step_gives_requires_grad_back(
+    monkeypatch: pytest.MonkeyPatch, fault: str, lora: LoRAConfig | None
+) -> None:
+    """Steps taken stay taken (and the adapters that took them stay attached), but no parameter stays frozen and no
+    hook stays attached."""
+    model = tiny_model(BACKENDS[0])
+    next(model.parameters()).requires_grad_(False)
+    flags = requires_grad_of(model)
+    hooks = {name: hooks for name, hooks in hook_snapshot(model).items() if name.startswith("hp:")}
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+
+    def fail(*args, **kwargs):
+        raise ShapeError("injected fault")
+
+    if fault == "evaluation":
+        monkeypatch.setattr(loop, "evaluate", fail)
+    else:
+        monkeypatch.setattr(FrozenCheck, "verify", fail)
+    with pytest.raises(ShapeError, match="injected fault"):
+        finetune(model, tiny_pool(), tiny_config(max_steps=4, eval_every=2), blocks="first:1", lora=lora)
+    after = requires_grad_of(model)
+    assert {key: after[key] for key in flags} == flags
+    assert has_lora(model) == (lora is not None) and all(after[key] for key in after.keys() - flags.keys())
+    assert {name: hooks for name, hooks in hook_snapshot(model).items() if name.startswith("hp:")} == hooks
+    if lora is None:
+        assert any(not torch.equal(p, before[id(p)]) for p in model.parameters())
+    else:
+        assert any(torch.count_nonzero(p) for p in lora_parameters(model)[1::2])

@@ -5,7 +5,8 @@ decodability and ICL accuracy change: finetuning early layers sharpens task repr
 layers do not. Here a :class:`~tv_lens.training.config.FinetuneConfig` names the blocks (``(0, 1)``,
 ``"first:2"``, ``"last:2"``); :func:`prepare_model` freezes everything else (embeddings, other blocks,
 final norm, unembedding) and returns the parameters to train. Training checks at the end that every
-frozen parameter is bit-identical to its value at the start (:class:`FrozenCheck`).
+frozen parameter is bit-identical to its value at the start (:class:`FrozenCheck`), and gives every parameter
+back the ``requires_grad`` it had before the run, however the run ends (:func:`restore_point`).
 
 >>> select_blocks("last:2", n_layers=3)
 (1, 2)
@@ -105,13 +106,16 @@ def adapters_removed_after(model: Any) -> Iterator[None]:
         restore()
 
 
-def restore_point(model: Any) -> Callable[[], None]:
-    """A call that removes the LoRA adapters attached after this point and gives back every ``requires_grad``."""
+def restore_point(model: Any) -> Callable[..., None]:
+    """A call that gives back every ``requires_grad`` of this point and removes the LoRA adapters attached after it.
+
+    ``restore(adapters=False)`` keeps the adapters (a run that trained them); they stay trainable.
+    """
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     had_lora = has_lora(model)
 
-    def restore() -> None:
-        if not had_lora:
+    def restore(*, adapters: bool = True) -> None:
+        if adapters and not had_lora:
             remove_lora(model)
         for parameter, flag in flags:
             parameter.requires_grad_(flag)

@@ -61,6 +61,9 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place on prompts of ``pool``.
 
+    Finetuning (``config.finetune``) freezes what it leaves out for the run only: when the call returns or raises,
+    every parameter has the ``requires_grad`` it had before (new LoRA adapters are trainable).
+
     Args:
         model: A TransformerLens model (e.g. ``build_model(ModelConfig(d_vocab=pool.vocab_size))``).
         pool: The task pool prompts are sampled from.
@@ -115,7 +118,11 @@ def train(
     _check_model_config(adapter, model_config)
     checkpoint_dir = checkpoint_directory(config, checkpoint_dir, resume_from)
 
-    restore = restore_point(model)  # a run that fails before its first step hands back the model as it was
+    # However the run ends, every parameter gets its requires_grad back (finetuning froze some); a run that fails
+    # before its first step hands back the model as it was, without the LoRA adapters it attached.
+    restore = restore_point(model)
+    state = RunState()
+    first: int | None = None  # the step this call starts from, once the run is set up
     try:
         chosen = {id(p) for p in prepare_model(model, config.finetune) if p.requires_grad}
         named = [(name, p) for name, p in model.named_parameters() if id(p) in chosen]
@@ -127,7 +134,6 @@ def train(
             )
         trainable = [p for _, p in named]
         optimizer = make_optimizer(named, config.optim, config.schedule)
-        state = RunState()
         if resume_from is not None:
             state = resume_run(resume_from, config, pool, model, model_config, optimizer, checkpoint_dir, stop_after)
         elif checkpoint_dir is not None and list_checkpoints(checkpoint_dir):
@@ -141,60 +147,62 @@ def train(
         # A model not built from a config (a pretrained one) is loaded again to resume: checkpoints of its
         # finetuning hold what trains, and digests of the rest.
         left_out = frozen.digests if frozen is not None and model_config is None else None
-    except BaseException:
-        restore()
-        raise
-
-    end = config.schedule.max_steps if stop_after is None else min(stop_after, config.schedule.max_steps)
-    bar = tqdm(total=config.schedule.max_steps, initial=state.step, disable=not progress, desc="train")
-    start = time.perf_counter() - state.elapsed_s
-    micro_batch = config.data.micro_batch  # halves for good after a step runs out of memory
-    first = state.step
-    # a run started under torch.no_grad() trains all the same; every module gets its own mode back after it
-    with torch.enable_grad(), in_mode(model, training=True):
-        try:
-            for step in range(state.step, end):
-                lr = get_lr(step, config.schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batch = training_batch(pool, config.data, step)
-                losses, micro_batch = step_gradients(adapter, objective, batch, config.tvp, micro_batch, trainable)
-                grad_norm = nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip or math.inf)
-                loss = float(losses.total.detach())
-                if not math.isfinite(loss):
-                    raise NonFiniteError(
-                        f"The training loss is {loss} at step {step}; lower the learning rate (schedule.lr) or "
-                        "enable gradient clipping (optim.grad_clip)."
+        first = state.step
+        end = config.schedule.max_steps if stop_after is None else min(stop_after, config.schedule.max_steps)
+        bar = tqdm(total=config.schedule.max_steps, initial=state.step, disable=not progress, desc="train")
+        start = time.perf_counter() - state.elapsed_s
+        micro_batch = config.data.micro_batch  # halves for good after a step runs out of memory
+        # a run started under torch.no_grad() trains all the same; every module gets its own mode back after it
+        with torch.enable_grad(), in_mode(model, training=True):
+            try:
+                for step in range(state.step, end):
+                    lr = get_lr(step, config.schedule)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    batch = training_batch(pool, config.data, step)
+                    losses, micro_batch = step_gradients(adapter, objective, batch, config.tvp, micro_batch, trainable)
+                    grad_norm = nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip or math.inf)
+                    loss = float(losses.total.detach())
+                    if not math.isfinite(loss):
+                        raise NonFiniteError(
+                            f"The training loss is {loss} at step {step}; lower the learning rate (schedule.lr) or "
+                            "enable gradient clipping (optim.grad_clip)."
+                        )
+                    optimizer.step()
+                    state.step = step + 1
+                    state.elapsed_s = time.perf_counter() - start
+                    state.history.append(
+                        {
+                            "step": state.step,
+                            "lr": lr,
+                            "loss": loss,
+                            "loss_icl": float(losses.icl.detach()),
+                            "loss_tvp": math.nan if losses.tvp is None else float(losses.tvp.detach()),
+                            "grad_norm": float(grad_norm),
+                            "elapsed_s": state.elapsed_s,
+                        }
                     )
-                optimizer.step()
-                state.step = step + 1
-                state.elapsed_s = time.perf_counter() - start
-                state.history.append(
-                    {
-                        "step": state.step,
-                        "lr": lr,
-                        "loss": loss,
-                        "loss_icl": float(losses.icl.detach()),
-                        "loss_tvp": math.nan if losses.tvp is None else float(losses.tvp.detach()),
-                        "grad_norm": float(grad_norm),
-                        "elapsed_s": state.elapsed_s,
-                    }
-                )
-                if state.step % config.eval_every == 0 or state.step == config.schedule.max_steps:
-                    rows = evaluate(adapter, objective, held_out, config.data.eval_batch_size, config.tvp)
-                    state.evals += [{"step": state.step, **row} for row in rows]
-                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{_mean_accuracy(rows):.3f}")
-                if checkpoint_dir is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                    save_run(checkpoint_dir, state, config, model_config, pool, model, optimizer, left_out)
-                bar.update(1)
-        except BaseException:
-            if state.step == first:  # no step was taken: the model is as it was before the run
-                restore()
-            raise
-        finally:
-            bar.close()
-    if frozen is not None:
-        frozen.verify()
+                    if state.step % config.eval_every == 0 or state.step == config.schedule.max_steps:
+                        rows = evaluate(adapter, objective, held_out, config.data.eval_batch_size, config.tvp)
+                        state.evals += [{"step": state.step, **row} for row in rows]
+                        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{_mean_accuracy(rows):.3f}")
+                    if (
+                        checkpoint_dir is not None
+                        and config.checkpoint_every
+                        and state.step % config.checkpoint_every == 0
+                    ):
+                        save_run(checkpoint_dir, state, config, model_config, pool, model, optimizer, left_out)
+                    bar.update(1)
+            finally:
+                bar.close()
+        if frozen is not None:
+            frozen.verify()
+    except BaseException:
+        if first is None or state.step == first:  # no step was taken: the model is as it was before the run
+            restore()
+        raise
+    finally:
+        restore(adapters=False)
     return TrainResult(
         model=model,
         config=config,
@@ -262,8 +270,9 @@ def finetune(
     """Train only ``blocks`` of ``model`` on ``pool`` (fully, or LoRA if ``lora`` is given).
 
     Shorthand for ``train(model, pool, replace(config, finetune=FinetuneConfig(blocks, lora)), ...)``;
-    ``train_kwargs`` go to :func:`tv_lens.training.train`. The model keeps its LoRA adapters (fold them
-    in with :func:`tv_lens.training.merge_lora`).
+    ``train_kwargs`` go to :func:`tv_lens.training.train`. The model keeps its LoRA adapters, trainable (fold them
+    in with :func:`tv_lens.training.merge_lora`); its other parameters get back the ``requires_grad`` they had before
+    the call, whether it returns or raises.
     """
     _check_config(config)
     if config.finetune is not None:
