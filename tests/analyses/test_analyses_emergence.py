@@ -6,17 +6,27 @@ import gc
 import math
 import weakref
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
+from tv_lens import training
 from tv_lens.analyses import Emergence, Geometry, ICLPerformance, TaskDecodability, detect_coupling, detect_jump
 from tv_lens.app.sections import headline_numbers, summary_lines
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.models import ModelConfig, build_model
 from tv_lens.results import EmergenceResult, Projection, Result
 from tv_lens.tasks import offset_pool
-from tv_lens.training import DataConfig, ScheduleConfig, TrainConfig, list_checkpoints, load_checkpoint, train
+from tv_lens.training import (
+    Checkpoint,
+    DataConfig,
+    ScheduleConfig,
+    TrainConfig,
+    list_checkpoints,
+    load_checkpoint,
+    train,
+)
 
 STEPS = (0, 100, 200, 300, 400)
 
@@ -132,6 +142,35 @@ def test_loaders_run_one_model_at_a_time_with_the_numbers_of_models(run):
     assert calls == [0, 0, 0]
     models = [(load_checkpoint(p).step, load_checkpoint(p).load_model()) for p in paths]
     assert lazily == emergence.run(models, pool, n_per_task=4)
+
+
+def test_each_checkpoint_file_is_read_once_and_let_go_of_once_its_model_is_built(run, monkeypatch):
+    """A file is read once (its step, its run and its model come from that read), with the numbers of its model;
+    each record is released as its model is built, so the checkpoints' weights are not all held through the run."""
+    pool, paths = run
+    emergence = Emergence(analyses=(TaskDecodability(k=3, n_bootstrap=0),), n_shots=2)
+    expected = emergence.run([(load_checkpoint(p).step, load_checkpoint(p).load_model()) for p in paths], pool, 4)
+    reads: list[str] = []
+    records: list[weakref.ref] = []
+    alive_at_build: list[int] = []
+    real_read, real_build = training.load_checkpoint, Checkpoint.load_model
+
+    def read(path):
+        reads.append(Path(path).name)
+        return real_read(path)
+
+    def build(record, *args, **kwargs):
+        records.append(weakref.ref(record))
+        gc.collect()
+        alive_at_build.append(sum(ref() is not None for ref in records[:-1]))  # records of models built before
+        return real_build(record, *args, **kwargs)
+
+    monkeypatch.setattr(training, "load_checkpoint", read)
+    monkeypatch.setattr(Checkpoint, "load_model", build)
+    result = emergence.run(list(reversed(paths)), pool, n_per_task=4)
+    assert sorted(reads) == sorted(path.name for path in paths)
+    assert alive_at_build == [0, 0, 0]
+    assert result == expected
 
 
 def test_bad_checkpoints_raise_clear_errors(run):

@@ -30,7 +30,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -294,8 +294,14 @@ def _loader(step: int, held: Any) -> Callable[[], Any]:
     )
 
 
+def _model_of(record: Any) -> Callable[[], Any]:
+    """What loads the model of a checkpoint file read before, letting go of the record (its weights) as it does."""
+    held = [record]
+    return lambda: held.pop().load_model()
+
+
 def _sorted_checkpoints(checkpoints: Sequence[CheckpointLike]) -> list[tuple[int, Any]]:
-    """``(step, load)`` pairs in step order; files are read lazily, one model in memory at a time."""
+    """``(step, load)`` pairs in step order; each file is read once, and each model built when its turn comes."""
     from tv_lens.training import Checkpoint, load_checkpoint
 
     entries: list[tuple[int, Any]] = []
@@ -307,9 +313,8 @@ def _sorted_checkpoints(checkpoints: Sequence[CheckpointLike]) -> list[tuple[int
             entries.append((item.step, item.load_model))
             records.append(item)
         elif isinstance(item, (str, os.PathLike)):
-            path = Path(item)
-            record = load_checkpoint(path)
-            entries.append((record.step, lambda path=path: load_checkpoint(path).load_model()))
+            record = replace(load_checkpoint(Path(item)), optimizer={})  # what rebuilds the model, read once
+            entries.append((record.step, _model_of(record)))
             records.append(record)
         else:
             raise AnalysisError(
