@@ -2122,6 +2122,33 @@ CASES = [
         r"e\.g\. stop_after=100",
     ),
     Case(
+        "train-path-not-a-path",
+        lambda w: train(small_model(), POOL, tiny_train_config(), resume_from=2, progress=False),  # type: ignore[arg-type]
+        ConfigError,
+        r"resume_from must be a path \(a str or pathlib\.Path\) or None, got 2 \(int\)",
+        r"e\.g\. resume_from='runs/default'",
+    ),
+    Case(
+        "train-model-config-not-a-model-config",
+        lambda w: train(
+            build_model(w.model_config),
+            POOL,
+            tiny_train_config(),
+            model_config=w.model_config.to_dict(),  # type: ignore[arg-type]
+            progress=False,
+        ),
+        ConfigError,
+        r"model_config must be the ModelConfig the model was built from \(or None\), got a dict",
+        r"ModelConfig\(\*\*fields\) for a dict of fields",
+    ),
+    Case(
+        "train-objective-without-its-methods",
+        lambda w: train(small_model(), POOL, tiny_train_config(), objective="cross_entropy", progress=False),  # type: ignore[arg-type]
+        ConfigError,
+        r"objective must have the methods of tv_lens\.training\.Objective .*got 'cross_entropy'",
+        r"pass None \(the pool's own, objective_for\(pool\)\)",
+    ),
+    Case(
         "checkpoint-nan-parameters",
         lambda w: load_checkpoint(_nan_checkpoint(w)),
         CheckpointError,

@@ -13,6 +13,7 @@ from training_helpers import (
     one_thread,  # noqa: F401  (autouse: tiny models run on one thread)
     tiny_config,
     tiny_model,
+    tiny_model_config,
     tiny_pool,
 )
 
@@ -201,6 +202,23 @@ def test_config_validation_errors() -> None:
         FinetuneConfig(blocks="middle:2")
     with pytest.raises(ConfigError, match="checkpoint_dir="):
         train(tiny_model(BACKENDS[0]), tiny_pool(), tiny_config(checkpoint_every=2), progress=False)
+
+
+def test_arguments_of_the_wrong_kind_are_config_errors_before_the_model_is_touched() -> None:
+    """Each was a TypeError or AttributeError from deep inside; objective=0 trained on the default objective."""
+    model = tiny_model(BACKENDS[0])
+    before = [p.detach().clone() for p in model.parameters()]
+    model_config = tiny_model_config(BACKENDS[0])
+    for options, problem in (
+        ({"checkpoint_dir": 5}, r"checkpoint_dir must be a path \(a str or pathlib\.Path\) or None, got 5 \(int\)"),
+        ({"resume_from": b"runs"}, r"resume_from must be a path .* got b'runs' \(bytes\)"),
+        ({"model_config": model_config.to_dict()}, r"model_config must be the ModelConfig .* got a dict"),
+        ({"objective": 0}, r"objective must have the methods of tv_lens\.training\.Objective .* got 0;"),
+        ({"objective": F.cross_entropy}, r"objective must have the methods"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            train(model, tiny_pool(), tiny_config(max_steps=2), progress=False, **options)
+    assert all(torch.equal(p, old) for p, old in zip(model.parameters(), before, strict=True))
 
 
 def test_config_round_trips_through_a_dict() -> None:

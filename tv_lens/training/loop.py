@@ -102,7 +102,13 @@ def train(
             "torch.no_grad() it works (training enables gradients itself)."
         )
     adapter = adapt(model)
-    objective = objective or objective_for(pool)
+    objective = objective_for(pool) if objective is None else objective
+    if not isinstance(objective, Objective):
+        raise ConfigError(
+            f"objective must have the methods of tv_lens.training.Objective (check, context_loss, answer_loss, "
+            f"answer_accuracy, query_outputs), got {objective!r:.60}; pass None (the pool's own, "
+            "objective_for(pool)) or e.g. RegressionObjective(tolerance=0.05)."
+        )
     if config.data.micro_batch is not None and loss_counter(objective) is None:
         raise ConfigError(
             f"DataConfig.micro_batch needs the objective to count its loss terms, and this "
@@ -247,6 +253,11 @@ def _check_model_config(adapter: ModelAdapter, model_config: ModelConfig | None)
     """The model must have the shape ``model_config`` describes (checkpoints rebuild it from that config)."""
     if model_config is None:
         return
+    if not isinstance(model_config, ModelConfig):
+        raise ConfigError(
+            f"model_config must be the ModelConfig the model was built from (or None), got a "
+            f"{type(model_config).__name__}; pass e.g. ModelConfig(**fields) for a dict of fields."
+        )
     names = ("d_vocab", "n_layers", "d_model", "n_heads", "n_ctx")
     wrong = [
         f"{n}={getattr(adapter, n)} (config: {getattr(model_config, n)})"

@@ -7,6 +7,7 @@ nothing, since they are drawn from seeds derived from the step (:mod:`tv_lens.tr
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,15 @@ def checkpoint_directory(
     config: TrainConfig, directory: str | Path | None, resume_from: str | Path | None
 ) -> Path | None:
     """The directory checkpoints go to: as given, else that of ``resume_from``; required by ``checkpoint_every``."""
+    for name, value, example in (
+        ("checkpoint_dir", directory, "'runs/default'"),
+        ("resume_from", resume_from, "'runs/default' (its latest checkpoint) or 'runs/default/step-0000100.pt'"),
+    ):
+        if value is not None and not isinstance(value, str | os.PathLike):
+            raise ConfigError(
+                f"{name} must be a path (a str or pathlib.Path) or None, got {value!r:.60} ({type(value).__name__}); "
+                f"e.g. {name}={example}."
+            )
     if directory is None and resume_from is not None:
         resume_from = Path(resume_from)
         directory = resume_from if resume_from.is_dir() else resume_from.parent
