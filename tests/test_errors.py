@@ -117,6 +117,7 @@ from tv_lens.training import (
     list_checkpoints,
     load_checkpoint,
     load_parameters,
+    select_blocks,
     train,
     tvp_losses,
 )
@@ -2120,6 +2121,13 @@ CASES = [
         ConfigError,
         r"stop_after must be None \(train to the end\) or a number of steps >= 0, got 1\.5",
         r"e\.g\. stop_after=100",
+    ),
+    Case(
+        "select-blocks-no-selection",
+        lambda w: select_blocks("middle:2", 4),
+        ConfigError,
+        r"must be block indices such as \(0, 1\), or 'first:k', 'last:k' or 'all'; got 'middle:2'",
+        r"'first:k', 'last:k' or 'all'",
     ),
     Case(
         "train-path-not-a-path",

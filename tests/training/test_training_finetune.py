@@ -46,6 +46,15 @@ def test_select_blocks() -> None:
     assert select_blocks("last:2", 4) == (2, 3)
     assert select_blocks("all", 3) == (0, 1, 2)
     assert select_blocks((3, 1, 1), 4) == (1, 3)
+    assert select_blocks([0, 2], 4) == (0, 2)
+
+
+@pytest.mark.parametrize("blocks", ["middle:2", "first", "first:x", "last:0", (1.5,), (True,), (), 3])
+def test_select_blocks_refuses_what_is_no_selection(blocks) -> None:
+    """'middle:2' selected the last two blocks and (1.5,) or () came back as selections; 'first' and 3 were Python's
+    ValueError and TypeError."""
+    with pytest.raises(ConfigError, match=r"must be block indices such as \(0, 1\), or 'first:k', 'last:k' or 'all'"):
+        select_blocks(blocks, 4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

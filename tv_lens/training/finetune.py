@@ -42,8 +42,10 @@ def select_blocks(blocks: tuple[int, ...] | str, n_layers: int) -> tuple[int, ..
     """Resolve a block selection (indices, ``"first:k"``, ``"last:k"`` or ``"all"``) to sorted indices.
 
     Raises:
+        ConfigError: ``blocks`` is no block selection (``"middle:2"``, ``(1.5,)``, ``()`` ...).
         LayerOutOfRangeError: A block index or count outside the model's ``n_layers`` blocks.
     """
+    blocks = FinetuneConfig(blocks).blocks  # the one check of a selection's form
     if isinstance(blocks, str):
         if blocks == "all":
             return tuple(range(n_layers))
