@@ -148,6 +148,31 @@ def resume_before_the_latest(directory: Path) -> Any:
     return train(build_model(model_config), POOL, config, resume_from=run.checkpoints[0], progress=False)
 
 
+def resume_into_another_run(w: SimpleNamespace) -> Any:
+    """Resume the world's run (data seed 0) into a directory holding the checkpoint of a run of data seed 1."""
+    directory = w.files / "another-run"
+    config = tiny_train_config(checkpoint_every=2)
+    if not list_checkpoints(directory):
+        other = replace(config, data=replace(config.data, seed=1))
+        train(
+            build_model(w.model_config),
+            POOL,
+            other,
+            model_config=w.model_config,
+            checkpoint_dir=directory,
+            progress=False,
+        )
+    return train(
+        build_model(w.model_config),
+        POOL,
+        config,
+        model_config=w.model_config,
+        resume_from=w.checkpoint,
+        checkpoint_dir=directory,
+        progress=False,
+    )
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> SimpleNamespace:
     """Everything the cases misuse: a model, a pool, a batch, task vectors, a saved result, a checkpoint."""
@@ -1248,6 +1273,13 @@ CASES = [
         CheckpointError,
         r"holds checkpoints later than step 2, the one resumed from \(step-0000004\.pt\)",
         r"Resume from the latest \(resume_from= the directory\), or .*checkpoint_dir= a new directory",
+    ),
+    Case(
+        "resume-into-a-directory-of-another-run",
+        resume_into_another_run,
+        CheckpointError,
+        r"another-run holds checkpoints of another run \(step-0000002\.pt differs from .* in config\.data\.seed\)",
+        r"Write the resumed run to checkpoint_dir= a new directory, or to that of its checkpoint",
     ),
     Case(
         "resume-past-stop-after",

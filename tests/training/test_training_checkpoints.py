@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -233,3 +234,38 @@ def test_resuming_past_stop_after_is_refused_and_at_it_says_so(tmp_path: Path) -
     assert at.steps == 4 and at.history.equals(cut.history)
     assert all(torch.equal(value, parameters_of(at.model)[name]) for name, value in parameters_of(cut.model).items())
     assert {path: path.read_bytes() for path in list_checkpoints(tmp_path)} == saved
+
+
+def test_resuming_into_a_directory_of_another_runs_checkpoints_is_refused(tmp_path: Path) -> None:
+    """A resumed run wrote its checkpoints beside another run's, and listed them as its own; it is refused before the
+    model or a file is touched. Earlier checkpoints of the same run there are no obstacle."""
+    config = tiny_config(max_steps=6, checkpoint_every=2)
+    ours = train(
+        tiny_model(BACKENDS[0]), tiny_pool(), config, checkpoint_dir=tmp_path / "ours", stop_after=4, progress=False
+    )
+    other = replace(config, data=replace(config.data, seed=1))
+    train(tiny_model(BACKENDS[0]), tiny_pool(), other, checkpoint_dir=tmp_path / "other", stop_after=2, progress=False)
+    saved = {path: path.read_bytes() for path in list_checkpoints(tmp_path / "other")}
+    model = tiny_model(BACKENDS[0])
+    before = parameters_of(model)
+    with pytest.raises(
+        CheckpointError,
+        match=r"other holds checkpoints of another run \(step-0000002\.pt differs from \S+step-0000004\.pt in "
+        r"config\.data\.seed\).*checkpoint_dir= a new directory",
+    ):
+        train(
+            model,
+            tiny_pool(),
+            config,
+            resume_from=ours.checkpoints[-1],
+            checkpoint_dir=tmp_path / "other",
+            progress=False,
+        )
+    assert all(torch.equal(value, parameters_of(model)[name]) for name, value in before.items())
+    assert {path: path.read_bytes() for path in list_checkpoints(tmp_path / "other")} == saved
+    (tmp_path / "copy").mkdir()
+    shutil.copy(ours.checkpoints[0], tmp_path / "copy")
+    resumed = train(
+        model, tiny_pool(), config, resume_from=ours.checkpoints[-1], checkpoint_dir=tmp_path / "copy", progress=False
+    )
+    assert resumed.steps == 6 and [path.name for path in resumed.checkpoints] == ["step-0000002.pt", "step-0000006.pt"]

@@ -32,7 +32,7 @@ from tv_lens.training.config import TrainConfig
 
 __all__ = [
     "RunState",
-    "check_nothing_later",
+    "check_resume_directory",
     "check_stop_after",
     "checkpoint_directory",
     "describe_pool",
@@ -129,7 +129,8 @@ def resume_run(
 ) -> RunState:
     """Load a checkpoint (a file, or a directory's latest), check it is this run's, and restore from it.
 
-    ``directory``: where the resumed run writes its checkpoints; it must hold none later than the one resumed from.
+    ``directory``: where the resumed run writes its checkpoints; it must hold none later than the one resumed from,
+    and none of another run.
     ``stop_after``: the step the resumed run stops after; a checkpoint past it is refused before the model is
     touched, and one at it (short of the schedule's end: nothing left to train) is restored with a warning.
     """
@@ -141,7 +142,7 @@ def resume_run(
         path = latest
     checkpoint = load_checkpoint(path)
     check_stop_after(path, checkpoint.step, stop_after)
-    check_nothing_later(directory, path, checkpoint.step, config)
+    check_resume_directory(directory, checkpoint, config)
     left_out = checkpoint.frozen or {}
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if name not in left_out}
     checkpoint.check_compatible(config, describe_pool(pool), shapes, model_config)
@@ -177,18 +178,26 @@ def check_stop_after(path: Path, step: int, stop_after: int | None) -> None:
         )
 
 
-def check_nothing_later(directory: Path | None, resumed: Path, step: int, config: TrainConfig) -> None:
-    """Refuse a run resumed at ``step`` from ``resumed`` writing to ``directory`` while it holds later checkpoints."""
+def check_resume_directory(directory: Path | None, resumed: Checkpoint, config: TrainConfig) -> None:
+    """Refuse to write a run resumed from ``resumed`` to a ``directory`` of another run's or of later checkpoints.
+
+    Later checkpoints the resumed run would write over; another run's would be mixed with its own.
+    """
     if directory is None or not config.checkpoint_every:
         return
-    later = [
-        path
-        for path in list_checkpoints(directory)
-        if checkpoint_step(path) > step and path.resolve() != resumed.resolve()
-    ]
+    held = list_checkpoints(directory)
+    if held and directory.resolve() != resumed.path.resolve().parent:  # a directory of checkpoints holds one run's
+        differ = resumed.run_differences(load_checkpoint(held[-1]))
+        if differ:
+            raise CheckpointError(
+                f"{directory} holds checkpoints of another run ({held[-1].name} differs from {resumed.path} in "
+                f"{', '.join(differ[:4])}), which the resumed run's checkpoints would be mixed with. Write the resumed "
+                f"run to checkpoint_dir= a new directory, or to that of its checkpoint ({resumed.path.parent})."
+            )
+    later = [path for path in held if checkpoint_step(path) > resumed.step and path.resolve() != resumed.path.resolve()]
     if later:
         raise CheckpointError(
-            f"{directory} holds checkpoints later than step {step}, the one resumed from "
+            f"{directory} holds checkpoints later than step {resumed.step}, the one resumed from "
             f"({', '.join(path.name for path in later[:3])}), which the resumed run would write over. Resume from the "
             "latest (resume_from= the directory), or write the resumed run elsewhere: checkpoint_dir= a new directory."
         )
