@@ -287,6 +287,36 @@ def test_an_optimiser_state_of_other_shapes_is_refused_on_resume_before_any_step
     assert sorted(os.listdir(tmp_path)) == ["step-0000002.pt"]  # nothing trained, nothing written
 
 
+def _random_state_of_a_module_the_model_lacks(record: dict[str, Any]) -> None:
+    record["rng"]["blocks.9.dropout"] = torch.Generator().manual_seed(3).get_state()
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (_shrink_first_moment, r"The optimiser state in .* does not fit this run's parameters"),
+        (_random_state_of_a_module_the_model_lacks, r"random state of module 'blocks\.9\.dropout', which this model"),
+    ],
+    ids=["optimiser-state", "random-state"],
+)
+def test_a_refused_resume_leaves_the_model_as_it_was(run, tmp_path, edit, problem):
+    """The weights were loaded before the optimiser and random states were checked: a refused resume left the model
+    with the checkpoint's weights."""
+    crafted(run, tmp_path, edit)
+    model = tiny_model(BACKEND)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(CheckpointError, match=problem):
+        train(
+            model,
+            tiny_pool(),
+            tiny_config(max_steps=2, checkpoint_every=2),
+            model_config=tiny_model_config(BACKEND),
+            resume_from=tmp_path,
+            progress=False,
+        )
+    assert all(torch.equal(p, old) for p, old in zip(model.parameters(), before, strict=True))
+
+
 def test_load_optimizer_state_refuses_other_groups_and_loads_a_state_that_fits(run):
     model, config = tiny_model(BACKEND), tiny_config(max_steps=2, checkpoint_every=2)
     saved = load_checkpoint(run).optimizer

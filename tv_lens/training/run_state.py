@@ -146,12 +146,17 @@ def resume_run(
     left_out = checkpoint.frozen or {}
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if name not in left_out}
     checkpoint.check_compatible(config, describe_pool(pool), shapes, model_config)
-    checkpoint.load_into(model)
-    load_optimizer_state(optimizer, checkpoint.optimizer, model, source=str(path))
     generators = _generators(model)
+    lacking = [name for name in checkpoint.rng if name not in generators]
+    if lacking:
+        raise CheckpointError(
+            f"{path} has the random state of module {lacking[0]!r}, which this model lacks; resume with the model "
+            "(and finetune settings) the run was started with."
+        )
+    # Everything that can be refused is checked before the model's weights are written.
+    load_optimizer_state(optimizer, checkpoint.optimizer, model, source=str(path))
+    checkpoint.load_into(model)
     for name, rng_state in checkpoint.rng.items():
-        if name not in generators:
-            raise CheckpointError(f"{path} has the random state of module {name!r}, which this model lacks.")
         generators[name].set_state(rng_state)
     warn_other_environment(checkpoint)
     if stop_after is not None and checkpoint.step == stop_after < config.schedule.max_steps:
