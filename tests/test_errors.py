@@ -1078,6 +1078,20 @@ CASES = [
         r"pass checkpoint files \(list_checkpoints\(dir\)\)",
     ),
     Case(
+        "emergence-of-a-directory",
+        lambda w: Emergence().run(w.run_dir, POOL),
+        AnalysisError,
+        r"checkpoints must be a list of checkpoints, got the path '.*run'",
+        r"pass the files of a run's directory \(list_checkpoints\(dir\)\)",
+    ),
+    Case(
+        "emergence-checkpoint-without-model-config",
+        lambda w: Emergence().run([replace(load_checkpoint(w.checkpoint), model_config=None)], POOL),
+        AnalysisError,
+        r"step-0000002\.pt has no model config \(its run was started without model_config=\)",
+        r"Pass \(step, load\) pairs instead, whose load\(\) builds or loads the model",
+    ),
+    Case(
         "compare-no-models",
         lambda w: compare_models({}, w.batch),
         AnalysisError,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -197,6 +198,31 @@ def test_bad_checkpoints_raise_clear_errors(run):
     assert Emergence(tolerance=0).tolerance == 0
     assert isinstance(Emergence().analyses[0], TaskDecodability)
     assert isinstance(EmergenceResult, type)
+
+
+@pytest.mark.parametrize("given", ["directory", "file", "str", "number"])
+def test_checkpoints_that_are_no_list_are_refused(run, given):
+    """A run's directory or one file as a str was read character by character ('No checkpoint file at /'), as a Path
+    or a number it was Python's TypeError."""
+    pool, paths = run
+    checkpoints = {"directory": paths[0].parent, "file": paths[0], "str": str(paths[0].parent), "number": 3.5}[given]
+    got = "a float" if given == "number" else f"the path '{checkpoints}'"
+    with pytest.raises(AnalysisError, match=rf"checkpoints must be a list of checkpoints, got {re.escape(got)}; pass"):
+        Emergence().run(checkpoints, pool, n_per_task=4)
+
+
+def test_checkpoints_whose_model_cannot_be_rebuilt_are_refused_before_any_runs(run, tmp_path, monkeypatch):
+    """A run started without model_config failed when its first checkpoint's turn came (after the checkpoints before
+    it had run); it is refused before any model is built."""
+    pool, paths = run
+    config = load_checkpoint(paths[0]).config
+    model = build_model(load_checkpoint(paths[0]).model_config)
+    rootless = train(model, pool, config, checkpoint_dir=tmp_path, stop_after=4, progress=False).checkpoints
+    built = []
+    monkeypatch.setattr(Checkpoint, "load_model", lambda self, *args, **kwargs: built.append(self.step))
+    with pytest.raises(AnalysisError, match=r"step-0000002\.pt has no model config .* Pass \(step, load\) pairs"):
+        Emergence().run(rootless, pool, n_per_task=4)
+    assert built == []
 
 
 def test_checkpoints_of_models_of_other_sizes_are_refused(run):

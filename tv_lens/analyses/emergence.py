@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -175,7 +175,9 @@ class Emergence(PassOptions):
         Raises:
             AnalysisError: Checkpoints without distinct steps, of models of other sizes (``n_layers``,
                 ``d_model``, ``n_heads``, ``d_vocab``), or checkpoint files of different training runs (another
-                training or model config): the checkpoints of one run are expected.
+                training or model config): the checkpoints of one run are expected. Also ``checkpoints`` that
+                are no list (a directory: pass ``list_checkpoints(dir)``), and checkpoint files whose run had no
+                model config (their model cannot be rebuilt), before any checkpoint runs.
         """
         loaded = _sorted_checkpoints(checkpoints)
         suite = Suite(self.analyses, batch_size=self.batch_size)
@@ -304,6 +306,18 @@ def _sorted_checkpoints(checkpoints: Sequence[CheckpointLike]) -> list[tuple[int
     """``(step, load)`` pairs in step order; each file is read once, and each model built when its turn comes."""
     from tv_lens.training import Checkpoint, load_checkpoint
 
+    given: Any = checkpoints  # what callers should pass is annotated; what they did pass is checked
+    if isinstance(given, str | bytes | os.PathLike) or not isinstance(given, Iterable):
+        got = (
+            f"the path {os.fsdecode(given)!r}"
+            if isinstance(given, str | bytes | os.PathLike)
+            else f"a {type(given).__name__}"
+        )
+        raise AnalysisError(
+            f"checkpoints must be a list of checkpoints, got {got}; pass "
+            "the files of a run's directory (list_checkpoints(dir)), a TrainResult's .checkpoints, loaded Checkpoints, "
+            "or (step, model) or (step, load) pairs."
+        )
     entries: list[tuple[int, Any]] = []
     records: list[Any] = []  # the checkpoint records, to check that they are of one run
     for item in checkpoints:
@@ -321,6 +335,13 @@ def _sorted_checkpoints(checkpoints: Sequence[CheckpointLike]) -> list[tuple[int
                 f"Unknown checkpoint {type(item).__name__}; pass checkpoint files (list_checkpoints(dir)), "
                 "loaded Checkpoints, (step, model) or (step, load) pairs."
             )
+    rootless = next((record for record in records if record.model_config is None), None)
+    if rootless is not None:  # refused before any checkpoint runs, not when its turn comes
+        raise AnalysisError(
+            f"{rootless.path} has no model config (its run was started without model_config=), so Emergence cannot "
+            "rebuild its model. Pass (step, load) pairs instead, whose load() builds or loads the model, attaches the "
+            "run's adapters (attach_lora(model, checkpoint.config.finetune)) and calls checkpoint.load_into(model)."
+        )
     steps = [step for step, _ in entries]
     if not entries or len(set(steps)) != len(steps):
         raise AnalysisError(f"Emergence needs checkpoints with distinct steps, got steps {steps}.")
