@@ -140,6 +140,36 @@ def test_function_vector_is_the_hand_computed_sum_through_w_o(analysed):
     )
 
 
+def test_heads_rank_by_the_mean_over_tasks_of_each_tasks_mean_cie(model, analysed):
+    """Todd et al. average the CIE per task, then over tasks: a task with more prompts must not weigh more."""
+    *_, result = analysed  # every task has four corrupted prompts: both means agree
+    torch.testing.assert_close(result.effects.mean_over_tasks, result.effects.overall, atol=1e-12, rtol=0)
+    clean = real(POOL.sample(2, 3, 0))
+    corrupted = real(POOL.sample(3, 3, 1, label_noise=0.9))
+    first_of_task_1 = int((corrupted.task_ids == 1).nonzero()[0])
+    kept = (corrupted.task_ids == 0) | (torch.arange(len(corrupted)) == first_of_task_1)
+    corrupted = corrupted.select(kept)  # task 0: three prompts, task 1: one, task 2: none
+    means = mean_head_activations(model, clean)
+    effects = causal_indirect_effects(model, corrupted, means, config=FunctionVectors(n_bootstrap=0))
+    gain = effects.patched_prob - effects.corrupted_prob
+    task_means = [gain[..., corrupted.task_ids == t].mean(-1) for t in (0, 1)]
+    torch.testing.assert_close(effects.mean_over_tasks, (task_means[0] + task_means[1]) / 2, atol=1e-12, rtol=0)
+    # Head (0, 1) lifts task 0's three prompts by 0.3, head (2, 3) task 1's one prompt by 0.4: over prompts the
+    # first leads (0.225 against 0.1), over tasks the second (0.2 against 0.15).
+    planted = torch.zeros_like(gain)
+    planted[0, 1, corrupted.task_ids == 0] = 0.3
+    planted[2, 3, corrupted.task_ids == 1] = 0.4
+    nan = float("nan")
+    per_task = torch.zeros(N_LAYERS, N_HEADS, 3, dtype=torch.float64)
+    per_task[0, 1, 0], per_task[2, 3, 1], per_task[..., 2] = 0.3, 0.4, nan
+    planted_effects = replace(
+        effects, patched_prob=effects.corrupted_prob + planted, cie=per_task, overall=planted.mean(-1)
+    )
+    assert planted_effects.top_heads(2) == ((2, 3), (0, 1))
+    assert function_vector(model, means, planted_effects, config=FunctionVectors(k=1)).heads == ((2, 3),)
+    assert float(planted_effects.overall[0, 1]) > float(planted_effects.overall[2, 3])  # the prompt mean would not
+
+
 def test_layer_sweep_equals_a_hand_written_add_hook(analysed):
     model, _, _, evaluation, result = analysed
     batch = real(evaluation)

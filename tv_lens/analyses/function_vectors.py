@@ -17,8 +17,10 @@ makes the model do the task.
    which leaves a label in place by chance (one in ``n_shots`` on average) and so keeps part of the mapping.
    Multi-token answers (text pools) use the first token for the probability; the teacher-forced loss over every
    answer token is reported too.
-3. **Function vector** (:func:`function_vector`): per task, ``sum over the top-k heads (by mean CIE over tasks)
-   of mean_z[layer, head] @ W_O[layer, head]``, a ``d_model`` vector.
+3. **Function vector** (:func:`function_vector`): per task, ``sum over the top-k heads of mean_z[layer, head] @
+   W_O[layer, head]``, a ``d_model`` vector. Heads rank by the mean over tasks of each task's mean CIE
+   (:attr:`IndirectEffects.mean_over_tasks`), as Todd et al. average it: a task with more corrupted prompts does
+   not weigh more.
 4. **Zero-shot layer sweep** (:func:`function_vector_prompting`): add the task's FV to ``resid_post`` of a layer at
    the answer position of its query-only prompts (no demonstrations) and score the answer, per layer, next to the
    plain zero-shot accuracy (the floor) and the ICL accuracy (the ceiling); the best layer is reported. This is
@@ -95,8 +97,8 @@ def function_vector(
     Args:
         model: The TransformerLens model ``means`` were read from (its ``blocks[l].attn.W_O``).
         means: Mean head activations.
-        heads: :class:`IndirectEffects` (its top ``config.k`` heads by mean CIE over tasks) or ``(layer, head)``
-            pairs.
+        heads: :class:`IndirectEffects` (its top ``config.k`` heads by the mean over tasks of each task's mean CIE,
+            :attr:`IndirectEffects.mean_over_tasks`) or ``(layer, head)`` pairs.
         model_name: A name for the model, recorded in the provenance next to its weight fingerprint.
         pool: The task pool the means came from, in words (default: their task names).
         config: The options (``None``: ``FunctionVectors()``).
@@ -227,7 +229,7 @@ class FunctionVectors(CausalOptions):
     """Configuration of the function-vector analysis; :meth:`run` samples clean, corrupted and evaluation prompts.
 
     Attributes:
-        k: Heads summed into the function vector (top by mean CIE over tasks).
+        k: Heads summed into the function vector (top by the mean over tasks of each task's mean CIE).
         label_noise: Probability that a demonstration of a corrupted prompt gets a wrong label.
         shuffle_labels: Also permute each corrupted prompt's demonstration labels (Todd et al.'s corruption;
             applied before the label noise).

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -116,8 +117,10 @@ class IndirectEffects(SweepSettings, Result):
 
     For a prompt of task ``t`` whose demonstrations carry wrong labels, head ``h`` of block ``l`` gets task ``t``'s
     mean ``hook_z`` at the answer position; the CIE is the probability of the right first answer token with that
-    patch minus without it. Overall numbers are means over every prompt (over tasks when tasks have equal prompts).
-    The bootstrap and sweep settings are those of :class:`~tv_lens.results.SweepSettings`.
+    patch minus without it. Heads are ranked (:meth:`top_heads`, the function vector's heads) by
+    :attr:`mean_over_tasks`, the mean over tasks of each task's mean CIE, as Todd et al. average it, so a task with
+    more prompts does not weigh more; ``overall`` is the mean over every prompt, which equals it when every task
+    has as many prompts. The bootstrap and sweep settings are those of :class:`~tv_lens.results.SweepSettings`.
 
     Attributes:
         layers: Block index of each layer entry.
@@ -129,7 +132,7 @@ class IndirectEffects(SweepSettings, Result):
         patched_loss: The same loss with one head patched ``[layer, head, prompt]``.
         cie: Mean CIE per task ``[layer, head, task]``.
         cie_ci: Its bootstrap interval ``[layer, head, task, 2]``.
-        overall: Mean CIE over every prompt ``[layer, head]``.
+        overall: Mean CIE over every prompt ``[layer, head]`` (not the ranking's :attr:`mean_over_tasks`).
         overall_ci: Its interval ``[layer, head, 2]``.
         writes: Prompts each head's patch wrote to ``[layer, head]``.
         label_noise: Probability with which each demonstration of the corrupted prompts got a wrong label.
@@ -158,12 +161,20 @@ class IndirectEffects(SweepSettings, Result):
         return int(self.patched_prob.shape[1])
 
     @property
+    def mean_over_tasks(self) -> Float[Tensor, "layer head"]:
+        """The mean over the tasks with prompts of each task's mean CIE (what :meth:`top_heads` ranks by)."""
+        present = torch.bincount(self.task_ids.cpu(), minlength=len(self.task_names)) > 0
+        return self.cie[..., present.to(self.cie.device)].mean(-1)
+
+    @property
     def loss_change(self) -> Float[Tensor, "layer head task"]:
         """Mean change of the teacher-forced answer loss per task (negative: the patch helps)."""
         return group_means(self.patched_loss - self.corrupted_loss, self.task_ids, len(self.task_names))
 
     def top_heads(self, k: int = 10, task: str | None = None) -> tuple[tuple[int, int], ...]:
-        """The ``k`` heads of largest mean CIE, overall or for ``task`` (ties: block, then head).
+        """The ``k`` heads of largest mean CIE, over tasks (:attr:`mean_over_tasks`) or for ``task``.
+
+        Ties go to the earlier block, then the lower head.
 
         Raises:
             AnalysisError: ``k`` is not an int in ``[1, heads]``.
@@ -171,11 +182,11 @@ class IndirectEffects(SweepSettings, Result):
                 CIE is NaN, so no head ranks above another).
         """
         if task is None:
-            return ranked_heads(self.overall, self.layers, k)
+            return ranked_heads(self.mean_over_tasks, self.layers, k)
         return ranked_heads(self.cie[..., ranked_task(self.task_names, self.task_ids, task, "CIE")], self.layers, k)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per (layer, head, task), plus task ``"all"``.
+        """One row per (layer, head, task), plus task ``"all"`` (``overall``: the mean over every prompt).
 
         Columns: ``layer``, ``head``, ``task``, ``cie``, ``ci_low``, ``ci_high``, ``loss_change``, ``writes``.
         """
@@ -196,8 +207,8 @@ class IndirectEffects(SweepSettings, Result):
         return pd.DataFrame(rows, columns=columns)
 
     def traces(self) -> list[BaseTraceType]:
-        """A (layer x head) heatmap of the mean CIE over tasks."""
-        return [head_heatmap(self.overall, self.layers, "CIE")]
+        """A (layer x head) heatmap of the mean CIE over tasks (:attr:`mean_over_tasks`)."""
+        return [head_heatmap(self.mean_over_tasks, self.layers, "CIE")]
 
     def task_traces(self, task: str) -> list[BaseTraceType]:
         """The same heatmap for one task."""
@@ -215,7 +226,7 @@ class FunctionVector(Result):
     Attributes:
         vectors: ``[task, d_model]``.
         task_names: Name of each task entry.
-        heads: ``(layer, head)`` of every summed head, by decreasing mean CIE.
+        heads: ``(layer, head)`` of every summed head, by decreasing mean CIE over tasks.
         head_outputs: Each chosen head's mean output ``[task, k, d_model]`` (``vectors`` is their sum).
         provenance: The source model and how the vector is meant to be applied (added to ``resid_post``; the
             layer is the best one of the zero-shot sweep when :class:`~tv_lens.analyses.FunctionVectors` built
@@ -323,7 +334,7 @@ class FunctionVector(Result):
         """Heads on x (by decreasing CIE)."""
         return {
             "title": {"text": f"Function vector: norm of each of the top-{self.k} heads' mean output"},
-            "xaxis": {"title": {"text": "head (by decreasing mean CIE)"}},
+            "xaxis": {"title": {"text": "head (by decreasing mean CIE over tasks)"}},
             "yaxis": {"title": {"text": "L2 norm of mean z @ W_O"}},
             "barmode": "group",
         }
