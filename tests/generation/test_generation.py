@@ -326,6 +326,27 @@ def test_generation_scorings_decode_answers_as_generated_texts_are():
     assert scores.answers == decoded_answers(answers, tokenizer) == expected and expected[0] != "cold"
 
 
+def test_a_tiktoken_encoding_decodes_texts_and_answers_and_its_eot_token_stops():
+    """tiktoken's ``decode`` takes no ``skip_special_tokens`` and its EOS is ``eot_token`` (a stand-in of its API)."""
+    from text_tokenizers import TiktokenLike
+
+    tokenizer = TiktokenLike()
+    model = build_model(tiny_config("bridge", dtype="float64", d_vocab=tokenizer.n_vocab, n_layers=1))
+    tokens = torch.tensor([tokenizer.encode("hot->cold\nhot->"), tokenizer.encode("cold->hot\ncold->")])
+    out = generate(model, tokens, [], 3, tokenizer=tokenizer, stop_tokens=None)
+    assert out.texts == tuple(tokenizer.decode(row.tolist()) for row in out.tokens)
+    cold, arrow = tokenizer.encode("cold"), tokenizer.encode("->")
+    assert decoded_answers(torch.tensor([[*cold, -1], [*cold, *arrow]]), tokenizer) == ["cold", "cold->"]
+    first = int(out.tokens[0, 0])
+    ends_on_first = TiktokenLike()
+    ends_on_first._special_tokens["<|endoftext|>"] = first  # as if the model's first token were <|endoftext|>
+    stopped = generate(model, tokens, [], 3, tokenizer=ends_on_first)  # stop_tokens="eos": the eot_token
+    assert stopped.texts is not None and stopped.texts[0] == "" and bool(stopped.stopped[0])
+    assert int(stopped.lengths[0]) == 1
+    without_eot = generate(model, tokens, [], 3, tokenizer=TiktokenLike(special=("<|fim|>",)))  # eot_token: KeyError
+    assert without_eot.lengths.tolist() == [3, 3] and not bool(without_eot.stopped.any())
+
+
 def test_text_scores():
     assert exact_match(["cold\nx", " small ", "dow"], ["cold", "small", "down"]).tolist() == [1.0, 1.0, 0.0]
     assert exact_match(["a b\nc"], [["b", "a b"]]).tolist() == [1.0]

@@ -79,3 +79,50 @@ def qwen_like() -> PreTrainedTokenizerFast:
     )
     tokenizer.train_from_iterator(corpus(), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>")
+
+
+class TiktokenLike:
+    """A stand-in for a ``tiktoken.Encoding`` (tiktoken is no dependency): its methods' signatures, a tiny vocabulary.
+
+    ``encode(text, *, allowed_special=..., disallowed_special=...)`` returns ids (longest match first; the special
+    tokens only where allowed); ``decode(tokens, errors="replace")`` takes no ``skip_special_tokens`` and, like
+    ``decode_single_token_bytes``, raises ``KeyError`` on an id the encoding does not have; ``n_vocab`` counts the
+    ids; ``eot_token`` is ``<|endoftext|>``'s id and raises ``KeyError`` when there is none. Ids: the printable ASCII
+    characters and newline, then ``words``, then the special tokens.
+    """
+
+    def __init__(self, words: tuple[str, ...] = ("->", "hot", "cold"), special: tuple[str, ...] = ("<|endoftext|>",)):
+        pieces = [chr(c) for c in range(32, 127)] + ["\n", *words]
+        self._ranks = {piece.encode(): i for i, piece in enumerate(pieces)}
+        self._special_tokens = {name: len(pieces) + i for i, name in enumerate(special)}
+        self._bytes = {i: piece for piece, i in self._ranks.items()}
+        self._bytes.update({i: name.encode() for name, i in self._special_tokens.items()})
+        self.name = "tiny"
+
+    @property
+    def n_vocab(self) -> int:
+        return max(self._bytes) + 1
+
+    @property
+    def eot_token(self) -> int:
+        return self._special_tokens["<|endoftext|>"]
+
+    def encode(self, text: str, *, allowed_special=frozenset(), disallowed_special="all") -> list[int]:
+        allowed = set(self._special_tokens) if allowed_special == "all" else set(allowed_special)
+        data, ids = text.encode(), []
+        while data:
+            special = next((name for name in allowed if data.startswith(name.encode())), None)
+            if special is not None:
+                ids.append(self._special_tokens[special])
+                data = data[len(special.encode()) :]
+                continue
+            piece = max((p for p in self._ranks if data.startswith(p)), key=len)
+            ids.append(self._ranks[piece])
+            data = data[len(piece) :]
+        return ids
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        return self._bytes[token]
+
+    def decode(self, tokens: list[int], errors: str = "replace") -> str:
+        return b"".join(self.decode_single_token_bytes(token) for token in tokens).decode("utf-8", errors=errors)

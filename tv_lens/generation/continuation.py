@@ -30,6 +30,7 @@ from tv_lens.models.memory import fitting
 from tv_lens.models.running import attached_hooks
 from tv_lens.positions import length_sorted_batches, prepare_prompts
 from tv_lens.tasks.batch import ICLBatch
+from tv_lens.tasks.encoding import decode_ids
 from tv_lens.tasks.pool import seeded_generator
 
 __all__ = ["Generation", "generate"]
@@ -44,8 +45,8 @@ class Generation:
             included), then ``-1``. ``new`` is the longest row's length.
         lengths: Number of tokens generated for each prompt.
         stopped: Whether each prompt's generation ended on a stop token (its last token).
-        texts: Each prompt's generated text without its stop token, decoded with the tokenizer (``None`` when
-            there is none).
+        texts: Each prompt's generated text without its stop token, decoded with the tokenizer, special tokens and
+            spacing kept as they are (:func:`~tv_lens.tasks.encoding.decode_ids`; ``None`` when there is none).
         prompt_lengths: Tokens of each prompt (``answer_pos + 1``, padding excluded).
         writes: Number of prompts each intervention wrote to, in the order given.
         used_cache: Whether the steps ran on the model's KV cache (else the prefix was recomputed each step).
@@ -99,9 +100,11 @@ def generate(
         top_k: Sample among the ``top_k`` most likely tokens only (``None``: all).
         seed: Seed of the sampling draws (see the module docstring).
         stop_tokens: Token ids that end a prompt's generation (kept as its last token): ``"eos"`` (default)
-            for the tokenizer's EOS token when there is one, an id, a list of ids, or ``None`` to always generate
-            ``max_new_tokens`` tokens.
-        tokenizer: Tokenizer used for ``"eos"`` and to decode ``texts`` (default: ``model.tokenizer``).
+            for the tokenizer's EOS token when there is one (a ``tiktoken`` encoding's ``eot_token``), an id, a list
+            of ids, or ``None`` to always generate ``max_new_tokens`` tokens.
+        tokenizer: Tokenizer used for ``"eos"`` and to decode ``texts`` (default: ``model.tokenizer``): a
+            HuggingFace tokenizer, a ``tokenizers.Tokenizer``, or any object with ``decode(ids)``, such as a
+            ``tiktoken`` encoding.
         batch_size: Prompts per batch of generation (``None``: all at once; halved after running out of memory,
             see :func:`~tv_lens.models.memory.fitting`); prompts of similar length are batched together. Results do
             not depend on it.
@@ -194,10 +197,7 @@ def generate(
 
 
 def _decode(tokenizer: Any, tokens: Tensor, lengths: Tensor) -> tuple[str, ...] | None:
-    decode = getattr(tokenizer, "decode", None)
-    if decode is None:
+    """Each row's first ``lengths`` tokens as text (:func:`~tv_lens.tasks.encoding.decode_ids`); ``None``: no decode."""
+    if not callable(getattr(tokenizer, "decode", None)):
         return None
-    return tuple(
-        str(decode(row[:n].tolist(), skip_special_tokens=False))
-        for row, n in zip(tokens, lengths.tolist(), strict=True)
-    )
+    return tuple(decode_ids(tokenizer, row[:n].tolist()) for row, n in zip(tokens, lengths.tolist(), strict=True))

@@ -13,6 +13,7 @@ from tv_lens.errors import ShapeError
 from tv_lens.generation.continuation import Generation
 from tv_lens.metrics import checked_answers
 from tv_lens.tasks.batch import ICLBatch
+from tv_lens.tasks.encoding import decode_ids
 
 __all__ = ["answer_texts", "decoded_answers", "exact_match", "first_word_match", "token_match"]
 
@@ -33,8 +34,8 @@ def answer_texts(batch: ICLBatch, tokenizer: Any) -> list[str]:
 
 
 def decoded_answers(answers: Int[Tensor, "batch n_answer"], tokenizer: Any) -> list[str]:
-    """Answer tokens (``-1`` padding dropped) as text, decoded as generated texts are (special tokens kept)."""
-    return [str(tokenizer.decode(row[row >= 0].tolist(), skip_special_tokens=False)) for row in answers.cpu()]
+    """Answer tokens (``-1`` padding dropped) as text, decoded as generated texts are (:func:`decode_ids`)."""
+    return [decode_ids(tokenizer, row[row >= 0].tolist()) for row in answers.cpu()]
 
 
 def token_match(generation: Generation, answers: Int[Tensor, "batch n_answer"]) -> Float[Tensor, " batch"]:

@@ -86,8 +86,8 @@ def stop_token_ids(stop_tokens: StopTokens, tokenizer: Any, adapter: ModelAdapte
     if isinstance(stop_tokens, str):
         if stop_tokens != "eos":
             raise ShapeError(f"stop_tokens must be 'eos', a token id, a list of ids or None, got {stop_tokens!r}.")
-        eos = getattr(tokenizer, "eos_token_id", None)
-        return torch.tensor([eos] if isinstance(eos, int) else [], dtype=torch.long)
+        eos = _eos_id(tokenizer)
+        return torch.tensor([] if eos is None else [eos], dtype=torch.long)
     ids = tensor_of(stop_tokens, "stop_tokens", "'eos', a token id, a list of ids or None").reshape(-1)
     if not ids.numel():  # an empty list holds no ids (torch reads it as float): no stop token, as None
         return torch.zeros(0, dtype=torch.long)
@@ -96,3 +96,14 @@ def stop_token_ids(stop_tokens: StopTokens, tokenizer: Any, adapter: ModelAdapte
             f"stop_tokens must be token ids in [0, {adapter.d_vocab}) (an int or a list), got {stop_tokens!r}."
         )
     return ids.long()
+
+
+def _eos_id(tokenizer: Any) -> int | None:
+    """The tokenizer's EOS id: ``eos_token_id``, else a ``tiktoken`` encoding's ``eot_token``; ``None``: none."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        try:
+            eos = getattr(tokenizer, "eot_token", None)
+        except KeyError:  # a tiktoken encoding without <|endoftext|>
+            eos = None
+    return eos if is_int(eos) else None

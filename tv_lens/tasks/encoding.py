@@ -50,7 +50,8 @@ def decode_ids(tokenizer: Any, ids: Sequence[int]) -> str:
 
     A ``tokenizers.Tokenizer`` skips special tokens unless told not to (``[PAD]`` would decode to ``""``), and a
     ``transformers`` tokenizer may clean up the spaces before punctuation (``" ."`` to ``"."``); both are told
-    not to. Any other object is asked for ``tokenizer.decode(ids)``.
+    not to. Any other object (a ``tiktoken`` encoding, whose ``decode`` takes no such keywords) is asked for
+    ``tokenizer.decode(ids)``.
     """
     if _is_raw(tokenizer):
         return str(tokenizer.decode(list(ids), skip_special_tokens=False))
