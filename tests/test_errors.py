@@ -1796,6 +1796,13 @@ CASES = [
         r"a dict of vectors must hold float tensors",
     ),
     Case(
+        "decode-k-above-the-tokenizers-ids",
+        lambda w: decode_vectors(w.model, torch.ones(32), k=POOL.vocab_size, tokenizer=_word_tokenizer(5)),
+        AnalysisError,
+        r"k=11 is more tokens than the tokenizer has among the model's d_vocab=11 ids \(7",
+        r"pass k <= 7",
+    ),
+    Case(
         "intervention-rows-a-string",
         lambda w: run_with_interventions(
             w.model, w.batch.inputs, w.batch.answer_pos, [add(0, torch.zeros(32), rows="0")]

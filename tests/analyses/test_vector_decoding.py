@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from causal_helpers import POOL
-from conftest import hook_snapshot
-from text_tokenizers import byte_bpe, word_level
+from conftest import hook_snapshot, tiny_config
+from text_tokenizers import TiktokenLike, byte_bpe, word_level
 
 from tv_lens.analyses import decode_vectors, function_vector, mean_head_activations
 from tv_lens.errors import AnalysisError, ShapeError, TvLensError, UnknownNameError
+from tv_lens.models import build_model
 from tv_lens.results import Result, VectorDecoding
 from tv_lens.task_vectors import TaskVectors
 
@@ -131,3 +132,42 @@ def test_special_tokens_decode_as_themselves(model, make):
     for i, token in zip(ids, decoded.tokens[0], strict=True):
         if make is word_level or by_id[i] in special:  # a word-level token is its own string
             assert token == by_id[i]
+
+
+def tiktoken_with_a_gap():
+    """The tiktoken stand-in without one id below its last (cl100k_base has such gaps before its special tokens)."""
+    tokenizer = TiktokenLike()
+    del tokenizer._bytes[tokenizer.n_vocab - 2]
+    return tokenizer
+
+
+@pytest.mark.parametrize(
+    ("make", "ids_of"),
+    [
+        (word_level, lambda t: set(t.get_vocab(with_added_tokens=True).values())),
+        (byte_bpe, lambda t: set(t.get_vocab().values())),
+        (tiktoken_with_a_gap, lambda t: set(t._bytes)),
+    ],
+    ids=["tokenizers.Tokenizer", "PreTrainedTokenizerFast", "tiktoken"],
+)
+def test_ids_the_tokenizer_does_not_have_are_never_ranked(make, ids_of):
+    """A ``d_vocab`` padded past the tokenizer (Pythia's, to a multiple of 128) has rows that decode to ``""``."""
+    tokenizer = make()
+    ids = ids_of(tokenizer)
+    n_ids = max(ids) + 1
+    model = build_model(tiny_config("bridge", dtype="float64", d_vocab=n_ids + 8))
+    outside = [i for i in range(model.cfg.d_vocab) if i not in ids]
+    w_u = model.W_U.detach().double()
+    vector = (w_u[:, outside] * torch.linspace(1, 2, len(outside), dtype=torch.float64)).sum(-1) * 10
+    logits = hand_lens(model, vector)
+    assert set(torch.topk(logits, 5).indices.tolist()) & set(outside)  # the padded ids lead the logit lens
+    decoded = decode_vectors(model, vector, k=5, tokenizer=tokenizer)
+    inside = torch.tensor(sorted(ids))
+    top = torch.topk(logits[inside], 5)
+    assert decoded.token_ids[0].tolist() == inside[top.indices].tolist()
+    torch.testing.assert_close(decoded.logits[0], top.values, atol=1e-10, rtol=0)
+    assert all(decoded.tokens[0]) and not set(decoded.token_ids[0].tolist()) & set(outside)
+    assert set(decode_vectors(model, vector, k=5).token_ids[0].tolist()) & set(outside)  # no tokenizer: every id
+    with pytest.raises(AnalysisError, match=rf"k={len(ids) + 1} is more tokens than the tokenizer has") as info:
+        decode_vectors(model, vector, k=len(ids) + 1, tokenizer=tokenizer)
+    assert f"pass k <= {len(ids)}" in str(info.value)

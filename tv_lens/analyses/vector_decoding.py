@@ -5,7 +5,9 @@ own final norm ``ln_final`` is applied to it alone (a LayerNorm centres ``v`` an
 mean square, then applies the learned weight and bias; an RMSNorm only divides), then the unembedding
 (``W_U`` and ``b_U``): ``logits = unembed(ln_final(v))``, exactly TransformerLens's logit lens of a residual
 vector. A model without a final norm is unembedded directly. The top ``k`` tokens by logit are kept, with
-their strings where the model has a tokenizer.
+their strings where the model has a tokenizer. With a tokenizer, only ids it has are ranked: a model whose
+``d_vocab`` is padded past its tokenizer (GPT-NeoX and Pythia round it up to a multiple of 128) has unembedding rows
+no text maps to, which would otherwise be reported as blank tokens (``""``).
 
 The computation runs the model's ``ln_final`` and ``unembed`` modules with the user's hooks set aside, so a
 hook attached to the model does not change what is decoded.
@@ -14,6 +16,7 @@ hook attached to the model does not change what is decoded.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import islice
 from typing import Any
 
 import torch
@@ -26,7 +29,7 @@ from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.models.row_logits import unembed_rows
 from tv_lens.results.vector_decoding import NamedRows, NamedVectors, VectorDecoding
-from tv_lens.tasks.encoding import decode_ids
+from tv_lens.tasks.encoding import decode_ids, has_token_id
 
 __all__ = ["VectorDecoding", "decode_vectors", "logit_lens"]
 
@@ -67,10 +70,11 @@ def decode_vectors(model: Any, vectors: Vectors, k: int = 10, *, tokenizer: Any 
             tensor ``[d_model]`` or ``[n, d_model]``, or a dict of named ``[d_model]`` tensors.
         k: Tokens kept per vector, by decreasing logit (ties: the lower token id first).
         tokenizer: Decodes the token ids, one at a time, special tokens and spaces kept as they are (default:
-            ``model.tokenizer``; none: only ids).
+            ``model.tokenizer``; none: only ids, every id of ``d_vocab`` ranked). Ids it does not have (padding of
+            ``d_vocab`` past its vocabulary) are never ranked.
 
     Raises:
-        AnalysisError: ``k`` outside ``[1, d_vocab]``.
+        AnalysisError: ``k`` outside ``[1, d_vocab]``, or above the ids of ``d_vocab`` the tokenizer has.
         ShapeError: Vectors of another width than the model's ``d_model``, or from a model of other sizes.
     """
     adapter = adapt(model)
@@ -79,12 +83,38 @@ def decode_vectors(model: Any, vectors: Vectors, k: int = 10, *, tokenizer: Any 
     n_vocab = int(logits.shape[-1])
     if not is_int(k) or not 1 <= k <= n_vocab:
         raise AnalysisError(f"k must be an int in [1, {n_vocab}] (tokens kept per vector), got {k!r}.")
-    order = torch.argsort(logits, dim=-1, descending=True, stable=True)[:, :k]
+    order = torch.argsort(logits, dim=-1, descending=True, stable=True)
     tokenizer = tokenizer if tokenizer is not None else getattr(adapter.model, "tokenizer", None)
     tokens = None
-    if callable(getattr(tokenizer, "decode", None)):  # special tokens and spaces kept: "[PAD]", not ""
+    if callable(getattr(tokenizer, "decode", None)):
+        order = _tokenizer_top(order, tokenizer, k)
+        # special tokens and spaces kept: "[PAD]", not ""
         tokens = tuple(tuple(decode_ids(tokenizer, [token]) for token in row) for row in order.tolist())
+    else:
+        order = order[:, :k]
     return VectorDecoding(names, tasks, layers, order, logits.gather(-1, order), tokens, normalisation)
+
+
+def _tokenizer_top(order: Tensor, tokenizer: Any, k: int) -> Tensor:
+    """The first ``k`` ids of each row of ``order`` that ``tokenizer`` has (:func:`has_token_id`)."""
+    known: dict[int, bool] = {}
+    rows = []
+    for row in order.tolist():
+        kept = list(islice((token for token in row if _known(known, tokenizer, token)), k))
+        if len(kept) < k:
+            raise AnalysisError(
+                f"k={k} is more tokens than the tokenizer has among the model's d_vocab={len(row)} ids ({len(kept)}; "
+                f"the others pad the unembedding past the tokenizer); pass k <= {len(kept)}."
+            )
+        rows.append(kept)
+    return torch.tensor(rows, dtype=torch.long).reshape(len(rows), k)
+
+
+def _known(known: dict[int, bool], tokenizer: Any, token: int) -> bool:
+    """Whether ``tokenizer`` has ``token``, asked once per id (``known`` remembers the answers)."""
+    if token not in known:
+        known[token] = has_token_id(tokenizer, token)
+    return known[token]
 
 
 def _named_rows(model: Any, vectors: Vectors) -> NamedRows:

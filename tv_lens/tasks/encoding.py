@@ -17,7 +17,7 @@ import numpy as np
 
 from tv_lens.errors import TaskError
 
-__all__ = ["Encoded", "TextEncoder", "decode_ids"]
+__all__ = ["Encoded", "TextEncoder", "decode_ids", "has_token_id"]
 
 _PAD_NAMES = ("<pad>", "[PAD]", "<|pad|>")
 
@@ -58,6 +58,30 @@ def decode_ids(tokenizer: Any, ids: Sequence[int]) -> str:
     if _is_transformers(tokenizer):
         return str(tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False))
     return str(tokenizer.decode(list(ids)))
+
+
+def has_token_id(tokenizer: Any, token: int) -> bool:
+    """Whether ``token`` is an id of ``tokenizer``.
+
+    A model's ``d_vocab`` may be padded past its tokenizer's ids (GPT-NeoX and Pythia round it up to a multiple of
+    128): such an id decodes to ``""`` (HuggingFace) or fails (``tiktoken``). A ``tokenizers.Tokenizer`` or a
+    ``transformers`` tokenizer is asked for the id's token, an object with ``decode_single_token_bytes`` (a
+    ``tiktoken`` encoding, which has gaps between its ids) for its bytes; any other object has every id below its
+    ``n_vocab``, or every id when it has none.
+    """
+    if _is_raw(tokenizer):
+        return tokenizer.id_to_token(token) is not None
+    single = getattr(tokenizer, "decode_single_token_bytes", None)
+    try:
+        if _is_transformers(tokenizer):
+            return tokenizer.convert_ids_to_tokens(token) is not None
+        if callable(single):
+            single(token)
+            return True
+    except (IndexError, KeyError, OverflowError):  # an id past a slow tokenizer's or tiktoken's ids
+        return False
+    size = getattr(tokenizer, "n_vocab", None)
+    return token < size if isinstance(size, int) else True
 
 
 class TextEncoder:
