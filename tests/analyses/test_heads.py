@@ -209,6 +209,31 @@ def test_tasks_without_prompts_overlap_nothing_and_one_task_states_no_overlap(mo
     assert two.top_heads(3, task=batch.task_names[1]) == list(ranked_heads(two.importance[..., 1])[:3])
 
 
+def test_a_spearman_without_a_ranking_is_reported_as_not_measured(model):
+    """One head has no rank correlation; the report line says so instead of printing nan (nor does a screen not run)."""
+    from conftest import tiny_config
+
+    from tv_lens.models import build_model
+
+    batch = sample(n_per_task=2, seed=0)
+    one_head = build_model(tiny_config("bridge", dtype="float64", n_layers=1, n_heads=1))
+    result = HeadAblation(n_bootstrap=0, prune_steps=0).run_batch(one_head, batch)
+    assert math.isnan(result.attribution_spearman) and result.headline()["attribution_method"] == "log_odds"
+    ((_, _, line),) = summary_lines(headline_numbers({"heads": result}))
+    assert line.endswith("attribution vs ablation Spearman not measured (one head: no ranking to compare)")
+    assert "nan" not in line
+    unscreened = HeadAblation(n_bootstrap=0, prune_steps=0, attribution=False).run_batch(model, batch)
+    ((_, _, line),) = summary_lines(headline_numbers({"heads": unscreened}))
+    assert line.endswith("attribution vs ablation Spearman not measured (the attribution screen was not run)")
+    flat = replace(result, attribution_spearman=math.nan)
+    numbers = {**flat.headline(), "n_heads": 12}  # twelve heads whose estimates were all equal
+    ((_, _, line),) = summary_lines({"heads": numbers})
+    assert line.endswith("not measured (the estimates or the loss increases are all equal: no ranking to compare)")
+    old_summary = {key: value for key, value in numbers.items() if key != "attribution_method"}
+    ((_, _, line),) = summary_lines({"heads": old_summary})
+    assert line.endswith("attribution vs ablation Spearman not measured")
+
+
 def test_frame_figures_save_load_and_top_heads(analysed, tmp_path):
     _, batch, result = analysed
     frame = result.to_frame()

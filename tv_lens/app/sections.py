@@ -144,8 +144,21 @@ def _heads_line(n: Numbers) -> str:
         shared = "not measured (fewer than two tasks besides Null)"
     return (
         f"most important {', '.join(n['top_heads'])} of {n['n_heads']}; mean {n['shared_method']} overlap of "
-        f"tasks' top heads {shared}; attribution vs ablation Spearman {_f(n['attribution_spearman'])}"
+        f"tasks' top heads {shared}; attribution vs ablation Spearman {_screen_spearman(n)}"
     )
+
+
+def _screen_spearman(n: Numbers) -> str:
+    """The attribution screen's Spearman, or why it is not measured (NaN)."""
+    if not math.isnan(n["attribution_spearman"]):
+        return _f(n["attribution_spearman"])
+    if n["n_heads"] < 2:
+        return "not measured (one head: no ranking to compare)"
+    if "attribution_method" not in n:  # absent from summaries written before it was
+        return "not measured"
+    if n["attribution_method"] is None:
+        return "not measured (the attribution screen was not run)"
+    return "not measured (the estimates or the loss increases are all equal: no ranking to compare)"
 
 
 def _attention_line(n: Numbers) -> str:

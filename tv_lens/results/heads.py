@@ -209,12 +209,15 @@ class HeadImportance(SweepSettings, Result):
         """The three most important heads, the mean overlap of tasks' top heads, and the screen's Spearman.
 
         ``shared_chance`` is the 95th percentile of two random top-k sets' overlap (:meth:`chance_overlap`; NaN for
-        Spearman correlations), the level above which the tasks share heads beyond chance.
+        Spearman correlations), the level above which the tasks share heads beyond chance. ``attribution_spearman``
+        is NaN where it is not measured: no screen (``attribution_method`` ``None``), one head, or estimates or loss
+        increases that are all equal.
         """
         off_diagonal = self.task_overlaps()
         return {
             "top_heads": [f"L{layer}H{head}" for layer, head in self.top_heads(3)],
             "attribution_spearman": float(self.attribution_spearman),
+            "attribution_method": self.attribution_method,
             "shared_mean": float(off_diagonal.mean()) if len(off_diagonal) else math.nan,
             "shared_method": self.shared_method,
             "shared_chance": self.chance_overlap()[1] if self.shared_method == "jaccard" else math.nan,
