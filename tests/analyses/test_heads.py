@@ -171,6 +171,26 @@ def test_shared_heads_equal_set_and_scipy_computations():
     np.testing.assert_allclose(rank.numpy(), spearmanr(flat).statistic, atol=1e-12)
 
 
+def test_a_task_whose_importance_is_equal_at_every_head_shares_no_heads(model):
+    """Two tasks no ablation harms: their "top heads" would be the first heads in block order, overlapping fully."""
+    importance = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    importance[..., 0] = importance[..., 1] = 0.0  # e.g. accuracy drops of tasks no single ablation harms
+    jaccard = shared_heads(importance, "jaccard", top_k=3)
+    assert jaccard[:2].isnan().all() and jaccard[:, :2].isnan().all()
+    flat = importance.reshape(12, 4).numpy()
+    tops = [set(np.argsort(-flat[:, t], kind="stable")[:3].tolist()) for t in (2, 3)]
+    assert float(jaccard[2, 3]) == pytest.approx(len(tops[0] & tops[1]) / len(tops[0] | tops[1]))
+    rank = shared_heads(importance, "spearman")  # a constant vector has no rank correlation either
+    assert rank[:2].isnan().all() and rank[:, :2].isnan().all()
+    assert float(rank[2, 3]) == pytest.approx(spearmanr(flat[:, 2], flat[:, 3]).statistic, abs=1e-12)
+    batch = sample(n_per_task=2, seed=0)
+    result = HeadAblation(n_bootstrap=0, prune_steps=0, top_k=3).run_batch(model, batch)
+    flat_tasks = replace(result, shared=jaccard)
+    assert flat_tasks.headline()["shared_pairs"] == 6 and math.isnan(flat_tasks.headline()["shared_mean"])
+    ((_, _, line),) = summary_lines(headline_numbers({"heads": flat_tasks}))
+    assert "top heads not measured (a task's importance is the same at every head: no ranking of heads to" in line
+
+
 def test_chance_overlap_is_that_of_two_random_sets_of_the_results_top_k_heads(analysed):
     model, _, result = analysed
     n_heads = model.cfg.n_layers * model.cfg.n_heads

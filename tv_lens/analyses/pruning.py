@@ -32,7 +32,9 @@ def shared_heads(
 
     ``"jaccard"``: ``|A ∩ B| / |A ∪ B|`` of the tasks' ``top_k`` heads by importance (ties by block, head).
     ``"spearman"``: rank correlation of the tasks' importance vectors over all heads (average ranks on ties).
-    A task whose importance is NaN at every head (no prompts of it) overlaps nothing: its row and column are NaN.
+    A task whose importance is NaN at every head (no prompts of it), or the same at every head (one head, or no
+    ablation changes it), has no ranking of heads and overlaps nothing: its row and column are NaN (its "top k"
+    would be the first heads in block order, so two such tasks would overlap fully).
     """
     if method not in SHARED_METHODS:
         raise AnalysisError(f"Unknown shared-heads method {method!r}; use one of {list(SHARED_METHODS)}.")
@@ -48,8 +50,8 @@ def shared_heads(
     member.scatter_(0, order, 1.0)
     both = member.T @ member
     overlap = both / (2 * top_k - both)
-    absent = flat.isnan().all(dim=0)  # its ties would make a "top k" of the first heads
-    overlap[absent, :] = overlap[:, absent] = torch.nan
+    unranked = flat.isnan().all(dim=0) | (flat.amax(dim=0) == flat.amin(dim=0))  # ties all the way down
+    overlap[unranked, :] = overlap[:, unranked] = torch.nan
     return overlap
 
 

@@ -140,8 +140,10 @@ def _heads_line(n: Numbers) -> str:
     chance = n.get("shared_chance", math.nan)  # absent from summaries written before it was
     beyond = "" if math.isnan(chance) else f" (two random sets: 95th percentile {_f(chance)})"
     shared = f"{_f(n['shared_mean'])}{beyond}"
-    if math.isnan(n["shared_mean"]):  # no two tasks besides Null
+    if math.isnan(n["shared_mean"]) and not n.get("shared_pairs"):  # absent from summaries written before it was
         shared = "not measured (fewer than two tasks besides Null)"
+    elif math.isnan(n["shared_mean"]):
+        shared = "not measured (a task's importance is the same at every head: no ranking of heads to compare)"
     return (
         f"most important {', '.join(n['top_heads'])} of {n['n_heads']}; mean {n['shared_method']} overlap of "
         f"tasks' top heads {shared}; attribution vs ablation Spearman {_screen_spearman(n)}"

@@ -219,6 +219,7 @@ class HeadImportance(SweepSettings, Result):
             "attribution_spearman": float(self.attribution_spearman),
             "attribution_method": self.attribution_method,
             "shared_mean": float(off_diagonal.mean()) if len(off_diagonal) else math.nan,
+            "shared_pairs": len(off_diagonal),
             "shared_method": self.shared_method,
             "shared_chance": self.chance_overlap()[1] if self.shared_method == "jaccard" else math.nan,
             "n_heads": self.n_layers * self.n_heads,
