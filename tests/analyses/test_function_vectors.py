@@ -371,7 +371,9 @@ def test_bad_input_is_a_clear_error(model, analysed):
         FunctionVectors(layers=(7,), n_bootstrap=0).run_batch(model, clean, corrupted, evaluation)
     with pytest.raises(LayerOutOfRangeError):
         function_vector(model, result.means, [(5, 0)])
-    with pytest.raises(LayerOutOfRangeError):
+    with pytest.raises(
+        LayerOutOfRangeError, match=r"Head 9 is out of range: blocks have 4 heads, so use a head in \[0, 3\]"
+    ):
         function_vector(model, result.means, [(0, 9)])
     with pytest.raises(AnalysisError, match="distinct"):
         function_vector(model, result.means, [(0, 1), (0, 1)])

@@ -125,7 +125,10 @@ def function_vector(
     outputs = []
     for layer, head in chosen:
         if not 0 <= head < means.n_heads:
-            raise LayerOutOfRangeError(f"Head {head} is out of range: blocks have {means.n_heads} heads.")
+            raise LayerOutOfRangeError(
+                f"Head {head} is out of range: blocks have {means.n_heads} heads, so use a head in "
+                f"[0, {means.n_heads - 1}]."
+            )
         z = means.activations[:, means.layer_index(layer), head]
         outputs.append(z.double() @ _output_weights(adapter, layer)[head])
     head_outputs = torch.stack(outputs, dim=1)  # [task, k, d_model]
