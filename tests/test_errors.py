@@ -1803,6 +1803,33 @@ CASES = [
         r"pass k <= 7",
     ),
     Case(
+        "decode-tokenizer-without-decode",
+        lambda w: decode_vectors(w.model, torch.ones(32), 2, tokenizer="gpt2"),
+        TaskError,
+        r"tokenizer must decode token ids .*an object with decode\(ids\)\), got str 'gpt2'",
+        r"load the tokenizer itself .*or pass None to use model\.tokenizer",
+    ),
+    Case(
+        "generate-tokenizer-without-decode",
+        lambda w: generate(w.model, w.batch, [], 2, tokenizer="gpt2"),
+        TaskError,
+        r"tokenizer must decode token ids .*an object with decode\(ids\)\), got str 'gpt2'",
+        r"load the tokenizer itself .*or pass None to use model\.tokenizer",
+    ),
+    Case(
+        "scoring-tokenizer-without-decode",
+        lambda w: task_vector_prompting(
+            w.model,
+            w.batch,
+            w.batch.zero_shot(),
+            tokenizer="gpt2",
+            config=TaskVectorPrompting(scoring="exact_match", n_bootstrap=0),
+        ),
+        TaskError,
+        r"tokenizer must decode token ids .*an object with decode\(ids\)\), got str 'gpt2'",
+        r"load the tokenizer itself .*or pass None to use model\.tokenizer",
+    ),
+    Case(
         "intervention-rows-a-string",
         lambda w: run_with_interventions(
             w.model, w.batch.inputs, w.batch.answer_pos, [add(0, torch.zeros(32), rows="0")]

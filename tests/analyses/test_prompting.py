@@ -182,6 +182,17 @@ def test_bad_input_names_the_problem(model):
         task_vector_prompting(model, batch, zero.inputs)
 
 
+def test_a_generation_scoring_without_a_usable_tokenizer_is_refused_before_the_first_pass(model):
+    batch = sample(n_per_task=3, seed=0)
+    config = TaskVectorPrompting(scoring="exact_match", n_bootstrap=0)
+    with failing_user_hook(model, "blocks.0.hook_resid_pre", fail_on_call=0) as calls:  # counts passes, never fails
+        with pytest.raises(AnalysisError, match="compares generated text with the answers, which needs a tokenizer"):
+            config.run_batch(model, batch)
+        with pytest.raises(TaskError, match="tokenizer must decode token ids"):
+            task_vector_prompting(model, batch, batch.zero_shot(), tokenizer="gpt2", config=config)
+    assert calls == []
+
+
 def test_hooks_are_restored_after_a_fault_mid_sweep(model):
     batch = sample(n_per_task=3, seed=6)
     with failing_user_hook(model, "blocks.1.hook_resid_post", fail_on_call=4) as calls:

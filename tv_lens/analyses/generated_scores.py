@@ -18,6 +18,7 @@ from tv_lens.analyses.answers import answer_counts
 from tv_lens.errors import AnalysisError
 from tv_lens.generation import exact_match, first_word_match, generate
 from tv_lens.generation.matching import decoded_answers
+from tv_lens.tasks.encoding import decoding_tokenizer
 
 __all__ = ["GeneratedScores", "scoring_tokenizer"]
 
@@ -27,8 +28,9 @@ def scoring_tokenizer(model: Any, scoring: str, tokenizer: Any = None) -> Any:
 
     Raises:
         AnalysisError: Neither is there.
+        TaskError: ``tokenizer`` has no ``decode`` (e.g. a model's name).
     """
-    found = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    found = decoding_tokenizer(tokenizer, model)
     if found is None:
         raise AnalysisError(
             f"scoring={scoring!r} compares generated text with the answers, which needs a tokenizer; pass "

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from tv_lens.analyses.answers import answer_scores, prompt_count, prompt_task_ids
-from tv_lens.analyses.generated_scores import GeneratedScores
+from tv_lens.analyses.generated_scores import GeneratedScores, scoring_tokenizer
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.patching import patch_site
 from tv_lens.analyses.performance import clean_outputs
@@ -113,10 +113,11 @@ def task_vector_prompting(
         seed: Seed of the bootstrap.
 
     Raises:
-        AnalysisError: A generation scoring without a tokenizer, or with continuous answers.
-        TaskError: ``source="task_mean"`` vectors without a prompt's task; ``"other_prompt"`` with a task of a
-            single prompt, or whose prompts all share one query; ``prompts`` or ``zero_shot`` without a field of
-            :class:`~tv_lens.analyses.LabelledPrompts`.
+        AnalysisError: A generation scoring without a tokenizer, or with continuous answers (both refused before
+            the first pass).
+        TaskError: A ``tokenizer`` without ``decode``; ``source="task_mean"`` vectors without a prompt's task;
+            ``"other_prompt"`` with a task of a single prompt, or whose prompts all share one query; ``prompts`` or
+            ``zero_shot`` without a field of :class:`~tv_lens.analyses.LabelledPrompts`.
         ShapeError: Mismatched prompt counts, or vectors of another d_model.
         LayerOutOfRangeError: A layer outside the model (or the given vectors).
     """
@@ -135,6 +136,8 @@ def task_vector_prompting(
             f"scoring={scoring!r} compares generated text with the answers, and continuous (regression) answers "
             "are vectors, not text; use scoring='teacher_forced' (correct: squared error <= tolerance)."
         )
+    if scoring != "teacher_forced":
+        tokenizer = scoring_tokenizer(model, scoring, tokenizer)  # refused before the first pass
     icl_correct, icl_loss = _score(clean_outputs(model, prompts, config.batch_size, answers), answers, config.tolerance)
     queries = prompt_ids(model, zero_shot.inputs, zero_shot.answer_pos, zero_shot.attention_mask)
     injected, vector_source = prompting_vectors(

@@ -29,7 +29,7 @@ from tv_lens.models.adapter import adapt
 from tv_lens.models.exclusive import evaluating, user_hooks_detached
 from tv_lens.models.row_logits import unembed_rows
 from tv_lens.results.vector_decoding import NamedRows, NamedVectors, VectorDecoding
-from tv_lens.tasks.encoding import decode_ids, has_token_id
+from tv_lens.tasks.encoding import decode_ids, decoding_tokenizer, has_token_id
 
 __all__ = ["VectorDecoding", "decode_vectors", "logit_lens"]
 
@@ -76,6 +76,7 @@ def decode_vectors(model: Any, vectors: Vectors, k: int = 10, *, tokenizer: Any 
     Raises:
         AnalysisError: ``k`` outside ``[1, d_vocab]``, or above the ids of ``d_vocab`` the tokenizer has.
         ShapeError: Vectors of another width than the model's ``d_model``, or from a model of other sizes.
+        TaskError: A ``tokenizer`` without ``decode`` (e.g. a model's name).
     """
     adapter = adapt(model)
     names, tasks, layers, stacked = _named_rows(model, vectors)
@@ -84,9 +85,9 @@ def decode_vectors(model: Any, vectors: Vectors, k: int = 10, *, tokenizer: Any 
     if not is_int(k) or not 1 <= k <= n_vocab:
         raise AnalysisError(f"k must be an int in [1, {n_vocab}] (tokens kept per vector), got {k!r}.")
     order = torch.argsort(logits, dim=-1, descending=True, stable=True)
-    tokenizer = tokenizer if tokenizer is not None else getattr(adapter.model, "tokenizer", None)
+    tokenizer = decoding_tokenizer(tokenizer, adapter.model)
     tokens = None
-    if callable(getattr(tokenizer, "decode", None)):
+    if tokenizer is not None:
         order = _tokenizer_top(order, tokenizer, k)
         # special tokens and spaces kept: "[PAD]", not ""
         tokens = tuple(tuple(decode_ids(tokenizer, [token]) for token in row) for row in order.tolist())

@@ -30,7 +30,7 @@ from tv_lens.models.memory import fitting
 from tv_lens.models.running import attached_hooks
 from tv_lens.positions import length_sorted_batches, prepare_prompts
 from tv_lens.tasks.batch import ICLBatch
-from tv_lens.tasks.encoding import decode_ids
+from tv_lens.tasks.encoding import decode_ids, decoding_tokenizer
 from tv_lens.tasks.pool import seeded_generator
 
 __all__ = ["Generation", "generate"]
@@ -122,6 +122,7 @@ def generate(
         PositionError: ``answer_pos`` outside a prompt, an intervention position after it, or a prompt that
             with ``max_new_tokens`` does not fit the model's context ``n_ctx``.
         ModelNotSupportedError: ``use_cache=True`` on a model whose KV cache is unavailable or unverified.
+        TaskError: A ``tokenizer`` without ``decode`` (e.g. a model's name).
         InterventionNotAppliedError: An intervention wrote to no prompt.
     """
     adapter = adapt(model)
@@ -144,7 +145,7 @@ def generate(
             "knockout on the prompts with run_with_interventions."
         )
     plans = [resolve(adapter, prepared, intervention) for intervention in interventions]
-    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    tokenizer = decoding_tokenizer(tokenizer, model)
     stops = stop_token_ids(stop_tokens, tokenizer, adapter)
     kind = cache_kind(adapter, use_cache)
     # Recomputing with hooks of the caller's attached: those see each prompt's own sequence, never padding.
@@ -198,6 +199,6 @@ def generate(
 
 def _decode(tokenizer: Any, tokens: Tensor, lengths: Tensor) -> tuple[str, ...] | None:
     """Each row's first ``lengths`` tokens as text (:func:`~tv_lens.tasks.encoding.decode_ids`); ``None``: no decode."""
-    if not callable(getattr(tokenizer, "decode", None)):
+    if tokenizer is None:
         return None
     return tuple(decode_ids(tokenizer, row[:n].tolist()) for row, n in zip(tokens, lengths.tolist(), strict=True))

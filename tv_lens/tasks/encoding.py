@@ -17,7 +17,7 @@ import numpy as np
 
 from tv_lens.errors import TaskError
 
-__all__ = ["Encoded", "TextEncoder", "decode_ids", "has_token_id"]
+__all__ = ["Encoded", "TextEncoder", "decode_ids", "decoding_tokenizer", "has_token_id"]
 
 _PAD_NAMES = ("<pad>", "[PAD]", "<|pad|>")
 
@@ -58,6 +58,25 @@ def decode_ids(tokenizer: Any, ids: Sequence[int]) -> str:
     if _is_transformers(tokenizer):
         return str(tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False))
     return str(tokenizer.decode(list(ids)))
+
+
+def decoding_tokenizer(tokenizer: Any, model: Any) -> Any:
+    """``tokenizer``, else ``model.tokenizer``: what decodes token ids to text (``None``: neither decodes).
+
+    Raises:
+        TaskError: ``tokenizer`` is given but has no ``decode`` (e.g. a model's name), which would leave the texts
+            out without a word.
+    """
+    if tokenizer is None:
+        found = getattr(model, "tokenizer", None)
+        return found if callable(getattr(found, "decode", None)) else None
+    if not callable(getattr(tokenizer, "decode", None)):
+        raise TaskError(
+            f"tokenizer must decode token ids (a HuggingFace tokenizer, a tokenizers.Tokenizer or a tiktoken "
+            f"encoding: an object with decode(ids)), got {type(tokenizer).__name__} {tokenizer!r:.60}; load the "
+            "tokenizer itself (e.g. AutoTokenizer.from_pretrained(name)), or pass None to use model.tokenizer."
+        )
+    return tokenizer
 
 
 def has_token_id(tokenizer: Any, token: int) -> bool:
