@@ -347,6 +347,21 @@ def test_a_tiktoken_encoding_decodes_texts_and_answers_and_its_eot_token_stops()
     assert without_eot.lengths.tolist() == [3, 3] and not bool(without_eot.stopped.any())
 
 
+def test_a_generated_id_past_a_tiktoken_encoding_decodes_to_nothing():
+    """A ``d_vocab`` padded past the encoding: tiktoken raises ``KeyError`` on such an id; HuggingFace gives ``""``."""
+    from text_tokenizers import TiktokenLike
+
+    tokenizer = TiktokenLike()
+    model = build_model(tiny_config("bridge", dtype="float64", d_vocab=tokenizer.n_vocab + 4, n_layers=1))
+    padded = tokenizer.n_vocab + 2
+    push = add(0, model.W_U[:, padded].detach() * 100)  # the first new token: the padding id
+    out = generate(model, torch.tensor([tokenizer.encode("hot->")]), [push], 3, tokenizer=tokenizer, stop_tokens=None)
+    assert int(out.tokens[0, 0]) == padded
+    with pytest.raises(KeyError):
+        tokenizer.decode(out.tokens[0].tolist())
+    assert out.texts == (tokenizer.decode([t for t in out.tokens[0].tolist() if t < tokenizer.n_vocab]),)
+
+
 def test_text_scores():
     assert exact_match(["cold\nx", " small ", "dow"], ["cold", "small", "down"]).tolist() == [1.0, 1.0, 0.0]
     assert exact_match(["a b\nc"], [["b", "a b"]]).tolist() == [1.0]

@@ -51,13 +51,14 @@ def decode_ids(tokenizer: Any, ids: Sequence[int]) -> str:
     A ``tokenizers.Tokenizer`` skips special tokens unless told not to (``[PAD]`` would decode to ``""``), and a
     ``transformers`` tokenizer may clean up the spaces before punctuation (``" ."`` to ``"."``); both are told
     not to. Any other object (a ``tiktoken`` encoding, whose ``decode`` takes no such keywords) is asked for
-    ``tokenizer.decode(ids)``.
+    ``tokenizer.decode(ids)`` of the ids it has (:func:`has_token_id`): an id past its vocabulary (padding of a
+    model's ``d_vocab``) decodes to nothing, as both others decode it, where ``tiktoken`` would raise ``KeyError``.
     """
     if _is_raw(tokenizer):
         return str(tokenizer.decode(list(ids), skip_special_tokens=False))
     if _is_transformers(tokenizer):
         return str(tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False))
-    return str(tokenizer.decode(list(ids)))
+    return str(tokenizer.decode([token for token in ids if has_token_id(tokenizer, token)]))
 
 
 def decoding_tokenizer(tokenizer: Any, model: Any) -> Any:
