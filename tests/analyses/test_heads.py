@@ -248,7 +248,8 @@ def test_a_spearman_without_a_ranking_is_reported_as_not_measured(model):
     flat = replace(result, attribution_spearman=math.nan)
     numbers = {**flat.headline(), "n_heads": 12}  # twelve heads whose estimates were all equal
     ((_, _, line),) = summary_lines({"heads": numbers})
-    assert line.endswith("not measured (the estimates or the loss increases are all equal: no ranking to compare)")
+    reason = "the estimates or the loss increases have no ranking: all equal, or no prompt besides Null"
+    assert line.endswith(f"attribution vs ablation Spearman not measured ({reason})")
     old_summary = {key: value for key, value in numbers.items() if key != "attribution_method"}
     ((_, _, line),) = summary_lines({"heads": old_summary})
     assert line.endswith("attribution vs ablation Spearman not measured")

@@ -160,7 +160,7 @@ def _screen_spearman(n: Numbers) -> str:
         return "not measured"
     if n["attribution_method"] is None:
         return "not measured (the attribution screen was not run)"
-    return "not measured (the estimates or the loss increases are all equal: no ranking to compare)"
+    return "not measured (the estimates or the loss increases have no ranking: all equal, or no prompt besides Null)"
 
 
 def _attention_line(n: Numbers) -> str:
