@@ -945,6 +945,24 @@ CASES = [
         r"k must be an int >= 1",
     ),
     Case(
+        "null-prompts-alone-head-ablation",
+        lambda w: HeadAblation(n_bootstrap=0, prune_steps=0).run_batch(
+            w.model, w.batch.select(w.batch.task_ids == w.batch.task_names.index("null"))
+        ),
+        AnalysisError,
+        r"Every prompt is of the Null task 'null' \(random answers\), and head importance reports means",
+        r"Pass prompts of at least one other task; .* pass null_task=''",
+    ),
+    Case(
+        "null-prompts-alone-task-vector-prompting",
+        lambda w: TaskVectorPrompting(n_bootstrap=0).run_batch(
+            w.model, w.batch.select(w.batch.task_ids == w.batch.task_names.index("null"))
+        ),
+        AnalysisError,
+        r"Every prompt is of the Null task 'null' .* task-vector prompting reports means",
+        r"Pass prompts of at least one other task",
+    ),
+    Case(
         "td-unknown-repeats",
         lambda w: TaskDecodability(repeats="drop"),
         AnalysisError,

@@ -11,15 +11,24 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tv_lens.checks import is_integer_tensor, tensor_of
-from tv_lens.errors import NonFiniteError, ShapeError, TaskError
+from tv_lens.errors import AnalysisError, NonFiniteError, ShapeError, TaskError
 from tv_lens.metrics import TOLERANCE, Answers, checked_answers, continuous_answers
 from tv_lens.metrics import answer_scores as scored_answers
+from tv_lens.results.shared import real_prompts
 
-__all__ = ["answer_counts", "answer_scores", "answer_tokens", "finite_outputs", "prompt_count", "prompt_task_ids"]
+__all__ = [
+    "answer_counts",
+    "answer_scores",
+    "answer_tokens",
+    "finite_outputs",
+    "prompt_count",
+    "prompt_task_ids",
+    "real_task_prompts",
+]
 
 
 def answer_tokens(answers: Int[Tensor, "batch ..."] | None, n_prompts: int) -> Int[Tensor, "batch n_answer"]:
@@ -73,6 +82,25 @@ def prompt_task_ids(
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(task_names)):
         raise TaskError(f"task_ids must index task_names {tuple(task_names)}.")
     return ids
+
+
+def real_task_prompts(
+    ids: Int[Tensor, " batch"], task_names: Sequence[str], null_task: str, analysis: str
+) -> Bool[Tensor, " batch"]:
+    """Which prompts are of a task other than ``null_task`` (:func:`~tv_lens.results.shared.real_prompts`).
+
+    Raises:
+        AnalysisError: Every prompt is of the Null task, so the overall numbers ``analysis`` reports, means over the
+            other tasks' prompts, would be NaN (and the heads or layers ranked by them in block order).
+    """
+    real = real_prompts(ids, task_names, null_task)
+    if len(real) and not bool(real.any()):
+        raise AnalysisError(
+            f"Every prompt is of the Null task {null_task!r} (random answers), and {analysis} reports means over the "
+            "prompts of the other tasks: there are none. Pass prompts of at least one other task; to read the Null "
+            "task's prompts as a task of their own, pass null_task='' (no task is then left out)."
+        )
+    return real
 
 
 def finite_outputs(outputs: Float[Tensor, "batch n_answer d_out"]) -> Float[Tensor, "batch n_answer d_out"]:

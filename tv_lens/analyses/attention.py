@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.analyses.answers import prompt_task_ids
+from tv_lens.analyses.answers import prompt_task_ids, real_task_prompts
 from tv_lens.analyses.options import N_PER_TASK, IntervalOptions, PassOptions, analysis_config
 from tv_lens.analyses.prompt_batches import LabelledPrompts, PromptBatch, PromptPool, check_prompts, sample_batch
 from tv_lens.checks import is_integer_tensor, tensor_of
@@ -47,7 +47,6 @@ from tv_lens.models.running import HookFn, read_batches
 from tv_lens.positions import prepare_prompts
 from tv_lens.probes import check_finite_rows
 from tv_lens.results.attention import RoleAttention
-from tv_lens.results.shared import real_prompts
 from tv_lens.stats.bootstrap import task_means
 from tv_lens.tasks import NULL_TASK, ShotSpec
 from tv_lens.tasks.prompt_rows import PromptRows
@@ -102,6 +101,7 @@ def role_attention(
     prepared = prepare_prompts(adapter, prompts.inputs, prompts.answer_pos, prompts.attention_mask)
     task_names = tuple(prompts.task_names)
     ids = prompt_task_ids(prompts.task_ids, task_names, len(prepared))
+    real = real_task_prompts(ids, task_names, null_task, "head attention")
     weights = _role_weights(roles, prepared.shift, prepared.answer_pos, names)  # [prompt, width, role]
     shares = torch.zeros(len(prepared), len(layers), adapter.n_heads, len(names), dtype=torch.float64)
 
@@ -123,7 +123,6 @@ def role_attention(
     check_finite_rows(
         attention.flatten(1, 2).transpose(1, 2), layers, "attention weights", "Check the model's weights and inputs."
     )
-    real = real_prompts(ids, task_names, null_task)
     present = weights.any(1).T  # [role, prompt]: the prompt has a position of the role
     means = task_means(attention, ids, len(task_names), real, config.n_bootstrap, config.ci, seed, present)
     return RoleAttention(

@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tv_lens.analyses.answers import answer_scores, prompt_task_ids
+from tv_lens.analyses.answers import answer_scores, prompt_task_ids, real_task_prompts
 from tv_lens.analyses.attribution import ATTRIBUTION_METHODS, head_attribution
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.prompt_batches import LabelledPrompts, PromptBatch, PromptPool, aligned_with_answers, check_pool
@@ -59,7 +59,6 @@ from tv_lens.interventions.sweep import AlignedPrompts, Cell, Sweep, run_sweep
 from tv_lens.models.adapter import ModelAdapter, adapt
 from tv_lens.models.running import HookFn, read_batches
 from tv_lens.results.heads import HeadImportance, PruningCurve
-from tv_lens.results.shared import real_prompts
 from tv_lens.stats.bootstrap import task_means
 from tv_lens.tasks import NULL_TASK, ShotSpec
 
@@ -104,6 +103,7 @@ def head_importance(
     aligned, answers = aligned_with_answers(model, prompts, continuous=True)
     task_names = prompts.task_names
     ids = prompt_task_ids(prompts.task_ids, task_names, len(aligned))
+    real = real_task_prompts(ids, task_names, null_task, "head importance")
     values = _ablation_values(adapter, aligned, mode, config.batch_size)
     heads = [(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
     cells = [Cell((_ablate(layer, head, mode, values),)) for layer, head in heads]
@@ -113,7 +113,6 @@ def head_importance(
     ablated_correct, ablated_loss = sweep.cells[..., 0].view(shape), sweep.cells[..., 1].view(shape)
     clean_correct, clean_loss = sweep.clean[:, 0], sweep.clean[:, 1]
     harm = clean_correct - ablated_correct if metric == "accuracy" else ablated_loss - clean_loss
-    real = real_prompts(ids, task_names, null_task)
     means = task_means(harm, ids, len(task_names), real, config.n_bootstrap, config.ci, seed)
     estimate = (
         head_attribution(model, aligned, answers, values, config=config)

@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from tv_lens.analyses.answers import answer_scores, prompt_task_ids
+from tv_lens.analyses.answers import answer_scores, prompt_task_ids, real_task_prompts
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.prompt_batches import LabelledPrompts, PromptBatch, PromptPool, aligned_with_answers, check_pool
 from tv_lens.checks import is_int
@@ -44,7 +44,6 @@ from tv_lens.interventions.sweep import Cell, run_sweep
 from tv_lens.models.adapter import adapt
 from tv_lens.positions import prepare_prompts
 from tv_lens.results.knockout import KnockoutEffects
-from tv_lens.results.shared import real_prompts
 from tv_lens.stats.bootstrap import task_means
 from tv_lens.tasks import NULL_TASK, ShotSpec
 from tv_lens.tasks.prompt_rows import PromptRows
@@ -102,6 +101,7 @@ def attention_knockout(
     aligned, answers = aligned_with_answers(model, prompts, continuous=True)
     task_names = tuple(prompts.task_names)
     ids = prompt_task_ids(prompts.task_ids, task_names, len(aligned))
+    real = real_task_prompts(ids, task_names, null_task, "attention knockout")
     width = aligned.inputs.shape[1]
     roles = config.roles if config.roles is not None else DEFAULT_ROLES[config.query]
     role_names, keys, labels = _role_keys(adapter, prompts, width, roles, config.by_demonstration)
@@ -123,7 +123,6 @@ def attention_knockout(
     knocked_correct, knocked_loss = sweep.cells[..., 0].view(shape), sweep.cells[..., 1].view(shape)
     clean_correct, clean_loss = sweep.clean[:, 0], sweep.clean[:, 1]
     harm = clean_correct - knocked_correct if config.metric == "accuracy" else knocked_loss - clean_loss
-    real = real_prompts(ids, task_names, null_task)
     present = _knocked_somewhere(keys, labels, config.query)
     means = task_means(harm, ids, len(task_names), real, config.n_bootstrap, config.ci, seed, present)
     return KnockoutEffects(

@@ -48,7 +48,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from tv_lens.analyses.answers import answer_scores, prompt_count, prompt_task_ids
+from tv_lens.analyses.answers import answer_scores, prompt_count, prompt_task_ids, real_task_prompts
 from tv_lens.analyses.generated_scores import GeneratedScores, scoring_tokenizer
 from tv_lens.analyses.options import N_PER_TASK, CausalOptions, analysis_config
 from tv_lens.analyses.patching import patch_site
@@ -131,6 +131,7 @@ def task_vector_prompting(
     task_names = prompts.task_names
     n, n_zero = prompt_count(prompts.inputs, "prompts.inputs"), prompt_count(zero_shot.inputs, "zero_shot.inputs")
     answers, ids = _pairs(prompts.answers, prompts.task_ids, task_names, n, n_zero)
+    real = real_task_prompts(ids, task_names, null_task, "task-vector prompting")
     if scoring != "teacher_forced" and continuous_answers(answers):
         raise AnalysisError(
             f"scoring={scoring!r} compares generated text with the answers, and continuous (regression) answers "
@@ -167,7 +168,6 @@ def task_vector_prompting(
     sweep = run_sweep(
         model, aligned, cells, score, rows_per_pass=config.rows_per_pass, progress=config.progress, desc="TVP"
     )
-    real = ids != (task_names.index(null_task) if null_task in task_names else -1)
     boot: dict[str, Any] = {"n_bootstrap": config.n_bootstrap, "ci": config.ci, "seed": seed}
     tvp_correct, tvp_loss = sweep.cells[..., 0], sweep.cells[..., 1]
     zero_correct = sweep.clean[:, 0]
