@@ -1506,6 +1506,13 @@ CASES = [
         r"ablated with ablate_head, not read as a residual row\. Use one of \['resid_pre'",
     ),
     Case(
+        "task-vectors-of-no-task",
+        lambda w: TaskVectors.from_model(w.model, w.batch, layers=(0,), tasks=[]),
+        TaskError,
+        r"tasks= names no task, so there is nothing to average",
+        r"name at least one task of the batch .*or pass tasks=None",
+    ),
+    Case(
         "task-vectors-per-head-hook-name",
         lambda w: TaskVectors.from_model(w.model, POOL, layers=(0,), n_per_task=3, site="blocks.0.attn.hook_z"),
         HookNotFoundError,

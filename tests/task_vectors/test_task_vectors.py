@@ -123,6 +123,7 @@ def test_frame_is_tidy_and_figure_holds_the_norms(model):
         ({"layers": (3,)}, LayerOutOfRangeError, "Layer 3 is out of range"),
         ({"layers": ()}, LayerOutOfRangeError, "layers is empty"),
         ({"tasks": ("offset(9)",)}, TaskError, "have no prompt in the batch"),
+        ({"tasks": ()}, TaskError, "tasks= names no task"),
         ({"site": "residual"}, TvLensError, "Unknown site 'residual'"),
     ],
 )

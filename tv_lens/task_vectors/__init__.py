@@ -153,7 +153,7 @@ class TaskVectors(Result):
         Raises:
             AnalysisError: Unknown ``reduce``; a task without demonstrations for ``"mean_over_demo_positions"``.
             LayerOutOfRangeError: A layer outside the model.
-            TaskError: A task in ``tasks`` with no prompt in the batch.
+            TaskError: A task in ``tasks`` with no prompt in the batch, or ``tasks`` naming no task.
         """
         _check_reduce(reduce)
         adapter = adapt(model)

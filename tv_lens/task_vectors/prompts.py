@@ -42,6 +42,11 @@ def kept_task_ids(batch: ICLBatch | RegressionBatch, tasks: Sequence[str] | None
         return present
     if isinstance(tasks, str):
         tasks = (tasks,)
+    if len(tasks) == 0:
+        raise TaskError(
+            "tasks= names no task, so there is nothing to average; name at least one task of the batch "
+            f"({[batch.task_names[t] for t in present]}) or pass tasks=None for every task with prompts."
+        )
     unknown = [name for name in tasks if name not in batch.task_names]
     missing = [name for name in tasks if name in batch.task_names and batch.task_names.index(name) not in present]
     if unknown or missing:
