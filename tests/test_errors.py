@@ -119,6 +119,7 @@ from tv_lens.training import (
     load_parameters,
     select_blocks,
     train,
+    tvp_accuracy,
     tvp_losses,
 )
 
@@ -643,6 +644,20 @@ CASES = [
         LayerOutOfRangeError,
         r"Layer 5 is out of range",
         r"use a layer in \[0, 2\]",
+    ),
+    Case(
+        "tvp-accuracy-unknown-mode",
+        lambda w: tvp_accuracy(w.model, w.batch, 1, mode="Replace"),
+        AnalysisError,
+        r"Unknown TVP mode 'Replace'",
+        r"use one of \['replace', 'add'\]",
+    ),
+    Case(
+        "tvp-accuracy-unknown-source",
+        lambda w: tvp_accuracy(w.model, w.batch, 1, source="same"),
+        AnalysisError,
+        r"Unknown vector source 'same'",
+        r"one of \['other_prompt', 'same_prompt'\]; pass one of them",
     ),
     Case(
         "finetune-more-blocks-than-the-model-has",

@@ -58,7 +58,7 @@ from tv_lens.analyses.prompting_vectors import prompting_vectors
 from tv_lens.checks import tensor_of
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.interventions import Cell, run_sweep
-from tv_lens.interventions.prompting import INJECT_MODES, PROMPT_SOURCES, injection, other_prompts
+from tv_lens.interventions.prompting import PROMPT_SOURCES, check_inject_mode, injection, other_prompts
 from tv_lens.metrics import TOLERANCE, checked_answers, continuous_answers, tolerance_problem
 from tv_lens.models.adapter import adapt
 from tv_lens.probes import check_residual_site, prompt_ids
@@ -295,8 +295,7 @@ def _check_options(source: str, mode: str, scoring: str) -> None:
         raise AnalysisError(f"Unknown TVP scoring {scoring!r}; use one of {list(SCORINGS)}.")
     if source not in SOURCES:
         raise AnalysisError(f"Unknown TVP source {source!r}; use one of {list(SOURCES)}.")
-    if mode not in INJECT_MODES:
-        raise AnalysisError(f"Unknown TVP mode {mode!r}; use one of {list(INJECT_MODES)}.")
+    check_inject_mode(mode)
 
 
 def _pairs(

@@ -27,13 +27,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.errors import TaskError
+from tv_lens.errors import AnalysisError, TaskError
 from tv_lens.interventions.engine import run_with_interventions
 from tv_lens.interventions.specs import Intervention, add, replace
 
 __all__ = [
     "INJECT_MODES",
     "PROMPT_SOURCES",
+    "check_inject_mode",
     "injection",
     "other_prompts",
     "prompted_outputs",
@@ -105,7 +106,15 @@ def vector_sources(
     """Index of the ICL prompt each zero-shot query takes its vector from (``source`` in :data:`PROMPT_SOURCES`).
 
     ``queries`` and ``unpaired``: for ``"other_prompt"`` (see :func:`other_prompts`; ``-1``: no partner).
+
+    Raises:
+        AnalysisError: A ``source`` not in :data:`PROMPT_SOURCES`.
     """
+    if source not in PROMPT_SOURCES:
+        raise AnalysisError(
+            f"Unknown vector source {source!r}: a zero-shot query takes its vector from one of {list(PROMPT_SOURCES)}; "
+            "pass one of them."
+        )
     if source == "same_prompt":
         return torch.arange(len(task_ids))
     return other_prompts(task_ids, task_names, queries, unpaired=unpaired)
@@ -114,9 +123,20 @@ def vector_sources(
 def injection(
     layer: int, vectors: Float[Tensor, "prompt d_model"], mode: str = "replace", site: str = "resid_post"
 ) -> Intervention:
-    """The write of ``vectors`` (one per prompt) at each prompt's pre-answer position, at ``site`` of ``layer``."""
+    """The write of ``vectors`` (one per prompt) at each prompt's pre-answer position, at ``site`` of ``layer``.
+
+    Raises:
+        AnalysisError: A ``mode`` not in :data:`INJECT_MODES`.
+    """
+    check_inject_mode(mode)
     make = replace if mode == "replace" else add
     return make(layer, vectors, pos="answer", site=site)
+
+
+def check_inject_mode(mode: str) -> None:
+    """Raise :class:`~tv_lens.errors.AnalysisError` unless ``mode`` is one of :data:`INJECT_MODES`."""
+    if mode not in INJECT_MODES:
+        raise AnalysisError(f"Unknown TVP mode {mode!r}; use one of {list(INJECT_MODES)}.")
 
 
 def prompted_outputs(
