@@ -106,6 +106,35 @@ def test_per_prompt_positions_rows_and_left_padding(model):
     torch.testing.assert_close(left.logits, ours.logits, atol=1e-5, rtol=0)
 
 
+def test_positions_of_prompts_rows_leaves_out_are_not_checked(model):
+    """A per-prompt ``pos`` only has to hold a position inside the prompts ``rows=`` selects: the others are not written."""
+    tokens, answer_pos, lengths = ragged_prompts(seed=4)
+    left_tokens, mask, left_pos = left_padded(tokens, lengths)
+    shift = tokens.shape[1] - lengths
+    chosen = torch.tensor([3, 0])
+    positions = answer_pos // 2
+    vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def edit(act):
+        act[chosen, positions[chosen]] = vectors
+
+    expected = hand_patched_logits(model, tokens, answer_pos, "blocks.1.hook_resid_post", edit)
+    given = positions + shift
+    others = torch.ones(len(tokens), dtype=torch.bool)
+    others[chosen] = False
+    given[others] = 0  # on the left padding of every prompt but the longest: no prompt of these is written
+    run = run_with_interventions(
+        model, left_tokens, left_pos, [replace(1, vectors, pos=given, rows=chosen)], attention_mask=mask
+    )
+    torch.testing.assert_close(run.logits, expected, atol=1e-5, rtol=0)
+    assert run.writes == (2,)
+    with pytest.raises(PositionError, match="of prompt 3"):  # a selected prompt's position is still checked
+        given[3] = 0
+        run_with_interventions(
+            model, left_tokens, left_pos, [replace(1, vectors, pos=given, rows=chosen)], attention_mask=mask
+        )
+
+
 def test_several_interventions_in_one_pass_and_multi_token_reads(model):
     tokens, answer_pos, _ = ragged_prompts(seed=5)
     reads_from = answer_pos - 2

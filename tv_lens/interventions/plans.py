@@ -78,11 +78,13 @@ def resolve(adapter: ModelAdapter, prompts: PreparedPrompts, intervention: Inter
     rows[selected] = True
     if intervention.kind == "knockout":
         positions = (
-            query_mask(prompts, intervention) if is_query_mask(intervention.pos) else _positions(prompts, intervention)
+            query_mask(prompts, intervention)
+            if is_query_mask(intervention.pos)
+            else _positions(prompts, intervention, rows)
         )
         values = knockout_keys(prompts, intervention, selected, positions)
     else:
-        positions = _positions(prompts, intervention)
+        positions = _positions(prompts, intervention, rows)
         values = _values(adapter, intervention, selected, n_prompts)
     block = max(intervention.layer, 0)
     return WritePlan(intervention, hook_name, block, rows, positions, values, prompts.shift)
@@ -123,14 +125,15 @@ def _selected_rows(intervention: Intervention, n_prompts: int) -> Tensor:
     return rows.long().reshape(-1).cpu()
 
 
-def _positions(prompts: PreparedPrompts, intervention: Intervention) -> Tensor | None:
+def _positions(prompts: PreparedPrompts, intervention: Intervention, rows: Tensor) -> Tensor | None:
+    """Each prompt's aligned position, checked on the prompts ``rows`` selects (the others are never written)."""
     pos = intervention.pos
     if isinstance(pos, str):
         if pos not in ("answer", "all"):
             raise PositionError(f"pos must be 'answer', 'all', an int or one int per prompt, got {pos!r}.")
         return prompts.answer_pos.clone() if pos == "answer" else None
     positions = prompts.to_aligned(as_positions(pos, len(prompts), "pos"))
-    bad = (positions < 0) | (positions >= prompts.ends)
+    bad = ((positions < 0) | (positions >= prompts.ends)) & rows
     if bool(bad.any()):
         row = int(bad.nonzero()[0])
         raise PositionError(
@@ -138,7 +141,7 @@ def _positions(prompts: PreparedPrompts, intervention: Intervention) -> Tensor |
             "which is outside the prompt or after its answer position (a causal model's answer cannot see "
             "it). Use a position at or before answer_pos."
         )
-    return positions
+    return torch.where(rows, positions, prompts.answer_pos)  # a prompt not written keeps a position inside it
 
 
 def _values(adapter: ModelAdapter, intervention: Intervention, selected: Tensor, n_prompts: int) -> Tensor:

@@ -37,7 +37,8 @@ class Intervention:
         values: ``[width]`` for every prompt or ``[n_rows, width]`` per selected prompt; ``None`` writes 0. For a
             knockout, the blocked keys: a bool mask ``[pos]`` or ``[n_rows, pos]``.
         pos: ``"answer"`` (each prompt's answer position), ``"all"``, an int, or ``[batch]`` per prompt
-            (in the caller's padded layout). For a knockout, the query positions.
+            (in the caller's padded layout; only the prompts ``rows`` selects need a position inside them). For a
+            knockout, the query positions.
         rows: Prompts (batch indices) to write to; ``None`` = all.
         head: Head index for head ablations (and a knockout of one head; ``None``: every head).
     """
