@@ -1563,6 +1563,30 @@ CASES = [
         r"outside the block, or steer them with steering\(\.\.\., pos='all'\)",
     ),
     Case(
+        "clean-residual-of-token-ids",
+        lambda w: run_with_interventions(
+            w.model,
+            w.batch.inputs,
+            w.batch.answer_pos,
+            [add(1, torch.zeros(32))],
+            attention_mask=w.batch.attention_mask,
+            clean_residual=w.batch.inputs,
+            clean_residual_layer=1,
+        ),
+        ShapeError,
+        r"clean_residual must be the float residual stream entering block 1 .*got torch\.int64 values",
+        r"model\(tokens, stop_at_layer=1\).*or leave clean_residual out",
+    ),
+    Case(
+        "residual-layer-with-token-ids",
+        lambda w: run_with_interventions(
+            w.model, w.batch.inputs, w.batch.answer_pos, [], attention_mask=w.batch.attention_mask, residual_layer=1
+        ),
+        ShapeError,
+        r"residual_layer=1 says the inputs are the residual stream entering block 1, but they are torch\.int64 token",
+        r"pass that residual \(e\.g\. model\(tokens, stop_at_layer=1\)\), or leave residual_layer out",
+    ),
+    Case(
         "vector-a-string",
         lambda w: run_with_interventions(w.model, w.batch.inputs, w.batch.answer_pos, [add(0, "north")]),
         ShapeError,

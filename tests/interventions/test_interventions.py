@@ -265,5 +265,9 @@ def test_bad_interventions_name_the_problem(model):
         ablate_head(0, 0, "mean")
     with pytest.raises(ShapeError, match="made by replace"):
         run("not an intervention")
+    with pytest.raises(ShapeError, match="clean_residual must be the float residual stream entering block 1"):
+        run(add(2, torch.zeros(32)), clean_residual=tokens, clean_residual_layer=1)
+    with pytest.raises(ShapeError, match="residual_layer=1 says the inputs are the residual stream"):
+        run(add(2, torch.zeros(32)), residual_layer=1)
     with pytest.raises(ShapeError, match="clean_residual_layer"):
         run(add(2, torch.zeros(32)), clean_residual=torch.zeros(7, 16, 32, dtype=torch.float64))

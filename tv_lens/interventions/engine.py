@@ -131,7 +131,7 @@ def run_with_interventions(
     n_answer = int(lengths.max())
     plans = [resolve(adapter, prompts, intervention) for intervention in interventions]
     if residual_layer is not None:
-        _check_entry(adapter, plans, residual_layer, clean_residual)
+        _check_entry(adapter, plans, residual_layer, clean_residual, prompts.inputs)
         start: tuple[int, Tensor] | None = (residual_layer, prompts.inputs)
     else:
         start = _start_layer(adapter, prompts, plans, clean_residual, clean_residual_layer, attention_mask)
@@ -213,6 +213,12 @@ def _start_layer(
         return None
     if layer is None:
         raise ShapeError("clean_residual needs clean_residual_layer: the block whose input it is.")
+    if isinstance(clean_residual, Tensor) and not clean_residual.is_floating_point():
+        raise ShapeError(
+            f"clean_residual must be the float residual stream entering block {layer} ([batch, pos, d_model], e.g. "
+            f"model(tokens, stop_at_layer={layer})), got {clean_residual.dtype} values of shape "
+            f"{tuple(clean_residual.shape)}; pass that residual, or leave clean_residual out to run every block."
+        )
     adapter.check_layer(layer)
     if clean_residual.shape[:2] != prompts.inputs.shape[:2]:
         raise ShapeError(
@@ -228,11 +234,19 @@ def _start_layer(
     return layer, aligned.inputs
 
 
-def _check_entry(adapter: ModelAdapter, plans: list[WritePlan], layer: int, clean_residual: Tensor | None) -> None:
-    """Inputs that are the residual entering block ``layer``: no intervention may write below it."""
+def _check_entry(
+    adapter: ModelAdapter, plans: list[WritePlan], layer: int, clean_residual: Tensor | None, inputs: Tensor
+) -> None:
+    """Inputs that are the residual entering block ``layer``: float, and no intervention may write below it."""
     adapter.check_layer(layer)
     if clean_residual is not None:
         raise ShapeError("Give residual_layer (the inputs are a residual) or clean_residual, not both.")
+    if not inputs.is_floating_point():
+        raise ShapeError(
+            f"residual_layer={layer} says the inputs are the residual stream entering block {layer}, but they are "
+            f"{inputs.dtype} token ids; pass that residual (e.g. model(tokens, stop_at_layer={layer})), or leave "
+            "residual_layer out to run the tokens from the start."
+        )
     early = [plan.intervention for plan in plans if plan.block < layer]
     if early:
         raise LayerOutOfRangeError(
