@@ -90,6 +90,7 @@ from tv_lens.models.local_hf import build_local_model, load_local_model
 from tv_lens.probes import collect
 from tv_lens.results import Performance, Result
 from tv_lens.stats import held_out_best
+from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.steering import steering
 from tv_lens.task_vectors import TaskVectors
 from tv_lens.tasks import (
@@ -1991,6 +1992,13 @@ CASES = [
         ShapeError,
         r"groups must lie in 0 \.\. n_groups - 1 = 1, got \[0, 1, 2\]",
         r"pass each prompt's task id",
+    ),
+    Case(
+        "bootstrap-groups-out-of-range",
+        lambda w: stratified_bootstrap_ci(torch.rand(6), torch.tensor([0, 0, 1, 1, 2, 2]), 2, n_bootstrap=50),
+        ShapeError,
+        r"groups must lie in 0 \.\. n_groups - 1 = 1, got \[0, 1, 2\]",
+        r"pass each prompt's task id, with n_groups the number of tasks",
     ),
     Case(
         "held-out-one-prompt",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from tv_lens.errors import ShapeError
+from tv_lens.stats import group_means
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci, task_means
 
 
@@ -95,3 +98,17 @@ def test_the_intervals_are_those_of_every_resample_taken_one_by_one():
         want = resampled_reference(values, groups, 3, 60, 0.9, 9, mask)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, atol=1e-12, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("groups", [[0, 0, 1, 1, 2, 2], [0, 0, 1, 1, -1, -1]])
+def test_a_group_outside_n_groups_is_refused_not_dropped_from_the_overall_interval(groups):
+    values = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    ids = torch.tensor(groups)
+    with pytest.raises(ShapeError, match=r"groups must lie in 0 \.\. n_groups - 1 = 1, got \[.*with n_groups the number of tasks"):
+        stratified_bootstrap_ci(values, ids, 2, n_bootstrap=50)
+    with pytest.raises(ShapeError, match=r"ids must lie in 0 \.\. n_groups - 1 = 1"):
+        group_means(values, ids, 2)
+    with pytest.raises(ShapeError, match="integer group ids"):
+        group_means(values, ids.double(), 3)
+    _, overall = stratified_bootstrap_ci(values, ids % 3, 3, n_bootstrap=0)  # every prompt in a group: accepted
+    assert bool(overall.isnan().all())

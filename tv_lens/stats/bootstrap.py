@@ -19,7 +19,7 @@ from torch import Tensor
 
 from tv_lens.checks import is_int, is_number
 from tv_lens.errors import AnalysisError
-from tv_lens.stats.groups import group_means
+from tv_lens.stats.groups import check_groups, group_means
 from tv_lens.tasks.pool import seeded_generator
 
 __all__ = ["TaskMeans", "check_bootstrap", "stratified_bootstrap_ci", "task_means"]
@@ -85,8 +85,14 @@ def stratified_bootstrap_ci(
 
     Returns:
         ``(per_group, overall)`` intervals, the last dim holding (low, high).
+
+    Raises:
+        AnalysisError: An unusable ``n_bootstrap`` or ``ci``.
+        ShapeError: ``groups`` that are not integer groups in ``[0, n_groups)`` (a prompt outside would be left out of
+            the overall interval).
     """
     check_bootstrap(n_bootstrap, ci)
+    check_groups(groups, n_groups, "groups")
     generator = seeded_generator(seed)  # checked even when unused, so a bad seed is never silently ignored
     values = values.double()
     lead = values.shape[:-1]

@@ -11,7 +11,29 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-__all__ = ["group_means"]
+from tv_lens.checks import is_int, is_integer_tensor
+from tv_lens.errors import ShapeError
+
+__all__ = ["check_groups", "group_means"]
+
+
+def check_groups(ids: Int[Tensor, " item"], n_groups: int, what: str = "ids") -> None:
+    """Raise a :class:`ShapeError` unless ``ids`` are integer groups in ``[0, n_groups)``.
+
+    A group id outside the range has no group to count in: it would be dropped from every mean without a word.
+    """
+    if not is_int(n_groups) or n_groups < 0:
+        raise ShapeError(f"n_groups must be an int >= 0 (the number of groups), got {n_groups!r}.")
+    if not isinstance(ids, Tensor) or ids.ndim != 1 or not is_integer_tensor(ids):
+        raise ShapeError(
+            f"{what} must be a 1-D tensor of integer group ids, got {type(ids).__name__} "
+            f"{tuple(getattr(ids, 'shape', ()))} of {getattr(ids, 'dtype', None)}; pass each item's task id."
+        )
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_groups):
+        raise ShapeError(
+            f"{what} must lie in 0 .. n_groups - 1 = {n_groups - 1}, got {ids.unique().tolist()[:8]}; pass each "
+            "prompt's task id, with n_groups the number of tasks."
+        )
 
 
 def group_means(
@@ -31,7 +53,11 @@ def group_means(
 
     Returns:
         ``[*batch, n_groups]`` float64 means, on the device of ``values``.
+
+    Raises:
+        ShapeError: ``ids`` that are not integer groups in ``[0, n_groups)``.
     """
+    check_groups(ids, n_groups)
     ids = ids.to(values.device)
     sums = torch.zeros(*values.shape[:-1], n_groups, dtype=torch.float64, device=values.device)
     if present is None:

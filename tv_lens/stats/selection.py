@@ -28,6 +28,7 @@ from torch import Tensor
 from tv_lens.checks import check_tensor_data, is_int
 from tv_lens.errors import AnalysisError, ShapeError
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
+from tv_lens.stats.groups import check_groups
 from tv_lens.tasks.sampling import seeded_generator
 
 __all__ = ["HeldOutBest", "held_out_best", "ranked_heads", "split_halves"]
@@ -139,11 +140,7 @@ def _check(values: Any, groups: Any, n_groups: Any, options: Any, higher_is_bett
     check_tensor_data(groups, "groups")
     if not is_int(n_groups) or n_groups < 1 or groups.dtype == torch.bool or groups.is_complex():
         raise ShapeError(f"n_groups must be an int >= 1 and groups integer ids, got {n_groups!r} and {groups.dtype}.")
-    if n_prompts and not bool(((groups >= 0) & (groups < n_groups)).all()):
-        raise ShapeError(
-            f"groups must lie in 0 .. n_groups - 1 = {n_groups - 1}, got {groups.unique().tolist()}; pass each "
-            "prompt's task id, with n_groups the number of tasks."
-        )
+    check_groups(groups, n_groups, "groups")
     if isinstance(options, (str, bytes)) or not isinstance(options, Sequence) or len(options) != n_options:
         raise ShapeError(f"options must name every option: a sequence of {n_options}, got {options!r}.")
     if not isinstance(higher_is_better, bool):
