@@ -89,7 +89,7 @@ from tv_lens.models import ModelAdapter, ModelConfig, build_model
 from tv_lens.models.local_hf import build_local_model, load_local_model
 from tv_lens.probes import collect
 from tv_lens.results import Performance, Result
-from tv_lens.stats import held_out_best
+from tv_lens.stats import held_out_best, seed_interval
 from tv_lens.stats.bootstrap import stratified_bootstrap_ci
 from tv_lens.steering import steering
 from tv_lens.task_vectors import TaskVectors
@@ -1999,6 +1999,20 @@ CASES = [
         ShapeError,
         r"groups must lie in 0 \.\. n_groups - 1 = 1, got \[0, 1, 2\]",
         r"pass each prompt's task id, with n_groups the number of tasks",
+    ),
+    Case(
+        "seed-interval-of-one-number",
+        lambda w: seed_interval(0.5),  # type: ignore[arg-type]
+        ConfigError,
+        r"Per-seed values must be a sequence of numbers, got 0\.5",
+        r"pass one float per seed",
+    ),
+    Case(
+        "seed-interval-value-a-tensor-of-several",
+        lambda w: seed_interval([torch.ones(2), 0.5]),  # type: ignore[list-item]
+        ConfigError,
+        r"tensor\(\[1\., 1\.\]\) is a Tensor, not a real number",
+        r"pass one float per seed",
     ),
     Case(
         "held-out-one-prompt",

@@ -18,10 +18,12 @@ e.g. a bootstrap over prompts, excludes the null value in the claimed direction)
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from scipy.stats import t as student_t
+from torch import Tensor
 
 from tv_lens.checks import is_number
 from tv_lens.errors import ConfigError
@@ -33,10 +35,14 @@ Direction = Literal["greater", "less", "differs"]
 
 
 def seed_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean of per-seed values and its Student-t interval, ``mean ± t_{n-1} · sd / √n``."""
+    """``(mean, low, high)``: the mean of per-seed values and its Student-t interval, ``mean ± t_{n-1} · sd / √n``.
+
+    A value may be any real number: a Python, NumPy (``float32`` ...) or one-element tensor one.
+    """
     if not is_number(level) or not 0 < level < 1:
         raise ConfigError(f"level must lie in (0, 1), got {level!r}; e.g. 0.95.")
-    if len(values) < 2 or not all(is_number(v) and math.isfinite(v) for v in values):
+    values = _seed_values(values)
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
         raise ConfigError(
             f"An interval over seeds needs at least 2 finite per-seed values, got {list(values)}; run more seeds."
         )
@@ -59,6 +65,7 @@ def seed_verdict(
         raise ConfigError(f"direction must be 'greater', 'less' or 'differs', got {direction!r}.")
     if len(holds) != len(values):
         raise ConfigError(f"holds needs one entry per seed ({len(values)}), got {len(holds)}.")
+    values = _seed_values(values)
     mean, low, high = seed_interval(values, level)
     if direction == "greater":
         excludes = low > null
@@ -69,3 +76,19 @@ def seed_verdict(
         holds = [h and (v - null) * (mean - null) > 0 for v, h in zip(values, holds, strict=True)]
     every = all(holds)
     return "holds" if excludes and every else "mixed" if excludes or every else "does not hold"
+
+
+def _seed_values(values: Any) -> list[float]:
+    """``values`` as Python floats: each a real number (Python, NumPy or a one-element tensor), never a bool."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ConfigError(f"Per-seed values must be a sequence of numbers, got {values!r}; pass one float per seed.")
+    floats = []
+    for value in values:
+        number = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+        if not isinstance(number, numbers.Real) or isinstance(number, bool):  # NumPy's bool is no numbers.Real
+            raise ConfigError(
+                f"An interval over seeds needs at least 2 finite per-seed values, got {list(values)}: {value!r} is a "
+                f"{type(value).__name__}, not a real number; pass one float per seed."
+            )
+        floats.append(float(number))
+    return floats
