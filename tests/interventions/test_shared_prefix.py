@@ -196,6 +196,31 @@ def test_sweeps_share_prefixes_where_they_can_and_match_separate_runs(model, mon
         assert shared.n_passes < stacked.n_passes
 
 
+def test_a_shorter_answer_repeats_its_last_column_in_shared_rows_as_in_separate_runs(model, monkeypatch):
+    """A prompt with fewer answer tokens than the sweep's longest gets its last column repeated (``score`` sees it),
+    whether its cells share the prompt's prefix or run on rows of their own."""
+    tokens, lengths, _ = ragged_prompts(seed=10)
+    n_answer = torch.tensor([2, 1, 2, 1, 1, 2, 1])
+    answer_pos = lengths - n_answer
+    prompts = align(model, tokens, answer_pos, n_answer_tokens=n_answer)
+    cells = [cell for cell in sweep_cells(tokens, answer_pos) if all(i.pos in ("answer", "all") for i in cell.interventions)]
+
+    def score(logits, index):
+        return logits.flatten(1).cpu()
+
+    rows = torch.arange(len(tokens))[:, None]
+    columns = answer_pos[:, None] + torch.minimum(torch.arange(2), n_answer[:, None] - 1)
+    shared = run_sweep(model, prompts, cells, score, rows_per_pass=5)
+    monkeypatch.setattr(stacking, "supports_blocked_keys", lambda model: False)
+    stacked = run_sweep(model, prompts, cells, score, rows_per_pass=5)
+    for c, cell in enumerate(cells):
+        two_columns = reference(model, tokens, answer_pos, cell)  # the logits at answer_pos and answer_pos + 1
+        expected = two_columns.gather(1, (columns - answer_pos[:, None])[..., None].expand(-1, -1, 24)).flatten(1)
+        torch.testing.assert_close(shared.cells[c], expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(stacked.cells[c], expected, atol=1e-6, rtol=0)
+    assert model(tokens)[rows, columns].flatten(1).allclose(shared.clean, atol=1e-6)
+
+
 def test_a_users_hooks_where_cells_start_apply_once_as_in_separate_runs(model, monkeypatch):
     """Cells start from the clean residual entering their block; the user's hooks at that block's hook_resid_pre
     must change it once there, as in a full pass, not once in the clean pass and again in the cell's."""

@@ -164,6 +164,10 @@ def run_shared(
     except (BlockedKeysPrecisionError, WindowedRowError):
         return None
     logits = run.logits.view(len(answer_pos), k, n, -1).transpose(0, 1)  # [cell, prompt, n, d_vocab], no copy
+    if bool((batch.lengths < n).any()):  # a shorter answer repeats its last column, as a separate run gives it
+        own = answer_columns(torch.zeros_like(batch.lengths), batch.lengths, n).to(logits.device)
+        rows = torch.arange(len(answer_pos), device=logits.device)[:, None]
+        logits = logits[:, rows, own]
     return [(group, logits, _split(run.writes, [len(cell.interventions) for cell in shared]))]
 
 
