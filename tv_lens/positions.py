@@ -10,6 +10,7 @@ dropped.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tv_lens.checks import check_tensor_data, is_int, is_integer_tensor, tensor_of
+from tv_lens.checks import check_tensor_data, is_index, is_int, is_integer_tensor, tensor_of
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
 
@@ -75,7 +76,14 @@ class PreparedPrompts:
 
 
 def as_positions(positions: int | Sequence[int] | Tensor, n_prompts: int, what: str) -> Int[Tensor, " batch"]:
-    """A ``[batch]`` long tensor from an int (same for every prompt), a list or a tensor."""
+    """A ``[batch]`` long tensor from an int (same for every prompt), a list or a tensor.
+
+    One int may be a Python, NumPy or 0-d integer tensor one (``batch.answer_pos[0]``).
+    """
+    if isinstance(positions, Tensor):
+        check_tensor_data(positions, what)
+    if not is_int(positions) and is_index(positions) and getattr(positions, "ndim", 0) == 0:
+        positions = operator.index(positions)
     if is_int(positions):
         if not -(2**63) <= positions < 2**63:
             raise ShapeError(f"{what} must hold token positions (64-bit ints), got {positions}.")

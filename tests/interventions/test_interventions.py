@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from conftest import hook_snapshot, left_padded, ragged_prompts
@@ -12,7 +13,7 @@ from tv_lens.errors import (
     PositionError,
     ShapeError,
 )
-from tv_lens.interventions import ablate_head, add, replace, run_with_interventions
+from tv_lens.interventions import Cell, ablate_head, add, align, knockout, replace, run_sweep, run_with_interventions
 from tv_lens.metrics import answer_logits
 from tv_lens.models import ModelAdapter
 
@@ -133,6 +134,22 @@ def test_positions_of_prompts_rows_leaves_out_are_not_checked(model):
         run_with_interventions(
             model, left_tokens, left_pos, [replace(1, vectors, pos=given, rows=chosen)], attention_mask=mask
         )
+
+
+def test_one_position_may_be_a_numpy_int_or_a_0d_tensor(model):
+    """``batch.answer_pos[0]`` or a NumPy int is one position for every prompt, as a Python int is."""
+    tokens = ragged_prompts(seed=6)[0][:, :9]
+    vector = torch.randn(32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = run_with_interventions(model, tokens, 8, [add(1, vector, pos=4), knockout(2, [1], pos=6)])
+    for one in (np.int64, torch.tensor):
+        run = run_with_interventions(model, tokens, one(8), [add(1, vector, pos=one(4)), knockout(2, [1], pos=one(6))])
+        assert torch.equal(run.logits, expected.logits)
+        assert str(add(1, vector, pos=one(4))) == "add(layer 1, resid_post, pos=4)"
+    prompts = align(model, tokens, torch.tensor(8))
+    sweep = run_sweep(model, prompts, [Cell((add(1, vector, pos=torch.tensor(4)),))], lambda logits, index: logits)
+    torch.testing.assert_close(sweep.cells[0], run_with_interventions(model, tokens, 8, [add(1, vector, pos=4)]).logits)
+    with pytest.raises(ShapeError, match="integer token positions"):
+        run_with_interventions(model, tokens, torch.tensor(8.0), [])
 
 
 def test_several_interventions_in_one_pass_and_multi_token_reads(model):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,7 +15,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from tv_lens.checks import check_tensor_data, tensor_of
+from tv_lens.checks import check_tensor_data, is_index, tensor_of
 from tv_lens.errors import PositionError, ShapeError
 
 __all__ = ["Intervention", "Positions", "Rows", "ablate_head", "add", "intervention_list", "knockout", "replace"]
@@ -192,4 +193,8 @@ def _check_values(values: Any, what: str) -> None:
 
 
 def _short(pos: Positions) -> str:
-    return pos if isinstance(pos, str) else ("per-prompt" if not isinstance(pos, int) else str(pos))
+    if isinstance(pos, str):
+        return pos
+    readable = not isinstance(pos, Tensor) or (pos.layout == torch.strided and not pos.is_meta)
+    one = readable and getattr(pos, "ndim", 0) == 0 and is_index(pos)  # one position for every prompt
+    return str(operator.index(pos)) if one else "per-prompt"

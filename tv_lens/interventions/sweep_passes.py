@@ -281,7 +281,8 @@ def _for_copy(intervention: Intervention, index: Tensor, rows: Tensor, k: int) -
     values, pos = _values_of(intervention, index), intervention.pos
     if isinstance(pos, Tensor) or (not isinstance(pos, (str, int))):
         per_prompt = torch.as_tensor(pos)
-        if per_prompt.dtype != torch.bool or per_prompt.ndim == 2:  # a knockout's query mask [pos] fits every prompt
+        # one position (a 0-d tensor) and a knockout's query mask [pos] fit every prompt
+        if (per_prompt.ndim == 1 and per_prompt.dtype != torch.bool) or per_prompt.ndim == 2:
             pos = per_prompt[index].repeat(k, *([1] * (per_prompt.ndim - 1)))
     return replace(intervention, values=values, pos=pos, rows=rows)
 
