@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex, cast
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -83,7 +83,7 @@ def as_positions(positions: int | Sequence[int] | Tensor, n_prompts: int, what: 
     if isinstance(positions, Tensor):
         check_tensor_data(positions, what)
     if not is_int(positions) and is_index(positions) and getattr(positions, "ndim", 0) == 0:
-        positions = operator.index(positions)
+        positions = operator.index(cast(SupportsIndex, positions))
     if is_int(positions):
         if not -(2**63) <= positions < 2**63:
             raise ShapeError(f"{what} must hold token positions (64-bit ints), got {positions}.")

@@ -108,7 +108,7 @@ def test_per_prompt_positions_rows_and_left_padding(model):
 
 
 def test_positions_of_prompts_rows_leaves_out_are_not_checked(model):
-    """A per-prompt ``pos`` only has to hold a position inside the prompts ``rows=`` selects: the others are not written."""
+    """A per-prompt ``pos`` needs a position inside the prompts ``rows=`` selects only: the others are not written."""
     tokens, answer_pos, lengths = ragged_prompts(seed=4)
     left_tokens, mask, left_pos = left_padded(tokens, lengths)
     shift = tokens.shape[1] - lengths

@@ -203,7 +203,9 @@ def test_a_shorter_answer_repeats_its_last_column_in_shared_rows_as_in_separate_
     n_answer = torch.tensor([2, 1, 2, 1, 1, 2, 1])
     answer_pos = lengths - n_answer
     prompts = align(model, tokens, answer_pos, n_answer_tokens=n_answer)
-    cells = [cell for cell in sweep_cells(tokens, answer_pos) if all(i.pos in ("answer", "all") for i in cell.interventions)]
+    cells = [
+        cell for cell in sweep_cells(tokens, answer_pos) if all(i.pos in ("answer", "all") for i in cell.interventions)
+    ]
 
     def score(logits, index):
         return logits.flatten(1).cpu()

@@ -72,9 +72,13 @@ def test_a_level_and_a_direction_are_checked():
 def test_numpy_and_tensor_values_are_numbers_too():
     """A float32 of NumPy or a tensor element was refused as if fewer than two values had been given."""
     expected = seed_interval([0.25, 0.5, 1.0])
-    for values in ([np.float32(0.25), np.float32(0.5), np.float32(1.0)], torch.tensor([0.25, 0.5, 1.0]), [1 / 4, 0.5, 1]):
+    for values in (
+        [np.float32(0.25), np.float32(0.5), np.float32(1.0)],
+        torch.tensor([0.25, 0.5, 1.0]),
+        [1 / 4, 0.5, 1],
+    ):
         assert seed_interval(values) == pytest.approx(expected)
     assert seed_verdict(torch.tensor([-0.2, -0.21, -0.19]), [True] * 3, 0.0, "differs") == "holds"
     for bad in ([0.1, True], [np.bool_(True), 0.5], [torch.ones(2), 0.5]):
-        with pytest.raises(ConfigError, match="is a .*, not a real number; pass one float per seed"):
+        with pytest.raises(ConfigError, match=r"is a .*, not a real number; pass one float per seed"):
             seed_interval(bad)

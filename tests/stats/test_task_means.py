@@ -104,7 +104,9 @@ def test_the_intervals_are_those_of_every_resample_taken_one_by_one():
 def test_a_group_outside_n_groups_is_refused_not_dropped_from_the_overall_interval(groups):
     values = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
     ids = torch.tensor(groups)
-    with pytest.raises(ShapeError, match=r"groups must lie in 0 \.\. n_groups - 1 = 1, got \[.*with n_groups the number of tasks"):
+    with pytest.raises(
+        ShapeError, match=r"groups must lie in 0 \.\. n_groups - 1 = 1, got \[.*with n_groups the number of tasks"
+    ):
         stratified_bootstrap_ci(values, ids, 2, n_bootstrap=50)
     with pytest.raises(ShapeError, match=r"ids must lie in 0 \.\. n_groups - 1 = 1"):
         group_means(values, ids, 2)

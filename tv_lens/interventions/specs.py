@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, SupportsIndex, cast
 
 import torch
 from jaxtyping import Bool, Float
@@ -197,4 +197,4 @@ def _short(pos: Positions) -> str:
         return pos
     readable = not isinstance(pos, Tensor) or (pos.layout == torch.strided and not pos.is_meta)
     one = readable and getattr(pos, "ndim", 0) == 0 and is_index(pos)  # one position for every prompt
-    return str(operator.index(pos)) if one else "per-prompt"
+    return str(operator.index(cast(SupportsIndex, pos))) if one else "per-prompt"
