@@ -195,6 +195,18 @@ def test_starting_from_the_cached_residual_equals_the_full_pass(model, monkeypat
     assert calls == [2]  # every backend starts there: its own start_at_layer or tv_lens's block skipping
 
 
+def test_the_cached_residual_of_left_padded_prompts_is_computed_with_their_mask(model):
+    """As the docs say: for left padding, ``model(tokens, stop_at_layer=l, attention_mask=mask)`` gives the run's."""
+    tokens, mask, answer_pos = left_padded(*ragged_prompts(seed=8)[::2])
+    interventions = [add(2, torch.ones(32, dtype=torch.float64))]
+    full = run_with_interventions(model, tokens, answer_pos, interventions, attention_mask=mask)
+    residual = model(tokens, stop_at_layer=2, attention_mask=mask).detach()
+    resumed = run_with_interventions(
+        model, tokens, answer_pos, interventions, attention_mask=mask, clean_residual=residual, clean_residual_layer=2
+    )
+    torch.testing.assert_close(resumed.logits, full.logits, atol=1e-6, rtol=0)
+
+
 def test_gradients_flow_through_a_replaced_vector(model):
     tokens, answer_pos, _ = ragged_prompts(seed=7)
     vector = torch.zeros(32, dtype=torch.float64, requires_grad=True)

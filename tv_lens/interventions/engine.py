@@ -104,8 +104,9 @@ def run_with_interventions(
         n_answer_tokens: Read the output at this many positions from ``answer_pos`` (teacher forcing): one
             int, or one count per prompt ``[batch]`` for answers of different token lengths.
         clean_residual: The unpatched residual entering block ``clean_residual_layer`` (e.g.
-            ``model(tokens, stop_at_layer=l)``), in the layout of ``inputs``. Used to skip blocks below
-            ``l`` when the model supports ``start_at_layer`` and every intervention is at a block ≥ ``l``.
+            ``model(tokens, stop_at_layer=l)``; for left-padded prompts pass the same ``attention_mask`` to that
+            call), in the layout of ``inputs``. Used to skip blocks below ``l`` when the model supports
+            ``start_at_layer`` and every intervention is at a block ≥ ``l``.
         clean_residual_layer: The block ``clean_residual`` enters.
         residual_layer: ``inputs`` are the residual stream entering this block (not tokens): the run
             starts there, and every intervention must write at this block or later.
