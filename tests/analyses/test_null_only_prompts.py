@@ -18,6 +18,8 @@ from tv_lens.analyses import (
     role_attention,
 )
 from tv_lens.errors import AnalysisError
+from tv_lens.interventions import knockout_strategy
+from tv_lens.models import adapt
 
 ANALYSES = {
     "head importance": HeadAblation(n_bootstrap=0, prune_steps=0, attribution=False),
@@ -50,6 +52,8 @@ def test_null_prompts_alone_are_refused_before_the_first_pass(model, name):
 )
 def test_with_no_task_left_out_the_null_prompts_are_a_task_of_their_own(model, function, config):
     """The fix the message gives: ``null_task=''`` reads them as any task: the overall means are the Null task's."""
+    if function is attention_knockout and knockout_strategy(adapt(model)) is None:
+        pytest.skip("this model's attention cannot be knocked out through hooks (TransformerLens 3.9's bridge)")
     result = function(model, null_prompts(), config=config, null_task="")
     per_task = result.importance if function is head_importance else result.per_task
     null = per_task.select(-1, POOL.task_names.index("null"))

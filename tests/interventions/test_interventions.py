@@ -13,9 +13,19 @@ from tv_lens.errors import (
     PositionError,
     ShapeError,
 )
-from tv_lens.interventions import Cell, ablate_head, add, align, knockout, replace, run_sweep, run_with_interventions
+from tv_lens.interventions import (
+    Cell,
+    ablate_head,
+    add,
+    align,
+    knockout,
+    knockout_strategy,
+    replace,
+    run_sweep,
+    run_with_interventions,
+)
 from tv_lens.metrics import answer_logits
-from tv_lens.models import ModelAdapter
+from tv_lens.models import ModelAdapter, adapt
 
 
 def hand_patched_logits(model, tokens, answer_pos, hook_name, edit):
@@ -140,9 +150,14 @@ def test_one_position_may_be_a_numpy_int_or_a_0d_tensor(model):
     """``batch.answer_pos[0]`` or a NumPy int is one position for every prompt, as a Python int is."""
     tokens = ragged_prompts(seed=6)[0][:, :9]
     vector = torch.randn(32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    expected = run_with_interventions(model, tokens, 8, [add(1, vector, pos=4), knockout(2, [1], pos=6)])
+    knocks = knockout_strategy(adapt(model)) is not None  # not on TransformerLens 3.9's bridge
+
+    def knocked(pos):
+        return [knockout(2, [1], pos=pos)] if knocks else []
+
+    expected = run_with_interventions(model, tokens, 8, [add(1, vector, pos=4), *knocked(6)])
     for one in (np.int64, torch.tensor):
-        run = run_with_interventions(model, tokens, one(8), [add(1, vector, pos=one(4)), knockout(2, [1], pos=one(6))])
+        run = run_with_interventions(model, tokens, one(8), [add(1, vector, pos=one(4)), *knocked(one(6))])
         assert torch.equal(run.logits, expected.logits)
         assert str(add(1, vector, pos=one(4))) == "add(layer 1, resid_post, pos=4)"
     prompts = align(model, tokens, torch.tensor(8))
