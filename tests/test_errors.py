@@ -682,6 +682,13 @@ CASES = [
         r"e\.g\. \{'first-antonym': 1\.0, 'last-copy': 1\.0, 'first-copy': -1\.0\}",
     ),
     Case(
+        "task-vectors-select-of-no-task",
+        lambda w: w.vectors.select(tasks=[]),
+        TaskError,
+        r"select takes tasks as a non-empty list, got \[\]",
+        r"or None to keep them all",
+    ),
+    Case(
         "task-vectors-combining-a-task-they-lack",
         lambda w: w.vectors.combine({"offset(1)": 1.0, "xor": -1.0}, "mine"),
         TaskError,

@@ -132,6 +132,26 @@ def test_bad_input_names_the_problem(model, kwargs, error, words):
         TaskVectors.from_model(model, sample(), **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"tasks": []}, r"select takes tasks as a non-empty list, got \[\]"),
+        ({"layers": ()}, r"select takes layers as a non-empty list, got \(\)"),
+        ({"tasks": "offset(1)"}, r"got 'offset\(1\)'; pass e.g. tasks=\['offset\(1\)'\]"),
+        ({"layers": 1}, r"got 1; pass e.g. layers=\[2\]"),
+    ],
+)
+def test_select_refuses_what_is_not_a_non_empty_list(model, kwargs, words):
+    """An empty selection gave vectors of no task (or no layer); a lone name was read letter by letter."""
+    tv = TaskVectors.from_model(model, sample())
+    with pytest.raises(TaskError, match=words):
+        tv.select(**kwargs)
+    kept = tv.select(tasks=["null", "offset(2)"], layers=(2, 0))
+    assert torch.equal(kept.vectors[0, 0], tv.get("null", 2)) and torch.equal(
+        kept.vectors[1, 1], tv.get("offset(2)", 0)
+    )
+
+
 def test_more_bad_input(model):
     with pytest.raises(AnalysisError, match="no prompt with demonstrations"):
         TaskVectors.from_model(model, sample(n_shots=0), reduce="mean_over_demo_positions")

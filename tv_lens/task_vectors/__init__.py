@@ -234,9 +234,13 @@ class TaskVectors(Result):
         return self.vectors[:, self.layer_index(layer)]
 
     def select(self, tasks: Sequence[str] | None = None, layers: Sequence[int] | None = None) -> TaskVectors:
-        """A copy restricted to ``tasks`` and ``layers`` (in the order given)."""
-        t = [self.task_index(name) for name in tasks] if tasks is not None else list(range(len(self.task_names)))
-        ls = [self.layer_index(layer) for layer in layers] if layers is not None else list(range(len(self.layers)))
+        """A copy restricted to ``tasks`` and ``layers`` (in the order given; ``None``: all of them).
+
+        Raises:
+            TaskError: ``tasks`` or ``layers`` is not a non-empty list (a lone name or block, or an empty list).
+        """
+        t = [self.task_index(name) for name in _entries(tasks, "tasks", "['offset(1)']", self.task_names)]
+        ls = [self.layer_index(layer) for layer in _entries(layers, "layers", "[2]", self.layers)]
         return replace(
             self,
             vectors=self.vectors[t][:, ls],
@@ -370,3 +374,15 @@ def _kept_layers(provenance: VectorProvenance | None, layers: tuple[int, ...]) -
 def _check_reduce(reduce: str) -> None:
     if reduce not in REDUCTIONS:
         raise AnalysisError(f"Unknown reduce {reduce!r}; use one of {list(REDUCTIONS)}.")
+
+
+def _entries(chosen: Any, what: str, example: str, every: Sequence[Any]) -> list[Any]:
+    """The entries ``select`` keeps along one axis: ``chosen`` as a list, or ``every`` one for ``None``."""
+    if chosen is None:
+        return list(every)
+    if isinstance(chosen, (str, bytes)) or not isinstance(chosen, Sequence) or len(chosen) == 0:
+        raise TaskError(
+            f"select takes {what} as a non-empty list, got {chosen!r:.60}; pass e.g. {what}={example}, or None to "
+            "keep them all."
+        )
+    return list(chosen)
