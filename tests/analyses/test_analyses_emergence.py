@@ -257,6 +257,22 @@ def test_checkpoints_of_two_training_runs_are_refused(run, tmp_path):
         emergence.run([first, load_checkpoint(other[1])], pool, n_per_task=4)
 
 
+def test_checkpoints_of_runs_on_two_pools_are_refused(run, tmp_path):
+    """Runs that differ in their pool only (the same vocabulary, other offsets) are two runs too."""
+    pool, paths = run
+    first = load_checkpoint(paths[0])
+    other_pool = offset_pool(offsets=(1, 3), n_values=8, null=True)
+    assert other_pool.vocab_size == pool.vocab_size
+    model = build_model(first.model_config)
+    train(model, other_pool, first.config, model_config=first.model_config, checkpoint_dir=tmp_path, progress=False)
+    other = list_checkpoints(tmp_path)
+    assert first.run_differences(load_checkpoint(paths[1])) == []
+    assert any(key.startswith("pool.") for key in first.run_differences(load_checkpoint(other[1])))
+    emergence = Emergence(analyses=(TaskDecodability(k=3, n_bootstrap=0),), n_shots=2)
+    with pytest.raises(AnalysisError, match=r"steps 2 and 4 come from different training runs .*pool\."):
+        emergence.run([paths[0], other[1]], pool, n_per_task=4)  # ran, mixing the two runs' series
+
+
 def test_jumps_frame_keeps_missing_jumps_as_missing_integers():
     accuracy = torch.tensor([[0.3, 0.3], [0.9, 0.3], [0.9, 0.3]], dtype=torch.float64)
     td = torch.tensor([[0.2, 0.2], [0.9, 0.2], [0.9, 0.2]], dtype=torch.float64)

@@ -167,15 +167,16 @@ class Checkpoint:
         return replace(config, backend="hooked")
 
     def run_differences(self, other: Checkpoint) -> list[str]:
-        """The dotted keys of the training and model configs in which ``other``'s run differs from this one's.
+        """The dotted keys of the training config, the pool and the model config in which ``other``'s run differs.
 
         Empty for two checkpoints of one run; ``eval_every`` and ``checkpoint_every`` may differ.
         """
         config = _leaf_differences(
             "config", _plain(self.config.to_dict()), _plain(other.config.to_dict()), _BOOKKEEPING
         )
+        pool = _leaf_differences("pool", _plain(self.pool), _plain(other.pool))
         model = _leaf_differences("model_config", _model_config(self), _model_config(other))
-        return [key for key, _, _ in config + model]
+        return [key for key, _, _ in config + pool + model]
 
     def check_compatible(
         self,
