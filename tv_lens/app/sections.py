@@ -10,6 +10,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tv_lens.app.wording import block as _block
+from tv_lens.app.wording import counted
+from tv_lens.app.wording import interval as _ci
+from tv_lens.app.wording import number as _f
+from tv_lens.app.wording import number_or_absent as _f_or_absent
 from tv_lens.errors import ArtefactError
 from tv_lens.results import (
     LAYER_AXIS_TITLE,
@@ -25,7 +30,6 @@ from tv_lens.results import (
     Result,
     RoleAttention,
     TdAccuracyFit,
-    layer_label,
 )
 
 __all__ = ["ANALYSIS_NAMES", "SECTIONS", "Numbers", "Section", "headline_numbers", "summary_lines", "wrong_kind"]
@@ -41,28 +45,6 @@ def wrong_kind(name: str, result: Result) -> str | None:
     return (
         f"holds a {type(result).__name__}, but the report's section {section.title!r} needs a {section.kind.__name__}"
     )
-
-
-def _f(value: float) -> str:
-    return f"{value:.3f}"
-
-
-def _f_or_absent(value: float) -> str:
-    """A role's number, or ``absent`` where no prompt has the role (NaN)."""
-    return "absent" if math.isnan(value) else _f(value)
-
-
-def _ci(values: list[float]) -> str:
-    return f"[{values[0]:.3f}, {values[1]:.3f}]"
-
-
-def counted(n: int | str, noun: str) -> str:
-    """``n`` and ``noun``, plural unless ``n`` is 1 (``"1 shot"``, ``"4 shots"``)."""
-    return f"{n} {noun}" if int(n) == 1 else f"{n} {noun}s"
-
-
-def _block(layer: int) -> str:
-    return layer_label(layer).split(" ")[0]
 
 
 def _performance_line(n: Numbers) -> str:
