@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from tv_lens.analyses.decodability import TaskDecodability, task_decodability
+from tv_lens.analyses.geometry import project
 from tv_lens.app.sections import SECTIONS_BY_NAME
+from tv_lens.results import Projection
 
 
 def line(name: str, result) -> str:
@@ -22,3 +24,25 @@ def test_intervals_not_computed_are_said_to_be_absent():
     assert f"TD {float(result.td[result.at(result.best_layer)]):.3f} (no interval)" in text
     with_intervals = line("decodability", task_decodability(reps, labels, config=TaskDecodability(k=3)))
     assert "(no interval)" not in with_intervals and "nan" not in with_intervals
+
+
+def test_geometry_of_identical_points_explains_no_variance():
+    result = project(torch.zeros(2, 6, 4), torch.tensor([0, 0, 0, 1, 1, 1]), task_names=("a", "b"))
+    assert torch.isnan(result.explained_variance).all()
+    assert (
+        line("geometry", result)
+        == "the representations at L1 are all one point: no variance for PC1 and PC2 to explain"
+    )
+    spread = project(torch.randn(2, 6, 4), torch.tensor([0, 0, 0, 1, 1, 1]), task_names=("a", "b"))
+    share = float(spread.explained_variance[-1].sum())
+    assert line("geometry", spread) == f"PC1 + PC2 explain {share:.1%} of the variance at L1"
+
+
+def test_a_umap_projection_claims_no_explained_variance():
+    pca = project(torch.randn(3, 6, 4), torch.tensor([0, 0, 0, 1, 1, 1]), task_names=("a", "b"))
+    umap = Projection(
+        pca.coords, pca.labels, torch.full((3, 2), float("nan"), dtype=torch.float64), pca.layers, pca.task_names,
+        method="umap", settings={"n_neighbors": 5, "min_dist": 0.1, "seed": 0},
+    )  # fmt: skip
+    assert umap.headline()["method"] == "umap"
+    assert line("geometry", umap) == "UMAP at 3 layers: no share of variance explained (PCA only)"

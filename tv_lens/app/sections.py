@@ -80,7 +80,12 @@ def _repeats(n: Numbers) -> str:
 
 def _geometry_line(n: Numbers) -> str:
     first, second = n["explained_variance_last_layer"]
-    return f"PC1 + PC2 explain {first + second:.1%} of the variance at {_block(n['layers'][-1])}"
+    at, method = _block(n["layers"][-1]), n.get("method", "pca")  # absent from summaries written before it was
+    if method != "pca":
+        return f"{method.upper()} at {counted(len(n['layers']), 'layer')}: no share of variance explained (PCA only)"
+    if math.isnan(first + second):  # PCA of identical points: 0 / 0
+        return f"the representations at {at} are all one point: no variance for PC1 and PC2 to explain"
+    return f"PC1 + PC2 explain {first + second:.1%} of the variance at {at}"
 
 
 def _td_accuracy_line(n: Numbers) -> str:

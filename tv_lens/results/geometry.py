@@ -48,8 +48,9 @@ class Projection(Result):
         return {"layer": len(self.layers)}
 
     def headline(self) -> dict[str, Any]:
-        """The layers projected and the variance the two components explain at the last one."""
+        """The method, the layers projected and the variance the two components explain at the last one (NaN: UMAP)."""
         return {
+            "method": self.method,
             "layers": list(self.layers),
             "explained_variance_last_layer": [float(x) for x in self.explained_variance[-1]],
         }
