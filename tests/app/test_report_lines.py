@@ -6,6 +6,7 @@ import torch
 
 from tv_lens.analyses.decodability import TaskDecodability, task_decodability
 from tv_lens.analyses.geometry import project
+from tv_lens.analyses.performance import ICLPerformance, icl_performance
 from tv_lens.app.sections import SECTIONS_BY_NAME
 from tv_lens.results import Projection
 
@@ -46,3 +47,16 @@ def test_a_umap_projection_claims_no_explained_variance():
     )  # fmt: skip
     assert umap.headline()["method"] == "umap"
     assert line("geometry", umap) == "UMAP at 3 layers: no share of variance explained (PCA only)"
+
+
+def test_icl_accuracy_of_tasks_with_prompts_at_the_most_shots():
+    scores = torch.tensor([1.0, 0, 1, 1, 0, 1, 1, 1])
+    tasks, shots = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), torch.tensor([0, 0, 2, 2, 0, 0, 4, 4])
+    result = icl_performance(scores, tasks, shots, ("a", "b"), config=ICLPerformance(n_bootstrap=10))
+    assert torch.isnan(result.values[0, -1])  # task a has no prompt of 4 shots
+    numbers = result.headline()
+    assert (numbers["icl_accuracy"], numbers["missing_tasks"], numbers["zero_shot_accuracy"]) == (1.0, ["a"], 0.5)
+    text = line("performance", result)
+    assert text == "1.000 accuracy at 4 shots (0 shots: 0.500), Null task left out; no prompts of a at 4 shots"
+    regular = icl_performance(scores, tasks, torch.tensor([0, 0, 4, 4, 0, 0, 4, 4]), ("a", "b"))
+    assert "missing_tasks" not in regular.headline() and regular.headline()["icl_accuracy"] == 1.0

@@ -48,8 +48,10 @@ def wrong_kind(name: str, result: Result) -> str | None:
 
 
 def _performance_line(n: Numbers) -> str:
-    zero = f" (0 shots: {_f(n['zero_shot_accuracy'])})" if "zero_shot_accuracy" in n else ""
-    return f"{_f(n['icl_accuracy'])} {n['metric']} at {counted(n['icl_shots'], 'shot')}{zero}, Null task left out"
+    zero = f" (0 shots: {_f_or_absent(n['zero_shot_accuracy'])})" if "zero_shot_accuracy" in n else ""
+    shots, missing = counted(n["icl_shots"], "shot"), n.get("missing_tasks", [])
+    left_out = f"; no prompts of {', '.join(missing)} at {shots}" if missing else ""
+    return f"{_f_or_absent(n['icl_accuracy'])} {n['metric']} at {shots}{zero}, Null task left out{left_out}"
 
 
 def _held_out(n: Numbers, value: str, what: str = "") -> str:

@@ -16,7 +16,7 @@ def number(value: float) -> str:
 
 
 def number_or_absent(value: float) -> str:
-    """A role's number, or ``absent`` where no prompt has the role (NaN)."""
+    """A number, or ``absent`` where nothing was measured (NaN: a role no prompt has, a cell of no prompts)."""
     return "absent" if math.isnan(value) else number(value)
 
 

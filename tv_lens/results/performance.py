@@ -58,15 +58,23 @@ class Performance(Result):
         return {"task": len(self.task_names), "shots": len(self.shots)}
 
     def headline(self) -> dict[str, Any]:
-        """ICL accuracy at the most shots (and at 0 shots, if run) over the tasks other than Null."""
+        """ICL accuracy at the most shots (and at 0 shots, if run) over the tasks other than Null.
+
+        Each is the mean over the tasks with prompts at that shot count (NaN where none has); ``missing_tasks``
+        names the tasks other than Null without prompts at the most shots, if any (a batch of irregular shots).
+        """
         real = real_tasks(self.task_names)
-        numbers: dict[str, Any] = {
-            "icl_accuracy": float(self.values[real, -1].mean()),
-            "icl_shots": int(self.shots[-1]),
-            "metric": self.metric,
-        }
+
+        def mean(j: int) -> float:
+            measured = [t for t in real if self.n_prompts[t, j] > 0]
+            return float(self.values[measured, j].mean()) if measured else float("nan")
+
+        numbers: dict[str, Any] = {"icl_accuracy": mean(-1), "icl_shots": int(self.shots[-1]), "metric": self.metric}
+        missing = [self.task_names[t] for t in real if self.n_prompts[t, -1] == 0]
+        if missing:
+            numbers["missing_tasks"] = missing
         if self.shots[0] == 0:
-            numbers["zero_shot_accuracy"] = float(self.values[real, 0].mean())
+            numbers["zero_shot_accuracy"] = mean(0)
         return numbers
 
     def to_frame(self) -> pd.DataFrame:
