@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from tv_lens.analyses.decodability import TaskDecodability, task_decodability
+from tv_lens.analyses.emergence import detect_coupling
 from tv_lens.analyses.geometry import project
 from tv_lens.analyses.performance import ICLPerformance, icl_performance
 from tv_lens.app.sections import SECTIONS_BY_NAME
-from tv_lens.results import Projection
+from tv_lens.results import EmergenceResult, Projection
+from tv_lens.tasks.pool import NULL_TASK
 
 
 def line(name: str, result) -> str:
@@ -60,3 +62,15 @@ def test_icl_accuracy_of_tasks_with_prompts_at_the_most_shots():
     assert text == "1.000 accuracy at 4 shots (0 shots: 0.500), Null task left out; no prompts of a at 4 shots"
     regular = icl_performance(scores, tasks, torch.tensor([0, 0, 4, 4, 0, 0, 4, 4]), ("a", "b"))
     assert "missing_tasks" not in regular.headline() and regular.headline()["icl_accuracy"] == 1.0
+
+
+def test_emergence_of_one_task_is_worded_in_the_singular():
+    accuracy = torch.tensor([[0.3, 0.1], [0.9, 0.1], [0.9, 0.1]], dtype=torch.float64)  # task a, then Null
+    td = torch.tensor([[0.2, 0.2], [0.9, 0.2], [0.9, 0.2]], dtype=torch.float64)
+    performance_jump, td_jump, coupled = detect_coupling((0, 10, 20), accuracy, td)
+    result = EmergenceResult(
+        (0, 10, 20), accuracy, -accuracy, td.mean(-1, keepdim=True), td[:, None], (0,), ("a", NULL_TASK), 0,
+        "accuracy", performance_jump, td_jump, coupled, 0.2, 1,
+    )  # fmt: skip
+    assert result.headline()["n_tasks"] == 1
+    assert line("emergence", result).startswith("accuracy and TD jump together in 1 of 1 task over 3 checkpoints;")

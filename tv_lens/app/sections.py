@@ -172,8 +172,8 @@ def _knockout_line(n: Numbers) -> str:
 def _emergence_line(n: Numbers) -> str:
     jumps = ", ".join(f"{task} {'none' if step is None else step}" for task, step in n["td_jump"].items())
     return (
-        f"{n['performance']} and TD jump together in {n['coupled']} of {n['n_tasks']} tasks over {n['n_checkpoints']} "
-        f"checkpoints; TD jump step per task: {jumps}"
+        f"{n['performance']} and TD jump together in {n['coupled']} of {counted(n['n_tasks'], 'task')} over "
+        f"{counted(n['n_checkpoints'], 'checkpoint')}; TD jump step per task: {jumps}"
     )
 
 
