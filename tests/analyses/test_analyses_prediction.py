@@ -85,7 +85,7 @@ def test_frame_and_figure():
     assert frame.residual.tolist() == pytest.approx((fit.score - fit.fitted).tolist())
     *points, line = fit.figure().data
     assert [p.name for p in points] == ["a", "b"] and list(points[1].x) == [0.4, 0.9]
-    assert list(points[0].text) == ["1 shots", "4 shots"]
+    assert list(points[0].text) == ["1 shot", "4 shots"]
     assert list(line.x) == [0.2, 0.9]
     assert list(line.y) == pytest.approx([fit.intercept + fit.slope * 0.2, fit.intercept + fit.slope * 0.9])
     assert "L2 resid_post" in fit.figure().layout.title.text

@@ -28,12 +28,12 @@ from typing import Any
 
 from tv_lens.app.run_files import check_run_info, load_results
 from tv_lens.app.sections import SECTIONS_BY_NAME, Numbers, headline_numbers, summary_lines
-from tv_lens.app.wording import counted
 from tv_lens.errors import ArtefactError
 from tv_lens.results import (
     LAYER_AXIS_TITLE,
     Result,
 )
+from tv_lens.results.axes import counted
 from tv_lens.results.storage import write_atomically
 
 __all__ = [

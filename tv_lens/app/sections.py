@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from tv_lens.app.wording import block as _block
-from tv_lens.app.wording import counted
 from tv_lens.app.wording import interval as _ci
 from tv_lens.app.wording import number as _f
 from tv_lens.app.wording import number_or_absent as _f_or_absent
@@ -31,6 +30,7 @@ from tv_lens.results import (
     RoleAttention,
     TdAccuracyFit,
 )
+from tv_lens.results.axes import counted
 
 __all__ = ["ANALYSIS_NAMES", "SECTIONS", "Numbers", "Section", "headline_numbers", "summary_lines", "wrong_kind"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from tv_lens.results import layer_label
+from tv_lens.results.axes import layer_label
 
-__all__ = ["block", "counted", "interval", "number", "number_or_absent"]
+__all__ = ["block", "interval", "number", "number_or_absent"]
 
 
 def number(value: float) -> str:
@@ -27,11 +27,6 @@ def interval(values: Sequence[float]) -> str:
     ('[0.250, 0.500]', '(no interval)')
     """
     return "(no interval)" if any(math.isnan(v) for v in values) else f"[{values[0]:.3f}, {values[1]:.3f}]"
-
-
-def counted(n: int | str, noun: str) -> str:
-    """``n`` and ``noun``, plural unless ``n`` is 1 (``"1 shot"``, ``"4 shots"``)."""
-    return f"{n} {noun}" if int(n) == 1 else f"{n} {noun}s"
 
 
 def block(layer: int) -> str:

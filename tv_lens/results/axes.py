@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LAYER_AXIS_TITLE",
+    "counted",
     "error_bars",
     "head_axes",
     "head_heatmap",
@@ -28,6 +29,11 @@ __all__ = [
 ]
 
 LAYER_AXIS_TITLE = "layer (TransformerLens block index; -1 = embedding output)"
+
+
+def counted(n: int | str, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 (``"1 shot"``, ``"4 shots"``)."""
+    return f"{n} {noun}" if int(n) == 1 else f"{n} {noun}s"
 
 
 def layer_label(layer: int, site: str = "resid_post") -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.results.axes import layer_label
+from tv_lens.results.axes import counted, layer_label
 from tv_lens.results.base import Result
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class TdAccuracyFit(Result):
                     y=self.score[rows].tolist(),
                     mode="markers+text",
                     name=name,
-                    text=[f"{s} shots" for s in self.shots[rows].tolist()],
+                    text=[counted(s, "shot") for s in self.shots[rows].tolist()],
                     textposition="top center",
                     marker={"size": 9},
                 )
@@ -135,20 +136,25 @@ class TdAccuracyFit(Result):
                 x=[low, high],
                 y=[self.intercept + self.slope * low, self.intercept + self.slope * high],
                 mode="lines",
-                name=f"OLS (R² = {self.r2:.3f})",
+                name=f"OLS (R² = {self._r2_text()})",
                 line={"dash": "dash", "color": "black"},
             )
         )
         return traces
 
+    def _r2_text(self) -> str:
+        """R² to three decimals, or why it is undefined (a score that never varies leaves nothing to explain)."""
+        return f"{self.r2:.3f}" if not math.isnan(self.r2) else f"undefined ({self.metric} does not vary)"
+
     def figure_layout(self) -> dict[str, Any]:
         """Score against TD, with the fit in the title."""
         where = "" if self.layer is None else f" at {layer_label(self.layer, self.site)} (block index; -1 = embedding)"
         low, high = self.slope_ci
+        interval = "(no interval)" if math.isnan(low + high) else f"[{low:.3f}, {high:.3f}]"
         return {
             "title": {
-                "text": f"TD{where} predicts {self.metric}: slope {self.slope:.3f} "
-                f"[{low:.3f}, {high:.3f}], R² = {self.r2:.3f}, n = {len(self.td)}"
+                "text": f"TD{where} predicts {self.metric}: slope {self.slope:.3f} {interval}, R² = {self._r2_text()}, "
+                f"n = {len(self.td)}"
             },
             "xaxis": {"title": {"text": "task decodability"}},
             "yaxis": {"title": {"text": self.metric}},
