@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tv_lens.analyses import fit_td_accuracy
 from tv_lens.analyses.decodability import TaskDecodability, task_decodability
 from tv_lens.analyses.emergence import detect_coupling
 from tv_lens.analyses.geometry import project
@@ -74,3 +75,13 @@ def test_emergence_of_one_task_is_worded_in_the_singular():
     )  # fmt: skip
     assert result.headline()["n_tasks"] == 1
     assert line("emergence", result).startswith("accuracy and TD jump together in 1 of 1 task over 3 checkpoints;")
+
+
+def test_a_fit_of_given_points_names_no_layer():
+    given = fit_td_accuracy(torch.tensor([0.2, 0.5, 0.9]), torch.tensor([0.1, 0.6, 0.8]), shots=[1, 1, 1])
+    assert given.layer is None
+    text = line("td_accuracy", given)
+    assert "None" not in text
+    assert text.startswith(f"R² {given.r2:.3f}, slope {given.slope:.3f} ") and "points at shots 1; accuracy" in text
+    read = fit_td_accuracy(torch.tensor([0.2, 0.5, 0.9]), torch.tensor([0.1, 0.6, 0.8]), shots=[1, 1, 1], layer=2)
+    assert "points at shots 1, TD at L2; accuracy ranges 0.100 to 0.800" in line("td_accuracy", read)

@@ -93,7 +93,8 @@ def _geometry_line(n: Numbers) -> str:
 def _td_accuracy_line(n: Numbers) -> str:
     low, high = n["score_range"]
     shots = f" at shots {', '.join(map(str, n['shots']))}" if "shots" in n else ""
-    where = f"over {n['n_points']} (task, shots) points{shots}, TD at {_block(n['layer'])}"
+    at = "" if n["layer"] is None else f", TD at {_block(n['layer'])}"  # None: a fit of given points
+    where = f"over {n['n_points']} (task, shots) points{shots}{at}"
     if low == high:  # nothing to explain: the fit is undefined
         return f"{n['metric']} is {_f(low)} at every point ({where}): no variation for TD to predict"
     return (
