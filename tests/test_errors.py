@@ -1257,6 +1257,13 @@ CASES = [
         r"was not written by Result\.save",
     ),
     Case(
+        "result-saved-over-a-checkpoint",
+        lambda w: w.vectors.save(w.checkpoint),
+        ResultFileError,
+        r"step-0000002\.pt is an existing file that is not a tv_lens result .* it is not overwritten",
+        r"Save the result to another path, or move that file away first",
+    ),
+    Case(
         "result-file-missing",
         lambda w: Result.load(w.files / "nowhere.safetensors"),
         MissingFileError,

@@ -44,7 +44,13 @@ from torch import Tensor
 
 from tv_lens.errors import MissingFileError, ResultFileError, ShapeError
 from tv_lens.results.encoding import equal_values, field_types, mistyped_field
-from tv_lens.results.storage import environment_from_bytes, result_from_bytes, result_to_bytes, write_atomically
+from tv_lens.results.storage import (
+    check_overwritable,
+    environment_from_bytes,
+    result_from_bytes,
+    result_to_bytes,
+    write_atomically,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -171,10 +177,12 @@ class Result:
             The path written.
 
         Raises:
-            ResultFileError: ``path`` is a directory, or a field holds a value that cannot be saved.
+            ResultFileError: ``path`` is a directory or an existing file that is not a tv_lens result (it is not
+                overwritten), or a field holds a value that cannot be saved.
             ResultWriteError: The file could not be written: a read-only directory, a full disk, or a parent
                 path that is a file (also an ``OSError``; see :mod:`tv_lens.results.storage`).
         """
+        check_overwritable(path)
         return write_atomically(path, result_to_bytes(self))
 
     @classmethod

@@ -62,6 +62,7 @@ __all__ = [
     "LEGACY_FORMAT_VERSIONS",
     "METADATA_KEY",
     "canonical_json",
+    "check_overwritable",
     "document_digest",
     "environment_from_bytes",
     "result_from_bytes",
@@ -263,6 +264,34 @@ def write_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
             ) from error
         raise
     return target
+
+
+def check_overwritable(path: str | os.PathLike[str]) -> None:
+    """Refuse to save a result over an existing file that is not a tv_lens result (a checkpoint, a dataset ...).
+
+    A result file, of any format and even one altered after it was saved, may be saved over, and so may an empty file.
+
+    Raises:
+        ResultFileError: ``path`` is an existing file whose safetensors header has no tv_lens result metadata.
+    """
+    target = Path(path)
+    if not target.is_file() or target.stat().st_size == 0:
+        return
+    try:
+        with open(target, "rb") as file:
+            size = int.from_bytes(file.read(8), "little")
+            header = json.loads(file.read(size)) if 0 < size <= _MAX_HEADER else {}
+        is_result = METADATA_KEY in header.get("__metadata__", {})
+    except (OSError, ValueError, AttributeError):
+        is_result = False
+    if not is_result:
+        raise ResultFileError(
+            f"{target} is an existing file that is not a tv_lens result (a checkpoint, or another tool's file?); it "
+            "is not overwritten. Save the result to another path, or move that file away first."
+        )
+
+
+_MAX_HEADER = 100_000_000  # safetensors' own limit on a header's size
 
 
 def write_failure(error: OSError, target: Path) -> str:
