@@ -22,6 +22,7 @@ from tv_lens.analyses import (
 from tv_lens.errors import AnalysisError, LayerOutOfRangeError, ShapeError, TaskError, TvLensError
 from tv_lens.interventions import ablate_head, run_with_interventions
 from tv_lens.results import FunctionVector, FunctionVectorResult, IndirectEffects, MeanHeadActivations, Result
+from tv_lens.results.axes import layer_label
 from tv_lens.tasks import TextPool, TextTask
 
 N_LAYERS, N_HEADS = 3, 4
@@ -452,3 +453,14 @@ def test_no_hook_is_left_after_an_error(model, analysed):
     with pytest.raises(LayerOutOfRangeError):
         function_vector_prompting(model, batch, batch.zero_shot(), result.vector, config=FunctionVectors(layers=(0, 9)))
     assert hook_snapshot(model) == before
+
+
+def test_figure_titles_name_the_best_layer_as_the_axes_do(analysed):
+    """The titles gave the best layer as a bare block index (-1 for the embedding output); now with its axis label."""
+    result = analysed[-1]
+    best = result.prompting.prompting.best_layer
+    label = layer_label(best, result.prompting.prompting.site)
+    assert f"at layer {best} ({label}; zero-shot" in result.figure().layout.title.text
+    assert result.prompting.figure().layout.title.text.endswith(f"best layer {best} ({label})")
+    assert result.prompting.prompting.figure().layout.title.text.endswith(f"best layer {best} ({label})")
+    assert layer_label(-1) == "embed"

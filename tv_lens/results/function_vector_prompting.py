@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from jaxtyping import Float
 from torch import Tensor
 
-from tv_lens.results.axes import layer_axis
+from tv_lens.results.axes import layer_axis, layer_label
 from tv_lens.results.base import Result
 from tv_lens.results.function_vectors import FunctionVector, IndirectEffects, MeanHeadActivations
 from tv_lens.results.prompting import PromptingAccuracy
@@ -89,7 +89,10 @@ class FunctionVectorPrompting(Result):
     def figure_layout(self) -> dict[str, Any]:
         """Accuracy against block index."""
         return {
-            "title": {"text": f"Function vector ({len(self.heads)} heads) added; best layer {self.best_layer}"},
+            "title": {
+                "text": f"Function vector ({len(self.heads)} heads) added; best layer {self.best_layer} "
+                f"({layer_label(self.best_layer, self.prompting.site)})"
+            },
             "xaxis": layer_axis(self.layers, self.prompting.site),
             "yaxis": {"title": {"text": f"accuracy ({self.prompting.scoring})"}, "range": [0, 1.05]},
         }
@@ -122,9 +125,10 @@ class FunctionVectorResult(Result):
     def figure_layout(self) -> dict[str, Any]:
         """Heads on x, blocks on y; the title gives the best layer of the vector."""
         layout = self.effects.figure_layout()
+        sweep = self.prompting
+        label = layer_label(sweep.best_layer, sweep.prompting.site)
         layout["title"] = {
             "text": f"Causal indirect effect per head; function vector of the top {self.vector.k}: accuracy "
-            f"{self.prompting.best_accuracy:.2f} at layer {self.prompting.best_layer} (zero-shot "
-            f"{self.prompting.zero_shot_accuracy:.2f})"
+            f"{sweep.best_accuracy:.2f} at layer {sweep.best_layer} ({label}; zero-shot {sweep.zero_shot_accuracy:.2f})"
         }
         return layout

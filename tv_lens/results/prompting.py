@@ -209,7 +209,10 @@ class PromptingAccuracy(SweepSettings, Result):
     def figure_layout(self) -> dict[str, Any]:
         """Accuracy against block index."""
         return {
-            "title": {"text": f"Task-vector prompting ({self.source}, {self.mode}); best layer {self.best_layer}"},
+            "title": {
+                "text": f"Task-vector prompting ({self.source}, {self.mode}); best layer {self.best_layer} "
+                f"({layer_label(self.best_layer, self.site)})"
+            },
             "xaxis": layer_axis(self.layers, self.site),
             "yaxis": {"title": {"text": "accuracy"}, "range": [0, 1.05]},
         }
