@@ -986,6 +986,13 @@ CASES = [
         r"Pass prompts of at least one other task",
     ),
     Case(
+        "train-progress-not-a-flag",
+        lambda w: train(w.model, POOL, TrainConfig(), progress="no"),
+        ConfigError,
+        r"progress must be True or False \(show a progress bar\), got 'no'",
+        r"True or False",
+    ),
+    Case(
         "td-unknown-repeats",
         lambda w: TaskDecodability(repeats="drop"),
         AnalysisError,

@@ -90,6 +90,8 @@ def train(
     """
     config = TrainConfig() if config is None else config
     _check_config(config)
+    if not isinstance(progress, bool):  # a string such as "no" would read as true
+        raise ConfigError(f"progress must be True or False (show a progress bar), got {progress!r}.")
     if stop_after is not None and (not is_int(stop_after) or stop_after < 0):
         raise ConfigError(
             f"stop_after must be None (train to the end) or a number of steps >= 0, got {stop_after!r}; e.g. "
