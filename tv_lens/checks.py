@@ -34,6 +34,7 @@ __all__ = [
     "is_number",
     "is_right_padded",
     "is_seed",
+    "single_index",
     "tensor_of",
 ]
 
@@ -55,6 +56,16 @@ def is_index(value: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+def single_index(value: Any) -> int | None:
+    """``value`` as a Python int where it is one int index (a Python, NumPy or integer 0-d tensor one), else ``None``.
+
+    A tensor without values to read (on ``meta``, or sparse) is none: it has no int to give.
+    """
+    if isinstance(value, Tensor) and (value.layout != torch.strided or value.is_meta):
+        return None
+    return operator.index(value) if getattr(value, "ndim", 0) == 0 and is_index(value) else None
 
 
 def is_number(value: Any) -> TypeGuard[int | float]:

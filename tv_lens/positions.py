@@ -10,17 +10,16 @@ dropped.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, SupportsIndex, cast
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tv_lens.checks import check_tensor_data, is_index, is_int, is_integer_tensor, tensor_of
+from tv_lens.checks import check_tensor_data, is_int, is_integer_tensor, single_index, tensor_of
 from tv_lens.errors import PositionError, ShapeError
 from tv_lens.models.adapter import ModelAdapter
 
@@ -82,8 +81,9 @@ def as_positions(positions: int | Sequence[int] | Tensor, n_prompts: int, what: 
     """
     if isinstance(positions, Tensor):
         check_tensor_data(positions, what)
-    if not is_int(positions) and is_index(positions) and getattr(positions, "ndim", 0) == 0:
-        positions = operator.index(cast(SupportsIndex, positions))
+    one = single_index(positions)
+    if one is not None:
+        positions = one
     if is_int(positions):
         if not -(2**63) <= positions < 2**63:
             raise ShapeError(f"{what} must hold token positions (64-bit ints), got {positions}.")

@@ -6,16 +6,15 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, SupportsIndex, cast
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from tv_lens.checks import check_tensor_data, is_index, tensor_of
+from tv_lens.checks import check_tensor_data, single_index, tensor_of
 from tv_lens.errors import PositionError, ShapeError
 
 __all__ = ["Intervention", "Positions", "Rows", "ablate_head", "add", "intervention_list", "knockout", "replace"]
@@ -195,6 +194,5 @@ def _check_values(values: Any, what: str) -> None:
 def _short(pos: Positions) -> str:
     if isinstance(pos, str):
         return pos
-    readable = not isinstance(pos, Tensor) or (pos.layout == torch.strided and not pos.is_meta)
-    one = readable and getattr(pos, "ndim", 0) == 0 and is_index(pos)  # one position for every prompt
-    return str(operator.index(cast(SupportsIndex, pos))) if one else "per-prompt"
+    one = single_index(pos)  # one position for every prompt
+    return "per-prompt" if one is None else str(one)
