@@ -1,10 +1,13 @@
-"""How the application words numbers: three decimals, intervals, counts, blocks, and what stands for NaN."""
+"""How the application words numbers: three decimals, intervals, blocks, and what stands for NaN.
+
+``interval`` is :func:`~tv_lens.results.axes.interval_text`, which the results' figure titles use too.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
+from tv_lens.results.axes import interval_text as interval
 from tv_lens.results.axes import layer_label
 
 __all__ = ["block", "interval", "number", "number_or_absent"]
@@ -18,15 +21,6 @@ def number(value: float) -> str:
 def number_or_absent(value: float) -> str:
     """A number, or ``absent`` where nothing was measured (NaN: a role no prompt has, a cell of no prompts)."""
     return "absent" if math.isnan(value) else number(value)
-
-
-def interval(values: Sequence[float]) -> str:
-    """A 95% interval, or ``(no interval)`` where none was computed (``n_bootstrap=0``: NaN bounds).
-
-    >>> interval([0.25, 0.5]), interval([math.nan, math.nan])
-    ('[0.250, 0.500]', '(no interval)')
-    """
-    return "(no interval)" if any(math.isnan(v) for v in values) else f"[{values[0]:.3f}, {values[1]:.3f}]"
 
 
 def block(layer: int) -> str:

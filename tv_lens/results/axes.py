@@ -5,6 +5,7 @@ Per-head results draw a (block x head) heatmap: :func:`head_heatmap` inside :fun
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "head_axes",
     "head_heatmap",
     "head_label",
+    "interval_text",
     "layer_axis",
     "layer_index",
     "layer_label",
@@ -34,6 +36,15 @@ LAYER_AXIS_TITLE = "layer (TransformerLens block index; -1 = embedding output)"
 def counted(n: int | str, noun: str) -> str:
     """``n`` and ``noun``, plural unless ``n`` is 1 (``"1 shot"``, ``"4 shots"``)."""
     return f"{n} {noun}" if int(n) == 1 else f"{n} {noun}s"
+
+
+def interval_text(values: Sequence[float]) -> str:
+    """An interval to three decimals, or ``(no interval)`` where none was computed (NaN bounds: no bootstrap).
+
+    >>> interval_text([0.25, 0.5]), interval_text([math.nan, math.nan])
+    ('[0.250, 0.500]', '(no interval)')
+    """
+    return "(no interval)" if any(math.isnan(v) for v in values) else f"[{values[0]:.3f}, {values[1]:.3f}]"
 
 
 def layer_label(layer: int, site: str = "resid_post") -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tv_lens.results.axes import counted, layer_label
+from tv_lens.results.axes import counted, interval_text, layer_label
 from tv_lens.results.base import Result
 
 if TYPE_CHECKING:
@@ -149,8 +149,7 @@ class TdAccuracyFit(Result):
     def figure_layout(self) -> dict[str, Any]:
         """Score against TD, with the fit in the title."""
         where = "" if self.layer is None else f" at {layer_label(self.layer, self.site)} (block index; -1 = embedding)"
-        low, high = self.slope_ci
-        interval = "(no interval)" if math.isnan(low + high) else f"[{low:.3f}, {high:.3f}]"
+        interval = interval_text(self.slope_ci)
         return {
             "title": {
                 "text": f"TD{where} predicts {self.metric}: slope {self.slope:.3f} {interval}, R² = {self._r2_text()}, "
