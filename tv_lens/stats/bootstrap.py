@@ -98,7 +98,7 @@ def stratified_bootstrap_ci(
     lead = values.shape[:-1]
     per_group = torch.full((*lead, n_groups, 2), float("nan"), dtype=torch.float64)
     overall = torch.full((*lead, 2), float("nan"), dtype=torch.float64)
-    if n_bootstrap == 0 or not bool(((groups >= 0) & (groups < n_groups)).any()):
+    if n_bootstrap == 0 or groups.numel() == 0:  # check_groups: every id names a group
         return per_group, overall
     weights = None if present is None else present.to(values.device, torch.float64)  # broadcast against values
     if weights is not None:

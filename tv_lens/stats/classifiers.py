@@ -117,12 +117,13 @@ def probe_cv_predictions(
     if groups is None:
         return cross_val_predict(estimator, np.asarray(points, np.float64), labels, cv=folds)
     g = _checked_groups(groups, len(points), 0).numpy()
-    grouped = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=sklearn_seed(seed))
-    if len(np.unique(g)) < n_folds:
+    n_groups = len(np.unique(g))
+    if n_groups < n_folds:
         raise AnalysisError(
             f"A {n_folds}-fold probe that keeps each group in one fold needs at least {n_folds} groups, got "
-            f"{len(np.unique(g))}; sample more distinct prompts or lower n_folds."
+            f"{n_groups}; sample more distinct prompts or lower n_folds."
         )
+    grouped = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=sklearn_seed(seed))
     return cross_val_predict(estimator, np.asarray(points, np.float64), labels, groups=g, cv=grouped)
 
 
