@@ -654,6 +654,27 @@ CASES = [
         r"use one of \['replace', 'add'\]",
     ),
     Case(
+        "tvp-accuracy-objective-a-loss-name",
+        lambda w: tvp_accuracy(w.model, w.batch, 1, objective="cross_entropy"),  # type: ignore[arg-type]
+        ConfigError,
+        r"objective must have the methods of tv_lens\.training\.Objective .*got 'cross_entropy'",
+        r"pass None \(the pool's own, objective_for\(pool\)\)",
+    ),
+    Case(
+        "tvp-accuracy-batch-a-tensor",
+        lambda w: tvp_accuracy(w.model, w.batch.inputs, 1),  # type: ignore[arg-type]
+        TaskError,
+        r"batch must be an ICLBatch \(or RegressionBatch\) of prompts, got a Tensor",
+        r"pass pool\.sample\(n_per_task, n_shots, seed\)",
+    ),
+    Case(
+        "tvp-losses-objective-a-loss-name",
+        lambda w: tvp_losses(w.model, w.batch, TVPConfig(layer=1), objective="mse"),  # type: ignore[arg-type]
+        ConfigError,
+        r"objective must have the methods of tv_lens\.training\.Objective .*got 'mse'",
+        r"RegressionObjective\(tolerance=0\.05\)",
+    ),
+    Case(
         "tvp-accuracy-unknown-source",
         lambda w: tvp_accuracy(w.model, w.batch, 1, source="same"),
         AnalysisError,

@@ -184,3 +184,12 @@ def test_ranked_heads_order_by_score_then_block_then_head_with_nan_last():
     for k in (0, 7, 1.5, True):
         with pytest.raises(AnalysisError, match=r"k must be an int in \[1, 6\]"):
             ranked_heads(scores, k=k)
+
+
+def test_ranked_heads_refuses_layers_that_do_not_name_each_row_and_scores_not_per_head():
+    scores = torch.tensor([[0.5, 0.2], [0.9, 0.1]])
+    for layers in ((3,), (3, 5, 7)):  # one too few (would rank heads of a block never measured), one too many
+        with pytest.raises(ShapeError, match=r"layers must name the block of each of the 2 rows of scores"):
+            ranked_heads(scores, layers=layers)
+    with pytest.raises(ShapeError, match=r"one score per head \[layer, head\], got shape \(4,\)"):
+        ranked_heads(scores.flatten())

@@ -158,9 +158,17 @@ def ranked_heads(
         k: How many heads.
 
     Raises:
+        ShapeError: ``scores`` is not 2-D or ``layers`` does not name each of its rows.
         AnalysisError: ``k`` is not an int in ``[1, heads]``.
     """
+    if scores.ndim != 2:
+        raise ShapeError(f"scores must hold one score per head [layer, head], got shape {tuple(scores.shape)}.")
     blocks = range(scores.shape[0]) if layers is None else layers
+    if len(blocks) != scores.shape[0]:
+        raise ShapeError(
+            f"layers must name the block of each of the {scores.shape[0]} rows of scores, got {len(blocks)}: "
+            f"{tuple(blocks)!r:.80}."
+        )
     n_heads = scores.shape[1]
     if k is not None and (not is_int(k) or not 1 <= k <= scores.numel()):
         raise AnalysisError(f"k must be an int in [1, {scores.numel()}] (the heads measured), got {k!r}.")

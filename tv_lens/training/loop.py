@@ -39,7 +39,7 @@ from tv_lens.training.config import FinetuneConfig, LoRAConfig, OptimConfig, Sch
 from tv_lens.training.data import held_out_batch, training_batch
 from tv_lens.training.evaluation import evaluate
 from tv_lens.training.finetune import FrozenCheck, prepare_model, restore_point
-from tv_lens.training.objectives import Objective, objective_for
+from tv_lens.training.objectives import Objective, check_objective, objective_for
 from tv_lens.training.result import TrainResult
 from tv_lens.training.run_state import RunState, checkpoint_directory, resume_run, save_run
 from tv_lens.training.schedule import get_lr
@@ -104,13 +104,7 @@ def train(
             "torch.no_grad() it works (training enables gradients itself)."
         )
     adapter = adapt(model)
-    objective = objective_for(pool) if objective is None else objective
-    if not isinstance(objective, Objective):
-        raise ConfigError(
-            f"objective must have the methods of tv_lens.training.Objective (check, context_loss, answer_loss, "
-            f"answer_accuracy, query_outputs), got {objective!r:.60}; pass None (the pool's own, "
-            "objective_for(pool)) or e.g. RegressionObjective(tolerance=0.05)."
-        )
+    objective = objective_for(pool) if objective is None else check_objective(objective)
     if config.data.micro_batch is not None and loss_counter(objective) is None:
         raise ConfigError(
             f"DataConfig.micro_batch needs the objective to count its loss terms, and this "

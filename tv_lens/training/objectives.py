@@ -29,7 +29,7 @@ from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.running import HookFn, forward
 from tv_lens.tasks import ICLBatch, RegressionBatch, RegressionPool, TaskPool, TextPool
 
-__all__ = ["Objective", "RegressionObjective", "TextObjective", "TokenObjective", "objective_for"]
+__all__ = ["Objective", "RegressionObjective", "TextObjective", "TokenObjective", "check_objective", "objective_for"]
 
 
 @runtime_checkable
@@ -302,3 +302,18 @@ def objective_for(pool: Any) -> Objective:
         "bitwise_pool, ...), TextPools and RegressionPools (regression_pool, sparse_linear_pool) are supported. For "
         "another kind of pool, pass objective= an object with the methods of tv_lens.training.objectives.Objective."
     )
+
+
+def check_objective(objective: Any) -> Objective:
+    """``objective``, checked to have the methods of :class:`Objective`.
+
+    Raises:
+        ConfigError: An object without them (a loss name such as ``"cross_entropy"``, a function).
+    """
+    if not isinstance(objective, Objective):
+        raise ConfigError(
+            f"objective must have the methods of tv_lens.training.Objective (check, context_loss, answer_loss, "
+            f"answer_accuracy, query_outputs), got {objective!r:.60}; pass None (the pool's own, "
+            "objective_for(pool)) or e.g. RegressionObjective(tolerance=0.05)."
+        )
+    return objective

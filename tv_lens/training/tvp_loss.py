@@ -36,7 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tv_lens.errors import ConfigError, HookNotFoundError, TaskError
-from tv_lens.interventions.prompting import prompted_outputs, vector_sources
+from tv_lens.interventions.prompting import check_inject_mode, prompted_outputs, vector_sources
 from tv_lens.models import adapt
 from tv_lens.models.adapter import ModelAdapter
 from tv_lens.models.exclusive import evaluating
@@ -44,7 +44,7 @@ from tv_lens.positions import prepare_prompts
 from tv_lens.probes import collect, prompt_ids
 from tv_lens.tasks import ICLBatch, RegressionBatch
 from tv_lens.training.config import TVPConfig
-from tv_lens.training.objectives import Objective, RegressionObjective, TokenObjective
+from tv_lens.training.objectives import Objective, RegressionObjective, TokenObjective, check_objective
 
 __all__ = ["Losses", "training_loss", "tvp_accuracy", "tvp_losses"]
 
@@ -86,11 +86,7 @@ def tvp_losses(
     """
     if not isinstance(tvp, TVPConfig):
         raise ConfigError(f"tvp must be a TVPConfig, got {tvp!r:.60}; build one, e.g. TVPConfig(layer=1, lam=1.0).")
-    if not isinstance(batch, (ICLBatch, RegressionBatch)):
-        raise TaskError(
-            f"batch must be an ICLBatch (or RegressionBatch) of prompts, got a {type(batch).__name__}; pass "
-            "pool.sample(n_per_task, n_shots, seed)."
-        )
+    _check_batch(batch)
     adapter = adapt(model)
     prepare_prompts(adapter, batch.inputs, batch.answer_pos, batch.attention_mask)  # ids and length fit the model
     return _tvp_losses(adapter, batch, tvp, objective)
@@ -102,7 +98,7 @@ def _tvp_losses(
     """:func:`tvp_losses` without checking its arguments (each training step)."""
     adapter = adapt(model)
     adapter.check_layer(tvp.layer)
-    objective = objective or _default_objective(batch)
+    objective = _default_objective(batch) if objective is None else check_objective(objective)
     captured: list[Tensor] = []
 
     def grab(activation: Tensor, hook: Any) -> None:
@@ -162,9 +158,11 @@ def tvp_accuracy(
     The model runs in eval mode (no dropout), and every module gets its own mode back. NaN for a prompt without a
     partner (``"other_prompt"``: its task has no prompt of another query in ``batch``).
     """
+    _check_batch(batch)
+    check_inject_mode(mode)
     adapter = adapt(model)
     adapter.check_layer(layer)
-    objective = objective or _default_objective(batch)
+    objective = _default_objective(batch) if objective is None else check_objective(objective)
     reps = collect(
         adapter,
         batch.inputs,
@@ -186,6 +184,14 @@ def tvp_accuracy(
         outputs = prompted_outputs(adapter, zero_shot, vectors, layer, mode, batch_size)
     accuracy[paired] = objective.answer_accuracy(outputs, zero_shot).cpu().double()
     return accuracy
+
+
+def _check_batch(batch: Any) -> None:
+    if not isinstance(batch, (ICLBatch, RegressionBatch)):
+        raise TaskError(
+            f"batch must be an ICLBatch (or RegressionBatch) of prompts, got a {type(batch).__name__}; pass "
+            "pool.sample(n_per_task, n_shots, seed)."
+        )
 
 
 def _default_objective(batch: Any) -> Objective:
